@@ -1,0 +1,535 @@
+//! The TOML configuration: a serde file schema (`deny_unknown_fields`, spans kept) turned once into
+//! typed, validated values. `kedge check`, `kedge run` and the SIGHUP reload all go through
+//! [`load`], so a file that passes `check` is exactly a file that `run` accepts.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+use toml::Spanned;
+
+/// A configuration error that points at the place in the file: `file:line:column: key: message`.
+#[derive(Debug, thiserror::Error)]
+pub struct ConfigError {
+    path: PathBuf,
+    /// 1-based line and column, when the error has a place in the file.
+    at: Option<(usize, usize)>,
+    key: Option<String>,
+    message: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.path.display())?;
+        if let Some((line, col)) = self.at {
+            write!(f, ":{line}:{col}")?;
+        }
+        f.write_str(": ")?;
+        if let Some(key) = &self.key {
+            write!(f, "{key}: ")?;
+        }
+        f.write_str(&self.message)
+    }
+}
+
+/// How the workers drive their sockets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Driver {
+    /// io_uring when the kernel allows it, else epoll (logged once).
+    Auto,
+    IoUring,
+    Epoll,
+}
+
+/// Settings fixed for the life of the process (a change needs a restart).
+#[derive(Debug, Clone)]
+pub struct ProcessConfig {
+    /// Worker threads; already resolved from 0 to the number of usable cores.
+    pub workers: usize,
+    pub driver: Driver,
+    pub shutdown_grace: Duration,
+    pub listeners: Vec<SocketAddr>,
+    pub log: LogConfig,
+}
+
+#[derive(Debug, Clone)]
+pub struct LogConfig {
+    pub json: bool,
+    pub level: String,
+    pub access_log: bool,
+}
+
+/// Downstream limits and timeouts; reloadable.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClientSettings {
+    pub header_timeout: Duration,
+    pub keepalive_timeout: Duration,
+    pub body_timeout: Duration,
+    pub max_request_line: usize,
+    pub max_header_bytes: usize,
+    pub max_headers: usize,
+    /// Largest request body; 0 means unlimited.
+    pub max_body: u64,
+}
+
+/// Upstream timeouts and pooling; reloadable.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UpstreamSettings {
+    pub connect_timeout: Duration,
+    pub read_timeout: Duration,
+    pub send_timeout: Duration,
+    pub idle_timeout: Duration,
+    pub max_idle_per_endpoint: usize,
+    pub connect_attempts: usize,
+}
+
+/// How a static route's path matches.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PathType {
+    Prefix,
+    Exact,
+}
+
+/// A `[[route]]` from the file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StaticRoute {
+    pub name: String,
+    /// Lower-cased host; `None` matches any host.
+    pub host: Option<String>,
+    pub path: String,
+    pub path_type: PathType,
+    pub upstreams: Vec<SocketAddr>,
+    pub max_body: Option<u64>,
+}
+
+/// The whole validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub path: PathBuf,
+    pub process: ProcessConfig,
+    pub client: ClientSettings,
+    pub upstream: UpstreamSettings,
+    pub routes: Vec<StaticRoute>,
+}
+
+/// Reads and validates the file at `path`.
+pub fn load(path: &Path) -> Result<Config, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+        path: path.to_owned(),
+        at: None,
+        key: None,
+        message: format!("cannot read: {e}"),
+    })?;
+    parse(path, &text)
+}
+
+/// Parses and validates `text` as if read from `path` (the path only labels errors).
+pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
+    let cx = Cx { path, text };
+    let file: File = toml::from_str(text).map_err(|e| {
+        let message = e.message().trim_end().to_owned();
+        cx.error(e.span(), None, message)
+    })?;
+    cx.validate(file)
+}
+
+struct Cx<'a> {
+    path: &'a Path,
+    text: &'a str,
+}
+
+impl Cx<'_> {
+    fn error(&self, span: Option<Range<usize>>, key: Option<&str>, message: String) -> ConfigError {
+        ConfigError {
+            path: self.path.to_owned(),
+            at: span.map(|s| line_col(self.text, s.start)),
+            key: key.map(str::to_owned),
+            message,
+        }
+    }
+
+    fn duration(&self, v: &Option<Spanned<String>>, key: &str, default: Duration) -> Result<Duration, ConfigError> {
+        match v {
+            None => Ok(default),
+            Some(s) => parse_duration(s.get_ref()).map_err(|m| self.error(Some(s.span()), Some(key), m)),
+        }
+    }
+
+    fn size(&self, v: &Option<Spanned<Size>>, key: &str, default: u64) -> Result<u64, ConfigError> {
+        match v {
+            None => Ok(default),
+            Some(s) => s
+                .get_ref()
+                .bytes()
+                .map_err(|m| self.error(Some(s.span()), Some(key), m)),
+        }
+    }
+
+    fn bounded(
+        &self,
+        v: &Option<Spanned<u64>>,
+        key: &str,
+        default: u64,
+        range: Range<u64>,
+    ) -> Result<u64, ConfigError> {
+        match v {
+            None => Ok(default),
+            Some(s) if range.contains(s.get_ref()) => Ok(*s.get_ref()),
+            Some(s) => Err(self.error(
+                Some(s.span()),
+                Some(key),
+                format!("must be between {} and {}", range.start, range.end - 1),
+            )),
+        }
+    }
+
+    fn addr(&self, s: &Spanned<String>, key: &str) -> Result<SocketAddr, ConfigError> {
+        s.get_ref().parse().map_err(|_| {
+            self.error(
+                Some(s.span()),
+                Some(key),
+                format!("{:?} is not an IP:port address (for IPv6 use [addr]:port)", s.get_ref()),
+            )
+        })
+    }
+
+    fn validate(&self, file: File) -> Result<Config, ConfigError> {
+        let p = file.proxy.unwrap_or_default();
+        let workers = match p.workers.as_ref().map(|w| *w.get_ref()) {
+            None | Some(0) => std::thread::available_parallelism().map_or(1, |n| n.get()),
+            Some(n) if n <= 1024 => n as usize,
+            Some(_) => {
+                let span = p.workers.as_ref().map(Spanned::span);
+                return Err(self.error(span, Some("proxy.workers"), "at most 1024".into()));
+            }
+        };
+        let driver = match p.driver.as_ref().map(|d| (d.get_ref().as_str(), d.span())) {
+            None | Some(("auto", _)) => Driver::Auto,
+            Some(("io_uring", _)) => Driver::IoUring,
+            Some(("epoll", _)) => Driver::Epoll,
+            Some((other, span)) => {
+                return Err(self.error(
+                    Some(span),
+                    Some("proxy.driver"),
+                    format!("{other:?} is not one of \"auto\", \"io_uring\", \"epoll\""),
+                ));
+            }
+        };
+        let shutdown_grace = self.duration(&p.shutdown_grace, "proxy.shutdown_grace", Duration::from_secs(30))?;
+
+        let c = file.client.unwrap_or_default();
+        let client = ClientSettings {
+            header_timeout: self.duration(&c.header_timeout, "client.header_timeout", Duration::from_secs(15))?,
+            keepalive_timeout: self.duration(
+                &c.keepalive_timeout,
+                "client.keepalive_timeout",
+                Duration::from_secs(60),
+            )?,
+            body_timeout: self.duration(&c.body_timeout, "client.body_timeout", Duration::from_secs(60))?,
+            max_request_line: self.bounded(&c.max_request_line, "client.max_request_line", 8192, 64..1_048_577)?
+                as usize,
+            max_header_bytes: self.bounded(&c.max_header_bytes, "client.max_header_bytes", 32768, 256..1_048_577)?
+                as usize,
+            max_headers: self.bounded(&c.max_headers, "client.max_headers", 100, 1..257)? as usize,
+            max_body: self.size(&c.max_body, "client.max_body", 1 << 20)?,
+        };
+        if client.max_request_line > client.max_header_bytes {
+            let span = c.max_request_line.as_ref().map(Spanned::span);
+            return Err(self.error(
+                span,
+                Some("client.max_request_line"),
+                "must not exceed client.max_header_bytes".into(),
+            ));
+        }
+
+        let u = file.upstream.unwrap_or_default();
+        let upstream = UpstreamSettings {
+            connect_timeout: self.duration(&u.connect_timeout, "upstream.connect_timeout", Duration::from_secs(5))?,
+            read_timeout: self.duration(&u.read_timeout, "upstream.read_timeout", Duration::from_secs(60))?,
+            send_timeout: self.duration(&u.send_timeout, "upstream.send_timeout", Duration::from_secs(60))?,
+            idle_timeout: self.duration(&u.idle_timeout, "upstream.idle_timeout", Duration::from_secs(60))?,
+            max_idle_per_endpoint: self.bounded(
+                &u.max_idle_per_endpoint,
+                "upstream.max_idle_per_endpoint",
+                32,
+                0..65_536,
+            )? as usize,
+            connect_attempts: self.bounded(&u.connect_attempts, "upstream.connect_attempts", 3, 1..101)? as usize,
+        };
+
+        let l = file.log.unwrap_or_default();
+        let json = match l.format.as_ref().map(|f| (f.get_ref().as_str(), f.span())) {
+            None | Some(("text", _)) => false,
+            Some(("json", _)) => true,
+            Some((other, span)) => {
+                return Err(self.error(
+                    Some(span),
+                    Some("log.format"),
+                    format!("{other:?} is not one of \"text\", \"json\""),
+                ));
+            }
+        };
+        let log = LogConfig {
+            json,
+            level: l.level.unwrap_or_else(|| "info".into()),
+            access_log: l.access_log.unwrap_or(true),
+        };
+
+        let mut listeners = Vec::new();
+        for (i, l) in file.listener.iter().enumerate() {
+            let key = format!("listener[{i}].address");
+            if let Some(tls) = &l.tls
+                && *tls.get_ref()
+            {
+                return Err(self.error(
+                    Some(tls.span()),
+                    Some(&format!("listener[{i}].tls")),
+                    "TLS listeners are not implemented yet in this version of kedge".into(),
+                ));
+            }
+            let addr = self.addr(&l.address, &key)?;
+            if listeners.contains(&addr) {
+                return Err(self.error(Some(l.address.span()), Some(&key), format!("{addr} is listed twice")));
+            }
+            listeners.push(addr);
+        }
+        if listeners.is_empty() {
+            return Err(self.error(None, Some("listener"), "at least one [[listener]] is needed".into()));
+        }
+
+        let mut routes = Vec::new();
+        for (i, r) in file.route.into_iter().enumerate() {
+            routes.push(self.route(i, r)?);
+        }
+
+        Ok(Config {
+            path: self.path.to_owned(),
+            process: ProcessConfig {
+                workers,
+                driver,
+                shutdown_grace,
+                listeners,
+                log,
+            },
+            client,
+            upstream,
+            routes,
+        })
+    }
+
+    fn route(&self, i: usize, r: FileRoute) -> Result<StaticRoute, ConfigError> {
+        let key = |k: &str| format!("route[{i}].{k}");
+        let host = match &r.host {
+            None => None,
+            Some(h) => {
+                let v = h.get_ref().to_ascii_lowercase();
+                if v.is_empty() || v == "*" {
+                    None
+                } else {
+                    check_host(&v).map_err(|m| self.error(Some(h.span()), Some(&key("host")), m))?;
+                    Some(v)
+                }
+            }
+        };
+        let path = match &r.path {
+            None => "/".to_owned(),
+            Some(p) => {
+                let v = p.get_ref();
+                if !v.starts_with('/') || v.bytes().any(|b| b <= b' ' || b == 0x7f || b == b'?' || b == b'#') {
+                    return Err(self.error(
+                        Some(p.span()),
+                        Some(&key("path")),
+                        format!("{v:?} must start with / and hold no spaces, controls, ? or #"),
+                    ));
+                }
+                v.clone()
+            }
+        };
+        if r.upstreams.get_ref().is_empty() {
+            return Err(self.error(
+                Some(r.upstreams.span()),
+                Some(&key("upstreams")),
+                "needs at least one IP:port".into(),
+            ));
+        }
+        let mut upstreams = Vec::new();
+        for (j, u) in r.upstreams.get_ref().iter().enumerate() {
+            upstreams.push(self.addr(u, &format!("route[{i}].upstreams[{j}]"))?);
+        }
+        let max_body = match &r.max_body {
+            None => None,
+            Some(s) => Some(
+                s.get_ref()
+                    .bytes()
+                    .map_err(|m| self.error(Some(s.span()), Some(&key("max_body")), m))?,
+            ),
+        };
+        let name = r
+            .name
+            .unwrap_or_else(|| format!("static/{}{}", host.as_deref().unwrap_or("*"), path));
+        Ok(StaticRoute {
+            name,
+            host,
+            path,
+            path_type: r.path_type.unwrap_or(PathType::Prefix),
+            upstreams,
+            max_body,
+        })
+    }
+}
+
+/// A host must be a DNS name, optionally with a leading `*.` wildcard label.
+fn check_host(h: &str) -> Result<(), String> {
+    let rest = h.strip_prefix("*.").unwrap_or(h);
+    let ok = rest.len() <= 253
+        && !rest.is_empty()
+        && rest.split('.').all(|label| {
+            !label.is_empty()
+                && label.len() <= 63
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        });
+    if ok {
+        Ok(())
+    } else {
+        Err(format!("{h:?} is not a host name (exact, or *.suffix for one label)"))
+    }
+}
+
+fn line_col(text: &str, offset: usize) -> (usize, usize) {
+    let offset = offset.min(text.len());
+    let before = &text[..offset];
+    let line = before.matches('\n').count() + 1;
+    let col = before.rfind('\n').map_or(offset, |nl| offset - nl - 1) + 1;
+    (line, col)
+}
+
+/// Parses "500ms", "15s", "2m", "1h".
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let digits = s.bytes().take_while(u8::is_ascii_digit).count();
+    let (num, unit) = s.split_at(digits);
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("{s:?} is not a duration like \"500ms\", \"15s\", \"2m\""))?;
+    let d = match unit {
+        "ms" => Duration::from_millis(n),
+        "s" => Duration::from_secs(n),
+        "m" => Duration::from_secs(n.saturating_mul(60)),
+        "h" => Duration::from_secs(n.saturating_mul(3600)),
+        _ => return Err(format!("{s:?} is not a duration like \"500ms\", \"15s\", \"2m\"")),
+    };
+    if d.is_zero() {
+        return Err("a duration of zero would fire at once; give a positive duration".into());
+    }
+    Ok(d)
+}
+
+/// A size in bytes: an integer, or a string with a k/m/g suffix (powers of 1024).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+enum Size {
+    Bytes(u64),
+    Text(String),
+}
+
+impl Size {
+    fn bytes(&self) -> Result<u64, String> {
+        match self {
+            Size::Bytes(n) => Ok(*n),
+            Size::Text(s) => {
+                let t = s.trim().to_ascii_lowercase();
+                let (num, mult) = match t.as_bytes().last() {
+                    Some(b'k') => (&t[..t.len() - 1], 1u64 << 10),
+                    Some(b'm') => (&t[..t.len() - 1], 1 << 20),
+                    Some(b'g') => (&t[..t.len() - 1], 1 << 30),
+                    _ => (&t[..], 1),
+                };
+                num.parse::<u64>()
+                    .ok()
+                    .and_then(|n| n.checked_mul(mult))
+                    .ok_or_else(|| format!("{s:?} is not a size like 1048576, \"16k\", \"1m\""))
+            }
+        }
+    }
+}
+
+// ---- the file schema -------------------------------------------------------------------------
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct File {
+    proxy: Option<FileProxy>,
+    client: Option<FileClient>,
+    upstream: Option<FileUpstream>,
+    log: Option<FileLog>,
+    #[serde(default)]
+    listener: Vec<FileListener>,
+    #[serde(default)]
+    route: Vec<FileRoute>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct FileProxy {
+    workers: Option<Spanned<u64>>,
+    driver: Option<Spanned<String>>,
+    shutdown_grace: Option<Spanned<String>>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct FileClient {
+    header_timeout: Option<Spanned<String>>,
+    keepalive_timeout: Option<Spanned<String>>,
+    body_timeout: Option<Spanned<String>>,
+    max_request_line: Option<Spanned<u64>>,
+    max_header_bytes: Option<Spanned<u64>>,
+    max_headers: Option<Spanned<u64>>,
+    max_body: Option<Spanned<Size>>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct FileUpstream {
+    connect_timeout: Option<Spanned<String>>,
+    read_timeout: Option<Spanned<String>>,
+    send_timeout: Option<Spanned<String>>,
+    idle_timeout: Option<Spanned<String>>,
+    max_idle_per_endpoint: Option<Spanned<u64>>,
+    connect_attempts: Option<Spanned<u64>>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct FileLog {
+    format: Option<Spanned<String>>,
+    level: Option<String>,
+    access_log: Option<bool>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileListener {
+    address: Spanned<String>,
+    tls: Option<Spanned<bool>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileRoute {
+    name: Option<String>,
+    host: Option<Spanned<String>>,
+    path: Option<Spanned<String>>,
+    path_type: Option<PathType>,
+    upstreams: Spanned<Vec<Spanned<String>>>,
+    max_body: Option<Spanned<Size>>,
+}
+
+#[cfg(test)]
+mod tests;

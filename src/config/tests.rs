@@ -1,0 +1,126 @@
+//! Config validation as data: good files give typed values; bad ones give `file:line:column`
+//! and the key.
+
+use std::path::Path;
+use std::time::Duration;
+
+use super::*;
+
+fn parse_ok(text: &str) -> Config {
+    parse(Path::new("kedge.toml"), text).unwrap_or_else(|e| panic!("{e}"))
+}
+
+fn parse_err(text: &str) -> String {
+    match parse(Path::new("kedge.toml"), text) {
+        Ok(_) => panic!("accepted: {text}"),
+        Err(e) => e.to_string(),
+    }
+}
+
+const MINIMAL: &str = "[[listener]]\naddress = \"127.0.0.1:8080\"\n";
+
+#[test]
+fn defaults() {
+    let c = parse_ok(MINIMAL);
+    assert!(c.process.workers >= 1);
+    assert_eq!(c.process.driver, Driver::Auto);
+    assert_eq!(c.client.max_body, 1 << 20);
+    assert_eq!(c.client.header_timeout, Duration::from_secs(15));
+    assert_eq!(c.upstream.connect_attempts, 3);
+    assert!(c.routes.is_empty());
+}
+
+#[test]
+fn the_shipped_config_is_valid() {
+    let text = include_str!("../../config/kedge.toml");
+    let c = parse_ok(text);
+    assert!(!c.routes.is_empty());
+}
+
+#[test]
+fn full_route() {
+    let c = parse_ok(&format!(
+        "{MINIMAL}[client]\nmax_body = \"16k\"\n[[route]]\nhost = \"*.Example.com\"\npath = \"/api\"\npath_type = \"exact\"\n\
+         upstreams = [\"192.0.2.1:80\", \"[2001:db8::1]:8080\"]\nmax_body = 0\n"
+    ));
+    assert_eq!(c.client.max_body, 16 * 1024);
+    let r = &c.routes[0];
+    assert_eq!(r.host.as_deref(), Some("*.example.com"));
+    assert_eq!(r.path_type, PathType::Exact);
+    assert_eq!(r.upstreams.len(), 2);
+    assert_eq!(r.max_body, Some(0));
+    assert_eq!(r.name, "static/*.example.com/api");
+}
+
+#[test]
+fn errors_point_at_line_column_and_key() {
+    let cases: &[(&str, &str)] = &[
+        (
+            "[[listener]]\naddress = \"nope\"\n",
+            "kedge.toml:2:11: listener[0].address:",
+        ),
+        ("[proxy]\nworkerz = 2\n", "kedge.toml:2:1:"),
+        (
+            "[proxy]\ndriver = \"kqueue\"\n[[listener]]\naddress = \"127.0.0.1:1\"\n",
+            "kedge.toml:2:10: proxy.driver:",
+        ),
+        (
+            "[[listener]]\naddress = \"127.0.0.1:1\"\n[client]\nheader_timeout = \"soon\"\n",
+            "kedge.toml:4:18: client.header_timeout:",
+        ),
+        (
+            "[[listener]]\naddress = \"127.0.0.1:1\"\n[client]\nmax_headers = 0\n",
+            "kedge.toml:4:15: client.max_headers:",
+        ),
+        (
+            "[[listener]]\naddress = \"127.0.0.1:1\"\n[[route]]\nhost = \"a b\"\nupstreams = [\"127.0.0.1:2\"]\n",
+            "kedge.toml:4:8: route[0].host:",
+        ),
+        (
+            "[[listener]]\naddress = \"127.0.0.1:1\"\n[[route]]\npath = \"api\"\nupstreams = [\"127.0.0.1:2\"]\n",
+            "kedge.toml:4:8: route[0].path:",
+        ),
+        (
+            "[[listener]]\naddress = \"127.0.0.1:1\"\n[[route]]\nupstreams = []\n",
+            "kedge.toml:4:13: route[0].upstreams:",
+        ),
+        (
+            "[[listener]]\naddress = \"127.0.0.1:1\"\n[[route]]\nupstreams = [\"127.0.0.1:2\", \"x\"]\n",
+            "kedge.toml:4:29: route[0].upstreams[1]:",
+        ),
+        (
+            "[[listener]]\naddress = \"127.0.0.1:1\"\ntls = true\n",
+            "kedge.toml:3:7: listener[0].tls: TLS listeners are not implemented",
+        ),
+        (
+            "[log]\nlevel = \"info\"\n",
+            "listener: at least one [[listener]] is needed",
+        ),
+        (
+            "[[listener]]\naddress = \"127.0.0.1:1\"\n[[listener]]\naddress = \"127.0.0.1:1\"\n",
+            "kedge.toml:4:11:",
+        ),
+        ("[[listener]\n", "kedge.toml:1:"),
+    ];
+    for (text, want) in cases {
+        let got = parse_err(text);
+        assert!(
+            got.starts_with(want) || got.contains(want),
+            "for {text:?}\n got: {got}\nwant: {want}"
+        );
+    }
+}
+
+#[test]
+fn durations_and_sizes() {
+    assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+    assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
+    assert_eq!(parse_duration("1h"), Ok(Duration::from_secs(3600)));
+    assert!(parse_duration("0s").is_err());
+    assert!(parse_duration("5").is_err());
+    assert!(parse_duration("-5s").is_err());
+    assert_eq!(Size::Text("1m".into()).bytes(), Ok(1 << 20));
+    assert_eq!(Size::Text("16K".into()).bytes(), Ok(16 << 10));
+    assert_eq!(Size::Bytes(7).bytes(), Ok(7));
+    assert!(Size::Text("lots".into()).bytes().is_err());
+}

@@ -1,0 +1,159 @@
+//! Route matching as data: (host, path) → the backend name that must answer, or none.
+
+use std::net::SocketAddr;
+
+use super::*;
+use crate::config::{PathType, StaticRoute};
+
+fn route(name: &str, host: Option<&str>, path: &str, path_type: PathType) -> StaticRoute {
+    StaticRoute {
+        name: name.into(),
+        host: host.map(str::to_owned),
+        path: path.into(),
+        path_type,
+        upstreams: vec![SocketAddr::from(([127, 0, 0, 1], 9000))],
+        max_body: None,
+    }
+}
+
+fn check(routes: &[StaticRoute], cases: &[(&str, &str, Option<&str>)]) {
+    let (table, warnings) = build_static(routes);
+    assert!(warnings.is_empty(), "{warnings:?}");
+    for &(host, path, want) in cases {
+        let got = table.route(host.as_bytes(), path).map(|b| &*b.name);
+        assert_eq!(got, want, "host {host:?} path {path:?}");
+    }
+}
+
+use PathType::{Exact, Prefix};
+
+#[test]
+fn prefix_matches_whole_path_elements() {
+    let routes = [route("aaa", Some("foo.com"), "/aaa", Prefix)];
+    check(
+        &routes,
+        &[
+            ("foo.com", "/aaa", Some("aaa")),
+            ("foo.com", "/aaa/", Some("aaa")),
+            ("foo.com", "/aaa/ccc", Some("aaa")),
+            ("foo.com", "/aaaccc", None),
+            ("foo.com", "/", None),
+            ("foo.com", "/AAA", None),
+        ],
+    );
+}
+
+#[test]
+fn trailing_slash_in_prefix_rule_is_ignored() {
+    let routes = [route("aaa", Some("foo.com"), "/aaa/", Prefix)];
+    check(
+        &routes,
+        &[
+            ("foo.com", "/aaa", Some("aaa")),
+            ("foo.com", "/aaa/b", Some("aaa")),
+            ("foo.com", "/aaab", None),
+        ],
+    );
+}
+
+#[test]
+fn exact_is_case_and_slash_sensitive() {
+    let routes = [route("foo", Some("foo.com"), "/foo", Exact)];
+    check(
+        &routes,
+        &[
+            ("foo.com", "/foo", Some("foo")),
+            ("foo.com", "/foo/", None),
+            ("foo.com", "/FOO", None),
+            ("foo.com", "/fo", None),
+        ],
+    );
+}
+
+#[test]
+fn longest_match_wins_and_exact_beats_prefix() {
+    let routes = [
+        route("root", Some("foo.com"), "/", Prefix),
+        route("foo-prefix", Some("foo.com"), "/foo", Prefix),
+        route("foo-exact", Some("foo.com"), "/foo", Exact),
+        route("foobar", Some("foo.com"), "/foo/bar", Prefix),
+    ];
+    check(
+        &routes,
+        &[
+            ("foo.com", "/foo", Some("foo-exact")),
+            ("foo.com", "/foo/", Some("foo-prefix")),
+            ("foo.com", "/foo/bar/baz", Some("foobar")),
+            ("foo.com", "/foo/barn", Some("foo-prefix")),
+            ("foo.com", "/other", Some("root")),
+        ],
+    );
+}
+
+#[test]
+fn hosts_exact_wildcard_case_and_port() {
+    let routes = [
+        route("exact", Some("foo.bar.com"), "/", Prefix),
+        route("wild", Some("*.bar.com"), "/", Prefix),
+        route("any", None, "/", Prefix),
+    ];
+    check(
+        &routes,
+        &[
+            ("foo.bar.com", "/", Some("exact")),
+            ("FOO.Bar.COM:8080", "/x", Some("exact")),
+            ("foo.bar.com.", "/", Some("exact")),
+            ("baz.bar.com", "/", Some("wild")),
+            ("baz.bar.com:443", "/", Some("wild")),
+            // One label only: deeper names and the bare suffix are not the wildcard's.
+            ("a.baz.bar.com", "/", Some("any")),
+            ("bar.com", "/", Some("any")),
+            ("other.example", "/", Some("any")),
+            ("", "/", Some("any")),
+            ("[2001:db8::1]:80", "/", Some("any")),
+        ],
+    );
+}
+
+#[test]
+fn host_with_rules_does_not_fall_back_to_any_host_rules() {
+    let routes = [
+        route("api", Some("foo.com"), "/api", Prefix),
+        route("any", None, "/", Prefix),
+    ];
+    check(
+        &routes,
+        &[
+            ("foo.com", "/api/x", Some("api")),
+            ("foo.com", "/web", None),
+            ("bar.com", "/web", Some("any")),
+        ],
+    );
+}
+
+#[test]
+fn no_rules_no_route() {
+    check(&[], &[("foo.com", "/", None), ("", "/", None)]);
+}
+
+#[test]
+fn duplicate_rule_keeps_the_first_and_warns() {
+    let routes = [
+        route("first", Some("foo.com"), "/a", Prefix),
+        route("second", Some("foo.com"), "/a/", Prefix),
+    ];
+    let (table, warnings) = build_static(&routes);
+    assert_eq!(warnings.len(), 1, "{warnings:?}");
+    assert!(warnings[0].contains("second"), "{warnings:?}");
+    assert_eq!(table.route(b"foo.com", "/a/b").map(|b| &*b.name), Some("first"));
+}
+
+#[test]
+fn host_normalisation_rejects_junk() {
+    let mut buf = [0u8; MAX_HOST];
+    assert_eq!(normalize_host(b"Foo.COM:80", &mut buf), Some("foo.com"));
+    assert_eq!(normalize_host(b"[::1]:80", &mut buf), Some("::1"));
+    assert_eq!(normalize_host(b"foo bar", &mut buf), None);
+    assert_eq!(normalize_host(&[b'a'; 300], &mut buf), None);
+    assert_eq!(normalize_host(b"", &mut buf), None);
+}

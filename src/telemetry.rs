@@ -1,0 +1,27 @@
+//! Logging through `tracing`: text (without timestamps under journald, which adds its own) or
+//! JSON, filtered by the configured level or `RUST_LOG`. Access lines use target `kedge::access`.
+
+use tracing_subscriber::EnvFilter;
+
+use crate::config::LogConfig;
+
+/// Installs the global subscriber. Call once, before any thread starts.
+pub fn init(log: &LogConfig) {
+    // rustls warns on every handshake whose SNI is an IP address; keep that out by default.
+    let filter =
+        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(format!("{},rustls=error", log.level)));
+    let under_journald = std::env::var_os("JOURNAL_STREAM").is_some();
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    let result = if log.json {
+        builder.json().flatten_event(true).try_init()
+    } else if under_journald {
+        builder.without_time().with_ansi(false).try_init()
+    } else {
+        builder.with_ansi(false).try_init()
+    };
+    if let Err(e) = result {
+        eprintln!("kedge: logging already initialised: {e}");
+    }
+}

@@ -1,0 +1,312 @@
+//! Worker threads: one monoio runtime per core, pinned, each with its own SO_REUSEPORT
+//! listeners, upstream pools and balancer state. The only cross-thread state a worker reads is
+//! the published [`Snapshot`] (immutable, behind an atomic pointer) and the shutdown signal.
+
+mod conn;
+pub mod listener;
+mod pool;
+mod pump;
+
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::sync::mpsc;
+use std::task::{Context, Poll, Waker};
+use std::time::{Duration, Instant};
+
+use arc_swap::{ArcSwap, Cache};
+
+use crate::config::{ClientSettings, Driver, UpstreamSettings};
+use crate::routes::RouteTable;
+
+/// Everything a request needs from the control side, swapped as one value so that no request
+/// ever sees half a change.
+#[derive(Debug)]
+pub struct Snapshot {
+    pub table: RouteTable,
+    pub client: ClientSettings,
+    pub upstream: UpstreamSettings,
+    pub access_log: bool,
+}
+
+/// A snapshot held by a worker. Requests share it through a worker-local `Rc`, so taking a
+/// handle per request costs no atomic reference count on memory other workers touch.
+struct Held(Arc<Snapshot>);
+
+impl std::ops::Deref for Held {
+    type Target = Snapshot;
+    fn deref(&self) -> &Snapshot {
+        &self.0
+    }
+}
+
+/// State shared by all workers: read-only on the hot path.
+pub struct Shared {
+    pub snapshot: Arc<ArcSwap<Snapshot>>,
+    pub shutdown: tokio::sync::watch::Sender<bool>,
+}
+
+/// What a worker reports once its runtime is up (or why it is not).
+pub type Started = Result<&'static str, String>;
+
+/// Spawns worker `index`, pinned to `core` when given, serving `listeners`.
+pub fn spawn(
+    index: usize,
+    core: Option<usize>,
+    listeners: Vec<std::net::TcpListener>,
+    shared: Arc<Shared>,
+    driver: Driver,
+    grace: Duration,
+    started: mpsc::Sender<Started>,
+) -> std::io::Result<std::thread::JoinHandle<()>> {
+    std::thread::Builder::new()
+        .name(format!("kedge-worker-{index}"))
+        .spawn(move || {
+            if let Some(core) = core
+                && let Err(e) = monoio::utils::bind_to_cpu_set([core])
+            {
+                tracing::warn!(worker = index, core, error = %e, "cannot pin worker to its core");
+            }
+            let main = worker_main(index, listeners, shared, grace);
+            let uring = match driver {
+                Driver::Epoll => false,
+                Driver::IoUring => true,
+                Driver::Auto => monoio::utils::detect_uring(),
+            };
+            if uring {
+                match monoio::RuntimeBuilder::<monoio::IoUringDriver>::new()
+                    .enable_timer()
+                    .build()
+                {
+                    Ok(mut rt) => {
+                        let _ = started.send(Ok("io_uring"));
+                        return rt.block_on(main);
+                    }
+                    Err(e) if driver == Driver::IoUring => {
+                        let _ = started.send(Err(format!("io_uring runtime: {e}")));
+                        return;
+                    }
+                    Err(e) => {
+                        if index == 0 {
+                            tracing::warn!(error = %e, "io_uring is unavailable (memlock limit?); using epoll");
+                        }
+                    }
+                }
+            } else if driver == Driver::Auto && index == 0 {
+                tracing::warn!("the kernel refuses io_uring; using epoll");
+            }
+            match monoio::RuntimeBuilder::<monoio::LegacyDriver>::new()
+                .enable_timer()
+                .build()
+            {
+                Ok(mut rt) => {
+                    let _ = started.send(Ok("epoll"));
+                    rt.block_on(main)
+                }
+                Err(e) => {
+                    let _ = started.send(Err(format!("epoll runtime: {e}")));
+                }
+            }
+        })
+}
+
+/// One worker's state. Lives on its thread only (`Rc`, `Cell`, `RefCell`: no atomics, no locks).
+struct Worker {
+    index: usize,
+    shared: Arc<Shared>,
+    cache: RefCell<Cache<Arc<ArcSwap<Snapshot>>, Arc<Snapshot>>>,
+    current: RefCell<Rc<Held>>,
+    pool: RefCell<pool::Pool>,
+    /// Round-robin position per backend name; kept across table swaps.
+    rr: RefCell<HashMap<Box<str>, usize>>,
+    rng: Cell<u64>,
+    active: Cell<usize>,
+    /// Set once shutdown begins; a worker-local copy of the cross-thread signal so that the
+    /// per-request checks and idle waits touch no shared memory.
+    stopping: Stopping,
+}
+
+/// A worker-local, fire-once signal that any number of tasks can wait for.
+#[derive(Default)]
+struct Stopping {
+    fired: Cell<bool>,
+    next_key: Cell<u64>,
+    waiters: RefCell<HashMap<u64, Waker>>,
+}
+
+impl Stopping {
+    fn is_set(&self) -> bool {
+        self.fired.get()
+    }
+
+    fn fire(&self) {
+        self.fired.set(true);
+        let waiters = std::mem::take(&mut *self.waiters.borrow_mut());
+        for w in waiters.into_values() {
+            w.wake();
+        }
+    }
+
+    /// Resolves once [`Stopping::fire`] has been called.
+    fn wait(&self) -> StopWait<'_> {
+        StopWait { stop: self, key: None }
+    }
+}
+
+struct StopWait<'a> {
+    stop: &'a Stopping,
+    key: Option<u64>,
+}
+
+impl std::future::Future for StopWait<'_> {
+    type Output = ();
+    fn poll(mut self: std::pin::Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        if self.stop.fired.get() {
+            return Poll::Ready(());
+        }
+        let key = match self.key {
+            Some(k) => k,
+            None => {
+                let k = self.stop.next_key.get();
+                self.stop.next_key.set(k + 1);
+                self.key = Some(k);
+                k
+            }
+        };
+        self.stop.waiters.borrow_mut().insert(key, cx.waker().clone());
+        Poll::Pending
+    }
+}
+
+impl Drop for StopWait<'_> {
+    fn drop(&mut self) {
+        if let Some(k) = self.key {
+            self.stop.waiters.borrow_mut().remove(&k);
+        }
+    }
+}
+
+impl Worker {
+    /// The current snapshot. Checking for a new one is one atomic load; the handle is a
+    /// worker-local `Rc`, so holding it across a request costs no shared reference count.
+    fn snapshot(&self) -> Rc<Held> {
+        let mut cache = self.cache.borrow_mut();
+        let latest = cache.load();
+        let mut current = self.current.borrow_mut();
+        if !Arc::ptr_eq(latest, &current.0) {
+            *current = Rc::new(Held(Arc::clone(latest)));
+        }
+        Rc::clone(&current)
+    }
+
+    /// Next round-robin start index for backend `name` with `n` endpoints.
+    fn next_rr(&self, name: &str, n: usize) -> usize {
+        let mut rr = self.rr.borrow_mut();
+        let slot = match rr.get_mut(name) {
+            Some(s) => s,
+            None => rr.entry(name.into()).or_insert(self.index),
+        };
+        let i = *slot % n;
+        *slot = slot.wrapping_add(1);
+        i
+    }
+
+    /// 128 random bits as 32 hex digits, for request ids (xorshift64*: not cryptographic, only
+    /// unique enough to trace a request through logs).
+    fn request_id(&self, out: &mut [u8; 32]) {
+        const HEX: &[u8; 16] = b"0123456789abcdef";
+        for half in out.chunks_mut(16) {
+            let mut x = self.rng.get();
+            x ^= x >> 12;
+            x ^= x << 25;
+            x ^= x >> 27;
+            self.rng.set(x);
+            let v = x.wrapping_mul(0x2545_f491_4f6c_dd1d);
+            for (i, o) in half.iter_mut().enumerate() {
+                *o = HEX[((v >> (i * 4)) & 0xf) as usize];
+            }
+        }
+    }
+}
+
+async fn worker_main(index: usize, listeners: Vec<std::net::TcpListener>, shared: Arc<Shared>, grace: Duration) {
+    let seed = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0x9e37_79b9, |d| d.as_nanos() as u64)
+        ^ ((index as u64 + 1) << 56)
+        | 1;
+    let current = Rc::new(Held(shared.snapshot.load_full()));
+    let worker = Rc::new(Worker {
+        index,
+        cache: RefCell::new(Cache::new(Arc::clone(&shared.snapshot))),
+        shared,
+        current: RefCell::new(current),
+        pool: RefCell::new(pool::Pool::default()),
+        rr: RefCell::new(HashMap::new()),
+        rng: Cell::new(seed),
+        active: Cell::new(0),
+        stopping: Stopping::default(),
+    });
+    let mut shutdown = worker.shared.shutdown.subscribe();
+
+    for l in listeners {
+        match monoio::net::TcpListener::from_std(l) {
+            Ok(l) => {
+                monoio::spawn(accept_loop(Rc::clone(&worker), l));
+            }
+            Err(e) => tracing::error!(worker = index, error = %e, "cannot register listener"),
+        }
+    }
+    monoio::spawn(sweep_loop(Rc::clone(&worker)));
+
+    // Run until shutdown is signalled, then drain: accept loops stop by themselves; in-flight
+    // requests finish and connections close once idle, up to the grace period.
+    let _ = shutdown.wait_for(|&s| s).await;
+    worker.stopping.fire();
+    let deadline = Instant::now() + grace;
+    while worker.active.get() > 0 && Instant::now() < deadline {
+        monoio::time::sleep(Duration::from_millis(10)).await;
+    }
+    if worker.active.get() > 0 {
+        tracing::warn!(
+            worker = index,
+            connections = worker.active.get(),
+            "grace period over; closing"
+        );
+    }
+    worker.pool.borrow_mut().clear();
+}
+
+async fn accept_loop(worker: Rc<Worker>, listener: monoio::net::TcpListener) {
+    let port = listener.local_addr().map_or(0, |a| a.port());
+    loop {
+        let accepted = monoio::select! {
+            r = listener.accept() => r,
+            _ = worker.stopping.wait() => return,
+        };
+        match accepted {
+            Ok((stream, peer)) => {
+                let w = Rc::clone(&worker);
+                monoio::spawn(async move {
+                    w.active.set(w.active.get() + 1);
+                    conn::serve(&w, stream, peer, port).await;
+                    w.active.set(w.active.get() - 1);
+                });
+            }
+            Err(e) => {
+                // Out of file descriptors or memory: back off instead of spinning.
+                tracing::warn!(worker = worker.index, error = %e, "accept failed");
+                monoio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+}
+
+async fn sweep_loop(worker: Rc<Worker>) {
+    loop {
+        monoio::time::sleep(Duration::from_secs(5)).await;
+        let idle = worker.snapshot().upstream.idle_timeout;
+        worker.pool.borrow_mut().sweep(idle);
+    }
+}

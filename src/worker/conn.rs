@@ -1,0 +1,673 @@
+//! One client connection: read a request head, route it, forward it to an upstream, stream the
+//! response back, repeat while keep-alive holds. The phases are plain functions called in order:
+//!
+//! ```text
+//! read_head → route → check limits → connect (pool / retry) → send head + body → read response
+//! head (1xx skipped, 101 → tunnel) → send response head + body → pool upstream → access log
+//! ```
+//!
+//! Every failure is a [`Fail`]: either an answer the client still can get (a status with a
+//! one-line body, then close) or an abort (a response was already under way: just close).
+
+use std::net::SocketAddr;
+use std::ops::Range;
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use monoio::io::{AsyncWriteRent, AsyncWriteRentExt, Splitable};
+use monoio::net::TcpStream;
+
+use super::pump::{self, PumpError, PumpLimits, ReadResult};
+use super::{Snapshot, Worker};
+use crate::http::{self, Framing, HeaderSpan, HttpError, Parsed, RequestHead, ResponseHead, Version};
+use crate::routes::Backend;
+
+/// Limits for upstream response heads (not user-configurable: upstreams are trusted more).
+const UPSTREAM_HEAD_LIMITS: http::Limits = http::Limits {
+    max_request_line: 64 * 1024,
+    max_header_bytes: 64 * 1024,
+    max_headers: 200,
+};
+
+/// Why a request could not be completed.
+#[derive(Debug, Clone, Copy)]
+enum Fail {
+    /// The client can still get an answer: this status and a one-line reason, then close.
+    Answer(u16, &'static str),
+    /// Nothing more can be said (the client left, or a response was half sent): close.
+    Abort,
+}
+
+impl From<HttpError> for Fail {
+    fn from(e: HttpError) -> Self {
+        Fail::Answer(e.status(), e.reason())
+    }
+}
+
+/// What the access log needs to know about one request. The text fields are ranges of
+/// [`Conn::meta`], filled only when the access log is on.
+#[derive(Default)]
+struct Record {
+    method: Range<usize>,
+    target: Range<usize>,
+    host: Range<usize>,
+    request_id: Range<usize>,
+    status: u16,
+    bytes: u64,
+    upstream: Option<SocketAddr>,
+    upstream_time: Option<Duration>,
+}
+
+/// Per-connection buffers, reused for every request on the connection.
+struct Conn {
+    client: TcpStream,
+    peer: SocketAddr,
+    port: u16,
+    /// Bytes read from the client and not yet consumed (head, body start, pipelined requests).
+    cbuf: Vec<u8>,
+    /// Bytes read from the upstream and not yet consumed.
+    ubuf: Vec<u8>,
+    /// Bytes being assembled for a write (heads, re-framed chunks, canned answers).
+    out: Vec<u8>,
+    headers: Vec<HeaderSpan>,
+    uheaders: Vec<HeaderSpan>,
+    /// Method, target, host and request id of the current request, for the access log.
+    meta: String,
+    /// Whether the current request's head has been removed from `cbuf`.
+    head_consumed: bool,
+}
+
+/// Serves one accepted client connection until it closes.
+pub(super) async fn serve(worker: &Rc<Worker>, client: TcpStream, peer: SocketAddr, port: u16) {
+    let mut conn = Conn {
+        client,
+        peer,
+        port,
+        cbuf: Vec::with_capacity(16 * 1024),
+        ubuf: Vec::new(),
+        out: Vec::with_capacity(4 * 1024),
+        headers: Vec::with_capacity(32),
+        uheaders: Vec::with_capacity(32),
+        meta: String::new(),
+        head_consumed: false,
+    };
+    let mut first = true;
+    loop {
+        let snap = worker.snapshot();
+        let start = match conn.wait_for_request(worker, &snap, first).await {
+            Some(t) => t,
+            None => return,
+        };
+        first = false;
+        let head = match conn.read_head(&snap, start).await {
+            Ok(h) => h,
+            Err(Fail::Answer(status, why)) => {
+                conn.answer(status, why, true).await;
+                let rec = Record {
+                    status,
+                    ..Record::default()
+                };
+                log_access(&conn, &snap, &rec, start);
+                return;
+            }
+            Err(Fail::Abort) => return,
+        };
+        let mut rec = Record::default();
+        let outcome = conn.handle(worker, &snap, &head, &mut rec).await;
+        let keep = match outcome {
+            Ok(Next::KeepAlive) => true,
+            Ok(Next::Close) => false,
+            Ok(Next::Tunnel(upstream)) => {
+                log_access(&conn, &snap, &rec, start);
+                conn.tunnel(upstream).await;
+                return;
+            }
+            Err(Fail::Answer(status, why)) => {
+                rec.status = status;
+                // Routing and upstream failures leave the client connection in a clean state
+                // when no request body was involved: keep it. Anything else closes.
+                let keep = head.keep_alive
+                    && head.framing == Framing::None
+                    && matches!(status, 404 | 502 | 503 | 504)
+                    && !worker.stopping.is_set();
+                if keep && !conn.head_consumed {
+                    conn.cbuf.drain(..head.head_len);
+                }
+                conn.answer(status, why, !keep).await;
+                keep
+            }
+            Err(Fail::Abort) => {
+                if rec.status == 0 {
+                    rec.status = 499; // client closed the connection (nginx's convention)
+                }
+                false
+            }
+        };
+        log_access(&conn, &snap, &rec, start);
+        if !keep {
+            return;
+        }
+    }
+}
+
+/// How the connection goes on after a request.
+enum Next {
+    KeepAlive,
+    Close,
+    /// The upstream switched protocols: tunnel bytes both ways until either side closes.
+    Tunnel(TcpStream),
+}
+
+impl Conn {
+    /// Waits until the next request's first byte is buffered. `None`: the client closed, the
+    /// idle timeout passed, or the process is shutting down. Returns when the request started.
+    async fn wait_for_request(&mut self, worker: &Worker, snap: &Snapshot, first: bool) -> Option<Instant> {
+        if !self.cbuf.is_empty() {
+            return Some(Instant::now()); // pipelined
+        }
+        if worker.stopping.is_set() {
+            return None;
+        }
+        // A new connection gets the header timeout for its first byte; an idle keep-alive
+        // connection gets the keep-alive timeout. Either way silence is closed without an answer.
+        let wait = if first {
+            snap.client.header_timeout
+        } else {
+            snap.client.keepalive_timeout
+        };
+        let read = pump::read_with_timeout(&mut self.client, &mut self.cbuf, wait);
+        let r = monoio::select! {
+            r = read => r,
+            _ = worker.stopping.wait() => return None,
+        };
+        match r {
+            ReadResult::Data(_) => Some(Instant::now()),
+            ReadResult::Eof | ReadResult::Timeout | ReadResult::Error => None,
+        }
+    }
+
+    /// Reads until a whole request head is buffered and parses it.
+    async fn read_head(&mut self, snap: &Snapshot, start: Instant) -> Result<RequestHead, Fail> {
+        let c = &snap.client;
+        let limits = http::Limits {
+            max_request_line: c.max_request_line,
+            max_header_bytes: c.max_header_bytes,
+            max_headers: c.max_headers,
+        };
+        let deadline = start + c.header_timeout;
+        loop {
+            if let Parsed::Complete(head) = http::parse_request(&self.cbuf, &limits, &mut self.headers)? {
+                return Ok(head);
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            match pump::read_with_timeout(&mut self.client, &mut self.cbuf, left).await {
+                ReadResult::Data(_) => {}
+                ReadResult::Timeout => return Err(Fail::Answer(408, "request head not received in time")),
+                ReadResult::Eof | ReadResult::Error => return Err(Fail::Abort),
+            }
+        }
+    }
+
+    /// Routes and forwards one request, and streams its response back.
+    async fn handle(
+        &mut self,
+        worker: &Rc<Worker>,
+        snap: &Snapshot,
+        head: &RequestHead,
+        rec: &mut Record,
+    ) -> Result<Next, Fail> {
+        // Everything needed from the head is taken before the head leaves `cbuf`.
+        self.head_consumed = false;
+        let (host, path) = target_host_path(&self.cbuf, head)?;
+        let method = &self.cbuf[head.method.clone()];
+        let is_head = method == b"HEAD";
+        let retry_ok = head.framing == Framing::None && is_idempotent(method);
+        let mut rid = [0u8; 32];
+        let has_rid = self
+            .headers
+            .iter()
+            .any(|h| self.cbuf[h.name.clone()].eq_ignore_ascii_case(b"x-request-id"));
+        if !has_rid {
+            worker.request_id(&mut rid);
+        }
+        if snap.access_log {
+            self.record_meta(head, host.clone(), if has_rid { None } else { Some(&rid) }, rec);
+        }
+        let Some(backend) = snap.table.route(&self.cbuf[host.clone()], path_str(&self.cbuf, path)?) else {
+            return Err(Fail::Answer(404, "no route for this host and path"));
+        };
+        let max_body = match backend.max_body.unwrap_or(snap.client.max_body) {
+            0 => u64::MAX,
+            n => n,
+        };
+        if let Framing::Length(n) = head.framing
+            && n > max_body
+        {
+            return Err(Fail::Answer(413, "request body larger than allowed"));
+        }
+
+        // The upstream head, built once: a retry on another connection sends the same bytes.
+        self.out.clear();
+        let fwd = http::Forwarded {
+            client_ip: self.peer.ip(),
+            proto: "http",
+            host: &self.cbuf[host],
+            port: self.port,
+            request_id: &rid,
+        };
+        http::write_request_head(&mut self.out, &self.cbuf, head, &self.headers, &fwd);
+        self.cbuf.drain(..head.head_len);
+        self.head_consumed = true;
+
+        // Connect, send, read the response head; retry once on a fresh connection when the
+        // request has no body and is safe to repeat.
+        let t_up = Instant::now();
+        let mut attempt = 0;
+        let (mut upstream, addr, resp) = loop {
+            attempt += 1;
+            let (mut upstream, addr) = connect(worker, backend, snap).await?;
+            rec.upstream = Some(addr);
+            let sent = self.send_request(&mut upstream, head, snap, max_body).await;
+            let read = match sent {
+                Ok(()) => {
+                    self.read_response_head(&mut upstream, is_head, snap.upstream.read_timeout)
+                        .await
+                }
+                Err(e) => Err(e),
+            };
+            match read {
+                Ok(resp) => break (upstream, addr, resp),
+                Err(SendFail::Retryable) if retry_ok && attempt == 1 => {
+                    tracing::debug!(upstream = %addr, "upstream connection reset before a response; retrying");
+                }
+                Err(SendFail::Retryable) => return Err(Fail::Answer(502, "upstream closed the connection")),
+                Err(SendFail::Fail(f)) => return Err(f),
+            }
+        };
+        rec.upstream_time = Some(t_up.elapsed());
+        rec.status = resp.status;
+
+        if resp.status == 101 {
+            if head.upgrade.is_none() {
+                return Err(Fail::Answer(
+                    502,
+                    "upstream switched protocols without an upgrade request",
+                ));
+            }
+            self.out.clear();
+            http::write_response_head(
+                &mut self.out,
+                &self.ubuf,
+                &resp,
+                &self.uheaders,
+                Framing::None,
+                head.version,
+                true,
+            );
+            self.ubuf.drain(..resp.head_len);
+            let out = std::mem::take(&mut self.out);
+            self.out = write_client(&mut self.client, out, snap.client.body_timeout).await?;
+            return Ok(Next::Tunnel(upstream));
+        }
+
+        // Client-side framing: lengths pass through; chunked and close-delimited bodies go
+        // chunked to HTTP/1.1 clients and close-delimited to HTTP/1.0 ones.
+        let out_framing = match resp.framing {
+            Framing::None => Framing::None,
+            Framing::Length(n) => Framing::Length(n),
+            Framing::Chunked | Framing::CloseDelimited if head.version == Version::Http11 => Framing::Chunked,
+            Framing::Chunked | Framing::CloseDelimited => Framing::CloseDelimited,
+        };
+        let keep_client = head.keep_alive && !worker.stopping.is_set() && out_framing != Framing::CloseDelimited;
+        let keep_upstream = resp.keep_alive && resp.framing != Framing::CloseDelimited;
+
+        // (A bodiless HEAD or 304 answer keeps the Content-Length the upstream declared.)
+        self.out.clear();
+        http::write_response_head(
+            &mut self.out,
+            &self.ubuf,
+            &resp,
+            &self.uheaders,
+            out_framing,
+            head.version,
+            keep_client,
+        );
+        self.ubuf.drain(..resp.head_len);
+        let limits = PumpLimits {
+            read_timeout: snap.upstream.read_timeout,
+            write_timeout: snap.client.body_timeout,
+            max: u64::MAX,
+        };
+        let moved = pump::pump(
+            &mut upstream,
+            &mut self.client,
+            &mut self.ubuf,
+            &mut self.out,
+            resp.framing,
+            out_framing == Framing::Chunked,
+            &limits,
+        )
+        .await;
+        match moved {
+            Ok(n) => rec.bytes = n,
+            Err(e) => {
+                tracing::debug!(upstream = %addr, error = ?e, "response body cut short");
+                return Err(Fail::Abort);
+            }
+        }
+        if keep_upstream && self.ubuf.is_empty() {
+            worker
+                .pool
+                .borrow_mut()
+                .put(addr, upstream, snap.upstream.max_idle_per_endpoint);
+        }
+        self.ubuf.clear();
+        Ok(if keep_client { Next::KeepAlive } else { Next::Close })
+    }
+
+    /// Copies what the access log shows of the request into `meta` (one reused buffer).
+    fn record_meta(&mut self, head: &RequestHead, host: Range<usize>, rid: Option<&[u8; 32]>, rec: &mut Record) {
+        let m = &mut self.meta;
+        m.clear();
+        let mut push = |bytes: &[u8]| {
+            let start = m.len();
+            m.push_str(&String::from_utf8_lossy(bytes));
+            start..m.len()
+        };
+        rec.method = push(&self.cbuf[head.method.clone()]);
+        rec.target = push(&self.cbuf[head.target.clone()]);
+        rec.host = push(&self.cbuf[host]);
+        rec.request_id = match rid {
+            Some(rid) => push(rid),
+            None => {
+                let given = self
+                    .headers
+                    .iter()
+                    .find(|h| self.cbuf[h.name.clone()].eq_ignore_ascii_case(b"x-request-id"));
+                push(given.map_or(&b""[..], |h| &self.cbuf[h.value.clone()]))
+            }
+        };
+    }
+
+    /// Sends the request head in `out` and then the body (streamed from the client).
+    async fn send_request(
+        &mut self,
+        upstream: &mut TcpStream,
+        head: &RequestHead,
+        snap: &Snapshot,
+        max_body: u64,
+    ) -> Result<(), SendFail> {
+        let send_timeout = snap.upstream.send_timeout;
+        if head.framing == Framing::None {
+            // `out` keeps the head after the write, for a retry.
+            let out = std::mem::take(&mut self.out);
+            let (res, out) = pump::write_all(upstream, out, send_timeout)
+                .await
+                .map_err(|()| SendFail::Fail(Fail::Answer(504, "upstream did not take the request in time")))?;
+            self.out = out;
+            return res.map(drop).map_err(|_| SendFail::Retryable);
+        }
+        if head.expect_continue && self.cbuf.is_empty() {
+            // The client waits for a go-ahead before sending the body; kedge gives it, since it
+            // now has an upstream connection to stream the body to.
+            let cont = http::CONTINUE.to_vec();
+            write_client(&mut self.client, cont, snap.client.body_timeout)
+                .await
+                .map_err(SendFail::Fail)?;
+        }
+        let limits = PumpLimits {
+            read_timeout: snap.client.body_timeout,
+            write_timeout: send_timeout,
+            max: max_body,
+        };
+        let r = pump::pump(
+            &mut self.client,
+            upstream,
+            &mut self.cbuf,
+            &mut self.out,
+            head.framing,
+            head.framing == Framing::Chunked,
+            &limits,
+        )
+        .await;
+        r.map(drop).map_err(|e| {
+            SendFail::Fail(match e {
+                PumpError::SourceTimeout => Fail::Answer(408, "request body not received in time"),
+                PumpError::SourceIo => Fail::Abort,
+                PumpError::SourceFraming(e) => Fail::from(e),
+                PumpError::TooLarge => Fail::Answer(413, "request body larger than allowed"),
+                PumpError::Sink => Fail::Answer(502, "upstream failed while receiving the request body"),
+            })
+        })
+    }
+
+    /// Reads the upstream's response head, skipping interim 1xx answers other than 101.
+    async fn read_response_head(
+        &mut self,
+        upstream: &mut TcpStream,
+        is_head: bool,
+        read_timeout: Duration,
+    ) -> Result<ResponseHead, SendFail> {
+        self.ubuf.clear();
+        let mut got_any = false;
+        loop {
+            match http::parse_response(&self.ubuf, &UPSTREAM_HEAD_LIMITS, is_head, &mut self.uheaders) {
+                Ok(Parsed::Complete(resp)) if (100..200).contains(&resp.status) && resp.status != 101 => {
+                    self.ubuf.drain(..resp.head_len);
+                    continue;
+                }
+                Ok(Parsed::Complete(resp)) => return Ok(resp),
+                Ok(Parsed::Partial) => {}
+                Err(e) => {
+                    tracing::debug!(error = ?e, "invalid response head from upstream");
+                    return Err(SendFail::Fail(Fail::Answer(502, "upstream sent an invalid response")));
+                }
+            }
+            match pump::read_with_timeout(upstream, &mut self.ubuf, read_timeout).await {
+                ReadResult::Data(_) => got_any = true,
+                ReadResult::Timeout => {
+                    return Err(SendFail::Fail(Fail::Answer(504, "upstream did not answer in time")));
+                }
+                ReadResult::Eof | ReadResult::Error if !got_any => return Err(SendFail::Retryable),
+                ReadResult::Eof | ReadResult::Error => {
+                    return Err(SendFail::Fail(Fail::Answer(
+                        502,
+                        "upstream closed before a complete response head",
+                    )));
+                }
+            }
+        }
+    }
+
+    /// Sends a canned answer, then closes gently: shut our side, and read (discarding) what the
+    /// client still sends for a moment, so that a request body in flight does not turn the close
+    /// into a reset that would destroy the answer before the client reads it.
+    async fn answer(&mut self, status: u16, why: &str, close: bool) {
+        self.out.clear();
+        http::write_canned(&mut self.out, status, why, close);
+        let out = std::mem::take(&mut self.out);
+        match write_client(&mut self.client, out, Duration::from_secs(5)).await {
+            Ok(b) => self.out = b,
+            Err(_) => return,
+        }
+        if !close {
+            return;
+        }
+        let _ = self.client.shutdown().await;
+        let mut sink = std::mem::take(&mut self.cbuf);
+        let deadline = Instant::now() + Duration::from_secs(2);
+        for _ in 0..64 {
+            sink.clear();
+            let left = deadline.saturating_duration_since(Instant::now());
+            match pump::read_with_timeout(&mut self.client, &mut sink, left).await {
+                ReadResult::Data(_) => {}
+                _ => break,
+            }
+        }
+    }
+
+    /// Copies bytes both ways between client and upstream after a 101, until both sides close.
+    async fn tunnel(mut self, mut upstream: TcpStream) {
+        // Bytes that arrived early on either side belong to the new protocol.
+        if !self.cbuf.is_empty() {
+            let early = std::mem::take(&mut self.cbuf);
+            if upstream.write_all(early).await.0.is_err() {
+                return;
+            }
+        }
+        if !self.ubuf.is_empty() {
+            let early = std::mem::take(&mut self.ubuf);
+            if self.client.write_all(early).await.0.is_err() {
+                return;
+            }
+        }
+        let (mut cr, mut cw) = self.client.into_split();
+        let (mut ur, mut uw) = upstream.into_split();
+        let up = async {
+            let _ = monoio::io::copy(&mut cr, &mut uw).await;
+            let _ = uw.shutdown().await;
+        };
+        let down = async {
+            let _ = monoio::io::copy(&mut ur, &mut cw).await;
+            let _ = cw.shutdown().await;
+        };
+        monoio::join!(up, down);
+    }
+}
+
+/// Failure while sending a request or waiting for its response head.
+enum SendFail {
+    /// The upstream connection died before any response byte: the request may be retried if
+    /// nothing of its body was sent and it is idempotent.
+    Retryable,
+    Fail(Fail),
+}
+
+/// Picks endpoints round-robin, reusing a pooled connection when one is idle, and tries up to
+/// `connect_attempts` distinct endpoints when connects are refused or time out.
+async fn connect(worker: &Worker, backend: &Backend, snap: &Snapshot) -> Result<(TcpStream, SocketAddr), Fail> {
+    let n = backend.endpoints.len();
+    if n == 0 {
+        return Err(Fail::Answer(503, "no endpoint available for this backend"));
+    }
+    let settings = &snap.upstream;
+    let first = worker.next_rr(&backend.name, n);
+    let mut fail = Fail::Answer(502, "cannot connect to upstream");
+    for i in 0..settings.connect_attempts.min(n) {
+        let addr = backend.endpoints[(first + i) % n];
+        if let Some(stream) = worker.pool.borrow_mut().take(addr, settings.idle_timeout) {
+            return Ok((stream, addr));
+        }
+        match monoio::time::timeout(settings.connect_timeout, TcpStream::connect_addr(addr)).await {
+            Ok(Ok(stream)) => {
+                let _ = stream.set_nodelay(true);
+                return Ok((stream, addr));
+            }
+            Ok(Err(e)) => {
+                tracing::debug!(upstream = %addr, error = %e, "connect failed");
+                fail = Fail::Answer(502, "cannot connect to upstream");
+            }
+            Err(_) => {
+                tracing::debug!(upstream = %addr, "connect timed out");
+                fail = Fail::Answer(504, "upstream connect timed out");
+            }
+        }
+    }
+    Err(fail)
+}
+
+/// Writes `out` to the client under `timeout`, handing the buffer back (cleared).
+async fn write_client(client: &mut TcpStream, out: Vec<u8>, timeout: Duration) -> Result<Vec<u8>, Fail> {
+    match pump::write_all(client, out, timeout).await {
+        Ok((Ok(_), mut b)) => {
+            b.clear();
+            Ok(b)
+        }
+        _ => Err(Fail::Abort),
+    }
+}
+
+/// The host (a range of the buffer, maybe empty) and path (a range, or `None` for `/`) to route
+/// on. Origin-form takes the Host header; absolute-form takes the authority from the target.
+fn target_host_path(
+    buf: &[u8],
+    head: &RequestHead,
+) -> Result<(std::ops::Range<usize>, Option<std::ops::Range<usize>>), Fail> {
+    let t = head.target.clone();
+    let target = &buf[t.clone()];
+    let path_end = |from: usize| from + buf[from..t.end].iter().position(|&b| b == b'?').unwrap_or(t.end - from);
+    let host = head.host.clone().unwrap_or(t.start..t.start);
+    if target.first() == Some(&b'/') {
+        return Ok((host, Some(t.start..path_end(t.start))));
+    }
+    if target == b"*" {
+        return Ok((host, None));
+    }
+    let scheme_len = if target.len() >= 7 && target[..7].eq_ignore_ascii_case(b"http://") {
+        7
+    } else if target.len() >= 8 && target[..8].eq_ignore_ascii_case(b"https://") {
+        8
+    } else if &buf[head.method.clone()] == b"CONNECT" {
+        return Err(Fail::Answer(405, "CONNECT is not supported"));
+    } else {
+        return Err(Fail::Answer(400, "request target is not a path or an absolute URI"));
+    };
+    let auth_start = t.start + scheme_len;
+    let auth_end = auth_start
+        + buf[auth_start..t.end]
+            .iter()
+            .position(|&b| b == b'/' || b == b'?')
+            .unwrap_or(t.end - auth_start);
+    let path = if buf.get(auth_end) == Some(&b'/') && auth_end < t.end {
+        Some(auth_end..path_end(auth_end))
+    } else {
+        None
+    };
+    Ok((auth_start..auth_end, path))
+}
+
+fn path_str(buf: &[u8], path: Option<std::ops::Range<usize>>) -> Result<&str, Fail> {
+    match path {
+        None => Ok("/"),
+        Some(r) => std::str::from_utf8(&buf[r]).map_err(|_| Fail::Answer(400, "request target is not valid UTF-8")),
+    }
+}
+
+/// RFC 9110 §9.2.2 idempotent methods.
+fn is_idempotent(method: &[u8]) -> bool {
+    matches!(method, b"GET" | b"HEAD" | b"OPTIONS" | b"TRACE" | b"PUT" | b"DELETE")
+}
+
+/// One access-log line per request (target `kedge::access`).
+fn log_access(conn: &Conn, snap: &Snapshot, rec: &Record, start: Instant) {
+    if !snap.access_log {
+        return;
+    }
+    let m = &conn.meta;
+    let field = |r: &Range<usize>| m.get(r.clone()).filter(|s| !s.is_empty()).unwrap_or("-");
+    tracing::info!(
+        target: "kedge::access",
+        client = %conn.peer.ip(),
+        host = field(&rec.host),
+        method = field(&rec.method),
+        path = field(&rec.target),
+        status = rec.status,
+        bytes = rec.bytes,
+        upstream = %rec.upstream.map_or_else(|| "-".to_owned(), |a| a.to_string()),
+        upstream_ms = %Millis(rec.upstream_time),
+        total_ms = %Millis(Some(start.elapsed())),
+        request_id = field(&rec.request_id),
+    );
+}
+
+/// A duration shown as milliseconds with microsecond precision, or `-`.
+struct Millis(Option<Duration>);
+
+impl std::fmt::Display for Millis {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.0 {
+            Some(d) => write!(f, "{:.3}", d.as_secs_f64() * 1e3),
+            None => f.write_str("-"),
+        }
+    }
+}

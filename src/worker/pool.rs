@@ -1,0 +1,81 @@
+//! Per-worker keep-alive pools of upstream connections, one idle list per endpoint. Owned by one
+//! worker thread: no locks, no sharing.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use monoio::net::TcpStream;
+
+/// An idle upstream connection and when it was parked.
+struct Idle {
+    stream: TcpStream,
+    since: Instant,
+}
+
+/// The idle connections of one worker.
+#[derive(Default)]
+pub struct Pool {
+    idle: HashMap<SocketAddr, Vec<Idle>>,
+}
+
+impl Pool {
+    /// Takes the most recently parked live connection to `addr`. Connections idle longer than
+    /// `idle_timeout`, or that the peer closed while parked, are dropped on the way.
+    pub fn take(&mut self, addr: SocketAddr, idle_timeout: Duration) -> Option<TcpStream> {
+        let list = self.idle.get_mut(&addr)?;
+        let now = Instant::now();
+        while let Some(idle) = list.pop() {
+            if now.duration_since(idle.since) < idle_timeout && is_open(&idle.stream) {
+                return Some(idle.stream);
+            }
+        }
+        None
+    }
+
+    /// Parks `stream` for reuse, unless `addr` already has `max_idle` idle connections.
+    pub fn put(&mut self, addr: SocketAddr, stream: TcpStream, max_idle: usize) {
+        let list = self.idle.entry(addr).or_default();
+        if list.len() < max_idle {
+            list.push(Idle {
+                stream,
+                since: Instant::now(),
+            });
+        }
+    }
+
+    /// Closes connections idle longer than `idle_timeout`; called periodically so idle sockets
+    /// do not pile up on endpoints that no longer get traffic.
+    pub fn sweep(&mut self, idle_timeout: Duration) {
+        let now = Instant::now();
+        self.idle.retain(|_, list| {
+            list.retain(|i| now.duration_since(i.since) < idle_timeout);
+            !list.is_empty()
+        });
+    }
+
+    /// Closes everything (shutdown).
+    pub fn clear(&mut self) {
+        self.idle.clear();
+    }
+}
+
+/// Whether a parked connection still looks usable: a non-blocking peek sees neither EOF, nor an
+/// error, nor unexpected bytes (an upstream must not talk while no request is outstanding). One
+/// cheap syscall that saves a failed request on a connection the upstream closed while idle.
+#[allow(unsafe_code)]
+fn is_open(stream: &TcpStream) -> bool {
+    use std::os::fd::AsRawFd;
+    let mut byte = 0u8;
+    // SAFETY: the fd belongs to `stream`, which outlives this call; recv writes at most one byte
+    // into `byte`, which is valid for writes.
+    let n = unsafe {
+        libc::recv(
+            stream.as_raw_fd(),
+            (&raw mut byte).cast(),
+            1,
+            libc::MSG_PEEK | libc::MSG_DONTWAIT,
+        )
+    };
+    n < 0 && std::io::Error::last_os_error().kind() == std::io::ErrorKind::WouldBlock
+}

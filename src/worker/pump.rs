@@ -1,0 +1,225 @@
+//! Streaming a message body from one socket to another in bounded buffers, in either direction:
+//! request bodies client → upstream, response bodies upstream → client. The source framing is
+//! decoded (Content-Length, chunked, or until EOF) and the body re-framed for the sink (raw or
+//! chunked), so a body is never held whole and never forwarded with framing kedge did not check.
+
+use std::io;
+use std::time::Duration;
+
+use monoio::buf::{IoBuf, IoBufMut};
+use monoio::io::{AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt};
+
+use crate::http::{self, ChunkEvent, ChunkedDecoder, Framing};
+
+/// Flush the output buffer once it holds this much.
+const FLUSH_AT: usize = 64 * 1024;
+/// Read this much at a time at least.
+const READ_CHUNK: usize = 16 * 1024;
+
+/// Why a body could not be moved. The side tells the caller what to answer.
+#[derive(Debug)]
+pub enum PumpError {
+    /// The source went quiet for longer than its read timeout.
+    SourceTimeout,
+    /// The source closed or failed before the body was complete.
+    SourceIo,
+    /// The source's body framing was invalid (bad chunk line etc.).
+    SourceFraming(http::HttpError),
+    /// More body than the limit allows.
+    TooLarge,
+    /// The sink failed or stalled while we wrote to it.
+    Sink,
+}
+
+/// Timeouts and limits for one pump.
+pub struct PumpLimits {
+    pub read_timeout: Duration,
+    pub write_timeout: Duration,
+    /// Most body bytes to accept; `u64::MAX` for no limit.
+    pub max: u64,
+}
+
+/// Moves one body. `buf` holds bytes already read from `src` (the body's start, and possibly
+/// what follows it); on success it holds exactly what follows the body. `out` may hold bytes
+/// (a head) to be written before the body; it is flushed and empty on success. Returns the
+/// number of body bytes moved.
+pub async fn pump<R, W>(
+    src: &mut R,
+    dst: &mut W,
+    buf: &mut Vec<u8>,
+    out: &mut Vec<u8>,
+    framing: Framing,
+    chunked_out: bool,
+    limits: &PumpLimits,
+) -> Result<u64, PumpError>
+where
+    R: AsyncReadRent,
+    W: AsyncWriteRent,
+{
+    let mut moved: u64 = 0;
+    match framing {
+        Framing::None => {}
+        Framing::Length(mut remaining) => {
+            if remaining > limits.max {
+                return Err(PumpError::TooLarge);
+            }
+            loop {
+                let k = (remaining.min(buf.len() as u64)) as usize;
+                if k > 0 {
+                    emit(out, &buf[..k], chunked_out);
+                    buf.drain(..k);
+                    remaining -= k as u64;
+                    moved += k as u64;
+                }
+                if remaining == 0 {
+                    break;
+                }
+                flush(dst, out, limits.write_timeout).await?;
+                if read_more(src, buf, limits.read_timeout).await? == 0 {
+                    return Err(PumpError::SourceIo);
+                }
+            }
+        }
+        Framing::Chunked => {
+            let mut decoder = ChunkedDecoder::new();
+            let mut pos = 0;
+            loop {
+                let (used, event) = decoder.step(&buf[pos..]).map_err(PumpError::SourceFraming)?;
+                match event {
+                    ChunkEvent::Data(r) => {
+                        let len = r.len() as u64;
+                        moved += len;
+                        if moved > limits.max {
+                            return Err(PumpError::TooLarge);
+                        }
+                        let data = &buf[pos + r.start..pos + r.end];
+                        emit(out, data, chunked_out);
+                        pos += used;
+                        if out.len() >= FLUSH_AT {
+                            flush(dst, out, limits.write_timeout).await?;
+                        }
+                    }
+                    ChunkEvent::End { trailers } => {
+                        if chunked_out {
+                            http::write_last_chunk(out, &buf[pos + trailers.start..pos + trailers.end]);
+                        }
+                        pos += used;
+                        buf.drain(..pos);
+                        flush(dst, out, limits.write_timeout).await?;
+                        return Ok(moved);
+                    }
+                    ChunkEvent::NeedMore => {
+                        pos += used;
+                        buf.drain(..pos);
+                        pos = 0;
+                        flush(dst, out, limits.write_timeout).await?;
+                        if read_more(src, buf, limits.read_timeout).await? == 0 {
+                            return Err(PumpError::SourceIo);
+                        }
+                    }
+                }
+            }
+        }
+        Framing::CloseDelimited => loop {
+            if !buf.is_empty() {
+                moved += buf.len() as u64;
+                if moved > limits.max {
+                    return Err(PumpError::TooLarge);
+                }
+                emit(out, buf, chunked_out);
+                buf.clear();
+            }
+            flush(dst, out, limits.write_timeout).await?;
+            if read_more(src, buf, limits.read_timeout).await? == 0 {
+                if chunked_out {
+                    http::write_last_chunk(out, b"");
+                }
+                break;
+            }
+        },
+    }
+    flush(dst, out, limits.write_timeout).await?;
+    Ok(moved)
+}
+
+/// Appends body bytes to `out`, as one chunk when re-framing to chunked.
+fn emit(out: &mut Vec<u8>, data: &[u8], chunked: bool) {
+    if data.is_empty() {
+        return;
+    }
+    if chunked {
+        http::write_chunk_header(out, data.len());
+        out.extend_from_slice(data);
+        out.extend_from_slice(b"\r\n");
+    } else {
+        out.extend_from_slice(data);
+    }
+}
+
+/// Writes all of `out` to `dst` and clears it.
+pub async fn flush<W: AsyncWriteRent>(dst: &mut W, out: &mut Vec<u8>, timeout: Duration) -> Result<(), PumpError> {
+    if out.is_empty() {
+        return Ok(());
+    }
+    let (res, mut b) = write_all(dst, std::mem::take(out), timeout)
+        .await
+        .map_err(|_| PumpError::Sink)?;
+    res.map_err(|_| PumpError::Sink)?;
+    b.clear();
+    *out = b;
+    Ok(())
+}
+
+/// `write_all` under a timeout. `Err` means the timeout fired (the buffer is lost with it).
+pub async fn write_all<W: AsyncWriteRent, B: IoBuf + 'static>(
+    dst: &mut W,
+    data: B,
+    timeout: Duration,
+) -> Result<(io::Result<usize>, B), ()> {
+    monoio::time::timeout(timeout, dst.write_all(data))
+        .await
+        .map_err(|_| ())
+}
+
+/// Reads more bytes onto the end of `buf`. Returns how many (0 = EOF).
+pub async fn read_more<R: AsyncReadRent>(
+    src: &mut R,
+    buf: &mut Vec<u8>,
+    timeout: Duration,
+) -> Result<usize, PumpError> {
+    match read_with_timeout(src, buf, timeout).await {
+        ReadResult::Data(n) => Ok(n),
+        ReadResult::Eof => Ok(0),
+        ReadResult::Timeout => Err(PumpError::SourceTimeout),
+        ReadResult::Error => Err(PumpError::SourceIo),
+    }
+}
+
+/// Outcome of one read.
+pub enum ReadResult {
+    Data(usize),
+    Eof,
+    Timeout,
+    Error,
+}
+
+/// One read onto the end of `buf` (growing it when full), under a timeout. On timeout the
+/// buffer went with the cancelled read and `buf` is left empty: callers close the connection.
+pub async fn read_with_timeout<R: AsyncReadRent>(src: &mut R, buf: &mut Vec<u8>, timeout: Duration) -> ReadResult {
+    if buf.capacity() - buf.len() < READ_CHUNK / 2 {
+        buf.reserve(READ_CHUNK);
+    }
+    let len = buf.len();
+    let b = std::mem::take(buf);
+    match monoio::time::timeout(timeout, src.read(b.slice_mut(len..))).await {
+        Err(_) => ReadResult::Timeout,
+        Ok((res, slice)) => {
+            *buf = slice.into_inner();
+            match res {
+                Ok(0) => ReadResult::Eof,
+                Ok(n) => ReadResult::Data(n),
+                Err(_) => ReadResult::Error,
+            }
+        }
+    }
+}
