@@ -13,7 +13,7 @@ const EXIT_BAD_CONFIG: u8 = 64;
 #[command(
     name = "kedge",
     about = "Kubernetes ingress for edge hosts outside the cluster",
-    disable_version_flag = true
+    version
 )]
 struct Args {
     #[command(subcommand)]

@@ -255,7 +255,7 @@ impl Cx<'_> {
             max_idle_per_endpoint: self.bounded(
                 &u.max_idle_per_endpoint,
                 "upstream.max_idle_per_endpoint",
-                32,
+                128,
                 0..65_536,
             )? as usize,
             connect_attempts: self.bounded(&u.connect_attempts, "upstream.connect_attempts", 3, 1..101)? as usize,

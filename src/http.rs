@@ -921,19 +921,34 @@ pub fn write_request_head(
 ) {
     out.extend_from_slice(at(buf, &head.method));
     out.push(b' ');
-    out.extend_from_slice(at(buf, &head.target));
+    // An absolute-form target (RFC 9112 §3.2.2) goes upstream in origin form, and its
+    // authority (which the caller routed on and passes as `fwd.host`) replaces Host.
+    let target = at(buf, &head.target);
+    let origin = origin_form(target);
+    match origin {
+        Some(rest) => {
+            if !rest.starts_with(b"/") {
+                out.push(b'/');
+            }
+            out.extend_from_slice(rest);
+        }
+        None => out.extend_from_slice(target),
+    }
     out.extend_from_slice(b" HTTP/1.1\r\n");
     let mut has_request_id = false;
     for h in headers {
         let name = at(buf, &h.name);
         let is_host = name.eq_ignore_ascii_case(b"host");
-        if is_one_of(name, &FORWARDING_HEADERS) || (!is_host && !passes(buf, headers, name)) {
+        if is_one_of(name, &FORWARDING_HEADERS)
+            || (is_host && origin.is_some())
+            || (!is_host && !passes(buf, headers, name))
+        {
             continue;
         }
         has_request_id |= name.eq_ignore_ascii_case(b"x-request-id");
         push_header(out, name, at(buf, &h.value));
     }
-    if head.host.is_none() {
+    if head.host.is_none() || origin.is_some() {
         push_header(out, b"Host", fwd.host);
     }
     out.extend_from_slice(b"X-Forwarded-For: ");
@@ -960,6 +975,21 @@ pub fn write_request_head(
         push_header(out, b"Upgrade", at(buf, upgrade));
     }
     out.extend_from_slice(b"\r\n");
+}
+
+/// For an absolute-form target (`http://host/path?q`), the part after the authority (`/path?q`,
+/// possibly empty or starting with `?`); `None` for any other form.
+fn origin_form(target: &[u8]) -> Option<&[u8]> {
+    let scheme = if target.len() >= 7 && target[..7].eq_ignore_ascii_case(b"http://") {
+        7
+    } else if target.len() >= 8 && target[..8].eq_ignore_ascii_case(b"https://") {
+        8
+    } else {
+        return None;
+    };
+    let rest = &target[scheme..];
+    let end = rest.iter().position(|&b| b == b'/' || b == b'?').unwrap_or(rest.len());
+    Some(&rest[end..])
 }
 
 /// Appends an IP address the way X-Forwarded-For carries it: no brackets, IPv4-mapped IPv6 (from a dual-stack

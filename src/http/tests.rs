@@ -849,6 +849,20 @@ fn request_rebuild() {
                 "kept|GET /old HTTP/1.1\r\nHost: h\r\nX-Forwarded-For: 192.0.2.7\r\n{FWD_BLOCK}X-Request-ID: rid-1\r\n\r\n"
             ),
         ),
+        (
+            "absolute-form: origin form upstream, the authority (fwd.host) replaces Host",
+            b"GET http://h/abs?q=1 HTTP/1.1\r\nHost: other\r\n\r\n",
+            format!(
+                "kept|GET /abs?q=1 HTTP/1.1\r\nHost: h\r\nX-Forwarded-For: 192.0.2.7\r\n{FWD_BLOCK}X-Request-ID: rid-1\r\n\r\n"
+            ),
+        ),
+        (
+            "absolute-form without a path: `/` added before the query",
+            b"GET HTTPS://h?x HTTP/1.1\r\nHost: h\r\n\r\n",
+            format!(
+                "kept|GET /?x HTTP/1.1\r\nHost: h\r\nX-Forwarded-For: 192.0.2.7\r\n{FWD_BLOCK}X-Request-ID: rid-1\r\n\r\n"
+            ),
+        ),
     ];
     for (label, raw, want) in cases {
         assert_eq!(&rebuilt_request(raw, &f), want, "{label}");

@@ -245,6 +245,9 @@ impl Conn {
         {
             return Err(Fail::Answer(413, "request body larger than allowed"));
         }
+        if head.framing == Framing::Chunked {
+            check_buffered_chunks(&self.cbuf[head.head_len..], max_body)?;
+        }
 
         // The upstream head, built once: a retry on another connection sends the same bytes.
         self.out.clear();
@@ -668,6 +671,28 @@ impl std::fmt::Display for Millis {
         match self.0 {
             Some(d) => write!(f, "{:.3}", d.as_secs_f64() * 1e3),
             None => f.write_str("-"),
+        }
+    }
+}
+
+/// Checks the chunked framing of the body bytes already buffered, before anything is sent
+/// upstream: a malformed body that arrived with its head (the usual case for small requests)
+/// is refused with not a byte of it forwarded. Framing errors in bytes that arrive later are
+/// caught while streaming; the upstream then sees the connection close before the last chunk,
+/// never a completed request.
+fn check_buffered_chunks(mut body: &[u8], max_body: u64) -> Result<(), Fail> {
+    let mut decoder = http::ChunkedDecoder::new();
+    let mut total = 0u64;
+    loop {
+        match decoder.step(body)? {
+            (used, http::ChunkEvent::Data(r)) => {
+                total += r.len() as u64;
+                if total > max_body {
+                    return Err(Fail::Answer(413, "request body larger than allowed"));
+                }
+                body = &body[used..];
+            }
+            (_, http::ChunkEvent::NeedMore | http::ChunkEvent::End { .. }) => return Ok(()),
         }
     }
 }

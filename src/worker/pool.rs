@@ -7,6 +7,9 @@ use std::time::{Duration, Instant};
 
 use monoio::net::TcpStream;
 
+/// Connections parked for less than this are reused without a liveness check.
+const CHECK_AFTER: Duration = Duration::from_secs(1);
+
 /// An idle upstream connection and when it was parked.
 struct Idle {
     stream: TcpStream,
@@ -22,11 +25,17 @@ pub struct Pool {
 impl Pool {
     /// Takes the most recently parked live connection to `addr`. Connections idle longer than
     /// `idle_timeout`, or that the peer closed while parked, are dropped on the way.
+    ///
+    /// The liveness check is a syscall, so it is made only for connections parked longer than
+    /// [`CHECK_AFTER`]: upstreams close idle connections on their own keep-alive timeout (5 s
+    /// for Node.js, more elsewhere), and one that closes sooner (restart, request quota) is
+    /// covered by the retry of idempotent requests.
     pub fn take(&mut self, addr: SocketAddr, idle_timeout: Duration) -> Option<TcpStream> {
         let list = self.idle.get_mut(&addr)?;
         let now = Instant::now();
         while let Some(idle) = list.pop() {
-            if now.duration_since(idle.since) < idle_timeout && is_open(&idle.stream) {
+            let age = now.duration_since(idle.since);
+            if age < idle_timeout && (age < CHECK_AFTER || is_open(&idle.stream)) {
                 return Some(idle.stream);
             }
         }

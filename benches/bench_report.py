@@ -1,0 +1,473 @@
+#!/usr/bin/env python3
+"""Helper for benches/proxy.sh: /proc snapshots, wrk output parsing, summary.
+
+Subcommands (all called by proxy.sh, stdlib only):
+
+  snap   --out FILE [--pid NAME=PID ...]
+         Snapshot of per-CPU jiffies (/proc/stat) and, for each NAME, the
+         utime+stime ticks and VmRSS summed over PID and all its descendants.
+
+  record --tsv FILE --target T --phase warmup|run --run I --before SNAP
+         --after SNAP --wrk WRK_OUTPUT --time TIME_OUTPUT [--proxy NAME]
+         Parses one wrk run and appends one row to the TSV (header written
+         when the file is new).
+
+  quiet  [--max-busy PCT] [--timeout S]
+         Waits until all CPUs together are less than PCT % of one core busy.
+
+  summary --tsv FILE [--meta FILE]
+         Prints the Markdown report (medians per target, ratios) to stdout.
+"""
+
+import argparse
+import json
+import math
+import os
+import re
+import statistics
+import sys
+import time
+
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+COLUMNS = [
+    "target", "phase", "run", "rps", "p50_ms", "p75_ms", "p90_ms", "p99_ms",
+    "requests", "socket_errors", "non_2xx", "elapsed_s",
+    "proxy_cpu_pct", "proxy_rss_mb", "proxy_procs", "backend_cpu_pct",
+    "wrk_cpu_pct", "other_cpu_pct", "cpu_busy_pct", "cpu_steal_pct",
+]
+
+
+# --------------------------------------------------------------------------
+# /proc sampling
+# --------------------------------------------------------------------------
+
+def _read_stat(pid):
+    """Return (ppid, utime+stime ticks) for pid, or None if it is gone."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            data = f.read().decode("ascii", "replace")
+    except OSError:
+        return None
+    # comm may contain spaces/parens: split after the last ')'
+    rest = data[data.rfind(")") + 2:].split()
+    # rest[0] = state (field 3); ppid = field 4; utime = 14; stime = 15
+    ppid = int(rest[1])
+    ticks = int(rest[11]) + int(rest[12])
+    return ppid, ticks
+
+
+def _rss_kb(pid):
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
+def _process_tree(root):
+    """root pid plus all descendants (processes, not threads: a process's
+    /proc/PID/stat already includes the CPU time of all its threads)."""
+    children = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        st = _read_stat(entry)
+        if st is None:
+            continue
+        children.setdefault(st[0], []).append(int(entry))
+    tree, todo = [], [root]
+    while todo:
+        p = todo.pop()
+        tree.append(p)
+        todo.extend(children.get(p, []))
+    return tree
+
+
+def cmd_snap(args):
+    snap = {"t": time.monotonic(), "cpus": {}, "procs": {}}
+    with open("/proc/stat") as f:
+        for line in f:
+            parts = line.split()
+            if parts and re.fullmatch(r"cpu\d+", parts[0]):
+                vals = [int(v) for v in parts[1:]]
+                idle = vals[3] + (vals[4] if len(vals) > 4 else 0)  # idle+iowait
+                # total excludes guest/guest_nice (already in user/nice)
+                total = sum(vals[:8])
+                steal = vals[7] if len(vals) > 7 else 0
+                snap["cpus"][parts[0]] = [total - idle, total, steal]
+    for spec in args.pid or []:
+        name, _, pid = spec.partition("=")
+        ticks = rss = n = 0
+        for p in _process_tree(int(pid)):
+            st = _read_stat(p)
+            if st is None:
+                continue
+            ticks += st[1]
+            rss += _rss_kb(p)
+            n += 1
+        snap["procs"][name] = {"ticks": ticks, "rss_kb": rss, "n": n}
+    with open(args.out, "w") as f:
+        json.dump(snap, f)
+
+
+def _busy_cores():
+    out = {}
+    with open("/proc/stat") as f:
+        for line in f:
+            parts = line.split()
+            if parts and re.fullmatch(r"cpu\d+", parts[0]):
+                vals = [int(v) for v in parts[1:]]
+                total = sum(vals[:8])
+                out[parts[0]] = (total - vals[3] - (vals[4] if len(vals) > 4 else 0), total)
+    return out
+
+
+def cmd_quiet(args):
+    """Wait until the machine is idle (our servers are idle between runs), so a
+    run does not start while e.g. a compiler is busy on the same CPUs. After a
+    busy period, --settle consecutive quiet samples are required (builds tend to
+    pause briefly between compilation units)."""
+    start = time.monotonic()
+    warned = False
+    quiet_in_a_row = 0
+    while True:
+        a = _busy_cores()
+        time.sleep(args.interval)
+        b = _busy_cores()
+        busy = 100.0 * sum((b[c][0] - a[c][0]) / max(1, b[c][1] - a[c][1]) for c in b if c in a)
+        quiet_in_a_row = quiet_in_a_row + 1 if busy < args.max_busy else 0
+        if quiet_in_a_row >= (args.settle if warned else 1):
+            if warned:
+                print(f"  machine quiet again ({busy:.0f}% of a core busy)", file=sys.stderr)
+            return 0
+        waited = time.monotonic() - start
+        if waited >= args.timeout:
+            print(f"  WARNING: machine still busy ({busy:.0f}% of a core used by other "
+                  f"processes) after {waited:.0f}s; running anyway", file=sys.stderr)
+            return 0
+        if not warned and busy >= args.max_busy:
+            print(f"  machine busy ({busy:.0f}% of a core used by other processes); waiting "
+                  f"up to {args.timeout:.0f}s for it to calm down", file=sys.stderr)
+            warned = True
+
+
+# --------------------------------------------------------------------------
+# wrk parsing
+# --------------------------------------------------------------------------
+
+_UNIT_MS = {"us": 1e-3, "ms": 1.0, "s": 1e3, "m": 60e3, "h": 3600e3}
+
+
+def parse_wrk(text):
+    out = {"rps": None, "requests": None, "socket_errors": 0, "non_2xx": 0}
+    m = re.search(r"^Requests/sec:\s+([\d.]+)", text, re.M)
+    if m:
+        out["rps"] = float(m.group(1))
+    m = re.search(r"^\s*(\d+) requests in ", text, re.M)
+    if m:
+        out["requests"] = int(m.group(1))
+    for pct in ("50", "75", "90", "99"):
+        m = re.search(rf"^\s*{pct}(?:\.0+)?%\s+([\d.]+)(us|ms|s|m|h)\s*$", text, re.M)
+        out[f"p{pct}_ms"] = float(m.group(1)) * _UNIT_MS[m.group(2)] if m else None
+    m = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", text)
+    if m:
+        out["socket_errors"] = sum(int(g) for g in m.groups())
+    m = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", text)
+    if m:
+        out["non_2xx"] = int(m.group(1))
+    return out
+
+
+def parse_time(text):
+    """Output of bash `time` with TIMEFORMAT='%3R %3U %3S'."""
+    nums = re.findall(r"^([\d.]+) ([\d.]+) ([\d.]+)\s*$", text, re.M)
+    if not nums:
+        return None
+    real, user, sys_ = (float(x) for x in nums[-1])
+    return real, user + sys_
+
+
+def _fmt(v, nd=2):
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return ""
+    if isinstance(v, float):
+        return f"{v:.{nd}f}"
+    return str(v)
+
+
+def cmd_record(args):
+    with open(args.before) as f:
+        a = json.load(f)
+    with open(args.after) as f:
+        b = json.load(f)
+    with open(args.wrk, errors="replace") as f:
+        wrk = parse_wrk(f.read())
+    try:
+        with open(args.time) as f:
+            tm = parse_time(f.read())
+    except OSError:
+        tm = None
+    # The snapshots bracket wrk (plus ~0.1 s of python start-up). All CPU
+    # counters only move while wrk loads the servers, so CPU-seconds are divided
+    # by wrk's own wall time when known, else by the snapshot interval.
+    elapsed = tm[0] if tm and tm[0] > 0 else b["t"] - a["t"]
+
+    def proc_cpu(name):
+        if name not in a["procs"] or name not in b["procs"]:
+            return None
+        d = b["procs"][name]["ticks"] - a["procs"][name]["ticks"]
+        return 100.0 * d / CLK_TCK / elapsed if elapsed > 0 else None
+
+    busy, steal = [], []
+    busy_cores = 0.0   # sum over CPUs of busy CPU-seconds / elapsed (1.0 = one core)
+    for cpu in sorted(b["cpus"], key=lambda c: int(c[3:])):
+        if cpu in a["cpus"]:
+            db = b["cpus"][cpu][0] - a["cpus"][cpu][0]
+            dt = b["cpus"][cpu][1] - a["cpus"][cpu][1]
+            ds = b["cpus"][cpu][2] - a["cpus"][cpu][2]
+            frac = min(1.0, db / CLK_TCK / elapsed) if elapsed > 0 else 0.0
+            busy.append(f"{cpu}={100.0 * frac:.0f}")
+            busy_cores += frac
+            steal.append(f"{cpu}={100.0 * ds / dt:.0f}" if dt > 0 else f"{cpu}=?")
+
+    wrk_cpu = (100.0 * tm[1] / tm[0]) if tm and tm[0] > 0 else None
+    ours = sum(v for v in (proc_cpu(args.proxy) if args.proxy else 0.0,
+                           proc_cpu("backend"), wrk_cpu) if v is not None)
+    # CPU used by anything that is not proxy/backend/wrk (other builds, other
+    # containers on the same VM, kernel softirq not charged to our processes)
+    other = max(0.0, 100.0 * busy_cores - ours)
+
+    noisy = args.max_other > 0 and other >= args.max_other
+    phase = args.phase + ("-noisy" if noisy else "")
+
+    row = {
+        "target": args.target, "phase": phase, "run": args.run,
+        **{k: wrk[k] for k in ("rps", "p50_ms", "p75_ms", "p90_ms", "p99_ms",
+                               "requests", "socket_errors", "non_2xx")},
+        "elapsed_s": elapsed,
+        "proxy_cpu_pct": proc_cpu(args.proxy) if args.proxy else None,
+        "proxy_rss_mb": (b["procs"][args.proxy]["rss_kb"] / 1024.0
+                         if args.proxy and args.proxy in b["procs"] else None),
+        "proxy_procs": (b["procs"][args.proxy]["n"]
+                        if args.proxy and args.proxy in b["procs"] else None),
+        "backend_cpu_pct": proc_cpu("backend"),
+        "wrk_cpu_pct": wrk_cpu,
+        "other_cpu_pct": other,
+        "cpu_busy_pct": ",".join(busy),
+        "cpu_steal_pct": ",".join(steal),
+    }
+    new = not os.path.exists(args.tsv) or os.path.getsize(args.tsv) == 0
+    with open(args.tsv, "a") as f:
+        if new:
+            f.write("\t".join(COLUMNS) + "\n")
+        f.write("\t".join(_fmt(row[c], 3 if c.endswith("_ms") else 2) for c in COLUMNS) + "\n")
+    # one human line for the console
+    print(f"  {phase:6s} {args.target:8s} #{args.run}: "
+          f"{_fmt(row['rps'], 0):>9s} req/s  p50 {_fmt(row['p50_ms'], 3)} ms  "
+          f"p99 {_fmt(row['p99_ms'], 3)} ms  proxy CPU {_fmt(row['proxy_cpu_pct'], 0) or '-'}%  "
+          f"backend CPU {_fmt(row['backend_cpu_pct'], 0)}%  wrk CPU {_fmt(row['wrk_cpu_pct'], 0)}%  "
+          f"other CPU {_fmt(row['other_cpu_pct'], 0)}%  "
+          f"[busy {row['cpu_busy_pct']}]"
+          + (f" [steal {row['cpu_steal_pct']}]"
+             if any(not kv.endswith("=0") for kv in steal) else "")
+          + (f"  ERRORS socket={row['socket_errors']} non2xx={row['non_2xx']}"
+             if (row['socket_errors'] or row['non_2xx']) else "")
+          + ("  (wrk output unparseable!)" if row["rps"] is None else "")
+          + (f"  -> discarded: other CPU load >= {args.max_other:.0f}%, will retry" if noisy else ""))
+    return 3 if noisy else 0
+
+
+# --------------------------------------------------------------------------
+# summary
+# --------------------------------------------------------------------------
+
+def _num(s):
+    try:
+        return float(s)
+    except (TypeError, ValueError):
+        return None
+
+
+def _median(vals):
+    vals = [v for v in vals if v is not None]
+    return statistics.median(vals) if vals else None
+
+
+def _ratio(a, b):
+    if a is None or b is None or b == 0:
+        return None
+    return a / b
+
+
+def cmd_summary(args):
+    rows = []
+    with open(args.tsv) as f:
+        header = f.readline().rstrip("\n").split("\t")
+        for line in f:
+            if line.strip():
+                rows.append(dict(zip(header, line.rstrip("\n").split("\t"))))
+    meta = {}
+    if args.meta and os.path.exists(args.meta):
+        with open(args.meta) as f:
+            meta = json.load(f)
+
+    order = []
+    for r in rows:
+        if r["phase"] == "run" and r["target"] not in order:
+            order.append(r["target"])
+
+    med = {}
+    for t in order:
+        rs = [r for r in rows if r["target"] == t and r["phase"] == "run"]
+        col = lambda c: [_num(r[c]) for r in rs]  # noqa: E731
+        rps = [v for v in col("rps") if v is not None]
+        busy = {}
+        for r in rs:
+            for kv in (r.get("cpu_busy_pct") or "").split(","):
+                if "=" in kv:
+                    k, v = kv.split("=")
+                    busy.setdefault(k, []).append(_num(v))
+        med[t] = {
+            "n": len(rs),
+            "rps": _median(rps),
+            "rps_min": min(rps) if rps else None,
+            "rps_max": max(rps) if rps else None,
+            "p50": _median(col("p50_ms")),
+            "p99": _median(col("p99_ms")),
+            "cpu": _median(col("proxy_cpu_pct")),
+            # requests served per second of proxy CPU time (per-run, then median)
+            "eff": _median([r_ / (c_ / 100.0) for r_, c_ in zip(col("rps"), col("proxy_cpu_pct"))
+                            if r_ is not None and c_ and c_ > 0]),
+            "rss": _median(col("proxy_rss_mb")),
+            "backend_cpu": _median(col("backend_cpu_pct")),
+            "wrk_cpu": _median(col("wrk_cpu_pct")),
+            "other_cpu": _median(col("other_cpu_pct")),
+            "errors": sum(int(_num(r["socket_errors"]) or 0) + int(_num(r["non_2xx"]) or 0)
+                          for r in rs),
+            "busy": {k: _median(v) for k, v in sorted(busy.items(), key=lambda kv: int(kv[0][3:]))},
+        }
+
+    def f(v, nd=0, suffix=""):
+        return "n/a" if v is None else f"{v:,.{nd}f}{suffix}"
+
+    out = []
+    if meta:
+        out.append(f"### Proxy benchmark, workers={meta.get('workers')} "
+                   f"({meta.get('date', '')})\n")
+        out.append(f"- command: `{meta.get('command', '')}`")
+        out.append(f"- machine: {meta.get('nproc')} CPUs, {meta.get('cpu_model')}, "
+                   f"kernel {meta.get('kernel')}")
+        out.append(f"- load: `{meta.get('wrk_cmd', '')}`; 1 warm-up run per target, then "
+                   f"{meta.get('runs')} runs per target, alternating round-robin")
+        out.append(f"- pinning: proxy CPU {meta.get('proxy_cpus')}, backend CPU "
+                   f"{meta.get('backend_cpus')}, wrk CPU {meta.get('wrk_cpus')}"
+                   + ("  **(oversubscribed: proxy, backend and wrk share cores)**"
+                      if meta.get("oversubscribed") else ""))
+        out.append(f"- versions: {meta.get('versions', '')}")
+        if meta.get("skipped"):
+            out.append(f"- skipped: {meta['skipped']}")
+        out.append("")
+
+    cpu_cols = sorted({c for t in order for c in med[t]["busy"]}, key=lambda c: int(c[3:]))
+    out.append("| target | runs | req/s (median) | req/s min–max | p50 ms | p99 ms | "
+               "proxy CPU % | req/s per proxy core | proxy RSS MB | backend CPU % | wrk CPU % | other CPU % | "
+               + " | ".join(f"{c} busy %" for c in cpu_cols)
+               + (" | " if cpu_cols else "") + "errors |")
+    out.append("|" + "---|" * (13 + len(cpu_cols)))
+    for t in order:
+        m = med[t]
+        out.append(
+            f"| {t} | {m['n']} | {f(m['rps'])} | {f(m['rps_min'])}–{f(m['rps_max'])} | "
+            f"{f(m['p50'], 3)} | {f(m['p99'], 3)} | "
+            f"{'—' if t == 'direct' else f(m['cpu'], 0)} | "
+            f"{'—' if t == 'direct' else f(m['eff'])} | "
+            f"{'—' if t == 'direct' else f(m['rss'], 1)} | "
+            f"{f(m['backend_cpu'], 0)} | {f(m['wrk_cpu'], 0)} | {f(m['other_cpu'], 0)} | "
+            + " | ".join(f(m["busy"].get(c), 0) for c in cpu_cols)
+            + (" | " if cpu_cols else "") + f"{m['errors']} |")
+    out.append("")
+
+    pairs = [("kedge", "nginx"), ("kedge", "haproxy"), ("nginx", "direct"),
+             ("haproxy", "direct"), ("kedge", "direct")]
+    out.append("| ratio | req/s ratio | p99 ratio | req/s-per-proxy-core ratio |")
+    out.append("|---|---|---|---|")
+    for a, b in pairs:
+        ma, mb = med.get(a, {}), med.get(b, {})
+        rr = _ratio(ma.get("rps"), mb.get("rps"))
+        pr = _ratio(ma.get("p99"), mb.get("p99"))
+        note = "" if (a in med and b in med) else " (not measured)"
+        er = _ratio(ma.get("eff"), mb.get("eff")) if b != "direct" else None
+        out.append(f"| {a}/{b}{note} | {f(rr, 3)} | {f(pr, 3)} | "
+                   f"{'—' if b == 'direct' else f(er, 3)} |")
+    out.append("")
+    out.append("req/s ratio > 1 means the first target served more requests/s; "
+               "p99 ratio < 1 means the first target had the lower tail latency; "
+               "req/s per proxy core = req/s / (proxy CPU % / 100), i.e. requests per "
+               "second of proxy CPU time (> 1 ratio: first proxy is cheaper per request).")
+    sat = [c for t in order if t != "direct" for c, v in med[t]["busy"].items()
+           if v is not None and v >= 95]
+    if sat:
+        out.append(f"\nNote: CPU(s) {', '.join(sorted(set(sat)))} were >= 95 % busy during proxied "
+                   "runs: req/s is capped by whichever core saturates first; compare the "
+                   "per-proxy-core column and the busy % columns before reading req/s ratios.")
+    discarded = [f"{r['target']}#{r['run']}" for r in rows if r["phase"] == "run-noisy"]
+    if discarded:
+        out.append(f"\nDiscarded and re-run because other processes were using the CPUs: "
+                   f"{', '.join(discarded)} (kept in runs.tsv as phase run-noisy).")
+    noisy = [f"{r['target']}#{r['run']}({_num(r.get('other_cpu_pct')):.0f}%)" for r in rows
+             if r["phase"] == "run" and (_num(r.get("other_cpu_pct")) or 0) >= 10]
+    if noisy:
+        out.append(f"\n**Warning:** other processes used >= 10 % of a core during: "
+                   f"{', '.join(noisy)}; the machine was not quiet, rerun those.")
+    stolen = []
+    for r in rows:
+        for kv in (r.get("cpu_steal_pct") or "").split(","):
+            v = _num(kv.partition("=")[2])
+            if v is not None and v >= 5:
+                stolen.append(f"{r['target']}#{r['run']}({kv})")
+    if stolen:
+        out.append(f"\n**Warning:** hypervisor steal time >= 5 % in: {', '.join(stolen)}; "
+                   "those runs are noisy.")
+    bad = [t for t in order if med[t]["errors"]]
+    if bad:
+        out.append(f"\n**Warning:** socket errors or non-2xx responses for: {', '.join(bad)} "
+                   "(see runs.tsv).")
+    print("\n".join(out))
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    p = sub.add_parser("snap")
+    p.add_argument("--out", required=True)
+    p.add_argument("--pid", action="append")
+    p.set_defaults(fn=cmd_snap)
+    p = sub.add_parser("record")
+    for a in ("--tsv", "--target", "--phase", "--run", "--before", "--after", "--wrk", "--time"):
+        p.add_argument(a, required=True)
+    p.add_argument("--proxy")
+    p.add_argument("--max-other", type=float, default=0.0,
+                   help="mark the run '<phase>-noisy' and exit 3 when processes other than "
+                        "proxy/backend/wrk used >= this %% of a core (0 = off)")
+    p.set_defaults(fn=cmd_record)
+    p = sub.add_parser("quiet")
+    p.add_argument("--max-busy", type=float, default=20.0)
+    p.add_argument("--timeout", type=float, default=60.0)
+    p.add_argument("--interval", type=float, default=1.0)
+    p.add_argument("--settle", type=int, default=3)
+    p.set_defaults(fn=cmd_quiet)
+    p = sub.add_parser("summary")
+    p.add_argument("--tsv", required=True)
+    p.add_argument("--meta")
+    p.set_defaults(fn=cmd_summary)
+    args = ap.parse_args()
+    return args.fn(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,561 @@
+#!/usr/bin/env bash
+# kedge vs nginx vs HAProxy (vs direct) HTTP/1.1 keep-alive proxy benchmark.
+#
+#   bash benches/proxy.sh [--runs N] [--duration S] [--connections C]
+#                         [--workers N] [--skip-build] [--warmup S]
+#                         [--threads T] [--targets LIST] [--kedge-bin PATH]
+#                         [--kedge-driver auto|...] [--results-dir DIR]
+#
+# Everything runs on 127.0.0.1 with private instances (own configs, pid files
+# and prefixes under a temp dir, ports 18080-18090). Every process started here
+# is stopped on exit, including Ctrl-C and errors. See benches/README.md.
+set -euo pipefail
+
+# ----------------------------------------------------------------------------
+# defaults / arguments
+# ----------------------------------------------------------------------------
+RUNS=5
+DURATION=10
+CONNECTIONS=50
+WORKERS=1
+THREADS=1
+WARMUP=""            # seconds; default = DURATION
+SKIP_BUILD=0
+TARGETS="kedge,nginx,haproxy,direct"
+QUIET_WAIT=120       # max seconds to wait for an idle machine before each run
+MAX_OTHER=10         # % of a core used by foreign processes that voids a run
+KEDGE_DRIVER="${KEDGE_DRIVER:-auto}"
+
+PORT_KEDGE="${PORT_KEDGE:-18080}"
+PORT_NGINX="${PORT_NGINX:-18081}"
+PORT_HAPROXY="${PORT_HAPROXY:-18082}"
+PORT_BACKEND="${PORT_BACKEND:-18090}"
+
+BENCH_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+ROOT="$(cd "$BENCH_DIR/.." && pwd)"
+KEDGE_BIN="$ROOT/target/release/kedge"
+RESULTS_BASE="$BENCH_DIR/results"
+ORIG_CMD="bash benches/proxy.sh $*"
+
+usage() {
+    sed -n '2,11p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
+    cat <<EOF
+
+Options (defaults in brackets):
+  --runs N          measured runs per target, alternating round-robin [$RUNS]
+  --duration S      seconds per wrk run [$DURATION]
+  --warmup S        seconds of the single warm-up run per target [= duration]
+  --connections C   wrk keep-alive connections [$CONNECTIONS]
+  --threads T       wrk threads [$THREADS]
+  --workers N       proxy workers/threads (nginx worker_processes, HAProxy
+                    nbthread, kedge workers) [$WORKERS]
+  --skip-build      do not run 'cargo build --release'
+  --targets LIST    comma list out of kedge,nginx,haproxy,direct [$TARGETS]
+  --kedge-bin PATH  kedge binary [target/release/kedge]
+  --kedge-driver D  value of [proxy] driver in kedge's config [$KEDGE_DRIVER]
+  --results-dir D   where to write results [benches/results]
+  --quiet-wait S    before each run wait up to S s for other CPU load (builds,
+                    neighbours) to drop below 10 % of a core; 0 = never [$QUIET_WAIT]
+  --max-other PCT   redo a measured run (up to 2x) when processes other than
+                    proxy/backend/wrk used >= PCT % of a core during it;
+                    0 = never [$MAX_OTHER]
+Env overrides: PROXY_CPUS, BACKEND_CPUS, WRK_CPUS (taskset lists),
+               PORT_KEDGE, PORT_NGINX, PORT_HAPROXY, PORT_BACKEND.
+EOF
+}
+
+while (($#)); do
+    case "$1" in
+        --runs) RUNS="$2"; shift 2 ;;
+        --duration) DURATION="$2"; shift 2 ;;
+        --warmup) WARMUP="$2"; shift 2 ;;
+        --connections) CONNECTIONS="$2"; shift 2 ;;
+        --threads) THREADS="$2"; shift 2 ;;
+        --workers) WORKERS="$2"; shift 2 ;;
+        --skip-build) SKIP_BUILD=1; shift ;;
+        --targets) TARGETS="$2"; shift 2 ;;
+        --kedge-bin) KEDGE_BIN="$2"; shift 2 ;;
+        --kedge-driver) KEDGE_DRIVER="$2"; shift 2 ;;
+        --results-dir) RESULTS_BASE="$2"; shift 2 ;;
+        --quiet-wait) QUIET_WAIT="$2"; shift 2 ;;
+        --max-other) MAX_OTHER="$2"; shift 2 ;;
+        -h|--help) usage; exit 0 ;;
+        *) echo "unknown argument: $1" >&2; usage >&2; exit 2 ;;
+    esac
+done
+WARMUP="${WARMUP:-$DURATION}"
+
+[[ "$QUIET_WAIT" =~ ^[0-9]+$ ]] || { echo "--quiet-wait must be an integer >= 0" >&2; exit 2; }
+[[ "$MAX_OTHER" =~ ^[0-9]+$ ]] || { echo "--max-other must be an integer >= 0" >&2; exit 2; }
+for v in RUNS DURATION WARMUP CONNECTIONS THREADS WORKERS; do
+    [[ "${!v}" =~ ^[1-9][0-9]*$ ]] || { echo "--${v,,} must be a positive integer (got '${!v}')" >&2; exit 2; }
+done
+NPROC="$(nproc)"
+if ((WORKERS > NPROC)); then
+    echo "--workers $WORKERS exceeds the $NPROC CPUs of this machine" >&2; exit 2
+fi
+
+log() { printf '[bench %(%H:%M:%S)T] %s\n' -1 "$*" >&2; }
+die() { log "ERROR: $*"; exit 1; }
+
+# ----------------------------------------------------------------------------
+# cleanup: every process started here is recorded in PIDS and stopped on exit
+# ----------------------------------------------------------------------------
+PIDS=()      # servers: they live until cleanup
+WRK_PID=""   # the wrk run in flight, if any (cleared once reaped)
+TMP=""
+cleanup() {
+    local rc=$? pid i
+    trap - EXIT INT TERM
+    if [[ -n "$WRK_PID" ]]; then PIDS+=("$WRK_PID"); fi
+    for pid in "${PIDS[@]}"; do
+        kill -0 "$pid" 2>/dev/null || continue
+        pkill -TERM -P "$pid" 2>/dev/null || true   # direct children (e.g. wrk under its `time` subshell)
+        kill -TERM "$pid" 2>/dev/null || true
+    done
+    for pid in "${PIDS[@]}"; do
+        for i in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+        if kill -0 "$pid" 2>/dev/null; then
+            log "pid $pid ignored SIGTERM; sending SIGKILL"
+            pkill -KILL -P "$pid" 2>/dev/null || true
+            kill -KILL "$pid" 2>/dev/null || true
+        fi
+        wait "$pid" 2>/dev/null || true
+    done
+    [[ -n "$TMP" && -d "$TMP" ]] && rm -rf "$TMP"
+    exit "$rc"
+}
+trap cleanup EXIT
+set -E
+trap 'log "FAILED (exit $?) at line $LINENO: $BASH_COMMAND"' ERR
+trap 'log "interrupted"; exit 130' INT
+trap 'log "terminated"; exit 143' TERM
+
+# ----------------------------------------------------------------------------
+# 1. packages
+# ----------------------------------------------------------------------------
+NGINX_BIN=""; HAPROXY_BIN=""
+find_bins() {
+    NGINX_BIN="$(command -v nginx || true)"; [[ -z "$NGINX_BIN" && -x /usr/sbin/nginx ]] && NGINX_BIN=/usr/sbin/nginx
+    HAPROXY_BIN="$(command -v haproxy || true)"; [[ -z "$HAPROXY_BIN" && -x /usr/sbin/haproxy ]] && HAPROXY_BIN=/usr/sbin/haproxy
+    return 0
+}
+missing_pkgs() {
+    find_bins
+    local m=()
+    [[ -n "$NGINX_BIN" ]] || m+=(nginx)
+    [[ -n "$HAPROXY_BIN" ]] || m+=(haproxy)
+    command -v wrk >/dev/null || m+=(wrk)
+    command -v taskset >/dev/null || m+=(util-linux)
+    command -v curl >/dev/null || m+=(curl)
+    command -v python3 >/dev/null || m+=(python3)
+    command -v pkill >/dev/null || m+=(procps)
+    echo "${m[*]}"
+}
+ensure_packages() {
+    local missing; missing="$(missing_pkgs)"
+    [[ -z "$missing" ]] && return 0
+    # An install may already be running in the background: give it time.
+    local waited=0
+    while pgrep -x apt-get >/dev/null || pgrep -x dpkg >/dev/null || pgrep -x apt >/dev/null; do
+        ((waited == 0)) && log "another apt/dpkg is running; waiting for it (up to 10 min)"
+        sleep 5; waited=$((waited + 5)); ((waited < 600)) || break
+    done
+    missing="$(missing_pkgs)"
+    [[ -z "$missing" ]] && return 0
+    ((EUID == 0)) || die "missing packages ($missing) and not root; install them and rerun"
+    log "installing: $missing"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get -o DPkg::Lock::Timeout=600 update -q
+    # shellcheck disable=SC2086
+    if ! apt-get -o DPkg::Lock::Timeout=600 install -y -q $missing; then
+        # Some releases/mirrors only carry nginx-light (also /usr/sbin/nginx).
+        # shellcheck disable=SC2086
+        apt-get -o DPkg::Lock::Timeout=600 install -y -q ${missing/nginx/nginx-light}
+    fi
+    missing="$(missing_pkgs)"
+    [[ -z "$missing" ]] || die "still missing after apt-get: $missing"
+}
+
+# The distro packages start system instances on :80 etc. We never use them,
+# but they would share the CPUs: stop them (only via their own pid files).
+stop_system_services() {
+    local svc pidf pid
+    for svc in nginx haproxy; do
+        pidf="/run/$svc.pid"
+        [[ -s "$pidf" ]] || continue
+        pid="$(head -n1 "$pidf" 2>/dev/null | tr -dc 0-9)"
+        if [[ -z "$pid" ]] || ! kill -0 "$pid" 2>/dev/null; then continue; fi
+        [[ "$(cat "/proc/$pid/comm" 2>/dev/null)" == "$svc" ]] || continue
+        log "stopping the distro's $svc service (pid $pid) so it does not share the CPUs"
+        if [[ -d /run/systemd/system ]] && command -v systemctl >/dev/null; then
+            systemctl stop "$svc" || kill -TERM "$pid" || true
+        elif command -v service >/dev/null; then
+            service "$svc" stop >/dev/null 2>&1 || kill -TERM "$pid" || true
+        else
+            kill -TERM "$pid" || true
+        fi
+    done
+}
+
+ensure_packages
+stop_system_services
+find_bins
+
+# ----------------------------------------------------------------------------
+# kedge build / presence
+# ----------------------------------------------------------------------------
+IFS=',' read -r -a WANT <<<"$TARGETS"
+for t in "${WANT[@]}"; do
+    [[ "$t" =~ ^(kedge|nginx|haproxy|direct)$ ]] || die "unknown target '$t' in --targets"
+done
+want() { local t; for t in "${WANT[@]}"; do [[ "$t" == "$1" ]] && return 0; done; return 1; }
+
+SKIPPED=""
+if want kedge; then
+    if ((SKIP_BUILD == 0)); then
+        command -v cargo >/dev/null || die "cargo not found (use --skip-build with an existing binary)"
+        log "building kedge: cargo build --release"
+        (cd "$ROOT" && cargo build --release)
+    fi
+    if [[ ! -x "$KEDGE_BIN" ]]; then
+        log "kedge binary $KEDGE_BIN not found: kedge is SKIPPED, benchmarking the others"
+        SKIPPED="kedge (binary $KEDGE_BIN absent)"
+        WANT=("${WANT[@]/kedge/}")
+    fi
+fi
+ACTIVE=()
+for t in "${WANT[@]}"; do [[ -n "$t" ]] && ACTIVE+=("$t"); done
+((${#ACTIVE[@]})) || die "nothing to benchmark"
+
+# ----------------------------------------------------------------------------
+# CPU pinning
+# ----------------------------------------------------------------------------
+OVERSUB=0
+if ((NPROC >= WORKERS + 2)); then
+    d_proxy="0-$((WORKERS - 1))"; d_backend="$WORKERS"; d_wrk="$((WORKERS + 1))"
+elif ((NPROC >= WORKERS + 1)); then
+    d_proxy="0-$((WORKERS - 1))"; d_backend="$WORKERS"; d_wrk="$WORKERS"
+else
+    d_proxy="0-$((NPROC - 1))"; d_backend="$d_proxy"; d_wrk="$d_proxy"; OVERSUB=1
+fi
+[[ "$d_proxy" == "0-0" ]] && d_proxy=0
+PROXY_CPUS="${PROXY_CPUS:-$d_proxy}"
+BACKEND_CPUS="${BACKEND_CPUS:-$d_backend}"
+WRK_CPUS="${WRK_CPUS:-$d_wrk}"
+log "pinning: proxy CPUs $PROXY_CPUS | backend CPUs $BACKEND_CPUS | wrk CPUs $WRK_CPUS$( ((OVERSUB)) && echo ' (OVERSUBSCRIBED)')"
+
+# nginx worker_cpu_affinity: worker i -> CPU i (same cores kedge pins itself to)
+nginx_affinity() {
+    local n=$1 i j s masks=()
+    for ((i = 0; i < n; i++)); do
+        s=""
+        for ((j = n - 1; j >= 0; j--)); do ((j == i)) && s+="1" || s+="0"; done
+        masks+=("$s")
+    done
+    echo "${masks[*]}"
+}
+
+# ----------------------------------------------------------------------------
+# helpers: ports, readiness
+# ----------------------------------------------------------------------------
+port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+
+wait_ready() {   # name pid port logfile
+    local name=$1 pid=$2 port=$3 logf=$4 i
+    for i in $(seq 100); do
+        if ! kill -0 "$pid" 2>/dev/null; then
+            log "$name exited during startup; last log lines:"; tail -n 20 "$logf" >&2 || true
+            die "$name failed to start"
+        fi
+        port_open "$port" && break
+        sleep 0.1
+    done
+    port_open "$port" || { tail -n 20 "$logf" >&2 || true; die "$name not accepting on 127.0.0.1:$port after 10 s"; }
+    local body
+    body="$(curl -sS --max-time 3 "http://127.0.0.1:$port/" 2>&1)" || die "$name: GET / failed: $body"
+    [[ "$body" == *"hello from backend"* ]] || die "$name: unexpected response body: $body"
+    log "$name ready on 127.0.0.1:$port (pid $pid)"
+}
+
+for p in "$PORT_BACKEND" "$PORT_KEDGE" "$PORT_NGINX" "$PORT_HAPROXY"; do
+    port_open "$p" && die "port 127.0.0.1:$p is already in use (set PORT_* to move)"
+done
+
+TMP="$(mktemp -d /tmp/kedge-bench.XXXXXX)"
+STAMP="$(date +%Y%m%d-%H%M%S)"
+OUT="$RESULTS_BASE/$STAMP-w$WORKERS"
+mkdir -p "$OUT/wrk" "$OUT/conf"
+
+# Enough file descriptors for the servers (inherited); HAProxy refuses to start
+# when maxconn needs more fds than the hard limit allows.
+ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
+NOFILE="$(ulimit -n)"; [[ "$NOFILE" == unlimited ]] && NOFILE=1048576
+HAPROXY_MAXCONN=$(( (NOFILE - 100) / 2 )); ((HAPROXY_MAXCONN > 10000)) && HAPROXY_MAXCONN=10000
+((CONNECTIONS * 2 + 100 <= NOFILE)) || die "--connections $CONNECTIONS needs more fds than ulimit -n ($NOFILE)"
+
+# ----------------------------------------------------------------------------
+# 2. backend: private nginx, 1 worker, pinned
+# ----------------------------------------------------------------------------
+nginx_common_http() {   # prefix
+    cat <<EOF
+    access_log off;
+    client_body_temp_path $1/client_body;
+    proxy_temp_path       $1/proxy;
+    fastcgi_temp_path     $1/fastcgi;
+    uwsgi_temp_path       $1/uwsgi;
+    scgi_temp_path        $1/scgi;
+    keepalive_requests 1000000;
+    keepalive_timeout  300s;
+    tcp_nodelay on;
+EOF
+}
+
+mkdir -p "$TMP/backend"
+cat >"$TMP/backend/nginx.conf" <<EOF
+# kedge bench backend (generated by benches/proxy.sh)
+daemon off;
+master_process on;
+worker_processes 1;
+pid $TMP/backend/nginx.pid;
+error_log $TMP/backend/error.log warn;
+events { worker_connections 4096; }
+http {
+$(nginx_common_http "$TMP/backend")
+    server {
+        listen 127.0.0.1:$PORT_BACKEND backlog=4096;
+        location / {
+            default_type text/plain;
+            return 200 "hello from backend\n";
+        }
+    }
+}
+EOF
+"$NGINX_BIN" -t -q -p "$TMP/backend" -e "$TMP/backend/error.log" -c "$TMP/backend/nginx.conf" \
+    || die "backend nginx config invalid"
+taskset -c "$BACKEND_CPUS" "$NGINX_BIN" -p "$TMP/backend" -e "$TMP/backend/error.log" \
+    -c "$TMP/backend/nginx.conf" >"$TMP/backend/stdout.log" 2>&1 &
+BACKEND_PID=$!; PIDS+=("$BACKEND_PID")
+wait_ready backend "$BACKEND_PID" "$PORT_BACKEND" "$TMP/backend/error.log"
+cp "$TMP/backend/nginx.conf" "$OUT/conf/backend-nginx.conf"
+
+# ----------------------------------------------------------------------------
+# 3. proxies
+# ----------------------------------------------------------------------------
+declare -A PID_OF PORT_OF
+PORT_OF[direct]="$PORT_BACKEND"
+
+start_nginx() {
+    mkdir -p "$TMP/nginx"
+    cat >"$TMP/nginx/nginx.conf" <<EOF
+# kedge bench: nginx as reverse proxy (generated by benches/proxy.sh)
+daemon off;
+master_process on;
+worker_processes $WORKERS;
+worker_cpu_affinity $(nginx_affinity "$WORKERS");
+pid $TMP/nginx/nginx.pid;
+error_log $TMP/nginx/error.log warn;
+events { worker_connections 4096; }
+http {
+$(nginx_common_http "$TMP/nginx")
+    upstream backend {
+        server 127.0.0.1:$PORT_BACKEND;
+        keepalive 64;
+        keepalive_requests 1000000;
+        keepalive_timeout 300s;
+    }
+    server {
+        listen 127.0.0.1:$PORT_NGINX backlog=4096;
+        location / {
+            proxy_pass http://backend;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+        }
+    }
+}
+EOF
+    "$NGINX_BIN" -t -q -p "$TMP/nginx" -e "$TMP/nginx/error.log" -c "$TMP/nginx/nginx.conf" \
+        || die "nginx proxy config invalid"
+    taskset -c "$PROXY_CPUS" "$NGINX_BIN" -p "$TMP/nginx" -e "$TMP/nginx/error.log" \
+        -c "$TMP/nginx/nginx.conf" >"$TMP/nginx/stdout.log" 2>&1 &
+    PID_OF[nginx]=$!; PIDS+=("$!"); PORT_OF[nginx]="$PORT_NGINX"
+    wait_ready nginx "${PID_OF[nginx]}" "$PORT_NGINX" "$TMP/nginx/error.log"
+    cp "$TMP/nginx/nginx.conf" "$OUT/conf/nginx.conf"
+}
+
+start_haproxy() {
+    mkdir -p "$TMP/haproxy"
+    local cpumap
+    if ((WORKERS == 1)); then cpumap="cpu-map 1/1 0"
+    else cpumap="cpu-map auto:1/1-$WORKERS 0-$((WORKERS - 1))"; fi
+    cat >"$TMP/haproxy/haproxy.cfg" <<EOF
+# kedge bench: HAProxy as reverse proxy (generated by benches/proxy.sh)
+global
+    nbthread $WORKERS
+    $cpumap
+    maxconn $HAPROXY_MAXCONN
+    pidfile $TMP/haproxy/haproxy.pid
+
+defaults
+    mode http
+    option http-keep-alive
+    http-reuse always
+    timeout connect 5s
+    timeout client 60s
+    timeout server 60s
+    timeout http-request 10s
+    timeout http-keep-alive 60s
+
+frontend fe
+    bind 127.0.0.1:$PORT_HAPROXY
+    default_backend be
+
+backend be
+    server s1 127.0.0.1:$PORT_BACKEND
+EOF
+    "$HAPROXY_BIN" -c -q -f "$TMP/haproxy/haproxy.cfg" || die "haproxy config invalid"
+    # -db: stay in the foreground (no daemon, no master-worker) so $! is haproxy
+    taskset -c "$PROXY_CPUS" "$HAPROXY_BIN" -db -f "$TMP/haproxy/haproxy.cfg" \
+        >"$TMP/haproxy/haproxy.log" 2>&1 &
+    PID_OF[haproxy]=$!; PIDS+=("$!"); PORT_OF[haproxy]="$PORT_HAPROXY"
+    wait_ready haproxy "${PID_OF[haproxy]}" "$PORT_HAPROXY" "$TMP/haproxy/haproxy.log"
+    cp "$TMP/haproxy/haproxy.cfg" "$OUT/conf/haproxy.cfg"
+}
+
+start_kedge() {
+    mkdir -p "$TMP/kedge"
+    cat >"$TMP/kedge/kedge.toml" <<EOF
+# kedge bench config (generated by benches/proxy.sh)
+[proxy]
+workers = $WORKERS
+driver = "$KEDGE_DRIVER"
+
+[log]
+access_log = false
+level = "warn"
+
+[[listener]]
+address = "127.0.0.1:$PORT_KEDGE"
+
+[[route]]
+path = "/"
+upstreams = ["127.0.0.1:$PORT_BACKEND"]
+EOF
+    taskset -c "$PROXY_CPUS" "$KEDGE_BIN" run --config "$TMP/kedge/kedge.toml" \
+        >"$TMP/kedge/kedge.log" 2>&1 &
+    PID_OF[kedge]=$!; PIDS+=("$!"); PORT_OF[kedge]="$PORT_KEDGE"
+    wait_ready kedge "${PID_OF[kedge]}" "$PORT_KEDGE" "$TMP/kedge/kedge.log"
+    cp "$TMP/kedge/kedge.toml" "$OUT/conf/kedge.toml"
+}
+
+for t in "${ACTIVE[@]}"; do
+    case "$t" in
+        kedge) start_kedge ;;
+        nginx) start_nginx ;;
+        haproxy) start_haproxy ;;
+        direct) ;;
+    esac
+done
+
+# ----------------------------------------------------------------------------
+# metadata
+# ----------------------------------------------------------------------------
+CPU_MODEL="$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ *//' || echo unknown)"
+V_NGINX="$("$NGINX_BIN" -v 2>&1 | sed 's/^nginx version: //')"
+V_HAPROXY="$("$HAPROXY_BIN" -v 2>&1 | head -n1 | awk '{print "haproxy " $3}')"
+V_WRK="$( (wrk -v 2>&1 || true) | head -n1 | awk '{print "wrk " $2}')"   # wrk -v exits 1
+V_KEDGE=""
+if [[ " ${ACTIVE[*]} " == *" kedge "* ]]; then
+    V_KEDGE="$("$KEDGE_BIN" --version 2>/dev/null | head -n1 || true)"; V_KEDGE="${V_KEDGE:-kedge (version unknown)}"
+    V_KEDGE="$V_KEDGE @ $(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo '?') (driver=$KEDGE_DRIVER)"
+fi
+WRK_CMD="wrk -t$THREADS -c$CONNECTIONS -d${DURATION}s --latency"
+BENCH_COMMAND="$ORIG_CMD" BENCH_WRK_CMD="$WRK_CMD" BENCH_CPU_MODEL="$CPU_MODEL" \
+BENCH_VERSIONS="$(printf '%s; ' "$V_NGINX" "$V_HAPROXY" "$V_WRK" ${V_KEDGE:+"$V_KEDGE"} | sed 's/; $//')" \
+python3 - "$OUT/meta.json" <<EOF
+import json, os, sys, datetime, platform
+json.dump({
+    "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
+    "command": os.environ["BENCH_COMMAND"],
+    "wrk_cmd": os.environ["BENCH_WRK_CMD"],
+    "nproc": $NPROC, "cpu_model": os.environ["BENCH_CPU_MODEL"],
+    "kernel": platform.release(),
+    "workers": $WORKERS, "runs": $RUNS, "duration_s": $DURATION, "warmup_s": $WARMUP,
+    "connections": $CONNECTIONS, "wrk_threads": $THREADS,
+    "proxy_cpus": "$PROXY_CPUS", "backend_cpus": "$BACKEND_CPUS", "wrk_cpus": "$WRK_CPUS",
+    "oversubscribed": bool($OVERSUB),
+    "ports": {"kedge": $PORT_KEDGE, "nginx": $PORT_NGINX, "haproxy": $PORT_HAPROXY, "backend": $PORT_BACKEND},
+    "targets": "${ACTIVE[*]}".split(),
+    "skipped": "$SKIPPED",
+    "versions": os.environ["BENCH_VERSIONS"],
+}, open(sys.argv[1], "w"), indent=2)
+EOF
+
+# ----------------------------------------------------------------------------
+# 5. load
+# ----------------------------------------------------------------------------
+TSV="$OUT/runs.tsv"
+REPORT="$BENCH_DIR/bench_report.py"
+
+SEQ=0
+run_one() {   # target phase run_no seconds [max_other]
+    local t=$1 phase=$2 n=$3 secs=$4 max_other=${5:-0} tag snaps=() proxy_arg=()
+    SEQ=$((SEQ + 1))
+    tag="$(printf '%03d' "$SEQ")-$t-$phase-$n"   # chronological order in results/*/wrk/
+    snaps=(--pid "backend=$BACKEND_PID")
+    if [[ "$t" != direct ]]; then
+        snaps+=(--pid "proxy=${PID_OF[$t]}"); proxy_arg=(--proxy proxy)
+        kill -0 "${PID_OF[$t]}" 2>/dev/null || die "$t (pid ${PID_OF[$t]}) is no longer running"
+    fi
+    if ((QUIET_WAIT > 0)); then
+        python3 "$REPORT" quiet --max-busy 10 --timeout "$QUIET_WAIT" || die "quiet check failed"
+    fi
+    python3 "$REPORT" snap --out "$TMP/$tag.before" "${snaps[@]}" || die "snapshot failed"
+    # wrk runs in the background so the cleanup trap can stop it; bash's `time`
+    # gives wrk's own CPU time (user+sys) for the "wrk CPU %" column.
+    (
+        TIMEFORMAT='%3R %3U %3S'
+        time taskset -c "$WRK_CPUS" wrk -t"$THREADS" -c"$CONNECTIONS" -d"${secs}s" --latency \
+            "http://127.0.0.1:${PORT_OF[$t]}/" >"$OUT/wrk/$tag.txt" 2>&1
+    ) 2>"$TMP/$tag.time" &
+    WRK_PID=$!
+    local wrc=0; wait "$WRK_PID" || wrc=$?
+    WRK_PID=""
+    python3 "$REPORT" snap --out "$TMP/$tag.after" "${snaps[@]}" || die "snapshot failed"
+    ((wrc == 0)) || { cat "$OUT/wrk/$tag.txt" >&2; die "wrk failed against $t (exit $wrc)"; }
+    local rc=0
+    python3 "$REPORT" record --tsv "$TSV" --target "$t" --phase "$phase" --run "$n" \
+        --before "$TMP/$tag.before" --after "$TMP/$tag.after" --max-other "$max_other" \
+        --wrk "$OUT/wrk/$tag.txt" --time "$TMP/$tag.time" "${proxy_arg[@]}" >&2 || rc=$?
+    return "$rc"
+}
+
+# A measured run during which other processes (a compiler, a neighbour) used
+# >= MAX_OTHER % of a core is kept as "run-noisy" and repeated, up to RETRIES
+# times; the last attempt is kept whatever happened (and flagged in the report).
+RETRIES=2
+measured_run() {   # target run_no
+    local attempt rc
+    for ((attempt = 0; attempt <= RETRIES; attempt++)); do
+        rc=0
+        if ((attempt < RETRIES && MAX_OTHER > 0)); then
+            run_one "$1" run "$2" "$DURATION" "$MAX_OTHER" || rc=$?
+        else
+            run_one "$1" run "$2" "$DURATION" 0 || rc=$?
+        fi
+        ((rc == 3)) || return "$rc"
+    done
+}
+
+log "targets: ${ACTIVE[*]}; $RUNS runs x ${DURATION}s each (+1 warm-up of ${WARMUP}s per target), -c$CONNECTIONS -t$THREADS"
+log "results -> $OUT"
+for t in "${ACTIVE[@]}"; do run_one "$t" warmup 0 "$WARMUP"; done
+for ((r = 1; r <= RUNS; r++)); do
+    for t in "${ACTIVE[@]}"; do measured_run "$t" "$r"; done
+done
+
+# ----------------------------------------------------------------------------
+# 6. report
+# ----------------------------------------------------------------------------
+python3 "$REPORT" summary --tsv "$TSV" --meta "$OUT/meta.json" | tee "$OUT/summary.md"
+log "raw per-run numbers: $TSV ; wrk outputs: $OUT/wrk/ ; configs: $OUT/conf/"

@@ -1,0 +1,114 @@
+//! The command line: `kedge check` says `file:line:column` and exits 64 on a bad file, 0 on a
+//! good one (with warnings); `kedge run` refuses a bad file the same way, and a busy port
+//! otherwise; `kedge version`.
+
+use std::process::{Command, Output};
+
+use crate::support::TempDir;
+
+fn kedge(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_kedge"))
+        .args(args)
+        .env_remove("RUST_LOG")
+        .output()
+        .expect("run kedge")
+}
+
+/// Writes `text` as a config file and runs `kedge SUBCOMMAND --config FILE` on it.
+fn on_file(subcommand: &str, text: &str) -> (Output, String, TempDir) {
+    let dir = TempDir::new("cli");
+    let path = dir.write("kedge.toml", text);
+    let path = path.to_str().expect("utf-8 temp path").to_owned();
+    (kedge(&[subcommand, "--config", &path]), path, dir)
+}
+
+/// `kedge check` on `text` must exit 64 and point at `line:column`.
+fn check_bad(text: &str, line_col: &str) {
+    let (out, path, _dir) = on_file("check", text);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(
+        out.status.code(),
+        Some(64),
+        "exit status for {text:?}; stderr: {stderr}"
+    );
+    assert!(
+        stderr.contains(&format!("{path}:{line_col}")),
+        "expected {path}:{line_col} in: {stderr}"
+    );
+}
+
+const LISTENER: &str = "[[listener]]\naddress = \"127.0.0.1:0\"\n";
+
+#[test]
+fn check_points_at_the_mistake() {
+    // A value that does not parse: the column of the value.
+    check_bad(&format!("{LISTENER}\n[client]\nheader_timeout = \"soon\"\n"), "5:18");
+    // An unknown key: the key.
+    check_bad(&format!("{LISTENER}\n[upstream]\nread_timout = \"1s\"\n"), "5:1");
+    // A TOML syntax error.
+    check_bad(&format!("{LISTENER}\n[[route]\n"), "4:");
+    // An upstream that is not an IP:port: the value in the list.
+    check_bad(&format!("{LISTENER}\n[[route]]\nupstreams = [\"localhost\"]\n"), "5:14");
+}
+
+#[test]
+fn check_accepts_a_good_file() {
+    let (out, _, _dir) = on_file(
+        "check",
+        &format!("{LISTENER}\n[[route]]\nupstreams = [\"127.0.0.1:9\"]\n"),
+    );
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("ok"));
+}
+
+#[test]
+fn check_warns_about_a_shadowed_route() {
+    let route = "[[route]]\nhost = \"a.test\"\npath = \"/x\"\nupstreams = [\"127.0.0.1:9\"]\n";
+    let (out, _, _dir) = on_file("check", &format!("{LISTENER}\n{route}\n{route}"));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("warning:") && stderr.contains("a.test"),
+        "no warning for a duplicate route: {stderr}"
+    );
+}
+
+#[test]
+fn run_fails_clearly_when_the_port_is_taken() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = taken.local_addr().expect("addr");
+    let (out, _, _dir) = on_file(
+        "run",
+        &format!("[proxy]\nworkers = 1\n\n[[listener]]\naddress = \"{addr}\"\n"),
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success(),
+        "kedge started on a port another socket holds: {stderr}"
+    );
+    assert_ne!(out.status.code(), Some(64), "a busy port is not a bad config: {stderr}");
+    assert!(
+        stderr.contains(&addr.to_string()),
+        "the error does not name the address: {stderr}"
+    );
+}
+
+#[test]
+fn run_refuses_a_bad_file() {
+    let (out, path, _dir) = on_file("run", &format!("{LISTENER}\n[proxy]\nworkers = \"two\"\n"));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(64), "{stderr}");
+    assert!(stderr.contains(&format!("{path}:")), "{stderr}");
+    assert!(!stderr.contains("listening on"), "{stderr}");
+}
+
+#[test]
+fn version_names_itself() {
+    let out = kedge(&["version"]);
+    assert!(out.status.success());
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.starts_with(&format!("kedge {}", env!("CARGO_PKG_VERSION"))),
+        "{stdout}"
+    );
+}

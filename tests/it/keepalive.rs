@@ -1,0 +1,224 @@
+//! Persistent connections: many requests on one client connection and one upstream connection,
+//! pooled upstream connections shared by clients in turn (and dropped when the upstream said
+//! close or they grew old), HTTP/1.0 clients, `Connection: close`, pipelined requests answered
+//! in order, concurrent clients on two workers.
+
+use std::time::Duration;
+
+use crate::support::body::fill;
+use crate::support::{Client, Handler, Kedge, RawBehavior, RawUpstream, Upstream, both_drivers, route_all};
+
+both_drivers!(
+    fn hundred_requests_one_connection_each_side(driver) {
+        let up = Upstream::start("up", Handler::Echo);
+        let kedge = Kedge::start(driver, &route_all(&[up.addr()]));
+        let mut c = Client::connect(kedge.addr());
+        for i in 0..100 {
+            let resp = c.get("ka.test", &format!("/req/{i}"));
+            assert_eq!(resp.status, 200, "request {i}: {}", resp.text());
+            assert!(!resp.header_has_token("connection", "close"), "request {i} closes: {:?}", resp.headers);
+            assert!(resp.text().contains(&format!("uri=/req/{i}\n")), "request {i}: {}", resp.text());
+        }
+        assert_eq!(up.request_count(), 100);
+        assert_eq!(up.connections(), 1, "kedge opened more than one upstream connection for one client connection");
+    }
+);
+
+both_drivers!(
+    fn clients_in_turn_reuse_the_pooled_upstream_connection(driver) {
+        let up = Upstream::start("up", Handler::Echo);
+        let kedge = Kedge::start(driver, &route_all(&[up.addr()]));
+        for i in 1..=3 {
+            let mut c = Client::connect(kedge.addr());
+            assert_eq!(c.get("pool.test", "/").status, 200);
+            drop(c);
+            // The access line is written once the request is done, upstream connection pooled.
+            kedge.wait_logs("kedge::access", i, Duration::from_secs(5));
+        }
+        assert_eq!(up.request_count(), 3);
+        assert_eq!(up.connections(), 1, "the pooled upstream connection was not reused");
+    }
+);
+
+both_drivers!(
+    fn client_connection_close_is_honoured(driver) {
+        let up = Upstream::start("up", Handler::Echo);
+        let kedge = Kedge::start(driver, &route_all(&[up.addr()]));
+        let mut c = Client::connect(kedge.addr());
+        c.send(b"GET / HTTP/1.1\r\nHost: close.test\r\nConnection: close\r\n\r\n");
+        let resp = c.read_response();
+        assert_eq!(resp.status, 200);
+        assert!(resp.header_has_token("connection", "close"), "{:?}", resp.headers);
+        assert!(c.is_closed(), "kedge kept the connection open after Connection: close");
+        // The upstream connection stays pooled: the client's close is hop-by-hop.
+        let resp = Client::connect(kedge.addr()).get("close.test", "/again");
+        assert_eq!(resp.status, 200);
+        assert_eq!(up.connections(), 1);
+    }
+);
+
+both_drivers!(
+    fn http10_closes_unless_asked_to_keep_alive(driver) {
+        let up = Upstream::start("up", Handler::Echo);
+        let kedge = Kedge::start(driver, &route_all(&[up.addr()]));
+
+        let mut c = Client::connect(kedge.addr());
+        c.send(b"GET /plain HTTP/1.0\r\nHost: old.test\r\n\r\n");
+        let resp = c.read_response();
+        assert_eq!(resp.status, 200);
+        assert!(resp.text().contains("uri=/plain\n"), "{}", resp.text());
+        assert!(c.is_closed(), "an HTTP/1.0 connection without keep-alive stayed open");
+
+        let mut c = Client::connect(kedge.addr());
+        for path in ["/ka/1", "/ka/2"] {
+            c.send(format!("GET {path} HTTP/1.0\r\nHost: old.test\r\nConnection: keep-alive\r\n\r\n").as_bytes());
+            let resp = c.read_response();
+            assert_eq!(resp.status, 200, "{path}");
+            assert!(resp.text().contains(&format!("uri={path}\n")), "{}", resp.text());
+            assert!(
+                resp.header_has_token("connection", "keep-alive"),
+                "an HTTP/1.0 client is not told the connection persists: {:?}",
+                resp.headers
+            );
+        }
+    }
+);
+
+both_drivers!(
+    fn http10_request_without_host_uses_the_any_host_route(driver) {
+        let up = Upstream::start("up", Handler::Echo);
+        let kedge = Kedge::start(driver, &route_all(&[up.addr()]));
+        let mut c = Client::connect(kedge.addr());
+        c.send(b"GET /nohost HTTP/1.0\r\n\r\n");
+        let resp = c.read_response();
+        assert_eq!(resp.status, 200, "{}", resp.text());
+        assert_eq!(up.requests()[0].uri, "/nohost");
+    }
+);
+
+both_drivers!(
+    fn pipelined_requests_are_answered_in_order(driver) {
+        let up = Upstream::start("up", Handler::Echo);
+        let kedge = Kedge::start(driver, &route_all(&[up.addr()]));
+        let mut c = Client::connect(kedge.addr());
+        c.send(
+            b"GET /one HTTP/1.1\r\nHost: p.test\r\n\r\n\
+              POST /two HTTP/1.1\r\nHost: p.test\r\nContent-Length: 5\r\n\r\nhello\
+              GET /three HTTP/1.1\r\nHost: p.test\r\n\r\n",
+        );
+        for (path, len) in [("/one", 0), ("/two", 5), ("/three", 0)] {
+            let resp = c.read_response();
+            assert_eq!(resp.status, 200, "{path}: {}", resp.text());
+            let text = resp.text();
+            assert!(text.contains(&format!("uri={path}\n")), "expected {path}, got:\n{text}");
+            assert!(text.contains(&format!("body_len={len}\n")), "{path}:\n{text}");
+        }
+        let seen = up.requests();
+        assert_eq!(seen.iter().map(|s| s.uri.as_str()).collect::<Vec<_>>(), ["/one", "/two", "/three"]);
+        assert_eq!(up.connections(), 1);
+    }
+);
+
+both_drivers!(
+    fn fifty_pipelined_requests_with_bodies_in_one_write(driver) {
+        let up = Upstream::start("up", Handler::Echo);
+        let kedge = Kedge::start(driver, &route_all(&[up.addr()]));
+        let mut c = Client::connect(kedge.addr());
+        let mut all = Vec::new();
+        let mut expected = Vec::new();
+        for i in 0..50 {
+            let body = fill(i * 1000, (i as usize * 37) % 700);
+            match i % 3 {
+                0 => {
+                    all.extend_from_slice(format!("GET /g{i} HTTP/1.1\r\nHost: p.test\r\n\r\n").as_bytes());
+                    expected.push((format!("/g{i}"), 0));
+                }
+                1 => {
+                    let head = format!("POST /l{i} HTTP/1.1\r\nHost: p.test\r\nContent-Length: {}\r\n\r\n", body.len());
+                    all.extend_from_slice(head.as_bytes());
+                    all.extend_from_slice(&body);
+                    expected.push((format!("/l{i}"), body.len()));
+                }
+                _ => {
+                    let head = format!("POST /c{i} HTTP/1.1\r\nHost: p.test\r\nTransfer-Encoding: chunked\r\n\r\n");
+                    all.extend_from_slice(head.as_bytes());
+                    for piece in body.chunks(100) {
+                        all.extend_from_slice(format!("{:x}\r\n", piece.len()).as_bytes());
+                        all.extend_from_slice(piece);
+                        all.extend_from_slice(b"\r\n");
+                    }
+                    all.extend_from_slice(b"0\r\n\r\n");
+                    expected.push((format!("/c{i}"), body.len()));
+                }
+            }
+        }
+        c.send(&all);
+        for (path, len) in &expected {
+            let resp = c.read_response();
+            let text = resp.text();
+            assert_eq!(resp.status, 200, "{path}: {text}");
+            assert!(text.contains(&format!("uri={path}\nhost=p.test\nbody_len={len}\n")), "expected {path}:\n{text}");
+        }
+        assert_eq!(up.request_count(), 50);
+    }
+);
+
+both_drivers!(
+    fn concurrent_clients_on_two_workers(driver) {
+        let up = Upstream::start("up", Handler::Echo);
+        let kedge = Kedge::setup(driver).workers(2).start(&route_all(&[up.addr()]));
+        let addr = kedge.addr();
+        let clients: Vec<_> = (0..16)
+            .map(|t| {
+                std::thread::spawn(move || {
+                    let mut c = Client::connect(addr);
+                    for i in 0..25 {
+                        let resp = c.get("many.test", &format!("/{t}/{i}"));
+                        assert_eq!(resp.status, 200, "client {t} request {i}");
+                        assert!(resp.text().contains(&format!("uri=/{t}/{i}\n")), "client {t} got another's answer");
+                    }
+                })
+            })
+            .collect();
+        for c in clients {
+            c.join().expect("client thread");
+        }
+        assert_eq!(up.request_count(), 16 * 25);
+    }
+);
+
+both_drivers!(
+    fn upstream_connections_that_say_close_are_not_reused(driver) {
+        // The upstream keeps the socket open after saying it will not take another request:
+        // reusing it would leave the next request unanswered.
+        for reply in [
+            &b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok"[..],
+            &b"HTTP/1.0 200 OK\r\nContent-Length: 2\r\n\r\nok"[..],
+        ] {
+            let shown = String::from_utf8_lossy(reply);
+            let up = RawUpstream::start(RawBehavior::ReplyThenStall(reply.to_vec()));
+            let config = format!("[upstream]\nread_timeout = \"2s\"\n\n{}", route_all(&[up.addr()]));
+            let kedge = Kedge::start(driver, &config);
+            let mut c = Client::connect(kedge.addr());
+            for i in 0..2 {
+                let resp = c.get("close.test", "/");
+                assert_eq!((resp.status, resp.body.as_slice()), (200, &b"ok"[..]), "request {i} after {shown:?}");
+            }
+            assert_eq!(up.connections(), 2, "reused after {shown:?}");
+        }
+    }
+);
+
+both_drivers!(
+    fn pooled_connections_expire_after_idle_timeout(driver) {
+        let up = Upstream::start("up", Handler::Echo);
+        let config = format!("[upstream]\nidle_timeout = \"200ms\"\n\n{}", route_all(&[up.addr()]));
+        let kedge = Kedge::start(driver, &config);
+        let mut c = Client::connect(kedge.addr());
+        assert_eq!(c.get("idle.test", "/1").status, 200);
+        // Setup, not an assertion: let the pooled connection grow older than idle_timeout.
+        std::thread::sleep(Duration::from_millis(500));
+        assert_eq!(c.get("idle.test", "/2").status, 200);
+        assert_eq!(up.connections(), 2, "a pooled connection older than idle_timeout was reused");
+    }
+);

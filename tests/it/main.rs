@@ -1,0 +1,30 @@
+//! kedge end to end: the real binary between hyper (and raw TCP) upstreams and a raw client,
+//! every I/O test once per driver (`io_uring`, `epoll`). Run with `cargo test --test it`.
+
+/// The harness: a kedge process, upstreams, a raw client, the `both_drivers!` macro.
+mod support;
+
+/// The access log, in text and JSON.
+mod access_log;
+/// Large and streamed bodies both ways, chunked with trailers, close-delimited, bodiless answers.
+mod bodies;
+/// The command line: `kedge check` on good and bad files, `kedge run` refusing to start, `version`.
+mod cli;
+/// `Expect: 100-continue`, and the limit check that comes before it.
+mod expect;
+/// Headers kedge adds (X-Forwarded-*, X-Real-IP, X-Request-ID) and the hop-by-hop ones it drops.
+mod headers;
+/// Client keep-alive, upstream pooling, HTTP/1.0 clients, pipelining, concurrent clients.
+mod keepalive;
+/// SIGHUP reload under traffic, and SIGTERM drain.
+mod lifecycle;
+/// Request limits (413, 414, 431) and malformed requests (400, 501).
+mod limits;
+/// Host and path matching, 404 for what no route matches.
+mod routing;
+/// Client-side timeouts: request head and body (408), silent and idle connections.
+mod timeouts;
+/// Protocol upgrades (WebSocket-style) and the tunnel after a 101.
+mod upgrade;
+/// Refused, silent and closing upstreams: 502/504, connect and request retries, cut-off bodies.
+mod upstream_failures;

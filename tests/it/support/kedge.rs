@@ -1,0 +1,265 @@
+//! A kedge child process: its own config file in a temp dir, its own port (the kernel's choice),
+//! and its log captured line by line for the test to wait on and inspect.
+
+use std::io::{BufRead, BufReader, Read};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
+
+use super::{Driver, TempDir};
+
+/// How long kedge may take to start listening.
+const START_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A running kedge. Dropping it kills the process (and prints its log if the test failed).
+pub struct Kedge {
+    child: Child,
+    dir: TempDir,
+    config: PathBuf,
+    /// The `[proxy]` section this instance was started with; rewrites keep it.
+    proxy: String,
+    addr: SocketAddr,
+    logs: Arc<Logs>,
+}
+
+/// What to start: driver, workers and extra `[proxy]` keys.
+pub struct Setup {
+    driver: Driver,
+    workers: usize,
+    proxy_extra: String,
+}
+
+/// Signals a test sends to kedge.
+#[derive(Debug, Clone, Copy)]
+pub enum Signal {
+    Hup,
+    Term,
+}
+
+#[derive(Default)]
+struct Logs {
+    lines: Mutex<Vec<String>>,
+    grew: Condvar,
+}
+
+impl Kedge {
+    /// Starts one worker with `driver`, serving `fragment` ([[route]]s and settings tables).
+    pub fn start(driver: Driver, fragment: &str) -> Kedge {
+        Kedge::setup(driver).start(fragment)
+    }
+
+    /// A start with more choices (workers, `[proxy]` keys).
+    pub fn setup(driver: Driver) -> Setup {
+        Setup {
+            driver,
+            workers: 1,
+            proxy_extra: String::new(),
+        }
+    }
+
+    /// The address kedge listens on.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// A snapshot of every log line so far (stderr and stdout, in arrival order per stream).
+    pub fn logs(&self) -> Vec<String> {
+        self.logs.lines.lock().expect("logs lock").clone()
+    }
+
+    /// Waits until a log line contains `substr` and returns it; panics after `timeout`.
+    pub fn wait_log(&self, substr: &str, timeout: Duration) -> String {
+        self.wait_logs(substr, 1, timeout).pop().expect("one line")
+    }
+
+    /// Waits until `count` log lines contain `substr` and returns them; panics after `timeout`.
+    pub fn wait_logs(&self, substr: &str, count: usize, timeout: Duration) -> Vec<String> {
+        let deadline = Instant::now() + timeout;
+        let mut lines = self.logs.lines.lock().expect("logs lock");
+        loop {
+            let found: Vec<String> = lines.iter().filter(|l| l.contains(substr)).cloned().collect();
+            if found.len() >= count {
+                return found;
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                panic!(
+                    "timed out after {timeout:?} waiting for {count} log line(s) with {substr:?}; log:\n{}",
+                    lines.join("\n")
+                );
+            }
+            lines = self.logs.grew.wait_timeout(lines, left).expect("logs lock").0;
+        }
+    }
+
+    pub fn signal(&self, sig: Signal) {
+        let name = match sig {
+            Signal::Hup => "-HUP",
+            Signal::Term => "-TERM",
+        };
+        let status = Command::new("kill")
+            .arg(name)
+            .arg(self.pid().to_string())
+            .status()
+            .expect("run kill");
+        assert!(status.success(), "kill {name} {} failed", self.pid());
+    }
+
+    /// Waits for the process to exit; panics after `timeout`.
+    pub fn wait_exit(&mut self, timeout: Duration) -> ExitStatus {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.child.try_wait().expect("try_wait") {
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "kedge did not exit within {timeout:?}; log:\n{}",
+                self.logs().join("\n")
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// Replaces the config file with the same `[proxy]` and listener and a new `fragment`
+    /// (atomically; send [`Signal::Hup`] to apply it).
+    pub fn rewrite_config(&self, fragment: &str) {
+        self.dir.write("kedge.toml", &compose(&self.proxy, fragment));
+    }
+
+    /// The most memory the process has held at once (`VmHWM`), in bytes.
+    pub fn peak_rss(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).expect("read /proc status");
+        let line = status.lines().find(|l| l.starts_with("VmHWM:")).expect("VmHWM line");
+        let kib: u64 = line
+            .split_whitespace()
+            .nth(1)
+            .and_then(|v| v.parse().ok())
+            .expect("VmHWM value");
+        kib * 1024
+    }
+}
+
+impl Setup {
+    pub fn workers(mut self, n: usize) -> Setup {
+        self.workers = n;
+        self
+    }
+
+    /// Adds one `key = value` line to the `[proxy]` section.
+    pub fn proxy(mut self, line: &str) -> Setup {
+        self.proxy_extra.push_str(line);
+        self.proxy_extra.push('\n');
+        self
+    }
+
+    /// Writes the config, starts kedge and waits until it listens.
+    pub fn start(self, fragment: &str) -> Kedge {
+        let proxy = format!(
+            "[proxy]\nworkers = {}\ndriver = \"{}\"\n{}",
+            self.workers,
+            self.driver.name(),
+            self.proxy_extra
+        );
+        let dir = TempDir::new(self.driver.name());
+        let config = dir.write("kedge.toml", &compose(&proxy, fragment));
+        let mut child = Command::new(env!("CARGO_BIN_EXE_kedge"))
+            .arg("run")
+            .arg("--config")
+            .arg(&config)
+            .env_remove("RUST_LOG")
+            .env_remove("JOURNAL_STREAM")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn kedge");
+        let logs = Arc::new(Logs::default());
+        capture(child.stderr.take().expect("stderr"), &logs);
+        capture(child.stdout.take().expect("stdout"), &logs);
+
+        let addr = wait_listening(&mut child, &logs);
+        Kedge {
+            child,
+            dir,
+            config,
+            proxy,
+            addr,
+            logs,
+        }
+    }
+}
+
+impl Drop for Kedge {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if std::thread::panicking() {
+            eprintln!(
+                "---- kedge log ({}; {}) ----",
+                self.proxy.replace('\n', " "),
+                self.config.display()
+            );
+            for line in self.logs() {
+                eprintln!("{line}");
+            }
+        }
+    }
+}
+
+fn compose(proxy: &str, fragment: &str) -> String {
+    format!("# written by kedge's integration tests\n{proxy}\n{fragment}\n[[listener]]\naddress = \"127.0.0.1:0\"\n")
+}
+
+/// Reads `stream` line by line into `logs` on a thread of its own.
+fn capture(stream: impl Read + Send + 'static, logs: &Arc<Logs>) {
+    let logs = Arc::clone(logs);
+    std::thread::spawn(move || {
+        for line in BufReader::new(stream).lines() {
+            let Ok(line) = line else { break };
+            logs.lines.lock().expect("logs lock").push(line);
+            logs.grew.notify_all();
+        }
+    });
+}
+
+/// Waits for `listening on 127.0.0.1:PORT` and returns that address.
+fn wait_listening(child: &mut Child, logs: &Logs) -> SocketAddr {
+    let deadline = Instant::now() + START_TIMEOUT;
+    let mut lines = logs.lines.lock().expect("logs lock");
+    loop {
+        if let Some(addr) = lines.iter().find_map(|l| listening_addr(l)) {
+            return addr;
+        }
+        let exited = child.try_wait().expect("try_wait");
+        if exited.is_some() || Instant::now() > deadline {
+            drop(lines);
+            // Let the reader threads catch up with the last lines of a dead process.
+            std::thread::sleep(Duration::from_millis(100));
+            let _ = child.kill();
+            panic!(
+                "kedge did not start listening (exit: {exited:?}); log:\n{}",
+                logs.lines.lock().expect("logs lock").join("\n")
+            );
+        }
+        lines = logs
+            .grew
+            .wait_timeout(lines, Duration::from_millis(50))
+            .expect("logs lock")
+            .0;
+    }
+}
+
+fn listening_addr(line: &str) -> Option<SocketAddr> {
+    let rest = &line[line.find("listening on ")? + "listening on ".len()..];
+    let end = rest
+        .find(|c: char| !(c.is_ascii_digit() || c == '.' || c == ':'))
+        .unwrap_or(rest.len());
+    rest[..end].parse().ok()
+}

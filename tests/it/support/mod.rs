@@ -1,0 +1,117 @@
+//! The harness: a kedge child process, upstreams to put behind it (hyper ones and raw TCP ones
+//! for shapes hyper will not produce), and a raw HTTP/1 client that sees every byte.
+
+pub mod body;
+mod client;
+mod kedge;
+mod raw_upstream;
+mod upstream;
+
+use std::net::{SocketAddr, TcpListener};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+pub use client::Client;
+pub use kedge::{Kedge, Signal};
+pub use raw_upstream::{RawBehavior, RawUpstream};
+pub use upstream::{Handler, Seen, Upstream};
+
+/// The I/O driver a test runs kedge with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Driver {
+    IoUring,
+    Epoll,
+}
+
+impl Driver {
+    /// The value of `[proxy] driver` for this driver.
+    pub fn name(self) -> &'static str {
+        match self {
+            Driver::IoUring => "io_uring",
+            Driver::Epoll => "epoll",
+        }
+    }
+}
+
+/// Defines a test that runs once per I/O driver: `both_drivers!(fn name(driver) { ... })`
+/// makes a module `name` with the tests `name::io_uring` and `name::epoll`, so
+/// `cargo test --test it epoll` picks one driver.
+macro_rules! both_drivers {
+    ($(#[$attr:meta])* fn $name:ident($driver:ident) $body:block) => {
+        $(#[$attr])*
+        mod $name {
+            #[allow(unused_imports)]
+            use super::*;
+
+            fn run($driver: $crate::support::Driver) $body
+
+            #[test]
+            fn io_uring() {
+                run($crate::support::Driver::IoUring)
+            }
+
+            #[test]
+            fn epoll() {
+                run($crate::support::Driver::Epoll)
+            }
+        }
+    };
+}
+pub(crate) use both_drivers;
+
+/// A directory under the system temp dir, unique to this test, removed on drop.
+pub struct TempDir(PathBuf);
+
+impl TempDir {
+    pub fn new(label: &str) -> TempDir {
+        static NEXT: AtomicUsize = AtomicUsize::new(0);
+        let nanos = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.subsec_nanos());
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let dir = std::env::temp_dir().join(format!("kedge-it-{}-{n}-{nanos}-{label}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("create temp dir");
+        TempDir(dir)
+    }
+
+    /// Writes `text` to `name` in this directory, atomically (a reader sees the old file or the
+    /// new one, never half of it), and returns its path.
+    pub fn write(&self, name: &str, text: &str) -> PathBuf {
+        let path = self.0.join(name);
+        let tmp = self.0.join(format!(".{name}.tmp"));
+        std::fs::write(&tmp, text).expect("write temp file");
+        std::fs::rename(&tmp, &path).expect("rename temp file");
+        path
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Polls `cond` every 10 ms until it holds; panics saying `what` after `timeout`.
+pub fn wait_until(timeout: Duration, what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !cond() {
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// An address nothing listens on: a port the kernel just handed out and took back.
+pub fn refused_addr() -> SocketAddr {
+    let l = TcpListener::bind("127.0.0.1:0").expect("bind");
+    l.local_addr().expect("local addr")
+}
+
+/// A config fragment routing every host and path to `upstreams`.
+pub fn route_all(upstreams: &[SocketAddr]) -> String {
+    let list: Vec<String> = upstreams.iter().map(|a| format!("\"{a}\"")).collect();
+    format!("[[route]]\nupstreams = [{}]\n", list.join(", "))
+}

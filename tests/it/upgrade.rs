@@ -1,0 +1,80 @@
+//! Protocol upgrades: a WebSocket-style 101 from the upstream turns the connection into a
+//! tunnel that carries bytes both ways (early ones included); a declined upgrade stays HTTP; a
+//! 101 nobody asked for is refused.
+
+use crate::support::body::fill;
+use crate::support::{Client, Handler, Kedge, RawBehavior, RawUpstream, Upstream, both_drivers, route_all};
+
+const UPGRADE_REQUEST: &[u8] = b"GET /ws HTTP/1.1\r\nHost: ws.test\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
+    Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n";
+
+both_drivers!(
+    fn websocket_upgrade_echoes_both_ways(driver) {
+        let up = Upstream::start("ws", Handler::WebSocket);
+        let kedge = Kedge::start(driver, &route_all(&[up.addr()]));
+        let mut c = Client::connect(kedge.addr());
+        c.send(UPGRADE_REQUEST);
+        let resp = c.read_response();
+        assert_eq!(resp.status, 101, "{resp:?}");
+        assert!(resp.header_has_token("upgrade", "websocket"), "{:?}", resp.headers);
+        assert!(resp.header_has_token("connection", "upgrade"), "{:?}", resp.headers);
+
+        let seen = &up.requests()[0];
+        assert_eq!(seen.header("upgrade"), Some("websocket"), "Upgrade not forwarded: {:?}", seen.headers);
+        assert!(
+            seen.header("connection").is_some_and(|v| v.to_ascii_lowercase().contains("upgrade")),
+            "Connection: upgrade not forwarded: {:?}",
+            seen.headers
+        );
+        assert_eq!(seen.header("sec-websocket-key"), Some("dGhlIHNhbXBsZSBub25jZQ=="));
+
+        c.send(b"hello");
+        assert_eq!(c.read_exact_raw(5), b"hello");
+        let big = fill(7, 300_000);
+        c.send(&big);
+        assert!(c.read_exact_raw(big.len()) == big, "tunnelled bytes changed");
+        // Closing our side ends the tunnel: the upstream echoes EOF back.
+        c.shutdown_write();
+        assert!(c.is_closed(), "the tunnel stayed open after both sides finished");
+    }
+);
+
+both_drivers!(
+    fn unrequested_switching_protocols_is_a_502(driver) {
+        let up = RawUpstream::start(RawBehavior::ReplyThenClose(
+            b"HTTP/1.1 101 Switching Protocols\r\nConnection: upgrade\r\nUpgrade: websocket\r\n\r\n".to_vec(),
+        ));
+        let kedge = Kedge::start(driver, &route_all(&[up.addr()]));
+        let resp = Client::connect(kedge.addr()).get("ws.test", "/plain");
+        assert_eq!(resp.status, 502, "{resp:?}");
+    }
+);
+
+both_drivers!(
+    fn bytes_right_behind_the_upgrade_request_are_not_lost(driver) {
+        let up = Upstream::start("ws", Handler::WebSocket);
+        let kedge = Kedge::start(driver, &route_all(&[up.addr()]));
+        let mut c = Client::connect(kedge.addr());
+        let mut first = UPGRADE_REQUEST.to_vec();
+        first.extend_from_slice(b"early bytes");
+        c.send(&first);
+        assert_eq!(c.read_response().status, 101);
+        assert_eq!(c.read_exact_raw(11), b"early bytes");
+        c.send(b"later");
+        assert_eq!(c.read_exact_raw(5), b"later");
+    }
+);
+
+both_drivers!(
+    fn declined_upgrade_stays_plain_http(driver) {
+        // An upstream that ignores the Upgrade header answers an ordinary 200.
+        let up = Upstream::start("plain", Handler::Echo);
+        let kedge = Kedge::start(driver, &route_all(&[up.addr()]));
+        let mut c = Client::connect(kedge.addr());
+        c.send(UPGRADE_REQUEST);
+        let resp = c.read_response();
+        assert_eq!(resp.status, 200, "{resp:?}");
+        assert!(resp.text().contains("uri=/ws\n"));
+        c.assert_connection_as_announced(&resp, "ws.test");
+    }
+);

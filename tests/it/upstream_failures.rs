@@ -1,0 +1,142 @@
+//! Upstreams that fail: refused connects (502, or the next endpoint), an upstream that never
+//! answers (504), keep-alive connections the upstream closes (a GET goes through anyway, a POST
+//! is never sent twice), and bodies the upstream cuts short, which must reach the client cut.
+
+use std::time::Duration;
+
+use crate::support::{
+    Client, Handler, Kedge, RawBehavior, RawUpstream, Upstream, both_drivers, refused_addr, route_all, wait_until,
+};
+
+both_drivers!(
+    fn refused_upstream_is_502(driver) {
+        let kedge = Kedge::start(driver, &route_all(&[refused_addr()]));
+        let mut c = Client::connect(kedge.addr());
+        let resp = c.get("down.test", "/");
+        assert_eq!(resp.status, 502, "{resp:?}");
+        assert!(!resp.text().trim().is_empty(), "a 502 should say what happened");
+        c.assert_connection_as_announced(&resp, "down.test");
+    }
+);
+
+both_drivers!(
+    fn refused_endpoint_is_skipped_for_the_other(driver) {
+        let up = Upstream::start("alive", Handler::Echo);
+        let kedge = Kedge::start(driver, &route_all(&[refused_addr(), up.addr()]));
+        for i in 0..10 {
+            // A new client connection each time, so no request rides on a pooled connection.
+            let resp = Client::connect(kedge.addr()).get("half.test", &format!("/{i}"));
+            assert_eq!(resp.status, 200, "request {i}: {}", resp.text());
+            assert_eq!(resp.upstream(), Some("alive"));
+        }
+        let mut c = Client::connect(kedge.addr());
+        for i in 0..10 {
+            assert_eq!(c.get("half.test", &format!("/ka/{i}")).status, 200, "keep-alive request {i}");
+        }
+        assert_eq!(up.request_count(), 20);
+    }
+);
+
+both_drivers!(
+    fn silent_upstream_is_504(driver) {
+        let up = RawUpstream::start(RawBehavior::Silent);
+        let config = format!("[upstream]\nread_timeout = \"300ms\"\n\n{}", route_all(&[up.addr()]));
+        let kedge = Kedge::start(driver, &config);
+        let mut c = Client::connect(kedge.addr());
+        let resp = c.get("slow.test", "/");
+        assert_eq!(resp.status, 504, "{resp:?}");
+        c.assert_connection_as_announced(&resp, "slow.test");
+        assert_eq!(up.request_lines().first().map(String::as_str), Some("GET / HTTP/1.1"));
+    }
+);
+
+both_drivers!(
+    fn get_after_the_upstream_closed_an_idle_connection_succeeds(driver) {
+        let up = RawUpstream::start(RawBehavior::AnswerOnce { close_when_idle: true });
+        let kedge = Kedge::start(driver, &route_all(&[up.addr()]));
+        let mut c = Client::connect(kedge.addr());
+        assert_eq!(c.get("idle.test", "/1").status, 200);
+        wait_until(Duration::from_secs(5), "the upstream to close its connection", || up.closed() == 1);
+        let resp = c.get("idle.test", "/2");
+        assert_eq!(resp.status, 200, "{resp:?}");
+        assert_eq!(resp.body, b"first");
+        assert_eq!(up.connections(), 2);
+    }
+);
+
+both_drivers!(
+    fn get_is_retried_when_a_pooled_connection_dies_unanswered(driver) {
+        let up = RawUpstream::start(RawBehavior::AnswerOnce { close_when_idle: false });
+        let kedge = Kedge::start(driver, &route_all(&[up.addr()]));
+        let mut c = Client::connect(kedge.addr());
+        assert_eq!(c.get("retry.test", "/1").status, 200);
+        // The pooled connection takes /2 and closes unanswered; kedge sends it again.
+        let resp = c.get("retry.test", "/2");
+        assert_eq!(resp.status, 200, "{resp:?}");
+        assert_eq!(up.request_lines(), ["GET /1 HTTP/1.1", "GET /2 HTTP/1.1", "GET /2 HTTP/1.1"]);
+        assert_eq!(up.connections(), 2);
+    }
+);
+
+both_drivers!(
+    fn post_is_never_sent_twice(driver) {
+        let up = RawUpstream::start(RawBehavior::AnswerOnce { close_when_idle: false });
+        let kedge = Kedge::start(driver, &route_all(&[up.addr()]));
+        let mut c = Client::connect(kedge.addr());
+        assert_eq!(c.get("post.test", "/1").status, 200);
+        c.send(b"POST /form HTTP/1.1\r\nHost: post.test\r\nContent-Length: 3\r\n\r\nabc");
+        let resp = c.read_response();
+        assert_eq!(resp.status, 502, "{resp:?}");
+        let posts = up.request_lines().iter().filter(|l| l.starts_with("POST")).count();
+        assert_eq!(posts, 1, "a POST was sent to the upstream more than once: {:?}", up.request_lines());
+    }
+);
+
+/// Sends `GET /` through kedge to `up` and expects a response head whose body can then not be
+/// read whole: kedge must cut the client off rather than end the body as if it were complete.
+fn assert_cut_short(driver: crate::support::Driver, up: &RawUpstream) {
+    let config = format!("[upstream]\nread_timeout = \"300ms\"\n\n{}", route_all(&[up.addr()]));
+    let kedge = Kedge::start(driver, &config);
+    let mut c = Client::connect(kedge.addr());
+    c.send(b"GET / HTTP/1.1\r\nHost: cut.test\r\n\r\n");
+    let read = c.try_read_response(false);
+    assert!(
+        read.is_err(),
+        "a truncated upstream body reached the client as a complete one: {read:?}"
+    );
+}
+
+both_drivers!(
+    fn upstream_closing_inside_a_length_body_cuts_the_client_off(driver) {
+        let up = RawUpstream::start(RawBehavior::ReplyThenClose(
+            b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nonly twenty bytes...".to_vec(),
+        ));
+        assert_cut_short(driver, &up);
+    }
+);
+
+both_drivers!(
+    fn upstream_closing_inside_a_chunked_body_cuts_the_client_off(driver) {
+        let up = RawUpstream::start(RawBehavior::ReplyThenClose(
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n".to_vec(),
+        ));
+        assert_cut_short(driver, &up);
+    }
+);
+
+both_drivers!(
+    fn upstream_stalling_inside_a_close_delimited_body_cuts_the_client_off(driver) {
+        // Re-chunked for the client: a timeout must not be turned into a last chunk.
+        let up = RawUpstream::start(RawBehavior::ReplyThenStall(b"HTTP/1.1 200 OK\r\n\r\npartial".to_vec()));
+        assert_cut_short(driver, &up);
+    }
+);
+
+both_drivers!(
+    fn upstream_stalling_inside_a_chunked_body_cuts_the_client_off(driver) {
+        let up = RawUpstream::start(RawBehavior::ReplyThenStall(
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n7\r\npartial\r\n".to_vec(),
+        ));
+        assert_cut_short(driver, &up);
+    }
+);
