@@ -254,6 +254,12 @@ pub fn parse_request(
         0 | 1 => {}
         _ => return Err(bad("more than one Host header")),
     }
+    // RFC 9112 §3.2: a Host value that is not `uri-host [":" port]` must be refused.
+    if let Some(h) = &fields.host
+        && !valid_host(&buf[h.clone()])
+    {
+        return Err(bad("invalid Host header"));
+    }
     let upgrade = if version == Version::Http11 && fields.conn_upgrade {
         if fields.upgrades > 1 {
             return Err(bad("more than one Upgrade header"));
@@ -431,6 +437,44 @@ fn scan_head(buf: &[u8], start: usize, limits: &Limits) -> Result<Option<usize>,
         first_line = false;
         i = end;
     }
+}
+
+/// Whether `v` is an `authority` without userinfo as RFC 3986 §3.2.2 defines it: `uri-host
+/// [":" port]`, where the host is a bracketed IPv6 literal or a reg-name/IPv4 address made of
+/// unreserved characters, percent-encodings and sub-delims. Empty is allowed (RFC 9112 §3.2).
+pub fn valid_host(v: &[u8]) -> bool {
+    let (host_ok, rest) = if let Some(inner) = v.strip_prefix(b"[") {
+        match inner.iter().position(|&b| b == b']') {
+            Some(end) => (
+                end > 0
+                    && inner[..end]
+                        .iter()
+                        .all(|&b| b.is_ascii_hexdigit() || b == b':' || b == b'.'),
+                &inner[end + 1..],
+            ),
+            None => return false,
+        }
+    } else {
+        let end = v.iter().position(|&b| b == b':').unwrap_or(v.len());
+        let mut host = &v[..end];
+        let mut ok = true;
+        while let Some((&b, tail)) = host.split_first() {
+            if b == b'%' {
+                ok &= tail.len() >= 2 && tail[0].is_ascii_hexdigit() && tail[1].is_ascii_hexdigit();
+                host = tail.get(2..).unwrap_or_default();
+            } else {
+                ok &= b.is_ascii_alphanumeric() || b"-._~!$&'()*+,;=".contains(&b);
+                host = tail;
+            }
+        }
+        (ok, &v[end..])
+    };
+    host_ok
+        && match rest.split_first() {
+            None => true,
+            Some((b':', port)) => port.iter().all(u8::is_ascii_digit),
+            Some(_) => false,
+        }
 }
 
 /// Whether an httparse version error is a well-formed but unsupported version (505) rather than garbage (400): the

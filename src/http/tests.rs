@@ -225,6 +225,17 @@ fn host_rules() {
         ("two identical Host headers", b"GET / HTTP/1.1\r\nHost: a\r\nHost: a\r\n\r\n", Status(400)),
         ("two Host headers on 1.0", b"GET / HTTP/1.0\r\nHost: a\r\nhost: b\r\n\r\n", Status(400)),
         ("empty Host", b"GET / HTTP/1.1\r\nHost:\r\n\r\n", NO_BODY),
+        ("host and port", b"GET / HTTP/1.1\r\nHost: a.example.com:8080\r\n\r\n", NO_BODY),
+        ("IPv6 literal", b"GET / HTTP/1.1\r\nHost: [2001:db8::1]:80\r\n\r\n", NO_BODY),
+        ("sub-delims and pct-encoding", b"GET / HTTP/1.1\r\nHost: a,b%41~_\r\n\r\n", NO_BODY),
+        ("two values in one line", b"GET / HTTP/1.1\r\nHost: s.test, evil.test\r\n\r\n", Status(400)),
+        ("space inside", b"GET / HTTP/1.1\r\nHost: a b\r\n\r\n", Status(400)),
+        ("slash", b"GET / HTTP/1.1\r\nHost: a/b\r\n\r\n", Status(400)),
+        ("userinfo", b"GET / HTTP/1.1\r\nHost: evil@a\r\n\r\n", Status(400)),
+        ("port not digits", b"GET / HTTP/1.1\r\nHost: a:8o\r\n\r\n", Status(400)),
+        ("two ports", b"GET / HTTP/1.1\r\nHost: a:1:2\r\n\r\n", Status(400)),
+        ("bad percent", b"GET / HTTP/1.1\r\nHost: a%4\r\n\r\n", Status(400)),
+        ("unclosed IPv6", b"GET / HTTP/1.1\r\nHost: [::1\r\n\r\n", Status(400)),
     ];
     check_request(rows);
     let raw = b"GET / HTTP/1.1\r\nhOsT:  example.com:8080 \r\n\r\n";

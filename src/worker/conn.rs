@@ -616,6 +616,14 @@ fn target_host_path(
         return Err(Fail::Answer(400, "request target is not a path or an absolute URI"));
     };
     let auth_start = t.start + scheme_len;
+    let authority_end = buf[auth_start..t.end]
+        .iter()
+        .position(|&b| b == b'/' || b == b'?')
+        .map_or(t.end, |i| auth_start + i);
+    // RFC 9110 §4.2.4: userinfo in an http(s) URI is an error; and the authority must be a host.
+    if !http::valid_host(&buf[auth_start..authority_end]) {
+        return Err(Fail::Answer(400, "invalid authority in the request target"));
+    }
     let auth_end = auth_start
         + buf[auth_start..t.end]
             .iter()

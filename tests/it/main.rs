@@ -22,6 +22,9 @@ mod lifecycle;
 mod limits;
 /// Host and path matching, 404 for what no route matches.
 mod routing;
+/// Request smuggling: ambiguous framing and malformed heads or chunked bodies are refused, and
+/// not a byte of them reaches the upstream; a bad chunk mid-stream cuts the upstream off.
+mod smuggling;
 /// Client-side timeouts: request head and body (408), silent and idle connections.
 mod timeouts;
 /// Protocol upgrades (WebSocket-style) and the tunnel after a 101.

@@ -1,10 +1,12 @@
-//! The harness: a kedge child process, upstreams to put behind it (hyper ones and raw TCP ones
-//! for shapes hyper will not produce), and a raw HTTP/1 client that sees every byte.
+//! The harness: a kedge child process, upstreams to put behind it (hyper ones, raw TCP ones for
+//! shapes hyper will not produce, and a recorder of every byte kedge sends), and a raw HTTP/1
+//! client that sees every byte.
 
 pub mod body;
 mod client;
 mod kedge;
 mod raw_upstream;
+mod recording_upstream;
 mod upstream;
 
 use std::net::{SocketAddr, TcpListener};
@@ -15,6 +17,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 pub use client::Client;
 pub use kedge::{Kedge, Signal};
 pub use raw_upstream::{RawBehavior, RawUpstream};
+pub use recording_upstream::{ConnLog, RecordingUpstream};
 pub use upstream::{Handler, Seen, Upstream};
 
 /// The I/O driver a test runs kedge with.
