@@ -869,8 +869,8 @@ const HOP_BY_HOP: [&[u8]; 9] = [
 /// What the proxy says about itself and the client to the upstream.
 #[derive(Debug, Clone, Copy)]
 pub struct Forwarded<'a> {
-    /// The client's address (IPv4-mapped IPv6 addresses are written as IPv4).
-    pub client_ip: IpAddr,
+    /// The client's address as text, made once per connection by [`client_ip_text`].
+    pub client_ip: &'a [u8],
     /// The scheme the client used: "http" or "https".
     pub proto: &'a str,
     /// The Host header value as received (also sent as Host when the request had none).
@@ -1000,7 +1000,7 @@ pub fn write_request_head(
         out.extend_from_slice(earlier);
         out.extend_from_slice(b", ");
     }
-    push_ip(out, fwd.client_ip);
+    out.extend_from_slice(fwd.client_ip);
     out.extend_from_slice(b"\r\nX-Forwarded-Proto: ");
     out.extend_from_slice(fwd.proto.as_bytes());
     out.extend_from_slice(b"\r\n");
@@ -1008,7 +1008,7 @@ pub fn write_request_head(
     out.extend_from_slice(b"X-Forwarded-Port: ");
     push_radix(out, u64::from(fwd.port), 10);
     out.extend_from_slice(b"\r\nX-Real-IP: ");
-    push_ip(out, fwd.client_ip);
+    out.extend_from_slice(fwd.client_ip);
     out.extend_from_slice(b"\r\n");
     if !has_request_id {
         push_header(out, b"X-Request-ID", fwd.request_id);
@@ -1037,8 +1037,8 @@ fn origin_form(target: &[u8]) -> Option<&[u8]> {
 }
 
 /// Appends an IP address the way X-Forwarded-For carries it: no brackets, IPv4-mapped IPv6 (from a dual-stack
-/// listener) as plain IPv4.
-fn push_ip(out: &mut Vec<u8>, ip: IpAddr) {
+/// listener) as plain IPv4. Callers format a connection's client address once and reuse it per request.
+pub fn client_ip_text(out: &mut Vec<u8>, ip: IpAddr) {
     // Writing into a Vec cannot fail.
     let _ = write!(out, "{}", ip.to_canonical());
 }

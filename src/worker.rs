@@ -8,7 +8,6 @@ mod pool;
 mod pump;
 
 use std::cell::{Cell, RefCell};
-use std::collections::HashMap;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::sync::mpsc;
@@ -16,6 +15,7 @@ use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
 use arc_swap::{ArcSwap, Cache};
+use rustc_hash::FxHashMap;
 
 use crate::config::{ClientSettings, Driver, UpstreamSettings};
 use crate::routes::RouteTable;
@@ -142,7 +142,7 @@ struct Worker {
     current: RefCell<Rc<Held>>,
     pool: RefCell<pool::Pool>,
     /// Round-robin position per backend name; kept across table swaps.
-    rr: RefCell<HashMap<Box<str>, usize>>,
+    rr: RefCell<FxHashMap<Box<str>, usize>>,
     rng: Cell<u64>,
     active: Cell<usize>,
     /// Set once shutdown begins; a worker-local copy of the cross-thread signal so that the
@@ -155,7 +155,7 @@ struct Worker {
 struct Stopping {
     fired: Cell<bool>,
     next_key: Cell<u64>,
-    waiters: RefCell<HashMap<u64, Waker>>,
+    waiters: RefCell<FxHashMap<u64, Waker>>,
 }
 
 impl Stopping {
@@ -266,7 +266,7 @@ async fn worker_main(index: usize, listeners: Vec<std::net::TcpListener>, shared
         shared,
         current: RefCell::new(current),
         pool: RefCell::new(pool::Pool::default()),
-        rr: RefCell::new(HashMap::new()),
+        rr: RefCell::new(FxHashMap::default()),
         rng: Cell::new(seed),
         active: Cell::new(0),
         stopping: Stopping::default(),

@@ -774,9 +774,8 @@ fn chunk_writers_round_trip() {
 
 /// The client 192.0.2.7 on an http listener at port 8080.
 fn fwd<'a>(host: &'a [u8], request_id: &'a [u8]) -> Forwarded<'a> {
-    let client_ip = IpAddr::V4(Ipv4Addr::new(192, 0, 2, 7));
     Forwarded {
-        client_ip,
+        client_ip: b"192.0.2.7",
         proto: "http",
         host,
         port: 8080,
@@ -881,15 +880,17 @@ fn request_rebuild() {
 
     // IPv6 clients are written bare; IPv4-mapped ones as IPv4.
     let raw = b"GET / HTTP/1.1\r\nHost: h\r\n\r\n";
-    let v6 = Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 1);
-    let v6 = Forwarded {
-        client_ip: IpAddr::V6(v6),
-        ..f
+    let ip_text = |ip: IpAddr| {
+        let mut t = Vec::new();
+        client_ip_text(&mut t, ip);
+        t
     };
+    let v6 = ip_text(IpAddr::V6(Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 1)));
+    let v6 = Forwarded { client_ip: &v6, ..f };
     assert!(rebuilt_request(raw, &v6).contains("X-Forwarded-For: 2001:db8::1\r\n"));
-    let mapped = Ipv4Addr::new(192, 0, 2, 9).to_ipv6_mapped();
+    let mapped = ip_text(IpAddr::V6(Ipv4Addr::new(192, 0, 2, 9).to_ipv6_mapped()));
     let mapped = Forwarded {
-        client_ip: IpAddr::V6(mapped),
+        client_ip: &mapped,
         ..f
     };
     assert!(rebuilt_request(raw, &mapped).contains("X-Real-IP: 192.0.2.9\r\n"));

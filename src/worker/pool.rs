@@ -1,7 +1,7 @@
 //! Per-worker keep-alive pools of upstream connections, one idle list per endpoint. Owned by one
 //! worker thread: no locks, no sharing.
 
-use std::collections::HashMap;
+use rustc_hash::FxHashMap;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
@@ -19,7 +19,8 @@ struct Idle {
 /// The idle connections of one worker.
 #[derive(Default)]
 pub struct Pool {
-    idle: HashMap<SocketAddr, Vec<Idle>>,
+    /// Keys are upstream addresses from the route table, not client input: a fast hash is safe.
+    idle: FxHashMap<SocketAddr, Vec<Idle>>,
 }
 
 impl Pool {
@@ -30,9 +31,8 @@ impl Pool {
     /// [`CHECK_AFTER`]: upstreams close idle connections on their own keep-alive timeout (5 s
     /// for Node.js, more elsewhere), and one that closes sooner (restart, request quota) is
     /// covered by the retry of idempotent requests.
-    pub fn take(&mut self, addr: SocketAddr, idle_timeout: Duration) -> Option<TcpStream> {
+    pub fn take(&mut self, addr: SocketAddr, idle_timeout: Duration, now: Instant) -> Option<TcpStream> {
         let list = self.idle.get_mut(&addr)?;
-        let now = Instant::now();
         while let Some(idle) = list.pop() {
             let age = now.duration_since(idle.since);
             if age < idle_timeout && (age < CHECK_AFTER || is_open(&idle.stream)) {
@@ -42,14 +42,13 @@ impl Pool {
         None
     }
 
-    /// Parks `stream` for reuse, unless `addr` already has `max_idle` idle connections.
-    pub fn put(&mut self, addr: SocketAddr, stream: TcpStream, max_idle: usize) {
+    /// Parks `stream` for reuse, unless `addr` already has `max_idle` idle connections. `now`
+    /// may be a little in the past (the start of the request): the connection then only
+    /// expires a little early.
+    pub fn put(&mut self, addr: SocketAddr, stream: TcpStream, max_idle: usize, now: Instant) {
         let list = self.idle.entry(addr).or_default();
         if list.len() < max_idle {
-            list.push(Idle {
-                stream,
-                since: Instant::now(),
-            });
+            list.push(Idle { stream, since: now });
         }
     }
 
