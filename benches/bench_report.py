@@ -366,7 +366,9 @@ def cmd_summary(args):
         out.append(f"- pinning: proxy CPU {meta.get('proxy_cpus')}, backend CPU "
                    f"{meta.get('backend_cpus')}, wrk CPU {meta.get('wrk_cpus')}"
                    + ("  **(oversubscribed: proxy, backend and wrk share cores)**"
-                      if meta.get("oversubscribed") else ""))
+                      if meta.get("oversubscribed") else "")
+                   + (f"; each proxy capped at {meta['proxy_quota_pct']} % of one core (CFS quota)"
+                      if meta.get("proxy_quota_pct") else ""))
         out.append(f"- versions: {meta.get('versions', '')}")
         if meta.get("skipped"):
             out.append(f"- skipped: {meta['skipped']}")

@@ -24,6 +24,7 @@ SKIP_BUILD=0
 TARGETS="kedge,nginx,haproxy,direct"
 QUIET_WAIT=120       # max seconds to wait for an idle machine before each run
 MAX_OTHER=10         # % of a core used by foreign processes that voids a run
+PROXY_QUOTA=0        # CFS quota per proxy in % of one core; 0 = none
 KEDGE_DRIVER="${KEDGE_DRIVER:-auto}"
 
 PORT_KEDGE="${PORT_KEDGE:-18080}"
@@ -56,6 +57,10 @@ Options (defaults in brackets):
   --results-dir D   where to write results [benches/results]
   --quiet-wait S    before each run wait up to S s for other CPU load (builds,
                     neighbours) to drop below 10 % of a core; 0 = never [$QUIET_WAIT]
+  --proxy-quota PCT give each proxy a CFS CPU quota of PCT % of one core (cgroup v1
+                    or v2 cpu controller), so that the proxy, not the load
+                    generator's core, is the bottleneck and req/s compares CPU
+                    efficiency at an equal CPU budget; 0 = no quota [$PROXY_QUOTA]
   --max-other PCT   redo a measured run (up to 2x) when processes other than
                     proxy/backend/wrk used >= PCT % of a core during it;
                     0 = never [$MAX_OTHER]
@@ -79,6 +84,7 @@ while (($#)); do
         --results-dir) RESULTS_BASE="$2"; shift 2 ;;
         --quiet-wait) QUIET_WAIT="$2"; shift 2 ;;
         --max-other) MAX_OTHER="$2"; shift 2 ;;
+        --proxy-quota) PROXY_QUOTA="$2"; shift 2 ;;
         -h|--help) usage; exit 0 ;;
         *) echo "unknown argument: $1" >&2; usage >&2; exit 2 ;;
     esac
@@ -86,6 +92,7 @@ done
 WARMUP="${WARMUP:-$DURATION}"
 
 [[ "$QUIET_WAIT" =~ ^[0-9]+$ ]] || { echo "--quiet-wait must be an integer >= 0" >&2; exit 2; }
+[[ "$PROXY_QUOTA" =~ ^[0-9]+$ ]] || { echo "--proxy-quota must be an integer >= 0" >&2; exit 2; }
 [[ "$MAX_OTHER" =~ ^[0-9]+$ ]] || { echo "--max-other must be an integer >= 0" >&2; exit 2; }
 for v in RUNS DURATION WARMUP CONNECTIONS THREADS WORKERS; do
     [[ "${!v}" =~ ^[1-9][0-9]*$ ]] || { echo "--${v,,} must be a positive integer (got '${!v}')" >&2; exit 2; }
@@ -123,6 +130,7 @@ cleanup() {
         wait "$pid" 2>/dev/null || true
     done
     [[ -n "$TMP" && -d "$TMP" ]] && rm -rf "$TMP"
+    rmdir /sys/fs/cgroup/cpu/kedge-bench-* /sys/fs/cgroup/kedge-bench-* 2>/dev/null || true
     exit "$rc"
 }
 trap cleanup EXIT
@@ -345,6 +353,24 @@ cp "$TMP/backend/nginx.conf" "$OUT/conf/backend-nginx.conf"
 declare -A PID_OF PORT_OF
 PORT_OF[direct]="$PORT_BACKEND"
 
+# Runs "$@" (exec) inside a cgroup of its own capped at PROXY_QUOTA % of one core, when set.
+# Children (nginx workers, kedge threads) inherit the cgroup.
+limited() {   # name cmd...
+    local name="$1"; shift
+    if ((PROXY_QUOTA > 0)); then
+        local cg quota=$((PROXY_QUOTA * 1000))
+        if [[ -d /sys/fs/cgroup/cpu && -w /sys/fs/cgroup/cpu ]]; then
+            cg="/sys/fs/cgroup/cpu/kedge-bench-$name"; mkdir -p "$cg"
+            echo 100000 >"$cg/cpu.cfs_period_us"; echo "$quota" >"$cg/cpu.cfs_quota_us"
+        else
+            cg="/sys/fs/cgroup/kedge-bench-$name"; mkdir -p "$cg"
+            echo "$quota 100000" >"$cg/cpu.max"
+        fi
+        echo "$BASHPID" >"$cg/cgroup.procs"
+    fi
+    exec "$@"
+}
+
 start_nginx() {
     mkdir -p "$TMP/nginx"
     cat >"$TMP/nginx/nginx.conf" <<EOF
@@ -376,7 +402,7 @@ $(nginx_common_http "$TMP/nginx")
 EOF
     "$NGINX_BIN" -t -q -p "$TMP/nginx" -e "$TMP/nginx/error.log" -c "$TMP/nginx/nginx.conf" \
         || die "nginx proxy config invalid"
-    taskset -c "$PROXY_CPUS" "$NGINX_BIN" -p "$TMP/nginx" -e "$TMP/nginx/error.log" \
+    limited nginx taskset -c "$PROXY_CPUS" "$NGINX_BIN" -p "$TMP/nginx" -e "$TMP/nginx/error.log" \
         -c "$TMP/nginx/nginx.conf" >"$TMP/nginx/stdout.log" 2>&1 &
     PID_OF[nginx]=$!; PIDS+=("$!"); PORT_OF[nginx]="$PORT_NGINX"
     wait_ready nginx "${PID_OF[nginx]}" "$PORT_NGINX" "$TMP/nginx/error.log"
@@ -415,7 +441,7 @@ backend be
 EOF
     "$HAPROXY_BIN" -c -q -f "$TMP/haproxy/haproxy.cfg" || die "haproxy config invalid"
     # -db: stay in the foreground (no daemon, no master-worker) so $! is haproxy
-    taskset -c "$PROXY_CPUS" "$HAPROXY_BIN" -db -f "$TMP/haproxy/haproxy.cfg" \
+    limited haproxy taskset -c "$PROXY_CPUS" "$HAPROXY_BIN" -db -f "$TMP/haproxy/haproxy.cfg" \
         >"$TMP/haproxy/haproxy.log" 2>&1 &
     PID_OF[haproxy]=$!; PIDS+=("$!"); PORT_OF[haproxy]="$PORT_HAPROXY"
     wait_ready haproxy "${PID_OF[haproxy]}" "$PORT_HAPROXY" "$TMP/haproxy/haproxy.log"
@@ -441,7 +467,7 @@ address = "127.0.0.1:$PORT_KEDGE"
 path = "/"
 upstreams = ["127.0.0.1:$PORT_BACKEND"]
 EOF
-    taskset -c "$PROXY_CPUS" "$KEDGE_BIN" run --config "$TMP/kedge/kedge.toml" \
+    limited kedge taskset -c "$PROXY_CPUS" "$KEDGE_BIN" run --config "$TMP/kedge/kedge.toml" \
         >"$TMP/kedge/kedge.log" 2>&1 &
     PID_OF[kedge]=$!; PIDS+=("$!"); PORT_OF[kedge]="$PORT_KEDGE"
     wait_ready kedge "${PID_OF[kedge]}" "$PORT_KEDGE" "$TMP/kedge/kedge.log"
@@ -484,6 +510,7 @@ json.dump({
     "connections": $CONNECTIONS, "wrk_threads": $THREADS,
     "proxy_cpus": "$PROXY_CPUS", "backend_cpus": "$BACKEND_CPUS", "wrk_cpus": "$WRK_CPUS",
     "oversubscribed": bool($OVERSUB),
+    "proxy_quota_pct": $PROXY_QUOTA,
     "ports": {"kedge": $PORT_KEDGE, "nginx": $PORT_NGINX, "haproxy": $PORT_HAPROXY, "backend": $PORT_BACKEND},
     "targets": "${ACTIVE[*]}".split(),
     "skipped": "$SKIPPED",

@@ -140,3 +140,23 @@ both_drivers!(
         assert_cut_short(driver, &up);
     }
 );
+
+both_drivers!(
+    fn connect_timeout_is_504_and_moves_to_the_next_endpoint(driver) {
+        let (hole, _fillers, _listener) = crate::support::blackhole_addr();
+        let config = format!("[upstream]\nconnect_timeout = \"300ms\"\n\n{}", route_all(&[hole]));
+        let kedge = Kedge::start(driver, &config);
+        let resp = Client::connect(kedge.addr()).get("hole.test", "/");
+        assert_eq!(resp.status, 504, "{resp:?}");
+        assert!(resp.text().contains("connect timed out"), "{}", resp.text());
+
+        let up = Upstream::start("alive", Handler::Echo);
+        let config = format!("[upstream]\nconnect_timeout = \"300ms\"\n\n{}", route_all(&[hole, up.addr()]));
+        let kedge = Kedge::start(driver, &config);
+        for i in 0..4 {
+            let resp = Client::connect(kedge.addr()).get("hole.test", &format!("/{i}"));
+            assert_eq!(resp.status, 200, "request {i}: {}", resp.text());
+            assert_eq!(resp.upstream(), Some("alive"));
+        }
+    }
+);

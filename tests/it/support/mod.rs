@@ -118,3 +118,18 @@ pub fn route_all(upstreams: &[SocketAddr]) -> String {
     let list: Vec<String> = upstreams.iter().map(|a| format!("\"{a}\"")).collect();
     format!("[[route]]\nupstreams = [{}]\n", list.join(", "))
 }
+
+/// A listening address where connects hang: its accept queue (backlog 0) is filled and never
+/// drained, so the kernel drops further SYNs, as for a host that went away. Keep the returned
+/// sockets alive for as long as the address must stay a black hole.
+pub fn blackhole_addr() -> (SocketAddr, Vec<std::net::TcpStream>, socket2::Socket) {
+    let l = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).expect("socket");
+    l.bind(&SocketAddr::from(([127, 0, 0, 1], 0)).into()).expect("bind");
+    l.listen(0).expect("listen");
+    let addr = l.local_addr().expect("local addr").as_socket().expect("inet");
+    // Each connect that completes takes a place in the queue; once it is full the next ones time out.
+    let fillers = (0..4)
+        .filter_map(|_| std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(200)).ok())
+        .collect();
+    (addr, fillers, l)
+}
