@@ -396,6 +396,14 @@ $(nginx_common_http "$TMP/nginx")
             proxy_pass http://backend;
             proxy_http_version 1.1;
             proxy_set_header Connection "";
+            # What an ingress sends upstream (ingress-nginx's defaults); kedge always does it.
+            proxy_set_header Host \$host;
+            proxy_set_header X-Request-ID \$request_id;
+            proxy_set_header X-Real-IP \$remote_addr;
+            proxy_set_header X-Forwarded-For \$proxy_add_x_forwarded_for;
+            proxy_set_header X-Forwarded-Host \$host;
+            proxy_set_header X-Forwarded-Port \$server_port;
+            proxy_set_header X-Forwarded-Proto \$scheme;
         }
     }
 }
@@ -434,6 +442,14 @@ defaults
 
 frontend fe
     bind 127.0.0.1:$PORT_HAPROXY
+    # What an ingress sends upstream; kedge always does it.
+    option forwardfor
+    unique-id-format %{+X}o%ci%cp%fi%fp%Ts%rt%pid
+    http-request set-header X-Request-ID %[unique-id] unless { req.hdr(x-request-id) -m found }
+    http-request set-header X-Real-IP %[src]
+    http-request set-header X-Forwarded-Proto http
+    http-request set-header X-Forwarded-Host %[req.hdr(host)]
+    http-request set-header X-Forwarded-Port %[dst_port]
     default_backend be
 
 backend be
