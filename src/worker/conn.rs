@@ -303,17 +303,7 @@ impl Conn {
                     "upstream switched protocols without an upgrade request",
                 ));
             }
-            self.out.clear();
-            http::write_response_head(
-                &mut self.out,
-                &self.ubuf,
-                &resp,
-                &self.uheaders,
-                Framing::None,
-                head.version,
-                true,
-            );
-            self.ubuf.drain(..resp.head_len);
+            self.response_head(&resp, Framing::None, head.version, true);
             let out = std::mem::take(&mut self.out);
             self.out = write_client(&mut self.client, out, snap.client.body_timeout).await?;
             return Ok(Next::Tunnel(upstream));
@@ -331,17 +321,7 @@ impl Conn {
         let keep_upstream = resp.keep_alive && resp.framing != Framing::CloseDelimited;
 
         // (A bodiless HEAD or 304 answer keeps the Content-Length the upstream declared.)
-        self.out.clear();
-        http::write_response_head(
-            &mut self.out,
-            &self.ubuf,
-            &resp,
-            &self.uheaders,
-            out_framing,
-            head.version,
-            keep_client,
-        );
-        self.ubuf.drain(..resp.head_len);
+        self.response_head(&resp, out_framing, head.version, keep_client);
         let limits = PumpLimits {
             read_timeout: snap.upstream.read_timeout,
             write_timeout: snap.client.body_timeout,
@@ -372,6 +352,22 @@ impl Conn {
         }
         self.ubuf.clear();
         Ok(if keep_client { Next::KeepAlive } else { Next::Close })
+    }
+
+    /// Rebuilds the upstream's response head for the client into `out` (replacing what it
+    /// held) and drops it from `ubuf`, leaving any body bytes that came with it.
+    fn response_head(&mut self, resp: &ResponseHead, framing: Framing, version: Version, keep_alive: bool) {
+        self.out.clear();
+        http::write_response_head(
+            &mut self.out,
+            &self.ubuf,
+            resp,
+            &self.uheaders,
+            framing,
+            version,
+            keep_alive,
+        );
+        self.ubuf.drain(..resp.head_len);
     }
 
     /// Copies what the access log shows of the request into `meta` (one reused buffer).
