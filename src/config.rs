@@ -87,7 +87,7 @@ pub struct UpstreamSettings {
 }
 
 /// How a static route's path matches.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum PathType {
     Prefix,
@@ -114,6 +114,38 @@ pub struct Config {
     pub client: ClientSettings,
     pub upstream: UpstreamSettings,
     pub routes: Vec<StaticRoute>,
+    pub clusters: Vec<ClusterConfig>,
+}
+
+/// Where a cluster's traffic goes: straight to pod IPs, or to NodeIP:NodePort.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum UpstreamMode {
+    Pods,
+    Nodeports,
+}
+
+/// A `[[cluster]]`: a Kubernetes API server kedge follows through a kubeconfig.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClusterConfig {
+    pub name: String,
+    /// `None`: `$KUBECONFIG`, then `~/.kube/config`, as kubectl does.
+    pub kubeconfig: Option<PathBuf>,
+    /// `None`: the kubeconfig's current context.
+    pub context: Option<String>,
+    /// The class name kedge answers to (IngressClass name, legacy annotation value).
+    pub ingress_class: String,
+    /// `spec.controller` of the IngressClasses that are kedge's.
+    pub controller: String,
+    /// Namespaces to watch; empty = all.
+    pub namespaces: Vec<String>,
+    pub upstream: UpstreamMode,
+    /// Node address type used in NodePort mode (`InternalIP`, `ExternalIP`, `Hostname`).
+    pub node_address_type: String,
+    /// Addresses written into `status.loadBalancer` of the Ingresses kedge serves.
+    pub publish_addresses: Vec<String>,
+    /// How long start-up waits for the first full sync before serving without this cluster.
+    pub sync_timeout: Duration,
 }
 
 /// Reads and validates the file at `path`.
@@ -301,9 +333,32 @@ impl Cx<'_> {
             return Err(self.error(None, Some("listener"), "at least one [[listener]] is needed".into()));
         }
 
-        let mut routes = Vec::new();
+        let mut routes: Vec<StaticRoute> = Vec::new();
         for (i, r) in file.route.into_iter().enumerate() {
+            // Names given in the file must be unique (a default name is unique unless the rule
+            // itself is a duplicate, which the table reports).
+            if let Some(name) = &r.name
+                && routes.iter().any(|o| &o.name == name)
+            {
+                return Err(self.error(
+                    None,
+                    Some(&format!("route[{i}].name")),
+                    format!("{name:?} is used by an earlier route; names must be unique"),
+                ));
+            }
             routes.push(self.route(i, r)?);
+        }
+        let mut clusters: Vec<ClusterConfig> = Vec::new();
+        for (i, c) in file.cluster.into_iter().enumerate() {
+            let c = self.cluster(i, c)?;
+            if clusters.iter().any(|o| o.name == c.name) {
+                return Err(self.error(
+                    None,
+                    Some(&format!("cluster[{i}].name")),
+                    format!("{:?} is used twice", c.name),
+                ));
+            }
+            clusters.push(c);
         }
 
         Ok(Config {
@@ -318,6 +373,76 @@ impl Cx<'_> {
             client,
             upstream,
             routes,
+            clusters,
+        })
+    }
+
+    fn cluster(&self, i: usize, c: FileCluster) -> Result<ClusterConfig, ConfigError> {
+        let key = |k: &str| format!("cluster[{i}].{k}");
+        let name = c.name.get_ref();
+        if name.is_empty()
+            || name.len() > 63
+            || !name
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        {
+            return Err(self.error(
+                Some(c.name.span()),
+                Some(&key("name")),
+                format!("{name:?} must be 1-63 lower-case letters, digits or '-'"),
+            ));
+        }
+        let kubeconfig = match &c.kubeconfig {
+            None => None,
+            Some(p) => {
+                let path = PathBuf::from(p.get_ref());
+                if let Err(e) = std::fs::metadata(&path) {
+                    return Err(self.error(
+                        Some(p.span()),
+                        Some(&key("kubeconfig")),
+                        format!("cannot read {}: {e}", path.display()),
+                    ));
+                }
+                Some(path)
+            }
+        };
+        let node_address_type = match &c.node_address_type {
+            None => "InternalIP".to_owned(),
+            Some(t) if ["InternalIP", "ExternalIP", "Hostname"].contains(&t.get_ref().as_str()) => t.get_ref().clone(),
+            Some(t) => {
+                return Err(self.error(
+                    Some(t.span()),
+                    Some(&key("node_address_type")),
+                    format!(
+                        "{:?} is not one of \"InternalIP\", \"ExternalIP\", \"Hostname\"",
+                        t.get_ref()
+                    ),
+                ));
+            }
+        };
+        let mut publish_addresses = Vec::new();
+        for (j, a) in c.publish_addresses.iter().enumerate() {
+            let v = a.get_ref();
+            if v.parse::<std::net::IpAddr>().is_err() && check_host(v).is_err() || v.starts_with("*.") {
+                return Err(self.error(
+                    Some(a.span()),
+                    Some(&format!("cluster[{i}].publish_addresses[{j}]")),
+                    format!("{v:?} is neither an IP address nor a host name"),
+                ));
+            }
+            publish_addresses.push(v.clone());
+        }
+        Ok(ClusterConfig {
+            name: name.clone(),
+            kubeconfig,
+            context: c.context,
+            ingress_class: c.ingress_class.unwrap_or_else(|| "kedge".into()),
+            controller: c.controller.unwrap_or_else(|| "kedge.dev/ingress-controller".into()),
+            namespaces: c.namespaces,
+            upstream: c.upstream.unwrap_or(UpstreamMode::Pods),
+            node_address_type,
+            publish_addresses,
+            sync_timeout: self.duration(&c.sync_timeout, &key("sync_timeout"), Duration::from_secs(30))?,
         })
     }
 
@@ -368,14 +493,18 @@ impl Cx<'_> {
                     .map_err(|m| self.error(Some(s.span()), Some(&key("max_body")), m))?,
             ),
         };
-        let name = r
-            .name
-            .unwrap_or_else(|| format!("static/{}{}", host.as_deref().unwrap_or("*"), path));
+        // Backends are keyed by name (balancer state survives reloads by it), so a default name
+        // carries everything that makes the rule distinct.
+        let path_type = r.path_type.unwrap_or(PathType::Prefix);
+        let name = r.name.unwrap_or_else(|| {
+            let exact = if path_type == PathType::Exact { " (exact)" } else { "" };
+            format!("static/{}{}{exact}", host.as_deref().unwrap_or("*"), path)
+        });
         Ok(StaticRoute {
             name,
             host,
             path,
-            path_type: r.path_type.unwrap_or(PathType::Prefix),
+            path_type,
             upstreams,
             max_body,
         })
@@ -472,6 +601,25 @@ struct File {
     listener: Vec<FileListener>,
     #[serde(default)]
     route: Vec<FileRoute>,
+    #[serde(default)]
+    cluster: Vec<FileCluster>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileCluster {
+    name: Spanned<String>,
+    kubeconfig: Option<Spanned<String>>,
+    context: Option<String>,
+    ingress_class: Option<String>,
+    controller: Option<String>,
+    #[serde(default)]
+    namespaces: Vec<String>,
+    upstream: Option<UpstreamMode>,
+    node_address_type: Option<Spanned<String>>,
+    #[serde(default)]
+    publish_addresses: Vec<Spanned<String>>,
+    sync_timeout: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize, Default)]

@@ -1,47 +1,60 @@
-//! The control side of the process: builds the first snapshot, binds listeners, starts the
-//! workers, then waits for signals — SIGHUP re-reads the file and swaps a new snapshot in,
-//! SIGTERM/SIGINT drain and stop. Workers only ever *load* what this publishes.
+//! The control side of the process. The main thread binds listeners, starts the workers and
+//! handles signals; the control thread (tokio + `kube`) watches the configured clusters and is
+//! the only place where snapshots are built and published:
+//!
+//! ```text
+//! static routes ─┐
+//! cluster stores ┴▶ TableBuilder ▶ RouteTable ▶ Snapshot ▶ ArcSwap::store ▶ workers load it
+//! ```
+//!
+//! A snapshot is rebuilt whole after any watched change (debounced), after SIGHUP, and never
+//! patched. Workers only ever *load* what this publishes.
 
-use std::path::Path;
+mod cluster;
+pub mod translate;
+
+use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::sync::mpsc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
 use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
+use tokio::sync::Notify;
 
+use self::cluster::Cluster;
 use crate::config::{self, Config};
-use crate::routes;
+use crate::routes::{self, TableBuilder};
 use crate::worker::{self, Shared, Snapshot};
 
-/// Builds the snapshot the workers serve from a validated config.
-pub fn snapshot(cfg: &Config) -> (Snapshot, Vec<String>) {
-    let (table, warnings) = routes::build_static(&cfg.routes);
-    let snap = Snapshot {
-        table,
-        client: cfg.client.clone(),
-        upstream: cfg.upstream.clone(),
-        access_log: cfg.process.log.access_log,
-    };
-    (snap, warnings)
+/// How long the control loop waits after a change for more changes before rebuilding: a
+/// rolling update touches many objects within milliseconds and one rebuild covers them all.
+const DEBOUNCE: Duration = Duration::from_millis(5);
+
+/// What the main thread asks of the control thread.
+enum Command {
+    Reload,
+    Stop,
 }
 
 /// Runs kedge until SIGTERM or SIGINT, then drains. Returns an error when it cannot start.
 pub fn run(cfg: Config) -> Result<(), String> {
     let mut signals = Signals::new([SIGHUP, SIGTERM, SIGINT]).map_err(|e| format!("cannot handle signals: {e}"))?;
-    let (snap, warnings) = snapshot(&cfg);
+    // kube's TLS and ours use rustls with ring; say so once for the whole process.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+
+    let (snap, Built { warnings, .. }) = snapshot(&cfg, &[]);
     for w in &warnings {
         tracing::warn!("{w}");
     }
-    let routes = cfg.routes.len();
     let shared = Arc::new(Shared {
         snapshot: Arc::new(ArcSwap::from_pointee(snap)),
         shutdown: tokio::sync::watch::channel(false).0,
     });
 
-    // Bind every listener for every worker before starting any, so a busy port fails the start.
-    let p = &cfg.process;
+    // Bind every listener for every worker before anything else, so a busy port fails the start.
+    let p = cfg.process.clone();
     let mut per_worker: Vec<Vec<std::net::TcpListener>> = (0..p.workers).map(|_| Vec::new()).collect();
     let mut bound = Vec::new();
     for &addr in &p.listeners {
@@ -50,6 +63,21 @@ pub fn run(cfg: Config) -> Result<(), String> {
         for (w, s) in sockets.into_iter().enumerate() {
             per_worker[w].push(s);
         }
+    }
+
+    // The control thread publishes the first full table (after every cluster's first sync, or
+    // its sync timeout) before any worker accepts: no 404 storm at start.
+    let (cmd_tx, cmd_rx) = tokio::sync::mpsc::unbounded_channel();
+    let (ready_tx, ready_rx) = mpsc::channel();
+    let control = {
+        let shared = Arc::clone(&shared);
+        std::thread::Builder::new()
+            .name("kedge-control".into())
+            .spawn(move || control_thread(cfg, shared, cmd_rx, ready_tx))
+            .map_err(|e| format!("cannot start the control thread: {e}"))?
+    };
+    if ready_rx.recv().is_err() {
+        return Err("the control thread stopped during start-up".into());
     }
 
     let cores = allowed_cpus();
@@ -89,40 +117,163 @@ pub fn run(cfg: Config) -> Result<(), String> {
     tracing::info!(
         workers = p.workers,
         driver,
-        routes,
         version = env!("CARGO_PKG_VERSION"),
         "kedge started"
     );
 
-    let mut current = cfg;
-    let mut version = 1;
     for sig in signals.forever() {
         match sig {
             SIGHUP => {
-                if let Some(next) = reload(&current.path, &current, &shared, version + 1) {
-                    current = next;
-                    version += 1;
-                }
+                let _ = cmd_tx.send(Command::Reload);
             }
             _ => break,
         }
     }
 
-    tracing::info!(grace = ?current.process.shutdown_grace, "shutting down: no new connections, draining");
+    tracing::info!(grace = ?p.shutdown_grace, "shutting down: no new connections, draining");
+    let _ = cmd_tx.send(Command::Stop);
     let _ = shared.shutdown.send(true);
     for h in handles {
         let _ = h.join();
     }
+    let _ = control.join();
     tracing::info!("stopped");
     Ok(())
 }
 
-/// Re-reads the file and swaps in a new snapshot. A file that does not validate leaves the
-/// current table serving and says why. Settings fixed at start (listeners, workers, driver)
-/// are reported when changed, not applied.
-fn reload(path: &Path, current: &Config, shared: &Shared, version: u64) -> Option<Config> {
+/// The control thread: a current-thread tokio runtime that owns the cluster watches and every
+/// snapshot build.
+fn control_thread(
+    cfg: Config,
+    shared: Arc<Shared>,
+    mut commands: tokio::sync::mpsc::UnboundedReceiver<Command>,
+    ready: mpsc::Sender<()>,
+) {
+    let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            tracing::error!("cannot start the control runtime: {e}");
+            return;
+        }
+    };
+    rt.block_on(async move {
+        let changed = Arc::new(Notify::new());
+        let mut clusters = Vec::new();
+        for c in &cfg.clusters {
+            match Cluster::connect(c, Arc::clone(&changed)).await {
+                Ok(cluster) => clusters.push(cluster),
+                Err(e) => tracing::error!("{e}; this cluster is not served"),
+            }
+        }
+        for c in &clusters {
+            let started = Instant::now();
+            match tokio::time::timeout(c.config.sync_timeout, c.wait_ready()).await {
+                Ok(()) => tracing::info!(
+                    cluster = c.config.name,
+                    took_ms = started.elapsed().as_millis() as u64,
+                    "cluster synced"
+                ),
+                Err(_) => tracing::warn!(
+                    cluster = c.config.name,
+                    timeout = ?c.config.sync_timeout,
+                    "cluster not synced in time; serving without it until it is"
+                ),
+            }
+        }
+        let mut cfg = cfg;
+        let mut logged = BTreeSet::new();
+        publish(&cfg, &clusters, &shared, &mut logged, "start");
+        let _ = ready.send(());
+
+        loop {
+            tokio::select! {
+                cmd = commands.recv() => match cmd {
+                    Some(Command::Reload) => {
+                        if let Some(next) = reload(&cfg) {
+                            cfg = next;
+                            publish(&cfg, &clusters, &shared, &mut logged, "reload");
+                            // Said only once the new table is live, so that whoever waits for
+                            // this line can rely on it.
+                            tracing::info!("configuration reloaded");
+                        }
+                    }
+                    Some(Command::Stop) | None => break,
+                },
+                () = changed.notified() => {
+                    tokio::time::sleep(DEBOUNCE).await;
+                    publish(&cfg, &clusters, &shared, &mut logged, "watch");
+                }
+            }
+        }
+    });
+}
+
+/// What one build produced besides the snapshot.
+struct Built {
+    warnings: Vec<String>,
+    /// Ingresses that got routes, over all clusters.
+    served: usize,
+}
+
+/// Builds the snapshot the workers serve: static routes first (they win conflicts), then each
+/// cluster's Ingresses.
+fn snapshot(cfg: &Config, clusters: &[Cluster]) -> (Snapshot, Built) {
+    let mut builder = TableBuilder::default();
+    let mut warnings = routes::add_static(&mut builder, &cfg.routes);
+    let mut served = 0;
+    for c in clusters {
+        let objects = c.snapshot();
+        let outcome = translate::translate(&mut builder, &c.spec, &objects.objects());
+        served += outcome.served.len();
+        warnings.extend(
+            outcome
+                .warnings
+                .into_iter()
+                .map(|w| format!("cluster {}: {}: {}", c.config.name, w.object, w.message)),
+        );
+    }
+    let snap = Snapshot {
+        table: builder.build(),
+        client: cfg.client.clone(),
+        upstream: cfg.upstream.clone(),
+        access_log: cfg.process.log.access_log,
+    };
+    (snap, Built { warnings, served })
+}
+
+/// Builds and swaps in a new snapshot, logging what it took and the warnings that are new
+/// since the last build (each problem is logged once per change, not once per rebuild).
+fn publish(cfg: &Config, clusters: &[Cluster], shared: &Shared, logged: &mut BTreeSet<String>, why: &'static str) {
     let started = Instant::now();
-    let next = match config::load(path) {
+    let (snap, Built { warnings, served }) = snapshot(cfg, clusters);
+    let built = started.elapsed();
+    let backends = snap.table.backends.len();
+    let endpoints: usize = snap.table.backends.iter().map(|b| b.endpoints.len()).sum();
+    let hosts = snap.table.host_count();
+    shared.snapshot.store(Arc::new(snap));
+    let current: BTreeSet<String> = warnings.into_iter().collect();
+    for w in current.difference(logged) {
+        tracing::warn!("{w}");
+    }
+    let warnings = current.len();
+    *logged = current;
+    tracing::info!(
+        why,
+        hosts,
+        ingresses = served,
+        backends,
+        endpoints,
+        warnings,
+        build_ms = format!("{:.3}", built.as_secs_f64() * 1e3),
+        "route table published"
+    );
+}
+
+/// Re-reads the file. A file that does not validate leaves the current configuration serving
+/// and says why. Settings fixed at start (listeners, workers, driver, clusters) are reported
+/// when changed, not applied.
+fn reload(current: &Config) -> Option<Config> {
+    let next = match config::load(&current.path) {
         Ok(c) => c,
         Err(e) => {
             tracing::error!("reload failed, still serving the previous configuration: {e}");
@@ -133,19 +284,9 @@ fn reload(path: &Path, current: &Config, shared: &Shared, version: u64) -> Optio
     if p.listeners != q.listeners || p.workers != q.workers || p.driver != q.driver {
         tracing::warn!("listeners, workers and driver changes take effect on restart only");
     }
-    let (snap, warnings) = snapshot(&next);
-    for w in &warnings {
-        tracing::warn!("{w}");
+    if current.clusters != next.clusters {
+        tracing::warn!("[[cluster]] changes take effect on restart only");
     }
-    let hosts = snap.table.host_count();
-    shared.snapshot.store(Arc::new(snap));
-    tracing::info!(
-        version,
-        routes = next.routes.len(),
-        hosts,
-        took_ms = started.elapsed().as_secs_f64() * 1e3,
-        "configuration reloaded"
-    );
     Some(next)
 }
 

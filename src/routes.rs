@@ -9,7 +9,6 @@
 //! default backend, or 404.
 
 use std::collections::HashMap;
-use std::collections::hash_map::Entry;
 use std::net::SocketAddr;
 
 use crate::config::{PathType, StaticRoute};
@@ -32,7 +31,7 @@ pub struct Backend {
 #[derive(Debug, Clone, Default)]
 struct HostRules {
     exact: HashMap<Box<str>, BackendId>,
-    /// Prefix rules without trailing slash (except the root `/`), longest first.
+    /// Prefix rules without trailing slash (except the root `/`), longest first once built.
     prefix: Vec<(Box<str>, BackendId)>,
 }
 
@@ -49,24 +48,14 @@ impl HostRules {
             .map(|&(_, id)| id)
     }
 
-    fn add(&mut self, path: &str, path_type: PathType, id: BackendId) -> bool {
+    /// Adds a rule; the builder has already refused duplicates.
+    fn add(&mut self, path: &str, path_type: PathType, id: BackendId) {
         match path_type {
-            PathType::Exact => match self.exact.entry(path.into()) {
-                Entry::Occupied(_) => false,
-                Entry::Vacant(v) => {
-                    v.insert(id);
-                    true
-                }
-            },
+            PathType::Exact => {
+                self.exact.insert(path.into(), id);
+            }
             PathType::Prefix => {
-                let p = normalize_prefix(path);
-                if self.prefix.iter().any(|(q, _)| **q == *p) {
-                    return false;
-                }
-                self.prefix.push((p.into(), id));
-                // Stable sort keeps insertion order among equal lengths (they cannot both match).
-                self.prefix.sort_by_key(|p| std::cmp::Reverse(p.0.len()));
-                true
+                self.prefix.push((normalize_prefix(path).into(), id));
             }
         }
     }
@@ -166,36 +155,135 @@ fn normalize_host<'b>(host: &[u8], buf: &'b mut [u8; MAX_HOST]) -> Option<&'b st
     std::str::from_utf8(out).ok()
 }
 
-/// Builds a table from static routes. Returns the table and warnings for rules that lost to an
-/// earlier identical rule (first one wins, as for Ingresses the oldest wins).
-pub fn build_static(routes: &[StaticRoute]) -> (RouteTable, Vec<String>) {
-    let mut table = RouteTable::default();
+/// Who put a rule into the table: shown when a later rule loses to it.
+pub type Owner = str;
+
+/// Builds a [`RouteTable`] rule by rule. The first rule for a host + path + type wins; a later
+/// one is refused with the owner of the rule it lost to. Callers add rules oldest first (static
+/// routes in file order, Ingresses by creation time then name), so "first wins" is "oldest wins".
+#[derive(Default)]
+pub struct TableBuilder {
+    table: RouteTable,
+    /// Owner of each rule, by (host, path type, normalised path); the any-host rules use "".
+    owners: HashMap<(Box<str>, PathType, Box<str>), Box<str>>,
+    default_owner: Option<Box<str>>,
+    backend_ids: HashMap<Box<str>, BackendId>,
+}
+
+/// A rule that lost to an earlier one.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Conflict {
+    /// The owner of the rule that stays.
+    pub winner: String,
+}
+
+impl TableBuilder {
+    /// Adds a backend, or returns the existing one of the same name (several rules may point at
+    /// one Service port).
+    pub fn backend(&mut self, backend: Backend) -> BackendId {
+        if let Some(&id) = self.backend_ids.get(&backend.name) {
+            return id;
+        }
+        let id = self.table.backends.len();
+        self.backend_ids.insert(backend.name.clone(), id);
+        self.table.backends.push(backend);
+        id
+    }
+
+    /// Routes `host` (lower-case exact name, `*.suffix`, or `None` for any host) and `path` to
+    /// `backend`, unless an earlier rule already routes the same host, path and type.
+    pub fn rule(
+        &mut self,
+        host: Option<&str>,
+        path: &str,
+        path_type: PathType,
+        backend: BackendId,
+        owner: &Owner,
+    ) -> Result<(), Conflict> {
+        let norm = match path_type {
+            PathType::Exact => path,
+            PathType::Prefix => normalize_prefix(path),
+        };
+        let key = (host.unwrap_or("").into(), path_type, norm.into());
+        if let Some(winner) = self.owners.get(&key) {
+            return Err(Conflict {
+                winner: winner.to_string(),
+            });
+        }
+        let rules = match host {
+            None => self.table.any.get_or_insert_with(HostRules::default),
+            Some(h) => match h.strip_prefix("*.") {
+                Some(suffix) => self.table.wildcard.entry(suffix.into()).or_default(),
+                None => self.table.exact.entry(h.into()).or_default(),
+            },
+        };
+        rules.add(path, path_type, backend);
+        self.owners.insert(key, owner.into());
+        Ok(())
+    }
+
+    /// Sets the backend for requests no rule matches, unless an earlier owner set one.
+    pub fn default_backend(&mut self, backend: BackendId, owner: &Owner) -> Result<(), Conflict> {
+        if let Some(winner) = &self.default_owner {
+            return Err(Conflict {
+                winner: winner.to_string(),
+            });
+        }
+        self.table.default_backend = Some(backend);
+        self.default_owner = Some(owner.into());
+        Ok(())
+    }
+
+    /// Finishes the table: prefix rules are ordered longest first, once.
+    pub fn build(mut self) -> RouteTable {
+        let t = &mut self.table;
+        for rules in t
+            .exact
+            .values_mut()
+            .chain(t.wildcard.values_mut())
+            .chain(t.any.iter_mut())
+        {
+            rules.prefix.sort_by_key(|p| std::cmp::Reverse(p.0.len()));
+        }
+        self.table
+    }
+}
+
+/// Adds static routes to `builder`; returns warnings for rules that lost to an earlier
+/// identical rule.
+pub fn add_static(builder: &mut TableBuilder, routes: &[StaticRoute]) -> Vec<String> {
     let mut warnings = Vec::new();
     for r in routes {
-        let id = table.backends.len();
-        table.backends.push(Backend {
+        let id = builder.backend(Backend {
             name: r.name.as_str().into(),
             endpoints: r.upstreams.clone(),
             max_body: r.max_body,
         });
-        let rules = match &r.host {
-            None => table.any.get_or_insert_with(HostRules::default),
-            Some(h) => match h.strip_prefix("*.") {
-                Some(suffix) => table.wildcard.entry(suffix.into()).or_default(),
-                None => table.exact.entry(h.as_str().into()).or_default(),
-            },
-        };
-        if !rules.add(&r.path, r.path_type, id) {
+        if let Err(c) = builder.rule(
+            r.host.as_deref(),
+            &r.path,
+            r.path_type,
+            id,
+            &format!("route {:?}", r.name),
+        ) {
             warnings.push(format!(
-                "route {:?}: host {} path {} ({:?}) is already routed by an earlier route; ignored",
+                "route {:?}: host {} path {} ({:?}) is already routed by {}; ignored",
                 r.name,
                 r.host.as_deref().unwrap_or("*"),
                 r.path,
-                r.path_type
+                r.path_type,
+                c.winner
             ));
         }
     }
-    (table, warnings)
+    warnings
+}
+
+/// Builds a table from static routes alone.
+pub fn build_static(routes: &[StaticRoute]) -> (RouteTable, Vec<String>) {
+    let mut builder = TableBuilder::default();
+    let warnings = add_static(&mut builder, routes);
+    (builder.build(), warnings)
 }
 
 #[cfg(test)]

@@ -49,7 +49,7 @@ fn full_route() {
     assert_eq!(r.path_type, PathType::Exact);
     assert_eq!(r.upstreams.len(), 2);
     assert_eq!(r.max_body, Some(0));
-    assert_eq!(r.name, "static/*.example.com/api");
+    assert_eq!(r.name, "static/*.example.com/api (exact)");
 }
 
 #[test]
@@ -123,4 +123,52 @@ fn durations_and_sizes() {
     assert_eq!(Size::Text("16K".into()).bytes(), Ok(16 << 10));
     assert_eq!(Size::Bytes(7).bytes(), Ok(7));
     assert!(Size::Text("lots".into()).bytes().is_err());
+}
+
+#[test]
+fn clusters() {
+    let c = parse_ok(&format!("{MINIMAL}[[cluster]]\nname = \"prod\"\n"));
+    let k = &c.clusters[0];
+    assert_eq!(k.name, "prod");
+    assert_eq!(k.kubeconfig, None);
+    assert_eq!(k.ingress_class, "kedge");
+    assert_eq!(k.controller, "kedge.dev/ingress-controller");
+    assert_eq!(k.upstream, UpstreamMode::Pods);
+    assert_eq!(k.node_address_type, "InternalIP");
+    assert_eq!(k.sync_timeout, Duration::from_secs(30));
+
+    let c = parse_ok(&format!(
+        "{MINIMAL}[[cluster]]\nname = \"edge-1\"\nupstream = \"nodeports\"\nnode_address_type = \"ExternalIP\"\n\
+         namespaces = [\"web\"]\npublish_addresses = [\"203.0.113.10\", \"lb.example.com\"]\n"
+    ));
+    let k = &c.clusters[0];
+    assert_eq!(k.upstream, UpstreamMode::Nodeports);
+    assert_eq!(k.namespaces, ["web"]);
+    assert_eq!(k.publish_addresses, ["203.0.113.10", "lb.example.com"]);
+
+    let cases: &[(&str, &str)] = &[
+        ("[[cluster]]\nname = \"Prod\"\n", "kedge.toml:4:8: cluster[0].name:"),
+        (
+            "[[cluster]]\nname = \"a\"\nkubeconfig = \"/nonexistent/kubeconfig\"\n",
+            "kedge.toml:5:14: cluster[0].kubeconfig: cannot read",
+        ),
+        (
+            "[[cluster]]\nname = \"a\"\nnode_address_type = \"IP\"\n",
+            "kedge.toml:5:21: cluster[0].node_address_type:",
+        ),
+        (
+            "[[cluster]]\nname = \"a\"\npublish_addresses = [\"not an address\"]\n",
+            "kedge.toml:5:22: cluster[0].publish_addresses[0]:",
+        ),
+        ("[[cluster]]\nname = \"a\"\nupstream = \"nodes\"\n", "kedge.toml:5:"),
+        (
+            "[[cluster]]\nname = \"a\"\n[[cluster]]\nname = \"a\"\n",
+            "cluster[1].name: \"a\" is used twice",
+        ),
+        ("[[cluster]]\nkubeconfig = \"x\"\n", "kedge.toml:3:"),
+    ];
+    for (tail, want) in cases {
+        let got = parse_err(&format!("{MINIMAL}{tail}"));
+        assert!(got.contains(want), "for {tail:?}\n got: {got}\nwant: {want}");
+    }
 }

@@ -1,0 +1,318 @@
+//! Kubernetes objects → route table rules, as a pure function. One cluster's reflected
+//! Ingresses, IngressClasses, Services, EndpointSlices and Nodes go in; rules and backends go
+//! into a [`TableBuilder`], and what was wrong with which object comes back as [`Warning`]s. No
+//! I/O, no clock, no runtime: the control plane calls it on snapshots of its reflector stores,
+//! and the tests call it on objects written as JSON.
+//!
+//! This is the only module that reads `k8s_openapi` types; the table knows nothing of them.
+//!
+//! Choices where the API leaves room (as ingress-nginx unless said otherwise):
+//! - A path whose Service, Service port or nodePort cannot be resolved still goes into the
+//!   table, to a backend with no endpoints, so kedge answers 503 for it (ingress-nginx does the
+//!   same). Skipping the rule instead would let the request fall through to a shorter prefix or
+//!   the default backend, i.e. to another application.
+//! - A path kedge cannot route at all (`backend.resource`, no port, bad path, bad host) is
+//!   skipped and reported; the rest of the Ingress is served.
+//! - `ImplementationSpecific` is `Prefix`; with an empty path it is the prefix `/`.
+//! - An Ingress without `creationTimestamp` counts as the youngest: it cannot claim to be oldest.
+//! - Backend names use the Service port *number* once resolved, so a path naming the port
+//!   `http` and one naming `80` share one backend (and its balancer state).
+//! - The endpoints with `serving` absent count as serving, `terminating` absent as not
+//!   terminating (as the API documents), the same as `ready` absent counts as ready.
+
+use std::collections::{BTreeSet, HashSet};
+use std::sync::Arc;
+
+use k8s_openapi::api::core::v1::{Node, Service};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use k8s_openapi::api::networking::v1::{HTTPIngressPath, Ingress, IngressClass};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
+
+use crate::config::PathType;
+use crate::routes::TableBuilder;
+
+mod backends;
+
+use backends::Resolver;
+
+/// How one cluster's Ingresses become routes.
+#[derive(Debug, Clone)]
+pub struct ClusterSpec {
+    /// Cluster name from the config; prefixes backend names: `{cluster}/{ns}/{svc}:{port}`.
+    pub name: String,
+    /// Class name (e.g. `kedge`) the legacy `kubernetes.io/ingress.class` annotation must carry.
+    pub ingress_class: String,
+    /// `IngressClass.spec.controller` that marks a class as kedge's
+    /// (default `kedge.dev/ingress-controller`).
+    pub controller: String,
+    /// Where traffic goes unless a Service says otherwise ([`UPSTREAM_MODE_ANNOTATION`]).
+    pub upstream: UpstreamMode,
+    /// Node address type used in NodePort mode (`InternalIP` by default).
+    pub node_address_type: String,
+}
+
+/// Where a Service's traffic goes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum UpstreamMode {
+    /// Straight to the pod IPs of the Service's EndpointSlices.
+    Pods,
+    /// To `NodeIP:nodePort` of the cluster's Ready, schedulable nodes.
+    NodePorts,
+}
+
+/// Per-Service override of the cluster's upstream mode: `kedge.dev/upstream-mode: pods|nodeports`.
+pub const UPSTREAM_MODE_ANNOTATION: &str = "kedge.dev/upstream-mode";
+
+/// Legacy class annotation, from before `spec.ingressClassName`.
+const LEGACY_CLASS_ANNOTATION: &str = "kubernetes.io/ingress.class";
+/// Marks an IngressClass as the class of Ingresses that name none.
+const DEFAULT_CLASS_ANNOTATION: &str = "ingressclass.kubernetes.io/is-default-class";
+/// ingress-nginx's switch from prefix to regex paths.
+const USE_REGEX_ANNOTATION: &str = "nginx.ingress.kubernetes.io/use-regex";
+
+/// The reflected objects of one cluster (snapshots of kube reflector stores).
+#[derive(Clone, Copy)]
+pub struct Objects<'a> {
+    pub ingresses: &'a [Arc<Ingress>],
+    pub classes: &'a [Arc<IngressClass>],
+    pub services: &'a [Arc<Service>],
+    pub slices: &'a [Arc<EndpointSlice>],
+    pub nodes: &'a [Arc<Node>],
+}
+
+/// Something wrong with one object; the rest is still served.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Warning {
+    /// The object at fault, as `Kind namespace/name` (`Node name` for nodes).
+    pub object: String,
+    pub message: String,
+}
+
+/// What a translation did besides feeding the builder.
+#[derive(Debug, Default)]
+pub struct Outcome {
+    /// Sorted and without duplicates, so the caller can log only what changed.
+    pub warnings: Vec<Warning>,
+    /// Ingresses of our class that got at least one rule or default backend into the table
+    /// (they get status addresses); (namespace, name), sorted.
+    pub served: Vec<(String, String)>,
+}
+
+/// Warnings collected during one translation: a set, so they come out sorted and deduplicated.
+type Warnings = BTreeSet<Warning>;
+
+fn warn(w: &mut Warnings, object: &str, message: String) {
+    w.insert(Warning {
+        object: object.to_owned(),
+        message,
+    });
+}
+
+/// Adds the routes of one cluster's Ingresses to `builder`, oldest Ingress first, so that on
+/// a conflict the oldest wins.
+pub fn translate(builder: &mut TableBuilder, spec: &ClusterSpec, objs: &Objects<'_>) -> Outcome {
+    let mut warnings = Warnings::new();
+    let classes = Classes::new(spec, objs.classes);
+    let mut ours: Vec<&Ingress> = objs
+        .ingresses
+        .iter()
+        .map(|i| &**i)
+        .filter(|i| classes.serves(i, spec, &mut warnings))
+        .collect();
+    ours.sort_by(|a, b| age(&a.metadata).cmp(&age(&b.metadata)));
+
+    let mut resolver = Resolver::new(spec, objs);
+    let mut served = Vec::new();
+    for ing in ours {
+        if add_ingress(builder, &mut resolver, ing, &mut warnings) {
+            let (ns, name) = ns_name(&ing.metadata);
+            served.push((ns.to_owned(), name.to_owned()));
+        }
+    }
+    served.sort();
+    Outcome {
+        warnings: warnings.into_iter().collect(),
+        served,
+    }
+}
+
+/// Sort key for "oldest first": creation time (absent = youngest), then namespace/name.
+fn age(m: &ObjectMeta) -> (bool, Option<&Time>, &str, &str) {
+    let (ns, name) = ns_name(m);
+    (m.creation_timestamp.is_none(), m.creation_timestamp.as_ref(), ns, name)
+}
+
+/// Namespace and name; absent ones are empty (the API server always sets them).
+fn ns_name(m: &ObjectMeta) -> (&str, &str) {
+    (m.namespace.as_deref().unwrap_or(""), m.name.as_deref().unwrap_or(""))
+}
+
+fn annotation<'m>(m: &'m ObjectMeta, key: &str) -> Option<&'m str> {
+    m.annotations.as_ref()?.get(key).map(String::as_str)
+}
+
+/// The cluster's IngressClasses, as far as class selection needs them.
+struct Classes<'a> {
+    /// Names of the classes whose controller is ours.
+    ours: HashSet<&'a str>,
+    /// Names of all classes.
+    all: HashSet<&'a str>,
+    /// One of ours is marked default.
+    default: bool,
+}
+
+impl<'a> Classes<'a> {
+    fn new(spec: &ClusterSpec, classes: &'a [Arc<IngressClass>]) -> Self {
+        let mut c = Classes {
+            ours: HashSet::new(),
+            all: HashSet::new(),
+            default: false,
+        };
+        for class in classes {
+            let Some(name) = class.metadata.name.as_deref() else {
+                continue;
+            };
+            c.all.insert(name);
+            let controller = class.spec.as_ref().and_then(|s| s.controller.as_deref());
+            if controller == Some(spec.controller.as_str()) {
+                c.ours.insert(name);
+                c.default |= annotation(&class.metadata, DEFAULT_CLASS_ANNOTATION) == Some("true");
+            }
+        }
+        c
+    }
+
+    /// Whether `ing` is ours: its `ingressClassName` is one of our classes; or, without one,
+    /// its legacy annotation names our class; or, with neither, one of our classes is default.
+    /// An Ingress of another class is someone else's business and gets no warning, except one
+    /// that names our class name when no IngressClass of that name exists: that is almost
+    /// certainly meant for us, and the fix (create the IngressClass) is worth saying.
+    fn serves(&self, ing: &Ingress, spec: &ClusterSpec, w: &mut Warnings) -> bool {
+        let class_name = ing.spec.as_ref().and_then(|s| s.ingress_class_name.as_deref());
+        match class_name.filter(|n| !n.is_empty()) {
+            Some(n) if self.ours.contains(n) => true,
+            Some(n) => {
+                if n == spec.ingress_class && !self.all.contains(n) {
+                    let (ns, name) = ns_name(&ing.metadata);
+                    warn(
+                        w,
+                        &format!("Ingress {ns}/{name}"),
+                        format!(
+                            "ingressClassName {n:?} names no IngressClass; create one with controller {:?} \
+                             for kedge to serve this Ingress",
+                            spec.controller
+                        ),
+                    );
+                }
+                false
+            }
+            None => match annotation(&ing.metadata, LEGACY_CLASS_ANNOTATION) {
+                Some(a) => a == spec.ingress_class,
+                None => self.default,
+            },
+        }
+    }
+}
+
+/// Adds one Ingress's rules and default backend. Returns whether anything went in.
+fn add_ingress<'a>(b: &mut TableBuilder, r: &mut Resolver<'a>, ing: &'a Ingress, w: &mut Warnings) -> bool {
+    let (ns, name) = ns_name(&ing.metadata);
+    let owner = format!("Ingress {ns}/{name}");
+    if annotation(&ing.metadata, USE_REGEX_ANNOTATION) == Some("true") {
+        warn(w, &owner, "regex paths are not supported yet; treated as prefix".into());
+    }
+    let Some(spec) = &ing.spec else { return false };
+    let mut added = false;
+    for rule in spec.rules.iter().flatten() {
+        let host = match rule.host.as_deref().filter(|h| !h.is_empty()) {
+            None => None,
+            Some(h) => match parse_host(h) {
+                Some(h) => Some(h),
+                None => {
+                    warn(
+                        w,
+                        &owner,
+                        format!("host {h:?} is not a DNS name or *.suffix wildcard; rule ignored"),
+                    );
+                    continue;
+                }
+            },
+        };
+        // A rule without `http` only names a host (for TLS); it routes nothing.
+        let Some(http) = &rule.http else { continue };
+        let shown = host.as_deref().unwrap_or("*");
+        for p in &http.paths {
+            let (path, path_type) = match path_rule(p) {
+                Ok(r) => r,
+                Err(e) => {
+                    warn(w, &owner, format!("host {shown}: {e}; path ignored"));
+                    continue;
+                }
+            };
+            let Some(id) = r.backend(b, ns, &p.backend, &owner, w) else {
+                continue;
+            };
+            match b.rule(host.as_deref(), path, path_type, id, &owner) {
+                Ok(()) => added = true,
+                Err(c) => warn(
+                    w,
+                    &owner,
+                    format!(
+                        "host {shown} path {path} ({path_type:?}) is already routed by {}; ignored",
+                        c.winner
+                    ),
+                ),
+            }
+        }
+    }
+    if let Some(db) = &spec.default_backend
+        && let Some(id) = r.backend(b, ns, db, &owner, w)
+    {
+        match b.default_backend(id, &owner) {
+            Ok(()) => added = true,
+            Err(c) => warn(
+                w,
+                &owner,
+                format!("the default backend is already set by {}; ignored", c.winner),
+            ),
+        }
+    }
+    added
+}
+
+/// A rule's host, lower-cased, when it is a DNS name or a `*.suffix` wildcard.
+fn parse_host(h: &str) -> Option<String> {
+    let h = h.to_ascii_lowercase();
+    let name = h.strip_prefix("*.").unwrap_or(&h);
+    let ok = !name.is_empty()
+        && name.len() <= 253
+        && name.split('.').all(|label| {
+            !label.is_empty()
+                && label.len() <= 63
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        });
+    ok.then_some(h)
+}
+
+/// A path's table rule: its path and how it matches.
+fn path_rule(p: &HTTPIngressPath) -> Result<(&str, PathType), String> {
+    let path = p.path.as_deref().unwrap_or("");
+    let path_type = match p.path_type.as_str() {
+        "Exact" => PathType::Exact,
+        "Prefix" => PathType::Prefix,
+        // As ingress-nginx without use-regex; an empty path there means "/".
+        "ImplementationSpecific" if path.is_empty() => return Ok(("/", PathType::Prefix)),
+        "ImplementationSpecific" => PathType::Prefix,
+        "" => return Err(format!("path {path:?} has no pathType")),
+        other => return Err(format!("path {path:?} has unknown pathType {other:?}")),
+    };
+    if !path.starts_with('/') {
+        return Err(format!("path {path:?} does not start with '/'"));
+    }
+    Ok((path, path_type))
+}
+
+#[cfg(test)]
+mod tests;

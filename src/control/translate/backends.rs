@@ -1,0 +1,317 @@
+//! Ingress backends → table backends: a Service port resolved to pod endpoints (EndpointSlices)
+//! or to `NodeIP:nodePort`, once per translation whatever the number of paths pointing at it.
+
+use std::collections::{HashMap, HashSet};
+use std::fmt;
+use std::net::{IpAddr, SocketAddr};
+
+use k8s_openapi::api::core::v1::{Service, ServicePort};
+use k8s_openapi::api::discovery::v1::{Endpoint, EndpointSlice};
+use k8s_openapi::api::networking::v1::IngressBackend;
+
+use super::{ClusterSpec, Objects, UPSTREAM_MODE_ANNOTATION, UpstreamMode, Warnings, annotation, ns_name, warn};
+use crate::routes::{Backend, BackendId, TableBuilder};
+
+/// Label that ties an EndpointSlice to its Service.
+const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
+
+/// How an Ingress names a Service port.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum PortRef<'a> {
+    Number(i32),
+    Name(&'a str),
+}
+
+impl fmt::Display for PortRef<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            PortRef::Number(n) => write!(f, "{n}"),
+            PortRef::Name(n) => f.write_str(n),
+        }
+    }
+}
+
+/// A resolved (namespace, service, port): the backend, and what the Ingress using it is told.
+#[derive(Clone)]
+struct Resolved {
+    id: BackendId,
+    problem: Option<String>,
+}
+
+/// Resolves Ingress backends against one cluster's objects, caching each Service port.
+pub(super) struct Resolver<'a> {
+    spec: &'a ClusterSpec,
+    services: HashMap<(&'a str, &'a str), &'a Service>,
+    /// EndpointSlices by (namespace, service name).
+    slices: HashMap<(&'a str, &'a str), Vec<&'a EndpointSlice>>,
+    objs: Objects<'a>,
+    /// Ready, schedulable nodes with their address, by name; worked out on first NodePort use.
+    nodes: Option<Vec<(&'a str, IpAddr)>>,
+    cache: HashMap<(&'a str, &'a str, PortRef<'a>), Resolved>,
+}
+
+impl<'a> Resolver<'a> {
+    pub(super) fn new(spec: &'a ClusterSpec, objs: &Objects<'a>) -> Self {
+        let services = objs.services.iter().map(|s| (ns_name(&s.metadata), &**s)).collect();
+        let mut slices: HashMap<_, Vec<_>> = HashMap::new();
+        for s in objs.slices {
+            let Some(svc) = s.metadata.labels.as_ref().and_then(|l| l.get(SERVICE_NAME_LABEL)) else {
+                continue;
+            };
+            let ns = s.metadata.namespace.as_deref().unwrap_or("");
+            slices.entry((ns, svc.as_str())).or_default().push(&**s);
+        }
+        Resolver {
+            spec,
+            services,
+            slices,
+            objs: *objs,
+            nodes: None,
+            cache: HashMap::new(),
+        }
+    }
+
+    /// The backend for `be` (in namespace `ns`), added to `b` on first use. `None` when the
+    /// path cannot be routed at all (no Service named); problems are reported on `owner`.
+    pub(super) fn backend(
+        &mut self,
+        b: &mut TableBuilder,
+        ns: &'a str,
+        be: &'a IngressBackend,
+        owner: &str,
+        w: &mut Warnings,
+    ) -> Option<BackendId> {
+        let Some(svc) = &be.service else {
+            let what = if be.resource.is_some() {
+                "backend.resource is not supported"
+            } else {
+                "backend names no service"
+            };
+            warn(w, owner, format!("{what}; path ignored"));
+            return None;
+        };
+        // The API requires exactly one of number and name.
+        let port = match svc.port.as_ref().map(|p| (p.number, p.name.as_deref())) {
+            Some((Some(n), _)) => PortRef::Number(n),
+            Some((None, Some(n))) if !n.is_empty() => PortRef::Name(n),
+            _ => {
+                let msg = format!("backend service {:?} names no port; path ignored", svc.name);
+                warn(w, owner, msg);
+                return None;
+            }
+        };
+        let key = (ns, svc.name.as_str(), port);
+        let resolved = match self.cache.get(&key) {
+            Some(r) => r.clone(),
+            None => {
+                let r = self.resolve(b, key, w);
+                self.cache.insert(key, r.clone());
+                r
+            }
+        };
+        if let Some(p) = resolved.problem {
+            warn(w, owner, p);
+        }
+        Some(resolved.id)
+    }
+
+    fn resolve(
+        &mut self,
+        b: &mut TableBuilder,
+        (ns, name, port): (&'a str, &'a str, PortRef<'a>),
+        w: &mut Warnings,
+    ) -> Resolved {
+        let cluster: &'a str = &self.spec.name;
+        let mut empty = |problem: String| Resolved {
+            id: b.backend(Backend {
+                name: format!("{cluster}/{ns}/{name}:{port}").into(),
+                endpoints: Vec::new(),
+                max_body: None,
+            }),
+            problem: Some(format!("{problem}; answering 503")),
+        };
+        let Some(&svc) = self.services.get(&(ns, name)) else {
+            return empty(format!("Service {ns}/{name} not found"));
+        };
+        let spec = svc.spec.as_ref();
+        let svc_type = spec.and_then(|s| s.type_.as_deref()).unwrap_or("ClusterIP");
+        if svc_type == "ExternalName" {
+            return empty(format!(
+                "Service {ns}/{name} is of type ExternalName, which kedge does not route to"
+            ));
+        }
+        let ports = spec.and_then(|s| s.ports.as_deref()).unwrap_or_default();
+        let found = ports.iter().find(|sp| match port {
+            PortRef::Number(n) => sp.port == n,
+            PortRef::Name(n) => sp.name.as_deref() == Some(n),
+        });
+        let Some(sp) = found else {
+            return empty(format!("Service {ns}/{name} has no port {port}"));
+        };
+        let (endpoints, problem) = match self.mode(svc, w) {
+            UpstreamMode::Pods => (self.pod_endpoints(ns, name, sp), None),
+            UpstreamMode::NodePorts => match sp.node_port.and_then(|p| u16::try_from(p).ok()).filter(|&p| p != 0) {
+                Some(node_port) => (self.node_endpoints(ns, name, svc, sp, node_port, w), None),
+                None => (
+                    Vec::new(),
+                    Some(format!(
+                        "Service {ns}/{name} port {port} has no nodePort (type {svc_type}), which nodeports mode \
+                         needs; answering 503"
+                    )),
+                ),
+            },
+        };
+        let name = format!("{cluster}/{ns}/{name}:{}", sp.port);
+        Resolved {
+            id: b.backend(Backend {
+                name: name.into(),
+                endpoints,
+                max_body: None,
+            }),
+            problem,
+        }
+    }
+
+    /// The Service's upstream mode: its annotation, else the cluster's.
+    fn mode(&self, svc: &Service, w: &mut Warnings) -> UpstreamMode {
+        match annotation(&svc.metadata, UPSTREAM_MODE_ANNOTATION) {
+            None => self.spec.upstream,
+            Some("pods") => UpstreamMode::Pods,
+            Some("nodeports") => UpstreamMode::NodePorts,
+            Some(other) => {
+                let (ns, name) = ns_name(&svc.metadata);
+                warn(
+                    w,
+                    &format!("Service {ns}/{name}"),
+                    format!(
+                        "{UPSTREAM_MODE_ANNOTATION}: {other:?} is neither \"pods\" nor \"nodeports\"; using the \
+                         cluster's mode ({:?})",
+                        self.spec.upstream
+                    ),
+                );
+                self.spec.upstream
+            }
+        }
+    }
+
+    /// The endpoints traffic may go to, with their port: the ready ones of all the Service's
+    /// EndpointSlices; if none is ready, the ones still serving while terminating (so a
+    /// Service whose pods are all being replaced keeps answering until the new ones are ready).
+    fn chosen_endpoints(&self, ns: &str, svc: &str, sp: &ServicePort) -> Vec<(&'a Endpoint, u16)> {
+        // Slice ports carry the Service port's name (not its number: they hold the target port).
+        let want = sp.name.as_deref().unwrap_or("");
+        let (mut ready, mut fallback) = (Vec::new(), Vec::new());
+        for slice in self.slices.get(&(ns, svc)).into_iter().flatten() {
+            if !matches!(slice.address_type.as_str(), "IPv4" | "IPv6") {
+                continue; // FQDN endpoints name no address to connect to.
+            }
+            let port = slice
+                .ports
+                .iter()
+                .flatten()
+                .find(|p| p.name.as_deref().unwrap_or("") == want)
+                .and_then(|p| p.port)
+                .and_then(|p| u16::try_from(p).ok())
+                .filter(|&p| p != 0);
+            let Some(port) = port else { continue };
+            for ep in &slice.endpoints {
+                let c = ep.conditions.as_ref();
+                if c.and_then(|c| c.ready).unwrap_or(true) {
+                    ready.push((ep, port));
+                } else if c.and_then(|c| c.serving).unwrap_or(true) && c.and_then(|c| c.terminating).unwrap_or(false) {
+                    fallback.push((ep, port));
+                }
+            }
+        }
+        if ready.is_empty() { fallback } else { ready }
+    }
+
+    fn pod_endpoints(&self, ns: &str, svc: &str, sp: &ServicePort) -> Vec<SocketAddr> {
+        let mut out: Vec<SocketAddr> = self
+            .chosen_endpoints(ns, svc, sp)
+            .into_iter()
+            .flat_map(|(ep, port)| {
+                ep.addresses
+                    .iter()
+                    .filter_map(move |a| a.parse::<IpAddr>().ok().map(|ip| SocketAddr::new(ip, port)))
+            })
+            .collect();
+        out.sort_unstable();
+        out.dedup();
+        out
+    }
+
+    /// `NodeIP:nodePort` of the usable nodes; with `externalTrafficPolicy: Local`, only of those
+    /// hosting an endpoint of the Service (kube-proxy drops traffic on the other nodes).
+    fn node_endpoints(
+        &mut self,
+        ns: &str,
+        svc_name: &str,
+        svc: &Service,
+        sp: &ServicePort,
+        node_port: u16,
+        w: &mut Warnings,
+    ) -> Vec<SocketAddr> {
+        let local = svc.spec.as_ref().and_then(|s| s.external_traffic_policy.as_deref()) == Some("Local");
+        let hosting: Option<HashSet<&str>> = local.then(|| {
+            self.chosen_endpoints(ns, svc_name, sp)
+                .into_iter()
+                .filter_map(|(ep, _)| ep.node_name.as_deref())
+                .collect()
+        });
+        let nodes = self.nodes(w);
+        let mut out: Vec<SocketAddr> = nodes
+            .iter()
+            .filter(|(n, _)| hosting.as_ref().is_none_or(|h| h.contains(n)))
+            .map(|&(_, ip)| SocketAddr::new(ip, node_port))
+            .collect();
+        out.sort_unstable();
+        out.dedup();
+        out
+    }
+
+    /// Nodes that take NodePort traffic: Ready condition `True`, not cordoned, with an address of
+    /// the configured type. Worked out once; a node without that address is reported.
+    fn nodes(&mut self, w: &mut Warnings) -> &[(&'a str, IpAddr)] {
+        let (objs, addr_type) = (self.objs, self.spec.node_address_type.as_str());
+        self.nodes.get_or_insert_with(|| {
+            let mut out = Vec::new();
+            for node in objs.nodes {
+                let name = node.metadata.name.as_deref().unwrap_or("");
+                let status = node.status.as_ref();
+                let ready = status
+                    .and_then(|s| s.conditions.as_ref())
+                    .and_then(|c| c.iter().find(|c| c.type_ == "Ready"))
+                    .is_some_and(|c| c.status == "True");
+                let cordoned = node.spec.as_ref().and_then(|s| s.unschedulable).unwrap_or(false);
+                if !ready || cordoned {
+                    continue;
+                }
+                let addr = status
+                    .and_then(|s| s.addresses.as_ref())
+                    .and_then(|a| a.iter().find(|a| a.type_ == addr_type));
+                match addr.map(|a| (a, a.address.parse::<IpAddr>())) {
+                    Some((_, Ok(ip))) => out.push((name, ip)),
+                    Some((a, Err(_))) => warn(
+                        w,
+                        &format!("Node {name}"),
+                        format!(
+                            "{addr_type} address {:?} is not an IP address; node not used for nodeports",
+                            a.address
+                        ),
+                    ),
+                    None => warn(
+                        w,
+                        &format!("Node {name}"),
+                        format!("no {addr_type} address; node not used for nodeports"),
+                    ),
+                }
+            }
+            out.sort_unstable();
+            out
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests;

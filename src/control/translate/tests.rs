@@ -1,0 +1,701 @@
+//! Translation as data: objects written as JSON (as `kubectl get -o json` would show them) go
+//! through `translate` into a real table; each case is a request (host, path) and the backend
+//! name and endpoints that must answer it, plus the exact warnings.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use k8s_openapi::Metadata;
+use serde::de::DeserializeOwned;
+use serde_json::{Value, json};
+
+use super::*;
+use crate::routes::RouteTable;
+
+// ---- objects ----
+
+pub(super) const OURS: &str = "kedge.dev/ingress-controller";
+pub(super) const T1: &str = "2024-01-01T00:00:00Z";
+pub(super) const T2: &str = "2024-02-01T00:00:00Z";
+pub(super) const T3: &str = "2024-03-01T00:00:00Z";
+
+pub(super) fn obj<T: DeserializeOwned>(v: Value) -> Arc<T> {
+    Arc::new(serde_json::from_value(v).unwrap_or_else(|e| panic!("bad test object: {e}")))
+}
+
+pub(super) fn ingress(ns: &str, name: &str, created: &str, spec: Value) -> Arc<Ingress> {
+    obj(json!({
+        "metadata": {"namespace": ns, "name": name, "creationTimestamp": created},
+        "spec": spec,
+    }))
+}
+
+/// Our class's Ingress with the given rules.
+pub(super) fn ours(ns: &str, name: &str, created: &str, rules: Value) -> Arc<Ingress> {
+    ingress(ns, name, created, json!({"ingressClassName": "kedge", "rules": rules}))
+}
+
+/// Adds annotations to any object.
+pub(super) fn annotated<T: Metadata<Ty = ObjectMeta> + Clone>(o: Arc<T>, annotations: Value) -> Arc<T> {
+    let mut o = (*o).clone();
+    o.metadata_mut().annotations = Some(serde_json::from_value(annotations).expect("string map"));
+    Arc::new(o)
+}
+
+pub(super) fn class(name: &str, controller: &str, default: bool) -> Arc<IngressClass> {
+    obj(json!({
+        "metadata": {
+            "name": name,
+            "annotations": {"ingressclass.kubernetes.io/is-default-class": default.to_string()},
+        },
+        "spec": {"controller": controller},
+    }))
+}
+
+pub(super) fn service(ns: &str, name: &str, spec: Value) -> Arc<Service> {
+    obj(json!({"metadata": {"namespace": ns, "name": name}, "spec": spec}))
+}
+
+/// A ClusterIP Service with one port `http` (80 → 8080, nodePort 30080).
+pub(super) fn web_service(ns: &str, name: &str) -> Arc<Service> {
+    service(
+        ns,
+        name,
+        json!({"type": "NodePort", "ports": [{"name": "http", "port": 80, "targetPort": 8080, "nodePort": 30080}]}),
+    )
+}
+
+pub(super) fn slice(
+    ns: &str,
+    name: &str,
+    svc: &str,
+    address_type: &str,
+    ports: Value,
+    endpoints: Value,
+) -> Arc<EndpointSlice> {
+    obj(json!({
+        "metadata": {"namespace": ns, "name": name, "labels": {"kubernetes.io/service-name": svc}},
+        "addressType": address_type,
+        "ports": ports,
+        "endpoints": endpoints,
+    }))
+}
+
+/// One IPv4 slice of `svc` with port `http` = 8080 and these ready pod IPs.
+pub(super) fn ready_slice(ns: &str, svc: &str, ips: &[&str]) -> Arc<EndpointSlice> {
+    let eps: Vec<Value> = ips
+        .iter()
+        .map(|ip| json!({"addresses": [ip], "conditions": {"ready": true}}))
+        .collect();
+    slice(
+        ns,
+        &format!("{svc}-abc"),
+        svc,
+        "IPv4",
+        json!([{"name": "http", "port": 8080}]),
+        json!(eps),
+    )
+}
+
+pub(super) fn node(name: &str, ready: &str, unschedulable: bool, addresses: Value) -> Arc<Node> {
+    obj(json!({
+        "metadata": {"name": name},
+        "spec": {"unschedulable": unschedulable},
+        "status": {"conditions": [{"type": "Ready", "status": ready}], "addresses": addresses},
+    }))
+}
+
+pub(super) fn internal(ip: &str) -> Value {
+    json!([{"type": "InternalIP", "address": ip}, {"type": "Hostname", "address": "n.example.com"}])
+}
+
+/// A rule: host (or none) and paths.
+pub(super) fn rule(host: Option<&str>, paths: Value) -> Value {
+    match host {
+        Some(h) => json!({"host": h, "http": {"paths": paths}}),
+        None => json!({"http": {"paths": paths}}),
+    }
+}
+
+/// A path to `svc` at `port`: a number, or a port name.
+pub(super) fn path(p: &str, path_type: &str, svc: &str, port: Value) -> Value {
+    json!({"path": p, "pathType": path_type, "backend": backend(svc, port)})
+}
+
+pub(super) fn backend(svc: &str, port: Value) -> Value {
+    let port = if port.is_number() {
+        json!({"number": port})
+    } else {
+        json!({"name": port})
+    };
+    json!({"service": {"name": svc, "port": port}})
+}
+
+// ---- running ----
+
+pub(super) fn spec() -> ClusterSpec {
+    ClusterSpec {
+        name: "c1".into(),
+        ingress_class: "kedge".into(),
+        controller: OURS.into(),
+        upstream: UpstreamMode::Pods,
+        node_address_type: "InternalIP".into(),
+    }
+}
+
+pub(super) fn nodeports() -> ClusterSpec {
+    ClusterSpec {
+        upstream: UpstreamMode::NodePorts,
+        ..spec()
+    }
+}
+
+#[derive(Default)]
+pub(super) struct World {
+    pub(super) ingresses: Vec<Arc<Ingress>>,
+    pub(super) classes: Vec<Arc<IngressClass>>,
+    pub(super) services: Vec<Arc<Service>>,
+    pub(super) slices: Vec<Arc<EndpointSlice>>,
+    pub(super) nodes: Vec<Arc<Node>>,
+}
+
+impl World {
+    /// A world with our IngressClass `kedge` (not default).
+    pub(super) fn new() -> Self {
+        World {
+            classes: vec![class("kedge", OURS, false)],
+            ..World::default()
+        }
+    }
+
+    pub(super) fn run(&self, spec: &ClusterSpec) -> (RouteTable, Outcome) {
+        let objs = Objects {
+            ingresses: &self.ingresses,
+            classes: &self.classes,
+            services: &self.services,
+            slices: &self.slices,
+            nodes: &self.nodes,
+        };
+        let mut b = TableBuilder::default();
+        let out = translate(&mut b, spec, &objs);
+        (b.build(), out)
+    }
+}
+
+/// What answers a request: backend name and endpoints.
+pub(super) type Want<'a> = Option<(&'a str, &'a [&'a str])>;
+
+pub(super) fn check_routes(table: &RouteTable, cases: &[(&str, &str, Want<'_>)]) {
+    for &(host, path, want) in cases {
+        let got = table.route(host.as_bytes(), path).map(|b| {
+            (
+                b.name.to_string(),
+                b.endpoints.iter().map(ToString::to_string).collect::<Vec<_>>(),
+            )
+        });
+        let want = want.map(|(n, eps)| (n.to_owned(), eps.iter().map(|e| (*e).to_owned()).collect::<Vec<_>>()));
+        assert_eq!(got, want, "host {host:?} path {path:?}");
+    }
+}
+
+pub(super) fn check_warnings(out: &Outcome, want: &[&str]) {
+    let got: Vec<String> = out
+        .warnings
+        .iter()
+        .map(|w| format!("{}: {}", w.object, w.message))
+        .collect();
+    assert_eq!(got, want);
+}
+
+pub(super) fn check_served(out: &Outcome, want: &[(&str, &str)]) {
+    let want: Vec<(String, String)> = want.iter().map(|&(a, b)| (a.into(), b.into())).collect();
+    assert_eq!(out.served, want);
+}
+
+pub(super) const SHOP: Want<'static> = Some(("c1/web/shop:80", &["192.0.2.1:8080"]));
+
+/// A world with Service web/shop (one ready pod 192.0.2.1) and the given Ingresses.
+pub(super) fn shop_world(ingresses: Vec<Arc<Ingress>>) -> World {
+    World {
+        ingresses,
+        services: vec![web_service("web", "shop")],
+        slices: vec![ready_slice("web", "shop", &["192.0.2.1"])],
+        ..World::new()
+    }
+}
+
+pub(super) fn shop_rule(host: &str) -> Value {
+    json!([rule(Some(host), json!([path("/", "Prefix", "shop", json!(80))]))])
+}
+
+/// A rule routing `host` to Service `svc` port 80.
+fn shop_rule_to(host: &str, svc: &str) -> Value {
+    json!([rule(Some(host), json!([path("/", "Prefix", svc, json!(80))]))])
+}
+
+// ---- classes ----
+
+#[test]
+fn class_selection() {
+    let with_class = |name: &str, class: &str| {
+        ingress(
+            "web",
+            name,
+            T1,
+            json!({"ingressClassName": class, "rules": shop_rule(&format!("{name}.example.com"))}),
+        )
+    };
+    let legacy = |name: &str, class: &str| {
+        annotated(
+            ingress(
+                "web",
+                name,
+                T1,
+                json!({"rules": shop_rule(&format!("{name}.example.com"))}),
+            ),
+            json!({"kubernetes.io/ingress.class": class}),
+        )
+    };
+    let classless = ingress("web", "none", T1, json!({"rules": shop_rule("none.example.com")}));
+    let ingresses = vec![
+        with_class("mine", "kedge"),
+        with_class("renamed", "edge-b"), // another class name, but our controller
+        with_class("theirs", "nginx"),
+        with_class("unknown", "missing"),
+        legacy("legacy", "kedge"),
+        legacy("legacy-nginx", "nginx"),
+        classless.clone(),
+        // The field wins over the annotation (the API refuses both only when they differ).
+        annotated(
+            with_class("field-wins", "nginx"),
+            json!({"kubernetes.io/ingress.class": "kedge"}),
+        ),
+    ];
+    let classes = vec![
+        class("kedge", OURS, false),
+        class("edge-b", OURS, false),
+        class("nginx", "k8s.io/ingress-nginx", true),
+    ];
+    let w = World {
+        classes: classes.clone(),
+        ..shop_world(ingresses.clone())
+    };
+    let (table, out) = w.run(&spec());
+    check_served(&out, &[("web", "legacy"), ("web", "mine"), ("web", "renamed")]);
+    check_warnings(&out, &[]);
+    check_routes(
+        &table,
+        &[
+            ("mine.example.com", "/", SHOP),
+            ("renamed.example.com", "/", SHOP),
+            ("legacy.example.com", "/", SHOP),
+            ("theirs.example.com", "/", None),
+            ("unknown.example.com", "/", None),
+            ("legacy-nginx.example.com", "/", None),
+            ("none.example.com", "/", None),
+        ],
+    );
+
+    // Once one of *our* classes is the default, class-less Ingresses are ours too (nginx's
+    // default class above did not make them nginx's business to kedge).
+    let mut classes = classes;
+    classes[1] = class("edge-b", OURS, true);
+    let w = World {
+        classes,
+        ..shop_world(ingresses)
+    };
+    let (table, out) = w.run(&spec());
+    check_served(
+        &out,
+        &[("web", "legacy"), ("web", "mine"), ("web", "none"), ("web", "renamed")],
+    );
+    check_routes(
+        &table,
+        &[("none.example.com", "/", SHOP), ("theirs.example.com", "/", None)],
+    );
+}
+
+#[test]
+fn our_class_name_without_an_ingress_class_is_reported() {
+    let w = World {
+        classes: vec![],
+        ..shop_world(vec![ours("web", "a", T1, shop_rule("a.example.com"))])
+    };
+    let (table, out) = w.run(&spec());
+    check_served(&out, &[]);
+    check_warnings(
+        &out,
+        &[
+            "Ingress web/a: ingressClassName \"kedge\" names no IngressClass; create one with controller \
+           \"kedge.dev/ingress-controller\" for kedge to serve this Ingress",
+        ],
+    );
+    check_routes(&table, &[("a.example.com", "/", None)]);
+}
+
+// ---- hosts ----
+
+#[test]
+fn hosts_exact_wildcard_and_any() {
+    let w = shop_world(vec![
+        ours("web", "exact", T1, shop_rule("Shop.Example.COM")),
+        ingress(
+            "web",
+            "wild",
+            T2,
+            json!({"ingressClassName": "kedge", "rules": [
+                rule(Some("*.apps.example.com"), json!([path("/", "Prefix", "shop", json!(80))])),
+                rule(None, json!([path("/any", "Prefix", "shop", json!(80))])),
+                rule(Some("bad_host!.example.com"), json!([path("/", "Prefix", "shop", json!(80))])),
+                rule(Some("*"), json!([path("/", "Prefix", "shop", json!(80))])),
+                {"host": "tls-only.example.com"},
+            ]}),
+        ),
+    ]);
+    let (table, out) = w.run(&spec());
+    check_routes(
+        &table,
+        &[
+            ("shop.example.com", "/", SHOP),
+            ("SHOP.example.com:8443", "/cart", SHOP),
+            ("a.apps.example.com", "/", SHOP),
+            ("b.a.apps.example.com", "/", None),
+            ("apps.example.com", "/", None),
+            ("other.example.org", "/any/x", SHOP),
+            ("other.example.org", "/", None),
+            ("tls-only.example.com", "/", None),
+        ],
+    );
+    check_warnings(
+        &out,
+        &[
+            "Ingress web/wild: host \"*\" is not a DNS name or *.suffix wildcard; rule ignored",
+            "Ingress web/wild: host \"bad_host!.example.com\" is not a DNS name or *.suffix wildcard; rule ignored",
+        ],
+    );
+    check_served(&out, &[("web", "exact"), ("web", "wild")]);
+}
+
+// ---- paths ----
+
+#[test]
+fn path_types() {
+    let paths = json!([
+        path("/exact", "Exact", "shop", json!(80)),
+        path("/prefix/", "Prefix", "shop", json!(80)),
+        path("/impl", "ImplementationSpecific", "api", json!(80)),
+        {"pathType": "ImplementationSpecific", "backend": backend("root", json!(80))},
+        path("relative", "Prefix", "shop", json!(80)),
+        path("/weird", "Regex", "shop", json!(80)),
+        {"path": "/untyped", "backend": backend("shop", json!(80))},
+    ]);
+    let ing = annotated(
+        ours("web", "paths", T1, json!([rule(Some("shop.example.com"), paths)])),
+        json!({"nginx.ingress.kubernetes.io/use-regex": "true"}),
+    );
+    let mut w = shop_world(vec![ing]);
+    w.services
+        .extend([web_service("web", "api"), web_service("web", "root")]);
+    w.slices.extend([
+        ready_slice("web", "api", &["192.0.2.2"]),
+        ready_slice("web", "root", &["192.0.2.3"]),
+    ]);
+    let (table, out) = w.run(&spec());
+    let api = Some(("c1/web/api:80", &["192.0.2.2:8080"][..]));
+    let root = Some(("c1/web/root:80", &["192.0.2.3:8080"][..]));
+    check_routes(
+        &table,
+        &[
+            ("shop.example.com", "/exact", SHOP),
+            ("shop.example.com", "/exact/", root),
+            ("shop.example.com", "/exactly", root),
+            ("shop.example.com", "/prefix", SHOP),
+            ("shop.example.com", "/prefix/a/b", SHOP),
+            ("shop.example.com", "/prefixes", root),
+            ("shop.example.com", "/impl/x", api),
+            ("shop.example.com", "/implx", root),
+            ("shop.example.com", "/relative", root),
+            ("shop.example.com", "/untyped", root),
+        ],
+    );
+    check_warnings(
+        &out,
+        &[
+            "Ingress web/paths: host shop.example.com: path \"/untyped\" has no pathType; path ignored",
+            "Ingress web/paths: host shop.example.com: path \"/weird\" has unknown pathType \"Regex\"; path ignored",
+            "Ingress web/paths: host shop.example.com: path \"relative\" does not start with '/'; path ignored",
+            "Ingress web/paths: regex paths are not supported yet; treated as prefix",
+        ],
+    );
+}
+
+#[test]
+fn rules_for_one_host_merge_across_ingresses_longest_match_wins() {
+    let mut w = shop_world(vec![
+        ours(
+            "web",
+            "shop",
+            T2,
+            json!([rule(
+                Some("example.com"),
+                json!([path("/", "Prefix", "shop", json!(80))])
+            )]),
+        ),
+        ours(
+            "api",
+            "api",
+            T1,
+            json!([rule(
+                Some("example.com"),
+                json!([
+                    path("/api", "Prefix", "api", json!(80)),
+                    path("/api/v1/health", "Exact", "api", json!(80)),
+                ])
+            )]),
+        ),
+    ]);
+    w.services.push(web_service("api", "api"));
+    w.slices.push(ready_slice("api", "api", &["198.51.100.7"]));
+    let (table, out) = w.run(&spec());
+    let api = Some(("c1/api/api:80", &["198.51.100.7:8080"][..]));
+    check_routes(
+        &table,
+        &[
+            ("example.com", "/", SHOP),
+            ("example.com", "/apis", SHOP),
+            ("example.com", "/api", api),
+            ("example.com", "/api/v1/health", api),
+            ("example.com", "/cart", SHOP),
+        ],
+    );
+    check_warnings(&out, &[]);
+    check_served(&out, &[("api", "api"), ("web", "shop")]);
+}
+
+#[test]
+fn conflict_goes_to_the_oldest_and_names_both() {
+    let mut w = shop_world(vec![
+        // Listed youngest first: order in the store must not matter.
+        ours(
+            "web",
+            "young",
+            T3,
+            json!([rule(
+                Some("example.com"),
+                json!([path("/", "Prefix", "other", json!(80))])
+            )]),
+        ),
+        ours("web", "old", T1, shop_rule("example.com")),
+        // Same age as web/old: the name breaks the tie, so web/old wins again; and its other
+        // rule still goes in, so it is served.
+        ours(
+            "web",
+            "same-age",
+            T1,
+            json!([rule(
+                Some("example.com"),
+                json!([
+                    path("/", "Prefix", "other", json!(80)),
+                    path("/other", "Exact", "other", json!(80)),
+                ])
+            )]),
+        ),
+    ]);
+    w.services.push(web_service("web", "other"));
+    w.slices.push(ready_slice("web", "other", &["192.0.2.9"]));
+    let (table, out) = w.run(&spec());
+    check_routes(
+        &table,
+        &[
+            ("example.com", "/", SHOP),
+            ("example.com", "/other", Some(("c1/web/other:80", &["192.0.2.9:8080"]))),
+        ],
+    );
+    check_warnings(
+        &out,
+        &[
+            "Ingress web/same-age: host example.com path / (Prefix) is already routed by Ingress web/old; ignored",
+            "Ingress web/young: host example.com path / (Prefix) is already routed by Ingress web/old; ignored",
+        ],
+    );
+    check_served(&out, &[("web", "old"), ("web", "same-age")]);
+}
+
+#[test]
+fn default_backend_oldest_wins() {
+    let mut w = shop_world(vec![
+        ingress(
+            "web",
+            "fallback-new",
+            T2,
+            json!({"ingressClassName": "kedge", "defaultBackend": backend("other", json!("http"))}),
+        ),
+        ingress(
+            "web",
+            "fallback",
+            T1,
+            json!({"ingressClassName": "kedge", "defaultBackend": backend("shop", json!("http")), "rules": []}),
+        ),
+        ours(
+            "web",
+            "api",
+            T3,
+            json!([rule(
+                Some("api.example.com"),
+                json!([path("/v1", "Prefix", "other", json!(80))])
+            )]),
+        ),
+    ]);
+    w.services.push(web_service("web", "other"));
+    let (table, out) = w.run(&spec());
+    let other = Some(("c1/web/other:80", &[][..]));
+    check_routes(
+        &table,
+        &[
+            ("unknown.example.com", "/", SHOP),
+            ("api.example.com", "/v1/x", other),
+            ("api.example.com", "/v2", SHOP),
+            ("", "/", SHOP),
+        ],
+    );
+    check_warnings(
+        &out,
+        &["Ingress web/fallback-new: the default backend is already set by Ingress web/fallback; ignored"],
+    );
+    check_served(&out, &[("web", "api"), ("web", "fallback")]);
+}
+
+#[test]
+fn served_needs_a_rule_or_default_backend_in_the_table() {
+    let w = shop_world(vec![
+        ours("web", "old", T1, shop_rule("example.com")),
+        ours("web", "loser", T2, shop_rule("example.com")),
+        ours("web", "hosts-only", T2, json!([{"host": "tls.example.com"}])),
+        ingress("web", "empty", T2, json!({"ingressClassName": "kedge"})),
+        ours(
+            "web",
+            "resource",
+            T2,
+            json!([rule(
+                None,
+                json!([{"path": "/", "pathType": "Prefix", "backend": {"resource": {"kind": "Bucket", "name": "b"}}}])
+            )]),
+        ),
+    ]);
+    let (_, out) = w.run(&spec());
+    check_served(&out, &[("web", "old")]);
+}
+
+// ---- robustness ----
+
+#[test]
+fn odd_shapes_do_not_panic() {
+    let w = World {
+        ingresses: vec![
+            obj(json!({})),
+            obj(json!({"metadata": {}, "spec": {}})),
+            obj(
+                json!({"metadata": {"name": "x"}, "spec": {"ingressClassName": "kedge", "rules": [{}, {"http": {"paths": [{}]}}]}}),
+            ),
+            obj(
+                json!({"metadata": {"namespace": "web", "name": "y", "annotations": {"nginx.ingress.kubernetes.io/use-regex": "yes please"}},
+                       "spec": {"ingressClassName": "kedge", "defaultBackend": {}, "rules": [{"host": "é.example.com", "http": {"paths": []}}]}}),
+            ),
+            ours(
+                "web",
+                "ports",
+                T1,
+                json!([rule(
+                    None,
+                    json!([
+                        path("/big", "Prefix", "big", json!(80)),
+                        {"path": "/both-empty", "pathType": "Prefix", "backend": {"service": {"name": "shop", "port": {"name": ""}}}},
+                    ])
+                )]),
+            ),
+        ],
+        classes: vec![
+            obj(json!({})),
+            obj(json!({"metadata": {"name": "kedge"}, "spec": {"controller": OURS}})),
+        ],
+        services: vec![
+            obj(json!({})),
+            service("web", "nospec", json!(null)),
+            service(
+                "web",
+                "big",
+                json!({"type": "NodePort", "ports": [{"port": 80, "nodePort": 70000}]}),
+            ),
+        ],
+        slices: vec![
+            obj(json!({})),
+            obj(json!({"metadata": {"labels": {}}})),
+            slice(
+                "web",
+                "big-1",
+                "big",
+                "IPv4",
+                json!([{"port": 99999}, {"port": -1}]),
+                json!([{"addresses": ["192.0.2.1"]}]),
+            ),
+            slice(
+                "web",
+                "big-2",
+                "big",
+                "IPv4",
+                json!([{}]),
+                json!([{"addresses": ["garbage", ""]}]),
+            ),
+        ],
+        nodes: vec![
+            obj(json!({})),
+            obj(json!({"status": {"conditions": [{"type": "Ready", "status": "True"}]}})),
+        ],
+    };
+    for spec in [spec(), nodeports()] {
+        let (table, out) = w.run(&spec);
+        check_routes(&table, &[("example.com", "/big", Some(("c1/web/big:80", &[])))]);
+        assert!(!out.warnings.is_empty());
+        // Sorted and without duplicates.
+        assert!(out.warnings.windows(2).all(|p| p[0] < p[1]), "{:?}", out.warnings);
+    }
+}
+
+/// 10k Ingresses, each with its own host, Service and 5-endpoint slice: every one is served
+/// and routes to its own endpoints. (Speed is measured in benches/, never asserted here.)
+#[test]
+fn ten_thousand_ingresses() {
+    const N: usize = 10_000;
+    let ip = |i: usize, k: usize| {
+        let n = i * 5 + k;
+        format!("10.{}.{}.{}", n >> 16, (n >> 8) & 255, n & 255)
+    };
+    let mut w = World::new();
+    for i in 0..N {
+        let ns = format!("ns{}", i % 100);
+        let name = format!("app{i}");
+        w.ingresses.push(ours(
+            &ns,
+            &name,
+            T1,
+            shop_rule_to(&format!("app{i}.example.com"), &name),
+        ));
+        w.services.push(web_service(&ns, &name));
+        let ips: Vec<String> = (0..5).map(|k| ip(i, k)).collect();
+        let ips: Vec<&str> = ips.iter().map(String::as_str).collect();
+        w.slices.push(ready_slice(&ns, &name, &ips));
+    }
+    let (table, out) = w.run(&spec());
+    check_warnings(&out, &[]);
+    assert_eq!(out.served.len(), N);
+    assert_eq!(table.backends.len(), N);
+    for i in [0, 1, 4_999, N - 1] {
+        let b = table
+            .route(format!("app{i}.example.com").as_bytes(), "/x")
+            .expect("routed");
+        assert_eq!(&*b.name, format!("c1/ns{}/app{i}:80", i % 100));
+        let mut want: Vec<SocketAddr> = (0..5).map(|k| format!("{}:8080", ip(i, k)).parse().unwrap()).collect();
+        want.sort();
+        assert_eq!(b.endpoints, want);
+    }
+}
