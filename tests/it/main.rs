@@ -10,12 +10,18 @@ mod access_log;
 mod bodies;
 /// The command line: `kedge check` on good and bad files, `kedge run` refusing to start, `version`.
 mod cli;
+/// Routes from a cluster through the fixture API server: Ingress → Service → EndpointSlice →
+/// upstreams standing in for pods; changes applied live; other classes and broken objects.
+mod cluster;
 /// `Expect: 100-continue`, and the limit check that comes before it.
 mod expect;
 /// Headers kedge adds (X-Forwarded-*, X-Real-IP, X-Request-ID) and the hop-by-hop ones it drops.
 mod headers;
 /// Client keep-alive, upstream pooling, HTTP/1.0 clients, pipelining, concurrent clients.
 mod keepalive;
+/// The fixture Kubernetes API server, through the real kube client: list, watch, bookmarks,
+/// 410 Gone after an outage, status and Lease writes.
+mod kube_fixture;
 /// SIGHUP reload under traffic, and SIGTERM drain.
 mod lifecycle;
 /// Request limits (413, 414, 431) and malformed requests (400, 501).

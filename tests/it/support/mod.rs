@@ -1,21 +1,23 @@
 //! The harness: a kedge child process, upstreams to put behind it (hyper ones, raw TCP ones for
-//! shapes hyper will not produce, and a recorder of every byte kedge sends), and a raw HTTP/1
-//! client that sees every byte.
+//! shapes hyper will not produce, and a recorder of every byte kedge sends), a raw HTTP/1
+//! client that sees every byte, and a fixture Kubernetes API server for the control plane.
 
 pub mod body;
 mod client;
 mod kedge;
+mod kube_api;
 mod raw_upstream;
 mod recording_upstream;
 mod upstream;
 
 use std::net::{SocketAddr, TcpListener};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 pub use client::Client;
 pub use kedge::{Kedge, Signal};
+pub use kube_api::FakeApi;
 pub use raw_upstream::{RawBehavior, RawUpstream};
 pub use recording_upstream::{ConnLog, RecordingUpstream};
 pub use upstream::{Handler, Seen, Upstream};
@@ -76,6 +78,11 @@ impl TempDir {
         let dir = std::env::temp_dir().join(format!("kedge-it-{}-{n}-{nanos}-{label}", std::process::id()));
         std::fs::create_dir_all(&dir).expect("create temp dir");
         TempDir(dir)
+    }
+
+    /// The directory itself.
+    pub fn path(&self) -> &Path {
+        &self.0
     }
 
     /// Writes `text` to `name` in this directory, atomically (a reader sees the old file or the

@@ -91,13 +91,42 @@ type Reply = Response<BoxBody<Bytes, Infallible>>;
 
 impl Upstream {
     pub fn start(name: &str, handler: Handler) -> Upstream {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind upstream");
+        Upstream::on(listener, name, handler)
+    }
+
+    /// `n` echo upstreams standing in for the pods of one Service: they share one port on
+    /// 127.0.0.1, 127.0.0.2, ... (as pod IPs share a container port) and answer as `name-0`,
+    /// `name-1`, ...
+    pub fn pods(name: &str, n: u8) -> (Vec<Upstream>, u16) {
+        'again: for _ in 0..20 {
+            let first = std::net::TcpListener::bind("127.0.0.1:0").expect("bind upstream");
+            let port = first.local_addr().expect("addr").port();
+            let mut listeners = vec![first];
+            for i in 2..=n {
+                match std::net::TcpListener::bind((std::net::Ipv4Addr::new(127, 0, 0, i), port)) {
+                    Ok(l) => listeners.push(l),
+                    Err(_) => continue 'again, // the port is taken on that address: pick another
+                }
+            }
+            let ups = listeners
+                .into_iter()
+                .enumerate()
+                .map(|(i, l)| Upstream::on(l, &format!("{name}-{i}"), Handler::Echo))
+                .collect();
+            return (ups, port);
+        }
+        panic!("no port free on 127.0.0.1..=127.0.0.{n}");
+    }
+
+    fn on(listener: std::net::TcpListener, name: &str, handler: Handler) -> Upstream {
         let state = Arc::new(State {
             name: name.to_owned(),
             handler,
             requests: Mutex::new(Vec::new()),
         });
         let st = Arc::clone(&state);
-        let server = Server::start(move |stream| {
+        let server = Server::serve(listener, move |stream| {
             let st = Arc::clone(&st);
             async move {
                 let service = service_fn(move |req| handle(Arc::clone(&st), req));
@@ -274,6 +303,15 @@ impl Server {
         Fut: Future<Output = ()> + Send + 'static,
     {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind upstream");
+        Server::serve(listener, serve)
+    }
+
+    /// Serves on an already bound listener.
+    pub(super) fn serve<F, Fut>(listener: std::net::TcpListener, serve: F) -> Server
+    where
+        F: Fn(TcpStream) -> Fut + Send + 'static,
+        Fut: Future<Output = ()> + Send + 'static,
+    {
         listener.set_nonblocking(true).expect("nonblocking");
         let addr = listener.local_addr().expect("upstream addr");
         let connections = Arc::new(AtomicUsize::new(0));
