@@ -124,7 +124,7 @@ pub fn translate(builder: &mut TableBuilder, spec: &ClusterSpec, objs: &Objects<
     let mut resolver = Resolver::new(spec, objs);
     let mut served = Vec::new();
     for ing in ours {
-        if add_ingress(builder, &mut resolver, ing, &mut warnings) {
+        if add_ingress(builder, &mut resolver, &spec.name, ing, &mut warnings) {
             let (ns, name) = ns_name(&ing.metadata);
             served.push((ns.to_owned(), name.to_owned()));
         }
@@ -215,9 +215,17 @@ impl<'a> Classes<'a> {
 }
 
 /// Adds one Ingress's rules and default backend. Returns whether anything went in.
-fn add_ingress<'a>(b: &mut TableBuilder, r: &mut Resolver<'a>, ing: &'a Ingress, w: &mut Warnings) -> bool {
+fn add_ingress<'a>(
+    b: &mut TableBuilder,
+    r: &mut Resolver<'a>,
+    cluster: &str,
+    ing: &'a Ingress,
+    w: &mut Warnings,
+) -> bool {
     let (ns, name) = ns_name(&ing.metadata);
     let owner = format!("Ingress {ns}/{name}");
+    // In the table, rules from several clusters meet: say which cluster a winning rule is from.
+    let table_owner = format!("{owner} of cluster {cluster}");
     if annotation(&ing.metadata, USE_REGEX_ANNOTATION) == Some("true") {
         warn(w, &owner, "regex paths are not supported yet; treated as prefix".into());
     }
@@ -252,7 +260,7 @@ fn add_ingress<'a>(b: &mut TableBuilder, r: &mut Resolver<'a>, ing: &'a Ingress,
             let Some(id) = r.backend(b, ns, &p.backend, &owner, w) else {
                 continue;
             };
-            match b.rule(host.as_deref(), path, path_type, id, &owner) {
+            match b.rule(host.as_deref(), path, path_type, id, &table_owner) {
                 Ok(()) => added = true,
                 Err(c) => warn(
                     w,
@@ -268,7 +276,7 @@ fn add_ingress<'a>(b: &mut TableBuilder, r: &mut Resolver<'a>, ing: &'a Ingress,
     if let Some(db) = &spec.default_backend
         && let Some(id) = r.backend(b, ns, db, &owner, w)
     {
-        match b.default_backend(id, &owner) {
+        match b.default_backend(id, &table_owner) {
             Ok(()) => added = true,
             Err(c) => warn(
                 w,

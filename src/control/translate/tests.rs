@@ -514,8 +514,8 @@ fn conflict_goes_to_the_oldest_and_names_both() {
     check_warnings(
         &out,
         &[
-            "Ingress web/same-age: host example.com path / (Prefix) is already routed by Ingress web/old; ignored",
-            "Ingress web/young: host example.com path / (Prefix) is already routed by Ingress web/old; ignored",
+            "Ingress web/same-age: host example.com path / (Prefix) is already routed by Ingress web/old of cluster c1; ignored",
+            "Ingress web/young: host example.com path / (Prefix) is already routed by Ingress web/old of cluster c1; ignored",
         ],
     );
     check_served(&out, &[("web", "old"), ("web", "same-age")]);
@@ -560,7 +560,9 @@ fn default_backend_oldest_wins() {
     );
     check_warnings(
         &out,
-        &["Ingress web/fallback-new: the default backend is already set by Ingress web/fallback; ignored"],
+        &[
+            "Ingress web/fallback-new: the default backend is already set by Ingress web/fallback of cluster c1; ignored",
+        ],
     );
     check_served(&out, &[("web", "api"), ("web", "fallback")]);
 }

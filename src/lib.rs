@@ -1,0 +1,13 @@
+//! kedge: a Kubernetes ingress that lives outside the cluster. The library holds everything; the
+//! `kedge` binary is `cli::main`. It is a library too so that `benches/` can drive the pure parts
+//! (translation, routing, HTTP parsing) directly.
+
+#![deny(unsafe_code)]
+
+pub mod cli;
+pub mod config;
+pub mod control;
+pub mod http;
+pub mod routes;
+pub mod telemetry;
+pub mod worker;
