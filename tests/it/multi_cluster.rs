@@ -1,0 +1,71 @@
+//! Two clusters behind one kedge: their routes merge into one table; a host both define goes to
+//! the cluster listed first, and the loser is reported.
+
+use std::time::Duration;
+
+use serde_json::{Value, json};
+
+use crate::support::{Client, FakeApi, Kedge, TempDir, Upstream, both_drivers};
+
+fn objects(api: &FakeApi, svc: &str, port: u16, ip: &str, host: &str) {
+    api.apply(
+        "ingressclasses",
+        json!({"apiVersion": "networking.k8s.io/v1", "kind": "IngressClass",
+               "metadata": {"name": "kedge"}, "spec": {"controller": "kedge.dev/ingress-controller"}}),
+    );
+    api.apply(
+        "services",
+        json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": svc, "namespace": "default"},
+               "spec": {"ports": [{"name": "http", "port": 80}]}}),
+    );
+    api.apply(
+        "endpointslices",
+        json!({"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+               "metadata": {"name": format!("{svc}-1"), "namespace": "default",
+                            "labels": {"kubernetes.io/service-name": svc}},
+               "addressType": "IPv4", "ports": [{"name": "http", "port": port}],
+               "endpoints": [{"addresses": [ip], "conditions": {"ready": true}}]}),
+    );
+    let rules: Vec<Value> = [host, "shared.example.com"]
+        .iter()
+        .map(|h| {
+            json!({"host": h, "http": {"paths": [{"path": "/", "pathType": "Prefix",
+                   "backend": {"service": {"name": svc, "port": {"number": 80}}}}]}})
+        })
+        .collect();
+    api.apply(
+        "ingresses",
+        json!({"apiVersion": "networking.k8s.io/v1", "kind": "Ingress",
+               "metadata": {"name": svc, "namespace": "default"},
+               "spec": {"ingressClassName": "kedge", "rules": rules}}),
+    );
+}
+
+both_drivers!(
+    fn routes_of_two_clusters_merge_and_the_first_cluster_wins_a_shared_host(driver) {
+        let (east_pods, east_port) = Upstream::pods("east", 1);
+        let (west_pods, west_port) = Upstream::pods("west", 1);
+        let (east, west) = (FakeApi::start(), FakeApi::start());
+        objects(&east, "east", east_port, "127.0.0.1", "east.example.com");
+        objects(&west, "west", west_port, "127.0.0.1", "west.example.com");
+        let dir = TempDir::new("clusters");
+        let (ke, kw) = (dir.path().join("east"), dir.path().join("west"));
+        east.write_kubeconfig(&ke);
+        west.write_kubeconfig(&kw);
+        let kedge = Kedge::start(
+            driver,
+            &format!(
+                "[[cluster]]\nname = \"east\"\nkubeconfig = \"{}\"\n\n[[cluster]]\nname = \"west\"\nkubeconfig = \"{}\"\n",
+                ke.display(),
+                kw.display()
+            ),
+        );
+        let who = |host: &str| Client::connect(kedge.addr()).get(host, "/").upstream().map(str::to_owned);
+        assert_eq!(who("east.example.com").as_deref(), Some("east-0"));
+        assert_eq!(who("west.example.com").as_deref(), Some("west-0"));
+        assert_eq!(who("shared.example.com").as_deref(), Some("east-0"), "the first cluster listed wins");
+        let line = kedge.wait_log("is already routed by", Duration::from_secs(5));
+        assert!(line.contains("cluster west") && line.contains("cluster east"), "{line}");
+        drop((east_pods, west_pods));
+    }
+);
