@@ -1,5 +1,6 @@
-//! Two clusters behind one kedge: their routes merge into one table; a host both define goes to
-//! the cluster listed first, and the loser is reported.
+//! What a cluster contributes: two clusters behind one kedge merge their routes into one table
+//! (a host both define goes to the cluster listed first, and the loser is reported); a cluster
+//! limited to some namespaces ignores the others.
 
 use std::time::Duration;
 
@@ -8,6 +9,10 @@ use serde_json::{Value, json};
 use crate::support::{Client, FakeApi, Kedge, TempDir, Upstream, both_drivers};
 
 fn objects(api: &FakeApi, svc: &str, port: u16, ip: &str, host: &str) {
+    objects_in(api, "default", svc, port, ip, host);
+}
+
+fn objects_in(api: &FakeApi, ns: &str, svc: &str, port: u16, ip: &str, host: &str) {
     api.apply(
         "ingressclasses",
         json!({"apiVersion": "networking.k8s.io/v1", "kind": "IngressClass",
@@ -15,13 +20,13 @@ fn objects(api: &FakeApi, svc: &str, port: u16, ip: &str, host: &str) {
     );
     api.apply(
         "services",
-        json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": svc, "namespace": "default"},
+        json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": svc, "namespace": ns},
                "spec": {"ports": [{"name": "http", "port": 80}]}}),
     );
     api.apply(
         "endpointslices",
         json!({"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
-               "metadata": {"name": format!("{svc}-1"), "namespace": "default",
+               "metadata": {"name": format!("{svc}-1"), "namespace": ns,
                             "labels": {"kubernetes.io/service-name": svc}},
                "addressType": "IPv4", "ports": [{"name": "http", "port": port}],
                "endpoints": [{"addresses": [ip], "conditions": {"ready": true}}]}),
@@ -36,7 +41,7 @@ fn objects(api: &FakeApi, svc: &str, port: u16, ip: &str, host: &str) {
     api.apply(
         "ingresses",
         json!({"apiVersion": "networking.k8s.io/v1", "kind": "Ingress",
-               "metadata": {"name": svc, "namespace": "default"},
+               "metadata": {"name": svc, "namespace": ns},
                "spec": {"ingressClassName": "kedge", "rules": rules}}),
     );
 }
@@ -67,5 +72,29 @@ both_drivers!(
         let line = kedge.wait_log("is already routed by", Duration::from_secs(5));
         assert!(line.contains("cluster west") && line.contains("cluster east"), "{line}");
         drop((east_pods, west_pods));
+    }
+);
+
+both_drivers!(
+    fn a_cluster_limited_to_namespaces_ignores_the_others(driver) {
+        let (pods, port) = Upstream::pods("ns", 1);
+        let api = FakeApi::start();
+        objects_in(&api, "web", "inside", port, "127.0.0.1", "inside.example.com");
+        objects_in(&api, "other", "outside", port, "127.0.0.1", "outside.example.com");
+        let dir = TempDir::new("namespaces");
+        let kc = dir.path().join("kubeconfig");
+        api.write_kubeconfig(&kc);
+        let kedge = Kedge::start(
+            driver,
+            &format!("[[cluster]]\nname = \"scoped\"\nkubeconfig = \"{}\"\nnamespaces = [\"web\"]\n", kc.display()),
+        );
+        let status = |host: &str| Client::connect(kedge.addr()).get(host, "/").status;
+        assert_eq!(status("inside.example.com"), 200);
+        assert_eq!(status("outside.example.com"), 404);
+        // Only namespaced watches were opened for the namespaced kinds.
+        let log = api.request_log();
+        assert!(log.iter().any(|l| l.contains("/namespaces/web/ingresses")), "{log:#?}");
+        assert!(!log.iter().any(|l| l.contains("/namespaces/other/")), "{log:#?}");
+        drop(pods);
     }
 );
