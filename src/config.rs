@@ -53,6 +53,8 @@ pub struct ProcessConfig {
     pub shutdown_grace: Duration,
     pub listeners: Vec<SocketAddr>,
     pub log: LogConfig,
+    /// Where each cluster's last known good objects are persisted (`[proxy] state_dir`).
+    pub state_dir: PathBuf,
 }
 
 #[derive(Debug, Clone)]
@@ -252,6 +254,20 @@ impl Cx<'_> {
             }
         };
         let shutdown_grace = self.duration(&p.shutdown_grace, "proxy.shutdown_grace", Duration::from_secs(30))?;
+        // systemd's `StateDirectory=kedge`. Absolute, so that it does not depend on the cwd.
+        let state_dir = match &p.state_dir {
+            None => PathBuf::from("/var/lib/kedge"),
+            Some(s) if Path::new(s.get_ref()).is_absolute() && !s.get_ref().contains('\0') => {
+                PathBuf::from(s.get_ref())
+            }
+            Some(s) => {
+                return Err(self.error(
+                    Some(s.span()),
+                    Some("proxy.state_dir"),
+                    format!("{:?} is not an absolute directory path", s.get_ref()),
+                ));
+            }
+        };
 
         let c = file.client.unwrap_or_default();
         let client = ClientSettings {
@@ -369,6 +385,7 @@ impl Cx<'_> {
                 shutdown_grace,
                 listeners,
                 log,
+                state_dir,
             },
             client,
             upstream,
@@ -628,6 +645,7 @@ struct FileProxy {
     workers: Option<Spanned<u64>>,
     driver: Option<Spanned<String>>,
     shutdown_grace: Option<Spanned<String>>,
+    state_dir: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize, Default)]

@@ -11,6 +11,8 @@
 //! patched. Workers only ever *load* what this publishes.
 
 mod cluster;
+mod persist;
+mod status;
 pub mod translate;
 
 use std::collections::BTreeSet;
@@ -158,9 +160,12 @@ fn control_thread(
     };
     rt.block_on(async move {
         let changed = Arc::new(Notify::new());
+        let state_dir = (!cfg.clusters.is_empty())
+            .then(|| persist::StateDir::open(&cfg.process.state_dir))
+            .flatten();
         let mut clusters = Vec::new();
         for c in &cfg.clusters {
-            match Cluster::connect(c, Arc::clone(&changed)).await {
+            match Cluster::connect(c, Arc::clone(&changed), state_dir.as_ref()).await {
                 Ok(cluster) => clusters.push(cluster),
                 Err(e) => tracing::error!("{e}; this cluster is not served"),
             }
@@ -173,11 +178,8 @@ fn control_thread(
                     took_ms = started.elapsed().as_millis() as u64,
                     "cluster synced"
                 ),
-                Err(_) => tracing::warn!(
-                    cluster = c.config.name,
-                    timeout = ?c.config.sync_timeout,
-                    "cluster not synced in time; serving without it until it is"
-                ),
+                // Serves the persisted state, if any, until the live sync (logged either way).
+                Err(_) => c.sync_timed_out(),
             }
         }
         let mut cfg = cfg;
@@ -224,6 +226,7 @@ fn snapshot(cfg: &Config, clusters: &[Cluster]) -> (Snapshot, Built) {
     for c in clusters {
         let objects = c.snapshot();
         let outcome = translate::translate(&mut builder, &c.spec, &objects.objects());
+        c.offer_status(&objects.objects(), &outcome.served);
         served += outcome.served.len();
         warnings.extend(
             outcome
@@ -281,8 +284,8 @@ fn reload(current: &Config) -> Option<Config> {
         }
     };
     let (p, q) = (&current.process, &next.process);
-    if p.listeners != q.listeners || p.workers != q.workers || p.driver != q.driver {
-        tracing::warn!("listeners, workers and driver changes take effect on restart only");
+    if p.listeners != q.listeners || p.workers != q.workers || p.driver != q.driver || p.state_dir != q.state_dir {
+        tracing::warn!("listeners, workers, driver and state_dir changes take effect on restart only");
     }
     if current.clusters != next.clusters {
         tracing::warn!("[[cluster]] changes take effect on restart only");

@@ -7,9 +7,16 @@ use crate::config::LogConfig;
 
 /// Installs the global subscriber. Call once, before any thread starts.
 pub fn init(log: &LogConfig) {
-    // rustls warns on every handshake whose SNI is an IP address; keep that out by default.
-    let filter =
-        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(format!("{},rustls=error", log.level)));
+    // rustls warns on every handshake whose SNI is an IP address; keep that out by default. kube
+    // logs every failed request of its retry loops (an error line per watch every few seconds
+    // while an API server is down) and every dropped watch connection: kedge logs a watch's
+    // failure and its recovery once each instead.
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+        EnvFilter::new(format!(
+            "{},rustls=error,kube_client::client::builder=off,kube_client::client=error",
+            log.level
+        ))
+    });
     let under_journald = std::env::var_os("JOURNAL_STREAM").is_some();
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)

@@ -172,3 +172,17 @@ fn clusters() {
         assert!(got.contains(want), "for {tail:?}\n got: {got}\nwant: {want}");
     }
 }
+
+#[test]
+fn state_dir() {
+    assert_eq!(parse_ok(MINIMAL).process.state_dir, Path::new("/var/lib/kedge"));
+    let c = parse_ok(&format!("[proxy]\nstate_dir = \"/srv/kedge/state\"\n{MINIMAL}"));
+    assert_eq!(c.process.state_dir, Path::new("/srv/kedge/state"));
+    for bad in ["state", "", "./state"] {
+        let got = parse_err(&format!("[proxy]\nstate_dir = \"{bad}\"\n{MINIMAL}"));
+        assert!(
+            got.starts_with("kedge.toml:2:13: proxy.state_dir:") && got.contains("not an absolute directory path"),
+            "for {bad:?}: {got}"
+        );
+    }
+}

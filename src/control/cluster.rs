@@ -7,6 +7,7 @@ use std::fmt::Debug;
 use std::hash::Hash;
 use std::pin::pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use futures_util::StreamExt;
 use k8s_openapi::api::core::v1::{Node, Service};
@@ -19,6 +20,8 @@ use kube::{Api, Client, Resource};
 use serde::de::DeserializeOwned;
 use tokio::sync::Notify;
 
+use super::persist::{self, LastKnownGood};
+use super::status;
 use super::translate::{ClusterSpec, Objects, UpstreamMode};
 use crate::config::{self, ClusterConfig};
 
@@ -31,15 +34,23 @@ pub struct Cluster {
     slices: Vec<Store<EndpointSlice>>,
     classes: Store<IngressClass>,
     nodes: Store<Node>,
+    /// Writes Ingress status with its own clone of the cluster's client; `None` without
+    /// publish addresses.
+    status: Option<status::Writer>,
+    /// Watches that have completed their first full list.
+    listed: Arc<AtomicUsize>,
+    /// Persisted or live objects, the cluster's state, its state file.
+    lkg: LastKnownGood,
 }
 
 /// Owned copies of a cluster's objects (cheap: `Arc`s), for one translation.
+#[derive(Clone)]
 pub struct Snapshot {
-    ingresses: Vec<Arc<Ingress>>,
-    classes: Vec<Arc<IngressClass>>,
-    services: Vec<Arc<Service>>,
-    slices: Vec<Arc<EndpointSlice>>,
-    nodes: Vec<Arc<Node>>,
+    pub(super) ingresses: Vec<Arc<Ingress>>,
+    pub(super) classes: Vec<Arc<IngressClass>>,
+    pub(super) services: Vec<Arc<Service>>,
+    pub(super) slices: Vec<Arc<EndpointSlice>>,
+    pub(super) nodes: Vec<Arc<Node>>,
 }
 
 impl Snapshot {
@@ -57,9 +68,13 @@ impl Snapshot {
 impl Cluster {
     /// Builds the client and starts the watches (on the current tokio runtime). Fails only when
     /// the kubeconfig cannot be read or used; an unreachable API server is retried with backoff.
-    pub async fn connect(cfg: &ClusterConfig, changed: Arc<Notify>) -> Result<Cluster, String> {
-        let client = client(cfg).await?;
-        let name = cfg.name.clone();
+    pub async fn connect(
+        cfg: &ClusterConfig,
+        changed: Arc<Notify>,
+        state_dir: Option<&persist::StateDir>,
+    ) -> Result<Cluster, String> {
+        let health = persist::Health::new(&cfg.name, &changed);
+        let client = client(cfg, &health).await?;
         // One watch per namespace when the config names them, else one over all namespaces.
         let namespaces: Vec<Option<&str>> = if cfg.namespaces.is_empty() {
             vec![None]
@@ -69,23 +84,18 @@ impl Cluster {
         let mut ingresses = Vec::new();
         let mut services = Vec::new();
         let mut slices = Vec::new();
+        let listed = Arc::new(AtomicUsize::new(0));
+        let w = Watched {
+            health: &health,
+            listed: &listed,
+        };
         for ns in namespaces {
-            ingresses.push(watch(scoped::<Ingress>(&client, ns), "ingresses", &name, &changed));
-            services.push(watch(scoped::<Service>(&client, ns), "services", &name, &changed));
-            slices.push(watch(
-                scoped::<EndpointSlice>(&client, ns),
-                "endpointslices",
-                &name,
-                &changed,
-            ));
+            ingresses.push(watch(scoped::<Ingress>(&client, ns), "ingresses", &w));
+            services.push(watch(scoped::<Service>(&client, ns), "services", &w));
+            slices.push(watch(scoped::<EndpointSlice>(&client, ns), "endpointslices", &w));
         }
-        let classes = watch(
-            Api::<IngressClass>::all(client.clone()),
-            "ingressclasses",
-            &name,
-            &changed,
-        );
-        let nodes = watch(Api::<Node>::all(client), "nodes", &name, &changed);
+        let classes = watch(Api::<IngressClass>::all(client.clone()), "ingressclasses", &w);
+        let nodes = watch(Api::<Node>::all(client.clone()), "nodes", &w);
         Ok(Cluster {
             spec: ClusterSpec {
                 name: cfg.name.clone(),
@@ -103,6 +113,9 @@ impl Cluster {
             slices,
             classes,
             nodes,
+            status: status::Writer::spawn(client, cfg),
+            listed,
+            lkg: LastKnownGood::new(&cfg.name, state_dir, health),
         })
     }
 
@@ -121,20 +134,52 @@ impl Cluster {
         let _ = self.nodes.wait_until_ready().await;
     }
 
-    /// Copies the current state of every store.
+    /// Whether every watch has completed its first full list (unlike `wait_ready`, without
+    /// waiting, and without taking over the stores' single readiness waker).
+    pub fn synced(&self) -> bool {
+        let watches = self.ingresses.len() + self.services.len() + self.slices.len() + 2;
+        self.listed.load(Ordering::Acquire) == watches
+    }
+
+    /// Hands what a build served to the Ingress status writer, once the cluster is synced (a
+    /// half-listed view, e.g. without the IngressClasses, would clear the status of Ingresses
+    /// that are in fact served). The writer task runs on this runtime only when the control
+    /// loop next waits, i.e. after the table of this build is published.
+    pub fn offer_status(&self, objects: &Objects<'_>, served: &[(String, String)]) {
+        if let Some(writer) = &self.status
+            && self.synced()
+        {
+            writer.offer(objects.ingresses, served);
+        }
+    }
+
+    /// The objects to translate: those persisted in the state directory while the cluster
+    /// serves from them (not synced within `sync_timeout` at start), else a copy of every store.
     pub fn snapshot(&self) -> Snapshot {
-        Snapshot {
+        self.lkg.choose(self.synced(), || Snapshot {
             ingresses: self.ingresses.iter().flat_map(Store::state).collect(),
             classes: self.classes.state(),
             services: self.services.iter().flat_map(Store::state).collect(),
             slices: self.slices.iter().flat_map(Store::state).collect(),
             nodes: self.nodes.state(),
-        }
+        })
+    }
+
+    /// What the cluster serves from: nothing synced yet, its persisted state, live stores.
+    #[allow(dead_code)] // read by the admin `/readyz` to come
+    pub fn state(&self) -> persist::State {
+        self.lkg.state()
+    }
+
+    /// Start-up waited `sync_timeout` for the first sync in vain: serve the persisted state, if
+    /// any, until the live sync completes.
+    pub fn sync_timed_out(&self) {
+        self.lkg.sync_timed_out(self.config.sync_timeout);
     }
 }
 
 /// A client from the cluster's kubeconfig (or `$KUBECONFIG` / `~/.kube/config`) and context.
-async fn client(cfg: &ClusterConfig) -> Result<Client, String> {
+async fn client(cfg: &ClusterConfig, health: &Arc<persist::Health>) -> Result<Client, String> {
     let what = |e: &dyn std::fmt::Display| format!("cluster {:?}: {e}", cfg.name);
     let kubeconfig = match &cfg.kubeconfig {
         Some(path) => kube::config::Kubeconfig::read_from(path).map_err(|e| what(&e))?,
@@ -144,10 +189,12 @@ async fn client(cfg: &ClusterConfig) -> Result<Client, String> {
         context: cfg.context.clone(),
         ..Default::default()
     };
-    let config = kube::Config::from_custom_kubeconfig(kubeconfig, &options)
+    let mut config = kube::Config::from_custom_kubeconfig(kubeconfig, &options)
         .await
         .map_err(|e| what(&e))?;
-    Client::try_from(config).map_err(|e| what(&e))
+    persist::tune_client(&mut config);
+    let builder = kube::client::ClientBuilder::try_from(config).map_err(|e| what(&e))?;
+    Ok(builder.with_layer(&persist::Observe(Arc::clone(health))).build())
 }
 
 fn scoped<K>(client: &Client, namespace: Option<&str>) -> Api<K>
@@ -161,43 +208,46 @@ where
     }
 }
 
+/// What every watch of one cluster reports to: the cluster's watch health (which logs and wakes
+/// the control loop), the count of watches that have listed once.
+struct Watched<'a> {
+    health: &'a Arc<persist::Health>,
+    listed: &'a Arc<AtomicUsize>,
+}
+
 /// Starts a reflector for `api` on the current runtime and returns its store. Errors (API server
 /// down, 410 Gone, auth) are retried with kube's default backoff; the last good store keeps
 /// serving meanwhile. A failure and the recovery are each logged once.
-fn watch<K>(api: Api<K>, what: &'static str, cluster: &str, changed: &Arc<Notify>) -> Store<K>
+fn watch<K>(api: Api<K>, what: &'static str, w: &Watched<'_>) -> Store<K>
 where
     K: Resource + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
     K::DynamicType: Default + Eq + Hash + Clone + Send + Sync,
 {
     let (reader, writer) = reflector::store();
+    let me = w.health.watch(what, api.resource_url());
     let stream = reflector::reflector(
         writer,
-        watcher::watcher(api, watcher::Config::default()).default_backoff(),
+        watcher::watcher(api, persist::watcher_config()).default_backoff(),
     );
-    let cluster = cluster.to_owned();
-    let changed = Arc::clone(changed);
+    let health = Arc::clone(w.health);
+    let listed = Arc::clone(w.listed);
     tokio::spawn(async move {
         let mut stream = pin!(stream);
-        let mut healthy = true;
+        let mut first_list = true;
         while let Some(event) = stream.next().await {
             match event {
                 Ok(event) => {
-                    if !healthy {
-                        tracing::info!(cluster, what, "watch recovered");
-                        healthy = true;
+                    if first_list && matches!(event, Event::InitDone) {
+                        // The reflector has already filled the store.
+                        first_list = false;
+                        listed.fetch_add(1, Ordering::Release);
                     }
-                    // A relist arrives as Init, InitApply..., InitDone and replaces the store
-                    // at InitDone: rebuild once then, not per object.
-                    if !matches!(event, Event::Init | Event::InitApply(_)) {
-                        changed.notify_one();
-                    }
+                    // Marks the watch working and wakes the control loop for the events that
+                    // change the store: a relist arrives as Init, InitApply..., InitDone and
+                    // replaces the store at InitDone, so the rebuild happens then, not per object.
+                    health.event(&me, &event);
                 }
-                Err(e) => {
-                    if healthy {
-                        tracing::warn!(cluster, what, error = %e, "watch failed; retrying, still serving the last known state");
-                        healthy = false;
-                    }
-                }
+                Err(e) => health.error(&me, &e),
             }
         }
     });

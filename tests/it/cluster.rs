@@ -1,7 +1,9 @@
 //! Routes from a cluster, end to end: objects applied to the fixture API server reach kedge
 //! through the real kube client and a generated kubeconfig, and traffic flows to real upstream
-//! listeners standing in for pods (127.0.0.x, each answering with its own name).
+//! listeners standing in for pods (127.0.0.x, each answering with its own name). In NodePort
+//! mode the same listeners stand in for nodes (kube-proxy on NodeIP:nodePort).
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use serde_json::{Value, json};
@@ -10,29 +12,32 @@ use crate::support::{Client, Driver, FakeApi, Kedge, TempDir, Upstream, both_dri
 
 /// kedge following `api`, with nothing else configured.
 fn kedge_for(driver: Driver, api: &FakeApi, dir: &TempDir) -> Kedge {
-    let kubeconfig = dir.path().join("kubeconfig");
-    api.write_kubeconfig(&kubeconfig);
-    Kedge::start(
-        driver,
-        &format!(
-            "[[cluster]]\nname = \"test\"\nkubeconfig = \"{}\"\nsync_timeout = \"10s\"\n",
-            kubeconfig.display()
-        ),
-    )
+    kedge_with(driver, 1, api, dir, "")
 }
 
-fn ingress_class() -> Value {
+/// kedge with `workers` workers following `api`, with `cluster_extra` (`key = value` lines)
+/// added to its `[[cluster]]`.
+pub(crate) fn kedge_with(driver: Driver, workers: usize, api: &FakeApi, dir: &TempDir, cluster_extra: &str) -> Kedge {
+    let kubeconfig = dir.path().join("kubeconfig");
+    api.write_kubeconfig(&kubeconfig);
+    Kedge::setup(driver).workers(workers).start(&format!(
+        "[[cluster]]\nname = \"test\"\nkubeconfig = \"{}\"\nsync_timeout = \"10s\"\n{cluster_extra}",
+        kubeconfig.display()
+    ))
+}
+
+pub(crate) fn ingress_class() -> Value {
     json!({"apiVersion": "networking.k8s.io/v1", "kind": "IngressClass",
            "metadata": {"name": "kedge"}, "spec": {"controller": "kedge.dev/ingress-controller"}})
 }
 
-fn service(name: &str) -> Value {
+pub(crate) fn service(name: &str) -> Value {
     json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": name, "namespace": "default"},
            "spec": {"ports": [{"name": "http", "port": 80, "targetPort": 8080}]}})
 }
 
 /// An EndpointSlice of Service `svc` with ready endpoints `ips` on `port`.
-fn slice(svc: &str, port: u16, ips: &[&str]) -> Value {
+pub(crate) fn slice(svc: &str, port: u16, ips: &[&str]) -> Value {
     let endpoints: Vec<Value> = ips
         .iter()
         .map(|ip| json!({"addresses": [ip], "conditions": {"ready": true}}))
@@ -43,12 +48,78 @@ fn slice(svc: &str, port: u16, ips: &[&str]) -> Value {
            "addressType": "IPv4", "ports": [{"name": "http", "port": port}], "endpoints": endpoints})
 }
 
-fn ingress(name: &str, class: &str, host: &str, path: &str, svc: &str) -> Value {
+pub(crate) fn ingress(name: &str, class: &str, host: &str, path: &str, svc: &str) -> Value {
     json!({"apiVersion": "networking.k8s.io/v1", "kind": "Ingress",
            "metadata": {"name": name, "namespace": "default"},
            "spec": {"ingressClassName": class, "rules": [{"host": host, "http": {"paths": [
                {"path": path, "pathType": "Prefix",
                 "backend": {"service": {"name": svc, "port": {"name": "http"}}}}]}}]}})
+}
+
+/// An EndpointSlice of Service `svc` on `port` with the given endpoints (see [`endpoint`]).
+pub(crate) fn slice_of(svc: &str, port: u16, endpoints: Vec<Value>) -> Value {
+    json!({"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+           "metadata": {"name": format!("{svc}-abc"), "namespace": "default",
+                        "labels": {"kubernetes.io/service-name": svc}},
+           "addressType": "IPv4", "ports": [{"name": "http", "port": port}], "endpoints": endpoints})
+}
+
+/// An EndpointSlice endpoint with explicit conditions, on node `node` if given.
+pub(crate) fn endpoint(ip: &str, ready: bool, serving: bool, terminating: bool, node: Option<&str>) -> Value {
+    let mut ep = json!({"addresses": [ip],
+                        "conditions": {"ready": ready, "serving": serving, "terminating": terminating}});
+    if let Some(n) = node {
+        ep["nodeName"] = json!(n);
+    }
+    ep
+}
+
+/// A Node with one InternalIP, a Ready condition, and maybe cordoned.
+fn node(name: &str, ip: &str, ready: bool, unschedulable: bool) -> Value {
+    json!({"apiVersion": "v1", "kind": "Node", "metadata": {"name": name},
+           "spec": {"unschedulable": unschedulable},
+           "status": {"addresses": [{"type": "InternalIP", "address": ip}, {"type": "Hostname", "address": name}],
+                      "conditions": [{"type": "Ready", "status": if ready { "True" } else { "False" },
+                                      "reason": if ready { "KubeletReady" } else { "KubeletNotReady" }}]}})
+}
+
+/// A Service of type NodePort with port `http` (80 → 8080) on `node_port`.
+fn nodeport_service(name: &str, node_port: u16, local: bool, annotations: Value) -> Value {
+    json!({"apiVersion": "v1", "kind": "Service",
+           "metadata": {"name": name, "namespace": "default", "annotations": annotations},
+           "spec": {"type": "NodePort", "externalTrafficPolicy": if local { "Local" } else { "Cluster" },
+                    "ports": [{"name": "http", "port": 80, "targetPort": 8080, "nodePort": node_port}]}})
+}
+
+/// `n` GETs on fresh connections: how many each upstream answered. Panics on a status other
+/// than 200 (`what` says where).
+fn spread(kedge: &Kedge, host: &str, n: usize, what: &str) -> BTreeMap<String, usize> {
+    let mut seen = BTreeMap::new();
+    for i in 0..n {
+        let (status, who) = get(kedge, host, &format!("/{i}"));
+        assert_eq!(status, 200, "{what}: request {i}");
+        *seen.entry(who.expect("an upstream answered")).or_default() += 1;
+    }
+    seen
+}
+
+/// The upstream names in `names` as a set, for comparisons.
+fn names(names: &[&str]) -> BTreeSet<String> {
+    names.iter().map(|s| (*s).to_owned()).collect()
+}
+
+/// Waits until `n` requests in a row are answered by exactly the upstreams `want` (every one
+/// of them at least once, no other), then checks that it stays so for `3 * n` more.
+fn wait_served_by(kedge: &Kedge, host: &str, want: &[&str], n: usize, what: &str) {
+    let want = names(want);
+    wait_until(Duration::from_secs(10), what, || {
+        spread(kedge, host, n, what).into_keys().collect::<BTreeSet<_>>() == want
+    });
+    let after = spread(kedge, host, 3 * n, what);
+    assert!(
+        after.keys().all(|k| want.contains(k)),
+        "{what}: once served by {want:?}, traffic still went elsewhere: {after:?}"
+    );
 }
 
 /// GET `path` on `host`; the status and the name of the upstream that answered.
@@ -158,5 +229,162 @@ both_drivers!(
         assert_eq!(get(&kedge, "good.example.com", "/").0, 200);
         assert_eq!(get(&kedge, "broken.example.com", "/").0, 503);
         kedge.wait_log("Ingress default/broken", Duration::from_secs(5));
+    }
+);
+
+both_drivers!(
+    fn ten_endpoints_all_get_traffic(driver) {
+        let (pods, port) = Upstream::pods("web", 10);
+        let ips: Vec<String> = (1..=10).map(|i| format!("127.0.0.{i}")).collect();
+        let ips: Vec<&str> = ips.iter().map(String::as_str).collect();
+        let api = FakeApi::start();
+        api.apply("ingressclasses", ingress_class());
+        api.apply("services", service("web"));
+        api.apply("endpointslices", slice("web", port, &ips));
+        api.apply("ingresses", ingress("web", "kedge", "web.example.com", "/", "web"));
+        let dir = TempDir::new("cluster");
+        let kedge = kedge_for(driver, &api, &dir);
+
+        let seen = spread(&kedge, "web.example.com", 50, "ten endpoints");
+        let counts: Vec<usize> = pods.iter().map(Upstream::request_count).collect();
+        assert_eq!(seen.len(), 10, "every endpoint answers: {seen:?}");
+        assert!(counts.iter().all(|&c| c > 0), "every upstream saw requests: {counts:?}");
+        assert_eq!(counts.iter().sum::<usize>(), 50, "{counts:?}");
+    }
+);
+
+both_drivers!(
+    fn nodeports_mode_follows_node_readiness_and_cordons(driver) {
+        // Three "nodes" listening on the nodePort (kube-proxy's part); the pod IPs behind them
+        // are not reachable from here, so any request answered proves it went through a node.
+        let (_nodes, node_port) = Upstream::pods("node", 3);
+        let api = FakeApi::start();
+        api.apply("ingressclasses", ingress_class());
+        for i in 0..3 {
+            api.apply("nodes", node(&format!("node-{i}"), &format!("127.0.0.{}", i + 1), true, false));
+        }
+        api.apply("services", nodeport_service("web", node_port, false, json!({})));
+        api.apply(
+            "endpointslices",
+            slice_of("web", 8080, vec![endpoint("10.244.0.10", true, true, false, Some("node-0"))]),
+        );
+        api.apply("ingresses", ingress("web", "kedge", "web.example.com", "/", "web"));
+        let dir = TempDir::new("cluster");
+        let kedge = kedge_with(driver, 1, &api, &dir, "upstream = \"nodeports\"\n");
+
+        // Cluster policy: every Ready node takes traffic, whichever node hosts the pod.
+        let seen = spread(&kedge, "web.example.com", 9, "three ready nodes");
+        assert_eq!(seen.into_keys().collect::<BTreeSet<_>>(), names(&["node-0", "node-1", "node-2"]));
+
+        // A node going NotReady stops getting traffic.
+        api.apply("nodes", node("node-2", "127.0.0.3", false, false));
+        wait_served_by(&kedge, "web.example.com", &["node-0", "node-1"], 6, "node-2 NotReady is left out");
+
+        // A cordoned node (spec.unschedulable) too.
+        api.apply("nodes", node("node-1", "127.0.0.2", true, true));
+        wait_served_by(&kedge, "web.example.com", &["node-0"], 4, "cordoned node-1 is left out");
+
+        // Both come back.
+        api.apply("nodes", node("node-1", "127.0.0.2", true, false));
+        api.apply("nodes", node("node-2", "127.0.0.3", true, false));
+        wait_served_by(&kedge, "web.example.com", &["node-0", "node-1", "node-2"], 9, "all nodes back");
+
+        // A node deleted is gone too.
+        api.delete("nodes", None, "node-0");
+        wait_served_by(&kedge, "web.example.com", &["node-1", "node-2"], 6, "deleted node-0 is left out");
+    }
+);
+
+both_drivers!(
+    fn nodeports_local_policy_sends_only_to_nodes_hosting_a_ready_endpoint(driver) {
+        let (_nodes, node_port) = Upstream::pods("node", 3);
+        let api = FakeApi::start();
+        api.apply("ingressclasses", ingress_class());
+        for i in 0..3 {
+            api.apply("nodes", node(&format!("node-{i}"), &format!("127.0.0.{}", i + 1), true, false));
+        }
+        api.apply("services", nodeport_service("web", node_port, true, json!({})));
+        // A ready pod on node-1; one on node-2 not ready yet (kube-proxy there would drop).
+        api.apply(
+            "endpointslices",
+            slice_of(
+                "web",
+                8080,
+                vec![
+                    endpoint("10.244.1.10", true, true, false, Some("node-1")),
+                    endpoint("10.244.2.10", false, false, false, Some("node-2")),
+                ],
+            ),
+        );
+        api.apply("ingresses", ingress("web", "kedge", "web.example.com", "/", "web"));
+        let dir = TempDir::new("cluster");
+        let kedge = kedge_with(driver, 1, &api, &dir, "upstream = \"nodeports\"\n");
+
+        let seen = spread(&kedge, "web.example.com", 9, "Local policy, one ready pod");
+        assert_eq!(seen.into_keys().collect::<BTreeSet<_>>(), names(&["node-1"]));
+
+        // The pod on node-2 becomes ready: node-2 joins.
+        api.apply(
+            "endpointslices",
+            slice_of(
+                "web",
+                8080,
+                vec![
+                    endpoint("10.244.1.10", true, true, false, Some("node-1")),
+                    endpoint("10.244.2.10", true, true, false, Some("node-2")),
+                ],
+            ),
+        );
+        wait_served_by(&kedge, "web.example.com", &["node-1", "node-2"], 6, "node-2 hosts a ready pod");
+
+        // The pod moves to node-0: only node-0.
+        api.apply(
+            "endpointslices",
+            slice_of("web", 8080, vec![endpoint("10.244.0.11", true, true, false, Some("node-0"))]),
+        );
+        wait_served_by(&kedge, "web.example.com", &["node-0"], 4, "the pod moved to node-0");
+
+        // Back to Cluster policy: every node.
+        api.apply("services", nodeport_service("web", node_port, false, json!({})));
+        wait_served_by(&kedge, "web.example.com", &["node-0", "node-1", "node-2"], 9, "Cluster policy");
+
+        // Local with no endpoint at all: no node may take it, 503.
+        api.apply("services", nodeport_service("web", node_port, true, json!({})));
+        api.apply("endpointslices", slice_of("web", 8080, vec![]));
+        wait_until(Duration::from_secs(10), "503 with Local and no endpoint", || {
+            get(&kedge, "web.example.com", "/").0 == 503
+        });
+    }
+);
+
+both_drivers!(
+    fn a_service_annotation_switches_it_to_nodeports_in_a_pods_cluster(driver) {
+        let (_pods, pod_port) = Upstream::pods("pod", 2);
+        let (_nodes, node_port) = Upstream::pods("node", 2);
+        let api = FakeApi::start();
+        api.apply("ingressclasses", ingress_class());
+        api.apply("nodes", node("node-0", "127.0.0.1", true, false));
+        api.apply("nodes", node("node-1", "127.0.0.2", true, false));
+        // Both Services have the same pods; only the annotated one goes through the nodes.
+        api.apply("services", nodeport_service("direct", node_port, false, json!({})));
+        api.apply(
+            "services",
+            nodeport_service("via-nodes", node_port, false, json!({"kedge.dev/upstream-mode": "nodeports"})),
+        );
+        api.apply("endpointslices", slice("direct", pod_port, &["127.0.0.1", "127.0.0.2"]));
+        api.apply("endpointslices", slice("via-nodes", pod_port, &["127.0.0.1", "127.0.0.2"]));
+        api.apply("ingresses", ingress("direct", "kedge", "direct.example.com", "/", "direct"));
+        api.apply("ingresses", ingress("via-nodes", "kedge", "nodes.example.com", "/", "via-nodes"));
+        let dir = TempDir::new("cluster");
+        let kedge = kedge_for(driver, &api, &dir);
+
+        let direct = spread(&kedge, "direct.example.com", 6, "pods mode");
+        assert_eq!(direct.into_keys().collect::<BTreeSet<_>>(), names(&["pod-0", "pod-1"]));
+        let via = spread(&kedge, "nodes.example.com", 6, "annotated nodeports");
+        assert_eq!(via.into_keys().collect::<BTreeSet<_>>(), names(&["node-0", "node-1"]));
+
+        // The annotation removed: back to the pods.
+        api.apply("services", nodeport_service("via-nodes", node_port, false, json!({})));
+        wait_served_by(&kedge, "nodes.example.com", &["pod-0", "pod-1"], 6, "annotation removed");
     }
 );

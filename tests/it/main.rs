@@ -8,6 +8,8 @@ mod support;
 mod access_log;
 /// Large and streamed bodies both ways, chunked with trailers, close-delimited, bodiless answers.
 mod bodies;
+/// Endpoint churn and a rolling update under constant load: not one failed request.
+mod churn;
 /// The command line: `kedge check` on good and bad files, `kedge run` refusing to start, `version`.
 mod cli;
 /// Routes from a cluster through the fixture API server: Ingress → Service → EndpointSlice →
@@ -26,11 +28,19 @@ mod kube_fixture;
 mod lifecycle;
 /// Request limits (413, 414, 431) and malformed requests (400, 501).
 mod limits;
+/// Two clusters behind one kedge: merged routes, the first cluster wins a shared host.
+mod multi_cluster;
+/// The API server away: no failed request under load through an outage and a 410 relist; a
+/// restart during an outage serves the persisted state until the live sync; unusable state files.
+mod outage;
 /// Host and path matching, 404 for what no route matches.
 mod routing;
 /// Request smuggling: ambiguous framing and malformed heads or chunked bodies are refused, and
 /// not a byte of them reaches the upstream; a bad chunk mid-stream cuts the upstream off.
 mod smuggling;
+/// Ingress status: publish addresses written on served Ingresses, cleared when no longer served,
+/// never on another class's, only when they differ, and not at all without publish addresses.
+mod status;
 /// Client-side timeouts: request head and body (408), silent and idle connections.
 mod timeouts;
 /// Protocol upgrades (WebSocket-style) and the tunnel after a 101.

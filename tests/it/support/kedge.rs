@@ -161,13 +161,19 @@ impl Setup {
 
     /// Writes the config, starts kedge and waits until it listens.
     pub fn start(self, fragment: &str) -> Kedge {
+        let dir = TempDir::new(self.driver.name());
+        // Cluster state goes to this instance's own directory unless the test picks one: never
+        // to /var/lib/kedge, shared by every test.
+        let mut proxy_extra = self.proxy_extra;
+        if !proxy_extra.contains("state_dir") {
+            proxy_extra.push_str(&format!("state_dir = \"{}\"\n", dir.path().join("state").display()));
+        }
         let proxy = format!(
             "[proxy]\nworkers = {}\ndriver = \"{}\"\n{}",
             self.workers,
             self.driver.name(),
-            self.proxy_extra
+            proxy_extra
         );
-        let dir = TempDir::new(self.driver.name());
         let config = dir.write("kedge.toml", &compose(&proxy, fragment));
         let mut child = Command::new(env!("CARGO_BIN_EXE_kedge"))
             .arg("run")

@@ -1,0 +1,423 @@
+//! Control-plane cost: how long kedge takes to turn a cluster's objects into a route table, and
+//! how much memory the objects and the table hold, for 1k and 10k Ingresses.
+//!
+//! ```sh
+//! cargo bench --bench control_plane              # all scenarios, Markdown table on stdout
+//! cargo bench --bench control_plane -- 10k       # only scenarios whose name contains "10k"
+//! ```
+//!
+//! Each scenario generates its objects (not timed), as kube's reflector stores hold them
+//! (`Arc`s of `k8s_openapi` structs), then measures:
+//! - **cold**: `translate` + `TableBuilder::build` from nothing, median of several runs;
+//! - **rebuild**: after one EndpointSlice changed (one endpoint replaced), what the control
+//!   loop does on a watch event: snapshot the stores (clone the `Arc` lists), translate, build.
+//!   kedge rebuilds the whole table on every change (never patches it), so this is the cold
+//!   cost plus the snapshot; the change is checked to be in the new table;
+//! - **memory**: a counting global allocator gives the bytes the objects hold, the bytes the
+//!   finished table holds, and the peak of live bytes during a build (objects excluded); the
+//!   process's `VmHWM` (peak RSS) after the scenario is printed too.
+//!
+//! Every Ingress has one host (`app-N.ns-M.example.com`) and two paths (`/` Prefix and
+//! `/healthz` Exact) to one Service port; each Service has one EndpointSlice with 5 ready
+//! endpoints (distinct 10.x.y.z addresses, spread over 100 nodes); 100 namespaces; distinct
+//! creation times. The nodeports scenario routes the same objects to `NodeIP:nodePort` of 100
+//! Ready nodes instead, i.e. 100 endpoints per backend.
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::core::v1::{Node, Service};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use k8s_openapi::api::networking::v1::{Ingress, IngressClass};
+use kedge::control::translate::{ClusterSpec, Objects, UpstreamMode, translate};
+use kedge::routes::{RouteTable, TableBuilder};
+use serde::de::DeserializeOwned;
+use serde_json::{Value, json};
+
+// ---- a counting allocator ----
+
+/// The system allocator, counting the bytes live now and the most live at once.
+struct Counting;
+
+static LIVE: AtomicUsize = AtomicUsize::new(0);
+static PEAK: AtomicUsize = AtomicUsize::new(0);
+
+fn grew(n: usize) {
+    let now = LIVE.fetch_add(n, Ordering::Relaxed) + n;
+    PEAK.fetch_max(now, Ordering::Relaxed);
+}
+
+// SAFETY: every call is forwarded to `System` unchanged; only counters are updated around it.
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        // SAFETY: same contract as the caller's.
+        let p = unsafe { System.alloc(layout) };
+        if !p.is_null() {
+            grew(layout.size());
+        }
+        p
+    }
+
+    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
+        // SAFETY: same contract as the caller's.
+        let p = unsafe { System.alloc_zeroed(layout) };
+        if !p.is_null() {
+            grew(layout.size());
+        }
+        p
+    }
+
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        // SAFETY: same contract as the caller's.
+        unsafe { System.dealloc(ptr, layout) };
+        LIVE.fetch_sub(layout.size(), Ordering::Relaxed);
+    }
+
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        // SAFETY: same contract as the caller's.
+        let p = unsafe { System.realloc(ptr, layout, new_size) };
+        if !p.is_null() {
+            LIVE.fetch_sub(layout.size(), Ordering::Relaxed);
+            grew(new_size);
+        }
+        p
+    }
+}
+
+#[global_allocator]
+static ALLOCATOR: Counting = Counting;
+
+fn live() -> usize {
+    LIVE.load(Ordering::Relaxed)
+}
+
+/// Starts a new peak measurement from the bytes live now.
+fn reset_peak() -> usize {
+    let now = live();
+    PEAK.store(now, Ordering::Relaxed);
+    now
+}
+
+fn peak() -> usize {
+    PEAK.load(Ordering::Relaxed)
+}
+
+/// `VmHWM` (peak resident set) of this process, in bytes.
+fn vm_hwm() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.split_whitespace().next()?.parse::<u64>().ok())
+        .map_or(0, |kib| kib * 1024)
+}
+
+// ---- objects ----
+
+fn obj<T: DeserializeOwned>(v: Value) -> Arc<T> {
+    Arc::new(serde_json::from_value(v).expect("a valid object"))
+}
+
+/// One cluster's objects, as the reflector stores hold them.
+#[derive(Clone, Default)]
+struct Stores {
+    ingresses: Vec<Arc<Ingress>>,
+    classes: Vec<Arc<IngressClass>>,
+    services: Vec<Arc<Service>>,
+    slices: Vec<Arc<EndpointSlice>>,
+    nodes: Vec<Arc<Node>>,
+}
+
+impl Stores {
+    fn objects(&self) -> Objects<'_> {
+        Objects {
+            ingresses: &self.ingresses,
+            classes: &self.classes,
+            services: &self.services,
+            slices: &self.slices,
+            nodes: &self.nodes,
+        }
+    }
+}
+
+const NAMESPACES: usize = 100;
+const NODES: usize = 100;
+const NODE_PORT: u16 = 30080;
+
+fn ns_of(i: usize) -> String {
+    format!("ns-{}", i % NAMESPACES)
+}
+
+fn host_of(i: usize) -> String {
+    format!("app-{i}.{}.example.com", ns_of(i))
+}
+
+/// The `k`-th distinct pod address: 10.x.y.z.
+fn pod_ip(k: usize) -> String {
+    let k = k + 1;
+    format!("10.{}.{}.{}", (k >> 16) & 255, (k >> 8) & 255, k & 255)
+}
+
+fn slice(i: usize, eps: usize, first_ip: usize) -> Arc<EndpointSlice> {
+    let endpoints: Vec<Value> = (0..eps)
+        .map(|j| {
+            json!({"addresses": [pod_ip(first_ip + j)], "conditions": {"ready": true, "serving": true,
+                   "terminating": false}, "nodeName": format!("node-{}", (first_ip + j) % NODES)})
+        })
+        .collect();
+    obj(json!({
+        "metadata": {"namespace": ns_of(i), "name": format!("app-{i}-x7k2p"),
+                     "labels": {"kubernetes.io/service-name": format!("app-{i}"),
+                                "endpointslice.kubernetes.io/managed-by": "endpointslice-controller.k8s.io"}},
+        "addressType": "IPv4",
+        "ports": [{"name": "http", "port": 8080, "protocol": "TCP"}],
+        "endpoints": endpoints,
+    }))
+}
+
+/// `n` Ingresses, each with its own Service and EndpointSlice of `eps` ready endpoints.
+fn generate(n: usize, eps: usize) -> Stores {
+    let mut s = Stores {
+        classes: vec![obj(json!({"metadata": {"name": "kedge"},
+                                  "spec": {"controller": "kedge.dev/ingress-controller"}}))],
+        ..Stores::default()
+    };
+    for i in 0..n {
+        let (ns, name) = (ns_of(i), format!("app-{i}"));
+        let created = format!("2025-01-01T{:02}:{:02}:{:02}Z", i / 3600 % 24, i / 60 % 60, i % 60);
+        s.ingresses.push(obj(json!({
+            "metadata": {"namespace": ns, "name": name, "creationTimestamp": created},
+            "spec": {"ingressClassName": "kedge", "rules": [{"host": host_of(i), "http": {"paths": [
+                {"path": "/", "pathType": "Prefix",
+                 "backend": {"service": {"name": name, "port": {"name": "http"}}}},
+                {"path": "/healthz", "pathType": "Exact",
+                 "backend": {"service": {"name": name, "port": {"number": 80}}}},
+            ]}}]},
+        })));
+        s.services.push(obj(json!({
+            "metadata": {"namespace": ns, "name": name},
+            "spec": {"type": "NodePort", "selector": {"app": name},
+                     "ports": [{"name": "http", "port": 80, "targetPort": 8080, "nodePort": NODE_PORT}]},
+        })));
+        s.slices.push(slice(i, eps, i * eps));
+    }
+    for k in 0..NODES {
+        s.nodes.push(obj(json!({
+            "metadata": {"name": format!("node-{k}")},
+            "spec": {},
+            "status": {"addresses": [{"type": "InternalIP", "address": format!("192.168.{}.{}", k / 250, k % 250 + 1)}],
+                       "conditions": [{"type": "Ready", "status": "True"}]},
+        })));
+    }
+    s
+}
+
+// ---- measurement ----
+
+struct Scenario {
+    name: &'static str,
+    ingresses: usize,
+    endpoints_each: usize,
+    mode: UpstreamMode,
+    runs: usize,
+}
+
+struct Row {
+    name: &'static str,
+    backends: usize,
+    endpoints: usize,
+    objects_bytes: usize,
+    cold: Vec<Duration>,
+    /// The `TableBuilder::build` part of each cold run.
+    finishes: Vec<Duration>,
+    rebuild: Vec<Duration>,
+    table_bytes: usize,
+    build_peak_bytes: usize,
+    vm_hwm: u64,
+}
+
+fn spec(mode: UpstreamMode) -> ClusterSpec {
+    ClusterSpec {
+        name: "bench".into(),
+        ingress_class: "kedge".into(),
+        controller: "kedge.dev/ingress-controller".into(),
+        upstream: mode,
+        node_address_type: "InternalIP".into(),
+    }
+}
+
+/// translate + build, as the control loop does for one cluster; also how long `build()` took.
+fn build(spec: &ClusterSpec, stores: &Stores) -> (RouteTable, Duration) {
+    let mut builder = TableBuilder::default();
+    let outcome = translate(&mut builder, spec, &stores.objects());
+    assert!(
+        outcome.warnings.is_empty(),
+        "unexpected warnings: {:?}",
+        &outcome.warnings[..1]
+    );
+    let t = Instant::now();
+    let table = builder.build();
+    (table, t.elapsed())
+}
+
+fn median(v: &[Duration]) -> Duration {
+    let mut v = v.to_vec();
+    v.sort();
+    v[v.len() / 2]
+}
+
+fn run(sc: &Scenario) -> Row {
+    let spec = spec(sc.mode);
+    let before = live();
+    let mut stores = generate(sc.ingresses, sc.endpoints_each);
+    let objects_bytes = live() - before;
+
+    // Cold builds; the last table is kept for its size.
+    let (mut cold, mut finishes) = (Vec::new(), Vec::new());
+    let (mut table_bytes, mut build_peak_bytes) = (0, 0);
+    let mut table = None;
+    for _ in 0..sc.runs {
+        drop(table.take());
+        let base = reset_peak();
+        let t = Instant::now();
+        let (built, finish) = build(&spec, &stores);
+        cold.push(t.elapsed());
+        finishes.push(finish);
+        build_peak_bytes = build_peak_bytes.max(peak() - base);
+        table_bytes = live() - base;
+        table = Some(built);
+    }
+    let table = table.expect("at least one run");
+    let backends = table.backends.len();
+    let endpoints = table.backends.iter().map(|b| b.endpoints.len()).sum();
+    assert_eq!(backends, sc.ingresses, "one backend per Service");
+    drop(table);
+
+    // Rebuilds after one EndpointSlice changed: each run replaces one endpoint of another
+    // Service, as a watch event would, then does what the control loop does.
+    let mut rebuild = Vec::new();
+    for r in 0..sc.runs {
+        let i = (r * 7919) % sc.ingresses;
+        // A fresh address, after the generated ones.
+        let new_ip = sc.ingresses * sc.endpoints_each + r;
+        let mut eps = sc.endpoints_each;
+        if sc.mode == UpstreamMode::Pods {
+            // The first endpoint is replaced by a fresh address.
+            let old = &stores.slices[i];
+            let mut changed = (**old).clone();
+            changed.endpoints[0].addresses = vec![pod_ip(new_ip)];
+            stores.slices[i] = Arc::new(changed);
+        } else {
+            // NodePort backends do not depend on pod addresses: drop one endpoint instead.
+            eps -= 1;
+            stores.slices[i] = slice(i, eps, new_ip);
+        }
+        let t = Instant::now();
+        let snapshot = stores.clone(); // the reflector stores' state(): Arc clones
+        let (table, _) = build(&spec, &snapshot);
+        rebuild.push(t.elapsed());
+        let b = table.route(host_of(i).as_bytes(), "/").expect("routed");
+        if sc.mode == UpstreamMode::Pods {
+            assert!(
+                b.endpoints.iter().any(|a| a.ip().to_string() == pod_ip(new_ip)),
+                "the change is in the new table"
+            );
+        }
+        drop(table);
+        drop(snapshot);
+    }
+    let vm_hwm = vm_hwm();
+    drop(stores);
+    Row {
+        name: sc.name,
+        backends,
+        endpoints,
+        objects_bytes,
+        cold,
+        finishes,
+        rebuild,
+        table_bytes,
+        build_peak_bytes,
+        vm_hwm,
+    }
+}
+
+fn ms(d: Duration) -> String {
+    format!("{:.1}", d.as_secs_f64() * 1e3)
+}
+
+fn mb(bytes: u64) -> String {
+    format!("{:.1}", bytes as f64 / (1024.0 * 1024.0))
+}
+
+fn main() {
+    // `cargo bench` passes `--bench`; anything else is a filter on scenario names.
+    let filter: Vec<String> = std::env::args().skip(1).filter(|a| !a.starts_with("--")).collect();
+    let scenarios = [
+        Scenario {
+            name: "1k Ingresses, 5k endpoints",
+            ingresses: 1_000,
+            endpoints_each: 5,
+            mode: UpstreamMode::Pods,
+            runs: 21,
+        },
+        Scenario {
+            name: "10k Ingresses, 50k endpoints",
+            ingresses: 10_000,
+            endpoints_each: 5,
+            mode: UpstreamMode::Pods,
+            runs: 9,
+        },
+        Scenario {
+            name: "10k Ingresses, nodeports, 100 nodes",
+            ingresses: 10_000,
+            endpoints_each: 5,
+            mode: UpstreamMode::NodePorts,
+            runs: 9,
+        },
+    ];
+    let start_hwm = vm_hwm();
+    let mut rows = Vec::new();
+    for sc in &scenarios {
+        if !filter.is_empty() && !filter.iter().any(|f| sc.name.contains(f.as_str())) {
+            continue;
+        }
+        eprintln!("running: {} ({} runs)", sc.name, sc.runs);
+        rows.push(run(sc));
+    }
+
+    println!("VmHWM before the scenarios: {} MB\n", mb(start_hwm));
+    println!(
+        "| scenario | backends | endpoints in table | cold translate+build ms (median; min–max) | of which build() ms | rebuild after 1 change ms \
+         (median; max) | objects MB | table MB | build peak MB | VmHWM after MB |"
+    );
+    println!("|---|---|---|---|---|---|---|---|---|---|");
+    for r in &rows {
+        let min = r.cold.iter().min().copied().unwrap_or_default();
+        let max = r.cold.iter().max().copied().unwrap_or_default();
+        let rmax = r.rebuild.iter().max().copied().unwrap_or_default();
+        println!(
+            "| {} | {} | {} | {} ({}–{}) | {} | {} ({}) | {} | {} | {} | {} |",
+            r.name,
+            r.backends,
+            r.endpoints,
+            ms(median(&r.cold)),
+            ms(min),
+            ms(max),
+            ms(median(&r.finishes)),
+            ms(median(&r.rebuild)),
+            ms(rmax),
+            mb(r.objects_bytes as u64),
+            mb(r.table_bytes as u64),
+            mb(r.build_peak_bytes as u64),
+            mb(r.vm_hwm),
+        );
+    }
+    println!(
+        "\nobjects = the generated k8s_openapi objects (what kube's reflector stores hold); table = bytes the finished \
+         route table holds; build peak = most bytes live at once during translate+build, beyond the objects; \
+         VmHWM = this process's peak RSS so far (all scenarios up to this one, object generation included)."
+    );
+}

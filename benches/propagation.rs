@@ -1,0 +1,332 @@
+//! Endpoint-change propagation, end to end: the time from an EndpointSlice change written to the
+//! API server until kedge sends every new request to the new endpoint.
+//!
+//! ```sh
+//! cargo bench --bench propagation            # both scenarios, Markdown table on stdout
+//! cargo bench --bench propagation -- small   # only the scenarios whose name contains "small"
+//! ```
+//!
+//! Setup: the integration tests' harness (`tests/it/support`): the fixture API server (real
+//! list/watch over HTTPS, reached by kube through a kubeconfig), the release `kedge` binary with
+//! 2 workers (io_uring, access log off), two echo upstreams standing in for pods (`pod-0` on
+//! 127.0.0.1, `pod-1` on 127.0.0.2, one port), and 2 load threads sending keep-alive GETs without
+//! pause for the whole run.
+//!
+//! One sample: wait 50 ms (so that samples do not share a debounce window), `apply` an
+//! EndpointSlice that lists only the other pod, then send GETs on fresh connections back to back
+//! (SO_REUSEPORT spreads fresh connections over both workers) until 16 in a row are answered by
+//! the new pod. Reported per sample:
+//! - **first**: apply → the first request (sent after the apply) answered by the new pod;
+//! - **all**: apply → the first request of the final run of 16, i.e. from when on every request,
+//!   on any worker, went to the new pod (requests still in flight on the old table excepted).
+//!
+//! Scenarios: `small` (one Ingress in the cluster) and `10k` (the same plus 10,000 other
+//! Ingresses, each with its own Service and EndpointSlice of 5 endpoints: kedge rebuilds the
+//! whole table on every change, so this is propagation including a full 10k rebuild). The
+//! `10k` scenario also reports kedge's start (process spawn → listening, after the first full
+//! sync), its sync and build times from its log, and its peak RSS (`VmHWM`).
+
+#[allow(dead_code, unused_imports, unused_macros)]
+#[path = "../tests/it/support/mod.rs"]
+mod support;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+use support::{Client, Driver, FakeApi, Kedge, TempDir, Upstream};
+
+const HOST: &str = "probe.example.com";
+/// Requests in a row the new pod must answer.
+const RUN: usize = 16;
+
+fn ingress(ns: &str, name: &str, host: &str, svc: &str) -> Value {
+    json!({"apiVersion": "networking.k8s.io/v1", "kind": "Ingress",
+           "metadata": {"name": name, "namespace": ns},
+           "spec": {"ingressClassName": "kedge", "rules": [{"host": host, "http": {"paths": [
+               {"path": "/", "pathType": "Prefix",
+                "backend": {"service": {"name": svc, "port": {"name": "http"}}}}]}}]}})
+}
+
+fn service(ns: &str, name: &str) -> Value {
+    json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": name, "namespace": ns},
+           "spec": {"ports": [{"name": "http", "port": 80, "targetPort": 8080}]}})
+}
+
+fn slice(ns: &str, svc: &str, port: u16, ips: &[String]) -> Value {
+    let endpoints: Vec<Value> = ips
+        .iter()
+        .map(|ip| json!({"addresses": [ip], "conditions": {"ready": true}}))
+        .collect();
+    json!({"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+           "metadata": {"name": format!("{svc}-abc"), "namespace": ns,
+                        "labels": {"kubernetes.io/service-name": svc}},
+           "addressType": "IPv4", "ports": [{"name": "http", "port": port}], "endpoints": endpoints})
+}
+
+/// Keep-alive GETs from `threads` threads until stopped; counts answers and non-200s.
+struct Load {
+    stop: Arc<AtomicBool>,
+    ok: Arc<AtomicUsize>,
+    failed: Arc<AtomicUsize>,
+    threads: Vec<JoinHandle<()>>,
+}
+
+impl Load {
+    fn start(addr: SocketAddr, threads: usize) -> Load {
+        let stop = Arc::new(AtomicBool::new(false));
+        let ok = Arc::new(AtomicUsize::new(0));
+        let failed = Arc::new(AtomicUsize::new(0));
+        let threads = (0..threads)
+            .map(|_| {
+                let (stop, ok, failed) = (Arc::clone(&stop), Arc::clone(&ok), Arc::clone(&failed));
+                std::thread::spawn(move || {
+                    while !stop.load(Ordering::Relaxed) {
+                        let Ok(mut c) = Client::try_connect(addr) else {
+                            failed.fetch_add(1, Ordering::Relaxed);
+                            continue;
+                        };
+                        while !stop.load(Ordering::Relaxed) {
+                            let req = format!("GET /load HTTP/1.1\r\nHost: {HOST}\r\n\r\n");
+                            let answered = c.try_send(req.as_bytes()).and_then(|()| c.try_read_response(false));
+                            match answered {
+                                Ok(r) if r.status == 200 => ok.fetch_add(1, Ordering::Relaxed),
+                                _ => {
+                                    failed.fetch_add(1, Ordering::Relaxed);
+                                    break;
+                                }
+                            };
+                        }
+                    }
+                })
+            })
+            .collect();
+        Load {
+            stop,
+            ok,
+            failed,
+            threads,
+        }
+    }
+
+    /// Stops the threads; (answered, failed).
+    fn finish(self) -> (usize, usize) {
+        self.stop.store(true, Ordering::Relaxed);
+        for t in self.threads {
+            let _ = t.join();
+        }
+        (self.ok.load(Ordering::Relaxed), self.failed.load(Ordering::Relaxed))
+    }
+}
+
+/// One GET on a fresh connection: the upstream that answered.
+fn probe(addr: SocketAddr) -> String {
+    let resp = Client::connect(addr).get(HOST, "/probe");
+    assert_eq!(resp.status, 200, "probe: {}", resp.text());
+    resp.upstream().unwrap_or("?").to_owned()
+}
+
+/// One change: apply, then probe until `RUN` in a row reach `want`. (first, all) after the apply.
+fn sample(api: &FakeApi, kedge: &Kedge, port: u16, want: usize) -> (Duration, Duration) {
+    let ip = format!("127.0.0.{}", want + 1);
+    let want = format!("pod-{want}");
+    let t0 = Instant::now();
+    api.apply("endpointslices", slice("default", "probe", port, &[ip]));
+    let (mut first, mut run_start, mut in_row) = (None, Duration::ZERO, 0);
+    while in_row < RUN {
+        let sent = t0.elapsed();
+        if probe(kedge.addr()) == want {
+            first.get_or_insert(sent);
+            if in_row == 0 {
+                run_start = sent;
+            }
+            in_row += 1;
+        } else {
+            in_row = 0;
+        }
+        assert!(t0.elapsed() < Duration::from_secs(30), "the change never propagated");
+    }
+    (first.expect("seen"), run_start)
+}
+
+/// Nearest-rank percentile of sorted `v`.
+fn pct(v: &[Duration], p: f64) -> Duration {
+    let rank = ((p / 100.0) * v.len() as f64).ceil() as usize;
+    v[rank.clamp(1, v.len()) - 1]
+}
+
+fn ms(d: Duration) -> String {
+    format!("{:.1}", d.as_secs_f64() * 1e3)
+}
+
+/// The numbers logged as `key=value` (quoted or not) in the lines containing `what`.
+fn logged(kedge: &Kedge, what: &str, key: &str) -> Vec<f64> {
+    let pat = format!("{key}=");
+    kedge
+        .logs()
+        .iter()
+        .filter(|l| l.contains(what))
+        .filter_map(|l| {
+            let v = &l[l.find(&pat)? + pat.len()..];
+            let v = v.trim_start_matches('"');
+            v[..v.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(v.len())]
+                .parse()
+                .ok()
+        })
+        .collect()
+}
+
+struct Outcome {
+    name: &'static str,
+    samples: usize,
+    first: Vec<Duration>,
+    all: Vec<Duration>,
+    build_ms: Vec<f64>,
+    load: (usize, usize),
+    notes: Vec<String>,
+}
+
+fn scenario(name: &'static str, extra: usize, samples: usize) -> Outcome {
+    let (pods, port) = Upstream::pods("pod", 2);
+    let api = FakeApi::start();
+    api.apply(
+        "ingressclasses",
+        json!({"apiVersion": "networking.k8s.io/v1", "kind": "IngressClass",
+               "metadata": {"name": "kedge"}, "spec": {"controller": "kedge.dev/ingress-controller"}}),
+    );
+    api.apply("services", service("default", "probe"));
+    api.apply("endpointslices", slice("default", "probe", port, &["127.0.0.1".into()]));
+    api.apply("ingresses", ingress("default", "probe", HOST, "probe"));
+    for i in 0..extra {
+        let (ns, name) = (format!("ns-{}", i % 100), format!("app-{i}"));
+        let ips: Vec<String> = (0..5)
+            .map(|j| {
+                let k = i * 5 + j + 1;
+                format!("10.{}.{}.{}", (k >> 16) & 255, (k >> 8) & 255, k & 255)
+            })
+            .collect();
+        api.apply("services", service(&ns, &name));
+        api.apply("endpointslices", slice(&ns, &name, 8080, &ips));
+        api.apply(
+            "ingresses",
+            ingress(&ns, &name, &format!("{name}.{ns}.example.com"), &name),
+        );
+    }
+
+    let dir = TempDir::new("propagation");
+    let kubeconfig = dir.path().join("kubeconfig");
+    api.write_kubeconfig(&kubeconfig);
+    let spawned = Instant::now();
+    let kedge = Kedge::setup(Driver::IoUring).workers(2).start(&format!(
+        "[log]\naccess_log = false\n\n[[cluster]]\nname = \"bench\"\nkubeconfig = \"{}\"\nsync_timeout = \"60s\"\n",
+        kubeconfig.display()
+    ));
+    let started = spawned.elapsed();
+    let mut notes = Vec::new();
+    if extra > 0 {
+        let synced = logged(&kedge, "cluster synced", "took_ms");
+        let built = logged(&kedge, "route table published", "build_ms");
+        notes.push(format!(
+            "start with {} Ingresses: spawn → listening {} ms (first full sync {} ms, first build {} ms); kedge \
+             VmHWM after start {:.1} MB",
+            extra + 1,
+            ms(started),
+            synced.first().map_or("?".into(), |v| format!("{v:.0}")),
+            built.last().map_or("?".into(), |v| format!("{v:.1}")),
+            kedge.peak_rss() as f64 / (1024.0 * 1024.0)
+        ));
+    }
+    assert_eq!(probe(kedge.addr()), "pod-0");
+    let builds_before = logged(&kedge, "route table published", "build_ms").len();
+
+    let load = Load::start(kedge.addr(), 2);
+    let (mut first, mut all) = (Vec::new(), Vec::new());
+    // One warm-up sample (not counted), then the measured ones, alternating pods.
+    for s in 0..=samples {
+        std::thread::sleep(Duration::from_millis(50));
+        let (f, a) = sample(&api, &kedge, port, (s + 1) % 2);
+        if s > 0 {
+            first.push(f);
+            all.push(a);
+        }
+    }
+    let load = load.finish();
+    let build_ms = logged(&kedge, "route table published", "build_ms")[builds_before..].to_vec();
+    if extra > 0 {
+        notes.push(format!(
+            "kedge VmHWM after the samples: {:.1} MB",
+            kedge.peak_rss() as f64 / (1024.0 * 1024.0)
+        ));
+    }
+    drop(kedge);
+    drop(pods);
+    first.sort();
+    all.sort();
+    Outcome {
+        name,
+        samples,
+        first,
+        all,
+        build_ms,
+        load,
+        notes,
+    }
+}
+
+fn main() {
+    let filter: Vec<String> = std::env::args().skip(1).filter(|a| !a.starts_with("--")).collect();
+    let wanted = |name: &str| filter.is_empty() || filter.iter().any(|f| name.contains(f.as_str()));
+    let mut results = Vec::new();
+    if wanted("small") {
+        eprintln!("running: small");
+        results.push(scenario("small: 1 Ingress", 0, 40));
+    }
+    if wanted("10k") {
+        eprintln!("running: 10k");
+        results.push(scenario("10k: 10,001 Ingresses, 50k endpoints", 10_000, 30));
+    }
+
+    println!(
+        "| scenario | samples | first: p50 / p99 / max ms | all: p50 / p99 / max ms | kedge build_ms p50 / max | load \
+         requests (failed) |"
+    );
+    println!("|---|---|---|---|---|---|");
+    for r in &results {
+        let mut b = r.build_ms.clone();
+        b.sort_by(f64::total_cmp);
+        let (b50, bmax) = if b.is_empty() {
+            (f64::NAN, f64::NAN)
+        } else {
+            (b[b.len() / 2], b[b.len() - 1])
+        };
+        println!(
+            "| {} | {} | {} / {} / {} | {} / {} / {} | {:.2} / {:.2} | {} ({}) |",
+            r.name,
+            r.samples,
+            ms(pct(&r.first, 50.0)),
+            ms(pct(&r.first, 99.0)),
+            ms(pct(&r.first, 100.0)),
+            ms(pct(&r.all, 50.0)),
+            ms(pct(&r.all, 99.0)),
+            ms(pct(&r.all, 100.0)),
+            b50,
+            bmax,
+            r.load.0,
+            r.load.1,
+        );
+    }
+    for r in &results {
+        for n in &r.notes {
+            println!("\n{}: {n}", r.name);
+        }
+    }
+    println!(
+        "\nfirst = apply → first request answered by the new pod; all = apply → start of the run of {RUN} fresh-connection \
+         requests in a row answered by it. With {} samples or fewer, p99 is the largest sample.",
+        results.iter().map(|r| r.samples).max().unwrap_or(0)
+    );
+}

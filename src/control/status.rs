@@ -1,0 +1,386 @@
+//! Ingress status: `status.loadBalancer.ingress` is set to the cluster's `publish_addresses`
+//! (`{"ip": ...}` for an IP address, `{"hostname": ...}` for a host name, in config order) on
+//! every Ingress kedge serves, and cleared on an Ingress it no longer serves whose status lists
+//! exactly those addresses (so kedge wrote it; another controller's addresses are never
+//! touched). An Ingress of another class never gets a status from kedge. With no
+//! `publish_addresses`, no status is written at all (said once at start).
+//!
+//! "Serves" is [`Outcome::served`](super::translate::Outcome::served) of the latest build. The
+//! control thread hands each build's Ingresses and served set to a [`Writer`] (a `watch`
+//! channel: only the latest build matters, older ones are dropped unseen) and goes on; one task
+//! per cluster compares that with the status each Ingress had in the same build's view and
+//! writes only what differs, so a rebuild that changes nothing writes nothing, and a slow API
+//! server never delays a table. Workers have nothing to do with any of this.
+//!
+//! Writes are JSON merge patches (RFC 7386) of the status subresource, field manager `kedge`:
+//! `{"status":{"loadBalancer":{"ingress":[{"ip":"203.0.113.10"},{"hostname":"edge.example.com"}]}}}`
+//! to set (a merge patch replaces a list whole), `{"status":{"loadBalancer":{"ingress":null}}}`
+//! to clear (`null` deletes the key, leaving `loadBalancer: {}`, which is how an Ingress nobody
+//! has published looks). A merge patch carries no resourceVersion, so it cannot conflict with
+//! a concurrent spec change; it needs RBAC `patch` on `ingresses/status`.
+//!
+//! A failed write is logged once per Ingress per failure streak (and its recovery once), and
+//! retried on the next build or after [`RETRY`], whichever comes first. When the API server
+//! cannot be reached at all, the rest of that round is not attempted.
+//!
+//! Several edge hosts following the same cluster each write the same addresses (their own
+//! `publish_addresses`, normally the same shared ones): harmless while they agree, since a
+//! write that changes nothing is skipped. A single writer elected through a
+//! `coordination.k8s.io/v1` Lease is later work.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use futures_util::stream::FuturesUnordered;
+use k8s_openapi::api::networking::v1::{Ingress, IngressLoadBalancerIngress};
+use kube::Client;
+use kube::api::{Api, Patch, PatchParams};
+use serde_json::{Value, json};
+use tokio::sync::watch;
+use tokio::time::Instant;
+
+use crate::config::ClusterConfig;
+
+/// How long after a failed round the writer tries again if no build comes first.
+const RETRY: Duration = Duration::from_secs(5);
+/// Status writes in flight at once per cluster.
+const CONCURRENCY: usize = 8;
+/// The field manager named in every write.
+const FIELD_MANAGER: &str = "kedge";
+
+/// An Ingress's (namespace, name).
+type Key = (String, String);
+
+/// One build's view, as handed to the writer: the Ingresses it translated, and those it served.
+struct View {
+    ingresses: Vec<Arc<Ingress>>,
+    /// Sorted (as `Outcome::served` is).
+    served: Vec<Key>,
+}
+
+/// The handle the control thread keeps for one cluster's status writer task. Dropping it stops
+/// the task.
+pub struct Writer {
+    latest: watch::Sender<Option<Arc<View>>>,
+}
+
+impl Writer {
+    /// Starts the writer task for one cluster on the current runtime; `None` (said once, at info
+    /// level) when the cluster has no `publish_addresses`.
+    pub fn spawn(client: Client, cfg: &ClusterConfig) -> Option<Writer> {
+        if cfg.publish_addresses.is_empty() {
+            tracing::info!(
+                cluster = cfg.name,
+                "no publish_addresses for this cluster: kedge writes no Ingress status"
+            );
+            return None;
+        }
+        let (latest, views) = watch::channel(None);
+        tokio::spawn(run(client, cfg.name.clone(), addresses(&cfg.publish_addresses), views));
+        Some(Writer { latest })
+    }
+
+    /// Hands over the latest build's Ingresses and which of them it served (sorted), replacing
+    /// any view the task has not looked at yet. Never waits.
+    pub fn offer(&self, ingresses: &[Arc<Ingress>], served: &[Key]) {
+        self.latest.send_replace(Some(Arc::new(View {
+            ingresses: ingresses.to_vec(),
+            served: served.to_vec(),
+        })));
+    }
+}
+
+/// The status entries for `publish_addresses`: an IP address as `ip`, anything else (the
+/// config has checked it is a host name) as `hostname`.
+fn addresses(publish: &[String]) -> Vec<IngressLoadBalancerIngress> {
+    publish
+        .iter()
+        .map(|a| {
+            let is_ip = a.parse::<std::net::IpAddr>().is_ok();
+            IngressLoadBalancerIngress {
+                ip: is_ip.then(|| a.clone()),
+                hostname: (!is_ip).then(|| a.clone()),
+                ports: None,
+            }
+        })
+        .collect()
+}
+
+/// What one write does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Want {
+    /// Our addresses.
+    Set,
+    /// No addresses.
+    Clear,
+}
+
+/// One status write to make.
+#[derive(Debug, PartialEq, Eq)]
+struct Write {
+    key: Key,
+    want: Want,
+    /// The Ingress's resourceVersion in the view the write was planned from.
+    rv: Option<String>,
+}
+
+/// A write that succeeded but that the watch has not brought back yet: the Ingress is still at
+/// `rv` in the views, with its old status, and must not be written again for that.
+struct Sent {
+    want: Want,
+    rv: Option<String>,
+}
+
+/// The status entries an Ingress has now (none when any level is absent).
+fn current(ing: &Ingress) -> &[IngressLoadBalancerIngress] {
+    ing.status
+        .as_ref()
+        .and_then(|s| s.load_balancer.as_ref())
+        .and_then(|lb| lb.ingress.as_deref())
+        .unwrap_or(&[])
+}
+
+/// The writes that bring the view's Ingresses to what they should show, in (namespace, name)
+/// order of the view. `sent` keeps only the entries still waiting for their watch event.
+fn plan(ours: &[IngressLoadBalancerIngress], view: &View, sent: &mut HashMap<Key, Sent>) -> Vec<Write> {
+    let mut writes = Vec::new();
+    let mut waiting = HashMap::new();
+    for ing in &view.ingresses {
+        let ns = ing.metadata.namespace.as_deref().unwrap_or("");
+        let name = ing.metadata.name.as_deref().unwrap_or("");
+        let now = current(ing);
+        let served = view
+            .served
+            .binary_search_by(|(n, m)| (n.as_str(), m.as_str()).cmp(&(ns, name)))
+            .is_ok();
+        let (want, target) = if served {
+            (Want::Set, ours)
+        } else if now == ours {
+            (Want::Clear, &[][..])
+        } else {
+            continue;
+        };
+        if now == target {
+            continue;
+        }
+        let key = (ns.to_owned(), name.to_owned());
+        let rv = ing.metadata.resource_version.clone();
+        if let Some(s) = sent.remove(&key)
+            && s.want == want
+            && s.rv == rv
+        {
+            waiting.insert(key, s);
+            continue;
+        }
+        writes.push(Write { key, want, rv });
+    }
+    *sent = waiting;
+    writes
+}
+
+/// The body of the merge patch that makes `want` so.
+fn patch_body(want: Want, ours: &Value) -> Value {
+    let ingress = match want {
+        Want::Set => ours.clone(),
+        Want::Clear => Value::Null,
+    };
+    json!({"status": {"loadBalancer": {"ingress": ingress}}})
+}
+
+/// The writer task of one cluster: waits for a view (or the retry time after a failed round),
+/// plans against it, writes. Ends when the [`Writer`] is dropped.
+async fn run(
+    client: Client,
+    cluster: String,
+    ours: Vec<IngressLoadBalancerIngress>,
+    mut views: watch::Receiver<Option<Arc<View>>>,
+) {
+    let ours_json = serde_json::to_value(&ours).unwrap_or(Value::Null);
+    let params = PatchParams {
+        field_manager: Some(FIELD_MANAGER.to_owned()),
+        ..PatchParams::default()
+    };
+    let mut sent: HashMap<Key, Sent> = HashMap::new();
+    // Ingresses whose last write failed: logged at the first failure, and at the recovery.
+    let mut failing: HashSet<Key> = HashSet::new();
+    let mut retry_at: Option<Instant> = None;
+    loop {
+        tokio::select! {
+            changed = views.changed() => if changed.is_err() {
+                return;
+            },
+            () = tokio::time::sleep_until(retry_at.unwrap_or_else(Instant::now)), if retry_at.is_some() => {}
+        }
+        retry_at = None;
+        let Some(view) = views.borrow_and_update().clone() else {
+            continue;
+        };
+        let writes = plan(&ours, &view, &mut sent);
+        let planned: HashSet<&Key> = writes.iter().map(|w| &w.key).collect();
+        failing.retain(|k| planned.contains(k));
+        drop(planned);
+
+        let mut todo = writes.into_iter();
+        let mut in_flight = FuturesUnordered::new();
+        // Set when a newer view arrived or the API server is unreachable: finish what is in
+        // flight, start nothing more.
+        let mut stop = false;
+        loop {
+            while !stop
+                && in_flight.len() < CONCURRENCY
+                && let Some(w) = todo.next()
+            {
+                let api = Api::<Ingress>::namespaced(client.clone(), &w.key.0);
+                let body = patch_body(w.want, &ours_json);
+                let params = params.clone();
+                in_flight.push(async move {
+                    let result = api.patch_status(&w.key.1, &params, &Patch::Merge(&body)).await;
+                    (w, result)
+                });
+            }
+            let Some((w, result)) = in_flight.next().await else {
+                break;
+            };
+            let (ns, name) = (&w.key.0, &w.key.1);
+            match result {
+                Ok(_) => {
+                    let ingress = format!("{ns}/{name}");
+                    tracing::debug!(cluster, ingress, want = ?w.want, "Ingress status written");
+                    if failing.remove(&w.key) {
+                        tracing::info!(cluster, ingress, "Ingress status written again");
+                    }
+                    sent.insert(w.key, Sent { want: w.want, rv: w.rv });
+                }
+                // Deleted since the view: nothing left to write.
+                Err(kube::Error::Api(e)) if e.code == 404 => {}
+                Err(e) => {
+                    if failing.insert(w.key.clone()) {
+                        tracing::warn!(
+                            cluster,
+                            ingress = format!("{ns}/{name}"),
+                            error = %e,
+                            "cannot write Ingress status; retrying"
+                        );
+                    }
+                    // No answer from the API server at all: the rest would fail the same way.
+                    stop |= !matches!(e, kube::Error::Api(_));
+                    retry_at = Some(Instant::now() + RETRY);
+                }
+            }
+            stop |= views.has_changed().unwrap_or(true);
+        }
+        // Whatever was not attempted is planned again from the newer view, or at the retry.
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ingress(name: &str, rv: &str, status: Value) -> Arc<Ingress> {
+        Arc::new(
+            serde_json::from_value(json!({
+                "metadata": {"name": name, "namespace": "default", "resourceVersion": rv},
+                "spec": {},
+                "status": status,
+            }))
+            .expect("ingress"),
+        )
+    }
+
+    fn key(name: &str) -> Key {
+        ("default".to_owned(), name.to_owned())
+    }
+
+    fn ours() -> Vec<IngressLoadBalancerIngress> {
+        addresses(&["203.0.113.10".to_owned(), "edge.example.com".to_owned()])
+    }
+
+    fn lb(entries: Value) -> Value {
+        json!({"loadBalancer": {"ingress": entries}})
+    }
+
+    #[test]
+    fn publish_addresses_become_ip_or_hostname_entries_in_order() {
+        let json = serde_json::to_value(ours()).expect("json");
+        assert_eq!(json, json!([{"ip": "203.0.113.10"}, {"hostname": "edge.example.com"}]));
+        assert_eq!(
+            serde_json::to_value(addresses(&["2001:db8::1".to_owned()])).expect("json"),
+            json!([{"ip": "2001:db8::1"}])
+        );
+    }
+
+    #[test]
+    fn patches_set_the_list_whole_and_clear_it_with_null() {
+        let ours_json = serde_json::to_value(ours()).expect("json");
+        assert_eq!(
+            patch_body(Want::Set, &ours_json),
+            json!({"status": {"loadBalancer": {"ingress": [{"ip": "203.0.113.10"}, {"hostname": "edge.example.com"}]}}})
+        );
+        assert_eq!(
+            patch_body(Want::Clear, &ours_json),
+            json!({"status": {"loadBalancer": {"ingress": null}}})
+        );
+    }
+
+    #[test]
+    fn plans_only_what_differs() {
+        let mine = serde_json::to_value(ours()).expect("json");
+        let view = View {
+            ingresses: vec![
+                // Served, no status yet: set.
+                ingress("new", "1", json!({})),
+                // Served, already ours: nothing.
+                ingress("done", "2", lb(mine.clone())),
+                // Served, someone else's (or an old) address: set.
+                ingress("stale", "3", lb(json!([{"ip": "198.51.100.1"}]))),
+                // Not served, ours: clear.
+                ingress("gone", "4", lb(mine.clone())),
+                // Not served, someone else's: never touched.
+                ingress("theirs", "5", lb(json!([{"ip": "198.51.100.1"}]))),
+                // Not served, our addresses in another order: not exactly ours, untouched.
+                ingress(
+                    "mixed",
+                    "6",
+                    lb(json!([{"hostname": "edge.example.com"}, {"ip": "203.0.113.10"}])),
+                ),
+                // Not served, no status: nothing.
+                ingress("other", "7", json!({"loadBalancer": {}})),
+            ],
+            served: vec![key("done"), key("new"), key("stale")],
+        };
+        let mut sent = HashMap::new();
+        let writes = plan(&ours(), &view, &mut sent);
+        let got: Vec<(&str, Want)> = writes.iter().map(|w| (w.key.1.as_str(), w.want)).collect();
+        assert_eq!(got, [("new", Want::Set), ("stale", Want::Set), ("gone", Want::Clear)]);
+    }
+
+    #[test]
+    fn a_write_not_yet_watched_back_is_not_repeated() {
+        let view = View {
+            ingresses: vec![ingress("web", "7", json!({}))],
+            served: vec![key("web")],
+        };
+        let mut sent = HashMap::new();
+        assert_eq!(plan(&ours(), &view, &mut sent).len(), 1);
+        sent.insert(
+            key("web"),
+            Sent {
+                want: Want::Set,
+                rv: Some("7".into()),
+            },
+        );
+        // Another build before the watch brought the written Ingress back: same rv, no write.
+        assert!(plan(&ours(), &view, &mut sent).is_empty());
+        assert!(sent.contains_key(&key("web")));
+        // The Ingress moved on without our status (someone replaced it): write again.
+        let moved = View {
+            ingresses: vec![ingress("web", "9", json!({}))],
+            served: vec![key("web")],
+        };
+        assert_eq!(plan(&ours(), &moved, &mut sent).len(), 1);
+        assert!(sent.is_empty());
+    }
+}

@@ -1,0 +1,209 @@
+//! Ingress status, end to end: kedge writes its `publish_addresses` into
+//! `status.loadBalancer.ingress` of the Ingresses it serves (through the fixture API server's
+//! status subresource), clears what it wrote when it stops serving one, never touches another
+//! class's Ingress, writes nothing when nothing changed, and nothing at all without
+//! publish addresses.
+
+use std::time::Duration;
+
+use serde_json::{Value, json};
+
+use crate::support::{Client, Driver, FakeApi, Kedge, TempDir, Upstream, both_drivers, wait_until};
+
+const WAIT: Duration = Duration::from_secs(10);
+const PUBLISH: &str = r#"publish_addresses = ["203.0.113.10", "edge.example.com"]"#;
+
+/// What kedge writes for [`PUBLISH`].
+fn ours() -> Value {
+    json!([{"ip": "203.0.113.10"}, {"hostname": "edge.example.com"}])
+}
+
+/// kedge following `api`, with `extra` lines in its `[[cluster]]`.
+fn kedge_for(driver: Driver, api: &FakeApi, dir: &TempDir, extra: &str) -> Kedge {
+    let kubeconfig = dir.path().join("kubeconfig");
+    api.write_kubeconfig(&kubeconfig);
+    Kedge::start(
+        driver,
+        &format!(
+            "[[cluster]]\nname = \"test\"\nkubeconfig = \"{}\"\nsync_timeout = \"10s\"\n{extra}\n",
+            kubeconfig.display()
+        ),
+    )
+}
+
+fn class(name: &str, controller: &str) -> Value {
+    json!({"apiVersion": "networking.k8s.io/v1", "kind": "IngressClass",
+           "metadata": {"name": name}, "spec": {"controller": controller}})
+}
+
+fn service(name: &str) -> Value {
+    json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": name, "namespace": "default"},
+           "spec": {"ports": [{"name": "http", "port": 80, "targetPort": 8080}]}})
+}
+
+/// An EndpointSlice of Service `svc` with ready endpoints `ips` on `port`.
+fn slice(svc: &str, port: u16, ips: &[&str]) -> Value {
+    let endpoints: Vec<Value> = ips
+        .iter()
+        .map(|ip| json!({"addresses": [ip], "conditions": {"ready": true}}))
+        .collect();
+    json!({"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+           "metadata": {"name": format!("{svc}-abc"), "namespace": "default",
+                        "labels": {"kubernetes.io/service-name": svc}},
+           "addressType": "IPv4", "ports": [{"name": "http", "port": port}], "endpoints": endpoints})
+}
+
+fn ingress(name: &str, class: &str, host: &str, svc: &str) -> Value {
+    json!({"apiVersion": "networking.k8s.io/v1", "kind": "Ingress",
+           "metadata": {"name": name, "namespace": "default"},
+           "spec": {"ingressClassName": class, "rules": [{"host": host, "http": {"paths": [
+               {"path": "/", "pathType": "Prefix",
+                "backend": {"service": {"name": svc, "port": {"name": "http"}}}}]}}]}})
+}
+
+/// The classes, a Service `web` with one endpoint, and a kedge-class Ingress `web` for
+/// `web.example.com`. Returns the pods (keep them alive) and their port.
+fn web_cluster(api: &FakeApi) -> (Vec<Upstream>, u16) {
+    let (pods, port) = Upstream::pods("web", 2);
+    api.apply("ingressclasses", class("kedge", "kedge.dev/ingress-controller"));
+    api.apply("ingressclasses", class("nginx", "k8s.io/ingress-nginx"));
+    api.apply("services", service("web"));
+    api.apply("endpointslices", slice("web", port, &["127.0.0.1"]));
+    api.apply("ingresses", ingress("web", "kedge", "web.example.com", "web"));
+    (pods, port)
+}
+
+/// `status.loadBalancer.ingress` of Ingress `default/name`, `Null` when absent.
+fn lb(api: &FakeApi, name: &str) -> Value {
+    let obj = api.get("ingresses", Some("default"), name).expect("the Ingress exists");
+    obj["status"]["loadBalancer"]["ingress"].clone()
+}
+
+/// No addresses: the list absent, `null` or empty.
+fn cleared(v: &Value) -> bool {
+    v.is_null() || v.as_array().is_some_and(Vec::is_empty)
+}
+
+/// Replaces Ingress `name` with `edit` applied to it as stored, status included (as a user's
+/// `kubectl edit` of the spec leaves the status alone).
+fn edit(api: &FakeApi, name: &str, edit: impl FnOnce(&mut Value)) {
+    let mut obj = api.get("ingresses", Some("default"), name).expect("the Ingress exists");
+    edit(&mut obj);
+    api.apply("ingresses", obj);
+}
+
+fn get(kedge: &Kedge, host: &str) -> (u16, Option<String>) {
+    let resp = Client::connect(kedge.addr()).get(host, "/");
+    (resp.status, resp.upstream().map(str::to_owned))
+}
+
+both_drivers!(
+    fn a_served_ingress_gets_the_publish_addresses_and_another_class_none(driver) {
+        let api = FakeApi::start();
+        let _pods = web_cluster(&api);
+        // Another controller's Ingress, one with no status and one with its controller's address.
+        api.apply("ingresses", ingress("plain", "nginx", "plain.example.com", "web"));
+        let mut theirs = ingress("theirs", "nginx", "theirs.example.com", "web");
+        theirs["status"] = json!({"loadBalancer": {"ingress": [{"ip": "198.51.100.1"}]}});
+        api.apply("ingresses", theirs);
+        let dir = TempDir::new("status");
+        let kedge = kedge_for(driver, &api, &dir, PUBLISH);
+
+        wait_until(WAIT, "the served Ingress to get kedge's addresses", || lb(&api, "web") == ours());
+        assert_eq!(get(&kedge, "web.example.com").0, 200);
+        assert!(
+            api.request_log()
+                .iter()
+                .any(|r| r.starts_with("PATCH /apis/networking.k8s.io/v1/namespaces/default/ingresses/web/status")),
+            "a PATCH of the status subresource: {:?}",
+            api.request_log()
+        );
+        // The writer has run: the other class's Ingresses got nothing, and kept what they had.
+        assert!(cleared(&lb(&api, "plain")), "{}", lb(&api, "plain"));
+        assert_eq!(lb(&api, "theirs"), json!([{"ip": "198.51.100.1"}]));
+        assert_eq!(api.status_writes("default", "plain"), 0);
+        assert_eq!(api.status_writes("default", "theirs"), 0);
+    }
+);
+
+both_drivers!(
+    fn the_status_is_cleared_when_kedge_stops_serving_the_ingress(driver) {
+        let api = FakeApi::start();
+        let _pods = web_cluster(&api);
+        // A second one, to lose its only valid rule.
+        api.apply("ingresses", ingress("api", "kedge", "api.example.com", "web"));
+        let dir = TempDir::new("status");
+        let kedge = kedge_for(driver, &api, &dir, PUBLISH);
+        wait_until(WAIT, "both Ingresses to get kedge's addresses", || {
+            lb(&api, "web") == ours() && lb(&api, "api") == ours()
+        });
+
+        // Moved to another class: kedge takes its addresses back.
+        edit(&api, "web", |i| i["spec"]["ingressClassName"] = json!("nginx"));
+        wait_until(WAIT, "the status of the Ingress moved to nginx to be cleared", || cleared(&lb(&api, "web")));
+        assert_eq!(get(&kedge, "web.example.com").0, 404);
+
+        // Still kedge's, but with no rule kedge can route (a resource backend): not served.
+        edit(&api, "api", |i| {
+            i["spec"]["rules"][0]["http"]["paths"][0]["backend"] =
+                json!({"resource": {"apiGroup": "example.com", "kind": "Bucket", "name": "b"}});
+        });
+        wait_until(WAIT, "the status of the Ingress without a valid rule to be cleared", || {
+            cleared(&lb(&api, "api"))
+        });
+        assert_eq!(get(&kedge, "api.example.com").0, 404);
+
+        // Back to kedge: the addresses come back.
+        edit(&api, "web", |i| i["spec"]["ingressClassName"] = json!("kedge"));
+        wait_until(WAIT, "the Ingress moved back to get kedge's addresses", || lb(&api, "web") == ours());
+    }
+);
+
+both_drivers!(
+    fn nothing_is_written_when_nothing_changed(driver) {
+        let api = FakeApi::start();
+        let (_pods, port) = web_cluster(&api);
+        let dir = TempDir::new("status");
+        let kedge = kedge_for(driver, &api, &dir, PUBLISH);
+        wait_until(WAIT, "the served Ingress to get kedge's addresses", || lb(&api, "web") == ours());
+        let writes = api.status_writes("default", "web");
+        assert_eq!(writes, 1, "one write sets the status");
+
+        // Changes that rebuild the table without changing any status: a new endpoint and an
+        // unrelated Service. Traffic reaching the new endpoint shows a table built after them.
+        api.apply("services", service("unrelated"));
+        api.apply("endpointslices", slice("web", port, &["127.0.0.1", "127.0.0.2"]));
+        wait_until(WAIT, "traffic to reach the new endpoint", || {
+            (0..4).any(|_| get(&kedge, "web.example.com").1.as_deref() == Some("web-1"))
+        });
+        // A new Ingress gets its status: the writer has caught up with a build at least as new
+        // as those changes.
+        api.apply("ingresses", ingress("later", "kedge", "later.example.com", "web"));
+        wait_until(WAIT, "the new Ingress to get kedge's addresses", || lb(&api, "later") == ours());
+
+        assert_eq!(api.status_writes("default", "web"), writes, "no write when the status is already right");
+        assert_eq!(api.status_writes("default", "later"), 1, "one write per Ingress that needs one");
+    }
+);
+
+both_drivers!(
+    fn without_publish_addresses_no_status_is_written(driver) {
+        let api = FakeApi::start();
+        let (_pods, port) = web_cluster(&api);
+        let dir = TempDir::new("status");
+        let kedge = kedge_for(driver, &api, &dir, "");
+        kedge.wait_log("no publish_addresses", WAIT);
+        assert_eq!(get(&kedge, "web.example.com").0, 200);
+        // Rebuilds come and go; still nothing is written.
+        api.apply("endpointslices", slice("web", port, &["127.0.0.1", "127.0.0.2"]));
+        wait_until(WAIT, "traffic to reach the new endpoint", || {
+            (0..4).any(|_| get(&kedge, "web.example.com").1.as_deref() == Some("web-1"))
+        });
+        assert_eq!(api.status_writes("default", "web"), 0);
+        assert!(cleared(&lb(&api, "web")));
+        let patches: Vec<String> = api.request_log().into_iter().filter(|r| !r.starts_with("GET")).collect();
+        assert!(patches.is_empty(), "kedge only reads: {patches:?}");
+        let said = kedge.logs().iter().filter(|l| l.contains("no publish_addresses")).count();
+        assert_eq!(said, 1, "said once");
+    }
+);
