@@ -55,6 +55,8 @@ pub struct ProcessConfig {
     pub log: LogConfig,
     /// Where each cluster's last known good objects are persisted (`[proxy] state_dir`).
     pub state_dir: PathBuf,
+    /// The admin listener (`[admin] address`); `None` when `[admin] enabled = false`.
+    pub admin: Option<SocketAddr>,
 }
 
 #[derive(Debug, Clone)]
@@ -349,6 +351,23 @@ impl Cx<'_> {
             return Err(self.error(None, Some("listener"), "at least one [[listener]] is needed".into()));
         }
 
+        let a = file.admin.unwrap_or_default();
+        let admin_addr = match &a.address {
+            None => SocketAddr::from(([127, 0, 0, 1], 9180)),
+            Some(s) => self.addr(s, "admin.address")?,
+        };
+        let admin = a.enabled.unwrap_or(true).then_some(admin_addr);
+        if let Some(addr) = admin
+            && addr.port() != 0
+            && listeners.contains(&addr)
+        {
+            return Err(self.error(
+                a.address.as_ref().map(Spanned::span),
+                Some("admin.address"),
+                format!("{addr} is also a [[listener]] address; give [admin] another one"),
+            ));
+        }
+
         let mut routes: Vec<StaticRoute> = Vec::new();
         for (i, r) in file.route.into_iter().enumerate() {
             // Names given in the file must be unique (a default name is unique unless the rule
@@ -386,6 +405,7 @@ impl Cx<'_> {
                 listeners,
                 log,
                 state_dir,
+                admin,
             },
             client,
             upstream,
@@ -614,6 +634,7 @@ struct File {
     client: Option<FileClient>,
     upstream: Option<FileUpstream>,
     log: Option<FileLog>,
+    admin: Option<FileAdmin>,
     #[serde(default)]
     listener: Vec<FileListener>,
     #[serde(default)]
@@ -677,6 +698,13 @@ struct FileLog {
     format: Option<Spanned<String>>,
     level: Option<String>,
     access_log: Option<bool>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct FileAdmin {
+    address: Option<Spanned<String>>,
+    enabled: Option<bool>,
 }
 
 #[derive(Deserialize)]

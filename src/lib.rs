@@ -4,6 +4,7 @@
 
 #![deny(unsafe_code)]
 
+mod admin;
 pub mod cli;
 pub mod config;
 pub mod control;

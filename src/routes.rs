@@ -9,7 +9,10 @@
 //! default backend, or 404.
 
 use std::collections::HashMap;
+
+use rustc_hash::FxHashMap;
 use std::net::SocketAddr;
+use std::sync::Arc;
 
 use crate::config::{PathType, StaticRoute};
 
@@ -81,12 +84,21 @@ fn prefix_matches(prefix: &str, path: &str) -> bool {
 /// The immutable routing table the workers read.
 #[derive(Debug, Default)]
 pub struct RouteTable {
+    /// Hosts and paths: shared with the next table when only endpoints change.
+    rules: Arc<Rules>,
+    pub backends: Vec<Backend>,
+    /// Backend ids by name, for endpoint-only updates.
+    ids: Arc<FxHashMap<Box<str>, BackendId>>,
+}
+
+/// The host → path → backend id part of a table.
+#[derive(Debug, Default)]
+struct Rules {
     exact: HashMap<Box<str>, HostRules>,
     /// Keyed by the suffix after `*.`.
     wildcard: HashMap<Box<str>, HostRules>,
     any: Option<HostRules>,
     default_backend: Option<BackendId>,
-    pub backends: Vec<Backend>,
 }
 
 /// Longest host kedge will look up (DNS names are at most 253 bytes).
@@ -98,16 +110,46 @@ impl RouteTable {
     pub fn route(&self, host: &[u8], path: &str) -> Option<&Backend> {
         let mut buf = [0u8; MAX_HOST];
         let rules = match normalize_host(host, &mut buf) {
-            Some(h) => self.host_rules(h),
-            None => self.any.as_ref(),
+            Some(h) => self.rules.host_rules(h),
+            None => self.rules.any.as_ref(),
         };
         let id = match rules {
-            Some(r) => r.find(path).or(self.default_backend),
-            None => self.default_backend,
+            Some(r) => r.find(path).or(self.rules.default_backend),
+            None => self.rules.default_backend,
         }?;
         self.backends.get(id)
     }
 
+    /// Number of host entries (exact, wildcard, and the any-host one).
+    pub fn host_count(&self) -> usize {
+        let r = &self.rules;
+        r.exact.len() + r.wildcard.len() + usize::from(r.any.is_some())
+    }
+
+    /// The id of the backend called `name`.
+    pub fn backend_id(&self, name: &str) -> Option<BackendId> {
+        self.ids.get(name).copied()
+    }
+
+    /// A table with the same hosts, paths and backends as this one, but new endpoints for some
+    /// backends: what an EndpointSlice change needs, at the cost of copying the backend list
+    /// instead of rebuilding every rule.
+    pub fn with_endpoints(&self, updates: impl IntoIterator<Item = (BackendId, Vec<SocketAddr>)>) -> RouteTable {
+        let mut backends = self.backends.clone();
+        for (id, endpoints) in updates {
+            if let Some(b) = backends.get_mut(id) {
+                b.endpoints = endpoints;
+            }
+        }
+        RouteTable {
+            rules: Arc::clone(&self.rules),
+            backends,
+            ids: Arc::clone(&self.ids),
+        }
+    }
+}
+
+impl Rules {
     fn host_rules(&self, host: &str) -> Option<&HostRules> {
         if let Some(r) = self.exact.get(host) {
             return Some(r);
@@ -121,11 +163,6 @@ impl RouteTable {
             return Some(r);
         }
         self.any.as_ref()
-    }
-
-    /// Number of host entries (exact, wildcard, and the any-host one).
-    pub fn host_count(&self) -> usize {
-        self.exact.len() + self.wildcard.len() + usize::from(self.any.is_some())
     }
 }
 
@@ -163,11 +200,13 @@ pub type Owner = str;
 /// routes in file order, Ingresses by creation time then name), so "first wins" is "oldest wins".
 #[derive(Default)]
 pub struct TableBuilder {
-    table: RouteTable,
+    rules: Rules,
+    backends: Vec<Backend>,
     /// Owner of each rule, by (host, path type, normalised path); the any-host rules use "".
-    owners: HashMap<(Box<str>, PathType, Box<str>), Box<str>>,
+    /// Keys come from the cluster's objects and the file, not from clients: a fast hash is safe.
+    owners: FxHashMap<(Box<str>, PathType, Box<str>), Box<str>>,
     default_owner: Option<Box<str>>,
-    backend_ids: HashMap<Box<str>, BackendId>,
+    backend_ids: FxHashMap<Box<str>, BackendId>,
 }
 
 /// A rule that lost to an earlier one.
@@ -184,9 +223,9 @@ impl TableBuilder {
         if let Some(&id) = self.backend_ids.get(&backend.name) {
             return id;
         }
-        let id = self.table.backends.len();
+        let id = self.backends.len();
         self.backend_ids.insert(backend.name.clone(), id);
-        self.table.backends.push(backend);
+        self.backends.push(backend);
         id
     }
 
@@ -211,10 +250,10 @@ impl TableBuilder {
             });
         }
         let rules = match host {
-            None => self.table.any.get_or_insert_with(HostRules::default),
+            None => self.rules.any.get_or_insert_with(HostRules::default),
             Some(h) => match h.strip_prefix("*.") {
-                Some(suffix) => self.table.wildcard.entry(suffix.into()).or_default(),
-                None => self.table.exact.entry(h.into()).or_default(),
+                Some(suffix) => self.rules.wildcard.entry(suffix.into()).or_default(),
+                None => self.rules.exact.entry(h.into()).or_default(),
             },
         };
         rules.add(path, path_type, backend);
@@ -229,23 +268,27 @@ impl TableBuilder {
                 winner: winner.to_string(),
             });
         }
-        self.table.default_backend = Some(backend);
+        self.rules.default_backend = Some(backend);
         self.default_owner = Some(owner.into());
         Ok(())
     }
 
     /// Finishes the table: prefix rules are ordered longest first, once.
     pub fn build(mut self) -> RouteTable {
-        let t = &mut self.table;
-        for rules in t
+        let r = &mut self.rules;
+        for rules in r
             .exact
             .values_mut()
-            .chain(t.wildcard.values_mut())
-            .chain(t.any.iter_mut())
+            .chain(r.wildcard.values_mut())
+            .chain(r.any.iter_mut())
         {
             rules.prefix.sort_by_key(|p| std::cmp::Reverse(p.0.len()));
         }
-        self.table
+        RouteTable {
+            rules: Arc::new(self.rules),
+            backends: self.backends,
+            ids: Arc::new(self.backend_ids),
+        }
     }
 }
 

@@ -186,3 +186,34 @@ fn state_dir() {
         );
     }
 }
+
+#[test]
+fn admin() {
+    let default = parse_ok(MINIMAL).process.admin;
+    assert_eq!(default, Some("127.0.0.1:9180".parse().expect("addr")));
+    let c = parse_ok(&format!("{MINIMAL}[admin]\naddress = \"[::1]:0\"\n"));
+    assert_eq!(c.process.admin, Some("[::1]:0".parse().expect("addr")));
+    let c = parse_ok(&format!("{MINIMAL}[admin]\nenabled = false\n"));
+    assert_eq!(c.process.admin, None);
+    // Port 0 is the kernel's choice, never a listener's.
+    parse_ok("[[listener]]\naddress = \"127.0.0.1:0\"\n[admin]\naddress = \"127.0.0.1:0\"\n");
+
+    let cases: &[(&str, &str)] = &[
+        (
+            "[admin]\naddress = \"localhost:9180\"\n",
+            "kedge.toml:4:11: admin.address:",
+        ),
+        ("[admin]\naddress = \"\"\n", "kedge.toml:4:11: admin.address:"),
+        ("[admin]\naddress = \"127.0.0.1\"\n", "kedge.toml:4:11: admin.address:"),
+        ("[admin]\nadress = \"127.0.0.1:1\"\n", "kedge.toml:4:1:"),
+        ("[admin]\nenabled = \"no\"\n", "kedge.toml:4:11:"),
+        (
+            "[admin]\naddress = \"127.0.0.1:8080\"\n",
+            "kedge.toml:4:11: admin.address: 127.0.0.1:8080 is also a [[listener]] address",
+        ),
+    ];
+    for (tail, want) in cases {
+        let got = parse_err(&format!("{MINIMAL}{tail}"));
+        assert!(got.contains(want), "for {tail:?}\n got: {got}\nwant: {want}");
+    }
+}

@@ -3,11 +3,12 @@
 //! control loop; the stores are read whole when the next table is built, so a lost watch event
 //! can never leave a stale route behind (the reflector's relist replaces the store).
 
+use std::collections::BTreeSet;
 use std::fmt::Debug;
 use std::hash::Hash;
 use std::pin::pin;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 
 use futures_util::StreamExt;
 use k8s_openapi::api::core::v1::{Node, Service};
@@ -41,6 +42,51 @@ pub struct Cluster {
     listed: Arc<AtomicUsize>,
     /// Persisted or live objects, the cluster's state, its state file.
     lkg: LastKnownGood,
+    /// What changed since the control loop last looked.
+    changes: Arc<Mutex<Changes>>,
+}
+
+/// What the watches saw change since the last build, so that a change that touched only
+/// EndpointSlices can update endpoints in the current table instead of rebuilding it.
+#[derive(Debug, Default)]
+pub struct Changes {
+    /// Something other than EndpointSlices changed (or a relist happened): rebuild everything.
+    pub full: bool,
+    /// Services (namespace, name) whose EndpointSlices changed.
+    pub services: BTreeSet<(String, String)>,
+}
+
+/// How one watch event bears on the table.
+enum Touch {
+    Nothing,
+    Full,
+    Service(String, String),
+}
+
+/// For every kind but EndpointSlice: a change or a relist means a full rebuild.
+fn touches_all<K>(event: &Event<K>) -> Touch {
+    match event {
+        Event::Init | Event::InitApply(_) => Touch::Nothing,
+        _ => Touch::Full,
+    }
+}
+
+/// An EndpointSlice change touches only its Service's endpoints.
+fn touches_service(event: &Event<EndpointSlice>) -> Touch {
+    let slice = match event {
+        Event::Init | Event::InitApply(_) => return Touch::Nothing,
+        Event::InitDone => return Touch::Full,
+        Event::Apply(s) | Event::Delete(s) => s,
+    };
+    let service = slice
+        .metadata
+        .labels
+        .as_ref()
+        .and_then(|l| l.get("kubernetes.io/service-name"));
+    match (slice.metadata.namespace.as_ref(), service) {
+        (Some(ns), Some(svc)) => Touch::Service(ns.clone(), svc.clone()),
+        _ => Touch::Nothing, // a slice of no Service routes nothing
+    }
 }
 
 /// Owned copies of a cluster's objects (cheap: `Arc`s), for one translation.
@@ -85,17 +131,29 @@ impl Cluster {
         let mut services = Vec::new();
         let mut slices = Vec::new();
         let listed = Arc::new(AtomicUsize::new(0));
+        let changes = Arc::new(Mutex::new(Changes::default()));
         let w = Watched {
             health: &health,
             listed: &listed,
+            changes: &changes,
         };
         for ns in namespaces {
-            ingresses.push(watch(scoped::<Ingress>(&client, ns), "ingresses", &w));
-            services.push(watch(scoped::<Service>(&client, ns), "services", &w));
-            slices.push(watch(scoped::<EndpointSlice>(&client, ns), "endpointslices", &w));
+            ingresses.push(watch(scoped::<Ingress>(&client, ns), "ingresses", &w, touches_all));
+            services.push(watch(scoped::<Service>(&client, ns), "services", &w, touches_all));
+            slices.push(watch(
+                scoped::<EndpointSlice>(&client, ns),
+                "endpointslices",
+                &w,
+                touches_service,
+            ));
         }
-        let classes = watch(Api::<IngressClass>::all(client.clone()), "ingressclasses", &w);
-        let nodes = watch(Api::<Node>::all(client.clone()), "nodes", &w);
+        let classes = watch(
+            Api::<IngressClass>::all(client.clone()),
+            "ingressclasses",
+            &w,
+            touches_all,
+        );
+        let nodes = watch(Api::<Node>::all(client.clone()), "nodes", &w, touches_all);
         Ok(Cluster {
             spec: ClusterSpec {
                 name: cfg.name.clone(),
@@ -116,7 +174,13 @@ impl Cluster {
             status: status::Writer::spawn(client, cfg),
             listed,
             lkg: LastKnownGood::new(&cfg.name, state_dir, health),
+            changes,
         })
+    }
+
+    /// Takes what changed since the last call.
+    pub fn take_changes(&self) -> Changes {
+        std::mem::take(&mut *self.changes.lock().unwrap_or_else(|e| e.into_inner()))
     }
 
     /// Resolves once every watch has completed its first full list.
@@ -166,7 +230,6 @@ impl Cluster {
     }
 
     /// What the cluster serves from: nothing synced yet, its persisted state, live stores.
-    #[allow(dead_code)] // read by the admin `/readyz` to come
     pub fn state(&self) -> persist::State {
         self.lkg.state()
     }
@@ -213,12 +276,13 @@ where
 struct Watched<'a> {
     health: &'a Arc<persist::Health>,
     listed: &'a Arc<AtomicUsize>,
+    changes: &'a Arc<Mutex<Changes>>,
 }
 
 /// Starts a reflector for `api` on the current runtime and returns its store. Errors (API server
 /// down, 410 Gone, auth) are retried with kube's default backoff; the last good store keeps
 /// serving meanwhile. A failure and the recovery are each logged once.
-fn watch<K>(api: Api<K>, what: &'static str, w: &Watched<'_>) -> Store<K>
+fn watch<K>(api: Api<K>, what: &'static str, w: &Watched<'_>, touch: fn(&Event<K>) -> Touch) -> Store<K>
 where
     K: Resource + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
     K::DynamicType: Default + Eq + Hash + Clone + Send + Sync,
@@ -231,12 +295,25 @@ where
     );
     let health = Arc::clone(w.health);
     let listed = Arc::clone(w.listed);
+    let changes = Arc::clone(w.changes);
     tokio::spawn(async move {
         let mut stream = pin!(stream);
         let mut first_list = true;
         while let Some(event) = stream.next().await {
             match event {
                 Ok(event) => {
+                    // Recorded before the control loop is woken, so it finds the change.
+                    match touch(&event) {
+                        Touch::Nothing => {}
+                        Touch::Full => changes.lock().unwrap_or_else(|e| e.into_inner()).full = true,
+                        Touch::Service(ns, svc) => {
+                            changes
+                                .lock()
+                                .unwrap_or_else(|e| e.into_inner())
+                                .services
+                                .insert((ns, svc));
+                        }
+                    }
                     if first_list && matches!(event, Event::InitDone) {
                         // The reflector has already filled the store.
                         first_list = false;

@@ -101,7 +101,6 @@ pub enum State {
 
 impl State {
     /// Ready: synced once, or serving the persisted state.
-    #[allow(dead_code)] // read by the admin `/readyz` to come
     pub fn is_ready(&self) -> bool {
         !matches!(self, State::NotSynced)
     }

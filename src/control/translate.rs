@@ -20,7 +20,9 @@
 //! - The endpoints with `serving` absent count as serving, `terminating` absent as not
 //!   terminating (as the API documents), the same as `ready` absent counts as ready.
 
-use std::collections::{BTreeSet, HashSet};
+use std::collections::BTreeSet;
+
+use rustc_hash::FxHashSet as HashSet;
 use std::sync::Arc;
 
 use k8s_openapi::api::core::v1::{Node, Service};
@@ -32,6 +34,8 @@ use crate::config::PathType;
 use crate::routes::TableBuilder;
 
 mod backends;
+
+pub use backends::service_endpoints;
 
 use backends::Resolver;
 
@@ -164,8 +168,8 @@ struct Classes<'a> {
 impl<'a> Classes<'a> {
     fn new(spec: &ClusterSpec, classes: &'a [Arc<IngressClass>]) -> Self {
         let mut c = Classes {
-            ours: HashSet::new(),
-            all: HashSet::new(),
+            ours: HashSet::default(),
+            all: HashSet::default(),
             default: false,
         };
         for class in classes {

@@ -157,3 +157,26 @@ fn host_normalisation_rejects_junk() {
     assert_eq!(normalize_host(&[b'a'; 300], &mut buf), None);
     assert_eq!(normalize_host(b"", &mut buf), None);
 }
+
+#[test]
+fn endpoint_updates_keep_rules_and_replace_only_the_named_backends() {
+    let routes = [
+        route("a", Some("a.com"), "/", Prefix),
+        route("b", Some("b.com"), "/", Prefix),
+    ];
+    let (table, _) = build_static(&routes);
+    let id = table.backend_id("b").expect("backend b");
+    let new: Vec<SocketAddr> = vec![
+        SocketAddr::from(([192, 0, 2, 1], 80)),
+        SocketAddr::from(([192, 0, 2, 2], 80)),
+    ];
+    let next = table.with_endpoints([(id, new.clone())]);
+    assert_eq!(next.route(b"b.com", "/").map(|b| b.endpoints.clone()), Some(new));
+    assert_eq!(next.route(b"a.com", "/x").map(|b| &*b.name), Some("a"));
+    assert_eq!(
+        next.route(b"a.com", "/").map(|b| b.endpoints.clone()),
+        table.route(b"a.com", "/").map(|b| b.endpoints.clone())
+    );
+    assert_eq!(next.host_count(), table.host_count());
+    assert_eq!(table.backend_id("nope"), None);
+}

@@ -174,6 +174,11 @@ both_drivers!(
             (0..9).filter_map(|_| get(&kedge, "app.example.com", "/").1).collect::<std::collections::BTreeSet<_>>().len()
                 == 3
         });
+        // An EndpointSlice-only change took the fast path (endpoints swapped into the current
+        // table), and a full rebuild followed once things were quiet.
+        let fast = kedge.wait_log("why=\"endpoints\"", Duration::from_secs(10));
+        assert!(fast.contains("services=1") && fast.contains("endpoints=3"), "{fast}");
+        kedge.wait_log("why=\"settle\"", Duration::from_secs(10));
 
         // Scale in to one: only it answers.
         api.apply("endpointslices", slice("app", port, &["127.0.0.3"]));

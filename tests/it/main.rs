@@ -6,6 +6,8 @@ mod support;
 
 /// The access log, in text and JSON.
 mod access_log;
+/// The admin listener: `/healthz`, `/readyz` through a cluster's states, what it refuses.
+mod admin;
 /// Large and streamed bodies both ways, chunked with trailers, close-delimited, bodiless answers.
 mod bodies;
 /// Endpoint churn and a rolling update under constant load: not one failed request.

@@ -1,13 +1,13 @@
 //! Ingress backends → table backends: a Service port resolved to pod endpoints (EndpointSlices)
 //! or to `NodeIP:nodePort`, once per translation whatever the number of paths pointing at it.
 
-use std::collections::{HashMap, HashSet};
 use std::fmt;
 use std::net::{IpAddr, SocketAddr};
 
 use k8s_openapi::api::core::v1::{Service, ServicePort};
 use k8s_openapi::api::discovery::v1::{Endpoint, EndpointSlice};
 use k8s_openapi::api::networking::v1::IngressBackend;
+use rustc_hash::{FxHashMap as HashMap, FxHashSet as HashSet};
 
 use super::{ClusterSpec, Objects, UPSTREAM_MODE_ANNOTATION, UpstreamMode, Warnings, annotation, ns_name, warn};
 use crate::routes::{Backend, BackendId, TableBuilder};
@@ -50,10 +50,42 @@ pub(super) struct Resolver<'a> {
     cache: HashMap<(&'a str, &'a str, PortRef<'a>), Resolved>,
 }
 
+/// The endpoints of every port of the Services `services` (namespace, name), under the backend
+/// names [`translate`](super::translate) gives them, resolved exactly as a full translation
+/// would. For refreshing a table after a change that touched only EndpointSlices; warnings are
+/// left to the next full translation.
+pub fn service_endpoints<'a>(
+    spec: &'a ClusterSpec,
+    objs: &Objects<'a>,
+    services: &'a [(String, String)],
+) -> Vec<(String, Vec<SocketAddr>)> {
+    let mut r = Resolver::new(spec, objs);
+    let mut ignored = Warnings::new();
+    let mut out = Vec::new();
+    for (ns, name) in services {
+        let Some(&svc) = r.services.get(&(ns.as_str(), name.as_str())) else {
+            continue;
+        };
+        let ports = svc.spec.as_ref().and_then(|s| s.ports.as_deref()).unwrap_or_default();
+        for sp in ports {
+            let endpoints = match r.mode(svc, &mut ignored) {
+                UpstreamMode::Pods => r.pod_endpoints(ns, name, sp),
+                UpstreamMode::NodePorts => match sp.node_port.and_then(|p| u16::try_from(p).ok()).filter(|&p| p != 0) {
+                    Some(node_port) => r.node_endpoints(ns, name, svc, sp, node_port, &mut ignored),
+                    None => Vec::new(),
+                },
+            };
+            out.push((format!("{}/{ns}/{name}:{}", spec.name, sp.port), endpoints));
+        }
+    }
+    out
+}
+
 impl<'a> Resolver<'a> {
     pub(super) fn new(spec: &'a ClusterSpec, objs: &Objects<'a>) -> Self {
         let services = objs.services.iter().map(|s| (ns_name(&s.metadata), &**s)).collect();
-        let mut slices: HashMap<_, Vec<_>> = HashMap::new();
+        let mut slices: HashMap<_, Vec<_>> = HashMap::default();
+        slices.reserve(objs.slices.len());
         for s in objs.slices {
             let Some(svc) = s.metadata.labels.as_ref().and_then(|l| l.get(SERVICE_NAME_LABEL)) else {
                 continue;
@@ -67,7 +99,7 @@ impl<'a> Resolver<'a> {
             slices,
             objs: *objs,
             nodes: None,
-            cache: HashMap::new(),
+            cache: HashMap::default(),
         }
     }
 

@@ -701,3 +701,40 @@ fn ten_thousand_ingresses() {
         assert_eq!(b.endpoints, want);
     }
 }
+
+// ---- endpoint-only updates ----
+
+/// After an EndpointSlice change, `service_endpoints` gives the touched Service's backends the
+/// same endpoints a full translation gives them, under the same backend names, in both modes.
+#[test]
+fn service_endpoints_agree_with_a_full_translation() {
+    for spec in [spec(), nodeports()] {
+        let mut world = shop_world(vec![ours(
+            "web",
+            "shop",
+            "2024-01-01T00:00:00Z",
+            shop_rule("shop.example.com"),
+        )]);
+        world.nodes = vec![node("n1", "True", false, internal("198.51.100.1"))];
+        world.slices = vec![ready_slice("web", "shop", &["192.0.2.1", "192.0.2.2", "192.0.2.3"])];
+        let (table, _) = world.run(&spec);
+        let objs = Objects {
+            ingresses: &world.ingresses,
+            classes: &world.classes,
+            services: &world.services,
+            slices: &world.slices,
+            nodes: &world.nodes,
+        };
+        let touched = vec![
+            ("web".to_owned(), "shop".to_owned()),
+            ("web".to_owned(), "missing".to_owned()),
+        ];
+        let updated = service_endpoints(&spec, &objs, &touched);
+        assert_eq!(updated.len(), 1, "one port of the one existing Service: {updated:?}");
+        let (name, endpoints) = &updated[0];
+        let id = table
+            .backend_id(name)
+            .unwrap_or_else(|| panic!("{name} is a backend of the full table"));
+        assert_eq!(&table.backends[id].endpoints, endpoints, "{:?}", spec.upstream);
+    }
+}

@@ -64,6 +64,13 @@ impl Kedge {
         self.addr
     }
 
+    /// The address of kedge's admin server (`[admin]`, port 0 unless the test's fragment has an
+    /// `[admin]` table), from its `admin listening on` line.
+    pub fn admin_addr(&self) -> SocketAddr {
+        let line = self.wait_log(ADMIN_LISTENING, Duration::from_secs(5));
+        addr_after(&line, ADMIN_LISTENING).unwrap_or_else(|| panic!("no address in {line:?}"))
+    }
+
     pub fn pid(&self) -> u32 {
         self.child.id()
     }
@@ -219,8 +226,18 @@ impl Drop for Kedge {
     }
 }
 
+/// The config file: `[proxy]`, the test's fragment, the listener, and an admin server on a port
+/// of the kernel's choice unless the fragment has its own `[admin]` (the default port would be
+/// shared by every test).
 fn compose(proxy: &str, fragment: &str) -> String {
-    format!("# written by kedge's integration tests\n{proxy}\n{fragment}\n[[listener]]\naddress = \"127.0.0.1:0\"\n")
+    let admin = if fragment.contains("[admin]") {
+        ""
+    } else {
+        "[admin]\naddress = \"127.0.0.1:0\"\n"
+    };
+    format!(
+        "# written by kedge's integration tests\n{proxy}\n{fragment}\n[[listener]]\naddress = \"127.0.0.1:0\"\n{admin}"
+    )
 }
 
 /// Reads `stream` line by line into `logs` on a thread of its own.
@@ -262,8 +279,20 @@ fn wait_listening(child: &mut Child, logs: &Logs) -> SocketAddr {
     }
 }
 
+/// What kedge logs once its admin server is bound.
+const ADMIN_LISTENING: &str = "admin listening on ";
+
+/// The proxy's address from its `listening on ADDR` line (not from the admin server's).
 fn listening_addr(line: &str) -> Option<SocketAddr> {
-    let rest = &line[line.find("listening on ")? + "listening on ".len()..];
+    if line.contains(ADMIN_LISTENING) {
+        return None;
+    }
+    addr_after(line, "listening on ")
+}
+
+/// The `IP:port` that follows `marker` in `line`.
+fn addr_after(line: &str, marker: &str) -> Option<SocketAddr> {
+    let rest = &line[line.find(marker)? + marker.len()..];
     let end = rest
         .find(|c: char| !(c.is_ascii_digit() || c == '.' || c == ':'))
         .unwrap_or(rest.len());
