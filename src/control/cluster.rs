@@ -133,6 +133,7 @@ impl Cluster {
         let listed = Arc::new(AtomicUsize::new(0));
         let changes = Arc::new(Mutex::new(Changes::default()));
         let w = Watched {
+            cluster: &cfg.name,
             health: &health,
             listed: &listed,
             changes: &changes,
@@ -274,6 +275,7 @@ where
 /// What every watch of one cluster reports to: the cluster's watch health (which logs and wakes
 /// the control loop), the count of watches that have listed once.
 struct Watched<'a> {
+    cluster: &'a str,
     health: &'a Arc<persist::Health>,
     listed: &'a Arc<AtomicUsize>,
     changes: &'a Arc<Mutex<Changes>>,
@@ -296,12 +298,14 @@ where
     let health = Arc::clone(w.health);
     let listed = Arc::clone(w.listed);
     let changes = Arc::clone(w.changes);
+    let cluster = w.cluster.to_owned();
     tokio::spawn(async move {
         let mut stream = pin!(stream);
         let mut first_list = true;
         while let Some(event) = stream.next().await {
             match event {
                 Ok(event) => {
+                    log_change(&cluster, what, &event);
                     // Recorded before the control loop is woken, so it finds the change.
                     match touch(&event) {
                         Touch::Nothing => {}
@@ -329,4 +333,23 @@ where
         }
     });
     reader
+}
+
+/// One line per object change, like a controller's sync log: at info for the objects that shape
+/// routes, at debug for EndpointSlices (a rollout changes them many times a second).
+fn log_change<K: Resource>(cluster: &str, what: &'static str, event: &Event<K>) {
+    let (verb, o) = match event {
+        Event::Apply(o) => ("applied", o),
+        Event::Delete(o) => ("deleted", o),
+        _ => return,
+    };
+    let object = match o.meta().namespace.as_deref() {
+        Some(ns) => format!("{ns}/{}", o.meta().name.as_deref().unwrap_or("")),
+        None => o.meta().name.clone().unwrap_or_default(),
+    };
+    if what == "endpointslices" {
+        tracing::debug!(cluster, what, object, "{verb}");
+    } else {
+        tracing::info!(cluster, what, object, "{verb}");
+    }
 }

@@ -393,3 +393,73 @@ both_drivers!(
         wait_served_by(&kedge, "nodes.example.com", &["pod-0", "pod-1"], 6, "annotation removed");
     }
 );
+
+/// A path of an Ingress rule to Service `svc` port `http`.
+fn ing_path(path: &str, path_type: &str, svc: &str) -> Value {
+    json!({"path": path, "pathType": path_type, "backend": {"service": {"name": svc, "port": {"name": "http"}}}})
+}
+
+both_drivers!(
+    fn ingress_semantics_end_to_end(driver) {
+        let api = FakeApi::start();
+        api.apply("ingressclasses", ingress_class());
+        let mut pods = Vec::new();
+        for svc in ["exact", "app", "wild", "fallback"] {
+            let (p, port) = Upstream::pods(svc, 1);
+            api.apply("services", service(svc));
+            api.apply("endpointslices", slice(svc, port, &["127.0.0.1"]));
+            pods.push(p);
+        }
+        api.apply(
+            "ingresses",
+            json!({"apiVersion": "networking.k8s.io/v1", "kind": "Ingress",
+                   "metadata": {"name": "routes", "namespace": "default"},
+                   "spec": {"ingressClassName": "kedge", "rules": [
+                       {"host": "exact.example.com", "http": {"paths": [
+                           ing_path("/exact", "Exact", "exact"),
+                           ing_path("/app/", "Prefix", "app")]}},
+                       {"host": "*.wild.example.com", "http": {"paths": [ing_path("/", "Prefix", "wild")]}}]}}),
+        );
+        api.apply(
+            "ingresses",
+            json!({"apiVersion": "networking.k8s.io/v1", "kind": "Ingress",
+                   "metadata": {"name": "fallback", "namespace": "default"},
+                   "spec": {"ingressClassName": "kedge",
+                            "defaultBackend": {"service": {"name": "fallback", "port": {"name": "http"}}}}}),
+        );
+        let dir = TempDir::new("semantics");
+        let kedge = kedge_for(driver, &api, &dir);
+        let cases: &[(&str, &str, &str)] = &[
+            ("exact.example.com", "/exact", "exact-0"),
+            // Exact is case- and slash-sensitive: the rest falls to the default backend.
+            ("exact.example.com", "/exact/", "fallback-0"),
+            ("exact.example.com", "/EXACT", "fallback-0"),
+            // Prefix by whole elements; the rule's trailing slash does not matter.
+            ("exact.example.com", "/app", "app-0"),
+            ("exact.example.com", "/app/", "app-0"),
+            ("exact.example.com", "/app/deep/er?q=1", "app-0"),
+            ("exact.example.com", "/appx", "fallback-0"),
+            // Hosts: case-insensitive, port ignored.
+            ("EXACT.Example.COM:8080", "/app", "app-0"),
+            // Wildcards: exactly one extra label.
+            ("a.wild.example.com", "/", "wild-0"),
+            ("a.b.wild.example.com", "/", "fallback-0"),
+            ("wild.example.com", "/", "fallback-0"),
+            ("unknown.example.com", "/", "fallback-0"),
+        ];
+        for &(host, path, want) in cases {
+            let (status, who) = get(&kedge, host, path);
+            assert_eq!((status, who.as_deref()), (200, Some(want)), "{host} {path}");
+        }
+        // Without a default backend, what no rule matches is kedge's 404.
+        api.delete("ingresses", Some("default"), "fallback");
+        wait_until(Duration::from_secs(10), "404 once the default backend is gone", || {
+            get(&kedge, "unknown.example.com", "/").0 == 404
+        });
+        assert_eq!(get(&kedge, "exact.example.com", "/appx").0, 404);
+        assert_eq!(get(&kedge, "exact.example.com", "/app").1.as_deref(), Some("app-0"));
+        // Each object change is logged, like a controller's sync log.
+        kedge.wait_log("deleted cluster=\"test\" what=\"ingresses\" object=\"default/fallback\"", Duration::from_secs(5));
+        drop(pods);
+    }
+);

@@ -77,7 +77,7 @@ impl Kedge {
 
     /// A snapshot of every log line so far (stderr and stdout, in arrival order per stream).
     pub fn logs(&self) -> Vec<String> {
-        self.logs.lines.lock().expect("logs lock").clone()
+        self.logs.lines.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
     /// Waits until a log line contains `substr` and returns it; panics after `timeout`.
@@ -88,7 +88,7 @@ impl Kedge {
     /// Waits until `count` log lines contain `substr` and returns them; panics after `timeout`.
     pub fn wait_logs(&self, substr: &str, count: usize, timeout: Duration) -> Vec<String> {
         let deadline = Instant::now() + timeout;
-        let mut lines = self.logs.lines.lock().expect("logs lock");
+        let mut lines = self.logs.lines.lock().unwrap_or_else(|e| e.into_inner());
         loop {
             let found: Vec<String> = lines.iter().filter(|l| l.contains(substr)).cloned().collect();
             if found.len() >= count {
@@ -96,12 +96,17 @@ impl Kedge {
             }
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
-                panic!(
-                    "timed out after {timeout:?} waiting for {count} log line(s) with {substr:?}; log:\n{}",
-                    lines.join("\n")
-                );
+                // A panic while holding the lock would poison it for `Drop`, which prints the log.
+                let log = lines.join("\n");
+                drop(lines);
+                panic!("timed out after {timeout:?} waiting for {count} log line(s) with {substr:?}; log:\n{log}");
             }
-            lines = self.logs.grew.wait_timeout(lines, left).expect("logs lock").0;
+            lines = self
+                .logs
+                .grew
+                .wait_timeout(lines, left)
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
         }
     }
 
@@ -246,7 +251,7 @@ fn capture(stream: impl Read + Send + 'static, logs: &Arc<Logs>) {
     std::thread::spawn(move || {
         for line in BufReader::new(stream).lines() {
             let Ok(line) = line else { break };
-            logs.lines.lock().expect("logs lock").push(line);
+            logs.lines.lock().unwrap_or_else(|e| e.into_inner()).push(line);
             logs.grew.notify_all();
         }
     });
@@ -255,7 +260,7 @@ fn capture(stream: impl Read + Send + 'static, logs: &Arc<Logs>) {
 /// Waits for `listening on 127.0.0.1:PORT` and returns that address.
 fn wait_listening(child: &mut Child, logs: &Logs) -> SocketAddr {
     let deadline = Instant::now() + START_TIMEOUT;
-    let mut lines = logs.lines.lock().expect("logs lock");
+    let mut lines = logs.lines.lock().unwrap_or_else(|e| e.into_inner());
     loop {
         if let Some(addr) = lines.iter().find_map(|l| listening_addr(l)) {
             return addr;
@@ -268,13 +273,13 @@ fn wait_listening(child: &mut Child, logs: &Logs) -> SocketAddr {
             let _ = child.kill();
             panic!(
                 "kedge did not start listening (exit: {exited:?}); log:\n{}",
-                logs.lines.lock().expect("logs lock").join("\n")
+                logs.lines.lock().unwrap_or_else(|e| e.into_inner()).join("\n")
             );
         }
         lines = logs
             .grew
             .wait_timeout(lines, Duration::from_millis(50))
-            .expect("logs lock")
+            .unwrap_or_else(|e| e.into_inner())
             .0;
     }
 }
