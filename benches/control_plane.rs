@@ -138,6 +138,7 @@ impl Stores {
             services: &self.services,
             slices: &self.slices,
             nodes: &self.nodes,
+            secrets: &[],
         }
     }
 }

@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use futures_util::StreamExt;
-use k8s_openapi::api::core::v1::{Node, Service};
+use k8s_openapi::api::core::v1::{Node, Secret, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::api::networking::v1::{Ingress, IngressClass};
 use kube::runtime::WatchStreamExt;
@@ -33,6 +33,8 @@ pub struct Cluster {
     ingresses: Vec<Store<Ingress>>,
     services: Vec<Store<Service>>,
     slices: Vec<Store<EndpointSlice>>,
+    /// Secrets of type `kubernetes.io/tls` only (a field selector): certificates, nothing else.
+    secrets: Vec<Store<Secret>>,
     classes: Store<IngressClass>,
     nodes: Store<Node>,
     /// Writes Ingress status with its own clone of the cluster's client; `None` without
@@ -97,6 +99,8 @@ pub struct Snapshot {
     pub(super) services: Vec<Arc<Service>>,
     pub(super) slices: Vec<Arc<EndpointSlice>>,
     pub(super) nodes: Vec<Arc<Node>>,
+    /// Never persisted (no private keys on disk): empty when serving persisted state.
+    pub(super) secrets: Vec<Arc<Secret>>,
 }
 
 impl Snapshot {
@@ -107,6 +111,7 @@ impl Snapshot {
             services: &self.services,
             slices: &self.slices,
             nodes: &self.nodes,
+            secrets: &self.secrets,
         }
     }
 }
@@ -130,6 +135,7 @@ impl Cluster {
         let mut ingresses = Vec::new();
         let mut services = Vec::new();
         let mut slices = Vec::new();
+        let mut secrets = Vec::new();
         let listed = Arc::new(AtomicUsize::new(0));
         let changes = Arc::new(Mutex::new(Changes::default()));
         let w = Watched {
@@ -146,6 +152,13 @@ impl Cluster {
                 "endpointslices",
                 &w,
                 touches_service,
+            ));
+            secrets.push(watch_with(
+                scoped::<Secret>(&client, ns),
+                "secrets",
+                &w,
+                touches_all,
+                persist::watcher_config().fields("type=kubernetes.io/tls"),
             ));
         }
         let classes = watch(
@@ -170,6 +183,7 @@ impl Cluster {
             ingresses,
             services,
             slices,
+            secrets,
             classes,
             nodes,
             status: status::Writer::spawn(client, cfg),
@@ -195,6 +209,9 @@ impl Cluster {
         for s in &self.slices {
             let _ = s.wait_until_ready().await;
         }
+        for s in &self.secrets {
+            let _ = s.wait_until_ready().await;
+        }
         let _ = self.classes.wait_until_ready().await;
         let _ = self.nodes.wait_until_ready().await;
     }
@@ -202,7 +219,7 @@ impl Cluster {
     /// Whether every watch has completed its first full list (unlike `wait_ready`, without
     /// waiting, and without taking over the stores' single readiness waker).
     pub fn synced(&self) -> bool {
-        let watches = self.ingresses.len() + self.services.len() + self.slices.len() + 2;
+        let watches = self.ingresses.len() + self.services.len() + self.slices.len() + self.secrets.len() + 2;
         self.listed.load(Ordering::Acquire) == watches
     }
 
@@ -227,6 +244,7 @@ impl Cluster {
             services: self.services.iter().flat_map(Store::state).collect(),
             slices: self.slices.iter().flat_map(Store::state).collect(),
             nodes: self.nodes.state(),
+            secrets: self.secrets.iter().flat_map(Store::state).collect(),
         })
     }
 
@@ -289,12 +307,24 @@ where
     K: Resource + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
     K::DynamicType: Default + Eq + Hash + Clone + Send + Sync,
 {
+    watch_with(api, what, w, touch, persist::watcher_config())
+}
+
+/// [`watch`] with its own watcher configuration (a field selector).
+fn watch_with<K>(
+    api: Api<K>,
+    what: &'static str,
+    w: &Watched<'_>,
+    touch: fn(&Event<K>) -> Touch,
+    config: watcher::Config,
+) -> Store<K>
+where
+    K: Resource + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
+    K::DynamicType: Default + Eq + Hash + Clone + Send + Sync,
+{
     let (reader, writer) = reflector::store();
     let me = w.health.watch(what, api.resource_url());
-    let stream = reflector::reflector(
-        writer,
-        watcher::watcher(api, persist::watcher_config()).default_backoff(),
-    );
+    let stream = reflector::reflector(writer, watcher::watcher(api, config).default_backoff());
     let health = Arc::clone(w.health);
     let listed = Arc::clone(w.listed);
     let changes = Arc::clone(w.changes);

@@ -524,6 +524,8 @@ fn decode(cluster: &str, bytes: &[u8]) -> Result<(String, Snapshot), String> {
             services: file.services.into_iter().map(Arc::new).collect(),
             slices: file.endpointslices.into_iter().map(Arc::new).collect(),
             nodes: file.nodes.into_iter().map(Arc::new).collect(),
+            // Private keys are never written to the state file.
+            secrets: Vec::new(),
         },
     ))
 }

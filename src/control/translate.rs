@@ -25,7 +25,7 @@ use std::collections::BTreeSet;
 use rustc_hash::FxHashSet as HashSet;
 use std::sync::Arc;
 
-use k8s_openapi::api::core::v1::{Node, Service};
+use k8s_openapi::api::core::v1::{Node, Secret, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::api::networking::v1::{HTTPIngressPath, Ingress, IngressClass};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
@@ -82,6 +82,8 @@ pub struct Objects<'a> {
     pub services: &'a [Arc<Service>],
     pub slices: &'a [Arc<EndpointSlice>],
     pub nodes: &'a [Arc<Node>],
+    /// Secrets of type `kubernetes.io/tls` (the only ones kedge watches).
+    pub secrets: &'a [Arc<Secret>],
 }
 
 /// Something wrong with one object; the rest is still served.
@@ -126,10 +128,17 @@ pub fn translate(builder: &mut TableBuilder, spec: &ClusterSpec, objs: &Objects<
     ours.sort_by(|a, b| age(&a.metadata).cmp(&age(&b.metadata)));
 
     let mut resolver = Resolver::new(spec, objs);
+    let secrets: HashSet<(&str, &str)> = objs
+        .secrets
+        .iter()
+        .filter(|s| usable_tls(s))
+        .map(|s| ns_name(&s.metadata))
+        .collect();
     let mut served = Vec::new();
     for ing in ours {
         if add_ingress(builder, &mut resolver, &spec.name, ing, &mut warnings) {
             let (ns, name) = ns_name(&ing.metadata);
+            check_tls(ing, &secrets, &mut warnings);
             served.push((ns.to_owned(), name.to_owned()));
         }
     }
@@ -138,6 +147,48 @@ pub fn translate(builder: &mut TableBuilder, spec: &ClusterSpec, objs: &Objects<
         warnings: warnings.into_iter().collect(),
         served,
     }
+}
+
+/// Whether a Secret can serve as a certificate: type `kubernetes.io/tls` with a non-empty
+/// `tls.crt` and `tls.key` (parsing the PEM is the TLS listener's business).
+fn usable_tls(s: &Secret) -> bool {
+    let has = |k: &str| s.data.as_ref().and_then(|d| d.get(k)).is_some_and(|v| !v.0.is_empty());
+    s.type_.as_deref() == Some("kubernetes.io/tls") && has("tls.crt") && has("tls.key")
+}
+
+/// Reports an Ingress's `tls` entries whose Secret (same namespace) is missing or unusable, and
+/// that this version of kedge serves the Ingress's hosts over plain HTTP only.
+fn check_tls(ing: &Ingress, secrets: &HashSet<(&str, &str)>, w: &mut Warnings) {
+    let Some(tls) = ing
+        .spec
+        .as_ref()
+        .and_then(|s| s.tls.as_deref())
+        .filter(|t| !t.is_empty())
+    else {
+        return;
+    };
+    let (ns, name) = ns_name(&ing.metadata);
+    let owner = format!("Ingress {ns}/{name}");
+    for entry in tls {
+        if let Some(secret) = entry.secret_name.as_deref().filter(|s| !s.is_empty())
+            && !secrets.contains(&(ns, secret))
+        {
+            warn(
+                w,
+                &owner,
+                format!(
+                    "tls: Secret {ns}/{secret} not found, or not a kubernetes.io/tls Secret with tls.crt and tls.key"
+                ),
+            );
+        }
+    }
+    warn(
+        w,
+        &owner,
+        "tls: TLS termination is not implemented in this version of kedge; its hosts are served over plain HTTP \
+         listeners only"
+            .into(),
+    );
 }
 
 /// Sort key for "oldest first": creation time (absent = youngest), then namespace/name.

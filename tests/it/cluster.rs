@@ -463,3 +463,46 @@ both_drivers!(
         drop(pods);
     }
 );
+
+both_drivers!(
+    fn tls_secrets_are_watched_by_type_and_a_missing_one_is_reported(driver) {
+        let (_pods, port) = Upstream::pods("tls", 1);
+        let api = FakeApi::start();
+        api.apply("ingressclasses", ingress_class());
+        api.apply("services", service("tls"));
+        api.apply("endpointslices", slice("tls", port, &["127.0.0.1"]));
+        let mut ing = ingress("tls", "kedge", "tls.example.com", "/", "tls");
+        ing["spec"]["tls"] = json!([{"hosts": ["tls.example.com"], "secretName": "tls-cert"}]);
+        api.apply("ingresses", ing);
+        // Another type of Secret is never listed: kedge asks only for kubernetes.io/tls ones.
+        api.apply(
+            "secrets",
+            json!({"apiVersion": "v1", "kind": "Secret", "type": "Opaque",
+                   "metadata": {"name": "tls-cert", "namespace": "default"}, "data": {"password": "cHc="}}),
+        );
+        let dir = TempDir::new("tls");
+        let kedge = kedge_for(driver, &api, &dir);
+        assert_eq!(get(&kedge, "tls.example.com", "/").0, 200, "still served, over plain HTTP");
+        kedge.wait_log("Secret default/tls-cert not found", Duration::from_secs(5));
+        let log = api.request_log();
+        assert!(
+            log.iter().any(|l| l.contains("/secrets") && l.contains("fieldSelector=type%3Dkubernetes.io%2Ftls")),
+            "{log:#?}"
+        );
+        // Once the right Secret exists, the warning is gone (the plain-HTTP notice stays).
+        api.apply(
+            "secrets",
+            json!({"apiVersion": "v1", "kind": "Secret", "type": "kubernetes.io/tls",
+                   "metadata": {"name": "tls-cert2", "namespace": "default"},
+                   "data": {"tls.crt": "Y3J0", "tls.key": "a2V5"}}),
+        );
+        let mut ing = ingress("tls", "kedge", "tls.example.com", "/", "tls");
+        ing["spec"]["tls"] = json!([{"hosts": ["tls.example.com"], "secretName": "tls-cert2"}]);
+        api.apply("ingresses", ing);
+        wait_until(Duration::from_secs(5), "only the plain-HTTP notice is left", || {
+            let logs = kedge.logs();
+            let last = logs.iter().rev().find(|l| l.contains("route table published"));
+            last.is_some_and(|l| l.contains("warnings=1"))
+        });
+    }
+);

@@ -72,6 +72,7 @@ fn snapshot(hosts: &[&str]) -> Snapshot {
             "status": {"addresses": [{"type": "InternalIP", "address": "192.0.2.1"}],
                        "conditions": [{"type": "Ready", "status": "True"}]}}),
         )],
+        secrets: Vec::new(),
     }
 }
 
@@ -118,6 +119,7 @@ fn the_state_file_round_trips() {
         services: Vec::new(),
         slices: Vec::new(),
         nodes: Vec::new(),
+        secrets: Vec::new(),
     };
     let bytes = encode("prod", "2025-01-02T03:04:05Z", &empty).expect("encode");
     assert_eq!(as_json(&decode("prod", &bytes).expect("decode").1), as_json(&empty));

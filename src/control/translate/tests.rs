@@ -5,6 +5,8 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+use k8s_openapi::api::core::v1::Secret;
+
 use k8s_openapi::Metadata;
 use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
@@ -157,6 +159,7 @@ pub(super) struct World {
     pub(super) services: Vec<Arc<Service>>,
     pub(super) slices: Vec<Arc<EndpointSlice>>,
     pub(super) nodes: Vec<Arc<Node>>,
+    pub(super) secrets: Vec<Arc<Secret>>,
 }
 
 impl World {
@@ -175,6 +178,7 @@ impl World {
             services: &self.services,
             slices: &self.slices,
             nodes: &self.nodes,
+            secrets: &self.secrets,
         };
         let mut b = TableBuilder::default();
         let out = translate(&mut b, spec, &objs);
@@ -653,6 +657,10 @@ fn odd_shapes_do_not_panic() {
             obj(json!({})),
             obj(json!({"status": {"conditions": [{"type": "Ready", "status": "True"}]}})),
         ],
+        secrets: vec![
+            obj(json!({})),
+            obj(json!({"metadata": {"name": "s", "namespace": "web"}, "type": "kubernetes.io/tls", "data": {}})),
+        ],
     };
     for spec in [spec(), nodeports()] {
         let (table, out) = w.run(&spec);
@@ -724,6 +732,7 @@ fn service_endpoints_agree_with_a_full_translation() {
             services: &world.services,
             slices: &world.slices,
             nodes: &world.nodes,
+            secrets: &world.secrets,
         };
         let touched = vec![
             ("web".to_owned(), "shop".to_owned()),
@@ -737,4 +746,64 @@ fn service_endpoints_agree_with_a_full_translation() {
             .unwrap_or_else(|| panic!("{name} is a backend of the full table"));
         assert_eq!(&table.backends[id].endpoints, endpoints, "{:?}", spec.upstream);
     }
+}
+
+// ---- tls ----
+
+#[test]
+fn tls_secrets_are_checked_and_the_plain_http_fallback_is_said() {
+    let tls_secret = |ns: &str, name: &str, ty: &str, keys: bool| -> Arc<Secret> {
+        let data = if keys {
+            json!({"tls.crt": "Y3J0", "tls.key": "a2V5"})
+        } else {
+            json!({"tls.crt": "Y3J0"})
+        };
+        obj(json!({"metadata": {"namespace": ns, "name": name}, "type": ty, "data": data}))
+    };
+    let with_tls = |name: &str, secret: &str| {
+        let mut spec = json!({"ingressClassName": "kedge", "rules": shop_rule(&format!("{name}.example.com"))});
+        spec["tls"] = json!([{"hosts": [format!("{name}.example.com")], "secretName": secret}]);
+        ingress("web", name, T1, spec)
+    };
+    let mut w = shop_world(vec![
+        with_tls("good", "good-cert"),
+        with_tls("missing", "nope"),
+        with_tls("opaque", "opaque-cert"),
+        with_tls("halfkey", "half-cert"),
+        with_tls("elsewhere", "other-ns-cert"),
+    ]);
+    w.secrets = vec![
+        tls_secret("web", "good-cert", "kubernetes.io/tls", true),
+        tls_secret("web", "opaque-cert", "Opaque", true),
+        tls_secret("web", "half-cert", "kubernetes.io/tls", false),
+        tls_secret("other", "other-ns-cert", "kubernetes.io/tls", true),
+    ];
+    let (table, out) = w.run(&spec());
+    // Every one of them is still routed (over plain HTTP).
+    for host in ["good", "missing", "opaque", "halfkey", "elsewhere"] {
+        check_routes(&table, &[(&format!("{host}.example.com"), "/", SHOP)]);
+    }
+    let secret_warnings: Vec<&str> = out
+        .warnings
+        .iter()
+        .filter(|w| w.message.contains("not found"))
+        .map(|w| w.object.as_str())
+        .collect();
+    assert_eq!(
+        secret_warnings,
+        [
+            "Ingress web/elsewhere",
+            "Ingress web/halfkey",
+            "Ingress web/missing",
+            "Ingress web/opaque"
+        ],
+        "{:#?}",
+        out.warnings
+    );
+    let plain = out
+        .warnings
+        .iter()
+        .filter(|w| w.message.contains("not implemented"))
+        .count();
+    assert_eq!(plain, 5, "each TLS Ingress is told it is served over plain HTTP");
 }

@@ -23,7 +23,7 @@ enum LabelReq {
 
 #[derive(Debug)]
 struct FieldReq {
-    /// `metadata.name` or `metadata.namespace`.
+    /// `metadata.name`, `metadata.namespace`, or `type` (Secrets).
     path: &'static str,
     value: String,
     equal: bool,
@@ -57,7 +57,11 @@ impl Filter {
         });
         labels_match
             && self.fields.iter().all(|req| {
-                let field = meta[req.path.trim_start_matches("metadata.")].as_str().unwrap_or("");
+                let field = match req.path.strip_prefix("metadata.") {
+                    Some(key) => meta[key].as_str(),
+                    None => obj[req.path].as_str(),
+                }
+                .unwrap_or("");
                 (field == req.value) == req.equal
             })
     }
@@ -111,6 +115,7 @@ fn field_req(term: &str) -> Result<FieldReq, String> {
     let path = match key {
         "metadata.name" => "metadata.name",
         "metadata.namespace" => "metadata.namespace",
+        "type" => "type",
         _ => return Err(format!("field label not supported: {key}")),
     };
     let value = value.ok_or_else(|| format!("invalid selector: {term:?}"))?;
