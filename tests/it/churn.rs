@@ -14,7 +14,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use crate::cluster::{endpoint, ingress, ingress_class, kedge_with, service, slice_of};
+use crate::cluster::kedge_with;
+use crate::support::objects::{endpoint, ingress, ingress_class, service, slice_of};
 use crate::support::{Client, FakeApi, Kedge, TempDir, Upstream, both_drivers, wait_until};
 
 const HOST: &str = "web.example.com";

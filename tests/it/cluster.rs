@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 
+use crate::support::objects::{endpoint, ingress, ingress_class, service, slice, slice_of};
 use crate::support::{Client, Driver, FakeApi, Kedge, TempDir, Upstream, both_drivers, wait_until};
 
 /// kedge following `api`, with nothing else configured.
@@ -24,54 +25,6 @@ pub(crate) fn kedge_with(driver: Driver, workers: usize, api: &FakeApi, dir: &Te
         "[[cluster]]\nname = \"test\"\nkubeconfig = \"{}\"\nsync_timeout = \"10s\"\n{cluster_extra}",
         kubeconfig.display()
     ))
-}
-
-pub(crate) fn ingress_class() -> Value {
-    json!({"apiVersion": "networking.k8s.io/v1", "kind": "IngressClass",
-           "metadata": {"name": "kedge"}, "spec": {"controller": "kedge.dev/ingress-controller"}})
-}
-
-pub(crate) fn service(name: &str) -> Value {
-    json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": name, "namespace": "default"},
-           "spec": {"ports": [{"name": "http", "port": 80, "targetPort": 8080}]}})
-}
-
-/// An EndpointSlice of Service `svc` with ready endpoints `ips` on `port`.
-pub(crate) fn slice(svc: &str, port: u16, ips: &[&str]) -> Value {
-    let endpoints: Vec<Value> = ips
-        .iter()
-        .map(|ip| json!({"addresses": [ip], "conditions": {"ready": true}}))
-        .collect();
-    json!({"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
-           "metadata": {"name": format!("{svc}-abc"), "namespace": "default",
-                        "labels": {"kubernetes.io/service-name": svc}},
-           "addressType": "IPv4", "ports": [{"name": "http", "port": port}], "endpoints": endpoints})
-}
-
-pub(crate) fn ingress(name: &str, class: &str, host: &str, path: &str, svc: &str) -> Value {
-    json!({"apiVersion": "networking.k8s.io/v1", "kind": "Ingress",
-           "metadata": {"name": name, "namespace": "default"},
-           "spec": {"ingressClassName": class, "rules": [{"host": host, "http": {"paths": [
-               {"path": path, "pathType": "Prefix",
-                "backend": {"service": {"name": svc, "port": {"name": "http"}}}}]}}]}})
-}
-
-/// An EndpointSlice of Service `svc` on `port` with the given endpoints (see [`endpoint`]).
-pub(crate) fn slice_of(svc: &str, port: u16, endpoints: Vec<Value>) -> Value {
-    json!({"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
-           "metadata": {"name": format!("{svc}-abc"), "namespace": "default",
-                        "labels": {"kubernetes.io/service-name": svc}},
-           "addressType": "IPv4", "ports": [{"name": "http", "port": port}], "endpoints": endpoints})
-}
-
-/// An EndpointSlice endpoint with explicit conditions, on node `node` if given.
-pub(crate) fn endpoint(ip: &str, ready: bool, serving: bool, terminating: bool, node: Option<&str>) -> Value {
-    let mut ep = json!({"addresses": [ip],
-                        "conditions": {"ready": ready, "serving": serving, "terminating": terminating}});
-    if let Some(n) = node {
-        ep["nodeName"] = json!(n);
-    }
-    ep
 }
 
 /// A Node with one InternalIP, a Ready condition, and maybe cordoned.

@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 
+use crate::support::objects::{ingress, ingress_class, service, slice};
 use crate::support::{Client, Driver, FakeApi, Kedge, TempDir, Upstream, wait_until};
 
 /// Long enough for kube's backoff (0.8 s doubling, with jitter) to come round after an outage
@@ -30,36 +31,6 @@ fn kedge_for(api: &FakeApi, dir: &TempDir, state_dir: &Path, sync_timeout: &str)
         ))
 }
 
-fn ingress_class() -> Value {
-    json!({"apiVersion": "networking.k8s.io/v1", "kind": "IngressClass",
-           "metadata": {"name": "kedge"}, "spec": {"controller": "kedge.dev/ingress-controller"}})
-}
-
-fn service(name: &str) -> Value {
-    json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": name, "namespace": "default"},
-           "spec": {"ports": [{"name": "http", "port": 80, "targetPort": 8080}]}})
-}
-
-/// An EndpointSlice of Service `svc` with ready endpoints `ips` on `port`.
-fn slice(svc: &str, port: u16, ips: &[&str]) -> Value {
-    let endpoints: Vec<Value> = ips
-        .iter()
-        .map(|ip| json!({"addresses": [ip], "conditions": {"ready": true}}))
-        .collect();
-    json!({"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
-           "metadata": {"name": format!("{svc}-abc"), "namespace": "default",
-                        "labels": {"kubernetes.io/service-name": svc}},
-           "addressType": "IPv4", "ports": [{"name": "http", "port": port}], "endpoints": endpoints})
-}
-
-fn ingress(name: &str, host: &str, svc: &str) -> Value {
-    json!({"apiVersion": "networking.k8s.io/v1", "kind": "Ingress",
-           "metadata": {"name": name, "namespace": "default"},
-           "spec": {"ingressClassName": "kedge", "rules": [{"host": host, "http": {"paths": [
-               {"path": "/", "pathType": "Prefix",
-                "backend": {"service": {"name": svc, "port": {"name": "http"}}}}]}}]}})
-}
-
 /// The fixture API server holding Service `web` on two pods (`port`) and its Ingress
 /// `web.example.com`.
 fn api_with_web(port: u16) -> FakeApi {
@@ -67,7 +38,7 @@ fn api_with_web(port: u16) -> FakeApi {
     api.apply("ingressclasses", ingress_class());
     api.apply("services", service("web"));
     api.apply("endpointslices", slice("web", port, &["127.0.0.1", "127.0.0.2"]));
-    api.apply("ingresses", ingress("web", "web.example.com", "web"));
+    api.apply("ingresses", ingress("web", "kedge", "web.example.com", "/", "web"));
     api
 }
 
@@ -183,7 +154,7 @@ fn an_api_server_outage_under_load_fails_no_request() {
     load.wait_for_more(50, "traffic late in the outage");
     api.resume();
 
-    api.apply("ingresses", ingress("new", "new.example.com", "web"));
+    api.apply("ingresses", ingress("new", "kedge", "new.example.com", "/", "web"));
     wait_until(RECOVERY, "the Ingress applied after the outage is served", || {
         get(&kedge, "new.example.com").0 == 200
     });
@@ -205,7 +176,7 @@ fn an_expired_watch_relists_and_serves_the_changes_under_load() {
     load.wait_for_more(50, "traffic before the outage");
 
     api.pause();
-    api.apply("ingresses", ingress("late", "late.example.com", "web"));
+    api.apply("ingresses", ingress("late", "kedge", "late.example.com", "/", "web"));
     api.apply("endpointslices", slice("web", port, &["127.0.0.2"]));
     api.compact();
     load.wait_for_more(50, "traffic during the outage");
@@ -275,7 +246,7 @@ fn a_restart_during_an_outage_serves_the_persisted_state_until_the_live_sync() {
     // Back: the live state takes over, and what changes from then on is served and persisted.
     api.resume();
     second.wait_log("its live state replaces the state persisted at", RECOVERY);
-    api.apply("ingresses", ingress("new", "new.example.com", "web"));
+    api.apply("ingresses", ingress("new", "kedge", "new.example.com", "/", "web"));
     wait_until(RECOVERY, "the Ingress applied after the live sync is served", || {
         get(&second, "new.example.com").0 == 200
     });

@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 
+use crate::support::objects::{class, ingress, service, slice};
 use crate::support::{Client, Driver, FakeApi, Kedge, TempDir, Upstream, both_drivers, wait_until};
 
 const WAIT: Duration = Duration::from_secs(10);
@@ -31,36 +32,6 @@ fn kedge_for(driver: Driver, api: &FakeApi, dir: &TempDir, extra: &str) -> Kedge
     )
 }
 
-fn class(name: &str, controller: &str) -> Value {
-    json!({"apiVersion": "networking.k8s.io/v1", "kind": "IngressClass",
-           "metadata": {"name": name}, "spec": {"controller": controller}})
-}
-
-fn service(name: &str) -> Value {
-    json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": name, "namespace": "default"},
-           "spec": {"ports": [{"name": "http", "port": 80, "targetPort": 8080}]}})
-}
-
-/// An EndpointSlice of Service `svc` with ready endpoints `ips` on `port`.
-fn slice(svc: &str, port: u16, ips: &[&str]) -> Value {
-    let endpoints: Vec<Value> = ips
-        .iter()
-        .map(|ip| json!({"addresses": [ip], "conditions": {"ready": true}}))
-        .collect();
-    json!({"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
-           "metadata": {"name": format!("{svc}-abc"), "namespace": "default",
-                        "labels": {"kubernetes.io/service-name": svc}},
-           "addressType": "IPv4", "ports": [{"name": "http", "port": port}], "endpoints": endpoints})
-}
-
-fn ingress(name: &str, class: &str, host: &str, svc: &str) -> Value {
-    json!({"apiVersion": "networking.k8s.io/v1", "kind": "Ingress",
-           "metadata": {"name": name, "namespace": "default"},
-           "spec": {"ingressClassName": class, "rules": [{"host": host, "http": {"paths": [
-               {"path": "/", "pathType": "Prefix",
-                "backend": {"service": {"name": svc, "port": {"name": "http"}}}}]}}]}})
-}
-
 /// The classes, a Service `web` with one endpoint, and a kedge-class Ingress `web` for
 /// `web.example.com`. Returns the pods (keep them alive) and their port.
 fn web_cluster(api: &FakeApi) -> (Vec<Upstream>, u16) {
@@ -69,7 +40,7 @@ fn web_cluster(api: &FakeApi) -> (Vec<Upstream>, u16) {
     api.apply("ingressclasses", class("nginx", "k8s.io/ingress-nginx"));
     api.apply("services", service("web"));
     api.apply("endpointslices", slice("web", port, &["127.0.0.1"]));
-    api.apply("ingresses", ingress("web", "kedge", "web.example.com", "web"));
+    api.apply("ingresses", ingress("web", "kedge", "web.example.com", "/", "web"));
     (pods, port)
 }
 
@@ -102,8 +73,8 @@ both_drivers!(
         let api = FakeApi::start();
         let _pods = web_cluster(&api);
         // Another controller's Ingress, one with no status and one with its controller's address.
-        api.apply("ingresses", ingress("plain", "nginx", "plain.example.com", "web"));
-        let mut theirs = ingress("theirs", "nginx", "theirs.example.com", "web");
+        api.apply("ingresses", ingress("plain", "nginx", "plain.example.com", "/", "web"));
+        let mut theirs = ingress("theirs", "nginx", "theirs.example.com", "/", "web");
         theirs["status"] = json!({"loadBalancer": {"ingress": [{"ip": "198.51.100.1"}]}});
         api.apply("ingresses", theirs);
         let dir = TempDir::new("status");
@@ -131,7 +102,7 @@ both_drivers!(
         let api = FakeApi::start();
         let _pods = web_cluster(&api);
         // A second one, to lose its only valid rule.
-        api.apply("ingresses", ingress("api", "kedge", "api.example.com", "web"));
+        api.apply("ingresses", ingress("api", "kedge", "api.example.com", "/", "web"));
         let dir = TempDir::new("status");
         let kedge = kedge_for(driver, &api, &dir, PUBLISH);
         wait_until(WAIT, "both Ingresses to get kedge's addresses", || {
@@ -178,7 +149,7 @@ both_drivers!(
         });
         // A new Ingress gets its status: the writer has caught up with a build at least as new
         // as those changes.
-        api.apply("ingresses", ingress("later", "kedge", "later.example.com", "web"));
+        api.apply("ingresses", ingress("later", "kedge", "later.example.com", "/", "web"));
         wait_until(WAIT, "the new Ingress to get kedge's addresses", || lb(&api, "later") == ours());
 
         assert_eq!(api.status_writes("default", "web"), writes, "no write when the status is already right");

@@ -6,6 +6,7 @@ pub mod body;
 mod client;
 mod kedge;
 mod kube_api;
+pub mod objects;
 mod raw_upstream;
 mod recording_upstream;
 mod upstream;

@@ -1,0 +1,59 @@
+//! Kubernetes objects for the fixture API server, as JSON, the way a test reads best: an
+//! IngressClass, a Service with one `http` port, EndpointSlices, Ingresses, all in `default`.
+
+use serde_json::{Value, json};
+
+/// IngressClass `kedge` with kedge's controller.
+pub fn ingress_class() -> Value {
+    class("kedge", "kedge.dev/ingress-controller")
+}
+
+/// An IngressClass `name` of `controller`.
+pub fn class(name: &str, controller: &str) -> Value {
+    json!({"apiVersion": "networking.k8s.io/v1", "kind": "IngressClass",
+           "metadata": {"name": name}, "spec": {"controller": controller}})
+}
+
+/// Service `name` with port 80 named `http` (target 8080).
+pub fn service(name: &str) -> Value {
+    json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": name, "namespace": "default"},
+           "spec": {"ports": [{"name": "http", "port": 80, "targetPort": 8080}]}})
+}
+
+/// An EndpointSlice of Service `svc` with ready endpoints `ips` on `port`.
+pub fn slice(svc: &str, port: u16, ips: &[&str]) -> Value {
+    slice_of(
+        svc,
+        port,
+        ips.iter()
+            .map(|ip| json!({"addresses": [ip], "conditions": {"ready": true}}))
+            .collect(),
+    )
+}
+
+/// An EndpointSlice of Service `svc` on `port` with the given endpoints (see [`endpoint`]).
+pub fn slice_of(svc: &str, port: u16, endpoints: Vec<Value>) -> Value {
+    json!({"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+           "metadata": {"name": format!("{svc}-abc"), "namespace": "default",
+                        "labels": {"kubernetes.io/service-name": svc}},
+           "addressType": "IPv4", "ports": [{"name": "http", "port": port}], "endpoints": endpoints})
+}
+
+/// An EndpointSlice endpoint with explicit conditions, on node `node` if given.
+pub fn endpoint(ip: &str, ready: bool, serving: bool, terminating: bool, node: Option<&str>) -> Value {
+    let mut ep = json!({"addresses": [ip],
+                        "conditions": {"ready": ready, "serving": serving, "terminating": terminating}});
+    if let Some(n) = node {
+        ep["nodeName"] = json!(n);
+    }
+    ep
+}
+
+/// Ingress `name` of class `class`: `host` + Prefix `path` to Service `svc` port `http`.
+pub fn ingress(name: &str, class: &str, host: &str, path: &str, svc: &str) -> Value {
+    json!({"apiVersion": "networking.k8s.io/v1", "kind": "Ingress",
+           "metadata": {"name": name, "namespace": "default"},
+           "spec": {"ingressClassName": class, "rules": [{"host": host, "http": {"paths": [
+               {"path": path, "pathType": "Prefix",
+                "backend": {"service": {"name": svc, "port": {"name": "http"}}}}]}}]}})
+}
