@@ -221,9 +221,16 @@ fn control_thread(
                 () = changed.notified() => {
                     tokio::time::sleep(DEBOUNCE).await;
                     let changes: Vec<Changes> = clusters.iter().map(Cluster::take_changes).collect();
-                    let endpoints_only =
-                        changes.iter().all(|c| !c.full) && changes.iter().any(|c| !c.services.is_empty());
-                    if endpoints_only {
+                    let nothing = changes.iter().all(|c| !c.full && c.services.is_empty());
+                    let endpoints_only = changes.iter().all(|c| !c.full) && !nothing;
+                    if nothing {
+                        // A wake-up without an object change: a watch failed or recovered, or
+                        // the wake-up of events already handled. The table stays; only the
+                        // clusters' states (live, disconnected) are brought up to date.
+                        for c in &clusters {
+                            c.refresh_state();
+                        }
+                    } else if endpoints_only {
                         update_endpoints(&clusters, changes, &shared);
                         settle = Some(tokio::time::Instant::now() + SETTLE);
                     } else {

@@ -248,6 +248,12 @@ impl Cluster {
         })
     }
 
+    /// Brings the cluster's state (live, disconnected, ...) up to date with its watches, without
+    /// a build: what a build's [`Cluster::snapshot`] does first.
+    pub fn refresh_state(&self) {
+        let _ = self.snapshot();
+    }
+
     /// What the cluster serves from: nothing synced yet, its persisted state, live stores.
     pub fn state(&self) -> persist::State {
         self.lkg.state()
