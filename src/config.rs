@@ -433,11 +433,22 @@ impl Cx<'_> {
             None => None,
             Some(p) => {
                 let path = PathBuf::from(p.get_ref());
-                if let Err(e) = std::fs::metadata(&path) {
-                    return Err(self.error(
+                // Read and parsed here so that `kedge check` catches a broken kubeconfig or a
+                // context it does not have; credentials are only tried when kedge connects.
+                let parsed = kube::config::Kubeconfig::read_from(&path).map_err(|e| {
+                    self.error(
                         Some(p.span()),
                         Some(&key("kubeconfig")),
-                        format!("cannot read {}: {e}", path.display()),
+                        format!("cannot use {}: {e}", path.display()),
+                    )
+                })?;
+                if let Some(ctx) = &c.context
+                    && !parsed.contexts.iter().any(|n| &n.name == ctx)
+                {
+                    return Err(self.error(
+                        Some(p.span()),
+                        Some(&key("context")),
+                        format!("{} has no context {ctx:?}", path.display()),
                     ));
                 }
                 Some(path)

@@ -150,7 +150,7 @@ fn clusters() {
         ("[[cluster]]\nname = \"Prod\"\n", "kedge.toml:4:8: cluster[0].name:"),
         (
             "[[cluster]]\nname = \"a\"\nkubeconfig = \"/nonexistent/kubeconfig\"\n",
-            "kedge.toml:5:14: cluster[0].kubeconfig: cannot read",
+            "kedge.toml:5:14: cluster[0].kubeconfig: cannot use /nonexistent/kubeconfig",
         ),
         (
             "[[cluster]]\nname = \"a\"\nnode_address_type = \"IP\"\n",
@@ -216,4 +216,43 @@ fn admin() {
         let got = parse_err(&format!("{MINIMAL}{tail}"));
         assert!(got.contains(want), "for {tail:?}\n got: {got}\nwant: {want}");
     }
+}
+
+#[test]
+fn kubeconfigs_are_parsed_and_the_context_must_exist() {
+    let dir = std::env::temp_dir().join(format!("kedge-config-test-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let good = dir.join("good.kubeconfig");
+    std::fs::write(
+        &good,
+        "apiVersion: v1\nkind: Config\nclusters:\n- name: c\n  cluster:\n    server: https://192.0.2.1:6443\n\
+         users:\n- name: u\n  user:\n    token: t\ncontexts:\n- name: prod\n  context:\n    cluster: c\n    user: u\n\
+         current-context: prod\n",
+    )
+    .expect("write");
+    let bad = dir.join("bad.kubeconfig");
+    std::fs::write(&bad, "clusters: [this is: not: a kubeconfig\n").expect("write");
+    let cluster = |path: &std::path::Path, context: &str| {
+        format!(
+            "{MINIMAL}[[cluster]]\nname = \"a\"\nkubeconfig = \"{}\"\n{context}",
+            path.display()
+        )
+    };
+    assert_eq!(
+        parse_ok(&cluster(&good, "context = \"prod\"\n")).clusters[0]
+            .context
+            .as_deref(),
+        Some("prod")
+    );
+    let err = parse_err(&cluster(&good, "context = \"staging\"\n"));
+    assert!(
+        err.contains("cluster[0].context:") && err.contains("has no context \"staging\""),
+        "{err}"
+    );
+    let err = parse_err(&cluster(&bad, ""));
+    assert!(
+        err.starts_with("kedge.toml:5:14: cluster[0].kubeconfig: cannot use"),
+        "{err}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
 }

@@ -221,7 +221,13 @@ fn readyz_is_200_while_serving_the_persisted_state() {
 #[test]
 fn readyz_is_503_for_a_cluster_that_cannot_be_connected() {
     let dir = TempDir::new("admin");
-    let kubeconfig = dir.write("kubeconfig", "this is not a kubeconfig");
+    // A kubeconfig that parses (so `kedge check` passes it) but whose context names a cluster it
+    // does not define: no client can be made from it.
+    let kubeconfig = dir.write(
+        "kubeconfig",
+        "apiVersion: v1\nkind: Config\nclusters: []\nusers: []\ncontexts:\n- name: ghost\n  context:\n    \
+         cluster: nowhere\n    user: nobody\ncurrent-context: ghost\n",
+    );
     let kedge = Kedge::start(
         Driver::Epoll,
         &format!(
