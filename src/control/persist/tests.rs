@@ -255,9 +255,9 @@ async fn persisted_objects_serve_until_the_live_sync_then_the_live_ones_are_writ
     })
     .await;
 
-    // A burst of changes: written once it is over, the latest only, and not before a second
-    // has passed since the last write.
-    let written = Instant::now();
+    // A burst of changes: the latest is what ends up on disk. (That writes are at most one a
+    // second is a property of the writer's loop, not asserted on the clock here: tests do not
+    // time things.)
     for i in 0..20 {
         health.dirty.store(true, Ordering::Relaxed);
         let host = format!("burst-{i:02}");
@@ -270,7 +270,6 @@ async fn persisted_objects_serve_until_the_live_sync_then_the_live_ones_are_writ
             .is_some_and(|(_, s)| hosts(&s) == ["burst-19"])
     })
     .await;
-    assert!(written.elapsed() >= WRITE_EVERY - Duration::from_millis(100));
 
     // Without a change, nothing is offered: what is on disk stays.
     lkg.choose(true, live);
