@@ -54,14 +54,9 @@ fn wait_readyz(kedge: &Kedge, timeout: Duration, status: u16, line: &str) -> Str
 
 /// kedge following `api` as cluster `test` (state in `state_dir`), admin server on port 0.
 fn kedge_for(api: &FakeApi, dir: &TempDir, state_dir: &Path, sync_timeout: &str) -> Kedge {
-    let kubeconfig = dir.path().join("kubeconfig");
-    api.write_kubeconfig(&kubeconfig);
     Kedge::setup(Driver::Epoll)
         .proxy(&format!("state_dir = \"{}\"", state_dir.display()))
-        .start(&format!(
-            "[[cluster]]\nname = \"test\"\nkubeconfig = \"{}\"\nsync_timeout = \"{sync_timeout}\"\n",
-            kubeconfig.display()
-        ))
+        .follow(api, dir, &format!("sync_timeout = \"{sync_timeout}\"\n"))
 }
 
 #[test]

@@ -16,7 +16,7 @@ use serde_json::Value;
 
 use crate::cluster::kedge_with;
 use crate::support::objects::{endpoint, ingress, ingress_class, service, slice_of};
-use crate::support::{Client, FakeApi, Kedge, TempDir, Upstream, both_drivers, wait_until};
+use crate::support::{Client, Driver, FakeApi, Kedge, TempDir, Upstream, both_drivers, wait_until};
 
 const HOST: &str = "web.example.com";
 
@@ -164,6 +164,22 @@ fn client_loop(addr: std::net::SocketAddr, t: usize, stop: &AtomicBool) -> Tally
     tally
 }
 
+/// Service `web` behind Ingress `HOST` with ready pods 127.0.0.1..=10 on `port`, and a kedge
+/// with 2 workers following it. The TempDir must outlive kedge.
+fn ten_pod_service(driver: Driver, port: u16, label: &str) -> (FakeApi, TempDir, Kedge) {
+    let api = FakeApi::start();
+    api.apply("ingressclasses", ingress_class());
+    api.apply("services", service("web"));
+    api.apply(
+        "endpointslices",
+        slice_state(port, &(1..=10).collect(), &BTreeSet::new()),
+    );
+    api.apply("ingresses", ingress("web", "kedge", HOST, "/", "web"));
+    let dir = TempDir::new(label);
+    let kedge = kedge_with(driver, 2, &api, &dir, "");
+    (api, dir, kedge)
+}
+
 /// The slice with `ready` endpoints (indices into 127.0.0.1.., all ready) and `draining` ones
 /// (not ready, still serving, terminating: a pod shutting down).
 fn slice_state(port: u16, ready: &BTreeSet<u8>, draining: &BTreeSet<u8>) -> Value {
@@ -278,15 +294,9 @@ both_drivers!(
         // Old pods on 127.0.0.1..=10, their replacements on 127.0.0.11..=20, all on one port.
         let (all, port) = Upstream::pods("web", 20);
         let mut pods: Vec<Option<Upstream>> = all.into_iter().map(Some).collect();
-        let api = FakeApi::start();
-        api.apply("ingressclasses", ingress_class());
-        api.apply("services", service("web"));
         let mut ready: BTreeSet<u8> = (1..=10).collect();
         let mut draining: BTreeSet<u8> = BTreeSet::new();
-        api.apply("endpointslices", slice_state(port, &ready, &draining));
-        api.apply("ingresses", ingress("web", "kedge", HOST, "/", "web"));
-        let dir = TempDir::new("rolling");
-        let kedge = kedge_with(driver, 2, &api, &dir, "");
+        let (api, _dir, kedge) = ten_pod_service(driver, port, "rolling");
 
         let load = Load::start(kedge.addr(), 3);
         for (old, new) in (1..=10u8).zip(11..=20u8) {
@@ -330,15 +340,9 @@ both_drivers!(
         // connections to it are dead; kedge must retry GETs on another endpoint.
         let (all, port) = Upstream::pods("web", 20);
         let mut pods: Vec<Option<Upstream>> = all.into_iter().map(Some).collect();
-        let api = FakeApi::start();
-        api.apply("ingressclasses", ingress_class());
-        api.apply("services", service("web"));
         let mut ready: BTreeSet<u8> = (1..=10).collect();
         let none = BTreeSet::new();
-        api.apply("endpointslices", slice_state(port, &ready, &none));
-        api.apply("ingresses", ingress("web", "kedge", HOST, "/", "web"));
-        let dir = TempDir::new("crash");
-        let kedge = kedge_with(driver, 2, &api, &dir, "");
+        let (api, _dir, kedge) = ten_pod_service(driver, port, "crash");
 
         let load = Load::start(kedge.addr(), 3);
         for (old, new) in (1..=10u8).zip(11..=20u8) {

@@ -19,12 +19,23 @@ fn kedge_for(driver: Driver, api: &FakeApi, dir: &TempDir) -> Kedge {
 /// kedge with `workers` workers following `api`, with `cluster_extra` (`key = value` lines)
 /// added to its `[[cluster]]`.
 pub(crate) fn kedge_with(driver: Driver, workers: usize, api: &FakeApi, dir: &TempDir, cluster_extra: &str) -> Kedge {
-    let kubeconfig = dir.path().join("kubeconfig");
-    api.write_kubeconfig(&kubeconfig);
-    Kedge::setup(driver).workers(workers).start(&format!(
-        "[[cluster]]\nname = \"test\"\nkubeconfig = \"{}\"\nsync_timeout = \"10s\"\n{cluster_extra}",
-        kubeconfig.display()
-    ))
+    Kedge::setup(driver)
+        .workers(workers)
+        .follow(api, dir, &format!("sync_timeout = \"10s\"\n{cluster_extra}"))
+}
+
+/// A fixture API server with kedge's IngressClass and three Ready, schedulable nodes `node-0`,
+/// `node-1`, `node-2` on 127.0.0.1..=3 (where `Upstream::pods("node", 3)` listens).
+fn node_cluster() -> FakeApi {
+    let api = FakeApi::start();
+    api.apply("ingressclasses", ingress_class());
+    for i in 0..3 {
+        api.apply(
+            "nodes",
+            node(&format!("node-{i}"), &format!("127.0.0.{}", i + 1), true, false),
+        );
+    }
+    api
 }
 
 /// A Node with one InternalIP, a Ready condition, and maybe cordoned.
@@ -216,11 +227,7 @@ both_drivers!(
         // Three "nodes" listening on the nodePort (kube-proxy's part); the pod IPs behind them
         // are not reachable from here, so any request answered proves it went through a node.
         let (_nodes, node_port) = Upstream::pods("node", 3);
-        let api = FakeApi::start();
-        api.apply("ingressclasses", ingress_class());
-        for i in 0..3 {
-            api.apply("nodes", node(&format!("node-{i}"), &format!("127.0.0.{}", i + 1), true, false));
-        }
+        let api = node_cluster();
         api.apply("services", nodeport_service("web", node_port, false, json!({})));
         api.apply(
             "endpointslices",
@@ -256,11 +263,7 @@ both_drivers!(
 both_drivers!(
     fn nodeports_local_policy_sends_only_to_nodes_hosting_a_ready_endpoint(driver) {
         let (_nodes, node_port) = Upstream::pods("node", 3);
-        let api = FakeApi::start();
-        api.apply("ingressclasses", ingress_class());
-        for i in 0..3 {
-            api.apply("nodes", node(&format!("node-{i}"), &format!("127.0.0.{}", i + 1), true, false));
-        }
+        let api = node_cluster();
         api.apply("services", nodeport_service("web", node_port, true, json!({})));
         // A ready pod on node-1; one on node-2 not ready yet (kube-proxy there would drop).
         api.apply(

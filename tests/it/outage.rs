@@ -21,14 +21,9 @@ const RECOVERY: Duration = Duration::from_secs(40);
 
 /// kedge following `api` as cluster `test`, keeping its state in `state_dir`.
 fn kedge_for(api: &FakeApi, dir: &TempDir, state_dir: &Path, sync_timeout: &str) -> Kedge {
-    let kubeconfig = dir.path().join("kubeconfig");
-    api.write_kubeconfig(&kubeconfig);
     Kedge::setup(Driver::Epoll)
         .proxy(&format!("state_dir = \"{}\"", state_dir.display()))
-        .start(&format!(
-            "[[cluster]]\nname = \"test\"\nkubeconfig = \"{}\"\nsync_timeout = \"{sync_timeout}\"\n",
-            kubeconfig.display()
-        ))
+        .follow(api, dir, &format!("sync_timeout = \"{sync_timeout}\"\n"))
 }
 
 /// The fixture API server holding Service `web` on two pods (`port`) and its Ingress

@@ -21,15 +21,7 @@ fn ours() -> Value {
 
 /// kedge following `api`, with `extra` lines in its `[[cluster]]`.
 fn kedge_for(driver: Driver, api: &FakeApi, dir: &TempDir, extra: &str) -> Kedge {
-    let kubeconfig = dir.path().join("kubeconfig");
-    api.write_kubeconfig(&kubeconfig);
-    Kedge::start(
-        driver,
-        &format!(
-            "[[cluster]]\nname = \"test\"\nkubeconfig = \"{}\"\nsync_timeout = \"10s\"\n{extra}\n",
-            kubeconfig.display()
-        ),
-    )
+    Kedge::setup(driver).follow(api, dir, &format!("sync_timeout = \"10s\"\n{extra}\n"))
 }
 
 /// The classes, a Service `web` with one endpoint, and a kedge-class Ingress `web` for

@@ -171,6 +171,17 @@ impl Setup {
         self
     }
 
+    /// Starts kedge following `api` as cluster `test` (its kubeconfig written into `dir`), with
+    /// `cluster_extra` (`key = value` lines) added to the `[[cluster]]`.
+    pub fn follow(self, api: &super::FakeApi, dir: &TempDir, cluster_extra: &str) -> Kedge {
+        let kubeconfig = dir.path().join("kubeconfig");
+        api.write_kubeconfig(&kubeconfig);
+        self.start(&format!(
+            "[[cluster]]\nname = \"test\"\nkubeconfig = \"{}\"\n{cluster_extra}",
+            kubeconfig.display()
+        ))
+    }
+
     /// Writes the config, starts kedge and waits until it listens.
     pub fn start(self, fragment: &str) -> Kedge {
         let dir = TempDir::new(self.driver.name());
