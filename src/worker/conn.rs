@@ -227,16 +227,18 @@ impl Conn {
         let method = &self.cbuf[head.method.clone()];
         let is_head = method == b"HEAD";
         let retry_ok = head.framing == Framing::None && is_idempotent(method);
-        let mut rid = [0u8; 32];
-        let has_rid = self
+        // The client's X-Request-ID is kept; without one, kedge makes one up.
+        let given_rid = self
             .headers
             .iter()
-            .any(|h| self.cbuf[h.name.clone()].eq_ignore_ascii_case(b"x-request-id"));
-        if !has_rid {
+            .find(|h| self.cbuf[h.name.clone()].eq_ignore_ascii_case(b"x-request-id"))
+            .map(|h| h.value.clone());
+        let mut rid = [0u8; 32];
+        if given_rid.is_none() {
             worker.request_id(&mut rid);
         }
         if snap.access_log {
-            self.record_meta(head, host.clone(), if has_rid { None } else { Some(&rid) }, rec);
+            self.record_meta(head, host.clone(), given_rid, &rid, rec);
         }
         let Some(backend) = snap.table.route(&self.cbuf[host.clone()], path_str(&self.cbuf, path)?) else {
             return Err(Fail::Answer(404, "no route for this host and path"));
@@ -371,7 +373,14 @@ impl Conn {
     }
 
     /// Copies what the access log shows of the request into `meta` (one reused buffer).
-    fn record_meta(&mut self, head: &RequestHead, host: Range<usize>, rid: Option<&[u8; 32]>, rec: &mut Record) {
+    fn record_meta(
+        &mut self,
+        head: &RequestHead,
+        host: Range<usize>,
+        given_rid: Option<Range<usize>>,
+        generated_rid: &[u8; 32],
+        rec: &mut Record,
+    ) {
         let m = &mut self.meta;
         m.clear();
         let mut push = |bytes: &[u8]| {
@@ -382,15 +391,9 @@ impl Conn {
         rec.method = push(&self.cbuf[head.method.clone()]);
         rec.target = push(&self.cbuf[head.target.clone()]);
         rec.host = push(&self.cbuf[host]);
-        rec.request_id = match rid {
-            Some(rid) => push(rid),
-            None => {
-                let given = self
-                    .headers
-                    .iter()
-                    .find(|h| self.cbuf[h.name.clone()].eq_ignore_ascii_case(b"x-request-id"));
-                push(given.map_or(&b""[..], |h| &self.cbuf[h.value.clone()]))
-            }
+        rec.request_id = match given_rid {
+            Some(r) => push(&self.cbuf[r]),
+            None => push(generated_rid),
         };
     }
 
