@@ -8,6 +8,7 @@
 //!   ready ([`State::is_ready`]: live, disconnected after a sync, or serving its persisted
 //!   state), else 503. The body says `ready` or `not ready`, then each cluster and its state,
 //!   one per line (`prod: live`).
+//! - `GET /metrics`: the process counters ([`crate::stats`]) in the Prometheus text format.
 //!
 //! One request per connection: the head is read (at most [`MAX_HEAD`] bytes, within
 //! [`HEAD_TIMEOUT`]), answered with `Connection: close`, and the connection closed. GET and HEAD
@@ -243,7 +244,19 @@ fn respond(method: &str, path: &str, status: &Status) -> Answer {
     let mut answer = match path {
         "/healthz" => Answer::text(200, "OK", "ok"),
         "/readyz" => readiness(status),
-        _ => return Answer::text(404, "Not Found", "not found: the admin paths are /healthz and /readyz"),
+        "/metrics" => {
+            let mut a = Answer::text(200, "OK", "");
+            a.body.clear();
+            crate::stats::render(&mut a.body);
+            a
+        }
+        _ => {
+            return Answer::text(
+                404,
+                "Not Found",
+                "not found: the admin paths are /healthz, /readyz and /metrics",
+            );
+        }
     };
     match method {
         "GET" => {}

@@ -51,12 +51,58 @@ pub struct ProcessConfig {
     pub workers: usize,
     pub driver: Driver,
     pub shutdown_grace: Duration,
-    pub listeners: Vec<SocketAddr>,
+    pub listeners: Vec<ListenerConfig>,
     pub log: LogConfig,
     /// Where each cluster's last known good objects are persisted (`[proxy] state_dir`).
     pub state_dir: PathBuf,
     /// The admin listener (`[admin] address`); `None` when `[admin] enabled = false`.
     pub admin: Option<SocketAddr>,
+}
+
+/// A `[[listener]]`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ListenerConfig {
+    pub addr: SocketAddr,
+    /// Terminates TLS (HTTPS); certificates come from `[tls]` and the Ingresses' Secrets.
+    pub tls: bool,
+}
+
+/// A certificate chain and key in PEM files.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct CertFiles {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+/// A `[[tls.certificate]]`: certificate files for some host names (static routes' hosts).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HostCert {
+    /// Lower-case DNS names or `*.suffix` wildcards.
+    pub hosts: Vec<String>,
+    pub files: CertFiles,
+}
+
+/// What a TLS handshake without a certificate of its own gets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UnknownSni {
+    /// The default certificate (refused when there is none).
+    Default,
+    /// A `handshake_failure` alert.
+    Refuse,
+}
+
+/// The `[tls]` section; reloadable.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsConfig {
+    /// The certificate for names nothing else covers (and handshakes without SNI).
+    pub default_cert: Option<CertFiles>,
+    pub certificates: Vec<HostCert>,
+    pub unknown_sni: UnknownSni,
+    pub handshake_timeout: Duration,
+    /// The Strict-Transport-Security value added to HTTPS responses; empty = none.
+    pub hsts: String,
+    /// The port plain-HTTP requests are redirected to; `None`: the first TLS listener's.
+    pub redirect_port: Option<u16>,
 }
 
 #[derive(Debug, Clone)]
@@ -108,6 +154,8 @@ pub struct StaticRoute {
     pub path_type: PathType,
     pub upstreams: Vec<SocketAddr>,
     pub max_body: Option<u64>,
+    /// Redirect plain HTTP to HTTPS (308); `None`: when a `[[tls.certificate]]` names the host.
+    pub ssl_redirect: Option<bool>,
 }
 
 /// The whole validated configuration.
@@ -117,6 +165,7 @@ pub struct Config {
     pub process: ProcessConfig,
     pub client: ClientSettings,
     pub upstream: UpstreamSettings,
+    pub tls: TlsConfig,
     pub routes: Vec<StaticRoute>,
     pub clusters: Vec<ClusterConfig>,
 }
@@ -332,20 +381,14 @@ impl Cx<'_> {
         let mut listeners = Vec::new();
         for (i, l) in file.listener.iter().enumerate() {
             let key = format!("listener[{i}].address");
-            if let Some(tls) = &l.tls
-                && *tls.get_ref()
-            {
-                return Err(self.error(
-                    Some(tls.span()),
-                    Some(&format!("listener[{i}].tls")),
-                    "TLS listeners are not implemented yet in this version of kedge".into(),
-                ));
-            }
             let addr = self.addr(&l.address, &key)?;
-            if listeners.contains(&addr) {
+            if listeners.iter().any(|o: &ListenerConfig| o.addr == addr) {
                 return Err(self.error(Some(l.address.span()), Some(&key), format!("{addr} is listed twice")));
             }
-            listeners.push(addr);
+            listeners.push(ListenerConfig {
+                addr,
+                tls: l.tls.unwrap_or(false),
+            });
         }
         if listeners.is_empty() {
             return Err(self.error(None, Some("listener"), "at least one [[listener]] is needed".into()));
@@ -359,7 +402,7 @@ impl Cx<'_> {
         let admin = a.enabled.unwrap_or(true).then_some(admin_addr);
         if let Some(addr) = admin
             && addr.port() != 0
-            && listeners.contains(&addr)
+            && listeners.iter().any(|l| l.addr == addr)
         {
             return Err(self.error(
                 a.address.as_ref().map(Spanned::span),
@@ -367,6 +410,8 @@ impl Cx<'_> {
                 format!("{addr} is also a [[listener]] address; give [admin] another one"),
             ));
         }
+
+        let tls = self.tls(file.tls.unwrap_or_default())?;
 
         let mut routes: Vec<StaticRoute> = Vec::new();
         for (i, r) in file.route.into_iter().enumerate() {
@@ -409,8 +454,102 @@ impl Cx<'_> {
             },
             client,
             upstream,
+            tls,
             routes,
             clusters,
+        })
+    }
+
+    fn tls(&self, t: FileTls) -> Result<TlsConfig, ConfigError> {
+        let files = |cert: &Spanned<String>, key: &Spanned<String>, at: &str| -> Result<CertFiles, ConfigError> {
+            // Read once here so that `kedge check` and a reload catch a missing or broken
+            // file; a file that breaks later keeps the previous certificate, with a warning.
+            let paths = CertFiles {
+                cert: absolute(self.path, cert.get_ref()),
+                key: absolute(self.path, key.get_ref()),
+            };
+            let loaded = (|| {
+                let read = |p: &Path| std::fs::read(p).map_err(|e| format!("cannot read {}: {e}", p.display()));
+                crate::tls::parse(&read(&paths.cert)?, &read(&paths.key)?)
+            })();
+            loaded.map_err(|m| self.error(Some(cert.span()), Some(at), m))?;
+            Ok(paths)
+        };
+        let default_cert = match (&t.default_cert, &t.default_key) {
+            (None, None) => None,
+            (Some(c), Some(k)) => Some(files(c, k, "tls.default_cert")?),
+            (Some(c), None) => {
+                return Err(self.error(
+                    Some(c.span()),
+                    Some("tls.default_key"),
+                    "needed with default_cert".into(),
+                ));
+            }
+            (None, Some(k)) => {
+                return Err(self.error(
+                    Some(k.span()),
+                    Some("tls.default_cert"),
+                    "needed with default_key".into(),
+                ));
+            }
+        };
+        let mut certificates = Vec::new();
+        for (i, c) in t.certificate.iter().enumerate() {
+            let at = format!("tls.certificate[{i}]");
+            let mut hosts = Vec::new();
+            for h in &c.hosts {
+                let v = h.get_ref().to_ascii_lowercase();
+                check_host(&v).map_err(|m| self.error(Some(h.span()), Some(&format!("{at}.hosts")), m))?;
+                hosts.push(v);
+            }
+            if hosts.is_empty() {
+                return Err(self.error(
+                    Some(c.cert.span()),
+                    Some(&format!("{at}.hosts")),
+                    "name at least one host".into(),
+                ));
+            }
+            certificates.push(HostCert {
+                hosts,
+                files: files(&c.cert, &c.key, &format!("{at}.cert"))?,
+            });
+        }
+        let unknown_sni = match t.unknown_sni.as_ref().map(|d| (d.get_ref().as_str(), d.span())) {
+            None | Some(("default", _)) => UnknownSni::Default,
+            Some(("refuse", _)) => UnknownSni::Refuse,
+            Some((other, span)) => {
+                return Err(self.error(
+                    Some(span),
+                    Some("tls.unknown_sni"),
+                    format!("{other:?} is not one of \"default\", \"refuse\""),
+                ));
+            }
+        };
+        let hsts = match &t.hsts {
+            None => "max-age=31536000; includeSubDomains".to_owned(),
+            Some(v) if v.get_ref().bytes().all(|b| (b' '..0x7f).contains(&b)) => v.get_ref().trim().to_owned(),
+            Some(v) => {
+                return Err(self.error(Some(v.span()), Some("tls.hsts"), "must be printable ASCII".into()));
+            }
+        };
+        let redirect_port = match &t.redirect_port {
+            None => None,
+            Some(p) if (1..65_536).contains(p.get_ref()) => Some(*p.get_ref() as u16),
+            Some(p) => {
+                return Err(self.error(
+                    Some(p.span()),
+                    Some("tls.redirect_port"),
+                    "must be between 1 and 65535".into(),
+                ));
+            }
+        };
+        Ok(TlsConfig {
+            default_cert,
+            certificates,
+            unknown_sni,
+            handshake_timeout: self.duration(&t.handshake_timeout, "tls.handshake_timeout", Duration::from_secs(10))?,
+            hsts,
+            redirect_port,
         })
     }
 
@@ -555,8 +694,24 @@ impl Cx<'_> {
             path_type,
             upstreams,
             max_body,
+            ssl_redirect: r.ssl_redirect,
         })
     }
+}
+
+/// A path from the file; a relative one is relative to the config file's directory.
+fn absolute(config: &Path, p: &str) -> PathBuf {
+    let p = PathBuf::from(p);
+    if p.is_absolute() {
+        return p;
+    }
+    let dir = config.parent().unwrap_or(Path::new("."));
+    let dir = if dir.as_os_str().is_empty() {
+        Path::new(".")
+    } else {
+        dir
+    };
+    std::path::absolute(dir.join(&p)).unwrap_or(p)
 }
 
 /// A host must be a DNS name, optionally with a leading `*.` wildcard label.
@@ -646,6 +801,7 @@ struct File {
     upstream: Option<FileUpstream>,
     log: Option<FileLog>,
     admin: Option<FileAdmin>,
+    tls: Option<FileTls>,
     #[serde(default)]
     listener: Vec<FileListener>,
     #[serde(default)]
@@ -722,7 +878,28 @@ struct FileAdmin {
 #[serde(deny_unknown_fields)]
 struct FileListener {
     address: Spanned<String>,
-    tls: Option<Spanned<bool>>,
+    tls: Option<bool>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct FileTls {
+    default_cert: Option<Spanned<String>>,
+    default_key: Option<Spanned<String>>,
+    #[serde(default)]
+    certificate: Vec<FileHostCert>,
+    unknown_sni: Option<Spanned<String>>,
+    handshake_timeout: Option<Spanned<String>>,
+    hsts: Option<Spanned<String>>,
+    redirect_port: Option<Spanned<u64>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileHostCert {
+    hosts: Vec<Spanned<String>>,
+    cert: Spanned<String>,
+    key: Spanned<String>,
 }
 
 #[derive(Deserialize)]
@@ -734,6 +911,7 @@ struct FileRoute {
     path_type: Option<PathType>,
     upstreams: Spanned<Vec<Spanned<String>>>,
     max_body: Option<Spanned<Size>>,
+    ssl_redirect: Option<bool>,
 }
 
 #[cfg(test)]

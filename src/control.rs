@@ -10,6 +10,7 @@
 //! A snapshot is rebuilt whole after any watched change (debounced), after SIGHUP, and never
 //! patched. Workers only ever *load* what this publishes.
 
+mod certs;
 mod cluster;
 mod persist;
 mod status;
@@ -30,7 +31,9 @@ use tokio::sync::Notify;
 use self::cluster::{Changes, Cluster};
 use crate::config::{self, Config};
 use crate::routes::{self, TableBuilder};
-use crate::worker::{self, Shared, Snapshot};
+use crate::worker::{self, HttpsSettings, Shared, Snapshot};
+
+use self::certs::Certs;
 
 /// How long the control loop waits after a change for more changes before rebuilding: a
 /// rolling update touches many objects within milliseconds and one rebuild covers them all.
@@ -52,10 +55,20 @@ pub fn run(cfg: Config) -> Result<(), String> {
     // kube's TLS and ours use rustls with ring; say so once for the whole process.
     let _ = rustls::crypto::ring::default_provider().install_default();
 
-    let (snap, Built { warnings, .. }) = snapshot(&cfg, &[]);
+    // Until the control thread's first build: static routes, and no TLS yet (workers start
+    // after that build anyway).
+    let (table, warnings) = routes::build_static(&cfg.routes);
     for w in &warnings {
         tracing::warn!("{w}");
     }
+    let snap = Snapshot {
+        table,
+        client: cfg.client.clone(),
+        upstream: cfg.upstream.clone(),
+        access_log: cfg.process.log.access_log,
+        tls: None,
+        https: HttpsSettings::default(),
+    };
     let shared = Arc::new(Shared {
         snapshot: Arc::new(ArcSwap::from_pointee(snap)),
         shutdown: tokio::sync::watch::channel(false).0,
@@ -63,17 +76,22 @@ pub fn run(cfg: Config) -> Result<(), String> {
 
     // Bind every listener for every worker before anything else, so a busy port fails the start.
     let p = cfg.process.clone();
-    let mut per_worker: Vec<Vec<std::net::TcpListener>> = (0..p.workers).map(|_| Vec::new()).collect();
+    let mut per_worker: Vec<Vec<(std::net::TcpListener, bool)>> = (0..p.workers).map(|_| Vec::new()).collect();
     let mut bound = Vec::new();
-    for &addr in &p.listeners {
-        let sockets = worker::listener::bind(addr, p.workers).map_err(|e| e.to_string())?;
-        bound.push(sockets[0].local_addr().map_err(|e| e.to_string())?);
+    for l in &p.listeners {
+        let sockets = worker::listener::bind(l.addr, p.workers).map_err(|e| e.to_string())?;
+        bound.push((sockets[0].local_addr().map_err(|e| e.to_string())?, l.tls));
         for (w, s) in sockets.into_iter().enumerate() {
-            per_worker[w].push(s);
+            per_worker[w].push((s, l.tls));
         }
     }
     // The admin listener after them: a busy proxy port is the one to name when both are.
     let admin = p.admin.map(crate::admin::bind).transpose()?;
+    let tls = TlsState {
+        certs: Certs::new()?,
+        listening: bound.iter().any(|&(_, tls)| tls),
+        port: bound.iter().find(|&&(_, tls)| tls).map(|(a, _)| a.port()),
+    };
 
     // The control thread publishes the first full table (after every cluster's first sync, or
     // its sync timeout) before any worker accepts: no 404 storm at start.
@@ -83,7 +101,7 @@ pub fn run(cfg: Config) -> Result<(), String> {
         let shared = Arc::clone(&shared);
         std::thread::Builder::new()
             .name("kedge-control".into())
-            .spawn(move || control_thread(cfg, shared, admin, cmd_rx, ready_tx))
+            .spawn(move || control_thread(cfg, tls, shared, admin, cmd_rx, ready_tx))
             .map_err(|e| format!("cannot start the control thread: {e}"))?
     };
     if ready_rx.recv().is_err() {
@@ -121,8 +139,12 @@ pub fn run(cfg: Config) -> Result<(), String> {
             Err(_) => return Err("a worker exited during start-up".into()),
         }
     }
-    for addr in &bound {
-        tracing::info!("listening on {addr}");
+    for (addr, tls) in &bound {
+        if *tls {
+            tracing::info!("listening on {addr} (tls)");
+        } else {
+            tracing::info!("listening on {addr}");
+        }
     }
     tracing::info!(
         workers = p.workers,
@@ -155,6 +177,7 @@ pub fn run(cfg: Config) -> Result<(), String> {
 /// snapshot build.
 fn control_thread(
     cfg: Config,
+    mut tls: TlsState,
     shared: Arc<Shared>,
     admin: Option<std::net::TcpListener>,
     mut commands: tokio::sync::mpsc::UnboundedReceiver<Command>,
@@ -195,11 +218,13 @@ fn control_thread(
         }
         let mut cfg = cfg;
         let mut logged = BTreeSet::new();
-        publish(&cfg, &clusters, &shared, &mut logged, "start");
+        publish(&cfg, &clusters, &mut tls, &shared, &mut logged, "start");
         let _ = ready.send(());
         // After endpoint-only updates, a full rebuild once things are quiet refreshes warnings
         // and Ingress status (which endpoint updates do not touch).
         let mut settle: Option<tokio::time::Instant> = None;
+        let mut cert_check = tokio::time::interval(certs::FILE_CHECK);
+        cert_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
 
         loop {
             // Back to waiting after a build: the admin server reports the states it decided.
@@ -210,7 +235,7 @@ fn control_thread(
                     Some(Command::Reload) => {
                         if let Some(next) = reload(&cfg) {
                             cfg = next;
-                            publish(&cfg, &clusters, &shared, &mut logged, "reload");
+                            publish(&cfg, &clusters, &mut tls, &shared, &mut logged, "reload");
                             // Said only once the new table is live, so that whoever waits for
                             // this line can rely on it.
                             tracing::info!("configuration reloaded");
@@ -234,12 +259,17 @@ fn control_thread(
                         update_endpoints(&clusters, changes, &shared);
                         settle = Some(tokio::time::Instant::now() + SETTLE);
                     } else {
-                        publish(&cfg, &clusters, &shared, &mut logged, "watch");
+                        publish(&cfg, &clusters, &mut tls, &shared, &mut logged, "watch");
                         settle = None;
                     }
                 }
+                _ = cert_check.tick(), if tls.listening => {
+                    if tls.certs.stale(crate::tls::unix_now()) {
+                        publish(&cfg, &clusters, &mut tls, &shared, &mut logged, "certificates");
+                    }
+                }
                 () = tokio::time::sleep_until(settle_at), if settle.is_some() => {
-                    publish(&cfg, &clusters, &shared, &mut logged, "settle");
+                    publish(&cfg, &clusters, &mut tls, &shared, &mut logged, "settle");
                     settle = None;
                 }
             }
@@ -278,6 +308,8 @@ fn update_endpoints(clusters: &[Cluster], changes: Vec<Changes>, shared: &Shared
         client: current.client.clone(),
         upstream: current.upstream.clone(),
         access_log: current.access_log,
+        tls: current.tls.clone(),
+        https: current.https.clone(),
     }));
     tracing::info!(
         why = "endpoints",
@@ -295,14 +327,27 @@ struct Built {
     warnings: Vec<String>,
     /// Ingresses that got routes, over all clusters.
     served: usize,
+    /// Host names with a certificate of their own.
+    tls_hosts: usize,
+}
+
+/// The control thread's TLS state: certificates, and what the listeners are.
+struct TlsState {
+    certs: Certs,
+    /// Whether kedge has a TLS listener at all.
+    listening: bool,
+    /// The first TLS listener's port (the redirect target unless `[tls] redirect_port`).
+    port: Option<u16>,
 }
 
 /// Builds the snapshot the workers serve: static routes first (they win conflicts), then each
-/// cluster's Ingresses.
-fn snapshot(cfg: &Config, clusters: &[Cluster]) -> (Snapshot, Built) {
+/// cluster's Ingresses; certificates in the same order.
+fn snapshot(cfg: &Config, clusters: &[Cluster], tls: &mut TlsState) -> (Snapshot, Built) {
     let mut builder = TableBuilder::default();
-    let mut warnings = routes::add_static(&mut builder, &cfg.routes);
+    let tls_hosts: Vec<String> = cfg.tls.certificates.iter().flat_map(|c| c.hosts.clone()).collect();
+    let mut warnings = routes::add_static(&mut builder, &cfg.routes, &tls_hosts);
     let mut served = 0;
+    let mut outcomes = Vec::new();
     for c in clusters {
         let objects = c.snapshot();
         let outcome = translate::translate(&mut builder, &c.spec, &objects.objects());
@@ -314,21 +359,76 @@ fn snapshot(cfg: &Config, clusters: &[Cluster]) -> (Snapshot, Built) {
                 .into_iter()
                 .map(|w| format!("cluster {}: {}: {}", c.config.name, w.object, w.message)),
         );
+        outcomes.push((c.config.name.as_str(), outcome.tls));
     }
+    let mut tls_hosts = 0;
+    let config = if tls.listening {
+        let bindings: Vec<(&str, &translate::TlsBinding)> = outcomes
+            .iter()
+            .flat_map(|(c, b)| b.iter().map(move |b| (*c, b)))
+            .collect();
+        match tls.certs.build(&cfg.tls, &bindings, crate::tls::unix_now()) {
+            Ok(built) => {
+                warnings.extend(built.warnings);
+                tls_hosts = built.hosts;
+                Some(built.config)
+            }
+            Err(e) => {
+                warnings.push(format!("TLS: {e}; TLS listeners refuse handshakes"));
+                None
+            }
+        }
+    } else {
+        None
+    };
+    let hsts_line = if cfg.tls.hsts.is_empty() {
+        Box::default()
+    } else {
+        format!("Strict-Transport-Security: {}\r\n", cfg.tls.hsts)
+            .into_bytes()
+            .into_boxed_slice()
+    };
     let snap = Snapshot {
         table: builder.build(),
         client: cfg.client.clone(),
         upstream: cfg.upstream.clone(),
         access_log: cfg.process.log.access_log,
+        tls: config,
+        https: HttpsSettings {
+            hsts_line,
+            redirect_port: cfg.tls.redirect_port.or(tls.port),
+            handshake_timeout: cfg.tls.handshake_timeout,
+        },
     };
-    (snap, Built { warnings, served })
+    (
+        snap,
+        Built {
+            warnings,
+            served,
+            tls_hosts,
+        },
+    )
 }
 
 /// Builds and swaps in a new snapshot, logging what it took and the warnings that are new
 /// since the last build (each problem is logged once per change, not once per rebuild).
-fn publish(cfg: &Config, clusters: &[Cluster], shared: &Shared, logged: &mut BTreeSet<String>, why: &'static str) {
+fn publish(
+    cfg: &Config,
+    clusters: &[Cluster],
+    tls: &mut TlsState,
+    shared: &Shared,
+    logged: &mut BTreeSet<String>,
+    why: &'static str,
+) {
     let started = Instant::now();
-    let (snap, Built { warnings, served }) = snapshot(cfg, clusters);
+    let (
+        snap,
+        Built {
+            warnings,
+            served,
+            tls_hosts,
+        },
+    ) = snapshot(cfg, clusters, tls);
     let built = started.elapsed();
     let backends = snap.table.backends.len();
     let endpoints: usize = snap.table.backends.iter().map(|b| b.endpoints.len()).sum();
@@ -346,6 +446,7 @@ fn publish(cfg: &Config, clusters: &[Cluster], shared: &Shared, logged: &mut BTr
         ingresses = served,
         backends,
         endpoints,
+        tls_hosts,
         warnings,
         build_ms = format!("{:.3}", built.as_secs_f64() * 1e3),
         "route table published"

@@ -1102,6 +1102,43 @@ pub fn write_response_head(
     out.extend_from_slice(b"\r\n");
 }
 
+/// Appends a permanent redirect (308, method and body kept) to `https://host[:port]rest`; the
+/// port is left out when it is 443. `rest` is the path and query (empty = `/`).
+pub fn write_redirect(out: &mut Vec<u8>, host: &[u8], port: u16, rest: &[u8], close: bool) {
+    push_status_line(out, 308, reason_phrase(308).as_bytes());
+    out.extend_from_slice(b"Location: https://");
+    out.extend_from_slice(host);
+    if port != 443 {
+        out.push(b':');
+        push_radix(out, u64::from(port), 10);
+    }
+    if rest.is_empty() {
+        out.push(b'/');
+    } else {
+        out.extend_from_slice(rest);
+    }
+    out.extend_from_slice(b"\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: 0\r\n");
+    if close {
+        out.extend_from_slice(b"Connection: close\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
+}
+
+/// The host part of a Host header value (or authority): without the port; an IPv6 literal
+/// keeps its brackets.
+pub fn host_without_port(host: &[u8]) -> &[u8] {
+    if host.first() == Some(&b'[') {
+        return match host.iter().position(|&b| b == b']') {
+            Some(i) => &host[..=i],
+            None => host,
+        };
+    }
+    match host.iter().rposition(|&b| b == b':') {
+        Some(i) => &host[..i],
+        None => host,
+    }
+}
+
 /// Appends a complete canned answer: status line with the standard reason phrase, a plain text type, Content-Length,
 /// `Connection: close` when `close`, and `body_line` plus a newline as the body.
 pub fn write_canned(out: &mut Vec<u8>, status: u16, body_line: &str, close: bool) {

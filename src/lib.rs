@@ -10,5 +10,7 @@ pub mod config;
 pub mod control;
 pub mod http;
 pub mod routes;
+pub mod stats;
 pub mod telemetry;
+pub mod tls;
 pub mod worker;

@@ -30,16 +30,30 @@ pub struct Backend {
     pub max_body: Option<u64>,
 }
 
+/// What a rule does besides choosing a backend.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RouteOpts {
+    /// Plain-HTTP requests get a 308 to the same URL over HTTPS.
+    pub ssl_redirect: bool,
+}
+
+/// Where a rule sends a request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Target {
+    backend: BackendId,
+    opts: RouteOpts,
+}
+
 /// Path rules of one host.
 #[derive(Debug, Clone, Default)]
 struct HostRules {
-    exact: HashMap<Box<str>, BackendId>,
+    exact: HashMap<Box<str>, Target>,
     /// Prefix rules without trailing slash (except the root `/`), longest first once built.
-    prefix: Vec<(Box<str>, BackendId)>,
+    prefix: Vec<(Box<str>, Target)>,
 }
 
 impl HostRules {
-    fn find(&self, path: &str) -> Option<BackendId> {
+    fn find(&self, path: &str) -> Option<Target> {
         // An exact match covers the whole path, so it is at least as long as any prefix match
         // and wins ties: look it up first.
         if let Some(&id) = self.exact.get(path) {
@@ -52,13 +66,13 @@ impl HostRules {
     }
 
     /// Adds a rule; the builder has already refused duplicates.
-    fn add(&mut self, path: &str, path_type: PathType, id: BackendId) {
+    fn add(&mut self, path: &str, path_type: PathType, target: Target) {
         match path_type {
             PathType::Exact => {
-                self.exact.insert(path.into(), id);
+                self.exact.insert(path.into(), target);
             }
             PathType::Prefix => {
-                self.prefix.push((normalize_prefix(path).into(), id));
+                self.prefix.push((normalize_prefix(path).into(), target));
             }
         }
     }
@@ -98,7 +112,7 @@ struct Rules {
     /// Keyed by the suffix after `*.`.
     wildcard: HashMap<Box<str>, HostRules>,
     any: Option<HostRules>,
-    default_backend: Option<BackendId>,
+    default_backend: Option<Target>,
 }
 
 /// Longest host kedge will look up (DNS names are at most 253 bytes).
@@ -108,16 +122,21 @@ impl RouteTable {
     /// Finds the backend for a request. `host` is the Host header value as received (any case,
     /// maybe with a port); `path` is the request target's path (no query).
     pub fn route(&self, host: &[u8], path: &str) -> Option<&Backend> {
+        self.lookup(host, path).map(|(b, _)| b)
+    }
+
+    /// [`RouteTable::route`] with the matching rule's options.
+    pub fn lookup(&self, host: &[u8], path: &str) -> Option<(&Backend, RouteOpts)> {
         let mut buf = [0u8; MAX_HOST];
         let rules = match normalize_host(host, &mut buf) {
             Some(h) => self.rules.host_rules(h),
             None => self.rules.any.as_ref(),
         };
-        let id = match rules {
+        let t = match rules {
             Some(r) => r.find(path).or(self.rules.default_backend),
             None => self.rules.default_backend,
         }?;
-        self.backends.get(id)
+        Some((self.backends.get(t.backend)?, t.opts))
     }
 
     /// Number of host entries (exact, wildcard, and the any-host one).
@@ -239,6 +258,19 @@ impl TableBuilder {
         backend: BackendId,
         owner: &Owner,
     ) -> Result<(), Conflict> {
+        self.rule_with(host, path, path_type, backend, RouteOpts::default(), owner)
+    }
+
+    /// [`TableBuilder::rule`] with options.
+    pub fn rule_with(
+        &mut self,
+        host: Option<&str>,
+        path: &str,
+        path_type: PathType,
+        backend: BackendId,
+        opts: RouteOpts,
+        owner: &Owner,
+    ) -> Result<(), Conflict> {
         let norm = match path_type {
             PathType::Exact => path,
             PathType::Prefix => normalize_prefix(path),
@@ -256,7 +288,7 @@ impl TableBuilder {
                 None => self.rules.exact.entry(h.into()).or_default(),
             },
         };
-        rules.add(path, path_type, backend);
+        rules.add(path, path_type, Target { backend, opts });
         self.owners.insert(key, owner.into());
         Ok(())
     }
@@ -268,7 +300,10 @@ impl TableBuilder {
                 winner: winner.to_string(),
             });
         }
-        self.rules.default_backend = Some(backend);
+        self.rules.default_backend = Some(Target {
+            backend,
+            opts: RouteOpts::default(),
+        });
         self.default_owner = Some(owner.into());
         Ok(())
     }
@@ -293,20 +328,27 @@ impl TableBuilder {
 }
 
 /// Adds static routes to `builder`; returns warnings for rules that lost to an earlier
-/// identical rule.
-pub fn add_static(builder: &mut TableBuilder, routes: &[StaticRoute]) -> Vec<String> {
+/// identical rule. `tls_hosts` are the hosts with a certificate file: their routes redirect
+/// plain HTTP to HTTPS unless they say `ssl_redirect = false`.
+pub fn add_static(builder: &mut TableBuilder, routes: &[StaticRoute], tls_hosts: &[String]) -> Vec<String> {
     let mut warnings = Vec::new();
     for r in routes {
+        let opts = RouteOpts {
+            ssl_redirect: r
+                .ssl_redirect
+                .unwrap_or_else(|| r.host.as_ref().is_some_and(|h| tls_hosts.contains(h))),
+        };
         let id = builder.backend(Backend {
             name: r.name.as_str().into(),
             endpoints: r.upstreams.clone(),
             max_body: r.max_body,
         });
-        if let Err(c) = builder.rule(
+        if let Err(c) = builder.rule_with(
             r.host.as_deref(),
             &r.path,
             r.path_type,
             id,
+            opts,
             &format!("route {:?}", r.name),
         ) {
             warnings.push(format!(
@@ -325,7 +367,7 @@ pub fn add_static(builder: &mut TableBuilder, routes: &[StaticRoute]) -> Vec<Str
 /// Builds a table from static routes alone.
 pub fn build_static(routes: &[StaticRoute]) -> (RouteTable, Vec<String>) {
     let mut builder = TableBuilder::default();
-    let warnings = add_static(&mut builder, routes);
+    let warnings = add_static(&mut builder, routes, &[]);
     (builder.build(), warnings)
 }
 

@@ -6,8 +6,10 @@ mod conn;
 pub mod listener;
 mod pool;
 mod pump;
+mod tls;
 
 use std::cell::{Cell, RefCell};
+use std::net::SocketAddr;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::sync::mpsc;
@@ -19,6 +21,9 @@ use rustc_hash::FxHashMap;
 
 use crate::config::{ClientSettings, Driver, UpstreamSettings};
 use crate::routes::RouteTable;
+use crate::stats;
+
+use self::tls::{HandshakeError, TlsStream};
 
 /// Everything a request needs from the control side, swapped as one value so that no request
 /// ever sees half a change.
@@ -28,6 +33,20 @@ pub struct Snapshot {
     pub client: ClientSettings,
     pub upstream: UpstreamSettings,
     pub access_log: bool,
+    /// What TLS listeners accept with (certificates included); `None` without TLS listeners.
+    pub tls: Option<Arc<rustls::ServerConfig>>,
+    pub https: HttpsSettings,
+}
+
+/// HTTPS behaviour besides the certificates.
+#[derive(Debug, Clone, Default)]
+pub struct HttpsSettings {
+    /// `Strict-Transport-Security: ...\r\n` added to HTTPS responses, or empty.
+    pub hsts_line: Box<[u8]>,
+    /// Where plain-HTTP requests of TLS hosts are redirected; `None`: no redirects (kedge has no
+    /// TLS listener and none was configured).
+    pub redirect_port: Option<u16>,
+    pub handshake_timeout: Duration,
 }
 
 /// A snapshot held by a worker. Requests share it through a worker-local `Rc`, so taking a
@@ -54,7 +73,7 @@ pub type Started = Result<&'static str, String>;
 pub fn spawn(
     index: usize,
     core: Option<usize>,
-    listeners: Vec<std::net::TcpListener>,
+    listeners: Vec<(std::net::TcpListener, bool)>,
     shared: Arc<Shared>,
     driver: Driver,
     grace: Duration,
@@ -253,7 +272,12 @@ impl Worker {
     }
 }
 
-async fn worker_main(index: usize, listeners: Vec<std::net::TcpListener>, shared: Arc<Shared>, grace: Duration) {
+async fn worker_main(
+    index: usize,
+    listeners: Vec<(std::net::TcpListener, bool)>,
+    shared: Arc<Shared>,
+    grace: Duration,
+) {
     let seed = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0x9e37_79b9, |d| d.as_nanos() as u64)
@@ -273,10 +297,10 @@ async fn worker_main(index: usize, listeners: Vec<std::net::TcpListener>, shared
     });
     let mut shutdown = worker.shared.shutdown.subscribe();
 
-    for l in listeners {
+    for (l, tls) in listeners {
         match monoio::net::TcpListener::from_std(l) {
             Ok(l) => {
-                monoio::spawn(accept_loop(Rc::clone(&worker), l));
+                monoio::spawn(accept_loop(Rc::clone(&worker), l, tls));
             }
             Err(e) => tracing::error!(worker = index, error = %e, "cannot register listener"),
         }
@@ -301,7 +325,7 @@ async fn worker_main(index: usize, listeners: Vec<std::net::TcpListener>, shared
     worker.pool.borrow_mut().clear();
 }
 
-async fn accept_loop(worker: Rc<Worker>, listener: monoio::net::TcpListener) {
+async fn accept_loop(worker: Rc<Worker>, listener: monoio::net::TcpListener, tls: bool) {
     let port = listener.local_addr().map_or(0, |a| a.port());
     loop {
         let accepted = monoio::select! {
@@ -313,7 +337,11 @@ async fn accept_loop(worker: Rc<Worker>, listener: monoio::net::TcpListener) {
                 let w = Rc::clone(&worker);
                 monoio::spawn(async move {
                     w.active.set(w.active.get() + 1);
-                    conn::serve(&w, stream, peer, port).await;
+                    if tls {
+                        serve_tls(&w, stream, peer, port).await;
+                    } else {
+                        conn::serve(&w, stream, peer, port).await;
+                    }
                     w.active.set(w.active.get() - 1);
                 });
             }
@@ -324,6 +352,47 @@ async fn accept_loop(worker: Rc<Worker>, listener: monoio::net::TcpListener) {
             }
         }
     }
+}
+
+/// Runs the TLS handshake (bounded by `[tls] handshake_timeout`, abandoned at shutdown), then
+/// serves the connection. Failures are counted and logged at debug level: a scanner or a
+/// client that gives up must not flood the log.
+async fn serve_tls(worker: &Rc<Worker>, stream: monoio::net::TcpStream, peer: SocketAddr, port: u16) {
+    let snap = worker.snapshot();
+    let Some(config) = snap.tls.clone() else {
+        stats::TLS_FAILED.inc();
+        tracing::debug!(client = %peer, "no TLS configuration; connection closed");
+        return;
+    };
+    let handshake = monoio::time::timeout(snap.https.handshake_timeout, TlsStream::accept(stream, config));
+    drop(snap);
+    let done = monoio::select! {
+        r = handshake => r,
+        _ = worker.stopping.wait() => return,
+    };
+    let stream = match done {
+        Ok(Ok(s)) => s,
+        Ok(Err(e)) => {
+            match e {
+                HandshakeError::Closed => stats::TLS_CLOSED.inc(),
+                HandshakeError::PlainHttp => stats::TLS_PLAIN_HTTP.inc(),
+                HandshakeError::Tls(_) | HandshakeError::Io(_) => stats::TLS_FAILED.inc(),
+            }
+            tracing::debug!(client = %peer, error = %e, "TLS handshake failed");
+            return;
+        }
+        Err(_) => {
+            stats::TLS_TIMEOUT.inc();
+            tracing::debug!(client = %peer, "TLS handshake timed out");
+            return;
+        }
+    };
+    if stream.resumed() {
+        stats::TLS_RESUMED.inc();
+    } else {
+        stats::TLS_FULL.inc();
+    }
+    conn::serve(worker, stream, peer, port).await;
 }
 
 async fn sweep_loop(worker: Rc<Worker>) {

@@ -31,6 +31,44 @@ fn defaults() {
 }
 
 #[test]
+fn tls_listeners_and_certificate_files() {
+    let dir = std::env::temp_dir().join(format!("kedge-config-tls-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let key = rcgen::KeyPair::generate().unwrap();
+    let cert = rcgen::CertificateParams::new(vec!["www.example.com".to_owned()])
+        .unwrap()
+        .self_signed(&key)
+        .unwrap();
+    std::fs::write(dir.join("www.crt"), cert.pem()).unwrap();
+    std::fs::write(dir.join("www.key"), key.serialize_pem()).unwrap();
+    std::fs::write(
+        dir.join("other.key"),
+        rcgen::KeyPair::generate().unwrap().serialize_pem(),
+    )
+    .unwrap();
+    let file = dir.join("kedge.toml");
+    let text = "[[listener]]\naddress = \"127.0.0.1:8443\"\ntls = true\n\
+                [tls]\ndefault_cert = \"www.crt\"\ndefault_key = \"www.key\"\nhsts = \"\"\n\
+                [[tls.certificate]]\nhosts = [\"WWW.example.com\"]\ncert = \"www.crt\"\nkey = \"www.key\"\n";
+    let c = parse(&file, text).unwrap_or_else(|e| panic!("{e}"));
+    assert!(c.process.listeners[0].tls);
+    // Relative paths are relative to the config file.
+    assert_eq!(c.tls.default_cert.as_ref().unwrap().cert, dir.join("www.crt"));
+    assert_eq!(c.tls.certificates[0].hosts, ["www.example.com"]);
+    assert_eq!(c.tls.hsts, "");
+    assert_eq!(c.tls.unknown_sni, UnknownSni::Default);
+    assert_eq!(c.tls.handshake_timeout, Duration::from_secs(10));
+    // A key that is not the certificate's is caught with the line and the key.
+    let bad = text.replace("default_key = \"www.key\"", "default_key = \"other.key\"");
+    let e = parse(&file, &bad).unwrap_err().to_string();
+    assert!(
+        e.contains("kedge.toml:5:16: tls.default_cert:") && e.contains("does not belong"),
+        "{e}"
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
 fn the_shipped_config_is_valid() {
     let text = include_str!("../../config/kedge.toml");
     let c = parse_ok(text);
@@ -89,8 +127,24 @@ fn errors_point_at_line_column_and_key() {
             "kedge.toml:4:29: route[0].upstreams[1]:",
         ),
         (
-            "[[listener]]\naddress = \"127.0.0.1:1\"\ntls = true\n",
-            "kedge.toml:3:7: listener[0].tls: TLS listeners are not implemented",
+            "[[listener]]\naddress = \"127.0.0.1:1\"\n[tls]\ndefault_cert = \"/nonexistent/c.pem\"\ndefault_key = \"/k\"\n",
+            "kedge.toml:4:16: tls.default_cert: cannot read /nonexistent/c.pem",
+        ),
+        (
+            "[[listener]]\naddress = \"127.0.0.1:1\"\n[tls]\ndefault_key = \"/k\"\n",
+            "kedge.toml:4:15: tls.default_cert: needed with default_key",
+        ),
+        (
+            "[[listener]]\naddress = \"127.0.0.1:1\"\n[tls]\nunknown_sni = \"drop\"\n",
+            "kedge.toml:4:15: tls.unknown_sni: \"drop\" is not one of",
+        ),
+        (
+            "[[listener]]\naddress = \"127.0.0.1:1\"\n[[tls.certificate]]\nhosts = [\"bad host\"]\ncert = \"c\"\nkey = \"k\"\n",
+            "kedge.toml:4:10: tls.certificate[0].hosts:",
+        ),
+        (
+            "[[listener]]\naddress = \"127.0.0.1:1\"\n[tls]\nredirect_port = 70000\n",
+            "kedge.toml:4:17: tls.redirect_port: must be between 1 and 65535",
         ),
         (
             "[log]\nlevel = \"info\"\n",

@@ -31,7 +31,7 @@ use k8s_openapi::api::networking::v1::{HTTPIngressPath, Ingress, IngressClass};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
 
 use crate::config::PathType;
-use crate::routes::TableBuilder;
+use crate::routes::{RouteOpts, TableBuilder};
 
 mod backends;
 
@@ -73,6 +73,10 @@ const LEGACY_CLASS_ANNOTATION: &str = "kubernetes.io/ingress.class";
 const DEFAULT_CLASS_ANNOTATION: &str = "ingressclass.kubernetes.io/is-default-class";
 /// ingress-nginx's switch from prefix to regex paths.
 const USE_REGEX_ANNOTATION: &str = "nginx.ingress.kubernetes.io/use-regex";
+/// `"false"` turns off the HTTP → HTTPS redirect of hosts that have TLS (on by default).
+const SSL_REDIRECT_ANNOTATION: &str = "nginx.ingress.kubernetes.io/ssl-redirect";
+/// `"true"` redirects HTTP → HTTPS even for hosts without TLS of their own.
+const FORCE_SSL_REDIRECT_ANNOTATION: &str = "nginx.ingress.kubernetes.io/force-ssl-redirect";
 
 /// The reflected objects of one cluster (snapshots of kube reflector stores).
 #[derive(Clone, Copy)]
@@ -102,6 +106,19 @@ pub struct Outcome {
     /// Ingresses of our class that got at least one rule or default backend into the table
     /// (they get status addresses); (namespace, name), sorted.
     pub served: Vec<(String, String)>,
+    /// Certificates named by the Ingresses' `tls` sections, oldest Ingress first.
+    pub tls: Vec<TlsBinding>,
+}
+
+/// A host whose certificate is in a Secret (the Ingress's `tls` section).
+#[derive(Debug, Clone)]
+pub struct TlsBinding {
+    /// Lower-case DNS name or `*.suffix`.
+    pub host: String,
+    /// A `kubernetes.io/tls` Secret with `tls.crt` and `tls.key` (not yet parsed).
+    pub secret: Arc<Secret>,
+    /// `Ingress namespace/name`.
+    pub owner: String,
 }
 
 /// Warnings collected during one translation: a set, so they come out sorted and deduplicated.
@@ -128,17 +145,23 @@ pub fn translate(builder: &mut TableBuilder, spec: &ClusterSpec, objs: &Objects<
     ours.sort_by(|a, b| age(&a.metadata).cmp(&age(&b.metadata)));
 
     let mut resolver = Resolver::new(spec, objs);
-    let secrets: HashSet<(&str, &str)> = objs
+    let secrets: rustc_hash::FxHashMap<(&str, &str), &Arc<Secret>> = objs
         .secrets
         .iter()
         .filter(|s| usable_tls(s))
-        .map(|s| ns_name(&s.metadata))
+        .map(|s| (ns_name(&s.metadata), s))
         .collect();
+    // Hosts with TLS, over all our Ingresses: as in ingress-nginx, a host has TLS (and its
+    // plain-HTTP requests are redirected) when any Ingress lists it in a `tls` section.
+    let mut tls_hosts = HashSet::default();
+    let mut tls = Vec::new();
+    for ing in &ours {
+        collect_tls(ing, &secrets, &mut tls_hosts, &mut tls, &mut warnings);
+    }
     let mut served = Vec::new();
     for ing in ours {
-        if add_ingress(builder, &mut resolver, &spec.name, ing, &mut warnings) {
+        if add_ingress(builder, &mut resolver, &spec.name, ing, &tls_hosts, &mut warnings) {
             let (ns, name) = ns_name(&ing.metadata);
-            check_tls(ing, &secrets, &mut warnings);
             served.push((ns.to_owned(), name.to_owned()));
         }
     }
@@ -146,6 +169,7 @@ pub fn translate(builder: &mut TableBuilder, spec: &ClusterSpec, objs: &Objects<
     Outcome {
         warnings: warnings.into_iter().collect(),
         served,
+        tls,
     }
 }
 
@@ -156,39 +180,68 @@ fn usable_tls(s: &Secret) -> bool {
     s.type_.as_deref() == Some("kubernetes.io/tls") && has("tls.crt") && has("tls.key")
 }
 
-/// Reports an Ingress's `tls` entries whose Secret (same namespace) is missing or unusable, and
-/// that this version of kedge serves the Ingress's hosts over plain HTTP only.
-fn check_tls(ing: &Ingress, secrets: &HashSet<(&str, &str)>, w: &mut Warnings) {
-    let Some(tls) = ing
-        .spec
-        .as_ref()
-        .and_then(|s| s.tls.as_deref())
-        .filter(|t| !t.is_empty())
-    else {
-        return;
-    };
+/// Collects an Ingress's `tls` entries: their hosts have TLS; those with a usable Secret (same
+/// namespace) get its certificate, the others the default one (with a warning when the Secret
+/// is missing or unusable). An entry without hosts covers the Ingress's rule hosts; one without
+/// `secretName` uses the default certificate, as in ingress-nginx.
+fn collect_tls(
+    ing: &Ingress,
+    secrets: &rustc_hash::FxHashMap<(&str, &str), &Arc<Secret>>,
+    tls_hosts: &mut HashSet<String>,
+    out: &mut Vec<TlsBinding>,
+    w: &mut Warnings,
+) {
+    let Some(spec) = &ing.spec else { return };
     let (ns, name) = ns_name(&ing.metadata);
     let owner = format!("Ingress {ns}/{name}");
-    for entry in tls {
-        if let Some(secret) = entry.secret_name.as_deref().filter(|s| !s.is_empty())
-            && !secrets.contains(&(ns, secret))
-        {
-            warn(
-                w,
-                &owner,
-                format!(
-                    "tls: Secret {ns}/{secret} not found, or not a kubernetes.io/tls Secret with tls.crt and tls.key"
-                ),
-            );
+    for entry in spec.tls.iter().flatten() {
+        let listed: Vec<&str> = entry.hosts.iter().flatten().map(String::as_str).collect();
+        let hosts: Vec<&str> = if listed.is_empty() {
+            spec.rules
+                .iter()
+                .flatten()
+                .filter_map(|r| r.host.as_deref())
+                .filter(|h| !h.is_empty())
+                .collect()
+        } else {
+            listed
+        };
+        let secret = match entry.secret_name.as_deref().filter(|s| !s.is_empty()) {
+            None => None,
+            Some(secret) => match secrets.get(&(ns, secret)) {
+                Some(s) => Some(*s),
+                None => {
+                    warn(
+                        w,
+                        &owner,
+                        format!(
+                            "tls: Secret {ns}/{secret} not found, or not a kubernetes.io/tls Secret with tls.crt and \
+                             tls.key; its hosts get the default certificate"
+                        ),
+                    );
+                    None
+                }
+            },
+        };
+        for h in hosts {
+            let Some(host) = parse_host(h) else {
+                warn(
+                    w,
+                    &owner,
+                    format!("tls: host {h:?} is not a DNS name or *.suffix wildcard; ignored"),
+                );
+                continue;
+            };
+            if let Some(secret) = secret {
+                out.push(TlsBinding {
+                    host: host.clone(),
+                    secret: Arc::clone(secret),
+                    owner: owner.clone(),
+                });
+            }
+            tls_hosts.insert(host);
         }
     }
-    warn(
-        w,
-        &owner,
-        "tls: TLS termination is not implemented in this version of kedge; its hosts are served over plain HTTP \
-         listeners only"
-            .into(),
-    );
 }
 
 /// Sort key for "oldest first": creation time (absent = youngest), then namespace/name.
@@ -275,6 +328,7 @@ fn add_ingress<'a>(
     r: &mut Resolver<'a>,
     cluster: &str,
     ing: &'a Ingress,
+    tls_hosts: &HashSet<String>,
     w: &mut Warnings,
 ) -> bool {
     let (ns, name) = ns_name(&ing.metadata);
@@ -285,6 +339,8 @@ fn add_ingress<'a>(
         warn(w, &owner, "regex paths are not supported yet; treated as prefix".into());
     }
     let Some(spec) = &ing.spec else { return false };
+    let force_redirect = annotation(&ing.metadata, FORCE_SSL_REDIRECT_ANNOTATION) == Some("true");
+    let tls_redirect = annotation(&ing.metadata, SSL_REDIRECT_ANNOTATION) != Some("false");
     let mut added = false;
     for rule in spec.rules.iter().flatten() {
         let host = match rule.host.as_deref().filter(|h| !h.is_empty()) {
@@ -304,6 +360,9 @@ fn add_ingress<'a>(
         // A rule without `http` only names a host (for TLS); it routes nothing.
         let Some(http) = &rule.http else { continue };
         let shown = host.as_deref().unwrap_or("*");
+        let opts = RouteOpts {
+            ssl_redirect: force_redirect || tls_redirect && host.as_ref().is_some_and(|h| tls_hosts.contains(h)),
+        };
         for p in &http.paths {
             let (path, path_type) = match path_rule(p) {
                 Ok(r) => r,
@@ -315,7 +374,7 @@ fn add_ingress<'a>(
             let Some(id) = r.backend(b, ns, &p.backend, &owner, w) else {
                 continue;
             };
-            match b.rule(host.as_deref(), path, path_type, id, &table_owner) {
+            match b.rule_with(host.as_deref(), path, path_type, id, opts, &table_owner) {
                 Ok(()) => added = true,
                 Err(c) => warn(
                     w,

@@ -13,6 +13,7 @@ fn route(name: &str, host: Option<&str>, path: &str, path_type: PathType) -> Sta
         path_type,
         upstreams: vec![SocketAddr::from(([127, 0, 0, 1], 9000))],
         max_body: None,
+        ssl_redirect: None,
     }
 }
 
@@ -179,4 +180,25 @@ fn endpoint_updates_keep_rules_and_replace_only_the_named_backends() {
     );
     assert_eq!(next.host_count(), table.host_count());
     assert_eq!(table.backend_id("nope"), None);
+}
+
+#[test]
+fn static_routes_redirect_for_hosts_with_certificates() {
+    let mut secure = route("a", Some("secure.example.com"), "/", PathType::Prefix);
+    let plain = route("b", Some("plain.example.com"), "/", PathType::Prefix);
+    let mut opted_out = route("c", Some("optout.example.com"), "/", PathType::Prefix);
+    opted_out.ssl_redirect = Some(false);
+    let mut forced = route("d", Some("forced.example.com"), "/", PathType::Prefix);
+    forced.ssl_redirect = Some(true);
+    secure.ssl_redirect = None;
+    let mut b = TableBuilder::default();
+    let tls_hosts = ["secure.example.com".to_owned(), "optout.example.com".to_owned()];
+    let w = add_static(&mut b, &[secure, plain, opted_out, forced], &tls_hosts);
+    assert!(w.is_empty(), "{w:?}");
+    let t = b.build();
+    let redirect = |h: &str| t.lookup(h.as_bytes(), "/x").map(|(_, o)| o.ssl_redirect);
+    assert_eq!(redirect("secure.example.com"), Some(true));
+    assert_eq!(redirect("plain.example.com"), Some(false));
+    assert_eq!(redirect("optout.example.com"), Some(false));
+    assert_eq!(redirect("forced.example.com"), Some(true));
 }

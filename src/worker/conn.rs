@@ -14,10 +14,11 @@ use std::ops::Range;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
-use monoio::io::{AsyncWriteRent, AsyncWriteRentExt, Splitable};
+use monoio::io::{AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt, Splitable};
 use monoio::net::TcpStream;
 
 use super::pump::{self, PumpError, PumpLimits, ReadResult};
+use super::tls::TlsStream;
 use super::{Snapshot, Worker};
 use crate::http::{self, Framing, HeaderSpan, HttpError, Parsed, RequestHead, ResponseHead, Version};
 use crate::routes::Backend;
@@ -58,9 +59,40 @@ struct Record {
     upstream_time: Option<Duration>,
 }
 
+/// A client connection: plain TCP or TLS. The connection loop is generic over it.
+pub(super) trait ClientStream: AsyncReadRent + AsyncWriteRent + 'static {
+    /// `http` or `https`: X-Forwarded-Proto, and whether redirects and HSTS apply.
+    const SCHEME: &'static str;
+    /// Halves that read and write at the same time (a tunnel after 101).
+    fn halves(self) -> (impl AsyncReadRent, impl AsyncWriteRent);
+    /// Ends the connection politely (TLS: close_notify). Best effort, bounded.
+    async fn close(&mut self);
+}
+
+impl ClientStream for TcpStream {
+    const SCHEME: &'static str = "http";
+    fn halves(self) -> (impl AsyncReadRent, impl AsyncWriteRent) {
+        self.into_split()
+    }
+    async fn close(&mut self) {}
+}
+
+impl ClientStream for TlsStream {
+    const SCHEME: &'static str = "https";
+    fn halves(self) -> (impl AsyncReadRent, impl AsyncWriteRent) {
+        self.into_split()
+    }
+    async fn close(&mut self) {
+        TlsStream::close(self).await;
+    }
+}
+
+/// ACME HTTP-01 challenges are answered over plain HTTP, never redirected (as ingress-nginx).
+const ACME_CHALLENGE: &str = "/.well-known/acme-challenge/";
+
 /// Per-connection buffers, reused for every request on the connection.
-struct Conn {
-    client: TcpStream,
+struct Conn<S> {
+    client: S,
     peer: SocketAddr,
     port: u16,
     /// Bytes read from the client and not yet consumed (head, body start, pipelined requests).
@@ -80,7 +112,7 @@ struct Conn {
 }
 
 /// Serves one accepted client connection until it closes.
-pub(super) async fn serve(worker: &Rc<Worker>, client: TcpStream, peer: SocketAddr, port: u16) {
+pub(super) async fn serve<S: ClientStream>(worker: &Rc<Worker>, client: S, peer: SocketAddr, port: u16) {
     let mut conn = Conn {
         client,
         peer,
@@ -95,61 +127,72 @@ pub(super) async fn serve(worker: &Rc<Worker>, client: TcpStream, peer: SocketAd
         peer_text: Vec::with_capacity(16),
     };
     http::client_ip_text(&mut conn.peer_text, peer.ip());
-    let mut first = true;
-    loop {
-        let snap = worker.snapshot();
-        let start = match conn.wait_for_request(worker, &snap, first).await {
-            Some(t) => t,
-            None => return,
-        };
-        first = false;
-        let head = match conn.read_head(&snap, start).await {
-            Ok(h) => h,
-            Err(Fail::Answer(status, why)) => {
-                conn.answer(status, why, true).await;
-                let rec = Record {
-                    status,
-                    ..Record::default()
-                };
-                log_access(&conn, &snap, &rec, start);
-                return;
-            }
-            Err(Fail::Abort) => return,
-        };
-        let mut rec = Record::default();
-        let outcome = conn.handle(worker, &snap, &head, &mut rec, start).await;
-        let keep = match outcome {
-            Ok(Next::KeepAlive) => true,
-            Ok(Next::Close) => false,
-            Ok(Next::Tunnel(upstream)) => {
-                log_access(&conn, &snap, &rec, start);
-                conn.tunnel(upstream).await;
-                return;
-            }
-            Err(Fail::Answer(status, why)) => {
-                rec.status = status;
-                // Routing and upstream failures leave the client connection in a clean state
-                // when no request body was involved: keep it. Anything else closes.
-                let keep = head.keep_alive
-                    && head.framing == Framing::None
-                    && matches!(status, 404 | 502 | 503 | 504)
-                    && !worker.stopping.is_set();
-                if keep && !conn.head_consumed {
-                    conn.cbuf.drain(..head.head_len);
+    match conn.run(worker).await {
+        Some(upstream) => conn.tunnel(upstream).await,
+        None => conn.client.close().await,
+    }
+}
+
+impl<S: ClientStream> Conn<S> {
+    /// The request loop. Returns the upstream to tunnel to after a 101, else `None` when the
+    /// connection is done.
+    async fn run(&mut self, worker: &Rc<Worker>) -> Option<TcpStream> {
+        let conn = self;
+        let mut first = true;
+        loop {
+            let snap = worker.snapshot();
+            let start = match conn.wait_for_request(worker, &snap, first).await {
+                Some(t) => t,
+                None => return None,
+            };
+            first = false;
+            let head = match conn.read_head(&snap, start).await {
+                Ok(h) => h,
+                Err(Fail::Answer(status, why)) => {
+                    conn.answer(status, why, true).await;
+                    let rec = Record {
+                        status,
+                        ..Record::default()
+                    };
+                    log_access(conn, &snap, &rec, start);
+                    return None;
                 }
-                conn.answer(status, why, !keep).await;
-                keep
-            }
-            Err(Fail::Abort) => {
-                if rec.status == 0 {
-                    rec.status = 499; // client closed the connection (nginx's convention)
+                Err(Fail::Abort) => return None,
+            };
+            let mut rec = Record::default();
+            let outcome = conn.handle(worker, &snap, &head, &mut rec, start).await;
+            let keep = match outcome {
+                Ok(Next::KeepAlive) => true,
+                Ok(Next::Close) => false,
+                Ok(Next::Tunnel(upstream)) => {
+                    log_access(conn, &snap, &rec, start);
+                    return Some(upstream);
                 }
-                false
+                Err(Fail::Answer(status, why)) => {
+                    rec.status = status;
+                    // Routing and upstream failures leave the client connection in a clean state
+                    // when no request body was involved: keep it. Anything else closes.
+                    let keep = head.keep_alive
+                        && head.framing == Framing::None
+                        && matches!(status, 404 | 502 | 503 | 504)
+                        && !worker.stopping.is_set();
+                    if keep && !conn.head_consumed {
+                        conn.cbuf.drain(..head.head_len);
+                    }
+                    conn.answer(status, why, !keep).await;
+                    keep
+                }
+                Err(Fail::Abort) => {
+                    if rec.status == 0 {
+                        rec.status = 499; // client closed the connection (nginx's convention)
+                    }
+                    false
+                }
+            };
+            log_access(conn, &snap, &rec, start);
+            if !keep {
+                return None;
             }
-        };
-        log_access(&conn, &snap, &rec, start);
-        if !keep {
-            return;
         }
     }
 }
@@ -162,7 +205,7 @@ enum Next {
     Tunnel(TcpStream),
 }
 
-impl Conn {
+impl<S: ClientStream> Conn<S> {
     /// Waits until the next request's first byte is buffered. `None`: the client closed, the
     /// idle timeout passed, or the process is shutting down. Returns when the request started.
     async fn wait_for_request(&mut self, worker: &Worker, snap: &Snapshot, first: bool) -> Option<Instant> {
@@ -240,9 +283,18 @@ impl Conn {
         if snap.access_log {
             self.record_meta(head, host.clone(), given_rid, &rid, rec);
         }
-        let Some(backend) = snap.table.route(&self.cbuf[host.clone()], path_str(&self.cbuf, path)?) else {
+        let path_s = path_str(&self.cbuf, path.clone())?;
+        let Some((backend, opts)) = snap.table.lookup(&self.cbuf[host.clone()], path_s) else {
             return Err(Fail::Answer(404, "no route for this host and path"));
         };
+        if opts.ssl_redirect
+            && S::SCHEME == "http"
+            && let Some(port) = snap.https.redirect_port
+            && !path_s.starts_with(ACME_CHALLENGE)
+        {
+            let stopping = worker.stopping.is_set();
+            return self.redirect(head, (host, path), port, snap, stopping, rec).await;
+        }
         let max_body = match backend.max_body.unwrap_or(snap.client.max_body) {
             0 => u64::MAX,
             n => n,
@@ -260,7 +312,7 @@ impl Conn {
         self.out.clear();
         let fwd = http::Forwarded {
             client_ip: &self.peer_text,
-            proto: "http",
+            proto: S::SCHEME,
             host: &self.cbuf[host],
             port: self.port,
             request_id: &rid,
@@ -305,7 +357,7 @@ impl Conn {
                     "upstream switched protocols without an upgrade request",
                 ));
             }
-            self.response_head(&resp, Framing::None, head.version, true);
+            self.response_head(&resp, Framing::None, head.version, true, b"");
             let out = std::mem::take(&mut self.out);
             self.out = write_client(&mut self.client, out, snap.client.body_timeout).await?;
             return Ok(Next::Tunnel(upstream));
@@ -323,7 +375,12 @@ impl Conn {
         let keep_upstream = resp.keep_alive && resp.framing != Framing::CloseDelimited;
 
         // (A bodiless HEAD or 304 answer keeps the Content-Length the upstream declared.)
-        self.response_head(&resp, out_framing, head.version, keep_client);
+        let hsts: &[u8] = if S::SCHEME == "https" {
+            &snap.https.hsts_line
+        } else {
+            b""
+        };
+        self.response_head(&resp, out_framing, head.version, keep_client, hsts);
         let limits = PumpLimits {
             read_timeout: snap.upstream.read_timeout,
             write_timeout: snap.client.body_timeout,
@@ -356,9 +413,55 @@ impl Conn {
         Ok(if keep_client { Next::KeepAlive } else { Next::Close })
     }
 
+    /// Answers a plain-HTTP request for a TLS host with a 308 to the same URL over HTTPS (the
+    /// request body, if any, is not read: the connection closes after the answer).
+    async fn redirect(
+        &mut self,
+        head: &RequestHead,
+        (host, path): (Range<usize>, Option<Range<usize>>),
+        port: u16,
+        snap: &Snapshot,
+        stopping: bool,
+        rec: &mut Record,
+    ) -> Result<Next, Fail> {
+        let t = head.target.clone();
+        // The path and query: all of an origin-form target, the part after the authority of an
+        // absolute-form one.
+        let rest = match (self.cbuf[t.start], path) {
+            (b'/', _) => t.clone(),
+            (_, Some(p)) => p.start..t.end,
+            (_, None) => t.end..t.end,
+        };
+        let keep = head.keep_alive && head.framing == Framing::None && !stopping;
+        self.out.clear();
+        http::write_redirect(
+            &mut self.out,
+            http::host_without_port(&self.cbuf[host]),
+            port,
+            &self.cbuf[rest],
+            !keep,
+        );
+        rec.status = 308;
+        if !self.head_consumed {
+            self.cbuf.drain(..head.head_len);
+            self.head_consumed = true;
+        }
+        let out = std::mem::take(&mut self.out);
+        self.out = write_client(&mut self.client, out, snap.client.body_timeout).await?;
+        Ok(if keep { Next::KeepAlive } else { Next::Close })
+    }
+
     /// Rebuilds the upstream's response head for the client into `out` (replacing what it
     /// held) and drops it from `ubuf`, leaving any body bytes that came with it.
-    fn response_head(&mut self, resp: &ResponseHead, framing: Framing, version: Version, keep_alive: bool) {
+    /// `hsts` (a whole header line, or empty) is added unless the upstream sent the header.
+    fn response_head(
+        &mut self,
+        resp: &ResponseHead,
+        framing: Framing,
+        version: Version,
+        keep_alive: bool,
+        hsts: &[u8],
+    ) {
         self.out.clear();
         http::write_response_head(
             &mut self.out,
@@ -369,6 +472,17 @@ impl Conn {
             version,
             keep_alive,
         );
+        if !hsts.is_empty()
+            && !self
+                .uheaders
+                .iter()
+                .any(|h| self.ubuf[h.name.clone()].eq_ignore_ascii_case(b"strict-transport-security"))
+        {
+            // Before the blank line that ends the head.
+            self.out.truncate(self.out.len() - 2);
+            self.out.extend_from_slice(hsts);
+            self.out.extend_from_slice(b"\r\n");
+        }
         self.ubuf.drain(..resp.head_len);
     }
 
@@ -529,7 +643,7 @@ impl Conn {
                 return;
             }
         }
-        let (mut cr, mut cw) = self.client.into_split();
+        let (mut cr, mut cw) = self.client.halves();
         let (mut ur, mut uw) = upstream.into_split();
         let up = async {
             let _ = monoio::io::copy(&mut cr, &mut uw).await;
@@ -590,7 +704,7 @@ async fn connect(
 }
 
 /// Writes `out` to the client under `timeout`, handing the buffer back (cleared).
-async fn write_client(client: &mut TcpStream, out: Vec<u8>, timeout: Duration) -> Result<Vec<u8>, Fail> {
+async fn write_client<S: AsyncWriteRent>(client: &mut S, out: Vec<u8>, timeout: Duration) -> Result<Vec<u8>, Fail> {
     match pump::write_all(client, out, timeout).await {
         Ok((Ok(_), mut b)) => {
             b.clear();
@@ -660,7 +774,7 @@ fn is_idempotent(method: &[u8]) -> bool {
 }
 
 /// One access-log line per request (target `kedge::access`).
-fn log_access(conn: &Conn, snap: &Snapshot, rec: &Record, start: Instant) {
+fn log_access<S>(conn: &Conn<S>, snap: &Snapshot, rec: &Record, start: Instant) {
     if !snap.access_log {
         return;
     }

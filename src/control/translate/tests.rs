@@ -800,10 +800,61 @@ fn tls_secrets_are_checked_and_the_plain_http_fallback_is_said() {
         "{:#?}",
         out.warnings
     );
-    let plain = out
-        .warnings
+    // Only the usable Secret becomes a certificate; every listed host has TLS, so each one
+    // redirects plain HTTP (those without a certificate get the default one).
+    let bound: Vec<(&str, &str)> = out
+        .tls
         .iter()
-        .filter(|w| w.message.contains("not implemented"))
-        .count();
-    assert_eq!(plain, 5, "each TLS Ingress is told it is served over plain HTTP");
+        .map(|b| (b.host.as_str(), b.secret.metadata.name.as_deref().unwrap_or("")))
+        .collect();
+    assert_eq!(bound, [("good.example.com", "good-cert")]);
+    for host in ["good", "missing", "opaque", "halfkey", "elsewhere"] {
+        let (_, opts) = table.lookup(format!("{host}.example.com").as_bytes(), "/").unwrap();
+        assert!(opts.ssl_redirect, "{host}");
+    }
+}
+
+#[test]
+fn ssl_redirect_annotations() {
+    let tls_ing = |name: &str, annotations: Value, tls: bool| {
+        let mut spec = json!({"ingressClassName": "kedge", "rules": shop_rule(&format!("{name}.example.com"))});
+        if tls {
+            spec["tls"] = json!([{"secretName": "cert"}]); // no hosts: the rule hosts
+        }
+        let mut i = (*ingress("web", name, T1, spec)).clone();
+        i.metadata.annotations = serde_json::from_value(annotations).unwrap();
+        Arc::new(i)
+    };
+    let w = shop_world(vec![
+        tls_ing("default", json!({}), true),
+        tls_ing(
+            "off",
+            json!({"nginx.ingress.kubernetes.io/ssl-redirect": "false"}),
+            true,
+        ),
+        tls_ing("plain", json!({}), false),
+        tls_ing(
+            "forced",
+            json!({"nginx.ingress.kubernetes.io/force-ssl-redirect": "true"}),
+            false,
+        ),
+    ]);
+    let (table, out) = w.run(&spec());
+    let redirect = |h: &str| {
+        table
+            .lookup(format!("{h}.example.com").as_bytes(), "/")
+            .unwrap()
+            .1
+            .ssl_redirect
+    };
+    assert!(redirect("default"));
+    assert!(!redirect("off"));
+    assert!(!redirect("plain"));
+    assert!(redirect("forced"));
+    // The Secret is missing: a warning each, and no certificate bindings.
+    assert!(out.tls.is_empty());
+    assert_eq!(
+        out.warnings.iter().filter(|w| w.message.contains("not found")).count(),
+        2
+    );
 }

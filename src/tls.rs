@@ -1,0 +1,364 @@
+//! TLS certificates: parsing and checking them (PEM from files and `kubernetes.io/tls`
+//! Secrets), the per-handshake choice by SNI ([`CertStore`]), and the rustls server
+//! configuration the workers terminate TLS with ([`Sessions::server_config`]).
+//!
+//! Everything here runs on the control thread except [`CertStore::resolve`], which rustls calls
+//! on a worker during a handshake: two hash lookups on an immutable map, no lock.
+
+use std::sync::Arc;
+
+use rustc_hash::FxHashMap;
+use rustls::crypto::CryptoProvider;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+use rustls::server::{ClientHello, ProducesTickets, ResolvesServerCert, StoresServerSessions};
+use rustls::sign::CertifiedKey;
+
+/// A certificate chain with its private key, ready to serve, and when it is valid.
+#[derive(Debug, Clone)]
+pub struct Cert {
+    pub key: Arc<CertifiedKey>,
+    /// Validity of the leaf certificate, in seconds since the Unix epoch.
+    pub not_before: i64,
+    pub not_after: i64,
+}
+
+/// Parses a PEM certificate chain (leaf first) and a PEM private key (PKCS#8, PKCS#1 or SEC1;
+/// RSA, ECDSA or Ed25519) and checks that they belong together.
+pub fn parse(chain_pem: &[u8], key_pem: &[u8]) -> Result<Cert, String> {
+    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(chain_pem)
+        .collect::<Result<_, _>>()
+        .map_err(|e| format!("certificate PEM: {e}"))?;
+    let Some(leaf) = chain.first() else {
+        return Err("no CERTIFICATE block in the certificate PEM".into());
+    };
+    let (not_before, not_after) = validity(leaf).ok_or("the leaf certificate is not valid X.509 DER")?;
+    let key_der = PrivateKeyDer::from_pem_slice(key_pem).map_err(|e| match e {
+        rustls::pki_types::pem::Error::NoItemsFound => {
+            "no PRIVATE KEY, RSA PRIVATE KEY or EC PRIVATE KEY block in the key PEM".to_owned()
+        }
+        e => format!("key PEM: {e}"),
+    })?;
+    let key = provider()
+        .key_provider
+        .load_private_key(key_der)
+        .map_err(|e| format!("unsupported private key: {e}"))?;
+    let certified = CertifiedKey::new(chain, key);
+    match certified.keys_match() {
+        Ok(()) => {}
+        Err(rustls::Error::InconsistentKeys(rustls::InconsistentKeys::Unknown)) => {}
+        Err(rustls::Error::InconsistentKeys(rustls::InconsistentKeys::KeyMismatch)) => {
+            return Err("the private key does not belong to the certificate".into());
+        }
+        Err(e) => return Err(format!("the certificate cannot be used: {e}")),
+    }
+    Ok(Cert {
+        key: Arc::new(certified),
+        not_before,
+        not_after,
+    })
+}
+
+impl Cert {
+    /// Why this certificate cannot serve `host` (lower-case DNS name or `*.suffix`) at `now`
+    /// (Unix seconds), or `None` when it can.
+    pub fn unusable_for(&self, host: &str, now: i64) -> Option<String> {
+        if now > self.not_after {
+            return Some(format!("the certificate expired at {}", format_time(self.not_after)));
+        }
+        if now < self.not_before {
+            return Some(format!(
+                "the certificate is not valid before {}",
+                format_time(self.not_before)
+            ));
+        }
+        if !self.covers(host) {
+            return Some(format!("the certificate does not name {host}"));
+        }
+        None
+    }
+
+    /// Whether the leaf certificate is valid for `host`. A wildcard rule host `*.example.com`
+    /// is covered when any one-label name under it is (a `*.example.com` certificate).
+    pub fn covers(&self, host: &str) -> bool {
+        let probe;
+        let name = match host.strip_prefix("*.") {
+            Some(suffix) => {
+                probe = format!("kedge-wildcard-probe.{suffix}");
+                probe.as_str()
+            }
+            None => host,
+        };
+        let Ok(server_name) = ServerName::try_from(name) else {
+            return false;
+        };
+        let Ok(leaf) = webpki::EndEntityCert::try_from(&self.key.cert[0]) else {
+            return false;
+        };
+        leaf.verify_is_valid_for_subject_name(&server_name).is_ok()
+    }
+}
+
+fn provider() -> Arc<CryptoProvider> {
+    CryptoProvider::get_default()
+        .cloned()
+        .unwrap_or_else(|| Arc::new(rustls::crypto::ring::default_provider()))
+}
+
+/// Chooses the certificate for a handshake: the exact SNI name, then the one-label wildcard
+/// `*.rest`, then the default certificate. With no default, a handshake for an unknown name
+/// (or without SNI) is refused with a `handshake_failure` alert.
+#[derive(Debug, Default, Clone)]
+pub struct CertStore {
+    exact: FxHashMap<Box<str>, Arc<CertifiedKey>>,
+    /// Keyed by the suffix after `*.`.
+    wildcard: FxHashMap<Box<str>, Arc<CertifiedKey>>,
+    default: Option<Arc<CertifiedKey>>,
+}
+
+impl CertStore {
+    /// Adds `host` (lower-case exact name or `*.suffix`) unless it is already there; returns
+    /// whether it was added (the first certificate for a host wins).
+    pub fn insert(&mut self, host: &str, key: Arc<CertifiedKey>) -> bool {
+        let (map, k) = match host.strip_prefix("*.") {
+            Some(suffix) => (&mut self.wildcard, suffix),
+            None => (&mut self.exact, host),
+        };
+        if map.contains_key(k) {
+            return false;
+        }
+        map.insert(k.into(), key);
+        true
+    }
+
+    pub fn set_default(&mut self, key: Option<Arc<CertifiedKey>>) {
+        self.default = key;
+    }
+
+    /// Number of host names with their own certificate.
+    pub fn len(&self) -> usize {
+        self.exact.len() + self.wildcard.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    pub fn has_default(&self) -> bool {
+        self.default.is_some()
+    }
+
+    /// The certificate for a name as sent in SNI (any case, maybe with a trailing dot).
+    pub fn lookup(&self, sni: Option<&str>) -> Option<&Arc<CertifiedKey>> {
+        if let Some(name) = sni {
+            let mut buf = [0u8; 253];
+            let name = name.strip_suffix('.').unwrap_or(name);
+            if name.len() <= buf.len() {
+                let lower = &mut buf[..name.len()];
+                lower.copy_from_slice(name.as_bytes());
+                lower.make_ascii_lowercase();
+                // SNI host names are ASCII (RFC 6066); rustls has checked that already.
+                if let Ok(lower) = std::str::from_utf8(lower) {
+                    if let Some(k) = self.exact.get(lower) {
+                        return Some(k);
+                    }
+                    if let Some((first, rest)) = lower.split_once('.')
+                        && !first.is_empty()
+                        && let Some(k) = self.wildcard.get(rest)
+                    {
+                        return Some(k);
+                    }
+                }
+            }
+        }
+        self.default.as_ref()
+    }
+
+    /// Whether two stores hand out the same certificates for the same names (so the rustls
+    /// configuration built on one can keep serving for the other).
+    pub fn same_as(&self, other: &CertStore) -> bool {
+        fn same(a: &FxHashMap<Box<str>, Arc<CertifiedKey>>, b: &FxHashMap<Box<str>, Arc<CertifiedKey>>) -> bool {
+            a.len() == b.len() && a.iter().all(|(k, v)| b.get(k).is_some_and(|w| Arc::ptr_eq(v, w)))
+        }
+        let defaults = match (&self.default, &other.default) {
+            (None, None) => true,
+            (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+            _ => false,
+        };
+        defaults && same(&self.exact, &other.exact) && same(&self.wildcard, &other.wildcard)
+    }
+}
+
+impl ResolvesServerCert for CertStore {
+    fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        self.lookup(hello.server_name()).cloned()
+    }
+}
+
+/// Session resumption state shared by every rustls configuration of the process, so that a
+/// certificate change does not end resumption, and a client resumes on whichever worker its
+/// next connection lands: stateless tickets (TLS 1.2 and 1.3; keys rotated every 6 hours, the
+/// previous key still accepted) and a session-ID cache for TLS 1.2 clients without tickets.
+#[derive(Debug, Clone)]
+pub struct Sessions {
+    ticketer: Arc<dyn ProducesTickets>,
+    cache: Arc<dyn StoresServerSessions>,
+}
+
+/// Session-ID cache entries (about 200 bytes each), shared by all workers.
+const SESSION_CACHE_ENTRIES: usize = 20_000;
+
+impl Sessions {
+    pub fn new() -> Result<Sessions, String> {
+        Ok(Sessions {
+            ticketer: rustls::crypto::ring::Ticketer::new().map_err(|e| format!("TLS ticket keys: {e}"))?,
+            cache: rustls::server::ServerSessionMemoryCache::new(SESSION_CACHE_ENTRIES),
+        })
+    }
+
+    /// The configuration TLS listeners accept with: TLS 1.3 and 1.2 only, rustls' default
+    /// cipher suites (AEAD with forward secrecy only), server preference, ALPN `http/1.1`,
+    /// no 0-RTT, certificates chosen by `store`.
+    pub fn server_config(&self, store: Arc<CertStore>) -> Result<Arc<rustls::ServerConfig>, String> {
+        let mut cfg = rustls::ServerConfig::builder_with_provider(provider())
+            .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+            .map_err(|e| format!("TLS configuration: {e}"))?
+            .with_no_client_auth()
+            .with_cert_resolver(store);
+        cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
+        cfg.ignore_client_order = true;
+        cfg.max_early_data_size = 0;
+        cfg.send_tls13_tickets = 2;
+        cfg.ticketer = Arc::clone(&self.ticketer);
+        cfg.session_storage = Arc::clone(&self.cache);
+        Ok(Arc::new(cfg))
+    }
+}
+
+// ---- X.509 validity --------------------------------------------------------------------------
+
+/// `notBefore` and `notAfter` of a DER certificate, in Unix seconds. Only the few DER elements
+/// on the way are parsed: Certificate → TBSCertificate → [version], serial, signature, issuer,
+/// validity.
+fn validity(der: &[u8]) -> Option<(i64, i64)> {
+    let (tag, cert, _) = der_element(der)?;
+    if tag != 0x30 {
+        return None;
+    }
+    let (tag, tbs, _) = der_element(cert)?;
+    if tag != 0x30 {
+        return None;
+    }
+    let mut rest = tbs;
+    let (tag, _, after) = der_element(rest)?;
+    if tag == 0xa0 {
+        rest = after; // explicit version
+    }
+    for _ in 0..3 {
+        rest = der_element(rest)?.2; // serialNumber, signature, issuer
+    }
+    let (tag, validity, _) = der_element(rest)?;
+    if tag != 0x30 {
+        return None;
+    }
+    let (t1, nb, rest) = der_element(validity)?;
+    let (t2, na, _) = der_element(rest)?;
+    Some((der_time(t1, nb)?, der_time(t2, na)?))
+}
+
+/// One DER element: (tag, content, what follows).
+fn der_element(b: &[u8]) -> Option<(u8, &[u8], &[u8])> {
+    let tag = *b.first()?;
+    let first = *b.get(1)? as usize;
+    let (len, start) = if first < 0x80 {
+        (first, 2)
+    } else {
+        let n = first & 0x7f;
+        if n == 0 || n > 4 {
+            return None;
+        }
+        let mut len = 0usize;
+        for i in 0..n {
+            len = (len << 8) | *b.get(2 + i)? as usize;
+        }
+        (len, 2 + n)
+    };
+    let end = start.checked_add(len)?;
+    Some((tag, b.get(start..end)?, &b[end..]))
+}
+
+/// UTCTime (tag 0x17, `YYMMDDHHMMSSZ`) or GeneralizedTime (0x18, `YYYYMMDDHHMMSSZ`).
+fn der_time(tag: u8, s: &[u8]) -> Option<i64> {
+    let digits = |r: std::ops::Range<usize>| -> Option<i64> {
+        let mut v = 0i64;
+        for &c in s.get(r)? {
+            if !c.is_ascii_digit() {
+                return None;
+            }
+            v = v * 10 + i64::from(c - b'0');
+        }
+        Some(v)
+    };
+    let (year, rest) = match tag {
+        0x17 if s.len() == 13 => {
+            let yy = digits(0..2)?;
+            (if yy >= 50 { 1900 + yy } else { 2000 + yy }, 2)
+        }
+        0x18 if s.len() == 15 => (digits(0..4)?, 4),
+        _ => return None,
+    };
+    if s.last() != Some(&b'Z') {
+        return None;
+    }
+    let month = digits(rest..rest + 2)?;
+    let day = digits(rest + 2..rest + 4)?;
+    let hour = digits(rest + 4..rest + 6)?;
+    let min = digits(rest + 6..rest + 8)?;
+    let sec = digits(rest + 8..rest + 10)?;
+    if !(1..=12).contains(&month) || !(1..=31).contains(&day) || hour > 23 || min > 59 || sec > 60 {
+        return None;
+    }
+    Some(days_from_civil(year, month, day) * 86_400 + hour * 3600 + min * 60 + sec)
+}
+
+/// Days since 1970-01-01 of a proleptic Gregorian date (Howard Hinnant's algorithm).
+fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let mp = (m + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + d - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    era * 146_097 + doe - 719_468
+}
+
+/// `YYYY-MM-DDTHH:MM:SSZ` for Unix seconds.
+pub fn format_time(t: i64) -> String {
+    let days = t.div_euclid(86_400);
+    let secs = t.rem_euclid(86_400);
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
+        secs / 3600,
+        secs % 3600 / 60,
+        secs % 60
+    )
+}
+
+/// Seconds since the Unix epoch now.
+pub fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64)
+}
+
+#[cfg(test)]
+mod tests;
