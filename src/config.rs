@@ -87,7 +87,7 @@ pub struct HostCert {
 pub enum UnknownSni {
     /// The default certificate (refused when there is none).
     Default,
-    /// A `handshake_failure` alert.
+    /// Refuse the handshake (rustls sends an `access_denied` alert).
     Refuse,
 }
 
@@ -382,7 +382,8 @@ impl Cx<'_> {
         for (i, l) in file.listener.iter().enumerate() {
             let key = format!("listener[{i}].address");
             let addr = self.addr(&l.address, &key)?;
-            if listeners.iter().any(|o: &ListenerConfig| o.addr == addr) {
+            // Port 0 (the kernel's choice) may be listed more than once.
+            if addr.port() != 0 && listeners.iter().any(|o: &ListenerConfig| o.addr == addr) {
                 return Err(self.error(Some(l.address.span()), Some(&key), format!("{addr} is listed twice")));
             }
             listeners.push(ListenerConfig {

@@ -107,7 +107,7 @@ fn provider() -> Arc<CryptoProvider> {
 
 /// Chooses the certificate for a handshake: the exact SNI name, then the one-label wildcard
 /// `*.rest`, then the default certificate. With no default, a handshake for an unknown name
-/// (or without SNI) is refused with a `handshake_failure` alert.
+/// (or without SNI) is refused: rustls ends the handshake with an `access_denied` alert.
 #[derive(Debug, Default, Clone)]
 pub struct CertStore {
     exact: FxHashMap<Box<str>, Arc<CertifiedKey>>,

@@ -88,8 +88,17 @@ fn healthz_answers_and_the_rest_is_refused() {
     assert_eq!(ask(admin, "GET /healthz?probe=1 HTTP/1.0\r\n\r\n", false).1, 200);
 
     // Unknown paths, other methods.
-    let (_, status, body, _) = ask(admin, "GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n", false);
+    let (_, status, body, _) = ask(admin, "GET /stats HTTP/1.1\r\nHost: x\r\n\r\n", false);
     assert_eq!(status, 404, "{body}");
+    assert!(body.contains("/healthz, /readyz and /metrics"), "{body}");
+    // The counters, in the Prometheus text format.
+    let (_, status, body, _) = ask(admin, "GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n", false);
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("# TYPE kedge_tls_handshakes_total counter\n"), "{body}");
+    assert!(
+        body.contains("kedge_tls_handshakes_total{result=\"full\"} 0\n"),
+        "{body}"
+    );
     let (_, status, _, _) = ask(admin, "GET /healthz/ HTTP/1.1\r\nHost: x\r\n\r\n", false);
     assert_eq!(status, 404);
     let (mut c, status, _, headers) = ask(

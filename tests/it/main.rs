@@ -45,6 +45,9 @@ mod smuggling;
 mod status;
 /// Client-side timeouts: request head and body (408), silent and idle connections.
 mod timeouts;
+/// TLS listeners: SNI, certificates from files and Secrets, rotation under load, resumption,
+/// redirects and HSTS, bad certificates and clients that do not speak TLS.
+mod tls;
 /// Protocol upgrades (WebSocket-style) and the tunnel after a 101.
 mod upgrade;
 /// Refused, silent and closing upstreams: 502/504, connect and request retries, cut-off bodies.

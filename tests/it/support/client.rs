@@ -4,14 +4,60 @@
 
 use std::io::{self, ErrorKind, Read, Write};
 use std::net::{SocketAddr, TcpStream};
+use std::sync::Arc;
 use std::time::Duration;
 
 /// How long a read or write may block before the test fails.
 const IO_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// The connection under a [`Client`]: plain, or TLS (a rustls client).
+enum Stream {
+    Plain(TcpStream),
+    Tls(Box<rustls::StreamOwned<rustls::ClientConnection, TcpStream>>),
+}
+
+impl Stream {
+    fn tcp(&self) -> &TcpStream {
+        match self {
+            Stream::Plain(s) => s,
+            Stream::Tls(s) => &s.sock,
+        }
+    }
+    fn set_read_timeout(&self, t: Option<Duration>) -> io::Result<()> {
+        self.tcp().set_read_timeout(t)
+    }
+    fn shutdown(&self, how: std::net::Shutdown) -> io::Result<()> {
+        self.tcp().shutdown(how)
+    }
+}
+
+impl Read for Stream {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        match self {
+            Stream::Plain(s) => s.read(buf),
+            Stream::Tls(s) => s.read(buf),
+        }
+    }
+}
+
+impl Write for Stream {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        match self {
+            Stream::Plain(s) => s.write(buf),
+            Stream::Tls(s) => s.write(buf),
+        }
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        match self {
+            Stream::Plain(s) => s.flush(),
+            Stream::Tls(s) => s.flush(),
+        }
+    }
+}
+
 /// One client connection.
 pub struct Client {
-    stream: TcpStream,
+    stream: Stream,
     /// Bytes read and not yet parsed.
     buf: Vec<u8>,
 }
@@ -73,9 +119,53 @@ impl Client {
         stream.set_write_timeout(Some(IO_TIMEOUT))?;
         stream.set_nodelay(true)?;
         Ok(Client {
-            stream,
+            stream: Stream::Plain(stream),
             buf: Vec::new(),
         })
+    }
+
+    /// Connects over TLS with `config`, sending `sni` (an IP address sends no SNI), and
+    /// completes the handshake, so that its failure is this call's error.
+    pub fn try_connect_tls(addr: SocketAddr, config: Arc<rustls::ClientConfig>, sni: &str) -> io::Result<Client> {
+        let mut tcp = TcpStream::connect_timeout(&addr, IO_TIMEOUT)?;
+        tcp.set_read_timeout(Some(IO_TIMEOUT))?;
+        tcp.set_write_timeout(Some(IO_TIMEOUT))?;
+        tcp.set_nodelay(true)?;
+        let name = rustls::pki_types::ServerName::try_from(sni.to_owned())
+            .map_err(|e| io::Error::new(ErrorKind::InvalidInput, e))?;
+        let mut conn = rustls::ClientConnection::new(config, name).map_err(io::Error::other)?;
+        while conn.is_handshaking() {
+            conn.complete_io(&mut tcp)?;
+        }
+        Ok(Client {
+            stream: Stream::Tls(Box::new(rustls::StreamOwned::new(conn, tcp))),
+            buf: Vec::new(),
+        })
+    }
+
+    pub fn connect_tls(addr: SocketAddr, config: Arc<rustls::ClientConfig>, sni: &str) -> Client {
+        Client::try_connect_tls(addr, config, sni)
+            .unwrap_or_else(|e| panic!("TLS connect to kedge at {addr} ({sni}): {e}"))
+    }
+
+    /// The TLS session, for a TLS client.
+    pub fn tls(&self) -> &rustls::ClientConnection {
+        match &self.stream {
+            Stream::Tls(s) => &s.conn,
+            Stream::Plain(_) => panic!("not a TLS client"),
+        }
+    }
+
+    /// The leaf certificate the server presented.
+    pub fn peer_leaf(&self) -> rustls::pki_types::CertificateDer<'static> {
+        self.tls().peer_certificates().expect("peer certificates")[0]
+            .clone()
+            .into_owned()
+    }
+
+    /// Whether the handshake resumed a session.
+    pub fn resumed(&self) -> bool {
+        self.tls().handshake_kind() == Some(rustls::HandshakeKind::Resumed)
     }
 
     pub fn send(&mut self, bytes: &[u8]) {

@@ -20,6 +20,8 @@ pub struct Kedge {
     config: PathBuf,
     /// The `[proxy]` section this instance was started with; rewrites keep it.
     proxy: String,
+    /// Whether it has a TLS listener too; rewrites keep it.
+    tls: bool,
     addr: SocketAddr,
     logs: Arc<Logs>,
 }
@@ -29,6 +31,7 @@ pub struct Setup {
     driver: Driver,
     workers: usize,
     proxy_extra: String,
+    tls: bool,
 }
 
 /// Signals a test sends to kedge.
@@ -56,12 +59,20 @@ impl Kedge {
             driver,
             workers: 1,
             proxy_extra: String::new(),
+            tls: false,
         }
     }
 
     /// The address kedge listens on.
     pub fn addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// The address of kedge's TLS listener (started with [`Setup::tls`]).
+    pub fn tls_addr(&self) -> SocketAddr {
+        assert!(self.tls, "started without a TLS listener");
+        let line = self.wait_log(TLS_LISTENING_END, Duration::from_secs(5));
+        addr_after(&line, "listening on ").unwrap_or_else(|| panic!("no address in {line:?}"))
     }
 
     /// The address of kedge's admin server (`[admin]`, port 0 unless the test's fragment has an
@@ -142,7 +153,7 @@ impl Kedge {
     /// Replaces the config file with the same `[proxy]` and listener and a new `fragment`
     /// (atomically; send [`Signal::Hup`] to apply it).
     pub fn rewrite_config(&self, fragment: &str) {
-        self.dir.write("kedge.toml", &compose(&self.proxy, fragment));
+        self.dir.write("kedge.toml", &compose(&self.proxy, fragment, self.tls));
     }
 
     /// The most memory the process has held at once (`VmHWM`), in bytes.
@@ -161,6 +172,12 @@ impl Kedge {
 impl Setup {
     pub fn workers(mut self, n: usize) -> Setup {
         self.workers = n;
+        self
+    }
+
+    /// Adds a TLS listener (on a port of the kernel's choice) next to the plain one.
+    pub fn tls(mut self) -> Setup {
+        self.tls = true;
         self
     }
 
@@ -197,7 +214,7 @@ impl Setup {
             self.driver.name(),
             proxy_extra
         );
-        let config = dir.write("kedge.toml", &compose(&proxy, fragment));
+        let config = dir.write("kedge.toml", &compose(&proxy, fragment, self.tls));
         let mut child = Command::new(env!("CARGO_BIN_EXE_kedge"))
             .arg("run")
             .arg("--config")
@@ -219,6 +236,7 @@ impl Setup {
             dir,
             config,
             proxy,
+            tls: self.tls,
             addr,
             logs,
         }
@@ -245,14 +263,19 @@ impl Drop for Kedge {
 /// The config file: `[proxy]`, the test's fragment, the listener, and an admin server on a port
 /// of the kernel's choice unless the fragment has its own `[admin]` (the default port would be
 /// shared by every test).
-fn compose(proxy: &str, fragment: &str) -> String {
+fn compose(proxy: &str, fragment: &str, tls: bool) -> String {
     let admin = if fragment.contains("[admin]") {
         ""
     } else {
         "[admin]\naddress = \"127.0.0.1:0\"\n"
     };
+    let tls = if tls {
+        "[[listener]]\naddress = \"127.0.0.1:0\"\ntls = true\n"
+    } else {
+        ""
+    };
     format!(
-        "# written by kedge's integration tests\n{proxy}\n{fragment}\n[[listener]]\naddress = \"127.0.0.1:0\"\n{admin}"
+        "# written by kedge's integration tests\n{proxy}\n{fragment}\n[[listener]]\naddress = \"127.0.0.1:0\"\n{tls}{admin}"
     )
 }
 
@@ -298,9 +321,13 @@ fn wait_listening(child: &mut Child, logs: &Logs) -> SocketAddr {
 /// What kedge logs once its admin server is bound.
 const ADMIN_LISTENING: &str = "admin listening on ";
 
-/// The proxy's address from its `listening on ADDR` line (not from the admin server's).
+/// How kedge's line for a TLS listener ends.
+const TLS_LISTENING_END: &str = " (tls)";
+
+/// The proxy's plain-HTTP address from its `listening on ADDR` line (not from the admin
+/// server's, nor a TLS listener's).
 fn listening_addr(line: &str) -> Option<SocketAddr> {
-    if line.contains(ADMIN_LISTENING) {
+    if line.contains(ADMIN_LISTENING) || line.ends_with(TLS_LISTENING_END) {
         return None;
     }
     addr_after(line, "listening on ")

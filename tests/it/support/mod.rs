@@ -9,6 +9,7 @@ mod kube_api;
 pub mod objects;
 mod raw_upstream;
 mod recording_upstream;
+pub mod tls;
 mod upstream;
 
 use std::net::{SocketAddr, TcpListener};

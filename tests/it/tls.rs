@@ -1,0 +1,687 @@
+//! TLS listeners with real rustls clients (and openssl where a test needs RSA or PKCS#1/SEC1
+//! keys): SNI choosing certificates from files and from Ingress Secrets, the default
+//! certificate, rotation without a restart and without a failed request, resumption on TLS 1.2
+//! and 1.3, redirects and HSTS, bad certificates, and clients that are not TLS at all.
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::Duration;
+
+use serde_json::json;
+
+use crate::support::objects::{ingress, ingress_class, service, slice};
+use crate::support::tls::{Leaf, TestCa};
+use rustls::pki_types::pem::PemObject;
+
+use crate::support::{Client, FakeApi, Handler, Kedge, TempDir, Upstream, both_drivers, wait_until};
+
+const UPGRADE_REQUEST: &[u8] =
+    b"GET /ws HTTP/1.1\r\nHost: www.example.com\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
+    Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n";
+
+/// `[tls]` with a default certificate and `[[tls.certificate]]`s, and a route to `up` for every
+/// host.
+fn static_tls(dir: &TempDir, default: &Leaf, certs: &[(&[&str], &Leaf)], up: &Upstream, extra: &str) -> String {
+    let (dc, dk) = default.write(dir, "default");
+    let mut s = format!(
+        "[tls]\ndefault_cert = \"{}\"\ndefault_key = \"{}\"\n{extra}\n",
+        dc.display(),
+        dk.display()
+    );
+    for (i, (hosts, leaf)) in certs.iter().enumerate() {
+        let (c, k) = leaf.write(dir, &format!("cert{i}"));
+        s.push_str(&format!(
+            "[[tls.certificate]]\nhosts = {hosts:?}\ncert = \"{}\"\nkey = \"{}\"\n",
+            c.display(),
+            k.display()
+        ));
+    }
+    s.push_str(&format!("[[route]]\nupstreams = [\"{}\"]\n", up.addr()));
+    s
+}
+
+/// A GET over a new TLS connection; returns the status and the leaf certificate served.
+fn tls_get(kedge: &Kedge, ca: &TestCa, sni: &str, host: &str) -> (u16, rustls::pki_types::CertificateDer<'static>) {
+    let mut c = Client::connect_tls(kedge.tls_addr(), ca.client(), sni);
+    let resp = c.get(host, "/");
+    (resp.status, c.peer_leaf())
+}
+
+/// The value of counter `kedge_tls_handshakes_total{result="RESULT"}` on the admin server.
+fn handshakes(kedge: &Kedge, result: &str) -> u64 {
+    let mut c = Client::connect(kedge.admin_addr());
+    let m = c.get("admin", "/metrics").text();
+    let key = format!("kedge_tls_handshakes_total{{result=\"{result}\"}} ");
+    m.lines()
+        .find_map(|l| l.strip_prefix(&key))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no {key} in {m}"))
+}
+
+both_drivers!(
+    fn sni_chooses_exact_then_wildcard_then_default(driver) {
+        let ca = TestCa::new();
+        let dir = TempDir::new("tls-sni");
+        let default = ca.leaf(&["default.example.net", "127.0.0.1"]);
+        let exact = ca.leaf(&["www.example.com"]);
+        let wild = ca.leaf(&["*.example.com"]);
+        let up = Upstream::start("app", Handler::Echo);
+        let frag = static_tls(&dir, &default, &[(&["www.example.com"], &exact), (&["*.example.com"], &wild)], &up, "");
+        let kedge = Kedge::setup(driver).tls().start(&frag);
+
+        let (status, leaf) = tls_get(&kedge, &ca, "www.example.com", "www.example.com");
+        assert_eq!(status, 200);
+        assert!(leaf == exact.der, "exact name gets its own certificate");
+        // The client verifies the name: a wildcard certificate for a one-label name.
+        let (_, leaf) = tls_get(&kedge, &ca, "api.example.com", "api.example.com");
+        assert!(leaf == wild.der, "one extra label gets the wildcard certificate");
+        let (_, leaf) = tls_get(&kedge, &ca, "default.example.net", "default.example.net");
+        assert!(leaf == default.der);
+        // Two extra labels are not covered by the wildcard: the default certificate, which does
+        // not name the host, so a verifying client refuses it.
+        let e = Client::try_connect_tls(kedge.tls_addr(), ca.client(), "a.b.example.com").err().expect("refused");
+        assert!(e.to_string().contains("certificate"), "{e}");
+        // No SNI (the client connects by IP): the default certificate.
+        let c = Client::connect_tls(kedge.tls_addr(), ca.client(), "127.0.0.1");
+        assert!(c.peer_leaf() == default.der);
+        // ALPN http/1.1 and both protocol versions.
+        let c13 = Client::connect_tls(kedge.tls_addr(), ca.client_with(&[&rustls::version::TLS13]), "www.example.com");
+        assert_eq!(c13.tls().alpn_protocol(), Some(&b"http/1.1"[..]));
+        assert_eq!(c13.tls().protocol_version(), Some(rustls::ProtocolVersion::TLSv1_3));
+        let mut c12 = Client::connect_tls(kedge.tls_addr(), ca.client_with(&[&rustls::version::TLS12]), "www.example.com");
+        assert_eq!(c12.tls().protocol_version(), Some(rustls::ProtocolVersion::TLSv1_2));
+        assert_eq!(c12.get("www.example.com", "/").status, 200);
+    }
+);
+
+both_drivers!(
+    fn https_is_forwarded_with_proto_hsts_bodies_and_upgrades(driver) {
+        let ca = TestCa::new();
+        let dir = TempDir::new("tls-https");
+        let leaf = ca.leaf(&["www.example.com"]);
+        let up = Upstream::start("ws", Handler::WebSocket);
+        let kedge = Kedge::setup(driver).tls().start(&static_tls(&dir, &leaf, &[], &up, ""));
+        let mut c = Client::connect_tls(kedge.tls_addr(), ca.client(), "www.example.com");
+        let resp = c.get("www.example.com", "/a");
+        assert_eq!(resp.status, 200);
+        assert_eq!(
+            resp.header("strict-transport-security"),
+            Some("max-age=31536000; includeSubDomains")
+        );
+        let seen = &up.requests()[0];
+        assert_eq!(seen.header("x-forwarded-proto"), Some("https"));
+        // Keep-alive, and a body larger than a TLS record both ways.
+        let body = crate::support::body::fill(3, 300_000);
+        let mut req = format!(
+            "POST /up HTTP/1.1\r\nHost: www.example.com\r\nContent-Length: {}\r\n\r\n",
+            body.len()
+        )
+        .into_bytes();
+        req.extend_from_slice(&body);
+        c.send(&req);
+        let resp = c.read_response();
+        assert_eq!(resp.status, 200);
+        let seen = &up.requests()[1];
+        assert_eq!(seen.body_len, body.len() as u64);
+        assert_eq!(seen.body_hash, crate::support::body::hash(&body));
+        // A WebSocket tunnel over TLS.
+        let mut ws = Client::connect_tls(kedge.tls_addr(), ca.client(), "www.example.com");
+        ws.send(UPGRADE_REQUEST);
+        assert_eq!(ws.read_response().status, 101);
+        ws.send(b"hello over tls");
+        assert_eq!(ws.read_exact_raw(14), b"hello over tls");
+        let big = crate::support::body::fill(9, 100_000);
+        ws.send(&big);
+        assert!(ws.read_exact_raw(big.len()) == big, "tunnelled bytes changed");
+        ws.shutdown_write();
+        assert!(ws.is_closed(), "the tunnel stayed open after both sides finished");
+    }
+);
+
+both_drivers!(
+    fn plain_http_for_tls_hosts_is_redirected_with_308(driver) {
+        let ca = TestCa::new();
+        let dir = TempDir::new("tls-redirect");
+        let leaf = ca.leaf(&["www.example.com", "optout.example.com"]);
+        let (c, k) = leaf.write(&dir, "www");
+        let up = Upstream::start("app", Handler::Echo);
+        let frag = format!(
+            "[[tls.certificate]]\nhosts = [\"www.example.com\", \"optout.example.com\"]\ncert = \"{}\"\nkey = \"{}\"\n\
+             [[route]]\nhost = \"www.example.com\"\nupstreams = [\"{a}\"]\n\
+             [[route]]\nhost = \"optout.example.com\"\nupstreams = [\"{a}\"]\nssl_redirect = false\n\
+             [[route]]\nhost = \"plain.example.com\"\nupstreams = [\"{a}\"]\n\
+             [[route]]\nhost = \"forced.example.com\"\nupstreams = [\"{a}\"]\nssl_redirect = true\n",
+            c.display(),
+            k.display(),
+            a = up.addr()
+        );
+        let kedge = Kedge::setup(driver).tls().start(&frag);
+        let port = kedge.tls_addr().port();
+        let mut client = Client::connect(kedge.addr());
+        let resp = client.get("www.example.com:80", "/shop/cart?id=7&x=%20");
+        assert_eq!(resp.status, 308, "{resp:?}");
+        assert_eq!(
+            resp.header("location"),
+            Some(format!("https://www.example.com:{port}/shop/cart?id=7&x=%20").as_str())
+        );
+        // The connection stays usable after a redirect of a request without a body.
+        let resp = client.get("forced.example.com", "/");
+        assert_eq!(resp.status, 308);
+        assert_eq!(resp.header("location"), Some(format!("https://forced.example.com:{port}/").as_str()));
+        // Opted out, no certificate, and ACME HTTP-01 challenges: proxied over plain HTTP.
+        assert_eq!(client.get("optout.example.com", "/").status, 200);
+        assert_eq!(client.get("plain.example.com", "/").status, 200);
+        assert_eq!(client.get("www.example.com", "/.well-known/acme-challenge/token").status, 200);
+        assert_eq!(up.request_count(), 3, "redirected requests never reach the upstream");
+        // A request with a body is redirected too (308 keeps method and body), then closed.
+        let mut post = Client::connect(kedge.addr());
+        post.send(b"POST /form HTTP/1.1\r\nHost: www.example.com\r\nContent-Length: 5\r\n\r\nhello");
+        let resp = post.read_response();
+        assert_eq!(resp.status, 308);
+        assert!(resp.header_has_token("connection", "close"));
+        assert!(post.is_closed());
+        // Over HTTPS the same host is served, not redirected.
+        let mut s = Client::connect_tls(kedge.tls_addr(), ca.client(), "www.example.com");
+        assert_eq!(s.get("www.example.com", "/").status, 200);
+    }
+);
+
+/// A cluster with Service `web` (one pod: `up`) and Ingress `web` for `host` with TLS from
+/// Secret `web-tls`.
+fn tls_cluster(up_port: u16, host: &str) -> FakeApi {
+    let api = FakeApi::start();
+    api.apply("ingressclasses", ingress_class());
+    api.apply("services", service("web"));
+    api.apply("endpointslices", slice("web", up_port, &["127.0.0.1"]));
+    let mut ing = ingress("web", "kedge", host, "/", "web");
+    ing["spec"]["tls"] = json!([{"hosts": [host], "secretName": "web-tls"}]);
+    api.apply("ingresses", ing);
+    api
+}
+
+both_drivers!(
+    fn ingress_tls_from_a_secret_rotates_under_load_without_a_failure(driver) {
+        let ca = TestCa::new();
+        let up = Upstream::start("web", Handler::Echo);
+        let api = tls_cluster(up.addr().port(), "foo.bar.com");
+        let first = ca.leaf(&["foo.bar.com"]);
+        api.apply("secrets", first.secret("default", "web-tls"));
+        let dir = TempDir::new("tls-secret");
+        let kedge = Kedge::setup(driver).tls().follow(&api, &dir, "");
+
+        // The conformance case: TLS for foo.bar.com, the client verifying the host name.
+        let mut kept = Client::connect_tls(kedge.tls_addr(), ca.client(), "foo.bar.com");
+        let resp = kept.get("foo.bar.com", "/");
+        assert_eq!(resp.status, 200);
+        assert!(kept.peer_leaf() == first.der);
+        assert_eq!(up.requests()[0].header("x-forwarded-proto"), Some("https"));
+
+        // Load: new connections (full handshakes) and requests, all through the rotation.
+        let stop = Arc::new(AtomicBool::new(false));
+        let ok = Arc::new(AtomicUsize::new(0));
+        let failures = Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+        let load: Vec<_> = (0..3)
+            .map(|_| {
+                let (stop, ok, failures) = (Arc::clone(&stop), Arc::clone(&ok), Arc::clone(&failures));
+                let (addr, config) = (kedge.tls_addr(), ca.client());
+                std::thread::spawn(move || {
+                    while !stop.load(Ordering::Relaxed) {
+                        match Client::try_connect_tls(addr, Arc::clone(&config), "foo.bar.com") {
+                            Ok(mut c) => {
+                                for _ in 0..3 {
+                                    match c.try_send(b"GET / HTTP/1.1\r\nHost: foo.bar.com\r\n\r\n") {
+                                        Ok(()) => match c.try_read_response(false) {
+                                            Ok(r) if r.status == 200 => {
+                                                ok.fetch_add(1, Ordering::Relaxed);
+                                            }
+                                            other => failures.lock().unwrap().push(format!("{other:?}")),
+                                        },
+                                        Err(e) => failures.lock().unwrap().push(e.to_string()),
+                                    }
+                                }
+                            }
+                            Err(e) => failures.lock().unwrap().push(format!("handshake: {e}")),
+                        }
+                    }
+                })
+            })
+            .collect();
+        wait_until(Duration::from_secs(10), "load under way", || ok.load(Ordering::Relaxed) > 50);
+        let second = ca.leaf(&["foo.bar.com"]);
+        api.apply("secrets", second.secret("default", "web-tls"));
+        wait_until(Duration::from_secs(10), "new handshakes get the new certificate", || {
+            Client::connect_tls(kedge.tls_addr(), ca.client(), "foo.bar.com").peer_leaf() == second.der
+        });
+        let at_rotation = ok.load(Ordering::Relaxed);
+        wait_until(Duration::from_secs(10), "more load after the rotation", || {
+            ok.load(Ordering::Relaxed) > at_rotation + 50
+        });
+        stop.store(true, Ordering::Relaxed);
+        for t in load {
+            t.join().expect("load thread");
+        }
+        let failures = failures.lock().unwrap();
+        assert!(failures.is_empty(), "{} failed requests: {:?}", failures.len(), &failures[..failures.len().min(5)]);
+        // A connection from before the rotation goes on with its session.
+        assert_eq!(kept.get("foo.bar.com", "/").status, 200);
+        assert!(kept.peer_leaf() == first.der);
+    }
+);
+
+/// A client configuration that accepts any certificate: to see which one a host gets when it
+/// is one the client would refuse.
+fn any_cert_client() -> Arc<rustls::ClientConfig> {
+    #[derive(Debug)]
+    struct AcceptAll(Arc<rustls::crypto::CryptoProvider>);
+    impl rustls::client::danger::ServerCertVerifier for AcceptAll {
+        fn verify_server_cert(
+            &self,
+            _: &rustls::pki_types::CertificateDer<'_>,
+            _: &[rustls::pki_types::CertificateDer<'_>],
+            _: &rustls::pki_types::ServerName<'_>,
+            _: &[u8],
+            _: rustls::pki_types::UnixTime,
+        ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+            Ok(rustls::client::danger::ServerCertVerified::assertion())
+        }
+        fn verify_tls12_signature(
+            &self,
+            m: &[u8],
+            c: &rustls::pki_types::CertificateDer<'_>,
+            d: &rustls::DigitallySignedStruct,
+        ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+            rustls::crypto::verify_tls12_signature(m, c, d, &self.0.signature_verification_algorithms)
+        }
+        fn verify_tls13_signature(
+            &self,
+            m: &[u8],
+            c: &rustls::pki_types::CertificateDer<'_>,
+            d: &rustls::DigitallySignedStruct,
+        ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+            rustls::crypto::verify_tls13_signature(m, c, d, &self.0.signature_verification_algorithms)
+        }
+        fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+            self.0.signature_verification_algorithms.supported_schemes()
+        }
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut cfg = rustls::ClientConfig::builder_with_provider(Arc::clone(&provider))
+        .with_safe_default_protocol_versions()
+        .expect("versions")
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(AcceptAll(provider)))
+        .with_no_client_auth();
+    cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Arc::new(cfg)
+}
+
+#[test]
+fn bad_certificates_fall_back_to_the_default_and_break_nothing_else() {
+    let ca = TestCa::new();
+    let up = Upstream::start("web", Handler::Echo);
+    let api = tls_cluster(up.addr().port(), "good.example.com");
+    let good = ca.leaf(&["good.example.com"]);
+    api.apply("secrets", good.secret("default", "web-tls"));
+    let bad: [(&str, Leaf); 4] = [
+        ("expired", ca.leaf_valid(&["expired.example.com"], (2020, 2021))),
+        ("wrongname", ca.leaf(&["other.example.com"])),
+        ("mismatch", {
+            let mut l = ca.leaf(&["mismatch.example.com"]);
+            l.key_pem = ca.leaf(&["mismatch.example.com"]).key_pem;
+            l
+        }),
+        ("garbage", {
+            let mut l = ca.leaf(&["garbage.example.com"]);
+            l.chain_pem = "-----BEGIN CERTIFICATE-----\nbm90IGEgY2VydA==\n-----END CERTIFICATE-----\n".into();
+            l
+        }),
+    ];
+    for (name, leaf) in &bad {
+        api.apply("secrets", leaf.secret("default", &format!("{name}-tls")));
+        let host = format!("{name}.example.com");
+        let mut ing = ingress(name, "kedge", &host, "/", "web");
+        ing["spec"]["tls"] = json!([{"hosts": [host], "secretName": format!("{name}-tls")}]);
+        api.apply("ingresses", ing);
+    }
+    let dir = TempDir::new("tls-bad");
+    let default = ca.leaf(&["default.example.net"]);
+    let (dc, dk) = default.write(&dir, "default");
+    let kedge = Kedge::setup(crate::support::Driver::IoUring).tls().start(&format!(
+        "[tls]\ndefault_cert = \"{}\"\ndefault_key = \"{}\"\n[[cluster]]\nname = \"test\"\nkubeconfig = \"{}\"\n",
+        dc.display(),
+        dk.display(),
+        {
+            let k = dir.path().join("kubeconfig");
+            api.write_kubeconfig(&k);
+            k.display().to_string()
+        }
+    ));
+    for why in [
+        "expired.example.com: the certificate expired at 2021-01-01T00:00:00Z; it gets the default certificate",
+        "wrongname.example.com: the certificate does not name wrongname.example.com",
+        "Secret default/mismatch-tls: the private key does not belong to the certificate",
+        "Secret default/garbage-tls: the leaf certificate is not valid X.509 DER",
+    ] {
+        kedge.wait_log(why, Duration::from_secs(10));
+    }
+    // Each bad host gets the default certificate, and is still routed.
+    for (name, _) in &bad {
+        let host = format!("{name}.example.com");
+        let mut c = Client::connect_tls(kedge.tls_addr(), any_cert_client(), &host);
+        assert!(c.peer_leaf() == default.der, "{host}");
+        assert_eq!(c.get(&host, "/").status, 200, "{host}");
+    }
+    // The good one keeps its own, verified.
+    let mut c = Client::connect_tls(kedge.tls_addr(), ca.client(), "good.example.com");
+    assert!(c.peer_leaf() == good.der);
+    assert_eq!(c.get("good.example.com", "/").status, 200);
+    // Fixing a Secret fixes its host.
+    let fixed = ca.leaf(&["expired.example.com"]);
+    api.apply("secrets", fixed.secret("default", "expired-tls"));
+    wait_until(Duration::from_secs(10), "the fixed certificate is served", || {
+        Client::try_connect_tls(kedge.tls_addr(), ca.client(), "expired.example.com")
+            .is_ok_and(|c| c.peer_leaf() == fixed.der)
+    });
+}
+
+both_drivers!(
+    fn certificate_files_are_picked_up_without_a_restart(driver) {
+        let ca = TestCa::new();
+        let dir = TempDir::new("tls-files");
+        let default = ca.leaf(&["default.example.net"]);
+        let first = ca.leaf(&["www.example.com"]);
+        let up = Upstream::start("app", Handler::Echo);
+        let kedge = Kedge::setup(driver)
+            .tls()
+            .start(&static_tls(&dir, &default, &[(&["www.example.com"], &first)], &up, ""));
+        let mut kept = Client::connect_tls(kedge.tls_addr(), ca.client(), "www.example.com");
+        assert_eq!(kept.get("www.example.com", "/").status, 200);
+        assert!(kept.peer_leaf() == first.der);
+
+        let second = ca.leaf(&["www.example.com"]);
+        second.write(&dir, "cert0");
+        wait_until(Duration::from_secs(10), "the new file is served", || {
+            Client::connect_tls(kedge.tls_addr(), ca.client(), "www.example.com").peer_leaf() == second.der
+        });
+        // A half-written rotation (the key of another certificate) keeps the last good one.
+        dir.write("cert0.key", &ca.leaf(&["www.example.com"]).key_pem);
+        kedge.wait_log("the private key does not belong to the certificate; the previous certificate is still served", Duration::from_secs(10));
+        assert!(Client::connect_tls(kedge.tls_addr(), ca.client(), "www.example.com").peer_leaf() == second.der);
+        // The connection from before any of it still works.
+        assert_eq!(kept.get("www.example.com", "/").status, 200);
+    }
+);
+
+#[test]
+fn sessions_resume_on_tls12_and_tls13_across_workers() {
+    let ca = TestCa::new();
+    let dir = TempDir::new("tls-resume");
+    let leaf = ca.leaf(&["www.example.com"]);
+    let up = Upstream::start("app", Handler::Echo);
+    let kedge = Kedge::setup(crate::support::Driver::IoUring)
+        .workers(2)
+        .tls()
+        .start(&static_tls(&dir, &leaf, &[], &up, ""));
+    let ids_only = {
+        let mut cfg = (*ca.client_with(&[&rustls::version::TLS12])).clone();
+        cfg.resumption = rustls::client::Resumption::in_memory_sessions(16)
+            .tls12_resumption(rustls::client::Tls12Resumption::SessionIdOnly);
+        Arc::new(cfg)
+    };
+    for (what, config) in [
+        ("TLS 1.3 tickets", ca.client_with(&[&rustls::version::TLS13])),
+        ("TLS 1.2 tickets", ca.client_with(&[&rustls::version::TLS12])),
+        ("TLS 1.2 session IDs", ids_only),
+    ] {
+        let mut first = Client::connect_tls(kedge.tls_addr(), Arc::clone(&config), "www.example.com");
+        // TLS 1.3 tickets come after the handshake: read a response to have them.
+        assert_eq!(first.get("www.example.com", "/").status, 200);
+        assert!(!first.resumed());
+        drop(first);
+        // Several connections, so that both workers (SO_REUSEPORT spreads them) resume.
+        for i in 0..8 {
+            let mut c = Client::connect_tls(kedge.tls_addr(), Arc::clone(&config), "www.example.com");
+            assert!(c.resumed(), "{what}: connection {i} did a full handshake");
+            assert_eq!(c.get("www.example.com", "/").status, 200);
+        }
+    }
+    assert!(handshakes(&kedge, "resumed") >= 24);
+    assert_eq!(handshakes(&kedge, "full"), 3);
+}
+
+/// The first flight of a real TLS client: a complete ClientHello record.
+fn client_hello(ca: &TestCa) -> Vec<u8> {
+    let name = rustls::pki_types::ServerName::try_from("www.example.com").unwrap();
+    let mut conn = rustls::ClientConnection::new(ca.client(), name).unwrap();
+    let mut out = Vec::new();
+    conn.write_tls(&mut out).unwrap();
+    out
+}
+
+both_drivers!(
+    fn clients_that_do_not_speak_tls_are_closed_counted_and_harmless(driver) {
+        let ca = TestCa::new();
+        let dir = TempDir::new("tls-bad-clients");
+        let leaf = ca.leaf(&["www.example.com"]);
+        let up = Upstream::start("app", Handler::Echo);
+        let kedge = Kedge::setup(driver)
+            .tls()
+            .start(&static_tls(&dir, &leaf, &[], &up, "handshake_timeout = \"1s\""));
+        let addr = kedge.tls_addr();
+        // A good connection across all of it.
+        let mut good = Client::connect_tls(addr, ca.client(), "www.example.com");
+        assert_eq!(good.get("www.example.com", "/").status, 200);
+
+        // Plain HTTP on the TLS port: a plain-text 400, then the close.
+        let mut plain = Client::connect(addr);
+        let resp = plain.get("www.example.com", "/");
+        assert_eq!(resp.status, 400);
+        assert!(resp.text().contains("plain HTTP request sent to an HTTPS port"), "{}", resp.text());
+        assert!(plain.is_closed());
+
+        // A malformed ClientHello: a handshake record of garbage. An alert, then the close.
+        let mut junk = Client::connect(addr);
+        junk.send(b"\x16\x03\x01\x00\x10garbagegarbage!!");
+        assert!(junk.is_closed());
+
+        // A client that says nothing: closed after the handshake timeout.
+        let mut silent = Client::connect(addr);
+        assert!(silent.closed_within(Duration::from_secs(10)), "a silent client was kept");
+
+        // A client that vanishes mid-handshake.
+        let hello = client_hello(&ca);
+        let mut s = TcpStream::connect(addr).unwrap();
+        s.write_all(&hello[..hello.len() / 2]).unwrap();
+        drop(s);
+
+        // A complete ClientHello, then gone before the server's flight is read.
+        let mut s = TcpStream::connect(addr).unwrap();
+        s.write_all(&hello).unwrap();
+        let mut first = [0u8; 5];
+        s.read_exact(&mut first).unwrap();
+        assert_eq!(first[0], 0x16, "a handshake record comes back");
+        drop(s);
+
+        wait_until(Duration::from_secs(10), "every failure counted", || {
+            handshakes(&kedge, "plain_http") >= 1
+                && handshakes(&kedge, "failed") >= 1
+                && handshakes(&kedge, "timeout") >= 1
+                && handshakes(&kedge, "client_closed") >= 1
+        });
+        // Nothing else was affected.
+        assert_eq!(good.get("www.example.com", "/").status, 200);
+        let mut fresh = Client::connect_tls(addr, ca.client(), "www.example.com");
+        assert_eq!(fresh.get("www.example.com", "/").status, 200);
+    }
+);
+
+#[test]
+fn unknown_names_can_be_refused() {
+    let ca = TestCa::new();
+    let dir = TempDir::new("tls-refuse");
+    let default = ca.leaf(&["default.example.net"]);
+    let www = ca.leaf(&["www.example.com"]);
+    let up = Upstream::start("app", Handler::Echo);
+    let frag = static_tls(
+        &dir,
+        &default,
+        &[(&["www.example.com"], &www)],
+        &up,
+        "unknown_sni = \"refuse\"",
+    );
+    let kedge = Kedge::setup(crate::support::Driver::IoUring).tls().start(&frag);
+    let mut c = Client::connect_tls(kedge.tls_addr(), ca.client(), "www.example.com");
+    assert_eq!(c.get("www.example.com", "/").status, 200);
+    for sni in ["default.example.net", "127.0.0.1"] {
+        let e = Client::try_connect_tls(kedge.tls_addr(), any_cert_client(), sni)
+            .err()
+            .expect("refused");
+        assert!(e.to_string().contains("AccessDenied"), "{sni}: {e}");
+    }
+    wait_until(Duration::from_secs(5), "refusals counted", || {
+        handshakes(&kedge, "failed") >= 2
+    });
+}
+
+/// Runs openssl with `args` in `dir`.
+fn openssl(dir: &TempDir, args: &[&str]) {
+    let out = std::process::Command::new("openssl")
+        .args(args)
+        .current_dir(dir.path())
+        .output()
+        .expect("run openssl (the tests need it: apt-get install openssl)");
+    assert!(
+        out.status.success(),
+        "openssl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn rsa_and_ecdsa_keys_in_pkcs1_sec1_and_pkcs8_from_openssl() {
+    let dir = TempDir::new("tls-openssl");
+    // A CA, and leaves signed by it: RSA 2048 with a PKCS#1 key, P-256 with a SEC1 key, P-384
+    // with a PKCS#8 key.
+    openssl(
+        &dir,
+        &[
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+            "-keyout",
+            "ca.key",
+            "-out",
+            "ca.crt",
+            "-days",
+            "30",
+            "-subj",
+            "/CN=kedge openssl CA",
+        ],
+    );
+    let leaves = [
+        (
+            "rsa",
+            "rsa.example.com",
+            vec!["genrsa", "-traditional", "-out", "rsa.key", "2048"],
+        ),
+        (
+            "ec",
+            "ec.example.com",
+            vec!["ecparam", "-name", "prime256v1", "-genkey", "-noout", "-out", "ec.key"],
+        ),
+        (
+            "p384",
+            "p384.example.com",
+            vec![
+                "genpkey",
+                "-algorithm",
+                "EC",
+                "-pkeyopt",
+                "ec_paramgen_curve:P-384",
+                "-out",
+                "p384.key",
+            ],
+        ),
+    ];
+    let mut frag = String::new();
+    for (name, host, genkey) in &leaves {
+        openssl(&dir, genkey);
+        openssl(
+            &dir,
+            &[
+                "req",
+                "-new",
+                "-key",
+                &format!("{name}.key"),
+                "-out",
+                &format!("{name}.csr"),
+                "-subj",
+                &format!("/CN={host}"),
+            ],
+        );
+        dir.write(&format!("{name}.ext"), &format!("subjectAltName=DNS:{host}\n"));
+        openssl(
+            &dir,
+            &[
+                "x509",
+                "-req",
+                "-in",
+                &format!("{name}.csr"),
+                "-CA",
+                "ca.crt",
+                "-CAkey",
+                "ca.key",
+                "-CAcreateserial",
+                "-days",
+                "30",
+                "-extfile",
+                &format!("{name}.ext"),
+                "-out",
+                &format!("{name}.crt"),
+            ],
+        );
+        frag.push_str(&format!(
+            "[[tls.certificate]]\nhosts = [\"{host}\"]\ncert = \"{d}/{name}.crt\"\nkey = \"{d}/{name}.key\"\n",
+            d = dir.path().display()
+        ));
+    }
+    let first_line = |f: &str| {
+        std::fs::read_to_string(dir.path().join(f))
+            .unwrap()
+            .lines()
+            .next()
+            .unwrap()
+            .to_owned()
+    };
+    assert_eq!(first_line("rsa.key"), "-----BEGIN RSA PRIVATE KEY-----");
+    assert_eq!(first_line("ec.key"), "-----BEGIN EC PRIVATE KEY-----");
+    assert_eq!(first_line("p384.key"), "-----BEGIN PRIVATE KEY-----");
+    let up = Upstream::start("app", Handler::Echo);
+    frag.push_str(&format!("[[route]]\nupstreams = [\"{}\"]\n", up.addr()));
+    let kedge = Kedge::setup(crate::support::Driver::IoUring).tls().start(&frag);
+
+    let mut roots = rustls::RootCertStore::empty();
+    let ca_pem = std::fs::read(dir.path().join("ca.crt")).unwrap();
+    for c in rustls::pki_types::CertificateDer::pem_slice_iter(&ca_pem) {
+        roots.add(c.unwrap()).unwrap();
+    }
+    for versions in [&[&rustls::version::TLS13][..], &[&rustls::version::TLS12][..]] {
+        let config = Arc::new(
+            rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+                .with_protocol_versions(versions)
+                .unwrap()
+                .with_root_certificates(roots.clone())
+                .with_no_client_auth(),
+        );
+        for (_, host, _) in &leaves {
+            let mut c = Client::connect_tls(kedge.tls_addr(), Arc::clone(&config), host);
+            assert_eq!(c.get(host, "/").status, 200, "{host} {versions:?}");
+        }
+    }
+}
