@@ -9,8 +9,8 @@
 # a leaf for bench.example.com, ECDSA P-256 and/or RSA 2048), same backend as
 # benches/proxy.sh, same pinning (proxy on CPU 0, backend and load generator on
 # CPU 1 with one worker on 2 CPUs). The load generator is benches/tls_load.rs.
-# Private instances under a temp dir, 127.0.0.1 ports 18090 (backend), 18443
-# (kedge), 18444 (nginx); everything started here is stopped on exit.
+# Private instances under a temp dir, 127.0.0.1 ports 18090 (backend), 18453
+# (kedge), 18454 (nginx); everything started here is stopped on exit.
 set -euo pipefail
 
 # ----------------------------------------------------------------------------
@@ -34,8 +34,8 @@ PROXY_QUOTA=0
 KEDGE_DRIVER="${KEDGE_DRIVER:-auto}"
 SNI="bench.example.com"
 
-PORT_KEDGE="${PORT_KEDGE:-18443}"
-PORT_NGINX="${PORT_NGINX:-18444}"
+PORT_KEDGE="${PORT_KEDGE:-18453}"
+PORT_NGINX="${PORT_NGINX:-18454}"
 PORT_BACKEND="${PORT_BACKEND:-18090}"
 
 BENCH_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"

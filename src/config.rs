@@ -156,6 +156,8 @@ pub struct StaticRoute {
     pub max_body: Option<u64>,
     /// Redirect plain HTTP to HTTPS (308); `None`: when a `[[tls.certificate]]` names the host.
     pub ssl_redirect: Option<bool>,
+    /// TLS to the upstreams (`upstream_protocol = "https"`); `None`: plain HTTP.
+    pub upstream_tls: Option<crate::tls::UpstreamTlsSettings>,
 }
 
 /// The whole validated configuration.
@@ -683,6 +685,7 @@ impl Cx<'_> {
         };
         // Backends are keyed by name (balancer state survives reloads by it), so a default name
         // carries everything that makes the rule distinct.
+        let upstream_tls = self.upstream_tls(i, &r, host.as_deref())?;
         let path_type = r.path_type.unwrap_or(PathType::Prefix);
         let name = r.name.unwrap_or_else(|| {
             let exact = if path_type == PathType::Exact { " (exact)" } else { "" };
@@ -696,6 +699,7 @@ impl Cx<'_> {
             upstreams,
             max_body,
             ssl_redirect: r.ssl_redirect,
+            upstream_tls,
         })
     }
 }
@@ -713,6 +717,83 @@ fn absolute(config: &Path, p: &str) -> PathBuf {
         dir
     };
     std::path::absolute(dir.join(&p)).unwrap_or(p)
+}
+
+impl Cx<'_> {
+    /// A route's `upstream_protocol`, `upstream_verify`, `upstream_server_name`, `upstream_ca`.
+    fn upstream_tls(
+        &self,
+        i: usize,
+        r: &FileRoute,
+        host: Option<&str>,
+    ) -> Result<Option<crate::tls::UpstreamTlsSettings>, ConfigError> {
+        use crate::tls::{UpstreamTlsSettings, Verify};
+        let key = |k: &str| format!("route[{i}].{k}");
+        match r.upstream_protocol.as_ref().map(|p| (p.get_ref().as_str(), p.span())) {
+            None | Some(("http", _)) => {
+                if let Some(v) = r
+                    .upstream_verify
+                    .as_ref()
+                    .map(Spanned::span)
+                    .or(r.upstream_ca.as_ref().map(Spanned::span))
+                {
+                    return Err(self.error(
+                        Some(v),
+                        Some(&key("upstream_protocol")),
+                        "upstream TLS settings need upstream_protocol = \"https\"".into(),
+                    ));
+                }
+                return Ok(None);
+            }
+            Some(("https", _)) => {}
+            Some((other, span)) => {
+                return Err(self.error(
+                    Some(span),
+                    Some(&key("upstream_protocol")),
+                    format!("{other:?} is not one of \"http\", \"https\""),
+                ));
+            }
+        }
+        let verify_on = r.upstream_verify.as_ref().is_some_and(|v| *v.get_ref()) || r.upstream_ca.is_some();
+        let verify = match &r.upstream_ca {
+            Some(ca) => {
+                let path = absolute(self.path, ca.get_ref());
+                let pem = std::fs::read(&path).map_err(|e| {
+                    self.error(
+                        Some(ca.span()),
+                        Some(&key("upstream_ca")),
+                        format!("cannot read {}: {e}", path.display()),
+                    )
+                })?;
+                Verify::Ca(pem)
+            }
+            None if verify_on => Verify::System,
+            None => Verify::Off,
+        };
+        let (name, sni) = match (&r.upstream_server_name, host) {
+            (Some(n), _) => (n.get_ref().clone(), true),
+            (None, Some(h)) if !h.starts_with("*.") => (h.to_owned(), false),
+            (None, _) if verify_on => {
+                return Err(self.error(
+                    r.upstream_verify.as_ref().map(Spanned::span),
+                    Some(&key("upstream_server_name")),
+                    "needed to verify upstream certificates on a route without an exact host".into(),
+                ));
+            }
+            (None, _) => ("upstream.invalid".to_owned(), false),
+        };
+        let settings = UpstreamTlsSettings { verify, name, sni };
+        // Made (and cached) now, so that a bad CA file or name is a config error.
+        crate::tls::upstream_tls(&settings).map_err(|m| {
+            let span = r
+                .upstream_ca
+                .as_ref()
+                .or(r.upstream_server_name.as_ref())
+                .or(r.upstream_protocol.as_ref());
+            self.error(span.map(Spanned::span), Some(&key("upstream_protocol")), m)
+        })?;
+        Ok(Some(settings))
+    }
 }
 
 /// A host must be a DNS name, optionally with a leading `*.` wildcard label.
@@ -913,6 +994,10 @@ struct FileRoute {
     upstreams: Spanned<Vec<Spanned<String>>>,
     max_body: Option<Spanned<Size>>,
     ssl_redirect: Option<bool>,
+    upstream_protocol: Option<Spanned<String>>,
+    upstream_verify: Option<Spanned<bool>>,
+    upstream_server_name: Option<Spanned<String>>,
+    upstream_ca: Option<Spanned<String>>,
 }
 
 #[cfg(test)]

@@ -28,6 +28,8 @@ pub struct Backend {
     pub endpoints: Vec<SocketAddr>,
     /// Request body limit for this backend; `None` = the `[client]` default.
     pub max_body: Option<u64>,
+    /// TLS to the endpoints (`backend-protocol: HTTPS`); `None`: plain HTTP.
+    pub tls: Option<Arc<crate::tls::UpstreamTls>>,
 }
 
 /// What a rule does besides choosing a backend.
@@ -226,6 +228,8 @@ pub struct TableBuilder {
     owners: FxHashMap<(Box<str>, PathType, Box<str>), Box<str>>,
     default_owner: Option<Box<str>>,
     backend_ids: FxHashMap<Box<str>, BackendId>,
+    /// Who decided each backend's upstream protocol (the first Ingress using it).
+    tls_owners: FxHashMap<BackendId, Box<str>>,
 }
 
 /// A rule that lost to an earlier one.
@@ -246,6 +250,27 @@ impl TableBuilder {
         self.backend_ids.insert(backend.name.clone(), id);
         self.backends.push(backend);
         id
+    }
+
+    /// Sets the upstream TLS of `backend` (`None`: plain HTTP), unless an earlier owner already
+    /// decided it differently: the first Ingress to use a Service port decides.
+    pub fn backend_tls(
+        &mut self,
+        backend: BackendId,
+        tls: Option<Arc<crate::tls::UpstreamTls>>,
+        owner: &Owner,
+    ) -> Result<(), Conflict> {
+        if let Some(winner) = self.tls_owners.get(&backend) {
+            if self.backends[backend].tls == tls {
+                return Ok(());
+            }
+            return Err(Conflict {
+                winner: winner.to_string(),
+            });
+        }
+        self.tls_owners.insert(backend, owner.into());
+        self.backends[backend].tls = tls;
+        Ok(())
     }
 
     /// Routes `host` (lower-case exact name, `*.suffix`, or `None` for any host) and `path` to
@@ -338,10 +363,13 @@ pub fn add_static(builder: &mut TableBuilder, routes: &[StaticRoute], tls_hosts:
                 .ssl_redirect
                 .unwrap_or_else(|| r.host.as_ref().is_some_and(|h| tls_hosts.contains(h))),
         };
+        // Validated when the file was loaded; `upstream_tls` only hands out what it made then.
+        let tls = r.upstream_tls.as_ref().and_then(|t| crate::tls::upstream_tls(t).ok());
         let id = builder.backend(Backend {
             name: r.name.as_str().into(),
             endpoints: r.upstreams.clone(),
             max_body: r.max_body,
+            tls,
         });
         if let Err(c) = builder.rule_with(
             r.host.as_deref(),

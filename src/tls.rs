@@ -235,6 +235,183 @@ impl Sessions {
     }
 }
 
+// ---- TLS to upstreams ----------------------------------------------------------------------
+
+/// How an upstream's certificate is checked.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Verify {
+    /// Not at all (ingress-nginx's default, `proxy-ssl-verify: off`): encrypted, not
+    /// authenticated. The handshake signatures are still checked.
+    Off,
+    /// Against the system's trust store (`/etc/ssl/certs`).
+    System,
+    /// Against these CA certificates (PEM).
+    Ca(Vec<u8>),
+}
+
+/// What a backend's TLS looks like: what [`upstream_tls`] makes a client configuration from.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct UpstreamTlsSettings {
+    pub verify: Verify,
+    /// The name the certificate must carry (when verified) and the SNI (when `sni`).
+    pub name: String,
+    pub sni: bool,
+}
+
+/// TLS to a backend's endpoints.
+#[derive(Debug)]
+pub struct UpstreamTls {
+    pub config: Arc<rustls::ClientConfig>,
+    pub name: ServerName<'static>,
+    /// Distinct per settings: idle connections are reused only under the same settings.
+    pub id: u64,
+    pub settings: UpstreamTlsSettings,
+}
+
+impl PartialEq for UpstreamTls {
+    fn eq(&self, other: &Self) -> bool {
+        self.id == other.id
+    }
+}
+
+impl Eq for UpstreamTls {}
+
+/// The client configuration for `settings`, made once per distinct settings and then shared
+/// (its session cache with it), so that table rebuilds keep upstream resumption and pooling.
+/// Only the control thread calls this.
+pub fn upstream_tls(settings: &UpstreamTlsSettings) -> Result<Arc<UpstreamTls>, String> {
+    use std::collections::HashMap;
+    use std::sync::Mutex;
+    static MADE: Mutex<Option<HashMap<UpstreamTlsSettings, Arc<UpstreamTls>>>> = Mutex::new(None);
+    let mut made = MADE.lock().unwrap_or_else(|e| e.into_inner());
+    let made = made.get_or_insert_with(HashMap::new);
+    if let Some(t) = made.get(settings) {
+        return Ok(Arc::clone(t));
+    }
+    let name = ServerName::try_from(settings.name.clone())
+        .map_err(|_| format!("{:?} is not a DNS name or IP address", settings.name))?;
+    let provider = provider();
+    let builder = rustls::ClientConfig::builder_with_provider(Arc::clone(&provider))
+        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+        .map_err(|e| format!("TLS configuration: {e}"))?;
+    let builder = match &settings.verify {
+        Verify::Off => builder
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(Unverified { provider, accept: true })),
+        Verify::System | Verify::Ca(_) => {
+            let mut roots = rustls::RootCertStore::empty();
+            match &settings.verify {
+                Verify::Ca(pem) => {
+                    for c in CertificateDer::pem_slice_iter(pem) {
+                        let c = c.map_err(|e| format!("CA PEM: {e}"))?;
+                        roots.add(c).map_err(|e| format!("CA certificate: {e}"))?;
+                    }
+                }
+                _ => {
+                    for c in rustls_native_certs::load_native_certs().certs {
+                        let _ = roots.add(c);
+                    }
+                }
+            }
+            if roots.is_empty() {
+                return Err("no CA certificate to verify the upstream with".into());
+            }
+            let verifier = rustls::client::WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider)
+                .build()
+                .map_err(|e| format!("TLS verifier: {e}"))?;
+            builder.with_webpki_verifier(verifier)
+        }
+    };
+    let mut config = builder.with_no_client_auth();
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    config.enable_sni = settings.sni;
+    let t = Arc::new(UpstreamTls {
+        config: Arc::new(config),
+        name,
+        id: made.len() as u64 + 1,
+        settings: settings.clone(),
+    });
+    made.insert(settings.clone(), Arc::clone(&t));
+    Ok(t)
+}
+
+/// Upstream TLS for a backend whose TLS settings are unusable (a bad CA, a bad name): every
+/// handshake fails, so its requests get 502 rather than going out unverified.
+pub fn broken_upstream_tls() -> Arc<UpstreamTls> {
+    static ONE: std::sync::OnceLock<Arc<UpstreamTls>> = std::sync::OnceLock::new();
+    Arc::clone(ONE.get_or_init(|| {
+        let provider = provider();
+        let config = rustls::ClientConfig::builder_with_provider(Arc::clone(&provider))
+            .with_safe_default_protocol_versions()
+            .expect("rustls' default protocol versions")
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(Unverified {
+                provider,
+                accept: false,
+            }))
+            .with_no_client_auth();
+        Arc::new(UpstreamTls {
+            config: Arc::new(config),
+            name: ServerName::try_from("upstream.invalid").expect("a DNS name"),
+            id: u64::MAX,
+            settings: UpstreamTlsSettings {
+                verify: Verify::Ca(Vec::new()),
+                name: "upstream.invalid".into(),
+                sni: false,
+            },
+        })
+    }))
+}
+
+/// `accept`: any certificate (`Verify::Off`), still checking that the handshake is signed by
+/// the key of the certificate presented. Otherwise none (see [`broken_upstream_tls`]).
+#[derive(Debug)]
+struct Unverified {
+    provider: Arc<CryptoProvider>,
+    accept: bool,
+}
+
+impl rustls::client::danger::ServerCertVerifier for Unverified {
+    fn verify_server_cert(
+        &self,
+        _: &CertificateDer<'_>,
+        _: &[CertificateDer<'_>],
+        _: &ServerName<'_>,
+        _: &[u8],
+        _: rustls::pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        if self.accept {
+            Ok(rustls::client::danger::ServerCertVerified::assertion())
+        } else {
+            Err(rustls::Error::General(
+                "this backend's upstream TLS settings are unusable".into(),
+            ))
+        }
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.provider.signature_verification_algorithms)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.provider.signature_verification_algorithms)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.provider.signature_verification_algorithms.supported_schemes()
+    }
+}
+
 // ---- X.509 validity --------------------------------------------------------------------------
 
 /// `notBefore` and `notAfter` of a DER certificate, in Unix seconds. Only the few DER elements

@@ -7,6 +7,7 @@ pub mod listener;
 mod pool;
 mod pump;
 mod tls;
+mod upstream;
 
 use std::cell::{Cell, RefCell};
 use std::net::SocketAddr;

@@ -143,6 +143,22 @@ fn errors_point_at_line_column_and_key() {
             "kedge.toml:4:10: tls.certificate[0].hosts:",
         ),
         (
+            "[[listener]]\naddress = \"127.0.0.1:1\"\n[[route]]\nupstreams = [\"127.0.0.1:2\"]\nupstream_protocol = \"h2\"\n",
+            "kedge.toml:5:21: route[0].upstream_protocol: \"h2\" is not one of",
+        ),
+        (
+            "[[listener]]\naddress = \"127.0.0.1:1\"\n[[route]]\nupstreams = [\"127.0.0.1:2\"]\nupstream_protocol = \"https\"\nupstream_verify = true\n",
+            "kedge.toml:6:19: route[0].upstream_server_name: needed to verify",
+        ),
+        (
+            "[[listener]]\naddress = \"127.0.0.1:1\"\n[[route]]\nupstreams = [\"127.0.0.1:2\"]\nupstream_verify = true\n",
+            "route[0].upstream_protocol: upstream TLS settings need upstream_protocol = \"https\"",
+        ),
+        (
+            "[[listener]]\naddress = \"127.0.0.1:1\"\n[[route]]\nupstreams = [\"127.0.0.1:2\"]\nupstream_protocol = \"https\"\nupstream_ca = \"/nonexistent/ca.pem\"\n",
+            "kedge.toml:6:15: route[0].upstream_ca: cannot read /nonexistent/ca.pem",
+        ),
+        (
             "[[listener]]\naddress = \"127.0.0.1:1\"\n[tls]\nredirect_port = 70000\n",
             "kedge.toml:4:17: tls.redirect_port: must be between 1 and 65535",
         ),

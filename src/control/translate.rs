@@ -77,6 +77,16 @@ const USE_REGEX_ANNOTATION: &str = "nginx.ingress.kubernetes.io/use-regex";
 const SSL_REDIRECT_ANNOTATION: &str = "nginx.ingress.kubernetes.io/ssl-redirect";
 /// `"true"` redirects HTTP → HTTPS even for hosts without TLS of their own.
 const FORCE_SSL_REDIRECT_ANNOTATION: &str = "nginx.ingress.kubernetes.io/force-ssl-redirect";
+/// `HTTPS`: TLS to the endpoints (`HTTP`, the default: plain).
+const BACKEND_PROTOCOL_ANNOTATION: &str = "nginx.ingress.kubernetes.io/backend-protocol";
+/// `"on"`: verify the endpoints' certificates (off by default, as in ingress-nginx).
+const PROXY_SSL_VERIFY_ANNOTATION: &str = "nginx.ingress.kubernetes.io/proxy-ssl-verify";
+/// `namespace/name` of a Secret whose `ca.crt` verifies the endpoints.
+const PROXY_SSL_SECRET_ANNOTATION: &str = "nginx.ingress.kubernetes.io/proxy-ssl-secret";
+/// The name the endpoints' certificates must carry (default `service.namespace.svc`).
+const PROXY_SSL_NAME_ANNOTATION: &str = "nginx.ingress.kubernetes.io/proxy-ssl-name";
+/// `"on"`: send that name as SNI.
+const PROXY_SSL_SERVER_NAME_ANNOTATION: &str = "nginx.ingress.kubernetes.io/proxy-ssl-server-name";
 
 /// The reflected objects of one cluster (snapshots of kube reflector stores).
 #[derive(Clone, Copy)]
@@ -158,9 +168,15 @@ pub fn translate(builder: &mut TableBuilder, spec: &ClusterSpec, objs: &Objects<
     for ing in &ours {
         collect_tls(ing, &secrets, &mut tls_hosts, &mut tls, &mut warnings);
     }
+    let all_secrets: rustc_hash::FxHashMap<(&str, &str), &Arc<Secret>> =
+        objs.secrets.iter().map(|s| (ns_name(&s.metadata), s)).collect();
     let mut served = Vec::new();
     for ing in ours {
-        if add_ingress(builder, &mut resolver, &spec.name, ing, &tls_hosts, &mut warnings) {
+        let tls = IngressTls {
+            hosts: &tls_hosts,
+            secrets: &all_secrets,
+        };
+        if add_ingress(builder, &mut resolver, &spec.name, ing, &tls, &mut warnings) {
             let (ns, name) = ns_name(&ing.metadata);
             served.push((ns.to_owned(), name.to_owned()));
         }
@@ -323,14 +339,92 @@ impl<'a> Classes<'a> {
 }
 
 /// Adds one Ingress's rules and default backend. Returns whether anything went in.
+/// What an Ingress's translation needs to know about TLS.
+struct IngressTls<'t> {
+    /// Hosts with TLS (listed in some Ingress's `tls` section).
+    hosts: &'t HashSet<String>,
+    /// The watched Secrets, for `proxy-ssl-secret`.
+    secrets: &'t rustc_hash::FxHashMap<(&'t str, &'t str), &'t Arc<Secret>>,
+}
+
+/// The upstream TLS an Ingress asks for through ingress-nginx's annotations, for Service `svc`
+/// in its namespace; `None`: plain HTTP.
+fn upstream_tls(
+    ing: &Ingress,
+    svc: &str,
+    tls: &IngressTls<'_>,
+    owner: &str,
+    w: &mut Warnings,
+) -> Option<crate::tls::UpstreamTlsSettings> {
+    use crate::tls::{UpstreamTlsSettings, Verify};
+    let m = &ing.metadata;
+    match annotation(m, BACKEND_PROTOCOL_ANNOTATION)
+        .map(str::to_ascii_uppercase)
+        .as_deref()
+    {
+        None | Some("HTTP") => return None,
+        Some("HTTPS") => {}
+        Some(other) => {
+            warn(
+                w,
+                owner,
+                format!("{BACKEND_PROTOCOL_ANNOTATION}: {other:?} is not supported (HTTP and HTTPS are); using HTTP"),
+            );
+            return None;
+        }
+    }
+    let (ns, _) = ns_name(m);
+    let on = |k: &str| annotation(m, k) == Some("on");
+    let verify = match annotation(m, PROXY_SSL_SECRET_ANNOTATION) {
+        Some(reference) => {
+            let (sns, sname) = reference.split_once('/').unwrap_or((ns, reference));
+            let ca = tls
+                .secrets
+                .get(&(sns, sname))
+                .and_then(|s| s.data.as_ref()?.get("ca.crt"))
+                .map(|b| b.0.clone());
+            match ca {
+                Some(pem) => Verify::Ca(pem),
+                None => {
+                    warn(
+                        w,
+                        owner,
+                        format!(
+                            "{PROXY_SSL_SECRET_ANNOTATION}: Secret {sns}/{sname} not found or without ca.crt (kedge reads \
+                             kubernetes.io/tls Secrets only); verifying against the system's CAs"
+                        ),
+                    );
+                    Verify::System
+                }
+            }
+        }
+        None if on(PROXY_SSL_VERIFY_ANNOTATION) => Verify::System,
+        None => Verify::Off,
+    };
+    let verify = if on(PROXY_SSL_VERIFY_ANNOTATION) || matches!(verify, Verify::Off) {
+        verify
+    } else {
+        Verify::Off // a CA without proxy-ssl-verify: on is not used (as ingress-nginx)
+    };
+    let name = annotation(m, PROXY_SSL_NAME_ANNOTATION)
+        .map(str::to_owned)
+        .unwrap_or_else(|| format!("{svc}.{ns}.svc"));
+    Some(UpstreamTlsSettings {
+        verify,
+        name,
+        sni: on(PROXY_SSL_SERVER_NAME_ANNOTATION),
+    })
+}
+
 fn add_ingress<'a>(
     b: &mut TableBuilder,
     r: &mut Resolver<'a>,
     cluster: &str,
     ing: &'a Ingress,
-    tls_hosts: &HashSet<String>,
+    tls: &IngressTls<'_>,
     w: &mut Warnings,
 ) -> bool {
+    let tls_hosts = tls.hosts;
     let (ns, name) = ns_name(&ing.metadata);
     let owner = format!("Ingress {ns}/{name}");
     // In the table, rules from several clusters meet: say which cluster a winning rule is from.
@@ -374,6 +468,15 @@ fn add_ingress<'a>(
             let Some(id) = r.backend(b, ns, &p.backend, &owner, w) else {
                 continue;
             };
+            set_backend_tls(
+                b,
+                id,
+                ing,
+                p.backend.service.as_ref().map_or("", |s| s.name.as_str()),
+                tls,
+                (&owner, &table_owner),
+                w,
+            );
             match b.rule_with(host.as_deref(), path, path_type, id, opts, &table_owner) {
                 Ok(()) => added = true,
                 Err(c) => warn(
@@ -390,6 +493,15 @@ fn add_ingress<'a>(
     if let Some(db) = &spec.default_backend
         && let Some(id) = r.backend(b, ns, db, &owner, w)
     {
+        set_backend_tls(
+            b,
+            id,
+            ing,
+            db.service.as_ref().map_or("", |s| s.name.as_str()),
+            tls,
+            (&owner, &table_owner),
+            w,
+        );
         match b.default_backend(id, &table_owner) {
             Ok(()) => added = true,
             Err(c) => warn(
@@ -400,6 +512,40 @@ fn add_ingress<'a>(
         }
     }
     added
+}
+
+/// Gives backend `id` the upstream TLS the Ingress asks for, reporting a conflict with an
+/// earlier Ingress that decided otherwise for the same Service port.
+fn set_backend_tls(
+    b: &mut TableBuilder,
+    id: crate::routes::BackendId,
+    ing: &Ingress,
+    svc: &str,
+    tls: &IngressTls<'_>,
+    (owner, table_owner): (&str, &str),
+    w: &mut Warnings,
+) {
+    let wanted = match upstream_tls(ing, svc, tls, owner, w) {
+        None => None,
+        Some(settings) => match crate::tls::upstream_tls(&settings) {
+            Ok(t) => Some(t),
+            Err(e) => {
+                warn(w, owner, format!("upstream TLS: {e}; its paths answer 502"));
+                Some(crate::tls::broken_upstream_tls())
+            }
+        },
+    };
+    if let Err(c) = b.backend_tls(id, wanted, table_owner) {
+        warn(
+            w,
+            owner,
+            format!(
+                "Service {svc}: its upstream protocol is already set by {} (the first Ingress using it decides); \
+                 ignored",
+                c.winner
+            ),
+        );
+    }
 }
 
 /// A rule's host, lower-cased, when it is a DNS name or a `*.suffix` wildcard.

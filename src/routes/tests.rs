@@ -14,6 +14,7 @@ fn route(name: &str, host: Option<&str>, path: &str, path_type: PathType) -> Sta
         upstreams: vec![SocketAddr::from(([127, 0, 0, 1], 9000))],
         max_body: None,
         ssl_redirect: None,
+        upstream_tls: None,
     }
 }
 

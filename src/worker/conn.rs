@@ -12,6 +12,7 @@
 use std::net::SocketAddr;
 use std::ops::Range;
 use std::rc::Rc;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use monoio::io::{AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt, Splitable};
@@ -19,6 +20,7 @@ use monoio::net::TcpStream;
 
 use super::pump::{self, PumpError, PumpLimits, ReadResult};
 use super::tls::TlsStream;
+use super::upstream::UpstreamStream;
 use super::{Snapshot, Worker};
 use crate::http::{self, Framing, HeaderSpan, HttpError, Parsed, RequestHead, ResponseHead, Version};
 use crate::routes::Backend;
@@ -136,7 +138,7 @@ pub(super) async fn serve<S: ClientStream>(worker: &Rc<Worker>, client: S, peer:
 impl<S: ClientStream> Conn<S> {
     /// The request loop. Returns the upstream to tunnel to after a 101, else `None` when the
     /// connection is done.
-    async fn run(&mut self, worker: &Rc<Worker>) -> Option<TcpStream> {
+    async fn run(&mut self, worker: &Rc<Worker>) -> Option<UpstreamStream> {
         let conn = self;
         let mut first = true;
         loop {
@@ -202,7 +204,7 @@ enum Next {
     KeepAlive,
     Close,
     /// The upstream switched protocols: tunnel bytes both ways until either side closes.
-    Tunnel(TcpStream),
+    Tunnel(UpstreamStream),
 }
 
 impl<S: ClientStream> Conn<S> {
@@ -404,10 +406,12 @@ impl<S: ClientStream> Conn<S> {
             }
         }
         if keep_upstream && self.ubuf.is_empty() {
-            worker
-                .pool
-                .borrow_mut()
-                .put(addr, upstream, snap.upstream.max_idle_per_endpoint, start);
+            worker.pool.borrow_mut().put(
+                (addr, tls_id(backend)),
+                upstream,
+                snap.upstream.max_idle_per_endpoint,
+                start,
+            );
         }
         self.ubuf.clear();
         Ok(if keep_client { Next::KeepAlive } else { Next::Close })
@@ -514,7 +518,7 @@ impl<S: ClientStream> Conn<S> {
     /// Sends the request head in `out` and then the body (streamed from the client).
     async fn send_request(
         &mut self,
-        upstream: &mut TcpStream,
+        upstream: &mut UpstreamStream,
         head: &RequestHead,
         snap: &Snapshot,
         max_body: u64,
@@ -566,7 +570,7 @@ impl<S: ClientStream> Conn<S> {
     /// Reads the upstream's response head, skipping interim 1xx answers other than 101.
     async fn read_response_head(
         &mut self,
-        upstream: &mut TcpStream,
+        upstream: &mut UpstreamStream,
         is_head: bool,
         read_timeout: Duration,
     ) -> Result<ResponseHead, SendFail> {
@@ -629,7 +633,14 @@ impl<S: ClientStream> Conn<S> {
     }
 
     /// Copies bytes both ways between client and upstream after a 101, until both sides close.
-    async fn tunnel(mut self, mut upstream: TcpStream) {
+    async fn tunnel(self, upstream: UpstreamStream) {
+        match upstream {
+            UpstreamStream::Plain(u) => self.tunnel_to(u).await,
+            UpstreamStream::Tls(u) => self.tunnel_to(u).await,
+        }
+    }
+
+    async fn tunnel_to<U: ClientStream>(mut self, mut upstream: U) {
         // Bytes that arrived early on either side belong to the new protocol.
         if !self.cbuf.is_empty() {
             let early = std::mem::take(&mut self.cbuf);
@@ -644,7 +655,7 @@ impl<S: ClientStream> Conn<S> {
             }
         }
         let (mut cr, mut cw) = self.client.halves();
-        let (mut ur, mut uw) = upstream.into_split();
+        let (mut ur, mut uw) = upstream.halves();
         let up = async {
             let _ = monoio::io::copy(&mut cr, &mut uw).await;
             let _ = uw.shutdown().await;
@@ -672,7 +683,7 @@ async fn connect(
     backend: &Backend,
     snap: &Snapshot,
     now: Instant,
-) -> Result<(TcpStream, SocketAddr), Fail> {
+) -> Result<(UpstreamStream, SocketAddr), Fail> {
     let n = backend.endpoints.len();
     if n == 0 {
         return Err(Fail::Answer(503, "no endpoint available for this backend"));
@@ -682,13 +693,31 @@ async fn connect(
     let mut fail = Fail::Answer(502, "cannot connect to upstream");
     for i in 0..settings.connect_attempts.min(n) {
         let addr = backend.endpoints[(first + i) % n];
-        if let Some(stream) = worker.pool.borrow_mut().take(addr, settings.idle_timeout, now) {
+        if let Some(stream) = worker
+            .pool
+            .borrow_mut()
+            .take((addr, tls_id(backend)), settings.idle_timeout, now)
+        {
             return Ok((stream, addr));
         }
         match monoio::time::timeout(settings.connect_timeout, TcpStream::connect_addr(addr)).await {
             Ok(Ok(stream)) => {
                 let _ = stream.set_nodelay(true);
-                return Ok((stream, addr));
+                let Some(tls) = &backend.tls else {
+                    return Ok((UpstreamStream::Plain(stream), addr));
+                };
+                let handshake = TlsStream::connect(stream, Arc::clone(&tls.config), tls.name.clone());
+                match monoio::time::timeout(settings.connect_timeout, handshake).await {
+                    Ok(Ok(s)) => return Ok((UpstreamStream::Tls(s), addr)),
+                    Ok(Err(e)) => {
+                        tracing::debug!(upstream = %addr, error = %e, "TLS handshake with upstream failed");
+                        fail = Fail::Answer(502, "TLS handshake with upstream failed");
+                    }
+                    Err(_) => {
+                        tracing::debug!(upstream = %addr, "TLS handshake with upstream timed out");
+                        fail = Fail::Answer(504, "upstream TLS handshake timed out");
+                    }
+                }
             }
             Ok(Err(e)) => {
                 tracing::debug!(upstream = %addr, error = %e, "connect failed");
@@ -701,6 +730,11 @@ async fn connect(
         }
     }
     Err(fail)
+}
+
+/// The pool key part for a backend's TLS settings (0: plain).
+fn tls_id(backend: &Backend) -> u64 {
+    backend.tls.as_ref().map_or(0, |t| t.id)
 }
 
 /// Writes `out` to the client under `timeout`, handing the buffer back (cleared).

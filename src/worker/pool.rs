@@ -5,14 +5,18 @@ use rustc_hash::FxHashMap;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use monoio::net::TcpStream;
+use super::upstream::UpstreamStream;
+
+/// What idle connections are kept by: the endpoint, and the TLS settings they were made with
+/// (0: plain), so that a connection is only reused the way it was set up.
+pub type PoolKey = (SocketAddr, u64);
 
 /// Connections parked for less than this are reused without a liveness check.
 const CHECK_AFTER: Duration = Duration::from_secs(1);
 
 /// An idle upstream connection and when it was parked.
 struct Idle {
-    stream: TcpStream,
+    stream: UpstreamStream,
     since: Instant,
 }
 
@@ -20,7 +24,7 @@ struct Idle {
 #[derive(Default)]
 pub struct Pool {
     /// Keys are upstream addresses from the route table, not client input: a fast hash is safe.
-    idle: FxHashMap<SocketAddr, Vec<Idle>>,
+    idle: FxHashMap<PoolKey, Vec<Idle>>,
 }
 
 impl Pool {
@@ -31,8 +35,8 @@ impl Pool {
     /// [`CHECK_AFTER`]: upstreams close idle connections on their own keep-alive timeout (5 s
     /// for Node.js, more elsewhere), and one that closes sooner (restart, request quota) is
     /// covered by the retry of idempotent requests.
-    pub fn take(&mut self, addr: SocketAddr, idle_timeout: Duration, now: Instant) -> Option<TcpStream> {
-        let list = self.idle.get_mut(&addr)?;
+    pub fn take(&mut self, key: PoolKey, idle_timeout: Duration, now: Instant) -> Option<UpstreamStream> {
+        let list = self.idle.get_mut(&key)?;
         while let Some(idle) = list.pop() {
             let age = now.duration_since(idle.since);
             if age < idle_timeout && (age < CHECK_AFTER || is_open(&idle.stream)) {
@@ -45,8 +49,8 @@ impl Pool {
     /// Parks `stream` for reuse, unless `addr` already has `max_idle` idle connections. `now`
     /// may be a little in the past (the start of the request): the connection then only
     /// expires a little early.
-    pub fn put(&mut self, addr: SocketAddr, stream: TcpStream, max_idle: usize, now: Instant) {
-        let list = self.idle.entry(addr).or_default();
+    pub fn put(&mut self, key: PoolKey, stream: UpstreamStream, max_idle: usize, now: Instant) {
+        let list = self.idle.entry(key).or_default();
         if list.len() < max_idle {
             list.push(Idle { stream, since: now });
         }
@@ -72,14 +76,13 @@ impl Pool {
 /// error, nor unexpected bytes (an upstream must not talk while no request is outstanding). One
 /// cheap syscall that saves a failed request on a connection the upstream closed while idle.
 #[allow(unsafe_code)]
-fn is_open(stream: &TcpStream) -> bool {
-    use std::os::fd::AsRawFd;
+fn is_open(stream: &UpstreamStream) -> bool {
     let mut byte = 0u8;
     // SAFETY: the fd belongs to `stream`, which outlives this call; recv writes at most one byte
     // into `byte`, which is valid for writes.
     let n = unsafe {
         libc::recv(
-            stream.as_raw_fd(),
+            stream.fd(),
             (&raw mut byte).cast(),
             1,
             libc::MSG_PEEK | libc::MSG_DONTWAIT,

@@ -1,6 +1,6 @@
-//! TLS on a client connection: a rustls `ServerConnection` driven over a monoio TCP stream with
-//! owned buffers, so the connection loop serves HTTPS with the same code as HTTP (it is generic
-//! over the stream).
+//! TLS over monoio TCP streams: a rustls `Connection` (the server side of client connections,
+//! the client side of upstream connections) driven with owned buffers, so the connection loop
+//! serves HTTPS with the same code as HTTP (it is generic over the stream).
 //!
 //! Ciphertext is read into `rbuf` and fed to rustls; plaintext leaves rustls straight into the
 //! caller's buffer. Writes go into rustls, come out as records into `wbuf` and are written in
@@ -22,7 +22,8 @@ use monoio::BufResult;
 use monoio::buf::{IoBuf, IoBufMut, IoVecBuf, IoVecBufMut};
 use monoio::io::{AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt, OwnedReadHalf, OwnedWriteHalf, Splitable};
 use monoio::net::TcpStream;
-use rustls::{ServerConfig, ServerConnection};
+use rustls::pki_types::ServerName;
+use rustls::{ClientConfig, ClientConnection, Connection, ServerConfig, ServerConnection};
 
 /// Ciphertext read size: a full TLS record (16 KiB + overhead) takes two reads at most.
 const READ_SIZE: usize = 8 * 1024;
@@ -55,10 +56,11 @@ impl std::fmt::Display for HandshakeError {
 const PLAIN_HTTP_ANSWER: &[u8] = b"HTTP/1.1 400 Bad Request\r\nContent-Type: text/plain\r\nContent-Length: 44\r\n\
 Connection: close\r\n\r\nplain HTTP request sent to an HTTPS port\r\n\r\n";
 
-/// A TLS server stream over TCP.
+/// A TLS stream over TCP: the server side of a client connection, or the client side of an
+/// upstream connection.
 pub struct TlsStream {
     tcp: TcpStream,
-    tls: Rc<RefCell<ServerConnection>>,
+    tls: Rc<RefCell<Connection>>,
     r: ReadSide,
     w: WriteSide,
 }
@@ -67,13 +69,27 @@ impl TlsStream {
     /// Runs the server handshake on `tcp`. The caller bounds it with a timeout.
     pub async fn accept(tcp: TcpStream, config: Arc<ServerConfig>) -> Result<TlsStream, HandshakeError> {
         let conn = ServerConnection::new(config).map_err(HandshakeError::Tls)?;
+        TlsStream::handshake(tcp, conn.into(), true).await
+    }
+
+    /// Runs the client handshake with an upstream on `tcp`. The caller bounds it with a timeout.
+    pub async fn connect(
+        tcp: TcpStream,
+        config: Arc<ClientConfig>,
+        name: ServerName<'static>,
+    ) -> Result<TlsStream, HandshakeError> {
+        let conn = ClientConnection::new(config, name).map_err(HandshakeError::Tls)?;
+        TlsStream::handshake(tcp, conn.into(), false).await
+    }
+
+    /// Drives the handshake to its end. `first` (server side): answer plain HTTP in plain HTTP.
+    async fn handshake(tcp: TcpStream, conn: Connection, mut first: bool) -> Result<TlsStream, HandshakeError> {
         let mut s = TlsStream {
             tcp,
             tls: Rc::new(RefCell::new(conn)),
             r: ReadSide::default(),
             w: WriteSide::default(),
         };
-        let mut first = true;
         loop {
             s.w.flush(&mut s.tcp, &s.tls).await.map_err(HandshakeError::Io)?;
             if !s.tls.borrow().is_handshaking() {
@@ -104,6 +120,11 @@ impl TlsStream {
                 });
             }
         }
+    }
+
+    /// The socket.
+    pub fn fd(&self) -> std::os::fd::RawFd {
+        std::os::fd::AsRawFd::as_raw_fd(&self.tcp)
     }
 
     /// Whether the handshake resumed an earlier session.
@@ -187,7 +208,7 @@ impl ReadSide {
 
     /// Hands pending ciphertext to rustls and processes it, until all is taken or rustls'
     /// plaintext buffer is full (the caller reads plaintext out, then feeds the rest).
-    fn feed(&mut self, tls: &RefCell<ServerConnection>) -> Result<(), FeedError> {
+    fn feed(&mut self, tls: &RefCell<Connection>) -> Result<(), FeedError> {
         let mut tls = tls.borrow_mut();
         while self.rpos < self.rbuf.len() {
             let mut rest = &self.rbuf[self.rpos..];
@@ -211,7 +232,7 @@ impl ReadSide {
     async fn read<R: AsyncReadRent, T: IoBufMut>(
         &mut self,
         tcp: &mut R,
-        tls: &RefCell<ServerConnection>,
+        tls: &RefCell<Connection>,
         mut buf: T,
     ) -> BufResult<usize, T> {
         loop {
@@ -260,7 +281,7 @@ impl ReadSide {
     }
 }
 
-fn has_plaintext(conn: &mut ServerConnection) -> bool {
+fn has_plaintext(conn: &mut Connection) -> bool {
     conn.reader().fill_buf().is_ok_and(|b| !b.is_empty())
 }
 
@@ -272,7 +293,7 @@ struct WriteSide {
 
 impl WriteSide {
     /// Writes out every record rustls has queued.
-    async fn flush<W: AsyncWriteRent>(&mut self, tcp: &mut W, tls: &RefCell<ServerConnection>) -> io::Result<()> {
+    async fn flush<W: AsyncWriteRent>(&mut self, tcp: &mut W, tls: &RefCell<Connection>) -> io::Result<()> {
         loop {
             {
                 let mut conn = tls.borrow_mut();
@@ -293,7 +314,7 @@ impl WriteSide {
     async fn write<W: AsyncWriteRent, T: IoBuf>(
         &mut self,
         tcp: &mut W,
-        tls: &RefCell<ServerConnection>,
+        tls: &RefCell<Connection>,
         buf: T,
     ) -> BufResult<usize, T> {
         // SAFETY: `read_ptr` points at `bytes_init` initialised bytes that `buf` owns.
@@ -311,7 +332,7 @@ impl WriteSide {
     async fn writev<W: AsyncWriteRent, T: IoVecBuf>(
         &mut self,
         tcp: &mut W,
-        tls: &RefCell<ServerConnection>,
+        tls: &RefCell<Connection>,
         bufs: T,
     ) -> BufResult<usize, T> {
         let mut n = 0;
@@ -338,7 +359,7 @@ impl WriteSide {
         }
     }
 
-    async fn shutdown<W: AsyncWriteRent>(&mut self, tcp: &mut W, tls: &RefCell<ServerConnection>) -> io::Result<()> {
+    async fn shutdown<W: AsyncWriteRent>(&mut self, tcp: &mut W, tls: &RefCell<Connection>) -> io::Result<()> {
         tls.borrow_mut().send_close_notify();
         self.flush(tcp, tls).await?;
         tcp.shutdown().await
@@ -394,14 +415,14 @@ impl AsyncWriteRent for TlsStream {
 /// The reading half of a split [`TlsStream`].
 pub struct TlsReadHalf {
     tcp: OwnedReadHalf<TcpStream>,
-    tls: Rc<RefCell<ServerConnection>>,
+    tls: Rc<RefCell<Connection>>,
     r: ReadSide,
 }
 
 /// The writing half of a split [`TlsStream`].
 pub struct TlsWriteHalf {
     tcp: OwnedWriteHalf<TcpStream>,
-    tls: Rc<RefCell<ServerConnection>>,
+    tls: Rc<RefCell<Connection>>,
     w: WriteSide,
 }
 

@@ -685,3 +685,119 @@ fn rsa_and_ecdsa_keys_in_pkcs1_sec1_and_pkcs8_from_openssl() {
         }
     }
 }
+
+both_drivers!(
+    fn static_routes_reach_https_upstreams_verified_or_not(driver) {
+        let ca = TestCa::new();
+        let dir = TempDir::new("tls-upstream");
+        let backend = ca.leaf(&["backend.internal"]);
+        let up = Upstream::start_tls("secure", Handler::WebSocket, backend.server_config());
+        let ca_file = dir.write("ca.pem", backend.ca_pem());
+        let frag = format!(
+            "[[route]]\nhost = \"plain.example.com\"\nupstreams = [\"{a}\"]\nupstream_protocol = \"https\"\n\
+             [[route]]\nhost = \"verified.example.com\"\nupstreams = [\"{a}\"]\nupstream_protocol = \"https\"\n\
+             upstream_verify = true\nupstream_ca = \"{ca}\"\nupstream_server_name = \"backend.internal\"\n\
+             [[route]]\nhost = \"wrongname.example.com\"\nupstreams = [\"{a}\"]\nupstream_protocol = \"https\"\n\
+             upstream_ca = \"{ca}\"\nupstream_server_name = \"other.internal\"\n",
+            a = up.addr(),
+            ca = ca_file.display()
+        );
+        let kedge = Kedge::start(driver, &frag);
+        let mut c = Client::connect(kedge.addr());
+        for _ in 0..3 {
+            let resp = c.get("plain.example.com", "/");
+            assert_eq!((resp.status, resp.upstream()), (200, Some("secure")), "{resp:?}");
+        }
+        assert_eq!(up.connections(), 1, "the TLS upstream connection is pooled and reused");
+        let resp = c.get("verified.example.com", "/");
+        assert_eq!((resp.status, resp.upstream()), (200, Some("secure")), "{resp:?}");
+        // A verification failure is a 502, never an unverified request.
+        let before = up.request_count();
+        let resp = c.get("wrongname.example.com", "/");
+        assert_eq!(resp.status, 502, "{resp:?}");
+        assert!(resp.text().contains("TLS handshake with upstream failed"), "{}", resp.text());
+        assert_eq!(up.request_count(), before);
+        // A WebSocket tunnel to a TLS upstream.
+        let mut ws = Client::connect(kedge.addr());
+        ws.send(&UPGRADE_REQUEST.to_vec().replace_host("plain.example.com"));
+        assert_eq!(ws.read_response().status, 101);
+        ws.send(b"through two TLS hops");
+        assert_eq!(ws.read_exact_raw(20), b"through two TLS hops");
+        ws.shutdown_write();
+        assert!(ws.is_closed());
+    }
+);
+
+#[test]
+fn ingress_backend_protocol_https_with_ingress_nginx_annotations() {
+    let ca = TestCa::new();
+    let backend = ca.leaf(&["web.default.svc", "named.internal"]);
+    let up = Upstream::start_tls("secure", Handler::Echo, backend.server_config());
+    let port = up.addr().port();
+    let api = FakeApi::start();
+    api.apply("ingressclasses", ingress_class());
+    // A kubernetes.io/tls Secret with the CA in ca.crt.
+    let mut ca_secret = ca.leaf(&["unused.internal"]).secret("default", "backend-ca");
+    ca_secret["data"]["ca.crt"] = json!(base64_of(backend.ca_pem()));
+    api.apply("secrets", ca_secret);
+    let cases = [
+        (
+            "web",
+            json!({"nginx.ingress.kubernetes.io/backend-protocol": "HTTPS"}),
+            200,
+        ),
+        (
+            "verified",
+            json!({"nginx.ingress.kubernetes.io/backend-protocol": "HTTPS",
+            "nginx.ingress.kubernetes.io/proxy-ssl-verify": "on",
+            "nginx.ingress.kubernetes.io/proxy-ssl-secret": "default/backend-ca",
+            "nginx.ingress.kubernetes.io/proxy-ssl-name": "named.internal",
+            "nginx.ingress.kubernetes.io/proxy-ssl-server-name": "on"}),
+            200,
+        ),
+        (
+            "wrongname",
+            json!({"nginx.ingress.kubernetes.io/backend-protocol": "HTTPS",
+            "nginx.ingress.kubernetes.io/proxy-ssl-verify": "on",
+            "nginx.ingress.kubernetes.io/proxy-ssl-secret": "default/backend-ca"}),
+            502,
+        ),
+        ("plain", json!({}), 502),
+    ];
+    for (name, annotations, _) in &cases {
+        api.apply("services", service(name));
+        api.apply("endpointslices", slice(name, port, &["127.0.0.1"]));
+        let mut ing = ingress(name, "kedge", &format!("{name}.example.com"), "/", name);
+        ing["metadata"]["annotations"] = annotations.clone();
+        api.apply("ingresses", ing);
+    }
+    let dir = TempDir::new("tls-backend-protocol");
+    let kedge = Kedge::setup(crate::support::Driver::IoUring).follow(&api, &dir, "");
+    let mut c = Client::connect(kedge.addr());
+    for (name, _, want) in &cases {
+        let resp = c.get(&format!("{name}.example.com"), "/");
+        assert_eq!(resp.status, *want, "{name}: {resp:?}");
+        if resp.status == 502 {
+            c = Client::connect(kedge.addr());
+        }
+    }
+}
+
+fn base64_of(s: &str) -> String {
+    use base64::Engine as _;
+    base64::engine::general_purpose::STANDARD.encode(s)
+}
+
+/// Puts another Host into a request head.
+trait ReplaceHost {
+    fn replace_host(self, host: &str) -> Vec<u8>;
+}
+
+impl ReplaceHost for Vec<u8> {
+    fn replace_host(self, host: &str) -> Vec<u8> {
+        String::from_utf8(self)
+            .expect("ASCII head")
+            .replace("Host: www.example.com", &format!("Host: {host}"))
+            .into_bytes()
+    }
+}

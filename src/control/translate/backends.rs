@@ -159,6 +159,7 @@ impl<'a> Resolver<'a> {
                 name: format!("{cluster}/{ns}/{name}:{port}").into(),
                 endpoints: Vec::new(),
                 max_body: None,
+                tls: None,
             }),
             problem: Some(format!("{problem}; answering 503")),
         };
@@ -199,6 +200,7 @@ impl<'a> Resolver<'a> {
                 name: name.into(),
                 endpoints,
                 max_body: None,
+                tls: None,
             }),
             problem,
         }

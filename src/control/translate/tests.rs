@@ -858,3 +858,51 @@ fn ssl_redirect_annotations() {
         2
     );
 }
+
+#[test]
+fn backend_protocol_https_is_decided_by_the_first_ingress_of_a_service_port() {
+    let with = |name: &str, created: &str, annotations: Value| {
+        let spec = json!({"ingressClassName": "kedge", "rules": shop_rule(&format!("{name}.example.com"))});
+        let mut i = (*ingress("web", name, created, spec)).clone();
+        i.metadata.annotations = serde_json::from_value(annotations).unwrap();
+        Arc::new(i)
+    };
+    let w = shop_world(vec![
+        with(
+            "first",
+            "2024-01-01T00:00:00Z",
+            json!({"nginx.ingress.kubernetes.io/backend-protocol": "HTTPS"}),
+        ),
+        with("second", "2024-02-01T00:00:00Z", json!({})),
+        with(
+            "grpc",
+            "2024-03-01T00:00:00Z",
+            json!({"nginx.ingress.kubernetes.io/backend-protocol": "GRPC"}),
+        ),
+    ]);
+    let (table, out) = w.run(&spec());
+    let tls = table
+        .route(b"second.example.com", "/")
+        .unwrap()
+        .tls
+        .as_ref()
+        .expect("HTTPS from the first Ingress");
+    assert_eq!(tls.settings.name, "shop.web.svc");
+    assert_eq!(tls.settings.verify, crate::tls::Verify::Off);
+    assert!(!tls.settings.sni);
+    let msgs: Vec<(&str, &str)> = out
+        .warnings
+        .iter()
+        .map(|w| (w.object.as_str(), w.message.as_str()))
+        .collect();
+    assert!(
+        msgs.iter()
+            .any(|(o, m)| *o == "Ingress web/second" && m.contains("already set by Ingress web/first")),
+        "{msgs:#?}"
+    );
+    assert!(
+        msgs.iter()
+            .any(|(o, m)| *o == "Ingress web/grpc" && m.contains("\"GRPC\" is not supported")),
+        "{msgs:#?}"
+    );
+}

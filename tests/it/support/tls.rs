@@ -77,6 +77,31 @@ impl TestCa {
 }
 
 impl Leaf {
+    /// A rustls server configuration serving this certificate (for upstreams).
+    pub fn server_config(&self) -> Arc<rustls::ServerConfig> {
+        use rustls::pki_types::PrivateKeyDer;
+        use rustls::pki_types::pem::PemObject;
+        let chain = CertificateDer::pem_slice_iter(self.chain_pem.as_bytes())
+            .collect::<Result<Vec<_>, _>>()
+            .expect("chain");
+        let key = PrivateKeyDer::from_pem_slice(self.key_pem.as_bytes()).expect("key");
+        let mut cfg = rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+            .with_safe_default_protocol_versions()
+            .expect("versions")
+            .with_no_client_auth()
+            .with_single_cert(chain, key)
+            .expect("server config");
+        cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
+        Arc::new(cfg)
+    }
+
+    /// The CA's certificate (PEM), for a verifying client of this leaf.
+    pub fn ca_pem(&self) -> &str {
+        let end = "-----END CERTIFICATE-----";
+        let first_end = self.chain_pem.find(end).expect("leaf") + end.len();
+        self.chain_pem[first_end..].trim_start()
+    }
+
     /// Writes `NAME.crt` and `NAME.key` into `dir` (each atomically) and returns their paths.
     pub fn write(&self, dir: &TempDir, name: &str) -> (PathBuf, PathBuf) {
         (

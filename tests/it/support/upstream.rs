@@ -119,6 +119,33 @@ impl Upstream {
         panic!("no port free on 127.0.0.1..=127.0.0.{n}");
     }
 
+    /// An upstream that speaks HTTPS (hyper over tokio-rustls) with `config`.
+    pub fn start_tls(name: &str, handler: Handler, config: Arc<rustls::ServerConfig>) -> Upstream {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind upstream");
+        let state = Arc::new(State {
+            name: name.to_owned(),
+            handler,
+            requests: Mutex::new(Vec::new()),
+        });
+        let st = Arc::clone(&state);
+        let acceptor = tokio_rustls::TlsAcceptor::from(config);
+        let server = Server::serve(listener, move |stream| {
+            let st = Arc::clone(&st);
+            let acceptor = acceptor.clone();
+            async move {
+                let Ok(stream) = acceptor.accept(stream).await else {
+                    return; // a handshake the test meant to fail
+                };
+                let service = service_fn(move |req| handle(Arc::clone(&st), req));
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), service)
+                    .with_upgrades()
+                    .await;
+            }
+        });
+        Upstream { server, state }
+    }
+
     fn on(listener: std::net::TcpListener, name: &str, handler: Handler) -> Upstream {
         let state = Arc::new(State {
             name: name.to_owned(),
