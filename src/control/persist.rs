@@ -22,7 +22,7 @@ use std::fmt;
 use std::fs::{self, File, OpenOptions};
 use std::future::Future;
 use std::io::{self, Write as _};
-use std::os::unix::fs::OpenOptionsExt as _;
+use std::os::unix::fs::{DirBuilderExt as _, OpenOptionsExt as _};
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -30,7 +30,7 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use k8s_openapi::api::core::v1::{Node, Service};
+use k8s_openapi::api::core::v1::{Node, Secret, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::api::networking::v1::{Ingress, IngressClass};
 use kube::runtime::watcher;
@@ -426,7 +426,11 @@ impl StateDir {
     /// says so once and returns `None`: kedge then runs without persistence.
     pub fn open(path: &Path) -> Option<StateDir> {
         let probe = path.join(".kedge-probe");
-        let usable = fs::create_dir_all(path)
+        // Owner-only: the files hold TLS private keys.
+        let usable = std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(path)
             .and_then(|()| write_atomic(&probe, b"kedge\n"))
             .and_then(|()| fs::remove_file(&probe));
         match usable {
@@ -459,6 +463,9 @@ struct FileOut<'a> {
     services: Arcs<'a, Service>,
     endpointslices: Arcs<'a, EndpointSlice>,
     nodes: Arcs<'a, Node>,
+    /// `kubernetes.io/tls` Secrets: without them a restart during an outage would serve the
+    /// TLS hosts with the default certificate. The file is 0600 in a directory of kedge's.
+    secrets: Arcs<'a, Secret>,
 }
 
 /// Serializes `[Arc<K>]` as the sequence of `K`s (serde's `Arc` support needs its `rc` feature).
@@ -485,6 +492,9 @@ struct FileIn {
     services: Vec<Service>,
     endpointslices: Vec<EndpointSlice>,
     nodes: Vec<Node>,
+    /// Absent from files of kedge versions that did not persist Secrets.
+    #[serde(default)]
+    secrets: Vec<Secret>,
 }
 
 /// The state file of `cluster`, as JSON.
@@ -498,6 +508,7 @@ fn encode(cluster: &str, saved_at: &str, s: &Snapshot) -> serde_json::Result<Vec
         services: Arcs(&s.services),
         endpointslices: Arcs(&s.slices),
         nodes: Arcs(&s.nodes),
+        secrets: Arcs(&s.secrets),
     })
 }
 
@@ -524,8 +535,7 @@ fn decode(cluster: &str, bytes: &[u8]) -> Result<(String, Snapshot), String> {
             services: file.services.into_iter().map(Arc::new).collect(),
             slices: file.endpointslices.into_iter().map(Arc::new).collect(),
             nodes: file.nodes.into_iter().map(Arc::new).collect(),
-            // Private keys are never written to the state file.
-            secrets: Vec::new(),
+            secrets: file.secrets.into_iter().map(Arc::new).collect(),
         },
     ))
 }

@@ -801,3 +801,36 @@ impl ReplaceHost for Vec<u8> {
             .into_bytes()
     }
 }
+
+#[test]
+fn a_restart_during_an_outage_keeps_the_tls_hosts_certificates() {
+    let ca = TestCa::new();
+    let up = Upstream::start("web", Handler::Echo);
+    let api = tls_cluster(up.addr().port(), "secure.example.com");
+    let leaf = ca.leaf(&["secure.example.com"]);
+    api.apply("secrets", leaf.secret("default", "web-tls"));
+    let dir = TempDir::new("tls-outage");
+    let state_dir = dir.path().join("state");
+    let start = |sync_timeout: &str| {
+        Kedge::setup(crate::support::Driver::IoUring)
+            .tls()
+            .proxy(&format!("state_dir = \"{}\"", state_dir.display()))
+            .follow(&api, &dir, &format!("sync_timeout = \"{sync_timeout}\"\n"))
+    };
+    let first = start("10s");
+    wait_until(Duration::from_secs(10), "the Secret is persisted", || {
+        std::fs::read_to_string(state_dir.join("cluster-test.json")).is_ok_and(|f| f.contains("web-tls"))
+    });
+    use std::os::unix::fs::PermissionsExt;
+    let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(&state_dir), 0o700, "the state directory holds private keys");
+    assert_eq!(mode(&state_dir.join("cluster-test.json")), 0o600);
+    drop(first);
+
+    api.pause();
+    let second = start("1s");
+    second.wait_log("serving the state persisted at", Duration::from_secs(10));
+    let mut c = Client::connect_tls(second.tls_addr(), ca.client(), "secure.example.com");
+    assert!(c.peer_leaf() == leaf.der, "the persisted certificate is served");
+    assert_eq!(c.get("secure.example.com", "/").status, 200);
+}

@@ -72,7 +72,11 @@ fn snapshot(hosts: &[&str]) -> Snapshot {
             "status": {"addresses": [{"type": "InternalIP", "address": "192.0.2.1"}],
                        "conditions": [{"type": "Ready", "status": "True"}]}}),
         )],
-        secrets: Vec::new(),
+        secrets: vec![object(
+            json!({"apiVersion": "v1", "kind": "Secret", "type": "kubernetes.io/tls",
+            "metadata": {"name": "web-tls", "namespace": "default"},
+            "data": {"tls.crt": "Y3J0", "tls.key": "a2V5"}}),
+        )],
     }
 }
 
@@ -87,6 +91,7 @@ fn as_json(s: &Snapshot) -> Vec<Vec<Value>> {
         all(&s.services),
         all(&s.slices),
         all(&s.nodes),
+        all(&s.secrets),
     ]
 }
 
@@ -104,7 +109,14 @@ fn the_state_file_round_trips() {
     assert_eq!(file["format"], FORMAT);
     assert_eq!(file["cluster"], "prod");
     assert_eq!(file["saved_at"], "2025-01-02T03:04:05Z");
-    for key in ["ingresses", "ingressclasses", "services", "endpointslices", "nodes"] {
+    for key in [
+        "ingresses",
+        "ingressclasses",
+        "services",
+        "endpointslices",
+        "nodes",
+        "secrets",
+    ] {
         assert!(file[key].is_array(), "{key} is a JSON array");
     }
     assert_eq!(file["ingresses"][0]["kind"], "Ingress");
