@@ -423,10 +423,12 @@ impl Stats {
         if n.is_none() {
             let c = conn.get_ref().1;
             *n = Some(format!(
-                "proto={:?} suite={:?} kx={:?} alpn={}",
+                "proto={:?} suite={:?} kx={} alpn={}",
                 c.protocol_version().unwrap(),
                 c.negotiated_cipher_suite().unwrap().suite(),
-                c.negotiated_key_exchange_group().map(|g| g.name()),
+                c.negotiated_key_exchange_group()
+                    .map(|g| format!("{:?}", g.name()))
+                    .unwrap_or("-".into()),
                 c.alpn_protocol()
                     .map(|p| String::from_utf8_lossy(p).into_owned())
                     .unwrap_or("-".into()),

@@ -369,6 +369,7 @@ fn snapshot(cfg: &Config, clusters: &[Cluster], tls: &mut TlsState) -> (Snapshot
             .collect();
         match tls.certs.build(&cfg.tls, &bindings, crate::tls::unix_now()) {
             Ok(built) => {
+                crate::stats::TLS_CERT_PROBLEMS.set(built.warnings.len() as u64);
                 warnings.extend(built.warnings);
                 tls_hosts = built.hosts;
                 Some(built.config)

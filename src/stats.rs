@@ -1,13 +1,15 @@
-//! Process-wide counters of rare events (per connection at most, never per request): relaxed
-//! atomics that workers bump and the admin server reads (`GET /metrics`).
+//! Process-wide counters of rare events (per connection at most, never per request) and a few
+//! gauges the control thread sets: relaxed atomics, read by the admin server (`GET /metrics`).
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
-/// A counter with its Prometheus name and help text.
+/// A counter (or gauge) with its Prometheus name, label and help text.
 pub struct Counter {
     pub name: &'static str,
     pub label: &'static str,
     pub help: &'static str,
+    /// `counter` or `gauge`.
+    pub kind: &'static str,
     value: AtomicU64,
 }
 
@@ -17,12 +19,27 @@ impl Counter {
             name,
             label,
             help,
+            kind: "counter",
+            value: AtomicU64::new(0),
+        }
+    }
+
+    const fn gauge(name: &'static str, help: &'static str) -> Counter {
+        Counter {
+            name,
+            label: "",
+            help,
+            kind: "gauge",
             value: AtomicU64::new(0),
         }
     }
 
     pub fn inc(&self) {
         self.value.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn set(&self, v: u64) {
+        self.value.store(v, Ordering::Relaxed);
     }
 
     pub fn get(&self) -> u64 {
@@ -43,14 +60,22 @@ pub static TLS_PLAIN_HTTP: Counter = Counter::new(HANDSHAKES, "result=\"plain_ht
 pub static TLS_FAILED: Counter = Counter::new(HANDSHAKES, "result=\"failed\"", HANDSHAKES_HELP);
 pub static TLS_TIMEOUT: Counter = Counter::new(HANDSHAKES, "result=\"timeout\"", HANDSHAKES_HELP);
 
+/// Problems with the certificates of the last build (a host left on the default certificate,
+/// a file that does not parse): each is also a warning in the log.
+pub static TLS_CERT_PROBLEMS: Counter = Counter::gauge(
+    "kedge_tls_certificate_problems",
+    "Certificates that cannot be served as configured (see the warnings in the log).",
+);
+
 /// Every counter, in exposition order (same-name counters together).
-pub static ALL: [&Counter; 6] = [
+pub static ALL: [&Counter; 7] = [
     &TLS_FULL,
     &TLS_RESUMED,
     &TLS_CLOSED,
     &TLS_PLAIN_HTTP,
     &TLS_FAILED,
     &TLS_TIMEOUT,
+    &TLS_CERT_PROBLEMS,
 ];
 
 /// The counters in the Prometheus text format.
@@ -59,9 +84,13 @@ pub fn render(out: &mut String) {
     let mut last = "";
     for c in ALL {
         if c.name != last {
-            let _ = writeln!(out, "# HELP {} {}\n# TYPE {} counter", c.name, c.help, c.name);
+            let _ = writeln!(out, "# HELP {} {}\n# TYPE {} {}", c.name, c.help, c.name, c.kind);
             last = c.name;
         }
-        let _ = writeln!(out, "{}{{{}}} {}", c.name, c.label, c.get());
+        if c.label.is_empty() {
+            let _ = writeln!(out, "{} {}", c.name, c.get());
+        } else {
+            let _ = writeln!(out, "{}{{{}}} {}", c.name, c.label, c.get());
+        }
     }
 }

@@ -366,6 +366,9 @@ fn bad_certificates_fall_back_to_the_default_and_break_nothing_else() {
     ] {
         kedge.wait_log(why, Duration::from_secs(10));
     }
+    // Counted on /metrics too.
+    let metrics = Client::connect(kedge.admin_addr()).get("admin", "/metrics").text();
+    assert!(metrics.contains("\nkedge_tls_certificate_problems 4\n"), "{metrics}");
     // Each bad host gets the default certificate, and is still routed.
     for (name, _) in &bad {
         let host = format!("{name}.example.com");
