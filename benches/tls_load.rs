@@ -3,7 +3,7 @@
 //! ```text
 //! tls_load --addr 127.0.0.1:18443 --sni bench.example.com --ca ca.pem
 //!          --mode full|resumed|keepalive|idle [--concurrency N] [--duration S] [--warmup S]
-//!          [--tls12] [--insecure] [--idle-conns N] [--hold S]
+//!          [--tls12 [--session-id]] [--insecure] [--idle-conns N] [--hold S]
 //!          [--proxy-pid PID] [--backend-pid PID]
 //! ```
 //!
@@ -13,7 +13,8 @@
 //!   disabled), one request with `Connection: close`, read the response and then until the
 //!   server closes. rate = handshakes/s.
 //! - `resumed`: the same with one in-memory session store shared by all tasks, so handshakes
-//!   resume (TLS 1.3 tickets; with `--tls12`, TLS 1.2 tickets or session IDs). The fraction of
+//!   resume: TLS 1.3 tickets; with `--tls12`, TLS 1.2 tickets, or with `--tls12 --session-id`
+//!   the server's session-ID cache (the client sends no ticket extension). The fraction of
 //!   resumed handshakes during the measured window is reported (`resumed=`).
 //! - `keepalive`: N persistent connections, each sending requests back to back (one in flight
 //!   per connection). rate = requests/s.
@@ -47,7 +48,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
-use rustls::client::{ClientSessionStore, Resumption, Tls12ClientSessionValue, Tls13ClientSessionValue};
+use rustls::client::{
+    ClientSessionStore, Resumption, Tls12ClientSessionValue, Tls12Resumption, Tls13ClientSessionValue,
+};
 use rustls::crypto::CryptoProvider;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
@@ -80,6 +83,7 @@ struct Args {
     duration: f64,
     warmup: f64,
     tls12: bool,
+    session_id: bool,
     idle_conns: usize,
     hold: f64,
     proxy_pid: Option<u32>,
@@ -87,7 +91,7 @@ struct Args {
 }
 
 const USAGE: &str = "usage: tls_load --addr IP:PORT --sni NAME (--ca FILE | --insecure) \
---mode full|resumed|keepalive|idle [--concurrency N] [--duration S] [--warmup S] [--tls12] \
+--mode full|resumed|keepalive|idle [--concurrency N] [--duration S] [--warmup S] [--tls12 [--session-id]] \
 [--idle-conns N] [--hold S] [--host H] [--path P] [--proxy-pid PID] [--backend-pid PID]";
 
 fn parse_args() -> Result<Args, String> {
@@ -103,6 +107,7 @@ fn parse_args() -> Result<Args, String> {
         duration: 5.0,
         warmup: 1.0,
         tls12: false,
+        session_id: false,
         idle_conns: 1000,
         hold: 3.0,
         proxy_pid: None,
@@ -133,6 +138,7 @@ fn parse_args() -> Result<Args, String> {
             "--duration" | "-d" => a.duration = num(val()?)?,
             "--warmup" => a.warmup = num(val()?)?,
             "--tls12" => a.tls12 = true,
+            "--session-id" => a.session_id = true,
             "--idle-conns" => a.idle_conns = int(val()?)?,
             "--hold" => a.hold = num(val()?)?,
             "--proxy-pid" => a.proxy_pid = Some(int(val()?)? as u32),
@@ -151,6 +157,9 @@ fn parse_args() -> Result<Args, String> {
     }
     if a.concurrency == 0 || a.duration <= 0.0 || a.warmup < 0.0 || a.hold < 0.0 {
         return Err("--concurrency and --duration must be > 0, --warmup and --hold >= 0".into());
+    }
+    if a.session_id && !(a.tls12 && a.mode == Mode::Resumed) {
+        return Err("--session-id goes with --mode resumed --tls12 (TLS 1.3 resumes with tickets only)".into());
     }
     Ok(a)
 }
@@ -278,6 +287,9 @@ fn client_config(a: &Args) -> Result<Arc<rustls::ClientConfig>, String> {
     };
     cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
     cfg.resumption = match a.mode {
+        Mode::Resumed if a.session_id => {
+            Resumption::store(Arc::new(SharedSessions::default())).tls12_resumption(Tls12Resumption::SessionIdOnly)
+        }
         Mode::Resumed => Resumption::store(Arc::new(SharedSessions::default())),
         _ => Resumption::disabled(),
     };
@@ -678,10 +690,11 @@ async fn run_rate(a: &Args, client: Arc<Client>) -> String {
         _ => "keepalive",
     };
     format!(
-        "result mode={mode} tls12_only={} {} concurrency={} duration={elapsed:.2} requests={done} rate={rate:.1} \
+        "result mode={mode} tls12_only={} session_id_only={} {} concurrency={} duration={elapsed:.2} requests={done} rate={rate:.1} \
          errors={errors} errors_warmup={errors_before} error_kinds={} resumed={:.3} reconnects={} p50_ms={:.3} \
          p99_ms={:.3} proxy_cpu={} per_proxy_core={} backend_cpu={} self_cpu={own_cpu:.1} other_cpu={other:.1}",
         a.tls12,
+        a.session_id,
         stats
             .negotiated
             .lock()
