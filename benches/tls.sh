@@ -26,7 +26,7 @@ HOLD=3
 WORKERS=1
 SKIP_BUILD=0
 CELLS=""             # default depends on --key, see below
-INSECURE=0
+VERIFY=0             # 1: the load generator verifies chain + name (costs it CPU)
 SSLSCAN=0
 QUIET_WAIT=120
 MAX_OTHER=10
@@ -52,7 +52,8 @@ usage() {
 Options (defaults in brackets):
   --key K           ecdsa, rsa or both [$KEYS]. With both, every cell runs with the
                     ECDSA certificate and full handshakes also with the RSA one.
-  --cells LIST      comma list out of keepalive,full,resumed13,resumed12,idle
+  --cells LIST      comma list out of keepalive,full,resumed13,resumed12,
+                    resumed12id (TLS 1.2 by session ID, no tickets), idle
                     [all; with --key both the RSA certificate gets: full]
   --runs N          measured runs per cell and proxy, alternating kedge/nginx [$RUNS]
   --duration S      measured seconds per run [$DURATION]
@@ -61,9 +62,11 @@ Options (defaults in brackets):
   --idle-conns N    connections held open by the idle cell [$IDLE_CONNS]
   --hold S          seconds they are held before the RSS sample [$HOLD]
   --workers N       kedge workers = nginx worker_processes [$WORKERS]
-  --insecure        the load generator skips certificate chain and name checks
-                    (still verifies the handshake signature); default: full
-                    verification against the generated CA, like a browser
+  --verify          the load generator verifies the certificate chain and name
+                    against the generated CA, as a browser does. Default: it checks
+                    only the server's handshake signature (like wrk or h2load, which
+                    check nothing), so that its core saturates later; curl checks
+                    the chain and name once when each proxy starts
   --skip-build      use the existing target/release/kedge and tls_load bench binary
   --kedge-bin PATH  kedge binary [target/release/kedge]
   --load-bin PATH   tls_load binary [built by cargo bench --no-run --bench tls_load]
@@ -91,7 +94,7 @@ while (($#)); do
         --idle-conns) IDLE_CONNS="$2"; shift 2 ;;
         --hold) HOLD="$2"; shift 2 ;;
         --workers) WORKERS="$2"; shift 2 ;;
-        --insecure) INSECURE=1; shift ;;
+        --verify) VERIFY=1; shift ;;
         --skip-build) SKIP_BUILD=1; shift ;;
         --kedge-bin) KEDGE_BIN="$2"; shift 2 ;;
         --load-bin) LOAD_BIN="$2"; shift 2 ;;
@@ -111,7 +114,7 @@ case "$KEYS" in
     ecdsa|rsa) KEY_LIST=("$KEYS") ;;
     *) echo "--key must be ecdsa, rsa or both" >&2; exit 2 ;;
 esac
-ALL_CELLS="keepalive,full,resumed13,resumed12,idle"
+ALL_CELLS="keepalive,full,resumed13,resumed12,resumed12id,idle"
 for v in RUNS DURATION CONCURRENCY IDLE_CONNS WORKERS; do
     [[ "${!v}" =~ ^[1-9][0-9]*$ ]] || { echo "--${v,,} must be a positive integer (got '${!v}')" >&2; exit 2; }
 done
@@ -531,7 +534,7 @@ CPU_MODEL="$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ *//' 
 V_NGINX="$("$NGINX_BIN" -V 2>&1 | sed -n 's/^nginx version: //p'), $("$NGINX_BIN" -V 2>&1 | sed -n 's/^built with //p')"
 V_KEDGE="$("$KEDGE_BIN" --version 2>/dev/null | head -n1 || true)"
 V_KEDGE="${V_KEDGE:-kedge} @ $(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo '?')$( [[ -n "$(git -C "$ROOT" status --porcelain -- src 2>/dev/null)" ]] && echo '+dirty src') (driver=$KEDGE_DRIVER)"
-CLIENT_DESC="tls_load (tokio + rustls $(sed -n '/^name = "rustls"$/{n;s/version = "\(.*\)"/\1/p}' "$ROOT/Cargo.lock" | head -n1), ring), $( ((INSECURE)) && echo 'handshake signature checked, chain not' || echo 'chain and name verified against the CA')"
+CLIENT_DESC="tls_load (tokio + rustls $(sed -n '/^name = "rustls"$/{n;s/version = "\(.*\)"/\1/p}' "$ROOT/Cargo.lock" | head -n1), ring), $( ((VERIFY)) && echo 'chain and name verified against the CA' || echo 'handshake signature checked, chain and name not')"
 BENCH_COMMAND="$ORIG_CMD" BENCH_CPU_MODEL="$CPU_MODEL" BENCH_V_NGINX="$V_NGINX" BENCH_V_KEDGE="$V_KEDGE" \
 BENCH_CLIENT="$CLIENT_DESC" python3 - "$OUT/meta.json" <<EOF
 import json, os, sys, datetime, platform
@@ -562,6 +565,7 @@ cell_args() {   # cell -> tls_load arguments
         full) echo "--mode full" ;;
         resumed13) echo "--mode resumed" ;;
         resumed12) echo "--mode resumed --tls12" ;;
+        resumed12id) echo "--mode resumed --tls12 --session-id" ;;
         idle) echo "--mode idle --idle-conns $IDLE_CONNS --hold $HOLD" ;;
     esac
 }
@@ -576,7 +580,7 @@ run_one() {   # key cell target phase run_no seconds max_other
     if ((QUIET_WAIT > 0)); then
         python3 "$REPORT" quiet --max-busy 10 --timeout "$QUIET_WAIT" || die "quiet check failed"
     fi
-    if ((INSECURE)); then verify=(--insecure); else verify=(--ca "$TMP/pki/$k/ca.pem"); fi
+    if ((VERIFY)); then verify=(--ca "$TMP/pki/$k/ca.pem"); else verify=(--insecure); fi
     read -r -a args <<<"$(cell_args "$cell")"
     taskset -c "$LOAD_CPUS" "$LOAD_BIN" --addr "127.0.0.1:${PORT_OF[$t]}" --sni "$SNI" "${verify[@]}" \
         "${args[@]}" --concurrency "$CONCURRENCY" --duration "$secs" --warmup "$CLIENT_WARMUP" \

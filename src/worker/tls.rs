@@ -213,6 +213,8 @@ impl ReadSide {
         while self.rpos < self.rbuf.len() {
             let mut rest = &self.rbuf[self.rpos..];
             match tls.read_tls(&mut rest) {
+                // Nothing taken from a non-empty slice: rustls wants its plaintext read first.
+                Ok(0) => break,
                 Ok(n) => self.rpos += n,
                 Err(e) => {
                     // "buffer full": plaintext must be read out first.
@@ -260,8 +262,13 @@ impl ReadSide {
                 }
             }
             if self.rpos < self.rbuf.len() {
+                let before = self.rpos;
                 if let Err(e) = self.feed(tls) {
                     return (Err(e.into()), buf);
+                }
+                if self.rpos == before && !has_plaintext(&mut tls.borrow_mut()) {
+                    // rustls took nothing and has nothing to give: never spin on it.
+                    return (Err(io::Error::other("TLS input not accepted")), buf);
                 }
                 continue;
             }
