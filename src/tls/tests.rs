@@ -142,4 +142,13 @@ fn server_config_is_tls12_and_13_with_http11_alpn() {
     assert_eq!(cfg.alpn_protocols, vec![b"http/1.1".to_vec()]);
     assert_eq!(cfg.max_early_data_size, 0);
     assert!(cfg.ticketer.enabled());
+    let suites: Vec<String> = cfg
+        .crypto_provider()
+        .cipher_suites
+        .iter()
+        .map(|s| format!("{:?}", s.suite()))
+        .collect();
+    assert_eq!(suites[0], "TLS13_AES_128_GCM_SHA256", "{suites:?}");
+    assert_eq!(suites[3], "TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256", "{suites:?}");
+    assert_eq!(suites.len(), 9);
 }
