@@ -71,8 +71,8 @@ Options (defaults in brackets):
   --kedge-bin PATH  kedge binary [target/release/kedge]
   --load-bin PATH   tls_load binary [built by cargo bench --no-run --bench tls_load]
   --kedge-driver D  [proxy] driver of kedge [$KEDGE_DRIVER]
-  --sslscan         also run sslscan once against kedge (installs it with apt if
-                    missing) and check the Mozilla "intermediate" profile
+  --sslscan         also run sslscan against kedge and nginx once per key (installs
+                    it with apt if missing) and check the Mozilla "intermediate" profile
   --results-dir D   where to write results [benches/results]
   --quiet-wait S    wait up to S s for an idle machine before each run; 0 = never [$QUIET_WAIT]
   --max-other PCT   redo a run (up to 2x) when foreign processes used >= PCT % of a
@@ -130,10 +130,11 @@ done
 # Cells per key: with both keys, the RSA certificate only changes what full handshakes cost.
 cells_for() {   # key
     if [[ "$KEYS" == both && "$1" == rsa ]]; then
-        [[ " ${CELL_LIST[*]} " == *" full "* ]] && echo full
+        if [[ " ${CELL_LIST[*]} " == *" full "* ]]; then echo full; fi
     else
         echo "${CELL_LIST[*]}"
     fi
+    return 0
 }
 NPROC="$(nproc)"
 ((WORKERS <= NPROC)) || { echo "--workers $WORKERS exceeds the $NPROC CPUs of this machine" >&2; exit 2; }
@@ -436,11 +437,13 @@ error_log $d/error.log warn;
 events { worker_connections $WORKER_CONNS; }
 http {
 $(nginx_common_http "$d")
-    # What kedge does: TLS 1.2 + 1.3, ECDHE + AEAD suites only (Mozilla "intermediate"
-    # minus DHE), session tickets and a session-ID cache, ALPN http/1.1, no 0-RTT.
+    # What kedge does: TLS 1.2 + 1.3, ECDHE + AEAD suites only in Mozilla "intermediate" order
+    # (AES-128-GCM first; no DHE), server preference, session tickets and a session-ID cache,
+    # ALPN http/1.1, no 0-RTT.
     ssl_protocols TLSv1.2 TLSv1.3;
     ssl_ciphers ECDHE-ECDSA-AES128-GCM-SHA256:ECDHE-RSA-AES128-GCM-SHA256:ECDHE-ECDSA-AES256-GCM-SHA384:ECDHE-RSA-AES256-GCM-SHA384:ECDHE-ECDSA-CHACHA20-POLY1305:ECDHE-RSA-CHACHA20-POLY1305;
-    ssl_prefer_server_ciphers off;
+    ssl_conf_command Ciphersuites TLS_AES_128_GCM_SHA256:TLS_AES_256_GCM_SHA384:TLS_CHACHA20_POLY1305_SHA256;
+    ssl_prefer_server_ciphers on;
     ssl_session_cache shared:SSL:10m;
     ssl_session_timeout 1d;
     ssl_session_tickets on;
@@ -510,7 +513,7 @@ tls = true
 path = "/"
 upstreams = ["127.0.0.1:$PORT_BACKEND"]
 EOF
-    limited kedge taskset -c "$PROXY_CPUS" "$KEDGE_BIN" run --config "$d/kedge.toml" >"$d/kedge.log" 2>&1 &
+    limited kedge taskset -c "$PROXY_CPUS" "$KEDGE_BIN" run --config "$d/kedge.toml" >>"$d/kedge.log" 2>&1 &
     PID_OF[kedge]=$!; PIDS+=("$!")
     wait_ready "kedge ($k)" "${PID_OF[kedge]}" "$PORT_KEDGE" "$d/kedge.log" "$TMP/pki/$k/ca.pem"
     cp "$d/kedge.toml" "$OUT/conf/kedge-$k.toml"
@@ -533,7 +536,7 @@ stop_proxy() {   # target
 CPU_MODEL="$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ *//' || echo unknown)"
 V_NGINX="$("$NGINX_BIN" -V 2>&1 | sed -n 's/^nginx version: //p'), $("$NGINX_BIN" -V 2>&1 | sed -n 's/^built with //p')"
 V_KEDGE="$("$KEDGE_BIN" --version 2>/dev/null | head -n1 || true)"
-V_KEDGE="${V_KEDGE:-kedge} @ $(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo '?')$( [[ -n "$(git -C "$ROOT" status --porcelain -- src 2>/dev/null)" ]] && echo '+dirty src') (driver=$KEDGE_DRIVER)"
+V_KEDGE="${V_KEDGE:-kedge} @ $(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo '?')$( [[ -z "$(git -C "$ROOT" status --porcelain -- src 2>/dev/null)" ]] || echo '+dirty src') (driver=$KEDGE_DRIVER)"
 CLIENT_DESC="tls_load (tokio + rustls $(sed -n '/^name = "rustls"$/{n;s/version = "\(.*\)"/\1/p}' "$ROOT/Cargo.lock" | head -n1), ring), $( ((VERIFY)) && echo 'chain and name verified against the CA' || echo 'handshake signature checked, chain and name not')"
 BENCH_COMMAND="$ORIG_CMD" BENCH_CPU_MODEL="$CPU_MODEL" BENCH_V_NGINX="$V_NGINX" BENCH_V_KEDGE="$V_KEDGE" \
 BENCH_CLIENT="$CLIENT_DESC" python3 - "$OUT/meta.json" <<EOF
@@ -617,12 +620,15 @@ measured_run() {   # key cell target run_no
     done
 }
 
-sslscan_kedge() {   # key
-    local k=$1 f="$OUT/sslscan-kedge-$k.txt"
-    log "sslscan against kedge ($k certificate)"
-    timeout 120 sslscan --no-colour --show-sigs --sni-name="$SNI" "127.0.0.1:$PORT_KEDGE" >"$f" 2>&1 \
-        || log "sslscan exited with $? (output kept in $f)"
-    python3 "$TLS_REPORT" sslscan "$f" | tee "$OUT/sslscan-kedge-$k.md" >&2
+sslscan_both() {   # key: kedge, and nginx for comparison
+    local k=$1 t f
+    for t in "${TARGETS[@]}"; do
+        f="$OUT/sslscan-$t-$k.txt"
+        log "sslscan against $t ($k certificate)"
+        timeout 120 sslscan --no-colour --show-sigs --sni-name="$SNI" "127.0.0.1:${PORT_OF[$t]}" >"$f" 2>&1 \
+            || log "sslscan exited with $? (output kept in $f)"
+        python3 "$TLS_REPORT" sslscan "$f" | tee "$OUT/sslscan-$t-$k.md" >&2
+    done
 }
 
 TARGETS=(kedge nginx)
@@ -633,21 +639,33 @@ for k in "${KEY_LIST[@]}"; do
     ((${#cells[@]})) || continue
     start_kedge "$k"
     start_nginx "$k"
-    if ((SSLSCAN)) && [[ "$k" == "${KEY_LIST[0]}" ]]; then sslscan_kedge "$k"; fi
+    if ((SSLSCAN)); then sslscan_both "$k"; fi
+    rate_cells=(); idle=0
+    for cell in "${cells[@]}"; do
+        if [[ "$cell" == idle ]]; then idle=1; else rate_cells+=("$cell"); fi
+    done
     # One short warm-up per cell and proxy (not counted), then alternating measured runs;
     # the proxy order flips every run so neither always goes first.
-    for cell in "${cells[@]}"; do
-        for t in "${TARGETS[@]}"; do
-            [[ "$cell" == idle ]] && continue
-            run_one "$k" "$cell" "$t" warmup 0 2 0
-        done
+    for cell in "${rate_cells[@]}"; do
+        for t in "${TARGETS[@]}"; do run_one "$k" "$cell" "$t" warmup 0 2 0; done
     done
     for ((r = 1; r <= RUNS; r++)); do
-        for cell in "${cells[@]}"; do
+        for cell in "${rate_cells[@]}"; do
             if ((r % 2)); then order=(kedge nginx); else order=(nginx kedge); fi
             for t in "${order[@]}"; do measured_run "$k" "$cell" "$t" "$r"; done
         done
     done
+    # Idle memory on a freshly started proxy each time: memory a process kept from earlier
+    # connections (allocator caches, nginx's pools) would otherwise be reused and hide the cost.
+    if ((idle)); then
+        for ((r = 1; r <= RUNS; r++)); do
+            if ((r % 2)); then order=(kedge nginx); else order=(nginx kedge); fi
+            for t in "${order[@]}"; do
+                stop_proxy "$t"; "start_$t" "$k"
+                measured_run "$k" idle "$t" "$r"
+            done
+        done
+    fi
     for t in "${TARGETS[@]}"; do
         stop_proxy "$t"
         for f in "$TMP/$t-$k/"*.log; do

@@ -413,6 +413,8 @@ struct Stats {
     done: AtomicU64,
     resumed: AtomicU64,
     reconnects: AtomicU64,
+    /// `full`/`resumed`: the server closed the TCP connection without a TLS close_notify.
+    unclean_closes: AtomicU64,
     errors: Mutex<BTreeMap<ErrKind, (u64, String)>>,
     latencies_us: Mutex<Vec<u32>>,
     /// Protocol, cipher suite, key exchange and whether the first handshake was resumed.
@@ -463,12 +465,18 @@ async fn handshake_loop(client: Arc<Client>, stats: Arc<Stats>) {
             client.request(&mut conn, &mut buf, true).await?;
             // Connection: close — the server closes; read until it does (this also takes in
             // TLS 1.3 tickets sent after the response, and close_notify). A TCP close without
-            // close_notify is no error here.
+            // close_notify is no error here, only counted (unclean_closes).
             let mut sink = [0u8; 512];
             loop {
                 match conn.read(&mut sink).await {
-                    Ok(0) | Err(_) => break,
+                    Ok(0) => break,
                     Ok(_) => {}
+                    Err(e) => {
+                        if e.kind() == std::io::ErrorKind::UnexpectedEof && stats.measuring.load(Relaxed) {
+                            stats.unclean_closes.fetch_add(1, Relaxed);
+                        }
+                        break;
+                    }
                 }
             }
             Ok::<bool, Failure>(resumed)
@@ -691,7 +699,7 @@ async fn run_rate(a: &Args, client: Arc<Client>) -> String {
     };
     format!(
         "result mode={mode} tls12_only={} session_id_only={} {} concurrency={} duration={elapsed:.2} requests={done} rate={rate:.1} \
-         errors={errors} errors_warmup={errors_before} error_kinds={} resumed={:.3} reconnects={} p50_ms={:.3} \
+         errors={errors} errors_warmup={errors_before} error_kinds={} resumed={:.3} reconnects={} unclean_closes={} p50_ms={:.3} \
          p99_ms={:.3} proxy_cpu={} per_proxy_core={} backend_cpu={} self_cpu={own_cpu:.1} other_cpu={other:.1}",
         a.tls12,
         a.session_id,
@@ -709,6 +717,7 @@ async fn run_rate(a: &Args, client: Arc<Client>) -> String {
             0.0
         },
         stats.reconnects.load(Relaxed),
+        stats.unclean_closes.load(Relaxed),
         percentile(&lat, 50.0),
         percentile(&lat, 99.0),
         opt(proxy_cpu),

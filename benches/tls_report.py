@@ -76,6 +76,8 @@ def cmd_line(args):
                f"proxy CPU {f.get('proxy_cpu')}%  per proxy core {fmt(num(f.get('per_proxy_core')), 0)}  "
                f"resumed {f.get('resumed')}  other CPU {f.get('other_cpu')}%  "
                f"[{f.get('proto')} {f.get('suite')} {f.get('kx')}]")
+    if int(num(f.get("unclean_closes")) or 0):
+        msg += f"  ({f.get('unclean_closes')} closes without close_notify)"
     errs = int(num(f.get("errors")) or 0)
     if errs:
         msg += f"  ERRORS {errs} ({f.get('error_kinds')})"
@@ -133,6 +135,7 @@ def cmd_summary(args):
                 "backend": median(col("backend_cpu")),
                 "self": median(col("self_cpu")),
                 "errors": sum(int(num(r.get("errors")) or 0) for r in rs),
+                "unclean": sum(int(num(r.get("unclean_closes")) or 0) for r in rs),
                 "alive": [r.get("alive") + "/" + r.get("opened") for r in rs if "alive" in r],
                 "rss": median(col("rss_idle_kib")),
                 "neg": sorted({f"{r.get('proto')} {r.get('suite')} {r.get('kx')}" for r in rs}),
@@ -186,8 +189,9 @@ def cmd_summary(args):
         out.append(f"| {CELL_TITLE.get(cell, cell)} | {key} | {fmt(k and k['value'], nd)} | "
                    f"{fmt(n and n['value'], nd)} | {fmt(ratio, 2)} | {pc} | {tgt_s} | {verdict} |")
     out.append("")
-    out.append("For idle memory the ratio is kedge/nginx KiB (< 1 = kedge leaner).")
-    out.append("")
+    if any(cell == "idle" for _, cell in cells):
+        out.append("For idle memory the ratio is kedge/nginx KiB (< 1 = kedge leaner).")
+        out.append("")
 
     out.append("| cell | key | proxy | runs | median | min–max | p50 ms | p99 ms | proxy CPU % | backend CPU % "
                "| client CPU % | other CPU % | resumed | errors | negotiated |")
@@ -206,6 +210,11 @@ def cmd_summary(args):
                            f"{fmt(m['p50'], 2)} | {fmt(m['p99'], 2)} | {fmt(m['cpu'])} | {fmt(m['backend'])} | "
                            f"{fmt(m['self'])} | {fmt(m['other'])} | {fmt(m['resumed'], 3)} | {m['errors']} | "
                            f"{'; '.join(m['neg'])} |")
+    for key, cell in cells:
+        for t in ("kedge", "nginx"):
+            m = med.get((key, cell, t))
+            if m and m["unclean"]:
+                out.append(f"{t} {key} {cell}: {m['unclean']} connection(s) closed without close_notify.")
     noisy = [r for r in rows if r.get("phase") == "run-noisy"]
     errs = [r for r in rows if int(num(r.get("errors")) or 0) > 0]
     out.append("")
@@ -228,6 +237,8 @@ def cmd_sslscan(args):
     protocols = dict(re.findall(r"^(SSLv[23]|TLSv1\.[0-3])\s+(enabled|disabled)", text, re.M))
     suites = re.findall(r"^(Preferred|Accepted)\s+(TLSv1\.[0-3]|SSLv[23])\s+(\d+) bits\s+(\S+)", text, re.M)
     groups = re.findall(r"^TLSv1\.[23]\s+\d+ bits\s+(\S+)", text, re.M)
+    sig_part = text.split("Server Signature Algorithm(s):", 1)[1].split("\n\n", 1)[0] if "Server Signature Algorithm(s):" in text else ""
+    sigs = re.findall(r"^(TLSv1\.[23])\s+(.+?)\s*$", sig_part, re.M)
     enabled = sorted(p for p, s in protocols.items() if s == "enabled")
     bad_proto = [p for p in enabled if p not in ("TLSv1.2", "TLSv1.3")]
     bad_suites = [s for _, proto, _, s in suites
@@ -236,7 +247,8 @@ def cmd_sslscan(args):
            f"- protocols enabled: {', '.join(enabled) or '?'}",
            f"- suites accepted: " + ", ".join(f"{p} {s}" + (" (preferred)" if w == "Preferred" else "")
                                              for w, p, _, s in suites),
-           f"- key exchange groups: {', '.join(sorted(set(groups))) or '?'}"]
+           f"- key exchange groups: {', '.join(sorted(set(groups))) or '?'}",
+           f"- signature algorithms: " + (", ".join(f"{p} {s}" for p, s in sigs) or "?")]
     if not protocols or not suites:
         out.append("- could not parse the sslscan output")
     elif bad_proto or bad_suites:
