@@ -142,6 +142,9 @@ pub struct UpstreamSettings {
 pub enum PathType {
     Prefix,
     Exact,
+    /// A regex anchored at the start of the path, case-insensitive (ingress-nginx's
+    /// `use-regex`).
+    Regex,
 }
 
 /// A `[[route]]` from the file.
@@ -652,6 +655,11 @@ impl Cx<'_> {
         };
         let path = match &r.path {
             None => "/".to_owned(),
+            Some(p) if r.path_type == Some(PathType::Regex) => {
+                crate::routes::regex_path(p.get_ref())
+                    .map_err(|m| self.error(Some(p.span()), Some(&key("path")), m))?;
+                p.get_ref().clone()
+            }
             Some(p) => {
                 let v = p.get_ref();
                 if !v.starts_with('/') || v.bytes().any(|b| b <= b' ' || b == 0x7f || b == b'?' || b == b'#') {

@@ -879,6 +879,8 @@ pub struct Forwarded<'a> {
     pub port: u16,
     /// Sent as X-Request-ID only when the request does not carry one.
     pub request_id: &'a [u8],
+    /// The request target to send instead of the client's (a rewrite), in origin form.
+    pub target: Option<&'a [u8]>,
 }
 
 /// The values of the fields called `name`, in order.
@@ -970,6 +972,7 @@ pub fn write_request_head(
     let target = at(buf, &head.target);
     let origin = origin_form(target);
     match origin {
+        _ if fwd.target.is_some() => out.extend_from_slice(fwd.target.unwrap_or_default()),
         Some(rest) => {
             if !rest.starts_with(b"/") {
                 out.push(b'/');
@@ -1105,17 +1108,22 @@ pub fn write_response_head(
 /// Appends a permanent redirect (308, method and body kept) to `https://host[:port]rest`; the
 /// port is left out when it is 443. `rest` is the path and query (empty = `/`).
 pub fn write_redirect(out: &mut Vec<u8>, host: &[u8], port: u16, rest: &[u8], close: bool) {
-    push_status_line(out, 308, reason_phrase(308).as_bytes());
-    out.extend_from_slice(b"Location: https://");
-    out.extend_from_slice(host);
+    let mut port_text = Vec::new();
     if port != 443 {
-        out.push(b':');
-        push_radix(out, u64::from(port), 10);
+        port_text.push(b':');
+        push_radix(&mut port_text, u64::from(port), 10);
     }
-    if rest.is_empty() {
-        out.push(b'/');
-    } else {
-        out.extend_from_slice(rest);
+    let rest: &[u8] = if rest.is_empty() { b"/" } else { rest };
+    write_location(out, 308, &[b"https://", host, &port_text, rest], close);
+}
+
+/// Appends a redirect with `status` (301, 302, 307, 308) to the concatenation of `location`,
+/// and an empty body.
+pub fn write_location(out: &mut Vec<u8>, status: u16, location: &[&[u8]], close: bool) {
+    push_status_line(out, status, reason_phrase(status).as_bytes());
+    out.extend_from_slice(b"Location: ");
+    for part in location {
+        out.extend_from_slice(part);
     }
     out.extend_from_slice(b"\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: 0\r\n");
     if close {

@@ -9,6 +9,7 @@ pub mod cli;
 pub mod config;
 pub mod control;
 pub mod http;
+pub mod policy;
 pub mod routes;
 pub mod stats;
 pub mod telemetry;

@@ -26,45 +26,45 @@ pub struct Backend {
     /// per-worker balancer state is keyed by it so it survives table swaps.
     pub name: Box<str>,
     pub endpoints: Vec<SocketAddr>,
-    /// Request body limit for this backend; `None` = the `[client]` default.
-    pub max_body: Option<u64>,
     /// TLS to the endpoints (`backend-protocol: HTTPS`); `None`: plain HTTP.
     pub tls: Option<Arc<crate::tls::UpstreamTls>>,
 }
 
-/// What a rule does besides choosing a backend.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct RouteOpts {
-    /// Plain-HTTP requests get a 308 to the same URL over HTTPS.
-    pub ssl_redirect: bool,
-}
+pub use crate::policy::Policy;
 
-/// Where a rule sends a request.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// Where a rule sends a request, and what it does on the way.
+#[derive(Debug, Clone)]
 struct Target {
     backend: BackendId,
-    opts: RouteOpts,
+    policy: Arc<Policy>,
 }
 
 /// Path rules of one host.
 #[derive(Debug, Clone, Default)]
 struct HostRules {
     exact: HashMap<Box<str>, Target>,
+    /// Regex rules (ingress-nginx's `use-regex`), anchored at the start of the path and
+    /// case-insensitive; longest pattern first once built. Tried before the prefix rules, as
+    /// nginx tries regex locations before settling for the longest prefix.
+    regex: Vec<(regex::Regex, Target)>,
     /// Prefix rules without trailing slash (except the root `/`), longest first once built.
     prefix: Vec<(Box<str>, Target)>,
 }
 
 impl HostRules {
-    fn find(&self, path: &str) -> Option<Target> {
+    fn find(&self, path: &str) -> Option<&Target> {
         // An exact match covers the whole path, so it is at least as long as any prefix match
         // and wins ties: look it up first.
-        if let Some(&id) = self.exact.get(path) {
-            return Some(id);
+        if let Some(t) = self.exact.get(path) {
+            return Some(t);
+        }
+        if let Some((_, t)) = self.regex.iter().find(|(re, _)| re.is_match(path)) {
+            return Some(t);
         }
         self.prefix
             .iter()
             .find(|(p, _)| prefix_matches(p, path))
-            .map(|&(_, id)| id)
+            .map(|(_, t)| t)
     }
 
     /// Adds a rule; the builder has already refused duplicates.
@@ -76,8 +76,30 @@ impl HostRules {
             PathType::Prefix => {
                 self.prefix.push((normalize_prefix(path).into(), target));
             }
+            // Callers checked that it compiles; one that does not routes nothing.
+            PathType::Regex => {
+                if let Ok(re) = regex_path(path) {
+                    self.regex.push((re, target));
+                }
+            }
         }
     }
+}
+
+/// A regex path as ingress-nginx writes its location: `~* "^PATH"` (case-insensitive, anchored
+/// at the start only).
+pub fn regex_path(path: &str) -> Result<regex::Regex, String> {
+    regex::RegexBuilder::new(&format!("^(?:{path})"))
+        .case_insensitive(true)
+        .size_limit(1 << 20)
+        .build()
+        .map_err(|e| match e {
+            regex::Error::Syntax(s) => format!(
+                "not a regex kedge supports (RE2 syntax, no look-around or backreferences): {}",
+                s.lines().last().unwrap_or("")
+            ),
+            e => e.to_string(),
+        })
 }
 
 /// `/aaa/` and `/aaa` are the same prefix rule; `/` stays `/`.
@@ -117,6 +139,12 @@ struct Rules {
     default_backend: Option<Target>,
 }
 
+/// The policy of rules that set none: shared, so that rules without one cost a pointer.
+fn no_policy() -> Arc<Policy> {
+    static DEFAULT: std::sync::OnceLock<Arc<Policy>> = std::sync::OnceLock::new();
+    Arc::clone(DEFAULT.get_or_init(|| Arc::new(Policy::default())))
+}
+
 /// Longest host kedge will look up (DNS names are at most 253 bytes).
 const MAX_HOST: usize = 253;
 
@@ -127,18 +155,18 @@ impl RouteTable {
         self.lookup(host, path).map(|(b, _)| b)
     }
 
-    /// [`RouteTable::route`] with the matching rule's options.
-    pub fn lookup(&self, host: &[u8], path: &str) -> Option<(&Backend, RouteOpts)> {
+    /// [`RouteTable::route`] with the matching rule's policy.
+    pub fn lookup(&self, host: &[u8], path: &str) -> Option<(&Backend, &Policy)> {
         let mut buf = [0u8; MAX_HOST];
         let rules = match normalize_host(host, &mut buf) {
             Some(h) => self.rules.host_rules(h),
             None => self.rules.any.as_ref(),
         };
         let t = match rules {
-            Some(r) => r.find(path).or(self.rules.default_backend),
-            None => self.rules.default_backend,
+            Some(r) => r.find(path).or(self.rules.default_backend.as_ref()),
+            None => self.rules.default_backend.as_ref(),
         }?;
-        Some((self.backends.get(t.backend)?, t.opts))
+        Some((self.backends.get(t.backend)?, &t.policy))
     }
 
     /// Number of host entries (exact, wildcard, and the any-host one).
@@ -283,7 +311,7 @@ impl TableBuilder {
         backend: BackendId,
         owner: &Owner,
     ) -> Result<(), Conflict> {
-        self.rule_with(host, path, path_type, backend, RouteOpts::default(), owner)
+        self.rule_with(host, path, path_type, backend, no_policy(), owner)
     }
 
     /// [`TableBuilder::rule`] with options.
@@ -293,11 +321,11 @@ impl TableBuilder {
         path: &str,
         path_type: PathType,
         backend: BackendId,
-        opts: RouteOpts,
+        policy: Arc<Policy>,
         owner: &Owner,
     ) -> Result<(), Conflict> {
         let norm = match path_type {
-            PathType::Exact => path,
+            PathType::Exact | PathType::Regex => path,
             PathType::Prefix => normalize_prefix(path),
         };
         let key = (host.unwrap_or("").into(), path_type, norm.into());
@@ -313,7 +341,7 @@ impl TableBuilder {
                 None => self.rules.exact.entry(h.into()).or_default(),
             },
         };
-        rules.add(path, path_type, Target { backend, opts });
+        rules.add(path, path_type, Target { backend, policy });
         self.owners.insert(key, owner.into());
         Ok(())
     }
@@ -327,7 +355,7 @@ impl TableBuilder {
         }
         self.rules.default_backend = Some(Target {
             backend,
-            opts: RouteOpts::default(),
+            policy: no_policy(),
         });
         self.default_owner = Some(owner.into());
         Ok(())
@@ -343,6 +371,7 @@ impl TableBuilder {
             .chain(r.any.iter_mut())
         {
             rules.prefix.sort_by_key(|p| std::cmp::Reverse(p.0.len()));
+            rules.regex.sort_by_key(|r| std::cmp::Reverse(r.0.as_str().len()));
         }
         RouteTable {
             rules: Arc::new(self.rules),
@@ -358,17 +387,18 @@ impl TableBuilder {
 pub fn add_static(builder: &mut TableBuilder, routes: &[StaticRoute], tls_hosts: &[String]) -> Vec<String> {
     let mut warnings = Vec::new();
     for r in routes {
-        let opts = RouteOpts {
+        let policy = Arc::new(Policy {
             ssl_redirect: r
                 .ssl_redirect
                 .unwrap_or_else(|| r.host.as_ref().is_some_and(|h| tls_hosts.contains(h))),
-        };
+            max_body: r.max_body,
+            ..Policy::default()
+        });
         // Validated when the file was loaded; `upstream_tls` only hands out what it made then.
         let tls = r.upstream_tls.as_ref().and_then(|t| crate::tls::upstream_tls(t).ok());
         let id = builder.backend(Backend {
             name: r.name.as_str().into(),
             endpoints: r.upstreams.clone(),
-            max_body: r.max_body,
             tls,
         });
         if let Err(c) = builder.rule_with(
@@ -376,7 +406,7 @@ pub fn add_static(builder: &mut TableBuilder, routes: &[StaticRoute], tls_hosts:
             &r.path,
             r.path_type,
             id,
-            opts,
+            policy,
             &format!("route {:?}", r.name),
         ) {
             warnings.push(format!(

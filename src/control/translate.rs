@@ -31,8 +31,10 @@ use k8s_openapi::api::networking::v1::{HTTPIngressPath, Ingress, IngressClass};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
 
 use crate::config::PathType;
-use crate::routes::{RouteOpts, TableBuilder};
+use crate::policy::{Policy, Rewrite};
+use crate::routes::TableBuilder;
 
+mod annotations;
 mod backends;
 
 pub use backends::service_endpoints;
@@ -71,8 +73,6 @@ pub const UPSTREAM_MODE_ANNOTATION: &str = "kedge.dev/upstream-mode";
 const LEGACY_CLASS_ANNOTATION: &str = "kubernetes.io/ingress.class";
 /// Marks an IngressClass as the class of Ingresses that name none.
 const DEFAULT_CLASS_ANNOTATION: &str = "ingressclass.kubernetes.io/is-default-class";
-/// ingress-nginx's switch from prefix to regex paths.
-const USE_REGEX_ANNOTATION: &str = "nginx.ingress.kubernetes.io/use-regex";
 /// `"false"` turns off the HTTP → HTTPS redirect of hosts that have TLS (on by default).
 const SSL_REDIRECT_ANNOTATION: &str = "nginx.ingress.kubernetes.io/ssl-redirect";
 /// `"true"` redirects HTTP → HTTPS even for hosts without TLS of their own.
@@ -429,10 +429,8 @@ fn add_ingress<'a>(
     let owner = format!("Ingress {ns}/{name}");
     // In the table, rules from several clusters meet: say which cluster a winning rule is from.
     let table_owner = format!("{owner} of cluster {cluster}");
-    if annotation(&ing.metadata, USE_REGEX_ANNOTATION) == Some("true") {
-        warn(w, &owner, "regex paths are not supported yet; treated as prefix".into());
-    }
     let Some(spec) = &ing.spec else { return false };
+    let ann = annotations::read(&ing.metadata, &owner, w);
     let force_redirect = annotation(&ing.metadata, FORCE_SSL_REDIRECT_ANNOTATION) == Some("true");
     let tls_redirect = annotation(&ing.metadata, SSL_REDIRECT_ANNOTATION) != Some("false");
     let mut added = false;
@@ -454,9 +452,12 @@ fn add_ingress<'a>(
         // A rule without `http` only names a host (for TLS); it routes nothing.
         let Some(http) = &rule.http else { continue };
         let shown = host.as_deref().unwrap_or("*");
-        let opts = RouteOpts {
-            ssl_redirect: force_redirect || tls_redirect && host.as_ref().is_some_and(|h| tls_hosts.contains(h)),
-        };
+        let ssl_redirect = force_redirect || tls_redirect && host.as_ref().is_some_and(|h| tls_hosts.contains(h));
+        // Rules without a rewrite share one policy.
+        let shared = std::sync::Arc::new(Policy {
+            ssl_redirect,
+            ..ann.base.clone()
+        });
         for p in &http.paths {
             let (path, path_type) = match path_rule(p) {
                 Ok(r) => r,
@@ -464,6 +465,36 @@ fn add_ingress<'a>(
                     warn(w, &owner, format!("host {shown}: {e}; path ignored"));
                     continue;
                 }
+            };
+            // use-regex (or rewrite-target): Prefix and ImplementationSpecific paths are
+            // regexes, Exact stays exact (as ingress-nginx's `location =`).
+            let path_type = if ann.regex && path_type == PathType::Prefix {
+                PathType::Regex
+            } else {
+                path_type
+            };
+            let policy = match (&ann.rewrite_target, path_type) {
+                (Some(target), PathType::Regex) => match crate::routes::regex_path(path) {
+                    Ok(pattern) => std::sync::Arc::new(Policy {
+                        rewrite: Some(Rewrite {
+                            pattern,
+                            target: target.as_str().into(),
+                        }),
+                        ..(*shared).clone()
+                    }),
+                    Err(e) => {
+                        warn(w, &owner, format!("host {shown}: path {path:?}: {e}; path ignored"));
+                        continue;
+                    }
+                },
+                (_, PathType::Regex) => match crate::routes::regex_path(path) {
+                    Ok(_) => std::sync::Arc::clone(&shared),
+                    Err(e) => {
+                        warn(w, &owner, format!("host {shown}: path {path:?}: {e}; path ignored"));
+                        continue;
+                    }
+                },
+                _ => std::sync::Arc::clone(&shared),
             };
             let Some(id) = r.backend(b, ns, &p.backend, &owner, w) else {
                 continue;
@@ -477,7 +508,7 @@ fn add_ingress<'a>(
                 (&owner, &table_owner),
                 w,
             );
-            match b.rule_with(host.as_deref(), path, path_type, id, opts, &table_owner) {
+            match b.rule_with(host.as_deref(), path, path_type, id, policy, &table_owner) {
                 Ok(()) => added = true,
                 Err(c) => warn(
                     w,

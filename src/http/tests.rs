@@ -780,6 +780,7 @@ fn fwd<'a>(host: &'a [u8], request_id: &'a [u8]) -> Forwarded<'a> {
         host,
         port: 8080,
         request_id,
+        target: None,
     }
 }
 
@@ -1000,4 +1001,33 @@ fn default_limits_match_the_config_defaults() {
         max_headers: 100,
     };
     assert_eq!(Limits::default(), want);
+}
+
+#[test]
+fn a_rewritten_target_replaces_the_clients() {
+    let raw = b"GET http://shop.example.com/something/new?x=1 HTTP/1.1\r\nHost: other\r\n\r\n";
+    let f = Forwarded {
+        target: Some(b"/new?x=1"),
+        ..fwd(b"shop.example.com", b"rid")
+    };
+    let out = rebuilt_request(raw, &f);
+    assert!(out.starts_with("kept|GET /new?x=1 HTTP/1.1\r\n"), "{out}");
+    assert!(out.contains("Host: shop.example.com\r\n"), "{out}");
+}
+
+#[test]
+fn redirects_carry_their_location() {
+    let mut out = Vec::new();
+    write_location(&mut out, 301, &[b"https://example.com", b"/new"], false);
+    let text = String::from_utf8(out).unwrap();
+    assert!(
+        text.starts_with("HTTP/1.1 301 Moved Permanently\r\nLocation: https://example.com/new\r\n"),
+        "{text}"
+    );
+    assert!(text.ends_with("Content-Length: 0\r\n\r\n"), "{text}");
+    let mut out = Vec::new();
+    write_redirect(&mut out, b"www.example.com", 443, b"", true);
+    let text = String::from_utf8(out).unwrap();
+    assert!(text.contains("Location: https://www.example.com/\r\n"), "{text}");
+    assert!(text.contains("Connection: close\r\n"), "{text}");
 }

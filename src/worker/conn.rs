@@ -111,6 +111,8 @@ struct Conn<S> {
     peer_text: Vec<u8>,
     /// Whether the current request's head has been removed from `cbuf`.
     head_consumed: bool,
+    /// The rewritten path and query of the current request (reused).
+    rewritten: String,
 }
 
 /// Serves one accepted client connection until it closes.
@@ -126,6 +128,7 @@ pub(super) async fn serve<S: ClientStream>(worker: &Rc<Worker>, client: S, peer:
         uheaders: Vec::with_capacity(32),
         meta: String::new(),
         head_consumed: false,
+        rewritten: String::new(),
         peer_text: Vec::with_capacity(16),
     };
     http::client_ip_text(&mut conn.peer_text, peer.ip());
@@ -176,7 +179,7 @@ impl<S: ClientStream> Conn<S> {
                     // when no request body was involved: keep it. Anything else closes.
                     let keep = head.keep_alive
                         && head.framing == Framing::None
-                        && matches!(status, 404 | 502 | 503 | 504)
+                        && matches!(status, 403 | 404 | 502 | 503 | 504)
                         && !worker.stopping.is_set();
                     if keep && !conn.head_consumed {
                         conn.cbuf.drain(..head.head_len);
@@ -286,18 +289,44 @@ impl<S: ClientStream> Conn<S> {
             self.record_meta(head, host.clone(), given_rid, &rid, rec);
         }
         let path_s = path_str(&self.cbuf, path.clone())?;
-        let Some((backend, opts)) = snap.table.lookup(&self.cbuf[host.clone()], path_s) else {
+        let Some((backend, policy)) = snap.table.lookup(&self.cbuf[host.clone()], path_s) else {
             return Err(Fail::Answer(404, "no route for this host and path"));
         };
-        if opts.ssl_redirect
+        if !policy.allows(self.peer.ip()) {
+            return Err(Fail::Answer(403, "client address not allowed"));
+        }
+        let stopping = worker.stopping.is_set();
+        if policy.ssl_redirect
             && S::SCHEME == "http"
             && let Some(port) = snap.https.redirect_port
             && !path_s.starts_with(ACME_CHALLENGE)
         {
-            let stopping = worker.stopping.is_set();
-            return self.redirect(head, (host, path), port, snap, stopping, rec).await;
+            return self
+                .redirect(head, Redirect::Https(host, path, port), snap, stopping, rec)
+                .await;
         }
-        let max_body = match backend.max_body.unwrap_or(snap.client.max_body) {
+        if let Some(r) = &policy.redirect {
+            return self
+                .redirect(head, Redirect::To(r.status, &r.location), snap, stopping, rec)
+                .await;
+        }
+        if let Some(root) = &policy.app_root
+            && path_s == "/"
+        {
+            return self.redirect(head, Redirect::To(302, root), snap, stopping, rec).await;
+        }
+        // The path sent upstream, when the rule rewrites it (then with the client's query).
+        let mut rewritten = std::mem::take(&mut self.rewritten);
+        let rewrite = policy.rewrite_into(path_s, &mut rewritten);
+        if rewrite {
+            let t = head.target.clone();
+            if let Some(q) = self.cbuf[t].iter().position(|&b| b == b'?') {
+                let query = &self.cbuf[head.target.start + q + 1..head.target.end];
+                rewritten.push(if rewritten.contains('?') { '&' } else { '?' });
+                rewritten.push_str(std::str::from_utf8(query).unwrap_or_default());
+            }
+        }
+        let max_body = match policy.max_body.unwrap_or(snap.client.max_body) {
             0 => u64::MAX,
             n => n,
         };
@@ -318,8 +347,15 @@ impl<S: ClientStream> Conn<S> {
             host: &self.cbuf[host],
             port: self.port,
             request_id: &rid,
+            target: rewrite.then_some(rewritten.as_bytes()),
         };
         http::write_request_head(&mut self.out, &self.cbuf, head, &self.headers, &fwd);
+        self.rewritten = rewritten;
+        let timeouts = Timeouts {
+            connect: policy.connect_timeout.unwrap_or(snap.upstream.connect_timeout),
+            read: policy.read_timeout.unwrap_or(snap.upstream.read_timeout),
+            send: policy.send_timeout.unwrap_or(snap.upstream.send_timeout),
+        };
         self.cbuf.drain(..head.head_len);
         self.head_consumed = true;
 
@@ -330,14 +366,13 @@ impl<S: ClientStream> Conn<S> {
         let mut attempt = 0;
         let (mut upstream, addr, resp) = loop {
             attempt += 1;
-            let (mut upstream, addr) = connect(worker, backend, snap, start).await?;
+            let (mut upstream, addr) = connect(worker, backend, snap, timeouts.connect, start).await?;
             rec.upstream = Some(addr);
-            let sent = self.send_request(&mut upstream, head, snap, max_body).await;
+            let sent = self
+                .send_request(&mut upstream, head, snap, timeouts.send, max_body)
+                .await;
             let read = match sent {
-                Ok(()) => {
-                    self.read_response_head(&mut upstream, is_head, snap.upstream.read_timeout)
-                        .await
-                }
+                Ok(()) => self.read_response_head(&mut upstream, is_head, timeouts.read).await,
                 Err(e) => Err(e),
             };
             match read {
@@ -384,7 +419,7 @@ impl<S: ClientStream> Conn<S> {
         };
         self.response_head(&resp, out_framing, head.version, keep_client, hsts);
         let limits = PumpLimits {
-            read_timeout: snap.upstream.read_timeout,
+            read_timeout: timeouts.read,
             write_timeout: snap.client.body_timeout,
             max: u64::MAX,
         };
@@ -417,35 +452,42 @@ impl<S: ClientStream> Conn<S> {
         Ok(if keep_client { Next::KeepAlive } else { Next::Close })
     }
 
-    /// Answers a plain-HTTP request for a TLS host with a 308 to the same URL over HTTPS (the
-    /// request body, if any, is not read: the connection closes after the answer).
+    /// Answers with a redirect instead of proxying (the request body, if any, is not read: the
+    /// connection closes after the answer).
     async fn redirect(
         &mut self,
         head: &RequestHead,
-        (host, path): (Range<usize>, Option<Range<usize>>),
-        port: u16,
+        to: Redirect<'_>,
         snap: &Snapshot,
         stopping: bool,
         rec: &mut Record,
     ) -> Result<Next, Fail> {
-        let t = head.target.clone();
-        // The path and query: all of an origin-form target, the part after the authority of an
-        // absolute-form one.
-        let rest = match (self.cbuf[t.start], path) {
-            (b'/', _) => t.clone(),
-            (_, Some(p)) => p.start..t.end,
-            (_, None) => t.end..t.end,
-        };
         let keep = head.keep_alive && head.framing == Framing::None && !stopping;
         self.out.clear();
-        http::write_redirect(
-            &mut self.out,
-            http::host_without_port(&self.cbuf[host]),
-            port,
-            &self.cbuf[rest],
-            !keep,
-        );
-        rec.status = 308;
+        match to {
+            Redirect::Https(host, path, port) => {
+                let t = head.target.clone();
+                // The path and query: all of an origin-form target, the part after the
+                // authority of an absolute-form one.
+                let rest = match (self.cbuf[t.start], path) {
+                    (b'/', _) => t.clone(),
+                    (_, Some(p)) => p.start..t.end,
+                    (_, None) => t.end..t.end,
+                };
+                http::write_redirect(
+                    &mut self.out,
+                    http::host_without_port(&self.cbuf[host]),
+                    port,
+                    &self.cbuf[rest],
+                    !keep,
+                );
+                rec.status = 308;
+            }
+            Redirect::To(status, location) => {
+                http::write_location(&mut self.out, status, &[location.as_bytes()], !keep);
+                rec.status = status;
+            }
+        }
         if !self.head_consumed {
             self.cbuf.drain(..head.head_len);
             self.head_consumed = true;
@@ -521,9 +563,9 @@ impl<S: ClientStream> Conn<S> {
         upstream: &mut UpstreamStream,
         head: &RequestHead,
         snap: &Snapshot,
+        send_timeout: Duration,
         max_body: u64,
     ) -> Result<(), SendFail> {
-        let send_timeout = snap.upstream.send_timeout;
         if head.framing == Framing::None {
             // `out` keeps the head after the write, for a retry.
             let out = std::mem::take(&mut self.out);
@@ -668,6 +710,22 @@ impl<S: ClientStream> Conn<S> {
     }
 }
 
+/// Where a redirect goes.
+enum Redirect<'a> {
+    /// The same URL over HTTPS: host, path (as `target_host_path` found them), HTTPS port.
+    Https(Range<usize>, Option<Range<usize>>, u16),
+    /// A fixed status and location.
+    To(u16, &'a str),
+}
+
+/// The upstream timeouts of one request (the rule's, else `[upstream]`'s).
+#[derive(Clone, Copy)]
+struct Timeouts {
+    connect: Duration,
+    read: Duration,
+    send: Duration,
+}
+
 /// Failure while sending a request or waiting for its response head.
 enum SendFail {
     /// The upstream connection died before any response byte: the request may be retried if
@@ -682,6 +740,7 @@ async fn connect(
     worker: &Worker,
     backend: &Backend,
     snap: &Snapshot,
+    connect_timeout: Duration,
     now: Instant,
 ) -> Result<(UpstreamStream, SocketAddr), Fail> {
     let n = backend.endpoints.len();
@@ -700,14 +759,14 @@ async fn connect(
         {
             return Ok((stream, addr));
         }
-        match monoio::time::timeout(settings.connect_timeout, TcpStream::connect_addr(addr)).await {
+        match monoio::time::timeout(connect_timeout, TcpStream::connect_addr(addr)).await {
             Ok(Ok(stream)) => {
                 let _ = stream.set_nodelay(true);
                 let Some(tls) = &backend.tls else {
                     return Ok((UpstreamStream::Plain(stream), addr));
                 };
                 let handshake = TlsStream::connect(stream, Arc::clone(&tls.config), tls.name.clone());
-                match monoio::time::timeout(settings.connect_timeout, handshake).await {
+                match monoio::time::timeout(connect_timeout, handshake).await {
                     Ok(Ok(s)) => return Ok((UpstreamStream::Tls(s), addr)),
                     Ok(Err(e)) => {
                         tracing::debug!(upstream = %addr, error = %e, "TLS handshake with upstream failed");

@@ -8,6 +8,9 @@ mod support;
 mod access_log;
 /// The admin listener: `/healthz`, `/readyz` through a cluster's states, what it refuses.
 mod admin;
+/// ingress-nginx annotations: rewrite-target, app-root, redirects, source ranges, body size and
+/// timeouts per Ingress, bad values reported.
+mod annotations;
 /// Large and streamed bodies both ways, chunked with trailers, close-delimited, bodiless answers.
 mod bodies;
 /// Endpoint churn and a rolling update under constant load: not one failed request.

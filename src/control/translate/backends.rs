@@ -158,7 +158,6 @@ impl<'a> Resolver<'a> {
             id: b.backend(Backend {
                 name: format!("{cluster}/{ns}/{name}:{port}").into(),
                 endpoints: Vec::new(),
-                max_body: None,
                 tls: None,
             }),
             problem: Some(format!("{problem}; answering 503")),
@@ -199,7 +198,6 @@ impl<'a> Resolver<'a> {
             id: b.backend(Backend {
                 name: name.into(),
                 endpoints,
-                max_body: None,
                 tls: None,
             }),
             problem,

@@ -393,10 +393,7 @@ fn path_types() {
         path("/weird", "Regex", "shop", json!(80)),
         {"path": "/untyped", "backend": backend("shop", json!(80))},
     ]);
-    let ing = annotated(
-        ours("web", "paths", T1, json!([rule(Some("shop.example.com"), paths)])),
-        json!({"nginx.ingress.kubernetes.io/use-regex": "true"}),
-    );
+    let ing = ours("web", "paths", T1, json!([rule(Some("shop.example.com"), paths)]));
     let mut w = shop_world(vec![ing]);
     w.services
         .extend([web_service("web", "api"), web_service("web", "root")]);
@@ -428,7 +425,6 @@ fn path_types() {
             "Ingress web/paths: host shop.example.com: path \"/untyped\" has no pathType; path ignored",
             "Ingress web/paths: host shop.example.com: path \"/weird\" has unknown pathType \"Regex\"; path ignored",
             "Ingress web/paths: host shop.example.com: path \"relative\" does not start with '/'; path ignored",
-            "Ingress web/paths: regex paths are not supported yet; treated as prefix",
         ],
     );
 }
@@ -905,4 +901,106 @@ fn backend_protocol_https_is_decided_by_the_first_ingress_of_a_service_port() {
             .any(|(o, m)| *o == "Ingress web/grpc" && m.contains("\"GRPC\" is not supported")),
         "{msgs:#?}"
     );
+}
+
+#[test]
+fn use_regex_and_rewrite_target_as_ingress_nginx() {
+    let regex_paths = json!([
+        path("/exact", "Exact", "shop", json!(80)),
+        path("/api/v[0-9]+", "Prefix", "api", json!(80)),
+        path("/", "ImplementationSpecific", "root", json!(80)),
+        path("/bad(", "Prefix", "api", json!(80)),
+    ]);
+    let rewrite_paths = json!([path("/something(/|$)(.*)", "ImplementationSpecific", "api", json!(80))]);
+    let mut w = shop_world(vec![
+        annotated(
+            ours("web", "regex", T1, json!([rule(Some("re.example.com"), regex_paths)])),
+            json!({"nginx.ingress.kubernetes.io/use-regex": "true"}),
+        ),
+        annotated(
+            ours(
+                "web",
+                "rewrite",
+                T1,
+                json!([rule(Some("rw.example.com"), rewrite_paths)]),
+            ),
+            json!({"nginx.ingress.kubernetes.io/rewrite-target": "/$2"}),
+        ),
+    ]);
+    w.services
+        .extend([web_service("web", "api"), web_service("web", "root")]);
+    w.slices.extend([
+        ready_slice("web", "api", &["192.0.2.2"]),
+        ready_slice("web", "root", &["192.0.2.3"]),
+    ]);
+    let (table, out) = w.run(&spec());
+    let api = Some(("c1/web/api:80", &["192.0.2.2:8080"][..]));
+    let root = Some(("c1/web/root:80", &["192.0.2.3:8080"][..]));
+    check_routes(
+        &table,
+        &[
+            ("re.example.com", "/exact", SHOP),
+            ("re.example.com", "/api/v2/users", api),
+            ("re.example.com", "/API/V2", api),
+            ("re.example.com", "/api/vx", root),
+            ("re.example.com", "/anything", root),
+            ("rw.example.com", "/something/new", api),
+        ],
+    );
+    let (_, policy) = table.lookup(b"rw.example.com", "/something/new").unwrap();
+    let mut out_path = String::new();
+    assert!(policy.rewrite_into("/something/new", &mut out_path));
+    assert_eq!(out_path, "/new");
+    check_warnings(
+        &out,
+        &[
+            "Ingress web/regex: host re.example.com: path \"/bad(\": not a regex kedge supports (RE2 syntax, no look-around or backreferences): error: unclosed group; path ignored",
+        ],
+    );
+}
+
+#[test]
+fn annotations_are_typed_and_bad_values_are_reported_one_by_one() {
+    let ing = annotated(
+        ours("web", "policy", T1, shop_rule("p.example.com")),
+        json!({
+            "nginx.ingress.kubernetes.io/proxy-body-size": "8m",
+            "nginx.ingress.kubernetes.io/proxy-read-timeout": "120",
+            "nginx.ingress.kubernetes.io/proxy-connect-timeout": "soon",
+            "nginx.ingress.kubernetes.io/whitelist-source-range": "192.0.2.0/24, 198.51.100.7",
+            "nginx.ingress.kubernetes.io/denylist-source-range": "192.0.2.300",
+            "nginx.ingress.kubernetes.io/permanent-redirect": "https://example.com/new",
+            "nginx.ingress.kubernetes.io/permanent-redirect-code": "302",
+            "nginx.ingress.kubernetes.io/app-root": "app",
+            "nginx.ingress.kubernetes.io/configuration-snippet": "more_set_headers \"X: y\";",
+            "nginx.ingress.kubernetes.io/affinity": "cookie",
+        }),
+    );
+    let (table, out) = shop_world(vec![ing]).run(&spec());
+    let (_, p) = table.lookup(b"p.example.com", "/").unwrap();
+    assert_eq!(p.max_body, Some(8 << 20));
+    assert_eq!(p.read_timeout, Some(std::time::Duration::from_secs(120)));
+    assert_eq!(p.connect_timeout, None);
+    assert!(p.allows("198.51.100.7".parse().unwrap()) && !p.allows("203.0.113.1".parse().unwrap()));
+    assert!(p.deny.is_empty());
+    let r = p.redirect.as_ref().unwrap();
+    assert_eq!((r.status, &*r.location), (301, "https://example.com/new"));
+    assert_eq!(p.app_root, None);
+    let msgs: Vec<&str> = out.warnings.iter().map(|w| w.message.as_str()).collect();
+    for want in [
+        "nginx.ingress.kubernetes.io/proxy-connect-timeout: \"soon\" is not a number of seconds",
+        "nginx.ingress.kubernetes.io/denylist-source-range: \"192.0.2.300\" is not a list of CIDR ranges",
+        "nginx.ingress.kubernetes.io/permanent-redirect-code: \"302\" is not one of [301, 308]; using 301",
+        "nginx.ingress.kubernetes.io/app-root: \"app\" is not a path starting with /",
+        "nginx.ingress.kubernetes.io/configuration-snippet: nginx configuration snippets are never executed",
+        "nginx.ingress.kubernetes.io/affinity is not supported by this version of kedge; ignored",
+    ] {
+        assert!(
+            msgs.iter().any(|m| m.starts_with(want)),
+            "no warning {want:?} in {msgs:#?}"
+        );
+    }
+    assert_eq!(msgs.len(), 6, "{msgs:#?}");
+    // The Ingress is still served.
+    check_routes(&table, &[("p.example.com", "/", SHOP)]);
 }

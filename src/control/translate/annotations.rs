@@ -1,0 +1,212 @@
+//! ingress-nginx annotations → a rule [`Policy`], typed: each value is parsed once per build;
+//! a bad one is one warning naming the annotation and the reason, and the rest of the Ingress
+//! is served without it. Snippets are refused (never executed), and annotations kedge does not
+//! implement are reported, so nothing is silently ignored.
+
+use std::time::Duration;
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+
+use super::{Warnings, warn};
+use crate::policy::{Cidr, Policy, Redirect};
+
+/// ingress-nginx's annotation prefix.
+pub const PREFIX: &str = "nginx.ingress.kubernetes.io/";
+
+/// Annotations read elsewhere in `translate` (TLS, classes, upstream protocol) or here.
+const KNOWN: &[&str] = &[
+    "ssl-redirect",
+    "force-ssl-redirect",
+    "backend-protocol",
+    "proxy-ssl-verify",
+    "proxy-ssl-secret",
+    "proxy-ssl-name",
+    "proxy-ssl-server-name",
+    "use-regex",
+    "rewrite-target",
+    "app-root",
+    "proxy-body-size",
+    "proxy-connect-timeout",
+    "proxy-read-timeout",
+    "proxy-send-timeout",
+    "whitelist-source-range",
+    "allowlist-source-range",
+    "denylist-source-range",
+    "permanent-redirect",
+    "permanent-redirect-code",
+    "temporal-redirect",
+    "temporal-redirect-code",
+];
+
+/// Annotations that carry nginx configuration text: never executed.
+const SNIPPETS: &[&str] = &[
+    "configuration-snippet",
+    "server-snippet",
+    "auth-snippet",
+    "stream-snippet",
+    "modsecurity-snippet",
+];
+
+/// What an Ingress's annotations ask of its rules.
+pub struct IngressPolicy {
+    /// Everything but the per-rule parts (`ssl_redirect`, `rewrite`).
+    pub base: Policy,
+    /// `use-regex: "true"`, or implied by `rewrite-target`: Prefix and ImplementationSpecific
+    /// paths are regexes.
+    pub regex: bool,
+    /// `rewrite-target`, with `$1`.. for the path regex's captures.
+    pub rewrite_target: Option<String>,
+}
+
+/// Reads the annotations of one Ingress (`owner` names it in warnings).
+pub fn read(m: &ObjectMeta, owner: &str, w: &mut Warnings) -> IngressPolicy {
+    let mut p = IngressPolicy {
+        base: Policy::default(),
+        regex: false,
+        rewrite_target: None,
+    };
+    let Some(annotations) = &m.annotations else {
+        return p;
+    };
+    let mut bad = |key: &str, value: &str, why: String| {
+        warn(w, owner, format!("{PREFIX}{key}: {value:?} {why}; ignored"));
+    };
+    let get = |key: &str| annotations.get(&format!("{PREFIX}{key}")).map(String::as_str);
+
+    p.regex = match get("use-regex") {
+        None | Some("false") => false,
+        Some("true") => true,
+        Some(v) => {
+            bad("use-regex", v, "is not \"true\" or \"false\"".into());
+            false
+        }
+    };
+    if let Some(t) = get("rewrite-target") {
+        if t.is_empty() || t.bytes().any(|b| b <= b' ' || b == 0x7f) {
+            bad("rewrite-target", t, "is not a path".into());
+        } else {
+            p.rewrite_target = Some(t.to_owned());
+            p.regex = true; // as ingress-nginx: rewrite-target implies use-regex
+        }
+    }
+    if let Some(v) = get("app-root") {
+        if v.starts_with('/') && !v.bytes().any(|b| b <= b' ' || b == 0x7f) {
+            p.base.app_root = Some(v.into());
+        } else {
+            bad("app-root", v, "is not a path starting with /".into());
+        }
+    }
+    if let Some(v) = get("proxy-body-size") {
+        match size(v) {
+            Some(n) => p.base.max_body = Some(n),
+            None => bad(
+                "proxy-body-size",
+                v,
+                "is not a size like 8m, 512k or 0 (unlimited)".into(),
+            ),
+        }
+    }
+    for (key, slot) in [
+        ("proxy-connect-timeout", &mut p.base.connect_timeout),
+        ("proxy-read-timeout", &mut p.base.read_timeout),
+        ("proxy-send-timeout", &mut p.base.send_timeout),
+    ] {
+        if let Some(v) = get(key) {
+            match seconds(v) {
+                Some(d) => *slot = Some(d),
+                None => bad(key, v, "is not a number of seconds (1 to 86400)".into()),
+            }
+        }
+    }
+    // whitelist- is the old name of allowlist-; either (or both: merged) works.
+    for key in ["whitelist-source-range", "allowlist-source-range"] {
+        if let Some(v) = get(key) {
+            match Cidr::parse_list(v) {
+                Ok(list) if !list.is_empty() => p.base.allow.extend(list),
+                Ok(_) => bad(key, v, "lists no address".into()),
+                Err(e) => bad(key, v, format!("is not a list of CIDR ranges ({e})")),
+            }
+        }
+    }
+    if let Some(v) = get("denylist-source-range") {
+        match Cidr::parse_list(v) {
+            Ok(list) => p.base.deny = list,
+            Err(e) => bad(
+                "denylist-source-range",
+                v,
+                format!("is not a list of CIDR ranges ({e})"),
+            ),
+        }
+    }
+    // As ingress-nginx: a temporal redirect wins over a permanent one.
+    for (key, code_key, default, codes) in [
+        (
+            "temporal-redirect",
+            "temporal-redirect-code",
+            302,
+            &[302u16, 303, 307][..],
+        ),
+        ("permanent-redirect", "permanent-redirect-code", 301, &[301, 308][..]),
+    ] {
+        let Some(v) = get(key) else { continue };
+        if p.base.redirect.is_some() {
+            bad(key, v, "is overridden by temporal-redirect".into());
+            continue;
+        }
+        if v.is_empty() || v.bytes().any(|b| b <= b' ' || b == 0x7f) {
+            bad(key, v, "is not a URL".into());
+            continue;
+        }
+        let status = match get(code_key) {
+            None => default,
+            Some(c) => match c.parse::<u16>() {
+                Ok(n) if codes.contains(&n) => n,
+                _ => {
+                    bad(code_key, c, format!("is not one of {codes:?}; using {default}"));
+                    default
+                }
+            },
+        };
+        p.base.redirect = Some(Redirect {
+            status,
+            location: v.into(),
+        });
+    }
+    for (full, value) in annotations {
+        let Some(key) = full.strip_prefix(PREFIX) else { continue };
+        if SNIPPETS.contains(&key) {
+            warn(
+                w,
+                owner,
+                format!("{full}: nginx configuration snippets are never executed by kedge; ignored"),
+            );
+        } else if !KNOWN.contains(&key) {
+            let _ = value;
+            warn(
+                w,
+                owner,
+                format!("{full} is not supported by this version of kedge; ignored"),
+            );
+        }
+    }
+    p
+}
+
+/// An nginx size: bytes, or with a k/m/g suffix (any case). 0 means unlimited.
+fn size(v: &str) -> Option<u64> {
+    let v = v.trim();
+    let (num, mult) = match v.as_bytes().last()? {
+        b'k' | b'K' => (&v[..v.len() - 1], 1 << 10),
+        b'm' | b'M' => (&v[..v.len() - 1], 1 << 20),
+        b'g' | b'G' => (&v[..v.len() - 1], 1 << 30),
+        _ => (v, 1),
+    };
+    num.parse::<u64>().ok()?.checked_mul(mult)
+}
+
+/// ingress-nginx timeouts are whole seconds ("60"); a trailing "s" is accepted too.
+fn seconds(v: &str) -> Option<Duration> {
+    let v = v.trim();
+    let n: u64 = v.strip_suffix('s').unwrap_or(v).parse().ok()?;
+    (1..=86_400).contains(&n).then(|| Duration::from_secs(n))
+}

@@ -1,0 +1,115 @@
+//! ingress-nginx annotations end to end, through the fixture API server: rewrite-target with
+//! regex captures, app-root, redirects, source ranges, body size and timeouts per Ingress, and
+//! bad values reported without taking the rest down.
+
+use std::time::Duration;
+
+use serde_json::{Value, json};
+
+use crate::support::objects::{ingress, ingress_class, service, slice};
+use crate::support::{Client, FakeApi, Handler, Kedge, TempDir, Upstream, both_drivers};
+
+/// Ingress `name` for `name.example.com` with `path` (ImplementationSpecific) to Service
+/// `svc`, with `annotations`.
+fn annotated(name: &str, path: &str, svc: &str, annotations: Value) -> Value {
+    let mut ing = ingress(name, "kedge", &format!("{name}.example.com"), path, svc);
+    ing["spec"]["rules"][0]["http"]["paths"][0]["pathType"] = json!("ImplementationSpecific");
+    ing["metadata"]["annotations"] = annotations;
+    ing
+}
+
+both_drivers!(
+    fn annotations_shape_each_ingress_and_bad_ones_are_reported(driver) {
+        let up = Upstream::start("app", Handler::Echo);
+        let slow = Upstream::start("slow", Handler::Delay(Duration::from_secs(5)));
+        let api = FakeApi::start();
+        api.apply("ingressclasses", ingress_class());
+        api.apply("services", service("app"));
+        api.apply("endpointslices", slice("app", up.addr().port(), &["127.0.0.1"]));
+        api.apply("services", service("slow"));
+        api.apply("endpointslices", slice("slow", slow.addr().port(), &["127.0.0.1"]));
+        let n = "nginx.ingress.kubernetes.io/";
+        for (name, path, svc, annotations) in [
+            ("rewrite", "/something(/|$)(.*)", "app", json!({format!("{n}rewrite-target"): "/$2"})),
+            ("root", "/", "app", json!({format!("{n}app-root"): "/app/"})),
+            ("moved", "/", "app", json!({format!("{n}permanent-redirect"): "https://example.com/new"})),
+            ("away", "/", "app", json!({format!("{n}temporal-redirect"): "https://example.com/tmp",
+                                         format!("{n}temporal-redirect-code"): "307"})),
+            ("allowed", "/", "app", json!({format!("{n}allowlist-source-range"): "127.0.0.0/8"})),
+            ("others", "/", "app", json!({format!("{n}whitelist-source-range"): "192.0.2.0/24"})),
+            ("denied", "/", "app", json!({format!("{n}denylist-source-range"): "127.0.0.1/32"})),
+            ("small", "/", "app", json!({format!("{n}proxy-body-size"): "1k"})),
+            ("unlimited", "/", "app", json!({format!("{n}proxy-body-size"): "0"})),
+            ("impatient", "/", "slow", json!({format!("{n}proxy-read-timeout"): "1"})),
+            ("broken", "/", "app", json!({format!("{n}proxy-body-size"): "lots",
+                                           format!("{n}server-snippet"): "return 200;"})),
+        ] {
+            api.apply("ingresses", annotated(name, path, svc, annotations));
+        }
+        let dir = TempDir::new("annotations");
+        let kedge = Kedge::setup(driver).follow(&api, &dir, "");
+        let mut c = Client::connect(kedge.addr());
+
+        // rewrite-target: the path upstream is the rewritten one, with the query kept.
+        let resp = c.get("rewrite.example.com", "/something/new/page?x=1");
+        assert_eq!(resp.status, 200, "{resp:?}");
+        assert_eq!(up.requests().last().unwrap().uri, "/new/page?x=1");
+        assert_eq!(c.get("rewrite.example.com", "/something").status, 200);
+        assert_eq!(up.requests().last().unwrap().uri, "/");
+
+        // app-root: only `/` is redirected.
+        let resp = c.get("root.example.com", "/");
+        assert_eq!((resp.status, resp.header("location")), (302, Some("/app/")));
+        assert_eq!(c.get("root.example.com", "/app/").status, 200);
+
+        // Redirects answer every request without proxying it.
+        let before = up.request_count();
+        let resp = c.get("moved.example.com", "/anything");
+        assert_eq!((resp.status, resp.header("location")), (301, Some("https://example.com/new")));
+        let resp = c.get("away.example.com", "/");
+        assert_eq!((resp.status, resp.header("location")), (307, Some("https://example.com/tmp")));
+        assert_eq!(up.request_count(), before);
+
+        // Source ranges: the client is 127.0.0.1.
+        assert_eq!(c.get("allowed.example.com", "/").status, 200);
+        let resp = c.get("others.example.com", "/");
+        assert_eq!(resp.status, 403, "{resp:?}");
+        assert!(resp.text().contains("client address not allowed"));
+        assert_eq!(c.get("denied.example.com", "/").status, 403);
+        // A 403 keeps the connection.
+        assert_eq!(c.get("allowed.example.com", "/").status, 200);
+
+        // Body size per Ingress: 1k refuses 2k; 0 is unlimited (the default would be 1m).
+        let body = vec![b'x'; 2048];
+        let mut small = Client::connect(kedge.addr());
+        let mut req = b"POST / HTTP/1.1\r\nHost: small.example.com\r\nContent-Length: 2048\r\n\r\n".to_vec();
+        req.extend_from_slice(&body);
+        small.send(&req);
+        assert_eq!(small.read_response().status, 413);
+        let big = vec![b'y'; 2 << 20];
+        let mut unlimited = Client::connect(kedge.addr());
+        let mut req = format!(
+            "POST / HTTP/1.1\r\nHost: unlimited.example.com\r\nContent-Length: {}\r\n\r\n",
+            big.len()
+        )
+        .into_bytes();
+        req.extend_from_slice(&big);
+        unlimited.send(&req);
+        assert_eq!(unlimited.read_response().status, 200);
+
+        // proxy-read-timeout: 1 s instead of the default 60 s, for this Ingress only.
+        let resp = Client::connect(kedge.addr()).get("impatient.example.com", "/");
+        assert_eq!(resp.status, 504, "{resp:?}");
+
+        // A bad value is one warning naming the annotation; the Ingress is still served.
+        kedge.wait_log(
+            "Ingress default/broken: nginx.ingress.kubernetes.io/proxy-body-size: \"lots\" is not a size",
+            Duration::from_secs(5),
+        );
+        kedge.wait_log(
+            "Ingress default/broken: nginx.ingress.kubernetes.io/server-snippet: nginx configuration snippets are never executed",
+            Duration::from_secs(5),
+        );
+        assert_eq!(c.get("broken.example.com", "/").status, 200);
+    }
+);
