@@ -134,6 +134,12 @@ pub struct UpstreamSettings {
     pub idle_timeout: Duration,
     pub max_idle_per_endpoint: usize,
     pub connect_attempts: usize,
+    /// Consecutive failures that eject an endpoint (per worker); 0: never.
+    pub max_failures: u32,
+    /// How long a first ejection lasts (the n-th: n times as long, at most 10 times).
+    pub ejection_time: Duration,
+    /// At most this share of a backend's endpoints is ejected at once (at least one).
+    pub max_ejection_percent: u8,
 }
 
 /// How a static route's path matches.
@@ -362,7 +368,11 @@ impl Cx<'_> {
                 128,
                 0..65_536,
             )? as usize,
-            connect_attempts: self.bounded(&u.connect_attempts, "upstream.connect_attempts", 3, 1..101)? as usize,
+            connect_attempts: self.bounded(&u.connect_attempts, "upstream.connect_attempts", 3, 1..17)? as usize,
+            max_failures: self.bounded(&u.max_failures, "upstream.max_failures", 5, 0..1001)? as u32,
+            ejection_time: self.duration(&u.ejection_time, "upstream.ejection_time", Duration::from_secs(30))?,
+            max_ejection_percent: self.bounded(&u.max_ejection_percent, "upstream.max_ejection_percent", 50, 0..101)?
+                as u8,
         };
 
         let l = file.log.unwrap_or_default();
@@ -947,6 +957,9 @@ struct FileUpstream {
     idle_timeout: Option<Spanned<String>>,
     max_idle_per_endpoint: Option<Spanned<u64>>,
     connect_attempts: Option<Spanned<u64>>,
+    max_failures: Option<Spanned<u64>>,
+    ejection_time: Option<Spanned<String>>,
+    max_ejection_percent: Option<Spanned<u64>>,
 }
 
 #[derive(Deserialize, Default)]

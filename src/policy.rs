@@ -29,6 +29,196 @@ pub struct Policy {
     pub allow: Vec<Cidr>,
     /// Client addresses refused (`denylist-source-range`); checked first.
     pub deny: Vec<Cidr>,
+    /// How an endpoint is chosen (`load-balance`, `upstream-hash-by`).
+    pub balance: Balance,
+    /// Cookie affinity (`affinity: cookie`): a client keeps its endpoint while it exists.
+    pub affinity: Option<Affinity>,
+    /// Endpoints tried for one request: connect failures, and for idempotent requests without a
+    /// body, resets and timeouts before a response (`proxy-next-upstream-tries`); `None`: the
+    /// `[upstream] connect_attempts` default.
+    pub tries: Option<usize>,
+}
+
+/// How a request's endpoint is chosen.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum Balance {
+    /// In turn (per worker).
+    #[default]
+    RoundRobin,
+    /// The less busy of two endpoints drawn at random (per worker: requests in flight).
+    LeastRequest,
+    /// Consistent hashing (rendezvous) of a key made from the request: every worker and every
+    /// edge host picks the same endpoint for the same key, and a change of endpoints moves only
+    /// the keys of the endpoints that came or went.
+    Hash(HashBy),
+}
+
+/// A hash key template: ingress-nginx's `upstream-hash-by`, nginx variables and text.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HashBy(pub Vec<HashPart>);
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HashPart {
+    Text(Box<str>),
+    /// `$remote_addr`, `$binary_remote_addr`.
+    ClientIp,
+    /// `$host`, `$http_host`.
+    Host,
+    /// `$request_uri`: path and query as received.
+    RequestUri,
+    /// `$uri`: the path.
+    Path,
+    /// `$http_NAME` (lower case, `-` for `_`).
+    Header(Box<str>),
+    /// `$cookie_NAME`.
+    Cookie(Box<str>),
+    /// `$arg_NAME`: a query parameter.
+    Arg(Box<str>),
+}
+
+impl HashBy {
+    pub fn parse(template: &str) -> Result<HashBy, String> {
+        let mut parts = Vec::new();
+        let mut rest = template;
+        while !rest.is_empty() {
+            let Some(i) = rest.find('$') else {
+                parts.push(HashPart::Text(rest.into()));
+                break;
+            };
+            if i > 0 {
+                parts.push(HashPart::Text(rest[..i].into()));
+            }
+            let after = &rest[i + 1..];
+            let (name, tail) = match after.strip_prefix('{') {
+                Some(b) => {
+                    let end = b.find('}').ok_or("an unclosed ${")?;
+                    (&b[..end], &b[end + 1..])
+                }
+                None => {
+                    let end = after
+                        .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+                        .unwrap_or(after.len());
+                    (&after[..end], &after[end..])
+                }
+            };
+            let part = match name {
+                "remote_addr" | "binary_remote_addr" => HashPart::ClientIp,
+                "host" | "http_host" => HashPart::Host,
+                "request_uri" => HashPart::RequestUri,
+                "uri" | "document_uri" => HashPart::Path,
+                n if n.starts_with("http_") && n.len() > 5 => HashPart::Header(n[5..].replace('_', "-").into()),
+                n if n.starts_with("cookie_") && n.len() > 7 => HashPart::Cookie(n[7..].into()),
+                n if n.starts_with("arg_") && n.len() > 4 => HashPart::Arg(n[4..].into()),
+                "" => return Err("a $ without a variable name".into()),
+                n => {
+                    return Err(format!(
+                        "${n} is not a variable kedge knows (remote_addr, host, request_uri, uri, http_*, cookie_*, arg_*)"
+                    ));
+                }
+            };
+            parts.push(part);
+            rest = tail;
+        }
+        if !parts.iter().any(|p| !matches!(p, HashPart::Text(_))) {
+            return Err("names no variable: every request would go to one endpoint".into());
+        }
+        Ok(HashBy(parts))
+    }
+}
+
+/// Cookie affinity, compatible with ingress-nginx's `affinity: cookie`: the cookie names the
+/// endpoint (a hash of its address, the same on every worker and every edge host), so a client
+/// keeps it for as long as it exists, whatever worker or host its connections land on, and
+/// across scaling.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Affinity {
+    pub cookie: Box<str>,
+    pub path: Box<str>,
+    pub max_age: Option<u64>,
+    pub expires: Option<u64>,
+    pub secure: bool,
+    /// `None`, `Lax` or `Strict`.
+    pub samesite: Option<Box<str>>,
+    /// When the cookie's endpoint fails (connect error), pick another and re-set the cookie;
+    /// otherwise the request fails as it would without a second endpoint.
+    pub change_on_failure: bool,
+}
+
+impl Affinity {
+    /// `Set-Cookie: NAME=VALUE; Path=..; ...\r\n` for endpoint key `value`; `now` in Unix seconds
+    /// (for Expires).
+    pub fn set_cookie_line(&self, value: u64, now: i64, out: &mut Vec<u8>) {
+        use std::io::Write as _;
+        let _ = write!(out, "Set-Cookie: {}={value:016x}; Path={}", self.cookie, self.path);
+        if let Some(age) = self.max_age {
+            let _ = write!(out, "; Max-Age={age}");
+        }
+        if let Some(secs) = self.expires {
+            let _ = write!(out, "; Expires={}", http_date(now + secs as i64));
+        }
+        if self.secure {
+            out.extend_from_slice(b"; Secure");
+        }
+        if let Some(s) = &self.samesite {
+            let _ = write!(out, "; SameSite={s}");
+        }
+        out.extend_from_slice(b"; HttpOnly\r\n");
+    }
+}
+
+/// The affinity cookie value of an endpoint: a hash of its address, the same in every process.
+pub fn endpoint_key(addr: std::net::SocketAddr) -> u64 {
+    let mut h = Fnv::default();
+    match addr.ip().to_canonical() {
+        IpAddr::V4(a) => h.write(&a.octets()),
+        IpAddr::V6(a) => h.write(&a.octets()),
+    }
+    h.write(&addr.port().to_be_bytes());
+    mix(h.0)
+}
+
+/// Rendezvous weight of `endpoint` for `key`: the endpoint with the highest weight wins.
+pub fn rendezvous(key: u64, endpoint: u64) -> u64 {
+    mix(key ^ endpoint.rotate_left(17) ^ 0x9e37_79b9_7f4a_7c15)
+}
+
+/// FNV-1a, for hash keys: stable across processes and versions (no random seed).
+#[derive(Clone, Copy)]
+pub struct Fnv(pub u64);
+
+impl Default for Fnv {
+    fn default() -> Self {
+        Fnv(0xcbf2_9ce4_8422_2325)
+    }
+}
+
+impl Fnv {
+    pub fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 ^= u64::from(b);
+            self.0 = self.0.wrapping_mul(0x0100_0000_01b3);
+        }
+    }
+}
+
+/// A 64-bit finaliser (splitmix64), so that close inputs give unrelated outputs.
+pub fn mix(mut x: u64) -> u64 {
+    x = (x ^ (x >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    x = (x ^ (x >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    x ^ (x >> 31)
+}
+
+/// An IMF-fixdate (RFC 9110 §5.6.7) for Unix seconds.
+pub fn http_date(t: i64) -> String {
+    const DAYS: [&str; 7] = ["Thu", "Fri", "Sat", "Sun", "Mon", "Tue", "Wed"];
+    const MONTHS: [&str; 12] = [
+        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
+    ];
+    // "YYYY-MM-DDTHH:MM:SSZ"
+    let iso = crate::tls::format_time(t);
+    let day = DAYS[t.div_euclid(86_400).rem_euclid(7) as usize];
+    let month = iso[5..7].parse::<usize>().map_or("Jan", |m| MONTHS[(m + 11) % 12]);
+    format!("{day}, {} {month} {} {} GMT", &iso[8..10], &iso[0..4], &iso[11..19])
 }
 
 /// A fixed redirect.

@@ -2,6 +2,9 @@
 //! listeners, upstream pools and balancer state. The only cross-thread state a worker reads is
 //! the published [`Snapshot`] (immutable, behind an atomic pointer) and the shutdown signal.
 
+mod balance;
+
+pub use balance::MAX_TRIES;
 mod conn;
 pub mod listener;
 mod pool;
@@ -162,7 +165,7 @@ struct Worker {
     current: RefCell<Rc<Held>>,
     pool: RefCell<pool::Pool>,
     /// Round-robin position per backend name; kept across table swaps.
-    rr: RefCell<FxHashMap<Box<str>, usize>>,
+    balancer: RefCell<balance::Balancer>,
     rng: Cell<u64>,
     active: Cell<usize>,
     /// Set once shutdown begins; a worker-local copy of the cross-thread signal so that the
@@ -244,15 +247,14 @@ impl Worker {
     }
 
     /// Next round-robin start index for backend `name` with `n` endpoints.
-    fn next_rr(&self, name: &str, n: usize) -> usize {
-        let mut rr = self.rr.borrow_mut();
-        let slot = match rr.get_mut(name) {
-            Some(s) => s,
-            None => rr.entry(name.into()).or_insert(self.index),
-        };
-        let i = *slot % n;
-        *slot = slot.wrapping_add(1);
-        i
+    /// A random number (xorshift64*, the request ids' generator; for draws, not secrets).
+    fn random(&self) -> u64 {
+        let mut x = self.rng.get();
+        x ^= x >> 12;
+        x ^= x << 25;
+        x ^= x >> 27;
+        self.rng.set(x);
+        x.wrapping_mul(0x2545_f491_4f6c_dd1d)
     }
 
     /// 128 random bits as 32 hex digits, for request ids (xorshift64*: not cryptographic, only
@@ -291,7 +293,7 @@ async fn worker_main(
         shared,
         current: RefCell::new(current),
         pool: RefCell::new(pool::Pool::default()),
-        rr: RefCell::new(FxHashMap::default()),
+        balancer: RefCell::new(balance::Balancer::new(index)),
         rng: Cell::new(seed),
         active: Cell::new(0),
         stopping: Stopping::default(),
@@ -401,5 +403,6 @@ async fn sweep_loop(worker: Rc<Worker>) {
         monoio::time::sleep(Duration::from_secs(5)).await;
         let idle = worker.snapshot().upstream.idle_timeout;
         worker.pool.borrow_mut().sweep(idle);
+        worker.balancer.borrow_mut().sweep(Instant::now());
     }
 }

@@ -496,6 +496,22 @@ fn add_ingress<'a>(
                 },
                 _ => std::sync::Arc::clone(&shared),
             };
+            // The affinity cookie's path defaults to the rule's (as ingress-nginx); `/` for a
+            // regex path.
+            let policy = match &policy.affinity {
+                Some(a) if a.path.is_empty() => {
+                    let mut p = (*policy).clone();
+                    if let Some(a) = &mut p.affinity {
+                        a.path = if path_type == PathType::Regex {
+                            "/".into()
+                        } else {
+                            path.into()
+                        };
+                    }
+                    std::sync::Arc::new(p)
+                }
+                _ => policy,
+            };
             let Some(id) = r.backend(b, ns, &p.backend, &owner, w) else {
                 continue;
             };

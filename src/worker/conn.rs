@@ -18,11 +18,13 @@ use std::time::{Duration, Instant};
 use monoio::io::{AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt, Splitable};
 use monoio::net::TcpStream;
 
+use super::balance::{MAX_TRIES, PickInput, Tried};
 use super::pump::{self, PumpError, PumpLimits, ReadResult};
 use super::tls::TlsStream;
 use super::upstream::UpstreamStream;
 use super::{Snapshot, Worker};
 use crate::http::{self, Framing, HeaderSpan, HttpError, Parsed, RequestHead, ResponseHead, Version};
+use crate::policy::{Balance, HashBy, HashPart};
 use crate::routes::Backend;
 
 /// Limits for upstream response heads (not user-configurable: upstreams are trusted more).
@@ -113,6 +115,8 @@ struct Conn<S> {
     head_consumed: bool,
     /// The rewritten path and query of the current request (reused).
     rewritten: String,
+    /// Header lines kedge adds to the current response (reused).
+    extra: Vec<u8>,
 }
 
 /// Serves one accepted client connection until it closes.
@@ -129,6 +133,7 @@ pub(super) async fn serve<S: ClientStream>(worker: &Rc<Worker>, client: S, peer:
         meta: String::new(),
         head_consumed: false,
         rewritten: String::new(),
+        extra: Vec::new(),
         peer_text: Vec::with_capacity(16),
     };
     http::client_ip_text(&mut conn.peer_text, peer.ip());
@@ -339,6 +344,19 @@ impl<S: ClientStream> Conn<S> {
             check_buffered_chunks(&self.cbuf[head.head_len..], max_body)?;
         }
 
+        // What the balancer needs from the head, taken before it leaves `cbuf`.
+        let pick = PickInput {
+            key: match &policy.balance {
+                Balance::Hash(hb) => Some(self.hash_key(hb, head, host.clone(), path.clone())),
+                _ => None,
+            },
+            sticky: policy.affinity.as_ref().and_then(|a| {
+                let v = cookie(&self.cbuf, &self.headers, a.cookie.as_bytes())?;
+                u64::from_str_radix(std::str::from_utf8(v).ok()?, 16).ok()
+            }),
+            seed: 0,
+        };
+
         // The upstream head, built once: a retry on another connection sends the same bytes.
         self.out.clear();
         let fwd = http::Forwarded {
@@ -359,15 +377,52 @@ impl<S: ClientStream> Conn<S> {
         self.cbuf.drain(..head.head_len);
         self.head_consumed = true;
 
-        // Connect, send, read the response head; retry once on a fresh connection when the
-        // request has no body and is safe to repeat.
+        // Connect, send, read the response head. A failed connect moves on to another endpoint;
+        // so does a request without a body that is safe to repeat when the connection fails or
+        // times out before any response byte. A reused connection that turns out dead is
+        // replaced by a fresh one to the same endpoint, without counting as a try.
         // Timing the upstream costs clock reads; only the access log wants it.
         let t_up = snap.access_log.then(Instant::now);
-        let mut attempt = 0;
-        let (mut upstream, addr, resp) = loop {
-            attempt += 1;
-            let (mut upstream, addr) = connect(worker, backend, snap, timeouts.connect, start).await?;
+        let tries = policy
+            .tries
+            .unwrap_or(snap.upstream.connect_attempts)
+            .clamp(1, MAX_TRIES);
+        let mut tried = Tried::default();
+        let mut last = Fail::Answer(502, "cannot connect to upstream");
+        let mut fresh_to: Option<SocketAddr> = None;
+        if backend.endpoints.is_empty() {
+            return Err(Fail::Answer(503, "no endpoint available for this backend"));
+        }
+        let (mut upstream, addr, resp, _inflight) = loop {
+            let addr = match fresh_to.take() {
+                Some(a) => a,
+                None => {
+                    if tried.len() >= tries {
+                        return Err(last);
+                    }
+                    let input = PickInput {
+                        seed: worker.random(),
+                        ..pick
+                    };
+                    let picked = worker.balancer.borrow_mut().pick(backend, policy, input, &tried, start);
+                    let Some(a) = picked else { return Err(last) };
+                    tried.push(a);
+                    a
+                }
+            };
             rec.upstream = Some(addr);
+            let (mut upstream, reused) = match connect(worker, backend, addr, snap, timeouts.connect, start).await {
+                Ok(c) => c,
+                Err(f) => {
+                    worker
+                        .balancer
+                        .borrow_mut()
+                        .report(addr, false, backend, &snap.upstream, Instant::now());
+                    last = f;
+                    continue;
+                }
+            };
+            let inflight = InFlight::begin(worker, addr);
             let sent = self
                 .send_request(&mut upstream, head, snap, timeouts.send, max_body)
                 .await;
@@ -376,14 +431,35 @@ impl<S: ClientStream> Conn<S> {
                 Err(e) => Err(e),
             };
             match read {
-                Ok(resp) => break (upstream, addr, resp),
-                Err(SendFail::Retryable) if retry_ok && attempt == 1 => {
-                    tracing::debug!(upstream = %addr, "upstream connection reset before a response; retrying");
+                Ok(resp) => break (upstream, addr, resp, inflight),
+                Err(SendFail::Retryable) if reused && retry_ok => {
+                    tracing::debug!(upstream = %addr, "reused upstream connection was dead; retrying on a new one");
+                    fresh_to = Some(addr);
                 }
-                Err(SendFail::Retryable) => return Err(Fail::Answer(502, "upstream closed the connection")),
+                Err(e @ (SendFail::Retryable | SendFail::Timeout)) => {
+                    // A reused connection that died says nothing about the endpoint.
+                    if !(reused && matches!(e, SendFail::Retryable)) {
+                        worker
+                            .balancer
+                            .borrow_mut()
+                            .report(addr, false, backend, &snap.upstream, Instant::now());
+                    }
+                    last = match e {
+                        SendFail::Timeout => Fail::Answer(504, "upstream did not answer in time"),
+                        _ => Fail::Answer(502, "upstream closed the connection"),
+                    };
+                    if !retry_ok {
+                        return Err(last);
+                    }
+                    tracing::debug!(upstream = %addr, "no response from upstream; trying another endpoint");
+                }
                 Err(SendFail::Fail(f)) => return Err(f),
             }
         };
+        worker
+            .balancer
+            .borrow_mut()
+            .report(addr, resp.status < 500, backend, &snap.upstream, Instant::now());
         rec.upstream_time = t_up.map(|t| t.elapsed());
         rec.status = resp.status;
 
@@ -417,7 +493,18 @@ impl<S: ClientStream> Conn<S> {
         } else {
             b""
         };
-        self.response_head(&resp, out_framing, head.version, keep_client, hsts);
+        // Affinity: (re)set the cookie when the client did not name this endpoint.
+        let mut extra = std::mem::take(&mut self.extra);
+        extra.clear();
+        extra.extend_from_slice(hsts);
+        if let Some(a) = &policy.affinity {
+            let key = crate::policy::endpoint_key(addr);
+            if pick.sticky != Some(key) {
+                a.set_cookie_line(key, crate::tls::unix_now(), &mut extra);
+            }
+        }
+        self.response_head(&resp, out_framing, head.version, keep_client, &extra);
+        self.extra = extra;
         let limits = PumpLimits {
             read_timeout: timeouts.read,
             write_timeout: snap.client.body_timeout,
@@ -450,6 +537,49 @@ impl<S: ClientStream> Conn<S> {
         }
         self.ubuf.clear();
         Ok(if keep_client { Next::KeepAlive } else { Next::Close })
+    }
+
+    /// The hash of the request's `upstream-hash-by` key (a missing header or cookie hashes as
+    /// empty, as an unset nginx variable).
+    fn hash_key(&self, hb: &HashBy, head: &RequestHead, host: Range<usize>, path: Option<Range<usize>>) -> u64 {
+        let mut h = crate::policy::Fnv::default();
+        let target = &self.cbuf[head.target.clone()];
+        for part in &hb.0 {
+            match part {
+                HashPart::Text(t) => h.write(t.as_bytes()),
+                HashPart::ClientIp => h.write(&self.peer_text),
+                HashPart::Host => h.write(http::host_without_port(&self.cbuf[host.clone()])),
+                HashPart::RequestUri => h.write(target),
+                HashPart::Path => h.write(path.as_ref().map_or(b"/", |p| &self.cbuf[p.clone()])),
+                HashPart::Header(name) => {
+                    if let Some(v) = self
+                        .headers
+                        .iter()
+                        .find(|x| self.cbuf[x.name.clone()].eq_ignore_ascii_case(name.as_bytes()))
+                    {
+                        h.write(&self.cbuf[v.value.clone()]);
+                    }
+                }
+                HashPart::Cookie(name) => {
+                    if let Some(v) = cookie(&self.cbuf, &self.headers, name.as_bytes()) {
+                        h.write(v);
+                    }
+                }
+                HashPart::Arg(name) => {
+                    let query = target
+                        .iter()
+                        .position(|&b| b == b'?')
+                        .map_or(&b""[..], |i| &target[i + 1..]);
+                    if let Some(v) = query.split(|&b| b == b'&').find_map(|kv| {
+                        let (k, v) = kv.split_at(kv.iter().position(|&b| b == b'=').unwrap_or(kv.len()));
+                        (k == name.as_bytes()).then(|| v.get(1..).unwrap_or_default())
+                    }) {
+                        h.write(v);
+                    }
+                }
+            }
+        }
+        crate::policy::mix(h.0)
     }
 
     /// Answers with a redirect instead of proxying (the request body, if any, is not read: the
@@ -499,7 +629,8 @@ impl<S: ClientStream> Conn<S> {
 
     /// Rebuilds the upstream's response head for the client into `out` (replacing what it
     /// held) and drops it from `ubuf`, leaving any body bytes that came with it.
-    /// `hsts` (a whole header line, or empty) is added unless the upstream sent the header.
+    /// `hsts`: whole header lines to add (HSTS, unless the upstream sent its own, and an
+    /// affinity cookie), or empty.
     fn response_head(
         &mut self,
         resp: &ResponseHead,
@@ -518,15 +649,19 @@ impl<S: ClientStream> Conn<S> {
             version,
             keep_alive,
         );
-        if !hsts.is_empty()
-            && !self
+        if !hsts.is_empty() {
+            // Before the blank line that ends the head; an HSTS line only when the upstream
+            // sent none.
+            let upstream_hsts = self
                 .uheaders
                 .iter()
-                .any(|h| self.ubuf[h.name.clone()].eq_ignore_ascii_case(b"strict-transport-security"))
-        {
-            // Before the blank line that ends the head.
+                .any(|h| self.ubuf[h.name.clone()].eq_ignore_ascii_case(b"strict-transport-security"));
             self.out.truncate(self.out.len() - 2);
-            self.out.extend_from_slice(hsts);
+            for line in hsts.split_inclusive(|&b| b == b'\n') {
+                if !(upstream_hsts && line.starts_with(b"Strict-Transport-Security:")) {
+                    self.out.extend_from_slice(line);
+                }
+            }
             self.out.extend_from_slice(b"\r\n");
         }
         self.ubuf.drain(..resp.head_len);
@@ -633,6 +768,7 @@ impl<S: ClientStream> Conn<S> {
             }
             match pump::read_with_timeout(upstream, &mut self.ubuf, read_timeout).await {
                 ReadResult::Data(_) => got_any = true,
+                ReadResult::Timeout if !got_any => return Err(SendFail::Timeout),
                 ReadResult::Timeout => {
                     return Err(SendFail::Fail(Fail::Answer(504, "upstream did not answer in time")));
                 }
@@ -731,64 +867,89 @@ enum SendFail {
     /// The upstream connection died before any response byte: the request may be retried if
     /// nothing of its body was sent and it is idempotent.
     Retryable,
+    /// No response byte within the read timeout: the same, but a 504 when not retried.
+    Timeout,
     Fail(Fail),
 }
 
-/// Picks endpoints round-robin, reusing a pooled connection when one is idle, and tries up to
-/// `connect_attempts` distinct endpoints when connects are refused or time out.
+/// A connection to `addr`: an idle pooled one (`true`: reused) or a new one (TCP, then TLS for
+/// a backend with upstream TLS), under `connect_timeout` each.
 async fn connect(
     worker: &Worker,
     backend: &Backend,
+    addr: SocketAddr,
     snap: &Snapshot,
     connect_timeout: Duration,
     now: Instant,
-) -> Result<(UpstreamStream, SocketAddr), Fail> {
-    let n = backend.endpoints.len();
-    if n == 0 {
-        return Err(Fail::Answer(503, "no endpoint available for this backend"));
+) -> Result<(UpstreamStream, bool), Fail> {
+    if let Some(stream) = worker
+        .pool
+        .borrow_mut()
+        .take((addr, tls_id(backend)), snap.upstream.idle_timeout, now)
+    {
+        return Ok((stream, true));
     }
-    let settings = &snap.upstream;
-    let first = worker.next_rr(&backend.name, n);
-    let mut fail = Fail::Answer(502, "cannot connect to upstream");
-    for i in 0..settings.connect_attempts.min(n) {
-        let addr = backend.endpoints[(first + i) % n];
-        if let Some(stream) = worker
-            .pool
-            .borrow_mut()
-            .take((addr, tls_id(backend)), settings.idle_timeout, now)
-        {
-            return Ok((stream, addr));
-        }
-        match monoio::time::timeout(connect_timeout, TcpStream::connect_addr(addr)).await {
-            Ok(Ok(stream)) => {
-                let _ = stream.set_nodelay(true);
-                let Some(tls) = &backend.tls else {
-                    return Ok((UpstreamStream::Plain(stream), addr));
-                };
-                let handshake = TlsStream::connect(stream, Arc::clone(&tls.config), tls.name.clone());
-                match monoio::time::timeout(connect_timeout, handshake).await {
-                    Ok(Ok(s)) => return Ok((UpstreamStream::Tls(s), addr)),
-                    Ok(Err(e)) => {
-                        tracing::debug!(upstream = %addr, error = %e, "TLS handshake with upstream failed");
-                        fail = Fail::Answer(502, "TLS handshake with upstream failed");
-                    }
-                    Err(_) => {
-                        tracing::debug!(upstream = %addr, "TLS handshake with upstream timed out");
-                        fail = Fail::Answer(504, "upstream TLS handshake timed out");
-                    }
+    match monoio::time::timeout(connect_timeout, TcpStream::connect_addr(addr)).await {
+        Ok(Ok(stream)) => {
+            let _ = stream.set_nodelay(true);
+            let Some(tls) = &backend.tls else {
+                return Ok((UpstreamStream::Plain(stream), false));
+            };
+            let handshake = TlsStream::connect(stream, Arc::clone(&tls.config), tls.name.clone());
+            match monoio::time::timeout(connect_timeout, handshake).await {
+                Ok(Ok(s)) => Ok((UpstreamStream::Tls(s), false)),
+                Ok(Err(e)) => {
+                    tracing::debug!(upstream = %addr, error = %e, "TLS handshake with upstream failed");
+                    Err(Fail::Answer(502, "TLS handshake with upstream failed"))
+                }
+                Err(_) => {
+                    tracing::debug!(upstream = %addr, "TLS handshake with upstream timed out");
+                    Err(Fail::Answer(504, "upstream TLS handshake timed out"))
                 }
             }
-            Ok(Err(e)) => {
-                tracing::debug!(upstream = %addr, error = %e, "connect failed");
-                fail = Fail::Answer(502, "cannot connect to upstream");
-            }
-            Err(_) => {
-                tracing::debug!(upstream = %addr, "connect timed out");
-                fail = Fail::Answer(504, "upstream connect timed out");
-            }
+        }
+        Ok(Err(e)) => {
+            tracing::debug!(upstream = %addr, error = %e, "connect failed");
+            Err(Fail::Answer(502, "cannot connect to upstream"))
+        }
+        Err(_) => {
+            tracing::debug!(upstream = %addr, "connect timed out");
+            Err(Fail::Answer(504, "upstream connect timed out"))
         }
     }
-    Err(fail)
+}
+
+/// A request in flight to an endpoint, for least-request balancing: counted from the request
+/// being sent until this is dropped (the response done, or the request failed).
+struct InFlight<'w> {
+    worker: &'w Worker,
+    addr: SocketAddr,
+}
+
+impl<'w> InFlight<'w> {
+    fn begin(worker: &'w Worker, addr: SocketAddr) -> InFlight<'w> {
+        worker.balancer.borrow_mut().begin(addr);
+        InFlight { worker, addr }
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.worker.balancer.borrow_mut().end(self.addr);
+    }
+}
+
+/// The value of cookie `name` in the request's Cookie headers.
+fn cookie<'b>(buf: &'b [u8], headers: &[HeaderSpan], name: &[u8]) -> Option<&'b [u8]> {
+    headers
+        .iter()
+        .filter(|h| buf[h.name.clone()].eq_ignore_ascii_case(b"cookie"))
+        .flat_map(|h| buf[h.value.clone()].split(|&b| b == b';'))
+        .find_map(|pair| {
+            let pair = pair.trim_ascii();
+            let eq = pair.iter().position(|&b| b == b'=')?;
+            (pair[..eq].trim_ascii() == name).then(|| pair[eq + 1..].trim_ascii())
+        })
 }
 
 /// The pool key part for a backend's TLS settings (0: plain).

@@ -11,6 +11,8 @@ mod admin;
 /// ingress-nginx annotations: rewrite-target, app-root, redirects, source ranges, body size and
 /// timeouts per Ingress, bad values reported.
 mod annotations;
+/// Balancing: round-robin, least-request, hashing, cookie affinity, outlier ejection.
+mod balancing;
 /// Large and streamed bodies both ways, chunked with trailers, close-delimited, bodiless answers.
 mod bodies;
 /// Endpoint churn and a rolling update under constant load: not one failed request.

@@ -8,7 +8,7 @@ use std::time::Duration;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 
 use super::{Warnings, warn};
-use crate::policy::{Cidr, Policy, Redirect};
+use crate::policy::{Affinity, Balance, Cidr, HashBy, Policy, Redirect};
 
 /// ingress-nginx's annotation prefix.
 pub const PREFIX: &str = "nginx.ingress.kubernetes.io/";
@@ -36,6 +36,19 @@ const KNOWN: &[&str] = &[
     "permanent-redirect-code",
     "temporal-redirect",
     "temporal-redirect-code",
+    "load-balance",
+    "upstream-hash-by",
+    "affinity",
+    "affinity-mode",
+    "session-cookie-name",
+    "session-cookie-path",
+    "session-cookie-max-age",
+    "session-cookie-expires",
+    "session-cookie-secure",
+    "session-cookie-samesite",
+    "session-cookie-change-on-failure",
+    "proxy-next-upstream",
+    "proxy-next-upstream-tries",
 ];
 
 /// Annotations that carry nginx configuration text: never executed.
@@ -171,6 +184,102 @@ pub fn read(m: &ObjectMeta, owner: &str, w: &mut Warnings) -> IngressPolicy {
             status,
             location: v.into(),
         });
+    }
+    match get("load-balance") {
+        None | Some("round_robin") => {}
+        // ingress-nginx's ewma weighs latency; kedge's nearest is least-request.
+        Some("ewma" | "least_request" | "least_conn") => p.base.balance = Balance::LeastRequest,
+        Some(v) => bad(
+            "load-balance",
+            v,
+            "is not one of \"round_robin\", \"ewma\", \"least_request\"".into(),
+        ),
+    }
+    if let Some(v) = get("upstream-hash-by") {
+        match HashBy::parse(v) {
+            Ok(hb) => p.base.balance = Balance::Hash(hb),
+            Err(e) => bad("upstream-hash-by", v, e),
+        }
+    }
+    match get("affinity") {
+        None => {}
+        Some("cookie") => {
+            let mut a = Affinity {
+                cookie: "INGRESSCOOKIE".into(),
+                path: "".into(), // the rule's path, filled in per rule
+                max_age: None,
+                expires: None,
+                secure: false,
+                samesite: None,
+                change_on_failure: false,
+            };
+            if let Some(v) = get("session-cookie-name") {
+                if !v.is_empty()
+                    && v.bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
+                {
+                    a.cookie = v.into();
+                } else {
+                    bad("session-cookie-name", v, "is not a cookie name".into());
+                }
+            }
+            if let Some(v) = get("session-cookie-path") {
+                if v.starts_with('/') && !v.bytes().any(|b| b <= b' ' || b == b';' || b == 0x7f) {
+                    a.path = v.into();
+                } else {
+                    bad("session-cookie-path", v, "is not a path".into());
+                }
+            }
+            for (key, slot) in [
+                ("session-cookie-max-age", &mut a.max_age),
+                ("session-cookie-expires", &mut a.expires),
+            ] {
+                if let Some(v) = get(key) {
+                    match v.parse::<u64>() {
+                        Ok(n) => *slot = Some(n),
+                        Err(_) => bad(key, v, "is not a number of seconds".into()),
+                    }
+                }
+            }
+            for (key, slot) in [
+                ("session-cookie-secure", &mut a.secure),
+                ("session-cookie-change-on-failure", &mut a.change_on_failure),
+            ] {
+                match get(key) {
+                    None => {}
+                    Some("true") => *slot = true,
+                    Some("false") => *slot = false,
+                    Some(v) => bad(key, v, "is not \"true\" or \"false\"".into()),
+                }
+            }
+            match get("session-cookie-samesite") {
+                None => {}
+                Some(v @ ("None" | "Lax" | "Strict")) => a.samesite = Some(v.into()),
+                Some(v) => bad("session-cookie-samesite", v, "is not one of None, Lax, Strict".into()),
+            }
+            match get("affinity-mode") {
+                // Both keep a client on its endpoint while it exists; new clients are balanced.
+                None | Some("balanced" | "persistent") => {}
+                Some(v) => bad("affinity-mode", v, "is not \"balanced\" or \"persistent\"".into()),
+            }
+            p.base.affinity = Some(a);
+        }
+        Some(v) => bad("affinity", v, "is not \"cookie\" (the only affinity there is)".into()),
+    }
+    if get("proxy-next-upstream") == Some("off") {
+        p.base.tries = Some(1);
+    }
+    if let Some(v) = get("proxy-next-upstream-tries") {
+        match v.parse::<usize>() {
+            // 0 means unlimited in nginx: kedge's most.
+            Ok(0) => p.base.tries = Some(crate::worker::MAX_TRIES),
+            Ok(n) if n <= crate::worker::MAX_TRIES => p.base.tries = Some(n),
+            _ => bad(
+                "proxy-next-upstream-tries",
+                v,
+                format!("is not a number from 0 to {}", crate::worker::MAX_TRIES),
+            ),
+        }
     }
     for (full, value) in annotations {
         let Some(key) = full.strip_prefix(PREFIX) else { continue };

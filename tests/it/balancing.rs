@@ -1,0 +1,259 @@
+//! Choosing endpoints, end to end through the fixture API server: round-robin, least-request,
+//! consistent hashing by header, cookie affinity across workers and scaling, and passive
+//! outlier detection with a refusing and a hanging endpoint under load.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use serde_json::{Value, json};
+
+use crate::support::objects::{ingress, ingress_class, service};
+use crate::support::{Client, FakeApi, Handler, Kedge, RawBehavior, RawUpstream, TempDir, Upstream, refused_addr};
+
+/// One EndpointSlice per address (each with its own port) for Service `svc`.
+fn apply_endpoints(api: &FakeApi, svc: &str, addrs: &[SocketAddr]) {
+    let endpoints: Vec<Value> = addrs
+        .iter()
+        .map(|a| json!({"addresses": [a.ip().to_string()], "conditions": {"ready": true}}))
+        .collect();
+    for (i, (a, ep)) in addrs.iter().zip(endpoints).enumerate() {
+        api.apply(
+            "endpointslices",
+            json!({"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+                   "metadata": {"name": format!("{svc}-{i}"), "namespace": "default",
+                                "labels": {"kubernetes.io/service-name": svc}},
+                   "addressType": "IPv4", "ports": [{"name": "http", "port": a.port()}], "endpoints": [ep]}),
+        );
+    }
+}
+
+/// A cluster with Service `web` on `addrs`, Ingress `web` for `web.example.com` with
+/// `annotations`, and kedge (`workers`) following it.
+fn setup(addrs: &[SocketAddr], annotations: Value, workers: usize) -> (FakeApi, TempDir, Kedge) {
+    let api = FakeApi::start();
+    api.apply("ingressclasses", ingress_class());
+    api.apply("services", service("web"));
+    apply_endpoints(&api, "web", addrs);
+    let mut ing = ingress("web", "kedge", "web.example.com", "/", "web");
+    ing["metadata"]["annotations"] = annotations;
+    api.apply("ingresses", ing);
+    let dir = TempDir::new("balancing");
+    let kedge = Kedge::setup(crate::support::Driver::IoUring)
+        .workers(workers)
+        .follow(&api, &dir, "");
+    (api, dir, kedge)
+}
+
+/// GET on a new connection with `headers`; the answering upstream and the response.
+fn get(kedge: &Kedge, headers: &str) -> (String, crate::support::Client, u16, Option<String>) {
+    let mut c = Client::connect(kedge.addr());
+    c.send(format!("GET / HTTP/1.1\r\nHost: web.example.com\r\n{headers}\r\n").as_bytes());
+    let r = c.read_response();
+    let cookie = r.header("set-cookie").map(str::to_owned);
+    (r.upstream().unwrap_or("-").to_owned(), c, r.status, cookie)
+}
+
+#[test]
+fn round_robin_is_even_and_least_request_avoids_the_slow_endpoint() {
+    let ups: Vec<Upstream> = (0..3)
+        .map(|i| Upstream::start(&format!("rr-{i}"), Handler::Echo))
+        .collect();
+    let addrs: Vec<SocketAddr> = ups.iter().map(Upstream::addr).collect();
+    let (_api, _dir, kedge) = setup(&addrs, json!({}), 1);
+    let mut seen = BTreeMap::new();
+    for _ in 0..30 {
+        *seen.entry(get(&kedge, "").0).or_insert(0) += 1;
+    }
+    assert_eq!(seen.values().copied().collect::<Vec<_>>(), [10, 10, 10], "{seen:?}");
+
+    let slow = Upstream::start("slow", Handler::Delay(Duration::from_millis(300)));
+    let fast: Vec<Upstream> = (0..2)
+        .map(|i| Upstream::start(&format!("fast-{i}"), Handler::Echo))
+        .collect();
+    let addrs = [slow.addr(), fast[0].addr(), fast[1].addr()];
+    let (_api, _dir, kedge) = setup(&addrs, json!({"nginx.ingress.kubernetes.io/load-balance": "ewma"}), 1);
+    let counts = Arc::new(Mutex::new(BTreeMap::<String, usize>::new()));
+    let threads: Vec<_> = (0..10)
+        .map(|_| {
+            let (addr, counts) = (kedge.addr(), Arc::clone(&counts));
+            std::thread::spawn(move || {
+                let mut c = Client::connect(addr);
+                for _ in 0..12 {
+                    let r = c.get("web.example.com", "/");
+                    assert_eq!(r.status, 200);
+                    *counts
+                        .lock()
+                        .unwrap()
+                        .entry(r.upstream().unwrap().to_owned())
+                        .or_insert(0) += 1;
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().unwrap();
+    }
+    let counts = counts.lock().unwrap();
+    let slow_share = counts.get("slow").copied().unwrap_or(0);
+    // Round-robin would give it a third (40 of 120); least-request far less.
+    assert!(slow_share < 25, "the slow endpoint got {slow_share} of 120: {counts:?}");
+}
+
+#[test]
+fn hashing_by_header_sends_a_key_to_one_endpoint_on_every_worker() {
+    let ups: Vec<Upstream> = (0..3)
+        .map(|i| Upstream::start(&format!("h-{i}"), Handler::Echo))
+        .collect();
+    let addrs: Vec<SocketAddr> = ups.iter().map(Upstream::addr).collect();
+    let (_api, _dir, kedge) = setup(
+        &addrs,
+        json!({"nginx.ingress.kubernetes.io/upstream-hash-by": "$http_x_user"}),
+        2,
+    );
+    let mut owners = BTreeMap::new();
+    for u in 0..24 {
+        let mut got = Vec::new();
+        // New connections: they land on either worker.
+        for _ in 0..6 {
+            got.push(get(&kedge, &format!("X-User: user-{u}\r\n")).0);
+        }
+        got.dedup();
+        assert_eq!(got.len(), 1, "user-{u} went to {got:?}");
+        owners.insert(u, got.pop().unwrap());
+    }
+    let distinct: std::collections::BTreeSet<_> = owners.values().collect();
+    assert_eq!(
+        distinct.len(),
+        3,
+        "24 keys over 3 endpoints use all of them: {owners:?}"
+    );
+}
+
+#[test]
+fn cookie_affinity_holds_across_workers_and_scaling() {
+    let ups: Vec<Upstream> = (0..4)
+        .map(|i| Upstream::start(&format!("s-{i}"), Handler::Echo))
+        .collect();
+    let addrs: Vec<SocketAddr> = ups.iter().map(Upstream::addr).collect();
+    let (api, _dir, kedge) = setup(
+        &addrs[..3],
+        json!({"nginx.ingress.kubernetes.io/affinity": "cookie",
+               "nginx.ingress.kubernetes.io/session-cookie-name": "route",
+               "nginx.ingress.kubernetes.io/session-cookie-max-age": "3600",
+               "nginx.ingress.kubernetes.io/session-cookie-change-on-failure": "true"}),
+        2,
+    );
+    // Sessions: each client's first answer sets the cookie.
+    let mut sessions = Vec::new();
+    for _ in 0..9 {
+        let (who, _, status, cookie) = get(&kedge, "");
+        assert_eq!(status, 200);
+        let cookie = cookie.expect("Set-Cookie on a first request");
+        assert!(
+            cookie.starts_with("route=") && cookie.contains("; Path=/; Max-Age=3600;") && cookie.ends_with("HttpOnly"),
+            "{cookie}"
+        );
+        let value = cookie.split(';').next().unwrap().to_owned();
+        sessions.push((value, who));
+    }
+    let check = |sessions: &[(String, String)]| {
+        for (cookie, who) in sessions {
+            for _ in 0..4 {
+                let (now, _, status, set) = get(&kedge, &format!("Cookie: other=1; {cookie}\r\n"));
+                assert_eq!((status, &now), (200, who), "{cookie}");
+                assert_eq!(set, None, "a client already on its endpoint gets no new cookie");
+            }
+        }
+    };
+    check(&sessions);
+    // Scale up: every session stays where it was.
+    apply_endpoints(&api, "web", &addrs);
+    crate::support::wait_until(Duration::from_secs(10), "the fourth endpoint serves", || {
+        (0..8).any(|_| get(&kedge, "").0 == "s-3")
+    });
+    check(&sessions);
+    // Scale down: the sessions of the endpoint that left move, and get a new cookie.
+    let (gone_cookie, gone) = sessions[0].clone();
+    let gone_index: usize = gone.trim_start_matches("s-").parse().unwrap();
+    let keep: Vec<SocketAddr> = addrs
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| *i != gone_index)
+        .map(|(_, a)| *a)
+        .collect();
+    assert_eq!(keep.len(), 3);
+    for i in 0..4 {
+        api.delete("endpointslices", Some("default"), &format!("web-{i}"));
+    }
+    apply_endpoints(&api, "web", &keep);
+    crate::support::wait_until(Duration::from_secs(10), "the endpoint is gone", || {
+        let (now, _, _, set) = get(&kedge, &format!("Cookie: {gone_cookie}\r\n"));
+        now != gone && set.is_some()
+    });
+    let others: Vec<_> = sessions.iter().filter(|(_, w)| *w != gone).cloned().collect();
+    check(&others);
+}
+
+#[test]
+fn failing_endpoints_are_ejected_and_no_get_fails() {
+    let good: Vec<Upstream> = (0..2)
+        .map(|i| Upstream::start(&format!("ok-{i}"), Handler::Echo))
+        .collect();
+    let hanging = RawUpstream::start(RawBehavior::Silent);
+    let refusing = refused_addr();
+    let addrs = [good[0].addr(), good[1].addr(), hanging.addr(), refusing];
+    let (_api, _dir, kedge) = setup(
+        &addrs,
+        json!({"nginx.ingress.kubernetes.io/proxy-read-timeout": "1",
+               "nginx.ingress.kubernetes.io/proxy-next-upstream-tries": "4"}),
+        1,
+    );
+    let stop = Arc::new(AtomicBool::new(false));
+    let ok = Arc::new(AtomicUsize::new(0));
+    let failures = Arc::new(Mutex::new(Vec::new()));
+    let load: Vec<_> = (0..4)
+        .map(|_| {
+            let (addr, stop, ok, failures) = (kedge.addr(), Arc::clone(&stop), Arc::clone(&ok), Arc::clone(&failures));
+            std::thread::spawn(move || {
+                while !stop.load(Ordering::Relaxed) {
+                    let mut c = Client::connect(addr);
+                    let r = c.get("web.example.com", "/");
+                    if r.status == 200 {
+                        ok.fetch_add(1, Ordering::Relaxed);
+                    } else {
+                        failures.lock().unwrap().push(format!("{} {}", r.status, r.text()));
+                    }
+                }
+            })
+        })
+        .collect();
+    let ejected = |addr: SocketAddr| {
+        kedge
+            .logs()
+            .iter()
+            .any(|l| l.contains("endpoint ejected") && l.contains(&format!("upstream={addr}")))
+    };
+    crate::support::wait_until(Duration::from_secs(30), "both bad endpoints ejected", || {
+        ejected(refusing) && ejected(hanging.addr())
+    });
+    let at = ok.load(Ordering::Relaxed);
+    crate::support::wait_until(Duration::from_secs(20), "traffic after the ejections", || {
+        ok.load(Ordering::Relaxed) > at + 200
+    });
+    stop.store(true, Ordering::Relaxed);
+    for t in load {
+        t.join().unwrap();
+    }
+    let failures = failures.lock().unwrap();
+    assert!(
+        failures.is_empty(),
+        "{} failed GETs: {:?}",
+        failures.len(),
+        &failures[..failures.len().min(5)]
+    );
+    // The good endpoints were never ejected.
+    assert!(!ejected(good[0].addr()) && !ejected(good[1].addr()));
+}
