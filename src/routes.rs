@@ -37,6 +37,30 @@ pub use crate::policy::Policy;
 struct Target {
     backend: BackendId,
     policy: Arc<Policy>,
+    /// A canary Ingress's share of this rule's traffic.
+    canary: Option<Arc<Canary>>,
+}
+
+/// ingress-nginx canary: a second backend for a rule, chosen per request by header, cookie
+/// or weight (in that order).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Canary {
+    pub backend: BackendId,
+    /// `canary-by-header` (lower case) and `canary-by-header-value`: with a value, that value
+    /// selects the canary; without, `always` / `never`.
+    pub header: Option<(Box<str>, Option<Box<str>>)>,
+    /// `canary-by-cookie`: `always` / `never`.
+    pub cookie: Option<Box<str>>,
+    /// `canary-weight` out of `canary-weight-total`.
+    pub weight: u32,
+    pub total: u32,
+}
+
+/// What a request is routed to.
+pub struct Route<'t> {
+    pub backend: &'t Backend,
+    pub policy: &'t Policy,
+    pub canary: Option<(&'t Canary, &'t Backend)>,
 }
 
 /// Path rules of one host.
@@ -157,6 +181,11 @@ impl RouteTable {
 
     /// [`RouteTable::route`] with the matching rule's policy.
     pub fn lookup(&self, host: &[u8], path: &str) -> Option<(&Backend, &Policy)> {
+        self.lookup_route(host, path).map(|r| (r.backend, r.policy))
+    }
+
+    /// [`RouteTable::lookup`] with the rule's canary.
+    pub fn lookup_route(&self, host: &[u8], path: &str) -> Option<Route<'_>> {
         let mut buf = [0u8; MAX_HOST];
         let rules = match normalize_host(host, &mut buf) {
             Some(h) => self.rules.host_rules(h),
@@ -166,7 +195,14 @@ impl RouteTable {
             Some(r) => r.find(path).or(self.rules.default_backend.as_ref()),
             None => self.rules.default_backend.as_ref(),
         }?;
-        Some((self.backends.get(t.backend)?, &t.policy))
+        Some(Route {
+            backend: self.backends.get(t.backend)?,
+            policy: &t.policy,
+            canary: t
+                .canary
+                .as_deref()
+                .and_then(|c| Some((c, self.backends.get(c.backend)?))),
+        })
     }
 
     /// Number of host entries (exact, wildcard, and the any-host one).
@@ -258,6 +294,8 @@ pub struct TableBuilder {
     backend_ids: FxHashMap<Box<str>, BackendId>,
     /// Who decided each backend's upstream protocol (the first Ingress using it).
     tls_owners: FxHashMap<BackendId, Box<str>>,
+    /// Owner of each rule's canary, keyed as `owners`.
+    canary_owners: FxHashMap<(Box<str>, PathType, Box<str>), Box<str>>,
 }
 
 /// A rule that lost to an earlier one.
@@ -341,8 +379,60 @@ impl TableBuilder {
                 None => self.rules.exact.entry(h.into()).or_default(),
             },
         };
-        rules.add(path, path_type, Target { backend, policy });
+        rules.add(
+            path,
+            path_type,
+            Target {
+                backend,
+                policy,
+                canary: None,
+            },
+        );
         self.owners.insert(key, owner.into());
+        Ok(())
+    }
+
+    /// Gives the rule for `host` + `path` + `path_type` a canary, unless it has one. `Err`: there
+    /// is no such rule (`None`) or it has a canary from `Some(owner)`.
+    pub fn canary(
+        &mut self,
+        host: Option<&str>,
+        path: &str,
+        path_type: PathType,
+        canary: Canary,
+        owner: &Owner,
+    ) -> Result<(), Option<String>> {
+        let norm = match path_type {
+            PathType::Exact | PathType::Regex => path,
+            PathType::Prefix => normalize_prefix(path),
+        };
+        let key = (host.unwrap_or("").into(), path_type, norm.into());
+        if let Some(winner) = self.canary_owners.get(&key) {
+            return Err(Some(winner.to_string()));
+        }
+        let rules = match host {
+            None => self.rules.any.as_mut(),
+            Some(h) => match h.strip_prefix("*.") {
+                Some(suffix) => self.rules.wildcard.get_mut(suffix),
+                None => self.rules.exact.get_mut(h),
+            },
+        }
+        .ok_or(None)?;
+        let target = match path_type {
+            PathType::Exact => rules.exact.get_mut(path),
+            PathType::Prefix => rules.prefix.iter_mut().find(|(p, _)| &**p == norm).map(|(_, t)| t),
+            PathType::Regex => {
+                let pattern = format!("^(?:{path})");
+                rules
+                    .regex
+                    .iter_mut()
+                    .find(|(re, _)| re.as_str() == pattern)
+                    .map(|(_, t)| t)
+            }
+        }
+        .ok_or(None)?;
+        target.canary = Some(Arc::new(canary));
+        self.canary_owners.insert(key, owner.into());
         Ok(())
     }
 
@@ -356,6 +446,7 @@ impl TableBuilder {
         self.rules.default_backend = Some(Target {
             backend,
             policy: no_policy(),
+            canary: None,
         });
         self.default_owner = Some(owner.into());
         Ok(())

@@ -77,6 +77,8 @@ const DEFAULT_CLASS_ANNOTATION: &str = "ingressclass.kubernetes.io/is-default-cl
 const SSL_REDIRECT_ANNOTATION: &str = "nginx.ingress.kubernetes.io/ssl-redirect";
 /// `"true"` redirects HTTP → HTTPS even for hosts without TLS of their own.
 const FORCE_SSL_REDIRECT_ANNOTATION: &str = "nginx.ingress.kubernetes.io/force-ssl-redirect";
+/// `"true"`: this Ingress is a canary of another one with the same host and path.
+const CANARY_ANNOTATION: &str = "nginx.ingress.kubernetes.io/canary";
 /// `HTTPS`: TLS to the endpoints (`HTTP`, the default: plain).
 const BACKEND_PROTOCOL_ANNOTATION: &str = "nginx.ingress.kubernetes.io/backend-protocol";
 /// `"on"`: verify the endpoints' certificates (off by default, as in ingress-nginx).
@@ -171,12 +173,22 @@ pub fn translate(builder: &mut TableBuilder, spec: &ClusterSpec, objs: &Objects<
     let all_secrets: rustc_hash::FxHashMap<(&str, &str), &Arc<Secret>> =
         objs.secrets.iter().map(|s| (ns_name(&s.metadata), s)).collect();
     let mut served = Vec::new();
-    for ing in ours {
+    // Canary Ingresses attach to the rules of the others, so they come after all of them.
+    let (canaries, mains): (Vec<&Ingress>, Vec<&Ingress>) = ours
+        .into_iter()
+        .partition(|i| annotation(&i.metadata, CANARY_ANNOTATION) == Some("true"));
+    for ing in mains {
         let tls = IngressTls {
             hosts: &tls_hosts,
             secrets: &all_secrets,
         };
         if add_ingress(builder, &mut resolver, &spec.name, ing, &tls, &mut warnings) {
+            let (ns, name) = ns_name(&ing.metadata);
+            served.push((ns.to_owned(), name.to_owned()));
+        }
+    }
+    for ing in canaries {
+        if add_canary(builder, &mut resolver, &spec.name, ing, &mut warnings) {
             let (ns, name) = ns_name(&ing.metadata);
             served.push((ns.to_owned(), name.to_owned()));
         }
@@ -556,6 +568,80 @@ fn add_ingress<'a>(
                 &owner,
                 format!("the default backend is already set by {}; ignored", c.winner),
             ),
+        }
+    }
+    added
+}
+
+/// Attaches a canary Ingress's paths to the rules of the main Ingress with the same host, path
+/// and type. Returns whether any was attached.
+fn add_canary<'a>(
+    b: &mut TableBuilder,
+    r: &mut Resolver<'a>,
+    cluster: &str,
+    ing: &'a Ingress,
+    w: &mut Warnings,
+) -> bool {
+    let (ns, name) = ns_name(&ing.metadata);
+    let owner = format!("Ingress {ns}/{name}");
+    let table_owner = format!("{owner} of cluster {cluster}");
+    let Some(spec) = &ing.spec else { return false };
+    let Some(selectors) = annotations::canary(&ing.metadata, &owner, w) else {
+        return false;
+    };
+    let regex = annotation(&ing.metadata, "nginx.ingress.kubernetes.io/use-regex") == Some("true")
+        || annotation(&ing.metadata, "nginx.ingress.kubernetes.io/rewrite-target").is_some();
+    let mut added = false;
+    for rule in spec.rules.iter().flatten() {
+        let host = match rule.host.as_deref().filter(|h| !h.is_empty()) {
+            None => None,
+            Some(h) => match parse_host(h) {
+                Some(h) => Some(h),
+                None => {
+                    warn(
+                        w,
+                        &owner,
+                        format!("host {h:?} is not a DNS name or *.suffix wildcard; rule ignored"),
+                    );
+                    continue;
+                }
+            },
+        };
+        let Some(http) = &rule.http else { continue };
+        let shown = host.as_deref().unwrap_or("*");
+        for p in &http.paths {
+            let (path, path_type) = match path_rule(p) {
+                Ok(r) => r,
+                Err(e) => {
+                    warn(w, &owner, format!("host {shown}: {e}; path ignored"));
+                    continue;
+                }
+            };
+            let path_type = if regex && path_type == PathType::Prefix {
+                PathType::Regex
+            } else {
+                path_type
+            };
+            let Some(id) = r.backend(b, ns, &p.backend, &owner, w) else {
+                continue;
+            };
+            let canary = crate::routes::Canary {
+                backend: id,
+                ..selectors.clone()
+            };
+            match b.canary(host.as_deref(), path, path_type, canary, &table_owner) {
+                Ok(()) => added = true,
+                Err(None) => warn(
+                    w,
+                    &owner,
+                    format!("canary: no other Ingress routes host {shown} path {path} ({path_type:?}); ignored"),
+                ),
+                Err(Some(winner)) => warn(
+                    w,
+                    &owner,
+                    format!("canary: host {shown} path {path} already has a canary from {winner}; ignored"),
+                ),
+            }
         }
     }
     added

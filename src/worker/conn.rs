@@ -294,8 +294,13 @@ impl<S: ClientStream> Conn<S> {
             self.record_meta(head, host.clone(), given_rid, &rid, rec);
         }
         let path_s = path_str(&self.cbuf, path.clone())?;
-        let Some((backend, policy)) = snap.table.lookup(&self.cbuf[host.clone()], path_s) else {
+        let Some(route) = snap.table.lookup_route(&self.cbuf[host.clone()], path_s) else {
             return Err(Fail::Answer(404, "no route for this host and path"));
+        };
+        let policy = route.policy;
+        let backend = match route.canary {
+            Some((c, canary_backend)) if self.canary_selected(c, worker) => canary_backend,
+            _ => route.backend,
         };
         if !policy.allows(self.peer.ip()) {
             return Err(Fail::Answer(403, "client address not allowed"));
@@ -537,6 +542,36 @@ impl<S: ClientStream> Conn<S> {
         }
         self.ubuf.clear();
         Ok(if keep_client { Next::KeepAlive } else { Next::Close })
+    }
+
+    /// Whether this request goes to the rule's canary: by header, then cookie, then weight (as
+    /// ingress-nginx).
+    fn canary_selected(&self, c: &crate::routes::Canary, worker: &Worker) -> bool {
+        if let Some((name, value)) = &c.header
+            && let Some(h) = self
+                .headers
+                .iter()
+                .find(|h| self.cbuf[h.name.clone()].eq_ignore_ascii_case(name.as_bytes()))
+        {
+            let v = &self.cbuf[h.value.clone()];
+            match value {
+                Some(want) if v == want.as_bytes() => return true,
+                Some(_) => {}
+                None if v == b"always" => return true,
+                None if v == b"never" => return false,
+                None => {}
+            }
+        }
+        if let Some(name) = &c.cookie
+            && let Some(v) = cookie(&self.cbuf, &self.headers, name.as_bytes())
+        {
+            match v {
+                b"always" => return true,
+                b"never" => return false,
+                _ => {}
+            }
+        }
+        c.weight > 0 && (worker.random() % u64::from(c.total)) < u64::from(c.weight)
     }
 
     /// The hash of the request's `upstream-hash-by` key (a missing header or cookie hashes as

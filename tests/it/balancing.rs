@@ -257,3 +257,54 @@ fn failing_endpoints_are_ejected_and_no_get_fails() {
     // The good endpoints were never ejected.
     assert!(!ejected(good[0].addr()) && !ejected(good[1].addr()));
 }
+
+#[test]
+fn canary_ingresses_take_their_share_by_header_cookie_and_weight() {
+    let main = Upstream::start("main", Handler::Echo);
+    let canary = Upstream::start("canary", Handler::Echo);
+    let api = FakeApi::start();
+    api.apply("ingressclasses", ingress_class());
+    for (svc, up) in [("main", &main), ("canary", &canary)] {
+        api.apply("services", service(svc));
+        apply_endpoints(&api, svc, &[up.addr()]);
+    }
+    api.apply("ingresses", ingress("main", "kedge", "web.example.com", "/", "main"));
+    let mut c = ingress("main-canary", "kedge", "web.example.com", "/", "canary");
+    c["metadata"]["annotations"] = json!({
+        "nginx.ingress.kubernetes.io/canary": "true",
+        "nginx.ingress.kubernetes.io/canary-by-header": "X-Canary",
+        "nginx.ingress.kubernetes.io/canary-by-cookie": "canary",
+        "nginx.ingress.kubernetes.io/canary-weight": "30",
+    });
+    api.apply("ingresses", c);
+    // A canary of nothing is reported.
+    let mut orphan = ingress("orphan", "kedge", "nobody.example.com", "/", "canary");
+    orphan["metadata"]["annotations"] = json!({"nginx.ingress.kubernetes.io/canary": "true"});
+    api.apply("ingresses", orphan);
+    let dir = TempDir::new("canary");
+    let kedge = Kedge::setup(crate::support::Driver::IoUring)
+        .workers(2)
+        .follow(&api, &dir, "");
+
+    for _ in 0..10 {
+        assert_eq!(get(&kedge, "X-Canary: always\r\n").0, "canary");
+        assert_eq!(get(&kedge, "X-Canary: never\r\n").0, "main");
+        assert_eq!(get(&kedge, "Cookie: canary=always\r\n").0, "canary");
+        assert_eq!(get(&kedge, "Cookie: canary=never\r\n").0, "main");
+    }
+    // The header decides before the cookie.
+    assert_eq!(get(&kedge, "X-Canary: never\r\nCookie: canary=always\r\n").0, "main");
+    let mut to_canary = 0;
+    for _ in 0..400 {
+        if get(&kedge, "").0 == "canary" {
+            to_canary += 1;
+        }
+    }
+    // 30 % of 400 is 120; a binomial spread of ±4 standard deviations is about ±37.
+    assert!((83..=157).contains(&to_canary), "{to_canary} of 400 went to the canary");
+    kedge.wait_log(
+        "Ingress default/orphan: canary: no other Ingress routes host nobody.example.com path / (Prefix); ignored",
+        Duration::from_secs(5),
+    );
+    assert_eq!(Client::connect(kedge.addr()).get("nobody.example.com", "/").status, 404);
+}

@@ -49,6 +49,12 @@ const KNOWN: &[&str] = &[
     "session-cookie-change-on-failure",
     "proxy-next-upstream",
     "proxy-next-upstream-tries",
+    "canary",
+    "canary-by-header",
+    "canary-by-header-value",
+    "canary-by-cookie",
+    "canary-weight",
+    "canary-weight-total",
 ];
 
 /// Annotations that carry nginx configuration text: never executed.
@@ -318,4 +324,55 @@ fn seconds(v: &str) -> Option<Duration> {
     let v = v.trim();
     let n: u64 = v.strip_suffix('s').unwrap_or(v).parse().ok()?;
     (1..=86_400).contains(&n).then(|| Duration::from_secs(n))
+}
+
+/// The selectors of a canary Ingress (`canary: "true"`); its backend is filled in per path.
+/// `None` when they cannot select anything (reported).
+pub fn canary(m: &ObjectMeta, owner: &str, w: &mut Warnings) -> Option<crate::routes::Canary> {
+    let get = |key: &str| {
+        m.annotations
+            .as_ref()?
+            .get(&format!("{PREFIX}{key}"))
+            .map(String::as_str)
+    };
+    let mut c = crate::routes::Canary {
+        backend: 0,
+        header: None,
+        cookie: None,
+        weight: 0,
+        total: 100,
+    };
+    let mut bad = |key: &str, value: &str, why: &str| {
+        warn(w, owner, format!("{PREFIX}{key}: {value:?} {why}; ignored"));
+    };
+    if let Some(h) = get("canary-by-header") {
+        if !h.is_empty() && h.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_') {
+            c.header = Some((
+                h.to_ascii_lowercase().into(),
+                get("canary-by-header-value").map(Into::into),
+            ));
+        } else {
+            bad("canary-by-header", h, "is not a header name");
+        }
+    }
+    if let Some(v) = get("canary-by-cookie") {
+        if !v.is_empty() && !v.bytes().any(|b| b <= b' ' || b == b';' || b == b'=' || b == 0x7f) {
+            c.cookie = Some(v.into());
+        } else {
+            bad("canary-by-cookie", v, "is not a cookie name");
+        }
+    }
+    if let Some(v) = get("canary-weight-total") {
+        match v.parse::<u32>() {
+            Ok(n) if n > 0 => c.total = n,
+            _ => bad("canary-weight-total", v, "is not a positive number"),
+        }
+    }
+    if let Some(v) = get("canary-weight") {
+        match v.parse::<u32>() {
+            Ok(n) if n <= c.total => c.weight = n,
+            _ => bad("canary-weight", v, &format!("is not a number from 0 to {}", c.total)),
+        }
+    }
+    Some(c)
 }
