@@ -37,6 +37,23 @@ pub struct Policy {
     /// body, resets and timeouts before a response (`proxy-next-upstream-tries`); `None`: the
     /// `[upstream] connect_attempts` default.
     pub tries: Option<usize>,
+    /// Requests per second per client address, with a burst (`limit-rps`, `limit-rpm`,
+    /// `limit-burst-multiplier`); per worker.
+    pub rate: Option<Rate>,
+    /// Requests in progress at once per client address (`limit-connections`); per worker.
+    pub max_conns: Option<u32>,
+    /// Client addresses the limits do not apply to (`limit-allowlist`).
+    pub limit_exempt: Vec<Cidr>,
+    /// Which rule the limits count for: a hash of its owner, host and path, the same in every
+    /// table build (so a rebuild does not reset a client's budget).
+    pub limit_id: u64,
+}
+
+/// A token bucket's refill rate and size.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Rate {
+    pub per_sec: f64,
+    pub burst: f64,
 }
 
 /// How a request's endpoint is chosen.

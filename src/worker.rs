@@ -6,6 +6,7 @@ mod balance;
 
 pub use balance::MAX_TRIES;
 mod conn;
+mod limits;
 pub mod listener;
 mod pool;
 mod pump;
@@ -166,6 +167,7 @@ struct Worker {
     pool: RefCell<pool::Pool>,
     /// Round-robin position per backend name; kept across table swaps.
     balancer: RefCell<balance::Balancer>,
+    limits: RefCell<limits::Limiter>,
     rng: Cell<u64>,
     active: Cell<usize>,
     /// Set once shutdown begins; a worker-local copy of the cross-thread signal so that the
@@ -294,6 +296,7 @@ async fn worker_main(
         current: RefCell::new(current),
         pool: RefCell::new(pool::Pool::default()),
         balancer: RefCell::new(balance::Balancer::new(index)),
+        limits: RefCell::new(limits::Limiter::default()),
         rng: Cell::new(seed),
         active: Cell::new(0),
         stopping: Stopping::default(),
@@ -404,5 +407,6 @@ async fn sweep_loop(worker: Rc<Worker>) {
         let idle = worker.snapshot().upstream.idle_timeout;
         worker.pool.borrow_mut().sweep(idle);
         worker.balancer.borrow_mut().sweep(Instant::now());
+        worker.limits.borrow_mut().sweep(Instant::now());
     }
 }

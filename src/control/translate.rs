@@ -465,9 +465,13 @@ fn add_ingress<'a>(
         let Some(http) = &rule.http else { continue };
         let shown = host.as_deref().unwrap_or("*");
         let ssl_redirect = force_redirect || tls_redirect && host.as_ref().is_some_and(|h| tls_hosts.contains(h));
-        // Rules without a rewrite share one policy.
+        // Rules without a rewrite share one policy; its limits count per Ingress and host.
+        let mut id = crate::policy::Fnv::default();
+        id.write(table_owner.as_bytes());
+        id.write(shown.as_bytes());
         let shared = std::sync::Arc::new(Policy {
             ssl_redirect,
+            limit_id: id.0,
             ..ann.base.clone()
         });
         for p in &http.paths {

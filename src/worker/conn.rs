@@ -305,6 +305,27 @@ impl<S: ClientStream> Conn<S> {
         if !policy.allows(self.peer.ip()) {
             return Err(Fail::Answer(403, "client address not allowed"));
         }
+        // Per-client limits, held until this request is done.
+        let mut _in_progress = None;
+        if (policy.rate.is_some() || policy.max_conns.is_some())
+            && !policy
+                .limit_exempt
+                .iter()
+                .any(|c| c.contains(self.peer.ip().to_canonical()))
+        {
+            let key = (policy.limit_id, self.peer.ip());
+            if let Some(rate) = policy.rate
+                && !worker.limits.borrow_mut().admit(key, rate, start)
+            {
+                return Err(Fail::Answer(503, "request rate limit exceeded"));
+            }
+            if let Some(max) = policy.max_conns {
+                if !worker.limits.borrow_mut().begin(key, max) {
+                    return Err(Fail::Answer(503, "too many requests in progress from this client"));
+                }
+                _in_progress = Some(InProgress { worker, key });
+            }
+        }
         let stopping = worker.stopping.is_set();
         if policy.ssl_redirect
             && S::SCHEME == "http"
@@ -951,6 +972,18 @@ async fn connect(
             tracing::debug!(upstream = %addr, "connect timed out");
             Err(Fail::Answer(504, "upstream connect timed out"))
         }
+    }
+}
+
+/// A request counted against its client's `limit-connections` until dropped.
+struct InProgress<'w> {
+    worker: &'w Worker,
+    key: (u64, std::net::IpAddr),
+}
+
+impl Drop for InProgress<'_> {
+    fn drop(&mut self) {
+        self.worker.limits.borrow_mut().end(self.key);
     }
 }
 

@@ -113,3 +113,51 @@ both_drivers!(
         assert_eq!(c.get("broken.example.com", "/").status, 200);
     }
 );
+
+#[test]
+fn rate_and_concurrency_limits_per_client() {
+    let up = Upstream::start("app", Handler::Echo);
+    let slow = Upstream::start("slow", Handler::Delay(Duration::from_millis(800)));
+    let api = FakeApi::start();
+    api.apply("ingressclasses", ingress_class());
+    for (svc, u) in [("app", &up), ("slow", &slow)] {
+        api.apply("services", service(svc));
+        api.apply("endpointslices", slice(svc, u.addr().port(), &["127.0.0.1"]));
+    }
+    let n = "nginx.ingress.kubernetes.io/";
+    for (name, svc, annotations) in [
+        (
+            "rated",
+            "app",
+            json!({format!("{n}limit-rpm"): "1", format!("{n}limit-burst-multiplier"): "3"}),
+        ),
+        (
+            "exempt",
+            "app",
+            json!({format!("{n}limit-rps"): "1", format!("{n}limit-burst-multiplier"): "1",
+                                 format!("{n}limit-allowlist"): "127.0.0.0/8"}),
+        ),
+        ("single", "slow", json!({format!("{n}limit-connections"): "1"})),
+    ] {
+        api.apply("ingresses", annotated(name, "/", svc, annotations));
+    }
+    let dir = TempDir::new("limits");
+    let kedge = Kedge::setup(crate::support::Driver::IoUring).follow(&api, &dir, "");
+    let mut c = Client::connect(kedge.addr());
+    // A burst of 3 (1 r/min × 3: no refill within the test), then 503s.
+    let statuses: Vec<u16> = (0..6).map(|_| c.get("rated.example.com", "/").status).collect();
+    assert_eq!(&statuses[..3], [200, 200, 200], "{statuses:?}");
+    assert!(statuses[3..].iter().all(|&s| s == 503), "{statuses:?}");
+    // Exempt clients are not limited.
+    assert!((0..6).all(|_| c.get("exempt.example.com", "/").status == 200));
+    // One request in progress per client: a second one at the same time is refused.
+    let addr = kedge.addr();
+    let first = std::thread::spawn(move || Client::connect(addr).get("single.example.com", "/").status);
+    std::thread::sleep(Duration::from_millis(300));
+    let second = Client::connect(kedge.addr()).get("single.example.com", "/");
+    assert_eq!(second.status, 503, "{second:?}");
+    assert!(second.text().contains("too many requests in progress"));
+    assert_eq!(first.join().unwrap(), 200);
+    // Once it is done, the next one goes through.
+    assert_eq!(Client::connect(kedge.addr()).get("single.example.com", "/").status, 200);
+}

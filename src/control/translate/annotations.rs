@@ -55,6 +55,12 @@ const KNOWN: &[&str] = &[
     "canary-by-cookie",
     "canary-weight",
     "canary-weight-total",
+    "limit-rps",
+    "limit-rpm",
+    "limit-burst-multiplier",
+    "limit-connections",
+    "limit-whitelist",
+    "limit-allowlist",
 ];
 
 /// Annotations that carry nginx configuration text: never executed.
@@ -271,6 +277,39 @@ pub fn read(m: &ObjectMeta, owner: &str, w: &mut Warnings) -> IngressPolicy {
             p.base.affinity = Some(a);
         }
         Some(v) => bad("affinity", v, "is not \"cookie\" (the only affinity there is)".into()),
+    }
+    let count = |key: &str, bad: &mut dyn FnMut(&str, &str, String)| -> Option<u32> {
+        let v = get(key)?;
+        match v.parse::<u32>() {
+            Ok(n) if n > 0 => Some(n),
+            _ => {
+                bad(key, v, "is not a positive whole number".into());
+                None
+            }
+        }
+    };
+    let rps = count("limit-rps", &mut bad);
+    let rpm = count("limit-rpm", &mut bad);
+    let multiplier = count("limit-burst-multiplier", &mut bad).unwrap_or(5);
+    // As ingress-nginx: limit-rps wins over limit-rpm; the burst is the limit times the
+    // multiplier, in requests.
+    p.base.rate = match (rps, rpm) {
+        (Some(r), _) => Some((f64::from(r), r)),
+        (None, Some(m)) => Some((f64::from(m) / 60.0, m)),
+        (None, None) => None,
+    }
+    .map(|(per_sec, limit)| crate::policy::Rate {
+        per_sec,
+        burst: f64::from(limit.saturating_mul(multiplier)),
+    });
+    p.base.max_conns = count("limit-connections", &mut bad);
+    for key in ["limit-whitelist", "limit-allowlist"] {
+        if let Some(v) = get(key) {
+            match Cidr::parse_list(v) {
+                Ok(list) => p.base.limit_exempt.extend(list),
+                Err(e) => bad(key, v, format!("is not a list of CIDR ranges ({e})")),
+            }
+        }
     }
     if get("proxy-next-upstream") == Some("off") {
         p.base.tries = Some(1);
