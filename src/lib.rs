@@ -5,6 +5,7 @@
 #![deny(unsafe_code)]
 
 mod admin;
+pub mod auth;
 pub mod cli;
 pub mod config;
 pub mod control;

@@ -47,6 +47,8 @@ pub struct Policy {
     /// Which rule the limits count for: a hash of its owner, host and path, the same in every
     /// table build (so a rebuild does not reset a client's budget).
     pub limit_id: u64,
+    /// HTTP basic authentication (`auth-type: basic`).
+    pub auth: Option<std::sync::Arc<crate::auth::BasicAuth>>,
 }
 
 /// A token bucket's refill rate and size.

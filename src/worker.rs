@@ -168,6 +168,9 @@ struct Worker {
     /// Round-robin position per backend name; kept across table swaps.
     balancer: RefCell<balance::Balancer>,
     limits: RefCell<limits::Limiter>,
+    /// Basic-auth credentials checked good (hashes of header value and user list): bcrypt is
+    /// slow on purpose, so each is checked once per worker. Bounded; cleared when full.
+    auth_ok: RefCell<std::collections::HashSet<u64>>,
     rng: Cell<u64>,
     active: Cell<usize>,
     /// Set once shutdown begins; a worker-local copy of the cross-thread signal so that the
@@ -297,6 +300,7 @@ async fn worker_main(
         pool: RefCell::new(pool::Pool::default()),
         balancer: RefCell::new(balance::Balancer::new(index)),
         limits: RefCell::new(limits::Limiter::default()),
+        auth_ok: RefCell::new(std::collections::HashSet::new()),
         rng: Cell::new(seed),
         active: Cell::new(0),
         stopping: Stopping::default(),

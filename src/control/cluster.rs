@@ -33,7 +33,8 @@ pub struct Cluster {
     ingresses: Vec<Store<Ingress>>,
     services: Vec<Store<Service>>,
     slices: Vec<Store<EndpointSlice>>,
-    /// Secrets of type `kubernetes.io/tls` only (a field selector): certificates, nothing else.
+    /// Secrets of type `kubernetes.io/tls` (certificates) and `Opaque` (htpasswd files, CA
+    /// bundles), by field selectors: no service-account tokens, no Helm releases.
     secrets: Vec<Store<Secret>>,
     classes: Store<IngressClass>,
     nodes: Store<Node>,
@@ -159,6 +160,15 @@ impl Cluster {
                 &w,
                 touches_all,
                 persist::watcher_config().fields("type=kubernetes.io/tls"),
+            ));
+            // Opaque Secrets hold htpasswd files (auth-secret) and CA bundles
+            // (proxy-ssl-secret); they are never persisted.
+            secrets.push(watch_with(
+                scoped::<Secret>(&client, ns),
+                "secrets",
+                &w,
+                touches_all,
+                persist::watcher_config().fields("type=Opaque"),
             ));
         }
         let classes = watch(

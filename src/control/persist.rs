@@ -499,6 +499,13 @@ struct FileIn {
 
 /// The state file of `cluster`, as JSON.
 fn encode(cluster: &str, saved_at: &str, s: &Snapshot) -> serde_json::Result<Vec<u8>> {
+    // Certificates only: other Secrets (htpasswd files...) are never written to disk.
+    let tls_secrets: Vec<Arc<Secret>> = s
+        .secrets
+        .iter()
+        .filter(|x| x.type_.as_deref() == Some("kubernetes.io/tls"))
+        .cloned()
+        .collect();
     serde_json::to_vec(&FileOut {
         format: FORMAT,
         cluster,
@@ -508,7 +515,7 @@ fn encode(cluster: &str, saved_at: &str, s: &Snapshot) -> serde_json::Result<Vec
         services: Arcs(&s.services),
         endpointslices: Arcs(&s.slices),
         nodes: Arcs(&s.nodes),
-        secrets: Arcs(&s.secrets),
+        secrets: Arcs(&tls_secrets),
     })
 }
 

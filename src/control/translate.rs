@@ -442,7 +442,8 @@ fn add_ingress<'a>(
     // In the table, rules from several clusters meet: say which cluster a winning rule is from.
     let table_owner = format!("{owner} of cluster {cluster}");
     let Some(spec) = &ing.spec else { return false };
-    let ann = annotations::read(&ing.metadata, &owner, w);
+    let mut ann = annotations::read(&ing.metadata, &owner, w);
+    ann.base.auth = annotations::basic_auth(&ing.metadata, tls.secrets, &owner, w);
     let force_redirect = annotation(&ing.metadata, FORCE_SSL_REDIRECT_ANNOTATION) == Some("true");
     let tls_redirect = annotation(&ing.metadata, SSL_REDIRECT_ANNOTATION) != Some("false");
     let mut added = false;

@@ -327,6 +327,11 @@ impl<S: ClientStream> Conn<S> {
             }
         }
         let stopping = worker.stopping.is_set();
+        if let Some(auth) = &policy.auth
+            && !self.authenticated(auth, worker)
+        {
+            return self.challenge(head, &auth.realm, stopping, rec).await;
+        }
         if policy.ssl_redirect
             && S::SCHEME == "http"
             && let Some(port) = snap.https.redirect_port
@@ -563,6 +568,67 @@ impl<S: ClientStream> Conn<S> {
         }
         self.ubuf.clear();
         Ok(if keep_client { Next::KeepAlive } else { Next::Close })
+    }
+
+    /// Whether the request's `Authorization: Basic` credentials are in `auth`'s list.
+    fn authenticated(&self, auth: &crate::auth::BasicAuth, worker: &Worker) -> bool {
+        let Some(h) = self
+            .headers
+            .iter()
+            .find(|h| self.cbuf[h.name.clone()].eq_ignore_ascii_case(b"authorization"))
+        else {
+            return false;
+        };
+        let value = &self.cbuf[h.value.clone()];
+        let mut k = crate::policy::Fnv::default();
+        k.write(value);
+        let key = crate::policy::mix(k.0 ^ auth.id);
+        if worker.auth_ok.borrow().contains(&key) {
+            return true;
+        }
+        let Some((user, password)) = crate::auth::credentials(value) else {
+            return false;
+        };
+        let ok = auth
+            .hash_of(&user)
+            .is_some_and(|hash| crate::auth::verify(&password, hash));
+        if ok {
+            let mut cache = worker.auth_ok.borrow_mut();
+            if cache.len() >= 4096 {
+                cache.clear();
+            }
+            cache.insert(key);
+        }
+        ok
+    }
+
+    /// A 401 asking for credentials.
+    async fn challenge(
+        &mut self,
+        head: &RequestHead,
+        realm: &str,
+        stopping: bool,
+        rec: &mut Record,
+    ) -> Result<Next, Fail> {
+        let keep = head.keep_alive && head.framing == Framing::None && !stopping;
+        self.out.clear();
+        http::write_canned(&mut self.out, 401, "authentication required", !keep);
+        // The challenge goes in before the blank line that ends the head.
+        if let Some(end) = self.out.windows(4).position(|w| w == b"\r\n\r\n") {
+            let line = format!(
+                "WWW-Authenticate: Basic realm=\"{}\"\r\n",
+                realm.replace(['"', '\\'], "")
+            );
+            self.out.splice(end + 2..end + 2, line.into_bytes());
+        }
+        rec.status = 401;
+        if !self.head_consumed {
+            self.cbuf.drain(..head.head_len);
+            self.head_consumed = true;
+        }
+        let out = std::mem::take(&mut self.out);
+        self.out = write_client(&mut self.client, out, CANNED_TIMEOUT).await?;
+        Ok(if keep { Next::KeepAlive } else { Next::Close })
     }
 
     /// Whether this request goes to the rule's canary: by header, then cookie, then weight (as
@@ -974,6 +1040,9 @@ async fn connect(
         }
     }
 }
+
+/// How long a short canned answer may take to write.
+const CANNED_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// A request counted against its client's `limit-connections` until dropped.
 struct InProgress<'w> {

@@ -161,3 +161,77 @@ fn rate_and_concurrency_limits_per_client() {
     // Once it is done, the next one goes through.
     assert_eq!(Client::connect(kedge.addr()).get("single.example.com", "/").status, 200);
 }
+
+#[test]
+fn basic_auth_from_an_htpasswd_secret() {
+    use base64::Engine as _;
+    let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s);
+    let up = Upstream::start("app", Handler::Echo);
+    let api = FakeApi::start();
+    api.apply("ingressclasses", ingress_class());
+    api.apply("services", service("app"));
+    api.apply("endpointslices", slice("app", up.addr().port(), &["127.0.0.1"]));
+    // `openssl passwd -apr1 -salt r31..... password`, and {SHA} of "password".
+    let htpasswd = "ann:$apr1$r31.....$ARC3pREO82RIm0aQ2zszC0\nbob:{SHA}W6ph5Mm5Pz8GgiULbPgzG37mj9g=\n";
+    api.apply(
+        "secrets",
+        json!({"apiVersion": "v1", "kind": "Secret", "type": "Opaque",
+               "metadata": {"name": "users", "namespace": "default"}, "data": {"auth": b64(htpasswd)}}),
+    );
+    let n = "nginx.ingress.kubernetes.io/";
+    api.apply(
+        "ingresses",
+        annotated(
+            "private",
+            "/",
+            "app",
+            json!({format!("{n}auth-type"): "basic",
+            format!("{n}auth-secret"): "users", format!("{n}auth-realm"): "Staff only"}),
+        ),
+    );
+    api.apply(
+        "ingresses",
+        annotated(
+            "locked",
+            "/",
+            "app",
+            json!({format!("{n}auth-type"): "basic",
+            format!("{n}auth-secret"): "missing"}),
+        ),
+    );
+    let dir = TempDir::new("auth");
+    let kedge = Kedge::setup(crate::support::Driver::IoUring).follow(&api, &dir, "");
+    let ask = |host: &str, creds: Option<&str>| {
+        let mut c = Client::connect(kedge.addr());
+        let auth = creds.map_or(String::new(), |c| format!("Authorization: Basic {}\r\n", b64(c)));
+        c.send(format!("GET / HTTP/1.1\r\nHost: {host}\r\n{auth}\r\n").as_bytes());
+        c.read_response()
+    };
+    let r = ask("private.example.com", None);
+    assert_eq!(r.status, 401);
+    assert_eq!(r.header("www-authenticate"), Some("Basic realm=\"Staff only\""));
+    assert_eq!(ask("private.example.com", Some("ann:wrong")).status, 401);
+    assert_eq!(ask("private.example.com", Some("nobody:password")).status, 401);
+    let before = up.request_count();
+    for _ in 0..3 {
+        assert_eq!(ask("private.example.com", Some("ann:password")).status, 200);
+    }
+    assert_eq!(ask("private.example.com", Some("bob:password")).status, 200);
+    assert_eq!(
+        up.request_count(),
+        before + 4,
+        "only authenticated requests reach the upstream"
+    );
+    // A missing Secret refuses everyone, with a warning.
+    assert_eq!(ask("locked.example.com", Some("ann:password")).status, 401);
+    kedge.wait_log(
+        "Ingress default/locked: nginx.ingress.kubernetes.io/auth-secret: Secret default/missing not found",
+        Duration::from_secs(5),
+    );
+    // Opaque Secrets are watched by type, and never persisted.
+    assert!(
+        api.request_log()
+            .iter()
+            .any(|l| l.contains("fieldSelector=type%3DOpaque"))
+    );
+}

@@ -337,3 +337,17 @@ fn without_persistence_a_timeout_leaves_the_cluster_not_synced() {
     assert_eq!(lkg.state(), State::NotSynced);
     assert_eq!(hosts(&lkg.choose(false, || snapshot(&["a"]))), ["a"]);
 }
+
+#[test]
+fn only_certificate_secrets_are_written() {
+    let mut s = snapshot(&["a.example.com"]);
+    s.secrets
+        .push(object(json!({"apiVersion": "v1", "kind": "Secret", "type": "Opaque",
+        "metadata": {"name": "htpasswd", "namespace": "default"}, "data": {"auth": "eHg="}})));
+    let bytes = encode("prod", "2025-01-02T03:04:05Z", &s).expect("encode");
+    let text = String::from_utf8(bytes.clone()).unwrap();
+    assert!(!text.contains("htpasswd"), "an Opaque Secret reached the state file");
+    let (_, back) = decode("prod", &bytes).expect("decode");
+    assert_eq!(back.secrets.len(), 1);
+    assert_eq!(back.secrets[0].type_.as_deref(), Some("kubernetes.io/tls"));
+}

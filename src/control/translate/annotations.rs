@@ -61,6 +61,10 @@ const KNOWN: &[&str] = &[
     "limit-connections",
     "limit-whitelist",
     "limit-allowlist",
+    "auth-type",
+    "auth-secret",
+    "auth-secret-type",
+    "auth-realm",
 ];
 
 /// Annotations that carry nginx configuration text: never executed.
@@ -414,4 +418,88 @@ pub fn canary(m: &ObjectMeta, owner: &str, w: &mut Warnings) -> Option<crate::ro
         }
     }
     Some(c)
+}
+
+/// `auth-type: basic` with the htpasswd of `auth-secret` (`auth-file`: key `auth`; `auth-map`:
+/// a key per user). A missing or unusable Secret is a warning and an empty user list: every
+/// request is refused (401), never let through.
+pub fn basic_auth(
+    m: &ObjectMeta,
+    secrets: &rustc_hash::FxHashMap<(&str, &str), &std::sync::Arc<k8s_openapi::api::core::v1::Secret>>,
+    owner: &str,
+    w: &mut Warnings,
+) -> Option<std::sync::Arc<crate::auth::BasicAuth>> {
+    let get = |key: &str| {
+        m.annotations
+            .as_ref()?
+            .get(&format!("{PREFIX}{key}"))
+            .map(String::as_str)
+    };
+    match get("auth-type") {
+        None => return None,
+        Some("basic") => {}
+        Some(v) => {
+            warn(
+                w,
+                owner,
+                format!("{PREFIX}auth-type: {v:?} is not supported (basic is); every request is refused"),
+            );
+            return Some(std::sync::Arc::default());
+        }
+    }
+    let realm = get("auth-realm").unwrap_or("Authentication Required");
+    let ns = m.namespace.as_deref().unwrap_or("");
+    let Some(reference) = get("auth-secret") else {
+        warn(
+            w,
+            owner,
+            format!("{PREFIX}auth-type: basic without auth-secret; every request is refused"),
+        );
+        return Some(std::sync::Arc::default());
+    };
+    let (sns, sname) = reference.split_once('/').unwrap_or((ns, reference));
+    let data = secrets.get(&(sns, sname)).and_then(|s| s.data.as_ref());
+    let Some(data) = data else {
+        warn(
+            w,
+            owner,
+            format!(
+                "{PREFIX}auth-secret: Secret {sns}/{sname} not found (kedge reads Opaque and kubernetes.io/tls Secrets); every request is refused"
+            ),
+        );
+        return Some(std::sync::Arc::default());
+    };
+    let (mut auth, problems) = match get("auth-secret-type").unwrap_or("auth-file") {
+        "auth-map" => {
+            let mut a = crate::auth::BasicAuth::parse(realm, "").0;
+            let mut problems = Vec::new();
+            for (user, hash) in data {
+                if !a.insert(user, String::from_utf8_lossy(&hash.0).trim()) {
+                    problems.push(format!("key {user:?}: not a supported hash"));
+                }
+            }
+            (a, problems)
+        }
+        "auth-file" => match data.get("auth") {
+            Some(file) => crate::auth::BasicAuth::parse(realm, &String::from_utf8_lossy(&file.0)),
+            None => (crate::auth::BasicAuth::default(), vec!["no key \"auth\"".to_owned()]),
+        },
+        other => (
+            crate::auth::BasicAuth::default(),
+            vec![format!("auth-secret-type {other:?} is not auth-file or auth-map")],
+        ),
+    };
+    auth.realm = realm.into();
+    auth.seal();
+    for p in problems {
+        warn(w, owner, format!("{PREFIX}auth-secret: Secret {sns}/{sname}: {p}"));
+    }
+    if auth.is_empty() {
+        warn(
+            w,
+            owner,
+            format!("{PREFIX}auth-secret: Secret {sns}/{sname} has no usable user; every request is refused"),
+        );
+    }
+    Some(std::sync::Arc::new(auth))
 }

@@ -973,7 +973,7 @@ fn annotations_are_typed_and_bad_values_are_reported_one_by_one() {
             "nginx.ingress.kubernetes.io/permanent-redirect-code": "302",
             "nginx.ingress.kubernetes.io/app-root": "app",
             "nginx.ingress.kubernetes.io/configuration-snippet": "more_set_headers \"X: y\";",
-            "nginx.ingress.kubernetes.io/auth-type": "basic",
+            "nginx.ingress.kubernetes.io/custom-http-errors": "404,503",
         }),
     );
     let (table, out) = shop_world(vec![ing]).run(&spec());
@@ -993,7 +993,7 @@ fn annotations_are_typed_and_bad_values_are_reported_one_by_one() {
         "nginx.ingress.kubernetes.io/permanent-redirect-code: \"302\" is not one of [301, 308]; using 301",
         "nginx.ingress.kubernetes.io/app-root: \"app\" is not a path starting with /",
         "nginx.ingress.kubernetes.io/configuration-snippet: nginx configuration snippets are never executed",
-        "nginx.ingress.kubernetes.io/auth-type is not supported by this version of kedge; ignored",
+        "nginx.ingress.kubernetes.io/custom-http-errors is not supported by this version of kedge; ignored",
     ] {
         assert!(
             msgs.iter().any(|m| m.starts_with(want)),
