@@ -47,6 +47,9 @@ pub struct Policy {
     /// Which rule the limits count for: a hash of its owner, host and path, the same in every
     /// table build (so a rebuild does not reset a client's budget).
     pub limit_id: u64,
+    /// Response statuses that send an idempotent request without a body to another endpoint
+    /// (`proxy-next-upstream: http_502 ...`).
+    pub retry_on: Vec<u16>,
     /// HTTP basic authentication (`auth-type: basic`).
     pub auth: Option<std::sync::Arc<crate::auth::BasicAuth>>,
 }

@@ -462,6 +462,22 @@ impl<S: ClientStream> Conn<S> {
                 Err(e) => Err(e),
             };
             match read {
+                // proxy-next-upstream http_5xx: an idempotent request without a body whose
+                // answer is one of those statuses goes to another endpoint while tries remain;
+                // the answer is dropped with its connection.
+                Ok(resp)
+                    if retry_ok
+                        && policy.retry_on.contains(&resp.status)
+                        && tried.len() < tries.min(backend.endpoints.len()) =>
+                {
+                    worker
+                        .balancer
+                        .borrow_mut()
+                        .report(addr, false, backend, &snap.upstream, Instant::now());
+                    tracing::debug!(upstream = %addr, status = resp.status, "retrying on another endpoint");
+                    last = Fail::Answer(502, "every endpoint tried answered with an error");
+                    drop(upstream);
+                }
                 Ok(resp) => break (upstream, addr, resp, inflight),
                 Err(SendFail::Retryable) if reused && retry_ok => {
                     tracing::debug!(upstream = %addr, "reused upstream connection was dead; retrying on a new one");

@@ -308,3 +308,33 @@ fn canary_ingresses_take_their_share_by_header_cookie_and_weight() {
     );
     assert_eq!(Client::connect(kedge.addr()).get("nobody.example.com", "/").status, 404);
 }
+
+#[test]
+fn proxy_next_upstream_retries_idempotent_requests_on_listed_statuses() {
+    let failing = Upstream::start("failing", Handler::Status(503));
+    let good = Upstream::start("good", Handler::Echo);
+    let (_api, _dir, kedge) = setup(
+        &[failing.addr(), good.addr()],
+        json!({"nginx.ingress.kubernetes.io/proxy-next-upstream": "error timeout http_503",
+               "nginx.ingress.kubernetes.io/proxy-next-upstream-tries": "2"}),
+        1,
+    );
+    // A POST is never sent twice: the failing endpoint's 503 reaches the client. (First: five
+    // failures in a row would eject the endpoint.)
+    let mut statuses = Vec::new();
+    for _ in 0..4 {
+        let mut c = Client::connect(kedge.addr());
+        c.send(b"POST / HTTP/1.1\r\nHost: web.example.com\r\nContent-Length: 2\r\n\r\nhi");
+        statuses.push(c.read_response().status);
+    }
+    assert!(statuses.contains(&503) && statuses.contains(&200), "{statuses:?}");
+    // GETs are retried on the other endpoint.
+    let before = failing.request_count();
+    for _ in 0..4 {
+        assert_eq!(get(&kedge, "").2, 200);
+    }
+    assert!(
+        failing.request_count() > before,
+        "round-robin reached the failing endpoint"
+    );
+}

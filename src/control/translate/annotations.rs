@@ -315,8 +315,24 @@ pub fn read(m: &ObjectMeta, owner: &str, w: &mut Warnings) -> IngressPolicy {
             }
         }
     }
-    if get("proxy-next-upstream") == Some("off") {
-        p.base.tries = Some(1);
+    if let Some(v) = get("proxy-next-upstream") {
+        for token in v.split_whitespace() {
+            match token {
+                "off" => p.base.tries = Some(1),
+                // What kedge always does (connect errors; resets and timeouts before a response
+                // for idempotent requests), and nginx's non_idempotent, which kedge never does.
+                "error" | "timeout" | "invalid_header" => {}
+                t if t.starts_with("http_") => match t[5..].parse::<u16>() {
+                    Ok(code @ (500 | 502 | 503 | 504 | 403 | 404 | 429)) => p.base.retry_on.push(code),
+                    _ => bad("proxy-next-upstream", t, "is not a status nginx retries on".into()),
+                },
+                t => bad(
+                    "proxy-next-upstream",
+                    t,
+                    "is not supported (error, timeout, http_5xx, off are)".into(),
+                ),
+            }
+        }
     }
     if let Some(v) = get("proxy-next-upstream-tries") {
         match v.parse::<usize>() {
