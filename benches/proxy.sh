@@ -504,8 +504,8 @@ done
 # ----------------------------------------------------------------------------
 CPU_MODEL="$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ *//' || echo unknown)"
 V_NGINX="$("$NGINX_BIN" -v 2>&1 | sed 's/^nginx version: //')"
-V_HAPROXY="$("$HAPROXY_BIN" -v 2>&1 | head -n1 | awk '{print "haproxy " $3}')"
-V_WRK="$( (wrk -v 2>&1 || true) | head -n1 | awk '{print "wrk " $2}')"   # wrk -v exits 1
+V_HAPROXY="$("$HAPROXY_BIN" -v 2>&1 | awk 'NR == 1 {print "haproxy " $3}')"
+V_WRK="$( (wrk -v 2>&1 || true) | awk 'NR == 1 {print "wrk " $2}')"   # wrk -v exits 1
 V_KEDGE=""
 if [[ " ${ACTIVE[*]} " == *" kedge "* ]]; then
     V_KEDGE="$("$KEDGE_BIN" --version 2>/dev/null | head -n1 || true)"; V_KEDGE="${V_KEDGE:-kedge (version unknown)}"

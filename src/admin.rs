@@ -30,8 +30,11 @@ use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Semaphore, watch};
 
+use arc_swap::ArcSwap;
+
 use crate::config::ClusterConfig;
 use crate::control::State;
+use crate::worker::Snapshot;
 
 /// The largest request head read.
 const MAX_HEAD: usize = 8 * 1024;
@@ -76,6 +79,8 @@ struct Status {
     /// Every configured cluster, in the file's order, and its state; `None` for one whose
     /// client could not be made (it is not served at all).
     clusters: Vec<(String, Option<State>)>,
+    /// The warnings of the last build (bad objects, certificates...), sorted.
+    warnings: Arc<Vec<String>>,
 }
 
 /// The control thread's handle on the admin server: where it reports the cluster states.
@@ -89,13 +94,18 @@ impl Admin {
     /// Starts serving `listener` (`None`: the admin server is off) on the current tokio runtime,
     /// reporting on the `clusters` of the configuration kedge started with (cluster changes
     /// need a restart). Until [`Admin::published`], it is not ready.
-    pub fn start(listener: Option<std::net::TcpListener>, clusters: &[ClusterConfig]) -> Admin {
+    pub fn start(
+        listener: Option<std::net::TcpListener>,
+        clusters: &[ClusterConfig],
+        snapshot: Arc<ArcSwap<Snapshot>>,
+    ) -> Admin {
         let (status, rx) = watch::channel(Status {
             published: false,
             clusters: clusters
                 .iter()
                 .map(|c| (c.name.clone(), Some(State::NotSynced)))
                 .collect(),
+            warnings: Arc::default(),
         });
         if let Some(listener) = listener {
             match TcpListener::from_std(listener) {
@@ -104,7 +114,7 @@ impl Admin {
                         Ok(addr) => tracing::info!("admin listening on {addr}"),
                         Err(e) => tracing::info!("admin listening (address unknown: {e})"),
                     }
-                    tokio::spawn(serve(l, rx));
+                    tokio::spawn(serve(l, rx, snapshot));
                 }
                 Err(e) => tracing::error!("cannot serve the admin address: {e}; running without it"),
             }
@@ -121,6 +131,7 @@ impl Admin {
         let states: Vec<(&str, State)> = clusters.into_iter().collect();
         let next = Status {
             published: true,
+            warnings: Arc::clone(&self.status.borrow().warnings),
             clusters: self
                 .names
                 .iter()
@@ -138,8 +149,21 @@ impl Admin {
     }
 }
 
+impl Admin {
+    /// The warnings of the build just published.
+    pub fn warnings(&self, warnings: Vec<String>) {
+        self.status.send_if_modified(|s| {
+            let changed = *s.warnings != warnings;
+            if changed {
+                s.warnings = Arc::new(warnings);
+            }
+            changed
+        });
+    }
+}
+
 /// Accepts admin connections for as long as the control runtime runs.
-async fn serve(listener: TcpListener, status: watch::Receiver<Status>) {
+async fn serve(listener: TcpListener, status: watch::Receiver<Status>, snapshot: Arc<ArcSwap<Snapshot>>) {
     let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     let mut failing = false;
     loop {
@@ -151,8 +175,9 @@ async fn serve(listener: TcpListener, status: watch::Receiver<Status>) {
                     continue;
                 };
                 let status = status.clone();
+                let snapshot = Arc::clone(&snapshot);
                 tokio::spawn(async move {
-                    connection(stream, &status).await;
+                    connection(stream, &status, &snapshot).await;
                     drop(slot);
                 });
             }
@@ -169,9 +194,12 @@ async fn serve(listener: TcpListener, status: watch::Receiver<Status>) {
 }
 
 /// One admin connection: a request head, an answer, the close.
-async fn connection(mut stream: TcpStream, status: &watch::Receiver<Status>) {
+async fn connection(mut stream: TcpStream, status: &watch::Receiver<Status>, snapshot: &ArcSwap<Snapshot>) {
     let answer = match tokio::time::timeout(HEAD_TIMEOUT, read_head(&mut stream)).await {
-        Ok(Ok(Head::Request { method, path })) => respond(&method, &path, &status.borrow()),
+        Ok(Ok(Head::Request { method, path })) => {
+            let status = status.borrow().clone();
+            respond(&method, &path, &status, snapshot)
+        }
         Ok(Ok(Head::TooLarge)) => Answer::text(431, "Request Header Fields Too Large", "request head too large"),
         Ok(Ok(Head::Bad)) => Answer::text(400, "Bad Request", "malformed request"),
         // Closed or failed before a whole head: nobody to answer.
@@ -239,11 +267,17 @@ async fn drain(stream: &mut TcpStream) {
 }
 
 /// The answer to `method` on `path` (its query, if any, is ignored).
-fn respond(method: &str, path: &str, status: &Status) -> Answer {
+fn respond(method: &str, path: &str, status: &Status, snapshot: &ArcSwap<Snapshot>) -> Answer {
     let path = path.split_once('?').map_or(path, |(p, _)| p);
     let mut answer = match path {
         "/healthz" => Answer::text(200, "OK", "ok"),
         "/readyz" => readiness(status),
+        "/backends" => {
+            let mut a = Answer::text(200, "OK", "");
+            a.body = backends_json(&snapshot.load(), &status.warnings);
+            a.content_type = "application/json";
+            a
+        }
         "/metrics" => {
             let mut a = Answer::text(200, "OK", "");
             a.body.clear();
@@ -254,7 +288,7 @@ fn respond(method: &str, path: &str, status: &Status) -> Answer {
             return Answer::text(
                 404,
                 "Not Found",
-                "not found: the admin paths are /healthz, /readyz and /metrics",
+                "not found: the admin paths are /healthz, /readyz, /metrics and /backends",
             );
         }
     };
@@ -301,6 +335,7 @@ fn readiness(s: &Status) -> Answer {
 /// A canned answer: a short text body, then the close.
 struct Answer {
     status: u16,
+    content_type: &'static str,
     reason: &'static str,
     body: String,
     /// An answer to HEAD: the head alone.
@@ -314,6 +349,7 @@ impl Answer {
     fn text(status: u16, reason: &'static str, line: &str) -> Answer {
         Answer {
             status,
+            content_type: "text/plain; charset=utf-8",
             reason,
             body: format!("{line}\n"),
             head_only: false,
@@ -323,10 +359,11 @@ impl Answer {
 
     fn encode(&self) -> Vec<u8> {
         let mut head = format!(
-            "HTTP/1.1 {} {}\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: {}\r\n\
+            "HTTP/1.1 {} {}\r\nContent-Type: {}\r\nContent-Length: {}\r\n\
              Cache-Control: no-store\r\nConnection: close\r\n",
             self.status,
             self.reason,
+            self.content_type,
             self.body.len()
         );
         if self.allow {
@@ -339,4 +376,55 @@ impl Answer {
         }
         out
     }
+}
+
+/// `/backends`: every backend with its endpoints, upstream TLS and the rules that use it, and
+/// the current warnings (what `kedge backends` shows).
+fn backends_json(snap: &Snapshot, warnings: &[String]) -> String {
+    use serde_json::{Value, json};
+    let table = &snap.table;
+    let mut rules: Vec<Vec<Value>> = vec![Vec::new(); table.backends.len()];
+    for (host, path, kind, backend, policy, canary) in table.rules() {
+        let balance = match &policy.balance {
+            crate::policy::Balance::RoundRobin => "round_robin",
+            crate::policy::Balance::LeastRequest => "least_request",
+            crate::policy::Balance::Hash(_) => "hash",
+        };
+        let rule = json!({
+            "host": host,
+            "path": path,
+            "path_type": format!("{kind:?}"),
+            "balance": balance,
+            "affinity_cookie": policy.affinity.as_ref().map(|a| a.cookie.to_string()),
+            "canary": canary.and_then(|c| table.backends.get(c)).map(|b| b.name.to_string()),
+        });
+        if let Some(r) = rules.get_mut(backend) {
+            r.push(rule);
+        }
+    }
+    let backends: Vec<Value> = table
+        .backends
+        .iter()
+        .zip(rules)
+        .map(|(b, rules)| {
+            json!({
+                "name": b.name.to_string(),
+                "endpoints": b.endpoints.iter().map(ToString::to_string).collect::<Vec<_>>(),
+                "upstream_tls": b.tls.as_ref().map(|t| json!({
+                    "verify": match &t.settings.verify {
+                        crate::tls::Verify::Off => "off",
+                        crate::tls::Verify::System => "system",
+                        crate::tls::Verify::Ca(_) => "ca",
+                    },
+                    "name": t.settings.name,
+                    "sni": t.settings.sni,
+                })),
+                "rules": rules,
+            })
+        })
+        .collect();
+    let mut out = serde_json::to_string_pretty(&json!({"backends": backends, "warnings": warnings}))
+        .unwrap_or_else(|e| format!("{{\"error\": \"{e}\"}}"));
+    out.push('\n');
+    out
 }

@@ -192,7 +192,7 @@ fn control_thread(
     };
     rt.block_on(async move {
         // Serves from now on (not ready until the first table), on this runtime.
-        let admin = crate::admin::Admin::start(admin, &cfg.clusters);
+        let admin = crate::admin::Admin::start(admin, &cfg.clusters, Arc::clone(&shared.snapshot));
         let changed = Arc::new(Notify::new());
         let state_dir = (!cfg.clusters.is_empty())
             .then(|| persist::StateDir::open(&cfg.process.state_dir))
@@ -229,6 +229,7 @@ fn control_thread(
         loop {
             // Back to waiting after a build: the admin server reports the states it decided.
             admin.published(clusters.iter().map(|c| (c.config.name.as_str(), c.state())));
+            admin.warnings(logged.iter().cloned().collect());
             let settle_at = settle.unwrap_or_else(|| tokio::time::Instant::now() + Duration::from_secs(3600));
             tokio::select! {
                 cmd = commands.recv() => match cmd {

@@ -56,6 +56,9 @@ pub struct Canary {
     pub total: u32,
 }
 
+/// One rule as the admin view shows it: host, path, type, backend, policy, canary backend.
+pub type RuleView = (String, String, PathType, BackendId, Arc<Policy>, Option<BackendId>);
+
 /// What a request is routed to.
 pub struct Route<'t> {
     pub backend: &'t Backend,
@@ -203,6 +206,70 @@ impl RouteTable {
                 .as_deref()
                 .and_then(|c| Some((c, self.backends.get(c.backend)?))),
         })
+    }
+
+    /// Every rule, for the admin view: host (`*` for any), path, type, backend id, policy and
+    /// canary backend id. Not on the request path.
+    pub fn rules(&self) -> Vec<RuleView> {
+        let mut out = Vec::new();
+        let host_rules = |host: String, r: &HostRules, out: &mut Vec<RuleView>| {
+            for (p, t) in &r.exact {
+                out.push((
+                    host.clone(),
+                    p.to_string(),
+                    PathType::Exact,
+                    t.backend,
+                    Arc::clone(&t.policy),
+                    t.canary.as_ref().map(|c| c.backend),
+                ));
+            }
+            for (re, t) in &r.regex {
+                let pattern = re.as_str();
+                let path = pattern
+                    .strip_prefix("^(?:")
+                    .and_then(|p| p.strip_suffix(')'))
+                    .unwrap_or(pattern);
+                out.push((
+                    host.clone(),
+                    path.to_owned(),
+                    PathType::Regex,
+                    t.backend,
+                    Arc::clone(&t.policy),
+                    t.canary.as_ref().map(|c| c.backend),
+                ));
+            }
+            for (p, t) in &r.prefix {
+                out.push((
+                    host.clone(),
+                    p.to_string(),
+                    PathType::Prefix,
+                    t.backend,
+                    Arc::clone(&t.policy),
+                    t.canary.as_ref().map(|c| c.backend),
+                ));
+            }
+        };
+        for (h, r) in &self.rules.exact {
+            host_rules(h.to_string(), r, &mut out);
+        }
+        for (h, r) in &self.rules.wildcard {
+            host_rules(format!("*.{h}"), r, &mut out);
+        }
+        if let Some(r) = &self.rules.any {
+            host_rules("*".into(), r, &mut out);
+        }
+        if let Some(t) = &self.rules.default_backend {
+            out.push((
+                "(default)".into(),
+                "/".into(),
+                PathType::Prefix,
+                t.backend,
+                Arc::clone(&t.policy),
+                None,
+            ));
+        }
+        out.sort_by(|a, b| (&a.0, &a.1).cmp(&(&b.0, &b.1)));
+        out
     }
 
     /// Number of host entries (exact, wildcard, and the any-host one).

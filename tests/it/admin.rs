@@ -90,7 +90,7 @@ fn healthz_answers_and_the_rest_is_refused() {
     // Unknown paths, other methods.
     let (_, status, body, _) = ask(admin, "GET /stats HTTP/1.1\r\nHost: x\r\n\r\n", false);
     assert_eq!(status, 404, "{body}");
-    assert!(body.contains("/healthz, /readyz and /metrics"), "{body}");
+    assert!(body.contains("/healthz, /readyz, /metrics and /backends"), "{body}");
     // The counters, in the Prometheus text format.
     let (_, status, body, _) = ask(admin, "GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n", false);
     assert_eq!(status, 200, "{body}");

@@ -112,3 +112,78 @@ fn version_names_itself() {
         "{stdout}"
     );
 }
+
+#[test]
+fn backends_shows_endpoints_rules_and_warnings_of_the_running_kedge() {
+    use crate::support::objects::{ingress, ingress_class, service, slice};
+    use crate::support::tls::TestCa;
+    use crate::support::{FakeApi, Handler, Kedge, Upstream};
+    let up = Upstream::start("web", Handler::Echo);
+    let api = FakeApi::start();
+    api.apply("ingressclasses", ingress_class());
+    api.apply("services", service("web"));
+    api.apply("endpointslices", slice("web", up.addr().port(), &["127.0.0.1"]));
+    let mut ing = ingress("web", "kedge", "web.example.com", "/", "web");
+    ing["spec"]["tls"] = serde_json::json!([{"hosts": ["web.example.com"], "secretName": "web-tls"}]);
+    ing["metadata"]["annotations"] = serde_json::json!({"nginx.ingress.kubernetes.io/affinity": "cookie"});
+    api.apply("ingresses", ing);
+    // A certificate for another name: the host falls back to the default certificate.
+    api.apply(
+        "secrets",
+        TestCa::new().leaf(&["other.example.com"]).secret("default", "web-tls"),
+    );
+    let dir = TempDir::new("backends");
+    let kubeconfig = dir.path().join("kubeconfig");
+    api.write_kubeconfig(&kubeconfig);
+    let admin_port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let running = Kedge::setup(crate::support::Driver::IoUring).tls().start(&format!(
+        "[admin]\naddress = \"127.0.0.1:{admin_port}\"\n[[cluster]]\nname = \"test\"\nkubeconfig = \"{}\"\n",
+        kubeconfig.display()
+    ));
+    running.wait_log("does not name web.example.com", std::time::Duration::from_secs(5));
+    let config = running.config_path().to_str().unwrap().to_owned();
+    let out = kedge(&["backends", "--config", &config]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(text.contains("test/default/web:80\n"), "{text}");
+    assert!(
+        text.contains(&format!("  endpoints: 127.0.0.1:{}\n", up.addr().port())),
+        "{text}"
+    );
+    assert!(
+        text.contains("  rule: web.example.com/ (Prefix) [round_robin, affinity cookie INGRESSCOOKIE]"),
+        "{text}"
+    );
+    assert!(
+        text.contains("warnings:\n") && text.contains("the certificate does not name web.example.com"),
+        "{text}"
+    );
+    // JSON, and one backend.
+    let out = kedge(&[
+        "backends",
+        "--config",
+        &config,
+        "--json",
+        "--backend",
+        "test/default/web:80",
+    ]);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    assert_eq!(v["backends"].as_array().unwrap().len(), 1);
+    let out = kedge(&["backends", "--config", &config, "--backend", "nope"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no backend named \"nope\""));
+    // Nobody listening: a clear error.
+    let copy = dir.write("kedge.toml", &std::fs::read_to_string(&config).unwrap());
+    drop(running);
+    let out = kedge(&["backends", "--config", copy.to_str().unwrap()]);
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("cannot reach kedge's admin listener"),
+        "{:?}",
+        out
+    );
+}

@@ -82,6 +82,11 @@ impl Kedge {
         addr_after(&line, ADMIN_LISTENING).unwrap_or_else(|| panic!("no address in {line:?}"))
     }
 
+    /// The config file this instance runs with.
+    pub fn config_path(&self) -> &std::path::Path {
+        &self.config
+    }
+
     pub fn pid(&self) -> u32 {
         self.child.id()
     }
