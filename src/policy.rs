@@ -47,6 +47,8 @@ pub struct Policy {
     /// Which rule the limits count for: a hash of its owner, host and path, the same in every
     /// table build (so a rebuild does not reset a client's budget).
     pub limit_id: u64,
+    /// No new try once this long has passed since the first (`proxy-next-upstream-timeout`).
+    pub retry_timeout: Option<Duration>,
     /// Response statuses that send an idempotent request without a body to another endpoint
     /// (`proxy-next-upstream: http_502 ...`).
     pub retry_on: Vec<u16>,

@@ -43,12 +43,15 @@ struct Target {
 
 /// ingress-nginx canary: a second backend for a rule, chosen per request by header, cookie
 /// or weight (in that order).
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub struct Canary {
     pub backend: BackendId,
     /// `canary-by-header` (lower case) and `canary-by-header-value`: with a value, that value
     /// selects the canary; without, `always` / `never`.
     pub header: Option<(Box<str>, Option<Box<str>>)>,
+    /// `canary-by-header-pattern`: a header value matching it (whole) selects the canary (when
+    /// no `canary-by-header-value` is given).
+    pub pattern: Option<regex::Regex>,
     /// `canary-by-cookie`: `always` / `never`.
     pub cookie: Option<Box<str>>,
     /// `canary-weight` out of `canary-weight-total`.

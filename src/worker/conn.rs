@@ -431,6 +431,12 @@ impl<S: ClientStream> Conn<S> {
                     if tried.len() >= tries {
                         return Err(last);
                     }
+                    if tried.len() > 0
+                        && let Some(limit) = policy.retry_timeout
+                        && start.elapsed() >= limit
+                    {
+                        return Err(last);
+                    }
                     let input = PickInput {
                         seed: worker.random(),
                         ..pick
@@ -662,7 +668,13 @@ impl<S: ClientStream> Conn<S> {
                 Some(_) => {}
                 None if v == b"always" => return true,
                 None if v == b"never" => return false,
-                None => {}
+                None => {
+                    if let Some(re) = &c.pattern
+                        && std::str::from_utf8(v).is_ok_and(|v| re.is_match(v))
+                    {
+                        return true;
+                    }
+                }
             }
         }
         if let Some(name) = &c.cookie

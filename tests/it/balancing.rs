@@ -273,6 +273,7 @@ fn canary_ingresses_take_their_share_by_header_cookie_and_weight() {
     c["metadata"]["annotations"] = json!({
         "nginx.ingress.kubernetes.io/canary": "true",
         "nginx.ingress.kubernetes.io/canary-by-header": "X-Canary",
+        "nginx.ingress.kubernetes.io/canary-by-header-pattern": "yes.*",
         "nginx.ingress.kubernetes.io/canary-by-cookie": "canary",
         "nginx.ingress.kubernetes.io/canary-weight": "30",
     });
@@ -292,6 +293,12 @@ fn canary_ingresses_take_their_share_by_header_cookie_and_weight() {
         assert_eq!(get(&kedge, "Cookie: canary=always\r\n").0, "canary");
         assert_eq!(get(&kedge, "Cookie: canary=never\r\n").0, "main");
     }
+    // A value matching the pattern selects the canary; one that does not is ignored (weight).
+    assert_eq!(
+        get(&kedge, "X-Canary: yes-please\r\nCookie: canary=never\r\n").0,
+        "canary"
+    );
+    assert_eq!(get(&kedge, "X-Canary: no\r\nCookie: canary=never\r\n").0, "main");
     // The header decides before the cookie.
     assert_eq!(get(&kedge, "X-Canary: never\r\nCookie: canary=always\r\n").0, "main");
     let mut to_canary = 0;

@@ -52,6 +52,8 @@ const KNOWN: &[&str] = &[
     "canary",
     "canary-by-header",
     "canary-by-header-value",
+    "canary-by-header-pattern",
+    "proxy-next-upstream-timeout",
     "canary-by-cookie",
     "canary-weight",
     "canary-weight-total",
@@ -334,6 +336,16 @@ pub fn read(m: &ObjectMeta, owner: &str, w: &mut Warnings) -> IngressPolicy {
             }
         }
     }
+    if let Some(v) = get("proxy-next-upstream-timeout") {
+        match seconds(v) {
+            Some(d) => p.base.retry_timeout = Some(d),
+            None => bad(
+                "proxy-next-upstream-timeout",
+                v,
+                "is not a number of seconds (1 to 86400)".into(),
+            ),
+        }
+    }
     if let Some(v) = get("proxy-next-upstream-tries") {
         match v.parse::<usize>() {
             // 0 means unlimited in nginx: kedge's most.
@@ -397,6 +409,7 @@ pub fn canary(m: &ObjectMeta, owner: &str, w: &mut Warnings) -> Option<crate::ro
     let mut c = crate::routes::Canary {
         backend: 0,
         header: None,
+        pattern: None,
         cookie: None,
         weight: 0,
         total: 100,
@@ -412,6 +425,21 @@ pub fn canary(m: &ObjectMeta, owner: &str, w: &mut Warnings) -> Option<crate::ro
             ));
         } else {
             bad("canary-by-header", h, "is not a header name");
+        }
+        if let Some(p) = get("canary-by-header-pattern")
+            && get("canary-by-header-value").is_none()
+        {
+            match regex::RegexBuilder::new(&format!("^(?:{p})$"))
+                .size_limit(1 << 20)
+                .build()
+            {
+                Ok(re) => c.pattern = Some(re),
+                Err(_) => bad(
+                    "canary-by-header-pattern",
+                    p,
+                    "is not a regex kedge supports (RE2 syntax)",
+                ),
+            }
         }
     }
     if let Some(v) = get("canary-by-cookie") {

@@ -1004,3 +1004,123 @@ fn annotations_are_typed_and_bad_values_are_reported_one_by_one() {
     // The Ingress is still served.
     check_routes(&table, &[("p.example.com", "/", SHOP)]);
 }
+
+#[test]
+fn every_bad_annotation_is_one_warning_and_the_ingress_is_still_served() {
+    let n = "nginx.ingress.kubernetes.io/";
+    let cases: &[(&[(&str, &str)], &str)] = &[
+        (
+            &[("use-regex", "yes")],
+            "use-regex: \"yes\" is not \"true\" or \"false\"",
+        ),
+        (&[("rewrite-target", "/a b")], "rewrite-target: \"/a b\" is not a path"),
+        (
+            &[("app-root", "app")],
+            "app-root: \"app\" is not a path starting with /",
+        ),
+        (
+            &[("proxy-body-size", "huge")],
+            "proxy-body-size: \"huge\" is not a size",
+        ),
+        (
+            &[("proxy-read-timeout", "0")],
+            "proxy-read-timeout: \"0\" is not a number of seconds",
+        ),
+        (
+            &[("proxy-send-timeout", "x")],
+            "proxy-send-timeout: \"x\" is not a number of seconds",
+        ),
+        (
+            &[("allowlist-source-range", "10.0.0.0/40")],
+            "allowlist-source-range: \"10.0.0.0/40\" is not a list of CIDR ranges",
+        ),
+        (
+            &[("whitelist-source-range", ",")],
+            "whitelist-source-range: \",\" lists no address",
+        ),
+        (
+            &[("permanent-redirect", "not a url")],
+            "permanent-redirect: \"not a url\" is not a URL",
+        ),
+        (
+            &[
+                ("temporal-redirect", "https://example.com/"),
+                ("temporal-redirect-code", "301"),
+            ],
+            "temporal-redirect-code: \"301\" is not one of [302, 303, 307]",
+        ),
+        (&[("load-balance", "random")], "load-balance: \"random\" is not one of"),
+        (
+            &[("upstream-hash-by", "$nonsense")],
+            "upstream-hash-by: \"$nonsense\" $nonsense is not a variable kedge knows",
+        ),
+        (&[("affinity", "ip")], "affinity: \"ip\" is not \"cookie\""),
+        (
+            &[("affinity", "cookie"), ("session-cookie-name", "a b")],
+            "session-cookie-name: \"a b\" is not a cookie name",
+        ),
+        (
+            &[("affinity", "cookie"), ("session-cookie-max-age", "-1")],
+            "session-cookie-max-age: \"-1\" is not a number of seconds",
+        ),
+        (
+            &[("affinity", "cookie"), ("session-cookie-samesite", "Sometimes")],
+            "session-cookie-samesite: \"Sometimes\" is not one of None, Lax, Strict",
+        ),
+        (
+            &[("affinity", "cookie"), ("affinity-mode", "sticky")],
+            "affinity-mode: \"sticky\" is not",
+        ),
+        (
+            &[("proxy-next-upstream", "http_418")],
+            "proxy-next-upstream: \"http_418\" is not a status nginx retries on",
+        ),
+        (
+            &[("proxy-next-upstream-tries", "99")],
+            "proxy-next-upstream-tries: \"99\" is not a number from 0 to 16",
+        ),
+        (
+            &[("proxy-next-upstream-timeout", "soon")],
+            "proxy-next-upstream-timeout: \"soon\" is not a number of seconds",
+        ),
+        (
+            &[("limit-rps", "-3")],
+            "limit-rps: \"-3\" is not a positive whole number",
+        ),
+        (
+            &[("limit-connections", "0")],
+            "limit-connections: \"0\" is not a positive whole number",
+        ),
+        (
+            &[("limit-allowlist", "nope")],
+            "limit-allowlist: \"nope\" is not a list of CIDR ranges",
+        ),
+        (
+            &[("backend-protocol", "FCGI")],
+            "backend-protocol: \"FCGI\" is not supported",
+        ),
+        (&[("auth-type", "digest")], "auth-type: \"digest\" is not supported"),
+        (
+            &[("server-snippet", "return 200;")],
+            "server-snippet: nginx configuration snippets are never executed",
+        ),
+        (
+            &[("x-made-up", "1")],
+            "x-made-up is not supported by this version of kedge",
+        ),
+    ];
+    for (annotations, want) in cases {
+        let map: serde_json::Map<String, Value> =
+            annotations.iter().map(|(k, v)| (format!("{n}{k}"), json!(v))).collect();
+        let ing = annotated(
+            ours("web", "shop", T1, shop_rule("shop.example.com")),
+            Value::Object(map),
+        );
+        let (table, out) = shop_world(vec![ing]).run(&spec());
+        let msgs: Vec<&str> = out.warnings.iter().map(|w| w.message.as_str()).collect();
+        assert_eq!(msgs.len(), 1, "{annotations:?}: {msgs:#?}");
+        assert!(msgs[0].contains(want), "{annotations:?}: {msgs:#?}");
+        assert_eq!(out.warnings[0].object, "Ingress web/shop");
+        check_routes(&table, &[("shop.example.com", "/", SHOP)]);
+    }
+}
