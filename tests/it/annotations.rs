@@ -235,3 +235,66 @@ fn basic_auth_from_an_htpasswd_secret() {
             .any(|l| l.contains("fieldSelector=type%3DOpaque"))
     );
 }
+
+#[test]
+fn connect_timeout_retry_budget_and_auth_map() {
+    use base64::Engine as _;
+    let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s);
+    let (hole, _fillers, _listener) = crate::support::blackhole_addr();
+    let up = Upstream::start("app", Handler::Echo);
+    let api = FakeApi::start();
+    api.apply("ingressclasses", ingress_class());
+    api.apply("services", service("hole"));
+    api.apply("endpointslices", slice("hole", hole.port(), &["127.0.0.1"]));
+    api.apply("services", service("app"));
+    api.apply("endpointslices", slice("app", up.addr().port(), &["127.0.0.1"]));
+    api.apply(
+        "secrets",
+        json!({"apiVersion": "v1", "kind": "Secret", "type": "Opaque",
+               "metadata": {"name": "map", "namespace": "default"},
+               "data": {"carol": b64("{PLAIN}pw"), "dave": b64("not-a-hash")}}),
+    );
+    let n = "nginx.ingress.kubernetes.io/";
+    api.apply(
+        "ingresses",
+        annotated("hole", "/", "hole", json!({format!("{n}proxy-connect-timeout"): "1"})),
+    );
+    api.apply(
+        "ingresses",
+        annotated(
+            "mapped",
+            "/",
+            "app",
+            json!({format!("{n}auth-type"): "basic",
+            format!("{n}auth-secret"): "map", format!("{n}auth-secret-type"): "auth-map"}),
+        ),
+    );
+    let dir = TempDir::new("connect-timeout");
+    let kedge = Kedge::setup(crate::support::Driver::IoUring).follow(&api, &dir, "");
+    // proxy-connect-timeout: 1 s instead of the default 5 s, then 504 (one endpoint only).
+    let resp = Client::connect(kedge.addr()).get("hole.example.com", "/");
+    assert_eq!(resp.status, 504, "{resp:?}");
+    assert!(resp.text().contains("connect timed out"), "{}", resp.text());
+    // auth-map: a key per user; a key whose value is no hash is reported and left out.
+    let mut c = Client::connect(kedge.addr());
+    c.send(
+        format!(
+            "GET / HTTP/1.1\r\nHost: mapped.example.com\r\nAuthorization: Basic {}\r\n\r\n",
+            b64("carol:pw")
+        )
+        .as_bytes(),
+    );
+    assert_eq!(c.read_response().status, 200);
+    c.send(
+        format!(
+            "GET / HTTP/1.1\r\nHost: mapped.example.com\r\nAuthorization: Basic {}\r\n\r\n",
+            b64("dave:not-a-hash")
+        )
+        .as_bytes(),
+    );
+    assert_eq!(c.read_response().status, 401);
+    kedge.wait_log(
+        "Secret default/map: key \"dave\": not a supported hash",
+        Duration::from_secs(5),
+    );
+}
