@@ -72,7 +72,9 @@ pub fn run(cfg: Config) -> Result<(), String> {
     let shared = Arc::new(Shared {
         snapshot: Arc::new(ArcSwap::from_pointee(snap)),
         shutdown: tokio::sync::watch::channel(false).0,
+        hearts: (0..=cfg.process.workers).map(|_| Arc::default()).collect(),
     });
+    let notifier = crate::notify::Notifier::from_env();
 
     // Bind every listener for every worker before anything else, so a busy port fails the start.
     let p = cfg.process.clone();
@@ -101,7 +103,10 @@ pub fn run(cfg: Config) -> Result<(), String> {
         let shared = Arc::clone(&shared);
         std::thread::Builder::new()
             .name("kedge-control".into())
-            .spawn(move || control_thread(cfg, tls, shared, admin, cmd_rx, ready_tx))
+            .spawn({
+                let notifier = notifier.clone();
+                move || control_thread(cfg, tls, shared, admin, (cmd_rx, notifier), ready_tx)
+            })
             .map_err(|e| format!("cannot start the control thread: {e}"))?
     };
     if ready_rx.recv().is_err() {
@@ -152,16 +157,27 @@ pub fn run(cfg: Config) -> Result<(), String> {
         version = env!("CARGO_PKG_VERSION"),
         "kedge started"
     );
+    // Every source has synced (or timed out and serves its persisted state) and the workers
+    // accept: systemd may start what comes after kedge.
+    notifier.send(&format!("READY=1\nSTATUS=serving ({} workers, {driver})", p.workers));
+    if notifier.enabled()
+        && let Some(interval) = crate::notify::watchdog_interval()
+    {
+        crate::notify::watchdog(notifier.clone(), interval, shared.hearts.clone());
+    }
 
     for sig in signals.forever() {
         match sig {
             SIGHUP => {
+                // READY=1 follows from the control thread once the reload is done.
+                notifier.send(&crate::notify::reloading());
                 let _ = cmd_tx.send(Command::Reload);
             }
             _ => break,
         }
     }
 
+    notifier.send("STOPPING=1");
     tracing::info!(grace = ?p.shutdown_grace, "shutting down: no new connections, draining");
     let _ = cmd_tx.send(Command::Stop);
     let _ = shared.shutdown.send(true);
@@ -180,7 +196,7 @@ fn control_thread(
     mut tls: TlsState,
     shared: Arc<Shared>,
     admin: Option<std::net::TcpListener>,
-    mut commands: tokio::sync::mpsc::UnboundedReceiver<Command>,
+    (mut commands, notifier): (tokio::sync::mpsc::UnboundedReceiver<Command>, crate::notify::Notifier),
     ready: mpsc::Sender<()>,
 ) {
     let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
@@ -219,17 +235,20 @@ fn control_thread(
         let mut cfg = cfg;
         let mut logged = BTreeSet::new();
         publish(&cfg, &clusters, &mut tls, &shared, &mut logged, "start");
+        admin.warnings(logged.iter().cloned().collect());
         let _ = ready.send(());
         // After endpoint-only updates, a full rebuild once things are quiet refreshes warnings
         // and Ingress status (which endpoint updates do not touch).
         let mut settle: Option<tokio::time::Instant> = None;
+        let mut heartbeat = tokio::time::interval(crate::notify::BEAT);
+        heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let control_heart = Arc::clone(&shared.hearts[0]);
         let mut cert_check = tokio::time::interval(certs::FILE_CHECK);
         cert_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
 
         loop {
             // Back to waiting after a build: the admin server reports the states it decided.
             admin.published(clusters.iter().map(|c| (c.config.name.as_str(), c.state())));
-            admin.warnings(logged.iter().cloned().collect());
             let settle_at = settle.unwrap_or_else(|| tokio::time::Instant::now() + Duration::from_secs(3600));
             tokio::select! {
                 cmd = commands.recv() => match cmd {
@@ -237,10 +256,13 @@ fn control_thread(
                         if let Some(next) = reload(&cfg) {
                             cfg = next;
                             publish(&cfg, &clusters, &mut tls, &shared, &mut logged, "reload");
+                            admin.warnings(logged.iter().cloned().collect());
                             // Said only once the new table is live, so that whoever waits for
                             // this line can rely on it.
                             tracing::info!("configuration reloaded");
                         }
+                        // Done either way (a bad file keeps the old configuration serving).
+                        notifier.send("READY=1");
                     }
                     Some(Command::Stop) | None => break,
                 },
@@ -261,16 +283,20 @@ fn control_thread(
                         settle = Some(tokio::time::Instant::now() + SETTLE);
                     } else {
                         publish(&cfg, &clusters, &mut tls, &shared, &mut logged, "watch");
+                        admin.warnings(logged.iter().cloned().collect());
                         settle = None;
                     }
                 }
+                _ = heartbeat.tick() => control_heart.beat(),
                 _ = cert_check.tick(), if tls.listening => {
                     if tls.certs.stale(crate::tls::unix_now()) {
                         publish(&cfg, &clusters, &mut tls, &shared, &mut logged, "certificates");
+                        admin.warnings(logged.iter().cloned().collect());
                     }
                 }
                 () = tokio::time::sleep_until(settle_at), if settle.is_some() => {
                     publish(&cfg, &clusters, &mut tls, &shared, &mut logged, "settle");
+                    admin.warnings(logged.iter().cloned().collect());
                     settle = None;
                 }
             }

@@ -69,6 +69,8 @@ impl std::ops::Deref for Held {
 pub struct Shared {
     pub snapshot: Arc<ArcSwap<Snapshot>>,
     pub shutdown: tokio::sync::watch::Sender<bool>,
+    /// Liveness for the systemd watchdog: `[0]` the control thread, `[1 + i]` worker `i`.
+    pub hearts: Vec<Arc<crate::notify::Heartbeat>>,
 }
 
 /// What a worker reports once its runtime is up (or why it is not).
@@ -316,6 +318,15 @@ async fn worker_main(
         }
     }
     monoio::spawn(sweep_loop(Rc::clone(&worker)));
+    if let Some(heart) = worker.shared.hearts.get(index + 1).cloned() {
+        // A worker whose loop is stuck stops beating (and systemd's watchdog notices).
+        monoio::spawn(async move {
+            loop {
+                heart.beat();
+                monoio::time::sleep(crate::notify::BEAT).await;
+            }
+        });
+    }
 
     // Run until shutdown is signalled, then drain: accept loops stop by themselves; in-flight
     // requests finish and connections close once idle, up to the grace period.

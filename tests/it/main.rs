@@ -48,6 +48,8 @@ mod smuggling;
 /// Ingress status: publish addresses written on served Ingresses, cleared when no longer served,
 /// never on another class's, only when they differ, and not at all without publish addresses.
 mod status;
+/// systemd notifications: READY, RELOADING/READY, WATCHDOG, STOPPING.
+mod systemd;
 /// Client-side timeouts: request head and body (408), silent and idle connections.
 mod timeouts;
 /// TLS listeners: SNI, certificates from files and Secrets, rotation under load, resumption,

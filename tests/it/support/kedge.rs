@@ -32,6 +32,7 @@ pub struct Setup {
     workers: usize,
     proxy_extra: String,
     tls: bool,
+    env: Vec<(String, String)>,
 }
 
 /// Signals a test sends to kedge.
@@ -60,6 +61,7 @@ impl Kedge {
             workers: 1,
             proxy_extra: String::new(),
             tls: false,
+            env: Vec::new(),
         }
     }
 
@@ -180,6 +182,12 @@ impl Setup {
         self
     }
 
+    /// Sets an environment variable for the kedge process.
+    pub fn env(mut self, key: &str, value: &str) -> Setup {
+        self.env.push((key.to_owned(), value.to_owned()));
+        self
+    }
+
     /// Adds a TLS listener (on a port of the kernel's choice) next to the plain one.
     pub fn tls(mut self) -> Setup {
         self.tls = true;
@@ -226,6 +234,9 @@ impl Setup {
             .arg(&config)
             .env_remove("RUST_LOG")
             .env_remove("JOURNAL_STREAM")
+            .env_remove("NOTIFY_SOCKET")
+            .env_remove("WATCHDOG_USEC")
+            .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())

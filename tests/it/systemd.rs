@@ -1,0 +1,85 @@
+//! systemd's notification protocol, on a test NOTIFY_SOCKET: READY=1 once serving,
+//! RELOADING=1 then READY=1 around a SIGHUP, WATCHDOG=1 pings, STOPPING=1 at SIGTERM.
+
+use std::os::unix::net::UnixDatagram;
+use std::time::{Duration, Instant};
+
+use crate::support::{Handler, Kedge, Signal, TempDir, Upstream, route_all};
+
+/// The next notification that is not a watchdog ping (those are counted into `pings`).
+fn next(sock: &UnixDatagram, pings: &mut usize) -> String {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut buf = [0u8; 4096];
+    loop {
+        assert!(Instant::now() < deadline, "no notification within 10 s");
+        let n = sock.recv(&mut buf).expect("a notification");
+        let msg = String::from_utf8_lossy(&buf[..n]).into_owned();
+        if msg == "WATCHDOG=1" {
+            *pings += 1;
+            continue;
+        }
+        return msg;
+    }
+}
+
+#[test]
+fn notifies_ready_reloading_watchdog_and_stopping_in_order() {
+    let dir = TempDir::new("notify");
+    let path = dir.path().join("notify.sock");
+    let sock = UnixDatagram::bind(&path).expect("bind the notify socket");
+    sock.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let up = Upstream::start("app", Handler::Echo);
+    let mut kedge = Kedge::setup(crate::support::Driver::IoUring)
+        .workers(2)
+        .env("NOTIFY_SOCKET", path.to_str().unwrap())
+        .env("WATCHDOG_USEC", "2000000")
+        .start(&route_all(&[up.addr()]));
+    let mut pings = 0;
+    let ready = next(&sock, &mut pings);
+    assert!(ready.starts_with("READY=1\nSTATUS=serving (2 workers"), "{ready:?}");
+    // Pings while every thread beats (every second here: half of 2 s).
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut buf = [0u8; 64];
+    while pings < 2 {
+        assert!(Instant::now() < deadline, "no watchdog pings");
+        let n = sock.recv(&mut buf).unwrap();
+        assert_eq!(&buf[..n], b"WATCHDOG=1");
+        pings += 1;
+    }
+    kedge.signal(Signal::Hup);
+    let reloading = next(&sock, &mut pings);
+    assert!(reloading.starts_with("RELOADING=1\nMONOTONIC_USEC="), "{reloading:?}");
+    assert_eq!(next(&sock, &mut pings), "READY=1");
+    kedge.wait_log("configuration reloaded", Duration::from_secs(5));
+    kedge.signal(Signal::Term);
+    assert_eq!(next(&sock, &mut pings), "STOPPING=1");
+    assert!(kedge.wait_exit(Duration::from_secs(10)).success());
+}
+
+#[test]
+fn the_unit_file_verifies() {
+    // systemd-analyze checks the unit against this systemd: keys, values, the ExecStart binary
+    // (pointed at the one under test), the system-call filter names.
+    let dir = TempDir::new("unit");
+    let unit = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/systemd/kedge.service")).unwrap();
+    let path = dir.write(
+        "kedge.service",
+        &unit.replace("/usr/bin/kedge", env!("CARGO_BIN_EXE_kedge")),
+    );
+    let out = std::process::Command::new("systemd-analyze")
+        .arg("verify")
+        .arg(&path)
+        .output()
+        .expect("run systemd-analyze (scripts/test.sh installs it: apt-get install systemd)");
+    let errors = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success() && errors.trim().is_empty(), "{errors}");
+    for key in [
+        "Type=notify",
+        "WatchdogSec=",
+        "ExecReload=",
+        "StateDirectoryMode=0700",
+        "io_uring_setup",
+    ] {
+        assert!(unit.contains(key), "{key}");
+    }
+}
