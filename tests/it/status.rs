@@ -170,3 +170,55 @@ both_drivers!(
         assert_eq!(said, 1, "said once");
     }
 );
+
+#[test]
+fn the_shipped_rbac_covers_every_request_kedge_makes() {
+    let api = FakeApi::start();
+    let _pods = web_cluster(&api);
+    let dir = TempDir::new("rbac");
+    let _kedge = kedge_for(Driver::IoUring, &api, &dir, PUBLISH);
+    wait_until(Duration::from_secs(10), "the status is written", || {
+        lb(&api, "web") == ours()
+    });
+    let rbac = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/config/rbac.yaml")).unwrap();
+    // "METHOD /api(s)/.../RESOURCE[/name[/sub]]?query" → (resource[/sub], verb).
+    let mut needed = std::collections::BTreeSet::new();
+    for line in api.request_log() {
+        let (method, rest) = line.split_once(' ').unwrap_or(("", &line));
+        let path = rest.split(['?', ' ']).next().unwrap_or("");
+        let parts: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+        // api/v1/[namespaces/NS/]RES[/NAME[/SUB]] or apis/GROUP/VERSION/[namespaces/NS/]RES[...]
+        let mut rest: &[&str] = if parts.first() == Some(&"api") {
+            &parts[2..]
+        } else {
+            &parts[3.min(parts.len())..]
+        };
+        if rest.first() == Some(&"namespaces") && rest.len() > 2 {
+            rest = &rest[2..];
+        }
+        let Some(resource) = rest.first() else { continue };
+        let resource = match rest.get(2) {
+            Some(sub) => format!("{resource}/{sub}"),
+            None => (*resource).to_owned(),
+        };
+        let verb = match (method, line.contains("watch=true")) {
+            ("GET", true) => "watch",
+            ("GET", false) => "list",
+            ("PATCH", _) => "patch",
+            ("PUT", _) => "update",
+            (m, _) => m,
+        };
+        needed.insert((resource, verb.to_owned()));
+    }
+    assert!(needed.iter().any(|(r, _)| r == "ingresses/status"), "{needed:?}");
+    for (resource, verb) in &needed {
+        // The rule naming the resource also grants the verb.
+        let granted = rbac
+            .split("- apiGroups:")
+            .any(|rule| rule.contains(&format!("\"{resource}\"")) && rule.contains(&format!("\"{verb}\"")));
+        assert!(
+            granted,
+            "config/rbac.yaml does not grant {verb} on {resource}: {needed:?}"
+        );
+    }
+}
