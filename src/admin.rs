@@ -98,6 +98,7 @@ impl Admin {
         listener: Option<std::net::TcpListener>,
         clusters: &[ClusterConfig],
         snapshot: Arc<ArcSwap<Snapshot>>,
+        metrics: crate::metrics::Metrics,
     ) -> Admin {
         let (status, rx) = watch::channel(Status {
             published: false,
@@ -114,7 +115,7 @@ impl Admin {
                         Ok(addr) => tracing::info!("admin listening on {addr}"),
                         Err(e) => tracing::info!("admin listening (address unknown: {e})"),
                     }
-                    tokio::spawn(serve(l, rx, snapshot));
+                    tokio::spawn(serve(l, rx, Arc::new((snapshot, metrics))));
                 }
                 Err(e) => tracing::error!("cannot serve the admin address: {e}; running without it"),
             }
@@ -141,6 +142,21 @@ impl Admin {
                 })
                 .collect(),
         };
+        crate::stats::clusters(
+            next.clusters
+                .iter()
+                .map(|(name, state)| {
+                    let (label, live) = match state {
+                        None => ("not_connected", false),
+                        Some(State::NotSynced) => ("not_synced", false),
+                        Some(State::Persisted(_)) => ("persisted", false),
+                        Some(State::Live) => ("live", true),
+                        Some(State::Disconnected) => ("disconnected", false),
+                    };
+                    (name.clone(), label, live)
+                })
+                .collect(),
+        );
         self.status.send_if_modified(|s| {
             let changed = *s != next;
             *s = next;
@@ -163,7 +179,10 @@ impl Admin {
 }
 
 /// Accepts admin connections for as long as the control runtime runs.
-async fn serve(listener: TcpListener, status: watch::Receiver<Status>, snapshot: Arc<ArcSwap<Snapshot>>) {
+/// What the admin answers from besides the status: the published snapshot and the metrics.
+type Views = (Arc<ArcSwap<Snapshot>>, crate::metrics::Metrics);
+
+async fn serve(listener: TcpListener, status: watch::Receiver<Status>, views: Arc<Views>) {
     let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     let mut failing = false;
     loop {
@@ -175,9 +194,9 @@ async fn serve(listener: TcpListener, status: watch::Receiver<Status>, snapshot:
                     continue;
                 };
                 let status = status.clone();
-                let snapshot = Arc::clone(&snapshot);
+                let views = Arc::clone(&views);
                 tokio::spawn(async move {
-                    connection(stream, &status, &snapshot).await;
+                    connection(stream, &status, &views).await;
                     drop(slot);
                 });
             }
@@ -194,11 +213,11 @@ async fn serve(listener: TcpListener, status: watch::Receiver<Status>, snapshot:
 }
 
 /// One admin connection: a request head, an answer, the close.
-async fn connection(mut stream: TcpStream, status: &watch::Receiver<Status>, snapshot: &ArcSwap<Snapshot>) {
+async fn connection(mut stream: TcpStream, status: &watch::Receiver<Status>, views: &Views) {
     let answer = match tokio::time::timeout(HEAD_TIMEOUT, read_head(&mut stream)).await {
         Ok(Ok(Head::Request { method, path })) => {
             let status = status.borrow().clone();
-            respond(&method, &path, &status, snapshot)
+            respond(&method, &path, &status, views)
         }
         Ok(Ok(Head::TooLarge)) => Answer::text(431, "Request Header Fields Too Large", "request head too large"),
         Ok(Ok(Head::Bad)) => Answer::text(400, "Bad Request", "malformed request"),
@@ -267,7 +286,7 @@ async fn drain(stream: &mut TcpStream) {
 }
 
 /// The answer to `method` on `path` (its query, if any, is ignored).
-fn respond(method: &str, path: &str, status: &Status, snapshot: &ArcSwap<Snapshot>) -> Answer {
+fn respond(method: &str, path: &str, status: &Status, (snapshot, metrics): &Views) -> Answer {
     let path = path.split_once('?').map_or(path, |(p, _)| p);
     let mut answer = match path {
         "/healthz" => Answer::text(200, "OK", "ok"),
@@ -281,7 +300,8 @@ fn respond(method: &str, path: &str, status: &Status, snapshot: &ArcSwap<Snapsho
         "/metrics" => {
             let mut a = Answer::text(200, "OK", "");
             a.body.clear();
-            crate::stats::render(&mut a.body);
+            crate::metrics::render(metrics, &mut a.body);
+            a.content_type = "application/openmetrics-text; version=1.0.0; charset=utf-8";
             a
         }
         _ => {

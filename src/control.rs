@@ -73,6 +73,7 @@ pub fn run(cfg: Config) -> Result<(), String> {
         snapshot: Arc::new(ArcSwap::from_pointee(snap)),
         shutdown: tokio::sync::watch::channel(false).0,
         hearts: (0..=cfg.process.workers).map(|_| Arc::default()).collect(),
+        metrics: Arc::new((0..cfg.process.workers).map(|_| Arc::default()).collect()),
     });
     let notifier = crate::notify::Notifier::from_env();
 
@@ -208,7 +209,10 @@ fn control_thread(
     };
     rt.block_on(async move {
         // Serves from now on (not ready until the first table), on this runtime.
-        let admin = crate::admin::Admin::start(admin, &cfg.clusters, Arc::clone(&shared.snapshot));
+        let metrics = crate::metrics::Metrics {
+            workers: Arc::clone(&shared.metrics),
+        };
+        let admin = crate::admin::Admin::start(admin, &cfg.clusters, Arc::clone(&shared.snapshot), metrics);
         let changed = Arc::new(Notify::new());
         let state_dir = (!cfg.clusters.is_empty())
             .then(|| persist::StateDir::open(&cfg.process.state_dir))
@@ -330,6 +334,7 @@ fn update_endpoints(clusters: &[Cluster], changes: Vec<Changes>, shared: &Shared
     let backends = table.backends.len();
     let endpoints: usize = table.backends.iter().map(|b| b.endpoints.len()).sum();
     let hosts = table.host_count();
+    crate::stats::table_published();
     shared.snapshot.store(Arc::new(Snapshot {
         table,
         client: current.client.clone(),
@@ -462,6 +467,7 @@ fn publish(
     let endpoints: usize = snap.table.backends.iter().map(|b| b.endpoints.len()).sum();
     let hosts = snap.table.host_count();
     shared.snapshot.store(Arc::new(snap));
+    crate::stats::table_published();
     let current: BTreeSet<String> = warnings.into_iter().collect();
     for w in current.difference(logged) {
         tracing::warn!("{w}");

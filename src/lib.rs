@@ -10,6 +10,7 @@ pub mod cli;
 pub mod config;
 pub mod control;
 pub mod http;
+pub mod metrics;
 pub mod notify;
 pub mod policy;
 pub mod routes;

@@ -1,25 +1,33 @@
-//! Process-wide counters of rare events (per connection at most, never per request) and a few
-//! gauges the control thread sets: relaxed atomics, read by the admin server (`GET /metrics`).
+//! Process-wide counters of rare events (per connection at most, never per request) and the
+//! control thread's gauges: relaxed atomics (and, for the cluster states, a list only the
+//! control thread writes), encoded into `/metrics` next to the per-worker request metrics.
 
+use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
+
+use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
+use prometheus_client::metrics::MetricType;
+use prometheus_client::metrics::counter::ConstCounter;
+use prometheus_client::metrics::gauge::ConstGauge;
 
 /// A counter (or gauge) with its Prometheus name, label and help text.
 pub struct Counter {
+    /// The name without `_total` (the encoder adds it to counters).
     pub name: &'static str,
-    pub label: &'static str,
+    /// `key=value`, or empty.
+    pub label: (&'static str, &'static str),
     pub help: &'static str,
-    /// `counter` or `gauge`.
-    pub kind: &'static str,
+    pub gauge: bool,
     value: AtomicU64,
 }
 
 impl Counter {
-    const fn new(name: &'static str, label: &'static str, help: &'static str) -> Counter {
+    const fn new(name: &'static str, label: (&'static str, &'static str), help: &'static str) -> Counter {
         Counter {
             name,
             label,
             help,
-            kind: "counter",
+            gauge: false,
             value: AtomicU64::new(0),
         }
     }
@@ -27,9 +35,9 @@ impl Counter {
     const fn gauge(name: &'static str, help: &'static str) -> Counter {
         Counter {
             name,
-            label: "",
+            label: ("", ""),
             help,
-            kind: "gauge",
+            gauge: true,
             value: AtomicU64::new(0),
         }
     }
@@ -47,28 +55,39 @@ impl Counter {
     }
 }
 
-const HANDSHAKES: &str = "kedge_tls_handshakes_total";
+const HANDSHAKES: &str = "kedge_tls_handshakes";
 const HANDSHAKES_HELP: &str = "TLS handshakes on client connections, by outcome.";
 
-pub static TLS_FULL: Counter = Counter::new(HANDSHAKES, "result=\"full\"", HANDSHAKES_HELP);
-pub static TLS_RESUMED: Counter = Counter::new(HANDSHAKES, "result=\"resumed\"", HANDSHAKES_HELP);
+pub static TLS_FULL: Counter = Counter::new(HANDSHAKES, ("result", "full"), HANDSHAKES_HELP);
+pub static TLS_RESUMED: Counter = Counter::new(HANDSHAKES, ("result", "resumed"), HANDSHAKES_HELP);
 /// The client closed or reset the connection mid-handshake.
-pub static TLS_CLOSED: Counter = Counter::new(HANDSHAKES, "result=\"client_closed\"", HANDSHAKES_HELP);
+pub static TLS_CLOSED: Counter = Counter::new(HANDSHAKES, ("result", "client_closed"), HANDSHAKES_HELP);
 /// Plain HTTP on a TLS port.
-pub static TLS_PLAIN_HTTP: Counter = Counter::new(HANDSHAKES, "result=\"plain_http\"", HANDSHAKES_HELP);
+pub static TLS_PLAIN_HTTP: Counter = Counter::new(HANDSHAKES, ("result", "plain_http"), HANDSHAKES_HELP);
 /// A protocol failure: malformed ClientHello, nothing in common, no certificate, an alert.
-pub static TLS_FAILED: Counter = Counter::new(HANDSHAKES, "result=\"failed\"", HANDSHAKES_HELP);
-pub static TLS_TIMEOUT: Counter = Counter::new(HANDSHAKES, "result=\"timeout\"", HANDSHAKES_HELP);
+pub static TLS_FAILED: Counter = Counter::new(HANDSHAKES, ("result", "failed"), HANDSHAKES_HELP);
+pub static TLS_TIMEOUT: Counter = Counter::new(HANDSHAKES, ("result", "timeout"), HANDSHAKES_HELP);
 
 /// Problems with the certificates of the last build (a host left on the default certificate,
-/// a file that does not parse): each is also a warning in the log.
+/// a file that does not parse): each is also a warning in the log and in `kedge backends`.
 pub static TLS_CERT_PROBLEMS: Counter = Counter::gauge(
     "kedge_tls_certificate_problems",
-    "Certificates that cannot be served as configured (see the warnings in the log).",
+    "Certificates that cannot be served as configured (see the warnings).",
+);
+
+/// Route tables published since start.
+pub static TABLE_VERSION: Counter = Counter::gauge(
+    "kedge_route_table_version",
+    "Route tables published since start (full builds and endpoint updates).",
+);
+/// When the current table was published (Unix seconds).
+pub static TABLE_CHANGED: Counter = Counter::gauge(
+    "kedge_route_table_last_change_timestamp_seconds",
+    "When the route table in use was published.",
 );
 
 /// Every counter, in exposition order (same-name counters together).
-pub static ALL: [&Counter; 7] = [
+pub static ALL: [&Counter; 9] = [
     &TLS_FULL,
     &TLS_RESUMED,
     &TLS_CLOSED,
@@ -76,21 +95,85 @@ pub static ALL: [&Counter; 7] = [
     &TLS_FAILED,
     &TLS_TIMEOUT,
     &TLS_CERT_PROBLEMS,
+    &TABLE_VERSION,
+    &TABLE_CHANGED,
 ];
 
-/// The counters in the Prometheus text format.
-pub fn render(out: &mut String) {
-    use std::fmt::Write as _;
-    let mut last = "";
-    for c in ALL {
-        if c.name != last {
-            let _ = writeln!(out, "# HELP {} {}\n# TYPE {} {}", c.name, c.help, c.name, c.kind);
-            last = c.name;
-        }
-        if c.label.is_empty() {
-            let _ = writeln!(out, "{} {}", c.name, c.get());
+/// A new route table is in use.
+pub fn table_published() {
+    TABLE_VERSION.inc();
+    TABLE_CHANGED.set(crate::tls::unix_now().max(0) as u64);
+}
+
+/// Each cluster's state and when it was last seen live (Unix seconds, 0: never).
+static CLUSTERS: Mutex<Vec<(String, &'static str, u64)>> = Mutex::new(Vec::new());
+
+/// The states the control thread decided after a build.
+pub fn clusters(states: Vec<(String, &'static str, bool)>) {
+    let mut list = CLUSTERS.lock().unwrap_or_else(|e| e.into_inner());
+    let now = crate::tls::unix_now().max(0) as u64;
+    let next = states
+        .into_iter()
+        .map(|(name, state, live)| {
+            let last = list.iter().find(|(n, ..)| *n == name).map_or(0, |(_, _, t)| *t);
+            (name, state, if live { now } else { last })
+        })
+        .collect();
+    *list = next;
+}
+
+/// The counters and gauges into `encoder`.
+pub fn encode(encoder: &mut DescriptorEncoder) -> Result<(), std::fmt::Error> {
+    let mut i = 0;
+    while i < ALL.len() {
+        let first = ALL[i];
+        let kind = if first.gauge {
+            MetricType::Gauge
         } else {
-            let _ = writeln!(out, "{}{{{}}} {}", c.name, c.label, c.get());
+            MetricType::Counter
+        };
+        let mut e = encoder.encode_descriptor(first.name, first.help, None, kind)?;
+        if first.label.0.is_empty() {
+            // One unlabelled sample.
+            if first.gauge {
+                ConstGauge::new(first.get() as i64).encode(e)?;
+            } else {
+                ConstCounter::new(first.get()).encode(e)?;
+            }
+            i += 1;
+            continue;
+        }
+        while i < ALL.len() && ALL[i].name == first.name {
+            let c = ALL[i];
+            let labels = [c.label];
+            if c.gauge {
+                ConstGauge::new(c.get() as i64).encode(e.encode_family(&labels)?)?;
+            } else {
+                ConstCounter::new(c.get()).encode(e.encode_family(&labels)?)?;
+            }
+            i += 1;
         }
     }
+    let clusters = CLUSTERS.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    {
+        let mut e = encoder.encode_descriptor(
+            "kedge_cluster_state",
+            "Each cluster's state (1 for the one it is in): live, disconnected, persisted, not_synced, not_connected.",
+            None,
+            MetricType::Gauge,
+        )?;
+        for (name, state, _) in &clusters {
+            ConstGauge::new(1i64).encode(e.encode_family(&[("cluster", name.as_str()), ("state", *state)])?)?;
+        }
+    }
+    let mut e = encoder.encode_descriptor(
+        "kedge_cluster_last_live_timestamp_seconds",
+        "When each cluster was last seen live (synced, watches running) at a build; 0: never.",
+        None,
+        MetricType::Gauge,
+    )?;
+    for (name, _, t) in &clusters {
+        ConstGauge::new(*t as i64).encode(e.encode_family(&[("cluster", name.as_str())])?)?;
+    }
+    Ok(())
 }

@@ -71,6 +71,8 @@ pub struct Shared {
     pub shutdown: tokio::sync::watch::Sender<bool>,
     /// Liveness for the systemd watchdog: `[0]` the control thread, `[1 + i]` worker `i`.
     pub hearts: Vec<Arc<crate::notify::Heartbeat>>,
+    /// Each worker's request metrics (written by that worker only; summed when scraped).
+    pub metrics: Arc<Vec<Arc<crate::metrics::WorkerMetrics>>>,
 }
 
 /// What a worker reports once its runtime is up (or why it is not).
@@ -173,6 +175,9 @@ struct Worker {
     /// Basic-auth credentials checked good (hashes of header value and user list): bcrypt is
     /// slow on purpose, so each is checked once per worker. Bounded; cleared when full.
     auth_ok: RefCell<std::collections::HashSet<u64>>,
+    /// This worker's metrics, and its handles on each backend's counters (by name).
+    metrics: Arc<crate::metrics::WorkerMetrics>,
+    backend_metrics: RefCell<FxHashMap<Box<str>, Arc<crate::metrics::BackendMetrics>>>,
     rng: Cell<u64>,
     active: Cell<usize>,
     /// Set once shutdown begins; a worker-local copy of the cross-thread signal so that the
@@ -254,6 +259,16 @@ impl Worker {
     }
 
     /// Next round-robin start index for backend `name` with `n` endpoints.
+    /// This worker's counters of backend `name` (registered the first time it is met).
+    fn backend_metrics(&self, name: &str) -> Arc<crate::metrics::BackendMetrics> {
+        if let Some(m) = self.backend_metrics.borrow().get(name) {
+            return Arc::clone(m);
+        }
+        let m = self.metrics.register(name);
+        self.backend_metrics.borrow_mut().insert(name.into(), Arc::clone(&m));
+        m
+    }
+
     /// A random number (xorshift64*, the request ids' generator; for draws, not secrets).
     fn random(&self) -> u64 {
         let mut x = self.rng.get();
@@ -294,6 +309,7 @@ async fn worker_main(
         ^ ((index as u64 + 1) << 56)
         | 1;
     let current = Rc::new(Held(shared.snapshot.load_full()));
+    let my_metrics = shared.metrics.get(index).cloned().unwrap_or_default();
     let worker = Rc::new(Worker {
         index,
         cache: RefCell::new(Cache::new(Arc::clone(&shared.snapshot))),
@@ -303,6 +319,8 @@ async fn worker_main(
         balancer: RefCell::new(balance::Balancer::new(index)),
         limits: RefCell::new(limits::Limiter::default()),
         auth_ok: RefCell::new(std::collections::HashSet::new()),
+        metrics: my_metrics,
+        backend_metrics: RefCell::new(FxHashMap::default()),
         rng: Cell::new(seed),
         active: Cell::new(0),
         stopping: Stopping::default(),
@@ -358,12 +376,14 @@ async fn accept_loop(worker: Rc<Worker>, listener: monoio::net::TcpListener, tls
                 let w = Rc::clone(&worker);
                 monoio::spawn(async move {
                     w.active.set(w.active.get() + 1);
+                    w.metrics.connections.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                     if tls {
                         serve_tls(&w, stream, peer, port).await;
                     } else {
                         conn::serve(&w, stream, peer, port).await;
                     }
                     w.active.set(w.active.get() - 1);
+                    w.metrics.connections.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
                 });
             }
             Err(e) => {

@@ -61,6 +61,8 @@ struct Record {
     bytes: u64,
     upstream: Option<SocketAddr>,
     upstream_time: Option<Duration>,
+    /// The counters of the backend the request went to (`None`: no route).
+    metrics: Option<Arc<crate::metrics::BackendMetrics>>,
 }
 
 /// A client connection: plain TCP or TLS. The connection loop is generic over it.
@@ -164,7 +166,7 @@ impl<S: ClientStream> Conn<S> {
                         status,
                         ..Record::default()
                     };
-                    log_access(conn, &snap, &rec, start);
+                    log_access(worker, conn, &snap, &rec, start);
                     return None;
                 }
                 Err(Fail::Abort) => return None,
@@ -175,7 +177,7 @@ impl<S: ClientStream> Conn<S> {
                 Ok(Next::KeepAlive) => true,
                 Ok(Next::Close) => false,
                 Ok(Next::Tunnel(upstream)) => {
-                    log_access(conn, &snap, &rec, start);
+                    log_access(worker, conn, &snap, &rec, start);
                     return Some(upstream);
                 }
                 Err(Fail::Answer(status, why)) => {
@@ -199,7 +201,7 @@ impl<S: ClientStream> Conn<S> {
                     false
                 }
             };
-            log_access(conn, &snap, &rec, start);
+            log_access(worker, conn, &snap, &rec, start);
             if !keep {
                 return None;
             }
@@ -302,6 +304,7 @@ impl<S: ClientStream> Conn<S> {
             Some((c, canary_backend)) if self.canary_selected(c, worker) => canary_backend,
             _ => route.backend,
         };
+        rec.metrics = Some(worker.backend_metrics(&backend.name));
         if !policy.allows(self.peer.ip()) {
             return Err(Fail::Answer(403, "client address not allowed"));
         }
@@ -443,6 +446,11 @@ impl<S: ClientStream> Conn<S> {
                     };
                     let picked = worker.balancer.borrow_mut().pick(backend, policy, input, &tried, start);
                     let Some(a) = picked else { return Err(last) };
+                    if tried.len() > 0
+                        && let Some(m) = &rec.metrics
+                    {
+                        m.retries.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    }
                     tried.push(a);
                     a
                 }
@@ -455,6 +463,9 @@ impl<S: ClientStream> Conn<S> {
                         .balancer
                         .borrow_mut()
                         .report(addr, false, backend, &snap.upstream, Instant::now());
+                    if let Some(m) = &rec.metrics {
+                        m.connect_errors.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    }
                     last = f;
                     continue;
                 }
@@ -1193,7 +1204,13 @@ fn is_idempotent(method: &[u8]) -> bool {
 }
 
 /// One access-log line per request (target `kedge::access`).
-fn log_access<S>(conn: &Conn<S>, snap: &Snapshot, rec: &Record, start: Instant) {
+fn log_access<S>(worker: &Worker, conn: &Conn<S>, snap: &Snapshot, rec: &Record, start: Instant) {
+    // The metrics count every request, logged or not.
+    let took = start.elapsed();
+    match &rec.metrics {
+        Some(m) => m.request(rec.status, took),
+        None => worker.backend_metrics("(no route)").request(rec.status, took),
+    }
     if !snap.access_log {
         return;
     }
@@ -1209,7 +1226,7 @@ fn log_access<S>(conn: &Conn<S>, snap: &Snapshot, rec: &Record, start: Instant) 
         bytes = rec.bytes,
         upstream = %rec.upstream.map_or_else(|| "-".to_owned(), |a| a.to_string()),
         upstream_ms = %Millis(rec.upstream_time),
-        total_ms = %Millis(Some(start.elapsed())),
+        total_ms = %Millis(Some(took)),
         request_id = field(&rec.request_id),
     );
 }

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::json;
 
-use crate::support::{Client, Driver, FakeApi, Kedge, TempDir, wait_until};
+use crate::support::{Client, Driver, FakeApi, Kedge, TempDir, Upstream, wait_until};
 
 /// Long enough for kube's backoff (0.8 s doubling, with jitter) to come round after an outage,
 /// on a loaded machine.
@@ -94,7 +94,8 @@ fn healthz_answers_and_the_rest_is_refused() {
     // The counters, in the Prometheus text format.
     let (_, status, body, _) = ask(admin, "GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n", false);
     assert_eq!(status, 200, "{body}");
-    assert!(body.contains("# TYPE kedge_tls_handshakes_total counter\n"), "{body}");
+    assert!(body.contains("# TYPE kedge_tls_handshakes counter\n"), "{body}");
+    assert!(body.ends_with("# EOF\n"), "{body}");
     assert!(
         body.contains("kedge_tls_handshakes_total{result=\"full\"} 0\n"),
         "{body}"
@@ -310,4 +311,79 @@ fn a_busy_admin_port_fails_the_start() {
         "{stderr}"
     );
     assert!(!stderr.contains("listening on"), "{stderr}");
+}
+
+/// Parses the Prometheus/OpenMetrics text format: `name{labels} value` samples by their full
+/// series text (`name{a="1",b="2"}`), checking every line is a comment or a sample.
+fn parse_metrics(text: &str) -> std::collections::BTreeMap<String, f64> {
+    let mut out = std::collections::BTreeMap::new();
+    for line in text.lines() {
+        if line.starts_with('#') || line.is_empty() {
+            assert!(
+                line.is_empty() || line.starts_with("# HELP ") || line.starts_with("# TYPE ") || line == "# EOF",
+                "{line}"
+            );
+            continue;
+        }
+        let (series, value) = line.rsplit_once(' ').unwrap_or_else(|| panic!("not a sample: {line}"));
+        let value: f64 = value.parse().unwrap_or_else(|_| panic!("not a number: {line}"));
+        assert!(
+            series
+                .bytes()
+                .take_while(|&b| b != b'{')
+                .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b':'),
+            "bad metric name: {line}"
+        );
+        out.insert(series.to_owned(), value);
+    }
+    out
+}
+
+#[test]
+fn metrics_count_known_traffic_by_backend_status_and_latency() {
+    let up = Upstream::start("app", crate::support::Handler::Echo);
+    let kedge = Kedge::setup(Driver::IoUring).workers(2).start(&format!(
+        "[[route]]\nname = \"app\"\nhost = \"app.example.com\"\nupstreams = [\"{}\"]\n\
+         [[route]]\nname = \"dead\"\nhost = \"dead.example.com\"\nupstreams = [\"{}\"]\n",
+        up.addr(),
+        crate::support::refused_addr()
+    ));
+    for _ in 0..7 {
+        assert_eq!(Client::connect(kedge.addr()).get("app.example.com", "/").status, 200);
+    }
+    for _ in 0..3 {
+        assert_eq!(
+            Client::connect(kedge.addr()).get("nowhere.example.com", "/").status,
+            404
+        );
+    }
+    assert_eq!(Client::connect(kedge.addr()).get("dead.example.com", "/").status, 502);
+    // One connection kept open.
+    let mut open = Client::connect(kedge.addr());
+    assert_eq!(open.get("app.example.com", "/").status, 200);
+
+    let mut c = Client::connect(kedge.admin_addr());
+    let resp = c.get("admin", "/metrics");
+    assert!(
+        resp.header("content-type")
+            .is_some_and(|t| t.starts_with("application/openmetrics-text"))
+    );
+    let m = parse_metrics(&resp.text());
+    let get = |s: &str| *m.get(s).unwrap_or_else(|| panic!("no {s} in {m:#?}"));
+    assert_eq!(get(r#"kedge_requests_total{backend="app",class="2xx"}"#), 8.0);
+    assert_eq!(get(r#"kedge_requests_total{backend="(no route)",class="4xx"}"#), 3.0);
+    assert_eq!(get(r#"kedge_requests_total{backend="dead",class="5xx"}"#), 1.0);
+    assert_eq!(get(r#"kedge_request_duration_seconds_count{backend="app"}"#), 8.0);
+    assert_eq!(
+        get(r#"kedge_request_duration_seconds_bucket{le="+Inf",backend="app"}"#),
+        8.0
+    );
+    assert!(get(r#"kedge_request_duration_seconds_sum{backend="app"}"#) > 0.0);
+    assert_eq!(get(r#"kedge_upstream_connect_errors_total{backend="dead"}"#), 1.0);
+    // Summed over both workers: the open connection is on one of them.
+    let open_conns = get(r#"kedge_connections{worker="0"}"#) + get(r#"kedge_connections{worker="1"}"#);
+    assert_eq!(open_conns, 1.0);
+    assert!(get("kedge_route_table_version") >= 1.0);
+    assert!(get("kedge_route_table_last_change_timestamp_seconds") > 1.7e9);
+    drop(open);
 }

@@ -176,6 +176,18 @@ fn backends_shows_endpoints_rules_and_warnings_of_the_running_kedge() {
     let out = kedge(&["backends", "--config", &config, "--backend", "nope"]);
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("no backend named \"nope\""));
+    // The cluster's state is on /metrics too.
+    let metrics = crate::support::Client::connect(running.admin_addr())
+        .get("admin", "/metrics")
+        .text();
+    assert!(
+        metrics.contains("\nkedge_cluster_state{cluster=\"test\",state=\"live\"} 1\n"),
+        "{metrics}"
+    );
+    assert!(
+        !metrics.contains("kedge_cluster_last_live_timestamp_seconds{cluster=\"test\"} 0\n"),
+        "{metrics}"
+    );
     // Nobody listening: a clear error.
     let copy = dir.write("kedge.toml", &std::fs::read_to_string(&config).unwrap());
     drop(running);
