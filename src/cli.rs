@@ -58,7 +58,11 @@ pub fn main() -> ExitCode {
             } else {
                 "epoll (io_uring unavailable)"
             };
-            println!("kedge {} (driver: {driver})", env!("CARGO_PKG_VERSION"));
+            println!(
+                "kedge {} (commit {}, driver: {driver})",
+                env!("CARGO_PKG_VERSION"),
+                env!("KEDGE_COMMIT")
+            );
             ExitCode::SUCCESS
         }
         Command::Backends { config, json, backend } => match backends(&config, json, backend.as_deref()) {

@@ -108,9 +108,19 @@ fn version_names_itself() {
     assert!(out.status.success());
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
-        stdout.starts_with(&format!("kedge {}", env!("CARGO_PKG_VERSION"))),
+        stdout.starts_with(&format!("kedge {} (commit ", env!("CARGO_PKG_VERSION"))),
         "{stdout}"
     );
+    // The commit it was built from (this checkout's, when it is a git checkout).
+    let head = std::process::Command::new("git")
+        .args(["rev-parse", "--short=12", "HEAD"])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned());
+    let want = head.unwrap_or_else(|| "unknown".into());
+    assert!(stdout.contains(&format!("(commit {want}, driver: ")), "{stdout}");
 }
 
 #[test]
