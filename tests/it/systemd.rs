@@ -83,3 +83,46 @@ fn the_unit_file_verifies() {
         assert!(unit.contains(key), "{key}");
     }
 }
+
+#[test]
+fn ready_waits_for_the_first_cluster_sync() {
+    use crate::support::FakeApi;
+    use crate::support::objects::{ingress, ingress_class, service, slice};
+    let dir = TempDir::new("notify-sync");
+    let path = dir.path().join("notify.sock");
+    let sock = UnixDatagram::bind(&path).expect("bind the notify socket");
+    sock.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let up = Upstream::start("web", Handler::Echo);
+    let api = FakeApi::start();
+    api.apply("ingressclasses", ingress_class());
+    api.apply("services", service("web"));
+    api.apply("endpointslices", slice("web", up.addr().port(), &["127.0.0.1"]));
+    api.apply("ingresses", ingress("web", "kedge", "web.example.com", "/", "web"));
+    // The API server is away for the first 2 s: kedge cannot sync (nor say READY) before.
+    api.pause();
+    let kedge = std::thread::scope(|scope| {
+        scope.spawn(|| {
+            std::thread::sleep(Duration::from_secs(2));
+            api.resume();
+        });
+        Kedge::setup(crate::support::Driver::IoUring)
+            .env("NOTIFY_SOCKET", path.to_str().unwrap())
+            .follow(&api, &dir, "sync_timeout = \"30s\"\n")
+    });
+    let mut pings = 0;
+    let ready = next(&sock, &mut pings);
+    assert!(ready.starts_with("READY=1\n"), "{ready:?}");
+    // READY is said after the workers start, which is after the first sync: that sync waited
+    // for the API server.
+    let synced = kedge.wait_log("cluster synced", Duration::from_secs(1));
+    let took: u64 = synced
+        .split("took_ms=")
+        .nth(1)
+        .and_then(|t| t.split(|c: char| !c.is_ascii_digit()).next())
+        .and_then(|t| t.parse().ok())
+        .unwrap_or_else(|| panic!("no took_ms in {synced:?}"));
+    assert!(took >= 300, "the sync did not wait for the API server: {synced}");
+    // And it serves at once.
+    let resp = crate::support::Client::connect(kedge.addr()).get("web.example.com", "/");
+    assert_eq!(resp.status, 200);
+}
