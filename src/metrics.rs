@@ -49,17 +49,17 @@ pub struct WorkerMetrics {
     pub connections: AtomicI64,
     /// Backends this worker has counted for, by name. Locked when a worker meets a backend for
     /// the first time and when scraped; never per request.
-    backends: Mutex<Vec<(Box<str>, Arc<BackendMetrics>)>>,
+    backends: Mutex<Vec<(Key, Arc<BackendMetrics>)>>,
 }
 
 impl WorkerMetrics {
-    /// Registers (once per worker) the counters of backend `name`.
-    pub fn register(&self, name: &str) -> Arc<BackendMetrics> {
+    /// Registers (once per worker) the counters of backend `name` for rule host `host`.
+    pub fn register(&self, name: &str, host: &str) -> Arc<BackendMetrics> {
         let m = Arc::new(BackendMetrics::default());
         self.backends
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .push((name.into(), Arc::clone(&m)));
+            .push(((name.into(), host.into()), Arc::clone(&m)));
         m
     }
 }
@@ -69,6 +69,9 @@ impl WorkerMetrics {
 pub struct Metrics {
     pub workers: Arc<Vec<Arc<WorkerMetrics>>>,
 }
+
+/// Backend name and rule host.
+type Key = (Box<str>, Box<str>);
 
 /// One backend's counters summed over workers.
 #[derive(Default)]
@@ -81,8 +84,8 @@ struct Total {
 }
 
 /// Backend totals over workers, by name (sorted).
-fn totals(workers: &[Arc<WorkerMetrics>]) -> Vec<(Box<str>, Total)> {
-    let mut map: std::collections::BTreeMap<Box<str>, Total> = std::collections::BTreeMap::new();
+fn totals(workers: &[Arc<WorkerMetrics>]) -> Vec<(Key, Total)> {
+    let mut map: std::collections::BTreeMap<Key, Total> = std::collections::BTreeMap::new();
     for w in workers {
         let backends = w.backends.lock().unwrap_or_else(|e| e.into_inner());
         for (name, m) in backends.iter() {
@@ -107,14 +110,14 @@ impl Collector for Metrics {
         {
             let mut e = encoder.encode_descriptor(
                 "kedge_requests",
-                "Requests answered, by backend and status class.",
+                "Requests answered, by backend, rule host and status class.",
                 None,
                 MetricType::Counter,
             )?;
-            for (name, t) in &totals {
+            for ((name, host), t) in &totals {
                 for (i, n) in t.classes.iter().enumerate() {
                     let class = format!("{}xx", i + 1);
-                    let labels = [("backend", &**name), ("class", class.as_str())];
+                    let labels = [("backend", &**name), ("host", &**host), ("class", class.as_str())];
                     ConstCounter::new(*n).encode(e.encode_family(&labels)?)?;
                 }
             }
@@ -122,11 +125,11 @@ impl Collector for Metrics {
         {
             let mut e = encoder.encode_descriptor(
                 "kedge_request_duration_seconds",
-                "Time from the request head to the last byte of the answer, by backend.",
+                "Time from the request head to the last byte of the answer, by backend and rule host.",
                 None,
                 MetricType::Histogram,
             )?;
-            for (name, t) in &totals {
+            for ((name, host), t) in &totals {
                 let count: u64 = t.buckets.iter().sum();
                 let bounds: Vec<(f64, u64)> = BUCKETS
                     .iter()
@@ -134,7 +137,7 @@ impl Collector for Metrics {
                     .chain([f64::MAX])
                     .zip(t.buckets.iter().copied())
                     .collect();
-                e.encode_family(&[("backend", &**name)])?
+                e.encode_family(&[("backend", &**name), ("host", &**host)])?
                     .encode_histogram::<Vec<(String, String)>>(t.sum_us as f64 / 1e6, count, &bounds, None)?;
             }
         }
@@ -151,9 +154,9 @@ impl Collector for Metrics {
             ),
         ] {
             let mut e = encoder.encode_descriptor(metric, help, None, MetricType::Counter)?;
-            for (name, t) in &totals {
+            for ((name, host), t) in &totals {
                 let v = if retries { t.retries } else { t.connect_errors };
-                ConstCounter::new(v).encode(e.encode_family(&[("backend", &**name)])?)?;
+                ConstCounter::new(v).encode(e.encode_family(&[("backend", &**name), ("host", &**host)])?)?;
             }
         }
         {

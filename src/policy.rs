@@ -52,6 +52,9 @@ pub struct Policy {
     /// Response statuses that send an idempotent request without a body to another endpoint
     /// (`proxy-next-upstream: http_502 ...`).
     pub retry_on: Vec<u16>,
+    /// The rule's host as the metrics label it (`*` for any host): from the table, never from
+    /// the request, so the label set stays bounded.
+    pub host: Box<str>,
     /// HTTP basic authentication (`auth-type: basic`).
     pub auth: Option<std::sync::Arc<crate::auth::BasicAuth>>,
 }

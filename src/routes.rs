@@ -553,6 +553,7 @@ pub fn add_static(builder: &mut TableBuilder, routes: &[StaticRoute], tls_hosts:
                 .ssl_redirect
                 .unwrap_or_else(|| r.host.as_ref().is_some_and(|h| tls_hosts.contains(h))),
             max_body: r.max_body,
+            host: r.host.as_deref().unwrap_or("*").into(),
             ..Policy::default()
         });
         // Validated when the file was loaded; `upstream_tls` only hands out what it made then.

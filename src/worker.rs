@@ -65,6 +65,9 @@ impl std::ops::Deref for Held {
     }
 }
 
+/// A backend's counters by rule host, in one worker.
+type ByHost = FxHashMap<Box<str>, Arc<crate::metrics::BackendMetrics>>;
+
 /// State shared by all workers: read-only on the hot path.
 pub struct Shared {
     pub snapshot: Arc<ArcSwap<Snapshot>>,
@@ -177,7 +180,8 @@ struct Worker {
     auth_ok: RefCell<std::collections::HashSet<u64>>,
     /// This worker's metrics, and its handles on each backend's counters (by name).
     metrics: Arc<crate::metrics::WorkerMetrics>,
-    backend_metrics: RefCell<FxHashMap<Box<str>, Arc<crate::metrics::BackendMetrics>>>,
+    /// By backend, then host.
+    backend_metrics: RefCell<FxHashMap<Box<str>, ByHost>>,
     rng: Cell<u64>,
     active: Cell<usize>,
     /// Set once shutdown begins; a worker-local copy of the cross-thread signal so that the
@@ -259,13 +263,18 @@ impl Worker {
     }
 
     /// Next round-robin start index for backend `name` with `n` endpoints.
-    /// This worker's counters of backend `name` (registered the first time it is met).
-    fn backend_metrics(&self, name: &str) -> Arc<crate::metrics::BackendMetrics> {
-        if let Some(m) = self.backend_metrics.borrow().get(name) {
+    /// This worker's counters of backend `name` for rule host `host` (registered the first
+    /// time the pair is met).
+    fn backend_metrics(&self, name: &str, host: &str) -> Arc<crate::metrics::BackendMetrics> {
+        if let Some(m) = self.backend_metrics.borrow().get(name).and_then(|h| h.get(host)) {
             return Arc::clone(m);
         }
-        let m = self.metrics.register(name);
-        self.backend_metrics.borrow_mut().insert(name.into(), Arc::clone(&m));
+        let m = self.metrics.register(name, host);
+        self.backend_metrics
+            .borrow_mut()
+            .entry(name.into())
+            .or_default()
+            .insert(host.into(), Arc::clone(&m));
         m
     }
 

@@ -473,6 +473,7 @@ fn add_ingress<'a>(
         let shared = std::sync::Arc::new(Policy {
             ssl_redirect,
             limit_id: id.0,
+            host: shown.into(),
             ..ann.base.clone()
         });
         for p in &http.paths {

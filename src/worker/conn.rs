@@ -304,7 +304,7 @@ impl<S: ClientStream> Conn<S> {
             Some((c, canary_backend)) if self.canary_selected(c, worker) => canary_backend,
             _ => route.backend,
         };
-        rec.metrics = Some(worker.backend_metrics(&backend.name));
+        rec.metrics = Some(worker.backend_metrics(&backend.name, &policy.host));
         if !policy.allows(self.peer.ip()) {
             return Err(Fail::Answer(403, "client address not allowed"));
         }
@@ -1209,7 +1209,7 @@ fn log_access<S>(worker: &Worker, conn: &Conn<S>, snap: &Snapshot, rec: &Record,
     let took = start.elapsed();
     match &rec.metrics {
         Some(m) => m.request(rec.status, took),
-        None => worker.backend_metrics("(no route)").request(rec.status, took),
+        None => worker.backend_metrics("(no route)", "-").request(rec.status, took),
     }
     if !snap.access_log {
         return;

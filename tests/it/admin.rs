@@ -370,16 +370,31 @@ fn metrics_count_known_traffic_by_backend_status_and_latency() {
     );
     let m = parse_metrics(&resp.text());
     let get = |s: &str| *m.get(s).unwrap_or_else(|| panic!("no {s} in {m:#?}"));
-    assert_eq!(get(r#"kedge_requests_total{backend="app",class="2xx"}"#), 8.0);
-    assert_eq!(get(r#"kedge_requests_total{backend="(no route)",class="4xx"}"#), 3.0);
-    assert_eq!(get(r#"kedge_requests_total{backend="dead",class="5xx"}"#), 1.0);
-    assert_eq!(get(r#"kedge_request_duration_seconds_count{backend="app"}"#), 8.0);
     assert_eq!(
-        get(r#"kedge_request_duration_seconds_bucket{le="+Inf",backend="app"}"#),
+        get(r#"kedge_requests_total{backend="app",host="app.example.com",class="2xx"}"#),
         8.0
     );
-    assert!(get(r#"kedge_request_duration_seconds_sum{backend="app"}"#) > 0.0);
-    assert_eq!(get(r#"kedge_upstream_connect_errors_total{backend="dead"}"#), 1.0);
+    assert_eq!(
+        get(r#"kedge_requests_total{backend="(no route)",host="-",class="4xx"}"#),
+        3.0
+    );
+    assert_eq!(
+        get(r#"kedge_requests_total{backend="dead",host="dead.example.com",class="5xx"}"#),
+        1.0
+    );
+    assert_eq!(
+        get(r#"kedge_request_duration_seconds_count{backend="app",host="app.example.com"}"#),
+        8.0
+    );
+    assert_eq!(
+        get(r#"kedge_request_duration_seconds_bucket{le="+Inf",backend="app",host="app.example.com"}"#),
+        8.0
+    );
+    assert!(get(r#"kedge_request_duration_seconds_sum{backend="app",host="app.example.com"}"#) > 0.0);
+    assert_eq!(
+        get(r#"kedge_upstream_connect_errors_total{backend="dead",host="dead.example.com"}"#),
+        1.0
+    );
     // Summed over both workers: the open connection is on one of them.
     let open_conns = get(r#"kedge_connections{worker="0"}"#) + get(r#"kedge_connections{worker="1"}"#);
     assert_eq!(open_conns, 1.0);
