@@ -345,6 +345,19 @@ async fn worker_main(
         }
     }
     monoio::spawn(sweep_loop(Rc::clone(&worker)));
+    // Fault injection for the watchdog test, in debug builds only: this worker's loop blocks
+    // (as a stuck worker's would) for a while, a few seconds after start.
+    #[cfg(debug_assertions)]
+    if std::env::var("KEDGE_TEST_STALL_WORKER")
+        .ok()
+        .and_then(|v| v.parse::<usize>().ok())
+        == Some(index)
+    {
+        monoio::spawn(async {
+            monoio::time::sleep(Duration::from_secs(3)).await;
+            std::thread::sleep(Duration::from_secs(6));
+        });
+    }
     if let Some(heart) = worker.shared.hearts.get(index + 1).cloned() {
         // A worker whose loop is stuck stops beating (and systemd's watchdog notices).
         monoio::spawn(async move {

@@ -126,3 +126,34 @@ fn ready_waits_for_the_first_cluster_sync() {
     let resp = crate::support::Client::connect(kedge.addr()).get("web.example.com", "/");
     assert_eq!(resp.status, 200);
 }
+
+#[test]
+fn a_stuck_worker_stops_the_watchdog_pings_until_it_recovers() {
+    let dir = TempDir::new("notify-stuck");
+    let path = dir.path().join("notify.sock");
+    let sock = UnixDatagram::bind(&path).expect("bind the notify socket");
+    sock.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let up = Upstream::start("app", Handler::Echo);
+    // Worker 1's loop blocks for 6 s, 3 s after start (a fault injected in debug builds).
+    let kedge = Kedge::setup(crate::support::Driver::IoUring)
+        .workers(2)
+        .env("NOTIFY_SOCKET", path.to_str().unwrap())
+        .env("WATCHDOG_USEC", "2000000")
+        .env("KEDGE_TEST_STALL_WORKER", "1")
+        .start(&route_all(&[up.addr()]));
+    let mut pings = 0;
+    assert!(next(&sock, &mut pings).starts_with("READY=1"));
+    // The watchdog says which thread stopped beating, and holds its pings meanwhile.
+    kedge.wait_log("a thread stopped beating", Duration::from_secs(15));
+    let line = kedge.wait_log("no watchdog ping", Duration::from_secs(1));
+    assert!(line.contains("stuck=[2]"), "worker 1 is heart 2: {line}");
+    // Drop the pings sent before the stall (none come during it)...
+    sock.set_read_timeout(Some(Duration::from_millis(200))).unwrap();
+    let mut buf = [0u8; 64];
+    while sock.recv(&mut buf).is_ok() {}
+    // ...then, once the worker runs again, so do the pings.
+    sock.set_read_timeout(Some(Duration::from_secs(15))).unwrap();
+    let mut buf = [0u8; 64];
+    let n = sock.recv(&mut buf).expect("pings again after the stall");
+    assert_eq!(&buf[..n], b"WATCHDOG=1");
+}
