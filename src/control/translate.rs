@@ -448,19 +448,8 @@ fn add_ingress<'a>(
     let tls_redirect = annotation(&ing.metadata, SSL_REDIRECT_ANNOTATION) != Some("false");
     let mut added = false;
     for rule in spec.rules.iter().flatten() {
-        let host = match rule.host.as_deref().filter(|h| !h.is_empty()) {
-            None => None,
-            Some(h) => match parse_host(h) {
-                Some(h) => Some(h),
-                None => {
-                    warn(
-                        w,
-                        &owner,
-                        format!("host {h:?} is not a DNS name or *.suffix wildcard; rule ignored"),
-                    );
-                    continue;
-                }
-            },
+        let Some(host) = rule_host(rule, &owner, w) else {
+            continue;
         };
         // A rule without `http` only names a host (for TLS); it routes nothing.
         let Some(http) = &rule.http else { continue };
@@ -477,19 +466,8 @@ fn add_ingress<'a>(
             ..ann.base.clone()
         });
         for p in &http.paths {
-            let (path, path_type) = match path_rule(p) {
-                Ok(r) => r,
-                Err(e) => {
-                    warn(w, &owner, format!("host {shown}: {e}; path ignored"));
-                    continue;
-                }
-            };
-            // use-regex (or rewrite-target): Prefix and ImplementationSpecific paths are
-            // regexes, Exact stays exact (as ingress-nginx's `location =`).
-            let path_type = if ann.regex && path_type == PathType::Prefix {
-                PathType::Regex
-            } else {
-                path_type
+            let Some((path, path_type)) = rule_path(p, shown, ann.regex, &owner, w) else {
+                continue;
             };
             let policy = match (&ann.rewrite_target, path_type) {
                 (Some(target), PathType::Regex) => match crate::routes::regex_path(path) {
@@ -599,34 +577,14 @@ fn add_canary<'a>(
         || annotation(&ing.metadata, "nginx.ingress.kubernetes.io/rewrite-target").is_some();
     let mut added = false;
     for rule in spec.rules.iter().flatten() {
-        let host = match rule.host.as_deref().filter(|h| !h.is_empty()) {
-            None => None,
-            Some(h) => match parse_host(h) {
-                Some(h) => Some(h),
-                None => {
-                    warn(
-                        w,
-                        &owner,
-                        format!("host {h:?} is not a DNS name or *.suffix wildcard; rule ignored"),
-                    );
-                    continue;
-                }
-            },
+        let Some(host) = rule_host(rule, &owner, w) else {
+            continue;
         };
         let Some(http) = &rule.http else { continue };
         let shown = host.as_deref().unwrap_or("*");
         for p in &http.paths {
-            let (path, path_type) = match path_rule(p) {
-                Ok(r) => r,
-                Err(e) => {
-                    warn(w, &owner, format!("host {shown}: {e}; path ignored"));
-                    continue;
-                }
-            };
-            let path_type = if regex && path_type == PathType::Prefix {
-                PathType::Regex
-            } else {
-                path_type
+            let Some((path, path_type)) = rule_path(p, shown, regex, &owner, w) else {
+                continue;
             };
             let Some(id) = r.backend(b, ns, &p.backend, &owner, w) else {
                 continue;
@@ -684,6 +642,49 @@ fn set_backend_tls(
                 c.winner
             ),
         );
+    }
+}
+
+/// A rule's host: `Some(None)` for any host, `Some(Some(host))` for a valid one, `None` (with a
+/// warning) for one that is neither: the rule is skipped.
+fn rule_host(
+    rule: &k8s_openapi::api::networking::v1::IngressRule,
+    owner: &str,
+    w: &mut Warnings,
+) -> Option<Option<String>> {
+    match rule.host.as_deref().filter(|h| !h.is_empty()) {
+        None => Some(None),
+        Some(h) => match parse_host(h) {
+            Some(h) => Some(Some(h)),
+            None => {
+                warn(
+                    w,
+                    owner,
+                    format!("host {h:?} is not a DNS name or *.suffix wildcard; rule ignored"),
+                );
+                None
+            }
+        },
+    }
+}
+
+/// A path's rule, or `None` (with a warning) when it cannot be routed. With `regex` (use-regex,
+/// rewrite-target), Prefix and ImplementationSpecific paths are regexes; Exact stays exact, as
+/// ingress-nginx's `location =`.
+fn rule_path<'p>(
+    p: &'p HTTPIngressPath,
+    shown: &str,
+    regex: bool,
+    owner: &str,
+    w: &mut Warnings,
+) -> Option<(&'p str, PathType)> {
+    match path_rule(p) {
+        Ok((path, PathType::Prefix)) if regex => Some((path, PathType::Regex)),
+        Ok(r) => Some(r),
+        Err(e) => {
+            warn(w, owner, format!("host {shown}: {e}; path ignored"));
+            None
+        }
     }
 }
 
