@@ -293,7 +293,7 @@ fn control_thread(
                 }
                 _ = heartbeat.tick() => control_heart.beat(),
                 _ = cert_check.tick(), if tls.listening => {
-                    if tls.certs.stale(crate::tls::unix_now()) {
+                    if tls.certs.stale(crate::time::unix_now()) {
                         publish(&cfg, &clusters, &mut tls, &shared, &mut logged, "certificates");
                         admin.warnings(logged.iter().cloned().collect());
                     }
@@ -399,7 +399,7 @@ fn snapshot(cfg: &Config, clusters: &[Cluster], tls: &mut TlsState) -> (Snapshot
             .iter()
             .flat_map(|(c, b)| b.iter().map(move |b| (*c, b)))
             .collect();
-        match tls.certs.build(&cfg.tls, &bindings, crate::tls::unix_now()) {
+        match tls.certs.build(&cfg.tls, &bindings, crate::time::unix_now()) {
             Ok(built) => {
                 crate::stats::TLS_CERT_PROBLEMS.set(built.warnings.len() as u64);
                 warnings.extend(built.warnings);

@@ -16,5 +16,6 @@ pub mod policy;
 pub mod routes;
 pub mod stats;
 pub mod telemetry;
+pub mod time;
 pub mod tls;
 pub mod worker;

@@ -242,7 +242,7 @@ pub fn http_date(t: i64) -> String {
         "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
     ];
     // "YYYY-MM-DDTHH:MM:SSZ"
-    let iso = crate::tls::format_time(t);
+    let iso = crate::time::format_time(t);
     let day = DAYS[t.div_euclid(86_400).rem_euclid(7) as usize];
     let month = iso[5..7].parse::<usize>().map_or("Jan", |m| MONTHS[(m + 11) % 12]);
     format!("{day}, {} {month} {} {} GMT", &iso[8..10], &iso[0..4], &iso[11..19])

@@ -102,7 +102,7 @@ pub static ALL: [&Counter; 9] = [
 /// A new route table is in use.
 pub fn table_published() {
     TABLE_VERSION.inc();
-    TABLE_CHANGED.set(crate::tls::unix_now().max(0) as u64);
+    TABLE_CHANGED.set(crate::time::unix_now().max(0) as u64);
 }
 
 /// Each cluster's state and when it was last seen live (Unix seconds, 0: never).
@@ -111,7 +111,7 @@ static CLUSTERS: Mutex<Vec<(String, &'static str, u64)>> = Mutex::new(Vec::new()
 /// The states the control thread decided after a build.
 pub fn clusters(states: Vec<(String, &'static str, bool)>) {
     let mut list = CLUSTERS.lock().unwrap_or_else(|e| e.into_inner());
-    let now = crate::tls::unix_now().max(0) as u64;
+    let now = crate::time::unix_now().max(0) as u64;
     let next = states
         .into_iter()
         .map(|(name, state, live)| {

@@ -64,12 +64,15 @@ impl Cert {
     /// (Unix seconds), or `None` when it can.
     pub fn unusable_for(&self, host: &str, now: i64) -> Option<String> {
         if now > self.not_after {
-            return Some(format!("the certificate expired at {}", format_time(self.not_after)));
+            return Some(format!(
+                "the certificate expired at {}",
+                crate::time::format_time(self.not_after)
+            ));
         }
         if now < self.not_before {
             return Some(format!(
                 "the certificate is not valid before {}",
-                format_time(self.not_before)
+                crate::time::format_time(self.not_before)
             ));
         }
         if !self.covers(host) {
@@ -515,46 +518,7 @@ fn der_time(tag: u8, s: &[u8]) -> Option<i64> {
     if !(1..=12).contains(&month) || !(1..=31).contains(&day) || hour > 23 || min > 59 || sec > 60 {
         return None;
     }
-    Some(days_from_civil(year, month, day) * 86_400 + hour * 3600 + min * 60 + sec)
-}
-
-/// Days since 1970-01-01 of a proleptic Gregorian date (Howard Hinnant's algorithm).
-fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
-    let y = if m <= 2 { y - 1 } else { y };
-    let era = y.div_euclid(400);
-    let yoe = y - era * 400;
-    let mp = (m + 9) % 12;
-    let doy = (153 * mp + 2) / 5 + d - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    era * 146_097 + doe - 719_468
-}
-
-/// `YYYY-MM-DDTHH:MM:SSZ` for Unix seconds.
-pub fn format_time(t: i64) -> String {
-    let days = t.div_euclid(86_400);
-    let secs = t.rem_euclid(86_400);
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    format!(
-        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
-        secs / 3600,
-        secs % 3600 / 60,
-        secs % 60
-    )
-}
-
-/// Seconds since the Unix epoch now.
-pub fn unix_now() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs() as i64)
+    Some(crate::time::days_from_civil(year, month, day) * 86_400 + hour * 3600 + min * 60 + sec)
 }
 
 #[cfg(test)]

@@ -120,7 +120,7 @@ impl Certs {
                 warnings.push(format!(
                     "tls.default_cert {}: the certificate expired at {}",
                     f.cert.display(),
-                    tls::format_time(cert.not_after)
+                    crate::time::format_time(cert.not_after)
                 ));
             } else {
                 expiry(&cert);

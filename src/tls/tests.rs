@@ -1,4 +1,5 @@
 use super::*;
+use crate::time::{days_from_civil, format_time};
 
 fn self_signed(names: &[&str], alg: &'static rcgen::SignatureAlgorithm, years: (i32, i32)) -> (String, String) {
     let key = rcgen::KeyPair::generate_for(alg).expect("key");

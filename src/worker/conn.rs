@@ -564,7 +564,7 @@ impl<S: ClientStream> Conn<S> {
         if let Some(a) = &policy.affinity {
             let key = crate::policy::endpoint_key(addr);
             if pick.sticky != Some(key) {
-                a.set_cookie_line(key, crate::tls::unix_now(), &mut extra);
+                a.set_cookie_line(key, crate::time::unix_now(), &mut extra);
             }
         }
         self.response_head(&resp, out_framing, head.version, keep_client, &extra);
