@@ -333,7 +333,9 @@ impl<S: ClientStream> Conn<S> {
         if let Some(auth) = &policy.auth
             && !self.authenticated(auth, worker)
         {
-            return self.challenge(head, &auth.realm, stopping, rec).await;
+            return self
+                .early(head, Early::Challenge(&auth.realm), snap, stopping, rec)
+                .await;
         }
         if policy.ssl_redirect
             && S::SCHEME == "http"
@@ -341,18 +343,18 @@ impl<S: ClientStream> Conn<S> {
             && !path_s.starts_with(ACME_CHALLENGE)
         {
             return self
-                .redirect(head, Redirect::Https(host, path, port), snap, stopping, rec)
+                .early(head, Early::Https(host, path, port), snap, stopping, rec)
                 .await;
         }
         if let Some(r) = &policy.redirect {
             return self
-                .redirect(head, Redirect::To(r.status, &r.location), snap, stopping, rec)
+                .early(head, Early::To(r.status, &r.location), snap, stopping, rec)
                 .await;
         }
         if let Some(root) = &policy.app_root
             && path_s == "/"
         {
-            return self.redirect(head, Redirect::To(302, root), snap, stopping, rec).await;
+            return self.early(head, Early::To(302, root), snap, stopping, rec).await;
         }
         // The path sent upstream, when the rule rewrites it (then with the client's query).
         let mut rewritten = std::mem::take(&mut self.rewritten);
@@ -635,35 +637,6 @@ impl<S: ClientStream> Conn<S> {
         ok
     }
 
-    /// A 401 asking for credentials.
-    async fn challenge(
-        &mut self,
-        head: &RequestHead,
-        realm: &str,
-        stopping: bool,
-        rec: &mut Record,
-    ) -> Result<Next, Fail> {
-        let keep = head.keep_alive && head.framing == Framing::None && !stopping;
-        self.out.clear();
-        http::write_canned(&mut self.out, 401, "authentication required", !keep);
-        // The challenge goes in before the blank line that ends the head.
-        if let Some(end) = self.out.windows(4).position(|w| w == b"\r\n\r\n") {
-            let line = format!(
-                "WWW-Authenticate: Basic realm=\"{}\"\r\n",
-                realm.replace(['"', '\\'], "")
-            );
-            self.out.splice(end + 2..end + 2, line.into_bytes());
-        }
-        rec.status = 401;
-        if !self.head_consumed {
-            self.cbuf.drain(..head.head_len);
-            self.head_consumed = true;
-        }
-        let out = std::mem::take(&mut self.out);
-        self.out = write_client(&mut self.client, out, CANNED_TIMEOUT).await?;
-        Ok(if keep { Next::KeepAlive } else { Next::Close })
-    }
-
     /// Whether this request goes to the rule's canary: by header, then cookie, then weight (as
     /// ingress-nginx).
     fn canary_selected(&self, c: &crate::routes::Canary, worker: &Worker) -> bool {
@@ -743,12 +716,12 @@ impl<S: ClientStream> Conn<S> {
         crate::policy::mix(h.0)
     }
 
-    /// Answers with a redirect instead of proxying (the request body, if any, is not read: the
-    /// connection closes after the answer).
-    async fn redirect(
+    /// Answers instead of proxying: a redirect or an auth challenge (the request body, if any,
+    /// is not read: the connection closes after the answer).
+    async fn early(
         &mut self,
         head: &RequestHead,
-        to: Redirect<'_>,
+        to: Early<'_>,
         snap: &Snapshot,
         stopping: bool,
         rec: &mut Record,
@@ -756,7 +729,7 @@ impl<S: ClientStream> Conn<S> {
         let keep = head.keep_alive && head.framing == Framing::None && !stopping;
         self.out.clear();
         match to {
-            Redirect::Https(host, path, port) => {
+            Early::Https(host, path, port) => {
                 let t = head.target.clone();
                 // The path and query: all of an origin-form target, the part after the
                 // authority of an absolute-form one.
@@ -774,9 +747,21 @@ impl<S: ClientStream> Conn<S> {
                 );
                 rec.status = 308;
             }
-            Redirect::To(status, location) => {
+            Early::To(status, location) => {
                 http::write_location(&mut self.out, status, &[location.as_bytes()], !keep);
                 rec.status = status;
+            }
+            Early::Challenge(realm) => {
+                http::write_canned(&mut self.out, 401, "authentication required", !keep);
+                // The challenge goes in before the blank line that ends the head.
+                if let Some(end) = self.out.windows(4).position(|w| w == b"\r\n\r\n") {
+                    let line = format!(
+                        "WWW-Authenticate: Basic realm=\"{}\"\r\n",
+                        realm.replace(['"', '\\'], "")
+                    );
+                    self.out.splice(end + 2..end + 2, line.into_bytes());
+                }
+                rec.status = 401;
             }
         }
         if !self.head_consumed {
@@ -1007,12 +992,14 @@ impl<S: ClientStream> Conn<S> {
     }
 }
 
-/// Where a redirect goes.
-enum Redirect<'a> {
+/// An answer kedge gives instead of proxying.
+enum Early<'a> {
     /// The same URL over HTTPS: host, path (as `target_host_path` found them), HTTPS port.
     Https(Range<usize>, Option<Range<usize>>, u16),
-    /// A fixed status and location.
+    /// A redirect with a fixed status and location.
     To(u16, &'a str),
+    /// 401 asking for basic-auth credentials in this realm.
+    Challenge(&'a str),
 }
 
 /// The upstream timeouts of one request (the rule's, else `[upstream]`'s).
@@ -1079,9 +1066,6 @@ async fn connect(
         }
     }
 }
-
-/// How long a short canned answer may take to write.
-const CANNED_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// A request counted against its client's `limit-connections` until dropped.
 struct InProgress<'w> {
