@@ -18,6 +18,24 @@ nginx_common_http() {   # prefix
 EOF2
 }
 
+# The location body of the nginx proxies: to the backend pool, keep-alive upstream, and the
+# forwarding headers an ingress sets (as kedge and the HAProxy config do).
+nginx_proxy_location() {
+    cat <<EOF2
+            proxy_pass http://backend;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            # What an ingress sends upstream (ingress-nginx's defaults); kedge always does it.
+            proxy_set_header Host \$host;
+            proxy_set_header X-Request-ID \$request_id;
+            proxy_set_header X-Real-IP \$remote_addr;
+            proxy_set_header X-Forwarded-For \$proxy_add_x_forwarded_for;
+            proxy_set_header X-Forwarded-Host \$host;
+            proxy_set_header X-Forwarded-Port \$server_port;
+            proxy_set_header X-Forwarded-Proto \$scheme;
+EOF2
+}
+
 # The backend both benches proxy to: a private nginx, 1 worker, pinned to BACKEND_CPUS, answering
 # every request with a 19-byte body. Sets BACKEND_PID.
 start_backend() {   # who (for the generated config's comment)

@@ -339,17 +339,7 @@ $(nginx_common_http "$TMP/nginx")
     server {
         listen 127.0.0.1:$PORT_NGINX backlog=4096;
         location / {
-            proxy_pass http://backend;
-            proxy_http_version 1.1;
-            proxy_set_header Connection "";
-            # What an ingress sends upstream (ingress-nginx's defaults); kedge always does it.
-            proxy_set_header Host \$host;
-            proxy_set_header X-Request-ID \$request_id;
-            proxy_set_header X-Real-IP \$remote_addr;
-            proxy_set_header X-Forwarded-For \$proxy_add_x_forwarded_for;
-            proxy_set_header X-Forwarded-Host \$host;
-            proxy_set_header X-Forwarded-Port \$server_port;
-            proxy_set_header X-Forwarded-Proto \$scheme;
+$(nginx_proxy_location)
         }
     }
 }

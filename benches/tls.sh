@@ -407,17 +407,7 @@ $(nginx_common_http "$d")
         ssl_certificate     $TMP/pki/$k/cert.pem;
         ssl_certificate_key $TMP/pki/$k/key.pem;
         location / {
-            proxy_pass http://backend;
-            proxy_http_version 1.1;
-            proxy_set_header Connection "";
-            # What an ingress sends upstream (ingress-nginx's defaults); kedge always does it.
-            proxy_set_header Host \$host;
-            proxy_set_header X-Request-ID \$request_id;
-            proxy_set_header X-Real-IP \$remote_addr;
-            proxy_set_header X-Forwarded-For \$proxy_add_x_forwarded_for;
-            proxy_set_header X-Forwarded-Host \$host;
-            proxy_set_header X-Forwarded-Port \$server_port;
-            proxy_set_header X-Forwarded-Proto \$scheme;
+$(nginx_proxy_location)
             # kedge adds this header to HTTPS responses by default.
             add_header Strict-Transport-Security "max-age=31536000; includeSubDomains" always;
         }
