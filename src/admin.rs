@@ -34,7 +34,7 @@ use arc_swap::ArcSwap;
 
 use crate::config::ClusterConfig;
 use crate::control::State;
-use crate::worker::Snapshot;
+use crate::shared::Snapshot;
 
 /// The largest request head read.
 const MAX_HEAD: usize = 8 * 1024;

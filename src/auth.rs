@@ -59,14 +59,14 @@ impl BasicAuth {
     pub fn seal(&mut self) {
         let mut entries: Vec<_> = self.users.iter().collect();
         entries.sort();
-        let mut h = crate::policy::Fnv::default();
+        let mut h = crate::hash::Fnv::default();
         for (u, p) in entries {
             h.write(u.as_bytes());
             h.write(b":");
             h.write(p.as_bytes());
             h.write(b"\n");
         }
-        self.id = crate::policy::mix(h.0);
+        self.id = crate::hash::mix(h.0);
     }
 
     pub fn is_empty(&self) -> bool {

@@ -74,7 +74,7 @@ pub fn main() -> ExitCode {
         },
         Command::Check { config } => match crate::config::load(&config) {
             Ok(c) => {
-                let (_, warnings) = crate::routes::build_static(&c.routes);
+                let (_, warnings) = crate::control::translate::static_routes::build(&c.routes);
                 for w in &warnings {
                     eprintln!("warning: {w}");
                 }
@@ -100,7 +100,7 @@ pub fn main() -> ExitCode {
                 }
             };
             crate::telemetry::init(&cfg.process.log);
-            match crate::control::run(cfg) {
+            match crate::process::run(cfg) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     tracing::error!("{e}");

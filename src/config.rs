@@ -11,6 +11,8 @@ use std::time::Duration;
 use serde::Deserialize;
 use toml::Spanned;
 
+use crate::routes::PathType;
+
 /// A configuration error that points at the place in the file: `file:line:column: key: message`.
 #[derive(Debug, thiserror::Error)]
 pub struct ConfigError {
@@ -51,7 +53,7 @@ pub struct ProcessConfig {
     pub workers: usize,
     pub driver: Driver,
     pub shutdown_grace: Duration,
-    pub listeners: Vec<ListenerConfig>,
+    pub listeners: Vec<ListenerSpec>,
     pub log: LogConfig,
     /// Where each cluster's last known good objects are persisted (`[proxy] state_dir`).
     pub state_dir: PathBuf,
@@ -59,10 +61,12 @@ pub struct ProcessConfig {
     pub admin: Option<SocketAddr>,
 }
 
-/// A `[[listener]]`.
+/// A `[[listener]]`: where to listen, and the stages a connection accepted there goes through
+/// before HTTP (`worker/accept.rs`: accept → TLS → protocol). A PROXY-protocol stage and the
+/// ALPN protocols offered are the settings that will join these.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct ListenerConfig {
-    pub addr: SocketAddr,
+pub struct ListenerSpec {
+    pub address: SocketAddr,
     /// Terminates TLS (HTTPS); certificates come from `[tls]` and the Ingresses' Secrets.
     pub tls: bool,
 }
@@ -140,17 +144,6 @@ pub struct UpstreamSettings {
     pub ejection_time: Duration,
     /// At most this share of a backend's endpoints is ejected at once (at least one).
     pub max_ejection_percent: u8,
-}
-
-/// How a static route's path matches.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum PathType {
-    Prefix,
-    Exact,
-    /// A regex anchored at the start of the path, case-insensitive (ingress-nginx's
-    /// `use-regex`).
-    Regex,
 }
 
 /// A `[[route]]` from the file.
@@ -398,11 +391,11 @@ impl Cx<'_> {
             let key = format!("listener[{i}].address");
             let addr = self.addr(&l.address, &key)?;
             // Port 0 (the kernel's choice) may be listed more than once.
-            if addr.port() != 0 && listeners.iter().any(|o: &ListenerConfig| o.addr == addr) {
+            if addr.port() != 0 && listeners.iter().any(|o: &ListenerSpec| o.address == addr) {
                 return Err(self.error(Some(l.address.span()), Some(&key), format!("{addr} is listed twice")));
             }
-            listeners.push(ListenerConfig {
-                addr,
+            listeners.push(ListenerSpec {
+                address: addr,
                 tls: l.tls.unwrap_or(false),
             });
         }
@@ -418,7 +411,7 @@ impl Cx<'_> {
         let admin = a.enabled.unwrap_or(true).then_some(admin_addr);
         if let Some(addr) = admin
             && addr.port() != 0
-            && listeners.iter().any(|l| l.addr == addr)
+            && listeners.iter().any(|l| l.address == addr)
         {
             return Err(self.error(
                 a.address.as_ref().map(Spanned::span),

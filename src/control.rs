@@ -1,6 +1,6 @@
-//! The control side of the process. The main thread binds listeners, starts the workers and
-//! handles signals; the control thread (tokio + `kube`) watches the configured clusters and is
-//! the only place where snapshots are built and published:
+//! The control thread (tokio + `kube`): it watches the configured clusters and is the only
+//! place where snapshots are built and published ([`crate::process`] starts it and forwards
+//! signals to it as [`Control`] calls):
 //!
 //! ```text
 //! static routes ─┐
@@ -23,15 +23,12 @@ use std::sync::Arc;
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use arc_swap::ArcSwap;
-use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
-use signal_hook::iterator::Signals;
 use tokio::sync::Notify;
 
 use self::cluster::{Changes, Cluster};
 use crate::config::{self, Config};
-use crate::routes::{self, TableBuilder};
-use crate::worker::{self, HttpsSettings, Shared, Snapshot};
+use crate::routes::TableBuilder;
+use crate::shared::{HttpsSettings, Shared, Snapshot};
 
 use self::certs::Certs;
 
@@ -49,145 +46,57 @@ enum Command {
     Stop,
 }
 
-/// Runs kedge until SIGTERM or SIGINT, then drains. Returns an error when it cannot start.
-pub fn run(cfg: Config) -> Result<(), String> {
-    let mut signals = Signals::new([SIGHUP, SIGTERM, SIGINT]).map_err(|e| format!("cannot handle signals: {e}"))?;
-    // kube's TLS and ours use rustls with ring; say so once for the whole process.
-    let _ = rustls::crypto::ring::default_provider().install_default();
+/// The running control thread, as the main thread holds it.
+pub(crate) struct Control {
+    commands: tokio::sync::mpsc::UnboundedSender<Command>,
+    thread: std::thread::JoinHandle<()>,
+}
 
-    // Until the control thread's first build: static routes, and no TLS yet (workers start
-    // after that build anyway).
-    let (table, warnings) = routes::build_static(&cfg.routes);
-    for w in &warnings {
-        tracing::warn!("{w}");
-    }
-    let snap = Snapshot {
-        table,
-        client: cfg.client.clone(),
-        upstream: cfg.upstream.clone(),
-        access_log: cfg.process.log.access_log,
-        tls: None,
-        https: HttpsSettings::default(),
-    };
-    let shared = Arc::new(Shared {
-        snapshot: Arc::new(ArcSwap::from_pointee(snap)),
-        shutdown: tokio::sync::watch::channel(false).0,
-        hearts: (0..=cfg.process.workers).map(|_| Arc::default()).collect(),
-        metrics: Arc::new((0..cfg.process.workers).map(|_| Arc::default()).collect()),
-    });
-    let notifier = crate::notify::Notifier::from_env();
-
-    // Bind every listener for every worker before anything else, so a busy port fails the start.
-    let p = cfg.process.clone();
-    let mut per_worker: Vec<Vec<(std::net::TcpListener, bool)>> = (0..p.workers).map(|_| Vec::new()).collect();
-    let mut bound = Vec::new();
-    for l in &p.listeners {
-        let sockets = worker::listener::bind(l.addr, p.workers).map_err(|e| e.to_string())?;
-        bound.push((sockets[0].local_addr().map_err(|e| e.to_string())?, l.tls));
-        for (w, s) in sockets.into_iter().enumerate() {
-            per_worker[w].push((s, l.tls));
-        }
-    }
-    // The admin listener after them: a busy proxy port is the one to name when both are.
-    let admin = p.admin.map(crate::admin::bind).transpose()?;
+/// Starts the control thread and returns once it has published its first full table (after
+/// every cluster's first sync, or its sync timeout). `tls_port`: the first TLS listener's port,
+/// `None` without TLS listeners.
+pub(crate) fn start(
+    cfg: Config,
+    tls_port: Option<u16>,
+    shared: Arc<Shared>,
+    admin: Option<std::net::TcpListener>,
+    notifier: crate::notify::Notifier,
+) -> Result<Control, String> {
     let tls = TlsState {
         certs: Certs::new()?,
-        listening: bound.iter().any(|&(_, tls)| tls),
-        port: bound.iter().find(|&&(_, tls)| tls).map(|(a, _)| a.port()),
+        listening: tls_port.is_some(),
+        port: tls_port,
     };
-
-    // The control thread publishes the first full table (after every cluster's first sync, or
-    // its sync timeout) before any worker accepts: no 404 storm at start.
     let (cmd_tx, cmd_rx) = tokio::sync::mpsc::unbounded_channel();
     let (ready_tx, ready_rx) = mpsc::channel();
-    let control = {
-        let shared = Arc::clone(&shared);
-        std::thread::Builder::new()
-            .name("kedge-control".into())
-            .spawn({
-                let notifier = notifier.clone();
-                move || control_thread(cfg, tls, shared, admin, (cmd_rx, notifier), ready_tx)
-            })
-            .map_err(|e| format!("cannot start the control thread: {e}"))?
-    };
+    let thread = std::thread::Builder::new()
+        .name("kedge-control".into())
+        .spawn(move || control_thread(cfg, tls, shared, admin, (cmd_rx, notifier), ready_tx))
+        .map_err(|e| format!("cannot start the control thread: {e}"))?;
     if ready_rx.recv().is_err() {
         return Err("the control thread stopped during start-up".into());
     }
+    Ok(Control {
+        commands: cmd_tx,
+        thread,
+    })
+}
 
-    let cores = allowed_cpus();
-    let (tx, rx) = mpsc::channel();
-    let mut handles = Vec::new();
-    for (i, listeners) in per_worker.into_iter().enumerate() {
-        // Pin only when there is a core per worker; with more workers than cores, let the
-        // scheduler place them.
-        let core = (p.workers <= cores.len()).then(|| cores[i]);
-        let h = worker::spawn(
-            i,
-            core,
-            listeners,
-            Arc::clone(&shared),
-            p.driver,
-            p.shutdown_grace,
-            tx.clone(),
-        )
-        .map_err(|e| format!("cannot start worker {i}: {e}"))?;
-        handles.push(h);
-    }
-    drop(tx);
-    let mut driver = "";
-    for _ in 0..p.workers {
-        match rx.recv() {
-            Ok(Ok(d)) => driver = d,
-            Ok(Err(e)) => {
-                let _ = shared.shutdown.send(true);
-                return Err(format!("a worker could not start: {e}"));
-            }
-            Err(_) => return Err("a worker exited during start-up".into()),
-        }
-    }
-    for (addr, tls) in &bound {
-        if *tls {
-            tracing::info!("listening on {addr} (tls)");
-        } else {
-            tracing::info!("listening on {addr}");
-        }
-    }
-    tracing::info!(
-        workers = p.workers,
-        driver,
-        version = env!("CARGO_PKG_VERSION"),
-        "kedge started"
-    );
-    // Every source has synced (or timed out and serves its persisted state) and the workers
-    // accept: systemd may start what comes after kedge.
-    notifier.send(&format!("READY=1\nSTATUS=serving ({} workers, {driver})", p.workers));
-    if notifier.enabled()
-        && let Some(interval) = crate::notify::watchdog_interval()
-    {
-        crate::notify::watchdog(notifier.clone(), interval, shared.hearts.clone());
+impl Control {
+    /// Re-read the file and publish what it says (SIGHUP); READY=1 follows when done.
+    pub(crate) fn reload(&self) {
+        let _ = self.commands.send(Command::Reload);
     }
 
-    for sig in signals.forever() {
-        match sig {
-            SIGHUP => {
-                // READY=1 follows from the control thread once the reload is done.
-                notifier.send(&crate::notify::reloading());
-                let _ = cmd_tx.send(Command::Reload);
-            }
-            _ => break,
-        }
+    /// Stop watching and building.
+    pub(crate) fn stop(&self) {
+        let _ = self.commands.send(Command::Stop);
     }
 
-    notifier.send("STOPPING=1");
-    tracing::info!(grace = ?p.shutdown_grace, "shutting down: no new connections, draining");
-    let _ = cmd_tx.send(Command::Stop);
-    let _ = shared.shutdown.send(true);
-    for h in handles {
-        let _ = h.join();
+    /// Waits for the thread to end (after [`Control::stop`]).
+    pub(crate) fn join(self) {
+        let _ = self.thread.join();
     }
-    let _ = control.join();
-    tracing::info!("stopped");
-    Ok(())
 }
 
 /// The control thread: a current-thread tokio runtime that owns the cluster watches and every
@@ -374,10 +283,10 @@ struct TlsState {
 
 /// Builds the snapshot the workers serve: static routes first (they win conflicts), then each
 /// cluster's Ingresses; certificates in the same order.
-fn snapshot(cfg: &Config, clusters: &[Cluster], tls: &mut TlsState) -> (Snapshot, Built) {
+fn build(cfg: &Config, clusters: &[Cluster], tls: &mut TlsState) -> (Snapshot, Built) {
     let mut builder = TableBuilder::default();
     let tls_hosts: Vec<String> = cfg.tls.certificates.iter().flat_map(|c| c.hosts.clone()).collect();
-    let mut warnings = routes::add_static(&mut builder, &cfg.routes, &tls_hosts);
+    let mut warnings = translate::static_routes::add(&mut builder, &cfg.routes, &tls_hosts);
     let mut served = 0;
     let mut outcomes = Vec::new();
     for c in clusters {
@@ -461,7 +370,7 @@ fn publish(
             served,
             tls_hosts,
         },
-    ) = snapshot(cfg, clusters, tls);
+    ) = build(cfg, clusters, tls);
     let built = started.elapsed();
     let backends = snap.table.backends.len();
     let endpoints: usize = snap.table.backends.iter().map(|b| b.endpoints.len()).sum();
@@ -511,41 +420,4 @@ fn reload(current: &Config) -> Option<Config> {
         tracing::warn!("[[cluster]] changes take effect on restart only");
     }
     Some(next)
-}
-
-/// The CPUs this process may run on (respects `taskset` and systemd's `CPUAffinity`), read from
-/// `/proc/self/status`; falls back to `0..available_parallelism`.
-fn allowed_cpus() -> Vec<usize> {
-    let from_proc = std::fs::read_to_string("/proc/self/status").ok().and_then(|s| {
-        s.lines()
-            .find_map(|l| l.strip_prefix("Cpus_allowed_list:"))
-            .and_then(|v| parse_cpu_list(v.trim()))
-    });
-    from_proc.unwrap_or_else(|| (0..std::thread::available_parallelism().map_or(1, |n| n.get())).collect())
-}
-
-/// Parses a kernel CPU list such as `0-3,8,10-11`.
-fn parse_cpu_list(s: &str) -> Option<Vec<usize>> {
-    let mut out = Vec::new();
-    for part in s.split(',') {
-        match part.split_once('-') {
-            Some((a, b)) => out.extend(a.trim().parse::<usize>().ok()?..=b.trim().parse::<usize>().ok()?),
-            None => out.push(part.trim().parse().ok()?),
-        }
-    }
-    (!out.is_empty()).then_some(out)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::parse_cpu_list;
-
-    #[test]
-    fn cpu_lists() {
-        assert_eq!(parse_cpu_list("0-1"), Some(vec![0, 1]));
-        assert_eq!(parse_cpu_list("0,2-3,7"), Some(vec![0, 2, 3, 7]));
-        assert_eq!(parse_cpu_list("5"), Some(vec![5]));
-        assert_eq!(parse_cpu_list(""), None);
-        assert_eq!(parse_cpu_list("x"), None);
-    }
 }

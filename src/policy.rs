@@ -7,6 +7,8 @@
 use std::net::IpAddr;
 use std::time::Duration;
 
+use crate::hash::{Fnv, mix};
+
 /// A rule's policy. `Default` is "proxy as is".
 #[derive(Debug, Clone, Default)]
 pub struct Policy {
@@ -193,6 +195,9 @@ impl Affinity {
     }
 }
 
+/// Most endpoints one request tries (`proxy-next-upstream-tries` at most, and its `0`).
+pub const MAX_TRIES: usize = 16;
+
 /// The affinity cookie value of an endpoint: a hash of its address, the same in every process.
 pub fn endpoint_key(addr: std::net::SocketAddr) -> u64 {
     let mut h = Fnv::default();
@@ -207,32 +212,6 @@ pub fn endpoint_key(addr: std::net::SocketAddr) -> u64 {
 /// Rendezvous weight of `endpoint` for `key`: the endpoint with the highest weight wins.
 pub fn rendezvous(key: u64, endpoint: u64) -> u64 {
     mix(key ^ endpoint.rotate_left(17) ^ 0x9e37_79b9_7f4a_7c15)
-}
-
-/// FNV-1a, for hash keys: stable across processes and versions (no random seed).
-#[derive(Clone, Copy)]
-pub struct Fnv(pub u64);
-
-impl Default for Fnv {
-    fn default() -> Self {
-        Fnv(0xcbf2_9ce4_8422_2325)
-    }
-}
-
-impl Fnv {
-    pub fn write(&mut self, bytes: &[u8]) {
-        for &b in bytes {
-            self.0 ^= u64::from(b);
-            self.0 = self.0.wrapping_mul(0x0100_0000_01b3);
-        }
-    }
-}
-
-/// A 64-bit finaliser (splitmix64), so that close inputs give unrelated outputs.
-pub fn mix(mut x: u64) -> u64 {
-    x = (x ^ (x >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-    x = (x ^ (x >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-    x ^ (x >> 31)
 }
 
 /// An IMF-fixdate (RFC 9110 §5.6.7) for Unix seconds.

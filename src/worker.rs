@@ -1,10 +1,9 @@
 //! Worker threads: one monoio runtime per core, pinned, each with its own SO_REUSEPORT
 //! listeners, upstream pools and balancer state. The only cross-thread state a worker reads is
-//! the published [`Snapshot`] (immutable, behind an atomic pointer) and the shutdown signal.
+//! the published [`Snapshot`](crate::shared::Snapshot) (immutable, behind an atomic pointer) and the shutdown signal.
 
+mod accept;
 mod balance;
-
-pub use balance::MAX_TRIES;
 mod conn;
 mod limits;
 pub mod listener;
@@ -14,7 +13,6 @@ mod tls;
 mod upstream;
 
 use std::cell::{Cell, RefCell};
-use std::net::SocketAddr;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::sync::mpsc;
@@ -24,35 +22,8 @@ use std::time::{Duration, Instant};
 use arc_swap::{ArcSwap, Cache};
 use rustc_hash::FxHashMap;
 
-use crate::config::{ClientSettings, Driver, UpstreamSettings};
-use crate::routes::RouteTable;
-use crate::stats;
-
-use self::tls::{HandshakeError, TlsStream};
-
-/// Everything a request needs from the control side, swapped as one value so that no request
-/// ever sees half a change.
-#[derive(Debug)]
-pub struct Snapshot {
-    pub table: RouteTable,
-    pub client: ClientSettings,
-    pub upstream: UpstreamSettings,
-    pub access_log: bool,
-    /// What TLS listeners accept with (certificates included); `None` without TLS listeners.
-    pub tls: Option<Arc<rustls::ServerConfig>>,
-    pub https: HttpsSettings,
-}
-
-/// HTTPS behaviour besides the certificates.
-#[derive(Debug, Clone, Default)]
-pub struct HttpsSettings {
-    /// `Strict-Transport-Security: ...\r\n` added to HTTPS responses, or empty.
-    pub hsts_line: Box<[u8]>,
-    /// Where plain-HTTP requests of TLS hosts are redirected; `None`: no redirects (kedge has no
-    /// TLS listener and none was configured).
-    pub redirect_port: Option<u16>,
-    pub handshake_timeout: Duration,
-}
+use crate::config::Driver;
+use crate::shared::{Shared, Snapshot};
 
 /// A snapshot held by a worker. Requests share it through a worker-local `Rc`, so taking a
 /// handle per request costs no atomic reference count on memory other workers touch.
@@ -68,16 +39,6 @@ impl std::ops::Deref for Held {
 /// A backend's counters by rule host, in one worker.
 type ByHost = FxHashMap<Box<str>, Arc<crate::metrics::BackendMetrics>>;
 
-/// State shared by all workers: read-only on the hot path.
-pub struct Shared {
-    pub snapshot: Arc<ArcSwap<Snapshot>>,
-    pub shutdown: tokio::sync::watch::Sender<bool>,
-    /// Liveness for the systemd watchdog: `[0]` the control thread, `[1 + i]` worker `i`.
-    pub hearts: Vec<Arc<crate::notify::Heartbeat>>,
-    /// Each worker's request metrics (written by that worker only; summed when scraped).
-    pub metrics: Arc<Vec<Arc<crate::metrics::WorkerMetrics>>>,
-}
-
 /// What a worker reports once its runtime is up (or why it is not).
 pub type Started = Result<&'static str, String>;
 
@@ -85,7 +46,7 @@ pub type Started = Result<&'static str, String>;
 pub fn spawn(
     index: usize,
     core: Option<usize>,
-    listeners: Vec<(std::net::TcpListener, bool)>,
+    listeners: Vec<listener::Bound>,
     shared: Arc<Shared>,
     driver: Driver,
     grace: Duration,
@@ -306,12 +267,7 @@ impl Worker {
     }
 }
 
-async fn worker_main(
-    index: usize,
-    listeners: Vec<(std::net::TcpListener, bool)>,
-    shared: Arc<Shared>,
-    grace: Duration,
-) {
+async fn worker_main(index: usize, listeners: Vec<listener::Bound>, shared: Arc<Shared>, grace: Duration) {
     let seed = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0x9e37_79b9, |d| d.as_nanos() as u64)
@@ -336,10 +292,10 @@ async fn worker_main(
     });
     let mut shutdown = worker.shared.shutdown.subscribe();
 
-    for (l, tls) in listeners {
-        match monoio::net::TcpListener::from_std(l) {
-            Ok(l) => {
-                monoio::spawn(accept_loop(Rc::clone(&worker), l, tls));
+    for l in listeners {
+        match monoio::net::TcpListener::from_std(l.socket) {
+            Ok(socket) => {
+                monoio::spawn(accept::accept_loop(Rc::clone(&worker), socket, l.spec));
             }
             Err(e) => tracing::error!(worker = index, error = %e, "cannot register listener"),
         }
@@ -384,78 +340,6 @@ async fn worker_main(
         );
     }
     worker.pool.borrow_mut().clear();
-}
-
-async fn accept_loop(worker: Rc<Worker>, listener: monoio::net::TcpListener, tls: bool) {
-    let port = listener.local_addr().map_or(0, |a| a.port());
-    loop {
-        let accepted = monoio::select! {
-            r = listener.accept() => r,
-            _ = worker.stopping.wait() => return,
-        };
-        match accepted {
-            Ok((stream, peer)) => {
-                let w = Rc::clone(&worker);
-                monoio::spawn(async move {
-                    w.active.set(w.active.get() + 1);
-                    w.metrics.connections.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                    if tls {
-                        serve_tls(&w, stream, peer, port).await;
-                    } else {
-                        conn::serve(&w, stream, peer, port).await;
-                    }
-                    w.active.set(w.active.get() - 1);
-                    w.metrics.connections.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
-                });
-            }
-            Err(e) => {
-                // Out of file descriptors or memory: back off instead of spinning.
-                tracing::warn!(worker = worker.index, error = %e, "accept failed");
-                monoio::time::sleep(Duration::from_millis(50)).await;
-            }
-        }
-    }
-}
-
-/// Runs the TLS handshake (bounded by `[tls] handshake_timeout`, abandoned at shutdown), then
-/// serves the connection. Failures are counted and logged at debug level: a scanner or a
-/// client that gives up must not flood the log.
-async fn serve_tls(worker: &Rc<Worker>, stream: monoio::net::TcpStream, peer: SocketAddr, port: u16) {
-    let snap = worker.snapshot();
-    let Some(config) = snap.tls.clone() else {
-        stats::TLS_FAILED.inc();
-        tracing::debug!(client = %peer, "no TLS configuration; connection closed");
-        return;
-    };
-    let handshake = monoio::time::timeout(snap.https.handshake_timeout, TlsStream::accept(stream, config));
-    drop(snap);
-    let done = monoio::select! {
-        r = handshake => r,
-        _ = worker.stopping.wait() => return,
-    };
-    let stream = match done {
-        Ok(Ok(s)) => s,
-        Ok(Err(e)) => {
-            match e {
-                HandshakeError::Closed => stats::TLS_CLOSED.inc(),
-                HandshakeError::PlainHttp => stats::TLS_PLAIN_HTTP.inc(),
-                HandshakeError::Tls(_) | HandshakeError::Io(_) => stats::TLS_FAILED.inc(),
-            }
-            tracing::debug!(client = %peer, error = %e, "TLS handshake failed");
-            return;
-        }
-        Err(_) => {
-            stats::TLS_TIMEOUT.inc();
-            tracing::debug!(client = %peer, "TLS handshake timed out");
-            return;
-        }
-    };
-    if stream.resumed() {
-        stats::TLS_RESUMED.inc();
-    } else {
-        stats::TLS_FULL.inc();
-    }
-    conn::serve(worker, stream, peer, port).await;
 }
 
 async fn sweep_loop(worker: Rc<Worker>) {

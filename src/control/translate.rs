@@ -30,12 +30,13 @@ use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::api::networking::v1::{HTTPIngressPath, Ingress, IngressClass};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
 
-use crate::config::PathType;
 use crate::policy::{Policy, Rewrite};
+use crate::routes::PathType;
 use crate::routes::TableBuilder;
 
 mod annotations;
 mod backends;
+pub mod static_routes;
 
 pub use backends::service_endpoints;
 
@@ -456,7 +457,7 @@ fn add_ingress<'a>(
         let shown = host.as_deref().unwrap_or("*");
         let ssl_redirect = force_redirect || tls_redirect && host.as_ref().is_some_and(|h| tls_hosts.contains(h));
         // Rules without a rewrite share one policy; its limits count per Ingress and host.
-        let mut id = crate::policy::Fnv::default();
+        let mut id = crate::hash::Fnv::default();
         id.write(table_owner.as_bytes());
         id.write(shown.as_bytes());
         let shared = std::sync::Arc::new(Policy {

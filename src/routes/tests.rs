@@ -3,23 +3,34 @@
 use std::net::SocketAddr;
 
 use super::*;
-use crate::config::{PathType, StaticRoute};
 
-fn route(name: &str, host: Option<&str>, path: &str, path_type: PathType) -> StaticRoute {
-    StaticRoute {
-        name: name.into(),
-        host: host.map(str::to_owned),
-        path: path.into(),
-        path_type,
-        upstreams: vec![SocketAddr::from(([127, 0, 0, 1], 9000))],
-        max_body: None,
-        ssl_redirect: None,
-        upstream_tls: None,
-    }
+/// One rule: backend name, host (`None`: any), path, path type.
+type Rule<'a> = (&'a str, Option<&'a str>, &'a str, PathType);
+
+fn route<'a>(name: &'a str, host: Option<&'a str>, path: &'a str, path_type: PathType) -> Rule<'a> {
+    (name, host, path, path_type)
 }
 
-fn check(routes: &[StaticRoute], cases: &[(&str, &str, Option<&str>)]) {
-    let (table, warnings) = build_static(routes);
+/// A table with one backend per rule (named after it), rules added in order; the warnings name
+/// the rules that lost to an earlier one.
+fn build(rules: &[Rule<'_>]) -> (RouteTable, Vec<String>) {
+    let mut b = TableBuilder::default();
+    let mut warnings = Vec::new();
+    for &(name, host, path, path_type) in rules {
+        let id = b.backend(Backend {
+            name: name.into(),
+            endpoints: vec![SocketAddr::from(([127, 0, 0, 1], 9000))],
+            tls: None,
+        });
+        if let Err(c) = b.rule_with(host, path, path_type, id, Arc::new(Policy::default()), name) {
+            warnings.push(format!("{name} lost to {}", c.winner));
+        }
+    }
+    (b.build(), warnings)
+}
+
+fn check(routes: &[Rule<'_>], cases: &[(&str, &str, Option<&str>)]) {
+    let (table, warnings) = build(routes);
     assert!(warnings.is_empty(), "{warnings:?}");
     for &(host, path, want) in cases {
         let got = table.route(host.as_bytes(), path).map(|b| &*b.name);
@@ -144,7 +155,7 @@ fn duplicate_rule_keeps_the_first_and_warns() {
         route("first", Some("foo.com"), "/a", Prefix),
         route("second", Some("foo.com"), "/a/", Prefix),
     ];
-    let (table, warnings) = build_static(&routes);
+    let (table, warnings) = build(&routes);
     assert_eq!(warnings.len(), 1, "{warnings:?}");
     assert!(warnings[0].contains("second"), "{warnings:?}");
     assert_eq!(table.route(b"foo.com", "/a/b").map(|b| &*b.name), Some("first"));
@@ -166,7 +177,7 @@ fn endpoint_updates_keep_rules_and_replace_only_the_named_backends() {
         route("a", Some("a.com"), "/", Prefix),
         route("b", Some("b.com"), "/", Prefix),
     ];
-    let (table, _) = build_static(&routes);
+    let (table, _) = build(&routes);
     let id = table.backend_id("b").expect("backend b");
     let new: Vec<SocketAddr> = vec![
         SocketAddr::from(([192, 0, 2, 1], 80)),
@@ -181,25 +192,4 @@ fn endpoint_updates_keep_rules_and_replace_only_the_named_backends() {
     );
     assert_eq!(next.host_count(), table.host_count());
     assert_eq!(table.backend_id("nope"), None);
-}
-
-#[test]
-fn static_routes_redirect_for_hosts_with_certificates() {
-    let mut secure = route("a", Some("secure.example.com"), "/", PathType::Prefix);
-    let plain = route("b", Some("plain.example.com"), "/", PathType::Prefix);
-    let mut opted_out = route("c", Some("optout.example.com"), "/", PathType::Prefix);
-    opted_out.ssl_redirect = Some(false);
-    let mut forced = route("d", Some("forced.example.com"), "/", PathType::Prefix);
-    forced.ssl_redirect = Some(true);
-    secure.ssl_redirect = None;
-    let mut b = TableBuilder::default();
-    let tls_hosts = ["secure.example.com".to_owned(), "optout.example.com".to_owned()];
-    let w = add_static(&mut b, &[secure, plain, opted_out, forced], &tls_hosts);
-    assert!(w.is_empty(), "{w:?}");
-    let t = b.build();
-    let redirect = |h: &str| t.lookup(h.as_bytes(), "/x").map(|(_, o)| o.ssl_redirect);
-    assert_eq!(redirect("secure.example.com"), Some(true));
-    assert_eq!(redirect("plain.example.com"), Some(false));
-    assert_eq!(redirect("optout.example.com"), Some(false));
-    assert_eq!(redirect("forced.example.com"), Some(true));
 }

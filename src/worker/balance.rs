@@ -9,11 +9,8 @@ use std::time::Instant;
 use rustc_hash::FxHashMap;
 
 use crate::config::UpstreamSettings;
-use crate::policy::{Balance, Policy, endpoint_key, rendezvous};
+use crate::policy::{Balance, MAX_TRIES, Policy, endpoint_key, rendezvous};
 use crate::routes::Backend;
-
-/// Most endpoints one request tries.
-pub const MAX_TRIES: usize = 16;
 
 /// What one worker knows about one endpoint.
 #[derive(Default)]

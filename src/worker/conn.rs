@@ -18,13 +18,13 @@ use std::time::{Duration, Instant};
 use monoio::io::{AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt, Splitable};
 use monoio::net::TcpStream;
 
-use super::balance::{MAX_TRIES, PickInput, Tried};
+use super::balance::{PickInput, Tried};
 use super::pump::{self, PumpError, PumpLimits, ReadResult};
 use super::tls::TlsStream;
 use super::upstream::UpstreamStream;
 use super::{Snapshot, Worker};
 use crate::http::{self, Framing, HeaderSpan, HttpError, Parsed, RequestHead, ResponseHead, Version};
-use crate::policy::{Balance, HashBy, HashPart};
+use crate::policy::{Balance, HashBy, HashPart, MAX_TRIES};
 use crate::routes::Backend;
 
 /// Limits for upstream response heads (not user-configurable: upstreams are trusted more).
@@ -615,9 +615,9 @@ impl<S: ClientStream> Conn<S> {
             return false;
         };
         let value = &self.cbuf[h.value.clone()];
-        let mut k = crate::policy::Fnv::default();
+        let mut k = crate::hash::Fnv::default();
         k.write(value);
-        let key = crate::policy::mix(k.0 ^ auth.id);
+        let key = crate::hash::mix(k.0 ^ auth.id);
         if worker.auth_ok.borrow().contains(&key) {
             return true;
         }
@@ -676,7 +676,7 @@ impl<S: ClientStream> Conn<S> {
     /// The hash of the request's `upstream-hash-by` key (a missing header or cookie hashes as
     /// empty, as an unset nginx variable).
     fn hash_key(&self, hb: &HashBy, head: &RequestHead, host: Range<usize>, path: Option<Range<usize>>) -> u64 {
-        let mut h = crate::policy::Fnv::default();
+        let mut h = crate::hash::Fnv::default();
         let target = &self.cbuf[head.target.clone()];
         for part in &hb.0 {
             match part {
@@ -713,7 +713,7 @@ impl<S: ClientStream> Conn<S> {
                 }
             }
         }
-        crate::policy::mix(h.0)
+        crate::hash::mix(h.0)
     }
 
     /// Answers instead of proxying: a redirect or an auth challenge (the request body, if any,

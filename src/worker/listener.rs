@@ -6,6 +6,16 @@ use std::net::{SocketAddr, TcpListener};
 
 use socket2::{Domain, Protocol, Socket, Type};
 
+use crate::config::ListenerSpec;
+
+/// One worker's socket of a listener, with the spec that says what to do with a connection
+/// accepted on it.
+#[derive(Debug)]
+pub struct Bound {
+    pub spec: ListenerSpec,
+    pub socket: TcpListener,
+}
+
 /// Listen backlog (the kernel caps it at `net.core.somaxconn`).
 const BACKLOG: i32 = 4096;
 

@@ -349,12 +349,12 @@ pub fn read(m: &ObjectMeta, owner: &str, w: &mut Warnings) -> IngressPolicy {
     if let Some(v) = get("proxy-next-upstream-tries") {
         match v.parse::<usize>() {
             // 0 means unlimited in nginx: kedge's most.
-            Ok(0) => p.base.tries = Some(crate::worker::MAX_TRIES),
-            Ok(n) if n <= crate::worker::MAX_TRIES => p.base.tries = Some(n),
+            Ok(0) => p.base.tries = Some(crate::policy::MAX_TRIES),
+            Ok(n) if n <= crate::policy::MAX_TRIES => p.base.tries = Some(n),
             _ => bad(
                 "proxy-next-upstream-tries",
                 v,
-                format!("is not a number from 0 to {}", crate::worker::MAX_TRIES),
+                format!("is not a number from 0 to {}", crate::policy::MAX_TRIES),
             ),
         }
     }
