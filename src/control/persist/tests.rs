@@ -137,6 +137,27 @@ fn the_state_file_round_trips() {
     assert_eq!(as_json(&decode("prod", &bytes).expect("decode").1), as_json(&empty));
 }
 
+/// A state file as this version writes it, of `snapshot(&["a.example.com", "b.example.com"])`:
+/// files already on disk must keep loading.
+const V1_FILE: &[u8] = include_bytes!("cluster-prod-v1.json");
+
+#[test]
+fn a_file_of_the_first_version_still_loads_and_is_written_the_same() {
+    let want = snapshot(&["a.example.com", "b.example.com"]);
+    let (saved_at, back) = decode("prod", V1_FILE).expect("decode");
+    assert_eq!(saved_at, "2025-01-02T03:04:05Z");
+    assert_eq!(as_json(&back), as_json(&want));
+
+    // Today's writer says everything that file says, the same way (it may say more: kinds
+    // added since).
+    let old: serde_json::Map<String, Value> = serde_json::from_slice(V1_FILE).expect("JSON");
+    let new: Value =
+        serde_json::from_slice(&encode("prod", "2025-01-02T03:04:05Z", &want).expect("encode")).expect("JSON");
+    for (key, value) in &old {
+        assert_eq!(&new[key], value, "{key}");
+    }
+}
+
 #[test]
 fn foreign_and_damaged_files_are_refused_saying_why() {
     let good = encode("prod", "2025-01-02T03:04:05Z", &snapshot(&["a"])).expect("encode");
