@@ -41,7 +41,7 @@ use super::watch::{self, Watches, touches_all, touches_service};
 /// /// What translation reads it for (becomes the fields' doc).
 /// field: Type {
 ///     resource: "plural",        // the API resource; the watch's name in logs; the state file's key
-///     fields: ["a=b", ...],      // one watch per field selector; [] for one watch of everything
+///     field_selectors: ["a=b"],  // one watch per field selector; [] for one watch of everything
 ///     touch: touches_all,        // how an event bears on the table (see `watch::Touch`)
 ///     persist: everything,       // which objects the state file keeps: fn(&Type) -> bool
 /// },
@@ -51,7 +51,7 @@ macro_rules! kinds {
         $(#[$doc:meta])*
         $field:ident: $K:ty {
             resource: $resource:literal,
-            fields: [$($selector:literal),* $(,)?],
+            field_selectors: [$($selector:literal),* $(,)?],
             touch: $touch:expr,
             persist: $persist:expr $(,)?
         }
@@ -128,6 +128,12 @@ macro_rules! kinds {
             $( #[serde(rename = $resource, default)] $field: Vec<$K>, )*
         }
 
+        /// Each kind's resource name in the table, and its type's (they must agree).
+        #[cfg(test)]
+        fn resource_names() -> Vec<(&'static str, String)> {
+            vec![ $( ($resource, <$K as kube::Resource>::plural(&()).into_owned()), )* ]
+        }
+
         impl From<LoadedObjects> for ClusterObjects {
             fn from(file: LoadedObjects) -> ClusterObjects {
                 ClusterObjects {
@@ -142,21 +148,21 @@ kinds! {
     /// The routes.
     ingresses: Ingress {
         resource: "ingresses",
-        fields: [],
+        field_selectors: [],
         touch: touches_all,
         persist: everything,
     },
     /// Which Ingresses are kedge's (`spec.controller`), and the default class.
     classes: IngressClass {
         resource: "ingressclasses",
-        fields: [],
+        field_selectors: [],
         touch: touches_all,
         persist: everything,
     },
     /// Service ports by name, NodePorts, the upstream-mode annotation.
     services: Service {
         resource: "services",
-        fields: [],
+        field_selectors: [],
         touch: touches_all,
         persist: everything,
     },
@@ -164,14 +170,14 @@ kinds! {
     /// control loop updates without a full rebuild.
     slices: EndpointSlice {
         resource: "endpointslices",
-        fields: [],
+        field_selectors: [],
         touch: touches_service,
         persist: everything,
     },
     /// Node addresses and readiness, for NodePort upstreams.
     nodes: Node {
         resource: "nodes",
-        fields: [],
+        field_selectors: [],
         touch: touches_all,
         persist: everything,
     },
@@ -183,7 +189,7 @@ kinds! {
     /// absent while a cluster serves its persisted state.
     secrets: Secret {
         resource: "secrets",
-        fields: ["type=kubernetes.io/tls", "type=Opaque"],
+        field_selectors: ["type=kubernetes.io/tls", "type=Opaque"],
         touch: touches_all,
         persist: is_certificate,
     },
@@ -207,5 +213,22 @@ impl<K: Serialize> Serialize for Persisted<'_, K> {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         let keep = self.1;
         s.collect_seq(self.0.iter().map(|a| &**a).filter(|o| keep(o)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeSet;
+
+    /// The table's resource names are the API's (so that logs and the state file say what the
+    /// watch requests ask for), and each names one kind (each is one key of the state file).
+    #[test]
+    fn resource_names_are_the_types_and_unique() {
+        let names = super::resource_names();
+        for (table, api) in &names {
+            assert_eq!(table, api);
+        }
+        let unique: BTreeSet<&str> = names.iter().map(|(n, _)| *n).collect();
+        assert_eq!(unique.len(), names.len());
     }
 }

@@ -121,7 +121,7 @@ impl Scope for ClusterResourceScope {
 
 /// Starts the watches of kind `K` (the resource `what`, e.g. `"ingresses"`) on the current
 /// runtime and returns their stores: one per collection of its [`Scope`] and field selector in
-/// `fields` (one without a selector when `fields` is empty).
+/// `fields` (one without a selector when `fields` is empty). `what` names the watches in logs.
 pub fn start<K>(w: &Watches<'_>, what: &'static str, fields: &[&str], touch: fn(&Event<K>) -> Touch) -> Vec<Store<K>>
 where
     K: Resource + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
