@@ -12,11 +12,16 @@
 
 mod certs;
 mod cluster;
-mod persist;
+mod health;
+mod kinds;
+mod kube_client;
+mod last_known_good;
+mod state_file;
 mod status;
 pub mod translate;
+mod watch;
 
-pub(crate) use self::persist::State;
+pub(crate) use self::last_known_good::State;
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
@@ -124,7 +129,7 @@ fn control_thread(
         let admin = crate::admin::Admin::start(admin, &cfg.clusters, Arc::clone(&shared.snapshot), metrics);
         let changed = Arc::new(Notify::new());
         let state_dir = (!cfg.clusters.is_empty())
-            .then(|| persist::StateDir::open(&cfg.process.state_dir))
+            .then(|| state_file::StateDir::open(&cfg.process.state_dir))
             .flatten();
         let mut clusters = Vec::new();
         for c in &cfg.clusters {
@@ -230,10 +235,10 @@ fn update_endpoints(clusters: &[Cluster], changes: Vec<Changes>, shared: &Shared
         if ch.services.is_empty() {
             continue;
         }
-        let objects = c.snapshot();
+        let objects = c.objects();
         let touched: Vec<(String, String)> = ch.services.into_iter().collect();
         services += touched.len();
-        for (name, endpoints) in translate::service_endpoints(&c.spec, &objects.objects(), &touched) {
+        for (name, endpoints) in translate::service_endpoints(&c.spec, &objects.view(), &touched) {
             if let Some(id) = current.table.backend_id(&name) {
                 updates.push((id, endpoints));
             }
@@ -290,9 +295,9 @@ fn build(cfg: &Config, clusters: &[Cluster], tls: &mut TlsState) -> (Snapshot, B
     let mut served = 0;
     let mut outcomes = Vec::new();
     for c in clusters {
-        let objects = c.snapshot();
-        let outcome = translate::translate(&mut builder, &c.spec, &objects.objects());
-        c.offer_status(&objects.objects(), &outcome.served);
+        let objects = c.objects();
+        let outcome = translate::translate(&mut builder, &c.spec, &objects.view());
+        c.offer_status(&objects.view(), &outcome.served);
         served += outcome.served.len();
         warnings.extend(
             outcome

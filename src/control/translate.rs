@@ -91,7 +91,9 @@ const PROXY_SSL_NAME_ANNOTATION: &str = "nginx.ingress.kubernetes.io/proxy-ssl-n
 /// `"on"`: send that name as SNI.
 const PROXY_SSL_SERVER_NAME_ANNOTATION: &str = "nginx.ingress.kubernetes.io/proxy-ssl-server-name";
 
-/// The reflected objects of one cluster (snapshots of kube reflector stores).
+/// The reflected objects of one cluster, as translation reads them: a view of its live stores
+/// or of its persisted state. The control plane builds it from its kinds table
+/// (`control/kinds.rs`), which must name the same fields.
 #[derive(Clone, Copy)]
 pub struct Objects<'a> {
     pub ingresses: &'a [Arc<Ingress>],
@@ -99,7 +101,8 @@ pub struct Objects<'a> {
     pub services: &'a [Arc<Service>],
     pub slices: &'a [Arc<EndpointSlice>],
     pub nodes: &'a [Arc<Node>],
-    /// Secrets of type `kubernetes.io/tls` (the only ones kedge watches).
+    /// Secrets of type `kubernetes.io/tls` and `Opaque` (only the former while a cluster serves
+    /// its persisted state).
     pub secrets: &'a [Arc<Secret>],
 }
 

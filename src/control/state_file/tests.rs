@@ -1,31 +1,31 @@
-//! The state file (format, round trip, what is refused), the atomic write, and the choice
-//! between persisted and live objects as a cluster syncs and its watches fail and recover.
+//! The state file: format, round trip, files of earlier versions, what is refused, the atomic
+//! write. The helpers here (objects, a temp dir) serve the last known good tests too.
 
+use std::fs;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
 
 use k8s_openapi::api::networking::v1::Ingress;
 use serde_json::{Value, json};
-use tokio::sync::Notify;
 
 use super::*;
+use crate::control::kinds::ClusterObjects;
 
 /// A directory of its own under the system temp dir, removed on drop.
-struct TempDir(PathBuf);
+pub struct TempDir(PathBuf);
 
 impl TempDir {
-    fn new(label: &str) -> TempDir {
+    pub fn new(label: &str) -> TempDir {
         use std::sync::atomic::{AtomicUsize, Ordering};
         static NEXT: AtomicUsize = AtomicUsize::new(0);
         let n = NEXT.fetch_add(1, Ordering::Relaxed);
-        let dir = std::env::temp_dir().join(format!("kedge-persist-{}-{n}-{label}", std::process::id()));
+        let dir = std::env::temp_dir().join(format!("kedge-state-{}-{n}-{label}", std::process::id()));
         let _ = fs::remove_dir_all(&dir);
         fs::create_dir_all(&dir).expect("create temp dir");
         TempDir(dir)
     }
 
-    fn path(&self) -> &Path {
+    pub fn path(&self) -> &Path {
         &self.0
     }
 }
@@ -36,11 +36,11 @@ impl Drop for TempDir {
     }
 }
 
-fn object<K: serde::de::DeserializeOwned>(v: Value) -> Arc<K> {
+pub fn object<K: serde::de::DeserializeOwned>(v: Value) -> Arc<K> {
     Arc::new(serde_json::from_value(v).expect("a valid object"))
 }
 
-fn ingress(name: &str, host: &str) -> Arc<Ingress> {
+pub fn ingress(name: &str, host: &str) -> Arc<Ingress> {
     object(json!({"apiVersion": "networking.k8s.io/v1", "kind": "Ingress",
         "metadata": {"name": name, "namespace": "default", "resourceVersion": "7",
                      "annotations": {"nginx.ingress.kubernetes.io/use-regex": "true"}},
@@ -50,8 +50,8 @@ fn ingress(name: &str, host: &str) -> Arc<Ingress> {
 }
 
 /// One object of every kind, with `hosts` as Ingresses.
-fn snapshot(hosts: &[&str]) -> Snapshot {
-    Snapshot {
+pub fn sample(hosts: &[&str]) -> ClusterObjects {
+    ClusterObjects {
         ingresses: hosts.iter().map(|h| ingress(h, h)).collect(),
         classes: vec![object(
             json!({"apiVersion": "networking.k8s.io/v1", "kind": "IngressClass",
@@ -80,8 +80,8 @@ fn snapshot(hosts: &[&str]) -> Snapshot {
     }
 }
 
-/// Every object of a snapshot as JSON, per kind, for comparisons.
-fn as_json(s: &Snapshot) -> Vec<Vec<Value>> {
+/// Every object of a set as JSON, per kind, for comparisons.
+pub fn as_json(s: &ClusterObjects) -> Vec<Vec<Value>> {
     fn all<K: serde::Serialize>(v: &[Arc<K>]) -> Vec<Value> {
         v.iter().map(|o| serde_json::to_value(&**o).expect("JSON")).collect()
     }
@@ -95,7 +95,7 @@ fn as_json(s: &Snapshot) -> Vec<Vec<Value>> {
     ]
 }
 
-fn hosts(s: &Snapshot) -> Vec<String> {
+pub fn hosts(s: &ClusterObjects) -> Vec<String> {
     let mut v: Vec<String> = s.ingresses.iter().filter_map(|i| i.metadata.name.clone()).collect();
     v.sort();
     v
@@ -103,7 +103,7 @@ fn hosts(s: &Snapshot) -> Vec<String> {
 
 #[test]
 fn the_state_file_round_trips() {
-    let s = snapshot(&["a.example.com", "b.example.com"]);
+    let s = sample(&["a.example.com", "b.example.com"]);
     let bytes = encode("prod", "2025-01-02T03:04:05Z", &s).expect("encode");
     let file: Value = serde_json::from_slice(&bytes).expect("JSON");
     assert_eq!(file["format"], FORMAT);
@@ -125,21 +125,49 @@ fn the_state_file_round_trips() {
     assert_eq!(saved_at, "2025-01-02T03:04:05Z");
     assert_eq!(as_json(&back), as_json(&s));
 
-    let empty = Snapshot {
-        ingresses: Vec::new(),
-        classes: Vec::new(),
-        services: Vec::new(),
-        slices: Vec::new(),
-        nodes: Vec::new(),
-        secrets: Vec::new(),
-    };
+    let empty = ClusterObjects::default();
     let bytes = encode("prod", "2025-01-02T03:04:05Z", &empty).expect("encode");
     assert_eq!(as_json(&decode("prod", &bytes).expect("decode").1), as_json(&empty));
 }
 
+/// A state file as the first version of the format wrote it (before the kinds table), of
+/// `sample(&["a.example.com", "b.example.com"])`.
+const V1_FILE: &[u8] = include_bytes!("cluster-prod-v1.json");
+
+#[test]
+fn a_file_of_the_first_version_still_loads_and_is_written_the_same() {
+    let want = sample(&["a.example.com", "b.example.com"]);
+    let (saved_at, back) = decode("prod", V1_FILE).expect("decode");
+    assert_eq!(saved_at, "2025-01-02T03:04:05Z");
+    assert_eq!(as_json(&back), as_json(&want));
+
+    // Today's writer says everything that file says, the same way (it may say more: kinds
+    // added since).
+    let old: serde_json::Map<String, Value> = serde_json::from_slice(V1_FILE).expect("JSON");
+    let new: Value =
+        serde_json::from_slice(&encode("prod", "2025-01-02T03:04:05Z", &want).expect("encode")).expect("JSON");
+    for (key, value) in &old {
+        assert_eq!(&new[key], value, "{key}");
+    }
+}
+
+#[test]
+fn kinds_missing_from_a_file_load_as_empty() {
+    let mut file: Value = serde_json::from_slice(V1_FILE).expect("JSON");
+    let map = file.as_object_mut().expect("an object");
+    map.remove("endpointslices");
+    map.remove("secrets");
+    let (_, back) = decode("prod", file.to_string().as_bytes()).expect("decode");
+    assert!(back.slices.is_empty() && back.secrets.is_empty());
+    let mut want = sample(&["a.example.com", "b.example.com"]);
+    want.slices.clear();
+    want.secrets.clear();
+    assert_eq!(as_json(&back), as_json(&want));
+}
+
 #[test]
 fn foreign_and_damaged_files_are_refused_saying_why() {
-    let good = encode("prod", "2025-01-02T03:04:05Z", &snapshot(&["a"])).expect("encode");
+    let good = encode("prod", "2025-01-02T03:04:05Z", &sample(&["a"])).expect("encode");
     let mut other_format: Value = serde_json::from_slice(&good).expect("JSON");
     other_format["format"] = json!("kedge.dev/cluster-state/v9");
     let mut damaged: Value = serde_json::from_slice(&good).expect("JSON");
@@ -217,130 +245,9 @@ fn an_unusable_state_dir_turns_persistence_off() {
     );
 }
 
-/// Polls `cond` on the current runtime until it holds; panics after 5 s.
-async fn eventually(what: &str, mut cond: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while !cond() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-}
-
-#[tokio::test]
-async fn persisted_objects_serve_until_the_live_sync_then_the_live_ones_are_written() {
-    let dir = TempDir::new("lkg");
-    let state_dir = StateDir::open(dir.path()).expect("state dir");
-    let file = state_dir.cluster_file("prod");
-    write_atomic(
-        &file,
-        &encode("prod", "2025-01-02T03:04:05Z", &snapshot(&["old"])).expect("encode"),
-    )
-    .expect("write");
-    let changed = Arc::new(Notify::new());
-    let health = Health::new("prod", &changed);
-    let lkg = LastKnownGood::new("prod", Some(&state_dir), Arc::clone(&health));
-    let live = || snapshot(&["new"]);
-
-    assert_eq!(lkg.state(), State::NotSynced);
-    assert!(!lkg.state().is_ready());
-    assert_eq!(
-        hosts(&lkg.choose(false, live)),
-        ["new"],
-        "nothing loaded before the timeout"
-    );
-    lkg.sync_timed_out(Duration::from_secs(1));
-    assert_eq!(lkg.state(), State::Persisted("2025-01-02T03:04:05Z".into()));
-    assert!(lkg.state().is_ready());
-    assert_eq!(hosts(&lkg.choose(false, live)), ["old"]);
-    tokio::time::sleep(Duration::from_millis(50)).await;
-    let (_, on_disk) = load(&file, "prod").expect("load").expect("a file");
-    assert_eq!(hosts(&on_disk), ["old"], "nothing written before the live sync");
-
-    // Synced: the live objects replace the persisted ones, and are written.
-    assert_eq!(hosts(&lkg.choose(true, live)), ["new"]);
-    assert_eq!(lkg.state(), State::Live);
-    eventually("the live state on disk", || {
-        load(&file, "prod")
-            .ok()
-            .flatten()
-            .is_some_and(|(_, s)| hosts(&s) == ["new"])
-    })
-    .await;
-
-    // A burst of changes: the latest is what ends up on disk. (That writes are at most one a
-    // second is a property of the writer's loop, not asserted on the clock here: tests do not
-    // time things.)
-    for i in 0..20 {
-        health.dirty.store(true, Ordering::Relaxed);
-        let host = format!("burst-{i:02}");
-        lkg.choose(true, || snapshot(&[&host]));
-    }
-    eventually("the end of the burst on disk", || {
-        load(&file, "prod")
-            .ok()
-            .flatten()
-            .is_some_and(|(_, s)| hosts(&s) == ["burst-19"])
-    })
-    .await;
-
-    // Without a change, nothing is offered: what is on disk stays.
-    lkg.choose(true, live);
-    tokio::time::sleep(WRITE_EVERY + Duration::from_millis(200)).await;
-    let (_, on_disk) = load(&file, "prod").expect("load").expect("a file");
-    assert_eq!(hosts(&on_disk), ["burst-19"]);
-}
-
-#[test]
-fn watch_failures_and_recoveries_set_the_state() {
-    let changed = Arc::new(Notify::new());
-    let health = Health::new("prod", &changed);
-    let lkg = LastKnownGood::new("prod", None, Arc::clone(&health));
-    let services = health.watch("services", "/api/v1/services");
-    let nodes = health.watch("nodes", "/api/v1/nodes");
-    let live = || snapshot(&["a"]);
-    lkg.choose(true, live);
-    assert_eq!(lkg.state(), State::Live);
-
-    let down = watcher::Error::NoResourceVersion;
-    health.error(&services, &down);
-    health.error(&services, &down);
-    health.error(&nodes, &down);
-    lkg.choose(true, live);
-    assert_eq!(lkg.state(), State::Disconnected);
-    assert!(lkg.state().is_ready(), "still serving the last known state");
-
-    // The API server accepts the services watch again (no event needed), and a node event
-    // arrives (`Init` alone says nothing: the watcher sends it before it lists).
-    health.watch_accepted("/api/v1/services");
-    health.event::<Ingress>(&nodes, &watcher::Event::Init);
-    lkg.choose(true, live);
-    assert_eq!(lkg.state(), State::Disconnected);
-    health.event::<Ingress>(&nodes, &watcher::Event::InitDone);
-    lkg.choose(true, live);
-    assert_eq!(lkg.state(), State::Live);
-
-    // 410 Gone is a relist, not an outage.
-    let gone = kube::core::Status {
-        code: 410,
-        ..Default::default()
-    };
-    health.error(&nodes, &watcher::Error::WatchError(Box::new(gone)));
-    lkg.choose(true, live);
-    assert_eq!(lkg.state(), State::Live);
-}
-
-#[test]
-fn without_persistence_a_timeout_leaves_the_cluster_not_synced() {
-    let changed = Arc::new(Notify::new());
-    let lkg = LastKnownGood::new("prod", None, Health::new("prod", &changed));
-    lkg.sync_timed_out(Duration::from_secs(1));
-    assert_eq!(lkg.state(), State::NotSynced);
-    assert_eq!(hosts(&lkg.choose(false, || snapshot(&["a"]))), ["a"]);
-}
-
 #[test]
 fn only_certificate_secrets_are_written() {
-    let mut s = snapshot(&["a.example.com"]);
+    let mut s = sample(&["a.example.com"]);
     s.secrets
         .push(object(json!({"apiVersion": "v1", "kind": "Secret", "type": "Opaque",
         "metadata": {"name": "htpasswd", "namespace": "default"}, "data": {"auth": "eHg="}})));

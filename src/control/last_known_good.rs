@@ -1,0 +1,277 @@
+//! Last known good: what each cluster serves from, and its state file kept up to date.
+//!
+//! - **Persistence.** Once a cluster has synced live, its objects (every kind's, as
+//!   [`kinds`](super::kinds) says what is kept) are written to its state file after every
+//!   change, at most once per [`WRITE_EVERY`] (a burst of changes is written once it is over),
+//!   by a task of the control runtime with the encoding and the file I/O on tokio's blocking
+//!   pool. Never before the first live sync: a store that is still empty must not overwrite
+//!   good state.
+//! - **Start during an outage.** A cluster that has not synced within its `sync_timeout` serves
+//!   the objects persisted last ([`LastKnownGood::sync_timed_out`]) until its live stores are
+//!   ready; [`LastKnownGood::choose`] is the one place that picks persisted or live objects.
+//! - **State.** [`State`] says what a cluster serves from (nothing synced yet, the persisted
+//!   objects, live stores, live stores with a failing watch); every change is logged once.
+
+use std::fmt;
+use std::io;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, Instant};
+
+use tokio::sync::Notify;
+
+use super::health::Health;
+use super::kinds::ClusterObjects;
+use super::state_file::{self, StateDir};
+
+/// The shortest time between two writes of one cluster's state file.
+const WRITE_EVERY: Duration = Duration::from_secs(1);
+
+/// What a cluster serves from. Readiness is [`State::is_ready`] of every cluster.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum State {
+    /// Not synced yet, and no persisted state in use: the cluster adds only what its stores hold
+    /// so far (nothing at first).
+    NotSynced,
+    /// Not synced yet; serving the objects persisted at this time (RFC 3339).
+    Persisted(String),
+    /// Synced; every watch is running.
+    Live,
+    /// Synced, but a watch is failing (API server down, slow or answering errors): serving the
+    /// last known state while kube retries.
+    Disconnected,
+}
+
+impl State {
+    /// Ready: synced once, or serving the persisted state.
+    pub fn is_ready(&self) -> bool {
+        !matches!(self, State::NotSynced)
+    }
+}
+
+impl fmt::Display for State {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            State::NotSynced => f.write_str("not synced"),
+            State::Persisted(at) => write!(f, "persisted ({at})"),
+            State::Live => f.write_str("live"),
+            State::Disconnected => f.write_str("disconnected"),
+        }
+    }
+}
+
+/// One cluster's choice between persisted and live objects, its [`State`], and its state file.
+/// Owned by the cluster and used on the control thread.
+pub struct LastKnownGood {
+    cluster: String,
+    health: Arc<Health>,
+    /// `None` when persistence is off.
+    file: Option<PathBuf>,
+    writer: Option<Arc<Slot>>,
+    inner: Mutex<Inner>,
+}
+
+struct Inner {
+    state: State,
+    /// The loaded objects, while the state is `Persisted`.
+    persisted: Option<ClusterObjects>,
+}
+
+impl LastKnownGood {
+    /// For cluster `name`, persisting under `dir` (`None`: not at all). Starts the file writer
+    /// on the current tokio runtime.
+    pub fn new(name: &str, dir: Option<&StateDir>, health: Arc<Health>) -> LastKnownGood {
+        let file = dir.map(|d| d.cluster_file(name));
+        let writer = file.clone().map(|f| spawn_writer(name.to_owned(), f));
+        LastKnownGood {
+            cluster: name.to_owned(),
+            health,
+            file,
+            writer,
+            inner: Mutex::new(Inner {
+                state: State::NotSynced,
+                persisted: None,
+            }),
+        }
+    }
+
+    pub fn state(&self) -> State {
+        lock(&self.inner).state.clone()
+    }
+
+    /// Start-up gave up waiting for the first sync: serve the persisted objects, if any, until
+    /// the live stores are ready.
+    pub fn sync_timed_out(&self, timeout: Duration) {
+        let cluster = self.cluster.as_str();
+        let Some(file) = &self.file else {
+            tracing::warn!(
+                cluster,
+                ?timeout,
+                "cluster {cluster:?} not reachable, and state persistence is off; serving without it until it syncs"
+            );
+            return;
+        };
+        match state_file::load(file, cluster) {
+            Ok(Some((saved_at, objects))) => {
+                tracing::warn!(
+                    cluster,
+                    ?timeout,
+                    file = %file.display(),
+                    ingresses = objects.ingresses.len(),
+                    "cluster {cluster:?} not reachable; serving the state persisted at {saved_at}"
+                );
+                let mut inner = lock(&self.inner);
+                inner.state = State::Persisted(saved_at);
+                inner.persisted = Some(objects);
+            }
+            Ok(None) => tracing::warn!(
+                cluster,
+                ?timeout,
+                file = %file.display(),
+                "cluster {cluster:?} not reachable, and no state persisted for it; serving without it until it syncs"
+            ),
+            Err(e) => tracing::warn!(
+                cluster,
+                ?timeout,
+                file = %file.display(),
+                "cluster {cluster:?} not reachable, and its persisted state cannot be used ({e}); \
+                 serving without it until it syncs"
+            ),
+        }
+    }
+
+    /// The objects to translate now: the persisted ones until the cluster has `synced`, else
+    /// (or when nothing was persisted) `live()`. Logs a change of state, and hands the live
+    /// objects to the file writer when they changed since they were last handed over.
+    pub fn choose(&self, synced: bool, live: impl FnOnce() -> ClusterObjects) -> ClusterObjects {
+        let mut inner = lock(&self.inner);
+        let next = match (&inner.state, synced) {
+            (_, true) if self.health.failing() => State::Disconnected,
+            (_, true) => State::Live,
+            (State::Persisted(at), false) => State::Persisted(at.clone()),
+            (_, false) => State::NotSynced,
+        };
+        if next != inner.state {
+            log_change(&self.cluster, &inner.state, &next);
+            if synced && !matches!(inner.state, State::Live | State::Disconnected) {
+                // The first live state is written whatever happened before.
+                inner.persisted = None;
+                self.health.mark_dirty();
+            }
+            inner.state = next;
+        }
+        if let Some(persisted) = &inner.persisted {
+            return persisted.clone();
+        }
+        drop(inner);
+        let objects = live();
+        if synced
+            && let Some(writer) = &self.writer
+            && self.health.take_dirty()
+        {
+            writer.offer(objects.clone());
+        }
+        objects
+    }
+}
+
+fn log_change(cluster: &str, from: &State, to: &State) {
+    let state = to.to_string();
+    match (from, to) {
+        (State::Persisted(at), State::Live | State::Disconnected) => tracing::info!(
+            cluster,
+            state,
+            "cluster {cluster:?} synced: its live state replaces the state persisted at {at}"
+        ),
+        (State::Live, State::Disconnected) => tracing::warn!(
+            cluster,
+            state,
+            "cluster {cluster:?}: API server unreachable or failing; serving the last known state until it is back"
+        ),
+        (State::Disconnected, State::Live) => {
+            tracing::info!(
+                cluster,
+                state,
+                "cluster {cluster:?}: API server back; every watch is running"
+            )
+        }
+        (State::NotSynced, State::Live | State::Disconnected) => {
+            tracing::info!(cluster, state, "cluster {cluster:?} synced: serving its live state")
+        }
+        _ => tracing::info!(cluster, state, "cluster {cluster:?} is now {state}"),
+    }
+}
+
+/// The latest objects waiting to be written (a newer offer replaces an older one), and the
+/// writer task's wake-up.
+#[derive(Default)]
+struct Slot {
+    latest: Mutex<Option<ClusterObjects>>,
+    wake: Notify,
+}
+
+impl Slot {
+    fn offer(&self, objects: ClusterObjects) {
+        *lock(&self.latest) = Some(objects);
+        self.wake.notify_one();
+    }
+}
+
+/// Starts the task that writes what is offered to `file`, at most once per [`WRITE_EVERY`]:
+/// what arrives meanwhile waits in the slot, and only the latest is written.
+fn spawn_writer(cluster: String, file: PathBuf) -> Arc<Slot> {
+    let slot = Arc::new(Slot::default());
+    let s = Arc::clone(&slot);
+    tokio::spawn(async move {
+        let mut last: Option<Instant> = None;
+        let mut failing = false;
+        loop {
+            s.wake.notified().await;
+            if let Some(at) = last {
+                tokio::time::sleep_until((at + WRITE_EVERY).into()).await;
+            }
+            let Some(objects) = lock(&s.latest).take() else {
+                continue;
+            };
+            let started = Instant::now();
+            let (c, f) = (cluster.clone(), file.clone());
+            let written = tokio::task::spawn_blocking(move || {
+                let bytes = state_file::encode(&c, &now_rfc3339(), &objects).map_err(io::Error::other)?;
+                state_file::write_atomic(&f, &bytes).map(|()| bytes.len())
+            })
+            .await
+            .unwrap_or_else(|e| Err(io::Error::other(e)));
+            last = Some(Instant::now());
+            let (cluster, file) = (cluster.as_str(), file.display());
+            match written {
+                Ok(bytes) => {
+                    if failing {
+                        tracing::info!(cluster, %file, "cluster state persisted again");
+                        failing = false;
+                    }
+                    let took_ms = started.elapsed().as_millis() as u64;
+                    tracing::debug!(cluster, %file, bytes, took_ms, "cluster state persisted");
+                }
+                Err(e) => {
+                    if !failing {
+                        tracing::warn!(cluster, %file, "cannot persist the cluster state: {e}; retrying on the next change");
+                        failing = true;
+                    }
+                }
+            }
+        }
+    });
+    slot
+}
+
+/// Now, as RFC 3339 to the second.
+fn now_rfc3339() -> String {
+    crate::time::format_time(crate::time::unix_now())
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+#[cfg(test)]
+mod tests;

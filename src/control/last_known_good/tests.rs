@@ -1,0 +1,133 @@
+//! The choice between persisted and live objects as a cluster syncs, its state file kept up to
+//! date, and its state as its watches fail and recover.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::networking::v1::Ingress;
+use kube::runtime::watcher;
+use tokio::sync::Notify;
+
+use super::*;
+use crate::control::state_file::tests::{TempDir, hosts, sample};
+
+/// Polls `cond` on the current runtime until it holds; panics after 5 s.
+async fn eventually(what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !cond() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+#[tokio::test]
+async fn persisted_objects_serve_until_the_live_sync_then_the_live_ones_are_written() {
+    let dir = TempDir::new("lkg");
+    let state_dir = StateDir::open(dir.path()).expect("state dir");
+    let file = state_dir.cluster_file("prod");
+    state_file::write_atomic(
+        &file,
+        &state_file::encode("prod", "2025-01-02T03:04:05Z", &sample(&["old"])).expect("encode"),
+    )
+    .expect("write");
+    let changed = Arc::new(Notify::new());
+    let health = Health::new("prod", &changed);
+    let lkg = LastKnownGood::new("prod", Some(&state_dir), Arc::clone(&health));
+    let live = || sample(&["new"]);
+
+    assert_eq!(lkg.state(), State::NotSynced);
+    assert!(!lkg.state().is_ready());
+    assert_eq!(
+        hosts(&lkg.choose(false, live)),
+        ["new"],
+        "nothing loaded before the timeout"
+    );
+    lkg.sync_timed_out(Duration::from_secs(1));
+    assert_eq!(lkg.state(), State::Persisted("2025-01-02T03:04:05Z".into()));
+    assert!(lkg.state().is_ready());
+    assert_eq!(hosts(&lkg.choose(false, live)), ["old"]);
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let (_, on_disk) = state_file::load(&file, "prod").expect("load").expect("a file");
+    assert_eq!(hosts(&on_disk), ["old"], "nothing written before the live sync");
+
+    // Synced: the live objects replace the persisted ones, and are written.
+    assert_eq!(hosts(&lkg.choose(true, live)), ["new"]);
+    assert_eq!(lkg.state(), State::Live);
+    eventually("the live state on disk", || {
+        state_file::load(&file, "prod")
+            .ok()
+            .flatten()
+            .is_some_and(|(_, s)| hosts(&s) == ["new"])
+    })
+    .await;
+
+    // A burst of changes: the latest is what ends up on disk. (That writes are at most one a
+    // second is a property of the writer's loop, not asserted on the clock here: tests do not
+    // time things.)
+    for i in 0..20 {
+        health.mark_dirty();
+        let host = format!("burst-{i:02}");
+        lkg.choose(true, || sample(&[&host]));
+    }
+    eventually("the end of the burst on disk", || {
+        state_file::load(&file, "prod")
+            .ok()
+            .flatten()
+            .is_some_and(|(_, s)| hosts(&s) == ["burst-19"])
+    })
+    .await;
+
+    // Without a change, nothing is offered: what is on disk stays.
+    lkg.choose(true, live);
+    tokio::time::sleep(WRITE_EVERY + Duration::from_millis(200)).await;
+    let (_, on_disk) = state_file::load(&file, "prod").expect("load").expect("a file");
+    assert_eq!(hosts(&on_disk), ["burst-19"]);
+}
+
+#[test]
+fn watch_failures_and_recoveries_set_the_state() {
+    let changed = Arc::new(Notify::new());
+    let health = Health::new("prod", &changed);
+    let lkg = LastKnownGood::new("prod", None, Arc::clone(&health));
+    let services = health.watch("services", "/api/v1/services");
+    let nodes = health.watch("nodes", "/api/v1/nodes");
+    let live = || sample(&["a"]);
+    lkg.choose(true, live);
+    assert_eq!(lkg.state(), State::Live);
+
+    let down = watcher::Error::NoResourceVersion;
+    health.error(&services, &down);
+    health.error(&services, &down);
+    health.error(&nodes, &down);
+    lkg.choose(true, live);
+    assert_eq!(lkg.state(), State::Disconnected);
+    assert!(lkg.state().is_ready(), "still serving the last known state");
+
+    // The API server accepts the services watch again (no event needed), and a node event
+    // arrives (`Init` alone says nothing: the watcher sends it before it lists).
+    health.watch_accepted("/api/v1/services");
+    health.event::<Ingress>(&nodes, &watcher::Event::Init);
+    lkg.choose(true, live);
+    assert_eq!(lkg.state(), State::Disconnected);
+    health.event::<Ingress>(&nodes, &watcher::Event::InitDone);
+    lkg.choose(true, live);
+    assert_eq!(lkg.state(), State::Live);
+
+    // 410 Gone is a relist, not an outage.
+    let gone = kube::core::Status {
+        code: 410,
+        ..Default::default()
+    };
+    health.error(&nodes, &watcher::Error::WatchError(Box::new(gone)));
+    lkg.choose(true, live);
+    assert_eq!(lkg.state(), State::Live);
+}
+
+#[test]
+fn without_persistence_a_timeout_leaves_the_cluster_not_synced() {
+    let changed = Arc::new(Notify::new());
+    let lkg = LastKnownGood::new("prod", None, Health::new("prod", &changed));
+    lkg.sync_timed_out(Duration::from_secs(1));
+    assert_eq!(lkg.state(), State::NotSynced);
+    assert_eq!(hosts(&lkg.choose(false, || sample(&["a"]))), ["a"]);
+}

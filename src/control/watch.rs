@@ -1,0 +1,218 @@
+//! The watches of one kind: a kube reflector per namespace and field selector, each run by a
+//! tokio task that keeps its store, records how each event bears on the table ([`Changes`]),
+//! counts its first full list, and reports to the cluster's watch health (which wakes the
+//! control loop). Errors (API server down, 410 Gone, auth) are retried with kube's default
+//! backoff; the stores keep what they hold meanwhile.
+
+use std::collections::BTreeSet;
+use std::fmt::Debug;
+use std::hash::Hash;
+use std::pin::pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+
+use futures_util::StreamExt;
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use k8s_openapi::{ClusterResourceScope, NamespaceResourceScope};
+use kube::runtime::WatchStreamExt;
+use kube::runtime::reflector::{self, Store};
+use kube::runtime::watcher::{self, Event};
+use kube::{Api, Client, Resource};
+use serde::de::DeserializeOwned;
+
+use super::health::Health;
+use super::kube_client;
+
+/// What the watches saw change since the last build, so that a change that touched only
+/// EndpointSlices can update endpoints in the current table instead of rebuilding it.
+#[derive(Debug, Default)]
+pub struct Changes {
+    /// Something other than EndpointSlices changed (or a relist happened): rebuild everything.
+    pub full: bool,
+    /// Services (namespace, name) whose EndpointSlices changed.
+    pub services: BTreeSet<(String, String)>,
+}
+
+/// How one watch event bears on the table.
+pub enum Touch {
+    /// Not yet: a relist's first events (the store changes at its `InitDone`).
+    Nothing,
+    /// A full rebuild.
+    Full,
+    /// Only the endpoints of this Service (namespace, name).
+    Service(String, String),
+}
+
+/// For every kind but EndpointSlice: a change or a relist means a full rebuild.
+pub fn touches_all<K>(event: &Event<K>) -> Touch {
+    match event {
+        Event::Init | Event::InitApply(_) => Touch::Nothing,
+        _ => Touch::Full,
+    }
+}
+
+/// An EndpointSlice change touches only its Service's endpoints.
+pub fn touches_service(event: &Event<EndpointSlice>) -> Touch {
+    let slice = match event {
+        Event::Init | Event::InitApply(_) => return Touch::Nothing,
+        Event::InitDone => return Touch::Full,
+        Event::Apply(s) | Event::Delete(s) => s,
+    };
+    let service = slice
+        .metadata
+        .labels
+        .as_ref()
+        .and_then(|l| l.get("kubernetes.io/service-name"));
+    match (slice.metadata.namespace.as_ref(), service) {
+        (Some(ns), Some(svc)) => Touch::Service(ns.clone(), svc.clone()),
+        _ => Touch::Nothing, // a slice of no Service routes nothing
+    }
+}
+
+/// What every watch of one cluster shares: where it watches, and what it reports to (the
+/// cluster's watch health, the count of watches that have listed once, the changes).
+pub struct Watches<'a> {
+    /// The cluster's name, for logs.
+    pub cluster: &'a str,
+    pub client: &'a Client,
+    /// The namespaces of namespaced kinds: the configured ones, or `[None]` for all.
+    pub namespaces: &'a [Option<&'a str>],
+    /// Told of every event and error; wakes the control loop.
+    pub health: &'a Arc<Health>,
+    /// Counts the watches that have completed their first full list.
+    pub listed: &'a Arc<AtomicUsize>,
+    /// Where each event's [`Touch`] is recorded, before the control loop is woken.
+    pub changes: &'a Arc<Mutex<Changes>>,
+}
+
+/// Where a kind is watched, decided by its type: a namespaced kind once per configured
+/// namespace (or once over all namespaces), a cluster-scoped kind once.
+pub trait Scope {
+    /// The collections to watch.
+    fn apis<K>(client: &Client, namespaces: &[Option<&str>]) -> Vec<Api<K>>
+    where
+        K: Resource<Scope = Self>,
+        K::DynamicType: Default;
+}
+
+impl Scope for NamespaceResourceScope {
+    fn apis<K>(client: &Client, namespaces: &[Option<&str>]) -> Vec<Api<K>>
+    where
+        K: Resource<Scope = Self>,
+        K::DynamicType: Default,
+    {
+        let api = |ns: &Option<&str>| match ns {
+            Some(ns) => Api::namespaced(client.clone(), ns),
+            None => Api::all(client.clone()),
+        };
+        namespaces.iter().map(api).collect()
+    }
+}
+
+impl Scope for ClusterResourceScope {
+    fn apis<K>(client: &Client, _: &[Option<&str>]) -> Vec<Api<K>>
+    where
+        K: Resource<Scope = Self>,
+        K::DynamicType: Default,
+    {
+        vec![Api::all(client.clone())]
+    }
+}
+
+/// Starts the watches of kind `K` (the resource `what`, e.g. `"ingresses"`) on the current
+/// runtime and returns their stores: one per collection of its [`Scope`] and field selector in
+/// `fields` (one without a selector when `fields` is empty). `what` names the watches in logs.
+pub fn start<K>(w: &Watches<'_>, what: &'static str, fields: &[&str], touch: fn(&Event<K>) -> Touch) -> Vec<Store<K>>
+where
+    K: Resource + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
+    K::DynamicType: Default + Eq + Hash + Clone + Send + Sync,
+    K::Scope: Scope,
+{
+    let configs: Vec<watcher::Config> = if fields.is_empty() {
+        vec![kube_client::watcher_config()]
+    } else {
+        fields.iter().map(|f| kube_client::watcher_config().fields(f)).collect()
+    };
+    let mut stores = Vec::new();
+    for api in <K::Scope as Scope>::apis::<K>(w.client, w.namespaces) {
+        for config in &configs {
+            stores.push(watch(api.clone(), what, w, touch, config.clone()));
+        }
+    }
+    stores
+}
+
+/// Starts one reflector for `api` and returns its store. A failure and the recovery are each
+/// logged once (by the cluster's watch health).
+fn watch<K>(
+    api: Api<K>,
+    what: &'static str,
+    w: &Watches<'_>,
+    touch: fn(&Event<K>) -> Touch,
+    config: watcher::Config,
+) -> Store<K>
+where
+    K: Resource + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
+    K::DynamicType: Default + Eq + Hash + Clone + Send + Sync,
+{
+    let (reader, writer) = reflector::store();
+    let me = w.health.watch(what, api.resource_url());
+    let stream = reflector::reflector(writer, watcher::watcher(api, config).default_backoff());
+    let health = Arc::clone(w.health);
+    let listed = Arc::clone(w.listed);
+    let changes = Arc::clone(w.changes);
+    let cluster = w.cluster.to_owned();
+    tokio::spawn(async move {
+        let mut stream = pin!(stream);
+        let mut first_list = true;
+        while let Some(event) = stream.next().await {
+            match event {
+                Ok(event) => {
+                    log_change(&cluster, what, &event);
+                    // Recorded before the control loop is woken, so it finds the change.
+                    match touch(&event) {
+                        Touch::Nothing => {}
+                        Touch::Full => changes.lock().unwrap_or_else(|e| e.into_inner()).full = true,
+                        Touch::Service(ns, svc) => {
+                            changes
+                                .lock()
+                                .unwrap_or_else(|e| e.into_inner())
+                                .services
+                                .insert((ns, svc));
+                        }
+                    }
+                    if first_list && matches!(event, Event::InitDone) {
+                        // The reflector has already filled the store.
+                        first_list = false;
+                        listed.fetch_add(1, Ordering::Release);
+                    }
+                    // Marks the watch working and wakes the control loop for the events that
+                    // change the store: a relist arrives as Init, InitApply..., InitDone and
+                    // replaces the store at InitDone, so the rebuild happens then, not per object.
+                    health.event(&me, &event);
+                }
+                Err(e) => health.error(&me, &e),
+            }
+        }
+    });
+    reader
+}
+
+/// One line per object change, like a controller's sync log: at info for the objects that shape
+/// routes, at debug for EndpointSlices (a rollout changes them many times a second).
+fn log_change<K: Resource>(cluster: &str, what: &'static str, event: &Event<K>) {
+    let (verb, o) = match event {
+        Event::Apply(o) => ("applied", o),
+        Event::Delete(o) => ("deleted", o),
+        _ => return,
+    };
+    let object = match o.meta().namespace.as_deref() {
+        Some(ns) => format!("{ns}/{}", o.meta().name.as_deref().unwrap_or("")),
+        None => o.meta().name.clone().unwrap_or_default(),
+    };
+    if what == "endpointslices" {
+        tracing::debug!(cluster, what, object, "{verb}");
+    } else {
+        tracing::info!(cluster, what, object, "{verb}");
+    }
+}
