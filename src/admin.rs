@@ -5,7 +5,7 @@
 //!   means that the process is alive and that the control loop's thread is running (a control
 //!   thread that is gone or stuck leaves it unanswered).
 //! - `GET /readyz`: 200 once the first route table is published and every configured cluster is
-//!   ready ([`State::is_ready`]: live, disconnected after a sync, or serving its persisted
+//!   ready ([`ClusterState::is_ready`]: live, disconnected after a sync, or serving its persisted
 //!   state), else 503. The body says `ready` or `not ready`, then each cluster and its state,
 //!   one per line (`prod: live`).
 //! - `GET /metrics`: the process counters ([`crate::stats`]) in the Prometheus text format.
@@ -33,7 +33,7 @@ use tokio::sync::{Semaphore, watch};
 use arc_swap::ArcSwap;
 
 use crate::config::ClusterConfig;
-use crate::control::State;
+use crate::shared::ClusterState;
 use crate::shared::Snapshot;
 
 /// The largest request head read.
@@ -78,7 +78,7 @@ struct Status {
     published: bool,
     /// Every configured cluster, in the file's order, and its state; `None` for one whose
     /// client could not be made (it is not served at all).
-    clusters: Vec<(String, Option<State>)>,
+    clusters: Vec<(String, Option<ClusterState>)>,
     /// The warnings of the last build (bad objects, certificates...), sorted.
     warnings: Arc<Vec<String>>,
 }
@@ -104,7 +104,7 @@ impl Admin {
             published: false,
             clusters: clusters
                 .iter()
-                .map(|c| (c.name.clone(), Some(State::NotSynced)))
+                .map(|c| (c.name.clone(), Some(ClusterState::NotSynced)))
                 .collect(),
             warnings: Arc::default(),
         });
@@ -128,8 +128,8 @@ impl Admin {
 
     /// A route table was published; `clusters` are the clusters being followed and their states
     /// (a configured cluster missing from them could not be connected).
-    pub fn published<'a>(&self, clusters: impl IntoIterator<Item = (&'a str, State)>) {
-        let states: Vec<(&str, State)> = clusters.into_iter().collect();
+    pub fn published<'a>(&self, clusters: impl IntoIterator<Item = (&'a str, ClusterState)>) {
+        let states: Vec<(&str, ClusterState)> = clusters.into_iter().collect();
         let next = Status {
             published: true,
             warnings: Arc::clone(&self.status.borrow().warnings),
@@ -148,10 +148,10 @@ impl Admin {
                 .map(|(name, state)| {
                     let (label, live) = match state {
                         None => ("not_connected", false),
-                        Some(State::NotSynced) => ("not_synced", false),
-                        Some(State::Persisted(_)) => ("persisted", false),
-                        Some(State::Live) => ("live", true),
-                        Some(State::Disconnected) => ("disconnected", false),
+                        Some(ClusterState::NotSynced) => ("not_synced", false),
+                        Some(ClusterState::Persisted(_)) => ("persisted", false),
+                        Some(ClusterState::Live) => ("live", true),
+                        Some(ClusterState::Disconnected) => ("disconnected", false),
                     };
                     (name.clone(), label, live)
                 })
@@ -328,13 +328,13 @@ fn readiness(s: &Status) -> Answer {
     let mut ready = s.published;
     let mut lines = String::new();
     for (name, state) in &s.clusters {
-        ready &= state.as_ref().is_some_and(State::is_ready);
+        ready &= state.as_ref().is_some_and(ClusterState::is_ready);
         let what = match state {
             None => "not connected (its kubeconfig could not be used; see the log)".to_owned(),
-            Some(State::NotSynced) => "not synced".to_owned(),
-            Some(State::Persisted(at)) => format!("persisted (serving the state saved at {at})"),
-            Some(State::Live) => "live".to_owned(),
-            Some(State::Disconnected) => "disconnected (serving the last known state)".to_owned(),
+            Some(ClusterState::NotSynced) => "not synced".to_owned(),
+            Some(ClusterState::Persisted(at)) => format!("persisted (serving the state saved at {at})"),
+            Some(ClusterState::Live) => "live".to_owned(),
+            Some(ClusterState::Disconnected) => "disconnected (serving the last known state)".to_owned(),
         };
         let _ = writeln!(lines, "{name}: {what}");
     }

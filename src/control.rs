@@ -21,8 +21,6 @@ mod status;
 pub mod translate;
 mod watch;
 
-pub(crate) use self::last_known_good::State;
-
 use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::sync::mpsc;

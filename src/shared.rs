@@ -1,11 +1,14 @@
 //! The one boundary between the control side and the workers: what they share, and nothing
 //! else. The control thread builds a [`Snapshot`] and publishes it in [`Shared::snapshot`];
 //! workers only ever load it. The rest of [`Shared`] is process state both sides touch off the
-//! request path: the shutdown signal, the watchdog heartbeats, the per-worker metrics.
+//! request path: the shutdown signal, the watchdog heartbeats, the per-worker metrics. And
+//! [`ClusterState`], what each cluster serves from, which the control thread decides and the
+//! admin server reports.
 //!
 //! Nothing here knows Kubernetes, sockets or a runtime: it is values and the atomics that hand
 //! them over.
 
+use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -48,4 +51,38 @@ pub struct Shared {
     pub hearts: Vec<Arc<crate::notify::Heartbeat>>,
     /// Each worker's request metrics (written by that worker only; summed when scraped).
     pub metrics: Arc<Vec<Arc<crate::metrics::WorkerMetrics>>>,
+}
+
+/// What a cluster serves from, decided by the control thread (`control/last_known_good.rs`)
+/// and read by the admin server: readiness is [`ClusterState::is_ready`] of every cluster.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ClusterState {
+    /// Not synced yet, and no persisted state in use: the cluster adds only what its stores hold
+    /// so far (nothing at first).
+    NotSynced,
+    /// Not synced yet; serving the objects persisted at this time (RFC 3339).
+    Persisted(String),
+    /// Synced; every watch is running.
+    Live,
+    /// Synced, but a watch is failing (API server down, slow or answering errors): serving the
+    /// last known state while kube retries.
+    Disconnected,
+}
+
+impl ClusterState {
+    /// Ready: synced once, or serving the persisted state.
+    pub fn is_ready(&self) -> bool {
+        !matches!(self, ClusterState::NotSynced)
+    }
+}
+
+impl fmt::Display for ClusterState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ClusterState::NotSynced => f.write_str("not synced"),
+            ClusterState::Persisted(at) => write!(f, "persisted ({at})"),
+            ClusterState::Live => f.write_str("live"),
+            ClusterState::Disconnected => f.write_str("disconnected"),
+        }
+    }
 }

@@ -12,12 +12,13 @@ use tokio::sync::Notify;
 use super::health::Health;
 use super::kinds::{ClusterObjects, Stores};
 use super::kube_client;
-use super::last_known_good::{LastKnownGood, State};
+use super::last_known_good::LastKnownGood;
 use super::state_file::StateDir;
 use super::status;
 use super::translate::{ClusterSpec, Objects, UpstreamMode};
 use super::watch::Watches;
 use crate::config::{self, ClusterConfig};
+use crate::shared::ClusterState;
 
 /// What changed since the last build, as [`Cluster::take_changes`] hands it over.
 pub use super::watch::Changes;
@@ -125,7 +126,7 @@ impl Cluster {
     }
 
     /// What the cluster serves from: nothing synced yet, its persisted state, live stores.
-    pub fn state(&self) -> State {
+    pub fn state(&self) -> ClusterState {
         self.lkg.state()
     }
 

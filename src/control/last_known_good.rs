@@ -9,10 +9,9 @@
 //! - **Start during an outage.** A cluster that has not synced within its `sync_timeout` serves
 //!   the objects persisted last ([`LastKnownGood::sync_timed_out`]) until its live stores are
 //!   ready; [`LastKnownGood::choose`] is the one place that picks persisted or live objects.
-//! - **State.** [`State`] says what a cluster serves from (nothing synced yet, the persisted
+//! - **ClusterState.** [`ClusterState`] says what a cluster serves from (nothing synced yet, the persisted
 //!   objects, live stores, live stores with a failing watch); every change is logged once.
 
-use std::fmt;
 use std::io;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
@@ -23,44 +22,12 @@ use tokio::sync::Notify;
 use super::health::Health;
 use super::kinds::ClusterObjects;
 use super::state_file::{self, StateDir};
+use crate::shared::ClusterState;
 
 /// The shortest time between two writes of one cluster's state file.
 const WRITE_EVERY: Duration = Duration::from_secs(1);
 
-/// What a cluster serves from. Readiness is [`State::is_ready`] of every cluster.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum State {
-    /// Not synced yet, and no persisted state in use: the cluster adds only what its stores hold
-    /// so far (nothing at first).
-    NotSynced,
-    /// Not synced yet; serving the objects persisted at this time (RFC 3339).
-    Persisted(String),
-    /// Synced; every watch is running.
-    Live,
-    /// Synced, but a watch is failing (API server down, slow or answering errors): serving the
-    /// last known state while kube retries.
-    Disconnected,
-}
-
-impl State {
-    /// Ready: synced once, or serving the persisted state.
-    pub fn is_ready(&self) -> bool {
-        !matches!(self, State::NotSynced)
-    }
-}
-
-impl fmt::Display for State {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            State::NotSynced => f.write_str("not synced"),
-            State::Persisted(at) => write!(f, "persisted ({at})"),
-            State::Live => f.write_str("live"),
-            State::Disconnected => f.write_str("disconnected"),
-        }
-    }
-}
-
-/// One cluster's choice between persisted and live objects, its [`State`], and its state file.
+/// One cluster's choice between persisted and live objects, its [`ClusterState`], and its state file.
 /// Owned by the cluster and used on the control thread.
 pub struct LastKnownGood {
     cluster: String,
@@ -72,7 +39,7 @@ pub struct LastKnownGood {
 }
 
 struct Inner {
-    state: State,
+    state: ClusterState,
     /// The loaded objects, while the state is `Persisted`.
     persisted: Option<ClusterObjects>,
 }
@@ -89,13 +56,13 @@ impl LastKnownGood {
             file,
             writer,
             inner: Mutex::new(Inner {
-                state: State::NotSynced,
+                state: ClusterState::NotSynced,
                 persisted: None,
             }),
         }
     }
 
-    pub fn state(&self) -> State {
+    pub fn state(&self) -> ClusterState {
         lock(&self.inner).state.clone()
     }
 
@@ -121,7 +88,7 @@ impl LastKnownGood {
                     "cluster {cluster:?} not reachable; serving the state persisted at {saved_at}"
                 );
                 let mut inner = lock(&self.inner);
-                inner.state = State::Persisted(saved_at);
+                inner.state = ClusterState::Persisted(saved_at);
                 inner.persisted = Some(objects);
             }
             Ok(None) => tracing::warn!(
@@ -146,14 +113,14 @@ impl LastKnownGood {
     pub fn choose(&self, synced: bool, live: impl FnOnce() -> ClusterObjects) -> ClusterObjects {
         let mut inner = lock(&self.inner);
         let next = match (&inner.state, synced) {
-            (_, true) if self.health.failing() => State::Disconnected,
-            (_, true) => State::Live,
-            (State::Persisted(at), false) => State::Persisted(at.clone()),
-            (_, false) => State::NotSynced,
+            (_, true) if self.health.failing() => ClusterState::Disconnected,
+            (_, true) => ClusterState::Live,
+            (ClusterState::Persisted(at), false) => ClusterState::Persisted(at.clone()),
+            (_, false) => ClusterState::NotSynced,
         };
         if next != inner.state {
             log_change(&self.cluster, &inner.state, &next);
-            if synced && !matches!(inner.state, State::Live | State::Disconnected) {
+            if synced && !matches!(inner.state, ClusterState::Live | ClusterState::Disconnected) {
                 // The first live state is written whatever happened before.
                 inner.persisted = None;
                 self.health.mark_dirty();
@@ -175,27 +142,27 @@ impl LastKnownGood {
     }
 }
 
-fn log_change(cluster: &str, from: &State, to: &State) {
+fn log_change(cluster: &str, from: &ClusterState, to: &ClusterState) {
     let state = to.to_string();
     match (from, to) {
-        (State::Persisted(at), State::Live | State::Disconnected) => tracing::info!(
+        (ClusterState::Persisted(at), ClusterState::Live | ClusterState::Disconnected) => tracing::info!(
             cluster,
             state,
             "cluster {cluster:?} synced: its live state replaces the state persisted at {at}"
         ),
-        (State::Live, State::Disconnected) => tracing::warn!(
+        (ClusterState::Live, ClusterState::Disconnected) => tracing::warn!(
             cluster,
             state,
             "cluster {cluster:?}: API server unreachable or failing; serving the last known state until it is back"
         ),
-        (State::Disconnected, State::Live) => {
+        (ClusterState::Disconnected, ClusterState::Live) => {
             tracing::info!(
                 cluster,
                 state,
                 "cluster {cluster:?}: API server back; every watch is running"
             )
         }
-        (State::NotSynced, State::Live | State::Disconnected) => {
+        (ClusterState::NotSynced, ClusterState::Live | ClusterState::Disconnected) => {
             tracing::info!(cluster, state, "cluster {cluster:?} synced: serving its live state")
         }
         _ => tracing::info!(cluster, state, "cluster {cluster:?} is now {state}"),

@@ -35,7 +35,7 @@ async fn persisted_objects_serve_until_the_live_sync_then_the_live_ones_are_writ
     let lkg = LastKnownGood::new("prod", Some(&state_dir), Arc::clone(&health));
     let live = || sample(&["new"]);
 
-    assert_eq!(lkg.state(), State::NotSynced);
+    assert_eq!(lkg.state(), ClusterState::NotSynced);
     assert!(!lkg.state().is_ready());
     assert_eq!(
         hosts(&lkg.choose(false, live)),
@@ -43,7 +43,7 @@ async fn persisted_objects_serve_until_the_live_sync_then_the_live_ones_are_writ
         "nothing loaded before the timeout"
     );
     lkg.sync_timed_out(Duration::from_secs(1));
-    assert_eq!(lkg.state(), State::Persisted("2025-01-02T03:04:05Z".into()));
+    assert_eq!(lkg.state(), ClusterState::Persisted("2025-01-02T03:04:05Z".into()));
     assert!(lkg.state().is_ready());
     assert_eq!(hosts(&lkg.choose(false, live)), ["old"]);
     tokio::time::sleep(Duration::from_millis(50)).await;
@@ -52,7 +52,7 @@ async fn persisted_objects_serve_until_the_live_sync_then_the_live_ones_are_writ
 
     // Synced: the live objects replace the persisted ones, and are written.
     assert_eq!(hosts(&lkg.choose(true, live)), ["new"]);
-    assert_eq!(lkg.state(), State::Live);
+    assert_eq!(lkg.state(), ClusterState::Live);
     eventually("the live state on disk", || {
         state_file::load(&file, "prod")
             .ok()
@@ -93,14 +93,14 @@ fn watch_failures_and_recoveries_set_the_state() {
     let nodes = health.watch("nodes", "/api/v1/nodes");
     let live = || sample(&["a"]);
     lkg.choose(true, live);
-    assert_eq!(lkg.state(), State::Live);
+    assert_eq!(lkg.state(), ClusterState::Live);
 
     let down = watcher::Error::NoResourceVersion;
     health.error(&services, &down);
     health.error(&services, &down);
     health.error(&nodes, &down);
     lkg.choose(true, live);
-    assert_eq!(lkg.state(), State::Disconnected);
+    assert_eq!(lkg.state(), ClusterState::Disconnected);
     assert!(lkg.state().is_ready(), "still serving the last known state");
 
     // The API server accepts the services watch again (no event needed), and a node event
@@ -108,10 +108,10 @@ fn watch_failures_and_recoveries_set_the_state() {
     health.watch_accepted("/api/v1/services");
     health.event::<Ingress>(&nodes, &watcher::Event::Init);
     lkg.choose(true, live);
-    assert_eq!(lkg.state(), State::Disconnected);
+    assert_eq!(lkg.state(), ClusterState::Disconnected);
     health.event::<Ingress>(&nodes, &watcher::Event::InitDone);
     lkg.choose(true, live);
-    assert_eq!(lkg.state(), State::Live);
+    assert_eq!(lkg.state(), ClusterState::Live);
 
     // 410 Gone is a relist, not an outage.
     let gone = kube::core::Status {
@@ -120,7 +120,7 @@ fn watch_failures_and_recoveries_set_the_state() {
     };
     health.error(&nodes, &watcher::Error::WatchError(Box::new(gone)));
     lkg.choose(true, live);
-    assert_eq!(lkg.state(), State::Live);
+    assert_eq!(lkg.state(), ClusterState::Live);
 }
 
 #[test]
@@ -128,6 +128,6 @@ fn without_persistence_a_timeout_leaves_the_cluster_not_synced() {
     let changed = Arc::new(Notify::new());
     let lkg = LastKnownGood::new("prod", None, Health::new("prod", &changed));
     lkg.sync_timed_out(Duration::from_secs(1));
-    assert_eq!(lkg.state(), State::NotSynced);
+    assert_eq!(lkg.state(), ClusterState::NotSynced);
     assert_eq!(hosts(&lkg.choose(false, || sample(&["a"]))), ["a"]);
 }

@@ -7,7 +7,7 @@ use k8s_openapi::api::core::v1::{Node, Service};
 use serde_json::{Value, json};
 
 use crate::control::translate::ClusterSpec;
-use crate::control::translate::tests::*;
+use crate::control::translate::ingress::tests::*;
 
 // ---- ports ----
 

@@ -5,27 +5,30 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::api::core::v1::{Node, Secret, Service};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
 
 use k8s_openapi::Metadata;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
 
 use super::*;
+use crate::control::translate::{UpstreamMode, service_endpoints};
 use crate::routes::RouteTable;
 
 // ---- objects ----
 
-pub(super) const OURS: &str = "kedge.dev/ingress-controller";
-pub(super) const T1: &str = "2024-01-01T00:00:00Z";
-pub(super) const T2: &str = "2024-02-01T00:00:00Z";
-pub(super) const T3: &str = "2024-03-01T00:00:00Z";
+pub(in crate::control::translate) const OURS: &str = "kedge.dev/ingress-controller";
+pub(in crate::control::translate) const T1: &str = "2024-01-01T00:00:00Z";
+pub(in crate::control::translate) const T2: &str = "2024-02-01T00:00:00Z";
+pub(in crate::control::translate) const T3: &str = "2024-03-01T00:00:00Z";
 
-pub(super) fn obj<T: DeserializeOwned>(v: Value) -> Arc<T> {
+pub(in crate::control::translate) fn obj<T: DeserializeOwned>(v: Value) -> Arc<T> {
     Arc::new(serde_json::from_value(v).unwrap_or_else(|e| panic!("bad test object: {e}")))
 }
 
-pub(super) fn ingress(ns: &str, name: &str, created: &str, spec: Value) -> Arc<Ingress> {
+pub(in crate::control::translate) fn ingress(ns: &str, name: &str, created: &str, spec: Value) -> Arc<Ingress> {
     obj(json!({
         "metadata": {"namespace": ns, "name": name, "creationTimestamp": created},
         "spec": spec,
@@ -33,18 +36,21 @@ pub(super) fn ingress(ns: &str, name: &str, created: &str, spec: Value) -> Arc<I
 }
 
 /// Our class's Ingress with the given rules.
-pub(super) fn ours(ns: &str, name: &str, created: &str, rules: Value) -> Arc<Ingress> {
+pub(in crate::control::translate) fn ours(ns: &str, name: &str, created: &str, rules: Value) -> Arc<Ingress> {
     ingress(ns, name, created, json!({"ingressClassName": "kedge", "rules": rules}))
 }
 
 /// Adds annotations to any object.
-pub(super) fn annotated<T: Metadata<Ty = ObjectMeta> + Clone>(o: Arc<T>, annotations: Value) -> Arc<T> {
+pub(in crate::control::translate) fn annotated<T: Metadata<Ty = ObjectMeta> + Clone>(
+    o: Arc<T>,
+    annotations: Value,
+) -> Arc<T> {
     let mut o = (*o).clone();
     o.metadata_mut().annotations = Some(serde_json::from_value(annotations).expect("string map"));
     Arc::new(o)
 }
 
-pub(super) fn class(name: &str, controller: &str, default: bool) -> Arc<IngressClass> {
+pub(in crate::control::translate) fn class(name: &str, controller: &str, default: bool) -> Arc<IngressClass> {
     obj(json!({
         "metadata": {
             "name": name,
@@ -54,12 +60,12 @@ pub(super) fn class(name: &str, controller: &str, default: bool) -> Arc<IngressC
     }))
 }
 
-pub(super) fn service(ns: &str, name: &str, spec: Value) -> Arc<Service> {
+pub(in crate::control::translate) fn service(ns: &str, name: &str, spec: Value) -> Arc<Service> {
     obj(json!({"metadata": {"namespace": ns, "name": name}, "spec": spec}))
 }
 
 /// A ClusterIP Service with one port `http` (80 → 8080, nodePort 30080).
-pub(super) fn web_service(ns: &str, name: &str) -> Arc<Service> {
+pub(in crate::control::translate) fn web_service(ns: &str, name: &str) -> Arc<Service> {
     service(
         ns,
         name,
@@ -67,7 +73,7 @@ pub(super) fn web_service(ns: &str, name: &str) -> Arc<Service> {
     )
 }
 
-pub(super) fn slice(
+pub(in crate::control::translate) fn slice(
     ns: &str,
     name: &str,
     svc: &str,
@@ -84,7 +90,7 @@ pub(super) fn slice(
 }
 
 /// One IPv4 slice of `svc` with port `http` = 8080 and these ready pod IPs.
-pub(super) fn ready_slice(ns: &str, svc: &str, ips: &[&str]) -> Arc<EndpointSlice> {
+pub(in crate::control::translate) fn ready_slice(ns: &str, svc: &str, ips: &[&str]) -> Arc<EndpointSlice> {
     let eps: Vec<Value> = ips
         .iter()
         .map(|ip| json!({"addresses": [ip], "conditions": {"ready": true}}))
@@ -99,7 +105,7 @@ pub(super) fn ready_slice(ns: &str, svc: &str, ips: &[&str]) -> Arc<EndpointSlic
     )
 }
 
-pub(super) fn node(name: &str, ready: &str, unschedulable: bool, addresses: Value) -> Arc<Node> {
+pub(in crate::control::translate) fn node(name: &str, ready: &str, unschedulable: bool, addresses: Value) -> Arc<Node> {
     obj(json!({
         "metadata": {"name": name},
         "spec": {"unschedulable": unschedulable},
@@ -107,12 +113,12 @@ pub(super) fn node(name: &str, ready: &str, unschedulable: bool, addresses: Valu
     }))
 }
 
-pub(super) fn internal(ip: &str) -> Value {
+pub(in crate::control::translate) fn internal(ip: &str) -> Value {
     json!([{"type": "InternalIP", "address": ip}, {"type": "Hostname", "address": "n.example.com"}])
 }
 
 /// A rule: host (or none) and paths.
-pub(super) fn rule(host: Option<&str>, paths: Value) -> Value {
+pub(in crate::control::translate) fn rule(host: Option<&str>, paths: Value) -> Value {
     match host {
         Some(h) => json!({"host": h, "http": {"paths": paths}}),
         None => json!({"http": {"paths": paths}}),
@@ -120,11 +126,11 @@ pub(super) fn rule(host: Option<&str>, paths: Value) -> Value {
 }
 
 /// A path to `svc` at `port`: a number, or a port name.
-pub(super) fn path(p: &str, path_type: &str, svc: &str, port: Value) -> Value {
+pub(in crate::control::translate) fn path(p: &str, path_type: &str, svc: &str, port: Value) -> Value {
     json!({"path": p, "pathType": path_type, "backend": backend(svc, port)})
 }
 
-pub(super) fn backend(svc: &str, port: Value) -> Value {
+pub(in crate::control::translate) fn backend(svc: &str, port: Value) -> Value {
     let port = if port.is_number() {
         json!({"number": port})
     } else {
@@ -135,7 +141,7 @@ pub(super) fn backend(svc: &str, port: Value) -> Value {
 
 // ---- running ----
 
-pub(super) fn spec() -> ClusterSpec {
+pub(in crate::control::translate) fn spec() -> ClusterSpec {
     ClusterSpec {
         name: "c1".into(),
         ingress_class: "kedge".into(),
@@ -145,7 +151,7 @@ pub(super) fn spec() -> ClusterSpec {
     }
 }
 
-pub(super) fn nodeports() -> ClusterSpec {
+pub(in crate::control::translate) fn nodeports() -> ClusterSpec {
     ClusterSpec {
         upstream: UpstreamMode::NodePorts,
         ..spec()
@@ -153,25 +159,25 @@ pub(super) fn nodeports() -> ClusterSpec {
 }
 
 #[derive(Default)]
-pub(super) struct World {
-    pub(super) ingresses: Vec<Arc<Ingress>>,
-    pub(super) classes: Vec<Arc<IngressClass>>,
-    pub(super) services: Vec<Arc<Service>>,
-    pub(super) slices: Vec<Arc<EndpointSlice>>,
-    pub(super) nodes: Vec<Arc<Node>>,
-    pub(super) secrets: Vec<Arc<Secret>>,
+pub(in crate::control::translate) struct World {
+    pub(in crate::control::translate) ingresses: Vec<Arc<Ingress>>,
+    pub(in crate::control::translate) classes: Vec<Arc<IngressClass>>,
+    pub(in crate::control::translate) services: Vec<Arc<Service>>,
+    pub(in crate::control::translate) slices: Vec<Arc<EndpointSlice>>,
+    pub(in crate::control::translate) nodes: Vec<Arc<Node>>,
+    pub(in crate::control::translate) secrets: Vec<Arc<Secret>>,
 }
 
 impl World {
     /// A world with our IngressClass `kedge` (not default).
-    pub(super) fn new() -> Self {
+    pub(in crate::control::translate) fn new() -> Self {
         World {
             classes: vec![class("kedge", OURS, false)],
             ..World::default()
         }
     }
 
-    pub(super) fn run(&self, spec: &ClusterSpec) -> (RouteTable, Outcome) {
+    pub(in crate::control::translate) fn run(&self, spec: &ClusterSpec) -> (RouteTable, Outcome) {
         let objs = Objects {
             ingresses: &self.ingresses,
             classes: &self.classes,
@@ -187,9 +193,9 @@ impl World {
 }
 
 /// What answers a request: backend name and endpoints.
-pub(super) type Want<'a> = Option<(&'a str, &'a [&'a str])>;
+pub(in crate::control::translate) type Want<'a> = Option<(&'a str, &'a [&'a str])>;
 
-pub(super) fn check_routes(table: &RouteTable, cases: &[(&str, &str, Want<'_>)]) {
+pub(in crate::control::translate) fn check_routes(table: &RouteTable, cases: &[(&str, &str, Want<'_>)]) {
     for &(host, path, want) in cases {
         let got = table.route(host.as_bytes(), path).map(|b| {
             (
@@ -202,7 +208,7 @@ pub(super) fn check_routes(table: &RouteTable, cases: &[(&str, &str, Want<'_>)])
     }
 }
 
-pub(super) fn check_warnings(out: &Outcome, want: &[&str]) {
+pub(in crate::control::translate) fn check_warnings(out: &Outcome, want: &[&str]) {
     let got: Vec<String> = out
         .warnings
         .iter()
@@ -211,15 +217,15 @@ pub(super) fn check_warnings(out: &Outcome, want: &[&str]) {
     assert_eq!(got, want);
 }
 
-pub(super) fn check_served(out: &Outcome, want: &[(&str, &str)]) {
+pub(in crate::control::translate) fn check_served(out: &Outcome, want: &[(&str, &str)]) {
     let want: Vec<(String, String)> = want.iter().map(|&(a, b)| (a.into(), b.into())).collect();
     assert_eq!(out.served, want);
 }
 
-pub(super) const SHOP: Want<'static> = Some(("c1/web/shop:80", &["192.0.2.1:8080"]));
+pub(in crate::control::translate) const SHOP: Want<'static> = Some(("c1/web/shop:80", &["192.0.2.1:8080"]));
 
 /// A world with Service web/shop (one ready pod 192.0.2.1) and the given Ingresses.
-pub(super) fn shop_world(ingresses: Vec<Arc<Ingress>>) -> World {
+pub(in crate::control::translate) fn shop_world(ingresses: Vec<Arc<Ingress>>) -> World {
     World {
         ingresses,
         services: vec![web_service("web", "shop")],
@@ -228,7 +234,7 @@ pub(super) fn shop_world(ingresses: Vec<Arc<Ingress>>) -> World {
     }
 }
 
-pub(super) fn shop_rule(host: &str) -> Value {
+pub(in crate::control::translate) fn shop_rule(host: &str) -> Value {
     json!([rule(Some(host), json!([path("/", "Prefix", "shop", json!(80))]))])
 }
 
