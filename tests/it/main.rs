@@ -29,7 +29,7 @@ mod headers;
 /// Client keep-alive, upstream pooling, HTTP/1.0 clients, pipelining, concurrent clients.
 mod keepalive;
 /// The fixture Kubernetes API server, through the real kube client: list, watch, bookmarks,
-/// 410 Gone after an outage, status and Lease writes.
+/// 410 Gone after an outage, status writes.
 mod kube_fixture;
 /// SIGHUP reload under traffic, and SIGTERM drain.
 mod lifecycle;
