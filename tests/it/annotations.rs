@@ -142,7 +142,7 @@ fn rate_and_concurrency_limits_per_client() {
         api.apply("ingresses", annotated(name, "/", svc, annotations));
     }
     let dir = TempDir::new("limits");
-    let kedge = Kedge::setup(crate::support::Driver::IoUring).follow(&api, &dir, "");
+    let kedge = Kedge::follow(&api, &dir, "");
     let mut c = Client::connect(kedge.addr());
     // A burst of 3 (1 r/min × 3: no refill within the test), then 503s.
     let statuses: Vec<u16> = (0..6).map(|_| c.get("rated.example.com", "/").status).collect();
@@ -200,7 +200,7 @@ fn basic_auth_from_an_htpasswd_secret() {
         ),
     );
     let dir = TempDir::new("auth");
-    let kedge = Kedge::setup(crate::support::Driver::IoUring).follow(&api, &dir, "");
+    let kedge = Kedge::follow(&api, &dir, "");
     let ask = |host: &str, creds: Option<&str>| {
         let mut c = Client::connect(kedge.addr());
         let auth = creds.map_or(String::new(), |c| format!("Authorization: Basic {}\r\n", b64(c)));
@@ -270,7 +270,7 @@ fn connect_timeout_retry_budget_and_auth_map() {
         ),
     );
     let dir = TempDir::new("connect-timeout");
-    let kedge = Kedge::setup(crate::support::Driver::IoUring).follow(&api, &dir, "");
+    let kedge = Kedge::follow(&api, &dir, "");
     // proxy-connect-timeout: 1 s instead of the default 5 s, then 504 (one endpoint only).
     let resp = Client::connect(kedge.addr()).get("hole.example.com", "/");
     assert_eq!(resp.status, 504, "{resp:?}");

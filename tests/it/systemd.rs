@@ -29,7 +29,7 @@ fn notifies_ready_reloading_watchdog_and_stopping_in_order() {
     let sock = UnixDatagram::bind(&path).expect("bind the notify socket");
     sock.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
     let up = Upstream::start("app", Handler::Echo);
-    let mut kedge = Kedge::setup(crate::support::Driver::IoUring)
+    let mut kedge = Kedge::setup(crate::support::Driver::default())
         .workers(2)
         .env("NOTIFY_SOCKET", path.to_str().unwrap())
         .env("WATCHDOG_USEC", "2000000")
@@ -105,7 +105,7 @@ fn ready_waits_for_the_first_cluster_sync() {
             std::thread::sleep(Duration::from_secs(2));
             api.resume();
         });
-        Kedge::setup(crate::support::Driver::IoUring)
+        Kedge::setup(crate::support::Driver::default())
             .env("NOTIFY_SOCKET", path.to_str().unwrap())
             .follow(&api, &dir, "sync_timeout = \"30s\"\n")
     });
@@ -135,7 +135,7 @@ fn a_stuck_worker_stops_the_watchdog_pings_until_it_recovers() {
     sock.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
     let up = Upstream::start("app", Handler::Echo);
     // Worker 1's loop blocks for 6 s, 3 s after start (a fault injected in debug builds).
-    let kedge = Kedge::setup(crate::support::Driver::IoUring)
+    let kedge = Kedge::setup(crate::support::Driver::default())
         .workers(2)
         .env("NOTIFY_SOCKET", path.to_str().unwrap())
         .env("WATCHDOG_USEC", "2000000")

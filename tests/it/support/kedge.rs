@@ -54,6 +54,12 @@ impl Kedge {
         Kedge::setup(driver).start(fragment)
     }
 
+    /// Starts one worker on the default driver following `api` as cluster `test` (see
+    /// [`Setup::follow`]): how a control-plane test starts kedge.
+    pub fn follow(api: &super::FakeApi, dir: &TempDir, cluster_extra: &str) -> Kedge {
+        Kedge::setup(Driver::default()).follow(api, dir, cluster_extra)
+    }
+
     /// A start with more choices (workers, `[proxy]` keys).
     pub fn setup(driver: Driver) -> Setup {
         Setup {
@@ -201,13 +207,25 @@ impl Setup {
         self
     }
 
+    /// Keeps cluster state in `dir` (one a restarted kedge finds again) instead of this
+    /// instance's own directory.
+    pub fn state_dir(self, dir: &std::path::Path) -> Setup {
+        self.proxy(&format!("state_dir = \"{}\"", dir.display()))
+    }
+
     /// Starts kedge following `api` as cluster `test` (its kubeconfig written into `dir`), with
-    /// `cluster_extra` (`key = value` lines) added to the `[[cluster]]`.
+    /// `cluster_extra` (`key = value` lines) added to the `[[cluster]]`. The sync timeout is
+    /// 10 s unless `cluster_extra` sets one.
     pub fn follow(self, api: &super::FakeApi, dir: &TempDir, cluster_extra: &str) -> Kedge {
         let kubeconfig = dir.path().join("kubeconfig");
         api.write_kubeconfig(&kubeconfig);
+        let sync_timeout = if cluster_extra.contains("sync_timeout") {
+            ""
+        } else {
+            "sync_timeout = \"10s\"\n"
+        };
         self.start(&format!(
-            "[[cluster]]\nname = \"test\"\nkubeconfig = \"{}\"\n{cluster_extra}",
+            "[[cluster]]\nname = \"test\"\nkubeconfig = \"{}\"\n{sync_timeout}{cluster_extra}\n",
             kubeconfig.display()
         ))
     }
