@@ -14,7 +14,6 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use crate::cluster::kedge_with;
 use crate::support::objects::{endpoint, ingress, ingress_class, service, slice_of};
 use crate::support::{Client, Driver, FakeApi, Kedge, TempDir, Upstream, both_drivers, wait_until};
 
@@ -176,7 +175,7 @@ fn ten_pod_service(driver: Driver, port: u16, label: &str) -> (FakeApi, TempDir,
     );
     api.apply("ingresses", ingress("web", "kedge", HOST, "/", "web"));
     let dir = TempDir::new(label);
-    let kedge = kedge_with(driver, 2, &api, &dir, "");
+    let kedge = Kedge::setup(driver).workers(2).follow(&api, &dir, "");
     (api, dir, kedge)
 }
 
@@ -240,7 +239,7 @@ both_drivers!(
         api.apply("endpointslices", slice_state(port, &ready, &draining));
         api.apply("ingresses", ingress("web", "kedge", HOST, "/", "web"));
         let dir = TempDir::new("churn");
-        let kedge = kedge_with(driver, 2, &api, &dir, "");
+        let kedge = Kedge::setup(driver).workers(2).follow(&api, &dir, "");
 
         let mut rng = Rng::seeded();
         let seed = rng.0;

@@ -51,9 +51,10 @@ impl Driver {
     }
 }
 
-/// Defines a test that runs once per I/O driver: `both_drivers!(fn name(driver) { ... })`
+/// Defines a data-plane test that runs once per I/O driver: `both_drivers!(fn name(driver) { ... })`
 /// makes a module `name` with the tests `name::io_uring` and `name::epoll`, so
-/// `cargo test --test it epoll` picks one driver.
+/// `cargo test --test it epoll` picks one driver. Control-plane tests are plain `#[test]`s on
+/// `Driver::default()` (see [`Driver`]).
 macro_rules! both_drivers {
     ($(#[$attr:meta])* fn $name:ident($driver:ident) $body:block) => {
         $(#[$attr])*
