@@ -135,12 +135,17 @@ fn an_api_server_outage_under_load_fails_no_request() {
     let load = Load::start(kedge.addr(), "web.example.com", 3);
     load.wait_for_more(50, "traffic before the outage");
 
+    let watches = api.open_watches();
+    assert!(watches > 0, "kedge watches nothing before the outage");
     api.pause();
     kedge.wait_log("watch failed", Duration::from_secs(10));
     kedge.wait_log("API server unreachable or failing", Duration::from_secs(10));
     load.wait_for_more(100, "traffic during the outage");
-    // Keep the API server away a few seconds: kube's backoff grows meanwhile.
-    std::thread::sleep(Duration::from_secs(3));
+    // Keep the API server away until kedge has been turned away twice per watch: kube's backoff
+    // has grown meanwhile, and the recovery below must come round from there.
+    wait_until(RECOVERY, "kedge retrying through the outage (twice per watch)", || {
+        api.turned_away() >= 2 * watches
+    });
     load.wait_for_more(50, "traffic late in the outage");
     api.resume();
 
