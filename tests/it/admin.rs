@@ -1,15 +1,14 @@
 //! The admin listener: `/healthz`, `/readyz` through a cluster's states (live, disconnected while
 //! the API server is away, not synced, persisted), what it refuses, and its configuration. The
-//! admin server runs on the control thread, not on the workers: one driver (epoll) is enough.
+//! admin server runs on the control thread, not on the workers: one driver (the default) is enough.
 
 use std::net::SocketAddr;
-use std::path::Path;
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde_json::json;
 
-use crate::support::{Client, Driver, FakeApi, Kedge, TempDir, Upstream, wait_until};
+use crate::support::{Client, Driver, FakeApi, Kedge, TempDir, Upstream, readyz, wait_readyz, wait_until};
 
 /// Long enough for kube's backoff (0.8 s doubling, with jitter) to come round after an outage,
 /// on a loaded machine.
@@ -28,40 +27,9 @@ fn ask(addr: SocketAddr, raw: &str, head: bool) -> (Client, u16, String, Vec<(St
     (c, resp.status, text, resp.headers)
 }
 
-/// `GET /readyz`: the status and the body.
-fn readyz(kedge: &Kedge) -> (u16, String) {
-    let (_, status, body, _) = ask(kedge.admin_addr(), "GET /readyz HTTP/1.1\r\nHost: x\r\n\r\n", false);
-    (status, body)
-}
-
-/// Waits until `/readyz` answers `status` with a line that starts with `line`; returns the body.
-fn wait_readyz(kedge: &Kedge, timeout: Duration, status: u16, line: &str) -> String {
-    let mut last = (0, String::new());
-    let what = format!("/readyz {status} with {line:?}");
-    let deadline = Instant::now() + timeout;
-    while Instant::now() < deadline {
-        last = readyz(kedge);
-        if last.0 == status && last.1.lines().any(|l| l.starts_with(line)) {
-            return last.1;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    panic!(
-        "timed out after {timeout:?} waiting for {what}; last answer: {} {:?}",
-        last.0, last.1
-    );
-}
-
-/// kedge following `api` as cluster `test` (state in `state_dir`), admin server on port 0.
-fn kedge_for(api: &FakeApi, dir: &TempDir, state_dir: &Path, sync_timeout: &str) -> Kedge {
-    Kedge::setup(Driver::Epoll)
-        .proxy(&format!("state_dir = \"{}\"", state_dir.display()))
-        .follow(api, dir, &format!("sync_timeout = \"{sync_timeout}\"\n"))
-}
-
 #[test]
 fn healthz_answers_and_the_rest_is_refused() {
-    let kedge = Kedge::start(Driver::Epoll, "");
+    let kedge = Kedge::start(Driver::default(), "");
     let admin = kedge.admin_addr();
     assert_ne!(admin, kedge.addr());
 
@@ -133,7 +101,7 @@ fn healthz_answers_and_the_rest_is_refused() {
 
 #[test]
 fn an_idle_admin_connection_is_closed() {
-    let kedge = Kedge::start(Driver::Epoll, "");
+    let kedge = Kedge::start(Driver::default(), "");
     let mut c = Client::connect(kedge.admin_addr());
     c.send(b"GET /healthz HTTP/1.1\r\n");
     // The rest of the head never comes: 408 after 5 s, then the close.
@@ -144,7 +112,7 @@ fn an_idle_admin_connection_is_closed() {
 
 #[test]
 fn readyz_without_clusters_is_ready() {
-    let kedge = Kedge::start(Driver::Epoll, "");
+    let kedge = Kedge::start(Driver::default(), "");
     let body = wait_readyz(&kedge, Duration::from_secs(5), 200, "ready");
     assert_eq!(body, "ready\n");
     let (_, status, body, _) = ask(kedge.admin_addr(), "HEAD /readyz HTTP/1.1\r\n\r\n", true);
@@ -155,7 +123,7 @@ fn readyz_without_clusters_is_ready() {
 fn readyz_follows_the_api_server_through_an_outage() {
     let api = FakeApi::start();
     let dir = TempDir::new("admin");
-    let kedge = kedge_for(&api, &dir, &dir.path().join("state"), "10s");
+    let kedge = Kedge::follow(&api, &dir, "");
     let body = wait_readyz(&kedge, Duration::from_secs(5), 200, "test: live");
     assert_eq!(body, "ready\ntest: live\n");
 
@@ -181,7 +149,7 @@ fn readyz_is_503_until_a_cluster_first_syncs() {
     api.pause();
     let dir = TempDir::new("admin");
     // Nothing persisted: after its sync timeout the cluster is served without its objects.
-    let kedge = kedge_for(&api, &dir, &dir.path().join("state"), "1s");
+    let kedge = Kedge::follow(&api, &dir, "sync_timeout = \"1s\"");
     kedge.wait_log("no state persisted for it", Duration::from_secs(5));
     let (status, body) = readyz(&kedge);
     assert_eq!(status, 503, "{body}");
@@ -207,7 +175,9 @@ fn readyz_is_200_while_serving_the_persisted_state() {
     std::fs::write(state_dir.join("cluster-test.json"), saved.to_string()).expect("write");
 
     api.pause();
-    let kedge = kedge_for(&api, &dir, &state_dir, "1s");
+    let kedge = Kedge::setup(Driver::default())
+        .state_dir(&state_dir)
+        .follow(&api, &dir, "sync_timeout = \"1s\"");
     kedge.wait_log(
         "serving the state persisted at 2025-01-01T00:00:00Z",
         Duration::from_secs(5),
@@ -234,7 +204,7 @@ fn readyz_is_503_for_a_cluster_that_cannot_be_connected() {
          cluster: nowhere\n    user: nobody\ncurrent-context: ghost\n",
     );
     let kedge = Kedge::start(
-        Driver::Epoll,
+        Driver::default(),
         &format!(
             "[[cluster]]\nname = \"broken\"\nkubeconfig = \"{}\"\n",
             kubeconfig.display()
@@ -247,7 +217,7 @@ fn readyz_is_503_for_a_cluster_that_cannot_be_connected() {
 
 #[test]
 fn admin_can_be_turned_off() {
-    let kedge = Kedge::start(Driver::Epoll, "[admin]\nenabled = false\n");
+    let kedge = Kedge::start(Driver::default(), "[admin]\nenabled = false\n");
     // The line would come before `listening on`, which the start waited for.
     assert!(
         !kedge.logs().iter().any(|l| l.contains("admin listening on")),
@@ -342,7 +312,7 @@ fn parse_metrics(text: &str) -> std::collections::BTreeMap<String, f64> {
 #[test]
 fn metrics_count_known_traffic_by_backend_status_and_latency() {
     let up = Upstream::start("app", crate::support::Handler::Echo);
-    let kedge = Kedge::setup(Driver::IoUring).workers(2).start(&format!(
+    let kedge = Kedge::setup(Driver::default()).workers(2).start(&format!(
         "[[route]]\nname = \"app\"\nhost = \"app.example.com\"\nupstreams = [\"{}\"]\n\
          [[route]]\nname = \"dead\"\nhost = \"dead.example.com\"\nupstreams = [\"{}\"]\n",
         up.addr(),

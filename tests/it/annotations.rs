@@ -7,7 +7,7 @@ use std::time::Duration;
 use serde_json::{Value, json};
 
 use crate::support::objects::{ingress, ingress_class, service, slice};
-use crate::support::{Client, FakeApi, Handler, Kedge, TempDir, Upstream, both_drivers};
+use crate::support::{Client, FakeApi, Handler, Kedge, TempDir, Upstream, both_drivers, wait_until};
 
 /// Ingress `name` for `name.example.com` with `path` (ImplementationSpecific) to Service
 /// `svc`, with `annotations`.
@@ -117,7 +117,7 @@ both_drivers!(
 #[test]
 fn rate_and_concurrency_limits_per_client() {
     let up = Upstream::start("app", Handler::Echo);
-    let slow = Upstream::start("slow", Handler::Delay(Duration::from_millis(800)));
+    let slow = Upstream::start("slow", Handler::Delay(Duration::from_secs(2)));
     let api = FakeApi::start();
     api.apply("ingressclasses", ingress_class());
     for (svc, u) in [("app", &up), ("slow", &slow)] {
@@ -142,7 +142,7 @@ fn rate_and_concurrency_limits_per_client() {
         api.apply("ingresses", annotated(name, "/", svc, annotations));
     }
     let dir = TempDir::new("limits");
-    let kedge = Kedge::setup(crate::support::Driver::IoUring).follow(&api, &dir, "");
+    let kedge = Kedge::follow(&api, &dir, "");
     let mut c = Client::connect(kedge.addr());
     // A burst of 3 (1 r/min × 3: no refill within the test), then 503s.
     let statuses: Vec<u16> = (0..6).map(|_| c.get("rated.example.com", "/").status).collect();
@@ -153,11 +153,17 @@ fn rate_and_concurrency_limits_per_client() {
     // One request in progress per client: a second one at the same time is refused.
     let addr = kedge.addr();
     let first = std::thread::spawn(move || Client::connect(addr).get("single.example.com", "/").status);
-    std::thread::sleep(Duration::from_millis(300));
+    // In progress once the upstream has it (it answers 2 s later).
+    wait_until(
+        Duration::from_secs(10),
+        "the first request to reach the slow upstream",
+        || slow.request_count() == 1,
+    );
     let second = Client::connect(kedge.addr()).get("single.example.com", "/");
     assert_eq!(second.status, 503, "{second:?}");
     assert!(second.text().contains("too many requests in progress"));
     assert_eq!(first.join().unwrap(), 200);
+    assert_eq!(slow.request_count(), 1, "the refused request reached the upstream");
     // Once it is done, the next one goes through.
     assert_eq!(Client::connect(kedge.addr()).get("single.example.com", "/").status, 200);
 }
@@ -200,7 +206,7 @@ fn basic_auth_from_an_htpasswd_secret() {
         ),
     );
     let dir = TempDir::new("auth");
-    let kedge = Kedge::setup(crate::support::Driver::IoUring).follow(&api, &dir, "");
+    let kedge = Kedge::follow(&api, &dir, "");
     let ask = |host: &str, creds: Option<&str>| {
         let mut c = Client::connect(kedge.addr());
         let auth = creds.map_or(String::new(), |c| format!("Authorization: Basic {}\r\n", b64(c)));
@@ -270,7 +276,7 @@ fn connect_timeout_retry_budget_and_auth_map() {
         ),
     );
     let dir = TempDir::new("connect-timeout");
-    let kedge = Kedge::setup(crate::support::Driver::IoUring).follow(&api, &dir, "");
+    let kedge = Kedge::follow(&api, &dir, "");
     // proxy-connect-timeout: 1 s instead of the default 5 s, then 504 (one endpoint only).
     let resp = Client::connect(kedge.addr()).get("hole.example.com", "/");
     assert_eq!(resp.status, 504, "{resp:?}");

@@ -41,7 +41,7 @@ fn setup(addrs: &[SocketAddr], annotations: Value, workers: usize) -> (FakeApi, 
     ing["metadata"]["annotations"] = annotations;
     api.apply("ingresses", ing);
     let dir = TempDir::new("balancing");
-    let kedge = Kedge::setup(crate::support::Driver::IoUring)
+    let kedge = Kedge::setup(crate::support::Driver::default())
         .workers(workers)
         .follow(&api, &dir, "");
     (api, dir, kedge)
@@ -283,7 +283,7 @@ fn canary_ingresses_take_their_share_by_header_cookie_and_weight() {
     orphan["metadata"]["annotations"] = json!({"nginx.ingress.kubernetes.io/canary": "true"});
     api.apply("ingresses", orphan);
     let dir = TempDir::new("canary");
-    let kedge = Kedge::setup(crate::support::Driver::IoUring)
+    let kedge = Kedge::setup(crate::support::Driver::default())
         .workers(2)
         .follow(&api, &dir, "");
 

@@ -14,7 +14,6 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use crate::cluster::kedge_with;
 use crate::support::objects::{endpoint, ingress, ingress_class, service, slice_of};
 use crate::support::{Client, Driver, FakeApi, Kedge, TempDir, Upstream, both_drivers, wait_until};
 
@@ -176,7 +175,7 @@ fn ten_pod_service(driver: Driver, port: u16, label: &str) -> (FakeApi, TempDir,
     );
     api.apply("ingresses", ingress("web", "kedge", HOST, "/", "web"));
     let dir = TempDir::new(label);
-    let kedge = kedge_with(driver, 2, &api, &dir, "");
+    let kedge = Kedge::setup(driver).workers(2).follow(&api, &dir, "");
     (api, dir, kedge)
 }
 
@@ -240,7 +239,7 @@ both_drivers!(
         api.apply("endpointslices", slice_state(port, &ready, &draining));
         api.apply("ingresses", ingress("web", "kedge", HOST, "/", "web"));
         let dir = TempDir::new("churn");
-        let kedge = kedge_with(driver, 2, &api, &dir, "");
+        let kedge = Kedge::setup(driver).workers(2).follow(&api, &dir, "");
 
         let mut rng = Rng::seeded();
         let seed = rng.0;
@@ -248,6 +247,8 @@ both_drivers!(
         let started = Instant::now();
         let mut changes = 0;
         while started.elapsed() < Duration::from_secs(4) {
+            // Pacing, not synchronisation: the scenario is a change every 200-500 ms under load,
+            // whether or not kedge has applied the last one (the end state is waited for below).
             std::thread::sleep(Duration::from_millis(rng.range(200, 500)));
             // Draining pods finish terminating: gone from the slice.
             draining.clear();
@@ -305,6 +306,7 @@ both_drivers!(
             ready.insert(new);
             api.apply("endpointslices", slice_state(port, &ready, &draining));
             wait_published(&kedge, "endpoints=11 ", before, "the new pod is published");
+            // Pacing (see PHASE): the load runs against this phase before the next one starts.
             std::thread::sleep(PHASE);
 
             // The old pod starts terminating: not ready, still serving. 10 ready endpoints.
@@ -313,6 +315,7 @@ both_drivers!(
             draining.insert(old);
             api.apply("endpointslices", slice_state(port, &ready, &draining));
             wait_published(&kedge, "endpoints=10 ", before, "the old pod is published as terminating");
+            // Pacing, as above.
             std::thread::sleep(PHASE);
 
             // It leaves the slice, and only then stops listening.
@@ -346,6 +349,8 @@ both_drivers!(
 
         let load = Load::start(kedge.addr(), 3);
         for (old, new) in (1..=10u8).zip(11..=20u8) {
+            // Pacing (see PHASE), not synchronisation: the load runs a while on the last table,
+            // then a while against a dead pod kedge has not heard of (the case under test).
             std::thread::sleep(PHASE);
             drop(pods[usize::from(old) - 1].take());
             std::thread::sleep(PHASE);

@@ -150,7 +150,7 @@ fn backends_shows_endpoints_rules_and_warnings_of_the_running_kedge() {
         .local_addr()
         .unwrap()
         .port();
-    let running = Kedge::setup(crate::support::Driver::IoUring).tls().start(&format!(
+    let running = Kedge::setup(crate::support::Driver::default()).tls().start(&format!(
         "[admin]\naddress = \"127.0.0.1:{admin_port}\"\n[[cluster]]\nname = \"test\"\nkubeconfig = \"{}\"\n",
         kubeconfig.display()
     ));

@@ -216,7 +216,8 @@ both_drivers!(
         let kedge = Kedge::start(driver, &config);
         let mut c = Client::connect(kedge.addr());
         assert_eq!(c.get("idle.test", "/1").status, 200);
-        // Setup, not an assertion: let the pooled connection grow older than idle_timeout.
+        // The scenario, not synchronisation: the pooled connection must sit idle for longer than
+        // idle_timeout (nothing to observe meanwhile; the upstream's connection count tells after).
         std::thread::sleep(Duration::from_millis(500));
         assert_eq!(c.get("idle.test", "/2").status, 200);
         assert_eq!(up.connections(), 2, "a pooled connection older than idle_timeout was reused");

@@ -1,5 +1,7 @@
-//! kedge end to end: the real binary between hyper (and raw TCP) upstreams and a raw client,
-//! every I/O test once per driver (`io_uring`, `epoll`). Run with `cargo test --test it`.
+//! kedge end to end: the real binary between hyper (and raw TCP) upstreams and a raw client.
+//! Data-plane tests run once per I/O driver (`io_uring`, `epoll`, through `both_drivers!`);
+//! control-plane tests (clusters, status, outages, admin, command line, systemd) once, on the
+//! default driver. Run with `cargo test --test it`.
 
 /// The harness: a kedge process, upstreams, a raw client, the `both_drivers!` macro.
 mod support;
@@ -29,7 +31,7 @@ mod headers;
 /// Client keep-alive, upstream pooling, HTTP/1.0 clients, pipelining, concurrent clients.
 mod keepalive;
 /// The fixture Kubernetes API server, through the real kube client: list, watch, bookmarks,
-/// 410 Gone after an outage, status and Lease writes.
+/// 410 Gone after an outage, status writes.
 mod kube_fixture;
 /// SIGHUP reload under traffic, and SIGTERM drain.
 mod lifecycle;

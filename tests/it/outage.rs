@@ -1,7 +1,7 @@
 //! The API server away: kedge keeps serving its table under load while the fixture API server
 //! is paused, relists after a 410, serves the state it persisted when it restarts during an
 //! outage (until the live sync takes over), and shrugs off a state file it cannot use. These
-//! are control-plane tests: one driver (epoll) is enough.
+//! are control-plane tests: one driver (the default) is enough.
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -13,17 +13,18 @@ use std::time::Duration;
 use serde_json::{Value, json};
 
 use crate::support::objects::{ingress, ingress_class, service, slice};
-use crate::support::{Client, Driver, FakeApi, Kedge, TempDir, Upstream, wait_until};
+use crate::support::{Client, Driver, FakeApi, Kedge, TempDir, Upstream, get, wait_until};
 
 /// Long enough for kube's backoff (0.8 s doubling, with jitter) to come round after an outage
 /// of a few seconds, on a loaded machine.
 const RECOVERY: Duration = Duration::from_secs(40);
 
-/// kedge following `api` as cluster `test`, keeping its state in `state_dir`.
-fn kedge_for(api: &FakeApi, dir: &TempDir, state_dir: &Path, sync_timeout: &str) -> Kedge {
-    Kedge::setup(Driver::Epoll)
-        .proxy(&format!("state_dir = \"{}\"", state_dir.display()))
-        .follow(api, dir, &format!("sync_timeout = \"{sync_timeout}\"\n"))
+/// kedge following `api` as cluster `test`, keeping its state in `state_dir` (where a restarted
+/// kedge finds it), with this sync timeout.
+fn kedge_with_state(api: &FakeApi, dir: &TempDir, state_dir: &Path, sync_timeout: &str) -> Kedge {
+    Kedge::setup(Driver::default())
+        .state_dir(state_dir)
+        .follow(api, dir, &format!("sync_timeout = \"{sync_timeout}\""))
 }
 
 /// The fixture API server holding Service `web` on two pods (`port`) and its Ingress
@@ -35,12 +36,6 @@ fn api_with_web(port: u16) -> FakeApi {
     api.apply("endpointslices", slice("web", port, &["127.0.0.1", "127.0.0.2"]));
     api.apply("ingresses", ingress("web", "kedge", "web.example.com", "/", "web"));
     api
-}
-
-/// GET `/` on `host`; the status and the name of the upstream that answered.
-fn get(kedge: &Kedge, host: &str) -> (u16, Option<String>) {
-    let resp = Client::connect(kedge.addr()).get(host, "/");
-    (resp.status, resp.upstream().map(str::to_owned))
 }
 
 /// The state file of cluster `test` in `state_dir`, as JSON, if it is there and complete.
@@ -136,22 +131,27 @@ fn an_api_server_outage_under_load_fails_no_request() {
     let (_pods, port) = Upstream::pods("web", 2);
     let api = api_with_web(port);
     let dir = TempDir::new("outage");
-    let kedge = kedge_for(&api, &dir, &dir.path().join("state"), "10s");
+    let kedge = Kedge::follow(&api, &dir, "");
     let load = Load::start(kedge.addr(), "web.example.com", 3);
     load.wait_for_more(50, "traffic before the outage");
 
+    let watches = api.open_watches();
+    assert!(watches > 0, "kedge watches nothing before the outage");
     api.pause();
     kedge.wait_log("watch failed", Duration::from_secs(10));
     kedge.wait_log("API server unreachable or failing", Duration::from_secs(10));
     load.wait_for_more(100, "traffic during the outage");
-    // Keep the API server away a few seconds: kube's backoff grows meanwhile.
-    std::thread::sleep(Duration::from_secs(3));
+    // Keep the API server away until kedge has been turned away twice per watch: kube's backoff
+    // has grown meanwhile, and the recovery below must come round from there.
+    wait_until(RECOVERY, "kedge retrying through the outage (twice per watch)", || {
+        api.turned_away() >= 2 * watches
+    });
     load.wait_for_more(50, "traffic late in the outage");
     api.resume();
 
     api.apply("ingresses", ingress("new", "kedge", "new.example.com", "/", "web"));
     wait_until(RECOVERY, "the Ingress applied after the outage is served", || {
-        get(&kedge, "new.example.com").0 == 200
+        get(&kedge, "new.example.com", "/").0 == 200
     });
     // Every watch runs again, even those that got no event since (the API server accepted
     // their watch requests).
@@ -166,7 +166,7 @@ fn an_expired_watch_relists_and_serves_the_changes_under_load() {
     let (pods, port) = Upstream::pods("web", 2);
     let api = api_with_web(port);
     let dir = TempDir::new("outage");
-    let kedge = kedge_for(&api, &dir, &dir.path().join("state"), "10s");
+    let kedge = Kedge::follow(&api, &dir, "");
     let load = Load::start(kedge.addr(), "web.example.com", 2);
     load.wait_for_more(50, "traffic before the outage");
 
@@ -179,10 +179,10 @@ fn an_expired_watch_relists_and_serves_the_changes_under_load() {
     api.resume();
 
     wait_until(RECOVERY, "the Ingress applied during the outage is served", || {
-        get(&kedge, "late.example.com").0 == 200
+        get(&kedge, "late.example.com", "/").0 == 200
     });
     wait_until(RECOVERY, "only the endpoint left answers", || {
-        (0..4).all(|_| get(&kedge, "web.example.com").1.as_deref() == Some("web-1"))
+        (0..4).all(|_| get(&kedge, "web.example.com", "/").1.as_deref() == Some("web-1"))
     });
     kedge.wait_log("watch expired (410 Gone); relisting", Duration::from_secs(5));
 
@@ -217,8 +217,8 @@ fn a_restart_during_an_outage_serves_the_persisted_state_until_the_live_sync() {
     let dir = TempDir::new("outage");
     let state_dir = dir.path().join("state");
 
-    let mut first = kedge_for(&api, &dir, &state_dir, "10s");
-    assert_eq!(get(&first, "web.example.com").0, 200);
+    let mut first = kedge_with_state(&api, &dir, &state_dir, "10s");
+    assert_eq!(get(&first, "web.example.com", "/").0, 200);
     wait_until(Duration::from_secs(10), "the state file", || {
         state_file(&state_dir).is_some_and(|f| persisted_hosts(&f) == ["web.example.com"])
     });
@@ -228,24 +228,24 @@ fn a_restart_during_an_outage_serves_the_persisted_state_until_the_live_sync() {
     // Restarted while the API server is away: the persisted Ingress is served from the first
     // request on, and the log says where it comes from.
     api.pause();
-    let second = kedge_for(&api, &dir, &state_dir, "1s");
+    let second = kedge_with_state(&api, &dir, &state_dir, "1s");
     second.wait_log(
         "cluster \"test\" not reachable; serving the state persisted at",
         Duration::from_secs(5),
     );
-    let (status, who) = get(&second, "web.example.com");
+    let (status, who) = get(&second, "web.example.com", "/");
     assert_eq!(status, 200);
     assert!(who.is_some_and(|w| w.starts_with("web-")));
-    assert_eq!(get(&second, "other.example.com").0, 404);
+    assert_eq!(get(&second, "other.example.com", "/").0, 404);
 
     // Back: the live state takes over, and what changes from then on is served and persisted.
     api.resume();
     second.wait_log("its live state replaces the state persisted at", RECOVERY);
     api.apply("ingresses", ingress("new", "kedge", "new.example.com", "/", "web"));
     wait_until(RECOVERY, "the Ingress applied after the live sync is served", || {
-        get(&second, "new.example.com").0 == 200
+        get(&second, "new.example.com", "/").0 == 200
     });
-    assert_eq!(get(&second, "web.example.com").0, 200);
+    assert_eq!(get(&second, "web.example.com", "/").0, 200);
     wait_until(Duration::from_secs(10), "the new Ingress persisted", || {
         state_file(&state_dir).is_some_and(|f| persisted_hosts(&f) == ["new.example.com", "web.example.com"])
     });
@@ -276,17 +276,19 @@ fn a_corrupt_or_foreign_state_file_is_reported_and_the_live_sync_awaited() {
     ]
     .into_iter()
     .map(|(state_dir, why)| {
-        let kedge = kedge_for(&api, &dir, state_dir, "1s");
+        let kedge = kedge_with_state(&api, &dir, state_dir, "1s");
         let line = kedge.wait_log("its persisted state cannot be used", Duration::from_secs(5));
         assert!(line.contains(why), "{line}");
-        assert_eq!(get(&kedge, "web.example.com").0, 404, "nothing to serve yet");
+        assert_eq!(get(&kedge, "web.example.com", "/").0, 404, "nothing to serve yet");
         kedge
     })
     .collect();
 
     api.resume();
     for (kedge, state_dir) in kedges.iter().zip([&corrupt, &foreign]) {
-        wait_until(RECOVERY, "the live sync", || get(kedge, "web.example.com").0 == 200);
+        wait_until(RECOVERY, "the live sync", || {
+            get(kedge, "web.example.com", "/").0 == 200
+        });
         kedge.wait_log(
             "cluster \"test\" synced: serving its live state",
             Duration::from_secs(5),

@@ -9,7 +9,7 @@ use std::time::Duration;
 use serde_json::{Value, json};
 
 use crate::support::objects::{class, ingress, service, slice};
-use crate::support::{Client, Driver, FakeApi, Kedge, TempDir, Upstream, both_drivers, wait_until};
+use crate::support::{FakeApi, Kedge, TempDir, Upstream, get, wait_until};
 
 const WAIT: Duration = Duration::from_secs(10);
 const PUBLISH: &str = r#"publish_addresses = ["203.0.113.10", "edge.example.com"]"#;
@@ -17,11 +17,6 @@ const PUBLISH: &str = r#"publish_addresses = ["203.0.113.10", "edge.example.com"
 /// What kedge writes for [`PUBLISH`].
 fn ours() -> Value {
     json!([{"ip": "203.0.113.10"}, {"hostname": "edge.example.com"}])
-}
-
-/// kedge following `api`, with `extra` lines in its `[[cluster]]`.
-fn kedge_for(driver: Driver, api: &FakeApi, dir: &TempDir, extra: &str) -> Kedge {
-    Kedge::setup(driver).follow(api, dir, &format!("sync_timeout = \"10s\"\n{extra}\n"))
 }
 
 /// The classes, a Service `web` with one endpoint, and a kedge-class Ingress `web` for
@@ -55,128 +50,147 @@ fn edit(api: &FakeApi, name: &str, edit: impl FnOnce(&mut Value)) {
     api.apply("ingresses", obj);
 }
 
-fn get(kedge: &Kedge, host: &str) -> (u16, Option<String>) {
-    let resp = Client::connect(kedge.addr()).get(host, "/");
-    (resp.status, resp.upstream().map(str::to_owned))
+#[test]
+fn a_served_ingress_gets_the_publish_addresses_and_another_class_none() {
+    let api = FakeApi::start();
+    let _pods = web_cluster(&api);
+    // Another controller's Ingress, one with no status and one with its controller's address.
+    api.apply("ingresses", ingress("plain", "nginx", "plain.example.com", "/", "web"));
+    let mut theirs = ingress("theirs", "nginx", "theirs.example.com", "/", "web");
+    theirs["status"] = json!({"loadBalancer": {"ingress": [{"ip": "198.51.100.1"}]}});
+    api.apply("ingresses", theirs);
+    let dir = TempDir::new("status");
+    let kedge = Kedge::follow(&api, &dir, PUBLISH);
+
+    wait_until(WAIT, "the served Ingress to get kedge's addresses", || {
+        lb(&api, "web") == ours()
+    });
+    assert_eq!(get(&kedge, "web.example.com", "/").0, 200);
+    assert!(
+        api.request_log()
+            .iter()
+            .any(|r| r.starts_with("PATCH /apis/networking.k8s.io/v1/namespaces/default/ingresses/web/status")),
+        "a PATCH of the status subresource: {:?}",
+        api.request_log()
+    );
+    // The writer has run: the other class's Ingresses got nothing, and kept what they had.
+    assert!(cleared(&lb(&api, "plain")), "{}", lb(&api, "plain"));
+    assert_eq!(lb(&api, "theirs"), json!([{"ip": "198.51.100.1"}]));
+    assert_eq!(api.status_writes("default", "plain"), 0);
+    assert_eq!(api.status_writes("default", "theirs"), 0);
 }
 
-both_drivers!(
-    fn a_served_ingress_gets_the_publish_addresses_and_another_class_none(driver) {
-        let api = FakeApi::start();
-        let _pods = web_cluster(&api);
-        // Another controller's Ingress, one with no status and one with its controller's address.
-        api.apply("ingresses", ingress("plain", "nginx", "plain.example.com", "/", "web"));
-        let mut theirs = ingress("theirs", "nginx", "theirs.example.com", "/", "web");
-        theirs["status"] = json!({"loadBalancer": {"ingress": [{"ip": "198.51.100.1"}]}});
-        api.apply("ingresses", theirs);
-        let dir = TempDir::new("status");
-        let kedge = kedge_for(driver, &api, &dir, PUBLISH);
+#[test]
+fn the_status_is_cleared_when_kedge_stops_serving_the_ingress() {
+    let api = FakeApi::start();
+    let _pods = web_cluster(&api);
+    // A second one, to lose its only valid rule.
+    api.apply("ingresses", ingress("api", "kedge", "api.example.com", "/", "web"));
+    let dir = TempDir::new("status");
+    let kedge = Kedge::follow(&api, &dir, PUBLISH);
+    wait_until(WAIT, "both Ingresses to get kedge's addresses", || {
+        lb(&api, "web") == ours() && lb(&api, "api") == ours()
+    });
 
-        wait_until(WAIT, "the served Ingress to get kedge's addresses", || lb(&api, "web") == ours());
-        assert_eq!(get(&kedge, "web.example.com").0, 200);
-        assert!(
-            api.request_log()
-                .iter()
-                .any(|r| r.starts_with("PATCH /apis/networking.k8s.io/v1/namespaces/default/ingresses/web/status")),
-            "a PATCH of the status subresource: {:?}",
-            api.request_log()
-        );
-        // The writer has run: the other class's Ingresses got nothing, and kept what they had.
-        assert!(cleared(&lb(&api, "plain")), "{}", lb(&api, "plain"));
-        assert_eq!(lb(&api, "theirs"), json!([{"ip": "198.51.100.1"}]));
-        assert_eq!(api.status_writes("default", "plain"), 0);
-        assert_eq!(api.status_writes("default", "theirs"), 0);
-    }
-);
+    // Moved to another class: kedge takes its addresses back.
+    edit(&api, "web", |i| i["spec"]["ingressClassName"] = json!("nginx"));
+    wait_until(WAIT, "the status of the Ingress moved to nginx to be cleared", || {
+        cleared(&lb(&api, "web"))
+    });
+    assert_eq!(get(&kedge, "web.example.com", "/").0, 404);
 
-both_drivers!(
-    fn the_status_is_cleared_when_kedge_stops_serving_the_ingress(driver) {
-        let api = FakeApi::start();
-        let _pods = web_cluster(&api);
-        // A second one, to lose its only valid rule.
-        api.apply("ingresses", ingress("api", "kedge", "api.example.com", "/", "web"));
-        let dir = TempDir::new("status");
-        let kedge = kedge_for(driver, &api, &dir, PUBLISH);
-        wait_until(WAIT, "both Ingresses to get kedge's addresses", || {
-            lb(&api, "web") == ours() && lb(&api, "api") == ours()
-        });
+    // Still kedge's, but with no rule kedge can route (a resource backend): not served.
+    edit(&api, "api", |i| {
+        i["spec"]["rules"][0]["http"]["paths"][0]["backend"] =
+            json!({"resource": {"apiGroup": "example.com", "kind": "Bucket", "name": "b"}});
+    });
+    wait_until(
+        WAIT,
+        "the status of the Ingress without a valid rule to be cleared",
+        || cleared(&lb(&api, "api")),
+    );
+    assert_eq!(get(&kedge, "api.example.com", "/").0, 404);
 
-        // Moved to another class: kedge takes its addresses back.
-        edit(&api, "web", |i| i["spec"]["ingressClassName"] = json!("nginx"));
-        wait_until(WAIT, "the status of the Ingress moved to nginx to be cleared", || cleared(&lb(&api, "web")));
-        assert_eq!(get(&kedge, "web.example.com").0, 404);
+    // Back to kedge: the addresses come back.
+    edit(&api, "web", |i| i["spec"]["ingressClassName"] = json!("kedge"));
+    wait_until(WAIT, "the Ingress moved back to get kedge's addresses", || {
+        lb(&api, "web") == ours()
+    });
+}
 
-        // Still kedge's, but with no rule kedge can route (a resource backend): not served.
-        edit(&api, "api", |i| {
-            i["spec"]["rules"][0]["http"]["paths"][0]["backend"] =
-                json!({"resource": {"apiGroup": "example.com", "kind": "Bucket", "name": "b"}});
-        });
-        wait_until(WAIT, "the status of the Ingress without a valid rule to be cleared", || {
-            cleared(&lb(&api, "api"))
-        });
-        assert_eq!(get(&kedge, "api.example.com").0, 404);
+#[test]
+fn nothing_is_written_when_nothing_changed() {
+    let api = FakeApi::start();
+    let (_pods, port) = web_cluster(&api);
+    let dir = TempDir::new("status");
+    let kedge = Kedge::follow(&api, &dir, PUBLISH);
+    wait_until(WAIT, "the served Ingress to get kedge's addresses", || {
+        lb(&api, "web") == ours()
+    });
+    let writes = api.status_writes("default", "web");
+    assert_eq!(writes, 1, "one write sets the status");
 
-        // Back to kedge: the addresses come back.
-        edit(&api, "web", |i| i["spec"]["ingressClassName"] = json!("kedge"));
-        wait_until(WAIT, "the Ingress moved back to get kedge's addresses", || lb(&api, "web") == ours());
-    }
-);
+    // Changes that rebuild the table without changing any status: a new endpoint and an
+    // unrelated Service. Traffic reaching the new endpoint shows a table built after them.
+    api.apply("services", service("unrelated"));
+    api.apply("endpointslices", slice("web", port, &["127.0.0.1", "127.0.0.2"]));
+    wait_until(WAIT, "traffic to reach the new endpoint", || {
+        (0..4).any(|_| get(&kedge, "web.example.com", "/").1.as_deref() == Some("web-1"))
+    });
+    // A new Ingress gets its status: the writer has caught up with a build at least as new
+    // as those changes.
+    api.apply("ingresses", ingress("later", "kedge", "later.example.com", "/", "web"));
+    wait_until(WAIT, "the new Ingress to get kedge's addresses", || {
+        lb(&api, "later") == ours()
+    });
 
-both_drivers!(
-    fn nothing_is_written_when_nothing_changed(driver) {
-        let api = FakeApi::start();
-        let (_pods, port) = web_cluster(&api);
-        let dir = TempDir::new("status");
-        let kedge = kedge_for(driver, &api, &dir, PUBLISH);
-        wait_until(WAIT, "the served Ingress to get kedge's addresses", || lb(&api, "web") == ours());
-        let writes = api.status_writes("default", "web");
-        assert_eq!(writes, 1, "one write sets the status");
+    assert_eq!(
+        api.status_writes("default", "web"),
+        writes,
+        "no write when the status is already right"
+    );
+    assert_eq!(
+        api.status_writes("default", "later"),
+        1,
+        "one write per Ingress that needs one"
+    );
+}
 
-        // Changes that rebuild the table without changing any status: a new endpoint and an
-        // unrelated Service. Traffic reaching the new endpoint shows a table built after them.
-        api.apply("services", service("unrelated"));
-        api.apply("endpointslices", slice("web", port, &["127.0.0.1", "127.0.0.2"]));
-        wait_until(WAIT, "traffic to reach the new endpoint", || {
-            (0..4).any(|_| get(&kedge, "web.example.com").1.as_deref() == Some("web-1"))
-        });
-        // A new Ingress gets its status: the writer has caught up with a build at least as new
-        // as those changes.
-        api.apply("ingresses", ingress("later", "kedge", "later.example.com", "/", "web"));
-        wait_until(WAIT, "the new Ingress to get kedge's addresses", || lb(&api, "later") == ours());
-
-        assert_eq!(api.status_writes("default", "web"), writes, "no write when the status is already right");
-        assert_eq!(api.status_writes("default", "later"), 1, "one write per Ingress that needs one");
-    }
-);
-
-both_drivers!(
-    fn without_publish_addresses_no_status_is_written(driver) {
-        let api = FakeApi::start();
-        let (_pods, port) = web_cluster(&api);
-        let dir = TempDir::new("status");
-        let kedge = kedge_for(driver, &api, &dir, "");
-        kedge.wait_log("no publish_addresses", WAIT);
-        assert_eq!(get(&kedge, "web.example.com").0, 200);
-        // Rebuilds come and go; still nothing is written.
-        api.apply("endpointslices", slice("web", port, &["127.0.0.1", "127.0.0.2"]));
-        wait_until(WAIT, "traffic to reach the new endpoint", || {
-            (0..4).any(|_| get(&kedge, "web.example.com").1.as_deref() == Some("web-1"))
-        });
-        assert_eq!(api.status_writes("default", "web"), 0);
-        assert!(cleared(&lb(&api, "web")));
-        let patches: Vec<String> = api.request_log().into_iter().filter(|r| !r.starts_with("GET")).collect();
-        assert!(patches.is_empty(), "kedge only reads: {patches:?}");
-        let said = kedge.logs().iter().filter(|l| l.contains("no publish_addresses")).count();
-        assert_eq!(said, 1, "said once");
-    }
-);
+#[test]
+fn without_publish_addresses_no_status_is_written() {
+    let api = FakeApi::start();
+    let (_pods, port) = web_cluster(&api);
+    let dir = TempDir::new("status");
+    let kedge = Kedge::follow(&api, &dir, "");
+    kedge.wait_log("no publish_addresses", WAIT);
+    assert_eq!(get(&kedge, "web.example.com", "/").0, 200);
+    // Rebuilds come and go; still nothing is written.
+    api.apply("endpointslices", slice("web", port, &["127.0.0.1", "127.0.0.2"]));
+    wait_until(WAIT, "traffic to reach the new endpoint", || {
+        (0..4).any(|_| get(&kedge, "web.example.com", "/").1.as_deref() == Some("web-1"))
+    });
+    assert_eq!(api.status_writes("default", "web"), 0);
+    assert!(cleared(&lb(&api, "web")));
+    let patches: Vec<String> = api
+        .request_log()
+        .into_iter()
+        .filter(|r| !r.starts_with("GET"))
+        .collect();
+    assert!(patches.is_empty(), "kedge only reads: {patches:?}");
+    let said = kedge
+        .logs()
+        .iter()
+        .filter(|l| l.contains("no publish_addresses"))
+        .count();
+    assert_eq!(said, 1, "said once");
+}
 
 #[test]
 fn the_shipped_rbac_covers_every_request_kedge_makes() {
     let api = FakeApi::start();
     let _pods = web_cluster(&api);
     let dir = TempDir::new("rbac");
-    let _kedge = kedge_for(Driver::IoUring, &api, &dir, PUBLISH);
+    let _kedge = Kedge::follow(&api, &dir, PUBLISH);
     wait_until(Duration::from_secs(10), "the status is written", || {
         lb(&api, "web") == ours()
     });

@@ -348,7 +348,7 @@ fn bad_certificates_fall_back_to_the_default_and_break_nothing_else() {
     let dir = TempDir::new("tls-bad");
     let default = ca.leaf(&["default.example.net"]);
     let (dc, dk) = default.write(&dir, "default");
-    let kedge = Kedge::setup(crate::support::Driver::IoUring).tls().start(&format!(
+    let kedge = Kedge::setup(crate::support::Driver::default()).tls().start(&format!(
         "[tls]\ndefault_cert = \"{}\"\ndefault_key = \"{}\"\n[[cluster]]\nname = \"test\"\nkubeconfig = \"{}\"\n",
         dc.display(),
         dk.display(),
@@ -423,7 +423,7 @@ fn sessions_resume_on_tls12_and_tls13_across_workers() {
     let dir = TempDir::new("tls-resume");
     let leaf = ca.leaf(&["www.example.com"]);
     let up = Upstream::start("app", Handler::Echo);
-    let kedge = Kedge::setup(crate::support::Driver::IoUring)
+    let kedge = Kedge::setup(crate::support::Driver::default())
         .workers(2)
         .tls()
         .start(&static_tls(&dir, &leaf, &[], &up, ""));
@@ -534,7 +534,7 @@ fn unknown_names_can_be_refused() {
         &up,
         "unknown_sni = \"refuse\"",
     );
-    let kedge = Kedge::setup(crate::support::Driver::IoUring).tls().start(&frag);
+    let kedge = Kedge::setup(crate::support::Driver::default()).tls().start(&frag);
     let mut c = Client::connect_tls(kedge.tls_addr(), ca.client(), "www.example.com");
     assert_eq!(c.get("www.example.com", "/").status, 200);
     for sni in ["default.example.net", "127.0.0.1"] {
@@ -667,7 +667,7 @@ fn rsa_and_ecdsa_keys_in_pkcs1_sec1_and_pkcs8_from_openssl() {
     assert_eq!(first_line("p384.key"), "-----BEGIN PRIVATE KEY-----");
     let up = Upstream::start("app", Handler::Echo);
     frag.push_str(&format!("[[route]]\nupstreams = [\"{}\"]\n", up.addr()));
-    let kedge = Kedge::setup(crate::support::Driver::IoUring).tls().start(&frag);
+    let kedge = Kedge::setup(crate::support::Driver::default()).tls().start(&frag);
 
     let mut roots = rustls::RootCertStore::empty();
     let ca_pem = std::fs::read(dir.path().join("ca.crt")).unwrap();
@@ -775,7 +775,7 @@ fn ingress_backend_protocol_https_with_ingress_nginx_annotations() {
         api.apply("ingresses", ing);
     }
     let dir = TempDir::new("tls-backend-protocol");
-    let kedge = Kedge::setup(crate::support::Driver::IoUring).follow(&api, &dir, "");
+    let kedge = Kedge::follow(&api, &dir, "");
     let mut c = Client::connect(kedge.addr());
     for (name, _, want) in &cases {
         let resp = c.get(&format!("{name}.example.com"), "/");
@@ -815,10 +815,10 @@ fn a_restart_during_an_outage_keeps_the_tls_hosts_certificates() {
     let dir = TempDir::new("tls-outage");
     let state_dir = dir.path().join("state");
     let start = |sync_timeout: &str| {
-        Kedge::setup(crate::support::Driver::IoUring)
+        Kedge::setup(crate::support::Driver::default())
             .tls()
-            .proxy(&format!("state_dir = \"{}\"", state_dir.display()))
-            .follow(&api, &dir, &format!("sync_timeout = \"{sync_timeout}\"\n"))
+            .state_dir(&state_dir)
+            .follow(&api, &dir, &format!("sync_timeout = \"{sync_timeout}\""))
     };
     let first = start("10s");
     wait_until(Duration::from_secs(10), "the Secret is persisted", || {

@@ -54,6 +54,12 @@ impl Kedge {
         Kedge::setup(driver).start(fragment)
     }
 
+    /// Starts one worker on the default driver following `api` as cluster `test` (see
+    /// [`Setup::follow`]): how a control-plane test starts kedge.
+    pub fn follow(api: &super::FakeApi, dir: &TempDir, cluster_extra: &str) -> Kedge {
+        Kedge::setup(Driver::default()).follow(api, dir, cluster_extra)
+    }
+
     /// A start with more choices (workers, `[proxy]` keys).
     pub fn setup(driver: Driver) -> Setup {
         Setup {
@@ -201,13 +207,25 @@ impl Setup {
         self
     }
 
+    /// Keeps cluster state in `dir` (one a restarted kedge finds again) instead of this
+    /// instance's own directory.
+    pub fn state_dir(self, dir: &std::path::Path) -> Setup {
+        self.proxy(&format!("state_dir = \"{}\"", dir.display()))
+    }
+
     /// Starts kedge following `api` as cluster `test` (its kubeconfig written into `dir`), with
-    /// `cluster_extra` (`key = value` lines) added to the `[[cluster]]`.
+    /// `cluster_extra` (`key = value` lines) added to the `[[cluster]]`. The sync timeout is
+    /// 10 s unless `cluster_extra` sets one.
     pub fn follow(self, api: &super::FakeApi, dir: &TempDir, cluster_extra: &str) -> Kedge {
         let kubeconfig = dir.path().join("kubeconfig");
         api.write_kubeconfig(&kubeconfig);
+        let sync_timeout = if cluster_extra.contains("sync_timeout") {
+            ""
+        } else {
+            "sync_timeout = \"10s\"\n"
+        };
         self.start(&format!(
-            "[[cluster]]\nname = \"test\"\nkubeconfig = \"{}\"\n{cluster_extra}",
+            "[[cluster]]\nname = \"test\"\nkubeconfig = \"{}\"\n{sync_timeout}{cluster_extra}\n",
             kubeconfig.display()
         ))
     }
@@ -243,10 +261,12 @@ impl Setup {
             .spawn()
             .expect("spawn kedge");
         let logs = Arc::new(Logs::default());
-        capture(child.stderr.take().expect("stderr"), &logs);
-        capture(child.stdout.take().expect("stdout"), &logs);
+        let readers = [
+            capture(child.stderr.take().expect("stderr"), &logs),
+            capture(child.stdout.take().expect("stdout"), &logs),
+        ];
 
-        let addr = wait_listening(&mut child, &logs);
+        let addr = wait_listening(&mut child, &logs, readers);
         Kedge {
             child,
             dir,
@@ -295,8 +315,8 @@ fn compose(proxy: &str, fragment: &str, tls: bool) -> String {
     )
 }
 
-/// Reads `stream` line by line into `logs` on a thread of its own.
-fn capture(stream: impl Read + Send + 'static, logs: &Arc<Logs>) {
+/// Reads `stream` line by line into `logs` on a thread of its own, until its end.
+fn capture(stream: impl Read + Send + 'static, logs: &Arc<Logs>) -> std::thread::JoinHandle<()> {
     let logs = Arc::clone(logs);
     std::thread::spawn(move || {
         for line in BufReader::new(stream).lines() {
@@ -304,11 +324,11 @@ fn capture(stream: impl Read + Send + 'static, logs: &Arc<Logs>) {
             logs.lines.lock().unwrap_or_else(|e| e.into_inner()).push(line);
             logs.grew.notify_all();
         }
-    });
+    })
 }
 
 /// Waits for `listening on 127.0.0.1:PORT` and returns that address.
-fn wait_listening(child: &mut Child, logs: &Logs) -> SocketAddr {
+fn wait_listening(child: &mut Child, logs: &Logs, readers: [std::thread::JoinHandle<()>; 2]) -> SocketAddr {
     let deadline = Instant::now() + START_TIMEOUT;
     let mut lines = logs.lines.lock().unwrap_or_else(|e| e.into_inner());
     loop {
@@ -318,9 +338,12 @@ fn wait_listening(child: &mut Child, logs: &Logs) -> SocketAddr {
         let exited = child.try_wait().expect("try_wait");
         if exited.is_some() || Instant::now() > deadline {
             drop(lines);
-            // Let the reader threads catch up with the last lines of a dead process.
-            std::thread::sleep(Duration::from_millis(100));
+            // Once the process is dead its pipes end: the readers have every line when they stop.
             let _ = child.kill();
+            let _ = child.wait();
+            for r in readers {
+                let _ = r.join();
+            }
             panic!(
                 "kedge did not start listening (exit: {exited:?}); log:\n{}",
                 logs.lines.lock().unwrap_or_else(|e| e.into_inner()).join("\n")

@@ -1,8 +1,8 @@
 //! A fixture Kubernetes API server for the control plane's tests: HTTPS with a CA of its own and
 //! a bearer token, reached by the real kube client through a generated kubeconfig. It speaks the
 //! list/watch wire protocol (resourceVersion, paged lists, chunked watch events, bookmarks,
-//! 410 Gone after `compact`) for the handful of kinds kedge watches, takes status and Lease
-//! writes, and can simulate an outage (`pause`/`resume`).
+//! 410 Gone after `compact`) for the handful of kinds kedge watches, takes status writes, and can
+//! simulate an outage (`pause`/`resume`).
 //!
 //! The test drives it synchronously (`apply`, `delete`, `compact`, ...) from any thread; the
 //! server runs on a thread and current-thread tokio runtime of its own.
@@ -52,6 +52,8 @@ struct Shared {
     bookmarks: AtomicUsize,
     open_watches: Arc<AtomicUsize>,
     open_connections: Arc<AtomicUsize>,
+    /// Connections closed unserved because of an outage.
+    turned_away: AtomicUsize,
 }
 
 impl Shared {
@@ -106,6 +108,7 @@ impl FakeApi {
             bookmarks: AtomicUsize::new(0),
             open_watches: Arc::new(AtomicUsize::new(0)),
             open_connections: Arc::new(AtomicUsize::new(0)),
+            turned_away: AtomicUsize::new(0),
         });
         let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind fake API server");
         listener.set_nonblocking(true).expect("nonblocking");
@@ -204,6 +207,11 @@ impl FakeApi {
     /// Every request so far as `METHOD /path?query`, in arrival order (refused ones included).
     pub fn request_log(&self) -> Vec<String> {
         self.shared.log.lock().expect("log lock").clone()
+    }
+
+    /// Connections closed unserved during an outage so far: how often a client tried again.
+    pub fn turned_away(&self) -> usize {
+        self.shared.turned_away.load(Ordering::SeqCst)
     }
 
     /// Watch requests accepted so far.

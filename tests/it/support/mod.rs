@@ -4,6 +4,7 @@
 
 pub mod body;
 mod client;
+mod cluster;
 mod kedge;
 mod kube_api;
 pub mod objects;
@@ -18,6 +19,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 pub use client::Client;
+pub use cluster::{get, readyz, wait_readyz};
 pub use kedge::{Kedge, Signal};
 pub use kube_api::FakeApi;
 pub use raw_upstream::{RawBehavior, RawUpstream};
@@ -25,8 +27,16 @@ pub use recording_upstream::{ConnLog, RecordingUpstream};
 pub use upstream::{Handler, Seen, Upstream};
 
 /// The I/O driver a test runs kedge with.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+///
+/// The default, io_uring, is what `driver = "auto"` picks wherever it works. Tests of the data
+/// plane (what a worker reads, writes, times out, pools, upgrades) run on both drivers through
+/// [`both_drivers!`]; tests of the control plane (cluster sync, status writes, outages and
+/// persisted state, several clusters, the admin server, the command line, systemd
+/// notifications) run once, on the default: the control thread does not use the workers' driver,
+/// and the traffic those tests send goes through paths the data-plane tests already cover on both.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Driver {
+    #[default]
     IoUring,
     Epoll,
 }
@@ -41,9 +51,10 @@ impl Driver {
     }
 }
 
-/// Defines a test that runs once per I/O driver: `both_drivers!(fn name(driver) { ... })`
+/// Defines a data-plane test that runs once per I/O driver: `both_drivers!(fn name(driver) { ... })`
 /// makes a module `name` with the tests `name::io_uring` and `name::epoll`, so
-/// `cargo test --test it epoll` picks one driver.
+/// `cargo test --test it epoll` picks one driver. Control-plane tests are plain `#[test]`s on
+/// `Driver::default()` (see [`Driver`]).
 macro_rules! both_drivers {
     ($(#[$attr:meta])* fn $name:ident($driver:ident) $body:block) => {
         $(#[$attr])*
@@ -106,13 +117,21 @@ impl Drop for TempDir {
 
 /// Polls `cond` every 10 ms until it holds; panics saying `what` after `timeout`.
 pub fn wait_until(timeout: Duration, what: &str, mut cond: impl FnMut() -> bool) {
+    wait_for(timeout, what, || if cond() { Ok(()) } else { Err("not yet") });
+}
+
+/// Polls `probe` every 10 ms until it answers `Ok`, and returns what it answered; panics after
+/// `timeout` saying `what` and the last `Err` it gave (what was seen instead).
+pub fn wait_for<T, E: std::fmt::Debug>(timeout: Duration, what: &str, mut probe: impl FnMut() -> Result<T, E>) -> T {
     let deadline = Instant::now() + timeout;
-    while !cond() {
-        assert!(
-            Instant::now() < deadline,
-            "timed out after {timeout:?} waiting for {what}"
-        );
-        std::thread::sleep(Duration::from_millis(10));
+    loop {
+        match probe() {
+            Ok(v) => return v,
+            Err(last) if Instant::now() >= deadline => {
+                panic!("timed out after {timeout:?} waiting for {what}; last seen: {last:?}")
+            }
+            Err(_) => std::thread::sleep(Duration::from_millis(10)),
+        }
     }
 }
 

@@ -47,6 +47,7 @@ pub(super) async fn accept_loop(
             accepted = listener.accept() => {
                 let Ok((tcp, _)) = accepted else { continue };
                 if *shared.paused.borrow() {
+                    shared.turned_away.fetch_add(1, Ordering::SeqCst);
                     continue;
                 }
                 let open = Gauge::new(&shared.open_connections);
