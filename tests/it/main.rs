@@ -52,6 +52,8 @@ mod smuggling;
 mod status;
 /// systemd notifications: READY, RELOADING/READY, WATCHDOG, STOPPING.
 mod systemd;
+/// The shape of the code: no import cycles, and ARCHITECTURE.md names only paths that exist.
+mod tidy;
 /// Client-side timeouts: request head and body (408), silent and idle connections.
 mod timeouts;
 /// TLS listeners: SNI, certificates from files and Secrets, rotation under load, resumption,
