@@ -138,7 +138,7 @@ impl Stores {
             services: &self.services,
             slices: &self.slices,
             nodes: &self.nodes,
-            secrets: &[],
+            ..Objects::default()
         }
     }
 }

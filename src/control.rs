@@ -136,8 +136,10 @@ fn control_thread(
                 Err(e) => tracing::error!("{e}; this cluster is not served"),
             }
         }
-        for c in &clusters {
-            let started = Instant::now();
+        // Every cluster's first sync at once: start-up waits for the slowest one, at most its
+        // `sync_timeout`, never the sum of them.
+        let started = Instant::now();
+        futures_util::future::join_all(clusters.iter().map(|c| async move {
             match tokio::time::timeout(c.config.sync_timeout, c.wait_ready()).await {
                 Ok(()) => tracing::info!(
                     cluster = c.config.name,
@@ -147,7 +149,8 @@ fn control_thread(
                 // Serves the persisted state, if any, until the live sync (logged either way).
                 Err(_) => c.sync_timed_out(),
             }
-        }
+        }))
+        .await;
         let mut cfg = cfg;
         let mut logged = BTreeSet::new();
         publish(&cfg, &clusters, &mut tls, &shared, &mut logged, "start");

@@ -15,8 +15,8 @@
 //! once per configured namespace (or once over all), a cluster-scoped kind once.
 //!
 //! **Adding a kind**: add its entry to the table (the field name is the one translation reads),
-//! add the same field to [`Objects`] in `translate.rs` (the compiler insists, there and wherever
-//! an `Objects` is written out whole), and read it in translation. The cluster's RBAC
+//! add the same field to [`Objects`] in `translate.rs` (the compiler insists; test and bench
+//! literals end in `..Objects::default()`, so they need no change), and read it in translation. The cluster's RBAC
 //! (`config/rbac.yaml`) must allow `list` and `watch` on the resource.
 //!
 //! **A kind whose CRD may be absent** (the Gateway API's): its watches would have to start only

@@ -68,7 +68,7 @@ pub const UPSTREAM_MODE_ANNOTATION: &str = "kedge.dev/upstream-mode";
 /// The reflected objects of one cluster, as translation reads them: a view of its live stores
 /// or of its persisted state. The control plane builds it from its kinds table
 /// (`control/kinds.rs`), which must name the same fields.
-#[derive(Clone, Copy)]
+#[derive(Clone, Copy, Default)]
 pub struct Objects<'a> {
     pub ingresses: &'a [Arc<Ingress>],
     pub classes: &'a [Arc<IngressClass>],

@@ -178,6 +178,8 @@ impl World {
     }
 
     pub(in crate::control::translate) fn run(&self, spec: &ClusterSpec) -> (RouteTable, Outcome) {
+        // A kind added later is empty here until a test needs it.
+        #[allow(clippy::needless_update)]
         let objs = Objects {
             ingresses: &self.ingresses,
             classes: &self.classes,
@@ -185,6 +187,7 @@ impl World {
             slices: &self.slices,
             nodes: &self.nodes,
             secrets: &self.secrets,
+            ..Objects::default()
         };
         let mut b = TableBuilder::default();
         let out = translate(&mut b, spec, &objs);
@@ -728,6 +731,8 @@ fn service_endpoints_agree_with_a_full_translation() {
         world.nodes = vec![node("n1", "True", false, internal("198.51.100.1"))];
         world.slices = vec![ready_slice("web", "shop", &["192.0.2.1", "192.0.2.2", "192.0.2.3"])];
         let (table, _) = world.run(&spec);
+        // A kind added later is empty here until a test needs it.
+        #[allow(clippy::needless_update)]
         let objs = Objects {
             ingresses: &world.ingresses,
             classes: &world.classes,
@@ -735,6 +740,7 @@ fn service_endpoints_agree_with_a_full_translation() {
             slices: &world.slices,
             nodes: &world.nodes,
             secrets: &world.secrets,
+            ..Objects::default()
         };
         let touched = vec![
             ("web".to_owned(), "shop".to_owned()),
