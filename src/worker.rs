@@ -6,10 +6,16 @@ mod balance;
 
 pub use balance::MAX_TRIES;
 mod conn;
+mod decide;
+mod error;
+mod forward;
 mod limits;
 pub mod listener;
+mod log;
 mod pool;
 mod pump;
+mod request;
+mod respond;
 mod tls;
 mod upstream;
 
