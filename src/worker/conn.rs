@@ -261,7 +261,7 @@ impl<S: ClientStream> Conn<S> {
         match plan {
             Plan::Answer { status, keep } => {
                 rec.status = status;
-                self.send_answer(status, !keep).await?;
+                self.send_answer(snap, status, !keep).await?;
                 Ok(if keep { Next::KeepAlive } else { Next::Close })
             }
             Plan::Forward(f, sending) => {

@@ -6,6 +6,7 @@
 
 use std::time::{Duration, Instant};
 
+use super::Snapshot;
 use super::conn::{ClientStream, Conn, Ctx, Next, write_client};
 use super::decide::{Answer, AnswerHeader, Forward};
 use super::error::{ErrorKind, RequestError};
@@ -41,12 +42,16 @@ pub(crate) fn keep_alive(wish: bool, body: Body, ending: Ending, stopping: bool)
     }
 }
 
-/// Whether closing after an answer lingers (reads and discards what the client still sends)
-/// so that a request body in flight does not turn the close into a reset that destroys the
-/// answer. Redirects and challenges close at once, as they always have.
-pub(crate) fn lingers(status: u16) -> bool {
+/// Whether an answer is an error (not a redirect or a challenge to a request that was fine).
+/// Errors are written under a short fixed timeout and, when the connection closes after them,
+/// linger (`Conn::linger`); redirects and challenges are written under the client body
+/// timeout and close at once. (That is how each kind was always sent.)
+pub(crate) fn is_error(status: u16) -> bool {
     !matches!(status, 300..=399 | 401)
 }
+
+/// How long writing an error answer may take.
+const ERROR_WRITE_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// The body framing of an HTTP/1.1 request head, as a view has it.
 pub(crate) fn body_of(framing: Framing) -> Body {
@@ -106,10 +111,14 @@ pub(crate) fn response_lines(
 
 impl<S: ClientStream> Conn<S> {
     /// Sends the answer in `out`; when `close`, closes after it (lingering for errors).
-    pub(super) async fn send_answer(&mut self, status: u16, close: bool) -> Result<(), RequestError> {
+    pub(super) async fn send_answer(&mut self, snap: &Snapshot, status: u16, close: bool) -> Result<(), RequestError> {
+        let timeout = match is_error(status) {
+            true => ERROR_WRITE_TIMEOUT,
+            false => snap.client.body_timeout,
+        };
         let out = std::mem::take(&mut self.out);
-        self.out = write_client(&mut self.client, out, Duration::from_secs(5)).await?;
-        if close && lingers(status) {
+        self.out = write_client(&mut self.client, out, timeout).await?;
+        if close && is_error(status) {
             self.linger().await;
         }
         Ok(())
@@ -121,7 +130,7 @@ impl<S: ClientStream> Conn<S> {
         self.out.clear();
         http::write_canned(&mut self.out, status, why, b"", close);
         let out = std::mem::take(&mut self.out);
-        match write_client(&mut self.client, out, Duration::from_secs(5)).await {
+        match write_client(&mut self.client, out, ERROR_WRITE_TIMEOUT).await {
             Ok(b) => self.out = b,
             Err(_) => return,
         }
