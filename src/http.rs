@@ -1046,10 +1046,20 @@ pub fn client_ip_text(out: &mut Vec<u8>, ip: IpAddr) {
     let _ = write!(out, "{}", ip.to_canonical());
 }
 
+/// How a response goes to the client: its body framing there, the client's version, and
+/// whether the connection stays open after it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ToClient {
+    pub framing: Framing,
+    pub version: Version,
+    pub keep_alive: bool,
+}
+
 /// Appends the response head for the client: `HTTP/1.1 <status> <reason as received>`, the upstream's headers minus
 /// hop-by-hop ones (for a 101, Upgrade is kept and `Connection: upgrade` written), then the framing header for
-/// `out_framing`, then `Connection: close` when `!keep_alive`, or `Connection: keep-alive` for an HTTP/1.0 client
-/// that keeps the connection.
+/// `to.framing` (`out_framing` below), then `Connection: close` when `!to.keep_alive`, or `Connection: keep-alive` for an HTTP/1.0 client
+/// that keeps the connection, then `extra`: zero or more whole header lines of kedge's own (each ending in CRLF:
+/// HSTS, an affinity cookie), written in place before the blank line.
 ///
 /// Two cases keep information the plain rules would lose: transfer codings other than chunked are still applied to
 /// the body, so they are re-announced (followed by chunked when `out_framing` is chunked; never combine them with a
@@ -1060,10 +1070,14 @@ pub fn write_response_head(
     buf: &[u8],
     head: &ResponseHead,
     headers: &[HeaderSpan],
-    out_framing: Framing,
-    client_version: Version,
-    keep_alive: bool,
+    to: ToClient,
+    extra: &[u8],
 ) {
+    let ToClient {
+        framing: out_framing,
+        version: client_version,
+        keep_alive,
+    } = to;
     push_status_line(out, head.status, at(buf, &head.reason));
     let switching = head.status == 101;
     for h in headers {
@@ -1102,24 +1116,39 @@ pub fn write_response_head(
     } else if client_version == Version::Http10 {
         out.extend_from_slice(b"Connection: keep-alive\r\n");
     }
+    end_head(out, extra);
+}
+
+/// Ends a head: kedge's `extra` header lines (whole lines, each ending in CRLF, or empty), then
+/// the blank line.
+fn end_head(out: &mut Vec<u8>, extra: &[u8]) {
+    debug_assert!(
+        extra.is_empty() || extra.ends_with(b"\r\n"),
+        "extra header lines end in CRLF"
+    );
+    out.extend_from_slice(extra);
     out.extend_from_slice(b"\r\n");
 }
 
-/// Appends a permanent redirect (308, method and body kept) to `https://host[:port]rest`; the
-/// port is left out when it is 443. `rest` is the path and query (empty = `/`).
-pub fn write_redirect(out: &mut Vec<u8>, host: &[u8], port: u16, rest: &[u8], close: bool) {
+/// Appends a permanent redirect (308, method and body kept) to `https://host[:port]path[?query]`;
+/// the port is left out when it is 443, an empty path is `/` (and then the query is dropped).
+pub fn write_redirect(out: &mut Vec<u8>, host: &[u8], port: u16, path: &[u8], query: Option<&[u8]>, close: bool) {
     let mut port_text = Vec::new();
     if port != 443 {
         port_text.push(b':');
         push_radix(&mut port_text, u64::from(port), 10);
     }
-    let rest: &[u8] = if rest.is_empty() { b"/" } else { rest };
-    write_location(out, 308, &[b"https://", host, &port_text, rest], close);
+    let port_text = &port_text[..];
+    match query {
+        _ if path.is_empty() => write_location(out, 308, &[b"https://", host, port_text, b"/"], b"", close),
+        Some(q) => write_location(out, 308, &[b"https://", host, port_text, path, b"?", q], b"", close),
+        None => write_location(out, 308, &[b"https://", host, port_text, path], b"", close),
+    }
 }
 
 /// Appends a redirect with `status` (301, 302, 307, 308) to the concatenation of `location`,
-/// and an empty body.
-pub fn write_location(out: &mut Vec<u8>, status: u16, location: &[&[u8]], close: bool) {
+/// and an empty body; `extra` as in [`write_response_head`].
+pub fn write_location(out: &mut Vec<u8>, status: u16, location: &[&[u8]], extra: &[u8], close: bool) {
     push_status_line(out, status, reason_phrase(status).as_bytes());
     out.extend_from_slice(b"Location: ");
     for part in location {
@@ -1129,7 +1158,7 @@ pub fn write_location(out: &mut Vec<u8>, status: u16, location: &[&[u8]], close:
     if close {
         out.extend_from_slice(b"Connection: close\r\n");
     }
-    out.extend_from_slice(b"\r\n");
+    end_head(out, extra);
 }
 
 /// The host part of a Host header value (or authority): without the port; an IPv6 literal
@@ -1148,8 +1177,9 @@ pub fn host_without_port(host: &[u8]) -> &[u8] {
 }
 
 /// Appends a complete canned answer: status line with the standard reason phrase, a plain text type, Content-Length,
-/// `Connection: close` when `close`, and `body_line` plus a newline as the body.
-pub fn write_canned(out: &mut Vec<u8>, status: u16, body_line: &str, close: bool) {
+/// `Connection: close` when `close`, `extra` as in [`write_response_head`] (a 401's
+/// WWW-Authenticate), and `body_line` plus a newline as the body.
+pub fn write_canned(out: &mut Vec<u8>, status: u16, body_line: &str, extra: &[u8], close: bool) {
     push_status_line(out, status, reason_phrase(status).as_bytes());
     out.extend_from_slice(b"Content-Type: text/plain; charset=utf-8\r\nContent-Length: ");
     push_radix(out, body_line.len() as u64 + 1, 10);
@@ -1157,7 +1187,7 @@ pub fn write_canned(out: &mut Vec<u8>, status: u16, body_line: &str, close: bool
     if close {
         out.extend_from_slice(b"Connection: close\r\n");
     }
-    out.extend_from_slice(b"\r\n");
+    end_head(out, extra);
     out.extend_from_slice(body_line.as_bytes());
     out.push(b'\n');
 }

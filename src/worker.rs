@@ -5,10 +5,17 @@
 mod accept;
 mod balance;
 mod conn;
+mod decide;
+mod error;
+mod forward;
 mod limits;
 pub mod listener;
+mod log;
 mod pool;
 mod pump;
+mod request;
+mod respond;
+mod session;
 mod tls;
 mod upstream;
 

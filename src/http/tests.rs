@@ -904,7 +904,12 @@ fn rebuilt_response(raw: &[u8], head_request: bool, out_framing: Framing, client
         panic!("unparsable response {:?}", String::from_utf8_lossy(raw))
     };
     let mut out = Vec::new();
-    write_response_head(&mut out, raw, &head, &headers, out_framing, client, keep_alive);
+    let to = ToClient {
+        framing: out_framing,
+        version: client,
+        keep_alive,
+    };
+    write_response_head(&mut out, raw, &head, &headers, to, b"");
     String::from_utf8(out).unwrap()
 }
 
@@ -976,12 +981,12 @@ fn response_rebuild() {
 #[test]
 fn canned_answers() {
     let mut out = b"earlier|".to_vec();
-    write_canned(&mut out, 404, "no route for host", true);
+    write_canned(&mut out, 404, "no route for host", b"", true);
     let want = "earlier|HTTP/1.1 404 Not Found\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: 18\r\n\
                 Connection: close\r\n\r\nno route for host\n";
     assert_eq!(String::from_utf8_lossy(&out), want);
     out.clear();
-    write_canned(&mut out, 503, "", false);
+    write_canned(&mut out, 503, "", b"", false);
     let want =
         "HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: 1\r\n\r\n\n";
     assert_eq!(String::from_utf8_lossy(&out), want);
@@ -1018,7 +1023,7 @@ fn a_rewritten_target_replaces_the_clients() {
 #[test]
 fn redirects_carry_their_location() {
     let mut out = Vec::new();
-    write_location(&mut out, 301, &[b"https://example.com", b"/new"], false);
+    write_location(&mut out, 301, &[b"https://example.com", b"/new"], b"", false);
     let text = String::from_utf8(out).unwrap();
     assert!(
         text.starts_with("HTTP/1.1 301 Moved Permanently\r\nLocation: https://example.com/new\r\n"),
@@ -1026,8 +1031,53 @@ fn redirects_carry_their_location() {
     );
     assert!(text.ends_with("Content-Length: 0\r\n\r\n"), "{text}");
     let mut out = Vec::new();
-    write_redirect(&mut out, b"www.example.com", 443, b"", true);
+    write_redirect(&mut out, b"www.example.com", 443, b"", Some(b"dropped"), true);
     let text = String::from_utf8(out).unwrap();
     assert!(text.contains("Location: https://www.example.com/\r\n"), "{text}");
     assert!(text.contains("Connection: close\r\n"), "{text}");
+    let mut out = Vec::new();
+    write_redirect(&mut out, b"[::1]", 8443, b"/a/b", Some(b"x=1&y"), false);
+    let text = String::from_utf8(out).unwrap();
+    assert!(text.contains("Location: https://[::1]:8443/a/b?x=1&y\r\n"), "{text}");
+    assert!(!text.contains("Connection:"), "{text}");
+}
+
+/// kedge's own header lines (HSTS, an affinity cookie, a 401's challenge) go in place, just
+/// before the blank line that ends the head, whatever else the head holds.
+#[test]
+fn extra_header_lines_end_the_head() {
+    let extra = b"Strict-Transport-Security: max-age=60\r\nSet-Cookie: a=1\r\n";
+    let raw = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nX-Up: 1\r\n\r\nhi";
+    let mut headers = Vec::new();
+    let Ok(Parsed::Complete(head)) = parse_response(raw, &LIMITS, false, &mut headers) else {
+        panic!("unparsable")
+    };
+    let mut out = Vec::new();
+    let to = ToClient {
+        framing: Framing::Length(2),
+        version: Version::Http11,
+        keep_alive: false,
+    };
+    write_response_head(&mut out, raw, &head, &headers, to, extra);
+    assert_eq!(
+        String::from_utf8_lossy(&out),
+        "HTTP/1.1 200 OK\r\nX-Up: 1\r\nContent-Length: 2\r\nConnection: close\r\n\
+         Strict-Transport-Security: max-age=60\r\nSet-Cookie: a=1\r\n\r\n"
+    );
+    let mut out = Vec::new();
+    write_canned(
+        &mut out,
+        401,
+        "authentication required",
+        b"WWW-Authenticate: Basic realm=\"r\"\r\n",
+        false,
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&out),
+        "HTTP/1.1 401 Unauthorized\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: 24\r\n\
+         WWW-Authenticate: Basic realm=\"r\"\r\n\r\nauthentication required\n"
+    );
+    let mut out = Vec::new();
+    write_location(&mut out, 302, &[b"/app"], b"X-A: b\r\n", true);
+    assert!(String::from_utf8_lossy(&out).ends_with("Connection: close\r\nX-A: b\r\n\r\n"));
 }

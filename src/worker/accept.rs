@@ -15,7 +15,8 @@ use std::time::Duration;
 use monoio::net::TcpStream;
 
 use super::Worker;
-use super::conn::{self, ClientStream};
+use super::conn;
+use super::session::ClientStream;
 use super::tls::{HandshakeError, TlsStream};
 use crate::config::ListenerSpec;
 use crate::stats;

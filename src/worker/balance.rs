@@ -63,7 +63,7 @@ impl Tried {
 }
 
 /// What the request brings to the choice.
-#[derive(Clone, Copy, Default)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct PickInput {
     /// The hash of the request's `upstream-hash-by` key.
     pub key: Option<u64>,

@@ -1,0 +1,465 @@
+//! `decide` as data: a route table with one rule per policy feature, requests as views, and
+//! the decision each must get, written as one line of text (`404`, `308 https://…`,
+//! `→ backend /target`, …). No sockets, no worker.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::*;
+use crate::policy::{Affinity, Cidr, Redirect, Rewrite};
+use crate::routes::PathType::{Exact, Prefix, Regex};
+use crate::routes::{Backend, Canary, TableBuilder};
+use crate::worker::request::{Body, Header};
+
+fn backend(b: &mut TableBuilder, name: &str, port: u16) -> usize {
+    b.backend(Backend {
+        name: name.into(),
+        endpoints: vec![SocketAddr::from(([127, 0, 0, 1], port))],
+        tls: None,
+    })
+}
+
+/// One host, `t.example`, with a rule per feature; `any` routes every other host.
+fn table() -> RouteTable {
+    let mut b = TableBuilder::default();
+    let main = backend(&mut b, "main", 9000);
+    let canary = backend(&mut b, "canary", 9001);
+    let h = Some("t.example");
+    let mut rule = |path: &str, path_type, backend, policy: Policy| {
+        let policy = Arc::new(Policy {
+            host: "t.example".into(),
+            ..policy
+        });
+        b.rule_with(h, path, path_type, backend, policy, "test").unwrap();
+    };
+    rule("/", Prefix, main, Policy::default());
+    rule(
+        "/secure",
+        Prefix,
+        main,
+        Policy {
+            ssl_redirect: true,
+            ..Policy::default()
+        },
+    );
+    rule(
+        "/moved",
+        Prefix,
+        main,
+        Policy {
+            redirect: Some(Redirect {
+                status: 301,
+                location: "https://new.example/".into(),
+            }),
+            ..Policy::default()
+        },
+    );
+    rule(
+        "/.well-known",
+        Prefix,
+        main,
+        Policy {
+            ssl_redirect: true,
+            ..Policy::default()
+        },
+    );
+    let rewrite = |target: &str| Rewrite {
+        pattern: crate::routes::regex_path("/api(/|$)(.*)").unwrap(),
+        target: target.into(),
+    };
+    rule(
+        "/api(/|$)(.*)",
+        Regex,
+        main,
+        Policy {
+            rewrite: Some(rewrite("/v1/$2")),
+            ..Policy::default()
+        },
+    );
+    rule(
+        "/q",
+        Prefix,
+        main,
+        Policy {
+            rewrite: Some(Rewrite {
+                pattern: crate::routes::regex_path("/q(/|$)(.*)").unwrap(),
+                target: "/search?kind=$2".into(),
+            }),
+            ..Policy::default()
+        },
+    );
+    rule(
+        "/internal",
+        Prefix,
+        main,
+        Policy {
+            allow: Cidr::parse_list("10.0.0.0/8").unwrap(),
+            deny: Cidr::parse_list("10.9.0.0/16").unwrap(),
+            ..Policy::default()
+        },
+    );
+    rule(
+        "/upload",
+        Prefix,
+        main,
+        Policy {
+            max_body: Some(10),
+            ..Policy::default()
+        },
+    );
+    let (auth, problems) = crate::auth::BasicAuth::parse("Staff only", "ann:plain-text-ignored");
+    let _ = problems;
+    rule(
+        "/private",
+        Prefix,
+        main,
+        Policy {
+            auth: Some(Arc::new(auth)),
+            rate: Some(crate::policy::Rate {
+                per_sec: 1.0,
+                burst: 1.0,
+            }),
+            limit_id: 7,
+            limit_exempt: Cidr::parse_list("192.0.2.99").unwrap(),
+            ..Policy::default()
+        },
+    );
+    rule(
+        "/sticky",
+        Prefix,
+        main,
+        Policy {
+            affinity: Some(Affinity {
+                cookie: "route".into(),
+                path: "/".into(),
+                max_age: None,
+                expires: None,
+                secure: false,
+                samesite: None,
+                change_on_failure: false,
+            }),
+            connect_timeout: Some(Duration::from_secs(1)),
+            tries: Some(100),
+            ..Policy::default()
+        },
+    );
+    rule(
+        "/hashed",
+        Prefix,
+        main,
+        Policy {
+            balance: Balance::Hash(HashBy::parse("$arg_user").unwrap()),
+            ..Policy::default()
+        },
+    );
+    rule("/beta", Prefix, main, Policy::default());
+    let app_root = Arc::new(Policy {
+        app_root: Some("/home".into()),
+        ..Policy::default()
+    });
+    b.rule_with(Some("app.example"), "/", Prefix, main, app_root, "test")
+        .unwrap();
+    b.rule_with(
+        Some("app.example"),
+        "/exact",
+        Exact,
+        canary,
+        Arc::new(Policy::default()),
+        "test",
+    )
+    .unwrap();
+    b.canary(
+        h,
+        "/beta",
+        Prefix,
+        Canary {
+            backend: canary,
+            header: Some(("x-canary".into(), None)),
+            pattern: None,
+            cookie: Some("canary".into()),
+            weight: 10,
+            total: 100,
+        },
+        "test",
+    )
+    .unwrap();
+    b.build()
+}
+
+fn client() -> ClientSettings {
+    ClientSettings {
+        header_timeout: Duration::from_secs(10),
+        keepalive_timeout: Duration::from_secs(60),
+        body_timeout: Duration::from_secs(10),
+        max_request_line: 8192,
+        max_header_bytes: 32768,
+        max_headers: 100,
+        max_body: 1000,
+    }
+}
+
+fn upstream() -> UpstreamSettings {
+    UpstreamSettings {
+        connect_timeout: Duration::from_secs(5),
+        read_timeout: Duration::from_secs(60),
+        send_timeout: Duration::from_secs(60),
+        idle_timeout: Duration::from_secs(60),
+        max_idle_per_endpoint: 8,
+        connect_attempts: 3,
+        max_failures: 0,
+        ejection_time: Duration::from_secs(30),
+        max_ejection_percent: 50,
+    }
+}
+
+/// A request as a front end would describe it.
+struct Req {
+    scheme: &'static str,
+    method: &'static str,
+    host: &'static str,
+    target: &'static str,
+    headers: &'static [(&'static str, &'static str)],
+    body: Body,
+    peer: &'static str,
+    /// The canary weight draw.
+    draw: u64,
+    /// What the worker-state checks found: the limits refused (why), the credentials were good.
+    refused: Option<&'static str>,
+    authenticated: bool,
+}
+
+const GET: Req = Req {
+    scheme: "http",
+    method: "GET",
+    host: "t.example",
+    target: "/",
+    headers: &[],
+    body: Body::None,
+    peer: "192.0.2.1:40000",
+    draw: 99,
+    refused: None,
+    authenticated: false,
+};
+
+/// The decision for `r`, in one line.
+fn decided(table: &RouteTable, r: &Req) -> String {
+    let (client, upstream) = (client(), upstream());
+    let settings = Settings {
+        table,
+        client: &client,
+        upstream: &upstream,
+        redirect_port: Some(8443),
+    };
+    let headers: Vec<Header<'_>> = r.headers.iter().map(|(n, v)| (n.as_bytes(), v.as_bytes())).collect();
+    let (path, query) = match r.target.split_once('?') {
+        Some((p, q)) => (p, Some(q.as_bytes())),
+        None => (r.target, None),
+    };
+    let view = RequestView {
+        method: r.method.as_bytes(),
+        scheme: r.scheme,
+        authority: r.host.as_bytes(),
+        path: (!path.is_empty()).then_some(path.as_bytes()),
+        query,
+        target: r.target.as_bytes(),
+        headers: &headers,
+        request_id: b"rid",
+        body: r.body,
+        expect_continue: false,
+        upgrade: None,
+        keep_alive: true,
+        peer: r.peer.parse().unwrap(),
+        client_ip: r.peer.split(':').next().unwrap().as_bytes(),
+    };
+    let mut rewritten = String::new();
+    let decision = decide(&settings, &view, r.draw, &mut rewritten).after_checks(r.refused, r.authenticated);
+    match decision {
+        Decision::Answer(a) => {
+            let mut out = Vec::new();
+            crate::worker::respond::write_answer(&mut out, &mut Vec::new(), &a, false);
+            let text = String::from_utf8(out).unwrap();
+            let line = text
+                .lines()
+                .find(|l| l.starts_with("Location: ") || l.starts_with("WWW-Authenticate: "))
+                .unwrap_or(a.reason);
+            format!("{} {line}", a.status)
+        }
+        Decision::Forward(f) => {
+            let mut s = format!("→ {}", f.routed.backend.name);
+            if f.rewritten {
+                s += &format!(" {rewritten}");
+            }
+            if let Some(sticky) = f.pick.sticky {
+                s += &format!(" sticky={sticky:x}");
+            }
+            if f.pick.key.is_some() {
+                s += " hashed";
+            }
+            if f.max_body != 1000 {
+                s += &format!(" max_body={}", f.max_body);
+            }
+            s
+        }
+    }
+}
+
+#[test]
+fn decisions() {
+    let table = table();
+    #[rustfmt::skip]
+    let cases: &[(&str, Req, &str)] = &[
+        ("routed", Req { target: "/x?y=1", ..GET }, "→ main"),
+        ("unknown host", Req { host: "other.example", ..GET }, "404 no route for this host and path"),
+        ("https redirect keeps path and query, drops the port",
+            Req { host: "t.example:8080", target: "/secure/a?b=1&c", ..GET },
+            "308 Location: https://t.example:8443/secure/a?b=1&c"),
+        ("no https redirect over https", Req { scheme: "https", target: "/secure/a", ..GET }, "→ main"),
+        ("ACME challenges are not redirected", Req { target: "/.well-known/acme-challenge/x", ..GET }, "→ main"),
+        ("other well-known paths are", Req { target: "/.well-known/other", ..GET }, "308 Location: https://t.example:8443/.well-known/other"),
+        ("a target without a path routes as /", Req { host: "t.example", target: "", ..GET }, "→ main"),
+        ("fixed redirect", Req { target: "/moved/anything", ..GET }, "301 Location: https://new.example/"),
+        ("app-root on /", Req { host: "app.example", target: "/?x=1", ..GET }, "302 Location: /home"),
+        ("app-root only on /", Req { host: "APP.example", target: "/exact", ..GET }, "→ canary"),
+        ("rewrite", Req { target: "/api/users", ..GET }, "→ main /v1/users"),
+        ("rewrite joins the query", Req { target: "/api/users?page=2", ..GET }, "→ main /v1/users?page=2"),
+        ("rewrite with its own query joins with &", Req { target: "/q/books?page=2", ..GET }, "→ main /search?kind=books&page=2"),
+        ("allow list", Req { target: "/internal", peer: "10.1.2.3:1", ..GET }, "→ main"),
+        ("outside the allow list", Req { target: "/internal", ..GET }, "403 client address not allowed"),
+        ("deny list wins", Req { target: "/internal", peer: "10.9.1.1:1", ..GET }, "403 client address not allowed"),
+        ("body over the rule's limit", Req { target: "/upload", body: Body::Length(11), ..GET }, "413 request body larger than allowed"),
+        ("body at the rule's limit", Req { target: "/upload", body: Body::Length(10), ..GET }, "→ main max_body=10"),
+        ("streamed body is checked while streaming", Req { target: "/upload", body: Body::Streamed, ..GET }, "→ main max_body=10"),
+        ("body over the default limit", Req { body: Body::Length(1001), ..GET }, "413 request body larger than allowed"),
+        ("auth challenge", Req { target: "/private", ..GET }, "401 WWW-Authenticate: Basic realm=\"Staff only\""),
+        ("good credentials", Req { target: "/private", authenticated: true, ..GET }, "→ main"),
+        ("limits refuse before auth",
+            Req { target: "/private", refused: Some("request rate limit exceeded"), ..GET }, "503 request rate limit exceeded"),
+        ("affinity cookie read", Req { target: "/sticky", headers: &[("Cookie", "a=b; route=00000000000000ff")], ..GET }, "→ main sticky=ff"),
+        ("hash key", Req { target: "/hashed?user=ann", ..GET }, "→ main hashed"),
+        ("canary by header", Req { target: "/beta", headers: &[("X-Canary", "always")], ..GET }, "→ canary"),
+        ("canary header says never, weight ignored", Req { target: "/beta", headers: &[("x-canary", "never")], draw: 0, ..GET }, "→ main"),
+        ("canary by cookie", Req { target: "/beta", headers: &[("Cookie", "canary=always")], ..GET }, "→ canary"),
+        ("canary by weight: drawn in", Req { target: "/beta", draw: 109, ..GET }, "→ canary"),
+        ("canary by weight: drawn out", Req { target: "/beta", draw: 110, ..GET }, "→ main"),
+    ];
+    let mut failed = Vec::new();
+    for (label, req, want) in cases {
+        let got = decided(&table, req);
+        if got != *want {
+            failed.push(format!("{label}: got {got:?}, want {want:?}"));
+        }
+    }
+    assert!(failed.is_empty(), "\n{}", failed.join("\n"));
+}
+
+/// The checks name what the worker must run, and only for requests past the address filter.
+#[test]
+fn checks_are_named_for_the_worker() {
+    let table = table();
+    let (client, upstream) = (client(), upstream());
+    let settings = Settings {
+        table: &table,
+        client: &client,
+        upstream: &upstream,
+        redirect_port: None,
+    };
+    let check = |peer: &str, path: &'static str| {
+        let view = RequestView {
+            method: b"GET",
+            scheme: "http",
+            authority: b"t.example",
+            path: Some(path.as_bytes()),
+            query: None,
+            target: path.as_bytes(),
+            headers: &[],
+            request_id: b"",
+            body: Body::None,
+            expect_continue: false,
+            upgrade: None,
+            keep_alive: true,
+            peer: peer.parse().unwrap(),
+            client_ip: b"",
+        };
+        let d = decide(&settings, &view, 0, &mut String::new());
+        let c = d.checks();
+        (c.limit.map(|l| l.key.0), c.auth.map(|a| a.realm.to_string()))
+    };
+    assert_eq!(check("192.0.2.1:1", "/private"), (Some(7), Some("Staff only".into())));
+    assert_eq!(
+        check("192.0.2.99:1", "/private"),
+        (None, Some("Staff only".into())),
+        "exempt"
+    );
+    assert_eq!(check("192.0.2.1:1", "/"), (None, None));
+    assert_eq!(check("192.0.2.1:1", "/internal"), (None, None), "403 before any check");
+}
+
+#[test]
+fn a_path_that_is_not_utf8_is_refused_before_routing() {
+    let table = table();
+    let (client, upstream) = (client(), upstream());
+    let settings = Settings {
+        table: &table,
+        client: &client,
+        upstream: &upstream,
+        redirect_port: None,
+    };
+    let view = RequestView {
+        method: b"GET",
+        scheme: "http",
+        authority: b"t.example",
+        path: Some(b"/caf\xe9"),
+        query: None,
+        target: b"/caf\xe9",
+        headers: &[],
+        request_id: b"",
+        body: Body::None,
+        expect_continue: false,
+        upgrade: None,
+        keep_alive: true,
+        peer: "192.0.2.1:1".parse().unwrap(),
+        client_ip: b"",
+    };
+    match decide(&settings, &view, 0, &mut String::new()) {
+        Decision::Answer(a) => assert_eq!((a.status, a.reason), (400, "request target is not valid UTF-8")),
+        other => panic!("{other:?}"),
+    }
+}
+
+/// Timeouts and tries: the rule's, else the defaults; tries clamped.
+#[test]
+fn forward_carries_timeouts_and_tries() {
+    let table = table();
+    let (client, upstream) = (client(), upstream());
+    let settings = Settings {
+        table: &table,
+        client: &client,
+        upstream: &upstream,
+        redirect_port: None,
+    };
+    let forward = |path: &'static str| {
+        let view = RequestView {
+            method: b"GET",
+            scheme: "http",
+            authority: b"t.example",
+            path: Some(path.as_bytes()),
+            query: None,
+            target: path.as_bytes(),
+            headers: &[],
+            request_id: b"",
+            body: Body::None,
+            expect_continue: false,
+            upgrade: None,
+            keep_alive: true,
+            peer: "192.0.2.1:1".parse().unwrap(),
+            client_ip: b"",
+        };
+        match decide(&settings, &view, 0, &mut String::new()) {
+            Decision::Forward(f) => (f.timeouts.connect, f.tries),
+            other => panic!("{other:?}"),
+        }
+    };
+    assert_eq!(forward("/"), (Duration::from_secs(5), 3));
+    assert_eq!(forward("/sticky"), (Duration::from_secs(1), MAX_TRIES));
+}

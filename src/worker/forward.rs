@@ -1,0 +1,366 @@
+//! Getting a request to an upstream and its response head back: the connector (pooled
+//! connection, else TCP then TLS), sending the head and streaming the body, reading the response
+//! head, and the retry state machine around them:
+//!
+//! - a failed connect moves on to another endpoint, while tries remain;
+//! - an idempotent request without a body moves on when the connection dies or times out before
+//!   any response byte, and (`proxy-next-upstream`) when the answer is a status the rule retries;
+//! - a reused pooled connection found dead is replaced by a fresh one to the same endpoint,
+//!   without counting as a try;
+//! - a request whose body was sent is never repeated.
+//!
+//! Each try is counted in flight on its endpoint (least-request balancing) and reported to the
+//! balancer (outlier ejection); retries and connect errors go to the backend's metrics.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::Ordering::Relaxed;
+use std::time::{Duration, Instant};
+
+use monoio::net::TcpStream;
+
+use super::balance::{PickInput, Tried};
+use super::decide::Forward;
+use super::error::{ErrorKind, RequestError, Retry};
+use super::log::Record;
+use super::pump::{self, PumpError, PumpLimits, ReadResult};
+use super::session::{ClientStream, Conn, Ctx, write_client};
+use super::tls::TlsStream;
+use super::upstream::UpstreamStream;
+use super::{Snapshot, Worker};
+use crate::http::{self, Framing, Parsed, RequestHead, ResponseHead};
+use crate::routes::Backend;
+
+/// Limits for upstream response heads (not user-configurable: upstreams are trusted more).
+const UPSTREAM_HEAD_LIMITS: http::Limits = http::Limits {
+    max_request_line: 64 * 1024,
+    max_header_bytes: 64 * 1024,
+    max_headers: 200,
+};
+
+/// An upstream that answered: its connection, address and response head (still in `ubuf`),
+/// counted in flight until dropped.
+pub(super) struct Exchange<'w> {
+    pub upstream: UpstreamStream,
+    pub addr: SocketAddr,
+    pub resp: ResponseHead,
+    pub _inflight: InFlight<'w>,
+}
+
+/// What the forward phase needs of the request besides its HTTP/1.1 head.
+#[derive(Clone, Copy)]
+pub(super) struct Sending {
+    /// A HEAD request (its response has no body whatever it says).
+    pub is_head: bool,
+    /// Idempotent and without a body: safe to send again.
+    pub retry_ok: bool,
+    /// The client waits for 100 Continue before sending its body.
+    pub expect_continue: bool,
+    /// The client asked to switch protocols (a 101 is only accepted then).
+    pub upgrade: bool,
+}
+
+impl<S: ClientStream> Conn<S> {
+    /// Sends the request (its head already in `out`, its body still coming from the client) to
+    /// an endpoint of `f`'s backend, retrying as the module describes, and reads the response
+    /// head.
+    pub(super) async fn forward<'w>(
+        &mut self,
+        cx: Ctx<'w>,
+        head: &RequestHead,
+        f: &Forward<'_>,
+        req: Sending,
+        rec: &mut Record,
+    ) -> Result<Exchange<'w>, RequestError> {
+        let Ctx { worker, snap, start } = cx;
+        let (backend, policy) = (f.routed.backend, f.routed.policy);
+        let balancer = &worker.balancer;
+        let report = |addr, ok| {
+            balancer
+                .borrow_mut()
+                .report(addr, ok, backend, &snap.upstream, Instant::now())
+        };
+        // Timing the upstream costs clock reads; only the access log wants it.
+        let t_up = snap.access_log.then(Instant::now);
+        let mut tried = Tried::default();
+        let mut last: RequestError = ErrorKind::ConnectFailed.into();
+        let mut fresh_to: Option<SocketAddr> = None;
+        if backend.endpoints.is_empty() {
+            return Err(ErrorKind::NoEndpoint.into());
+        }
+        let exchange = loop {
+            let addr = match fresh_to.take() {
+                Some(a) => a,
+                None => {
+                    if tried.len() >= f.tries {
+                        return Err(last);
+                    }
+                    if tried.len() > 0
+                        && let Some(limit) = policy.retry_timeout
+                        && start.elapsed() >= limit
+                    {
+                        return Err(last);
+                    }
+                    let input = PickInput {
+                        seed: worker.random(),
+                        ..f.pick
+                    };
+                    let picked = balancer.borrow_mut().pick(backend, policy, input, &tried, start);
+                    let Some(a) = picked else { return Err(last) };
+                    if tried.len() > 0
+                        && let Some(m) = &rec.metrics
+                    {
+                        m.retries.fetch_add(1, Relaxed);
+                    }
+                    tried.push(a);
+                    a
+                }
+            };
+            rec.upstream = Some(addr);
+            let (mut upstream, reused) = match connect(worker, backend, addr, snap, f.timeouts.connect, start).await {
+                Ok(c) => c,
+                Err(e) => {
+                    report(addr, false);
+                    if let Some(m) = &rec.metrics {
+                        m.connect_errors.fetch_add(1, Relaxed);
+                    }
+                    debug_assert_eq!(e.retry(), Retry::Always);
+                    last = e;
+                    continue;
+                }
+            };
+            let inflight = InFlight::begin(worker, addr);
+            let sent = self
+                .send_request(&mut upstream, head, req, snap, f.timeouts.send, f.max_body)
+                .await;
+            let read = match sent {
+                Ok(()) => {
+                    self.read_response_head(&mut upstream, req.is_head, f.timeouts.read)
+                        .await
+                }
+                Err(e) => Err(e),
+            };
+            match read {
+                // proxy-next-upstream http_5xx: an idempotent request without a body whose
+                // answer is one of those statuses goes to another endpoint while tries remain;
+                // the answer is dropped with its connection.
+                Ok(resp)
+                    if req.retry_ok
+                        && policy.retry_on.contains(&resp.status)
+                        && tried.len() < f.tries.min(backend.endpoints.len()) =>
+                {
+                    report(addr, false);
+                    tracing::debug!(upstream = %addr, status = resp.status, "retrying on another endpoint");
+                    last = ErrorKind::AllTriedFailed.into();
+                    drop(upstream);
+                }
+                Ok(resp) => {
+                    break Exchange {
+                        upstream,
+                        addr,
+                        resp,
+                        _inflight: inflight,
+                    };
+                }
+                Err(e) if e.retry() == Retry::IfIdempotent => {
+                    let dead_reused = reused && e.kind == ErrorKind::UpstreamClosed;
+                    if dead_reused && req.retry_ok {
+                        tracing::debug!(upstream = %addr, "reused upstream connection was dead; retrying on a new one");
+                        fresh_to = Some(addr);
+                        continue;
+                    }
+                    // A reused connection that died says nothing about the endpoint.
+                    if !dead_reused {
+                        report(addr, false);
+                    }
+                    last = e;
+                    if !req.retry_ok {
+                        return Err(last);
+                    }
+                    tracing::debug!(upstream = %addr, "no response from upstream; trying another endpoint");
+                }
+                Err(e) => return Err(e),
+            }
+        };
+        report(exchange.addr, exchange.resp.status < 500);
+        rec.upstream_time = t_up.map(|t| t.elapsed());
+        rec.status = exchange.resp.status;
+        Ok(exchange)
+    }
+
+    /// Sends the request head in `out` and then the body (streamed from the client).
+    async fn send_request(
+        &mut self,
+        upstream: &mut UpstreamStream,
+        head: &RequestHead,
+        req: Sending,
+        snap: &Snapshot,
+        send_timeout: Duration,
+        max_body: u64,
+    ) -> Result<(), RequestError> {
+        if head.framing == Framing::None {
+            // `out` keeps the head after the write, for a retry.
+            let out = std::mem::take(&mut self.out);
+            let (res, out) = pump::write_all(upstream, out, send_timeout)
+                .await
+                .map_err(|()| RequestError::from(ErrorKind::SendTimeout))?;
+            self.out = out;
+            return res.map(drop).map_err(|_| ErrorKind::UpstreamClosed.into());
+        }
+        if req.expect_continue && self.cbuf.is_empty() {
+            // The client waits for a go-ahead before sending the body; kedge gives it, since it
+            // now has an upstream connection to stream the body to.
+            let cont = http::CONTINUE.to_vec();
+            write_client(&mut self.client, cont, snap.client.body_timeout).await?;
+        }
+        let limits = PumpLimits {
+            read_timeout: snap.client.body_timeout,
+            write_timeout: send_timeout,
+            max: max_body,
+        };
+        let r = pump::pump(
+            &mut self.client,
+            upstream,
+            &mut self.cbuf,
+            &mut self.out,
+            head.framing,
+            head.framing == Framing::Chunked,
+            &limits,
+        )
+        .await;
+        r.map(drop).map_err(|e| match e {
+            PumpError::SourceTimeout => ErrorKind::BodyTimeout.into(),
+            PumpError::SourceIo => ErrorKind::ClientGone.into(),
+            PumpError::SourceFraming(e) => e.into(),
+            PumpError::TooLarge => ErrorKind::BodyTooLarge.into(),
+            PumpError::Sink => ErrorKind::UpstreamBodyFailed.into(),
+        })
+    }
+
+    /// Reads the upstream's response head, skipping interim 1xx answers other than 101.
+    async fn read_response_head(
+        &mut self,
+        upstream: &mut UpstreamStream,
+        is_head: bool,
+        read_timeout: Duration,
+    ) -> Result<ResponseHead, RequestError> {
+        self.ubuf.clear();
+        let mut got_any = false;
+        loop {
+            match http::parse_response(&self.ubuf, &UPSTREAM_HEAD_LIMITS, is_head, &mut self.uheaders) {
+                Ok(Parsed::Complete(resp)) if (100..200).contains(&resp.status) && resp.status != 101 => {
+                    self.ubuf.drain(..resp.head_len);
+                    continue;
+                }
+                Ok(Parsed::Complete(resp)) => return Ok(resp),
+                Ok(Parsed::Partial) => {}
+                Err(e) => {
+                    tracing::debug!(error = ?e, "invalid response head from upstream");
+                    return Err(ErrorKind::BadResponse.into());
+                }
+            }
+            let kind = match pump::read_with_timeout(upstream, &mut self.ubuf, read_timeout).await {
+                ReadResult::Data(_) => {
+                    got_any = true;
+                    continue;
+                }
+                ReadResult::Timeout if !got_any => ErrorKind::UpstreamTimeout,
+                ReadResult::Timeout => ErrorKind::ResponseTimeout,
+                ReadResult::Eof | ReadResult::Error if !got_any => ErrorKind::UpstreamClosed,
+                ReadResult::Eof | ReadResult::Error => ErrorKind::ResponseCutShort,
+            };
+            return Err(kind.into());
+        }
+    }
+}
+
+/// A connection to `addr`: an idle pooled one (`true`: reused) or a new one (TCP, then TLS for
+/// a backend with upstream TLS), under `connect_timeout` each.
+async fn connect(
+    worker: &Worker,
+    backend: &Backend,
+    addr: SocketAddr,
+    snap: &Snapshot,
+    connect_timeout: Duration,
+    now: Instant,
+) -> Result<(UpstreamStream, bool), RequestError> {
+    if let Some(stream) = worker
+        .pool
+        .borrow_mut()
+        .take((addr, tls_id(backend)), snap.upstream.idle_timeout, now)
+    {
+        return Ok((stream, true));
+    }
+    let kind = match monoio::time::timeout(connect_timeout, TcpStream::connect_addr(addr)).await {
+        Ok(Ok(stream)) => {
+            let _ = stream.set_nodelay(true);
+            let Some(tls) = &backend.tls else {
+                return Ok((UpstreamStream::Plain(stream), false));
+            };
+            let handshake = TlsStream::connect(stream, Arc::clone(&tls.config), tls.name.clone());
+            match monoio::time::timeout(connect_timeout, handshake).await {
+                Ok(Ok(s)) => return Ok((UpstreamStream::Tls(s), false)),
+                Ok(Err(e)) => {
+                    tracing::debug!(upstream = %addr, error = %e, "TLS handshake with upstream failed");
+                    ErrorKind::TlsFailed
+                }
+                Err(_) => {
+                    tracing::debug!(upstream = %addr, "TLS handshake with upstream timed out");
+                    ErrorKind::TlsTimeout
+                }
+            }
+        }
+        Ok(Err(e)) => {
+            tracing::debug!(upstream = %addr, error = %e, "connect failed");
+            ErrorKind::ConnectFailed
+        }
+        Err(_) => {
+            tracing::debug!(upstream = %addr, "connect timed out");
+            ErrorKind::ConnectTimeout
+        }
+    };
+    Err(kind.into())
+}
+
+/// Parks a connection whose response ended cleanly in the worker's pool for the next request
+/// to the same endpoint.
+pub(super) fn release(
+    worker: &Worker,
+    snap: &Snapshot,
+    backend: &Backend,
+    addr: SocketAddr,
+    upstream: UpstreamStream,
+    now: Instant,
+) {
+    worker.pool.borrow_mut().put(
+        (addr, tls_id(backend)),
+        upstream,
+        snap.upstream.max_idle_per_endpoint,
+        now,
+    );
+}
+
+/// A request in flight to an endpoint, for least-request balancing: counted from the request
+/// being sent until this is dropped (the response done, or the request failed).
+pub(super) struct InFlight<'w> {
+    worker: &'w Worker,
+    addr: SocketAddr,
+}
+
+impl<'w> InFlight<'w> {
+    fn begin(worker: &'w Worker, addr: SocketAddr) -> InFlight<'w> {
+        worker.balancer.borrow_mut().begin(addr);
+        InFlight { worker, addr }
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.worker.balancer.borrow_mut().end(self.addr);
+    }
+}
+
+/// The pool key part for a backend's TLS settings (0: plain).
+fn tls_id(backend: &Backend) -> u64 {
+    backend.tls.as_ref().map_or(0, |t| t.id)
+}

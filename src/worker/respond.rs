@@ -1,0 +1,306 @@
+//! What the client gets back: kedge's own answers (from a [`Decision`](super::decide::Decision)
+//! or a [`RequestError`](super::error::RequestError)) and the upstream's response (head rebuilt
+//! with kedge's header lines, body streamed). Header lines kedge adds (HSTS, the affinity
+//! cookie, a 401's WWW-Authenticate) are handed to the sans-io writers, which put them in place
+//! before the blank line. Also the one place that decides whether the client connection is kept.
+
+use std::time::{Duration, Instant};
+
+use super::Snapshot;
+use super::decide::{Answer, AnswerHeader, Forward};
+use super::error::{ErrorKind, RequestError};
+use super::forward::{self, Exchange};
+use super::log::Record;
+use super::pump::{self, PumpLimits, ReadResult};
+use super::request::Body;
+use super::session::{ClientStream, Conn, Ctx, Next, write_client};
+use crate::http::{self, Framing, RequestHead, Version};
+
+/// How a request ended, as far as reusing the client connection goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Ending {
+    /// kedge answered with this status, without reading the request body.
+    Answered(u16),
+    /// The upstream's response goes to the client with this framing.
+    Proxied(Framing),
+}
+
+/// Whether the client connection is kept after a request: only when the client wishes it, kedge
+/// is not stopping, and the connection is in a clean state. An answer leaves it clean only
+/// without an unread body, and only for the answers that are about routing or the upstream
+/// (redirects, 401, 403, 404, 502, 503, 504), not about a broken request; a response leaves it
+/// clean unless its end is marked by closing.
+pub(crate) fn keep_alive(wish: bool, body: Body, ending: Ending, stopping: bool) -> bool {
+    if !wish || stopping {
+        return false;
+    }
+    match ending {
+        Ending::Answered(status) => {
+            body == Body::None && matches!(status, 300..=399 | 401 | 403 | 404 | 502 | 503 | 504)
+        }
+        Ending::Proxied(framing) => framing != Framing::CloseDelimited,
+    }
+}
+
+/// Whether an answer is an error (not a redirect or a challenge to a request that was fine).
+/// Errors are written under a short fixed timeout and, when the connection closes after them,
+/// linger (`Conn::linger`); redirects and challenges are written under the client body
+/// timeout and close at once. (That is how each kind was always sent.)
+pub(crate) fn is_error(status: u16) -> bool {
+    !matches!(status, 300..=399 | 401)
+}
+
+/// How long writing an error answer may take.
+const ERROR_WRITE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The body framing of an HTTP/1.1 request head, as a view has it.
+pub(crate) fn body_of(framing: Framing) -> Body {
+    match framing {
+        Framing::None => Body::None,
+        Framing::Length(n) => Body::Length(n),
+        Framing::Chunked | Framing::CloseDelimited => Body::Streamed,
+    }
+}
+
+/// Appends `answer` as a complete HTTP/1.1 response. `scratch` holds the extra header line of a
+/// challenge (reused; formatted only on the 401 path).
+pub(crate) fn write_answer(out: &mut Vec<u8>, scratch: &mut Vec<u8>, answer: &Answer<'_, '_>, close: bool) {
+    match answer.header {
+        AnswerHeader::None => http::write_canned(out, answer.status, answer.reason, b"", close),
+        AnswerHeader::Location(to) => http::write_location(out, answer.status, &[to.as_bytes()], b"", close),
+        AnswerHeader::Https {
+            host,
+            port,
+            path,
+            query,
+        } => http::write_redirect(out, host, port, path, query, close),
+        AnswerHeader::Challenge(realm) => {
+            scratch.clear();
+            scratch.extend_from_slice(b"WWW-Authenticate: Basic realm=\"");
+            // A quote or backslash would end or escape the quoted string: left out.
+            scratch.extend(realm.bytes().filter(|b| !matches!(b, b'"' | b'\\')));
+            scratch.extend_from_slice(b"\"\r\n");
+            http::write_canned(out, answer.status, answer.reason, scratch, close);
+        }
+    }
+}
+
+/// Appends the header lines kedge adds to an upstream's response: HSTS on HTTPS (unless the
+/// upstream sent its own), and the affinity cookie when the client did not name the endpoint
+/// that answered.
+pub(crate) fn response_lines(
+    out: &mut Vec<u8>,
+    hsts: Option<&[u8]>,
+    upstream_sent_hsts: impl FnOnce() -> bool,
+    f: &Forward<'_>,
+    addr: std::net::SocketAddr,
+) {
+    if let Some(line) = hsts
+        && !line.is_empty()
+        && !upstream_sent_hsts()
+    {
+        out.extend_from_slice(line);
+    }
+    if let Some(a) = &f.routed.policy.affinity {
+        let key = crate::policy::endpoint_key(addr);
+        if f.pick.sticky != Some(key) {
+            a.set_cookie_line(key, crate::time::unix_now(), out);
+        }
+    }
+}
+
+impl<S: ClientStream> Conn<S> {
+    /// Sends the answer in `out`; when `close`, closes after it (lingering for errors).
+    pub(super) async fn send_answer(&mut self, snap: &Snapshot, status: u16, close: bool) -> Result<(), RequestError> {
+        let timeout = match is_error(status) {
+            true => ERROR_WRITE_TIMEOUT,
+            false => snap.client.body_timeout,
+        };
+        let out = std::mem::take(&mut self.out);
+        self.out = write_client(&mut self.client, out, timeout).await?;
+        if close && is_error(status) {
+            self.linger().await;
+        }
+        Ok(())
+    }
+
+    /// Sends a canned error answer (`close`: then closes, lingering). A client that cannot be
+    /// written to is left to close.
+    pub(super) async fn answer_error(&mut self, status: u16, why: &str, close: bool) {
+        self.out.clear();
+        http::write_canned(&mut self.out, status, why, b"", close);
+        let out = std::mem::take(&mut self.out);
+        match write_client(&mut self.client, out, ERROR_WRITE_TIMEOUT).await {
+            Ok(b) => self.out = b,
+            Err(_) => return,
+        }
+        if close {
+            self.linger().await;
+        }
+    }
+
+    /// Closes gently: shuts our side, and reads (discarding) what the client still sends for a
+    /// moment, so that a request body in flight does not turn the close into a reset that would
+    /// destroy the answer before the client reads it.
+    async fn linger(&mut self) {
+        let _ = self.client.shutdown().await;
+        let mut sink = std::mem::take(&mut self.cbuf);
+        let deadline = Instant::now() + Duration::from_secs(2);
+        for _ in 0..64 {
+            sink.clear();
+            let left = deadline.saturating_duration_since(Instant::now());
+            match pump::read_with_timeout(&mut self.client, &mut sink, left).await {
+                ReadResult::Data(_) => {}
+                _ => break,
+            }
+        }
+    }
+
+    /// Sends the upstream's response to the client: a 101 hands both connections to the
+    /// tunnel; anything else gets its head rebuilt (with kedge's lines) and its body streamed,
+    /// and the upstream connection parked when it can be reused.
+    pub(super) async fn respond(
+        &mut self,
+        cx: Ctx<'_>,
+        head: &RequestHead,
+        f: &Forward<'_>,
+        upgrade_asked: bool,
+        exchange: Exchange<'_>,
+        rec: &mut Record,
+    ) -> Result<Next, RequestError> {
+        let Ctx { worker, snap, start } = cx;
+        let Exchange {
+            mut upstream,
+            addr,
+            resp,
+            ..
+        } = exchange;
+        if resp.status == 101 {
+            if !upgrade_asked {
+                return Err(ErrorKind::UnaskedSwitch.into());
+            }
+            self.out.clear();
+            http::write_response_head(
+                &mut self.out,
+                &self.ubuf,
+                &resp,
+                &self.uheaders,
+                http::ToClient {
+                    framing: Framing::None,
+                    version: head.version,
+                    keep_alive: true,
+                },
+                b"",
+            );
+            self.ubuf.drain(..resp.head_len);
+            let out = std::mem::take(&mut self.out);
+            self.out = write_client(&mut self.client, out, snap.client.body_timeout).await?;
+            return Ok(Next::Tunnel(upstream));
+        }
+
+        // Client-side framing: lengths pass through; chunked and close-delimited bodies go
+        // chunked to HTTP/1.1 clients and close-delimited to HTTP/1.0 ones.
+        let out_framing = match resp.framing {
+            Framing::None => Framing::None,
+            Framing::Length(n) => Framing::Length(n),
+            Framing::Chunked | Framing::CloseDelimited if head.version == Version::Http11 => Framing::Chunked,
+            Framing::Chunked | Framing::CloseDelimited => Framing::CloseDelimited,
+        };
+        let keep_client = keep_alive(
+            head.keep_alive,
+            body_of(head.framing),
+            Ending::Proxied(out_framing),
+            worker.stopping.is_set(),
+        );
+        let keep_upstream = resp.keep_alive && resp.framing != Framing::CloseDelimited;
+
+        // (A bodiless HEAD or 304 answer keeps the Content-Length the upstream declared.)
+        let mut extra = std::mem::take(&mut self.extra);
+        extra.clear();
+        let hsts = (S::SCHEME == "https").then_some(&*snap.https.hsts_line);
+        let (ubuf, uheaders) = (&self.ubuf, &self.uheaders);
+        let upstream_sent_hsts = || {
+            uheaders
+                .iter()
+                .any(|h| ubuf[h.name.clone()].eq_ignore_ascii_case(b"strict-transport-security"))
+        };
+        response_lines(&mut extra, hsts, upstream_sent_hsts, f, addr);
+        self.out.clear();
+        http::write_response_head(
+            &mut self.out,
+            &self.ubuf,
+            &resp,
+            &self.uheaders,
+            http::ToClient {
+                framing: out_framing,
+                version: head.version,
+                keep_alive: keep_client,
+            },
+            &extra,
+        );
+        self.extra = extra;
+        self.ubuf.drain(..resp.head_len);
+        let limits = PumpLimits {
+            read_timeout: f.timeouts.read,
+            write_timeout: snap.client.body_timeout,
+            max: u64::MAX,
+        };
+        let moved = pump::pump(
+            &mut upstream,
+            &mut self.client,
+            &mut self.ubuf,
+            &mut self.out,
+            resp.framing,
+            out_framing == Framing::Chunked,
+            &limits,
+        )
+        .await;
+        match moved {
+            Ok(n) => rec.bytes = n,
+            Err(e) => {
+                tracing::debug!(upstream = %addr, error = ?e, "response body cut short");
+                return Err(ErrorKind::ResponseBroken.into());
+            }
+        }
+        if keep_upstream && self.ubuf.is_empty() {
+            forward::release(worker, snap, f.routed.backend, addr, upstream, start);
+        }
+        self.ubuf.clear();
+        Ok(if keep_client { Next::KeepAlive } else { Next::Close })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keep_alive_is_decided_in_one_place() {
+        use Ending::{Answered, Proxied};
+        #[rustfmt::skip]
+        let cases = [
+            // wish, body, ending, stopping → keep
+            (true, Body::None, Answered(404), false, true),
+            (true, Body::None, Answered(308), false, true),
+            (true, Body::None, Answered(401), false, true),
+            (true, Body::None, Answered(502), false, true),
+            (true, Body::None, Answered(400), false, false),
+            (true, Body::None, Answered(413), false, false),
+            (true, Body::Length(3), Answered(404), false, false),
+            (true, Body::Streamed, Answered(308), false, false),
+            (false, Body::None, Answered(404), false, false),
+            (true, Body::None, Answered(404), true, false),
+            (true, Body::Length(3), Proxied(Framing::Length(9)), false, true),
+            (true, Body::None, Proxied(Framing::Chunked), false, true),
+            (true, Body::None, Proxied(Framing::CloseDelimited), false, false),
+            (true, Body::None, Proxied(Framing::None), true, false),
+        ];
+        for (wish, body, ending, stopping, want) in cases {
+            assert_eq!(
+                keep_alive(wish, body, ending, stopping),
+                want,
+                "{wish} {body:?} {ending:?} {stopping}"
+            );
+        }
+    }
+}

@@ -1,0 +1,104 @@
+//! The state of one client connection that every request phase works on: the client stream
+//! ([`ClientStream`], plain or TLS), its reused buffers ([`Conn`]), what a phase reads besides
+//! ([`Ctx`]) and how the connection goes on ([`Next`]). The phases themselves are `impl` blocks
+//! on [`Conn`] in `conn.rs` (the loop), `forward.rs` and `respond.rs`; they all build on this
+//! module and none on another's.
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use monoio::io::{AsyncReadRent, AsyncWriteRent, Splitable};
+use monoio::net::TcpStream;
+
+use super::error::{ErrorKind, RequestError};
+use super::pump;
+use super::request::HeaderBuf;
+use super::tls::TlsStream;
+use super::upstream::UpstreamStream;
+use super::{Snapshot, Worker};
+use crate::http::HeaderSpan;
+
+/// A client connection: plain TCP or TLS. The connection loop is generic over it.
+pub(super) trait ClientStream: AsyncReadRent + AsyncWriteRent + 'static {
+    /// `http` or `https`: X-Forwarded-Proto, and whether redirects and HSTS apply.
+    const SCHEME: &'static str;
+    /// Halves that read and write at the same time (a tunnel after 101).
+    fn halves(self) -> (impl AsyncReadRent, impl AsyncWriteRent);
+    /// Ends the connection politely (TLS: close_notify). Best effort, bounded.
+    async fn close(&mut self);
+}
+
+impl ClientStream for TcpStream {
+    const SCHEME: &'static str = "http";
+    fn halves(self) -> (impl AsyncReadRent, impl AsyncWriteRent) {
+        self.into_split()
+    }
+    async fn close(&mut self) {}
+}
+
+impl ClientStream for TlsStream {
+    const SCHEME: &'static str = "https";
+    fn halves(self) -> (impl AsyncReadRent, impl AsyncWriteRent) {
+        self.into_split()
+    }
+    async fn close(&mut self) {
+        TlsStream::close(self).await;
+    }
+}
+
+/// Per-connection state and buffers, reused for every request on the connection.
+pub(super) struct Conn<S> {
+    pub(super) client: S,
+    pub(super) peer: SocketAddr,
+    pub(super) port: u16,
+    /// Bytes read from the client and not yet consumed (head, body start, pipelined requests).
+    pub(super) cbuf: Vec<u8>,
+    /// Bytes read from the upstream and not yet consumed.
+    pub(super) ubuf: Vec<u8>,
+    /// Bytes being assembled for a write (heads, re-framed chunks, canned answers).
+    pub(super) out: Vec<u8>,
+    pub(super) headers: Vec<HeaderSpan>,
+    pub(super) uheaders: Vec<HeaderSpan>,
+    /// The request view's header pairs (empty between requests).
+    pub(super) pairs: HeaderBuf,
+    /// Method, target, host and request id of the current request, for the access log.
+    pub(super) meta: String,
+    /// The client's IP address as sent in X-Forwarded-For and X-Real-IP.
+    pub(super) peer_text: Vec<u8>,
+    /// The rewritten path and query of the current request (reused).
+    pub(super) rewritten: String,
+    /// Header lines kedge adds to the current response (reused).
+    pub(super) extra: Vec<u8>,
+}
+
+/// How the connection goes on after a request.
+pub(super) enum Next {
+    KeepAlive,
+    Close,
+    /// The upstream switched protocols: tunnel bytes both ways until either side closes.
+    Tunnel(UpstreamStream),
+}
+
+/// What every phase of one request reads: the worker, the snapshot the request started with,
+/// and when it started.
+#[derive(Clone, Copy)]
+pub(super) struct Ctx<'a> {
+    pub worker: &'a Worker,
+    pub snap: &'a Snapshot,
+    pub start: Instant,
+}
+
+/// Writes `out` to the client under `timeout`, handing the buffer back (cleared).
+pub(super) async fn write_client<S: AsyncWriteRent>(
+    client: &mut S,
+    out: Vec<u8>,
+    timeout: Duration,
+) -> Result<Vec<u8>, RequestError> {
+    match pump::write_all(client, out, timeout).await {
+        Ok((Ok(_), mut b)) => {
+            b.clear();
+            Ok(b)
+        }
+        _ => Err(ErrorKind::ClientGone.into()),
+    }
+}
