@@ -54,10 +54,10 @@ pub fn run(cfg: Config) -> Result<(), String> {
     for spec in &p.listeners {
         let sockets = worker::listener::bind(spec.address, p.workers).map_err(|e| e.to_string())?;
         let local = sockets[0].local_addr().map_err(|e| e.to_string())?;
-        bound.push((local, spec.clone()));
+        bound.push((local, *spec));
         for (w, socket) in sockets.into_iter().enumerate() {
             per_worker[w].push(Bound {
-                spec: spec.clone(),
+                spec: *spec,
                 socket,
             });
         }
