@@ -1,6 +1,6 @@
 //! The control thread (tokio + `kube`): it watches the configured clusters and is the only
 //! place where snapshots are built and published ([`crate::process`] starts it and forwards
-//! signals to it as [`Control`] calls):
+//! signals to it as `Control` calls):
 //!
 //! ```text
 //! static routes ─┐

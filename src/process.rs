@@ -56,10 +56,7 @@ pub fn run(cfg: Config) -> Result<(), String> {
         let local = sockets[0].local_addr().map_err(|e| e.to_string())?;
         bound.push((local, *spec));
         for (w, socket) in sockets.into_iter().enumerate() {
-            per_worker[w].push(Bound {
-                spec: *spec,
-                socket,
-            });
+            per_worker[w].push(Bound { spec: *spec, socket });
         }
     }
     // The admin listener after them: a busy proxy port is the one to name when both are.

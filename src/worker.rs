@@ -1,6 +1,9 @@
 //! Worker threads: one monoio runtime per core, pinned, each with its own SO_REUSEPORT
 //! listeners, upstream pools and balancer state. The only cross-thread state a worker reads is
-//! the published [`Snapshot`](crate::shared::Snapshot) (immutable, behind an atomic pointer) and the shutdown signal.
+//! the published [`Snapshot`] (immutable, behind an atomic pointer) and the shutdown signal.
+//! A connection goes through its listener's stages (`accept.rs`), then the request loop
+//! (`conn.rs`) and the request phases (`request.rs`, `decide.rs`, `forward.rs`, `respond.rs`,
+//! `log.rs`).
 
 mod accept;
 mod balance;

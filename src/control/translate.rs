@@ -1,24 +1,16 @@
-//! Kubernetes objects → route table rules, as a pure function. One cluster's reflected
-//! Ingresses, IngressClasses, Services, EndpointSlices and Nodes go in; rules and backends go
-//! into a [`TableBuilder`], and what was wrong with which object comes back as [`Warning`]s. No
-//! I/O, no clock, no runtime: the control plane calls it on snapshots of its reflector stores,
-//! and the tests call it on objects written as JSON.
+//! The translators: pure functions from one source's objects to rules and backends in a
+//! [`TableBuilder`](crate::routes::TableBuilder), with what was wrong with which object as
+//! [`Warning`]s. No I/O, no clock, no runtime: the control thread calls them on copies of its
+//! reflector stores (or a cluster's persisted objects), the tests on objects written as JSON.
 //!
-//! This is the only module that reads `k8s_openapi` types; the table knows nothing of them.
+//! - [`static_routes`]: the TOML file's `[[route]]`s (added first: they win conflicts);
+//! - `ingress.rs`: a cluster's Ingresses (class, hosts, paths, TLS, canaries), with
+//!   `annotations.rs` (ingress-nginx annotations into a rule's policy) and `backends.rs`
+//!   (a Service port into endpoints: pod addresses or NodePorts), which other translators of
+//!   Kubernetes objects can share.
 //!
-//! Choices where the API leaves room (as ingress-nginx unless said otherwise):
-//! - A path whose Service, Service port or nodePort cannot be resolved still goes into the
-//!   table, to a backend with no endpoints, so kedge answers 503 for it (ingress-nginx does the
-//!   same). Skipping the rule instead would let the request fall through to a shorter prefix or
-//!   the default backend, i.e. to another application.
-//! - A path kedge cannot route at all (`backend.resource`, no port, bad path, bad host) is
-//!   skipped and reported; the rest of the Ingress is served.
-//! - `ImplementationSpecific` is `Prefix`; with an empty path it is the prefix `/`.
-//! - An Ingress without `creationTimestamp` counts as the youngest: it cannot claim to be oldest.
-//! - Backend names use the Service port *number* once resolved, so a path naming the port
-//!   `http` and one naming `80` share one backend (and its balancer state).
-//! - The endpoints with `serving` absent count as serving, `terminating` absent as not
-//!   terminating (as the API documents), the same as `ready` absent counts as ready.
+//! With `status.rs` (a served Ingress's status), these are the only modules that read the
+//! contents of `k8s_openapi` types; the table knows nothing of them.
 
 use std::collections::BTreeSet;
 

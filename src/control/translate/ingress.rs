@@ -2,6 +2,20 @@
 //! sections, canaries, and conflicts between Ingresses (the oldest wins). The Services behind
 //! each path are resolved by [`backends`](super::backends); annotations become a rule's policy
 //! in [`annotations`](super::annotations).
+//!
+//! Choices where the API leaves room (as ingress-nginx unless said otherwise):
+//! - A path whose Service, Service port or nodePort cannot be resolved still goes into the
+//!   table, to a backend with no endpoints, so kedge answers 503 for it (ingress-nginx does the
+//!   same). Skipping the rule instead would let the request fall through to a shorter prefix or
+//!   the default backend, i.e. to another application.
+//! - A path kedge cannot route at all (`backend.resource`, no port, bad path, bad host) is
+//!   skipped and reported; the rest of the Ingress is served.
+//! - `ImplementationSpecific` is `Prefix`; with an empty path it is the prefix `/`.
+//! - An Ingress without `creationTimestamp` counts as the youngest: it cannot claim to be oldest.
+//! - Backend names use the Service port *number* once resolved, so a path naming the port
+//!   `http` and one naming `80` share one backend (and its balancer state).
+//! - The endpoints with `serving` absent count as serving, `terminating` absent as not
+//!   terminating (as the API documents), the same as `ready` absent counts as ready.
 
 use std::sync::Arc;
 
