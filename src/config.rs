@@ -201,8 +201,11 @@ pub struct ClusterConfig {
     pub node_address_type: String,
     /// Addresses written into `status.loadBalancer` of the Ingresses kedge serves.
     pub publish_addresses: Vec<String>,
-    /// How long start-up waits for the first full sync before serving without this cluster.
+    /// How long start-up waits for the first full sync of an API server that answers (one that
+    /// cannot be reached at all lets a persisted state serve at once).
     pub sync_timeout: Duration,
+    /// The longest wait between two attempts of a failing watch (jittered, from 0.5 s up).
+    pub watch_retry_max: Duration,
 }
 
 /// Reads and validates the file at `path`.
@@ -639,6 +642,17 @@ impl Cx<'_> {
             node_address_type,
             publish_addresses,
             sync_timeout: self.duration(&c.sync_timeout, &key("sync_timeout"), Duration::from_secs(30))?,
+            watch_retry_max: {
+                let max = self.duration(&c.watch_retry_max, &key("watch_retry_max"), Duration::from_secs(5))?;
+                if !(Duration::from_millis(500)..=Duration::from_secs(300)).contains(&max) {
+                    return Err(self.error(
+                        c.watch_retry_max.as_ref().map(Spanned::span),
+                        Some(&key("watch_retry_max")),
+                        "must be from 500ms to 5m".into(),
+                    ));
+                }
+                max
+            },
         })
     }
 
@@ -918,6 +932,7 @@ struct FileCluster {
     #[serde(default)]
     publish_addresses: Vec<Spanned<String>>,
     sync_timeout: Option<Spanned<String>>,
+    watch_retry_max: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize, Default)]

@@ -139,8 +139,22 @@ fn control_thread(
         // Every cluster's first sync at once: start-up waits for the slowest one, at most its
         // `sync_timeout`, never the sum of them.
         let started = Instant::now();
+        // A cluster whose API server cannot be reached (a watch fails before the first sync)
+        // serves its persisted state at once, if it has one; `sync_timeout` bounds the wait for
+        // one that answers but slowly, or that has nothing persisted.
         futures_util::future::join_all(clusters.iter().map(|c| async move {
-            match tokio::time::timeout(c.config.sync_timeout, c.wait_ready()).await {
+            let live = tokio::time::timeout(c.config.sync_timeout, c.wait_ready());
+            tokio::pin!(live);
+            let synced = tokio::select! {
+                r = &mut live => r,
+                () = c.watch_failed() => {
+                    if c.unreachable() {
+                        return;
+                    }
+                    live.await
+                }
+            };
+            match synced {
                 Ok(()) => tracing::info!(
                     cluster = c.config.name,
                     took_ms = started.elapsed().as_millis() as u64,

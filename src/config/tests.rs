@@ -206,12 +206,15 @@ fn clusters() {
     assert_eq!(k.upstream, UpstreamMode::Pods);
     assert_eq!(k.node_address_type, "InternalIP");
     assert_eq!(k.sync_timeout, Duration::from_secs(30));
+    assert_eq!(k.watch_retry_max, Duration::from_secs(5));
 
     let c = parse_ok(&format!(
         "{MINIMAL}[[cluster]]\nname = \"edge-1\"\nupstream = \"nodeports\"\nnode_address_type = \"ExternalIP\"\n\
-         namespaces = [\"web\"]\npublish_addresses = [\"203.0.113.10\", \"lb.example.com\"]\n"
+         namespaces = [\"web\"]\npublish_addresses = [\"203.0.113.10\", \"lb.example.com\"]\n\
+         watch_retry_max = \"2s\"\n"
     ));
     let k = &c.clusters[0];
+    assert_eq!(k.watch_retry_max, Duration::from_secs(2));
     assert_eq!(k.upstream, UpstreamMode::Nodeports);
     assert_eq!(k.namespaces, ["web"]);
     assert_eq!(k.publish_addresses, ["203.0.113.10", "lb.example.com"]);
@@ -231,6 +234,10 @@ fn clusters() {
             "kedge.toml:5:22: cluster[0].publish_addresses[0]:",
         ),
         ("[[cluster]]\nname = \"a\"\nupstream = \"nodes\"\n", "kedge.toml:5:"),
+        (
+            "[[cluster]]\nname = \"a\"\nwatch_retry_max = \"100ms\"\n",
+            "kedge.toml:5:19: cluster[0].watch_retry_max: must be from 500ms to 5m",
+        ),
         (
             "[[cluster]]\nname = \"a\"\n[[cluster]]\nname = \"a\"\n",
             "cluster[1].name: \"a\" is used twice",

@@ -35,6 +35,8 @@ pub struct Cluster {
     listed: Arc<AtomicUsize>,
     /// Persisted or live objects, the cluster's state, its state file.
     lkg: LastKnownGood,
+    /// How its watches are doing (shared with `lkg` and the client).
+    health: Arc<Health>,
     /// What changed since the control loop last looked.
     changes: Arc<Mutex<Changes>>,
 }
@@ -64,6 +66,7 @@ impl Cluster {
             health: &health,
             listed: &listed,
             changes: &changes,
+            retry_max: cfg.watch_retry_max,
         });
         Ok(Cluster {
             spec: ClusterSpec {
@@ -80,7 +83,8 @@ impl Cluster {
             stores,
             status: status::Writer::spawn(client, cfg),
             listed,
-            lkg: LastKnownGood::new(&cfg.name, state_dir, health),
+            lkg: LastKnownGood::new(&cfg.name, state_dir, Arc::clone(&health)),
+            health,
             changes,
         })
     }
@@ -134,5 +138,16 @@ impl Cluster {
     /// any, until the live sync completes.
     pub fn sync_timed_out(&self) {
         self.lkg.sync_timed_out(self.config.sync_timeout);
+    }
+
+    /// Resolves once a watch of this cluster has failed (at once if one already has).
+    pub async fn watch_failed(&self) {
+        self.health.failed().await;
+    }
+
+    /// A watch failed before the first sync: serve the persisted state at once if there is one
+    /// (`true`), else keep waiting for the sync.
+    pub fn unreachable(&self) -> bool {
+        self.lkg.unreachable()
     }
 }

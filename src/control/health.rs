@@ -21,6 +21,8 @@ pub struct Health {
     dirty: AtomicBool,
     /// Watches failing now.
     failing: AtomicUsize,
+    /// Whether any watch has failed since start (start-up then serves a persisted state).
+    failed_once: tokio::sync::watch::Sender<bool>,
     watches: Mutex<Vec<Arc<Watch>>>,
 }
 
@@ -40,8 +42,15 @@ impl Health {
             changed: Arc::clone(changed),
             dirty: AtomicBool::new(false),
             failing: AtomicUsize::new(0),
+            failed_once: tokio::sync::watch::channel(false).0,
             watches: Mutex::new(Vec::new()),
         })
+    }
+
+    /// Resolves once any watch has failed (at once if one already has).
+    pub async fn failed(&self) {
+        let mut rx = self.failed_once.subscribe();
+        let _ = rx.wait_for(|&f| f).await;
     }
 
     /// Follows a watch of the collection at `path` (`Api::resource_url`).
@@ -98,6 +107,7 @@ impl Health {
         if !w.failing.swap(true, Ordering::Relaxed) {
             tracing::warn!(cluster, what, error = %error, "watch failed; retrying, still serving the last known state");
             self.failing.fetch_add(1, Ordering::Relaxed);
+            self.failed_once.send_replace(true);
             self.changed.notify_one();
         }
     }

@@ -6,11 +6,15 @@
 //!   by a task of the control runtime with the encoding and the file I/O on tokio's blocking
 //!   pool. Never before the first live sync: a store that is still empty must not overwrite
 //!   good state.
-//! - **Start during an outage.** A cluster that has not synced within its `sync_timeout` serves
-//!   the objects persisted last ([`LastKnownGood::sync_timed_out`]) until its live stores are
-//!   ready; [`LastKnownGood::choose`] is the one place that picks persisted or live objects.
-//! - **ClusterState.** [`ClusterState`] says what a cluster serves from (nothing synced yet, the persisted
-//!   objects, live stores, live stores with a failing watch); every change is logged once.
+//! - **Start during an outage.** A cluster whose watches fail before their first sync (the API
+//!   server cannot be reached) serves the objects persisted last at once
+//!   ([`LastKnownGood::unreachable`]); one that answers but has not synced within its
+//!   `sync_timeout` does so then ([`LastKnownGood::sync_timed_out`]). Either way until its live
+//!   stores are ready; [`LastKnownGood::choose`] is the one place that picks persisted or live
+//!   objects.
+//! - **State.** [`ClusterState`] says what a cluster serves from (nothing synced yet, the
+//!   persisted objects, live stores, live stores with a failing watch); every change is logged
+//!   once.
 
 use std::io;
 use std::path::PathBuf;
@@ -66,6 +70,28 @@ impl LastKnownGood {
         lock(&self.inner).state.clone()
     }
 
+    /// A watch failed before the first sync (the API server cannot be reached, or refuses):
+    /// serve the persisted objects at once, if there are usable ones (`true`). Without them
+    /// nothing changes, and start-up goes on waiting for the sync until `sync_timeout`, which
+    /// reports what is missing.
+    pub fn unreachable(&self) -> bool {
+        let cluster = self.cluster.as_str();
+        let Some(file) = &self.file else { return false };
+        match state_file::load(file, cluster) {
+            Ok(Some((saved_at, objects))) => {
+                tracing::warn!(
+                    cluster,
+                    file = %file.display(),
+                    ingresses = objects.ingresses.len(),
+                    "cluster {cluster:?} not reachable; serving the state persisted at {saved_at}"
+                );
+                self.serve(saved_at, objects);
+                true
+            }
+            Ok(None) | Err(_) => false,
+        }
+    }
+
     /// Start-up gave up waiting for the first sync: serve the persisted objects, if any, until
     /// the live stores are ready.
     pub fn sync_timed_out(&self, timeout: Duration) {
@@ -87,9 +113,7 @@ impl LastKnownGood {
                     ingresses = objects.ingresses.len(),
                     "cluster {cluster:?} not reachable; serving the state persisted at {saved_at}"
                 );
-                let mut inner = lock(&self.inner);
-                inner.state = ClusterState::Persisted(saved_at);
-                inner.persisted = Some(objects);
+                self.serve(saved_at, objects);
             }
             Ok(None) => tracing::warn!(
                 cluster,
@@ -105,6 +129,13 @@ impl LastKnownGood {
                  serving without it until it syncs"
             ),
         }
+    }
+
+    /// Serves `objects`, persisted at `saved_at`, until the live sync.
+    fn serve(&self, saved_at: String, objects: ClusterObjects) {
+        let mut inner = lock(&self.inner);
+        inner.state = ClusterState::Persisted(saved_at);
+        inner.persisted = Some(objects);
     }
 
     /// The objects to translate now: the persisted ones until the cluster has `synced`, else

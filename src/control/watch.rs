@@ -1,8 +1,8 @@
 //! The watches of one kind: a kube reflector per namespace and field selector, each run by a
 //! tokio task that keeps its store, records how each event bears on the table ([`Changes`]),
 //! counts its first full list, and reports to the cluster's watch health (which wakes the
-//! control loop). Errors (API server down, 410 Gone, auth) are retried with kube's default
-//! backoff; the stores keep what they hold meanwhile.
+//! control loop). Errors (API server down, 410 Gone, auth) are retried with a capped, jittered
+//! backoff ([`RetryBackoff`]); the stores keep what they hold meanwhile.
 
 use std::collections::BTreeSet;
 use std::fmt::Debug;
@@ -10,6 +10,7 @@ use std::hash::Hash;
 use std::pin::pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use futures_util::StreamExt;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
@@ -83,6 +84,8 @@ pub struct Watches<'a> {
     pub listed: &'a Arc<AtomicUsize>,
     /// Where each event's [`Touch`] is recorded, before the control loop is woken.
     pub changes: &'a Arc<Mutex<Changes>>,
+    /// The longest wait between two attempts of a failing watch (`watch_retry_max`).
+    pub retry_max: Duration,
 }
 
 /// Where a kind is watched, decided by its type: a namespaced kind once per configured
@@ -157,7 +160,10 @@ where
 {
     let (reader, writer) = reflector::store();
     let me = w.health.watch(what, api.resource_url());
-    let stream = reflector::reflector(writer, watcher::watcher(api, config).default_backoff());
+    let stream = reflector::reflector(
+        writer,
+        watcher::watcher(api, config).backoff(RetryBackoff::new(w.retry_max)),
+    );
     let health = Arc::clone(w.health);
     let listed = Arc::clone(w.listed);
     let changes = Arc::clone(w.changes);
@@ -214,5 +220,94 @@ fn log_change<K: Resource>(cluster: &str, what: &'static str, event: &Event<K>) 
         tracing::debug!(cluster, what, object, "{verb}");
     } else {
         tracing::info!(cluster, what, object, "{verb}");
+    }
+}
+
+/// The wait between attempts of a failing watch: from [`RetryBackoff::FIRST`], doubling, at most
+/// `max`, each wait drawn from the upper half of its step ("equal jitter", so that several edge
+/// hosts do not retry in step). kube resets it on the watch's first success.
+///
+/// kube's default grows to 30 s (client-go's reflector), so after an outage of half a minute a
+/// change could wait that long to be seen; with the cap (5 s by default) the watches are back
+/// within a few seconds of the API server, whatever the outage's length.
+pub struct RetryBackoff {
+    max: Duration,
+    step: Duration,
+    rng: u64,
+}
+
+impl RetryBackoff {
+    /// The first wait's step.
+    pub const FIRST: Duration = Duration::from_millis(500);
+
+    pub fn new(max: Duration) -> RetryBackoff {
+        static NEXT: AtomicUsize = AtomicUsize::new(0);
+        // A different sequence per watch and process; not for secrets.
+        let seed = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as u64)
+            ^ ((NEXT.fetch_add(1, Ordering::Relaxed) as u64) << 48);
+        RetryBackoff {
+            max,
+            step: Self::FIRST.min(max),
+            rng: seed | 1,
+        }
+    }
+}
+
+impl Iterator for RetryBackoff {
+    type Item = Duration;
+
+    fn next(&mut self) -> Option<Duration> {
+        let step = self.step;
+        self.step = (self.step * 2).min(self.max);
+        // xorshift64*
+        self.rng ^= self.rng >> 12;
+        self.rng ^= self.rng << 25;
+        self.rng ^= self.rng >> 27;
+        let r = self.rng.wrapping_mul(0x2545_f491_4f6c_dd1d);
+        let half = step / 2;
+        let jitter = half.mul_f64((r >> 11) as f64 / (1u64 << 53) as f64);
+        Some(half + jitter)
+    }
+}
+
+impl kube::runtime::utils::Backoff for RetryBackoff {
+    fn reset(&mut self) {
+        self.step = Self::FIRST.min(self.max);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use kube::runtime::utils::Backoff;
+
+    use super::RetryBackoff;
+
+    /// Waits double from 0.5 s up to the cap and stay there, each in the upper half of its step;
+    /// a reset starts again from the first.
+    #[test]
+    fn retry_waits_grow_to_the_cap_with_jitter() {
+        let max = Duration::from_secs(5);
+        let mut b = RetryBackoff::new(max);
+        let steps = [500, 1000, 2000, 4000, 5000, 5000, 5000, 5000];
+        for (i, &step) in steps.iter().enumerate() {
+            let step = Duration::from_millis(step);
+            let wait = b.next().expect("endless");
+            assert!(
+                wait >= step / 2 && wait <= step,
+                "wait {i}: {wait:?} not within ({:?}, {step:?})",
+                step / 2
+            );
+        }
+        b.reset();
+        let first = b.next().expect("endless");
+        assert!(first <= RetryBackoff::FIRST, "after a reset: {first:?}");
+        // At the cap, the waits still differ: they are jittered.
+        let waits: Vec<Duration> = (0..16).map(|_| b.next().expect("endless")).skip(8).collect();
+        assert!(waits.iter().all(|&w| w >= max / 2 && w <= max), "{waits:?}");
+        assert!(waits.windows(2).any(|w| w[0] != w[1]), "{waits:?}");
     }
 }

@@ -226,13 +226,18 @@ fn a_restart_during_an_outage_serves_the_persisted_state_until_the_live_sync() {
     assert!(first.wait_exit(Duration::from_secs(10)).success());
 
     // Restarted while the API server is away: the persisted Ingress is served from the first
-    // request on, and the log says where it comes from.
+    // request on, and the log and /readyz say where it comes from. At once, not after the
+    // sync timeout (a long one here: the harness gives up on a kedge that does not listen
+    // within 10 s), since the API server cannot be reached at all.
     api.pause();
-    let second = kedge_with_state(&api, &dir, &state_dir, "1s");
+    let second = kedge_with_state(&api, &dir, &state_dir, "5m");
     second.wait_log(
         "cluster \"test\" not reachable; serving the state persisted at",
         Duration::from_secs(5),
     );
+    let (ready, body) = crate::support::readyz(&second);
+    assert_eq!(ready, 200, "{body}");
+    assert!(body.contains("persisted"), "{body}");
     let (status, who) = get(&second, "web.example.com", "/");
     assert_eq!(status, 200);
     assert!(who.is_some_and(|w| w.starts_with("web-")));
@@ -297,4 +302,35 @@ fn a_corrupt_or_foreign_state_file_is_reported_and_the_live_sync_awaited() {
             state_file(state_dir).is_some_and(|f| f["cluster"] == "test" && persisted_hosts(&f) == ["web.example.com"])
         });
     }
+}
+
+/// After an outage long enough for kube's default backoff to reach 12.8 s and more, a change is
+/// routed within 10 s of the API server's return: the watches retry at most `watch_retry_max`
+/// apart (2 s here; 5 s by default).
+#[test]
+fn a_change_after_a_long_outage_is_routed_within_ten_seconds() {
+    let (_pods, port) = Upstream::pods("web", 1);
+    let api = api_with_web(port);
+    let dir = TempDir::new("outage");
+    let kedge = Kedge::follow(&api, &dir, "watch_retry_max = \"2s\"");
+    assert_eq!(get(&kedge, "web.example.com", "/").0, 200);
+
+    let watches = api.open_watches();
+    assert!(watches > 0, "kedge watches nothing before the outage");
+    api.pause();
+    kedge.wait_log("API server unreachable or failing", Duration::from_secs(10));
+    // Six failed attempts per watch: with kube's default backoff (0.8 s doubling) the next
+    // wait would be 25 s; with the cap it is at most 2 s.
+    wait_until(
+        RECOVERY,
+        "kedge retrying through the outage (six times per watch)",
+        || api.turned_away() >= 6 * watches,
+    );
+    api.resume();
+    api.apply("ingresses", ingress("new", "kedge", "new.example.com", "/", "web"));
+    wait_until(
+        Duration::from_secs(10),
+        "the Ingress applied after the outage to be served within 10 s",
+        || get(&kedge, "new.example.com", "/").0 == 200,
+    );
 }
