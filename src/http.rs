@@ -903,7 +903,7 @@ fn named_by_connection(buf: &[u8], headers: &[HeaderSpan], name: &[u8]) -> bool 
 }
 
 /// Whether a header from the other side is passed on: hop-by-hop ones and those a Connection header names are not.
-fn passes(buf: &[u8], headers: &[HeaderSpan], name: &[u8]) -> bool {
+pub fn passes(buf: &[u8], headers: &[HeaderSpan], name: &[u8]) -> bool {
     !is_one_of(name, &HOP_BY_HOP) && !named_by_connection(buf, headers, name)
 }
 
@@ -975,6 +975,13 @@ fn pair_values<'a>(headers: &'a [(&'a [u8], &'a [u8])], name: &'a [u8]) -> impl 
         .iter()
         .filter(move |(n, _)| n.eq_ignore_ascii_case(name))
         .map(|&(_, v)| v)
+}
+
+/// The Content-Length a message head declares, when it declares one valid length.
+pub fn declared_length(buf: &[u8], headers: &[HeaderSpan]) -> Option<u64> {
+    let mut cl = None;
+    values(buf, headers, b"content-length").for_each(|v| merge_content_length(&mut cl, v));
+    cl.and_then(Result::ok)
 }
 
 /// Appends the request head for the upstream: `METHOD SP target SP HTTP/1.1`, the client's headers minus hop-by-hop

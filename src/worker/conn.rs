@@ -33,13 +33,14 @@ use super::upstream::UpstreamStream;
 use super::{Snapshot, Worker};
 use crate::http::{self, Framing, Parsed, RequestHead, Version};
 
-/// Serves one accepted client connection until it closes.
-pub(super) async fn serve<S: ClientStream>(worker: &Rc<Worker>, client: S, peer: SocketAddr, port: u16) {
+/// Serves one accepted client connection until it closes. `cbuf`: the connection's read
+/// buffer, maybe holding the first bytes already (read by the protocol stage).
+pub(super) async fn serve<S: ClientStream>(worker: &Rc<Worker>, client: S, peer: SocketAddr, port: u16, cbuf: Vec<u8>) {
     let mut conn = Conn {
         client,
         peer,
         port,
-        cbuf: Vec::with_capacity(16 * 1024),
+        cbuf,
         up: UpstreamBufs {
             buf: Vec::new(),
             headers: Vec::with_capacity(32),

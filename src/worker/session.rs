@@ -1,8 +1,8 @@
 //! The state of one client connection that every request phase works on: the client stream
 //! ([`ClientStream`], plain or TLS), its reused buffers ([`Conn`]), what a phase reads besides
-//! ([`Ctx`]) and how the connection goes on ([`Next`]). The phases themselves are `impl` blocks
-//! on [`Conn`] in `conn.rs` (the loop), `forward.rs` and `respond.rs`; they all build on this
-//! module and none on another's.
+//! ([`Ctx`]) and how the connection goes on ([`Next`]), and the upstream buffers every front
+//! end gives the forward phase ([`UpstreamBufs`]). The HTTP/1.1 phases are `impl` blocks on
+//! [`Conn`] in `conn.rs` (the loop) and `respond.rs`; `forward.rs` is front-end neutral.
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
