@@ -129,6 +129,29 @@ pub struct ClientSettings {
     pub max_body: u64,
 }
 
+/// HTTP/2 to clients (`[http2]`); reloadable (new connections see the change).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Http2Settings {
+    /// TLS listeners offer ALPN `h2`; plain listeners accept the connection preface.
+    pub enabled: bool,
+    pub max_concurrent_streams: u32,
+    /// Streams per connection, then GOAWAY.
+    pub max_requests: u32,
+    /// The per-stream receive window (request bodies).
+    pub initial_window_size: u32,
+}
+
+impl Default for Http2Settings {
+    fn default() -> Self {
+        Http2Settings {
+            enabled: true,
+            max_concurrent_streams: 128,
+            max_requests: 1000,
+            initial_window_size: 64 * 1024,
+        }
+    }
+}
+
 /// Upstream timeouts and pooling; reloadable.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct UpstreamSettings {
@@ -169,6 +192,7 @@ pub struct Config {
     pub process: ProcessConfig,
     pub client: ClientSettings,
     pub upstream: UpstreamSettings,
+    pub http2: Http2Settings,
     pub tls: TlsConfig,
     pub routes: Vec<StaticRoute>,
     pub clusters: Vec<ClusterConfig>,
@@ -353,6 +377,39 @@ impl Cx<'_> {
         }
 
         let u = file.upstream.unwrap_or_default();
+        let h = file.http2.unwrap_or_default();
+        let d = Http2Settings::default();
+        let http2 = Http2Settings {
+            enabled: h.enabled.unwrap_or(d.enabled),
+            max_concurrent_streams: self.bounded(
+                &h.max_concurrent_streams,
+                "http2.max_concurrent_streams",
+                d.max_concurrent_streams.into(),
+                1..65_537,
+            )? as u32,
+            max_requests: self.bounded(
+                &h.max_requests,
+                "http2.max_requests",
+                d.max_requests.into(),
+                1..1_000_001,
+            )? as u32,
+            initial_window_size: match self.size(
+                &h.initial_window_size,
+                "http2.initial_window_size",
+                d.initial_window_size.into(),
+            )? {
+                // RFC 9113 §6.9.2: at most 2^31-1; below 1k a body would crawl.
+                n @ 1024..=0x7fff_ffff => n as u32,
+                _ => {
+                    let span = h.initial_window_size.as_ref().map(Spanned::span);
+                    return Err(self.error(
+                        span,
+                        Some("http2.initial_window_size"),
+                        "must be between 1k and 2147483647 bytes".into(),
+                    ));
+                }
+            },
+        };
         let upstream = UpstreamSettings {
             connect_timeout: self.duration(&u.connect_timeout, "upstream.connect_timeout", Duration::from_secs(5))?,
             read_timeout: self.duration(&u.read_timeout, "upstream.read_timeout", Duration::from_secs(60))?,
@@ -466,6 +523,7 @@ impl Cx<'_> {
             },
             client,
             upstream,
+            http2,
             tls,
             routes,
             clusters,
@@ -906,6 +964,7 @@ struct File {
     proxy: Option<FileProxy>,
     client: Option<FileClient>,
     upstream: Option<FileUpstream>,
+    http2: Option<FileHttp2>,
     log: Option<FileLog>,
     admin: Option<FileAdmin>,
     tls: Option<FileTls>,
@@ -954,6 +1013,15 @@ struct FileClient {
     max_header_bytes: Option<Spanned<u64>>,
     max_headers: Option<Spanned<u64>>,
     max_body: Option<Spanned<Size>>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct FileHttp2 {
+    enabled: Option<bool>,
+    max_concurrent_streams: Option<Spanned<u64>>,
+    max_requests: Option<Spanned<u64>>,
+    initial_window_size: Option<Spanned<Size>>,
 }
 
 #[derive(Deserialize, Default)]

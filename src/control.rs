@@ -268,6 +268,7 @@ fn update_endpoints(clusters: &[Cluster], changes: Vec<Changes>, shared: &Shared
         table,
         client: current.client.clone(),
         upstream: current.upstream.clone(),
+        http2: current.http2.clone(),
         access_log: current.access_log,
         tls: current.tls.clone(),
         https: current.https.clone(),
@@ -328,7 +329,10 @@ fn build(cfg: &Config, clusters: &[Cluster], tls: &mut TlsState) -> (Snapshot, B
             .iter()
             .flat_map(|(c, b)| b.iter().map(move |b| (*c, b)))
             .collect();
-        match tls.certs.build(&cfg.tls, &bindings, crate::time::unix_now()) {
+        match tls
+            .certs
+            .build(&cfg.tls, &bindings, cfg.http2.enabled, crate::time::unix_now())
+        {
             Ok(built) => {
                 crate::stats::TLS_CERT_PROBLEMS.set(built.warnings.len() as u64);
                 warnings.extend(built.warnings);
@@ -354,6 +358,7 @@ fn build(cfg: &Config, clusters: &[Cluster], tls: &mut TlsState) -> (Snapshot, B
         table: builder.build(),
         client: cfg.client.clone(),
         upstream: cfg.upstream.clone(),
+        http2: cfg.http2.clone(),
         access_log: cfg.process.log.access_log,
         tls: config,
         https: HttpsSettings {

@@ -35,6 +35,7 @@ pub fn run(cfg: Config) -> Result<(), String> {
         table,
         client: cfg.client.clone(),
         upstream: cfg.upstream.clone(),
+        http2: cfg.http2.clone(),
         access_log: cfg.process.log.access_log,
         tls: None,
         https: HttpsSettings::default(),

@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use arc_swap::ArcSwap;
 
-use crate::config::{ClientSettings, UpstreamSettings};
+use crate::config::{ClientSettings, Http2Settings, UpstreamSettings};
 use crate::routes::RouteTable;
 
 /// Everything a request needs from the control side, swapped as one value so that no request
@@ -24,6 +24,7 @@ pub struct Snapshot {
     pub table: RouteTable,
     pub client: ClientSettings,
     pub upstream: UpstreamSettings,
+    pub http2: Http2Settings,
     pub access_log: bool,
     /// What TLS listeners accept with (certificates included); `None` without TLS listeners.
     pub tls: Option<Arc<rustls::ServerConfig>>,

@@ -240,15 +240,18 @@ impl Sessions {
 
     /// The configuration TLS listeners accept with: TLS 1.3 and 1.2 only, AEAD suites with
     /// forward secrecy only in Mozilla's "intermediate" order (AES-128-GCM first: as safe, and
-    /// cheaper than AES-256), server preference, ALPN `http/1.1`, no 0-RTT, certificates chosen
-    /// by `store`.
-    pub fn server_config(&self, store: Arc<CertStore>) -> Result<Arc<rustls::ServerConfig>, String> {
+    /// cheaper than AES-256), server preference, ALPN `h2` (when `h2`) then `http/1.1`, no
+    /// 0-RTT, certificates chosen by `store`.
+    pub fn server_config(&self, store: Arc<CertStore>, h2: bool) -> Result<Arc<rustls::ServerConfig>, String> {
         let mut cfg = rustls::ServerConfig::builder_with_provider(server_provider())
             .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
             .map_err(|e| format!("TLS configuration: {e}"))?
             .with_no_client_auth()
             .with_cert_resolver(store);
-        cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
+        cfg.alpn_protocols = match h2 {
+            true => vec![b"h2".to_vec(), b"http/1.1".to_vec()],
+            false => vec![b"http/1.1".to_vec()],
+        };
         cfg.ignore_client_order = true;
         cfg.max_early_data_size = 0;
         cfg.send_tls13_tickets = 2;

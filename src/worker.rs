@@ -2,15 +2,17 @@
 //! listeners, upstream pools and balancer state. The only cross-thread state a worker reads is
 //! the published [`Snapshot`] (immutable, behind an atomic pointer) and the shutdown signal.
 //! A connection goes through its listener's stages (`accept.rs`), then the request loop
-//! (`conn.rs`) and the request phases (`request.rs`, `decide.rs`, `forward.rs`, `respond.rs`,
+//! (`conn.rs` for HTTP/1.1, `h2.rs` for HTTP/2) and the request phases (`request.rs`, `decide.rs`, `forward.rs`, `respond.rs`,
 //! `log.rs`).
 
 mod accept;
 mod balance;
+mod checks;
 mod conn;
 mod decide;
 mod error;
 mod forward;
+mod h2;
 mod limits;
 pub mod listener;
 mod log;

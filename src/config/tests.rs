@@ -27,7 +27,27 @@ fn defaults() {
     assert_eq!(c.client.max_body, 1 << 20);
     assert_eq!(c.client.header_timeout, Duration::from_secs(15));
     assert_eq!(c.upstream.connect_attempts, 3);
+    assert_eq!(
+        c.http2,
+        Http2Settings {
+            enabled: true,
+            max_concurrent_streams: 128,
+            max_requests: 1000,
+            initial_window_size: 65536,
+        }
+    );
     assert!(c.routes.is_empty());
+}
+
+#[test]
+fn http2_section() {
+    let c = parse_ok(&format!(
+        "{MINIMAL}[http2]\nenabled = false\nmax_concurrent_streams = 8\nmax_requests = 2\ninitial_window_size = \"1m\"\n"
+    ));
+    assert!(!c.http2.enabled);
+    assert_eq!(c.http2.max_concurrent_streams, 8);
+    assert_eq!(c.http2.max_requests, 2);
+    assert_eq!(c.http2.initial_window_size, 1 << 20);
 }
 
 #[test]
@@ -243,6 +263,24 @@ fn clusters() {
             "cluster[1].name: \"a\" is used twice",
         ),
         ("[[cluster]]\nkubeconfig = \"x\"\n", "kedge.toml:3:"),
+        (
+            "[http2]\nmax_concurrent_streams = 0\n",
+            "kedge.toml:4:26: http2.max_concurrent_streams:",
+        ),
+        (
+            "[http2]\nmax_requests = 2000000\n",
+            "kedge.toml:4:16: http2.max_requests:",
+        ),
+        (
+            "[http2]\ninitial_window_size = \"4g\"\n",
+            "kedge.toml:4:23: http2.initial_window_size:",
+        ),
+        (
+            "[http2]\ninitial_window_size = \"soon\"\n",
+            "kedge.toml:4:23: http2.initial_window_size:",
+        ),
+        ("[http2]\nenabled = \"yes\"\n", "kedge.toml:4:"),
+        ("[http2]\nmax_streams = 1\n", "kedge.toml:4:1:"),
     ];
     for (tail, want) in cases {
         let got = parse_err(&format!("{MINIMAL}{tail}"));

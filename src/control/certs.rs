@@ -97,8 +97,15 @@ impl Certs {
     }
 
     /// Builds the certificate store for `cfg` and the Ingresses' `bindings` (cluster name,
-    /// binding; in precedence order) and the rustls configuration serving it.
-    pub fn build(&mut self, cfg: &TlsConfig, bindings: &[(&str, &TlsBinding)], now: i64) -> Result<BuiltTls, String> {
+    /// binding; in precedence order) and the rustls configuration serving it (ALPN `h2` too
+    /// when `h2`).
+    pub fn build(
+        &mut self,
+        cfg: &TlsConfig,
+        bindings: &[(&str, &TlsBinding)],
+        h2: bool,
+        now: i64,
+    ) -> Result<BuiltTls, String> {
         for e in self.files.values_mut() {
             e.used = false;
         }
@@ -161,6 +168,7 @@ impl Certs {
         let hosts = store.len();
         if let Some((old, config)) = &self.current
             && old.same_as(&store)
+            && config.alpn_protocols.first().is_some_and(|p| p == b"h2") == h2
         {
             return Ok(BuiltTls {
                 config: Arc::clone(config),
@@ -169,7 +177,7 @@ impl Certs {
             });
         }
         let shared = Arc::new(store);
-        let config = self.sessions.server_config(Arc::clone(&shared))?;
+        let config = self.sessions.server_config(Arc::clone(&shared), h2)?;
         // A copy (of handles) is kept to compare the next build with.
         self.current = Some((CertStore::clone(&shared), Arc::clone(&config)));
         Ok(BuiltTls {

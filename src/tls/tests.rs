@@ -139,8 +139,10 @@ fn times_round_trip() {
 #[test]
 fn server_config_is_tls12_and_13_with_http11_alpn() {
     let sessions = Sessions::new().unwrap();
-    let cfg = sessions.server_config(Arc::new(CertStore::default())).unwrap();
+    let cfg = sessions.server_config(Arc::new(CertStore::default()), false).unwrap();
     assert_eq!(cfg.alpn_protocols, vec![b"http/1.1".to_vec()]);
+    let cfg = sessions.server_config(Arc::new(CertStore::default()), true).unwrap();
+    assert_eq!(cfg.alpn_protocols, vec![b"h2".to_vec(), b"http/1.1".to_vec()]);
     assert_eq!(cfg.max_early_data_size, 0);
     assert!(cfg.ticketer.enabled());
     let suites: Vec<String> = cfg

@@ -2,22 +2,23 @@
 //! [`ListenerSpec`] says:
 //!
 //! ```text
-//! accept ─▶ TLS handshake (tls = true; ALPN) ─▶ protocol dispatch ─▶ conn::serve (HTTP/1.1)
+//! accept ─▶ TLS handshake (tls = true; ALPN) ─▶ protocol dispatch ─┬▶ conn::serve (HTTP/1.1)
+//!                                                                   └▶ h2::serve (HTTP/2)
 //! ```
 //!
-//! A PROXY-protocol stage belongs between accept and TLS; HTTP/2 is a second arm of the
-//! dispatch (chosen by ALPN on TLS, by the connection preface on plain listeners).
+//! The dispatch goes by ALPN on TLS, by the connection preface on plain listeners (when
+//! `[http2] enabled`). A PROXY-protocol stage belongs between accept and TLS.
 
 use std::net::SocketAddr;
 use std::rc::Rc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use monoio::net::TcpStream;
 
 use super::Worker;
-use super::conn;
-use super::session::ClientStream;
+use super::pump::{self, ReadResult};
 use super::tls::{HandshakeError, TlsStream};
+use super::{conn, h2};
 use crate::config::ListenerSpec;
 use crate::stats;
 
@@ -55,17 +56,44 @@ pub(super) async fn accept_loop(worker: Rc<Worker>, listener: monoio::net::TcpLi
 async fn connection(worker: &Rc<Worker>, stream: TcpStream, peer: SocketAddr, port: u16, spec: ListenerSpec) {
     if spec.tls {
         if let Some(tls) = tls_stage(worker, stream, peer).await {
-            dispatch(worker, tls, peer, port).await;
+            match tls.alpn_h2() {
+                true => h2::serve(worker, tls, peer, port, Vec::new()).await,
+                false => conn::serve(worker, tls, peer, port, Vec::with_capacity(16 * 1024)).await,
+            }
         }
     } else {
-        dispatch(worker, stream, peer, port).await;
+        plain_dispatch(worker, stream, peer, port).await;
     }
 }
 
-/// The protocol stage: hands the connection to the protocol it speaks. HTTP/1.1 is the only
-/// one today (TLS listeners offer ALPN `http/1.1` alone).
-async fn dispatch<S: ClientStream>(worker: &Rc<Worker>, stream: S, peer: SocketAddr, port: u16) {
-    conn::serve(worker, stream, peer, port).await;
+/// The protocol stage of a plain listener. With HTTP/2 on, the first bytes are read here: the
+/// connection preface means HTTP/2 with prior knowledge, anything else is HTTP/1.1, which
+/// starts with those bytes in its buffer (the same one read, so HTTP/1.1 pays nothing for it).
+async fn plain_dispatch(worker: &Rc<Worker>, mut stream: TcpStream, peer: SocketAddr, port: u16) {
+    let mut buf = Vec::with_capacity(16 * 1024);
+    let snap = worker.snapshot();
+    let (enabled, wait) = (snap.http2.enabled, snap.client.header_timeout);
+    drop(snap);
+    if enabled {
+        let deadline = Instant::now() + wait;
+        // Until the bytes stop looking like the preface (one read, nearly always).
+        while buf.len() < h2::PREFACE.len() && h2::PREFACE.starts_with(&buf) {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let read = pump::read_with_timeout(&mut stream, &mut buf, left);
+            let r = monoio::select! {
+                r = read => r,
+                _ = worker.stopping.wait() => return,
+            };
+            match r {
+                ReadResult::Data(_) => {}
+                ReadResult::Eof | ReadResult::Timeout | ReadResult::Error => return,
+            }
+        }
+        if buf.starts_with(h2::PREFACE) {
+            return h2::serve(worker, stream, peer, port, buf).await;
+        }
+    }
+    conn::serve(worker, stream, peer, port, buf).await;
 }
 
 /// The TLS stage: the handshake (bounded by `[tls] handshake_timeout`, abandoned at shutdown).

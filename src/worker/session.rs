@@ -1,8 +1,8 @@
 //! The state of one client connection that every request phase works on: the client stream
 //! ([`ClientStream`], plain or TLS), its reused buffers ([`Conn`]), what a phase reads besides
-//! ([`Ctx`]) and how the connection goes on ([`Next`]). The phases themselves are `impl` blocks
-//! on [`Conn`] in `conn.rs` (the loop), `forward.rs` and `respond.rs`; they all build on this
-//! module and none on another's.
+//! ([`Ctx`]) and how the connection goes on ([`Next`]), and the upstream buffers every front
+//! end gives the forward phase ([`UpstreamBufs`]). The HTTP/1.1 phases are `impl` blocks on
+//! [`Conn`] in `conn.rs` (the loop) and `respond.rs`; `forward.rs` is front-end neutral.
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
@@ -53,12 +53,11 @@ pub(super) struct Conn<S> {
     pub(super) port: u16,
     /// Bytes read from the client and not yet consumed (head, body start, pipelined requests).
     pub(super) cbuf: Vec<u8>,
-    /// Bytes read from the upstream and not yet consumed.
-    pub(super) ubuf: Vec<u8>,
+    /// Bytes read from the upstream and not yet consumed, and the response head's spans.
+    pub(super) up: UpstreamBufs,
     /// Bytes being assembled for a write (heads, re-framed chunks, canned answers).
     pub(super) out: Vec<u8>,
     pub(super) headers: Vec<HeaderSpan>,
-    pub(super) uheaders: Vec<HeaderSpan>,
     /// The request view's header pairs (empty between requests).
     pub(super) pairs: HeaderBuf,
     /// Method, target, host and request id of the current request, for the access log.
@@ -69,6 +68,14 @@ pub(super) struct Conn<S> {
     pub(super) rewritten: String,
     /// Header lines kedge adds to the current response (reused).
     pub(super) extra: Vec<u8>,
+}
+
+/// Bytes read from an upstream and not yet consumed, and the header spans of the response head
+/// in them. Reused from one request to the next by the front end that owns them.
+#[derive(Default)]
+pub(super) struct UpstreamBufs {
+    pub buf: Vec<u8>,
+    pub headers: Vec<HeaderSpan>,
 }
 
 /// How the connection goes on after a request.

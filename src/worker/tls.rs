@@ -127,6 +127,11 @@ impl TlsStream {
         std::os::fd::AsRawFd::as_raw_fd(&self.tcp)
     }
 
+    /// Whether ALPN chose HTTP/2.
+    pub fn alpn_h2(&self) -> bool {
+        self.tls.borrow().alpn_protocol() == Some(b"h2")
+    }
+
     /// Whether the handshake resumed an earlier session.
     pub fn resumed(&self) -> bool {
         self.tls.borrow().handshake_kind() == Some(rustls::HandshakeKind::Resumed)

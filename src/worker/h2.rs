@@ -1,0 +1,722 @@
+//! The HTTP/2 front end: one client connection served with hyperium `h2`, each stream run
+//! through the same request phases as an HTTP/1.1 request (view → decide → checks → answer |
+//! forward → respond → log), to HTTP/1.1 upstreams.
+//!
+//! `h2` speaks tokio's `AsyncRead`/`AsyncWrite`; the client stream (plain TCP or kedge's own TLS
+//! stream, both owned-buffer monoio streams) is adapted with `monoio-compat`'s `StreamWrapper`,
+//! which works over any `AsyncReadRent + AsyncWriteRent` and so serves TCP and TLS alike
+//! (monoio's `poll-io` would only cover the TCP stream). It costs one copy each way through
+//! 8 KiB buffers; no tokio runtime is involved: `h2` is polled by this connection's monoio task.
+//!
+//! The connection task drives the connection (accepting streams) and spawns one monoio task per
+//! stream. It closes the connection with GOAWAY when the worker stops, after `max_requests`
+//! streams, and after `[client] keepalive_timeout` without an open stream. Bodies stream with
+//! flow control both ways: request DATA is released to the client only once written upstream,
+//! response bytes are read from the upstream only once the client granted window for the bytes
+//! before them.
+
+use std::cell::Cell;
+use std::io;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::rc::Rc;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use futures_util::future::poll_fn;
+use h2::server::SendResponse;
+use h2::{Reason, RecvStream, SendStream};
+use http::{HeaderMap, HeaderName, HeaderValue, Request, Response};
+use monoio_compat::StreamWrapper;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+
+use super::checks;
+use super::decide::{self, Decision, Forward};
+use super::error::{ErrorKind, RequestError};
+use super::forward::{self, SendBody, Sending};
+use super::log::{self, Record};
+use super::pump::{self, ReadResult};
+use super::request::{Body, RequestView};
+use super::respond;
+use super::session::{ClientStream, Ctx, UpstreamBufs};
+use super::upstream::UpstreamStream;
+use super::{Snapshot, Worker};
+use crate::http::{self as h1, ChunkEvent, ChunkedDecoder, Framing, HeaderSpan, Parsed, ResponseHead};
+
+/// The client connection preface (RFC 9113 §3.4) that starts HTTP/2 with prior knowledge.
+pub(super) const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// What every stream of a connection shares.
+struct ConnInfo {
+    peer: SocketAddr,
+    port: u16,
+    scheme: &'static str,
+    /// The client's IP address as X-Forwarded-For carries it.
+    peer_text: Vec<u8>,
+    /// Streams running, and when the last one ended (the idle timeout).
+    open: Cell<usize>,
+    last_end: Cell<Instant>,
+}
+
+/// Serves one HTTP/2 connection until it closes. `early`: bytes already read from `client`
+/// (the preface, on a plain listener).
+pub(super) async fn serve<S: ClientStream + Unpin>(
+    worker: &Rc<Worker>,
+    client: S,
+    peer: SocketAddr,
+    port: u16,
+    early: Vec<u8>,
+) {
+    let snap = worker.snapshot();
+    let io = Rewind {
+        early,
+        pos: 0,
+        inner: StreamWrapper::new(client),
+    };
+    let settings = &snap.http2;
+    let mut builder = h2::server::Builder::new();
+    builder
+        .initial_window_size(settings.initial_window_size)
+        .initial_connection_window_size(settings.initial_window_size.max(1 << 20))
+        .max_concurrent_streams(settings.max_concurrent_streams)
+        .max_header_list_size(u32::try_from(snap.client.max_header_bytes).unwrap_or(u32::MAX))
+        .max_send_buffer_size(64 * 1024);
+    let handshake = monoio::time::timeout(snap.client.header_timeout, builder.handshake::<_, Bytes>(io));
+    let mut conn = monoio::select! {
+        r = handshake => match r {
+            Ok(Ok(c)) => c,
+            Ok(Err(e)) => {
+                tracing::debug!(client = %peer, error = %e, "HTTP/2 handshake failed");
+                return;
+            }
+            Err(_) => return,
+        },
+        _ = worker.stopping.wait() => return,
+    };
+    let max_requests = settings.max_requests;
+    let keepalive = snap.client.keepalive_timeout;
+    drop(snap);
+    let mut peer_text = Vec::with_capacity(16);
+    h1::client_ip_text(&mut peer_text, peer.ip());
+    let info = Rc::new(ConnInfo {
+        peer,
+        port,
+        scheme: S::SCHEME,
+        peer_text,
+        open: Cell::new(0),
+        last_end: Cell::new(Instant::now()),
+    });
+
+    /// What woke the connection task.
+    enum Event<T> {
+        Stream(T),
+        Stop,
+        Tick,
+    }
+    let mut accepted = 0u32;
+    let mut draining = false;
+    loop {
+        let next = if draining {
+            // GOAWAY is out: streams already started finish; `accept` ends with the connection.
+            Event::Stream(conn.accept().await)
+        } else {
+            let wait = match info.open.get() {
+                0 => keepalive.saturating_sub(info.last_end.get().elapsed()),
+                _ => keepalive,
+            };
+            monoio::select! {
+                r = conn.accept() => Event::Stream(r),
+                _ = worker.stopping.wait() => Event::Stop,
+                _ = monoio::time::sleep(wait) => Event::Tick,
+            }
+        };
+        match next {
+            Event::Stream(None) => break,
+            Event::Stream(Some(Err(e))) => {
+                tracing::debug!(client = %peer, error = %e, "HTTP/2 connection failed");
+                break;
+            }
+            Event::Stream(Some(Ok((req, respond)))) => {
+                accepted += 1;
+                info.open.set(info.open.get() + 1);
+                let (w, i) = (Rc::clone(worker), Rc::clone(&info));
+                monoio::spawn(async move {
+                    stream(&w, &i, req, respond).await;
+                    i.open.set(i.open.get() - 1);
+                    i.last_end.set(Instant::now());
+                });
+                if accepted >= max_requests && !draining {
+                    conn.graceful_shutdown();
+                    draining = true;
+                }
+            }
+            Event::Stop => {
+                conn.graceful_shutdown();
+                draining = true;
+            }
+            Event::Tick => {
+                if info.open.get() == 0 && info.last_end.get().elapsed() >= keepalive {
+                    conn.graceful_shutdown();
+                    draining = true;
+                }
+            }
+        }
+    }
+}
+
+/// One stream: the request phases, then its access-log line.
+async fn stream(worker: &Rc<Worker>, info: &ConnInfo, req: Request<RecvStream>, mut respond: SendResponse<Bytes>) {
+    let snap = worker.snapshot();
+    let start = Instant::now();
+    let mut rec = Record {
+        protocol: "HTTP/2.0",
+        ..Record::default()
+    };
+    let mut meta = String::new();
+    let mut responded = false;
+    let (parts, body) = req.into_parts();
+    let done = handle(
+        worker,
+        &snap,
+        info,
+        &parts,
+        body,
+        &mut respond,
+        &mut responded,
+        &mut rec,
+        &mut meta,
+        start,
+    )
+    .await;
+    if let Err(e) = done {
+        match e.answer() {
+            Some((status, why)) if !responded => {
+                tracing::debug!(side = ?e.side(), error = ?e.kind, "request failed");
+                rec.status = status;
+                let _ = send_text(&mut respond, status, why, b"", snap.client.body_timeout).await;
+            }
+            _ => {
+                let reason = match e.kind {
+                    ErrorKind::ClientGone => Reason::CANCEL,
+                    _ => Reason::INTERNAL_ERROR,
+                };
+                respond.send_reset(reason);
+                if rec.status == 0 || !responded {
+                    rec.status = 499;
+                }
+            }
+        }
+    }
+    log::log_request(worker, &snap, info.peer, &meta, &rec, start);
+}
+
+/// The phases of one stream. `responded` turns true once response headers went out (an error
+/// after that resets the stream instead of answering).
+#[expect(clippy::too_many_arguments, reason = "the phases' state, passed once")]
+async fn handle(
+    worker: &Rc<Worker>,
+    snap: &Snapshot,
+    info: &ConnInfo,
+    parts: &http::request::Parts,
+    body: RecvStream,
+    respond: &mut SendResponse<Bytes>,
+    responded: &mut bool,
+    rec: &mut Record,
+    meta: &mut String,
+    start: Instant,
+) -> Result<(), RequestError> {
+    let method = parts.method.as_str().as_bytes();
+    if parts.method == http::Method::CONNECT {
+        return Err(ErrorKind::Connect.into());
+    }
+    // `:authority` routes; without it, Host (RFC 9113 §8.3.1).
+    let authority = parts.uri.authority().map(|a| a.as_str().as_bytes());
+    // Several cookie fields go upstream as one (RFC 9113 §8.2.3).
+    let mut cookie = Vec::new();
+    for v in parts.headers.get_all(http::header::COOKIE) {
+        if !cookie.is_empty() {
+            cookie.extend_from_slice(b"; ");
+        }
+        cookie.extend_from_slice(v.as_bytes());
+    }
+    let mut pairs: Vec<(&[u8], &[u8])> = Vec::with_capacity(parts.headers.len());
+    let mut cookie_done = false;
+    for (name, value) in &parts.headers {
+        if name == http::header::COOKIE {
+            if !cookie_done {
+                pairs.push((b"cookie", &cookie));
+                cookie_done = true;
+            }
+            continue;
+        }
+        if name == http::header::HOST && authority.is_some() {
+            continue;
+        }
+        pairs.push((name.as_str().as_bytes(), value.as_bytes()));
+    }
+    let has_host = authority.is_none() && parts.headers.contains_key(http::header::HOST);
+    let authority = authority
+        .or_else(|| parts.headers.get(http::header::HOST).map(HeaderValue::as_bytes))
+        .unwrap_or_default();
+    let target = parts.uri.path_and_query().map_or(&b"/"[..], |p| p.as_str().as_bytes());
+    let (path, query) = match target.iter().position(|&b| b == b'?') {
+        Some(q) => (&target[..q], Some(&target[q + 1..])),
+        None => (target, None),
+    };
+    let declared = parts
+        .headers
+        .get(http::header::CONTENT_LENGTH)
+        .and_then(|v| std::str::from_utf8(v.as_bytes()).ok()?.parse::<u64>().ok());
+    let body_kind = match (body.is_end_stream(), declared) {
+        (true, _) => Body::None,
+        (false, Some(n)) => Body::Length(n),
+        (false, None) => Body::Streamed,
+    };
+    let mut rid = [0u8; 32];
+    let request_id = match pairs.iter().find(|(n, _)| *n == b"x-request-id") {
+        Some(&(_, v)) => v,
+        None => {
+            worker.request_id(&mut rid);
+            &rid[..]
+        }
+    };
+    let view = RequestView {
+        method,
+        scheme: info.scheme,
+        authority,
+        path: (!path.is_empty() && path != b"*").then_some(path),
+        query,
+        target,
+        headers: &pairs,
+        request_id,
+        body: body_kind,
+        expect_continue: false,
+        upgrade: None,
+        keep_alive: true,
+        peer: info.peer,
+        client_ip: &info.peer_text,
+    };
+    if snap.access_log {
+        rec.describe(meta, &view);
+    }
+    let settings = decide::Settings {
+        table: &snap.table,
+        client: &snap.client,
+        upstream: &snap.upstream,
+        redirect_port: snap.https.redirect_port,
+    };
+    let mut rewritten = String::new();
+    let decision = decide::decide(&settings, &view, worker.random(), &mut rewritten);
+    rec.metrics = decision
+        .routed()
+        .map(|r| worker.backend_metrics(&r.backend.name, &r.policy.host));
+    // Per-client limits hold until the stream is done.
+    let (decision, _in_progress) = checks::run(worker, decision, &view, start);
+    let f = match decision {
+        Decision::Answer(a) => {
+            rec.status = a.status;
+            let mut out = Vec::new();
+            let mut scratch = Vec::new();
+            respond::write_answer(&mut out, &mut scratch, &a, false);
+            *responded = true;
+            return send_h1_answer(respond, &out, snap.client.body_timeout).await;
+        }
+        Decision::Forward(f) => f,
+    };
+    let fwd = h1::Forwarded {
+        client_ip: &info.peer_text,
+        proto: info.scheme,
+        host: authority,
+        port: info.port,
+        request_id,
+        target: f.rewritten.then_some(rewritten.as_bytes()),
+    };
+    let framing = match body_kind {
+        Body::None => Framing::None,
+        Body::Length(n) => Framing::Length(n),
+        Body::Streamed => Framing::Chunked,
+    };
+    let out_req = h1::RequestOut {
+        method,
+        target,
+        headers: &pairs,
+        has_host,
+        framing,
+        upgrade: None,
+    };
+    let mut out = Vec::with_capacity(1024);
+    h1::write_request_head(&mut out, &out_req, &fwd);
+    let sending = Sending {
+        has_body: body_kind != Body::None,
+        is_head: parts.method == http::Method::HEAD,
+        retry_ok: view.retryable(),
+        expect_continue: false,
+        upgrade: false,
+    };
+    let mut sender = H2Body {
+        recv: body,
+        chunked: framing == Framing::Chunked,
+        body_timeout: snap.client.body_timeout,
+    };
+    let mut up = UpstreamBufs::default();
+    let cx = Ctx { worker, snap, start };
+    let exchange = forward::forward(cx, &f, sending, &mut out, &mut sender, &mut up, rec).await?;
+    if exchange.resp.status == 101 {
+        return Err(ErrorKind::UnaskedSwitch.into());
+    }
+    let mut upstream = exchange.upstream;
+    let (addr, resp) = (exchange.addr, exchange.resp);
+    let mut extra = Vec::new();
+    let hsts = (info.scheme == "https").then_some(&*snap.https.hsts_line);
+    let sent_hsts = || {
+        up.headers
+            .iter()
+            .any(|h| up.buf[h.name.clone()].eq_ignore_ascii_case(b"strict-transport-security"))
+    };
+    respond::response_lines(&mut extra, hsts, sent_hsts, &f, addr);
+    let head = response_head(&up.buf, &resp, &up.headers, &extra, sending.is_head);
+    let no_body = resp.framing == Framing::None || resp.framing == Framing::Length(0);
+    let mut send = respond
+        .send_response(head, no_body)
+        .map_err(|_| RequestError::from(ErrorKind::ClientGone))?;
+    *responded = true;
+    up.buf.drain(..resp.head_len);
+    if !no_body {
+        let moved = body_out(&mut upstream, &mut up.buf, resp.framing, &mut send, &f, snap).await;
+        match moved {
+            Ok(n) => rec.bytes = n,
+            Err(e) => {
+                tracing::debug!(upstream = %addr, error = ?e.kind, "response body cut short");
+                send.send_reset(Reason::INTERNAL_ERROR);
+                return Ok(());
+            }
+        }
+    }
+    if resp.keep_alive && resp.framing != Framing::CloseDelimited && up.buf.is_empty() {
+        forward::release(worker, snap, f.routed.backend, addr, upstream, start);
+    }
+    Ok(())
+}
+
+/// The response head for the client: the upstream's status and end-to-end fields (hop-by-hop
+/// and framing ones dropped), Content-Length when the length is known (for HEAD and 304 the one
+/// the upstream declared), then kedge's `extra` lines (`Name: value\r\n` each).
+fn response_head(buf: &[u8], resp: &ResponseHead, spans: &[HeaderSpan], extra: &[u8], is_head: bool) -> Response<()> {
+    let mut headers = HeaderMap::with_capacity(spans.len() + 2);
+    for h in spans {
+        let name = &buf[h.name.clone()];
+        if !h1::passes(buf, spans, name) {
+            continue;
+        }
+        if let (Ok(n), Ok(v)) = (
+            HeaderName::from_bytes(name),
+            HeaderValue::from_bytes(&buf[h.value.clone()]),
+        ) {
+            headers.append(n, v);
+        }
+    }
+    let length = match resp.framing {
+        Framing::Length(n) => Some(n),
+        Framing::None if (is_head || resp.status == 304) => h1::declared_length(buf, spans),
+        _ => None,
+    };
+    if let Some(n) = length {
+        headers.insert(http::header::CONTENT_LENGTH, HeaderValue::from(n));
+    }
+    for line in extra.split(|&b| b == b'\n') {
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
+        let Some(colon) = line.iter().position(|&b| b == b':') else {
+            continue;
+        };
+        let (name, value) = (&line[..colon], line[colon + 1..].trim_ascii());
+        if let (Ok(n), Ok(v)) = (HeaderName::from_bytes(name), HeaderValue::from_bytes(value)) {
+            headers.append(n, v);
+        }
+    }
+    let mut r = Response::new(());
+    *r.status_mut() = http::StatusCode::from_u16(resp.status).unwrap_or(http::StatusCode::BAD_GATEWAY);
+    *r.headers_mut() = headers;
+    r
+}
+
+/// Sends one of kedge's answers, written as HTTP/1.1 by `respond::write_answer` (the one
+/// place answers are made), as an HTTP/2 response.
+async fn send_h1_answer(
+    respond: &mut SendResponse<Bytes>,
+    answer: &[u8],
+    timeout: Duration,
+) -> Result<(), RequestError> {
+    let mut spans = Vec::new();
+    let limits = h1::Limits::default();
+    let Ok(Parsed::Complete(resp)) = h1::parse_response(answer, &limits, false, &mut spans) else {
+        return Err(ErrorKind::ClientGone.into());
+    };
+    let head = response_head(answer, &resp, &spans, b"", false);
+    let body = &answer[resp.head_len..];
+    let mut send = respond
+        .send_response(head, body.is_empty())
+        .map_err(|_| RequestError::from(ErrorKind::ClientGone))?;
+    if !body.is_empty() {
+        send_bytes(&mut send, body, timeout).await?;
+        send.send_data(Bytes::new(), true)
+            .map_err(|_| RequestError::from(ErrorKind::ClientGone))?;
+    }
+    Ok(())
+}
+
+/// Sends an error answer (status and one text line).
+async fn send_text(
+    respond: &mut SendResponse<Bytes>,
+    status: u16,
+    why: &str,
+    extra: &[u8],
+    timeout: Duration,
+) -> Result<(), RequestError> {
+    let mut out = Vec::new();
+    h1::write_canned(&mut out, status, why, extra, false);
+    send_h1_answer(respond, &out, timeout).await
+}
+
+/// Sends `data` as DATA frames as the client's flow-control window allows, waiting for window
+/// at most `timeout` at a time.
+async fn send_bytes(send: &mut SendStream<Bytes>, mut data: &[u8], timeout: Duration) -> Result<(), RequestError> {
+    while !data.is_empty() {
+        send.reserve_capacity(data.len());
+        let granted = monoio::time::timeout(timeout, poll_fn(|cx| send.poll_capacity(cx))).await;
+        let n = match granted {
+            Ok(Some(Ok(n))) => n,
+            _ => return Err(ErrorKind::ClientGone.into()),
+        };
+        if n == 0 {
+            continue;
+        }
+        let n = n.min(data.len());
+        send.send_data(Bytes::copy_from_slice(&data[..n]), false)
+            .map_err(|_| RequestError::from(ErrorKind::ClientGone))?;
+        data = &data[n..];
+    }
+    Ok(())
+}
+
+/// Moves the upstream's response body to the client stream, decoded from its HTTP/1.1 framing:
+/// chunked trailers become HTTP/2 trailers. `buf` holds what was read past the head; on success
+/// it holds what followed the body. Returns the body bytes moved.
+async fn body_out(
+    upstream: &mut UpstreamStream,
+    buf: &mut Vec<u8>,
+    framing: Framing,
+    send: &mut SendStream<Bytes>,
+    f: &Forward<'_>,
+    snap: &Snapshot,
+) -> Result<u64, RequestError> {
+    let (read_timeout, write_timeout) = (f.timeouts.read, snap.client.body_timeout);
+    let broken = || RequestError::from(ErrorKind::ResponseBroken);
+    let mut moved = 0u64;
+    let mut read = async |buf: &mut Vec<u8>| match pump::read_with_timeout(upstream, buf, read_timeout).await {
+        ReadResult::Data(_) => Ok(true),
+        ReadResult::Eof => Ok(false),
+        ReadResult::Timeout | ReadResult::Error => Err(broken()),
+    };
+    match framing {
+        Framing::None => {}
+        Framing::Length(mut remaining) => loop {
+            let k = remaining.min(buf.len() as u64) as usize;
+            if k > 0 {
+                send_bytes(send, &buf[..k], write_timeout).await?;
+                buf.drain(..k);
+                remaining -= k as u64;
+                moved += k as u64;
+            }
+            if remaining == 0 {
+                break;
+            }
+            if !read(buf).await? {
+                return Err(broken());
+            }
+        },
+        Framing::Chunked => {
+            let mut decoder = ChunkedDecoder::new();
+            loop {
+                let (used, event) = decoder.step(buf).map_err(|_| broken())?;
+                match event {
+                    ChunkEvent::Data(r) => {
+                        moved += r.len() as u64;
+                        send_bytes(send, &buf[r], write_timeout).await?;
+                        buf.drain(..used);
+                    }
+                    ChunkEvent::End { trailers } => {
+                        let fields = trailer_fields(&buf[trailers]);
+                        buf.drain(..used);
+                        if !fields.is_empty() {
+                            send.send_trailers(fields).map_err(|_| broken())?;
+                            return Ok(moved);
+                        }
+                        break;
+                    }
+                    ChunkEvent::NeedMore => {
+                        buf.drain(..used);
+                        if !read(buf).await? {
+                            return Err(broken());
+                        }
+                    }
+                }
+            }
+        }
+        Framing::CloseDelimited => loop {
+            if !buf.is_empty() {
+                moved += buf.len() as u64;
+                send_bytes(send, buf, write_timeout).await?;
+                buf.clear();
+            }
+            if !read(buf).await? {
+                break;
+            }
+        },
+    }
+    send.send_data(Bytes::new(), true)
+        .map_err(|_| RequestError::from(ErrorKind::ClientGone))?;
+    Ok(moved)
+}
+
+/// The fields of a chunked body's trailer section (`Name: value\r\n` lines), those HTTP/2
+/// allows.
+fn trailer_fields(section: &[u8]) -> HeaderMap {
+    let mut map = HeaderMap::new();
+    for line in section.split(|&b| b == b'\n') {
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
+        let Some(colon) = line.iter().position(|&b| b == b':') else {
+            continue;
+        };
+        let (name, value) = (&line[..colon], line[colon + 1..].trim_ascii());
+        if !h1::passes(b"", &[], name) {
+            continue;
+        }
+        if let (Ok(n), Ok(v)) = (HeaderName::from_bytes(name), HeaderValue::from_bytes(value)) {
+            map.append(n, v);
+        }
+    }
+    map
+}
+
+/// The HTTP/2 front end's request body: DATA frames from the stream, written upstream with the
+/// framing the head announced, the client's window released only as bytes go out.
+struct H2Body {
+    recv: RecvStream,
+    chunked: bool,
+    body_timeout: Duration,
+}
+
+impl SendBody for H2Body {
+    async fn send(
+        &mut self,
+        upstream: &mut UpstreamStream,
+        out: &mut Vec<u8>,
+        send_timeout: Duration,
+        max_body: u64,
+    ) -> Result<(), RequestError> {
+        let sink = |_| RequestError::from(ErrorKind::UpstreamBodyFailed);
+        pump::flush(upstream, out, send_timeout).await.map_err(sink)?;
+        let mut total = 0u64;
+        loop {
+            let next = monoio::time::timeout(self.body_timeout, self.recv.data()).await;
+            let data = match next {
+                Err(_) => return Err(ErrorKind::BodyTimeout.into()),
+                Ok(None) => break,
+                // A reset, or a DATA total that contradicts content-length (h2 resets the
+                // stream with PROTOCOL_ERROR itself).
+                Ok(Some(Err(_))) => return Err(ErrorKind::ClientGone.into()),
+                Ok(Some(Ok(d))) => d,
+            };
+            total += data.len() as u64;
+            if total > max_body {
+                return Err(ErrorKind::BodyTooLarge.into());
+            }
+            if data.is_empty() {
+                continue;
+            }
+            if self.chunked {
+                h1::write_chunk_header(out, data.len());
+                out.extend_from_slice(&data);
+                out.extend_from_slice(b"\r\n");
+            } else {
+                out.extend_from_slice(&data);
+            }
+            pump::flush(upstream, out, send_timeout).await.map_err(sink)?;
+            let _ = self.recv.flow_control().release_capacity(data.len());
+        }
+        if self.chunked {
+            h1::write_last_chunk(out, b"");
+            pump::flush(upstream, out, send_timeout).await.map_err(sink)?;
+        }
+        Ok(())
+    }
+}
+
+/// The client stream for `h2`: bytes read before the protocol was known first, then the
+/// stream through the adapter.
+struct Rewind<S> {
+    early: Vec<u8>,
+    pos: usize,
+    inner: StreamWrapper<S>,
+}
+
+impl<S: ClientStream + Unpin> AsyncRead for Rewind<S> {
+    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        if this.pos < this.early.len() {
+            let n = (this.early.len() - this.pos).min(buf.remaining());
+            buf.put_slice(&this.early[this.pos..this.pos + n]);
+            this.pos += n;
+            if this.pos == this.early.len() {
+                this.early = Vec::new();
+                this.pos = 0;
+            }
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut this.inner).poll_read(cx, buf)
+    }
+}
+
+impl<S: ClientStream + Unpin> AsyncWrite for Rewind<S> {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn trailers_keep_end_to_end_fields_only() {
+        let map = trailer_fields(b"Grpc-Status: 0\r\nConnection: x\r\nX-Sum:  abc \r\n");
+        assert_eq!(map.get("grpc-status").unwrap(), "0");
+        assert_eq!(map.get("x-sum").unwrap(), "abc");
+        assert!(map.get("connection").is_none());
+    }
+
+    #[test]
+    fn answers_become_h2_heads() {
+        let mut out = Vec::new();
+        h1::write_canned(&mut out, 404, "no route for this host and path", b"", true);
+        let mut spans = Vec::new();
+        let Ok(Parsed::Complete(resp)) = h1::parse_response(&out, &h1::Limits::default(), false, &mut spans) else {
+            panic!("unparsable answer");
+        };
+        let head = response_head(&out, &resp, &spans, b"Set-Cookie: a=b\r\n", false);
+        assert_eq!(head.status(), 404);
+        assert!(head.headers().get("connection").is_none());
+        assert_eq!(head.headers().get("content-length").unwrap(), "32");
+        assert_eq!(head.headers().get("set-cookie").unwrap(), "a=b");
+        assert_eq!(&out[resp.head_len..], b"no route for this host and path\n");
+    }
+}
