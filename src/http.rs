@@ -952,24 +952,44 @@ fn push_framing(out: &mut Vec<u8>, framing: Framing) {
     }
 }
 
+/// A request as the upstream head writer reads it, whichever front end it came in on: the
+/// HTTP/1.1 head's parts, or an HTTP/2 request's (pseudo-headers resolved, cookies joined).
+#[derive(Debug, Clone, Copy)]
+pub struct RequestOut<'a> {
+    pub method: &'a [u8],
+    /// The target as received: origin form, absolute form or `*`.
+    pub target: &'a [u8],
+    /// The header fields in order (name as received, value trimmed).
+    pub headers: &'a [(&'a [u8], &'a [u8])],
+    /// Whether `headers` has a Host field (an HTTP/2 request routed on `:authority` has none).
+    pub has_host: bool,
+    /// The body framing to announce upstream.
+    pub framing: Framing,
+    /// The protocol an HTTP/1.1 client asks to switch to.
+    pub upgrade: Option<&'a [u8]>,
+}
+
+/// The values of the pairs called `name`, in order.
+fn pair_values<'a>(headers: &'a [(&'a [u8], &'a [u8])], name: &'a [u8]) -> impl Iterator<Item = &'a [u8]> {
+    headers
+        .iter()
+        .filter(move |(n, _)| n.eq_ignore_ascii_case(name))
+        .map(|&(_, v)| v)
+}
+
 /// Appends the request head for the upstream: `METHOD SP target SP HTTP/1.1`, the client's headers minus hop-by-hop
 /// ones (the fixed list and any a Connection header names, except Host, which a client must not be able to strip) and
 /// minus its X-Forwarded-* and X-Real-IP, then Host (only if the request had none, from `fwd.host`), X-Forwarded-For
 /// (earlier values joined with ", ", then the client), X-Forwarded-Proto/-Host/-Port, X-Real-IP, X-Request-ID (only
 /// if absent), the framing header, and for an upgrade `Connection: upgrade` + `Upgrade`. Without an upgrade no
 /// Connection header is sent: keep-alive is HTTP/1.1's default.
-pub fn write_request_head(
-    out: &mut Vec<u8>,
-    buf: &[u8],
-    head: &RequestHead,
-    headers: &[HeaderSpan],
-    fwd: &Forwarded<'_>,
-) {
-    out.extend_from_slice(at(buf, &head.method));
+pub fn write_request_head(out: &mut Vec<u8>, req: &RequestOut<'_>, fwd: &Forwarded<'_>) {
+    let headers = req.headers;
+    out.extend_from_slice(req.method);
     out.push(b' ');
     // An absolute-form target (RFC 9112 §3.2.2) goes upstream in origin form, and its
     // authority (which the caller routed on and passes as `fwd.host`) replaces Host.
-    let target = at(buf, &head.target);
+    let target = req.target;
     let origin = origin_form(target);
     match origin {
         _ if fwd.target.is_some() => out.extend_from_slice(fwd.target.unwrap_or_default()),
@@ -983,23 +1003,27 @@ pub fn write_request_head(
     }
     out.extend_from_slice(b" HTTP/1.1\r\n");
     let mut has_request_id = false;
-    for h in headers {
-        let name = at(buf, &h.name);
+    let named_by_connection = |name: &[u8]| {
+        pair_values(headers, b"connection")
+            .flat_map(list_elements)
+            .any(|o| o.eq_ignore_ascii_case(name))
+    };
+    for &(name, value) in headers {
         let is_host = name.eq_ignore_ascii_case(b"host");
         if is_one_of(name, &FORWARDING_HEADERS)
             || (is_host && origin.is_some())
-            || (!is_host && !passes(buf, headers, name))
+            || (!is_host && (is_one_of(name, &HOP_BY_HOP) || named_by_connection(name)))
         {
             continue;
         }
         has_request_id |= name.eq_ignore_ascii_case(b"x-request-id");
-        push_header(out, name, at(buf, &h.value));
+        push_header(out, name, value);
     }
-    if head.host.is_none() || origin.is_some() {
+    if !req.has_host || origin.is_some() {
         push_header(out, b"Host", fwd.host);
     }
     out.extend_from_slice(b"X-Forwarded-For: ");
-    for earlier in values(buf, headers, b"x-forwarded-for").filter(|v| !v.is_empty()) {
+    for earlier in pair_values(headers, b"x-forwarded-for").filter(|v| !v.is_empty()) {
         out.extend_from_slice(earlier);
         out.extend_from_slice(b", ");
     }
@@ -1016,10 +1040,10 @@ pub fn write_request_head(
     if !has_request_id {
         push_header(out, b"X-Request-ID", fwd.request_id);
     }
-    push_framing(out, head.framing);
-    if let Some(upgrade) = &head.upgrade {
+    push_framing(out, req.framing);
+    if let Some(upgrade) = req.upgrade {
         out.extend_from_slice(b"Connection: upgrade\r\n");
-        push_header(out, b"Upgrade", at(buf, upgrade));
+        push_header(out, b"Upgrade", upgrade);
     }
     out.extend_from_slice(b"\r\n");
 }

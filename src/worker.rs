@@ -7,6 +7,7 @@
 
 mod accept;
 mod balance;
+mod checks;
 mod conn;
 mod decide;
 mod error;

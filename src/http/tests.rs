@@ -787,8 +787,20 @@ fn fwd<'a>(host: &'a [u8], request_id: &'a [u8]) -> Forwarded<'a> {
 /// Parses `raw` and rebuilds it for the upstream, after what `out` already held.
 fn rebuilt_request(raw: &[u8], fwd: &Forwarded<'_>) -> String {
     let (head, headers) = request(raw);
+    let pairs: Vec<(&[u8], &[u8])> = headers
+        .iter()
+        .map(|h| (&raw[h.name.clone()], &raw[h.value.clone()]))
+        .collect();
+    let req = RequestOut {
+        method: &raw[head.method.clone()],
+        target: &raw[head.target.clone()],
+        headers: &pairs,
+        has_host: head.host.is_some(),
+        framing: head.framing,
+        upgrade: head.upgrade.clone().map(|u| &raw[u]),
+    };
     let mut out = b"kept|".to_vec();
-    write_request_head(&mut out, raw, &head, &headers, fwd);
+    write_request_head(&mut out, &req, fwd);
     String::from_utf8(out).unwrap()
 }
 

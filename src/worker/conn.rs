@@ -16,21 +16,22 @@
 
 use std::net::SocketAddr;
 use std::rc::Rc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use monoio::io::{AsyncWriteRent, AsyncWriteRentExt};
 
-use super::decide::{self, Decision, Forward, LimitCheck};
+use super::checks::{self, InProgress};
+use super::decide::{self, Decision, Forward};
 use super::error::{ErrorKind, RequestError};
-use super::forward::Sending;
+use super::forward::{self, SendBody, Sending};
 use super::log::{self, Record};
-use super::pump::{self, ReadResult};
+use super::pump::{self, PumpError, PumpLimits, ReadResult};
 use super::request::{self, HeaderBuf, RequestView};
 use super::respond::{self, Ending};
-use super::session::{ClientStream, Conn, Ctx, Next};
+use super::session::{ClientStream, Conn, Ctx, Next, UpstreamBufs, write_client};
 use super::upstream::UpstreamStream;
 use super::{Snapshot, Worker};
-use crate::http::{self, Framing, Parsed, RequestHead};
+use crate::http::{self, Framing, Parsed, RequestHead, Version};
 
 /// Serves one accepted client connection until it closes.
 pub(super) async fn serve<S: ClientStream>(worker: &Rc<Worker>, client: S, peer: SocketAddr, port: u16) {
@@ -39,10 +40,12 @@ pub(super) async fn serve<S: ClientStream>(worker: &Rc<Worker>, client: S, peer:
         peer,
         port,
         cbuf: Vec::with_capacity(16 * 1024),
-        ubuf: Vec::new(),
+        up: UpstreamBufs {
+            buf: Vec::new(),
+            headers: Vec::with_capacity(32),
+        },
         out: Vec::with_capacity(4 * 1024),
         headers: Vec::with_capacity(32),
-        uheaders: Vec::with_capacity(32),
         pairs: HeaderBuf::default(),
         meta: String::new(),
         rewritten: String::new(),
@@ -78,7 +81,11 @@ impl<S: ClientStream> Conn<S> {
             let snap = worker.snapshot();
             let start = conn.wait_for_request(worker, &snap, first).await?;
             first = false;
-            let mut rec = Record::default();
+            // Until a head says otherwise (an unparsable one is logged as HTTP/1.1).
+            let mut rec = Record {
+                protocol: "HTTP/1.1",
+                ..Record::default()
+            };
             let head = match conn.read_head(&snap, start).await {
                 Ok(h) => h,
                 Err(e) => {
@@ -180,6 +187,10 @@ impl<S: ClientStream> Conn<S> {
         rec: &mut Record,
         start: Instant,
     ) -> Result<Next, RequestError> {
+        rec.protocol = match head.version {
+            Version::Http10 => "HTTP/1.0",
+            Version::Http11 => "HTTP/1.1",
+        };
         let planned = self.plan(worker, snap, head, rec, start);
         // The head leaves the buffer whatever was decided: what follows is body or the next
         // request.
@@ -194,7 +205,14 @@ impl<S: ClientStream> Conn<S> {
             }
             Plan::Forward(f, sending) => {
                 let cx = Ctx { worker, snap, start };
-                let exchange = self.forward(cx, head, &f, sending, rec).await?;
+                let mut body = H1Body {
+                    client: &mut self.client,
+                    cbuf: &mut self.cbuf,
+                    framing: head.framing,
+                    expect_continue: sending.expect_continue,
+                    body_timeout: snap.client.body_timeout,
+                };
+                let exchange = forward::forward(cx, &f, sending, &mut self.out, &mut body, &mut self.up, rec).await?;
                 self.respond(cx, head, &f, sending.upgrade, exchange, rec).await
             }
         }
@@ -237,17 +255,9 @@ impl<S: ClientStream> Conn<S> {
             rec.metrics = decision
                 .routed()
                 .map(|r| worker.backend_metrics(&r.backend.name, &r.policy.host));
-            let checks = decision.checks();
-            let (refused, in_progress) = match admit(worker, checks.limit, start) {
-                Ok(held) => (None, held),
-                Err(why) => (Some(why), None),
-            };
-            let authenticated = refused.is_none()
-                && checks
-                    .auth
-                    .is_some_and(|auth| authenticated(worker, auth, view.header(b"authorization")));
+            let (decision, in_progress) = checks::run(worker, decision, &view, start);
             self.out.clear();
-            let plan = match decision.after_checks(refused, authenticated) {
+            let plan = match decision {
                 Decision::Answer(a) => {
                     let stopping = worker.stopping.is_set();
                     let keep = respond::keep_alive(view.keep_alive, view.body, Ending::Answered(a.status), stopping);
@@ -268,8 +278,17 @@ impl<S: ClientStream> Conn<S> {
                         request_id: view.request_id,
                         target: f.rewritten.then_some(self.rewritten.as_bytes()),
                     };
-                    http::write_request_head(&mut self.out, &self.cbuf, head, &self.headers, &fwd);
+                    let req = http::RequestOut {
+                        method: view.method,
+                        target: view.target,
+                        headers: view.headers,
+                        has_host: head.host.is_some(),
+                        framing: head.framing,
+                        upgrade: view.upgrade,
+                    };
+                    http::write_request_head(&mut self.out, &req, &fwd);
                     let sending = Sending {
+                        has_body: head.framing != Framing::None,
                         is_head: view.method == b"HEAD",
                         retry_ok: view.retryable(),
                         expect_continue: view.expect_continue,
@@ -286,62 +305,44 @@ impl<S: ClientStream> Conn<S> {
     }
 }
 
-/// Admits a request under its client's limits (a token per request, then a place among the
-/// client's requests in progress, held until the returned guard drops); `Err`: why not.
-fn admit<'w>(
-    worker: &'w Worker,
-    check: Option<LimitCheck>,
-    now: Instant,
-) -> Result<Option<InProgress<'w>>, &'static str> {
-    let Some(c) = check else { return Ok(None) };
-    if let Some(rate) = c.rate
-        && !worker.limits.borrow_mut().admit(c.key, rate, now)
-    {
-        return Err("request rate limit exceeded");
-    }
-    let Some(max) = c.max_conns else { return Ok(None) };
-    if !worker.limits.borrow_mut().begin(c.key, max) {
-        return Err("too many requests in progress from this client");
-    }
-    Ok(Some(InProgress { worker, key: c.key }))
+/// The HTTP/1.1 front end's request body: the bytes already buffered, then the client socket.
+struct H1Body<'c, S> {
+    client: &'c mut S,
+    cbuf: &'c mut Vec<u8>,
+    framing: Framing,
+    expect_continue: bool,
+    body_timeout: Duration,
 }
 
-/// A request counted against its client's `limit-connections` until dropped.
-struct InProgress<'w> {
-    worker: &'w Worker,
-    key: (u64, std::net::IpAddr),
-}
-
-impl Drop for InProgress<'_> {
-    fn drop(&mut self) {
-        self.worker.limits.borrow_mut().end(self.key);
-    }
-}
-
-/// Whether the `Authorization: Basic` credentials `header` are in `auth`'s list. Good ones are
-/// remembered per worker: bcrypt is slow on purpose.
-fn authenticated(worker: &Worker, auth: &crate::auth::BasicAuth, header: Option<&[u8]>) -> bool {
-    let Some(value) = header else { return false };
-    let mut k = crate::hash::Fnv::default();
-    k.write(value);
-    let key = crate::hash::mix(k.0 ^ auth.id);
-    if worker.auth_ok.borrow().contains(&key) {
-        return true;
-    }
-    let Some((user, password)) = crate::auth::credentials(value) else {
-        return false;
-    };
-    let ok = auth
-        .hash_of(&user)
-        .is_some_and(|hash| crate::auth::verify(&password, hash));
-    if ok {
-        let mut cache = worker.auth_ok.borrow_mut();
-        if cache.len() >= 4096 {
-            cache.clear();
+impl<S: ClientStream> SendBody for H1Body<'_, S> {
+    async fn send(
+        &mut self,
+        upstream: &mut UpstreamStream,
+        out: &mut Vec<u8>,
+        send_timeout: Duration,
+        max_body: u64,
+    ) -> Result<(), RequestError> {
+        if self.expect_continue && self.cbuf.is_empty() {
+            // The client waits for a go-ahead before sending the body; kedge gives it, since it
+            // now has an upstream connection to stream the body to.
+            let cont = http::CONTINUE.to_vec();
+            write_client(self.client, cont, self.body_timeout).await?;
         }
-        cache.insert(key);
+        let limits = PumpLimits {
+            read_timeout: self.body_timeout,
+            write_timeout: send_timeout,
+            max: max_body,
+        };
+        let chunked = self.framing == Framing::Chunked;
+        let r = pump::pump(self.client, upstream, self.cbuf, out, self.framing, chunked, &limits).await;
+        r.map(drop).map_err(|e| match e {
+            PumpError::SourceTimeout => ErrorKind::BodyTimeout.into(),
+            PumpError::SourceIo => ErrorKind::ClientGone.into(),
+            PumpError::SourceFraming(e) => e.into(),
+            PumpError::TooLarge => ErrorKind::BodyTooLarge.into(),
+            PumpError::Sink => ErrorKind::UpstreamBodyFailed.into(),
+        })
     }
-    ok
 }
 
 /// Checks the chunked framing of the body bytes already buffered, before anything is sent
@@ -383,8 +384,8 @@ impl<S: ClientStream> Conn<S> {
                 return;
             }
         }
-        if !self.ubuf.is_empty() {
-            let early = std::mem::take(&mut self.ubuf);
+        if !self.up.buf.is_empty() {
+            let early = std::mem::take(&mut self.up.buf);
             if self.client.write_all(early).await.0.is_err() {
                 return;
             }

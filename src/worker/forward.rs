@@ -11,6 +11,11 @@
 //!
 //! Each try is counted in flight on its endpoint (least-request balancing) and reported to the
 //! balancer (outlier ejection); retries and connect errors go to the backend's metrics.
+//!
+//! It knows no front end: the caller hands it the upstream request head (built by
+//! `http::write_request_head` from the request view) and a [`SendBody`] that streams the body
+//! from wherever the client's bytes are (the HTTP/1.1 connection buffer and socket, an HTTP/2
+//! stream); the response head lands in the caller's [`UpstreamBufs`].
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -23,12 +28,12 @@ use super::balance::{PickInput, Tried};
 use super::decide::Forward;
 use super::error::{ErrorKind, RequestError, Retry};
 use super::log::Record;
-use super::pump::{self, PumpError, PumpLimits, ReadResult};
-use super::session::{ClientStream, Conn, Ctx, write_client};
+use super::pump::{self, ReadResult};
+use super::session::{Ctx, UpstreamBufs};
 use super::tls::TlsStream;
 use super::upstream::UpstreamStream;
 use super::{Snapshot, Worker};
-use crate::http::{self, Framing, Parsed, RequestHead, ResponseHead};
+use crate::http::{self, Parsed, ResponseHead};
 use crate::routes::Backend;
 
 /// Limits for upstream response heads (not user-configurable: upstreams are trusted more).
@@ -47,9 +52,24 @@ pub(super) struct Exchange<'w> {
     pub _inflight: InFlight<'w>,
 }
 
-/// What the forward phase needs of the request besides its HTTP/1.1 head.
+/// A front end's way of sending a request body to an upstream connection.
+pub(super) trait SendBody {
+    /// Writes `out` (the request head) and then the body to `upstream`, re-framed as the head
+    /// announced, under `send_timeout` per write and `max_body` in all. `out` comes back empty.
+    async fn send(
+        &mut self,
+        upstream: &mut UpstreamStream,
+        out: &mut Vec<u8>,
+        send_timeout: Duration,
+        max_body: u64,
+    ) -> Result<(), RequestError>;
+}
+
+/// What the forward phase needs of the request besides its head bytes.
 #[derive(Clone, Copy)]
 pub(super) struct Sending {
+    /// The request has a body (streamed by the [`SendBody`]; never sent twice).
+    pub has_body: bool,
     /// A HEAD request (its response has no body whatever it says).
     pub is_head: bool,
     /// Idempotent and without a body: safe to send again.
@@ -60,217 +80,179 @@ pub(super) struct Sending {
     pub upgrade: bool,
 }
 
-impl<S: ClientStream> Conn<S> {
-    /// Sends the request (its head already in `out`, its body still coming from the client) to
-    /// an endpoint of `f`'s backend, retrying as the module describes, and reads the response
-    /// head.
-    pub(super) async fn forward<'w>(
-        &mut self,
-        cx: Ctx<'w>,
-        head: &RequestHead,
-        f: &Forward<'_>,
-        req: Sending,
-        rec: &mut Record,
-    ) -> Result<Exchange<'w>, RequestError> {
-        let Ctx { worker, snap, start } = cx;
-        let (backend, policy) = (f.routed.backend, f.routed.policy);
-        let balancer = &worker.balancer;
-        let report = |addr, ok| {
-            balancer
-                .borrow_mut()
-                .report(addr, ok, backend, &snap.upstream, Instant::now())
-        };
-        // Timing the upstream costs clock reads; only the access log wants it.
-        let t_up = snap.access_log.then(Instant::now);
-        let mut tried = Tried::default();
-        let mut last: RequestError = ErrorKind::ConnectFailed.into();
-        let mut fresh_to: Option<SocketAddr> = None;
-        if backend.endpoints.is_empty() {
-            return Err(ErrorKind::NoEndpoint.into());
-        }
-        let exchange = loop {
-            let addr = match fresh_to.take() {
-                Some(a) => a,
-                None => {
-                    if tried.len() >= f.tries {
-                        return Err(last);
-                    }
-                    if tried.len() > 0
-                        && let Some(limit) = policy.retry_timeout
-                        && start.elapsed() >= limit
-                    {
-                        return Err(last);
-                    }
-                    let input = PickInput {
-                        seed: worker.random(),
-                        ..f.pick
-                    };
-                    let picked = balancer.borrow_mut().pick(backend, policy, input, &tried, start);
-                    let Some(a) = picked else { return Err(last) };
-                    if tried.len() > 0
-                        && let Some(m) = &rec.metrics
-                    {
-                        m.retries.fetch_add(1, Relaxed);
-                    }
-                    tried.push(a);
-                    a
+/// Sends the request (its head in `out`, its body streamed by `body`) to an endpoint of `f`'s
+/// backend, retrying as the module describes, and reads the response head into `up`. `out`
+/// keeps the head while a retry may need it.
+pub(super) async fn forward<'w, B: SendBody>(
+    cx: Ctx<'w>,
+    f: &Forward<'_>,
+    req: Sending,
+    out: &mut Vec<u8>,
+    body: &mut B,
+    up: &mut UpstreamBufs,
+    rec: &mut Record,
+) -> Result<Exchange<'w>, RequestError> {
+    let Ctx { worker, snap, start } = cx;
+    let (backend, policy) = (f.routed.backend, f.routed.policy);
+    let balancer = &worker.balancer;
+    let report = |addr, ok| {
+        balancer
+            .borrow_mut()
+            .report(addr, ok, backend, &snap.upstream, Instant::now())
+    };
+    // Timing the upstream costs clock reads; only the access log wants it.
+    let t_up = snap.access_log.then(Instant::now);
+    let mut tried = Tried::default();
+    let mut last: RequestError = ErrorKind::ConnectFailed.into();
+    let mut fresh_to: Option<SocketAddr> = None;
+    if backend.endpoints.is_empty() {
+        return Err(ErrorKind::NoEndpoint.into());
+    }
+    let exchange = loop {
+        let addr = match fresh_to.take() {
+            Some(a) => a,
+            None => {
+                if tried.len() >= f.tries {
+                    return Err(last);
                 }
-            };
-            rec.upstream = Some(addr);
-            let (mut upstream, reused) = match connect(worker, backend, addr, snap, f.timeouts.connect, start).await {
-                Ok(c) => c,
-                Err(e) => {
-                    report(addr, false);
-                    if let Some(m) = &rec.metrics {
-                        m.connect_errors.fetch_add(1, Relaxed);
-                    }
-                    debug_assert_eq!(e.retry(), Retry::Always);
-                    last = e;
-                    continue;
-                }
-            };
-            let inflight = InFlight::begin(worker, addr);
-            let sent = self
-                .send_request(&mut upstream, head, req, snap, f.timeouts.send, f.max_body)
-                .await;
-            let read = match sent {
-                Ok(()) => {
-                    self.read_response_head(&mut upstream, req.is_head, f.timeouts.read)
-                        .await
-                }
-                Err(e) => Err(e),
-            };
-            match read {
-                // proxy-next-upstream http_5xx: an idempotent request without a body whose
-                // answer is one of those statuses goes to another endpoint while tries remain;
-                // the answer is dropped with its connection.
-                Ok(resp)
-                    if req.retry_ok
-                        && policy.retry_on.contains(&resp.status)
-                        && tried.len() < f.tries.min(backend.endpoints.len()) =>
+                if tried.len() > 0
+                    && let Some(limit) = policy.retry_timeout
+                    && start.elapsed() >= limit
                 {
+                    return Err(last);
+                }
+                let input = PickInput {
+                    seed: worker.random(),
+                    ..f.pick
+                };
+                let picked = balancer.borrow_mut().pick(backend, policy, input, &tried, start);
+                let Some(a) = picked else { return Err(last) };
+                if tried.len() > 0
+                    && let Some(m) = &rec.metrics
+                {
+                    m.retries.fetch_add(1, Relaxed);
+                }
+                tried.push(a);
+                a
+            }
+        };
+        rec.upstream = Some(addr);
+        let (mut upstream, reused) = match connect(worker, backend, addr, snap, f.timeouts.connect, start).await {
+            Ok(c) => c,
+            Err(e) => {
+                report(addr, false);
+                if let Some(m) = &rec.metrics {
+                    m.connect_errors.fetch_add(1, Relaxed);
+                }
+                debug_assert_eq!(e.retry(), Retry::Always);
+                last = e;
+                continue;
+            }
+        };
+        let inflight = InFlight::begin(worker, addr);
+        let sent = match req.has_body {
+            false => send_head(&mut upstream, out, f.timeouts.send).await,
+            true => body.send(&mut upstream, out, f.timeouts.send, f.max_body).await,
+        };
+        let read = match sent {
+            Ok(()) => read_response_head(&mut upstream, up, req.is_head, f.timeouts.read).await,
+            Err(e) => Err(e),
+        };
+        match read {
+            // proxy-next-upstream http_5xx: an idempotent request without a body whose
+            // answer is one of those statuses goes to another endpoint while tries remain;
+            // the answer is dropped with its connection.
+            Ok(resp)
+                if req.retry_ok
+                    && policy.retry_on.contains(&resp.status)
+                    && tried.len() < f.tries.min(backend.endpoints.len()) =>
+            {
+                report(addr, false);
+                tracing::debug!(upstream = %addr, status = resp.status, "retrying on another endpoint");
+                last = ErrorKind::AllTriedFailed.into();
+                drop(upstream);
+            }
+            Ok(resp) => {
+                break Exchange {
+                    upstream,
+                    addr,
+                    resp,
+                    _inflight: inflight,
+                };
+            }
+            Err(e) if e.retry() == Retry::IfIdempotent => {
+                let dead_reused = reused && e.kind == ErrorKind::UpstreamClosed;
+                if dead_reused && req.retry_ok {
+                    tracing::debug!(upstream = %addr, "reused upstream connection was dead; retrying on a new one");
+                    fresh_to = Some(addr);
+                    continue;
+                }
+                // A reused connection that died says nothing about the endpoint.
+                if !dead_reused {
                     report(addr, false);
-                    tracing::debug!(upstream = %addr, status = resp.status, "retrying on another endpoint");
-                    last = ErrorKind::AllTriedFailed.into();
-                    drop(upstream);
                 }
-                Ok(resp) => {
-                    break Exchange {
-                        upstream,
-                        addr,
-                        resp,
-                        _inflight: inflight,
-                    };
+                last = e;
+                if !req.retry_ok {
+                    return Err(last);
                 }
-                Err(e) if e.retry() == Retry::IfIdempotent => {
-                    let dead_reused = reused && e.kind == ErrorKind::UpstreamClosed;
-                    if dead_reused && req.retry_ok {
-                        tracing::debug!(upstream = %addr, "reused upstream connection was dead; retrying on a new one");
-                        fresh_to = Some(addr);
-                        continue;
-                    }
-                    // A reused connection that died says nothing about the endpoint.
-                    if !dead_reused {
-                        report(addr, false);
-                    }
-                    last = e;
-                    if !req.retry_ok {
-                        return Err(last);
-                    }
-                    tracing::debug!(upstream = %addr, "no response from upstream; trying another endpoint");
-                }
-                Err(e) => return Err(e),
+                tracing::debug!(upstream = %addr, "no response from upstream; trying another endpoint");
             }
-        };
-        report(exchange.addr, exchange.resp.status < 500);
-        rec.upstream_time = t_up.map(|t| t.elapsed());
-        rec.status = exchange.resp.status;
-        Ok(exchange)
-    }
-
-    /// Sends the request head in `out` and then the body (streamed from the client).
-    async fn send_request(
-        &mut self,
-        upstream: &mut UpstreamStream,
-        head: &RequestHead,
-        req: Sending,
-        snap: &Snapshot,
-        send_timeout: Duration,
-        max_body: u64,
-    ) -> Result<(), RequestError> {
-        if head.framing == Framing::None {
-            // `out` keeps the head after the write, for a retry.
-            let out = std::mem::take(&mut self.out);
-            let (res, out) = pump::write_all(upstream, out, send_timeout)
-                .await
-                .map_err(|()| RequestError::from(ErrorKind::SendTimeout))?;
-            self.out = out;
-            return res.map(drop).map_err(|_| ErrorKind::UpstreamClosed.into());
+            Err(e) => return Err(e),
         }
-        if req.expect_continue && self.cbuf.is_empty() {
-            // The client waits for a go-ahead before sending the body; kedge gives it, since it
-            // now has an upstream connection to stream the body to.
-            let cont = http::CONTINUE.to_vec();
-            write_client(&mut self.client, cont, snap.client.body_timeout).await?;
-        }
-        let limits = PumpLimits {
-            read_timeout: snap.client.body_timeout,
-            write_timeout: send_timeout,
-            max: max_body,
-        };
-        let r = pump::pump(
-            &mut self.client,
-            upstream,
-            &mut self.cbuf,
-            &mut self.out,
-            head.framing,
-            head.framing == Framing::Chunked,
-            &limits,
-        )
-        .await;
-        r.map(drop).map_err(|e| match e {
-            PumpError::SourceTimeout => ErrorKind::BodyTimeout.into(),
-            PumpError::SourceIo => ErrorKind::ClientGone.into(),
-            PumpError::SourceFraming(e) => e.into(),
-            PumpError::TooLarge => ErrorKind::BodyTooLarge.into(),
-            PumpError::Sink => ErrorKind::UpstreamBodyFailed.into(),
-        })
-    }
+    };
+    report(exchange.addr, exchange.resp.status < 500);
+    rec.upstream_time = t_up.map(|t| t.elapsed());
+    rec.status = exchange.resp.status;
+    Ok(exchange)
+}
 
-    /// Reads the upstream's response head, skipping interim 1xx answers other than 101.
-    async fn read_response_head(
-        &mut self,
-        upstream: &mut UpstreamStream,
-        is_head: bool,
-        read_timeout: Duration,
-    ) -> Result<ResponseHead, RequestError> {
-        self.ubuf.clear();
-        let mut got_any = false;
-        loop {
-            match http::parse_response(&self.ubuf, &UPSTREAM_HEAD_LIMITS, is_head, &mut self.uheaders) {
-                Ok(Parsed::Complete(resp)) if (100..200).contains(&resp.status) && resp.status != 101 => {
-                    self.ubuf.drain(..resp.head_len);
-                    continue;
-                }
-                Ok(Parsed::Complete(resp)) => return Ok(resp),
-                Ok(Parsed::Partial) => {}
-                Err(e) => {
-                    tracing::debug!(error = ?e, "invalid response head from upstream");
-                    return Err(ErrorKind::BadResponse.into());
-                }
+/// Writes a bodiless request's head; `out` keeps it after the write, for a retry.
+async fn send_head(
+    upstream: &mut UpstreamStream,
+    out: &mut Vec<u8>,
+    send_timeout: Duration,
+) -> Result<(), RequestError> {
+    let head = std::mem::take(out);
+    let (res, head) = pump::write_all(upstream, head, send_timeout)
+        .await
+        .map_err(|()| RequestError::from(ErrorKind::SendTimeout))?;
+    *out = head;
+    res.map(drop).map_err(|_| ErrorKind::UpstreamClosed.into())
+}
+
+/// Reads the upstream's response head into `up`, skipping interim 1xx answers other than 101.
+async fn read_response_head(
+    upstream: &mut UpstreamStream,
+    up: &mut UpstreamBufs,
+    is_head: bool,
+    read_timeout: Duration,
+) -> Result<ResponseHead, RequestError> {
+    up.buf.clear();
+    let mut got_any = false;
+    loop {
+        match http::parse_response(&up.buf, &UPSTREAM_HEAD_LIMITS, is_head, &mut up.headers) {
+            Ok(Parsed::Complete(resp)) if (100..200).contains(&resp.status) && resp.status != 101 => {
+                up.buf.drain(..resp.head_len);
+                continue;
             }
-            let kind = match pump::read_with_timeout(upstream, &mut self.ubuf, read_timeout).await {
-                ReadResult::Data(_) => {
-                    got_any = true;
-                    continue;
-                }
-                ReadResult::Timeout if !got_any => ErrorKind::UpstreamTimeout,
-                ReadResult::Timeout => ErrorKind::ResponseTimeout,
-                ReadResult::Eof | ReadResult::Error if !got_any => ErrorKind::UpstreamClosed,
-                ReadResult::Eof | ReadResult::Error => ErrorKind::ResponseCutShort,
-            };
-            return Err(kind.into());
+            Ok(Parsed::Complete(resp)) => return Ok(resp),
+            Ok(Parsed::Partial) => {}
+            Err(e) => {
+                tracing::debug!(error = ?e, "invalid response head from upstream");
+                return Err(ErrorKind::BadResponse.into());
+            }
         }
+        let kind = match pump::read_with_timeout(upstream, &mut up.buf, read_timeout).await {
+            ReadResult::Data(_) => {
+                got_any = true;
+                continue;
+            }
+            ReadResult::Timeout if !got_any => ErrorKind::UpstreamTimeout,
+            ReadResult::Timeout => ErrorKind::ResponseTimeout,
+            ReadResult::Eof | ReadResult::Error if !got_any => ErrorKind::UpstreamClosed,
+            ReadResult::Eof | ReadResult::Error => ErrorKind::ResponseCutShort,
+        };
+        return Err(kind.into());
     }
 }
 

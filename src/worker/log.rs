@@ -17,6 +17,8 @@ pub(super) struct Record {
     pub target: Range<usize>,
     pub host: Range<usize>,
     pub request_id: Range<usize>,
+    /// How the client spoke: "HTTP/1.0", "HTTP/1.1" or "HTTP/2.0".
+    pub protocol: &'static str,
     pub status: u16,
     pub bytes: u64,
     pub upstream: Option<SocketAddr>,
@@ -66,6 +68,7 @@ pub(super) fn log_request(
         client = %peer.ip(),
         host = field(&rec.host),
         method = field(&rec.method),
+        protocol = if rec.protocol.is_empty() { "-" } else { rec.protocol },
         path = field(&rec.target),
         status = rec.status,
         bytes = rec.bytes,

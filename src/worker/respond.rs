@@ -182,9 +182,9 @@ impl<S: ClientStream> Conn<S> {
             self.out.clear();
             http::write_response_head(
                 &mut self.out,
-                &self.ubuf,
+                &self.up.buf,
                 &resp,
-                &self.uheaders,
+                &self.up.headers,
                 http::ToClient {
                     framing: Framing::None,
                     version: head.version,
@@ -192,7 +192,7 @@ impl<S: ClientStream> Conn<S> {
                 },
                 b"",
             );
-            self.ubuf.drain(..resp.head_len);
+            self.up.buf.drain(..resp.head_len);
             let out = std::mem::take(&mut self.out);
             self.out = write_client(&mut self.client, out, snap.client.body_timeout).await?;
             return Ok(Next::Tunnel(upstream));
@@ -218,7 +218,7 @@ impl<S: ClientStream> Conn<S> {
         let mut extra = std::mem::take(&mut self.extra);
         extra.clear();
         let hsts = (S::SCHEME == "https").then_some(&*snap.https.hsts_line);
-        let (ubuf, uheaders) = (&self.ubuf, &self.uheaders);
+        let (ubuf, uheaders) = (&self.up.buf, &self.up.headers);
         let upstream_sent_hsts = || {
             uheaders
                 .iter()
@@ -228,9 +228,9 @@ impl<S: ClientStream> Conn<S> {
         self.out.clear();
         http::write_response_head(
             &mut self.out,
-            &self.ubuf,
+            &self.up.buf,
             &resp,
-            &self.uheaders,
+            &self.up.headers,
             http::ToClient {
                 framing: out_framing,
                 version: head.version,
@@ -239,7 +239,7 @@ impl<S: ClientStream> Conn<S> {
             &extra,
         );
         self.extra = extra;
-        self.ubuf.drain(..resp.head_len);
+        self.up.buf.drain(..resp.head_len);
         let limits = PumpLimits {
             read_timeout: f.timeouts.read,
             write_timeout: snap.client.body_timeout,
@@ -248,7 +248,7 @@ impl<S: ClientStream> Conn<S> {
         let moved = pump::pump(
             &mut upstream,
             &mut self.client,
-            &mut self.ubuf,
+            &mut self.up.buf,
             &mut self.out,
             resp.framing,
             out_framing == Framing::Chunked,
@@ -262,10 +262,10 @@ impl<S: ClientStream> Conn<S> {
                 return Err(ErrorKind::ResponseBroken.into());
             }
         }
-        if keep_upstream && self.ubuf.is_empty() {
+        if keep_upstream && self.up.buf.is_empty() {
             forward::release(worker, snap, f.routed.backend, addr, upstream, start);
         }
-        self.ubuf.clear();
+        self.up.buf.clear();
         Ok(if keep_client { Next::KeepAlive } else { Next::Close })
     }
 }

@@ -53,12 +53,11 @@ pub(super) struct Conn<S> {
     pub(super) port: u16,
     /// Bytes read from the client and not yet consumed (head, body start, pipelined requests).
     pub(super) cbuf: Vec<u8>,
-    /// Bytes read from the upstream and not yet consumed.
-    pub(super) ubuf: Vec<u8>,
+    /// Bytes read from the upstream and not yet consumed, and the response head's spans.
+    pub(super) up: UpstreamBufs,
     /// Bytes being assembled for a write (heads, re-framed chunks, canned answers).
     pub(super) out: Vec<u8>,
     pub(super) headers: Vec<HeaderSpan>,
-    pub(super) uheaders: Vec<HeaderSpan>,
     /// The request view's header pairs (empty between requests).
     pub(super) pairs: HeaderBuf,
     /// Method, target, host and request id of the current request, for the access log.
@@ -69,6 +68,14 @@ pub(super) struct Conn<S> {
     pub(super) rewritten: String,
     /// Header lines kedge adds to the current response (reused).
     pub(super) extra: Vec<u8>,
+}
+
+/// Bytes read from an upstream and not yet consumed, and the header spans of the response head
+/// in them. Reused from one request to the next by the front end that owns them.
+#[derive(Default)]
+pub(super) struct UpstreamBufs {
+    pub buf: Vec<u8>,
+    pub headers: Vec<HeaderSpan>,
 }
 
 /// How the connection goes on after a request.
