@@ -353,7 +353,7 @@ both_drivers!(
         let second = h.get("single.example.com", "/second");
         assert_eq!(second.status, 503, "{second:?}");
         assert!(second.text().contains("too many requests in progress"), "{}", second.text());
-        let first = h.block_on(first).expect("task").expect("first response");
+        let first = h.join(first).expect("first response");
         assert_eq!(first.status, 200, "{first:?}");
         assert_eq!(slow.request_count(), 1, "the refused stream reached the upstream");
     }
@@ -636,8 +636,8 @@ both_drivers!(
         let kedge = start(driver, &unlimited(big.addr()));
         let h = H2::connect(kedge.addr());
         let get = h.req("GET", "b.test", "/big").body(()).expect("request");
-        let (response, _stream) = h.block_on(open(h.sender(), get, true)).expect("open stream");
-        let response = h.block_on(response).expect("response head");
+        let (response, _stream) = h.within(20 * SECOND, "opening a stream", open(h.sender(), get, true)).expect("open");
+        let response = h.within(20 * SECOND, "the response head", response).expect("response head");
         assert_eq!(response.status(), 200);
 
         // The client gives no window back (64 KiB for the stream and the connection): kedge
@@ -659,7 +659,7 @@ both_drivers!(
         );
 
         // Then a slow reader to the end: pauses every 4 MiB.
-        let r = h.block_on(read_response(response, |n| {
+        let r = h.within(120 * SECOND, "the whole body", read_response(response, |n| {
             (n % (4 << 20) < 16 << 10).then_some(Duration::from_millis(20))
         }));
         assert!(r.body_error.is_none(), "{:?}", r.body_error);
@@ -684,10 +684,7 @@ both_drivers!(
             })
             .collect();
         for (i, task) in tasks.into_iter().enumerate() {
-            let r = h
-                .block_on(task)
-                .expect("task")
-                .unwrap_or_else(|e| panic!("stream {i}: {e:?}"));
+            let r = h.join(task).unwrap_or_else(|e| panic!("stream {i}: {e:?}"));
             assert_eq!(r.status, 200, "stream {i}: {r:?}");
             let text = r.text();
             assert!(text.contains(&format!("uri=/c/{i}\n")), "stream {i} got another's answer: {text}");
@@ -814,7 +811,7 @@ both_drivers!(
         assert!(late.reset == Some(REFUSED_STREAM) || late.connection_ended, "{late:?}");
         assert!(raw.closed_within(5 * SECOND), "the drained connection stayed open");
 
-        let r = h.block_on(in_flight).expect("task").expect("the in-flight stream's answer");
+        let r = h.join(in_flight).expect("the in-flight stream's answer");
         assert_eq!(r.status, 200, "{r:?}");
         assert!(r.text().contains("uri=/slow-h2\n") && r.body_error.is_none(), "{r:?}");
         assert!(h.wait_closed(5 * SECOND).is_ok(), "the h2 connection did not end cleanly");

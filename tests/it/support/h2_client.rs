@@ -209,6 +209,22 @@ impl H2 {
         self.rt.block_on(fut)
     }
 
+    /// Runs `fut` on this connection's runtime; panics saying `what` when it takes longer
+    /// than `timeout`.
+    pub fn within<F: std::future::Future>(&self, timeout: Duration, what: &str, fut: F) -> F::Output {
+        self.rt.block_on(async {
+            tokio::time::timeout(timeout, fut)
+                .await
+                .unwrap_or_else(|_| panic!("{what}: not done within {timeout:?}"))
+        })
+    }
+
+    /// Waits for a task spawned with [`H2::spawn`] (at most [`IO_TIMEOUT`]).
+    pub fn join<T>(&self, task: tokio::task::JoinHandle<T>) -> T {
+        self.within(IO_TIMEOUT, "an HTTP/2 exchange", task)
+            .unwrap_or_else(|e| panic!("HTTP/2 task failed: {e}"))
+    }
+
     /// Spawns `fut` on this connection's runtime.
     pub fn spawn<F>(&self, fut: F) -> tokio::task::JoinHandle<F::Output>
     where
