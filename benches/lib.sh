@@ -1,7 +1,7 @@
 # shellcheck shell=bash
-# Helpers shared by benches/proxy.sh and benches/tls.sh (sourced, not run). They use the
-# caller's globals: TMP, OUT, NGINX_BIN, PORT_BACKEND, BACKEND_CPUS, PIDS, PROXY_QUOTA, and its
-# `die` and `wait_ready`.
+# Helpers shared by benches/proxy.sh, benches/tls.sh and benches/h2.sh (sourced, not run). They
+# use the caller's globals: TMP, OUT, NGINX_BIN, PORT_BACKEND, BACKEND_CPUS, PIDS, PROXY_QUOTA,
+# SNI, and its `die` and `wait_ready`.
 
 # The nginx http-block settings every private nginx here uses (backend and proxy).
 nginx_common_http() {   # prefix
@@ -84,4 +84,27 @@ limited_in() {   # cgroup-prefix name cmd...
         echo "$BASHPID" >"$cg/cgroup.procs"
     fi
     exec "$@"
+}
+
+# A CA and a leaf for $SNI (SAN, serverAuth, 30 days, leaf key PKCS#8) in $TMP/pki/KEY, with
+# ECDSA P-256 or RSA 2048 keys; copies of the CA and the leaf go to $OUT/conf.
+gen_certs() {   # key
+    local k=$1 d="$TMP/pki/$1" alg=()
+    mkdir -p "$d"
+    case "$k" in
+        ecdsa) alg=(-algorithm EC -pkeyopt ec_paramgen_curve:P-256) ;;
+        rsa) alg=(-algorithm RSA -pkeyopt rsa_keygen_bits:2048) ;;
+    esac
+    openssl genpkey "${alg[@]}" -out "$d/ca.key" 2>/dev/null
+    openssl req -x509 -new -key "$d/ca.key" -sha256 -days 30 -subj "/CN=kedge bench CA ($k)" \
+        -addext "basicConstraints=critical,CA:TRUE" -addext "keyUsage=critical,keyCertSign,cRLSign" \
+        -out "$d/ca.pem" 2>/dev/null
+    openssl genpkey "${alg[@]}" -out "$d/key.pem" 2>/dev/null
+    openssl req -new -key "$d/key.pem" -subj "/CN=$SNI" -out "$d/leaf.csr" 2>/dev/null
+    printf '%s\n' "basicConstraints=critical,CA:FALSE" "keyUsage=critical,digitalSignature$([[ $k == rsa ]] && echo ,keyEncipherment)" \
+        "extendedKeyUsage=serverAuth" "subjectAltName=DNS:$SNI" >"$d/leaf.ext"
+    openssl x509 -req -in "$d/leaf.csr" -CA "$d/ca.pem" -CAkey "$d/ca.key" -CAcreateserial -sha256 \
+        -days 30 -extfile "$d/leaf.ext" -out "$d/cert.pem" 2>/dev/null
+    openssl verify -CAfile "$d/ca.pem" "$d/cert.pem" >/dev/null || die "generated $k certificate does not verify"
+    cp "$d/ca.pem" "$OUT/conf/ca-$k.pem"; cp "$d/cert.pem" "$OUT/conf/cert-$k.pem"
 }

@@ -334,26 +334,7 @@ WORKER_CONNS=$((IDLE_CONNS * 2 + 1024))
 # ----------------------------------------------------------------------------
 # 3. certificates: a CA and a leaf for $SNI per key type (leaf key PKCS#8)
 # ----------------------------------------------------------------------------
-gen_certs() {   # key
-    local k=$1 d="$TMP/pki/$1" alg=()
-    mkdir -p "$d"
-    case "$k" in
-        ecdsa) alg=(-algorithm EC -pkeyopt ec_paramgen_curve:P-256) ;;
-        rsa) alg=(-algorithm RSA -pkeyopt rsa_keygen_bits:2048) ;;
-    esac
-    openssl genpkey "${alg[@]}" -out "$d/ca.key" 2>/dev/null
-    openssl req -x509 -new -key "$d/ca.key" -sha256 -days 30 -subj "/CN=kedge bench CA ($k)" \
-        -addext "basicConstraints=critical,CA:TRUE" -addext "keyUsage=critical,keyCertSign,cRLSign" \
-        -out "$d/ca.pem" 2>/dev/null
-    openssl genpkey "${alg[@]}" -out "$d/key.pem" 2>/dev/null
-    openssl req -new -key "$d/key.pem" -subj "/CN=$SNI" -out "$d/leaf.csr" 2>/dev/null
-    printf '%s\n' "basicConstraints=critical,CA:FALSE" "keyUsage=critical,digitalSignature$([[ $k == rsa ]] && echo ,keyEncipherment)" \
-        "extendedKeyUsage=serverAuth" "subjectAltName=DNS:$SNI" >"$d/leaf.ext"
-    openssl x509 -req -in "$d/leaf.csr" -CA "$d/ca.pem" -CAkey "$d/ca.key" -CAcreateserial -sha256 \
-        -days 30 -extfile "$d/leaf.ext" -out "$d/cert.pem" 2>/dev/null
-    openssl verify -CAfile "$d/ca.pem" "$d/cert.pem" >/dev/null || die "generated $k certificate does not verify"
-    cp "$d/ca.pem" "$OUT/conf/ca-$k.pem"; cp "$d/cert.pem" "$OUT/conf/cert-$k.pem"
-}
+# gen_certs: benches/lib.sh
 for k in "${KEY_LIST[@]}"; do gen_certs "$k"; done
 log "certificates: $(for k in "${KEY_LIST[@]}"; do printf '%s ' "$k=$(openssl x509 -in "$TMP/pki/$k/cert.pem" -noout -text | grep -m1 'Public Key Algorithm' | sed 's/.*: //')"; done)"
 

@@ -8,7 +8,7 @@ use crate::support::{Client, Handler, Kedge, Upstream, both_drivers, route_all};
 const WAIT: Duration = Duration::from_secs(5);
 
 /// The value of `key=value` or `key="value"` in a text log line.
-fn text_field<'a>(line: &'a str, key: &str) -> Option<&'a str> {
+pub(crate) fn text_field<'a>(line: &'a str, key: &str) -> Option<&'a str> {
     let start = line.find(&format!(" {key}="))? + key.len() + 2;
     let rest = &line[start..];
     match rest.strip_prefix('"') {

@@ -28,6 +28,10 @@ mod cluster;
 mod expect;
 /// Headers kedge adds (X-Forwarded-*, X-Real-IP, X-Request-ID) and the hop-by-hop ones it drops.
 mod headers;
+/// HTTP/2 to clients (h2c, ALPN h2) in front of HTTP/1.1 upstreams: the same policies, what the
+/// upstream receives, malformed requests, bodies under flow control, concurrent streams, resets,
+/// the access log, GOAWAY on drain.
+mod http2;
 /// Client keep-alive, upstream pooling, HTTP/1.0 clients, pipelining, concurrent clients.
 mod keepalive;
 /// The fixture Kubernetes API server, through the real kube client: list, watch, bookmarks,

@@ -33,6 +33,8 @@ pub struct Setup {
     proxy_extra: String,
     tls: bool,
     env: Vec<(String, String)>,
+    /// Tables added before the test's fragment (see [`Setup::tables`]).
+    tables: String,
 }
 
 /// Signals a test sends to kedge.
@@ -68,6 +70,7 @@ impl Kedge {
             proxy_extra: String::new(),
             tls: false,
             env: Vec::new(),
+            tables: String::new(),
         }
     }
 
@@ -207,6 +210,14 @@ impl Setup {
         self
     }
 
+    /// Adds whole tables (`[http2]` ...) to the config file, ahead of the fragment given to
+    /// `start` or `follow`. Not kept by [`Kedge::rewrite_config`].
+    pub fn tables(mut self, text: &str) -> Setup {
+        self.tables.push_str(text);
+        self.tables.push('\n');
+        self
+    }
+
     /// Keeps cluster state in `dir` (one a restarted kedge finds again) instead of this
     /// instance's own directory.
     pub fn state_dir(self, dir: &std::path::Path) -> Setup {
@@ -245,7 +256,8 @@ impl Setup {
             self.driver.name(),
             proxy_extra
         );
-        let config = dir.write("kedge.toml", &compose(&proxy, fragment, self.tls));
+        let fragment = format!("{}{fragment}", self.tables);
+        let config = dir.write("kedge.toml", &compose(&proxy, &fragment, self.tls));
         let mut child = Command::new(env!("CARGO_BIN_EXE_kedge"))
             .arg("run")
             .arg("--config")

@@ -1,10 +1,13 @@
 //! The harness: a kedge child process, upstreams to put behind it (hyper ones, raw TCP ones for
 //! shapes hyper will not produce, and a recorder of every byte kedge sends), a raw HTTP/1
-//! client that sees every byte, and a fixture Kubernetes API server for the control plane.
+//! client that sees every byte, HTTP/2 clients (the `h2` crate's, and a frame-level one), and a
+//! fixture Kubernetes API server for the control plane.
 
 pub mod body;
 mod client;
 mod cluster;
+pub mod h2_client;
+pub mod h2_frames;
 mod kedge;
 mod kube_api;
 pub mod objects;
@@ -23,7 +26,7 @@ pub use cluster::{get, readyz, wait_readyz};
 pub use kedge::{Kedge, Signal};
 pub use kube_api::FakeApi;
 pub use raw_upstream::{RawBehavior, RawUpstream};
-pub use recording_upstream::{ConnLog, RecordingUpstream};
+pub use recording_upstream::{ConnLog, Recorded, RecordingUpstream};
 pub use upstream::{Handler, Seen, Upstream};
 
 /// The I/O driver a test runs kedge with.

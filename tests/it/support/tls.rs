@@ -63,6 +63,14 @@ impl TestCa {
         self.client_with(&[&rustls::version::TLS13, &rustls::version::TLS12])
     }
 
+    /// A client configuration trusting this CA (TLS 1.2 and 1.3) that offers `alpn`, in this
+    /// order (none at all when empty).
+    pub fn client_alpn(&self, alpn: &[&[u8]]) -> Arc<ClientConfig> {
+        let mut cfg = Arc::unwrap_or_clone(self.client());
+        cfg.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+        Arc::new(cfg)
+    }
+
     pub fn client_with(&self, versions: &[&'static rustls::SupportedProtocolVersion]) -> Arc<ClientConfig> {
         let mut roots = rustls::RootCertStore::empty();
         roots.add(self.ca.der().clone()).expect("add CA");

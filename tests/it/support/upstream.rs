@@ -5,7 +5,7 @@ use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::thread::JoinHandle;
@@ -85,6 +85,8 @@ struct State {
     name: String,
     handler: Handler,
     requests: Mutex<Vec<Seen>>,
+    /// Body bytes `Handler::Stream` has handed to hyper so far (over all requests).
+    streamed: Arc<AtomicU64>,
 }
 
 type Reply = Response<BoxBody<Bytes, Infallible>>;
@@ -126,6 +128,7 @@ impl Upstream {
             name: name.to_owned(),
             handler,
             requests: Mutex::new(Vec::new()),
+            streamed: Arc::default(),
         });
         let st = Arc::clone(&state);
         let acceptor = tokio_rustls::TlsAcceptor::from(config);
@@ -151,6 +154,7 @@ impl Upstream {
             name: name.to_owned(),
             handler,
             requests: Mutex::new(Vec::new()),
+            streamed: Arc::default(),
         });
         let st = Arc::clone(&state);
         let server = Server::serve(listener, move |stream| {
@@ -182,6 +186,13 @@ impl Upstream {
 
     pub fn request_count(&self) -> usize {
         self.state.requests.lock().expect("requests lock").len()
+    }
+
+    /// Body bytes a [`Handler::Stream`] upstream has produced so far: what hyper asked for,
+    /// so at most what the socket took plus one 64 KiB piece. A proxy that stops reading
+    /// holds this back.
+    pub fn streamed_bytes(&self) -> u64 {
+        self.state.streamed.load(Ordering::SeqCst)
     }
 }
 
@@ -234,7 +245,17 @@ async fn handle(st: Arc<State>, mut req: Request<Incoming>) -> Result<Reply, Inf
             &st.name,
             Response::new(Full::new(Bytes::from(body::fill(0, *n))).boxed()),
         ),
-        Handler::Stream(n) => named(&st.name, Response::new(PatternBody { at: 0, len: *n }.boxed())),
+        Handler::Stream(n) => named(
+            &st.name,
+            Response::new(
+                PatternBody {
+                    at: 0,
+                    len: *n,
+                    streamed: Arc::clone(&st.streamed),
+                }
+                .boxed(),
+            ),
+        ),
         Handler::Status(code) => {
             let mut resp = Response::new(Empty::new().boxed());
             *resp.status_mut() = StatusCode::from_u16(*code).expect("status code");
@@ -297,6 +318,7 @@ fn pairs(map: &hyper::HeaderMap) -> Vec<(String, String)> {
 struct PatternBody {
     at: u64,
     len: u64,
+    streamed: Arc<AtomicU64>,
 }
 
 impl Body for PatternBody {
@@ -310,6 +332,7 @@ impl Body for PatternBody {
         let n = (self.len - self.at).min(64 * 1024) as usize;
         let data = body::fill(self.at, n);
         self.at += n as u64;
+        self.streamed.fetch_add(n as u64, Ordering::SeqCst);
         Poll::Ready(Some(Ok(Frame::data(Bytes::from(data)))))
     }
 }
