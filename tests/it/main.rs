@@ -33,6 +33,7 @@ mod keepalive;
 /// The fixture Kubernetes API server, through the real kube client: list, watch, bookmarks,
 /// 410 Gone after an outage, status writes.
 mod kube_fixture;
+mod leader;
 /// SIGHUP reload under traffic, and SIGTERM drain.
 mod lifecycle;
 /// Request limits (413, 414, 431) and malformed requests (400, 501).
