@@ -225,11 +225,48 @@ pub struct ClusterConfig {
     pub node_address_type: String,
     /// Addresses written into `status.loadBalancer` of the Ingresses kedge serves.
     pub publish_addresses: Vec<String>,
+    /// The `coordination.k8s.io/v1` Lease that elects the one kedge writing that status, among
+    /// every kedge following the cluster (taken only with `publish_addresses`).
+    pub status_lease: LeaseName,
     /// How long start-up waits for the first full sync of an API server that answers (one that
     /// cannot be reached at all lets a persisted state serve at once).
     pub sync_timeout: Duration,
     /// The longest wait between two attempts of a failing watch (jittered, from 0.5 s up).
     pub watch_retry_max: Duration,
+}
+
+/// A Lease's namespace and name (`status_lease = "namespace/name"`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LeaseName {
+    pub namespace: String,
+    pub name: String,
+}
+
+impl std::fmt::Display for LeaseName {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.namespace, self.name)
+    }
+}
+
+/// `namespace/name`: the namespace a DNS label, the name a DNS subdomain (lower case).
+fn lease_name(v: &str) -> Result<LeaseName, String> {
+    let label = |l: &str| {
+        !l.is_empty()
+            && l.len() <= 63
+            && l.bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+            && !l.starts_with('-')
+            && !l.ends_with('-')
+    };
+    match v.split_once('/') {
+        Some((ns, name)) if label(ns) && name.len() <= 253 && name.split('.').all(label) => Ok(LeaseName {
+            namespace: ns.to_owned(),
+            name: name.to_owned(),
+        }),
+        _ => Err(format!(
+            "{v:?} is not \"namespace/name\" (lower-case letters, digits, '-'; '.' in the name)"
+        )),
+    }
 }
 
 /// Reads and validates the file at `path`.
@@ -689,16 +726,27 @@ impl Cx<'_> {
             }
             publish_addresses.push(v.clone());
         }
+        let ingress_class = c.ingress_class.unwrap_or_else(|| "kedge".into());
+        let status_lease = match &c.status_lease {
+            Some(v) => {
+                lease_name(v.get_ref()).map_err(|m| self.error(Some(v.span()), Some(&key("status_lease")), m))?
+            }
+            None => LeaseName {
+                namespace: "default".into(),
+                name: format!("kedge-{ingress_class}"),
+            },
+        };
         Ok(ClusterConfig {
             name: name.clone(),
             kubeconfig,
             context: c.context,
-            ingress_class: c.ingress_class.unwrap_or_else(|| "kedge".into()),
+            ingress_class,
             controller: c.controller.unwrap_or_else(|| "kedge.dev/ingress-controller".into()),
             namespaces: c.namespaces,
             upstream: c.upstream.unwrap_or(UpstreamMode::Pods),
             node_address_type,
             publish_addresses,
+            status_lease,
             sync_timeout: self.duration(&c.sync_timeout, &key("sync_timeout"), Duration::from_secs(30))?,
             watch_retry_max: {
                 let max = self.duration(&c.watch_retry_max, &key("watch_retry_max"), Duration::from_secs(5))?;
@@ -990,6 +1038,7 @@ struct FileCluster {
     node_address_type: Option<Spanned<String>>,
     #[serde(default)]
     publish_addresses: Vec<Spanned<String>>,
+    status_lease: Option<Spanned<String>>,
     sync_timeout: Option<Spanned<String>>,
     watch_retry_max: Option<Spanned<String>>,
 }

@@ -16,6 +16,7 @@ mod health;
 mod kinds;
 mod kube_client;
 mod last_known_good;
+mod lease;
 mod state_file;
 mod status;
 pub mod translate;
@@ -234,6 +235,8 @@ fn control_thread(
                 }
             }
         }
+        // A clean stop hands the status Leases over (bounded; the workers drain meanwhile).
+        futures_util::future::join_all(clusters.iter_mut().map(Cluster::stop_status)).await;
     });
 }
 

@@ -1,6 +1,6 @@
 //! Process-wide counters of rare events (per connection at most, never per request) and the
-//! control thread's gauges: relaxed atomics (and, for the cluster states, a list only the
-//! control thread writes), encoded into `/metrics` next to the per-worker request metrics.
+//! control thread's gauges: relaxed atomics (and, for the cluster states and status writers, lists
+//! only the control thread writes), encoded into `/metrics` next to the per-worker request metrics.
 
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -122,6 +122,24 @@ pub fn clusters(states: Vec<(String, &'static str, bool)>) {
     *list = next;
 }
 
+/// The clusters with publish addresses, and whether this kedge writes their Ingress status (holds
+/// their status Lease).
+static STATUS_WRITERS: Mutex<Vec<(String, bool)>> = Mutex::new(Vec::new());
+
+/// Whether this kedge is `cluster`'s status writer now (the cluster's election reports it).
+pub fn status_writer(cluster: &str, writer: bool) {
+    let mut list = STATUS_WRITERS.lock().unwrap_or_else(|e| e.into_inner());
+    match list.iter_mut().find(|(n, _)| n == cluster) {
+        Some((_, w)) => *w = writer,
+        None => list.push((cluster.to_owned(), writer)),
+    }
+}
+
+/// Each cluster that elects a status writer, and whether this kedge is it, in start order.
+pub fn status_writers() -> Vec<(String, bool)> {
+    STATUS_WRITERS.lock().unwrap_or_else(|e| e.into_inner()).clone()
+}
+
 /// The counters and gauges into `encoder`.
 pub fn encode(encoder: &mut DescriptorEncoder) -> Result<(), std::fmt::Error> {
     let mut i = 0;
@@ -174,6 +192,15 @@ pub fn encode(encoder: &mut DescriptorEncoder) -> Result<(), std::fmt::Error> {
     )?;
     for (name, _, t) in &clusters {
         ConstGauge::new(*t as i64).encode(e.encode_family(&[("cluster", name.as_str())])?)?;
+    }
+    let mut e = encoder.encode_descriptor(
+        "kedge_status_writer",
+        "1 while this kedge holds the cluster's status Lease and writes its Ingress status, else 0 (clusters with publish_addresses only).",
+        None,
+        MetricType::Gauge,
+    )?;
+    for (name, writer) in status_writers() {
+        ConstGauge::new(i64::from(writer)).encode(e.encode_family(&[("cluster", name.as_str())])?)?;
     }
     Ok(())
 }

@@ -227,17 +227,32 @@ fn clusters() {
     assert_eq!(k.node_address_type, "InternalIP");
     assert_eq!(k.sync_timeout, Duration::from_secs(30));
     assert_eq!(k.watch_retry_max, Duration::from_secs(5));
+    assert_eq!(k.status_lease.to_string(), "default/kedge-kedge");
 
     let c = parse_ok(&format!(
         "{MINIMAL}[[cluster]]\nname = \"edge-1\"\nupstream = \"nodeports\"\nnode_address_type = \"ExternalIP\"\n\
          namespaces = [\"web\"]\npublish_addresses = [\"203.0.113.10\", \"lb.example.com\"]\n\
-         watch_retry_max = \"2s\"\n"
+         watch_retry_max = \"2s\"\ningress_class = \"edge\"\n"
     ));
     let k = &c.clusters[0];
+    assert_eq!(
+        k.status_lease.to_string(),
+        "default/kedge-edge",
+        "named after the class"
+    );
     assert_eq!(k.watch_retry_max, Duration::from_secs(2));
     assert_eq!(k.upstream, UpstreamMode::Nodeports);
     assert_eq!(k.namespaces, ["web"]);
     assert_eq!(k.publish_addresses, ["203.0.113.10", "lb.example.com"]);
+
+    let c = parse_ok(&format!(
+        "{MINIMAL}[[cluster]]\nname = \"a\"\nstatus_lease = \"kedge/edge-status.prod\"\n"
+    ));
+    let lease = &c.clusters[0].status_lease;
+    assert_eq!(
+        (lease.namespace.as_str(), lease.name.as_str()),
+        ("kedge", "edge-status.prod")
+    );
 
     let cases: &[(&str, &str)] = &[
         ("[[cluster]]\nname = \"Prod\"\n", "kedge.toml:4:8: cluster[0].name:"),
@@ -281,6 +296,22 @@ fn clusters() {
         ),
         ("[http2]\nenabled = \"yes\"\n", "kedge.toml:4:"),
         ("[http2]\nmax_streams = 1\n", "kedge.toml:4:1:"),
+        (
+            "[[cluster]]\nname = \"a\"\nstatus_lease = \"kedge-status\"\n",
+            "kedge.toml:5:16: cluster[0].status_lease: \"kedge-status\" is not \"namespace/name\"",
+        ),
+        (
+            "[[cluster]]\nname = \"a\"\nstatus_lease = \"Edge/x\"\n",
+            "cluster[0].status_lease:",
+        ),
+        (
+            "[[cluster]]\nname = \"a\"\nstatus_lease = \"edge/\"\n",
+            "cluster[0].status_lease:",
+        ),
+        (
+            "[[cluster]]\nname = \"a\"\nstatus_lease = \"edge/a/b\"\n",
+            "cluster[0].status_lease:",
+        ),
     ];
     for (tail, want) in cases {
         let got = parse_err(&format!("{MINIMAL}{tail}"));

@@ -1,6 +1,6 @@
 //! One watched cluster: a `kube` client built from its kubeconfig, a reflector per watched kind
 //! (see [`kinds`](super::kinds); per namespace when the config limits namespaces), its Ingress
-//! status writer and its last known good. Every change wakes the control loop; the stores are
+//! status writer (with its Lease election) and its last known good. Every change wakes the control loop; the stores are
 //! read whole when the next table is built, so a lost watch event can never leave a stale route
 //! behind (the reflector's relist replaces the store).
 
@@ -114,6 +114,14 @@ impl Cluster {
             && self.synced()
         {
             writer.offer(objects.ingresses, served);
+        }
+    }
+
+    /// Stops writing Ingress status and releases the status Lease if this kedge holds it (a
+    /// clean stop: another edge takes over at once instead of after the lease duration).
+    pub async fn stop_status(&mut self) {
+        if let Some(writer) = self.status.take() {
+            writer.stop().await;
         }
     }
 

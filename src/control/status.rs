@@ -23,10 +23,11 @@
 //! retried on the next build or after [`RETRY`], whichever comes first. When the API server
 //! cannot be reached at all, the rest of that round is not attempted.
 //!
-//! Several edge hosts following the same cluster each write the same addresses (their own
-//! `publish_addresses`, normally the same shared ones): harmless while they agree, since a
-//! write that changes nothing is skipped. A single writer elected through a
-//! `coordination.k8s.io/v1` Lease is later work.
+//! Of several edge hosts following the same cluster, only one writes: the holder of the
+//! cluster's `status_lease` ([`super::lease`]). The task writes only while its kedge holds the
+//! Lease; when it becomes the holder it plans against the latest view at once, and when it
+//! stops being the holder it starts no further write (those in flight finish). A stop aborts
+//! the task before the Lease is released, so the next holder's writes come after this one's.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -41,6 +42,7 @@ use serde_json::{Value, json};
 use tokio::sync::watch;
 use tokio::time::Instant;
 
+use super::lease::Election;
 use crate::config::ClusterConfig;
 
 /// How long after a failed round the writer tries again if no build comes first.
@@ -60,15 +62,18 @@ struct View {
     served: Vec<Key>,
 }
 
-/// The handle the control thread keeps for one cluster's status writer task. Dropping it stops
-/// the task.
+/// The handle the control thread keeps for one cluster's status writer task and its election.
+/// Dropping it stops the task; [`Writer::stop`] also releases the Lease.
 pub struct Writer {
     latest: watch::Sender<Option<Arc<View>>>,
+    task: tokio::task::JoinHandle<()>,
+    election: Election,
 }
 
 impl Writer {
-    /// Starts the writer task for one cluster on the current runtime; `None` (said once, at info
-    /// level) when the cluster has no `publish_addresses`.
+    /// Starts the writer task and the election for one cluster on the current runtime; `None`
+    /// (said once, at info level) when the cluster has no `publish_addresses`: no status, no
+    /// Lease.
     pub fn spawn(client: Client, cfg: &ClusterConfig) -> Option<Writer> {
         if cfg.publish_addresses.is_empty() {
             tracing::info!(
@@ -77,9 +82,24 @@ impl Writer {
             );
             return None;
         }
+        let election = Election::start(client.clone(), cfg);
         let (latest, views) = watch::channel(None);
-        tokio::spawn(run(client, cfg.name.clone(), addresses(&cfg.publish_addresses), views));
-        Some(Writer { latest })
+        let task = tokio::spawn(run(
+            client,
+            cfg.name.clone(),
+            addresses(&cfg.publish_addresses),
+            views,
+            election.holding(),
+        ));
+        Some(Writer { latest, task, election })
+    }
+
+    /// Stops writing (writes in flight are abandoned), then releases the Lease if this kedge
+    /// holds it: the clean stop's hand-over.
+    pub async fn stop(self) {
+        self.task.abort();
+        let _ = self.task.await;
+        self.election.stop().await;
     }
 
     /// Hands over the latest build's Ingresses and which of them it served (sorted), replacing
@@ -189,13 +209,15 @@ fn patch_body(want: Want, ours: &Value) -> Value {
     json!({"status": {"loadBalancer": {"ingress": ingress}}})
 }
 
-/// The writer task of one cluster: waits for a view (or the retry time after a failed round),
-/// plans against it, writes. Ends when the [`Writer`] is dropped.
+/// The writer task of one cluster: waits for a view (or the retry time after a failed round, or
+/// for becoming the holder), plans against the latest view, writes while `holding`. Ends when
+/// the [`Writer`] is dropped.
 async fn run(
     client: Client,
     cluster: String,
     ours: Vec<IngressLoadBalancerIngress>,
     mut views: watch::Receiver<Option<Arc<View>>>,
+    mut holding: watch::Receiver<bool>,
 ) {
     let ours_json = serde_json::to_value(&ours).unwrap_or(Value::Null);
     let params = PatchParams {
@@ -211,10 +233,18 @@ async fn run(
             changed = views.changed() => if changed.is_err() {
                 return;
             },
+            changed = holding.changed() => if changed.is_err() {
+                return;
+            },
             () = tokio::time::sleep_until(retry_at.unwrap_or_else(Instant::now)), if retry_at.is_some() => {}
         }
         retry_at = None;
-        let Some(view) = views.borrow_and_update().clone() else {
+        // Marked seen either way; a kedge that becomes the holder plans against it then.
+        let view = views.borrow_and_update().clone();
+        if !*holding.borrow_and_update() {
+            continue;
+        }
+        let Some(view) = view else {
             continue;
         };
         let writes = plan(&ours, &view, &mut sent);
@@ -269,7 +299,7 @@ async fn run(
                     retry_at = Some(Instant::now() + RETRY);
                 }
             }
-            stop |= views.has_changed().unwrap_or(true);
+            stop |= views.has_changed().unwrap_or(true) || !*holding.borrow();
         }
         // Whatever was not attempted is planned again from the newer view, or at the retry.
     }

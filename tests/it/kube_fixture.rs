@@ -1,15 +1,16 @@
 //! The fixture API server (`support::FakeApi`) through the real kube client, as the control
 //! plane will use it: lists, gets and a refused token; the watcher and a reflector through adds,
-//! deletes, selectors, bookmarks, an outage and a 410; status writes.
+//! deletes, selectors, bookmarks, an outage and a 410; status and Lease writes.
 
 use std::future::Future;
 use std::path::Path;
 use std::time::Duration;
 
 use futures_util::{Stream, StreamExt};
+use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Node, Service};
 use k8s_openapi::api::networking::v1::Ingress;
-use kube::api::{Api, ListParams, Patch, PatchParams, PostParams, WatchEvent, WatchParams};
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams, WatchEvent, WatchParams};
 use kube::runtime::watcher::{self, Event, watcher};
 use kube::runtime::{WatchStreamExt, reflector};
 use kube::{Client, Resource, ResourceExt};
@@ -423,6 +424,72 @@ async fn status_writes_are_stored_counted_and_watched() {
         host(&applied(next(&mut events).await)),
         Some(Some("www.example.com".to_owned()))
     );
+}
+
+#[tokio::test]
+async fn leases_take_create_replace_patch_and_apply() {
+    let api = FakeApi::start();
+    let dir = TempDir::new("kube-lease");
+    let client = client(&api, &dir).await;
+    let leases: Api<Lease> = Api::namespaced(client, "kedge-system");
+    let lease: Lease = serde_json::from_value(json!({
+        "metadata": {"name": "kedge"},
+        "spec": {"holderIdentity": "edge-a", "leaseDurationSeconds": 15},
+    }))
+    .expect("lease");
+    let holder = |l: &Lease| l.spec.as_ref().and_then(|s| s.holder_identity.clone());
+
+    let created = within("a create", leases.create(&PostParams::default(), &lease))
+        .await
+        .expect("create");
+    assert_eq!(holder(&created).as_deref(), Some("edge-a"));
+    match leases.create(&PostParams::default(), &lease).await {
+        Err(kube::Error::Api(status)) => assert_eq!((status.code, status.reason.as_str()), (409, "AlreadyExists")),
+        other => panic!("expected 409, got {:?}", other.map(|l| l.name_any())),
+    }
+
+    // Replace with the current resourceVersion wins; with a stale one it conflicts.
+    let mut next_holder = created.clone();
+    next_holder.spec.as_mut().expect("spec").holder_identity = Some("edge-b".to_owned());
+    let replaced = leases
+        .replace("kedge", &PostParams::default(), &next_holder)
+        .await
+        .expect("replace");
+    assert_eq!(holder(&replaced).as_deref(), Some("edge-b"));
+    match leases.replace("kedge", &PostParams::default(), &next_holder).await {
+        Err(kube::Error::Api(status)) => assert_eq!((status.code, status.reason.as_str()), (409, "Conflict")),
+        other => panic!("expected 409, got {:?}", other.map(|l| l.name_any())),
+    }
+
+    let merge = json!({"spec": {"holderIdentity": "edge-c"}});
+    let patched = leases
+        .patch("kedge", &PatchParams::default(), &Patch::Merge(&merge))
+        .await
+        .expect("patch");
+    assert_eq!(holder(&patched).as_deref(), Some("edge-c"));
+    assert_eq!(patched.spec.as_ref().and_then(|s| s.lease_duration_seconds), Some(15));
+    assert_eq!(
+        api.writes("leases", Some("kedge-system"), "kedge"),
+        3,
+        "refused writes are not counted"
+    );
+
+    // Server-side apply creates what is missing; a client's delete removes it.
+    let apply = json!({
+        "apiVersion": "coordination.k8s.io/v1",
+        "kind": "Lease",
+        "metadata": {"name": "other"},
+        "spec": {"holderIdentity": "edge-d"},
+    });
+    let made = leases
+        .patch("other", &PatchParams::apply("kedge"), &Patch::Apply(&apply))
+        .await
+        .expect("apply");
+    assert_eq!(holder(&made).as_deref(), Some("edge-d"));
+    assert!(api.get("leases", Some("kedge-system"), "other").is_some());
+    leases.delete("other", &DeleteParams::default()).await.expect("delete");
+    assert_eq!(api.get("leases", Some("kedge-system"), "other"), None);
+    assert_eq!(api.writes("leases", Some("kedge-system"), "other"), 2);
 }
 
 /// Retries a failed watch after 50 ms, always: quick enough for an outage the test ends itself.

@@ -35,8 +35,11 @@ mod http2;
 /// Client keep-alive, upstream pooling, HTTP/1.0 clients, pipelining, concurrent clients.
 mod keepalive;
 /// The fixture Kubernetes API server, through the real kube client: list, watch, bookmarks,
-/// 410 Gone after an outage, status writes.
+/// 410 Gone after an outage, status writes, Lease create and update.
 mod kube_fixture;
+/// Several edges on one cluster: only the holder of the status Lease writes Ingress status; the
+/// other takes over when it dies or hands over when it stops.
+mod leader;
 /// SIGHUP reload under traffic, and SIGTERM drain.
 mod lifecycle;
 /// Request limits (413, 414, 431) and malformed requests (400, 501).

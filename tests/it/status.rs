@@ -194,6 +194,10 @@ fn the_shipped_rbac_covers_every_request_kedge_makes() {
     wait_until(Duration::from_secs(10), "the status is written", || {
         lb(&api, "web") == ours()
     });
+    // The Lease created, then renewed (an update) at least once.
+    wait_until(Duration::from_secs(10), "the status Lease to be renewed", || {
+        api.writes("leases", Some("default"), "kedge-kedge") >= 2
+    });
     let rbac = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/config/rbac.yaml")).unwrap();
     // "METHOD /api(s)/.../RESOURCE[/name[/sub]]?query" → (resource[/sub], verb).
     let mut needed = std::collections::BTreeSet::new();
@@ -217,14 +221,20 @@ fn the_shipped_rbac_covers_every_request_kedge_makes() {
         };
         let verb = match (method, line.contains("watch=true")) {
             ("GET", true) => "watch",
+            ("GET", false) if rest.len() > 1 => "get",
             ("GET", false) => "list",
+            ("POST", _) => "create",
             ("PATCH", _) => "patch",
             ("PUT", _) => "update",
+            ("DELETE", _) => "delete",
             (m, _) => m,
         };
         needed.insert((resource, verb.to_owned()));
     }
     assert!(needed.iter().any(|(r, _)| r == "ingresses/status"), "{needed:?}");
+    for verb in ["get", "create", "update"] {
+        assert!(needed.contains(&("leases".to_owned(), verb.to_owned())), "{needed:?}");
+    }
     for (resource, verb) in &needed {
         // The rule naming the resource also grants the verb.
         let granted = rbac

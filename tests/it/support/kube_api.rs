@@ -1,8 +1,8 @@
 //! A fixture Kubernetes API server for the control plane's tests: HTTPS with a CA of its own and
 //! a bearer token, reached by the real kube client through a generated kubeconfig. It speaks the
 //! list/watch wire protocol (resourceVersion, paged lists, chunked watch events, bookmarks,
-//! 410 Gone after `compact`) for the handful of kinds kedge watches, takes status writes, and can
-//! simulate an outage (`pause`/`resume`).
+//! 410 Gone after `compact`) for the handful of kinds kedge watches, takes status and Lease
+//! writes, and can simulate an outage (`pause`/`resume`).
 //!
 //! The test drives it synchronously (`apply`, `delete`, `compact`, ...) from any thread; the
 //! server runs on a thread and current-thread tokio runtime of its own.

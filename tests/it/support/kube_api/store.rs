@@ -28,6 +28,7 @@ pub(super) static KINDS: &[Kind] = &[
     Kind::new("discovery.k8s.io/v1", "endpointslices", "EndpointSlice", true, false),
     Kind::new("networking.k8s.io/v1", "ingresses", "Ingress", true, true),
     Kind::new("networking.k8s.io/v1", "ingressclasses", "IngressClass", false, false),
+    Kind::new("coordination.k8s.io/v1", "leases", "Lease", true, false),
 ];
 
 impl Kind {
