@@ -37,6 +37,10 @@ pub(crate) enum ErrorKind {
     BadTarget,
     /// An absolute-form target whose authority is not a host.
     BadAuthority,
+    /// `*` (asterisk-form) with a method other than OPTIONS (RFC 9112 §3.2.4).
+    AsteriskNotOptions,
+    /// A path or query with a fragment, a backslash or broken percent-encoding.
+    BadPath,
     /// CONNECT, which kedge does not proxy.
     Connect,
     /// The head did not arrive within the header timeout.
@@ -101,9 +105,8 @@ impl RequestError {
         use ErrorKind::*;
         match self.kind {
             Http(HttpError::BadResponse(_)) => Side::Upstream,
-            Http(_) | BadTarget | BadAuthority | Connect | HeadTimeout | BodyTimeout | BodyTooLarge | ClientGone => {
-                Side::Client
-            }
+            Http(_) | BadTarget | BadAuthority | AsteriskNotOptions | BadPath | Connect | HeadTimeout | BodyTimeout
+            | BodyTooLarge | ClientGone => Side::Client,
             NoEndpoint => Side::Internal,
             ConnectFailed | ConnectTimeout | TlsFailed | TlsTimeout | SendTimeout | UpstreamClosed
             | UpstreamTimeout | ResponseTimeout | ResponseCutShort | BadResponse | UpstreamBodyFailed
@@ -129,6 +132,11 @@ impl RequestError {
             Http(e) => (e.status(), e.reason()),
             BadTarget => (400, "request target is not a path or an absolute URI"),
             BadAuthority => (400, "invalid authority in the request target"),
+            AsteriskNotOptions => (400, "the request target * is for OPTIONS only"),
+            BadPath => (
+                400,
+                "request target with a fragment, a backslash or bad percent-encoding",
+            ),
             Connect => (405, "CONNECT is not supported"),
             HeadTimeout => (408, "request head not received in time"),
             BodyTimeout => (408, "request body not received in time"),

@@ -37,7 +37,7 @@ use super::error::{ErrorKind, RequestError};
 use super::forward::{self, SendBody, Sending};
 use super::log::{self, Record};
 use super::pump::{self, ReadResult};
-use super::request::{Body, RequestView};
+use super::request::{self, Body, RequestView};
 use super::respond;
 use super::session::{ClientStream, Ctx, UpstreamBufs};
 use super::upstream::UpstreamStream;
@@ -264,6 +264,12 @@ async fn handle(
         Some(q) => (&target[..q], Some(&target[q + 1..])),
         None => (target, None),
     };
+    // The same target rules as HTTP/1.1: `*` for OPTIONS only; no fragment, backslash or bad
+    // percent-encoding.
+    if path == b"*" && method != b"OPTIONS" {
+        return Err(ErrorKind::AsteriskNotOptions.into());
+    }
+    request::check_path(path, query)?;
     let declared = parts
         .headers
         .get(http::header::CONTENT_LENGTH)

@@ -145,6 +145,7 @@ pub(crate) fn from_h1<'a>(
         Some(q) => (&rest[..q], Some(&rest[q + 1..])),
         None => (rest, None),
     };
+    check_path(path, query)?;
     let path = (!path.is_empty()).then_some(path);
     Ok(RequestView {
         method,
@@ -168,6 +169,28 @@ pub(crate) fn from_h1<'a>(
     })
 }
 
+/// Refuses the path and query shapes the head parsers let through but RFC 9112 §3.2 (through
+/// RFC 3986) does not allow, and that an upstream could read differently from kedge's routing:
+/// a fragment (`#`, which a client never sends), a backslash (some servers take it for `/`),
+/// and `%` not followed by two hex digits in the path. Other bytes outside the grammar (`"`,
+/// `<`, `>`, `^`, `` ` ``, `{`, `|`, `}`, non-ASCII) pass, as nginx lets them: they change no
+/// path structure, and real clients send them unencoded.
+pub(crate) fn check_path(path: &[u8], query: Option<&[u8]>) -> Result<(), RequestError> {
+    let bad = |b: &u8| *b == b'#' || *b == b'\\';
+    if path.iter().any(bad) || query.is_some_and(|q| q.iter().any(bad)) {
+        return Err(ErrorKind::BadPath.into());
+    }
+    let mut i = 0;
+    while let Some(p) = path[i..].iter().position(|&b| b == b'%') {
+        let at = i + p;
+        match path.get(at + 1..at + 3) {
+            Some(h) if h.iter().all(u8::is_ascii_hexdigit) => i = at + 3,
+            _ => return Err(ErrorKind::BadPath.into()),
+        }
+    }
+    Ok(())
+}
+
 /// The authority an HTTP/1.1 target names, and the rest of it.
 type TargetParts<'a> = (Option<&'a [u8]>, Option<&'a [u8]>);
 
@@ -178,7 +201,10 @@ fn split_target<'a>(target: &'a [u8], method: &[u8]) -> Result<TargetParts<'a>, 
         return Ok((None, Some(target)));
     }
     if target == b"*" {
-        return Ok((None, None));
+        return match method {
+            b"OPTIONS" => Ok((None, None)),
+            _ => Err(ErrorKind::AsteriskNotOptions.into()),
+        };
     }
     let scheme_len = if target.len() >= 7 && target[..7].eq_ignore_ascii_case(b"http://") {
         7
@@ -233,6 +259,21 @@ mod tests {
             (b"GET /x HTTP/1.0\r\n\r\n", Ok(("", Some("/x"), None))),
             (b"GET http://u@o.example/ HTTP/1.1\r\nHost: h\r\n\r\n", Err(400)),
             (b"GET ftp://o.example/ HTTP/1.1\r\nHost: h\r\n\r\n", Err(400)),
+            // RFC 9112 §3.2: asterisk-form is for OPTIONS only, authority-form for CONNECT only.
+            (b"GET * HTTP/1.1\r\nHost: h\r\n\r\n", Err(400)),
+            (b"DELETE * HTTP/1.1\r\nHost: h\r\n\r\n", Err(400)),
+            (b"GET o.example:443 HTTP/1.1\r\nHost: h\r\n\r\n", Err(400)),
+            (b"OPTIONS o.example:443 HTTP/1.1\r\nHost: h\r\n\r\n", Err(400)),
+            // Fragments, backslashes and broken percent-encoding.
+            (b"GET /a#frag HTTP/1.1\r\nHost: h\r\n\r\n", Err(400)),
+            (b"GET /a?q=1#frag HTTP/1.1\r\nHost: h\r\n\r\n", Err(400)),
+            (b"GET /public\\..\\admin HTTP/1.1\r\nHost: h\r\n\r\n", Err(400)),
+            (b"GET http://o.example/a%zz HTTP/1.1\r\nHost: h\r\n\r\n", Err(400)),
+            (b"GET /a%2 HTTP/1.1\r\nHost: h\r\n\r\n", Err(400)),
+            (b"GET /a%2F%41 HTTP/1.1\r\nHost: h\r\n\r\n", Ok(("h", Some("/a%2F%41"), None))),
+            // Kept, as nginx keeps them: no path structure changes.
+            (b"GET /a|b{c}?x=\"y\" HTTP/1.1\r\nHost: h\r\n\r\n", Ok(("h", Some("/a|b{c}"), Some("x=\"y\"")))),
+            (b"GET /caf\xc3\xa9 HTTP/1.1\r\nHost: h\r\n\r\n", Ok(("h", Some("/caf\u{e9}"), None))),
         ];
         for (raw, want) in cases {
             view_of(raw, |got| {

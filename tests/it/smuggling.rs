@@ -283,6 +283,15 @@ const HEAD_CASES: &[Case] = &[
     // RFC 9110 §4.2.4: userinfo in an http URI is an error; kedge would otherwise route on one
     // name and forward another.
     bad("absolute-form target with userinfo", b"GET http://evil@s.test/x HTTP/1.1\r\nHost: s.test\r\n\r\n", 400),
+    // RFC 9112 §3.2: the target's form must fit the method: asterisk-form with OPTIONS only,
+    // authority-form with CONNECT only (which kedge refuses anyway).
+    bad("asterisk-form with GET", b"GET * HTTP/1.1\r\nHost: s.test\r\n\r\n", 400),
+    bad("asterisk-form with POST", b"POST * HTTP/1.1\r\nHost: s.test\r\nContent-Length: 0\r\n\r\n", 400),
+    bad("authority-form with GET", b"GET s.test:80 HTTP/1.1\r\nHost: s.test\r\n\r\n", 400),
+    // Shapes outside RFC 3986 that an upstream could route differently from kedge.
+    bad("fragment in the target", b"GET /public#/../admin HTTP/1.1\r\nHost: s.test\r\n\r\n", 400),
+    bad("backslash in the path", b"GET /public\\..\\admin HTTP/1.1\r\nHost: s.test\r\n\r\n", 400),
+    bad("broken percent-encoding", b"GET /a%zz HTTP/1.1\r\nHost: s.test\r\n\r\n", 400),
 ];
 
 /// A valid chunked head followed by a malformed body, all in the same write (RFC 9112 §7.1).
