@@ -43,16 +43,28 @@ impl BackendMetrics {
     }
 }
 
+/// The protocols requests are counted by, in [`WorkerMetrics::protocols`] order.
+pub const PROTOCOLS: [&str; 3] = ["HTTP/1.0", "HTTP/1.1", "HTTP/2.0"];
+
 /// One worker's metrics.
 #[derive(Debug, Default)]
 pub struct WorkerMetrics {
     pub connections: AtomicI64,
+    /// Requests by client protocol ([`PROTOCOLS`]).
+    protocols: [AtomicU64; PROTOCOLS.len()],
     /// Backends this worker has counted for, by name. Locked when a worker meets a backend for
     /// the first time and when scraped; never per request.
     backends: Mutex<Vec<(Key, Arc<BackendMetrics>)>>,
 }
 
 impl WorkerMetrics {
+    /// Counts a request that came over `protocol` (one of [`PROTOCOLS`]; anything else as
+    /// HTTP/1.1).
+    pub fn protocol(&self, protocol: &str) {
+        let i = PROTOCOLS.iter().position(|&p| p == protocol).unwrap_or(1);
+        self.protocols[i].fetch_add(1, Ordering::Relaxed);
+    }
+
     /// Registers (once per worker) the counters of backend `name` for rule host `host`.
     pub fn register(&self, name: &str, host: &str) -> Arc<BackendMetrics> {
         let m = Arc::new(BackendMetrics::default());
@@ -157,6 +169,22 @@ impl Collector for Metrics {
             for ((name, host), t) in &totals {
                 let v = if retries { t.retries } else { t.connect_errors };
                 ConstCounter::new(v).encode(e.encode_family(&[("backend", &**name), ("host", &**host)])?)?;
+            }
+        }
+        {
+            let mut e = encoder.encode_descriptor(
+                "kedge_requests_by_protocol",
+                "Requests answered, by the protocol the client spoke.",
+                None,
+                MetricType::Counter,
+            )?;
+            for (i, protocol) in PROTOCOLS.iter().enumerate() {
+                let n: u64 = self
+                    .workers
+                    .iter()
+                    .map(|w| w.protocols[i].load(Ordering::Relaxed))
+                    .sum();
+                ConstCounter::new(n).encode(e.encode_family(&[("protocol", *protocol)])?)?;
             }
         }
         {

@@ -75,6 +75,14 @@ pub static TLS_CERT_PROBLEMS: Counter = Counter::gauge(
     "Certificates that cannot be served as configured (see the warnings).",
 );
 
+/// HTTP/2 connections closed (GOAWAY ENHANCE_YOUR_CALM) for resetting most of their streams
+/// before an answer: a Rapid Reset flood.
+pub static H2_RESET_FLOODS: Counter = Counter::new(
+    "kedge_http2_reset_floods",
+    ("", ""),
+    "HTTP/2 connections closed for resetting most of their streams before an answer.",
+);
+
 /// Route tables published since start.
 pub static TABLE_VERSION: Counter = Counter::gauge(
     "kedge_route_table_version",
@@ -87,7 +95,7 @@ pub static TABLE_CHANGED: Counter = Counter::gauge(
 );
 
 /// Every counter, in exposition order (same-name counters together).
-pub static ALL: [&Counter; 9] = [
+pub static ALL: [&Counter; 10] = [
     &TLS_FULL,
     &TLS_RESUMED,
     &TLS_CLOSED,
@@ -95,6 +103,7 @@ pub static ALL: [&Counter; 9] = [
     &TLS_FAILED,
     &TLS_TIMEOUT,
     &TLS_CERT_PROBLEMS,
+    &H2_RESET_FLOODS,
     &TABLE_VERSION,
     &TABLE_CHANGED,
 ];

@@ -56,6 +56,11 @@ struct ConnInfo {
     peer_text: Vec<u8>,
     /// Streams running, and when the last one ended (the idle timeout).
     open: Cell<usize>,
+    /// Streams accepted, and those the client reset before their answer began (see
+    /// [`too_many_resets`]); `flood` fires when the latter are too many.
+    accepted: Cell<u32>,
+    premature_resets: Cell<u32>,
+    flood: super::Stopping,
     last_end: Cell<Instant>,
 }
 
@@ -105,6 +110,9 @@ pub(super) async fn serve<S: ClientStream + Unpin>(
         scheme: S::SCHEME,
         peer_text,
         open: Cell::new(0),
+        accepted: Cell::new(0),
+        premature_resets: Cell::new(0),
+        flood: super::Stopping::default(),
         last_end: Cell::new(Instant::now()),
     });
 
@@ -112,6 +120,7 @@ pub(super) async fn serve<S: ClientStream + Unpin>(
     enum Event<T> {
         Stream(T),
         Stop,
+        Flood,
         Tick,
     }
     let mut accepted = 0u32;
@@ -128,6 +137,7 @@ pub(super) async fn serve<S: ClientStream + Unpin>(
             monoio::select! {
                 r = conn.accept() => Event::Stream(r),
                 _ = worker.stopping.wait() => Event::Stop,
+                _ = info.flood.wait() => Event::Flood,
                 _ = monoio::time::sleep(wait) => Event::Tick,
             }
         };
@@ -139,6 +149,7 @@ pub(super) async fn serve<S: ClientStream + Unpin>(
             }
             Event::Stream(Some(Ok((req, respond)))) => {
                 accepted += 1;
+                info.accepted.set(accepted);
                 info.open.set(info.open.get() + 1);
                 let (w, i) = (Rc::clone(worker), Rc::clone(&info));
                 monoio::spawn(async move {
@@ -155,12 +166,51 @@ pub(super) async fn serve<S: ClientStream + Unpin>(
                 conn.graceful_shutdown();
                 draining = true;
             }
+            Event::Flood => {
+                tracing::debug!(client = %peer, accepted, resets = info.premature_resets.get(), "HTTP/2 reset flood; closing");
+                crate::stats::H2_RESET_FLOODS.inc();
+                conn.abrupt_shutdown(Reason::ENHANCE_YOUR_CALM);
+                draining = true;
+            }
             Event::Tick => {
                 if info.open.get() == 0 && info.last_end.get().elapsed() >= keepalive {
                     conn.graceful_shutdown();
                     draining = true;
                 }
             }
+        }
+    }
+}
+
+/// Streams reset by the client before their answer, out of `accepted`, that end the connection
+/// (GOAWAY ENHANCE_YOUR_CALM): more than [`RESET_FLOOR`], and more than half of all streams, as
+/// Envoy's premature-reset limit. A browser cancels some requests (navigation, aborted fetches),
+/// never most of hundreds.
+fn too_many_resets(resets: u32, accepted: u32) -> bool {
+    resets > RESET_FLOOR && u64::from(resets) * 2 > u64::from(accepted)
+}
+
+/// Premature resets a connection may always make (see [`too_many_resets`]).
+const RESET_FLOOR: u32 = 100;
+
+#[cfg(test)]
+mod reset_tests {
+    use super::too_many_resets;
+
+    #[test]
+    fn a_reset_flood_is_most_of_many_streams() {
+        let cases = [
+            (0, 1, false),
+            (100, 101, false),
+            (100, 100, false),
+            (101, 102, true),
+            (101, 201, true),
+            (101, 202, false),
+            (500, 1000, false),
+            (501, 1000, true),
+        ];
+        for (resets, accepted, flood) in cases {
+            assert_eq!(too_many_resets(resets, accepted), flood, "{resets} of {accepted}");
         }
     }
 }
@@ -367,7 +417,22 @@ async fn handle(
     };
     let mut up = UpstreamBufs::default();
     let cx = Ctx { worker, snap, start };
-    let exchange = forward::forward(cx, &f, sending, &mut out, &mut sender, &mut up, rec).await?;
+    // A client that resets the stream before the answer cancels the upstream request (its
+    // connection is dropped mid-request), and counts against the connection's budget of such
+    // resets (Rapid Reset, CVE-2023-44487: h2 bounds only resets of streams not yet accepted).
+    let forwarding = forward::forward(cx, &f, sending, &mut out, &mut sender, &mut up, rec);
+    let client_reset = poll_fn(|cx| respond.poll_reset(cx));
+    let exchange = monoio::select! {
+        r = forwarding => r?,
+        _ = client_reset => {
+            let resets = info.premature_resets.get() + 1;
+            info.premature_resets.set(resets);
+            if too_many_resets(resets, info.accepted.get()) {
+                info.flood.fire();
+            }
+            return Err(ErrorKind::ClientGone.into());
+        }
+    };
     if exchange.resp.status == 101 {
         return Err(ErrorKind::UnaskedSwitch.into());
     }

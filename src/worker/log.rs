@@ -55,6 +55,7 @@ pub(super) fn log_request(
 ) {
     // The metrics count every request, logged or not.
     let took = start.elapsed();
+    worker.metrics.protocol(rec.protocol);
     match &rec.metrics {
         Some(m) => m.request(rec.status, took),
         None => worker.backend_metrics("(no route)", "-").request(rec.status, took),

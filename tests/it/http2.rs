@@ -18,7 +18,8 @@ use crate::access_log::text_field;
 use crate::support::body::{fill, hash, pattern_hash};
 use crate::support::h2_client::{H2, H2Options, exchange, open, read_response};
 use crate::support::h2_frames::{
-    self, GOAWAY, INTERNAL_ERROR, NO_ERROR, PREFACE, PROTOCOL_ERROR, REFUSED_STREAM, RawH2, SETTINGS,
+    self, CANCEL, ENHANCE_YOUR_CALM, GOAWAY, INTERNAL_ERROR, NO_ERROR, PREFACE, PROTOCOL_ERROR, REFUSED_STREAM, RawH2,
+    SETTINGS,
 };
 use crate::support::objects::{ingress, ingress_class, service, slice};
 use crate::support::tls::{Leaf, TestCa};
@@ -782,6 +783,12 @@ both_drivers!(
         assert_eq!(text_field(h2, "request_id"), Some("trace-h2-log"), "{h2}");
         assert_eq!(text_field(line("/over-h11"), "protocol"), Some("HTTP/1.1"));
         assert_eq!(text_field(line("/over-h10"), "protocol"), Some("HTTP/1.0"));
+        // And /metrics counts requests by protocol: one of each here.
+        let metrics = Client::connect(kedge.admin_addr()).get("admin", "/metrics").text();
+        for protocol in ["HTTP/1.0", "HTTP/1.1", "HTTP/2.0"] {
+            let want = format!("kedge_requests_by_protocol_total{{protocol=\"{protocol}\"}} 1");
+            assert!(metrics.lines().any(|l| l == want), "no {want:?} in:\n{metrics}");
+        }
 
         // JSON lines carry it too.
         let kedge = start(driver, &format!("[log]\nformat = \"json\"\n\n{}", route_all(&[up.addr()])));
@@ -882,5 +889,57 @@ both_drivers!(
         let mut h = H2::connect(kedge.addr());
         assert_eq!(h.get("i.test", "/").status, 200);
         assert!(h.wait_closed(5 * SECOND).is_ok(), "the idle connection did not end cleanly");
+    }
+);
+
+both_drivers!(
+    /// Rapid Reset (CVE-2023-44487): streams the client resets once kedge has taken them (their
+    /// request already on its way upstream) count against the connection. Up to 100 of them, or
+    /// half the streams, the connection serves on; past that it ends with GOAWAY
+    /// ENHANCE_YOUR_CALM, counted in /metrics.
+    fn a_reset_flood_ends_the_connection(driver) {
+        let slow = Upstream::start("slow", Handler::Delay(30 * SECOND));
+        let fast = Upstream::start("fast", Handler::Echo);
+        let frag = format!(
+            "[[route]]\npath = \"/slow\"\nupstreams = [\"{}\"]\n\n{}",
+            slow.addr(),
+            route_all(&[fast.addr()])
+        );
+        let kedge = start(driver, &frag);
+        let mut raw = RawH2::connect(kedge.addr());
+        let mut id = 1;
+        let reset_once_forwarded = |raw: &mut RawH2, id: u32| {
+            let before = slow.request_count();
+            raw_get(raw, id, "flood.test", "/slow");
+            wait_until(5 * SECOND, "the stream's request to reach the upstream", || {
+                slow.request_count() > before
+            });
+            raw.reset(id, CANCEL);
+        };
+        for _ in 0..100 {
+            reset_once_forwarded(&mut raw, id);
+            id += 2;
+        }
+        // 100 premature resets out of 101 streams: still served.
+        raw_get(&mut raw, id, "flood.test", "/fast");
+        let end = raw.finish(id);
+        assert!(end.ended() && end.reset.is_none() && end.headers() == 1, "{end:?}");
+        id += 2;
+        // One more, and the connection goes away.
+        reset_once_forwarded(&mut raw, id);
+        let goaway = raw
+            .wait_frame(|f| f.kind == GOAWAY)
+            .unwrap_or_else(|| panic!("no GOAWAY after the flood: {:?}", raw.received.last()));
+        assert_eq!(goaway.error_code(), Some(ENHANCE_YOUR_CALM), "{goaway:?}");
+        assert!(raw.closed_within(5 * SECOND), "the flooding connection stayed open");
+
+        let metrics = Client::connect(kedge.admin_addr()).get("admin", "/metrics").text();
+        assert!(
+            metrics.lines().any(|l| l == "kedge_http2_reset_floods_total 1"),
+            "{}",
+            metrics.lines().filter(|l| l.contains("reset")).collect::<Vec<_>>().join("\n")
+        );
+        // Other connections are not affected.
+        assert_eq!(H2::connect(kedge.addr()).get("flood.test", "/fast").status, 200);
     }
 );

@@ -30,6 +30,8 @@ pub const NO_ERROR: u32 = 0x0;
 pub const PROTOCOL_ERROR: u32 = 0x1;
 pub const INTERNAL_ERROR: u32 = 0x2;
 pub const REFUSED_STREAM: u32 = 0x7;
+pub const CANCEL: u32 = 0x8;
+pub const ENHANCE_YOUR_CALM: u32 = 0xb;
 
 const IO_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -166,6 +168,11 @@ impl RawH2 {
         let block = hpack_literals(fields);
         let flags = END_HEADERS | if end_stream { END_STREAM } else { 0 };
         self.write(&frame(HEADERS, flags, stream, &block));
+    }
+
+    /// Sends RST_STREAM with this error code.
+    pub fn reset(&mut self, stream: u32, code: u32) {
+        self.write(&frame(RST_STREAM, 0, stream, &code.to_be_bytes()));
     }
 
     /// Sends a DATA frame.
