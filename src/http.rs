@@ -1265,4 +1265,6 @@ pub fn reason_phrase(status: u16) -> &'static str {
 }
 
 #[cfg(test)]
+mod props;
+#[cfg(test)]
 mod tests;
