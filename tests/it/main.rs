@@ -70,3 +70,6 @@ mod tls;
 mod upgrade;
 /// Refused, silent and closing upstreams: 502/504, connect and request retries, cut-off bodies.
 mod upstream_failures;
+/// Two edge hosts behind one virtual IP with keepalived (VRRP) in network namespaces: the
+/// address moves when the master's kedge dies.
+mod vrrp;
