@@ -6,11 +6,13 @@ use std::fmt;
 use std::net::SocketAddr;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde::Deserialize;
 use toml::Spanned;
 
+use crate::policy::Cidr;
 use crate::routes::PathType;
 
 /// A configuration error that points at the place in the file: `file:line:column: key: message`.
@@ -62,13 +64,15 @@ pub struct ProcessConfig {
 }
 
 /// A `[[listener]]`: where to listen, and the stages a connection accepted there goes through
-/// before HTTP (`worker/accept.rs`: accept → TLS → protocol). A PROXY-protocol stage and the
-/// ALPN protocols offered are the settings that will join these.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// before HTTP (`worker/accept.rs`: accept → PROXY → TLS → protocol).
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ListenerSpec {
     pub address: SocketAddr,
     /// Terminates TLS (HTTPS); certificates come from `[tls]` and the Ingresses' Secrets.
     pub tls: bool,
+    /// `proxy_protocol = true`: every connection starts with a PROXY protocol header (v1 or v2),
+    /// accepted only from these sources (`proxy_protocol_from`, never empty); `None`: off.
+    pub proxy_protocol: Option<Arc<[Cidr]>>,
 }
 
 /// A certificate chain and key in PEM files.
@@ -127,6 +131,9 @@ pub struct ClientSettings {
     pub max_headers: usize,
     /// Largest request body; 0 means unlimited.
     pub max_body: u64,
+    /// Peers (after PROXY protocol) whose X-Forwarded-For names the client, and whose
+    /// X-Forwarded-Proto/-Port are passed on (`trusted_proxies`; empty: none, the default).
+    pub trusted_proxies: Vec<Cidr>,
 }
 
 /// HTTP/2 to clients (`[http2]`); reloadable (new connections see the change).
@@ -340,6 +347,13 @@ impl Cx<'_> {
         }
     }
 
+    /// A list of addresses and CIDR ranges.
+    fn cidrs(&self, v: &[Spanned<String>], key: &str) -> Result<Vec<Cidr>, ConfigError> {
+        v.iter()
+            .map(|s| Cidr::parse(s.get_ref()).map_err(|m| self.error(Some(s.span()), Some(key), m)))
+            .collect()
+    }
+
     fn addr(&self, s: &Spanned<String>, key: &str) -> Result<SocketAddr, ConfigError> {
         s.get_ref().parse().map_err(|_| {
             self.error(
@@ -403,6 +417,7 @@ impl Cx<'_> {
                 as usize,
             max_headers: self.bounded(&c.max_headers, "client.max_headers", 100, 1..257)? as usize,
             max_body: self.size(&c.max_body, "client.max_body", 1 << 20)?,
+            trusted_proxies: self.cidrs(&c.trusted_proxies, "client.trusted_proxies")?,
         };
         if client.max_request_line > client.max_header_bytes {
             let span = c.max_request_line.as_ref().map(Spanned::span);
@@ -491,9 +506,35 @@ impl Cx<'_> {
             if addr.port() != 0 && listeners.iter().any(|o: &ListenerSpec| o.address == addr) {
                 return Err(self.error(Some(l.address.span()), Some(&key), format!("{addr} is listed twice")));
             }
+            let from = self.cidrs(&l.proxy_protocol_from, &format!("listener[{i}].proxy_protocol_from"))?;
+            let proxy_protocol = match (
+                l.proxy_protocol.as_ref().map(|p| (*p.get_ref(), p.span())),
+                from.is_empty(),
+            ) {
+                (Some((true, _)), false) => Some(Arc::from(from)),
+                (Some((true, span)), true) => {
+                    return Err(self.error(
+                        Some(span),
+                        Some(&format!("listener[{i}].proxy_protocol")),
+                        "needs proxy_protocol_from, the addresses of the load balancers that send the header \
+                         (\"0.0.0.0/0\" trusts anyone to name the client)"
+                            .into(),
+                    ));
+                }
+                (_, true) => None,
+                (_, false) => {
+                    let span = l.proxy_protocol_from.first().map(Spanned::span);
+                    return Err(self.error(
+                        span,
+                        Some(&format!("listener[{i}].proxy_protocol_from")),
+                        "has no effect without proxy_protocol = true".into(),
+                    ));
+                }
+            };
             listeners.push(ListenerSpec {
                 address: addr,
                 tls: l.tls.unwrap_or(false),
+                proxy_protocol,
             });
         }
         if listeners.is_empty() {
@@ -1062,6 +1103,8 @@ struct FileClient {
     max_header_bytes: Option<Spanned<u64>>,
     max_headers: Option<Spanned<u64>>,
     max_body: Option<Spanned<Size>>,
+    #[serde(default)]
+    trusted_proxies: Vec<Spanned<String>>,
 }
 
 #[derive(Deserialize, Default)]
@@ -1107,6 +1150,9 @@ struct FileAdmin {
 struct FileListener {
     address: Spanned<String>,
     tls: Option<bool>,
+    proxy_protocol: Option<Spanned<bool>>,
+    #[serde(default)]
+    proxy_protocol_from: Vec<Spanned<String>>,
 }
 
 #[derive(Deserialize, Default)]

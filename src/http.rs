@@ -869,8 +869,14 @@ const HOP_BY_HOP: [&[u8]; 9] = [
 /// What the proxy says about itself and the client to the upstream.
 #[derive(Debug, Clone, Copy)]
 pub struct Forwarded<'a> {
-    /// The client's address as text, made once per connection by [`client_ip_text`].
+    /// The client's address as text (X-Real-IP), made once per connection by [`client_ip_text`].
     pub client_ip: &'a [u8],
+    /// The address of the connection's peer (after PROXY protocol), appended to X-Forwarded-For:
+    /// the client's, unless a trusted proxy sent the request.
+    pub peer_ip: &'a [u8],
+    /// The peer is a trusted proxy: its X-Forwarded-Proto and -Port are passed on instead of
+    /// kedge's own.
+    pub from_trusted: bool,
     /// The scheme the client used: "http" or "https".
     pub proto: &'a str,
     /// The Host header value as received (also sent as Host when the request had none).
@@ -987,7 +993,7 @@ pub fn declared_length(buf: &[u8], headers: &[HeaderSpan]) -> Option<u64> {
 /// Appends the request head for the upstream: `METHOD SP target SP HTTP/1.1`, the client's headers minus hop-by-hop
 /// ones (the fixed list and any a Connection header names, except Host, which a client must not be able to strip) and
 /// minus its X-Forwarded-* and X-Real-IP, then Host (only if the request had none, from `fwd.host`), X-Forwarded-For
-/// (earlier values joined with ", ", then the client), X-Forwarded-Proto/-Host/-Port, X-Real-IP, X-Request-ID (only
+/// (earlier values joined with ", ", then the peer), X-Forwarded-Proto/-Host/-Port, X-Real-IP, X-Request-ID (only
 /// if absent), the framing header, and for an upgrade `Connection: upgrade` + `Upgrade`. Without an upgrade no
 /// Connection header is sent: keep-alive is HTTP/1.1's default.
 pub fn write_request_head(out: &mut Vec<u8>, req: &RequestOut<'_>, fwd: &Forwarded<'_>) {
@@ -1034,13 +1040,17 @@ pub fn write_request_head(out: &mut Vec<u8>, req: &RequestOut<'_>, fwd: &Forward
         out.extend_from_slice(earlier);
         out.extend_from_slice(b", ");
     }
-    out.extend_from_slice(fwd.client_ip);
+    out.extend_from_slice(fwd.peer_ip);
+    let trusted = |name: &'static [u8]| fwd.from_trusted.then(|| pair_values(headers, name).next()).flatten();
     out.extend_from_slice(b"\r\nX-Forwarded-Proto: ");
-    out.extend_from_slice(fwd.proto.as_bytes());
+    out.extend_from_slice(trusted(b"x-forwarded-proto").unwrap_or(fwd.proto.as_bytes()));
     out.extend_from_slice(b"\r\n");
     push_header(out, b"X-Forwarded-Host", fwd.host);
     out.extend_from_slice(b"X-Forwarded-Port: ");
-    push_radix(out, u64::from(fwd.port), 10);
+    match trusted(b"x-forwarded-port") {
+        Some(port) => out.extend_from_slice(port),
+        None => push_radix(out, u64::from(fwd.port), 10),
+    }
     out.extend_from_slice(b"\r\nX-Real-IP: ");
     out.extend_from_slice(fwd.client_ip);
     out.extend_from_slice(b"\r\n");

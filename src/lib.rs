@@ -15,6 +15,7 @@ pub mod metrics;
 pub mod notify;
 pub mod policy;
 pub mod process;
+pub mod proxy_protocol;
 pub mod routes;
 pub mod shared;
 pub mod stats;

@@ -55,9 +55,12 @@ pub fn run(cfg: Config) -> Result<(), String> {
     for spec in &p.listeners {
         let sockets = worker::listener::bind(spec.address, p.workers).map_err(|e| e.to_string())?;
         let local = sockets[0].local_addr().map_err(|e| e.to_string())?;
-        bound.push((local, *spec));
+        bound.push((local, spec.clone()));
         for (w, socket) in sockets.into_iter().enumerate() {
-            per_worker[w].push(Bound { spec: *spec, socket });
+            per_worker[w].push(Bound {
+                spec: spec.clone(),
+                socket,
+            });
         }
     }
     // The admin listener after them: a busy proxy port is the one to name when both are.

@@ -94,8 +94,21 @@ pub static TABLE_CHANGED: Counter = Counter::gauge(
     "When the route table in use was published.",
 );
 
+const PROXY_ERRORS: &str = "kedge_proxy_protocol_errors";
+const PROXY_ERRORS_HELP: &str =
+    "Connections closed on a proxy_protocol listener before any request was read, by reason.";
+
+/// From a source outside the listener's `proxy_protocol_from`: closed at once.
+pub static PROXY_UNTRUSTED: Counter = Counter::new(PROXY_ERRORS, ("reason", "untrusted_source"), PROXY_ERRORS_HELP);
+/// Bytes that are not a PROXY header (none at all, or a malformed one).
+pub static PROXY_MALFORMED: Counter = Counter::new(PROXY_ERRORS, ("reason", "malformed"), PROXY_ERRORS_HELP);
+/// The peer closed before the header was complete.
+pub static PROXY_CLOSED: Counter = Counter::new(PROXY_ERRORS, ("reason", "closed"), PROXY_ERRORS_HELP);
+/// No complete header within `[client] header_timeout`.
+pub static PROXY_TIMEOUT: Counter = Counter::new(PROXY_ERRORS, ("reason", "timeout"), PROXY_ERRORS_HELP);
+
 /// Every counter, in exposition order (same-name counters together).
-pub static ALL: [&Counter; 10] = [
+pub static ALL: [&Counter; 14] = [
     &TLS_FULL,
     &TLS_RESUMED,
     &TLS_CLOSED,
@@ -104,6 +117,10 @@ pub static ALL: [&Counter; 10] = [
     &TLS_TIMEOUT,
     &TLS_CERT_PROBLEMS,
     &H2_RESET_FLOODS,
+    &PROXY_UNTRUSTED,
+    &PROXY_MALFORMED,
+    &PROXY_CLOSED,
+    &PROXY_TIMEOUT,
     &TABLE_VERSION,
     &TABLE_CHANGED,
 ];

@@ -8,6 +8,7 @@
 mod accept;
 mod balance;
 mod checks;
+mod client;
 mod conn;
 mod decide;
 mod error;

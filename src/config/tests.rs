@@ -191,6 +191,22 @@ fn errors_point_at_line_column_and_key() {
             "kedge.toml:4:11:",
         ),
         ("[[listener]\n", "kedge.toml:1:"),
+        (
+            "[[listener]]\naddress = \"127.0.0.1:1\"\nproxy_protocol = true\n",
+            "kedge.toml:3:18: listener[0].proxy_protocol: needs proxy_protocol_from",
+        ),
+        (
+            "[[listener]]\naddress = \"127.0.0.1:1\"\nproxy_protocol_from = [\"10.0.0.0/8\"]\n",
+            "kedge.toml:3:24: listener[0].proxy_protocol_from: has no effect without proxy_protocol = true",
+        ),
+        (
+            "[[listener]]\naddress = \"127.0.0.1:1\"\nproxy_protocol = true\nproxy_protocol_from = [\"10.0.0.0/8\", \"10.0.0.0/33\"]\n",
+            "kedge.toml:4:38: listener[0].proxy_protocol_from: \"10.0.0.0/33\": the prefix length must be 0 to 32",
+        ),
+        (
+            "[[listener]]\naddress = \"127.0.0.1:1\"\n[client]\ntrusted_proxies = [\"lb\"]\n",
+            "kedge.toml:4:20: client.trusted_proxies: \"lb\" is not an address or CIDR range",
+        ),
     ];
     for (text, want) in cases {
         let got = parse_err(text);
@@ -199,6 +215,29 @@ fn errors_point_at_line_column_and_key() {
             "for {text:?}\n got: {got}\nwant: {want}"
         );
     }
+}
+
+#[test]
+fn proxy_protocol_and_trusted_proxies() {
+    let c = parse_ok(MINIMAL);
+    assert_eq!(c.process.listeners[0].proxy_protocol, None);
+    assert!(c.client.trusted_proxies.is_empty(), "off by default");
+    let c = parse_ok(
+        "[[listener]]\naddress = \"127.0.0.1:1\"\nproxy_protocol = true\n\
+         proxy_protocol_from = [\"192.0.2.0/24\", \"2001:db8::1\"]\n\
+         [[listener]]\naddress = \"127.0.0.1:2\"\nproxy_protocol = false\n\
+         [client]\ntrusted_proxies = [\"10.0.0.0/8\"]\n",
+    );
+    let from = c.process.listeners[0].proxy_protocol.as_deref().expect("on");
+    assert_eq!(
+        from,
+        [
+            Cidr::parse("192.0.2.0/24").unwrap(),
+            Cidr::parse("2001:db8::1").unwrap()
+        ]
+    );
+    assert_eq!(c.process.listeners[1].proxy_protocol, None);
+    assert_eq!(c.client.trusted_proxies, [Cidr::parse("10.0.0.0/8").unwrap()]);
 }
 
 #[test]

@@ -286,6 +286,8 @@ proptest! {
         };
         let fwd = Forwarded {
             client_ip: b"192.0.2.7",
+            peer_ip: b"192.0.2.7",
+            from_trusted: false,
             proto: "http",
             host: b"p.example",
             port: 80,

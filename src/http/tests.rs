@@ -776,6 +776,8 @@ fn chunk_writers_round_trip() {
 fn fwd<'a>(host: &'a [u8], request_id: &'a [u8]) -> Forwarded<'a> {
     Forwarded {
         client_ip: b"192.0.2.7",
+        peer_ip: b"192.0.2.7",
+        from_trusted: false,
         proto: "http",
         host,
         port: 8080,
@@ -899,7 +901,11 @@ fn request_rebuild() {
         t
     };
     let v6 = ip_text(IpAddr::V6(Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 1)));
-    let v6 = Forwarded { client_ip: &v6, ..f };
+    let v6 = Forwarded {
+        client_ip: &v6,
+        peer_ip: &v6,
+        ..f
+    };
     assert!(rebuilt_request(raw, &v6).contains("X-Forwarded-For: 2001:db8::1\r\n"));
     let mapped = ip_text(IpAddr::V6(Ipv4Addr::new(192, 0, 2, 9).to_ipv6_mapped()));
     let mapped = Forwarded {
@@ -907,6 +913,38 @@ fn request_rebuild() {
         ..f
     };
     assert!(rebuilt_request(raw, &mapped).contains("X-Real-IP: 192.0.2.9\r\n"));
+}
+
+#[test]
+fn a_trusted_proxy_keeps_its_forwarded_proto_and_port() {
+    let raw = b"GET / HTTP/1.1\r\nHost: h\r\nX-Forwarded-For: 198.51.100.1\r\nX-Forwarded-Proto: https\r\n\
+                X-Forwarded-Port: 443\r\nX-Real-IP: 1.1.1.1\r\n\r\n";
+    let trusted = Forwarded {
+        client_ip: b"198.51.100.1",
+        peer_ip: b"127.0.0.2",
+        from_trusted: true,
+        ..fwd(b"h", b"rid")
+    };
+    let out = rebuilt_request(raw, &trusted);
+    assert!(
+        out.contains(
+            "X-Forwarded-For: 198.51.100.1, 127.0.0.2\r\nX-Forwarded-Proto: https\r\nX-Forwarded-Host: h\r\n\
+             X-Forwarded-Port: 443\r\nX-Real-IP: 198.51.100.1\r\n"
+        ),
+        "{out}"
+    );
+    // Without the headers, kedge's own values.
+    let out = rebuilt_request(b"GET / HTTP/1.1\r\nHost: h\r\n\r\n", &trusted);
+    assert!(
+        out.contains("X-Forwarded-Proto: http\r\nX-Forwarded-Host: h\r\nX-Forwarded-Port: 8080\r\n"),
+        "{out}"
+    );
+    // From anyone else they are replaced.
+    let out = rebuilt_request(raw, &fwd(b"h", b"rid"));
+    assert!(
+        out.contains("X-Forwarded-Proto: http\r\nX-Forwarded-Host: h\r\nX-Forwarded-Port: 8080\r\n"),
+        "{out}"
+    );
 }
 
 /// Parses the response `raw` (after a HEAD request when `head_request`) and rebuilds it for the client.

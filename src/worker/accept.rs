@@ -2,12 +2,16 @@
 //! [`ListenerSpec`] says:
 //!
 //! ```text
-//! accept ─▶ TLS handshake (tls = true; ALPN) ─▶ protocol dispatch ─┬▶ conn::serve (HTTP/1.1)
-//!                                                                   └▶ h2::serve (HTTP/2)
+//! accept ─▶ PROXY header (proxy_protocol = true) ─▶ TLS handshake (tls = true; ALPN)
+//!        ─▶ protocol dispatch ─┬▶ conn::serve (HTTP/1.1)
+//!                              └▶ h2::serve (HTTP/2)
 //! ```
 //!
-//! The dispatch goes by ALPN on TLS, by the connection preface on plain listeners (when
-//! `[http2] enabled`). A PROXY-protocol stage belongs between accept and TLS.
+//! The PROXY stage decides the connection's client address: the one its header carries (or
+//! the socket's, for a LOCAL or UNKNOWN header). It is the `peer` every later stage and every
+//! request phase gets, so nothing after it knows whether a balancer was in front. Bytes read
+//! past the header go on to the next stage. The dispatch goes by ALPN on TLS, by the
+//! connection preface on plain listeners (when `[http2] enabled`).
 
 use std::net::SocketAddr;
 use std::rc::Rc;
@@ -20,12 +24,15 @@ use super::pump::{self, ReadResult};
 use super::tls::{HandshakeError, TlsStream};
 use super::{conn, h2};
 use crate::config::ListenerSpec;
+use crate::policy::Cidr;
+use crate::proxy_protocol::{self, Parsed};
 use crate::stats;
 
 /// Accepts connections until shutdown and runs each through the listener's stages in a task
 /// of its own.
 pub(super) async fn accept_loop(worker: Rc<Worker>, listener: monoio::net::TcpListener, spec: ListenerSpec) {
     let port = listener.local_addr().map_or(0, |a| a.port());
+    let spec = Rc::new(spec);
     loop {
         let accepted = monoio::select! {
             r = listener.accept() => r,
@@ -34,10 +41,11 @@ pub(super) async fn accept_loop(worker: Rc<Worker>, listener: monoio::net::TcpLi
         match accepted {
             Ok((stream, peer)) => {
                 let w = Rc::clone(&worker);
+                let spec = Rc::clone(&spec);
                 monoio::spawn(async move {
                     w.active.set(w.active.get() + 1);
                     w.metrics.connections.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                    connection(&w, stream, peer, port, spec).await;
+                    connection(&w, stream, peer, port, &spec).await;
                     w.active.set(w.active.get() - 1);
                     w.metrics.connections.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
                 });
@@ -53,24 +61,87 @@ pub(super) async fn accept_loop(worker: Rc<Worker>, listener: monoio::net::TcpLi
 
 /// One accepted connection through the stages after accept. `port`: the listener's port (for
 /// X-Forwarded-Port).
-async fn connection(worker: &Rc<Worker>, stream: TcpStream, peer: SocketAddr, port: u16, spec: ListenerSpec) {
+async fn connection(worker: &Rc<Worker>, mut stream: TcpStream, peer: SocketAddr, port: u16, spec: &ListenerSpec) {
+    // Without PROXY protocol nothing is read yet and the peer is the socket's.
+    let (peer, early) = match &spec.proxy_protocol {
+        None => (peer, Vec::new()),
+        Some(from) => match proxy_stage(worker, &mut stream, peer, from).await {
+            Some(found) => found,
+            None => return,
+        },
+    };
     if spec.tls {
-        if let Some(tls) = tls_stage(worker, stream, peer).await {
+        if let Some(tls) = tls_stage(worker, stream, peer, early).await {
             match tls.alpn_h2() {
                 true => h2::serve(worker, tls, peer, port, Vec::new()).await,
                 false => conn::serve(worker, tls, peer, port, Vec::with_capacity(16 * 1024)).await,
             }
         }
     } else {
-        plain_dispatch(worker, stream, peer, port).await;
+        plain_dispatch(worker, stream, peer, port, early).await;
+    }
+}
+
+/// The PROXY stage: from a source in `from` only, reads the header (bounded by `[client]
+/// header_timeout`, abandoned at shutdown). Returns the client address it carries (the
+/// socket's own for LOCAL and UNKNOWN) and the bytes read after it; `None`: the connection is
+/// to be closed (counted, logged at debug level: a scanner must not flood the log).
+async fn proxy_stage(
+    worker: &Worker,
+    stream: &mut TcpStream,
+    peer: SocketAddr,
+    from: &[Cidr],
+) -> Option<(SocketAddr, Vec<u8>)> {
+    let source = peer.ip().to_canonical();
+    if !from.iter().any(|c| c.contains(source)) {
+        stats::PROXY_UNTRUSTED.inc();
+        tracing::debug!(client = %peer, "PROXY protocol connection from outside proxy_protocol_from; closed");
+        return None;
+    }
+    let deadline = Instant::now() + worker.snapshot().client.header_timeout;
+    let mut buf = Vec::with_capacity(16 * 1024);
+    loop {
+        match proxy_protocol::parse(&buf) {
+            Ok(Parsed::Done { len, addresses }) => {
+                buf.drain(..len);
+                return Some((addresses.map_or(peer, |a| a.source), buf));
+            }
+            Ok(Parsed::NeedMore) => {}
+            Err(e) => {
+                stats::PROXY_MALFORMED.inc();
+                tracing::debug!(client = %peer, error = %e, "bad PROXY protocol header; connection closed");
+                return None;
+            }
+        }
+        let left = deadline.saturating_duration_since(Instant::now());
+        let read = pump::read_with_timeout(stream, &mut buf, left);
+        let r = monoio::select! {
+            r = read => r,
+            _ = worker.stopping.wait() => return None,
+        };
+        match r {
+            ReadResult::Data(_) => {}
+            ReadResult::Timeout => {
+                stats::PROXY_TIMEOUT.inc();
+                tracing::debug!(client = %peer, "no PROXY protocol header in time; connection closed");
+                return None;
+            }
+            ReadResult::Eof | ReadResult::Error => {
+                stats::PROXY_CLOSED.inc();
+                return None;
+            }
+        }
     }
 }
 
 /// The protocol stage of a plain listener. With HTTP/2 on, the first bytes are read here: the
 /// connection preface means HTTP/2 with prior knowledge, anything else is HTTP/1.1, which
 /// starts with those bytes in its buffer (the same one read, so HTTP/1.1 pays nothing for it).
-async fn plain_dispatch(worker: &Rc<Worker>, mut stream: TcpStream, peer: SocketAddr, port: u16) {
-    let mut buf = Vec::with_capacity(16 * 1024);
+/// `buf`: bytes an earlier stage read (or an empty Vec without an allocation).
+async fn plain_dispatch(worker: &Rc<Worker>, mut stream: TcpStream, peer: SocketAddr, port: u16, mut buf: Vec<u8>) {
+    if buf.capacity() == 0 {
+        buf.reserve(16 * 1024);
+    }
     let snap = worker.snapshot();
     let (enabled, wait) = (snap.http2.enabled, snap.client.header_timeout);
     drop(snap);
@@ -99,14 +170,15 @@ async fn plain_dispatch(worker: &Rc<Worker>, mut stream: TcpStream, peer: Socket
 /// The TLS stage: the handshake (bounded by `[tls] handshake_timeout`, abandoned at shutdown).
 /// `None`: no TLS connection came of it. Failures are counted and logged at debug level: a scanner or a
 /// client that gives up must not flood the log.
-async fn tls_stage(worker: &Rc<Worker>, stream: TcpStream, peer: SocketAddr) -> Option<TlsStream> {
+/// `early`: bytes an earlier stage read past its own (the start of the ClientHello).
+async fn tls_stage(worker: &Rc<Worker>, stream: TcpStream, peer: SocketAddr, early: Vec<u8>) -> Option<TlsStream> {
     let snap = worker.snapshot();
     let Some(config) = snap.tls.clone() else {
         stats::TLS_FAILED.inc();
         tracing::debug!(client = %peer, "no TLS configuration; connection closed");
         return None;
     };
-    let handshake = monoio::time::timeout(snap.https.handshake_timeout, TlsStream::accept(stream, config));
+    let handshake = monoio::time::timeout(snap.https.handshake_timeout, TlsStream::accept(stream, config, early));
     drop(snap);
     let done = monoio::select! {
         r = handshake => r,

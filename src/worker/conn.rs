@@ -21,6 +21,7 @@ use std::time::{Duration, Instant};
 use monoio::io::{AsyncWriteRent, AsyncWriteRentExt};
 
 use super::checks::{self, InProgress};
+use super::client;
 use super::decide::{self, Decision, Forward};
 use super::error::{ErrorKind, RequestError};
 use super::forward::{self, SendBody, Sending};
@@ -232,6 +233,7 @@ impl<S: ClientStream> Conn<S> {
         let mut pairs = self.pairs.take();
         request::h1_headers(&self.cbuf, &self.headers, &mut pairs);
         let mut rid = [0u8; 32];
+        let mut client_text: client::Text = [0; 48];
         let mut planned = || {
             let view = request::from_h1(&self.cbuf, head, &pairs, S::SCHEME, self.peer, &self.peer_text)?;
             // The client's X-Request-ID is kept; without one, kedge makes one up.
@@ -243,6 +245,8 @@ impl<S: ClientStream> Conn<S> {
                 }
             };
             let view = RequestView { request_id, ..view };
+            let (view, from_trusted) = client::resolve(view, &snap.client.trusted_proxies, &mut client_text);
+            rec.client = Some(view.peer.ip());
             if snap.access_log {
                 rec.describe(&mut self.meta, &view);
             }
@@ -272,7 +276,9 @@ impl<S: ClientStream> Conn<S> {
                     // The upstream head, built once: a retry on another connection sends the
                     // same bytes.
                     let fwd = http::Forwarded {
-                        client_ip: &self.peer_text,
+                        client_ip: view.client_ip,
+                        peer_ip: &self.peer_text,
+                        from_trusted,
                         proto: S::SCHEME,
                         host: view.authority,
                         port: self.port,

@@ -32,6 +32,7 @@ use monoio_compat::StreamWrapper;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 use super::checks;
+use super::client;
 use super::decide::{self, Decision, Forward};
 use super::error::{ErrorKind, RequestError};
 use super::forward::{self, SendBody, Sending};
@@ -353,6 +354,9 @@ async fn handle(
         peer: info.peer,
         client_ip: &info.peer_text,
     };
+    let mut client_text: client::Text = [0; 48];
+    let (view, from_trusted) = client::resolve(view, &snap.client.trusted_proxies, &mut client_text);
+    rec.client = Some(view.peer.ip());
     if snap.access_log {
         rec.describe(meta, &view);
     }
@@ -381,7 +385,9 @@ async fn handle(
         Decision::Forward(f) => f,
     };
     let fwd = h1::Forwarded {
-        client_ip: &info.peer_text,
+        client_ip: view.client_ip,
+        peer_ip: &info.peer_text,
+        from_trusted,
         proto: info.scheme,
         host: authority,
         port: info.port,

@@ -1,7 +1,7 @@
 //! The last phase of every request: one call that counts it in the backend's metrics and, when
 //! the access log is on, writes its line (target `kedge::access`).
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::ops::Range;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -25,6 +25,8 @@ pub(super) struct Record {
     pub upstream_time: Option<Duration>,
     /// The counters of the backend the request went to (`None`: no route).
     pub metrics: Option<Arc<crate::metrics::BackendMetrics>>,
+    /// The request's client (see `client.rs`) once its view is built; before, the connection's.
+    pub client: Option<IpAddr>,
 }
 
 impl Record {
@@ -44,7 +46,8 @@ impl Record {
     }
 }
 
-/// Counts the request and writes its access-log line.
+/// Counts the request and writes its access-log line. `peer`: the connection's client, for a
+/// request that failed before its view was built.
 pub(super) fn log_request(
     worker: &Worker,
     snap: &Snapshot,
@@ -66,7 +69,7 @@ pub(super) fn log_request(
     let field = |r: &Range<usize>| meta.get(r.clone()).filter(|s| !s.is_empty()).unwrap_or("-");
     tracing::info!(
         target: "kedge::access",
-        client = %peer.ip(),
+        client = %rec.client.unwrap_or(peer.ip()),
         host = field(&rec.host),
         method = field(&rec.method),
         protocol = if rec.protocol.is_empty() { "-" } else { rec.protocol },

@@ -67,9 +67,15 @@ pub struct TlsStream {
 
 impl TlsStream {
     /// Runs the server handshake on `tcp`. The caller bounds it with a timeout.
-    pub async fn accept(tcp: TcpStream, config: Arc<ServerConfig>) -> Result<TlsStream, HandshakeError> {
+    /// `early`: bytes already read from `tcp` (after a PROXY header), the start of the
+    /// ClientHello; empty when none were.
+    pub async fn accept(
+        tcp: TcpStream,
+        config: Arc<ServerConfig>,
+        early: Vec<u8>,
+    ) -> Result<TlsStream, HandshakeError> {
         let conn = ServerConnection::new(config).map_err(HandshakeError::Tls)?;
-        TlsStream::handshake(tcp, conn.into(), true).await
+        TlsStream::handshake(tcp, conn.into(), true, early).await
     }
 
     /// Runs the client handshake with an upstream on `tcp`. The caller bounds it with a timeout.
@@ -79,15 +85,25 @@ impl TlsStream {
         name: ServerName<'static>,
     ) -> Result<TlsStream, HandshakeError> {
         let conn = ClientConnection::new(config, name).map_err(HandshakeError::Tls)?;
-        TlsStream::handshake(tcp, conn.into(), false).await
+        TlsStream::handshake(tcp, conn.into(), false, Vec::new()).await
     }
 
     /// Drives the handshake to its end. `first` (server side): answer plain HTTP in plain HTTP.
-    async fn handshake(tcp: TcpStream, conn: Connection, mut first: bool) -> Result<TlsStream, HandshakeError> {
+    /// `early`: ciphertext already read, taken before anything is read from `tcp`.
+    async fn handshake(
+        tcp: TcpStream,
+        conn: Connection,
+        mut first: bool,
+        early: Vec<u8>,
+    ) -> Result<TlsStream, HandshakeError> {
+        let mut pending = !early.is_empty();
         let mut s = TlsStream {
             tcp,
             tls: Rc::new(RefCell::new(conn)),
-            r: ReadSide::default(),
+            r: ReadSide {
+                rbuf: early,
+                ..ReadSide::default()
+            },
             w: WriteSide::default(),
         };
         loop {
@@ -95,11 +111,13 @@ impl TlsStream {
             if !s.tls.borrow().is_handshaking() {
                 return Ok(s);
             }
-            match s.r.fill(&mut s.tcp).await {
-                Ok(0) => return Err(HandshakeError::Closed),
-                Ok(_) => {}
-                Err(e) if is_reset(&e) => return Err(HandshakeError::Closed),
-                Err(e) => return Err(HandshakeError::Io(e)),
+            if !std::mem::take(&mut pending) {
+                match s.r.fill(&mut s.tcp).await {
+                    Ok(0) => return Err(HandshakeError::Closed),
+                    Ok(_) => {}
+                    Err(e) if is_reset(&e) => return Err(HandshakeError::Closed),
+                    Err(e) => return Err(HandshakeError::Io(e)),
+                }
             }
             if first {
                 first = false;

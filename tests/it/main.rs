@@ -49,6 +49,8 @@ mod multi_cluster;
 /// The API server away: no failed request under load through an outage and a 410 relist; a
 /// restart during an outage serves the persisted state until the live sync; unusable state files.
 mod outage;
+/// Behind an L4 balancer: PROXY protocol v1/v2 on plain and TLS listeners, refused sources, trusted X-Forwarded-For.
+mod proxy_protocol;
 /// Host and path matching, 404 for what no route matches.
 mod routing;
 /// Request smuggling: ambiguous framing and malformed heads or chunked bodies are refused, and

@@ -196,6 +196,7 @@ fn client() -> ClientSettings {
         max_header_bytes: 32768,
         max_headers: 100,
         max_body: 1000,
+        trusted_proxies: Vec::new(),
     }
 }
 

@@ -114,7 +114,11 @@ impl Client {
     }
 
     pub fn try_connect(addr: SocketAddr) -> io::Result<Client> {
-        let stream = TcpStream::connect_timeout(&addr, IO_TIMEOUT)?;
+        Client::over(TcpStream::connect_timeout(&addr, IO_TIMEOUT)?)
+    }
+
+    /// A client on a connection the test opened (and maybe wrote to) itself.
+    pub fn over(stream: TcpStream) -> io::Result<Client> {
         stream.set_read_timeout(Some(IO_TIMEOUT))?;
         stream.set_write_timeout(Some(IO_TIMEOUT))?;
         stream.set_nodelay(true)?;
@@ -127,7 +131,11 @@ impl Client {
     /// Connects over TLS with `config`, sending `sni` (an IP address sends no SNI), and
     /// completes the handshake, so that its failure is this call's error.
     pub fn try_connect_tls(addr: SocketAddr, config: Arc<rustls::ClientConfig>, sni: &str) -> io::Result<Client> {
-        let mut tcp = TcpStream::connect_timeout(&addr, IO_TIMEOUT)?;
+        Client::tls_over(TcpStream::connect_timeout(&addr, IO_TIMEOUT)?, config, sni)
+    }
+
+    /// TLS (handshake done) on a connection the test opened (and maybe wrote to) itself.
+    pub fn tls_over(mut tcp: TcpStream, config: Arc<rustls::ClientConfig>, sni: &str) -> io::Result<Client> {
         tcp.set_read_timeout(Some(IO_TIMEOUT))?;
         tcp.set_write_timeout(Some(IO_TIMEOUT))?;
         tcp.set_nodelay(true)?;

@@ -22,6 +22,8 @@ pub struct Kedge {
     proxy: String,
     /// Whether it has a TLS listener too; rewrites keep it.
     tls: bool,
+    /// Keys added to every `[[listener]]`; rewrites keep them.
+    listener: String,
     addr: SocketAddr,
     logs: Arc<Logs>,
 }
@@ -32,6 +34,7 @@ pub struct Setup {
     workers: usize,
     proxy_extra: String,
     tls: bool,
+    listener: String,
     env: Vec<(String, String)>,
     /// Tables added before the test's fragment (see [`Setup::tables`]).
     tables: String,
@@ -69,6 +72,7 @@ impl Kedge {
             workers: 1,
             proxy_extra: String::new(),
             tls: false,
+            listener: String::new(),
             env: Vec::new(),
             tables: String::new(),
         }
@@ -169,7 +173,8 @@ impl Kedge {
     /// Replaces the config file with the same `[proxy]` and listener and a new `fragment`
     /// (atomically; send [`Signal::Hup`] to apply it).
     pub fn rewrite_config(&self, fragment: &str) {
-        self.dir.write("kedge.toml", &compose(&self.proxy, fragment, self.tls));
+        self.dir
+            .write("kedge.toml", &compose(&self.proxy, fragment, self.tls, &self.listener));
     }
 
     /// The most memory the process has held at once (`VmHWM`), in bytes.
@@ -200,6 +205,13 @@ impl Setup {
     /// Adds a TLS listener (on a port of the kernel's choice) next to the plain one.
     pub fn tls(mut self) -> Setup {
         self.tls = true;
+        self
+    }
+
+    /// Adds one `key = value` line to every `[[listener]]` (plain and TLS).
+    pub fn listener(mut self, line: &str) -> Setup {
+        self.listener.push_str(line);
+        self.listener.push('\n');
         self
     }
 
@@ -257,7 +269,7 @@ impl Setup {
             proxy_extra
         );
         let fragment = format!("{}{fragment}", self.tables);
-        let config = dir.write("kedge.toml", &compose(&proxy, &fragment, self.tls));
+        let config = dir.write("kedge.toml", &compose(&proxy, &fragment, self.tls, &self.listener));
         let mut child = Command::new(env!("CARGO_BIN_EXE_kedge"))
             .arg("run")
             .arg("--config")
@@ -285,6 +297,7 @@ impl Setup {
             config,
             proxy,
             tls: self.tls,
+            listener: self.listener,
             addr,
             logs,
         }
@@ -311,19 +324,19 @@ impl Drop for Kedge {
 /// The config file: `[proxy]`, the test's fragment, the listener, and an admin server on a port
 /// of the kernel's choice unless the fragment has its own `[admin]` (the default port would be
 /// shared by every test).
-fn compose(proxy: &str, fragment: &str, tls: bool) -> String {
+fn compose(proxy: &str, fragment: &str, tls: bool, listener: &str) -> String {
     let admin = if fragment.contains("[admin]") {
         ""
     } else {
         "[admin]\naddress = \"127.0.0.1:0\"\n"
     };
     let tls = if tls {
-        "[[listener]]\naddress = \"127.0.0.1:0\"\ntls = true\n"
+        format!("[[listener]]\naddress = \"127.0.0.1:0\"\ntls = true\n{listener}")
     } else {
-        ""
+        String::new()
     };
     format!(
-        "# written by kedge's integration tests\n{proxy}\n{fragment}\n[[listener]]\naddress = \"127.0.0.1:0\"\n{tls}{admin}"
+        "# written by kedge's integration tests\n{proxy}\n{fragment}\n[[listener]]\naddress = \"127.0.0.1:0\"\n{listener}{tls}{admin}"
     )
 }
 
