@@ -134,6 +134,8 @@ pub struct ClientSettings {
     /// Peers (after PROXY protocol) whose X-Forwarded-For names the client, and whose
     /// X-Forwarded-Proto/-Port are passed on (`trusted_proxies`; empty: none, the default).
     pub trusted_proxies: Vec<Cidr>,
+    /// Open connections one client address may hold on each worker (0: no limit, the default).
+    pub max_connections_per_client: u32,
 }
 
 /// HTTP/2 to clients (`[http2]`); reloadable (new connections see the change).
@@ -418,6 +420,12 @@ impl Cx<'_> {
             max_headers: self.bounded(&c.max_headers, "client.max_headers", 100, 1..257)? as usize,
             max_body: self.size(&c.max_body, "client.max_body", 1 << 20)?,
             trusted_proxies: self.cidrs(&c.trusted_proxies, "client.trusted_proxies")?,
+            max_connections_per_client: self.bounded(
+                &c.max_connections_per_client,
+                "client.max_connections_per_client",
+                0,
+                0..1_000_001,
+            )? as u32,
         };
         if client.max_request_line > client.max_header_bytes {
             let span = c.max_request_line.as_ref().map(Spanned::span);
@@ -1105,6 +1113,7 @@ struct FileClient {
     max_body: Option<Spanned<Size>>,
     #[serde(default)]
     trusted_proxies: Vec<Spanned<String>>,
+    max_connections_per_client: Option<Spanned<u64>>,
 }
 
 #[derive(Deserialize, Default)]

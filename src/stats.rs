@@ -107,8 +107,16 @@ pub static PROXY_CLOSED: Counter = Counter::new(PROXY_ERRORS, ("reason", "closed
 /// No complete header within `[client] header_timeout`.
 pub static PROXY_TIMEOUT: Counter = Counter::new(PROXY_ERRORS, ("reason", "timeout"), PROXY_ERRORS_HELP);
 
+/// Connections closed at once because their client already had `[client]
+/// max_connections_per_client` open on the worker.
+pub static CLIENT_CONNECTION_LIMIT: Counter = Counter::new(
+    "kedge_client_connection_limit_refusals",
+    ("", ""),
+    "Connections closed because their client already had the most allowed open.",
+);
+
 /// Every counter, in exposition order (same-name counters together).
-pub static ALL: [&Counter; 14] = [
+pub static ALL: [&Counter; 15] = [
     &TLS_FULL,
     &TLS_RESUMED,
     &TLS_CLOSED,
@@ -121,6 +129,7 @@ pub static ALL: [&Counter; 14] = [
     &PROXY_MALFORMED,
     &PROXY_CLOSED,
     &PROXY_TIMEOUT,
+    &CLIENT_CONNECTION_LIMIT,
     &TABLE_VERSION,
     &TABLE_CHANGED,
 ];

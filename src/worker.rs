@@ -158,6 +158,9 @@ struct Worker {
     backend_metrics: RefCell<FxHashMap<Box<str>, ByHost>>,
     rng: Cell<u64>,
     active: Cell<usize>,
+    /// Open connections per client address (after PROXY protocol), for
+    /// `[client] max_connections_per_client`; only addresses with one open are kept.
+    per_client: RefCell<FxHashMap<std::net::IpAddr, u32>>,
     /// Set once shutdown begins; a worker-local copy of the cross-thread signal so that the
     /// per-request checks and idle waits touch no shared memory.
     stopping: Stopping,
@@ -301,6 +304,7 @@ async fn worker_main(index: usize, listeners: Vec<listener::Bound>, shared: Arc<
         backend_metrics: RefCell::new(FxHashMap::default()),
         rng: Cell::new(seed),
         active: Cell::new(0),
+        per_client: RefCell::new(FxHashMap::default()),
         stopping: Stopping::default(),
     });
     let mut shutdown = worker.shared.shutdown.subscribe();

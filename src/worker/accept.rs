@@ -70,6 +70,12 @@ async fn connection(worker: &Rc<Worker>, mut stream: TcpStream, peer: SocketAddr
             None => return,
         },
     };
+    // The client's open connections on this worker, counted until this one ends.
+    let Some(_slot) = ClientSlot::take(worker, peer) else {
+        stats::CLIENT_CONNECTION_LIMIT.inc();
+        tracing::debug!(client = %peer, "too many connections from this client; closed");
+        return;
+    };
     if spec.tls {
         if let Some(tls) = tls_stage(worker, stream, peer, early).await {
             match tls.alpn_h2() {
@@ -79,6 +85,44 @@ async fn connection(worker: &Rc<Worker>, mut stream: TcpStream, peer: SocketAddr
         }
     } else {
         plain_dispatch(worker, stream, peer, port, early).await;
+    }
+}
+
+/// A client's place among its open connections on this worker (`[client]
+/// max_connections_per_client`), given back when dropped. Worker-local: no lock, no atomic.
+struct ClientSlot<'w> {
+    worker: &'w Worker,
+    ip: std::net::IpAddr,
+}
+
+impl<'w> ClientSlot<'w> {
+    /// A place for a connection from `peer`, or `None` when its client has the most allowed.
+    /// Without a limit nothing is counted.
+    fn take(worker: &'w Worker, peer: SocketAddr) -> Option<Option<ClientSlot<'w>>> {
+        let limit = worker.snapshot().client.max_connections_per_client;
+        if limit == 0 {
+            return Some(None);
+        }
+        let ip = peer.ip().to_canonical();
+        let mut open = worker.per_client.borrow_mut();
+        let n = open.entry(ip).or_insert(0);
+        if *n >= limit {
+            return None;
+        }
+        *n += 1;
+        Some(Some(ClientSlot { worker, ip }))
+    }
+}
+
+impl Drop for ClientSlot<'_> {
+    fn drop(&mut self) {
+        let mut open = self.worker.per_client.borrow_mut();
+        if let Some(n) = open.get_mut(&self.ip) {
+            *n -= 1;
+            if *n == 0 {
+                open.remove(&self.ip);
+            }
+        }
     }
 }
 

@@ -53,6 +53,9 @@ mod outage;
 mod proxy_protocol;
 /// Host and path matching, 404 for what no route matches.
 mod routing;
+/// Hostile clients: 4,000 slowloris connections and slow readers next to normal traffic, and the
+/// per-client connection limit.
+mod slow_clients;
 /// Request smuggling: ambiguous framing and malformed heads or chunked bodies are refused, and
 /// not a byte of them reaches the upstream; a bad chunk mid-stream cuts the upstream off.
 mod smuggling;

@@ -197,6 +197,7 @@ fn client() -> ClientSettings {
         max_headers: 100,
         max_body: 1000,
         trusted_proxies: Vec::new(),
+        max_connections_per_client: 0,
     }
 }
 

@@ -21,7 +21,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-pub use client::Client;
+pub use client::{Client, Response};
 pub use cluster::{get, readyz, wait_readyz};
 pub use kedge::{Kedge, Signal};
 pub use kube_api::FakeApi;
