@@ -177,6 +177,8 @@ fn control_thread(
         let mut heartbeat = tokio::time::interval(crate::notify::BEAT);
         heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let control_heart = Arc::clone(&shared.hearts[0]);
+        // Gives memory back to the system after bursts of connections (see memory.rs).
+        let mut trimmer = crate::memory::Trimmer::default();
         let mut cert_check = tokio::time::interval(certs::FILE_CHECK);
         cert_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
 
@@ -221,7 +223,10 @@ fn control_thread(
                         settle = None;
                     }
                 }
-                _ = heartbeat.tick() => control_heart.beat(),
+                _ = heartbeat.tick() => {
+                    control_heart.beat();
+                    trimmer.tick(&shared.metrics);
+                }
                 _ = cert_check.tick(), if tls.listening => {
                     if tls.certs.stale(crate::time::unix_now()) {
                         publish(&cfg, &clusters, &mut tls, &shared, &mut logged, "certificates");

@@ -11,6 +11,7 @@ pub mod config;
 pub mod control;
 pub mod hash;
 pub mod http;
+pub mod memory;
 pub mod metrics;
 pub mod notify;
 pub mod policy;
