@@ -12,6 +12,7 @@
 
 mod certs;
 mod cluster;
+pub mod gateway_types;
 mod health;
 mod kinds;
 mod kube_client;
