@@ -21,6 +21,8 @@ use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::api::networking::v1::{Ingress, IngressClass};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
 
+use super::gateway_types::{Gateway, GatewayClass, GrpcRoute, HttpRoute, ReferenceGrant};
+
 mod annotations;
 mod backends;
 mod ingress;
@@ -70,6 +72,12 @@ pub struct Objects<'a> {
     /// Secrets of type `kubernetes.io/tls` and `Opaque` (only the former while a cluster serves
     /// its persisted state).
     pub secrets: &'a [Arc<Secret>],
+    /// The Gateway API kinds: empty while their CRDs are not installed. Not translated yet.
+    pub gateway_classes: &'a [Arc<GatewayClass>],
+    pub gateways: &'a [Arc<Gateway>],
+    pub http_routes: &'a [Arc<HttpRoute>],
+    pub grpc_routes: &'a [Arc<GrpcRoute>],
+    pub reference_grants: &'a [Arc<ReferenceGrant>],
 }
 
 /// Something wrong with one object; the rest is still served.
