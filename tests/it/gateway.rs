@@ -1,6 +1,7 @@
 //! The Gateway API kinds through the fixture API server: a cluster without their CRDs syncs and
 //! serves as before, saying so once; CRDs installed later are discovered and watched; the state
-//! file keeps their objects. (Routing from them is later work: nothing here is served.)
+//! file keeps their objects; kedge's GatewayClasses (`gateway_controller`) are counted. (Routing
+//! from them is later work: nothing here is served.)
 
 use std::path::Path;
 use std::time::Duration;
@@ -179,6 +180,34 @@ fn gateway_api_crds_installed_later_are_watched_and_persisted() {
     wait_until(Duration::from_secs(10), "the Gateway API objects persisted", || {
         state_file(&state_dir).is_some_and(|f| has_gateway_objects(&f))
     });
+    // kedge's GatewayClass (controllerName kedge.dev/gateway-controller, the default
+    // gateway_controller) is counted, another controller's is not.
+    api.apply(
+        "gatewayclasses",
+        json!({"apiVersion": "gateway.networking.k8s.io/v1", "kind": "GatewayClass",
+        "metadata": {"name": "other"}, "spec": {"controllerName": "acme.io/gateway-controller"}}),
+    );
+    wait_until(Duration::from_secs(10), "the other GatewayClass persisted", || {
+        state_file(&state_dir).is_some_and(|f| f["gatewayclasses"].as_array().is_some_and(|a| a.len() == 2))
+    });
+    // The first build after the watch saw it says how many are kedge's.
+    let applied = |l: &String| l.contains("applied") && l.contains("gatewayclasses") && l.contains("other");
+    let mut counted = String::new();
+    wait_until(
+        Duration::from_secs(10),
+        "a table published after the other GatewayClass",
+        || {
+            let logs = kedge.logs();
+            let after = logs.iter().position(applied).map_or(logs.len(), |i| i + 1);
+            counted = logs[after..]
+                .iter()
+                .find(|l| l.contains("route table published"))
+                .cloned()
+                .unwrap_or_default();
+            !counted.is_empty()
+        },
+    );
+    assert!(counted.contains("gateway_classes=1 "), "{counted}");
     // The cluster stayed ready and served its Ingress throughout.
     assert_eq!(readyz(&kedge).0, 200);
     assert_eq!(get(&kedge, "web.example.com", "/").0, 200);
