@@ -227,6 +227,10 @@ pub struct ClusterConfig {
     pub ingress_class: String,
     /// `spec.controller` of the IngressClasses that are kedge's.
     pub controller: String,
+    /// `spec.controllerName` of the GatewayClasses that are kedge's (default
+    /// `kedge.dev/gateway-controller`). Gateway API objects are not translated yet: for now it
+    /// only counts kedge's GatewayClasses in the "route table published" log line.
+    pub gateway_controller: String,
     /// Namespaces to watch; empty = all.
     pub namespaces: Vec<String>,
     pub upstream: UpstreamMode,
@@ -791,6 +795,9 @@ impl Cx<'_> {
             context: c.context,
             ingress_class,
             controller: c.controller.unwrap_or_else(|| "kedge.dev/ingress-controller".into()),
+            gateway_controller: c
+                .gateway_controller
+                .unwrap_or_else(|| "kedge.dev/gateway-controller".into()),
             namespaces: c.namespaces,
             upstream: c.upstream.unwrap_or(UpstreamMode::Pods),
             node_address_type,
@@ -1081,6 +1088,7 @@ struct FileCluster {
     context: Option<String>,
     ingress_class: Option<String>,
     controller: Option<String>,
+    gateway_controller: Option<String>,
     #[serde(default)]
     namespaces: Vec<String>,
     upstream: Option<UpstreamMode>,

@@ -12,6 +12,7 @@
 
 mod certs;
 mod cluster;
+pub mod gateway_types;
 mod health;
 mod kinds;
 mod kube_client;
@@ -299,6 +300,8 @@ struct Built {
     served: usize,
     /// Host names with a certificate of their own.
     tls_hosts: usize,
+    /// GatewayClasses that are kedge's, over all clusters (not routed yet: only counted).
+    gateway_classes: usize,
 }
 
 /// The control thread's TLS state: certificates, and what the listeners are.
@@ -317,12 +320,14 @@ fn build(cfg: &Config, clusters: &[Cluster], tls: &mut TlsState) -> (Snapshot, B
     let tls_hosts: Vec<String> = cfg.tls.certificates.iter().flat_map(|c| c.hosts.clone()).collect();
     let mut warnings = translate::static_routes::add(&mut builder, &cfg.routes, &tls_hosts);
     let mut served = 0;
+    let mut gateway_classes = 0;
     let mut outcomes = Vec::new();
     for c in clusters {
         let objects = c.objects();
         let outcome = translate::translate(&mut builder, &c.spec, &objects.view());
         c.offer_status(&objects.view(), &outcome.served);
         served += outcome.served.len();
+        gateway_classes += translate::gateway_classes_of(&c.config.gateway_controller, &objects.view());
         warnings.extend(
             outcome
                 .warnings
@@ -381,6 +386,7 @@ fn build(cfg: &Config, clusters: &[Cluster], tls: &mut TlsState) -> (Snapshot, B
             warnings,
             served,
             tls_hosts,
+            gateway_classes,
         },
     )
 }
@@ -402,6 +408,7 @@ fn publish(
             warnings,
             served,
             tls_hosts,
+            gateway_classes,
         },
     ) = build(cfg, clusters, tls);
     let built = started.elapsed();
@@ -423,6 +430,7 @@ fn publish(
         backends,
         endpoints,
         tls_hosts,
+        gateway_classes,
         warnings,
         build_ms = format!("{:.3}", built.as_secs_f64() * 1e3),
         "route table published"

@@ -262,6 +262,7 @@ fn clusters() {
     assert_eq!(k.kubeconfig, None);
     assert_eq!(k.ingress_class, "kedge");
     assert_eq!(k.controller, "kedge.dev/ingress-controller");
+    assert_eq!(k.gateway_controller, "kedge.dev/gateway-controller");
     assert_eq!(k.upstream, UpstreamMode::Pods);
     assert_eq!(k.node_address_type, "InternalIP");
     assert_eq!(k.sync_timeout, Duration::from_secs(30));
@@ -271,8 +272,9 @@ fn clusters() {
     let c = parse_ok(&format!(
         "{MINIMAL}[[cluster]]\nname = \"edge-1\"\nupstream = \"nodeports\"\nnode_address_type = \"ExternalIP\"\n\
          namespaces = [\"web\"]\npublish_addresses = [\"203.0.113.10\", \"lb.example.com\"]\n\
-         watch_retry_max = \"2s\"\ningress_class = \"edge\"\n"
+         watch_retry_max = \"2s\"\ningress_class = \"edge\"\ngateway_controller = \"example.com/edge\"\n"
     ));
+    assert_eq!(c.clusters[0].gateway_controller, "example.com/edge");
     let k = &c.clusters[0];
     assert_eq!(
         k.status_lease.to_string(),

@@ -74,6 +74,13 @@ impl Health {
         self.dirty.store(true, Ordering::Relaxed);
     }
 
+    /// A discovered kind's stores have joined the cluster's: its objects go to the file writer,
+    /// and the control loop builds.
+    pub fn stores_added(&self) {
+        self.mark_dirty();
+        self.changed.notify_one();
+    }
+
     /// Whether a store changed since the last call.
     pub fn take_dirty(&self) -> bool {
         self.dirty.swap(false, Ordering::Relaxed)

@@ -189,8 +189,15 @@ fn without_publish_addresses_no_status_is_written() {
 fn the_shipped_rbac_covers_every_request_kedge_makes() {
     let api = FakeApi::start();
     let _pods = web_cluster(&api);
+    // With the Gateway API installed, so that its discovery, lists and watches are checked too.
+    api.install_gateway_api();
     let dir = TempDir::new("rbac");
     let _kedge = Kedge::follow(&api, &dir, PUBLISH);
+    wait_until(Duration::from_secs(10), "the HTTPRoutes watched", || {
+        api.request_log()
+            .iter()
+            .any(|l| l.starts_with("GET /apis/gateway.networking.k8s.io/v1/httproutes?") && l.contains("watch=true"))
+    });
     wait_until(Duration::from_secs(10), "the status is written", || {
         lb(&api, "web") == ours()
     });
@@ -232,6 +239,10 @@ fn the_shipped_rbac_covers_every_request_kedge_makes() {
         needed.insert((resource, verb.to_owned()));
     }
     assert!(needed.iter().any(|(r, _)| r == "ingresses/status"), "{needed:?}");
+    assert!(
+        needed.contains(&("referencegrants".to_owned(), "watch".to_owned())),
+        "{needed:?}"
+    );
     for verb in ["get", "create", "update"] {
         assert!(needed.contains(&("leases".to_owned(), verb.to_owned())), "{needed:?}");
     }

@@ -77,6 +77,33 @@ pub fn sample(hosts: &[&str]) -> ClusterObjects {
             "metadata": {"name": "web-tls", "namespace": "default"},
             "data": {"tls.crt": "Y3J0", "tls.key": "a2V5"}}),
         )],
+        ..ClusterObjects::default()
+    }
+}
+
+/// `sample(hosts)` and one object of every Gateway API kind.
+pub fn sample_with_gateway_api(hosts: &[&str]) -> ClusterObjects {
+    let gw = "gateway.networking.k8s.io/v1";
+    ClusterObjects {
+        gateway_classes: vec![object(json!({"apiVersion": gw, "kind": "GatewayClass",
+            "metadata": {"name": "kedge"}, "spec": {"controllerName": "kedge.dev/gateway-controller"}}))],
+        gateways: vec![object(json!({"apiVersion": gw, "kind": "Gateway",
+            "metadata": {"name": "edge", "namespace": "default"},
+            "spec": {"gatewayClassName": "kedge", "listeners": [{"name": "http", "port": 80, "protocol": "HTTP"}]}}))],
+        http_routes: vec![object(json!({"apiVersion": gw, "kind": "HTTPRoute",
+            "metadata": {"name": "web", "namespace": "default"},
+            "spec": {"parentRefs": [{"name": "edge"}], "hostnames": ["a.example.com"],
+                     "rules": [{"backendRefs": [{"name": "web", "port": 80, "weight": 3}]}]}}))],
+        grpc_routes: vec![object(json!({"apiVersion": gw, "kind": "GRPCRoute",
+            "metadata": {"name": "rpc", "namespace": "default"},
+            "spec": {"rules": [{"matches": [{"method": {"service": "a.B"}}], "backendRefs": [{"name": "rpc", "port": 50051}]}]}}))],
+        reference_grants: vec![object(
+            json!({"apiVersion": "gateway.networking.k8s.io/v1beta1", "kind": "ReferenceGrant",
+            "metadata": {"name": "from-web", "namespace": "other"},
+            "spec": {"from": [{"group": "gateway.networking.k8s.io", "kind": "HTTPRoute", "namespace": "default"}],
+                     "to": [{"group": "", "kind": "Service"}]}}),
+        )],
+        ..sample(hosts)
     }
 }
 
@@ -92,6 +119,11 @@ pub fn as_json(s: &ClusterObjects) -> Vec<Vec<Value>> {
         all(&s.slices),
         all(&s.nodes),
         all(&s.secrets),
+        all(&s.gateway_classes),
+        all(&s.gateways),
+        all(&s.http_routes),
+        all(&s.grpc_routes),
+        all(&s.reference_grants),
     ]
 }
 
@@ -103,7 +135,7 @@ pub fn hosts(s: &ClusterObjects) -> Vec<String> {
 
 #[test]
 fn the_state_file_round_trips() {
-    let s = sample(&["a.example.com", "b.example.com"]);
+    let s = sample_with_gateway_api(&["a.example.com", "b.example.com"]);
     let bytes = encode("prod", "2025-01-02T03:04:05Z", &s).expect("encode");
     let file: Value = serde_json::from_slice(&bytes).expect("JSON");
     assert_eq!(file["format"], FORMAT);
@@ -116,9 +148,18 @@ fn the_state_file_round_trips() {
         "endpointslices",
         "nodes",
         "secrets",
+        "gatewayclasses",
+        "gateways",
+        "httproutes",
+        "grpcroutes",
+        "referencegrants",
     ] {
-        assert!(file[key].is_array(), "{key} is a JSON array");
+        assert!(
+            file[key].as_array().is_some_and(|a| a.len() == 1 || key == "ingresses"),
+            "{key}: one object"
+        );
     }
+    assert_eq!(file["httproutes"][0]["spec"]["rules"][0]["backendRefs"][0]["weight"], 3);
     assert_eq!(file["ingresses"][0]["kind"], "Ingress");
 
     let (saved_at, back) = decode("prod", &bytes).expect("decode");
@@ -159,6 +200,8 @@ fn kinds_missing_from_a_file_load_as_empty() {
     map.remove("secrets");
     let (_, back) = decode("prod", file.to_string().as_bytes()).expect("decode");
     assert!(back.slices.is_empty() && back.secrets.is_empty());
+    // The first version had no Gateway API kinds either.
+    assert!(back.gateways.is_empty() && back.http_routes.is_empty() && back.reference_grants.is_empty());
     let mut want = sample(&["a.example.com", "b.example.com"]);
     want.slices.clear();
     want.secrets.clear();

@@ -1,7 +1,8 @@
 //! A fixture Kubernetes API server for the control plane's tests: HTTPS with a CA of its own and
 //! a bearer token, reached by the real kube client through a generated kubeconfig. It speaks the
 //! list/watch wire protocol (resourceVersion, paged lists, chunked watch events, bookmarks,
-//! 410 Gone after `compact`) for the handful of kinds kedge watches, takes status and Lease
+//! 410 Gone after `compact`) for the handful of kinds kedge watches (the Gateway API's only once
+//! the test installs its CRDs, with the discovery endpoint that says so), takes status and Lease
 //! writes, and can simulate an outage (`pause`/`resume`).
 //!
 //! The test drives it synchronously (`apply`, `delete`, `compact`, ...) from any thread; the
@@ -13,7 +14,7 @@ mod store;
 
 use std::net::SocketAddr;
 use std::path::Path;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
@@ -54,6 +55,8 @@ struct Shared {
     open_connections: Arc<AtomicUsize>,
     /// Connections closed unserved because of an outage.
     turned_away: AtomicUsize,
+    /// Whether the Gateway API CRDs are installed (their kinds served, in discovery too).
+    gateway_api: AtomicBool,
 }
 
 impl Shared {
@@ -109,6 +112,7 @@ impl FakeApi {
             open_watches: Arc::new(AtomicUsize::new(0)),
             open_connections: Arc::new(AtomicUsize::new(0)),
             turned_away: AtomicUsize::new(0),
+            gateway_api: AtomicBool::new(false),
         });
         let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind fake API server");
         listener.set_nonblocking(true).expect("nonblocking");
@@ -197,6 +201,13 @@ impl FakeApi {
             "the fake API server to drop its connections",
             || self.shared.open_connections.load(Ordering::SeqCst) == 0,
         );
+    }
+
+    /// Installs the Gateway API CRDs: from now on their kinds are served, and listed by
+    /// discovery (`GET /apis/gateway.networking.k8s.io/v1`); until then both answer 404, as an
+    /// API server without the CRDs does. Objects `apply`'d before are there at once.
+    pub fn install_gateway_api(&self) {
+        self.shared.gateway_api.store(true, Ordering::SeqCst);
     }
 
     /// Ends an outage: serves again on the same port.

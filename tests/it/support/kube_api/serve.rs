@@ -95,7 +95,13 @@ async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Result<Reply, In
         return Ok(error(&ApiError::new(401, "Unauthorized", "Unauthorized")));
     }
     let (parts, body) = req.into_parts();
-    let Some(t) = route(parts.uri.path()) else {
+    let gateway_api = shared.gateway_api.load(Ordering::SeqCst);
+    if parts.method == Method::GET
+        && let Some(list) = discovery(parts.uri.path(), gateway_api)
+    {
+        return Ok(ok(200, &list));
+    }
+    let Some(t) = route(parts.uri.path()).filter(|t| gateway_api || !t.kind.crd) else {
         let message = "the server could not find the requested resource";
         return Ok(error(&ApiError::new(404, "NotFound", message)));
     };
@@ -312,6 +318,28 @@ fn route(path: &str) -> Option<Target<'_>> {
         namespace,
         name,
         status,
+    })
+}
+
+/// `GET /apis/{group}/{version}`: the group version's `APIResourceList`, as kube's discovery
+/// reads it; `None` (a 404) for a group version the fixture does not serve, or whose CRDs are
+/// not installed.
+fn discovery(path: &str, gateway_api: bool) -> Option<Value> {
+    let group_version = path.strip_prefix("/apis/")?.trim_end_matches('/');
+    if group_version.split('/').count() != 2 {
+        return None;
+    }
+    let resources: Vec<Value> = super::store::KINDS
+        .iter()
+        .filter(|k| k.api_version == group_version && (gateway_api || !k.crd))
+        .map(|k| {
+            json!({"name": k.plural, "singularName": k.kind.to_lowercase(), "namespaced": k.namespaced,
+                   "kind": k.kind, "verbs": ["get", "list", "watch", "create", "update", "patch", "delete"]})
+        })
+        .collect();
+    (!resources.is_empty()).then(|| {
+        json!({"kind": "APIResourceList", "apiVersion": "v1", "groupVersion": group_version,
+               "resources": resources})
     })
 }
 

@@ -19,6 +19,9 @@ pub(super) struct Kind {
     /// `status` is a subresource: written only through `.../status`, and left alone by writes to
     /// the object itself (as for the real Service, Node and Ingress).
     pub(super) has_status: bool,
+    /// Defined by a CRD of the Gateway API: served only once the test installs it
+    /// ([`FakeApi::install_gateway_api`](super::FakeApi::install_gateway_api)).
+    pub(super) crd: bool,
 }
 
 pub(super) static KINDS: &[Kind] = &[
@@ -29,6 +32,16 @@ pub(super) static KINDS: &[Kind] = &[
     Kind::new("networking.k8s.io/v1", "ingresses", "Ingress", true, true),
     Kind::new("networking.k8s.io/v1", "ingressclasses", "IngressClass", false, false),
     Kind::new("coordination.k8s.io/v1", "leases", "Lease", true, false),
+    Kind::crd("gateway.networking.k8s.io/v1", "gatewayclasses", "GatewayClass", false),
+    Kind::crd("gateway.networking.k8s.io/v1", "gateways", "Gateway", true),
+    Kind::crd("gateway.networking.k8s.io/v1", "httproutes", "HTTPRoute", true),
+    Kind::crd("gateway.networking.k8s.io/v1", "grpcroutes", "GRPCRoute", true),
+    Kind::crd(
+        "gateway.networking.k8s.io/v1beta1",
+        "referencegrants",
+        "ReferenceGrant",
+        true,
+    ),
 ];
 
 impl Kind {
@@ -45,7 +58,16 @@ impl Kind {
             kind,
             namespaced,
             has_status,
+            crd: false,
         }
+    }
+
+    /// A Gateway API kind (with a status subresource, except ReferenceGrant, which has none;
+    /// kedge never writes either yet).
+    const fn crd(api_version: &'static str, plural: &'static str, kind: &'static str, namespaced: bool) -> Kind {
+        let mut k = Kind::new(api_version, plural, kind, namespaced, true);
+        k.crd = true;
+        k
     }
 
     pub(super) fn by_plural(plural: &str) -> Option<&'static Kind> {
