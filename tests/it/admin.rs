@@ -332,8 +332,17 @@ fn metrics_count_known_traffic_by_backend_status_and_latency() {
     let mut open = Client::connect(kedge.addr());
     assert_eq!(open.get("app.example.com", "/").status, 200);
 
-    let mut c = Client::connect(kedge.admin_addr());
-    let resp = c.get("admin", "/metrics");
+    // A request is counted in its log phase, just after its answer went out: the last one may
+    // reach the client before it is counted, so wait for the counts to settle at the totals.
+    let want = r#"kedge_requests_total{backend="app",host="app.example.com",class="2xx"}"#;
+    let mut resp = None;
+    crate::support::wait_until(Duration::from_secs(5), "every request counted", || {
+        let r = Client::connect(kedge.admin_addr()).get("admin", "/metrics");
+        let done = parse_metrics(&r.text()).get(want) == Some(&8.0);
+        resp = Some(r);
+        done
+    });
+    let resp = resp.expect("a /metrics answer");
     assert!(
         resp.header("content-type")
             .is_some_and(|t| t.starts_with("application/openmetrics-text"))
