@@ -79,6 +79,10 @@ pub(crate) enum ErrorKind {
     UnaskedSwitch,
     /// The response body broke off after its head was sent: nothing more can be said.
     ResponseBroken,
+    /// A gRPC (HTTP/2) backend asked for by an HTTP/1.1 request: gRPC needs HTTP/2 end to end.
+    NeedsHttp2,
+    /// The HTTP/2 upstream refused or reset the stream before its response head.
+    StreamRefused,
 }
 
 /// Why a request could not be completed.
@@ -110,7 +114,8 @@ impl RequestError {
             NoEndpoint => Side::Internal,
             ConnectFailed | ConnectTimeout | TlsFailed | TlsTimeout | SendTimeout | UpstreamClosed
             | UpstreamTimeout | ResponseTimeout | ResponseCutShort | BadResponse | UpstreamBodyFailed
-            | AllTriedFailed | UnaskedSwitch | ResponseBroken => Side::Upstream,
+            | AllTriedFailed | UnaskedSwitch | ResponseBroken | StreamRefused => Side::Upstream,
+            NeedsHttp2 => Side::Client,
         }
     }
 
@@ -154,6 +159,8 @@ impl RequestError {
             UpstreamBodyFailed => (502, "upstream failed while receiving the request body"),
             AllTriedFailed => (502, "every endpoint tried answered with an error"),
             UnaskedSwitch => (502, "upstream switched protocols without an upgrade request"),
+            NeedsHttp2 => (502, "this backend speaks gRPC, which needs HTTP/2 from the client"),
+            StreamRefused => (502, "upstream reset the stream before answering"),
             ClientGone | ResponseBroken => return None,
         })
     }

@@ -26,6 +26,8 @@ mod cli;
 mod cluster;
 /// `Expect: 100-continue`, and the limit check that comes before it.
 mod expect;
+/// gRPC to pods (`GRPC`, `GRPCS`): streaming, trailers, resets, pooling, retries, own errors.
+mod grpc;
 /// Headers kedge adds (X-Forwarded-*, X-Real-IP, X-Request-ID) and the hop-by-hop ones it drops.
 mod headers;
 /// HTTP/2 to clients (h2c, ALPN h2) in front of HTTP/1.1 upstreams: the same policies, what the

@@ -1,0 +1,149 @@
+//! Per-worker multiplexed HTTP/2 connections to gRPC endpoints (`backend-protocol: GRPC|GRPCS`):
+//! one list of shared connections per endpoint and TLS settings, each carrying as many streams
+//! as its server allows (SETTINGS_MAX_CONCURRENT_STREAMS); another connection opens when all are
+//! full. Each connection is driven by a monoio task of its own (hyperium `h2`'s client over
+//! `monoio-compat`'s adapter, on a plain or TLS upstream stream with ALPN `h2`).
+//!
+//! A connection that received GOAWAY, failed or closed takes no new stream (its in-flight
+//! streams finish: `h2` keeps the connection until they end). Connections without a stream
+//! for the upstream idle timeout are closed by [`H2Pool::sweep`].
+
+use std::cell::Cell;
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use h2::client::SendRequest;
+use monoio_compat::StreamWrapper;
+use rustc_hash::FxHashMap;
+
+use super::error::{ErrorKind, RequestError};
+use super::forward;
+use super::pool::PoolKey;
+use super::{Snapshot, Worker};
+use crate::routes::Backend;
+
+/// One shared HTTP/2 connection.
+struct H2Conn {
+    send: SendRequest<Bytes>,
+    /// Streams open on it (leases alive).
+    open: Cell<usize>,
+    /// No new stream may go here (GOAWAY received, failed, closed); set by the connection task
+    /// or by a stream that could not be sent.
+    closed: Rc<Cell<bool>>,
+    /// When its last stream ended.
+    idle_since: Cell<Instant>,
+}
+
+/// A stream's place on a connection, counted until dropped.
+pub(super) struct Lease {
+    conn: Rc<H2Conn>,
+}
+
+impl Lease {
+    fn new(conn: Rc<H2Conn>) -> Lease {
+        conn.open.set(conn.open.get() + 1);
+        Lease { conn }
+    }
+
+    /// A handle to open the stream with (each clone waits for its own readiness).
+    pub(super) fn sender(&self) -> SendRequest<Bytes> {
+        self.conn.send.clone()
+    }
+
+    /// The connection takes no new stream (a stream could not be sent on it).
+    pub(super) fn close(&self) {
+        self.conn.closed.set(true);
+    }
+}
+
+impl Drop for Lease {
+    fn drop(&mut self) {
+        let open = self.conn.open.get().saturating_sub(1);
+        self.conn.open.set(open);
+        if open == 0 {
+            self.conn.idle_since.set(Instant::now());
+        }
+    }
+}
+
+/// The HTTP/2 upstream connections of one worker.
+#[derive(Default)]
+pub(super) struct H2Pool {
+    /// Keys are upstream addresses from the route table, not client input: a fast hash is safe.
+    conns: FxHashMap<PoolKey, Vec<Rc<H2Conn>>>,
+}
+
+impl H2Pool {
+    /// A stream place on an open connection to `key` with room for one more stream.
+    fn take(&mut self, key: PoolKey) -> Option<Lease> {
+        let list = self.conns.get_mut(&key)?;
+        list.retain(|c| !c.closed.get());
+        let conn = list.iter().find(|c| c.open.get() < c.send.current_max_send_streams())?;
+        Some(Lease::new(Rc::clone(conn)))
+    }
+
+    /// Closes connections that failed, and those without a stream for `idle_timeout` (the
+    /// connection task ends once its last handle is gone).
+    pub(super) fn sweep(&mut self, idle_timeout: Duration) {
+        self.conns.retain(|_, list| {
+            list.retain(|c| !c.closed.get() && (c.open.get() > 0 || c.idle_since.get().elapsed() < idle_timeout));
+            !list.is_empty()
+        });
+    }
+
+    /// Drops every connection (shutdown).
+    pub(super) fn clear(&mut self) {
+        self.conns.clear();
+    }
+}
+
+/// A stream place on a connection to `addr`: a shared one with room, else a new connection
+/// (TCP, TLS with ALPN `h2` for GRPCS, the HTTP/2 preface) under `connect_timeout`, whose task is
+/// spawned on this worker.
+pub(super) async fn lease(
+    worker: &Worker,
+    snap: &Snapshot,
+    backend: &Backend,
+    addr: SocketAddr,
+    connect_timeout: Duration,
+) -> Result<Lease, RequestError> {
+    let key = (addr, forward::tls_id(backend));
+    if let Some(l) = worker.h2_pool.borrow_mut().take(key) {
+        return Ok(l);
+    }
+    let stream = forward::connect_new(backend, addr, connect_timeout).await?;
+    let window = snap.http2.initial_window_size.max(1 << 20);
+    let mut builder = h2::client::Builder::new();
+    builder
+        .initial_window_size(window)
+        .initial_connection_window_size(window.saturating_mul(4))
+        .max_send_buffer_size(256 * 1024);
+    let handshake = builder.handshake::<_, Bytes>(StreamWrapper::new(stream));
+    let (send, conn) = match monoio::time::timeout(connect_timeout, handshake).await {
+        Ok(Ok(c)) => c,
+        Ok(Err(e)) => {
+            tracing::debug!(upstream = %addr, error = %e, "HTTP/2 handshake with upstream failed");
+            return Err(ErrorKind::ConnectFailed.into());
+        }
+        Err(_) => return Err(ErrorKind::ConnectTimeout.into()),
+    };
+    let closed = Rc::new(Cell::new(false));
+    let task_closed = Rc::clone(&closed);
+    monoio::spawn(async move {
+        if let Err(e) = conn.await {
+            tracing::debug!(upstream = %addr, error = %e, "HTTP/2 upstream connection ended");
+        }
+        task_closed.set(true);
+    });
+    let c = Rc::new(H2Conn {
+        send,
+        open: Cell::new(0),
+        closed,
+        idle_since: Cell::new(Instant::now()),
+    });
+    let lease = Lease::new(Rc::clone(&c));
+    worker.h2_pool.borrow_mut().conns.entry(key).or_default().push(c);
+    Ok(lease)
+}
