@@ -91,6 +91,13 @@ pub(crate) struct RequestError {
     pub kind: ErrorKind,
 }
 
+/// A connect failure: what a request that tried no endpoint yet failed with.
+impl Default for RequestError {
+    fn default() -> Self {
+        ErrorKind::ConnectFailed.into()
+    }
+}
+
 impl From<ErrorKind> for RequestError {
     fn from(kind: ErrorKind) -> Self {
         RequestError { kind }

@@ -184,12 +184,6 @@ pub(super) struct Tries {
     pub last: RequestError,
 }
 
-impl Default for RequestError {
-    fn default() -> Self {
-        ErrorKind::ConnectFailed.into()
-    }
-}
-
 impl Tries {
     /// Endpoints tried so far.
     pub fn count(&self) -> usize {

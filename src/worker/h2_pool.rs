@@ -6,7 +6,9 @@
 //!
 //! A connection that received GOAWAY, failed or closed takes no new stream (its in-flight
 //! streams finish: `h2` keeps the connection until they end). Connections without a stream
-//! for the upstream idle timeout are closed by [`H2Pool::sweep`].
+//! for the upstream idle timeout are closed by [`H2Pool::sweep`]. Every [`PING_EVERY`] the
+//! connection task sends a PING; a connection that does not answer within [`PING_TIMEOUT`] is
+//! closed (a pod gone without a FIN would otherwise hold streams until their timeouts).
 
 use std::cell::Cell;
 use std::net::SocketAddr;
@@ -23,6 +25,12 @@ use super::forward;
 use super::pool::PoolKey;
 use super::{Snapshot, Worker};
 use crate::routes::Backend;
+
+/// How often an upstream connection is checked with a PING.
+const PING_EVERY: Duration = Duration::from_secs(30);
+
+/// How long the PING answer may take before the connection is given up.
+const PING_TIMEOUT: Duration = Duration::from_secs(20);
 
 /// One shared HTTP/2 connection.
 struct H2Conn {
@@ -132,9 +140,7 @@ pub(super) async fn lease(
     let closed = Rc::new(Cell::new(false));
     let task_closed = Rc::clone(&closed);
     monoio::spawn(async move {
-        if let Err(e) = conn.await {
-            tracing::debug!(upstream = %addr, error = %e, "HTTP/2 upstream connection ended");
-        }
+        drive(conn, addr).await;
         task_closed.set(true);
     });
     let c = Rc::new(H2Conn {
@@ -146,4 +152,41 @@ pub(super) async fn lease(
     let lease = Lease::new(Rc::clone(&c));
     worker.h2_pool.borrow_mut().conns.entry(key).or_default().push(c);
     Ok(lease)
+}
+
+/// Runs one upstream connection until it ends, with PING keepalive.
+async fn drive<T>(mut conn: h2::client::Connection<T, Bytes>, addr: SocketAddr)
+where
+    T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    let mut ping = conn.ping_pong();
+    let mut conn = std::pin::pin!(conn);
+    loop {
+        let tick = monoio::time::sleep(PING_EVERY);
+        let ended = monoio::select! {
+            r = &mut conn => Some(r),
+            _ = tick => None,
+        };
+        if let Some(r) = ended {
+            if let Err(e) = r {
+                tracing::debug!(upstream = %addr, error = %e, "HTTP/2 upstream connection ended");
+            }
+            return;
+        }
+        let Some(p) = ping.as_mut() else { continue };
+        let pong = monoio::time::timeout(PING_TIMEOUT, p.ping(h2::Ping::opaque()));
+        let answered = monoio::select! {
+            r = &mut conn => {
+                if let Err(e) = r {
+                    tracing::debug!(upstream = %addr, error = %e, "HTTP/2 upstream connection ended");
+                }
+                return;
+            }
+            r = pong => matches!(r, Ok(Ok(_))),
+        };
+        if !answered {
+            tracing::debug!(upstream = %addr, "HTTP/2 upstream did not answer a PING; closing");
+            return;
+        }
+    }
 }
