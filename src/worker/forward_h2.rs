@@ -177,29 +177,43 @@ pub(super) async fn forward(
 
     // Both bodies at once; the exchange ends with the response.
     let client_timeout = cx.snap.client.body_timeout;
-    let mut resp_pump = pin!(pump_response(up_body, &mut client_send, &activity, client_timeout));
-    poll_fn(|c| {
-        if !req_done && let Poll::Ready(r) = req_pump.as_mut().poll(c) {
-            req_done = true;
-            match r {
-                Err(e) if e.kind != ErrorKind::UpstreamBodyFailed => return Poll::Ready(Err(e)),
-                _ => {}
+    let ended = {
+        let mut resp_pump = pin!(pump_response(up_body, &mut client_send, &activity, client_timeout));
+        poll_fn(|c| {
+            if !req_done && let Poll::Ready(r) = req_pump.as_mut().poll(c) {
+                req_done = true;
+                match r {
+                    Err(e) if e.kind != ErrorKind::UpstreamBodyFailed => return Poll::Ready(Err(e)),
+                    _ => {}
+                }
             }
-        }
-        if idle.as_mut().poll(c).is_ready() {
-            return Poll::Ready(Err(ErrorKind::ResponseBroken.into()));
-        }
-        resp_pump.as_mut().poll(c).map(|r| {
-            if let Ok(n) = r {
-                rec.bytes = n;
+            if idle.as_mut().poll(c).is_ready() {
+                return Poll::Ready(Err(ErrorKind::ResponseTimeout.into()));
             }
-            r
+            resp_pump.as_mut().poll(c)
         })
-    })
-    .await
-    .map(drop)
+        .await
+    };
     // Whatever ends the exchange early drops the upstream stream's handles: `h2` resets it
     // (CANCEL).
+    match ended {
+        Ok(n) => {
+            rec.bytes = n;
+            Ok(())
+        }
+        Err(e) if e.kind == ErrorKind::ResponseTimeout => {
+            // A gRPC client gets a status it understands rather than a bare reset.
+            tracing::debug!(upstream = %addr, "no message within the read timeout; ending the stream");
+            let mut t = http::HeaderMap::new();
+            t.insert("grpc-status", HeaderValue::from_static("14"));
+            t.insert(
+                "grpc-message",
+                HeaderValue::from_static("upstream sent nothing within the read timeout"),
+            );
+            client_send.send_trailers(t).map_err(|_| ErrorKind::ClientGone.into())
+        }
+        Err(e) => Err(e),
+    }
 }
 
 /// The HTTP/2 request for the upstream from the HTTP/1.1 head kedge wrote for it: Host becomes

@@ -23,7 +23,7 @@ use rustc_hash::FxHashMap;
 use super::error::{ErrorKind, RequestError};
 use super::forward;
 use super::pool::PoolKey;
-use super::{Snapshot, Worker};
+use super::{Snapshot, Stopping, Worker};
 use crate::routes::Backend;
 
 /// How often an upstream connection is checked with a PING.
@@ -81,6 +81,24 @@ impl Drop for Lease {
 pub(super) struct H2Pool {
     /// Keys are upstream addresses from the route table, not client input: a fast hash is safe.
     conns: FxHashMap<PoolKey, Vec<Rc<H2Conn>>>,
+    /// Connections being opened: streams for the same key wait for them rather than open
+    /// their own.
+    connecting: FxHashMap<PoolKey, Rc<Stopping>>,
+}
+
+/// Ends a connection attempt however it ends (success, failure, the stream dropped): the
+/// streams waiting for it look again.
+struct Connecting<'w> {
+    worker: &'w Worker,
+    key: PoolKey,
+}
+
+impl Drop for Connecting<'_> {
+    fn drop(&mut self) {
+        if let Some(signal) = self.worker.h2_pool.borrow_mut().connecting.remove(&self.key) {
+            signal.fire();
+        }
+    }
 }
 
 impl H2Pool {
@@ -105,11 +123,16 @@ impl H2Pool {
     pub(super) fn clear(&mut self) {
         self.conns.clear();
     }
+
+    /// Someone is opening a connection to `key`: resolves when that attempt ended.
+    fn pending(&self, key: PoolKey) -> Option<Rc<Stopping>> {
+        self.connecting.get(&key).cloned()
+    }
 }
 
-/// A stream place on a connection to `addr`: a shared one with room, else a new connection
-/// (TCP, TLS with ALPN `h2` for GRPCS, the HTTP/2 preface) under `connect_timeout`, whose task is
-/// spawned on this worker.
+/// A stream place on a connection to `addr`: a shared one with room (waiting for one being
+/// opened, if any), else a new connection (TCP, TLS with ALPN `h2` for GRPCS, the HTTP/2
+/// preface) under `connect_timeout`, whose task is spawned on this worker.
 pub(super) async fn lease(
     worker: &Worker,
     snap: &Snapshot,
@@ -118,9 +141,25 @@ pub(super) async fn lease(
     connect_timeout: Duration,
 ) -> Result<Lease, RequestError> {
     let key = (addr, forward::tls_id(backend));
-    if let Some(l) = worker.h2_pool.borrow_mut().take(key) {
-        return Ok(l);
+    loop {
+        let pending = {
+            let mut pool = worker.h2_pool.borrow_mut();
+            if let Some(l) = pool.take(key) {
+                return Ok(l);
+            }
+            pool.pending(key)
+        };
+        match pending {
+            Some(signal) => signal.wait().await,
+            None => break,
+        }
     }
+    worker
+        .h2_pool
+        .borrow_mut()
+        .connecting
+        .insert(key, Rc::new(Stopping::default()));
+    let _connecting = Connecting { worker, key };
     let stream = forward::connect_new(backend, addr, connect_timeout).await?;
     let window = snap.http2.initial_window_size.max(1 << 20);
     let mut builder = h2::client::Builder::new();
