@@ -81,7 +81,7 @@ pub(crate) enum ErrorKind {
     ResponseBroken,
     /// A gRPC (HTTP/2) backend asked for by an HTTP/1.1 request: gRPC needs HTTP/2 end to end.
     NeedsHttp2,
-    /// The HTTP/2 upstream refused or reset the stream before its response head.
+    /// The HTTP/2 upstream stream failed (refused, connection lost) before its response head.
     StreamRefused,
 }
 
@@ -167,7 +167,7 @@ impl RequestError {
             AllTriedFailed => (502, "every endpoint tried answered with an error"),
             UnaskedSwitch => (502, "upstream switched protocols without an upgrade request"),
             NeedsHttp2 => (502, "this backend speaks gRPC, which needs HTTP/2 from the client"),
-            StreamRefused => (502, "upstream reset the stream before answering"),
+            StreamRefused => (502, "upstream stream failed before its answer"),
             ClientGone | ResponseBroken => return None,
         })
     }

@@ -23,7 +23,7 @@ use h2::{Reason, RecvStream, SendStream};
 use http::{HeaderName, HeaderValue, Request, Response};
 
 use super::decide::Forward;
-use super::error::{ErrorKind, RequestError};
+use super::error::{ErrorKind, RequestError, Side};
 use super::forward::{self, InFlight, Tries};
 use super::h2_pool;
 use super::log::Record;
@@ -132,7 +132,10 @@ pub(super) async fn forward(
     let resp = match head {
         Ok(r) => r,
         Err(Ok(e)) => {
-            forward::report(cx, f, addr, false);
+            // A client that left says nothing about the endpoint.
+            if e.side() == Side::Upstream {
+                forward::report(cx, f, addr, false);
+            }
             return Err(e);
         }
         Err(Err(e)) => {
@@ -220,7 +223,10 @@ pub(super) async fn forward(
 /// `:authority`, framing fields go (HTTP/2 frames the body), `te: trailers` stays when the
 /// client sent it (gRPC servers require it).
 fn upstream_request(head: &[u8], scheme: &str, te_trailers: bool) -> Result<Request<()>, RequestError> {
-    let mut fields = [httparse::EMPTY_HEADER; 128];
+    // One field per line at most: kedge wrote the head, so it parses; only the authority (the
+    // client's) may still be refused by `Uri`.
+    let lines = head.windows(2).filter(|w| *w == b"\r\n").count();
+    let mut fields = vec![httparse::EMPTY_HEADER; lines];
     let mut parsed = httparse::Request::new(&mut fields);
     let bad = || RequestError::from(ErrorKind::BadAuthority);
     let Ok(httparse::Status::Complete(_)) = parsed.parse(head) else {
