@@ -190,8 +190,10 @@ pub struct StaticRoute {
     pub max_body: Option<u64>,
     /// Redirect plain HTTP to HTTPS (308); `None`: when a `[[tls.certificate]]` names the host.
     pub ssl_redirect: Option<bool>,
-    /// TLS to the upstreams (`upstream_protocol = "https"`); `None`: plain HTTP.
+    /// TLS to the upstreams (`upstream_protocol = "https"` or `"grpcs"`); `None`: plain.
     pub upstream_tls: Option<crate::tls::UpstreamTlsSettings>,
+    /// The upstreams speak HTTP/2 (`upstream_protocol = "grpc"` or `"grpcs"`).
+    pub upstream_h2: bool,
 }
 
 /// The whole validated configuration.
@@ -887,6 +889,10 @@ impl Cx<'_> {
             max_body,
             ssl_redirect: r.ssl_redirect,
             upstream_tls,
+            upstream_h2: r
+                .upstream_protocol
+                .as_ref()
+                .is_some_and(|p| matches!(p.get_ref().as_str(), "grpc" | "grpcs")),
         })
     }
 }
@@ -917,7 +923,7 @@ impl Cx<'_> {
         use crate::tls::{UpstreamTlsSettings, Verify};
         let key = |k: &str| format!("route[{i}].{k}");
         match r.upstream_protocol.as_ref().map(|p| (p.get_ref().as_str(), p.span())) {
-            None | Some(("http", _)) => {
+            None | Some(("http" | "grpc", _)) => {
                 if let Some(v) = r
                     .upstream_verify
                     .as_ref()
@@ -927,17 +933,17 @@ impl Cx<'_> {
                     return Err(self.error(
                         Some(v),
                         Some(&key("upstream_protocol")),
-                        "upstream TLS settings need upstream_protocol = \"https\"".into(),
+                        "upstream TLS settings need upstream_protocol = \"https\" or \"grpcs\"".into(),
                     ));
                 }
                 return Ok(None);
             }
-            Some(("https", _)) => {}
+            Some(("https" | "grpcs", _)) => {}
             Some((other, span)) => {
                 return Err(self.error(
                     Some(span),
                     Some(&key("upstream_protocol")),
-                    format!("{other:?} is not one of \"http\", \"https\""),
+                    format!("{other:?} is not one of \"http\", \"https\", \"grpc\", \"grpcs\""),
                 ));
             }
         }
@@ -969,7 +975,8 @@ impl Cx<'_> {
             }
             (None, _) => ("upstream.invalid".to_owned(), false),
         };
-        let settings = UpstreamTlsSettings { verify, name, sni };
+        let h2 = r.upstream_protocol.as_ref().is_some_and(|p| p.get_ref() == "grpcs");
+        let settings = UpstreamTlsSettings { verify, name, sni, h2 };
         // Made (and cached) now, so that a bad CA file or name is a config error.
         crate::tls::upstream_tls(&settings).map_err(|m| {
             let span = r

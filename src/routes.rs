@@ -39,6 +39,9 @@ pub struct Backend {
     pub endpoints: Vec<SocketAddr>,
     /// TLS to the endpoints (`backend-protocol: HTTPS`); `None`: plain HTTP.
     pub tls: Option<Arc<crate::tls::UpstreamTls>>,
+    /// The endpoints speak HTTP/2 (gRPC: `backend-protocol: GRPC|GRPCS`, `upstream_protocol =
+    /// "grpc"|"grpcs"`), reached only from HTTP/2 clients; `false`: HTTP/1.1.
+    pub h2: bool,
 }
 
 pub use crate::policy::Policy;
@@ -399,16 +402,18 @@ impl TableBuilder {
         id
     }
 
-    /// Sets the upstream TLS of `backend` (`None`: plain HTTP), unless an earlier owner already
-    /// decided it differently: the first Ingress to use a Service port decides.
+    /// Sets the upstream protocol of `backend`: its TLS (`None`: plain) and whether it speaks
+    /// HTTP/2 (`h2`, gRPC), unless an earlier owner already decided it differently: the first
+    /// Ingress to use a Service port decides.
     pub fn backend_tls(
         &mut self,
         backend: BackendId,
         tls: Option<Arc<crate::tls::UpstreamTls>>,
+        h2: bool,
         owner: &Owner,
     ) -> Result<(), Conflict> {
         if let Some(winner) = self.tls_owners.get(&backend) {
-            if self.backends[backend].tls == tls {
+            if self.backends[backend].tls == tls && self.backends[backend].h2 == h2 {
                 return Ok(());
             }
             return Err(Conflict {
@@ -417,6 +422,7 @@ impl TableBuilder {
         }
         self.tls_owners.insert(backend, owner.into());
         self.backends[backend].tls = tls;
+        self.backends[backend].h2 = h2;
         Ok(())
     }
 

@@ -282,6 +282,8 @@ pub struct UpstreamTlsSettings {
     /// The name the certificate must carry (when verified) and the SNI (when `sni`).
     pub name: String,
     pub sni: bool,
+    /// ALPN `h2` (gRPC over TLS, `GRPCS`) instead of `http/1.1`.
+    pub h2: bool,
 }
 
 /// TLS to a backend's endpoints.
@@ -349,7 +351,10 @@ pub fn upstream_tls(settings: &UpstreamTlsSettings) -> Result<Arc<UpstreamTls>, 
         }
     };
     let mut config = builder.with_no_client_auth();
-    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    config.alpn_protocols = match settings.h2 {
+        true => vec![b"h2".to_vec()],
+        false => vec![b"http/1.1".to_vec()],
+    };
     config.enable_sni = settings.sni;
     let t = Arc::new(UpstreamTls {
         config: Arc::new(config),
@@ -384,6 +389,7 @@ pub fn broken_upstream_tls() -> Arc<UpstreamTls> {
                 verify: Verify::Ca(Vec::new()),
                 name: "upstream.invalid".into(),
                 sni: false,
+                h2: false,
             },
         })
     }))

@@ -13,7 +13,9 @@ mod conn;
 mod decide;
 mod error;
 mod forward;
+mod forward_h2;
 mod h2;
+mod h2_pool;
 mod limits;
 pub mod listener;
 mod log;
@@ -146,6 +148,8 @@ struct Worker {
     cache: RefCell<Cache<Arc<ArcSwap<Snapshot>>, Arc<Snapshot>>>,
     current: RefCell<Rc<Held>>,
     pool: RefCell<pool::Pool>,
+    /// Shared HTTP/2 connections to gRPC endpoints.
+    h2_pool: RefCell<h2_pool::H2Pool>,
     /// Round-robin position per backend name; kept across table swaps.
     balancer: RefCell<balance::Balancer>,
     limits: RefCell<limits::Limiter>,
@@ -297,6 +301,7 @@ async fn worker_main(index: usize, listeners: Vec<listener::Bound>, shared: Arc<
         shared,
         current: RefCell::new(current),
         pool: RefCell::new(pool::Pool::default()),
+        h2_pool: RefCell::new(h2_pool::H2Pool::default()),
         balancer: RefCell::new(balance::Balancer::new(index)),
         limits: RefCell::new(limits::Limiter::default()),
         auth_ok: RefCell::new(std::collections::HashSet::new()),
@@ -357,6 +362,7 @@ async fn worker_main(index: usize, listeners: Vec<listener::Bound>, shared: Arc<
         );
     }
     worker.pool.borrow_mut().clear();
+    worker.h2_pool.borrow_mut().clear();
 }
 
 async fn sweep_loop(worker: Rc<Worker>) {
@@ -364,6 +370,7 @@ async fn sweep_loop(worker: Rc<Worker>) {
         monoio::time::sleep(Duration::from_secs(5)).await;
         let idle = worker.snapshot().upstream.idle_timeout;
         worker.pool.borrow_mut().sweep(idle);
+        worker.h2_pool.borrow_mut().sweep(idle);
         worker.balancer.borrow_mut().sweep(Instant::now());
         worker.limits.borrow_mut().sweep(Instant::now());
     }

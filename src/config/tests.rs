@@ -443,3 +443,25 @@ fn kubeconfigs_are_parsed_and_the_context_must_exist() {
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn grpc_routes() {
+    let route = |protocol: &str| {
+        parse_ok(&format!(
+            "[[listener]]\naddress = \"127.0.0.1:1\"\n[[route]]\nhost = \"api.example\"\nupstreams = [\"127.0.0.1:2\"]\n\
+             upstream_protocol = \"{protocol}\"\n"
+        ))
+        .routes
+        .remove(0)
+    };
+    let plain = route("grpc");
+    assert!(plain.upstream_h2 && plain.upstream_tls.is_none());
+    let tls = route("grpcs");
+    assert!(tls.upstream_h2);
+    let settings = tls.upstream_tls.expect("TLS");
+    assert!(settings.h2, "ALPN h2");
+    assert_eq!(settings.name, "api.example");
+    let https = route("https");
+    assert!(!https.upstream_h2 && !https.upstream_tls.expect("TLS").h2);
+    assert!(!route("http").upstream_h2);
+}

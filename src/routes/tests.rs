@@ -21,6 +21,7 @@ fn build(rules: &[Rule<'_>]) -> (RouteTable, Vec<String>) {
             name: name.into(),
             endpoints: vec![SocketAddr::from(([127, 0, 0, 1], 9000))],
             tls: None,
+            h2: false,
         });
         if let Err(c) = b.rule_with(host, path, path_type, id, Arc::new(Policy::default()), name) {
             warnings.push(format!("{name} lost to {}", c.winner));

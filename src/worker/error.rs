@@ -79,12 +79,23 @@ pub(crate) enum ErrorKind {
     UnaskedSwitch,
     /// The response body broke off after its head was sent: nothing more can be said.
     ResponseBroken,
+    /// A gRPC (HTTP/2) backend asked for by an HTTP/1.1 request: gRPC needs HTTP/2 end to end.
+    NeedsHttp2,
+    /// The HTTP/2 upstream stream failed (refused, connection lost) before its response head.
+    StreamRefused,
 }
 
 /// Why a request could not be completed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct RequestError {
     pub kind: ErrorKind,
+}
+
+/// A connect failure: what a request that tried no endpoint yet failed with.
+impl Default for RequestError {
+    fn default() -> Self {
+        ErrorKind::ConnectFailed.into()
+    }
 }
 
 impl From<ErrorKind> for RequestError {
@@ -110,7 +121,8 @@ impl RequestError {
             NoEndpoint => Side::Internal,
             ConnectFailed | ConnectTimeout | TlsFailed | TlsTimeout | SendTimeout | UpstreamClosed
             | UpstreamTimeout | ResponseTimeout | ResponseCutShort | BadResponse | UpstreamBodyFailed
-            | AllTriedFailed | UnaskedSwitch | ResponseBroken => Side::Upstream,
+            | AllTriedFailed | UnaskedSwitch | ResponseBroken | StreamRefused => Side::Upstream,
+            NeedsHttp2 => Side::Client,
         }
     }
 
@@ -154,6 +166,8 @@ impl RequestError {
             UpstreamBodyFailed => (502, "upstream failed while receiving the request body"),
             AllTriedFailed => (502, "every endpoint tried answered with an error"),
             UnaskedSwitch => (502, "upstream switched protocols without an upgrade request"),
+            NeedsHttp2 => (502, "this backend speaks gRPC, which needs HTTP/2 from the client"),
+            StreamRefused => (502, "upstream stream failed before its answer"),
             ClientGone | ResponseBroken => return None,
         })
     }

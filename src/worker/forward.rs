@@ -94,16 +94,13 @@ pub(super) async fn forward<'w, B: SendBody>(
 ) -> Result<Exchange<'w>, RequestError> {
     let Ctx { worker, snap, start } = cx;
     let (backend, policy) = (f.routed.backend, f.routed.policy);
-    let balancer = &worker.balancer;
-    let report = |addr, ok| {
-        balancer
-            .borrow_mut()
-            .report(addr, ok, backend, &snap.upstream, Instant::now())
-    };
+    if backend.h2 {
+        return Err(ErrorKind::NeedsHttp2.into());
+    }
+    let report = |addr, ok| report(cx, f, addr, ok);
     // Timing the upstream costs clock reads; only the access log wants it.
     let t_up = snap.access_log.then(Instant::now);
-    let mut tried = Tried::default();
-    let mut last: RequestError = ErrorKind::ConnectFailed.into();
+    let mut tries = Tries::default();
     let mut fresh_to: Option<SocketAddr> = None;
     if backend.endpoints.is_empty() {
         return Err(ErrorKind::NoEndpoint.into());
@@ -111,41 +108,13 @@ pub(super) async fn forward<'w, B: SendBody>(
     let exchange = loop {
         let addr = match fresh_to.take() {
             Some(a) => a,
-            None => {
-                if tried.len() >= f.tries {
-                    return Err(last);
-                }
-                if tried.len() > 0
-                    && let Some(limit) = policy.retry_timeout
-                    && start.elapsed() >= limit
-                {
-                    return Err(last);
-                }
-                let input = PickInput {
-                    seed: worker.random(),
-                    ..f.pick
-                };
-                let picked = balancer.borrow_mut().pick(backend, policy, input, &tried, start);
-                let Some(a) = picked else { return Err(last) };
-                if tried.len() > 0
-                    && let Some(m) = &rec.metrics
-                {
-                    m.retries.fetch_add(1, Relaxed);
-                }
-                tried.push(a);
-                a
-            }
+            None => tries.next(cx, f, rec)?,
         };
         rec.upstream = Some(addr);
         let (mut upstream, reused) = match connect(worker, backend, addr, snap, f.timeouts.connect, start).await {
             Ok(c) => c,
             Err(e) => {
-                report(addr, false);
-                if let Some(m) = &rec.metrics {
-                    m.connect_errors.fetch_add(1, Relaxed);
-                }
-                debug_assert_eq!(e.retry(), Retry::Always);
-                last = e;
+                tries.connect_failed(cx, f, addr, e, rec);
                 continue;
             }
         };
@@ -165,11 +134,11 @@ pub(super) async fn forward<'w, B: SendBody>(
             Ok(resp)
                 if req.retry_ok
                     && policy.retry_on.contains(&resp.status)
-                    && tried.len() < f.tries.min(backend.endpoints.len()) =>
+                    && tries.count() < f.tries.min(backend.endpoints.len()) =>
             {
                 report(addr, false);
                 tracing::debug!(upstream = %addr, status = resp.status, "retrying on another endpoint");
-                last = ErrorKind::AllTriedFailed.into();
+                tries.last = ErrorKind::AllTriedFailed.into();
                 drop(upstream);
             }
             Ok(resp) => {
@@ -191,10 +160,10 @@ pub(super) async fn forward<'w, B: SendBody>(
                 if !dead_reused {
                     report(addr, false);
                 }
-                last = e;
                 if !req.retry_ok {
-                    return Err(last);
+                    return Err(e);
                 }
+                tries.last = e;
                 tracing::debug!(upstream = %addr, "no response from upstream; trying another endpoint");
             }
             Err(e) => return Err(e),
@@ -204,6 +173,74 @@ pub(super) async fn forward<'w, B: SendBody>(
     rec.upstream_time = t_up.map(|t| t.elapsed());
     rec.status = exchange.resp.status;
     Ok(exchange)
+}
+
+/// The endpoints one request tried and why the last try failed: the retry state that every
+/// upstream kind (HTTP/1.1 connections here, HTTP/2 streams in `forward_h2.rs`) steps through.
+#[derive(Default)]
+pub(super) struct Tries {
+    tried: Tried,
+    /// Why the last try failed (a connect failure when none was made).
+    pub last: RequestError,
+}
+
+impl Tries {
+    /// Endpoints tried so far.
+    pub fn count(&self) -> usize {
+        self.tried.len()
+    }
+
+    /// The next endpoint to try, or the error that ends the request: tries used up, the
+    /// rule's `retry_timeout` past, or no endpoint left to pick.
+    pub fn next(&mut self, cx: Ctx<'_>, f: &Forward<'_>, rec: &Record) -> Result<SocketAddr, RequestError> {
+        let (backend, policy) = (f.routed.backend, f.routed.policy);
+        let n = self.tried.len();
+        if n >= f.tries {
+            return Err(self.last);
+        }
+        if n > 0
+            && let Some(limit) = policy.retry_timeout
+            && cx.start.elapsed() >= limit
+        {
+            return Err(self.last);
+        }
+        let input = PickInput {
+            seed: cx.worker.random(),
+            ..f.pick
+        };
+        let picked = cx
+            .worker
+            .balancer
+            .borrow_mut()
+            .pick(backend, policy, input, &self.tried, cx.start);
+        let Some(a) = picked else { return Err(self.last) };
+        if n > 0
+            && let Some(m) = &rec.metrics
+        {
+            m.retries.fetch_add(1, Relaxed);
+        }
+        self.tried.push(a);
+        Ok(a)
+    }
+
+    /// A connect (TCP or TLS) to `addr` failed: reported to the balancer and counted; the
+    /// request moves on.
+    pub fn connect_failed(&mut self, cx: Ctx<'_>, f: &Forward<'_>, addr: SocketAddr, e: RequestError, rec: &Record) {
+        report(cx, f, addr, false);
+        if let Some(m) = &rec.metrics {
+            m.connect_errors.fetch_add(1, Relaxed);
+        }
+        debug_assert_eq!(e.retry(), Retry::Always);
+        self.last = e;
+    }
+}
+
+/// Tells the balancer how a try on `addr` went (outlier ejection).
+pub(super) fn report(cx: Ctx<'_>, f: &Forward<'_>, addr: SocketAddr, ok: bool) {
+    cx.worker
+        .balancer
+        .borrow_mut()
+        .report(addr, ok, f.routed.backend, &cx.snap.upstream, Instant::now());
 }
 
 /// Writes a bodiless request's head; `out` keeps it after the write, for a retry.
@@ -273,15 +310,25 @@ async fn connect(
     {
         return Ok((stream, true));
     }
+    Ok((connect_new(backend, addr, connect_timeout).await?, false))
+}
+
+/// A new connection to `addr`: TCP, then TLS for a backend with upstream TLS, under
+/// `connect_timeout` each.
+pub(super) async fn connect_new(
+    backend: &Backend,
+    addr: SocketAddr,
+    connect_timeout: Duration,
+) -> Result<UpstreamStream, RequestError> {
     let kind = match monoio::time::timeout(connect_timeout, TcpStream::connect_addr(addr)).await {
         Ok(Ok(stream)) => {
             let _ = stream.set_nodelay(true);
             let Some(tls) = &backend.tls else {
-                return Ok((UpstreamStream::Plain(stream), false));
+                return Ok(UpstreamStream::Plain(stream));
             };
             let handshake = TlsStream::connect(stream, Arc::clone(&tls.config), tls.name.clone());
             match monoio::time::timeout(connect_timeout, handshake).await {
-                Ok(Ok(s)) => return Ok((UpstreamStream::Tls(s), false)),
+                Ok(Ok(s)) => return Ok(UpstreamStream::Tls(s)),
                 Ok(Err(e)) => {
                     tracing::debug!(upstream = %addr, error = %e, "TLS handshake with upstream failed");
                     ErrorKind::TlsFailed
@@ -330,7 +377,7 @@ pub(super) struct InFlight<'w> {
 }
 
 impl<'w> InFlight<'w> {
-    fn begin(worker: &'w Worker, addr: SocketAddr) -> InFlight<'w> {
+    pub(super) fn begin(worker: &'w Worker, addr: SocketAddr) -> InFlight<'w> {
         worker.balancer.borrow_mut().begin(addr);
         InFlight { worker, addr }
     }
@@ -343,6 +390,6 @@ impl Drop for InFlight<'_> {
 }
 
 /// The pool key part for a backend's TLS settings (0: plain).
-fn tls_id(backend: &Backend) -> u64 {
+pub(super) fn tls_id(backend: &Backend) -> u64 {
     backend.tls.as_ref().map_or(0, |t| t.id)
 }

@@ -36,6 +36,7 @@ use super::client;
 use super::decide::{self, Decision, Forward};
 use super::error::{ErrorKind, RequestError};
 use super::forward::{self, SendBody, Sending};
+use super::forward_h2;
 use super::log::{self, Record};
 use super::pump::{self, ReadResult};
 use super::request::{self, Body, RequestView};
@@ -242,6 +243,11 @@ async fn stream(worker: &Rc<Worker>, info: &ConnInfo, req: Request<RecvStream>, 
     .await;
     if let Err(e) = done {
         match e.answer() {
+            Some((status, why)) if !responded && is_grpc(&parts.headers) => {
+                tracing::debug!(side = ?e.side(), error = ?e.kind, "gRPC request failed");
+                rec.status = status;
+                send_grpc_error(&mut respond, status, why);
+            }
             Some((status, why)) if !responded => {
                 tracing::debug!(side = ?e.side(), error = ?e.kind, "request failed");
                 rec.status = status;
@@ -374,6 +380,12 @@ async fn handle(
     // Per-client limits hold until the stream is done.
     let (decision, _in_progress) = checks::run(worker, decision, &view, start);
     let f = match decision {
+        Decision::Answer(a) if is_grpc(&parts.headers) => {
+            rec.status = a.status;
+            *responded = true;
+            send_grpc_error(respond, a.status, answer_reason(a.status));
+            return Ok(());
+        }
         Decision::Answer(a) => {
             rec.status = a.status;
             let mut out = Vec::new();
@@ -409,6 +421,21 @@ async fn handle(
     };
     let mut out = Vec::with_capacity(1024);
     h1::write_request_head(&mut out, &out_req, &fwd);
+    if f.routed.backend.h2 {
+        // gRPC: HTTP/2 end to end.
+        let te_trailers = parts
+            .headers
+            .get(http::header::TE)
+            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"trailers"));
+        let hsts = (info.scheme == "https").then_some(&*snap.https.hsts_line);
+        let extra = |addr| {
+            let mut extra = Vec::new();
+            respond::response_lines(&mut extra, hsts, || false, &f, addr);
+            extra
+        };
+        let cx = Ctx { worker, snap, start };
+        return forward_h2::forward(cx, &f, &out, te_trailers, body, respond, responded, extra, rec).await;
+    }
     let sending = Sending {
         has_body: body_kind != Body::None,
         is_head: parts.method == http::Method::HEAD,
@@ -540,6 +567,65 @@ async fn send_h1_answer(
             .map_err(|_| RequestError::from(ErrorKind::ClientGone))?;
     }
     Ok(())
+}
+
+/// Whether a request is gRPC (`content-type: application/grpc`, `application/grpc+proto`…).
+fn is_grpc(headers: &HeaderMap) -> bool {
+    headers
+        .get(http::header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"))
+}
+
+/// The gRPC status for an HTTP status kedge answers with, as gRPC's own HTTP-to-gRPC mapping
+/// (doc/http-grpc-status-mapping.md): 404 UNIMPLEMENTED, 502/503/504 and 429 UNAVAILABLE,
+/// 401 UNAUTHENTICATED, 403 PERMISSION_DENIED, 400 INTERNAL, 413 RESOURCE_EXHAUSTED, else
+/// UNKNOWN.
+fn grpc_status(http_status: u16) -> u8 {
+    match http_status {
+        400 => 13,
+        401 => 16,
+        403 => 7,
+        404 => 12,
+        413 => 8,
+        429 | 502..=504 => 14,
+        _ => 2,
+    }
+}
+
+/// The message of one of kedge's own answers, for `grpc-message`.
+fn answer_reason(status: u16) -> &'static str {
+    match status {
+        404 => "no route for this host and path",
+        503 => "no endpoint available for this backend",
+        401 => "authentication required",
+        403 => "forbidden",
+        413 => "request body larger than allowed",
+        429 => "too many requests",
+        301..=308 => "redirected; gRPC clients do not follow redirects",
+        _ => "refused by the proxy",
+    }
+}
+
+/// Answers a gRPC request with kedge's own error as gRPC clients expect it: a trailers-only
+/// response (one HEADERS frame ending the stream) with HTTP 200, `grpc-status` and
+/// `grpc-message` (percent-encoded as gRPC says).
+fn send_grpc_error(respond: &mut SendResponse<Bytes>, http_status: u16, why: &str) {
+    let mut message = String::with_capacity(why.len());
+    for b in why.bytes() {
+        if (0x20..0x7f).contains(&b) && b != b'%' {
+            message.push(char::from(b));
+        } else {
+            message.push_str(&format!("%{b:02X}"));
+        }
+    }
+    let mut r = Response::new(());
+    let h = r.headers_mut();
+    h.insert(http::header::CONTENT_TYPE, HeaderValue::from_static("application/grpc"));
+    h.insert("grpc-status", HeaderValue::from(u16::from(grpc_status(http_status))));
+    if let Ok(v) = HeaderValue::from_str(&message) {
+        h.insert("grpc-message", v);
+    }
+    let _ = respond.send_response(r, true);
 }
 
 /// Sends an error answer (status and one text line).

@@ -28,6 +28,8 @@ mod cluster;
 mod expect;
 /// The Gateway API kinds: absent CRDs, CRDs installed later, their objects in the state file.
 mod gateway;
+/// gRPC to pods (`GRPC`, `GRPCS`): streaming, trailers, resets, pooling, retries, own errors.
+mod grpc;
 /// Headers kedge adds (X-Forwarded-*, X-Real-IP, X-Request-ID) and the hop-by-hop ones it drops.
 mod headers;
 /// HTTP/2 to clients (h2c, ALPN h2) in front of HTTP/1.1 upstreams: the same policies, what the

@@ -159,6 +159,7 @@ impl<'a> Resolver<'a> {
                 name: format!("{cluster}/{ns}/{name}:{port}").into(),
                 endpoints: Vec::new(),
                 tls: None,
+                h2: false,
             }),
             problem: Some(format!("{problem}; answering 503")),
         };
@@ -199,6 +200,7 @@ impl<'a> Resolver<'a> {
                 name: name.into(),
                 endpoints,
                 tls: None,
+                h2: false,
             }),
             problem,
         }

@@ -38,7 +38,8 @@ const SSL_REDIRECT_ANNOTATION: &str = "nginx.ingress.kubernetes.io/ssl-redirect"
 const FORCE_SSL_REDIRECT_ANNOTATION: &str = "nginx.ingress.kubernetes.io/force-ssl-redirect";
 /// `"true"`: this Ingress is a canary of another one with the same host and path.
 const CANARY_ANNOTATION: &str = "nginx.ingress.kubernetes.io/canary";
-/// `HTTPS`: TLS to the endpoints (`HTTP`, the default: plain).
+/// `HTTPS`: TLS to the endpoints (`HTTP`, the default: plain); `GRPC`: HTTP/2 in plain text
+/// (h2c); `GRPCS`: HTTP/2 over TLS (ALPN `h2`).
 const BACKEND_PROTOCOL_ANNOTATION: &str = "nginx.ingress.kubernetes.io/backend-protocol";
 /// `"on"`: verify the endpoints' certificates (off by default, as in ingress-nginx).
 const PROXY_SSL_VERIFY_ANNOTATION: &str = "nginx.ingress.kubernetes.io/proxy-ssl-verify";
@@ -251,31 +252,36 @@ struct IngressTls<'t> {
 }
 
 /// The upstream TLS an Ingress asks for through ingress-nginx's annotations, for Service `svc`
-/// in its namespace; `None`: plain HTTP.
+/// in its namespace (`None`: plain), and whether the endpoints speak HTTP/2 (`GRPC`, `GRPCS`).
 fn upstream_tls(
     ing: &Ingress,
     svc: &str,
     tls: &IngressTls<'_>,
     owner: &str,
     w: &mut Warnings,
-) -> Option<crate::tls::UpstreamTlsSettings> {
+) -> (Option<crate::tls::UpstreamTlsSettings>, bool) {
     use crate::tls::{UpstreamTlsSettings, Verify};
     let m = &ing.metadata;
-    match annotation(m, BACKEND_PROTOCOL_ANNOTATION)
+    let h2 = match annotation(m, BACKEND_PROTOCOL_ANNOTATION)
         .map(str::to_ascii_uppercase)
         .as_deref()
     {
-        None | Some("HTTP") => return None,
-        Some("HTTPS") => {}
+        None | Some("HTTP") => return (None, false),
+        Some("GRPC") => return (None, true),
+        Some("HTTPS") => false,
+        Some("GRPCS") => true,
         Some(other) => {
             warn(
                 w,
                 owner,
-                format!("{BACKEND_PROTOCOL_ANNOTATION}: {other:?} is not supported (HTTP and HTTPS are); using HTTP"),
+                format!(
+                    "{BACKEND_PROTOCOL_ANNOTATION}: {other:?} is not supported (HTTP, HTTPS, GRPC and GRPCS are); \
+                     using HTTP"
+                ),
             );
-            return None;
+            return (None, false);
         }
-    }
+    };
     let (ns, _) = ns_name(m);
     let on = |k: &str| annotation(m, k) == Some("on");
     let verify = match annotation(m, PROXY_SSL_SECRET_ANNOTATION) {
@@ -312,11 +318,13 @@ fn upstream_tls(
     let name = annotation(m, PROXY_SSL_NAME_ANNOTATION)
         .map(str::to_owned)
         .unwrap_or_else(|| format!("{svc}.{ns}.svc"));
-    Some(UpstreamTlsSettings {
+    let settings = UpstreamTlsSettings {
         verify,
         name,
         sni: on(PROXY_SSL_SERVER_NAME_ANNOTATION),
-    })
+        h2,
+    };
+    (Some(settings), h2)
 }
 
 fn add_ingress<'a>(
@@ -513,7 +521,8 @@ fn set_backend_tls(
     (owner, table_owner): (&str, &str),
     w: &mut Warnings,
 ) {
-    let wanted = match upstream_tls(ing, svc, tls, owner, w) {
+    let (settings, h2) = upstream_tls(ing, svc, tls, owner, w);
+    let wanted = match settings {
         None => None,
         Some(settings) => match crate::tls::upstream_tls(&settings) {
             Ok(t) => Some(t),
@@ -523,7 +532,7 @@ fn set_backend_tls(
             }
         },
     };
-    if let Err(c) = b.backend_tls(id, wanted, table_owner) {
+    if let Err(c) = b.backend_tls(id, wanted, h2, table_owner) {
         warn(
             w,
             owner,

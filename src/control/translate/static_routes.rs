@@ -26,6 +26,7 @@ pub fn add(builder: &mut TableBuilder, routes: &[StaticRoute], tls_hosts: &[Stri
             name: r.name.as_str().into(),
             endpoints: r.upstreams.clone(),
             tls,
+            h2: r.upstream_h2,
         });
         if let Err(c) = builder.rule_with(
             r.host.as_deref(),

@@ -17,6 +17,7 @@ fn backend(b: &mut TableBuilder, name: &str, port: u16) -> usize {
         name: name.into(),
         endpoints: vec![SocketAddr::from(([127, 0, 0, 1], port))],
         tls: None,
+        h2: false,
     })
 }
 

@@ -887,8 +887,15 @@ fn backend_protocol_https_is_decided_by_the_first_ingress_of_a_service_port() {
             "2024-03-01T00:00:00Z",
             json!({"nginx.ingress.kubernetes.io/backend-protocol": "GRPC"}),
         ),
+        with(
+            "fcgi",
+            "2024-04-01T00:00:00Z",
+            json!({"nginx.ingress.kubernetes.io/backend-protocol": "FCGI"}),
+        ),
     ]);
     let (table, out) = w.run(&spec());
+    // GRPC would make the Service port speak HTTP/2: the first Ingress decided otherwise.
+    assert!(!table.route(b"grpc.example.com", "/").unwrap().h2);
     let tls = table
         .route(b"second.example.com", "/")
         .unwrap()
@@ -910,7 +917,12 @@ fn backend_protocol_https_is_decided_by_the_first_ingress_of_a_service_port() {
     );
     assert!(
         msgs.iter()
-            .any(|(o, m)| *o == "Ingress web/grpc" && m.contains("\"GRPC\" is not supported")),
+            .any(|(o, m)| *o == "Ingress web/grpc" && m.contains("already set by Ingress web/first")),
+        "{msgs:#?}"
+    );
+    assert!(
+        msgs.iter()
+            .any(|(o, m)| *o == "Ingress web/fcgi" && m.contains("\"FCGI\" is not supported")),
         "{msgs:#?}"
     );
 }
@@ -1134,5 +1146,31 @@ fn every_bad_annotation_is_one_warning_and_the_ingress_is_still_served() {
         assert!(msgs[0].contains(want), "{annotations:?}: {msgs:#?}");
         assert_eq!(out.warnings[0].object, "Ingress web/shop");
         check_routes(&table, &[("shop.example.com", "/", SHOP)]);
+    }
+}
+
+#[test]
+fn backend_protocol_grpc_and_grpcs_speak_http2() {
+    let with = |name: &str, protocol: &str| {
+        let spec = json!({"ingressClassName": "kedge", "rules": shop_rule(&format!("{name}.example.com"))});
+        let mut i = (*ingress("web", name, T1, spec)).clone();
+        i.metadata.annotations = serde_json::from_value(json!({
+            "nginx.ingress.kubernetes.io/backend-protocol": protocol,
+            "nginx.ingress.kubernetes.io/proxy-ssl-name": "grpc.internal",
+        }))
+        .unwrap();
+        Arc::new(i)
+    };
+    for (protocol, tls) in [("GRPC", false), ("grpcs", true)] {
+        let (table, out) = shop_world(vec![with("api", protocol)]).run(&spec());
+        assert!(out.warnings.is_empty(), "{protocol}: {:?}", out.warnings);
+        let backend = table.route(b"api.example.com", "/").unwrap();
+        assert!(backend.h2, "{protocol}");
+        assert_eq!(backend.tls.is_some(), tls, "{protocol}");
+        if let Some(t) = &backend.tls {
+            assert!(t.settings.h2, "ALPN h2");
+            assert_eq!(t.settings.name, "grpc.internal");
+            assert_eq!(t.config.alpn_protocols, vec![b"h2".to_vec()]);
+        }
     }
 }

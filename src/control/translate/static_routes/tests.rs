@@ -15,6 +15,7 @@ fn route(name: &str, host: Option<&str>, path: &str, path_type: PathType) -> Sta
         max_body: None,
         ssl_redirect: None,
         upstream_tls: None,
+        upstream_h2: false,
     }
 }
 

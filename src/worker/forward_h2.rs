@@ -1,0 +1,390 @@
+//! Forwarding an HTTP/2 client stream to an HTTP/2 upstream (gRPC backends): the stream opened
+//! on a shared connection of `h2_pool.rs`, with the same retry state as HTTP/1.1
+//! (`forward::Tries`: a failed connect, or a stream that could not be sent, moves on to another
+//! endpoint), then both bodies moved at once, full duplex, under flow control both ways:
+//! request DATA is released to the client only once the upstream granted window for it,
+//! response DATA likewise. Trailers pass both ways, a trailers-only answer stays one HEADERS
+//! frame, and a reset on either side resets the other (with the same code towards the client).
+//!
+//! The upstream read timeout applies between messages, not to the whole stream: any DATA in
+//! either direction restarts it, so a long-lived stream lives as long as messages flow.
+
+use std::cell::Cell;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::pin;
+use std::task::Poll;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use futures_util::future::poll_fn;
+use h2::server::SendResponse;
+use h2::{Reason, RecvStream, SendStream};
+use http::{HeaderName, HeaderValue, Request, Response};
+
+use super::decide::Forward;
+use super::error::{ErrorKind, RequestError, Side};
+use super::forward::{self, InFlight, Tries};
+use super::h2_pool;
+use super::log::Record;
+use super::session::Ctx;
+
+/// Sends the request (`head`: the upstream request head as `http::write_request_head` wrote it
+/// for HTTP/1.1, with kedge's forwarding fields; `te_trailers`: the client sent `te: trailers`)
+/// to an endpoint of `f`'s backend over HTTP/2 and relays the exchange both ways until it ends.
+/// `extra(addr)` gives kedge's response header lines (`Name: value\r\n`). `responded` turns
+/// true once the client got response headers or a reset.
+#[expect(clippy::too_many_arguments, reason = "the stream's state, passed once")]
+pub(super) async fn forward(
+    cx: Ctx<'_>,
+    f: &Forward<'_>,
+    head: &[u8],
+    te_trailers: bool,
+    client_body: RecvStream,
+    respond: &mut SendResponse<Bytes>,
+    responded: &mut bool,
+    extra: impl FnOnce(SocketAddr) -> Vec<u8>,
+    rec: &mut Record,
+) -> Result<(), RequestError> {
+    let backend = f.routed.backend;
+    if backend.endpoints.is_empty() {
+        return Err(ErrorKind::NoEndpoint.into());
+    }
+    let t_up = cx.snap.access_log.then(Instant::now);
+    let end = client_body.is_end_stream();
+    let scheme = if backend.tls.is_some() { "https" } else { "http" };
+    let mut tries = Tries::default();
+    let mut fresh_to: Option<SocketAddr> = None;
+    let mut refreshed = false;
+    let (addr, _lease, response, send) = loop {
+        let addr = match fresh_to.take() {
+            Some(a) => a,
+            None => tries.next(cx, f, rec)?,
+        };
+        rec.upstream = Some(addr);
+        let lease = match h2_pool::lease(cx.worker, cx.snap, backend, addr, f.timeouts.connect).await {
+            Ok(l) => l,
+            Err(e) => {
+                tries.connect_failed(cx, f, addr, e, rec);
+                continue;
+            }
+        };
+        let req = upstream_request(head, scheme, te_trailers)?;
+        let sender = lease.sender();
+        let ready = monoio::time::timeout(f.timeouts.connect, sender.ready()).await;
+        let sent = match ready {
+            Ok(Ok(mut s)) => s.send_request(req, end),
+            Ok(Err(e)) => Err(e),
+            Err(_) => {
+                tries.connect_failed(cx, f, addr, ErrorKind::ConnectTimeout.into(), rec);
+                continue;
+            }
+        };
+        match sent {
+            Ok((response, send)) => break (addr, lease, response, send),
+            Err(e) => {
+                // GOAWAY received or the connection broke: nothing of this stream left kedge.
+                // The connection takes no new stream; a new one to the same endpoint gets it
+                // once, then the next endpoint.
+                tracing::debug!(upstream = %addr, error = %e, "stream not sent; retrying");
+                lease.close();
+                tries.last = ErrorKind::UpstreamClosed.into();
+                if !std::mem::replace(&mut refreshed, true) {
+                    fresh_to = Some(addr);
+                }
+            }
+        }
+    };
+    let _inflight = InFlight::begin(cx.worker, addr);
+    let activity = Cell::new(Instant::now());
+    let read_timeout = f.timeouts.read;
+    let mut req_pump = pin!(pump_request(
+        client_body,
+        send,
+        end,
+        &activity,
+        f.timeouts.send,
+        f.max_body
+    ));
+    let mut req_done = end;
+    let mut idle = pin!(idle_watch(&activity, read_timeout));
+
+    // The response head, while the request body flows.
+    let mut response = pin!(response);
+    let head = poll_fn(|c| {
+        if !req_done && let Poll::Ready(r) = req_pump.as_mut().poll(c) {
+            req_done = true;
+            match r {
+                Err(e) if e.kind != ErrorKind::UpstreamBodyFailed => return Poll::Ready(Err(Ok(e))),
+                // The upstream stopped taking the body: its answer (or reset) says why.
+                _ => {}
+            }
+        }
+        if respond.poll_reset(c).is_ready() {
+            return Poll::Ready(Err(Ok(ErrorKind::ClientGone.into())));
+        }
+        if idle.as_mut().poll(c).is_ready() {
+            return Poll::Ready(Err(Ok(ErrorKind::UpstreamTimeout.into())));
+        }
+        response.as_mut().poll(c).map(|r| r.map_err(Err))
+    })
+    .await;
+    let resp = match head {
+        Ok(r) => r,
+        Err(Ok(e)) => {
+            // A client that left says nothing about the endpoint.
+            if e.side() == Side::Upstream {
+                forward::report(cx, f, addr, false);
+            }
+            return Err(e);
+        }
+        Err(Err(e)) => {
+            forward::report(cx, f, addr, false);
+            tracing::debug!(upstream = %addr, error = %e, "upstream stream failed before its answer");
+            match e.reason() {
+                Some(reason) if e.is_reset() => {
+                    respond.send_reset(reason);
+                    *responded = true;
+                    rec.status = 502;
+                    return Ok(());
+                }
+                _ => return Err(ErrorKind::StreamRefused.into()),
+            }
+        }
+    };
+    let (parts, up_body) = resp.into_parts();
+    forward::report(cx, f, addr, parts.status.as_u16() < 500);
+    rec.upstream_time = t_up.map(|t| t.elapsed());
+    rec.status = parts.status.as_u16();
+    let mut out = Response::from_parts(parts, ());
+    let lines = extra(addr);
+    for line in lines.split(|&b| b == b'\n') {
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
+        let Some(colon) = line.iter().position(|&b| b == b':') else {
+            continue;
+        };
+        let (name, value) = (&line[..colon], line[colon + 1..].trim_ascii());
+        if let (Ok(n), Ok(v)) = (HeaderName::from_bytes(name), HeaderValue::from_bytes(value)) {
+            out.headers_mut().append(n, v);
+        }
+    }
+    let up_end = up_body.is_end_stream();
+    let mut client_send = respond
+        .send_response(out, up_end)
+        .map_err(|_| RequestError::from(ErrorKind::ClientGone))?;
+    *responded = true;
+    if up_end {
+        // Trailers-only: the whole answer was that HEADERS frame.
+        return Ok(());
+    }
+
+    // Both bodies at once; the exchange ends with the response.
+    let client_timeout = cx.snap.client.body_timeout;
+    let ended = {
+        let mut resp_pump = pin!(pump_response(up_body, &mut client_send, &activity, client_timeout));
+        poll_fn(|c| {
+            if !req_done && let Poll::Ready(r) = req_pump.as_mut().poll(c) {
+                req_done = true;
+                match r {
+                    Err(e) if e.kind != ErrorKind::UpstreamBodyFailed => return Poll::Ready(Err(e)),
+                    _ => {}
+                }
+            }
+            if idle.as_mut().poll(c).is_ready() {
+                return Poll::Ready(Err(ErrorKind::ResponseTimeout.into()));
+            }
+            resp_pump.as_mut().poll(c)
+        })
+        .await
+    };
+    // Whatever ends the exchange early drops the upstream stream's handles: `h2` resets it
+    // (CANCEL).
+    match ended {
+        Ok(n) => {
+            rec.bytes = n;
+            Ok(())
+        }
+        Err(e) if e.kind == ErrorKind::ResponseTimeout => {
+            // A gRPC client gets a status it understands rather than a bare reset.
+            tracing::debug!(upstream = %addr, "no message within the read timeout; ending the stream");
+            let mut t = http::HeaderMap::new();
+            t.insert("grpc-status", HeaderValue::from_static("14"));
+            t.insert(
+                "grpc-message",
+                HeaderValue::from_static("upstream sent nothing within the read timeout"),
+            );
+            client_send.send_trailers(t).map_err(|_| ErrorKind::ClientGone.into())
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// The HTTP/2 request for the upstream from the HTTP/1.1 head kedge wrote for it: Host becomes
+/// `:authority`, framing fields go (HTTP/2 frames the body), `te: trailers` stays when the
+/// client sent it (gRPC servers require it).
+fn upstream_request(head: &[u8], scheme: &str, te_trailers: bool) -> Result<Request<()>, RequestError> {
+    // One field per line at most: kedge wrote the head, so it parses; only the authority (the
+    // client's) may still be refused by `Uri`.
+    let lines = head.windows(2).filter(|w| *w == b"\r\n").count();
+    let mut fields = vec![httparse::EMPTY_HEADER; lines];
+    let mut parsed = httparse::Request::new(&mut fields);
+    let bad = || RequestError::from(ErrorKind::BadAuthority);
+    let Ok(httparse::Status::Complete(_)) = parsed.parse(head) else {
+        return Err(bad());
+    };
+    let (Some(method), Some(path)) = (parsed.method, parsed.path) else {
+        return Err(bad());
+    };
+    let mut req = Request::builder().method(method);
+    let mut authority = None;
+    for h in parsed.headers.iter() {
+        let name = h.name;
+        if name.eq_ignore_ascii_case("host") {
+            authority = Some(h.value);
+            continue;
+        }
+        if name.eq_ignore_ascii_case("content-length") || name.eq_ignore_ascii_case("transfer-encoding") {
+            continue;
+        }
+        req = req.header(name, h.value);
+    }
+    if te_trailers {
+        req = req.header(http::header::TE, "trailers");
+    }
+    let uri = http::Uri::builder()
+        .scheme(scheme)
+        .authority(authority.unwrap_or(b"localhost"))
+        .path_and_query(path)
+        .build()
+        .map_err(|_| bad())?;
+    req.uri(uri).body(()).map_err(|_| bad())
+}
+
+/// Resolves once nothing moved for `limit` (`activity`: when something last did).
+async fn idle_watch(activity: &Cell<Instant>, limit: Duration) {
+    loop {
+        let left = limit.saturating_sub(activity.get().elapsed());
+        if left.is_zero() {
+            return;
+        }
+        monoio::time::sleep(left).await;
+    }
+}
+
+/// Sends `data` on `send` as the peer grants window, waiting at most `timeout` for each grant.
+async fn send_flow(send: &mut SendStream<Bytes>, mut data: Bytes, timeout: Duration) -> Result<(), ()> {
+    while !data.is_empty() {
+        send.reserve_capacity(data.len());
+        let granted = monoio::time::timeout(timeout, poll_fn(|c| send.poll_capacity(c))).await;
+        let n = match granted {
+            Ok(Some(Ok(n))) => n,
+            _ => return Err(()),
+        };
+        if n == 0 {
+            continue;
+        }
+        let chunk = data.split_to(n.min(data.len()));
+        send.send_data(chunk, false).map_err(drop)?;
+    }
+    Ok(())
+}
+
+/// The client's request DATA and trailers to the upstream stream. A client reset resets the
+/// upstream stream (CANCEL).
+async fn pump_request(
+    mut client: RecvStream,
+    mut up: SendStream<Bytes>,
+    end: bool,
+    activity: &Cell<Instant>,
+    send_timeout: Duration,
+    max_body: u64,
+) -> Result<(), RequestError> {
+    if end {
+        return Ok(());
+    }
+    let mut total = 0u64;
+    while let Some(next) = client.data().await {
+        let Ok(data) = next else {
+            up.send_reset(Reason::CANCEL);
+            return Err(ErrorKind::ClientGone.into());
+        };
+        let n = data.len();
+        total += n as u64;
+        if total > max_body {
+            up.send_reset(Reason::CANCEL);
+            return Err(ErrorKind::BodyTooLarge.into());
+        }
+        activity.set(Instant::now());
+        if send_flow(&mut up, data, send_timeout).await.is_err() {
+            return Err(ErrorKind::UpstreamBodyFailed.into());
+        }
+        let _ = client.flow_control().release_capacity(n);
+    }
+    let sent = match poll_fn(|c| client.poll_trailers(c)).await {
+        Ok(Some(trailers)) => up.send_trailers(trailers),
+        Ok(None) => up.send_data(Bytes::new(), true),
+        Err(_) => {
+            up.send_reset(Reason::CANCEL);
+            return Err(ErrorKind::ClientGone.into());
+        }
+    };
+    sent.map_err(|_| ErrorKind::UpstreamBodyFailed.into())
+}
+
+/// The upstream's response DATA and trailers to the client stream; returns the body bytes
+/// moved. An upstream reset resets the client stream with the same code; a client reset ends
+/// this with `ClientGone` (the caller drops the upstream stream, which resets it).
+async fn pump_response(
+    mut up: RecvStream,
+    client: &mut SendStream<Bytes>,
+    activity: &Cell<Instant>,
+    client_timeout: Duration,
+) -> Result<u64, RequestError> {
+    let gone = || RequestError::from(ErrorKind::ClientGone);
+    let mut moved = 0u64;
+    loop {
+        let next = monoio::select! {
+            d = up.data() => d,
+            _ = poll_fn(|c| client.poll_reset(c)) => return Err(gone()),
+        };
+        match next {
+            None => break,
+            Some(Err(e)) => {
+                tracing::debug!(error = %e, "upstream stream reset mid-answer");
+                client.send_reset(e.reason().unwrap_or(Reason::INTERNAL_ERROR));
+                return Ok(moved);
+            }
+            Some(Ok(data)) => {
+                let n = data.len();
+                activity.set(Instant::now());
+                send_flow(client, data, client_timeout).await.map_err(|()| gone())?;
+                let _ = up.flow_control().release_capacity(n);
+                moved += n as u64;
+            }
+        }
+    }
+    match poll_fn(|c| up.poll_trailers(c)).await {
+        Ok(Some(trailers)) => client.send_trailers(trailers).map_err(|_| gone())?,
+        Ok(None) => client.send_data(Bytes::new(), true).map_err(|_| gone())?,
+        Err(e) => client.send_reset(e.reason().unwrap_or(Reason::INTERNAL_ERROR)),
+    }
+    Ok(moved)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::upstream_request;
+
+    #[test]
+    fn h1_heads_become_h2_requests() {
+        let head = b"POST /pkg.Svc/Call HTTP/1.1\r\nContent-Type: application/grpc\r\nHost: api.example\r\n\
+                     X-Forwarded-For: 10.0.0.1\r\nTransfer-Encoding: chunked\r\n\r\n";
+        let req = upstream_request(head, "http", true).unwrap();
+        assert_eq!(req.method(), "POST");
+        assert_eq!(req.uri().to_string(), "http://api.example/pkg.Svc/Call");
+        assert_eq!(req.headers().get("te").unwrap(), "trailers");
+        assert_eq!(req.headers().get("x-forwarded-for").unwrap(), "10.0.0.1");
+        assert!(req.headers().get("transfer-encoding").is_none());
+        assert!(req.headers().get("host").is_none());
+    }
+}
