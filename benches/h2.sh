@@ -170,45 +170,8 @@ missing_pkgs() {
     command -v pkill >/dev/null || m+=(procps)
     echo "${m[*]}"
 }
-ensure_packages() {
-    local missing; missing="$(missing_pkgs)"
-    [[ -z "$missing" ]] && return 0
-    local waited=0
-    while pgrep -x apt-get >/dev/null || pgrep -x dpkg >/dev/null || pgrep -x apt >/dev/null; do
-        ((waited == 0)) && log "another apt/dpkg is running; waiting for it (up to 10 min)"
-        sleep 5; waited=$((waited + 5)); ((waited < 600)) || break
-    done
-    missing="$(missing_pkgs)"
-    [[ -z "$missing" ]] && return 0
-    ((EUID == 0)) || die "missing packages ($missing) and not root; install them and rerun"
-    log "installing: $missing"
-    export DEBIAN_FRONTEND=noninteractive
-    apt-get -o DPkg::Lock::Timeout=600 update -q
-    # shellcheck disable=SC2086
-    if ! apt-get -o DPkg::Lock::Timeout=600 install -y -q $missing; then
-        # shellcheck disable=SC2086
-        apt-get -o DPkg::Lock::Timeout=600 install -y -q ${missing/nginx/nginx-light}
-    fi
-    missing="$(missing_pkgs)"
-    [[ -z "$missing" ]] || die "still missing after apt-get: $missing"
-}
-stop_system_nginx() {   # the distro's own nginx would share the CPUs (only via its pid file)
-    local pidf=/run/nginx.pid pid
-    [[ -s "$pidf" ]] || return 0
-    pid="$(head -n1 "$pidf" 2>/dev/null | tr -dc 0-9)"
-    [[ -n "$pid" ]] && kill -0 "$pid" 2>/dev/null || return 0
-    [[ "$(cat "/proc/$pid/comm" 2>/dev/null)" == nginx ]] || return 0
-    log "stopping the distro's nginx service (pid $pid) so it does not share the CPUs"
-    if [[ -d /run/systemd/system ]] && command -v systemctl >/dev/null; then
-        systemctl stop nginx || kill -TERM "$pid" || true
-    elif command -v service >/dev/null; then
-        service nginx stop >/dev/null 2>&1 || kill -TERM "$pid" || true
-    else
-        kill -TERM "$pid" || true
-    fi
-}
-ensure_packages
-stop_system_nginx
+ensure_packages                 # benches/lib.sh
+stop_system_services nginx
 find_bins
 "$NGINX_BIN" -V 2>&1 | grep -q -- --with-http_v2_module || die "$NGINX_BIN has no http_v2_module"
 "$NGINX_BIN" -V 2>&1 | grep -q -- --with-http_ssl_module || die "$NGINX_BIN has no http_ssl_module"

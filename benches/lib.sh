@@ -1,7 +1,7 @@
 # shellcheck shell=bash
 # Helpers shared by benches/proxy.sh, benches/tls.sh and benches/h2.sh (sourced, not run). They
 # use the caller's globals: TMP, OUT, NGINX_BIN, PORT_BACKEND, BACKEND_CPUS, PIDS, PROXY_QUOTA,
-# SNI, and its `die` and `wait_ready`.
+# SNI, and its `log`, `die`, `wait_ready` and `missing_pkgs`.
 
 # The nginx http-block settings every private nginx here uses (backend and proxy).
 nginx_common_http() {   # prefix
@@ -107,4 +107,52 @@ gen_certs() {   # key
         -days 30 -extfile "$d/leaf.ext" -out "$d/cert.pem" 2>/dev/null
     openssl verify -CAfile "$d/ca.pem" "$d/cert.pem" >/dev/null || die "generated $k certificate does not verify"
     cp "$d/ca.pem" "$OUT/conf/ca-$k.pem"; cp "$d/cert.pem" "$OUT/conf/cert-$k.pem"
+}
+
+# Installs what the caller's `missing_pkgs` lists (a space-separated package list), waiting for
+# an apt run already in progress; uses the caller's `log` and `die`.
+ensure_packages() {
+    local missing; missing="$(missing_pkgs)"
+    [[ -z "$missing" ]] && return 0
+    # An install may already be running in the background: give it time.
+    local waited=0
+    while pgrep -x apt-get >/dev/null || pgrep -x dpkg >/dev/null || pgrep -x apt >/dev/null; do
+        ((waited == 0)) && log "another apt/dpkg is running; waiting for it (up to 10 min)"
+        sleep 5; waited=$((waited + 5)); ((waited < 600)) || break
+    done
+    missing="$(missing_pkgs)"
+    [[ -z "$missing" ]] && return 0
+    ((EUID == 0)) || die "missing packages ($missing) and not root; install them and rerun"
+    log "installing: $missing"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get -o DPkg::Lock::Timeout=600 update -q
+    # shellcheck disable=SC2086
+    if ! apt-get -o DPkg::Lock::Timeout=600 install -y -q $missing; then
+        # Some releases/mirrors only carry nginx-light (also /usr/sbin/nginx).
+        # shellcheck disable=SC2086
+        apt-get -o DPkg::Lock::Timeout=600 install -y -q ${missing/nginx/nginx-light}
+    fi
+    missing="$(missing_pkgs)"
+    [[ -z "$missing" ]] || die "still missing after apt-get: $missing"
+}
+
+# The distro packages start system instances on :80 etc. We never use them,
+# but they would share the CPUs: stop them (only via their own pid files).
+stop_system_services() {   # service...
+    local svc pidf pid
+    for svc in "$@"; do
+        pidf="/run/$svc.pid"
+        [[ -s "$pidf" ]] || continue
+        pid="$(head -n1 "$pidf" 2>/dev/null | tr -dc 0-9)"
+        if [[ -z "$pid" ]] || ! kill -0 "$pid" 2>/dev/null; then continue; fi
+        [[ "$(cat "/proc/$pid/comm" 2>/dev/null)" == "$svc" ]] || continue
+        log "stopping the distro's $svc service (pid $pid) so it does not share the CPUs"
+        if [[ -d /run/systemd/system ]] && command -v systemctl >/dev/null; then
+            systemctl stop "$svc" || kill -TERM "$pid" || true
+        elif command -v service >/dev/null; then
+            service "$svc" stop >/dev/null 2>&1 || kill -TERM "$pid" || true
+        else
+            kill -TERM "$pid" || true
+        fi
+    done
 }

@@ -20,7 +20,7 @@ use bytes::Bytes;
 use futures_util::future::poll_fn;
 use h2::server::SendResponse;
 use h2::{Reason, RecvStream, SendStream};
-use http::{HeaderName, HeaderValue, Request, Response};
+use http::{HeaderValue, Request, Response};
 
 use super::decide::Forward;
 use super::error::{ErrorKind, RequestError, Side};
@@ -157,17 +157,7 @@ pub(super) async fn forward(
     rec.upstream_time = t_up.map(|t| t.elapsed());
     rec.status = parts.status.as_u16();
     let mut out = Response::from_parts(parts, ());
-    let lines = extra(addr);
-    for line in lines.split(|&b| b == b'\n') {
-        let line = line.strip_suffix(b"\r").unwrap_or(line);
-        let Some(colon) = line.iter().position(|&b| b == b':') else {
-            continue;
-        };
-        let (name, value) = (&line[..colon], line[colon + 1..].trim_ascii());
-        if let (Ok(n), Ok(v)) = (HeaderName::from_bytes(name), HeaderValue::from_bytes(value)) {
-            out.headers_mut().append(n, v);
-        }
-    }
+    super::h2::append_lines(out.headers_mut(), &extra(addr));
     let up_end = up_body.is_end_stream();
     let mut client_send = respond
         .send_response(out, up_end)

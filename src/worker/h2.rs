@@ -473,12 +473,13 @@ async fn handle(
     let (addr, resp) = (exchange.addr, exchange.resp);
     let mut extra = Vec::new();
     let hsts = (info.scheme == "https").then_some(&*snap.https.hsts_line);
-    let sent_hsts = || {
-        up.headers
-            .iter()
-            .any(|h| up.buf[h.name.clone()].eq_ignore_ascii_case(b"strict-transport-security"))
-    };
-    respond::response_lines(&mut extra, hsts, sent_hsts, &f, addr);
+    respond::response_lines(
+        &mut extra,
+        hsts,
+        || up.has_field(b"strict-transport-security"),
+        &f,
+        addr,
+    );
     let head = response_head(&up.buf, &resp, &up.headers, &extra, sending.is_head);
     let no_body = resp.framing == Framing::None || resp.framing == Framing::Length(0);
     let mut send = respond
@@ -501,6 +502,21 @@ async fn handle(
         forward::release(worker, snap, f.routed.backend, addr, upstream, start);
     }
     Ok(())
+}
+
+/// Appends kedge's own header lines (`Name: value\r\n` each, as `respond::response_lines`
+/// writes them for HTTP/1.1) to an HTTP/2 header map.
+pub(super) fn append_lines(headers: &mut HeaderMap, lines: &[u8]) {
+    for line in lines.split(|&b| b == b'\n') {
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
+        let Some(colon) = line.iter().position(|&b| b == b':') else {
+            continue;
+        };
+        let (name, value) = (&line[..colon], line[colon + 1..].trim_ascii());
+        if let (Ok(n), Ok(v)) = (HeaderName::from_bytes(name), HeaderValue::from_bytes(value)) {
+            headers.append(n, v);
+        }
+    }
 }
 
 /// The response head for the client: the upstream's status and end-to-end fields (hop-by-hop
@@ -528,16 +544,7 @@ fn response_head(buf: &[u8], resp: &ResponseHead, spans: &[HeaderSpan], extra: &
     if let Some(n) = length {
         headers.insert(http::header::CONTENT_LENGTH, HeaderValue::from(n));
     }
-    for line in extra.split(|&b| b == b'\n') {
-        let line = line.strip_suffix(b"\r").unwrap_or(line);
-        let Some(colon) = line.iter().position(|&b| b == b':') else {
-            continue;
-        };
-        let (name, value) = (&line[..colon], line[colon + 1..].trim_ascii());
-        if let (Ok(n), Ok(v)) = (HeaderName::from_bytes(name), HeaderValue::from_bytes(value)) {
-            headers.append(n, v);
-        }
-    }
+    append_lines(&mut headers, extra);
     let mut r = Response::new(());
     *r.status_mut() = http::StatusCode::from_u16(resp.status).unwrap_or(http::StatusCode::BAD_GATEWAY);
     *r.headers_mut() = headers;

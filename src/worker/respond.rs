@@ -218,13 +218,8 @@ impl<S: ClientStream> Conn<S> {
         let mut extra = std::mem::take(&mut self.extra);
         extra.clear();
         let hsts = (S::SCHEME == "https").then_some(&*snap.https.hsts_line);
-        let (ubuf, uheaders) = (&self.up.buf, &self.up.headers);
-        let upstream_sent_hsts = || {
-            uheaders
-                .iter()
-                .any(|h| ubuf[h.name.clone()].eq_ignore_ascii_case(b"strict-transport-security"))
-        };
-        response_lines(&mut extra, hsts, upstream_sent_hsts, f, addr);
+        let up = &self.up;
+        response_lines(&mut extra, hsts, || up.has_field(b"strict-transport-security"), f, addr);
         self.out.clear();
         http::write_response_head(
             &mut self.out,

@@ -78,6 +78,15 @@ pub(super) struct UpstreamBufs {
     pub headers: Vec<HeaderSpan>,
 }
 
+impl UpstreamBufs {
+    /// Whether the response head in `buf` has a field called `name` (ASCII, any case).
+    pub fn has_field(&self, name: &[u8]) -> bool {
+        self.headers
+            .iter()
+            .any(|h| self.buf[h.name.clone()].eq_ignore_ascii_case(name))
+    }
+}
+
 /// How the connection goes on after a request.
 pub(super) enum Next {
     KeepAlive,
