@@ -157,7 +157,7 @@ pub(super) async fn forward(
     rec.upstream_time = t_up.map(|t| t.elapsed());
     rec.status = parts.status.as_u16();
     let mut out = Response::from_parts(parts, ());
-    super::h2::append_lines(out.headers_mut(), &extra(addr));
+    super::respond::append_lines(out.headers_mut(), &extra(addr));
     let up_end = up_body.is_end_stream();
     let mut client_send = respond
         .send_response(out, up_end)

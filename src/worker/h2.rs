@@ -504,21 +504,6 @@ async fn handle(
     Ok(())
 }
 
-/// Appends kedge's own header lines (`Name: value\r\n` each, as `respond::response_lines`
-/// writes them for HTTP/1.1) to an HTTP/2 header map.
-pub(super) fn append_lines(headers: &mut HeaderMap, lines: &[u8]) {
-    for line in lines.split(|&b| b == b'\n') {
-        let line = line.strip_suffix(b"\r").unwrap_or(line);
-        let Some(colon) = line.iter().position(|&b| b == b':') else {
-            continue;
-        };
-        let (name, value) = (&line[..colon], line[colon + 1..].trim_ascii());
-        if let (Ok(n), Ok(v)) = (HeaderName::from_bytes(name), HeaderValue::from_bytes(value)) {
-            headers.append(n, v);
-        }
-    }
-}
-
 /// The response head for the client: the upstream's status and end-to-end fields (hop-by-hop
 /// and framing ones dropped), Content-Length when the length is known (for HEAD and 304 the one
 /// the upstream declared), then kedge's `extra` lines (`Name: value\r\n` each).
@@ -544,7 +529,7 @@ fn response_head(buf: &[u8], resp: &ResponseHead, spans: &[HeaderSpan], extra: &
     if let Some(n) = length {
         headers.insert(http::header::CONTENT_LENGTH, HeaderValue::from(n));
     }
-    append_lines(&mut headers, extra);
+    respond::append_lines(&mut headers, extra);
     let mut r = Response::new(());
     *r.status_mut() = http::StatusCode::from_u16(resp.status).unwrap_or(http::StatusCode::BAD_GATEWAY);
     *r.headers_mut() = headers;

@@ -109,6 +109,24 @@ pub(crate) fn response_lines(
     }
 }
 
+/// Appends kedge's own header lines (`Name: value\r\n` each, as `respond::response_lines`
+/// writes them for HTTP/1.1) to an HTTP/2 header map.
+pub(crate) fn append_lines(headers: &mut ::http::HeaderMap, lines: &[u8]) {
+    for line in lines.split(|&b| b == b'\n') {
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
+        let Some(colon) = line.iter().position(|&b| b == b':') else {
+            continue;
+        };
+        let (name, value) = (&line[..colon], line[colon + 1..].trim_ascii());
+        if let (Ok(n), Ok(v)) = (
+            ::http::HeaderName::from_bytes(name),
+            ::http::HeaderValue::from_bytes(value),
+        ) {
+            headers.append(n, v);
+        }
+    }
+}
+
 impl<S: ClientStream> Conn<S> {
     /// Sends the answer in `out`; when `close`, closes after it (lingering for errors).
     pub(super) async fn send_answer(&mut self, snap: &Snapshot, status: u16, close: bool) -> Result<(), RequestError> {
