@@ -25,6 +25,7 @@ use super::gateway_types::{Gateway, GatewayClass, GrpcRoute, HttpRoute, Referenc
 
 mod annotations;
 mod backends;
+pub mod gateway;
 mod ingress;
 pub mod static_routes;
 
