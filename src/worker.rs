@@ -7,6 +7,7 @@
 
 mod accept;
 mod balance;
+mod bufs;
 mod checks;
 mod client;
 mod conn;
@@ -148,6 +149,8 @@ struct Worker {
     cache: RefCell<Cache<Arc<ArcSwap<Snapshot>>, Arc<Snapshot>>>,
     current: RefCell<Rc<Held>>,
     pool: RefCell<pool::Pool>,
+    /// Request buffers of connections that wait for their next request.
+    bufs: bufs::BufPool,
     /// Shared HTTP/2 connections to gRPC endpoints.
     h2_pool: RefCell<h2_pool::H2Pool>,
     /// Round-robin position per backend name; kept across table swaps.
@@ -301,6 +304,7 @@ async fn worker_main(index: usize, listeners: Vec<listener::Bound>, shared: Arc<
         shared,
         current: RefCell::new(current),
         pool: RefCell::new(pool::Pool::default()),
+        bufs: bufs::BufPool::default(),
         h2_pool: RefCell::new(h2_pool::H2Pool::default()),
         balancer: RefCell::new(balance::Balancer::new(index)),
         limits: RefCell::new(limits::Limiter::default()),

@@ -77,10 +77,13 @@ async fn connection(worker: &Rc<Worker>, mut stream: TcpStream, peer: SocketAddr
         return;
     };
     if spec.tls {
-        if let Some(tls) = tls_stage(worker, stream, peer, early).await {
+        // The handshake and the HTTP/2 front end are boxed: each is larger than the HTTP/1.1
+        // loop, and inline they would size every connection's task (held for its life, idle
+        // or not) for the largest of them.
+        if let Some(tls) = Box::pin(tls_stage(worker, stream, peer, early)).await {
             match tls.alpn_h2() {
-                true => h2::serve(worker, tls, peer, port, Vec::new()).await,
-                false => conn::serve(worker, tls, peer, port, Vec::with_capacity(16 * 1024)).await,
+                true => Box::pin(h2::serve(worker, tls, peer, port, Vec::new())).await,
+                false => conn::serve(worker, tls, peer, port, Vec::new()).await,
             }
         }
     } else {
@@ -205,7 +208,7 @@ async fn plain_dispatch(worker: &Rc<Worker>, mut stream: TcpStream, peer: Socket
             }
         }
         if buf.starts_with(h2::PREFACE) {
-            return h2::serve(worker, stream, peer, port, buf).await;
+            return Box::pin(h2::serve(worker, stream, peer, port, buf)).await;
         }
     }
     conn::serve(worker, stream, peer, port, buf).await;

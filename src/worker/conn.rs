@@ -20,6 +20,7 @@ use std::time::{Duration, Instant};
 
 use monoio::io::{AsyncWriteRent, AsyncWriteRentExt};
 
+use super::bufs::Class;
 use super::checks::{self, InProgress};
 use super::client;
 use super::decide::{self, Decision, Forward};
@@ -34,6 +35,10 @@ use super::upstream::UpstreamStream;
 use super::{Snapshot, Worker};
 use crate::http::{self, Framing, Parsed, RequestHead, Version};
 
+/// A wait between requests at least this long marks a connection as mostly idle: its next wait
+/// frees its TLS read buffer and waits for readiness (`Conn::wait_idle`).
+const LONG_WAIT: Duration = Duration::from_millis(100);
+
 /// Serves one accepted client connection until it closes. `cbuf`: the connection's read
 /// buffer, maybe holding the first bytes already (read by the protocol stage).
 pub(super) async fn serve<S: ClientStream>(worker: &Rc<Worker>, client: S, peer: SocketAddr, port: u16, cbuf: Vec<u8>) {
@@ -44,20 +49,30 @@ pub(super) async fn serve<S: ClientStream>(worker: &Rc<Worker>, client: S, peer:
         cbuf,
         up: UpstreamBufs {
             buf: Vec::new(),
-            headers: Vec::with_capacity(32),
+            headers: worker.bufs.take_spans(),
         },
-        out: Vec::with_capacity(4 * 1024),
-        headers: Vec::with_capacity(32),
+        out: worker.bufs.take(Class::Output),
+        headers: worker.bufs.take_spans(),
         pairs: HeaderBuf::default(),
         meta: String::new(),
         rewritten: String::new(),
         extra: Vec::new(),
         peer_text: Vec::with_capacity(16),
+        waits_long: true,
     };
     http::client_ip_text(&mut conn.peer_text, peer.ip());
     match conn.run(worker).await {
-        Some(upstream) => conn.tunnel(upstream).await,
-        None => conn.client.close().await,
+        // Boxed: a tunnel (after a 101) is rare and larger than the request loop it follows.
+        Some(upstream) => Box::pin(conn.tunnel(upstream)).await,
+        None => {
+            conn.client.close().await;
+            let pool = &worker.bufs;
+            pool.give(Class::Input, conn.cbuf);
+            pool.give(Class::Input, conn.up.buf);
+            pool.give(Class::Output, conn.out);
+            pool.give_spans(conn.headers);
+            pool.give_spans(conn.up.headers);
+        }
     }
 }
 
@@ -147,15 +162,52 @@ impl<S: ClientStream> Conn<S> {
         } else {
             snap.client.keepalive_timeout
         };
-        let read = pump::read_with_timeout(&mut self.client, &mut self.cbuf, wait);
         let r = monoio::select! {
-            r = read => r,
+            r = self.wait_idle(worker, wait, first) => r,
             _ = worker.stopping.wait() => return None,
         };
         match r {
             ReadResult::Data(_) => Some(Instant::now()),
             ReadResult::Eof | ReadResult::Timeout | ReadResult::Error => None,
         }
+    }
+
+    /// Reads the next request's first bytes into the empty `cbuf`, within `wait`. Meanwhile the
+    /// request buffers wait in the worker's pool (`bufs.rs`): an idle connection holds none of
+    /// them, and a TLS connection not even `cbuf` (it waits on its ciphertext buffer). Under
+    /// load this is a few pool pushes and pops per request, no allocation and no syscall.
+    async fn wait_idle(&mut self, worker: &Worker, wait: Duration, first: bool) -> ReadResult {
+        let pool = &worker.bufs;
+        pool.give(Class::Input, std::mem::take(&mut self.up.buf));
+        pool.give(Class::Output, std::mem::take(&mut self.out));
+        pool.give_spans(std::mem::take(&mut self.up.headers));
+        pool.give_spans(std::mem::take(&mut self.headers));
+        if S::WAITS_WITHOUT_BUFFER {
+            pool.give(Class::Input, std::mem::take(&mut self.cbuf));
+            // A connection whose last wait was long is likely idle again: it waits holding
+            // nothing. One whose requests come quickly keeps its read buffer posted, so a busy
+            // connection pays no extra operation per request.
+            let bare = self.waits_long;
+            let since = Instant::now();
+            match monoio::time::timeout(wait, self.client.wait_data(bare)).await {
+                Err(_) => return ReadResult::Timeout,
+                Ok(Err(_)) => return ReadResult::Error,
+                Ok(Ok(false)) => return ReadResult::Eof,
+                Ok(Ok(true)) => self.cbuf = pool.take(Class::Input),
+            }
+            // The wait for the first request (right after the handshake) says nothing of the
+            // client's pace.
+            if !first {
+                self.waits_long = since.elapsed() >= LONG_WAIT;
+            }
+        }
+        // TLS: the bytes are there, or the rest of a record is on its way.
+        let r = pump::read_with_timeout(&mut self.client, &mut self.cbuf, wait).await;
+        self.up.buf = pool.take(Class::Input);
+        self.out = pool.take(Class::Output);
+        self.up.headers = pool.take_spans();
+        self.headers = pool.take_spans();
+        r
     }
 
     /// Reads until a whole request head is buffered and parses it.

@@ -310,7 +310,9 @@ async fn connect(
     {
         return Ok((stream, true));
     }
-    Ok((connect_new(backend, addr, connect_timeout).await?, false))
+    // Boxed: connecting (TCP, maybe a TLS handshake) is the largest state of a request, and it
+    // is rare with pooled connections; inline it would grow every connection's task for good.
+    Ok((Box::pin(connect_new(backend, addr, connect_timeout)).await?, false))
 }
 
 /// A new connection to `addr`: TCP, then TLS for a backend with upstream TLS, under

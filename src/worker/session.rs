@@ -22,6 +22,13 @@ use crate::http::HeaderSpan;
 pub(super) trait ClientStream: AsyncReadRent + AsyncWriteRent + 'static {
     /// `http` or `https`: X-Forwarded-Proto, and whether redirects and HSTS apply.
     const SCHEME: &'static str;
+    /// Whether [`ClientStream::wait_data`] waits without the caller's read buffer (TLS: on its
+    /// own ciphertext buffer), so a connection between requests can park that buffer.
+    const WAITS_WITHOUT_BUFFER: bool;
+    /// Waits until the client sends something (`Ok(false)`: it closed); `bare`: holding no
+    /// buffer at all (TLS: see [`TlsStream::wait_data`]). Streams that cannot wait without a
+    /// buffer return at once, and the caller's read waits.
+    async fn wait_data(&mut self, bare: bool) -> std::io::Result<bool>;
     /// Halves that read and write at the same time (a tunnel after 101).
     fn halves(self) -> (impl AsyncReadRent, impl AsyncWriteRent);
     /// Ends the connection politely (TLS: close_notify). Best effort, bounded.
@@ -30,6 +37,10 @@ pub(super) trait ClientStream: AsyncReadRent + AsyncWriteRent + 'static {
 
 impl ClientStream for TcpStream {
     const SCHEME: &'static str = "http";
+    const WAITS_WITHOUT_BUFFER: bool = false;
+    async fn wait_data(&mut self, _bare: bool) -> std::io::Result<bool> {
+        Ok(true)
+    }
     fn halves(self) -> (impl AsyncReadRent, impl AsyncWriteRent) {
         self.into_split()
     }
@@ -38,6 +49,10 @@ impl ClientStream for TcpStream {
 
 impl ClientStream for TlsStream {
     const SCHEME: &'static str = "https";
+    const WAITS_WITHOUT_BUFFER: bool = true;
+    async fn wait_data(&mut self, bare: bool) -> std::io::Result<bool> {
+        TlsStream::wait_data(self, bare).await
+    }
     fn halves(self) -> (impl AsyncReadRent, impl AsyncWriteRent) {
         self.into_split()
     }
@@ -68,6 +83,9 @@ pub(super) struct Conn<S> {
     pub(super) rewritten: String,
     /// Header lines kedge adds to the current response (reused).
     pub(super) extra: Vec<u8>,
+    /// The last wait between two requests was long (or none happened yet): the next one holds
+    /// no buffer at all (`conn::Conn::wait_idle`).
+    pub(super) waits_long: bool,
 }
 
 /// Bytes read from an upstream and not yet consumed, and the header spans of the response head

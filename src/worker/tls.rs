@@ -140,6 +140,24 @@ impl TlsStream {
         }
     }
 
+    /// Waits until the peer sends something: plaintext is ready, or ciphertext was read (it may
+    /// not yet make a whole record). Only the ciphertext buffer is held meanwhile, so a caller
+    /// waiting between requests can park its plaintext buffer; with `bare`, not even that: the
+    /// ciphertext buffer is freed and the wait is for readiness (one more operation before the
+    /// read, so for connections that have been waiting long). `Ok(false)`: the peer closed.
+    pub async fn wait_data(&mut self, bare: bool) -> io::Result<bool> {
+        if self.r.eof || self.r.rpos < self.r.rbuf.len() || has_plaintext(&mut self.tls.borrow_mut()) {
+            return Ok(true);
+        }
+        if bare {
+            self.r.rbuf = Vec::new();
+            self.r.rpos = 0;
+            // Relaxed: a false positive (epoll) only means the read below waits instead.
+            self.tcp.readable(true).await?;
+        }
+        Ok(self.r.fill(&mut self.tcp).await? > 0)
+    }
+
     /// The socket.
     pub fn fd(&self) -> std::os::fd::RawFd {
         std::os::fd::AsRawFd::as_raw_fd(&self.tcp)

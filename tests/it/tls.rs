@@ -837,3 +837,48 @@ fn a_restart_during_an_outage_keeps_the_tls_hosts_certificates() {
     assert!(c.peer_leaf() == leaf.der, "the persisted certificate is served");
     assert_eq!(c.get("secure.example.com", "/").status, 200);
 }
+
+both_drivers!(
+    /// Between requests a keep-alive TLS connection parks its request buffers, and after a long
+    /// wait it waits for readiness with no read buffer at all (the idle-memory work). Requests
+    /// after idle pauses, a request split over two records with a pause inside, and pipelined
+    /// requests still arrive whole, on the same connection.
+    fn idle_keepalive_tls_connections_wait_without_buffers_and_keep_working(driver) {
+        let ca = TestCa::new();
+        let dir = TempDir::new("tls-idle");
+        let leaf = ca.leaf(&["www.example.com"]);
+        let up = Upstream::start("app", Handler::Echo);
+        let frag = static_tls(&dir, &leaf, &[], &up, "");
+        let kedge = Kedge::setup(driver).tls().start(&frag);
+        let mut c = Client::connect_tls(kedge.tls_addr(), ca.client(), "www.example.com");
+        // Pacing, not synchronisation: each pause is longer than what kedge counts as a long
+        // wait (100 ms), so the waits after it hold no buffer.
+        let pause = || std::thread::sleep(Duration::from_millis(150));
+        for i in 0..3 {
+            pause();
+            let r = c.get("www.example.com", &format!("/idle{i}"));
+            assert_eq!(r.status, 200);
+            assert!(r.text().contains(&format!("uri=/idle{i}\n")), "{}", r.text());
+        }
+        // One request in two TLS records (each `send` is one), the second after a pause.
+        pause();
+        c.send(b"GET /split HTTP/1.1\r\nHost: www.exa");
+        pause();
+        c.send(b"mple.com\r\n\r\n");
+        let r = c.read_response();
+        assert_eq!(r.status, 200);
+        assert!(r.text().contains("uri=/split\n"), "{}", r.text());
+        // Two pipelined requests in one record, after a pause.
+        pause();
+        c.send(b"GET /p1 HTTP/1.1\r\nHost: www.example.com\r\n\r\nGET /p2 HTTP/1.1\r\nHost: www.example.com\r\n\r\n");
+        for p in ["/p1", "/p2"] {
+            let r = c.read_response();
+            assert_eq!(r.status, 200);
+            assert!(r.text().contains(&format!("uri={p}\n")), "{}", r.text());
+        }
+        // And quick requests after it (the buffered wait again).
+        for i in 0..5 {
+            assert_eq!(c.get("www.example.com", &format!("/quick{i}")).status, 200);
+        }
+    }
+);
