@@ -1114,6 +1114,20 @@ pub fn write_response_head(
     to: ToClient,
     extra: &[u8],
 ) {
+    write_response_head_dropping(out, buf, head, headers, to, extra, |_| false);
+}
+
+/// [`write_response_head`] without the upstream's fields whose name `drop` refuses (a Gateway
+/// API ResponseHeaderModifier's `remove` and `set`).
+pub fn write_response_head_dropping(
+    out: &mut Vec<u8>,
+    buf: &[u8],
+    head: &ResponseHead,
+    headers: &[HeaderSpan],
+    to: ToClient,
+    extra: &[u8],
+    drop: impl Fn(&[u8]) -> bool,
+) {
     let ToClient {
         framing: out_framing,
         version: client_version,
@@ -1123,7 +1137,7 @@ pub fn write_response_head(
     let switching = head.status == 101;
     for h in headers {
         let name = at(buf, &h.name);
-        if (switching && name.eq_ignore_ascii_case(b"upgrade")) || passes(buf, headers, name) {
+        if (switching && name.eq_ignore_ascii_case(b"upgrade")) || (passes(buf, headers, name) && !drop(name)) {
             push_header(out, name, at(buf, &h.value));
         }
     }

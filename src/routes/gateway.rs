@@ -98,13 +98,22 @@ impl Match {
                     .find(|(n, _)| n.eq_ignore_ascii_case(name.as_bytes()))
                     .is_some_and(|(_, v)| want.matches(v))
             })
-            && self.query.iter().all(|(name, want)| {
-                query_param(r.query, name.as_bytes()).is_some_and(|v| want.matches(v))
-            })
+            && self
+                .query
+                .iter()
+                .all(|(name, want)| query_param(r.query, name.as_bytes()).is_some_and(|v| want.matches(v)))
     }
 
     /// Precedence key, smaller first: path kind and length, method, headers, query.
-    fn rank(&self) -> (u8, std::cmp::Reverse<usize>, bool, std::cmp::Reverse<usize>, std::cmp::Reverse<usize>) {
+    fn rank(
+        &self,
+    ) -> (
+        u8,
+        std::cmp::Reverse<usize>,
+        bool,
+        std::cmp::Reverse<usize>,
+        std::cmp::Reverse<usize>,
+    ) {
         let (kind, len) = match &self.path {
             PathMatch::Exact(p) => (0, p.len()),
             PathMatch::Regex(re) => (1, re.as_str().len()),
@@ -350,8 +359,7 @@ struct Scope {
 
 impl Scope {
     fn serves(&self, local: SocketAddr) -> bool {
-        self.port == local.port()
-            && (self.addresses.is_empty() || self.addresses.contains(&local.ip().to_canonical()))
+        self.port == local.port() && (self.addresses.is_empty() || self.addresses.contains(&local.ip().to_canonical()))
     }
 }
 
@@ -417,7 +425,11 @@ impl Scopes {
         let mut addresses: Vec<IpAddr> = addresses.iter().map(|a| a.to_canonical()).collect();
         addresses.sort_unstable();
         addresses.dedup();
-        let i = match self.scopes.iter().position(|s| s.port == port && s.addresses == addresses) {
+        let i = match self
+            .scopes
+            .iter()
+            .position(|s| s.port == port && s.addresses == addresses)
+        {
             Some(i) => i,
             None => {
                 self.scopes.push(Scope {
@@ -459,11 +471,11 @@ impl Scopes {
     pub(super) fn finish(&mut self) {
         self.scopes.sort_by_key(|s| s.addresses.is_empty());
         for s in &mut self.scopes {
-            s.listeners.sort_by(|a, b| a.0.rank().cmp(&b.0.rank()));
+            s.listeners.sort_by_key(|l| l.0.rank());
             for (_, hosts) in &mut s.listeners {
                 hosts.wildcard.sort_by_key(|(w, _)| std::cmp::Reverse(w.len()));
                 for rules in hosts.all_mut() {
-                    rules.sort_by(|a, b| a.m.rank().cmp(&b.m.rank()));
+                    rules.sort_by_key(|r| r.m.rank());
                 }
             }
         }
@@ -509,7 +521,11 @@ impl Scopes {
 /// slash handling: the replacement's trailing slash is dropped and the rest (empty or starting
 /// with `/`) follows it; an empty result is `/`.
 pub fn replace_prefix<'a, 'b>(path: &'a str, prefix: &str, replacement: &'b str) -> (&'b str, &'a str) {
-    let rest = if prefix == "/" { path } else { path.get(prefix.len()..).unwrap_or("") };
+    let rest = if prefix == "/" {
+        path
+    } else {
+        path.get(prefix.len()..).unwrap_or("")
+    };
     let head = replacement.trim_end_matches('/');
     if head.is_empty() && rest.is_empty() {
         return ("/", "");

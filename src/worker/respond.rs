@@ -74,6 +74,53 @@ pub(crate) fn write_answer(out: &mut Vec<u8>, scratch: &mut Vec<u8>, answer: &An
             path,
             query,
         } => http::write_redirect(out, host, port, path, query, close),
+        AnswerHeader::Redirect {
+            scheme,
+            host,
+            hostname,
+            port,
+            path_head,
+            path_tail,
+            query,
+        } => {
+            // `:port`, formatted on the stack.
+            let mut digits = [0u8; 6];
+            let port = port.map(|p| {
+                let mut at = digits.len();
+                let mut n = p;
+                loop {
+                    at -= 1;
+                    digits[at] = b'0' + (n % 10) as u8;
+                    n /= 10;
+                    if n == 0 {
+                        break;
+                    }
+                }
+                at -= 1;
+                digits[at] = b':';
+                &digits[at..]
+            });
+            let host = hostname.map_or(host, str::as_bytes);
+            let (q, query) = match query {
+                Some(q) => (&b"?"[..], q),
+                None => (&b""[..], &b""[..]),
+            };
+            let path_head = match (path_head, path_tail) {
+                ("", "") => "/",
+                (h, _) => h,
+            };
+            let parts: [&[u8]; 8] = [
+                scheme.as_bytes(),
+                b"://",
+                host,
+                port.unwrap_or_default(),
+                path_head.as_bytes(),
+                path_tail.as_bytes(),
+                q,
+                query,
+            ];
+            http::write_location(out, answer.status, &parts, b"", close);
+        }
         AnswerHeader::Challenge(realm) => {
             scratch.clear();
             scratch.extend_from_slice(b"WWW-Authenticate: Basic realm=\"");
@@ -107,6 +154,25 @@ pub(crate) fn response_lines(
             a.set_cookie_line(key, crate::time::unix_now(), out);
         }
     }
+    if let Some(m) = response_mod(f) {
+        for (name, value) in m.added() {
+            out.extend_from_slice(name.as_bytes());
+            out.extend_from_slice(b": ");
+            out.extend_from_slice(value.as_bytes());
+            out.extend_from_slice(b"\r\n");
+        }
+    }
+}
+
+/// A Gateway API rule's ResponseHeaderModifier: its `set` and `add` fields are among kedge's
+/// lines ([`response_lines`]); the upstream's fields it drops are left out of the head.
+pub(crate) fn response_mod<'s>(f: &Forward<'s>) -> Option<&'s crate::routes::gateway::HeaderMod> {
+    f.gw?.action.response_headers.as_ref()
+}
+
+/// Whether the upstream's response field `name` is left out for `f`'s rule.
+pub(crate) fn drops_response_field(f: &Forward<'_>, name: &[u8]) -> bool {
+    response_mod(f).is_some_and(|m| m.drops(name))
 }
 
 /// Appends kedge's own header lines (`Name: value\r\n` each, as `respond::response_lines`
@@ -239,7 +305,7 @@ impl<S: ClientStream> Conn<S> {
         let up = &self.up;
         response_lines(&mut extra, hsts, || up.has_field(b"strict-transport-security"), f, addr);
         self.out.clear();
-        http::write_response_head(
+        http::write_response_head_dropping(
             &mut self.out,
             &self.up.buf,
             &resp,
@@ -250,6 +316,7 @@ impl<S: ClientStream> Conn<S> {
                 keep_alive: keep_client,
             },
             &extra,
+            |name| drops_response_field(f, name),
         );
         self.extra = extra;
         self.up.buf.drain(..resp.head_len);

@@ -107,8 +107,22 @@ fn scopes() -> Scopes {
     );
     // Host selection: listener `*.b.example` with an exact and a wildcard route hostname, and a
     // listener without hostname; only `/only` on the exact one.
-    s.add(&one, 80, Some("*.b.example"), Some("x.b.example"), m(prefix("/only")), action(20));
-    s.add(&one, 80, Some("*.b.example"), Some("*.b.example"), m(prefix("/")), action(21));
+    s.add(
+        &one,
+        80,
+        Some("*.b.example"),
+        Some("x.b.example"),
+        m(prefix("/only")),
+        action(20),
+    );
+    s.add(
+        &one,
+        80,
+        Some("*.b.example"),
+        Some("*.b.example"),
+        m(prefix("/")),
+        action(21),
+    );
     s.add(&one, 80, None, None, m(prefix("/")), action(22));
     // Another Gateway on 127.0.0.2, same port: isolated.
     let two: [IpAddr; 1] = ["127.0.0.2".parse().unwrap()];
@@ -137,11 +151,14 @@ fn got(s: &Scopes, local: &str, host: &str, method: &str, target: &str, headers:
     }
 }
 
+/// Local address, host, method, target, headers, and the backend id wanted.
+type Case<'a> = (&'a str, &'a str, &'a str, &'a str, &'a [(&'a str, &'a str)], &'a str);
+
 #[test]
 fn precedence_and_hosts() {
     let s = scopes();
     #[rustfmt::skip]
-    let cases: &[(&str, &str, &str, &str, &[(&str, &str)], &str)] = &[
+    let cases: &[Case<'_>] = &[
         (A1, "a.example", "GET", "/", &[], "1"),
         (A1, "a.example", "GET", "/api", &[], "3"),
         (A1, "a.example", "GET", "/api/", &[], "2"),
@@ -175,7 +192,9 @@ fn precedence_and_hosts() {
     for (local, host, method, target, headers, want) in cases {
         let g = got(&s, local, host, method, target, headers);
         if g != *want {
-            failed.push(format!("{local} {host} {method} {target} {headers:?}: got {g}, want {want}"));
+            failed.push(format!(
+                "{local} {host} {method} {target} {headers:?}: got {g}, want {want}"
+            ));
         }
     }
     assert!(failed.is_empty(), "\n{}", failed.join("\n"));
@@ -235,7 +254,10 @@ fn weights() {
         ..(*action(0)).clone()
     };
     let picks: Vec<Option<BackendId>> = (0..8).map(|d| a.pick(d).and_then(|w| w.backend)).collect();
-    assert_eq!(picks, [Some(2), Some(2), Some(2), None, Some(2), Some(2), Some(2), None]);
+    assert_eq!(
+        picks,
+        [Some(2), Some(2), Some(2), None, Some(2), Some(2), Some(2), None]
+    );
     let none = Action {
         backends: vec![b(0, Some(1))],
         ..(*action(0)).clone()
