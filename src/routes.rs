@@ -408,6 +408,8 @@ pub struct TableBuilder {
     tls_owners: FxHashMap<BackendId, Box<str>>,
     /// Owner of each rule's canary, keyed as `owners`.
     canary_owners: FxHashMap<(Box<str>, PathType, Box<str>), Box<str>>,
+    /// The first Gateway route to serve each exact host name.
+    gateway_owners: FxHashMap<Box<str>, Box<str>>,
 }
 
 /// A rule that lost to an earlier one.
@@ -581,24 +583,29 @@ impl TableBuilder {
         route_host: Option<&str>,
         m: gateway::Match,
         action: Arc<gateway::Action>,
+        owner: &Owner,
     ) {
+        if let Some(h) = route_host.filter(|h| !h.starts_with('*')) {
+            self.gateway_owners.entry(h.into()).or_insert_with(|| owner.into());
+        }
         self.rules
             .scopes
             .add(addresses, port, listener_host, route_host, m, action);
     }
 
-    /// The exact hosts that both a Gateway route and an Ingress or static rule (added so far)
-    /// claim, with the owner of one such rule: (host, owner), sorted. Not on the request path.
-    pub fn gateway_overlaps(&self) -> Vec<(String, String)> {
-        let gw: rustc_hash::FxHashSet<&str> = self.rules.scopes.exact_hosts().collect();
-        if gw.is_empty() {
+    /// The exact hosts that both a Gateway route and an Ingress or static rule claim, with the
+    /// owner of each side: (host, Gateway route, other owner), sorted. Not on the request path.
+    pub fn gateway_overlaps(&self) -> Vec<(String, String, String)> {
+        if self.gateway_owners.is_empty() {
             return Vec::new();
         }
-        let mut out: Vec<(String, String)> = self
+        let mut out: Vec<(String, String, String)> = self
             .owners
             .iter()
-            .filter(|((h, _, _), _)| gw.contains(&**h))
-            .map(|((h, _, _), o)| (h.to_string(), o.to_string()))
+            .filter_map(|((h, _, _), o)| {
+                let gw = self.gateway_owners.get(h)?;
+                Some((h.to_string(), gw.to_string(), o.to_string()))
+            })
             .collect();
         out.sort_unstable();
         out.dedup_by(|a, b| a.0 == b.0);

@@ -26,6 +26,7 @@ use super::gateway_types::{Gateway, GatewayClass, GrpcRoute, HttpRoute, Referenc
 mod annotations;
 mod backends;
 pub mod gateway;
+pub mod httproute;
 mod ingress;
 pub mod static_routes;
 

@@ -458,14 +458,6 @@ impl Scopes {
             .push(GwRule { m, action });
     }
 
-    /// The exact host names the scopes route (for reporting overlaps with Ingress hosts).
-    pub(super) fn exact_hosts(&self) -> impl Iterator<Item = &str> {
-        self.scopes
-            .iter()
-            .flat_map(|s| &s.listeners)
-            .flat_map(|(_, h)| h.exact.keys().map(|k| &**k))
-    }
-
     /// Orders everything for lookup, once: scopes with addresses first, listeners and
     /// wildcards most specific first, rules by precedence (stable: ties keep the order added).
     pub(super) fn finish(&mut self) {

@@ -520,7 +520,7 @@ fn gateway_table() -> RouteTable {
             headers: Vec::new(),
             query: Vec::new(),
         };
-        b.gateway_rule(&local, 80, None, Some(host), m, Arc::new(action));
+        b.gateway_rule(&local, 80, None, Some(host), m, Arc::new(action), "HTTPRoute test");
     };
     let redirect = |scheme: Option<&str>, hostname: Option<&str>, port, path, status| Action {
         redirect: Some(Redirect {

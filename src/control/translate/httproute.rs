@@ -1,0 +1,392 @@
+//! Attached HTTPRoutes → Gateway rules in the table: each rule's matches, filters, timeouts and
+//! weighted backendRefs, under the scope (local addresses and port) and the hostnames
+//! `gateway.rs` attached the route with. Routes are added oldest first (creation time, then
+//! namespace/name), so that the table's "first added wins a tie" is the spec's precedence.
+//!
+//! Choices where the spec leaves room, or kedge does less than it allows:
+//! - A backendRef that cannot be used (unknown group or kind, a Service that does not exist, no
+//!   port, another namespace without a ReferenceGrant) keeps its weight and answers 500 for its
+//!   share. A Service that exists but whose port or endpoints do not is routed as for Ingress
+//!   (no endpoints: 503).
+//! - A filter kedge does not implement (RequestMirror, CORS, ExtensionRef) makes its rule
+//!   answer 500 rather than serve the request without it; so does a RequestRedirect together
+//!   with a URLRewrite, and a ReplacePrefixMatch on a rule whose matches are not all
+//!   PathPrefix. A match kedge cannot use (bad regex, a path not starting with `/`) is left out
+//!   of its rule. Each is a warning on the route.
+//! - Backends are shared with Ingress backends of the same Service port (same name), and speak
+//!   plain HTTP/1.1.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::backends::Resolver;
+use super::gateway::{Attached, RouteRef, ref_permitted};
+use super::{ClusterSpec, Objects, Warning, Warnings, age, ns_name, warn};
+use crate::control::gateway_types::{self as gw, BackendRef, HttpRoute, HttpRouteRule};
+use crate::policy::Policy;
+use crate::routes::TableBuilder;
+use crate::routes::gateway::{
+    Action, HeaderMod, Match, PathChange, PathMatch, Redirect, Rewrite, ValueMatch, Weighted, anchored_regex,
+};
+
+/// Adds the rules of every attached HTTPRoute to `builder`. Returns the warnings, sorted.
+pub fn translate(
+    builder: &mut TableBuilder,
+    spec: &ClusterSpec,
+    objs: &Objects<'_>,
+    attached: &[Attached<'_>],
+) -> Vec<Warning> {
+    let mut w = Warnings::new();
+    let mut resolver = Resolver::new(spec, objs);
+    let mut routes: Vec<(&Attached<'_>, &HttpRoute)> = attached
+        .iter()
+        .filter_map(|a| match a.route {
+            RouteRef::Http(r) => Some((a, r)),
+            RouteRef::Grpc(_) => None,
+        })
+        .collect();
+    routes.sort_by(|a, b| age(&a.1.metadata).cmp(&age(&b.1.metadata)));
+    // A route attached to several listeners is translated once per listener, its actions once.
+    let mut actions: Vec<(*const HttpRoute, Vec<Arc<Action>>)> = Vec::new();
+    for (a, route) in routes {
+        let (ns, name) = ns_name(&route.metadata);
+        let owner = format!("HTTPRoute {ns}/{name}");
+        let table_owner = format!("{owner} of cluster {}", spec.name);
+        let key = std::ptr::from_ref(route);
+        let built = match actions.iter().position(|(k, _)| *k == key) {
+            Some(i) => actions[i].1.clone(),
+            None => {
+                let host = a.hostnames.first().map_or("*", String::as_str);
+                let built: Vec<Arc<Action>> = route
+                    .spec
+                    .rules
+                    .iter()
+                    .enumerate()
+                    .map(|(i, rule)| {
+                        rule_action(builder, &mut resolver, objs, route, rule, host, &owner, &mut w).unwrap_or_else(
+                            |e| {
+                                warn(&mut w, &owner, format!("rule {i}: {e}; answering 500"));
+                                Arc::new(failing(host))
+                            },
+                        )
+                    })
+                    .collect();
+                actions.push((key, built.clone()));
+                built
+            }
+        };
+        let hosts: Vec<Option<&str>> = match a.hostnames.as_slice() {
+            [] => vec![None],
+            h => h.iter().map(|h| Some(h.as_str())).collect(),
+        };
+        for (i, (rule, action)) in route.spec.rules.iter().zip(&built).enumerate() {
+            for m in rule_matches(rule, i, &owner, &mut w) {
+                for host in &hosts {
+                    builder.gateway_rule(
+                        &a.bind.addresses,
+                        a.bind.port,
+                        a.listener.hostname.as_deref(),
+                        *host,
+                        m.clone(),
+                        Arc::clone(action),
+                        &table_owner,
+                    );
+                }
+            }
+        }
+    }
+    w.into_iter().collect()
+}
+
+/// An action that answers 500 (what a rule kedge cannot serve as written does).
+fn failing(host: &str) -> Action {
+    Action {
+        request_headers: None,
+        response_headers: None,
+        redirect: None,
+        rewrite: None,
+        backends: Vec::new(),
+        request_timeout: None,
+        backend_timeout: None,
+        policy: Arc::new(Policy {
+            host: host.into(),
+            ..Policy::default()
+        }),
+    }
+}
+
+/// The matches of a rule (none written: PathPrefix `/`), without those kedge cannot use.
+fn rule_matches(rule: &HttpRouteRule, i: usize, owner: &str, w: &mut Warnings) -> Vec<Match> {
+    if rule.matches.is_empty() {
+        return vec![Match {
+            path: PathMatch::Prefix("/".into()),
+            method: None,
+            headers: Vec::new(),
+            query: Vec::new(),
+        }];
+    }
+    rule.matches
+        .iter()
+        .enumerate()
+        .filter_map(|(j, m)| match one_match(m) {
+            Ok(m) => Some(m),
+            Err(e) => {
+                warn(w, owner, format!("rule {i} match {j}: {e}; match ignored"));
+                None
+            }
+        })
+        .collect()
+}
+
+fn one_match(m: &gw::HttpRouteMatch) -> Result<Match, String> {
+    let (kind, value) = match &m.path {
+        None => ("PathPrefix", "/"),
+        Some(p) => (
+            p.type_.as_deref().unwrap_or("PathPrefix"),
+            p.value.as_deref().unwrap_or("/"),
+        ),
+    };
+    let path = match kind {
+        "Exact" | "PathPrefix" if !value.starts_with('/') => {
+            return Err(format!("path {value:?} does not start with /"));
+        }
+        "Exact" => PathMatch::Exact(value.into()),
+        "PathPrefix" => PathMatch::Prefix(value.into()),
+        "RegularExpression" => PathMatch::Regex(anchored_regex(value)?),
+        other => return Err(format!("path match type {other:?} is not supported")),
+    };
+    let values = |list: &[gw::HeaderMatch], lower: bool| -> Result<Vec<(Box<str>, ValueMatch)>, String> {
+        list.iter()
+            .map(|h| {
+                let name: Box<str> = if lower {
+                    h.name.to_ascii_lowercase().into()
+                } else {
+                    h.name.as_str().into()
+                };
+                let value = match h.type_.as_deref().unwrap_or("Exact") {
+                    "Exact" => ValueMatch::Exact(h.value.as_str().into()),
+                    "RegularExpression" => ValueMatch::Regex(anchored_regex(&h.value)?),
+                    other => return Err(format!("match type {other:?} is not supported")),
+                };
+                Ok((name, value))
+            })
+            .collect()
+    };
+    Ok(Match {
+        path,
+        method: m.method.as_deref().map(Into::into),
+        headers: values(&m.headers, true)?,
+        query: values(&m.query_params, false)?,
+    })
+}
+
+/// A rule's filters, timeouts and backends. `Err`: why the rule answers 500.
+#[allow(clippy::too_many_arguments)]
+fn rule_action<'a>(
+    builder: &mut TableBuilder,
+    resolver: &mut Resolver<'a>,
+    objs: &Objects<'a>,
+    route: &'a HttpRoute,
+    rule: &'a HttpRouteRule,
+    host: &str,
+    owner: &str,
+    w: &mut Warnings,
+) -> Result<Arc<Action>, String> {
+    let mut action = failing(host);
+    let all_prefix = !rule.matches.is_empty()
+        && rule.matches.iter().all(|m| {
+            m.path
+                .as_ref()
+                .is_none_or(|p| p.type_.as_deref().unwrap_or("PathPrefix") == "PathPrefix")
+        })
+        || rule.matches.is_empty();
+    for f in &rule.filters {
+        match f.type_.as_str() {
+            "RequestHeaderModifier" => action.request_headers = Some(header_mod(f.request_header_modifier.as_ref())),
+            "ResponseHeaderModifier" => {
+                action.response_headers = Some(header_mod(f.response_header_modifier.as_ref()));
+            }
+            "RequestRedirect" => {
+                let r = f
+                    .request_redirect
+                    .as_ref()
+                    .ok_or("RequestRedirect without its settings")?;
+                let status = match r.status_code.unwrap_or(302) {
+                    s @ (301 | 302 | 303 | 307 | 308) => s as u16,
+                    s => return Err(format!("redirect status {s} is not 301, 302, 303, 307 or 308")),
+                };
+                let scheme = match r.scheme.as_deref() {
+                    None => None,
+                    Some(s @ ("http" | "https")) => Some(s.into()),
+                    Some(s) => return Err(format!("redirect scheme {s:?} is not http or https")),
+                };
+                let port = match r.port {
+                    None => None,
+                    Some(p) => Some(
+                        u16::try_from(p)
+                            .ok()
+                            .filter(|&p| p != 0)
+                            .ok_or(format!("bad redirect port {p}"))?,
+                    ),
+                };
+                action.redirect = Some(Redirect {
+                    scheme,
+                    hostname: r.hostname.as_deref().map(str::to_ascii_lowercase).map(Into::into),
+                    port,
+                    path: path_change(r.path.as_ref(), all_prefix)?,
+                    status,
+                });
+            }
+            "URLRewrite" => {
+                let r = f.url_rewrite.as_ref().ok_or("URLRewrite without its settings")?;
+                action.rewrite = Some(Rewrite {
+                    hostname: r.hostname.as_deref().map(Into::into),
+                    path: path_change(r.path.as_ref(), all_prefix)?,
+                });
+            }
+            other => return Err(format!("filter {other} is not supported by kedge yet")),
+        }
+    }
+    if action.redirect.is_some() && action.rewrite.is_some() {
+        return Err("RequestRedirect and URLRewrite cannot be combined".into());
+    }
+    if let Some(t) = &rule.timeouts {
+        action.request_timeout = duration(t.request.as_deref()).map_err(|e| format!("timeouts.request: {e}"))?;
+        action.backend_timeout =
+            duration(t.backend_request.as_deref()).map_err(|e| format!("timeouts.backendRequest: {e}"))?;
+    }
+    let (route_ns, _) = ns_name(&route.metadata);
+    for be in &rule.backend_refs {
+        let backend = match backend_ref(resolver, objs, route_ns, be) {
+            Ok((ns, svc, port)) => Some(resolver.service_port(builder, ns, svc, port, owner, w)),
+            Err(e) => {
+                warn(w, owner, format!("{e}; answering 500 for its share of traffic"));
+                None
+            }
+        };
+        let headers = be
+            .filters
+            .iter()
+            .filter(|f| f.type_ == "RequestHeaderModifier")
+            .find_map(|f| f.request_header_modifier.as_ref())
+            .map(|m| header_mod(Some(m)));
+        if let Some(f) = be.filters.iter().find(|f| f.type_ != "RequestHeaderModifier") {
+            warn(
+                w,
+                owner,
+                format!("backendRef filter {} is not supported by kedge; ignored", f.type_),
+            );
+        }
+        action.backends.push(Weighted {
+            weight: u32::try_from(be.weight.unwrap_or(1)).unwrap_or(0),
+            backend,
+            headers,
+        });
+    }
+    Ok(Arc::new(action))
+}
+
+/// A backendRef as (namespace, Service, port), or why it cannot be used.
+fn backend_ref<'a>(
+    resolver: &Resolver<'a>,
+    objs: &Objects<'a>,
+    route_ns: &'a str,
+    be: &'a BackendRef,
+) -> Result<(&'a str, &'a str, i32), String> {
+    let group = be.group.as_deref().unwrap_or("");
+    let kind = be.kind.as_deref().unwrap_or("Service");
+    if !group.is_empty() || kind != "Service" {
+        return Err(format!("backendRef {group}/{kind} {} is not a Service", be.name));
+    }
+    let ns = be.namespace.as_deref().unwrap_or(route_ns);
+    if !ref_permitted(
+        objs.reference_grants,
+        route_ns,
+        gw::GROUP,
+        "HTTPRoute",
+        ns,
+        "",
+        "Service",
+        &be.name,
+    ) {
+        return Err(format!(
+            "backendRef to Service {ns}/{} is not permitted by a ReferenceGrant",
+            be.name
+        ));
+    }
+    if !resolver.has_service(ns, &be.name) {
+        return Err(format!("Service {ns}/{} not found", be.name));
+    }
+    let port = be
+        .port
+        .ok_or_else(|| format!("backendRef to Service {ns}/{} names no port", be.name))?;
+    Ok((ns, &be.name, port))
+}
+
+fn header_mod(m: Option<&gw::HeaderModifier>) -> HeaderMod {
+    let pairs = |l: &[gw::HeaderValue]| {
+        l.iter()
+            .map(|h| (h.name.as_str().into(), h.value.as_str().into()))
+            .collect()
+    };
+    match m {
+        None => HeaderMod::default(),
+        Some(m) => HeaderMod {
+            set: pairs(&m.set),
+            add: pairs(&m.add),
+            remove: m.remove.iter().map(|r| r.as_str().into()).collect(),
+        },
+    }
+}
+
+fn path_change(p: Option<&gw::PathModifier>, all_prefix: bool) -> Result<Option<PathChange>, String> {
+    let Some(p) = p else { return Ok(None) };
+    match p.type_.as_str() {
+        "ReplaceFullPath" => Ok(Some(PathChange::Full(
+            p.replace_full_path.as_deref().unwrap_or("/").into(),
+        ))),
+        "ReplacePrefixMatch" if !all_prefix => Err("ReplacePrefixMatch needs PathPrefix matches only".into()),
+        "ReplacePrefixMatch" => Ok(Some(PathChange::Prefix(
+            p.replace_prefix_match.as_deref().unwrap_or("/").into(),
+        ))),
+        other => Err(format!("path modifier {other:?} is not supported")),
+    }
+}
+
+/// A Gateway API duration (`1h`, `10s`, `500ms`, `1h2m3s`: one to four number-unit pairs,
+/// units h, m, s, ms). `0s` (or absent) means no timeout.
+pub fn duration(text: Option<&str>) -> Result<Option<Duration>, String> {
+    let Some(text) = text else { return Ok(None) };
+    let bad = || format!("{text:?} is not a duration like 10s, 500ms or 1h2m");
+    let mut rest = text;
+    let mut total = Duration::ZERO;
+    let mut pairs = 0;
+    while !rest.is_empty() {
+        let digits = rest.bytes().take_while(u8::is_ascii_digit).count();
+        if digits == 0 || digits > 5 {
+            return Err(bad());
+        }
+        let n: u64 = rest[..digits].parse().map_err(|_| bad())?;
+        rest = &rest[digits..];
+        let (unit, len) = if rest.starts_with("ms") {
+            (Duration::from_millis(1), 2)
+        } else {
+            match rest.as_bytes().first() {
+                Some(b'h') => (Duration::from_secs(3600), 1),
+                Some(b'm') => (Duration::from_secs(60), 1),
+                Some(b's') => (Duration::from_secs(1), 1),
+                _ => return Err(bad()),
+            }
+        };
+        rest = &rest[len..];
+        total += unit * u32::try_from(n).map_err(|_| bad())?;
+        pairs += 1;
+    }
+    if pairs == 0 || pairs > 4 {
+        return Err(bad());
+    }
+    Ok((!total.is_zero()).then_some(total))
+}
+
+#[cfg(test)]
+mod tests;
