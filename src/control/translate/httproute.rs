@@ -22,65 +22,89 @@ use std::time::Duration;
 use super::backends::Resolver;
 use super::gateway::{Attached, RouteRef, ref_permitted};
 use super::{ClusterSpec, Objects, Warning, Warnings, age, ns_name, warn};
-use crate::control::gateway_types::{self as gw, BackendRef, HttpRoute, HttpRouteRule};
+use crate::control::gateway_types::{self as gw, BackendRef, HttpRouteRule};
 use crate::policy::Policy;
 use crate::routes::TableBuilder;
 use crate::routes::gateway::{
     Action, HeaderMod, Match, PathChange, PathMatch, Redirect, Rewrite, ValueMatch, Weighted, anchored_regex,
 };
 
-/// Adds the rules of every attached HTTPRoute to `builder`. Returns the warnings, sorted.
-pub fn translate(
+/// One rule of an HTTPRoute or a GRPCRoute, as the translation reads it.
+struct RuleIn<'a> {
+    /// The matches kedge can use (a GRPCRoute's as paths `/service/method`), or why not.
+    matches: Vec<Result<Match, String>>,
+    /// Every match is a PathPrefix (ReplacePrefixMatch needs that).
+    all_prefix: bool,
+    filters: &'a [gw::HttpRouteFilter],
+    backend_refs: &'a [BackendRef],
+    timeouts: Option<&'a gw::HttpRouteTimeouts>,
+}
+
+/// One route, HTTP or gRPC.
+struct RouteIn<'a> {
+    attached: &'a Attached<'a>,
+    meta: &'a k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta,
+    /// `HTTPRoute` or `GRPCRoute`.
+    kind: &'static str,
+    /// Backends speak HTTP/2 (gRPC).
+    h2: bool,
+    rules: Vec<RuleIn<'a>>,
+}
+
+/// Adds the rules of every attached HTTPRoute and GRPCRoute to `builder`, oldest route first.
+/// Returns the warnings, sorted.
+pub fn translate<'a>(
     builder: &mut TableBuilder,
     spec: &ClusterSpec,
-    objs: &Objects<'_>,
-    attached: &[Attached<'_>],
+    objs: &Objects<'a>,
+    attached: &'a [Attached<'a>],
 ) -> Vec<Warning> {
     let mut w = Warnings::new();
     let mut resolver = Resolver::new(spec, objs);
-    let mut routes: Vec<(&Attached<'_>, &HttpRoute)> = attached
+    let mut routes: Vec<RouteIn<'a>> = attached
         .iter()
-        .filter_map(|a| match a.route {
-            RouteRef::Http(r) => Some((a, r)),
-            RouteRef::Grpc(_) => None,
+        .map(|a| match a.route {
+            RouteRef::Http(r) => RouteIn {
+                attached: a,
+                meta: &r.metadata,
+                kind: "HTTPRoute",
+                h2: false,
+                rules: r.spec.rules.iter().map(http_rule).collect(),
+            },
+            RouteRef::Grpc(r) => RouteIn {
+                attached: a,
+                meta: &r.metadata,
+                kind: "GRPCRoute",
+                h2: true,
+                rules: r.spec.rules.iter().map(grpc_rule).collect(),
+            },
         })
         .collect();
-    routes.sort_by(|a, b| age(&a.1.metadata).cmp(&age(&b.1.metadata)));
-    // A route attached to several listeners is translated once per listener, its actions once.
-    let mut actions: Vec<(*const HttpRoute, Vec<Arc<Action>>)> = Vec::new();
-    for (a, route) in routes {
-        let (ns, name) = ns_name(&route.metadata);
-        let owner = format!("HTTPRoute {ns}/{name}");
+    routes.sort_by(|a, b| age(a.meta).cmp(&age(b.meta)));
+    for route in &routes {
+        let a = route.attached;
+        let (ns, name) = ns_name(route.meta);
+        let owner = format!("{} {ns}/{name}", route.kind);
         let table_owner = format!("{owner} of cluster {}", spec.name);
-        let key = std::ptr::from_ref(route);
-        let built = match actions.iter().position(|(k, _)| *k == key) {
-            Some(i) => actions[i].1.clone(),
-            None => {
-                let host = a.hostnames.first().map_or("*", String::as_str);
-                let built: Vec<Arc<Action>> = route
-                    .spec
-                    .rules
-                    .iter()
-                    .enumerate()
-                    .map(|(i, rule)| {
-                        rule_action(builder, &mut resolver, objs, route, rule, host, &owner, &mut w).unwrap_or_else(
-                            |e| {
-                                warn(&mut w, &owner, format!("rule {i}: {e}; answering 500"));
-                                Arc::new(failing(host))
-                            },
-                        )
-                    })
-                    .collect();
-                actions.push((key, built.clone()));
-                built
-            }
-        };
+        let host = a.hostnames.first().map_or("*", String::as_str);
         let hosts: Vec<Option<&str>> = match a.hostnames.as_slice() {
             [] => vec![None],
             h => h.iter().map(|h| Some(h.as_str())).collect(),
         };
-        for (i, (rule, action)) in route.spec.rules.iter().zip(&built).enumerate() {
-            for m in rule_matches(rule, i, &owner, &mut w) {
+        for (i, rule) in route.rules.iter().enumerate() {
+            let action =
+                rule_action(builder, &mut resolver, objs, route, rule, host, &owner, &mut w).unwrap_or_else(|e| {
+                    warn(&mut w, &owner, format!("rule {i}: {e}; answering 500"));
+                    Arc::new(failing(host))
+                });
+            for (j, m) in rule.matches.iter().enumerate() {
+                let m = match m {
+                    Ok(m) => m,
+                    Err(e) => {
+                        warn(&mut w, &owner, format!("rule {i} match {j}: {e}; match ignored"));
+                        continue;
+                    }
+                };
                 for host in &hosts {
                     builder.gateway_rule(
                         &a.bind.addresses,
@@ -88,7 +112,7 @@ pub fn translate(
                         a.listener.hostname.as_deref(),
                         *host,
                         m.clone(),
-                        Arc::clone(action),
+                        Arc::clone(&action),
                         &table_owner,
                     );
                 }
@@ -96,6 +120,79 @@ pub fn translate(
         }
     }
     w.into_iter().collect()
+}
+
+/// Every path: what a rule without matches matches.
+fn match_all() -> Match {
+    Match {
+        path: PathMatch::Prefix("/".into()),
+        method: None,
+        headers: Vec::new(),
+        query: Vec::new(),
+    }
+}
+
+fn http_rule(rule: &HttpRouteRule) -> RuleIn<'_> {
+    let matches = match rule.matches.is_empty() {
+        true => vec![Ok(match_all())],
+        false => rule.matches.iter().map(one_match).collect(),
+    };
+    let all_prefix = rule.matches.iter().all(|m| {
+        m.path
+            .as_ref()
+            .is_none_or(|p| p.type_.as_deref().unwrap_or("PathPrefix") == "PathPrefix")
+    });
+    RuleIn {
+        matches,
+        all_prefix,
+        filters: &rule.filters,
+        backend_refs: &rule.backend_refs,
+        timeouts: rule.timeouts.as_ref(),
+    }
+}
+
+/// A GRPCRoute rule: a method match is a path match on `/service/method` (Exact with both,
+/// element-wise PathPrefix `/service` with the service only, an anchored regex otherwise).
+fn grpc_rule(rule: &gw::GrpcRouteRule) -> RuleIn<'_> {
+    let matches = match rule.matches.is_empty() {
+        true => vec![Ok(match_all())],
+        false => rule.matches.iter().map(grpc_match).collect(),
+    };
+    RuleIn {
+        matches,
+        all_prefix: false,
+        filters: &rule.filters,
+        backend_refs: &rule.backend_refs,
+        timeouts: None,
+    }
+}
+
+fn grpc_match(m: &gw::GrpcRouteMatch) -> Result<Match, String> {
+    let path = match &m.method {
+        None => PathMatch::Prefix("/".into()),
+        Some(mm) => {
+            let (svc, method) = (mm.service.as_deref(), mm.method.as_deref());
+            match (mm.type_.as_deref().unwrap_or("Exact"), svc, method) {
+                ("Exact", Some(s), Some(m)) => PathMatch::Exact(format!("/{s}/{m}").into()),
+                ("Exact", Some(s), None) => PathMatch::Prefix(format!("/{s}").into()),
+                ("Exact", None, Some(m)) => PathMatch::Regex(anchored_regex(&format!("/[^/]+/{}", regex::escape(m)))?),
+                ("Exact", None, None) => PathMatch::Prefix("/".into()),
+                ("RegularExpression", s, m) => PathMatch::Regex(anchored_regex(&format!(
+                    "/(?:{})/(?:{})",
+                    s.unwrap_or("[^/]+"),
+                    m.unwrap_or("[^/]+")
+                ))?),
+                (other, _, _) => return Err(format!("method match type {other:?} is not supported")),
+            }
+        }
+    };
+    let headers = header_matches(&m.headers, true)?;
+    Ok(Match {
+        path,
+        method: None,
+        headers,
+        query: Vec::new(),
+    })
 }
 
 /// An action that answers 500 (what a rule kedge cannot serve as written does).
@@ -115,29 +212,6 @@ fn failing(host: &str) -> Action {
     }
 }
 
-/// The matches of a rule (none written: PathPrefix `/`), without those kedge cannot use.
-fn rule_matches(rule: &HttpRouteRule, i: usize, owner: &str, w: &mut Warnings) -> Vec<Match> {
-    if rule.matches.is_empty() {
-        return vec![Match {
-            path: PathMatch::Prefix("/".into()),
-            method: None,
-            headers: Vec::new(),
-            query: Vec::new(),
-        }];
-    }
-    rule.matches
-        .iter()
-        .enumerate()
-        .filter_map(|(j, m)| match one_match(m) {
-            Ok(m) => Some(m),
-            Err(e) => {
-                warn(w, owner, format!("rule {i} match {j}: {e}; match ignored"));
-                None
-            }
-        })
-        .collect()
-}
-
 fn one_match(m: &gw::HttpRouteMatch) -> Result<Match, String> {
     let (kind, value) = match &m.path {
         None => ("PathPrefix", "/"),
@@ -155,29 +229,30 @@ fn one_match(m: &gw::HttpRouteMatch) -> Result<Match, String> {
         "RegularExpression" => PathMatch::Regex(anchored_regex(value)?),
         other => return Err(format!("path match type {other:?} is not supported")),
     };
-    let values = |list: &[gw::HeaderMatch], lower: bool| -> Result<Vec<(Box<str>, ValueMatch)>, String> {
-        list.iter()
-            .map(|h| {
-                let name: Box<str> = if lower {
-                    h.name.to_ascii_lowercase().into()
-                } else {
-                    h.name.as_str().into()
-                };
-                let value = match h.type_.as_deref().unwrap_or("Exact") {
-                    "Exact" => ValueMatch::Exact(h.value.as_str().into()),
-                    "RegularExpression" => ValueMatch::Regex(anchored_regex(&h.value)?),
-                    other => return Err(format!("match type {other:?} is not supported")),
-                };
-                Ok((name, value))
-            })
-            .collect()
-    };
     Ok(Match {
         path,
         method: m.method.as_deref().map(Into::into),
-        headers: values(&m.headers, true)?,
-        query: values(&m.query_params, false)?,
+        headers: header_matches(&m.headers, true)?,
+        query: header_matches(&m.query_params, false)?,
     })
+}
+
+/// Header (names lower-cased) or query parameter matches.
+fn header_matches(list: &[gw::HeaderMatch], lower: bool) -> Result<Vec<(Box<str>, ValueMatch)>, String> {
+    list.iter()
+        .map(|h| {
+            let name: Box<str> = match lower {
+                true => h.name.to_ascii_lowercase().into(),
+                false => h.name.as_str().into(),
+            };
+            let value = match h.type_.as_deref().unwrap_or("Exact") {
+                "Exact" => ValueMatch::Exact(h.value.as_str().into()),
+                "RegularExpression" => ValueMatch::Regex(anchored_regex(&h.value)?),
+                other => return Err(format!("match type {other:?} is not supported")),
+            };
+            Ok((name, value))
+        })
+        .collect()
 }
 
 /// A rule's filters, timeouts and backends. `Err`: why the rule answers 500.
@@ -186,21 +261,15 @@ fn rule_action<'a>(
     builder: &mut TableBuilder,
     resolver: &mut Resolver<'a>,
     objs: &Objects<'a>,
-    route: &'a HttpRoute,
-    rule: &'a HttpRouteRule,
+    route: &RouteIn<'a>,
+    rule: &RuleIn<'a>,
     host: &str,
     owner: &str,
     w: &mut Warnings,
 ) -> Result<Arc<Action>, String> {
     let mut action = failing(host);
-    let all_prefix = !rule.matches.is_empty()
-        && rule.matches.iter().all(|m| {
-            m.path
-                .as_ref()
-                .is_none_or(|p| p.type_.as_deref().unwrap_or("PathPrefix") == "PathPrefix")
-        })
-        || rule.matches.is_empty();
-    for f in &rule.filters {
+    let all_prefix = rule.all_prefix;
+    for f in rule.filters {
         match f.type_.as_str() {
             "RequestHeaderModifier" => action.request_headers = Some(header_mod(f.request_header_modifier.as_ref())),
             "ResponseHeaderModifier" => {
@@ -250,15 +319,27 @@ fn rule_action<'a>(
     if action.redirect.is_some() && action.rewrite.is_some() {
         return Err("RequestRedirect and URLRewrite cannot be combined".into());
     }
-    if let Some(t) = &rule.timeouts {
+    if let Some(t) = rule.timeouts {
         action.request_timeout = duration(t.request.as_deref()).map_err(|e| format!("timeouts.request: {e}"))?;
         action.backend_timeout =
             duration(t.backend_request.as_deref()).map_err(|e| format!("timeouts.backendRequest: {e}"))?;
     }
-    let (route_ns, _) = ns_name(&route.metadata);
-    for be in &rule.backend_refs {
-        let backend = match backend_ref(resolver, objs, route_ns, be) {
-            Ok((ns, svc, port)) => Some(resolver.service_port(builder, ns, svc, port, owner, w)),
+    let (route_ns, _) = ns_name(route.meta);
+    for be in rule.backend_refs {
+        let backend = match backend_ref(resolver, objs, route_ns, route.kind, be) {
+            Ok((ns, svc, port)) => {
+                let id = resolver.service_port(builder, ns, svc, port, owner, w);
+                if let Err(c) = builder.backend_tls(id, None, route.h2, owner) {
+                    let speaks = if route.h2 { "gRPC (HTTP/2)" } else { "plain HTTP/1.1" };
+                    let msg = format!(
+                        "the upstream protocol of Service {ns}/{svc} port {port} was set by {}; requests go to \
+                         it that way, not as {speaks}",
+                        c.winner
+                    );
+                    warn(w, owner, msg);
+                }
+                Some(id)
+            }
             Err(e) => {
                 warn(w, owner, format!("{e}; answering 500 for its share of traffic"));
                 None
@@ -291,6 +372,7 @@ fn backend_ref<'a>(
     resolver: &Resolver<'a>,
     objs: &Objects<'a>,
     route_ns: &'a str,
+    route_kind: &str,
     be: &'a BackendRef,
 ) -> Result<(&'a str, &'a str, i32), String> {
     let group = be.group.as_deref().unwrap_or("");
@@ -303,7 +385,7 @@ fn backend_ref<'a>(
         objs.reference_grants,
         route_ns,
         gw::GROUP,
-        "HTTPRoute",
+        route_kind,
         ns,
         "",
         "Service",

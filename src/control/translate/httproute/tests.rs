@@ -359,3 +359,53 @@ fn durations() {
         assert!(d(bad).is_err(), "{bad}");
     }
 }
+
+#[test]
+fn grpc_routes_match_service_and_method_and_speak_http2() {
+    let g = world();
+    let r: Arc<crate::control::gateway_types::GrpcRoute> = obj(json!({
+        "metadata": {"namespace": "web", "name": "rpc", "creationTimestamp": T1},
+        "spec": {"rules": [
+            {"matches": [{"method": {"service": "shop.Cart", "method": "Add"}}], "backendRefs": [backend("cart", 80)]},
+            {"matches": [{"method": {"service": "shop.Cart"}}], "backendRefs": [backend("shop", 80)]},
+            {"matches": [{"method": {"type": "RegularExpression", "service": "shop\\.B.*", "method": "Get.*"}},
+                         {"headers": [{"name": "x-route", "value": "billing"}]}],
+             "backendRefs": [backend("billing-missing", 80)]},
+        ]},
+    }));
+    let classes = vec![class("kedge", OURS, false)];
+    let objs = Objects {
+        classes: &classes,
+        services: &g.services,
+        slices: &g.slices,
+        ..Objects::default()
+    };
+    let l = listener(None);
+    let attached = [Attached {
+        bind: Bind {
+            addresses: Vec::new(),
+            port: 80,
+            tls: false,
+        },
+        gateway: "infra/gw".into(),
+        listener: &l,
+        route: RouteRef::Grpc(&r),
+        hostnames: Vec::new(),
+    }];
+    let mut b = TableBuilder::default();
+    let warnings = translate(&mut b, &spec(), &objs, &attached);
+    assert_eq!(warnings.len(), 1, "{warnings:?}");
+    let t = b.build();
+    let cart = "c1/web/cart:80 [192.0.2.2:8080]";
+    let shop = "c1/web/shop:80 [192.0.2.1:8080]";
+    assert_eq!(got(&t, "a.example", "POST", "/shop.Cart/Add", &[], 0), cart);
+    assert_eq!(got(&t, "a.example", "POST", "/shop.Cart/Remove", &[], 0), shop);
+    assert_eq!(got(&t, "a.example", "POST", "/shop.Billing/GetInvoice", &[], 0), "500");
+    assert_eq!(got(&t, "a.example", "POST", "/shop.Billing/Pay", &[], 0), "404");
+    assert_eq!(
+        got(&t, "a.example", "POST", "/x.Y/Z", &[("x-route", "billing")], 0),
+        "500"
+    );
+    let id = t.backend_id("c1/web/cart:80").unwrap();
+    assert!(t.backends[id].h2, "gRPC backends speak HTTP/2");
+}
