@@ -28,6 +28,7 @@ pub(super) static KINDS: &[Kind] = &[
     Kind::new("v1", "services", "Service", true, true),
     Kind::new("v1", "nodes", "Node", false, true),
     Kind::new("v1", "secrets", "Secret", true, false),
+    Kind::new("v1", "namespaces", "Namespace", false, true),
     Kind::new("discovery.k8s.io/v1", "endpointslices", "EndpointSlice", true, false),
     Kind::new("networking.k8s.io/v1", "ingresses", "Ingress", true, true),
     Kind::new("networking.k8s.io/v1", "ingressclasses", "IngressClass", false, false),
