@@ -402,18 +402,27 @@ fn build(cfg: &Config, clusters: &[Cluster], (tls, local): (&mut TlsState, &Loca
             host_addresses: local.addresses.clone(),
         };
         let attachment = translate::gateway::attach(&objects.view(), &settings, &local.listeners);
-        // The attached routes' rules go into the table here:
-        // `httproute::add(&mut builder, &attachment.routes, ...)` (not there yet: nothing is
-        // routed from the Gateway API so far).
+        // The attached routes' rules, in their scopes.
+        let route_warnings =
+            translate::httproute::translate(&mut builder, &c.spec, &objects.view(), &attachment.routes);
         gateway_classes += attachment.classes.len();
         warnings.extend(
             outcome
                 .warnings
                 .into_iter()
                 .chain(attachment.warnings)
+                .chain(route_warnings)
                 .map(|w| format!("cluster {}: {}: {}", c.config.name, w.object, w.message)),
         );
         outcomes.push((c.config.name.as_str(), outcome.tls));
+    }
+    // A host both an HTTPRoute and an Ingress (or a static route) claim: on the Gateway's
+    // addresses and port the HTTPRoute decides, elsewhere the Ingress.
+    for (host, route, other) in builder.gateway_overlaps() {
+        warnings.push(format!(
+            "host {host}: claimed by {route} and by {other}; on the Gateway's addresses and port the HTTPRoute \
+             decides"
+        ));
     }
     let mut tls_hosts = 0;
     let config = if tls.listening {

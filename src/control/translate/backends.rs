@@ -147,11 +147,6 @@ impl<'a> Resolver<'a> {
         Some(resolved.id)
     }
 
-    /// Whether the Service `ns`/`name` exists.
-    pub(super) fn has_service(&self, ns: &str, name: &str) -> bool {
-        self.services.contains_key(&(ns, name))
-    }
-
     /// The backend for port number `port` of Service `ns`/`name` (a Gateway API backendRef),
     /// added to `b` on first use under the name Ingress backends of that port get.
     pub(super) fn service_port(

@@ -4,10 +4,10 @@
 //! namespace/name), so that the table's "first added wins a tie" is the spec's precedence.
 //!
 //! Choices where the spec leaves room, or kedge does less than it allows:
-//! - A backendRef that cannot be used (unknown group or kind, a Service that does not exist, no
-//!   port, another namespace without a ReferenceGrant) keeps its weight and answers 500 for its
-//!   share. A Service that exists but whose port or endpoints do not is routed as for Ingress
-//!   (no endpoints: 503).
+//! - A backendRef that `gateway::resolve_backend` refuses (unknown group or kind, a Service or
+//!   Service port that does not exist, another namespace without a ReferenceGrant) keeps its
+//!   weight and answers 500 for its share; `gateway.rs` reports it. A resolved Service without
+//!   ready endpoints is routed as for Ingress (503).
 //! - A filter kedge does not implement (RequestMirror, CORS, ExtensionRef) makes its rule
 //!   answer 500 rather than serve the request without it; so does a RequestRedirect together
 //!   with a URLRewrite, and a ReplacePrefixMatch on a rule whose matches are not all
@@ -20,7 +20,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::backends::Resolver;
-use super::gateway::{Attached, RouteRef, ref_permitted};
+use super::gateway::{Attached, RouteRef, resolve_backend};
 use super::{ClusterSpec, Objects, Warning, Warnings, age, ns_name, warn};
 use crate::control::gateway_types::{self as gw, BackendRef, HttpRouteRule};
 use crate::policy::Policy;
@@ -326,8 +326,13 @@ fn rule_action<'a>(
     }
     let (route_ns, _) = ns_name(route.meta);
     for be in rule.backend_refs {
-        let backend = match backend_ref(resolver, objs, route_ns, route.kind, be) {
-            Ok((ns, svc, port)) => {
+        // What cannot be resolved answers 500 for its share; `gateway.rs` reports it (the
+        // route's ResolvedRefs condition and a warning), so it is not reported twice here.
+        let resolved = resolve_backend(objs, route_ns, route.kind, be)
+            .ok()
+            .and_then(|_| Some((be.namespace.as_deref().unwrap_or(route_ns), be.name.as_str(), be.port?)));
+        let backend = match resolved {
+            Some((ns, svc, port)) => {
                 let id = resolver.service_port(builder, ns, svc, port, owner, w);
                 if let Err(c) = builder.backend_tls(id, None, route.h2, owner) {
                     let speaks = if route.h2 { "gRPC (HTTP/2)" } else { "plain HTTP/1.1" };
@@ -340,10 +345,7 @@ fn rule_action<'a>(
                 }
                 Some(id)
             }
-            Err(e) => {
-                warn(w, owner, format!("{e}; answering 500 for its share of traffic"));
-                None
-            }
+            None => None,
         };
         let headers = be
             .filters
@@ -365,44 +367,6 @@ fn rule_action<'a>(
         });
     }
     Ok(Arc::new(action))
-}
-
-/// A backendRef as (namespace, Service, port), or why it cannot be used.
-fn backend_ref<'a>(
-    resolver: &Resolver<'a>,
-    objs: &Objects<'a>,
-    route_ns: &'a str,
-    route_kind: &str,
-    be: &'a BackendRef,
-) -> Result<(&'a str, &'a str, i32), String> {
-    let group = be.group.as_deref().unwrap_or("");
-    let kind = be.kind.as_deref().unwrap_or("Service");
-    if !group.is_empty() || kind != "Service" {
-        return Err(format!("backendRef {group}/{kind} {} is not a Service", be.name));
-    }
-    let ns = be.namespace.as_deref().unwrap_or(route_ns);
-    if !ref_permitted(
-        objs.reference_grants,
-        route_ns,
-        gw::GROUP,
-        route_kind,
-        ns,
-        "",
-        "Service",
-        &be.name,
-    ) {
-        return Err(format!(
-            "backendRef to Service {ns}/{} is not permitted by a ReferenceGrant",
-            be.name
-        ));
-    }
-    if !resolver.has_service(ns, &be.name) {
-        return Err(format!("Service {ns}/{} not found", be.name));
-    }
-    let port = be
-        .port
-        .ok_or_else(|| format!("backendRef to Service {ns}/{} names no port", be.name))?;
-    Ok((ns, &be.name, port))
 }
 
 fn header_mod(m: Option<&gw::HeaderModifier>) -> HeaderMod {
