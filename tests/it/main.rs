@@ -28,6 +28,7 @@ mod cluster;
 mod expect;
 /// The Gateway API kinds: absent CRDs, CRDs installed later, their objects in the state file.
 mod gateway;
+mod gateway_routes;
 /// gRPC to pods (`GRPC`, `GRPCS`): streaming, trailers, resets, pooling, retries, own errors.
 mod grpc;
 /// Headers kedge adds (X-Forwarded-*, X-Real-IP, X-Request-ID) and the hop-by-hop ones it drops.
