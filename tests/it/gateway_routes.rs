@@ -13,17 +13,17 @@ use crate::support::{
     Client, Driver, FakeApi, Handler, Kedge, Response, Setup, TempDir, Upstream, get, wait_for, wait_until,
 };
 
-const GW: &str = "gateway.networking.k8s.io/v1";
+pub(crate) const GW: &str = "gateway.networking.k8s.io/v1";
 const H2_ON: &str = "[http2]\nenabled = true\n";
 const WAIT: Duration = Duration::from_secs(15);
 
-fn gateway_class() -> Value {
+pub(crate) fn gateway_class() -> Value {
     json!({"apiVersion": GW, "kind": "GatewayClass", "metadata": {"name": "kedge"},
            "spec": {"controllerName": "kedge.dev/gateway-controller"}})
 }
 
 /// Gateway `name` in `default` with one HTTP listener on `port` (and `addresses`, if any).
-fn gateway(name: &str, port: u16, addresses: &[&str]) -> Value {
+pub(crate) fn gateway(name: &str, port: u16, addresses: &[&str]) -> Value {
     let mut g = json!({"apiVersion": GW, "kind": "Gateway", "metadata": {"name": name, "namespace": "default"},
            "spec": {"gatewayClassName": "kedge", "listeners": [{"name": "http", "port": port, "protocol": "HTTP"}]}});
     if !addresses.is_empty() {
@@ -98,7 +98,11 @@ impl World {
     fn wait_routed(&self, host: &str, path: &str, want: (u16, Option<&str>)) {
         wait_for(WAIT, &format!("{host}{path} → {want:?}"), || {
             let (status, up) = get(&self.kedge, host, path);
-            if (status, up.as_deref()) == want { Ok(()) } else { Err((status, up)) }
+            if (status, up.as_deref()) == want {
+                Ok(())
+            } else {
+                Err((status, up))
+            }
         });
     }
 }
@@ -111,8 +115,10 @@ fn answered(r: &Response) -> (u16, Option<&str>) {
 fn paths_headers_query_method_hostnames_and_ingress_side_by_side() {
     let w = World::start(Driver::default(), "gw-match", &["a", "b", "c", "web"]);
     let port = w.kedge.addr().port();
-    w.api.apply("ingresses", ingress("legacy", "kedge", "ing.example.com", "/", "web"));
-    w.api.apply("ingresses", ingress("both", "kedge", "gw.example.com", "/", "web"));
+    w.api
+        .apply("ingresses", ingress("legacy", "kedge", "ing.example.com", "/", "web"));
+    w.api
+        .apply("ingresses", ingress("both", "kedge", "gw.example.com", "/", "web"));
     w.wait_routed("gw.example.com", "/", (200, Some("web")));
     w.api.apply("gateways", gateway("edge", port, &[]));
     w.api.apply(
@@ -148,16 +154,40 @@ fn paths_headers_query_method_hostnames_and_ingress_side_by_side() {
     let cases: &[(&str, (u16, Option<&str>))] = &[
         (&format!("GET /exact HTTP/1.1\r\nHost: {h}\r\n\r\n"), (200, Some("a"))),
         (&format!("GET /exact/x HTTP/1.1\r\nHost: {h}\r\n\r\n"), (200, Some("a"))),
-        (&format!("GET /api HTTP/1.1\r\nHost: {h}:{port}\r\n\r\n"), (200, Some("b"))),
+        (
+            &format!("GET /api HTTP/1.1\r\nHost: {h}:{port}\r\n\r\n"),
+            (200, Some("b")),
+        ),
         (&format!("GET /api/x HTTP/1.1\r\nHost: {h}\r\n\r\n"), (200, Some("b"))),
         (&format!("GET /apix HTTP/1.1\r\nHost: {h}\r\n\r\n"), (200, Some("a"))),
-        (&format!("POST /api/x HTTP/1.1\r\nHost: {h}\r\nContent-Length: 0\r\n\r\n"), (200, Some("a"))),
-        (&format!("GET /items/42 HTTP/1.1\r\nHost: {h}\r\n\r\n"), (200, Some("c"))),
-        (&format!("GET /items/42/x HTTP/1.1\r\nHost: {h}\r\n\r\n"), (200, Some("a"))),
-        (&format!("GET /api/x HTTP/1.1\r\nHost: {h}\r\nx-env: canary\r\n\r\n"), (200, Some("c"))),
-        (&format!("GET /api/x HTTP/1.1\r\nHost: {h}\r\nx-env: prod\r\n\r\n"), (200, Some("b"))),
-        (&format!("GET /api/x?a=1&v=2 HTTP/1.1\r\nHost: {h}\r\n\r\n"), (200, Some("a"))),
-        (&format!("GET /api/x?V=2 HTTP/1.1\r\nHost: {h}\r\n\r\n"), (200, Some("b"))),
+        (
+            &format!("POST /api/x HTTP/1.1\r\nHost: {h}\r\nContent-Length: 0\r\n\r\n"),
+            (200, Some("a")),
+        ),
+        (
+            &format!("GET /items/42 HTTP/1.1\r\nHost: {h}\r\n\r\n"),
+            (200, Some("c")),
+        ),
+        (
+            &format!("GET /items/42/x HTTP/1.1\r\nHost: {h}\r\n\r\n"),
+            (200, Some("a")),
+        ),
+        (
+            &format!("GET /api/x HTTP/1.1\r\nHost: {h}\r\nx-env: canary\r\n\r\n"),
+            (200, Some("c")),
+        ),
+        (
+            &format!("GET /api/x HTTP/1.1\r\nHost: {h}\r\nx-env: prod\r\n\r\n"),
+            (200, Some("b")),
+        ),
+        (
+            &format!("GET /api/x?a=1&v=2 HTTP/1.1\r\nHost: {h}\r\n\r\n"),
+            (200, Some("a")),
+        ),
+        (
+            &format!("GET /api/x?V=2 HTTP/1.1\r\nHost: {h}\r\n\r\n"),
+            (200, Some("b")),
+        ),
         // No rule of the host matches: 404, not the Ingress of the same host.
         ("GET /other HTTP/1.1\r\nHost: strict.example.com\r\n\r\n", (404, None)),
         // A host no route names: the Ingress rules.
@@ -209,7 +239,9 @@ fn weights_unusable_backends_and_rules_without_backends() {
             ]),
         ),
     );
-    wait_until(WAIT, "the split route", || get(&w.kedge, "w.example.com", "/split").0 == 200);
+    wait_until(WAIT, "the split route", || {
+        get(&w.kedge, "w.example.com", "/split").0 == 200
+    });
     let before = w.up("z").request_count();
     let mut seen = std::collections::BTreeMap::<String, usize>::new();
     for _ in 0..60 {
@@ -331,7 +363,8 @@ fn request_timeouts_answer_504() {
     let slow = Upstream::start("slow", Handler::Delay(Duration::from_secs(5)));
     let w = World::start(Driver::default(), "gw-timeouts", &[]);
     w.api.apply("services", service("slow"));
-    w.api.apply("endpointslices", slice("slow", slow.addr().port(), &["127.0.0.1"]));
+    w.api
+        .apply("endpointslices", slice("slow", slow.addr().port(), &["127.0.0.1"]));
     let port = w.kedge.addr().port();
     w.api.apply("gateways", gateway("edge", port, &[]));
     w.api.apply(
@@ -347,7 +380,9 @@ fn request_timeouts_answer_504() {
         ),
     );
     // Routed (the slow upstream saw the request), and answered 504 by kedge.
-    wait_until(WAIT, "the timeout route", || get(&w.kedge, "t.example.com", "/request").0 == 504);
+    wait_until(WAIT, "the timeout route", || {
+        get(&w.kedge, "t.example.com", "/request").0 == 504
+    });
     assert!(slow.request_count() >= 1);
     let r = w.send("GET /request HTTP/1.1\r\nHost: t.example.com\r\n\r\n");
     assert_eq!(r.status, 504);
@@ -365,14 +400,39 @@ fn two_gateways_on_one_port_are_isolated_by_address() {
         std::net::TcpListener::bind(("127.0.0.2", port)).map_err(|e| e.to_string())?;
         Ok::<u16, String>(port)
     });
-    let listeners = format!("[[listener]]\naddress = \"127.0.0.1:{port}\"\n\n[[listener]]\naddress = \"127.0.0.2:{port}\"\n");
+    let listeners =
+        format!("[[listener]]\naddress = \"127.0.0.1:{port}\"\n\n[[listener]]\naddress = \"127.0.0.2:{port}\"\n");
     let setup = Kedge::setup(Driver::default()).tables(&listeners);
     let w = World::start_with("gw-isolated", &["one", "two"], setup);
     w.api.apply("gateways", gateway("gw-one", port, &["127.0.0.1"]));
     w.api.apply("gateways", gateway("gw-two", port, &["127.0.0.2"]));
-    w.api.apply("httproutes", route("r1", "gw-one", &["same.example.com"], json!([{"backendRefs": to("one")}])));
-    w.api.apply("httproutes", route("r2", "gw-two", &["same.example.com"], json!([{"backendRefs": to("two")}])));
-    w.api.apply("httproutes", route("r3", "gw-one", &["only-one.example.com"], json!([{"backendRefs": to("one")}])));
+    w.api.apply(
+        "httproutes",
+        route(
+            "r1",
+            "gw-one",
+            &["same.example.com"],
+            json!([{"backendRefs": to("one")}]),
+        ),
+    );
+    w.api.apply(
+        "httproutes",
+        route(
+            "r2",
+            "gw-two",
+            &["same.example.com"],
+            json!([{"backendRefs": to("two")}]),
+        ),
+    );
+    w.api.apply(
+        "httproutes",
+        route(
+            "r3",
+            "gw-one",
+            &["only-one.example.com"],
+            json!([{"backendRefs": to("one")}]),
+        ),
+    );
     let ask = |ip: &str, host: &str| {
         let addr: std::net::SocketAddr = format!("{ip}:{port}").parse().expect("address");
         let r = Client::connect(addr).get(host, "/");
