@@ -562,8 +562,9 @@ fn ingress_backend_protocol_grpc() {
     assert_eq!(trailer(&r, "grpc-status"), Some("0"));
 }
 
-/// A GRPCRoute: service/method and header matches, weights (0 gets nothing), on an HTTP/2
-/// (h2c) backend; a call no rule matches gets kedge's 404 as a gRPC status.
+/// A GRPCRoute: service/method and header matches, weights (0 gets nothing), a response
+/// header filter, on an HTTP/2 (h2c) backend; a call no rule matches gets kedge's 404 as a
+/// gRPC status.
 #[test]
 fn grpcroute_methods_headers_and_weights() {
     use crate::gateway_routes::{GW, gateway, gateway_class};
@@ -592,6 +593,8 @@ fn grpcroute_methods_headers_and_weights() {
             {"matches": [{"method": {"service": "test.Echo", "method": "Unary"}}],
              "backendRefs": [to("cart", 1), to("never", 0)]},
             {"matches": [{"method": {"type": "RegularExpression", "service": "test\\.E.*", "method": "Bi.*"}}],
+             "filters": [{"type": "ResponseHeaderModifier", "responseHeaderModifier": {
+                 "set": [{"name": "x-upstream", "value": "pay-renamed"}], "add": [{"name": "x-gw", "value": "yes"}]}}],
              "backendRefs": [to("pay", 1)]},
             {"matches": [{"headers": [{"name": "x-route", "value": "pay"}]}],
              "backendRefs": [to("pay", 1)]},
@@ -608,7 +611,13 @@ fn grpcroute_methods_headers_and_weights() {
         assert_eq!(trailer(&r, "grpc-status"), Some("0"));
     }
     assert_eq!(never.connections.load(Ordering::SeqCst), 0, "weight 0 gets nothing");
-    assert_eq!(call(&h2, "rpc.example.com", "Bidi", &[b"b"]).upstream(), Some("pay"));
+    let r = call(&h2, "rpc.example.com", "Bidi", &[b"b"]);
+    assert_eq!(
+        (r.upstream(), r.header("x-gw")),
+        (Some("pay-renamed"), Some("yes")),
+        "{r:?}"
+    );
+    assert_eq!(body_messages(&r), vec![b"b".to_vec()]);
     let mut head = call_head(&h2, "rpc.example.com", "ServerStream");
     head.headers_mut().insert("x-route", "pay".parse().unwrap());
     let r = h2.request(head, Some(frame(b"2").to_vec()));
