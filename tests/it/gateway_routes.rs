@@ -262,6 +262,21 @@ fn weights_unusable_backends_and_rules_without_backends() {
     assert!(statuses.get(&500).copied().unwrap_or(0) > 0, "{statuses:?}");
     assert_eq!(statuses.len(), 2, "{statuses:?}");
     assert_eq!(get(&w.kedge, "w.example.com", "/nothing").0, 500);
+    // `/backends` shows the Gateway rules with their scope.
+    let view = Client::connect(w.kedge.admin_addr()).get("x", "/backends").text();
+    let view: Value = serde_json::from_str(&view).expect("JSON");
+    let a = view["backends"]
+        .as_array()
+        .and_then(|b| b.iter().find(|b| b["name"] == "test/default/a:80"))
+        .expect("backend a");
+    let rules = a["rules"].as_array().expect("rules");
+    assert!(
+        rules.iter().any(|r| r["host"] == "w.example.com"
+            && r["path"] == "/split"
+            && r["path_type"] == "Gateway"
+            && r["scope"] == format!("*:{port}")),
+        "{rules:#?}"
+    );
 }
 
 crate::support::both_drivers!(
