@@ -12,6 +12,7 @@
 
 mod certs;
 mod cluster;
+mod gateway_status;
 pub mod gateway_types;
 mod health;
 mod kinds;
@@ -402,6 +403,7 @@ fn build(cfg: &Config, clusters: &[Cluster], (tls, local): (&mut TlsState, &Loca
             host_addresses: local.addresses.clone(),
         };
         let attachment = translate::gateway::attach(&objects.view(), &settings, &local.listeners);
+        c.offer_gateway_status(&attachment, &objects.view());
         // The attached routes' rules, in their scopes.
         let route_warnings =
             translate::httproute::translate(&mut builder, &c.spec, &objects.view(), &attachment.routes);

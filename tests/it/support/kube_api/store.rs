@@ -63,8 +63,8 @@ impl Kind {
         }
     }
 
-    /// A Gateway API kind (with a status subresource, except ReferenceGrant, which has none;
-    /// kedge never writes either yet).
+    /// A Gateway API kind, with a status subresource (ReferenceGrant has none, but kedge never
+    /// writes one).
     const fn crd(api_version: &'static str, plural: &'static str, kind: &'static str, namespaced: bool) -> Kind {
         let mut k = Kind::new(api_version, plural, kind, namespaced, true);
         k.crd = true;
