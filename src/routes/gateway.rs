@@ -187,6 +187,61 @@ pub struct Rewrite {
     pub path: Option<PathChange>,
 }
 
+/// The CORS filter: which origins may read the responses, and what a preflight allows.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Cors {
+    /// `*`, exact origins (`https://www.example.com`), or with a wildcard host label
+    /// (`https://*.example.com`: any host under `example.com`).
+    pub allow_origins: Vec<Box<str>>,
+    /// Methods a preflight allows (`*`: any).
+    pub allow_methods: Vec<Box<str>>,
+    /// Request headers a preflight allows (`*`: any).
+    pub allow_headers: Vec<Box<str>>,
+    /// Response headers the page may read.
+    pub expose_headers: Vec<Box<str>>,
+    pub allow_credentials: bool,
+    /// Seconds a preflight's answer may be cached.
+    pub max_age: u32,
+}
+
+impl Cors {
+    /// Whether `origin` (the request's Origin) is allowed.
+    pub fn allows(&self, origin: &[u8]) -> bool {
+        let Ok(origin) = std::str::from_utf8(origin) else {
+            return false;
+        };
+        self.allow_origins.iter().any(|o| {
+            if &**o == "*" || o.eq_ignore_ascii_case(origin) {
+                return true;
+            }
+            // `scheme://*.suffix[:port]`: the origin's host ends with `.suffix`.
+            match o.split_once("://*") {
+                Some((scheme, rest)) => origin.split_once("://").is_some_and(|(s, host)| {
+                    s.eq_ignore_ascii_case(scheme)
+                        && host.len() > rest.len()
+                        && host.to_ascii_lowercase().ends_with(&rest.to_ascii_lowercase())
+                }),
+                None => false,
+            }
+        })
+    }
+
+    /// Whether any method (`*`) is allowed.
+    pub fn any_method(&self) -> bool {
+        self.allow_methods.iter().any(|m| &**m == "*")
+    }
+
+    /// Whether any header (`*`) is allowed.
+    pub fn any_header(&self) -> bool {
+        self.allow_headers.iter().any(|h| &**h == "*")
+    }
+
+    /// Whether any origin (`*`) is allowed.
+    pub fn any_origin(&self) -> bool {
+        self.allow_origins.iter().any(|o| &**o == "*")
+    }
+}
+
 /// One backendRef of a rule.
 #[derive(Debug, Clone)]
 pub struct Weighted {
@@ -205,6 +260,8 @@ pub struct Action {
     pub response_headers: Option<HeaderMod>,
     /// A redirect answers without any backend.
     pub redirect: Option<Redirect>,
+    /// CORS: preflights are answered by kedge, responses get the CORS fields.
+    pub cors: Option<Cors>,
     pub rewrite: Option<Rewrite>,
     /// Empty (no backendRefs) or all of weight 0: the rule answers 500.
     pub backends: Vec<Weighted>,

@@ -56,6 +56,7 @@ pub(super) async fn serve<S: ClientStream>(
         headers: Vec::with_capacity(32),
         pairs: HeaderBuf::default(),
         gw_pairs: HeaderBuf::default(),
+        origin: Vec::new(),
         meta: String::new(),
         rewritten: String::new(),
         extra: Vec::new(),
@@ -290,6 +291,13 @@ impl<S: ClientStream> Conn<S> {
                     }
                     // The upstream head, built once: a retry on another connection sends the
                     // same bytes.
+                    // A Gateway rule's CORS needs the Origin when the response comes.
+                    self.origin.clear();
+                    if f.gw.is_some_and(|g| g.action.cors.is_some())
+                        && let Some(o) = view.header(b"origin")
+                    {
+                        self.origin.extend_from_slice(o);
+                    }
                     // A Gateway rule's header changes and host rewrite.
                     let mut changed = self.gw_pairs.take();
                     let (headers, host) = match &f.gw {

@@ -78,6 +78,14 @@ pub(crate) enum AnswerHeader<'s, 'r> {
     },
     /// `WWW-Authenticate: Basic` for this realm.
     Challenge(&'s str),
+    /// A Gateway API CORS preflight's answer: the allowed origin (`None`: not allowed, no CORS
+    /// fields), the method and headers the preflight asks for.
+    Preflight {
+        cors: &'s gateway::Cors,
+        origin: Option<&'r [u8]>,
+        method: &'r [u8],
+        headers: &'r [u8],
+    },
     /// A Gateway API RequestRedirect: `scheme://host[:port]{path_head}{path_tail}[?query]`.
     Redirect {
         scheme: &'s str,
@@ -374,6 +382,24 @@ fn decide_gateway<'s, 'r>(
 ) -> Decision<'s, 'r> {
     let a = r.action;
     let prefix = r.prefix.unwrap_or("/");
+    if let Some(cors) = &a.cors
+        && req.method == b"OPTIONS"
+        && let Some(origin) = req.header(b"origin")
+        && let Some(method) = req.header(b"access-control-request-method")
+    {
+        return Decision::Answer(Answer {
+            status: 200,
+            reason: "",
+            header: AnswerHeader::Preflight {
+                cors,
+                origin: cors.allows(origin).then_some(origin),
+                method,
+                headers: req.header(b"access-control-request-headers").unwrap_or_default(),
+            },
+            routed: None,
+            checks: Checks::default(),
+        });
+    }
     if let Some(rd) = &a.redirect {
         let scheme = rd.scheme.as_deref().unwrap_or(req.scheme);
         // No port given: the new scheme's well-known one when the scheme changes, else the

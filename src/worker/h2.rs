@@ -398,6 +398,7 @@ async fn handle(
         }
         Decision::Forward(f) => f,
     };
+    let origin = view.header(b"origin");
     // A Gateway rule's header changes and host rewrite.
     let mut changed = Vec::new();
     let (headers, new_host) = match &f.gw {
@@ -441,7 +442,7 @@ async fn handle(
         let hsts = (info.scheme == "https").then_some(&*snap.https.hsts_line);
         let extra = |addr| {
             let mut extra = Vec::new();
-            respond::response_lines(&mut extra, hsts, || false, &f, addr);
+            respond::response_lines(&mut extra, hsts, || false, &f, addr, origin);
             extra
         };
         let cx = Ctx { worker, snap, start };
@@ -490,6 +491,7 @@ async fn handle(
         || up.has_field(b"strict-transport-security"),
         &f,
         addr,
+        origin,
     );
     let head = response_head(&up.buf, &resp, &up.headers, &extra, sending.is_head, |name| {
         respond::drops_response_field(&f, name)

@@ -4,6 +4,7 @@
 //! cookie, a 401's WWW-Authenticate) are handed to the sans-io writers, which put them in place
 //! before the blank line. Also the one place that decides whether the client connection is kept.
 
+use std::io::Write as _;
 use std::time::{Duration, Instant};
 
 use super::Snapshot;
@@ -28,7 +29,7 @@ pub(crate) enum Ending {
 /// Whether the client connection is kept after a request: only when the client wishes it, kedge
 /// is not stopping, and the connection is in a clean state. An answer leaves it clean only
 /// without an unread body, and only for the answers that are about routing or the upstream
-/// (redirects, 401, 403, 404, 502, 503, 504), not about a broken request; a response leaves it
+/// (a CORS preflight's 200, redirects, 401, 403, 404, 502, 503, 504), not about a broken request; a response leaves it
 /// clean unless its end is marked by closing.
 pub(crate) fn keep_alive(wish: bool, body: Body, ending: Ending, stopping: bool) -> bool {
     if !wish || stopping {
@@ -36,7 +37,7 @@ pub(crate) fn keep_alive(wish: bool, body: Body, ending: Ending, stopping: bool)
     }
     match ending {
         Ending::Answered(status) => {
-            body == Body::None && matches!(status, 300..=399 | 401 | 403 | 404 | 502 | 503 | 504)
+            body == Body::None && matches!(status, 200 | 300..=399 | 401 | 403 | 404 | 502 | 503 | 504)
         }
         Ending::Proxied(framing) => framing != Framing::CloseDelimited,
     }
@@ -47,7 +48,7 @@ pub(crate) fn keep_alive(wish: bool, body: Body, ending: Ending, stopping: bool)
 /// linger (`Conn::linger`); redirects and challenges are written under the client body
 /// timeout and close at once. (That is how each kind was always sent.)
 pub(crate) fn is_error(status: u16) -> bool {
-    !matches!(status, 300..=399 | 401)
+    !matches!(status, 200 | 300..=399 | 401)
 }
 
 /// How long writing an error answer may take.
@@ -121,6 +122,65 @@ pub(crate) fn write_answer(out: &mut Vec<u8>, scratch: &mut Vec<u8>, answer: &An
             ];
             http::write_location(out, answer.status, &parts, b"", close);
         }
+        AnswerHeader::Preflight {
+            cors,
+            origin,
+            method,
+            headers,
+        } => {
+            scratch.clear();
+            if let Some(origin) = origin {
+                let credentials = cors.allow_credentials;
+                let line = |out: &mut Vec<u8>, name: &[u8], value: &[&[u8]]| {
+                    out.extend_from_slice(name);
+                    out.extend_from_slice(b": ");
+                    value.iter().for_each(|v| out.extend_from_slice(v));
+                    out.extend_from_slice(b"\r\n");
+                };
+                let joined = |list: &[Box<str>], out: &mut Vec<u8>| {
+                    for (i, v) in list.iter().enumerate() {
+                        if i > 0 {
+                            out.extend_from_slice(b", ");
+                        }
+                        out.extend_from_slice(v.as_bytes());
+                    }
+                };
+                let allow_origin: &[u8] = if cors.any_origin() && !credentials {
+                    b"*"
+                } else {
+                    origin
+                };
+                line(scratch, b"Access-Control-Allow-Origin", &[allow_origin]);
+                if credentials {
+                    line(scratch, b"Access-Control-Allow-Credentials", &[b"true"]);
+                }
+                // With credentials a `*` is taken literally by browsers: the request's own
+                // method and headers are named instead.
+                match (cors.any_method(), credentials) {
+                    (true, true) => line(scratch, b"Access-Control-Allow-Methods", &[method]),
+                    (true, false) => line(scratch, b"Access-Control-Allow-Methods", &[b"*"]),
+                    (false, _) if !cors.allow_methods.is_empty() => {
+                        scratch.extend_from_slice(b"Access-Control-Allow-Methods: ");
+                        joined(&cors.allow_methods, scratch);
+                        scratch.extend_from_slice(b"\r\n");
+                    }
+                    (false, _) => {}
+                }
+                match (cors.any_header(), credentials) {
+                    (true, true) if !headers.is_empty() => line(scratch, b"Access-Control-Allow-Headers", &[headers]),
+                    (true, true) => {}
+                    (true, false) => line(scratch, b"Access-Control-Allow-Headers", &[b"*"]),
+                    (false, _) if !cors.allow_headers.is_empty() => {
+                        scratch.extend_from_slice(b"Access-Control-Allow-Headers: ");
+                        joined(&cors.allow_headers, scratch);
+                        scratch.extend_from_slice(b"\r\n");
+                    }
+                    (false, _) => {}
+                }
+                let _ = write!(scratch, "Access-Control-Max-Age: {}\r\n", cors.max_age);
+            }
+            http::write_canned(out, answer.status, answer.reason, scratch, close);
+        }
         AnswerHeader::Challenge(realm) => {
             scratch.clear();
             scratch.extend_from_slice(b"WWW-Authenticate: Basic realm=\"");
@@ -141,6 +201,7 @@ pub(crate) fn response_lines(
     upstream_sent_hsts: impl FnOnce() -> bool,
     f: &Forward<'_>,
     addr: std::net::SocketAddr,
+    origin: Option<&[u8]>,
 ) {
     if let Some(line) = hsts
         && !line.is_empty()
@@ -152,6 +213,31 @@ pub(crate) fn response_lines(
         let key = crate::policy::endpoint_key(addr);
         if f.pick.sticky != Some(key) {
             a.set_cookie_line(key, crate::time::unix_now(), out);
+        }
+    }
+    // A Gateway rule's CORS filter, for a request from an origin it allows.
+    if let Some(cors) = f.gw.and_then(|g| g.action.cors.as_ref())
+        && let Some(origin) = origin.filter(|o| cors.allows(o))
+    {
+        out.extend_from_slice(b"Access-Control-Allow-Origin: ");
+        out.extend_from_slice(if cors.any_origin() && !cors.allow_credentials {
+            b"*"
+        } else {
+            origin
+        });
+        out.extend_from_slice(b"\r\n");
+        if cors.allow_credentials {
+            out.extend_from_slice(b"Access-Control-Allow-Credentials: true\r\n");
+        }
+        if !cors.expose_headers.is_empty() {
+            out.extend_from_slice(b"Access-Control-Expose-Headers: ");
+            for (i, h) in cors.expose_headers.iter().enumerate() {
+                if i > 0 {
+                    out.extend_from_slice(b", ");
+                }
+                out.extend_from_slice(h.as_bytes());
+            }
+            out.extend_from_slice(b"\r\n");
         }
     }
     if let Some(m) = response_mod(f) {
@@ -303,7 +389,15 @@ impl<S: ClientStream> Conn<S> {
         extra.clear();
         let hsts = (S::SCHEME == "https").then_some(&*snap.https.hsts_line);
         let up = &self.up;
-        response_lines(&mut extra, hsts, || up.has_field(b"strict-transport-security"), f, addr);
+        let origin = (!self.origin.is_empty()).then_some(&self.origin[..]);
+        response_lines(
+            &mut extra,
+            hsts,
+            || up.has_field(b"strict-transport-security"),
+            f,
+            addr,
+            origin,
+        );
         self.out.clear();
         http::write_response_head_dropping(
             &mut self.out,
@@ -361,6 +455,7 @@ mod tests {
         let cases = [
             // wish, body, ending, stopping → keep
             (true, Body::None, Answered(404), false, true),
+            (true, Body::None, Answered(200), false, true),
             (true, Body::None, Answered(308), false, true),
             (true, Body::None, Answered(401), false, true),
             (true, Body::None, Answered(502), false, true),

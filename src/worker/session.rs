@@ -64,6 +64,9 @@ pub(super) struct Conn<S> {
     /// The header pairs a Gateway API rule's header changes send upstream (empty between
     /// requests).
     pub(super) gw_pairs: HeaderBuf,
+    /// The request's Origin, kept past the head for a Gateway rule's CORS response fields
+    /// (empty otherwise).
+    pub(super) origin: Vec<u8>,
     /// Method, target, host and request id of the current request, for the access log.
     pub(super) meta: String,
     /// The client's IP address as sent in X-Forwarded-For and X-Real-IP.

@@ -313,6 +313,11 @@ crate::support::both_drivers!(
                         "hostname": "inner.example.com",
                         "path": {"type": "ReplacePrefixMatch", "replacePrefixMatch": "/v2"}}}],
                      "backendRefs": to("a")},
+                    {"matches": [{"path": {"value": "/cors"}}],
+                     "filters": [{"type": "CORS", "cors": {
+                        "allowOrigins": ["https://app.example.com"], "allowMethods": ["GET", "POST"],
+                        "allowHeaders": ["x-token"], "exposeHeaders": ["x-total"], "maxAge": 60}}],
+                     "backendRefs": to("a")},
                     {"matches": [{"path": {"value": "/full"}}],
                      "filters": [{"type": "URLRewrite", "urlRewrite": {"path": {"type": "ReplaceFullPath", "replaceFullPath": "/fixed"}}}],
                      "backendRefs": to("a")},
@@ -350,8 +355,43 @@ crate::support::both_drivers!(
         assert_eq!(r.status, 200);
         assert_eq!(up.requests().pop().expect("a request").uri, "/fixed");
 
+        // CORS: the preflight answered by kedge, the response of an allowed origin marked.
+        let before = up.request_count();
+        let r = w.send(
+            "OPTIONS /cors HTTP/1.1\r\nHost: f.example.com\r\nOrigin: https://app.example.com\r\n\
+             Access-Control-Request-Method: POST\r\n\r\n",
+        );
+        assert_eq!(r.status, 200);
+        assert_eq!(r.header("access-control-allow-origin"), Some("https://app.example.com"));
+        assert_eq!(r.header("access-control-allow-methods"), Some("GET, POST"));
+        assert_eq!(r.header("access-control-allow-headers"), Some("x-token"));
+        assert_eq!(r.header("access-control-max-age"), Some("60"));
+        assert_eq!(up.request_count(), before, "a preflight is not forwarded");
+        let r = w.send("GET /cors HTTP/1.1\r\nHost: f.example.com\r\nOrigin: https://app.example.com\r\n\r\n");
+        assert_eq!(answered(&r), (200, Some("a")));
+        assert_eq!(r.header("access-control-allow-origin"), Some("https://app.example.com"));
+        assert_eq!(r.header("access-control-expose-headers"), Some("x-total"));
+        let r = w.send("GET /cors HTTP/1.1\r\nHost: f.example.com\r\nOrigin: https://other.example.com\r\n\r\n");
+        assert_eq!(answered(&r), (200, Some("a")));
+        assert_eq!(r.header("access-control-allow-origin"), None);
+
         // The same over HTTP/2.
         let h2 = H2::connect(w.kedge.addr());
+        let req = h2
+            .req("GET", "f.example.com", "/cors")
+            .header("origin", "https://app.example.com")
+            .body(())
+            .expect("request");
+        let r = h2.request(req, None);
+        assert_eq!(r.header("access-control-allow-origin"), Some("https://app.example.com"));
+        let req = h2
+            .req("OPTIONS", "f.example.com", "/cors")
+            .header("origin", "https://app.example.com")
+            .header("access-control-request-method", "GET")
+            .body(())
+            .expect("request");
+        let r = h2.request(req, None);
+        assert_eq!((r.status, r.header("access-control-allow-methods")), (200, Some("GET, POST")));
         let req = h2
             .req("GET", "f.example.com", "/headers")
             .header("x-drop", "x")

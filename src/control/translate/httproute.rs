@@ -8,7 +8,7 @@
 //!   Service port that does not exist, another namespace without a ReferenceGrant) keeps its
 //!   weight and answers 500 for its share; `gateway.rs` reports it. A resolved Service without
 //!   ready endpoints is routed as for Ingress (503).
-//! - A filter kedge does not implement (RequestMirror, CORS, ExtensionRef) makes its rule
+//! - A filter kedge does not implement (RequestMirror, ExtensionRef) makes its rule
 //!   answer 500 rather than serve the request without it; so does a RequestRedirect together
 //!   with a URLRewrite, and a ReplacePrefixMatch on a rule whose matches are not all
 //!   PathPrefix. A match kedge cannot use (bad regex, a path not starting with `/`) is left out
@@ -26,7 +26,7 @@ use crate::control::gateway_types::{self as gw, BackendRef, HttpRouteRule};
 use crate::policy::Policy;
 use crate::routes::TableBuilder;
 use crate::routes::gateway::{
-    Action, HeaderMod, Match, PathChange, PathMatch, Redirect, Rewrite, ValueMatch, Weighted, anchored_regex,
+    Action, Cors, HeaderMod, Match, PathChange, PathMatch, Redirect, Rewrite, ValueMatch, Weighted, anchored_regex,
 };
 
 /// One rule of an HTTPRoute or a GRPCRoute, as the translation reads it.
@@ -201,6 +201,7 @@ fn failing(host: &str) -> Action {
         request_headers: None,
         response_headers: None,
         redirect: None,
+        cors: None,
         rewrite: None,
         backends: Vec::new(),
         request_timeout: None,
@@ -313,6 +314,7 @@ fn rule_action<'a>(
                     path: path_change(r.path.as_ref(), all_prefix)?,
                 });
             }
+            "CORS" => action.cors = Some(cors(f.cors.as_ref().ok_or("CORS without its settings")?)?),
             other => return Err(format!("filter {other} is not supported by kedge yet")),
         }
     }
@@ -367,6 +369,38 @@ fn rule_action<'a>(
         });
     }
     Ok(Arc::new(action))
+}
+
+/// The CORS filter's settings (kept as JSON in the types: the field is newer than the rest).
+fn cors(v: &serde_json::Value) -> Result<Cors, String> {
+    let list = |key: &str| -> Result<Vec<Box<str>>, String> {
+        match v.get(key) {
+            None | Some(serde_json::Value::Null) => Ok(Vec::new()),
+            Some(serde_json::Value::Array(a)) => a
+                .iter()
+                .map(|x| {
+                    x.as_str()
+                        .map(Into::into)
+                        .ok_or(format!("cors.{key} holds a non-string"))
+                })
+                .collect(),
+            Some(_) => Err(format!("cors.{key} is not a list")),
+        }
+    };
+    Ok(Cors {
+        allow_origins: list("allowOrigins")?,
+        allow_methods: list("allowMethods")?,
+        allow_headers: list("allowHeaders")?,
+        expose_headers: list("exposeHeaders")?,
+        allow_credentials: v
+            .get("allowCredentials")
+            .and_then(serde_json::Value::as_bool)
+            .unwrap_or(false),
+        max_age: v
+            .get("maxAge")
+            .and_then(serde_json::Value::as_u64)
+            .map_or(5, |n| u32::try_from(n).unwrap_or(u32::MAX)),
+    })
 }
 
 fn header_mod(m: Option<&gw::HeaderModifier>) -> HeaderMod {

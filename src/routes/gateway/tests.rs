@@ -11,6 +11,7 @@ fn action(id: BackendId) -> Arc<Action> {
         request_headers: None,
         response_headers: None,
         redirect: None,
+        cors: None,
         rewrite: None,
         backends: vec![Weighted {
             weight: 1,
@@ -290,4 +291,25 @@ fn replace_prefix_as_the_spec_tabulates() {
         let (head, tail) = replace_prefix(path, prefix, replacement);
         assert_eq!(format!("{head}{tail}"), want, "{path} {prefix} {replacement}");
     }
+}
+
+#[test]
+fn cors_origins() {
+    let c = Cors {
+        allow_origins: vec!["https://www.example.com".into(), "https://*.example.org".into()],
+        ..Cors::default()
+    };
+    assert!(c.allows(b"https://www.example.com"));
+    assert!(c.allows(b"HTTPS://WWW.example.com"));
+    assert!(c.allows(b"https://a.example.org"));
+    assert!(c.allows(b"https://a.b.example.org"));
+    assert!(!c.allows(b"https://example.org"));
+    assert!(!c.allows(b"http://a.example.org"));
+    assert!(!c.allows(b"https://www.example.com.evil"));
+    assert!(!c.allows(b"null"));
+    let any = Cors {
+        allow_origins: vec!["*".into()],
+        ..Cors::default()
+    };
+    assert!(any.allows(b"https://anything.example") && any.any_origin());
 }

@@ -502,6 +502,7 @@ fn gateway_table() -> RouteTable {
         request_headers: None,
         response_headers: None,
         redirect: None,
+        cors: None,
         rewrite: None,
         backends: vec![Weighted {
             weight: 1,
@@ -674,4 +675,102 @@ fn gateway_decisions() {
         }
     }
     assert!(failed.is_empty(), "\n{}", failed.join("\n"));
+}
+
+/// A CORS preflight is answered by kedge: the allowed origin, methods, headers and max age; an
+/// origin not allowed gets no CORS fields; a request that is not a preflight is forwarded.
+#[test]
+fn cors_preflights() {
+    use crate::routes::gateway::{Action, Cors, Match, PathMatch, Weighted};
+    let mut b = TableBuilder::default();
+    let gw1 = backend(&mut b, "gw1", 9001);
+    let action = Action {
+        request_headers: None,
+        response_headers: None,
+        redirect: None,
+        cors: Some(Cors {
+            allow_origins: vec!["https://www.example.com".into(), "https://*.example.org".into()],
+            allow_methods: vec!["GET".into(), "PUT".into()],
+            allow_headers: vec!["*".into()],
+            expose_headers: vec!["x-a".into()],
+            allow_credentials: true,
+            max_age: 600,
+        }),
+        rewrite: None,
+        backends: vec![Weighted {
+            weight: 1,
+            backend: Some(gw1),
+            headers: None,
+        }],
+        request_timeout: None,
+        backend_timeout: None,
+        policy: Arc::new(Policy::default()),
+    };
+    let m = Match {
+        path: PathMatch::Prefix("/".into()),
+        method: None,
+        headers: Vec::new(),
+        query: Vec::new(),
+    };
+    b.gateway_rule(&[], 80, None, Some("c.example"), m, Arc::new(action), "HTTPRoute test");
+    let table = b.build();
+    let (client, upstream) = (client(), upstream());
+    let settings = Settings {
+        table: &table,
+        client: &client,
+        upstream: &upstream,
+        redirect_port: None,
+    };
+    let answer = |headers: &[(&'static str, &'static str)], method: &'static str| {
+        let headers: Vec<Header<'_>> = headers.iter().map(|(n, v)| (n.as_bytes(), v.as_bytes())).collect();
+        let view = RequestView {
+            method: method.as_bytes(),
+            scheme: "https",
+            authority: b"c.example",
+            path: Some(b"/x"),
+            query: None,
+            target: b"/x",
+            headers: &headers,
+            request_id: b"",
+            body: Body::None,
+            expect_continue: false,
+            upgrade: None,
+            keep_alive: true,
+            peer: "192.0.2.1:1".parse().unwrap(),
+            local: "127.0.0.1:80".parse().unwrap(),
+            client_ip: b"",
+        };
+        match decide(&settings, &view, 0, &mut String::new()) {
+            Decision::Answer(a) => {
+                let mut out = Vec::new();
+                crate::worker::respond::write_answer(&mut out, &mut Vec::new(), &a, false);
+                let text = String::from_utf8(out).unwrap();
+                let mut lines: Vec<&str> = text.lines().filter(|l| l.starts_with("Access-Control-")).collect();
+                lines.insert(0, text.lines().next().unwrap_or_default());
+                lines.join("\n")
+            }
+            Decision::Forward(f) => format!("→ {}", f.routed.backend.name),
+        }
+    };
+    let preflight = [
+        ("Origin", "https://api.example.org"),
+        ("Access-Control-Request-Method", "PUT"),
+        ("Access-Control-Request-Headers", "x-token"),
+    ];
+    assert_eq!(
+        answer(&preflight, "OPTIONS"),
+        "HTTP/1.1 200 OK\n\
+         Access-Control-Allow-Origin: https://api.example.org\n\
+         Access-Control-Allow-Credentials: true\n\
+         Access-Control-Allow-Methods: GET, PUT\n\
+         Access-Control-Allow-Headers: x-token\n\
+         Access-Control-Max-Age: 600"
+    );
+    let other = [
+        ("Origin", "https://evil.example"),
+        ("Access-Control-Request-Method", "PUT"),
+    ];
+    assert_eq!(answer(&other, "OPTIONS"), "HTTP/1.1 200 OK");
+    assert_eq!(answer(&[("Origin", "https://www.example.com")], "OPTIONS"), "→ gw1");
+    assert_eq!(answer(&preflight, "GET"), "→ gw1");
 }
