@@ -262,6 +262,9 @@ pub struct Action {
     pub redirect: Option<Redirect>,
     /// CORS: preflights are answered by kedge, responses get the CORS fields.
     pub cors: Option<Cors>,
+    /// RequestMirror: backends that get a copy of each (bodiless) request, with the percentage
+    /// of requests mirrored; their answers are discarded.
+    pub mirrors: Vec<(BackendId, u32)>,
     pub rewrite: Option<Rewrite>,
     /// Empty (no backendRefs) or all of weight 0: the rule answers 500.
     pub backends: Vec<Weighted>,

@@ -26,6 +26,7 @@ use super::decide::{self, Decision, Forward};
 use super::error::{ErrorKind, RequestError};
 use super::forward::{self, SendBody, Sending};
 use super::log::{self, Record};
+use super::mirror;
 use super::pump::{self, PumpError, PumpLimits, ReadResult};
 use super::request::{self, HeaderBuf, RequestView};
 use super::respond::{self, Ending};
@@ -327,6 +328,7 @@ impl<S: ClientStream> Conn<S> {
                     };
                     http::write_request_head(&mut self.out, &req, &fwd);
                     self.gw_pairs.put(changed);
+                    mirror::send(worker, snap, &f, &self.out, head.framing != Framing::None);
                     let sending = Sending {
                         has_body: head.framing != Framing::None,
                         is_head: view.method == b"HEAD",

@@ -433,6 +433,7 @@ async fn handle(
     };
     let mut out = Vec::with_capacity(1024);
     h1::write_request_head(&mut out, &out_req, &fwd);
+    super::mirror::send(worker, snap, &f, &out, body_kind != Body::None);
     if f.routed.backend.h2 {
         // gRPC: HTTP/2 end to end.
         let te_trailers = parts

@@ -501,3 +501,38 @@ fn two_gateways_on_one_port_are_isolated_by_address() {
     // Not a host of the second Gateway: no Ingress either, 404.
     assert_eq!(ask("127.0.0.2", "only-one.example.com").0, 404);
 }
+
+#[test]
+fn request_mirror_copies_bodiless_requests() {
+    let w = World::start(Driver::default(), "gw-mirror", &["a", "m"]);
+    let port = w.kedge.addr().port();
+    w.api.apply("gateways", gateway("edge", port, &[]));
+    w.api.apply(
+        "httproutes",
+        route(
+            "mirrored",
+            "edge",
+            &["m.example.com"],
+            json!([{"filters": [{"type": "RequestMirror", "requestMirror": {"backendRef": {"name": "m", "port": 80}}}],
+                    "backendRefs": to("a")}]),
+        ),
+    );
+    w.wait_routed("m.example.com", "/first", (200, Some("a")));
+    let r = w.send("POST /posted HTTP/1.1\r\nHost: m.example.com\r\nContent-Length: 2\r\n\r\nhi");
+    assert_eq!(answered(&r), (200, Some("a")));
+    let r = w.send("GET /copied?x=1 HTTP/1.1\r\nHost: m.example.com\r\nX-Trace: t1\r\n\r\n");
+    assert_eq!(answered(&r), (200, Some("a")));
+    let mirror = w.up("m");
+    wait_until(WAIT, "the mirror got the GET", || {
+        mirror.requests().iter().any(|s| s.uri == "/copied?x=1")
+    });
+    let seen = mirror.requests();
+    let copy = seen.iter().find(|s| s.uri == "/copied?x=1").expect("the copy");
+    assert_eq!((copy.method.as_str(), copy.header("x-trace")), ("GET", Some("t1")));
+    assert!(
+        !seen.iter().any(|s| s.method == "POST"),
+        "requests with a body are not mirrored: {seen:?}"
+    );
+    // The backend got everything.
+    assert_eq!(w.up("a").requests().iter().filter(|s| s.uri != "/first").count(), 2);
+}

@@ -8,7 +8,7 @@
 //!   Service port that does not exist, another namespace without a ReferenceGrant) keeps its
 //!   weight and answers 500 for its share; `gateway.rs` reports it. A resolved Service without
 //!   ready endpoints is routed as for Ingress (503).
-//! - A filter kedge does not implement (RequestMirror, ExtensionRef) makes its rule
+//! - A filter kedge does not implement (ExtensionRef, or any other) makes its rule
 //!   answer 500 rather than serve the request without it; so does a RequestRedirect together
 //!   with a URLRewrite, and a ReplacePrefixMatch on a rule whose matches are not all
 //!   PathPrefix. A match kedge cannot use (bad regex, a path not starting with `/`) is left out
@@ -202,6 +202,7 @@ fn failing(host: &str) -> Action {
         response_headers: None,
         redirect: None,
         cors: None,
+        mirrors: Vec::new(),
         rewrite: None,
         backends: Vec::new(),
         request_timeout: None,
@@ -313,6 +314,38 @@ fn rule_action<'a>(
                     hostname: r.hostname.as_deref().map(Into::into),
                     path: path_change(r.path.as_ref(), all_prefix)?,
                 });
+            }
+            "RequestMirror" => {
+                let m = f.request_mirror.as_ref().ok_or("RequestMirror without its settings")?;
+                let (route_ns, _) = ns_name(route.meta);
+                let be = &m.backend_ref;
+                let percent = match (&m.percent, &m.fraction) {
+                    (Some(p), _) => u32::try_from(*p).unwrap_or(0).min(100),
+                    (None, Some(fr)) => {
+                        let num = fr.get("numerator").and_then(serde_json::Value::as_u64).unwrap_or(0);
+                        let den = fr
+                            .get("denominator")
+                            .and_then(serde_json::Value::as_u64)
+                            .unwrap_or(100)
+                            .max(1);
+                        u32::try_from((num * 100 / den).min(100)).unwrap_or(100)
+                    }
+                    (None, None) => 100,
+                };
+                // A mirror that cannot be resolved mirrors nothing (gateway.rs reports it).
+                if resolve_backend(objs, route_ns, route.kind, be).is_ok()
+                    && let Some(port) = be.port
+                {
+                    let ns = be.namespace.as_deref().unwrap_or(route_ns);
+                    let id = resolver.service_port(builder, ns, &be.name, port, owner, w);
+                    action.mirrors.push((id, percent));
+                } else {
+                    warn(
+                        w,
+                        owner,
+                        format!("RequestMirror to {}: not resolved; nothing mirrored", be.name),
+                    );
+                }
             }
             "CORS" => action.cors = Some(cors(f.cors.as_ref().ok_or("CORS without its settings")?)?),
             other => return Err(format!("filter {other} is not supported by kedge yet")),

@@ -12,6 +12,7 @@ fn action(id: BackendId) -> Arc<Action> {
         response_headers: None,
         redirect: None,
         cors: None,
+        mirrors: Vec::new(),
         rewrite: None,
         backends: vec![Weighted {
             weight: 1,

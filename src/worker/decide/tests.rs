@@ -503,6 +503,7 @@ fn gateway_table() -> RouteTable {
         response_headers: None,
         redirect: None,
         cors: None,
+        mirrors: Vec::new(),
         rewrite: None,
         backends: vec![Weighted {
             weight: 1,
@@ -688,6 +689,7 @@ fn cors_preflights() {
         request_headers: None,
         response_headers: None,
         redirect: None,
+        mirrors: Vec::new(),
         cors: Some(Cors {
             allow_origins: vec!["https://www.example.com".into(), "https://*.example.org".into()],
             allow_methods: vec!["GET".into(), "PUT".into()],
