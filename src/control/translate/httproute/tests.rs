@@ -257,7 +257,7 @@ fn older_routes_win_ties_and_filters_are_checked() {
         json!({
             "hostnames": ["bad.example"],
             "rules": [
-                {"matches": [{"path": {"value": "/mirror"}}], "filters": [{"type": "RequestMirror", "requestMirror": {"backendRef": backend("cart", 80)}}],
+                {"matches": [{"path": {"value": "/mirror"}}], "filters": [{"type": "ExtensionRef", "extensionRef": {"group": "example.com", "kind": "Thing", "name": "x"}}],
                  "backendRefs": [backend("shop", 80)]},
                 {"matches": [{"path": {"type": "Exact", "value": "/prefix"}}],
                  "filters": [{"type": "URLRewrite", "urlRewrite": {"path": {"type": "ReplacePrefixMatch", "replacePrefixMatch": "/x"}}}],
@@ -295,7 +295,7 @@ fn older_routes_win_ties_and_filters_are_checked() {
     let o = "HTTPRoute web/bad: ";
     assert_eq!(warnings.len(), 3, "{warnings:#?}");
     assert!(
-        warnings[0].starts_with(&format!("{o}rule 0: filter RequestMirror is not supported")),
+        warnings[0].starts_with(&format!("{o}rule 0: filter ExtensionRef is not supported")),
         "{warnings:#?}"
     );
     assert_eq!(
