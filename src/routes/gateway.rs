@@ -365,22 +365,23 @@ impl HostPattern {
 #[derive(Debug, Default)]
 struct RouteHosts {
     exact: FxHashMap<Box<str>, Vec<GwRule>>,
-    /// Longest suffix first once built.
-    wildcard: Vec<(Box<str>, Vec<GwRule>)>,
+    /// By suffix with its leading dot (`*.example.com` under `.example.com`).
+    wildcard: FxHashMap<Box<str>, Vec<GwRule>>,
     any: Option<Vec<GwRule>>,
 }
 
 impl RouteHosts {
+    /// The rules of `host`: its exact name, else the longest wildcard suffix (looked up label by
+    /// label, longest first: as many hash lookups as the host has dots), else any host.
     fn find(&self, host: &str) -> Option<&[GwRule]> {
         if let Some(r) = self.exact.get(host) {
             return Some(r);
         }
-        if let Some((_, r)) = self
-            .wildcard
-            .iter()
-            .find(|(s, _)| host.len() > s.len() && host.ends_with(&**s))
-        {
-            return Some(r);
+        if !self.wildcard.is_empty() {
+            let dots = host.bytes().enumerate().filter(|&(i, b)| b == b'.' && i > 0);
+            if let Some(r) = dots.into_iter().find_map(|(i, _)| self.wildcard.get(&host[i..])) {
+                return Some(r);
+            }
         }
         self.any.as_deref()
     }
@@ -388,13 +389,7 @@ impl RouteHosts {
     fn rules_mut(&mut self, host: HostPattern) -> &mut Vec<GwRule> {
         match host {
             HostPattern::Exact(h) => self.exact.entry(h).or_default(),
-            HostPattern::Wildcard(s) => match self.wildcard.iter().position(|(w, _)| *w == s) {
-                Some(i) => &mut self.wildcard[i].1,
-                None => {
-                    self.wildcard.push((s, Vec::new()));
-                    &mut self.wildcard.last_mut().expect("pushed").1
-                }
-            },
+            HostPattern::Wildcard(s) => self.wildcard.entry(s).or_default(),
             HostPattern::Any => self.any.get_or_insert_with(Vec::new),
         }
     }
@@ -402,7 +397,7 @@ impl RouteHosts {
     fn all_mut(&mut self) -> impl Iterator<Item = &mut Vec<GwRule>> {
         self.exact
             .values_mut()
-            .chain(self.wildcard.iter_mut().map(|(_, r)| r))
+            .chain(self.wildcard.values_mut())
             .chain(self.any.iter_mut())
     }
 }
@@ -518,14 +513,13 @@ impl Scopes {
             .push(GwRule { m, action });
     }
 
-    /// Orders everything for lookup, once: scopes with addresses first, listeners and
-    /// wildcards most specific first, rules by precedence (stable: ties keep the order added).
+    /// Orders everything for lookup, once: scopes with addresses first, listeners most specific
+    /// first, rules by precedence (stable: ties keep the order added).
     pub(super) fn finish(&mut self) {
         self.scopes.sort_by_key(|s| s.addresses.is_empty());
         for s in &mut self.scopes {
             s.listeners.sort_by_key(|l| l.0.rank());
             for (_, hosts) in &mut s.listeners {
-                hosts.wildcard.sort_by_key(|(w, _)| std::cmp::Reverse(w.len()));
                 for rules in hosts.all_mut() {
                     rules.sort_by_key(|r| r.m.rank());
                 }
