@@ -887,6 +887,9 @@ pub struct Forwarded<'a> {
     pub request_id: &'a [u8],
     /// The request target to send instead of the client's (a rewrite), in origin form.
     pub target: Option<&'a [u8]>,
+    /// The Host to send instead of the client's (a Gateway URLRewrite); X-Forwarded-Host keeps
+    /// `host`.
+    pub upstream_host: Option<&'a [u8]>,
 }
 
 /// The values of the fields called `name`, in order.
@@ -1024,7 +1027,7 @@ pub fn write_request_head(out: &mut Vec<u8>, req: &RequestOut<'_>, fwd: &Forward
     for &(name, value) in headers {
         let is_host = name.eq_ignore_ascii_case(b"host");
         if is_one_of(name, &FORWARDING_HEADERS)
-            || (is_host && origin.is_some())
+            || (is_host && (origin.is_some() || fwd.upstream_host.is_some()))
             || (!is_host && (is_one_of(name, &HOP_BY_HOP) || named_by_connection(name)))
         {
             continue;
@@ -1032,7 +1035,9 @@ pub fn write_request_head(out: &mut Vec<u8>, req: &RequestOut<'_>, fwd: &Forward
         has_request_id |= name.eq_ignore_ascii_case(b"x-request-id");
         push_header(out, name, value);
     }
-    if !req.has_host || origin.is_some() {
+    if let Some(host) = fwd.upstream_host {
+        push_header(out, b"Host", host);
+    } else if !req.has_host || origin.is_some() {
         push_header(out, b"Host", fwd.host);
     }
     out.extend_from_slice(b"X-Forwarded-For: ");

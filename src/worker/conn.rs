@@ -313,16 +313,17 @@ impl<S: ClientStream> Conn<S> {
                         peer_ip: &self.peer_text,
                         from_trusted,
                         proto: S::SCHEME,
-                        host: host.map_or(view.authority, str::as_bytes),
+                        host: view.authority,
                         port: self.local.port(),
                         request_id: view.request_id,
                         target: f.rewritten.then_some(self.rewritten.as_bytes()),
+                        upstream_host: host.map(str::as_bytes),
                     };
                     let req = http::RequestOut {
                         method: view.method,
                         target: view.target,
                         headers,
-                        has_host: head.host.is_some() && host.is_none(),
+                        has_host: head.host.is_some(),
                         framing: head.framing,
                         upgrade: view.upgrade,
                     };

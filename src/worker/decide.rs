@@ -138,18 +138,13 @@ impl<'s> GwForward<'s> {
     }
 
     /// The header pairs to send upstream: the request's `headers` changed by the rule's, then
-    /// the backendRef's, RequestHeaderModifier, into `out` (a reused buffer); a rewritten
-    /// host's Host field is left out (the caller writes the new one).
+    /// the backendRef's, RequestHeaderModifier, into `out` (a reused buffer). A rewritten host
+    /// is the writer's (`Forwarded::upstream_host`).
     pub(crate) fn request_headers<'x>(&self, headers: &[Header<'x>], out: &mut Vec<Header<'x>>)
     where
         's: 'x,
     {
-        let host = self.host().is_some();
-        out.extend(
-            headers
-                .iter()
-                .filter(|(n, _)| !(host && n.eq_ignore_ascii_case(b"host"))),
-        );
+        out.extend(headers);
         for m in self.request_mods() {
             out.retain(|(n, _)| !m.drops(n));
             out.extend(m.added().map(|(n, v)| (n.as_bytes(), v.as_bytes())));

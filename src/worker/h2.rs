@@ -413,10 +413,11 @@ async fn handle(
         peer_ip: &info.peer_text,
         from_trusted,
         proto: info.scheme,
-        host: new_host.map_or(authority, str::as_bytes),
+        host: authority,
         port: info.local.port(),
         request_id,
         target: f.rewritten.then_some(rewritten.as_bytes()),
+        upstream_host: new_host.map(str::as_bytes),
     };
     let framing = match body_kind {
         Body::None => Framing::None,
@@ -427,7 +428,7 @@ async fn handle(
         method,
         target,
         headers,
-        has_host: has_host && new_host.is_none(),
+        has_host,
         framing,
         upgrade: None,
     };

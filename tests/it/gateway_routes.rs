@@ -350,7 +350,8 @@ crate::support::both_drivers!(
         assert_eq!(r.status, 200);
         let seen = up.requests().pop().expect("a request");
         assert_eq!(seen.uri, "/v2/x?y=1");
-        assert_eq!(seen.header("host"), Some("inner.example.com"));
+        assert_eq!(seen.header_all("host"), ["inner.example.com"]);
+        assert_eq!(seen.header("x-forwarded-host"), Some("f.example.com"));
         let r = w.send("GET /full/a/b HTTP/1.1\r\nHost: f.example.com\r\n\r\n");
         assert_eq!(r.status, 200);
         assert_eq!(up.requests().pop().expect("a request").uri, "/fixed");
@@ -409,7 +410,8 @@ crate::support::both_drivers!(
         assert_eq!(h2.get("f.example.com", "/rewrite/z").status, 200);
         let seen = up.requests().pop().expect("a request");
         assert_eq!(seen.uri, "/v2/z");
-        assert_eq!(seen.header("host"), Some("inner.example.com"));
+        assert_eq!(seen.header_all("host"), ["inner.example.com"]);
+        assert_eq!(seen.header("x-forwarded-host"), Some("f.example.com"));
     }
 );
 
