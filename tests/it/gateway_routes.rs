@@ -448,15 +448,57 @@ fn request_timeouts_answer_504() {
     assert_eq!(r.status, 504);
 }
 
-#[test]
-fn two_gateways_on_one_port_are_isolated_by_address() {
-    // kedge listens on 127.0.0.1 and 127.0.0.2 on one port; each Gateway has one address.
-    let port = wait_for(WAIT, "a port free on 127.0.0.1 and 127.0.0.2", || {
+/// A port free on both 127.0.0.1 and 127.0.0.2 (as far as one can tell before binding it).
+fn free_port_on_both() -> u16 {
+    wait_for(WAIT, "a port free on 127.0.0.1 and 127.0.0.2", || {
         let a = std::net::TcpListener::bind("127.0.0.1:0").map_err(|e| e.to_string())?;
         let port = a.local_addr().map_err(|e| e.to_string())?.port();
         std::net::TcpListener::bind(("127.0.0.2", port)).map_err(|e| e.to_string())?;
         Ok::<u16, String>(port)
+    })
+}
+
+/// Behind PROXY protocol the scope is still chosen by kedge's own address: a header naming
+/// another destination changes nothing.
+#[test]
+fn proxy_protocol_does_not_change_the_scope() {
+    use crate::proxy_protocol::{FROM_LB, connect_from};
+    let port = free_port_on_both();
+    let listener = format!("[[listener]]\naddress = \"127.0.0.1:{port}\"\n{FROM_LB}\n");
+    let setup = Kedge::setup(Driver::default()).tables(&listener);
+    let w = World::start_with("gw-proxy", &["one"], setup);
+    w.api.apply("gateways", gateway("gw-one", port, &["127.0.0.1"]));
+    w.api.apply(
+        "httproutes",
+        route("r1", "gw-one", &["p.example.com"], json!([{"backendRefs": to("one")}])),
+    );
+    let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().expect("address");
+    let ask = || {
+        // The balancer (127.0.0.2) says the client reached 127.0.0.2, not kedge's 127.0.0.1.
+        let mut c = Client::over(connect_from(2, addr)).expect("client");
+        c.send(
+            format!("PROXY TCP4 192.0.2.7 127.0.0.2 40000 {port}\r\nGET / HTTP/1.1\r\nHost: p.example.com\r\n\r\n")
+                .as_bytes(),
+        );
+        let r = c.read_response();
+        (r.status, r.upstream().map(str::to_owned))
+    };
+    wait_for(WAIT, "routed through the PROXY header", || {
+        let got = ask();
+        if got == (200, Some("one".to_owned())) {
+            Ok(())
+        } else {
+            Err(got)
+        }
     });
+    let seen = w.up("one").requests().pop().expect("a request");
+    assert_eq!(seen.header("x-real-ip"), Some("192.0.2.7"));
+}
+
+#[test]
+fn two_gateways_on_one_port_are_isolated_by_address() {
+    // kedge listens on 127.0.0.1 and 127.0.0.2 on one port; each Gateway has one address.
+    let port = free_port_on_both();
     let listeners =
         format!("[[listener]]\naddress = \"127.0.0.1:{port}\"\n\n[[listener]]\naddress = \"127.0.0.2:{port}\"\n");
     let setup = Kedge::setup(Driver::default()).tables(&listeners);
