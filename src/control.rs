@@ -408,6 +408,13 @@ fn build(cfg: &Config, clusters: &[Cluster], (tls, local): (&mut TlsState, &Loca
         // `httproute::add(&mut builder, &attachment.routes, ...)` (not there yet: nothing is
         // routed from the Gateway API so far).
         gateway_classes += attachment.classes.len();
+        // The HTTPS listeners' certificates, after the Ingresses' (which win a host both name).
+        let mut tls_bindings = outcome.tls;
+        tls_bindings.extend(attachment.certificates.iter().map(|c| translate::TlsBinding {
+            host: c.hostname.clone().unwrap_or_default(),
+            secret: Arc::clone(&c.secret),
+            owner: c.owner.clone(),
+        }));
         warnings.extend(
             outcome
                 .warnings
@@ -415,7 +422,7 @@ fn build(cfg: &Config, clusters: &[Cluster], (tls, local): (&mut TlsState, &Loca
                 .chain(attachment.warnings)
                 .map(|w| format!("cluster {}: {}: {}", c.config.name, w.object, w.message)),
         );
-        outcomes.push((c.config.name.as_str(), outcome.tls));
+        outcomes.push((c.config.name.as_str(), tls_bindings));
     }
     let mut tls_hosts = 0;
     let config = if tls.listening {

@@ -3,13 +3,15 @@
 //! back from the fixture (polled, never slept for): classes accepted, Gateways accepted and
 //! programmed with their addresses, listeners kedge cannot serve, routes attached or not (and
 //! counted), backend references with and without ReferenceGrants, `observedGeneration`
-//! following spec changes, and only the status Lease holder writing.
+//! following spec changes, and only the status Lease holder writing; and HTTPS listeners'
+//! certificates served by SNI to a real TLS client.
 
 use serde_json::{Value, json};
 
 use crate::leader::{WAIT, edge, renewals};
 use crate::support::objects::{gateway, gateway_class, http_route};
-use crate::support::{FakeApi, Kedge, Signal, TempDir, wait_for};
+use crate::support::tls::TestCa;
+use crate::support::{Client, Driver, FakeApi, Kedge, Signal, TempDir, wait_for, wait_until};
 
 const CONTROLLER: &str = "kedge.dev/gateway-controller";
 const GROUP: &str = "gateway.networking.k8s.io";
@@ -629,4 +631,111 @@ fn only_the_lease_holder_writes_gateway_status() {
     );
     other.wait_log("became the status writer for cluster test", WAIT);
     assert_eq!(api.status_writes_of("gateways", Some("infra"), "edge"), 2);
+}
+
+/// The leaf certificate served for `sni` on kedge's TLS listener, the handshake verified by
+/// `ca`; `None` when the handshake fails.
+fn served_leaf(kedge: &Kedge, ca: &TestCa, sni: &str) -> Option<rustls::pki_types::CertificateDer<'static>> {
+    Client::try_connect_tls(kedge.tls_addr(), ca.client(), sni)
+        .ok()
+        .map(|c| c.peer_leaf())
+}
+
+#[test]
+fn https_listeners_serve_their_certificate_refs_by_sni() {
+    let ca = TestCa::new();
+    let api = api();
+    let dir = TempDir::new("gw-tls");
+    // kedge's TLS listener without any certificate of its own: a handshake for a name no
+    // certificate names is refused.
+    let kedge = Kedge::setup(Driver::default()).tls().follow(&api, &dir, "");
+    let port = kedge.tls_addr().port();
+    let secure = ca.leaf(&["secure.example.com"]);
+    let any = ca.leaf(&["any.example.com"]);
+    let shared = ca.leaf(&["shared.example.com"]);
+    api.apply("secrets", secure.secret("infra", "secure-tls"));
+    api.apply("secrets", any.secret("infra", "any-tls"));
+    api.apply("secrets", shared.secret("certs", "shared-tls"));
+    let https = |name: &str, hostname: Option<&str>, cert: Value| {
+        let mut l = json!({"name": name, "port": port, "protocol": "HTTPS", "tls": {"certificateRefs": [cert]}});
+        if let Some(h) = hostname {
+            l["hostname"] = json!(h);
+        }
+        l
+    };
+    api.apply(
+        "gateways",
+        gateway(
+            "infra",
+            "edge",
+            "kedge",
+            json!([
+                https("secure", Some("secure.example.com"), json!({"name": "secure-tls"})),
+                https("any", None, json!({"name": "any-tls"})),
+                https(
+                    "shared",
+                    Some("shared.example.com"),
+                    json!({"name": "shared-tls", "namespace": "certs"})
+                ),
+                https("missing", Some("missing.example.com"), json!({"name": "nope"})),
+            ]),
+        ),
+    );
+
+    // The listener's hostname selects its certificate.
+    wait_until(WAIT, "secure.example.com served with its certificate", || {
+        served_leaf(&kedge, &ca, "secure.example.com") == Some(secure.der.clone())
+    });
+    // A listener without hostname: its certificate serves the names it carries.
+    assert!(served_leaf(&kedge, &ca, "any.example.com") == Some(any.der.clone()));
+    // Another namespace's Secret without a ReferenceGrant: not served, and said so. (The status
+    // may first show a build that had the Gateway but not yet the Secrets.)
+    let refs = |g: &Value| {
+        let resolved = |l: &str, s: &str, r: &str| is(&listener(g, l)["conditions"], "ResolvedRefs", s, r);
+        resolved("shared", "False", "RefNotPermitted")
+            && resolved("missing", "False", "InvalidCertificateRef")
+            && resolved("secure", "True", "ResolvedRefs")
+            && resolved("any", "True", "ResolvedRefs")
+    };
+    let gw = wait_status(
+        &api,
+        "gateways",
+        Some("infra"),
+        "edge",
+        "the listeners' references",
+        refs,
+    );
+    let programmed = |l: &str| cond(&listener(&gw, l)["conditions"], "Programmed").0;
+    assert_eq!(
+        ["secure", "any", "shared", "missing"].map(programmed),
+        ["True", "True", "False", "False"]
+    );
+    assert!(served_leaf(&kedge, &ca, "shared.example.com").is_none());
+
+    // The grant comes: served.
+    api.apply(
+        "referencegrants",
+        json!({"apiVersion": "gateway.networking.k8s.io/v1beta1", "kind": "ReferenceGrant",
+               "metadata": {"name": "infra-gateways", "namespace": "certs"},
+               "spec": {"from": [{"group": GROUP, "kind": "Gateway", "namespace": "infra"}],
+                        "to": [{"group": "", "kind": "Secret"}]}}),
+    );
+    wait_until(WAIT, "shared.example.com served once granted", || {
+        served_leaf(&kedge, &ca, "shared.example.com") == Some(shared.der.clone())
+    });
+    wait_status(
+        &api,
+        "gateways",
+        Some("infra"),
+        "edge",
+        "the granted listener resolved",
+        |g| {
+            is(
+                &listener(g, "shared")["conditions"],
+                "ResolvedRefs",
+                "True",
+                "ResolvedRefs",
+            ) && is(&listener(g, "shared")["conditions"], "Programmed", "True", "Programmed")
+        },
+    );
 }

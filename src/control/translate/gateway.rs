@@ -921,9 +921,9 @@ fn certificate(objects: &Objects<'_>, gw_ns: &str, r: &ObjectRef) -> Result<Arc<
                 format!("certificateRef {ns}/{}: no such Secret", r.name),
             )
         })?;
-    let data = secret.data.as_ref();
-    let has = |k: &str| data.and_then(|d| d.get(k)).is_some_and(|v| !v.0.is_empty());
-    if secret.type_.as_deref() != Some("kubernetes.io/tls") || !has("tls.crt") || !has("tls.key") {
+    let data = |k: &str| secret.data.as_ref().and_then(|d| d.get(k)).map(|v| v.0.as_slice());
+    let (Some(crt), Some(key), Some("kubernetes.io/tls")) = (data("tls.crt"), data("tls.key"), secret.type_.as_deref())
+    else {
         return Err((
             "InvalidCertificateRef",
             format!(
@@ -931,7 +931,11 @@ fn certificate(objects: &Objects<'_>, gw_ns: &str, r: &ObjectRef) -> Result<Arc<
                 r.name
             ),
         ));
-    }
+    };
+    // The PEM's shape only: the certificate itself is parsed (and checked for the listener's
+    // hostname and expiry, a warning if not) where certificates are built.
+    crate::tls::pem_shape(crt, key)
+        .map_err(|e| ("InvalidCertificateRef", format!("certificateRef {ns}/{}: {e}", r.name)))?;
     Ok(Arc::clone(secret))
 }
 
