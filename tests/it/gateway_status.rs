@@ -108,22 +108,28 @@ fn ours(route: &Value) -> Vec<Value> {
         .unwrap_or_default()
 }
 
-/// Waits until route `ns/name` has one parent entry of kedge's with `Accepted` and
+/// Waits until HTTPRoute `ns/name` has one parent entry of kedge's with `Accepted` and
 /// `ResolvedRefs` as given; returns that entry.
 fn wait_parent(api: &FakeApi, ns: &str, name: &str, accepted: (&str, &str), resolved: (&str, &str)) -> Value {
-    let route = wait_status(
-        api,
-        "httproutes",
-        Some(ns),
-        name,
-        &format!("HTTPRoute {ns}/{name} {accepted:?} {resolved:?}"),
-        |r| {
-            ours(r).first().is_some_and(|p| {
-                is(&p["conditions"], "Accepted", accepted.0, accepted.1)
-                    && is(&p["conditions"], "ResolvedRefs", resolved.0, resolved.1)
-            })
-        },
-    );
+    wait_parent_of(api, "httproutes", ns, name, accepted, resolved)
+}
+
+/// [`wait_parent`] for a route of `resource` (`httproutes`, `grpcroutes`).
+fn wait_parent_of(
+    api: &FakeApi,
+    resource: &str,
+    ns: &str,
+    name: &str,
+    accepted: (&str, &str),
+    resolved: (&str, &str),
+) -> Value {
+    let what = format!("{resource} {ns}/{name} {accepted:?} {resolved:?}");
+    let route = wait_status(api, resource, Some(ns), name, &what, |r| {
+        ours(r).first().is_some_and(|p| {
+            is(&p["conditions"], "Accepted", accepted.0, accepted.1)
+                && is(&p["conditions"], "ResolvedRefs", resolved.0, resolved.1)
+        })
+    });
     ours(&route).remove(0)
 }
 
@@ -351,6 +357,15 @@ fn routes_attach_by_parent_namespace_and_hostname_and_are_counted() {
         ),
     );
 
+    // A GRPCRoute attaches the same way.
+    api.apply(
+        "grpcroutes",
+        json!({"apiVersion": "gateway.networking.k8s.io/v1", "kind": "GRPCRoute",
+               "metadata": {"name": "rpc", "namespace": "apps"},
+               "spec": {"parentRefs": edge, "hostnames": ["rpc.example.org"],
+                        "rules": [{"backendRefs": [{"name": "web", "port": 80}]}]}}),
+    );
+
     let accepted = wait_parent(&api, "infra", "web", ("True", "Accepted"), ("True", "ResolvedRefs"));
     assert_eq!(
         accepted["parentRef"],
@@ -384,16 +399,25 @@ fn routes_attach_by_parent_namespace_and_hostname_and_are_counted() {
         "gateways",
         Some("infra"),
         "edge",
-        "one route on each listener",
-        |g| listener(g, "same")["attachedRoutes"] == 1 && listener(g, "team-a")["attachedRoutes"] == 1,
+        "the routes counted on each listener",
+        |g| listener(g, "same")["attachedRoutes"] == 1 && listener(g, "team-a")["attachedRoutes"] == 2,
     );
+    let rpc = wait_parent_of(
+        &api,
+        "grpcroutes",
+        "apps",
+        "rpc",
+        ("True", "Accepted"),
+        ("True", "ResolvedRefs"),
+    );
+    assert_eq!(rpc["parentRef"]["kind"], "Gateway");
     assert!(is(&gw["status"]["conditions"], "Accepted", "True", "Accepted"));
 
     // Namespace labels change: the other team's route is allowed too, and counted.
     api.apply("namespaces", namespace("other", json!({"team": "a"})));
     wait_parent(&api, "other", "web", ("True", "Accepted"), ("True", "ResolvedRefs"));
-    wait_status(&api, "gateways", Some("infra"), "edge", "two routes on team-a", |g| {
-        listener(g, "team-a")["attachedRoutes"] == 2
+    wait_status(&api, "gateways", Some("infra"), "edge", "three routes on team-a", |g| {
+        listener(g, "team-a")["attachedRoutes"] == 3
     });
 }
 
