@@ -550,3 +550,20 @@ fn reload(current: &Config) -> Option<Config> {
     }
     Some(next)
 }
+
+#[cfg(test)]
+mod tests {
+    /// The host's addresses include the loopback ones every Linux host has, sorted and unique.
+    #[test]
+    fn host_addresses_come_from_the_interfaces() {
+        let addresses = super::host_addresses();
+        assert!(
+            addresses.contains(&std::net::IpAddr::from([127, 0, 0, 1])),
+            "{addresses:?}"
+        );
+        let mut sorted = addresses.clone();
+        sorted.sort();
+        sorted.dedup();
+        assert_eq!(addresses, sorted);
+    }
+}
