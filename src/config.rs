@@ -243,8 +243,9 @@ pub struct ClusterConfig {
     /// `status.addresses` of kedge's Gateways without `spec.addresses`; those of them that are IP
     /// addresses of this host select the connections such Gateways serve.
     pub publish_addresses: Vec<String>,
-    /// The `coordination.k8s.io/v1` Lease that elects the one kedge writing that status, among
-    /// every kedge following the cluster (taken only with `publish_addresses`).
+    /// The `coordination.k8s.io/v1` Lease that elects the one kedge writing that status (and
+    /// the Gateway API status), among every kedge following the cluster (taken only with
+    /// `publish_addresses`, or once the cluster has one of kedge's GatewayClasses).
     pub status_lease: LeaseName,
     /// How long start-up waits for the first full sync of an API server that answers (one that
     /// cannot be reached at all lets a persisted state serve at once).

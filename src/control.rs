@@ -408,6 +408,13 @@ fn build(cfg: &Config, clusters: &[Cluster], (tls, local): (&mut TlsState, &Loca
         let route_warnings =
             translate::httproute::translate(&mut builder, &c.spec, &objects.view(), &attachment.routes);
         gateway_classes += attachment.classes.len();
+        // The HTTPS listeners' certificates, after the Ingresses' (which win a host both name).
+        let mut tls_bindings = outcome.tls;
+        tls_bindings.extend(attachment.certificates.iter().map(|c| translate::TlsBinding {
+            host: c.hostname.clone().unwrap_or_default(),
+            secret: Arc::clone(&c.secret),
+            owner: c.owner.clone(),
+        }));
         warnings.extend(
             outcome
                 .warnings
@@ -416,7 +423,7 @@ fn build(cfg: &Config, clusters: &[Cluster], (tls, local): (&mut TlsState, &Loca
                 .chain(route_warnings)
                 .map(|w| format!("cluster {}: {}: {}", c.config.name, w.object, w.message)),
         );
-        outcomes.push((c.config.name.as_str(), outcome.tls));
+        outcomes.push((c.config.name.as_str(), tls_bindings));
     }
     // A host both an HTTPRoute and an Ingress (or a static route) claim: on the Gateway's
     // addresses and port the HTTPRoute decides, elsewhere the Ingress.
@@ -551,4 +558,21 @@ fn reload(current: &Config) -> Option<Config> {
         tracing::warn!("[[cluster]] changes take effect on restart only");
     }
     Some(next)
+}
+
+#[cfg(test)]
+mod tests {
+    /// The host's addresses include the loopback ones every Linux host has, sorted and unique.
+    #[test]
+    fn host_addresses_come_from_the_interfaces() {
+        let addresses = super::host_addresses();
+        assert!(
+            addresses.contains(&std::net::IpAddr::from([127, 0, 0, 1])),
+            "{addresses:?}"
+        );
+        let mut sorted = addresses.clone();
+        sorted.sort();
+        sorted.dedup();
+        assert_eq!(addresses, sorted);
+    }
 }

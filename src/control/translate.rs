@@ -104,14 +104,16 @@ pub struct Outcome {
     pub tls: Vec<TlsBinding>,
 }
 
-/// A host whose certificate is in a Secret (the Ingress's `tls` section).
+/// A host whose certificate is in a Secret (an Ingress's `tls` section, a Gateway listener's
+/// `certificateRefs`).
 #[derive(Debug, Clone)]
 pub struct TlsBinding {
-    /// Lower-case DNS name or `*.suffix`.
+    /// Lower-case DNS name or `*.suffix`; empty: every DNS name the certificate itself carries
+    /// (a Gateway listener without hostname).
     pub host: String,
     /// A `kubernetes.io/tls` Secret with `tls.crt` and `tls.key` (not yet parsed).
     pub secret: Arc<Secret>,
-    /// `Ingress namespace/name`.
+    /// `Ingress namespace/name`, `Gateway namespace/name listener`.
     pub owner: String,
 }
 

@@ -3,13 +3,15 @@
 //! back from the fixture (polled, never slept for): classes accepted, Gateways accepted and
 //! programmed with their addresses, listeners kedge cannot serve, routes attached or not (and
 //! counted), backend references with and without ReferenceGrants, `observedGeneration`
-//! following spec changes, and only the status Lease holder writing.
+//! following spec changes, and only the status Lease holder writing; and HTTPS listeners'
+//! certificates served by SNI to a real TLS client.
 
 use serde_json::{Value, json};
 
 use crate::leader::{WAIT, edge, renewals};
 use crate::support::objects::{gateway, gateway_class, http_route};
-use crate::support::{FakeApi, Kedge, Signal, TempDir, wait_for};
+use crate::support::tls::TestCa;
+use crate::support::{Client, Driver, FakeApi, Kedge, Signal, TempDir, wait_for, wait_until};
 
 const CONTROLLER: &str = "kedge.dev/gateway-controller";
 const GROUP: &str = "gateway.networking.k8s.io";
@@ -106,22 +108,28 @@ fn ours(route: &Value) -> Vec<Value> {
         .unwrap_or_default()
 }
 
-/// Waits until route `ns/name` has one parent entry of kedge's with `Accepted` and
+/// Waits until HTTPRoute `ns/name` has one parent entry of kedge's with `Accepted` and
 /// `ResolvedRefs` as given; returns that entry.
 fn wait_parent(api: &FakeApi, ns: &str, name: &str, accepted: (&str, &str), resolved: (&str, &str)) -> Value {
-    let route = wait_status(
-        api,
-        "httproutes",
-        Some(ns),
-        name,
-        &format!("HTTPRoute {ns}/{name} {accepted:?} {resolved:?}"),
-        |r| {
-            ours(r).first().is_some_and(|p| {
-                is(&p["conditions"], "Accepted", accepted.0, accepted.1)
-                    && is(&p["conditions"], "ResolvedRefs", resolved.0, resolved.1)
-            })
-        },
-    );
+    wait_parent_of(api, "httproutes", ns, name, accepted, resolved)
+}
+
+/// [`wait_parent`] for a route of `resource` (`httproutes`, `grpcroutes`).
+fn wait_parent_of(
+    api: &FakeApi,
+    resource: &str,
+    ns: &str,
+    name: &str,
+    accepted: (&str, &str),
+    resolved: (&str, &str),
+) -> Value {
+    let what = format!("{resource} {ns}/{name} {accepted:?} {resolved:?}");
+    let route = wait_status(api, resource, Some(ns), name, &what, |r| {
+        ours(r).first().is_some_and(|p| {
+            is(&p["conditions"], "Accepted", accepted.0, accepted.1)
+                && is(&p["conditions"], "ResolvedRefs", resolved.0, resolved.1)
+        })
+    });
     ours(&route).remove(0)
 }
 
@@ -349,6 +357,15 @@ fn routes_attach_by_parent_namespace_and_hostname_and_are_counted() {
         ),
     );
 
+    // A GRPCRoute attaches the same way.
+    api.apply(
+        "grpcroutes",
+        json!({"apiVersion": "gateway.networking.k8s.io/v1", "kind": "GRPCRoute",
+               "metadata": {"name": "rpc", "namespace": "apps"},
+               "spec": {"parentRefs": edge, "hostnames": ["rpc.example.org"],
+                        "rules": [{"backendRefs": [{"name": "web", "port": 80}]}]}}),
+    );
+
     let accepted = wait_parent(&api, "infra", "web", ("True", "Accepted"), ("True", "ResolvedRefs"));
     assert_eq!(
         accepted["parentRef"],
@@ -382,16 +399,25 @@ fn routes_attach_by_parent_namespace_and_hostname_and_are_counted() {
         "gateways",
         Some("infra"),
         "edge",
-        "one route on each listener",
-        |g| listener(g, "same")["attachedRoutes"] == 1 && listener(g, "team-a")["attachedRoutes"] == 1,
+        "the routes counted on each listener",
+        |g| listener(g, "same")["attachedRoutes"] == 1 && listener(g, "team-a")["attachedRoutes"] == 2,
     );
+    let rpc = wait_parent_of(
+        &api,
+        "grpcroutes",
+        "apps",
+        "rpc",
+        ("True", "Accepted"),
+        ("True", "ResolvedRefs"),
+    );
+    assert_eq!(rpc["parentRef"]["kind"], "Gateway");
     assert!(is(&gw["status"]["conditions"], "Accepted", "True", "Accepted"));
 
     // Namespace labels change: the other team's route is allowed too, and counted.
     api.apply("namespaces", namespace("other", json!({"team": "a"})));
     wait_parent(&api, "other", "web", ("True", "Accepted"), ("True", "ResolvedRefs"));
-    wait_status(&api, "gateways", Some("infra"), "edge", "two routes on team-a", |g| {
-        listener(g, "team-a")["attachedRoutes"] == 2
+    wait_status(&api, "gateways", Some("infra"), "edge", "three routes on team-a", |g| {
+        listener(g, "team-a")["attachedRoutes"] == 3
     });
 }
 
@@ -629,4 +655,111 @@ fn only_the_lease_holder_writes_gateway_status() {
     );
     other.wait_log("became the status writer for cluster test", WAIT);
     assert_eq!(api.status_writes_of("gateways", Some("infra"), "edge"), 2);
+}
+
+/// The leaf certificate served for `sni` on kedge's TLS listener, the handshake verified by
+/// `ca`; `None` when the handshake fails.
+fn served_leaf(kedge: &Kedge, ca: &TestCa, sni: &str) -> Option<rustls::pki_types::CertificateDer<'static>> {
+    Client::try_connect_tls(kedge.tls_addr(), ca.client(), sni)
+        .ok()
+        .map(|c| c.peer_leaf())
+}
+
+#[test]
+fn https_listeners_serve_their_certificate_refs_by_sni() {
+    let ca = TestCa::new();
+    let api = api();
+    let dir = TempDir::new("gw-tls");
+    // kedge's TLS listener without any certificate of its own: a handshake for a name no
+    // certificate names is refused.
+    let kedge = Kedge::setup(Driver::default()).tls().follow(&api, &dir, "");
+    let port = kedge.tls_addr().port();
+    let secure = ca.leaf(&["secure.example.com"]);
+    let any = ca.leaf(&["any.example.com"]);
+    let shared = ca.leaf(&["shared.example.com"]);
+    api.apply("secrets", secure.secret("infra", "secure-tls"));
+    api.apply("secrets", any.secret("infra", "any-tls"));
+    api.apply("secrets", shared.secret("certs", "shared-tls"));
+    let https = |name: &str, hostname: Option<&str>, cert: Value| {
+        let mut l = json!({"name": name, "port": port, "protocol": "HTTPS", "tls": {"certificateRefs": [cert]}});
+        if let Some(h) = hostname {
+            l["hostname"] = json!(h);
+        }
+        l
+    };
+    api.apply(
+        "gateways",
+        gateway(
+            "infra",
+            "edge",
+            "kedge",
+            json!([
+                https("secure", Some("secure.example.com"), json!({"name": "secure-tls"})),
+                https("any", None, json!({"name": "any-tls"})),
+                https(
+                    "shared",
+                    Some("shared.example.com"),
+                    json!({"name": "shared-tls", "namespace": "certs"})
+                ),
+                https("missing", Some("missing.example.com"), json!({"name": "nope"})),
+            ]),
+        ),
+    );
+
+    // The listener's hostname selects its certificate.
+    wait_until(WAIT, "secure.example.com served with its certificate", || {
+        served_leaf(&kedge, &ca, "secure.example.com") == Some(secure.der.clone())
+    });
+    // A listener without hostname: its certificate serves the names it carries.
+    assert!(served_leaf(&kedge, &ca, "any.example.com") == Some(any.der.clone()));
+    // Another namespace's Secret without a ReferenceGrant: not served, and said so. (The status
+    // may first show a build that had the Gateway but not yet the Secrets.)
+    let refs = |g: &Value| {
+        let resolved = |l: &str, s: &str, r: &str| is(&listener(g, l)["conditions"], "ResolvedRefs", s, r);
+        resolved("shared", "False", "RefNotPermitted")
+            && resolved("missing", "False", "InvalidCertificateRef")
+            && resolved("secure", "True", "ResolvedRefs")
+            && resolved("any", "True", "ResolvedRefs")
+    };
+    let gw = wait_status(
+        &api,
+        "gateways",
+        Some("infra"),
+        "edge",
+        "the listeners' references",
+        refs,
+    );
+    let programmed = |l: &str| cond(&listener(&gw, l)["conditions"], "Programmed").0;
+    assert_eq!(
+        ["secure", "any", "shared", "missing"].map(programmed),
+        ["True", "True", "False", "False"]
+    );
+    assert!(served_leaf(&kedge, &ca, "shared.example.com").is_none());
+
+    // The grant comes: served.
+    api.apply(
+        "referencegrants",
+        json!({"apiVersion": "gateway.networking.k8s.io/v1beta1", "kind": "ReferenceGrant",
+               "metadata": {"name": "infra-gateways", "namespace": "certs"},
+               "spec": {"from": [{"group": GROUP, "kind": "Gateway", "namespace": "infra"}],
+                        "to": [{"group": "", "kind": "Secret"}]}}),
+    );
+    wait_until(WAIT, "shared.example.com served once granted", || {
+        served_leaf(&kedge, &ca, "shared.example.com") == Some(shared.der.clone())
+    });
+    wait_status(
+        &api,
+        "gateways",
+        Some("infra"),
+        "edge",
+        "the granted listener resolved",
+        |g| {
+            is(
+                &listener(g, "shared")["conditions"],
+                "ResolvedRefs",
+                "True",
+                "ResolvedRefs",
+            ) && is(&listener(g, "shared")["conditions"], "Programmed", "True", "Programmed")
+        },
+    );
 }

@@ -45,7 +45,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 use std::sync::Arc;
 
-use k8s_openapi::api::core::v1::{Namespace, Secret};
+use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 
 use super::super::gateway_types::{
@@ -452,6 +452,12 @@ pub fn attach<'a>(objects: &Objects<'a>, settings: &GatewaySettings, listeners: 
         evals.push(ev);
     }
 
+    // Namespace labels by name, for allowedRoutes selectors.
+    let labels: Labels<'_> = objects
+        .namespaces
+        .iter()
+        .filter_map(|n| Some((n.metadata.name.as_deref()?, n.metadata.labels.as_ref())))
+        .collect();
     let routes = objects
         .http_routes
         .iter()
@@ -475,7 +481,7 @@ pub fn attach<'a>(objects: &Objects<'a>, settings: &GatewaySettings, listeners: 
             else {
                 continue;
             };
-            let accepted = accept(objects, &route, pr, gateways[gi], &mut evals[gi]);
+            let accepted = accept(&labels, &route, pr, gateways[gi], &mut evals[gi]);
             if let Ok(attached) = &accepted {
                 for (li, hostnames) in attached {
                     let eval = &mut evals[gi].1[*li];
@@ -921,9 +927,9 @@ fn certificate(objects: &Objects<'_>, gw_ns: &str, r: &ObjectRef) -> Result<Arc<
                 format!("certificateRef {ns}/{}: no such Secret", r.name),
             )
         })?;
-    let data = secret.data.as_ref();
-    let has = |k: &str| data.and_then(|d| d.get(k)).is_some_and(|v| !v.0.is_empty());
-    if secret.type_.as_deref() != Some("kubernetes.io/tls") || !has("tls.crt") || !has("tls.key") {
+    let data = |k: &str| secret.data.as_ref().and_then(|d| d.get(k)).map(|v| v.0.as_slice());
+    let (Some(crt), Some(key), Some("kubernetes.io/tls")) = (data("tls.crt"), data("tls.key"), secret.type_.as_deref())
+    else {
         return Err((
             "InvalidCertificateRef",
             format!(
@@ -931,7 +937,11 @@ fn certificate(objects: &Objects<'_>, gw_ns: &str, r: &ObjectRef) -> Result<Arc<
                 r.name
             ),
         ));
-    }
+    };
+    // The PEM's shape only: the certificate itself is parsed (and checked for the listener's
+    // hostname and expiry, a warning if not) where certificates are built.
+    crate::tls::pem_shape(crt, key)
+        .map_err(|e| ("InvalidCertificateRef", format!("certificateRef {ns}/{}: {e}", r.name)))?;
     Ok(Arc::clone(secret))
 }
 
@@ -976,7 +986,7 @@ fn listener_state(e: &Eval<'_>) -> ListenerState {
 /// none (`Accepted=False` reason and message).
 #[allow(clippy::type_complexity)]
 fn accept(
-    objects: &Objects<'_>,
+    labels: &Labels<'_>,
     route: &RouteRef<'_>,
     pr: &ParentRef,
     gw: &Gateway,
@@ -1016,7 +1026,7 @@ fn accept(
     let allowed: Vec<usize> = valid
         .into_iter()
         .filter(|&i| evals[i].kinds.contains(&route.kind()))
-        .filter(|&i| namespace_allowed(objects.namespaces, evals[i].listener, gw_ns, route_ns))
+        .filter(|&i| namespace_allowed(labels, evals[i].listener, gw_ns, route_ns))
         .collect();
     if allowed.is_empty() {
         return Err((
@@ -1040,8 +1050,12 @@ fn accept(
     Ok(attached)
 }
 
-/// Whether a listener's `allowedRoutes.namespaces` lets routes of `route_ns` attach.
-fn namespace_allowed(namespaces: &[Arc<Namespace>], l: &Listener, gw_ns: &str, route_ns: &str) -> bool {
+/// Namespace name → its labels.
+type Labels<'a> = std::collections::HashMap<&'a str, Option<&'a BTreeMap<String, String>>>;
+
+/// Whether a listener's `allowedRoutes.namespaces` lets routes of `route_ns` attach (for
+/// `Selector`, by the labels of the Namespace object; an unknown namespace is not selected).
+fn namespace_allowed(labels: &Labels<'_>, l: &Listener, gw_ns: &str, route_ns: &str) -> bool {
     let spec = l.allowed_routes.as_ref().and_then(|a| a.namespaces.as_ref());
     match spec.and_then(|n| n.from.as_deref()).unwrap_or("Same") {
         "All" => true,
@@ -1050,10 +1064,7 @@ fn namespace_allowed(namespaces: &[Arc<Namespace>], l: &Listener, gw_ns: &str, r
             let Some(selector) = spec.and_then(|n| n.selector.as_ref()) else {
                 return false;
             };
-            namespaces
-                .iter()
-                .find(|n| n.metadata.name.as_deref() == Some(route_ns))
-                .is_some_and(|n| selects(selector, n.metadata.labels.as_ref()))
+            labels.get(route_ns).is_some_and(|l| selects(selector, *l))
         }
         _ => false,
     }

@@ -4,7 +4,7 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use k8s_openapi::api::core::v1::Service;
+use k8s_openapi::api::core::v1::{Namespace, Service};
 use serde_json::{Value, json};
 
 use super::*;
@@ -119,9 +119,19 @@ fn service(ns: &str, name: &str) -> Value {
            "spec": {"ports": [{"name": "http", "port": 80}]}})
 }
 
+/// Base64 of `text`, as a Secret's data holds it.
+fn b64(text: &str) -> String {
+    use base64::Engine as _;
+    base64::engine::general_purpose::STANDARD.encode(text)
+}
+
+/// PEM blocks of the right kinds (their contents are not checked before certificates are built).
+const CRT: &str = "-----BEGIN CERTIFICATE-----\nY2VydA==\n-----END CERTIFICATE-----\n";
+const KEY: &str = "-----BEGIN PRIVATE KEY-----\na2V5\n-----END PRIVATE KEY-----\n";
+
 fn tls_secret(ns: &str, name: &str) -> Value {
     json!({"kind": "Secret", "metadata": {"name": name, "namespace": ns}, "type": "kubernetes.io/tls",
-           "data": {"tls.crt": "Y2VydA==", "tls.key": "a2V5"}})
+           "data": {"tls.crt": b64(CRT), "tls.key": b64(KEY)}})
 }
 
 /// The (status, reason) of condition `type_`.
@@ -798,11 +808,15 @@ fn certificate_refs() {
         .add(tls_secret("certs", "granted"))
         .add(
             json!({"kind": "Secret", "metadata": {"name": "opaque", "namespace": "infra"}, "type": "Opaque",
-                    "data": {"tls.crt": "Y2VydA==", "tls.key": "a2V5"}}),
+                    "data": {"tls.crt": b64(CRT), "tls.key": b64(KEY)}}),
         )
         .add(
             json!({"kind": "Secret", "metadata": {"name": "empty", "namespace": "infra"}, "type": "kubernetes.io/tls",
-                    "data": {"tls.crt": "Y2VydA=="}}),
+                    "data": {"tls.crt": b64(CRT)}}),
+        )
+        .add(
+            json!({"kind": "Secret", "metadata": {"name": "malformed", "namespace": "infra"}, "type": "kubernetes.io/tls",
+                    "data": {"tls.crt": b64("not a certificate"), "tls.key": b64(KEY)}}),
         )
         .add(
             json!({"kind": "ReferenceGrant", "metadata": {"name": "g", "namespace": "certs"},
@@ -819,6 +833,7 @@ fn certificate_refs() {
                 https("missing", "missing.example.com", json!([{"name": "nope"}])),
                 https("opaque", "opaque.example.com", json!([{"name": "opaque"}])),
                 https("empty", "empty.example.com", json!([{"name": "empty"}])),
+                https("malformed", "malformed.example.com", json!([{"name": "malformed"}])),
                 https("kind", "kind.example.com", json!([{"group": "example.com", "kind": "Vault", "name": "x"}])),
                 https("partly", "partly.example.com", json!([{"name": "local"}, {"name": "nope"}])),
                 {"name": "none", "port": 443, "protocol": "HTTPS", "hostname": "none.example.com"},
@@ -833,7 +848,7 @@ fn certificate_refs() {
     assert_eq!(state("local"), ((true, "ResolvedRefs"), true));
     assert_eq!(state("granted"), ((true, "ResolvedRefs"), true));
     assert_eq!(state("not-granted"), ((false, "RefNotPermitted"), false));
-    for l in ["missing", "opaque", "empty", "kind", "none"] {
+    for l in ["missing", "opaque", "empty", "malformed", "kind", "none"] {
         assert_eq!(state(l), ((false, "InvalidCertificateRef"), false), "{l}");
     }
     // One usable certificate of two: served with it, the other reported.
