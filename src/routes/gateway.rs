@@ -33,6 +33,10 @@ pub enum PathMatch {
     Prefix(Box<str>),
     /// RE2 syntax, anchored at both ends (the whole path must match), case-sensitive.
     Regex(regex::Regex),
+    /// A gRPC method of any service: the path is `/{service}/{this}`. Ranked after every
+    /// service prefix longer than `/`, before `/` (GRPCRoute: service characters first, then
+    /// method characters).
+    GrpcMethod(Box<str>),
 }
 
 /// How a header or query parameter value matches.
@@ -86,6 +90,10 @@ impl Match {
             PathMatch::Exact(p) => **p == *path,
             PathMatch::Prefix(p) => prefix_matches(p, path),
             PathMatch::Regex(re) => re.is_match(path),
+            PathMatch::GrpcMethod(m) => path
+                .strip_prefix('/')
+                .and_then(|p| p.split_once('/'))
+                .is_some_and(|(svc, method)| !svc.is_empty() && method == &**m),
         }
     }
 
@@ -117,7 +125,10 @@ impl Match {
         let (kind, len) = match &self.path {
             PathMatch::Exact(p) => (0, p.len()),
             PathMatch::Regex(re) => (1, re.as_str().len()),
-            PathMatch::Prefix(p) => (2, p.len()),
+            // Twice the length, so that a gRPC method-only match (3) falls between the service
+            // prefixes (at least `/x`: 4) and `/` (2).
+            PathMatch::Prefix(p) => (2, 2 * p.len()),
+            PathMatch::GrpcMethod(_) => (2, 3),
         };
         (
             kind,
@@ -551,6 +562,7 @@ impl Scopes {
                             PathMatch::Exact(p) => format!("= {p}"),
                             PathMatch::Prefix(p) => p.to_string(),
                             PathMatch::Regex(re) => format!("~ {}", re.as_str()),
+                            PathMatch::GrpcMethod(m) => format!("/*/{m}"),
                         };
                         let backends = r.action.backends.iter().map(|b| b.backend).collect();
                         out.push((scope.clone(), host.clone(), path, backends));

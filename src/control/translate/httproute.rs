@@ -152,7 +152,9 @@ fn http_rule(rule: &HttpRouteRule) -> RuleIn<'_> {
 }
 
 /// A GRPCRoute rule: a method match is a path match on `/service/method` (Exact with both,
-/// element-wise PathPrefix `/service` with the service only, an anchored regex otherwise).
+/// element-wise PathPrefix `/service` with the service only, any service's method with the
+/// method only, an anchored regex for RegularExpression), so that the table's precedence is
+/// the GRPCRoute's: service characters, then method characters, then header matches.
 fn grpc_rule(rule: &gw::GrpcRouteRule) -> RuleIn<'_> {
     let matches = match rule.matches.is_empty() {
         true => vec![Ok(match_all())],
@@ -175,7 +177,7 @@ fn grpc_match(m: &gw::GrpcRouteMatch) -> Result<Match, String> {
             match (mm.type_.as_deref().unwrap_or("Exact"), svc, method) {
                 ("Exact", Some(s), Some(m)) => PathMatch::Exact(format!("/{s}/{m}").into()),
                 ("Exact", Some(s), None) => PathMatch::Prefix(format!("/{s}").into()),
-                ("Exact", None, Some(m)) => PathMatch::Regex(anchored_regex(&format!("/[^/]+/{}", regex::escape(m)))?),
+                ("Exact", None, Some(m)) => PathMatch::GrpcMethod(m.into()),
                 ("Exact", None, None) => PathMatch::Prefix("/".into()),
                 ("RegularExpression", s, m) => PathMatch::Regex(anchored_regex(&format!(
                     "/(?:{})/(?:{})",

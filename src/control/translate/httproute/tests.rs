@@ -359,6 +359,10 @@ fn grpc_routes_match_service_and_method_and_speak_http2() {
         "spec": {"rules": [
             {"matches": [{"method": {"service": "shop.Cart", "method": "Add"}}], "backendRefs": [backend("cart", 80)]},
             {"matches": [{"method": {"service": "shop.Cart"}}], "backendRefs": [backend("shop", 80)]},
+            {"matches": [{"method": {"method": "Remove"}}], "backendRefs": [backend("cart", 80)]},
+            {"matches": [{"method": {"method": "Check"}, "headers": [{"name": "x-any", "value": "1"}]}],
+             "backendRefs": [backend("cart", 80)]},
+            {"matches": [{"headers": [{"name": "x-any", "value": "1"}]}], "backendRefs": [backend("shop", 80)]},
             {"matches": [{"method": {"type": "RegularExpression", "service": "shop\\.B.*", "method": "Get.*"}},
                          {"headers": [{"name": "x-route", "value": "billing"}]}],
              "backendRefs": [backend("billing-missing", 80)]},
@@ -390,7 +394,12 @@ fn grpc_routes_match_service_and_method_and_speak_http2() {
     let cart = "c1/web/cart:80 [192.0.2.2:8080]";
     let shop = "c1/web/shop:80 [192.0.2.1:8080]";
     assert_eq!(got(&t, "a.example", "POST", "/shop.Cart/Add", &[], 0), cart);
+    // Service characters first: the service-only rule beats the method-only one.
     assert_eq!(got(&t, "a.example", "POST", "/shop.Cart/Remove", &[], 0), shop);
+    assert_eq!(got(&t, "a.example", "POST", "/shop.Other/Remove", &[], 0), cart);
+    // Method characters before header matches.
+    assert_eq!(got(&t, "a.example", "POST", "/x.Y/Check", &[("x-any", "1")], 0), cart);
+    assert_eq!(got(&t, "a.example", "POST", "/x.Y/Other", &[("x-any", "1")], 0), shop);
     assert_eq!(got(&t, "a.example", "POST", "/shop.Billing/GetInvoice", &[], 0), "500");
     assert_eq!(got(&t, "a.example", "POST", "/shop.Billing/Pay", &[], 0), "404");
     assert_eq!(
