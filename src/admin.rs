@@ -422,6 +422,20 @@ fn backends_json(snap: &Snapshot, warnings: &[String]) -> String {
             r.push(rule);
         }
     }
+    // Gateway API rules: the scope (local addresses and port) they are served on.
+    for (scope, host, path, ids) in table.gateway_rules() {
+        for id in ids.into_iter().flatten() {
+            if let Some(r) = rules.get_mut(id) {
+                r.push(json!({
+                    "host": host,
+                    "path": path,
+                    "path_type": "Gateway",
+                    "balance": "weighted",
+                    "scope": scope,
+                }));
+            }
+        }
+    }
     let backends: Vec<Value> = table
         .backends
         .iter()

@@ -185,6 +185,9 @@ fn backends(config: &std::path::Path, json: bool, only: Option<&str>) -> Result<
             if let Some(c) = r["canary"].as_str() {
                 extra.push(format!("canary {c}"));
             }
+            if let Some(s) = r["scope"].as_str() {
+                extra.push(format!("on {s}"));
+            }
             println!(
                 "  rule: {}{} ({}) [{}]",
                 r["host"].as_str().unwrap_or("?"),

@@ -230,18 +230,22 @@ pub struct ClusterConfig {
     /// `spec.controller` of the IngressClasses that are kedge's.
     pub controller: String,
     /// `spec.controllerName` of the GatewayClasses that are kedge's (default
-    /// `kedge.dev/gateway-controller`). Gateway API objects are not translated yet: for now it
-    /// only counts kedge's GatewayClasses in the "route table published" log line.
+    /// `kedge.dev/gateway-controller`): their Gateways are kedge's, and the routes that name
+    /// those Gateways attach to them (`control/translate/gateway.rs`); kedge writes the status
+    /// of all of these (with `publish_addresses`, by the status Lease holder).
     pub gateway_controller: String,
     /// Namespaces to watch; empty = all.
     pub namespaces: Vec<String>,
     pub upstream: UpstreamMode,
     /// Node address type used in NodePort mode (`InternalIP`, `ExternalIP`, `Hostname`).
     pub node_address_type: String,
-    /// Addresses written into `status.loadBalancer` of the Ingresses kedge serves.
+    /// Addresses written into `status.loadBalancer` of the Ingresses kedge serves and
+    /// `status.addresses` of kedge's Gateways without `spec.addresses`; those of them that are IP
+    /// addresses of this host select the connections such Gateways serve.
     pub publish_addresses: Vec<String>,
-    /// The `coordination.k8s.io/v1` Lease that elects the one kedge writing that status, among
-    /// every kedge following the cluster (taken only with `publish_addresses`).
+    /// The `coordination.k8s.io/v1` Lease that elects the one kedge writing that status (and
+    /// the Gateway API status), among every kedge following the cluster (taken only with
+    /// `publish_addresses`, or once the cluster has one of kedge's GatewayClasses).
     pub status_lease: LeaseName,
     /// How long start-up waits for the first full sync of an API server that answers (one that
     /// cannot be reached at all lets a persisted state serve at once).

@@ -12,6 +12,7 @@
 
 mod certs;
 mod cluster;
+mod gateway_status;
 pub mod gateway_types;
 mod health;
 mod kinds;
@@ -31,7 +32,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::Notify;
 
 use self::cluster::{Changes, Cluster};
-use crate::config::{self, Config};
+use crate::config::{self, Config, ListenerSpec};
 use crate::routes::TableBuilder;
 use crate::shared::{HttpsSettings, Shared, Snapshot};
 
@@ -44,6 +45,10 @@ const DEBOUNCE: Duration = Duration::from_millis(5);
 /// Quiet time after endpoint-only updates before the full rebuild that refreshes warnings and
 /// status.
 const SETTLE: Duration = Duration::from_secs(1);
+
+/// How often the control loop looks at the host's addresses (Gateways' `spec.addresses` are
+/// served only while configured on this host, for listeners on an unspecified address).
+const HOST_CHECK: Duration = Duration::from_secs(2);
 
 /// What the main thread asks of the control thread.
 enum Command {
@@ -58,25 +63,30 @@ pub(crate) struct Control {
 }
 
 /// Starts the control thread and returns once it has published its first full table (after
-/// every cluster's first sync, or its sync timeout). `tls_port`: the first TLS listener's port,
-/// `None` without TLS listeners.
+/// every cluster's first sync, or its sync timeout). `listeners`: kedge's listeners with the
+/// addresses they are bound to.
 pub(crate) fn start(
     cfg: Config,
-    tls_port: Option<u16>,
+    listeners: Vec<ListenerSpec>,
     shared: Arc<Shared>,
     admin: Option<std::net::TcpListener>,
     notifier: crate::notify::Notifier,
 ) -> Result<Control, String> {
+    let tls_port = listeners.iter().find(|l| l.tls).map(|l| l.address.port());
     let tls = TlsState {
         certs: Certs::new()?,
         listening: tls_port.is_some(),
         port: tls_port,
     };
+    let local = Local {
+        addresses: host_addresses(),
+        listeners,
+    };
     let (cmd_tx, cmd_rx) = tokio::sync::mpsc::unbounded_channel();
     let (ready_tx, ready_rx) = mpsc::channel();
     let thread = std::thread::Builder::new()
         .name("kedge-control".into())
-        .spawn(move || control_thread(cfg, tls, shared, admin, (cmd_rx, notifier), ready_tx))
+        .spawn(move || control_thread(cfg, (tls, local), shared, admin, (cmd_rx, notifier), ready_tx))
         .map_err(|e| format!("cannot start the control thread: {e}"))?;
     if ready_rx.recv().is_err() {
         return Err("the control thread stopped during start-up".into());
@@ -108,7 +118,7 @@ impl Control {
 /// snapshot build.
 fn control_thread(
     cfg: Config,
-    mut tls: TlsState,
+    (mut tls, mut local): (TlsState, Local),
     shared: Arc<Shared>,
     admin: Option<std::net::TcpListener>,
     (mut commands, notifier): (tokio::sync::mpsc::UnboundedReceiver<Command>, crate::notify::Notifier),
@@ -169,7 +179,7 @@ fn control_thread(
         .await;
         let mut cfg = cfg;
         let mut logged = BTreeSet::new();
-        publish(&cfg, &clusters, &mut tls, &shared, &mut logged, "start");
+        publish(&cfg, &clusters, (&mut tls, &local), &shared, &mut logged, "start");
         admin.warnings(logged.iter().cloned().collect());
         let _ = ready.send(());
         // After endpoint-only updates, a full rebuild once things are quiet refreshes warnings
@@ -182,6 +192,8 @@ fn control_thread(
         let mut trimmer = crate::memory::Trimmer::default();
         let mut cert_check = tokio::time::interval(certs::FILE_CHECK);
         cert_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut host_check = tokio::time::interval(HOST_CHECK);
+        host_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
 
         loop {
             // Back to waiting after a build: the admin server reports the states it decided.
@@ -192,7 +204,7 @@ fn control_thread(
                     Some(Command::Reload) => {
                         if let Some(next) = reload(&cfg) {
                             cfg = next;
-                            publish(&cfg, &clusters, &mut tls, &shared, &mut logged, "reload");
+                            publish(&cfg, &clusters, (&mut tls, &local), &shared, &mut logged, "reload");
                             admin.warnings(logged.iter().cloned().collect());
                             // Said only once the new table is live, so that whoever waits for
                             // this line can rely on it.
@@ -219,7 +231,7 @@ fn control_thread(
                         update_endpoints(&clusters, changes, &shared);
                         settle = Some(tokio::time::Instant::now() + SETTLE);
                     } else {
-                        publish(&cfg, &clusters, &mut tls, &shared, &mut logged, "watch");
+                        publish(&cfg, &clusters, (&mut tls, &local), &shared, &mut logged, "watch");
                         admin.warnings(logged.iter().cloned().collect());
                         settle = None;
                     }
@@ -228,14 +240,24 @@ fn control_thread(
                     control_heart.beat();
                     trimmer.tick(&shared.metrics);
                 }
+                _ = host_check.tick() => {
+                    // An address moved to or from this host (a VRRP address, a new interface):
+                    // Gateways that ask for it are served or not from now on.
+                    let now = host_addresses();
+                    if now != local.addresses {
+                        local.addresses = now;
+                        publish(&cfg, &clusters, (&mut tls, &local), &shared, &mut logged, "host addresses");
+                        admin.warnings(logged.iter().cloned().collect());
+                    }
+                }
                 _ = cert_check.tick(), if tls.listening => {
                     if tls.certs.stale(crate::time::unix_now()) {
-                        publish(&cfg, &clusters, &mut tls, &shared, &mut logged, "certificates");
+                        publish(&cfg, &clusters, (&mut tls, &local), &shared, &mut logged, "certificates");
                         admin.warnings(logged.iter().cloned().collect());
                     }
                 }
                 () = tokio::time::sleep_until(settle_at), if settle.is_some() => {
-                    publish(&cfg, &clusters, &mut tls, &shared, &mut logged, "settle");
+                    publish(&cfg, &clusters, (&mut tls, &local), &shared, &mut logged, "settle");
                     admin.warnings(logged.iter().cloned().collect());
                     settle = None;
                 }
@@ -300,8 +322,55 @@ struct Built {
     served: usize,
     /// Host names with a certificate of their own.
     tls_hosts: usize,
-    /// GatewayClasses that are kedge's, over all clusters (not routed yet: only counted).
+    /// GatewayClasses that are kedge's, over all clusters.
     gateway_classes: usize,
+}
+
+/// This host as Gateways see it: kedge's listeners (bound addresses, real ports) and the IP
+/// addresses configured on its interfaces.
+struct Local {
+    listeners: Vec<ListenerSpec>,
+    addresses: Vec<std::net::IpAddr>,
+}
+
+/// The IP addresses configured on this host's interfaces, sorted (empty when the kernel will
+/// not say).
+#[allow(unsafe_code)]
+fn host_addresses() -> Vec<std::net::IpAddr> {
+    use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+    let mut list: *mut libc::ifaddrs = std::ptr::null_mut();
+    // SAFETY: getifaddrs fills `list` with a linked list it allocates, freed below.
+    if unsafe { libc::getifaddrs(&raw mut list) } != 0 {
+        return Vec::new();
+    }
+    let mut out = Vec::new();
+    let mut cur = list;
+    while !cur.is_null() {
+        // SAFETY: `cur` is a node of the list getifaddrs returned, not yet freed; `ifa_addr`,
+        // when not null, points to a sockaddr of the family it names, as large as that family's.
+        unsafe {
+            let addr = (*cur).ifa_addr;
+            if !addr.is_null() {
+                match i32::from((*addr).sa_family) {
+                    libc::AF_INET => {
+                        let sin = &*addr.cast::<libc::sockaddr_in>();
+                        out.push(IpAddr::V4(Ipv4Addr::from(u32::from_be(sin.sin_addr.s_addr))));
+                    }
+                    libc::AF_INET6 => {
+                        let sin6 = &*addr.cast::<libc::sockaddr_in6>();
+                        out.push(IpAddr::V6(Ipv6Addr::from(sin6.sin6_addr.s6_addr)));
+                    }
+                    _ => {}
+                }
+            }
+            cur = (*cur).ifa_next;
+        }
+    }
+    // SAFETY: the list getifaddrs returned, freed once.
+    unsafe { libc::freeifaddrs(list) };
+    out.sort();
+    out.dedup();
+    out
 }
 
 /// The control thread's TLS state: certificates, and what the listeners are.
@@ -315,7 +384,7 @@ struct TlsState {
 
 /// Builds the snapshot the workers serve: static routes first (they win conflicts), then each
 /// cluster's Ingresses; certificates in the same order.
-fn build(cfg: &Config, clusters: &[Cluster], tls: &mut TlsState) -> (Snapshot, Built) {
+fn build(cfg: &Config, clusters: &[Cluster], (tls, local): (&mut TlsState, &Local)) -> (Snapshot, Built) {
     let mut builder = TableBuilder::default();
     let tls_hosts: Vec<String> = cfg.tls.certificates.iter().flat_map(|c| c.hosts.clone()).collect();
     let mut warnings = translate::static_routes::add(&mut builder, &cfg.routes, &tls_hosts);
@@ -327,14 +396,42 @@ fn build(cfg: &Config, clusters: &[Cluster], tls: &mut TlsState) -> (Snapshot, B
         let outcome = translate::translate(&mut builder, &c.spec, &objects.view());
         c.offer_status(&objects.view(), &outcome.served);
         served += outcome.served.len();
-        gateway_classes += translate::gateway_classes_of(&c.config.gateway_controller, &objects.view());
+        // Gateway API: where routes attach (and every Gateway API status), next to the Ingresses.
+        let settings = translate::gateway::GatewaySettings {
+            controller: c.config.gateway_controller.clone(),
+            publish_addresses: c.config.publish_addresses.clone(),
+            host_addresses: local.addresses.clone(),
+        };
+        let attachment = translate::gateway::attach(&objects.view(), &settings, &local.listeners);
+        c.offer_gateway_status(&attachment, &objects.view());
+        // The attached routes' rules, in their scopes.
+        let route_warnings =
+            translate::httproute::translate(&mut builder, &c.spec, &objects.view(), &attachment.routes);
+        gateway_classes += attachment.classes.len();
+        // The HTTPS listeners' certificates, after the Ingresses' (which win a host both name).
+        let mut tls_bindings = outcome.tls;
+        tls_bindings.extend(attachment.certificates.iter().map(|c| translate::TlsBinding {
+            host: c.hostname.clone().unwrap_or_default(),
+            secret: Arc::clone(&c.secret),
+            owner: c.owner.clone(),
+        }));
         warnings.extend(
             outcome
                 .warnings
                 .into_iter()
+                .chain(attachment.warnings)
+                .chain(route_warnings)
                 .map(|w| format!("cluster {}: {}: {}", c.config.name, w.object, w.message)),
         );
-        outcomes.push((c.config.name.as_str(), outcome.tls));
+        outcomes.push((c.config.name.as_str(), tls_bindings));
+    }
+    // A host both an HTTPRoute and an Ingress (or a static route) claim: on the Gateway's
+    // addresses and port the HTTPRoute decides, elsewhere the Ingress.
+    for (host, route, other) in builder.gateway_overlaps() {
+        warnings.push(format!(
+            "host {host}: claimed by {route} and by {other}; on the Gateway's addresses and port the HTTPRoute \
+             decides"
+        ));
     }
     let mut tls_hosts = 0;
     let config = if tls.listening {
@@ -396,7 +493,7 @@ fn build(cfg: &Config, clusters: &[Cluster], tls: &mut TlsState) -> (Snapshot, B
 fn publish(
     cfg: &Config,
     clusters: &[Cluster],
-    tls: &mut TlsState,
+    tls: (&mut TlsState, &Local),
     shared: &Shared,
     logged: &mut BTreeSet<String>,
     why: &'static str,
@@ -461,4 +558,21 @@ fn reload(current: &Config) -> Option<Config> {
         tracing::warn!("[[cluster]] changes take effect on restart only");
     }
     Some(next)
+}
+
+#[cfg(test)]
+mod tests {
+    /// The host's addresses include the loopback ones every Linux host has, sorted and unique.
+    #[test]
+    fn host_addresses_come_from_the_interfaces() {
+        let addresses = super::host_addresses();
+        assert!(
+            addresses.contains(&std::net::IpAddr::from([127, 0, 0, 1])),
+            "{addresses:?}"
+        );
+        let mut sorted = addresses.clone();
+        sorted.sort();
+        sorted.dedup();
+        assert_eq!(addresses, sorted);
+    }
 }

@@ -887,6 +887,9 @@ pub struct Forwarded<'a> {
     pub request_id: &'a [u8],
     /// The request target to send instead of the client's (a rewrite), in origin form.
     pub target: Option<&'a [u8]>,
+    /// The Host to send instead of the client's (a Gateway URLRewrite); X-Forwarded-Host keeps
+    /// `host`.
+    pub upstream_host: Option<&'a [u8]>,
 }
 
 /// The values of the fields called `name`, in order.
@@ -1024,7 +1027,7 @@ pub fn write_request_head(out: &mut Vec<u8>, req: &RequestOut<'_>, fwd: &Forward
     for &(name, value) in headers {
         let is_host = name.eq_ignore_ascii_case(b"host");
         if is_one_of(name, &FORWARDING_HEADERS)
-            || (is_host && origin.is_some())
+            || (is_host && (origin.is_some() || fwd.upstream_host.is_some()))
             || (!is_host && (is_one_of(name, &HOP_BY_HOP) || named_by_connection(name)))
         {
             continue;
@@ -1032,7 +1035,9 @@ pub fn write_request_head(out: &mut Vec<u8>, req: &RequestOut<'_>, fwd: &Forward
         has_request_id |= name.eq_ignore_ascii_case(b"x-request-id");
         push_header(out, name, value);
     }
-    if !req.has_host || origin.is_some() {
+    if let Some(host) = fwd.upstream_host {
+        push_header(out, b"Host", host);
+    } else if !req.has_host || origin.is_some() {
         push_header(out, b"Host", fwd.host);
     }
     out.extend_from_slice(b"X-Forwarded-For: ");
@@ -1114,6 +1119,20 @@ pub fn write_response_head(
     to: ToClient,
     extra: &[u8],
 ) {
+    write_response_head_dropping(out, buf, head, headers, to, extra, |_| false);
+}
+
+/// [`write_response_head`] without the upstream's fields whose name `drop` refuses (a Gateway
+/// API ResponseHeaderModifier's `remove` and `set`).
+pub fn write_response_head_dropping(
+    out: &mut Vec<u8>,
+    buf: &[u8],
+    head: &ResponseHead,
+    headers: &[HeaderSpan],
+    to: ToClient,
+    extra: &[u8],
+    drop: impl Fn(&[u8]) -> bool,
+) {
     let ToClient {
         framing: out_framing,
         version: client_version,
@@ -1123,7 +1142,7 @@ pub fn write_response_head(
     let switching = head.status == 101;
     for h in headers {
         let name = at(buf, &h.name);
-        if (switching && name.eq_ignore_ascii_case(b"upgrade")) || passes(buf, headers, name) {
+        if (switching && name.eq_ignore_ascii_case(b"upgrade")) || (passes(buf, headers, name) && !drop(name)) {
             push_header(out, name, at(buf, &h.value));
         }
     }

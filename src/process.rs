@@ -65,11 +65,17 @@ pub fn run(cfg: Config) -> Result<(), String> {
     }
     // The admin listener after them: a busy proxy port is the one to name when both are.
     let admin = p.admin.map(crate::admin::bind).transpose()?;
-    let first_tls_port = bound.iter().find(|(_, s)| s.tls).map(|(a, _)| a.port());
+    // The listeners with the addresses they are bound to (a port 0 made a real one): where
+    // Gateway listeners map to, and the first TLS one's port.
+    let bound: Vec<crate::config::ListenerSpec> = bound
+        .into_iter()
+        .map(|(local, spec)| crate::config::ListenerSpec { address: local, ..spec })
+        .collect();
+    let listening: Vec<(std::net::SocketAddr, bool)> = bound.iter().map(|l| (l.address, l.tls)).collect();
 
     // The control thread publishes the first full table (after every cluster's first sync, or
     // its sync timeout) before any worker accepts: no 404 storm at start.
-    let control = crate::control::start(cfg, first_tls_port, Arc::clone(&shared), admin, notifier.clone())?;
+    let control = crate::control::start(cfg, bound, Arc::clone(&shared), admin, notifier.clone())?;
 
     let cores = allowed_cpus();
     let (tx, rx) = mpsc::channel();
@@ -102,8 +108,8 @@ pub fn run(cfg: Config) -> Result<(), String> {
             Err(_) => return Err("a worker exited during start-up".into()),
         }
     }
-    for (addr, spec) in &bound {
-        if spec.tls {
+    for (addr, tls) in &listening {
+        if *tls {
             tracing::info!("listening on {addr} (tls)");
         } else {
             tracing::info!("listening on {addr}");

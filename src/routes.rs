@@ -16,6 +16,10 @@ use std::sync::Arc;
 
 use serde::Deserialize;
 
+pub mod gateway;
+
+pub use gateway::Scopes;
+
 /// How a rule's path matches.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -181,6 +185,8 @@ struct Rules {
     wildcard: HashMap<Box<str>, HostRules>,
     any: Option<HostRules>,
     default_backend: Option<Target>,
+    /// Gateway API routes by local address and port; empty when no Gateway attaches a route.
+    scopes: Scopes,
 }
 
 /// The policy of rules that set none: shared, so that rules without one cost a pointer.
@@ -223,6 +229,28 @@ impl RouteTable {
                 .as_deref()
                 .and_then(|c| Some((c, self.backends.get(c.backend)?))),
         })
+    }
+
+    /// The Gateway API rules of a connection that arrived on `local`, for a request to `host`
+    /// (as received). Callers ask only when [`RouteTable::has_scopes`]: a table without Gateway
+    /// routes costs the request path that one branch and nothing else.
+    pub fn gateway_lookup(&self, local: SocketAddr, host: &[u8], req: &gateway::Request<'_>) -> gateway::Lookup<'_> {
+        let mut buf = [0u8; MAX_HOST];
+        match normalize_host(host, &mut buf) {
+            Some(h) => self.rules.scopes.lookup(local, h, req),
+            None => gateway::Lookup::NotGateway,
+        }
+    }
+
+    /// Whether any Gateway route is in the table.
+    #[inline]
+    pub fn has_scopes(&self) -> bool {
+        !self.rules.scopes.is_empty()
+    }
+
+    /// The Gateway rules for the admin view: scope, host, path, backend ids (`None`: answered 500).
+    pub fn gateway_rules(&self) -> Vec<(String, String, String, Vec<Option<BackendId>>)> {
+        self.rules.scopes.describe()
     }
 
     /// Every rule, for the admin view: host (`*` for any), path, type, backend id, policy and
@@ -380,6 +408,8 @@ pub struct TableBuilder {
     tls_owners: FxHashMap<BackendId, Box<str>>,
     /// Owner of each rule's canary, keyed as `owners`.
     canary_owners: FxHashMap<(Box<str>, PathType, Box<str>), Box<str>>,
+    /// The first Gateway route to serve each exact host name.
+    gateway_owners: FxHashMap<Box<str>, Box<str>>,
 }
 
 /// A rule that lost to an earlier one.
@@ -539,8 +569,52 @@ impl TableBuilder {
         Ok(())
     }
 
+    /// Adds one match of a Gateway API rule to the scope of `addresses` (empty: every local
+    /// address) and `port`, under the listener's hostname and the route's (lower case exact,
+    /// `*.suffix`, or `None` for any). Rules of one host are ordered by the Gateway API's
+    /// precedence when the table is built; at equal precedence the first added wins, so callers
+    /// add the oldest route first.
+    #[allow(clippy::too_many_arguments)]
+    pub fn gateway_rule(
+        &mut self,
+        addresses: &[std::net::IpAddr],
+        port: u16,
+        listener_host: Option<&str>,
+        route_host: Option<&str>,
+        m: gateway::Match,
+        action: Arc<gateway::Action>,
+        owner: &Owner,
+    ) {
+        if let Some(h) = route_host.filter(|h| !h.starts_with('*')) {
+            self.gateway_owners.entry(h.into()).or_insert_with(|| owner.into());
+        }
+        self.rules
+            .scopes
+            .add(addresses, port, listener_host, route_host, m, action);
+    }
+
+    /// The exact hosts that both a Gateway route and an Ingress or static rule claim, with the
+    /// owner of each side: (host, Gateway route, other owner), sorted. Not on the request path.
+    pub fn gateway_overlaps(&self) -> Vec<(String, String, String)> {
+        if self.gateway_owners.is_empty() {
+            return Vec::new();
+        }
+        let mut out: Vec<(String, String, String)> = self
+            .owners
+            .iter()
+            .filter_map(|((h, _, _), o)| {
+                let gw = self.gateway_owners.get(h)?;
+                Some((h.to_string(), gw.to_string(), o.to_string()))
+            })
+            .collect();
+        out.sort_unstable();
+        out.dedup_by(|a, b| a.0 == b.0);
+        out
+    }
+
     /// Finishes the table: prefix rules are ordered longest first, once.
     pub fn build(mut self) -> RouteTable {
+        self.rules.scopes.finish();
         let r = &mut self.rules;
         for rules in r
             .exact

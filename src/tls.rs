@@ -59,7 +59,34 @@ pub fn parse(chain_pem: &[u8], key_pem: &[u8]) -> Result<Cert, String> {
     })
 }
 
+/// Whether a PEM certificate chain and key look like one (a CERTIFICATE block, a private key
+/// block), without the cryptography [`parse`] does: a cheap check a translator can make on
+/// every build.
+pub fn pem_shape(chain_pem: &[u8], key_pem: &[u8]) -> Result<(), String> {
+    let mut certs = CertificateDer::pem_slice_iter(chain_pem);
+    match certs.next() {
+        Some(Ok(_)) => {}
+        Some(Err(e)) => return Err(format!("certificate PEM: {e}")),
+        None => return Err("no CERTIFICATE block in the certificate PEM".into()),
+    }
+    PrivateKeyDer::from_pem_slice(key_pem)
+        .map(drop)
+        .map_err(|e| format!("key PEM: {e}"))
+}
+
 impl Cert {
+    /// The DNS names (and `*.suffix` wildcards) the leaf certificate carries in its subject
+    /// alternative names, lower case.
+    pub fn dns_names(&self) -> Vec<String> {
+        let Ok(leaf) = webpki::EndEntityCert::try_from(&self.key.cert[0]) else {
+            return Vec::new();
+        };
+        let mut names: Vec<String> = leaf.valid_dns_names().map(str::to_ascii_lowercase).collect();
+        names.sort();
+        names.dedup();
+        names
+    }
+
     /// Why this certificate cannot serve `host` (lower-case DNS name or `*.suffix`) at `now`
     /// (Unix seconds), or `None` when it can.
     pub fn unusable_for(&self, host: &str, now: i64) -> Option<String> {

@@ -20,6 +20,7 @@ mod h2_pool;
 mod limits;
 pub mod listener;
 mod log;
+mod mirror;
 mod pool;
 mod pump;
 mod request;

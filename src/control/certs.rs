@@ -1,5 +1,5 @@
 //! Certificates for the TLS listeners: PEM files from `[tls]` and `kubernetes.io/tls` Secrets
-//! named by Ingresses become one [`CertStore`] per build, and a rustls configuration that the
+//! named by Ingresses and Gateway listeners become one [`CertStore`] per build, and a rustls configuration that the
 //! snapshot carries to the workers. A new configuration is made only when some host's
 //! certificate changed; new handshakes use it, connections already up keep theirs.
 //!
@@ -157,7 +157,21 @@ impl Certs {
                     continue;
                 }
             };
-            if add(&mut store, &mut owners, &mut warnings, &b.host, &cert, &owner, now) {
+            // A binding without host (a Gateway listener without hostname): the names the
+            // certificate carries.
+            let hosts = if b.host.is_empty() {
+                cert.dns_names()
+            } else {
+                vec![b.host.clone()]
+            };
+            if hosts.is_empty() {
+                warnings.push(format!("{owner}: tls: the certificate carries no DNS name; not served"));
+            }
+            let mut added = false;
+            for host in &hosts {
+                added |= add(&mut store, &mut owners, &mut warnings, host, &cert, &owner, now);
+            }
+            if added {
                 expiry(&cert);
             }
         }

@@ -1,20 +1,23 @@
 //! One watched cluster: a `kube` client built from its kubeconfig, a reflector per watched kind
 //! (see [`kinds`](super::kinds); per namespace when the config limits namespaces), its Ingress
-//! status writer (with its Lease election) and its last known good. Every change wakes the control loop; the stores are
+//! and Gateway API status writers (with their Lease election) and its last known good. Every change wakes the control loop; the stores are
 //! read whole when the next table is built, so a lost watch event can never leave a stale route
 //! behind (the reflector's relist replaces the store).
 
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use tokio::sync::Notify;
 
+use super::gateway_status;
 use super::health::Health;
 use super::kinds::{ClusterObjects, Stores};
 use super::kube_client;
 use super::last_known_good::LastKnownGood;
+use super::lease::Election;
 use super::state_file::StateDir;
 use super::status;
+use super::translate::gateway::Attachment;
 use super::translate::{ClusterSpec, Objects, UpstreamMode};
 use super::watch::Watches;
 use crate::config::{self, ClusterConfig};
@@ -31,6 +34,12 @@ pub struct Cluster {
     /// Writes Ingress status with its own clone of the cluster's client; `None` without
     /// publish addresses.
     status: Option<status::Writer>,
+    /// Writes Gateway API status; started by the first build with one of kedge's GatewayClasses.
+    gateway_status: OnceLock<gateway_status::Writer>,
+    /// The status Lease election both writers follow: started with the Ingress writer, or with
+    /// the Gateway API one.
+    election: OnceLock<Election>,
+    client: kube::Client,
     /// Watches that have completed their first full list.
     listed: Arc<AtomicUsize>,
     /// Persisted or live objects, the cluster's state, its state file.
@@ -68,6 +77,10 @@ impl Cluster {
             changes: &changes,
             retry_max: cfg.watch_retry_max,
         });
+        let election = OnceLock::new();
+        let status = status::Writer::spawn(client.clone(), cfg, || {
+            election.get_or_init(|| Election::start(client.clone(), cfg)).holding()
+        });
         Ok(Cluster {
             spec: ClusterSpec {
                 name: cfg.name.clone(),
@@ -81,7 +94,10 @@ impl Cluster {
             },
             config: cfg.clone(),
             stores,
-            status: status::Writer::spawn(client, cfg),
+            status,
+            gateway_status: OnceLock::new(),
+            election,
+            client,
             listed,
             lkg: LastKnownGood::new(&cfg.name, state_dir, Arc::clone(&health)),
             health,
@@ -117,11 +133,35 @@ impl Cluster {
         }
     }
 
-    /// Stops writing Ingress status and releases the status Lease if this kedge holds it (a
-    /// clean stop: another edge takes over at once instead of after the lease duration).
+    /// Hands a build's Gateway API status view to its writer, once the cluster is synced,
+    /// starting the writer (and the Lease election) with the first build that has one of
+    /// kedge's GatewayClasses.
+    pub fn offer_gateway_status(&self, attachment: &Attachment<'_>, objects: &Objects<'_>) {
+        if !self.synced() || (attachment.classes.is_empty() && self.gateway_status.get().is_none()) {
+            return;
+        }
+        let now = crate::time::format_time(crate::time::unix_now());
+        let items = gateway_status::view(attachment, objects, &self.config.gateway_controller, &now);
+        let writer = self.gateway_status.get_or_init(|| {
+            let election = self
+                .election
+                .get_or_init(|| Election::start(self.client.clone(), &self.config));
+            gateway_status::Writer::spawn(self.client.clone(), &self.config.name, election.holding())
+        });
+        writer.offer(items);
+    }
+
+    /// Stops writing status and releases the status Lease if this kedge holds it (a clean
+    /// stop: another edge takes over at once instead of after the lease duration).
     pub async fn stop_status(&mut self) {
         if let Some(writer) = self.status.take() {
             writer.stop().await;
+        }
+        if let Some(writer) = self.gateway_status.take() {
+            writer.stop().await;
+        }
+        if let Some(election) = self.election.take() {
+            election.stop().await;
         }
     }
 

@@ -97,6 +97,16 @@ pub struct GatewayClassSpec {
 pub struct GatewayClassStatus {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub conditions: Vec<Condition>,
+    /// The features the class's controller implements (what kedge writes, read back to see
+    /// whether it must write again).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub supported_features: Vec<SupportedFeature>,
+}
+
+/// One `status.supportedFeatures` entry of a GatewayClass.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct SupportedFeature {
+    pub name: String,
 }
 
 // ---- Gateway ----

@@ -34,7 +34,7 @@ use std::sync::atomic::AtomicUsize;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
-use k8s_openapi::api::core::v1::{Node, Secret, Service};
+use k8s_openapi::api::core::v1::{Namespace, Node, Secret, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::api::networking::v1::{Ingress, IngressClass};
 use kube::Client;
@@ -293,6 +293,14 @@ kinds! {
             field_selectors: ["type=kubernetes.io/tls", "type=Opaque"],
             touch: touches_all,
             persist: is_certificate,
+        },
+        /// Namespace labels, for Gateway listeners' `allowedRoutes` namespace selectors. Watched
+        /// once, over the whole cluster, whatever `namespaces` the cluster names.
+        namespaces: Namespace {
+            resource: "namespaces",
+            field_selectors: [],
+            touch: touches_all,
+            persist: everything,
         },
     }
     discovered("Gateway API") {

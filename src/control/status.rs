@@ -42,7 +42,6 @@ use serde_json::{Value, json};
 use tokio::sync::watch;
 use tokio::time::Instant;
 
-use super::lease::Election;
 use crate::config::ClusterConfig;
 
 /// How long after a failed round the writer tries again if no build comes first.
@@ -62,19 +61,22 @@ struct View {
     served: Vec<Key>,
 }
 
-/// The handle the control thread keeps for one cluster's status writer task and its election.
-/// Dropping it stops the task; [`Writer::stop`] also releases the Lease.
+/// The handle the control thread keeps for one cluster's Ingress status writer task. Dropping
+/// it stops the task.
 pub struct Writer {
     latest: watch::Sender<Option<Arc<View>>>,
     task: tokio::task::JoinHandle<()>,
-    election: Election,
 }
 
 impl Writer {
-    /// Starts the writer task and the election for one cluster on the current runtime; `None`
-    /// (said once, at info level) when the cluster has no `publish_addresses`: no status, no
-    /// Lease.
-    pub fn spawn(client: Client, cfg: &ClusterConfig) -> Option<Writer> {
+    /// Starts the writer task for one cluster on the current runtime, writing while `holding`
+    /// (the cluster's [`Election`](super::lease::Election)) says so; `None` (said once, at info
+    /// level) when the cluster has no `publish_addresses`: no Ingress status.
+    pub fn spawn(
+        client: Client,
+        cfg: &ClusterConfig,
+        holding: impl FnOnce() -> watch::Receiver<bool>,
+    ) -> Option<Writer> {
         if cfg.publish_addresses.is_empty() {
             tracing::info!(
                 cluster = cfg.name,
@@ -82,24 +84,21 @@ impl Writer {
             );
             return None;
         }
-        let election = Election::start(client.clone(), cfg);
         let (latest, views) = watch::channel(None);
         let task = tokio::spawn(run(
             client,
             cfg.name.clone(),
             addresses(&cfg.publish_addresses),
             views,
-            election.holding(),
+            holding(),
         ));
-        Some(Writer { latest, task, election })
+        Some(Writer { latest, task })
     }
 
-    /// Stops writing (writes in flight are abandoned), then releases the Lease if this kedge
-    /// holds it: the clean stop's hand-over.
+    /// Stops writing (writes in flight are abandoned); the caller releases the Lease after.
     pub async fn stop(self) {
         self.task.abort();
         let _ = self.task.await;
-        self.election.stop().await;
     }
 
     /// Hands over the latest build's Ingresses and which of them it served (sorted), replacing

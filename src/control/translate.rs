@@ -16,7 +16,7 @@ use std::collections::BTreeSet;
 
 use std::sync::Arc;
 
-use k8s_openapi::api::core::v1::{Node, Secret, Service};
+use k8s_openapi::api::core::v1::{Namespace, Node, Secret, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::api::networking::v1::{Ingress, IngressClass};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
@@ -26,6 +26,7 @@ use super::gateway_types::{Gateway, GatewayClass, GrpcRoute, HttpRoute, Referenc
 mod annotations;
 mod backends;
 pub mod gateway;
+pub mod httproute;
 mod ingress;
 pub mod static_routes;
 
@@ -73,22 +74,14 @@ pub struct Objects<'a> {
     /// Secrets of type `kubernetes.io/tls` and `Opaque` (only the former while a cluster serves
     /// its persisted state).
     pub secrets: &'a [Arc<Secret>],
-    /// The Gateway API kinds: empty while their CRDs are not installed. Not translated yet.
+    /// Every Namespace (labels for Gateway listeners' `allowedRoutes` selectors).
+    pub namespaces: &'a [Arc<Namespace>],
+    /// The Gateway API kinds: empty while their CRDs are not installed (see `gateway.rs`).
     pub gateway_classes: &'a [Arc<GatewayClass>],
     pub gateways: &'a [Arc<Gateway>],
     pub http_routes: &'a [Arc<HttpRoute>],
     pub grpc_routes: &'a [Arc<GrpcRoute>],
     pub reference_grants: &'a [Arc<ReferenceGrant>],
-}
-
-/// How many GatewayClasses are kedge's: those whose `spec.controllerName` is `controller`
-/// (`[[cluster]] gateway_controller`). Until Gateway API routing exists, the one use of them.
-pub fn gateway_classes_of(controller: &str, objects: &Objects<'_>) -> usize {
-    objects
-        .gateway_classes
-        .iter()
-        .filter(|c| c.spec.controller_name == controller)
-        .count()
 }
 
 /// Something wrong with one object; the rest is still served.
@@ -111,14 +104,16 @@ pub struct Outcome {
     pub tls: Vec<TlsBinding>,
 }
 
-/// A host whose certificate is in a Secret (the Ingress's `tls` section).
+/// A host whose certificate is in a Secret (an Ingress's `tls` section, a Gateway listener's
+/// `certificateRefs`).
 #[derive(Debug, Clone)]
 pub struct TlsBinding {
-    /// Lower-case DNS name or `*.suffix`.
+    /// Lower-case DNS name or `*.suffix`; empty: every DNS name the certificate itself carries
+    /// (a Gateway listener without hostname).
     pub host: String,
     /// A `kubernetes.io/tls` Secret with `tls.crt` and `tls.key` (not yet parsed).
     pub secret: Arc<Secret>,
-    /// `Ingress namespace/name`.
+    /// `Ingress namespace/name`, `Gateway namespace/name listener`.
     pub owner: String,
 }
 
@@ -145,38 +140,4 @@ fn ns_name(m: &ObjectMeta) -> (&str, &str) {
 
 fn annotation<'m>(m: &'m ObjectMeta, key: &str) -> Option<&'m str> {
     m.annotations.as_ref()?.get(key).map(String::as_str)
-}
-
-#[cfg(test)]
-mod tests {
-    use std::sync::Arc;
-
-    use super::{Objects, gateway_classes_of};
-    use crate::control::gateway_types::GatewayClass;
-
-    #[test]
-    fn gateway_classes_are_ours_by_controller_name() {
-        let class = |name: &str, controller: &str| {
-            let mut c = GatewayClass::default();
-            c.metadata.name = Some(name.to_owned());
-            c.spec.controller_name = controller.to_owned();
-            Arc::new(c)
-        };
-        let classes = [
-            class("kedge", "kedge.dev/gateway-controller"),
-            class("other", "acme.io/gateway-controller"),
-            class("kedge-internal", "kedge.dev/gateway-controller"),
-        ];
-        let objects = Objects {
-            gateway_classes: &classes,
-            ..Objects::default()
-        };
-        assert_eq!(gateway_classes_of("kedge.dev/gateway-controller", &objects), 2);
-        assert_eq!(gateway_classes_of("acme.io/gateway-controller", &objects), 1);
-        assert_eq!(gateway_classes_of("example.com/none", &objects), 0);
-        assert_eq!(
-            gateway_classes_of("kedge.dev/gateway-controller", &Objects::default()),
-            0
-        );
-    }
 }

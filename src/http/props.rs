@@ -293,6 +293,7 @@ proptest! {
             port: 80,
             request_id: b"0123456789abcdef0123456789abcdef",
             target: None,
+            upstream_host: None,
         };
         let mut up = Vec::new();
         write_request_head(&mut up, &out_req, &fwd);

@@ -783,6 +783,7 @@ fn fwd<'a>(host: &'a [u8], request_id: &'a [u8]) -> Forwarded<'a> {
         port: 8080,
         request_id,
         target: None,
+        upstream_host: None,
     }
 }
 
@@ -1068,6 +1069,23 @@ fn a_rewritten_target_replaces_the_clients() {
     let out = rebuilt_request(raw, &f);
     assert!(out.starts_with("kept|GET /new?x=1 HTTP/1.1\r\n"), "{out}");
     assert!(out.contains("Host: shop.example.com\r\n"), "{out}");
+}
+
+#[test]
+fn a_rewritten_host_replaces_host_and_keeps_x_forwarded_host() {
+    for raw in [
+        &b"GET /a HTTP/1.1\r\nHost: shop.example.com\r\n\r\n"[..],
+        b"GET http://shop.example.com/a HTTP/1.1\r\nHost: other\r\n\r\n",
+    ] {
+        let f = Forwarded {
+            upstream_host: Some(b"inner.example.com"),
+            ..fwd(b"shop.example.com", b"rid")
+        };
+        let out = rebuilt_request(raw, &f);
+        assert_eq!(out.matches("Host: ").count(), 2, "{out}");
+        assert!(out.contains("\r\nHost: inner.example.com\r\n"), "{out}");
+        assert!(out.contains("X-Forwarded-Host: shop.example.com\r\n"), "{out}");
+    }
 }
 
 #[test]

@@ -155,3 +155,22 @@ fn server_config_is_tls12_and_13_with_http11_alpn() {
     assert_eq!(suites[3], "TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256", "{suites:?}");
     assert_eq!(suites.len(), 9);
 }
+
+#[test]
+fn dns_names_are_the_leafs_subject_alternative_names() {
+    let cert = valid(&["B.example.com", "*.example.org", "a.example.com"]);
+    assert_eq!(cert.dns_names(), ["*.example.org", "a.example.com", "b.example.com"]);
+}
+
+#[test]
+fn pem_shape_wants_a_certificate_and_a_key_block() {
+    let (c, k) = self_signed(&["a.example.com"], &rcgen::PKCS_ECDSA_P256_SHA256, (2020, 2090));
+    assert_eq!(pem_shape(c.as_bytes(), k.as_bytes()), Ok(()));
+    assert!(
+        pem_shape(b"garbage", k.as_bytes())
+            .unwrap_err()
+            .contains("no CERTIFICATE")
+    );
+    assert!(pem_shape(c.as_bytes(), b"garbage").is_err());
+    assert!(pem_shape(k.as_bytes(), k.as_bytes()).is_err());
+}

@@ -31,7 +31,12 @@ use crate::stats;
 /// Accepts connections until shutdown and runs each through the listener's stages in a task
 /// of its own.
 pub(super) async fn accept_loop(worker: Rc<Worker>, listener: monoio::net::TcpListener, spec: ListenerSpec) {
-    let port = listener.local_addr().map_or(0, |a| a.port());
+    // The local address a connection arrived on selects its Gateway scope. A listener bound to
+    // one address knows it without asking; one bound to every address asks the kernel once per
+    // connection (getsockname).
+    let bound = listener
+        .local_addr()
+        .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)));
     let spec = Rc::new(spec);
     loop {
         let accepted = monoio::select! {
@@ -45,7 +50,11 @@ pub(super) async fn accept_loop(worker: Rc<Worker>, listener: monoio::net::TcpLi
                 monoio::spawn(async move {
                     w.active.set(w.active.get() + 1);
                     w.metrics.connections.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                    connection(&w, stream, peer, port, &spec).await;
+                    let local = match bound.ip().is_unspecified() {
+                        true => stream.local_addr().unwrap_or(bound),
+                        false => bound,
+                    };
+                    connection(&w, stream, peer, local, &spec).await;
                     w.active.set(w.active.get() - 1);
                     w.metrics.connections.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
                 });
@@ -59,9 +68,16 @@ pub(super) async fn accept_loop(worker: Rc<Worker>, listener: monoio::net::TcpLi
     }
 }
 
-/// One accepted connection through the stages after accept. `port`: the listener's port (for
-/// X-Forwarded-Port).
-async fn connection(worker: &Rc<Worker>, mut stream: TcpStream, peer: SocketAddr, port: u16, spec: &ListenerSpec) {
+/// One accepted connection through the stages after accept. `local`: the address it arrived on
+/// (its port is X-Forwarded-Port; with PROXY protocol too it is kedge's own address, never the
+/// one the header carries: it selects the Gateway scope).
+async fn connection(
+    worker: &Rc<Worker>,
+    mut stream: TcpStream,
+    peer: SocketAddr,
+    local: SocketAddr,
+    spec: &ListenerSpec,
+) {
     // Without PROXY protocol nothing is read yet and the peer is the socket's.
     let (peer, early) = match &spec.proxy_protocol {
         None => (peer, Vec::new()),
@@ -82,12 +98,12 @@ async fn connection(worker: &Rc<Worker>, mut stream: TcpStream, peer: SocketAddr
         // or not) for the largest of them.
         if let Some(tls) = Box::pin(tls_stage(worker, stream, peer, early)).await {
             match tls.alpn_h2() {
-                true => Box::pin(h2::serve(worker, tls, peer, port, Vec::new())).await,
-                false => conn::serve(worker, tls, peer, port, Vec::new()).await,
+                true => Box::pin(h2::serve(worker, tls, peer, local, Vec::new())).await,
+                false => conn::serve(worker, tls, peer, local, Vec::new()).await,
             }
         }
     } else {
-        plain_dispatch(worker, stream, peer, port, early).await;
+        plain_dispatch(worker, stream, peer, local, early).await;
     }
 }
 
@@ -185,7 +201,13 @@ async fn proxy_stage(
 /// connection preface means HTTP/2 with prior knowledge, anything else is HTTP/1.1, which
 /// starts with those bytes in its buffer (the same one read, so HTTP/1.1 pays nothing for it).
 /// `buf`: bytes an earlier stage read (or an empty Vec without an allocation).
-async fn plain_dispatch(worker: &Rc<Worker>, mut stream: TcpStream, peer: SocketAddr, port: u16, mut buf: Vec<u8>) {
+async fn plain_dispatch(
+    worker: &Rc<Worker>,
+    mut stream: TcpStream,
+    peer: SocketAddr,
+    local: SocketAddr,
+    mut buf: Vec<u8>,
+) {
     if buf.capacity() == 0 {
         buf.reserve(16 * 1024);
     }
@@ -208,10 +230,10 @@ async fn plain_dispatch(worker: &Rc<Worker>, mut stream: TcpStream, peer: Socket
             }
         }
         if buf.starts_with(h2::PREFACE) {
-            return Box::pin(h2::serve(worker, stream, peer, port, buf)).await;
+            return Box::pin(h2::serve(worker, stream, peer, local, buf)).await;
         }
     }
-    conn::serve(worker, stream, peer, port, buf).await;
+    conn::serve(worker, stream, peer, local, buf).await;
 }
 
 /// The TLS stage: the handshake (bounded by `[tls] handshake_timeout`, abandoned at shutdown).

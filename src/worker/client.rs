@@ -117,6 +117,7 @@ mod tests {
                 upgrade: None,
                 keep_alive: true,
                 peer: SocketAddr::new(peer_ip, 1),
+                local: "127.0.0.1:80".parse().unwrap(),
                 client_ip: peer_text.as_bytes(),
             };
             let mut text = [0; 48];
@@ -147,6 +148,7 @@ mod tests {
             upgrade: None,
             keep_alive: true,
             peer: "127.0.0.1:1".parse().unwrap(),
+            local: "127.0.0.1:80".parse().unwrap(),
             client_ip: b"127.0.0.1",
         };
         let (got, trusted) = resolve(view, &[], &mut text);

@@ -27,6 +27,7 @@ use super::decide::{self, Decision, Forward};
 use super::error::{ErrorKind, RequestError};
 use super::forward::{self, SendBody, Sending};
 use super::log::{self, Record};
+use super::mirror;
 use super::pump::{self, PumpError, PumpLimits, ReadResult};
 use super::request::{self, HeaderBuf, RequestView};
 use super::respond::{self, Ending};
@@ -41,11 +42,17 @@ const LONG_WAIT: Duration = Duration::from_millis(100);
 
 /// Serves one accepted client connection until it closes. `cbuf`: the connection's read
 /// buffer, maybe holding the first bytes already (read by the protocol stage).
-pub(super) async fn serve<S: ClientStream>(worker: &Rc<Worker>, client: S, peer: SocketAddr, port: u16, cbuf: Vec<u8>) {
+pub(super) async fn serve<S: ClientStream>(
+    worker: &Rc<Worker>,
+    client: S,
+    peer: SocketAddr,
+    local: SocketAddr,
+    cbuf: Vec<u8>,
+) {
     let mut conn = Conn {
         client,
         peer,
-        port,
+        local,
         cbuf,
         up: UpstreamBufs {
             buf: Vec::new(),
@@ -54,6 +61,8 @@ pub(super) async fn serve<S: ClientStream>(worker: &Rc<Worker>, client: S, peer:
         out: worker.bufs.take(Class::Output),
         headers: worker.bufs.take_spans(),
         pairs: HeaderBuf::default(),
+        gw_pairs: HeaderBuf::default(),
+        origin: Vec::new(),
         meta: String::new(),
         rewritten: String::new(),
         extra: Vec::new(),
@@ -287,7 +296,15 @@ impl<S: ClientStream> Conn<S> {
         let mut rid = [0u8; 32];
         let mut client_text: client::Text = [0; 48];
         let mut planned = || {
-            let view = request::from_h1(&self.cbuf, head, &pairs, S::SCHEME, self.peer, &self.peer_text)?;
+            let view = request::from_h1(
+                &self.cbuf,
+                head,
+                &pairs,
+                S::SCHEME,
+                self.peer,
+                self.local,
+                &self.peer_text,
+            )?;
             // The client's X-Request-ID is kept; without one, kedge makes one up.
             let request_id = match view.header(b"x-request-id") {
                 Some(given) => given,
@@ -327,25 +344,44 @@ impl<S: ClientStream> Conn<S> {
                     }
                     // The upstream head, built once: a retry on another connection sends the
                     // same bytes.
+                    // A Gateway rule's CORS needs the Origin when the response comes.
+                    self.origin.clear();
+                    if f.gw.is_some_and(|g| g.action.cors.is_some())
+                        && let Some(o) = view.header(b"origin")
+                    {
+                        self.origin.extend_from_slice(o);
+                    }
+                    // A Gateway rule's header changes and host rewrite.
+                    let mut changed = self.gw_pairs.take();
+                    let (headers, host) = match &f.gw {
+                        None => (view.headers, None),
+                        Some(gw) => {
+                            gw.request_headers(view.headers, &mut changed);
+                            (&changed[..], gw.host())
+                        }
+                    };
                     let fwd = http::Forwarded {
                         client_ip: view.client_ip,
                         peer_ip: &self.peer_text,
                         from_trusted,
                         proto: S::SCHEME,
                         host: view.authority,
-                        port: self.port,
+                        port: self.local.port(),
                         request_id: view.request_id,
                         target: f.rewritten.then_some(self.rewritten.as_bytes()),
+                        upstream_host: host.map(str::as_bytes),
                     };
                     let req = http::RequestOut {
                         method: view.method,
                         target: view.target,
-                        headers: view.headers,
+                        headers,
                         has_host: head.host.is_some(),
                         framing: head.framing,
                         upgrade: view.upgrade,
                     };
                     http::write_request_head(&mut self.out, &req, &fwd);
+                    self.gw_pairs.put(changed);
+                    mirror::send(worker, snap, &f, &self.out, head.framing != Framing::None);
                     let sending = Sending {
                         has_body: head.framing != Framing::None,
                         is_head: view.method == b"HEAD",

@@ -13,12 +13,13 @@ use std::net::IpAddr;
 use std::time::Duration;
 
 use super::balance::PickInput;
-use super::request::{Body, RequestView};
+use super::request::{Body, Header, RequestView};
 use crate::auth::BasicAuth;
 use crate::config::{ClientSettings, UpstreamSettings};
 use crate::http;
 use crate::policy::MAX_TRIES;
 use crate::policy::{Balance, HashBy, HashPart, Policy, Rate};
+use crate::routes::gateway::{self, GwRoute, HeaderMod, Lookup, PathChange};
 use crate::routes::{Backend, Canary, RouteTable};
 
 /// ACME HTTP-01 challenges are answered over plain HTTP, never redirected (as ingress-nginx).
@@ -77,6 +78,26 @@ pub(crate) enum AnswerHeader<'s, 'r> {
     },
     /// `WWW-Authenticate: Basic` for this realm.
     Challenge(&'s str),
+    /// A Gateway API CORS preflight's answer: the allowed origin (`None`: not allowed, no CORS
+    /// fields), the method and headers the preflight asks for.
+    Preflight {
+        cors: &'s gateway::Cors,
+        origin: Option<&'r [u8]>,
+        method: &'r [u8],
+        headers: &'r [u8],
+    },
+    /// A Gateway API RequestRedirect: `scheme://host[:port]{path_head}{path_tail}[?query]`.
+    Redirect {
+        scheme: &'s str,
+        /// The request's host (its port dropped), unless the filter names one.
+        host: &'r [u8],
+        hostname: Option<&'s str>,
+        /// `None`: the scheme's default port, left out.
+        port: Option<u16>,
+        path_head: &'s str,
+        path_tail: &'r str,
+        query: Option<&'r [u8]>,
+    },
 }
 
 /// Where and how a request is forwarded.
@@ -93,6 +114,42 @@ pub(crate) struct Forward<'s> {
     /// Most endpoints to try.
     pub tries: usize,
     pub checks: Checks<'s>,
+    /// What a Gateway API rule adds (header changes, timeouts); `None` for Ingress rules.
+    pub gw: Option<GwForward<'s>>,
+}
+
+/// The Gateway API rule of a forwarded request.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct GwForward<'s> {
+    pub action: &'s gateway::Action,
+    /// The chosen backendRef's own RequestHeaderModifier.
+    pub backend_headers: Option<&'s HeaderMod>,
+}
+
+impl<'s> GwForward<'s> {
+    /// The header changes of the request sent upstream, rule's first.
+    pub(crate) fn request_mods(&self) -> impl Iterator<Item = &'s HeaderMod> {
+        self.action.request_headers.iter().chain(self.backend_headers)
+    }
+
+    /// The Host sent upstream instead of the client's (URLRewrite hostname).
+    pub(crate) fn host(&self) -> Option<&'s str> {
+        self.action.rewrite.as_ref()?.hostname.as_deref()
+    }
+
+    /// The header pairs to send upstream: the request's `headers` changed by the rule's, then
+    /// the backendRef's, RequestHeaderModifier, into `out` (a reused buffer). A rewritten host
+    /// is the writer's (`Forwarded::upstream_host`).
+    pub(crate) fn request_headers<'x>(&self, headers: &[Header<'x>], out: &mut Vec<Header<'x>>)
+    where
+        's: 'x,
+    {
+        out.extend(headers);
+        for m in self.request_mods() {
+            out.retain(|(n, _)| !m.drops(n));
+            out.extend(m.added().map(|(n, v)| (n.as_bytes(), v.as_bytes())));
+        }
+    }
 }
 
 /// The upstream timeouts of one request (the rule's, else `[upstream]`'s).
@@ -190,6 +247,21 @@ pub(crate) fn decide<'s, 'r>(
         Some(Ok(p)) => p,
         Some(Err(_)) => return Decision::Answer(Answer::error(400, "request target is not valid UTF-8", None)),
     };
+    // Gateway API rules first, for connections in a Gateway scope. A table without any pays
+    // this one branch.
+    if s.table.has_scopes() {
+        let gw_req = gateway::Request {
+            method: req.method,
+            path,
+            query: req.query,
+            headers: req.headers,
+        };
+        match s.table.gateway_lookup(req.local, req.authority, &gw_req) {
+            Lookup::NotGateway => {}
+            Lookup::NoRule => return Decision::Answer(Answer::error(404, "no route for this host and path", None)),
+            Lookup::Routed(r) => return decide_gateway(s, req, path, r, canary_draw, rewritten),
+        }
+    }
     let Some(route) = s.table.lookup_route(req.authority, path) else {
         return Decision::Answer(Answer::error(404, "no route for this host and path", None));
     };
@@ -288,6 +360,134 @@ pub(crate) fn decide<'s, 'r>(
         },
         tries: policy.tries.unwrap_or(up.connect_attempts).clamp(1, MAX_TRIES),
         checks,
+        gw: None,
+    })
+}
+
+/// The decision for a request a Gateway API rule matched: its redirect, else the weighted
+/// backend (a share without a usable backend, or a rule without backends: 500), the URLRewrite
+/// path into `rewritten`, and the rest for the forward phase.
+fn decide_gateway<'s, 'r>(
+    s: &Settings<'s>,
+    req: &RequestView<'r>,
+    path: &'r str,
+    r: GwRoute<'s>,
+    draw: u64,
+    rewritten: &mut String,
+) -> Decision<'s, 'r> {
+    let a = r.action;
+    let prefix = r.prefix.unwrap_or("/");
+    if let Some(cors) = &a.cors
+        && req.method == b"OPTIONS"
+        && let Some(origin) = req.header(b"origin")
+        && let Some(method) = req.header(b"access-control-request-method")
+    {
+        return Decision::Answer(Answer {
+            status: 200,
+            reason: "",
+            header: AnswerHeader::Preflight {
+                cors,
+                origin: cors.allows(origin).then_some(origin),
+                method,
+                headers: req.header(b"access-control-request-headers").unwrap_or_default(),
+            },
+            routed: None,
+            checks: Checks::default(),
+        });
+    }
+    if let Some(rd) = &a.redirect {
+        let scheme = rd.scheme.as_deref().unwrap_or(req.scheme);
+        // No port given: the new scheme's well-known one when the scheme changes, else the
+        // listener's; a scheme's default port is left out of the Location.
+        let port = rd
+            .port
+            .or_else(|| match (&rd.scheme, scheme) {
+                (None, _) => Some(req.local.port()),
+                (Some(_), "http") => Some(80),
+                (Some(_), "https") => Some(443),
+                (Some(_), _) => Some(req.local.port()),
+            })
+            .filter(|&p| !matches!((scheme, p), ("http", 80) | ("https", 443)));
+        let (path_head, path_tail) = match &rd.path {
+            None => ("", path),
+            Some(PathChange::Full(p)) => (&**p, ""),
+            Some(PathChange::Prefix(p)) => gateway::replace_prefix(path, prefix, p),
+        };
+        return Decision::Answer(Answer {
+            status: rd.status,
+            reason: "",
+            header: AnswerHeader::Redirect {
+                scheme,
+                host: http::host_without_port(req.authority),
+                hostname: rd.hostname.as_deref(),
+                port,
+                path_head,
+                path_tail,
+                query: req.query,
+            },
+            routed: None,
+            checks: Checks::default(),
+        });
+    }
+    let Some(chosen) = a.pick(draw) else {
+        return Decision::Answer(Answer::error(500, "route has no backend", None));
+    };
+    let Some(backend) = chosen.backend.and_then(|id| s.table.backends.get(id)) else {
+        return Decision::Answer(Answer::error(500, "route backend is not usable", None));
+    };
+    let routed = Routed {
+        backend,
+        policy: &a.policy,
+    };
+    let rewrite = match a.rewrite.as_ref().and_then(|rw| rw.path.as_ref()) {
+        None => false,
+        Some(change) => {
+            rewritten.clear();
+            match change {
+                PathChange::Full(p) => rewritten.push_str(p),
+                PathChange::Prefix(p) => {
+                    let (head, tail) = gateway::replace_prefix(path, prefix, p);
+                    rewritten.push_str(head);
+                    rewritten.push_str(tail);
+                }
+            }
+            if let Some(query) = req.query {
+                rewritten.push('?');
+                rewritten.push_str(std::str::from_utf8(query).unwrap_or_default());
+            }
+            true
+        }
+    };
+    let max_body = match s.client.max_body {
+        0 => u64::MAX,
+        n => n,
+    };
+    if let Body::Length(n) = req.body
+        && n > max_body
+    {
+        return Decision::Answer(Answer::error(413, "request body larger than allowed", Some(routed)));
+    }
+    let up = s.upstream;
+    Decision::Forward(Forward {
+        routed,
+        rewritten: rewrite,
+        max_body,
+        pick: PickInput {
+            key: None,
+            sticky: None,
+            seed: 0,
+        },
+        timeouts: Timeouts {
+            connect: up.connect_timeout,
+            read: up.read_timeout,
+            send: up.send_timeout,
+        },
+        tries: up.connect_attempts.clamp(1, MAX_TRIES),
+        checks: Checks::default(),
+        gw: Some(GwForward {
+            action: a,
+            backend_headers: chosen.headers.as_ref(),
+        }),
     })
 }
 

@@ -83,6 +83,8 @@ pub(crate) enum ErrorKind {
     NeedsHttp2,
     /// The HTTP/2 upstream stream failed (refused, connection lost) before its response head.
     StreamRefused,
+    /// No response head within a Gateway API rule's `timeouts.request`.
+    RouteTimeout,
 }
 
 /// Why a request could not be completed.
@@ -121,7 +123,7 @@ impl RequestError {
             NoEndpoint => Side::Internal,
             ConnectFailed | ConnectTimeout | TlsFailed | TlsTimeout | SendTimeout | UpstreamClosed
             | UpstreamTimeout | ResponseTimeout | ResponseCutShort | BadResponse | UpstreamBodyFailed
-            | AllTriedFailed | UnaskedSwitch | ResponseBroken | StreamRefused => Side::Upstream,
+            | AllTriedFailed | UnaskedSwitch | ResponseBroken | StreamRefused | RouteTimeout => Side::Upstream,
             NeedsHttp2 => Side::Client,
         }
     }
@@ -168,6 +170,7 @@ impl RequestError {
             UnaskedSwitch => (502, "upstream switched protocols without an upgrade request"),
             NeedsHttp2 => (502, "this backend speaks gRPC, which needs HTTP/2 from the client"),
             StreamRefused => (502, "upstream stream failed before its answer"),
+            RouteTimeout => (504, "no answer within the route's request timeout"),
             ClientGone | ResponseBroken => return None,
         })
     }

@@ -92,6 +92,29 @@ pub(super) async fn forward<'w, B: SendBody>(
     up: &mut UpstreamBufs,
     rec: &mut Record,
 ) -> Result<Exchange<'w>, RequestError> {
+    // A Gateway rule's `timeouts.request` bounds the whole request, from its start to the
+    // response head.
+    match f.gw.and_then(|g| g.action.request_timeout) {
+        None => forward_tries(cx, f, req, out, body, up, rec).await,
+        Some(t) => {
+            let left = t.saturating_sub(cx.start.elapsed());
+            monoio::time::timeout(left, forward_tries(cx, f, req, out, body, up, rec))
+                .await
+                .unwrap_or(Err(ErrorKind::RouteTimeout.into()))
+        }
+    }
+}
+
+/// [`forward`] without the route's request timeout.
+async fn forward_tries<'w, B: SendBody>(
+    cx: Ctx<'w>,
+    f: &Forward<'_>,
+    req: Sending,
+    out: &mut Vec<u8>,
+    body: &mut B,
+    up: &mut UpstreamBufs,
+    rec: &mut Record,
+) -> Result<Exchange<'w>, RequestError> {
     let Ctx { worker, snap, start } = cx;
     let (backend, policy) = (f.routed.backend, f.routed.policy);
     if backend.h2 {
@@ -119,13 +142,22 @@ pub(super) async fn forward<'w, B: SendBody>(
             }
         };
         let inflight = InFlight::begin(worker, addr);
-        let sent = match req.has_body {
-            false => send_head(&mut upstream, out, f.timeouts.send).await,
-            true => body.send(&mut upstream, out, f.timeouts.send, f.max_body).await,
+        let attempt = async {
+            let sent = match req.has_body {
+                false => send_head(&mut upstream, out, f.timeouts.send).await,
+                true => body.send(&mut upstream, out, f.timeouts.send, f.max_body).await,
+            };
+            match sent {
+                Ok(()) => read_response_head(&mut upstream, up, req.is_head, f.timeouts.read).await,
+                Err(e) => Err(e),
+            }
         };
-        let read = match sent {
-            Ok(()) => read_response_head(&mut upstream, up, req.is_head, f.timeouts.read).await,
-            Err(e) => Err(e),
+        // A Gateway rule's `timeouts.backendRequest` bounds each try, to its response head.
+        let read = match f.gw.and_then(|g| g.action.backend_timeout) {
+            None => attempt.await,
+            Some(t) => monoio::time::timeout(t, attempt)
+                .await
+                .unwrap_or(Err(ErrorKind::UpstreamTimeout.into())),
         };
         match read {
             // proxy-next-upstream http_5xx: an idempotent request without a body whose

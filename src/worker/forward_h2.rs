@@ -157,6 +157,14 @@ pub(super) async fn forward(
     rec.upstream_time = t_up.map(|t| t.elapsed());
     rec.status = parts.status.as_u16();
     let mut out = Response::from_parts(parts, ());
+    // A Gateway rule's ResponseHeaderModifier: what it removes or sets goes first.
+    if let Some(m) = super::respond::response_mod(f) {
+        for name in m.remove.iter().chain(m.set.iter().map(|(n, _)| n)) {
+            if let Ok(name) = http::HeaderName::from_bytes(name.as_bytes()) {
+                out.headers_mut().remove(name);
+            }
+        }
+    }
     super::respond::append_lines(out.headers_mut(), &extra(addr));
     let up_end = up_body.is_end_stream();
     let mut client_send = respond

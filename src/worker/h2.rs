@@ -52,7 +52,8 @@ pub(super) const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 /// What every stream of a connection shares.
 struct ConnInfo {
     peer: SocketAddr,
-    port: u16,
+    /// The local address the connection arrived on (Gateway scope; its port is the listener's).
+    local: SocketAddr,
     scheme: &'static str,
     /// The client's IP address as X-Forwarded-For carries it.
     peer_text: Vec<u8>,
@@ -72,7 +73,7 @@ pub(super) async fn serve<S: ClientStream + Unpin>(
     worker: &Rc<Worker>,
     client: S,
     peer: SocketAddr,
-    port: u16,
+    local: SocketAddr,
     early: Vec<u8>,
 ) {
     let snap = worker.snapshot();
@@ -108,7 +109,7 @@ pub(super) async fn serve<S: ClientStream + Unpin>(
     h1::client_ip_text(&mut peer_text, peer.ip());
     let info = Rc::new(ConnInfo {
         peer,
-        port,
+        local,
         scheme: S::SCHEME,
         peer_text,
         open: Cell::new(0),
@@ -358,6 +359,7 @@ async fn handle(
         upgrade: None,
         keep_alive: true,
         peer: info.peer,
+        local: info.local,
         client_ip: &info.peer_text,
     };
     let mut client_text: client::Text = [0; 48];
@@ -396,15 +398,26 @@ async fn handle(
         }
         Decision::Forward(f) => f,
     };
+    let origin = view.header(b"origin");
+    // A Gateway rule's header changes and host rewrite.
+    let mut changed = Vec::new();
+    let (headers, new_host) = match &f.gw {
+        None => (&pairs[..], None),
+        Some(gw) => {
+            gw.request_headers(&pairs, &mut changed);
+            (&changed[..], gw.host())
+        }
+    };
     let fwd = h1::Forwarded {
         client_ip: view.client_ip,
         peer_ip: &info.peer_text,
         from_trusted,
         proto: info.scheme,
         host: authority,
-        port: info.port,
+        port: info.local.port(),
         request_id,
         target: f.rewritten.then_some(rewritten.as_bytes()),
+        upstream_host: new_host.map(str::as_bytes),
     };
     let framing = match body_kind {
         Body::None => Framing::None,
@@ -414,13 +427,14 @@ async fn handle(
     let out_req = h1::RequestOut {
         method,
         target,
-        headers: &pairs,
+        headers,
         has_host,
         framing,
         upgrade: None,
     };
     let mut out = Vec::with_capacity(1024);
     h1::write_request_head(&mut out, &out_req, &fwd);
+    super::mirror::send(worker, snap, &f, &out, body_kind != Body::None);
     if f.routed.backend.h2 {
         // gRPC: HTTP/2 end to end.
         let te_trailers = parts
@@ -430,7 +444,7 @@ async fn handle(
         let hsts = (info.scheme == "https").then_some(&*snap.https.hsts_line);
         let extra = |addr| {
             let mut extra = Vec::new();
-            respond::response_lines(&mut extra, hsts, || false, &f, addr);
+            respond::response_lines(&mut extra, hsts, || false, &f, addr, origin);
             extra
         };
         let cx = Ctx { worker, snap, start };
@@ -479,8 +493,11 @@ async fn handle(
         || up.has_field(b"strict-transport-security"),
         &f,
         addr,
+        origin,
     );
-    let head = response_head(&up.buf, &resp, &up.headers, &extra, sending.is_head);
+    let head = response_head(&up.buf, &resp, &up.headers, &extra, sending.is_head, |name| {
+        respond::drops_response_field(&f, name)
+    });
     let no_body = resp.framing == Framing::None || resp.framing == Framing::Length(0);
     let mut send = respond
         .send_response(head, no_body)
@@ -507,11 +524,18 @@ async fn handle(
 /// The response head for the client: the upstream's status and end-to-end fields (hop-by-hop
 /// and framing ones dropped), Content-Length when the length is known (for HEAD and 304 the one
 /// the upstream declared), then kedge's `extra` lines (`Name: value\r\n` each).
-fn response_head(buf: &[u8], resp: &ResponseHead, spans: &[HeaderSpan], extra: &[u8], is_head: bool) -> Response<()> {
+fn response_head(
+    buf: &[u8],
+    resp: &ResponseHead,
+    spans: &[HeaderSpan],
+    extra: &[u8],
+    is_head: bool,
+    drop: impl Fn(&[u8]) -> bool,
+) -> Response<()> {
     let mut headers = HeaderMap::with_capacity(spans.len() + 2);
     for h in spans {
         let name = &buf[h.name.clone()];
-        if !h1::passes(buf, spans, name) {
+        if !h1::passes(buf, spans, name) || drop(name) {
             continue;
         }
         if let (Ok(n), Ok(v)) = (
@@ -548,7 +572,7 @@ async fn send_h1_answer(
     let Ok(Parsed::Complete(resp)) = h1::parse_response(answer, &limits, false, &mut spans) else {
         return Err(ErrorKind::ClientGone.into());
     };
-    let head = response_head(answer, &resp, &spans, b"", false);
+    let head = response_head(answer, &resp, &spans, b"", false, |_| false);
     let body = &answer[resp.head_len..];
     let mut send = respond
         .send_response(head, body.is_empty())
@@ -867,7 +891,7 @@ mod tests {
         let Ok(Parsed::Complete(resp)) = h1::parse_response(&out, &h1::Limits::default(), false, &mut spans) else {
             panic!("unparsable answer");
         };
-        let head = response_head(&out, &resp, &spans, b"Set-Cookie: a=b\r\n", false);
+        let head = response_head(&out, &resp, &spans, b"Set-Cookie: a=b\r\n", false, |_| false);
         assert_eq!(head.status(), 404);
         assert!(head.headers().get("connection").is_none());
         assert_eq!(head.headers().get("content-length").unwrap(), "32");

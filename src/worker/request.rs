@@ -51,6 +51,8 @@ pub(crate) struct RequestView<'a> {
     /// Whether the client wants the connection kept after this exchange.
     pub keep_alive: bool,
     pub peer: SocketAddr,
+    /// kedge's address the connection arrived on (selects the Gateway scope).
+    pub local: SocketAddr,
     /// The client's address as X-Forwarded-For carries it (formatted once per connection).
     pub client_ip: &'a [u8],
 }
@@ -130,6 +132,7 @@ pub(crate) fn from_h1<'a>(
     headers: &'a [Header<'a>],
     scheme: &'static str,
     peer: SocketAddr,
+    local: SocketAddr,
     client_ip: &'a [u8],
 ) -> Result<RequestView<'a>, RequestError> {
     let target = &buf[head.target.clone()];
@@ -165,6 +168,7 @@ pub(crate) fn from_h1<'a>(
         upgrade: head.upgrade.clone().map(|u| &buf[u]),
         keep_alive: head.keep_alive,
         peer,
+        local,
         client_ip,
     })
 }
@@ -239,7 +243,15 @@ mod tests {
         let mut pairs = Vec::new();
         h1_headers(raw, &spans, &mut pairs);
         let peer: SocketAddr = "192.0.2.1:5000".parse().unwrap();
-        check(from_h1(raw, &head, &pairs, "http", peer, b"192.0.2.1"));
+        check(from_h1(
+            raw,
+            &head,
+            &pairs,
+            "http",
+            peer,
+            "127.0.0.1:80".parse().unwrap(),
+            b"192.0.2.1",
+        ));
     }
 
     /// Authority, path, query.

@@ -4,6 +4,7 @@
 //! cookie, a 401's WWW-Authenticate) are handed to the sans-io writers, which put them in place
 //! before the blank line. Also the one place that decides whether the client connection is kept.
 
+use std::io::Write as _;
 use std::time::{Duration, Instant};
 
 use super::Snapshot;
@@ -28,7 +29,7 @@ pub(crate) enum Ending {
 /// Whether the client connection is kept after a request: only when the client wishes it, kedge
 /// is not stopping, and the connection is in a clean state. An answer leaves it clean only
 /// without an unread body, and only for the answers that are about routing or the upstream
-/// (redirects, 401, 403, 404, 502, 503, 504), not about a broken request; a response leaves it
+/// (a CORS preflight's 200, redirects, 401, 403, 404, 502, 503, 504), not about a broken request; a response leaves it
 /// clean unless its end is marked by closing.
 pub(crate) fn keep_alive(wish: bool, body: Body, ending: Ending, stopping: bool) -> bool {
     if !wish || stopping {
@@ -36,7 +37,7 @@ pub(crate) fn keep_alive(wish: bool, body: Body, ending: Ending, stopping: bool)
     }
     match ending {
         Ending::Answered(status) => {
-            body == Body::None && matches!(status, 300..=399 | 401 | 403 | 404 | 502 | 503 | 504)
+            body == Body::None && matches!(status, 200 | 300..=399 | 401 | 403 | 404 | 502 | 503 | 504)
         }
         Ending::Proxied(framing) => framing != Framing::CloseDelimited,
     }
@@ -47,7 +48,7 @@ pub(crate) fn keep_alive(wish: bool, body: Body, ending: Ending, stopping: bool)
 /// linger (`Conn::linger`); redirects and challenges are written under the client body
 /// timeout and close at once. (That is how each kind was always sent.)
 pub(crate) fn is_error(status: u16) -> bool {
-    !matches!(status, 300..=399 | 401)
+    !matches!(status, 200 | 300..=399 | 401)
 }
 
 /// How long writing an error answer may take.
@@ -74,6 +75,112 @@ pub(crate) fn write_answer(out: &mut Vec<u8>, scratch: &mut Vec<u8>, answer: &An
             path,
             query,
         } => http::write_redirect(out, host, port, path, query, close),
+        AnswerHeader::Redirect {
+            scheme,
+            host,
+            hostname,
+            port,
+            path_head,
+            path_tail,
+            query,
+        } => {
+            // `:port`, formatted on the stack.
+            let mut digits = [0u8; 6];
+            let port = port.map(|p| {
+                let mut at = digits.len();
+                let mut n = p;
+                loop {
+                    at -= 1;
+                    digits[at] = b'0' + (n % 10) as u8;
+                    n /= 10;
+                    if n == 0 {
+                        break;
+                    }
+                }
+                at -= 1;
+                digits[at] = b':';
+                &digits[at..]
+            });
+            let host = hostname.map_or(host, str::as_bytes);
+            let (q, query) = match query {
+                Some(q) => (&b"?"[..], q),
+                None => (&b""[..], &b""[..]),
+            };
+            let path_head = match (path_head, path_tail) {
+                ("", "") => "/",
+                (h, _) => h,
+            };
+            let parts: [&[u8]; 8] = [
+                scheme.as_bytes(),
+                b"://",
+                host,
+                port.unwrap_or_default(),
+                path_head.as_bytes(),
+                path_tail.as_bytes(),
+                q,
+                query,
+            ];
+            http::write_location(out, answer.status, &parts, b"", close);
+        }
+        AnswerHeader::Preflight {
+            cors,
+            origin,
+            method,
+            headers,
+        } => {
+            scratch.clear();
+            if let Some(origin) = origin {
+                let credentials = cors.allow_credentials;
+                let line = |out: &mut Vec<u8>, name: &[u8], value: &[&[u8]]| {
+                    out.extend_from_slice(name);
+                    out.extend_from_slice(b": ");
+                    value.iter().for_each(|v| out.extend_from_slice(v));
+                    out.extend_from_slice(b"\r\n");
+                };
+                let joined = |list: &[Box<str>], out: &mut Vec<u8>| {
+                    for (i, v) in list.iter().enumerate() {
+                        if i > 0 {
+                            out.extend_from_slice(b", ");
+                        }
+                        out.extend_from_slice(v.as_bytes());
+                    }
+                };
+                let allow_origin: &[u8] = if cors.any_origin() && !credentials {
+                    b"*"
+                } else {
+                    origin
+                };
+                line(scratch, b"Access-Control-Allow-Origin", &[allow_origin]);
+                if credentials {
+                    line(scratch, b"Access-Control-Allow-Credentials", &[b"true"]);
+                }
+                // With credentials a `*` is taken literally by browsers: the request's own
+                // method and headers are named instead.
+                match (cors.any_method(), credentials) {
+                    (true, true) => line(scratch, b"Access-Control-Allow-Methods", &[method]),
+                    (true, false) => line(scratch, b"Access-Control-Allow-Methods", &[b"*"]),
+                    (false, _) if !cors.allow_methods.is_empty() => {
+                        scratch.extend_from_slice(b"Access-Control-Allow-Methods: ");
+                        joined(&cors.allow_methods, scratch);
+                        scratch.extend_from_slice(b"\r\n");
+                    }
+                    (false, _) => {}
+                }
+                match (cors.any_header(), credentials) {
+                    (true, true) if !headers.is_empty() => line(scratch, b"Access-Control-Allow-Headers", &[headers]),
+                    (true, true) => {}
+                    (true, false) => line(scratch, b"Access-Control-Allow-Headers", &[b"*"]),
+                    (false, _) if !cors.allow_headers.is_empty() => {
+                        scratch.extend_from_slice(b"Access-Control-Allow-Headers: ");
+                        joined(&cors.allow_headers, scratch);
+                        scratch.extend_from_slice(b"\r\n");
+                    }
+                    (false, _) => {}
+                }
+                let _ = write!(scratch, "Access-Control-Max-Age: {}\r\n", cors.max_age);
+            }
+            http::write_canned(out, answer.status, answer.reason, scratch, close);
+        }
         AnswerHeader::Challenge(realm) => {
             scratch.clear();
             scratch.extend_from_slice(b"WWW-Authenticate: Basic realm=\"");
@@ -94,6 +201,7 @@ pub(crate) fn response_lines(
     upstream_sent_hsts: impl FnOnce() -> bool,
     f: &Forward<'_>,
     addr: std::net::SocketAddr,
+    origin: Option<&[u8]>,
 ) {
     if let Some(line) = hsts
         && !line.is_empty()
@@ -107,6 +215,50 @@ pub(crate) fn response_lines(
             a.set_cookie_line(key, crate::time::unix_now(), out);
         }
     }
+    // A Gateway rule's CORS filter, for a request from an origin it allows.
+    if let Some(cors) = f.gw.and_then(|g| g.action.cors.as_ref())
+        && let Some(origin) = origin.filter(|o| cors.allows(o))
+    {
+        out.extend_from_slice(b"Access-Control-Allow-Origin: ");
+        out.extend_from_slice(if cors.any_origin() && !cors.allow_credentials {
+            b"*"
+        } else {
+            origin
+        });
+        out.extend_from_slice(b"\r\n");
+        if cors.allow_credentials {
+            out.extend_from_slice(b"Access-Control-Allow-Credentials: true\r\n");
+        }
+        if !cors.expose_headers.is_empty() {
+            out.extend_from_slice(b"Access-Control-Expose-Headers: ");
+            for (i, h) in cors.expose_headers.iter().enumerate() {
+                if i > 0 {
+                    out.extend_from_slice(b", ");
+                }
+                out.extend_from_slice(h.as_bytes());
+            }
+            out.extend_from_slice(b"\r\n");
+        }
+    }
+    if let Some(m) = response_mod(f) {
+        for (name, value) in m.added() {
+            out.extend_from_slice(name.as_bytes());
+            out.extend_from_slice(b": ");
+            out.extend_from_slice(value.as_bytes());
+            out.extend_from_slice(b"\r\n");
+        }
+    }
+}
+
+/// A Gateway API rule's ResponseHeaderModifier: its `set` and `add` fields are among kedge's
+/// lines ([`response_lines`]); the upstream's fields it drops are left out of the head.
+pub(crate) fn response_mod<'s>(f: &Forward<'s>) -> Option<&'s crate::routes::gateway::HeaderMod> {
+    f.gw?.action.response_headers.as_ref()
+}
+
+/// Whether the upstream's response field `name` is left out for `f`'s rule.
+pub(crate) fn drops_response_field(f: &Forward<'_>, name: &[u8]) -> bool {
+    response_mod(f).is_some_and(|m| m.drops(name))
 }
 
 /// Appends kedge's own header lines (`Name: value\r\n` each, as `respond::response_lines`
@@ -237,9 +389,17 @@ impl<S: ClientStream> Conn<S> {
         extra.clear();
         let hsts = (S::SCHEME == "https").then_some(&*snap.https.hsts_line);
         let up = &self.up;
-        response_lines(&mut extra, hsts, || up.has_field(b"strict-transport-security"), f, addr);
+        let origin = (!self.origin.is_empty()).then_some(&self.origin[..]);
+        response_lines(
+            &mut extra,
+            hsts,
+            || up.has_field(b"strict-transport-security"),
+            f,
+            addr,
+            origin,
+        );
         self.out.clear();
-        http::write_response_head(
+        http::write_response_head_dropping(
             &mut self.out,
             &self.up.buf,
             &resp,
@@ -250,6 +410,7 @@ impl<S: ClientStream> Conn<S> {
                 keep_alive: keep_client,
             },
             &extra,
+            |name| drops_response_field(f, name),
         );
         self.extra = extra;
         self.up.buf.drain(..resp.head_len);
@@ -294,6 +455,7 @@ mod tests {
         let cases = [
             // wish, body, ending, stopping → keep
             (true, Body::None, Answered(404), false, true),
+            (true, Body::None, Answered(200), false, true),
             (true, Body::None, Answered(308), false, true),
             (true, Body::None, Answered(401), false, true),
             (true, Body::None, Answered(502), false, true),

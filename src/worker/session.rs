@@ -65,7 +65,8 @@ impl ClientStream for TlsStream {
 pub(super) struct Conn<S> {
     pub(super) client: S,
     pub(super) peer: SocketAddr,
-    pub(super) port: u16,
+    /// The local address the connection arrived on (Gateway scope; its port is the listener's).
+    pub(super) local: SocketAddr,
     /// Bytes read from the client and not yet consumed (head, body start, pipelined requests).
     pub(super) cbuf: Vec<u8>,
     /// Bytes read from the upstream and not yet consumed, and the response head's spans.
@@ -75,6 +76,12 @@ pub(super) struct Conn<S> {
     pub(super) headers: Vec<HeaderSpan>,
     /// The request view's header pairs (empty between requests).
     pub(super) pairs: HeaderBuf,
+    /// The header pairs a Gateway API rule's header changes send upstream (empty between
+    /// requests).
+    pub(super) gw_pairs: HeaderBuf,
+    /// The request's Origin, kept past the head for a Gateway rule's CORS response fields
+    /// (empty otherwise).
+    pub(super) origin: Vec<u8>,
     /// Method, target, host and request id of the current request, for the access log.
     pub(super) meta: String,
     /// The client's IP address as sent in X-Forwarded-For and X-Real-IP.

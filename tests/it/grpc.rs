@@ -561,3 +561,74 @@ fn ingress_backend_protocol_grpc() {
     assert_eq!(body_messages(&r), vec![b"over ingress".to_vec()]);
     assert_eq!(trailer(&r, "grpc-status"), Some("0"));
 }
+
+/// A GRPCRoute: service/method and header matches, weights (0 gets nothing), a response
+/// header filter, on an HTTP/2 (h2c) backend; a call no rule matches gets kedge's 404 as a
+/// gRPC status.
+#[test]
+fn grpcroute_methods_headers_and_weights() {
+    use crate::gateway_routes::{GW, gateway, gateway_class};
+    let (cart, pay, never) = (
+        GrpcUpstream::start("cart", None),
+        GrpcUpstream::start("pay", None),
+        GrpcUpstream::start("never", None),
+    );
+    let api = FakeApi::start();
+    api.install_gateway_api();
+    for (name, up) in [("cart", &cart), ("pay", &pay), ("never", &never)] {
+        api.apply("services", service(name));
+        api.apply("endpointslices", slice(name, up.addr.port(), &["127.0.0.1"]));
+    }
+    api.apply("gatewayclasses", gateway_class());
+    let dir = TempDir::new("grpcroute");
+    let kedge = Kedge::setup(crate::support::Driver::default())
+        .tables(H2_ON)
+        .follow(&api, &dir, "");
+    api.apply("gateways", gateway("edge", kedge.addr().port(), &[]));
+    let to = |svc: &str, weight: u32| json!({"name": svc, "port": 80, "weight": weight});
+    api.apply(
+        "grpcroutes",
+        json!({"apiVersion": GW, "kind": "GRPCRoute", "metadata": {"name": "rpc", "namespace": "default"},
+        "spec": {"parentRefs": [{"name": "edge"}], "hostnames": ["rpc.example.com"], "rules": [
+            {"matches": [{"method": {"service": "test.Echo", "method": "Unary"}}],
+             "backendRefs": [to("cart", 1), to("never", 0)]},
+            {"matches": [{"method": {"type": "RegularExpression", "service": "test\\.E.*", "method": "Bi.*"}}],
+             "filters": [{"type": "ResponseHeaderModifier", "responseHeaderModifier": {
+                 "set": [{"name": "x-upstream", "value": "pay-renamed"}], "add": [{"name": "x-gw", "value": "yes"}]}}],
+             "backendRefs": [to("pay", 1)]},
+            {"matches": [{"headers": [{"name": "x-route", "value": "pay"}]}],
+             "backendRefs": [to("pay", 1)]},
+        ]}}),
+    );
+    let h2 = H2::connect(kedge.addr());
+    crate::support::wait_until(WAIT, "the GRPCRoute", || {
+        call(&h2, "rpc.example.com", "Unary", &[b"x"]).upstream() == Some("cart")
+    });
+    for _ in 0..20 {
+        let r = call(&h2, "rpc.example.com", "Unary", &[b"hello"]);
+        assert_eq!(r.upstream(), Some("cart"), "{r:?}");
+        assert_eq!(body_messages(&r), vec![b"hello".to_vec()]);
+        assert_eq!(trailer(&r, "grpc-status"), Some("0"));
+    }
+    assert_eq!(never.connections.load(Ordering::SeqCst), 0, "weight 0 gets nothing");
+    let r = call(&h2, "rpc.example.com", "Bidi", &[b"b"]);
+    assert_eq!(
+        (r.upstream(), r.header("x-gw")),
+        (Some("pay-renamed"), Some("yes")),
+        "{r:?}"
+    );
+    assert_eq!(body_messages(&r), vec![b"b".to_vec()]);
+    let mut head = call_head(&h2, "rpc.example.com", "ServerStream");
+    head.headers_mut().insert("x-route", "pay".parse().unwrap());
+    let r = h2.request(head, Some(frame(b"2").to_vec()));
+    assert_eq!(r.upstream(), Some("pay"));
+    assert_eq!(body_messages(&r).len(), 2);
+    // No rule: kedge's 404, as gRPC UNIMPLEMENTED (12).
+    let r = call(&h2, "rpc.example.com", "ClientStream", &[b"c"]);
+    assert_eq!(r.upstream(), None);
+    assert_eq!(
+        trailer(&r, "grpc-status").or(r.header("grpc-status")),
+        Some("12"),
+        "{r:?}"
+    );
+}

@@ -11,7 +11,7 @@ use serde_json::{Value, json};
 use crate::support::objects::{class, ingress, service, slice};
 use crate::support::{Client, FakeApi, Kedge, Signal, TempDir, Upstream, wait_until};
 
-const WAIT: Duration = Duration::from_secs(10);
+pub(crate) const WAIT: Duration = Duration::from_secs(10);
 /// client-go's lease duration, which kedge uses.
 const LEASE: Duration = Duration::from_secs(15);
 /// What a takeover after a crash may take: the lease duration counted from when the survivor
@@ -20,7 +20,7 @@ const LEASE: Duration = Duration::from_secs(15);
 const TAKEOVER: Duration = Duration::from_secs(30);
 
 /// A kedge with publish address `ip`.
-fn edge(api: &FakeApi, dir: &TempDir, ip: &str) -> Kedge {
+pub(crate) fn edge(api: &FakeApi, dir: &TempDir, ip: &str) -> Kedge {
     Kedge::follow(api, dir, &format!("publish_addresses = [\"{ip}\"]\n"))
 }
 
@@ -80,7 +80,7 @@ fn two_edges(api: &FakeApi, dirs: &[TempDir; 2]) -> (Kedge, Kedge, &'static str,
 
 /// Waits until the Lease has been written `n` more times: that many renewals (every 2 s), in
 /// which the kedge that does not hold it has tried as often.
-fn renewals(api: &FakeApi, n: usize) {
+pub(crate) fn renewals(api: &FakeApi, n: usize) {
     let start = lease_writes(api);
     wait_until(
         WAIT + Duration::from_secs(2 * n as u64),

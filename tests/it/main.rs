@@ -28,6 +28,11 @@ mod cluster;
 mod expect;
 /// The Gateway API kinds: absent CRDs, CRDs installed later, their objects in the state file.
 mod gateway;
+/// Gateway API routing: matches, precedence, weights, filters, timeouts, scopes, beside Ingress.
+mod gateway_routes;
+/// Gateway API status: GatewayClass, Gateway (listeners, addresses) and route parents, written
+/// by the status Lease holder; HTTPS listeners' certificates.
+mod gateway_status;
 /// gRPC to pods (`GRPC`, `GRPCS`): streaming, trailers, resets, pooling, retries, own errors.
 mod grpc;
 /// Headers kedge adds (X-Forwarded-*, X-Real-IP, X-Request-ID) and the hop-by-hop ones it drops.

@@ -18,10 +18,10 @@ use crate::support::{
 
 const WAIT: Duration = Duration::from_secs(5);
 /// The listener keys: PROXY protocol from the balancer only.
-const FROM_LB: &str = "proxy_protocol = true\nproxy_protocol_from = [\"127.0.0.2\"]";
+pub(crate) const FROM_LB: &str = "proxy_protocol = true\nproxy_protocol_from = [\"127.0.0.2\"]";
 
 /// A TCP connection from 127.0.0.`last` to `addr`.
-fn connect_from(last: u8, addr: SocketAddr) -> TcpStream {
+pub(crate) fn connect_from(last: u8, addr: SocketAddr) -> TcpStream {
     let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).expect("socket");
     s.bind(&SocketAddr::from(([127, 0, 0, last], 0)).into())
         .expect("bind 127.0.0.x");

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 
-use crate::support::objects::{class, ingress, service, slice};
+use crate::support::objects::{class, gateway, gateway_class, http_route, ingress, service, slice};
 use crate::support::{FakeApi, Kedge, TempDir, Upstream, get, wait_until};
 
 const WAIT: Duration = Duration::from_secs(10);
@@ -192,11 +192,35 @@ fn the_shipped_rbac_covers_every_request_kedge_makes() {
     // With the Gateway API installed, so that its discovery, lists and watches are checked too.
     api.install_gateway_api();
     let dir = TempDir::new("rbac");
-    let _kedge = Kedge::follow(&api, &dir, PUBLISH);
+    let kedge = Kedge::follow(&api, &dir, PUBLISH);
     wait_until(Duration::from_secs(10), "the HTTPRoutes watched", || {
         api.request_log()
             .iter()
             .any(|l| l.starts_with("GET /apis/gateway.networking.k8s.io/v1/httproutes?") && l.contains("watch=true"))
+    });
+    // kedge's GatewayClass, a Gateway on kedge's port and a route, whose status kedge writes.
+    api.apply("gatewayclasses", gateway_class("kedge", "kedge.dev/gateway-controller"));
+    let listener = json!([{"name": "http", "port": kedge.addr().port(), "protocol": "HTTP"}]);
+    api.apply("gateways", gateway("default", "edge", "kedge", listener));
+    api.apply(
+        "httproutes",
+        http_route(
+            "default",
+            "web",
+            json!([{"name": "edge"}]),
+            json!([]),
+            json!([{"name": "web", "port": 80}]),
+        ),
+    );
+    let written = [
+        ("gatewayclasses", None, "kedge"),
+        ("gateways", Some("default"), "edge"),
+        ("httproutes", Some("default"), "web"),
+    ];
+    wait_until(Duration::from_secs(10), "the Gateway API status is written", || {
+        written
+            .iter()
+            .all(|(r, ns, name)| api.status_writes_of(r, *ns, name) >= 1)
     });
     wait_until(Duration::from_secs(10), "the status is written", || {
         lb(&api, "web") == ours()
@@ -238,7 +262,18 @@ fn the_shipped_rbac_covers_every_request_kedge_makes() {
         };
         needed.insert((resource, verb.to_owned()));
     }
-    assert!(needed.iter().any(|(r, _)| r == "ingresses/status"), "{needed:?}");
+    for status in [
+        "ingresses/status",
+        "gatewayclasses/status",
+        "gateways/status",
+        "httproutes/status",
+    ] {
+        assert!(needed.iter().any(|(r, _)| r == status), "{status}: {needed:?}");
+    }
+    assert!(
+        needed.contains(&("namespaces".to_owned(), "watch".to_owned())),
+        "{needed:?}"
+    );
     assert!(
         needed.contains(&("referencegrants".to_owned(), "watch".to_owned())),
         "{needed:?}"

@@ -147,6 +147,32 @@ impl<'a> Resolver<'a> {
         Some(resolved.id)
     }
 
+    /// The backend for port number `port` of Service `ns`/`name` (a Gateway API backendRef),
+    /// added to `b` on first use under the name Ingress backends of that port get.
+    pub(super) fn service_port(
+        &mut self,
+        b: &mut TableBuilder,
+        ns: &'a str,
+        name: &'a str,
+        port: i32,
+        owner: &str,
+        w: &mut Warnings,
+    ) -> BackendId {
+        let key = (ns, name, PortRef::Number(port));
+        let resolved = match self.cache.get(&key) {
+            Some(r) => r.clone(),
+            None => {
+                let r = self.resolve(b, key, w);
+                self.cache.insert(key, r.clone());
+                r
+            }
+        };
+        if let Some(p) = resolved.problem {
+            warn(w, owner, p);
+        }
+        resolved.id
+    }
+
     fn resolve(
         &mut self,
         b: &mut TableBuilder,

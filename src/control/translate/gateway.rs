@@ -6,19 +6,64 @@
 //! hostname intersection, the Gateway's addresses and kedge's listeners) and what the Gateway,
 //! listener and parent conditions are; `httproute.rs` turns each [`Attached`] route's rules into
 //! table entries (matches, filters, weighted backends) and reports its backend references.
+//!
+//! [`attach`] is a pure function of one cluster's objects, the cluster's Gateway settings and
+//! kedge's bound listeners:
+//!
+//! - **Classes**: kedge's GatewayClasses are those whose `controllerName` is the cluster's
+//!   `gateway_controller`; kedge's Gateways are those of kedge's classes. Nothing else is read.
+//! - **Addresses**: a Gateway's `spec.addresses` must be of type `IPAddress` with an IP address
+//!   as value, else the Gateway is `Accepted=False/UnsupportedAddress` (and serves nothing). An
+//!   IP address is usable when a kedge listener on one of the Gateway's ports is bound to it, or
+//!   to the unspecified address of its family (`[::]` takes both) while the address is configured
+//!   on this host; one that is not makes the Gateway `Programmed=False/AddressNotUsable`, and
+//!   the Gateway serves on its usable addresses only. A Gateway without addresses serves on the
+//!   cluster's IP `publish_addresses` that are usable in that sense, or, when none is, on every
+//!   local address of kedge's listener on the port (a publish address behind NAT, a load
+//!   balancer's). `status.addresses` says what clients use: the usable requested addresses, or
+//!   every publish address (IP addresses as `IPAddress`, names as `Hostname`), or without those
+//!   the addresses kedge's listeners are bound to (the host's non-loopback addresses for an
+//!   unspecified one).
+//! - **Listeners**: `HTTP` maps to a plain kedge listener on the same port, `HTTPS` (mode
+//!   `Terminate`) to a TLS one; a port kedge does not serve that way is `Accepted=False/
+//!   PortUnavailable`, any other protocol `UnsupportedProtocol`. Listeners of one Gateway on one
+//!   port with different protocols are `Conflicted=True/ProtocolConflict`, with the same
+//!   hostname `HostnameConflict`; a conflicted listener is not programmed. An HTTPS listener's
+//!   `certificateRefs` must name `kubernetes.io/tls` Secrets (another namespace's only with a
+//!   ReferenceGrant), else `ResolvedRefs=False/RefNotPermitted` or `InvalidCertificateRef`; with
+//!   none usable the listener is `Programmed=False/Invalid` and serves nothing.
+//! - **Routes**: a `parentRef` of group `gateway.networking.k8s.io` and kind `Gateway` (the
+//!   defaults) naming one of kedge's Gateways makes a parent entry of kedge's; references to
+//!   anything else are another controller's business and get no entry. The listeners it
+//!   selects (`sectionName`, `port`) must be accepted, allow the route's namespace (`allowedRoutes`
+//!   From Same, All, or Selector on the Namespace's labels) and kind, and share a hostname with
+//!   it; the first that fails for every listener gives the reason (`NoMatchingParent`,
+//!   `NotAllowedByListeners`, `NoMatchingListenerHostname`). A route attached to a listener
+//!   counts in its `attachedRoutes` and, when the listener is programmed, is served there.
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
+use std::sync::Arc;
 
-use super::super::gateway_types::{GrpcRoute, HttpRoute, Listener, ReferenceGrant};
+use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
+
+use super::super::gateway_types::{
+    BackendRef, GROUP, Gateway, GatewayAddress, GatewayClass, GrpcRoute, HttpRoute, Listener, ObjectRef, ParentRef,
+    ReferenceGrant, RouteGroupKind,
+};
+use super::{Objects, Warning, ns_name};
+use crate::config::ListenerSpec;
 
 /// Where one Gateway listener takes connections on this host.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Bind {
     /// The local addresses (of a kedge listener on `port`) whose connections this Gateway
-    /// serves: its `spec.addresses` of type IPAddress that kedge listens on, or, for a Gateway
-    /// without addresses, the cluster's `publish_addresses` that are IP addresses. Empty: every
-    /// local address of kedge's listener on `port` (a Gateway without addresses, in a cluster
-    /// without IP publish addresses).
+    /// serves: its `spec.addresses` of type IPAddress that kedge takes connections for on
+    /// `port`, or, for a Gateway without addresses, the cluster's `publish_addresses` that are
+    /// IP addresses kedge takes connections for on `port`. Empty: every local address of
+    /// kedge's listener on `port` (a Gateway without addresses, in a cluster without such
+    /// publish addresses). Sorted.
     pub addresses: Vec<IpAddr>,
     pub port: u16,
     /// The kedge listener on `port` terminates TLS (the Gateway listener is `HTTPS`).
@@ -78,51 +123,1037 @@ pub fn ref_permitted(
         })
 }
 
-#[cfg(test)]
-mod tests {
-    use std::sync::Arc;
+/// What [`attach`] needs of the cluster and the host besides the objects.
+#[derive(Debug, Clone, Default)]
+pub struct GatewaySettings {
+    /// `[[cluster]] gateway_controller`: the `controllerName` of kedge's GatewayClasses.
+    pub controller: String,
+    /// `[[cluster]] publish_addresses` (IP addresses and host names, in config order).
+    pub publish_addresses: Vec<String>,
+    /// The IP addresses configured on this host's interfaces, for listeners bound to an
+    /// unspecified address.
+    pub host_addresses: Vec<IpAddr>,
+}
 
-    use super::*;
+/// One status condition as kedge decides it; the status writer adds `observedGeneration` and
+/// `lastTransitionTime`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Cond {
+    pub type_: &'static str,
+    pub status: bool,
+    pub reason: &'static str,
+    pub message: String,
+}
 
-    fn grant(ns: &str, from_ns: &str, to_name: Option<&str>) -> Arc<ReferenceGrant> {
-        Arc::new(
-            serde_json::from_value(serde_json::json!({
-                "metadata": {"name": "g", "namespace": ns},
-                "spec": {
-                    "from": [{"group": "gateway.networking.k8s.io", "kind": "HTTPRoute", "namespace": from_ns}],
-                    "to": [{"group": "", "kind": "Service", "name": to_name}],
-                }
-            }))
-            .unwrap(),
-        )
+impl Cond {
+    fn yes(type_: &'static str, reason: &'static str, message: impl Into<String>) -> Cond {
+        Cond {
+            type_,
+            status: true,
+            reason,
+            message: message.into(),
+        }
     }
 
-    #[test]
-    fn reference_grants() {
-        let gw = "gateway.networking.k8s.io";
-        let check = |grants: &[Arc<ReferenceGrant>], from_ns: &str, name: &str| {
-            ref_permitted(grants, from_ns, gw, "HTTPRoute", "backends", "", "Service", name)
-        };
-        // Same namespace: always.
-        assert!(ref_permitted(&[], "a", gw, "HTTPRoute", "a", "", "Service", "s"));
-        // Another namespace: only with a grant in the target namespace.
-        assert!(!check(&[], "apps", "s"));
-        assert!(check(&[grant("backends", "apps", None)], "apps", "s"));
-        assert!(check(&[grant("backends", "apps", Some("s"))], "apps", "s"));
-        assert!(!check(&[grant("backends", "apps", Some("t"))], "apps", "s"));
-        assert!(!check(&[grant("backends", "other", None)], "apps", "s"));
-        // A grant in the source namespace grants nothing.
-        assert!(!check(&[grant("apps", "apps", None)], "apps", "s"));
-        // Kind must match.
-        assert!(!ref_permitted(
-            &[grant("backends", "apps", None)],
-            "apps",
-            gw,
-            "GRPCRoute",
-            "backends",
-            "",
-            "Service",
-            "s"
-        ));
+    fn no(type_: &'static str, reason: &'static str, message: impl Into<String>) -> Cond {
+        Cond {
+            type_,
+            status: false,
+            reason,
+            message: message.into(),
+        }
     }
 }
+
+/// What one of kedge's Gateways should show in its status.
+#[derive(Debug, Clone)]
+pub struct GatewayState<'a> {
+    pub gateway: &'a Gateway,
+    /// `Accepted` and `Programmed`.
+    pub conditions: Vec<Cond>,
+    /// `status.addresses`: what clients use.
+    pub addresses: Vec<GatewayAddress>,
+    /// One per listener of the spec, in its order.
+    pub listeners: Vec<ListenerState>,
+}
+
+/// What one Gateway listener should show in its status.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ListenerState {
+    pub name: String,
+    pub supported_kinds: Vec<RouteGroupKind>,
+    /// Routes accepted on this listener (their backend references resolved or not).
+    pub attached_routes: i32,
+    /// `Accepted`, `ResolvedRefs`, `Programmed`, `Conflicted`.
+    pub conditions: Vec<Cond>,
+}
+
+/// One parent entry of a route that is kedge's: a `parentRef` naming one of kedge's Gateways.
+#[derive(Debug, Clone)]
+pub struct RouteParent<'a> {
+    pub route: RouteRef<'a>,
+    /// The reference as the route spells it, with `group` and `kind` written out.
+    pub parent_ref: ParentRef,
+    /// `Accepted` and `ResolvedRefs`.
+    pub conditions: Vec<Cond>,
+}
+
+/// A certificate an HTTPS listener of a programmed Gateway names (`tls.certificateRefs`),
+/// resolved: a `kubernetes.io/tls` Secret kedge may use, not yet parsed.
+#[derive(Debug, Clone)]
+pub struct ListenerCert {
+    pub bind: Bind,
+    /// The listener's hostname (lower case; exact or `*.suffix`); `None`: any name.
+    pub hostname: Option<String>,
+    pub secret: Arc<Secret>,
+    /// `Gateway namespace/name listener`.
+    pub owner: String,
+}
+
+/// Everything [`attach`] decided: the routes to serve where, and every status kedge owns.
+#[derive(Debug, Default)]
+pub struct Attachment<'a> {
+    /// Each route once per programmed listener it is attached to, in the order routes are
+    /// listed (HTTPRoutes, then GRPCRoutes), then Gateway and listener order.
+    pub routes: Vec<Attached<'a>>,
+    /// kedge's GatewayClasses (they are `Accepted`).
+    pub classes: Vec<&'a GatewayClass>,
+    /// kedge's Gateways, by namespace/name.
+    pub gateways: Vec<GatewayState<'a>>,
+    /// Every route parent entry of kedge's.
+    pub parents: Vec<RouteParent<'a>>,
+    /// Certificates of the programmed HTTPS listeners, in Gateway and listener order.
+    pub certificates: Vec<ListenerCert>,
+    /// Sorted, without duplicates.
+    pub warnings: Vec<Warning>,
+}
+
+impl<'a> RouteRef<'a> {
+    /// `HTTPRoute` or `GRPCRoute`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            RouteRef::Http(_) => "HTTPRoute",
+            RouteRef::Grpc(_) => "GRPCRoute",
+        }
+    }
+
+    pub fn meta(&self) -> &'a k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta {
+        match self {
+            RouteRef::Http(r) => &r.metadata,
+            RouteRef::Grpc(r) => &r.metadata,
+        }
+    }
+
+    /// `namespace/name`.
+    pub fn key(&self) -> String {
+        let (ns, name) = ns_name(self.meta());
+        format!("{ns}/{name}")
+    }
+
+    pub fn parent_refs(&self) -> &'a [ParentRef] {
+        match self {
+            RouteRef::Http(r) => &r.spec.parent_refs,
+            RouteRef::Grpc(r) => &r.spec.parent_refs,
+        }
+    }
+
+    pub fn hostnames(&self) -> &'a [String] {
+        match self {
+            RouteRef::Http(r) => &r.spec.hostnames,
+            RouteRef::Grpc(r) => &r.spec.hostnames,
+        }
+    }
+
+    /// Every backend reference of every rule, per-rule mirrors included.
+    pub fn backend_refs(&self) -> Vec<&'a BackendRef> {
+        let mut out = Vec::new();
+        let mut filters = |fs: &'a [super::super::gateway_types::HttpRouteFilter]| {
+            for f in fs {
+                if let Some(m) = &f.request_mirror {
+                    out.push(&m.backend_ref);
+                }
+            }
+        };
+        let mut refs = Vec::new();
+        match self {
+            RouteRef::Http(r) => {
+                for rule in &r.spec.rules {
+                    filters(&rule.filters);
+                    for b in &rule.backend_refs {
+                        refs.push(b);
+                        filters(&b.filters);
+                    }
+                }
+            }
+            RouteRef::Grpc(r) => {
+                for rule in &r.spec.rules {
+                    filters(&rule.filters);
+                    for b in &rule.backend_refs {
+                        refs.push(b);
+                        filters(&b.filters);
+                    }
+                }
+            }
+        }
+        refs.extend(out);
+        refs
+    }
+}
+
+/// Why a backend reference cannot be used.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RefProblem {
+    /// `BackendNotFound`, `InvalidKind` or `RefNotPermitted`: the route's `ResolvedRefs` reason.
+    pub reason: &'static str,
+    pub message: String,
+}
+
+/// The Service a route's backend reference names: (namespace, name, port). Only core
+/// `Service`s (no group and kind, or group `""` and kind `Service`) are backends; the Service
+/// must exist and have the port (`port` is required), and one in another namespace needs a
+/// ReferenceGrant from the route's kind (`route_kind`: `HTTPRoute`, `GRPCRoute`) there.
+pub fn resolve_backend(
+    objects: &Objects<'_>,
+    route_ns: &str,
+    route_kind: &str,
+    r: &BackendRef,
+) -> Result<(String, String, u16), RefProblem> {
+    let group = r.group.as_deref().unwrap_or("");
+    let kind = r.kind.as_deref().unwrap_or("Service");
+    if !group.is_empty() || kind != "Service" {
+        let gk = if group.is_empty() {
+            kind.to_owned()
+        } else {
+            format!("{kind}.{group}")
+        };
+        return Err(RefProblem {
+            reason: "InvalidKind",
+            message: format!("backendRef {}: kind {gk} is not supported (only Service)", r.name),
+        });
+    }
+    let ns = r.namespace.as_deref().unwrap_or(route_ns);
+    if !ref_permitted(
+        objects.reference_grants,
+        route_ns,
+        GROUP,
+        route_kind,
+        ns,
+        "",
+        "Service",
+        &r.name,
+    ) {
+        return Err(RefProblem {
+            reason: "RefNotPermitted",
+            message: format!(
+                "backendRef {ns}/{}: no ReferenceGrant in {ns} lets {route_kind}s of {route_ns} refer to it",
+                r.name
+            ),
+        });
+    }
+    let Some(port) = r.port.and_then(|p| u16::try_from(p).ok()).filter(|&p| p != 0) else {
+        return Err(RefProblem {
+            reason: "BackendNotFound",
+            message: format!("backendRef {ns}/{}: no port", r.name),
+        });
+    };
+    let found = objects
+        .services
+        .iter()
+        .find(|s| ns_name(&s.metadata) == (ns, r.name.as_str()));
+    let Some(svc) = found else {
+        return Err(RefProblem {
+            reason: "BackendNotFound",
+            message: format!("backendRef {ns}/{}: no such Service", r.name),
+        });
+    };
+    let ports = svc.spec.as_ref().and_then(|s| s.ports.as_deref()).unwrap_or(&[]);
+    if !ports.is_empty() && !ports.iter().any(|p| p.port == i32::from(port)) {
+        return Err(RefProblem {
+            reason: "BackendNotFound",
+            message: format!("backendRef {ns}/{}: the Service has no port {port}", r.name),
+        });
+    }
+    Ok((ns.to_owned(), r.name.clone(), port))
+}
+
+/// The route kinds kedge serves on HTTP and HTTPS listeners.
+const ROUTE_KINDS: [&str; 2] = ["HTTPRoute", "GRPCRoute"];
+
+/// One Gateway listener as evaluated.
+struct Eval<'a> {
+    listener: &'a Listener,
+    /// `Accepted=False` reason and message; `None` when accepted.
+    refused: Option<(&'static str, String)>,
+    /// `Conflicted=True` reason.
+    conflict: Option<&'static str>,
+    /// Route kinds it takes (valid ones of `allowedRoutes.kinds`, or both).
+    kinds: Vec<&'static str>,
+    /// `ResolvedRefs=False` reason and message.
+    unresolved: Option<(&'static str, String)>,
+    /// Certificates it may serve (HTTPS).
+    certs: Vec<Arc<Secret>>,
+    /// Where it takes connections (accepted listeners).
+    bind: Option<Bind>,
+    /// `Programmed=False` message, `None` when programmed.
+    not_programmed: Option<String>,
+    /// Routes attached (namespace/name and kind), for `attachedRoutes`.
+    attached: BTreeSet<(&'static str, String)>,
+}
+
+/// Whether a kedge listener bound to `bound` takes connections for local address `ip`.
+fn takes(bound: IpAddr, ip: IpAddr, host: &[IpAddr]) -> bool {
+    if bound == ip {
+        return true;
+    }
+    let family = match bound {
+        IpAddr::V4(b) => b.is_unspecified() && ip.is_ipv4(),
+        // `[::]` takes IPv4 too (dual stack).
+        IpAddr::V6(b) => b.is_unspecified(),
+    };
+    family && host.contains(&ip)
+}
+
+/// The protocol's TLS side: `Some(false)` for HTTP, `Some(true)` for HTTPS, `None` otherwise.
+fn protocol_tls(protocol: &str) -> Option<bool> {
+    match protocol {
+        "HTTP" => Some(false),
+        "HTTPS" => Some(true),
+        _ => None,
+    }
+}
+
+/// Decides where routes attach and every status kedge owns, for one cluster's objects.
+/// `listeners`: kedge's listeners with the addresses they are bound to (actual ports).
+pub fn attach<'a>(objects: &Objects<'a>, settings: &GatewaySettings, listeners: &[ListenerSpec]) -> Attachment<'a> {
+    let mut out = Attachment::default();
+    let mut warnings: BTreeSet<Warning> = BTreeSet::new();
+    let ours: BTreeSet<&str> = objects
+        .gateway_classes
+        .iter()
+        .filter(|c| c.spec.controller_name == settings.controller)
+        .map(|c| {
+            out.classes.push(c);
+            c.metadata.name.as_deref().unwrap_or("")
+        })
+        .collect();
+    let mut gateways: Vec<&'a Gateway> = objects
+        .gateways
+        .iter()
+        .map(|g| &**g)
+        .filter(|g| ours.contains(g.spec.gateway_class_name.as_str()))
+        .collect();
+    gateways.sort_by(|a, b| ns_name(&a.metadata).cmp(&ns_name(&b.metadata)));
+
+    // Each Gateway's listeners, evaluated, and whether the Gateway is accepted.
+    let mut evals: Vec<(bool, Vec<Eval<'a>>)> = Vec::new();
+    for gw in &gateways {
+        let (state, ev) = gateway(objects, settings, listeners, gw);
+        out.gateways.push(state);
+        evals.push(ev);
+    }
+
+    // Namespace labels by name, for allowedRoutes selectors.
+    let labels: Labels<'_> = objects
+        .namespaces
+        .iter()
+        .filter_map(|n| Some((n.metadata.name.as_deref()?, n.metadata.labels.as_ref())))
+        .collect();
+    let routes = objects
+        .http_routes
+        .iter()
+        .map(|r| RouteRef::Http(r))
+        .chain(objects.grpc_routes.iter().map(|r| RouteRef::Grpc(r)));
+    // (route key, kind, gateway index, listener index): attached once.
+    let mut served: BTreeSet<(String, &'static str, usize, usize)> = BTreeSet::new();
+    for route in routes {
+        let (route_ns, _) = ns_name(route.meta());
+        let mut resolved: Option<Cond> = None;
+        for pr in route.parent_refs() {
+            let group = pr.group.as_deref().unwrap_or(GROUP);
+            let kind = pr.kind.as_deref().unwrap_or("Gateway");
+            if group != GROUP || kind != "Gateway" {
+                continue;
+            }
+            let gw_ns = pr.namespace.as_deref().unwrap_or(route_ns);
+            let Some(gi) = gateways
+                .iter()
+                .position(|g| ns_name(&g.metadata) == (gw_ns, pr.name.as_str()))
+            else {
+                continue;
+            };
+            let accepted = accept(&labels, &route, pr, gateways[gi], &mut evals[gi]);
+            if let Ok(attached) = &accepted {
+                for (li, hostnames) in attached {
+                    let eval = &mut evals[gi].1[*li];
+                    eval.attached.insert((route.kind(), route.key()));
+                    let Some(bind) = eval.bind.clone().filter(|_| eval.not_programmed.is_none()) else {
+                        continue;
+                    };
+                    if served.insert((route.key(), route.kind(), gi, *li)) {
+                        let (ns, name) = ns_name(&gateways[gi].metadata);
+                        out.routes.push(Attached {
+                            bind,
+                            gateway: format!("{ns}/{name}"),
+                            listener: eval.listener,
+                            route,
+                            hostnames: hostnames.clone(),
+                        });
+                    }
+                }
+            }
+            let resolved = resolved.get_or_insert_with(|| route_refs(objects, &route)).clone();
+            let accepted = match accepted {
+                Ok(_) => Cond::yes("Accepted", "Accepted", "accepted by kedge"),
+                Err((reason, message)) => Cond::no("Accepted", reason, message),
+            };
+            let mut parent_ref = pr.clone();
+            parent_ref.group = Some(GROUP.to_owned());
+            parent_ref.kind = Some("Gateway".to_owned());
+            out.parents.push(RouteParent {
+                route,
+                parent_ref,
+                conditions: vec![accepted, resolved],
+            });
+        }
+    }
+
+    for ((gw, (_, ev)), state) in gateways.iter().zip(evals).zip(&mut out.gateways) {
+        let (ns, name) = ns_name(&gw.metadata);
+        for (eval, ls) in ev.into_iter().zip(&mut state.listeners) {
+            ls.attached_routes = i32::try_from(eval.attached.len()).unwrap_or(i32::MAX);
+            if let (Some(bind), None) = (&eval.bind, &eval.not_programmed) {
+                for secret in eval.certs {
+                    out.certificates.push(ListenerCert {
+                        bind: bind.clone(),
+                        hostname: eval.listener.hostname.as_deref().map(str::to_ascii_lowercase),
+                        secret,
+                        owner: format!("Gateway {ns}/{name} {}", eval.listener.name),
+                    });
+                }
+            }
+            for c in &ls.conditions {
+                if !c.status && c.type_ != "Conflicted" {
+                    warnings.insert(Warning {
+                        object: format!("Gateway {ns}/{name}"),
+                        message: format!("listener {}: {}: {}", eval.listener.name, c.reason, c.message),
+                    });
+                }
+            }
+        }
+        for c in &state.conditions {
+            if !c.status {
+                warnings.insert(Warning {
+                    object: format!("Gateway {ns}/{name}"),
+                    message: format!("{}: {}", c.reason, c.message),
+                });
+            }
+        }
+    }
+    for p in &out.parents {
+        for c in p.conditions.iter().filter(|c| !c.status) {
+            warnings.insert(Warning {
+                object: format!("{} {}", p.route.kind(), p.route.key()),
+                message: format!("parent {}: {}: {}", p.parent_ref.name, c.reason, c.message),
+            });
+        }
+    }
+    out.warnings = warnings.into_iter().collect();
+    out
+}
+
+/// One Gateway's state and its listeners evaluated (`true`: the Gateway is accepted).
+fn gateway<'a>(
+    objects: &Objects<'a>,
+    settings: &GatewaySettings,
+    listeners: &[ListenerSpec],
+    gw: &'a Gateway,
+) -> (GatewayState<'a>, (bool, Vec<Eval<'a>>)) {
+    let host = &settings.host_addresses;
+    let ports: BTreeSet<u16> = gw
+        .spec
+        .listeners
+        .iter()
+        .filter_map(|l| u16::try_from(l.port).ok())
+        .collect();
+    let on_ports = |ip: IpAddr| {
+        listeners
+            .iter()
+            .any(|k| ports.contains(&k.address.port()) && takes(k.address.ip(), ip, host))
+    };
+
+    // spec.addresses: IPAddress only; usable when one of kedge's listeners on the Gateway's
+    // ports takes connections for it.
+    let mut unsupported = Vec::new();
+    let mut requested = Vec::new();
+    for a in &gw.spec.addresses {
+        match (a.type_.as_deref().unwrap_or("IPAddress"), a.value.parse::<IpAddr>()) {
+            ("IPAddress", Ok(ip)) => requested.push(ip),
+            (t, _) => unsupported.push(format!("{t} {}", a.value)),
+        }
+    }
+    let (usable, unusable): (Vec<IpAddr>, Vec<IpAddr>) = requested.iter().partition(|ip| on_ports(**ip));
+    // The addresses this Gateway serves on (before the port): requested, or publish; `None`
+    // for every address.
+    let publish_ips: Vec<IpAddr> = settings
+        .publish_addresses
+        .iter()
+        .filter_map(|a| a.parse::<IpAddr>().ok())
+        .collect();
+    let serve_on: &[IpAddr] = if gw.spec.addresses.is_empty() {
+        &publish_ips
+    } else {
+        &usable
+    };
+
+    let mut evals: Vec<Eval<'a>> = gw.spec.listeners.iter().map(|l| listener(objects, gw, l)).collect();
+    // Protocol and hostname conflicts among listeners of a supported protocol.
+    let mut by_port: BTreeMap<i32, Vec<usize>> = BTreeMap::new();
+    for (i, e) in evals.iter().enumerate() {
+        if protocol_tls(&e.listener.protocol).is_some() {
+            by_port.entry(e.listener.port).or_default().push(i);
+        }
+    }
+    for same_port in by_port.values() {
+        let protocols: BTreeSet<&str> = same_port.iter().map(|&i| evals[i].listener.protocol.as_str()).collect();
+        if protocols.len() > 1 {
+            for &i in same_port {
+                evals[i].conflict = Some("ProtocolConflict");
+            }
+            continue;
+        }
+        let mut by_host: BTreeMap<Option<String>, Vec<usize>> = BTreeMap::new();
+        for &i in same_port {
+            let h = evals[i].listener.hostname.as_deref().map(str::to_ascii_lowercase);
+            by_host.entry(h).or_default().push(i);
+        }
+        for same in by_host.values().filter(|v| v.len() > 1) {
+            for &i in same {
+                evals[i].conflict = Some("HostnameConflict");
+            }
+        }
+    }
+    // Ports: each listener on a kedge listener of its port and TLS side.
+    for e in &mut evals {
+        if e.refused.is_some() {
+            continue;
+        }
+        let Some(tls) = protocol_tls(&e.listener.protocol) else {
+            continue;
+        };
+        let port = u16::try_from(e.listener.port).unwrap_or(0);
+        let on_port: Vec<&ListenerSpec> = listeners.iter().filter(|k| k.address.port() == port).collect();
+        let fitting: Vec<&ListenerSpec> = on_port.iter().copied().filter(|k| k.tls == tls).collect();
+        if on_port.is_empty() {
+            e.refused = Some(("PortUnavailable", format!("kedge does not listen on port {port}")));
+            continue;
+        }
+        if fitting.is_empty() {
+            let what = if tls {
+                "does not terminate TLS"
+            } else {
+                "terminates TLS"
+            };
+            e.refused = Some(("PortUnavailable", format!("kedge's listener on port {port} {what}")));
+            continue;
+        }
+        let mut addresses: Vec<IpAddr> = serve_on
+            .iter()
+            .copied()
+            .filter(|ip| fitting.iter().any(|k| takes(k.address.ip(), *ip, host)))
+            .collect();
+        addresses.sort();
+        addresses.dedup();
+        if !gw.spec.addresses.is_empty() && addresses.is_empty() {
+            if !usable.is_empty() {
+                e.refused = Some((
+                    "PortUnavailable",
+                    format!("no kedge listener on port {port} takes connections for the Gateway's addresses"),
+                ));
+            } else {
+                e.not_programmed = Some("the Gateway has no usable address".into());
+            }
+            continue;
+        }
+        e.bind = Some(Bind { addresses, port, tls });
+    }
+    for e in &mut evals {
+        if e.conflict.is_some() && e.not_programmed.is_none() {
+            e.not_programmed = Some("the listener conflicts with another one".into());
+        }
+        if e.refused.is_some() {
+            e.bind = None;
+            e.not_programmed = Some("the listener is not accepted".into());
+        }
+        if protocol_tls(&e.listener.protocol) == Some(true) && e.certs.is_empty() && e.not_programmed.is_none() {
+            e.not_programmed = Some("no usable certificate".into());
+        }
+    }
+
+    let any_valid = evals.iter().any(|e| e.refused.is_none() && e.conflict.is_none());
+    let all_valid = evals.iter().all(|e| e.refused.is_none() && e.conflict.is_none());
+    let accepted = if !unsupported.is_empty() {
+        Cond::no(
+            "Accepted",
+            "UnsupportedAddress",
+            format!(
+                "kedge serves IPAddress addresses only (IP addresses as values): {}",
+                unsupported.join(", ")
+            ),
+        )
+    } else if !any_valid {
+        Cond::no("Accepted", "ListenersNotValid", "no listener is valid")
+    } else if !all_valid {
+        Cond::yes("Accepted", "ListenersNotValid", "some listeners are not valid")
+    } else {
+        Cond::yes("Accepted", "Accepted", "accepted by kedge")
+    };
+    let gateway_ok = accepted.status;
+    if !gateway_ok {
+        for e in &mut evals {
+            e.bind = None;
+            if e.not_programmed.is_none() {
+                e.not_programmed = Some("the Gateway is not accepted".into());
+            }
+        }
+    }
+    let programmed = if !gateway_ok {
+        Cond::no("Programmed", "Invalid", "the Gateway is not accepted")
+    } else if !unusable.is_empty() {
+        let list: Vec<String> = unusable.iter().map(ToString::to_string).collect();
+        Cond::no(
+            "Programmed",
+            "AddressNotUsable",
+            format!(
+                "no kedge listener on the Gateway's ports takes connections for {} (listen on the address, or on 0.0.0.0 or [::] with the address configured on this host)",
+                list.join(", ")
+            ),
+        )
+    } else if evals.iter().all(|e| e.not_programmed.is_some()) {
+        Cond::no("Programmed", "Invalid", "no listener is programmed")
+    } else {
+        Cond::yes("Programmed", "Programmed", "programmed in kedge's route table")
+    };
+
+    let addresses = if !gw.spec.addresses.is_empty() {
+        usable
+            .iter()
+            .map(|ip| GatewayAddress {
+                type_: Some("IPAddress".into()),
+                value: ip.to_string(),
+            })
+            .collect()
+    } else if !settings.publish_addresses.is_empty() {
+        settings
+            .publish_addresses
+            .iter()
+            .map(|a| GatewayAddress {
+                type_: Some(
+                    if a.parse::<IpAddr>().is_ok() {
+                        "IPAddress"
+                    } else {
+                        "Hostname"
+                    }
+                    .into(),
+                ),
+                value: a.clone(),
+            })
+            .collect()
+    } else {
+        bound_addresses(listeners, &ports, host)
+    };
+
+    let states = evals.iter().map(listener_state).collect();
+    (
+        GatewayState {
+            gateway: gw,
+            conditions: vec![accepted, programmed],
+            addresses,
+            listeners: states,
+        },
+        (gateway_ok, evals),
+    )
+}
+
+/// Without spec or publish addresses: the addresses kedge's listeners on `ports` are bound to,
+/// the host's non-loopback ones for an unspecified address (its loopback ones when it has
+/// nothing else).
+fn bound_addresses(listeners: &[ListenerSpec], ports: &BTreeSet<u16>, host: &[IpAddr]) -> Vec<GatewayAddress> {
+    let mut ips = BTreeSet::new();
+    for k in listeners.iter().filter(|k| ports.contains(&k.address.port())) {
+        let ip = k.address.ip();
+        if ip.is_unspecified() {
+            let mut local: Vec<IpAddr> = host
+                .iter()
+                .copied()
+                .filter(|h| takes(ip, *h, host) && !h.is_loopback())
+                .collect();
+            if local.is_empty() {
+                local = host.iter().copied().filter(|h| takes(ip, *h, host)).collect();
+            }
+            ips.extend(local);
+        } else {
+            ips.insert(ip);
+        }
+    }
+    ips.into_iter()
+        .map(|ip| GatewayAddress {
+            type_: Some("IPAddress".into()),
+            value: ip.to_string(),
+        })
+        .collect()
+}
+
+/// A listener on its own: protocol, route kinds, certificates.
+fn listener<'a>(objects: &Objects<'a>, gw: &'a Gateway, l: &'a Listener) -> Eval<'a> {
+    let (gw_ns, _) = ns_name(&gw.metadata);
+    let mut e = Eval {
+        listener: l,
+        refused: None,
+        conflict: None,
+        kinds: Vec::new(),
+        unresolved: None,
+        certs: Vec::new(),
+        bind: None,
+        not_programmed: None,
+        attached: BTreeSet::new(),
+    };
+    let Some(tls) = protocol_tls(&l.protocol) else {
+        e.refused = Some((
+            "UnsupportedProtocol",
+            format!("kedge serves HTTP and HTTPS listeners, not {}", l.protocol),
+        ));
+        return e;
+    };
+    let wanted = l.allowed_routes.as_ref().map_or(&[][..], |a| &a.kinds[..]);
+    if wanted.is_empty() {
+        e.kinds = ROUTE_KINDS.to_vec();
+    } else {
+        let mut invalid = Vec::new();
+        for k in wanted {
+            let group = k.group.as_deref().unwrap_or(GROUP);
+            match ROUTE_KINDS.iter().find(|r| **r == k.kind) {
+                Some(r) if group == GROUP => {
+                    if !e.kinds.contains(r) {
+                        e.kinds.push(r);
+                    }
+                }
+                _ => invalid.push(if group.is_empty() {
+                    k.kind.clone()
+                } else {
+                    format!("{}.{group}", k.kind)
+                }),
+            }
+        }
+        if !invalid.is_empty() {
+            e.unresolved = Some((
+                "InvalidRouteKinds",
+                format!("kedge does not serve route kinds {}", invalid.join(", ")),
+            ));
+        }
+    }
+    if tls {
+        let mode = l.tls.as_ref().and_then(|t| t.mode.as_deref()).unwrap_or("Terminate");
+        if mode != "Terminate" {
+            e.refused = Some((
+                "UnsupportedValue",
+                format!("kedge terminates TLS on HTTPS listeners; tls.mode {mode} is not supported"),
+            ));
+            return e;
+        }
+        let refs = l.tls.as_ref().map_or(&[][..], |t| &t.certificate_refs[..]);
+        let mut problems: Vec<(&'static str, String)> = Vec::new();
+        if refs.is_empty() {
+            problems.push(("InvalidCertificateRef", "no tls.certificateRefs".into()));
+        }
+        for r in refs {
+            match certificate(objects, gw_ns, r) {
+                Ok(secret) => e.certs.push(secret),
+                Err(p) => problems.push(p),
+            }
+        }
+        if !problems.is_empty() {
+            // RefNotPermitted first: it is what the user must fix before anything else.
+            let reason = if problems.iter().any(|p| p.0 == "RefNotPermitted") {
+                "RefNotPermitted"
+            } else {
+                "InvalidCertificateRef"
+            };
+            let message: Vec<String> = problems.into_iter().map(|p| p.1).collect();
+            if e.unresolved.is_none() {
+                e.unresolved = Some((reason, message.join("; ")));
+            }
+        }
+    }
+    e
+}
+
+/// A certificate reference of a listener of a Gateway in `gw_ns`: a `kubernetes.io/tls` Secret
+/// with a certificate and key, in the Gateway's namespace or granted by a ReferenceGrant.
+fn certificate(objects: &Objects<'_>, gw_ns: &str, r: &ObjectRef) -> Result<Arc<Secret>, (&'static str, String)> {
+    let group = r.group.as_deref().unwrap_or("");
+    let kind = r.kind.as_deref().unwrap_or("Secret");
+    let ns = r.namespace.as_deref().unwrap_or(gw_ns);
+    if !group.is_empty() || kind != "Secret" {
+        return Err((
+            "InvalidCertificateRef",
+            format!("certificateRef {}: kind {kind} is not supported (only Secret)", r.name),
+        ));
+    }
+    if !ref_permitted(
+        objects.reference_grants,
+        gw_ns,
+        GROUP,
+        "Gateway",
+        ns,
+        "",
+        "Secret",
+        &r.name,
+    ) {
+        return Err((
+            "RefNotPermitted",
+            format!(
+                "certificateRef {ns}/{}: no ReferenceGrant in {ns} lets Gateways of {gw_ns} refer to it",
+                r.name
+            ),
+        ));
+    }
+    let secret = objects
+        .secrets
+        .iter()
+        .find(|s| ns_name(&s.metadata) == (ns, r.name.as_str()))
+        .ok_or_else(|| {
+            (
+                "InvalidCertificateRef",
+                format!("certificateRef {ns}/{}: no such Secret", r.name),
+            )
+        })?;
+    let data = |k: &str| secret.data.as_ref().and_then(|d| d.get(k)).map(|v| v.0.as_slice());
+    let (Some(crt), Some(key), Some("kubernetes.io/tls")) = (data("tls.crt"), data("tls.key"), secret.type_.as_deref())
+    else {
+        return Err((
+            "InvalidCertificateRef",
+            format!(
+                "certificateRef {ns}/{}: not a kubernetes.io/tls Secret with tls.crt and tls.key",
+                r.name
+            ),
+        ));
+    };
+    // The PEM's shape only: the certificate itself is parsed (and checked for the listener's
+    // hostname and expiry, a warning if not) where certificates are built.
+    crate::tls::pem_shape(crt, key)
+        .map_err(|e| ("InvalidCertificateRef", format!("certificateRef {ns}/{}: {e}", r.name)))?;
+    Ok(Arc::clone(secret))
+}
+
+/// A listener's status (without `attachedRoutes`, counted later).
+fn listener_state(e: &Eval<'_>) -> ListenerState {
+    let accepted = match &e.refused {
+        Some((reason, message)) => Cond::no("Accepted", reason, message.clone()),
+        None => Cond::yes("Accepted", "Accepted", "accepted by kedge"),
+    };
+    let resolved = match &e.unresolved {
+        Some((reason, message)) => Cond::no("ResolvedRefs", reason, message.clone()),
+        None => Cond::yes("ResolvedRefs", "ResolvedRefs", "every reference resolved"),
+    };
+    let programmed = match &e.not_programmed {
+        Some(message) => Cond::no("Programmed", "Invalid", message.clone()),
+        None => Cond::yes("Programmed", "Programmed", "programmed in kedge's route table"),
+    };
+    let conflicted = match e.conflict {
+        Some(reason) => Cond::yes(
+            "Conflicted",
+            reason,
+            "another listener of the Gateway has the same port and hostname or another protocol",
+        ),
+        None => Cond::no("Conflicted", "NoConflicts", "no conflict"),
+    };
+    ListenerState {
+        name: e.listener.name.clone(),
+        supported_kinds: e
+            .kinds
+            .iter()
+            .map(|k| RouteGroupKind {
+                group: Some(GROUP.into()),
+                kind: (*k).into(),
+            })
+            .collect(),
+        attached_routes: 0,
+        conditions: vec![accepted, resolved, programmed, conflicted],
+    }
+}
+
+/// The listeners of `gw` a route's parent reference attaches to (index, hostnames), or why
+/// none (`Accepted=False` reason and message).
+#[allow(clippy::type_complexity)]
+fn accept(
+    labels: &Labels<'_>,
+    route: &RouteRef<'_>,
+    pr: &ParentRef,
+    gw: &Gateway,
+    (gateway_ok, evals): &mut (bool, Vec<Eval<'_>>),
+) -> Result<Vec<(usize, Vec<String>)>, (&'static str, String)> {
+    let (gw_ns, gw_name) = ns_name(&gw.metadata);
+    let candidates: Vec<usize> = evals
+        .iter()
+        .enumerate()
+        .filter(|(_, e)| pr.section_name.as_deref().is_none_or(|s| s == e.listener.name))
+        .filter(|(_, e)| pr.port.is_none_or(|p| p == e.listener.port))
+        .map(|(i, _)| i)
+        .collect();
+    if candidates.is_empty() {
+        let what = match (&pr.section_name, pr.port) {
+            (Some(s), Some(p)) => format!("no listener {s} on port {p}"),
+            (Some(s), None) => format!("no listener {s}"),
+            (None, Some(p)) => format!("no listener on port {p}"),
+            (None, None) => "no listener".into(),
+        };
+        return Err(("NoMatchingParent", format!("Gateway {gw_ns}/{gw_name} has {what}")));
+    }
+    if !*gateway_ok {
+        return Err((
+            "NotAllowedByListeners",
+            format!("Gateway {gw_ns}/{gw_name} is not accepted"),
+        ));
+    }
+    let valid: Vec<usize> = candidates
+        .into_iter()
+        .filter(|&i| evals[i].refused.is_none() && evals[i].conflict.is_none())
+        .collect();
+    if valid.is_empty() {
+        return Err(("NotAllowedByListeners", "no selected listener is accepted".into()));
+    }
+    let (route_ns, _) = ns_name(route.meta());
+    let allowed: Vec<usize> = valid
+        .into_iter()
+        .filter(|&i| evals[i].kinds.contains(&route.kind()))
+        .filter(|&i| namespace_allowed(labels, evals[i].listener, gw_ns, route_ns))
+        .collect();
+    if allowed.is_empty() {
+        return Err((
+            "NotAllowedByListeners",
+            format!(
+                "no selected listener allows {}s from namespace {route_ns}",
+                route.kind()
+            ),
+        ));
+    }
+    let attached: Vec<(usize, Vec<String>)> = allowed
+        .into_iter()
+        .filter_map(|i| intersect(evals[i].listener.hostname.as_deref(), route.hostnames()).map(|h| (i, h)))
+        .collect();
+    if attached.is_empty() {
+        return Err((
+            "NoMatchingListenerHostname",
+            "no hostname of the route matches a selected listener's hostname".into(),
+        ));
+    }
+    Ok(attached)
+}
+
+/// Namespace name → its labels.
+type Labels<'a> = std::collections::HashMap<&'a str, Option<&'a BTreeMap<String, String>>>;
+
+/// Whether a listener's `allowedRoutes.namespaces` lets routes of `route_ns` attach (for
+/// `Selector`, by the labels of the Namespace object; an unknown namespace is not selected).
+fn namespace_allowed(labels: &Labels<'_>, l: &Listener, gw_ns: &str, route_ns: &str) -> bool {
+    let spec = l.allowed_routes.as_ref().and_then(|a| a.namespaces.as_ref());
+    match spec.and_then(|n| n.from.as_deref()).unwrap_or("Same") {
+        "All" => true,
+        "Same" => route_ns == gw_ns,
+        "Selector" => {
+            let Some(selector) = spec.and_then(|n| n.selector.as_ref()) else {
+                return false;
+            };
+            labels.get(route_ns).is_some_and(|l| selects(selector, *l))
+        }
+        _ => false,
+    }
+}
+
+/// Whether a label selector selects an object with `labels` (every `matchLabels` pair and
+/// every `matchExpressions` entry must hold; an empty selector selects everything).
+fn selects(selector: &LabelSelector, labels: Option<&BTreeMap<String, String>>) -> bool {
+    let get = |k: &str| labels.and_then(|l| l.get(k));
+    let pairs = selector.match_labels.iter().flatten().all(|(k, v)| get(k) == Some(v));
+    let exprs = selector.match_expressions.iter().flatten().all(|e| {
+        let values = e.values.as_deref().unwrap_or(&[]);
+        match e.operator.as_str() {
+            "In" => get(&e.key).is_some_and(|v| values.contains(v)),
+            "NotIn" => get(&e.key).is_none_or(|v| !values.contains(v)),
+            "Exists" => get(&e.key).is_some(),
+            "DoesNotExist" => get(&e.key).is_none(),
+            _ => false,
+        }
+    });
+    pairs && exprs
+}
+
+/// Whether `name` (exact) is within `pattern` (exact, or `*.suffix`: one or more labels before
+/// `.suffix`, as the Gateway API's wildcards).
+fn within(name: &str, pattern: &str) -> bool {
+    match pattern.strip_prefix("*.") {
+        Some(suffix) => {
+            name.len() > suffix.len() + 1 && name.ends_with(suffix) && name[..name.len() - suffix.len()].ends_with('.')
+        }
+        None => name == pattern,
+    }
+}
+
+/// The hostnames a route serves on a listener: the listener's `hostname` intersected with the
+/// route's `hostnames` (lower case, sorted, without duplicates). `Some(empty)`: any host (neither
+/// restricts it); `None`: no hostname in common.
+pub fn intersect(listener: Option<&str>, route: &[String]) -> Option<Vec<String>> {
+    let lower = |s: &str| s.to_ascii_lowercase();
+    let out: BTreeSet<String> = match listener.map(lower) {
+        None => route.iter().map(|h| lower(h)).collect(),
+        Some(l) if route.is_empty() => [l].into(),
+        Some(l) => route
+            .iter()
+            .map(|h| lower(h))
+            .filter_map(|h| {
+                let h_wild = h.starts_with("*.");
+                let l_wild = l.starts_with("*.");
+                match (h_wild, l_wild) {
+                    (false, false) => (h == l).then_some(h),
+                    (false, true) => within(&h, &l).then_some(h),
+                    (true, false) => within(&l, &h).then(|| l.clone()),
+                    // The narrower of two wildcards, when one contains the other.
+                    (true, true) => {
+                        if h == l || within(&h[2..], &l) {
+                            Some(h)
+                        } else if within(&l[2..], &h) {
+                            Some(l.clone())
+                        } else {
+                            None
+                        }
+                    }
+                }
+            })
+            .collect(),
+    };
+    if out.is_empty() && (listener.is_some() || !route.is_empty()) {
+        return None;
+    }
+    Some(out.into_iter().collect())
+}
+
+/// A route's `ResolvedRefs` condition: every backend reference resolved, or the first
+/// problem's reason with every problem in the message.
+fn route_refs(objects: &Objects<'_>, route: &RouteRef<'_>) -> Cond {
+    let (ns, _) = ns_name(route.meta());
+    let problems: Vec<RefProblem> = route
+        .backend_refs()
+        .into_iter()
+        .filter_map(|r| resolve_backend(objects, ns, route.kind(), r).err())
+        .collect();
+    match problems.first() {
+        None => Cond::yes("ResolvedRefs", "ResolvedRefs", "every backend reference resolved"),
+        Some(first) => {
+            let messages: Vec<&str> = problems.iter().map(|p| p.message.as_str()).collect();
+            Cond::no("ResolvedRefs", first.reason, messages.join("; "))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -225,6 +225,8 @@ struct Req {
     headers: &'static [(&'static str, &'static str)],
     body: Body,
     peer: &'static str,
+    /// kedge's address the connection arrived on.
+    local: &'static str,
     /// The canary weight draw.
     draw: u64,
     /// What the worker-state checks found: the limits refused (why), the credentials were good.
@@ -240,6 +242,7 @@ const GET: Req = Req {
     headers: &[],
     body: Body::None,
     peer: "192.0.2.1:40000",
+    local: "127.0.0.1:80",
     draw: 99,
     refused: None,
     authenticated: false,
@@ -273,6 +276,7 @@ fn decided(table: &RouteTable, r: &Req) -> String {
         upgrade: None,
         keep_alive: true,
         peer: r.peer.parse().unwrap(),
+        local: r.local.parse().unwrap(),
         client_ip: r.peer.split(':').next().unwrap().as_bytes(),
     };
     let mut rewritten = String::new();
@@ -301,6 +305,20 @@ fn decided(table: &RouteTable, r: &Req) -> String {
             }
             if f.max_body != 1000 {
                 s += &format!(" max_body={}", f.max_body);
+            }
+            if let Some(gw) = f.gw {
+                if let Some(h) = gw.host() {
+                    s += &format!(" host={h}");
+                }
+                let mut out = Vec::new();
+                gw.request_headers(&headers, &mut out);
+                if out != headers {
+                    let h: Vec<String> = out
+                        .iter()
+                        .map(|(n, v)| format!("{}={}", String::from_utf8_lossy(n), String::from_utf8_lossy(v)))
+                        .collect();
+                    s += &format!(" [{}]", h.join(" "));
+                }
             }
             s
         }
@@ -382,6 +400,7 @@ fn checks_are_named_for_the_worker() {
             upgrade: None,
             keep_alive: true,
             peer: peer.parse().unwrap(),
+            local: "127.0.0.1:80".parse().unwrap(),
             client_ip: b"",
         };
         let d = decide(&settings, &view, 0, &mut String::new());
@@ -422,6 +441,7 @@ fn a_path_that_is_not_utf8_is_refused_before_routing() {
         upgrade: None,
         keep_alive: true,
         peer: "192.0.2.1:1".parse().unwrap(),
+        local: "127.0.0.1:80".parse().unwrap(),
         client_ip: b"",
     };
     match decide(&settings, &view, 0, &mut String::new()) {
@@ -456,6 +476,7 @@ fn forward_carries_timeouts_and_tries() {
             upgrade: None,
             keep_alive: true,
             peer: "192.0.2.1:1".parse().unwrap(),
+            local: "127.0.0.1:80".parse().unwrap(),
             client_ip: b"",
         };
         match decide(&settings, &view, 0, &mut String::new()) {
@@ -465,4 +486,293 @@ fn forward_carries_timeouts_and_tries() {
     };
     assert_eq!(forward("/"), (Duration::from_secs(5), 3));
     assert_eq!(forward("/sticky"), (Duration::from_secs(1), MAX_TRIES));
+}
+
+/// A table with Gateway routes on 127.0.0.1:80 (for `g.example`, and the Ingress host
+/// `t.example` claimed by an HTTPRoute too) next to the Ingress rules of [`table`].
+fn gateway_table() -> RouteTable {
+    use crate::routes::gateway::{Action, HeaderMod, Match, PathChange, PathMatch, Redirect, Rewrite, Weighted};
+    let mut b = TableBuilder::default();
+    let main = backend(&mut b, "main", 9000);
+    let gw1 = backend(&mut b, "gw1", 9001);
+    let gw2 = backend(&mut b, "gw2", 9002);
+    b.rule(Some("t.example"), "/", Prefix, main, "test").unwrap();
+    b.rule(Some("i.example"), "/", Prefix, main, "test").unwrap();
+    let plain = Action {
+        request_headers: None,
+        response_headers: None,
+        redirect: None,
+        cors: None,
+        mirrors: Vec::new(),
+        rewrite: None,
+        backends: vec![Weighted {
+            weight: 1,
+            backend: Some(gw1),
+            headers: None,
+        }],
+        request_timeout: None,
+        backend_timeout: None,
+        policy: Arc::new(Policy::default()),
+    };
+    let local: [std::net::IpAddr; 1] = ["127.0.0.1".parse().unwrap()];
+    let mut rule = |host: &str, path: &str, action: Action| {
+        let m = Match {
+            path: PathMatch::Prefix(path.into()),
+            method: None,
+            headers: Vec::new(),
+            query: Vec::new(),
+        };
+        b.gateway_rule(&local, 80, None, Some(host), m, Arc::new(action), "HTTPRoute test");
+    };
+    let redirect = |scheme: Option<&str>, hostname: Option<&str>, port, path, status| Action {
+        redirect: Some(Redirect {
+            scheme: scheme.map(Into::into),
+            hostname: hostname.map(Into::into),
+            port,
+            path,
+            status,
+        }),
+        ..plain.clone()
+    };
+    rule("g.example", "/", plain.clone());
+    rule("t.example", "/", plain.clone());
+    rule("g.example", "/https", redirect(Some("https"), None, None, None, 301));
+    rule(
+        "g.example",
+        "/elsewhere",
+        redirect(None, Some("new.example"), None, None, 302),
+    );
+    rule("g.example", "/port", redirect(None, None, Some(8080), None, 307));
+    rule(
+        "g.example",
+        "/full",
+        redirect(None, None, None, Some(PathChange::Full("/landing".into())), 308),
+    );
+    rule(
+        "g.example",
+        "/old",
+        redirect(
+            Some("http"),
+            None,
+            Some(80),
+            Some(PathChange::Prefix("/new".into())),
+            303,
+        ),
+    );
+    let rewrite = |hostname: Option<&str>, path| Action {
+        rewrite: Some(Rewrite {
+            hostname: hostname.map(Into::into),
+            path,
+        }),
+        ..plain.clone()
+    };
+    rule(
+        "g.example",
+        "/rw",
+        rewrite(None, Some(PathChange::Prefix("/v2".into()))),
+    );
+    rule(
+        "g.example",
+        "/rwroot",
+        rewrite(None, Some(PathChange::Prefix("/".into()))),
+    );
+    rule(
+        "g.example",
+        "/rwfull",
+        rewrite(Some("inner.example"), Some(PathChange::Full("/x".into()))),
+    );
+    rule(
+        "g.example",
+        "/headers",
+        Action {
+            request_headers: Some(HeaderMod {
+                set: vec![("X-Set".into(), "1".into())],
+                add: vec![("X-Add".into(), "2".into())],
+                remove: vec!["x-drop".into()],
+            }),
+            backends: vec![Weighted {
+                weight: 1,
+                backend: Some(gw2),
+                headers: Some(HeaderMod {
+                    set: vec![("x-add".into(), "3".into())],
+                    ..HeaderMod::default()
+                }),
+            }],
+            ..plain.clone()
+        },
+    );
+    rule(
+        "g.example",
+        "/split",
+        Action {
+            backends: vec![
+                Weighted {
+                    weight: 0,
+                    backend: Some(main),
+                    headers: None,
+                },
+                Weighted {
+                    weight: 1,
+                    backend: Some(gw1),
+                    headers: None,
+                },
+                Weighted {
+                    weight: 1,
+                    backend: None,
+                    headers: None,
+                },
+            ],
+            ..plain.clone()
+        },
+    );
+    rule(
+        "g.example",
+        "/none",
+        Action {
+            backends: Vec::new(),
+            ..plain.clone()
+        },
+    );
+    b.build()
+}
+
+#[test]
+fn gateway_decisions() {
+    let table = gateway_table();
+    let g = Req {
+        host: "g.example",
+        ..GET
+    };
+    #[rustfmt::skip]
+    let cases: &[(&str, Req, &str)] = &[
+        ("gateway host", Req { target: "/a", ..g }, "→ gw1"),
+        ("host port ignored", Req { host: "G.example:80", target: "/a", ..g }, "→ gw1"),
+        ("an HTTPRoute wins the host an Ingress claims too", Req { host: "t.example", ..g }, "→ gw1"),
+        ("another host on the same address: Ingress", Req { host: "i.example", ..g }, "→ main"),
+        ("another address: Ingress only", Req { host: "t.example", local: "127.0.0.2:80", ..g }, "→ main"),
+        ("another address, Gateway-only host: 404", Req { local: "127.0.0.2:80", ..g }, "404 no route for this host and path"),
+        ("scheme redirect drops the default port", Req { target: "/https/x?q=1", ..g }, "301 Location: https://g.example/https/x?q=1"),
+        ("hostname redirect keeps the listener port", Req { host: "g.example:8000", target: "/elsewhere", local: "127.0.0.1:80", ..g }, "302 Location: http://new.example/elsewhere"),
+        ("port redirect", Req { target: "/port", ..g }, "307 Location: http://g.example:8080/port"),
+        ("full path redirect", Req { target: "/full/a/b", ..g }, "308 Location: http://g.example/landing"),
+        ("prefix redirect", Req { target: "/old/a?b", ..g }, "303 Location: http://g.example/new/a?b"),
+        ("prefix redirect of the prefix itself", Req { target: "/old", ..g }, "303 Location: http://g.example/new"),
+        ("prefix rewrite", Req { target: "/rw/a?x=1", ..g }, "→ gw1 /v2/a?x=1"),
+        ("prefix rewrite to /", Req { target: "/rwroot/a", ..g }, "→ gw1 /a"),
+        ("prefix rewrite to / of the prefix", Req { target: "/rwroot", ..g }, "→ gw1 /"),
+        ("full rewrite and host", Req { target: "/rwfull/a", ..g }, "→ gw1 /x host=inner.example"),
+        ("header changes: rule's, then the backendRef's",
+            Req { target: "/headers", headers: &[("X-Drop", "a"), ("x-set", "old"), ("Accept", "*/*")], ..g },
+            "→ gw2 [Accept=*/* X-Set=1 x-add=3]"),
+        ("weight 0 gets nothing", Req { target: "/split", draw: 0, ..g }, "→ gw1"),
+        ("unusable backend: 500 for its share", Req { target: "/split", draw: 1, ..g }, "500 route backend is not usable"),
+        ("no backendRefs: 500", Req { target: "/none", ..g }, "500 route has no backend"),
+    ];
+    let mut failed = Vec::new();
+    for (label, req, want) in cases {
+        let got = decided(&table, req);
+        if got != *want {
+            failed.push(format!("{label}: got {got:?}, want {want:?}"));
+        }
+    }
+    assert!(failed.is_empty(), "\n{}", failed.join("\n"));
+}
+
+/// A CORS preflight is answered by kedge: the allowed origin, methods, headers and max age; an
+/// origin not allowed gets no CORS fields; a request that is not a preflight is forwarded.
+#[test]
+fn cors_preflights() {
+    use crate::routes::gateway::{Action, Cors, Match, PathMatch, Weighted};
+    let mut b = TableBuilder::default();
+    let gw1 = backend(&mut b, "gw1", 9001);
+    let action = Action {
+        request_headers: None,
+        response_headers: None,
+        redirect: None,
+        mirrors: Vec::new(),
+        cors: Some(Cors {
+            allow_origins: vec!["https://www.example.com".into(), "https://*.example.org".into()],
+            allow_methods: vec!["GET".into(), "PUT".into()],
+            allow_headers: vec!["*".into()],
+            expose_headers: vec!["x-a".into()],
+            allow_credentials: true,
+            max_age: 600,
+        }),
+        rewrite: None,
+        backends: vec![Weighted {
+            weight: 1,
+            backend: Some(gw1),
+            headers: None,
+        }],
+        request_timeout: None,
+        backend_timeout: None,
+        policy: Arc::new(Policy::default()),
+    };
+    let m = Match {
+        path: PathMatch::Prefix("/".into()),
+        method: None,
+        headers: Vec::new(),
+        query: Vec::new(),
+    };
+    b.gateway_rule(&[], 80, None, Some("c.example"), m, Arc::new(action), "HTTPRoute test");
+    let table = b.build();
+    let (client, upstream) = (client(), upstream());
+    let settings = Settings {
+        table: &table,
+        client: &client,
+        upstream: &upstream,
+        redirect_port: None,
+    };
+    let answer = |headers: &[(&'static str, &'static str)], method: &'static str| {
+        let headers: Vec<Header<'_>> = headers.iter().map(|(n, v)| (n.as_bytes(), v.as_bytes())).collect();
+        let view = RequestView {
+            method: method.as_bytes(),
+            scheme: "https",
+            authority: b"c.example",
+            path: Some(b"/x"),
+            query: None,
+            target: b"/x",
+            headers: &headers,
+            request_id: b"",
+            body: Body::None,
+            expect_continue: false,
+            upgrade: None,
+            keep_alive: true,
+            peer: "192.0.2.1:1".parse().unwrap(),
+            local: "127.0.0.1:80".parse().unwrap(),
+            client_ip: b"",
+        };
+        match decide(&settings, &view, 0, &mut String::new()) {
+            Decision::Answer(a) => {
+                let mut out = Vec::new();
+                crate::worker::respond::write_answer(&mut out, &mut Vec::new(), &a, false);
+                let text = String::from_utf8(out).unwrap();
+                let mut lines: Vec<&str> = text.lines().filter(|l| l.starts_with("Access-Control-")).collect();
+                lines.insert(0, text.lines().next().unwrap_or_default());
+                lines.join("\n")
+            }
+            Decision::Forward(f) => format!("→ {}", f.routed.backend.name),
+        }
+    };
+    let preflight = [
+        ("Origin", "https://api.example.org"),
+        ("Access-Control-Request-Method", "PUT"),
+        ("Access-Control-Request-Headers", "x-token"),
+    ];
+    assert_eq!(
+        answer(&preflight, "OPTIONS"),
+        "HTTP/1.1 200 OK\n\
+         Access-Control-Allow-Origin: https://api.example.org\n\
+         Access-Control-Allow-Credentials: true\n\
+         Access-Control-Allow-Methods: GET, PUT\n\
+         Access-Control-Allow-Headers: x-token\n\
+         Access-Control-Max-Age: 600"
+    );
+    let other = [
+        ("Origin", "https://evil.example"),
+        ("Access-Control-Request-Method", "PUT"),
+    ];
+    assert_eq!(answer(&other, "OPTIONS"), "HTTP/1.1 200 OK");
+    assert_eq!(answer(&[("Origin", "https://www.example.com")], "OPTIONS"), "→ gw1");
+    assert_eq!(answer(&preflight, "GET"), "→ gw1");
 }

@@ -3,7 +3,7 @@
 //! list/watch wire protocol (resourceVersion, paged lists, chunked watch events, bookmarks,
 //! 410 Gone after `compact`) for the handful of kinds kedge watches (the Gateway API's only once
 //! the test installs its CRDs, with the discovery endpoint that says so), takes status and Lease
-//! writes, and can simulate an outage (`pause`/`resume`).
+//! writes (the Gateway API kinds' status subresources too), and can simulate an outage (`pause`/`resume`).
 //!
 //! The test drives it synchronously (`apply`, `delete`, `compact`, ...) from any thread; the
 //! server runs on a thread and current-thread tokio runtime of its own.
@@ -245,6 +245,13 @@ impl FakeApi {
     pub fn status_writes(&self, namespace: &str, name: &str) -> usize {
         let kind = kind("ingresses");
         self.shared.read(|s| s.status_writes(kind, Some(namespace), name))
+    }
+
+    /// Writes a client made to the status subresource of this object of `resource` (PUT or
+    /// PATCH, accepted).
+    pub fn status_writes_of(&self, resource: &str, namespace: Option<&str>, name: &str) -> usize {
+        let kind = kind(resource);
+        self.shared.read(|s| s.status_writes(kind, namespace, name))
     }
 
     /// Every write a client made to this object (create, replace, patch, delete, status),

@@ -23,7 +23,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 pub use client::{Client, Response};
 pub use cluster::{get, readyz, wait_readyz};
-pub use kedge::{Kedge, Signal};
+pub use kedge::{Kedge, Setup, Signal};
 pub use kube_api::FakeApi;
 pub use raw_upstream::{RawBehavior, RawUpstream};
 pub use recording_upstream::{ConnLog, Recorded, RecordingUpstream};

@@ -1,5 +1,6 @@
 //! Kubernetes objects for the fixture API server, as JSON, the way a test reads best: an
-//! IngressClass, a Service with one `http` port, EndpointSlices, Ingresses, all in `default`.
+//! IngressClass, a Service with one `http` port, EndpointSlices, Ingresses, all in `default`;
+//! Gateway API objects in the namespaces a test names.
 
 use serde_json::{Value, json};
 
@@ -56,4 +57,26 @@ pub fn ingress(name: &str, class: &str, host: &str, path: &str, svc: &str) -> Va
            "spec": {"ingressClassName": class, "rules": [{"host": host, "http": {"paths": [
                {"path": path, "pathType": "Prefix",
                 "backend": {"service": {"name": svc, "port": {"name": "http"}}}}]}}]}})
+}
+
+/// GatewayClass `name` of `controller`.
+pub fn gateway_class(name: &str, controller: &str) -> Value {
+    json!({"apiVersion": "gateway.networking.k8s.io/v1", "kind": "GatewayClass",
+           "metadata": {"name": name}, "spec": {"controllerName": controller}})
+}
+
+/// Gateway `ns/name` of class `class` with `listeners` (a JSON array).
+pub fn gateway(ns: &str, name: &str, class: &str, listeners: Value) -> Value {
+    json!({"apiVersion": "gateway.networking.k8s.io/v1", "kind": "Gateway",
+           "metadata": {"name": name, "namespace": ns},
+           "spec": {"gatewayClassName": class, "listeners": listeners}})
+}
+
+/// HTTPRoute `ns/name` with `parent_refs` and `hostnames`, one rule to each of `backends`
+/// (`[{"name": ..., "port": ...}]`).
+pub fn http_route(ns: &str, name: &str, parent_refs: Value, hostnames: Value, backends: Value) -> Value {
+    json!({"apiVersion": "gateway.networking.k8s.io/v1", "kind": "HTTPRoute",
+           "metadata": {"name": name, "namespace": ns},
+           "spec": {"parentRefs": parent_refs, "hostnames": hostnames,
+                    "rules": [{"backendRefs": backends}]}})
 }

@@ -28,6 +28,7 @@ pub(super) static KINDS: &[Kind] = &[
     Kind::new("v1", "services", "Service", true, true),
     Kind::new("v1", "nodes", "Node", false, true),
     Kind::new("v1", "secrets", "Secret", true, false),
+    Kind::new("v1", "namespaces", "Namespace", false, true),
     Kind::new("discovery.k8s.io/v1", "endpointslices", "EndpointSlice", true, false),
     Kind::new("networking.k8s.io/v1", "ingresses", "Ingress", true, true),
     Kind::new("networking.k8s.io/v1", "ingressclasses", "IngressClass", false, false),
@@ -62,8 +63,8 @@ impl Kind {
         }
     }
 
-    /// A Gateway API kind (with a status subresource, except ReferenceGrant, which has none;
-    /// kedge never writes either yet).
+    /// A Gateway API kind, with a status subresource (ReferenceGrant has none, but kedge never
+    /// writes one).
     const fn crd(api_version: &'static str, plural: &'static str, kind: &'static str, namespaced: bool) -> Kind {
         let mut k = Kind::new(api_version, plural, kind, namespaced, true);
         k.crd = true;

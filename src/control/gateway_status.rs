@@ -1,0 +1,453 @@
+//! Gateway API status: what [`attach`](super::translate::gateway::attach) decided, written into
+//! the status of kedge's GatewayClasses (`Accepted`, `supportedFeatures`), Gateways (`Accepted`,
+//! `Programmed`, `addresses`, per listener `supportedKinds`, `attachedRoutes` and conditions)
+//! and the parent entries of HTTPRoutes and GRPCRoutes that name kedge's Gateways (`parentRef`,
+//! `controllerName`, `Accepted`, `ResolvedRefs`).
+//!
+//! [`view`] is pure: from a build's attachment and objects it makes the status each object
+//! should have and keeps only the objects whose status differs. Every condition carries the
+//! object's `metadata.generation` as `observedGeneration`; a condition whose status did not
+//! change keeps its `lastTransitionTime` (copied as read, so that a rebuild that changes
+//! nothing compares equal); conditions of types kedge does not set are kept as they are, and
+//! so are the route parent entries of other controllers (another `controllerName`). A route
+//! that no longer names kedge's Gateways loses kedge's entries.
+//!
+//! The control thread hands each build's view to a [`Writer`] (a `watch` channel: only the
+//! latest matters) and goes on; the writer task patches the `/status` subresource of each
+//! object with a JSON merge patch carrying the resourceVersion the view was made from (a list
+//! replaces a list whole, so a concurrent change of another controller's parent entry gives a
+//! 409 Conflict instead of being lost; the change itself brings the next view). As the Ingress
+//! writer ([`super::status`]), it writes only while this kedge holds the cluster's status
+//! Lease, never writes again what it wrote until the watch brings the object back, logs a
+//! failing object once per failure streak and retries after [`RETRY`].
+//!
+//! The writer and the Lease election start with the first build that has one of kedge's
+//! GatewayClasses: a cluster without them never writes, nor takes the Lease for them.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use futures_util::stream::FuturesUnordered;
+use kube::Client;
+use kube::api::{Api, Patch, PatchParams};
+use serde::Serialize;
+use serde_json::{Value, json};
+use tokio::sync::watch;
+use tokio::time::Instant;
+
+use super::gateway_types::{Gateway, GatewayClass, GrpcRoute, HttpRoute};
+use super::translate::Objects;
+use super::translate::gateway::{Attachment, Cond, RouteParent};
+
+/// The Gateway API features kedge implements, as `status.supportedFeatures` of its
+/// GatewayClasses says: only what the code does (attachment and status here, rules in the
+/// route translation).
+/// Sorted, as the API keeps them. The route features are those `translate/httproute.rs` and
+/// the data plane implement.
+pub const SUPPORTED_FEATURES: &[&str] = &[
+    "GRPCRoute",
+    "HTTPRoute",
+    "HTTPRouteBackendRequestHeaderModification",
+    "HTTPRouteBackendTimeout",
+    "HTTPRouteHostRewrite",
+    "HTTPRouteMethodMatching",
+    "HTTPRoutePathRedirect",
+    "HTTPRoutePathRewrite",
+    "HTTPRoutePortRedirect",
+    "HTTPRouteQueryParamMatching",
+    "HTTPRouteRequestTimeout",
+    "HTTPRouteResponseHeaderModification",
+    "HTTPRouteSchemeRedirect",
+];
+
+/// How long after a failed round the writer tries again if no build comes first.
+const RETRY: Duration = Duration::from_secs(5);
+/// Status writes in flight at once per cluster.
+const CONCURRENCY: usize = 8;
+/// The field manager named in every write.
+const FIELD_MANAGER: &str = "kedge";
+
+/// The kinds whose status kedge writes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Resource {
+    GatewayClass,
+    Gateway,
+    HttpRoute,
+    GrpcRoute,
+}
+
+impl Resource {
+    fn kind(self) -> &'static str {
+        match self {
+            Resource::GatewayClass => "GatewayClass",
+            Resource::Gateway => "Gateway",
+            Resource::HttpRoute => "HTTPRoute",
+            Resource::GrpcRoute => "GRPCRoute",
+        }
+    }
+}
+
+/// (kind, namespace or "", name).
+type Key = (Resource, String, String);
+
+/// One object whose status should change.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Item {
+    pub key: Key,
+    /// The object's resourceVersion in the view: the write's precondition.
+    pub rv: Option<String>,
+    /// The status fields kedge owns, whole (each list replaces the object's in the patch).
+    pub status: Value,
+}
+
+/// `True`/`False`.
+fn truth(b: bool) -> &'static str {
+    if b { "True" } else { "False" }
+}
+
+/// Conditions as they should be: kedge's (`observedGeneration` = `generation`; the current
+/// `lastTransitionTime` when the status is unchanged, else `now`), then the current ones of
+/// other types, as they are.
+fn conditions(ours: &[Cond], current: &Value, generation: Option<i64>, now: &str) -> Value {
+    let current = current.as_array().map(Vec::as_slice).unwrap_or(&[]);
+    let mut out: Vec<Value> = ours
+        .iter()
+        .map(|c| {
+            let status = truth(c.status);
+            let was = current.iter().find(|v| v["type"] == c.type_);
+            let since = match was {
+                Some(v) if v["status"] == status && !v["lastTransitionTime"].is_null() => {
+                    v["lastTransitionTime"].clone()
+                }
+                _ => json!(now),
+            };
+            let mut v = json!({
+                "type": c.type_,
+                "status": status,
+                "reason": c.reason,
+                "message": c.message,
+                "lastTransitionTime": since,
+            });
+            if let Some(g) = generation {
+                v["observedGeneration"] = json!(g);
+            }
+            v
+        })
+        .collect();
+    out.extend(
+        current
+            .iter()
+            .filter(|v| !ours.iter().any(|c| v["type"] == c.type_))
+            .cloned(),
+    );
+    Value::Array(out)
+}
+
+/// `v[key]` with an absent or null list read as empty.
+fn list(v: &Value, key: &str) -> Value {
+    match &v[key] {
+        Value::Null => json!([]),
+        other => other.clone(),
+    }
+}
+
+fn to_json<T: Serialize>(t: &T) -> Value {
+    serde_json::to_value(t).unwrap_or(Value::Null)
+}
+
+/// Whether `current` already has every field of `target` (the fields kedge owns).
+fn same(current: &Value, target: &Value) -> bool {
+    target
+        .as_object()
+        .is_some_and(|t| t.iter().all(|(k, v)| list(current, k) == *v))
+}
+
+/// The objects of one build whose status should change, and to what. `controller`: the
+/// cluster's `gateway_controller`; `now`: the time written into changed conditions.
+pub fn view(attachment: &Attachment<'_>, objects: &Objects<'_>, controller: &str, now: &str) -> Vec<Item> {
+    let mut items = Vec::new();
+    let mut push = |key: Key, rv: &Option<String>, current: &Value, status: Value| {
+        if !same(current, &status) {
+            items.push(Item {
+                key,
+                rv: rv.clone(),
+                status,
+            });
+        }
+    };
+    let features: Vec<Value> = SUPPORTED_FEATURES.iter().map(|f| json!({"name": f})).collect();
+    for class in &attachment.classes {
+        let m = &class.metadata;
+        let current = to_json(&class.status);
+        let accepted = Cond {
+            type_: "Accepted",
+            status: true,
+            reason: "Accepted",
+            message: format!("kedge is the controller of {controller}"),
+        };
+        let status = json!({
+            "conditions": conditions(&[accepted], &list(&current, "conditions"), m.generation, now),
+            "supportedFeatures": features,
+        });
+        let key = (
+            Resource::GatewayClass,
+            String::new(),
+            m.name.clone().unwrap_or_default(),
+        );
+        push(key, &m.resource_version, &current, status);
+    }
+    for g in &attachment.gateways {
+        let m = &g.gateway.metadata;
+        let current = to_json(&g.gateway.status);
+        let current_listeners = list(&current, "listeners");
+        let listeners: Vec<Value> = g
+            .listeners
+            .iter()
+            .map(|l| {
+                let was = current_listeners
+                    .as_array()
+                    .and_then(|a| a.iter().find(|v| v["name"] == l.name.as_str()))
+                    .map_or(Value::Null, |v| list(v, "conditions"));
+                json!({
+                    "name": l.name,
+                    "supportedKinds": to_json(&l.supported_kinds),
+                    "attachedRoutes": l.attached_routes,
+                    "conditions": conditions(&l.conditions, &was, m.generation, now),
+                })
+            })
+            .collect();
+        let status = json!({
+            "addresses": to_json(&g.addresses),
+            "conditions": conditions(&g.conditions, &list(&current, "conditions"), m.generation, now),
+            "listeners": listeners,
+        });
+        let key = (
+            Resource::Gateway,
+            m.namespace.clone().unwrap_or_default(),
+            m.name.clone().unwrap_or_default(),
+        );
+        push(key, &m.resource_version, &current, status);
+    }
+    // kedge's parent entries per route, in the order of its parentRefs.
+    let mut ours: BTreeMap<(Resource, String), Vec<&RouteParent<'_>>> = BTreeMap::new();
+    for p in &attachment.parents {
+        let r = match p.route.kind() {
+            "HTTPRoute" => Resource::HttpRoute,
+            _ => Resource::GrpcRoute,
+        };
+        ours.entry((r, p.route.key())).or_default().push(p);
+    }
+    let routes = objects
+        .http_routes
+        .iter()
+        .map(|r| (Resource::HttpRoute, &r.metadata, to_json(&r.status)))
+        .chain(
+            objects
+                .grpc_routes
+                .iter()
+                .map(|r| (Resource::GrpcRoute, &r.metadata, to_json(&r.status))),
+        );
+    for (resource, m, current) in routes {
+        let (ns, name) = (
+            m.namespace.clone().unwrap_or_default(),
+            m.name.clone().unwrap_or_default(),
+        );
+        let mine = ours.get(&(resource, format!("{ns}/{name}")));
+        let parents = list(&current, "parents");
+        let parents = parents.as_array().map(Vec::as_slice).unwrap_or(&[]);
+        let had = parents.iter().any(|p| p["controllerName"] == controller);
+        if mine.is_none() && !had {
+            continue;
+        }
+        let mut target: Vec<Value> = parents
+            .iter()
+            .filter(|p| p["controllerName"] != controller)
+            .cloned()
+            .collect();
+        for p in mine.into_iter().flatten() {
+            let parent_ref = to_json(&p.parent_ref);
+            let was = parents
+                .iter()
+                .find(|c| c["controllerName"] == controller && c["parentRef"] == parent_ref)
+                .map_or(Value::Null, |c| list(c, "conditions"));
+            target.push(json!({
+                "parentRef": parent_ref,
+                "controllerName": controller,
+                "conditions": conditions(&p.conditions, &was, m.generation, now),
+            }));
+        }
+        // The API's limit; kedge's entries come last and are the ones cut.
+        target.truncate(32);
+        push(
+            (resource, ns, name),
+            &m.resource_version,
+            &current,
+            json!({ "parents": target }),
+        );
+    }
+    items
+}
+
+/// The handle the control thread keeps for one cluster's Gateway API status writer task.
+/// Dropping it stops the task.
+pub struct Writer {
+    latest: watch::Sender<Option<std::sync::Arc<Vec<Item>>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Writer {
+    /// Starts the writer task on the current runtime, writing while `holding`.
+    pub fn spawn(client: Client, cluster: &str, holding: watch::Receiver<bool>) -> Writer {
+        let (latest, views) = watch::channel(None);
+        let task = tokio::spawn(run(client, cluster.to_owned(), views, holding));
+        Writer { latest, task }
+    }
+
+    /// Hands over the latest build's items, replacing any the task has not looked at yet.
+    pub fn offer(&self, items: Vec<Item>) {
+        self.latest.send_replace(Some(std::sync::Arc::new(items)));
+    }
+
+    /// Stops writing (writes in flight are abandoned).
+    pub async fn stop(self) {
+        self.task.abort();
+        let _ = self.task.await;
+    }
+}
+
+/// The items not written yet: `sent` keeps only the writes still waiting for their watch event
+/// (same resourceVersion, same status).
+fn plan(items: &[Item], sent: &mut HashMap<Key, (Option<String>, Value)>) -> Vec<Item> {
+    let mut waiting = HashMap::new();
+    let mut writes = Vec::new();
+    for item in items {
+        if let Some(s) = sent.remove(&item.key)
+            && s.0 == item.rv
+            && s.1 == item.status
+        {
+            waiting.insert(item.key.clone(), s);
+            continue;
+        }
+        writes.push(item.clone());
+    }
+    *sent = waiting;
+    writes
+}
+
+/// One status patch.
+async fn patch(client: Client, item: &Item, params: &PatchParams) -> Result<(), kube::Error> {
+    let body = json!({"metadata": {"resourceVersion": item.rv}, "status": item.status});
+    let p = Patch::Merge(&body);
+    let (_, ns, name) = &item.key;
+    match item.key.0 {
+        Resource::GatewayClass => Api::<GatewayClass>::all(client)
+            .patch_status(name, params, &p)
+            .await
+            .map(drop),
+        Resource::Gateway => Api::<Gateway>::namespaced(client, ns)
+            .patch_status(name, params, &p)
+            .await
+            .map(drop),
+        Resource::HttpRoute => Api::<HttpRoute>::namespaced(client, ns)
+            .patch_status(name, params, &p)
+            .await
+            .map(drop),
+        Resource::GrpcRoute => Api::<GrpcRoute>::namespaced(client, ns)
+            .patch_status(name, params, &p)
+            .await
+            .map(drop),
+    }
+}
+
+/// The writer task of one cluster (the Ingress writer's loop, for these kinds).
+async fn run(
+    client: Client,
+    cluster: String,
+    mut views: watch::Receiver<Option<std::sync::Arc<Vec<Item>>>>,
+    mut holding: watch::Receiver<bool>,
+) {
+    let params = PatchParams {
+        field_manager: Some(FIELD_MANAGER.to_owned()),
+        ..PatchParams::default()
+    };
+    let mut sent: HashMap<Key, (Option<String>, Value)> = HashMap::new();
+    let mut failing: HashSet<Key> = HashSet::new();
+    let mut retry_at: Option<Instant> = None;
+    loop {
+        tokio::select! {
+            changed = views.changed() => if changed.is_err() {
+                return;
+            },
+            changed = holding.changed() => if changed.is_err() {
+                return;
+            },
+            () = tokio::time::sleep_until(retry_at.unwrap_or_else(Instant::now)), if retry_at.is_some() => {}
+        }
+        retry_at = None;
+        let view = views.borrow_and_update().clone();
+        if !*holding.borrow_and_update() {
+            continue;
+        }
+        let Some(view) = view else {
+            continue;
+        };
+        let writes = plan(&view, &mut sent);
+        let planned: HashSet<&Key> = writes.iter().map(|w| &w.key).collect();
+        failing.retain(|k| planned.contains(k));
+        drop(planned);
+
+        let mut todo = writes.into_iter();
+        let mut in_flight = FuturesUnordered::new();
+        let mut stop = false;
+        loop {
+            while !stop
+                && in_flight.len() < CONCURRENCY
+                && let Some(w) = todo.next()
+            {
+                let client = client.clone();
+                let params = params.clone();
+                in_flight.push(async move {
+                    let result = patch(client, &w, &params).await;
+                    (w, result)
+                });
+            }
+            let Some((w, result)) = in_flight.next().await else {
+                break;
+            };
+            let (resource, ns, name) = &w.key;
+            let object = if ns.is_empty() {
+                format!("{} {name}", resource.kind())
+            } else {
+                format!("{} {ns}/{name}", resource.kind())
+            };
+            match result {
+                Ok(()) => {
+                    tracing::debug!(cluster, object, "status written");
+                    if failing.remove(&w.key) {
+                        tracing::info!(cluster, object, "status written again");
+                    }
+                    sent.insert(w.key, (w.rv, w.status));
+                }
+                // Deleted since the view: nothing left to write.
+                Err(kube::Error::Api(e)) if e.code == 404 => {}
+                // Changed since the view: the change brings the next one (retried anyway).
+                Err(kube::Error::Api(e)) if e.code == 409 => {
+                    tracing::debug!(cluster, object, "status not written: the object changed");
+                    retry_at = Some(Instant::now() + RETRY);
+                }
+                Err(e) => {
+                    if failing.insert(w.key.clone()) {
+                        tracing::warn!(cluster, object, error = %e, "cannot write status; retrying");
+                    }
+                    stop |= !matches!(e, kube::Error::Api(_));
+                    retry_at = Some(Instant::now() + RETRY);
+                }
+            }
+            stop |= views.has_changed().unwrap_or(true) || !*holding.borrow();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,276 @@
+//! The status view from attachments of objects written as JSON: what kedge writes, and that a
+//! build that changes nothing writes nothing.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use k8s_openapi::api::core::v1::Service;
+use serde_json::{Value, json};
+
+use super::*;
+use crate::config::ListenerSpec;
+use crate::control::translate::gateway::{GatewaySettings, attach};
+
+const CONTROLLER: &str = "kedge.dev/gateway-controller";
+const NOW: &str = "2026-12-05T22:00:00Z";
+const LATER: &str = "2026-12-05T23:00:00Z";
+
+fn from<T: serde::de::DeserializeOwned>(v: Value) -> Arc<T> {
+    Arc::new(serde_json::from_value(v).expect("object"))
+}
+
+struct World {
+    classes: Vec<Arc<GatewayClass>>,
+    gateways: Vec<Arc<Gateway>>,
+    http: Vec<Arc<HttpRoute>>,
+    services: Vec<Arc<Service>>,
+}
+
+impl World {
+    fn objects(&self) -> Objects<'_> {
+        Objects {
+            gateway_classes: &self.classes,
+            gateways: &self.gateways,
+            http_routes: &self.http,
+            services: &self.services,
+            ..Objects::default()
+        }
+    }
+
+    fn view(&self, now: &str) -> Vec<Item> {
+        let settings = GatewaySettings {
+            controller: CONTROLLER.into(),
+            publish_addresses: vec!["203.0.113.10".into()],
+            host_addresses: vec![],
+        };
+        let listeners = [ListenerSpec {
+            address: "0.0.0.0:80".parse::<SocketAddr>().expect("addr"),
+            tls: false,
+            proxy_protocol: None,
+        }];
+        let objects = self.objects();
+        let a = attach(&objects, &settings, &listeners);
+        view(&a, &objects, CONTROLLER, now)
+    }
+
+    /// Applies the items' status to the objects, as the API server would (a new
+    /// resourceVersion), and returns how many there were.
+    fn write(&mut self, items: &[Item]) -> usize {
+        fn apply<T: serde::de::DeserializeOwned + Serialize>(obj: &mut Arc<T>, status: &Value) {
+            let mut v = serde_json::to_value(&**obj).expect("json");
+            json_patch::merge(&mut v, &json!({ "status": status }));
+            v["metadata"]["resourceVersion"] = json!("written");
+            *obj = from(v);
+        }
+        for item in items {
+            let (r, ns, name) = &item.key;
+            let is = |m: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta| {
+                m.name.as_deref() == Some(name) && m.namespace.as_deref().unwrap_or("") == ns
+            };
+            match r {
+                Resource::GatewayClass => {
+                    let o = self.classes.iter_mut().find(|o| is(&o.metadata)).expect("class");
+                    apply(o, &item.status);
+                }
+                Resource::Gateway => {
+                    let o = self.gateways.iter_mut().find(|o| is(&o.metadata)).expect("gateway");
+                    apply(o, &item.status);
+                }
+                Resource::HttpRoute => {
+                    let o = self.http.iter_mut().find(|o| is(&o.metadata)).expect("route");
+                    apply(o, &item.status);
+                }
+                Resource::GrpcRoute => unreachable!(),
+            }
+        }
+        items.len()
+    }
+}
+
+fn world() -> World {
+    World {
+        classes: vec![
+            from(json!({"metadata": {"name": "kedge", "generation": 1}, "spec": {"controllerName": CONTROLLER}})),
+            from(json!({"metadata": {"name": "other", "generation": 1}, "spec": {"controllerName": "acme.io/gw"}})),
+        ],
+        gateways: vec![from(json!({
+            "metadata": {"name": "edge", "namespace": "infra", "generation": 3, "resourceVersion": "10"},
+            "spec": {"gatewayClassName": "kedge", "listeners": [
+                {"name": "http", "port": 80, "protocol": "HTTP", "allowedRoutes": {"namespaces": {"from": "All"}}},
+                {"name": "other", "port": 8080, "protocol": "HTTP"}]}}))],
+        http: vec![from(json!({
+            "metadata": {"name": "web", "namespace": "apps", "generation": 7, "resourceVersion": "11"},
+            "spec": {"parentRefs": [{"name": "edge", "namespace": "infra"}],
+                     "rules": [{"backendRefs": [{"name": "web", "port": 80}]}]},
+            "status": {"parents": [{"parentRef": {"name": "mesh", "kind": "Service", "group": ""},
+                                    "controllerName": "acme.io/mesh",
+                                    "conditions": [{"type": "Accepted", "status": "True", "reason": "Accepted",
+                                                    "message": "", "lastTransitionTime": "2020-01-01T00:00:00Z"}]}]}}))],
+        services: vec![from(json!({"metadata": {"name": "web", "namespace": "apps"},
+                                   "spec": {"ports": [{"port": 80}]}}))],
+    }
+}
+
+fn item<'i>(items: &'i [Item], r: Resource, name: &str) -> &'i Item {
+    items
+        .iter()
+        .find(|i| i.key.0 == r && i.key.2 == name)
+        .unwrap_or_else(|| panic!("no {r:?} {name} in {items:#?}"))
+}
+
+/// The condition of `type_` in a conditions list.
+fn cond<'v>(conditions: &'v Value, type_: &str) -> &'v Value {
+    conditions
+        .as_array()
+        .and_then(|a| a.iter().find(|c| c["type"] == type_))
+        .unwrap_or_else(|| panic!("no {type_} in {conditions:#}"))
+}
+
+#[test]
+fn what_kedge_writes() {
+    let w = world();
+    let items = w.view(NOW);
+    assert_eq!(items.len(), 3, "{items:#?}");
+
+    let class = item(&items, Resource::GatewayClass, "kedge");
+    assert_eq!(class.key.1, "");
+    let accepted = cond(&class.status["conditions"], "Accepted");
+    assert_eq!(accepted["status"], "True");
+    assert_eq!(accepted["observedGeneration"], 1);
+    assert_eq!(accepted["lastTransitionTime"], NOW);
+    assert_eq!(
+        class.status["supportedFeatures"],
+        json!(
+            SUPPORTED_FEATURES
+                .iter()
+                .map(|f| json!({"name": f}))
+                .collect::<Vec<_>>()
+        )
+    );
+
+    let gw = item(&items, Resource::Gateway, "edge");
+    assert_eq!(gw.rv.as_deref(), Some("10"));
+    assert_eq!(
+        gw.status["addresses"],
+        json!([{"type": "IPAddress", "value": "203.0.113.10"}])
+    );
+    let c = &gw.status["conditions"];
+    assert_eq!(cond(c, "Accepted")["reason"], "ListenersNotValid");
+    assert_eq!(cond(c, "Programmed")["status"], "True");
+    assert_eq!(cond(c, "Programmed")["observedGeneration"], 3);
+    let http = &gw.status["listeners"][0];
+    assert_eq!(http["name"], "http");
+    assert_eq!(http["attachedRoutes"], 1);
+    assert_eq!(
+        http["supportedKinds"],
+        json!([{"group": "gateway.networking.k8s.io", "kind": "HTTPRoute"},
+               {"group": "gateway.networking.k8s.io", "kind": "GRPCRoute"}])
+    );
+    for t in ["Accepted", "ResolvedRefs", "Programmed", "Conflicted"] {
+        assert_eq!(cond(&http["conditions"], t)["observedGeneration"], 3, "{t}");
+    }
+    let other = &gw.status["listeners"][1];
+    assert_eq!(cond(&other["conditions"], "Accepted")["reason"], "PortUnavailable");
+    assert_eq!(other["attachedRoutes"], 0);
+
+    // The route: the mesh's entry kept first, kedge's after it.
+    let route = item(&items, Resource::HttpRoute, "web");
+    let parents = route.status["parents"].as_array().expect("parents");
+    assert_eq!(parents.len(), 2);
+    assert_eq!(parents[0]["controllerName"], "acme.io/mesh");
+    assert_eq!(parents[1]["controllerName"], CONTROLLER);
+    assert_eq!(
+        parents[1]["parentRef"],
+        json!({"group": "gateway.networking.k8s.io", "kind": "Gateway", "name": "edge", "namespace": "infra"})
+    );
+    assert_eq!(cond(&parents[1]["conditions"], "Accepted")["status"], "True");
+    assert_eq!(cond(&parents[1]["conditions"], "ResolvedRefs")["status"], "True");
+    assert_eq!(cond(&parents[1]["conditions"], "Accepted")["observedGeneration"], 7);
+}
+
+#[test]
+fn nothing_changed_nothing_written_and_transition_times_kept() {
+    let mut w = world();
+    assert_eq!(w.write(&w.view(NOW)), 3);
+    // Written: a later build wants nothing.
+    assert_eq!(w.view(LATER), vec![]);
+
+    // A spec change (generation 8) that keeps the route accepted: observedGeneration follows,
+    // the transition time stays.
+    let mut v = serde_json::to_value(&*w.http[0]).expect("json");
+    v["metadata"]["generation"] = json!(8);
+    v["spec"]["rules"][0]["backendRefs"][0]["name"] = json!("missing");
+    w.http[0] = from(v);
+    let items = w.view(LATER);
+    assert_eq!(items.len(), 1, "{items:#?}");
+    let parents = &items[0].status["parents"];
+    let accepted = cond(&parents[1]["conditions"], "Accepted");
+    assert_eq!(accepted["observedGeneration"], 8);
+    assert_eq!(accepted["lastTransitionTime"], NOW);
+    // ResolvedRefs turned False: a new transition time.
+    let resolved = cond(&parents[1]["conditions"], "ResolvedRefs");
+    assert_eq!(resolved["status"], "False");
+    assert_eq!(resolved["reason"], "BackendNotFound");
+    assert_eq!(resolved["lastTransitionTime"], LATER);
+    // The mesh's entry untouched.
+    assert_eq!(
+        parents[0]["conditions"][0]["lastTransitionTime"],
+        "2020-01-01T00:00:00Z"
+    );
+    w.write(&items);
+    assert_eq!(w.view(LATER), vec![]);
+
+    // The route leaves kedge's Gateway: kedge's entry goes, the mesh's stays.
+    let mut v = serde_json::to_value(&*w.http[0]).expect("json");
+    v["spec"]["parentRefs"] = json!([{"name": "mesh", "kind": "Service", "group": ""}]);
+    w.http[0] = from(v);
+    let items = w.view(LATER);
+    let route = item(&items, Resource::HttpRoute, "web");
+    let parents = route.status["parents"].as_array().expect("parents");
+    assert_eq!(parents.len(), 1);
+    assert_eq!(parents[0]["controllerName"], "acme.io/mesh");
+    w.write(&items);
+    assert_eq!(w.view(LATER), vec![]);
+}
+
+#[test]
+fn other_condition_types_are_kept() {
+    let ours = [Cond {
+        type_: "Accepted",
+        status: true,
+        reason: "Accepted",
+        message: "ok".into(),
+    }];
+    let current = json!([
+        {"type": "Accepted", "status": "False", "reason": "Pending", "message": "", "lastTransitionTime": "2020-01-01T00:00:00Z"},
+        {"type": "example.com/Audited", "status": "True", "reason": "Yes", "message": "", "lastTransitionTime": "2020-01-01T00:00:00Z"},
+    ]);
+    let got = conditions(&ours, &current, Some(2), NOW);
+    assert_eq!(
+        got,
+        json!([
+            {"type": "Accepted", "status": "True", "reason": "Accepted", "message": "ok", "lastTransitionTime": NOW, "observedGeneration": 2},
+            {"type": "example.com/Audited", "status": "True", "reason": "Yes", "message": "", "lastTransitionTime": "2020-01-01T00:00:00Z"},
+        ])
+    );
+}
+
+#[test]
+fn a_write_not_yet_watched_back_is_not_repeated() {
+    let w = world();
+    let items = w.view(NOW);
+    let mut sent = HashMap::new();
+    assert_eq!(plan(&items, &mut sent).len(), 3);
+    for i in &items {
+        sent.insert(i.key.clone(), (i.rv.clone(), i.status.clone()));
+    }
+    // The same view again (the watch has not brought the writes back): nothing.
+    assert!(plan(&items, &mut sent).is_empty());
+    assert_eq!(sent.len(), 3);
+    // The Gateway moved on without kedge's status (someone replaced it): written again.
+    let mut moved = items.clone();
+    moved[1].rv = Some("99".into());
+    let again = plan(&moved, &mut sent);
+    assert_eq!(again.len(), 1);
+    assert_eq!(again[0].key.0, Resource::Gateway);
+}

@@ -1,0 +1,507 @@
+//! Attached HTTPRoutes → Gateway rules in the table: each rule's matches, filters, timeouts and
+//! weighted backendRefs, under the scope (local addresses and port) and the hostnames
+//! `gateway.rs` attached the route with. Routes are added oldest first (creation time, then
+//! namespace/name), so that the table's "first added wins a tie" is the spec's precedence.
+//!
+//! Choices where the spec leaves room, or kedge does less than it allows:
+//! - A backendRef that `gateway::resolve_backend` refuses (unknown group or kind, a Service or
+//!   Service port that does not exist, another namespace without a ReferenceGrant) keeps its
+//!   weight and answers 500 for its share; `gateway.rs` reports it. A resolved Service without
+//!   ready endpoints is routed as for Ingress (503).
+//! - A filter kedge does not implement (ExtensionRef, or any other) makes its rule
+//!   answer 500 rather than serve the request without it; so does a RequestRedirect together
+//!   with a URLRewrite, and a ReplacePrefixMatch on a rule whose matches are not all
+//!   PathPrefix. A match kedge cannot use (bad regex, a path not starting with `/`) is left out
+//!   of its rule. Each is a warning on the route.
+//! - Backends are shared with Ingress backends of the same Service port (same name), and speak
+//!   plain HTTP/1.1.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::backends::Resolver;
+use super::gateway::{Attached, RouteRef, resolve_backend};
+use super::{ClusterSpec, Objects, Warning, Warnings, age, ns_name, warn};
+use crate::control::gateway_types::{self as gw, BackendRef, HttpRouteRule};
+use crate::policy::Policy;
+use crate::routes::TableBuilder;
+use crate::routes::gateway::{
+    Action, Cors, HeaderMod, Match, PathChange, PathMatch, Redirect, Rewrite, ValueMatch, Weighted, anchored_regex,
+};
+
+/// One rule of an HTTPRoute or a GRPCRoute, as the translation reads it.
+struct RuleIn<'a> {
+    /// The matches kedge can use (a GRPCRoute's as paths `/service/method`), or why not.
+    matches: Vec<Result<Match, String>>,
+    /// Every match is a PathPrefix (ReplacePrefixMatch needs that).
+    all_prefix: bool,
+    filters: &'a [gw::HttpRouteFilter],
+    backend_refs: &'a [BackendRef],
+    timeouts: Option<&'a gw::HttpRouteTimeouts>,
+}
+
+/// One route, HTTP or gRPC.
+struct RouteIn<'a> {
+    attached: &'a Attached<'a>,
+    meta: &'a k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta,
+    /// `HTTPRoute` or `GRPCRoute`.
+    kind: &'static str,
+    /// Backends speak HTTP/2 (gRPC).
+    h2: bool,
+    rules: Vec<RuleIn<'a>>,
+}
+
+/// Adds the rules of every attached HTTPRoute and GRPCRoute to `builder`, oldest route first.
+/// Returns the warnings, sorted.
+pub fn translate<'a>(
+    builder: &mut TableBuilder,
+    spec: &ClusterSpec,
+    objs: &Objects<'a>,
+    attached: &'a [Attached<'a>],
+) -> Vec<Warning> {
+    let mut w = Warnings::new();
+    let mut resolver = Resolver::new(spec, objs);
+    let mut routes: Vec<RouteIn<'a>> = attached
+        .iter()
+        .map(|a| match a.route {
+            RouteRef::Http(r) => RouteIn {
+                attached: a,
+                meta: &r.metadata,
+                kind: "HTTPRoute",
+                h2: false,
+                rules: r.spec.rules.iter().map(http_rule).collect(),
+            },
+            RouteRef::Grpc(r) => RouteIn {
+                attached: a,
+                meta: &r.metadata,
+                kind: "GRPCRoute",
+                h2: true,
+                rules: r.spec.rules.iter().map(grpc_rule).collect(),
+            },
+        })
+        .collect();
+    routes.sort_by(|a, b| age(a.meta).cmp(&age(b.meta)));
+    for route in &routes {
+        let a = route.attached;
+        let (ns, name) = ns_name(route.meta);
+        let owner = format!("{} {ns}/{name}", route.kind);
+        let table_owner = format!("{owner} of cluster {}", spec.name);
+        let host = a.hostnames.first().map_or("*", String::as_str);
+        let hosts: Vec<Option<&str>> = match a.hostnames.as_slice() {
+            [] => vec![None],
+            h => h.iter().map(|h| Some(h.as_str())).collect(),
+        };
+        for (i, rule) in route.rules.iter().enumerate() {
+            let action =
+                rule_action(builder, &mut resolver, objs, route, rule, host, &owner, &mut w).unwrap_or_else(|e| {
+                    warn(&mut w, &owner, format!("rule {i}: {e}; answering 500"));
+                    Arc::new(failing(host))
+                });
+            for (j, m) in rule.matches.iter().enumerate() {
+                let m = match m {
+                    Ok(m) => m,
+                    Err(e) => {
+                        warn(&mut w, &owner, format!("rule {i} match {j}: {e}; match ignored"));
+                        continue;
+                    }
+                };
+                for host in &hosts {
+                    builder.gateway_rule(
+                        &a.bind.addresses,
+                        a.bind.port,
+                        a.listener.hostname.as_deref(),
+                        *host,
+                        m.clone(),
+                        Arc::clone(&action),
+                        &table_owner,
+                    );
+                }
+            }
+        }
+    }
+    w.into_iter().collect()
+}
+
+/// Every path: what a rule without matches matches.
+fn match_all() -> Match {
+    Match {
+        path: PathMatch::Prefix("/".into()),
+        method: None,
+        headers: Vec::new(),
+        query: Vec::new(),
+    }
+}
+
+fn http_rule(rule: &HttpRouteRule) -> RuleIn<'_> {
+    let matches = match rule.matches.is_empty() {
+        true => vec![Ok(match_all())],
+        false => rule.matches.iter().map(one_match).collect(),
+    };
+    let all_prefix = rule.matches.iter().all(|m| {
+        m.path
+            .as_ref()
+            .is_none_or(|p| p.type_.as_deref().unwrap_or("PathPrefix") == "PathPrefix")
+    });
+    RuleIn {
+        matches,
+        all_prefix,
+        filters: &rule.filters,
+        backend_refs: &rule.backend_refs,
+        timeouts: rule.timeouts.as_ref(),
+    }
+}
+
+/// A GRPCRoute rule: a method match is a path match on `/service/method` (Exact with both,
+/// element-wise PathPrefix `/service` with the service only, any service's method with the
+/// method only, an anchored regex for RegularExpression), so that the table's precedence is
+/// the GRPCRoute's: service characters, then method characters, then header matches.
+fn grpc_rule(rule: &gw::GrpcRouteRule) -> RuleIn<'_> {
+    let matches = match rule.matches.is_empty() {
+        true => vec![Ok(match_all())],
+        false => rule.matches.iter().map(grpc_match).collect(),
+    };
+    RuleIn {
+        matches,
+        all_prefix: false,
+        filters: &rule.filters,
+        backend_refs: &rule.backend_refs,
+        timeouts: None,
+    }
+}
+
+fn grpc_match(m: &gw::GrpcRouteMatch) -> Result<Match, String> {
+    let path = match &m.method {
+        None => PathMatch::Prefix("/".into()),
+        Some(mm) => {
+            let (svc, method) = (mm.service.as_deref(), mm.method.as_deref());
+            match (mm.type_.as_deref().unwrap_or("Exact"), svc, method) {
+                ("Exact", Some(s), Some(m)) => PathMatch::Exact(format!("/{s}/{m}").into()),
+                ("Exact", Some(s), None) => PathMatch::Prefix(format!("/{s}").into()),
+                ("Exact", None, Some(m)) => PathMatch::GrpcMethod(m.into()),
+                ("Exact", None, None) => PathMatch::Prefix("/".into()),
+                ("RegularExpression", s, m) => PathMatch::Regex(anchored_regex(&format!(
+                    "/(?:{})/(?:{})",
+                    s.unwrap_or("[^/]+"),
+                    m.unwrap_or("[^/]+")
+                ))?),
+                (other, _, _) => return Err(format!("method match type {other:?} is not supported")),
+            }
+        }
+    };
+    let headers = header_matches(&m.headers, true)?;
+    Ok(Match {
+        path,
+        method: None,
+        headers,
+        query: Vec::new(),
+    })
+}
+
+/// An action that answers 500 (what a rule kedge cannot serve as written does).
+fn failing(host: &str) -> Action {
+    Action {
+        request_headers: None,
+        response_headers: None,
+        redirect: None,
+        cors: None,
+        mirrors: Vec::new(),
+        rewrite: None,
+        backends: Vec::new(),
+        request_timeout: None,
+        backend_timeout: None,
+        policy: Arc::new(Policy {
+            host: host.into(),
+            ..Policy::default()
+        }),
+    }
+}
+
+fn one_match(m: &gw::HttpRouteMatch) -> Result<Match, String> {
+    let (kind, value) = match &m.path {
+        None => ("PathPrefix", "/"),
+        Some(p) => (
+            p.type_.as_deref().unwrap_or("PathPrefix"),
+            p.value.as_deref().unwrap_or("/"),
+        ),
+    };
+    let path = match kind {
+        "Exact" | "PathPrefix" if !value.starts_with('/') => {
+            return Err(format!("path {value:?} does not start with /"));
+        }
+        "Exact" => PathMatch::Exact(value.into()),
+        "PathPrefix" => PathMatch::Prefix(value.into()),
+        "RegularExpression" => PathMatch::Regex(anchored_regex(value)?),
+        other => return Err(format!("path match type {other:?} is not supported")),
+    };
+    Ok(Match {
+        path,
+        method: m.method.as_deref().map(Into::into),
+        headers: header_matches(&m.headers, true)?,
+        query: header_matches(&m.query_params, false)?,
+    })
+}
+
+/// Header (names lower-cased) or query parameter matches.
+fn header_matches(list: &[gw::HeaderMatch], lower: bool) -> Result<Vec<(Box<str>, ValueMatch)>, String> {
+    list.iter()
+        .map(|h| {
+            let name: Box<str> = match lower {
+                true => h.name.to_ascii_lowercase().into(),
+                false => h.name.as_str().into(),
+            };
+            let value = match h.type_.as_deref().unwrap_or("Exact") {
+                "Exact" => ValueMatch::Exact(h.value.as_str().into()),
+                "RegularExpression" => ValueMatch::Regex(anchored_regex(&h.value)?),
+                other => return Err(format!("match type {other:?} is not supported")),
+            };
+            Ok((name, value))
+        })
+        .collect()
+}
+
+/// A rule's filters, timeouts and backends. `Err`: why the rule answers 500.
+#[allow(clippy::too_many_arguments)]
+fn rule_action<'a>(
+    builder: &mut TableBuilder,
+    resolver: &mut Resolver<'a>,
+    objs: &Objects<'a>,
+    route: &RouteIn<'a>,
+    rule: &RuleIn<'a>,
+    host: &str,
+    owner: &str,
+    w: &mut Warnings,
+) -> Result<Arc<Action>, String> {
+    let mut action = failing(host);
+    let all_prefix = rule.all_prefix;
+    for f in rule.filters {
+        match f.type_.as_str() {
+            "RequestHeaderModifier" => action.request_headers = Some(header_mod(f.request_header_modifier.as_ref())),
+            "ResponseHeaderModifier" => {
+                action.response_headers = Some(header_mod(f.response_header_modifier.as_ref()));
+            }
+            "RequestRedirect" => {
+                let r = f
+                    .request_redirect
+                    .as_ref()
+                    .ok_or("RequestRedirect without its settings")?;
+                let status = match r.status_code.unwrap_or(302) {
+                    s @ (301 | 302 | 303 | 307 | 308) => s as u16,
+                    s => return Err(format!("redirect status {s} is not 301, 302, 303, 307 or 308")),
+                };
+                let scheme = match r.scheme.as_deref() {
+                    None => None,
+                    Some(s @ ("http" | "https")) => Some(s.into()),
+                    Some(s) => return Err(format!("redirect scheme {s:?} is not http or https")),
+                };
+                let port = match r.port {
+                    None => None,
+                    Some(p) => Some(
+                        u16::try_from(p)
+                            .ok()
+                            .filter(|&p| p != 0)
+                            .ok_or(format!("bad redirect port {p}"))?,
+                    ),
+                };
+                action.redirect = Some(Redirect {
+                    scheme,
+                    hostname: r.hostname.as_deref().map(str::to_ascii_lowercase).map(Into::into),
+                    port,
+                    path: path_change(r.path.as_ref(), all_prefix)?,
+                    status,
+                });
+            }
+            "URLRewrite" => {
+                let r = f.url_rewrite.as_ref().ok_or("URLRewrite without its settings")?;
+                action.rewrite = Some(Rewrite {
+                    hostname: r.hostname.as_deref().map(Into::into),
+                    path: path_change(r.path.as_ref(), all_prefix)?,
+                });
+            }
+            "RequestMirror" => {
+                let m = f.request_mirror.as_ref().ok_or("RequestMirror without its settings")?;
+                let (route_ns, _) = ns_name(route.meta);
+                let be = &m.backend_ref;
+                let percent = match (&m.percent, &m.fraction) {
+                    (Some(p), _) => u32::try_from(*p).unwrap_or(0).min(100),
+                    (None, Some(fr)) => {
+                        let num = fr.get("numerator").and_then(serde_json::Value::as_u64).unwrap_or(0);
+                        let den = fr
+                            .get("denominator")
+                            .and_then(serde_json::Value::as_u64)
+                            .unwrap_or(100)
+                            .max(1);
+                        u32::try_from((num * 100 / den).min(100)).unwrap_or(100)
+                    }
+                    (None, None) => 100,
+                };
+                // A mirror that cannot be resolved mirrors nothing (gateway.rs reports it).
+                if resolve_backend(objs, route_ns, route.kind, be).is_ok()
+                    && let Some(port) = be.port
+                {
+                    let ns = be.namespace.as_deref().unwrap_or(route_ns);
+                    let id = resolver.service_port(builder, ns, &be.name, port, owner, w);
+                    action.mirrors.push((id, percent));
+                } else {
+                    warn(
+                        w,
+                        owner,
+                        format!("RequestMirror to {}: not resolved; nothing mirrored", be.name),
+                    );
+                }
+            }
+            "CORS" => action.cors = Some(cors(f.cors.as_ref().ok_or("CORS without its settings")?)?),
+            other => return Err(format!("filter {other} is not supported by kedge yet")),
+        }
+    }
+    if action.redirect.is_some() && action.rewrite.is_some() {
+        return Err("RequestRedirect and URLRewrite cannot be combined".into());
+    }
+    if let Some(t) = rule.timeouts {
+        action.request_timeout = duration(t.request.as_deref()).map_err(|e| format!("timeouts.request: {e}"))?;
+        action.backend_timeout =
+            duration(t.backend_request.as_deref()).map_err(|e| format!("timeouts.backendRequest: {e}"))?;
+    }
+    let (route_ns, _) = ns_name(route.meta);
+    for be in rule.backend_refs {
+        // What cannot be resolved answers 500 for its share; `gateway.rs` reports it (the
+        // route's ResolvedRefs condition and a warning), so it is not reported twice here.
+        let resolved = resolve_backend(objs, route_ns, route.kind, be)
+            .ok()
+            .and_then(|_| Some((be.namespace.as_deref().unwrap_or(route_ns), be.name.as_str(), be.port?)));
+        let backend = match resolved {
+            Some((ns, svc, port)) => {
+                let id = resolver.service_port(builder, ns, svc, port, owner, w);
+                if let Err(c) = builder.backend_tls(id, None, route.h2, owner) {
+                    let speaks = if route.h2 { "gRPC (HTTP/2)" } else { "plain HTTP/1.1" };
+                    let msg = format!(
+                        "the upstream protocol of Service {ns}/{svc} port {port} was set by {}; requests go to \
+                         it that way, not as {speaks}",
+                        c.winner
+                    );
+                    warn(w, owner, msg);
+                }
+                Some(id)
+            }
+            None => None,
+        };
+        let headers = be
+            .filters
+            .iter()
+            .filter(|f| f.type_ == "RequestHeaderModifier")
+            .find_map(|f| f.request_header_modifier.as_ref())
+            .map(|m| header_mod(Some(m)));
+        if let Some(f) = be.filters.iter().find(|f| f.type_ != "RequestHeaderModifier") {
+            warn(
+                w,
+                owner,
+                format!("backendRef filter {} is not supported by kedge; ignored", f.type_),
+            );
+        }
+        action.backends.push(Weighted {
+            weight: u32::try_from(be.weight.unwrap_or(1)).unwrap_or(0),
+            backend,
+            headers,
+        });
+    }
+    Ok(Arc::new(action))
+}
+
+/// The CORS filter's settings (kept as JSON in the types: the field is newer than the rest).
+fn cors(v: &serde_json::Value) -> Result<Cors, String> {
+    let list = |key: &str| -> Result<Vec<Box<str>>, String> {
+        match v.get(key) {
+            None | Some(serde_json::Value::Null) => Ok(Vec::new()),
+            Some(serde_json::Value::Array(a)) => a
+                .iter()
+                .map(|x| {
+                    x.as_str()
+                        .map(Into::into)
+                        .ok_or(format!("cors.{key} holds a non-string"))
+                })
+                .collect(),
+            Some(_) => Err(format!("cors.{key} is not a list")),
+        }
+    };
+    Ok(Cors {
+        allow_origins: list("allowOrigins")?,
+        allow_methods: list("allowMethods")?,
+        allow_headers: list("allowHeaders")?,
+        expose_headers: list("exposeHeaders")?,
+        allow_credentials: v
+            .get("allowCredentials")
+            .and_then(serde_json::Value::as_bool)
+            .unwrap_or(false),
+        max_age: v
+            .get("maxAge")
+            .and_then(serde_json::Value::as_u64)
+            .map_or(5, |n| u32::try_from(n).unwrap_or(u32::MAX)),
+    })
+}
+
+fn header_mod(m: Option<&gw::HeaderModifier>) -> HeaderMod {
+    let pairs = |l: &[gw::HeaderValue]| {
+        l.iter()
+            .map(|h| (h.name.as_str().into(), h.value.as_str().into()))
+            .collect()
+    };
+    match m {
+        None => HeaderMod::default(),
+        Some(m) => HeaderMod {
+            set: pairs(&m.set),
+            add: pairs(&m.add),
+            remove: m.remove.iter().map(|r| r.as_str().into()).collect(),
+        },
+    }
+}
+
+fn path_change(p: Option<&gw::PathModifier>, all_prefix: bool) -> Result<Option<PathChange>, String> {
+    let Some(p) = p else { return Ok(None) };
+    match p.type_.as_str() {
+        "ReplaceFullPath" => Ok(Some(PathChange::Full(
+            p.replace_full_path.as_deref().unwrap_or("/").into(),
+        ))),
+        "ReplacePrefixMatch" if !all_prefix => Err("ReplacePrefixMatch needs PathPrefix matches only".into()),
+        "ReplacePrefixMatch" => Ok(Some(PathChange::Prefix(
+            p.replace_prefix_match.as_deref().unwrap_or("/").into(),
+        ))),
+        other => Err(format!("path modifier {other:?} is not supported")),
+    }
+}
+
+/// A Gateway API duration (`1h`, `10s`, `500ms`, `1h2m3s`: one to four number-unit pairs,
+/// units h, m, s, ms). `0s` (or absent) means no timeout.
+pub fn duration(text: Option<&str>) -> Result<Option<Duration>, String> {
+    let Some(text) = text else { return Ok(None) };
+    let bad = || format!("{text:?} is not a duration like 10s, 500ms or 1h2m");
+    let mut rest = text;
+    let mut total = Duration::ZERO;
+    let mut pairs = 0;
+    while !rest.is_empty() {
+        let digits = rest.bytes().take_while(u8::is_ascii_digit).count();
+        if digits == 0 || digits > 5 {
+            return Err(bad());
+        }
+        let n: u64 = rest[..digits].parse().map_err(|_| bad())?;
+        rest = &rest[digits..];
+        let (unit, len) = if rest.starts_with("ms") {
+            (Duration::from_millis(1), 2)
+        } else {
+            match rest.as_bytes().first() {
+                Some(b'h') => (Duration::from_secs(3600), 1),
+                Some(b'm') => (Duration::from_secs(60), 1),
+                Some(b's') => (Duration::from_secs(1), 1),
+                _ => return Err(bad()),
+            }
+        };
+        rest = &rest[len..];
+        total += unit * u32::try_from(n).map_err(|_| bad())?;
+        pairs += 1;
+    }
+    if pairs == 0 || pairs > 4 {
+        return Err(bad());
+    }
+    Ok((!total.is_zero()).then_some(total))
+}
+
+#[cfg(test)]
+mod tests;

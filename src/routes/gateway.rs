@@ -1,0 +1,598 @@
+//! Gateway API routes in the table: **scopes**, each the local addresses and port one or more
+//! Gateway listeners take connections on, holding that scope's hosts and rules. A request is
+//! looked up in a scope only when its connection's local address and port fall in one; kedge's
+//! Ingress and static rules are not consulted for a host the scope has (see [`Scopes::lookup`]).
+//!
+//! Within a scope, the request's host selects the listener (exact listener hostname, then the
+//! longest wildcard, then a listener without hostname), then the route hostname inside it
+//! (exact, longest wildcard, none); then the rules of that host are tried in the precedence of
+//! the Gateway API (`httproute_types.go`): an Exact path, then a RegularExpression path (kedge's
+//! choice: longest pattern first), then the longest PathPrefix in characters; at equal path, a
+//! rule with a method, then the most header matches, then the most query parameter matches;
+//! then the order the rules were added in (the translator adds the oldest route first, then by
+//! namespace/name, rule order and match order). The first rule whose every predicate holds wins;
+//! none → 404, never a less specific host.
+//!
+//! Nothing here knows Kubernetes: the translator turns HTTPRoutes into these values.
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::Duration;
+
+use rustc_hash::FxHashMap;
+
+use super::{BackendId, Policy, normalize_prefix, prefix_matches};
+
+/// How a rule's path matches (Gateway API semantics).
+#[derive(Debug, Clone)]
+pub enum PathMatch {
+    /// The whole path, case-sensitive.
+    Exact(Box<str>),
+    /// Whole path elements: `/abc` matches `/abc`, `/abc/` and `/abc/def`, never `/abcd`; a
+    /// trailing slash in the prefix is ignored.
+    Prefix(Box<str>),
+    /// RE2 syntax, anchored at both ends (the whole path must match), case-sensitive.
+    Regex(regex::Regex),
+    /// A gRPC method of any service: the path is `/{service}/{this}`. Ranked after every
+    /// service prefix longer than `/`, before `/` (GRPCRoute: service characters first, then
+    /// method characters).
+    GrpcMethod(Box<str>),
+}
+
+/// How a header or query parameter value matches.
+#[derive(Debug, Clone)]
+pub enum ValueMatch {
+    Exact(Box<str>),
+    /// RE2 syntax, anchored: the whole value must match.
+    Regex(regex::Regex),
+}
+
+impl ValueMatch {
+    fn matches(&self, v: &[u8]) -> bool {
+        match self {
+            ValueMatch::Exact(want) => want.as_bytes() == v,
+            ValueMatch::Regex(re) => std::str::from_utf8(v).is_ok_and(|v| re.is_match(v)),
+        }
+    }
+}
+
+/// Compiles a Gateway API regular expression (path, header or query value): RE2 syntax,
+/// anchored at both ends.
+pub fn anchored_regex(pattern: &str) -> Result<regex::Regex, String> {
+    regex::RegexBuilder::new(&format!("^(?:{pattern})$"))
+        .size_limit(1 << 20)
+        .build()
+        .map_err(|e| match e {
+            regex::Error::Syntax(s) => format!(
+                "not a regex kedge supports (RE2 syntax, no look-around or backreferences): {}",
+                s.lines().last().unwrap_or("")
+            ),
+            e => e.to_string(),
+        })
+}
+
+/// One HTTPRoute match: every predicate must hold.
+#[derive(Debug, Clone)]
+pub struct Match {
+    pub path: PathMatch,
+    /// The method, exactly (`GET`).
+    pub method: Option<Box<str>>,
+    /// Header names lower case (matched case-insensitively); the first value is compared.
+    pub headers: Vec<(Box<str>, ValueMatch)>,
+    /// Query parameter names case-sensitive, compared as sent (no percent-decoding); the first
+    /// occurrence is compared.
+    pub query: Vec<(Box<str>, ValueMatch)>,
+}
+
+impl Match {
+    fn path_matches(&self, path: &str) -> bool {
+        match &self.path {
+            PathMatch::Exact(p) => **p == *path,
+            PathMatch::Prefix(p) => prefix_matches(p, path),
+            PathMatch::Regex(re) => re.is_match(path),
+            PathMatch::GrpcMethod(m) => path
+                .strip_prefix('/')
+                .and_then(|p| p.split_once('/'))
+                .is_some_and(|(svc, method)| !svc.is_empty() && method == &**m),
+        }
+    }
+
+    fn matches(&self, r: &Request<'_>) -> bool {
+        self.path_matches(r.path)
+            && self.method.as_deref().is_none_or(|m| m.as_bytes() == r.method)
+            && self.headers.iter().all(|(name, want)| {
+                r.headers
+                    .iter()
+                    .find(|(n, _)| n.eq_ignore_ascii_case(name.as_bytes()))
+                    .is_some_and(|(_, v)| want.matches(v))
+            })
+            && self
+                .query
+                .iter()
+                .all(|(name, want)| query_param(r.query, name.as_bytes()).is_some_and(|v| want.matches(v)))
+    }
+
+    /// Precedence key, smaller first: path kind and length, method, headers, query.
+    fn rank(
+        &self,
+    ) -> (
+        u8,
+        std::cmp::Reverse<usize>,
+        bool,
+        std::cmp::Reverse<usize>,
+        std::cmp::Reverse<usize>,
+    ) {
+        let (kind, len) = match &self.path {
+            PathMatch::Exact(p) => (0, p.len()),
+            PathMatch::Regex(re) => (1, re.as_str().len()),
+            // Twice the length, so that a gRPC method-only match (3) falls between the service
+            // prefixes (at least `/x`: 4) and `/` (2).
+            PathMatch::Prefix(p) => (2, 2 * p.len()),
+            PathMatch::GrpcMethod(_) => (2, 3),
+        };
+        (
+            kind,
+            std::cmp::Reverse(len),
+            self.method.is_none(),
+            std::cmp::Reverse(self.headers.len()),
+            std::cmp::Reverse(self.query.len()),
+        )
+    }
+}
+
+/// The first value of query parameter `name` in `query` (what follows `?`).
+fn query_param<'q>(query: Option<&'q [u8]>, name: &[u8]) -> Option<&'q [u8]> {
+    query?.split(|&b| b == b'&').find_map(|kv| {
+        let eq = kv.iter().position(|&b| b == b'=').unwrap_or(kv.len());
+        (&kv[..eq] == name).then(|| kv.get(eq + 1..).unwrap_or_default())
+    })
+}
+
+/// Header changes (RequestHeaderModifier, ResponseHeaderModifier): `set` replaces every field of
+/// the name, `add` appends one, `remove` drops every field of the name. Names are kept as
+/// written for the fields kedge writes and compared case-insensitively.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct HeaderMod {
+    pub set: Vec<(Box<str>, Box<str>)>,
+    pub add: Vec<(Box<str>, Box<str>)>,
+    pub remove: Vec<Box<str>>,
+}
+
+impl HeaderMod {
+    /// Whether a received field called `name` is dropped (removed, or replaced by `set`).
+    pub fn drops(&self, name: &[u8]) -> bool {
+        self.remove.iter().any(|r| r.as_bytes().eq_ignore_ascii_case(name))
+            || self.set.iter().any(|(s, _)| s.as_bytes().eq_ignore_ascii_case(name))
+    }
+
+    /// The fields this adds (the `set` ones, then the `add` ones).
+    pub fn added(&self) -> impl Iterator<Item = (&str, &str)> {
+        self.set.iter().chain(&self.add).map(|(n, v)| (&**n, &**v))
+    }
+}
+
+/// How a redirect or a rewrite changes the path.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PathChange {
+    /// ReplaceFullPath.
+    Full(Box<str>),
+    /// ReplacePrefixMatch (only with a PathPrefix match; the translator refuses it otherwise).
+    Prefix(Box<str>),
+}
+
+/// RequestRedirect: what is not set keeps the request's.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Redirect {
+    pub scheme: Option<Box<str>>,
+    pub hostname: Option<Box<str>>,
+    pub port: Option<u16>,
+    pub path: Option<PathChange>,
+    /// 301, 302, 303, 307 or 308.
+    pub status: u16,
+}
+
+/// URLRewrite: the Host sent upstream and the path.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rewrite {
+    pub hostname: Option<Box<str>>,
+    pub path: Option<PathChange>,
+}
+
+/// The CORS filter: which origins may read the responses, and what a preflight allows.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Cors {
+    /// `*`, exact origins (`https://www.example.com`), or with a wildcard host label
+    /// (`https://*.example.com`: any host under `example.com`).
+    pub allow_origins: Vec<Box<str>>,
+    /// Methods a preflight allows (`*`: any).
+    pub allow_methods: Vec<Box<str>>,
+    /// Request headers a preflight allows (`*`: any).
+    pub allow_headers: Vec<Box<str>>,
+    /// Response headers the page may read.
+    pub expose_headers: Vec<Box<str>>,
+    pub allow_credentials: bool,
+    /// Seconds a preflight's answer may be cached.
+    pub max_age: u32,
+}
+
+impl Cors {
+    /// Whether `origin` (the request's Origin) is allowed.
+    pub fn allows(&self, origin: &[u8]) -> bool {
+        let Ok(origin) = std::str::from_utf8(origin) else {
+            return false;
+        };
+        self.allow_origins.iter().any(|o| {
+            if &**o == "*" || o.eq_ignore_ascii_case(origin) {
+                return true;
+            }
+            // `scheme://*.suffix[:port]`: the origin's host ends with `.suffix`.
+            match o.split_once("://*") {
+                Some((scheme, rest)) => origin.split_once("://").is_some_and(|(s, host)| {
+                    s.eq_ignore_ascii_case(scheme)
+                        && host.len() > rest.len()
+                        && host.to_ascii_lowercase().ends_with(&rest.to_ascii_lowercase())
+                }),
+                None => false,
+            }
+        })
+    }
+
+    /// Whether any method (`*`) is allowed.
+    pub fn any_method(&self) -> bool {
+        self.allow_methods.iter().any(|m| &**m == "*")
+    }
+
+    /// Whether any header (`*`) is allowed.
+    pub fn any_header(&self) -> bool {
+        self.allow_headers.iter().any(|h| &**h == "*")
+    }
+
+    /// Whether any origin (`*`) is allowed.
+    pub fn any_origin(&self) -> bool {
+        self.allow_origins.iter().any(|o| &**o == "*")
+    }
+}
+
+/// One backendRef of a rule.
+#[derive(Debug, Clone)]
+pub struct Weighted {
+    pub weight: u32,
+    /// `None`: the reference cannot be used (missing, not permitted, unknown kind): its share of
+    /// the traffic is answered 500.
+    pub backend: Option<BackendId>,
+    /// The backendRef's own RequestHeaderModifier, applied after the rule's.
+    pub headers: Option<HeaderMod>,
+}
+
+/// What a rule does: its filters, then its weighted backends.
+#[derive(Debug, Clone)]
+pub struct Action {
+    pub request_headers: Option<HeaderMod>,
+    pub response_headers: Option<HeaderMod>,
+    /// A redirect answers without any backend.
+    pub redirect: Option<Redirect>,
+    /// CORS: preflights are answered by kedge, responses get the CORS fields.
+    pub cors: Option<Cors>,
+    /// RequestMirror: backends that get a copy of each (bodiless) request, with the percentage
+    /// of requests mirrored; their answers are discarded.
+    pub mirrors: Vec<(BackendId, u32)>,
+    pub rewrite: Option<Rewrite>,
+    /// Empty (no backendRefs) or all of weight 0: the rule answers 500.
+    pub backends: Vec<Weighted>,
+    /// `timeouts.request`: the whole request, from its start to the response head (504).
+    pub request_timeout: Option<Duration>,
+    /// `timeouts.backendRequest`: each try on an upstream, to its response head (504).
+    pub backend_timeout: Option<Duration>,
+    /// The route's name for metrics (`host` is the route's `namespace/name`) and the default
+    /// policy otherwise.
+    pub policy: Arc<Policy>,
+}
+
+impl Action {
+    /// The backendRef for a request, from a uniform random `draw`: each gets its weight's share;
+    /// `None` when the rule has none of positive weight.
+    pub fn pick(&self, draw: u64) -> Option<&Weighted> {
+        let total: u64 = self.backends.iter().map(|b| u64::from(b.weight)).sum();
+        if total == 0 {
+            return None;
+        }
+        let mut at = draw % total;
+        for b in &self.backends {
+            let w = u64::from(b.weight);
+            if at < w {
+                return Some(b);
+            }
+            at -= w;
+        }
+        None
+    }
+}
+
+/// One match of one rule, with the rule's action.
+#[derive(Debug, Clone)]
+pub struct GwRule {
+    pub m: Match,
+    pub action: Arc<Action>,
+}
+
+/// What of a request the Gateway rules read.
+#[derive(Debug, Clone, Copy)]
+pub struct Request<'r> {
+    pub method: &'r [u8],
+    /// The path without query (`/` when the target names none).
+    pub path: &'r str,
+    pub query: Option<&'r [u8]>,
+    pub headers: &'r [(&'r [u8], &'r [u8])],
+}
+
+/// The rule a request matched.
+#[derive(Debug, Clone, Copy)]
+pub struct GwRoute<'t> {
+    pub action: &'t Action,
+    /// The matched PathPrefix (normalised), for ReplacePrefixMatch.
+    pub prefix: Option<&'t str>,
+}
+
+/// A hostname pattern: exact, `*.suffix` (any number of labels before the suffix, as the
+/// Gateway API's wildcards), or any host.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+enum HostPattern {
+    Exact(Box<str>),
+    /// The suffix with its leading dot (`.example.com`).
+    Wildcard(Box<str>),
+    Any,
+}
+
+impl HostPattern {
+    fn parse(h: Option<&str>) -> HostPattern {
+        match h {
+            None | Some("") => HostPattern::Any,
+            Some(h) => match h.strip_prefix('*') {
+                Some(suffix) => HostPattern::Wildcard(suffix.to_ascii_lowercase().into()),
+                None => HostPattern::Exact(h.to_ascii_lowercase().into()),
+            },
+        }
+    }
+
+    fn matches(&self, host: &str) -> bool {
+        match self {
+            HostPattern::Exact(h) => **h == *host,
+            HostPattern::Wildcard(s) => host.len() > s.len() && host.ends_with(&**s),
+            HostPattern::Any => true,
+        }
+    }
+
+    /// More specific first: exact, longest wildcard, any.
+    fn rank(&self) -> (u8, std::cmp::Reverse<usize>) {
+        match self {
+            HostPattern::Exact(_) => (0, std::cmp::Reverse(0)),
+            HostPattern::Wildcard(s) => (1, std::cmp::Reverse(s.len())),
+            HostPattern::Any => (2, std::cmp::Reverse(0)),
+        }
+    }
+}
+
+/// The route hostnames of one listener and their rules.
+#[derive(Debug, Default)]
+struct RouteHosts {
+    exact: FxHashMap<Box<str>, Vec<GwRule>>,
+    /// By suffix with its leading dot (`*.example.com` under `.example.com`).
+    wildcard: FxHashMap<Box<str>, Vec<GwRule>>,
+    any: Option<Vec<GwRule>>,
+}
+
+impl RouteHosts {
+    /// The rules of `host`: its exact name, else the longest wildcard suffix (looked up label by
+    /// label, longest first: as many hash lookups as the host has dots), else any host.
+    fn find(&self, host: &str) -> Option<&[GwRule]> {
+        if let Some(r) = self.exact.get(host) {
+            return Some(r);
+        }
+        if !self.wildcard.is_empty() {
+            let dots = host.bytes().enumerate().filter(|&(i, b)| b == b'.' && i > 0);
+            if let Some(r) = dots.into_iter().find_map(|(i, _)| self.wildcard.get(&host[i..])) {
+                return Some(r);
+            }
+        }
+        self.any.as_deref()
+    }
+
+    fn rules_mut(&mut self, host: HostPattern) -> &mut Vec<GwRule> {
+        match host {
+            HostPattern::Exact(h) => self.exact.entry(h).or_default(),
+            HostPattern::Wildcard(s) => self.wildcard.entry(s).or_default(),
+            HostPattern::Any => self.any.get_or_insert_with(Vec::new),
+        }
+    }
+
+    fn all_mut(&mut self) -> impl Iterator<Item = &mut Vec<GwRule>> {
+        self.exact
+            .values_mut()
+            .chain(self.wildcard.values_mut())
+            .chain(self.any.iter_mut())
+    }
+}
+
+/// One scope: where its connections arrive, and its listeners' hosts and rules.
+#[derive(Debug)]
+struct Scope {
+    /// Empty: every local address on `port`.
+    addresses: Vec<IpAddr>,
+    port: u16,
+    /// By listener hostname, most specific first once built.
+    listeners: Vec<(HostPattern, RouteHosts)>,
+}
+
+impl Scope {
+    fn serves(&self, local: SocketAddr) -> bool {
+        self.port == local.port() && (self.addresses.is_empty() || self.addresses.contains(&local.ip().to_canonical()))
+    }
+}
+
+/// Every Gateway scope of a table. Empty for tables without Gateway routes: the request path
+/// then pays one `is_empty` branch.
+#[derive(Debug, Default)]
+pub struct Scopes {
+    /// Scopes with addresses before those without, so that a Gateway bound to an address wins
+    /// over one serving every address of the port.
+    scopes: Vec<Scope>,
+}
+
+/// What the Gateway rules say about a request.
+#[derive(Debug)]
+pub enum Lookup<'t> {
+    /// No scope serves the connection, or none has a listener and route hostname for the
+    /// host: the Ingress and static rules decide.
+    NotGateway,
+    /// A scope's route hostname matched, but none of its rules: 404.
+    NoRule,
+    Routed(GwRoute<'t>),
+}
+
+impl Scopes {
+    pub fn is_empty(&self) -> bool {
+        self.scopes.is_empty()
+    }
+
+    /// Looks `req` up for a connection that arrived on `local`, for `host` (lower case, no
+    /// port). See the module documentation for the order.
+    pub fn lookup<'t>(&'t self, local: SocketAddr, host: &str, req: &Request<'_>) -> Lookup<'t> {
+        for scope in self.scopes.iter().filter(|s| s.serves(local)) {
+            let rules = scope
+                .listeners
+                .iter()
+                .filter(|(l, _)| l.matches(host))
+                .find_map(|(_, hosts)| hosts.find(host));
+            let Some(rules) = rules else { continue };
+            return match rules.iter().find(|r| r.m.matches(req)) {
+                Some(r) => Lookup::Routed(GwRoute {
+                    action: &r.action,
+                    prefix: match &r.m.path {
+                        PathMatch::Prefix(p) => Some(p),
+                        _ => None,
+                    },
+                }),
+                None => Lookup::NoRule,
+            };
+        }
+        Lookup::NotGateway
+    }
+
+    /// Adds one rule match under a scope, listener hostname and route hostname (`None`: any).
+    pub(super) fn add(
+        &mut self,
+        addresses: &[IpAddr],
+        port: u16,
+        listener_host: Option<&str>,
+        route_host: Option<&str>,
+        mut m: Match,
+        action: Arc<Action>,
+    ) {
+        let mut addresses: Vec<IpAddr> = addresses.iter().map(|a| a.to_canonical()).collect();
+        addresses.sort_unstable();
+        addresses.dedup();
+        let i = match self
+            .scopes
+            .iter()
+            .position(|s| s.port == port && s.addresses == addresses)
+        {
+            Some(i) => i,
+            None => {
+                self.scopes.push(Scope {
+                    addresses,
+                    port,
+                    listeners: Vec::new(),
+                });
+                self.scopes.len() - 1
+            }
+        };
+        let scope = &mut self.scopes[i];
+        let lh = HostPattern::parse(listener_host);
+        let j = match scope.listeners.iter().position(|(l, _)| *l == lh) {
+            Some(j) => j,
+            None => {
+                scope.listeners.push((lh, RouteHosts::default()));
+                scope.listeners.len() - 1
+            }
+        };
+        if let PathMatch::Prefix(p) = &m.path {
+            m.path = PathMatch::Prefix(normalize_prefix(p).into());
+        }
+        scope.listeners[j]
+            .1
+            .rules_mut(HostPattern::parse(route_host))
+            .push(GwRule { m, action });
+    }
+
+    /// Orders everything for lookup, once: scopes with addresses first, listeners most specific
+    /// first, rules by precedence (stable: ties keep the order added).
+    pub(super) fn finish(&mut self) {
+        self.scopes.sort_by_key(|s| s.addresses.is_empty());
+        for s in &mut self.scopes {
+            s.listeners.sort_by_key(|l| l.0.rank());
+            for (_, hosts) in &mut s.listeners {
+                for rules in hosts.all_mut() {
+                    rules.sort_by_key(|r| r.m.rank());
+                }
+            }
+        }
+    }
+
+    /// Every rule for the admin view: scope, host, path and the action's backends.
+    pub fn describe(&self) -> Vec<(String, String, String, Vec<Option<BackendId>>)> {
+        let mut out = Vec::new();
+        for s in &self.scopes {
+            let scope = match s.addresses.as_slice() {
+                [] => format!("*:{}", s.port),
+                a => {
+                    let a: Vec<String> = a.iter().map(|a| SocketAddr::new(*a, s.port).to_string()).collect();
+                    a.join(",")
+                }
+            };
+            for (_, hosts) in &s.listeners {
+                let named = hosts
+                    .exact
+                    .iter()
+                    .map(|(h, r)| (h.to_string(), r))
+                    .chain(hosts.wildcard.iter().map(|(w, r)| (format!("*{w}"), r)))
+                    .chain(hosts.any.iter().map(|r| ("*".to_owned(), r)));
+                for (host, rules) in named {
+                    for r in rules {
+                        let path = match &r.m.path {
+                            PathMatch::Exact(p) => format!("= {p}"),
+                            PathMatch::Prefix(p) => p.to_string(),
+                            PathMatch::Regex(re) => format!("~ {}", re.as_str()),
+                            PathMatch::GrpcMethod(m) => format!("/*/{m}"),
+                        };
+                        let backends = r.action.backends.iter().map(|b| b.backend).collect();
+                        out.push((scope.clone(), host.clone(), path, backends));
+                    }
+                }
+            }
+        }
+        out
+    }
+}
+
+/// The path ReplacePrefixMatch makes of `path`, which matched `prefix` (normalised), as the
+/// part from the replacement and the rest of the request path: `head` then `tail`. The spec's
+/// slash handling: the replacement's trailing slash is dropped and the rest (empty or starting
+/// with `/`) follows it; an empty result is `/`.
+pub fn replace_prefix<'a, 'b>(path: &'a str, prefix: &str, replacement: &'b str) -> (&'b str, &'a str) {
+    let rest = if prefix == "/" {
+        path
+    } else {
+        path.get(prefix.len()..).unwrap_or("")
+    };
+    let head = replacement.trim_end_matches('/');
+    if head.is_empty() && rest.is_empty() {
+        return ("/", "");
+    }
+    if head.is_empty() && !rest.starts_with('/') {
+        return ("/", rest);
+    }
+    (head, rest)
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,582 @@
+//! Gateway API routing end to end: a GatewayClass of kedge's, a Gateway whose listener is
+//! kedge's plain listener (its real port), HTTPRoutes through the fixture API server, and real
+//! clients (HTTP/1.1 and HTTP/2) against real echo upstreams standing in for Services. What
+//! each test waits for is an answer, never a time.
+
+use std::time::Duration;
+
+use serde_json::{Value, json};
+
+use crate::support::h2_client::H2;
+use crate::support::objects::{ingress, ingress_class, service, slice};
+use crate::support::{
+    Client, Driver, FakeApi, Handler, Kedge, Response, Setup, TempDir, Upstream, get, wait_for, wait_until,
+};
+
+pub(crate) const GW: &str = "gateway.networking.k8s.io/v1";
+const H2_ON: &str = "[http2]\nenabled = true\n";
+const WAIT: Duration = Duration::from_secs(15);
+
+pub(crate) fn gateway_class() -> Value {
+    json!({"apiVersion": GW, "kind": "GatewayClass", "metadata": {"name": "kedge"},
+           "spec": {"controllerName": "kedge.dev/gateway-controller"}})
+}
+
+/// Gateway `name` in `default` with one HTTP listener on `port` (and `addresses`, if any).
+pub(crate) fn gateway(name: &str, port: u16, addresses: &[&str]) -> Value {
+    let mut g = json!({"apiVersion": GW, "kind": "Gateway", "metadata": {"name": name, "namespace": "default"},
+           "spec": {"gatewayClassName": "kedge", "listeners": [{"name": "http", "port": port, "protocol": "HTTP"}]}});
+    if !addresses.is_empty() {
+        g["spec"]["addresses"] = addresses
+            .iter()
+            .map(|a| json!({"type": "IPAddress", "value": a}))
+            .collect();
+    }
+    g
+}
+
+/// HTTPRoute `name` in `default`, attached to Gateway `parent`, for `hostnames`.
+fn route(name: &str, parent: &str, hostnames: &[&str], rules: Value) -> Value {
+    json!({"apiVersion": GW, "kind": "HTTPRoute", "metadata": {"name": name, "namespace": "default"},
+           "spec": {"parentRefs": [{"name": parent}], "hostnames": hostnames, "rules": rules}})
+}
+
+fn to(svc: &str) -> Value {
+    json!([{"name": svc, "port": 80}])
+}
+
+/// The fixture API server with the Gateway API, kedge's GatewayClass and one echo upstream per
+/// Service name (answering `x-upstream: NAME`), and kedge following it.
+struct World {
+    api: FakeApi,
+    kedge: Kedge,
+    /// The upstreams by Service name.
+    ups: Vec<(String, Upstream)>,
+    _dir: TempDir,
+}
+
+impl World {
+    fn start(driver: Driver, tag: &str, services: &[&str]) -> World {
+        World::start_with(tag, services, Kedge::setup(driver).tables(H2_ON))
+    }
+
+    fn start_with(tag: &str, services: &[&str], setup: Setup) -> World {
+        let api = FakeApi::start();
+        api.install_gateway_api();
+        api.apply("ingressclasses", ingress_class());
+        let mut ups = Vec::new();
+        for s in services {
+            let up = Upstream::start(s, Handler::Echo);
+            api.apply("services", service(s));
+            api.apply("endpointslices", slice(s, up.addr().port(), &["127.0.0.1"]));
+            ups.push((s.to_string(), up));
+        }
+        api.apply("gatewayclasses", gateway_class());
+        let dir = TempDir::new(tag);
+        let kedge = setup.follow(&api, &dir, "");
+        World {
+            api,
+            kedge,
+            ups,
+            _dir: dir,
+        }
+    }
+
+    fn up(&self, name: &str) -> &Upstream {
+        let found = self.ups.iter().find(|(n, _)| n == name);
+        &found.expect("an upstream of that name").1
+    }
+
+    /// Sends `raw` (a whole HTTP/1.1 request) on a new connection and reads the answer.
+    fn send(&self, raw: &str) -> Response {
+        let mut c = Client::connect(self.kedge.addr());
+        c.send(raw.as_bytes());
+        c.read_response()
+    }
+
+    /// Waits until `GET path` on `host` gets `want` (status, upstream).
+    fn wait_routed(&self, host: &str, path: &str, want: (u16, Option<&str>)) {
+        wait_for(WAIT, &format!("{host}{path} → {want:?}"), || {
+            let (status, up) = get(&self.kedge, host, path);
+            if (status, up.as_deref()) == want {
+                Ok(())
+            } else {
+                Err((status, up))
+            }
+        });
+    }
+}
+
+fn answered(r: &Response) -> (u16, Option<&str>) {
+    (r.status, r.upstream())
+}
+
+#[test]
+fn paths_headers_query_method_hostnames_and_ingress_side_by_side() {
+    let w = World::start(Driver::default(), "gw-match", &["a", "b", "c", "web"]);
+    let port = w.kedge.addr().port();
+    w.api
+        .apply("ingresses", ingress("legacy", "kedge", "ing.example.com", "/", "web"));
+    w.api
+        .apply("ingresses", ingress("both", "kedge", "gw.example.com", "/", "web"));
+    w.wait_routed("gw.example.com", "/", (200, Some("web")));
+    w.api.apply("gateways", gateway("edge", port, &[]));
+    w.api.apply(
+        "httproutes",
+        route(
+            "shop",
+            "edge",
+            &["gw.example.com"],
+            json!([
+                {"matches": [{"path": {"type": "Exact", "value": "/exact"}}], "backendRefs": to("a")},
+                {"matches": [{"path": {"type": "PathPrefix", "value": "/api"}}], "backendRefs": to("b")},
+                {"matches": [{"path": {"type": "PathPrefix", "value": "/api"}, "method": "POST"}], "backendRefs": to("a")},
+                {"matches": [{"path": {"type": "RegularExpression", "value": "/items/[0-9]+"}}], "backendRefs": to("c")},
+                {"matches": [{"path": {"value": "/api"}, "headers": [{"name": "X-Env", "value": "canary"}]}], "backendRefs": to("c")},
+                {"matches": [{"path": {"value": "/api"}, "queryParams": [{"name": "v", "value": "2"}]}], "backendRefs": to("a")},
+                {"matches": [{"path": {"value": "/"}}], "backendRefs": to("a")},
+            ]),
+        ),
+    );
+    w.api.apply(
+        "httproutes",
+        route(
+            "strict",
+            "edge",
+            &["strict.example.com"],
+            json!([{"matches": [{"path": {"value": "/only"}}], "backendRefs": to("b")}]),
+        ),
+    );
+    // The HTTPRoute takes gw.example.com from the Ingress on the Gateway's address and port.
+    w.wait_routed("gw.example.com", "/", (200, Some("a")));
+    w.wait_routed("strict.example.com", "/only/x", (200, Some("b")));
+    let h = "gw.example.com";
+    let cases: &[(&str, (u16, Option<&str>))] = &[
+        (&format!("GET /exact HTTP/1.1\r\nHost: {h}\r\n\r\n"), (200, Some("a"))),
+        (&format!("GET /exact/x HTTP/1.1\r\nHost: {h}\r\n\r\n"), (200, Some("a"))),
+        (
+            &format!("GET /api HTTP/1.1\r\nHost: {h}:{port}\r\n\r\n"),
+            (200, Some("b")),
+        ),
+        (&format!("GET /api/x HTTP/1.1\r\nHost: {h}\r\n\r\n"), (200, Some("b"))),
+        (&format!("GET /apix HTTP/1.1\r\nHost: {h}\r\n\r\n"), (200, Some("a"))),
+        (
+            &format!("POST /api/x HTTP/1.1\r\nHost: {h}\r\nContent-Length: 0\r\n\r\n"),
+            (200, Some("a")),
+        ),
+        (
+            &format!("GET /items/42 HTTP/1.1\r\nHost: {h}\r\n\r\n"),
+            (200, Some("c")),
+        ),
+        (
+            &format!("GET /items/42/x HTTP/1.1\r\nHost: {h}\r\n\r\n"),
+            (200, Some("a")),
+        ),
+        (
+            &format!("GET /api/x HTTP/1.1\r\nHost: {h}\r\nx-env: canary\r\n\r\n"),
+            (200, Some("c")),
+        ),
+        (
+            &format!("GET /api/x HTTP/1.1\r\nHost: {h}\r\nx-env: prod\r\n\r\n"),
+            (200, Some("b")),
+        ),
+        (
+            &format!("GET /api/x?a=1&v=2 HTTP/1.1\r\nHost: {h}\r\n\r\n"),
+            (200, Some("a")),
+        ),
+        (
+            &format!("GET /api/x?V=2 HTTP/1.1\r\nHost: {h}\r\n\r\n"),
+            (200, Some("b")),
+        ),
+        // No rule of the host matches: 404, not the Ingress of the same host.
+        ("GET /other HTTP/1.1\r\nHost: strict.example.com\r\n\r\n", (404, None)),
+        // A host no route names: the Ingress rules.
+        ("GET / HTTP/1.1\r\nHost: ing.example.com\r\n\r\n", (200, Some("web"))),
+    ];
+    for (raw, want) in cases {
+        let r = w.send(raw);
+        assert_eq!(answered(&r), *want, "{raw:?}");
+    }
+    // The same over HTTP/2.
+    let h2 = H2::connect(w.kedge.addr());
+    assert_eq!(h2.get(h, "/items/7").upstream(), Some("c"));
+    let req = h2
+        .req("GET", h, "/api/x")
+        .header("x-env", "canary")
+        .body(())
+        .expect("request");
+    assert_eq!(h2.request(req, None).upstream(), Some("c"));
+    assert_eq!(h2.get("strict.example.com", "/nope").status, 404);
+    // The overlap is reported, naming both.
+    w.kedge.wait_log(
+        "host gw.example.com: claimed by HTTPRoute default/shop of cluster test and by Ingress default/both",
+        WAIT,
+    );
+}
+
+#[test]
+fn weights_unusable_backends_and_rules_without_backends() {
+    let w = World::start(Driver::default(), "gw-weights", &["a", "b", "z"]);
+    let port = w.kedge.addr().port();
+    w.api.apply("gateways", gateway("edge", port, &[]));
+    w.api.apply(
+        "httproutes",
+        route(
+            "split",
+            "edge",
+            &["w.example.com"],
+            json!([
+                {"matches": [{"path": {"value": "/split"}}], "backendRefs": [
+                    {"name": "a", "port": 80, "weight": 1},
+                    {"name": "b", "port": 80, "weight": 1},
+                    {"name": "z", "port": 80, "weight": 0},
+                ]},
+                {"matches": [{"path": {"value": "/half"}}], "backendRefs": [
+                    {"name": "a", "port": 80, "weight": 1},
+                    {"name": "missing", "port": 80, "weight": 1},
+                ]},
+                {"matches": [{"path": {"value": "/nothing"}}]},
+            ]),
+        ),
+    );
+    wait_until(WAIT, "the split route", || {
+        get(&w.kedge, "w.example.com", "/split").0 == 200
+    });
+    let before = w.up("z").request_count();
+    let mut seen = std::collections::BTreeMap::<String, usize>::new();
+    for _ in 0..60 {
+        let (status, up) = get(&w.kedge, "w.example.com", "/split");
+        assert_eq!(status, 200);
+        *seen.entry(up.unwrap_or_default()).or_default() += 1;
+    }
+    assert!(seen.get("a").copied().unwrap_or(0) > 0, "{seen:?}");
+    assert!(seen.get("b").copied().unwrap_or(0) > 0, "{seen:?}");
+    assert_eq!(seen.get("z"), None, "weight 0 gets nothing: {seen:?}");
+    assert_eq!(w.up("z").request_count(), before);
+    // The missing Service's share is answered 500, the rest served.
+    let mut statuses = std::collections::BTreeMap::<u16, usize>::new();
+    for _ in 0..60 {
+        *statuses.entry(get(&w.kedge, "w.example.com", "/half").0).or_default() += 1;
+    }
+    assert!(statuses.get(&200).copied().unwrap_or(0) > 0, "{statuses:?}");
+    assert!(statuses.get(&500).copied().unwrap_or(0) > 0, "{statuses:?}");
+    assert_eq!(statuses.len(), 2, "{statuses:?}");
+    assert_eq!(get(&w.kedge, "w.example.com", "/nothing").0, 500);
+    // `/backends` shows the Gateway rules with their scope.
+    let view = Client::connect(w.kedge.admin_addr()).get("x", "/backends").text();
+    let view: Value = serde_json::from_str(&view).expect("JSON");
+    let a = view["backends"]
+        .as_array()
+        .and_then(|b| b.iter().find(|b| b["name"] == "test/default/a:80"))
+        .expect("backend a");
+    let rules = a["rules"].as_array().expect("rules");
+    assert!(
+        rules.iter().any(|r| r["host"] == "w.example.com"
+            && r["path"] == "/split"
+            && r["path_type"] == "Gateway"
+            && r["scope"] == format!("*:{port}")),
+        "{rules:#?}"
+    );
+}
+
+crate::support::both_drivers!(
+    fn filters_on_both_front_ends(driver) {
+        let w = World::start(driver, "gw-filters", &["a"]);
+        let port = w.kedge.addr().port();
+        w.api.apply("gateways", gateway("edge", port, &[]));
+        w.api.apply(
+            "httproutes",
+            route(
+                "filters",
+                "edge",
+                &["f.example.com"],
+                json!([
+                    {"matches": [{"path": {"value": "/headers"}}],
+                     "filters": [
+                        {"type": "RequestHeaderModifier", "requestHeaderModifier": {
+                            "set": [{"name": "X-Set", "value": "set"}],
+                            "add": [{"name": "X-Add", "value": "added"}],
+                            "remove": ["X-Drop"]}},
+                        {"type": "ResponseHeaderModifier", "responseHeaderModifier": {
+                            "set": [{"name": "X-Upstream", "value": "hidden"}],
+                            "add": [{"name": "X-Resp", "value": "yes"}]}}],
+                     "backendRefs": [{"name": "a", "port": 80, "filters": [
+                        {"type": "RequestHeaderModifier", "requestHeaderModifier": {"add": [{"name": "X-Backend", "value": "a"}]}}]}]},
+                    {"matches": [{"path": {"value": "/old"}}],
+                     "filters": [{"type": "RequestRedirect", "requestRedirect": {
+                        "scheme": "https", "hostname": "new.example.com", "statusCode": 301,
+                        "path": {"type": "ReplacePrefixMatch", "replacePrefixMatch": "/new"}}}]},
+                    {"matches": [{"path": {"value": "/port"}}],
+                     "filters": [{"type": "RequestRedirect", "requestRedirect": {"port": 8443}}]},
+                    {"matches": [{"path": {"value": "/rewrite"}}],
+                     "filters": [{"type": "URLRewrite", "urlRewrite": {
+                        "hostname": "inner.example.com",
+                        "path": {"type": "ReplacePrefixMatch", "replacePrefixMatch": "/v2"}}}],
+                     "backendRefs": to("a")},
+                    {"matches": [{"path": {"value": "/cors"}}],
+                     "filters": [{"type": "CORS", "cors": {
+                        "allowOrigins": ["https://app.example.com"], "allowMethods": ["GET", "POST"],
+                        "allowHeaders": ["x-token"], "exposeHeaders": ["x-total"], "maxAge": 60}}],
+                     "backendRefs": to("a")},
+                    {"matches": [{"path": {"value": "/full"}}],
+                     "filters": [{"type": "URLRewrite", "urlRewrite": {"path": {"type": "ReplaceFullPath", "replaceFullPath": "/fixed"}}}],
+                     "backendRefs": to("a")},
+                ]),
+            ),
+        );
+        wait_until(WAIT, "the filters route", || get(&w.kedge, "f.example.com", "/full").0 == 200);
+        let up = w.up("a");
+
+        // Header changes, HTTP/1.1.
+        let r = w.send("GET /headers HTTP/1.1\r\nHost: f.example.com\r\nX-Set: old\r\nX-Drop: x\r\nX-Keep: k\r\n\r\n");
+        assert_eq!(r.status, 200);
+        assert_eq!(r.header("x-upstream"), Some("hidden"), "{:?}", r.headers);
+        assert_eq!(r.header("x-resp"), Some("yes"));
+        let seen = up.requests().pop().expect("a request");
+        assert_eq!(seen.header_all("x-set"), ["set"]);
+        assert_eq!(seen.header_all("x-add"), ["added"]);
+        assert_eq!(seen.header("x-backend"), Some("a"));
+        assert_eq!(seen.header("x-drop"), None);
+        assert_eq!(seen.header("x-keep"), Some("k"));
+
+        // Redirects.
+        let r = w.send("GET /old/page?q=1 HTTP/1.1\r\nHost: f.example.com\r\n\r\n");
+        assert_eq!((r.status, r.header("location")), (301, Some("https://new.example.com/new/page?q=1")));
+        let r = w.send("GET /port HTTP/1.1\r\nHost: f.example.com\r\n\r\n");
+        assert_eq!((r.status, r.header("location")), (302, Some("http://f.example.com:8443/port")));
+
+        // Rewrites: path and Host.
+        let r = w.send("GET /rewrite/x?y=1 HTTP/1.1\r\nHost: f.example.com\r\n\r\n");
+        assert_eq!(r.status, 200);
+        let seen = up.requests().pop().expect("a request");
+        assert_eq!(seen.uri, "/v2/x?y=1");
+        assert_eq!(seen.header_all("host"), ["inner.example.com"]);
+        assert_eq!(seen.header("x-forwarded-host"), Some("f.example.com"));
+        let r = w.send("GET /full/a/b HTTP/1.1\r\nHost: f.example.com\r\n\r\n");
+        assert_eq!(r.status, 200);
+        assert_eq!(up.requests().pop().expect("a request").uri, "/fixed");
+
+        // CORS: the preflight answered by kedge, the response of an allowed origin marked.
+        let before = up.request_count();
+        let r = w.send(
+            "OPTIONS /cors HTTP/1.1\r\nHost: f.example.com\r\nOrigin: https://app.example.com\r\n\
+             Access-Control-Request-Method: POST\r\n\r\n",
+        );
+        assert_eq!(r.status, 200);
+        assert_eq!(r.header("access-control-allow-origin"), Some("https://app.example.com"));
+        assert_eq!(r.header("access-control-allow-methods"), Some("GET, POST"));
+        assert_eq!(r.header("access-control-allow-headers"), Some("x-token"));
+        assert_eq!(r.header("access-control-max-age"), Some("60"));
+        assert_eq!(up.request_count(), before, "a preflight is not forwarded");
+        let r = w.send("GET /cors HTTP/1.1\r\nHost: f.example.com\r\nOrigin: https://app.example.com\r\n\r\n");
+        assert_eq!(answered(&r), (200, Some("a")));
+        assert_eq!(r.header("access-control-allow-origin"), Some("https://app.example.com"));
+        assert_eq!(r.header("access-control-expose-headers"), Some("x-total"));
+        let r = w.send("GET /cors HTTP/1.1\r\nHost: f.example.com\r\nOrigin: https://other.example.com\r\n\r\n");
+        assert_eq!(answered(&r), (200, Some("a")));
+        assert_eq!(r.header("access-control-allow-origin"), None);
+
+        // The same over HTTP/2.
+        let h2 = H2::connect(w.kedge.addr());
+        let req = h2
+            .req("GET", "f.example.com", "/cors")
+            .header("origin", "https://app.example.com")
+            .body(())
+            .expect("request");
+        let r = h2.request(req, None);
+        assert_eq!(r.header("access-control-allow-origin"), Some("https://app.example.com"));
+        let req = h2
+            .req("OPTIONS", "f.example.com", "/cors")
+            .header("origin", "https://app.example.com")
+            .header("access-control-request-method", "GET")
+            .body(())
+            .expect("request");
+        let r = h2.request(req, None);
+        assert_eq!((r.status, r.header("access-control-allow-methods")), (200, Some("GET, POST")));
+        let req = h2
+            .req("GET", "f.example.com", "/headers")
+            .header("x-drop", "x")
+            .body(())
+            .expect("request");
+        let r = h2.request(req, None);
+        assert_eq!(r.status, 200);
+        assert_eq!(r.header("x-upstream"), Some("hidden"));
+        assert_eq!(r.header("x-resp"), Some("yes"));
+        let seen = up.requests().pop().expect("a request");
+        assert_eq!(seen.header_all("x-set"), ["set"]);
+        assert_eq!(seen.header("x-drop"), None);
+        let r = h2.get("f.example.com", "/old/page");
+        assert_eq!((r.status, r.header("location")), (301, Some("https://new.example.com/new/page")));
+        assert_eq!(h2.get("f.example.com", "/rewrite/z").status, 200);
+        let seen = up.requests().pop().expect("a request");
+        assert_eq!(seen.uri, "/v2/z");
+        assert_eq!(seen.header_all("host"), ["inner.example.com"]);
+        assert_eq!(seen.header("x-forwarded-host"), Some("f.example.com"));
+    }
+);
+
+#[test]
+fn request_timeouts_answer_504() {
+    let slow = Upstream::start("slow", Handler::Delay(Duration::from_secs(5)));
+    let w = World::start(Driver::default(), "gw-timeouts", &[]);
+    w.api.apply("services", service("slow"));
+    w.api
+        .apply("endpointslices", slice("slow", slow.addr().port(), &["127.0.0.1"]));
+    let port = w.kedge.addr().port();
+    w.api.apply("gateways", gateway("edge", port, &[]));
+    w.api.apply(
+        "httproutes",
+        route(
+            "slow",
+            "edge",
+            &["t.example.com"],
+            json!([
+                {"matches": [{"path": {"value": "/request"}}], "timeouts": {"request": "200ms"}, "backendRefs": to("slow")},
+                {"matches": [{"path": {"value": "/backend"}}], "timeouts": {"backendRequest": "200ms"}, "backendRefs": to("slow")},
+            ]),
+        ),
+    );
+    // Routed (the slow upstream saw the request), and answered 504 by kedge.
+    wait_until(WAIT, "the timeout route", || {
+        get(&w.kedge, "t.example.com", "/request").0 == 504
+    });
+    assert!(slow.request_count() >= 1);
+    let r = w.send("GET /request HTTP/1.1\r\nHost: t.example.com\r\n\r\n");
+    assert_eq!(r.status, 504);
+    assert!(r.text().contains("request timeout"), "{}", r.text());
+    let r = w.send("GET /backend HTTP/1.1\r\nHost: t.example.com\r\n\r\n");
+    assert_eq!(r.status, 504);
+}
+
+/// A port free on both 127.0.0.1 and 127.0.0.2 (as far as one can tell before binding it).
+fn free_port_on_both() -> u16 {
+    wait_for(WAIT, "a port free on 127.0.0.1 and 127.0.0.2", || {
+        let a = std::net::TcpListener::bind("127.0.0.1:0").map_err(|e| e.to_string())?;
+        let port = a.local_addr().map_err(|e| e.to_string())?.port();
+        std::net::TcpListener::bind(("127.0.0.2", port)).map_err(|e| e.to_string())?;
+        Ok::<u16, String>(port)
+    })
+}
+
+/// Behind PROXY protocol the scope is still chosen by kedge's own address: a header naming
+/// another destination changes nothing.
+#[test]
+fn proxy_protocol_does_not_change_the_scope() {
+    use crate::proxy_protocol::{FROM_LB, connect_from};
+    let port = free_port_on_both();
+    let listener = format!("[[listener]]\naddress = \"127.0.0.1:{port}\"\n{FROM_LB}\n");
+    let setup = Kedge::setup(Driver::default()).tables(&listener);
+    let w = World::start_with("gw-proxy", &["one"], setup);
+    w.api.apply("gateways", gateway("gw-one", port, &["127.0.0.1"]));
+    w.api.apply(
+        "httproutes",
+        route("r1", "gw-one", &["p.example.com"], json!([{"backendRefs": to("one")}])),
+    );
+    let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().expect("address");
+    let ask = || {
+        // The balancer (127.0.0.2) says the client reached 127.0.0.2, not kedge's 127.0.0.1.
+        let mut c = Client::over(connect_from(2, addr)).expect("client");
+        c.send(
+            format!("PROXY TCP4 192.0.2.7 127.0.0.2 40000 {port}\r\nGET / HTTP/1.1\r\nHost: p.example.com\r\n\r\n")
+                .as_bytes(),
+        );
+        let r = c.read_response();
+        (r.status, r.upstream().map(str::to_owned))
+    };
+    wait_for(WAIT, "routed through the PROXY header", || {
+        let got = ask();
+        if got == (200, Some("one".to_owned())) {
+            Ok(())
+        } else {
+            Err(got)
+        }
+    });
+    let seen = w.up("one").requests().pop().expect("a request");
+    assert_eq!(seen.header("x-real-ip"), Some("192.0.2.7"));
+}
+
+#[test]
+fn two_gateways_on_one_port_are_isolated_by_address() {
+    // kedge listens on 127.0.0.1 and 127.0.0.2 on one port; each Gateway has one address.
+    let port = free_port_on_both();
+    let listeners =
+        format!("[[listener]]\naddress = \"127.0.0.1:{port}\"\n\n[[listener]]\naddress = \"127.0.0.2:{port}\"\n");
+    let setup = Kedge::setup(Driver::default()).tables(&listeners);
+    let w = World::start_with("gw-isolated", &["one", "two"], setup);
+    w.api.apply("gateways", gateway("gw-one", port, &["127.0.0.1"]));
+    w.api.apply("gateways", gateway("gw-two", port, &["127.0.0.2"]));
+    w.api.apply(
+        "httproutes",
+        route(
+            "r1",
+            "gw-one",
+            &["same.example.com"],
+            json!([{"backendRefs": to("one")}]),
+        ),
+    );
+    w.api.apply(
+        "httproutes",
+        route(
+            "r2",
+            "gw-two",
+            &["same.example.com"],
+            json!([{"backendRefs": to("two")}]),
+        ),
+    );
+    w.api.apply(
+        "httproutes",
+        route(
+            "r3",
+            "gw-one",
+            &["only-one.example.com"],
+            json!([{"backendRefs": to("one")}]),
+        ),
+    );
+    let ask = |ip: &str, host: &str| {
+        let addr: std::net::SocketAddr = format!("{ip}:{port}").parse().expect("address");
+        let r = Client::connect(addr).get(host, "/");
+        (r.status, r.upstream().map(str::to_owned))
+    };
+    wait_until(WAIT, "both Gateways routed", || {
+        ask("127.0.0.1", "same.example.com").1.as_deref() == Some("one")
+            && ask("127.0.0.2", "same.example.com").1.as_deref() == Some("two")
+    });
+    assert_eq!(ask("127.0.0.1", "only-one.example.com"), (200, Some("one".into())));
+    // Not a host of the second Gateway: no Ingress either, 404.
+    assert_eq!(ask("127.0.0.2", "only-one.example.com").0, 404);
+}
+
+#[test]
+fn request_mirror_copies_bodiless_requests() {
+    let w = World::start(Driver::default(), "gw-mirror", &["a", "m"]);
+    let port = w.kedge.addr().port();
+    w.api.apply("gateways", gateway("edge", port, &[]));
+    w.api.apply(
+        "httproutes",
+        route(
+            "mirrored",
+            "edge",
+            &["m.example.com"],
+            json!([{"filters": [{"type": "RequestMirror", "requestMirror": {"backendRef": {"name": "m", "port": 80}}}],
+                    "backendRefs": to("a")}]),
+        ),
+    );
+    w.wait_routed("m.example.com", "/first", (200, Some("a")));
+    let r = w.send("POST /posted HTTP/1.1\r\nHost: m.example.com\r\nContent-Length: 2\r\n\r\nhi");
+    assert_eq!(answered(&r), (200, Some("a")));
+    let r = w.send("GET /copied?x=1 HTTP/1.1\r\nHost: m.example.com\r\nX-Trace: t1\r\n\r\n");
+    assert_eq!(answered(&r), (200, Some("a")));
+    let mirror = w.up("m");
+    wait_until(WAIT, "the mirror got the GET", || {
+        mirror.requests().iter().any(|s| s.uri == "/copied?x=1")
+    });
+    let seen = mirror.requests();
+    let copy = seen.iter().find(|s| s.uri == "/copied?x=1").expect("the copy");
+    assert_eq!((copy.method.as_str(), copy.header("x-trace")), ("GET", Some("t1")));
+    assert!(
+        !seen.iter().any(|s| s.method == "POST"),
+        "requests with a body are not mirrored: {seen:?}"
+    );
+    // The backend got everything.
+    assert_eq!(w.up("a").requests().iter().filter(|s| s.uri != "/first").count(), 2);
+}
