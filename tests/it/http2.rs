@@ -935,7 +935,7 @@ both_drivers!(
 
         let metrics = Client::connect(kedge.admin_addr()).get("admin", "/metrics").text();
         assert!(
-            metrics.lines().any(|l| l == "kedge_http2_reset_floods_total 1"),
+            metrics.lines().any(|l| l == "kedge_http2_abuse_total{kind=\"rapid_reset\"} 1"),
             "{}",
             metrics.lines().filter(|l| l.contains("reset")).collect::<Vec<_>>().join("\n")
         );
