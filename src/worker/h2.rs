@@ -118,7 +118,7 @@ pub(super) async fn serve<S: ClientStream + Unpin>(
     let io = Rewind {
         early,
         pos: 0,
-        inner: StreamWrapper::new(client),
+        inner: Box::new(StreamWrapper::new(client)),
         meter: FrameMeter::default(),
         info: Rc::clone(&info),
     };
@@ -878,7 +878,9 @@ impl SendBody for H2Body {
 struct Rewind<S> {
     early: Vec<u8>,
     pos: usize,
-    inner: StreamWrapper<S>,
+    /// Boxed: `StreamWrapper` lets a write run on after `poll_write` returned, through a
+    /// pointer to the stream inside it, and the connection moves after the handshake.
+    inner: Box<StreamWrapper<S>>,
     meter: FrameMeter,
     info: Rc<ConnInfo>,
 }
