@@ -1,8 +1,9 @@
 //! Forwarding an HTTP/2 client stream to an HTTP/2 upstream (gRPC backends): the stream opened
 //! on a shared connection of `h2_pool.rs`, with the same retry state as HTTP/1.1
-//! (`forward::Tries`: a failed connect, or a stream that could not be sent, moves on to another
-//! endpoint), then both bodies moved at once, full duplex, under flow control both ways:
-//! request DATA is released to the client only once the upstream granted window for it,
+//! (`forward::Tries`: a failed connect, a stream that could not be sent, or one the upstream
+//! refused unprocessed, moves on to another endpoint; the request body taken so far is kept,
+//! shared, for that until the answer begins), then both bodies moved at once, full duplex,
+//! under flow control both ways: request DATA is released to the client only once the upstream granted window for it,
 //! response DATA likewise. Trailers pass both ways, a trailers-only answer stays one HEADERS
 //! frame, and a reset on either side resets the other (with the same code towards the client).
 //!
@@ -34,6 +35,11 @@ use super::session::Ctx;
 /// to an endpoint of `f`'s backend over HTTP/2 and relays the exchange both ways until it ends.
 /// `extra(addr)` gives kedge's response header lines (`Name: value\r\n`). `responded` turns
 /// true once the client got response headers or a reset.
+///
+/// A stream the upstream did not process (RST_STREAM REFUSED_STREAM, or a graceful GOAWAY
+/// that left it out: RFC 9113 §8.7) is sent again to the next endpoint, like a failed
+/// connect, within the route's tries, as long as the request body taken so far (kept, shared,
+/// up to [`REPLAY_MAX`]) can be sent again.
 #[expect(clippy::too_many_arguments, reason = "the stream's state, passed once")]
 pub(super) async fn forward(
     cx: Ctx<'_>,
@@ -43,7 +49,7 @@ pub(super) async fn forward(
     client_body: RecvStream,
     respond: &mut SendResponse<Bytes>,
     responded: &mut bool,
-    extra: impl FnOnce(SocketAddr) -> Vec<u8>,
+    extra: impl Fn(SocketAddr) -> Vec<u8>,
     rec: &mut Record,
 ) -> Result<(), RequestError> {
     let backend = f.routed.backend;
@@ -51,64 +57,151 @@ pub(super) async fn forward(
         return Err(ErrorKind::NoEndpoint.into());
     }
     let t_up = cx.snap.access_log.then(Instant::now);
-    let end = client_body.is_end_stream();
     let scheme = if backend.tls.is_some() { "https" } else { "http" };
+    let mut body = RequestBody {
+        ended: client_body.is_end_stream().then_some(None),
+        recv: client_body,
+        kept: Vec::new(),
+        kept_len: 0,
+        whole: true,
+        total: 0,
+    };
     let mut tries = Tries::default();
     let mut fresh_to: Option<SocketAddr> = None;
     let mut refreshed = false;
-    let (addr, _lease, response, send) = loop {
-        let addr = match fresh_to.take() {
-            Some(a) => a,
-            None => tries.next(cx, f, rec)?,
-        };
-        rec.upstream = Some(addr);
-        let lease = match h2_pool::lease(cx.worker, cx.snap, backend, addr, f.timeouts.connect).await {
-            Ok(l) => l,
-            Err(e) => {
-                tries.connect_failed(cx, f, addr, e, rec);
-                continue;
-            }
-        };
-        let req = upstream_request(head, scheme, te_trailers)?;
-        let sender = lease.sender();
-        let ready = monoio::time::timeout(f.timeouts.connect, sender.ready()).await;
-        let sent = match ready {
-            Ok(Ok(mut s)) => s.send_request(req, end),
-            Ok(Err(e)) => Err(e),
-            Err(_) => {
-                tries.connect_failed(cx, f, addr, ErrorKind::ConnectTimeout.into(), rec);
-                continue;
-            }
-        };
-        match sent {
-            Ok((response, send)) => break (addr, lease, response, send),
-            Err(e) => {
-                // GOAWAY received or the connection broke: nothing of this stream left kedge.
-                // The connection takes no new stream; a new one to the same endpoint gets it
-                // once, then the next endpoint.
-                tracing::debug!(upstream = %addr, error = %e, "stream not sent; retrying");
-                lease.close();
-                tries.last = ErrorKind::UpstreamClosed.into();
-                if !std::mem::replace(&mut refreshed, true) {
-                    fresh_to = Some(addr);
+    loop {
+        // Nothing of the body yet, or all of it ended with the client's HEADERS.
+        let end = matches!(body.ended, Some(None)) && body.kept.is_empty();
+        let (addr, lease, response, send) = loop {
+            let addr = match fresh_to.take() {
+                Some(a) => a,
+                None => tries.next(cx, f, rec)?,
+            };
+            rec.upstream = Some(addr);
+            let lease = match h2_pool::lease(cx.worker, cx.snap, backend, addr, f.timeouts.connect).await {
+                Ok(l) => l,
+                Err(e) => {
+                    tries.connect_failed(cx, f, addr, e, rec);
+                    continue;
+                }
+            };
+            let req = upstream_request(head, scheme, te_trailers)?;
+            let sender = lease.sender();
+            let ready = monoio::time::timeout(f.timeouts.connect, sender.ready()).await;
+            let sent = match ready {
+                Ok(Ok(mut s)) => s.send_request(req, end),
+                Ok(Err(e)) => Err(e),
+                Err(_) => {
+                    tries.connect_failed(cx, f, addr, ErrorKind::ConnectTimeout.into(), rec);
+                    continue;
+                }
+            };
+            match sent {
+                Ok((response, send)) => break (addr, lease, response, send),
+                Err(e) => {
+                    // GOAWAY received or the connection broke: nothing of this stream left
+                    // kedge. The connection takes no new stream; a new one to the same
+                    // endpoint gets it once, then the next endpoint.
+                    tracing::debug!(upstream = %addr, error = %e, "stream not sent; retrying");
+                    lease.close();
+                    tries.last = ErrorKind::UpstreamClosed.into();
+                    if !std::mem::replace(&mut refreshed, true) {
+                        fresh_to = Some(addr);
+                    }
                 }
             }
+        };
+        let _inflight = InFlight::begin(cx.worker, addr);
+        let exchanged = exchange(
+            cx, f, addr, end, response, send, &mut body, respond, responded, &extra, rec, t_up,
+        )
+        .await;
+        drop(lease);
+        match exchanged {
+            Ok(()) => return Ok(()),
+            Err(Attempt::Failed(e)) => return Err(e),
+            Err(Attempt::Refused) if body.whole => {
+                tracing::debug!(upstream = %addr, "stream refused by the upstream, not processed; trying another endpoint");
+                tries.last = ErrorKind::StreamRefused.into();
+            }
+            Err(Attempt::Refused) => {
+                tracing::debug!(upstream = %addr, "stream refused by the upstream; its body cannot be sent again");
+                return Err(ErrorKind::StreamRefused.into());
+            }
         }
-    };
-    let _inflight = InFlight::begin(cx.worker, addr);
+    }
+}
+
+/// The request body kept for another try: at most this many bytes.
+const REPLAY_MAX: usize = 64 * 1024;
+
+/// The client's request body, and what of it was taken so far while it can still be sent
+/// again (the DATA frames' own `Bytes`, shared, not copied).
+struct RequestBody {
+    recv: RecvStream,
+    kept: Vec<Bytes>,
+    kept_len: usize,
+    /// `kept` holds everything taken from the client.
+    whole: bool,
+    /// The client's body ended, with these trailers.
+    ended: Option<Option<http::HeaderMap>>,
+    total: u64,
+}
+
+/// How one try of an exchange failed.
+enum Attempt {
+    /// The upstream did not process the stream: another endpoint may take it.
+    Refused,
+    Failed(RequestError),
+}
+
+impl From<RequestError> for Attempt {
+    fn from(e: RequestError) -> Attempt {
+        Attempt::Failed(e)
+    }
+}
+
+/// Whether an upstream stream's error says it was not processed (RFC 9113 §8.7): reset with
+/// REFUSED_STREAM, or above the last stream id of a graceful GOAWAY (one with an error code may
+/// have cut off streams it had begun).
+fn not_processed(e: &h2::Error) -> bool {
+    e.is_remote()
+        && ((e.is_reset() && e.reason() == Some(Reason::REFUSED_STREAM))
+            || (e.is_go_away() && e.reason() == Some(Reason::NO_ERROR)))
+}
+
+/// One try: the request body to `send` while the response head comes, then both bodies until
+/// the exchange ends.
+#[expect(clippy::too_many_arguments, reason = "the stream's state, passed once")]
+async fn exchange(
+    cx: Ctx<'_>,
+    f: &Forward<'_>,
+    addr: SocketAddr,
+    end: bool,
+    response: h2::client::ResponseFuture,
+    send: SendStream<Bytes>,
+    body: &mut RequestBody,
+    respond: &mut SendResponse<Bytes>,
+    responded: &mut bool,
+    extra: &impl Fn(SocketAddr) -> Vec<u8>,
+    rec: &mut Record,
+    t_up: Option<Instant>,
+) -> Result<(), Attempt> {
     let activity = Cell::new(Instant::now());
+    // Until the answer begins, the body taken is kept for another try.
+    let keep = Cell::new(true);
     let read_timeout = f.timeouts.read;
     let mut req_pump = pin!(pump_request(
-        client_body,
+        body,
         send,
         end,
+        &keep,
         &activity,
         f.timeouts.send,
         f.max_body
     ));
     let mut req_done = end;
     let mut idle = pin!(idle_watch(&activity, read_timeout));
-
     // The response head, while the request body flows.
     let mut response = pin!(response);
     let head = poll_fn(|c| {
@@ -136,11 +229,14 @@ pub(super) async fn forward(
             if e.side() == Side::Upstream {
                 forward::report(cx, f, addr, false);
             }
-            return Err(e);
+            return Err(e.into());
         }
         Err(Err(e)) => {
             forward::report(cx, f, addr, false);
             tracing::debug!(upstream = %addr, error = %e, "upstream stream failed before its answer");
+            if not_processed(&e) {
+                return Err(Attempt::Refused);
+            }
             match e.reason() {
                 Some(reason) if e.is_reset() => {
                     respond.send_reset(reason);
@@ -148,10 +244,11 @@ pub(super) async fn forward(
                     rec.status = 502;
                     return Ok(());
                 }
-                _ => return Err(ErrorKind::StreamRefused.into()),
+                _ => return Err(RequestError::from(ErrorKind::StreamRefused).into()),
             }
         }
     };
+    keep.set(false);
     let (parts, up_body) = resp.into_parts();
     forward::report(cx, f, addr, parts.status.as_u16() < 500);
     rec.upstream_time = t_up.map(|t| t.elapsed());
@@ -159,9 +256,8 @@ pub(super) async fn forward(
     let mut out = Response::from_parts(parts, ());
     super::respond::append_lines(out.headers_mut(), &extra(addr));
     let up_end = up_body.is_end_stream();
-    let mut client_send = respond
-        .send_response(out, up_end)
-        .map_err(|_| RequestError::from(ErrorKind::ClientGone))?;
+    let gone = || Attempt::Failed(ErrorKind::ClientGone.into());
+    let mut client_send = respond.send_response(out, up_end).map_err(|_| gone())?;
     *responded = true;
     if up_end {
         // Trailers-only: the whole answer was that HEADERS frame.
@@ -203,9 +299,9 @@ pub(super) async fn forward(
                 "grpc-message",
                 HeaderValue::from_static("upstream sent nothing within the read timeout"),
             );
-            client_send.send_trailers(t).map_err(|_| ErrorKind::ClientGone.into())
+            client_send.send_trailers(t).map_err(|_| gone())
         }
-        Err(e) => Err(e),
+        Err(e) => Err(e.into()),
     }
 }
 
@@ -279,12 +375,14 @@ async fn send_flow(send: &mut SendStream<Bytes>, mut data: Bytes, timeout: Durat
     Ok(())
 }
 
-/// The client's request DATA and trailers to the upstream stream. A client reset resets the
-/// upstream stream (CANCEL).
+/// The client's request DATA and trailers to the upstream stream (on a new try, what was taken
+/// before first; `end`: the request's HEADERS ended the stream), keeping what it takes while
+/// `keep` holds. A client reset resets the upstream stream (CANCEL).
 async fn pump_request(
-    mut client: RecvStream,
+    body: &mut RequestBody,
     mut up: SendStream<Bytes>,
     end: bool,
+    keep: &Cell<bool>,
     activity: &Cell<Instant>,
     send_timeout: Duration,
     max_body: u64,
@@ -292,31 +390,47 @@ async fn pump_request(
     if end {
         return Ok(());
     }
-    let mut total = 0u64;
-    while let Some(next) = client.data().await {
-        let Ok(data) = next else {
-            up.send_reset(Reason::CANCEL);
-            return Err(ErrorKind::ClientGone.into());
-        };
-        let n = data.len();
-        total += n as u64;
-        if total > max_body {
-            up.send_reset(Reason::CANCEL);
-            return Err(ErrorKind::BodyTooLarge.into());
-        }
+    let failed = |_| RequestError::from(ErrorKind::UpstreamBodyFailed);
+    for chunk in &body.kept {
         activity.set(Instant::now());
-        if send_flow(&mut up, data, send_timeout).await.is_err() {
-            return Err(ErrorKind::UpstreamBodyFailed.into());
-        }
-        let _ = client.flow_control().release_capacity(n);
+        send_flow(&mut up, chunk.clone(), send_timeout).await.map_err(failed)?;
     }
-    let sent = match poll_fn(|c| client.poll_trailers(c)).await {
-        Ok(Some(trailers)) => up.send_trailers(trailers),
-        Ok(None) => up.send_data(Bytes::new(), true),
-        Err(_) => {
-            up.send_reset(Reason::CANCEL);
-            return Err(ErrorKind::ClientGone.into());
+    if body.ended.is_none() {
+        while let Some(next) = body.recv.data().await {
+            let Ok(data) = next else {
+                up.send_reset(Reason::CANCEL);
+                return Err(ErrorKind::ClientGone.into());
+            };
+            let n = data.len();
+            body.total += n as u64;
+            if body.total > max_body {
+                up.send_reset(Reason::CANCEL);
+                return Err(ErrorKind::BodyTooLarge.into());
+            }
+            activity.set(Instant::now());
+            if body.whole {
+                if keep.get() && body.kept_len + n <= REPLAY_MAX {
+                    body.kept.push(data.clone());
+                    body.kept_len += n;
+                } else {
+                    body.whole = false;
+                    body.kept = Vec::new();
+                }
+            }
+            send_flow(&mut up, data, send_timeout).await.map_err(failed)?;
+            let _ = body.recv.flow_control().release_capacity(n);
         }
+        match poll_fn(|c| body.recv.poll_trailers(c)).await {
+            Ok(t) => body.ended = Some(t),
+            Err(_) => {
+                up.send_reset(Reason::CANCEL);
+                return Err(ErrorKind::ClientGone.into());
+            }
+        }
+    }
+    let sent = match &body.ended {
+        Some(Some(trailers)) => up.send_trailers(trailers.clone()),
+        _ => up.send_data(Bytes::new(), true),
     };
     sent.map_err(|_| ErrorKind::UpstreamBodyFailed.into())
 }

@@ -136,15 +136,25 @@ fn ok_trailers(extra: &str) -> HeaderMap {
 /// The methods: `Unary` and `Bidi` echo each message as it arrives; `ClientStream` answers one
 /// `count=N` message at the end; `ServerStream` sends as many messages as its request says;
 /// `TrailersOnly` answers NOT_FOUND in one HEADERS frame; `Reset` sends one message then resets
-/// (ENHANCE_YOUR_CALM); `Hang` sends headers and reports the reset it waits for. A request
-/// body broken off by a reset is reported as `<method> reset`.
+/// (ENHANCE_YOUR_CALM); `Hang` sends headers and reports the reset it waits for;
+/// `RefusedBy<name>` is refused (RST_STREAM REFUSED_STREAM, reported as `refused`) by the
+/// upstream called `name` and is `Unary` elsewhere. A request body broken off by a reset is
+/// reported as `<method> reset`.
 async fn serve_stream(
     req: Request<h2::RecvStream>,
     mut respond: h2::server::SendResponse<Bytes>,
     name: &'static str,
     tx: std::sync::mpsc::Sender<String>,
 ) {
-    let method = req.uri().path().rsplit('/').next().unwrap_or("").to_owned();
+    let mut method = req.uri().path().rsplit('/').next().unwrap_or("").to_owned();
+    if let Some(who) = method.strip_prefix("RefusedBy") {
+        if who == name {
+            respond.send_reset(Reason::REFUSED_STREAM);
+            let _ = tx.send("refused".to_owned());
+            return;
+        }
+        method = "Unary".to_owned();
+    }
     let te = req.headers().get("te").map(|v| v.to_str().unwrap_or("").to_owned());
     let client_trailer = Arc::new(std::sync::Mutex::new(String::new()));
     let mut body = req.into_body();
@@ -477,6 +487,34 @@ both_drivers!(
             assert_eq!(r.upstream(), Some("alive"), "{r:?}");
             assert_eq!(trailer(&r, "grpc-status"), Some("0"));
         }
+    }
+);
+
+both_drivers!(
+    /// A stream the upstream refuses (REFUSED_STREAM: not processed, RFC 9113 §8.7) goes to
+    /// the next endpoint with its body, within the route's tries; with every endpoint refusing,
+    /// the client gets UNAVAILABLE.
+    fn a_refused_stream_is_retried_on_another_endpoint(driver) {
+        let refusing = GrpcUpstream::start("r1", None);
+        let ok = GrpcUpstream::start("ok", None);
+        let kedge = start(driver, &grpc_route(&[refusing.addr, ok.addr], "grpc", ""));
+        let h2 = H2::connect(kedge.addr());
+        for i in 0..6 {
+            let msg = format!("call {i}");
+            let r = call(&h2, "api.example", "RefusedByr1", &[msg.as_bytes()]);
+            assert_eq!(r.upstream(), Some("ok"), "{r:?}");
+            assert_eq!(body_messages(&r), vec![msg.into_bytes()], "the body was not sent again whole");
+            assert_eq!(trailer(&r, "grpc-status"), Some("0"));
+        }
+        let refusals = refusing.events.try_iter().filter(|e| e == "refused").count();
+        assert!(refusals >= 1, "no call went to the refusing endpoint first");
+
+        let alone = start(driver, &grpc_route(&[refusing.addr], "grpc", ""));
+        let h2 = H2::connect(alone.addr());
+        let r = call(&h2, "api.example", "RefusedByr1", &[b"x"]);
+        assert_eq!(r.status, 200, "{r:?}");
+        assert_eq!(r.header("grpc-status"), Some("14"), "{r:?}");
+        assert_eq!(refusing.event(), "refused");
     }
 );
 
