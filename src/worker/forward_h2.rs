@@ -33,8 +33,8 @@ use super::session::Ctx;
 /// Sends the request (`head`: the upstream request head as `http::write_request_head` wrote it
 /// for HTTP/1.1, with kedge's forwarding fields; `te_trailers`: the client sent `te: trailers`)
 /// to an endpoint of `f`'s backend over HTTP/2 and relays the exchange both ways until it ends.
-/// `extra(addr)` gives kedge's response header lines (`Name: value\r\n`). `responded` turns
-/// true once the client got response headers or a reset.
+/// `extra(addr, upstream's answer fields)` gives kedge's response header lines (`Name:
+/// value\r\n`). `responded` turns true once the client got response headers or a reset.
 ///
 /// A stream the upstream did not process (RST_STREAM REFUSED_STREAM, or a graceful GOAWAY
 /// that left it out: RFC 9113 §8.7) is sent again to the next endpoint, like a failed
@@ -49,7 +49,7 @@ pub(super) async fn forward(
     client_body: RecvStream,
     respond: &mut SendResponse<Bytes>,
     responded: &mut bool,
-    extra: impl Fn(SocketAddr) -> Vec<u8>,
+    extra: impl Fn(SocketAddr, &http::HeaderMap) -> Vec<u8>,
     rec: &mut Record,
 ) -> Result<(), RequestError> {
     let backend = f.routed.backend;
@@ -183,7 +183,7 @@ async fn exchange(
     body: &mut RequestBody,
     respond: &mut SendResponse<Bytes>,
     responded: &mut bool,
-    extra: &impl Fn(SocketAddr) -> Vec<u8>,
+    extra: &impl Fn(SocketAddr, &http::HeaderMap) -> Vec<u8>,
     rec: &mut Record,
     t_up: Option<Instant>,
 ) -> Result<(), Attempt> {
@@ -253,8 +253,9 @@ async fn exchange(
     forward::report(cx, f, addr, parts.status.as_u16() < 500);
     rec.upstream_time = t_up.map(|t| t.elapsed());
     rec.status = parts.status.as_u16();
+    let lines = extra(addr, &parts.headers);
     let mut out = Response::from_parts(parts, ());
-    super::respond::append_lines(out.headers_mut(), &extra(addr));
+    super::respond::append_lines(out.headers_mut(), &lines);
     let up_end = up_body.is_end_stream();
     let gone = || Attempt::Failed(ErrorKind::ClientGone.into());
     let mut client_send = respond.send_response(out, up_end).map_err(|_| gone())?;

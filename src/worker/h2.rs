@@ -491,9 +491,10 @@ async fn handle(
             .get(http::header::TE)
             .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"trailers"));
         let hsts = (info.scheme == "https").then_some(&*snap.https.hsts_line);
-        let extra = |addr| {
+        let extra = |addr, answer: &HeaderMap| {
             let mut extra = Vec::new();
-            respond::response_lines(&mut extra, hsts, || false, &f, addr);
+            let upstream_hsts = || answer.contains_key(http::header::STRICT_TRANSPORT_SECURITY);
+            respond::response_lines(&mut extra, hsts, upstream_hsts, &f, addr);
             extra
         };
         let cx = Ctx { worker, snap, start };

@@ -137,6 +137,7 @@ fn ok_trailers(extra: &str) -> HeaderMap {
 /// `count=N` message at the end; `ServerStream` sends as many messages as its request says;
 /// `TrailersOnly` answers NOT_FOUND in one HEADERS frame; `Reset` sends one message then resets
 /// (ENHANCE_YOUR_CALM); `Hang` sends headers and reports the reset it waits for;
+/// `WithHsts` is `Unary` with a Strict-Transport-Security field in its answer;
 /// `RefusedBy<name>` is refused (RST_STREAM REFUSED_STREAM, reported as `refused`) by the
 /// upstream called `name` and is `Unary` elsewhere. A request body broken off by a reset is
 /// reported as `<method> reset`.
@@ -166,7 +167,13 @@ async fn serve_stream(
         let _ = respond.send_response(head, true);
         return;
     }
-    let Ok(mut send) = respond.send_response(grpc_head(name), false) else {
+    let mut head = grpc_head(name);
+    if method == "WithHsts" {
+        head.headers_mut()
+            .insert("strict-transport-security", "max-age=60".parse().unwrap());
+        method = "Unary".to_owned();
+    }
+    let Ok(mut send) = respond.send_response(head, false) else {
         return;
     };
     if method == "Hang" {
@@ -515,6 +522,39 @@ both_drivers!(
         assert_eq!(r.status, 200, "{r:?}");
         assert_eq!(r.header("grpc-status"), Some("14"), "{r:?}");
         assert_eq!(refusing.event(), "refused");
+    }
+);
+
+both_drivers!(
+    /// Over TLS kedge adds its Strict-Transport-Security field to gRPC answers, unless the pod
+    /// sent one: then the pod's alone.
+    fn hsts_is_added_once(driver) {
+        let ca = TestCa::new();
+        let dir = TempDir::new("grpc-hsts");
+        let leaf = ca.leaf(&["api.example"]);
+        let (cert, key) = leaf.write(&dir, "default");
+        let up = GrpcUpstream::start("g", None);
+        let frag = format!(
+            "[tls]\ndefault_cert = \"{}\"\ndefault_key = \"{}\"\n\n{}",
+            cert.display(),
+            key.display(),
+            grpc_route(&[up.addr], "grpc", "")
+        );
+        let kedge = Kedge::setup(driver).tls().tables(H2_ON).start(&frag);
+        let h2 = H2::connect_tls(kedge.tls_addr(), ca.client_alpn(&[b"h2"]), "api.example");
+        let hsts = |r: &H2Response| -> Vec<String> {
+            r.headers
+                .iter()
+                .filter(|(n, _)| n == "strict-transport-security")
+                .map(|(_, v)| v.clone())
+                .collect()
+        };
+        let r = call(&h2, "api.example", "Unary", &[b"x"]);
+        assert_eq!(trailer(&r, "grpc-status"), Some("0"), "{r:?}");
+        assert_eq!(hsts(&r), ["max-age=31536000; includeSubDomains"], "kedge's HSTS: {r:?}");
+        let r = call(&h2, "api.example", "WithHsts", &[b"x"]);
+        assert_eq!(trailer(&r, "grpc-status"), Some("0"), "{r:?}");
+        assert_eq!(hsts(&r), ["max-age=60"], "{r:?}");
     }
 );
 
