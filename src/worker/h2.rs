@@ -864,11 +864,54 @@ impl SendBody for H2Body {
             pump::flush(upstream, out, send_timeout).await.map_err(sink)?;
             let _ = self.recv.flow_control().release_capacity(data.len());
         }
+        // Trailers: chunked trailer fields; with the client's Content-Length HTTP/1.1 has no
+        // place for them.
+        let trailers = match poll_fn(|cx| self.recv.poll_trailers(cx)).await {
+            Ok(t) => t,
+            Err(_) => return Err(ErrorKind::ClientGone.into()),
+        };
         if self.chunked {
-            h1::write_last_chunk(out, b"");
+            out.extend_from_slice(b"0\r\n");
+            if let Some(t) = &trailers {
+                write_trailer_lines(out, t);
+            }
+            out.extend_from_slice(b"\r\n");
             pump::flush(upstream, out, send_timeout).await.map_err(sink)?;
+        } else if trailers.is_some() {
+            tracing::debug!("request trailers dropped: the body has a Content-Length, HTTP/1.1 cannot carry them");
         }
         Ok(())
+    }
+}
+
+/// Request trailer fields as chunked trailer lines (`name: value\r\n`): the end-to-end
+/// ones RFC 9110 §6.5.1 allows in trailers (not framing, routing, request modifiers,
+/// authentication, or how to process the content).
+fn write_trailer_lines(out: &mut Vec<u8>, trailers: &HeaderMap) {
+    const NOT_TRAILERS: [&[u8]; 13] = [
+        b"content-length",
+        b"host",
+        b"authorization",
+        b"cookie",
+        b"content-type",
+        b"content-encoding",
+        b"content-range",
+        b"trailer",
+        b"cache-control",
+        b"expect",
+        b"max-forwards",
+        b"pragma",
+        b"range",
+    ];
+    for (name, value) in trailers {
+        let n = name.as_str().as_bytes();
+        if !h1::passes(b"", &[], n) || NOT_TRAILERS.contains(&n) {
+            continue;
+        }
+        out.extend_from_slice(n);
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(value.as_bytes());
+        out.extend_from_slice(b"\r\n");
     }
 }
 
