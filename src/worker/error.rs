@@ -83,6 +83,9 @@ pub(crate) enum ErrorKind {
     NeedsHttp2,
     /// The HTTP/2 upstream stream failed (refused, connection lost) before its response head.
     StreamRefused,
+    /// The client's `grpc-timeout` passed (answered as gRPC DEADLINE_EXCEEDED by
+    /// `forward_h2.rs`).
+    GrpcDeadline,
 }
 
 /// Why a request could not be completed.
@@ -122,7 +125,7 @@ impl RequestError {
             ConnectFailed | ConnectTimeout | TlsFailed | TlsTimeout | SendTimeout | UpstreamClosed
             | UpstreamTimeout | ResponseTimeout | ResponseCutShort | BadResponse | UpstreamBodyFailed
             | AllTriedFailed | UnaskedSwitch | ResponseBroken | StreamRefused => Side::Upstream,
-            NeedsHttp2 => Side::Client,
+            NeedsHttp2 | GrpcDeadline => Side::Client,
         }
     }
 
@@ -168,6 +171,7 @@ impl RequestError {
             UnaskedSwitch => (502, "upstream switched protocols without an upgrade request"),
             NeedsHttp2 => (502, "this backend speaks gRPC, which needs HTTP/2 from the client"),
             StreamRefused => (502, "upstream stream failed before its answer"),
+            GrpcDeadline => (504, "the call's grpc-timeout passed"),
             ClientGone | ResponseBroken => return None,
         })
     }

@@ -8,7 +8,8 @@
 //! frame, and a reset on either side resets the other (with the same code towards the client).
 //!
 //! The upstream read timeout applies between messages, not to the whole stream: any DATA in
-//! either direction restarts it, so a long-lived stream lives as long as messages flow.
+//! either direction restarts it, so a long-lived stream lives as long as messages flow. The
+//! client's `grpc-timeout` bounds the whole call: past it, DEADLINE_EXCEEDED.
 
 use std::cell::Cell;
 use std::future::Future;
@@ -30,9 +31,21 @@ use super::h2_pool;
 use super::log::Record;
 use super::session::Ctx;
 
-/// Sends the request (`head`: the upstream request head as `http::write_request_head` wrote it
-/// for HTTP/1.1, with kedge's forwarding fields; `te_trailers`: the client sent `te: trailers`)
-/// to an endpoint of `f`'s backend over HTTP/2 and relays the exchange both ways until it ends.
+/// What the call asks for besides its body.
+pub(super) struct Call<'a> {
+    /// The upstream request head as `http::write_request_head` wrote it for HTTP/1.1, with
+    /// kedge's forwarding fields.
+    pub head: &'a [u8],
+    /// The client sent `te: trailers`.
+    pub te_trailers: bool,
+    /// When the client's `grpc-timeout` runs out.
+    pub deadline: Option<Instant>,
+}
+
+/// Sends the request (`call`) to an endpoint of `f`'s backend over HTTP/2 and relays the
+/// exchange both ways until it ends. Past `call.deadline` the client gets DEADLINE_EXCEEDED
+/// (trailers-only before the answer's head, else in the answer's trailers) and the upstream
+/// stream is reset (CANCEL).
 /// `extra(addr, upstream's answer fields)` gives kedge's response header lines (`Name:
 /// value\r\n`). `responded` turns true once the client got response headers or a reset.
 ///
@@ -44,14 +57,18 @@ use super::session::Ctx;
 pub(super) async fn forward(
     cx: Ctx<'_>,
     f: &Forward<'_>,
-    head: &[u8],
-    te_trailers: bool,
+    call: Call<'_>,
     client_body: RecvStream,
     respond: &mut SendResponse<Bytes>,
     responded: &mut bool,
     extra: impl Fn(SocketAddr, &http::HeaderMap) -> Vec<u8>,
     rec: &mut Record,
 ) -> Result<(), RequestError> {
+    let Call {
+        head,
+        te_trailers,
+        deadline,
+    } = call;
     let backend = f.routed.backend;
     if backend.endpoints.is_empty() {
         return Err(ErrorKind::NoEndpoint.into());
@@ -73,6 +90,10 @@ pub(super) async fn forward(
         // Nothing of the body yet, or all of it ended with the client's HEADERS.
         let end = matches!(body.ended, Some(None)) && body.kept.is_empty();
         let (addr, lease, response, send) = loop {
+            if deadline.is_some_and(|d| Instant::now() >= d) {
+                deadline_exceeded(respond, responded, rec);
+                return Ok(());
+            }
             let addr = match fresh_to.take() {
                 Some(a) => a,
                 None => tries.next(cx, f, rec)?,
@@ -113,7 +134,7 @@ pub(super) async fn forward(
         };
         let _inflight = InFlight::begin(cx.worker, addr);
         let exchanged = exchange(
-            cx, f, addr, end, response, send, &mut body, respond, responded, &extra, rec, t_up,
+            cx, f, addr, end, deadline, response, send, &mut body, respond, responded, &extra, rec, t_up,
         )
         .await;
         drop(lease);
@@ -178,6 +199,7 @@ async fn exchange(
     f: &Forward<'_>,
     addr: SocketAddr,
     end: bool,
+    deadline: Option<Instant>,
     response: h2::client::ResponseFuture,
     send: SendStream<Bytes>,
     body: &mut RequestBody,
@@ -202,6 +224,7 @@ async fn exchange(
     ));
     let mut req_done = end;
     let mut idle = pin!(idle_watch(&activity, read_timeout));
+    let mut expired = pin!(until(deadline));
     // The response head, while the request body flows.
     let mut response = pin!(response);
     let head = poll_fn(|c| {
@@ -219,11 +242,20 @@ async fn exchange(
         if idle.as_mut().poll(c).is_ready() {
             return Poll::Ready(Err(Ok(ErrorKind::UpstreamTimeout.into())));
         }
+        if expired.as_mut().poll(c).is_ready() {
+            return Poll::Ready(Err(Ok(ErrorKind::GrpcDeadline.into())));
+        }
         response.as_mut().poll(c).map(|r| r.map_err(Err))
     })
     .await;
     let resp = match head {
         Ok(r) => r,
+        Err(Ok(e)) if e.kind == ErrorKind::GrpcDeadline => {
+            // Dropping the upstream stream's handles on return resets it (CANCEL).
+            tracing::debug!(upstream = %addr, "grpc-timeout passed before the answer");
+            deadline_exceeded(respond, responded, rec);
+            return Ok(());
+        }
         Err(Ok(e)) => {
             // A client that left says nothing about the endpoint.
             if e.side() == Side::Upstream {
@@ -280,6 +312,9 @@ async fn exchange(
             if idle.as_mut().poll(c).is_ready() {
                 return Poll::Ready(Err(ErrorKind::ResponseTimeout.into()));
             }
+            if expired.as_mut().poll(c).is_ready() {
+                return Poll::Ready(Err(ErrorKind::GrpcDeadline.into()));
+            }
             resp_pump.as_mut().poll(c)
         })
         .await
@@ -302,8 +337,81 @@ async fn exchange(
             );
             client_send.send_trailers(t).map_err(|_| gone())
         }
+        Err(e) if e.kind == ErrorKind::GrpcDeadline => {
+            tracing::debug!(upstream = %addr, "grpc-timeout passed; ending the stream");
+            client_send
+                .send_trailers(status_fields(DEADLINE_EXCEEDED, DEADLINE_MESSAGE))
+                .map_err(|_| gone())
+        }
         Err(e) => Err(e.into()),
     }
+}
+
+/// gRPC's DEADLINE_EXCEEDED, and kedge's message with it.
+const DEADLINE_EXCEEDED: u8 = 4;
+const DEADLINE_MESSAGE: &str = "deadline exceeded (grpc-timeout)";
+
+/// The call's deadline passed before the answer began: a trailers-only DEADLINE_EXCEEDED.
+fn deadline_exceeded(respond: &mut SendResponse<Bytes>, responded: &mut bool, rec: &mut Record) {
+    trailers_only(respond, DEADLINE_EXCEEDED, DEADLINE_MESSAGE);
+    *responded = true;
+    rec.status = 200;
+}
+
+/// Resolves at `deadline`; never without one.
+async fn until(deadline: Option<Instant>) {
+    match deadline {
+        Some(d) => monoio::time::sleep(d.saturating_duration_since(Instant::now())).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// The `grpc-timeout` field's duration (gRPC over HTTP/2: 1 to 8 digits and a unit, `H` `M`
+/// `S` `m` `u` `n`); `None` for anything else (the call then has no deadline of its own).
+pub(super) fn grpc_timeout(v: &[u8]) -> Option<Duration> {
+    let (&unit, digits) = v.split_last()?;
+    if digits.is_empty() || digits.len() > 8 || !digits.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    let n = digits.iter().fold(0u64, |n, d| n * 10 + u64::from(d - b'0'));
+    Some(match unit {
+        b'H' => Duration::from_secs(n * 3600),
+        b'M' => Duration::from_secs(n * 60),
+        b'S' => Duration::from_secs(n),
+        b'm' => Duration::from_millis(n),
+        b'u' => Duration::from_micros(n),
+        b'n' => Duration::from_nanos(n),
+        _ => return None,
+    })
+}
+
+/// `grpc-status` and `grpc-message` (percent-encoded as gRPC says).
+fn status_fields(code: u8, why: &str) -> http::HeaderMap {
+    let mut message = String::with_capacity(why.len());
+    for b in why.bytes() {
+        if (0x20..0x7f).contains(&b) && b != b'%' {
+            message.push(char::from(b));
+        } else {
+            message.push_str(&format!("%{b:02X}"));
+        }
+    }
+    let mut h = http::HeaderMap::with_capacity(3);
+    h.insert("grpc-status", HeaderValue::from(u16::from(code)));
+    if let Ok(v) = HeaderValue::from_str(&message) {
+        h.insert("grpc-message", v);
+    }
+    h
+}
+
+/// Answers a gRPC call as gRPC clients expect an error: a trailers-only response (one HEADERS
+/// frame ending the stream) with HTTP 200, `content-type: application/grpc`, `grpc-status`
+/// and `grpc-message`.
+pub(super) fn trailers_only(respond: &mut SendResponse<Bytes>, code: u8, why: &str) {
+    let mut r = Response::new(());
+    *r.headers_mut() = status_fields(code, why);
+    r.headers_mut()
+        .insert(http::header::CONTENT_TYPE, HeaderValue::from_static("application/grpc"));
+    let _ = respond.send_response(r, true);
 }
 
 /// The HTTP/2 request for the upstream from the HTTP/1.1 head kedge wrote for it: Host becomes
@@ -478,7 +586,29 @@ async fn pump_response(
 
 #[cfg(test)]
 mod tests {
-    use super::upstream_request;
+    use super::{grpc_timeout, upstream_request};
+    use std::time::Duration;
+
+    #[test]
+    fn grpc_timeouts_are_read_as_the_spec_writes_them() {
+        let cases: [(&[u8], Option<Duration>); 12] = [
+            (b"1H", Some(Duration::from_secs(3600))),
+            (b"2M", Some(Duration::from_secs(120))),
+            (b"30S", Some(Duration::from_secs(30))),
+            (b"100m", Some(Duration::from_millis(100))),
+            (b"250u", Some(Duration::from_micros(250))),
+            (b"99999999n", Some(Duration::from_nanos(99_999_999))),
+            (b"123456789m", None),
+            (b"m", None),
+            (b"10", None),
+            (b"10s", None),
+            (b"-1S", None),
+            (b"1 S", None),
+        ];
+        for (text, want) in cases {
+            assert_eq!(grpc_timeout(text), want, "{}", String::from_utf8_lossy(text));
+        }
+    }
 
     #[test]
     fn h1_heads_become_h2_requests() {

@@ -497,8 +497,19 @@ async fn handle(
             respond::response_lines(&mut extra, hsts, upstream_hsts, &f, addr);
             extra
         };
+        // The client's deadline bounds the call (the field goes upstream unchanged).
+        let deadline = parts
+            .headers
+            .get("grpc-timeout")
+            .and_then(|v| forward_h2::grpc_timeout(v.as_bytes()))
+            .map(|d| start + d);
         let cx = Ctx { worker, snap, start };
-        return forward_h2::forward(cx, &f, &out, te_trailers, body, respond, responded, extra, rec).await;
+        let call = forward_h2::Call {
+            head: &out,
+            te_trailers,
+            deadline,
+        };
+        return forward_h2::forward(cx, &f, call, body, respond, responded, extra, rec).await;
     }
     let sending = Sending {
         has_body: body_kind != Body::None,
@@ -662,26 +673,10 @@ fn answer_reason(status: u16) -> &'static str {
     }
 }
 
-/// Answers a gRPC request with kedge's own error as gRPC clients expect it: a trailers-only
-/// response (one HEADERS frame ending the stream) with HTTP 200, `grpc-status` and
-/// `grpc-message` (percent-encoded as gRPC says).
+/// Answers a gRPC request with kedge's own error as gRPC clients expect it (see
+/// [`forward_h2::trailers_only`]).
 fn send_grpc_error(respond: &mut SendResponse<Bytes>, http_status: u16, why: &str) {
-    let mut message = String::with_capacity(why.len());
-    for b in why.bytes() {
-        if (0x20..0x7f).contains(&b) && b != b'%' {
-            message.push(char::from(b));
-        } else {
-            message.push_str(&format!("%{b:02X}"));
-        }
-    }
-    let mut r = Response::new(());
-    let h = r.headers_mut();
-    h.insert(http::header::CONTENT_TYPE, HeaderValue::from_static("application/grpc"));
-    h.insert("grpc-status", HeaderValue::from(u16::from(grpc_status(http_status))));
-    if let Ok(v) = HeaderValue::from_str(&message) {
-        h.insert("grpc-message", v);
-    }
-    let _ = respond.send_response(r, true);
+    forward_h2::trailers_only(respond, grpc_status(http_status), why);
 }
 
 /// Sends an error answer (status and one text line).

@@ -137,6 +137,7 @@ fn ok_trailers(extra: &str) -> HeaderMap {
 /// `count=N` message at the end; `ServerStream` sends as many messages as its request says;
 /// `TrailersOnly` answers NOT_FOUND in one HEADERS frame; `Reset` sends one message then resets
 /// (ENHANCE_YOUR_CALM); `Hang` sends headers and reports the reset it waits for;
+/// `Silent` answers nothing and reports the reset it waits for (`silent reset <reason>`);
 /// `WithHsts` is `Unary` with a Strict-Transport-Security field in its answer;
 /// `RefusedBy<name>` is refused (RST_STREAM REFUSED_STREAM, reported as `refused`) by the
 /// upstream called `name` and is `Unary` elsewhere. A request body broken off by a reset is
@@ -165,6 +166,12 @@ async fn serve_stream(
         head.headers_mut()
             .insert("grpc-message", "no such thing".parse().unwrap());
         let _ = respond.send_response(head, true);
+        return;
+    }
+    if method == "Silent" {
+        let reason = std::future::poll_fn(|cx| respond.poll_reset(cx)).await;
+        let reason = reason.map_or_else(|e| format!("error {e}"), |r| format!("{r:?}"));
+        let _ = tx.send(format!("silent reset {reason}"));
         return;
     }
     let mut head = grpc_head(name);
@@ -555,6 +562,41 @@ both_drivers!(
         let r = call(&h2, "api.example", "WithHsts", &[b"x"]);
         assert_eq!(trailer(&r, "grpc-status"), Some("0"), "{r:?}");
         assert_eq!(hsts(&r), ["max-age=60"], "{r:?}");
+    }
+);
+
+both_drivers!(
+    /// `grpc-timeout` bounds the call: past it the client gets DEADLINE_EXCEEDED (trailers-only
+    /// when the pod sent no headers yet, else in the trailers of the open answer) and the pod's
+    /// stream is cancelled.
+    fn grpc_timeout_ends_the_call_with_deadline_exceeded(driver) {
+        let up = GrpcUpstream::start("g", None);
+        let kedge = start(driver, &grpc_route(&[up.addr], "grpc", ""));
+        let h2 = H2::connect(kedge.addr());
+        let with_timeout = |method: &str| {
+            let mut head = call_head(&h2, "api.example", method);
+            head.headers_mut().insert("grpc-timeout", "300m".parse().unwrap());
+            let started = std::time::Instant::now();
+            let r = h2.request(head, Some(frame(b"x").to_vec()));
+            (r, started.elapsed())
+        };
+        let (r, took) = with_timeout("Silent");
+        assert_eq!(r.status, 200, "{r:?}");
+        assert_eq!(r.header("grpc-status"), Some("4"), "trailers-only DEADLINE_EXCEEDED: {r:?}");
+        assert!(r.body.is_empty() && r.trailers.is_empty(), "{r:?}");
+        assert!(took >= Duration::from_millis(300), "answered before the deadline: {took:?}");
+        assert_eq!(up.event(), "silent reset CANCEL");
+
+        let (r, _) = with_timeout("Hang");
+        assert_eq!(r.header("x-upstream"), Some("g"), "the pod's head: {r:?}");
+        assert_eq!(trailer(&r, "grpc-status"), Some("4"), "{r:?}");
+        assert_eq!(up.event(), "reset CANCEL");
+
+        // Within its deadline a call is untouched.
+        let mut head = call_head(&h2, "api.example", "Unary");
+        head.headers_mut().insert("grpc-timeout", "10S".parse().unwrap());
+        let r = h2.request(head, Some(frame(b"y").to_vec()));
+        assert_eq!(trailer(&r, "grpc-status"), Some("0"), "{r:?}");
     }
 );
 
