@@ -10,7 +10,8 @@ use crate::support::h2_frames::{
     self, CONTINUATION, DATA, END_HEADERS, ENHANCE_YOUR_CALM, GOAWAY, HEADERS, PING, PROTOCOL_ERROR, RST_STREAM, RawH2,
     SETTINGS, WINDOW_UPDATE, frame, hpack_indexed_literal, hpack_literals,
 };
-use crate::support::{Client, Handler, Kedge, Upstream, both_drivers, wait_for, wait_until};
+use crate::support::tls::TestCa;
+use crate::support::{Client, Handler, Kedge, TempDir, Upstream, both_drivers, wait_for, wait_until};
 
 const SECOND: Duration = Duration::from_secs(1);
 const H2_ON: &str = "[http2]\nenabled = true\n";
@@ -200,17 +201,30 @@ fn start_h2(driver: crate::support::Driver, fragment: &str) -> Kedge {
 
 both_drivers!(
     /// A connection that sends part of the preface, or nothing, is closed after `[client]
-    /// header_timeout`; the partial preface is counted.
+    /// header_timeout`, on a plain port and after TLS chose h2; the partial preface and the
+    /// one missing after ALPN are counted.
     fn a_slow_or_missing_preface_is_closed_after_the_header_timeout(driver) {
         let up = Upstream::start("up", Handler::Echo);
-        let frag = format!("[client]\nheader_timeout = \"300ms\"\n\n{}", crate::support::route_all(&[up.addr()]));
-        let kedge = start_h2(driver, &frag);
+        let ca = TestCa::new();
+        let dir = TempDir::new("h2-preface");
+        let (cert, key) = ca.leaf(&["www.example.com"]).write(&dir, "default");
+        let frag = format!(
+            "[client]\nheader_timeout = \"300ms\"\n\n[tls]\ndefault_cert = \"{}\"\ndefault_key = \"{}\"\n\n{}",
+            cert.display(),
+            key.display(),
+            crate::support::route_all(&[up.addr()])
+        );
+        let kedge = Kedge::setup(driver).tls().tables(H2_ON).start(&frag);
+        let mut tls = Client::connect_tls(kedge.tls_addr(), ca.client_alpn(&[b"h2"]), "www.example.com");
+        assert_eq!(tls.tls().alpn_protocol(), Some(&b"h2"[..]));
+        assert!(tls.closed_after_reading(5 * SECOND), "the TLS connection without a preface stayed open");
+        wait_abuse(&kedge, "preface_timeout", 1);
         for start in [&h2_frames::PREFACE[..16], &b""[..]] {
             let (answer, closed) = h2_frames::answer_to(kedge.addr(), start, 1 << 16).expect("talk to kedge");
             assert!(closed, "the connection that sent {start:?} stayed open");
             assert!(answer.is_empty() || !answer.starts_with(b"HTTP/1.1 200"), "{answer:?}");
         }
-        wait_abuse(&kedge, "preface_timeout", 1);
+        wait_abuse(&kedge, "preface_timeout", 2);
         assert_eq!(up.request_count(), 0);
     }
 );
