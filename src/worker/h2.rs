@@ -159,10 +159,16 @@ pub(super) async fn serve<S: ClientStream + Unpin>(
     }
     let mut accepted = 0u32;
     let mut draining = false;
+    // ENHANCE_YOUR_CALM went out (the client's frames are no longer read).
+    let mut calmed = false;
     loop {
         let next = if draining {
             // GOAWAY is out: streams already started finish; `accept` ends with the connection.
-            Event::Stream(conn.accept().await)
+            // A flood still ends it at once.
+            monoio::select! {
+                r = conn.accept() => Event::Stream(r),
+                _ = info.flood.wait(), if !calmed => Event::Flood,
+            }
         } else {
             let wait = match info.open.get() {
                 0 => keepalive.saturating_sub(info.last_end.get().elapsed()),
@@ -206,6 +212,7 @@ pub(super) async fn serve<S: ClientStream + Unpin>(
                 kind.inc();
                 conn.abrupt_shutdown(Reason::ENHANCE_YOUR_CALM);
                 draining = true;
+                calmed = true;
             }
             Event::Tick => {
                 if info.open.get() == 0 && info.last_end.get().elapsed() >= keepalive {

@@ -48,10 +48,11 @@ fn wait_abuse(kedge: &Kedge, kind: &str, at_least: u64) -> u64 {
     })
 }
 
-/// Waits for the GOAWAY ending `raw` and checks its code, and that the connection closes.
+/// Waits for the GOAWAY with an error code ending `raw` (graceful ones are passed over) and
+/// checks its code, and that the connection closes.
 fn assert_goaway(raw: &mut RawH2, code: u32, what: &str) {
     let goaway = raw
-        .wait_frame(|f| f.kind == GOAWAY)
+        .wait_frame(|f| f.kind == GOAWAY && f.error_code() != Some(h2_frames::NO_ERROR))
         .unwrap_or_else(|| panic!("no GOAWAY after {what}: {:?}", raw.received.last()));
     assert_eq!(goaway.error_code(), Some(code), "{what}: {goaway:?}");
     assert!(raw.closed_within(5 * SECOND), "the connection stayed open after {what}");
@@ -192,6 +193,29 @@ both_drivers!(
         }
         wait_abuse(&kedge, "control_flood", 2);
         others_served(&kedge);
+    }
+);
+
+both_drivers!(
+    /// A connection already going away (GOAWAY after `max_requests`, a stream still open) that
+    /// floods is ended at once all the same.
+    fn a_flood_while_draining_ends_the_connection(driver) {
+        let slow = Upstream::start("slow", Handler::Delay(30 * SECOND));
+        let fast = Upstream::start("fast", Handler::Echo);
+        let kedge = Kedge::setup(driver)
+            .tables("[http2]\nenabled = true\nmax_requests = 1\n")
+            .start(&two_routes(&slow, &fast));
+        let mut raw = RawH2::connect(kedge.addr());
+        raw.settled();
+        raw.headers(1, &get_fields("/slow"), true);
+        let first = raw.wait_frame(|f| f.kind == GOAWAY).expect("the graceful GOAWAY");
+        assert_eq!(first.error_code(), Some(h2_frames::NO_ERROR), "{first:?}");
+        wait_until(5 * SECOND, "the open stream to reach the upstream", || slow.request_count() == 1);
+        let ping = frame(PING, 0, 0, b"12345678");
+        let writer = raw.flood(ping.repeat((3 << 20) / ping.len()));
+        assert_goaway(&mut raw, ENHANCE_YOUR_CALM, "a PING flood while draining");
+        let _ = writer.join();
+        wait_abuse(&kedge, "control_flood", 1);
     }
 );
 
