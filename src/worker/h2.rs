@@ -120,6 +120,7 @@ pub(super) async fn serve<S: ClientStream + Unpin>(
         pos: 0,
         inner: Box::new(StreamWrapper::new(client)),
         meter: FrameMeter::default(),
+        sent: FrameMeter::sending(),
         info: Rc::clone(&info),
     };
     let mut builder = h2::server::Builder::new();
@@ -919,8 +920,9 @@ fn write_trailer_lines(out: &mut Vec<u8>, trailers: &HeaderMap) {
 
 /// The client stream for `h2`: bytes read before the protocol was known first, then the
 /// stream through the adapter.
-/// What the client sends is metered on its way in ([`FrameMeter`]); once it floods, nothing
-/// more is read and the connection task ends the connection.
+/// What the client sends is metered on its way in, and what kedge sends it on its way out
+/// ([`FrameMeter`]); once the client floods, nothing more is read and the connection task ends
+/// the connection.
 struct Rewind<S> {
     early: Vec<u8>,
     pos: usize,
@@ -928,6 +930,7 @@ struct Rewind<S> {
     /// pointer to the stream inside it, and the connection moves after the handshake.
     inner: Box<StreamWrapper<S>>,
     meter: FrameMeter,
+    sent: FrameMeter,
     info: Rc<ConnInfo>,
 }
 
@@ -950,25 +953,31 @@ impl<S: ClientStream + Unpin> AsyncRead for Rewind<S> {
         } else {
             std::task::ready!(Pin::new(&mut this.inner).poll_read(cx, buf))?;
         }
-        let flood = this.meter.feed(&buf.filled()[before..]);
+        this.meter.feed(&buf.filled()[before..]);
         this.info.frames.set(this.meter.stats);
-        if flood {
+        if floods(&this.meter, &this.sent) {
             this.info.flooded(&crate::stats::H2_CONTROL_FLOOD);
         }
         Poll::Ready(Ok(()))
     }
 }
 
-/// Control bytes a connection may send beyond its request bytes (see [`FrameMeter`]).
+/// Control bytes a connection may send beyond its request bytes (see [`floods`]).
 const OVERHEAD_ALLOWANCE: u64 = 1 << 20;
 
-/// Meters the frames a client sends, as nginx does against floods of frames that cost the
+/// Whether a client floods: more overhead than payload in what it sent (`received`), beyond
+/// [`OVERHEAD_ALLOWANCE`] and one byte per 16 of the answers kedge sent it (`sent`: a gRPC
+/// client that downloads sends a PING per round trip to size its window).
+fn floods(received: &FrameMeter, sent: &FrameMeter) -> bool {
+    received.overhead > received.payload + sent.payload / 16 + OVERHEAD_ALLOWANCE
+}
+
+/// Meters the frames of one direction, as nginx does against floods of frames that cost the
 /// server work but carry no request (PING, SETTINGS, PRIORITY, RST_STREAM, unknown types,
 /// empty frames): every byte is either payload (of HEADERS, CONTINUATION and DATA frames) or
-/// overhead (frame headers, the payload of other frames); a connection whose overhead exceeds
-/// its payload by more than [`OVERHEAD_ALLOWANCE`] floods. WINDOW_UPDATE frames are neither:
+/// overhead (frame headers, the payload of other frames). WINDOW_UPDATE frames are neither:
 /// a client that downloads sends them in proportion to what it receives. Sans-io: bytes in,
-/// a verdict out.
+/// counts out (see [`floods`]).
 #[derive(Default)]
 struct FrameMeter {
     /// The connection preface was passed (it is neither).
@@ -1021,8 +1030,16 @@ enum Share {
 }
 
 impl FrameMeter {
-    /// Takes the next bytes of the connection; true once it floods.
-    fn feed(&mut self, mut bytes: &[u8]) -> bool {
+    /// The meter of what kedge sends (no preface on that side).
+    fn sending() -> FrameMeter {
+        FrameMeter {
+            started: true,
+            ..FrameMeter::default()
+        }
+    }
+
+    /// Takes the next bytes of the connection.
+    fn feed(&mut self, mut bytes: &[u8]) {
         if !self.started {
             self.left = PREFACE.len() as u64;
             self.counts_as = Share::Neither;
@@ -1067,13 +1084,15 @@ impl FrameMeter {
                 self.overhead += 9;
             }
         }
-        self.overhead > self.payload + OVERHEAD_ALLOWANCE
     }
 }
 
 impl<S: ClientStream + Unpin> AsyncWrite for Rewind<S> {
     fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().inner).poll_write(cx, buf)
+        let this = self.get_mut();
+        let written = std::task::ready!(Pin::new(&mut this.inner).poll_write(cx, buf))?;
+        this.sent.feed(&buf[..written.min(buf.len())]);
+        Poll::Ready(Ok(written))
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
@@ -1097,27 +1116,55 @@ mod tests {
             f
         };
         let ping = frame(0x6, 8);
+        let nothing_sent = FrameMeter::sending();
         // The preface is not counted; a request's HEADERS buys room for control frames.
         let mut m = FrameMeter::default();
-        assert!(!m.feed(PREFACE));
-        assert!(!m.feed(&frame(0x1, 1000)));
+        m.feed(PREFACE);
+        m.feed(&frame(0x1, 1000));
         assert_eq!((m.overhead, m.payload), (9, 1000));
         // Fed a byte at a time, frames are still found.
         for b in frame(0x8, 4).iter().chain(ping.iter()) {
-            assert!(!m.feed(std::slice::from_ref(b)));
+            m.feed(std::slice::from_ref(b));
         }
         assert_eq!((m.overhead, m.payload), (9 + 17, 1000));
         let per = ping.len() as u64;
         let pings_allowed = (OVERHEAD_ALLOWANCE + 1000 - 9 - 17) / per;
-        let many: Vec<u8> = ping.repeat(pings_allowed as usize);
-        assert!(!m.feed(&many));
-        assert!(m.feed(&ping), "one PING more floods");
+        m.feed(&ping.repeat(pings_allowed as usize));
+        assert!(!floods(&m, &nothing_sent));
+        m.feed(&ping);
+        assert!(floods(&m, &nothing_sent), "one PING more floods");
         // Big DATA frames keep a connection far from it.
         let mut m = FrameMeter::default();
         m.feed(PREFACE);
         for _ in 0..100_000 {
-            assert!(!m.feed(&frame(0x0, 100)));
+            m.feed(&frame(0x0, 100));
         }
+        assert!(!floods(&m, &nothing_sent));
+    }
+
+    #[test]
+    fn answers_sent_buy_room_for_pings() {
+        // A download: one small request, then a PING per 16 KiB DATA frame sent (a gRPC
+        // client sizing its window), for 1 GiB.
+        let mut received = FrameMeter::default();
+        received.feed(PREFACE);
+        received.feed(&[0, 0, 20, 0x1, 0x4, 0, 0, 0, 1]);
+        received.feed(&[0; 20]);
+        let mut sent = FrameMeter::sending();
+        let data = {
+            let mut f = vec![0, 0x40, 0, 0x0, 0, 0, 0, 0, 1];
+            f.resize(9 + (16 << 10), 0);
+            f
+        };
+        let ping = [0, 0, 8, 0x6, 0, 0, 0, 0, 0, 1, 2, 3, 4, 5, 6, 7, 8];
+        for _ in 0..(1 << 16) {
+            sent.feed(&data);
+            received.feed(&ping);
+        }
+        assert!(received.overhead > OVERHEAD_ALLOWANCE, "the PINGs alone would flood");
+        assert!(!floods(&received, &sent));
+        // The same PINGs without the download flood.
+        assert!(floods(&received, &FrameMeter::sending()));
     }
 
     #[test]
