@@ -219,6 +219,23 @@ both_drivers!(
     }
 );
 
+both_drivers!(
+    /// What `h2` would warn of when a client misbehaves (here PING ACKs never asked for) does
+    /// not reach kedge's log at the default level: a client must not fill the log.
+    fn a_client_cannot_fill_the_log_through_h2(driver) {
+        let up = Upstream::start("up", Handler::Echo);
+        let kedge = start_h2(driver, &crate::support::route_all(&[up.addr()]));
+        let mut raw = RawH2::connect(kedge.addr());
+        raw.settled();
+        raw.write(&frame(PING, h2_frames::ACK, 0, b"unasked!").repeat(100));
+        raw.headers(1, &get_fields("/after"), true);
+        let end = raw.finish(1);
+        assert!(end.ended(), "{end:?}");
+        let noisy: Vec<String> = kedge.logs().into_iter().filter(|l| l.contains("PING ack")).collect();
+        assert!(noisy.is_empty(), "{} lines such as {:?}", noisy.len(), noisy.first());
+    }
+);
+
 fn start_h2(driver: crate::support::Driver, fragment: &str) -> Kedge {
     Kedge::setup(driver).tables(H2_ON).start(fragment)
 }
