@@ -17,6 +17,7 @@ use http::{HeaderMap, Request, Response};
 use serde_json::json;
 
 use crate::support::h2_client::{H2, H2Response, open, read_response, send_body};
+use crate::support::h2_frames;
 use crate::support::objects::{ingress, ingress_class, service, slice};
 use crate::support::tls::TestCa;
 use crate::support::{Client, FakeApi, Kedge, TempDir, both_drivers};
@@ -91,6 +92,65 @@ where
     while let Some(Ok((req, respond))) = conn.accept().await {
         let tx = tx.clone();
         tokio::spawn(serve_stream(req, respond, name, tx));
+    }
+}
+
+/// A pod that answers every stream with GOAWAY (NO_ERROR) naming an earlier last stream id,
+/// then closes: the stream was not processed (RFC 9113 §8.7). Raw frames on blocking sockets.
+struct GoawayUpstream {
+    addr: SocketAddr,
+    /// GOAWAY frames sent.
+    goaways: Arc<AtomicUsize>,
+}
+
+impl GoawayUpstream {
+    fn start() -> GoawayUpstream {
+        use std::io::{Read, Write};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let goaways = Arc::new(AtomicUsize::new(0));
+        let count = Arc::clone(&goaways);
+        std::thread::spawn(move || {
+            for conn in listener.incoming() {
+                let Ok(mut s) = conn else { return };
+                let count = Arc::clone(&count);
+                std::thread::spawn(move || {
+                    let _ = s.set_read_timeout(Some(WAIT));
+                    let mut preface = [0u8; 24];
+                    if s.read_exact(&mut preface).is_err() {
+                        return;
+                    }
+                    let _ = s.write_all(&h2_frames::frame(h2_frames::SETTINGS, 0, 0, &[]));
+                    let mut head = [0u8; 9];
+                    while s.read_exact(&mut head).is_ok() {
+                        let len = u32::from_be_bytes([0, head[0], head[1], head[2]]) as usize;
+                        let mut payload = vec![0u8; len];
+                        if s.read_exact(&mut payload).is_err() {
+                            return;
+                        }
+                        match head[3] {
+                            h2_frames::SETTINGS if head[4] & h2_frames::ACK == 0 => {
+                                let _ = s.write_all(&h2_frames::frame(h2_frames::SETTINGS, h2_frames::ACK, 0, &[]));
+                            }
+                            h2_frames::HEADERS => {
+                                // Last stream id 0: none of kedge's streams was processed.
+                                let mut goaway = 0u32.to_be_bytes().to_vec();
+                                goaway.extend_from_slice(&h2_frames::NO_ERROR.to_be_bytes());
+                                let _ = s.write_all(&h2_frames::frame(h2_frames::GOAWAY, 0, 0, &goaway));
+                                count.fetch_add(1, Ordering::SeqCst);
+                                // Close once kedge has read it (a close with unread bytes
+                                // would be a reset that can overtake the GOAWAY).
+                                let _ = s.shutdown(std::net::Shutdown::Write);
+                                while s.read(&mut head).is_ok_and(|n| n > 0) {}
+                                return;
+                            }
+                            _ => {}
+                        }
+                    }
+                });
+            }
+        });
+        GoawayUpstream { addr, goaways }
     }
 }
 
@@ -505,9 +565,9 @@ both_drivers!(
 );
 
 both_drivers!(
-    /// A stream the upstream refuses (REFUSED_STREAM: not processed, RFC 9113 §8.7) goes to
-    /// the next endpoint with its body, within the route's tries; with every endpoint refusing,
-    /// the client gets UNAVAILABLE.
+    /// A stream the upstream refuses (REFUSED_STREAM), or leaves out of its GOAWAY, was not
+    /// processed (RFC 9113 §8.7): it goes to the next endpoint with its body, within the route's
+    /// tries; with every endpoint refusing, the client gets UNAVAILABLE.
     fn a_refused_stream_is_retried_on_another_endpoint(driver) {
         let refusing = GrpcUpstream::start("r1", None);
         let ok = GrpcUpstream::start("ok", None);
@@ -522,6 +582,19 @@ both_drivers!(
         }
         let refusals = refusing.events.try_iter().filter(|e| e == "refused").count();
         assert!(refusals >= 1, "no call went to the refusing endpoint first");
+
+        // A pod going away leaves a stream out of its GOAWAY (last stream id below it): not
+        // processed either.
+        let leaving = GoawayUpstream::start();
+        let kedge2 = start(driver, &grpc_route(&[leaving.addr, ok.addr], "grpc", ""));
+        let h2b = H2::connect(kedge2.addr());
+        for i in 0..4 {
+            let msg = format!("after goaway {i}");
+            let r = call(&h2b, "api.example", "Unary", &[msg.as_bytes()]);
+            assert_eq!(r.upstream(), Some("ok"), "{r:?}");
+            assert_eq!(body_messages(&r), vec![msg.into_bytes()]);
+        }
+        assert!(leaving.goaways.load(Ordering::SeqCst) >= 1, "no call went to the leaving pod first");
 
         let alone = start(driver, &grpc_route(&[refusing.addr], "grpc", ""));
         let h2 = H2::connect(alone.addr());
