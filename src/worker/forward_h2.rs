@@ -3,8 +3,8 @@
 //! (`forward::Tries`: a failed connect, a stream that could not be sent, or one the upstream
 //! refused unprocessed, moves on to another endpoint; the request body taken so far is kept,
 //! shared, for that until the answer begins), then both bodies moved at once, full duplex,
-//! under flow control both ways: request DATA is released to the client only once the upstream granted window for it,
-//! response DATA likewise. Trailers pass both ways, a trailers-only answer stays one HEADERS
+//! under flow control both ways: request DATA is released to the client only once the
+//! upstream granted window for it, response DATA likewise. Trailers pass both ways, a trailers-only answer stays one HEADERS
 //! frame, and a reset on either side resets the other (with the same code towards the client).
 //!
 //! The upstream read timeout applies between messages, not to the whole stream: any DATA in
@@ -46,6 +46,7 @@ pub(super) struct Call<'a> {
 /// exchange both ways until it ends. Past `call.deadline` the client gets DEADLINE_EXCEEDED
 /// (trailers-only before the answer's head, else in the answer's trailers) and the upstream
 /// stream is reset (CANCEL).
+///
 /// `extra(addr, upstream's answer fields)` gives kedge's response header lines (`Name:
 /// value\r\n`). `responded` turns true once the client got response headers or a reset.
 ///

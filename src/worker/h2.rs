@@ -919,10 +919,9 @@ fn write_trailer_lines(out: &mut Vec<u8>, trailers: &HeaderMap) {
 }
 
 /// The client stream for `h2`: bytes read before the protocol was known first, then the
-/// stream through the adapter.
-/// What the client sends is metered on its way in, and what kedge sends it on its way out
-/// ([`FrameMeter`]); once the client floods, nothing more is read and the connection task ends
-/// the connection.
+/// stream through the adapter. What the client sends is metered on its way in, and what kedge
+/// sends it on its way out ([`FrameMeter`]); once the client floods, nothing more is read and
+/// the connection task ends the connection.
 struct Rewind<S> {
     early: Vec<u8>,
     pos: usize,
