@@ -74,6 +74,16 @@ struct ConnInfo {
 }
 
 impl ConnInfo {
+    /// The client reset a stream kedge had taken before its answer began (see
+    /// [`too_many_resets`]).
+    fn premature_reset(&self) {
+        let resets = self.premature_resets.get() + 1;
+        self.premature_resets.set(resets);
+        if too_many_resets(resets, self.accepted.get()) {
+            self.flooded(&crate::stats::H2_RAPID_RESET);
+        }
+    }
+
     /// Ends the connection with GOAWAY ENHANCE_YOUR_CALM, counted in `kind`.
     fn flooded(&self, kind: &'static crate::stats::Counter) {
         if !self.flood.is_set() {
@@ -517,7 +527,15 @@ async fn handle(
             te_trailers,
             deadline,
         };
-        return forward_h2::forward(cx, &f, call, body, respond, responded, extra, rec).await;
+        let done = forward_h2::forward(cx, &f, call, body, respond, responded, extra, rec).await;
+        // A reset before the answer began counts as on HTTP/1.1 upstreams (Rapid Reset).
+        if let Err(e) = &done
+            && e.kind == ErrorKind::ClientGone
+            && !*responded
+        {
+            info.premature_reset();
+        }
+        return done;
     }
     let sending = Sending {
         has_body: body_kind != Body::None,
@@ -541,11 +559,7 @@ async fn handle(
     let exchange = monoio::select! {
         r = forwarding => r?,
         _ = client_reset => {
-            let resets = info.premature_resets.get() + 1;
-            info.premature_resets.set(resets);
-            if too_many_resets(resets, info.accepted.get()) {
-                info.flooded(&crate::stats::H2_RAPID_RESET);
-            }
+            info.premature_reset();
             return Err(ErrorKind::ClientGone.into());
         }
     };

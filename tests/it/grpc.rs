@@ -197,7 +197,8 @@ fn ok_trailers(extra: &str) -> HeaderMap {
 /// `count=N` message at the end; `ServerStream` sends as many messages as its request says;
 /// `TrailersOnly` answers NOT_FOUND in one HEADERS frame; `Reset` sends one message then resets
 /// (ENHANCE_YOUR_CALM); `Hang` sends headers and reports the reset it waits for;
-/// `Silent` answers nothing and reports the reset it waits for (`silent reset <reason>`);
+/// `Silent` reports `silent started`, answers nothing and reports the reset it waits for
+/// (`silent reset <reason>`);
 /// `WithHsts` is `Unary` with a Strict-Transport-Security field in its answer;
 /// `RefusedBy<name>` is refused (RST_STREAM REFUSED_STREAM, reported as `refused`) by the
 /// upstream called `name` and is `Unary` elsewhere. A request body broken off by a reset is
@@ -229,6 +230,7 @@ async fn serve_stream(
         return;
     }
     if method == "Silent" {
+        let _ = tx.send("silent started".to_owned());
         let reason = std::future::poll_fn(|cx| respond.poll_reset(cx)).await;
         let reason = reason.map_or_else(|e| format!("error {e}"), |r| format!("{r:?}"));
         let _ = tx.send(format!("silent reset {reason}"));
@@ -654,6 +656,7 @@ both_drivers!(
             (r, started.elapsed())
         };
         let (r, took) = with_timeout("Silent");
+        assert_eq!(up.event(), "silent started");
         assert_eq!(r.status, 200, "{r:?}");
         assert_eq!(r.header("grpc-status"), Some("4"), "trailers-only DEADLINE_EXCEEDED: {r:?}");
         assert!(r.body.is_empty() && r.trailers.is_empty(), "{r:?}");
@@ -670,6 +673,48 @@ both_drivers!(
         head.headers_mut().insert("grpc-timeout", "10S".parse().unwrap());
         let r = h2.request(head, Some(frame(b"y").to_vec()));
         assert_eq!(trailer(&r, "grpc-status"), Some("0"), "{r:?}");
+    }
+);
+
+both_drivers!(
+    /// Rapid Reset against a gRPC backend: calls the client resets once their stream reached
+    /// the pod (and before its answer) count as on HTTP/1.1 upstreams; past 100 and half the
+    /// streams the connection ends with GOAWAY ENHANCE_YOUR_CALM.
+    fn a_reset_flood_of_grpc_calls_ends_the_connection(driver) {
+        let up = GrpcUpstream::start("g", None);
+        let kedge = start(driver, &grpc_route(&[up.addr], "grpc", ""));
+        let mut raw = h2_frames::RawH2::connect(kedge.addr());
+        let call = |path: &'static str| {
+            [
+                (":method", "POST"),
+                (":scheme", "http"),
+                (":authority", "api.example"),
+                (":path", path),
+                ("content-type", "application/grpc"),
+                ("te", "trailers"),
+            ]
+        };
+        let reset_once_at_the_pod = |raw: &mut h2_frames::RawH2, id: u32| {
+            raw.headers(id, &call("/test.Echo/Silent"), true);
+            assert_eq!(up.event(), "silent started");
+            raw.reset(id, h2_frames::CANCEL);
+            assert_eq!(up.event(), "silent reset CANCEL");
+        };
+        let mut id = 1;
+        for _ in 0..100 {
+            reset_once_at_the_pod(&mut raw, id);
+            id += 2;
+        }
+        raw.headers(id, &call("/test.Echo/TrailersOnly"), true);
+        let end = raw.finish(id);
+        assert!(end.ended() && end.reset.is_none(), "100 resets of 101 streams: still served: {end:?}");
+        id += 2;
+        reset_once_at_the_pod(&mut raw, id);
+        let goaway = raw
+            .wait_frame(|f| f.kind == h2_frames::GOAWAY && f.error_code() != Some(h2_frames::NO_ERROR))
+            .unwrap_or_else(|| panic!("no GOAWAY after the flood: {:?}", raw.received.last()));
+        assert_eq!(goaway.error_code(), Some(h2_frames::ENHANCE_YOUR_CALM), "{goaway:?}");
+        assert!(raw.closed_within(Duration::from_secs(5)), "the flooding connection stayed open");
     }
 );
 
