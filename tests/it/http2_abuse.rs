@@ -236,6 +236,27 @@ both_drivers!(
     }
 );
 
+both_drivers!(
+    /// Streams reset before kedge took them (HEADERS and RST_STREAM together), past `h2`'s
+    /// limit of such resets: GOAWAY ENHANCE_YOUR_CALM, counted as a reset flood.
+    fn resets_before_accept_are_bounded(driver) {
+        let up = Upstream::start("up", Handler::Echo);
+        let kedge = start_h2(driver, &crate::support::route_all(&[up.addr()]));
+        let mut raw = RawH2::connect(kedge.addr());
+        raw.settled();
+        let mut burst = Vec::new();
+        for i in 0..50u32 {
+            let id = 1 + 2 * i;
+            burst.extend(frame(HEADERS, END_HEADERS | h2_frames::END_STREAM, id, &hpack_literals(&get_fields("/r"))));
+            burst.extend(frame(RST_STREAM, 0, id, &h2_frames::CANCEL.to_be_bytes()));
+        }
+        raw.write(&burst);
+        assert_goaway(&mut raw, ENHANCE_YOUR_CALM, "50 streams reset at once");
+        wait_abuse(&kedge, "reset_flood", 1);
+        others_served(&kedge);
+    }
+);
+
 fn start_h2(driver: crate::support::Driver, fragment: &str) -> Kedge {
     Kedge::setup(driver).tables(H2_ON).start(fragment)
 }
