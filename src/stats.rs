@@ -86,8 +86,9 @@ pub static H2_RESET_FLOOD: Counter = Counter::new(H2_ABUSE, ("kind", "reset_floo
 /// MadeYouReset (CVE-2025-8671): streams the client made kedge reset (stream errors), past
 /// the connection's budget.
 pub static H2_MADE_YOU_RESET: Counter = Counter::new(H2_ABUSE, ("kind", "made_you_reset"), H2_ABUSE_HELP);
-/// A stream started while the connection's stream tasks were already at
-/// `max_concurrent_streams` (streams reset but not yet wound down): refused, never forwarded.
+/// Connections where a stream started while their stream tasks were already at
+/// `max_concurrent_streams` (streams reset but not yet wound down): refused, never forwarded
+/// (counted once per connection).
 pub static H2_OVER_STREAM_LIMIT: Counter = Counter::new(H2_ABUSE, ("kind", "over_stream_limit"), H2_ABUSE_HELP);
 /// Endless CONTINUATION frames.
 pub static H2_CONTINUATION_FLOOD: Counter = Counter::new(H2_ABUSE, ("kind", "continuation_flood"), H2_ABUSE_HELP);

@@ -69,8 +69,10 @@ struct ConnInfo {
     /// What the client's frames looked like so far, to tell `h2`'s ENHANCE_YOUR_CALM apart.
     frames: Cell<FrameStats>,
     last_end: Cell<Instant>,
-    /// `[http2] max_concurrent_streams`: stream tasks beyond it are refused (see [`stream`]).
+    /// `[http2] max_concurrent_streams`: stream tasks beyond it are refused (see [`stream`]),
+    /// and whether that happened.
     max_streams: usize,
+    over_limit: Cell<bool>,
 }
 
 impl ConnInfo {
@@ -124,6 +126,7 @@ pub(super) async fn serve<S: ClientStream + Unpin>(
         frames: Cell::new(FrameStats::default()),
         last_end: Cell::new(Instant::now()),
         max_streams: settings.max_concurrent_streams as usize,
+        over_limit: Cell::new(false),
     });
     let io = Rewind {
         early,
@@ -295,7 +298,10 @@ async fn stream(worker: &Rc<Worker>, info: &ConnInfo, req: Request<RecvStream>, 
     // upstream request cancelled): a client that resets (or makes kedge reset) streams
     // quickly could otherwise have more requests upstream than the stream limit.
     if info.open.get() > info.max_streams {
-        crate::stats::H2_OVER_STREAM_LIMIT.inc();
+        // Counted once per connection: process-wide counters are never touched per request.
+        if !info.over_limit.replace(true) {
+            crate::stats::H2_OVER_STREAM_LIMIT.inc();
+        }
         tracing::debug!(client = %info.peer, open = info.open.get(), "HTTP/2 stream over the stream limit; refused");
         respond.send_reset(Reason::REFUSED_STREAM);
         return;
