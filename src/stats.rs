@@ -75,13 +75,38 @@ pub static TLS_CERT_PROBLEMS: Counter = Counter::gauge(
     "Certificates that cannot be served as configured (see the warnings).",
 );
 
-/// HTTP/2 connections closed (GOAWAY ENHANCE_YOUR_CALM) for resetting most of their streams
-/// before an answer: a Rapid Reset flood.
-pub static H2_RESET_FLOODS: Counter = Counter::new(
-    "kedge_http2_reset_floods",
-    ("", ""),
-    "HTTP/2 connections closed for resetting most of their streams before an answer.",
-);
+const H2_ABUSE: &str = "kedge_http2_abuse";
+const H2_ABUSE_HELP: &str = "HTTP/2 client connections ended, or streams refused, for abusing the protocol, by kind.";
+
+/// Rapid Reset (CVE-2023-44487): most of many streams reset by the client after kedge took
+/// them; the connection ends with GOAWAY ENHANCE_YOUR_CALM.
+pub static H2_RAPID_RESET: Counter = Counter::new(H2_ABUSE, ("kind", "rapid_reset"), H2_ABUSE_HELP);
+/// Streams reset by the client before kedge took them, past `h2`'s pending-accept limit.
+pub static H2_RESET_FLOOD: Counter = Counter::new(H2_ABUSE, ("kind", "reset_flood"), H2_ABUSE_HELP);
+/// MadeYouReset (CVE-2025-8671): streams the client made kedge reset (stream errors), past
+/// the connection's budget.
+pub static H2_MADE_YOU_RESET: Counter = Counter::new(H2_ABUSE, ("kind", "made_you_reset"), H2_ABUSE_HELP);
+/// Connections where a stream started while their stream tasks were already at
+/// `max_concurrent_streams` (streams reset but not yet wound down): refused, never forwarded
+/// (counted once per connection).
+pub static H2_OVER_STREAM_LIMIT: Counter = Counter::new(H2_ABUSE, ("kind", "over_stream_limit"), H2_ABUSE_HELP);
+/// Endless CONTINUATION frames.
+pub static H2_CONTINUATION_FLOOD: Counter = Counter::new(H2_ABUSE, ("kind", "continuation_flood"), H2_ABUSE_HELP);
+/// A header block that decodes to far more than `max_header_bytes` (an HPACK bomb).
+pub static H2_HEADER_BOMB: Counter = Counter::new(H2_ABUSE, ("kind", "header_bomb"), H2_ABUSE_HELP);
+/// Empty or tiny DATA frames past `h2`'s budget.
+pub static H2_DATA_FLOOD: Counter = Counter::new(H2_ABUSE, ("kind", "data_flood"), H2_ABUSE_HELP);
+/// More control-frame bytes (PING, SETTINGS, PRIORITY, RST_STREAM, unknown frames, frame
+/// headers) than request bytes, past 1 MiB: PING and SETTINGS floods.
+pub static H2_CONTROL_FLOOD: Counter = Counter::new(H2_ABUSE, ("kind", "control_flood"), H2_ABUSE_HELP);
+/// No complete connection preface within `[client] header_timeout`.
+pub static H2_PREFACE_TIMEOUT: Counter = Counter::new(H2_ABUSE, ("kind", "preface_timeout"), H2_ABUSE_HELP);
+/// Other connection errors kedge's `h2` detected, by the GOAWAY code it sent.
+pub static H2_PROTOCOL_ERROR: Counter = Counter::new(H2_ABUSE, ("kind", "protocol_error"), H2_ABUSE_HELP);
+pub static H2_FLOW_CONTROL_ERROR: Counter = Counter::new(H2_ABUSE, ("kind", "flow_control_error"), H2_ABUSE_HELP);
+pub static H2_FRAME_SIZE_ERROR: Counter = Counter::new(H2_ABUSE, ("kind", "frame_size_error"), H2_ABUSE_HELP);
+pub static H2_COMPRESSION_ERROR: Counter = Counter::new(H2_ABUSE, ("kind", "compression_error"), H2_ABUSE_HELP);
+pub static H2_OTHER_ERROR: Counter = Counter::new(H2_ABUSE, ("kind", "other"), H2_ABUSE_HELP);
 
 /// Route tables published since start.
 pub static TABLE_VERSION: Counter = Counter::gauge(
@@ -116,7 +141,7 @@ pub static CLIENT_CONNECTION_LIMIT: Counter = Counter::new(
 );
 
 /// Every counter, in exposition order (same-name counters together).
-pub static ALL: [&Counter; 15] = [
+pub static ALL: [&Counter; 28] = [
     &TLS_FULL,
     &TLS_RESUMED,
     &TLS_CLOSED,
@@ -124,7 +149,20 @@ pub static ALL: [&Counter; 15] = [
     &TLS_FAILED,
     &TLS_TIMEOUT,
     &TLS_CERT_PROBLEMS,
-    &H2_RESET_FLOODS,
+    &H2_RAPID_RESET,
+    &H2_RESET_FLOOD,
+    &H2_MADE_YOU_RESET,
+    &H2_OVER_STREAM_LIMIT,
+    &H2_CONTINUATION_FLOOD,
+    &H2_HEADER_BOMB,
+    &H2_DATA_FLOOD,
+    &H2_CONTROL_FLOOD,
+    &H2_PREFACE_TIMEOUT,
+    &H2_PROTOCOL_ERROR,
+    &H2_FLOW_CONTROL_ERROR,
+    &H2_FRAME_SIZE_ERROR,
+    &H2_COMPRESSION_ERROR,
+    &H2_OTHER_ERROR,
     &PROXY_UNTRUSTED,
     &PROXY_MALFORMED,
     &PROXY_CLOSED,

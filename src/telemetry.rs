@@ -10,10 +10,12 @@ pub fn init(log: &LogConfig) {
     // rustls warns on every handshake whose SNI is an IP address; keep that out by default. kube
     // logs every failed request of its retry loops (an error line per watch every few seconds
     // while an API server is down) and every dropped watch connection: kedge logs a watch's
-    // failure and its recovery once each instead.
+    // failure and its recovery once each instead. h2 warns of what a peer did (a PING ACK never
+    // asked for, reset limits reached): a client could fill the log with them; kedge logs its
+    // abuse cases at debug level and counts them.
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| {
         EnvFilter::new(format!(
-            "{},rustls=error,kube_client::client::builder=off,kube_client::client=error",
+            "{},rustls=error,h2=error,kube_client::client::builder=off,kube_client::client=error",
             log.level
         ))
     });

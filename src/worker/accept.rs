@@ -219,6 +219,8 @@ async fn plain_dispatch(
         // Until the bytes stop looking like the preface (one read, nearly always).
         while buf.len() < h2::PREFACE.len() && h2::PREFACE.starts_with(&buf) {
             let left = deadline.saturating_duration_since(Instant::now());
+            // (A read that times out leaves `buf` empty.)
+            let partial = !buf.is_empty();
             let read = pump::read_with_timeout(&mut stream, &mut buf, left);
             let r = monoio::select! {
                 r = read => r,
@@ -226,6 +228,11 @@ async fn plain_dispatch(
             };
             match r {
                 ReadResult::Data(_) => {}
+                ReadResult::Timeout if partial => {
+                    stats::H2_PREFACE_TIMEOUT.inc();
+                    tracing::debug!(client = %peer, "no complete HTTP/2 preface within the header timeout; closing");
+                    return;
+                }
                 ReadResult::Eof | ReadResult::Timeout | ReadResult::Error => return,
             }
         }

@@ -85,6 +85,9 @@ pub(crate) enum ErrorKind {
     StreamRefused,
     /// No response head within a Gateway API rule's `timeouts.request`.
     RouteTimeout,
+    /// The client's `grpc-timeout` passed (answered as gRPC DEADLINE_EXCEEDED by
+    /// `forward_h2.rs`).
+    GrpcDeadline,
 }
 
 /// Why a request could not be completed.
@@ -124,7 +127,7 @@ impl RequestError {
             ConnectFailed | ConnectTimeout | TlsFailed | TlsTimeout | SendTimeout | UpstreamClosed
             | UpstreamTimeout | ResponseTimeout | ResponseCutShort | BadResponse | UpstreamBodyFailed
             | AllTriedFailed | UnaskedSwitch | ResponseBroken | StreamRefused | RouteTimeout => Side::Upstream,
-            NeedsHttp2 => Side::Client,
+            NeedsHttp2 | GrpcDeadline => Side::Client,
         }
     }
 
@@ -171,6 +174,7 @@ impl RequestError {
             NeedsHttp2 => (502, "this backend speaks gRPC, which needs HTTP/2 from the client"),
             StreamRefused => (502, "upstream stream failed before its answer"),
             RouteTimeout => (504, "no answer within the route's request timeout"),
+            GrpcDeadline => (504, "the call's grpc-timeout passed"),
             ClientGone | ResponseBroken => return None,
         })
     }

@@ -63,9 +63,43 @@ struct ConnInfo {
     /// [`too_many_resets`]); `flood` fires when the latter are too many.
     accepted: Cell<u32>,
     premature_resets: Cell<u32>,
+    /// Fired when the connection is to end with GOAWAY ENHANCE_YOUR_CALM; `flood_kind` says
+    /// why (the counter to count it in).
     flood: super::Stopping,
+    flood_kind: Cell<&'static crate::stats::Counter>,
+    /// What the client's frames looked like so far, to tell `h2`'s ENHANCE_YOUR_CALM apart.
+    frames: Cell<FrameStats>,
     last_end: Cell<Instant>,
+    /// `[http2] max_concurrent_streams`: stream tasks beyond it are refused (see [`stream`]),
+    /// and whether that happened.
+    max_streams: usize,
+    over_limit: Cell<bool>,
 }
+
+impl ConnInfo {
+    /// The client reset a stream kedge had taken before its answer began (see
+    /// [`too_many_resets`]).
+    fn premature_reset(&self) {
+        let resets = self.premature_resets.get() + 1;
+        self.premature_resets.set(resets);
+        if too_many_resets(resets, self.accepted.get()) {
+            self.flooded(&crate::stats::H2_RAPID_RESET);
+        }
+    }
+
+    /// Ends the connection with GOAWAY ENHANCE_YOUR_CALM, counted in `kind`.
+    fn flooded(&self, kind: &'static crate::stats::Counter) {
+        if !self.flood.is_set() {
+            self.flood_kind.set(kind);
+            self.flood.fire();
+        }
+    }
+}
+
+/// Streams a connection may make kedge reset with a stream error (MadeYouReset,
+/// CVE-2025-8671: WINDOW_UPDATE 0 or DATA on a half-closed stream, malformed requests) before
+/// `h2` ends it with GOAWAY ENHANCE_YOUR_CALM.
+const MAX_LOCAL_ERROR_RESETS: usize = 100;
 
 /// Serves one HTTP/2 connection until it closes. `early`: bytes already read from `client`
 /// (the preface, on a plain listener).
@@ -77,34 +111,7 @@ pub(super) async fn serve<S: ClientStream + Unpin>(
     early: Vec<u8>,
 ) {
     let snap = worker.snapshot();
-    let io = Rewind {
-        early,
-        pos: 0,
-        inner: StreamWrapper::new(client),
-    };
     let settings = &snap.http2;
-    let mut builder = h2::server::Builder::new();
-    builder
-        .initial_window_size(settings.initial_window_size)
-        .initial_connection_window_size(settings.initial_window_size.max(1 << 20))
-        .max_concurrent_streams(settings.max_concurrent_streams)
-        .max_header_list_size(u32::try_from(snap.client.max_header_bytes).unwrap_or(u32::MAX))
-        .max_send_buffer_size(64 * 1024);
-    let handshake = monoio::time::timeout(snap.client.header_timeout, builder.handshake::<_, Bytes>(io));
-    let mut conn = monoio::select! {
-        r = handshake => match r {
-            Ok(Ok(c)) => c,
-            Ok(Err(e)) => {
-                tracing::debug!(client = %peer, error = %e, "HTTP/2 handshake failed");
-                return;
-            }
-            Err(_) => return,
-        },
-        _ = worker.stopping.wait() => return,
-    };
-    let max_requests = settings.max_requests;
-    let keepalive = snap.client.keepalive_timeout;
-    drop(snap);
     let mut peer_text = Vec::with_capacity(16);
     h1::client_ip_text(&mut peer_text, peer.ip());
     let info = Rc::new(ConnInfo {
@@ -116,8 +123,47 @@ pub(super) async fn serve<S: ClientStream + Unpin>(
         accepted: Cell::new(0),
         premature_resets: Cell::new(0),
         flood: super::Stopping::default(),
+        flood_kind: Cell::new(&crate::stats::H2_RAPID_RESET),
+        frames: Cell::new(FrameStats::default()),
         last_end: Cell::new(Instant::now()),
+        max_streams: settings.max_concurrent_streams as usize,
+        over_limit: Cell::new(false),
     });
+    let io = Rewind {
+        early,
+        pos: 0,
+        inner: Box::new(StreamWrapper::new(client)),
+        meter: FrameMeter::default(),
+        sent: FrameMeter::sending(),
+        info: Rc::clone(&info),
+    };
+    let mut builder = h2::server::Builder::new();
+    builder
+        .initial_window_size(settings.initial_window_size)
+        .initial_connection_window_size(settings.initial_window_size.max(1 << 20))
+        .max_concurrent_streams(settings.max_concurrent_streams)
+        .max_header_list_size(u32::try_from(snap.client.max_header_bytes).unwrap_or(u32::MAX))
+        .max_local_error_reset_streams(Some(MAX_LOCAL_ERROR_RESETS))
+        .max_send_buffer_size(64 * 1024);
+    let handshake = monoio::time::timeout(snap.client.header_timeout, builder.handshake::<_, Bytes>(io));
+    let mut conn = monoio::select! {
+        r = handshake => match r {
+            Ok(Ok(c)) => c,
+            Ok(Err(e)) => {
+                connection_error(peer, &e, info.frames.get());
+                return;
+            }
+            Err(_) => {
+                crate::stats::H2_PREFACE_TIMEOUT.inc();
+                tracing::debug!(client = %peer, "no HTTP/2 preface within the header timeout; closing");
+                return;
+            }
+        },
+        _ = worker.stopping.wait() => return,
+    };
+    let max_requests = settings.max_requests;
+    let keepalive = snap.client.keepalive_timeout;
+    drop(snap);
 
     /// What woke the connection task.
     enum Event<T> {
@@ -128,10 +174,16 @@ pub(super) async fn serve<S: ClientStream + Unpin>(
     }
     let mut accepted = 0u32;
     let mut draining = false;
+    // ENHANCE_YOUR_CALM went out (the client's frames are no longer read).
+    let mut calmed = false;
     loop {
         let next = if draining {
             // GOAWAY is out: streams already started finish; `accept` ends with the connection.
-            Event::Stream(conn.accept().await)
+            // A flood still ends it at once.
+            monoio::select! {
+                r = conn.accept() => Event::Stream(r),
+                _ = info.flood.wait(), if !calmed => Event::Flood,
+            }
         } else {
             let wait = match info.open.get() {
                 0 => keepalive.saturating_sub(info.last_end.get().elapsed()),
@@ -147,7 +199,7 @@ pub(super) async fn serve<S: ClientStream + Unpin>(
         match next {
             Event::Stream(None) => break,
             Event::Stream(Some(Err(e))) => {
-                tracing::debug!(client = %peer, error = %e, "HTTP/2 connection failed");
+                connection_error(peer, &e, info.frames.get());
                 break;
             }
             Event::Stream(Some(Ok((req, respond)))) => {
@@ -170,10 +222,12 @@ pub(super) async fn serve<S: ClientStream + Unpin>(
                 draining = true;
             }
             Event::Flood => {
-                tracing::debug!(client = %peer, accepted, resets = info.premature_resets.get(), "HTTP/2 reset flood; closing");
-                crate::stats::H2_RESET_FLOODS.inc();
+                let kind = info.flood_kind.get();
+                tracing::debug!(client = %peer, kind = kind.label.1, accepted, resets = info.premature_resets.get(), "HTTP/2 abuse; closing with ENHANCE_YOUR_CALM");
+                kind.inc();
                 conn.abrupt_shutdown(Reason::ENHANCE_YOUR_CALM);
                 draining = true;
+                calmed = true;
             }
             Event::Tick => {
                 if info.open.get() == 0 && info.last_end.get().elapsed() >= keepalive {
@@ -183,6 +237,27 @@ pub(super) async fn serve<S: ClientStream + Unpin>(
             }
         }
     }
+}
+
+/// Counts and logs (at debug) a connection error: those `h2` detected in the client's frames
+/// by kind (the GOAWAY code it sent), the rest (the client's own GOAWAY, I/O errors) only
+/// logged. `h2` does not hand out which of its limits an ENHANCE_YOUR_CALM was for (its
+/// debug data stays on the wire): the client's last frames tell (see [`FrameStats::calm_kind`]).
+fn connection_error(peer: SocketAddr, e: &h2::Error, frames: FrameStats) {
+    tracing::debug!(client = %peer, error = %e, "HTTP/2 connection failed");
+    if !(e.is_go_away() && e.is_library()) {
+        return;
+    }
+    use crate::stats::*;
+    let counter = match e.reason() {
+        Some(Reason::ENHANCE_YOUR_CALM) => frames.calm_kind(),
+        Some(Reason::PROTOCOL_ERROR) => &H2_PROTOCOL_ERROR,
+        Some(Reason::FLOW_CONTROL_ERROR) => &H2_FLOW_CONTROL_ERROR,
+        Some(Reason::FRAME_SIZE_ERROR) => &H2_FRAME_SIZE_ERROR,
+        Some(Reason::COMPRESSION_ERROR) => &H2_COMPRESSION_ERROR,
+        _ => &H2_OTHER_ERROR,
+    };
+    counter.inc();
 }
 
 /// Streams reset by the client before their answer, out of `accepted`, that end the connection
@@ -220,6 +295,18 @@ mod reset_tests {
 
 /// One stream: the request phases, then its access-log line.
 async fn stream(worker: &Rc<Worker>, info: &ConnInfo, req: Request<RecvStream>, mut respond: SendResponse<Bytes>) {
+    // `h2` frees a stream's place once it is reset, before its task has wound down (its
+    // upstream request cancelled): a client that resets (or makes kedge reset) streams
+    // quickly could otherwise have more requests upstream than the stream limit.
+    if info.open.get() > info.max_streams {
+        // Counted once per connection: process-wide counters are never touched per request.
+        if !info.over_limit.replace(true) {
+            crate::stats::H2_OVER_STREAM_LIMIT.inc();
+        }
+        tracing::debug!(client = %info.peer, open = info.open.get(), "HTTP/2 stream over the stream limit; refused");
+        respond.send_reset(Reason::REFUSED_STREAM);
+        return;
+    }
     let snap = worker.snapshot();
     let start = Instant::now();
     let mut rec = Record {
@@ -442,13 +529,33 @@ async fn handle(
             .get(http::header::TE)
             .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"trailers"));
         let hsts = (info.scheme == "https").then_some(&*snap.https.hsts_line);
-        let extra = |addr| {
+        let extra = |addr, answer: &HeaderMap| {
             let mut extra = Vec::new();
-            respond::response_lines(&mut extra, hsts, || false, &f, addr, origin);
+            let upstream_hsts = || answer.contains_key(http::header::STRICT_TRANSPORT_SECURITY);
+            respond::response_lines(&mut extra, hsts, upstream_hsts, &f, addr, origin);
             extra
         };
+        // The client's deadline bounds the call (the field goes upstream unchanged).
+        let deadline = parts
+            .headers
+            .get("grpc-timeout")
+            .and_then(|v| forward_h2::grpc_timeout(v.as_bytes()))
+            .map(|d| start + d);
         let cx = Ctx { worker, snap, start };
-        return forward_h2::forward(cx, &f, &out, te_trailers, body, respond, responded, extra, rec).await;
+        let call = forward_h2::Call {
+            head: &out,
+            te_trailers,
+            deadline,
+        };
+        let done = forward_h2::forward(cx, &f, call, body, respond, responded, extra, rec).await;
+        // A reset before the answer began counts as on HTTP/1.1 upstreams (Rapid Reset).
+        if let Err(e) = &done
+            && e.kind == ErrorKind::ClientGone
+            && !*responded
+        {
+            info.premature_reset();
+        }
+        return done;
     }
     let sending = Sending {
         has_body: body_kind != Body::None,
@@ -472,11 +579,7 @@ async fn handle(
     let exchange = monoio::select! {
         r = forwarding => r?,
         _ = client_reset => {
-            let resets = info.premature_resets.get() + 1;
-            info.premature_resets.set(resets);
-            if too_many_resets(resets, info.accepted.get()) {
-                info.flood.fire();
-            }
+            info.premature_reset();
             return Err(ErrorKind::ClientGone.into());
         }
     };
@@ -622,26 +725,10 @@ fn answer_reason(status: u16) -> &'static str {
     }
 }
 
-/// Answers a gRPC request with kedge's own error as gRPC clients expect it: a trailers-only
-/// response (one HEADERS frame ending the stream) with HTTP 200, `grpc-status` and
-/// `grpc-message` (percent-encoded as gRPC says).
+/// Answers a gRPC request with kedge's own error as gRPC clients expect it (see
+/// [`forward_h2::trailers_only`]).
 fn send_grpc_error(respond: &mut SendResponse<Bytes>, http_status: u16, why: &str) {
-    let mut message = String::with_capacity(why.len());
-    for b in why.bytes() {
-        if (0x20..0x7f).contains(&b) && b != b'%' {
-            message.push(char::from(b));
-        } else {
-            message.push_str(&format!("%{b:02X}"));
-        }
-    }
-    let mut r = Response::new(());
-    let h = r.headers_mut();
-    h.insert(http::header::CONTENT_TYPE, HeaderValue::from_static("application/grpc"));
-    h.insert("grpc-status", HeaderValue::from(u16::from(grpc_status(http_status))));
-    if let Ok(v) = HeaderValue::from_str(&message) {
-        h.insert("grpc-message", v);
-    }
-    let _ = respond.send_response(r, true);
+    forward_h2::trailers_only(respond, grpc_status(http_status), why);
 }
 
 /// Sends an error answer (status and one text line).
@@ -824,25 +911,80 @@ impl SendBody for H2Body {
             pump::flush(upstream, out, send_timeout).await.map_err(sink)?;
             let _ = self.recv.flow_control().release_capacity(data.len());
         }
+        // Trailers: chunked trailer fields; with the client's Content-Length HTTP/1.1 has no
+        // place for them.
+        let trailers = match poll_fn(|cx| self.recv.poll_trailers(cx)).await {
+            Ok(t) => t,
+            Err(_) => return Err(ErrorKind::ClientGone.into()),
+        };
         if self.chunked {
-            h1::write_last_chunk(out, b"");
+            out.extend_from_slice(b"0\r\n");
+            if let Some(t) = &trailers {
+                write_trailer_lines(out, t);
+            }
+            out.extend_from_slice(b"\r\n");
             pump::flush(upstream, out, send_timeout).await.map_err(sink)?;
+        } else if trailers.is_some() {
+            tracing::debug!("request trailers dropped: the body has a Content-Length, HTTP/1.1 cannot carry them");
         }
         Ok(())
     }
 }
 
+/// Request trailer fields as chunked trailer lines (`name: value\r\n`): the end-to-end
+/// ones RFC 9110 §6.5.1 allows in trailers (not framing, routing, request modifiers,
+/// authentication, or how to process the content).
+fn write_trailer_lines(out: &mut Vec<u8>, trailers: &HeaderMap) {
+    const NOT_TRAILERS: [&[u8]; 13] = [
+        b"content-length",
+        b"host",
+        b"authorization",
+        b"cookie",
+        b"content-type",
+        b"content-encoding",
+        b"content-range",
+        b"trailer",
+        b"cache-control",
+        b"expect",
+        b"max-forwards",
+        b"pragma",
+        b"range",
+    ];
+    for (name, value) in trailers {
+        let n = name.as_str().as_bytes();
+        if !h1::passes(b"", &[], n) || NOT_TRAILERS.contains(&n) {
+            continue;
+        }
+        out.extend_from_slice(n);
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(value.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+}
+
 /// The client stream for `h2`: bytes read before the protocol was known first, then the
-/// stream through the adapter.
+/// stream through the adapter. What the client sends is metered on its way in, and what kedge
+/// sends it on its way out ([`FrameMeter`]); once the client floods, nothing more is read and
+/// the connection task ends the connection.
 struct Rewind<S> {
     early: Vec<u8>,
     pos: usize,
-    inner: StreamWrapper<S>,
+    /// Boxed: `StreamWrapper` lets a write run on after `poll_write` returned, through a
+    /// pointer to the stream inside it, and the connection moves after the handshake.
+    inner: Box<StreamWrapper<S>>,
+    meter: FrameMeter,
+    sent: FrameMeter,
+    info: Rc<ConnInfo>,
 }
 
 impl<S: ClientStream + Unpin> AsyncRead for Rewind<S> {
     fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
         let this = self.get_mut();
+        if this.info.flood.is_set() {
+            // The connection task, woken by the signal, sends GOAWAY and closes.
+            return Poll::Pending;
+        }
+        let before = buf.filled().len();
         if this.pos < this.early.len() {
             let n = (this.early.len() - this.pos).min(buf.remaining());
             buf.put_slice(&this.early[this.pos..this.pos + n]);
@@ -851,15 +993,149 @@ impl<S: ClientStream + Unpin> AsyncRead for Rewind<S> {
                 this.early = Vec::new();
                 this.pos = 0;
             }
-            return Poll::Ready(Ok(()));
+        } else {
+            std::task::ready!(Pin::new(&mut this.inner).poll_read(cx, buf))?;
         }
-        Pin::new(&mut this.inner).poll_read(cx, buf)
+        this.meter.feed(&buf.filled()[before..]);
+        this.info.frames.set(this.meter.stats);
+        if floods(&this.meter, &this.sent) {
+            this.info.flooded(&crate::stats::H2_CONTROL_FLOOD);
+        }
+        Poll::Ready(Ok(()))
+    }
+}
+
+/// Control bytes a connection may send beyond its request bytes (see [`floods`]).
+const OVERHEAD_ALLOWANCE: u64 = 1 << 20;
+
+/// Whether a client floods: more overhead than payload in what it sent (`received`), beyond
+/// [`OVERHEAD_ALLOWANCE`] and one byte per 16 of the answers kedge sent it (`sent`: a gRPC
+/// client that downloads sends a PING per round trip to size its window).
+fn floods(received: &FrameMeter, sent: &FrameMeter) -> bool {
+    received.overhead > received.payload + sent.payload / 16 + OVERHEAD_ALLOWANCE
+}
+
+/// Meters the frames of one direction, as nginx does against floods of frames that cost the
+/// server work but carry no request (PING, SETTINGS, PRIORITY, RST_STREAM, unknown types,
+/// empty frames): every byte is either payload (of HEADERS, CONTINUATION and DATA frames) or
+/// overhead (frame headers, the payload of other frames). WINDOW_UPDATE frames are neither:
+/// a client that downloads sends them in proportion to what it receives. Sans-io: bytes in,
+/// counts out (see [`floods`]).
+#[derive(Default)]
+struct FrameMeter {
+    /// The connection preface was passed (it is neither).
+    started: bool,
+    /// The frame header being read, and how much of it.
+    head: [u8; 9],
+    have: usize,
+    /// Payload bytes of the current frame still to come, and what they count as.
+    left: u64,
+    counts_as: Share,
+    overhead: u64,
+    payload: u64,
+    stats: FrameStats,
+}
+
+/// What a connection's frames looked like: enough to tell which of `h2`'s limits a GOAWAY
+/// ENHANCE_YOUR_CALM was for.
+#[derive(Default, Clone, Copy)]
+struct FrameStats {
+    /// The type and flags of the last frame begun.
+    last_kind: u8,
+    last_flags: u8,
+    /// CONTINUATION frames since the last HEADERS.
+    continuations: u32,
+    /// DATA frames under 256 bytes (what `h2` charges against its budget of small frames).
+    small_data: u32,
+}
+
+impl FrameStats {
+    fn calm_kind(self) -> &'static crate::stats::Counter {
+        use crate::stats::*;
+        const END_HEADERS: u8 = 0x4;
+        match self.last_kind {
+            0x9 if self.last_flags & END_HEADERS == 0 && self.continuations > 1 => &H2_CONTINUATION_FLOOD,
+            0x1 | 0x9 => &H2_HEADER_BOMB,
+            0x0 if self.small_data > 100 => &H2_DATA_FLOOD,
+            0x3 => &H2_RESET_FLOOD,
+            // Resets kedge had to make: DATA on closed streams, windows overflowed.
+            _ => &H2_MADE_YOU_RESET,
+        }
+    }
+}
+
+#[derive(Default, Clone, Copy, PartialEq)]
+enum Share {
+    #[default]
+    Overhead,
+    Payload,
+    Neither,
+}
+
+impl FrameMeter {
+    /// The meter of what kedge sends (no preface on that side).
+    fn sending() -> FrameMeter {
+        FrameMeter {
+            started: true,
+            ..FrameMeter::default()
+        }
+    }
+
+    /// Takes the next bytes of the connection.
+    fn feed(&mut self, mut bytes: &[u8]) {
+        if !self.started {
+            self.left = PREFACE.len() as u64;
+            self.counts_as = Share::Neither;
+            self.started = true;
+        }
+        while !bytes.is_empty() {
+            if self.left > 0 {
+                let n = self.left.min(bytes.len() as u64);
+                match self.counts_as {
+                    Share::Overhead => self.overhead += n,
+                    Share::Payload => self.payload += n,
+                    Share::Neither => {}
+                }
+                self.left -= n;
+                bytes = &bytes[n as usize..];
+                continue;
+            }
+            let n = (9 - self.have).min(bytes.len());
+            self.head[self.have..self.have + n].copy_from_slice(&bytes[..n]);
+            self.have += n;
+            bytes = &bytes[n..];
+            if self.have < 9 {
+                break;
+            }
+            self.have = 0;
+            self.left = u64::from(u32::from_be_bytes([0, self.head[0], self.head[1], self.head[2]]));
+            let st = &mut self.stats;
+            (st.last_kind, st.last_flags) = (self.head[3], self.head[4]);
+            match self.head[3] {
+                0x0 if self.left < 256 => st.small_data = st.small_data.saturating_add(1),
+                0x1 => st.continuations = 0,
+                0x9 => st.continuations = st.continuations.saturating_add(1),
+                _ => {}
+            }
+            // DATA, HEADERS, CONTINUATION carry requests; WINDOW_UPDATE follows responses.
+            self.counts_as = match self.head[3] {
+                0x0 | 0x1 | 0x9 => Share::Payload,
+                0x8 => Share::Neither,
+                _ => Share::Overhead,
+            };
+            if self.counts_as != Share::Neither {
+                self.overhead += 9;
+            }
+        }
     }
 }
 
 impl<S: ClientStream + Unpin> AsyncWrite for Rewind<S> {
     fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().inner).poll_write(cx, buf)
+        let this = self.get_mut();
+        let written = std::task::ready!(Pin::new(&mut this.inner).poll_write(cx, buf))?;
+        this.sent.feed(&buf[..written.min(buf.len())]);
+        Poll::Ready(Ok(written))
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
@@ -874,6 +1150,65 @@ impl<S: ClientStream + Unpin> AsyncWrite for Rewind<S> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn control_frames_beyond_requests_flood() {
+        let frame = |kind: u8, len: usize| {
+            let mut f = vec![0, (len >> 8) as u8, len as u8, kind, 0, 0, 0, 0, 1];
+            f.resize(9 + len, 0);
+            f
+        };
+        let ping = frame(0x6, 8);
+        let nothing_sent = FrameMeter::sending();
+        // The preface is not counted; a request's HEADERS buys room for control frames.
+        let mut m = FrameMeter::default();
+        m.feed(PREFACE);
+        m.feed(&frame(0x1, 1000));
+        assert_eq!((m.overhead, m.payload), (9, 1000));
+        // Fed a byte at a time, frames are still found.
+        for b in frame(0x8, 4).iter().chain(ping.iter()) {
+            m.feed(std::slice::from_ref(b));
+        }
+        assert_eq!((m.overhead, m.payload), (9 + 17, 1000));
+        let per = ping.len() as u64;
+        let pings_allowed = (OVERHEAD_ALLOWANCE + 1000 - 9 - 17) / per;
+        m.feed(&ping.repeat(pings_allowed as usize));
+        assert!(!floods(&m, &nothing_sent));
+        m.feed(&ping);
+        assert!(floods(&m, &nothing_sent), "one PING more floods");
+        // Big DATA frames keep a connection far from it.
+        let mut m = FrameMeter::default();
+        m.feed(PREFACE);
+        for _ in 0..100_000 {
+            m.feed(&frame(0x0, 100));
+        }
+        assert!(!floods(&m, &nothing_sent));
+    }
+
+    #[test]
+    fn answers_sent_buy_room_for_pings() {
+        // A download: one small request, then a PING per 16 KiB DATA frame sent (a gRPC
+        // client sizing its window), for 1 GiB.
+        let mut received = FrameMeter::default();
+        received.feed(PREFACE);
+        received.feed(&[0, 0, 20, 0x1, 0x4, 0, 0, 0, 1]);
+        received.feed(&[0; 20]);
+        let mut sent = FrameMeter::sending();
+        let data = {
+            let mut f = vec![0, 0x40, 0, 0x0, 0, 0, 0, 0, 1];
+            f.resize(9 + (16 << 10), 0);
+            f
+        };
+        let ping = [0, 0, 8, 0x6, 0, 0, 0, 0, 0, 1, 2, 3, 4, 5, 6, 7, 8];
+        for _ in 0..(1 << 16) {
+            sent.feed(&data);
+            received.feed(&ping);
+        }
+        assert!(received.overhead > OVERHEAD_ALLOWANCE, "the PINGs alone would flood");
+        assert!(!floods(&received, &sent));
+        // The same PINGs without the download flood.
+        assert!(floods(&received, &FrameMeter::sending()));
+    }
 
     #[test]
     fn trailers_keep_end_to_end_fields_only() {

@@ -167,7 +167,11 @@ pub(super) async fn lease(
         .initial_window_size(window)
         .initial_connection_window_size(window.saturating_mul(4))
         .max_send_buffer_size(256 * 1024);
-    let handshake = builder.handshake::<_, Bytes>(StreamWrapper::new(stream));
+    // Boxed: `StreamWrapper` lets a write run on after `poll_write` returned (the preface,
+    // written during the handshake), through a pointer to the stream inside it; the
+    // connection is moved after the handshake (into its task), so the stream must not move
+    // with it.
+    let handshake = builder.handshake::<_, Bytes>(Box::new(StreamWrapper::new(stream)));
     let (send, conn) = match monoio::time::timeout(connect_timeout, handshake).await {
         Ok(Ok(c)) => c,
         Ok(Err(e)) => {

@@ -17,6 +17,7 @@ use http::{HeaderMap, Request, Response};
 use serde_json::json;
 
 use crate::support::h2_client::{H2, H2Response, open, read_response, send_body};
+use crate::support::h2_frames;
 use crate::support::objects::{ingress, ingress_class, service, slice};
 use crate::support::tls::TestCa;
 use crate::support::{Client, FakeApi, Kedge, TempDir, both_drivers};
@@ -94,6 +95,65 @@ where
     }
 }
 
+/// A pod that answers every stream with GOAWAY (NO_ERROR) naming an earlier last stream id,
+/// then closes: the stream was not processed (RFC 9113 §8.7). Raw frames on blocking sockets.
+struct GoawayUpstream {
+    addr: SocketAddr,
+    /// GOAWAY frames sent.
+    goaways: Arc<AtomicUsize>,
+}
+
+impl GoawayUpstream {
+    fn start() -> GoawayUpstream {
+        use std::io::{Read, Write};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let goaways = Arc::new(AtomicUsize::new(0));
+        let count = Arc::clone(&goaways);
+        std::thread::spawn(move || {
+            for conn in listener.incoming() {
+                let Ok(mut s) = conn else { return };
+                let count = Arc::clone(&count);
+                std::thread::spawn(move || {
+                    let _ = s.set_read_timeout(Some(WAIT));
+                    let mut preface = [0u8; 24];
+                    if s.read_exact(&mut preface).is_err() {
+                        return;
+                    }
+                    let _ = s.write_all(&h2_frames::frame(h2_frames::SETTINGS, 0, 0, &[]));
+                    let mut head = [0u8; 9];
+                    while s.read_exact(&mut head).is_ok() {
+                        let len = u32::from_be_bytes([0, head[0], head[1], head[2]]) as usize;
+                        let mut payload = vec![0u8; len];
+                        if s.read_exact(&mut payload).is_err() {
+                            return;
+                        }
+                        match head[3] {
+                            h2_frames::SETTINGS if head[4] & h2_frames::ACK == 0 => {
+                                let _ = s.write_all(&h2_frames::frame(h2_frames::SETTINGS, h2_frames::ACK, 0, &[]));
+                            }
+                            h2_frames::HEADERS => {
+                                // Last stream id 0: none of kedge's streams was processed.
+                                let mut goaway = 0u32.to_be_bytes().to_vec();
+                                goaway.extend_from_slice(&h2_frames::NO_ERROR.to_be_bytes());
+                                let _ = s.write_all(&h2_frames::frame(h2_frames::GOAWAY, 0, 0, &goaway));
+                                count.fetch_add(1, Ordering::SeqCst);
+                                // Close once kedge has read it (a close with unread bytes
+                                // would be a reset that can overtake the GOAWAY).
+                                let _ = s.shutdown(std::net::Shutdown::Write);
+                                while s.read(&mut head).is_ok_and(|n| n > 0) {}
+                                return;
+                            }
+                            _ => {}
+                        }
+                    }
+                });
+            }
+        });
+        GoawayUpstream { addr, goaways }
+    }
+}
+
 /// Splits complete length-prefixed messages off `buf`.
 fn messages(buf: &mut BytesMut) -> Vec<Bytes> {
     let mut out = Vec::new();
@@ -136,15 +196,28 @@ fn ok_trailers(extra: &str) -> HeaderMap {
 /// The methods: `Unary` and `Bidi` echo each message as it arrives; `ClientStream` answers one
 /// `count=N` message at the end; `ServerStream` sends as many messages as its request says;
 /// `TrailersOnly` answers NOT_FOUND in one HEADERS frame; `Reset` sends one message then resets
-/// (ENHANCE_YOUR_CALM); `Hang` sends headers and reports the reset it waits for. A request
-/// body broken off by a reset is reported as `<method> reset`.
+/// (ENHANCE_YOUR_CALM); `Hang` sends headers and reports the reset it waits for;
+/// `Silent` reports `silent started`, answers nothing and reports the reset it waits for
+/// (`silent reset <reason>`);
+/// `WithHsts` is `Unary` with a Strict-Transport-Security field in its answer;
+/// `RefusedBy<name>` is refused (RST_STREAM REFUSED_STREAM, reported as `refused`) by the
+/// upstream called `name` and is `Unary` elsewhere. A request body broken off by a reset is
+/// reported as `<method> reset`.
 async fn serve_stream(
     req: Request<h2::RecvStream>,
     mut respond: h2::server::SendResponse<Bytes>,
     name: &'static str,
     tx: std::sync::mpsc::Sender<String>,
 ) {
-    let method = req.uri().path().rsplit('/').next().unwrap_or("").to_owned();
+    let mut method = req.uri().path().rsplit('/').next().unwrap_or("").to_owned();
+    if let Some(who) = method.strip_prefix("RefusedBy") {
+        if who == name {
+            respond.send_reset(Reason::REFUSED_STREAM);
+            let _ = tx.send("refused".to_owned());
+            return;
+        }
+        method = "Unary".to_owned();
+    }
     let te = req.headers().get("te").map(|v| v.to_str().unwrap_or("").to_owned());
     let client_trailer = Arc::new(std::sync::Mutex::new(String::new()));
     let mut body = req.into_body();
@@ -156,7 +229,20 @@ async fn serve_stream(
         let _ = respond.send_response(head, true);
         return;
     }
-    let Ok(mut send) = respond.send_response(grpc_head(name), false) else {
+    if method == "Silent" {
+        let _ = tx.send("silent started".to_owned());
+        let reason = std::future::poll_fn(|cx| respond.poll_reset(cx)).await;
+        let reason = reason.map_or_else(|e| format!("error {e}"), |r| format!("{r:?}"));
+        let _ = tx.send(format!("silent reset {reason}"));
+        return;
+    }
+    let mut head = grpc_head(name);
+    if method == "WithHsts" {
+        head.headers_mut()
+            .insert("strict-transport-security", "max-age=60".parse().unwrap());
+        method = "Unary".to_owned();
+    }
+    let Ok(mut send) = respond.send_response(head, false) else {
         return;
     };
     if method == "Hang" {
@@ -477,6 +563,158 @@ both_drivers!(
             assert_eq!(r.upstream(), Some("alive"), "{r:?}");
             assert_eq!(trailer(&r, "grpc-status"), Some("0"));
         }
+    }
+);
+
+both_drivers!(
+    /// A stream the upstream refuses (REFUSED_STREAM), or leaves out of its GOAWAY, was not
+    /// processed (RFC 9113 §8.7): it goes to the next endpoint with its body, within the route's
+    /// tries; with every endpoint refusing, the client gets UNAVAILABLE.
+    fn a_refused_stream_is_retried_on_another_endpoint(driver) {
+        let refusing = GrpcUpstream::start("r1", None);
+        let ok = GrpcUpstream::start("ok", None);
+        let kedge = start(driver, &grpc_route(&[refusing.addr, ok.addr], "grpc", ""));
+        let h2 = H2::connect(kedge.addr());
+        for i in 0..6 {
+            let msg = format!("call {i}");
+            let r = call(&h2, "api.example", "RefusedByr1", &[msg.as_bytes()]);
+            assert_eq!(r.upstream(), Some("ok"), "{r:?}");
+            assert_eq!(body_messages(&r), vec![msg.into_bytes()], "the body was not sent again whole");
+            assert_eq!(trailer(&r, "grpc-status"), Some("0"));
+        }
+        let refusals = refusing.events.try_iter().filter(|e| e == "refused").count();
+        assert!(refusals >= 1, "no call went to the refusing endpoint first");
+
+        // A pod going away leaves a stream out of its GOAWAY (last stream id below it): not
+        // processed either.
+        let leaving = GoawayUpstream::start();
+        let kedge2 = start(driver, &grpc_route(&[leaving.addr, ok.addr], "grpc", ""));
+        let h2b = H2::connect(kedge2.addr());
+        for i in 0..4 {
+            let msg = format!("after goaway {i}");
+            let r = call(&h2b, "api.example", "Unary", &[msg.as_bytes()]);
+            assert_eq!(r.upstream(), Some("ok"), "{r:?}");
+            assert_eq!(body_messages(&r), vec![msg.into_bytes()]);
+        }
+        assert!(leaving.goaways.load(Ordering::SeqCst) >= 1, "no call went to the leaving pod first");
+
+        let alone = start(driver, &grpc_route(&[refusing.addr], "grpc", ""));
+        let h2 = H2::connect(alone.addr());
+        let r = call(&h2, "api.example", "RefusedByr1", &[b"x"]);
+        assert_eq!(r.status, 200, "{r:?}");
+        assert_eq!(r.header("grpc-status"), Some("14"), "{r:?}");
+        assert_eq!(refusing.event(), "refused");
+    }
+);
+
+both_drivers!(
+    /// Over TLS kedge adds its Strict-Transport-Security field to gRPC answers, unless the pod
+    /// sent one: then the pod's alone.
+    fn hsts_is_added_once(driver) {
+        let ca = TestCa::new();
+        let dir = TempDir::new("grpc-hsts");
+        let leaf = ca.leaf(&["api.example"]);
+        let (cert, key) = leaf.write(&dir, "default");
+        let up = GrpcUpstream::start("g", None);
+        let frag = format!(
+            "[tls]\ndefault_cert = \"{}\"\ndefault_key = \"{}\"\n\n{}",
+            cert.display(),
+            key.display(),
+            grpc_route(&[up.addr], "grpc", "")
+        );
+        let kedge = Kedge::setup(driver).tls().tables(H2_ON).start(&frag);
+        let h2 = H2::connect_tls(kedge.tls_addr(), ca.client_alpn(&[b"h2"]), "api.example");
+        let hsts = |r: &H2Response| -> Vec<String> {
+            r.headers
+                .iter()
+                .filter(|(n, _)| n == "strict-transport-security")
+                .map(|(_, v)| v.clone())
+                .collect()
+        };
+        let r = call(&h2, "api.example", "Unary", &[b"x"]);
+        assert_eq!(trailer(&r, "grpc-status"), Some("0"), "{r:?}");
+        assert_eq!(hsts(&r), ["max-age=31536000; includeSubDomains"], "kedge's HSTS: {r:?}");
+        let r = call(&h2, "api.example", "WithHsts", &[b"x"]);
+        assert_eq!(trailer(&r, "grpc-status"), Some("0"), "{r:?}");
+        assert_eq!(hsts(&r), ["max-age=60"], "{r:?}");
+    }
+);
+
+both_drivers!(
+    /// `grpc-timeout` bounds the call: past it the client gets DEADLINE_EXCEEDED (trailers-only
+    /// when the pod sent no headers yet, else in the trailers of the open answer) and the pod's
+    /// stream is cancelled.
+    fn grpc_timeout_ends_the_call_with_deadline_exceeded(driver) {
+        let up = GrpcUpstream::start("g", None);
+        let kedge = start(driver, &grpc_route(&[up.addr], "grpc", ""));
+        let h2 = H2::connect(kedge.addr());
+        let with_timeout = |method: &str| {
+            let mut head = call_head(&h2, "api.example", method);
+            head.headers_mut().insert("grpc-timeout", "300m".parse().unwrap());
+            let started = std::time::Instant::now();
+            let r = h2.request(head, Some(frame(b"x").to_vec()));
+            (r, started.elapsed())
+        };
+        let (r, took) = with_timeout("Silent");
+        assert_eq!(up.event(), "silent started");
+        assert_eq!(r.status, 200, "{r:?}");
+        assert_eq!(r.header("grpc-status"), Some("4"), "trailers-only DEADLINE_EXCEEDED: {r:?}");
+        assert!(r.body.is_empty() && r.trailers.is_empty(), "{r:?}");
+        assert!(took >= Duration::from_millis(300), "answered before the deadline: {took:?}");
+        assert_eq!(up.event(), "silent reset CANCEL");
+
+        let (r, _) = with_timeout("Hang");
+        assert_eq!(r.header("x-upstream"), Some("g"), "the pod's head: {r:?}");
+        assert_eq!(trailer(&r, "grpc-status"), Some("4"), "{r:?}");
+        assert_eq!(up.event(), "reset CANCEL");
+
+        // Within its deadline a call is untouched.
+        let mut head = call_head(&h2, "api.example", "Unary");
+        head.headers_mut().insert("grpc-timeout", "10S".parse().unwrap());
+        let r = h2.request(head, Some(frame(b"y").to_vec()));
+        assert_eq!(trailer(&r, "grpc-status"), Some("0"), "{r:?}");
+    }
+);
+
+both_drivers!(
+    /// Rapid Reset against a gRPC backend: calls the client resets once their stream reached
+    /// the pod (and before its answer) count as on HTTP/1.1 upstreams; past 100 and half the
+    /// streams the connection ends with GOAWAY ENHANCE_YOUR_CALM.
+    fn a_reset_flood_of_grpc_calls_ends_the_connection(driver) {
+        let up = GrpcUpstream::start("g", None);
+        let kedge = start(driver, &grpc_route(&[up.addr], "grpc", ""));
+        let mut raw = h2_frames::RawH2::connect(kedge.addr());
+        let call = |path: &'static str| {
+            [
+                (":method", "POST"),
+                (":scheme", "http"),
+                (":authority", "api.example"),
+                (":path", path),
+                ("content-type", "application/grpc"),
+                ("te", "trailers"),
+            ]
+        };
+        let reset_once_at_the_pod = |raw: &mut h2_frames::RawH2, id: u32| {
+            raw.headers(id, &call("/test.Echo/Silent"), true);
+            assert_eq!(up.event(), "silent started");
+            raw.reset(id, h2_frames::CANCEL);
+            assert_eq!(up.event(), "silent reset CANCEL");
+        };
+        let mut id = 1;
+        for _ in 0..100 {
+            reset_once_at_the_pod(&mut raw, id);
+            id += 2;
+        }
+        raw.headers(id, &call("/test.Echo/TrailersOnly"), true);
+        let end = raw.finish(id);
+        assert!(end.ended() && end.reset.is_none(), "100 resets of 101 streams: still served: {end:?}");
+        id += 2;
+        reset_once_at_the_pod(&mut raw, id);
+        let goaway = raw
+            .wait_frame(|f| f.kind == h2_frames::GOAWAY && f.error_code() != Some(h2_frames::NO_ERROR))
+            .unwrap_or_else(|| panic!("no GOAWAY after the flood: {:?}", raw.received.last()));
+        assert_eq!(goaway.error_code(), Some(h2_frames::ENHANCE_YOUR_CALM), "{goaway:?}");
+        assert!(raw.closed_within(Duration::from_secs(5)), "the flooding connection stayed open");
     }
 );
 

@@ -590,6 +590,43 @@ both_drivers!(
     }
 );
 
+both_drivers!(
+    /// Request trailers reach an HTTP/1.1 upstream as chunked trailer fields when the body is
+    /// chunked (no Content-Length from the client), fields that may not be trailers left out;
+    /// with the client's Content-Length they are dropped and the body arrives intact.
+    fn request_trailers_reach_an_http11_upstream_when_chunked(driver) {
+        let up = Upstream::start("up", Handler::Echo);
+        let kedge = start(driver, &route_all(&[up.addr()]));
+        let h = H2::connect(kedge.addr());
+        let post = |length: Option<usize>| {
+            let send = h.sender();
+            let mut head = h.req("POST", "t.test", if length.is_some() { "/sized" } else { "/streamed" });
+            if let Some(n) = length {
+                head = head.header("content-length", n);
+            }
+            let head = head.body(()).expect("request");
+            h.within(10 * SECOND, "a request with trailers", async move {
+                let (resp, mut stream) = open(send, head, false).await.expect("open");
+                stream.send_data(bytes::Bytes::from_static(b"hello"), false).expect("data");
+                let mut t = http::HeaderMap::new();
+                t.insert("x-checksum", "42".parse().unwrap());
+                t.insert("content-type", "text/evil".parse().unwrap());
+                stream.send_trailers(t).expect("trailers");
+                read_response(resp.await.expect("head"), |_| None).await
+            })
+        };
+        assert_eq!(post(None).status, 200);
+        assert_eq!(post(Some(5)).status, 200);
+        let seen = up.requests();
+        let streamed = seen.iter().find(|r| r.uri == "/streamed").expect("the chunked request");
+        assert_eq!(streamed.body_len, 5);
+        assert_eq!(streamed.trailers, [("x-checksum".to_owned(), "42".to_owned())], "{streamed:?}");
+        let sized = seen.iter().find(|r| r.uri == "/sized").expect("the sized request");
+        assert_eq!((sized.body_len, sized.body_complete), (5, true), "{sized:?}");
+        assert!(sized.trailers.is_empty(), "{sized:?}");
+    }
+);
+
 fn unlimited(upstream: std::net::SocketAddr) -> String {
     format!("[client]\nmax_body = 0\n\n{}", route_all(&[upstream]))
 }
@@ -935,7 +972,7 @@ both_drivers!(
 
         let metrics = Client::connect(kedge.admin_addr()).get("admin", "/metrics").text();
         assert!(
-            metrics.lines().any(|l| l == "kedge_http2_reset_floods_total 1"),
+            metrics.lines().any(|l| l == "kedge_http2_abuse_total{kind=\"rapid_reset\"} 1"),
             "{}",
             metrics.lines().filter(|l| l.contains("reset")).collect::<Vec<_>>().join("\n")
         );

@@ -41,6 +41,9 @@ mod headers;
 /// upstream receives, malformed requests, bodies under flow control, concurrent streams, resets,
 /// the access log, GOAWAY on drain.
 mod http2;
+/// HTTP/2 abuse with raw frames: MadeYouReset, CONTINUATION flood, HPACK bomb, empty DATA, PING
+/// and SETTINGS floods, a slow preface, a reset inside a header block; each bounded and counted.
+mod http2_abuse;
 /// Client keep-alive, upstream pooling, HTTP/1.0 clients, pipelining, concurrent clients.
 mod keepalive;
 /// The fixture Kubernetes API server, through the real kube client: list, watch, bookmarks,

@@ -359,6 +359,22 @@ impl Client {
         closed
     }
 
+    /// Whether kedge closes the connection within `wait`, whatever it sends before (dropped).
+    pub fn closed_after_reading(&mut self, wait: Duration) -> bool {
+        let deadline = std::time::Instant::now() + wait;
+        self.buf.clear();
+        loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            if left.is_zero() {
+                return false;
+            }
+            if self.closed_within(left) {
+                return true;
+            }
+            self.buf.clear();
+        }
+    }
+
     /// Whether kedge closes the connection within a few seconds (returns as soon as it does).
     pub fn is_closed(&mut self) -> bool {
         self.closed_within(Duration::from_secs(5))

@@ -156,10 +156,32 @@ impl RawH2 {
         c
     }
 
-    fn write(&mut self, bytes: &[u8]) {
+    /// Writes `bytes` as they are (frames made with [`frame`], or anything else).
+    pub fn write(&mut self, bytes: &[u8]) {
         self.stream
             .write_all(bytes)
             .unwrap_or_else(|e| panic!("write to kedge: {e}"));
+    }
+
+    /// Waits until kedge acknowledged our SETTINGS, by which time kedge's own SETTINGS were
+    /// read and acknowledged: its limits (header list size) apply to what follows.
+    pub fn settled(&mut self) {
+        self.wait_frame(|f| f.kind == SETTINGS && f.flags & ACK != 0)
+            .unwrap_or_else(|| panic!("no SETTINGS ACK from kedge: {:?}", self.received));
+    }
+
+    /// Writes `bytes` from another thread while this one reads (a flood the server answers
+    /// frame by frame, PINGs, would otherwise fill both directions and stall); write errors end
+    /// the writer quietly (the server closing is what a flood test waits for). Returns at once.
+    pub fn flood(&mut self, bytes: Vec<u8>) -> std::thread::JoinHandle<()> {
+        let mut w = self.stream.try_clone().expect("clone the socket");
+        std::thread::spawn(move || {
+            for piece in bytes.chunks(64 * 1024) {
+                if w.write_all(piece).is_err() {
+                    return;
+                }
+            }
+        })
     }
 
     /// Sends a HEADERS frame (END_HEADERS set) with `fields` in this order, pseudo-fields
@@ -346,6 +368,15 @@ pub fn hpack_literals(fields: &[(&str, &str)]) -> Vec<u8> {
         hpack_string(&mut out, name.as_bytes());
         hpack_string(&mut out, value.as_bytes());
     }
+    out
+}
+
+/// A literal field with incremental indexing (RFC 7541 §6.2.1): the decoder adds it to its
+/// dynamic table, where the first entry is index 62 (an indexed field, one byte: `0xbe`).
+pub fn hpack_indexed_literal(name: &str, value: &[u8]) -> Vec<u8> {
+    let mut out = vec![0x40];
+    hpack_string(&mut out, name.as_bytes());
+    hpack_string(&mut out, value);
     out
 }
 

@@ -87,6 +87,27 @@ struct State {
     requests: Mutex<Vec<Seen>>,
     /// Body bytes `Handler::Stream` has handed to hyper so far (over all requests).
     streamed: Arc<AtomicU64>,
+    /// Requests being handled now (hyper drops a handler whose connection closed), and the
+    /// most there ever were at once.
+    in_flight: AtomicUsize,
+    peak_in_flight: AtomicUsize,
+}
+
+/// Counts one request in flight while alive.
+struct InFlight<'a>(&'a State);
+
+impl<'a> InFlight<'a> {
+    fn begin(st: &'a State) -> InFlight<'a> {
+        let now = st.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
+        st.peak_in_flight.fetch_max(now, Ordering::SeqCst);
+        InFlight(st)
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 type Reply = Response<BoxBody<Bytes, Infallible>>;
@@ -129,6 +150,8 @@ impl Upstream {
             handler,
             requests: Mutex::new(Vec::new()),
             streamed: Arc::default(),
+            in_flight: AtomicUsize::new(0),
+            peak_in_flight: AtomicUsize::new(0),
         });
         let st = Arc::clone(&state);
         let acceptor = tokio_rustls::TlsAcceptor::from(config);
@@ -155,6 +178,8 @@ impl Upstream {
             handler,
             requests: Mutex::new(Vec::new()),
             streamed: Arc::default(),
+            in_flight: AtomicUsize::new(0),
+            peak_in_flight: AtomicUsize::new(0),
         });
         let st = Arc::clone(&state);
         let server = Server::serve(listener, move |stream| {
@@ -184,6 +209,14 @@ impl Upstream {
         self.state.requests.lock().expect("requests lock").clone()
     }
 
+    /// Requests being handled now (a `Delay` upstream holds them), and the most at once so far.
+    pub fn in_flight(&self) -> (usize, usize) {
+        (
+            self.state.in_flight.load(Ordering::SeqCst),
+            self.state.peak_in_flight.load(Ordering::SeqCst),
+        )
+    }
+
     pub fn request_count(&self) -> usize {
         self.state.requests.lock().expect("requests lock").len()
     }
@@ -197,6 +230,7 @@ impl Upstream {
 }
 
 async fn handle(st: Arc<State>, mut req: Request<Incoming>) -> Result<Reply, Infallible> {
+    let _in_flight = InFlight::begin(&st);
     let wants_upgrade = req.headers().contains_key(UPGRADE);
     let upgrade = (matches!(st.handler, Handler::WebSocket) && wants_upgrade).then(|| hyper::upgrade::on(&mut req));
     let (parts, mut incoming) = req.into_parts();
