@@ -96,11 +96,17 @@ pub(super) async fn forward<'w, B: SendBody>(
     // response head.
     match f.gw.and_then(|g| g.action.request_timeout) {
         None => forward_tries(cx, f, req, out, body, up, rec).await,
+        // Boxed, as the per-try one below: a timer is 640 bytes, and inline it would grow every
+        // connection's task (held for its life) whether its routes have timeouts or not. Only
+        // requests on rules with the timeout pay the allocation.
         Some(t) => {
             let left = t.saturating_sub(cx.start.elapsed());
-            monoio::time::timeout(left, forward_tries(cx, f, req, out, body, up, rec))
-                .await
-                .unwrap_or(Err(ErrorKind::RouteTimeout.into()))
+            Box::pin(monoio::time::timeout(
+                left,
+                forward_tries(cx, f, req, out, body, up, rec),
+            ))
+            .await
+            .unwrap_or(Err(ErrorKind::RouteTimeout.into()))
         }
     }
 }
@@ -155,7 +161,7 @@ async fn forward_tries<'w, B: SendBody>(
         // A Gateway rule's `timeouts.backendRequest` bounds each try, to its response head.
         let read = match f.gw.and_then(|g| g.action.backend_timeout) {
             None => attempt.await,
-            Some(t) => monoio::time::timeout(t, attempt)
+            Some(t) => Box::pin(monoio::time::timeout(t, attempt))
                 .await
                 .unwrap_or(Err(ErrorKind::UpstreamTimeout.into())),
         };
