@@ -3,9 +3,12 @@
 # HTTP/1.1 backend.
 #
 #   bash benches/h2.sh [--runs N] [--duration S] [--clients C] [--streams M]
-#                      [--modes h2c,tls] [--targets kedge,nginx] [--workers N] [--skip-build]
+#                      [--modes h2c,tls|all] [--targets kedge,nginx] [--workers N] [--skip-build]
 #
-# Load from h2load (nghttp2-client), -c C connections with -m M concurrent streams each.
+# Load from h2load (nghttp2-client). Modes: h2c, tls: -c C connections with -m M concurrent
+# streams each; the variants, all over TLS: c50m10 (-c50 -m10), m100 (-c C -m100), body64k (a
+# 64 KiB response body), churn (new connections at --churn-rate per second, one request each),
+# grpc (unary gRPC calls to benches/grpc_upstream.rs, nginx with grpc_pass). `all` = every mode.
 # Same backend and pinning as benches/proxy.sh (proxy on CPU 0, backend and h2load on CPU 1 with
 # one worker on 2 CPUs), the same ECDSA P-256 certificate for both proxies (openssl, as in
 # benches/tls.sh). Private instances under a temp dir, 127.0.0.1 ports 18090 (backend),
@@ -23,6 +26,10 @@ CLIENTS=20
 STREAMS=10
 LOAD_THREADS=1
 MODES="h2c,tls"
+ALL_MODES="h2c,tls,c50m10,m100,body64k,churn,grpc"
+CHURN_RATE=200
+PORT_GRPC="${PORT_GRPC:-18091}"
+GRPC_BIN=""
 TARGETS="kedge,nginx"
 WORKERS=1
 SKIP_BUILD=0
@@ -57,7 +64,9 @@ Options (defaults in brackets):
   --clients C       h2load connections (-c) [$CLIENTS]
   --streams M       concurrent streams per connection (-m) [$STREAMS]
   --load-threads T  h2load threads (-t) [$LOAD_THREADS]
-  --modes LIST      comma list out of h2c,tls [$MODES]
+  --modes LIST      comma list out of $ALL_MODES, or all [$MODES]
+  --churn-rate R    new connections per second in the churn mode [$CHURN_RATE]
+  --grpc-bin PATH   gRPC upstream [built by cargo bench --no-run --bench grpc_upstream]
   --targets LIST    comma list out of kedge,nginx [$TARGETS]
   --workers N       kedge workers = nginx worker_processes [$WORKERS]
   --skip-build      use the existing target/release/kedge
@@ -69,7 +78,7 @@ Options (defaults in brackets):
                     core during it; 0 = never [$MAX_OTHER]
   --proxy-quota PCT CFS quota per proxy in % of one core (as in proxy.sh); 0 = none [$PROXY_QUOTA]
 Env overrides: PROXY_CPUS, BACKEND_CPUS, LOAD_CPUS (taskset lists), PORT_KEDGE, PORT_NGINX,
-               PORT_KEDGE_TLS, PORT_NGINX_TLS, PORT_BACKEND.
+               PORT_KEDGE_TLS, PORT_NGINX_TLS, PORT_BACKEND, PORT_GRPC.
 EOF
 }
 
@@ -82,6 +91,8 @@ while (($#)); do
         --streams) STREAMS="$2"; shift 2 ;;
         --load-threads) LOAD_THREADS="$2"; shift 2 ;;
         --modes) MODES="$2"; shift 2 ;;
+        --churn-rate) CHURN_RATE="$2"; shift 2 ;;
+        --grpc-bin) GRPC_BIN="$2"; shift 2 ;;
         --targets) TARGETS="$2"; shift 2 ;;
         --workers) WORKERS="$2"; shift 2 ;;
         --skip-build) SKIP_BUILD=1; shift ;;
@@ -95,16 +106,18 @@ while (($#)); do
         *) echo "unknown argument: $1" >&2; usage >&2; exit 2 ;;
     esac
 done
-for v in RUNS DURATION WARMUP CLIENTS STREAMS LOAD_THREADS WORKERS; do
+for v in RUNS DURATION WARMUP CLIENTS STREAMS LOAD_THREADS WORKERS CHURN_RATE; do
     [[ "${!v}" =~ ^[1-9][0-9]*$ ]] || { echo "--${v,,} must be a positive integer (got '${!v}')" >&2; exit 2; }
 done
 for v in QUIET_WAIT MAX_OTHER PROXY_QUOTA; do
     [[ "${!v}" =~ ^[0-9]+$ ]] || { echo "${v,,} must be an integer >= 0" >&2; exit 2; }
 done
+[[ "$MODES" == all ]] && MODES="$ALL_MODES"
 IFS=',' read -r -a MODE_LIST <<<"$MODES"
 for m in "${MODE_LIST[@]}"; do
-    [[ "$m" == h2c || "$m" == tls ]] || { echo "unknown mode '$m' in --modes" >&2; exit 2; }
+    [[ ",$ALL_MODES," == *",$m,"* ]] || { echo "unknown mode '$m' in --modes" >&2; exit 2; }
 done
+want_mode() { [[ ",$MODES," == *",$1,"* ]]; }
 IFS=',' read -r -a PROXY_LIST <<<"$TARGETS"
 for t in "${PROXY_LIST[@]}"; do
     [[ "$t" == kedge || "$t" == nginx ]] || { echo "unknown target '$t' in --targets" >&2; exit 2; }
@@ -190,6 +203,18 @@ if want kedge && ((SKIP_BUILD == 0)); then
     (cd "$ROOT" && cargo build --release --bin kedge)
 fi
 ! want kedge || [[ -x "$KEDGE_BIN" ]] || die "kedge binary $KEDGE_BIN not found"
+if want_mode grpc && [[ -z "$GRPC_BIN" ]]; then
+    command -v cargo >/dev/null || die "cargo not found (use --grpc-bin with an existing binary)"
+    log "building the gRPC upstream: cargo bench --no-run --bench grpc_upstream"
+    GRPC_BIN="$(cd "$ROOT" && cargo bench --no-run --bench grpc_upstream --message-format=json \
+        | python3 -c 'import json,sys
+for l in sys.stdin:
+    try: m = json.loads(l)
+    except ValueError: continue
+    if m.get("reason") == "compiler-artifact" and m.get("target", {}).get("name") == "grpc_upstream" and m.get("executable"):
+        print(m["executable"])')"
+fi
+! want_mode grpc || [[ -x "$GRPC_BIN" ]] || die "gRPC upstream binary '$GRPC_BIN' not found"
 
 # ----------------------------------------------------------------------------
 # CPU pinning (as in proxy.sh)
@@ -247,7 +272,7 @@ wait_ready() {   # name pid port logfile [h2c|tls|http]
     log "$name ready on 127.0.0.1:$port ($how, pid $pid)"
 }
 
-for p in "$PORT_BACKEND" "$PORT_KEDGE" "$PORT_NGINX" "$PORT_KEDGE_TLS" "$PORT_NGINX_TLS"; do
+for p in "$PORT_BACKEND" "$PORT_KEDGE" "$PORT_NGINX" "$PORT_KEDGE_TLS" "$PORT_NGINX_TLS" "$PORT_GRPC"; do
     port_open "$p" && die "port 127.0.0.1:$p is already in use (set PORT_* to move)"
 done
 
@@ -266,8 +291,14 @@ gen_certs ecdsa
 start_backend "benches/h2.sh"
 
 declare -A PID_OF PORT_OF
-PORT_OF[kedge-h2c]="$PORT_KEDGE"; PORT_OF[kedge-tls]="$PORT_KEDGE_TLS"
-PORT_OF[nginx-h2c]="$PORT_NGINX"; PORT_OF[nginx-tls]="$PORT_NGINX_TLS"
+for m in ${ALL_MODES//,/ }; do
+    PORT_OF[kedge-$m]="$PORT_KEDGE_TLS"; PORT_OF[nginx-$m]="$PORT_NGINX_TLS"
+done
+PORT_OF[kedge-h2c]="$PORT_KEDGE"; PORT_OF[nginx-h2c]="$PORT_NGINX"
+set_pids() {   # proxy pid
+    local m
+    for m in ${ALL_MODES//,/ }; do PID_OF[$1-$m]=$2; done
+}
 
 limited() { limited_in kedge-h2bench "$@"; }   # name cmd... (benches/lib.sh)
 
@@ -302,6 +333,12 @@ $(nginx_common_http "$d")
         keepalive_requests 1000000;
         keepalive_timeout 300s;
     }
+    upstream grpc_backend {
+        server 127.0.0.1:$PORT_GRPC;
+        keepalive 64;
+        keepalive_requests 1000000;
+        keepalive_timeout 300s;
+    }
     server {
         listen 127.0.0.1:$PORT_NGINX$h2_listen backlog=4096;
         listen 127.0.0.1:$PORT_NGINX_TLS ssl$h2_listen backlog=4096;
@@ -312,13 +349,21 @@ $(nginx_common_http "$d")
         location / {
 $(nginx_proxy_location)
         }
+        # The gRPC mode: h2c to benches/grpc_upstream.rs, the ingress-nginx GRPC backend-protocol.
+        location /bench.Bench/ {
+            grpc_pass grpc://grpc_backend;
+            grpc_set_header X-Request-ID \$request_id;
+            grpc_set_header X-Real-IP \$remote_addr;
+            grpc_set_header X-Forwarded-For \$proxy_add_x_forwarded_for;
+            grpc_set_header X-Forwarded-Proto \$scheme;
+        }
     }
 }
 EOF
     "$NGINX_BIN" -t -q -p "$d" -e "$d/error.log" -c "$d/nginx.conf" || die "nginx config invalid"
     limited nginx taskset -c "$PROXY_CPUS" "$NGINX_BIN" -p "$d" -e "$d/error.log" -c "$d/nginx.conf" \
         >"$d/stdout.log" 2>&1 &
-    local pid=$!; PIDS+=("$pid"); PID_OF[nginx-h2c]=$pid; PID_OF[nginx-tls]=$pid
+    local pid=$!; PIDS+=("$pid"); set_pids nginx "$pid"
     wait_ready "nginx" "$pid" "$PORT_NGINX" "$d/error.log" h2c
     wait_ready "nginx" "$pid" "$PORT_NGINX_TLS" "$d/error.log" tls
     cp "$d/nginx.conf" "$OUT/conf/nginx.conf"
@@ -360,16 +405,41 @@ tls = true
 [[route]]
 path = "/"
 upstreams = ["127.0.0.1:$PORT_BACKEND"]
+
+[[route]]
+path = "/bench.Bench/"
+upstreams = ["127.0.0.1:$PORT_GRPC"]
+upstream_protocol = "grpc"
 EOF
     limited kedge taskset -c "$PROXY_CPUS" "$KEDGE_BIN" run --config "$d/kedge.toml" >>"$d/kedge.log" 2>&1 &
-    local pid=$!; PIDS+=("$pid"); PID_OF[kedge-h2c]=$pid; PID_OF[kedge-tls]=$pid
+    local pid=$!; PIDS+=("$pid"); set_pids kedge "$pid"
     wait_ready "kedge" "$pid" "$PORT_KEDGE" "$d/kedge.log" h2c
     wait_ready "kedge" "$pid" "$PORT_KEDGE_TLS" "$d/kedge.log" tls
     cp "$d/kedge.toml" "$OUT/conf/kedge.toml"
 }
 
+GRPC_PID=""
+if want_mode grpc; then
+    taskset -c "$BACKEND_CPUS" "$GRPC_BIN" --addr "127.0.0.1:$PORT_GRPC" >"$TMP/grpc_upstream.log" 2>&1 &
+    GRPC_PID=$!; PIDS+=("$GRPC_PID")
+    for _ in $(seq 100); do port_open "$PORT_GRPC" && break; sleep 0.1; done
+    port_open "$PORT_GRPC" || die "gRPC upstream not listening on 127.0.0.1:$PORT_GRPC"
+    # One unary call's request: an empty, uncompressed message.
+    printf '\0\0\0\0\0' >"$TMP/grpc-request.bin"
+fi
 if want kedge; then start_kedge; fi
 if want nginx; then start_nginx; fi
+
+# h2load's load arguments for a mode and a duration (the URL and gRPC fields come in run_one).
+load_args() {   # mode seconds
+    case "$1" in
+        c50m10) echo "-c 50 -m 10 -D $2" ;;
+        m100) echo "-c $CLIENTS -m 100 -D $2" ;;
+        # -r: CHURN_RATE new connections a second, each with one request, for about $2 s.
+        churn) echo "-r $CHURN_RATE -c $((CHURN_RATE * $2)) -n $((CHURN_RATE * $2)) -m 1" ;;
+        *) echo "-c $CLIENTS -m $STREAMS -D $2" ;;
+    esac
+}
 
 # ----------------------------------------------------------------------------
 # metadata
@@ -381,7 +451,7 @@ if want kedge; then
     V_KEDGE="${V_KEDGE:-kedge} @ $(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo '?')$( [[ -z "$(git -C "$ROOT" status --porcelain -- src 2>/dev/null)" ]] || echo '+dirty src') (driver=$KEDGE_DRIVER)"
 fi
 V_ALL="nginx $NGINX_VERSION; $(h2load --version 2>&1 | head -n1); $V_KEDGE"
-LOAD_CMD="h2load -c$CLIENTS -m$STREAMS -t$LOAD_THREADS -D$DURATION"
+LOAD_CMD="$(for m in "${MODE_LIST[@]}"; do printf '%s: h2load %s -t %s; ' "$m" "$(load_args "$m" "$DURATION")" "$LOAD_THREADS"; done)"
 BENCH_COMMAND="$ORIG_CMD" BENCH_CPU_MODEL="$CPU_MODEL" BENCH_VERSIONS="$V_ALL" BENCH_LOAD_CMD="$LOAD_CMD" \
 python3 - "$OUT/meta.json" <<EOF
 import json, os, sys, datetime, platform
@@ -415,24 +485,32 @@ run_one() {   # target phase run_no seconds max_other
     if ((QUIET_WAIT > 0)); then
         python3 "$REPORT" quiet --max-busy 10 --timeout "$QUIET_WAIT" || die "quiet check failed"
     fi
-    if [[ "$mode" == tls ]]; then url="https://127.0.0.1:${PORT_OF[$t]}/"; else url="http://127.0.0.1:${PORT_OF[$t]}/"; fi
-    python3 "$REPORT" snap --out "$TMP/$tag.before" --pid "backend=$BACKEND_PID" --pid "proxy=${PID_OF[$t]}" \
+    local path=/ backend_pid=$BACKEND_PID args
+    read -r -a args <<<"$(load_args "$mode" "$secs")"
+    case "$mode" in
+        body64k) path=/64k ;;
+        grpc) path=/bench.Bench/Call; backend_pid=$GRPC_PID
+              args+=(-d "$TMP/grpc-request.bin" -H "content-type: application/grpc" -H "te: trailers") ;;
+    esac
+    if [[ "$mode" != h2c ]]; then url="https://127.0.0.1:${PORT_OF[$t]}$path"; else url="http://127.0.0.1:${PORT_OF[$t]}$path"; fi
+    python3 "$REPORT" snap --out "$TMP/$tag.before" --pid "backend=$backend_pid" --pid "proxy=${PID_OF[$t]}" \
         || die "snapshot failed"
     (
         TIMEFORMAT='%3R %3U %3S'
-        time taskset -c "$LOAD_CPUS" h2load -c "$CLIENTS" -m "$STREAMS" -t "$LOAD_THREADS" -D "$secs" "$url" \
+        time taskset -c "$LOAD_CPUS" h2load "${args[@]}" -t "$LOAD_THREADS" --log-file "$TMP/$tag.reqlog" "$url" \
             >"$OUT/raw/$tag.txt" 2>&1
     ) 2>"$TMP/$tag.time" &
     LOAD_PID=$!
     local rc=0; wait "$LOAD_PID" || rc=$?
     LOAD_PID=""
-    python3 "$REPORT" snap --out "$TMP/$tag.after" --pid "backend=$BACKEND_PID" --pid "proxy=${PID_OF[$t]}" \
+    python3 "$REPORT" snap --out "$TMP/$tag.after" --pid "backend=$backend_pid" --pid "proxy=${PID_OF[$t]}" \
         || die "snapshot failed"
     ((rc == 0)) || { tail -n 30 "$OUT/raw/$tag.txt" >&2; die "h2load failed against $t (exit $rc)"; }
     rc=0
     python3 "$H2_REPORT" record --tsv "$TSV" --target "$t" --mode "$mode" --phase "$phase" --run "$n" \
         --before "$TMP/$tag.before" --after "$TMP/$tag.after" --h2load "$OUT/raw/$tag.txt" \
-        --time "$TMP/$tag.time" --max-other "$max_other" >&2 || rc=$?
+        --time "$TMP/$tag.time" --reqlog "$TMP/$tag.reqlog" --max-other "$max_other" >&2 || rc=$?
+    rm -f "$TMP/$tag.reqlog"
     return "$rc"
 }
 

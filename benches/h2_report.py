@@ -3,10 +3,12 @@
 
 The /proc snapshots and the quiet-machine wait are bench_report.py's (`snap`, `quiet`).
 
-  record  --tsv FILE --target T --mode h2c|tls --phase warmup|run --run I --before SNAP
-          --after SNAP --h2load OUTPUT --time TIME_OUTPUT [--max-other PCT]
+  record  --tsv FILE --target T --mode MODE --phase warmup|run --run I --before SNAP
+          --after SNAP --h2load OUTPUT --time TIME_OUTPUT [--reqlog FILE] [--max-other PCT]
           Parses one h2load run and appends a row; exits 3 when other processes used
-          >= PCT % of a core during it (the row's phase then ends in -noisy).
+          >= PCT % of a core during it (the row's phase then ends in -noisy). --reqlog is
+          h2load's --log-file (one line per request: start µs, status, µs to the response's
+          end): p50 and p99 come from it.
 
   summary --tsv FILE [--meta FILE]
           Prints the Markdown report: medians per target, kedge/nginx ratios per mode.
@@ -24,8 +26,31 @@ from bench_report import CLK_TCK, _fmt, _median, _num, _ratio, parse_time  # noq
 COLUMNS = [
     "target", "mode", "phase", "run", "rps", "mean_ms", "max_ms", "requests", "errors",
     "non_2xx", "protocol", "elapsed_s", "proxy_cpu_pct", "proxy_rss_mb", "backend_cpu_pct",
-    "load_cpu_pct", "other_cpu_pct", "cpu_busy_pct",
+    "load_cpu_pct", "other_cpu_pct", "cpu_busy_pct", "p50_ms", "p99_ms",
 ]
+
+
+def percentiles(path):
+    """p50 and p99 in ms of the request times in h2load's --log-file (nearest rank)."""
+    times = []
+    try:
+        with open(path) as f:
+            for line in f:
+                cols = line.split("\t")
+                if len(cols) >= 3:
+                    try:
+                        times.append(int(cols[2]) / 1000.0)
+                    except ValueError:
+                        pass
+    except OSError:
+        return None, None
+    if not times:
+        return None, None
+    times.sort()
+
+    def rank(p):
+        return times[min(len(times) - 1, max(0, int(round(p * len(times))) - 1))]
+    return rank(0.50), rank(0.99)
 
 _UNIT_MS = {"us": 1e-3, "ms": 1.0, "s": 1e3}
 
@@ -34,7 +59,7 @@ def parse_h2load(text):
     """The figures of one h2load run (None where the output lacks them)."""
     out = {"rps": None, "requests": None, "errors": None, "non_2xx": None, "mean_ms": None,
            "max_ms": None, "protocol": None}
-    m = re.search(r"^finished in [\d.]+s, ([\d.]+) req/s", text, re.M)
+    m = re.search(r"^finished in [\d.]+(?:us|ms|s), ([\d.]+) req/s", text, re.M)
     if m:
         out["rps"] = float(m.group(1))
     m = re.search(r"^requests: (\d+) total, \d+ started, \d+ done, (\d+) succeeded, (\d+) failed, "
@@ -93,6 +118,7 @@ def cmd_record(args):
         "backend_cpu_pct": proc_cpu("backend"), "load_cpu_pct": load_cpu, "other_cpu_pct": other,
         "cpu_busy_pct": ",".join(busy),
     }
+    row["p50_ms"], row["p99_ms"] = percentiles(args.reqlog) if args.reqlog else (None, None)
     new = not os.path.exists(args.tsv) or os.path.getsize(args.tsv) == 0
     with open(args.tsv, "a") as f:
         if new:
@@ -134,6 +160,8 @@ def cmd_summary(args):
         med[t] = {
             "n": len(rs), "rps": _median(rps), "min": min(rps) if rps else None,
             "max": max(rps) if rps else None, "mean": _median(col("mean_ms")),
+            "p50": _median([v for v in col("p50_ms") if v is not None]),
+            "p99": _median([v for v in col("p99_ms") if v is not None]),
             "cpu": _median(col("proxy_cpu_pct")),
             "eff": _median([r_ / (c_ / 100.0) for r_, c_ in zip(col("rps"), col("proxy_cpu_pct"))
                             if r_ is not None and c_ and c_ > 0]),
@@ -162,20 +190,25 @@ def cmd_summary(args):
         out.append(f"- versions: {meta.get('versions', '')}")
         out.append("")
     cpu_cols = sorted({c for t in order for c in med[t]["busy"]}, key=lambda c: int(c[3:]))
-    out.append("| target | protocol | runs | req/s (median) | req/s min–max | mean request ms | proxy CPU % | "
+    out.append("| target | protocol | runs | req/s (median) | req/s min–max | mean request ms | p50 ms | p99 ms | proxy CPU % | "
                "req/s per proxy core | proxy RSS MB | backend CPU % | h2load CPU % | other CPU % | "
                + "".join(f"{c} busy % | " for c in cpu_cols) + "errors |")
-    out.append("|" + "---|" * (13 + len(cpu_cols)))
+    out.append("|" + "---|" * (15 + len(cpu_cols)))
     for t in order:
         m = med[t]
         out.append(f"| {t} | {'/'.join(m['protocols']) or '?'} | {m['n']} | {f(m['rps'])} | "
-                   f"{f(m['min'])}–{f(m['max'])} | {f(m['mean'], 3)} | {f(m['cpu'])} | {f(m['eff'])} | "
+                   f"{f(m['min'])}–{f(m['max'])} | {f(m['mean'], 3)} | {f(m['p50'], 3)} | {f(m['p99'], 3)} | "
+                   f"{f(m['cpu'])} | {f(m['eff'])} | "
                    f"{f(m['rss'], 1)} | {f(m['backend'])} | {f(m['load'])} | {f(m['other'])} | "
                    + "".join(f"{f(m['busy'].get(c))} | " for c in cpu_cols) + f"{m['errors']} |")
     out.append("")
     out.append("| ratio | req/s ratio | mean request time ratio | req/s-per-proxy-core ratio |")
     out.append("|---|---|---|---|")
-    for mode in ("h2c", "tls"):
+    modes = []
+    for r in rows:
+        if r["mode"] not in modes:
+            modes.append(r["mode"])
+    for mode in modes:
         a, b = med.get(f"kedge-{mode}"), med.get(f"nginx-{mode}")
         if not a or not b:
             continue
@@ -184,8 +217,9 @@ def cmd_summary(args):
     out.append("")
     out.append("req/s ratio > 1: kedge served more requests/s; mean request time ratio < 1: kedge answered "
                "sooner; req/s per proxy core = req/s / (proxy CPU % / 100), > 1 ratio: kedge spent less "
-               "CPU per request. h2load reports no percentiles: the latency column is its mean time per "
-               "request (closed loop: it moves with req/s).")
+               "CPU per request. Latencies: h2load's mean, and p50/p99 from its per-request log "
+               "(closed loop: they move with req/s; churn runs at a fixed connection rate, so there "
+               "req/s is that rate and the latencies and CPU are what compare).")
     sat = sorted({c for t in order for c, v in med[t]["busy"].items() if v is not None and v >= 95})
     if sat:
         out.append(f"\nNote: CPU(s) {', '.join(sat)} were >= 95 % busy: req/s is capped by whichever core "
@@ -213,6 +247,7 @@ def main():
     for a in ("--tsv", "--target", "--mode", "--phase", "--run", "--before", "--after", "--h2load", "--time"):
         p.add_argument(a, required=True)
     p.add_argument("--max-other", type=float, default=0.0)
+    p.add_argument("--reqlog")
     p.set_defaults(fn=cmd_record)
     p = sub.add_parser("summary")
     p.add_argument("--tsv", required=True)

@@ -23,6 +23,21 @@ pub(super) struct BufPool {
     output: RefCell<Vec<Vec<u8>>>,
     /// Header spans of parsed heads.
     spans: RefCell<Vec<Vec<HeaderSpan>>>,
+    /// An HTTP/2 request's header fields as (name, value) slices, kept empty.
+    pairs: RefCell<Vec<Pairs<'static>>>,
+}
+
+/// Header fields as (name, value) slices of a request head.
+pub(super) type Pairs<'a> = Vec<(&'a [u8], &'a [u8])>;
+
+/// `v` emptied, as a list of slices of another lifetime: the same allocation (collecting a
+/// `vec::IntoIter` through `map` into a vector of the same layout reuses it), no element
+/// outlives what it borrowed.
+fn relabel<'b>(mut v: Pairs<'_>) -> Pairs<'b> {
+    v.clear();
+    v.into_iter()
+        .map(|_| -> (&'b [u8], &'b [u8]) { unreachable!("emptied above") })
+        .collect()
 }
 
 /// Which class a buffer belongs to.
@@ -85,6 +100,84 @@ impl BufPool {
     }
 }
 
+/// A buffer taken from the pool for one request (an HTTP/2 stream's head, answer lines, upstream
+/// reads) and given back when dropped, whichever way the request ends.
+pub(super) struct Lease<'p> {
+    pool: &'p BufPool,
+    class: Class,
+    buf: Vec<u8>,
+}
+
+impl<'p> Lease<'p> {
+    pub(super) fn new(pool: &'p BufPool, class: Class) -> Self {
+        Lease {
+            pool,
+            class,
+            buf: pool.take(class),
+        }
+    }
+}
+
+impl std::ops::Deref for Lease<'_> {
+    type Target = Vec<u8>;
+    fn deref(&self) -> &Vec<u8> {
+        &self.buf
+    }
+}
+
+impl std::ops::DerefMut for Lease<'_> {
+    fn deref_mut(&mut self) -> &mut Vec<u8> {
+        &mut self.buf
+    }
+}
+
+impl Drop for Lease<'_> {
+    fn drop(&mut self) {
+        self.pool.give(self.class, std::mem::take(&mut self.buf));
+    }
+}
+
+/// A header field list taken from the pool for one HTTP/2 request, given back (emptied) when
+/// dropped.
+pub(super) struct PairsLease<'p, 'a> {
+    pool: &'p BufPool,
+    pairs: Pairs<'a>,
+}
+
+impl<'p, 'a> PairsLease<'p, 'a> {
+    pub(super) fn new(pool: &'p BufPool) -> Self {
+        let spare = pool.pairs.borrow_mut().pop();
+        let pairs = spare.map_or_else(|| Vec::with_capacity(32), relabel);
+        PairsLease { pool, pairs }
+    }
+}
+
+impl<'a> std::ops::Deref for PairsLease<'_, 'a> {
+    type Target = Pairs<'a>;
+    fn deref(&self) -> &Pairs<'a> {
+        &self.pairs
+    }
+}
+
+impl<'a> std::ops::DerefMut for PairsLease<'_, 'a> {
+    fn deref_mut(&mut self) -> &mut Pairs<'a> {
+        &mut self.pairs
+    }
+}
+
+impl Drop for PairsLease<'_, '_> {
+    fn drop(&mut self) {
+        let pairs = std::mem::take(&mut self.pairs);
+        if pairs.capacity() == 0 || pairs.capacity() > 256 {
+            return;
+        }
+        let mut spare = self.pool.pairs.borrow_mut();
+        if spare.len() < KEEP {
+            spare.push(relabel(pairs));
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -114,5 +207,33 @@ mod tests {
             pool.give(Class::Output, Vec::with_capacity(64));
         }
         assert_eq!(pool.output.borrow().len(), KEEP);
+    }
+
+    #[test]
+    fn a_lease_gives_its_buffer_back_when_dropped() {
+        let pool = BufPool::default();
+        let ptr = {
+            let mut lease = Lease::new(&pool, Class::Output);
+            lease.extend_from_slice(b"HTTP/1.1 200 OK\r\n");
+            lease.as_ptr()
+        };
+        let again = Lease::new(&pool, Class::Output);
+        assert_eq!(again.as_ptr(), ptr, "the next request gets the same allocation");
+        assert!(again.is_empty());
+    }
+
+    #[test]
+    fn a_field_list_is_reused_across_requests() {
+        let pool = BufPool::default();
+        let ptr = {
+            let (name, value) = (b"accept".to_vec(), b"*/*".to_vec());
+            let mut pairs = PairsLease::new(&pool);
+            pairs.push((&name, &value));
+            pairs.as_ptr() as usize
+        };
+        let pairs = PairsLease::new(&pool);
+        assert_eq!(pairs.as_ptr() as usize, ptr, "the same allocation, relabelled");
+        assert!(pairs.is_empty());
+        assert_eq!(pairs.capacity(), 32);
     }
 }

@@ -16,7 +16,7 @@
 //! before them.
 
 use std::cell::Cell;
-use std::io;
+use std::io::{self, Write as _};
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::rc::Rc;
@@ -31,6 +31,7 @@ use http::{HeaderMap, HeaderName, HeaderValue, Request, Response};
 use monoio_compat::StreamWrapper;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
+use super::bufs::{BufPool, Class, Lease, PairsLease};
 use super::checks;
 use super::client;
 use super::decide::{self, Decision, Forward};
@@ -385,7 +386,7 @@ async fn handle(
         }
         cookie.extend_from_slice(v.as_bytes());
     }
-    let mut pairs: Vec<(&[u8], &[u8])> = Vec::with_capacity(parts.headers.len());
+    let mut pairs = PairsLease::new(&worker.bufs);
     let mut cookie_done = false;
     for (name, value) in &parts.headers {
         if name == http::header::COOKIE {
@@ -519,7 +520,9 @@ async fn handle(
         framing,
         upgrade: None,
     };
-    let mut out = Vec::with_capacity(1024);
+    // The head, answer lines and upstream reads come from the worker's buffer pool and go
+    // back when the stream is done, as an HTTP/1.1 connection's do between requests.
+    let mut out = Lease::new(&worker.bufs, Class::Output);
     h1::write_request_head(&mut out, &out_req, &fwd);
     super::mirror::send(worker, snap, &f, &out, body_kind != Body::None);
     if f.routed.backend.h2 {
@@ -569,7 +572,7 @@ async fn handle(
         chunked: framing == Framing::Chunked,
         body_timeout: snap.client.body_timeout,
     };
-    let mut up = UpstreamBufs::default();
+    let mut up = PooledUpstream::new(&worker.bufs);
     let cx = Ctx { worker, snap, start };
     // A client that resets the stream before the answer cancels the upstream request (its
     // connection is dropped mid-request), and counts against the connection's budget of such
@@ -588,7 +591,7 @@ async fn handle(
     }
     let mut upstream = exchange.upstream;
     let (addr, resp) = (exchange.addr, exchange.resp);
-    let mut extra = Vec::new();
+    let mut extra = Lease::new(&worker.bufs, Class::Output);
     let hsts = (info.scheme == "https").then_some(&*snap.https.hsts_line);
     respond::response_lines(
         &mut extra,
@@ -624,6 +627,43 @@ async fn handle(
     Ok(())
 }
 
+/// A stream's upstream read buffer and header spans, taken from the worker's pool and given back
+/// when the stream is done (an HTTP/1.1 connection keeps one set across its requests).
+struct PooledUpstream<'p> {
+    pool: &'p BufPool,
+    up: UpstreamBufs,
+}
+
+impl<'p> PooledUpstream<'p> {
+    fn new(pool: &'p BufPool) -> Self {
+        let up = UpstreamBufs {
+            buf: pool.take(Class::Input),
+            headers: pool.take_spans(),
+        };
+        PooledUpstream { pool, up }
+    }
+}
+
+impl std::ops::Deref for PooledUpstream<'_> {
+    type Target = UpstreamBufs;
+    fn deref(&self) -> &UpstreamBufs {
+        &self.up
+    }
+}
+
+impl std::ops::DerefMut for PooledUpstream<'_> {
+    fn deref_mut(&mut self) -> &mut UpstreamBufs {
+        &mut self.up
+    }
+}
+
+impl Drop for PooledUpstream<'_> {
+    fn drop(&mut self) {
+        self.pool.give(Class::Input, std::mem::take(&mut self.up.buf));
+        self.pool.give_spans(std::mem::take(&mut self.up.headers));
+    }
+}
+
 /// The response head for the client: the upstream's status and end-to-end fields (hop-by-hop
 /// and framing ones dropped), Content-Length when the length is known (for HEAD and 304 the one
 /// the upstream declared), then kedge's `extra` lines (`Name: value\r\n` each).
@@ -635,26 +675,37 @@ fn response_head(
     is_head: bool,
     drop: impl Fn(&[u8]) -> bool,
 ) -> Response<()> {
-    let mut headers = HeaderMap::with_capacity(spans.len() + 2);
-    for h in spans {
-        let name = &buf[h.name.clone()];
-        if !h1::passes(buf, spans, name) || drop(name) {
-            continue;
-        }
-        if let (Ok(n), Ok(v)) = (
-            HeaderName::from_bytes(name),
-            HeaderValue::from_bytes(&buf[h.value.clone()]),
-        ) {
-            headers.append(n, v);
-        }
-    }
     let length = match resp.framing {
         Framing::Length(n) => Some(n),
         Framing::None if (is_head || resp.status == 304) => h1::declared_length(buf, spans),
         _ => None,
     };
+    // Every value is a slice of one copy of the head (and the Content-Length digits after it):
+    // one allocation for the values, not one each.
+    let head_len = resp.head_len.min(buf.len());
+    let mut copy = Vec::with_capacity(head_len + 20);
+    copy.extend_from_slice(&buf[..head_len]);
     if let Some(n) = length {
-        headers.insert(http::header::CONTENT_LENGTH, HeaderValue::from(n));
+        let _ = write!(copy, "{n}");
+    }
+    let shared = Bytes::from(copy);
+    let mut headers = HeaderMap::with_capacity(spans.len() + 2);
+    for h in spans {
+        let name = &buf[h.name.clone()];
+        if h.value.end > head_len || !h1::passes(buf, spans, name) || drop(name) {
+            continue;
+        }
+        if let (Ok(n), Ok(v)) = (
+            HeaderName::from_bytes(name),
+            HeaderValue::from_maybe_shared(shared.slice(h.value.clone())),
+        ) {
+            headers.append(n, v);
+        }
+    }
+    if length.is_some()
+        && let Ok(v) = HeaderValue::from_maybe_shared(shared.slice(head_len..))
+    {
+        headers.insert(http::header::CONTENT_LENGTH, v);
     }
     respond::append_lines(&mut headers, extra);
     let mut r = Response::new(());
