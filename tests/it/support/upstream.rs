@@ -142,6 +142,13 @@ impl Upstream {
         panic!("no port free on 127.0.0.1..=127.0.0.{n}");
     }
 
+    /// One more pod of a Service whose pods share `port`: an upstream on `ip:port` answering as
+    /// `name` (echo, and WebSocket-style upgrades). Fails if that address is taken.
+    pub fn pod(name: &str, ip: std::net::Ipv4Addr, port: u16) -> std::io::Result<Upstream> {
+        let listener = std::net::TcpListener::bind((ip, port))?;
+        Ok(Upstream::on(listener, name, Handler::WebSocket))
+    }
+
     /// An upstream that speaks HTTPS (hyper over tokio-rustls) with `config`.
     pub fn start_tls(name: &str, handler: Handler, config: Arc<rustls::ServerConfig>) -> Upstream {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind upstream");
