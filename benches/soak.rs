@@ -36,7 +36,8 @@
 //! the last sixth of the run against that of its second sixth, minutes 25–30 against 5–10 in 30
 //! minutes: at most 8 MB), fd drift (the largest count of the last sixth against that of the
 //! second sixth: at most 8 more), and fds after the load stops (every client closed, pods
-//! stopped) within 8 of the count before it started. Exit status 1 when the verdict fails.
+//! stopped) within 8 of the count before it started, within 90 s (kedge's upstream idle timeout
+//! of 60 s and its 5 s sweep closing the last pooled connections). Exit status 1 when the verdict fails.
 
 #[allow(dead_code, unused_imports, unused_macros)]
 #[path = "../tests/it/support/mod.rs"]
@@ -75,6 +76,9 @@ const LIVE: usize = 3;
 const SAMPLE: Duration = Duration::from_secs(10);
 const TOLERANCE_MB: f64 = 8.0;
 const TOLERANCE_FDS: i64 = 8;
+/// How long the fds may take to come back after the load: kedge's default upstream idle
+/// timeout (60 s) and its sweep period (5 s), with a margin.
+const QUIET: Duration = Duration::from_secs(90);
 
 /// Counters shared by the load threads, taken and reset at every sample.
 struct Stats {
@@ -589,10 +593,11 @@ fn main() {
     }
     let ok_tail: [u64; CLASSES.len()] = std::array::from_fn(|i| stats.ok[i].load(Relaxed));
     let failed_tail: [u64; CLASSES.len()] = std::array::from_fn(|i| stats.failed[i].load(Relaxed));
-    // After the load: every client closed; stop the pods too so kedge's idle upstream
-    // connections see their end. The fds must come back (polled, with a deadline).
+    // After the load: every client closed; stop the pods too. kedge closes its idle upstream
+    // connections after `upstream.idle_timeout` (60 s by default), swept every 5 s: the fds
+    // must come back by then (polled, with a deadline past that).
     drop(deploy);
-    let quiet_deadline = Instant::now() + Duration::from_secs(60);
+    let quiet_deadline = Instant::now() + QUIET;
     let mut fds_after = fds(pid);
     while fds_after > fds_before + TOLERANCE_FDS && Instant::now() < quiet_deadline {
         std::thread::sleep(Duration::from_millis(200));
