@@ -55,7 +55,7 @@ use support::h2_client::H2;
 use support::h2_client::H2Options;
 use support::objects::{endpoint, ingress, ingress_class, service, slice_of};
 use support::tls::TestCa;
-use support::{Client, Driver, FakeApi, Kedge, TempDir, Upstream};
+use support::{Client, Driver, FakeApi, Handler, Kedge, TempDir, Upstream};
 
 const PLAIN: &str = "plain.example.com";
 /// TLS hosts and their Secrets.
@@ -381,7 +381,7 @@ impl Deployment {
                 continue;
             }
             let name = format!("pod-{}", self.next_name);
-            if let Ok(up) = Upstream::pod(&name, ip, self.port) {
+            if let Ok(up) = Upstream::pod(&name, ip, self.port, Handler::WebSocket) {
                 self.next_name += 1;
                 return Pod { ip, _up: up };
             }
