@@ -125,21 +125,24 @@ impl Upstream {
         'again: for _ in 0..20 {
             let first = std::net::TcpListener::bind("127.0.0.1:0").expect("bind upstream");
             let port = first.local_addr().expect("addr").port();
-            let mut listeners = vec![first];
+            let mut ups = vec![Upstream::on(first, &format!("{name}-0"), Handler::Echo)];
             for i in 2..=n {
-                match std::net::TcpListener::bind((std::net::Ipv4Addr::new(127, 0, 0, i), port)) {
-                    Ok(l) => listeners.push(l),
+                let ip = std::net::Ipv4Addr::new(127, 0, 0, i);
+                match Upstream::pod(&format!("{name}-{}", i - 1), ip, port, Handler::Echo) {
+                    Ok(up) => ups.push(up),
                     Err(_) => continue 'again, // the port is taken on that address: pick another
                 }
             }
-            let ups = listeners
-                .into_iter()
-                .enumerate()
-                .map(|(i, l)| Upstream::on(l, &format!("{name}-{i}"), Handler::Echo))
-                .collect();
             return (ups, port);
         }
         panic!("no port free on 127.0.0.1..=127.0.0.{n}");
+    }
+
+    /// One more pod of a Service whose pods share `port`: an upstream on `ip:port` answering
+    /// as `name` with `handler`. Fails if that address is taken.
+    pub fn pod(name: &str, ip: std::net::Ipv4Addr, port: u16, handler: Handler) -> std::io::Result<Upstream> {
+        let listener = std::net::TcpListener::bind((ip, port))?;
+        Ok(Upstream::on(listener, name, handler))
     }
 
     /// An upstream that speaks HTTPS (hyper over tokio-rustls) with `config`.
