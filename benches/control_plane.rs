@@ -31,7 +31,7 @@ use std::time::{Duration, Instant};
 use k8s_openapi::api::core::v1::{Node, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::api::networking::v1::{Ingress, IngressClass};
-use kedge::control::translate::{ClusterSpec, Objects, UpstreamMode, translate};
+use kedge::control::translate::{ClusterSpec, Objects, UpstreamMode, service_endpoints, translate};
 use kedge::routes::{RouteTable, TableBuilder};
 use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
@@ -234,6 +234,8 @@ struct Row {
     /// The `TableBuilder::build` part of each cold run.
     finishes: Vec<Duration>,
     rebuild: Vec<Duration>,
+    /// The endpoint-only fast path after one EndpointSlice changed.
+    patch: Vec<Duration>,
     table_bytes: usize,
     build_peak_bytes: usize,
     vm_hwm: u64,
@@ -290,10 +292,43 @@ fn run(sc: &Scenario) -> Row {
         table_bytes = live() - base;
         table = Some(built);
     }
-    let table = table.expect("at least one run");
+    let mut table = table.expect("at least one run");
     let backends = table.backends.len();
     let endpoints = table.backends.iter().map(|b| b.endpoints.len()).sum();
     assert_eq!(backends, sc.ingresses, "one backend per Service");
+
+    // The endpoint-only fast path (`update_endpoints` in src/control.rs) after one
+    // EndpointSlice changed: the stores' state, the touched Service's endpoints, a table that
+    // shares the current one's rules.
+    let mut patch = Vec::new();
+    for r in 0..sc.runs {
+        let i = (r * 6007 + 1) % sc.ingresses;
+        let new_ip = sc.ingresses * sc.endpoints_each + 1_000 + r;
+        let eps = sc.endpoints_each - 1;
+        stores.slices[i] = slice(i, eps, new_ip);
+        let touched = [(ns_of(i), format!("app-{i}"))];
+        let t = Instant::now();
+        let snapshot = stores.clone();
+        let updates: Vec<_> = service_endpoints(&spec, &snapshot.objects(), &touched)
+            .into_iter()
+            .filter_map(|(name, endpoints)| table.backend_id(&name).map(|id| (id, endpoints)))
+            .collect();
+        let next = table.with_endpoints(updates);
+        patch.push(t.elapsed());
+        let b = next.route(host_of(i).as_bytes(), "/").expect("routed");
+        assert_eq!(
+            b.endpoints.len(),
+            if sc.mode == UpstreamMode::Pods { eps } else { NODES }
+        );
+        if sc.mode == UpstreamMode::Pods {
+            assert!(
+                b.endpoints.iter().any(|a| a.ip().to_string() == pod_ip(new_ip)),
+                "the change is in the patched table"
+            );
+        }
+        drop(snapshot);
+        table = next;
+    }
     drop(table);
 
     // Rebuilds after one EndpointSlice changed: each run replaces one endpoint of another
@@ -339,6 +374,7 @@ fn run(sc: &Scenario) -> Row {
         cold,
         finishes,
         rebuild,
+        patch,
         table_bytes,
         build_peak_bytes,
         vm_hwm,
@@ -347,6 +383,10 @@ fn run(sc: &Scenario) -> Row {
 
 fn ms(d: Duration) -> String {
     format!("{:.1}", d.as_secs_f64() * 1e3)
+}
+
+fn ms3(d: Duration) -> String {
+    format!("{:.3}", d.as_secs_f64() * 1e3)
 }
 
 fn mb(bytes: u64) -> String {
@@ -392,15 +432,16 @@ fn main() {
     println!("VmHWM before the scenarios: {} MB\n", mb(start_hwm));
     println!(
         "| scenario | backends | endpoints in table | cold translate+build ms (median; min–max) | of which build() ms | rebuild after 1 change ms \
-         (median; max) | objects MB | table MB | build peak MB | VmHWM after MB |"
+         (median; max) | endpoint patch after 1 change ms (median; max) | objects MB | table MB | build peak MB | VmHWM after MB |"
     );
-    println!("|---|---|---|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|---|---|---|");
     for r in &rows {
         let min = r.cold.iter().min().copied().unwrap_or_default();
         let max = r.cold.iter().max().copied().unwrap_or_default();
         let rmax = r.rebuild.iter().max().copied().unwrap_or_default();
+        let pmax = r.patch.iter().max().copied().unwrap_or_default();
         println!(
-            "| {} | {} | {} | {} ({}–{}) | {} | {} ({}) | {} | {} | {} | {} |",
+            "| {} | {} | {} | {} ({}–{}) | {} | {} ({}) | {} ({}) | {} | {} | {} | {} |",
             r.name,
             r.backends,
             r.endpoints,
@@ -410,6 +451,8 @@ fn main() {
             ms(median(&r.finishes)),
             ms(median(&r.rebuild)),
             ms(rmax),
+            ms3(median(&r.patch)),
+            ms3(pmax),
             mb(r.objects_bytes as u64),
             mb(r.table_bytes as u64),
             mb(r.build_peak_bytes as u64),

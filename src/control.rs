@@ -7,8 +7,11 @@
 //! cluster stores ┴▶ TableBuilder ▶ RouteTable ▶ Snapshot ▶ ArcSwap::store ▶ workers load it
 //! ```
 //!
-//! A snapshot is rebuilt whole after any watched change (debounced), after SIGHUP, and never
-//! patched. Workers only ever *load* what this publishes.
+//! A snapshot is rebuilt whole after any watched change (debounced) and after SIGHUP, except
+//! after changes that touched only EndpointSlices: those get a new table that shares the
+//! current one's rules and has new endpoints for the touched Services (resolved from the
+//! stores for those Services only), and a full rebuild once changes are quiet. A published
+//! snapshot is never modified. Workers only ever *load* what this publishes.
 
 mod certs;
 mod cluster;

@@ -59,7 +59,7 @@ pub fn service_endpoints<'a>(
     objs: &Objects<'a>,
     services: &'a [(String, String)],
 ) -> Vec<(String, Vec<SocketAddr>)> {
-    let mut r = Resolver::new(spec, objs);
+    let mut r = Resolver::only(spec, objs, services);
     let mut ignored = Warnings::new();
     let mut out = Vec::new();
     for (ns, name) in services {
@@ -82,6 +82,37 @@ pub fn service_endpoints<'a>(
 }
 
 impl<'a> Resolver<'a> {
+    /// A resolver that knows only the Services `only` and their EndpointSlices: indexing
+    /// every Service and EndpointSlice of a large cluster costs more than resolving the few an
+    /// EndpointSlice change touched.
+    fn only(spec: &'a ClusterSpec, objs: &Objects<'a>, only: &'a [(String, String)]) -> Self {
+        let wanted: HashSet<(&str, &str)> = only.iter().map(|(ns, name)| (ns.as_str(), name.as_str())).collect();
+        let services = objs
+            .services
+            .iter()
+            .map(|s| (ns_name(&s.metadata), &**s))
+            .filter(|(key, _)| wanted.contains(key))
+            .collect();
+        let mut slices: HashMap<_, Vec<_>> = HashMap::default();
+        for s in objs.slices {
+            let Some(svc) = s.metadata.labels.as_ref().and_then(|l| l.get(SERVICE_NAME_LABEL)) else {
+                continue;
+            };
+            let key = (s.metadata.namespace.as_deref().unwrap_or(""), svc.as_str());
+            if wanted.contains(&key) {
+                slices.entry(key).or_default().push(&**s);
+            }
+        }
+        Resolver {
+            spec,
+            services,
+            slices,
+            objs: *objs,
+            nodes: None,
+            cache: HashMap::default(),
+        }
+    }
+
     pub(super) fn new(spec: &'a ClusterSpec, objs: &Objects<'a>) -> Self {
         let services = objs.services.iter().map(|s| (ns_name(&s.metadata), &**s)).collect();
         let mut slices: HashMap<_, Vec<_>> = HashMap::default();

@@ -756,6 +756,58 @@ fn service_endpoints_agree_with_a_full_translation() {
     }
 }
 
+/// The fast path resolves only the touched Services: their endpoints come from their own
+/// EndpointSlices (all of them), never from another Service's, even one of the same name in
+/// another namespace or one in the same namespace; Services not touched get no update.
+#[test]
+fn service_endpoints_resolve_only_the_touched_services() {
+    let mut world = shop_world(vec![
+        ours("web", "shop", "2024-01-01T00:00:00Z", shop_rule("shop.example.com")),
+        ours(
+            "web",
+            "cart",
+            "2024-01-01T00:00:01Z",
+            shop_rule_to("cart.example.com", "cart"),
+        ),
+        ours("other", "shop", "2024-01-01T00:00:02Z", shop_rule("other.example.com")),
+    ]);
+    world.services = vec![
+        web_service("web", "shop"),
+        web_service("web", "cart"),
+        web_service("other", "shop"),
+    ];
+    world.slices = vec![
+        ready_slice("web", "shop", &["192.0.2.1", "192.0.2.2"]),
+        ready_slice("web", "cart", &["192.0.2.10"]),
+        ready_slice("other", "shop", &["192.0.2.20"]),
+        ready_slice("web", "shop", &["192.0.2.3"]),
+    ];
+    let (table, out) = world.run(&spec());
+    check_warnings(&out, &[]);
+    #[allow(clippy::needless_update)]
+    let objs = Objects {
+        ingresses: &world.ingresses,
+        classes: &world.classes,
+        services: &world.services,
+        slices: &world.slices,
+        nodes: &world.nodes,
+        secrets: &world.secrets,
+        ..Objects::default()
+    };
+    let touched = vec![("web".to_owned(), "shop".to_owned())];
+    let updated = service_endpoints(&spec(), &objs, &touched);
+    assert_eq!(updated.len(), 1, "{updated:?}");
+    let (name, endpoints) = &updated[0];
+    assert_eq!(name, "c1/web/shop:80");
+    let want: Vec<SocketAddr> = ["192.0.2.1:8080", "192.0.2.2:8080", "192.0.2.3:8080"]
+        .iter()
+        .map(|a| a.parse().unwrap())
+        .collect();
+    assert_eq!(endpoints, &want);
+    let id = table.backend_id(name).expect("a backend of the full table");
+    assert_eq!(&table.backends[id].endpoints, endpoints);
+}
+
 // ---- tls ----
 
 #[test]
