@@ -407,6 +407,10 @@ fn build(cfg: &Config, clusters: &[Cluster], (tls, local): (&mut TlsState, &Loca
         // The attached routes' rules, in their scopes.
         let route_warnings =
             translate::httproute::translate(&mut builder, &c.spec, &objects.view(), &attachment.routes);
+        // Every programmed listener, routes or not: a host it selects is its routes' or a 404.
+        for (bind, hostname) in &attachment.listeners {
+            builder.gateway_listener(&bind.addresses, bind.port, hostname.as_deref());
+        }
         gateway_classes += attachment.classes.len();
         // The HTTPS listeners' certificates, after the Ingresses' (which win a host both name).
         let mut tls_bindings = outcome.tls;

@@ -593,6 +593,12 @@ impl TableBuilder {
             .add(addresses, port, listener_host, route_host, m, action);
     }
 
+    /// Adds a programmed Gateway listener to the scope of `addresses` and `port`, whether routes
+    /// attach to it or not: a request whose host selects it gets its routes or a 404.
+    pub fn gateway_listener(&mut self, addresses: &[std::net::IpAddr], port: u16, listener_host: Option<&str>) {
+        self.rules.scopes.add_listener(addresses, port, listener_host);
+    }
+
     /// The exact hosts that both a Gateway route and an Ingress or static rule claim, with the
     /// owner of each side: (host, Gateway route, other owner), sorted. Not on the request path.
     pub fn gateway_overlaps(&self) -> Vec<(String, String, String)> {

@@ -224,6 +224,10 @@ pub struct Attachment<'a> {
     pub parents: Vec<RouteParent<'a>>,
     /// Certificates of the programmed HTTPS listeners, in Gateway and listener order.
     pub certificates: Vec<ListenerCert>,
+    /// Every programmed listener (where, and its hostname: lower case, exact or `*.suffix`;
+    /// `None`: any), routes attached or not, in Gateway and listener order: each selects its
+    /// hosts in its scope.
+    pub listeners: Vec<(Bind, Option<String>)>,
     /// Sorted, without duplicates.
     pub warnings: Vec<Warning>,
 }
@@ -522,10 +526,12 @@ pub fn attach<'a>(objects: &Objects<'a>, settings: &GatewaySettings, listeners: 
         for (eval, ls) in ev.into_iter().zip(&mut state.listeners) {
             ls.attached_routes = i32::try_from(eval.attached.len()).unwrap_or(i32::MAX);
             if let (Some(bind), None) = (&eval.bind, &eval.not_programmed) {
+                let hostname = eval.listener.hostname.as_deref().map(str::to_ascii_lowercase);
+                out.listeners.push((bind.clone(), hostname.clone()));
                 for secret in eval.certs {
                     out.certificates.push(ListenerCert {
                         bind: bind.clone(),
-                        hostname: eval.listener.hostname.as_deref().map(str::to_ascii_lowercase),
+                        hostname: hostname.clone(),
                         secret,
                         owner: format!("Gateway {ns}/{name} {}", eval.listener.name),
                     });
