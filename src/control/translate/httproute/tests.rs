@@ -323,7 +323,9 @@ fn listener_hostnames_and_ingress_overlap() {
         got(&t, "shop.example", "GET", "/", &[], 0),
         "c1/web/cart:80 [192.0.2.2:8080]"
     );
-    assert_eq!(got(&t, "x.example", "GET", "/", &[], 0), "ingress");
+    // `x.example` selects the listener `*.example`: its routes (none for it) or a 404, not
+    // the Ingress.
+    assert_eq!(got(&t, "x.example", "GET", "/", &[], 0), "404");
     assert_eq!(
         overlaps,
         [(
