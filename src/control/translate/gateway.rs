@@ -232,6 +232,45 @@ pub struct Attachment<'a> {
     pub warnings: Vec<Warning>,
 }
 
+/// What the rule translation refused in one route (rules that answer 500 for it, matches left
+/// out), for its parents' `Accepted` condition. Keyed by (kind, `namespace/name`).
+pub type Refusals = BTreeMap<(&'static str, String), Refusal>;
+
+/// The problems of one route: the spec's reason for the first, and each problem once.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Refusal {
+    /// `UnsupportedValue` or `IncompatibleFilters`.
+    pub reason: &'static str,
+    pub problems: BTreeSet<String>,
+}
+
+impl Attachment<'_> {
+    /// Turns the `Accepted` condition of every parent entry of a route with refusals (an
+    /// accepted one: a parent that refused the route keeps its reason) into `Accepted=False`
+    /// with the refusal's reason. The rest of the route is still served; the message says so.
+    pub fn refuse(&mut self, refusals: &Refusals) {
+        if refusals.is_empty() {
+            return;
+        }
+        for p in &mut self.parents {
+            let Some(r) = refusals.get(&(p.route.kind(), p.route.key())) else {
+                continue;
+            };
+            for c in p.conditions.iter_mut().filter(|c| c.type_ == "Accepted" && c.status) {
+                let problems: Vec<&str> = r.problems.iter().map(String::as_str).collect();
+                *c = Cond::no(
+                    "Accepted",
+                    r.reason,
+                    format!(
+                        "{}; the route's other rules and matches are served",
+                        problems.join("; ")
+                    ),
+                );
+            }
+        }
+    }
+}
+
 impl<'a> RouteRef<'a> {
     /// `HTTPRoute` or `GRPCRoute`.
     pub fn kind(&self) -> &'static str {

@@ -93,6 +93,7 @@ fn run(
         .collect();
     warnings.extend(
         translate(&mut b, &spec(), &objs, &attached)
+            .warnings
             .into_iter()
             .map(|w| format!("{}: {}", w.object, w.message)),
     );
@@ -390,8 +391,9 @@ fn grpc_routes_match_service_and_method_and_speak_http2() {
         hostnames: Vec::new(),
     }];
     let mut b = TableBuilder::default();
-    let warnings = translate(&mut b, &spec(), &objs, &attached);
-    assert_eq!(warnings, []);
+    let out = translate(&mut b, &spec(), &objs, &attached);
+    assert_eq!(out.warnings, []);
+    assert_eq!(out.refusals, Default::default());
     let t = b.build();
     let cart = "c1/web/cart:80 [192.0.2.2:8080]";
     let shop = "c1/web/shop:80 [192.0.2.1:8080]";
