@@ -22,7 +22,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::backends::Resolver;
-use super::gateway::{Attached, Refusals, RouteRef, resolve_backend};
+use super::gateway::{Attached, RefIndex, Refusals, RouteRef, resolve_backend};
 use super::{ClusterSpec, Objects, Warning, Warnings, age, ns_name, warn};
 use crate::control::gateway_types::{self as gw, BackendRef, HttpRouteRule};
 use crate::policy::Policy;
@@ -90,6 +90,7 @@ pub fn translate<'a>(
     let mut refusals = Refusals::new();
     let mut w = Warnings::new();
     let mut resolver = Resolver::new(spec, objs);
+    let refs = RefIndex::new(objs);
     let mut routes: Vec<RouteIn<'a>> = attached
         .iter()
         .map(|a| match a.route {
@@ -122,7 +123,7 @@ pub fn translate<'a>(
         };
         for (i, rule) in route.rules.iter().enumerate() {
             let action =
-                rule_action(builder, &mut resolver, objs, route, rule, host, &owner, &mut w).unwrap_or_else(|e| {
+                rule_action(builder, &mut resolver, &refs, route, rule, host, &owner, &mut w).unwrap_or_else(|e| {
                     warn(&mut w, &owner, format!("rule {i}: {e}; answering 500"));
                     refuse(&mut refusals, route, format!("rule {i}: {e}: it answers 500"));
                     Arc::new(failing(host))
@@ -298,7 +299,7 @@ fn header_matches(list: &[gw::HeaderMatch], lower: bool) -> Result<Vec<(Box<str>
 fn rule_action<'a>(
     builder: &mut TableBuilder,
     resolver: &mut Resolver<'a>,
-    objs: &Objects<'a>,
+    refs: &RefIndex<'a>,
     route: &RouteIn<'a>,
     rule: &RuleIn<'a>,
     host: &str,
@@ -369,7 +370,7 @@ fn rule_action<'a>(
                     (None, None) => 100,
                 };
                 // A mirror that cannot be resolved mirrors nothing (gateway.rs reports it).
-                if resolve_backend(objs, route_ns, route.kind, be).is_ok()
+                if resolve_backend(refs, route_ns, route.kind, be).is_ok()
                     && let Some(port) = be.port
                 {
                     let ns = be.namespace.as_deref().unwrap_or(route_ns);
@@ -399,7 +400,7 @@ fn rule_action<'a>(
     for be in rule.backend_refs {
         // What cannot be resolved answers 500 for its share; `gateway.rs` reports it (the
         // route's ResolvedRefs condition and a warning), so it is not reported twice here.
-        let resolved = resolve_backend(objs, route_ns, route.kind, be)
+        let resolved = resolve_backend(refs, route_ns, route.kind, be)
             .ok()
             .and_then(|_| Some((be.namespace.as_deref().unwrap_or(route_ns), be.name.as_str(), be.port?)));
         let backend = match resolved {
