@@ -137,8 +137,16 @@ impl HostRules {
 /// A regex path as ingress-nginx writes its location: `~* "^PATH"` (case-insensitive, anchored
 /// at the start only).
 pub fn regex_path(path: &str) -> Result<regex::Regex, String> {
-    regex::RegexBuilder::new(&format!("^(?:{path})"))
-        .case_insensitive(true)
+    build_regex(path, false, true)
+}
+
+/// kedge's one regex builder (RE2 syntax, 1 MiB compiled at most), for Ingress and Gateway
+/// paths and headers: anchored at the start, and at the end too when `whole`; `ignore_case` as
+/// it says. The error says what kedge does not support.
+pub fn build_regex(pattern: &str, whole: bool, ignore_case: bool) -> Result<regex::Regex, String> {
+    let end = if whole { "$" } else { "" };
+    regex::RegexBuilder::new(&format!("^(?:{pattern}){end}"))
+        .case_insensitive(ignore_case)
         .size_limit(1 << 20)
         .build()
         .map_err(|e| match e {

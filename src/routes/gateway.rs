@@ -61,16 +61,7 @@ impl ValueMatch {
 /// Compiles a Gateway API regular expression (path, header or query value): RE2 syntax,
 /// anchored at both ends.
 pub fn anchored_regex(pattern: &str) -> Result<regex::Regex, String> {
-    regex::RegexBuilder::new(&format!("^(?:{pattern})$"))
-        .size_limit(1 << 20)
-        .build()
-        .map_err(|e| match e {
-            regex::Error::Syntax(s) => format!(
-                "not a regex kedge supports (RE2 syntax, no look-around or backreferences): {}",
-                s.lines().last().unwrap_or("")
-            ),
-            e => e.to_string(),
-        })
+    super::build_regex(pattern, true, false)
 }
 
 /// One HTTPRoute match: every predicate must hold.
