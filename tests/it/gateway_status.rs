@@ -108,6 +108,20 @@ fn ours(route: &Value) -> Vec<Value> {
         .unwrap_or_default()
 }
 
+/// kedge following `api` (its state in a temporary directory named after `tag`), and Gateway
+/// `infra/edge` of class `kedge` with an HTTP listener on kedge's port; returns the directory,
+/// kedge and the `parentRefs` naming that Gateway.
+fn follow_with_edge(api: &FakeApi, tag: &str) -> (TempDir, Kedge, Value) {
+    let dir = TempDir::new(tag);
+    let kedge = Kedge::follow(api, &dir, "");
+    let port = kedge.addr().port();
+    api.apply(
+        "gateways",
+        gateway("infra", "edge", "kedge", json!([http("http", port)])),
+    );
+    (dir, kedge, json!([{"name": "edge", "namespace": "infra"}]))
+}
+
 /// Waits until HTTPRoute `ns/name` has one parent entry of kedge's with `Accepted` and
 /// `ResolvedRefs` as given; returns that entry.
 fn wait_parent(api: &FakeApi, ns: &str, name: &str, accepted: (&str, &str), resolved: (&str, &str)) -> Value {
@@ -425,14 +439,7 @@ fn routes_attach_by_parent_namespace_and_hostname_and_are_counted() {
 fn backend_references_resolve_across_namespaces_only_with_a_grant() {
     let api = api();
     api.apply("services", service("backends", "db"));
-    let dir = TempDir::new("gw-status");
-    let kedge = Kedge::follow(&api, &dir, "");
-    let port = kedge.addr().port();
-    api.apply(
-        "gateways",
-        gateway("infra", "edge", "kedge", json!([http("http", port)])),
-    );
-    let edge = json!([{"name": "edge", "namespace": "infra"}]);
+    let (_dir, _kedge, edge) = follow_with_edge(&api, "gw-status");
     api.apply(
         "httproutes",
         http_route(
@@ -771,14 +778,7 @@ fn https_listeners_serve_their_certificate_refs_by_sni() {
 fn refused_filters_and_matches_reach_the_route_parent() {
     let api = api();
     api.apply("services", service("apps", "web"));
-    let dir = TempDir::new("gw-status-refused");
-    let kedge = Kedge::follow(&api, &dir, "");
-    let port = kedge.addr().port();
-    api.apply(
-        "gateways",
-        gateway("infra", "edge", "kedge", json!([http("http", port)])),
-    );
-    let edge = json!([{"name": "edge", "namespace": "infra"}]);
+    let (_dir, _kedge, edge) = follow_with_edge(&api, "gw-status-refused");
     let web = json!([{"name": "web", "port": 80}]);
     let with_rules = |name: &str, rules: Value| {
         let mut r = http_route("apps", name, edge.clone(), json!([]), json!([]));
