@@ -1,5 +1,7 @@
 //! Control-plane cost: how long kedge takes to turn a cluster's objects into a route table, and
-//! how much memory the objects and the table hold, for 1k and 10k Ingresses.
+//! how much memory the objects and the table hold, for 1k and 10k Ingresses, and for 10k
+//! HTTPRoutes (the same hosts, paths and Services, as Gateway API routes attached to one
+//! Gateway: attachment, status decisions and rule translation are timed with the build).
 //!
 //! ```sh
 //! cargo bench --bench control_plane              # all scenarios, Markdown table on stdout
@@ -31,7 +33,11 @@ use std::time::{Duration, Instant};
 use k8s_openapi::api::core::v1::{Node, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::api::networking::v1::{Ingress, IngressClass};
-use kedge::control::translate::{ClusterSpec, Objects, UpstreamMode, service_endpoints, translate};
+use kedge::config::ListenerSpec;
+use kedge::control::gateway_types::{Gateway, GatewayClass, HttpRoute};
+use kedge::control::translate::gateway::{GatewaySettings, attach};
+use kedge::control::translate::{ClusterSpec, Objects, UpstreamMode, httproute, service_endpoints, translate};
+use kedge::routes::gateway::{Lookup, Request};
 use kedge::routes::{RouteTable, TableBuilder};
 use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
@@ -128,6 +134,9 @@ struct Stores {
     services: Vec<Arc<Service>>,
     slices: Vec<Arc<EndpointSlice>>,
     nodes: Vec<Arc<Node>>,
+    gateway_classes: Vec<Arc<GatewayClass>>,
+    gateways: Vec<Arc<Gateway>>,
+    http_routes: Vec<Arc<HttpRoute>>,
 }
 
 impl Stores {
@@ -138,6 +147,9 @@ impl Stores {
             services: &self.services,
             slices: &self.slices,
             nodes: &self.nodes,
+            gateway_classes: &self.gateway_classes,
+            gateways: &self.gateways,
+            http_routes: &self.http_routes,
             ..Objects::default()
         }
     }
@@ -178,8 +190,9 @@ fn slice(i: usize, eps: usize, first_ip: usize) -> Arc<EndpointSlice> {
     }))
 }
 
-/// `n` Ingresses, each with its own Service and EndpointSlice of `eps` ready endpoints.
-fn generate(n: usize, eps: usize) -> Stores {
+/// `n` Ingresses (or, with `http_routes`, HTTPRoutes attached to Gateway `ns-0/edge` on port
+/// 80), each with its own Service and EndpointSlice of `eps` ready endpoints.
+fn generate(n: usize, eps: usize, http_routes: bool) -> Stores {
     let mut s = Stores {
         classes: vec![obj(json!({"metadata": {"name": "kedge"},
                                   "spec": {"controller": "kedge.dev/ingress-controller"}}))],
@@ -188,7 +201,18 @@ fn generate(n: usize, eps: usize) -> Stores {
     for i in 0..n {
         let (ns, name) = (ns_of(i), format!("app-{i}"));
         let created = format!("2025-01-01T{:02}:{:02}:{:02}Z", i / 3600 % 24, i / 60 % 60, i % 60);
-        s.ingresses.push(obj(json!({
+        if http_routes {
+            s.http_routes.push(obj(json!({
+                "metadata": {"namespace": ns, "name": name, "creationTimestamp": created},
+                "spec": {"parentRefs": [{"name": "edge", "namespace": ns_of(0)}], "hostnames": [host_of(i)], "rules": [
+                    {"matches": [{"path": {"type": "PathPrefix", "value": "/"}}],
+                     "backendRefs": [{"name": name, "port": 80}]},
+                    {"matches": [{"path": {"type": "Exact", "value": "/healthz"}}],
+                     "backendRefs": [{"name": name, "port": 80}]},
+                ]},
+            })));
+        } else {
+            s.ingresses.push(obj(json!({
             "metadata": {"namespace": ns, "name": name, "creationTimestamp": created},
             "spec": {"ingressClassName": "kedge", "rules": [{"host": host_of(i), "http": {"paths": [
                 {"path": "/", "pathType": "Prefix",
@@ -196,13 +220,23 @@ fn generate(n: usize, eps: usize) -> Stores {
                 {"path": "/healthz", "pathType": "Exact",
                  "backend": {"service": {"name": name, "port": {"number": 80}}}},
             ]}}]},
-        })));
+            })));
+        }
         s.services.push(obj(json!({
             "metadata": {"namespace": ns, "name": name},
             "spec": {"type": "NodePort", "selector": {"app": name},
                      "ports": [{"name": "http", "port": 80, "targetPort": 8080, "nodePort": NODE_PORT}]},
         })));
         s.slices.push(slice(i, eps, i * eps));
+    }
+    if http_routes {
+        s.gateway_classes.push(obj(json!({"metadata": {"name": "kedge"},
+                                           "spec": {"controllerName": GATEWAY_CONTROLLER}})));
+        s.gateways.push(obj(json!({
+            "metadata": {"namespace": ns_of(0), "name": "edge"},
+            "spec": {"gatewayClassName": "kedge", "listeners": [{"name": "http", "port": 80, "protocol": "HTTP",
+                     "allowedRoutes": {"namespaces": {"from": "All"}}}]},
+        })));
     }
     for k in 0..NODES {
         s.nodes.push(obj(json!({
@@ -222,6 +256,8 @@ struct Scenario {
     ingresses: usize,
     endpoints_each: usize,
     mode: UpstreamMode,
+    /// HTTPRoutes instead of Ingresses.
+    http_routes: bool,
     runs: usize,
 }
 
@@ -251,15 +287,52 @@ fn spec(mode: UpstreamMode) -> ClusterSpec {
     }
 }
 
-/// translate + build, as the control loop does for one cluster; also how long `build()` took.
+const GATEWAY_CONTROLLER: &str = "kedge.dev/gateway-controller";
+
+/// Where the benchmark's Gateway routes are served: kedge's plain listener on port 80.
+fn local() -> std::net::SocketAddr {
+    "192.0.2.10:80".parse().expect("an address")
+}
+
+/// translate + build, as the control loop does for one cluster (Ingresses, then the Gateway
+/// API: attachment, the routes' rules, every programmed listener); also how long `build()` took.
 fn build(spec: &ClusterSpec, stores: &Stores) -> (RouteTable, Duration) {
     let mut builder = TableBuilder::default();
-    let outcome = translate(&mut builder, spec, &stores.objects());
+    let objects = stores.objects();
+    let outcome = translate(&mut builder, spec, &objects);
     assert!(
         outcome.warnings.is_empty(),
         "unexpected warnings: {:?}",
         &outcome.warnings[..1]
     );
+    if !stores.gateways.is_empty() {
+        let settings = GatewaySettings {
+            controller: GATEWAY_CONTROLLER.into(),
+            publish_addresses: Vec::new(),
+            host_addresses: vec![local().ip()],
+        };
+        let listeners = [ListenerSpec {
+            address: "0.0.0.0:80".parse().expect("an address"),
+            tls: false,
+            proxy_protocol: None,
+        }];
+        let mut attachment = attach(&objects, &settings, &listeners);
+        assert!(
+            attachment.warnings.is_empty(),
+            "unexpected warnings: {:?}",
+            &attachment.warnings[..1]
+        );
+        let translated = httproute::translate(&mut builder, spec, &objects, &attachment.routes);
+        assert!(
+            translated.warnings.is_empty(),
+            "unexpected warnings: {:?}",
+            &translated.warnings[..1]
+        );
+        attachment.refuse(&translated.refusals);
+        for (bind, hostname) in &attachment.listeners {
+            builder.gateway_listener(&bind.addresses, bind.port, hostname.as_deref());
+        }
+    }
     let t = Instant::now();
     let table = builder.build();
     (table, t.elapsed())
@@ -274,7 +347,7 @@ fn median(v: &[Duration]) -> Duration {
 fn run(sc: &Scenario) -> Row {
     let spec = spec(sc.mode);
     let before = live();
-    let mut stores = generate(sc.ingresses, sc.endpoints_each);
+    let mut stores = generate(sc.ingresses, sc.endpoints_each, sc.http_routes);
     let objects_bytes = live() - before;
 
     // Cold builds; the last table is kept for its size.
@@ -354,7 +427,20 @@ fn run(sc: &Scenario) -> Row {
         let snapshot = stores.clone(); // the reflector stores' state(): Arc clones
         let (table, _) = build(&spec, &snapshot);
         rebuild.push(t.elapsed());
-        let b = table.route(host_of(i).as_bytes(), "/").expect("routed");
+        let b = if sc.http_routes {
+            let req = Request {
+                method: b"GET",
+                path: "/",
+                query: None,
+                headers: &[],
+            };
+            match table.gateway_lookup(local(), host_of(i).as_bytes(), &req) {
+                Lookup::Routed(r) => &table.backends[r.action.backends[0].backend.expect("a backend")],
+                other => panic!("{} not routed: {other:?}", host_of(i)),
+            }
+        } else {
+            table.route(host_of(i).as_bytes(), "/").expect("routed")
+        };
         if sc.mode == UpstreamMode::Pods {
             assert!(
                 b.endpoints.iter().any(|a| a.ip().to_string() == pod_ip(new_ip)),
@@ -402,6 +488,7 @@ fn main() {
             ingresses: 1_000,
             endpoints_each: 5,
             mode: UpstreamMode::Pods,
+            http_routes: false,
             runs: 21,
         },
         Scenario {
@@ -409,6 +496,7 @@ fn main() {
             ingresses: 10_000,
             endpoints_each: 5,
             mode: UpstreamMode::Pods,
+            http_routes: false,
             runs: 9,
         },
         Scenario {
@@ -416,6 +504,15 @@ fn main() {
             ingresses: 10_000,
             endpoints_each: 5,
             mode: UpstreamMode::NodePorts,
+            http_routes: false,
+            runs: 9,
+        },
+        Scenario {
+            name: "10k HTTPRoutes, 50k endpoints",
+            ingresses: 10_000,
+            endpoints_each: 5,
+            mode: UpstreamMode::Pods,
+            http_routes: true,
             runs: 9,
         },
     ];

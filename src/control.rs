@@ -405,11 +405,16 @@ fn build(cfg: &Config, clusters: &[Cluster], (tls, local): (&mut TlsState, &Loca
             publish_addresses: c.config.publish_addresses.clone(),
             host_addresses: local.addresses.clone(),
         };
-        let attachment = translate::gateway::attach(&objects.view(), &settings, &local.listeners);
+        let mut attachment = translate::gateway::attach(&objects.view(), &settings, &local.listeners);
+        // The attached routes' rules, in their scopes; what they refuse reaches their status.
+        let translated = translate::httproute::translate(&mut builder, &c.spec, &objects.view(), &attachment.routes);
+        let route_warnings = translated.warnings;
+        attachment.refuse(&translated.refusals);
         c.offer_gateway_status(&attachment, &objects.view());
-        // The attached routes' rules, in their scopes.
-        let route_warnings =
-            translate::httproute::translate(&mut builder, &c.spec, &objects.view(), &attachment.routes);
+        // Every programmed listener, routes or not: a host it selects is its routes' or a 404.
+        for (bind, hostname) in &attachment.listeners {
+            builder.gateway_listener(&bind.addresses, bind.port, hostname.as_deref());
+        }
         gateway_classes += attachment.classes.len();
         // The HTTPS listeners' certificates, after the Ingresses' (which win a host both name).
         let mut tls_bindings = outcome.tls;

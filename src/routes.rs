@@ -137,8 +137,16 @@ impl HostRules {
 /// A regex path as ingress-nginx writes its location: `~* "^PATH"` (case-insensitive, anchored
 /// at the start only).
 pub fn regex_path(path: &str) -> Result<regex::Regex, String> {
-    regex::RegexBuilder::new(&format!("^(?:{path})"))
-        .case_insensitive(true)
+    build_regex(path, false, true)
+}
+
+/// kedge's one regex builder (RE2 syntax, 1 MiB compiled at most), for Ingress and Gateway
+/// paths and headers: anchored at the start, and at the end too when `whole`; `ignore_case` as
+/// it says. The error says what kedge does not support.
+pub fn build_regex(pattern: &str, whole: bool, ignore_case: bool) -> Result<regex::Regex, String> {
+    let end = if whole { "$" } else { "" };
+    regex::RegexBuilder::new(&format!("^(?:{pattern}){end}"))
+        .case_insensitive(ignore_case)
         .size_limit(1 << 20)
         .build()
         .map_err(|e| match e {
@@ -408,7 +416,7 @@ pub struct TableBuilder {
     tls_owners: FxHashMap<BackendId, Box<str>>,
     /// Owner of each rule's canary, keyed as `owners`.
     canary_owners: FxHashMap<(Box<str>, PathType, Box<str>), Box<str>>,
-    /// The first Gateway route to serve each exact host name.
+    /// The first Gateway route to claim each host pattern (exact or `*.suffix`).
     gateway_owners: FxHashMap<Box<str>, Box<str>>,
 }
 
@@ -585,7 +593,9 @@ impl TableBuilder {
         action: Arc<gateway::Action>,
         owner: &Owner,
     ) {
-        if let Some(h) = route_host.filter(|h| !h.starts_with('*')) {
+        // What the rule claims: the route hostname, else the listener's (a rule of a listener
+        // without hostname and a route without hostnames claims every host: not recorded).
+        if let Some(h) = route_host.or(listener_host).filter(|h| !h.is_empty()) {
             self.gateway_owners.entry(h.into()).or_insert_with(|| owner.into());
         }
         self.rules
@@ -593,20 +603,65 @@ impl TableBuilder {
             .add(addresses, port, listener_host, route_host, m, action);
     }
 
-    /// The exact hosts that both a Gateway route and an Ingress or static rule claim, with the
-    /// owner of each side: (host, Gateway route, other owner), sorted. Not on the request path.
+    /// Adds a programmed Gateway listener to the scope of `addresses` and `port`, whether routes
+    /// attach to it or not: a request whose host selects it gets its routes or a 404.
+    pub fn gateway_listener(&mut self, addresses: &[std::net::IpAddr], port: u16, listener_host: Option<&str>) {
+        self.rules.scopes.add_listener(addresses, port, listener_host);
+    }
+
+    /// The hosts that both a Gateway route and an Ingress or static rule claim, exact names or
+    /// wildcards (a Gateway `*.suffix` covers any number of labels, an Ingress `*.suffix` one),
+    /// with the owner of each side: (host, Gateway route, other owner), sorted, one per host.
+    /// The host is the narrower of the two patterns. Not on the request path: one hash lookup
+    /// per label of each Ingress host.
     pub fn gateway_overlaps(&self) -> Vec<(String, String, String)> {
         if self.gateway_owners.is_empty() {
             return Vec::new();
         }
-        let mut out: Vec<(String, String, String)> = self
-            .owners
-            .iter()
-            .filter_map(|((h, _, _), o)| {
-                let gw = self.gateway_owners.get(h)?;
-                Some((h.to_string(), gw.to_string(), o.to_string()))
-            })
-            .collect();
+        // The Gateway's exact names by their parent domain, for Ingress wildcards.
+        let mut exact_under: FxHashMap<&str, Vec<(&str, &str)>> = FxHashMap::default();
+        for (h, o) in self.gateway_owners.iter().filter(|(h, _)| !h.starts_with('*')) {
+            if let Some((_, parent)) = h.split_once('.') {
+                exact_under.entry(parent).or_default().push((h, o));
+            }
+        }
+        // A Gateway wildcard whose suffix `rest` (after a `.`) ends: `*.rest` and every shorter
+        // suffix of it.
+        let wildcards_over = |rest: &str| -> Option<(&str, &str)> {
+            std::iter::once(rest)
+                .chain(rest.match_indices('.').map(|(i, _)| &rest[i + 1..]))
+                .find_map(|suffix| {
+                    let (k, o) = self.gateway_owners.get_key_value(format!("*.{suffix}").as_str())?;
+                    Some((&**k, &**o))
+                })
+        };
+        let mut out: Vec<(String, String, String)> = Vec::new();
+        for ((h, _, _), other) in &self.owners {
+            if h.is_empty() {
+                continue;
+            }
+            let mut found = |host: &str, gw: &str| out.push((host.to_string(), gw.to_string(), other.to_string()));
+            match h.strip_prefix("*.") {
+                None => {
+                    if let Some(gw) = self.gateway_owners.get(h) {
+                        found(h, gw);
+                    } else if let Some((_, gw)) = h.split_once('.').and_then(|(_, rest)| wildcards_over(rest)) {
+                        found(h, gw);
+                    }
+                }
+                Some(suffix) => {
+                    // The same or a wider Gateway wildcard covers every host of the Ingress's.
+                    if let Some((_, gw)) = wildcards_over(suffix) {
+                        found(h, gw);
+                    } else if let Some(names) = exact_under.get(suffix) {
+                        // Gateway names one label under the suffix.
+                        for (name, gw) in names {
+                            found(name, gw);
+                        }
+                    }
+                }
+            }
+        }
         out.sort_unstable();
         out.dedup_by(|a, b| a.0 == b.0);
         out

@@ -4,8 +4,10 @@
 //! Ingress and static rules are not consulted for a host the scope has (see [`Scopes::lookup`]).
 //!
 //! Within a scope, the request's host selects the listener (exact listener hostname, then the
-//! longest wildcard, then a listener without hostname), then the route hostname inside it
-//! (exact, longest wildcard, none); then the rules of that host are tried in the precedence of
+//! longest wildcard, then a listener without hostname), routes attached or not, then the route
+//! hostname inside it (exact, longest wildcard, none; none matching is a 404 for a listener with
+//! a hostname, while a listener without hostname passes such a host on to the Ingress and
+//! static rules); then the rules of that host are tried in the precedence of
 //! the Gateway API (`httproute_types.go`): an Exact path, then a RegularExpression path (kedge's
 //! choice: longest pattern first), then the longest PathPrefix in characters; at equal path, a
 //! rule with a method, then the most header matches, then the most query parameter matches;
@@ -59,16 +61,7 @@ impl ValueMatch {
 /// Compiles a Gateway API regular expression (path, header or query value): RE2 syntax,
 /// anchored at both ends.
 pub fn anchored_regex(pattern: &str) -> Result<regex::Regex, String> {
-    regex::RegexBuilder::new(&format!("^(?:{pattern})$"))
-        .size_limit(1 << 20)
-        .build()
-        .map_err(|e| match e {
-            regex::Error::Syntax(s) => format!(
-                "not a regex kedge supports (RE2 syntax, no look-around or backreferences): {}",
-                s.lines().last().unwrap_or("")
-            ),
-            e => e.to_string(),
-        })
+    super::build_regex(pattern, true, false)
 }
 
 /// One HTTPRoute match: every predicate must hold.
@@ -441,10 +434,11 @@ pub struct Scopes {
 /// What the Gateway rules say about a request.
 #[derive(Debug)]
 pub enum Lookup<'t> {
-    /// No scope serves the connection, or none has a listener and route hostname for the
-    /// host: the Ingress and static rules decide.
+    /// No scope serves the connection, or none has a listener hostname for the host (or only a
+    /// listener without hostname and no route hostname for it): the Ingress and static rules
+    /// decide.
     NotGateway,
-    /// A scope's route hostname matched, but none of its rules: 404.
+    /// A scope's listener was selected, but no route hostname or rule of it matched: 404.
     NoRule,
     Routed(GwRoute<'t>),
 }
@@ -458,12 +452,18 @@ impl Scopes {
     /// port). See the module documentation for the order.
     pub fn lookup<'t>(&'t self, local: SocketAddr, host: &str, req: &Request<'_>) -> Lookup<'t> {
         for scope in self.scopes.iter().filter(|s| s.serves(local)) {
-            let rules = scope
-                .listeners
-                .iter()
-                .filter(|(l, _)| l.matches(host))
-                .find_map(|(_, hosts)| hosts.find(host));
-            let Some(rules) = rules else { continue };
+            // The most specific listener whose hostname matches selects the request: its
+            // routes or a 404. A listener without hostname selects only the hosts its routes
+            // name (any other host goes on to the Ingress and static rules).
+            let Some((listener, hosts)) = scope.listeners.iter().find(|(l, _)| l.matches(host)) else {
+                continue;
+            };
+            let Some(rules) = hosts.find(host) else {
+                if *listener == HostPattern::Any {
+                    continue;
+                }
+                return Lookup::NoRule;
+            };
             return match rules.iter().find(|r| r.m.matches(req)) {
                 Some(r) => Lookup::Routed(GwRoute {
                     action: &r.action,
@@ -488,6 +488,24 @@ impl Scopes {
         mut m: Match,
         action: Arc<Action>,
     ) {
+        if let PathMatch::Prefix(p) = &m.path {
+            m.path = PathMatch::Prefix(normalize_prefix(p).into());
+        }
+        self.listener(addresses, port, listener_host)
+            .rules_mut(HostPattern::parse(route_host))
+            .push(GwRule { m, action });
+    }
+
+    /// Adds a programmed listener (its hostname, `None`: any) to the scope of `addresses` and
+    /// `port`, routes or not: a listener with a hostname selects its hosts even without routes
+    /// (404 for them), so they cannot fall through to a wildcard listener or to Ingress.
+    pub(super) fn add_listener(&mut self, addresses: &[IpAddr], port: u16, listener_host: Option<&str>) {
+        self.listener(addresses, port, listener_host);
+    }
+
+    /// The route hostnames of a listener in the scope of `addresses` and `port`, added empty if
+    /// new.
+    fn listener(&mut self, addresses: &[IpAddr], port: u16, listener_host: Option<&str>) -> &mut RouteHosts {
         let mut addresses: Vec<IpAddr> = addresses.iter().map(|a| a.to_canonical()).collect();
         addresses.sort_unstable();
         addresses.dedup();
@@ -515,13 +533,7 @@ impl Scopes {
                 scope.listeners.len() - 1
             }
         };
-        if let PathMatch::Prefix(p) = &m.path {
-            m.path = PathMatch::Prefix(normalize_prefix(p).into());
-        }
-        scope.listeners[j]
-            .1
-            .rules_mut(HostPattern::parse(route_host))
-            .push(GwRule { m, action });
+        &mut scope.listeners[j].1
     }
 
     /// Orders everything for lookup, once: scopes with addresses first, listeners most specific

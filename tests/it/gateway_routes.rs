@@ -580,3 +580,34 @@ fn request_mirror_copies_bodiless_requests() {
     // The backend got everything.
     assert_eq!(w.up("a").requests().iter().filter(|s| s.uri != "/first").count(), 2);
 }
+
+/// A listener whose hostname a request's host selects answers with its own routes or a 404,
+/// even with no route attached: its host falls through neither to a wildcard listener of the
+/// Gateway nor to an Ingress for the same host.
+#[test]
+fn a_listener_without_routes_still_owns_its_hostname() {
+    let w = World::start(Driver::default(), "gw-listener-isolation", &["wild", "quiet", "web"]);
+    let port = w.kedge.addr().port();
+    w.api
+        .apply("ingresses", ingress("legacy", "kedge", "quiet.example.com", "/", "web"));
+    w.wait_routed("quiet.example.com", "/", (200, Some("web")));
+    w.api.apply(
+        "gateways",
+        json!({"apiVersion": GW, "kind": "Gateway", "metadata": {"name": "edge", "namespace": "default"},
+               "spec": {"gatewayClassName": "kedge", "listeners": [
+                   {"name": "wild", "port": port, "protocol": "HTTP", "hostname": "*.example.com"},
+                   {"name": "quiet", "port": port, "protocol": "HTTP", "hostname": "quiet.example.com"}]}}),
+    );
+    let mut wild = route("wild", "edge", &[], json!([{"backendRefs": to("wild")}]));
+    wild["spec"]["parentRefs"][0]["sectionName"] = json!("wild");
+    w.api.apply("httproutes", wild);
+    // The route and both listeners arrive in one table.
+    w.wait_routed("other.example.com", "/", (200, Some("wild")));
+    assert_eq!(get(&w.kedge, "quiet.example.com", "/"), (404, None));
+    // A route attached to the listener serves it.
+    let mut quiet = route("quiet", "edge", &[], json!([{"backendRefs": to("quiet")}]));
+    quiet["spec"]["parentRefs"][0]["sectionName"] = json!("quiet");
+    w.api.apply("httproutes", quiet);
+    w.wait_routed("quiet.example.com", "/", (200, Some("quiet")));
+    assert_eq!(get(&w.kedge, "other.example.com", "/"), (200, Some("wild".into())));
+}

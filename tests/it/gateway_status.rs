@@ -108,6 +108,20 @@ fn ours(route: &Value) -> Vec<Value> {
         .unwrap_or_default()
 }
 
+/// kedge following `api` (its state in a temporary directory named after `tag`), and Gateway
+/// `infra/edge` of class `kedge` with an HTTP listener on kedge's port; returns the directory,
+/// kedge and the `parentRefs` naming that Gateway.
+fn follow_with_edge(api: &FakeApi, tag: &str) -> (TempDir, Kedge, Value) {
+    let dir = TempDir::new(tag);
+    let kedge = Kedge::follow(api, &dir, "");
+    let port = kedge.addr().port();
+    api.apply(
+        "gateways",
+        gateway("infra", "edge", "kedge", json!([http("http", port)])),
+    );
+    (dir, kedge, json!([{"name": "edge", "namespace": "infra"}]))
+}
+
 /// Waits until HTTPRoute `ns/name` has one parent entry of kedge's with `Accepted` and
 /// `ResolvedRefs` as given; returns that entry.
 fn wait_parent(api: &FakeApi, ns: &str, name: &str, accepted: (&str, &str), resolved: (&str, &str)) -> Value {
@@ -425,14 +439,7 @@ fn routes_attach_by_parent_namespace_and_hostname_and_are_counted() {
 fn backend_references_resolve_across_namespaces_only_with_a_grant() {
     let api = api();
     api.apply("services", service("backends", "db"));
-    let dir = TempDir::new("gw-status");
-    let kedge = Kedge::follow(&api, &dir, "");
-    let port = kedge.addr().port();
-    api.apply(
-        "gateways",
-        gateway("infra", "edge", "kedge", json!([http("http", port)])),
-    );
-    let edge = json!([{"name": "edge", "namespace": "infra"}]);
+    let (_dir, _kedge, edge) = follow_with_edge(&api, "gw-status");
     api.apply(
         "httproutes",
         http_route(
@@ -762,4 +769,89 @@ fn https_listeners_serve_their_certificate_refs_by_sni() {
             ) && is(&listener(g, "shared")["conditions"], "Programmed", "True", "Programmed")
         },
     );
+}
+
+/// What the rule translation refuses in a route (a filter kedge does not implement, a regex it
+/// cannot compile, a RequestRedirect with a URLRewrite) turns its parent's `Accepted` False with
+/// the spec's reason, and back when the route is fixed; a sound route next to them is accepted.
+#[test]
+fn refused_filters_and_matches_reach_the_route_parent() {
+    let api = api();
+    api.apply("services", service("apps", "web"));
+    let (_dir, _kedge, edge) = follow_with_edge(&api, "gw-status-refused");
+    let web = json!([{"name": "web", "port": 80}]);
+    let with_rules = |name: &str, rules: Value| {
+        let mut r = http_route("apps", name, edge.clone(), json!([]), json!([]));
+        r["spec"]["rules"] = rules;
+        r
+    };
+    let ext = |filters: Value| {
+        with_rules(
+            "ext",
+            json!([{"filters": filters, "backendRefs": web},
+                   {"matches": [{"path": {"type": "PathPrefix", "value": "/ok"}}], "backendRefs": web}]),
+        )
+    };
+    api.apply(
+        "httproutes",
+        ext(json!([{"type": "ExtensionRef", "extensionRef": {"group": "example.com", "kind": "Plugin", "name": "p"}}])),
+    );
+    api.apply(
+        "httproutes",
+        with_rules(
+            "both",
+            json!([{"filters": [
+                       {"type": "RequestRedirect", "requestRedirect": {"scheme": "https"}},
+                       {"type": "URLRewrite", "urlRewrite": {"hostname": "other.example.com"}}],
+                    "backendRefs": web}]),
+        ),
+    );
+    api.apply(
+        "httproutes",
+        with_rules(
+            "regex",
+            json!([{"matches": [{"path": {"type": "RegularExpression", "value": "/items/(["}}], "backendRefs": web}]),
+        ),
+    );
+    api.apply("httproutes", with_rules("sound", json!([{"backendRefs": web}])));
+
+    let p = wait_parent(
+        &api,
+        "apps",
+        "ext",
+        ("False", "UnsupportedValue"),
+        ("True", "ResolvedRefs"),
+    );
+    let message = p["conditions"]
+        .as_array()
+        .and_then(|a| a.iter().find(|c| c["type"] == "Accepted"))
+        .and_then(|c| c["message"].as_str())
+        .unwrap_or("")
+        .to_owned();
+    assert!(
+        message.contains("rule 0") && message.contains("ExtensionRef"),
+        "{message}"
+    );
+    wait_parent(
+        &api,
+        "apps",
+        "both",
+        ("False", "IncompatibleFilters"),
+        ("True", "ResolvedRefs"),
+    );
+    wait_parent(
+        &api,
+        "apps",
+        "regex",
+        ("False", "UnsupportedValue"),
+        ("True", "ResolvedRefs"),
+    );
+    wait_parent(&api, "apps", "sound", ("True", "Accepted"), ("True", "ResolvedRefs"));
+    // Refused routes still count as attached: they are served but for what was refused.
+    wait_status(&api, "gateways", Some("infra"), "edge", "4 routes attached", |g| {
+        listener(g, "http")["attachedRoutes"] == 4
+    });
+    // Fixed: accepted again.
+    api.apply("httproutes", ext(json!([])));
+    wait_parent(&api, "apps", "ext", ("True", "Accepted"), ("True", "ResolvedRefs"));
 }

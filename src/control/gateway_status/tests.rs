@@ -274,3 +274,20 @@ fn a_write_not_yet_watched_back_is_not_repeated() {
     assert_eq!(again.len(), 1);
     assert_eq!(again[0].key.0, Resource::Gateway);
 }
+
+/// README's list of advertised features is what kedge writes, in the same order.
+#[test]
+fn readme_lists_the_supported_features() {
+    let readme = include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md"));
+    let prefix = "supportedFeatures written into kedge's GatewayClasses: ";
+    let line = readme
+        .lines()
+        .find_map(|l| l.strip_prefix(prefix))
+        .expect("README lists the supported features");
+    let listed: Vec<&str> = line
+        .trim_end_matches('.')
+        .split(", ")
+        .map(|f| f.trim_matches('`'))
+        .collect();
+    assert_eq!(listed, SUPPORTED_FEATURES);
+}

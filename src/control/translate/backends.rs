@@ -163,19 +163,7 @@ impl<'a> Resolver<'a> {
                 return None;
             }
         };
-        let key = (ns, svc.name.as_str(), port);
-        let resolved = match self.cache.get(&key) {
-            Some(r) => r.clone(),
-            None => {
-                let r = self.resolve(b, key, w);
-                self.cache.insert(key, r.clone());
-                r
-            }
-        };
-        if let Some(p) = resolved.problem {
-            warn(w, owner, p);
-        }
-        Some(resolved.id)
+        Some(self.cached(b, (ns, svc.name.as_str(), port), owner, w))
     }
 
     /// The backend for port number `port` of Service `ns`/`name` (a Gateway API backendRef),
@@ -189,7 +177,18 @@ impl<'a> Resolver<'a> {
         owner: &str,
         w: &mut Warnings,
     ) -> BackendId {
-        let key = (ns, name, PortRef::Number(port));
+        self.cached(b, (ns, name, PortRef::Number(port)), owner, w)
+    }
+
+    /// The backend of a Service port, resolved once per build (Ingress and Gateway routes
+    /// share it); its problem, if any, is reported on every `owner` using it.
+    fn cached(
+        &mut self,
+        b: &mut TableBuilder,
+        key: (&'a str, &'a str, PortRef<'a>),
+        owner: &str,
+        w: &mut Warnings,
+    ) -> BackendId {
         let resolved = match self.cache.get(&key) {
             Some(r) => r.clone(),
             None => {

@@ -45,8 +45,9 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 use std::sync::Arc;
 
-use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::api::core::v1::{Secret, Service};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
+use rustc_hash::FxHashMap;
 
 use super::super::gateway_types::{
     BackendRef, GROUP, Gateway, GatewayAddress, GatewayClass, GrpcRoute, HttpRoute, Listener, ObjectRef, ParentRef,
@@ -224,8 +225,51 @@ pub struct Attachment<'a> {
     pub parents: Vec<RouteParent<'a>>,
     /// Certificates of the programmed HTTPS listeners, in Gateway and listener order.
     pub certificates: Vec<ListenerCert>,
+    /// Every programmed listener (where, and its hostname: lower case, exact or `*.suffix`;
+    /// `None`: any), routes attached or not, in Gateway and listener order: each selects its
+    /// hosts in its scope.
+    pub listeners: Vec<(Bind, Option<String>)>,
     /// Sorted, without duplicates.
     pub warnings: Vec<Warning>,
+}
+
+/// What the rule translation refused in one route (rules that answer 500 for it, matches left
+/// out), for its parents' `Accepted` condition. Keyed by (kind, `namespace/name`).
+pub type Refusals = BTreeMap<(&'static str, String), Refusal>;
+
+/// The problems of one route: the spec's reason for the first, and each problem once.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Refusal {
+    /// `UnsupportedValue` or `IncompatibleFilters`.
+    pub reason: &'static str,
+    pub problems: BTreeSet<String>,
+}
+
+impl Attachment<'_> {
+    /// Turns the `Accepted` condition of every parent entry of a route with refusals (an
+    /// accepted one: a parent that refused the route keeps its reason) into `Accepted=False`
+    /// with the refusal's reason. The rest of the route is still served; the message says so.
+    pub fn refuse(&mut self, refusals: &Refusals) {
+        if refusals.is_empty() {
+            return;
+        }
+        for p in &mut self.parents {
+            let Some(r) = refusals.get(&(p.route.kind(), p.route.key())) else {
+                continue;
+            };
+            for c in p.conditions.iter_mut().filter(|c| c.type_ == "Accepted" && c.status) {
+                let problems: Vec<&str> = r.problems.iter().map(String::as_str).collect();
+                *c = Cond::no(
+                    "Accepted",
+                    r.reason,
+                    format!(
+                        "{}; the route's other rules and matches are served",
+                        problems.join("; ")
+                    ),
+                );
+            }
+        }
+    }
 }
 
 impl<'a> RouteRef<'a> {
@@ -312,8 +356,36 @@ pub struct RefProblem {
 /// `Service`s (no group and kind, or group `""` and kind `Service`) are backends; the Service
 /// must exist and have the port (`port` is required), and one in another namespace needs a
 /// ReferenceGrant from the route's kind (`route_kind`: `HTTPRoute`, `GRPCRoute`) there.
+/// Services and ReferenceGrants by namespace (and name), built once per table build: resolving
+/// a backendRef is then a hash lookup, not a scan of every Service and grant (quadratic with
+/// thousands of routes).
+pub struct RefIndex<'a> {
+    services: FxHashMap<(&'a str, &'a str), &'a Service>,
+    /// By the namespace they are in (the one they grant access to).
+    grants: FxHashMap<&'a str, Vec<Arc<ReferenceGrant>>>,
+}
+
+impl<'a> RefIndex<'a> {
+    pub fn new(objects: &Objects<'a>) -> RefIndex<'a> {
+        let services = objects.services.iter().map(|s| (ns_name(&s.metadata), &**s)).collect();
+        let mut grants: FxHashMap<&'a str, Vec<Arc<ReferenceGrant>>> = FxHashMap::default();
+        for g in objects.reference_grants {
+            grants
+                .entry(g.metadata.namespace.as_deref().unwrap_or(""))
+                .or_default()
+                .push(Arc::clone(g));
+        }
+        RefIndex { services, grants }
+    }
+
+    /// The ReferenceGrants in namespace `ns`.
+    fn grants(&self, ns: &str) -> &[Arc<ReferenceGrant>] {
+        self.grants.get(ns).map_or(&[], Vec::as_slice)
+    }
+}
+
 pub fn resolve_backend(
-    objects: &Objects<'_>,
+    refs: &RefIndex<'_>,
     route_ns: &str,
     route_kind: &str,
     r: &BackendRef,
@@ -332,16 +404,7 @@ pub fn resolve_backend(
         });
     }
     let ns = r.namespace.as_deref().unwrap_or(route_ns);
-    if !ref_permitted(
-        objects.reference_grants,
-        route_ns,
-        GROUP,
-        route_kind,
-        ns,
-        "",
-        "Service",
-        &r.name,
-    ) {
+    if !ref_permitted(refs.grants(ns), route_ns, GROUP, route_kind, ns, "", "Service", &r.name) {
         return Err(RefProblem {
             reason: "RefNotPermitted",
             message: format!(
@@ -356,11 +419,7 @@ pub fn resolve_backend(
             message: format!("backendRef {ns}/{}: no port", r.name),
         });
     };
-    let found = objects
-        .services
-        .iter()
-        .find(|s| ns_name(&s.metadata) == (ns, r.name.as_str()));
-    let Some(svc) = found else {
+    let Some(svc) = refs.services.get(&(ns, r.name.as_str())) else {
         return Err(RefProblem {
             reason: "BackendNotFound",
             message: format!("backendRef {ns}/{}: no such Service", r.name),
@@ -427,6 +486,7 @@ fn protocol_tls(protocol: &str) -> Option<bool> {
 pub fn attach<'a>(objects: &Objects<'a>, settings: &GatewaySettings, listeners: &[ListenerSpec]) -> Attachment<'a> {
     let mut out = Attachment::default();
     let mut warnings: BTreeSet<Warning> = BTreeSet::new();
+    let refs = RefIndex::new(objects);
     let ours: BTreeSet<&str> = objects
         .gateway_classes
         .iter()
@@ -501,7 +561,7 @@ pub fn attach<'a>(objects: &Objects<'a>, settings: &GatewaySettings, listeners: 
                     }
                 }
             }
-            let resolved = resolved.get_or_insert_with(|| route_refs(objects, &route)).clone();
+            let resolved = resolved.get_or_insert_with(|| route_refs(&refs, &route)).clone();
             let accepted = match accepted {
                 Ok(_) => Cond::yes("Accepted", "Accepted", "accepted by kedge"),
                 Err((reason, message)) => Cond::no("Accepted", reason, message),
@@ -522,10 +582,12 @@ pub fn attach<'a>(objects: &Objects<'a>, settings: &GatewaySettings, listeners: 
         for (eval, ls) in ev.into_iter().zip(&mut state.listeners) {
             ls.attached_routes = i32::try_from(eval.attached.len()).unwrap_or(i32::MAX);
             if let (Some(bind), None) = (&eval.bind, &eval.not_programmed) {
+                let hostname = eval.listener.hostname.as_deref().map(str::to_ascii_lowercase);
+                out.listeners.push((bind.clone(), hostname.clone()));
                 for secret in eval.certs {
                     out.certificates.push(ListenerCert {
                         bind: bind.clone(),
-                        hostname: eval.listener.hostname.as_deref().map(str::to_ascii_lowercase),
+                        hostname: hostname.clone(),
                         secret,
                         owner: format!("Gateway {ns}/{name} {}", eval.listener.name),
                     });
@@ -1139,12 +1201,12 @@ pub fn intersect(listener: Option<&str>, route: &[String]) -> Option<Vec<String>
 
 /// A route's `ResolvedRefs` condition: every backend reference resolved, or the first
 /// problem's reason with every problem in the message.
-fn route_refs(objects: &Objects<'_>, route: &RouteRef<'_>) -> Cond {
+fn route_refs(refs: &RefIndex<'_>, route: &RouteRef<'_>) -> Cond {
     let (ns, _) = ns_name(route.meta());
     let problems: Vec<RefProblem> = route
         .backend_refs()
         .into_iter()
-        .filter_map(|r| resolve_backend(objects, ns, route.kind(), r).err())
+        .filter_map(|r| resolve_backend(refs, ns, route.kind(), r).err())
         .collect();
     match problems.first() {
         None => Cond::yes("ResolvedRefs", "ResolvedRefs", "every backend reference resolved"),

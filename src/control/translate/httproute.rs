@@ -12,7 +12,9 @@
 //!   answer 500 rather than serve the request without it; so does a RequestRedirect together
 //!   with a URLRewrite, and a ReplacePrefixMatch on a rule whose matches are not all
 //!   PathPrefix. A match kedge cannot use (bad regex, a path not starting with `/`) is left out
-//!   of its rule. Each is a warning on the route.
+//!   of its rule. Each is a warning on the route and turns its parents' `Accepted` condition
+//!   False (`IncompatibleFilters` for RequestRedirect with URLRewrite, else `UnsupportedValue`)
+//!   through [`Translated::refusals`].
 //! - Backends are shared with Ingress backends of the same Service port (same name), and speak
 //!   plain HTTP/1.1.
 
@@ -20,7 +22,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::backends::Resolver;
-use super::gateway::{Attached, RouteRef, resolve_backend};
+use super::gateway::{Attached, RefIndex, Refusals, RouteRef, resolve_backend};
 use super::{ClusterSpec, Objects, Warning, Warnings, age, ns_name, warn};
 use crate::control::gateway_types::{self as gw, BackendRef, HttpRouteRule};
 use crate::policy::Policy;
@@ -51,16 +53,44 @@ struct RouteIn<'a> {
     rules: Vec<RuleIn<'a>>,
 }
 
+/// What translating the attached routes found besides the table.
+#[derive(Debug, Default)]
+pub struct Translated {
+    /// Sorted.
+    pub warnings: Vec<Warning>,
+    /// What kedge refused in each route, for [`Attachment::refuse`](super::gateway::Attachment::refuse).
+    pub refusals: Refusals,
+}
+
+/// The error of a rule that combines a RequestRedirect and a URLRewrite.
+const INCOMPATIBLE: &str = "RequestRedirect and URLRewrite cannot be combined";
+
+/// Records a refused rule or match of `route` under the spec's reason for it.
+fn refuse(refusals: &mut Refusals, route: &RouteIn<'_>, problem: String) {
+    let reason = if problem.contains(INCOMPATIBLE) {
+        "IncompatibleFilters"
+    } else {
+        "UnsupportedValue"
+    };
+    let r = refusals.entry((route.kind, route.attached.route.key())).or_default();
+    if r.reason.is_empty() {
+        r.reason = reason;
+    }
+    r.problems.insert(problem);
+}
+
 /// Adds the rules of every attached HTTPRoute and GRPCRoute to `builder`, oldest route first.
-/// Returns the warnings, sorted.
+/// Returns the warnings, sorted, and what each route had refused.
 pub fn translate<'a>(
     builder: &mut TableBuilder,
     spec: &ClusterSpec,
     objs: &Objects<'a>,
     attached: &'a [Attached<'a>],
-) -> Vec<Warning> {
+) -> Translated {
+    let mut refusals = Refusals::new();
     let mut w = Warnings::new();
     let mut resolver = Resolver::new(spec, objs);
+    let refs = RefIndex::new(objs);
     let mut routes: Vec<RouteIn<'a>> = attached
         .iter()
         .map(|a| match a.route {
@@ -93,8 +123,9 @@ pub fn translate<'a>(
         };
         for (i, rule) in route.rules.iter().enumerate() {
             let action =
-                rule_action(builder, &mut resolver, objs, route, rule, host, &owner, &mut w).unwrap_or_else(|e| {
+                rule_action(builder, &mut resolver, &refs, route, rule, host, &owner, &mut w).unwrap_or_else(|e| {
                     warn(&mut w, &owner, format!("rule {i}: {e}; answering 500"));
+                    refuse(&mut refusals, route, format!("rule {i}: {e}: it answers 500"));
                     Arc::new(failing(host))
                 });
             for (j, m) in rule.matches.iter().enumerate() {
@@ -102,6 +133,7 @@ pub fn translate<'a>(
                     Ok(m) => m,
                     Err(e) => {
                         warn(&mut w, &owner, format!("rule {i} match {j}: {e}; match ignored"));
+                        refuse(&mut refusals, route, format!("rule {i} match {j}: {e}: left out"));
                         continue;
                     }
                 };
@@ -119,7 +151,10 @@ pub fn translate<'a>(
             }
         }
     }
-    w.into_iter().collect()
+    Translated {
+        warnings: w.into_iter().collect(),
+        refusals,
+    }
 }
 
 /// Every path: what a rule without matches matches.
@@ -264,7 +299,7 @@ fn header_matches(list: &[gw::HeaderMatch], lower: bool) -> Result<Vec<(Box<str>
 fn rule_action<'a>(
     builder: &mut TableBuilder,
     resolver: &mut Resolver<'a>,
-    objs: &Objects<'a>,
+    refs: &RefIndex<'a>,
     route: &RouteIn<'a>,
     rule: &RuleIn<'a>,
     host: &str,
@@ -335,7 +370,7 @@ fn rule_action<'a>(
                     (None, None) => 100,
                 };
                 // A mirror that cannot be resolved mirrors nothing (gateway.rs reports it).
-                if resolve_backend(objs, route_ns, route.kind, be).is_ok()
+                if resolve_backend(refs, route_ns, route.kind, be).is_ok()
                     && let Some(port) = be.port
                 {
                     let ns = be.namespace.as_deref().unwrap_or(route_ns);
@@ -354,7 +389,7 @@ fn rule_action<'a>(
         }
     }
     if action.redirect.is_some() && action.rewrite.is_some() {
-        return Err("RequestRedirect and URLRewrite cannot be combined".into());
+        return Err(INCOMPATIBLE.into());
     }
     if let Some(t) = rule.timeouts {
         action.request_timeout = duration(t.request.as_deref()).map_err(|e| format!("timeouts.request: {e}"))?;
@@ -365,7 +400,7 @@ fn rule_action<'a>(
     for be in rule.backend_refs {
         // What cannot be resolved answers 500 for its share; `gateway.rs` reports it (the
         // route's ResolvedRefs condition and a warning), so it is not reported twice here.
-        let resolved = resolve_backend(objs, route_ns, route.kind, be)
+        let resolved = resolve_backend(refs, route_ns, route.kind, be)
             .ok()
             .and_then(|_| Some((be.namespace.as_deref().unwrap_or(route_ns), be.name.as_str(), be.port?)));
         let backend = match resolved {

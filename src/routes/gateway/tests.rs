@@ -314,3 +314,46 @@ fn cors_origins() {
     };
     assert!(any.allows(b"https://anything.example") && any.any_origin());
 }
+
+/// A request whose host selects a listener gets that listener's routes or a 404, even when
+/// the listener has no routes at all: never a less specific listener's, never the Ingress's.
+/// Only a listener without hostname lets a host none of its routes name go on to the Ingress.
+#[test]
+fn listener_isolation() {
+    let mut s = Scopes::default();
+    s.add(&[], 8080, Some("*.c.example"), None, m(prefix("/")), action(40));
+    s.add_listener(&[], 8080, Some("quiet.c.example"));
+    s.add_listener(&[], 8080, Some("*.q.c.example"));
+    s.add(
+        &[],
+        8080,
+        Some("*.e.example"),
+        Some("x.e.example"),
+        m(prefix("/")),
+        action(42),
+    );
+    s.add(&[], 8080, None, Some("named.example"), m(prefix("/")), action(41));
+    // Adding a listener again (it has routes now) changes nothing.
+    s.add_listener(&[], 8080, Some("*.c.example"));
+    s.finish();
+    const A: &str = "127.0.0.1:8080";
+    #[rustfmt::skip]
+    let cases: &[(&str, &str)] = &[
+        ("a.c.example", "40"),
+        ("quiet.c.example", "404"),
+        ("a.q.c.example", "404"),
+        ("q.c.example", "40"),
+        ("x.e.example", "42"),
+        ("y.e.example", "404"),
+        ("named.example", "41"),
+        ("other.example", "ingress"),
+    ];
+    let failed: Vec<String> = cases
+        .iter()
+        .filter_map(|(host, want)| {
+            let g = got(&s, A, host, "GET", "/", &[]);
+            (g != *want).then(|| format!("{host}: got {g}, want {want}"))
+        })
+        .collect();
+    assert!(failed.is_empty(), "\n{}", failed.join("\n"));
+}

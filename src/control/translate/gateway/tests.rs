@@ -4,7 +4,7 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use k8s_openapi::api::core::v1::{Namespace, Service};
+use k8s_openapi::api::core::v1::Namespace;
 use serde_json::{Value, json};
 
 use super::*;
@@ -698,7 +698,8 @@ fn resolve_backends() {
         );
     let objects = w.objects();
     let r = |v: Value| serde_json::from_value::<BackendRef>(v).expect("backendRef");
-    let check = |kind: &str, v: Value| resolve_backend(&objects, "apps", kind, &r(v)).map_err(|p| p.reason);
+    let refs = RefIndex::new(&objects);
+    let check = |kind: &str, v: Value| resolve_backend(&refs, "apps", kind, &r(v)).map_err(|p| p.reason);
     assert_eq!(
         check("HTTPRoute", json!({"name": "web", "port": 80})),
         Ok(("apps".into(), "web".into(), 80))

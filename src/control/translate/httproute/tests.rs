@@ -93,6 +93,7 @@ fn run(
         .collect();
     warnings.extend(
         translate(&mut b, &spec(), &objs, &attached)
+            .warnings
             .into_iter()
             .map(|w| format!("{}: {}", w.object, w.message)),
     );
@@ -323,7 +324,9 @@ fn listener_hostnames_and_ingress_overlap() {
         got(&t, "shop.example", "GET", "/", &[], 0),
         "c1/web/cart:80 [192.0.2.2:8080]"
     );
-    assert_eq!(got(&t, "x.example", "GET", "/", &[], 0), "ingress");
+    // `x.example` selects the listener `*.example`: its routes (none for it) or a 404, not
+    // the Ingress.
+    assert_eq!(got(&t, "x.example", "GET", "/", &[], 0), "404");
     assert_eq!(
         overlaps,
         [(
@@ -388,8 +391,9 @@ fn grpc_routes_match_service_and_method_and_speak_http2() {
         hostnames: Vec::new(),
     }];
     let mut b = TableBuilder::default();
-    let warnings = translate(&mut b, &spec(), &objs, &attached);
-    assert_eq!(warnings, []);
+    let out = translate(&mut b, &spec(), &objs, &attached);
+    assert_eq!(out.warnings, []);
+    assert_eq!(out.refusals, Default::default());
     let t = b.build();
     let cart = "c1/web/cart:80 [192.0.2.2:8080]";
     let shop = "c1/web/shop:80 [192.0.2.1:8080]";
@@ -408,4 +412,65 @@ fn grpc_routes_match_service_and_method_and_speak_http2() {
     );
     let id = t.backend_id("c1/web/cart:80").unwrap();
     assert!(t.backends[id].h2, "gRPC backends speak HTTP/2");
+}
+
+/// Overlaps are reported for wildcards too: a Gateway `*.suffix` over an Ingress's exact name
+/// or same/narrower wildcard, an Ingress `*.suffix` over a route's name one label under it; a
+/// name two labels under an Ingress wildcard (which covers one label) is no overlap.
+#[test]
+fn wildcard_overlaps_with_ingresses_are_reported() {
+    let mut g = world();
+    for (i, host) in [
+        "a.wild.example",
+        "*.wide.example",
+        "*.same.example",
+        "*.deep.example",
+        "*.x.under.example",
+    ]
+    .iter()
+    .enumerate()
+    {
+        g.ingresses.push(ours("web", &format!("ing{i}"), T1, shop_rule(host)));
+    }
+    let rules = json!([{"backendRefs": [backend("cart", 80)]}]);
+    let routes: Vec<Arc<HttpRoute>> = [
+        ("wild", "*.wild.example"),
+        ("wide", "b.wide.example"),
+        ("same", "*.same.example"),
+        ("deep", "x.y.deep.example"),
+        ("under", "*.under.example"),
+    ]
+    .iter()
+    .map(|(name, host)| route("web", name, T2, json!({"hostnames": [host], "rules": rules})))
+    .collect();
+    let (_, _, overlaps) = run(&g, None, &routes);
+    let got: Vec<(&str, &str, &str)> = overlaps
+        .iter()
+        .map(|(h, r, o)| (h.as_str(), r.as_str(), o.as_str()))
+        .collect();
+    assert_eq!(
+        got,
+        [
+            (
+                "*.same.example",
+                "HTTPRoute web/same of cluster c1",
+                "Ingress web/ing2 of cluster c1"
+            ),
+            (
+                "*.x.under.example",
+                "HTTPRoute web/under of cluster c1",
+                "Ingress web/ing4 of cluster c1"
+            ),
+            (
+                "a.wild.example",
+                "HTTPRoute web/wild of cluster c1",
+                "Ingress web/ing0 of cluster c1"
+            ),
+            (
+                "b.wide.example",
+                "HTTPRoute web/wide of cluster c1",
+                "Ingress web/ing1 of cluster c1"
+            ),
+        ]
+    );
 }
