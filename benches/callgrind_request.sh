@@ -1,0 +1,66 @@
+#!/usr/bin/env bash
+# User-space instructions per plain HTTP/1.1 keep-alive request inside kedge's connection task,
+# under callgrind: robust on a shared machine where throughput is not.
+#
+#   bash benches/callgrind_request.sh [KEDGE_BIN]   # default target/release/kedge
+#
+# kedge (1 worker, epoll driver: valgrind does not follow io_uring) routes to a one-process
+# nginx backend; a Python client sends 200 warm-up requests, then N on one connection. The
+# figure is the inclusive cost of the connection's task (`accept::connection`, or
+# `plain_dispatch` where the compiler inlined the former into it: the larger), as
+# (cost at 5,000 − cost at 1,000) / 4,000, so start-up and warm-up cancel out.
+set -euo pipefail
+ROOT="$(cd "$(dirname "$0")/.." && pwd)"
+BIN="${1:-$ROOT/target/release/kedge}"
+command -v valgrind >/dev/null || apt-get install -y -qq valgrind >/dev/null
+command -v nginx >/dev/null || apt-get install -y -qq nginx >/dev/null
+TMP="$(mktemp -d)"; trap 'kill $(jobs -p) 2>/dev/null; [[ -n "${KEEP:-}" ]] || rm -rf "$TMP"' EXIT
+PORT=18180; BACKEND=18190
+mkdir -p "$TMP/t"
+cat >"$TMP/be.conf" <<EOF2
+daemon off; master_process off; worker_processes 1; pid $TMP/be.pid; error_log $TMP/be.err warn;
+events { worker_connections 1024; }
+http { access_log off; keepalive_requests 1000000; client_body_temp_path $TMP/t; proxy_temp_path $TMP/t;
+  fastcgi_temp_path $TMP/t; uwsgi_temp_path $TMP/t; scgi_temp_path $TMP/t;
+  server { listen 127.0.0.1:$BACKEND; location / { default_type text/plain; return 200 "hello from backend\n"; } } }
+EOF2
+nginx -p "$TMP" -c "$TMP/be.conf" &
+cat >"$TMP/kedge.toml" <<EOF2
+[proxy]
+workers = 1
+driver = "epoll"
+state_dir = "$TMP/state"
+[log]
+access_log = false
+level = "warn"
+[admin]
+enabled = false
+[[listener]]
+address = "127.0.0.1:$PORT"
+[[route]]
+path = "/"
+upstreams = ["127.0.0.1:$BACKEND"]
+EOF2
+cat >"$TMP/client.py" <<'EOF2'
+import http.client, sys
+c = http.client.HTTPConnection("127.0.0.1", int(sys.argv[1]))
+for _ in range(int(sys.argv[2])):
+    c.request("GET", "/", headers={"Host": "bench.example.com"})
+    r = c.getresponse(); r.read()
+    assert r.status == 200, r.status
+EOF2
+cost() {   # n -> inclusive instructions of the connection task
+    valgrind --tool=callgrind --callgrind-out-file="$TMP/cg.$1" "$BIN" run --config "$TMP/kedge.toml" 2>"$TMP/vg.$1" &
+    local v=$!
+    for _ in $(seq 60); do python3 -c "import socket; socket.create_connection(('127.0.0.1',$PORT),timeout=1)" 2>/dev/null && break; sleep 1; done
+    python3 "$TMP/client.py" "$PORT" 200
+    python3 "$TMP/client.py" "$PORT" "$1"
+    kill -INT "$v"; wait "$v" || true
+    callgrind_annotate --auto=no --inclusive=yes --threshold=100 "$TMP/cg.$1" 2>/dev/null \
+        | grep -E 'kedge::worker::accept::(connection|plain_dispatch)::\{\{closure\}\}' \
+        | awk '{gsub(",", "", $1); if ($1 + 0 > m) m = $1 + 0} END {print m + 0}'
+}
+a=$(cost 1000); b=$(cost 5000)
+[[ -n "${KEEP:-}" ]] && echo "callgrind files kept in $TMP"
+echo "kedge: $BIN ($("$BIN" version 2>/dev/null | head -1))"
+echo "instructions per request in the connection task: $(( (b - a) / 4000 ))  (1,000: $a, 5,000: $b)"
