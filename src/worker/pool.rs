@@ -14,6 +14,9 @@ pub type PoolKey = (SocketAddr, u64);
 /// Connections parked for less than this are reused without a liveness check.
 const CHECK_AFTER: Duration = Duration::from_secs(1);
 
+/// Liveness checks (one syscall each) a sweep makes at most.
+const CHECKS_PER_SWEEP: usize = 1024;
+
 /// An idle upstream connection and when it was parked.
 struct Idle {
     stream: UpstreamStream,
@@ -56,12 +59,26 @@ impl Pool {
         }
     }
 
-    /// Closes connections idle longer than `idle_timeout`; called periodically so idle sockets
-    /// do not pile up on endpoints that no longer get traffic.
+    /// Closes connections idle longer than `idle_timeout`, and those the upstream closed while
+    /// parked; called periodically so idle sockets do not pile up on endpoints that no longer
+    /// get traffic, nor sit in CLOSE-WAIT until the idle timeout after a pod stopped. The
+    /// liveness check is one peek per connection parked longer than [`CHECK_AFTER`], at most
+    /// [`CHECKS_PER_SWEEP`] per sweep (the rest wait for the next sweep).
     pub fn sweep(&mut self, idle_timeout: Duration) {
         let now = Instant::now();
+        let mut checks = CHECKS_PER_SWEEP;
         self.idle.retain(|_, list| {
-            list.retain(|i| now.duration_since(i.since) < idle_timeout);
+            list.retain(|i| {
+                let age = now.duration_since(i.since);
+                if age >= idle_timeout {
+                    return false;
+                }
+                if age >= CHECK_AFTER && checks > 0 {
+                    checks -= 1;
+                    return is_open(&i.stream);
+                }
+                true
+            });
             !list.is_empty()
         });
     }

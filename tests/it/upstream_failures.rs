@@ -160,3 +160,53 @@ both_drivers!(
         }
     }
 );
+
+/// kedge's sockets (by `/proc/PID/fd` inodes) whose remote end is `remote`, in `/proc/net/tcp`.
+fn sockets_to(pid: u32, remote: std::net::SocketAddr) -> usize {
+    let inodes: std::collections::HashSet<String> = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .map(|d| {
+            d.filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
+                .filter_map(|l| {
+                    let l = l.to_string_lossy().into_owned();
+                    Some(l.strip_prefix("socket:[")?.strip_suffix(']')?.to_owned())
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    let std::net::IpAddr::V4(ip) = remote.ip() else {
+        panic!("IPv4 only")
+    };
+    // /proc/net/tcp writes an IPv4 address as its 32-bit value in host (little-endian) order.
+    let want = format!("{:08X}:{:04X}", u32::from_le_bytes(ip.octets()), remote.port());
+    std::fs::read_to_string("/proc/net/tcp")
+        .unwrap()
+        .lines()
+        .skip(1)
+        .filter(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            f.len() > 9 && f[2] == want && inodes.contains(f[9])
+        })
+        .count()
+}
+
+both_drivers!(
+    /// A parked upstream connection whose upstream went away (a pod stopped) is closed by the
+    /// worker's sweep within seconds, not held in CLOSE-WAIT until the idle timeout (60 s).
+    fn pooled_connections_to_a_stopped_upstream_are_closed_by_the_sweep(driver) {
+        let up = Upstream::start("gone", Handler::Echo);
+        let addr = up.addr();
+        let kedge = Kedge::start(driver, &route_all(&[addr]));
+        {
+            let mut c = Client::connect(kedge.addr());
+            assert_eq!(c.get("gone.test", "/").status, 200);
+        }
+        wait_until(Duration::from_secs(5), "a pooled connection to the upstream", || {
+            sockets_to(kedge.pid(), addr) == 1
+        });
+        drop(up);
+        // The sweep runs every 5 s and checks connections parked for more than a second.
+        wait_until(Duration::from_secs(15), "the dead pooled connection closed", || {
+            sockets_to(kedge.pid(), addr) == 0
+        });
+    }
+);
