@@ -206,13 +206,7 @@ fi
 if want_mode grpc && [[ -z "$GRPC_BIN" ]]; then
     command -v cargo >/dev/null || die "cargo not found (use --grpc-bin with an existing binary)"
     log "building the gRPC upstream: cargo bench --no-run --bench grpc_upstream"
-    GRPC_BIN="$(cd "$ROOT" && cargo bench --no-run --bench grpc_upstream --message-format=json \
-        | python3 -c 'import json,sys
-for l in sys.stdin:
-    try: m = json.loads(l)
-    except ValueError: continue
-    if m.get("reason") == "compiler-artifact" and m.get("target", {}).get("name") == "grpc_upstream" and m.get("executable"):
-        print(m["executable"])')"
+    GRPC_BIN="$(bench_exe grpc_upstream)"   # benches/lib.sh
 fi
 ! want_mode grpc || [[ -x "$GRPC_BIN" ]] || die "gRPC upstream binary '$GRPC_BIN' not found"
 

@@ -77,6 +77,18 @@ EOF2
     cp "$TMP/backend/nginx.conf" "$OUT/conf/backend-nginx.conf"
 }
 
+# Builds the bench target NAME (`cargo bench --no-run --bench NAME`, in $ROOT) and prints the
+# path of its executable.
+bench_exe() {   # name
+    (cd "$ROOT" && cargo bench --no-run --bench "$1" --message-format=json \
+        | python3 -c 'import json,sys
+for l in sys.stdin:
+    try: m = json.loads(l)
+    except ValueError: continue
+    if m.get("reason") == "compiler-artifact" and m.get("target", {}).get("name") == sys.argv[1] and m.get("executable"):
+        print(m["executable"])' "$1")
+}
+
 # Runs "$@" (exec) inside a cgroup of its own capped at PROXY_QUOTA % of one core, when set.
 # Children (nginx workers, kedge threads) inherit the cgroup.
 limited_in() {   # cgroup-prefix name cmd...

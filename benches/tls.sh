@@ -209,13 +209,7 @@ find_bins
 if ((SKIP_BUILD == 0)); then
     command -v cargo >/dev/null || die "cargo not found (use --skip-build with existing binaries)"
     log "building the load generator: cargo bench --no-run --bench tls_load"
-    exe="$(cd "$ROOT" && cargo bench --no-run --bench tls_load --message-format=json \
-        | python3 -c 'import json,sys
-for l in sys.stdin:
-    try: m = json.loads(l)
-    except ValueError: continue
-    if m.get("reason") == "compiler-artifact" and m.get("target", {}).get("name") == "tls_load" and m.get("executable"):
-        print(m["executable"])')"
+    exe="$(bench_exe tls_load)"   # benches/lib.sh
     [[ -n "$LOAD_BIN" ]] || LOAD_BIN="$exe"
     # Last, so that target/release/kedge is the plain release build (the bench build
     # above links one with the dev-dependencies' features).
