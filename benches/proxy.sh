@@ -4,7 +4,7 @@
 #   bash benches/proxy.sh [--runs N] [--duration S] [--connections C]
 #                         [--workers N] [--skip-build] [--warmup S]
 #                         [--threads T] [--targets LIST] [--kedge-bin PATH]
-#                         [--kedge-driver auto|...] [--results-dir DIR]
+#                         [--kedge-driver auto|...] [--results-dir DIR] [--new-conn]
 #
 # Everything runs on 127.0.0.1 with private instances (own configs, pid files
 # and prefixes under a temp dir, ports 18080-18090). Every process started here
@@ -26,6 +26,7 @@ QUIET_WAIT=120       # max seconds to wait for an idle machine before each run
 MAX_OTHER=10         # % of a core used by foreign processes that voids a run
 PROXY_QUOTA=0        # CFS quota per proxy in % of one core; 0 = none
 KEDGE_DRIVER="${KEDGE_DRIVER:-auto}"
+NEW_CONN=0           # 1: a new connection per request (wrk sends Connection: close)
 
 PORT_KEDGE="${PORT_KEDGE:-18080}"
 PORT_NGINX="${PORT_NGINX:-18081}"
@@ -52,6 +53,9 @@ Options (defaults in brackets):
   --threads T       wrk threads [$THREADS]
   --workers N       proxy workers/threads (nginx worker_processes, HAProxy
                     nbthread, kedge workers) [$WORKERS]
+  --new-conn        a new TCP connection per request: wrk sends "Connection: close",
+                    the proxy closes after each answer and wrk reconnects (accept,
+                    connection set-up and teardown dominate; req/s = connections/s)
   --skip-build      do not run 'cargo build --release'
   --targets LIST    comma list out of kedge,nginx,haproxy,direct [$TARGETS]
   --kedge-bin PATH  kedge binary [target/release/kedge]
@@ -80,6 +84,7 @@ while (($#)); do
         --threads) THREADS="$2"; shift 2 ;;
         --workers) WORKERS="$2"; shift 2 ;;
         --skip-build) SKIP_BUILD=1; shift ;;
+        --new-conn) NEW_CONN=1; shift ;;
         --targets) TARGETS="$2"; shift 2 ;;
         --kedge-bin) KEDGE_BIN="$2"; shift 2 ;;
         --kedge-driver) KEDGE_DRIVER="$2"; shift 2 ;;
@@ -248,7 +253,7 @@ done
 
 TMP="$(mktemp -d /tmp/kedge-bench.XXXXXX)"
 STAMP="$(date +%Y%m%d-%H%M%S)"
-OUT="$RESULTS_BASE/$STAMP-w$WORKERS"
+OUT="$RESULTS_BASE/$STAMP-w$WORKERS$( ((NEW_CONN)) && echo -newconn)"
 mkdir -p "$OUT/wrk" "$OUT/conf"
 
 # Enough file descriptors for the servers (inherited); HAProxy refuses to start
@@ -362,6 +367,10 @@ start_kedge() {
 workers = $WORKERS
 driver = "$KEDGE_DRIVER"
 
+# Off: its fixed port (9180) would clash with any other kedge on the machine.
+[admin]
+enabled = false
+
 [log]
 access_log = false
 level = "warn"
@@ -401,7 +410,9 @@ if [[ " ${ACTIVE[*]} " == *" kedge "* ]]; then
     V_KEDGE="$("$KEDGE_BIN" --version 2>/dev/null | head -n1 || true)"; V_KEDGE="${V_KEDGE:-kedge (version unknown)}"
     V_KEDGE="$V_KEDGE @ $(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo '?') (driver=$KEDGE_DRIVER)"
 fi
-WRK_CMD="wrk -t$THREADS -c$CONNECTIONS -d${DURATION}s --latency"
+WRK_HDR=()
+((NEW_CONN)) && WRK_HDR=(-H "Connection: close")
+WRK_CMD="wrk -t$THREADS -c$CONNECTIONS -d${DURATION}s --latency$( ((NEW_CONN)) && echo " -H 'Connection: close'")"
 BENCH_COMMAND="$ORIG_CMD" BENCH_WRK_CMD="$WRK_CMD" BENCH_CPU_MODEL="$CPU_MODEL" \
 BENCH_VERSIONS="$(printf '%s; ' "$V_NGINX" "$V_HAPROXY" "$V_WRK" ${V_KEDGE:+"$V_KEDGE"} | sed 's/; $//')" \
 python3 - "$OUT/meta.json" <<EOF
@@ -448,7 +459,7 @@ run_one() {   # target phase run_no seconds [max_other]
     # gives wrk's own CPU time (user+sys) for the "wrk CPU %" column.
     (
         TIMEFORMAT='%3R %3U %3S'
-        time taskset -c "$WRK_CPUS" wrk -t"$THREADS" -c"$CONNECTIONS" -d"${secs}s" --latency \
+        time taskset -c "$WRK_CPUS" wrk -t"$THREADS" -c"$CONNECTIONS" -d"${secs}s" --latency "${WRK_HDR[@]}" \
             "http://127.0.0.1:${PORT_OF[$t]}/" >"$OUT/wrk/$tag.txt" 2>&1
     ) 2>"$TMP/$tag.time" &
     WRK_PID=$!

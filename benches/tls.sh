@@ -54,7 +54,9 @@ usage() {
 Options (defaults in brackets):
   --key K           ecdsa, rsa or both [$KEYS]. With both, every cell runs with the
                     ECDSA certificate and full handshakes also with the RSA one.
-  --cells LIST      comma list out of keepalive,full,resumed13,resumed12,
+  --cells LIST      comma list out of keepalive,full,fullpq (a client offering
+                    X25519MLKEM768 first, as current browsers do; nginx 1.22 with
+                    OpenSSL 3.0 takes its X25519 share), resumed13, resumed12,
                     resumed12id (TLS 1.2 by session ID, no tickets), idle
                     [all; with --key both the RSA certificate gets: full]
   --runs N          measured runs per cell and proxy, alternating kedge/nginx [$RUNS]
@@ -116,7 +118,7 @@ case "$KEYS" in
     ecdsa|rsa) KEY_LIST=("$KEYS") ;;
     *) echo "--key must be ecdsa, rsa or both" >&2; exit 2 ;;
 esac
-ALL_CELLS="keepalive,full,resumed13,resumed12,resumed12id,idle"
+ALL_CELLS="keepalive,full,fullpq,resumed13,resumed12,resumed12id,idle"
 for v in RUNS DURATION CONCURRENCY IDLE_CONNS WORKERS; do
     [[ "${!v}" =~ ^[1-9][0-9]*$ ]] || { echo "--${v,,} must be a positive integer (got '${!v}')" >&2; exit 2; }
 done
@@ -413,7 +415,7 @@ CPU_MODEL="$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ *//' 
 V_NGINX="$("$NGINX_BIN" -V 2>&1 | sed -n 's/^nginx version: //p'), $("$NGINX_BIN" -V 2>&1 | sed -n 's/^built with //p')"
 V_KEDGE="$("$KEDGE_BIN" --version 2>/dev/null | head -n1 || true)"
 V_KEDGE="${V_KEDGE:-kedge} @ $(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo '?')$( [[ -z "$(git -C "$ROOT" status --porcelain -- src 2>/dev/null)" ]] || echo '+dirty src') (driver=$KEDGE_DRIVER)"
-CLIENT_DESC="tls_load (tokio + rustls $(sed -n '/^name = "rustls"$/{n;s/version = "\(.*\)"/\1/p}' "$ROOT/Cargo.lock" | head -n1), ring), $( ((VERIFY)) && echo 'chain and name verified against the CA' || echo 'handshake signature checked, chain and name not')"
+CLIENT_DESC="tls_load (tokio + rustls $(sed -n '/^name = "rustls"$/{n;s/version = "\(.*\)"/\1/p}' "$ROOT/Cargo.lock" | head -n1), aws-lc-rs, X25519 first), $( ((VERIFY)) && echo 'chain and name verified against the CA' || echo 'handshake signature checked, chain and name not')"
 BENCH_COMMAND="$ORIG_CMD" BENCH_CPU_MODEL="$CPU_MODEL" BENCH_V_NGINX="$V_NGINX" BENCH_V_KEDGE="$V_KEDGE" \
 BENCH_CLIENT="$CLIENT_DESC" python3 - "$OUT/meta.json" <<EOF
 import json, os, sys, datetime, platform
@@ -442,6 +444,7 @@ cell_args() {   # cell -> tls_load arguments
     case "$1" in
         keepalive) echo "--mode keepalive" ;;
         full) echo "--mode full" ;;
+        fullpq) echo "--mode full --pq" ;;
         resumed13) echo "--mode resumed" ;;
         resumed12) echo "--mode resumed --tls12" ;;
         resumed12id) echo "--mode resumed --tls12 --session-id" ;;

@@ -3,7 +3,7 @@
 //! ```text
 //! tls_load --addr 127.0.0.1:18443 --sni bench.example.com --ca ca.pem
 //!          --mode full|resumed|keepalive|idle [--concurrency N] [--duration S] [--warmup S]
-//!          [--tls12 [--session-id]] [--insecure] [--idle-conns N] [--hold S]
+//!          [--tls12 [--session-id]] [--insecure] [--pq] [--idle-conns N] [--hold S]
 //!          [--proxy-pid PID] [--backend-pid PID]
 //! ```
 //!
@@ -30,6 +30,10 @@
 //! process trees (utime+stime of the process and its descendants) during the window is
 //! reported as % of one core, with this process's own CPU and `other_cpu` = machine-wide busy
 //! time (`/proc/stat`) not accounted for by the three, i.e. foreign load (a compiler...).
+//!
+//! Key exchange: X25519 first (then P-256, P-384), what nginx's OpenSSL 3.0 also prefers;
+//! `--pq` offers the hybrid post-quantum X25519MLKEM768 first (kedge only: a server without it
+//! would answer with a HelloRetryRequest).
 //!
 //! Certificates: `--ca FILE` verifies the chain and the name (what a real client does);
 //! `--insecure` skips the chain and name check but still verifies the server's handshake
@@ -78,6 +82,8 @@ struct Args {
     path: String,
     ca: Option<PathBuf>,
     insecure: bool,
+    /// Offer X25519MLKEM768 first (a key share for it) instead of X25519.
+    pq: bool,
     mode: Mode,
     concurrency: usize,
     duration: f64,
@@ -92,7 +98,7 @@ struct Args {
 
 const USAGE: &str = "usage: tls_load --addr IP:PORT --sni NAME (--ca FILE | --insecure) \
 --mode full|resumed|keepalive|idle [--concurrency N] [--duration S] [--warmup S] [--tls12 [--session-id]] \
-[--idle-conns N] [--hold S] [--host H] [--path P] [--proxy-pid PID] [--backend-pid PID]";
+[--pq] [--idle-conns N] [--hold S] [--host H] [--path P] [--proxy-pid PID] [--backend-pid PID]";
 
 fn parse_args() -> Result<Args, String> {
     let mut a = Args {
@@ -102,6 +108,7 @@ fn parse_args() -> Result<Args, String> {
         path: "/".into(),
         ca: None,
         insecure: false,
+        pq: false,
         mode: Mode::Full,
         concurrency: 50,
         duration: 5.0,
@@ -138,6 +145,7 @@ fn parse_args() -> Result<Args, String> {
             "--duration" | "-d" => a.duration = num(val()?)?,
             "--warmup" => a.warmup = num(val()?)?,
             "--tls12" => a.tls12 = true,
+            "--pq" => a.pq = true,
             "--session-id" => a.session_id = true,
             "--idle-conns" => a.idle_conns = int(val()?)?,
             "--hold" => a.hold = num(val()?)?,
@@ -255,6 +263,14 @@ impl ClientSessionStore for SharedSessions {
     fn take_tls13_ticket(&self, _: &ServerName<'static>) -> Option<Tls13ClientSessionValue> {
         // Newest first: the freshest ticket, like ClientSessionMemoryCache.
         self.inner.lock().unwrap().tls13.pop_back()
+    }
+}
+
+fn kx_groups(pq: bool) -> Vec<&'static dyn rustls::crypto::SupportedKxGroup> {
+    use rustls::crypto::aws_lc_rs::kx_group::*;
+    match pq {
+        true => vec![X25519MLKEM768, X25519, SECP256R1, SECP384R1],
+        false => vec![X25519, SECP256R1, SECP384R1],
     }
 }
 
@@ -838,7 +854,14 @@ fn main() {
             std::process::exit(2);
         }
     };
-    let _ = rustls::crypto::ring::default_provider().install_default();
+    // aws-lc-rs, the provider kedge uses. Classic groups (X25519 first) unless --pq: nginx's
+    // OpenSSL 3.0 has no post-quantum group, and a client preferring one would pay a second
+    // ClientHello there.
+    let _ = rustls::crypto::CryptoProvider {
+        kx_groups: kx_groups(a.pq),
+        ..rustls::crypto::aws_lc_rs::default_provider()
+    }
+    .install_default();
     let cfg = client_config(&a).unwrap_or_else(|e| {
         eprintln!("tls_load: {e}");
         std::process::exit(2);

@@ -22,6 +22,7 @@ import sys
 CELL_TITLE = {
     "keepalive": "keep-alive requests/s",
     "full": "full handshakes/s",
+    "fullpq": "full handshakes/s, client preferring X25519MLKEM768",
     "resumed13": "resumed handshakes/s, TLS 1.3",
     "resumed12": "resumed handshakes/s, TLS 1.2 (ticket)",
     "resumed12id": "resumed handshakes/s, TLS 1.2 (session ID)",

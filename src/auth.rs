@@ -110,7 +110,7 @@ pub fn verify(password: &str, hash: &str) -> bool {
         return constant_eq(apr1(password.as_bytes(), salt.as_bytes()).as_bytes(), hash.as_bytes());
     }
     if let Some(b64) = hash.strip_prefix("{SHA}") {
-        let digest = ring::digest::digest(&ring::digest::SHA1_FOR_LEGACY_USE_ONLY, password.as_bytes());
+        let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA1_FOR_LEGACY_USE_ONLY, password.as_bytes());
         let mine = base64::engine::general_purpose::STANDARD.encode(digest.as_ref());
         return constant_eq(mine.as_bytes(), b64.as_bytes());
     }

@@ -22,8 +22,8 @@ use crate::worker::{self, listener::Bound};
 /// Runs kedge until SIGTERM or SIGINT, then drains. Returns an error when it cannot start.
 pub fn run(cfg: Config) -> Result<(), String> {
     let mut signals = Signals::new([SIGHUP, SIGTERM, SIGINT]).map_err(|e| format!("cannot handle signals: {e}"))?;
-    // kube's TLS and ours use rustls with ring; say so once for the whole process.
-    let _ = rustls::crypto::ring::default_provider().install_default();
+    // kube's TLS and ours use rustls with aws-lc-rs; say so once for the whole process.
+    let _ = crate::tls::default_provider().install_default();
 
     // Until the control thread's first build: static routes, and no TLS yet (workers start
     // after that build anyway).

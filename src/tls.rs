@@ -129,9 +129,28 @@ impl Cert {
     }
 }
 
+/// The key exchange groups kedge accepts and, as a client of upstreams, offers (in this order,
+/// a key share for the first): the hybrid post-quantum X25519MLKEM768 (TLS 1.3 only), then the
+/// classic X25519, P-256 and P-384. As a server rustls takes the client's first group it
+/// supports, so a client that prefers X25519MLKEM768 gets it and a classic one its own choice.
+fn kx_groups() -> Vec<&'static dyn rustls::crypto::SupportedKxGroup> {
+    use rustls::crypto::aws_lc_rs::kx_group::*;
+    vec![X25519MLKEM768, X25519, SECP256R1, SECP384R1]
+}
+
+/// The process's crypto provider: rustls' aws-lc-rs (about 2.3x ring's RSA-2048 signing
+/// speed; BENCHMARKS.md "ring vs aws-lc-rs") with kedge's key exchange groups. `process::run`
+/// installs it for the whole process (kube's client included).
+pub fn default_provider() -> CryptoProvider {
+    CryptoProvider {
+        kx_groups: kx_groups(),
+        ..rustls::crypto::aws_lc_rs::default_provider()
+    }
+}
+
 /// The cipher suites TLS listeners offer, most preferred first (Mozilla "intermediate").
 fn server_provider() -> Arc<CryptoProvider> {
-    use rustls::crypto::ring::cipher_suite::*;
+    use rustls::crypto::aws_lc_rs::cipher_suite::*;
     Arc::new(CryptoProvider {
         cipher_suites: vec![
             TLS13_AES_128_GCM_SHA256,
@@ -144,14 +163,14 @@ fn server_provider() -> Arc<CryptoProvider> {
             TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256,
             TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305_SHA256,
         ],
-        ..rustls::crypto::ring::default_provider()
+        ..default_provider()
     })
 }
 
 fn provider() -> Arc<CryptoProvider> {
     CryptoProvider::get_default()
         .cloned()
-        .unwrap_or_else(|| Arc::new(rustls::crypto::ring::default_provider()))
+        .unwrap_or_else(|| Arc::new(default_provider()))
 }
 
 /// Chooses the certificate for a handshake: the exact SNI name, then the one-label wildcard
@@ -260,7 +279,7 @@ const SESSION_CACHE_ENTRIES: usize = 20_000;
 impl Sessions {
     pub fn new() -> Result<Sessions, String> {
         Ok(Sessions {
-            ticketer: rustls::crypto::ring::Ticketer::new().map_err(|e| format!("TLS ticket keys: {e}"))?,
+            ticketer: rustls::crypto::aws_lc_rs::Ticketer::new().map_err(|e| format!("TLS ticket keys: {e}"))?,
             cache: rustls::server::ServerSessionMemoryCache::new(SESSION_CACHE_ENTRIES),
         })
     }

@@ -185,7 +185,7 @@ pub fn identity() -> String {
 /// 16 bytes from the system's random source (the clock's nanoseconds if it fails).
 fn random_bytes() -> [u8; 16] {
     let mut b = [0u8; 16];
-    if ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut b).is_err() {
+    if aws_lc_rs::rand::SecureRandom::fill(&aws_lc_rs::rand::SystemRandom::new(), &mut b).is_err() {
         let nanos = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_nanos());

@@ -154,6 +154,13 @@ fn server_config_is_tls12_and_13_with_http11_alpn() {
     assert_eq!(suites[0], "TLS13_AES_128_GCM_SHA256", "{suites:?}");
     assert_eq!(suites[3], "TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256", "{suites:?}");
     assert_eq!(suites.len(), 9);
+    let groups: Vec<String> = cfg
+        .crypto_provider()
+        .kx_groups
+        .iter()
+        .map(|g| format!("{:?}", g.name()))
+        .collect();
+    assert_eq!(groups, ["X25519MLKEM768", "X25519", "secp256r1", "secp384r1"]);
 }
 
 #[test]

@@ -306,7 +306,7 @@ fn any_cert_client() -> Arc<rustls::ClientConfig> {
             self.0.signature_verification_algorithms.supported_schemes()
         }
     }
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
     let mut cfg = rustls::ClientConfig::builder_with_provider(Arc::clone(&provider))
         .with_safe_default_protocol_versions()
         .expect("versions")
@@ -316,6 +316,35 @@ fn any_cert_client() -> Arc<rustls::ClientConfig> {
     cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
     Arc::new(cfg)
 }
+
+both_drivers!(
+    fn post_quantum_x25519mlkem768_is_preferred_and_classic_groups_still_work(driver) {
+        use rustls::crypto::aws_lc_rs::kx_group;
+        use rustls::version::{TLS12, TLS13};
+        let ca = TestCa::new();
+        let dir = TempDir::new("tls-kx");
+        let leaf = ca.leaf(&["www.example.com"]);
+        let up = Upstream::start("app", Handler::Echo);
+        let kedge = Kedge::setup(driver).tls().start(&static_tls(&dir, &leaf, &[], &up, ""));
+        let negotiated = |versions: &[&'static rustls::SupportedProtocolVersion],
+                          groups: &[&'static dyn rustls::crypto::SupportedKxGroup]| {
+            let mut c = Client::connect_tls(kedge.tls_addr(), ca.client_kx(versions, groups), "www.example.com");
+            assert_eq!(c.get("www.example.com", "/").status, 200);
+            let group = c.tls().negotiated_key_exchange_group().expect("a key exchange group");
+            format!("{:?}", group.name())
+        };
+        // A client offering only the hybrid post-quantum group gets it.
+        assert_eq!(negotiated(&[&TLS13], &[kx_group::X25519MLKEM768]), "X25519MLKEM768");
+        // The client's order decides (rustls takes its first group kedge supports).
+        assert_eq!(negotiated(&[&TLS13], &[kx_group::X25519, kx_group::X25519MLKEM768]), "X25519");
+        // Classic clients, each group alone, on TLS 1.3 and 1.2.
+        for versions in [&[&TLS13][..], &[&TLS12][..]] {
+            assert_eq!(negotiated(versions, &[kx_group::X25519]), "X25519", "{versions:?}");
+            assert_eq!(negotiated(versions, &[kx_group::SECP256R1]), "secp256r1", "{versions:?}");
+            assert_eq!(negotiated(versions, &[kx_group::SECP384R1]), "secp384r1", "{versions:?}");
+        }
+    }
+);
 
 #[test]
 fn bad_certificates_fall_back_to_the_default_and_break_nothing_else() {
@@ -676,7 +705,7 @@ fn rsa_and_ecdsa_keys_in_pkcs1_sec1_and_pkcs8_from_openssl() {
     }
     for versions in [&[&rustls::version::TLS13][..], &[&rustls::version::TLS12][..]] {
         let config = Arc::new(
-            rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+            rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::aws_lc_rs::default_provider()))
                 .with_protocol_versions(versions)
                 .unwrap()
                 .with_root_certificates(roots.clone())

@@ -6,9 +6,14 @@ use std::sync::Arc;
 
 use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair, KeyUsagePurpose};
 use rustls::ClientConfig;
+use rustls::crypto::SupportedKxGroup;
+use rustls::crypto::aws_lc_rs::kx_group;
 use rustls::pki_types::CertificateDer;
 
 use super::TempDir;
+
+/// The key exchange groups of a classic client, in rustls' order.
+pub const CLASSIC_GROUPS: &[&dyn SupportedKxGroup] = &[kx_group::X25519, kx_group::SECP256R1, kx_group::SECP384R1];
 
 /// A certificate authority for one test.
 pub struct TestCa {
@@ -71,10 +76,26 @@ impl TestCa {
         Arc::new(cfg)
     }
 
+    /// A classic client (no post-quantum key exchange, like OpenSSL 3.0 and curl built on it)
+    /// offering `versions`.
     pub fn client_with(&self, versions: &[&'static rustls::SupportedProtocolVersion]) -> Arc<ClientConfig> {
+        self.client_kx(versions, CLASSIC_GROUPS)
+    }
+
+    /// A client trusting this CA that offers `versions` and exactly the key exchange `groups`
+    /// (a key share for the first).
+    pub fn client_kx(
+        &self,
+        versions: &[&'static rustls::SupportedProtocolVersion],
+        groups: &[&'static dyn SupportedKxGroup],
+    ) -> Arc<ClientConfig> {
         let mut roots = rustls::RootCertStore::empty();
         roots.add(self.ca.der().clone()).expect("add CA");
-        let mut cfg = ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        let provider = rustls::crypto::CryptoProvider {
+            kx_groups: groups.to_vec(),
+            ..rustls::crypto::aws_lc_rs::default_provider()
+        };
+        let mut cfg = ClientConfig::builder_with_provider(Arc::new(provider))
             .with_protocol_versions(versions)
             .expect("versions")
             .with_root_certificates(roots)
@@ -93,12 +114,13 @@ impl Leaf {
             .collect::<Result<Vec<_>, _>>()
             .expect("chain");
         let key = PrivateKeyDer::from_pem_slice(self.key_pem.as_bytes()).expect("key");
-        let mut cfg = rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-            .with_safe_default_protocol_versions()
-            .expect("versions")
-            .with_no_client_auth()
-            .with_single_cert(chain, key)
-            .expect("server config");
+        let mut cfg =
+            rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::aws_lc_rs::default_provider()))
+                .with_safe_default_protocol_versions()
+                .expect("versions")
+                .with_no_client_auth()
+                .with_single_cert(chain, key)
+                .expect("server config");
         cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
         Arc::new(cfg)
     }
