@@ -134,6 +134,7 @@ fn paths_headers_query_method_hostnames_and_ingress_side_by_side() {
                 {"matches": [{"path": {"type": "RegularExpression", "value": "/items/[0-9]+"}}], "backendRefs": to("c")},
                 {"matches": [{"path": {"value": "/api"}, "headers": [{"name": "X-Env", "value": "canary"}]}], "backendRefs": to("c")},
                 {"matches": [{"path": {"value": "/api"}, "queryParams": [{"name": "v", "value": "2"}]}], "backendRefs": to("a")},
+                {"matches": [{"path": {"value": "/tags"}, "headers": [{"name": "X-Tag", "value": "a, b"}]}], "backendRefs": to("c")},
                 {"matches": [{"path": {"value": "/"}}], "backendRefs": to("a")},
             ]),
         ),
@@ -188,6 +189,15 @@ fn paths_headers_query_method_hostnames_and_ingress_side_by_side() {
             &format!("GET /api/x?V=2 HTTP/1.1\r\nHost: {h}\r\n\r\n"),
             (200, Some("b")),
         ),
+        // A repeated header is matched as its values joined with ", ".
+        (
+            &format!("GET /tags HTTP/1.1\r\nHost: {h}\r\nX-Tag: a\r\nx-tag: b\r\n\r\n"),
+            (200, Some("c")),
+        ),
+        (
+            &format!("GET /tags HTTP/1.1\r\nHost: {h}\r\nX-Tag: a\r\n\r\n"),
+            (200, Some("a")),
+        ),
         // No rule of the host matches: 404, not the Ingress of the same host.
         ("GET /other HTTP/1.1\r\nHost: strict.example.com\r\n\r\n", (404, None)),
         // A host no route names: the Ingress rules.
@@ -203,6 +213,13 @@ fn paths_headers_query_method_hostnames_and_ingress_side_by_side() {
     let req = h2
         .req("GET", h, "/api/x")
         .header("x-env", "canary")
+        .body(())
+        .expect("request");
+    assert_eq!(h2.request(req, None).upstream(), Some("c"));
+    let req = h2
+        .req("GET", h, "/tags")
+        .header("x-tag", "a")
+        .header("x-tag", "b")
         .body(())
         .expect("request");
     assert_eq!(h2.request(req, None).upstream(), Some("c"));
