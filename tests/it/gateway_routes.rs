@@ -628,3 +628,55 @@ fn a_listener_without_routes_still_owns_its_hostname() {
     w.wait_routed("quiet.example.com", "/", (200, Some("quiet")));
     assert_eq!(get(&w.kedge, "other.example.com", "/"), (200, Some("wild".into())));
 }
+
+/// Two Gateways on one port, one on 127.0.0.1 and one on 127.0.0.2, each with an HTTPS listener
+/// for the same hostname and a certificate of its own: each address serves its own Gateway's
+/// certificate (and routes), never the other Gateway's, whichever came first.
+#[test]
+fn two_gateways_on_one_port_serve_their_own_certificates_for_one_hostname() {
+    use crate::support::tls::TestCa;
+    let ca = TestCa::new();
+    let port = free_port_on_both();
+    let listeners = format!(
+        "[[listener]]\naddress = \"127.0.0.1:{port}\"\ntls = true\n\n[[listener]]\naddress = \"127.0.0.2:{port}\"\ntls = true\n"
+    );
+    let setup = Kedge::setup(Driver::default()).tables(&listeners);
+    let w = World::start_with("gw-certs", &["one", "two"], setup);
+    let first = ca.leaf(&["same.example.com"]);
+    let second = ca.leaf(&["same.example.com"]);
+    w.api.apply("secrets", first.secret("default", "one-tls"));
+    w.api.apply("secrets", second.secret("default", "two-tls"));
+    for (name, address, secret, svc) in [
+        ("gw-one", "127.0.0.1", "one-tls", "one"),
+        ("gw-two", "127.0.0.2", "two-tls", "two"),
+    ] {
+        w.api.apply(
+            "gateways",
+            json!({"apiVersion": GW, "kind": "Gateway", "metadata": {"name": name, "namespace": "default"},
+                   "spec": {"gatewayClassName": "kedge", "addresses": [{"type": "IPAddress", "value": address}],
+                            "listeners": [{"name": "https", "port": port, "protocol": "HTTPS",
+                                           "hostname": "same.example.com",
+                                           "tls": {"certificateRefs": [{"name": secret}]}}]}}),
+        );
+        w.api.apply(
+            "httproutes",
+            route(svc, name, &["same.example.com"], json!([{"backendRefs": to(svc)}])),
+        );
+    }
+    // The certificate served on `ip`, and where a request over that connection went.
+    let ask = |ip: &str| {
+        let addr: std::net::SocketAddr = format!("{ip}:{port}").parse().expect("address");
+        let mut c = Client::try_connect_tls(addr, ca.client(), "same.example.com").ok()?;
+        let r = c.get("same.example.com", "/");
+        Some((c.peer_leaf(), r.status, r.upstream().map(str::to_owned)))
+    };
+    wait_until(WAIT, "each address serves its own Gateway's certificate", || {
+        ask("127.0.0.1") == Some((first.der.clone(), 200, Some("one".into())))
+            && ask("127.0.0.2") == Some((second.der.clone(), 200, Some("two".into())))
+    });
+    // The first Gateway goes: its address no longer serves any certificate for the name (kedge
+    // has none of its own), while the second's is unchanged.
+    w.api.delete("gateways", Some("default"), "gw-one");
+    wait_until(WAIT, "127.0.0.1 without a certificate", || ask("127.0.0.1").is_none());
+    assert_eq!(ask("127.0.0.2"), Some((second.der.clone(), 200, Some("two".into()))));
+}
