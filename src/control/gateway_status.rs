@@ -39,24 +39,34 @@ use super::translate::Objects;
 use super::translate::gateway::{Attachment, Cond, RouteParent};
 
 /// The Gateway API features kedge implements, as `status.supportedFeatures` of its
-/// GatewayClasses says: only what the code does (attachment and status here, rules in the
-/// route translation).
-/// Sorted, as the API keeps them. The route features are those `translate/httproute.rs` and
-/// the data plane implement.
+/// GatewayClasses says: only what the code does and an end-to-end test shows (attachment and
+/// status here, rules in the route translation and the data plane; the test
+/// `features_are_known_and_each_is_tested` names the test of each). Sorted, as the API keeps
+/// them. Implemented but not advertised, for want of a test of their own:
+/// `HTTPRouteRequestMultipleMirrors`, `HTTPRouteRequestPercentageMirror`,
+/// `HTTPRouteParentRefPort`, `GatewayStaticAddresses`.
 pub const SUPPORTED_FEATURES: &[&str] = &[
     "GRPCRoute",
+    "Gateway",
+    "GatewayHTTPListenerIsolation",
     "HTTPRoute",
+    "HTTPRoute303RedirectStatusCode",
+    "HTTPRoute307RedirectStatusCode",
+    "HTTPRoute308RedirectStatusCode",
     "HTTPRouteBackendRequestHeaderModification",
     "HTTPRouteBackendTimeout",
+    "HTTPRouteCORS",
     "HTTPRouteHostRewrite",
     "HTTPRouteMethodMatching",
     "HTTPRoutePathRedirect",
     "HTTPRoutePathRewrite",
     "HTTPRoutePortRedirect",
     "HTTPRouteQueryParamMatching",
+    "HTTPRouteRequestMirror",
     "HTTPRouteRequestTimeout",
     "HTTPRouteResponseHeaderModification",
     "HTTPRouteSchemeRedirect",
+    "ReferenceGrant",
 ];
 
 /// The kinds whose status kedge writes.

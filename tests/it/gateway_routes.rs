@@ -325,6 +325,12 @@ crate::support::both_drivers!(
                         "path": {"type": "ReplacePrefixMatch", "replacePrefixMatch": "/new"}}}]},
                     {"matches": [{"path": {"value": "/port"}}],
                      "filters": [{"type": "RequestRedirect", "requestRedirect": {"port": 8443}}]},
+                    {"matches": [{"path": {"value": "/see-other"}}],
+                     "filters": [{"type": "RequestRedirect", "requestRedirect": {"hostname": "o.example.com", "statusCode": 303}}]},
+                    {"matches": [{"path": {"value": "/temporary"}}],
+                     "filters": [{"type": "RequestRedirect", "requestRedirect": {"hostname": "o.example.com", "statusCode": 307}}]},
+                    {"matches": [{"path": {"value": "/permanent"}}],
+                     "filters": [{"type": "RequestRedirect", "requestRedirect": {"hostname": "o.example.com", "statusCode": 308}}]},
                     {"matches": [{"path": {"value": "/rewrite"}}],
                      "filters": [{"type": "URLRewrite", "urlRewrite": {
                         "hostname": "inner.example.com",
@@ -361,6 +367,11 @@ crate::support::both_drivers!(
         assert_eq!((r.status, r.header("location")), (301, Some("https://new.example.com/new/page?q=1")));
         let r = w.send("GET /port HTTP/1.1\r\nHost: f.example.com\r\n\r\n");
         assert_eq!((r.status, r.header("location")), (302, Some("http://f.example.com:8443/port")));
+        for (path, status) in [("/see-other", 303), ("/temporary", 307), ("/permanent", 308)] {
+            let r = w.send(&format!("GET {path} HTTP/1.1\r\nHost: f.example.com\r\n\r\n"));
+            let want = format!("http://o.example.com:{port}{path}");
+            assert_eq!((r.status, r.header("location")), (status, Some(want.as_str())), "{path}");
+        }
 
         // Rewrites: path and Host.
         let r = w.send("GET /rewrite/x?y=1 HTTP/1.1\r\nHost: f.example.com\r\n\r\n");
