@@ -28,8 +28,9 @@ pub struct Snapshot {
     pub access_log: bool,
     /// What TLS listeners accept with (certificates included); `None` without TLS listeners.
     pub tls: Option<Arc<rustls::ServerConfig>>,
-    /// The configurations of Gateway scopes with HTTPS listeners (their Gateways' certificates,
-    /// then `tls`'s): scopes bound to addresses first. See [`Snapshot::tls_for`].
+    /// The configurations of Gateway scopes with HTTPS listeners (`tls`'s certificates, then
+    /// their Gateways' for the names `tls` lacks): scopes bound to addresses first. See
+    /// [`Snapshot::tls_for`].
     pub gateway_tls: Vec<ScopedTls>,
     pub https: HttpsSettings,
 }

@@ -2,8 +2,8 @@
 //! named by Ingresses and Gateway listeners become [`CertStore`]s per build, and rustls
 //! configurations that the snapshot carries to the workers: one for every TLS connection (the
 //! files' and the Ingresses' certificates), and one per Gateway scope with HTTPS listeners
-//! (its Gateways' certificates, then the first one's), chosen by the connection's local
-//! address and port, so that two Gateways on different addresses can serve different
+//! (the first one's, then its Gateways' certificates for the names it lacks), chosen by the
+//! connection's local address and port, so that two Gateways on different addresses can serve different
 //! certificates for one name. A new configuration is made only when some host's certificate
 //! changed; new handshakes use it, connections already up keep theirs.
 //!
@@ -160,9 +160,9 @@ impl Certs {
                 expiry_at(&mut next_expiry, not_after);
             }
         }
-        // Gateway listeners' certificates: one store per scope, the certificates of its own
-        // Gateways first, then those of Gateways on every address of its port, then the
-        // store above (whose hosts win). A Gateway's certificate is never served on another
+        // Gateway listeners' certificates: one store per scope: the store above (whose hosts
+        // win), then the certificates of the scope's own Gateways, then those of Gateways on
+        // every address of its port. A Gateway's certificate is never served on another
         // Gateway's addresses.
         let mut scopes: Vec<(Vec<IpAddr>, u16)> = bindings.iter().filter_map(|(_, b)| b.scope.clone()).collect();
         scopes.sort();
