@@ -305,6 +305,7 @@ fn update_endpoints(clusters: &[Cluster], changes: Vec<Changes>, shared: &Shared
         http2: current.http2.clone(),
         access_log: current.access_log,
         tls: current.tls.clone(),
+        gateway_tls: current.gateway_tls.clone(),
         https: current.https.clone(),
     }));
     tracing::info!(
@@ -416,12 +417,14 @@ fn build(cfg: &Config, clusters: &[Cluster], (tls, local): (&mut TlsState, &Loca
             builder.gateway_listener(&bind.addresses, bind.port, hostname.as_deref());
         }
         gateway_classes += attachment.classes.len();
-        // The HTTPS listeners' certificates, after the Ingresses' (which win a host both name).
+        // The HTTPS listeners' certificates, each served in its Gateway's scope only (after the
+        // Ingresses', which win a host both name).
         let mut tls_bindings = outcome.tls;
         tls_bindings.extend(attachment.certificates.iter().map(|c| translate::TlsBinding {
             host: c.hostname.clone().unwrap_or_default(),
             secret: Arc::clone(&c.secret),
             owner: c.owner.clone(),
+            scope: Some((c.bind.addresses.clone(), c.bind.port)),
         }));
         warnings.extend(
             outcome
@@ -442,6 +445,7 @@ fn build(cfg: &Config, clusters: &[Cluster], (tls, local): (&mut TlsState, &Loca
         ));
     }
     let mut tls_hosts = 0;
+    let mut gateway_tls = Vec::new();
     let config = if tls.listening {
         let bindings: Vec<(&str, &translate::TlsBinding)> = outcomes
             .iter()
@@ -455,6 +459,7 @@ fn build(cfg: &Config, clusters: &[Cluster], (tls, local): (&mut TlsState, &Loca
                 crate::stats::TLS_CERT_PROBLEMS.set(built.warnings.len() as u64);
                 warnings.extend(built.warnings);
                 tls_hosts = built.hosts;
+                gateway_tls = built.scoped;
                 Some(built.config)
             }
             Err(e) => {
@@ -479,6 +484,7 @@ fn build(cfg: &Config, clusters: &[Cluster], (tls, local): (&mut TlsState, &Loca
         http2: cfg.http2.clone(),
         access_log: cfg.process.log.access_log,
         tls: config,
+        gateway_tls,
         https: HttpsSettings {
             hsts_line,
             redirect_port: cfg.tls.redirect_port.or(tls.port),

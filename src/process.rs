@@ -38,6 +38,7 @@ pub fn run(cfg: Config) -> Result<(), String> {
         http2: cfg.http2.clone(),
         access_log: cfg.process.log.access_log,
         tls: None,
+        gateway_tls: Vec::new(),
         https: HttpsSettings::default(),
     };
     let shared = Arc::new(Shared {

@@ -28,7 +28,34 @@ pub struct Snapshot {
     pub access_log: bool,
     /// What TLS listeners accept with (certificates included); `None` without TLS listeners.
     pub tls: Option<Arc<rustls::ServerConfig>>,
+    /// The configurations of Gateway scopes with HTTPS listeners (`tls`'s certificates, then
+    /// their Gateways' for the names `tls` lacks): scopes bound to addresses first. See
+    /// [`Snapshot::tls_for`].
+    pub gateway_tls: Vec<ScopedTls>,
     pub https: HttpsSettings,
+}
+
+/// The TLS configuration of the connections a Gateway scope takes: those arriving on `port`
+/// at one of `addresses` (empty: any local address).
+#[derive(Debug, Clone)]
+pub struct ScopedTls {
+    pub addresses: Vec<std::net::IpAddr>,
+    pub port: u16,
+    pub config: Arc<rustls::ServerConfig>,
+}
+
+impl Snapshot {
+    /// The TLS configuration for a connection that arrived on `local`: its Gateway scope's,
+    /// so that a Gateway's certificate is served only on its own addresses and port, else the
+    /// one of every TLS listener.
+    pub fn tls_for(&self, local: std::net::SocketAddr) -> Option<&Arc<rustls::ServerConfig>> {
+        let ip = local.ip().to_canonical();
+        self.gateway_tls
+            .iter()
+            .find(|s| s.port == local.port() && (s.addresses.is_empty() || s.addresses.contains(&ip)))
+            .map(|s| &s.config)
+            .or(self.tls.as_ref())
+    }
 }
 
 /// HTTPS behaviour besides the certificates.

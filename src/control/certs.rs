@@ -1,7 +1,11 @@
 //! Certificates for the TLS listeners: PEM files from `[tls]` and `kubernetes.io/tls` Secrets
-//! named by Ingresses and Gateway listeners become one [`CertStore`] per build, and a rustls configuration that the
-//! snapshot carries to the workers. A new configuration is made only when some host's
-//! certificate changed; new handshakes use it, connections already up keep theirs.
+//! named by Ingresses and Gateway listeners become [`CertStore`]s per build, and rustls
+//! configurations that the snapshot carries to the workers: one for every TLS connection (the
+//! files' and the Ingresses' certificates), and one per Gateway scope with HTTPS listeners
+//! (the first one's, then its Gateways' certificates for the names it lacks), chosen by the
+//! connection's local address and port, so that two Gateways on different addresses can serve different
+//! certificates for one name. A new configuration is made only when some host's certificate
+//! changed; new handshakes use it, connections already up keep theirs.
 //!
 //! Parsing is cached: files by size, modification time and inode (checked every
 //! [`FILE_CHECK`]), Secrets by uid and resourceVersion. A file that fails to parse after having
@@ -10,6 +14,7 @@
 //! leaves that host on the default certificate. Either way a warning says why.
 
 use std::collections::HashMap;
+use std::net::IpAddr;
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 use std::sync::Arc;
@@ -19,6 +24,7 @@ use k8s_openapi::api::core::v1::Secret;
 
 use super::translate::TlsBinding;
 use crate::config::{CertFiles, TlsConfig, UnknownSni};
+use crate::shared::ScopedTls;
 use crate::tls::{self, Cert, CertStore, Sessions};
 
 /// How often certificate files are checked for changes (and certificates for expiry).
@@ -62,6 +68,8 @@ pub struct Certs {
     files: HashMap<CertFiles, FileEntry>,
     secrets: HashMap<(String, String, String), SecretEntry>,
     current: Option<(CertStore, Arc<rustls::ServerConfig>)>,
+    /// The same per Gateway scope (addresses, port).
+    current_scoped: Vec<(Vec<IpAddr>, u16, CertStore, Arc<rustls::ServerConfig>)>,
     /// The earliest `not_after` among the certificates being served: a rebuild is due then.
     next_expiry: Option<i64>,
 }
@@ -69,6 +77,8 @@ pub struct Certs {
 /// What a build produced.
 pub struct BuiltTls {
     pub config: Arc<rustls::ServerConfig>,
+    /// Per Gateway scope with certificates, scopes bound to addresses first.
+    pub scoped: Vec<ScopedTls>,
     pub warnings: Vec<String>,
     /// Host names with a certificate of their own.
     pub hosts: usize,
@@ -81,6 +91,7 @@ impl Certs {
             files: HashMap::new(),
             secrets: HashMap::new(),
             current: None,
+            current_scoped: Vec::new(),
             next_expiry: None,
         })
     }
@@ -96,9 +107,10 @@ impl Certs {
             .any(|(f, e)| e.stamps != stamp(&f.cert).zip(stamp(&f.key)))
     }
 
-    /// Builds the certificate store for `cfg` and the Ingresses' `bindings` (cluster name,
-    /// binding; in precedence order) and the rustls configuration serving it (ALPN `h2` too
-    /// when `h2`).
+    /// Builds the certificate store for `cfg` and the Ingresses' and Gateway listeners'
+    /// `bindings` (cluster name, binding; in precedence order) and the rustls configurations
+    /// serving it (ALPN `h2` too when `h2`): one for every TLS connection, and one per Gateway
+    /// scope with certificates.
     pub fn build(
         &mut self,
         cfg: &TlsConfig,
@@ -116,7 +128,6 @@ impl Certs {
         let mut store = CertStore::default();
         let mut owners: HashMap<String, String> = HashMap::new();
         let mut next_expiry: Option<i64> = None;
-        let mut expiry = |c: &Cert| next_expiry = Some(next_expiry.map_or(c.not_after, |t| t.min(c.not_after)));
 
         if let Some(f) = &cfg.default_cert
             && cfg.unknown_sni == UnknownSni::Default
@@ -130,7 +141,7 @@ impl Certs {
                     crate::time::format_time(cert.not_after)
                 ));
             } else {
-                expiry(&cert);
+                expiry_at(&mut next_expiry, cert.not_after);
             }
             store.set_default(Some(Arc::clone(&cert.key)));
         }
@@ -142,63 +153,126 @@ impl Certs {
             for host in &hc.hosts {
                 add(&mut store, &mut owners, &mut warnings, host, &cert, &at, now);
             }
-            expiry(&cert);
+            expiry_at(&mut next_expiry, cert.not_after);
         }
-        for (cluster, b) in bindings {
-            let owner = format!("cluster {cluster}: {}", b.owner);
-            let cert = match self.secret(cluster, &b.secret) {
-                Ok(c) => c,
-                Err(e) => {
-                    let (ns, name) = ns_name(&b.secret);
-                    warnings.push(format!(
-                        "{owner}: tls: Secret {ns}/{name}: {e}; {} gets the default certificate",
-                        b.host
-                    ));
-                    continue;
+        for (cluster, b) in bindings.iter().filter(|(_, b)| b.scope.is_none()) {
+            if let Some(not_after) = self.bind(&mut store, &mut owners, &mut warnings, cluster, b, now) {
+                expiry_at(&mut next_expiry, not_after);
+            }
+        }
+        // Gateway listeners' certificates: one store per scope: the store above (whose hosts
+        // win), then the certificates of the scope's own Gateways, then those of Gateways on
+        // every address of its port. A Gateway's certificate is never served on another
+        // Gateway's addresses.
+        let mut scopes: Vec<(Vec<IpAddr>, u16)> = bindings.iter().filter_map(|(_, b)| b.scope.clone()).collect();
+        scopes.sort();
+        scopes.dedup();
+        scopes.sort_by_key(|(addresses, _)| addresses.is_empty());
+        let mut scoped_stores = Vec::new();
+        let mut hosts = store.len();
+        for (addresses, port) in scopes {
+            let mut serving: Vec<&(&str, &TlsBinding)> = bindings
+                .iter()
+                .filter(|(_, b)| {
+                    b.scope
+                        .as_ref()
+                        .is_some_and(|(a, p)| *p == port && (*a == addresses || a.is_empty()))
+                })
+                .collect();
+            serving.sort_by_key(|(_, b)| b.scope.as_ref().is_some_and(|(a, _)| *a != addresses));
+            let mut scoped = store.clone();
+            let mut scoped_owners = owners.clone();
+            for (cluster, b) in serving {
+                if let Some(not_after) = self.bind(&mut scoped, &mut scoped_owners, &mut warnings, cluster, b, now) {
+                    expiry_at(&mut next_expiry, not_after);
                 }
-            };
-            // A binding without host (a Gateway listener without hostname): the names the
-            // certificate carries.
-            let hosts = if b.host.is_empty() {
-                cert.dns_names()
-            } else {
-                vec![b.host.clone()]
-            };
-            if hosts.is_empty() {
-                warnings.push(format!("{owner}: tls: the certificate carries no DNS name; not served"));
             }
-            let mut added = false;
-            for host in &hosts {
-                added |= add(&mut store, &mut owners, &mut warnings, host, &cert, &owner, now);
-            }
-            if added {
-                expiry(&cert);
-            }
+            hosts += scoped.len() - store.len();
+            scoped_stores.push((addresses, port, scoped));
         }
+        // A certificate of a Gateway on every address is looked at in each scope of its port:
+        // its problems are said once.
+        let mut seen = std::collections::HashSet::new();
+        warnings.retain(|w| seen.insert(w.clone()));
         self.files.retain(|_, e| e.used);
         self.secrets.retain(|_, e| e.used);
         self.next_expiry = next_expiry;
 
-        let hosts = store.len();
-        if let Some((old, config)) = &self.current
-            && old.same_as(&store)
-            && config.alpn_protocols.first().is_some_and(|p| p == b"h2") == h2
-        {
-            return Ok(BuiltTls {
-                config: Arc::clone(config),
-                warnings,
-                hosts,
+        let config = match &self.current {
+            Some((old, config)) if old.same_as(&store) && alpn_h2(config) == h2 => Arc::clone(config),
+            _ => {
+                let shared = Arc::new(store);
+                let config = self.sessions.server_config(Arc::clone(&shared), h2)?;
+                // A copy (of handles) is kept to compare the next build with.
+                self.current = Some((CertStore::clone(&shared), Arc::clone(&config)));
+                config
+            }
+        };
+        let mut scoped = Vec::with_capacity(scoped_stores.len());
+        let mut current_scoped = Vec::with_capacity(scoped_stores.len());
+        for (addresses, port, store) in scoped_stores {
+            let reused = self
+                .current_scoped
+                .iter()
+                .find(|(a, p, old, c)| *a == addresses && *p == port && old.same_as(&store) && alpn_h2(c) == h2);
+            let config = match reused {
+                Some((_, _, _, c)) => Arc::clone(c),
+                None => self.sessions.server_config(Arc::new(store.clone()), h2)?,
+            };
+            scoped.push(ScopedTls {
+                addresses: addresses.clone(),
+                port,
+                config: Arc::clone(&config),
             });
+            current_scoped.push((addresses, port, store, config));
         }
-        let shared = Arc::new(store);
-        let config = self.sessions.server_config(Arc::clone(&shared), h2)?;
-        // A copy (of handles) is kept to compare the next build with.
-        self.current = Some((CertStore::clone(&shared), Arc::clone(&config)));
+        self.current_scoped = current_scoped;
         Ok(BuiltTls {
             config,
+            scoped,
             warnings,
             hosts,
         })
+    }
+
+    /// Adds the certificate of `b` (a binding of `cluster`) to `store`; returns its expiry when
+    /// it was added for some host.
+    fn bind(
+        &mut self,
+        store: &mut CertStore,
+        owners: &mut HashMap<String, String>,
+        warnings: &mut Vec<String>,
+        cluster: &str,
+        b: &TlsBinding,
+        now: i64,
+    ) -> Option<i64> {
+        let owner = format!("cluster {cluster}: {}", b.owner);
+        let cert = match self.secret(cluster, &b.secret) {
+            Ok(c) => c,
+            Err(e) => {
+                let (ns, name) = ns_name(&b.secret);
+                warnings.push(format!(
+                    "{owner}: tls: Secret {ns}/{name}: {e}; {} gets the default certificate",
+                    b.host
+                ));
+                return None;
+            }
+        };
+        // A binding without host (a Gateway listener without hostname): the names the
+        // certificate carries.
+        let hosts = if b.host.is_empty() {
+            cert.dns_names()
+        } else {
+            vec![b.host.clone()]
+        };
+        if hosts.is_empty() {
+            warnings.push(format!("{owner}: tls: the certificate carries no DNS name; not served"));
+        }
+        let mut added = false;
+        for host in &hosts {
+            added |= add(store, owners, warnings, host, &cert, &owner, now);
+        }
+        added.then_some(cert.not_after)
     }
 
     /// The certificate in `files`, re-read when the files changed.
@@ -265,6 +339,15 @@ impl Certs {
         );
         parsed
     }
+}
+
+/// Keeps the earliest expiry.
+fn expiry_at(next: &mut Option<i64>, not_after: i64) {
+    *next = Some(next.map_or(not_after, |t| t.min(not_after)));
+}
+
+fn alpn_h2(config: &rustls::ServerConfig) -> bool {
+    config.alpn_protocols.first().is_some_and(|p| p == b"h2")
 }
 
 /// Adds `cert` for `host` unless it cannot serve it (then a warning says so and the host gets

@@ -208,24 +208,127 @@ fn patch_body(want: Want, ours: &Value) -> Value {
     json!({"status": {"loadBalancer": {"ingress": ingress}}})
 }
 
-/// The writer task of one cluster: waits for a view (or the retry time after a failed round, or
-/// for becoming the holder), plans against the latest view, writes while `holding`. Ends when
-/// the [`Writer`] is dropped.
+/// The Ingress half of the writer loop: `plan` against the publish addresses, a merge patch
+/// per write.
+struct Ingresses {
+    ours: Vec<IngressLoadBalancerIngress>,
+    ours_json: Value,
+    sent: HashMap<Key, Sent>,
+}
+
+impl WriterKind for Ingresses {
+    type View = View;
+    type Write = Write;
+    type Key = Key;
+    const CONFLICT_IS_QUIET: bool = false;
+
+    fn plan(&mut self, view: &View) -> Vec<Write> {
+        plan(&self.ours, view, &mut self.sent)
+    }
+
+    fn key(w: &Write) -> &Key {
+        &w.key
+    }
+
+    fn patch(&self, client: Client, params: PatchParams, w: Write) -> Patching<Write> {
+        let body = patch_body(w.want, &self.ours_json);
+        Box::pin(async move {
+            let api = Api::<Ingress>::namespaced(client, &w.key.0);
+            let result = api.patch_status(&w.key.1, &params, &Patch::Merge(&body)).await;
+            (w, result.map(drop))
+        })
+    }
+
+    fn written(&mut self, w: Write) {
+        self.sent.insert(w.key, Sent { want: w.want, rv: w.rv });
+    }
+
+    fn log(cluster: &str, w: &Write, what: Logged<'_>) {
+        let ingress = format!("{}/{}", w.key.0, w.key.1);
+        match what {
+            Logged::Written => tracing::debug!(cluster, ingress, want = ?w.want, "Ingress status written"),
+            Logged::WrittenAgain => tracing::info!(cluster, ingress, "Ingress status written again"),
+            // Not quiet: logged as a failure.
+            Logged::Conflict => {}
+            Logged::Failing(error) => {
+                tracing::warn!(cluster, ingress, error = %error, "cannot write Ingress status; retrying");
+            }
+        }
+    }
+}
+
+/// The writer task of one cluster's Ingress status.
 async fn run(
     client: Client,
     cluster: String,
     ours: Vec<IngressLoadBalancerIngress>,
-    mut views: watch::Receiver<Option<Arc<View>>>,
-    mut holding: watch::Receiver<bool>,
+    views: watch::Receiver<Option<Arc<View>>>,
+    holding: watch::Receiver<bool>,
 ) {
     let ours_json = serde_json::to_value(&ours).unwrap_or(Value::Null);
+    let kind = Ingresses {
+        ours,
+        ours_json,
+        sent: HashMap::new(),
+    };
+    write_loop(client, cluster, kind, views, holding).await;
+}
+
+/// A write in flight: it gives the write back with its result.
+pub(super) type Patching<W> = std::pin::Pin<Box<dyn std::future::Future<Output = (W, Result<(), kube::Error>)> + Send>>;
+
+/// What a status writer loop logs of one write.
+pub(super) enum Logged<'e> {
+    Written,
+    /// Written after a failure streak.
+    WrittenAgain,
+    /// 409: the object changed since the view (only with `CONFLICT_IS_QUIET`).
+    Conflict,
+    /// The first failure of a streak.
+    Failing(&'e kube::Error),
+}
+
+/// What one status writer writes (Ingress status here, Gateway API status in
+/// `gateway_status.rs`): the part of [`write_loop`] that knows a kind.
+pub(super) trait WriterKind: Send + 'static {
+    /// One build's view, as the control thread offers it.
+    type View: Send + Sync + 'static;
+    type Write: Send + 'static;
+    type Key: Clone + Eq + std::hash::Hash + Send;
+    /// A 409 Conflict (a write naming a resourceVersion the object has moved on from) is
+    /// retried quietly (at debug level, never a failure streak) rather than as a failure.
+    const CONFLICT_IS_QUIET: bool;
+
+    /// The writes that bring `view`'s objects to what they should show, leaving out those
+    /// written and still waiting for their watch event.
+    fn plan(&mut self, view: &Self::View) -> Vec<Self::Write>;
+    fn key(w: &Self::Write) -> &Self::Key;
+    /// The status patch of `w`.
+    fn patch(&self, client: Client, params: PatchParams, w: Self::Write) -> Patching<Self::Write>;
+    /// `w` was written: not to be written again for the same view of its object.
+    fn written(&mut self, w: Self::Write);
+    fn log(cluster: &str, w: &Self::Write, what: Logged<'_>);
+}
+
+/// The writer task of one cluster, for either kind: waits for a view (or the retry time after
+/// a failed round, or for becoming the holder), plans against the latest view, writes while
+/// `holding`, at most [`CONCURRENCY`] at once. A write of an object deleted since (404) is
+/// dropped; a failure is logged once per streak and retried after [`RETRY`] or at the next
+/// view; when the API server cannot be reached at all, the rest of the round is not attempted,
+/// nor when a newer view arrives or the Lease is lost. Ends when the view's sender is dropped.
+pub(super) async fn write_loop<K: WriterKind>(
+    client: Client,
+    cluster: String,
+    mut kind: K,
+    mut views: watch::Receiver<Option<Arc<K::View>>>,
+    mut holding: watch::Receiver<bool>,
+) {
     let params = PatchParams {
         field_manager: Some(FIELD_MANAGER.to_owned()),
         ..PatchParams::default()
     };
-    let mut sent: HashMap<Key, Sent> = HashMap::new();
-    // Ingresses whose last write failed: logged at the first failure, and at the recovery.
-    let mut failing: HashSet<Key> = HashSet::new();
+    // Objects whose last write failed: logged at the first failure, and at the recovery.
+    let mut failing: HashSet<K::Key> = HashSet::new();
     let mut retry_at: Option<Instant> = None;
     loop {
         tokio::select! {
@@ -246,8 +349,8 @@ async fn run(
         let Some(view) = view else {
             continue;
         };
-        let writes = plan(&ours, &view, &mut sent);
-        let planned: HashSet<&Key> = writes.iter().map(|w| &w.key).collect();
+        let writes = kind.plan(&view);
+        let planned: HashSet<&K::Key> = writes.iter().map(K::key).collect();
         failing.retain(|k| planned.contains(k));
         drop(planned);
 
@@ -261,37 +364,29 @@ async fn run(
                 && in_flight.len() < CONCURRENCY
                 && let Some(w) = todo.next()
             {
-                let api = Api::<Ingress>::namespaced(client.clone(), &w.key.0);
-                let body = patch_body(w.want, &ours_json);
-                let params = params.clone();
-                in_flight.push(async move {
-                    let result = api.patch_status(&w.key.1, &params, &Patch::Merge(&body)).await;
-                    (w, result)
-                });
+                in_flight.push(kind.patch(client.clone(), params.clone(), w));
             }
             let Some((w, result)) = in_flight.next().await else {
                 break;
             };
-            let (ns, name) = (&w.key.0, &w.key.1);
             match result {
-                Ok(_) => {
-                    let ingress = format!("{ns}/{name}");
-                    tracing::debug!(cluster, ingress, want = ?w.want, "Ingress status written");
-                    if failing.remove(&w.key) {
-                        tracing::info!(cluster, ingress, "Ingress status written again");
+                Ok(()) => {
+                    K::log(&cluster, &w, Logged::Written);
+                    if failing.remove(K::key(&w)) {
+                        K::log(&cluster, &w, Logged::WrittenAgain);
                     }
-                    sent.insert(w.key, Sent { want: w.want, rv: w.rv });
+                    kind.written(w);
                 }
                 // Deleted since the view: nothing left to write.
                 Err(kube::Error::Api(e)) if e.code == 404 => {}
+                // Changed since the view: the change brings the next one (retried anyway).
+                Err(kube::Error::Api(e)) if e.code == 409 && K::CONFLICT_IS_QUIET => {
+                    K::log(&cluster, &w, Logged::Conflict);
+                    retry_at = Some(Instant::now() + RETRY);
+                }
                 Err(e) => {
-                    if failing.insert(w.key.clone()) {
-                        tracing::warn!(
-                            cluster,
-                            ingress = format!("{ns}/{name}"),
-                            error = %e,
-                            "cannot write Ingress status; retrying"
-                        );
+                    if failing.insert(K::key(&w).clone()) {
+                        K::log(&cluster, &w, Logged::Failing(&e));
                     }
                     // No answer from the API server at all: the rest would fail the same way.
                     stop |= !matches!(e, kube::Error::Api(_));

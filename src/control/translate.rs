@@ -115,6 +115,9 @@ pub struct TlsBinding {
     pub secret: Arc<Secret>,
     /// `Ingress namespace/name`, `Gateway namespace/name listener`.
     pub owner: String,
+    /// A Gateway listener's: the local addresses (empty: any) and port of its scope, the only
+    /// connections it is served on. `None` (an Ingress's): every TLS connection.
+    pub scope: Option<(Vec<std::net::IpAddr>, u16)>,
 }
 
 /// Warnings collected during one translation: a set, so they come out sorted and deduplicated.

@@ -70,10 +70,11 @@ pub struct Match {
     pub path: PathMatch,
     /// The method, exactly (`GET`).
     pub method: Option<Box<str>>,
-    /// Header names lower case (matched case-insensitively); the first value is compared.
+    /// Header names lower case (matched case-insensitively); a repeated header is compared as
+    /// its values joined with `", "`.
     pub headers: Vec<(Box<str>, ValueMatch)>,
     /// Query parameter names case-sensitive, compared as sent (no percent-decoding); the first
-    /// occurrence is compared.
+    /// occurrence is compared (the Gateway API's recommendation).
     pub query: Vec<(Box<str>, ValueMatch)>,
 }
 
@@ -93,12 +94,10 @@ impl Match {
     fn matches(&self, r: &Request<'_>) -> bool {
         self.path_matches(r.path)
             && self.method.as_deref().is_none_or(|m| m.as_bytes() == r.method)
-            && self.headers.iter().all(|(name, want)| {
-                r.headers
-                    .iter()
-                    .find(|(n, _)| n.eq_ignore_ascii_case(name.as_bytes()))
-                    .is_some_and(|(_, v)| want.matches(v))
-            })
+            && self
+                .headers
+                .iter()
+                .all(|(name, want)| header_matches(r.headers, name.as_bytes(), want))
             && self
                 .query
                 .iter()
@@ -133,7 +132,28 @@ impl Match {
     }
 }
 
-/// The first value of query parameter `name` in `query` (what follows `?`).
+/// Whether header `name` (lower case) of `headers` matches `want`. A header sent more than once
+/// is matched as its values joined with `", "` in the order received, as the Gateway API asks
+/// (RFC 7230 §3.2.2): only then is the joined value allocated.
+fn header_matches(headers: &[(&[u8], &[u8])], name: &[u8], want: &ValueMatch) -> bool {
+    let mut of_name = headers.iter().filter(|(n, _)| n.eq_ignore_ascii_case(name));
+    let Some((_, first)) = of_name.next() else {
+        return false;
+    };
+    let Some((_, second)) = of_name.next() else {
+        return want.matches(first);
+    };
+    let mut joined = Vec::with_capacity(first.len() + 2 + second.len());
+    joined.extend_from_slice(first);
+    for v in std::iter::once(*second).chain(of_name.map(|(_, v)| *v)) {
+        joined.extend_from_slice(b", ");
+        joined.extend_from_slice(v);
+    }
+    want.matches(&joined)
+}
+
+/// The first value of query parameter `name` in `query` (what follows `?`). A parameter sent
+/// more than once is matched by its first value, as the Gateway API recommends.
 fn query_param<'q>(query: Option<&'q [u8]>, name: &[u8]) -> Option<&'q [u8]> {
     query?.split(|&b| b == b'&').find_map(|kv| {
         let eq = kv.iter().position(|&b| b == b'=').unwrap_or(kv.len());

@@ -96,7 +96,7 @@ async fn connection(
         // The handshake and the HTTP/2 front end are boxed: each is larger than the HTTP/1.1
         // loop, and inline they would size every connection's task (held for its life, idle
         // or not) for the largest of them.
-        if let Some(tls) = Box::pin(tls_stage(worker, stream, peer, early)).await {
+        if let Some(tls) = Box::pin(tls_stage(worker, stream, peer, local, early)).await {
             match tls.alpn_h2() {
                 true => Box::pin(h2::serve(worker, tls, peer, local, Vec::new())).await,
                 false => conn::serve(worker, tls, peer, local, Vec::new()).await,
@@ -247,9 +247,17 @@ async fn plain_dispatch(
 /// `None`: no TLS connection came of it. Failures are counted and logged at debug level: a scanner or a
 /// client that gives up must not flood the log.
 /// `early`: bytes an earlier stage read past its own (the start of the ClientHello).
-async fn tls_stage(worker: &Rc<Worker>, stream: TcpStream, peer: SocketAddr, early: Vec<u8>) -> Option<TlsStream> {
+/// The TLS handshake with the configuration of the connection's local address (`local`: its
+/// Gateway scope's certificates, if any).
+async fn tls_stage(
+    worker: &Rc<Worker>,
+    stream: TcpStream,
+    peer: SocketAddr,
+    local: SocketAddr,
+    early: Vec<u8>,
+) -> Option<TlsStream> {
     let snap = worker.snapshot();
-    let Some(config) = snap.tls.clone() else {
+    let Some(config) = snap.tls_for(local).cloned() else {
         stats::TLS_FAILED.inc();
         tracing::debug!(client = %peer, "no TLS configuration; connection closed");
         return None;

@@ -381,7 +381,17 @@ impl<S: ClientStream> Conn<S> {
                     };
                     http::write_request_head(&mut self.out, &req, &fwd);
                     self.gw_pairs.put(changed);
-                    mirror::send(worker, snap, &f, &self.out, head.framing != Framing::None);
+                    if f.gw.is_some_and(|gw| !gw.action.mirrors.is_empty()) {
+                        // A body that came whole with the head (and is small) is mirrored too.
+                        let mirrored = match head.framing {
+                            Framing::None => Some(&[][..]),
+                            Framing::Length(n) if n <= mirror::MAX_BODY => {
+                                self.cbuf.get(head.head_len..head.head_len + n as usize)
+                            }
+                            _ => None,
+                        };
+                        mirror::send(worker, snap, &f, &self.out, mirrored);
+                    }
                     let sending = Sending {
                         has_body: head.framing != Framing::None,
                         is_head: view.method == b"HEAD",

@@ -524,7 +524,9 @@ async fn handle(
     // back when the stream is done, as an HTTP/1.1 connection's do between requests.
     let mut out = Lease::new(&worker.bufs, Class::Output);
     h1::write_request_head(&mut out, &out_req, &fwd);
-    super::mirror::send(worker, snap, &f, &out, body_kind != Body::None);
+    // An HTTP/2 request body arrives after the decision: not mirrored.
+    let mirrored = (body_kind == Body::None).then_some(&[][..]);
+    super::mirror::send(worker, snap, &f, &out, mirrored);
     if f.routed.backend.h2 {
         // gRPC: HTTP/2 end to end.
         let te_trailers = parts

@@ -1,7 +1,10 @@
-//! A Gateway rule's RequestMirror: a copy of the upstream request head, for a request without a
-//! body, sent to an endpoint of each mirror backend from a task of its own; the answer's head is
-//! read and the connection dropped. The client's request neither waits for it nor sees it
-//! fail. Requests with a body are not mirrored (the body is streamed once, to the backend).
+//! A Gateway rule's RequestMirror: a copy of the upstream request head, and of its body when
+//! the whole body came with the head and is at most [`MAX_BODY`] (a `Content-Length` body
+//! already in the HTTP/1.1 read buffer: no byte is held back or read for it), sent to an
+//! endpoint of each mirror backend from a task of its own; the answer's head is read and the
+//! connection dropped. The client's request neither waits for it nor sees it fail. Other
+//! requests with a body (larger, chunked, still arriving, or over HTTP/2) are not mirrored:
+//! the body is streamed once, to the backend.
 
 use std::net::SocketAddr;
 
@@ -11,13 +14,18 @@ use super::pump::{self, ReadResult};
 use super::{Snapshot, Worker};
 use crate::routes::Backend;
 
-/// Starts the mirror copies of a request whose upstream head is `head`. Costs nothing for a
-/// rule without mirrors.
-pub(super) fn send(worker: &Worker, snap: &Snapshot, f: &Forward<'_>, head: &[u8], has_body: bool) {
+/// The largest request body mirrored.
+pub(super) const MAX_BODY: u64 = 64 * 1024;
+
+/// Starts the mirror copies of a request whose upstream head is `head` and whose whole body is
+/// `body` (empty: none; `None`: a body that cannot be mirrored, see the module documentation).
+/// Costs nothing for a rule without mirrors.
+pub(super) fn send(worker: &Worker, snap: &Snapshot, f: &Forward<'_>, head: &[u8], body: Option<&[u8]>) {
     let Some(gw) = f.gw else { return };
-    if gw.action.mirrors.is_empty() || has_body {
+    if gw.action.mirrors.is_empty() {
         return;
     }
+    let Some(body) = body else { return };
     for &(id, percent) in &gw.action.mirrors {
         if percent < 100 && worker.random() % 100 >= u64::from(percent) {
             continue;
@@ -36,15 +44,18 @@ pub(super) fn send(worker: &Worker, snap: &Snapshot, f: &Forward<'_>, head: &[u8
         };
         let up = &snap.upstream;
         let (connect, timeout) = (up.connect_timeout, up.read_timeout.min(up.send_timeout));
-        let head = head.to_vec();
-        monoio::spawn(mirror(backend, addr, head, connect, timeout));
+        let mut copy = Vec::with_capacity(head.len() + body.len());
+        copy.extend_from_slice(head);
+        copy.extend_from_slice(body);
+        monoio::spawn(mirror(backend, addr, copy, connect, timeout));
     }
 }
 
+/// Sends `request` (head and body) to `addr` and reads the answer's head.
 async fn mirror(
     backend: Backend,
     addr: SocketAddr,
-    head: Vec<u8>,
+    request: Vec<u8>,
     connect: std::time::Duration,
     timeout: std::time::Duration,
 ) {
@@ -52,7 +63,7 @@ async fn mirror(
         tracing::debug!(mirror = %addr, "mirror connect failed");
         return;
     };
-    match pump::write_all(&mut up, head, timeout).await {
+    match pump::write_all(&mut up, request, timeout).await {
         Ok((Ok(_), _)) => {}
         _ => return,
     }

@@ -134,6 +134,7 @@ fn paths_headers_query_method_hostnames_and_ingress_side_by_side() {
                 {"matches": [{"path": {"type": "RegularExpression", "value": "/items/[0-9]+"}}], "backendRefs": to("c")},
                 {"matches": [{"path": {"value": "/api"}, "headers": [{"name": "X-Env", "value": "canary"}]}], "backendRefs": to("c")},
                 {"matches": [{"path": {"value": "/api"}, "queryParams": [{"name": "v", "value": "2"}]}], "backendRefs": to("a")},
+                {"matches": [{"path": {"value": "/tags"}, "headers": [{"name": "X-Tag", "value": "a, b"}]}], "backendRefs": to("c")},
                 {"matches": [{"path": {"value": "/"}}], "backendRefs": to("a")},
             ]),
         ),
@@ -188,6 +189,15 @@ fn paths_headers_query_method_hostnames_and_ingress_side_by_side() {
             &format!("GET /api/x?V=2 HTTP/1.1\r\nHost: {h}\r\n\r\n"),
             (200, Some("b")),
         ),
+        // A repeated header is matched as its values joined with ", ".
+        (
+            &format!("GET /tags HTTP/1.1\r\nHost: {h}\r\nX-Tag: a\r\nx-tag: b\r\n\r\n"),
+            (200, Some("c")),
+        ),
+        (
+            &format!("GET /tags HTTP/1.1\r\nHost: {h}\r\nX-Tag: a\r\n\r\n"),
+            (200, Some("a")),
+        ),
         // No rule of the host matches: 404, not the Ingress of the same host.
         ("GET /other HTTP/1.1\r\nHost: strict.example.com\r\n\r\n", (404, None)),
         // A host no route names: the Ingress rules.
@@ -203,6 +213,13 @@ fn paths_headers_query_method_hostnames_and_ingress_side_by_side() {
     let req = h2
         .req("GET", h, "/api/x")
         .header("x-env", "canary")
+        .body(())
+        .expect("request");
+    assert_eq!(h2.request(req, None).upstream(), Some("c"));
+    let req = h2
+        .req("GET", h, "/tags")
+        .header("x-tag", "a")
+        .header("x-tag", "b")
         .body(())
         .expect("request");
     assert_eq!(h2.request(req, None).upstream(), Some("c"));
@@ -308,6 +325,12 @@ crate::support::both_drivers!(
                         "path": {"type": "ReplacePrefixMatch", "replacePrefixMatch": "/new"}}}]},
                     {"matches": [{"path": {"value": "/port"}}],
                      "filters": [{"type": "RequestRedirect", "requestRedirect": {"port": 8443}}]},
+                    {"matches": [{"path": {"value": "/see-other"}}],
+                     "filters": [{"type": "RequestRedirect", "requestRedirect": {"hostname": "o.example.com", "statusCode": 303}}]},
+                    {"matches": [{"path": {"value": "/temporary"}}],
+                     "filters": [{"type": "RequestRedirect", "requestRedirect": {"hostname": "o.example.com", "statusCode": 307}}]},
+                    {"matches": [{"path": {"value": "/permanent"}}],
+                     "filters": [{"type": "RequestRedirect", "requestRedirect": {"hostname": "o.example.com", "statusCode": 308}}]},
                     {"matches": [{"path": {"value": "/rewrite"}}],
                      "filters": [{"type": "URLRewrite", "urlRewrite": {
                         "hostname": "inner.example.com",
@@ -344,6 +367,11 @@ crate::support::both_drivers!(
         assert_eq!((r.status, r.header("location")), (301, Some("https://new.example.com/new/page?q=1")));
         let r = w.send("GET /port HTTP/1.1\r\nHost: f.example.com\r\n\r\n");
         assert_eq!((r.status, r.header("location")), (302, Some("http://f.example.com:8443/port")));
+        for (path, status) in [("/see-other", 303), ("/temporary", 307), ("/permanent", 308)] {
+            let r = w.send(&format!("GET {path} HTTP/1.1\r\nHost: f.example.com\r\n\r\n"));
+            let want = format!("http://o.example.com:{port}{path}");
+            assert_eq!((r.status, r.header("location")), (status, Some(want.as_str())), "{path}");
+        }
 
         // Rewrites: path and Host.
         let r = w.send("GET /rewrite/x?y=1 HTTP/1.1\r\nHost: f.example.com\r\n\r\n");
@@ -546,8 +574,10 @@ fn two_gateways_on_one_port_are_isolated_by_address() {
     assert_eq!(ask("127.0.0.2", "only-one.example.com").0, 404);
 }
 
+/// RequestMirror: a copy of each request goes to the mirror backend, its answer discarded; a
+/// body that came whole with the head (up to 64 KiB) is copied too, a chunked one is not.
 #[test]
-fn request_mirror_copies_bodiless_requests() {
+fn request_mirror_copies_requests_and_bounded_bodies() {
     let w = World::start(Driver::default(), "gw-mirror", &["a", "m"]);
     let port = w.kedge.addr().port();
     w.api.apply("gateways", gateway("edge", port, &[]));
@@ -562,23 +592,38 @@ fn request_mirror_copies_bodiless_requests() {
         ),
     );
     w.wait_routed("m.example.com", "/first", (200, Some("a")));
-    let r = w.send("POST /posted HTTP/1.1\r\nHost: m.example.com\r\nContent-Length: 2\r\n\r\nhi");
+    let r = w.send("POST /posted HTTP/1.1\r\nHost: m.example.com\r\nContent-Length: 5\r\n\r\nhello");
+    assert_eq!(answered(&r), (200, Some("a")));
+    let r = w.send(
+        "POST /chunked HTTP/1.1\r\nHost: m.example.com\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nhi\r\n0\r\n\r\n",
+    );
     assert_eq!(answered(&r), (200, Some("a")));
     let r = w.send("GET /copied?x=1 HTTP/1.1\r\nHost: m.example.com\r\nX-Trace: t1\r\n\r\n");
     assert_eq!(answered(&r), (200, Some("a")));
     let mirror = w.up("m");
-    wait_until(WAIT, "the mirror got the GET", || {
-        mirror.requests().iter().any(|s| s.uri == "/copied?x=1")
+    wait_until(WAIT, "the mirror got the GET and the POST", || {
+        let seen = mirror.requests();
+        seen.iter().any(|s| s.uri == "/copied?x=1") && seen.iter().any(|s| s.uri == "/posted")
     });
     let seen = mirror.requests();
     let copy = seen.iter().find(|s| s.uri == "/copied?x=1").expect("the copy");
     assert_eq!((copy.method.as_str(), copy.header("x-trace")), ("GET", Some("t1")));
-    assert!(
-        !seen.iter().any(|s| s.method == "POST"),
-        "requests with a body are not mirrored: {seen:?}"
+    let posted = seen.iter().find(|s| s.uri == "/posted").expect("the POST's copy");
+    assert_eq!(posted.method, "POST");
+    assert!(posted.body_complete);
+    assert_eq!(
+        (posted.body_len, posted.body_hash),
+        (5, crate::support::body::hash(b"hello"))
     );
-    // The backend got everything.
-    assert_eq!(w.up("a").requests().iter().filter(|s| s.uri != "/first").count(), 2);
+    assert!(
+        !seen.iter().any(|s| s.uri == "/chunked"),
+        "a chunked body is not mirrored: {seen:?}"
+    );
+    // The backend got everything, bodies whole.
+    let at_a = w.up("a").requests();
+    assert_eq!(at_a.iter().filter(|s| s.uri != "/first").count(), 3);
+    let posted = at_a.iter().find(|s| s.uri == "/posted").expect("the POST");
+    assert_eq!((posted.body_len, posted.body_complete), (5, true));
 }
 
 /// A listener whose hostname a request's host selects answers with its own routes or a 404,
@@ -610,4 +655,56 @@ fn a_listener_without_routes_still_owns_its_hostname() {
     w.api.apply("httproutes", quiet);
     w.wait_routed("quiet.example.com", "/", (200, Some("quiet")));
     assert_eq!(get(&w.kedge, "other.example.com", "/"), (200, Some("wild".into())));
+}
+
+/// Two Gateways on one port, one on 127.0.0.1 and one on 127.0.0.2, each with an HTTPS listener
+/// for the same hostname and a certificate of its own: each address serves its own Gateway's
+/// certificate (and routes), never the other Gateway's, whichever came first.
+#[test]
+fn two_gateways_on_one_port_serve_their_own_certificates_for_one_hostname() {
+    use crate::support::tls::TestCa;
+    let ca = TestCa::new();
+    let port = free_port_on_both();
+    let listeners = format!(
+        "[[listener]]\naddress = \"127.0.0.1:{port}\"\ntls = true\n\n[[listener]]\naddress = \"127.0.0.2:{port}\"\ntls = true\n"
+    );
+    let setup = Kedge::setup(Driver::default()).tables(&listeners);
+    let w = World::start_with("gw-certs", &["one", "two"], setup);
+    let first = ca.leaf(&["same.example.com"]);
+    let second = ca.leaf(&["same.example.com"]);
+    w.api.apply("secrets", first.secret("default", "one-tls"));
+    w.api.apply("secrets", second.secret("default", "two-tls"));
+    for (name, address, secret, svc) in [
+        ("gw-one", "127.0.0.1", "one-tls", "one"),
+        ("gw-two", "127.0.0.2", "two-tls", "two"),
+    ] {
+        w.api.apply(
+            "gateways",
+            json!({"apiVersion": GW, "kind": "Gateway", "metadata": {"name": name, "namespace": "default"},
+                   "spec": {"gatewayClassName": "kedge", "addresses": [{"type": "IPAddress", "value": address}],
+                            "listeners": [{"name": "https", "port": port, "protocol": "HTTPS",
+                                           "hostname": "same.example.com",
+                                           "tls": {"certificateRefs": [{"name": secret}]}}]}}),
+        );
+        w.api.apply(
+            "httproutes",
+            route(svc, name, &["same.example.com"], json!([{"backendRefs": to(svc)}])),
+        );
+    }
+    // The certificate served on `ip`, and where a request over that connection went.
+    let ask = |ip: &str| {
+        let addr: std::net::SocketAddr = format!("{ip}:{port}").parse().expect("address");
+        let mut c = Client::try_connect_tls(addr, ca.client(), "same.example.com").ok()?;
+        let r = c.get("same.example.com", "/");
+        Some((c.peer_leaf(), r.status, r.upstream().map(str::to_owned)))
+    };
+    wait_until(WAIT, "each address serves its own Gateway's certificate", || {
+        ask("127.0.0.1") == Some((first.der.clone(), 200, Some("one".into())))
+            && ask("127.0.0.2") == Some((second.der.clone(), 200, Some("two".into())))
+    });
+    // The first Gateway goes: its address no longer serves any certificate for the name (kedge
+    // has none of its own), while the second's is unchanged.
+    w.api.delete("gateways", Some("default"), "gw-one");
+    wait_until(WAIT, "127.0.0.1 without a certificate", || ask("127.0.0.1").is_none());
+    assert_eq!(ask("127.0.0.2"), Some((second.der.clone(), 200, Some("two".into()))));
 }

@@ -44,6 +44,9 @@ mod http2;
 /// HTTP/2 abuse with raw frames: MadeYouReset, CONTINUATION flood, HPACK bomb, empty DATA, PING
 /// and SETTINGS floods, a slow preface, a reset inside a header block; each bounded and counted.
 mod http2_abuse;
+/// Migrating from ingress-nginx: an app's Ingresses, then `ingress2gateway`'s Gateway API
+/// objects for it, side by side, then alone, answering the same.
+mod ingress2gateway;
 /// Client keep-alive, upstream pooling, HTTP/1.0 clients, pipelining, concurrent clients.
 mod keepalive;
 /// The fixture Kubernetes API server, through the real kube client: list, watch, bookmarks,

@@ -291,3 +291,159 @@ fn readme_lists_the_supported_features() {
         .collect();
     assert_eq!(listed, SUPPORTED_FEATURES);
 }
+
+/// Every advertised feature is a Gateway API v1.x feature name, and an end-to-end test under
+/// `tests/it/` exercises it: the table names that test, and the test must exist.
+#[test]
+fn features_are_known_and_each_is_tested() {
+    // The feature names of `pkg/features` (Gateway API v1.x) kedge could claim.
+    const KNOWN: &[&str] = &[
+        "GRPCRoute",
+        "Gateway",
+        "GatewayAddressEmpty",
+        "GatewayHTTPListenerIsolation",
+        "GatewayInfrastructurePropagation",
+        "GatewayPort8080",
+        "GatewayStaticAddresses",
+        "HTTPRoute",
+        "HTTPRoute303RedirectStatusCode",
+        "HTTPRoute307RedirectStatusCode",
+        "HTTPRoute308RedirectStatusCode",
+        "HTTPRouteBackendProtocolH2C",
+        "HTTPRouteBackendProtocolWebSocket",
+        "HTTPRouteBackendRequestHeaderModification",
+        "HTTPRouteBackendTimeout",
+        "HTTPRouteCORS",
+        "HTTPRouteDestinationPortMatching",
+        "HTTPRouteHostRewrite",
+        "HTTPRouteMethodMatching",
+        "HTTPRouteNamedRouteRule",
+        "HTTPRouteParentRefPort",
+        "HTTPRoutePathRedirect",
+        "HTTPRoutePathRewrite",
+        "HTTPRoutePortRedirect",
+        "HTTPRouteQueryParamMatching",
+        "HTTPRouteRequestMirror",
+        "HTTPRouteRequestMultipleMirrors",
+        "HTTPRouteRequestPercentageMirror",
+        "HTTPRouteRequestTimeout",
+        "HTTPRouteResponseHeaderModification",
+        "HTTPRouteSchemeRedirect",
+        "ReferenceGrant",
+    ];
+    // Feature → (file under tests/it, the test showing it).
+    const TESTED_BY: &[(&str, &str, &str)] = &[
+        ("GRPCRoute", "grpc.rs", "grpcroute_methods_headers_and_weights"),
+        (
+            "Gateway",
+            "gateway_status.rs",
+            "kedges_class_is_accepted_and_its_gateway_programmed_with_addresses",
+        ),
+        (
+            "GatewayHTTPListenerIsolation",
+            "gateway_routes.rs",
+            "a_listener_without_routes_still_owns_its_hostname",
+        ),
+        (
+            "HTTPRoute",
+            "gateway_routes.rs",
+            "paths_headers_query_method_hostnames_and_ingress_side_by_side",
+        ),
+        (
+            "HTTPRoute303RedirectStatusCode",
+            "gateway_routes.rs",
+            "filters_on_both_front_ends",
+        ),
+        (
+            "HTTPRoute307RedirectStatusCode",
+            "gateway_routes.rs",
+            "filters_on_both_front_ends",
+        ),
+        (
+            "HTTPRoute308RedirectStatusCode",
+            "gateway_routes.rs",
+            "filters_on_both_front_ends",
+        ),
+        (
+            "HTTPRouteBackendRequestHeaderModification",
+            "gateway_routes.rs",
+            "filters_on_both_front_ends",
+        ),
+        (
+            "HTTPRouteBackendTimeout",
+            "gateway_routes.rs",
+            "request_timeouts_answer_504",
+        ),
+        ("HTTPRouteCORS", "gateway_routes.rs", "filters_on_both_front_ends"),
+        (
+            "HTTPRouteHostRewrite",
+            "gateway_routes.rs",
+            "filters_on_both_front_ends",
+        ),
+        (
+            "HTTPRouteMethodMatching",
+            "gateway_routes.rs",
+            "paths_headers_query_method_hostnames_and_ingress_side_by_side",
+        ),
+        (
+            "HTTPRoutePathRedirect",
+            "gateway_routes.rs",
+            "filters_on_both_front_ends",
+        ),
+        (
+            "HTTPRoutePathRewrite",
+            "gateway_routes.rs",
+            "filters_on_both_front_ends",
+        ),
+        (
+            "HTTPRoutePortRedirect",
+            "gateway_routes.rs",
+            "filters_on_both_front_ends",
+        ),
+        (
+            "HTTPRouteQueryParamMatching",
+            "gateway_routes.rs",
+            "paths_headers_query_method_hostnames_and_ingress_side_by_side",
+        ),
+        (
+            "HTTPRouteRequestMirror",
+            "gateway_routes.rs",
+            "request_mirror_copies_requests_and_bounded_bodies",
+        ),
+        (
+            "HTTPRouteRequestTimeout",
+            "gateway_routes.rs",
+            "request_timeouts_answer_504",
+        ),
+        (
+            "HTTPRouteResponseHeaderModification",
+            "gateway_routes.rs",
+            "filters_on_both_front_ends",
+        ),
+        (
+            "HTTPRouteSchemeRedirect",
+            "gateway_routes.rs",
+            "filters_on_both_front_ends",
+        ),
+        (
+            "ReferenceGrant",
+            "gateway_status.rs",
+            "backend_references_resolve_across_namespaces_only_with_a_grant",
+        ),
+    ];
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/it/");
+    for f in SUPPORTED_FEATURES {
+        assert!(KNOWN.contains(f), "{f} is not a Gateway API feature name");
+        let (_, file, test) = TESTED_BY
+            .iter()
+            .find(|(name, _, _)| name == f)
+            .unwrap_or_else(|| panic!("{f}: no end-to-end test named"));
+        let source = std::fs::read_to_string(format!("{dir}{file}")).expect("the test file");
+        assert!(
+            source.contains(&format!("fn {test}(")),
+            "{f}: no test {test} in tests/it/{file}"
+        );
+    }
+    let names: Vec<&str> = TESTED_BY.iter().map(|t| t.0).collect();
+    assert_eq!(names, SUPPORTED_FEATURES, "the table follows the list");
+}

@@ -172,6 +172,7 @@ fn collect_tls(
                     host: host.clone(),
                     secret: Arc::clone(secret),
                     owner: owner.clone(),
+                    scope: None,
                 });
             }
             tls_hosts.insert(host);

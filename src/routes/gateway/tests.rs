@@ -244,6 +244,67 @@ fn predicates_order_equal_paths() {
     assert_eq!(got(&s, any, "c.example", "GET", "/p", &[]), "ingress");
 }
 
+/// A repeated header is matched as its values joined with ", " (RFC 7230 §3.2.2), names in
+/// any case; a repeated query parameter by its first value.
+#[test]
+fn repeated_headers_are_joined_and_repeated_query_parameters_use_the_first() {
+    let mut s = Scopes::default();
+    let h = Some("a.example");
+    let add = |s: &mut Scopes, m: Match, id| s.add(&[], 80, None, h, m, action(id));
+    add(
+        &mut s,
+        Match {
+            headers: vec![("x-env".into(), ValueMatch::Exact("a, b".into()))],
+            ..m(prefix("/exact"))
+        },
+        1,
+    );
+    add(
+        &mut s,
+        Match {
+            headers: vec![(
+                "x-env".into(),
+                ValueMatch::Regex(anchored_regex("a(, [a-z])*").unwrap()),
+            )],
+            ..m(prefix("/regex"))
+        },
+        2,
+    );
+    add(
+        &mut s,
+        Match {
+            query: vec![("v".into(), ValueMatch::Exact("1".into()))],
+            ..m(prefix("/query"))
+        },
+        3,
+    );
+    s.finish();
+    let any = "192.0.2.1:80";
+    // Target, headers, the backend id wanted.
+    type Case<'a> = (&'a str, &'a [(&'a str, &'a str)], &'a str);
+    let cases: &[Case<'_>] = &[
+        ("/exact", &[("x-env", "a, b")], "1"),
+        ("/exact", &[("X-Env", "a"), ("x-other", "z"), ("x-ENV", "b")], "1"),
+        // Only the values joined: the first alone, or another order, is not the same value.
+        ("/exact", &[("x-env", "a")], "404"),
+        ("/exact", &[("x-env", "b"), ("x-env", "a")], "404"),
+        ("/exact", &[("x-env", "a"), ("x-env", "b"), ("x-env", "c")], "404"),
+        ("/regex", &[("x-env", "a")], "2"),
+        ("/regex", &[("x-env", "a"), ("x-env", "b"), ("x-env", "c")], "2"),
+        ("/regex", &[("x-env", "b"), ("x-env", "a")], "404"),
+        ("/regex", &[], "404"),
+        ("/query?v=1&v=2", &[], "3"),
+        ("/query?v=2&v=1", &[], "404"),
+    ];
+    for (target, headers, want) in cases {
+        assert_eq!(
+            got(&s, any, "a.example", "GET", target, headers),
+            *want,
+            "{target} {headers:?}"
+        );
+    }
+}
+
 #[test]
 fn weights() {
     let b = |weight, backend| Weighted {
