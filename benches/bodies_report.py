@@ -96,7 +96,7 @@ def main():
             errors = sum(int(num(r["socket_errors"]) or 0) + int(num(r["non_2xx"]) or 0) for r in rs)
             summary[(d, s, t)] = {"mbps": mbps, "per_mb": per_mb}
             direct = t == "direct"
-            out.append(f"| {d} | {s} | {t} | {len(rs)} | {f(rps)} | {f(mbps)} | "
+            out.append(f"| {d} | {s} | {t} | {len(rs)} | {f(rps, 0 if (rps or 0) >= 100 else 2)} | {f(mbps)} | "
                        f"{'—' if direct else f(median(col('proxy_cpu_pct')))} | "
                        f"{'—' if direct else f(per_mb, 2)} | "
                        f"{'—' if direct else f(median(col('proxy_rss_mb')), 1)} | "
