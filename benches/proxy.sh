@@ -362,6 +362,9 @@ start_kedge() {
 workers = $WORKERS
 driver = "$KEDGE_DRIVER"
 
+[admin]
+enabled = false
+
 [log]
 access_log = false
 level = "warn"
