@@ -17,6 +17,11 @@ Subcommands (all called by proxy.sh, stdlib only):
 
   summary --tsv FILE [--meta FILE]
          Prints the Markdown report (medians per target, ratios) to stdout.
+
+  scaling --one DIR --two DIR
+         Two-worker scaling from a --workers 1 and a --workers 2 results directory (each
+         with runs.tsv and meta.json): per target, req/s at 1 and 2 workers, scaling
+         efficiency = req/s(2) / (2 x req/s(1)), and proxy CPU time per request at each.
 """
 
 import argparse
@@ -441,6 +446,63 @@ def cmd_summary(args):
     print("\n".join(out))
 
 
+def _medians(d):
+    """Median req/s and proxy CPU microseconds per request per target of a results dir."""
+    with open(os.path.join(d, "runs.tsv")) as f:
+        header = f.readline().rstrip("\n").split("\t")
+        rows = [dict(zip(header, line.rstrip("\n").split("\t"))) for line in f if line.strip()]
+    with open(os.path.join(d, "meta.json")) as f:
+        meta = json.load(f)
+    out = {}
+    for t in dict.fromkeys(r["target"] for r in rows if r["phase"] == "run"):
+        rs = [r for r in rows if r["target"] == t and r["phase"] == "run"]
+        out[t] = {
+            "rps": _median([_num(r["rps"]) for r in rs]),
+            "us": _median([_num(r["proxy_cpu_pct"]) / 100.0 / _num(r["rps"]) * 1e6 for r in rs
+                           if _num(r["proxy_cpu_pct"]) is not None and _num(r["rps"])]),
+            "busy": _median([sum(_num(kv.partition("=")[2]) or 0 for kv in r["cpu_busy_pct"].split(","))
+                             for r in rs]),
+            "other": _median([_num(r.get("other_cpu_pct")) for r in rs]),
+        }
+    return meta, out
+
+
+def cmd_scaling(args):
+    m1, one = _medians(args.one)
+    m2, two = _medians(args.two)
+
+    def f(v, nd=0):
+        return "n/a" if v is None else f"{v:,.{nd}f}"
+
+    def pin(m):
+        return (f"proxy CPUs {m.get('proxy_cpus')}, backend CPUs {m.get('backend_cpus')}, "
+                f"wrk CPUs {m.get('wrk_cpus')}"
+                + (" (oversubscribed)" if m.get("oversubscribed") else ""))
+
+    out = [f"### Two-worker scaling ({m2.get('date', '')})", "",
+           f"- 1 worker: `{m1.get('command', '')}` ({pin(m1)}), results {args.one}",
+           f"- 2 workers: `{m2.get('command', '')}` ({pin(m2)}), results {args.two}",
+           f"- load: `{m2.get('wrk_cmd', '')}`; {m2.get('nproc')} CPUs, {m2.get('cpu_model')}", "",
+           "| target | req/s, 1 worker | req/s, 2 workers | scaling efficiency | "
+           "proxy CPU µs/request, 1 worker | proxy CPU µs/request, 2 workers | "
+           "all CPUs busy %, 1 → 2 workers | other processes' CPU %, 1 → 2 workers |",
+           "|---|---|---|---|---|---|---|---|"]
+    for t in one:
+        if t not in two or t == "direct":
+            continue
+        a, b = one[t], two[t]
+        eff = b["rps"] / (2 * a["rps"]) if a["rps"] and b["rps"] else None
+        out.append(f"| {t} | {f(a['rps'])} | {f(b['rps'])} | {f(eff, 3)} | {f(a['us'], 2)} | "
+                   f"{f(b['us'], 2)} | {f(a['busy'])} → {f(b['busy'])} | {f(a['other'])} → {f(b['other'])} |")
+    out += ["", "Scaling efficiency = req/s with 2 workers ÷ (2 × req/s with 1 worker): 1.0 is "
+            "linear. It is only meaningful when the load generator and the backend have cores of "
+            "their own (≥ 4 CPUs); on 2 CPUs they share the proxy's cores, so the machine, not the "
+            "proxy, caps the 2-worker figure: compare the CPU time per request instead (equal at "
+            "1 and 2 workers = no cost from a second worker: no shared state, no contention). "
+            "Other processes' CPU % above 10 means the machine was not quiet: rerun."]
+    print("\n".join(out))
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -467,6 +529,10 @@ def main():
     p.add_argument("--tsv", required=True)
     p.add_argument("--meta")
     p.set_defaults(fn=cmd_summary)
+    p = sub.add_parser("scaling")
+    p.add_argument("--one", required=True)
+    p.add_argument("--two", required=True)
+    p.set_defaults(fn=cmd_scaling)
     args = ap.parse_args()
     return args.fn(args)
 

@@ -15,6 +15,10 @@ use crate::http::{self, ChunkEvent, ChunkedDecoder, Framing};
 const FLUSH_AT: usize = 64 * 1024;
 /// Read this much at a time at least.
 const READ_CHUNK: usize = 16 * 1024;
+/// Largest read of a body passed through unchanged: a 100 MiB body takes 400 reads and writes,
+/// not 6,400. The buffer goes back to the worker's pool only up to 64 KiB (`bufs.rs`), so a body
+/// larger than that costs one allocation.
+const PASS_READ: usize = 256 * 1024;
 
 /// Why a body could not be moved. The side tells the caller what to answer.
 #[derive(Debug)]
@@ -75,6 +79,10 @@ where
                     break;
                 }
                 flush(dst, out, limits.write_timeout).await?;
+                if !chunked_out {
+                    // All that was buffered went with the head; the rest passes through as is.
+                    return Ok(moved + pass_through(src, dst, buf, remaining, limits).await?);
+                }
                 if read_more(src, buf, limits.read_timeout).await? == 0 {
                     return Err(PumpError::SourceIo);
                 }
@@ -140,6 +148,46 @@ where
     }
     flush(dst, out, limits.write_timeout).await?;
     Ok(moved)
+}
+
+/// Moves the `remaining` bytes of a Content-Length body that goes out unchanged: each read is
+/// written from the same buffer (no copy into an output buffer), reads are up to
+/// [`PASS_READ`] bytes, and never go past the body's end, so whatever follows it stays in the
+/// source. `buf` is empty on entry and on success.
+async fn pass_through<R, W>(
+    src: &mut R,
+    dst: &mut W,
+    buf: &mut Vec<u8>,
+    mut remaining: u64,
+    limits: &PumpLimits,
+) -> Result<u64, PumpError>
+where
+    R: AsyncReadRent,
+    W: AsyncWriteRent,
+{
+    debug_assert!(buf.is_empty());
+    let total = remaining;
+    let want = remaining.min(PASS_READ as u64) as usize;
+    if buf.capacity() < want {
+        buf.reserve_exact(want);
+    }
+    while remaining > 0 {
+        let n = remaining.min(buf.capacity() as u64) as usize;
+        let b = std::mem::take(buf);
+        let n = match monoio::time::timeout(limits.read_timeout, src.read(b.slice_mut(0..n))).await {
+            Err(_) => return Err(PumpError::SourceTimeout),
+            Ok((res, slice)) => {
+                *buf = slice.into_inner();
+                match res {
+                    Ok(0) | Err(_) => return Err(PumpError::SourceIo),
+                    Ok(n) => n,
+                }
+            }
+        };
+        remaining -= n as u64;
+        flush(dst, buf, limits.write_timeout).await?;
+    }
+    Ok(total)
 }
 
 /// Appends body bytes to `out`, as one chunk when re-framing to chunked.

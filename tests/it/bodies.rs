@@ -1,5 +1,6 @@
-//! Message bodies: 64 MiB request bodies (Content-Length and chunked) and a 64 MiB response
-//! streamed through without kedge holding them (peak RSS), chunked trailers, close-delimited
+//! Message bodies: 64 MiB request bodies (Content-Length and chunked) and 64 MiB responses
+//! (chunked and Content-Length) streamed through without kedge holding them (peak RSS), a
+//! request pipelined right behind a large body, chunked trailers, close-delimited
 //! and chunked upstream responses re-framed for 1.1 and 1.0 clients, interim 1xx answers,
 //! HEAD/204/304 without a body, clients that leave half-way.
 
@@ -99,6 +100,44 @@ both_drivers!(
         assert_eq!(hash(&resp.body), pattern_hash(BIG), "response body changed on the way");
         assert_streamed(&kedge);
         assert_eq!(c.get("b.test", "/again").body.len() as u64, BIG);
+    }
+);
+
+both_drivers!(
+    fn big_response_with_length_streams_back_intact(driver) {
+        let up = Upstream::start("big", Handler::Fixed(BIG as usize));
+        let kedge = Kedge::start(driver, &unlimited(up.addr()));
+        let mut c = Client::connect(kedge.addr());
+        let resp = c.get("b.test", "/download");
+        assert_eq!(resp.status, 200);
+        assert_eq!(resp.header("content-length"), Some(BIG.to_string().as_str()), "{:?}", resp.headers);
+        assert_eq!(resp.body.len() as u64, BIG);
+        assert_eq!(hash(&resp.body), pattern_hash(BIG), "response body changed on the way");
+        assert_streamed(&kedge);
+        assert_eq!(c.get("b.test", "/again").body.len() as u64, BIG);
+    }
+);
+
+both_drivers!(
+    fn request_sent_right_after_a_large_length_body_is_answered(driver) {
+        // The body is larger than any one read of kedge's, and the next request follows its last
+        // byte in the same write: reading the body must stop at its end and leave the next head.
+        let up = Upstream::start("up", Handler::Echo);
+        let kedge = Kedge::start(driver, &unlimited(up.addr()));
+        let mut c = Client::connect(kedge.addr());
+        let len: u64 = (3 << 20) + 7;
+        let mut out = format!("POST /upload HTTP/1.1\r\nHost: b.test\r\nContent-Length: {len}\r\n\r\n").into_bytes();
+        out.extend_from_slice(&fill(0, len as usize));
+        out.extend_from_slice(b"GET /next HTTP/1.1\r\nHost: b.test\r\n\r\n");
+        c.send(&out);
+        assert_eq!(c.read_response().status, 200);
+        assert_eq!(c.read_response().status, 200);
+        let seen = up.requests();
+        assert_eq!(seen.len(), 2, "{seen:?}");
+        assert_eq!(seen[0].body_len, len);
+        assert_eq!(seen[0].body_hash, pattern_hash(len), "request body changed on the way");
+        assert_eq!(seen[1].uri, "/next");
+        assert_eq!(seen[1].body_len, 0);
     }
 );
 
