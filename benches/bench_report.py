@@ -9,8 +9,11 @@ Subcommands (all called by proxy.sh, stdlib only):
 
   record --tsv FILE --target T --phase warmup|run --run I --before SNAP
          --after SNAP --wrk WRK_OUTPUT --time TIME_OUTPUT [--proxy NAME]
+         [--perf PERF_STAT_CSV]
          Parses one wrk run and appends one row to the TSV (header written
-         when the file is new).
+         when the file is new): with the proxy's CPU time per request, and with
+         --perf (`perf stat -x,` output over the run) its syscalls, io_uring_enter
+         calls, SQEs and poll arms per request.
 
   quiet  [--max-busy PCT] [--timeout S]
          Waits until all CPUs together are less than PCT % of one core busy.
@@ -40,7 +43,27 @@ COLUMNS = [
     "requests", "socket_errors", "non_2xx", "elapsed_s",
     "proxy_cpu_pct", "proxy_rss_mb", "proxy_procs", "backend_cpu_pct",
     "wrk_cpu_pct", "other_cpu_pct", "cpu_busy_pct", "cpu_steal_pct",
+    "proxy_cpu_us_per_req", "syscalls_per_req", "uring_enter_per_req", "sqes_per_req",
+    "poll_arm_per_req",
 ]
+
+# perf tracepoint -> per-request column (benches/proxy.sh's PERF_EVENTS)
+PERF_COLUMNS = {
+    "raw_syscalls:sys_enter": "syscalls_per_req",
+    "syscalls:sys_enter_io_uring_enter": "uring_enter_per_req",
+    "io_uring:io_uring_submit_req": "sqes_per_req",
+    "io_uring:io_uring_poll_arm": "poll_arm_per_req",
+}
+
+
+def parse_perf(text):
+    """`perf stat -x,` output: {event: count}; events perf could not count are left out."""
+    out = {}
+    for line in text.splitlines():
+        parts = line.split(",")
+        if len(parts) >= 3 and parts[0].strip().isdigit():
+            out[parts[2].strip()] = int(parts[0])
+    return out
 
 
 # --------------------------------------------------------------------------
@@ -240,6 +263,21 @@ def cmd_record(args):
             steal.append(f"{cpu}={100.0 * ds / dt:.0f}" if dt > 0 else f"{cpu}=?")
 
     wrk_cpu = (100.0 * tm[1] / tm[0]) if tm and tm[0] > 0 else None
+    reqs = wrk["requests"] or 0
+    per_req = {c: None for c in PERF_COLUMNS.values()}
+    if args.perf and reqs:
+        try:
+            with open(args.perf) as f:
+                counts = parse_perf(f.read())
+        except OSError:
+            counts = {}
+        for ev, col in PERF_COLUMNS.items():
+            if ev in counts:
+                per_req[col] = counts[ev] / reqs
+    cpu_us = None
+    if args.proxy and reqs and args.proxy in a["procs"] and args.proxy in b["procs"]:
+        d = b["procs"][args.proxy]["ticks"] - a["procs"][args.proxy]["ticks"]
+        cpu_us = 1e6 * d / CLK_TCK / reqs
     ours = sum(v for v in (proc_cpu(args.proxy) if args.proxy else 0.0,
                            proc_cpu("backend"), wrk_cpu) if v is not None)
     # CPU used by anything that is not proxy/backend/wrk (other builds, other
@@ -264,12 +302,15 @@ def cmd_record(args):
         "other_cpu_pct": other,
         "cpu_busy_pct": ",".join(busy),
         "cpu_steal_pct": ",".join(steal),
+        "proxy_cpu_us_per_req": cpu_us,
+        **per_req,
     }
     new = not os.path.exists(args.tsv) or os.path.getsize(args.tsv) == 0
     with open(args.tsv, "a") as f:
         if new:
             f.write("\t".join(COLUMNS) + "\n")
-        f.write("\t".join(_fmt(row[c], 3 if c.endswith("_ms") else 2) for c in COLUMNS) + "\n")
+        f.write("\t".join(_fmt(row[c], 3 if c.endswith(("_ms", "_per_req")) else 2)
+                           for c in COLUMNS) + "\n")
     # one human line for the console
     print(f"  {phase:6s} {args.target:8s} #{args.run}: "
           f"{_fmt(row['rps'], 0):>9s} req/s  p50 {_fmt(row['p50_ms'], 3)} ms  "
@@ -281,6 +322,9 @@ def cmd_record(args):
              if any(not kv.endswith("=0") for kv in steal) else "")
           + (f"  ERRORS socket={row['socket_errors']} non2xx={row['non_2xx']}"
              if (row['socket_errors'] or row['non_2xx']) else "")
+          + (f"  CPU/req {_fmt(cpu_us, 2)} us" if cpu_us is not None else "")
+          + (f"  syscalls/req {_fmt(per_req['syscalls_per_req'], 2)}"
+             if per_req["syscalls_per_req"] is not None else "")
           + ("  (wrk output unparseable!)" if row["rps"] is None else "")
           + (f"  -> discarded: other CPU load >= {args.max_other:.0f}%, will retry" if noisy else ""))
     return 3 if noisy else 0
@@ -354,7 +398,12 @@ def cmd_summary(args):
             "errors": sum(int(_num(r["socket_errors"]) or 0) + int(_num(r["non_2xx"]) or 0)
                           for r in rs),
             "busy": {k: _median(v) for k, v in sorted(busy.items(), key=lambda kv: int(kv[0][3:]))},
+            "cpu_us": _median(col("proxy_cpu_us_per_req")),
         }
+        # Syscalls are counted during the warm-up run only (perf slows syscalls a little).
+        counted = [r for r in rows if r["target"] == t and r["phase"] == "warmup"]
+        for c in PERF_COLUMNS.values():
+            med[t][c] = _median([_num(r.get(c)) for r in counted])
 
     def f(v, nd=0, suffix=""):
         return "n/a" if v is None else f"{v:,.{nd}f}{suffix}"
@@ -400,6 +449,8 @@ def cmd_summary(args):
 
     pairs = [("kedge", "nginx"), ("kedge", "haproxy"), ("nginx", "direct"),
              ("haproxy", "direct"), ("kedge", "direct")]
+    if "floor" in med:
+        pairs += [("kedge", "floor"), ("nginx", "floor"), ("haproxy", "floor"), ("floor", "direct")]
     out.append("| ratio | req/s ratio | p99 ratio | req/s-per-proxy-core ratio |")
     out.append("|---|---|---|---|")
     for a, b in pairs:
@@ -411,6 +462,26 @@ def cmd_summary(args):
         out.append(f"| {a}/{b}{note} | {f(rr, 3)} | {f(pr, 3)} | "
                    f"{'—' if b == 'direct' else f(er, 3)} |")
     out.append("")
+
+    proxies = [t for t in order if t != "direct"]
+    if proxies:
+        fl, di = med.get("floor", {}), med.get("direct", {})
+        out.append("Per request costs (CPU: median of the measured runs, proxy utime+stime / "
+                   "requests; syscalls, io_uring_enter calls, SQEs and poll arms: counted by "
+                   "`perf stat` on tracepoints during the warm-up run, per request):\n")
+        out.append("| target | CPU µs/req | syscalls/req | io_uring_enter/req | SQEs/req | "
+                   "poll arms/req | req/s ÷ floor | req/s ÷ direct | req/s per core ÷ floor |")
+        out.append("|---|---|---|---|---|---|---|---|---|")
+        for t in proxies:
+            m = med[t]
+            out.append(
+                f"| {t} | {f(m['cpu_us'], 2)} | {f(m['syscalls_per_req'], 2)} | "
+                f"{f(m['uring_enter_per_req'], 2)} | {f(m['sqes_per_req'], 2)} | "
+                f"{f(m['poll_arm_per_req'], 2)} | "
+                f"{f(_ratio(m['rps'], fl.get('rps')), 3)} | {f(_ratio(m['rps'], di.get('rps')), 3)} | "
+                f"{f(_ratio(m['eff'], fl.get('eff')), 3)} |")
+        out.append("")
+
     out.append("req/s ratio > 1 means the first target served more requests/s; "
                "p99 ratio < 1 means the first target had the lower tail latency; "
                "req/s per proxy core = req/s / (proxy CPU % / 100), i.e. requests per "
@@ -515,6 +586,7 @@ def main():
     for a in ("--tsv", "--target", "--phase", "--run", "--before", "--after", "--wrk", "--time"):
         p.add_argument(a, required=True)
     p.add_argument("--proxy")
+    p.add_argument("--perf")
     p.add_argument("--max-other", type=float, default=0.0,
                    help="mark the run '<phase>-noisy' and exit 3 when processes other than "
                         "proxy/backend/wrk used >= this %% of a core (0 = off)")

@@ -15,7 +15,8 @@ BIN="${1:-$ROOT/target/release/kedge}"
 command -v valgrind >/dev/null || apt-get install -y -qq valgrind >/dev/null
 command -v nginx >/dev/null || apt-get install -y -qq nginx >/dev/null
 TMP="$(mktemp -d)"; trap 'kill $(jobs -p) 2>/dev/null; [[ -n "${KEEP:-}" ]] || rm -rf "$TMP"' EXIT
-PORT=18180; BACKEND=18190
+# Ports: PORT_KEDGE, PORT_BACKEND from the environment (machines shared by several runs).
+PORT="${PORT_KEDGE:-18180}"; BACKEND="${PORT_BACKEND:-18190}"
 mkdir -p "$TMP/t"
 cat >"$TMP/be.conf" <<EOF2
 daemon off; master_process off; worker_processes 1; pid $TMP/be.pid; error_log $TMP/be.err warn;

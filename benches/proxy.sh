@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
-# kedge vs nginx vs HAProxy (vs direct) HTTP/1.1 keep-alive proxy benchmark.
+# kedge vs nginx vs HAProxy (vs direct, vs the floor) HTTP/1.1 keep-alive proxy benchmark.
 #
 #   bash benches/proxy.sh [--runs N] [--duration S] [--connections C]
 #                         [--workers N] [--skip-build] [--warmup S]
 #                         [--threads T] [--targets LIST] [--kedge-bin PATH]
 #                         [--kedge-driver auto|...] [--results-dir DIR] [--new-conn]
+#                         [--floor-bin PATH] [--no-count]
 #
 # Everything runs on 127.0.0.1 with private instances (own configs, pid files
 # and prefixes under a temp dir, ports 18080-18090). Every process started here
@@ -21,7 +22,7 @@ WORKERS=1
 THREADS=1
 WARMUP=""            # seconds; default = DURATION
 SKIP_BUILD=0
-TARGETS="kedge,nginx,haproxy,direct"
+TARGETS="kedge,nginx,haproxy,direct,floor"
 QUIET_WAIT=120       # max seconds to wait for an idle machine before each run
 MAX_OTHER=10         # % of a core used by foreign processes that voids a run
 PROXY_QUOTA=0        # CFS quota per proxy in % of one core; 0 = none
@@ -31,6 +32,7 @@ NEW_CONN=0           # 1: a new connection per request (wrk sends Connection: cl
 PORT_KEDGE="${PORT_KEDGE:-18080}"
 PORT_NGINX="${PORT_NGINX:-18081}"
 PORT_HAPROXY="${PORT_HAPROXY:-18082}"
+PORT_FLOOR="${PORT_FLOOR:-18083}"
 PORT_BACKEND="${PORT_BACKEND:-18090}"
 
 BENCH_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -38,11 +40,13 @@ BENCH_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 source "$BENCH_DIR/lib.sh"
 ROOT="$(cd "$BENCH_DIR/.." && pwd)"
 KEDGE_BIN="$ROOT/target/release/kedge"
+FLOOR_BIN=""         # default: built with `cargo bench --no-run --bench floor`
+COUNT=1              # count syscalls / io_uring submissions during each warm-up run (perf)
 RESULTS_BASE="$BENCH_DIR/results"
 ORIG_CMD="bash benches/proxy.sh $*"
 
 usage() {
-    sed -n '2,11p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
+    sed -n '2,12p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
     cat <<EOF
 
 Options (defaults in brackets):
@@ -57,8 +61,13 @@ Options (defaults in brackets):
                     the proxy closes after each answer and wrk reconnects (accept,
                     connection set-up and teardown dominate; req/s = connections/s)
   --skip-build      do not run 'cargo build --release'
-  --targets LIST    comma list out of kedge,nginx,haproxy,direct [$TARGETS]
+  --targets LIST    comma list out of kedge,nginx,haproxy,direct,floor [$TARGETS]
+                    (floor: benches/floor.rs, bytes copied to a fixed upstream
+                    connection on kedge's runtime, no HTTP: the bound for any proxy)
   --kedge-bin PATH  kedge binary [target/release/kedge]
+  --floor-bin PATH  floor binary [built by 'cargo bench --no-run --bench floor']
+  --no-count        do not count syscalls per request (perf stat on tracepoints
+                    during each target's warm-up run)
   --kedge-driver D  value of [proxy] driver in kedge's config [$KEDGE_DRIVER]
   --results-dir D   where to write results [benches/results]
   --quiet-wait S    before each run wait up to S s for other CPU load (builds,
@@ -71,7 +80,7 @@ Options (defaults in brackets):
                     proxy/backend/wrk used >= PCT % of a core during it;
                     0 = never [$MAX_OTHER]
 Env overrides: PROXY_CPUS, BACKEND_CPUS, WRK_CPUS (taskset lists),
-               PORT_KEDGE, PORT_NGINX, PORT_HAPROXY, PORT_BACKEND.
+               PORT_KEDGE, PORT_NGINX, PORT_HAPROXY, PORT_FLOOR, PORT_BACKEND.
 EOF
 }
 
@@ -87,6 +96,8 @@ while (($#)); do
         --new-conn) NEW_CONN=1; shift ;;
         --targets) TARGETS="$2"; shift 2 ;;
         --kedge-bin) KEDGE_BIN="$2"; shift 2 ;;
+        --floor-bin) FLOOR_BIN="$2"; shift 2 ;;
+        --no-count) COUNT=0; shift ;;
         --kedge-driver) KEDGE_DRIVER="$2"; shift 2 ;;
         --results-dir) RESULTS_BASE="$2"; shift 2 ;;
         --quiet-wait) QUIET_WAIT="$2"; shift 2 ;;
@@ -117,11 +128,13 @@ die() { log "ERROR: $*"; exit 1; }
 # ----------------------------------------------------------------------------
 PIDS=()      # servers: they live until cleanup
 WRK_PID=""   # the wrk run in flight, if any (cleared once reaped)
+PERF_PID=""  # the perf stat counting a warm-up run, if any
 TMP=""
 cleanup() {
     local rc=$? pid i
     trap - EXIT INT TERM
     if [[ -n "$WRK_PID" ]]; then PIDS+=("$WRK_PID"); fi
+    if [[ -n "$PERF_PID" ]]; then PIDS+=("$PERF_PID"); fi
     for pid in "${PIDS[@]}"; do
         kill -0 "$pid" 2>/dev/null || continue
         pkill -TERM -P "$pid" 2>/dev/null || true   # direct children (e.g. wrk under its `time` subshell)
@@ -176,7 +189,7 @@ find_bins
 # ----------------------------------------------------------------------------
 IFS=',' read -r -a WANT <<<"$TARGETS"
 for t in "${WANT[@]}"; do
-    [[ "$t" =~ ^(kedge|nginx|haproxy|direct)$ ]] || die "unknown target '$t' in --targets"
+    [[ "$t" =~ ^(kedge|nginx|haproxy|direct|floor)$ ]] || die "unknown target '$t' in --targets"
 done
 want() { local t; for t in "${WANT[@]}"; do [[ "$t" == "$1" ]] && return 0; done; return 1; }
 
@@ -192,6 +205,20 @@ if want kedge; then
         SKIPPED="kedge (binary $KEDGE_BIN absent)"
         WANT=("${WANT[@]/kedge/}")
     fi
+fi
+if want floor && [[ -z "$FLOOR_BIN" ]]; then
+    command -v cargo >/dev/null || die "cargo not found (give --floor-bin or leave floor out of --targets)"
+    log "building the floor: cargo bench --no-run --bench floor"
+    FLOOR_BIN="$(bench_exe floor)"
+fi
+if want floor && [[ ! -x "$FLOOR_BIN" ]]; then
+    log "floor binary '$FLOOR_BIN' not found: floor is SKIPPED"
+    SKIPPED="${SKIPPED:+$SKIPPED; }floor (binary '$FLOOR_BIN' absent)"
+    WANT=("${WANT[@]/floor/}")
+fi
+if ((COUNT)) && ! perf stat -x, -e raw_syscalls:sys_enter -- true >/dev/null 2>&1; then
+    log "perf cannot count the raw_syscalls:sys_enter tracepoint here: syscalls per request not counted"
+    COUNT=0
 fi
 ACTIVE=()
 for t in "${WANT[@]}"; do [[ -n "$t" ]] && ACTIVE+=("$t"); done
@@ -247,7 +274,7 @@ wait_ready() {   # name pid port logfile
     log "$name ready on 127.0.0.1:$port (pid $pid)"
 }
 
-for p in "$PORT_BACKEND" "$PORT_KEDGE" "$PORT_NGINX" "$PORT_HAPROXY"; do
+for p in "$PORT_BACKEND" "$PORT_KEDGE" "$PORT_NGINX" "$PORT_HAPROXY" "$PORT_FLOOR"; do
     port_open "$p" && die "port 127.0.0.1:$p is already in use (set PORT_* to move)"
 done
 
@@ -389,11 +416,32 @@ EOF
     cp "$TMP/kedge/kedge.toml" "$OUT/conf/kedge.toml"
 }
 
+# The floor: one thread per worker on kedge's runtime and driver, thread i pinned to the i-th
+# CPU of PROXY_CPUS (where kedge pins worker i), copying bytes to one upstream connection per
+# client. Its driver follows --kedge-driver.
+start_floor() {
+    mkdir -p "$TMP/floor"
+    local cores
+    cores="$(python3 -c 'import sys
+out = []
+for part in sys.argv[1].split(","):
+    a, _, b = part.partition("-")
+    out += range(int(a), int(b or a) + 1)
+print(",".join(map(str, out[:int(sys.argv[2])])))' "$PROXY_CPUS" "$WORKERS")"
+    limited floor taskset -c "$PROXY_CPUS" "$FLOOR_BIN" --listen "127.0.0.1:$PORT_FLOOR" \
+        --upstream "127.0.0.1:$PORT_BACKEND" --driver "$KEDGE_DRIVER" --cores "$cores" \
+        >"$TMP/floor/floor.log" 2>&1 &
+    PID_OF[floor]=$!; PIDS+=("$!"); PORT_OF[floor]="$PORT_FLOOR"
+    wait_ready floor "${PID_OF[floor]}" "$PORT_FLOOR" "$TMP/floor/floor.log"
+    cp "$TMP/floor/floor.log" "$OUT/conf/floor.log"
+}
+
 for t in "${ACTIVE[@]}"; do
     case "$t" in
         kedge) start_kedge ;;
         nginx) start_nginx ;;
         haproxy) start_haproxy ;;
+        floor) start_floor ;;
         direct) ;;
     esac
 done
@@ -428,7 +476,8 @@ json.dump({
     "proxy_cpus": "$PROXY_CPUS", "backend_cpus": "$BACKEND_CPUS", "wrk_cpus": "$WRK_CPUS",
     "oversubscribed": bool($OVERSUB),
     "proxy_quota_pct": $PROXY_QUOTA,
-    "ports": {"kedge": $PORT_KEDGE, "nginx": $PORT_NGINX, "haproxy": $PORT_HAPROXY, "backend": $PORT_BACKEND},
+    "ports": {"kedge": $PORT_KEDGE, "nginx": $PORT_NGINX, "haproxy": $PORT_HAPROXY, "floor": $PORT_FLOOR, "backend": $PORT_BACKEND},
+    "counted": bool($COUNT),
     "targets": "${ACTIVE[*]}".split(),
     "skipped": "$SKIPPED",
     "versions": os.environ["BENCH_VERSIONS"],
@@ -441,9 +490,14 @@ EOF
 TSV="$OUT/runs.tsv"
 REPORT="$BENCH_DIR/bench_report.py"
 
+# What perf counts during a warm-up run, on every thread of the proxy's processes: all
+# syscalls, io_uring_enter calls, SQEs the kernel took, and reads/writes that found their
+# socket not ready and armed a poll (io_uring's extra wake-up).
+PERF_EVENTS="raw_syscalls:sys_enter,syscalls:sys_enter_io_uring_enter,io_uring:io_uring_submit_req,io_uring:io_uring_poll_arm"
+
 SEQ=0
 run_one() {   # target phase run_no seconds [max_other]
-    local t=$1 phase=$2 n=$3 secs=$4 max_other=${5:-0} tag snaps=() proxy_arg=()
+    local t=$1 phase=$2 n=$3 secs=$4 max_other=${5:-0} tag snaps=() proxy_arg=() perf_arg=()
     SEQ=$((SEQ + 1))
     tag="$(printf '%03d' "$SEQ")-$t-$phase-$n"   # chronological order in results/*/wrk/
     snaps=(--pid "backend=$BACKEND_PID")
@@ -455,6 +509,18 @@ run_one() {   # target phase run_no seconds [max_other]
         python3 "$REPORT" quiet --max-busy 10 --timeout "$QUIET_WAIT" || die "quiet check failed"
     fi
     python3 "$REPORT" snap --out "$TMP/$tag.before" "${snaps[@]}" || die "snapshot failed"
+    if ((COUNT)) && [[ "$phase" == warmup && "$t" != direct ]]; then
+        # Counting (no sampling) tracepoints slows every syscall a little: only the warm-up
+        # runs are counted, the measured runs are not.
+        local pids
+        pids="$( { echo "${PID_OF[$t]}"; pgrep -P "${PID_OF[$t]}" || true; } | paste -sd, -)"
+        perf stat -x, -o "$TMP/$tag.perf" -e "$PERF_EVENTS" -p "$pids" >/dev/null 2>&1 &
+        PERF_PID=$!
+        perf_arg=(--perf "$TMP/$tag.perf")
+        # perf attaches to every thread before wrk starts; the idle proxy's few syscalls
+        # meanwhile are noise against a run's hundreds of thousands of requests.
+        sleep 0.5
+    fi
     # wrk runs in the background so the cleanup trap can stop it; bash's `time`
     # gives wrk's own CPU time (user+sys) for the "wrk CPU %" column.
     (
@@ -466,11 +532,16 @@ run_one() {   # target phase run_no seconds [max_other]
     local wrc=0; wait "$WRK_PID" || wrc=$?
     WRK_PID=""
     python3 "$REPORT" snap --out "$TMP/$tag.after" "${snaps[@]}" || die "snapshot failed"
+    if [[ -n "$PERF_PID" ]]; then
+        kill -INT "$PERF_PID" 2>/dev/null || true
+        wait "$PERF_PID" 2>/dev/null || true
+        PERF_PID=""
+    fi
     ((wrc == 0)) || { cat "$OUT/wrk/$tag.txt" >&2; die "wrk failed against $t (exit $wrc)"; }
     local rc=0
     python3 "$REPORT" record --tsv "$TSV" --target "$t" --phase "$phase" --run "$n" \
         --before "$TMP/$tag.before" --after "$TMP/$tag.after" --max-other "$max_other" \
-        --wrk "$OUT/wrk/$tag.txt" --time "$TMP/$tag.time" "${proxy_arg[@]}" >&2 || rc=$?
+        --wrk "$OUT/wrk/$tag.txt" --time "$TMP/$tag.time" "${proxy_arg[@]}" "${perf_arg[@]}" >&2 || rc=$?
     return "$rc"
 }
 

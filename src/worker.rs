@@ -123,8 +123,8 @@ pub fn spawn(
 /// packet arriving from another CPU does not interrupt the worker; `COOP_TASKRUN` (5.19) at
 /// least avoids the inter-processor interrupt. Measured on a 2-core VM: plain ≈ 31k, coop
 /// ≈ 53k, defer ≈ 57k requests/s (BENCHMARKS.md). Older kernels refuse the flags with EINVAL,
-/// hence the chain.
-fn uring_runtime() -> std::io::Result<monoio::Runtime<monoio::time::TimeDriver<monoio::IoUringDriver>>> {
+/// hence the chain. Public for `benches/floor.rs`, which must run on the same ring set-up.
+pub fn uring_runtime() -> std::io::Result<monoio::Runtime<monoio::time::TimeDriver<monoio::IoUringDriver>>> {
     let mut defer = io_uring::IoUring::builder();
     defer.setup_single_issuer().setup_defer_taskrun();
     let mut coop = io_uring::IoUring::builder();

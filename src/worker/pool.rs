@@ -23,11 +23,20 @@ struct Idle {
     since: Instant,
 }
 
+/// The idle connections to one endpoint.
+#[derive(Default)]
+struct Idles {
+    list: Vec<Idle>,
+    /// A connection was parked since the last sweep: the list is kept even when empty (all its
+    /// connections busy), so that a busy endpoint's list is not freed and allocated again.
+    parked: bool,
+}
+
 /// The idle connections of one worker.
 #[derive(Default)]
 pub struct Pool {
     /// Keys are upstream addresses from the route table, not client input: a fast hash is safe.
-    idle: FxHashMap<PoolKey, Vec<Idle>>,
+    idle: FxHashMap<PoolKey, Idles>,
 }
 
 impl Pool {
@@ -39,7 +48,7 @@ impl Pool {
     /// for Node.js, more elsewhere), and one that closes sooner (restart, request quota) is
     /// covered by the retry of idempotent requests.
     pub fn take(&mut self, key: PoolKey, idle_timeout: Duration, now: Instant) -> Option<UpstreamStream> {
-        let list = self.idle.get_mut(&key)?;
+        let list = &mut self.idle.get_mut(&key)?.list;
         while let Some(idle) = list.pop() {
             let age = now.duration_since(idle.since);
             if age < idle_timeout && (age < CHECK_AFTER || is_open(&idle.stream)) {
@@ -53,9 +62,10 @@ impl Pool {
     /// may be a little in the past (the start of the request): the connection then only
     /// expires a little early.
     pub fn put(&mut self, key: PoolKey, stream: UpstreamStream, max_idle: usize, now: Instant) {
-        let list = self.idle.entry(key).or_default();
-        if list.len() < max_idle {
-            list.push(Idle { stream, since: now });
+        let idles = self.idle.entry(key).or_default();
+        idles.parked = true;
+        if idles.list.len() < max_idle {
+            idles.list.push(Idle { stream, since: now });
         }
     }
 
@@ -63,12 +73,13 @@ impl Pool {
     /// parked; called periodically so idle sockets do not pile up on endpoints that no longer
     /// get traffic, nor sit in CLOSE-WAIT until the idle timeout after a pod stopped. The
     /// liveness check is one peek per connection parked longer than [`CHECK_AFTER`], at most
-    /// [`CHECKS_PER_SWEEP`] per sweep (the rest wait for the next sweep).
+    /// [`CHECKS_PER_SWEEP`] per sweep (the rest wait for the next sweep). An endpoint's empty
+    /// list goes at the first sweep after a whole period without a connection parked.
     pub fn sweep(&mut self, idle_timeout: Duration) {
         let now = Instant::now();
         let mut checks = CHECKS_PER_SWEEP;
-        self.idle.retain(|_, list| {
-            list.retain(|i| {
+        self.idle.retain(|_, idles| {
+            idles.list.retain(|i| {
                 let age = now.duration_since(i.since);
                 if age >= idle_timeout {
                     return false;
@@ -79,7 +90,9 @@ impl Pool {
                 }
                 true
             });
-            !list.is_empty()
+            let keep = !idles.list.is_empty() || idles.parked;
+            idles.parked = false;
+            keep
         });
     }
 
