@@ -163,6 +163,7 @@ fn start_worker(driver: Driver, upstream: SocketAddr) -> (SocketAddr, Arc<Shared
             http2: cfg.http2.clone(),
             access_log: false,
             tls: None,
+            gateway_tls: Vec::new(),
             https: HttpsSettings::default(),
         })),
         shutdown: tokio::sync::watch::channel(false).0,
