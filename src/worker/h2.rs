@@ -5,8 +5,8 @@
 //! `h2` speaks tokio's `AsyncRead`/`AsyncWrite`; the client stream (plain TCP or kedge's own TLS
 //! stream, both owned-buffer monoio streams) is adapted with `monoio-compat`'s `StreamWrapper`,
 //! which works over any `AsyncReadRent + AsyncWriteRent` and so serves TCP and TLS alike
-//! (monoio's `poll-io` would only cover the TCP stream). It costs one copy each way through
-//! 8 KiB buffers; no tokio runtime is involved: `h2` is polled by this connection's monoio task.
+//! (monoio's `poll-io` would only cover the TCP stream; measured, not kept: see [`H2Io`]). It
+//! costs one copy each way through 16 KiB buffers; no tokio runtime is involved: `h2` is polled by this connection's monoio task.
 //!
 //! The connection task drives the connection (accepting streams) and spawns one monoio task per
 //! stream. It closes the connection with GOAWAY when the worker stops, after `max_requests`
@@ -1094,22 +1094,13 @@ impl H2Io for TlsStream {
     }
 }
 
-/// h2c: through `monoio-compat`, or with the `h2c-poll-io` feature (a measurement, see
-/// BENCHMARKS.md "poll-io vs monoio-compat") through monoio's `poll-io` (readiness-based
-/// reads and writes straight from `h2`'s buffers).
-#[cfg(not(feature = "h2c-poll-io"))]
+/// h2c: through `monoio-compat` too. monoio's `poll-io` (`TcpStream::into_poll_io`, reads and
+/// writes straight from `h2`'s buffers) was measured against it (BENCHMARKS.md, "poll-io vs
+/// monoio-compat"): the same CPU per small request, 9-11 % less per 64 KiB answer; not kept.
 impl H2Io for TcpStream {
     type Io = Box<StreamWrapper<TcpStream>>;
     fn into_h2_io(self) -> io::Result<Self::Io> {
         Ok(compat(self))
-    }
-}
-
-#[cfg(feature = "h2c-poll-io")]
-impl H2Io for TcpStream {
-    type Io = monoio::net::tcp::stream_poll::TcpStreamPoll;
-    fn into_h2_io(self) -> io::Result<Self::Io> {
-        self.try_into_poll_io().map_err(|(e, _)| e)
     }
 }
 

@@ -18,8 +18,8 @@ const CHECK_AFTER: Duration = Duration::from_secs(1);
 const CHECKS_PER_SWEEP: usize = 1024;
 
 /// Idle connections an endpoint may have between sweeps, as a multiple of `max_idle`: what a
-/// burst of concurrent requests opened stays for reuse until the next sweep trims the list to
-/// `max_idle` (the connections parked longest go first). Closing them as they come back, as
+/// burst of concurrent requests opened stays for reuse until a sweep finds it parked for
+/// [`CHECK_AFTER`] beyond `max_idle` (see [`Pool::sweep`]). Closing them as they come back, as
 /// soon as `max_idle` are parked, made every later request of the burst connect again: with
 /// 200 HTTP/2 streams in flight to one endpoint, one request in eight opened a connection
 /// (BENCHMARKS.md, "HTTP/2 cells").
@@ -58,7 +58,7 @@ impl Pool {
     }
 
     /// Parks `stream` for reuse, unless `addr` already has `max_idle` × [`BURST_FACTOR`] idle
-    /// connections (the next [`Pool::sweep`] trims them to `max_idle`). `now` may be a little
+    /// connections ([`Pool::sweep`] trims them back to `max_idle`). `now` may be a little
     /// in the past (the start of the request): the connection then only expires a little
     /// early.
     pub fn put(&mut self, key: PoolKey, stream: UpstreamStream, max_idle: usize, now: Instant) {
@@ -73,14 +73,20 @@ impl Pool {
     /// get traffic, nor sit in CLOSE-WAIT until the idle timeout after a pod stopped. The
     /// liveness check is one peek per connection parked longer than [`CHECK_AFTER`], at most
     /// [`CHECKS_PER_SWEEP`] per sweep (the rest wait for the next sweep). An endpoint keeps at
-    /// most `max_idle`: the most recently parked.
+    /// most `max_idle` and those parked less than [`CHECK_AFTER`] ago.
     pub fn sweep(&mut self, idle_timeout: Duration, max_idle: usize) {
         let now = Instant::now();
         let mut checks = CHECKS_PER_SWEEP;
         self.idle.retain(|_, list| {
-            // Parked in order: the front has waited longest.
+            // Parked in order, the front longest: beyond `max_idle`, those parked for
+            // [`CHECK_AFTER`] at least go (a busy endpoint's load comes in waves: the ones
+            // parked since the last wave are reused in the next).
             let over = list.len().saturating_sub(max_idle);
-            list.drain(..over);
+            let old = list[..over]
+                .iter()
+                .take_while(|i| now.duration_since(i.since) >= CHECK_AFTER)
+                .count();
+            list.drain(..old);
             list.retain(|i| {
                 let age = now.duration_since(i.since);
                 if age >= idle_timeout {
