@@ -29,6 +29,9 @@ MODES="h2c,tls"
 ALL_MODES="h2c,tls,c50m10,m100,body64k,churn,grpc"
 CHURN_RATE=200
 PORT_GRPC="${PORT_GRPC:-18091}"
+# nginx's idle upstream connections per worker (`keepalive`); kedge keeps 128 per endpoint, and
+# up to 8x as many for a burst until its next pool sweep.
+NGINX_KEEPALIVE="${NGINX_KEEPALIVE:-64}"
 GRPC_BIN=""
 TARGETS="kedge,nginx"
 WORKERS=1
@@ -78,7 +81,8 @@ Options (defaults in brackets):
                     core during it; 0 = never [$MAX_OTHER]
   --proxy-quota PCT CFS quota per proxy in % of one core (as in proxy.sh); 0 = none [$PROXY_QUOTA]
 Env overrides: PROXY_CPUS, BACKEND_CPUS, LOAD_CPUS (taskset lists), PORT_KEDGE, PORT_NGINX,
-               PORT_KEDGE_TLS, PORT_NGINX_TLS, PORT_BACKEND, PORT_GRPC.
+               PORT_KEDGE_TLS, PORT_NGINX_TLS, PORT_BACKEND, PORT_GRPC, NGINX_KEEPALIVE (nginx's
+               upstream keepalive) [$NGINX_KEEPALIVE].
 EOF
 }
 
@@ -323,13 +327,13 @@ $(nginx_common_http "$d")
     ssl_session_cache shared:SSL:10m;
     upstream backend {
         server 127.0.0.1:$PORT_BACKEND;
-        keepalive 64;
+        keepalive $NGINX_KEEPALIVE;
         keepalive_requests 1000000;
         keepalive_timeout 300s;
     }
     upstream grpc_backend {
         server 127.0.0.1:$PORT_GRPC;
-        keepalive 64;
+        keepalive $NGINX_KEEPALIVE;
         keepalive_requests 1000000;
         keepalive_timeout 300s;
     }

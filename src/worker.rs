@@ -373,8 +373,11 @@ async fn worker_main(index: usize, listeners: Vec<listener::Bound>, shared: Arc<
 async fn sweep_loop(worker: Rc<Worker>) {
     loop {
         monoio::time::sleep(Duration::from_secs(5)).await;
-        let idle = worker.snapshot().upstream.idle_timeout;
-        worker.pool.borrow_mut().sweep(idle);
+        let (idle, max_idle) = {
+            let snap = worker.snapshot();
+            (snap.upstream.idle_timeout, snap.upstream.max_idle_per_endpoint)
+        };
+        worker.pool.borrow_mut().sweep(idle, max_idle);
         worker.h2_pool.borrow_mut().sweep(idle);
         worker.balancer.borrow_mut().sweep(Instant::now());
         worker.limits.borrow_mut().sweep(Instant::now());

@@ -84,6 +84,8 @@ pub(super) async fn forward(
         whole: true,
         total: 0,
     };
+    // The upstream request, made once from the head; a later try makes its own again.
+    let mut first = Some(upstream_request(head, scheme, te_trailers)?);
     let mut tries = Tries::default();
     let mut fresh_to: Option<SocketAddr> = None;
     let mut refreshed = false;
@@ -107,7 +109,10 @@ pub(super) async fn forward(
                     continue;
                 }
             };
-            let req = upstream_request(head, scheme, te_trailers)?;
+            let req = match first.take() {
+                Some(r) => r,
+                None => upstream_request(head, scheme, te_trailers)?,
+            };
             let sender = lease.sender();
             let ready = monoio::time::timeout(f.timeouts.connect, sender.ready()).await;
             let sent = match ready {

@@ -5,8 +5,8 @@
 //! `h2` speaks tokio's `AsyncRead`/`AsyncWrite`; the client stream (plain TCP or kedge's own TLS
 //! stream, both owned-buffer monoio streams) is adapted with `monoio-compat`'s `StreamWrapper`,
 //! which works over any `AsyncReadRent + AsyncWriteRent` and so serves TCP and TLS alike
-//! (monoio's `poll-io` would only cover the TCP stream). It costs one copy each way through
-//! 8 KiB buffers; no tokio runtime is involved: `h2` is polled by this connection's monoio task.
+//! (monoio's `poll-io` would only cover the TCP stream; measured, not kept: see [`H2Io`]). It
+//! costs one copy each way through 16 KiB buffers; no tokio runtime is involved: `h2` is polled by this connection's monoio task.
 //!
 //! The connection task drives the connection (accepting streams) and spawns one monoio task per
 //! stream. It closes the connection with GOAWAY when the worker stops, after `max_requests`
@@ -23,11 +23,14 @@ use std::rc::Rc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use futures_util::future::poll_fn;
 use h2::server::SendResponse;
 use h2::{Reason, RecvStream, SendStream};
 use http::{HeaderMap, HeaderName, HeaderValue, Request, Response};
+use monoio::buf::IoBufMut;
+use monoio::io::{AsyncReadRent, AsyncWriteRent};
+use monoio::net::TcpStream;
 use monoio_compat::StreamWrapper;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
@@ -43,6 +46,7 @@ use super::pump::{self, ReadResult};
 use super::request::{self, Body, RequestView};
 use super::respond;
 use super::session::{ClientStream, Ctx, UpstreamBufs};
+use super::tls::TlsStream;
 use super::upstream::UpstreamStream;
 use super::{Snapshot, Worker};
 use crate::http::{self as h1, ChunkEvent, ChunkedDecoder, Framing, HeaderSpan, Parsed, ResponseHead};
@@ -104,7 +108,7 @@ const MAX_LOCAL_ERROR_RESETS: usize = 100;
 
 /// Serves one HTTP/2 connection until it closes. `early`: bytes already read from `client`
 /// (the preface, on a plain listener).
-pub(super) async fn serve<S: ClientStream + Unpin>(
+pub(super) async fn serve<S: ClientStream + H2Io>(
     worker: &Rc<Worker>,
     client: S,
     peer: SocketAddr,
@@ -130,10 +134,17 @@ pub(super) async fn serve<S: ClientStream + Unpin>(
         max_streams: settings.max_concurrent_streams as usize,
         over_limit: Cell::new(false),
     });
+    let inner = match client.into_h2_io() {
+        Ok(io) => io,
+        Err(e) => {
+            tracing::debug!(client = %peer, error = %e, "HTTP/2 connection could not be set up; closing");
+            return;
+        }
+    };
     let io = Rewind {
         early,
         pos: 0,
-        inner: Box::new(StreamWrapper::new(client)),
+        inner,
         meter: FrameMeter::default(),
         sent: FrameMeter::sending(),
         info: Rc::clone(&info),
@@ -797,9 +808,39 @@ async fn send_text(
     send_h1_answer(respond, &out, timeout).await
 }
 
-/// Sends `data` as DATA frames as the client's flow-control window allows, waiting for window
-/// at most `timeout` at a time.
-async fn send_bytes(send: &mut SendStream<Bytes>, mut data: &[u8], timeout: Duration) -> Result<(), RequestError> {
+/// Sends a copy of `data` (one) as DATA frames as the client's flow-control window allows,
+/// waiting for window at most `timeout` at a time.
+async fn send_bytes(send: &mut SendStream<Bytes>, data: &[u8], timeout: Duration) -> Result<(), RequestError> {
+    send_owned(send, Bytes::copy_from_slice(data), timeout).await
+}
+
+/// Most bytes of a Content-Length response body read from the upstream at a time.
+const BODY_READ: usize = 64 * 1024;
+
+/// Reads at most `want` bytes (more than 0) from the upstream into `chunk`'s room and returns
+/// them, not copied: `h2` sends them as they are and drops them once written. `chunk` gets its
+/// room back (the same allocation) when `h2` dropped the bytes before the next read, else a new
+/// one. Never reads past `want`: what follows a body stays unread.
+async fn read_owned(
+    upstream: &mut UpstreamStream,
+    chunk: &mut BytesMut,
+    want: usize,
+    timeout: Duration,
+) -> Result<Bytes, RequestError> {
+    chunk.clear();
+    chunk.reserve(want);
+    let b = std::mem::take(chunk);
+    match monoio::time::timeout(timeout, upstream.read(b.slice_mut(0..want))).await {
+        Ok((Ok(n), slice)) if n > 0 => {
+            *chunk = slice.into_inner();
+            Ok(chunk.split().freeze())
+        }
+        _ => Err(ErrorKind::ResponseBroken.into()),
+    }
+}
+
+/// [`send_bytes`] for bytes `h2` may keep as they are: split at each window grant, not copied.
+async fn send_owned(send: &mut SendStream<Bytes>, mut data: Bytes, timeout: Duration) -> Result<(), RequestError> {
     while !data.is_empty() {
         send.reserve_capacity(data.len());
         let granted = monoio::time::timeout(timeout, poll_fn(|cx| send.poll_capacity(cx))).await;
@@ -810,10 +851,9 @@ async fn send_bytes(send: &mut SendStream<Bytes>, mut data: &[u8], timeout: Dura
         if n == 0 {
             continue;
         }
-        let n = n.min(data.len());
-        send.send_data(Bytes::copy_from_slice(&data[..n]), false)
+        let part = data.split_to(n.min(data.len()));
+        send.send_data(part, false)
             .map_err(|_| RequestError::from(ErrorKind::ClientGone))?;
-        data = &data[n..];
     }
     Ok(())
 }
@@ -832,14 +872,22 @@ async fn body_out(
     let (read_timeout, write_timeout) = (f.timeouts.read, snap.client.body_timeout);
     let broken = || RequestError::from(ErrorKind::ResponseBroken);
     let mut moved = 0u64;
-    let mut read = async |buf: &mut Vec<u8>| match pump::read_with_timeout(upstream, buf, read_timeout).await {
+    let read = async |upstream: &mut UpstreamStream, buf: &mut Vec<u8>| match pump::read_with_timeout(
+        upstream,
+        buf,
+        read_timeout,
+    )
+    .await
+    {
         ReadResult::Data(_) => Ok(true),
         ReadResult::Eof => Ok(false),
         ReadResult::Timeout | ReadResult::Error => Err(broken()),
     };
     match framing {
         Framing::None => {}
-        Framing::Length(mut remaining) => loop {
+        Framing::Length(mut remaining) => {
+            // What came with the head is copied; the rest is read straight into buffers that
+            // go to `h2` as they are (see `read_owned`).
             let k = remaining.min(buf.len() as u64) as usize;
             if k > 0 {
                 send_bytes(send, &buf[..k], write_timeout).await?;
@@ -847,13 +895,15 @@ async fn body_out(
                 remaining -= k as u64;
                 moved += k as u64;
             }
-            if remaining == 0 {
-                break;
+            let mut chunk = BytesMut::new();
+            while remaining > 0 {
+                let want = remaining.min(BODY_READ as u64) as usize;
+                let data = read_owned(upstream, &mut chunk, want, read_timeout).await?;
+                remaining -= data.len() as u64;
+                moved += data.len() as u64;
+                send_owned(send, data, write_timeout).await?;
             }
-            if !read(buf).await? {
-                return Err(broken());
-            }
-        },
+        }
         Framing::Chunked => {
             let mut decoder = ChunkedDecoder::new();
             loop {
@@ -875,7 +925,7 @@ async fn body_out(
                     }
                     ChunkEvent::NeedMore => {
                         buf.drain(..used);
-                        if !read(buf).await? {
+                        if !read(upstream, buf).await? {
                             return Err(broken());
                         }
                     }
@@ -888,7 +938,7 @@ async fn body_out(
                 send_bytes(send, buf, write_timeout).await?;
                 buf.clear();
             }
-            if !read(buf).await? {
+            if !read(upstream, buf).await? {
                 break;
             }
         },
@@ -1015,22 +1065,62 @@ fn write_trailer_lines(out: &mut Vec<u8>, trailers: &HeaderMap) {
     }
 }
 
+/// Bytes `monoio-compat`'s adapter reads from the client at a time: one read takes a full
+/// 16 KiB DATA frame (the default SETTINGS_MAX_FRAME_SIZE) with its header.
+const COMPAT_READ: usize = 16 * 1024 + 9;
+/// Bytes the adapter writes at a time. `h2` hands over its encoded frames (up to 16 KiB) and
+/// each DATA frame's payload (up to the client's frame size, 16 KiB unless it asks for more)
+/// one slice at a time, and the adapter lets one write run while the next slice waits: at
+/// 8 KiB (its default) a 16 KiB frame took two writes one after the other, and a 64 KiB
+/// answer eight.
+const COMPAT_WRITE: usize = 16 * 1024;
+
+/// How a client stream becomes the transport `h2` speaks over (tokio's IO traits).
+pub(super) trait H2Io: Sized {
+    type Io: AsyncRead + AsyncWrite + Unpin;
+    fn into_h2_io(self) -> io::Result<Self::Io>;
+}
+
+/// Boxed: `StreamWrapper` lets a write run on after `poll_write` returned, through a pointer
+/// to the stream inside it, and the connection moves after the handshake.
+fn compat<S: AsyncReadRent + AsyncWriteRent + Unpin + 'static>(s: S) -> Box<StreamWrapper<S>> {
+    Box::new(StreamWrapper::new_with_buffer_size(s, COMPAT_READ, COMPAT_WRITE))
+}
+
+/// kedge's TLS stream keeps the bytes it read during the handshake and is its own type:
+/// always through `monoio-compat`.
+impl H2Io for TlsStream {
+    type Io = Box<StreamWrapper<TlsStream>>;
+    fn into_h2_io(self) -> io::Result<Self::Io> {
+        Ok(compat(self))
+    }
+}
+
+/// h2c: through `monoio-compat` too. monoio's `poll-io` (`TcpStream::into_poll_io`, reads and
+/// writes straight from `h2`'s buffers) was measured against it (BENCHMARKS.md, "poll-io vs
+/// monoio-compat"): the same CPU per small request, 9-11 % less per 64 KiB answer; not kept.
+impl H2Io for TcpStream {
+    type Io = Box<StreamWrapper<TcpStream>>;
+    fn into_h2_io(self) -> io::Result<Self::Io> {
+        Ok(compat(self))
+    }
+}
+
 /// The client stream for `h2`: bytes read before the protocol was known first, then the
 /// stream through the adapter. What the client sends is metered on its way in, and what kedge
 /// sends it on its way out ([`FrameMeter`]); once the client floods, nothing more is read and
 /// the connection task ends the connection.
-struct Rewind<S> {
+struct Rewind<T> {
     early: Vec<u8>,
     pos: usize,
-    /// Boxed: `StreamWrapper` lets a write run on after `poll_write` returned, through a
-    /// pointer to the stream inside it, and the connection moves after the handshake.
-    inner: Box<StreamWrapper<S>>,
+    /// The client stream as `h2` takes it ([`H2Io`]).
+    inner: T,
     meter: FrameMeter,
     sent: FrameMeter,
     info: Rc<ConnInfo>,
 }
 
-impl<S: ClientStream + Unpin> AsyncRead for Rewind<S> {
+impl<T: AsyncRead + Unpin> AsyncRead for Rewind<T> {
     fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
         let this = self.get_mut();
         if this.info.flood.is_set() {
@@ -1183,7 +1273,7 @@ impl FrameMeter {
     }
 }
 
-impl<S: ClientStream + Unpin> AsyncWrite for Rewind<S> {
+impl<T: AsyncWrite + Unpin> AsyncWrite for Rewind<T> {
     fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
         let written = std::task::ready!(Pin::new(&mut this.inner).poll_write(cx, buf))?;

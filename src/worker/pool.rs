@@ -17,6 +17,14 @@ const CHECK_AFTER: Duration = Duration::from_secs(1);
 /// Liveness checks (one syscall each) a sweep makes at most.
 const CHECKS_PER_SWEEP: usize = 1024;
 
+/// Idle connections an endpoint may have between sweeps, as a multiple of `max_idle`: what a
+/// burst of concurrent requests opened stays for reuse until a sweep finds it parked for
+/// [`CHECK_AFTER`] beyond `max_idle` (see [`Pool::sweep`]). Closing them as they come back, as
+/// soon as `max_idle` are parked, made every later request of the burst connect again: with
+/// 200 HTTP/2 streams in flight to one endpoint, one request in eight opened a connection
+/// (BENCHMARKS.md, "HTTP/2 cells").
+const BURST_FACTOR: usize = 8;
+
 /// An idle upstream connection and when it was parked.
 struct Idle {
     stream: UpstreamStream,
@@ -58,13 +66,14 @@ impl Pool {
         None
     }
 
-    /// Parks `stream` for reuse, unless `addr` already has `max_idle` idle connections. `now`
-    /// may be a little in the past (the start of the request): the connection then only
-    /// expires a little early.
+    /// Parks `stream` for reuse, unless `addr` already has `max_idle` × [`BURST_FACTOR`] idle
+    /// connections ([`Pool::sweep`] trims them back to `max_idle`). `now` may be a little
+    /// in the past (the start of the request): the connection then only expires a little
+    /// early.
     pub fn put(&mut self, key: PoolKey, stream: UpstreamStream, max_idle: usize, now: Instant) {
         let idles = self.idle.entry(key).or_default();
         idles.parked = true;
-        if idles.list.len() < max_idle {
+        if idles.list.len() < max_idle.saturating_mul(BURST_FACTOR) {
             idles.list.push(Idle { stream, since: now });
         }
     }
@@ -73,13 +82,24 @@ impl Pool {
     /// parked; called periodically so idle sockets do not pile up on endpoints that no longer
     /// get traffic, nor sit in CLOSE-WAIT until the idle timeout after a pod stopped. The
     /// liveness check is one peek per connection parked longer than [`CHECK_AFTER`], at most
-    /// [`CHECKS_PER_SWEEP`] per sweep (the rest wait for the next sweep). An endpoint's empty
-    /// list goes at the first sweep after a whole period without a connection parked.
-    pub fn sweep(&mut self, idle_timeout: Duration) {
+    /// [`CHECKS_PER_SWEEP`] per sweep (the rest wait for the next sweep). An endpoint keeps at
+    /// most `max_idle` and those parked less than [`CHECK_AFTER`] ago; its empty list goes at
+    /// the first sweep after a whole period without a connection parked.
+    pub fn sweep(&mut self, idle_timeout: Duration, max_idle: usize) {
         let now = Instant::now();
         let mut checks = CHECKS_PER_SWEEP;
         self.idle.retain(|_, idles| {
-            idles.list.retain(|i| {
+            let list = &mut idles.list;
+            // Parked in order, the front longest: beyond `max_idle`, those parked for
+            // [`CHECK_AFTER`] at least go (a busy endpoint's load comes in waves: the ones
+            // parked since the last wave are reused in the next).
+            let over = list.len().saturating_sub(max_idle);
+            let old = list[..over]
+                .iter()
+                .take_while(|i| now.duration_since(i.since) >= CHECK_AFTER)
+                .count();
+            list.drain(..old);
+            list.retain(|i| {
                 let age = now.duration_since(i.since);
                 if age >= idle_timeout {
                     return false;

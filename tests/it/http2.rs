@@ -672,6 +672,26 @@ both_drivers!(
 );
 
 both_drivers!(
+    fn a_content_length_answer_of_many_reads_arrives_whole_and_its_connection_is_reused(driver) {
+        // Read from the upstream into buffers h2 sends as they are: several reads and DATA
+        // frames, an odd length, and nothing read past the body (the connection goes back to
+        // the pool and serves the next stream).
+        const LEN: usize = (3 << 20) + 5;
+        let up = Upstream::start("fixed", Handler::Fixed(LEN));
+        let kedge = start(driver, &route_all(&[up.addr()]));
+        let h = H2::connect(kedge.addr());
+        for i in 0..2 {
+            let r = h.get("f.test", &format!("/big/{i}"));
+            assert_eq!(r.status, 200, "request {i}: {r:?}");
+            assert!(r.body_error.is_none(), "request {i}: {:?}", r.body_error);
+            assert_eq!(r.body.len(), LEN, "request {i}");
+            assert_eq!(hash(&r.body), hash(&fill(0, LEN)), "request {i}: the body changed on the way");
+        }
+        assert_eq!(up.connections(), 1, "the upstream connection was not reused after a whole body");
+    }
+);
+
+both_drivers!(
     fn big_response_is_held_back_for_a_reader_that_stalls(driver) {
         let big = Upstream::start("big", Handler::Stream(BIG));
         let kedge = start(driver, &unlimited(big.addr()));

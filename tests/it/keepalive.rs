@@ -6,7 +6,7 @@
 use std::time::Duration;
 
 use crate::support::body::fill;
-use crate::support::{Client, Handler, Kedge, RawBehavior, RawUpstream, Upstream, both_drivers, route_all};
+use crate::support::{Client, Handler, Kedge, RawBehavior, RawUpstream, Upstream, both_drivers, route_all, wait_until};
 
 both_drivers!(
     fn hundred_requests_one_connection_each_side(driver) {
@@ -206,6 +206,32 @@ both_drivers!(
             }
             assert_eq!(up.connections(), 2, "reused after {shown:?}");
         }
+    }
+);
+
+both_drivers!(
+    fn a_bursts_connections_wait_in_the_pool_beyond_max_idle(driver) {
+        let up = Upstream::start("up", Handler::Echo);
+        let config = format!("[upstream]\nmax_idle_per_endpoint = 1\n\n{}", route_all(&[up.addr()]));
+        let kedge = Kedge::start(driver, &config);
+        // Two bursts of four requests, each burst held at the upstream at once (the bodies not
+        // sent yet), so each needs four upstream connections.
+        for burst in 1..=2 {
+            let mut clients: Vec<Client> = (0..4).map(|_| Client::connect(kedge.addr())).collect();
+            for c in &mut clients {
+                c.send(b"POST /burst HTTP/1.1\r\nHost: burst.test\r\nContent-Length: 2\r\n\r\n");
+            }
+            wait_until(Duration::from_secs(5), "four requests at the upstream", || up.in_flight().0 == 4);
+            for c in &mut clients {
+                c.send(b"ok");
+                assert_eq!(c.read_response().status, 200, "burst {burst}");
+            }
+            // The access line is written once the upstream connection is back in the pool.
+            kedge.wait_logs("kedge::access", 4 * burst, Duration::from_secs(5));
+        }
+        // The pool's sweep (every 5 s) trims to max_idle: one falling between the bursts, a
+        // few milliseconds apart, would close three of them.
+        assert_eq!(up.connections(), 4, "the first burst's connections beyond max_idle were closed, not reused");
     }
 );
 
