@@ -87,6 +87,11 @@ pub fn translate<'a>(
     objs: &Objects<'a>,
     attached: &'a [Attached<'a>],
 ) -> Translated {
+    if attached.is_empty() {
+        // Without routes, not even the Services are indexed (every build of a cluster without
+        // Gateway routes comes here).
+        return Translated::default();
+    }
     let mut refusals = Refusals::new();
     let mut w = Warnings::new();
     let mut resolver = Resolver::new(spec, objs);
