@@ -280,7 +280,7 @@ done
 
 TMP="$(mktemp -d /tmp/kedge-bench.XXXXXX)"
 STAMP="$(date +%Y%m%d-%H%M%S)"
-OUT="$RESULTS_BASE/$STAMP-w$WORKERS$( ((NEW_CONN)) && echo -newconn)"
+OUT="$RESULTS_BASE/$STAMP-w$WORKERS$( ((NEW_CONN)) && echo -newconn || true)"
 mkdir -p "$OUT/wrk" "$OUT/conf"
 
 # Enough file descriptors for the servers (inherited); HAProxy refuses to start
@@ -460,7 +460,7 @@ if [[ " ${ACTIVE[*]} " == *" kedge "* ]]; then
 fi
 WRK_HDR=()
 ((NEW_CONN)) && WRK_HDR=(-H "Connection: close")
-WRK_CMD="wrk -t$THREADS -c$CONNECTIONS -d${DURATION}s --latency$( ((NEW_CONN)) && echo " -H 'Connection: close'")"
+WRK_CMD="wrk -t$THREADS -c$CONNECTIONS -d${DURATION}s --latency$( ((NEW_CONN)) && echo " -H 'Connection: close'" || true)"
 BENCH_COMMAND="$ORIG_CMD" BENCH_WRK_CMD="$WRK_CMD" BENCH_CPU_MODEL="$CPU_MODEL" \
 BENCH_VERSIONS="$(printf '%s; ' "$V_NGINX" "$V_HAPROXY" "$V_WRK" ${V_KEDGE:+"$V_KEDGE"} | sed 's/; $//')" \
 python3 - "$OUT/meta.json" <<EOF
