@@ -10,27 +10,15 @@
 #
 # UPSTREAM_BIN: `cargo bench --no-run --bench body_upstream` prints it. Prints one line per case.
 set -euo pipefail
+# shellcheck source=benches/lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 BIN=${1:?usage: body_cpu.sh KEDGE_BIN UPSTREAM_BIN [LABEL]}; UP=${2:?upstream binary}; TAG=${3:-kedge}
 D=${D:-8}; C=${C:-2}; PK=${PORT_KEDGE:-18780}; PB=${PORT_BACKEND:-18790}
 T=$(mktemp -d /dev/shm/kedge-body-cpu.XXXXXX)
 taskset -c 1 "$UP" --addr "127.0.0.1:$PB" >"$T/up.log" 2>&1 & UPID=$!
 KPID=""
 trap 'kill $UPID ${KPID:-} 2>/dev/null || true; wait 2>/dev/null || true; rm -rf "$T"' EXIT
-cat >"$T/k.toml" <<EOT
-[proxy]
-workers = 1
-[admin]
-enabled = false
-[log]
-access_log = false
-level = "warn"
-[[listener]]
-address = "127.0.0.1:$PK"
-[[route]]
-path = "/"
-upstreams = ["127.0.0.1:$PB"]
-max_body = "1g"
-EOT
+kedge_bench_config benches/body_cpu.sh 1 auto "$PK" "$PB" 'max_body = "1g"' >"$T/k.toml"
 taskset -c 0 "$BIN" run --config "$T/k.toml" >"$T/k.log" 2>&1 & KPID=$!
 for _ in $(seq 50); do curl -sf "http://127.0.0.1:$PK/" >/dev/null && break; sleep 0.2; done
 curl -sf "http://127.0.0.1:$PK/" >/dev/null || { cat "$T/k.log" >&2; exit 1; }
