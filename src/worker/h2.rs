@@ -5,7 +5,7 @@
 //! `h2` speaks tokio's `AsyncRead`/`AsyncWrite`; the client stream (plain TCP or kedge's own TLS
 //! stream, both owned-buffer monoio streams) is adapted with `monoio-compat`'s `StreamWrapper`,
 //! which works over any `AsyncReadRent + AsyncWriteRent` and so serves TCP and TLS alike
-//! (monoio's `poll-io` would only cover the TCP stream; measured, not kept: see [`H2Io`]). It
+//! (monoio's `poll-io` would only cover the TCP stream; measured, not kept: see [`compat`]). It
 //! costs one copy each way through 16 KiB buffers; no tokio runtime is involved: `h2` is polled by this connection's monoio task.
 //!
 //! The connection task drives the connection (accepting streams) and spawns one monoio task per
@@ -30,7 +30,6 @@ use h2::{Reason, RecvStream, SendStream};
 use http::{HeaderMap, HeaderName, HeaderValue, Request, Response};
 use monoio::buf::IoBufMut;
 use monoio::io::{AsyncReadRent, AsyncWriteRent};
-use monoio::net::TcpStream;
 use monoio_compat::StreamWrapper;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
@@ -46,7 +45,6 @@ use super::pump::{self, ReadResult};
 use super::request::{self, Body, RequestView};
 use super::respond;
 use super::session::{ClientStream, Ctx, UpstreamBufs};
-use super::tls::TlsStream;
 use super::upstream::UpstreamStream;
 use super::{Snapshot, Worker};
 use crate::http::{self as h1, ChunkEvent, ChunkedDecoder, Framing, HeaderSpan, Parsed, ResponseHead};
@@ -108,7 +106,7 @@ const MAX_LOCAL_ERROR_RESETS: usize = 100;
 
 /// Serves one HTTP/2 connection until it closes. `early`: bytes already read from `client`
 /// (the preface, on a plain listener).
-pub(super) async fn serve<S: ClientStream + H2Io>(
+pub(super) async fn serve<S: ClientStream + Unpin>(
     worker: &Rc<Worker>,
     client: S,
     peer: SocketAddr,
@@ -134,17 +132,10 @@ pub(super) async fn serve<S: ClientStream + H2Io>(
         max_streams: settings.max_concurrent_streams as usize,
         over_limit: Cell::new(false),
     });
-    let inner = match client.into_h2_io() {
-        Ok(io) => io,
-        Err(e) => {
-            tracing::debug!(client = %peer, error = %e, "HTTP/2 connection could not be set up; closing");
-            return;
-        }
-    };
     let io = Rewind {
         early,
         pos: 0,
-        inner,
+        inner: compat(client),
         meter: FrameMeter::default(),
         sent: FrameMeter::sending(),
         info: Rc::clone(&info),
@@ -1075,35 +1066,15 @@ const COMPAT_READ: usize = 16 * 1024 + 9;
 /// answer eight.
 const COMPAT_WRITE: usize = 16 * 1024;
 
-/// How a client stream becomes the transport `h2` speaks over (tokio's IO traits).
-pub(super) trait H2Io: Sized {
-    type Io: AsyncRead + AsyncWrite + Unpin;
-    fn into_h2_io(self) -> io::Result<Self::Io>;
-}
-
-/// Boxed: `StreamWrapper` lets a write run on after `poll_write` returned, through a pointer
-/// to the stream inside it, and the connection moves after the handshake.
+/// The client stream as `h2` takes it (tokio's IO traits), through `monoio-compat` for TCP and
+/// kedge's TLS stream alike (the TLS stream keeps the bytes it read during the handshake and is
+/// its own type). Boxed: `StreamWrapper` lets a write run on after `poll_write` returned,
+/// through a pointer to the stream inside it, and the connection moves after the handshake.
+/// monoio's `poll-io` (`TcpStream::into_poll_io`, reads and writes straight from `h2`'s
+/// buffers) was measured against it for h2c (BENCHMARKS.md, "poll-io vs monoio-compat"): the
+/// same CPU per small request, 9-11 % less per 64 KiB answer; not kept.
 fn compat<S: AsyncReadRent + AsyncWriteRent + Unpin + 'static>(s: S) -> Box<StreamWrapper<S>> {
     Box::new(StreamWrapper::new_with_buffer_size(s, COMPAT_READ, COMPAT_WRITE))
-}
-
-/// kedge's TLS stream keeps the bytes it read during the handshake and is its own type:
-/// always through `monoio-compat`.
-impl H2Io for TlsStream {
-    type Io = Box<StreamWrapper<TlsStream>>;
-    fn into_h2_io(self) -> io::Result<Self::Io> {
-        Ok(compat(self))
-    }
-}
-
-/// h2c: through `monoio-compat` too. monoio's `poll-io` (`TcpStream::into_poll_io`, reads and
-/// writes straight from `h2`'s buffers) was measured against it (BENCHMARKS.md, "poll-io vs
-/// monoio-compat"): the same CPU per small request, 9-11 % less per 64 KiB answer; not kept.
-impl H2Io for TcpStream {
-    type Io = Box<StreamWrapper<TcpStream>>;
-    fn into_h2_io(self) -> io::Result<Self::Io> {
-        Ok(compat(self))
-    }
 }
 
 /// The client stream for `h2`: bytes read before the protocol was known first, then the
@@ -1113,7 +1084,7 @@ impl H2Io for TcpStream {
 struct Rewind<T> {
     early: Vec<u8>,
     pos: usize,
-    /// The client stream as `h2` takes it ([`H2Io`]).
+    /// The client stream as `h2` takes it ([`compat`]).
     inner: T,
     meter: FrameMeter,
     sent: FrameMeter,
