@@ -242,6 +242,35 @@ impl CertStore {
         self.default.as_ref()
     }
 
+    /// Adds the names of `other` this store does not cover (the same name, or an exact name
+    /// one of this store's wildcards matches), and `other`'s default if this store has none.
+    /// Returns how many of `other`'s names it left out.
+    pub fn fill_from(&mut self, other: &CertStore) -> usize {
+        let mut left_out = 0;
+        for (name, key) in &other.exact {
+            let covered = self.exact.contains_key(name)
+                || name
+                    .split_once('.')
+                    .is_some_and(|(first, rest)| !first.is_empty() && self.wildcard.contains_key(rest));
+            if covered {
+                left_out += 1;
+            } else {
+                self.exact.insert(name.clone(), Arc::clone(key));
+            }
+        }
+        for (suffix, key) in &other.wildcard {
+            if self.wildcard.contains_key(suffix) {
+                left_out += 1;
+            } else {
+                self.wildcard.insert(suffix.clone(), Arc::clone(key));
+            }
+        }
+        if self.default.is_none() {
+            self.default = other.default.clone();
+        }
+        left_out
+    }
+
     /// Whether two stores hand out the same certificates for the same names (so the rustls
     /// configuration built on one can keep serving for the other).
     pub fn same_as(&self, other: &CertStore) -> bool {

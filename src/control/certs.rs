@@ -160,10 +160,11 @@ impl Certs {
                 expiry_at(&mut next_expiry, not_after);
             }
         }
-        // Gateway listeners' certificates: one store per scope: the store above (whose hosts
-        // win), then the certificates of the scope's own Gateways, then those of Gateways on
-        // every address of its port. A Gateway's certificate is never served on another
-        // Gateway's addresses.
+        // Gateway listeners' certificates: one store per scope: the certificates of the
+        // scope's own Gateways, then those of Gateways on every address of its port, then the
+        // store above for the names they do not cover (on a Gateway's addresses its routes
+        // decide, so its certificates do too). A Gateway's certificate is never served on
+        // another Gateway's addresses.
         let mut scopes: Vec<(Vec<IpAddr>, u16)> = bindings.iter().filter_map(|(_, b)| b.scope.clone()).collect();
         scopes.sort();
         scopes.dedup();
@@ -180,14 +181,16 @@ impl Certs {
                 })
                 .collect();
             serving.sort_by_key(|(_, b)| b.scope.as_ref().is_some_and(|(a, _)| *a != addresses));
-            let mut scoped = store.clone();
-            let mut scoped_owners = owners.clone();
+            let mut scoped = CertStore::default();
+            let mut scoped_owners = HashMap::new();
             for (cluster, b) in serving {
                 if let Some(not_after) = self.bind(&mut scoped, &mut scoped_owners, &mut warnings, cluster, b, now) {
                     expiry_at(&mut next_expiry, not_after);
                 }
             }
-            hosts += scoped.len() - store.len();
+            let left_out = scoped.fill_from(&store);
+            // The scope's own names that the store above lacks.
+            hosts += scoped.len() + left_out - store.len();
             scoped_stores.push((addresses, port, scoped));
         }
         // A certificate of a Gateway on every address is looked at in each scope of its port:

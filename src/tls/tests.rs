@@ -105,6 +105,36 @@ fn sni_picks_exact_then_wildcard_then_default() {
     assert_eq!(pick(None), Some(default.cert[0].clone()));
 }
 
+/// A Gateway scope's store filled from the common one: its own names (and those its
+/// wildcards cover) keep its certificates; the rest and the default come from the other.
+#[test]
+fn fill_from_keeps_own_and_covered_names() {
+    let own_wild = valid(&["*.example.com"]).key;
+    let own_exact = valid(&["b.example.net"]).key;
+    let other_a = valid(&["a.example.com"]).key;
+    let other_b = valid(&["b.example.net"]).key;
+    let other_c = valid(&["c.example.org"]).key;
+    let other_wild = valid(&["*.example.com"]).key;
+    let default = valid(&["default.example.com"]).key;
+    let mut own = CertStore::default();
+    own.insert("*.example.com", Arc::clone(&own_wild));
+    own.insert("b.example.net", Arc::clone(&own_exact));
+    let mut other = CertStore::default();
+    other.insert("a.example.com", Arc::clone(&other_a));
+    other.insert("b.example.net", Arc::clone(&other_b));
+    other.insert("c.example.org", Arc::clone(&other_c));
+    other.insert("*.example.com", Arc::clone(&other_wild));
+    other.set_default(Some(Arc::clone(&default)));
+    // a.example.com (under own wildcard), b.example.net and *.example.com (own names) left out.
+    assert_eq!(own.fill_from(&other), 3);
+    assert_eq!(own.len(), 3);
+    let pick = |s: &str| own.lookup(Some(s)).map(|k| k.cert[0].clone());
+    assert_eq!(pick("a.example.com"), Some(own_wild.cert[0].clone()));
+    assert_eq!(pick("b.example.net"), Some(own_exact.cert[0].clone()));
+    assert_eq!(pick("c.example.org"), Some(other_c.cert[0].clone()));
+    assert_eq!(pick("elsewhere.example"), Some(default.cert[0].clone()));
+}
+
 #[test]
 fn stores_compare_by_certificate_identity() {
     let a = valid(&["a.example.com"]).key;

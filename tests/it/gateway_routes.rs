@@ -708,3 +708,58 @@ fn two_gateways_on_one_port_serve_their_own_certificates_for_one_hostname() {
     wait_until(WAIT, "127.0.0.1 without a certificate", || ask("127.0.0.1").is_none());
     assert_eq!(ask("127.0.0.2"), Some((second.der.clone(), 200, Some("two".into()))));
 }
+
+/// An Ingress and a Gateway HTTPS listener name the same host with different certificates: on
+/// the Gateway's address its routes decide, and so does its certificate; on another address the
+/// Ingress's certificate and routes serve. When the Gateway goes, the Ingress serves both.
+#[test]
+fn on_a_gateways_address_its_certificate_beats_an_ingress_for_the_same_host() {
+    use crate::support::tls::TestCa;
+    let ca = TestCa::new();
+    let port = free_port_on_both();
+    let listeners = format!(
+        "[[listener]]\naddress = \"127.0.0.1:{port}\"\ntls = true\n\n[[listener]]\naddress = \"127.0.0.2:{port}\"\ntls = true\n"
+    );
+    let setup = Kedge::setup(Driver::default()).tables(&listeners);
+    let w = World::start_with("gw-ing-certs", &["gw", "ing"], setup);
+    let gateway_cert = ca.leaf(&["same.example.com"]);
+    let ingress_cert = ca.leaf(&["same.example.com"]);
+    w.api.apply("secrets", gateway_cert.secret("default", "gw-tls"));
+    w.api.apply("secrets", ingress_cert.secret("default", "ing-tls"));
+    let mut ing = ingress("ing", "kedge", "same.example.com", "/", "ing");
+    ing["spec"]["tls"] = json!([{"hosts": ["same.example.com"], "secretName": "ing-tls"}]);
+    w.api.apply("ingresses", ing);
+    w.api.apply(
+        "gateways",
+        json!({"apiVersion": GW, "kind": "Gateway", "metadata": {"name": "edge", "namespace": "default"},
+               "spec": {"gatewayClassName": "kedge", "addresses": [{"type": "IPAddress", "value": "127.0.0.1"}],
+                        "listeners": [{"name": "https", "port": port, "protocol": "HTTPS",
+                                       "hostname": "same.example.com",
+                                       "tls": {"certificateRefs": [{"name": "gw-tls"}]}}]}}),
+    );
+    w.api.apply(
+        "httproutes",
+        route("gw", "edge", &["same.example.com"], json!([{"backendRefs": to("gw")}])),
+    );
+    let ask = |ip: &str| {
+        let addr: std::net::SocketAddr = format!("{ip}:{port}").parse().expect("address");
+        let mut c = Client::try_connect_tls(addr, ca.client(), "same.example.com").ok()?;
+        let r = c.get("same.example.com", "/");
+        Some((c.peer_leaf(), r.status, r.upstream().map(str::to_owned)))
+    };
+    wait_until(WAIT, "the Gateway's certificate and route on its address", || {
+        ask("127.0.0.1") == Some((gateway_cert.der.clone(), 200, Some("gw".into())))
+    });
+    assert_eq!(
+        ask("127.0.0.2"),
+        Some((ingress_cert.der.clone(), 200, Some("ing".into())))
+    );
+    w.api.delete("gateways", Some("default"), "edge");
+    wait_until(WAIT, "the Ingress's certificate on the former Gateway address", || {
+        ask("127.0.0.1") == Some((ingress_cert.der.clone(), 200, Some("ing".into())))
+    });
+    assert_eq!(
+        ask("127.0.0.2"),
+        Some((ingress_cert.der.clone(), 200, Some("ing".into())))
+    );
+}
