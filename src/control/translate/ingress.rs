@@ -256,6 +256,18 @@ pub struct Plan {
     new: Vec<Arc<Ingress>>,
 }
 
+impl Plan {
+    /// Adds hosts other clusters' changes touch: rules from several clusters meet in one
+    /// table, and each cluster adds its rules of every dirty host again.
+    pub fn extend_hosts(&mut self, hosts: &[Option<String>]) {
+        for h in hosts {
+            if self.keys.insert(host_key(h.as_deref())) {
+                self.hosts.push(h.clone());
+            }
+        }
+    }
+}
+
 /// Why an update would not equal a build from nothing; the caller builds from nothing.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct NeedFull(pub &'static str);
