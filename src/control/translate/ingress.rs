@@ -65,22 +65,33 @@ fn full(
     mut record: Option<&mut Incremental>,
 ) -> Outcome {
     let mut warnings = Warnings::new();
-    let classes = Classes::new(spec, objs.classes);
-    // Each Ingress's warnings that no host's rules decide (class, annotations, TLS, default
-    // backend, hosts that are not names).
-    let mut ours: Vec<(&Arc<Ingress>, Warnings)> = Vec::new();
-    for i in objs.ingresses {
-        let mut gw = Warnings::new();
-        if classes.serves(i, spec, &mut gw) {
-            ours.push((i, gw));
-        } else if !gw.is_empty() {
-            warnings.extend(gw.iter().cloned());
-            if let Some(rec) = record.as_deref_mut() {
-                rec.insert(i, gw, Vec::new(), false, false);
+    // Recording: each Ingress's warnings that no host's rules decide (class, annotations, TLS,
+    // default backend, hosts that are not names), by the address of its `Arc`. Otherwise they
+    // go to `warnings` directly.
+    let mut globals: rustc_hash::FxHashMap<usize, Warnings> = rustc_hash::FxHashMap::default();
+    let recording = record.is_some();
+    macro_rules! global {
+        ($ing:expr) => {
+            if recording {
+                globals.entry(Arc::as_ptr($ing) as usize).or_default()
+            } else {
+                &mut warnings
             }
+        };
+    }
+    let classes = Classes::new(spec, objs.classes);
+    let mut ours: Vec<&Arc<Ingress>> = Vec::new();
+    for i in objs.ingresses {
+        if classes.serves(i, spec, global!(i)) {
+            ours.push(i);
+        } else if let Some(rec) = record.as_deref_mut()
+            && let Some(gw) = globals.remove(&(Arc::as_ptr(i) as usize)).filter(|w| !w.is_empty())
+        {
+            warnings.extend(gw.iter().cloned());
+            rec.insert(i, gw, Vec::new(), false, false);
         }
     }
-    ours.sort_by(|a, b| age(&a.0.metadata).cmp(&age(&b.0.metadata)));
+    ours.sort_by(|a, b| age(&a.metadata).cmp(&age(&b.metadata)));
 
     let mut resolver = Resolver::new(spec, objs);
     let secrets: rustc_hash::FxHashMap<(&str, &str), &Arc<Secret>> = objs
@@ -93,8 +104,8 @@ fn full(
     // plain-HTTP requests are redirected) when any Ingress lists it in a `tls` section.
     let mut tls_hosts = HashSet::default();
     let mut tls = Vec::new();
-    for (ing, gw) in &mut ours {
-        collect_tls(ing, &secrets, &mut tls_hosts, &mut tls, gw);
+    for ing in &ours {
+        collect_tls(ing, &secrets, &mut tls_hosts, &mut tls, global!(*ing));
     }
     let all_secrets: rustc_hash::FxHashMap<(&str, &str), &Arc<Secret>> =
         objs.secrets.iter().map(|s| (ns_name(&s.metadata), s)).collect();
@@ -103,8 +114,8 @@ fn full(
     // Canary Ingresses attach to the rules of the others, so they come after all of them.
     let (canaries, mains): (Vec<_>, Vec<_>) = ours
         .into_iter()
-        .partition(|(i, _)| annotation(&i.metadata, CANARY_ANNOTATION) == Some("true"));
-    for ((ing, mut gw), canary) in mains
+        .partition(|i| annotation(&i.metadata, CANARY_ANNOTATION) == Some("true"));
+    for (ing, canary) in mains
         .into_iter()
         .map(|m| (m, false))
         .chain(canaries.into_iter().map(|c| (c, true)))
@@ -113,7 +124,7 @@ fn full(
             hosts: &tls_hosts,
             secrets: &all_secrets,
         };
-        let mut sink = Sink::new(&mut gw, None);
+        let mut sink = Sink::new(global!(ing), None);
         if canary {
             add_canary(builder, &mut resolver, &spec.name, ing, &mut sink);
         } else {
@@ -125,11 +136,12 @@ fn full(
             let (ns, name) = ns_name(&ing.metadata);
             served.push((ns.to_owned(), name.to_owned()));
         }
-        warnings.extend(gw.iter().cloned());
         for p in &parts {
             warnings.extend(p.warnings.iter().cloned());
         }
         if let Some(rec) = record.as_deref_mut() {
+            let gw = globals.remove(&(Arc::as_ptr(ing) as usize)).unwrap_or_default();
+            warnings.extend(gw.iter().cloned());
             rec.insert(ing, gw, parts, default, true);
         }
     }
