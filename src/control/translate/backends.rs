@@ -37,12 +37,32 @@ impl fmt::Display for PortRef<'_> {
 #[derive(Clone)]
 struct Resolved {
     id: BackendId,
+    /// What its users are told; boxed, as most Service ports have nothing to tell (the cache
+    /// holds one entry per Service port of the cluster).
+    told: Option<Box<Told>>,
+}
+
+/// What the users of a resolved Service port are told.
+#[derive(Clone)]
+struct Told {
     problem: Option<String>,
     /// Warnings on other objects found while resolving (the Service's upstream-mode
     /// annotation, Nodes without a usable address): told with every use, so that what each
     /// Ingress is told does not depend on which one used the Service first (an update
     /// translates only some of them).
     side: Vec<Warning>,
+}
+
+impl Resolved {
+    fn new(id: BackendId, problem: Option<String>, side: Warnings) -> Self {
+        let told = (problem.is_some() || !side.is_empty()).then(|| {
+            Box::new(Told {
+                problem,
+                side: side.into_iter().collect(),
+            })
+        });
+        Resolved { id, told }
+    }
 }
 
 /// Resolves Ingress backends against one cluster's objects, caching each Service port.
@@ -208,25 +228,26 @@ impl<'a> Resolver<'a> {
                 r
             }
         };
-        if let Some(p) = resolved.problem {
-            warn(w, owner, p);
+        if let Some(told) = resolved.told {
+            if let Some(p) = told.problem {
+                warn(w, owner, p);
+            }
+            w.extend(told.side);
         }
-        w.extend(resolved.side);
         resolved.id
     }
 
     fn resolve(&mut self, b: &mut TableBuilder, (ns, name, port): (&'a str, &'a str, PortRef<'a>)) -> Resolved {
         let cluster: &'a str = &self.spec.name;
         let mut side = Warnings::new();
-        let mut empty = |problem: String| Resolved {
-            id: b.backend(Backend {
+        let mut empty = |problem: String| {
+            let id = b.backend(Backend {
                 name: format!("{cluster}/{ns}/{name}:{port}").into(),
                 endpoints: Vec::new(),
                 tls: None,
                 h2: false,
-            }),
-            problem: Some(format!("{problem}; answering 503")),
-            side: Vec::new(),
+            });
+            Resolved::new(id, Some(format!("{problem}; answering 503")), Warnings::new())
         };
         let Some(&svc) = self.services.get(&(ns, name)) else {
             return empty(format!("Service {ns}/{name} not found"));
@@ -260,16 +281,13 @@ impl<'a> Resolver<'a> {
             },
         };
         let name = format!("{cluster}/{ns}/{name}:{}", sp.port);
-        Resolved {
-            id: b.backend(Backend {
-                name: name.into(),
-                endpoints,
-                tls: None,
-                h2: false,
-            }),
-            problem,
-            side: side.into_iter().collect(),
-        }
+        let id = b.backend(Backend {
+            name: name.into(),
+            endpoints,
+            tls: None,
+            h2: false,
+        });
+        Resolved::new(id, problem, side)
     }
 
     /// The Service's upstream mode: its annotation, else the cluster's.
