@@ -15,6 +15,11 @@
 //!   loop does on a watch event: snapshot the stores (clone the `Arc` lists), translate, build.
 //!   kedge rebuilds the whole table on every change (never patches it), so this is the cold
 //!   cost plus the snapshot; the change is checked to be in the new table;
+//! - **Ingress change**, **Service change** (scenarios with Ingresses): what the control loop
+//!   does for a watched change now: the same snapshot, then an update (the hosts of the
+//!   changed Ingress, or of the Ingresses using the changed Service, are translated again;
+//!   every other host's rules are shared with the previous table), then the build;
+//!   p50/p99/max over 31 changes, each checked to be in the new table and to be an update;
 //! - **memory**: a counting global allocator gives the bytes the objects hold, the bytes the
 //!   finished table holds, and the peak of live bytes during a build (objects excluded); the
 //!   process's `VmHWM` (peak RSS) after the scenario is printed too.
@@ -26,6 +31,7 @@
 //! Ready nodes instead, i.e. 100 endpoints per backend.
 
 use std::alloc::{GlobalAlloc, Layout, System};
+use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
@@ -36,7 +42,9 @@ use k8s_openapi::api::networking::v1::{Ingress, IngressClass};
 use kedge::config::ListenerSpec;
 use kedge::control::gateway_types::{Gateway, GatewayClass, HttpRoute};
 use kedge::control::translate::gateway::{GatewaySettings, attach};
-use kedge::control::translate::{ClusterSpec, Objects, UpstreamMode, httproute, service_endpoints, translate};
+use kedge::control::translate::{
+    ClusterSpec, Incremental, Objects, UpstreamMode, httproute, service_endpoints, translate,
+};
 use kedge::routes::gateway::{Lookup, Request};
 use kedge::routes::{RouteTable, TableBuilder};
 use serde::de::DeserializeOwned;
@@ -259,6 +267,8 @@ struct Scenario {
     /// HTTPRoutes instead of Ingresses.
     http_routes: bool,
     runs: usize,
+    /// Changes timed for the incremental rebuilds (Ingress change, Service change).
+    changes: usize,
 }
 
 struct Row {
@@ -272,6 +282,12 @@ struct Row {
     rebuild: Vec<Duration>,
     /// The endpoint-only fast path after one EndpointSlice changed.
     patch: Vec<Duration>,
+    /// An incremental rebuild after one Ingress changed.
+    ingress_change: Vec<Duration>,
+    /// An incremental rebuild after one Service changed.
+    service_change: Vec<Duration>,
+    /// Bytes the update state (`Incremental`) holds between builds.
+    cache_bytes: usize,
     table_bytes: usize,
     build_peak_bytes: usize,
     vm_hwm: u64,
@@ -297,14 +313,42 @@ fn local() -> std::net::SocketAddr {
 /// translate + build, as the control loop does for one cluster (Ingresses, then the Gateway
 /// API: attachment, the routes' rules, every programmed listener); also how long `build()` took.
 fn build(spec: &ClusterSpec, stores: &Stores) -> (RouteTable, Duration) {
-    let mut builder = TableBuilder::default();
+    build_with(spec, stores, None)
+}
+
+/// What changed since the previous table (`prev`), for an update: the Services (namespace,
+/// name) whose objects changed; a changed Ingress is a new object.
+type Update<'u> = (
+    &'u mut Incremental,
+    Option<&'u RouteTable>,
+    &'u BTreeSet<(String, String)>,
+);
+
+/// [`build`] with the control loop's update state: with a previous table, an update (only the
+/// hosts the change touches are translated again, the others shared); without, a build from
+/// nothing that records the state.
+fn build_with(spec: &ClusterSpec, stores: &Stores, update: Option<Update<'_>>) -> (RouteTable, Duration) {
     let objects = stores.objects();
-    let outcome = translate(&mut builder, spec, &objects);
-    assert!(
-        outcome.warnings.is_empty(),
-        "unexpected warnings: {:?}",
-        &outcome.warnings[..1]
-    );
+    let mut builder = TableBuilder::default();
+    let outcome = match update {
+        Some((state, None, _)) => state.full(&mut builder, spec, &objects),
+        // The Service changes rename a port: its Ingress is warned about.
+        Some((state, Some(prev), services)) => {
+            let plan = state.plan(spec, &objects, services).expect("an update");
+            builder = TableBuilder::update(prev, plan.hosts.iter().map(|h| h.as_deref()));
+            state.update(&mut builder, spec, &objects, &plan)
+        }
+        None => {
+            let outcome = translate(&mut builder, spec, &objects);
+            assert!(
+                outcome.warnings.is_empty(),
+                "unexpected warnings: {:?}",
+                &outcome.warnings[..1]
+            );
+            outcome
+        }
+    };
+    drop(outcome);
     if !stores.gateways.is_empty() {
         let settings = GatewaySettings {
             controller: GATEWAY_CONTROLLER.into(),
@@ -333,9 +377,22 @@ fn build(spec: &ClusterSpec, stores: &Stores) -> (RouteTable, Duration) {
             builder.gateway_listener(&bind.addresses, bind.port, hostname.as_deref());
         }
     }
+    assert!(!builder.needs_full(), "an update, not a build from nothing");
     let t = Instant::now();
     let table = builder.build();
     (table, t.elapsed())
+}
+
+/// p50 / p99 / max in ms (with fewer than 100 samples, p99 is the largest).
+fn quantiles(v: &[Duration]) -> String {
+    let mut v = v.to_vec();
+    v.sort();
+    let at = |q: f64| {
+        v[((v.len() as f64 * q).ceil() as usize)
+            .saturating_sub(1)
+            .min(v.len() - 1)]
+    };
+    format!("{} / {} / {}", ms(at(0.5)), ms(at(0.99)), ms(v[v.len() - 1]))
 }
 
 fn median(v: &[Duration]) -> Duration {
@@ -450,9 +507,83 @@ fn run(sc: &Scenario) -> Row {
         drop(table);
         drop(snapshot);
     }
+    // Updates, as the control loop does them for a watched change: the update state and the
+    // table of the previous build, told which Services changed (a changed Ingress is a new
+    // object). Each Ingress change adds a path to one Ingress; each Service change renames the
+    // port of one Service (so its Ingress's named-port path loses its endpoints) and back.
+    let (mut ingress_change, mut service_change) = (Vec::new(), Vec::new());
+    let mut cache_bytes = 0;
+    if !sc.http_routes {
+        let mut state = Incremental::default();
+        let none = BTreeSet::new();
+        let base = live();
+        let (mut table, _) = build_with(&spec, &stores, Some((&mut state, None, &none)));
+        // What the state holds beyond the table.
+        cache_bytes = (live() - base).saturating_sub(table_bytes);
+        for r in 0..sc.changes {
+            let i = (r * 4049 + 3) % sc.ingresses;
+            let mut changed = (*stores.ingresses[i]).clone();
+            let path = format!("/v{r}");
+            let other = (i + NAMESPACES) % sc.ingresses;
+            if let Some(rules) = changed.spec.as_mut().and_then(|s| s.rules.as_mut())
+                && let Some(http) = rules[0].http.as_mut()
+            {
+                // An exact path to another Service of the namespace.
+                let mut p = http.paths[1].clone();
+                p.path = Some(path.clone());
+                if let Some(svc) = p.backend.service.as_mut() {
+                    svc.name = format!("app-{other}");
+                }
+                http.paths.push(p);
+            }
+            stores.ingresses[i] = Arc::new(changed);
+            let t = Instant::now();
+            let snapshot = stores.clone();
+            let (next, _) = build_with(&spec, &snapshot, Some((&mut state, Some(&table), &none)));
+            ingress_change.push(t.elapsed());
+            assert!(
+                next.shares_host_rules(&table, &host_of(i ^ 1)),
+                "other hosts are shared"
+            );
+            table = next;
+            let b = table.route(host_of(i).as_bytes(), &path).expect("routed");
+            assert!(
+                b.name.ends_with(&format!("/app-{other}:80")),
+                "the new path is in the new table: {}",
+                b.name
+            );
+            drop(snapshot);
+        }
+        for r in 0..sc.changes {
+            let i = (r * 3079 + 5) % sc.ingresses;
+            let mut changed = (*stores.services[i]).clone();
+            let port = &mut changed.spec.as_mut().expect("a spec").ports.as_mut().expect("ports")[0];
+            let renamed = port.name.as_deref() == Some("http");
+            port.name = Some(if renamed { "web" } else { "http" }.into());
+            stores.services[i] = Arc::new(changed);
+            let services: BTreeSet<(String, String)> = [(ns_of(i), format!("app-{i}"))].into_iter().collect();
+            let t = Instant::now();
+            let snapshot = stores.clone();
+            let (next, _) = build_with(&spec, &snapshot, Some((&mut state, Some(&table), &services)));
+            service_change.push(t.elapsed());
+            table = next;
+            let b = table.route(host_of(i).as_bytes(), "/").expect("routed");
+            assert_eq!(
+                b.endpoints.is_empty(),
+                renamed,
+                "the Service change is in the new table"
+            );
+            drop(snapshot);
+        }
+        drop(table);
+        drop(state);
+    }
     let vm_hwm = vm_hwm();
     drop(stores);
     Row {
+        ingress_change,
+        service_change,
+        cache_bytes,
         name: sc.name,
         backends,
         endpoints,
@@ -490,6 +621,7 @@ fn main() {
             mode: UpstreamMode::Pods,
             http_routes: false,
             runs: 21,
+            changes: 31,
         },
         Scenario {
             name: "10k Ingresses, 50k endpoints",
@@ -498,6 +630,7 @@ fn main() {
             mode: UpstreamMode::Pods,
             http_routes: false,
             runs: 9,
+            changes: 31,
         },
         Scenario {
             name: "10k Ingresses, nodeports, 100 nodes",
@@ -506,6 +639,7 @@ fn main() {
             mode: UpstreamMode::NodePorts,
             http_routes: false,
             runs: 9,
+            changes: 31,
         },
         Scenario {
             name: "10k HTTPRoutes, 50k endpoints",
@@ -514,6 +648,7 @@ fn main() {
             mode: UpstreamMode::Pods,
             http_routes: true,
             runs: 9,
+            changes: 31,
         },
     ];
     let start_hwm = vm_hwm();
@@ -554,6 +689,21 @@ fn main() {
             mb(r.table_bytes as u64),
             mb(r.build_peak_bytes as u64),
             mb(r.vm_hwm),
+        );
+    }
+    println!(
+        "\n| scenario | changes | Ingress change → new table ms (p50 / p99 / max) | Service change → new table ms (p50 / p99 / \
+         max) | Ingress cache MB |"
+    );
+    println!("|---|---|---|---|---|");
+    for r in rows.iter().filter(|r| !r.ingress_change.is_empty()) {
+        println!(
+            "| {} | {} | {} | {} | {} |",
+            r.name,
+            r.ingress_change.len(),
+            quantiles(&r.ingress_change),
+            quantiles(&r.service_change),
+            mb(r.cache_bytes as u64),
         );
     }
     println!(

@@ -10,8 +10,13 @@
 //! A snapshot is rebuilt whole after any watched change (debounced) and after SIGHUP, except
 //! after changes that touched only EndpointSlices: those get a new table that shares the
 //! current one's rules and has new endpoints for the touched Services (resolved from the
-//! stores for those Services only), and a full rebuild once changes are quiet. A published
-//! snapshot is never modified. Workers only ever *load* what this publishes.
+//! stores for those Services only), and a full rebuild once changes are quiet. Changes that
+//! touched only Ingresses, Services and EndpointSlices get an update: the hosts of the
+//! Ingresses they touch are translated again and every other host's rules are shared with the
+//! current table (`TableBuilder::update`, `translate::Incremental`), unless only a build from
+//! nothing is exact (then it runs); a full rebuild follows once changes are quiet, as after a
+//! relist, SIGHUP or anything else. A published snapshot is never modified. Workers only ever
+//! *load* what this publishes.
 
 mod certs;
 mod cluster;
@@ -221,8 +226,9 @@ fn control_thread(
                 () = changed.notified() => {
                     tokio::time::sleep(DEBOUNCE).await;
                     let changes: Vec<Changes> = clusters.iter().map(Cluster::take_changes).collect();
-                    let nothing = changes.iter().all(|c| !c.full && c.services.is_empty());
-                    let endpoints_only = changes.iter().all(|c| !c.full) && !nothing;
+                    let nothing = changes.iter().all(|c| c.endpoints_only() && c.services.is_empty());
+                    let endpoints_only = changes.iter().all(Changes::endpoints_only) && !nothing;
+                    let updatable = changes.iter().all(|c| !c.full) && !nothing;
                     if nothing {
                         // A wake-up without an object change: a watch failed or recovered, or
                         // the wake-up of events already handled. The table stays; only the
@@ -233,6 +239,11 @@ fn control_thread(
                     } else if endpoints_only {
                         update_endpoints(&clusters, changes, &shared);
                         settle = Some(tokio::time::Instant::now() + SETTLE);
+                    } else if updatable {
+                        // The hosts the change touches; a full build once changes are quiet.
+                        let why = publish_with(&cfg, &clusters, (&mut tls, &local), &shared, &mut logged, "watch", Some(&changes));
+                        admin.warnings(logged.iter().cloned().collect());
+                        settle = (why == "update").then(|| tokio::time::Instant::now() + SETTLE);
                     } else {
                         publish(&cfg, &clusters, (&mut tls, &local), &shared, &mut logged, "watch");
                         admin.warnings(logged.iter().cloned().collect());
@@ -328,6 +339,11 @@ struct Built {
     tls_hosts: usize,
     /// GatewayClasses that are kedge's, over all clusters.
     gateway_classes: usize,
+    /// An update met what only a build from nothing decides (`TableBuilder::needs_full`): its
+    /// snapshot must not be published.
+    inexact: bool,
+    /// It was an update (exact).
+    updated: bool,
 }
 
 /// This host as Gateways see it: kedge's listeners (bound addresses, real ports) and the IP
@@ -386,18 +402,77 @@ struct TlsState {
     port: Option<u16>,
 }
 
+/// What an update starts from: the builder made from the current table without the dirty
+/// hosts, each cluster's plan (their union of dirty hosts), the static routes' warnings.
+type UpdateStart = (TableBuilder, Vec<translate::IngressPlan>, Vec<String>);
+
+/// The start of an update after `changes` (one per cluster) to the table `prev`, or `None`
+/// when only a build from nothing is exact (said at debug level).
+fn start_update(
+    cfg: &Config,
+    clusters: &[Cluster],
+    objects: &[kinds::ClusterObjects],
+    prev: &crate::routes::RouteTable,
+    changes: &[Changes],
+    tls_hosts: &[String],
+) -> Option<UpdateStart> {
+    let mut plans = Vec::new();
+    for ((c, o), ch) in clusters.iter().zip(objects).zip(changes) {
+        let services: BTreeSet<(String, String)> = ch.services.union(&ch.service_objects).cloned().collect();
+        match c.plan_update(&o.view(), &services) {
+            Ok(p) => plans.push(p),
+            Err(translate::NeedFull(why)) => {
+                tracing::debug!(cluster = c.config.name, "a build from nothing: {why}");
+                return None;
+            }
+        }
+    }
+    let all: Vec<Option<String>> = plans.iter().flat_map(|p| p.hosts.iter().cloned()).collect();
+    for p in &mut plans {
+        p.extend_hosts(&all);
+    }
+    // Static routes come first in their hosts: a dirty host with one is built from nothing.
+    if cfg.routes.iter().any(|r| all.contains(&r.host)) {
+        tracing::debug!("a build from nothing: a static route's host changed");
+        return None;
+    }
+    // Their warnings depend on them alone (they are added first).
+    let warnings = translate::static_routes::add(&mut TableBuilder::default(), &cfg.routes, tls_hosts);
+    Some((
+        TableBuilder::update(prev, all.iter().map(|h| h.as_deref())),
+        plans,
+        warnings,
+    ))
+}
+
 /// Builds the snapshot the workers serve: static routes first (they win conflicts), then each
-/// cluster's Ingresses; certificates in the same order.
-fn build(cfg: &Config, clusters: &[Cluster], (tls, local): (&mut TlsState, &Local)) -> (Snapshot, Built) {
-    let mut builder = TableBuilder::default();
+/// cluster's Ingresses; certificates in the same order. With `update` (the current table and
+/// what changed since it was built, one entry per cluster), only the hosts the changes touch
+/// are built again when that is exact (else from nothing).
+fn build(
+    cfg: &Config,
+    clusters: &[Cluster],
+    (tls, local): (&mut TlsState, &Local),
+    update: Option<(&crate::routes::RouteTable, &[Changes])>,
+) -> (Snapshot, Built) {
     let tls_hosts: Vec<String> = cfg.tls.certificates.iter().flat_map(|c| c.hosts.clone()).collect();
-    let mut warnings = translate::static_routes::add(&mut builder, &cfg.routes, &tls_hosts);
+    let objects: Vec<kinds::ClusterObjects> = clusters.iter().map(Cluster::objects).collect();
+    let started = update.and_then(|(prev, changes)| start_update(cfg, clusters, &objects, prev, changes, &tls_hosts));
+    let updating = started.is_some();
+    let (mut builder, plans, mut warnings) = match started {
+        Some((builder, plans, warnings)) => (builder, Some(plans), warnings),
+        None => {
+            let mut builder = TableBuilder::default();
+            let warnings = translate::static_routes::add(&mut builder, &cfg.routes, &tls_hosts);
+            (builder, None, warnings)
+        }
+    };
     let mut served = 0;
     let mut gateway_classes = 0;
     let mut outcomes = Vec::new();
-    for c in clusters {
-        let objects = c.objects();
-        let outcome = translate::translate(&mut builder, &c.spec, &objects.view());
+    for (i, (c, objects)) in clusters.iter().zip(&objects).enumerate() {
+        let plan = plans.as_ref().and_then(|p| p.get(i));
+        let outcome = c.translate_ingresses(&mut builder, &objects.view(), plan);
         c.offer_status(&objects.view(), &outcome.served);
         served += outcome.served.len();
         // Gateway API: where routes attach (and every Gateway API status), next to the Ingresses.
@@ -477,6 +552,7 @@ fn build(cfg: &Config, clusters: &[Cluster], (tls, local): (&mut TlsState, &Loca
             .into_bytes()
             .into_boxed_slice()
     };
+    let inexact = updating && builder.needs_full();
     let snap = Snapshot {
         table: builder.build(),
         client: cfg.client.clone(),
@@ -498,6 +574,8 @@ fn build(cfg: &Config, clusters: &[Cluster], (tls, local): (&mut TlsState, &Loca
             served,
             tls_hosts,
             gateway_classes,
+            inexact,
+            updated: updating && !inexact,
         },
     )
 }
@@ -512,7 +590,31 @@ fn publish(
     logged: &mut BTreeSet<String>,
     why: &'static str,
 ) {
+    publish_with(cfg, clusters, tls, shared, logged, why, None);
+}
+
+/// [`publish`], as an update when `changes` (one per cluster) allow one; returns what it did:
+/// `"update"` or `why`.
+fn publish_with(
+    cfg: &Config,
+    clusters: &[Cluster],
+    (tls, local): (&mut TlsState, &Local),
+    shared: &Shared,
+    logged: &mut BTreeSet<String>,
+    mut why: &'static str,
+    changes: Option<&[Changes]>,
+) -> &'static str {
     let started = Instant::now();
+    let current = changes.map(|_| shared.snapshot.load_full());
+    let update = current.as_deref().map(|s| &s.table).zip(changes);
+    let mut built = build(cfg, clusters, (&mut *tls, local), update);
+    if built.1.inexact {
+        tracing::debug!("a build from nothing: the update met what only one decides");
+        built = build(cfg, clusters, (&mut *tls, local), None);
+    } else if built.1.updated {
+        why = "update";
+    }
+    drop(current);
     let (
         snap,
         Built {
@@ -520,8 +622,9 @@ fn publish(
             served,
             tls_hosts,
             gateway_classes,
+            ..
         },
-    ) = build(cfg, clusters, tls);
+    ) = built;
     let built = started.elapsed();
     let backends = snap.table.backends.len();
     let endpoints: usize = snap.table.backends.iter().map(|b| b.endpoints.len()).sum();
@@ -546,6 +649,7 @@ fn publish(
         build_ms = format!("{:.3}", built.as_secs_f64() * 1e3),
         "route table published"
     );
+    why
 }
 
 /// Re-reads the file. A file that does not validate leaves the current configuration serving

@@ -185,13 +185,15 @@ pub struct RouteTable {
     ids: Arc<FxHashMap<Box<str>, BackendId>>,
 }
 
-/// The host → path → backend id part of a table.
+/// The host → path → backend id part of a table. Each host's rules sit behind their own `Arc`
+/// (keys too), so that a table built from the previous one ([`TableBuilder::update`]) shares
+/// every host it does not rebuild: cloning the maps costs a pointer copy per host.
 #[derive(Debug, Default)]
 struct Rules {
-    exact: HashMap<Box<str>, HostRules>,
+    exact: HashMap<Arc<str>, Arc<HostRules>>,
     /// Keyed by the suffix after `*.`.
-    wildcard: HashMap<Box<str>, HostRules>,
-    any: Option<HostRules>,
+    wildcard: HashMap<Arc<str>, Arc<HostRules>>,
+    any: Option<Arc<HostRules>>,
     default_backend: Option<Target>,
     /// Gateway API routes by local address and port; empty when no Gateway attaches a route.
     scopes: Scopes,
@@ -223,7 +225,7 @@ impl RouteTable {
         let mut buf = [0u8; MAX_HOST];
         let rules = match normalize_host(host, &mut buf) {
             Some(h) => self.rules.host_rules(h),
-            None => self.rules.any.as_ref(),
+            None => self.rules.any.as_deref(),
         };
         let t = match rules {
             Some(r) => r.find(path).or(self.rules.default_backend.as_ref()),
@@ -308,7 +310,7 @@ impl RouteTable {
         for (h, r) in &self.rules.wildcard {
             host_rules(format!("*.{h}"), r, &mut out);
         }
-        if let Some(r) = &self.rules.any {
+        if let Some(r) = self.rules.any.as_deref() {
             host_rules("*".into(), r, &mut out);
         }
         if let Some(t) = &self.rules.default_backend {
@@ -329,6 +331,15 @@ impl RouteTable {
     pub fn host_count(&self) -> usize {
         let r = &self.rules;
         r.exact.len() + r.wildcard.len() + usize::from(r.any.is_some())
+    }
+
+    /// Whether this table holds the very rules `other` holds for exact host `host` (the same
+    /// allocation: an update shared them). For tests and benchmarks.
+    pub fn shares_host_rules(&self, other: &RouteTable, host: &str) -> bool {
+        match (self.rules.exact.get(host), other.rules.exact.get(host)) {
+            (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+            _ => false,
+        }
     }
 
     /// The id of the backend called `name`.
@@ -357,7 +368,7 @@ impl RouteTable {
 impl Rules {
     fn host_rules(&self, host: &str) -> Option<&HostRules> {
         if let Some(r) = self.exact.get(host) {
-            return Some(r);
+            return Some(&**r);
         }
         // `*.foo.com` matches exactly one extra label: strip the first label and look up the rest.
         if let Some((first, rest)) = host.split_once('.')
@@ -365,9 +376,9 @@ impl Rules {
             && !rest.is_empty()
             && let Some(r) = self.wildcard.get(rest)
         {
-            return Some(r);
+            return Some(&**r);
         }
-        self.any.as_ref()
+        self.any.as_deref()
     }
 }
 
@@ -411,13 +422,19 @@ pub struct TableBuilder {
     /// Keys come from the cluster's objects and the file, not from clients: a fast hash is safe.
     owners: FxHashMap<(Box<str>, PathType, Box<str>), Box<str>>,
     default_owner: Option<Box<str>>,
-    backend_ids: FxHashMap<Box<str>, BackendId>,
+    /// Shared with the previous table by [`TableBuilder::update`] until a backend is added.
+    backend_ids: Arc<FxHashMap<Box<str>, BackendId>>,
     /// Who decided each backend's upstream protocol (the first Ingress using it).
     tls_owners: FxHashMap<BackendId, Box<str>>,
     /// Owner of each rule's canary, keyed as `owners`.
     canary_owners: FxHashMap<(Box<str>, PathType, Box<str>), Box<str>>,
     /// The first Gateway route to claim each host pattern (exact or `*.suffix`).
     gateway_owners: FxHashMap<Box<str>, Box<str>>,
+    /// Set by [`TableBuilder::update`]: the backends below this id are the previous table's.
+    kept_backends: BackendId,
+    /// An update met what only a build from nothing decides exactly (see
+    /// [`TableBuilder::needs_full`]).
+    needs_full: bool,
 }
 
 /// A rule that lost to an earlier one.
@@ -432,12 +449,59 @@ impl TableBuilder {
     /// one Service port).
     pub fn backend(&mut self, backend: Backend) -> BackendId {
         if let Some(&id) = self.backend_ids.get(&backend.name) {
+            // An update's backend from the previous table: the endpoints resolved now are the
+            // current ones (its protocol is checked by `backend_tls`).
+            if id < self.kept_backends && self.backends[id].endpoints != backend.endpoints {
+                self.backends[id].endpoints = backend.endpoints;
+            }
             return id;
         }
         let id = self.backends.len();
-        self.backend_ids.insert(backend.name.clone(), id);
+        Arc::make_mut(&mut self.backend_ids).insert(backend.name.clone(), id);
         self.backends.push(backend);
         id
+    }
+
+    /// A builder for the next table after `prev`: every host but `dirty` (exact names,
+    /// `*.suffix`, `None` for the any-host rules) keeps `prev`'s rules, shared, not copied; the
+    /// backends keep their ids (a backend no rule uses any more stays until the next build from
+    /// nothing); the default backend stays. The caller adds again every rule of the dirty hosts
+    /// (and only those), and the Gateway API scopes, which start empty.
+    pub fn update<'h>(prev: &RouteTable, dirty: impl IntoIterator<Item = Option<&'h str>>) -> TableBuilder {
+        let p = &prev.rules;
+        let mut rules = Rules {
+            exact: p.exact.clone(),
+            wildcard: p.wildcard.clone(),
+            any: p.any.clone(),
+            default_backend: p.default_backend.clone(),
+            scopes: Scopes::default(),
+        };
+        for host in dirty {
+            match host {
+                None => rules.any = None,
+                Some(h) => match h.strip_prefix("*.") {
+                    Some(suffix) => rules.wildcard.remove(suffix),
+                    None => rules.exact.remove(h),
+                }
+                .map_or((), drop),
+            }
+        }
+        TableBuilder {
+            rules,
+            backends: prev.backends.clone(),
+            default_owner: p.default_backend.as_ref().map(|_| "(previous table)".into()),
+            backend_ids: Arc::clone(&prev.ids),
+            kept_backends: prev.backends.len(),
+            ..TableBuilder::default()
+        }
+    }
+
+    /// Whether this builder, made by [`TableBuilder::update`], met something only a build from
+    /// nothing decides exactly: an upstream protocol for a kept backend other than the one it
+    /// has (which Ingress decides it is the oldest user's business, over every host), or a rule
+    /// for a host it was not told was dirty. Its table must not be published then.
+    pub fn needs_full(&self) -> bool {
+        self.needs_full
     }
 
     /// Sets the upstream protocol of `backend`: its TLS (`None`: plain) and whether it speaks
@@ -454,9 +518,14 @@ impl TableBuilder {
             if self.backends[backend].tls == tls && self.backends[backend].h2 == h2 {
                 return Ok(());
             }
+            self.needs_full |= backend < self.kept_backends;
             return Err(Conflict {
                 winner: winner.to_string(),
             });
+        }
+        if backend < self.kept_backends && (self.backends[backend].tls != tls || self.backends[backend].h2 != h2) {
+            // Decided by an older user, maybe in a host this update keeps.
+            self.needs_full = true;
         }
         self.tls_owners.insert(backend, owner.into());
         self.backends[backend].tls = tls;
@@ -498,11 +567,17 @@ impl TableBuilder {
             });
         }
         let rules = match host {
-            None => self.rules.any.get_or_insert_with(HostRules::default),
+            None => self.rules.any.get_or_insert_with(Arc::default),
             Some(h) => match h.strip_prefix("*.") {
                 Some(suffix) => self.rules.wildcard.entry(suffix.into()).or_default(),
                 None => self.rules.exact.entry(h.into()).or_default(),
             },
+        };
+        // A host's rules are new in this builder (unique), unless an update was not told the
+        // host is dirty: those are the previous table's, never changed.
+        let Some(rules) = Arc::get_mut(rules) else {
+            self.needs_full = true;
+            return Ok(());
         };
         rules.add(
             path,
@@ -543,6 +618,10 @@ impl TableBuilder {
             },
         }
         .ok_or(None)?;
+        let Some(rules) = Arc::get_mut(rules) else {
+            self.needs_full = true;
+            return Err(None);
+        };
         let target = match path_type {
             PathType::Exact => rules.exact.get_mut(path),
             PathType::Prefix => rules.prefix.iter_mut().find(|(p, _)| &**p == norm).map(|(_, t)| t),
@@ -564,6 +643,8 @@ impl TableBuilder {
     /// Sets the backend for requests no rule matches, unless an earlier owner set one.
     pub fn default_backend(&mut self, backend: BackendId, owner: &Owner) -> Result<(), Conflict> {
         if let Some(winner) = &self.default_owner {
+            // An update keeps the previous default; which Ingress sets it is decided over all.
+            self.needs_full |= self.kept_backends > 0;
             return Err(Conflict {
                 winner: winner.to_string(),
             });
@@ -593,6 +674,9 @@ impl TableBuilder {
         action: Arc<gateway::Action>,
         owner: &Owner,
     ) {
+        // An update's Ingress hosts are checked against the Gateway's only by a build from
+        // nothing (`gateway_overlaps` reads every rule's owner).
+        self.needs_full |= self.kept_backends > 0;
         // What the rule claims: the route hostname, else the listener's (a rule of a listener
         // without hostname and a route without hostnames claims every host: not recorded).
         if let Some(h) = route_host.or(listener_host).filter(|h| !h.is_empty()) {
@@ -671,11 +755,13 @@ impl TableBuilder {
     pub fn build(mut self) -> RouteTable {
         self.rules.scopes.finish();
         let r = &mut self.rules;
+        // The hosts this builder made; those an update kept are sorted already.
         for rules in r
             .exact
             .values_mut()
             .chain(r.wildcard.values_mut())
             .chain(r.any.iter_mut())
+            .filter_map(Arc::get_mut)
         {
             rules.prefix.sort_by_key(|p| std::cmp::Reverse(p.0.len()));
             rules.regex.sort_by_key(|r| std::cmp::Reverse(r.0.as_str().len()));
@@ -683,7 +769,7 @@ impl TableBuilder {
         RouteTable {
             rules: Arc::new(self.rules),
             backends: self.backends,
-            ids: Arc::new(self.backend_ids),
+            ids: self.backend_ids,
         }
     }
 }

@@ -18,7 +18,7 @@ use super::lease::Election;
 use super::state_file::StateDir;
 use super::status;
 use super::translate::gateway::Attachment;
-use super::translate::{ClusterSpec, Objects, UpstreamMode};
+use super::translate::{ClusterSpec, Incremental, IngressPlan, NeedFull, Objects, Outcome, UpstreamMode};
 use super::watch::Watches;
 use crate::config::{self, ClusterConfig};
 use crate::shared::ClusterState;
@@ -48,6 +48,8 @@ pub struct Cluster {
     health: Arc<Health>,
     /// What changed since the control loop last looked.
     changes: Arc<Mutex<Changes>>,
+    /// The cluster's Ingresses as the last build translated them, for updates.
+    ingresses: Mutex<Incremental>,
 }
 
 impl Cluster {
@@ -102,7 +104,33 @@ impl Cluster {
             lkg: LastKnownGood::new(&cfg.name, state_dir, Arc::clone(&health)),
             health,
             changes,
+            ingresses: Mutex::default(),
         })
+    }
+
+    /// Translates the cluster's Ingresses into `builder`: all of them (`plan` `None`, a build
+    /// from nothing), or the hosts of `plan` only (`builder` made by `TableBuilder::update`).
+    pub fn translate_ingresses(
+        &self,
+        builder: &mut crate::routes::TableBuilder,
+        objects: &Objects<'_>,
+        plan: Option<&IngressPlan>,
+    ) -> Outcome {
+        let mut state = self.ingresses.lock().unwrap_or_else(|e| e.into_inner());
+        match plan {
+            None => state.full(builder, &self.spec, objects),
+            Some(plan) => state.update(builder, &self.spec, objects, plan),
+        }
+    }
+
+    /// The hosts an update after changes to the Ingresses and to `services` translates again.
+    pub fn plan_update(
+        &self,
+        objects: &Objects<'_>,
+        services: &std::collections::BTreeSet<(String, String)>,
+    ) -> Result<IngressPlan, NeedFull> {
+        let mut state = self.ingresses.lock().unwrap_or_else(|e| e.into_inner());
+        state.plan(&self.spec, objects, services)
     }
 
     /// Takes what changed since the last call.

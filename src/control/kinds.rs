@@ -46,7 +46,9 @@ use serde::{Deserialize, Serialize, Serializer};
 use super::gateway_types::{Gateway, GatewayClass, GrpcRoute, HttpRoute, ReferenceGrant};
 use super::health::Health;
 use super::translate::Objects;
-use super::watch::{self, Changes, Touch, Watches, touches_all, touches_service};
+use super::watch::{
+    self, Changes, Touch, Watches, touches_all, touches_ingress, touches_service, touches_service_object,
+};
 
 /// Declares the kinds. Each entry:
 ///
@@ -250,7 +252,7 @@ kinds! {
         ingresses: Ingress {
             resource: "ingresses",
             field_selectors: [],
-            touch: touches_all,
+            touch: touches_ingress,
             persist: everything,
         },
         /// Which Ingresses are kedge's (`spec.controller`), and the default class.
@@ -264,7 +266,7 @@ kinds! {
         services: Service {
             resource: "services",
             field_selectors: [],
-            touch: touches_all,
+            touch: touches_service_object,
             persist: everything,
         },
         /// The pods behind each Service. A change touches only its Service's endpoints, which the

@@ -31,7 +31,7 @@ mod ingress;
 pub mod static_routes;
 
 pub use backends::service_endpoints;
-pub use ingress::translate;
+pub use ingress::{Incremental, NeedFull, Plan as IngressPlan, translate};
 
 /// How one cluster's Ingresses become routes.
 #[derive(Debug, Clone)]

@@ -25,13 +25,26 @@ use super::health::Health;
 use super::kube_client;
 
 /// What the watches saw change since the last build, so that a change that touched only
-/// EndpointSlices can update endpoints in the current table instead of rebuilding it.
+/// EndpointSlices can update endpoints in the current table instead of rebuilding it, and one
+/// that touched only Ingresses, Services and EndpointSlices can update the hosts it touches.
 #[derive(Debug, Default)]
 pub struct Changes {
-    /// Something other than EndpointSlices changed (or a relist happened): rebuild everything.
+    /// Something other than Ingresses, Services and EndpointSlices changed (or a relist
+    /// happened): rebuild everything.
     pub full: bool,
     /// Services (namespace, name) whose EndpointSlices changed.
     pub services: BTreeSet<(String, String)>,
+    /// Some Ingress changed (the update finds which: they are new objects in the store).
+    pub ingresses: bool,
+    /// Services (namespace, name) whose objects changed.
+    pub service_objects: BTreeSet<(String, String)>,
+}
+
+impl Changes {
+    /// Nothing but EndpointSlices changed.
+    pub fn endpoints_only(&self) -> bool {
+        !self.full && !self.ingresses && self.service_objects.is_empty()
+    }
 }
 
 /// How one watch event bears on the table.
@@ -42,6 +55,10 @@ pub enum Touch {
     Full,
     /// Only the endpoints of this Service (namespace, name).
     Service(String, String),
+    /// An Ingress.
+    Ingress,
+    /// This Service (namespace, name) itself.
+    ServiceObject(String, String),
 }
 
 /// For every kind but EndpointSlice: a change or a relist means a full rebuild.
@@ -49,6 +66,25 @@ pub fn touches_all<K>(event: &Event<K>) -> Touch {
     match event {
         Event::Init | Event::InitApply(_) => Touch::Nothing,
         _ => Touch::Full,
+    }
+}
+
+/// An Ingress change touches the hosts of its old and new rules (a relist: everything).
+pub fn touches_ingress(event: &Event<k8s_openapi::api::networking::v1::Ingress>) -> Touch {
+    match event {
+        Event::Apply(_) | Event::Delete(_) => Touch::Ingress,
+        other => touches_all(other),
+    }
+}
+
+/// A Service change touches the hosts of the Ingresses that use it (a relist: everything).
+pub fn touches_service_object(event: &Event<k8s_openapi::api::core::v1::Service>) -> Touch {
+    match event {
+        Event::Apply(s) | Event::Delete(s) => Touch::ServiceObject(
+            s.metadata.namespace.clone().unwrap_or_default(),
+            s.metadata.name.clone().unwrap_or_default(),
+        ),
+        other => touches_all(other),
     }
 }
 
@@ -184,6 +220,14 @@ where
                                 .lock()
                                 .unwrap_or_else(|e| e.into_inner())
                                 .services
+                                .insert((ns, svc));
+                        }
+                        Touch::Ingress => changes.lock().unwrap_or_else(|e| e.into_inner()).ingresses = true,
+                        Touch::ServiceObject(ns, svc) => {
+                            changes
+                                .lock()
+                                .unwrap_or_else(|e| e.into_inner())
+                                .service_objects
                                 .insert((ns, svc));
                         }
                     }

@@ -150,6 +150,71 @@ fn changes_apply_without_restart() {
     drop(pods);
 }
 
+/// How many route tables kedge published with `why` in the line.
+fn publications(kedge: &Kedge, why: &str) -> usize {
+    kedge
+        .logs()
+        .iter()
+        .filter(|l| l.contains("route table published") && l.contains(why))
+        .count()
+}
+
+/// An Ingress change is an update: only its hosts are built again (the others are shared with
+/// the current table), and the full build that follows once changes are quiet serves the same.
+#[test]
+fn an_ingress_change_is_an_update_of_its_hosts() {
+    // app-0 on 127.0.0.1 behind Service app, app-1 on 127.0.0.2 behind Service web.
+    let (pods, port) = Upstream::pods("app", 2);
+    let api = FakeApi::start();
+    api.apply("ingressclasses", ingress_class());
+    api.apply("services", service("app"));
+    api.apply("services", service("web"));
+    api.apply("endpointslices", slice("app", port, &["127.0.0.1"]));
+    api.apply("endpointslices", slice("web", port, &["127.0.0.2"]));
+    api.apply("ingresses", ingress("a", "kedge", "a.example.com", "/", "app"));
+    api.apply("ingresses", ingress("b", "kedge", "b.example.com", "/", "web"));
+    let dir = TempDir::new("cluster");
+    let kedge = Kedge::follow(&api, &dir, "");
+    let by = |host: &str| get(&kedge, host, "/").1;
+    wait_until(Duration::from_secs(10), "both Ingresses are served", || {
+        by("a.example.com").as_deref() == Some("app-0") && by("b.example.com").as_deref() == Some("app-1")
+    });
+    let updates = publications(&kedge, "why=\"update\"");
+
+    let settled = publications(&kedge, "why=\"settle\"");
+
+    // Ingress a now sends to Service web.
+    api.apply("ingresses", ingress("a", "kedge", "a.example.com", "/", "web"));
+    wait_until(Duration::from_secs(10), "host a follows its Ingress", || {
+        by("a.example.com").as_deref() == Some("app-1")
+    });
+    assert!(
+        publications(&kedge, "why=\"update\"") > updates,
+        "published as an update"
+    );
+    assert_eq!(by("b.example.com").as_deref(), Some("app-1"), "host b unchanged");
+    kedge.wait_logs("why=\"settle\"", settled + 1, Duration::from_secs(10));
+
+    // Deleted: its host answers 404, the other still routes.
+    let updates = publications(&kedge, "why=\"update\"");
+    let settled = publications(&kedge, "why=\"settle\"");
+    api.delete("ingresses", Some("default"), "a");
+    wait_until(Duration::from_secs(10), "404 after the Ingress is deleted", || {
+        get(&kedge, "a.example.com", "/").0 == 404
+    });
+    assert!(
+        publications(&kedge, "why=\"update\"") > updates,
+        "published as an update"
+    );
+    assert_eq!(by("b.example.com").as_deref(), Some("app-1"));
+
+    // The build from nothing once quiet serves the same.
+    kedge.wait_logs("why=\"settle\"", settled + 1, Duration::from_secs(10));
+    assert_eq!(get(&kedge, "a.example.com", "/").0, 404);
+    assert_eq!(by("b.example.com").as_deref(), Some("app-1"));
+    drop(pods);
+}
+
 #[test]
 fn an_ingress_of_another_class_gets_no_traffic() {
     let (_pods, port) = Upstream::pods("other", 1);

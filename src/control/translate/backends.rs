@@ -9,7 +9,9 @@ use k8s_openapi::api::discovery::v1::{Endpoint, EndpointSlice};
 use k8s_openapi::api::networking::v1::IngressBackend;
 use rustc_hash::{FxHashMap as HashMap, FxHashSet as HashSet};
 
-use super::{ClusterSpec, Objects, UPSTREAM_MODE_ANNOTATION, UpstreamMode, Warnings, annotation, ns_name, warn};
+use super::{
+    ClusterSpec, Objects, UPSTREAM_MODE_ANNOTATION, UpstreamMode, Warning, Warnings, annotation, ns_name, warn,
+};
 use crate::routes::{Backend, BackendId, TableBuilder};
 
 /// Label that ties an EndpointSlice to its Service.
@@ -35,7 +37,32 @@ impl fmt::Display for PortRef<'_> {
 #[derive(Clone)]
 struct Resolved {
     id: BackendId,
+    /// What its users are told; boxed, as most Service ports have nothing to tell (the cache
+    /// holds one entry per Service port of the cluster).
+    told: Option<Box<Told>>,
+}
+
+/// What the users of a resolved Service port are told.
+#[derive(Clone)]
+struct Told {
     problem: Option<String>,
+    /// Warnings on other objects found while resolving (the Service's upstream-mode
+    /// annotation, Nodes without a usable address): told with every use, so that what each
+    /// Ingress is told does not depend on which one used the Service first (an update
+    /// translates only some of them).
+    side: Vec<Warning>,
+}
+
+impl Resolved {
+    fn new(id: BackendId, problem: Option<String>, side: Warnings) -> Self {
+        let told = (problem.is_some() || !side.is_empty()).then(|| {
+            Box::new(Told {
+                problem,
+                side: side.into_iter().collect(),
+            })
+        });
+        Resolved { id, told }
+    }
 }
 
 /// Resolves Ingress backends against one cluster's objects, caching each Service port.
@@ -47,6 +74,8 @@ pub(super) struct Resolver<'a> {
     objs: Objects<'a>,
     /// Ready, schedulable nodes with their address, by name; worked out on first NodePort use.
     nodes: Option<Vec<(&'a str, IpAddr)>>,
+    /// What is wrong with the Nodes, found with `nodes`.
+    node_warnings: Vec<Warning>,
     cache: HashMap<(&'a str, &'a str, PortRef<'a>), Resolved>,
 }
 
@@ -85,7 +114,7 @@ impl<'a> Resolver<'a> {
     /// A resolver that knows only the Services `only` and their EndpointSlices: indexing
     /// every Service and EndpointSlice of a large cluster costs more than resolving the few an
     /// EndpointSlice change touched.
-    fn only(spec: &'a ClusterSpec, objs: &Objects<'a>, only: &'a [(String, String)]) -> Self {
+    pub(super) fn only(spec: &'a ClusterSpec, objs: &Objects<'a>, only: &'a [(String, String)]) -> Self {
         let wanted: HashSet<(&str, &str)> = only.iter().map(|(ns, name)| (ns.as_str(), name.as_str())).collect();
         let services = objs
             .services
@@ -109,6 +138,7 @@ impl<'a> Resolver<'a> {
             slices,
             objs: *objs,
             nodes: None,
+            node_warnings: Vec::new(),
             cache: HashMap::default(),
         }
     }
@@ -130,6 +160,7 @@ impl<'a> Resolver<'a> {
             slices,
             objs: *objs,
             nodes: None,
+            node_warnings: Vec::new(),
             cache: HashMap::default(),
         }
     }
@@ -192,32 +223,31 @@ impl<'a> Resolver<'a> {
         let resolved = match self.cache.get(&key) {
             Some(r) => r.clone(),
             None => {
-                let r = self.resolve(b, key, w);
+                let r = self.resolve(b, key);
                 self.cache.insert(key, r.clone());
                 r
             }
         };
-        if let Some(p) = resolved.problem {
-            warn(w, owner, p);
+        if let Some(told) = resolved.told {
+            if let Some(p) = told.problem {
+                warn(w, owner, p);
+            }
+            w.extend(told.side);
         }
         resolved.id
     }
 
-    fn resolve(
-        &mut self,
-        b: &mut TableBuilder,
-        (ns, name, port): (&'a str, &'a str, PortRef<'a>),
-        w: &mut Warnings,
-    ) -> Resolved {
+    fn resolve(&mut self, b: &mut TableBuilder, (ns, name, port): (&'a str, &'a str, PortRef<'a>)) -> Resolved {
         let cluster: &'a str = &self.spec.name;
-        let mut empty = |problem: String| Resolved {
-            id: b.backend(Backend {
+        let mut side = Warnings::new();
+        let mut empty = |problem: String| {
+            let id = b.backend(Backend {
                 name: format!("{cluster}/{ns}/{name}:{port}").into(),
                 endpoints: Vec::new(),
                 tls: None,
                 h2: false,
-            }),
-            problem: Some(format!("{problem}; answering 503")),
+            });
+            Resolved::new(id, Some(format!("{problem}; answering 503")), Warnings::new())
         };
         let Some(&svc) = self.services.get(&(ns, name)) else {
             return empty(format!("Service {ns}/{name} not found"));
@@ -237,10 +267,10 @@ impl<'a> Resolver<'a> {
         let Some(sp) = found else {
             return empty(format!("Service {ns}/{name} has no port {port}"));
         };
-        let (endpoints, problem) = match self.mode(svc, w) {
+        let (endpoints, problem) = match self.mode(svc, &mut side) {
             UpstreamMode::Pods => (self.pod_endpoints(ns, name, sp), None),
             UpstreamMode::NodePorts => match sp.node_port.and_then(|p| u16::try_from(p).ok()).filter(|&p| p != 0) {
-                Some(node_port) => (self.node_endpoints(ns, name, svc, sp, node_port, w), None),
+                Some(node_port) => (self.node_endpoints(ns, name, svc, sp, node_port, &mut side), None),
                 None => (
                     Vec::new(),
                     Some(format!(
@@ -251,15 +281,13 @@ impl<'a> Resolver<'a> {
             },
         };
         let name = format!("{cluster}/{ns}/{name}:{}", sp.port);
-        Resolved {
-            id: b.backend(Backend {
-                name: name.into(),
-                endpoints,
-                tls: None,
-                h2: false,
-            }),
-            problem,
-        }
+        let id = b.backend(Backend {
+            name: name.into(),
+            endpoints,
+            tls: None,
+            h2: false,
+        });
+        Resolved::new(id, problem, side)
     }
 
     /// The Service's upstream mode: its annotation, else the cluster's.
@@ -349,7 +377,9 @@ impl<'a> Resolver<'a> {
                 .filter_map(|(ep, _)| ep.node_name.as_deref())
                 .collect()
         });
-        let nodes = self.nodes(w);
+        self.nodes();
+        w.extend(self.node_warnings.iter().cloned());
+        let nodes = self.nodes.as_deref().unwrap_or_default();
         let mut out: Vec<SocketAddr> = nodes
             .iter()
             .filter(|(n, _)| hosting.as_ref().is_none_or(|h| h.contains(n)))
@@ -362,9 +392,13 @@ impl<'a> Resolver<'a> {
 
     /// Nodes that take NodePort traffic: Ready condition `True`, not cordoned, with an address of
     /// the configured type. Worked out once; a node without that address is reported.
-    fn nodes(&mut self, w: &mut Warnings) -> &[(&'a str, IpAddr)] {
+    fn nodes(&mut self) {
+        if self.nodes.is_some() {
+            return;
+        }
         let (objs, addr_type) = (self.objs, self.spec.node_address_type.as_str());
-        self.nodes.get_or_insert_with(|| {
+        let mut w = Warnings::new();
+        self.nodes = Some({
             let mut out = Vec::new();
             for node in objs.nodes {
                 let name = node.metadata.name.as_deref().unwrap_or("");
@@ -383,7 +417,7 @@ impl<'a> Resolver<'a> {
                 match addr.map(|a| (a, a.address.parse::<IpAddr>())) {
                     Some((_, Ok(ip))) => out.push((name, ip)),
                     Some((a, Err(_))) => warn(
-                        w,
+                        &mut w,
                         &format!("Node {name}"),
                         format!(
                             "{addr_type} address {:?} is not an IP address; node not used for nodeports",
@@ -391,7 +425,7 @@ impl<'a> Resolver<'a> {
                         ),
                     ),
                     None => warn(
-                        w,
+                        &mut w,
                         &format!("Node {name}"),
                         format!("no {addr_type} address; node not used for nodeports"),
                     ),
@@ -399,7 +433,8 @@ impl<'a> Resolver<'a> {
             }
             out.sort_unstable();
             out
-        })
+        });
+        self.node_warnings = w.into_iter().collect();
     }
 }
 

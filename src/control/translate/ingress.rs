@@ -53,14 +53,44 @@ const PROXY_SSL_SERVER_NAME_ANNOTATION: &str = "nginx.ingress.kubernetes.io/prox
 /// Adds the routes of one cluster's Ingresses to `builder`, oldest Ingress first, so that on
 /// a conflict the oldest wins.
 pub fn translate(builder: &mut TableBuilder, spec: &ClusterSpec, objs: &Objects<'_>) -> Outcome {
+    full(builder, spec, objs, None)
+}
+
+/// [`translate`], recording into `record` (when given) what each Ingress contributed to each
+/// host, for [`Incremental::update`].
+fn full(
+    builder: &mut TableBuilder,
+    spec: &ClusterSpec,
+    objs: &Objects<'_>,
+    mut record: Option<&mut Incremental>,
+) -> Outcome {
     let mut warnings = Warnings::new();
+    // Recording: each Ingress's warnings that no host's rules decide (class, annotations, TLS,
+    // default backend, hosts that are not names), by the address of its `Arc`. Otherwise they
+    // go to `warnings` directly.
+    let mut globals: rustc_hash::FxHashMap<usize, Warnings> = rustc_hash::FxHashMap::default();
+    let recording = record.is_some();
+    macro_rules! global {
+        ($ing:expr) => {
+            if recording {
+                globals.entry(Arc::as_ptr($ing) as usize).or_default()
+            } else {
+                &mut warnings
+            }
+        };
+    }
     let classes = Classes::new(spec, objs.classes);
-    let mut ours: Vec<&Ingress> = objs
-        .ingresses
-        .iter()
-        .map(|i| &**i)
-        .filter(|i| classes.serves(i, spec, &mut warnings))
-        .collect();
+    let mut ours: Vec<&Arc<Ingress>> = Vec::new();
+    for i in objs.ingresses {
+        if classes.serves(i, spec, global!(i)) {
+            ours.push(i);
+        } else if let Some(rec) = record.as_deref_mut()
+            && let Some(gw) = globals.remove(&(Arc::as_ptr(i) as usize)).filter(|w| !w.is_empty())
+        {
+            warnings.extend(gw.iter().cloned());
+            rec.insert(i, gw, Vec::new(), false, false);
+        }
+    }
     ours.sort_by(|a, b| age(&a.metadata).cmp(&age(&b.metadata)));
 
     let mut resolver = Resolver::new(spec, objs);
@@ -75,37 +105,408 @@ pub fn translate(builder: &mut TableBuilder, spec: &ClusterSpec, objs: &Objects<
     let mut tls_hosts = HashSet::default();
     let mut tls = Vec::new();
     for ing in &ours {
-        collect_tls(ing, &secrets, &mut tls_hosts, &mut tls, &mut warnings);
+        collect_tls(ing, &secrets, &mut tls_hosts, &mut tls, global!(*ing));
     }
     let all_secrets: rustc_hash::FxHashMap<(&str, &str), &Arc<Secret>> =
         objs.secrets.iter().map(|s| (ns_name(&s.metadata), s)).collect();
     let mut served = Vec::new();
+    let mut contested = false;
     // Canary Ingresses attach to the rules of the others, so they come after all of them.
-    let (canaries, mains): (Vec<&Ingress>, Vec<&Ingress>) = ours
+    let (canaries, mains): (Vec<_>, Vec<_>) = ours
         .into_iter()
         .partition(|i| annotation(&i.metadata, CANARY_ANNOTATION) == Some("true"));
-    for ing in mains {
+    for (ing, canary) in mains
+        .into_iter()
+        .map(|m| (m, false))
+        .chain(canaries.into_iter().map(|c| (c, true)))
+    {
         let tls = IngressTls {
             hosts: &tls_hosts,
             secrets: &all_secrets,
         };
-        if add_ingress(builder, &mut resolver, &spec.name, ing, &tls, &mut warnings) {
+        let mut sink = Sink::new(global!(ing), None);
+        if canary {
+            add_canary(builder, &mut resolver, &spec.name, ing, &mut sink);
+        } else {
+            add_ingress(builder, &mut resolver, &spec.name, ing, &tls, &mut sink);
+        }
+        let (parts, default, conflict) = (sink.parts, sink.default, sink.contested);
+        contested |= conflict;
+        if default || parts.iter().any(|p| p.added) {
             let (ns, name) = ns_name(&ing.metadata);
             served.push((ns.to_owned(), name.to_owned()));
         }
-    }
-    for ing in canaries {
-        if add_canary(builder, &mut resolver, &spec.name, ing, &mut warnings) {
-            let (ns, name) = ns_name(&ing.metadata);
-            served.push((ns.to_owned(), name.to_owned()));
+        for p in &parts {
+            warnings.extend(p.warnings.iter().cloned());
+        }
+        if let Some(rec) = record.as_deref_mut() {
+            let gw = globals.remove(&(Arc::as_ptr(ing) as usize)).unwrap_or_default();
+            warnings.extend(gw.iter().cloned());
+            rec.insert(ing, gw, parts, default, true);
         }
     }
     served.sort();
+    if let Some(rec) = record {
+        rec.tls.clone_from(&tls);
+        rec.tls_hosts = tls_hosts;
+        rec.contested = contested;
+        rec.ready = true;
+    }
     Outcome {
         warnings: warnings.into_iter().collect(),
         served,
         tls,
     }
+}
+
+/// A host's key in the table, hashed: an exact name, `*.suffix`, or (`None`) the any-host
+/// rules. A collision only makes an update rebuild a host it could have kept, which the builder
+/// refuses ([`TableBuilder::needs_full`]).
+fn host_key(host: Option<&str>) -> u64 {
+    let mut h = crate::hash::Fnv::default();
+    match host {
+        None => h.write(b"\0"),
+        Some(name) => h.write(name.as_bytes()),
+    }
+    crate::hash::mix(h.0)
+}
+
+/// What one Ingress's rules of one host did in a build.
+#[derive(Debug)]
+struct Part {
+    host: u64,
+    /// A rule (or canary) of it went into the table.
+    added: bool,
+    warnings: Warnings,
+}
+
+/// Where one Ingress's translation puts what it finds: warnings that no host decides, and per
+/// host its part; with a `filter` (an update), only the rules of those hosts are added.
+struct Sink<'w> {
+    global: &'w mut Warnings,
+    parts: Vec<Part>,
+    filter: Option<&'w HashSet<u64>>,
+    /// Its default backend went in.
+    default: bool,
+    /// An upstream protocol it asked for lost to an earlier Ingress's.
+    contested: bool,
+}
+
+impl<'w> Sink<'w> {
+    fn new(global: &'w mut Warnings, filter: Option<&'w HashSet<u64>>) -> Self {
+        Sink {
+            global,
+            parts: Vec::new(),
+            filter,
+            default: false,
+            contested: false,
+        }
+    }
+
+    /// The part of `host`, or `None` when this (update) does not rebuild that host.
+    fn part(&mut self, host: Option<&str>) -> Option<&mut Part> {
+        let key = host_key(host);
+        if self.filter.is_some_and(|f| !f.contains(&key)) {
+            return None;
+        }
+        let i = match self.parts.iter().position(|p| p.host == key) {
+            Some(i) => i,
+            None => {
+                self.parts.push(Part {
+                    host: key,
+                    added: false,
+                    warnings: Warnings::new(),
+                });
+                self.parts.len() - 1
+            }
+        };
+        Some(&mut self.parts[i])
+    }
+}
+
+/// One Ingress as the last build translated it.
+struct Entry {
+    ing: Arc<Ingress>,
+    /// Of our class.
+    ours: bool,
+    /// Its warnings that no host's rules decide (class, annotations, TLS, default backend,
+    /// hosts that are not DNS names).
+    global: Warnings,
+    default: bool,
+    parts: Vec<Part>,
+    /// The last [`Incremental::plan`] that found it in the stores.
+    seen: u64,
+}
+
+/// One cluster's Ingresses as the last build translated them, per Ingress and host, so that
+/// after a change only the hosts it touches are translated again ([`Incremental::plan`],
+/// [`TableBuilder::update`], [`Incremental::update`]) and the others' rules stay shared with
+/// the previous table. It holds no rules and no backends (those are the table's): the
+/// Ingress objects (shared with the stores), and each one's hosts (hashed), warnings and
+/// whether it got routes.
+#[derive(Default)]
+pub struct Incremental {
+    /// By the address of the stores' `Arc` (a changed object is a new `Arc`).
+    entries: rustc_hash::FxHashMap<usize, Entry>,
+    tls: Vec<TlsBinding>,
+    tls_hosts: HashSet<String>,
+    /// Some Ingress lost an upstream protocol to an older one: who wins is decided over every
+    /// host, so no update until the next build from nothing.
+    contested: bool,
+    /// A build from nothing recorded this state (and no update failed since).
+    ready: bool,
+    pass: u64,
+}
+
+/// What an update translates again, found by [`Incremental::plan`].
+pub struct Plan {
+    /// The dirty hosts, as [`TableBuilder::update`] takes them: exact names, `*.suffix`,
+    /// `None` for the any-host rules.
+    pub hosts: Vec<Option<String>>,
+    keys: HashSet<u64>,
+    /// Ingresses that are new objects (new, or changed).
+    new: Vec<Arc<Ingress>>,
+}
+
+impl Plan {
+    /// Adds hosts other clusters' changes touch: rules from several clusters meet in one
+    /// table, and each cluster adds its rules of every dirty host again.
+    pub fn extend_hosts(&mut self, hosts: &[Option<String>]) {
+        for h in hosts {
+            if self.keys.insert(host_key(h.as_deref())) {
+                self.hosts.push(h.clone());
+            }
+        }
+    }
+}
+
+/// Why an update would not equal a build from nothing; the caller builds from nothing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NeedFull(pub &'static str);
+
+impl Incremental {
+    /// A build from nothing ([`translate`]) that records what the next update needs.
+    pub fn full(&mut self, builder: &mut TableBuilder, spec: &ClusterSpec, objs: &Objects<'_>) -> Outcome {
+        *self = Incremental::default();
+        full(builder, spec, objs, Some(self))
+    }
+
+    /// Forgets the last build (the next one must be [`Incremental::full`]).
+    pub fn clear(&mut self) {
+        *self = Incremental::default();
+    }
+
+    fn insert(&mut self, ing: &Arc<Ingress>, global: Warnings, parts: Vec<Part>, default: bool, ours: bool) {
+        self.entries.insert(
+            Arc::as_ptr(ing) as usize,
+            Entry {
+                ing: Arc::clone(ing),
+                ours,
+                global,
+                default,
+                parts,
+                seen: self.pass,
+            },
+        );
+    }
+
+    /// The hosts to build again after the stores became `objs`: every host of the Ingresses
+    /// that are new objects, that are gone, or that use a Service in `services` (whose object
+    /// or endpoints changed). `Err` when only a build from nothing is exact: no previous
+    /// build, an upstream protocol contested, or such an Ingress has a `tls` section or a
+    /// default backend (both decided over every Ingress).
+    pub fn plan(
+        &mut self,
+        spec: &ClusterSpec,
+        objs: &Objects<'_>,
+        services: &std::collections::BTreeSet<(String, String)>,
+    ) -> Result<Plan, NeedFull> {
+        if !self.ready {
+            return Err(NeedFull("no previous build"));
+        }
+        if self.contested {
+            return Err(NeedFull("an upstream protocol is contested"));
+        }
+        self.pass += 1;
+        let pass = self.pass;
+        let classes = Classes::new(spec, objs.classes);
+        let mut hosts: HashSet<Option<String>> = HashSet::default();
+        let mut new = Vec::new();
+        for ing in objs.ingresses {
+            match self.entries.get_mut(&(Arc::as_ptr(ing) as usize)) {
+                Some(e) => {
+                    e.seen = pass;
+                    if e.ours && !services.is_empty() && uses_service(ing, services) {
+                        global_parts(ing)?;
+                        hosts.extend(rule_hosts(ing));
+                    }
+                }
+                None => {
+                    if classes.serves(ing, spec, &mut Warnings::new()) {
+                        global_parts(ing)?;
+                        hosts.extend(rule_hosts(ing));
+                    }
+                    new.push(Arc::clone(ing));
+                }
+            }
+        }
+        // Gone from the stores: deleted, or the previous object of a changed one.
+        for e in self.entries.values().filter(|e| e.seen != pass && e.ours) {
+            global_parts(&e.ing)?;
+            // The upstream protocol it decided for a backend may have been the only say.
+            if annotation(&e.ing.metadata, BACKEND_PROTOCOL_ANNOTATION).is_some_and(|p| !p.eq_ignore_ascii_case("HTTP"))
+            {
+                return Err(NeedFull("a changed Ingress had a backend-protocol"));
+            }
+            hosts.extend(rule_hosts(&e.ing));
+        }
+        let keys = hosts.iter().map(|h| host_key(h.as_deref())).collect();
+        Ok(Plan {
+            hosts: hosts.into_iter().collect(),
+            keys,
+            new,
+        })
+    }
+
+    /// Translates again every Ingress with rules in the plan's hosts, those hosts' rules only,
+    /// into `builder` (made by [`TableBuilder::update`] from the previous table with the same
+    /// hosts), and returns the whole cluster's outcome, equal to a build from nothing's. The
+    /// caller must check [`TableBuilder::needs_full`] before publishing, and on `true` build
+    /// from nothing (with [`Incremental::full`]).
+    pub fn update(
+        &mut self,
+        builder: &mut TableBuilder,
+        spec: &ClusterSpec,
+        objs: &Objects<'_>,
+        plan: &Plan,
+    ) -> Outcome {
+        let pass = self.pass;
+        let classes = Classes::new(spec, objs.classes);
+        self.entries.retain(|_, e| e.seen == pass);
+        // (Ingress, new object, its warnings that no host decides)
+        let mut again: Vec<(Arc<Ingress>, bool, Warnings)> = self
+            .entries
+            .values()
+            .filter(|e| e.ours && e.parts.iter().any(|p| plan.keys.contains(&p.host)))
+            .map(|e| (Arc::clone(&e.ing), false, Warnings::new()))
+            .collect();
+        for ing in &plan.new {
+            let mut gw = Warnings::new();
+            if classes.serves(ing, spec, &mut gw) {
+                again.push((Arc::clone(ing), true, gw));
+            } else if !gw.is_empty() {
+                self.insert(ing, gw, Vec::new(), false, false);
+            }
+        }
+        again.sort_by(|a, b| age(&a.0.metadata).cmp(&age(&b.0.metadata)));
+        let (again, mut gws): (Vec<(Arc<Ingress>, bool)>, Vec<Warnings>) =
+            again.into_iter().map(|(i, n, w)| ((i, n), w)).unzip();
+        // Only the Services these Ingresses use are indexed.
+        let mut services: Vec<(String, String)> = Vec::new();
+        for (ing, _) in &again {
+            let (ns, _) = ns_name(&ing.metadata);
+            services.extend(service_refs(ing).map(|svc| (ns.to_owned(), svc.to_owned())));
+        }
+        services.sort_unstable();
+        services.dedup();
+        let mut resolver = Resolver::only(spec, objs, &services);
+        let all_secrets: rustc_hash::FxHashMap<(&str, &str), &Arc<Secret>> =
+            objs.secrets.iter().map(|s| (ns_name(&s.metadata), s)).collect();
+        let tls_hosts = std::mem::take(&mut self.tls_hosts);
+        // Canary Ingresses attach to the rules of the others, so they come after all of them.
+        let canary = |i: &usize| annotation(&again[*i].0.metadata, CANARY_ANNOTATION) == Some("true");
+        let order: Vec<usize> = (0..again.len())
+            .filter(|i| !canary(i))
+            .chain((0..again.len()).filter(|i| canary(i)))
+            .collect();
+        let mut parts: Vec<Vec<Part>> = (0..again.len()).map(|_| Vec::new()).collect();
+        for i in order {
+            let ing: &Ingress = &again[i].0;
+            let tls = IngressTls {
+                hosts: &tls_hosts,
+                secrets: &all_secrets,
+            };
+            let mut sink = Sink::new(&mut gws[i], Some(&plan.keys));
+            if canary(&i) {
+                add_canary(builder, &mut resolver, &spec.name, ing, &mut sink);
+            } else {
+                add_ingress(builder, &mut resolver, &spec.name, ing, &tls, &mut sink);
+            }
+            self.contested |= sink.contested;
+            parts[i] = sink.parts;
+        }
+        drop(resolver);
+        self.tls_hosts = tls_hosts;
+        for (((ing, is_new), gw), parts) in again.iter().zip(gws).zip(parts) {
+            if *is_new {
+                self.insert(ing, gw, parts, false, true);
+            } else if let Some(e) = self.entries.get_mut(&(Arc::as_ptr(ing) as usize)) {
+                // Its other hosts' parts and its warnings that no host decides are unchanged.
+                e.parts.retain(|p| !plan.keys.contains(&p.host));
+                e.parts.extend(parts);
+            }
+        }
+        let mut warnings = Warnings::new();
+        let mut served = Vec::new();
+        for e in self.entries.values() {
+            warnings.extend(e.global.iter().cloned());
+            for p in &e.parts {
+                warnings.extend(p.warnings.iter().cloned());
+            }
+            if e.default || e.parts.iter().any(|p| p.added) {
+                let (ns, name) = ns_name(&e.ing.metadata);
+                served.push((ns.to_owned(), name.to_owned()));
+            }
+        }
+        served.sort_unstable();
+        Outcome {
+            warnings: warnings.into_iter().collect(),
+            served,
+            tls: self.tls.clone(),
+        }
+    }
+}
+
+/// An Ingress's parts that an update cannot translate alone: a `tls` section (which hosts have
+/// TLS is decided over every Ingress) and a default backend (the oldest Ingress's wins).
+fn global_parts(ing: &Ingress) -> Result<(), NeedFull> {
+    let Some(spec) = &ing.spec else { return Ok(()) };
+    if spec.tls.as_ref().is_some_and(|t| !t.is_empty()) {
+        return Err(NeedFull("a changed Ingress has a tls section"));
+    }
+    if spec.default_backend.is_some() {
+        return Err(NeedFull("a changed Ingress has a default backend"));
+    }
+    Ok(())
+}
+
+/// The hosts an Ingress has rules for (those with `http`), as the table names them.
+fn rule_hosts(ing: &Ingress) -> impl Iterator<Item = Option<String>> + '_ {
+    ing.spec
+        .iter()
+        .flat_map(|s| s.rules.iter().flatten())
+        .filter(|r| r.http.is_some())
+        .filter_map(|r| match r.host.as_deref().filter(|h| !h.is_empty()) {
+            None => Some(None),
+            Some(h) => parse_host(h).map(Some),
+        })
+}
+
+/// The names of the Services an Ingress's paths and default backend use (its namespace's).
+fn service_refs(ing: &Ingress) -> impl Iterator<Item = &str> + '_ {
+    let spec = ing.spec.as_ref();
+    spec.into_iter()
+        .flat_map(|s| s.rules.iter().flatten())
+        .flat_map(|r| r.http.iter().flat_map(|h| h.paths.iter()))
+        .map(|p| &p.backend)
+        .chain(spec.and_then(|s| s.default_backend.as_ref()))
+        .filter_map(|b| b.service.as_ref().map(|s| s.name.as_str()))
+}
+
+/// Whether an Ingress uses one of `services` (namespace, name).
+fn uses_service(ing: &Ingress, services: &std::collections::BTreeSet<(String, String)>) -> bool {
+    let (ns, _) = ns_name(&ing.metadata);
+    service_refs(ing).any(|svc| services.iter().any(|(n, s)| n == ns && s == svc))
 }
 
 /// Whether a Secret can serve as a certificate: type `kubernetes.io/tls` with a non-empty
@@ -334,25 +735,29 @@ fn add_ingress<'a>(
     cluster: &str,
     ing: &'a Ingress,
     tls: &IngressTls<'_>,
-    w: &mut Warnings,
-) -> bool {
+    sink: &mut Sink<'_>,
+) {
     let tls_hosts = tls.hosts;
     let (ns, name) = ns_name(&ing.metadata);
     let owner = format!("Ingress {ns}/{name}");
     // In the table, rules from several clusters meet: say which cluster a winning rule is from.
     let table_owner = format!("{owner} of cluster {cluster}");
-    let Some(spec) = &ing.spec else { return false };
-    let mut ann = annotations::read(&ing.metadata, &owner, w);
-    ann.base.auth = annotations::basic_auth(&ing.metadata, tls.secrets, &owner, w);
+    let Some(spec) = &ing.spec else { return };
+    let mut ann = annotations::read(&ing.metadata, &owner, sink.global);
+    ann.base.auth = annotations::basic_auth(&ing.metadata, tls.secrets, &owner, sink.global);
     let force_redirect = annotation(&ing.metadata, FORCE_SSL_REDIRECT_ANNOTATION) == Some("true");
     let tls_redirect = annotation(&ing.metadata, SSL_REDIRECT_ANNOTATION) != Some("false");
-    let mut added = false;
+    let mut contested = false;
     for rule in spec.rules.iter().flatten() {
-        let Some(host) = rule_host(rule, &owner, w) else {
+        let Some(host) = rule_host(rule, &owner, sink.global) else {
             continue;
         };
         // A rule without `http` only names a host (for TLS); it routes nothing.
         let Some(http) = &rule.http else { continue };
+        let Some(part) = sink.part(host.as_deref()) else {
+            continue;
+        };
+        let (w, added) = (&mut part.warnings, &mut part.added);
         let shown = host.as_deref().unwrap_or("*");
         let ssl_redirect = force_redirect || tls_redirect && host.as_ref().is_some_and(|h| tls_hosts.contains(h));
         // Rules without a rewrite share one policy; its limits count per Ingress and host.
@@ -411,7 +816,7 @@ fn add_ingress<'a>(
             let Some(id) = r.backend(b, ns, &p.backend, &owner, w) else {
                 continue;
             };
-            set_backend_tls(
+            contested |= !set_backend_tls(
                 b,
                 id,
                 ing,
@@ -421,7 +826,7 @@ fn add_ingress<'a>(
                 w,
             );
             match b.rule_with(host.as_deref(), path, path_type, id, policy, &table_owner) {
-                Ok(()) => added = true,
+                Ok(()) => *added = true,
                 Err(c) => warn(
                     w,
                     &owner,
@@ -433,10 +838,16 @@ fn add_ingress<'a>(
             }
         }
     }
+    sink.contested |= contested;
+    // The default backend is decided over every Ingress: an update keeps the previous one.
+    if sink.filter.is_some() {
+        return;
+    }
+    let w = &mut *sink.global;
     if let Some(db) = &spec.default_backend
         && let Some(id) = r.backend(b, ns, db, &owner, w)
     {
-        set_backend_tls(
+        sink.contested |= !set_backend_tls(
             b,
             id,
             ing,
@@ -446,7 +857,7 @@ fn add_ingress<'a>(
             w,
         );
         match b.default_backend(id, &table_owner) {
-            Ok(()) => added = true,
+            Ok(()) => sink.default = true,
             Err(c) => warn(
                 w,
                 &owner,
@@ -454,33 +865,29 @@ fn add_ingress<'a>(
             ),
         }
     }
-    added
 }
 
 /// Attaches a canary Ingress's paths to the rules of the main Ingress with the same host, path
 /// and type. Returns whether any was attached.
-fn add_canary<'a>(
-    b: &mut TableBuilder,
-    r: &mut Resolver<'a>,
-    cluster: &str,
-    ing: &'a Ingress,
-    w: &mut Warnings,
-) -> bool {
+fn add_canary<'a>(b: &mut TableBuilder, r: &mut Resolver<'a>, cluster: &str, ing: &'a Ingress, sink: &mut Sink<'_>) {
     let (ns, name) = ns_name(&ing.metadata);
     let owner = format!("Ingress {ns}/{name}");
     let table_owner = format!("{owner} of cluster {cluster}");
-    let Some(spec) = &ing.spec else { return false };
-    let Some(selectors) = annotations::canary(&ing.metadata, &owner, w) else {
-        return false;
+    let Some(spec) = &ing.spec else { return };
+    let Some(selectors) = annotations::canary(&ing.metadata, &owner, sink.global) else {
+        return;
     };
     let regex = annotation(&ing.metadata, "nginx.ingress.kubernetes.io/use-regex") == Some("true")
         || annotation(&ing.metadata, "nginx.ingress.kubernetes.io/rewrite-target").is_some();
-    let mut added = false;
     for rule in spec.rules.iter().flatten() {
-        let Some(host) = rule_host(rule, &owner, w) else {
+        let Some(host) = rule_host(rule, &owner, sink.global) else {
             continue;
         };
         let Some(http) = &rule.http else { continue };
+        let Some(part) = sink.part(host.as_deref()) else {
+            continue;
+        };
+        let (w, added) = (&mut part.warnings, &mut part.added);
         let shown = host.as_deref().unwrap_or("*");
         for p in &http.paths {
             let Some((path, path_type)) = rule_path(p, shown, regex, &owner, w) else {
@@ -494,7 +901,7 @@ fn add_canary<'a>(
                 ..selectors.clone()
             };
             match b.canary(host.as_deref(), path, path_type, canary, &table_owner) {
-                Ok(()) => added = true,
+                Ok(()) => *added = true,
                 Err(None) => warn(
                     w,
                     &owner,
@@ -508,7 +915,6 @@ fn add_canary<'a>(
             }
         }
     }
-    added
 }
 
 /// Gives backend `id` the upstream TLS the Ingress asks for, reporting a conflict with an
@@ -521,7 +927,7 @@ fn set_backend_tls(
     tls: &IngressTls<'_>,
     (owner, table_owner): (&str, &str),
     w: &mut Warnings,
-) {
+) -> bool {
     let (settings, h2) = upstream_tls(ing, svc, tls, owner, w);
     let wanted = match settings {
         None => None,
@@ -543,7 +949,9 @@ fn set_backend_tls(
                 c.winner
             ),
         );
+        return false;
     }
+    true
 }
 
 /// A rule's host: `Some(None)` for any host, `Some(Some(host))` for a valid one, `None` (with a
@@ -623,5 +1031,7 @@ fn path_rule(p: &HTTPIngressPath) -> Result<(&str, PathType), String> {
     Ok((path, path_type))
 }
 
+#[cfg(test)]
+mod incremental;
 #[cfg(test)]
 pub(super) mod tests;
