@@ -31,7 +31,7 @@
 //! Ready nodes instead, i.e. 100 endpoints per backend.
 
 use std::alloc::{GlobalAlloc, Layout, System};
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
@@ -43,7 +43,8 @@ use kedge::config::ListenerSpec;
 use kedge::control::gateway_types::{Gateway, GatewayClass, HttpRoute};
 use kedge::control::translate::gateway::{GatewaySettings, attach};
 use kedge::control::translate::{
-    ClusterSpec, Incremental, Objects, UpstreamMode, httproute, service_endpoints, translate,
+    ClusterSpec, Incremental, Objects, SliceIndex, UpstreamMode, httproute, service_endpoints, slice_service,
+    translate,
 };
 use kedge::routes::gateway::{Lookup, Request};
 use kedge::routes::{RouteTable, TableBuilder};
@@ -427,19 +428,63 @@ fn run(sc: &Scenario) -> Row {
     let endpoints = table.backends.iter().map(|b| b.endpoints.len()).sum();
     assert_eq!(backends, sc.ingresses, "one backend per Service");
 
-    // The endpoint-only fast path (`update_endpoints` in src/control.rs) after one
-    // EndpointSlice changed: the stores' state, the touched Service's endpoints, a table that
-    // shares the current one's rules.
+    // The endpoint-only fast path (`update_endpoints` in src/control.rs, `changed_endpoints`
+    // in src/control/cluster.rs) after one EndpointSlice changed: the changed slice looked up
+    // in its store, the Service → EndpointSlices index updated, the touched Service and its
+    // slices looked up, their endpoints resolved, a table that shares the current one's rules.
+    // The reflector stores are maps by namespace and name (as kube's); the index is what the
+    // last full build left.
+    let by_name = |m: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta| {
+        (
+            m.namespace.clone().unwrap_or_default(),
+            m.name.clone().unwrap_or_default(),
+        )
+    };
+    let service_store: HashMap<(String, String), Arc<Service>> = stores
+        .services
+        .iter()
+        .map(|s| (by_name(&s.metadata), Arc::clone(s)))
+        .collect();
+    let mut slice_store: HashMap<(String, String), Arc<EndpointSlice>> = stores
+        .slices
+        .iter()
+        .map(|s| (by_name(&s.metadata), Arc::clone(s)))
+        .collect();
+    let mut index = SliceIndex::of(&stores.slices);
     let mut patch = Vec::new();
     for r in 0..sc.runs {
         let i = (r * 6007 + 1) % sc.ingresses;
         let new_ip = sc.ingresses * sc.endpoints_each + 1_000 + r;
         let eps = sc.endpoints_each - 1;
         stores.slices[i] = slice(i, eps, new_ip);
-        let touched = [(ns_of(i), format!("app-{i}"))];
+        let changed = by_name(&stores.slices[i].metadata);
+        slice_store.insert(changed.clone(), Arc::clone(&stores.slices[i]));
         let t = Instant::now();
-        let snapshot = stores.clone();
-        let updates: Vec<_> = service_endpoints(&spec, &snapshot.objects(), &touched)
+        let (ns, name) = &changed;
+        let now = slice_store.get(&changed).cloned();
+        let service = now.as_deref().and_then(slice_service);
+        let mut touched = BTreeSet::new();
+        if let Some(before) = index.set(ns, name, service) {
+            touched.insert((ns.clone(), before));
+        }
+        if let Some(svc) = service {
+            touched.insert((ns.clone(), svc.to_owned()));
+        }
+        let touched: Vec<(String, String)> = touched.into_iter().collect();
+        let services: Vec<_> = touched.iter().filter_map(|k| service_store.get(k).cloned()).collect();
+        let slices: Vec<_> = touched
+            .iter()
+            .flat_map(|(ns, svc)| index.slices(ns, svc).map(move |n| (ns.clone(), n.to_owned())))
+            .filter_map(|k| slice_store.get(&k).cloned())
+            .collect();
+        let nodes = stores.nodes.clone();
+        let objects = Objects {
+            services: &services,
+            slices: &slices,
+            nodes: &nodes,
+            ..Objects::default()
+        };
+        let updates: Vec<_> = service_endpoints(&spec, &objects, &touched)
             .into_iter()
             .filter_map(|(name, endpoints)| table.backend_id(&name).map(|id| (id, endpoints)))
             .collect();
@@ -456,7 +501,6 @@ fn run(sc: &Scenario) -> Row {
                 "the change is in the patched table"
             );
         }
-        drop(snapshot);
         table = next;
     }
     drop(table);

@@ -256,6 +256,22 @@ fn scenario(name: &'static str, extra: usize, samples: usize) -> Outcome {
     }
     let load = load.finish();
     let build_ms = logged(&kedge, "route table published", "build_ms")[builds_before..].to_vec();
+    // What the builds during the samples were (a full rebuild there delays the sample it meets).
+    let mut why = std::collections::BTreeMap::<String, usize>::new();
+    for l in kedge
+        .logs()
+        .iter()
+        .filter(|l| l.contains("route table published"))
+        .skip(builds_before)
+    {
+        let w = l
+            .split("why=")
+            .nth(1)
+            .and_then(|w| w.split_whitespace().next())
+            .unwrap_or("?");
+        *why.entry(w.trim_matches('"').to_owned()).or_default() += 1;
+    }
+    notes.push(format!("builds during the samples, by why: {why:?}"));
     if extra > 0 {
         notes.push(format!(
             "kedge VmHWM after the samples: {:.1} MB",

@@ -10,13 +10,15 @@
 //! A snapshot is rebuilt whole after any watched change (debounced) and after SIGHUP, except
 //! after changes that touched only EndpointSlices: those get a new table that shares the
 //! current one's rules and has new endpoints for the touched Services (resolved from the
-//! stores for those Services only), and a full rebuild once changes are quiet. Changes that
-//! touched only Ingresses, Services and EndpointSlices get an update: the hosts of the
-//! Ingresses they touch are translated again and every other host's rules are shared with the
-//! current table (`TableBuilder::update`, `translate::Incremental`), unless only a build from
-//! nothing is exact (then it runs); a full rebuild follows once changes are quiet, as after a
-//! relist, SIGHUP or anything else. A published snapshot is never modified. Workers only ever
-//! *load* what this publishes.
+//! stores for those Services only: their EndpointSlices are found through the cluster's
+//! Service → EndpointSlices index, no store is copied), and a full rebuild once changes are
+//! quiet. Changes that touched only Ingresses, Services and EndpointSlices get an update: the
+//! hosts of the Ingresses they touch are translated again and every other host's rules are
+//! shared with the current table (`TableBuilder::update`, `translate::Incremental`), unless only
+//! a build from nothing is exact (then it runs); a full rebuild follows once changes are quiet,
+//! as after a relist, SIGHUP or anything else. Endpoint-only changes and updates are published
+//! at once when the loop was idle; bursts (and every full rebuild) wait out `DEBOUNCE`. A
+//! published snapshot is never modified. Workers only ever *load* what this publishes.
 
 mod certs;
 mod cluster;
@@ -48,6 +50,9 @@ use self::certs::Certs;
 
 /// How long the control loop waits after a change for more changes before rebuilding: a
 /// rolling update touches many objects within milliseconds and one rebuild covers them all.
+/// An endpoint-only change is not held back when the loop was idle (its update costs little,
+/// and waiting would be all of its delay); changes within this time of the last one wait out
+/// the rest of it, so a burst still makes one update per window.
 const DEBOUNCE: Duration = Duration::from_millis(5);
 
 /// Quiet time after endpoint-only updates before the full rebuild that refreshes warnings and
@@ -202,6 +207,8 @@ fn control_thread(
         cert_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut host_check = tokio::time::interval(HOST_CHECK);
         host_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // When the loop last took changes: a wake-up within DEBOUNCE of it is part of a burst.
+        let mut last_taken: Option<tokio::time::Instant> = None;
 
         loop {
             // Back to waiting after a build: the admin server reports the states it decided.
@@ -224,9 +231,22 @@ fn control_thread(
                     Some(Command::Stop) | None => break,
                 },
                 () = changed.notified() => {
-                    tokio::time::sleep(DEBOUNCE).await;
-                    let changes: Vec<Changes> = clusters.iter().map(Cluster::take_changes).collect();
-                    let nothing = changes.iter().all(|c| c.endpoints_only() && c.services.is_empty());
+                    if let Some(at) = last_taken
+                        && at.elapsed() < DEBOUNCE
+                    {
+                        tokio::time::sleep_until(at + DEBOUNCE).await;
+                    }
+                    let mut changes: Vec<Changes> = clusters.iter().map(Cluster::take_changes).collect();
+                    if changes.iter().any(|c| c.full) {
+                        // A full rebuild is worth batching: what else comes within DEBOUNCE
+                        // joins it.
+                        tokio::time::sleep(DEBOUNCE).await;
+                        for (c, ch) in clusters.iter().zip(&mut changes) {
+                            ch.merge(c.take_changes());
+                        }
+                    }
+                    last_taken = Some(tokio::time::Instant::now());
+                    let nothing = changes.iter().all(Changes::is_empty);
                     let endpoints_only = changes.iter().all(Changes::endpoints_only) && !nothing;
                     let updatable = changes.iter().all(|c| !c.full) && !nothing;
                     if nothing {
@@ -292,13 +312,11 @@ fn update_endpoints(clusters: &[Cluster], changes: Vec<Changes>, shared: &Shared
     let mut updates = Vec::new();
     let mut services = 0;
     for (c, ch) in clusters.iter().zip(changes) {
-        if ch.services.is_empty() {
+        if ch.is_empty() {
             continue;
         }
-        let objects = c.objects();
-        let touched: Vec<(String, String)> = ch.services.into_iter().collect();
-        services += touched.len();
-        for (name, endpoints) in translate::service_endpoints(&c.spec, &objects.view(), &touched) {
+        services += ch.services.len();
+        for (name, endpoints) in c.changed_endpoints(ch) {
             if let Some(id) = current.table.backend_id(&name) {
                 updates.push((id, endpoints));
             }
@@ -328,6 +346,10 @@ fn update_endpoints(clusters: &[Cluster], changes: Vec<Changes>, shared: &Shared
         build_ms = format!("{:.3}", started.elapsed().as_secs_f64() * 1e3),
         "route table published"
     );
+    // The state file, once the new endpoints are served.
+    for c in clusters {
+        c.persist_changes();
+    }
 }
 
 /// What one build produced besides the snapshot.

@@ -180,7 +180,7 @@ fn prefix_matches(prefix: &str, path: &str) -> bool {
 pub struct RouteTable {
     /// Hosts and paths: shared with the next table when only endpoints change.
     rules: Arc<Rules>,
-    pub backends: Vec<Backend>,
+    pub backends: Backends,
     /// Backend ids by name, for endpoint-only updates.
     ids: Arc<FxHashMap<Box<str>, BackendId>>,
 }
@@ -351,17 +351,96 @@ impl RouteTable {
     /// backends: what an EndpointSlice change needs, at the cost of copying the backend list
     /// instead of rebuilding every rule.
     pub fn with_endpoints(&self, updates: impl IntoIterator<Item = (BackendId, Vec<SocketAddr>)>) -> RouteTable {
-        let mut backends = self.backends.clone();
+        RouteTable {
+            rules: Arc::clone(&self.rules),
+            backends: self.backends.with_endpoints(updates),
+            ids: Arc::clone(&self.ids),
+        }
+    }
+}
+
+/// A table's backends, by [`BackendId`], in chunks of [`Backends::CHUNK`] shared between
+/// tables: an endpoint update copies the chunks it changes and shares the others with the
+/// table it replaces (and dropping the old table frees only those). A lookup costs one more
+/// pointer than a flat list.
+#[derive(Debug, Default, Clone)]
+pub struct Backends {
+    chunks: Vec<Arc<[Backend]>>,
+    len: usize,
+}
+
+impl Backends {
+    /// Backends per chunk (a power of two).
+    pub const CHUNK: usize = 64;
+
+    /// The backend `id`.
+    #[inline]
+    pub fn get(&self, id: BackendId) -> Option<&Backend> {
+        self.chunks.get(id / Self::CHUNK)?.get(id % Self::CHUNK)
+    }
+
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Every backend, by id.
+    pub fn iter(&self) -> impl Iterator<Item = &Backend> {
+        self.chunks.iter().flat_map(|c| c.iter())
+    }
+
+    /// These backends with new endpoints for some of them: the chunks of the updated ones are
+    /// copied, the others shared.
+    fn with_endpoints(&self, updates: impl IntoIterator<Item = (BackendId, Vec<SocketAddr>)>) -> Backends {
+        let mut chunks = self.chunks.clone();
+        let mut copied: Vec<Vec<Backend>> = Vec::new();
+        let mut copied_at: Vec<usize> = Vec::new();
         for (id, endpoints) in updates {
-            if let Some(b) = backends.get_mut(id) {
+            let at = id / Self::CHUNK;
+            let Some(chunk) = chunks.get(at) else { continue };
+            let k = match copied_at.iter().position(|&c| c == at) {
+                Some(k) => k,
+                None => {
+                    copied_at.push(at);
+                    copied.push(chunk.to_vec());
+                    copied.len() - 1
+                }
+            };
+            if let Some(b) = copied[k].get_mut(id % Self::CHUNK) {
                 b.endpoints = endpoints;
             }
         }
-        RouteTable {
-            rules: Arc::clone(&self.rules),
-            backends,
-            ids: Arc::clone(&self.ids),
+        for (at, chunk) in copied_at.into_iter().zip(copied) {
+            chunks[at] = chunk.into();
         }
+        Backends { chunks, len: self.len }
+    }
+}
+
+impl From<Vec<Backend>> for Backends {
+    fn from(list: Vec<Backend>) -> Backends {
+        let len = list.len();
+        let mut chunks = Vec::with_capacity(len.div_ceil(Self::CHUNK));
+        let mut list = list.into_iter();
+        loop {
+            let chunk: Arc<[Backend]> = list.by_ref().take(Self::CHUNK).collect();
+            if chunk.is_empty() {
+                break;
+            }
+            chunks.push(chunk);
+        }
+        Backends { chunks, len }
+    }
+}
+
+impl std::ops::Index<BackendId> for Backends {
+    type Output = Backend;
+
+    fn index(&self, id: BackendId) -> &Backend {
+        &self.chunks[id / Self::CHUNK][id % Self::CHUNK]
     }
 }
 
@@ -488,7 +567,7 @@ impl TableBuilder {
         }
         TableBuilder {
             rules,
-            backends: prev.backends.clone(),
+            backends: prev.backends.iter().cloned().collect(),
             default_owner: p.default_backend.as_ref().map(|_| "(previous table)".into()),
             backend_ids: Arc::clone(&prev.ids),
             kept_backends: prev.backends.len(),
@@ -768,7 +847,7 @@ impl TableBuilder {
         }
         RouteTable {
             rules: Arc::new(self.rules),
-            backends: self.backends,
+            backends: self.backends.into(),
             ids: self.backend_ids,
         }
     }

@@ -4,8 +4,9 @@
 //! read whole when the next table is built, so a lost watch event can never leave a stale route
 //! behind (the reflector's relist replaces the store).
 
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
 
 use tokio::sync::Notify;
 
@@ -18,7 +19,9 @@ use super::lease::Election;
 use super::state_file::StateDir;
 use super::status;
 use super::translate::gateway::Attachment;
-use super::translate::{ClusterSpec, Incremental, IngressPlan, NeedFull, Objects, Outcome, UpstreamMode};
+use super::translate::{
+    self, ClusterSpec, Incremental, IngressPlan, NeedFull, Objects, Outcome, SliceIndex, UpstreamMode,
+};
 use super::watch::Watches;
 use crate::config::{self, ClusterConfig};
 use crate::shared::ClusterState;
@@ -50,6 +53,9 @@ pub struct Cluster {
     changes: Arc<Mutex<Changes>>,
     /// The cluster's Ingresses as the last build translated them, for updates.
     ingresses: Mutex<Incremental>,
+    /// Service → EndpointSlices of the objects the last build read, kept up to date by the
+    /// endpoint fast path ([`Cluster::changed_endpoints`]).
+    slice_index: Mutex<SliceIndex>,
 }
 
 impl Cluster {
@@ -105,6 +111,7 @@ impl Cluster {
             health,
             changes,
             ingresses: Mutex::default(),
+            slice_index: Mutex::default(),
         })
     }
 
@@ -135,7 +142,7 @@ impl Cluster {
 
     /// Takes what changed since the last call.
     pub fn take_changes(&self) -> Changes {
-        std::mem::take(&mut *self.changes.lock().unwrap_or_else(|e| e.into_inner()))
+        std::mem::take(&mut *lock(&self.changes))
     }
 
     /// Resolves once every watch has completed its first full list.
@@ -195,8 +202,60 @@ impl Cluster {
 
     /// The objects to translate: those persisted in the state directory while the cluster
     /// serves from them (not synced within `sync_timeout` at start), else a copy of every store.
+    /// Indexes their EndpointSlices by Service for the endpoint fast path.
     pub fn objects(&self) -> ClusterObjects {
-        self.lkg.choose(self.synced(), || self.stores.objects())
+        let objects = self.lkg.choose(self.synced(), || self.stores.objects());
+        *lock(&self.slice_index) = SliceIndex::of(&objects.slices);
+        objects
+    }
+
+    /// The endpoints of the Services whose EndpointSlices changed (`changes` holds nothing
+    /// else), by backend name, resolved as a full translation would but from the few objects
+    /// concerned: the changed slices and the touched Services are looked up in the stores,
+    /// their Services' other slices found through the index. Nothing while the cluster serves
+    /// its persisted objects (which do not change; a full build follows the live sync).
+    pub fn changed_endpoints(&self, changes: Changes) -> Vec<(String, Vec<SocketAddr>)> {
+        if self.lkg.serving_persisted() {
+            return Vec::new();
+        }
+        let mut index = lock(&self.slice_index);
+        let mut touched = changes.services;
+        for (ns, name) in changes.slices {
+            let now = self.stores.slice(&ns, &name);
+            let service = now.as_deref().and_then(translate::slice_service);
+            // A slice that left its Service (deleted, relabelled) takes its endpoints along.
+            if let Some(before) = index.set(&ns, &name, service) {
+                touched.insert((ns.clone(), before));
+            }
+            if let Some(svc) = service {
+                touched.insert((ns, svc.to_owned()));
+            }
+        }
+        let touched: Vec<(String, String)> = touched.into_iter().collect();
+        let services: Vec<_> = touched
+            .iter()
+            .filter_map(|(ns, name)| self.stores.service(ns, name))
+            .collect();
+        let slices: Vec<_> = touched
+            .iter()
+            .flat_map(|(ns, svc)| index.slices(ns, svc).map(move |name| (ns, name)))
+            .filter_map(|(ns, name)| self.stores.slice(ns, name))
+            .collect();
+        drop(index);
+        let nodes = self.stores.nodes();
+        let objects = Objects {
+            services: &services,
+            slices: &slices,
+            nodes: &nodes,
+            ..Objects::default()
+        };
+        translate::service_endpoints(&self.spec, &objects, &touched)
+    }
+
+    /// After an endpoint-only update (which reads no store whole): hands the live objects to
+    /// the state file writer when it waits for some (see [`LastKnownGood::offer_live`]).
+    pub fn persist_changes(&self) {
+        self.lkg.offer_live(self.synced(), || self.stores.objects());
     }
 
     /// Brings the cluster's state (live, disconnected, ...) up to date with its watches, without
@@ -226,4 +285,8 @@ impl Cluster {
     pub fn unreachable(&self) -> bool {
         self.lkg.unreachable()
     }
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
 }

@@ -38,7 +38,7 @@ use k8s_openapi::api::core::v1::{Namespace, Node, Secret, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::api::networking::v1::{Ingress, IngressClass};
 use kube::Client;
-use kube::runtime::reflector::Store;
+use kube::runtime::reflector::{ObjectRef, Store};
 use kube::runtime::watcher::Event;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize, Serializer};
@@ -341,6 +341,26 @@ kinds! {
             touch: touches_all,
             persist: everything,
         },
+    }
+}
+
+/// Single objects, for the endpoint fast path (which reads a few objects, not every store).
+impl Stores {
+    /// The Service `ns/name`, as its store holds it now.
+    pub fn service(&self, ns: &str, name: &str) -> Option<Arc<Service>> {
+        let key = ObjectRef::new(name).within(ns);
+        self.services.iter().find_map(|s| s.get(&key))
+    }
+
+    /// The EndpointSlice `ns/name`, as its store holds it now.
+    pub fn slice(&self, ns: &str, name: &str) -> Option<Arc<EndpointSlice>> {
+        let key = ObjectRef::new(name).within(ns);
+        self.slices.iter().find_map(|s| s.get(&key))
+    }
+
+    /// Every Node (for NodePort endpoints).
+    pub fn nodes(&self) -> Vec<Arc<Node>> {
+        self.nodes.iter().flat_map(Store::state).collect()
     }
 }
 

@@ -173,6 +173,31 @@ impl LastKnownGood {
     }
 }
 
+impl LastKnownGood {
+    /// Whether the cluster serves its persisted objects (until its live sync).
+    pub fn serving_persisted(&self) -> bool {
+        lock(&self.inner).persisted.is_some()
+    }
+
+    /// After an update that read no objects whole (the endpoint fast path): hands the live
+    /// objects (`live()`, a copy of every store) to the file writer if they changed since they
+    /// were last handed over and the writer holds none waiting. A change left out stays
+    /// marked: the next offer (the next update, or the full rebuild once changes are quiet)
+    /// carries it. So a burst of endpoint changes copies the stores about once per write, not
+    /// once per change.
+    pub fn offer_live(&self, synced: bool, live: impl FnOnce() -> ClusterObjects) {
+        if !synced || self.serving_persisted() {
+            return;
+        }
+        if let Some(writer) = &self.writer
+            && lock(&writer.latest).is_none()
+            && self.health.take_dirty()
+        {
+            writer.offer(live());
+        }
+    }
+}
+
 fn log_change(cluster: &str, from: &ClusterState, to: &ClusterState) {
     let state = to.to_string();
     match (from, to) {

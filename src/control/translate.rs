@@ -30,7 +30,7 @@ pub mod httproute;
 mod ingress;
 pub mod static_routes;
 
-pub use backends::service_endpoints;
+pub use backends::{SliceIndex, service_endpoints, slice_service};
 pub use ingress::{Incremental, NeedFull, Plan as IngressPlan, translate};
 
 /// How one cluster's Ingresses become routes.

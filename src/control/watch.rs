@@ -23,6 +23,7 @@ use serde::de::DeserializeOwned;
 
 use super::health::Health;
 use super::kube_client;
+use super::translate::slice_service;
 
 /// What the watches saw change since the last build, so that a change that touched only
 /// EndpointSlices can update endpoints in the current table instead of rebuilding it, and one
@@ -38,12 +39,30 @@ pub struct Changes {
     pub ingresses: bool,
     /// Services (namespace, name) whose objects changed.
     pub service_objects: BTreeSet<(String, String)>,
+    /// The EndpointSlices (namespace, name) that changed: the control loop looks each one up
+    /// in its store to keep its Service → EndpointSlices index (a slice may have changed
+    /// Service, or lost its Service label).
+    pub slices: BTreeSet<(String, String)>,
 }
 
 impl Changes {
     /// Nothing but EndpointSlices changed.
     pub fn endpoints_only(&self) -> bool {
         !self.full && !self.ingresses && self.service_objects.is_empty()
+    }
+
+    /// Nothing that bears on the table changed.
+    pub fn is_empty(&self) -> bool {
+        self.endpoints_only() && self.services.is_empty() && self.slices.is_empty()
+    }
+
+    /// Adds what `later` recorded (changes taken in two steps, one debounce apart).
+    pub fn merge(&mut self, later: Changes) {
+        self.full |= later.full;
+        self.ingresses |= later.ingresses;
+        self.services.extend(later.services);
+        self.service_objects.extend(later.service_objects);
+        self.slices.extend(later.slices);
     }
 }
 
@@ -53,8 +72,9 @@ pub enum Touch {
     Nothing,
     /// A full rebuild.
     Full,
-    /// Only the endpoints of this Service (namespace, name).
-    Service(String, String),
+    /// Only the endpoints of the Service of this EndpointSlice: (namespace, slice name, its
+    /// Service's name when it has the label).
+    Slice(String, String, Option<String>),
     /// An Ingress.
     Ingress,
     /// This Service (namespace, name) itself.
@@ -95,14 +115,9 @@ pub fn touches_service(event: &Event<EndpointSlice>) -> Touch {
         Event::InitDone => return Touch::Full,
         Event::Apply(s) | Event::Delete(s) => s,
     };
-    let service = slice
-        .metadata
-        .labels
-        .as_ref()
-        .and_then(|l| l.get("kubernetes.io/service-name"));
-    match (slice.metadata.namespace.as_ref(), service) {
-        (Some(ns), Some(svc)) => Touch::Service(ns.clone(), svc.clone()),
-        _ => Touch::Nothing, // a slice of no Service routes nothing
+    match (slice.metadata.namespace.as_ref(), slice.metadata.name.as_ref()) {
+        (Some(ns), Some(name)) => Touch::Slice(ns.clone(), name.clone(), slice_service(slice).map(str::to_owned)),
+        _ => Touch::Nothing, // the API server always names them
     }
 }
 
@@ -215,12 +230,12 @@ where
                     match touch(&event) {
                         Touch::Nothing => {}
                         Touch::Full => changes.lock().unwrap_or_else(|e| e.into_inner()).full = true,
-                        Touch::Service(ns, svc) => {
-                            changes
-                                .lock()
-                                .unwrap_or_else(|e| e.into_inner())
-                                .services
-                                .insert((ns, svc));
+                        Touch::Slice(ns, slice, svc) => {
+                            let mut changes = changes.lock().unwrap_or_else(|e| e.into_inner());
+                            if let Some(svc) = svc {
+                                changes.services.insert((ns.clone(), svc));
+                            }
+                            changes.slices.insert((ns, slice));
                         }
                         Touch::Ingress => changes.lock().unwrap_or_else(|e| e.into_inner()).ingresses = true,
                         Touch::ServiceObject(ns, svc) => {

@@ -194,3 +194,43 @@ fn endpoint_updates_keep_rules_and_replace_only_the_named_backends() {
     assert_eq!(next.host_count(), table.host_count());
     assert_eq!(table.backend_id("nope"), None);
 }
+
+/// An endpoint update copies only the chunks of the backends it changes: the new table shares
+/// the others with the old one, and both answer for every backend as before.
+#[test]
+fn endpoint_updates_share_the_untouched_backend_chunks() {
+    let n = Backends::CHUNK * 3 + 5;
+    let names: Vec<String> = (0..n).map(|i| format!("b{i}")).collect();
+    let hosts: Vec<String> = (0..n).map(|i| format!("h{i}.com")).collect();
+    let routes: Vec<Rule<'_>> = (0..n).map(|i| route(&names[i], Some(&hosts[i]), "/", Prefix)).collect();
+    let (table, _) = build(&routes);
+    assert_eq!(table.backends.len(), n);
+    assert_eq!(table.backends.chunks.len(), 4);
+    let new = vec![SocketAddr::from(([192, 0, 2, 9], 80))];
+    // Two backends of the second chunk, one of the last (partial) one.
+    let ids: Vec<BackendId> = [Backends::CHUNK + 1, Backends::CHUNK + 7, n - 1]
+        .iter()
+        .map(|&i| table.backend_id(&names[i]).expect("a backend"))
+        .collect();
+    let next = table.with_endpoints(ids.iter().map(|&id| (id, new.clone())));
+    assert_eq!(next.backends.len(), n);
+    for (i, host) in hosts.iter().enumerate() {
+        let (old, now) = (
+            table.route(host.as_bytes(), "/").expect("routed"),
+            next.route(host.as_bytes(), "/").expect("routed"),
+        );
+        assert_eq!(now.name, old.name);
+        let id = table.backend_id(&names[i]).expect("a backend");
+        if ids.contains(&id) {
+            assert_eq!(now.endpoints, new, "{host}");
+        } else {
+            assert_eq!(now.endpoints, old.endpoints, "{host}");
+        }
+        assert_eq!(&next.backends[id], now);
+    }
+    let changed: Vec<usize> = ids.iter().map(|id| id / Backends::CHUNK).collect();
+    for (k, (a, b)) in table.backends.chunks.iter().zip(&next.backends.chunks).enumerate() {
+        assert_eq!(Arc::ptr_eq(a, b), !changed.contains(&k), "chunk {k}");
+    }
+    assert_eq!(next.backends.iter().count(), n);
+}

@@ -215,6 +215,85 @@ fn an_ingress_change_is_an_update_of_its_hosts() {
     drop(pods);
 }
 
+/// EndpointSlice `name` of Service `svc` (`None`: no Service label) with ready endpoints `ips`.
+fn named_slice(name: &str, svc: Option<&str>, port: u16, ips: &[&str]) -> Value {
+    let mut s = slice(svc.unwrap_or("none"), port, ips);
+    s["metadata"]["name"] = json!(name);
+    match svc {
+        Some(svc) => s["metadata"]["labels"] = json!({"kubernetes.io/service-name": svc}),
+        None => s["metadata"]["labels"] = json!({}),
+    }
+    s
+}
+
+/// The fast path's Nth update (1-based): its log line, once there.
+fn nth_endpoint_update(kedge: &Kedge, n: usize) -> String {
+    kedge.wait_logs("why=\"endpoints\"", n, Duration::from_secs(10))[n - 1].clone()
+}
+
+/// The endpoint fast path resolves a Service from all its EndpointSlices, not only the changed
+/// one, and follows a slice that leaves its Service (relabelled, unlabelled, deleted): each
+/// update's table has exactly the endpoints a full build would give (the log line counts
+/// them; the table has the one backend).
+#[test]
+fn endpoint_updates_see_every_slice_of_the_service() {
+    let (pods, port) = Upstream::pods("web", 3);
+    let api = FakeApi::start();
+    api.apply("ingressclasses", ingress_class());
+    api.apply("services", service("web"));
+    api.apply("services", service("other"));
+    api.apply(
+        "endpointslices",
+        named_slice("web-a", Some("web"), port, &["127.0.0.1"]),
+    );
+    api.apply(
+        "endpointslices",
+        named_slice("web-b", Some("web"), port, &["127.0.0.2"]),
+    );
+    api.apply("ingresses", ingress("web", "kedge", "web.example.com", "/", "web"));
+    let dir = TempDir::new("cluster");
+    let kedge = Kedge::follow(&api, &dir, "");
+    wait_served_by(&kedge, "web.example.com", &["web-0", "web-1"], 8, "both slices");
+
+    // One slice changes: the other one's endpoint stays.
+    api.apply(
+        "endpointslices",
+        named_slice("web-a", Some("web"), port, &["127.0.0.3"]),
+    );
+    let line = nth_endpoint_update(&kedge, 1);
+    assert!(line.contains(" endpoints=2 "), "{line}");
+    wait_served_by(&kedge, "web.example.com", &["web-1", "web-2"], 8, "web-a changed");
+
+    // A slice moves to another Service: its endpoint leaves this one.
+    api.apply(
+        "endpointslices",
+        named_slice("web-b", Some("other"), port, &["127.0.0.2"]),
+    );
+    let line = nth_endpoint_update(&kedge, 2);
+    assert!(line.contains(" endpoints=1 "), "{line}");
+    wait_served_by(&kedge, "web.example.com", &["web-2"], 8, "web-b moved away");
+
+    // It comes back, then loses its label: in, then out again.
+    api.apply(
+        "endpointslices",
+        named_slice("web-b", Some("web"), port, &["127.0.0.2"]),
+    );
+    let line = nth_endpoint_update(&kedge, 3);
+    assert!(line.contains(" endpoints=2 "), "{line}");
+    api.apply("endpointslices", named_slice("web-b", None, port, &["127.0.0.2"]));
+    let line = nth_endpoint_update(&kedge, 4);
+    assert!(line.contains(" endpoints=1 "), "{line}");
+
+    // The last slice deleted: no endpoint left, 503.
+    api.delete("endpointslices", Some("default"), "web-a");
+    let line = nth_endpoint_update(&kedge, 5);
+    assert!(line.contains(" endpoints=0 "), "{line}");
+    wait_until(Duration::from_secs(10), "503 without endpoints", || {
+        get(&kedge, "web.example.com", "/").0 == 503
+    });
+    drop(pods);
+}
+
 #[test]
 fn an_ingress_of_another_class_gets_no_traffic() {
     let (_pods, port) = Upstream::pods("other", 1);

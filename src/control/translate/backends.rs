@@ -1,8 +1,10 @@
 //! Ingress backends → table backends: a Service port resolved to pod endpoints (EndpointSlices)
 //! or to `NodeIP:nodePort`, once per translation whatever the number of paths pointing at it.
 
+use std::collections::BTreeSet;
 use std::fmt;
 use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
 
 use k8s_openapi::api::core::v1::{Service, ServicePort};
 use k8s_openapi::api::discovery::v1::{Endpoint, EndpointSlice};
@@ -79,6 +81,77 @@ pub(super) struct Resolver<'a> {
     cache: HashMap<(&'a str, &'a str, PortRef<'a>), Resolved>,
 }
 
+/// The Service an EndpointSlice belongs to (its `kubernetes.io/service-name` label); `None`: a
+/// slice of no Service, which routes nothing.
+pub fn slice_service(slice: &EndpointSlice) -> Option<&str> {
+    slice
+        .metadata
+        .labels
+        .as_ref()?
+        .get(SERVICE_NAME_LABEL)
+        .map(String::as_str)
+}
+
+/// Which EndpointSlices belong to which Service, by name: what the endpoint fast path reads
+/// instead of a pass over every EndpointSlice of the cluster. Built from a full set of objects
+/// ([`SliceIndex::of`]) and kept up to date slice by slice ([`SliceIndex::set`]).
+#[derive(Debug, Default)]
+pub struct SliceIndex {
+    /// (namespace, Service) → the names of its EndpointSlices.
+    by_service: HashMap<(String, String), BTreeSet<String>>,
+    /// (namespace, EndpointSlice) → its Service.
+    service_of: HashMap<(String, String), String>,
+}
+
+impl SliceIndex {
+    /// The index of `slices`.
+    pub fn of(slices: &[Arc<EndpointSlice>]) -> SliceIndex {
+        let mut index = SliceIndex::default();
+        for s in slices {
+            let (ns, name) = ns_name(&s.metadata);
+            index.set(ns, name, slice_service(s));
+        }
+        index
+    }
+
+    /// Records that the EndpointSlice `ns/name` belongs to `service` now (`None`: to no Service,
+    /// or it is gone), and returns the Service it belonged to before.
+    pub fn set(&mut self, ns: &str, name: &str, service: Option<&str>) -> Option<String> {
+        let key = (ns.to_owned(), name.to_owned());
+        let before = match service {
+            Some(svc) => self.service_of.insert(key, svc.to_owned()),
+            None => self.service_of.remove(&key),
+        };
+        if let Some(old) = &before
+            && Some(old.as_str()) != service
+        {
+            let key = (ns.to_owned(), old.clone());
+            if let Some(names) = self.by_service.get_mut(&key) {
+                names.remove(name);
+                if names.is_empty() {
+                    self.by_service.remove(&key);
+                }
+            }
+        }
+        if let Some(svc) = service {
+            self.by_service
+                .entry((ns.to_owned(), svc.to_owned()))
+                .or_default()
+                .insert(name.to_owned());
+        }
+        before
+    }
+
+    /// The names of the EndpointSlices of Service `ns/service`.
+    pub fn slices(&self, ns: &str, service: &str) -> impl Iterator<Item = &str> {
+        self.by_service
+            .get(&(ns.to_owned(), service.to_owned()))
+            .into_iter()
+            .flatten()
+            .map(String::as_str)
+    }
+}
+
 /// The endpoints of every port of the Services `services` (namespace, name), under the backend
 /// names [`translate`](super::translate) gives them, resolved exactly as a full translation
 /// would. For refreshing a table after a change that touched only EndpointSlices; warnings are
@@ -124,10 +197,10 @@ impl<'a> Resolver<'a> {
             .collect();
         let mut slices: HashMap<_, Vec<_>> = HashMap::default();
         for s in objs.slices {
-            let Some(svc) = s.metadata.labels.as_ref().and_then(|l| l.get(SERVICE_NAME_LABEL)) else {
+            let Some(svc) = slice_service(s) else {
                 continue;
             };
-            let key = (s.metadata.namespace.as_deref().unwrap_or(""), svc.as_str());
+            let key = (s.metadata.namespace.as_deref().unwrap_or(""), svc);
             if wanted.contains(&key) {
                 slices.entry(key).or_default().push(&**s);
             }
@@ -148,11 +221,11 @@ impl<'a> Resolver<'a> {
         let mut slices: HashMap<_, Vec<_>> = HashMap::default();
         slices.reserve(objs.slices.len());
         for s in objs.slices {
-            let Some(svc) = s.metadata.labels.as_ref().and_then(|l| l.get(SERVICE_NAME_LABEL)) else {
+            let Some(svc) = slice_service(s) else {
                 continue;
             };
             let ns = s.metadata.namespace.as_deref().unwrap_or("");
-            slices.entry((ns, svc.as_str())).or_default().push(&**s);
+            slices.entry((ns, svc)).or_default().push(&**s);
         }
         Resolver {
             spec,

@@ -420,3 +420,40 @@ fn upstream_mode_annotation_overrides_the_cluster() {
         );
     }
 }
+
+// ---- the Service → EndpointSlices index ----
+
+/// The index of a set of slices finds each Service's slices by name; `set` follows a slice
+/// that changes Service, loses its label or goes, and says which Service it left.
+#[test]
+fn slice_index_follows_slices_between_services() {
+    use crate::control::translate::SliceIndex;
+    let eps = json!([{"addresses": ["192.0.2.1"]}]);
+    let ports = json!([{"name": "http", "port": 8080}]);
+    let slices = [
+        slice("web", "a-1", "a", "IPv4", ports.clone(), eps.clone()),
+        slice("web", "a-2", "a", "IPv4", ports.clone(), eps.clone()),
+        slice("web", "b-1", "b", "IPv4", ports.clone(), eps.clone()),
+        slice("other", "a-1", "a", "IPv4", ports, eps),
+    ];
+    let mut index = SliceIndex::of(&slices);
+    let of = |index: &SliceIndex, ns: &str, svc: &str| index.slices(ns, svc).map(str::to_owned).collect::<Vec<_>>();
+    assert_eq!(of(&index, "web", "a"), ["a-1", "a-2"]);
+    assert_eq!(of(&index, "web", "b"), ["b-1"]);
+    assert_eq!(of(&index, "other", "a"), ["a-1"], "namespaces apart");
+    assert!(of(&index, "web", "c").is_empty());
+
+    // a-2 moves to b; then loses its label; a-1 goes.
+    assert_eq!(index.set("web", "a-2", Some("b")).as_deref(), Some("a"));
+    assert_eq!(of(&index, "web", "a"), ["a-1"]);
+    assert_eq!(of(&index, "web", "b"), ["a-2", "b-1"]);
+    assert_eq!(index.set("web", "a-2", None).as_deref(), Some("b"));
+    assert_eq!(of(&index, "web", "b"), ["b-1"]);
+    assert_eq!(index.set("web", "a-1", None).as_deref(), Some("a"));
+    assert!(of(&index, "web", "a").is_empty());
+    // Setting what is already so changes nothing; a new slice belonged to no Service.
+    assert_eq!(index.set("web", "b-1", Some("b")).as_deref(), Some("b"));
+    assert_eq!(of(&index, "web", "b"), ["b-1"]);
+    assert_eq!(index.set("web", "c-1", Some("c")), None);
+    assert_eq!(of(&index, "web", "c"), ["c-1"]);
+}
