@@ -396,6 +396,24 @@ fn quantiles(v: &[Duration]) -> String {
     format!("{} / {} / {}", ms(at(0.5)), ms(at(0.99)), ms(v[v.len() - 1]))
 }
 
+/// The backend `GET /` on the `i`-th host reaches: through the Gateway's scope for HTTPRoutes,
+/// else the Ingress rules.
+fn routed(table: &RouteTable, http_routes: bool, i: usize) -> &kedge::routes::Backend {
+    if !http_routes {
+        return table.route(host_of(i).as_bytes(), "/").expect("routed");
+    }
+    let req = Request {
+        method: b"GET",
+        path: "/",
+        query: None,
+        headers: &[],
+    };
+    match table.gateway_lookup(local(), host_of(i).as_bytes(), &req) {
+        Lookup::Routed(r) => &table.backends[r.action.backends[0].backend.expect("a backend")],
+        other => panic!("{} not routed: {other:?}", host_of(i)),
+    }
+}
+
 fn median(v: &[Duration]) -> Duration {
     let mut v = v.to_vec();
     v.sort();
@@ -490,7 +508,7 @@ fn run(sc: &Scenario) -> Row {
             .collect();
         let next = table.with_endpoints(updates);
         patch.push(t.elapsed());
-        let b = next.route(host_of(i).as_bytes(), "/").expect("routed");
+        let b = routed(&next, sc.http_routes, i);
         assert_eq!(
             b.endpoints.len(),
             if sc.mode == UpstreamMode::Pods { eps } else { NODES }
@@ -528,20 +546,7 @@ fn run(sc: &Scenario) -> Row {
         let snapshot = stores.clone(); // the reflector stores' state(): Arc clones
         let (table, _) = build(&spec, &snapshot);
         rebuild.push(t.elapsed());
-        let b = if sc.http_routes {
-            let req = Request {
-                method: b"GET",
-                path: "/",
-                query: None,
-                headers: &[],
-            };
-            match table.gateway_lookup(local(), host_of(i).as_bytes(), &req) {
-                Lookup::Routed(r) => &table.backends[r.action.backends[0].backend.expect("a backend")],
-                other => panic!("{} not routed: {other:?}", host_of(i)),
-            }
-        } else {
-            table.route(host_of(i).as_bytes(), "/").expect("routed")
-        };
+        let b = routed(&table, sc.http_routes, i);
         if sc.mode == UpstreamMode::Pods {
             assert!(
                 b.endpoints.iter().any(|a| a.ip().to_string() == pod_ip(new_ip)),

@@ -1,9 +1,10 @@
-//! Endpoint-change propagation, end to end: the time from an EndpointSlice change written to the
-//! API server until kedge sends every new request to the new endpoint.
+//! Change propagation, end to end: the time from an EndpointSlice change (or an HTTPRoute
+//! change) written to the API server until kedge sends every new request to the new endpoint.
 //!
 //! ```sh
-//! cargo bench --bench propagation            # both scenarios, Markdown table on stdout
+//! cargo bench --bench propagation            # every scenario, Markdown table on stdout
 //! cargo bench --bench propagation -- small   # only the scenarios whose name contains "small"
+//! cargo bench --bench propagation -- gw      # only the Gateway API (HTTPRoute) scenarios
 //! ```
 //!
 //! Setup: the integration tests' harness (`tests/it/support`): the fixture API server (real
@@ -25,6 +26,13 @@
 //! whole table on every change, so this is propagation including a full 10k rebuild). The
 //! `10k` scenario also reports kedge's start (process spawn → listening, after the first full
 //! sync), its sync and build times from its log, and its peak RSS (`VmHWM`).
+//!
+//! Gateway API scenarios (`gw`): the probe host is an HTTPRoute of Gateway `default/edge`, whose
+//! HTTP listener is kedge's own port (applied once kedge listens), and the 10,000 others are
+//! HTTPRoutes attached to it. `gw-endpoints` changes the EndpointSlice behind the probe route, as
+//! above; `gw-route` changes the probe HTTPRoute itself: its backendRef moves between Services
+//! `probe-0` (pod-0) and `probe-1` (pod-1), a change that is not endpoints-only, so every sample
+//! is a full rebuild.
 
 #[allow(dead_code, unused_imports, unused_macros)]
 #[path = "../tests/it/support/mod.rs"]
@@ -50,6 +58,15 @@ fn ingress(ns: &str, name: &str, host: &str, svc: &str) -> Value {
            "spec": {"ingressClassName": "kedge", "rules": [{"host": host, "http": {"paths": [
                {"path": "/", "pathType": "Prefix",
                 "backend": {"service": {"name": svc, "port": {"name": "http"}}}}]}}]}})
+}
+
+/// HTTPRoute `name` in `ns` on Gateway `default/edge` for `host`, to Service `svc` port 80.
+fn http_route(ns: &str, name: &str, host: &str, svc: &str) -> Value {
+    json!({"apiVersion": "gateway.networking.k8s.io/v1", "kind": "HTTPRoute",
+           "metadata": {"name": name, "namespace": ns},
+           "spec": {"parentRefs": [{"name": "edge", "namespace": "default"}], "hostnames": [host],
+                    "rules": [{"matches": [{"path": {"type": "PathPrefix", "value": "/"}}],
+                               "backendRefs": [{"name": svc, "port": 80}]}]}})
 }
 
 fn service(ns: &str, name: &str) -> Value {
@@ -130,12 +147,32 @@ fn probe(addr: SocketAddr) -> String {
     resp.upstream().unwrap_or("?").to_owned()
 }
 
+/// What one sample changes.
+#[derive(Clone, Copy, PartialEq)]
+enum Change {
+    /// The probe Service's EndpointSlice lists only the other pod.
+    Endpoints,
+    /// The probe HTTPRoute's backendRef moves to the other pod's Service.
+    Route,
+}
+
+/// The routes the scenario's hosts are: Ingresses or HTTPRoutes.
+#[derive(Clone, Copy, PartialEq)]
+enum Kind {
+    Ingress,
+    Gateway,
+}
+
 /// One change: apply, then probe until `RUN` in a row reach `want`. (first, all) after the apply.
-fn sample(api: &FakeApi, kedge: &Kedge, port: u16, want: usize) -> (Duration, Duration) {
+fn sample(api: &FakeApi, kedge: &Kedge, port: u16, want: usize, change: Change) -> (Duration, Duration) {
     let ip = format!("127.0.0.{}", want + 1);
+    let svc = format!("probe-{want}");
     let want = format!("pod-{want}");
     let t0 = Instant::now();
-    api.apply("endpointslices", slice("default", "probe", port, &[ip]));
+    match change {
+        Change::Endpoints => api.apply("endpointslices", slice("default", "probe", port, &[ip])),
+        Change::Route => api.apply("httproutes", http_route("default", "probe", HOST, &svc)),
+    };
     let (mut first, mut run_start, mut in_row) = (None, Duration::ZERO, 0);
     while in_row < RUN {
         let sent = t0.elapsed();
@@ -190,7 +227,7 @@ struct Outcome {
     notes: Vec<String>,
 }
 
-fn scenario(name: &'static str, extra: usize, samples: usize) -> Outcome {
+fn scenario(name: &'static str, extra: usize, samples: usize, kind: Kind, change: Change) -> Outcome {
     let (pods, port) = Upstream::pods("pod", 2);
     let api = FakeApi::start();
     api.apply(
@@ -200,7 +237,26 @@ fn scenario(name: &'static str, extra: usize, samples: usize) -> Outcome {
     );
     api.apply("services", service("default", "probe"));
     api.apply("endpointslices", slice("default", "probe", port, &["127.0.0.1".into()]));
-    api.apply("ingresses", ingress("default", "probe", HOST, "probe"));
+    if kind == Kind::Gateway {
+        api.install_gateway_api();
+        api.apply(
+            "gatewayclasses",
+            json!({"apiVersion": "gateway.networking.k8s.io/v1", "kind": "GatewayClass",
+                   "metadata": {"name": "kedge"}, "spec": {"controllerName": "kedge.dev/gateway-controller"}}),
+        );
+        // One Service per pod, for the route changes.
+        for p in 0..2 {
+            let svc = format!("probe-{p}");
+            api.apply("services", service("default", &svc));
+            api.apply(
+                "endpointslices",
+                slice("default", &svc, port, &[format!("127.0.0.{}", p + 1)]),
+            );
+        }
+        api.apply("httproutes", http_route("default", "probe", HOST, "probe"));
+    } else {
+        api.apply("ingresses", ingress("default", "probe", HOST, "probe"));
+    }
     for i in 0..extra {
         let (ns, name) = (format!("ns-{}", i % 100), format!("app-{i}"));
         let ips: Vec<String> = (0..5)
@@ -211,10 +267,11 @@ fn scenario(name: &'static str, extra: usize, samples: usize) -> Outcome {
             .collect();
         api.apply("services", service(&ns, &name));
         api.apply("endpointslices", slice(&ns, &name, 8080, &ips));
-        api.apply(
-            "ingresses",
-            ingress(&ns, &name, &format!("{name}.{ns}.example.com"), &name),
-        );
+        let host = format!("{name}.{ns}.example.com");
+        match kind {
+            Kind::Ingress => api.apply("ingresses", ingress(&ns, &name, &host, &name)),
+            Kind::Gateway => api.apply("httproutes", http_route(&ns, &name, &host, &name)),
+        };
     }
 
     let dir = TempDir::new("propagation");
@@ -226,14 +283,38 @@ fn scenario(name: &'static str, extra: usize, samples: usize) -> Outcome {
         kubeconfig.display()
     ));
     let started = spawned.elapsed();
+    if kind == Kind::Gateway {
+        // The Gateway's listener is kedge's port, known now: every route attaches in one build.
+        api.apply(
+            "gateways",
+            json!({"apiVersion": "gateway.networking.k8s.io/v1", "kind": "Gateway",
+                   "metadata": {"name": "edge", "namespace": "default"},
+                   "spec": {"gatewayClassName": "kedge", "listeners": [
+                       {"name": "http", "port": kedge.addr().port(), "protocol": "HTTP",
+                        "allowedRoutes": {"namespaces": {"from": "All"}}}]}}),
+        );
+        support::wait_until(Duration::from_secs(60), "the probe HTTPRoute routed", || {
+            Client::try_connect(kedge.addr())
+                .and_then(|mut c| {
+                    c.try_send(format!("GET / HTTP/1.1\r\nHost: {HOST}\r\n\r\n").as_bytes())?;
+                    c.try_read_response(false)
+                })
+                .is_ok_and(|r| r.status == 200)
+        });
+    }
     let mut notes = Vec::new();
     if extra > 0 {
         let synced = logged(&kedge, "cluster synced", "took_ms");
         let built = logged(&kedge, "route table published", "build_ms");
         notes.push(format!(
-            "start with {} Ingresses: spawn → listening {} ms (first full sync {} ms, first build {} ms); kedge \
+            "start with {} {}: spawn → listening {} ms (first full sync {} ms, first build {} ms); kedge \
              VmHWM after start {:.1} MB",
             extra + 1,
+            if kind == Kind::Gateway {
+                "HTTPRoutes (Gateway applied after)"
+            } else {
+                "Ingresses"
+            },
             ms(started),
             synced.first().map_or("?".into(), |v| format!("{v:.0}")),
             built.last().map_or("?".into(), |v| format!("{v:.1}")),
@@ -248,7 +329,7 @@ fn scenario(name: &'static str, extra: usize, samples: usize) -> Outcome {
     // One warm-up sample (not counted), then the measured ones, alternating pods.
     for s in 0..=samples {
         std::thread::sleep(Duration::from_millis(50));
-        let (f, a) = sample(&api, &kedge, port, (s + 1) % 2);
+        let (f, a) = sample(&api, &kedge, port, (s + 1) % 2, change);
         if s > 0 {
             first.push(f);
             all.push(a);
@@ -297,13 +378,43 @@ fn main() {
     let filter: Vec<String> = std::env::args().skip(1).filter(|a| !a.starts_with("--")).collect();
     let wanted = |name: &str| filter.is_empty() || filter.iter().any(|f| name.contains(f.as_str()));
     let mut results = Vec::new();
-    if wanted("small") {
-        eprintln!("running: small");
-        results.push(scenario("small: 1 Ingress", 0, 40));
-    }
-    if wanted("10k") {
-        eprintln!("running: 10k");
-        results.push(scenario("10k: 10,001 Ingresses, 50k endpoints", 10_000, 30));
+    let scenarios = [
+        ("small: 1 Ingress", 0, 40, Kind::Ingress, Change::Endpoints),
+        (
+            "10k: 10,001 Ingresses, 50k endpoints",
+            10_000,
+            30,
+            Kind::Ingress,
+            Change::Endpoints,
+        ),
+        (
+            "gw-endpoints small: 1 HTTPRoute",
+            0,
+            40,
+            Kind::Gateway,
+            Change::Endpoints,
+        ),
+        ("gw-route small: 1 HTTPRoute", 0, 40, Kind::Gateway, Change::Route),
+        (
+            "gw-endpoints 10k: 10,001 HTTPRoutes, 50k endpoints",
+            10_000,
+            30,
+            Kind::Gateway,
+            Change::Endpoints,
+        ),
+        (
+            "gw-route 10k: 10,001 HTTPRoutes, 50k endpoints",
+            10_000,
+            30,
+            Kind::Gateway,
+            Change::Route,
+        ),
+    ];
+    for (name, extra, samples, kind, change) in scenarios {
+        if wanted(name) {
+            eprintln!("running: {name}");
+            results.push(scenario(name, extra, samples, kind, change));
+        }
     }
 
     println!(

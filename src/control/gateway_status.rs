@@ -42,13 +42,12 @@ use super::translate::gateway::{Attachment, Cond, RouteParent};
 /// GatewayClasses says: only what the code does and an end-to-end test shows (attachment and
 /// status here, rules in the route translation and the data plane; the test
 /// `features_are_known_and_each_is_tested` names the test of each). Sorted, as the API keeps
-/// them. Implemented but not advertised, for want of a test of their own:
-/// `HTTPRouteRequestMultipleMirrors`, `HTTPRouteRequestPercentageMirror`,
-/// `HTTPRouteParentRefPort`, `GatewayStaticAddresses`.
+/// them.
 pub const SUPPORTED_FEATURES: &[&str] = &[
     "GRPCRoute",
     "Gateway",
     "GatewayHTTPListenerIsolation",
+    "GatewayStaticAddresses",
     "HTTPRoute",
     "HTTPRoute303RedirectStatusCode",
     "HTTPRoute307RedirectStatusCode",
@@ -58,11 +57,14 @@ pub const SUPPORTED_FEATURES: &[&str] = &[
     "HTTPRouteCORS",
     "HTTPRouteHostRewrite",
     "HTTPRouteMethodMatching",
+    "HTTPRouteParentRefPort",
     "HTTPRoutePathRedirect",
     "HTTPRoutePathRewrite",
     "HTTPRoutePortRedirect",
     "HTTPRouteQueryParamMatching",
     "HTTPRouteRequestMirror",
+    "HTTPRouteRequestMultipleMirrors",
+    "HTTPRouteRequestPercentageMirror",
     "HTTPRouteRequestTimeout",
     "HTTPRouteResponseHeaderModification",
     "HTTPRouteSchemeRedirect",

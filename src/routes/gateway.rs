@@ -267,29 +267,30 @@ impl Cors {
 }
 
 /// One backendRef of a rule.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Weighted {
     pub weight: u32,
     /// `None`: the reference cannot be used (missing, not permitted, unknown kind): its share of
     /// the traffic is answered 500.
     pub backend: Option<BackendId>,
     /// The backendRef's own RequestHeaderModifier, applied after the rule's.
-    pub headers: Option<HeaderMod>,
+    pub headers: Option<Box<HeaderMod>>,
 }
 
-/// What a rule does: its filters, then its weighted backends.
+/// What a rule does: its filters, then its weighted backends. The filters most rules lack are
+/// boxed, so that a rule without them costs a pointer each (a table holds one action per rule).
 #[derive(Debug, Clone)]
 pub struct Action {
-    pub request_headers: Option<HeaderMod>,
-    pub response_headers: Option<HeaderMod>,
+    pub request_headers: Option<Box<HeaderMod>>,
+    pub response_headers: Option<Box<HeaderMod>>,
     /// A redirect answers without any backend.
-    pub redirect: Option<Redirect>,
+    pub redirect: Option<Box<Redirect>>,
     /// CORS: preflights are answered by kedge, responses get the CORS fields.
-    pub cors: Option<Cors>,
+    pub cors: Option<Box<Cors>>,
     /// RequestMirror: backends that get a copy of each (bodiless) request, with the percentage
     /// of requests mirrored; their answers are discarded.
     pub mirrors: Vec<(BackendId, u32)>,
-    pub rewrite: Option<Rewrite>,
+    pub rewrite: Option<Box<Rewrite>>,
     /// Empty (no backendRefs) or all of weight 0: the rule answers 500.
     pub backends: Vec<Weighted>,
     /// `timeouts.request`: the whole request, from its start to the response head (504).
@@ -299,6 +300,36 @@ pub struct Action {
     /// The route's name for metrics (`host` is the route's `namespace/name`) and the default
     /// policy otherwise.
     pub policy: Arc<Policy>,
+}
+
+/// Equal actions behave the same: every field equal, the policy the same one (by pointer: the
+/// translator shares one per route), so that rules of a route that do the same can share one
+/// action.
+impl PartialEq for Action {
+    fn eq(&self, other: &Action) -> bool {
+        let Action {
+            request_headers,
+            response_headers,
+            redirect,
+            cors,
+            mirrors,
+            rewrite,
+            backends,
+            request_timeout,
+            backend_timeout,
+            policy,
+        } = self;
+        *request_headers == other.request_headers
+            && *response_headers == other.response_headers
+            && *redirect == other.redirect
+            && *cors == other.cors
+            && *mirrors == other.mirrors
+            && *rewrite == other.rewrite
+            && *backends == other.backends
+            && *request_timeout == other.request_timeout
+            && *backend_timeout == other.backend_timeout
+            && Arc::ptr_eq(policy, &other.policy)
+    }
 }
 
 impl Action {
@@ -565,7 +596,12 @@ impl Scopes {
             for (_, hosts) in &mut s.listeners {
                 for rules in hosts.all_mut() {
                     rules.sort_by_key(|r| r.m.rank());
+                    // Most hosts have a few rules: without this, the capacity a `Vec` grows
+                    // to (4 at least) is most of a host's rules at 10k routes.
+                    rules.shrink_to_fit();
                 }
+                hosts.exact.shrink_to_fit();
+                hosts.wildcard.shrink_to_fit();
             }
         }
     }

@@ -129,7 +129,11 @@ pub(crate) struct GwForward<'s> {
 impl<'s> GwForward<'s> {
     /// The header changes of the request sent upstream, rule's first.
     pub(crate) fn request_mods(&self) -> impl Iterator<Item = &'s HeaderMod> {
-        self.action.request_headers.iter().chain(self.backend_headers)
+        self.action
+            .request_headers
+            .as_deref()
+            .into_iter()
+            .chain(self.backend_headers)
     }
 
     /// The Host sent upstream instead of the client's (URLRewrite hostname).
@@ -377,7 +381,7 @@ fn decide_gateway<'s, 'r>(
 ) -> Decision<'s, 'r> {
     let a = r.action;
     let prefix = r.prefix.unwrap_or("/");
-    if let Some(cors) = &a.cors
+    if let Some(cors) = a.cors.as_deref()
         && req.method == b"OPTIONS"
         && let Some(origin) = req.header(b"origin")
         && let Some(method) = req.header(b"access-control-request-method")
@@ -395,7 +399,7 @@ fn decide_gateway<'s, 'r>(
             checks: Checks::default(),
         });
     }
-    if let Some(rd) = &a.redirect {
+    if let Some(rd) = a.redirect.as_deref() {
         let scheme = rd.scheme.as_deref().unwrap_or(req.scheme);
         // No port given: the new scheme's well-known one when the scheme changes, else the
         // listener's; a scheme's default port is left out of the Location.
@@ -486,7 +490,7 @@ fn decide_gateway<'s, 'r>(
         checks: Checks::default(),
         gw: Some(GwForward {
             action: a,
-            backend_headers: chosen.headers.as_ref(),
+            backend_headers: chosen.headers.as_deref(),
         }),
     })
 }

@@ -216,7 +216,7 @@ pub(crate) fn response_lines(
         }
     }
     // A Gateway rule's CORS filter, for a request from an origin it allows.
-    if let Some(cors) = f.gw.and_then(|g| g.action.cors.as_ref())
+    if let Some(cors) = f.gw.and_then(|g| g.action.cors.as_deref())
         && let Some(origin) = origin.filter(|o| cors.allows(o))
     {
         out.extend_from_slice(b"Access-Control-Allow-Origin: ");
@@ -253,7 +253,7 @@ pub(crate) fn response_lines(
 /// A Gateway API rule's ResponseHeaderModifier: its `set` and `add` fields are among kedge's
 /// lines ([`response_lines`]); the upstream's fields it drops are left out of the head.
 pub(crate) fn response_mod<'s>(f: &Forward<'s>) -> Option<&'s crate::routes::gateway::HeaderMod> {
-    f.gw?.action.response_headers.as_ref()
+    f.gw?.action.response_headers.as_deref()
 }
 
 /// Whether the upstream's response field `name` is left out for `f`'s rule.

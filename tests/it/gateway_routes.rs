@@ -763,3 +763,119 @@ fn on_a_gateways_address_its_certificate_beats_an_ingress_for_the_same_host() {
         Some((ingress_cert.der.clone(), 200, Some("ing".into())))
     );
 }
+
+/// HTTPRouteRequestMultipleMirrors and HTTPRouteRequestPercentageMirror: every RequestMirror
+/// filter of a rule gets its own copy; `percent: 0` mirrors nothing, a `fraction` of 1/2 about
+/// half of the requests, none and `percent: 100` every one.
+#[test]
+fn several_mirrors_each_get_their_share_of_copies() {
+    let w = World::start(Driver::default(), "gw-mirrors", &["a", "all", "full", "none", "half"]);
+    let port = w.kedge.addr().port();
+    w.api.apply("gateways", gateway("edge", port, &[]));
+    let mirror = |svc: &str, share: Value| {
+        let mut m = json!({"backendRef": {"name": svc, "port": 80}});
+        if let Value::Object(o) = share {
+            m.as_object_mut().expect("an object").extend(o);
+        }
+        json!({"type": "RequestMirror", "requestMirror": m})
+    };
+    w.api.apply(
+        "httproutes",
+        route(
+            "mirrors",
+            "edge",
+            &["mm.example.com"],
+            json!([{"filters": [
+                        mirror("all", json!(null)),
+                        mirror("full", json!({"percent": 100})),
+                        mirror("none", json!({"percent": 0})),
+                        mirror("half", json!({"fraction": {"numerator": 1, "denominator": 2}})),
+                    ],
+                    "backendRefs": to("a")}]),
+        ),
+    );
+    w.wait_routed("mm.example.com", "/warm-up", (200, Some("a")));
+    const N: usize = 60;
+    for i in 0..N {
+        let r = w.send(&format!("GET /n{i} HTTP/1.1\r\nHost: mm.example.com\r\n\r\n"));
+        assert_eq!(answered(&r), (200, Some("a")));
+    }
+    let copies = |svc: &str| w.up(svc).requests().iter().filter(|s| s.uri.starts_with("/n")).count();
+    wait_until(WAIT, "both full mirrors got every request", || {
+        copies("all") == N && copies("full") == N
+    });
+    // Each copy is the request, once: the full mirrors saw each path exactly once.
+    let mut paths: Vec<String> = w.up("full").requests().into_iter().map(|s| s.uri).collect();
+    paths.retain(|p| p.starts_with("/n"));
+    paths.sort();
+    paths.dedup();
+    assert_eq!(paths.len(), N);
+    // Half of 60: far from both 0 and 60 (a binomial(60, 1/2) is outside 10..=50 with a
+    // probability below 1e-7).
+    wait_until(WAIT, "the half mirror got some copies", || copies("half") >= 10);
+    assert!(copies("half") <= 50, "half mirrored {} of {N}", copies("half"));
+    assert_eq!(copies("none"), 0, "percent 0 mirrors nothing");
+    assert_eq!(
+        w.up("a").requests().iter().filter(|s| s.uri.starts_with("/n")).count(),
+        N
+    );
+}
+
+/// HTTPRouteParentRefPort: a parentRef's `port` attaches the route to the Gateway's listeners on
+/// that port only; a port no listener has attaches it nowhere (`Accepted=False`,
+/// `NoMatchingParent`).
+#[test]
+fn a_parent_ref_port_attaches_to_that_port_only() {
+    let (one, two) = {
+        let a = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let b = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        (
+            a.local_addr().expect("address").port(),
+            b.local_addr().expect("address").port(),
+        )
+    };
+    let listeners =
+        format!("[[listener]]\naddress = \"127.0.0.1:{one}\"\n\n[[listener]]\naddress = \"127.0.0.1:{two}\"\n");
+    let setup = Kedge::setup(Driver::default()).tables(&listeners);
+    let w = World::start_with("gw-parent-port", &["a"], setup);
+    w.api.apply(
+        "gateways",
+        json!({"apiVersion": GW, "kind": "Gateway", "metadata": {"name": "edge", "namespace": "default"},
+               "spec": {"gatewayClassName": "kedge", "listeners": [
+                   {"name": "one", "port": one, "protocol": "HTTP"},
+                   {"name": "two", "port": two, "protocol": "HTTP"}]}}),
+    );
+    let mut by_port = route(
+        "by-port",
+        "edge",
+        &["port.example.com"],
+        json!([{"backendRefs": to("a")}]),
+    );
+    by_port["spec"]["parentRefs"][0]["port"] = json!(two);
+    w.api.apply("httproutes", by_port);
+    // A port the Gateway has no listener on (kedge's listeners are on `one` and `two`).
+    let nowhere = if one == 1 || two == 1 { 2 } else { 1 };
+    let mut lost = route("lost", "edge", &["lost.example.com"], json!([{"backendRefs": to("a")}]));
+    lost["spec"]["parentRefs"][0]["port"] = json!(nowhere);
+    w.api.apply("httproutes", lost);
+    let ask = |port: u16, host: &str| {
+        let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().expect("address");
+        let r = Client::connect(addr).get(host, "/");
+        (r.status, r.upstream().map(str::to_owned))
+    };
+    wait_until(WAIT, "the route served on its port", || {
+        ask(two, "port.example.com") == (200, Some("a".into()))
+    });
+    assert_eq!(ask(one, "port.example.com").0, 404, "not attached to the other port");
+    wait_until(WAIT, "the route without a listener on its port refused", || {
+        w.api
+            .get("httproutes", Some("default"), "lost")
+            .and_then(|r| {
+                let parents = r["status"]["parents"].as_array()?.clone();
+                let conditions = parents.first()?["conditions"].as_array()?.clone();
+                conditions.iter().find(|c| c["type"] == "Accepted").cloned()
+            })
+            .is_some_and(|c| c["status"] == "False" && c["reason"] == "NoMatchingParent")
+    });
+    assert_eq!(ask(two, "lost.example.com").0, 404);
+}

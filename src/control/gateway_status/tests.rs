@@ -345,6 +345,11 @@ fn features_are_known_and_each_is_tested() {
             "a_listener_without_routes_still_owns_its_hostname",
         ),
         (
+            "GatewayStaticAddresses",
+            "gateway_status.rs",
+            "listeners_and_addresses_kedge_cannot_serve",
+        ),
+        (
             "HTTPRoute",
             "gateway_routes.rs",
             "paths_headers_query_method_hostnames_and_ingress_side_by_side",
@@ -386,6 +391,11 @@ fn features_are_known_and_each_is_tested() {
             "paths_headers_query_method_hostnames_and_ingress_side_by_side",
         ),
         (
+            "HTTPRouteParentRefPort",
+            "gateway_routes.rs",
+            "a_parent_ref_port_attaches_to_that_port_only",
+        ),
+        (
             "HTTPRoutePathRedirect",
             "gateway_routes.rs",
             "filters_on_both_front_ends",
@@ -409,6 +419,16 @@ fn features_are_known_and_each_is_tested() {
             "HTTPRouteRequestMirror",
             "gateway_routes.rs",
             "request_mirror_copies_requests_and_bounded_bodies",
+        ),
+        (
+            "HTTPRouteRequestMultipleMirrors",
+            "gateway_routes.rs",
+            "several_mirrors_each_get_their_share_of_copies",
+        ),
+        (
+            "HTTPRouteRequestPercentageMirror",
+            "gateway_routes.rs",
+            "several_mirrors_each_get_their_share_of_copies",
         ),
         (
             "HTTPRouteRequestTimeout",

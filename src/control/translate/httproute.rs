@@ -126,13 +126,28 @@ pub fn translate<'a>(
             [] => vec![None],
             h => h.iter().map(|h| Some(h.as_str())).collect(),
         };
+        // One policy for every rule of the route (what it holds is the route's), and one action
+        // for every rule of it that does the same (most often: the same backendRefs).
+        let policy = Arc::new(Policy {
+            host: host.into(),
+            ..Policy::default()
+        });
+        let mut actions: Vec<Arc<Action>> = Vec::new();
         for (i, rule) in route.rules.iter().enumerate() {
-            let action =
-                rule_action(builder, &mut resolver, &refs, route, rule, host, &owner, &mut w).unwrap_or_else(|e| {
+            let action = rule_action(builder, &mut resolver, &refs, route, rule, &policy, &owner, &mut w)
+                .unwrap_or_else(|e| {
                     warn(&mut w, &owner, format!("rule {i}: {e}; answering 500"));
                     refuse(&mut refusals, route, format!("rule {i}: {e}: it answers 500"));
-                    Arc::new(failing(host))
+                    failing(&policy)
                 });
+            let action = match actions.iter().find(|a| ***a == action) {
+                Some(same) => Arc::clone(same),
+                None => {
+                    let new = Arc::new(action);
+                    actions.push(Arc::clone(&new));
+                    new
+                }
+            };
             for (j, m) in rule.matches.iter().enumerate() {
                 let m = match m {
                     Ok(m) => m,
@@ -238,7 +253,7 @@ fn grpc_match(m: &gw::GrpcRouteMatch) -> Result<Match, String> {
 }
 
 /// An action that answers 500 (what a rule kedge cannot serve as written does).
-fn failing(host: &str) -> Action {
+fn failing(policy: &Arc<Policy>) -> Action {
     Action {
         request_headers: None,
         response_headers: None,
@@ -249,10 +264,7 @@ fn failing(host: &str) -> Action {
         backends: Vec::new(),
         request_timeout: None,
         backend_timeout: None,
-        policy: Arc::new(Policy {
-            host: host.into(),
-            ..Policy::default()
-        }),
+        policy: Arc::clone(policy),
     }
 }
 
@@ -307,17 +319,19 @@ fn rule_action<'a>(
     refs: &RefIndex<'a>,
     route: &RouteIn<'a>,
     rule: &RuleIn<'a>,
-    host: &str,
+    policy: &Arc<Policy>,
     owner: &str,
     w: &mut Warnings,
-) -> Result<Arc<Action>, String> {
-    let mut action = failing(host);
+) -> Result<Action, String> {
+    let mut action = failing(policy);
     let all_prefix = rule.all_prefix;
     for f in rule.filters {
         match f.type_.as_str() {
-            "RequestHeaderModifier" => action.request_headers = Some(header_mod(f.request_header_modifier.as_ref())),
+            "RequestHeaderModifier" => {
+                action.request_headers = Some(Box::new(header_mod(f.request_header_modifier.as_ref())))
+            }
             "ResponseHeaderModifier" => {
-                action.response_headers = Some(header_mod(f.response_header_modifier.as_ref()));
+                action.response_headers = Some(Box::new(header_mod(f.response_header_modifier.as_ref())));
             }
             "RequestRedirect" => {
                 let r = f
@@ -342,20 +356,20 @@ fn rule_action<'a>(
                             .ok_or(format!("bad redirect port {p}"))?,
                     ),
                 };
-                action.redirect = Some(Redirect {
+                action.redirect = Some(Box::new(Redirect {
                     scheme,
                     hostname: r.hostname.as_deref().map(str::to_ascii_lowercase).map(Into::into),
                     port,
                     path: path_change(r.path.as_ref(), all_prefix)?,
                     status,
-                });
+                }));
             }
             "URLRewrite" => {
                 let r = f.url_rewrite.as_ref().ok_or("URLRewrite without its settings")?;
-                action.rewrite = Some(Rewrite {
+                action.rewrite = Some(Box::new(Rewrite {
                     hostname: r.hostname.as_deref().map(Into::into),
                     path: path_change(r.path.as_ref(), all_prefix)?,
-                });
+                }));
             }
             "RequestMirror" => {
                 let m = f.request_mirror.as_ref().ok_or("RequestMirror without its settings")?;
@@ -389,7 +403,7 @@ fn rule_action<'a>(
                     );
                 }
             }
-            "CORS" => action.cors = Some(cors(f.cors.as_ref().ok_or("CORS without its settings")?)?),
+            "CORS" => action.cors = Some(Box::new(cors(f.cors.as_ref().ok_or("CORS without its settings")?)?)),
             other => return Err(format!("filter {other} is not supported by kedge yet")),
         }
     }
@@ -429,7 +443,7 @@ fn rule_action<'a>(
             .iter()
             .filter(|f| f.type_ == "RequestHeaderModifier")
             .find_map(|f| f.request_header_modifier.as_ref())
-            .map(|m| header_mod(Some(m)));
+            .map(|m| Box::new(header_mod(Some(m))));
         if let Some(f) = be.filters.iter().find(|f| f.type_ != "RequestHeaderModifier") {
             warn(
                 w,
@@ -443,7 +457,9 @@ fn rule_action<'a>(
             headers,
         });
     }
-    Ok(Arc::new(action))
+    action.backends.shrink_to_fit();
+    action.mirrors.shrink_to_fit();
+    Ok(action)
 }
 
 /// The CORS filter's settings (kept as JSON in the types: the field is newer than the rest).

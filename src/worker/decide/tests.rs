@@ -525,13 +525,13 @@ fn gateway_table() -> RouteTable {
         b.gateway_rule(&local, 80, None, Some(host), m, Arc::new(action), "HTTPRoute test");
     };
     let redirect = |scheme: Option<&str>, hostname: Option<&str>, port, path, status| Action {
-        redirect: Some(Redirect {
+        redirect: Some(Box::new(Redirect {
             scheme: scheme.map(Into::into),
             hostname: hostname.map(Into::into),
             port,
             path,
             status,
-        }),
+        })),
         ..plain.clone()
     };
     rule("g.example", "/", plain.clone());
@@ -560,10 +560,10 @@ fn gateway_table() -> RouteTable {
         ),
     );
     let rewrite = |hostname: Option<&str>, path| Action {
-        rewrite: Some(Rewrite {
+        rewrite: Some(Box::new(Rewrite {
             hostname: hostname.map(Into::into),
             path,
-        }),
+        })),
         ..plain.clone()
     };
     rule(
@@ -585,18 +585,18 @@ fn gateway_table() -> RouteTable {
         "g.example",
         "/headers",
         Action {
-            request_headers: Some(HeaderMod {
+            request_headers: Some(Box::new(HeaderMod {
                 set: vec![("X-Set".into(), "1".into())],
                 add: vec![("X-Add".into(), "2".into())],
                 remove: vec!["x-drop".into()],
-            }),
+            })),
             backends: vec![Weighted {
                 weight: 1,
                 backend: Some(gw2),
-                headers: Some(HeaderMod {
+                headers: Some(Box::new(HeaderMod {
                     set: vec![("x-add".into(), "3".into())],
                     ..HeaderMod::default()
-                }),
+                })),
             }],
             ..plain.clone()
         },
@@ -690,14 +690,14 @@ fn cors_preflights() {
         response_headers: None,
         redirect: None,
         mirrors: Vec::new(),
-        cors: Some(Cors {
+        cors: Some(Box::new(Cors {
             allow_origins: vec!["https://www.example.com".into(), "https://*.example.org".into()],
             allow_methods: vec!["GET".into(), "PUT".into()],
             allow_headers: vec!["*".into()],
             expose_headers: vec!["x-a".into()],
             allow_credentials: true,
             max_age: 600,
-        }),
+        })),
         rewrite: None,
         backends: vec![Weighted {
             weight: 1,

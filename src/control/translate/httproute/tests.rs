@@ -474,3 +474,65 @@ fn wildcard_overlaps_with_ingresses_are_reported() {
         ]
     );
 }
+
+/// The action a request on `host` reaches (GET, no headers), to compare by address.
+fn action_of<'t>(t: &'t RouteTable, host: &str, path: &str) -> &'t Action {
+    let req = Request {
+        method: b"GET",
+        path,
+        query: None,
+        headers: &[],
+    };
+    match t.gateway_lookup("127.0.0.1:80".parse().unwrap(), host.as_bytes(), &req) {
+        Lookup::Routed(r) => r.action,
+        other => panic!("{host}{path} not routed: {other:?}"),
+    }
+}
+
+/// Rules of one route that do the same share one action (and every rule of a route one
+/// policy); rules that differ, and equal rules of another route, do not.
+#[test]
+fn rules_that_do_the_same_share_one_action() {
+    let g = world();
+    let to_shop = json!([{"name": "shop", "port": 80}]);
+    let a = route(
+        "web",
+        "a",
+        "2025-01-01T00:00:00Z",
+        json!({"hostnames": ["a.example.com"], "rules": [
+            {"matches": [{"path": {"type": "PathPrefix", "value": "/"}}], "backendRefs": to_shop},
+            {"matches": [{"path": {"type": "Exact", "value": "/healthz"}}], "backendRefs": to_shop},
+            {"matches": [{"path": {"type": "PathPrefix", "value": "/cart"}}],
+             "backendRefs": [{"name": "cart", "port": 80}]},
+            {"matches": [{"path": {"type": "PathPrefix", "value": "/h"}}], "backendRefs": to_shop,
+             "filters": [{"type": "RequestHeaderModifier", "requestHeaderModifier": {"set": [{"name": "x", "value": "1"}]}}]},
+        ]}),
+    );
+    let b = route(
+        "web",
+        "b",
+        "2025-01-01T00:00:01Z",
+        json!({"hostnames": ["b.example.com"], "rules": [{"backendRefs": to_shop}]}),
+    );
+    let (t, warnings, _) = run(&g, None, &[a, b]);
+    assert!(warnings.is_empty(), "{warnings:?}");
+    let root = action_of(&t, "a.example.com", "/");
+    assert!(std::ptr::eq(root, action_of(&t, "a.example.com", "/healthz")));
+    let cart = action_of(&t, "a.example.com", "/cart");
+    let header = action_of(&t, "a.example.com", "/h");
+    assert!(!std::ptr::eq(root, cart));
+    assert!(!std::ptr::eq(root, header));
+    assert!(header.request_headers.is_some() && root.request_headers.is_none());
+    assert!(Arc::ptr_eq(&root.policy, &cart.policy), "one policy per route");
+    let other = action_of(&t, "b.example.com", "/");
+    assert!(!std::ptr::eq(root, other), "another route's rule");
+    assert_eq!(&*other.policy.host, "b.example.com");
+    assert_eq!(
+        got(&t, "a.example.com", "GET", "/cart/x", &[], 0),
+        "c1/web/cart:80 [192.0.2.2:8080]"
+    );
+    assert_eq!(
+        got(&t, "a.example.com", "GET", "/healthz", &[], 0),
+        "c1/web/shop:80 [192.0.2.1:8080]"
+    );
+}
