@@ -507,7 +507,8 @@ run_one() {   # target phase run_no seconds max_other
     rc=0
     python3 "$H2_REPORT" record --tsv "$TSV" --target "$t" --mode "$mode" --phase "$phase" --run "$n" \
         --before "$TMP/$tag.before" --after "$TMP/$tag.after" --h2load "$OUT/raw/$tag.txt" \
-        --time "$TMP/$tag.time" --reqlog "$TMP/$tag.reqlog" --max-other "$max_other" >&2 || rc=$?
+        --time "$TMP/$tag.time" --reqlog "$TMP/$tag.reqlog" --max-other "$max_other" \
+        --proxy-pid "${PID_OF[$t]}" >&2 || rc=$?
     rm -f "$TMP/$tag.reqlog"
     return "$rc"
 }

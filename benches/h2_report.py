@@ -5,10 +5,14 @@ The /proc snapshots and the quiet-machine wait are bench_report.py's (`snap`, `q
 
   record  --tsv FILE --target T --mode MODE --phase warmup|run --run I --before SNAP
           --after SNAP --h2load OUTPUT --time TIME_OUTPUT [--reqlog FILE] [--max-other PCT]
+          [--proxy-pid PID]
           Parses one h2load run and appends a row; exits 3 when other processes used
           >= PCT % of a core during it (the row's phase then ends in -noisy). --reqlog is
           h2load's --log-file (one line per request: start µs, status, µs to the response's
-          end): p50 and p99 come from it.
+          end): p50 and p99 come from it. --proxy-pid: the proxy's anonymous memory (RssAnon
+          of it and its child processes, read at record time, right after the run) joins the
+          row: RSS counts the mapped binary and shared libraries too (file-backed, and once per
+          nginx process), anonymous memory is what the proxy allocated.
 
   summary --tsv FILE [--meta FILE]
           Prints the Markdown report: medians per target, kedge/nginx ratios per mode.
@@ -21,13 +25,28 @@ import re
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from bench_report import CLK_TCK, _fmt, _median, _num, _ratio, parse_time  # noqa: E402
+from bench_report import CLK_TCK, _fmt, _median, _num, _process_tree, _ratio, parse_time  # noqa: E402
 
 COLUMNS = [
     "target", "mode", "phase", "run", "rps", "mean_ms", "max_ms", "requests", "errors",
     "non_2xx", "protocol", "elapsed_s", "proxy_cpu_pct", "proxy_rss_mb", "backend_cpu_pct",
-    "load_cpu_pct", "other_cpu_pct", "cpu_busy_pct", "p50_ms", "p99_ms",
+    "load_cpu_pct", "other_cpu_pct", "cpu_busy_pct", "p50_ms", "p99_ms", "proxy_anon_mb",
 ]
+
+
+def anon_mb(root):
+    """RssAnon of `root` and its descendants, in MB (None when unreadable)."""
+    total, seen = 0, False
+    for pid in _process_tree(int(root)):
+        try:
+            with open(f"/proc/{pid}/status") as f:
+                for line in f:
+                    if line.startswith("RssAnon:"):
+                        total += int(line.split()[1])
+                        seen = True
+        except OSError:
+            pass
+    return total / 1024.0 if seen else None
 
 
 def percentiles(path):
@@ -119,6 +138,7 @@ def cmd_record(args):
         "cpu_busy_pct": ",".join(busy),
     }
     row["p50_ms"], row["p99_ms"] = percentiles(args.reqlog) if args.reqlog else (None, None)
+    row["proxy_anon_mb"] = anon_mb(args.proxy_pid) if args.proxy_pid else None
     new = not os.path.exists(args.tsv) or os.path.getsize(args.tsv) == 0
     with open(args.tsv, "a") as f:
         if new:
@@ -166,6 +186,10 @@ def cmd_summary(args):
             "eff": _median([r_ / (c_ / 100.0) for r_, c_ in zip(col("rps"), col("proxy_cpu_pct"))
                             if r_ is not None and c_ and c_ > 0]),
             "rss": _median(col("proxy_rss_mb")), "backend": _median(col("backend_cpu_pct")),
+            "anon": _median([v for v in col("proxy_anon_mb") if v is not None] if "proxy_anon_mb" in header else []),
+            "us": _median([c_ / 100.0 * e_ / q_ * 1e6
+                           for c_, e_, q_ in zip(col("proxy_cpu_pct"), col("elapsed_s"), col("requests"))
+                           if c_ is not None and e_ and q_]),
             "load": _median(col("load_cpu_pct")), "other": _median(col("other_cpu_pct")),
             "errors": sum(int(_num(r["errors"]) or 0) + int(_num(r["non_2xx"]) or 0) for r in rs),
             "protocols": sorted({r["protocol"] for r in rs if r.get("protocol")}),
@@ -191,15 +215,15 @@ def cmd_summary(args):
         out.append("")
     cpu_cols = sorted({c for t in order for c in med[t]["busy"]}, key=lambda c: int(c[3:]))
     out.append("| target | protocol | runs | req/s (median) | req/s min–max | mean request ms | p50 ms | p99 ms | proxy CPU % | "
-               "req/s per proxy core | proxy RSS MB | backend CPU % | h2load CPU % | other CPU % | "
+               "req/s per proxy core | proxy CPU µs/request | proxy RSS MB | proxy anon MB | backend CPU % | h2load CPU % | other CPU % | "
                + "".join(f"{c} busy % | " for c in cpu_cols) + "errors |")
-    out.append("|" + "---|" * (15 + len(cpu_cols)))
+    out.append("|" + "---|" * (17 + len(cpu_cols)))
     for t in order:
         m = med[t]
         out.append(f"| {t} | {'/'.join(m['protocols']) or '?'} | {m['n']} | {f(m['rps'])} | "
                    f"{f(m['min'])}–{f(m['max'])} | {f(m['mean'], 3)} | {f(m['p50'], 3)} | {f(m['p99'], 3)} | "
-                   f"{f(m['cpu'])} | {f(m['eff'])} | "
-                   f"{f(m['rss'], 1)} | {f(m['backend'])} | {f(m['load'])} | {f(m['other'])} | "
+                   f"{f(m['cpu'])} | {f(m['eff'])} | {f(m['us'], 1)} | "
+                   f"{f(m['rss'], 1)} | {f(m['anon'], 1)} | {f(m['backend'])} | {f(m['load'])} | {f(m['other'])} | "
                    + "".join(f"{f(m['busy'].get(c))} | " for c in cpu_cols) + f"{m['errors']} |")
     out.append("")
     out.append("| ratio | req/s ratio | mean request time ratio | req/s-per-proxy-core ratio |")
@@ -248,6 +272,7 @@ def main():
         p.add_argument(a, required=True)
     p.add_argument("--max-other", type=float, default=0.0)
     p.add_argument("--reqlog")
+    p.add_argument("--proxy-pid")
     p.set_defaults(fn=cmd_record)
     p = sub.add_parser("summary")
     p.add_argument("--tsv", required=True)

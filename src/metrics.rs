@@ -50,6 +50,9 @@ pub const PROTOCOLS: [&str; 3] = ["HTTP/1.0", "HTTP/1.1", "HTTP/2.0"];
 #[derive(Debug, Default)]
 pub struct WorkerMetrics {
     pub connections: AtomicI64,
+    /// HTTP/2 streams being served (not exported: the memory trimmer's measure of a burst on
+    /// few connections, see `memory.rs`).
+    pub streams: AtomicI64,
     /// Requests by client protocol ([`PROTOCOLS`]).
     protocols: [AtomicU64; PROTOCOLS.len()],
     /// Backends this worker has counted for, by name. Locked when a worker meets a backend for
