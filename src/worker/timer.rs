@@ -46,6 +46,8 @@ pub async fn timeout<F: Future>(after: Duration, fut: F) -> Result<F::Output, El
 const UNSET: u32 = u32::MAX;
 /// The deadline is too far to represent: never fires, no slot.
 const NEVER: u32 = u32::MAX - 1;
+/// Longer timeouts never fire (and stay clear of the monoio timer's millisecond range).
+const FOREVER: Duration = Duration::from_secs(1 << 32);
 /// A slot's heap position when it is not in the heap (free, or fired).
 const OUT: u32 = u32::MAX;
 
@@ -63,8 +65,8 @@ impl Entry {
                     return Poll::Ready(Elapsed);
                 }
                 match Instant::now().checked_add(after) {
-                    Some(at) => self.key = TIMERS.with_borrow_mut(|t| t.insert(at, cx.waker())),
-                    None => self.key = NEVER,
+                    Some(at) if after <= FOREVER => self.key = TIMERS.with_borrow_mut(|t| t.insert(at, cx.waker())),
+                    _ => self.key = NEVER,
                 }
                 Poll::Pending
             }
@@ -380,6 +382,14 @@ mod tests {
             assert!(start.elapsed() >= Duration::from_millis(50), "{:?}", start.elapsed());
             assert_eq!(table(), (1, 1, 0));
         });
+    }
+
+    #[test]
+    fn an_endless_timeout_takes_no_slot() {
+        run(async {
+            assert_eq!(timeout(Duration::MAX, yield_once()).await, Ok(()));
+        });
+        assert_eq!(table(), (0, 0, 0));
     }
 
     #[test]
