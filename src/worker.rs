@@ -26,6 +26,7 @@ mod pump;
 mod request;
 mod respond;
 mod session;
+mod timer;
 mod tls;
 mod upstream;
 

@@ -32,6 +32,7 @@ use super::pump::{self, PumpError, PumpLimits, ReadResult};
 use super::request::{self, HeaderBuf, RequestView};
 use super::respond::{self, Ending};
 use super::session::{ClientStream, Conn, Ctx, Next, UpstreamBufs, write_client};
+use super::timer;
 use super::upstream::UpstreamStream;
 use super::{Snapshot, Worker};
 use crate::http::{self, Framing, Parsed, RequestHead, Version};
@@ -198,7 +199,7 @@ impl<S: ClientStream> Conn<S> {
             // connection pays no extra operation per request.
             let bare = self.waits_long;
             let since = Instant::now();
-            match monoio::time::timeout(wait, self.client.wait_data(bare)).await {
+            match timer::timeout(wait, self.client.wait_data(bare)).await {
                 Err(_) => return ReadResult::Timeout,
                 Ok(Err(_)) => return ReadResult::Error,
                 Ok(Ok(false)) => return ReadResult::Eof,

@@ -30,6 +30,7 @@ use super::error::{ErrorKind, RequestError, Retry};
 use super::log::Record;
 use super::pump::{self, ReadResult};
 use super::session::{Ctx, UpstreamBufs};
+use super::timer;
 use super::tls::TlsStream;
 use super::upstream::UpstreamStream;
 use super::{Snapshot, Worker};
@@ -96,17 +97,12 @@ pub(super) async fn forward<'w, B: SendBody>(
     // response head.
     match f.gw.and_then(|g| g.action.request_timeout) {
         None => forward_tries(cx, f, req, out, body, up, rec).await,
-        // Boxed, as the per-try one below: a timer is 640 bytes, and inline it would grow every
-        // connection's task (held for its life) whether its routes have timeouts or not. Only
-        // requests on rules with the timeout pay the allocation.
+        // Inline, as the per-try one below: a `timer::timeout` adds a few words to the task.
         Some(t) => {
             let left = t.saturating_sub(cx.start.elapsed());
-            Box::pin(monoio::time::timeout(
-                left,
-                forward_tries(cx, f, req, out, body, up, rec),
-            ))
-            .await
-            .unwrap_or(Err(ErrorKind::RouteTimeout.into()))
+            timer::timeout(left, forward_tries(cx, f, req, out, body, up, rec))
+                .await
+                .unwrap_or(Err(ErrorKind::RouteTimeout.into()))
         }
     }
 }
@@ -161,7 +157,7 @@ async fn forward_tries<'w, B: SendBody>(
         // A Gateway rule's `timeouts.backendRequest` bounds each try, to its response head.
         let read = match f.gw.and_then(|g| g.action.backend_timeout) {
             None => attempt.await,
-            Some(t) => Box::pin(monoio::time::timeout(t, attempt))
+            Some(t) => timer::timeout(t, attempt)
                 .await
                 .unwrap_or(Err(ErrorKind::UpstreamTimeout.into())),
         };
@@ -360,14 +356,14 @@ pub(super) async fn connect_new(
     addr: SocketAddr,
     connect_timeout: Duration,
 ) -> Result<UpstreamStream, RequestError> {
-    let kind = match monoio::time::timeout(connect_timeout, TcpStream::connect_addr(addr)).await {
+    let kind = match timer::timeout(connect_timeout, TcpStream::connect_addr(addr)).await {
         Ok(Ok(stream)) => {
             let _ = stream.set_nodelay(true);
             let Some(tls) = &backend.tls else {
                 return Ok(UpstreamStream::Plain(stream));
             };
             let handshake = TlsStream::connect(stream, Arc::clone(&tls.config), tls.name.clone());
-            match monoio::time::timeout(connect_timeout, handshake).await {
+            match timer::timeout(connect_timeout, handshake).await {
                 Ok(Ok(s)) => return Ok(UpstreamStream::Tls(s)),
                 Ok(Err(e)) => {
                     tracing::debug!(upstream = %addr, error = %e, "TLS handshake with upstream failed");

@@ -9,6 +9,7 @@ use std::time::Duration;
 use monoio::buf::{IoBuf, IoBufMut};
 use monoio::io::{AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt};
 
+use super::timer;
 use crate::http::{self, ChunkEvent, ChunkedDecoder, Framing};
 
 /// Flush the output buffer once it holds this much.
@@ -174,7 +175,7 @@ where
     while remaining > 0 {
         let n = remaining.min(buf.capacity() as u64) as usize;
         let b = std::mem::take(buf);
-        let n = match monoio::time::timeout(limits.read_timeout, src.read(b.slice_mut(0..n))).await {
+        let n = match timer::timeout(limits.read_timeout, src.read(b.slice_mut(0..n))).await {
             Err(_) => return Err(PumpError::SourceTimeout),
             Ok((res, slice)) => {
                 *buf = slice.into_inner();
@@ -224,9 +225,7 @@ pub async fn write_all<W: AsyncWriteRent, B: IoBuf + 'static>(
     data: B,
     timeout: Duration,
 ) -> Result<(io::Result<usize>, B), ()> {
-    monoio::time::timeout(timeout, dst.write_all(data))
-        .await
-        .map_err(|_| ())
+    timer::timeout(timeout, dst.write_all(data)).await.map_err(|_| ())
 }
 
 /// Reads more bytes onto the end of `buf`. Returns how many (0 = EOF).
@@ -259,7 +258,7 @@ pub async fn read_with_timeout<R: AsyncReadRent>(src: &mut R, buf: &mut Vec<u8>,
     }
     let len = buf.len();
     let b = std::mem::take(buf);
-    match monoio::time::timeout(timeout, src.read(b.slice_mut(len..))).await {
+    match timer::timeout(timeout, src.read(b.slice_mut(len..))).await {
         Err(_) => ReadResult::Timeout,
         Ok((res, slice)) => {
             *buf = slice.into_inner();

@@ -1,0 +1,484 @@
+//! Read/write timeouts without a timer future per operation.
+//!
+//! `monoio::time::timeout` builds a `Sleep` (about 640 bytes, 128-byte aligned) for every read
+//! and write, and the futures that hold it are moved with it: some 3,000 instructions of
+//! `memcpy` per keep-alive request. Here a worker keeps one table of deadlines instead, nginx
+//! style: an operation under [`timeout`] costs a few words in its future; only when the
+//! operation has to wait does it take a slot (from a free list: no allocation once the table
+//! has grown to the worker's concurrency) and put it into a min-heap ordered by deadline. One
+//! task per worker ([`drive`]) sleeps on a single monoio timer until the earliest deadline, marks
+//! the slots whose deadline passed and wakes their tasks; the operation then returns
+//! [`Elapsed`] and its caller drops the I/O future (an in-flight io_uring operation is
+//! cancelled, as before).
+//!
+//! The driver's timer is re-armed lazily: an operation that completes leaves the driver asleep
+//! (its slot just leaves the heap); a wake-up whose earliest deadline is gone sleeps again until
+//! the next one. The driver is woken early only when a new deadline is earlier than the one it
+//! sleeps until — rare, since deadlines are "now + a configured timeout".
+//!
+//! Everything is thread-local: a worker is one thread, so there is no lock and nothing is
+//! shared.
+
+use std::cell::RefCell;
+use std::future::{Future, poll_fn};
+use std::task::{Context, Poll, Waker};
+use std::time::{Duration, Instant};
+
+/// A timeout passed before its operation completed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Elapsed;
+
+/// `fut`, abandoned with [`Elapsed`] if it has not completed `after` from its first wait.
+///
+/// An operation that completes on its first poll costs neither a clock read nor a slot. The
+/// deadline is taken when the operation first has to wait (microseconds after the call).
+pub async fn timeout<F: Future>(after: Duration, fut: F) -> Result<F::Output, Elapsed> {
+    let mut fut = std::pin::pin!(fut);
+    let mut entry = Entry { key: UNSET };
+    poll_fn(|cx| match fut.as_mut().poll(cx) {
+        Poll::Ready(v) => Poll::Ready(Ok(v)),
+        Poll::Pending => entry.poll_elapsed(after, cx).map(Err),
+    })
+    .await
+}
+
+/// No slot taken yet.
+const UNSET: u32 = u32::MAX;
+/// The deadline is too far to represent: never fires, no slot.
+const NEVER: u32 = u32::MAX - 1;
+/// Longer timeouts never fire (and stay clear of the monoio timer's millisecond range).
+const FOREVER: Duration = Duration::from_secs(1 << 32);
+/// A slot's heap position when it is not in the heap (free, or fired).
+const OUT: u32 = u32::MAX;
+
+/// One operation's claim on the worker's deadline table. Dropping it gives the slot back.
+struct Entry {
+    key: u32,
+}
+
+impl Entry {
+    fn poll_elapsed(&mut self, after: Duration, cx: &mut Context<'_>) -> Poll<Elapsed> {
+        match self.key {
+            NEVER => Poll::Pending,
+            UNSET => {
+                if after.is_zero() {
+                    return Poll::Ready(Elapsed);
+                }
+                match Instant::now().checked_add(after) {
+                    Some(at) if after <= FOREVER => self.key = TIMERS.with_borrow_mut(|t| t.insert(at, cx.waker())),
+                    _ => self.key = NEVER,
+                }
+                Poll::Pending
+            }
+            key => TIMERS.with_borrow_mut(|t| {
+                let slot = &mut t.slots[key as usize];
+                if slot.fired {
+                    return Poll::Ready(Elapsed);
+                }
+                match &slot.waker {
+                    Some(w) if w.will_wake(cx.waker()) => {}
+                    _ => slot.waker = Some(cx.waker().clone()),
+                }
+                Poll::Pending
+            }),
+        }
+    }
+}
+
+impl Drop for Entry {
+    fn drop(&mut self) {
+        if self.key < NEVER {
+            // The waker is dropped after the table is released. At thread exit the table may be
+            // gone already: dropping its wakers can free the last tasks, whose entries land here.
+            let waker = TIMERS
+                .try_with(|t| t.try_borrow_mut().ok().and_then(|mut t| t.remove(self.key)))
+                .ok()
+                .flatten();
+            drop(waker);
+        }
+    }
+}
+
+struct Slot {
+    deadline: Instant,
+    waker: Option<Waker>,
+    /// Index in the heap, or `OUT`.
+    pos: u32,
+    fired: bool,
+    /// Next free slot while this one is free.
+    next_free: u32,
+}
+
+/// A worker's deadlines: slots (reused through a free list) and a min-heap of the slots
+/// waiting, by deadline.
+struct Timers {
+    slots: Vec<Slot>,
+    free: u32,
+    heap: Vec<u32>,
+    /// When the driver's timer fires; `None`: it waits for no deadline.
+    armed: Option<Instant>,
+    /// The driver task, while it sleeps; `None`: no driver runs on this thread yet.
+    driver: Option<Waker>,
+    /// Whether a driver task runs on this thread.
+    running: bool,
+    /// Set when the driver must look at the heap again before sleeping.
+    poked: bool,
+}
+
+thread_local! {
+    static TIMERS: RefCell<Timers> = const {
+        RefCell::new(Timers {
+            slots: Vec::new(),
+            free: UNSET,
+            heap: Vec::new(),
+            armed: None,
+            driver: None,
+            running: false,
+            poked: false,
+        })
+    };
+}
+
+impl Timers {
+    fn insert(&mut self, deadline: Instant, waker: &Waker) -> u32 {
+        let slot = Slot {
+            deadline,
+            waker: Some(waker.clone()),
+            pos: self.heap.len() as u32,
+            fired: false,
+            next_free: UNSET,
+        };
+        let key = match self.free {
+            UNSET => {
+                self.slots.push(slot);
+                (self.slots.len() - 1) as u32
+            }
+            key => {
+                let s = &mut self.slots[key as usize];
+                self.free = s.next_free;
+                *s = slot;
+                key
+            }
+        };
+        self.heap.push(key);
+        self.sift_up(self.heap.len() - 1);
+        if !self.running {
+            self.running = true;
+            monoio::spawn(drive());
+        } else if self.armed.is_none_or(|at| deadline < at) {
+            // The driver sleeps past this deadline (or on no deadline at all).
+            self.poked = true;
+            if let Some(d) = self.driver.take() {
+                d.wake();
+            }
+        }
+        key
+    }
+
+    /// Frees the slot; returns its waker, to be dropped by the caller outside the table.
+    fn remove(&mut self, key: u32) -> Option<Waker> {
+        let pos = self.slots[key as usize].pos;
+        if pos != OUT {
+            self.heap_remove(pos as usize);
+        }
+        let free = self.free;
+        let s = &mut self.slots[key as usize];
+        s.pos = OUT;
+        s.next_free = free;
+        self.free = key;
+        s.waker.take()
+    }
+
+    /// Marks the slots whose deadline is not after `now` as fired and wakes their tasks.
+    /// Returns the earliest deadline left.
+    fn fire(&mut self, now: Instant) -> Option<Instant> {
+        while let Some(&key) = self.heap.first() {
+            let s = &self.slots[key as usize];
+            if s.deadline > now {
+                return Some(s.deadline);
+            }
+            self.heap_remove(0);
+            let s = &mut self.slots[key as usize];
+            s.pos = OUT;
+            s.fired = true;
+            if let Some(w) = s.waker.take() {
+                w.wake();
+            }
+        }
+        None
+    }
+
+    fn deadline_at(&self, pos: usize) -> Instant {
+        self.slots[self.heap[pos] as usize].deadline
+    }
+
+    fn set(&mut self, pos: usize, key: u32) {
+        self.heap[pos] = key;
+        self.slots[key as usize].pos = pos as u32;
+    }
+
+    fn heap_remove(&mut self, pos: usize) {
+        let last = self.heap.pop().expect("a slot in the heap");
+        if pos < self.heap.len() {
+            self.set(pos, last);
+            self.sift_down(pos);
+            self.sift_up(pos);
+        }
+    }
+
+    fn sift_up(&mut self, mut pos: usize) {
+        let key = self.heap[pos];
+        let d = self.slots[key as usize].deadline;
+        while pos > 0 {
+            let parent = (pos - 1) / 2;
+            if self.deadline_at(parent) <= d {
+                break;
+            }
+            let p = self.heap[parent];
+            self.set(pos, p);
+            pos = parent;
+        }
+        self.set(pos, key);
+    }
+
+    fn sift_down(&mut self, mut pos: usize) {
+        let key = self.heap[pos];
+        let d = self.slots[key as usize].deadline;
+        let n = self.heap.len();
+        loop {
+            let l = 2 * pos + 1;
+            if l >= n {
+                break;
+            }
+            let r = l + 1;
+            let c = if r < n && self.deadline_at(r) < self.deadline_at(l) {
+                r
+            } else {
+                l
+            };
+            if self.deadline_at(c) >= d {
+                break;
+            }
+            let k = self.heap[c];
+            self.set(pos, k);
+            pos = c;
+        }
+        self.set(pos, key);
+    }
+}
+
+/// Marks the thread's driver gone when its task ends (its runtime is dropped).
+struct Running;
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = TIMERS.try_with(|t| {
+            if let Ok(mut t) = t.try_borrow_mut() {
+                t.running = false;
+                t.armed = None;
+                t.driver = None;
+            }
+        });
+    }
+}
+
+/// The worker's timer task, started by the first operation that waits: sleeps until the
+/// earliest deadline (or until a new, earlier one comes) and fires what passed.
+async fn drive() {
+    let _running = Running;
+    loop {
+        let next = TIMERS.with_borrow_mut(|t| {
+            t.poked = false;
+            let next = t.fire(Instant::now());
+            t.armed = next;
+            next
+        });
+        let poked = poll_fn(|cx| {
+            TIMERS.with_borrow_mut(|t| {
+                if t.poked {
+                    Poll::Ready(())
+                } else {
+                    t.driver = Some(cx.waker().clone());
+                    Poll::Pending
+                }
+            })
+        });
+        match next {
+            Some(at) => {
+                monoio::select! {
+                    _ = monoio::time::sleep_until(at.into()) => {}
+                    _ = poked => {}
+                }
+            }
+            None => poked.await,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::future::pending;
+
+    fn run<F: Future>(f: F) -> F::Output {
+        monoio::RuntimeBuilder::<monoio::LegacyDriver>::new()
+            .enable_timer()
+            .build()
+            .expect("runtime")
+            .block_on(f)
+    }
+
+    /// Pending on its first poll, ready on the next.
+    async fn yield_once() {
+        let mut yielded = false;
+        poll_fn(|cx| {
+            if yielded {
+                Poll::Ready(())
+            } else {
+                yielded = true;
+                cx.waker().wake_by_ref();
+                Poll::Pending
+            }
+        })
+        .await;
+    }
+
+    fn table() -> (usize, usize, usize) {
+        TIMERS.with_borrow(|t| {
+            let mut free = 0;
+            let mut k = t.free;
+            while k != UNSET {
+                free += 1;
+                k = t.slots[k as usize].next_free;
+            }
+            (t.slots.len(), free, t.heap.len())
+        })
+    }
+
+    #[test]
+    fn a_ready_operation_takes_no_slot() {
+        run(async {
+            assert_eq!(timeout(Duration::from_secs(1), async { 7 }).await, Ok(7));
+        });
+        assert_eq!(table(), (0, 0, 0));
+    }
+
+    #[test]
+    fn slots_are_reused_and_left_free() {
+        run(async {
+            for _ in 0..100 {
+                assert_eq!(timeout(Duration::from_secs(5), yield_once()).await, Ok(()));
+            }
+            assert_eq!(table(), (1, 1, 0), "one slot, reused, out of the heap");
+        });
+    }
+
+    #[test]
+    fn a_stalled_operation_times_out_not_before_its_deadline() {
+        run(async {
+            let start = Instant::now();
+            let r = timeout(Duration::from_millis(50), pending::<()>()).await;
+            assert_eq!(r, Err(Elapsed));
+            assert!(start.elapsed() >= Duration::from_millis(50), "{:?}", start.elapsed());
+            assert_eq!(table(), (1, 1, 0));
+        });
+    }
+
+    #[test]
+    fn an_endless_timeout_takes_no_slot() {
+        run(async {
+            assert_eq!(timeout(Duration::MAX, yield_once()).await, Ok(()));
+        });
+        assert_eq!(table(), (0, 0, 0));
+    }
+
+    #[test]
+    fn a_zero_timeout_elapses_once_the_operation_waits() {
+        run(async {
+            assert_eq!(timeout(Duration::ZERO, async { 1 }).await, Ok(1));
+            assert_eq!(timeout(Duration::ZERO, pending::<()>()).await, Err(Elapsed));
+        });
+    }
+
+    #[test]
+    fn an_earlier_deadline_wakes_the_driver_sleeping_on_a_later_one() {
+        run(async {
+            // The driver sleeps until this one's deadline, a minute away.
+            let long = monoio::spawn(timeout(Duration::from_secs(60), pending::<()>()));
+            // Let the other tasks run until the driver sleeps on the long deadline (a task that
+            // wakes itself is polled again before the others: wait on another task instead).
+            let mut turns = 0;
+            while TIMERS.with_borrow(|t| t.armed).is_none() {
+                turns += 1;
+                assert!(turns < 100, "the driver never armed its timer");
+                monoio::spawn(async {}).await;
+            }
+            assert_eq!(table().2, 1, "the long wait is in the heap");
+            monoio::select! {
+                r = timeout(Duration::from_millis(20), pending::<()>()) => assert_eq!(r, Err(Elapsed)),
+                _ = monoio::time::sleep(Duration::from_secs(10)) => panic!("the short timeout did not fire"),
+            }
+            drop(long);
+        });
+    }
+
+    #[test]
+    fn concurrent_deadlines_fire_each_at_its_own_time() {
+        run(async {
+            let start = Instant::now();
+            let at = |ms| async move {
+                let r = timeout(Duration::from_millis(ms), pending::<()>()).await;
+                (r, start.elapsed())
+            };
+            let (a, b, c) = monoio::join!(at(60), at(20), at(40));
+            for ((r, took), ms) in [(a, 60), (b, 20), (c, 40)] {
+                assert_eq!(r, Err(Elapsed));
+                assert!(took >= Duration::from_millis(ms), "{ms} ms fired after {took:?}");
+            }
+            assert!(b.1 < a.1, "the 20 ms timeout fired after the 60 ms one");
+        });
+    }
+
+    #[test]
+    fn the_heap_keeps_deadlines_in_order_through_removals() {
+        TIMERS.with_borrow_mut(|t| t.running = true); // no driver task: fired by hand below
+        let base = Instant::now();
+        let waker = Waker::noop();
+        // A fixed shuffle of 0..64 (37 is coprime to 64).
+        let keys: Vec<(u64, u32)> = (0..64u64)
+            .map(|i| {
+                let ms = (i * 37) % 64;
+                (
+                    ms,
+                    TIMERS.with_borrow_mut(|t| t.insert(base + Duration::from_millis(ms), waker)),
+                )
+            })
+            .collect();
+        // Remove every third, from the middle of the heap as much as from its ends.
+        let mut left: Vec<u64> = Vec::new();
+        for (i, &(ms, key)) in keys.iter().enumerate() {
+            if i % 3 == 0 {
+                TIMERS.with_borrow_mut(|t| t.remove(key));
+            } else {
+                left.push(ms);
+            }
+        }
+        left.sort_unstable();
+        let mut fired = Vec::new();
+        for ms in 0..64u64 {
+            let now = base + Duration::from_millis(ms);
+            let next = TIMERS.with_borrow_mut(|t| t.fire(now));
+            let count = keys
+                .iter()
+                .filter(|&&(_, k)| TIMERS.with_borrow(|t| t.slots[k as usize].fired))
+                .count();
+            while fired.len() < count {
+                fired.push(ms);
+            }
+            if let Some(n) = next {
+                assert!(n > now);
+            }
+        }
+        assert_eq!(fired, left, "each deadline fired at its time, none removed fired");
+    }
+}
