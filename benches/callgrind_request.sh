@@ -2,15 +2,22 @@
 # User-space instructions per plain HTTP/1.1 keep-alive request inside kedge's connection task,
 # under callgrind: robust on a shared machine where throughput is not.
 #
-#   bash benches/callgrind_request.sh [KEDGE_BIN]   # default target/release/kedge
+#   bash benches/callgrind_request.sh [--new-conn] [KEDGE_BIN]   # default target/release/kedge
 #
 # kedge (1 worker, epoll driver: valgrind does not follow io_uring) routes to a one-process
 # nginx backend; a Python client sends 200 warm-up requests, then N on one connection. The
 # figure is the inclusive cost of the connection's task (`accept::connection`, or
-# `plain_dispatch` where the compiler inlined the former into it: the larger), as
+# `plain_dispatch` where the compiler inlined the former into it, or the boxed HTTP/1.1 loop
+# `conn::serve`, which every request runs inside: the largest), as
 # (cost at 5,000 − cost at 1,000) / 4,000, so start-up and warm-up cancel out.
+#
+# --new-conn: each request on a connection of its own ("Connection: close"), and the figure is
+# the whole process's user-space instructions per request (accept loop, task start, allocator,
+# teardown included: what a new connection costs beyond its request), the same difference.
 set -euo pipefail
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
+NEW_CONN=0 CLIENT_MODE=()
+[[ "${1:-}" == "--new-conn" ]] && { NEW_CONN=1; CLIENT_MODE=(new-conn); shift; }
 BIN="${1:-$ROOT/target/release/kedge}"
 command -v valgrind >/dev/null || apt-get install -y -qq valgrind >/dev/null
 command -v nginx >/dev/null || apt-get install -y -qq nginx >/dev/null
@@ -44,24 +51,38 @@ upstreams = ["127.0.0.1:$BACKEND"]
 EOF2
 cat >"$TMP/client.py" <<'EOF2'
 import http.client, sys
+new_conn = len(sys.argv) > 3
 c = http.client.HTTPConnection("127.0.0.1", int(sys.argv[1]))
 for _ in range(int(sys.argv[2])):
-    c.request("GET", "/", headers={"Host": "bench.example.com"})
+    if new_conn:
+        c = http.client.HTTPConnection("127.0.0.1", int(sys.argv[1]))
+        c.request("GET", "/", headers={"Host": "bench.example.com", "Connection": "close"})
+    else:
+        c.request("GET", "/", headers={"Host": "bench.example.com"})
     r = c.getresponse(); r.read()
     assert r.status == 200, r.status
+    if new_conn:
+        c.close()
 EOF2
 cost() {   # n -> inclusive instructions of the connection task
     valgrind --tool=callgrind --callgrind-out-file="$TMP/cg.$1" "$BIN" run --config "$TMP/kedge.toml" 2>"$TMP/vg.$1" &
     local v=$!
     for _ in $(seq 60); do python3 -c "import socket; socket.create_connection(('127.0.0.1',$PORT),timeout=1)" 2>/dev/null && break; sleep 1; done
-    python3 "$TMP/client.py" "$PORT" 200
-    python3 "$TMP/client.py" "$PORT" "$1"
+    python3 "$TMP/client.py" "$PORT" 200 "${CLIENT_MODE[@]}"
+    python3 "$TMP/client.py" "$PORT" "$1" "${CLIENT_MODE[@]}"
     kill -INT "$v"; wait "$v" || true
+    if ((NEW_CONN)); then
+        callgrind_annotate --auto=no "$TMP/cg.$1" 2>/dev/null \
+            | awk '/PROGRAM TOTALS/ && !seen {gsub(",", "", $1); print $1 + 0; seen = 1}'
+        return
+    fi
     callgrind_annotate --auto=no --inclusive=yes --threshold=100 "$TMP/cg.$1" 2>/dev/null \
-        | grep -E 'kedge::worker::accept::(connection|plain_dispatch)::\{\{closure\}\}' \
+        | grep -E 'kedge::worker::(accept::connection|accept::plain_dispatch|conn::serve)::\{\{closure\}\}' \
         | awk '{gsub(",", "", $1); if ($1 + 0 > m) m = $1 + 0} END {print m + 0}'
 }
 a=$(cost 1000); b=$(cost 5000)
 [[ -n "${KEEP:-}" ]] && echo "callgrind files kept in $TMP"
 echo "kedge: $BIN ($("$BIN" version 2>/dev/null | head -1))"
-echo "instructions per request in the connection task: $(( (b - a) / 4000 ))  (1,000: $a, 5,000: $b)"
+what="in the connection task"
+((NEW_CONN)) && what="in the whole process, a new connection each"
+echo "instructions per request $what: $(( (b - a) / 4000 ))  (1,000: $a, 5,000: $b)"

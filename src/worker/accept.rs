@@ -20,6 +20,7 @@ use std::time::{Duration, Instant};
 use monoio::net::TcpStream;
 
 use super::Worker;
+use super::bufs::Class;
 use super::pump::{self, ReadResult};
 use super::tls::{HandshakeError, TlsStream};
 use super::{conn, h2};
@@ -45,19 +46,9 @@ pub(super) async fn accept_loop(worker: Rc<Worker>, listener: monoio::net::TcpLi
         };
         match accepted {
             Ok((stream, peer)) => {
-                let w = Rc::clone(&worker);
-                let spec = Rc::clone(&spec);
-                monoio::spawn(async move {
-                    w.active.set(w.active.get() + 1);
-                    w.metrics.connections.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                    let local = match bound.ip().is_unspecified() {
-                        true => stream.local_addr().unwrap_or(bound),
-                        false => bound,
-                    };
-                    connection(&w, stream, peer, local, &spec).await;
-                    w.active.set(w.active.get() - 1);
-                    w.metrics.connections.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
-                });
+                // The connection's future is the task's own, not wrapped in another: starting
+                // the task moves it once (into the task), not once more per level of wrapping.
+                monoio::spawn(connection(Rc::clone(&worker), Rc::clone(&spec), stream, peer, bound));
             }
             Err(e) => {
                 // Out of file descriptors or memory: back off instead of spinning.
@@ -68,16 +59,24 @@ pub(super) async fn accept_loop(worker: Rc<Worker>, listener: monoio::net::TcpLi
     }
 }
 
-/// One accepted connection through the stages after accept. `local`: the address it arrived on
-/// (its port is X-Forwarded-Port; with PROXY protocol too it is kedge's own address, never the
-/// one the header carries: it selects the Gateway scope).
+/// One accepted connection through the stages after accept, counted as open until it ends.
+/// `bound`: the listener's address; the one the connection arrived on (`local`: its port is
+/// X-Forwarded-Port; with PROXY protocol too it is kedge's own address, never the one the
+/// header carries: it selects the Gateway scope) is asked of the kernel only when that is a
+/// wildcard.
 async fn connection(
-    worker: &Rc<Worker>,
+    worker: Rc<Worker>,
+    spec: Rc<ListenerSpec>,
     mut stream: TcpStream,
     peer: SocketAddr,
-    local: SocketAddr,
-    spec: &ListenerSpec,
+    bound: SocketAddr,
 ) {
+    let _open = Open::count(&worker);
+    let (worker, spec) = (&worker, &*spec);
+    let local = match bound.ip().is_unspecified() {
+        true => stream.local_addr().unwrap_or(bound),
+        false => bound,
+    };
     // Without PROXY protocol nothing is read yet and the peer is the socket's.
     let (peer, early) = match &spec.proxy_protocol {
         None => (peer, Vec::new()),
@@ -92,18 +91,52 @@ async fn connection(
         tracing::debug!(client = %peer, "too many connections from this client; closed");
         return;
     };
+    // The TLS handshake and both protocol loops are boxed, so the task holds only the small
+    // stages before them. Starting a task copies its future several times over (monoio moves
+    // it into place), and a loop's future is kilobytes: boxed, it is copied once, into its
+    // box; the handshake's and HTTP/2's, larger, would besides size every connection's task
+    // (held for its life, idle or not) for the largest of them.
     if spec.tls {
-        // The handshake and the HTTP/2 front end are boxed: each is larger than the HTTP/1.1
-        // loop, and inline they would size every connection's task (held for its life, idle
-        // or not) for the largest of them.
         if let Some(tls) = Box::pin(tls_stage(worker, stream, peer, local, early)).await {
             match tls.alpn_h2() {
                 true => Box::pin(h2::serve(worker, tls, peer, local, Vec::new())).await,
-                false => conn::serve(worker, tls, peer, local, Vec::new()).await,
+                false => Box::pin(conn::serve(worker, tls, peer, local, Vec::new())).await,
             }
         }
     } else {
-        plain_dispatch(worker, stream, peer, local, early).await;
+        // The dispatch only reads; the protocol's loop starts here, not nested in it (one
+        // copy of the loop's future less).
+        match plain_dispatch(worker, &mut stream, peer, early).await {
+            Some(Plain::Http1(buf)) => Box::pin(conn::serve(worker, stream, peer, local, buf)).await,
+            Some(Plain::Http2(buf)) => Box::pin(h2::serve(worker, stream, peer, local, buf)).await,
+            None => {}
+        }
+    }
+}
+
+/// An open connection in a worker's counts (the drain waits for them; the metrics show them),
+/// from accept until it is dropped: the connection's end, or its task's.
+struct Open<'w>(&'w Worker);
+
+impl<'w> Open<'w> {
+    fn count(worker: &'w Worker) -> Self {
+        worker.active.set(worker.active.get() + 1);
+        worker
+            .metrics
+            .connections
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        Open(worker)
+    }
+}
+
+impl Drop for Open<'_> {
+    fn drop(&mut self) {
+        let worker = self.0;
+        worker.active.set(worker.active.get() - 1);
+        worker
+            .metrics
+            .connections
+            .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
     }
 }
 
@@ -197,18 +230,21 @@ async fn proxy_stage(
     }
 }
 
+/// What a plain connection speaks, with the bytes read so far (its protocol's first buffer).
+enum Plain {
+    Http1(Vec<u8>),
+    Http2(Vec<u8>),
+}
+
 /// The protocol stage of a plain listener. With HTTP/2 on, the first bytes are read here: the
 /// connection preface means HTTP/2 with prior knowledge, anything else is HTTP/1.1, which
 /// starts with those bytes in its buffer (the same one read, so HTTP/1.1 pays nothing for it).
-/// `buf`: bytes an earlier stage read (or an empty Vec without an allocation).
-async fn plain_dispatch(
-    worker: &Rc<Worker>,
-    mut stream: TcpStream,
-    peer: SocketAddr,
-    local: SocketAddr,
-    mut buf: Vec<u8>,
-) {
+/// `buf`: bytes an earlier stage read (or an empty Vec without an allocation). `None`: the
+/// connection is to be closed.
+async fn plain_dispatch(worker: &Worker, stream: &mut TcpStream, peer: SocketAddr, mut buf: Vec<u8>) -> Option<Plain> {
     if buf.capacity() == 0 {
+        // A spare buffer of the worker's (a new connection is not a reason to allocate one).
+        buf = worker.bufs.take(Class::Input);
         buf.reserve(16 * 1024);
     }
     let snap = worker.snapshot();
@@ -221,26 +257,26 @@ async fn plain_dispatch(
             let left = deadline.saturating_duration_since(Instant::now());
             // (A read that times out leaves `buf` empty.)
             let partial = !buf.is_empty();
-            let read = pump::read_with_timeout(&mut stream, &mut buf, left);
+            let read = pump::read_with_timeout(stream, &mut buf, left);
             let r = monoio::select! {
                 r = read => r,
-                _ = worker.stopping.wait() => return,
+                _ = worker.stopping.wait() => return None,
             };
             match r {
                 ReadResult::Data(_) => {}
                 ReadResult::Timeout if partial => {
                     stats::H2_PREFACE_TIMEOUT.inc();
                     tracing::debug!(client = %peer, "no complete HTTP/2 preface within the header timeout; closing");
-                    return;
+                    return None;
                 }
-                ReadResult::Eof | ReadResult::Timeout | ReadResult::Error => return,
+                ReadResult::Eof | ReadResult::Timeout | ReadResult::Error => return None,
             }
         }
         if buf.starts_with(h2::PREFACE) {
-            return Box::pin(h2::serve(worker, stream, peer, local, buf)).await;
+            return Some(Plain::Http2(buf));
         }
     }
-    conn::serve(worker, stream, peer, local, buf).await;
+    Some(Plain::Http1(buf))
 }
 
 /// The TLS stage: the handshake (bounded by `[tls] handshake_timeout`, abandoned at shutdown).
@@ -291,4 +327,26 @@ async fn tls_stage(
         stats::TLS_FULL.inc();
     }
     Some(stream)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The size of the future `f` returns.
+    fn future_size<A, B, C, D, E, Fut, F: FnOnce(A, B, C, D, E) -> Fut>(_: &F) -> usize {
+        std::mem::size_of::<Fut>()
+    }
+
+    /// A connection's task holds the stages before a protocol loop, not the loop: starting a
+    /// task copies its future several times, and a loop inline (kilobytes) would be copied
+    /// with it on every new connection.
+    #[test]
+    fn connection_task_holds_no_protocol_loop() {
+        let task = future_size(&connection);
+        let h1 = future_size::<&'static Rc<Worker>, TcpStream, SocketAddr, SocketAddr, Vec<u8>, _, _>(
+            &conn::serve::<TcpStream>,
+        );
+        assert!(task < h1 / 2, "connection task {task} bytes, HTTP/1.1 loop {h1}");
+    }
 }

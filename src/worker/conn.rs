@@ -31,7 +31,7 @@ use super::mirror;
 use super::pump::{self, PumpError, PumpLimits, ReadResult};
 use super::request::{self, HeaderBuf, RequestView};
 use super::respond::{self, Ending};
-use super::session::{ClientStream, Conn, Ctx, Next, UpstreamBufs, write_client};
+use super::session::{ClientStream, Conn, Ctx, Next, PeerText, UpstreamBufs, write_client};
 use super::timer;
 use super::upstream::UpstreamStream;
 use super::{Snapshot, Worker};
@@ -56,7 +56,7 @@ pub(super) async fn serve<S: ClientStream>(
         local,
         cbuf,
         up: UpstreamBufs {
-            buf: Vec::new(),
+            buf: worker.bufs.take(Class::Input),
             headers: worker.bufs.take_spans(),
         },
         out: worker.bufs.take(Class::Output),
@@ -67,10 +67,9 @@ pub(super) async fn serve<S: ClientStream>(
         meta: String::new(),
         rewritten: String::new(),
         extra: Vec::new(),
-        peer_text: Vec::with_capacity(16),
+        peer_text: PeerText::new(peer.ip()),
         waits_long: true,
     };
-    http::client_ip_text(&mut conn.peer_text, peer.ip());
     match conn.run(worker).await {
         // Boxed: a tunnel (after a 101) is rare and larger than the request loop it follows.
         Some(upstream) => Box::pin(conn.tunnel(upstream)).await,
