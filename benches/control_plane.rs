@@ -43,8 +43,7 @@ use kedge::config::ListenerSpec;
 use kedge::control::gateway_types::{Gateway, GatewayClass, HttpRoute};
 use kedge::control::translate::gateway::{GatewaySettings, attach};
 use kedge::control::translate::{
-    ClusterSpec, Incremental, Objects, SliceIndex, UpstreamMode, httproute, service_endpoints, slice_service,
-    translate,
+    ClusterSpec, Incremental, Objects, SliceIndex, UpstreamMode, httproute, service_endpoints, slice_service, translate,
 };
 use kedge::routes::gateway::{Lookup, Request};
 use kedge::routes::{RouteTable, TableBuilder};

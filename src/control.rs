@@ -251,10 +251,16 @@ fn control_thread(
                     let updatable = changes.iter().all(|c| !c.full) && !nothing;
                     if nothing {
                         // A wake-up without an object change: a watch failed or recovered, or
-                        // the wake-up of events already handled. The table stays; only the
-                        // clusters' states (live, disconnected) are brought up to date.
+                        // the wake-up of events already handled, or only Gateway API statuses
+                        // changed. The table stays; only the clusters' states (live,
+                        // disconnected) are brought up to date, and after a status change the
+                        // status writers get a fresh view with the full build once quiet
+                        // (so kedge's own status writes never sit between a change and traffic).
                         for c in &clusters {
                             c.refresh_state();
+                        }
+                        if changes.iter().any(|c| c.status_only) && settle.is_none() {
+                            settle = Some(tokio::time::Instant::now() + SETTLE);
                         }
                     } else if endpoints_only {
                         update_endpoints(&clusters, changes, &shared);

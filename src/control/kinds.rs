@@ -47,7 +47,7 @@ use super::gateway_types::{Gateway, GatewayClass, GrpcRoute, HttpRoute, Referenc
 use super::health::Health;
 use super::translate::Objects;
 use super::watch::{
-    self, Changes, Touch, Watches, touches_all, touches_ingress, touches_service, touches_service_object,
+    self, Changes, Touch, Watches, touches_all, touches_ingress, touches_service, touches_service_object, touches_spec,
 };
 
 /// Declares the kinds. Each entry:
@@ -310,35 +310,35 @@ kinds! {
         gateway_classes: GatewayClass {
             resource: "gatewayclasses",
             field_selectors: [],
-            touch: touches_all,
+            touch: touches_spec,
             persist: everything,
         },
         /// Gateways: listeners and addresses that routes attach to.
         gateways: Gateway {
             resource: "gateways",
             field_selectors: [],
-            touch: touches_all,
+            touch: touches_spec,
             persist: everything,
         },
         /// HTTPRoutes.
         http_routes: HttpRoute {
             resource: "httproutes",
             field_selectors: [],
-            touch: touches_all,
+            touch: touches_spec,
             persist: everything,
         },
         /// GRPCRoutes.
         grpc_routes: GrpcRoute {
             resource: "grpcroutes",
             field_selectors: [],
-            touch: touches_all,
+            touch: touches_spec,
             persist: everything,
         },
         /// ReferenceGrants: which cross-namespace references (backends, certificates) are allowed.
         reference_grants: ReferenceGrant {
             resource: "referencegrants",
             field_selectors: [],
-            touch: touches_all,
+            touch: touches_spec,
             persist: everything,
         },
     }

@@ -4,7 +4,7 @@
 //! control loop). Errors (API server down, 410 Gone, auth) are retried with a capped, jittered
 //! backoff ([`RetryBackoff`]); the stores keep what they hold meanwhile.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
 use std::fmt::Debug;
 use std::hash::Hash;
 use std::pin::pin;
@@ -43,6 +43,10 @@ pub struct Changes {
     /// in its store to keep its Service → EndpointSlices index (a slice may have changed
     /// Service, or lost its Service label).
     pub slices: BTreeSet<(String, String)>,
+    /// A Gateway API object changed without a new generation: its status or metadata only
+    /// (most often kedge's own status write coming back). The table does not depend on it; the
+    /// status writers' next view does, so a full build follows once changes are quiet.
+    pub status_only: bool,
 }
 
 impl Changes {
@@ -63,6 +67,7 @@ impl Changes {
         self.services.extend(later.services);
         self.service_objects.extend(later.service_objects);
         self.slices.extend(later.slices);
+        self.status_only |= later.status_only;
     }
 }
 
@@ -79,6 +84,9 @@ pub enum Touch {
     Ingress,
     /// This Service (namespace, name) itself.
     ServiceObject(String, String),
+    /// An object whose `metadata.generation` counts the changes that matter (a Gateway API
+    /// kind) was applied or listed: a full rebuild unless its generation is the one last seen.
+    Spec,
 }
 
 /// For every kind but EndpointSlice: a change or a relist means a full rebuild.
@@ -86,6 +94,36 @@ pub fn touches_all<K>(event: &Event<K>) -> Touch {
     match event {
         Event::Init | Event::InitApply(_) => Touch::Nothing,
         _ => Touch::Full,
+    }
+}
+
+/// A Gateway API object: the table reads its spec, whose changes bump its generation; a write
+/// of its status (kedge's own, for one) does not. A deletion or a relist: everything.
+pub fn touches_spec<K>(event: &Event<K>) -> Touch {
+    match event {
+        Event::Apply(_) | Event::InitApply(_) => Touch::Spec,
+        other => touches_all(other),
+    }
+}
+
+/// Whether an applied or listed object `obj` has a generation other than the one `seen` last
+/// holds for its uid (recording it): `false` for a status or metadata change. An object
+/// without generation always counts as changed.
+fn new_generation<K: Resource>(seen: &mut HashMap<String, i64>, obj: &K) -> bool {
+    let meta = obj.meta();
+    let (Some(uid), Some(generation)) = (meta.uid.as_ref(), meta.generation) else {
+        return true;
+    };
+    match seen.get_mut(uid) {
+        Some(g) if *g == generation => false,
+        Some(g) => {
+            *g = generation;
+            true
+        }
+        None => {
+            seen.insert(uid.clone(), generation);
+            true
+        }
     }
 }
 
@@ -222,10 +260,17 @@ where
     tokio::spawn(async move {
         let mut stream = pin!(stream);
         let mut first_list = true;
+        // Generations by uid, for `Touch::Spec` kinds.
+        let mut generations: HashMap<String, i64> = HashMap::new();
         while let Some(event) = stream.next().await {
             match event {
                 Ok(event) => {
                     log_change(&cluster, what, &event);
+                    if let Event::Delete(o) = &event
+                        && let Some(uid) = &o.meta().uid
+                    {
+                        generations.remove(uid);
+                    }
                     // Recorded before the control loop is woken, so it finds the change.
                     match touch(&event) {
                         Touch::Nothing => {}
@@ -238,6 +283,22 @@ where
                             changes.slices.insert((ns, slice));
                         }
                         Touch::Ingress => changes.lock().unwrap_or_else(|e| e.into_inner()).ingresses = true,
+                        Touch::Spec => match &event {
+                            // A relist's objects are recorded; its end (InitDone) rebuilds.
+                            Event::InitApply(o) => {
+                                new_generation(&mut generations, o);
+                            }
+                            Event::Apply(o) => {
+                                let spec = new_generation(&mut generations, o);
+                                let mut changes = changes.lock().unwrap_or_else(|e| e.into_inner());
+                                if spec {
+                                    changes.full = true;
+                                } else {
+                                    changes.status_only = true;
+                                }
+                            }
+                            _ => changes.lock().unwrap_or_else(|e| e.into_inner()).full = true,
+                        },
                         Touch::ServiceObject(ns, svc) => {
                             changes
                                 .lock()

@@ -855,3 +855,55 @@ fn refused_filters_and_matches_reach_the_route_parent() {
     api.apply("httproutes", ext(json!([])));
     wait_parent(&api, "apps", "ext", ("True", "Accepted"), ("True", "ResolvedRefs"));
 }
+
+/// How many route tables kedge published with `why="WHY"`.
+fn published(kedge: &Kedge, why: &str) -> usize {
+    let why = format!("why=\"{why}\"");
+    kedge
+        .logs()
+        .iter()
+        .filter(|l| l.contains("route table published") && l.contains(&why))
+        .count()
+}
+
+/// A status write (kedge's own coming back, or another controller's) does not bump an object's
+/// generation and does not rebuild the table: the status writers get a fresh view with the full
+/// build once changes are quiet ("settle"). A spec change still rebuilds at once.
+#[test]
+fn status_writes_do_not_rebuild_the_table() {
+    let api = api();
+    api.apply("services", service("infra", "web"));
+    let (_dir, kedge, edge) = follow_with_edge(&api, "gw-status-only");
+    let web = json!([{"name": "web", "port": 80}]);
+    api.apply(
+        "httproutes",
+        http_route("infra", "web", edge.clone(), json!([]), web.clone()),
+    );
+    wait_parent(&api, "infra", "web", ("True", "Accepted"), ("True", "ResolvedRefs"));
+    // kedge's own status writes came back as status-only changes: a settle build follows them.
+    kedge.wait_logs("why=\"settle\"", 1, WAIT);
+
+    // Another controller writes its entry into the route's status: same generation.
+    let mut r = get(&api, "httproutes", Some("infra"), "web");
+    let generation = r["metadata"]["generation"].clone();
+    r["status"]["parents"].as_array_mut().expect("parents").push(
+        json!({"parentRef": {"name": "elsewhere"}, "controllerName": "acme.io/gateway-controller",
+                     "conditions": []}),
+    );
+    let watch = published(&kedge, "watch");
+    let settled = published(&kedge, "settle");
+    api.apply("httproutes", r);
+    assert_eq!(
+        get(&api, "httproutes", Some("infra"), "web")["metadata"]["generation"],
+        generation
+    );
+    kedge.wait_logs("why=\"settle\"", settled + 1, WAIT);
+    assert_eq!(published(&kedge, "watch"), watch, "no rebuild for a status write");
+    assert_eq!(ours(&get(&api, "httproutes", Some("infra"), "web")).len(), 1);
+
+    // A spec change rebuilds at once.
+    let mut r = get(&api, "httproutes", Some("infra"), "web");
+    r["spec"]["hostnames"] = json!(["web.example.com"]);
+    api.apply("httproutes", r);
+    kedge.wait_logs("why=\"watch\"", watch + 1, WAIT);
+}
