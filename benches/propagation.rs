@@ -27,6 +27,10 @@
 //! `10k` scenario also reports kedge's start (process spawn → listening, after the first full
 //! sync), its sync and build times from its log, and its peak RSS (`VmHWM`).
 //!
+//! `ingress-change` scenarios (`small`, and `big` with the same 10,000 others): the change is the
+//! probe Ingress itself, its backend moved between Services `probe-0` (pod-0) and `probe-1`
+//! (pod-1): an update that rebuilds only the probe host.
+//!
 //! Gateway API scenarios (`gw`): the probe host is an HTTPRoute of Gateway `default/edge`, whose
 //! HTTP listener is kedge's own port (applied once kedge listens), and the 10,000 others are
 //! HTTPRoutes attached to it. `gw-endpoints` changes the EndpointSlice behind the probe route, as
@@ -154,6 +158,8 @@ enum Change {
     Endpoints,
     /// The probe HTTPRoute's backendRef moves to the other pod's Service.
     Route,
+    /// The probe Ingress's backend moves to the other pod's Service (an update of its host).
+    Ingress,
 }
 
 /// The routes the scenario's hosts are: Ingresses or HTTPRoutes.
@@ -172,6 +178,7 @@ fn sample(api: &FakeApi, kedge: &Kedge, port: u16, want: usize, change: Change) 
     match change {
         Change::Endpoints => api.apply("endpointslices", slice("default", "probe", port, &[ip])),
         Change::Route => api.apply("httproutes", http_route("default", "probe", HOST, &svc)),
+        Change::Ingress => api.apply("ingresses", ingress("default", "probe", HOST, &svc)),
     };
     let (mut first, mut run_start, mut in_row) = (None, Duration::ZERO, 0);
     while in_row < RUN {
@@ -237,14 +244,8 @@ fn scenario(name: &'static str, extra: usize, samples: usize, kind: Kind, change
     );
     api.apply("services", service("default", "probe"));
     api.apply("endpointslices", slice("default", "probe", port, &["127.0.0.1".into()]));
-    if kind == Kind::Gateway {
-        api.install_gateway_api();
-        api.apply(
-            "gatewayclasses",
-            json!({"apiVersion": "gateway.networking.k8s.io/v1", "kind": "GatewayClass",
-                   "metadata": {"name": "kedge"}, "spec": {"controllerName": "kedge.dev/gateway-controller"}}),
-        );
-        // One Service per pod, for the route changes.
+    if change != Change::Endpoints {
+        // One Service per pod, for the route (or Ingress) changes to move between.
         for p in 0..2 {
             let svc = format!("probe-{p}");
             api.apply("services", service("default", &svc));
@@ -253,6 +254,14 @@ fn scenario(name: &'static str, extra: usize, samples: usize, kind: Kind, change
                 slice("default", &svc, port, &[format!("127.0.0.{}", p + 1)]),
             );
         }
+    }
+    if kind == Kind::Gateway {
+        api.install_gateway_api();
+        api.apply(
+            "gatewayclasses",
+            json!({"apiVersion": "gateway.networking.k8s.io/v1", "kind": "GatewayClass",
+                   "metadata": {"name": "kedge"}, "spec": {"controllerName": "kedge.dev/gateway-controller"}}),
+        );
         api.apply("httproutes", http_route("default", "probe", HOST, "probe"));
     } else {
         api.apply("ingresses", ingress("default", "probe", HOST, "probe"));
@@ -386,6 +395,14 @@ fn main() {
             30,
             Kind::Ingress,
             Change::Endpoints,
+        ),
+        ("ingress-change small: 1 Ingress", 0, 40, Kind::Ingress, Change::Ingress),
+        (
+            "ingress-change big: 10,001 Ingresses, 50k endpoints",
+            10_000,
+            30,
+            Kind::Ingress,
+            Change::Ingress,
         ),
         (
             "gw-endpoints small: 1 HTTPRoute",
