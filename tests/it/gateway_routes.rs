@@ -657,6 +657,27 @@ fn a_listener_without_routes_still_owns_its_hostname() {
     assert_eq!(get(&w.kedge, "other.example.com", "/"), (200, Some("wild".into())));
 }
 
+/// kedge's listeners: TLS on `port` of 127.0.0.1 and of 127.0.0.2.
+fn tls_on_both(port: u16) -> String {
+    format!(
+        "[[listener]]\naddress = \"127.0.0.1:{port}\"\ntls = true\n\n[[listener]]\naddress = \"127.0.0.2:{port}\"\ntls = true\n"
+    )
+}
+
+/// A TLS GET / of `host` to `ip:port`: the certificate served, the status and the upstream that
+/// answered; `None` when the handshake fails.
+fn ask_tls(
+    ca: &crate::support::tls::TestCa,
+    ip: &str,
+    port: u16,
+    host: &str,
+) -> Option<(rustls::pki_types::CertificateDer<'static>, u16, Option<String>)> {
+    let addr: std::net::SocketAddr = format!("{ip}:{port}").parse().expect("address");
+    let mut c = Client::try_connect_tls(addr, ca.client(), host).ok()?;
+    let r = c.get(host, "/");
+    Some((c.peer_leaf(), r.status, r.upstream().map(str::to_owned)))
+}
+
 /// Two Gateways on one port, one on 127.0.0.1 and one on 127.0.0.2, each with an HTTPS listener
 /// for the same hostname and a certificate of its own: each address serves its own Gateway's
 /// certificate (and routes), never the other Gateway's, whichever came first.
@@ -665,10 +686,7 @@ fn two_gateways_on_one_port_serve_their_own_certificates_for_one_hostname() {
     use crate::support::tls::TestCa;
     let ca = TestCa::new();
     let port = free_port_on_both();
-    let listeners = format!(
-        "[[listener]]\naddress = \"127.0.0.1:{port}\"\ntls = true\n\n[[listener]]\naddress = \"127.0.0.2:{port}\"\ntls = true\n"
-    );
-    let setup = Kedge::setup(Driver::default()).tables(&listeners);
+    let setup = Kedge::setup(Driver::default()).tables(&tls_on_both(port));
     let w = World::start_with("gw-certs", &["one", "two"], setup);
     let first = ca.leaf(&["same.example.com"]);
     let second = ca.leaf(&["same.example.com"]);
@@ -692,12 +710,7 @@ fn two_gateways_on_one_port_serve_their_own_certificates_for_one_hostname() {
         );
     }
     // The certificate served on `ip`, and where a request over that connection went.
-    let ask = |ip: &str| {
-        let addr: std::net::SocketAddr = format!("{ip}:{port}").parse().expect("address");
-        let mut c = Client::try_connect_tls(addr, ca.client(), "same.example.com").ok()?;
-        let r = c.get("same.example.com", "/");
-        Some((c.peer_leaf(), r.status, r.upstream().map(str::to_owned)))
-    };
+    let ask = |ip: &str| ask_tls(&ca, ip, port, "same.example.com");
     wait_until(WAIT, "each address serves its own Gateway's certificate", || {
         ask("127.0.0.1") == Some((first.der.clone(), 200, Some("one".into())))
             && ask("127.0.0.2") == Some((second.der.clone(), 200, Some("two".into())))
@@ -717,10 +730,7 @@ fn on_a_gateways_address_its_certificate_beats_an_ingress_for_the_same_host() {
     use crate::support::tls::TestCa;
     let ca = TestCa::new();
     let port = free_port_on_both();
-    let listeners = format!(
-        "[[listener]]\naddress = \"127.0.0.1:{port}\"\ntls = true\n\n[[listener]]\naddress = \"127.0.0.2:{port}\"\ntls = true\n"
-    );
-    let setup = Kedge::setup(Driver::default()).tables(&listeners);
+    let setup = Kedge::setup(Driver::default()).tables(&tls_on_both(port));
     let w = World::start_with("gw-ing-certs", &["gw", "ing"], setup);
     let gateway_cert = ca.leaf(&["same.example.com"]);
     let ingress_cert = ca.leaf(&["same.example.com"]);
@@ -741,12 +751,7 @@ fn on_a_gateways_address_its_certificate_beats_an_ingress_for_the_same_host() {
         "httproutes",
         route("gw", "edge", &["same.example.com"], json!([{"backendRefs": to("gw")}])),
     );
-    let ask = |ip: &str| {
-        let addr: std::net::SocketAddr = format!("{ip}:{port}").parse().expect("address");
-        let mut c = Client::try_connect_tls(addr, ca.client(), "same.example.com").ok()?;
-        let r = c.get("same.example.com", "/");
-        Some((c.peer_leaf(), r.status, r.upstream().map(str::to_owned)))
-    };
+    let ask = |ip: &str| ask_tls(&ca, ip, port, "same.example.com");
     wait_until(WAIT, "the Gateway's certificate and route on its address", || {
         ask("127.0.0.1") == Some((gateway_cert.der.clone(), 200, Some("gw".into())))
     });
