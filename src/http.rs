@@ -10,8 +10,6 @@
 //! one framing header.
 
 use std::fmt;
-use std::io::Write as _;
-use std::net::IpAddr;
 use std::ops::Range;
 
 /// The interim response that tells a client sending `Expect: 100-continue` to go on with its body.
@@ -871,7 +869,7 @@ const HOP_BY_HOP: [&[u8]; 9] = [
 /// What the proxy says about itself and the client to the upstream.
 #[derive(Debug, Clone, Copy)]
 pub struct Forwarded<'a> {
-    /// The client's address as text (X-Real-IP), made once per connection by [`client_ip_text`].
+    /// The client's address as text (X-Real-IP), made once per connection (IPv4-mapped IPv6 as IPv4).
     pub client_ip: &'a [u8],
     /// The address of the connection's peer (after PROXY protocol), appended to X-Forwarded-For:
     /// the client's, unless a trusted proxy sent the request.
@@ -1085,13 +1083,6 @@ fn origin_form(target: &[u8]) -> Option<&[u8]> {
     let rest = &target[scheme..];
     let end = rest.iter().position(|&b| b == b'/' || b == b'?').unwrap_or(rest.len());
     Some(&rest[end..])
-}
-
-/// Appends an IP address the way X-Forwarded-For carries it: no brackets, IPv4-mapped IPv6 (from a dual-stack
-/// listener) as plain IPv4. Callers format a connection's client address once and reuse it per request.
-pub fn client_ip_text(out: &mut Vec<u8>, ip: IpAddr) {
-    // Writing into a Vec cannot fail.
-    let _ = write!(out, "{}", ip.to_canonical());
 }
 
 /// How a response goes to the client: its body framing there, the client's version, and

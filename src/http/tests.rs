@@ -2,7 +2,7 @@
 //! and reported together, by label. Row tables carry `#[rustfmt::skip]` so they stay one row per line.
 
 use super::*;
-use std::net::{Ipv4Addr, Ipv6Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 /// Small limits so the boundary rows stay readable.
 const LIMITS: Limits = Limits {
@@ -896,11 +896,7 @@ fn request_rebuild() {
 
     // IPv6 clients are written bare; IPv4-mapped ones as IPv4.
     let raw = b"GET / HTTP/1.1\r\nHost: h\r\n\r\n";
-    let ip_text = |ip: IpAddr| {
-        let mut t = Vec::new();
-        client_ip_text(&mut t, ip);
-        t
-    };
+    let ip_text = |ip: IpAddr| ip.to_canonical().to_string().into_bytes();
     let v6 = ip_text(IpAddr::V6(Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 1)));
     let v6 = Forwarded {
         client_ip: &v6,

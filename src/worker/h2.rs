@@ -45,7 +45,7 @@ use super::log::{self, Record};
 use super::pump::{self, ReadResult};
 use super::request::{self, Body, RequestView};
 use super::respond;
-use super::session::{ClientStream, Ctx, UpstreamBufs};
+use super::session::{ClientStream, Ctx, PeerText, UpstreamBufs};
 use super::upstream::UpstreamStream;
 use super::{Snapshot, Worker};
 use crate::http::{self as h1, ChunkEvent, ChunkedDecoder, Framing, HeaderSpan, Parsed, ResponseHead};
@@ -60,7 +60,7 @@ struct ConnInfo {
     local: SocketAddr,
     scheme: &'static str,
     /// The client's IP address as X-Forwarded-For carries it.
-    peer_text: Vec<u8>,
+    peer_text: PeerText,
     /// Streams running, and when the last one ended (the idle timeout).
     open: Cell<usize>,
     /// Streams accepted, and those the client reset before their answer began (see
@@ -116,8 +116,7 @@ pub(super) async fn serve<S: ClientStream + Unpin>(
 ) {
     let snap = worker.snapshot();
     let settings = &snap.http2;
-    let mut peer_text = Vec::with_capacity(16);
-    h1::client_ip_text(&mut peer_text, peer.ip());
+    let peer_text = PeerText::new(peer.ip());
     let info = Rc::new(ConnInfo {
         peer,
         local,
