@@ -1,5 +1,12 @@
 //! Listening sockets: one SO_REUSEPORT socket per worker per address, made with socket2 so the
 //! kernel spreads new connections over the workers without a shared accept queue.
+//!
+//! Every protocol kedge serves has the client speak first (an HTTP request, a TLS ClientHello,
+//! the HTTP/2 preface, a PROXY header), so the listeners defer the accept until the first bytes
+//! are in (`TCP_DEFER_ACCEPT`, nginx's `deferred`): the connection's first read finds them
+//! instead of waiting for them (no poll armed, no wake-up per new connection), and a client
+//! that connects and says nothing costs no file descriptor until the kernel hands it over
+//! anyway, after `DEFER_ACCEPT_SECS` (then `[client] header_timeout` runs as usual).
 
 use std::io;
 use std::net::{SocketAddr, TcpListener};
@@ -18,6 +25,10 @@ pub struct Bound {
 
 /// Listen backlog (the kernel caps it at `net.core.somaxconn`).
 const BACKLOG: i32 = 4096;
+
+/// How long the kernel holds a connection that has sent nothing before handing it to kedge
+/// (rounded up to its SYN-ACK retransmission schedule: one retransmission, about 1 s).
+const DEFER_ACCEPT_SECS: i32 = 1;
 
 /// Binds `workers` sockets to `addr`, all on the same port. With port 0 the first socket picks a
 /// free port and the others join it. Fails with a clear error when another process (even one
@@ -42,6 +53,7 @@ pub fn bind(addr: SocketAddr, workers: usize) -> io::Result<Vec<TcpListener>> {
         s.bind(&addr.into())
             .map_err(|e| io::Error::new(e.kind(), format!("cannot listen on {addr}: {e}")))?;
         s.listen(BACKLOG)?;
+        defer_accept(&s)?;
         if addr.port() == 0 {
             addr = s
                 .local_addr()?
@@ -67,4 +79,61 @@ fn new_socket(addr: SocketAddr, reuse_port: bool) -> io::Result<Socket> {
     s.set_tcp_nodelay(true)?;
     s.set_nonblocking(true)?;
     Ok(s)
+}
+
+/// Sets `TCP_DEFER_ACCEPT` (see the module doc). Not in socket2; Linux only, as kedge is.
+#[allow(unsafe_code)]
+fn defer_accept(s: &Socket) -> io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let secs: libc::c_int = DEFER_ACCEPT_SECS;
+    // SAFETY: the fd is `s`'s, open for this call; the option value is a c_int that lives
+    // through the call, and its size is passed with it.
+    let r = unsafe {
+        libc::setsockopt(
+            s.as_raw_fd(),
+            libc::IPPROTO_TCP,
+            libc::TCP_DEFER_ACCEPT,
+            (&raw const secs).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    match r {
+        0 => Ok(()),
+        _ => Err(io::Error::last_os_error()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// What the kernel says of a listener's TCP_DEFER_ACCEPT (seconds; 0: off).
+    #[allow(unsafe_code)]
+    fn defer_accept_of(l: &TcpListener) -> libc::c_int {
+        use std::os::fd::AsRawFd;
+        let mut secs: libc::c_int = -1;
+        let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+        // SAFETY: the fd is `l`'s, open for this call; `secs` and `len` live through it and
+        // `len` is `secs`'s size.
+        let r = unsafe {
+            libc::getsockopt(
+                l.as_raw_fd(),
+                libc::IPPROTO_TCP,
+                libc::TCP_DEFER_ACCEPT,
+                (&raw mut secs).cast(),
+                &raw mut len,
+            )
+        };
+        assert_eq!(r, 0, "getsockopt: {}", io::Error::last_os_error());
+        secs
+    }
+
+    #[test]
+    fn every_worker_socket_defers_accept_until_the_client_speaks() {
+        let sockets = bind(SocketAddr::from(([127, 0, 0, 1], 0)), 2).expect("bind");
+        assert_eq!(sockets.len(), 2);
+        for s in &sockets {
+            assert_eq!(defer_accept_of(s), DEFER_ACCEPT_SECS);
+        }
+    }
 }
