@@ -14,6 +14,7 @@
 //! connection preface on plain listeners (when `[http2] enabled`).
 
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
@@ -97,21 +98,30 @@ async fn connection(
     // box; the handshake's and HTTP/2's, larger, would besides size every connection's task
     // (held for its life, idle or not) for the largest of them.
     if spec.tls {
-        if let Some(tls) = Box::pin(tls_stage(worker, stream, peer, local, early)).await {
+        if let Some(tls) = boxed(|| tls_stage(worker, stream, peer, local, early)).await {
             match tls.alpn_h2() {
-                true => Box::pin(h2::serve(worker, tls, peer, local, Vec::new())).await,
-                false => Box::pin(conn::serve(worker, tls, peer, local, Vec::new())).await,
+                true => boxed(|| h2::serve(worker, tls, peer, local, Vec::new())).await,
+                false => boxed(|| conn::serve(worker, tls, peer, local, Vec::new())).await,
             }
         }
     } else {
         // The dispatch only reads; the protocol's loop starts here, not nested in it (one
         // copy of the loop's future less).
         match plain_dispatch(worker, &mut stream, peer, early).await {
-            Some(Plain::Http1(buf)) => Box::pin(conn::serve(worker, stream, peer, local, buf)).await,
-            Some(Plain::Http2(buf)) => Box::pin(h2::serve(worker, stream, peer, local, buf)).await,
+            Some(Plain::Http1(buf)) => boxed(|| conn::serve(worker, stream, peer, local, buf)).await,
+            Some(Plain::Http2(buf)) => boxed(|| h2::serve(worker, stream, peer, local, buf)).await,
             None => {}
         }
     }
+}
+
+/// The future `make` returns, built in a box of its own. `Box::pin(make())` builds it on the
+/// stack and then copies all of it into the box: a protocol loop's future is kilobytes, and
+/// copying it was the largest single cost of a new connection in user space. With the box
+/// allocated first the compiler builds the future in place: only its arguments are written.
+#[inline(always)]
+fn boxed<F: Future>(make: impl FnOnce() -> F) -> Pin<Box<F>> {
+    Box::into_pin(Box::write(Box::new_uninit(), make()))
 }
 
 /// An open connection in a worker's counts (the drain waits for them; the metrics show them),
