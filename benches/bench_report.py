@@ -45,7 +45,7 @@ COLUMNS = [
     "proxy_cpu_pct", "proxy_rss_mb", "proxy_procs", "backend_cpu_pct",
     "wrk_cpu_pct", "other_cpu_pct", "cpu_busy_pct", "cpu_steal_pct",
     "proxy_cpu_us_per_req", "syscalls_per_req", "uring_enter_per_req", "sqes_per_req",
-    "poll_arm_per_req", "proxy_task_us_per_req",
+    "poll_arm_per_req", "proxy_task_us_per_req", "softirq_us_per_req",
 ]
 
 # perf tracepoint -> per-request column (benches/proxy.sh's PERF_EVENTS)
@@ -148,7 +148,9 @@ def cmd_snap(args):
                 # total excludes guest/guest_nice (already in user/nice)
                 total = sum(vals[:8])
                 steal = vals[7] if len(vals) > 7 else 0
-                snap["cpus"][parts[0]] = [total - idle, total, steal]
+                # irq + softirq: what the kernel charged to no process (tick-sampled)
+                irq = vals[5] + vals[6] if len(vals) > 6 else 0
+                snap["cpus"][parts[0]] = [total - idle, total, steal, irq]
     for spec in args.pid or []:
         name, _, pid = spec.partition("=")
         ticks = ns = rss = n = 0
@@ -287,6 +289,13 @@ def cmd_record(args):
 
     wrk_cpu = (100.0 * tm[1] / tm[0]) if tm and tm[0] > 0 else None
     reqs = wrk["requests"] or 0
+    # irq + softirq time per request on each CPU: kernel work (loopback delivery) that no
+    # process's CPU time holds, and on which core it landed.
+    irq = []
+    for cpu in sorted(b["cpus"], key=lambda c: int(c[3:])):
+        if cpu in a["cpus"] and len(b["cpus"][cpu]) > 3 and len(a["cpus"][cpu]) > 3 and reqs:
+            di = b["cpus"][cpu][3] - a["cpus"][cpu][3]
+            irq.append(f"{cpu}={1e6 * di / CLK_TCK / reqs:.2f}")
     per_req = {c: None for c in PERF_COLUMNS.values()}
     if args.perf and reqs:
         try:
@@ -332,6 +341,7 @@ def cmd_record(args):
         "proxy_cpu_us_per_req": cpu_us,
         **per_req,
         "proxy_task_us_per_req": task_us,
+        "softirq_us_per_req": ",".join(irq),
     }
     new = not os.path.exists(args.tsv) or os.path.getsize(args.tsv) == 0
     with open(args.tsv, "a") as f:
@@ -352,6 +362,7 @@ def cmd_record(args):
              if (row['socket_errors'] or row['non_2xx']) else "")
           + (f"  CPU/req {_fmt(task_us, 2)} us (ticks {_fmt(cpu_us, 2)})" if task_us is not None
              else f"  CPU/req {_fmt(cpu_us, 2)} us (ticks)" if cpu_us is not None else "")
+          + (f"  [irq+softirq us/req {' '.join(irq)}]" if irq else "")
           + (f"  syscalls/req {_fmt(per_req['syscalls_per_req'], 2)}"
              if per_req["syscalls_per_req"] is not None else "")
           + ("  (wrk output unparseable!)" if row["rps"] is None else "")
