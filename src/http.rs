@@ -122,6 +122,8 @@ pub struct ResponseHead {
     pub framing: Framing,
     /// Whether the upstream connection may be reused after this response.
     pub keep_alive: bool,
+    /// What its Connection fields name, for the head written to the client.
+    named: ConnectionNames,
 }
 
 /// The outcome of parsing a head from a buffer that may not hold all of it yet.
@@ -365,6 +367,10 @@ pub fn parse_response(
         reason,
         framing,
         keep_alive,
+        named: ConnectionNames {
+            close: fields.conn_close,
+            other: fields.conn_other,
+        },
     }))
 }
 
@@ -572,6 +578,8 @@ struct Fields {
     conn_close: bool,
     conn_keep_alive: bool,
     conn_upgrade: bool,
+    /// A Connection option names a field that is not hop-by-hop anyway ([`ConnectionNames`]).
+    conn_other: bool,
     host: Option<Range<usize>>,
     hosts: usize,
     upgrade: Option<Range<usize>>,
@@ -623,6 +631,8 @@ impl Fields {
                     f.conn_close |= option.eq_ignore_ascii_case(b"close");
                     f.conn_keep_alive |= option.eq_ignore_ascii_case(b"keep-alive");
                     f.conn_upgrade |= option.eq_ignore_ascii_case(b"upgrade");
+                    f.conn_other |=
+                        !option.is_empty() && !option.eq_ignore_ascii_case(b"close") && !is_one_of(option, &HOP_BY_HOP);
                 }
             } else if name.eq_ignore_ascii_case(b"host") {
                 f.hosts += 1;
@@ -932,7 +942,7 @@ fn values<'a>(buf: &'a [u8], headers: &'a [HeaderSpan], name: &'a [u8]) -> impl 
 /// What the Connection fields of a head name beyond the fields dropped anyway (RFC 9110 §7.6.1),
 /// read once per head: asking [`named_by_connection`] for every field would scan all fields again
 /// per field. Nearly every head names nothing else (`keep-alive`, `close`, `upgrade`).
-#[derive(Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct ConnectionNames {
     /// `close` is named: a field called `Close` is dropped.
     close: bool,
@@ -1205,7 +1215,8 @@ pub fn write_response_head_dropping(
     } = to;
     push_status_line(out, head.status, at(buf, &head.reason));
     let switching = head.status == 101;
-    let named = ConnectionNames::of(values(buf, headers, b"connection"));
+    // Read by `parse_response` with the rest of the Connection fields.
+    let named = head.named;
     // `passes`, with the Connection fields read once.
     let passes =
         |name: &[u8]| !is_one_of(name, &HOP_BY_HOP) && !named.names(name, || named_by_connection(buf, headers, name));
