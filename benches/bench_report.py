@@ -5,7 +5,8 @@ Subcommands (all called by proxy.sh, stdlib only):
 
   snap   --out FILE [--pid NAME=PID ...]
          Snapshot of per-CPU jiffies (/proc/stat) and, for each NAME, the
-         utime+stime ticks and VmRSS summed over PID and all its descendants.
+         utime+stime ticks, the nanoseconds on CPU (schedstat) and VmRSS summed
+         over PID and all its descendants.
 
   record --tsv FILE --target T --phase warmup|run --run I --before SNAP
          --after SNAP --wrk WRK_OUTPUT --time TIME_OUTPUT [--proxy NAME]
@@ -44,7 +45,7 @@ COLUMNS = [
     "proxy_cpu_pct", "proxy_rss_mb", "proxy_procs", "backend_cpu_pct",
     "wrk_cpu_pct", "other_cpu_pct", "cpu_busy_pct", "cpu_steal_pct",
     "proxy_cpu_us_per_req", "syscalls_per_req", "uring_enter_per_req", "sqes_per_req",
-    "poll_arm_per_req",
+    "poll_arm_per_req", "proxy_task_us_per_req", "softirq_us_per_req",
 ]
 
 # perf tracepoint -> per-request column (benches/proxy.sh's PERF_EVENTS)
@@ -83,6 +84,27 @@ def _read_stat(pid):
     ppid = int(rest[1])
     ticks = int(rest[11]) + int(rest[12])
     return ppid, ticks
+
+
+def _task_ns(pid):
+    """Nanoseconds on CPU of every thread of pid (/proc/PID/task/TID/schedstat, field 1: the
+    scheduler's sum_exec_runtime). Exact, unlike utime+stime, which the tick samples (every
+    4 ms at HZ=250: the whole tick goes to whatever runs at that instant) and which, without
+    CONFIG_IRQ_TIME_ACCOUNTING, leaves out a tick that lands in a softirq, although the
+    softirq ran on the proxy's behalf (the loopback delivery of what it sends). This figure
+    counts in-context softirq work as the task's, like `perf stat -e task-clock`."""
+    total = 0
+    try:
+        tids = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return 0
+    for tid in tids:
+        try:
+            with open(f"/proc/{pid}/task/{tid}/schedstat") as f:
+                total += int(f.read().split()[0])
+        except (OSError, ValueError, IndexError):
+            pass
+    return total
 
 
 def _rss_kb(pid):
@@ -126,18 +148,21 @@ def cmd_snap(args):
                 # total excludes guest/guest_nice (already in user/nice)
                 total = sum(vals[:8])
                 steal = vals[7] if len(vals) > 7 else 0
-                snap["cpus"][parts[0]] = [total - idle, total, steal]
+                # irq + softirq: what the kernel charged to no process (tick-sampled)
+                irq = vals[5] + vals[6] if len(vals) > 6 else 0
+                snap["cpus"][parts[0]] = [total - idle, total, steal, irq]
     for spec in args.pid or []:
         name, _, pid = spec.partition("=")
-        ticks = rss = n = 0
+        ticks = ns = rss = n = 0
         for p in _process_tree(int(pid)):
             st = _read_stat(p)
             if st is None:
                 continue
             ticks += st[1]
+            ns += _task_ns(p)
             rss += _rss_kb(p)
             n += 1
-        snap["procs"][name] = {"ticks": ticks, "rss_kb": rss, "n": n}
+        snap["procs"][name] = {"ticks": ticks, "ns": ns, "rss_kb": rss, "n": n}
     with open(args.out, "w") as f:
         json.dump(snap, f)
 
@@ -264,6 +289,13 @@ def cmd_record(args):
 
     wrk_cpu = (100.0 * tm[1] / tm[0]) if tm and tm[0] > 0 else None
     reqs = wrk["requests"] or 0
+    # irq + softirq time per request on each CPU: kernel work (loopback delivery) that no
+    # process's CPU time holds, and on which core it landed.
+    irq = []
+    for cpu in sorted(b["cpus"], key=lambda c: int(c[3:])):
+        if cpu in a["cpus"] and len(b["cpus"][cpu]) > 3 and len(a["cpus"][cpu]) > 3 and reqs:
+            di = b["cpus"][cpu][3] - a["cpus"][cpu][3]
+            irq.append(f"{cpu}={1e6 * di / CLK_TCK / reqs:.2f}")
     per_req = {c: None for c in PERF_COLUMNS.values()}
     if args.perf and reqs:
         try:
@@ -278,6 +310,10 @@ def cmd_record(args):
     if args.proxy and reqs and args.proxy in a["procs"] and args.proxy in b["procs"]:
         d = b["procs"][args.proxy]["ticks"] - a["procs"][args.proxy]["ticks"]
         cpu_us = 1e6 * d / CLK_TCK / reqs
+    task_us = None
+    if (args.proxy and reqs and "ns" in a["procs"].get(args.proxy, {})
+            and "ns" in b["procs"].get(args.proxy, {})):
+        task_us = (b["procs"][args.proxy]["ns"] - a["procs"][args.proxy]["ns"]) / 1e3 / reqs
     ours = sum(v for v in (proc_cpu(args.proxy) if args.proxy else 0.0,
                            proc_cpu("backend"), wrk_cpu) if v is not None)
     # CPU used by anything that is not proxy/backend/wrk (other builds, other
@@ -304,6 +340,8 @@ def cmd_record(args):
         "cpu_steal_pct": ",".join(steal),
         "proxy_cpu_us_per_req": cpu_us,
         **per_req,
+        "proxy_task_us_per_req": task_us,
+        "softirq_us_per_req": ",".join(irq),
     }
     new = not os.path.exists(args.tsv) or os.path.getsize(args.tsv) == 0
     with open(args.tsv, "a") as f:
@@ -322,7 +360,9 @@ def cmd_record(args):
              if any(not kv.endswith("=0") for kv in steal) else "")
           + (f"  ERRORS socket={row['socket_errors']} non2xx={row['non_2xx']}"
              if (row['socket_errors'] or row['non_2xx']) else "")
-          + (f"  CPU/req {_fmt(cpu_us, 2)} us" if cpu_us is not None else "")
+          + (f"  CPU/req {_fmt(task_us, 2)} us (ticks {_fmt(cpu_us, 2)})" if task_us is not None
+             else f"  CPU/req {_fmt(cpu_us, 2)} us (ticks)" if cpu_us is not None else "")
+          + (f"  [irq+softirq us/req {' '.join(irq)}]" if irq else "")
           + (f"  syscalls/req {_fmt(per_req['syscalls_per_req'], 2)}"
              if per_req["syscalls_per_req"] is not None else "")
           + ("  (wrk output unparseable!)" if row["rps"] is None else "")
@@ -388,9 +428,12 @@ def cmd_summary(args):
             "p50": _median(col("p50_ms")),
             "p99": _median(col("p99_ms")),
             "cpu": _median(col("proxy_cpu_pct")),
-            # requests served per second of proxy CPU time (per-run, then median)
-            "eff": _median([r_ / (c_ / 100.0) for r_, c_ in zip(col("rps"), col("proxy_cpu_pct"))
-                            if r_ is not None and c_ and c_ > 0]),
+            # requests served per second of proxy CPU time (per-run, then median): from the
+            # exact CPU time per request when recorded, else from the sampled CPU %
+            "eff": (_median([1e6 / u for u in col("proxy_task_us_per_req") if u])
+                    if any(col("proxy_task_us_per_req")) else
+                    _median([r_ / (c_ / 100.0) for r_, c_ in zip(col("rps"), col("proxy_cpu_pct"))
+                             if r_ is not None and c_ and c_ > 0])),
             "rss": _median(col("proxy_rss_mb")),
             "backend_cpu": _median(col("backend_cpu_pct")),
             "wrk_cpu": _median(col("wrk_cpu_pct")),
@@ -399,7 +442,13 @@ def cmd_summary(args):
                           for r in rs),
             "busy": {k: _median(v) for k, v in sorted(busy.items(), key=lambda kv: int(kv[0][3:]))},
             "cpu_us": _median(col("proxy_cpu_us_per_req")),
+            # Exact CPU time per request (schedstat), run by run: {run number: µs}.
+            "task_runs": {r["run"]: _num(r.get("proxy_task_us_per_req")) for r in rs
+                          if _num(r.get("proxy_task_us_per_req")) is not None},
+            # The operating point of each run: req/s and the proxy's share of a core.
+            "point_runs": {r["run"]: (_num(r["rps"]), _num(r["proxy_cpu_pct"])) for r in rs},
         }
+        med[t]["task_us"] = _median(list(med[t]["task_runs"].values()))
         # Syscalls are counted during the warm-up run only (perf slows syscalls a little).
         counted = [r for r in rows if r["target"] == t and r["phase"] == "warmup"]
         for c in PERF_COLUMNS.values():
@@ -416,7 +465,7 @@ def cmd_summary(args):
         out.append(f"- machine: {meta.get('nproc')} CPUs, {meta.get('cpu_model')}, "
                    f"kernel {meta.get('kernel')}")
         out.append(f"- load: `{meta.get('wrk_cmd', '')}`; 1 warm-up run per target, then "
-                   f"{meta.get('runs')} runs per target, alternating round-robin")
+                   f"{meta.get('runs')} runs per target, in rounds, every other round in reverse order")
         out.append(f"- pinning: proxy CPU {meta.get('proxy_cpus')}, backend CPU "
                    f"{meta.get('backend_cpus')}, wrk CPU {meta.get('wrk_cpus')}"
                    + ("  **(oversubscribed: proxy, backend and wrk share cores)**"
@@ -469,18 +518,20 @@ def cmd_summary(args):
         out.append("Per request costs (CPU: median of the measured runs, proxy utime+stime / "
                    "requests; syscalls, io_uring_enter calls, SQEs and poll arms: counted by "
                    "`perf stat` on tracepoints during the warm-up run, per request):\n")
-        out.append("| target | CPU µs/req | syscalls/req | io_uring_enter/req | SQEs/req | "
-                   "poll arms/req | req/s ÷ floor | req/s ÷ direct | req/s per core ÷ floor |")
-        out.append("|---|---|---|---|---|---|---|---|---|")
+        out.append("| target | CPU µs/req | CPU µs/req (ticks) | syscalls/req | io_uring_enter/req | "
+                   "SQEs/req | poll arms/req | req/s ÷ floor | req/s ÷ direct | req/s per core ÷ floor |")
+        out.append("|---|---|---|---|---|---|---|---|---|---|")
         for t in proxies:
             m = med[t]
             out.append(
-                f"| {t} | {f(m['cpu_us'], 2)} | {f(m['syscalls_per_req'], 2)} | "
+                f"| {t} | {f(m['task_us'], 2)} | {f(m['cpu_us'], 2)} | {f(m['syscalls_per_req'], 2)} | "
                 f"{f(m['uring_enter_per_req'], 2)} | {f(m['sqes_per_req'], 2)} | "
                 f"{f(m['poll_arm_per_req'], 2)} | "
                 f"{f(_ratio(m['rps'], fl.get('rps')), 3)} | {f(_ratio(m['rps'], di.get('rps')), 3)} | "
                 f"{f(_ratio(m['eff'], fl.get('eff')), 3)} |")
         out.append("")
+
+    out += _stability(med, proxies, meta.get("workers") or 1)
 
     out.append("req/s ratio > 1 means the first target served more requests/s; "
                "p99 ratio < 1 means the first target had the lower tail latency; "
@@ -515,6 +566,75 @@ def cmd_summary(args):
         out.append(f"\n**Warning:** socket errors or non-2xx responses for: {', '.join(bad)} "
                    "(see runs.tsv).")
     print("\n".join(out))
+
+
+def _spread(vals):
+    """(max − min) / median of vals, in %."""
+    m = _median(vals)
+    return 100.0 * (max(vals) - min(vals)) / m if vals and m else None
+
+
+def _stability(med, proxies, meta_workers=1):
+    """The per-core comparison from exact CPU time per request, and how far it moved run by
+    run: per target the CPU µs/request of every measured run, and per pair of proxies the ratio
+    of their CPU time per request taken within the same round (the two runs closest in time,
+    so a drift of the machine touches both), with the median and the min–max of those ratios.
+    Judge a ratio by its spread: a target whose spread is larger than the margin it is judged
+    on is not settled by this invocation."""
+    have = [t for t in proxies if med[t]["task_runs"]]
+    if not have:
+        return []
+
+    def f(v, nd=2):
+        return "n/a" if v is None else f"{v:,.{nd}f}"
+
+    def runs(d):
+        return sorted(d, key=lambda k: int(k) if k.isdigit() else k)
+
+    def point(t, k):
+        rps, cpu = med[t]["point_runs"].get(k, (None, None))
+        return f"{f(med[t]['task_runs'][k])} ({f(rps / 1e3 if rps else None, 1)}k, {f(cpu, 0)} %)"
+
+    out = ["CPU time per request run by run (proxy threads' time on CPU from "
+           "/proc/PID/task/*/schedstat, exact; the ticks column above samples it every 4 ms). "
+           "Per run: µs/req (req/s, proxy CPU % of a core):\n",
+           "| target | runs | CPU µs/req median | min–max | spread (max−min)/median | per run |",
+           "|---|---|---|---|---|---|"]
+    unsaturated = []
+    for t in have:
+        d = med[t]["task_runs"]
+        v = list(d.values())
+        out.append(f"| {t} | {len(v)} | {f(med[t]['task_us'])} | {f(min(v))}–{f(max(v))} | "
+                   f"{f(_spread(v), 1)} % | {' '.join(point(t, k) for k in runs(d))} |")
+        cpu = _median([c for _, c in med[t]["point_runs"].values()])
+        if cpu is not None and cpu < 90 * (meta_workers or 1):
+            unsaturated.append(f"{t} ({f(cpu, 0)} %)")
+    out.append("")
+    if unsaturated:
+        out.append("Not saturated (median proxy CPU below 90 % of its cores): "
+                   f"{', '.join(unsaturated)}. A proxy that waits for the load generator does "
+                   "less per wake-up (fewer completions per io_uring_enter or epoll_wait), so its "
+                   "CPU per request rises as its req/s falls; two proxies compare per core only at "
+                   "the same operating point. `--proxy-quota PCT` makes every proxy the "
+                   "bottleneck at the same CPU budget.\n")
+    pairs = [(a, b) for a, b in (("kedge", "nginx"), ("kedge", "haproxy"), ("kedge", "floor"),
+                                 ("nginx", "floor"), ("haproxy", "floor"))
+             if a in have and b in have]
+    if pairs:
+        out.append("Per core ratios from CPU time per request, paired by round (ratio = CPU µs/req "
+                   "of the second ÷ of the first; > 1: the first is cheaper per request):\n")
+        out.append("| per core | median | min–max | spread (max−min)/median | per round |")
+        out.append("|---|---|---|---|---|")
+        for a, b in pairs:
+            da, db = med[a]["task_runs"], med[b]["task_runs"]
+            common = [k for k in runs(da) if k in db and da[k]]
+            rs = [db[k] / da[k] for k in common]
+            if not rs:
+                continue
+            out.append(f"| {a}/{b} | **{f(_median(rs), 3)}** | {f(min(rs), 3)}–{f(max(rs), 3)} | "
+                       f"{f(_spread(rs), 1)} % | {' '.join(f(r, 3) for r in rs)} |")
+        out.append("")
+    return out
 
 
 def _medians(d):

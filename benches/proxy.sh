@@ -15,7 +15,7 @@ set -euo pipefail
 # ----------------------------------------------------------------------------
 # defaults / arguments
 # ----------------------------------------------------------------------------
-RUNS=5
+RUNS=6               # rounds; even rounds run the targets in reverse order
 DURATION=10
 CONNECTIONS=50
 WORKERS=1
@@ -50,7 +50,8 @@ usage() {
     cat <<EOF
 
 Options (defaults in brackets):
-  --runs N          measured runs per target, alternating round-robin [$RUNS]
+  --runs N          measured runs per target: rounds of one run per target, every
+                    other round in reverse order [$RUNS]
   --duration S      seconds per wrk run [$DURATION]
   --warmup S        seconds of the single warm-up run per target [= duration]
   --connections C   wrk keep-alive connections [$CONNECTIONS]
@@ -546,8 +547,13 @@ measured_run() {   # target run_no
 log "targets: ${ACTIVE[*]}; $RUNS runs x ${DURATION}s each (+1 warm-up of ${WARMUP}s per target), -c$CONNECTIONS -t$THREADS"
 log "results -> $OUT"
 for t in "${ACTIVE[@]}"; do run_one "$t" warmup 0 "$WARMUP"; done
+# Round r runs every target once; even rounds run them in reverse order, so no target always
+# runs first after another's load (or last before a drift of the machine).
+REVERSED=()
+for ((i = ${#ACTIVE[@]} - 1; i >= 0; i--)); do REVERSED+=("${ACTIVE[$i]}"); done
 for ((r = 1; r <= RUNS; r++)); do
-    for t in "${ACTIVE[@]}"; do measured_run "$t" "$r"; done
+    if ((r % 2)); then order=("${ACTIVE[@]}"); else order=("${REVERSED[@]}"); fi
+    for t in "${order[@]}"; do measured_run "$t" "$r"; done
 done
 
 # ----------------------------------------------------------------------------

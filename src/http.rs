@@ -10,6 +10,7 @@
 //! one framing header.
 
 use std::fmt;
+use std::mem::MaybeUninit;
 use std::ops::Range;
 
 /// The interim response that tells a client sending `Expect: 100-continue` to go on with its body.
@@ -121,6 +122,8 @@ pub struct ResponseHead {
     pub framing: Framing,
     /// Whether the upstream connection may be reused after this response.
     pub keep_alive: bool,
+    /// What its Connection fields name, for the head written to the client.
+    named: ConnectionNames,
 }
 
 /// The outcome of parsing a head from a buffer that may not hold all of it yet.
@@ -212,9 +215,10 @@ pub fn parse_request(
         return Ok(Parsed::Partial);
     };
     let head = &buf[start..head_end];
-    let mut slots = [httparse::EMPTY_HEADER; MAX_HEADERS_CAP];
-    let mut req = httparse::Request::new(&mut slots[..limits.max_headers.min(MAX_HEADERS_CAP)]);
-    match req.parse(head) {
+    // Uninitialised slots: filling 256 empty ones (8 KiB) cost more than parsing a small head.
+    let mut slots = [const { MaybeUninit::uninit() }; MAX_HEADERS_CAP];
+    let mut req = httparse::Request::new(&mut []);
+    match req.parse_with_uninit_headers(head, &mut slots[..limits.max_headers.min(MAX_HEADERS_CAP)]) {
         Ok(httparse::Status::Complete(n)) if n == head.len() => {}
         // scan_head found the end, so httparse stopping elsewhere means we disagree: reject.
         Ok(_) => return Err(HttpError::BadRequest("malformed request head")),
@@ -307,9 +311,14 @@ pub fn parse_response(
         return Ok(Parsed::Partial);
     };
     let head = &buf[..head_end];
-    let mut slots = [httparse::EMPTY_HEADER; MAX_HEADERS_CAP];
-    let mut res = httparse::Response::new(&mut slots[..limits.max_headers.min(MAX_HEADERS_CAP)]);
-    match res.parse(head) {
+    let mut slots = [const { MaybeUninit::uninit() }; MAX_HEADERS_CAP];
+    let mut res = httparse::Response::new(&mut []);
+    let parsed = httparse::ParserConfig::default().parse_response_with_uninit_headers(
+        &mut res,
+        head,
+        &mut slots[..limits.max_headers.min(MAX_HEADERS_CAP)],
+    );
+    match parsed {
         Ok(httparse::Status::Complete(n)) if n == head.len() => {}
         Ok(_) => return Err(HttpError::BadResponse("malformed response head")),
         Err(httparse::Error::TooManyHeaders) => return Err(HttpError::BadResponse("too many response headers")),
@@ -358,6 +367,10 @@ pub fn parse_response(
         reason,
         framing,
         keep_alive,
+        named: ConnectionNames {
+            close: fields.conn_close,
+            other: fields.conn_other,
+        },
     }))
 }
 
@@ -439,6 +452,23 @@ fn scan_head(buf: &[u8], start: usize, limits: &Limits) -> Result<Option<usize>,
     }
 }
 
+/// The bytes a reg-name or IPv4 address holds besides percent-encodings: unreserved characters
+/// and sub-delims (RFC 3986 §3.2.2). A table: every request's Host goes through it.
+const REG_NAME: [bool; 256] = {
+    let mut table = [false; 256];
+    let mut i = 0;
+    while i < 256 {
+        let b = i as u8;
+        table[i] = b.is_ascii_alphanumeric()
+            || matches!(
+                b,
+                b'-' | b'.' | b'_' | b'~' | b'!' | b'$' | b'&' | b'\'' | b'(' | b')' | b'*' | b'+' | b',' | b';' | b'='
+            );
+        i += 1;
+    }
+    table
+};
+
 /// Whether `v` is an `authority` without userinfo as RFC 3986 §3.2.2 defines it: `uri-host
 /// [":" port]`, where the host is a bracketed IPv6 literal or a reg-name/IPv4 address made of
 /// unreserved characters, percent-encodings and sub-delims. Empty is allowed (RFC 9112 §3.2).
@@ -463,7 +493,7 @@ pub fn valid_host(v: &[u8]) -> bool {
                 ok &= tail.len() >= 2 && tail[0].is_ascii_hexdigit() && tail[1].is_ascii_hexdigit();
                 host = tail.get(2..).unwrap_or_default();
             } else {
-                ok &= b.is_ascii_alphanumeric() || b"-._~!$&'()*+,;=".contains(&b);
+                ok &= REG_NAME[usize::from(b)];
                 host = tail;
             }
         }
@@ -548,6 +578,8 @@ struct Fields {
     conn_close: bool,
     conn_keep_alive: bool,
     conn_upgrade: bool,
+    /// A Connection option names a field that is not hop-by-hop anyway ([`ConnectionNames`]).
+    conn_other: bool,
     host: Option<Range<usize>>,
     hosts: usize,
     upgrade: Option<Range<usize>>,
@@ -572,6 +604,11 @@ impl Fields {
                 name: span(buf, name),
                 value: span(buf, value),
             });
+            // By length first: most fields are none of these, and a name of another length
+            // costs one comparison instead of six.
+            if !matches!(name.len(), 4 | 6 | 7 | 10 | 14 | 17) {
+                continue;
+            }
             if name.eq_ignore_ascii_case(b"content-length") {
                 merge_content_length(&mut f.content_length, value);
             } else if name.eq_ignore_ascii_case(b"transfer-encoding") {
@@ -594,6 +631,8 @@ impl Fields {
                     f.conn_close |= option.eq_ignore_ascii_case(b"close");
                     f.conn_keep_alive |= option.eq_ignore_ascii_case(b"keep-alive");
                     f.conn_upgrade |= option.eq_ignore_ascii_case(b"upgrade");
+                    f.conn_other |=
+                        !option.is_empty() && !option.eq_ignore_ascii_case(b"close") && !is_one_of(option, &HOP_BY_HOP);
                 }
             } else if name.eq_ignore_ascii_case(b"host") {
                 f.hosts += 1;
@@ -900,6 +939,46 @@ fn values<'a>(buf: &'a [u8], headers: &'a [HeaderSpan], name: &'a [u8]) -> impl 
     named.map(move |h| at(buf, &h.value))
 }
 
+/// What the Connection fields of a head name beyond the fields dropped anyway (RFC 9110 §7.6.1),
+/// read once per head: asking [`named_by_connection`] for every field would scan all fields again
+/// per field. Nearly every head names nothing else (`keep-alive`, `close`, `upgrade`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct ConnectionNames {
+    /// `close` is named: a field called `Close` is dropped.
+    close: bool,
+    /// Some other name: each field is checked against the Connection fields.
+    other: bool,
+}
+
+impl ConnectionNames {
+    /// From the values of the head's Connection fields.
+    fn of<'a>(values: impl Iterator<Item = &'a [u8]>) -> ConnectionNames {
+        let mut named = ConnectionNames {
+            close: false,
+            other: false,
+        };
+        for value in values {
+            for option in list_elements(value) {
+                if option.eq_ignore_ascii_case(b"close") {
+                    named.close = true;
+                } else if !option.is_empty() && !is_one_of(option, &HOP_BY_HOP) {
+                    named.other = true;
+                }
+            }
+        }
+        named
+    }
+
+    /// Whether field `name` (not hop-by-hop itself) is named; `all` asks the Connection fields.
+    fn names(self, name: &[u8], all: impl FnOnce() -> bool) -> bool {
+        if self.other {
+            all()
+        } else {
+            self.close && name.eq_ignore_ascii_case(b"close")
+        }
+    }
+}
+
 /// Whether `name` is one of `list` (which is lowercase).
 fn is_one_of(name: &[u8], list: &[&[u8]]) -> bool {
     list.iter().any(|l| name.eq_ignore_ascii_case(l))
@@ -1019,10 +1098,13 @@ pub fn write_request_head(out: &mut Vec<u8>, req: &RequestOut<'_>, fwd: &Forward
     }
     out.extend_from_slice(b" HTTP/1.1\r\n");
     let mut has_request_id = false;
+    let named = ConnectionNames::of(pair_values(headers, b"connection"));
     let named_by_connection = |name: &[u8]| {
-        pair_values(headers, b"connection")
-            .flat_map(list_elements)
-            .any(|o| o.eq_ignore_ascii_case(name))
+        named.names(name, || {
+            pair_values(headers, b"connection")
+                .flat_map(list_elements)
+                .any(|o| o.eq_ignore_ascii_case(name))
+        })
     };
     for &(name, value) in headers {
         let is_host = name.eq_ignore_ascii_case(b"host");
@@ -1133,9 +1215,14 @@ pub fn write_response_head_dropping(
     } = to;
     push_status_line(out, head.status, at(buf, &head.reason));
     let switching = head.status == 101;
+    // Read by `parse_response` with the rest of the Connection fields.
+    let named = head.named;
+    // `passes`, with the Connection fields read once.
+    let passes =
+        |name: &[u8]| !is_one_of(name, &HOP_BY_HOP) && !named.names(name, || named_by_connection(buf, headers, name));
     for h in headers {
         let name = at(buf, &h.name);
-        if (switching && name.eq_ignore_ascii_case(b"upgrade")) || (passes(buf, headers, name) && !drop(name)) {
+        if (switching && name.eq_ignore_ascii_case(b"upgrade")) || (passes(name) && !drop(name)) {
             push_header(out, name, at(buf, &h.value));
         }
     }

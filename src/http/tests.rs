@@ -1145,3 +1145,78 @@ fn extra_header_lines_end_the_head() {
     write_location(&mut out, 302, &[b"/app"], b"X-A: b\r\n", true);
     assert!(String::from_utf8_lossy(&out).ends_with("Connection: close\r\nX-A: b\r\n\r\n"));
 }
+
+/// The head writers read the Connection fields once per head; every field they pass on or drop
+/// must be the one `passes` (which reads them for each field) passes or drops, whatever the
+/// Connection fields name: nothing else, `close` (a field called `Close` goes), a hop-by-hop
+/// name, another name, or several lines.
+#[test]
+fn connection_named_fields_match_passes() {
+    let connections: &[&[u8]] = &[
+        b"",
+        b"Connection: keep-alive\r\n",
+        b"Connection: close\r\n",
+        b"Connection: Keep-Alive, CLOSE\r\n",
+        b"Connection: upgrade, te\r\n",
+        b"Connection: keep-alive, X-Hop\r\n",
+        b"Connection: , keep-alive ,\r\n",
+        b"Connection: close\r\nConnection: x-hop\r\n",
+    ];
+    let fields = b"Close: 1\r\nX-Hop: 2\r\nX-Up: 3\r\nKeep-Alive: timeout=5\r\nTE: trailers\r\n";
+    for conn in connections {
+        let raw = [&b"HTTP/1.1 200 OK\r\n"[..], conn, fields, b"Content-Length: 0\r\n\r\n"].concat();
+        let mut headers = Vec::new();
+        let Ok(Parsed::Complete(head)) = parse_response(&raw, &LIMITS, false, &mut headers) else {
+            panic!("unparsable response {:?}", String::from_utf8_lossy(&raw))
+        };
+        let to = ToClient {
+            framing: Framing::Length(0),
+            version: Version::Http11,
+            keep_alive: true,
+        };
+        let mut out = Vec::new();
+        write_response_head(&mut out, &raw, &head, &headers, to, b"");
+        let out = String::from_utf8(out).unwrap();
+        for h in &headers {
+            let name = &raw[h.name.clone()];
+            let line = format!("\r\n{}: ", String::from_utf8_lossy(name));
+            if name.eq_ignore_ascii_case(b"content-length") {
+                continue; // rewritten by kedge
+            }
+            assert_eq!(
+                out.contains(&line),
+                passes(&raw, &headers, name),
+                "response with {:?}: {:?} in {out:?}",
+                String::from_utf8_lossy(conn),
+                String::from_utf8_lossy(name),
+            );
+        }
+        let req = [&b"GET / HTTP/1.1\r\nHost: h\r\n"[..], conn, fields, b"\r\n"].concat();
+        let out = rebuilt_request(&req, &fwd(b"h", b"rid"));
+        let (_, headers) = request(&req);
+        for h in &headers {
+            let name = &req[h.name.clone()];
+            if name.eq_ignore_ascii_case(b"host") {
+                continue; // Host is never dropped for being named
+            }
+            let line = format!("\r\n{}: ", String::from_utf8_lossy(name));
+            assert_eq!(
+                out.contains(&line),
+                passes(&req, &headers, name),
+                "request with {:?}: {:?} in {out:?}",
+                String::from_utf8_lossy(conn),
+                String::from_utf8_lossy(name),
+            );
+        }
+    }
+}
+
+/// The reg-name table holds what RFC 3986 lets a reg-name hold besides percent-encodings.
+#[test]
+fn reg_name_table() {
+    for b in 0..=255u8 {
+        let allowed = b.is_ascii_alphanumeric() || b"-._~!$&'()*+,;=".contains(&b);
+        assert_eq!(REG_NAME[usize::from(b)], allowed, "byte {b}");
+        assert_eq!(valid_host(&[b'a', b]), allowed || b == b':', "byte {b}");
+    }
+}
