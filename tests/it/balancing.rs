@@ -69,7 +69,9 @@ fn round_robin_is_even_and_least_request_avoids_the_slow_endpoint() {
     }
     assert_eq!(seen.values().copied().collect::<Vec<_>>(), [10, 10, 10], "{seen:?}");
 
-    let slow = Upstream::start("slow", Handler::Delay(Duration::from_millis(300)));
+    // Slow against the others even when a loaded machine makes them take tens of
+    // milliseconds (at 300 ms it once got 48 of 240 under a load average of 12).
+    let slow = Upstream::start("slow", Handler::Delay(Duration::from_millis(600)));
     let fast: Vec<Upstream> = (0..2)
         .map(|i| Upstream::start(&format!("fast-{i}"), Handler::Echo))
         .collect();
