@@ -22,12 +22,14 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::{Duration, Instant};
 
+use monoio::io::AsyncWriteRent;
 use monoio::net::TcpStream;
 
 use super::balance::{PickInput, Tried};
 use super::decide::Forward;
 use super::error::{ErrorKind, RequestError, Retry};
 use super::log::Record;
+use super::mirror;
 use super::pump::{self, ReadResult};
 use super::session::{Ctx, UpstreamBufs};
 use super::timer;
@@ -57,9 +59,10 @@ pub(super) struct Exchange<'w> {
 pub(super) trait SendBody {
     /// Writes `out` (the request head) and then the body to `upstream`, re-framed as the head
     /// announced, under `send_timeout` per write and `max_body` in all. `out` comes back empty.
-    async fn send(
+    /// `upstream` is the connection, or a `mirror::Tee` over it.
+    async fn send<W: AsyncWriteRent>(
         &mut self,
-        upstream: &mut UpstreamStream,
+        upstream: &mut W,
         out: &mut Vec<u8>,
         send_timeout: Duration,
         max_body: u64,
@@ -147,6 +150,10 @@ async fn forward_tries<'w, B: SendBody>(
         let attempt = async {
             let sent = match req.has_body {
                 false => send_head(&mut upstream, out, f.timeouts.send).await,
+                // Sent once (a request with a body is never retried), and copied to mirrors.
+                true if mirror::wanted(f) => {
+                    mirror::send_teed(worker, snap, f, &mut upstream, out, body, f.timeouts.send).await
+                }
                 true => body.send(&mut upstream, out, f.timeouts.send, f.max_body).await,
             };
             match sent {
