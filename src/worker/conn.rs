@@ -268,13 +268,14 @@ impl<S: ClientStream> Conn<S> {
             }
             Plan::Forward(f, sending) => {
                 let cx = Ctx { worker, snap, start };
-                let mut body = H1Body {
+                let body = H1Body {
                     client: &mut self.client,
                     cbuf: &mut self.cbuf,
                     framing: head.framing,
                     expect_continue: sending.expect_continue,
                     body_timeout: snap.client.body_timeout,
                 };
+                let mut body = mirror::Teed::new(cx, &f, body);
                 let exchange = forward::forward(cx, &f, sending, &mut self.out, &mut body, &mut self.up, rec).await?;
                 self.respond(cx, head, &f, sending.upgrade, exchange, rec).await
             }

@@ -29,7 +29,6 @@ use super::balance::{PickInput, Tried};
 use super::decide::Forward;
 use super::error::{ErrorKind, RequestError, Retry};
 use super::log::Record;
-use super::mirror;
 use super::pump::{self, ReadResult};
 use super::session::{Ctx, UpstreamBufs};
 use super::timer;
@@ -59,7 +58,7 @@ pub(super) struct Exchange<'w> {
 pub(super) trait SendBody {
     /// Writes `out` (the request head) and then the body to `upstream`, re-framed as the head
     /// announced, under `send_timeout` per write and `max_body` in all. `out` comes back empty.
-    /// `upstream` is the connection, or a `mirror::Tee` over it.
+    /// `upstream` is the connection, or a `mirror::Tee` over it that copies what it takes.
     async fn send<W: AsyncWriteRent>(
         &mut self,
         upstream: &mut W,
@@ -150,10 +149,6 @@ async fn forward_tries<'w, B: SendBody>(
         let attempt = async {
             let sent = match req.has_body {
                 false => send_head(&mut upstream, out, f.timeouts.send).await,
-                // Sent once (a request with a body is never retried), and copied to mirrors.
-                true if mirror::wanted(f) => {
-                    mirror::send_teed(worker, snap, f, &mut upstream, out, body, f.timeouts.send).await
-                }
                 true => body.send(&mut upstream, out, f.timeouts.send, f.max_body).await,
             };
             match sent {

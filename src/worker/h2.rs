@@ -574,13 +574,14 @@ async fn handle(
         expect_continue: false,
         upgrade: false,
     };
-    let mut sender = H2Body {
+    let sender = H2Body {
         recv: body,
         chunked: framing == Framing::Chunked,
         body_timeout: snap.client.body_timeout,
     };
     let mut up = PooledUpstream::new(&worker.bufs);
     let cx = Ctx { worker, snap, start };
+    let mut sender = super::mirror::Teed::new(cx, &f, sender);
     // A client that resets the stream before the answer cancels the upstream request (its
     // connection is dropped mid-request), and counts against the connection's budget of such
     // resets (Rapid Reset, CVE-2023-44487: h2 bounds only resets of streams not yet accepted).

@@ -4,7 +4,8 @@
 //!
 //! A request without a body is copied whole when it is decided ([`send`]). A request with a
 //! body (any size, Content-Length or chunked, HTTP/1.1 or HTTP/2) is copied as it streams
-//! ([`send_teed`]): the front end's [`SendBody`] writes the primary upstream through a [`Tee`],
+//! ([`Teed`], the front end's [`SendBody`] wrapped): the body is written to the primary upstream
+//! through a [`Tee`],
 //! and every byte the primary took (the head, then the body framed as kedge framed it for the
 //! primary: a chunked body stays chunked, so nothing is held back to count it) is queued for
 //! each mirror task, which writes it to its own connection.
@@ -43,6 +44,7 @@ use super::decide::Forward;
 use super::error::RequestError;
 use super::forward::{self, SendBody};
 use super::pump::{self, ReadResult};
+use super::session::Ctx;
 use super::{Snapshot, Worker};
 use crate::metrics::WorkerMetrics;
 use crate::routes::Backend;
@@ -86,29 +88,48 @@ pub(super) fn send(worker: &Worker, snap: &Snapshot, f: &Forward<'_>, head: &[u8
     });
 }
 
-/// Sends the request's head (in `out`) and body through `body` to the primary `upstream`, and
-/// a copy of every byte it takes to each mirror of `f`'s rule (see the module documentation).
-/// What the primary sees and the result are those of `body.send` alone.
-pub(super) async fn send_teed<W: AsyncWriteRent, B: SendBody>(
-    worker: &Worker,
-    snap: &Snapshot,
-    f: &Forward<'_>,
-    upstream: &mut W,
-    out: &mut Vec<u8>,
-    body: &mut B,
-    send_timeout: Duration,
-) -> Result<(), RequestError> {
-    let mut copies = Vec::new();
-    start(worker, snap, f, |q| copies.push(q));
-    let mut tee = Tee { upstream, copies };
-    let sent = body.send(&mut tee, out, send_timeout, f.max_body).await;
-    if sent.is_ok() {
-        for q in &tee.copies {
-            q.finish();
+/// A front end's [`SendBody`] that also copies the body to the mirrors of the request's rule,
+/// if it has any: the primary upstream is written through a [`Tee`]. Without mirrors it is the
+/// front end's body and one `None`.
+pub(super) struct Teed<'a, B> {
+    body: B,
+    mirrors: Option<(Ctx<'a>, &'a Forward<'a>)>,
+}
+
+impl<'a, B: SendBody> Teed<'a, B> {
+    pub(super) fn new(cx: Ctx<'a>, f: &'a Forward<'a>, body: B) -> Teed<'a, B> {
+        Teed {
+            body,
+            mirrors: wanted(f).then_some((cx, f)),
         }
     }
-    // Dropping the tee cuts off the mirrors of a body that did not go through.
-    sent
+}
+
+impl<B: SendBody> SendBody for Teed<'_, B> {
+    /// The body goes to the primary once (a request with a body is never retried), so the
+    /// mirrors start with it: none is started for a request that never got a connection.
+    async fn send<W: AsyncWriteRent>(
+        &mut self,
+        upstream: &mut W,
+        out: &mut Vec<u8>,
+        send_timeout: Duration,
+        max_body: u64,
+    ) -> Result<(), RequestError> {
+        let Some((cx, f)) = self.mirrors.take() else {
+            return self.body.send(upstream, out, send_timeout, max_body).await;
+        };
+        let mut copies = Vec::new();
+        start(cx.worker, cx.snap, f, |q| copies.push(q));
+        let mut tee = Tee { upstream, copies };
+        let sent = self.body.send(&mut tee, out, send_timeout, max_body).await;
+        if sent.is_ok() {
+            for q in &tee.copies {
+                q.finish();
+            }
+        }
+        // Dropping the tee cuts off the mirrors of a body that did not go through.
+        sent
+    }
 }
 
 /// Makes a queue and starts a mirror task for each mirror of `f`'s rule that this request goes
