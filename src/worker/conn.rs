@@ -383,7 +383,7 @@ impl<S: ClientStream> Conn<S> {
                     http::write_request_head(&mut self.out, &req, &fwd);
                     self.gw_pairs.put(changed);
                     if head.framing == Framing::None {
-                        // A request with a body is mirrored as the body streams (forward.rs).
+                        // A request with a body is mirrored as the body streams (mirror::Teed).
                         mirror::send(worker, snap, &f, &self.out);
                     }
                     let sending = Sending {

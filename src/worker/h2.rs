@@ -529,7 +529,7 @@ async fn handle(
     let mut out = Lease::new(&worker.bufs, Class::Output);
     h1::write_request_head(&mut out, &out_req, &fwd);
     if body_kind == Body::None {
-        // A request with a body is mirrored as the body streams (forward.rs).
+        // A request with a body is mirrored as the body streams (mirror::Teed).
         super::mirror::send(worker, snap, &f, &out);
     }
     if f.routed.backend.h2 {
