@@ -176,6 +176,8 @@ pub struct UpstreamSettings {
     pub ejection_time: Duration,
     /// At most this share of a backend's endpoints is ejected at once (at least one).
     pub max_ejection_percent: u8,
+    /// How far (bytes) a RequestMirror copy may fall behind the request before it is abandoned.
+    pub mirror_buffer: usize,
 }
 
 /// A `[[route]]` from the file.
@@ -496,6 +498,17 @@ impl Cx<'_> {
             ejection_time: self.duration(&u.ejection_time, "upstream.ejection_time", Duration::from_secs(30))?,
             max_ejection_percent: self.bounded(&u.max_ejection_percent, "upstream.max_ejection_percent", 50, 0..101)?
                 as u8,
+            mirror_buffer: match self.size(&u.mirror_buffer, "upstream.mirror_buffer", 4 << 20)? {
+                n @ 16_384..=0x400_0000 => n as usize,
+                _ => {
+                    let span = u.mirror_buffer.as_ref().map(Spanned::span);
+                    return Err(self.error(
+                        span,
+                        Some("upstream.mirror_buffer"),
+                        "must be between 16k and 64m".into(),
+                    ));
+                }
+            },
         };
 
         let l = file.log.unwrap_or_default();
@@ -1156,6 +1169,7 @@ struct FileUpstream {
     max_failures: Option<Spanned<u64>>,
     ejection_time: Option<Spanned<String>>,
     max_ejection_percent: Option<Spanned<u64>>,
+    mirror_buffer: Option<Spanned<Size>>,
 }
 
 #[derive(Deserialize, Default)]

@@ -55,6 +55,9 @@ pub struct WorkerMetrics {
     pub streams: AtomicI64,
     /// Requests by client protocol ([`PROTOCOLS`]).
     protocols: [AtomicU64; PROTOCOLS.len()],
+    /// RequestMirror copies given up (the mirror fell behind its budget, failed, or the
+    /// request's body failed), see `worker/mirror.rs`.
+    pub mirrors_abandoned: AtomicU64,
     /// Backends this worker has counted for, by name. Locked when a worker meets a backend for
     /// the first time and when scraped; never per request.
     backends: Mutex<Vec<(Key, Arc<BackendMetrics>)>>,
@@ -189,6 +192,20 @@ impl Collector for Metrics {
                     .sum();
                 ConstCounter::new(n).encode(e.encode_family(&[("protocol", *protocol)])?)?;
             }
+        }
+        {
+            let n: u64 = self
+                .workers
+                .iter()
+                .map(|w| w.mirrors_abandoned.load(Ordering::Relaxed))
+                .sum();
+            let e = encoder.encode_descriptor(
+                "kedge_mirror_abandoned",
+                "RequestMirror copies abandoned before the whole request reached the mirror (it fell behind, failed, or the request's body failed).",
+                None,
+                MetricType::Counter,
+            )?;
+            ConstCounter::new(n).encode(e)?;
         }
         {
             let mut e = encoder.encode_descriptor(

@@ -161,6 +161,8 @@ struct Worker {
     /// Basic-auth credentials checked good (hashes of header value and user list): bcrypt is
     /// slow on purpose, so each is checked once per worker. Bounded; cleared when full.
     auth_ok: RefCell<std::collections::HashSet<u64>>,
+    /// What this worker's RequestMirror copies hold, and their counters.
+    mirrors: Rc<mirror::Budget>,
     /// This worker's metrics, and its handles on each backend's counters (by name).
     metrics: Arc<crate::metrics::WorkerMetrics>,
     /// By backend, then host.
@@ -311,6 +313,7 @@ async fn worker_main(index: usize, listeners: Vec<listener::Bound>, shared: Arc<
         balancer: RefCell::new(balance::Balancer::new(index)),
         limits: RefCell::new(limits::Limiter::default()),
         auth_ok: RefCell::new(std::collections::HashSet::new()),
+        mirrors: Rc::new(mirror::Budget::new(Arc::clone(&my_metrics))),
         metrics: my_metrics,
         backend_metrics: RefCell::new(FxHashMap::default()),
         rng: Cell::new(seed),

@@ -268,13 +268,14 @@ impl<S: ClientStream> Conn<S> {
             }
             Plan::Forward(f, sending) => {
                 let cx = Ctx { worker, snap, start };
-                let mut body = H1Body {
+                let body = H1Body {
                     client: &mut self.client,
                     cbuf: &mut self.cbuf,
                     framing: head.framing,
                     expect_continue: sending.expect_continue,
                     body_timeout: snap.client.body_timeout,
                 };
+                let mut body = mirror::Teed::new(cx, &f, body);
                 let exchange = forward::forward(cx, &f, sending, &mut self.out, &mut body, &mut self.up, rec).await?;
                 self.respond(cx, head, &f, sending.upgrade, exchange, rec).await
             }
@@ -381,16 +382,9 @@ impl<S: ClientStream> Conn<S> {
                     };
                     http::write_request_head(&mut self.out, &req, &fwd);
                     self.gw_pairs.put(changed);
-                    if f.gw.is_some_and(|gw| !gw.action.mirrors.is_empty()) {
-                        // A body that came whole with the head (and is small) is mirrored too.
-                        let mirrored = match head.framing {
-                            Framing::None => Some(&[][..]),
-                            Framing::Length(n) if n <= mirror::MAX_BODY => {
-                                self.cbuf.get(head.head_len..head.head_len + n as usize)
-                            }
-                            _ => None,
-                        };
-                        mirror::send(worker, snap, &f, &self.out, mirrored);
+                    if head.framing == Framing::None {
+                        // A request with a body is mirrored as the body streams (mirror::Teed).
+                        mirror::send(worker, snap, &f, &self.out);
                     }
                     let sending = Sending {
                         has_body: head.framing != Framing::None,
@@ -420,9 +414,9 @@ struct H1Body<'c, S> {
 }
 
 impl<S: ClientStream> SendBody for H1Body<'_, S> {
-    async fn send(
+    async fn send<W: AsyncWriteRent>(
         &mut self,
-        upstream: &mut UpstreamStream,
+        upstream: &mut W,
         out: &mut Vec<u8>,
         send_timeout: Duration,
         max_body: u64,

@@ -22,6 +22,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::{Duration, Instant};
 
+use monoio::io::AsyncWriteRent;
 use monoio::net::TcpStream;
 
 use super::balance::{PickInput, Tried};
@@ -57,9 +58,10 @@ pub(super) struct Exchange<'w> {
 pub(super) trait SendBody {
     /// Writes `out` (the request head) and then the body to `upstream`, re-framed as the head
     /// announced, under `send_timeout` per write and `max_body` in all. `out` comes back empty.
-    async fn send(
+    /// `upstream` is the connection, or a `mirror::Tee` over it that copies what it takes.
+    async fn send<W: AsyncWriteRent>(
         &mut self,
-        upstream: &mut UpstreamStream,
+        upstream: &mut W,
         out: &mut Vec<u8>,
         send_timeout: Duration,
         max_body: u64,

@@ -528,9 +528,10 @@ async fn handle(
     // back when the stream is done, as an HTTP/1.1 connection's do between requests.
     let mut out = Lease::new(&worker.bufs, Class::Output);
     h1::write_request_head(&mut out, &out_req, &fwd);
-    // An HTTP/2 request body arrives after the decision: not mirrored.
-    let mirrored = (body_kind == Body::None).then_some(&[][..]);
-    super::mirror::send(worker, snap, &f, &out, mirrored);
+    if body_kind == Body::None {
+        // A request with a body is mirrored as the body streams (mirror::Teed).
+        super::mirror::send(worker, snap, &f, &out);
+    }
     if f.routed.backend.h2 {
         // gRPC: HTTP/2 end to end.
         let te_trailers = parts
@@ -573,13 +574,14 @@ async fn handle(
         expect_continue: false,
         upgrade: false,
     };
-    let mut sender = H2Body {
+    let sender = H2Body {
         recv: body,
         chunked: framing == Framing::Chunked,
         body_timeout: snap.client.body_timeout,
     };
     let mut up = PooledUpstream::new(&worker.bufs);
     let cx = Ctx { worker, snap, start };
+    let mut sender = super::mirror::Teed::new(cx, &f, sender);
     // A client that resets the stream before the answer cancels the upstream request (its
     // connection is dropped mid-request), and counts against the connection's budget of such
     // resets (Rapid Reset, CVE-2023-44487: h2 bounds only resets of streams not yet accepted).
@@ -981,9 +983,9 @@ struct H2Body {
 }
 
 impl SendBody for H2Body {
-    async fn send(
+    async fn send<W: AsyncWriteRent>(
         &mut self,
-        upstream: &mut UpstreamStream,
+        upstream: &mut W,
         out: &mut Vec<u8>,
         send_timeout: Duration,
         max_body: u64,

@@ -574,8 +574,8 @@ fn two_gateways_on_one_port_are_isolated_by_address() {
     assert_eq!(ask("127.0.0.2", "only-one.example.com").0, 404);
 }
 
-/// RequestMirror: a copy of each request goes to the mirror backend, its answer discarded; a
-/// body that came whole with the head (up to 64 KiB) is copied too, a chunked one is not.
+/// RequestMirror: a copy of each request goes to the mirror backend, its answer discarded; its
+/// body is copied too, chunked or not (larger bodies, HTTP/2 and a stalled mirror: `mirror.rs`).
 #[test]
 fn request_mirror_copies_requests_and_bounded_bodies() {
     let w = World::start(Driver::default(), "gw-mirror", &["a", "m"]);
@@ -601,9 +601,11 @@ fn request_mirror_copies_requests_and_bounded_bodies() {
     let r = w.send("GET /copied?x=1 HTTP/1.1\r\nHost: m.example.com\r\nX-Trace: t1\r\n\r\n");
     assert_eq!(answered(&r), (200, Some("a")));
     let mirror = w.up("m");
-    wait_until(WAIT, "the mirror got the GET and the POST", || {
+    wait_until(WAIT, "the mirror got the GET and both POSTs", || {
         let seen = mirror.requests();
-        seen.iter().any(|s| s.uri == "/copied?x=1") && seen.iter().any(|s| s.uri == "/posted")
+        ["/copied?x=1", "/posted", "/chunked"]
+            .iter()
+            .all(|uri| seen.iter().any(|s| s.uri == *uri))
     });
     let seen = mirror.requests();
     let copy = seen.iter().find(|s| s.uri == "/copied?x=1").expect("the copy");
@@ -615,9 +617,14 @@ fn request_mirror_copies_requests_and_bounded_bodies() {
         (posted.body_len, posted.body_hash),
         (5, crate::support::body::hash(b"hello"))
     );
-    assert!(
-        !seen.iter().any(|s| s.uri == "/chunked"),
-        "a chunked body is not mirrored: {seen:?}"
+    let chunked = seen
+        .iter()
+        .find(|s| s.uri == "/chunked")
+        .expect("the chunked POST's copy");
+    assert!(chunked.body_complete);
+    assert_eq!(
+        (chunked.body_len, chunked.body_hash),
+        (2, crate::support::body::hash(b"hi"))
     );
     // The backend got everything, bodies whole.
     let at_a = w.up("a").requests();

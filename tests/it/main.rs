@@ -59,6 +59,8 @@ mod leader;
 mod lifecycle;
 /// Request limits (413, 414, 431) and malformed requests (400, 501).
 mod limits;
+/// RequestMirror with request bodies of every kind, byte-exact; a stalled mirror abandoned.
+mod mirror;
 /// Two clusters behind one kedge: merged routes, the first cluster wins a shared host.
 mod multi_cluster;
 /// The API server away: no failed request under load through an outage and a 410 relist; a

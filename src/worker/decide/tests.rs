@@ -213,6 +213,7 @@ fn upstream() -> UpstreamSettings {
         max_failures: 0,
         ejection_time: Duration::from_secs(30),
         max_ejection_percent: 50,
+        mirror_buffer: 4 << 20,
     }
 }
 
