@@ -120,7 +120,8 @@ impl Cluster {
     }
 
     /// Translates the cluster's Ingresses into `builder`: all of them (`plan` `None`, a build
-    /// from nothing), or the hosts of `plan` only (`builder` made by `TableBuilder::update`).
+    /// from nothing), or the hosts of `plan` only (`builder` made by `TableBuilder::update`; the
+    /// objects from [`Cluster::update_objects`]).
     pub fn translate_ingresses(
         &self,
         builder: &mut crate::routes::TableBuilder,
@@ -130,7 +131,20 @@ impl Cluster {
         let mut state = self.ingresses.lock().unwrap_or_else(|e| e.into_inner());
         match plan {
             None => state.full(builder, &self.spec, objects),
-            Some(plan) => state.update(builder, &self.spec, objects, plan),
+            Some(plan) => {
+                // An update (which reads the live stores) resolves only the Services its
+                // Ingresses use: looked up in the store, not picked out of every Service.
+                let services: Vec<_> = state
+                    .services(plan)
+                    .iter()
+                    .filter_map(|(ns, name)| self.stores.service(ns, name))
+                    .collect();
+                let objects = Objects {
+                    services: &services,
+                    ..*objects
+                };
+                state.update(builder, &self.spec, &objects, plan)
+            }
         }
     }
 
@@ -176,14 +190,10 @@ impl Cluster {
         }
         *last = Some(now);
         drop(last);
-        for svc in self.stores.all_services() {
-            if translate::uses_node_ports(&self.spec, &svc) {
-                let (ns, name) = (svc.metadata.namespace.as_deref(), svc.metadata.name.as_deref());
-                changes
-                    .services
-                    .insert((ns.unwrap_or("").to_owned(), name.unwrap_or("").to_owned()));
-            }
-        }
+        let services = self.stores.all_services();
+        changes
+            .services
+            .extend(translate::node_port_services(&self.spec, &services));
     }
 
     /// Resolves once every watch has completed its first full list.
@@ -346,9 +356,11 @@ impl Cluster {
     /// again only when the cluster is not serving live stores it served before).
     pub fn refresh_state(&self) {
         if self.lkg.live_for_update(self.synced()) {
-            self.persist_changes();
+            // The state file gets what changed (a status write coming back, most often) as
+            // after a build.
+            drop(self.lkg.choose(true, || self.stores.objects()));
         } else {
-            let _ = self.objects();
+            drop(self.objects());
         }
     }
 

@@ -30,7 +30,7 @@ pub mod httproute;
 mod ingress;
 pub mod static_routes;
 
-pub use backends::{NodeUse, SliceIndex, service_endpoints, slice_service, uses_node_ports};
+pub use backends::{NodeUse, SliceIndex, node_port_services, service_endpoints, slice_service, uses_node_ports};
 pub use ingress::{Incremental, NeedFull, Plan as IngressPlan, translate};
 
 /// How one cluster's Ingresses become routes.

@@ -534,6 +534,18 @@ impl NodeUse {
     }
 }
 
+/// The Services (namespace, name) of `services` whose traffic goes to their nodes' NodePorts:
+/// those whose endpoints a change of [`NodeUse`] changes.
+pub fn node_port_services<'s>(
+    spec: &'s ClusterSpec,
+    services: &'s [Arc<Service>],
+) -> impl Iterator<Item = (String, String)> + 's {
+    services.iter().filter(|s| uses_node_ports(spec, s)).map(|s| {
+        let (ns, name) = ns_name(&s.metadata);
+        (ns.to_owned(), name.to_owned())
+    })
+}
+
 /// Whether a Service's traffic goes to its nodes' NodePorts (the cluster's mode, unless the
 /// Service's [`UPSTREAM_MODE_ANNOTATION`] says otherwise; an unknown value is the cluster's
 /// mode, as in translation).

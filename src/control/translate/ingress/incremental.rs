@@ -280,7 +280,7 @@ impl Cluster {
         let spec = self.spec.clone();
         let updated = self.with_objects(|objs| {
             let plan = state.plan(&spec, objs, services).ok()?;
-            // As the control loop: only the EndpointSlices of the Services the update resolves.
+            // As the control loop: only the Services the update resolves, and their EndpointSlices.
             let wanted = state.services(&plan);
             let slices: Vec<Arc<EndpointSlice>> = objs
                 .slices
@@ -291,8 +291,20 @@ impl Cluster {
                 })
                 .cloned()
                 .collect();
+            let services: Vec<Arc<Service>> = objs
+                .services
+                .iter()
+                .filter(|s| {
+                    let (ns, name) = (s.metadata.namespace.as_deref(), s.metadata.name.as_deref());
+                    wanted
+                        .iter()
+                        .any(|(n, v)| Some(n.as_str()) == ns && Some(v.as_str()) == name)
+                })
+                .cloned()
+                .collect();
             let objs = &Objects {
                 slices: &slices,
+                services: &services,
                 ..*objs
             };
             let mut b = TableBuilder::update(prev, plan.hosts.iter().map(|h| h.as_deref()));
