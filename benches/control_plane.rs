@@ -16,7 +16,8 @@
 //!   kedge rebuilds the whole table on every change (never patches it), so this is the cold
 //!   cost plus the snapshot; the change is checked to be in the new table;
 //! - **Ingress change**, **Service change** (scenarios with Ingresses): what the control loop
-//!   does for a watched change now: the same snapshot, then an update (the hosts of the
+//!   does for a watched change now: the same snapshot but the EndpointSlices' (the update looks
+//!   up those of the Services it resolves through the index), then an update (the hosts of the
 //!   changed Ingress, or of the Ingresses using the changed Service, are translated again;
 //!   every other host's rules are shared with the previous table), then the build;
 //!   p50/p99/max over 31 changes, each checked to be in the new table and to be an update;
@@ -43,7 +44,8 @@ use kedge::config::ListenerSpec;
 use kedge::control::gateway_types::{Gateway, GatewayClass, HttpRoute};
 use kedge::control::translate::gateway::{GatewaySettings, attach};
 use kedge::control::translate::{
-    ClusterSpec, Incremental, Objects, SliceIndex, UpstreamMode, httproute, service_endpoints, slice_service, translate,
+    ClusterSpec, Incremental, NodeUse, Objects, SliceIndex, UpstreamMode, httproute, service_endpoints, slice_service,
+    translate, uses_node_ports,
 };
 use kedge::routes::gateway::{Lookup, Request};
 use kedge::routes::{RouteTable, TableBuilder};
@@ -148,6 +150,20 @@ struct Stores {
 }
 
 impl Stores {
+    /// The stores' state() but the EndpointSlices' (what an update copies).
+    fn without_slices(&self) -> Stores {
+        Stores {
+            ingresses: self.ingresses.clone(),
+            classes: self.classes.clone(),
+            services: self.services.clone(),
+            slices: Vec::new(),
+            nodes: self.nodes.clone(),
+            gateway_classes: self.gateway_classes.clone(),
+            gateways: self.gateways.clone(),
+            http_routes: self.http_routes.clone(),
+        }
+    }
+
     fn objects(&self) -> Objects<'_> {
         Objects {
             ingresses: &self.ingresses,
@@ -286,6 +302,11 @@ struct Row {
     ingress_change: Vec<Duration>,
     /// An incremental rebuild after one Service changed.
     service_change: Vec<Duration>,
+    /// NodePort mode: a Node change that changes nothing the table takes from Nodes (a new
+    /// object, same readiness and address: a heartbeat), and one that does (a node turns not
+    /// Ready), as the control loop answers them.
+    node_same: Vec<Duration>,
+    node_change: Vec<Duration>,
     /// Bytes the update state (`Incremental`) holds between builds.
     cache_bytes: usize,
     table_bytes: usize,
@@ -317,12 +338,17 @@ fn build(spec: &ClusterSpec, stores: &Stores) -> (RouteTable, Duration) {
 }
 
 /// What changed since the previous table (`prev`), for an update: the Services (namespace,
-/// name) whose objects changed; a changed Ingress is a new object.
+/// name) whose objects changed; a changed Ingress is a new object. With a previous table, the
+/// EndpointSlices are looked up as the control loop does: only those of the Services the update
+/// resolves, through the Service → EndpointSlices index and the slices by (namespace, name).
 type Update<'u> = (
     &'u mut Incremental,
-    Option<&'u RouteTable>,
+    Option<(&'u RouteTable, &'u SliceIndex, &'u SliceStore)>,
     &'u BTreeSet<(String, String)>,
 );
+
+/// The EndpointSlices by (namespace, name), as the reflector store finds one.
+type SliceStore = HashMap<(String, String), Arc<EndpointSlice>>;
 
 /// [`build`] with the control loop's update state: with a previous table, an update (only the
 /// hosts the change touches are translated again, the others shared); without, a build from
@@ -333,8 +359,18 @@ fn build_with(spec: &ClusterSpec, stores: &Stores, update: Option<Update<'_>>) -
     let outcome = match update {
         Some((state, None, _)) => state.full(&mut builder, spec, &objects),
         // The Service changes rename a port: its Ingress is warned about.
-        Some((state, Some(prev), services)) => {
+        Some((state, Some((prev, index, slice_store)), services)) => {
             let plan = state.plan(spec, &objects, services).expect("an update");
+            let slices: Vec<Arc<EndpointSlice>> = state
+                .services(&plan)
+                .iter()
+                .flat_map(|(ns, svc)| index.slices(ns, svc).map(move |n| (ns.clone(), n.to_owned())))
+                .filter_map(|k| slice_store.get(&k).cloned())
+                .collect();
+            let objects = Objects {
+                slices: &slices,
+                ..objects
+            };
             builder = TableBuilder::update(prev, plan.hosts.iter().map(|h| h.as_deref()));
             state.update(&mut builder, spec, &objects, &plan)
         }
@@ -462,7 +498,7 @@ fn run(sc: &Scenario) -> Row {
         .iter()
         .map(|s| (by_name(&s.metadata), Arc::clone(s)))
         .collect();
-    let mut slice_store: HashMap<(String, String), Arc<EndpointSlice>> = stores
+    let mut slice_store: SliceStore = stores
         .slices
         .iter()
         .map(|s| (by_name(&s.metadata), Arc::clone(s)))
@@ -519,6 +555,61 @@ fn run(sc: &Scenario) -> Row {
             );
         }
         table = next;
+    }
+    // Node changes (NodePort mode), as the control loop answers them: what the table takes from
+    // the Nodes is worked out again and compared with the last; when it changed, the endpoints
+    // of every Service in NodePort mode are resolved again (their EndpointSlices found through
+    // the index) and patched into the table, as after an EndpointSlice change.
+    let (mut node_same, mut node_change) = (Vec::new(), Vec::new());
+    if sc.mode == UpstreamMode::NodePorts {
+        let mut last = NodeUse::of(&spec, &stores.nodes);
+        for r in 0..sc.runs {
+            let n = r % NODES;
+            stores.nodes[n] = Arc::new((*stores.nodes[n]).clone());
+            let t = Instant::now();
+            let now = NodeUse::of(&spec, &stores.nodes);
+            assert!(now == last, "a heartbeat changes nothing");
+            node_same.push(t.elapsed());
+            let mut node = (*stores.nodes[n]).clone();
+            if let Some(c) = node
+                .status
+                .as_mut()
+                .and_then(|s| s.conditions.as_mut())
+                .and_then(|c| c.first_mut())
+            {
+                c.status = "False".into();
+            }
+            stores.nodes[n] = Arc::new(node);
+            let t = Instant::now();
+            let now = NodeUse::of(&spec, &stores.nodes);
+            assert!(now != last, "a node left");
+            last = now;
+            let touched: Vec<(String, String)> = service_store
+                .iter()
+                .filter(|(_, s)| uses_node_ports(&spec, s))
+                .map(|(k, _)| k.clone())
+                .collect();
+            let services: Vec<_> = touched.iter().filter_map(|k| service_store.get(k).cloned()).collect();
+            let slices: Vec<_> = touched
+                .iter()
+                .flat_map(|(ns, svc)| index.slices(ns, svc).map(move |n| (ns.clone(), n.to_owned())))
+                .filter_map(|k| slice_store.get(&k).cloned())
+                .collect();
+            let objects = Objects {
+                services: &services,
+                slices: &slices,
+                nodes: &stores.nodes,
+                ..Objects::default()
+            };
+            let updates: Vec<_> = service_endpoints(&spec, &objects, &touched)
+                .into_iter()
+                .filter_map(|(name, endpoints)| table.backend_id(&name).map(|id| (id, endpoints)))
+                .collect();
+            let next = table.with_endpoints(updates);
+            node_change.push(t.elapsed());
+            assert_eq!(routed(&next, sc.http_routes, r).endpoints.len(), NODES - r - 1);
+            table = next;
+        }
     }
     drop(table);
 
@@ -586,8 +677,12 @@ fn run(sc: &Scenario) -> Row {
             }
             stores.ingresses[i] = Arc::new(changed);
             let t = Instant::now();
-            let snapshot = stores.clone();
-            let (next, _) = build_with(&spec, &snapshot, Some((&mut state, Some(&table), &none)));
+            let snapshot = stores.without_slices();
+            let (next, _) = build_with(
+                &spec,
+                &snapshot,
+                Some((&mut state, Some((&table, &index, &slice_store)), &none)),
+            );
             ingress_change.push(t.elapsed());
             assert!(
                 next.shares_host_rules(&table, &host_of(i ^ 1)),
@@ -611,8 +706,12 @@ fn run(sc: &Scenario) -> Row {
             stores.services[i] = Arc::new(changed);
             let services: BTreeSet<(String, String)> = [(ns_of(i), format!("app-{i}"))].into_iter().collect();
             let t = Instant::now();
-            let snapshot = stores.clone();
-            let (next, _) = build_with(&spec, &snapshot, Some((&mut state, Some(&table), &services)));
+            let snapshot = stores.without_slices();
+            let (next, _) = build_with(
+                &spec,
+                &snapshot,
+                Some((&mut state, Some((&table, &index, &slice_store)), &services)),
+            );
             service_change.push(t.elapsed());
             table = next;
             let b = table.route(host_of(i).as_bytes(), "/").expect("routed");
@@ -631,6 +730,8 @@ fn run(sc: &Scenario) -> Row {
     Row {
         ingress_change,
         service_change,
+        node_same,
+        node_change,
         cache_bytes,
         name: sc.name,
         backends,
@@ -753,6 +854,23 @@ fn main() {
             quantiles(&r.service_change),
             mb(r.cache_bytes as u64),
         );
+    }
+    if rows.iter().any(|r| !r.node_change.is_empty()) {
+        println!(
+            "\n| scenario | runs | Node heartbeat → nothing to do ms (median; max) | Node not Ready → NodePort endpoints \
+             patched ms (p50 / p99 / max) |"
+        );
+        println!("|---|---|---|---|");
+        for r in rows.iter().filter(|r| !r.node_change.is_empty()) {
+            println!(
+                "| {} | {} | {} ({}) | {} |",
+                r.name,
+                r.node_change.len(),
+                ms3(median(&r.node_same)),
+                ms3(r.node_same.iter().max().copied().unwrap_or_default()),
+                quantiles(&r.node_change),
+            );
+        }
     }
     println!(
         "\nobjects = the generated k8s_openapi objects (what kube's reflector stores hold); table = bytes the finished \

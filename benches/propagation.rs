@@ -362,6 +362,23 @@ fn scenario(name: &'static str, extra: usize, samples: usize, kind: Kind, change
         *why.entry(w.trim_matches('"').to_owned()).or_default() += 1;
     }
     notes.push(format!("builds during the samples, by why: {why:?}"));
+    // What came just before each full build during the samples (the log lines of object
+    // changes, watch restarts and state changes; the endpoint changes are logged at debug).
+    let logs = kedge.logs();
+    let published: Vec<usize> = (0..logs.len())
+        .filter(|&i| logs[i].contains("route table published"))
+        .collect();
+    let full = |i: usize| logs[i].contains("why=\"watch\"") || logs[i].contains("why=watch");
+    // The first two (a scenario whose every change is a full build has one per sample).
+    for w in published
+        .windows(2)
+        .skip(builds_before.saturating_sub(1))
+        .filter(|w| full(w[1]))
+        .take(2)
+    {
+        let before: Vec<&str> = logs[w[0] + 1..w[1]].iter().rev().take(4).map(|l| l.trim()).collect();
+        notes.push(format!("a full build during the samples came after: {before:?}"));
+    }
     if extra > 0 {
         notes.push(format!(
             "kedge VmHWM after the samples: {:.1} MB",

@@ -192,6 +192,11 @@ fn control_thread(
         .await;
         let mut cfg = cfg;
         let mut logged = BTreeSet::new();
+        // What the watches recorded up to now (each first list's end asks for a full build) is
+        // in the start build, which reads every store: not a second full build right after it.
+        for c in &clusters {
+            drop(c.take_changes());
+        }
         publish(&cfg, &clusters, (&mut tls, &local), &shared, &mut logged, "start");
         admin.warnings(logged.iter().cloned().collect());
         let _ = ready.send(());
@@ -434,18 +439,21 @@ struct TlsState {
 /// hosts, each cluster's plan (their union of dirty hosts), the static routes' warnings.
 type UpdateStart = (TableBuilder, Vec<translate::IngressPlan>, Vec<String>);
 
-/// The start of an update after `changes` (one per cluster) to the table `prev`, or `None`
-/// when only a build from nothing is exact (said at debug level).
+/// The start of an update after `changes` (one per cluster) to the table `prev`, with the
+/// objects it reads, or `None` when only a build from nothing is exact (said at debug level).
 fn start_update(
     cfg: &Config,
     clusters: &[Cluster],
-    objects: &[kinds::ClusterObjects],
     prev: &crate::routes::RouteTable,
     changes: &[Changes],
     tls_hosts: &[String],
-) -> Option<UpdateStart> {
+) -> Option<(Vec<kinds::ClusterObjects>, UpdateStart)> {
+    let mut objects = Vec::new();
+    for (c, ch) in clusters.iter().zip(changes) {
+        objects.push(c.update_objects(ch)?);
+    }
     let mut plans = Vec::new();
-    for ((c, o), ch) in clusters.iter().zip(objects).zip(changes) {
+    for ((c, o), ch) in clusters.iter().zip(&objects).zip(changes) {
         let services: BTreeSet<(String, String)> = ch.services.union(&ch.service_objects).cloned().collect();
         match c.plan_update(&o.view(), &services) {
             Ok(p) => plans.push(p),
@@ -459,6 +467,9 @@ fn start_update(
     for p in &mut plans {
         p.extend_hosts(&all);
     }
+    for ((c, o), p) in clusters.iter().zip(&mut objects).zip(&plans) {
+        c.slices_for_update(o, p);
+    }
     // Static routes come first in their hosts: a dirty host with one is built from nothing.
     if cfg.routes.iter().any(|r| all.contains(&r.host)) {
         tracing::debug!("a build from nothing: a static route's host changed");
@@ -467,9 +478,12 @@ fn start_update(
     // Their warnings depend on them alone (they are added first).
     let warnings = translate::static_routes::add(&mut TableBuilder::default(), &cfg.routes, tls_hosts);
     Some((
-        TableBuilder::update(prev, all.iter().map(|h| h.as_deref())),
-        plans,
-        warnings,
+        objects,
+        (
+            TableBuilder::update(prev, all.iter().map(|h| h.as_deref())),
+            plans,
+            warnings,
+        ),
     ))
 }
 
@@ -484,8 +498,11 @@ fn build(
     update: Option<(&crate::routes::RouteTable, &[Changes])>,
 ) -> (Snapshot, Built) {
     let tls_hosts: Vec<String> = cfg.tls.certificates.iter().flat_map(|c| c.hosts.clone()).collect();
-    let objects: Vec<kinds::ClusterObjects> = clusters.iter().map(Cluster::objects).collect();
-    let started = update.and_then(|(prev, changes)| start_update(cfg, clusters, &objects, prev, changes, &tls_hosts));
+    // An update reads what the changes touch; a build from nothing every object.
+    let (objects, started) = match update.and_then(|(prev, ch)| start_update(cfg, clusters, prev, ch, &tls_hosts)) {
+        Some((objects, started)) => (objects, Some(started)),
+        None => (clusters.iter().map(Cluster::objects).collect(), None),
+    };
     let updating = started.is_some();
     let (mut builder, plans, mut warnings) = match started {
         Some((builder, plans, warnings)) => (builder, Some(plans), warnings),
@@ -659,6 +676,12 @@ fn publish_with(
     let hosts = snap.table.host_count();
     shared.snapshot.store(Arc::new(snap));
     crate::stats::table_published();
+    if why == "update" {
+        // The state file, once the update is served (it read no store whole).
+        for c in clusters {
+            c.persist_changes();
+        }
+    }
     let current: BTreeSet<String> = warnings.into_iter().collect();
     for w in current.difference(logged) {
         tracing::warn!("{w}");

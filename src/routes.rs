@@ -436,6 +436,79 @@ impl From<Vec<Backend>> for Backends {
     }
 }
 
+/// A builder's backends: an update's are the previous table's chunks, shared, with a copy of
+/// each one it changes and the ones it adds; a build from nothing's are all added.
+#[derive(Default)]
+struct BuilderBackends {
+    kept: Backends,
+    changed: FxHashMap<BackendId, Backend>,
+    added: Vec<Backend>,
+}
+
+impl BuilderBackends {
+    fn len(&self) -> usize {
+        self.kept.len() + self.added.len()
+    }
+
+    fn push(&mut self, backend: Backend) {
+        self.added.push(backend);
+    }
+
+    /// The table's backends: the kept chunks shared but those with a changed backend (copied),
+    /// then the added ones.
+    fn finish(self) -> Backends {
+        const CHUNK: usize = Backends::CHUNK;
+        if self.kept.is_empty() {
+            return self.added.into();
+        }
+        let mut chunks = self.kept.chunks;
+        let mut copied: FxHashMap<usize, Vec<Backend>> = FxHashMap::default();
+        for (id, b) in self.changed {
+            let at = id / CHUNK;
+            copied.entry(at).or_insert_with(|| chunks[at].to_vec())[id % CHUNK] = b;
+        }
+        for (at, chunk) in copied {
+            chunks[at] = chunk.into();
+        }
+        let len = self.kept.len + self.added.len();
+        let mut added = self.added.into_iter();
+        // Every chunk but the last is full: the kept last one takes added backends first.
+        if let Some(last) = chunks.pop_if(|c| c.len() < CHUNK) {
+            let mut last = last.to_vec();
+            last.extend(added.by_ref().take(CHUNK - last.len()));
+            chunks.push(last.into());
+        }
+        loop {
+            let chunk: Arc<[Backend]> = added.by_ref().take(CHUNK).collect();
+            if chunk.is_empty() {
+                break;
+            }
+            chunks.push(chunk);
+        }
+        Backends { chunks, len }
+    }
+}
+
+impl std::ops::Index<BackendId> for BuilderBackends {
+    type Output = Backend;
+
+    fn index(&self, id: BackendId) -> &Backend {
+        match id.checked_sub(self.kept.len()) {
+            Some(i) => &self.added[i],
+            None => self.changed.get(&id).unwrap_or(&self.kept[id]),
+        }
+    }
+}
+
+impl std::ops::IndexMut<BackendId> for BuilderBackends {
+    fn index_mut(&mut self, id: BackendId) -> &mut Backend {
+        match id.checked_sub(self.kept.len()) {
+            Some(i) => &mut self.added[i],
+            None => self.changed.entry(id).or_insert_with(|| self.kept[id].clone()),
+        }
+    }
+}
+
 impl std::ops::Index<BackendId> for Backends {
     type Output = Backend;
 
@@ -496,7 +569,7 @@ pub type Owner = str;
 #[derive(Default)]
 pub struct TableBuilder {
     rules: Rules,
-    backends: Vec<Backend>,
+    backends: BuilderBackends,
     /// Owner of each rule, by (host, path type, normalised path); the any-host rules use "".
     /// Keys come from the cluster's objects and the file, not from clients: a fast hash is safe.
     owners: FxHashMap<(Box<str>, PathType, Box<str>), Box<str>>,
@@ -567,7 +640,10 @@ impl TableBuilder {
         }
         TableBuilder {
             rules,
-            backends: prev.backends.iter().cloned().collect(),
+            backends: BuilderBackends {
+                kept: prev.backends.clone(),
+                ..BuilderBackends::default()
+            },
             default_owner: p.default_backend.as_ref().map(|_| "(previous table)".into()),
             backend_ids: Arc::clone(&prev.ids),
             kept_backends: prev.backends.len(),
@@ -607,8 +683,11 @@ impl TableBuilder {
             self.needs_full = true;
         }
         self.tls_owners.insert(backend, owner.into());
-        self.backends[backend].tls = tls;
-        self.backends[backend].h2 = h2;
+        // A kept backend is copied only when it changes.
+        if self.backends[backend].tls != tls || self.backends[backend].h2 != h2 {
+            self.backends[backend].tls = tls;
+            self.backends[backend].h2 = h2;
+        }
         Ok(())
     }
 
@@ -847,7 +926,7 @@ impl TableBuilder {
         }
         RouteTable {
             rules: Arc::new(self.rules),
-            backends: self.backends.into(),
+            backends: self.backends.finish(),
             ids: self.backend_ids,
         }
     }

@@ -20,7 +20,7 @@ use super::state_file::StateDir;
 use super::status;
 use super::translate::gateway::Attachment;
 use super::translate::{
-    self, ClusterSpec, Incremental, IngressPlan, NeedFull, Objects, Outcome, SliceIndex, UpstreamMode,
+    self, ClusterSpec, Incremental, IngressPlan, NeedFull, NodeUse, Objects, Outcome, SliceIndex, UpstreamMode,
 };
 use super::watch::Watches;
 use crate::config::{self, ClusterConfig};
@@ -56,6 +56,9 @@ pub struct Cluster {
     /// Service → EndpointSlices of the objects the last build read, kept up to date by the
     /// endpoint fast path ([`Cluster::changed_endpoints`]).
     slice_index: Mutex<SliceIndex>,
+    /// What the table took from the Nodes at the last build or Node change, to tell a Node
+    /// change that bears on NodePort endpoints from one that does not.
+    node_use: Mutex<Option<NodeUse>>,
 }
 
 impl Cluster {
@@ -112,11 +115,13 @@ impl Cluster {
             changes,
             ingresses: Mutex::default(),
             slice_index: Mutex::default(),
+            node_use: Mutex::default(),
         })
     }
 
     /// Translates the cluster's Ingresses into `builder`: all of them (`plan` `None`, a build
-    /// from nothing), or the hosts of `plan` only (`builder` made by `TableBuilder::update`).
+    /// from nothing), or the hosts of `plan` only (`builder` made by `TableBuilder::update`; the
+    /// objects from [`Cluster::update_objects`]).
     pub fn translate_ingresses(
         &self,
         builder: &mut crate::routes::TableBuilder,
@@ -126,7 +131,20 @@ impl Cluster {
         let mut state = self.ingresses.lock().unwrap_or_else(|e| e.into_inner());
         match plan {
             None => state.full(builder, &self.spec, objects),
-            Some(plan) => state.update(builder, &self.spec, objects, plan),
+            Some(plan) => {
+                // An update (which reads the live stores) resolves only the Services its
+                // Ingresses use: looked up in the store, not picked out of every Service.
+                let services: Vec<_> = state
+                    .services(plan)
+                    .iter()
+                    .filter_map(|(ns, name)| self.stores.service(ns, name))
+                    .collect();
+                let objects = Objects {
+                    services: &services,
+                    ..*objects
+                };
+                state.update(builder, &self.spec, &objects, plan)
+            }
         }
     }
 
@@ -140,9 +158,42 @@ impl Cluster {
         state.plan(&self.spec, objects, services)
     }
 
-    /// Takes what changed since the last call.
+    /// Takes what changed since the last call, a Node change turned into what it bears on
+    /// ([`Changes::nodes`]).
     pub fn take_changes(&self) -> Changes {
-        std::mem::take(&mut *lock(&self.changes))
+        let mut changes = std::mem::take(&mut *lock(&self.changes));
+        if std::mem::take(&mut changes.nodes) {
+            self.node_changes(&mut changes);
+        }
+        changes
+    }
+
+    /// A Node changed: the nodes that take NodePort traffic (Ready, schedulable, with an
+    /// address of the configured type), their addresses and the warnings about the others are
+    /// all the table takes from Nodes. When those are unchanged (a heartbeat, a label, another
+    /// condition), nothing is to be done; else the endpoints of every Service in NodePort
+    /// mode are (what the endpoint fast path refreshes; the warnings come with the full build
+    /// once changes are quiet). A build from nothing while the cluster does not serve live
+    /// stores, or when one is due anyway.
+    fn node_changes(&self, changes: &mut Changes) {
+        if changes.full {
+            return;
+        }
+        if !self.synced() || self.lkg.serving_persisted() {
+            changes.full = true;
+            return;
+        }
+        let now = NodeUse::of(&self.spec, &self.stores.nodes());
+        let mut last = lock(&self.node_use);
+        if last.as_ref() == Some(&now) {
+            return;
+        }
+        *last = Some(now);
+        drop(last);
+        let services = self.stores.all_services();
+        changes
+            .services
+            .extend(translate::node_port_services(&self.spec, &services));
     }
 
     /// Resolves once every watch has completed its first full list.
@@ -160,7 +211,7 @@ impl Cluster {
     /// half-listed view, e.g. without the IngressClasses, would clear the status of Ingresses
     /// that are in fact served). The writer task runs on this runtime only when the control
     /// loop next waits, i.e. after the table of this build is published.
-    pub fn offer_status(&self, objects: &Objects<'_>, served: &[(String, String)]) {
+    pub fn offer_status(&self, objects: &Objects<'_>, served: &Arc<[(String, String)]>) {
         if let Some(writer) = &self.status
             && self.synced()
         {
@@ -200,13 +251,65 @@ impl Cluster {
         }
     }
 
-    /// The objects to translate: those persisted in the state directory while the cluster
-    /// serves from them (not synced within `sync_timeout` at start), else a copy of every store.
-    /// Indexes their EndpointSlices by Service for the endpoint fast path.
+    /// The objects to translate from nothing: those persisted in the state directory while the
+    /// cluster serves from them (not synced within `sync_timeout` at start), else a copy of
+    /// every store. Indexes their EndpointSlices by Service for the endpoint fast path and
+    /// updates.
     pub fn objects(&self) -> ClusterObjects {
         let objects = self.lkg.choose(self.synced(), || self.stores.objects());
         *lock(&self.slice_index) = SliceIndex::of(&objects.slices);
+        *lock(&self.node_use) = Some(NodeUse::of(&self.spec, &objects.nodes));
         objects
+    }
+
+    /// The objects an update after `changes` reads, or `None` when only a build from nothing
+    /// is exact (the cluster serves its persisted objects, or has just left them): a copy of
+    /// every store but the EndpointSlices', whose index is brought up to date with the changed
+    /// slices instead; [`Cluster::slices_for_update`] adds the few the update resolves. The
+    /// state file gets the live objects after the update is published
+    /// ([`Cluster::persist_changes`]).
+    pub fn update_objects(&self, changes: &Changes) -> Option<ClusterObjects> {
+        if !self.lkg.live_for_update(self.synced()) {
+            return None;
+        }
+        self.index_slices(&changes.slices);
+        Some(self.stores.objects_except("endpointslices"))
+    }
+
+    /// Adds to `objects` (from [`Cluster::update_objects`]) the EndpointSlices an update with
+    /// `plan` reads: those of the Services its Ingresses use, found through the index. Every
+    /// one while the cluster has Gateway API routes: they are translated whole on every build.
+    pub fn slices_for_update(&self, objects: &mut ClusterObjects, plan: &IngressPlan) {
+        if !objects.http_routes.is_empty() || !objects.grpc_routes.is_empty() {
+            objects.slices = self.stores.all_slices();
+            return;
+        }
+        let services = lock(&self.ingresses).services(plan);
+        let index = lock(&self.slice_index);
+        objects.slices = services
+            .iter()
+            .flat_map(|(ns, svc)| index.slices(ns, svc).map(move |name| (ns, name)))
+            .filter_map(|(ns, name)| self.stores.slice(ns, name))
+            .collect();
+    }
+
+    /// Brings the Service → EndpointSlices index up to date with the changed `slices`, as the
+    /// stores hold them now; returns the Services whose slices changed (before and after).
+    fn index_slices(&self, slices: &std::collections::BTreeSet<(String, String)>) -> Vec<(String, String)> {
+        let mut index = lock(&self.slice_index);
+        let mut touched = Vec::new();
+        for (ns, name) in slices {
+            let now = self.stores.slice(ns, name);
+            let service = now.as_deref().and_then(translate::slice_service);
+            // A slice that left its Service (deleted, relabelled) takes its endpoints along.
+            if let Some(before) = index.set(ns, name, service) {
+                touched.push((ns.clone(), before));
+            }
+            if let Some(svc) = service {
+                touched.push((ns.clone(), svc.to_owned()));
+            }
+        }
+        touched
     }
 
     /// The endpoints of the Services whose EndpointSlices changed (`changes` holds nothing
@@ -218,20 +321,10 @@ impl Cluster {
         if self.lkg.serving_persisted() {
             return Vec::new();
         }
-        let mut index = lock(&self.slice_index);
         let mut touched = changes.services;
-        for (ns, name) in changes.slices {
-            let now = self.stores.slice(&ns, &name);
-            let service = now.as_deref().and_then(translate::slice_service);
-            // A slice that left its Service (deleted, relabelled) takes its endpoints along.
-            if let Some(before) = index.set(&ns, &name, service) {
-                touched.insert((ns.clone(), before));
-            }
-            if let Some(svc) = service {
-                touched.insert((ns, svc.to_owned()));
-            }
-        }
+        touched.extend(self.index_slices(&changes.slices));
         let touched: Vec<(String, String)> = touched.into_iter().collect();
+        let index = lock(&self.slice_index);
         let services: Vec<_> = touched
             .iter()
             .filter_map(|(ns, name)| self.stores.service(ns, name))
@@ -259,9 +352,16 @@ impl Cluster {
     }
 
     /// Brings the cluster's state (live, disconnected, ...) up to date with its watches, without
-    /// a build: what a build's [`Cluster::objects`] does first.
+    /// a build: what a build's [`Cluster::objects`] does first (the EndpointSlices are indexed
+    /// again only when the cluster is not serving live stores it served before).
     pub fn refresh_state(&self) {
-        let _ = self.objects();
+        if self.lkg.live_for_update(self.synced()) {
+            // The state file gets what changed (a status write coming back, most often) as
+            // after a build.
+            drop(self.lkg.choose(true, || self.stores.objects()));
+        } else {
+            drop(self.objects());
+        }
     }
 
     /// What the cluster serves from: nothing synced yet, its persisted state, live stores.

@@ -4,7 +4,8 @@
 //!
 //! - [`Stores`]: a cluster's reflector stores, one `Vec<Store<K>>` per kind, with
 //!   [`Stores::start`] (the watches), [`Stores::wait_ready`] (every first list), [`Stores::watches`]
-//!   (how many there are, for the cluster's sync count) and [`Stores::objects`] (a copy);
+//!   (how many there are, for the cluster's sync count) and [`Stores::objects`] (a copy; an
+//!   update's [`Stores::objects_except`] leaves the EndpointSlices out);
 //! - [`ClusterObjects`]: the owned object set of one cluster (live, or loaded from its state
 //!   file), with [`ClusterObjects::view`], the borrowed [`Objects`] that translation reads;
 //! - [`SavedObjects`] and [`LoadedObjects`]: the objects part of the state file, one JSON array
@@ -47,7 +48,8 @@ use super::gateway_types::{Gateway, GatewayClass, GrpcRoute, HttpRoute, Referenc
 use super::health::Health;
 use super::translate::Objects;
 use super::watch::{
-    self, Changes, Touch, Watches, touches_all, touches_ingress, touches_service, touches_service_object, touches_spec,
+    self, Changes, Touch, Watches, touches_all, touches_ingress, touches_node, touches_service, touches_service_object,
+    touches_spec,
 };
 
 /// Declares the kinds. Each entry:
@@ -127,9 +129,23 @@ macro_rules! kinds {
 
             /// A copy of every store (a discovered kind not yet listed has nothing).
             pub fn objects(&self) -> ClusterObjects {
+                self.objects_except("")
+            }
+
+            /// A copy of every store but those of the kind `resource` (left empty): an update
+            /// looks the few objects of that kind it needs up one by one.
+            pub fn objects_except(&self, resource: &str) -> ClusterObjects {
                 ClusterObjects {
-                    $( $field: self.$field.iter().flat_map(Store::state).collect(), )*
-                    $( $ofield: self.$ofield.get().into_iter().flatten().flat_map(Store::state).collect(), )*
+                    $( $field: if $resource == resource {
+                        Vec::new()
+                    } else {
+                        self.$field.iter().flat_map(Store::state).collect()
+                    }, )*
+                    $( $ofield: if $oresource == resource {
+                        Vec::new()
+                    } else {
+                        self.$ofield.get().into_iter().flatten().flat_map(Store::state).collect()
+                    }, )*
                 }
             }
         }
@@ -277,11 +293,12 @@ kinds! {
             touch: touches_service,
             persist: everything,
         },
-        /// Node addresses and readiness, for NodePort upstreams.
+        /// Node addresses and readiness, for NodePort upstreams. A change touches the endpoints
+        /// of the Services in NodePort mode, if it changes which nodes take their traffic.
         nodes: Node {
             resource: "nodes",
             field_selectors: [],
-            touch: touches_all,
+            touch: touches_node,
             persist: everything,
         },
         /// Secrets of type `kubernetes.io/tls` (certificates) and `Opaque` (htpasswd files for
@@ -344,7 +361,8 @@ kinds! {
     }
 }
 
-/// Single objects, for the endpoint fast path (which reads a few objects, not every store).
+/// Single objects, for the endpoint fast path and updates (which read a few objects, not every
+/// store).
 impl Stores {
     /// The Service `ns/name`, as its store holds it now.
     pub fn service(&self, ns: &str, name: &str) -> Option<Arc<Service>> {
@@ -356,6 +374,16 @@ impl Stores {
     pub fn slice(&self, ns: &str, name: &str) -> Option<Arc<EndpointSlice>> {
         let key = ObjectRef::new(name).within(ns);
         self.slices.iter().find_map(|s| s.get(&key))
+    }
+
+    /// Every EndpointSlice.
+    pub fn all_slices(&self) -> Vec<Arc<EndpointSlice>> {
+        self.slices.iter().flat_map(Store::state).collect()
+    }
+
+    /// Every Service (to find those in NodePort mode after a Node change).
+    pub fn all_services(&self) -> Vec<Arc<Service>> {
+        self.services.iter().flat_map(Store::state).collect()
     }
 
     /// Every Node (for NodePort endpoints).

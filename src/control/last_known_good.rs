@@ -143,21 +143,7 @@ impl LastKnownGood {
     /// objects to the file writer when they changed since they were last handed over.
     pub fn choose(&self, synced: bool, live: impl FnOnce() -> ClusterObjects) -> ClusterObjects {
         let mut inner = lock(&self.inner);
-        let next = match (&inner.state, synced) {
-            (_, true) if self.health.failing() => ClusterState::Disconnected,
-            (_, true) => ClusterState::Live,
-            (ClusterState::Persisted(at), false) => ClusterState::Persisted(at.clone()),
-            (_, false) => ClusterState::NotSynced,
-        };
-        if next != inner.state {
-            log_change(&self.cluster, &inner.state, &next);
-            if synced && !matches!(inner.state, ClusterState::Live | ClusterState::Disconnected) {
-                // The first live state is written whatever happened before.
-                inner.persisted = None;
-                self.health.mark_dirty();
-            }
-            inner.state = next;
-        }
+        self.step(&mut inner, synced);
         if let Some(persisted) = &inner.persisted {
             return persisted.clone();
         }
@@ -174,6 +160,38 @@ impl LastKnownGood {
 }
 
 impl LastKnownGood {
+    /// For an update, which reads the live stores a few objects at a time instead of through
+    /// [`LastKnownGood::choose`]: brings the state up to date as `choose` does and says whether
+    /// the cluster served its live stores before this call and still does (`false`: its
+    /// persisted objects, or it has just left them: only a build from nothing is exact). The
+    /// state file gets the live objects after the update ([`LastKnownGood::offer_live`]).
+    pub fn live_for_update(&self, synced: bool) -> bool {
+        let mut inner = lock(&self.inner);
+        let was_persisted = inner.persisted.is_some();
+        self.step(&mut inner, synced);
+        synced && !was_persisted && inner.persisted.is_none()
+    }
+
+    /// The state after the watches' news (`synced`), logged when it changes; the persisted
+    /// objects are let go at the first live sync.
+    fn step(&self, inner: &mut Inner, synced: bool) {
+        let next = match (&inner.state, synced) {
+            (_, true) if self.health.failing() => ClusterState::Disconnected,
+            (_, true) => ClusterState::Live,
+            (ClusterState::Persisted(at), false) => ClusterState::Persisted(at.clone()),
+            (_, false) => ClusterState::NotSynced,
+        };
+        if next != inner.state {
+            log_change(&self.cluster, &inner.state, &next);
+            if synced && !matches!(inner.state, ClusterState::Live | ClusterState::Disconnected) {
+                // The first live state is written whatever happened before.
+                inner.persisted = None;
+                self.health.mark_dirty();
+            }
+            inner.state = next;
+        }
+    }
+
     /// Whether the cluster serves its persisted objects (until its live sync).
     pub fn serving_persisted(&self) -> bool {
         lock(&self.inner).persisted.is_some()

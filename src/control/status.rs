@@ -57,8 +57,8 @@ type Key = (String, String);
 /// One build's view, as handed to the writer: the Ingresses it translated, and those it served.
 struct View {
     ingresses: Vec<Arc<Ingress>>,
-    /// Sorted (as `Outcome::served` is).
-    served: Vec<Key>,
+    /// Sorted (as `Outcome::served` is); shared with the build's outcome.
+    served: Arc<[Key]>,
 }
 
 /// The handle the control thread keeps for one cluster's Ingress status writer task. Dropping
@@ -103,10 +103,10 @@ impl Writer {
 
     /// Hands over the latest build's Ingresses and which of them it served (sorted), replacing
     /// any view the task has not looked at yet. Never waits.
-    pub fn offer(&self, ingresses: &[Arc<Ingress>], served: &[Key]) {
+    pub fn offer(&self, ingresses: &[Arc<Ingress>], served: &Arc<[Key]>) {
         self.latest.send_replace(Some(Arc::new(View {
             ingresses: ingresses.to_vec(),
-            served: served.to_vec(),
+            served: Arc::clone(served),
         })));
     }
 }
@@ -473,7 +473,7 @@ mod tests {
                 // Not served, no status: nothing.
                 ingress("other", "7", json!({"loadBalancer": {}})),
             ],
-            served: vec![key("done"), key("new"), key("stale")],
+            served: vec![key("done"), key("new"), key("stale")].into(),
         };
         let mut sent = HashMap::new();
         let writes = plan(&ours(), &view, &mut sent);
@@ -485,7 +485,7 @@ mod tests {
     fn a_write_not_yet_watched_back_is_not_repeated() {
         let view = View {
             ingresses: vec![ingress("web", "7", json!({}))],
-            served: vec![key("web")],
+            served: vec![key("web")].into(),
         };
         let mut sent = HashMap::new();
         assert_eq!(plan(&ours(), &view, &mut sent).len(), 1);
@@ -502,7 +502,7 @@ mod tests {
         // The Ingress moved on without our status (someone replaced it): write again.
         let moved = View {
             ingresses: vec![ingress("web", "9", json!({}))],
-            served: vec![key("web")],
+            served: vec![key("web")].into(),
         };
         assert_eq!(plan(&ours(), &moved, &mut sent).len(), 1);
         assert!(sent.is_empty());

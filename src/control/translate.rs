@@ -30,7 +30,7 @@ pub mod httproute;
 mod ingress;
 pub mod static_routes;
 
-pub use backends::{SliceIndex, service_endpoints, slice_service};
+pub use backends::{NodeUse, SliceIndex, node_port_services, service_endpoints, slice_service, uses_node_ports};
 pub use ingress::{Incremental, NeedFull, Plan as IngressPlan, translate};
 
 /// How one cluster's Ingresses become routes.
@@ -98,8 +98,9 @@ pub struct Outcome {
     /// Sorted and without duplicates, so the caller can log only what changed.
     pub warnings: Vec<Warning>,
     /// Ingresses of our class that got at least one rule or default backend into the table
-    /// (they get status addresses); (namespace, name), sorted.
-    pub served: Vec<(String, String)>,
+    /// (they get status addresses); (namespace, name), sorted. Shared: an update that serves
+    /// the same Ingresses hands on the previous build's list.
+    pub served: Arc<[(String, String)]>,
     /// Certificates named by the Ingresses' `tls` sections, oldest Ingress first.
     pub tls: Vec<TlsBinding>,
 }

@@ -43,6 +43,11 @@ pub struct Changes {
     /// in its store to keep its Service → EndpointSlices index (a slice may have changed
     /// Service, or lost its Service label).
     pub slices: BTreeSet<(String, String)>,
+    /// A Node changed (applied or deleted). [`Cluster::take_changes`](super::cluster::Cluster::take_changes)
+    /// turns it into what it bears on before the control loop sees it: nothing (the nodes that
+    /// take NodePort traffic and their addresses are the same), the endpoints of the Services
+    /// in NodePort mode, or a build from nothing.
+    pub nodes: bool,
     /// A Gateway API object changed without a new generation: its status or metadata only
     /// (most often kedge's own status write coming back). The table does not depend on it; the
     /// status writers' next view does, so a full build follows once changes are quiet.
@@ -52,7 +57,7 @@ pub struct Changes {
 impl Changes {
     /// Nothing but EndpointSlices changed.
     pub fn endpoints_only(&self) -> bool {
-        !self.full && !self.ingresses && self.service_objects.is_empty()
+        !self.full && !self.ingresses && !self.nodes && self.service_objects.is_empty()
     }
 
     /// Nothing that bears on the table changed.
@@ -64,6 +69,7 @@ impl Changes {
     pub fn merge(&mut self, later: Changes) {
         self.full |= later.full;
         self.ingresses |= later.ingresses;
+        self.nodes |= later.nodes;
         self.services.extend(later.services);
         self.service_objects.extend(later.service_objects);
         self.slices.extend(later.slices);
@@ -82,6 +88,8 @@ pub enum Touch {
     Slice(String, String, Option<String>),
     /// An Ingress.
     Ingress,
+    /// A Node.
+    Node,
     /// This Service (namespace, name) itself.
     ServiceObject(String, String),
     /// An object whose `metadata.generation` counts the changes that matter (a Gateway API
@@ -131,6 +139,14 @@ fn new_generation<K: Resource>(seen: &mut HashMap<String, i64>, obj: &K) -> bool
 pub fn touches_ingress(event: &Event<k8s_openapi::api::networking::v1::Ingress>) -> Touch {
     match event {
         Event::Apply(_) | Event::Delete(_) => Touch::Ingress,
+        other => touches_all(other),
+    }
+}
+
+/// A Node change touches NodePort endpoints at most (a relist: everything).
+pub fn touches_node(event: &Event<k8s_openapi::api::core::v1::Node>) -> Touch {
+    match event {
+        Event::Apply(_) | Event::Delete(_) => Touch::Node,
         other => touches_all(other),
     }
 }
@@ -283,6 +299,7 @@ where
                             changes.slices.insert((ns, slice));
                         }
                         Touch::Ingress => changes.lock().unwrap_or_else(|e| e.into_inner()).ingresses = true,
+                        Touch::Node => changes.lock().unwrap_or_else(|e| e.into_inner()).nodes = true,
                         Touch::Spec => match &event {
                             // A relist's objects are recorded; its end (InitDone) rebuilds.
                             Event::InitApply(o) => {

@@ -6,7 +6,7 @@ use std::fmt;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
-use k8s_openapi::api::core::v1::{Service, ServicePort};
+use k8s_openapi::api::core::v1::{Node, Service, ServicePort};
 use k8s_openapi::api::discovery::v1::{Endpoint, EndpointSlice};
 use k8s_openapi::api::networking::v1::IngressBackend;
 use rustc_hash::{FxHashMap as HashMap, FxHashSet as HashSet};
@@ -463,52 +463,99 @@ impl<'a> Resolver<'a> {
         out
     }
 
-    /// Nodes that take NodePort traffic: Ready condition `True`, not cordoned, with an address of
-    /// the configured type. Worked out once; a node without that address is reported.
+    /// Nodes that take NodePort traffic ([`usable_nodes`]), worked out once.
     fn nodes(&mut self) {
         if self.nodes.is_some() {
             return;
         }
-        let (objs, addr_type) = (self.objs, self.spec.node_address_type.as_str());
-        let mut w = Warnings::new();
-        self.nodes = Some({
-            let mut out = Vec::new();
-            for node in objs.nodes {
-                let name = node.metadata.name.as_deref().unwrap_or("");
-                let status = node.status.as_ref();
-                let ready = status
-                    .and_then(|s| s.conditions.as_ref())
-                    .and_then(|c| c.iter().find(|c| c.type_ == "Ready"))
-                    .is_some_and(|c| c.status == "True");
-                let cordoned = node.spec.as_ref().and_then(|s| s.unschedulable).unwrap_or(false);
-                if !ready || cordoned {
-                    continue;
-                }
-                let addr = status
-                    .and_then(|s| s.addresses.as_ref())
-                    .and_then(|a| a.iter().find(|a| a.type_ == addr_type));
-                match addr.map(|a| (a, a.address.parse::<IpAddr>())) {
-                    Some((_, Ok(ip))) => out.push((name, ip)),
-                    Some((a, Err(_))) => warn(
-                        &mut w,
-                        &format!("Node {name}"),
-                        format!(
-                            "{addr_type} address {:?} is not an IP address; node not used for nodeports",
-                            a.address
-                        ),
-                    ),
-                    None => warn(
-                        &mut w,
-                        &format!("Node {name}"),
-                        format!("no {addr_type} address; node not used for nodeports"),
-                    ),
-                }
-            }
-            out.sort_unstable();
-            out
-        });
+        let (nodes, w) = usable_nodes(self.spec, self.objs.nodes);
+        self.nodes = Some(nodes);
         self.node_warnings = w.into_iter().collect();
     }
+}
+
+/// Nodes that take NodePort traffic: Ready condition `True`, not cordoned, with an address of
+/// the configured type, sorted by name; a Ready node without that address is reported.
+fn usable_nodes<'a>(spec: &ClusterSpec, nodes: &'a [Arc<Node>]) -> (Vec<(&'a str, IpAddr)>, Warnings) {
+    let addr_type = spec.node_address_type.as_str();
+    let mut w = Warnings::new();
+    let mut out = Vec::new();
+    for node in nodes {
+        let name = node.metadata.name.as_deref().unwrap_or("");
+        let status = node.status.as_ref();
+        let ready = status
+            .and_then(|s| s.conditions.as_ref())
+            .and_then(|c| c.iter().find(|c| c.type_ == "Ready"))
+            .is_some_and(|c| c.status == "True");
+        let cordoned = node.spec.as_ref().and_then(|s| s.unschedulable).unwrap_or(false);
+        if !ready || cordoned {
+            continue;
+        }
+        let addr = status
+            .and_then(|s| s.addresses.as_ref())
+            .and_then(|a| a.iter().find(|a| a.type_ == addr_type));
+        match addr.map(|a| (a, a.address.parse::<IpAddr>())) {
+            Some((_, Ok(ip))) => out.push((name, ip)),
+            Some((a, Err(_))) => warn(
+                &mut w,
+                &format!("Node {name}"),
+                format!(
+                    "{addr_type} address {:?} is not an IP address; node not used for nodeports",
+                    a.address
+                ),
+            ),
+            None => warn(
+                &mut w,
+                &format!("Node {name}"),
+                format!("no {addr_type} address; node not used for nodeports"),
+            ),
+        }
+    }
+    out.sort_unstable();
+    (out, w)
+}
+
+/// All that the table and its warnings take from a cluster's Nodes: the nodes that take NodePort
+/// traffic with their addresses, and what is wrong with the others. A Node change that leaves
+/// it equal (a heartbeat, a label, a condition other than Ready) changes nothing kedge serves.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeUse {
+    nodes: Vec<(String, IpAddr)>,
+    warnings: Warnings,
+}
+
+impl NodeUse {
+    pub fn of(spec: &ClusterSpec, nodes: &[Arc<Node>]) -> NodeUse {
+        let (used, warnings) = usable_nodes(spec, nodes);
+        NodeUse {
+            nodes: used.into_iter().map(|(n, ip)| (n.to_owned(), ip)).collect(),
+            warnings,
+        }
+    }
+}
+
+/// The Services (namespace, name) of `services` whose traffic goes to their nodes' NodePorts:
+/// those whose endpoints a change of [`NodeUse`] changes.
+pub fn node_port_services<'s>(
+    spec: &'s ClusterSpec,
+    services: &'s [Arc<Service>],
+) -> impl Iterator<Item = (String, String)> + 's {
+    services.iter().filter(|s| uses_node_ports(spec, s)).map(|s| {
+        let (ns, name) = ns_name(&s.metadata);
+        (ns.to_owned(), name.to_owned())
+    })
+}
+
+/// Whether a Service's traffic goes to its nodes' NodePorts (the cluster's mode, unless the
+/// Service's [`UPSTREAM_MODE_ANNOTATION`] says otherwise; an unknown value is the cluster's
+/// mode, as in translation).
+pub fn uses_node_ports(spec: &ClusterSpec, svc: &Service) -> bool {
+    let mode = match annotation(&svc.metadata, UPSTREAM_MODE_ANNOTATION) {
+        Some("pods") => UpstreamMode::Pods,
+        Some("nodeports") => UpstreamMode::NodePorts,
+        _ => spec.upstream,
+    };
+    mode == UpstreamMode::NodePorts
 }
 
 #[cfg(test)]

@@ -24,7 +24,9 @@ use k8s_openapi::api::networking::v1::{HTTPIngressPath, Ingress, IngressClass};
 use rustc_hash::FxHashSet as HashSet;
 
 use super::backends::Resolver;
-use super::{ClusterSpec, Objects, Outcome, TlsBinding, Warnings, age, annotation, annotations, ns_name, warn};
+use super::{
+    ClusterSpec, Objects, Outcome, TlsBinding, Warning, Warnings, age, annotation, annotations, ns_name, warn,
+};
 use crate::policy::{Policy, Rewrite};
 use crate::routes::{PathType, TableBuilder};
 
@@ -146,17 +148,17 @@ fn full(
         }
     }
     served.sort();
+    let served: Arc<[(String, String)]> = served.into();
+    let warnings: Vec<Warning> = warnings.into_iter().collect();
     if let Some(rec) = record {
         rec.tls.clone_from(&tls);
         rec.tls_hosts = tls_hosts;
         rec.contested = contested;
+        rec.served = Arc::clone(&served);
+        rec.warnings.clone_from(&warnings);
         rec.ready = true;
     }
-    Outcome {
-        warnings: warnings.into_iter().collect(),
-        served,
-        tls,
-    }
+    Outcome { warnings, served, tls }
 }
 
 /// A host's key in the table, hashed: an exact name, `*.suffix`, or (`None`) the any-host
@@ -238,6 +240,23 @@ struct Entry {
     seen: u64,
 }
 
+impl Entry {
+    /// It got routes (a rule, a canary or the default backend).
+    fn served(&self) -> bool {
+        self.default || self.parts.iter().any(|p| p.added)
+    }
+
+    /// It has warnings.
+    fn warned(&self) -> bool {
+        !self.global.is_empty() || self.parts.iter().any(|p| !p.warnings.is_empty())
+    }
+
+    fn key(&self) -> (String, String) {
+        let (ns, name) = ns_name(&self.ing.metadata);
+        (ns.to_owned(), name.to_owned())
+    }
+}
+
 /// One cluster's Ingresses as the last build translated them, per Ingress and host, so that
 /// after a change only the hosts it touches are translated again ([`Incremental::plan`],
 /// [`TableBuilder::update`], [`Incremental::update`]) and the others' rules stay shared with
@@ -256,6 +275,11 @@ pub struct Incremental {
     /// A build from nothing recorded this state (and no update failed since).
     ready: bool,
     pass: u64,
+    /// The last build's served Ingresses and warnings, as its [`Outcome`] had them: an update
+    /// that changes neither (no Ingress it touches had or has warnings, or became served or
+    /// unserved) hands them on without a pass over every Ingress.
+    served: Arc<[(String, String)]>,
+    warnings: Vec<Warning>,
 }
 
 /// What an update translates again, found by [`Incremental::plan`].
@@ -368,6 +392,27 @@ impl Incremental {
         })
     }
 
+    /// The Services (namespace, name) an update with `plan` resolves: those the Ingresses it
+    /// translates again use (a superset: every new Ingress's, whatever its class). Their
+    /// EndpointSlices are all of `objs.slices` that [`Incremental::update`] reads, so the caller
+    /// may pass only those instead of every EndpointSlice of the cluster.
+    pub fn services(&self, plan: &Plan) -> Vec<(String, String)> {
+        let mut out: Vec<(String, String)> = Vec::new();
+        let again = self
+            .entries
+            .values()
+            .filter(|e| e.seen == self.pass && e.ours && e.parts.iter().any(|p| plan.keys.contains(&p.host)))
+            .map(|e| &e.ing)
+            .chain(&plan.new);
+        for ing in again {
+            let (ns, _) = ns_name(&ing.metadata);
+            out.extend(service_refs(ing).map(|svc| (ns.to_owned(), svc.to_owned())));
+        }
+        out.sort_unstable();
+        out.dedup();
+        out
+    }
+
     /// Translates again every Ingress with rules in the plan's hosts, those hosts' rules only,
     /// into `builder` (made by [`TableBuilder::update`] from the previous table with the same
     /// hosts), and returns the whole cluster's outcome, equal to a build from nothing's. The
@@ -382,7 +427,18 @@ impl Incremental {
     ) -> Outcome {
         let pass = self.pass;
         let classes = Classes::new(spec, objs.classes);
-        self.entries.retain(|_, e| e.seen == pass);
+        // The Ingresses this update touches, by key: served before, served after; and whether
+        // any of them had or has warnings.
+        let mut touched: rustc_hash::FxHashMap<(String, String), (bool, bool)> = rustc_hash::FxHashMap::default();
+        let mut warned = false;
+        self.entries.retain(|_, e| {
+            if e.seen == pass {
+                return true;
+            }
+            touched.entry(e.key()).or_default().0 |= e.served();
+            warned |= e.warned();
+            false
+        });
         // (Ingress, new object, its warnings that no host decides)
         let mut again: Vec<(Arc<Ingress>, bool, Warnings)> = self
             .entries
@@ -438,30 +494,46 @@ impl Incremental {
         drop(resolver);
         self.tls_hosts = tls_hosts;
         for (((ing, is_new), gw), parts) in again.iter().zip(gws).zip(parts) {
+            let key = Arc::as_ptr(ing) as usize;
             if *is_new {
                 self.insert(ing, gw, parts, false, true);
-            } else if let Some(e) = self.entries.get_mut(&(Arc::as_ptr(ing) as usize)) {
+            } else if let Some(e) = self.entries.get_mut(&key) {
+                touched.entry(e.key()).or_default().0 |= e.served();
+                warned |= e.warned();
                 // Its other hosts' parts and its warnings that no host decides are unchanged.
                 e.parts.retain(|p| !plan.keys.contains(&p.host));
                 e.parts.extend(parts);
             }
-        }
-        let mut warnings = Warnings::new();
-        let mut served = Vec::new();
-        for e in self.entries.values() {
-            warnings.extend(e.global.iter().cloned());
-            for p in &e.parts {
-                warnings.extend(p.warnings.iter().cloned());
-            }
-            if e.default || e.parts.iter().any(|p| p.added) {
-                let (ns, name) = ns_name(&e.ing.metadata);
-                served.push((ns.to_owned(), name.to_owned()));
+            if let Some(e) = self.entries.get(&key) {
+                touched.entry(e.key()).or_default().1 |= e.served();
+                warned |= e.warned();
             }
         }
-        served.sort_unstable();
+        // New Ingresses not ours, with warnings of their own.
+        warned |= plan.new.iter().any(|i| {
+            self.entries
+                .get(&(Arc::as_ptr(i) as usize))
+                .is_some_and(|e| !e.ours && e.warned())
+        });
+        if warned {
+            let mut warnings = Warnings::new();
+            for e in self.entries.values() {
+                warnings.extend(e.global.iter().cloned());
+                for p in &e.parts {
+                    warnings.extend(p.warnings.iter().cloned());
+                }
+            }
+            self.warnings = warnings.into_iter().collect();
+        }
+        if touched.values().any(|(before, after)| before != after) {
+            let mut served: Vec<(String, String)> =
+                self.entries.values().filter(|e| e.served()).map(Entry::key).collect();
+            served.sort_unstable();
+            self.served = served.into();
+        }
         Outcome {
-            warnings: warnings.into_iter().collect(),
-            served,
+            warnings: self.warnings.clone(),
+            served: Arc::clone(&self.served),
             tls: self.tls.clone(),
         }
     }

@@ -222,7 +222,7 @@ pub(in crate::control::translate) fn check_warnings(out: &Outcome, want: &[&str]
 
 pub(in crate::control::translate) fn check_served(out: &Outcome, want: &[(&str, &str)]) {
     let want: Vec<(String, String)> = want.iter().map(|&(a, b)| (a.into(), b.into())).collect();
-    assert_eq!(out.served, want);
+    assert_eq!(*out.served, *want);
 }
 
 pub(in crate::control::translate) const SHOP: Want<'static> = Some(("c1/web/shop:80", &["192.0.2.1:8080"]));
