@@ -25,7 +25,7 @@
 //! The writer and the Lease election start with the first build that has one of kedge's
 //! GatewayClasses: a cluster without them never writes, nor takes the Lease for them.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 
 use kube::Client;
 use kube::api::{Api, Patch, PatchParams};
@@ -33,10 +33,14 @@ use serde::Serialize;
 use serde_json::{Value, json};
 use tokio::sync::watch;
 
-use super::gateway_types::{Gateway, GatewayClass, GrpcRoute, HttpRoute};
+use std::sync::Arc;
+
+use rustc_hash::FxHashMap;
+
+use super::gateway_types::{Gateway, GatewayClass, GrpcRoute, HttpRoute, ParentRef};
 use super::status::{Logged, Patching, WriterKind, write_loop};
 use super::translate::Objects;
-use super::translate::gateway::{Attachment, Cond, RouteParent};
+use super::translate::gateway::{Attachment, Cond, RouteParent, RouteRef};
 
 /// The Gateway API features kedge implements, as `status.supportedFeatures` of its
 /// GatewayClasses says: only what the code does and an end-to-end test shows (attachment and
@@ -168,7 +172,20 @@ fn same(current: &Value, target: &Value) -> bool {
 
 /// The objects of one build whose status should change, and to what. `controller`: the
 /// cluster's `gateway_controller`; `now`: the time written into changed conditions.
+#[cfg(test)]
 pub fn view(attachment: &Attachment<'_>, objects: &Objects<'_>, controller: &str, now: &str) -> Vec<Item> {
+    view_with(attachment, objects, controller, now, &mut Unchanged::default())
+}
+
+/// [`view`], skipping the routes `unchanged` (what the previous view of the same controller
+/// found already written) says have nothing to write; `unchanged` is then what this view found.
+pub fn view_with(
+    attachment: &Attachment<'_>,
+    objects: &Objects<'_>,
+    controller: &str,
+    now: &str,
+    unchanged: &mut Unchanged,
+) -> Vec<Item> {
     let mut items = Vec::new();
     let mut push = |key: Key, rv: &Option<String>, current: &Value, status: Value| {
         if !same(current, &status) {
@@ -232,35 +249,58 @@ pub fn view(attachment: &Attachment<'_>, objects: &Objects<'_>, controller: &str
         );
         push(key, &m.resource_version, &current, status);
     }
-    // kedge's parent entries per route, in the order of its parentRefs.
-    let mut ours: BTreeMap<(Resource, String), Vec<&RouteParent<'_>>> = BTreeMap::new();
+    // kedge's parent entries per route (by the object's address), in the order of its
+    // parentRefs.
+    let mut ours: FxHashMap<usize, Vec<&RouteParent<'_>>> = FxHashMap::default();
     for p in &attachment.parents {
-        let r = match p.route.kind() {
-            "HTTPRoute" => Resource::HttpRoute,
-            _ => Resource::GrpcRoute,
+        let at = match p.route {
+            RouteRef::Http(r) => std::ptr::from_ref(r) as usize,
+            RouteRef::Grpc(r) => std::ptr::from_ref(r) as usize,
         };
-        ours.entry((r, p.route.key())).or_default().push(p);
+        ours.entry(at).or_default().push(p);
     }
     let routes = objects
         .http_routes
         .iter()
-        .map(|r| (Resource::HttpRoute, &r.metadata, to_json(&r.status)))
+        .map(|r| (Resource::HttpRoute, Held::Http(Arc::clone(r))))
         .chain(
             objects
                 .grpc_routes
                 .iter()
-                .map(|r| (Resource::GrpcRoute, &r.metadata, to_json(&r.status))),
+                .map(|r| (Resource::GrpcRoute, Held::Grpc(Arc::clone(r)))),
         );
-    for (resource, m, current) in routes {
+    let mut done = FxHashMap::default();
+    for (resource, held) in routes {
+        let at = held.address();
+        let mine = ours.get(&at);
+        // The same object with the same entries as when a view last found nothing to write.
+        if let Some(before) = unchanged.routes.remove(&at)
+            && before.same(mine.map_or(&[][..], Vec::as_slice))
+        {
+            done.insert(at, before);
+            continue;
+        }
+        let (m, current) = match &held {
+            Held::Http(r) => (&r.metadata, to_json(&r.status)),
+            Held::Grpc(r) => (&r.metadata, to_json(&r.status)),
+        };
         let (ns, name) = (
             m.namespace.clone().unwrap_or_default(),
             m.name.clone().unwrap_or_default(),
         );
-        let mine = ours.get(&(resource, format!("{ns}/{name}")));
         let parents = list(&current, "parents");
         let parents = parents.as_array().map(Vec::as_slice).unwrap_or(&[]);
         let had = parents.iter().any(|p| p["controllerName"] == controller);
+        let written = |held: Held| Written {
+            entries: mine
+                .into_iter()
+                .flatten()
+                .map(|p| (p.parent_ref.clone(), p.conditions.clone()))
+                .collect(),
+            _object: held,
+        };
         if mine.is_none() && !had {
+            done.insert(at, written(held));
             continue;
         }
         let mut target: Vec<Value> = parents
@@ -282,14 +322,61 @@ pub fn view(attachment: &Attachment<'_>, objects: &Objects<'_>, controller: &str
         }
         // The API's limit; kedge's entries come last and are the ones cut.
         target.truncate(32);
-        push(
-            (resource, ns, name),
-            &m.resource_version,
-            &current,
-            json!({ "parents": target }),
-        );
+        let status = json!({ "parents": target });
+        if same(&current, &status) {
+            done.insert(at, written(held));
+        } else {
+            items.push(Item {
+                key: (resource, ns, name),
+                rv: m.resource_version.clone(),
+                status,
+            });
+        }
     }
+    unchanged.routes = done;
     items
+}
+
+/// A route a view found with the status kedge wants (nothing to write), by the address of the
+/// store's object: while the store holds that object (kept alive here, so that the address
+/// names no other) its status is the one read, so a later view that decides the same parent
+/// entries for it has nothing to write either, without reading its status again (at 10k
+/// routes, most of a view's work).
+#[derive(Default)]
+pub struct Unchanged {
+    routes: FxHashMap<usize, Written>,
+}
+
+/// A route object and the parent entries kedge decided for it.
+struct Written {
+    entries: Vec<(ParentRef, Vec<Cond>)>,
+    _object: Held,
+}
+
+impl Written {
+    fn same(&self, now: &[&RouteParent<'_>]) -> bool {
+        self.entries.len() == now.len()
+            && self
+                .entries
+                .iter()
+                .zip(now)
+                .all(|((r, c), p)| *r == p.parent_ref && *c == p.conditions)
+    }
+}
+
+/// A route object of the stores.
+enum Held {
+    Http(Arc<HttpRoute>),
+    Grpc(Arc<GrpcRoute>),
+}
+
+impl Held {
+    fn address(&self) -> usize {
+        match self {
+            Held::Http(r) => Arc::as_ptr(r) as usize,
+            Held::Grpc(r) => Arc::as_ptr(r) as usize,
+        }
+    }
 }
 
 /// The handle the control thread keeps for one cluster's Gateway API status writer task.
