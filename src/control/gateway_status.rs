@@ -104,8 +104,9 @@ pub struct Item {
     pub key: Key,
     /// The object's resourceVersion in the view: the write's precondition.
     pub rv: Option<String>,
-    /// The status fields kedge owns, whole (each list replaces the object's in the patch).
-    pub status: Value,
+    /// The status fields kedge owns, whole (each list replaces the object's in the patch);
+    /// shared with the views that decide the same (see [`Unchanged`]).
+    pub status: Arc<Value>,
 }
 
 /// `True`/`False`.
@@ -192,7 +193,7 @@ pub fn view_with(
             items.push(Item {
                 key,
                 rv: rv.clone(),
-                status,
+                status: Arc::new(status),
             });
         }
     };
@@ -273,10 +274,12 @@ pub fn view_with(
     for (resource, held) in routes {
         let at = held.address();
         let mine = ours.get(&at);
-        // The same object with the same entries as when a view last found nothing to write.
+        // The same object with the same entries as a view last decided: the same write, or
+        // none.
         if let Some(before) = unchanged.routes.remove(&at)
             && before.same(mine.map_or(&[][..], Vec::as_slice))
         {
+            items.extend(before.item.clone());
             done.insert(at, before);
             continue;
         }
@@ -291,16 +294,17 @@ pub fn view_with(
         let parents = list(&current, "parents");
         let parents = parents.as_array().map(Vec::as_slice).unwrap_or(&[]);
         let had = parents.iter().any(|p| p["controllerName"] == controller);
-        let written = |held: Held| Written {
+        let written = |held: Held, item: Option<Item>| Written {
             entries: mine
                 .into_iter()
                 .flatten()
                 .map(|p| (p.parent_ref.clone(), p.conditions.clone()))
                 .collect(),
+            item,
             _object: held,
         };
         if mine.is_none() && !had {
-            done.insert(at, written(held));
+            done.insert(at, written(held, None));
             continue;
         }
         let mut target: Vec<Value> = parents
@@ -323,33 +327,33 @@ pub fn view_with(
         // The API's limit; kedge's entries come last and are the ones cut.
         target.truncate(32);
         let status = json!({ "parents": target });
-        if same(&current, &status) {
-            done.insert(at, written(held));
-        } else {
-            items.push(Item {
-                key: (resource, ns, name),
-                rv: m.resource_version.clone(),
-                status,
-            });
-        }
+        let item = (!same(&current, &status)).then(|| Item {
+            key: (resource, ns, name),
+            rv: m.resource_version.clone(),
+            status: Arc::new(status),
+        });
+        items.extend(item.clone());
+        done.insert(at, written(held, item));
     }
     unchanged.routes = done;
     items
 }
 
-/// A route a view found with the status kedge wants (nothing to write), by the address of the
-/// store's object: while the store holds that object (kept alive here, so that the address
-/// names no other) its status is the one read, so a later view that decides the same parent
-/// entries for it has nothing to write either, without reading its status again (at 10k
-/// routes, most of a view's work).
+/// What a view decided for each route, by the address of the store's object: while the store
+/// holds that object (kept alive here, so that the address names no other) its status is the
+/// one read, so a later view that decides the same parent entries for it makes the same write
+/// (or none) without reading its status again (at 10k routes, most of a view's work). The
+/// write keeps the `lastTransitionTime` of the view that first decided it: when kedge saw the
+/// condition change.
 #[derive(Default)]
 pub struct Unchanged {
     routes: FxHashMap<usize, Written>,
 }
 
-/// A route object and the parent entries kedge decided for it.
+/// A route object, the parent entries kedge decided for it and the write they make.
 struct Written {
     entries: Vec<(ParentRef, Vec<Cond>)>,
+    item: Option<Item>,
     _object: Held,
 }
 
@@ -408,7 +412,7 @@ impl Writer {
 
 /// The items not written yet: `sent` keeps only the writes still waiting for their watch event
 /// (same resourceVersion, same status).
-fn plan(items: &[Item], sent: &mut HashMap<Key, (Option<String>, Value)>) -> Vec<Item> {
+fn plan(items: &[Item], sent: &mut HashMap<Key, (Option<String>, Arc<Value>)>) -> Vec<Item> {
     let mut waiting = HashMap::new();
     let mut writes = Vec::new();
     for item in items {
@@ -427,7 +431,7 @@ fn plan(items: &[Item], sent: &mut HashMap<Key, (Option<String>, Value)>) -> Vec
 
 /// One status patch.
 async fn patch(client: Client, item: &Item, params: &PatchParams) -> Result<(), kube::Error> {
-    let body = json!({"metadata": {"resourceVersion": item.rv}, "status": item.status});
+    let body = json!({"metadata": {"resourceVersion": item.rv}, "status": *item.status});
     let p = Patch::Merge(&body);
     let (_, ns, name) = &item.key;
     match item.key.0 {
@@ -453,7 +457,7 @@ async fn patch(client: Client, item: &Item, params: &PatchParams) -> Result<(), 
 /// The Gateway API half of the writer loop: the items of a build, a merge patch naming the
 /// resourceVersion each was planned from.
 struct Items {
-    sent: HashMap<Key, (Option<String>, Value)>,
+    sent: HashMap<Key, (Option<String>, Arc<Value>)>,
 }
 
 impl WriterKind for Items {

@@ -220,6 +220,8 @@ struct Cluster {
 struct State {
     ingresses: Ingresses,
     routes: Incremental,
+    /// What the status views decided, as the control loop keeps it between builds.
+    written: crate::control::gateway_status::Unchanged,
 }
 
 fn flat<T>(v: &[Option<Arc<T>>]) -> Vec<Arc<T>> {
@@ -344,7 +346,15 @@ impl Cluster {
                     }
                 };
                 attachment.refuse(&routes.refusals);
-                Some(finish(b, out.warnings, &attachment, routes.warnings, objs)).filter(|(_, _, full)| !full)
+                Some(finish(
+                    b,
+                    out.warnings,
+                    &attachment,
+                    routes.warnings,
+                    objs,
+                    &mut state.written,
+                ))
+                .filter(|(_, _, full)| !full)
             });
             if let Some((t, d, _)) = updated {
                 return (t, d, true);
@@ -356,7 +366,7 @@ impl Cluster {
             let mut attachment = attach(objs, &settings(), &listeners());
             let routes = state.routes.full(&mut b, &spec, objs, &attachment.routes);
             attachment.refuse(&routes.refusals);
-            let (t, d, _) = finish(b, out.warnings, &attachment, routes.warnings, objs);
+            let (t, d, _) = finish(b, out.warnings, &attachment, routes.warnings, objs, &mut state.written);
             (t, d)
         });
         (t, d, false)
@@ -377,6 +387,7 @@ fn finish(
     attachment: &crate::control::translate::gateway::Attachment<'_>,
     route_warnings: Vec<crate::control::translate::Warning>,
     objs: &Objects<'_>,
+    written: &mut crate::control::gateway_status::Unchanged,
 ) -> (RouteTable, String, bool) {
     for (bind, hostname) in &attachment.listeners {
         b.gateway_listener(&bind.addresses, bind.port, hostname.as_deref());
@@ -407,7 +418,7 @@ fn finish(
         let _ = writeln!(s, "warning {}: {}", w.object, w.message);
     }
     let _ = writeln!(s, "overlaps {overlaps:?}");
-    for item in crate::control::gateway_status::view(attachment, objs, CONTROLLER, "now") {
+    for item in crate::control::gateway_status::view_with(attachment, objs, CONTROLLER, "now", written) {
         let _ = writeln!(s, "status {:?} {}", item.key, item.status);
     }
     (table, s, full)
