@@ -295,9 +295,11 @@ impl Cluster {
     }
 
     /// Brings the cluster's state (live, disconnected, ...) up to date with its watches, without
-    /// a build: what a build's [`Cluster::objects`] does first.
+    /// a build: what a build's [`Cluster::objects`] does first (the index aside).
     pub fn refresh_state(&self) {
-        let _ = self.objects();
+        // Not `objects()`: nothing changed that the Service → EndpointSlices index reads (at
+        // 10k routes kedge's own status writes come back as 10k such wake-ups).
+        let _ = self.lkg.choose(self.synced(), || self.stores.objects());
     }
 
     /// What the cluster serves from: nothing synced yet, its persisted state, live stores.
