@@ -151,7 +151,7 @@ impl Cluster {
         match services {
             None => Ok(state.full(builder, &self.spec, objects, attached)),
             Some(services) => match state.plan(objects, attached, services) {
-                Ok(plan) => Ok(state.update(builder, &self.spec, objects, attached, &plan)),
+                Ok(plan) => Ok(state.update(builder, &self.spec, objects, attached, plan)),
                 Err(e) => {
                     state.clear();
                     Err(e)

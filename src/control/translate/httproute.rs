@@ -296,12 +296,20 @@ pub struct Incremental {
     ready: bool,
 }
 
+/// A route: (kind, `namespace/name`).
+type RouteId = (&'static str, String);
+
 /// What an update translates again, found by [`Incremental::plan`].
 pub struct Plan {
     /// The keys whose rules are built again.
     dirty: rustc_hash::FxHashSet<Key>,
     /// The routes whose keys hold a dirty one, or that changed.
     again: rustc_hash::FxHashSet<(&'static str, String)>,
+    /// The addresses of those routes' objects.
+    again_at: rustc_hash::FxHashSet<usize>,
+    /// Every route of the stores: (kind, `namespace/name`), generation, object address, the
+    /// address of its metadata.
+    present: Vec<(RouteId, Option<i64>, usize, usize)>,
 }
 
 impl Plan {
@@ -412,6 +420,9 @@ impl Incremental {
             return Err(super::NeedFull("an upstream protocol is contested by a Gateway route"));
         }
         let mut changed: rustc_hash::FxHashSet<(&'static str, String)> = rustc_hash::FxHashSet::default();
+        // The changed routes' objects, by address.
+        let mut changed_at: rustc_hash::FxHashSet<usize> = rustc_hash::FxHashSet::default();
+        let mut present = Vec::with_capacity(self.entries.len());
         let mut seen = 0;
         for (id, generation, object, route) in all_routes(objs) {
             let same = self
@@ -428,22 +439,24 @@ impl Incremental {
                     services.iter().any(|(n, s)| n == bns && *s == b.name)
                 })
             };
+            let at = std::ptr::from_ref(route.meta()) as usize;
             if !same || (!services.is_empty() && uses()) {
-                changed.insert(id);
+                changed.insert(id.clone());
+                changed_at.insert(at);
             }
+            present.push((id, generation, object, at));
         }
         let mut dirty: rustc_hash::FxHashSet<Key> = rustc_hash::FxHashSet::default();
         if seen != self.entries.len() || !changed.is_empty() {
             // Gone ones (and the previous version of changed ones) keep their old keys.
-            let now: rustc_hash::FxHashSet<(&'static str, String)> = all_routes(objs).map(|r| r.0).collect();
+            let now: rustc_hash::FxHashSet<&(&'static str, String)> = present.iter().map(|p| &p.0).collect();
             for (id, e) in &self.entries {
                 if changed.contains(id) || !now.contains(id) {
                     dirty.extend(e.keys.iter().cloned());
                 }
             }
             for a in attached {
-                let id = (a.route.kind(), a.route.key());
-                if changed.contains(&id) {
+                if changed_at.contains(&(std::ptr::from_ref(a.route.meta()) as usize)) {
                     dirty.extend(keys_of(a));
                 }
             }
@@ -456,8 +469,14 @@ impl Incremental {
                 }
             }
         }
+        let again_at = present.iter().filter(|p| again.contains(&p.0)).map(|p| p.3).collect();
         // Gone routes are dropped by `update`; they translate nothing.
-        Ok(Plan { dirty, again })
+        Ok(Plan {
+            dirty,
+            again,
+            again_at,
+            present,
+        })
     }
 
     /// Translates again the plan's routes, their rules under its dirty keys only, into
@@ -471,7 +490,7 @@ impl Incremental {
         spec: &ClusterSpec,
         objs: &Objects<'a>,
         attached: &'a [Attached<'a>],
-        plan: &Plan,
+        plan: Plan,
     ) -> Translated {
         for k in &plan.dirty {
             builder.gateway_remove(&k.addresses, k.port, k.listener.as_deref(), k.host.as_deref());
@@ -479,7 +498,8 @@ impl Incremental {
         // The entries as the stores now are: new routes added, gone ones dropped, changed ones'
         // keys, warnings and refusals taken again below.
         let mut entries = std::mem::take(&mut self.entries);
-        for (id, generation, object, _) in all_routes(objs) {
+        self.entries.reserve(plan.present.len());
+        for (id, generation, object, _) in plan.present {
             let e = entries.remove(&id);
             let changed = plan.again.contains(&id);
             let e = match e {
@@ -498,12 +518,12 @@ impl Incremental {
             };
             self.entries.insert(id, e);
         }
-        let again: Vec<&Attached<'a>> = if plan.again.is_empty() {
+        let again: Vec<&Attached<'a>> = if plan.again_at.is_empty() {
             Vec::new()
         } else {
             attached
                 .iter()
-                .filter(|a| plan.again.contains(&(a.route.kind(), a.route.key())))
+                .filter(|a| plan.again_at.contains(&(std::ptr::from_ref(a.route.meta()) as usize)))
                 .collect()
         };
         for a in &again {

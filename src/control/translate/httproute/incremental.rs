@@ -339,7 +339,7 @@ impl Cluster {
                 let out = state.ingresses.update(&mut b, &spec, objs, &plan);
                 let mut attachment = attach(objs, &settings(), &listeners());
                 let routes = match state.routes.plan(objs, &attachment.routes, services) {
-                    Ok(p) => state.routes.update(&mut b, &spec, objs, &attachment.routes, &p),
+                    Ok(p) => state.routes.update(&mut b, &spec, objs, &attachment.routes, p),
                     Err(_) => {
                         state.routes.clear();
                         return None;
