@@ -4,7 +4,7 @@
 //! and the parent entries of HTTPRoutes and GRPCRoutes that name kedge's Gateways (`parentRef`,
 //! `controllerName`, `Accepted`, `ResolvedRefs`).
 //!
-//! [`view`] is pure: from a build's attachment and objects it makes the status each object
+//! [`view_with`] is pure: from a build's attachment and objects it makes the status each object
 //! should have and keeps only the objects whose status differs. Every condition carries the
 //! object's `metadata.generation` as `observedGeneration`; a condition whose status did not
 //! change keeps its `lastTransitionTime` (copied as read, so that a rebuild that changes
@@ -172,14 +172,10 @@ fn same(current: &Value, target: &Value) -> bool {
 }
 
 /// The objects of one build whose status should change, and to what. `controller`: the
-/// cluster's `gateway_controller`; `now`: the time written into changed conditions.
-#[cfg(test)]
-pub fn view(attachment: &Attachment<'_>, objects: &Objects<'_>, controller: &str, now: &str) -> Vec<Item> {
-    view_with(attachment, objects, controller, now, &mut Unchanged::default())
-}
-
-/// [`view`], skipping the routes `unchanged` (what the previous view of the same controller
-/// found already written) says have nothing to write; `unchanged` is then what this view found.
+/// cluster's `gateway_controller`; `now`: the time written into changed conditions. A route
+/// whose object and entries are those `unchanged` remembers (what the previous view of the same
+/// controller decided) gets that decision again, without its status being read; `unchanged`
+/// is then what this view decided.
 pub fn view_with(
     attachment: &Attachment<'_>,
     objects: &Objects<'_>,

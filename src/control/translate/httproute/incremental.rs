@@ -3,7 +3,8 @@
 //! changed routes touch ([`Incremental::plan`], [`TableBuilder::update`],
 //! [`Incremental::update`], next to the Ingresses' update; or, where they refuse, a build from
 //! nothing, as the control loop does) gives the same table (Ingress and Gateway rules, in
-//! precedence order), warnings, overlaps and Gateway API status as a translation from nothing.
+//! precedence order), warnings, overlaps and Gateway API conditions (what the status view is
+//! made of) as a translation from nothing.
 //! The generated cluster is small on purpose, so that routes share hosts and scopes (two
 //! Gateways, one on its own address), tie in age, share Services with each other, with
 //! GRPCRoutes and with Ingresses, claim Ingress hosts, and have refused rules and matches and
@@ -220,8 +221,6 @@ struct Cluster {
 struct State {
     ingresses: Ingresses,
     routes: Incremental,
-    /// What the status views decided, as the control loop keeps it between builds.
-    written: crate::control::gateway_status::Unchanged,
 }
 
 fn flat<T>(v: &[Option<Arc<T>>]) -> Vec<Arc<T>> {
@@ -346,15 +345,7 @@ impl Cluster {
                     }
                 };
                 attachment.refuse(&routes.refusals);
-                Some(finish(
-                    b,
-                    out.warnings,
-                    &attachment,
-                    routes.warnings,
-                    objs,
-                    &mut state.written,
-                ))
-                .filter(|(_, _, full)| !full)
+                Some(finish(b, out.warnings, &attachment, routes.warnings)).filter(|(_, _, full)| !full)
             });
             if let Some((t, d, _)) = updated {
                 return (t, d, true);
@@ -366,7 +357,7 @@ impl Cluster {
             let mut attachment = attach(objs, &settings(), &listeners());
             let routes = state.routes.full(&mut b, &spec, objs, &attachment.routes);
             attachment.refuse(&routes.refusals);
-            let (t, d, _) = finish(b, out.warnings, &attachment, routes.warnings, objs, &mut state.written);
+            let (t, d, _) = finish(b, out.warnings, &attachment, routes.warnings);
             (t, d)
         });
         (t, d, false)
@@ -386,8 +377,6 @@ fn finish(
     ingress_warnings: Vec<crate::control::translate::Warning>,
     attachment: &crate::control::translate::gateway::Attachment<'_>,
     route_warnings: Vec<crate::control::translate::Warning>,
-    objs: &Objects<'_>,
-    written: &mut crate::control::gateway_status::Unchanged,
 ) -> (RouteTable, String, bool) {
     for (bind, hostname) in &attachment.listeners {
         b.gateway_listener(&bind.addresses, bind.port, hostname.as_deref());
@@ -418,8 +407,17 @@ fn finish(
         let _ = writeln!(s, "warning {}: {}", w.object, w.message);
     }
     let _ = writeln!(s, "overlaps {overlaps:?}");
-    for item in crate::control::gateway_status::view_with(attachment, objs, CONTROLLER, "now", written) {
-        let _ = writeln!(s, "status {:?} {}", item.key, item.status);
+    // What the status view is made of (with the objects, which are the same): every Gateway
+    // API condition kedge decided, the routes' refusals included.
+    for g in &attachment.gateways {
+        let _ = writeln!(
+            s,
+            "gateway {:?} {:?} {:?}",
+            g.gateway.metadata.name, g.conditions, g.listeners
+        );
+    }
+    for p in &attachment.parents {
+        let _ = writeln!(s, "parent {} {:?} {:?}", p.route.key(), p.parent_ref, p.conditions);
     }
     (table, s, full)
 }
