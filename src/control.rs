@@ -12,9 +12,10 @@
 //! current one's rules and has new endpoints for the touched Services (resolved from the
 //! stores for those Services only: their EndpointSlices are found through the cluster's
 //! Service → EndpointSlices index, no store is copied), and a full rebuild once changes are
-//! quiet. Changes that touched only Ingresses, Services and EndpointSlices get an update: the
-//! hosts of the Ingresses they touch are translated again and every other host's rules are
-//! shared with the current table (`TableBuilder::update`, `translate::Incremental`), unless only
+//! quiet. Changes that touched only Ingresses, Gateway routes, Services and EndpointSlices get
+//! an update: the hosts of the Ingresses they touch (and the Gateway hosts of the routes they
+//! touch) are translated again and every other host's rules are shared with the current table
+//! (`TableBuilder::update`, `translate::Incremental`, `httproute::Incremental`), unless only
 //! a build from nothing is exact (then it runs); a full rebuild follows once changes are quiet,
 //! as after a relist, SIGHUP or anything else. Endpoint-only changes and updates are published
 //! at once when the loop was idle; bursts (and every full rebuild) wait out `DEBOUNCE`. A
@@ -515,6 +516,9 @@ fn build(
     let mut served = 0;
     let mut gateway_classes = 0;
     let mut outcomes = Vec::new();
+    // An update of the Gateway routes met what only a build from nothing decides.
+    let mut routes_inexact = false;
+    let (mut gateway_clusters, mut routes_rebuilt) = (0, false);
     for (i, (c, objects)) in clusters.iter().zip(&objects).enumerate() {
         let plan = plans.as_ref().and_then(|p| p.get(i));
         let outcome = c.translate_ingresses(&mut builder, &objects.view(), plan);
@@ -527,8 +531,23 @@ fn build(
             host_addresses: local.addresses.clone(),
         };
         let mut attachment = translate::gateway::attach(&objects.view(), &settings, &local.listeners);
-        // The attached routes' rules, in their scopes; what they refuse reaches their status.
-        let translated = translate::httproute::translate(&mut builder, &c.spec, &objects.view(), &attachment.routes);
+        // The attached routes' rules, in their scopes (in an update, those the changes touch);
+        // what they refuse reaches their status.
+        let services = update.filter(|_| updating).and_then(|(_, ch)| ch.get(i)).map(|ch| {
+            let s: BTreeSet<(String, String)> = ch.services.union(&ch.service_objects).cloned().collect();
+            s
+        });
+        let translated = c
+            .translate_routes(&mut builder, &objects.view(), &attachment.routes, services.as_ref())
+            .unwrap_or_else(|translate::NeedFull(why)| {
+                tracing::debug!(cluster = c.config.name, "a build from nothing: {why}");
+                routes_inexact = true;
+                translate::httproute::Translated::default()
+            });
+        // Clusters' Gateway rules may share a scope and host, where each adds its rules again:
+        // an update rebuilds one cluster's only when no other has any.
+        gateway_clusters += usize::from(!attachment.routes.is_empty());
+        routes_rebuilt |= translated.rebuilt;
         let route_warnings = translated.warnings;
         attachment.refuse(&translated.refusals);
         c.offer_gateway_status(&attachment, &objects.view());
@@ -597,7 +616,8 @@ fn build(
             .into_bytes()
             .into_boxed_slice()
     };
-    let inexact = updating && builder.needs_full();
+    routes_inexact |= routes_rebuilt && gateway_clusters > 1;
+    let inexact = updating && (builder.needs_full() || routes_inexact);
     let snap = Snapshot {
         table: builder.build(),
         client: cfg.client.clone(),

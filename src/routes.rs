@@ -197,7 +197,13 @@ struct Rules {
     default_backend: Option<Target>,
     /// Gateway API routes by local address and port; empty when no Gateway attaches a route.
     scopes: Scopes,
+    /// The hosts both a Gateway route and an Ingress or static rule claim, as
+    /// [`TableBuilder::gateway_overlaps`] found them (`None`: not asked), for the next update.
+    overlaps: Option<Overlaps>,
 }
+
+/// Hosts both a Gateway route and an Ingress or static rule claim: (host, route, other owner).
+type Overlaps = Arc<[(String, String, String)]>;
 
 /// The policy of rules that set none: shared, so that rules without one cost a pointer.
 fn no_policy() -> Arc<Policy> {
@@ -560,6 +566,22 @@ fn normalize_host<'b>(host: &[u8], buf: &'b mut [u8; MAX_HOST]) -> Option<&'b st
     std::str::from_utf8(out).ok()
 }
 
+/// Whether Ingress host `ingress` and Gateway host pattern `gateway` (exact names or
+/// `*.suffix`) share a name, as [`TableBuilder::gateway_overlaps`] decides it: a Gateway
+/// `*.suffix` covers any number of labels, an Ingress `*.suffix` one.
+fn host_overlap(ingress: &str, gateway: &str) -> bool {
+    let under = |name: &str, suffix: &str| {
+        name.strip_suffix(suffix)
+            .is_some_and(|head| head.is_empty() || head.ends_with('.'))
+    };
+    match (ingress.strip_prefix("*."), gateway.strip_prefix("*.")) {
+        (None, None) => ingress == gateway,
+        (None, Some(t)) => ingress.split_once('.').is_some_and(|(_, rest)| under(rest, t)),
+        (Some(s), Some(t)) => under(s, t),
+        (Some(s), None) => gateway.split_once('.').is_some_and(|(_, parent)| parent == s),
+    }
+}
+
 /// Who put a rule into the table: shown when a later rule loses to it.
 pub type Owner = str;
 
@@ -584,6 +606,11 @@ pub struct TableBuilder {
     gateway_owners: FxHashMap<Box<str>, Box<str>>,
     /// Set by [`TableBuilder::update`]: the backends below this id are the previous table's.
     kept_backends: BackendId,
+    /// Made by [`TableBuilder::update`]: the previous table's overlaps (`None`: unknown) and
+    /// its dirty Ingress hosts (exact or `*.suffix`).
+    updating: Option<(Option<Overlaps>, Vec<Box<str>>)>,
+    /// The host patterns of the Gateway rules an update dropped ([`TableBuilder::gateway_remove`]).
+    removed_claims: Vec<String>,
     /// An update met what only a build from nothing decides exactly (see
     /// [`TableBuilder::needs_full`]).
     needs_full: bool,
@@ -618,7 +645,9 @@ impl TableBuilder {
     /// `*.suffix`, `None` for the any-host rules) keeps `prev`'s rules, shared, not copied; the
     /// backends keep their ids (a backend no rule uses any more stays until the next build from
     /// nothing); the default backend stays. The caller adds again every rule of the dirty hosts
-    /// (and only those), and the Gateway API scopes, which start empty.
+    /// (and only those). The Gateway API scopes are kept the same way, each (scope, listener,
+    /// route hostname)'s rules shared: the caller drops those it builds again
+    /// ([`TableBuilder::gateway_remove`]) before adding them.
     pub fn update<'h>(prev: &RouteTable, dirty: impl IntoIterator<Item = Option<&'h str>>) -> TableBuilder {
         let p = &prev.rules;
         let mut rules = Rules {
@@ -626,9 +655,14 @@ impl TableBuilder {
             wildcard: p.wildcard.clone(),
             any: p.any.clone(),
             default_backend: p.default_backend.clone(),
-            scopes: Scopes::default(),
+            scopes: p.scopes.clone(),
+            overlaps: None,
         };
+        let mut dirty_hosts = Vec::new();
         for host in dirty {
+            if let Some(h) = host {
+                dirty_hosts.push(h.into());
+            }
             match host {
                 None => rules.any = None,
                 Some(h) => match h.strip_prefix("*.") {
@@ -647,6 +681,7 @@ impl TableBuilder {
             default_owner: p.default_backend.as_ref().map(|_| "(previous table)".into()),
             backend_ids: Arc::clone(&prev.ids),
             kept_backends: prev.backends.len(),
+            updating: Some((p.overlaps.clone(), dirty_hosts)),
             ..TableBuilder::default()
         }
     }
@@ -832,17 +867,31 @@ impl TableBuilder {
         action: Arc<gateway::Action>,
         owner: &Owner,
     ) {
-        // An update's Ingress hosts are checked against the Gateway's only by a build from
-        // nothing (`gateway_overlaps` reads every rule's owner).
-        self.needs_full |= self.kept_backends > 0;
         // What the rule claims: the route hostname, else the listener's (a rule of a listener
         // without hostname and a route without hostnames claims every host: not recorded).
         if let Some(h) = route_host.or(listener_host).filter(|h| !h.is_empty()) {
             self.gateway_owners.entry(h.into()).or_insert_with(|| owner.into());
         }
-        self.rules
+        // A host with the previous table's rules: an update not told it is dirty.
+        self.needs_full |= self
+            .rules
             .scopes
             .add(addresses, port, listener_host, route_host, m, action);
+    }
+
+    /// In an update: drops the previous table's rules of one scope (`addresses`, `port`),
+    /// listener hostname and route hostname, whose rules the caller adds again (every rule of
+    /// every route attached there, as a build from nothing would).
+    pub fn gateway_remove(
+        &mut self,
+        addresses: &[std::net::IpAddr],
+        port: u16,
+        listener_host: Option<&str>,
+        route_host: Option<&str>,
+    ) {
+        if let Some(claim) = self.rules.scopes.remove(addresses, port, listener_host, route_host) {
+            self.removed_claims.push(claim);
+        }
     }
 
     /// Adds a programmed Gateway listener to the scope of `addresses` and `port`, whether routes
@@ -855,8 +904,56 @@ impl TableBuilder {
     /// wildcards (a Gateway `*.suffix` covers any number of labels, an Ingress `*.suffix` one),
     /// with the owner of each side: (host, Gateway route, other owner), sorted, one per host.
     /// The host is the narrower of the two patterns. Not on the request path: one hash lookup
-    /// per label of each Ingress host.
-    pub fn gateway_overlaps(&self) -> Vec<(String, String, String)> {
+    /// per label of each Ingress host. Recorded in the table for the next update: an update
+    /// hands on the previous table's overlaps when none of its dirty Ingress hosts and none of
+    /// the Gateway host patterns it dropped or added overlaps anything (then they are the
+    /// same), and otherwise needs a build from nothing ([`TableBuilder::needs_full`]).
+    pub fn gateway_overlaps(&mut self) -> Vec<(String, String, String)> {
+        let out = match self.updating.take() {
+            None => self.overlaps_from_nothing(),
+            Some((prev, dirty)) => {
+                if prev.is_none() || self.overlaps_changed(&dirty) {
+                    self.needs_full = true;
+                }
+                prev.as_deref().unwrap_or_default().to_vec()
+            }
+        };
+        self.rules.overlaps = Some(out.clone().into());
+        out
+    }
+
+    /// In an update: whether a dirty Ingress host (`dirty`) overlaps a Gateway host pattern,
+    /// or a Gateway host pattern dropped or added overlaps an Ingress or static host.
+    fn overlaps_changed(&self, dirty: &[Box<str>]) -> bool {
+        let added = self.gateway_owners.keys().map(|k| &**k);
+        let gateway_dirty: Vec<&str> = self.removed_claims.iter().map(String::as_str).chain(added).collect();
+        if !gateway_dirty.is_empty() {
+            let wildcards: Vec<String> = self.rules.wildcard.keys().map(|s| format!("*.{s}")).collect();
+            let ingress = self
+                .rules
+                .exact
+                .keys()
+                .map(|h| &**h)
+                .chain(wildcards.iter().map(String::as_str))
+                .chain(dirty.iter().map(|h| &**h));
+            for i in ingress {
+                if gateway_dirty.iter().any(|g| host_overlap(i, g)) {
+                    return true;
+                }
+            }
+        }
+        if !dirty.is_empty() {
+            let claims: Vec<String> = self.rules.scopes.claims().collect();
+            let all = claims.iter().map(String::as_str).chain(gateway_dirty.iter().copied());
+            for g in all {
+                if dirty.iter().any(|i| host_overlap(i, g)) {
+                    return true;
+                }
+            }
+        }
+        false
+    }
+    fn overlaps_from_nothing(&self) -> Vec<(String, String, String)> {
         if self.gateway_owners.is_empty() {
             return Vec::new();
         }

@@ -39,6 +39,8 @@ pub struct Cluster {
     status: Option<status::Writer>,
     /// Writes Gateway API status; started by the first build with one of kedge's GatewayClasses.
     gateway_status: OnceLock<gateway_status::Writer>,
+    /// The routes the last Gateway API status view found written as kedge wants them.
+    gateway_written: Mutex<gateway_status::Unchanged>,
     /// The status Lease election both writers follow: started with the Ingress writer, or with
     /// the Gateway API one.
     election: OnceLock<Election>,
@@ -53,6 +55,8 @@ pub struct Cluster {
     changes: Arc<Mutex<Changes>>,
     /// The cluster's Ingresses as the last build translated them, for updates.
     ingresses: Mutex<Incremental>,
+    /// The cluster's Gateway routes as the last build translated them, for updates.
+    routes: Mutex<translate::httproute::Incremental>,
     /// Service → EndpointSlices of the objects the last build read, kept up to date by the
     /// endpoint fast path ([`Cluster::changed_endpoints`]).
     slice_index: Mutex<SliceIndex>,
@@ -107,6 +111,7 @@ impl Cluster {
             stores,
             status,
             gateway_status: OnceLock::new(),
+            gateway_written: Mutex::default(),
             election,
             client,
             listed,
@@ -114,6 +119,7 @@ impl Cluster {
             health,
             changes,
             ingresses: Mutex::default(),
+            routes: Mutex::default(),
             slice_index: Mutex::default(),
             node_use: Mutex::default(),
         })
@@ -145,6 +151,30 @@ impl Cluster {
                 };
                 state.update(builder, &self.spec, &objects, plan)
             }
+        }
+    }
+
+    /// Translates the attached Gateway routes into `builder`: all of them (`services` `None`, a
+    /// build from nothing), or, in an update (`builder` made by `TableBuilder::update`) after
+    /// changes to routes and to `services`, those the changes touch. `Err`: only a build from
+    /// nothing is exact.
+    pub fn translate_routes<'a>(
+        &self,
+        builder: &mut crate::routes::TableBuilder,
+        objects: &Objects<'a>,
+        attached: &'a [translate::gateway::Attached<'a>],
+        services: Option<&std::collections::BTreeSet<(String, String)>>,
+    ) -> Result<translate::httproute::Translated, NeedFull> {
+        let mut state = lock(&self.routes);
+        match services {
+            None => Ok(state.full(builder, &self.spec, objects, attached)),
+            Some(services) => match state.plan(objects, attached, services) {
+                Ok(plan) => Ok(state.update(builder, &self.spec, objects, attached, plan)),
+                Err(e) => {
+                    state.clear();
+                    Err(e)
+                }
+            },
         }
     }
 
@@ -227,7 +257,13 @@ impl Cluster {
             return;
         }
         let now = crate::time::format_time(crate::time::unix_now());
-        let items = gateway_status::view(attachment, objects, &self.config.gateway_controller, &now);
+        let items = gateway_status::view_with(
+            attachment,
+            objects,
+            &self.config.gateway_controller,
+            &now,
+            &mut lock(&self.gateway_written),
+        );
         let writer = self.gateway_status.get_or_init(|| {
             let election = self
                 .election

@@ -4,7 +4,7 @@
 //! and the parent entries of HTTPRoutes and GRPCRoutes that name kedge's Gateways (`parentRef`,
 //! `controllerName`, `Accepted`, `ResolvedRefs`).
 //!
-//! [`view`] is pure: from a build's attachment and objects it makes the status each object
+//! [`view_with`] is pure: from a build's attachment and objects it makes the status each object
 //! should have and keeps only the objects whose status differs. Every condition carries the
 //! object's `metadata.generation` as `observedGeneration`; a condition whose status did not
 //! change keeps its `lastTransitionTime` (copied as read, so that a rebuild that changes
@@ -25,7 +25,7 @@
 //! The writer and the Lease election start with the first build that has one of kedge's
 //! GatewayClasses: a cluster without them never writes, nor takes the Lease for them.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 
 use kube::Client;
 use kube::api::{Api, Patch, PatchParams};
@@ -33,10 +33,14 @@ use serde::Serialize;
 use serde_json::{Value, json};
 use tokio::sync::watch;
 
-use super::gateway_types::{Gateway, GatewayClass, GrpcRoute, HttpRoute};
+use std::sync::Arc;
+
+use rustc_hash::FxHashMap;
+
+use super::gateway_types::{Gateway, GatewayClass, GrpcRoute, HttpRoute, ParentRef};
 use super::status::{Logged, Patching, WriterKind, write_loop};
 use super::translate::Objects;
-use super::translate::gateway::{Attachment, Cond, RouteParent};
+use super::translate::gateway::{Attachment, Cond, RouteParent, RouteRef};
 
 /// The Gateway API features kedge implements, as `status.supportedFeatures` of its
 /// GatewayClasses says: only what the code does and an end-to-end test shows (attachment and
@@ -100,8 +104,9 @@ pub struct Item {
     pub key: Key,
     /// The object's resourceVersion in the view: the write's precondition.
     pub rv: Option<String>,
-    /// The status fields kedge owns, whole (each list replaces the object's in the patch).
-    pub status: Value,
+    /// The status fields kedge owns, whole (each list replaces the object's in the patch);
+    /// shared with the views that decide the same (see [`Unchanged`]).
+    pub status: Arc<Value>,
 }
 
 /// `True`/`False`.
@@ -167,15 +172,24 @@ fn same(current: &Value, target: &Value) -> bool {
 }
 
 /// The objects of one build whose status should change, and to what. `controller`: the
-/// cluster's `gateway_controller`; `now`: the time written into changed conditions.
-pub fn view(attachment: &Attachment<'_>, objects: &Objects<'_>, controller: &str, now: &str) -> Vec<Item> {
+/// cluster's `gateway_controller`; `now`: the time written into changed conditions. A route
+/// whose object and entries are those `unchanged` remembers (what the previous view of the same
+/// controller decided) gets that decision again, without its status being read; `unchanged`
+/// is then what this view decided.
+pub fn view_with(
+    attachment: &Attachment<'_>,
+    objects: &Objects<'_>,
+    controller: &str,
+    now: &str,
+    unchanged: &mut Unchanged,
+) -> Vec<Item> {
     let mut items = Vec::new();
     let mut push = |key: Key, rv: &Option<String>, current: &Value, status: Value| {
         if !same(current, &status) {
             items.push(Item {
                 key,
                 rv: rv.clone(),
-                status,
+                status: Arc::new(status),
             });
         }
     };
@@ -232,35 +246,61 @@ pub fn view(attachment: &Attachment<'_>, objects: &Objects<'_>, controller: &str
         );
         push(key, &m.resource_version, &current, status);
     }
-    // kedge's parent entries per route, in the order of its parentRefs.
-    let mut ours: BTreeMap<(Resource, String), Vec<&RouteParent<'_>>> = BTreeMap::new();
+    // kedge's parent entries per route (by the object's address), in the order of its
+    // parentRefs.
+    let mut ours: FxHashMap<usize, Vec<&RouteParent<'_>>> = FxHashMap::default();
     for p in &attachment.parents {
-        let r = match p.route.kind() {
-            "HTTPRoute" => Resource::HttpRoute,
-            _ => Resource::GrpcRoute,
+        let at = match p.route {
+            RouteRef::Http(r) => std::ptr::from_ref(r) as usize,
+            RouteRef::Grpc(r) => std::ptr::from_ref(r) as usize,
         };
-        ours.entry((r, p.route.key())).or_default().push(p);
+        ours.entry(at).or_default().push(p);
     }
     let routes = objects
         .http_routes
         .iter()
-        .map(|r| (Resource::HttpRoute, &r.metadata, to_json(&r.status)))
+        .map(|r| (Resource::HttpRoute, Held::Http(Arc::clone(r))))
         .chain(
             objects
                 .grpc_routes
                 .iter()
-                .map(|r| (Resource::GrpcRoute, &r.metadata, to_json(&r.status))),
+                .map(|r| (Resource::GrpcRoute, Held::Grpc(Arc::clone(r)))),
         );
-    for (resource, m, current) in routes {
+    let mut done = FxHashMap::default();
+    for (resource, held) in routes {
+        let at = held.address();
+        let mine = ours.get(&at);
+        // The same object with the same entries as a view last decided: the same write, or
+        // none.
+        if let Some(before) = unchanged.routes.remove(&at)
+            && before.same(mine.map_or(&[][..], Vec::as_slice))
+        {
+            items.extend(before.item.clone());
+            done.insert(at, before);
+            continue;
+        }
+        let (m, current) = match &held {
+            Held::Http(r) => (&r.metadata, to_json(&r.status)),
+            Held::Grpc(r) => (&r.metadata, to_json(&r.status)),
+        };
         let (ns, name) = (
             m.namespace.clone().unwrap_or_default(),
             m.name.clone().unwrap_or_default(),
         );
-        let mine = ours.get(&(resource, format!("{ns}/{name}")));
         let parents = list(&current, "parents");
         let parents = parents.as_array().map(Vec::as_slice).unwrap_or(&[]);
         let had = parents.iter().any(|p| p["controllerName"] == controller);
+        let written = |held: Held, item: Option<Item>| Written {
+            entries: mine
+                .into_iter()
+                .flatten()
+                .map(|p| (p.parent_ref.clone(), p.conditions.clone()))
+                .collect(),
+            item,
+            _object: held,
+        };
         if mine.is_none() && !had {
+            done.insert(at, written(held, None));
             continue;
         }
         let mut target: Vec<Value> = parents
@@ -282,14 +322,61 @@ pub fn view(attachment: &Attachment<'_>, objects: &Objects<'_>, controller: &str
         }
         // The API's limit; kedge's entries come last and are the ones cut.
         target.truncate(32);
-        push(
-            (resource, ns, name),
-            &m.resource_version,
-            &current,
-            json!({ "parents": target }),
-        );
+        let status = json!({ "parents": target });
+        let item = (!same(&current, &status)).then(|| Item {
+            key: (resource, ns, name),
+            rv: m.resource_version.clone(),
+            status: Arc::new(status),
+        });
+        items.extend(item.clone());
+        done.insert(at, written(held, item));
     }
+    unchanged.routes = done;
     items
+}
+
+/// What a view decided for each route, by the address of the store's object: while the store
+/// holds that object (kept alive here, so that the address names no other) its status is the
+/// one read, so a later view that decides the same parent entries for it makes the same write
+/// (or none) without reading its status again (at 10k routes, most of a view's work). The
+/// write keeps the `lastTransitionTime` of the view that first decided it: when kedge saw the
+/// condition change.
+#[derive(Default)]
+pub struct Unchanged {
+    routes: FxHashMap<usize, Written>,
+}
+
+/// A route object, the parent entries kedge decided for it and the write they make.
+struct Written {
+    entries: Vec<(ParentRef, Vec<Cond>)>,
+    item: Option<Item>,
+    _object: Held,
+}
+
+impl Written {
+    fn same(&self, now: &[&RouteParent<'_>]) -> bool {
+        self.entries.len() == now.len()
+            && self
+                .entries
+                .iter()
+                .zip(now)
+                .all(|((r, c), p)| *r == p.parent_ref && *c == p.conditions)
+    }
+}
+
+/// A route object of the stores.
+enum Held {
+    Http(Arc<HttpRoute>),
+    Grpc(Arc<GrpcRoute>),
+}
+
+impl Held {
+    fn address(&self) -> usize {
+        match self {
+            Held::Http(r) => Arc::as_ptr(r) as usize,
+            Held::Grpc(r) => Arc::as_ptr(r) as usize,
+        }
+    }
 }
 
 /// The handle the control thread keeps for one cluster's Gateway API status writer task.
@@ -321,7 +408,7 @@ impl Writer {
 
 /// The items not written yet: `sent` keeps only the writes still waiting for their watch event
 /// (same resourceVersion, same status).
-fn plan(items: &[Item], sent: &mut HashMap<Key, (Option<String>, Value)>) -> Vec<Item> {
+fn plan(items: &[Item], sent: &mut HashMap<Key, (Option<String>, Arc<Value>)>) -> Vec<Item> {
     let mut waiting = HashMap::new();
     let mut writes = Vec::new();
     for item in items {
@@ -340,7 +427,7 @@ fn plan(items: &[Item], sent: &mut HashMap<Key, (Option<String>, Value)>) -> Vec
 
 /// One status patch.
 async fn patch(client: Client, item: &Item, params: &PatchParams) -> Result<(), kube::Error> {
-    let body = json!({"metadata": {"resourceVersion": item.rv}, "status": item.status});
+    let body = json!({"metadata": {"resourceVersion": item.rv}, "status": *item.status});
     let p = Patch::Merge(&body);
     let (_, ns, name) = &item.key;
     match item.key.0 {
@@ -366,7 +453,7 @@ async fn patch(client: Client, item: &Item, params: &PatchParams) -> Result<(), 
 /// The Gateway API half of the writer loop: the items of a build, a merge patch naming the
 /// resourceVersion each was planned from.
 struct Items {
-    sent: HashMap<Key, (Option<String>, Value)>,
+    sent: HashMap<Key, (Option<String>, Arc<Value>)>,
 }
 
 impl WriterKind for Items {

@@ -48,8 +48,8 @@ use super::gateway_types::{Gateway, GatewayClass, GrpcRoute, HttpRoute, Referenc
 use super::health::Health;
 use super::translate::Objects;
 use super::watch::{
-    self, Changes, Touch, Watches, touches_all, touches_ingress, touches_node, touches_service, touches_service_object,
-    touches_spec,
+    self, Changes, Touch, Watches, touches_all, touches_ingress, touches_node, touches_route, touches_service,
+    touches_service_object, touches_spec,
 };
 
 /// Declares the kinds. Each entry:
@@ -341,14 +341,14 @@ kinds! {
         http_routes: HttpRoute {
             resource: "httproutes",
             field_selectors: [],
-            touch: touches_spec,
+            touch: touches_route,
             persist: everything,
         },
         /// GRPCRoutes.
         grpc_routes: GrpcRoute {
             resource: "grpcroutes",
             field_selectors: [],
-            touch: touches_spec,
+            touch: touches_route,
             persist: everything,
         },
         /// ReferenceGrants: which cross-namespace references (backends, certificates) are allowed.

@@ -37,6 +37,9 @@ pub struct Changes {
     pub services: BTreeSet<(String, String)>,
     /// Some Ingress changed (the update finds which: they are new objects in the store).
     pub ingresses: bool,
+    /// Some HTTPRoute or GRPCRoute changed its spec, or was deleted (the update finds which:
+    /// by generation).
+    pub routes: bool,
     /// Services (namespace, name) whose objects changed.
     pub service_objects: BTreeSet<(String, String)>,
     /// The EndpointSlices (namespace, name) that changed: the control loop looks each one up
@@ -57,7 +60,7 @@ pub struct Changes {
 impl Changes {
     /// Nothing but EndpointSlices changed.
     pub fn endpoints_only(&self) -> bool {
-        !self.full && !self.ingresses && !self.nodes && self.service_objects.is_empty()
+        !self.full && !self.ingresses && !self.nodes && !self.routes && self.service_objects.is_empty()
     }
 
     /// Nothing that bears on the table changed.
@@ -70,6 +73,7 @@ impl Changes {
         self.full |= later.full;
         self.ingresses |= later.ingresses;
         self.nodes |= later.nodes;
+        self.routes |= later.routes;
         self.services.extend(later.services);
         self.service_objects.extend(later.service_objects);
         self.slices.extend(later.slices);
@@ -95,6 +99,9 @@ pub enum Touch {
     /// An object whose `metadata.generation` counts the changes that matter (a Gateway API
     /// kind) was applied or listed: a full rebuild unless its generation is the one last seen.
     Spec,
+    /// The same for an HTTPRoute or a GRPCRoute, whose changes get an update, not a full
+    /// rebuild (as its deletion).
+    Route,
 }
 
 /// For every kind but EndpointSlice: a change or a relist means a full rebuild.
@@ -110,6 +117,15 @@ pub fn touches_all<K>(event: &Event<K>) -> Touch {
 pub fn touches_spec<K>(event: &Event<K>) -> Touch {
     match event {
         Event::Apply(_) | Event::InitApply(_) => Touch::Spec,
+        other => touches_all(other),
+    }
+}
+
+/// An HTTPRoute or a GRPCRoute: as [`touches_spec`], but a change or a deletion is an update
+/// of the routes (a relist: everything).
+pub fn touches_route<K>(event: &Event<K>) -> Touch {
+    match event {
+        Event::Apply(_) | Event::InitApply(_) | Event::Delete(_) => Touch::Route,
         other => touches_all(other),
     }
 }
@@ -300,7 +316,7 @@ where
                         }
                         Touch::Ingress => changes.lock().unwrap_or_else(|e| e.into_inner()).ingresses = true,
                         Touch::Node => changes.lock().unwrap_or_else(|e| e.into_inner()).nodes = true,
-                        Touch::Spec => match &event {
+                        Touch::Spec | Touch::Route => match &event {
                             // A relist's objects are recorded; its end (InitDone) rebuilds.
                             Event::InitApply(o) => {
                                 new_generation(&mut generations, o);
@@ -308,11 +324,16 @@ where
                             Event::Apply(o) => {
                                 let spec = new_generation(&mut generations, o);
                                 let mut changes = changes.lock().unwrap_or_else(|e| e.into_inner());
-                                if spec {
+                                if spec && matches!(touch(&event), Touch::Route) {
+                                    changes.routes = true;
+                                } else if spec {
                                     changes.full = true;
                                 } else {
                                     changes.status_only = true;
                                 }
+                            }
+                            Event::Delete(_) if matches!(touch(&event), Touch::Route) => {
+                                changes.lock().unwrap_or_else(|e| e.into_inner()).routes = true;
                             }
                             _ => changes.lock().unwrap_or_else(|e| e.into_inner()).full = true,
                         },

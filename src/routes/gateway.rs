@@ -387,7 +387,25 @@ enum HostPattern {
     Any,
 }
 
+/// Addresses as scopes keep them: canonical (IPv4-mapped IPv6 as IPv4), sorted, unique.
+fn canonical(addresses: &[IpAddr]) -> Vec<IpAddr> {
+    let mut addresses: Vec<IpAddr> = addresses.iter().map(|a| a.to_canonical()).collect();
+    addresses.sort_unstable();
+    addresses.dedup();
+    addresses
+}
+
 impl HostPattern {
+    /// The pattern as the table's owners name hosts: the exact name or `*.suffix`; `None` for
+    /// any host.
+    fn claim(&self) -> Option<String> {
+        match self {
+            HostPattern::Exact(h) => Some(h.to_string()),
+            HostPattern::Wildcard(s) => Some(format!("*{s}")),
+            HostPattern::Any => None,
+        }
+    }
+
     fn parse(h: Option<&str>) -> HostPattern {
         match h {
             None | Some("") => HostPattern::Any,
@@ -416,13 +434,14 @@ impl HostPattern {
     }
 }
 
-/// The route hostnames of one listener and their rules.
-#[derive(Debug, Default)]
+/// The route hostnames of one listener and their rules. Each host's rules sit behind their own
+/// `Arc`, so that a table updated from this one shares every host it does not rebuild.
+#[derive(Debug, Default, Clone)]
 struct RouteHosts {
-    exact: FxHashMap<Box<str>, Vec<GwRule>>,
+    exact: FxHashMap<Arc<str>, Arc<[GwRule]>>,
     /// By suffix with its leading dot (`*.example.com` under `.example.com`).
-    wildcard: FxHashMap<Box<str>, Vec<GwRule>>,
-    any: Option<Vec<GwRule>>,
+    wildcard: FxHashMap<Arc<str>, Arc<[GwRule]>>,
+    any: Option<Arc<[GwRule]>>,
 }
 
 impl RouteHosts {
@@ -441,24 +460,46 @@ impl RouteHosts {
         self.any.as_deref()
     }
 
-    fn rules_mut(&mut self, host: HostPattern) -> &mut Vec<GwRule> {
+    /// Whether `host` has rules here.
+    fn has(&self, host: &HostPattern) -> bool {
         match host {
-            HostPattern::Exact(h) => self.exact.entry(h).or_default(),
-            HostPattern::Wildcard(s) => self.wildcard.entry(s).or_default(),
-            HostPattern::Any => self.any.get_or_insert_with(Vec::new),
+            HostPattern::Exact(h) => self.exact.contains_key(&**h),
+            HostPattern::Wildcard(s) => self.wildcard.contains_key(&**s),
+            HostPattern::Any => self.any.is_some(),
         }
     }
 
-    fn all_mut(&mut self) -> impl Iterator<Item = &mut Vec<GwRule>> {
+    /// Sets the rules of `host` (or drops them: `None`).
+    fn set(&mut self, host: HostPattern, rules: Option<Arc<[GwRule]>>) {
+        match (host, rules) {
+            (HostPattern::Exact(h), Some(r)) => {
+                self.exact.insert(h.into(), r);
+            }
+            (HostPattern::Exact(h), None) => {
+                self.exact.remove(&*h);
+            }
+            (HostPattern::Wildcard(s), Some(r)) => {
+                self.wildcard.insert(s.into(), r);
+            }
+            (HostPattern::Wildcard(s), None) => {
+                self.wildcard.remove(&*s);
+            }
+            (HostPattern::Any, r) => self.any = r,
+        }
+    }
+
+    /// Every host pattern with rules.
+    fn patterns(&self) -> impl Iterator<Item = HostPattern> + '_ {
         self.exact
-            .values_mut()
-            .chain(self.wildcard.values_mut())
-            .chain(self.any.iter_mut())
+            .keys()
+            .map(|h| HostPattern::Exact(Box::from(&**h)))
+            .chain(self.wildcard.keys().map(|s| HostPattern::Wildcard(Box::from(&**s))))
+            .chain(self.any.iter().map(|_| HostPattern::Any))
     }
 }
 
 /// One scope: where its connections arrive, and its listeners' hosts and rules.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 struct Scope {
     /// Empty: every local address on `port`.
     addresses: Vec<IpAddr>,
@@ -475,11 +516,14 @@ impl Scope {
 
 /// Every Gateway scope of a table. Empty for tables without Gateway routes: the request path
 /// then pays one `is_empty` branch.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 pub struct Scopes {
     /// Scopes with addresses before those without, so that a Gateway bound to an address wins
-    /// over one serving every address of the port.
+    /// over one serving every address of the port; then by addresses and port.
     scopes: Vec<Scope>,
+    /// While building: the rules added to each (scope, listener, route hostname), in the order
+    /// added; moved into the scopes, ordered, by [`Scopes::finish`]. Empty in a built table.
+    staged: FxHashMap<(usize, usize, HostPattern), Vec<GwRule>>,
 }
 
 /// What the Gateway rules say about a request.
@@ -530,6 +574,8 @@ impl Scopes {
     }
 
     /// Adds one rule match under a scope, listener hostname and route hostname (`None`: any).
+    /// `true`: the host already had rules when this builder started (an update that was not
+    /// told the host is dirty: only a build from nothing is exact).
     pub(super) fn add(
         &mut self,
         addresses: &[IpAddr],
@@ -538,13 +584,54 @@ impl Scopes {
         route_host: Option<&str>,
         mut m: Match,
         action: Arc<Action>,
-    ) {
+    ) -> bool {
         if let PathMatch::Prefix(p) = &m.path {
             m.path = PathMatch::Prefix(normalize_prefix(p).into());
         }
-        self.listener(addresses, port, listener_host)
-            .rules_mut(HostPattern::parse(route_host))
+        let (si, li) = self.listener(addresses, port, listener_host);
+        let host = HostPattern::parse(route_host);
+        // Rules of the previous table (an update not told the host is dirty): never changed.
+        let kept = self.scopes[si].listeners[li].1.has(&host);
+        self.staged
+            .entry((si, li, host))
+            .or_default()
             .push(GwRule { m, action });
+        kept
+    }
+
+    /// Drops the rules of one (scope, listener hostname, route hostname) an update builds
+    /// again, and returns the host pattern those rules claimed (the route hostname, else the
+    /// listener's; `None`: every host).
+    pub(super) fn remove(
+        &mut self,
+        addresses: &[IpAddr],
+        port: u16,
+        listener_host: Option<&str>,
+        route_host: Option<&str>,
+    ) -> Option<String> {
+        let addresses = canonical(addresses);
+        let lh = HostPattern::parse(listener_host);
+        let host = HostPattern::parse(route_host);
+        let claim = host.claim().or_else(|| lh.claim());
+        if let Some(scope) = self
+            .scopes
+            .iter_mut()
+            .find(|s| s.port == port && s.addresses == addresses)
+            && let Some((_, hosts)) = scope.listeners.iter_mut().find(|(l, _)| *l == lh)
+        {
+            hosts.set(host, None);
+        }
+        claim
+    }
+
+    /// The host pattern every (listener, route hostname) with rules claims (exact or
+    /// `*.suffix`), as [`Scopes::remove`] says; those claiming every host are left out.
+    pub(super) fn claims(&self) -> impl Iterator<Item = String> + '_ {
+        self.scopes.iter().flat_map(|s| {
+            s.listeners
+                .iter()
+                .flat_map(|(l, hosts)| hosts.patterns().filter_map(move |h| h.claim().or_else(|| l.claim())))
+        })
     }
 
     /// Adds a programmed listener (its hostname, `None`: any) to the scope of `addresses` and
@@ -554,12 +641,10 @@ impl Scopes {
         self.listener(addresses, port, listener_host);
     }
 
-    /// The route hostnames of a listener in the scope of `addresses` and `port`, added empty if
-    /// new.
-    fn listener(&mut self, addresses: &[IpAddr], port: u16, listener_host: Option<&str>) -> &mut RouteHosts {
-        let mut addresses: Vec<IpAddr> = addresses.iter().map(|a| a.to_canonical()).collect();
-        addresses.sort_unstable();
-        addresses.dedup();
+    /// The (scope, listener) indices of a listener in the scope of `addresses` and `port`, added
+    /// empty if new.
+    fn listener(&mut self, addresses: &[IpAddr], port: u16, listener_host: Option<&str>) -> (usize, usize) {
+        let addresses = canonical(addresses);
         let i = match self
             .scopes
             .iter()
@@ -584,22 +669,25 @@ impl Scopes {
                 scope.listeners.len() - 1
             }
         };
-        &mut scope.listeners[j].1
+        (i, j)
     }
 
-    /// Orders everything for lookup, once: scopes with addresses first, listeners most specific
-    /// first, rules by precedence (stable: ties keep the order added).
+    /// Orders everything for lookup, once: the rules added (by precedence, stable: ties keep
+    /// the order added) into their hosts, scopes with addresses first (then by addresses and
+    /// port, so that the order does not depend on the order routes were added in), listeners
+    /// most specific first. Rules kept from a previous table are in order already.
     pub(super) fn finish(&mut self) {
-        self.scopes.sort_by_key(|s| s.addresses.is_empty());
+        for ((si, li, host), mut rules) in std::mem::take(&mut self.staged) {
+            rules.sort_by_key(|r| r.m.rank());
+            self.scopes[si].listeners[li].1.set(host, Some(rules.into()));
+        }
+        self.staged.shrink_to_fit();
+        self.scopes.sort_by(|a, b| {
+            (a.addresses.is_empty(), &a.addresses, a.port).cmp(&(b.addresses.is_empty(), &b.addresses, b.port))
+        });
         for s in &mut self.scopes {
             s.listeners.sort_by_key(|l| l.0.rank());
             for (_, hosts) in &mut s.listeners {
-                for rules in hosts.all_mut() {
-                    rules.sort_by_key(|r| r.m.rank());
-                    // Most hosts have a few rules: without this, the capacity a `Vec` grows
-                    // to (4 at least) is most of a host's rules at 10k routes.
-                    rules.shrink_to_fit();
-                }
                 hosts.exact.shrink_to_fit();
                 hosts.wildcard.shrink_to_fit();
             }
@@ -625,7 +713,7 @@ impl Scopes {
                     .chain(hosts.wildcard.iter().map(|(w, r)| (format!("*{w}"), r)))
                     .chain(hosts.any.iter().map(|r| ("*".to_owned(), r)));
                 for (host, rules) in named {
-                    for r in rules {
+                    for r in rules.iter() {
                         let path = match &r.m.path {
                             PathMatch::Exact(p) => format!("= {p}"),
                             PathMatch::Prefix(p) => p.to_string(),

@@ -455,8 +455,9 @@ struct Eval<'a> {
     bind: Option<Bind>,
     /// `Programmed=False` message, `None` when programmed.
     not_programmed: Option<String>,
-    /// Routes attached (namespace/name and kind), for `attachedRoutes`.
-    attached: BTreeSet<(&'static str, String)>,
+    /// Routes attached (by the address of their object: one per kind, namespace and name),
+    /// for `attachedRoutes`.
+    attached: rustc_hash::FxHashSet<usize>,
 }
 
 /// Whether a kedge listener bound to `bound` takes connections for local address `ip`.
@@ -523,10 +524,18 @@ pub fn attach<'a>(objects: &Objects<'a>, settings: &GatewaySettings, listeners: 
         .iter()
         .map(|r| RouteRef::Http(r))
         .chain(objects.grpc_routes.iter().map(|r| RouteRef::Grpc(r)));
-    // (route key, kind, gateway index, listener index): attached once.
-    let mut served: BTreeSet<(String, &'static str, usize, usize)> = BTreeSet::new();
+    // (route object, gateway index, listener index): attached once.
+    let mut served: rustc_hash::FxHashSet<(usize, usize, usize)> = rustc_hash::FxHashSet::default();
+    let gateway_names: Vec<String> = gateways
+        .iter()
+        .map(|g| {
+            let (ns, name) = ns_name(&g.metadata);
+            format!("{ns}/{name}")
+        })
+        .collect();
     for route in routes {
         let (route_ns, _) = ns_name(route.meta());
+        let at = std::ptr::from_ref(route.meta()) as usize;
         let mut resolved: Option<Cond> = None;
         for pr in route.parent_refs() {
             let group = pr.group.as_deref().unwrap_or(GROUP);
@@ -545,15 +554,16 @@ pub fn attach<'a>(objects: &Objects<'a>, settings: &GatewaySettings, listeners: 
             if let Ok(attached) = &accepted {
                 for (li, hostnames) in attached {
                     let eval = &mut evals[gi].1[*li];
-                    eval.attached.insert((route.kind(), route.key()));
-                    let Some(bind) = eval.bind.clone().filter(|_| eval.not_programmed.is_none()) else {
+                    eval.attached.insert(at);
+                    if eval.bind.is_none() || eval.not_programmed.is_some() {
                         continue;
-                    };
-                    if served.insert((route.key(), route.kind(), gi, *li)) {
-                        let (ns, name) = ns_name(&gateways[gi].metadata);
+                    }
+                    if served.insert((at, gi, *li))
+                        && let Some(bind) = eval.bind.clone()
+                    {
                         out.routes.push(Attached {
                             bind,
-                            gateway: format!("{ns}/{name}"),
+                            gateway: gateway_names[gi].clone(),
                             listener: eval.listener,
                             route,
                             hostnames: hostnames.clone(),
@@ -877,7 +887,7 @@ fn listener<'a>(objects: &Objects<'a>, gw: &'a Gateway, l: &'a Listener) -> Eval
         certs: Vec::new(),
         bind: None,
         not_programmed: None,
-        attached: BTreeSet::new(),
+        attached: rustc_hash::FxHashSet::default(),
     };
     let Some(tls) = protocol_tls(&l.protocol) else {
         e.refused = Some((

@@ -22,7 +22,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::backends::Resolver;
-use super::gateway::{Attached, RefIndex, Refusals, RouteRef, resolve_backend};
+use super::gateway::{Attached, RefIndex, Refusal, Refusals, RouteRef, resolve_backend};
 use super::{ClusterSpec, Objects, Warning, Warnings, age, ns_name, warn};
 use crate::control::gateway_types::{self as gw, BackendRef, HttpRouteRule};
 use crate::policy::Policy;
@@ -51,6 +51,8 @@ struct RouteIn<'a> {
     /// Backends speak HTTP/2 (gRPC).
     h2: bool,
     rules: Vec<RuleIn<'a>>,
+    /// It lost an upstream protocol to another user of a backend.
+    contested: std::cell::Cell<bool>,
 }
 
 /// What translating the attached routes found besides the table.
@@ -60,6 +62,8 @@ pub struct Translated {
     pub warnings: Vec<Warning>,
     /// What kedge refused in each route, for [`Attachment::refuse`](super::gateway::Attachment::refuse).
     pub refusals: Refusals,
+    /// An update built some (scope, listener, route hostname)'s rules again.
+    pub rebuilt: bool,
 }
 
 /// The error of a rule that combines a RequestRedirect and a URLRewrite.
@@ -87,17 +91,63 @@ pub fn translate<'a>(
     objs: &Objects<'a>,
     attached: &'a [Attached<'a>],
 ) -> Translated {
-    if attached.is_empty() {
-        // Without routes, not even the Services are indexed (every build of a cluster without
-        // Gateway routes comes here).
-        return Translated::default();
-    }
-    let mut refusals = Refusals::new();
+    let mut t = Translated::default();
     let mut w = Warnings::new();
-    let mut resolver = Resolver::new(spec, objs);
-    let refs = RefIndex::new(objs);
-    let mut routes: Vec<RouteIn<'a>> = attached
-        .iter()
+    for r in translate_routes(builder, spec, objs, attached.iter(), None, &mut t.refusals) {
+        w.extend(r.warnings);
+    }
+    t.warnings = w.into_iter().collect();
+    t
+}
+
+/// Where a Gateway rule goes in the table: a scope (local addresses, port), a listener
+/// hostname and a route hostname (`None`: any; lower case).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Key {
+    addresses: Vec<std::net::IpAddr>,
+    port: u16,
+    listener: Option<String>,
+    host: Option<String>,
+}
+
+/// The keys an attached route adds rules under.
+fn keys_of(a: &Attached<'_>) -> Vec<Key> {
+    let listener = a.listener.hostname.as_deref().map(str::to_ascii_lowercase);
+    let key = |host: Option<&String>| Key {
+        addresses: a.bind.addresses.clone(),
+        port: a.bind.port,
+        listener: listener.clone(),
+        host: host.cloned(),
+    };
+    match a.hostnames.as_slice() {
+        [] => vec![key(None)],
+        h => h.iter().map(|h| key(Some(h))).collect(),
+    }
+}
+
+/// What one route's translation gave, for [`Incremental`].
+struct RouteOut {
+    /// (kind, `namespace/name`).
+    id: (&'static str, String),
+    warnings: Warnings,
+    /// It lost an upstream protocol to another user of a backend.
+    contested: bool,
+}
+
+/// Translates the routes of `attached` (in any order: they are sorted here, oldest first),
+/// adding only the rules under `only`'s keys when given; one [`RouteOut`] per route.
+fn translate_routes<'a, 'b>(
+    builder: &mut TableBuilder,
+    spec: &ClusterSpec,
+    objs: &Objects<'a>,
+    attached: impl Iterator<Item = &'b Attached<'a>>,
+    only: Option<&rustc_hash::FxHashSet<Key>>,
+    refusals: &mut Refusals,
+) -> Vec<RouteOut>
+where
+    'a: 'b,
+{
+    let mut routes: Vec<RouteIn<'b>> = attached
         .map(|a| match a.route {
             RouteRef::Http(r) => RouteIn {
                 attached: a,
@@ -105,6 +155,7 @@ pub fn translate<'a>(
                 kind: "HTTPRoute",
                 h2: false,
                 rules: r.spec.rules.iter().map(http_rule).collect(),
+                contested: std::cell::Cell::new(false),
             },
             RouteRef::Grpc(r) => RouteIn {
                 attached: a,
@@ -112,20 +163,57 @@ pub fn translate<'a>(
                 kind: "GRPCRoute",
                 h2: true,
                 rules: r.spec.rules.iter().map(grpc_rule).collect(),
+                contested: std::cell::Cell::new(false),
             },
         })
         .collect();
+    if routes.is_empty() {
+        // Without routes, not even the Services are indexed (every build of a cluster without
+        // Gateway routes comes here).
+        return Vec::new();
+    }
     routes.sort_by(|a, b| age(a.meta).cmp(&age(b.meta)));
+    // A build from nothing indexes every Service; an update only those its routes use.
+    let wanted: Vec<(String, String)> = match only {
+        None => Vec::new(),
+        Some(_) => {
+            let mut v: Vec<(String, String)> = routes
+                .iter()
+                .flat_map(|r| {
+                    let (ns, _) = ns_name(r.meta);
+                    r.attached
+                        .route
+                        .backend_refs()
+                        .into_iter()
+                        .map(move |b| (b.namespace.as_deref().unwrap_or(ns).to_owned(), b.name.clone()))
+                })
+                .collect();
+            v.sort_unstable();
+            v.dedup();
+            v
+        }
+    };
+    let mut resolver = match only {
+        None => Resolver::new(spec, objs),
+        Some(_) => Resolver::only(spec, objs, &wanted),
+    };
+    let refs = RefIndex::new(objs);
+    let mut out: Vec<RouteOut> = Vec::new();
     for route in &routes {
+        let mut w = Warnings::new();
         let a = route.attached;
         let (ns, name) = ns_name(route.meta);
         let owner = format!("{} {ns}/{name}", route.kind);
         let table_owner = format!("{owner} of cluster {}", spec.name);
         let host = a.hostnames.first().map_or("*", String::as_str);
-        let hosts: Vec<Option<&str>> = match a.hostnames.as_slice() {
+        let mut hosts: Vec<Option<&str>> = match a.hostnames.as_slice() {
             [] => vec![None],
             h => h.iter().map(|h| Some(h.as_str())).collect(),
         };
+        if let Some(only) = only {
+            let keys = keys_of(a);
+            hosts.retain(|h| keys.iter().any(|k| k.host.as_deref() == *h && only.contains(k)));
+        }
         // One policy for every rule of the route (what it holds is the route's), and one action
         // for every rule of it that does the same (most often: the same backendRefs).
         let policy = Arc::new(Policy {
@@ -137,7 +225,7 @@ pub fn translate<'a>(
             let action = rule_action(builder, &mut resolver, &refs, route, rule, &policy, &owner, &mut w)
                 .unwrap_or_else(|e| {
                     warn(&mut w, &owner, format!("rule {i}: {e}; answering 500"));
-                    refuse(&mut refusals, route, format!("rule {i}: {e}: it answers 500"));
+                    refuse(refusals, route, format!("rule {i}: {e}: it answers 500"));
                     failing(&policy)
                 });
             let action = match actions.iter().find(|a| ***a == action) {
@@ -153,7 +241,7 @@ pub fn translate<'a>(
                     Ok(m) => m,
                     Err(e) => {
                         warn(&mut w, &owner, format!("rule {i} match {j}: {e}; match ignored"));
-                        refuse(&mut refusals, route, format!("rule {i} match {j}: {e}: left out"));
+                        refuse(refusals, route, format!("rule {i} match {j}: {e}: left out"));
                         continue;
                     }
                 };
@@ -170,10 +258,286 @@ pub fn translate<'a>(
                 }
             }
         }
+        out.push(RouteOut {
+            id: (route.kind, a.route.key()),
+            warnings: w,
+            contested: route.contested.get(),
+        });
     }
-    Translated {
-        warnings: w.into_iter().collect(),
-        refusals,
+    out
+}
+
+/// One route as the last build translated it.
+struct Entry {
+    generation: Option<i64>,
+    /// The store's object (a changed object is a new `Arc`): compared when there is no
+    /// generation.
+    object: usize,
+    /// Where its rules are, over every listener it is attached to.
+    keys: Vec<Key>,
+    warnings: Warnings,
+    refusal: Option<Refusal>,
+}
+
+/// What the last build translated of one cluster's HTTPRoutes and GRPCRoutes, so that an
+/// update after route changes translates again only the (scope, listener, route hostname)s
+/// the changed routes had or have rules in, every route attached there (precedence across
+/// routes is decided per host: a host rebuilt from all its routes is exact), and shares every
+/// other host's rules with the current table. Like the Ingresses' [`super::Incremental`], it
+/// holds no rules and no backends: per route, its generation, keys, warnings and refusals.
+#[derive(Default)]
+pub struct Incremental {
+    /// By (kind, `namespace/name`).
+    entries: rustc_hash::FxHashMap<(&'static str, String), Entry>,
+    /// Some route lost an upstream protocol to another user: who wins is decided over every
+    /// host, so no update until the next build from nothing.
+    contested: bool,
+    /// A build from nothing recorded this state (and no update failed since).
+    ready: bool,
+}
+
+/// A route: (kind, `namespace/name`).
+type RouteId = (&'static str, String);
+
+/// What an update translates again, found by [`Incremental::plan`].
+pub struct Plan {
+    /// The keys whose rules are built again.
+    dirty: rustc_hash::FxHashSet<Key>,
+    /// The routes whose keys hold a dirty one, or that changed.
+    again: rustc_hash::FxHashSet<(&'static str, String)>,
+    /// The addresses of those routes' objects.
+    again_at: rustc_hash::FxHashSet<usize>,
+    /// Every route of the stores: (kind, `namespace/name`), generation, object address, the
+    /// address of its metadata.
+    present: Vec<(RouteId, Option<i64>, usize, usize)>,
+}
+
+impl Plan {
+    /// Nothing to translate again.
+    pub fn is_empty(&self) -> bool {
+        self.again.is_empty()
+    }
+}
+
+/// Every route of `objs`: (kind, `namespace/name`), generation, object address, the route.
+fn all_routes<'a>(
+    objs: &Objects<'a>,
+) -> impl Iterator<Item = ((&'static str, String), Option<i64>, usize, RouteRef<'a>)> {
+    let http = objs
+        .http_routes
+        .iter()
+        .map(|r| (Arc::as_ptr(r) as usize, RouteRef::Http(r)));
+    let grpc = objs
+        .grpc_routes
+        .iter()
+        .map(|r| (Arc::as_ptr(r) as usize, RouteRef::Grpc(r)));
+    http.chain(grpc)
+        .map(|(ptr, r)| ((r.kind(), r.key()), r.meta().generation, ptr, r))
+}
+
+impl Incremental {
+    /// A build from nothing: translates every attached route ([`translate`]) and records what
+    /// the next update needs.
+    pub fn full<'a>(
+        &mut self,
+        builder: &mut TableBuilder,
+        spec: &ClusterSpec,
+        objs: &Objects<'a>,
+        attached: &'a [Attached<'a>],
+    ) -> Translated {
+        *self = Incremental::default();
+        let mut refusals = Refusals::new();
+        let outs = translate_routes(builder, spec, objs, attached.iter(), None, &mut refusals);
+        for (id, generation, object, _) in all_routes(objs) {
+            self.entries.insert(
+                id,
+                Entry {
+                    generation,
+                    object,
+                    keys: Vec::new(),
+                    warnings: Warnings::new(),
+                    refusal: None,
+                },
+            );
+        }
+        for a in attached {
+            if let Some(e) = self.entries.get_mut(&(a.route.kind(), a.route.key())) {
+                e.keys.extend(keys_of(a));
+            }
+        }
+        self.record(outs, &refusals);
+        self.ready = true;
+        self.outcome()
+    }
+
+    /// Forgets the last build (the next one must be [`Incremental::full`]).
+    pub fn clear(&mut self) {
+        *self = Incremental::default();
+    }
+
+    fn record(&mut self, outs: Vec<RouteOut>, refusals: &Refusals) {
+        for out in outs {
+            self.contested |= out.contested;
+            if let Some(e) = self.entries.get_mut(&out.id) {
+                e.refusal = refusals.get(&out.id).cloned();
+                e.warnings.extend(out.warnings);
+            }
+        }
+    }
+
+    fn outcome(&self) -> Translated {
+        let mut w = Warnings::new();
+        let mut refusals = Refusals::new();
+        for (id, e) in &self.entries {
+            w.extend(e.warnings.iter().cloned());
+            if let Some(r) = &e.refusal {
+                refusals.insert(id.clone(), r.clone());
+            }
+        }
+        Translated {
+            warnings: w.into_iter().collect(),
+            refusals,
+            rebuilt: false,
+        }
+    }
+
+    /// What an update after the stores became `objs` (attached as `attached`) translates again:
+    /// the routes that are new objects with a new generation, that are gone, or that use a
+    /// Service in `services` (whose object or endpoints changed), and every route sharing a key
+    /// with them. `Err` when only a build from nothing is exact: no previous build, or an
+    /// upstream protocol contested. The caller has checked that nothing but routes, Ingresses,
+    /// Services and EndpointSlices changed (a route's attachment depends on nothing else).
+    pub fn plan(
+        &mut self,
+        objs: &Objects<'_>,
+        attached: &[Attached<'_>],
+        services: &std::collections::BTreeSet<(String, String)>,
+    ) -> Result<Plan, super::NeedFull> {
+        if !self.ready {
+            return Err(super::NeedFull("no previous build of the Gateway routes"));
+        }
+        if self.contested {
+            return Err(super::NeedFull("an upstream protocol is contested by a Gateway route"));
+        }
+        let mut changed: rustc_hash::FxHashSet<(&'static str, String)> = rustc_hash::FxHashSet::default();
+        // The changed routes' objects, by address.
+        let mut changed_at: rustc_hash::FxHashSet<usize> = rustc_hash::FxHashSet::default();
+        let mut present = Vec::with_capacity(self.entries.len());
+        let mut seen = 0;
+        for (id, generation, object, route) in all_routes(objs) {
+            let same = self
+                .entries
+                .get(&id)
+                .is_some_and(|e| e.generation == generation && (generation.is_some() || e.object == object));
+            if same {
+                seen += 1;
+            }
+            let uses = || {
+                let (ns, _) = ns_name(route.meta());
+                route.backend_refs().iter().any(|b| {
+                    let bns = b.namespace.as_deref().unwrap_or(ns);
+                    services.iter().any(|(n, s)| n == bns && *s == b.name)
+                })
+            };
+            let at = std::ptr::from_ref(route.meta()) as usize;
+            if !same || (!services.is_empty() && uses()) {
+                changed.insert(id.clone());
+                changed_at.insert(at);
+            }
+            present.push((id, generation, object, at));
+        }
+        let mut dirty: rustc_hash::FxHashSet<Key> = rustc_hash::FxHashSet::default();
+        if seen != self.entries.len() || !changed.is_empty() {
+            // Gone ones (and the previous version of changed ones) keep their old keys.
+            let now: rustc_hash::FxHashSet<&(&'static str, String)> = present.iter().map(|p| &p.0).collect();
+            for (id, e) in &self.entries {
+                if changed.contains(id) || !now.contains(id) {
+                    dirty.extend(e.keys.iter().cloned());
+                }
+            }
+            for a in attached {
+                if changed_at.contains(&(std::ptr::from_ref(a.route.meta()) as usize)) {
+                    dirty.extend(keys_of(a));
+                }
+            }
+        }
+        let mut again = changed;
+        if !dirty.is_empty() {
+            for (id, e) in &self.entries {
+                if e.keys.iter().any(|k| dirty.contains(k)) {
+                    again.insert(id.clone());
+                }
+            }
+        }
+        let again_at = present.iter().filter(|p| again.contains(&p.0)).map(|p| p.3).collect();
+        // Gone routes are dropped by `update`; they translate nothing.
+        Ok(Plan {
+            dirty,
+            again,
+            again_at,
+            present,
+        })
+    }
+
+    /// Translates again the plan's routes, their rules under its dirty keys only, into
+    /// `builder` (made by [`TableBuilder::update`] from the previous table) after dropping
+    /// those keys' rules, and returns the whole cluster's warnings and refusals, equal to a
+    /// build from nothing's. The caller must check [`TableBuilder::needs_full`] before
+    /// publishing, and on `true` build from nothing (with [`Incremental::full`]).
+    pub fn update<'a>(
+        &mut self,
+        builder: &mut TableBuilder,
+        spec: &ClusterSpec,
+        objs: &Objects<'a>,
+        attached: &'a [Attached<'a>],
+        plan: Plan,
+    ) -> Translated {
+        for k in &plan.dirty {
+            builder.gateway_remove(&k.addresses, k.port, k.listener.as_deref(), k.host.as_deref());
+        }
+        // The entries as the stores now are: new routes added, gone ones dropped, changed ones'
+        // keys, warnings and refusals taken again below.
+        let mut entries = std::mem::take(&mut self.entries);
+        self.entries.reserve(plan.present.len());
+        for (id, generation, object, _) in plan.present {
+            let e = entries.remove(&id);
+            let changed = plan.again.contains(&id);
+            let e = match e {
+                Some(e) if !changed => e,
+                e => Entry {
+                    generation,
+                    object,
+                    keys: if changed {
+                        Vec::new()
+                    } else {
+                        e.map(|e| e.keys).unwrap_or_default()
+                    },
+                    warnings: Warnings::new(),
+                    refusal: None,
+                },
+            };
+            self.entries.insert(id, e);
+        }
+        let again: Vec<&Attached<'a>> = if plan.again_at.is_empty() {
+            Vec::new()
+        } else {
+            attached
+                .iter()
+                .filter(|a| plan.again_at.contains(&(std::ptr::from_ref(a.route.meta()) as usize)))
+                .collect()
+        };
+        for a in &again {
+            if let Some(e) = self.entries.get_mut(&(a.route.kind(), a.route.key())) {
+                e.keys.extend(keys_of(a));
+            }
+        }
+        let mut refusals = Refusals::new();
+        let outs = translate_routes(builder, spec, objs, again.into_iter(), Some(&plan.dirty), &mut refusals);
+        self.record(outs, &refusals);
+        Translated {
+            rebuilt: !plan.dirty.is_empty(),
+            ..self.outcome()
+        }
     }
 }
 
@@ -426,6 +790,7 @@ fn rule_action<'a>(
             Some((ns, svc, port)) => {
                 let id = resolver.service_port(builder, ns, svc, port, owner, w);
                 if let Err(c) = builder.backend_tls(id, None, route.h2, owner) {
+                    route.contested.set(true);
                     let speaks = if route.h2 { "gRPC (HTTP/2)" } else { "plain HTTP/1.1" };
                     let msg = format!(
                         "the upstream protocol of Service {ns}/{svc} port {port} was set by {}; requests go to \
@@ -559,5 +924,7 @@ pub fn duration(text: Option<&str>) -> Result<Option<Duration>, String> {
     Ok((!total.is_zero()).then_some(total))
 }
 
+#[cfg(test)]
+mod incremental;
 #[cfg(test)]
 mod tests;
