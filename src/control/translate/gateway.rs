@@ -487,7 +487,9 @@ fn protocol_tls(protocol: &str) -> Option<bool> {
 pub fn attach<'a>(objects: &Objects<'a>, settings: &GatewaySettings, listeners: &[ListenerSpec]) -> Attachment<'a> {
     let mut out = Attachment::default();
     let mut warnings: BTreeSet<Warning> = BTreeSet::new();
-    let refs = RefIndex::new(objects);
+    // Indexed on first use: a cluster without attached routes (an Ingress update's) never
+    // indexes its Services.
+    let refs = std::cell::LazyCell::new(|| RefIndex::new(objects));
     let ours: BTreeSet<&str> = objects
         .gateway_classes
         .iter()
