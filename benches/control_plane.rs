@@ -349,6 +349,7 @@ type Update<'u> = (
 
 /// The EndpointSlices by (namespace, name), as the reflector store finds one.
 type SliceStore = HashMap<(String, String), Arc<EndpointSlice>>;
+type ServiceStore = HashMap<(String, String), Arc<Service>>;
 
 /// [`build`] with the control loop's update state: with a previous table, an update (only the
 /// hosts the change touches are translated again, the others shared); without, a build from
@@ -433,6 +434,35 @@ fn quantiles(v: &[Duration]) -> String {
 
 /// The backend `GET /` on the `i`-th host reaches: through the Gateway's scope for HTTPRoutes,
 /// else the Ingress rules.
+/// The table with the endpoints of the `touched` Services resolved again, as the control loop's
+/// endpoint patch does: their Services and EndpointSlices (found through the index) looked up in
+/// the stores, nothing else read.
+fn patch_endpoints(
+    spec: &ClusterSpec,
+    table: &RouteTable,
+    (service_store, slice_store, index): (&ServiceStore, &SliceStore, &SliceIndex),
+    nodes: &[Arc<Node>],
+    touched: &[(String, String)],
+) -> RouteTable {
+    let services: Vec<_> = touched.iter().filter_map(|k| service_store.get(k).cloned()).collect();
+    let slices: Vec<_> = touched
+        .iter()
+        .flat_map(|(ns, svc)| index.slices(ns, svc).map(move |n| (ns.clone(), n.to_owned())))
+        .filter_map(|k| slice_store.get(&k).cloned())
+        .collect();
+    let objects = Objects {
+        services: &services,
+        slices: &slices,
+        nodes,
+        ..Objects::default()
+    };
+    let updates: Vec<_> = service_endpoints(spec, &objects, touched)
+        .into_iter()
+        .filter_map(|(name, endpoints)| table.backend_id(&name).map(|id| (id, endpoints)))
+        .collect();
+    table.with_endpoints(updates)
+}
+
 fn routed(table: &RouteTable, http_routes: bool, i: usize) -> &kedge::routes::Backend {
     if !http_routes {
         return table.route(host_of(i).as_bytes(), "/").expect("routed");
@@ -493,7 +523,7 @@ fn run(sc: &Scenario) -> Row {
             m.name.clone().unwrap_or_default(),
         )
     };
-    let service_store: HashMap<(String, String), Arc<Service>> = stores
+    let service_store: ServiceStore = stores
         .services
         .iter()
         .map(|s| (by_name(&s.metadata), Arc::clone(s)))
@@ -524,24 +554,8 @@ fn run(sc: &Scenario) -> Row {
             touched.insert((ns.clone(), svc.to_owned()));
         }
         let touched: Vec<(String, String)> = touched.into_iter().collect();
-        let services: Vec<_> = touched.iter().filter_map(|k| service_store.get(k).cloned()).collect();
-        let slices: Vec<_> = touched
-            .iter()
-            .flat_map(|(ns, svc)| index.slices(ns, svc).map(move |n| (ns.clone(), n.to_owned())))
-            .filter_map(|k| slice_store.get(&k).cloned())
-            .collect();
-        let nodes = stores.nodes.clone();
-        let objects = Objects {
-            services: &services,
-            slices: &slices,
-            nodes: &nodes,
-            ..Objects::default()
-        };
-        let updates: Vec<_> = service_endpoints(&spec, &objects, &touched)
-            .into_iter()
-            .filter_map(|(name, endpoints)| table.backend_id(&name).map(|id| (id, endpoints)))
-            .collect();
-        let next = table.with_endpoints(updates);
+        let stored = (&service_store, &slice_store, &index);
+        let next = patch_endpoints(&spec, &table, stored, &stores.nodes, &touched);
         patch.push(t.elapsed());
         let b = routed(&next, sc.http_routes, i);
         assert_eq!(
@@ -589,23 +603,8 @@ fn run(sc: &Scenario) -> Row {
                 .filter(|(_, s)| uses_node_ports(&spec, s))
                 .map(|(k, _)| k.clone())
                 .collect();
-            let services: Vec<_> = touched.iter().filter_map(|k| service_store.get(k).cloned()).collect();
-            let slices: Vec<_> = touched
-                .iter()
-                .flat_map(|(ns, svc)| index.slices(ns, svc).map(move |n| (ns.clone(), n.to_owned())))
-                .filter_map(|k| slice_store.get(&k).cloned())
-                .collect();
-            let objects = Objects {
-                services: &services,
-                slices: &slices,
-                nodes: &stores.nodes,
-                ..Objects::default()
-            };
-            let updates: Vec<_> = service_endpoints(&spec, &objects, &touched)
-                .into_iter()
-                .filter_map(|(name, endpoints)| table.backend_id(&name).map(|id| (id, endpoints)))
-                .collect();
-            let next = table.with_endpoints(updates);
+            let stored = (&service_store, &slice_store, &index);
+            let next = patch_endpoints(&spec, &table, stored, &stores.nodes, &touched);
             node_change.push(t.elapsed());
             assert_eq!(routed(&next, sc.http_routes, r).endpoints.len(), NODES - r - 1);
             table = next;
