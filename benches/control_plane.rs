@@ -362,12 +362,7 @@ fn build_with(spec: &ClusterSpec, stores: &Stores, update: Option<Update<'_>>) -
         // The Service changes rename a port: its Ingress is warned about.
         Some((state, Some((prev, index, slice_store)), services)) => {
             let plan = state.plan(spec, &objects, services).expect("an update");
-            let slices: Vec<Arc<EndpointSlice>> = state
-                .services(&plan)
-                .iter()
-                .flat_map(|(ns, svc)| index.slices(ns, svc).map(move |n| (ns.clone(), n.to_owned())))
-                .filter_map(|k| slice_store.get(&k).cloned())
-                .collect();
+            let slices = slices_of(index, slice_store, &state.services(&plan));
             let objects = Objects {
                 slices: &slices,
                 ..objects
@@ -434,6 +429,15 @@ fn quantiles(v: &[Duration]) -> String {
 
 /// The backend `GET /` on the `i`-th host reaches: through the Gateway's scope for HTTPRoutes,
 /// else the Ingress rules.
+/// The EndpointSlices of `services`, found through the index and looked up in the store.
+fn slices_of(index: &SliceIndex, slice_store: &SliceStore, services: &[(String, String)]) -> Vec<Arc<EndpointSlice>> {
+    services
+        .iter()
+        .flat_map(|(ns, svc)| index.slices(ns, svc).map(move |n| (ns.clone(), n.to_owned())))
+        .filter_map(|k| slice_store.get(&k).cloned())
+        .collect()
+}
+
 /// The table with the endpoints of the `touched` Services resolved again, as the control loop's
 /// endpoint patch does: their Services and EndpointSlices (found through the index) looked up in
 /// the stores, nothing else read.
@@ -445,11 +449,7 @@ fn patch_endpoints(
     touched: &[(String, String)],
 ) -> RouteTable {
     let services: Vec<_> = touched.iter().filter_map(|k| service_store.get(k).cloned()).collect();
-    let slices: Vec<_> = touched
-        .iter()
-        .flat_map(|(ns, svc)| index.slices(ns, svc).map(move |n| (ns.clone(), n.to_owned())))
-        .filter_map(|k| slice_store.get(&k).cloned())
-        .collect();
+    let slices = slices_of(index, slice_store, touched);
     let objects = Objects {
         services: &services,
         slices: &slices,
