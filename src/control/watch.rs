@@ -316,15 +316,15 @@ where
                         }
                         Touch::Ingress => changes.lock().unwrap_or_else(|e| e.into_inner()).ingresses = true,
                         Touch::Node => changes.lock().unwrap_or_else(|e| e.into_inner()).nodes = true,
-                        Touch::Spec | Touch::Route => match &event {
+                        t @ (Touch::Spec | Touch::Route) => match (&event, matches!(t, Touch::Route)) {
                             // A relist's objects are recorded; its end (InitDone) rebuilds.
-                            Event::InitApply(o) => {
+                            (Event::InitApply(o), _) => {
                                 new_generation(&mut generations, o);
                             }
-                            Event::Apply(o) => {
+                            (Event::Apply(o), route) => {
                                 let spec = new_generation(&mut generations, o);
                                 let mut changes = changes.lock().unwrap_or_else(|e| e.into_inner());
-                                if spec && matches!(touch(&event), Touch::Route) {
+                                if spec && route {
                                     changes.routes = true;
                                 } else if spec {
                                     changes.full = true;
@@ -332,7 +332,7 @@ where
                                     changes.status_only = true;
                                 }
                             }
-                            Event::Delete(_) if matches!(touch(&event), Touch::Route) => {
+                            (Event::Delete(_), true) => {
                                 changes.lock().unwrap_or_else(|e| e.into_inner()).routes = true;
                             }
                             _ => changes.lock().unwrap_or_else(|e| e.into_inner()).full = true,
