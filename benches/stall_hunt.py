@@ -3,7 +3,7 @@
 artificial starvation, with a sampler that tells a starved process from a stuck one.
 
     python3 benches/stall_hunt.py --kedge-bin target/release/kedge --runs 20 \\
-        [--driver io_uring|epoll] [--new-conn] [--starve none|same|high|quota|stop-backend|mixed]
+        [--driver io_uring|epoll] [--new-conn] [--starve MODE] [--gap S] [--results DIR]
 
 Set-up as benches/proxy.sh: a private nginx backend (1 worker) and wrk -t1 -c50 on CPU 1, kedge
 (1 worker) on CPU 0, on 127.0.0.1 ports BASE (kedge) and BASE+10 (backend); BASE from
@@ -13,25 +13,34 @@ fresh starvation:
   none          nothing added (the machine's own load)
   same          busy loops at nice 0 on both CPUs (2 per CPU)
   high          busy loops at nice -15 on both CPUs
+  higher        two busy loops per CPU at nice -19
   quota         kedge in a cgroup with a CFS quota of --quota % of one core (proxy.sh
                 --proxy-quota), plus the 'same' hogs
   stop-backend  SIGSTOP/SIGCONT bursts (50-400 ms) on the backend's worker
   stop-kedge    SIGSTOP/SIGCONT bursts (50-400 ms) on kedge
+  pageout       before the run, kedge's file-backed pages (its text) are reclaimed
+                (process_madvise MADV_PAGEOUT), as a build's memory pressure would: the run
+                starts with major faults, read from the (busy) disk
   pause-kedge, pause-backend, pause-wrk
                 one SIGSTOP of --pause s (2.5) of that hop, 0.3 s into the run: what a stall of
                 each hop looks like in wrk's output
-  mixed         a different one of none..stop-kedge each run
+  mixed         a different one of none..stop-kedge and pageout each run
 
-Every --sample s (0.05) the sampler records, for kedge, the backend worker and wrk: each
-thread's state, CPU time and run-queue wait (/proc/PID/task/TID/schedstat), and the bytes
-waiting unread in each hop's sockets (`ss`, by port: kedge's are those with local port BASE or
-remote port BASE+10; the backend's local BASE+10; wrk's remote BASE). A process is **stuck**
-when bytes wait for it over --stuck s while none of its threads runs, is runnable, or uses
-CPU; it is **starved** when its threads are runnable but wait on the run queue. On the first
-stuck sample of a run, a snapshot of that process goes to the results directory (threads'
-state, wchan and kernel stack, `ss -tinpm`, io_uring fdinfo, gdb backtraces). A run whose wrk
-output counts timeouts, or whose max latency is over 1 s, is a "slow run" and prints its
-timeline. Hogs are short (a run's length) and only ever the script's own processes.
+Every --sample s (0.05; the sampler runs at nice -20, so that it does not starve with the
+rest) the sampler records, for kedge, the backend worker and wrk: each thread's state, CPU time
+and run-queue wait (/proc/PID/task/TID/schedstat), major faults, and the bytes waiting unread in
+each hop's sockets (`ss`, by port: kedge's are those with local port BASE or remote port
+BASE+10; the backend's local BASE+10; wrk's remote BASE); ksoftirqd's state and wait (it
+delivers loopback packets when softirq work overflows); steal and io/memory pressure. A process
+is **stuck** when bytes wait for it over --stuck s while none of its threads runs, is runnable,
+or uses CPU (a lost wake-up); it is **starved** when its threads are runnable but wait on the
+run queue. On the first stuck sample of a run, a snapshot of that process goes to the results
+directory (threads' state, wchan and kernel stack, `ss -tinpm`, io_uring fdinfo, gdb
+backtraces). Each run's line (stderr, and summary.json) has wrk's requests, timeouts and
+worst latency, kedge's CPU, who was stuck, each hop's longest run-queue wait in one sample, the
+machine's TCP retransmission counters' increase and major faults; a run with wrk timeouts, a
+latency of 1 s or more or a stuck hop keeps its whole timeline (runNNN.timeline.json). Busy
+loops last a run (4 s) and, like everything else here, are the script's own processes.
 """
 
 import argparse
@@ -368,6 +377,37 @@ def hogs(nice, cpus, per_cpu, secs):
     return ps
 
 
+def page_out(pid):
+    """Reclaims the pages of pid's file mappings (its executable's text and data), as memory
+    pressure from other builds would: process_madvise(MADV_PAGEOUT). Its next touches of them are
+    major faults, read from disk. Returns the bytes advised."""
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+
+    class Iovec(ctypes.Structure):
+        _fields_ = [("base", ctypes.c_void_p), ("len", ctypes.c_size_t)]
+
+    pidfd = libc.syscall(434, pid, 0)  # pidfd_open
+    if pidfd < 0:
+        return 0
+    total = 0
+    try:
+        with open(f"/proc/{pid}/maps") as f:
+            maps = f.read().splitlines()
+        for line in maps:
+            parts = line.split()
+            if len(parts) < 6 or not parts[5].startswith("/"):
+                continue
+            lo, hi = (int(x, 16) for x in parts[0].split("-"))
+            iov = Iovec(lo, hi - lo)
+            if libc.syscall(440, pidfd, ctypes.byref(iov), 1, 21, 0) > 0:  # MADV_PAGEOUT
+                total += hi - lo
+    finally:
+        os.close(pidfd)
+    return total
+
+
 def pause_once(pid, after, secs):
     """One SIGSTOP of `secs` s, `after` s from now: what a hop that stalls looks like to wrk."""
     time.sleep(after)
@@ -410,6 +450,10 @@ def main():
                          "kedge's pool sweep and liveness checks then run between its runs)")
     ap.add_argument("--restart-each", action="store_true", help="a fresh kedge every run")
     a = ap.parse_args()
+    # Stopped by SIGTERM or SIGINT (even started in the background, where SIGINT is ignored),
+    # the script still stops what it started.
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: sys.exit(143))
 
     # The sampler must see what happens while everything else starves: it runs at -20, what
     # it starts at 0 (the hogs at their own).
@@ -473,7 +517,7 @@ path = "/"\nupstreams = ["127.0.0.1:{PORT_BACKEND}"]\n""")
         return k
 
     kedge = start_kedge()
-    modes = ["none", "same", "high", "quota", "stop-backend", "stop-kedge"]
+    modes = ["none", "same", "high", "quota", "stop-backend", "stop-kedge", "pageout"]
     summary = []
     wrk_hdr = ["-H", "Connection: close"] if a.new_conn else []
     try:
@@ -492,7 +536,11 @@ path = "/"\nupstreams = ["127.0.0.1:{PORT_BACKEND}"]\n""")
                 started += hogs(0, [0, 1], 2, secs)
             elif mode == "high":
                 started += hogs(-15, [0, 1], 1, secs)
+            elif mode == "higher":
+                started += hogs(-19, [0, 1], 2, secs)
             bursts = None
+            if mode == "pageout":
+                page_out(kedge.pid)
             if mode.startswith("stop-"):
                 target = bworker if mode == "stop-backend" else kedge.pid
                 bursts = threading.Thread(target=stop_bursts, args=(target, time.monotonic() + a.duration, halt), daemon=True)
