@@ -107,6 +107,23 @@ def _task_ns(pid):
     return total
 
 
+def _task_wait_ns(pid):
+    """Nanoseconds every thread of pid spent runnable but waiting for a CPU (schedstat field
+    2): a run whose answers came seconds late while this grew by seconds was starved."""
+    total = 0
+    try:
+        tids = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return 0
+    for tid in tids:
+        try:
+            with open(f"/proc/{pid}/task/{tid}/schedstat") as f:
+                total += int(f.read().split()[1])
+        except (OSError, ValueError, IndexError):
+            pass
+    return total
+
+
 def _rss_kb(pid):
     try:
         with open(f"/proc/{pid}/status") as f:
@@ -153,16 +170,17 @@ def cmd_snap(args):
                 snap["cpus"][parts[0]] = [total - idle, total, steal, irq]
     for spec in args.pid or []:
         name, _, pid = spec.partition("=")
-        ticks = ns = rss = n = 0
+        ticks = ns = wait = rss = n = 0
         for p in _process_tree(int(pid)):
             st = _read_stat(p)
             if st is None:
                 continue
             ticks += st[1]
             ns += _task_ns(p)
+            wait += _task_wait_ns(p)
             rss += _rss_kb(p)
             n += 1
-        snap["procs"][name] = {"ticks": ticks, "ns": ns, "rss_kb": rss, "n": n}
+        snap["procs"][name] = {"ticks": ticks, "ns": ns, "wait_ns": wait, "rss_kb": rss, "n": n}
     with open(args.out, "w") as f:
         json.dump(snap, f)
 
@@ -229,6 +247,7 @@ def parse_wrk(text):
     m = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", text)
     if m:
         out["socket_errors"] = sum(int(g) for g in m.groups())
+        out["timeouts"] = int(m.group(4))
     m = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", text)
     if m:
         out["non_2xx"] = int(m.group(1))
@@ -367,6 +386,19 @@ def cmd_record(args):
              if per_req["syscalls_per_req"] is not None else "")
           + ("  (wrk output unparseable!)" if row["rps"] is None else "")
           + (f"  -> discarded: other CPU load >= {args.max_other:.0f}%, will retry" if noisy else ""))
+    if wrk.get("timeouts"):
+        # wrk counts an answer as a timeout when it came 2 s or more after its request: with
+        # -c50, "timeout 50" is what any hop (proxy, backend or wrk itself) stopped for 2 s
+        # gives. Run-queue waits tell a starved process from a stuck one (BENCHMARKS.md: the
+        # "50 wrk timeouts" stall).
+        def waited(name):
+            if "wait_ns" not in a["procs"].get(name, {}) or "wait_ns" not in b["procs"].get(name, {}):
+                return "?"
+            return f"{(b['procs'][name]['wait_ns'] - a['procs'][name]['wait_ns']) / 1e6:.0f} ms"
+        print(f"  STALLED: {wrk['timeouts']} answers 2 s or more late (wrk timeouts); "
+              f"runnable but waiting for a CPU during the run: proxy {waited(args.proxy) if args.proxy else '-'}, "
+              f"backend {waited('backend')}; steal {row['cpu_steal_pct']}; other CPU "
+              f"{_fmt(other, 0)}%")
     return 3 if noisy else 0
 
 
