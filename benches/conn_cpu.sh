@@ -2,7 +2,8 @@
 # CPU time per request of one or more kedge binaries and of nginx, a new connection per
 # request (wrk -H 'Connection: close'), side by side on the same backend, alternating runs.
 #
-#   bash benches/conn_cpu.sh [--rounds N] [--duration S] NAME=KEDGE_BIN... [nginx] [nginx-deferred]
+#   bash benches/conn_cpu.sh [--rounds N] [--duration S] [--proxy-quota PCT]
+#                            NAME=KEDGE_BIN... [nginx] [nginx-deferred]
 #
 # Each proxy has one worker on CPU 0; the backend (a one-worker nginx, as in proxy.sh) and wrk
 # (-t1 -c50) share CPU 1. The figure is the proxy's on-CPU time (the sum of
@@ -11,13 +12,17 @@
 # machine than any rate. `nginx-deferred` is nginx with `listen ... deferred` (TCP_DEFER_ACCEPT,
 # as kedge's listeners). Ports: PORT_BACKEND (default 18190), the proxies from PORT_BASE
 # (default 18191) upwards. Prints one line per run, then the mean per target.
+# --proxy-quota PCT: each proxy in a cgroup of its own capped at PCT % of one core (as
+# proxy.sh's), so that the proxy, not wrk's core, is the bottleneck: then req/s compares the
+# proxies at an equal CPU budget, and the CPU per request holds no idle wake-ups.
 set -euo pipefail
-ROUNDS=6 SECS=5
+ROUNDS=6 SECS=5 PROXY_QUOTA=0
 while (($#)); do
     case "$1" in
         --rounds) ROUNDS="$2"; shift 2 ;;
         --duration) SECS="$2"; shift 2 ;;
-        -h|--help) sed -n '2,14p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+        --proxy-quota) PROXY_QUOTA="$2"; shift 2 ;;
+        -h|--help) sed -n '2,18p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
         *) break ;;
     esac
 done
@@ -27,7 +32,9 @@ BENCH_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 source "$BENCH_DIR/lib.sh"
 BE="${PORT_BACKEND:-18190}" BASE="${PORT_BASE:-18191}"
 TMP="$(mktemp -d)"; PIDS=()
-trap 'for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null; rm -rf "$TMP"' EXIT
+trap 'for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null; rm -rf "$TMP"
+      rmdir /sys/fs/cgroup/cpu/kedge-conncpu-*-$$ /sys/fs/cgroup/kedge-conncpu-*-$$ 2>/dev/null || true' EXIT
+[[ "$PROXY_QUOTA" =~ ^[0-9]+$ ]] || { echo "--proxy-quota must be an integer >= 0" >&2; exit 2; }
 up() {   # port: answers within 10 s
     for _ in $(seq 100); do curl -sf -o /dev/null "http://127.0.0.1:$1/" && return 0; sleep 0.1; done
     echo "nothing answers on 127.0.0.1:$1" >&2; exit 1
@@ -60,13 +67,13 @@ for spec in "$@"; do
         location / {
 $(nginx_proxy_location)
         } }" >"$TMP/$name.conf"
-            taskset -c 0 nginx -p "$TMP" -c "$TMP/$name.conf" & PID[$name]=$!; PIDS+=($!) ;;
+            (limited_in kedge-conncpu "$name" taskset -c 0 nginx -p "$TMP" -c "$TMP/$name.conf") & PID[$name]=$!; PIDS+=($!) ;;
         *)
             [[ "$spec" == *=* ]] || { echo "not NAME=KEDGE_BIN: $spec" >&2; exit 2; }
             # (Each kedge with a state directory of its own.)
             kedge_bench_config benches/conn_cpu.sh 1 auto "$port" "$BE" \
                 | sed "s|^\[proxy\]$|[proxy]\nstate_dir = \"$TMP/state-$name\"|" >"$TMP/$name.toml"
-            taskset -c 0 "${spec#*=}" run --config "$TMP/$name.toml" >"$TMP/$name.log" 2>&1 & PID[$name]=$!; PIDS+=($!) ;;
+            (limited_in kedge-conncpu "$name" taskset -c 0 "${spec#*=}" run --config "$TMP/$name.toml") >"$TMP/$name.log" 2>&1 & PID[$name]=$!; PIDS+=($!) ;;
     esac
     PORT[$name]=$port; names+=("$name")
     up "$port"
@@ -79,8 +86,9 @@ for ((r = 1; r <= ROUNDS; r++)); do
         b=$(ns "${PID[$name]}")
         n=$(awk '/requests in/ {print $1}' <<<"$out")
         errs=$(grep -E "Socket errors|Non-2xx" <<<"$out" | tr '\n' ' ' || true)
-        echo "$r $name requests=$n cpu_us_per_req=$(awk -v a="$a" -v b="$b" -v n="$n" 'BEGIN {printf "%.2f", (b - a) / 1000 / n}') $errs"
+        echo "$r $name requests=$n cpu_us_per_req=$(awk -v a="$a" -v b="$b" -v n="$n" 'BEGIN {printf "%.2f", (b - a) / 1000 / n}') req_per_s=$((n / SECS)) $errs"
     done
 done | tee "$TMP/runs"
-echo "mean CPU µs per request ($ROUNDS runs of ${SECS}s each):"
-awk '{split($4, v, "="); s[$2] += v[2]; c[$2]++} END {for (k in s) printf "  %-16s %.2f\n", k, s[k] / c[k]}' "$TMP/runs"
+echo "mean CPU µs per request and req/s ($ROUNDS runs of ${SECS}s each$( ((PROXY_QUOTA)) && echo ", proxies capped at $PROXY_QUOTA % of a core")):"
+awk '{split($4, v, "="); split($5, q, "="); s[$2] += v[2]; t[$2] += q[2]; c[$2]++}
+     END {for (k in s) printf "  %-16s %.2f  %.0f req/s\n", k, s[k] / c[k], t[k] / c[k]}' "$TMP/runs"

@@ -104,16 +104,17 @@ kedge_bench_config() {   # generator workers driver listen-port backend-port [ro
 }
 
 # Runs "$@" (exec) inside a cgroup of its own capped at PROXY_QUOTA % of one core, when set.
-# Children (nginx workers, kedge threads) inherit the cgroup.
+# Children (nginx workers, kedge threads) inherit the cgroup. Its name ends in the script's
+# PID: two benchmarks at once (a shared machine) must not share one quota.
 limited_in() {   # cgroup-prefix name cmd...
     local prefix="$1" name="$2"; shift 2
     if ((PROXY_QUOTA > 0)); then
         local cg quota=$((PROXY_QUOTA * 1000))
         if [[ -d /sys/fs/cgroup/cpu && -w /sys/fs/cgroup/cpu ]]; then
-            cg="/sys/fs/cgroup/cpu/$prefix-$name"; mkdir -p "$cg"
+            cg="/sys/fs/cgroup/cpu/$prefix-$name-$$"; mkdir -p "$cg"
             echo 100000 >"$cg/cpu.cfs_period_us"; echo "$quota" >"$cg/cpu.cfs_quota_us"
         else
-            cg="/sys/fs/cgroup/$prefix-$name"; mkdir -p "$cg"
+            cg="/sys/fs/cgroup/$prefix-$name-$$"; mkdir -p "$cg"
             echo "$quota 100000" >"$cg/cpu.max"
         fi
         echo "$BASHPID" >"$cg/cgroup.procs"
