@@ -57,6 +57,65 @@ both_drivers!(
     }
 );
 
+/// kedge's open client connections: its sockets (by `/proc/PID/fd` inodes) whose local end is
+/// `listen`, the listener itself left out, in `/proc/net/tcp`.
+fn client_sockets(pid: u32, listen: std::net::SocketAddr) -> usize {
+    let inodes: std::collections::HashSet<String> = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .map(|d| {
+            d.filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
+                .filter_map(|l| {
+                    let l = l.to_string_lossy().into_owned();
+                    Some(l.strip_prefix("socket:[")?.strip_suffix(']')?.to_owned())
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    let std::net::IpAddr::V4(ip) = listen.ip() else {
+        panic!("IPv4 only")
+    };
+    // /proc/net/tcp writes an IPv4 address as its 32-bit value in host (little-endian) order;
+    // state 0A is LISTEN.
+    let want = format!("{:08X}:{:04X}", u32::from_le_bytes(ip.octets()), listen.port());
+    std::fs::read_to_string("/proc/net/tcp")
+        .unwrap()
+        .lines()
+        .skip(1)
+        .filter(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            f.len() > 9 && f[1] == want && f[3] != "0A" && inodes.contains(f[9])
+        })
+        .count()
+}
+
+both_drivers!(
+    /// Every client connection kedge ends is closed: those answered with `Connection: close`
+    /// (every operation finished) and those whose head did not come in time (a read left
+    /// unfinished when the socket is dropped). None stays open, and the worker serves on.
+    fn client_connections_kedge_ends_leave_no_socket_open(driver) {
+        let up = Upstream::start("up", Handler::Echo);
+        let config = format!("[client]\nheader_timeout = \"300ms\"\n\n{}", route_all(&[up.addr()]));
+        let kedge = Kedge::start(driver, &config);
+        for i in 0..20 {
+            let mut c = Client::connect(kedge.addr());
+            c.send(format!("GET /{i} HTTP/1.1\r\nHost: close.test\r\nConnection: close\r\n\r\n").as_bytes());
+            assert_eq!(c.read_response().status, 200);
+            assert!(c.is_closed(), "request {i}: the connection stayed open");
+        }
+        for i in 0..3 {
+            let mut c = Client::connect(kedge.addr());
+            c.send(b"GET / HTTP/1.1\r\nHost: slow.test\r\n");
+            assert_eq!(c.read_response().status, 408);
+            assert!(c.is_closed(), "slow client {i}: the connection stayed open");
+        }
+        wait_until(Duration::from_secs(5), "no client connection left open", || {
+            client_sockets(kedge.pid(), kedge.addr()) == 0
+        });
+        let mut c = Client::connect(kedge.addr());
+        assert_eq!(c.get("close.test", "/after").status, 200);
+        assert_eq!(client_sockets(kedge.pid(), kedge.addr()), 1, "the open connection is counted");
+    }
+);
+
 both_drivers!(
     fn http10_closes_unless_asked_to_keep_alive(driver) {
         let up = Upstream::start("up", Handler::Echo);
