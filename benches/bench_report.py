@@ -14,7 +14,7 @@ Subcommands (all called by proxy.sh, stdlib only):
          Parses one wrk run and appends one row to the TSV (header written
          when the file is new): with the proxy's CPU time per request, and with
          --perf (`perf stat -x,` output over the run) its syscalls, io_uring_enter
-         calls, SQEs and poll arms per request.
+         calls, SQEs, poll arms, CQEs and context switches per request.
 
   quiet  [--max-busy PCT] [--timeout S]
          Waits until all CPUs together are less than PCT % of one core busy.
@@ -46,6 +46,7 @@ COLUMNS = [
     "wrk_cpu_pct", "other_cpu_pct", "cpu_busy_pct", "cpu_steal_pct",
     "proxy_cpu_us_per_req", "syscalls_per_req", "uring_enter_per_req", "sqes_per_req",
     "poll_arm_per_req", "proxy_task_us_per_req", "softirq_us_per_req",
+    "cqes_per_req", "cs_per_req",
 ]
 
 # perf tracepoint -> per-request column (benches/proxy.sh's PERF_EVENTS)
@@ -54,6 +55,8 @@ PERF_COLUMNS = {
     "syscalls:sys_enter_io_uring_enter": "uring_enter_per_req",
     "io_uring:io_uring_submit_req": "sqes_per_req",
     "io_uring:io_uring_poll_arm": "poll_arm_per_req",
+    "io_uring:io_uring_complete": "cqes_per_req",
+    "context-switches": "cs_per_req",
 }
 
 
@@ -548,17 +551,19 @@ def cmd_summary(args):
     if proxies:
         fl, di = med.get("floor", {}), med.get("direct", {})
         out.append("Per request costs (CPU: median of the measured runs, proxy utime+stime / "
-                   "requests; syscalls, io_uring_enter calls, SQEs and poll arms: counted by "
-                   "`perf stat` on tracepoints during the warm-up run, per request):\n")
+                   "requests; syscalls, io_uring_enter calls, SQEs, poll arms, CQEs (completions "
+                   "reaped) and context switches: counted by `perf stat` during the warm-up run, "
+                   "per request):\n")
         out.append("| target | CPU µs/req | CPU µs/req (ticks) | syscalls/req | io_uring_enter/req | "
-                   "SQEs/req | poll arms/req | req/s ÷ floor | req/s ÷ direct | req/s per core ÷ floor |")
-        out.append("|---|---|---|---|---|---|---|---|---|---|")
+                   "SQEs/req | poll arms/req | CQEs/req | context switches/req | "
+                   "req/s ÷ floor | req/s ÷ direct | req/s per core ÷ floor |")
+        out.append("|---|---|---|---|---|---|---|---|---|---|---|---|")
         for t in proxies:
             m = med[t]
             out.append(
                 f"| {t} | {f(m['task_us'], 2)} | {f(m['cpu_us'], 2)} | {f(m['syscalls_per_req'], 2)} | "
                 f"{f(m['uring_enter_per_req'], 2)} | {f(m['sqes_per_req'], 2)} | "
-                f"{f(m['poll_arm_per_req'], 2)} | "
+                f"{f(m['poll_arm_per_req'], 2)} | {f(m['cqes_per_req'], 2)} | {f(m['cs_per_req'], 2)} | "
                 f"{f(_ratio(m['rps'], fl.get('rps')), 3)} | {f(_ratio(m['rps'], di.get('rps')), 3)} | "
                 f"{f(_ratio(m['eff'], fl.get('eff')), 3)} |")
         out.append("")

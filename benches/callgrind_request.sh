@@ -8,7 +8,8 @@
 # nginx backend; a Python client sends 200 warm-up requests, then N on one connection. The
 # figure is the inclusive cost of the connection's task (`accept::connection`, or
 # `plain_dispatch` where the compiler inlined the former into it, or the boxed HTTP/1.1 loop
-# `conn::serve`, which every request runs inside: the largest), as
+# `conn::serve`, which every request runs inside: the largest; where `serve` is inlined too, its
+# request loop `Conn::run`), as
 # (cost at 5,000 − cost at 1,000) / 4,000, so start-up and warm-up cancel out.
 #
 # --new-conn: each request on a connection of its own ("Connection: close"), and the figure is
@@ -77,7 +78,7 @@ cost() {   # n -> inclusive instructions of the connection task
         return
     fi
     callgrind_annotate --auto=no --inclusive=yes --threshold=100 "$TMP/cg.$1" 2>/dev/null \
-        | grep -E 'kedge::worker::(accept::connection|accept::plain_dispatch|conn::serve)::\{\{closure\}\}' \
+        | grep -E 'kedge::worker::(accept::connection|accept::plain_dispatch|conn::serve|conn::<impl [^ ]*Conn<S>>::run)::\{\{closure\}\}' \
         | awk '{gsub(",", "", $1); if ($1 + 0 > m) m = $1 + 0} END {print m + 0}'
 }
 a=$(cost 1000); b=$(cost 5000)

@@ -9,7 +9,9 @@
 #
 # Everything runs on 127.0.0.1 with private instances (own configs, pid files
 # and prefixes under a temp dir, ports 18080-18090). Every process started here
-# is stopped on exit, including Ctrl-C and errors. See benches/README.md.
+# is stopped on exit, including Ctrl-C and errors. Per target it reports CPU time per request,
+# and (perf, warm-up runs) syscalls, io_uring_enter calls, SQEs, poll arms, CQEs and context
+# switches per request. See benches/README.md.
 set -euo pipefail
 
 # ----------------------------------------------------------------------------
@@ -46,7 +48,7 @@ RESULTS_BASE="$BENCH_DIR/results"
 ORIG_CMD="bash benches/proxy.sh $*"
 
 usage() {
-    sed -n '2,12p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
+    sed -n '2,14p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
     cat <<EOF
 
 Options (defaults in brackets):
@@ -473,9 +475,10 @@ TSV="$OUT/runs.tsv"
 REPORT="$BENCH_DIR/bench_report.py"
 
 # What perf counts during a warm-up run, on every thread of the proxy's processes: all
-# syscalls, io_uring_enter calls, SQEs the kernel took, and reads/writes that found their
-# socket not ready and armed a poll (io_uring's extra wake-up).
-PERF_EVENTS="raw_syscalls:sys_enter,syscalls:sys_enter_io_uring_enter,io_uring:io_uring_submit_req,io_uring:io_uring_poll_arm"
+# syscalls, io_uring_enter calls, SQEs the kernel took, reads/writes that found their
+# socket not ready and armed a poll (io_uring's extra wake-up), completions posted (CQEs: per
+# io_uring_enter, how much one wake-up reaps) and context switches (how often the proxy slept).
+PERF_EVENTS="raw_syscalls:sys_enter,syscalls:sys_enter_io_uring_enter,io_uring:io_uring_submit_req,io_uring:io_uring_poll_arm,io_uring:io_uring_complete,context-switches"
 
 SEQ=0
 run_one() {   # target phase run_no seconds [max_other]

@@ -211,21 +211,34 @@ pub fn parse_request(
         }
         start += 2;
     }
-    let Some(head_end) = scan_head(buf, start, limits).map_err(ScanError::for_request)? else {
-        return Ok(Parsed::Partial);
-    };
-    let head = &buf[start..head_end];
     // Uninitialised slots: filling 256 empty ones (8 KiB) cost more than parsing a small head.
+    // `spare`: the slow path's (it parses again, into slots of its own).
     let mut slots = [const { MaybeUninit::uninit() }; MAX_HEADERS_CAP];
+    let mut spare = [const { MaybeUninit::uninit() }; MAX_HEADERS_CAP];
+    let max_headers = limits.max_headers.min(MAX_HEADERS_CAP);
+    let window = head_window(buf, start, limits);
     let mut req = httparse::Request::new(&mut []);
-    match req.parse_with_uninit_headers(head, &mut slots[..limits.max_headers.min(MAX_HEADERS_CAP)]) {
-        Ok(httparse::Status::Complete(n)) if n == head.len() => {}
-        // scan_head found the end, so httparse stopping elsewhere means we disagree: reject.
-        Ok(_) => return Err(HttpError::BadRequest("malformed request head")),
-        Err(httparse::Error::TooManyHeaders) => return Err(HttpError::HeadersTooLarge),
-        Err(httparse::Error::Version) if looks_like_http_version(head) => return Err(HttpError::VersionNotSupported),
-        Err(e) => return Err(HttpError::BadRequest(httparse_reason(e))),
-    }
+    let head_end = match req.parse_with_uninit_headers(window, &mut slots[..max_headers]) {
+        Ok(httparse::Status::Complete(n)) if scanned_clean(window, n, req.headers, limits) => start + n,
+        _ => {
+            let Some(head_end) = scan_head(buf, start, limits).map_err(ScanError::for_request)? else {
+                return Ok(Parsed::Partial);
+            };
+            let head = &buf[start..head_end];
+            req = httparse::Request::new(&mut []);
+            match req.parse_with_uninit_headers(head, &mut spare[..max_headers]) {
+                Ok(httparse::Status::Complete(n)) if n == head.len() => {}
+                // scan_head found the end, so httparse stopping elsewhere means we disagree: reject.
+                Ok(_) => return Err(HttpError::BadRequest("malformed request head")),
+                Err(httparse::Error::TooManyHeaders) => return Err(HttpError::HeadersTooLarge),
+                Err(httparse::Error::Version) if looks_like_http_version(head) => {
+                    return Err(HttpError::VersionNotSupported);
+                }
+                Err(e) => return Err(HttpError::BadRequest(httparse_reason(e))),
+            }
+            head_end
+        }
+    };
     let (Some(method), Some(target), Some(minor)) = (req.method, req.path, req.version) else {
         return Err(HttpError::BadRequest("malformed request line"));
     };
@@ -307,23 +320,32 @@ pub fn parse_response(
     if buf.starts_with(b"\r\n") {
         return Err(HttpError::BadResponse("empty line before the status line"));
     }
-    let Some(head_end) = scan_head(buf, 0, limits).map_err(ScanError::for_response)? else {
-        return Ok(Parsed::Partial);
+    let mut slots = [const { MaybeUninit::uninit() }; MAX_HEADERS_CAP];
+    let mut spare = [const { MaybeUninit::uninit() }; MAX_HEADERS_CAP];
+    let max_headers = limits.max_headers.min(MAX_HEADERS_CAP);
+    let config = httparse::ParserConfig::default();
+    let window = head_window(buf, 0, limits);
+    let mut res = httparse::Response::new(&mut []);
+    let head_end = match config.parse_response_with_uninit_headers(&mut res, window, &mut slots[..max_headers]) {
+        Ok(httparse::Status::Complete(n)) if scanned_clean(window, n, res.headers, limits) => n,
+        _ => {
+            let Some(head_end) = scan_head(buf, 0, limits).map_err(ScanError::for_response)? else {
+                return Ok(Parsed::Partial);
+            };
+            let head = &buf[..head_end];
+            res = httparse::Response::new(&mut []);
+            match config.parse_response_with_uninit_headers(&mut res, head, &mut spare[..max_headers]) {
+                Ok(httparse::Status::Complete(n)) if n == head.len() => {}
+                Ok(_) => return Err(HttpError::BadResponse("malformed response head")),
+                Err(httparse::Error::TooManyHeaders) => {
+                    return Err(HttpError::BadResponse("too many response headers"));
+                }
+                Err(e) => return Err(HttpError::BadResponse(httparse_reason(e))),
+            }
+            head_end
+        }
     };
     let head = &buf[..head_end];
-    let mut slots = [const { MaybeUninit::uninit() }; MAX_HEADERS_CAP];
-    let mut res = httparse::Response::new(&mut []);
-    let parsed = httparse::ParserConfig::default().parse_response_with_uninit_headers(
-        &mut res,
-        head,
-        &mut slots[..limits.max_headers.min(MAX_HEADERS_CAP)],
-    );
-    match parsed {
-        Ok(httparse::Status::Complete(n)) if n == head.len() => {}
-        Ok(_) => return Err(HttpError::BadResponse("malformed response head")),
-        Err(httparse::Error::TooManyHeaders) => return Err(HttpError::BadResponse("too many response headers")),
-        Err(e) => return Err(HttpError::BadResponse(httparse_reason(e))),
-    }
     let (Some(minor), Some(status)) = (res.version, res.code) else {
         return Err(HttpError::BadResponse("malformed status line"));
     };
@@ -400,6 +422,45 @@ impl ScanError {
             ScanError::HeadTooLarge => "response head too large",
         })
     }
+}
+
+/// What [`scan_head`] may look at of the head that starts at `start`: at most one byte beyond
+/// the largest allowed head.
+fn head_window<'b>(buf: &'b [u8], start: usize, limits: &Limits) -> &'b [u8] {
+    let limit = buf
+        .len()
+        .min(start.saturating_add(limits.max_header_bytes).saturating_add(1));
+    buf.get(start..limit).unwrap_or_default()
+}
+
+/// Whether the `n` bytes of `window` (its start is a head's) that httparse parsed as a whole head
+/// with `fields` are one that [`scan_head`] finds complete at the same end, without an error:
+/// the fast path of both parsers, a look at each line's end instead of a search for it.
+///
+/// httparse refuses a CR that is not followed by LF, ends a line at any LF (a bare one too),
+/// skips empty lines before a request line and refuses obs-fold; so a head it parsed, not
+/// starting with CR or LF, is its start line, one line per field and the empty line, and every
+/// line ends in CRLF exactly when each field's line starts after a CRLF and the head ends in
+/// CRLF CRLF. The limits are [`scan_head`]'s: the start line and the head. `false`: let
+/// [`scan_head`] decide, and name the error.
+fn scanned_clean(window: &[u8], n: usize, fields: &[httparse::Header<'_>], limits: &Limits) -> bool {
+    let Some(head) = window.get(..n) else { return false };
+    if matches!(head.first(), None | Some(b'\r' | b'\n')) || n > limits.max_header_bytes || !head.ends_with(b"\r\n\r\n")
+    {
+        return false;
+    }
+    // Where the start line ends: before the first field, or before the empty line.
+    let mut start_line = n - 4;
+    for (i, h) in fields.iter().enumerate() {
+        let at = span(head, h.name.as_bytes()).start;
+        if at < 2 || head[at - 2..at] != *b"\r\n" {
+            return false;
+        }
+        if i == 0 {
+            start_line = at - 2;
+        }
+    }
+    start_line <= limits.max_request_line
 }
 
 /// Finds the end of the head that starts at `start`: the index just past its CRLFCRLF, or `None` while it is
@@ -609,9 +670,9 @@ impl Fields {
             if !matches!(name.len(), 4 | 6 | 7 | 10 | 14 | 17) {
                 continue;
             }
-            if name.eq_ignore_ascii_case(b"content-length") {
+            if eq_ci(name, b"content-length") {
                 merge_content_length(&mut f.content_length, value);
-            } else if name.eq_ignore_ascii_case(b"transfer-encoding") {
+            } else if eq_ci(name, b"transfer-encoding") {
                 let te = f.te.get_or_insert_default();
                 for coding in list_elements(value) {
                     // Empty elements and parameters are legal elsewhere, but nothing legitimate sends them here and a
@@ -619,29 +680,28 @@ impl Fields {
                     if coding.is_empty() || !coding.iter().all(|&b| is_tchar(b)) {
                         return Err("malformed Transfer-Encoding");
                     }
-                    te.last_chunked = coding.eq_ignore_ascii_case(b"chunked");
+                    te.last_chunked = eq_ci(coding, b"chunked");
                     if te.last_chunked {
                         te.chunked += 1;
                     } else {
                         te.other = true;
                     }
                 }
-            } else if name.eq_ignore_ascii_case(b"connection") {
+            } else if eq_ci(name, b"connection") {
                 for option in list_elements(value) {
-                    f.conn_close |= option.eq_ignore_ascii_case(b"close");
-                    f.conn_keep_alive |= option.eq_ignore_ascii_case(b"keep-alive");
-                    f.conn_upgrade |= option.eq_ignore_ascii_case(b"upgrade");
-                    f.conn_other |=
-                        !option.is_empty() && !option.eq_ignore_ascii_case(b"close") && !is_one_of(option, &HOP_BY_HOP);
+                    f.conn_close |= eq_ci(option, b"close");
+                    f.conn_keep_alive |= eq_ci(option, b"keep-alive");
+                    f.conn_upgrade |= eq_ci(option, b"upgrade");
+                    f.conn_other |= !option.is_empty() && !eq_ci(option, b"close") && !is_one_of(option, &HOP_BY_HOP);
                 }
-            } else if name.eq_ignore_ascii_case(b"host") {
+            } else if eq_ci(name, b"host") {
                 f.hosts += 1;
                 f.host.get_or_insert(span(buf, value));
-            } else if name.eq_ignore_ascii_case(b"upgrade") {
+            } else if eq_ci(name, b"upgrade") {
                 f.upgrades += 1;
                 f.upgrade.get_or_insert(span(buf, value));
-            } else if name.eq_ignore_ascii_case(b"expect") {
-                let ok = value.eq_ignore_ascii_case(b"100-continue");
+            } else if eq_ci(name, b"expect") {
+                let ok = eq_ci(value, b"100-continue");
                 f.expect = Some(f.expect.unwrap_or(true) && ok);
             }
         }
@@ -870,7 +930,7 @@ fn quoted_string_len(s: &[u8]) -> Option<usize> {
 /// not call with 0: that is [`write_last_chunk`].
 pub fn write_chunk_header(out: &mut Vec<u8>, len: usize) {
     debug_assert_ne!(len, 0, "a zero-size chunk would end the body");
-    push_radix(out, len as u64, 16);
+    push_radix::<16>(out, len as u64);
     out.extend_from_slice(b"\r\n");
 }
 
@@ -933,9 +993,7 @@ pub struct Forwarded<'a> {
 
 /// The values of the fields called `name`, in order.
 fn values<'a>(buf: &'a [u8], headers: &'a [HeaderSpan], name: &'a [u8]) -> impl Iterator<Item = &'a [u8]> {
-    let named = headers
-        .iter()
-        .filter(move |h| at(buf, &h.name).eq_ignore_ascii_case(name));
+    let named = headers.iter().filter(move |h| eq_ci(at(buf, &h.name), name));
     named.map(move |h| at(buf, &h.value))
 }
 
@@ -959,7 +1017,7 @@ impl ConnectionNames {
         };
         for value in values {
             for option in list_elements(value) {
-                if option.eq_ignore_ascii_case(b"close") {
+                if eq_ci(option, b"close") {
                     named.close = true;
                 } else if !option.is_empty() && !is_one_of(option, &HOP_BY_HOP) {
                     named.other = true;
@@ -974,20 +1032,81 @@ impl ConnectionNames {
         if self.other {
             all()
         } else {
-            self.close && name.eq_ignore_ascii_case(b"close")
+            self.close && eq_ci(name, b"close")
         }
     }
 }
 
 /// Whether `name` is one of `list` (which is lowercase).
 fn is_one_of(name: &[u8], list: &[&[u8]]) -> bool {
-    list.iter().any(|l| name.eq_ignore_ascii_case(l))
+    list.iter().any(|l| eq_ci(name, l))
+}
+
+/// `a.eq_ignore_ascii_case(b)`, eight bytes at a time (overlapping words at the end) instead
+/// of one: field names are compared on every field of both heads of a request, and the byte
+/// loop was most of `Fields::gather` and of the head writers' field checks. The length check
+/// inline: most comparisons stop there.
+#[inline(always)]
+pub(crate) fn eq_ci(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && eq_ci_same_len(a, b)
+}
+
+/// [`eq_ci`] of two slices of the same length.
+#[inline]
+fn eq_ci_same_len(a: &[u8], b: &[u8]) -> bool {
+    let n = a.len();
+    if n >= 8 {
+        let mut i = 0;
+        while i + 8 < n {
+            if !eq_ci_word(word8(a, i), word8(b, i)) {
+                return false;
+            }
+            i += 8;
+        }
+        return eq_ci_word(word8(a, n - 8), word8(b, n - 8));
+    }
+    if n >= 4 {
+        let two = |s: &[u8]| u64::from(word4(s, 0)) | (u64::from(word4(s, n - 4)) << 32);
+        return eq_ci_word(two(a), two(b));
+    }
+    a.iter().zip(b).all(|(x, y)| x.eq_ignore_ascii_case(y))
+}
+
+/// The 8 bytes of `s` from `i` (in bounds: the callers check).
+#[inline]
+fn word8(s: &[u8], i: usize) -> u64 {
+    u64::from_le_bytes(s[i..i + 8].try_into().unwrap_or_default())
+}
+
+/// The 4 bytes of `s` from `i`.
+#[inline]
+fn word4(s: &[u8], i: usize) -> u32 {
+    u32::from_le_bytes(s[i..i + 4].try_into().unwrap_or_default())
+}
+
+/// Whether two words of bytes are equal but for ASCII case.
+#[inline]
+fn eq_ci_word(x: u64, y: u64) -> bool {
+    x == y || ascii_lower_word(x) == ascii_lower_word(y)
+}
+
+/// Each byte of `x` in `A..=Z` lowered (bit 5 set); every other byte, non-ASCII included, kept.
+#[inline]
+fn ascii_lower_word(x: u64) -> u64 {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    // Per byte, without carries between bytes: the low seven bits plus an offset sets the high
+    // bit from `A` up, or from just past `Z` up.
+    let low = x & (0x7f * ONES);
+    let from_a = low + (0x80 - u64::from(b'A')) * ONES;
+    let past_z = low + (0x80 - u64::from(b'Z') - 1) * ONES;
+    let upper = from_a & !past_z & !x & (0x80 * ONES);
+    x | (upper >> 2)
 }
 
 /// Whether a Connection header names `name` as hop-by-hop (RFC 9110 §7.6.1).
 fn named_by_connection(buf: &[u8], headers: &[HeaderSpan], name: &[u8]) -> bool {
     let mut options = values(buf, headers, b"connection").flat_map(list_elements);
-    options.any(|option| option.eq_ignore_ascii_case(name))
+    options.any(|option| eq_ci(option, name))
 }
 
 /// Whether a header from the other side is passed on: hop-by-hop ones and those a Connection header names are not.
@@ -1003,14 +1122,15 @@ fn push_header(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
     out.extend_from_slice(b"\r\n");
 }
 
-/// Appends `n` in base 10 or 16 (lowercase) without going through `fmt`.
-fn push_radix(out: &mut Vec<u8>, mut n: u64, radix: u64) {
+/// Appends `n` in base `RADIX`, 10 or 16 (lowercase), without going through `fmt`. A constant
+/// radix: the division is a multiplication (three numbers per proxied request).
+fn push_radix<const RADIX: u64>(out: &mut Vec<u8>, mut n: u64) {
     let mut digits = [0u8; 20];
     let mut i = digits.len();
     loop {
         i -= 1;
-        digits[i] = b"0123456789abcdef"[(n % radix) as usize];
-        n /= radix;
+        digits[i] = b"0123456789abcdef"[(n % RADIX) as usize];
+        n /= RADIX;
         if n == 0 {
             break;
         }
@@ -1021,7 +1141,7 @@ fn push_radix(out: &mut Vec<u8>, mut n: u64, radix: u64) {
 /// Appends `HTTP/1.1 <status> <reason>\r\n`; the SP before an empty reason is required.
 fn push_status_line(out: &mut Vec<u8>, status: u16, reason: &[u8]) {
     out.extend_from_slice(b"HTTP/1.1 ");
-    push_radix(out, u64::from(status), 10);
+    push_radix::<10>(out, u64::from(status));
     out.push(b' ');
     out.extend_from_slice(reason);
     out.extend_from_slice(b"\r\n");
@@ -1032,7 +1152,7 @@ fn push_framing(out: &mut Vec<u8>, framing: Framing) {
     match framing {
         Framing::Length(n) => {
             out.extend_from_slice(b"Content-Length: ");
-            push_radix(out, n, 10);
+            push_radix::<10>(out, n);
             out.extend_from_slice(b"\r\n");
         }
         Framing::Chunked => out.extend_from_slice(b"Transfer-Encoding: chunked\r\n"),
@@ -1059,10 +1179,7 @@ pub struct RequestOut<'a> {
 
 /// The values of the pairs called `name`, in order.
 fn pair_values<'a>(headers: &'a [(&'a [u8], &'a [u8])], name: &'a [u8]) -> impl Iterator<Item = &'a [u8]> {
-    headers
-        .iter()
-        .filter(move |(n, _)| n.eq_ignore_ascii_case(name))
-        .map(|&(_, v)| v)
+    headers.iter().filter(move |(n, _)| eq_ci(n, name)).map(|&(_, v)| v)
 }
 
 /// The Content-Length a message head declares, when it declares one valid length.
@@ -1103,18 +1220,18 @@ pub fn write_request_head(out: &mut Vec<u8>, req: &RequestOut<'_>, fwd: &Forward
         named.names(name, || {
             pair_values(headers, b"connection")
                 .flat_map(list_elements)
-                .any(|o| o.eq_ignore_ascii_case(name))
+                .any(|o| eq_ci(o, name))
         })
     };
     for &(name, value) in headers {
-        let is_host = name.eq_ignore_ascii_case(b"host");
+        let is_host = eq_ci(name, b"host");
         if is_one_of(name, &FORWARDING_HEADERS)
             || (is_host && (origin.is_some() || fwd.upstream_host.is_some()))
             || (!is_host && (is_one_of(name, &HOP_BY_HOP) || named_by_connection(name)))
         {
             continue;
         }
-        has_request_id |= name.eq_ignore_ascii_case(b"x-request-id");
+        has_request_id |= eq_ci(name, b"x-request-id");
         push_header(out, name, value);
     }
     if let Some(host) = fwd.upstream_host {
@@ -1136,7 +1253,7 @@ pub fn write_request_head(out: &mut Vec<u8>, req: &RequestOut<'_>, fwd: &Forward
     out.extend_from_slice(b"X-Forwarded-Port: ");
     match trusted(b"x-forwarded-port") {
         Some(port) => out.extend_from_slice(port),
-        None => push_radix(out, u64::from(fwd.port), 10),
+        None => push_radix::<10>(out, u64::from(fwd.port)),
     }
     out.extend_from_slice(b"\r\nX-Real-IP: ");
     out.extend_from_slice(fwd.client_ip);
@@ -1155,9 +1272,9 @@ pub fn write_request_head(out: &mut Vec<u8>, req: &RequestOut<'_>, fwd: &Forward
 /// For an absolute-form target (`http://host/path?q`), the part after the authority (`/path?q`,
 /// possibly empty or starting with `?`); `None` for any other form.
 fn origin_form(target: &[u8]) -> Option<&[u8]> {
-    let scheme = if target.len() >= 7 && target[..7].eq_ignore_ascii_case(b"http://") {
+    let scheme = if target.len() >= 7 && eq_ci(&target[..7], b"http://") {
         7
-    } else if target.len() >= 8 && target[..8].eq_ignore_ascii_case(b"https://") {
+    } else if target.len() >= 8 && eq_ci(&target[..8], b"https://") {
         8
     } else {
         return None;
@@ -1222,7 +1339,7 @@ pub fn write_response_head_dropping(
         |name: &[u8]| !is_one_of(name, &HOP_BY_HOP) && !named.names(name, || named_by_connection(buf, headers, name));
     for h in headers {
         let name = at(buf, &h.name);
-        if (switching && name.eq_ignore_ascii_case(b"upgrade")) || (passes(name) && !drop(name)) {
+        if (switching && eq_ci(name, b"upgrade")) || (passes(name) && !drop(name)) {
             push_header(out, name, at(buf, &h.value));
         }
     }
@@ -1230,7 +1347,7 @@ pub fn write_response_head_dropping(
     let mut codings = false;
     if coded_body && !matches!(out_framing, Framing::Length(_)) {
         for coding in values(buf, headers, b"transfer-encoding").flat_map(list_elements) {
-            if !coding.eq_ignore_ascii_case(b"chunked") {
+            if !eq_ci(coding, b"chunked") {
                 out.extend_from_slice(if codings { b", " } else { b"Transfer-Encoding: " });
                 out.extend_from_slice(coding);
                 codings = true;
@@ -1276,7 +1393,7 @@ pub fn write_redirect(out: &mut Vec<u8>, host: &[u8], port: u16, path: &[u8], qu
     let mut port_text = Vec::new();
     if port != 443 {
         port_text.push(b':');
-        push_radix(&mut port_text, u64::from(port), 10);
+        push_radix::<10>(&mut port_text, u64::from(port));
     }
     let port_text = &port_text[..];
     match query {
@@ -1322,7 +1439,7 @@ pub fn host_without_port(host: &[u8]) -> &[u8] {
 pub fn write_canned(out: &mut Vec<u8>, status: u16, body_line: &str, extra: &[u8], close: bool) {
     push_status_line(out, status, reason_phrase(status).as_bytes());
     out.extend_from_slice(b"Content-Type: text/plain; charset=utf-8\r\nContent-Length: ");
-    push_radix(out, body_line.len() as u64 + 1, 10);
+    push_radix::<10>(out, body_line.len() as u64 + 1);
     out.extend_from_slice(b"\r\n");
     if close {
         out.extend_from_slice(b"Connection: close\r\n");

@@ -177,12 +177,16 @@ struct Worker {
     stopping: Stopping,
 }
 
-/// A worker-local, fire-once signal that any number of tasks can wait for.
+/// A worker-local, fire-once signal that any number of tasks can wait for. Every keep-alive
+/// connection waits for it between requests: a waiter takes a slot (reused through a free
+/// list: no hashing, no allocation once the table has grown to the worker's connections) and
+/// gives it back when its wait ends.
 #[derive(Default)]
 struct Stopping {
     fired: Cell<bool>,
-    next_key: Cell<u64>,
-    waiters: RefCell<FxHashMap<u64, Waker>>,
+    /// The waiters' wakers by slot; `None`: a free slot (listed in `free`).
+    waiters: RefCell<Vec<Option<Waker>>>,
+    free: RefCell<Vec<usize>>,
 }
 
 impl Stopping {
@@ -192,8 +196,8 @@ impl Stopping {
 
     fn fire(&self) {
         self.fired.set(true);
-        let waiters = std::mem::take(&mut *self.waiters.borrow_mut());
-        for w in waiters.into_values() {
+        let wakers: Vec<Waker> = self.waiters.borrow_mut().iter_mut().filter_map(Option::take).collect();
+        for w in wakers {
             w.wake();
         }
     }
@@ -206,25 +210,37 @@ impl Stopping {
 
 struct StopWait<'a> {
     stop: &'a Stopping,
-    key: Option<u64>,
+    key: Option<usize>,
 }
 
 impl std::future::Future for StopWait<'_> {
     type Output = ();
     fn poll(mut self: std::pin::Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
-        if self.stop.fired.get() {
+        let stop = self.stop;
+        if stop.fired.get() {
             return Poll::Ready(());
         }
-        let key = match self.key {
-            Some(k) => k,
+        let mut waiters = stop.waiters.borrow_mut();
+        match self.key {
+            Some(k) => match &mut waiters[k] {
+                Some(w) if w.will_wake(cx.waker()) => {}
+                slot => *slot = Some(cx.waker().clone()),
+            },
             None => {
-                let k = self.stop.next_key.get();
-                self.stop.next_key.set(k + 1);
+                let k = match stop.free.borrow_mut().pop() {
+                    Some(k) => {
+                        waiters[k] = Some(cx.waker().clone());
+                        k
+                    }
+                    None => {
+                        waiters.push(Some(cx.waker().clone()));
+                        waiters.len() - 1
+                    }
+                };
+                drop(waiters);
                 self.key = Some(k);
-                k
             }
-        };
-        self.stop.waiters.borrow_mut().insert(key, cx.waker().clone());
+        }
         Poll::Pending
     }
 }
@@ -232,7 +248,10 @@ impl std::future::Future for StopWait<'_> {
 impl Drop for StopWait<'_> {
     fn drop(&mut self) {
         if let Some(k) = self.key {
-            self.stop.waiters.borrow_mut().remove(&k);
+            // The waker is dropped after the table is released.
+            let waker = self.stop.waiters.borrow_mut().get_mut(k).and_then(Option::take);
+            self.stop.free.borrow_mut().push(k);
+            drop(waker);
         }
     }
 }
@@ -279,20 +298,33 @@ impl Worker {
     /// 128 random bits as 32 hex digits, for request ids (xorshift64*: not cryptographic, only
     /// unique enough to trace a request through logs).
     fn request_id(&self, out: &mut [u8; 32]) {
-        const HEX: &[u8; 16] = b"0123456789abcdef";
-        for half in out.chunks_mut(16) {
+        for half in out.chunks_exact_mut(16) {
             let mut x = self.rng.get();
             x ^= x >> 12;
             x ^= x << 25;
             x ^= x >> 27;
             self.rng.set(x);
             let v = x.wrapping_mul(0x2545_f491_4f6c_dd1d);
-            for (i, o) in half.iter_mut().enumerate() {
-                *o = HEX[((v >> (i * 4)) & 0xf) as usize];
+            // Two digits per byte, the low nibble's first (as one digit per nibble, lowest
+            // first, wrote them).
+            for (i, pair) in half.chunks_exact_mut(2).enumerate() {
+                pair.copy_from_slice(&HEX_PAIRS[((v >> (i * 8)) & 0xff) as usize]);
             }
         }
     }
 }
+
+/// Each byte's two lowercase hex digits, the low nibble's first.
+const HEX_PAIRS: [[u8; 2]; 256] = {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut table = [[0u8; 2]; 256];
+    let mut i = 0;
+    while i < 256 {
+        table[i] = [HEX[i & 0xf], HEX[i >> 4]];
+        i += 1;
+    }
+    table
+};
 
 async fn worker_main(index: usize, listeners: Vec<listener::Bound>, shared: Arc<Shared>, grace: Duration) {
     let seed = std::time::SystemTime::now()

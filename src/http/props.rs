@@ -184,6 +184,54 @@ fn split_pipeline(wire: &[u8], step: usize) -> Vec<(RequestHead, Vec<HeaderSpan>
     out
 }
 
+/// What [`fast_head_end_is_scan_heads`] builds heads of.
+const HEAD_PIECES: [&str; 14] = [
+    "GET / HTTP/1.1",
+    "HTTP/1.1 200 OK",
+    "HTTP/1.0 204",
+    "\r\n",
+    "\r\n",
+    "\r\n\r\n",
+    "\n",
+    "\r",
+    "Host: h",
+    "X: a",
+    "Content-Length: 0",
+    " ",
+    "\t",
+    "a",
+];
+
+proptest! {
+    // Many cases: the pieces make few distinct heads, and each is cheap.
+    #![proptest_config(ProptestConfig { cases: 4096, ..config() })]
+
+    /// Heads made of line pieces and stray CRs and LFs: whenever the parsers' fast path takes
+    /// httparse's end of a head (`scanned_clean`), `scan_head` finds the same end without an
+    /// error, so the fast path accepts nothing the strict scan refuses.
+    #[test]
+    fn fast_head_end_is_scan_heads(pieces in vec(0usize..HEAD_PIECES.len(), 1..14)) {
+        let wire: Vec<u8> = pieces.iter().flat_map(|&i| HEAD_PIECES[i].bytes()).collect();
+        let limits = Limits { max_request_line: 24, max_header_bytes: 64, max_headers: 8 };
+        let window = head_window(&wire, 0, &limits);
+        let mut slots = [const { std::mem::MaybeUninit::uninit() }; 8];
+        let mut req = httparse::Request::new(&mut []);
+        if let Ok(httparse::Status::Complete(n)) = req.parse_with_uninit_headers(window, &mut slots)
+            && scanned_clean(window, n, req.headers, &limits)
+        {
+            prop_assert!(matches!(scan_head(&wire, 0, &limits), Ok(Some(end)) if end == n), "{:?}", String::from_utf8_lossy(&wire));
+        }
+        let mut slots = [const { std::mem::MaybeUninit::uninit() }; 8];
+        let mut res = httparse::Response::new(&mut []);
+        if let Ok(httparse::Status::Complete(n)) =
+            httparse::ParserConfig::default().parse_response_with_uninit_headers(&mut res, window, &mut slots)
+            && scanned_clean(window, n, res.headers, &limits)
+        {
+            prop_assert!(matches!(scan_head(&wire, 0, &limits), Ok(Some(end)) if end == n), "{:?}", String::from_utf8_lossy(&wire));
+        }
+    }
+}
+
 proptest! {
     #![proptest_config(config())]
 

@@ -497,6 +497,11 @@ fn response_framing() {
         ("close", b"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 5\r\n\r\n", false, Head(Framing::Length(5), false)),
         ("bare LF", b"HTTP/1.1 200 OK\nContent-Length: 5\r\n\r\n", false, Status(502)),
         ("bare CR", b"HTTP/1.1 200 OK\r\nX: a\rb\r\n\r\n", false, Status(502)),
+        ("bare LF after a field", b"HTTP/1.1 200 OK\r\nContent-Length: 5\n\r\n", false, Status(502)),
+        ("bare LF at the end", b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\n", false, Status(502)),
+        ("LF only", b"HTTP/1.1 200 OK\nContent-Length: 5\n\n", false, Status(502)),
+        ("leading LF", b"\nHTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n", false, Status(502)),
+        ("CR CR LF", b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\r\n\r\n", false, Status(502)),
         ("obs-fold", b"HTTP/1.1 200 OK\r\nX: a\r\n b\r\nContent-Length: 0\r\n\r\n", false, Status(502)),
         ("space before colon", b"HTTP/1.1 200 OK\r\nContent-Length : 5\r\n\r\n", false, Status(502)),
         ("control in value", b"HTTP/1.1 200 OK\r\nX: \x01\r\n\r\n", false, Status(502)),
@@ -1212,6 +1217,33 @@ fn connection_named_fields_match_passes() {
 }
 
 /// The reg-name table holds what RFC 3986 lets a reg-name hold besides percent-encodings.
+#[test]
+fn eq_ci_is_eq_ignore_ascii_case() {
+    // Every pair of bytes at the first, a middle and the last position of names of every
+    // length up to 20 (the word, overlapping word and byte paths), the rest of the name
+    // equal but for case.
+    let base = b"Content-Length-X-Yz0";
+    let lower = base.to_ascii_lowercase();
+    for n in 0..=base.len() {
+        for at in [0, n / 2, n.saturating_sub(1)] {
+            if at >= n {
+                continue;
+            }
+            for x in 0..=255u8 {
+                for y in 0..=255u8 {
+                    let mut a = base[..n].to_vec();
+                    let mut b = lower[..n].to_vec();
+                    a[at] = x;
+                    b[at] = y;
+                    assert_eq!(eq_ci(&a, &b), a.eq_ignore_ascii_case(&b), "{a:?} {b:?}");
+                }
+            }
+        }
+    }
+    assert!(!eq_ci(b"host", b"hosts"));
+    assert!(eq_ci(b"", b""));
+}
+
 #[test]
 fn reg_name_table() {
     for b in 0..=255u8 {

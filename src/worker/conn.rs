@@ -171,7 +171,9 @@ impl<S: ClientStream> Conn<S> {
         } else {
             snap.client.keepalive_timeout
         };
+        // Biased: no random draw per wait (the data first; a stop is seen at the next check).
         let r = monoio::select! {
+            biased;
             r = self.wait_idle(worker, wait, first) => r,
             _ = worker.stopping.wait() => return None,
         };

@@ -303,7 +303,13 @@ async fn read_response_head(
     up.buf.clear();
     let mut got_any = false;
     loop {
-        match http::parse_response(&up.buf, &UPSTREAM_HEAD_LIMITS, is_head, &mut up.headers) {
+        // Nothing read yet (the first pass): nothing to parse.
+        let parsed = if up.buf.is_empty() {
+            Ok(Parsed::Partial)
+        } else {
+            http::parse_response(&up.buf, &UPSTREAM_HEAD_LIMITS, is_head, &mut up.headers)
+        };
+        match parsed {
             Ok(Parsed::Complete(resp)) if (100..200).contains(&resp.status) && resp.status != 101 => {
                 up.buf.drain(..resp.head_len);
                 continue;
