@@ -332,6 +332,7 @@ fn scenario(name: &'static str, extra: usize, samples: usize, kind: Kind, change
     }
     assert_eq!(probe(kedge.addr()), "pod-0");
     let builds_before = logged(&kedge, "route table published", "build_ms").len();
+    let control_before = control_cpu(kedge.pid());
 
     let load = Load::start(kedge.addr(), 2);
     let (mut first, mut all) = (Vec::new(), Vec::new());
@@ -345,6 +346,7 @@ fn scenario(name: &'static str, extra: usize, samples: usize, kind: Kind, change
         }
     }
     let load = load.finish();
+    let control = control_cpu(kedge.pid()).zip(control_before).map(|(a, b)| a - b);
     let build_ms = logged(&kedge, "route table published", "build_ms")[builds_before..].to_vec();
     // What the builds during the samples were (a full rebuild there delays the sample it meets).
     let mut why = std::collections::BTreeMap::<String, usize>::new();
@@ -362,6 +364,14 @@ fn scenario(name: &'static str, extra: usize, samples: usize, kind: Kind, change
         *why.entry(w.trim_matches('"').to_owned()).or_default() += 1;
     }
     notes.push(format!("builds during the samples, by why: {why:?}"));
+    if let Some(ms) = control {
+        // Everything the control thread did meanwhile: builds, status views, the status writes
+        // and the wake-ups their watch events cause.
+        notes.push(format!(
+            "kedge control thread CPU during the samples: {ms:.0} ms ({:.1} ms per sample)",
+            ms / (samples + 1) as f64
+        ));
+    }
     // What came just before each full build during the samples (the log lines of object
     // changes, watch restarts and state changes; the endpoint changes are logged at debug).
     let logs = kedge.logs();
@@ -398,6 +408,28 @@ fn scenario(name: &'static str, extra: usize, samples: usize, kind: Kind, change
         load,
         notes,
     }
+}
+
+/// CPU time (user + system, ms) of kedge's control thread so far, from `/proc`.
+fn control_cpu(pid: u32) -> Option<f64> {
+    let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).ok()?;
+    for t in tasks.flatten() {
+        let comm = std::fs::read_to_string(t.path().join("comm")).unwrap_or_default();
+        if comm.trim() != "kedge-control" {
+            continue;
+        }
+        let stat = std::fs::read_to_string(t.path().join("stat")).ok()?;
+        // The fields after the command name (which is in parentheses): utime and stime are
+        // the 14th and 15th of the line.
+        let rest = &stat[stat.rfind(')')? + 2..];
+        let f: Vec<&str> = rest.split_whitespace().collect();
+        let ticks: f64 = f.get(11)?.parse::<f64>().ok()? + f.get(12)?.parse::<f64>().ok()?;
+        // SAFETY: sysconf has no preconditions.
+        #[allow(unsafe_code)]
+        let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+        return Some(ticks * 1000.0 / hz);
+    }
+    None
 }
 
 fn main() {

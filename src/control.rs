@@ -530,13 +530,14 @@ fn build(
             publish_addresses: c.config.publish_addresses.clone(),
             host_addresses: local.addresses.clone(),
         };
-        let mut attachment = translate::gateway::attach(&objects.view(), &settings, &local.listeners);
-        // The attached routes' rules, in their scopes (in an update, those the changes touch);
-        // what they refuse reaches their status.
+        // In an update, the Services that changed (the routes using one are decided again).
         let services = update.filter(|_| updating).and_then(|(_, ch)| ch.get(i)).map(|ch| {
             let s: BTreeSet<(String, String)> = ch.services.union(&ch.service_objects).cloned().collect();
             s
         });
+        let mut attachment = c.attach(&objects.view(), &settings, &local.listeners, services.as_ref());
+        // The attached routes' rules, in their scopes (in an update, those the changes touch);
+        // what they refuse reaches their status.
         let translated = c
             .translate_routes(&mut builder, &objects.view(), &attachment.routes, services.as_ref())
             .unwrap_or_else(|translate::NeedFull(why)| {

@@ -18,7 +18,7 @@ use super::last_known_good::LastKnownGood;
 use super::lease::Election;
 use super::state_file::StateDir;
 use super::status;
-use super::translate::gateway::Attachment;
+use super::translate::gateway::{Attachment, GatewaySettings, RouteCache};
 use super::translate::{
     self, ClusterSpec, Incremental, IngressPlan, NeedFull, NodeUse, Objects, Outcome, SliceIndex, UpstreamMode,
 };
@@ -57,6 +57,8 @@ pub struct Cluster {
     ingresses: Mutex<Incremental>,
     /// The cluster's Gateway routes as the last build translated them, for updates.
     routes: Mutex<translate::httproute::Incremental>,
+    /// Where the last build attached each Gateway route, for updates.
+    attached: Mutex<RouteCache>,
     /// Service → EndpointSlices of the objects the last build read, kept up to date by the
     /// endpoint fast path ([`Cluster::changed_endpoints`]).
     slice_index: Mutex<SliceIndex>,
@@ -120,6 +122,7 @@ impl Cluster {
             changes,
             ingresses: Mutex::default(),
             routes: Mutex::default(),
+            attached: Mutex::default(),
             slice_index: Mutex::default(),
             node_use: Mutex::default(),
         })
@@ -154,6 +157,21 @@ impl Cluster {
         }
     }
 
+    /// Decides where the cluster's Gateway routes attach and every Gateway API condition
+    /// kedge owns: every route in a build from nothing (`services` `None`), in an update (after
+    /// changes to routes and to `services`) only the routes that are new objects or use one of
+    /// `services`, the others as the last build decided them
+    /// ([`translate::gateway::attach_with`]).
+    pub fn attach<'a>(
+        &self,
+        objects: &Objects<'a>,
+        settings: &GatewaySettings,
+        listeners: &[config::ListenerSpec],
+        services: Option<&std::collections::BTreeSet<(String, String)>>,
+    ) -> Attachment<'a> {
+        translate::gateway::attach_with(objects, settings, listeners, &mut lock(&self.attached), services)
+    }
+
     /// Translates the attached Gateway routes into `builder`: all of them (`services` `None`, a
     /// build from nothing), or, in an update (`builder` made by `TableBuilder::update`) after
     /// changes to routes and to `services`, those the changes touch. `Err`: only a build from
@@ -169,7 +187,29 @@ impl Cluster {
         match services {
             None => Ok(state.full(builder, &self.spec, objects, attached)),
             Some(services) => match state.plan(objects, attached, services) {
-                Ok(plan) => Ok(state.update(builder, &self.spec, objects, attached, plan)),
+                Ok(plan) => {
+                    // Only the Services the routes translated again use are resolved: looked
+                    // up in the stores with their EndpointSlices (through the index), not
+                    // picked out of every one.
+                    let wanted = plan.services(attached);
+                    let services: Vec<_> = wanted
+                        .iter()
+                        .filter_map(|(ns, name)| self.stores.service(ns, name))
+                        .collect();
+                    let index = lock(&self.slice_index);
+                    let slices: Vec<_> = wanted
+                        .iter()
+                        .flat_map(|(ns, svc)| index.slices(ns, svc).map(move |name| (ns, name)))
+                        .filter_map(|(ns, name)| self.stores.slice(ns, name))
+                        .collect();
+                    drop(index);
+                    let objects = Objects {
+                        services: &services,
+                        slices: &slices,
+                        ..*objects
+                    };
+                    Ok(state.update(builder, &self.spec, &objects, attached, plan))
+                }
                 Err(e) => {
                     state.clear();
                     Err(e)
@@ -313,13 +353,9 @@ impl Cluster {
     }
 
     /// Adds to `objects` (from [`Cluster::update_objects`]) the EndpointSlices an update with
-    /// `plan` reads: those of the Services its Ingresses use, found through the index. Every
-    /// one while the cluster has Gateway API routes: they are translated whole on every build.
+    /// `plan` reads: those of the Services its Ingresses use, found through the index (the
+    /// Gateway routes' are looked up by [`Cluster::translate_routes`]).
     pub fn slices_for_update(&self, objects: &mut ClusterObjects, plan: &IngressPlan) {
-        if !objects.http_routes.is_empty() || !objects.grpc_routes.is_empty() {
-            objects.slices = self.stores.all_slices();
-            return;
-        }
         let services = lock(&self.ingresses).services(plan);
         let index = lock(&self.slice_index);
         objects.slices = services
@@ -393,8 +429,9 @@ impl Cluster {
     pub fn refresh_state(&self) {
         if self.lkg.live_for_update(self.synced()) {
             // The state file gets what changed (a status write coming back, most often) as
-            // after a build.
-            drop(self.lkg.choose(true, || self.stores.objects()));
+            // after a build; without a state directory no store is copied (at 10k Gateway
+            // routes kedge's own status writes come back as 10k such wake-ups).
+            self.lkg.offer_changed(|| self.stores.objects());
         } else {
             drop(self.objects());
         }

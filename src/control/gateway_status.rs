@@ -246,39 +246,41 @@ pub fn view_with(
         );
         push(key, &m.resource_version, &current, status);
     }
-    // kedge's parent entries per route (by the object's address), in the order of its
-    // parentRefs.
-    let mut ours: FxHashMap<usize, Vec<&RouteParent<'_>>> = FxHashMap::default();
-    for p in &attachment.parents {
-        let at = match p.route {
-            RouteRef::Http(r) => std::ptr::from_ref(r) as usize,
-            RouteRef::Grpc(r) => std::ptr::from_ref(r) as usize,
-        };
-        ours.entry(at).or_default().push(p);
-    }
+    // kedge's parent entries of each route: `attach` lists them route by route, in the order
+    // of `objects` (HTTPRoutes, then GRPCRoutes), each route's in the order of its
+    // parentRefs; so they are taken from the front as the routes come (no map of 10k routes).
+    let address = |p: &RouteParent<'_>| match p.route {
+        RouteRef::Http(r) => std::ptr::from_ref(r) as usize,
+        RouteRef::Grpc(r) => std::ptr::from_ref(r) as usize,
+    };
+    let mut rest: &[RouteParent<'_>] = &attachment.parents;
     let routes = objects
         .http_routes
         .iter()
-        .map(|r| (Resource::HttpRoute, Held::Http(Arc::clone(r))))
+        .map(|r| (Resource::HttpRoute, Arc::as_ptr(r) as usize, None))
         .chain(
             objects
                 .grpc_routes
                 .iter()
-                .map(|r| (Resource::GrpcRoute, Held::Grpc(Arc::clone(r)))),
+                .map(|r| (Resource::GrpcRoute, Arc::as_ptr(r) as usize, Some(r))),
         );
-    let mut done = FxHashMap::default();
-    for (resource, held) in routes {
-        let at = held.address();
-        let mine = ours.get(&at);
+    for (i, (resource, at, grpc)) in routes.enumerate() {
+        let n = rest.iter().take_while(|p| address(p) == at).count();
+        let (theirs, later) = rest.split_at(n);
+        rest = later;
+        let mine = (n > 0).then_some(theirs);
         // The same object with the same entries as a view last decided: the same write, or
-        // none.
-        if let Some(before) = unchanged.routes.remove(&at)
-            && before.same(mine.map_or(&[][..], Vec::as_slice))
+        // none (the decision stays where it is).
+        if let Some(before) = unchanged.routes.get(&at)
+            && before.same(mine.unwrap_or(&[]))
         {
             items.extend(before.item.clone());
-            done.insert(at, before);
             continue;
         }
+        let held = match grpc {
+            None => Held::Http(Arc::clone(&objects.http_routes[i])),
+            Some(r) => Held::Grpc(Arc::clone(r)),
+        };
         let (m, current) = match &held {
             Held::Http(r) => (&r.metadata, to_json(&r.status)),
             Held::Grpc(r) => (&r.metadata, to_json(&r.status)),
@@ -294,13 +296,13 @@ pub fn view_with(
             entries: mine
                 .into_iter()
                 .flatten()
-                .map(|p| (p.parent_ref.clone(), p.conditions.clone()))
+                .map(|p| (Arc::clone(&p.parent_ref), Arc::clone(&p.conditions)))
                 .collect(),
             item,
             _object: held,
         };
         if mine.is_none() && !had {
-            done.insert(at, written(held, None));
+            unchanged.routes.insert(at, written(held, None));
             continue;
         }
         let mut target: Vec<Value> = parents
@@ -309,7 +311,7 @@ pub fn view_with(
             .cloned()
             .collect();
         for p in mine.into_iter().flatten() {
-            let parent_ref = to_json(&p.parent_ref);
+            let parent_ref = to_json(&*p.parent_ref);
             let was = parents
                 .iter()
                 .find(|c| c["controllerName"] == controller && c["parentRef"] == parent_ref)
@@ -329,9 +331,22 @@ pub fn view_with(
             status: Arc::new(status),
         });
         items.extend(item.clone());
-        done.insert(at, written(held, item));
+        unchanged.routes.insert(at, written(held, item));
     }
-    unchanged.routes = done;
+    debug_assert!(rest.is_empty(), "parent entries out of the routes' order");
+    // The decisions for objects the stores no longer hold (changed or deleted routes) are
+    // let go once there are an eighth as many as routes: a pass over every route now and
+    // then, not one per view.
+    let total = objects.http_routes.len() + objects.grpc_routes.len();
+    if unchanged.routes.len() > total + total / 8 + 64 {
+        let now: rustc_hash::FxHashSet<usize> = objects
+            .http_routes
+            .iter()
+            .map(|r| Arc::as_ptr(r) as usize)
+            .chain(objects.grpc_routes.iter().map(|r| Arc::as_ptr(r) as usize))
+            .collect();
+        unchanged.routes.retain(|at, _| now.contains(at));
+    }
     items
 }
 
@@ -348,19 +363,18 @@ pub struct Unchanged {
 
 /// A route object, the parent entries kedge decided for it and the write they make.
 struct Written {
-    entries: Vec<(ParentRef, Vec<Cond>)>,
+    entries: Vec<(Arc<ParentRef>, Arc<Vec<Cond>>)>,
     item: Option<Item>,
     _object: Held,
 }
 
 impl Written {
-    fn same(&self, now: &[&RouteParent<'_>]) -> bool {
+    fn same(&self, now: &[RouteParent<'_>]) -> bool {
         self.entries.len() == now.len()
-            && self
-                .entries
-                .iter()
-                .zip(now)
-                .all(|((r, c), p)| *r == p.parent_ref && *c == p.conditions)
+            && self.entries.iter().zip(now).all(|((r, c), p)| {
+                (Arc::ptr_eq(r, &p.parent_ref) || *r == p.parent_ref)
+                    && (Arc::ptr_eq(c, &p.conditions) || *c == p.conditions)
+            })
     }
 }
 
@@ -368,15 +382,6 @@ impl Written {
 enum Held {
     Http(Arc<HttpRoute>),
     Grpc(Arc<GrpcRoute>),
-}
-
-impl Held {
-    fn address(&self) -> usize {
-        match self {
-            Held::Http(r) => Arc::as_ptr(r) as usize,
-            Held::Grpc(r) => Arc::as_ptr(r) as usize,
-        }
-    }
 }
 
 /// The handle the control thread keeps for one cluster's Gateway API status writer task.

@@ -376,11 +376,6 @@ impl Stores {
         self.slices.iter().find_map(|s| s.get(&key))
     }
 
-    /// Every EndpointSlice.
-    pub fn all_slices(&self) -> Vec<Arc<EndpointSlice>> {
-        self.slices.iter().flat_map(Store::state).collect()
-    }
-
     /// Every Service (to find those in NodePort mode after a Node change).
     pub fn all_services(&self) -> Vec<Arc<Service>> {
         self.services.iter().flat_map(Store::state).collect()

@@ -197,6 +197,18 @@ impl LastKnownGood {
         lock(&self.inner).persisted.is_some()
     }
 
+    /// For a cluster that serves its live stores (as [`LastKnownGood::live_for_update`] said):
+    /// hands the state file writer the live objects when they changed since it last got some,
+    /// as [`LastKnownGood::choose`] does; no store is copied otherwise (without a state
+    /// directory, never).
+    pub fn offer_changed(&self, live: impl FnOnce() -> ClusterObjects) {
+        if let Some(writer) = &self.writer
+            && self.health.take_dirty()
+        {
+            writer.offer(live());
+        }
+    }
+
     /// After an update that read no objects whole (the endpoint fast path): hands the live
     /// objects (`live()`, a copy of every store) to the file writer if they changed since they
     /// were last handed over and the writer holds none waiting. A change left out stays

@@ -78,18 +78,19 @@ pub enum RouteRef<'a> {
     Grpc(&'a GrpcRoute),
 }
 
-/// One route accepted by one Gateway listener.
+/// One route accepted by one Gateway listener. Its parts are shared with the listener's and
+/// the route's other builds (an update attaches 10k unchanged routes without allocating).
 #[derive(Debug, Clone)]
 pub struct Attached<'a> {
-    pub bind: Bind,
+    pub bind: Arc<Bind>,
     /// The Gateway's `namespace/name`.
-    pub gateway: String,
+    pub gateway: Arc<str>,
     pub listener: &'a Listener,
     pub route: RouteRef<'a>,
     /// The hostnames this route is served for on this listener: the intersection of the
     /// route's `hostnames` with the listener's `hostname` (lower case; exact names or
     /// `*.suffix`). Empty: any host (neither restricts it).
-    pub hostnames: Vec<String>,
+    pub hostnames: Arc<[String]>,
 }
 
 /// Whether a ReferenceGrant in `to_ns` lets an object of `from_group`/`from_kind` in `from_ns`
@@ -125,7 +126,7 @@ pub fn ref_permitted(
 }
 
 /// What [`attach`] needs of the cluster and the host besides the objects.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct GatewaySettings {
     /// `[[cluster]] gateway_controller`: the `controllerName` of kedge's GatewayClasses.
     pub controller: String,
@@ -190,13 +191,15 @@ pub struct ListenerState {
 }
 
 /// One parent entry of a route that is kedge's: a `parentRef` naming one of kedge's Gateways.
+/// The reference and the conditions are shared with the builds that decided the same (see
+/// [`RouteCache`]).
 #[derive(Debug, Clone)]
 pub struct RouteParent<'a> {
     pub route: RouteRef<'a>,
     /// The reference as the route spells it, with `group` and `kind` written out.
-    pub parent_ref: ParentRef,
+    pub parent_ref: Arc<ParentRef>,
     /// `Accepted` and `ResolvedRefs`.
-    pub conditions: Vec<Cond>,
+    pub conditions: Arc<Vec<Cond>>,
 }
 
 /// A certificate an HTTPS listener of a programmed Gateway names (`tls.certificateRefs`),
@@ -257,7 +260,13 @@ impl Attachment<'_> {
             let Some(r) = refusals.get(&(p.route.kind(), p.route.key())) else {
                 continue;
             };
-            for c in p.conditions.iter_mut().filter(|c| c.type_ == "Accepted" && c.status) {
+            if !p.conditions.iter().any(|c| c.type_ == "Accepted" && c.status) {
+                continue;
+            }
+            for c in Arc::make_mut(&mut p.conditions)
+                .iter_mut()
+                .filter(|c| c.type_ == "Accepted" && c.status)
+            {
                 let problems: Vec<&str> = r.problems.iter().map(String::as_str).collect();
                 *c = Cond::no(
                     "Accepted",
@@ -452,7 +461,7 @@ struct Eval<'a> {
     /// Certificates it may serve (HTTPS).
     certs: Vec<Arc<Secret>>,
     /// Where it takes connections (accepted listeners).
-    bind: Option<Bind>,
+    bind: Option<Arc<Bind>>,
     /// `Programmed=False` message, `None` when programmed.
     not_programmed: Option<String>,
     /// Routes attached (by the address of their object: one per kind, namespace and name),
@@ -485,10 +494,105 @@ fn protocol_tls(protocol: &str) -> Option<bool> {
 /// Decides where routes attach and every status kedge owns, for one cluster's objects.
 /// `listeners`: kedge's listeners with the addresses they are bound to (actual ports).
 pub fn attach<'a>(objects: &Objects<'a>, settings: &GatewaySettings, listeners: &[ListenerSpec]) -> Attachment<'a> {
+    attach_with(objects, settings, listeners, &mut RouteCache::default(), None)
+}
+
+/// What [`attach_with`] decided for each route, kept between builds so that an update decides
+/// again only the routes it must. A route's parent entries and the listeners it attaches to
+/// depend on the route object, kedge's GatewayClasses and Gateways (their listeners evaluated
+/// with the settings and kedge's listeners), the Namespaces (labels for `allowedRoutes`), the
+/// ReferenceGrants and the Services its backendRefs name (`ResolvedRefs`), and nothing else.
+/// So a decision is used again while its route is the same object (kept alive here, so that
+/// its address names no other), none of its Services is among the changed ones, and the
+/// GatewayClasses, Gateways, Namespaces, ReferenceGrants (the same objects, in the same order),
+/// settings and listeners are those it was made with; anything else decides every route again.
+/// Whether a listener is programmed (what it serves) is read at every build, not kept.
+#[derive(Default)]
+pub struct RouteCache {
+    /// The addresses of the GatewayClasses, Gateways, Namespaces and ReferenceGrants the
+    /// decisions were made with, with the settings and kedge's listeners.
+    world: Option<(Vec<usize>, GatewaySettings, Vec<ListenerSpec>)>,
+    /// By the address of the route object.
+    routes: FxHashMap<usize, Decided>,
+}
+
+/// A route object of the stores, kept by the cache.
+enum Kept {
+    Http(#[allow(dead_code)] Arc<HttpRoute>),
+    Grpc(#[allow(dead_code)] Arc<GrpcRoute>),
+}
+
+/// What [`attach_with`] decided for one route object.
+struct Decided {
+    _object: Kept,
+    /// The Services its backendRefs name (namespace, name): a change to one decides it again.
+    services: Vec<(String, String)>,
+    /// One per parentRef naming one of kedge's Gateways, in the route's order.
+    parents: Vec<DecidedParent>,
+}
+
+struct DecidedParent {
+    /// The Gateway's index among kedge's (sorted by namespace/name).
+    gateway: usize,
+    /// The listeners (index in the Gateway's spec) that accept it, with the hostnames it is
+    /// served for there; empty when refused.
+    listeners: Vec<(usize, Arc<[String]>)>,
+    parent_ref: Arc<ParentRef>,
+    conditions: Arc<Vec<Cond>>,
+}
+
+impl RouteCache {
+    /// How many route decisions are kept.
+    pub fn len(&self) -> usize {
+        self.routes.len()
+    }
+
+    /// Whether no route decision is kept.
+    pub fn is_empty(&self) -> bool {
+        self.routes.is_empty()
+    }
+}
+
+/// The addresses of what every route's decision depends on besides the route and its Services.
+fn world_of(objects: &Objects<'_>) -> Vec<usize> {
+    fn at<T>(v: &[Arc<T>]) -> impl Iterator<Item = usize> + '_ {
+        v.iter().map(|o| Arc::as_ptr(o) as usize)
+    }
+    let mut w = Vec::with_capacity(
+        objects.gateway_classes.len()
+            + objects.gateways.len()
+            + objects.namespaces.len()
+            + objects.reference_grants.len()
+            + 4,
+    );
+    // The lengths separate the kinds.
+    w.push(objects.gateway_classes.len());
+    w.extend(at(objects.gateway_classes));
+    w.push(objects.gateways.len());
+    w.extend(at(objects.gateways));
+    w.push(objects.namespaces.len());
+    w.extend(at(objects.namespaces));
+    w.push(objects.reference_grants.len());
+    w.extend(at(objects.reference_grants));
+    w
+}
+
+/// [`attach`], deciding again only what it must: with `changed` (an update: the Services whose
+/// objects or endpoints changed), a route whose decision `cache` holds (see [`RouteCache`]) is
+/// attached as decided without being looked at; without (a build from nothing) every route is
+/// decided. `cache` then holds this build's decisions, of every route (and, for a while, those
+/// of objects no longer in the stores).
+pub fn attach_with<'a>(
+    objects: &Objects<'a>,
+    settings: &GatewaySettings,
+    listeners: &[ListenerSpec],
+    cache: &mut RouteCache,
+    changed: Option<&BTreeSet<(String, String)>>,
+) -> Attachment<'a> {
     let mut out = Attachment::default();
     let mut warnings: BTreeSet<Warning> = BTreeSet::new();
-    // Indexed on first use: a cluster without attached routes (an Ingress update's) never
-    // indexes its Services.
+    // Indexed on first use: a cluster without attached routes (an Ingress update's), or an
+    // update that decides no route again, never indexes its Services.
     let refs = std::cell::LazyCell::new(|| RefIndex::new(objects));
     let ours: BTreeSet<&str> = objects
         .gateway_classes
@@ -515,78 +619,96 @@ pub fn attach<'a>(objects: &Objects<'a>, settings: &GatewaySettings, listeners: 
         evals.push(ev);
     }
 
-    // Namespace labels by name, for allowedRoutes selectors.
-    let labels: Labels<'_> = objects
-        .namespaces
-        .iter()
-        .filter_map(|n| Some((n.metadata.name.as_deref()?, n.metadata.labels.as_ref())))
-        .collect();
+    // The decisions of the last build, when they may be used again.
+    let world = (world_of(objects), settings.clone(), listeners.to_vec());
+    if changed.is_none() || cache.world.as_ref() != Some(&world) {
+        cache.routes.clear();
+    }
+    cache.world = Some(world);
+    // Namespace labels by name, for allowedRoutes selectors (built when a route is decided).
+    let labels = std::cell::LazyCell::new(|| -> Labels<'a> {
+        objects
+            .namespaces
+            .iter()
+            .filter_map(|n| Some((n.metadata.name.as_deref()?, n.metadata.labels.as_ref())))
+            .collect()
+    });
     let routes = objects
         .http_routes
         .iter()
-        .map(|r| RouteRef::Http(r))
-        .chain(objects.grpc_routes.iter().map(|r| RouteRef::Grpc(r)));
+        .map(|r| (RouteRef::Http(r), Arc::as_ptr(r) as usize, None))
+        .chain(
+            objects
+                .grpc_routes
+                .iter()
+                .map(|r| (RouteRef::Grpc(r), Arc::as_ptr(r) as usize, Some(r))),
+        );
     // (route object, gateway index, listener index): attached once.
     let mut served: rustc_hash::FxHashSet<(usize, usize, usize)> = rustc_hash::FxHashSet::default();
-    let gateway_names: Vec<String> = gateways
+    let gateway_names: Vec<Arc<str>> = gateways
         .iter()
         .map(|g| {
             let (ns, name) = ns_name(&g.metadata);
-            format!("{ns}/{name}")
+            Arc::from(format!("{ns}/{name}"))
         })
         .collect();
-    for route in routes {
-        let (route_ns, _) = ns_name(route.meta());
+    for (i, (route, object, grpc)) in routes.enumerate() {
         let at = std::ptr::from_ref(route.meta()) as usize;
-        let mut resolved: Option<Cond> = None;
-        for pr in route.parent_refs() {
-            let group = pr.group.as_deref().unwrap_or(GROUP);
-            let kind = pr.kind.as_deref().unwrap_or("Gateway");
-            if group != GROUP || kind != "Gateway" {
-                continue;
-            }
-            let gw_ns = pr.namespace.as_deref().unwrap_or(route_ns);
-            let Some(gi) = gateways
-                .iter()
-                .position(|g| ns_name(&g.metadata) == (gw_ns, pr.name.as_str()))
-            else {
-                continue;
+        let kept = cache
+            .routes
+            .get(&object)
+            .is_some_and(|d| !changed.is_some_and(|c| d.services.iter().any(|s| c.contains(s))));
+        if !kept {
+            let kept = match grpc {
+                None => Kept::Http(Arc::clone(&objects.http_routes[i])),
+                Some(r) => Kept::Grpc(Arc::clone(r)),
             };
-            let accepted = accept(&labels, &route, pr, gateways[gi], &mut evals[gi]);
-            if let Ok(attached) = &accepted {
-                for (li, hostnames) in attached {
-                    let eval = &mut evals[gi].1[*li];
-                    eval.attached.insert(at);
-                    if eval.bind.is_none() || eval.not_programmed.is_some() {
-                        continue;
-                    }
-                    if served.insert((at, gi, *li))
-                        && let Some(bind) = eval.bind.clone()
-                    {
-                        out.routes.push(Attached {
-                            bind,
-                            gateway: gateway_names[gi].clone(),
-                            listener: eval.listener,
-                            route,
-                            hostnames: hostnames.clone(),
-                        });
-                    }
+            cache
+                .routes
+                .insert(object, decide(route, kept, &gateways, &evals, &labels, &refs));
+        }
+        let Some(decided) = cache.routes.get(&object) else {
+            continue;
+        };
+        for p in &decided.parents {
+            let gi = p.gateway;
+            for (li, hostnames) in &p.listeners {
+                let eval = &mut evals[gi].1[*li];
+                eval.attached.insert(at);
+                if eval.not_programmed.is_some() {
+                    continue;
+                }
+                if let Some(bind) = &eval.bind
+                    && served.insert((at, gi, *li))
+                {
+                    out.routes.push(Attached {
+                        bind: Arc::clone(bind),
+                        gateway: Arc::clone(&gateway_names[gi]),
+                        listener: eval.listener,
+                        route,
+                        hostnames: Arc::clone(hostnames),
+                    });
                 }
             }
-            let resolved = resolved.get_or_insert_with(|| route_refs(&refs, &route)).clone();
-            let accepted = match accepted {
-                Ok(_) => Cond::yes("Accepted", "Accepted", "accepted by kedge"),
-                Err((reason, message)) => Cond::no("Accepted", reason, message),
-            };
-            let mut parent_ref = pr.clone();
-            parent_ref.group = Some(GROUP.to_owned());
-            parent_ref.kind = Some("Gateway".to_owned());
             out.parents.push(RouteParent {
                 route,
-                parent_ref,
-                conditions: vec![accepted, resolved],
+                parent_ref: Arc::clone(&p.parent_ref),
+                conditions: Arc::clone(&p.conditions),
             });
         }
+    }
+    // The decisions for objects the stores no longer hold (changed or deleted routes) are let
+    // go once there are an eighth as many as routes: a pass over every route now and then,
+    // not one per update.
+    let total = objects.http_routes.len() + objects.grpc_routes.len();
+    if cache.routes.len() > total + total / 8 + 64 {
+        let now: rustc_hash::FxHashSet<usize> = objects
+            .http_routes
+            .iter()
+            .map(|r| Arc::as_ptr(r) as usize)
+            .chain(objects.grpc_routes.iter().map(|r| Arc::as_ptr(r) as usize))
+            .collect();
+        cache.routes.retain(|at, _| now.contains(at));
     }
 
     for ((gw, (_, ev)), state) in gateways.iter().zip(evals).zip(&mut out.gateways) {
@@ -595,10 +717,10 @@ pub fn attach<'a>(objects: &Objects<'a>, settings: &GatewaySettings, listeners: 
             ls.attached_routes = i32::try_from(eval.attached.len()).unwrap_or(i32::MAX);
             if let (Some(bind), None) = (&eval.bind, &eval.not_programmed) {
                 let hostname = eval.listener.hostname.as_deref().map(str::to_ascii_lowercase);
-                out.listeners.push((bind.clone(), hostname.clone()));
+                out.listeners.push(((**bind).clone(), hostname.clone()));
                 for secret in eval.certs {
                     out.certificates.push(ListenerCert {
-                        bind: bind.clone(),
+                        bind: (**bind).clone(),
                         hostname: hostname.clone(),
                         secret,
                         owner: format!("Gateway {ns}/{name} {}", eval.listener.name),
@@ -748,7 +870,7 @@ fn gateway<'a>(
             }
             continue;
         }
-        e.bind = Some(Bind { addresses, port, tls });
+        e.bind = Some(Arc::new(Bind { addresses, port, tls }));
     }
     for e in &mut evals {
         if e.conflict.is_some() && e.not_programmed.is_none() {
@@ -1064,7 +1186,7 @@ fn accept(
     route: &RouteRef<'_>,
     pr: &ParentRef,
     gw: &Gateway,
-    (gateway_ok, evals): &mut (bool, Vec<Eval<'_>>),
+    (gateway_ok, evals): &(bool, Vec<Eval<'_>>),
 ) -> Result<Vec<(usize, Vec<String>)>, (&'static str, String)> {
     let (gw_ns, gw_name) = ns_name(&gw.metadata);
     let candidates: Vec<usize> = evals
@@ -1213,6 +1335,64 @@ pub fn intersect(listener: Option<&str>, route: &[String]) -> Option<Vec<String>
 
 /// A route's `ResolvedRefs` condition: every backend reference resolved, or the first
 /// problem's reason with every problem in the message.
+/// Decides one route: its parent entries of kedge's and the listeners that accept it.
+fn decide<'a>(
+    route: RouteRef<'a>,
+    object: Kept,
+    gateways: &[&'a Gateway],
+    evals: &[(bool, Vec<Eval<'a>>)],
+    labels: &Labels<'a>,
+    refs: &RefIndex<'a>,
+) -> Decided {
+    let (route_ns, _) = ns_name(route.meta());
+    let mut resolved: Option<Cond> = None;
+    let mut parents = Vec::new();
+    for pr in route.parent_refs() {
+        let group = pr.group.as_deref().unwrap_or(GROUP);
+        let kind = pr.kind.as_deref().unwrap_or("Gateway");
+        if group != GROUP || kind != "Gateway" {
+            continue;
+        }
+        let gw_ns = pr.namespace.as_deref().unwrap_or(route_ns);
+        let Some(gi) = gateways
+            .iter()
+            .position(|g| ns_name(&g.metadata) == (gw_ns, pr.name.as_str()))
+        else {
+            continue;
+        };
+        let accepted = accept(labels, &route, pr, gateways[gi], &evals[gi]);
+        let resolved = resolved.get_or_insert_with(|| route_refs(refs, &route)).clone();
+        let (listeners, accepted) = match accepted {
+            Ok(attached) => (
+                attached.into_iter().map(|(li, h)| (li, Arc::from(h))).collect(),
+                Cond::yes("Accepted", "Accepted", "accepted by kedge"),
+            ),
+            Err((reason, message)) => (Vec::new(), Cond::no("Accepted", reason, message)),
+        };
+        let mut parent_ref = pr.clone();
+        parent_ref.group = Some(GROUP.to_owned());
+        parent_ref.kind = Some("Gateway".to_owned());
+        parents.push(DecidedParent {
+            gateway: gi,
+            listeners,
+            parent_ref: Arc::new(parent_ref),
+            conditions: Arc::new(vec![accepted, resolved]),
+        });
+    }
+    let mut services: Vec<(String, String)> = route
+        .backend_refs()
+        .into_iter()
+        .map(|b| (b.namespace.as_deref().unwrap_or(route_ns).to_owned(), b.name.clone()))
+        .collect();
+    services.sort_unstable();
+    services.dedup();
+    Decided {
+        _object: object,
+        services,
+        parents,
+    }
+}
+
 fn route_refs(refs: &RefIndex<'_>, route: &RouteRef<'_>) -> Cond {
     let (ns, _) = ns_name(route.meta());
     let problems: Vec<RefProblem> = route

@@ -119,7 +119,7 @@ fn keys_of(a: &Attached<'_>) -> Vec<Key> {
         listener: listener.clone(),
         host: host.cloned(),
     };
-    match a.hostnames.as_slice() {
+    match &a.hostnames[..] {
         [] => vec![key(None)],
         h => h.iter().map(|h| key(Some(h))).collect(),
     }
@@ -206,7 +206,7 @@ where
         let owner = format!("{} {ns}/{name}", route.kind);
         let table_owner = format!("{owner} of cluster {}", spec.name);
         let host = a.hostnames.first().map_or("*", String::as_str);
-        let mut hosts: Vec<Option<&str>> = match a.hostnames.as_slice() {
+        let mut hosts: Vec<Option<&str>> = match &a.hostnames[..] {
             [] => vec![None],
             h => h.iter().map(|h| Some(h.as_str())).collect(),
         };
@@ -270,13 +270,38 @@ where
 /// One route as the last build translated it.
 struct Entry {
     generation: Option<i64>,
-    /// The store's object (a changed object is a new `Arc`): compared when there is no
-    /// generation.
-    object: usize,
+    /// The store's object it was recorded from (or found the same as, by generation), kept
+    /// alive so that its address names no other object while recorded.
+    object: Object,
     /// Where its rules are, over every listener it is attached to.
     keys: Vec<Key>,
     warnings: Warnings,
     refusal: Option<Refusal>,
+}
+
+/// A route object of the stores.
+#[derive(Clone)]
+enum Object {
+    Http(Arc<gw::HttpRoute>),
+    Grpc(Arc<gw::GrpcRoute>),
+}
+
+impl Object {
+    /// The address of the object (what the stores hand out again while it is unchanged).
+    fn address(&self) -> usize {
+        match self {
+            Object::Http(r) => Arc::as_ptr(r) as usize,
+            Object::Grpc(r) => Arc::as_ptr(r) as usize,
+        }
+    }
+
+    /// The address of its metadata (how `gateway::attach` tells routes apart).
+    fn meta_address(&self) -> usize {
+        match self {
+            Object::Http(r) => std::ptr::from_ref(&r.metadata) as usize,
+            Object::Grpc(r) => std::ptr::from_ref(&r.metadata) as usize,
+        }
+    }
 }
 
 /// What the last build translated of one cluster's HTTPRoutes and GRPCRoutes, so that an
@@ -285,10 +310,17 @@ struct Entry {
 /// routes is decided per host: a host rebuilt from all its routes is exact), and shares every
 /// other host's rules with the current table. Like the Ingresses' [`super::Incremental`], it
 /// holds no rules and no backends: per route, its generation, keys, warnings and refusals.
+/// An unchanged route is found by its object's address (no key built, nothing copied), the
+/// routes under a key through an index: an update's cost follows what it touches, not the
+/// number of routes.
 #[derive(Default)]
 pub struct Incremental {
     /// By (kind, `namespace/name`).
-    entries: rustc_hash::FxHashMap<(&'static str, String), Entry>,
+    entries: rustc_hash::FxHashMap<RouteId, Entry>,
+    /// Each entry's route by the address of its object.
+    by_object: rustc_hash::FxHashMap<usize, RouteId>,
+    /// The routes with rules under each key.
+    by_key: rustc_hash::FxHashMap<Key, rustc_hash::FxHashSet<RouteId>>,
     /// Some route lost an upstream protocol to another user: who wins is decided over every
     /// host, so no update until the next build from nothing.
     contested: bool,
@@ -304,12 +336,15 @@ pub struct Plan {
     /// The keys whose rules are built again.
     dirty: rustc_hash::FxHashSet<Key>,
     /// The routes whose keys hold a dirty one, or that changed.
-    again: rustc_hash::FxHashSet<(&'static str, String)>,
-    /// The addresses of those routes' objects.
+    again: rustc_hash::FxHashSet<RouteId>,
+    /// The addresses of those routes' objects' metadata.
     again_at: rustc_hash::FxHashSet<usize>,
-    /// Every route of the stores: (kind, `namespace/name`), generation, object address, the
-    /// address of its metadata.
-    present: Vec<(RouteId, Option<i64>, usize, usize)>,
+    /// New and changed routes: their generation and object.
+    changed: Vec<(RouteId, Option<i64>, Object)>,
+    /// Routes found unchanged (same generation) in a new object (a status write).
+    renewed: rustc_hash::FxHashMap<RouteId, Object>,
+    /// Routes gone from the stores.
+    gone: Vec<RouteId>,
 }
 
 impl Plan {
@@ -317,22 +352,73 @@ impl Plan {
     pub fn is_empty(&self) -> bool {
         self.again.is_empty()
     }
+
+    /// The Services (namespace, name) the routes translated again name: all that
+    /// [`Incremental::update`] resolves (the caller may hand it only those, with their
+    /// EndpointSlices).
+    pub fn services(&self, attached: &[Attached<'_>]) -> Vec<(String, String)> {
+        let mut v: Vec<(String, String)> = Vec::new();
+        if self.again_at.is_empty() {
+            return v;
+        }
+        for a in attached {
+            if !self.again_at.contains(&(std::ptr::from_ref(a.route.meta()) as usize)) {
+                continue;
+            }
+            let (ns, _) = ns_name(a.route.meta());
+            v.extend(
+                a.route
+                    .backend_refs()
+                    .into_iter()
+                    .map(|b| (b.namespace.as_deref().unwrap_or(ns).to_owned(), b.name.clone())),
+            );
+        }
+        v.sort_unstable();
+        v.dedup();
+        v
+    }
 }
 
-/// Every route of `objs`: (kind, `namespace/name`), generation, object address, the route.
-fn all_routes<'a>(
-    objs: &Objects<'a>,
-) -> impl Iterator<Item = ((&'static str, String), Option<i64>, usize, RouteRef<'a>)> {
-    let http = objs
-        .http_routes
-        .iter()
-        .map(|r| (Arc::as_ptr(r) as usize, RouteRef::Http(r)));
-    let grpc = objs
-        .grpc_routes
-        .iter()
-        .map(|r| (Arc::as_ptr(r) as usize, RouteRef::Grpc(r)));
-    http.chain(grpc)
-        .map(|(ptr, r)| ((r.kind(), r.key()), r.meta().generation, ptr, r))
+/// Every route object of `objs`.
+fn all_routes<'a>(objs: &Objects<'a>) -> impl Iterator<Item = &'a Arc<gw::HttpRoute>> + use<'a> {
+    objs.http_routes.iter()
+}
+
+/// Every route of `objs` as an [`Object`] reference: HTTPRoutes, then GRPCRoutes.
+fn objects_of<'a>(objs: &Objects<'a>) -> impl Iterator<Item = ObjectRef<'a>> + use<'a> {
+    all_routes(objs)
+        .map(ObjectRef::Http)
+        .chain(objs.grpc_routes.iter().map(ObjectRef::Grpc))
+}
+
+/// A route object of the stores, borrowed.
+#[derive(Clone, Copy)]
+enum ObjectRef<'a> {
+    Http(&'a Arc<gw::HttpRoute>),
+    Grpc(&'a Arc<gw::GrpcRoute>),
+}
+
+impl<'a> ObjectRef<'a> {
+    fn address(self) -> usize {
+        match self {
+            ObjectRef::Http(r) => Arc::as_ptr(r) as usize,
+            ObjectRef::Grpc(r) => Arc::as_ptr(r) as usize,
+        }
+    }
+
+    fn route(self) -> RouteRef<'a> {
+        match self {
+            ObjectRef::Http(r) => RouteRef::Http(r),
+            ObjectRef::Grpc(r) => RouteRef::Grpc(r),
+        }
+    }
+
+    fn owned(self) -> Object {
+        match self {
+            ObjectRef::Http(r) => Object::Http(Arc::clone(r)),
+            ObjectRef::Grpc(r) => Object::Grpc(Arc::clone(r)),
+        }
+    }
 }
 
 impl Incremental {
@@ -348,11 +434,18 @@ impl Incremental {
         *self = Incremental::default();
         let mut refusals = Refusals::new();
         let outs = translate_routes(builder, spec, objs, attached.iter(), None, &mut refusals);
-        for (id, generation, object, _) in all_routes(objs) {
+        // By the address of the metadata (as attached routes are told apart).
+        let mut ids: rustc_hash::FxHashMap<usize, RouteId> = rustc_hash::FxHashMap::default();
+        for o in objects_of(objs) {
+            let r = o.route();
+            let id = (r.kind(), r.key());
+            let object = o.owned();
+            ids.insert(object.meta_address(), id.clone());
+            self.by_object.insert(object.address(), id.clone());
             self.entries.insert(
                 id,
                 Entry {
-                    generation,
+                    generation: r.meta().generation,
                     object,
                     keys: Vec::new(),
                     warnings: Warnings::new(),
@@ -361,13 +454,43 @@ impl Incremental {
             );
         }
         for a in attached {
-            if let Some(e) = self.entries.get_mut(&(a.route.kind(), a.route.key())) {
-                e.keys.extend(keys_of(a));
+            if let Some(id) = ids.get(&(std::ptr::from_ref(a.route.meta()) as usize)) {
+                self.add_keys(id, keys_of(a));
             }
         }
         self.record(outs, &refusals);
         self.ready = true;
         self.outcome()
+    }
+
+    /// Records that route `id` has rules under `keys`.
+    fn add_keys(&mut self, id: &RouteId, keys: Vec<Key>) {
+        let Some(e) = self.entries.get_mut(id) else {
+            return;
+        };
+        for k in &keys {
+            self.by_key.entry(k.clone()).or_default().insert(id.clone());
+        }
+        e.keys.extend(keys);
+    }
+
+    /// Forgets the keys of route `id` (and, with `remove`, the route).
+    fn forget(&mut self, id: &RouteId, remove: bool) {
+        let keys = match self.entries.get_mut(id) {
+            Some(e) => std::mem::take(&mut e.keys),
+            None => return,
+        };
+        for k in keys {
+            if let Some(ids) = self.by_key.get_mut(&k) {
+                ids.remove(id);
+                if ids.is_empty() {
+                    self.by_key.remove(&k);
+                }
+            }
+        }
+        if remove && let Some(e) = self.entries.remove(id) {
+            self.by_object.remove(&e.object.address());
+        }
     }
 
     /// Forgets the last build (the next one must be [`Incremental::full`]).
@@ -419,19 +542,15 @@ impl Incremental {
         if self.contested {
             return Err(super::NeedFull("an upstream protocol is contested by a Gateway route"));
         }
-        let mut changed: rustc_hash::FxHashSet<(&'static str, String)> = rustc_hash::FxHashSet::default();
-        // The changed routes' objects, by address.
-        let mut changed_at: rustc_hash::FxHashSet<usize> = rustc_hash::FxHashSet::default();
-        let mut present = Vec::with_capacity(self.entries.len());
+        let mut again: rustc_hash::FxHashSet<RouteId> = rustc_hash::FxHashSet::default();
+        let mut again_at: rustc_hash::FxHashSet<usize> = rustc_hash::FxHashSet::default();
+        let mut changed = Vec::new();
+        let mut renewed = rustc_hash::FxHashMap::default();
+        // Routes of the stores with an entry.
         let mut seen = 0;
-        for (id, generation, object, route) in all_routes(objs) {
-            let same = self
-                .entries
-                .get(&id)
-                .is_some_and(|e| e.generation == generation && (generation.is_some() || e.object == object));
-            if same {
-                seen += 1;
-            }
+        for o in objects_of(objs) {
+            let route = o.route();
+            let at = std::ptr::from_ref(route.meta()) as usize;
             let uses = || {
                 let (ns, _) = ns_name(route.meta());
                 route.backend_refs().iter().any(|b| {
@@ -439,43 +558,83 @@ impl Incremental {
                     services.iter().any(|(n, s)| n == bns && *s == b.name)
                 })
             };
-            let at = std::ptr::from_ref(route.meta()) as usize;
-            if !same || (!services.is_empty() && uses()) {
-                changed.insert(id.clone());
-                changed_at.insert(at);
+            // The same object as recorded: unchanged (no key built).
+            if let Some(id) = self.by_object.get(&o.address()) {
+                seen += 1;
+                if !services.is_empty() && uses() {
+                    again.insert(id.clone());
+                    again_at.insert(at);
+                }
+                continue;
             }
-            present.push((id, generation, object, at));
-        }
-        let mut dirty: rustc_hash::FxHashSet<Key> = rustc_hash::FxHashSet::default();
-        if seen != self.entries.len() || !changed.is_empty() {
-            // Gone ones (and the previous version of changed ones) keep their old keys.
-            let now: rustc_hash::FxHashSet<&(&'static str, String)> = present.iter().map(|p| &p.0).collect();
-            for (id, e) in &self.entries {
-                if changed.contains(id) || !now.contains(id) {
-                    dirty.extend(e.keys.iter().cloned());
+            let id = (route.kind(), route.key());
+            let generation = route.meta().generation;
+            match self.entries.get(&id) {
+                // A new object with the generation recorded: its status or metadata changed.
+                Some(e) if generation.is_some() && e.generation == generation => {
+                    seen += 1;
+                    if !services.is_empty() && uses() {
+                        again.insert(id.clone());
+                        again_at.insert(at);
+                    }
+                    renewed.insert(id, o.owned());
+                }
+                e => {
+                    seen += usize::from(e.is_some());
+                    again.insert(id.clone());
+                    again_at.insert(at);
+                    changed.push((id, generation, o.owned()));
                 }
             }
+        }
+        // Gone routes: looked for only when some entry was not seen.
+        let mut gone = Vec::new();
+        if seen != self.entries.len() {
+            let now: rustc_hash::FxHashSet<usize> = objects_of(objs).map(ObjectRef::address).collect();
+            let found: rustc_hash::FxHashSet<&RouteId> = changed.iter().map(|c| &c.0).chain(renewed.keys()).collect();
+            gone = self
+                .entries
+                .iter()
+                .filter(|(id, e)| !now.contains(&e.object.address()) && !found.contains(id))
+                .map(|(id, _)| id.clone())
+                .collect();
+        }
+        // The old keys of the changed and gone routes, and the new keys of the changed ones.
+        let mut dirty: rustc_hash::FxHashSet<Key> = rustc_hash::FxHashSet::default();
+        for id in again.iter().chain(&gone) {
+            if let Some(e) = self.entries.get(id) {
+                dirty.extend(e.keys.iter().cloned());
+            }
+        }
+        if !again_at.is_empty() {
             for a in attached {
-                if changed_at.contains(&(std::ptr::from_ref(a.route.meta()) as usize)) {
+                if again_at.contains(&(std::ptr::from_ref(a.route.meta()) as usize)) {
                     dirty.extend(keys_of(a));
                 }
             }
         }
-        let mut again = changed;
-        if !dirty.is_empty() {
-            for (id, e) in &self.entries {
-                if e.keys.iter().any(|k| dirty.contains(k)) {
-                    again.insert(id.clone());
+        // Every route with rules under a dirty key is translated again there.
+        for k in &dirty {
+            for id in self.by_key.get(k).into_iter().flatten() {
+                if again.insert(id.clone())
+                    && let Some(e) = self.entries.get(id)
+                {
+                    // Its current object: recorded, or renewed below.
+                    let object = renewed.get(id).unwrap_or(&e.object);
+                    again_at.insert(object.meta_address());
                 }
             }
         }
-        let again_at = present.iter().filter(|p| again.contains(&p.0)).map(|p| p.3).collect();
-        // Gone routes are dropped by `update`; they translate nothing.
+        for id in &gone {
+            again.remove(id);
+        }
         Ok(Plan {
             dirty,
             again,
             again_at,
-            present,
+            changed,
+            renewed,
+            gone,
         })
     }
 
@@ -495,28 +654,40 @@ impl Incremental {
         for k in &plan.dirty {
             builder.gateway_remove(&k.addresses, k.port, k.listener.as_deref(), k.host.as_deref());
         }
-        // The entries as the stores now are: new routes added, gone ones dropped, changed ones'
-        // keys, warnings and refusals taken again below.
-        let mut entries = std::mem::take(&mut self.entries);
-        self.entries.reserve(plan.present.len());
-        for (id, generation, object, _) in plan.present {
-            let e = entries.remove(&id);
-            let changed = plan.again.contains(&id);
-            let e = match e {
-                Some(e) if !changed => e,
-                e => Entry {
+        // The entries as the stores now are: gone ones dropped, new objects recorded, the
+        // keys, warnings and refusals of the routes translated again taken again below.
+        for id in &plan.gone {
+            self.forget(id, true);
+        }
+        for (id, object) in plan.renewed {
+            if let Some(e) = self.entries.get_mut(&id) {
+                self.by_object.remove(&e.object.address());
+                self.by_object.insert(object.address(), id);
+                e.object = object;
+            }
+        }
+        for id in &plan.again {
+            self.forget(id, false);
+            if let Some(e) = self.entries.get_mut(id) {
+                e.warnings = Warnings::new();
+                e.refusal = None;
+            }
+        }
+        for (id, generation, object) in plan.changed {
+            if let Some(e) = self.entries.get(&id) {
+                self.by_object.remove(&e.object.address());
+            }
+            self.by_object.insert(object.address(), id.clone());
+            self.entries.insert(
+                id,
+                Entry {
                     generation,
                     object,
-                    keys: if changed {
-                        Vec::new()
-                    } else {
-                        e.map(|e| e.keys).unwrap_or_default()
-                    },
+                    keys: Vec::new(),
                     warnings: Warnings::new(),
                     refusal: None,
                 },
-            };
-            self.entries.insert(id, e);
+            );
         }
         let again: Vec<&Attached<'a>> = if plan.again_at.is_empty() {
             Vec::new()
@@ -527,9 +698,8 @@ impl Incremental {
                 .collect()
         };
         for a in &again {
-            if let Some(e) = self.entries.get_mut(&(a.route.kind(), a.route.key())) {
-                e.keys.extend(keys_of(a));
-            }
+            let id = (a.route.kind(), a.route.key());
+            self.add_keys(&id, keys_of(a));
         }
         let mut refusals = Refusals::new();
         let outs = translate_routes(builder, spec, objs, again.into_iter(), Some(&plan.dirty), &mut refusals);

@@ -354,7 +354,12 @@ fn capture(stream: impl Read + Send + 'static, logs: &Arc<Logs>) -> std::thread:
 
 /// Waits for `listening on 127.0.0.1:PORT` and returns that address.
 fn wait_listening(child: &mut Child, logs: &Logs, readers: [std::thread::JoinHandle<()>; 2]) -> SocketAddr {
-    let deadline = Instant::now() + START_TIMEOUT;
+    // Benches starting with 10k objects on a loaded machine may need longer.
+    let timeout = std::env::var("KEDGE_START_TIMEOUT_S")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .map_or(START_TIMEOUT, Duration::from_secs);
+    let deadline = Instant::now() + timeout;
     let mut lines = logs.lines.lock().unwrap_or_else(|e| e.into_inner());
     loop {
         if let Some(addr) = lines.iter().find_map(|l| listening_addr(l)) {

@@ -169,9 +169,9 @@ fn served(a: &Attachment<'_>) -> Vec<(String, String, String, Vec<String>)> {
         .map(|r| {
             (
                 r.route.key(),
-                r.gateway.clone(),
+                r.gateway.to_string(),
                 r.listener.name.clone(),
-                r.hostnames.clone(),
+                r.hostnames.to_vec(),
             )
         })
         .collect()
@@ -422,7 +422,7 @@ fn binds_follow_addresses_and_publish_addresses() {
     let binds: Vec<(&str, Vec<IpAddr>)> = a
         .routes
         .iter()
-        .map(|r| (r.gateway.as_str(), r.bind.addresses.clone()))
+        .map(|r| (&*r.gateway, r.bind.addresses.clone()))
         .collect();
     // The publish address 203.0.113.10 is on the host; edge.example.com is a name.
     assert_eq!(
@@ -910,4 +910,88 @@ fn reference_grants() {
         "Service",
         "s"
     ));
+}
+
+/// Everything an attachment decided, as text.
+fn dump(a: &Attachment<'_>) -> String {
+    let mut s = format!("{:?}\n", served(a));
+    for p in &a.parents {
+        s += &format!("parent {} {:?} {:?}\n", p.route.key(), p.parent_ref, p.conditions);
+    }
+    for g in &a.gateways {
+        s += &format!("gateway {:?} {:?}\n", g.conditions, g.listeners);
+    }
+    s += &format!("{:?}\n{:?}\n", a.listeners, a.warnings);
+    s
+}
+
+/// An update's attachment, which takes the unchanged routes' decisions from the last build,
+/// equals one decided from nothing: after a route change, a Service change (named as changed),
+/// and changes that every decision depends on (a Namespace's labels, a ReferenceGrant, a
+/// Gateway), which decide every route again.
+#[test]
+fn kept_decisions_equal_decisions_from_nothing() {
+    let mut w = World::new();
+    w.add(gateway(
+        "edge",
+        "kedge",
+        json!([
+            {"name": "selected", "port": 80, "protocol": "HTTP", "hostname": "*.example.com",
+             "allowedRoutes": {"namespaces": {"from": "Selector", "selector": {"matchLabels": {"team": "a"}}}}},
+            http_listener("all", 80),
+        ]),
+    ));
+    w.add(json!({"kind": "Namespace", "metadata": {"name": "a", "labels": {"team": "a"}}}))
+        .add(json!({"kind": "Namespace", "metadata": {"name": "b", "labels": {"team": "b"}}}));
+    w.add(service("a", "web")).add(service("b", "web"));
+    for (ns, name, host) in [("a", "one", "one.example.com"), ("b", "two", "two.example.com")] {
+        w.add(route(
+            ns,
+            name,
+            json!([{"name": "edge", "namespace": "infra"}]),
+            json!([host]),
+        ));
+    }
+    // A reference into namespace b, without a grant yet.
+    w.add(
+        json!({"kind": "HTTPRoute", "metadata": {"name": "cross", "namespace": "a"},
+                 "spec": {"parentRefs": [{"name": "edge", "namespace": "infra", "sectionName": "selected"}],
+                          "rules": [{"backendRefs": [{"name": "web", "namespace": "b", "port": 80}]}]}}),
+    );
+    let mut cache = RouteCache::default();
+    let first = attach_with(&w.objects(), &settings(), &listeners(), &mut cache, None);
+    assert_eq!(dump(&first), dump(&w.attach()));
+    drop(first);
+    assert_eq!(cache.len(), 3);
+    let none = BTreeSet::new();
+    let step = |w: &World, cache: &mut RouteCache, changed: &BTreeSet<(String, String)>, what: &str| {
+        let kept = attach_with(&w.objects(), &settings(), &listeners(), cache, Some(changed));
+        assert_eq!(dump(&kept), dump(&w.attach()), "after {what}");
+        dump(&kept)
+    };
+    // A route changes: it moves to another hostname.
+    w.http[0] = from(route(
+        "a",
+        "one",
+        json!([{"name": "edge", "namespace": "infra"}]),
+        json!(["uno.example.com"]),
+    ));
+    assert!(step(&w, &mut cache, &none, "a route change").contains("uno.example.com"));
+    // Service b/web loses port 80: route two's and cross's backend no longer resolves.
+    w.services[1] = from(json!({"kind": "Service", "metadata": {"name": "web", "namespace": "b"},
+                                "spec": {"ports": [{"name": "http", "port": 81}]}}));
+    let changed = BTreeSet::from([("b".to_owned(), "web".to_owned())]);
+    assert!(step(&w, &mut cache, &changed, "a Service change").contains("has no port 80"));
+    // Namespace b joins team a: route two attaches to listener selected too.
+    w.namespaces[1] = from(json!({"kind": "Namespace", "metadata": {"name": "b", "labels": {"team": "a"}}}));
+    step(&w, &mut cache, &none, "a Namespace change");
+    // A grant lets route cross refer to b/web (still without port 80).
+    w.grants.push(grant("b", "a", None));
+    assert!(!step(&w, &mut cache, &none, "a ReferenceGrant").contains("RefNotPermitted"));
+    // The Gateway loses listener selected.
+    w.gateways[0] = from(gateway("edge", "kedge", json!([http_listener("all", 80)])));
+    step(&w, &mut cache, &none, "a Gateway change");
+    // Routes deleted.
+    w.http.truncate(1);
+    step(&w, &mut cache, &none, "routes deleted");
 }

@@ -25,7 +25,7 @@ use serde_json::json;
 use super::Incremental;
 use crate::config::ListenerSpec;
 use crate::control::gateway_types::{Gateway, GatewayClass, GrpcRoute, HttpRoute, ReferenceGrant};
-use crate::control::translate::gateway::{GatewaySettings, attach};
+use crate::control::translate::gateway::{GatewaySettings, RouteCache, attach_with};
 use crate::control::translate::ingress::tests::{OURS, class, obj, ready_slice, service, spec};
 use crate::control::translate::{Incremental as Ingresses, Objects};
 use crate::routes::{RouteTable, TableBuilder};
@@ -221,6 +221,7 @@ struct Cluster {
 struct State {
     ingresses: Ingresses,
     routes: Incremental,
+    attached: RouteCache,
 }
 
 fn flat<T>(v: &[Option<Arc<T>>]) -> Vec<Arc<T>> {
@@ -336,9 +337,39 @@ impl Cluster {
                 let plan = state.ingresses.plan(&spec, objs, services).ok()?;
                 let mut b = TableBuilder::update(prev, plan.hosts.iter().map(|h| h.as_deref()));
                 let out = state.ingresses.update(&mut b, &spec, objs, &plan);
-                let mut attachment = attach(objs, &settings(), &listeners());
+                let mut attachment = attach_with(objs, &settings(), &listeners(), &mut state.attached, Some(services));
                 let routes = match state.routes.plan(objs, &attachment.routes, services) {
-                    Ok(p) => state.routes.update(&mut b, &spec, objs, &attachment.routes, p),
+                    Ok(p) => {
+                        // As the cluster does: only the Services the plan names, with their
+                        // slices.
+                        let wanted = p.services(&attachment.routes);
+                        let named = |ns: Option<&String>, name: Option<&str>| {
+                            wanted.iter().any(|(n, s)| Some(n) == ns && Some(s.as_str()) == name)
+                        };
+                        let services: Vec<_> = objs
+                            .services
+                            .iter()
+                            .filter(|s| named(s.metadata.namespace.as_ref(), s.metadata.name.as_deref()))
+                            .cloned()
+                            .collect();
+                        let slices: Vec<_> = objs
+                            .slices
+                            .iter()
+                            .filter(|s| {
+                                named(
+                                    s.metadata.namespace.as_ref(),
+                                    crate::control::translate::slice_service(s),
+                                )
+                            })
+                            .cloned()
+                            .collect();
+                        let objs = Objects {
+                            services: &services,
+                            slices: &slices,
+                            ..*objs
+                        };
+                        state.routes.update(&mut b, &spec, &objs, &attachment.routes, p)
+                    }
                     Err(_) => {
                         state.routes.clear();
                         return None;
@@ -354,7 +385,7 @@ impl Cluster {
         let (t, d) = self.with_objects(|objs| {
             let mut b = TableBuilder::default();
             let out = state.ingresses.full(&mut b, &spec, objs);
-            let mut attachment = attach(objs, &settings(), &listeners());
+            let mut attachment = attach_with(objs, &settings(), &listeners(), &mut state.attached, None);
             let routes = state.routes.full(&mut b, &spec, objs, &attachment.routes);
             attachment.refuse(&routes.refusals);
             let (t, d, _) = finish(b, out.warnings, &attachment, routes.warnings);

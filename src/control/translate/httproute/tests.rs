@@ -74,15 +74,15 @@ fn run(
     let attached: Vec<Attached<'_>> = routes
         .iter()
         .map(|r| Attached {
-            bind: Bind {
+            bind: Arc::new(Bind {
                 addresses: vec!["127.0.0.1".parse().unwrap()],
                 port: 80,
                 tls: false,
-            },
+            }),
             gateway: "infra/gw".into(),
             listener: &l,
             route: RouteRef::Http(r),
-            hostnames: r.spec.hostnames.clone(),
+            hostnames: r.spec.hostnames.clone().into(),
         })
         .collect();
     let mut b = TableBuilder::default();
@@ -380,15 +380,15 @@ fn grpc_routes_match_service_and_method_and_speak_http2() {
     };
     let l = listener(None);
     let attached = [Attached {
-        bind: Bind {
+        bind: Arc::new(Bind {
             addresses: Vec::new(),
             port: 80,
             tls: false,
-        },
+        }),
         gateway: "infra/gw".into(),
         listener: &l,
         route: RouteRef::Grpc(&r),
-        hostnames: Vec::new(),
+        hostnames: Arc::from([]),
     }];
     let mut b = TableBuilder::default();
     let out = translate(&mut b, &spec(), &objs, &attached);
