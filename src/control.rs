@@ -272,10 +272,18 @@ fn control_thread(
                         update_endpoints(&clusters, changes, &shared);
                         settle = Some(tokio::time::Instant::now() + SETTLE);
                     } else if updatable {
-                        // The hosts the change touches; a full build once changes are quiet.
+                        // The hosts the change touches; a full build once changes are quiet,
+                        // but not after Secrets alone: what they change (certificates, the
+                        // hosts of the Ingresses that read them) is all a build from nothing
+                        // would, and nothing else (endpoints, status) is behind.
+                        let secrets_only = changes.iter().all(|c| c.secrets_only() || c.is_empty());
                         let why = publish_with(&cfg, &clusters, (&mut tls, &local), &shared, &mut logged, "watch", Some(&changes));
                         admin.warnings(logged.iter().cloned().collect());
-                        settle = (why == "update").then(|| tokio::time::Instant::now() + SETTLE);
+                        if why != "update" {
+                            settle = None;
+                        } else if !secrets_only {
+                            settle = Some(tokio::time::Instant::now() + SETTLE);
+                        }
                     } else {
                         publish(&cfg, &clusters, (&mut tls, &local), &shared, &mut logged, "watch");
                         admin.warnings(logged.iter().cloned().collect());
@@ -456,7 +464,7 @@ fn start_update(
     let mut plans = Vec::new();
     for ((c, o), ch) in clusters.iter().zip(&objects).zip(changes) {
         let services: BTreeSet<(String, String)> = ch.services.union(&ch.service_objects).cloned().collect();
-        match c.plan_update(&o.view(), &services) {
+        match c.plan_update(&o.view(), &services, &ch.secrets) {
             Ok(p) => plans.push(p),
             Err(translate::NeedFull(why)) => {
                 tracing::debug!(cluster = c.config.name, "a build from nothing: {why}");

@@ -1124,6 +1124,31 @@ fn accept(
     Ok(attached)
 }
 
+/// The Secrets (namespace, name) the listeners of `gateways` (of any class) name in their
+/// `certificateRefs`.
+pub fn secrets_read(gateways: &[Arc<Gateway>]) -> impl Iterator<Item = (&str, &str)> + '_ {
+    gateways.iter().flat_map(|g| {
+        let (gw_ns, _) = ns_name(&g.metadata);
+        g.spec
+            .listeners
+            .iter()
+            .flat_map(|l| l.tls.iter().flat_map(|t| t.certificate_refs.iter()))
+            .map(move |r| (r.namespace.as_deref().unwrap_or(gw_ns), r.name.as_str()))
+    })
+}
+
+/// Whether a listener of `gateways` (of any class) selects route namespaces by label: only
+/// then does a Namespace change bear on the table.
+pub fn selects_namespaces(gateways: &[Arc<Gateway>]) -> bool {
+    gateways.iter().flat_map(|g| &g.spec.listeners).any(|l| {
+        l.allowed_routes
+            .as_ref()
+            .and_then(|a| a.namespaces.as_ref())
+            .and_then(|n| n.from.as_deref())
+            == Some("Selector")
+    })
+}
+
 /// Namespace name → its labels.
 type Labels<'a> = std::collections::HashMap<&'a str, Option<&'a BTreeMap<String, String>>>;
 
