@@ -12,8 +12,8 @@
 //! current one's rules and has new endpoints for the touched Services (resolved from the
 //! stores for those Services only: their EndpointSlices are found through the cluster's
 //! Service → EndpointSlices index, no store is copied), and a full rebuild once changes are
-//! quiet. Changes that touched only Ingresses, Gateway routes, Services and EndpointSlices get
-//! an update: the hosts of the Ingresses they touch (and the Gateway hosts of the routes they
+//! quiet. Changes that touched only Ingresses, Gateway routes, Services, EndpointSlices and the
+//! Secrets Ingresses read get an update (a Secret or Namespace nothing reads, nothing at all): the hosts of the Ingresses they touch (and the Gateway hosts of the routes they
 //! touch) are translated again and every other host's rules are shared with the current table
 //! (`TableBuilder::update`, `translate::Incremental`, `httproute::Incremental`), unless only
 //! a build from nothing is exact (then it runs); a full rebuild follows once changes are quiet,
@@ -539,6 +539,9 @@ fn build(
             host_addresses: local.addresses.clone(),
         };
         let mut attachment = translate::gateway::attach(&objects.view(), &settings, &local.listeners);
+        // Routes attach only to programmed listeners (an HTTPS one needs a usable certificate):
+        // an update keeps the other routes' rules, so a change there needs a build from nothing.
+        routes_inexact |= c.programmed_changed(&attachment) && updating;
         // The attached routes' rules, in their scopes (in an update, those the changes touch);
         // what they refuse reaches their status.
         let services = update.filter(|_| updating).and_then(|(_, ch)| ch.get(i)).map(|ch| {

@@ -63,6 +63,8 @@ pub struct Cluster {
     /// What the table took from the Nodes at the last build or Node change, to tell a Node
     /// change that bears on NodePort endpoints from one that does not.
     node_use: Mutex<Option<NodeUse>>,
+    /// Which Gateway listeners the last build programmed ([`Attachment::programmed`]).
+    programmed: Mutex<Vec<(String, String, String, bool)>>,
 }
 
 impl Cluster {
@@ -122,6 +124,7 @@ impl Cluster {
             routes: Mutex::default(),
             slice_index: Mutex::default(),
             node_use: Mutex::default(),
+            programmed: Mutex::default(),
         })
     }
 
@@ -207,11 +210,11 @@ impl Cluster {
     /// Secrets or Namespaces changed. A Namespace's labels matter only to Gateway listeners
     /// that select route namespaces by label (then a build from nothing; else nothing). A
     /// Secret matters only if an Ingress or a Gateway listener names it: one that none does is
-    /// dropped (nothing to build); one a Gateway listener names builds from nothing (whether
-    /// the listener is programmed, so where routes attach, depends on it); one only Ingresses
-    /// read is left for the update (see `translate::Incremental::plan`). Found by a pass over
-    /// the Ingress and Gateway stores, no object copied. A build from nothing while the
-    /// cluster does not serve live stores.
+    /// dropped (nothing to build); the others are left for the update (see
+    /// `translate::Incremental::plan`; a Gateway listener's certificate is read again by the
+    /// attachment every update makes, which builds from nothing if the listeners programmed
+    /// change). Found by a pass over the Ingress and Gateway stores, no object copied. A build
+    /// from nothing while the cluster does not serve live stores.
     fn secret_changes(&self, changes: &mut Changes) {
         if changes.full {
             return;
@@ -230,12 +233,9 @@ impl Cluster {
         }
         let changed: rustc_hash::FxHashSet<(&str, &str)> =
             changes.secrets.iter().map(|(n, s)| (n.as_str(), s.as_str())).collect();
-        if translate::gateway::secrets_read(&gateways).any(|r| changed.contains(&r)) {
-            changes.full = true;
-            return;
-        }
         let ingresses = self.stores.all_ingresses();
         let read: std::collections::BTreeSet<(String, String)> = translate::secrets_read(&ingresses)
+            .chain(translate::gateway::secrets_read(&gateways))
             .filter(|r| changed.contains(r))
             .map(|(n, s)| (n.to_owned(), s.to_owned()))
             .collect();
@@ -269,6 +269,16 @@ impl Cluster {
         changes
             .services
             .extend(translate::node_port_services(&self.spec, &services));
+    }
+
+    /// Records which Gateway listeners this build programs; `true` when that changed since the
+    /// last build (then where routes attach may have too: an update is not exact).
+    pub fn programmed_changed(&self, attachment: &Attachment<'_>) -> bool {
+        let now = attachment.programmed();
+        let mut last = lock(&self.programmed);
+        let changed = *last != now;
+        *last = now;
+        changed
     }
 
     /// Resolves once every watch has completed its first full list.

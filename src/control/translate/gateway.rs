@@ -246,6 +246,23 @@ pub struct Refusal {
 }
 
 impl Attachment<'_> {
+    /// Which listeners of kedge's Gateways are programmed, by Gateway (namespace, name) and
+    /// listener name, in order. Routes attach only to programmed listeners, and an HTTPS
+    /// listener is programmed only with a usable certificate: after a certificate change, the
+    /// routes attach as before when this is unchanged.
+    pub fn programmed(&self) -> Vec<(String, String, String, bool)> {
+        self.gateways
+            .iter()
+            .flat_map(|g| {
+                let (ns, name) = ns_name(&g.gateway.metadata);
+                g.listeners.iter().map(move |l| {
+                    let on = l.conditions.iter().any(|c| c.type_ == "Programmed" && c.status);
+                    (ns.to_owned(), name.to_owned(), l.name.clone(), on)
+                })
+            })
+            .collect()
+    }
+
     /// Turns the `Accepted` condition of every parent entry of a route with refusals (an
     /// accepted one: a parent that refused the route keeps its reason) into `Accepted=False`
     /// with the refusal's reason. The rest of the route is still served; the message says so.
