@@ -361,7 +361,9 @@ fn build_with(spec: &ClusterSpec, stores: &Stores, update: Option<Update<'_>>) -
         Some((state, None, _)) => state.full(&mut builder, spec, &objects),
         // The Service changes rename a port: its Ingress is warned about.
         Some((state, Some((prev, index, slice_store)), services)) => {
-            let plan = state.plan(spec, &objects, services).expect("an update");
+            let plan = state
+                .plan(spec, &objects, services, &BTreeSet::new())
+                .expect("an update");
             let slices = slices_of(index, slice_store, &state.services(&plan));
             let objects = Objects {
                 slices: &slices,

@@ -31,12 +31,23 @@
 //! probe Ingress itself, its backend moved between Services `probe-0` (pod-0) and `probe-1`
 //! (pod-1): an update that rebuilds only the probe host.
 //!
+//! `secret-change` scenarios (`small`, `10k` with the same 10,000 others, none with TLS): kedge
+//! has a TLS listener and the probe Ingress a `tls` section naming Secret `probe-tls`; a sample
+//! rotates it (a new certificate for the probe host, from the same test CA) and then makes TLS
+//! handshakes on fresh connections until 16 in a row get the new certificate (first / all as
+//! above). `secret-unread` scenarios: a sample applies an Opaque Secret nothing reads (a new one
+//! each time) and waits until kedge logs that its watch saw it (first = all = that wait); what
+//! matters there is the control thread's CPU.
+//!
+//! Every scenario also reports the CPU time kedge's control thread (`kedge-control`) used
+//! during the samples, per sample (from `/proc/PID/task/TID/schedstat`), 300 ms after the last.
+//!
 //! Gateway API scenarios (`gw`): the probe host is an HTTPRoute of Gateway `default/edge`, whose
 //! HTTP listener is kedge's own port (applied once kedge listens), and the 10,000 others are
 //! HTTPRoutes attached to it. `gw-endpoints` changes the EndpointSlice behind the probe route, as
 //! above; `gw-route` changes the probe HTTPRoute itself: its backendRef moves between Services
-//! `probe-0` (pod-0) and `probe-1` (pod-1), a change that is not endpoints-only, so every sample
-//! is a full rebuild.
+//! `probe-0` (pod-0) and `probe-1` (pod-1), a change that is not endpoints-only: an update of
+//! the routes it touches.
 
 #[allow(dead_code, unused_imports, unused_macros)]
 #[path = "../tests/it/support/mod.rs"]
@@ -160,6 +171,39 @@ enum Change {
     Route,
     /// The probe Ingress's backend moves to the other pod's Service (an update of its host).
     Ingress,
+    /// The probe host's certificate (Secret `probe-tls`) is replaced by a new one.
+    Certificate,
+    /// An Opaque Secret nothing reads is applied (a new one per sample).
+    Unread,
+}
+
+/// The TLS side of the `secret-*` scenarios: the CA the probe host's certificates come from.
+struct Tls {
+    ca: support::tls::TestCa,
+    client: Arc<rustls::ClientConfig>,
+}
+
+/// The certificate a TLS handshake for the probe host gets.
+fn handshake(addr: SocketAddr, client: &Arc<rustls::ClientConfig>) -> Vec<u8> {
+    Client::connect_tls(addr, Arc::clone(client), HOST).peer_leaf().to_vec()
+}
+
+/// Nanoseconds of CPU the thread named `name` of process `pid` has used (`schedstat`'s first
+/// field).
+fn thread_cpu_ns(pid: u32, name: &str) -> u64 {
+    let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).expect("/proc/PID/task");
+    for t in tasks.flatten() {
+        let comm = std::fs::read_to_string(t.path().join("comm")).unwrap_or_default();
+        if comm.trim() == name {
+            let stat = std::fs::read_to_string(t.path().join("schedstat")).expect("schedstat");
+            return stat
+                .split_whitespace()
+                .next()
+                .and_then(|v| v.parse().ok())
+                .expect("a number");
+        }
+    }
+    panic!("no thread {name} in process {pid}");
 }
 
 /// The routes the scenario's hosts are: Ingresses or HTTPRoutes.
@@ -170,20 +214,45 @@ enum Kind {
 }
 
 /// One change: apply, then probe until `RUN` in a row reach `want`. (first, all) after the apply.
-fn sample(api: &FakeApi, kedge: &Kedge, port: u16, want: usize, change: Change) -> (Duration, Duration) {
+/// Sample `s` of a `secret-*` scenario (`tls`): a new certificate, or a new Secret nothing reads.
+fn sample(
+    api: &FakeApi,
+    kedge: &Kedge,
+    port: u16,
+    (want, s): (usize, usize),
+    change: Change,
+    tls: Option<&Tls>,
+) -> (Duration, Duration) {
     let ip = format!("127.0.0.{}", want + 1);
     let svc = format!("probe-{want}");
     let want = format!("pod-{want}");
+    // Made before the clock starts.
+    let leaf = (change == Change::Certificate).then(|| tls.expect("TLS").ca.leaf(&[HOST]));
+    let unread = format!("unread-{s}");
     let t0 = Instant::now();
     match change {
         Change::Endpoints => api.apply("endpointslices", slice("default", "probe", port, &[ip])),
         Change::Route => api.apply("httproutes", http_route("default", "probe", HOST, &svc)),
         Change::Ingress => api.apply("ingresses", ingress("default", "probe", HOST, &svc)),
+        Change::Certificate => api.apply("secrets", leaf.as_ref().expect("a leaf").secret("default", "probe-tls")),
+        Change::Unread => api.apply(
+            "secrets",
+            json!({"apiVersion": "v1", "kind": "Secret", "type": "Opaque",
+                   "metadata": {"name": unread, "namespace": "default"}, "data": {"key": "dmFsdWU="}}),
+        ),
     };
+    if change == Change::Unread {
+        kedge.wait_log(&format!("object=\"default/{unread}\""), Duration::from_secs(30));
+        return (t0.elapsed(), t0.elapsed());
+    }
     let (mut first, mut run_start, mut in_row) = (None, Duration::ZERO, 0);
     while in_row < RUN {
         let sent = t0.elapsed();
-        if probe(kedge.addr()) == want {
+        let now = match (&leaf, tls) {
+            (Some(leaf), Some(tls)) => handshake(kedge.tls_addr(), &tls.client) == leaf.der.to_vec(),
+            _ => probe(kedge.addr()) == want,
+        };
+        if now {
             first.get_or_insert(sent);
             if in_row == 0 {
                 run_start = sent;
@@ -231,12 +300,22 @@ struct Outcome {
     all: Vec<Duration>,
     build_ms: Vec<f64>,
     load: (usize, usize),
+    /// CPU of kedge's control thread per sample.
+    control_cpu: Duration,
     notes: Vec<String>,
 }
 
 fn scenario(name: &'static str, extra: usize, samples: usize, kind: Kind, change: Change) -> Outcome {
     let (pods, port) = Upstream::pods("pod", 2);
     let api = FakeApi::start();
+    let tls = matches!(change, Change::Certificate | Change::Unread).then(|| {
+        let ca = support::tls::TestCa::new();
+        let client = ca.client();
+        Tls { ca, client }
+    });
+    if let Some(tls) = &tls {
+        api.apply("secrets", tls.ca.leaf(&[HOST]).secret("default", "probe-tls"));
+    }
     api.apply(
         "ingressclasses",
         json!({"apiVersion": "networking.k8s.io/v1", "kind": "IngressClass",
@@ -264,7 +343,13 @@ fn scenario(name: &'static str, extra: usize, samples: usize, kind: Kind, change
         );
         api.apply("httproutes", http_route("default", "probe", HOST, "probe"));
     } else {
-        api.apply("ingresses", ingress("default", "probe", HOST, "probe"));
+        let mut probe = ingress("default", "probe", HOST, "probe");
+        if tls.is_some() {
+            probe["spec"]["tls"] = json!([{"hosts": [HOST], "secretName": "probe-tls"}]);
+            // The load and the probe stay on plain HTTP.
+            probe["metadata"]["annotations"] = json!({"nginx.ingress.kubernetes.io/ssl-redirect": "false"});
+        }
+        api.apply("ingresses", probe);
     }
     for i in 0..extra {
         let (ns, name) = (format!("ns-{}", i % 100), format!("app-{i}"));
@@ -287,7 +372,11 @@ fn scenario(name: &'static str, extra: usize, samples: usize, kind: Kind, change
     let kubeconfig = dir.path().join("kubeconfig");
     api.write_kubeconfig(&kubeconfig);
     let spawned = Instant::now();
-    let kedge = Kedge::setup(Driver::IoUring).workers(2).start(&format!(
+    let mut setup = Kedge::setup(Driver::IoUring).workers(2);
+    if tls.is_some() {
+        setup = setup.tls();
+    }
+    let kedge = setup.start(&format!(
         "[log]\naccess_log = false\n\n[[cluster]]\nname = \"bench\"\nkubeconfig = \"{}\"\nsync_timeout = \"60s\"\n",
         kubeconfig.display()
     ));
@@ -332,21 +421,28 @@ fn scenario(name: &'static str, extra: usize, samples: usize, kind: Kind, change
     }
     assert_eq!(probe(kedge.addr()), "pod-0");
     let builds_before = logged(&kedge, "route table published", "build_ms").len();
-    let control_before = control_cpu(kedge.pid());
 
     let load = Load::start(kedge.addr(), 2);
     let (mut first, mut all) = (Vec::new(), Vec::new());
+    let mut cpu_before = 0;
     // One warm-up sample (not counted), then the measured ones, alternating pods.
     for s in 0..=samples {
         std::thread::sleep(Duration::from_millis(50));
-        let (f, a) = sample(&api, &kedge, port, (s + 1) % 2, change);
+        if s == 1 {
+            // After the warm-up sample's work (and its debounce) is done.
+            cpu_before = thread_cpu_ns(kedge.pid(), "kedge-control");
+        }
+        let (f, a) = sample(&api, &kedge, port, ((s + 1) % 2, s), change, tls.as_ref());
         if s > 0 {
             first.push(f);
             all.push(a);
         }
     }
+    // What the last sample set off (a debounced build, a change that builds nothing) is done.
+    std::thread::sleep(Duration::from_millis(300));
+    let control_cpu =
+        Duration::from_nanos((thread_cpu_ns(kedge.pid(), "kedge-control") - cpu_before) / samples.max(1) as u64);
     let load = load.finish();
-    let control = control_cpu(kedge.pid()).zip(control_before).map(|(a, b)| a - b);
     let build_ms = logged(&kedge, "route table published", "build_ms")[builds_before..].to_vec();
     // What the builds during the samples were (a full rebuild there delays the sample it meets).
     let mut why = std::collections::BTreeMap::<String, usize>::new();
@@ -364,14 +460,6 @@ fn scenario(name: &'static str, extra: usize, samples: usize, kind: Kind, change
         *why.entry(w.trim_matches('"').to_owned()).or_default() += 1;
     }
     notes.push(format!("builds during the samples, by why: {why:?}"));
-    if let Some(ms) = control {
-        // Everything the control thread did meanwhile: builds, status views, the status writes
-        // and the wake-ups their watch events cause.
-        notes.push(format!(
-            "kedge control thread CPU during the samples: {ms:.0} ms ({:.1} ms per sample)",
-            ms / (samples + 1) as f64
-        ));
-    }
     // What came just before each full build during the samples (the log lines of object
     // changes, watch restarts and state changes; the endpoint changes are logged at debug).
     let logs = kedge.logs();
@@ -406,30 +494,9 @@ fn scenario(name: &'static str, extra: usize, samples: usize, kind: Kind, change
         all,
         build_ms,
         load,
+        control_cpu,
         notes,
     }
-}
-
-/// CPU time (user + system, ms) of kedge's control thread so far, from `/proc`.
-fn control_cpu(pid: u32) -> Option<f64> {
-    let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).ok()?;
-    for t in tasks.flatten() {
-        let comm = std::fs::read_to_string(t.path().join("comm")).unwrap_or_default();
-        if comm.trim() != "kedge-control" {
-            continue;
-        }
-        let stat = std::fs::read_to_string(t.path().join("stat")).ok()?;
-        // The fields after the command name (which is in parentheses): utime and stime are
-        // the 14th and 15th of the line.
-        let rest = &stat[stat.rfind(')')? + 2..];
-        let f: Vec<&str> = rest.split_whitespace().collect();
-        let ticks: f64 = f.get(11)?.parse::<f64>().ok()? + f.get(12)?.parse::<f64>().ok()?;
-        // SAFETY: sysconf has no preconditions.
-        #[allow(unsafe_code)]
-        let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
-        return Some(ticks * 1000.0 / hz);
-    }
-    None
 }
 
 fn main() {
@@ -475,6 +542,27 @@ fn main() {
             Kind::Gateway,
             Change::Route,
         ),
+        (
+            "secret-change small: 1 Ingress with TLS",
+            0,
+            40,
+            Kind::Ingress,
+            Change::Certificate,
+        ),
+        (
+            "secret-change 10k: 10,001 Ingresses, 50k endpoints",
+            10_000,
+            30,
+            Kind::Ingress,
+            Change::Certificate,
+        ),
+        (
+            "secret-unread 10k: 10,001 Ingresses, 50k endpoints",
+            10_000,
+            30,
+            Kind::Ingress,
+            Change::Unread,
+        ),
     ];
     for (name, extra, samples, kind, change) in scenarios {
         if wanted(name) {
@@ -484,10 +572,10 @@ fn main() {
     }
 
     println!(
-        "| scenario | samples | first: p50 / p99 / max ms | all: p50 / p99 / max ms | kedge build_ms p50 / max | load \
-         requests (failed) |"
+        "| scenario | samples | first: p50 / p99 / max ms | all: p50 / p99 / max ms | kedge build_ms p50 / max | control \
+         thread CPU ms per sample | load requests (failed) |"
     );
-    println!("|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|");
     for r in &results {
         let mut b = r.build_ms.clone();
         b.sort_by(f64::total_cmp);
@@ -497,7 +585,7 @@ fn main() {
             (b[b.len() / 2], b[b.len() - 1])
         };
         println!(
-            "| {} | {} | {} / {} / {} | {} / {} / {} | {:.2} / {:.2} | {} ({}) |",
+            "| {} | {} | {} / {} / {} | {} / {} / {} | {:.2} / {:.2} | {:.2} | {} ({}) |",
             r.name,
             r.samples,
             ms(pct(&r.first, 50.0)),
@@ -508,6 +596,7 @@ fn main() {
             ms(pct(&r.all, 100.0)),
             b50,
             bmax,
+            r.control_cpu.as_secs_f64() * 1e3,
             r.load.0,
             r.load.1,
         );

@@ -12,8 +12,8 @@
 //! current one's rules and has new endpoints for the touched Services (resolved from the
 //! stores for those Services only: their EndpointSlices are found through the cluster's
 //! Service → EndpointSlices index, no store is copied), and a full rebuild once changes are
-//! quiet. Changes that touched only Ingresses, Gateway routes, Services and EndpointSlices get
-//! an update: the hosts of the Ingresses they touch (and the Gateway hosts of the routes they
+//! quiet. Changes that touched only Ingresses, Gateway routes, Services, EndpointSlices and the
+//! Secrets Ingresses read get an update (a Secret or Namespace nothing reads, nothing at all): the hosts of the Ingresses they touch (and the Gateway hosts of the routes they
 //! touch) are translated again and every other host's rules are shared with the current table
 //! (`TableBuilder::update`, `translate::Incremental`, `httproute::Incremental`), unless only
 //! a build from nothing is exact (then it runs); a full rebuild follows once changes are quiet,
@@ -272,10 +272,18 @@ fn control_thread(
                         update_endpoints(&clusters, changes, &shared);
                         settle = Some(tokio::time::Instant::now() + SETTLE);
                     } else if updatable {
-                        // The hosts the change touches; a full build once changes are quiet.
+                        // The hosts the change touches; a full build once changes are quiet,
+                        // but not after Secrets alone: what they change (certificates, the
+                        // hosts of the Ingresses that read them) is all a build from nothing
+                        // would, and nothing else (endpoints, status) is behind.
+                        let secrets_only = changes.iter().all(|c| c.secrets_only() || c.is_empty());
                         let why = publish_with(&cfg, &clusters, (&mut tls, &local), &shared, &mut logged, "watch", Some(&changes));
                         admin.warnings(logged.iter().cloned().collect());
-                        settle = (why == "update").then(|| tokio::time::Instant::now() + SETTLE);
+                        if why != "update" {
+                            settle = None;
+                        } else if !secrets_only {
+                            settle = Some(tokio::time::Instant::now() + SETTLE);
+                        }
                     } else {
                         publish(&cfg, &clusters, (&mut tls, &local), &shared, &mut logged, "watch");
                         admin.warnings(logged.iter().cloned().collect());
@@ -456,7 +464,7 @@ fn start_update(
     let mut plans = Vec::new();
     for ((c, o), ch) in clusters.iter().zip(&objects).zip(changes) {
         let services: BTreeSet<(String, String)> = ch.services.union(&ch.service_objects).cloned().collect();
-        match c.plan_update(&o.view(), &services) {
+        match c.plan_update(&o.view(), &services, &ch.secrets) {
             Ok(p) => plans.push(p),
             Err(translate::NeedFull(why)) => {
                 tracing::debug!(cluster = c.config.name, "a build from nothing: {why}");
@@ -536,6 +544,9 @@ fn build(
             s
         });
         let mut attachment = c.attach(&objects.view(), &settings, &local.listeners, services.as_ref());
+        // Routes attach only to programmed listeners (an HTTPS one needs a usable certificate):
+        // an update keeps the other routes' rules, so a change there needs a build from nothing.
+        routes_inexact |= c.programmed_changed(&attachment) && updating;
         // The attached routes' rules, in their scopes (in an update, those the changes touch);
         // what they refuse reaches their status.
         let translated = c

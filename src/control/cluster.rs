@@ -65,6 +65,8 @@ pub struct Cluster {
     /// What the table took from the Nodes at the last build or Node change, to tell a Node
     /// change that bears on NodePort endpoints from one that does not.
     node_use: Mutex<Option<NodeUse>>,
+    /// Which Gateway listeners the last build programmed ([`Attachment::programmed`]).
+    programmed: Mutex<Vec<(String, String, String, bool)>>,
 }
 
 impl Cluster {
@@ -125,6 +127,7 @@ impl Cluster {
             attached: Mutex::default(),
             slice_index: Mutex::default(),
             node_use: Mutex::default(),
+            programmed: Mutex::default(),
         })
     }
 
@@ -218,24 +221,66 @@ impl Cluster {
         }
     }
 
-    /// The hosts an update after changes to the Ingresses and to `services` translates again.
+    /// The hosts an update after changes to the Ingresses, to `services` and to `secrets`
+    /// translates again.
     pub fn plan_update(
         &self,
         objects: &Objects<'_>,
         services: &std::collections::BTreeSet<(String, String)>,
+        secrets: &std::collections::BTreeSet<(String, String)>,
     ) -> Result<IngressPlan, NeedFull> {
         let mut state = self.ingresses.lock().unwrap_or_else(|e| e.into_inner());
-        state.plan(&self.spec, objects, services)
+        state.plan(&self.spec, objects, services, secrets)
     }
 
     /// Takes what changed since the last call, a Node change turned into what it bears on
-    /// ([`Changes::nodes`]).
+    /// ([`Changes::nodes`]), and Secret and Namespace changes too ([`Changes::secrets`],
+    /// [`Changes::namespaces`]).
     pub fn take_changes(&self) -> Changes {
         let mut changes = std::mem::take(&mut *lock(&self.changes));
         if std::mem::take(&mut changes.nodes) {
             self.node_changes(&mut changes);
         }
+        if !changes.secrets.is_empty() || changes.namespaces {
+            self.secret_changes(&mut changes);
+        }
         changes
+    }
+
+    /// Secrets or Namespaces changed. A Namespace's labels matter only to Gateway listeners
+    /// that select route namespaces by label (then a build from nothing; else nothing). A
+    /// Secret matters only if an Ingress or a Gateway listener names it: one that none does is
+    /// dropped (nothing to build); the others are left for the update (see
+    /// `translate::Incremental::plan`; a Gateway listener's certificate is read again by the
+    /// attachment every update makes, which builds from nothing if the listeners programmed
+    /// change). Found by a pass over the Ingress and Gateway stores, no object copied. A build
+    /// from nothing while the cluster does not serve live stores.
+    fn secret_changes(&self, changes: &mut Changes) {
+        if changes.full {
+            return;
+        }
+        if !self.synced() || self.lkg.serving_persisted() {
+            changes.full = true;
+            return;
+        }
+        let gateways = self.stores.all_gateways();
+        if std::mem::take(&mut changes.namespaces) && translate::gateway::selects_namespaces(&gateways) {
+            changes.full = true;
+            return;
+        }
+        if changes.secrets.is_empty() {
+            return;
+        }
+        let changed: rustc_hash::FxHashSet<(&str, &str)> =
+            changes.secrets.iter().map(|(n, s)| (n.as_str(), s.as_str())).collect();
+        let ingresses = self.stores.all_ingresses();
+        let read: std::collections::BTreeSet<(String, String)> = translate::secrets_read(&ingresses)
+            .chain(translate::gateway::secrets_read(&gateways))
+            .filter(|r| changed.contains(r))
+            .map(|(n, s)| (n.to_owned(), s.to_owned()))
+            .collect();
+        drop(changed);
+        changes.secrets = read;
     }
 
     /// A Node changed: the nodes that take NodePort traffic (Ready, schedulable, with an
@@ -264,6 +309,16 @@ impl Cluster {
         changes
             .services
             .extend(translate::node_port_services(&self.spec, &services));
+    }
+
+    /// Records which Gateway listeners this build programs; `true` when that changed since the
+    /// last build (then where routes attach may have too: an update is not exact).
+    pub fn programmed_changed(&self, attachment: &Attachment<'_>) -> bool {
+        let now = attachment.programmed();
+        let mut last = lock(&self.programmed);
+        let changed = *last != now;
+        *last = now;
+        changed
     }
 
     /// Resolves once every watch has completed its first full list.

@@ -48,8 +48,8 @@ use super::gateway_types::{Gateway, GatewayClass, GrpcRoute, HttpRoute, Referenc
 use super::health::Health;
 use super::translate::Objects;
 use super::watch::{
-    self, Changes, Touch, Watches, touches_all, touches_ingress, touches_node, touches_route, touches_service,
-    touches_service_object, touches_spec,
+    self, Changes, Touch, Watches, touches_all, touches_ingress, touches_namespace, touches_node, touches_route,
+    touches_secret, touches_service, touches_service_object, touches_spec,
 };
 
 /// Declares the kinds. Each entry:
@@ -306,19 +306,21 @@ kinds! {
         /// tokens, no Helm releases. Only the certificates are persisted (without them a restart
         /// during an outage would serve TLS hosts with the default certificate; the state file is
         /// 0600 in a directory of kedge's); the Opaque ones are never written to disk, so they are
-        /// absent while a cluster serves its persisted state.
+        /// absent while a cluster serves its persisted state. A change builds only what reads
+        /// the Secret, if anything (see `Cluster::take_changes`).
         secrets: Secret {
             resource: "secrets",
             field_selectors: ["type=kubernetes.io/tls", "type=Opaque"],
-            touch: touches_all,
+            touch: touches_secret,
             persist: is_certificate,
         },
         /// Namespace labels, for Gateway listeners' `allowedRoutes` namespace selectors. Watched
-        /// once, over the whole cluster, whatever `namespaces` the cluster names.
+        /// once, over the whole cluster, whatever `namespaces` the cluster names. A change
+        /// builds nothing unless such a selector exists.
         namespaces: Namespace {
             resource: "namespaces",
             field_selectors: [],
-            touch: touches_all,
+            touch: touches_namespace,
             persist: everything,
         },
     }
@@ -384,6 +386,22 @@ impl Stores {
     /// Every Node (for NodePort endpoints).
     pub fn nodes(&self) -> Vec<Arc<Node>> {
         self.nodes.iter().flat_map(Store::state).collect()
+    }
+
+    /// Every Ingress (to find those that read a changed Secret).
+    pub fn all_ingresses(&self) -> Vec<Arc<Ingress>> {
+        self.ingresses.iter().flat_map(Store::state).collect()
+    }
+
+    /// Every Gateway (none while the kind is not served), to find the listeners that read a
+    /// changed Secret or Namespace.
+    pub fn all_gateways(&self) -> Vec<Arc<Gateway>> {
+        self.gateways
+            .get()
+            .into_iter()
+            .flatten()
+            .flat_map(Store::state)
+            .collect()
     }
 }
 

@@ -31,7 +31,7 @@ mod ingress;
 pub mod static_routes;
 
 pub use backends::{NodeUse, SliceIndex, node_port_services, service_endpoints, slice_service, uses_node_ports};
-pub use ingress::{Incremental, NeedFull, Plan as IngressPlan, translate};
+pub use ingress::{Incremental, NeedFull, Plan as IngressPlan, secrets_read, translate};
 
 /// How one cluster's Ingresses become routes.
 #[derive(Debug, Clone)]

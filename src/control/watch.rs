@@ -55,12 +55,42 @@ pub struct Changes {
     /// (most often kedge's own status write coming back). The table does not depend on it; the
     /// status writers' next view does, so a full build follows once changes are quiet.
     pub status_only: bool,
+    /// Secrets (namespace, name) applied or deleted. [`Cluster::take_changes`](super::cluster::Cluster::take_changes)
+    /// keeps only those something reads (an Ingress's `tls`, `auth-secret` or
+    /// `proxy-ssl-secret`; a Gateway listener's `certificateRefs`, which build from nothing):
+    /// a Secret nothing reads builds nothing.
+    pub secrets: BTreeSet<(String, String)>,
+    /// A Namespace changed (applied or deleted): its labels matter only to Gateway listeners
+    /// that select route namespaces by label (then a build from nothing), which
+    /// [`Cluster::take_changes`](super::cluster::Cluster::take_changes) decides.
+    pub namespaces: bool,
 }
 
 impl Changes {
     /// Nothing but EndpointSlices changed.
     pub fn endpoints_only(&self) -> bool {
-        !self.full && !self.ingresses && !self.nodes && !self.routes && self.service_objects.is_empty()
+        !self.full
+            && !self.ingresses
+            && !self.nodes
+            && !self.routes
+            && self.service_objects.is_empty()
+            && self.secrets.is_empty()
+            && !self.namespaces
+    }
+
+    /// Only Secrets changed (after [`Cluster::take_changes`](super::cluster::Cluster::take_changes),
+    /// Secrets that Ingresses read): their update builds no host's rules again when only
+    /// certificates changed, and is exact without the full build once changes are quiet.
+    pub fn secrets_only(&self) -> bool {
+        !self.secrets.is_empty()
+            && !self.full
+            && !self.ingresses
+            && !self.nodes
+            && !self.routes
+            && !self.namespaces
+            && self.service_objects.is_empty()
+            && self.services.is_empty()
+            && self.slices.is_empty()
     }
 
     /// Nothing that bears on the table changed.
@@ -78,6 +108,8 @@ impl Changes {
         self.service_objects.extend(later.service_objects);
         self.slices.extend(later.slices);
         self.status_only |= later.status_only;
+        self.secrets.extend(later.secrets);
+        self.namespaces |= later.namespaces;
     }
 }
 
@@ -102,6 +134,10 @@ pub enum Touch {
     /// The same for an HTTPRoute or a GRPCRoute, whose changes get an update, not a full
     /// rebuild (as its deletion).
     Route,
+    /// This Secret (namespace, name).
+    Secret(String, String),
+    /// A Namespace.
+    Namespace,
 }
 
 /// For every kind but EndpointSlice: a change or a relist means a full rebuild.
@@ -174,6 +210,26 @@ pub fn touches_service_object(event: &Event<k8s_openapi::api::core::v1::Service>
             s.metadata.namespace.clone().unwrap_or_default(),
             s.metadata.name.clone().unwrap_or_default(),
         ),
+        other => touches_all(other),
+    }
+}
+
+/// A Secret change touches what reads it, if anything (a relist: everything).
+pub fn touches_secret(event: &Event<k8s_openapi::api::core::v1::Secret>) -> Touch {
+    match event {
+        Event::Apply(s) | Event::Delete(s) => Touch::Secret(
+            s.metadata.namespace.clone().unwrap_or_default(),
+            s.metadata.name.clone().unwrap_or_default(),
+        ),
+        other => touches_all(other),
+    }
+}
+
+/// A Namespace change touches the Gateway listeners that select namespaces by label, if any
+/// (a relist: everything).
+pub fn touches_namespace(event: &Event<k8s_openapi::api::core::v1::Namespace>) -> Touch {
+    match event {
+        Event::Apply(_) | Event::Delete(_) => Touch::Namespace,
         other => touches_all(other),
     }
 }
@@ -337,6 +393,14 @@ where
                             }
                             _ => changes.lock().unwrap_or_else(|e| e.into_inner()).full = true,
                         },
+                        Touch::Secret(ns, name) => {
+                            changes
+                                .lock()
+                                .unwrap_or_else(|e| e.into_inner())
+                                .secrets
+                                .insert((ns, name));
+                        }
+                        Touch::Namespace => changes.lock().unwrap_or_else(|e| e.into_inner()).namespaces = true,
                         Touch::ServiceObject(ns, svc) => {
                             changes
                                 .lock()

@@ -242,6 +242,83 @@ fn basic_auth_from_an_htpasswd_secret() {
     );
 }
 
+/// An `auth-secret` change takes effect as an update of the hosts of the Ingresses that read
+/// it (no build from nothing): a Secret created after its Ingress lets its users in, a user
+/// taken out of it is refused from then on, and its deletion refuses everyone.
+#[test]
+fn an_auth_secret_change_takes_effect_as_an_update() {
+    use base64::Engine as _;
+    let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s);
+    let users = |htpasswd: &str| {
+        json!({"apiVersion": "v1", "kind": "Secret", "type": "Opaque",
+               "metadata": {"name": "users", "namespace": "default"}, "data": {"auth": b64(htpasswd)}})
+    };
+    let up = Upstream::start("app", Handler::Echo);
+    let api = FakeApi::start();
+    api.apply("ingressclasses", ingress_class());
+    api.apply("services", service("app"));
+    api.apply("endpointslices", slice("app", up.addr().port(), &["127.0.0.1"]));
+    let n = "nginx.ingress.kubernetes.io/";
+    api.apply(
+        "ingresses",
+        annotated(
+            "private",
+            "/",
+            "app",
+            json!({format!("{n}auth-type"): "basic", format!("{n}auth-secret"): "users"}),
+        ),
+    );
+    api.apply("ingresses", annotated("public", "/", "app", json!({})));
+    let dir = TempDir::new("auth-update");
+    let kedge = Kedge::follow(&api, &dir, "");
+    let ask = |creds: &str| {
+        let mut c = Client::connect(kedge.addr());
+        c.send(
+            format!(
+                "GET / HTTP/1.1\r\nHost: private.example.com\r\nAuthorization: Basic {}\r\n\r\n",
+                b64(creds)
+            )
+            .as_bytes(),
+        );
+        c.read_response().status
+    };
+    let published = |why: &str| {
+        kedge
+            .logs()
+            .iter()
+            .filter(|l| l.contains("route table published") && l.contains(why))
+            .count()
+    };
+    // No Secret yet: everyone refused, with a warning.
+    assert_eq!(ask("ann:password"), 401);
+    kedge.wait_log("Secret default/users not found", Duration::from_secs(10));
+
+    // {SHA} of "password" for ann and bob.
+    let (ann, bob) = (
+        "ann:{SHA}W6ph5Mm5Pz8GgiULbPgzG37mj9g=\n",
+        "bob:{SHA}W6ph5Mm5Pz8GgiULbPgzG37mj9g=\n",
+    );
+    api.apply("secrets", users(&format!("{ann}{bob}")));
+    wait_until(Duration::from_secs(10), "the new Secret's users get in", || {
+        ask("bob:password") == 200
+    });
+    assert_eq!(ask("ann:password"), 200);
+    // (The line follows the table's publication.)
+    kedge.wait_logs("why=\"update\"", 1, Duration::from_secs(10));
+    // bob taken out.
+    api.apply("secrets", users(ann));
+    wait_until(Duration::from_secs(10), "bob is refused", || ask("bob:password") == 401);
+    assert_eq!(ask("ann:password"), 200);
+    // Gone: everyone refused.
+    api.delete("secrets", Some("default"), "users");
+    wait_until(Duration::from_secs(10), "ann is refused", || ask("ann:password") == 401);
+    kedge.wait_logs("why=\"update\"", 3, Duration::from_secs(10));
+    assert_eq!(published("why=\"watch\""), 0, "no build from nothing");
+    assert_eq!(published("why=\"update\""), 3);
+    // The other host was never touched.
+    assert_eq!(Client::connect(kedge.addr()).get("public.example.com", "/").status, 200);
+}
+
 #[test]
 fn connect_timeout_retry_budget_and_auth_map() {
     use base64::Engine as _;

@@ -776,6 +776,56 @@ fn on_a_gateways_address_its_certificate_beats_an_ingress_for_the_same_host() {
     );
 }
 
+/// A Gateway listener's certificate rotated is served after an update (no build from nothing:
+/// the listener stays programmed, the routes attach as before); deleted, the listener is no
+/// longer programmed, which a build from nothing decides.
+#[test]
+fn a_gateway_certificate_rotation_is_an_update() {
+    use crate::support::tls::TestCa;
+    let ca = TestCa::new();
+    let port = free_port_on_both();
+    let setup = Kedge::setup(Driver::default()).tables(&tls_on_both(port));
+    let w = World::start_with("gw-rotation", &["one"], setup);
+    let first = ca.leaf(&["rot.example.com"]);
+    w.api.apply("secrets", first.secret("default", "rot-tls"));
+    w.api.apply(
+        "gateways",
+        json!({"apiVersion": GW, "kind": "Gateway", "metadata": {"name": "edge", "namespace": "default"},
+               "spec": {"gatewayClassName": "kedge", "addresses": [{"type": "IPAddress", "value": "127.0.0.1"}],
+                        "listeners": [{"name": "https", "port": port, "protocol": "HTTPS",
+                                       "hostname": "rot.example.com",
+                                       "tls": {"certificateRefs": [{"name": "rot-tls"}]}}]}}),
+    );
+    w.api.apply(
+        "httproutes",
+        route("one", "edge", &["rot.example.com"], json!([{"backendRefs": to("one")}])),
+    );
+    let ask = || ask_tls(&ca, "127.0.0.1", port, "rot.example.com");
+    wait_until(WAIT, "the Gateway's certificate and route", || {
+        ask() == Some((first.der.clone(), 200, Some("one".into())))
+    });
+    let count = |why: &str| {
+        w.kedge
+            .logs()
+            .iter()
+            .filter(|l| l.contains("route table published") && l.contains(&format!("why=\"{why}\"")))
+            .count()
+    };
+    let (full, updates) = (count("watch"), count("update"));
+    let second = ca.leaf(&["rot.example.com"]);
+    w.api.apply("secrets", second.secret("default", "rot-tls"));
+    wait_until(WAIT, "the new certificate", || {
+        ask() == Some((second.der.clone(), 200, Some("one".into())))
+    });
+    // (The line follows the table's publication.)
+    w.kedge.wait_logs("why=\"update\"", updates + 1, WAIT);
+    assert_eq!(count("watch"), full, "no build from nothing");
+    // Gone: no usable certificate, the listener is not programmed.
+    w.api.delete("secrets", Some("default"), "rot-tls");
+    wait_until(WAIT, "no certificate for the name", || ask().is_none());
+    w.kedge.wait_logs("why=\"watch\"", full + 1, WAIT);
+}
+
 /// HTTPRouteRequestMultipleMirrors and HTTPRouteRequestPercentageMirror: every RequestMirror
 /// filter of a rule gets its own copy; `percent: 0` mirrors nothing, a `fraction` of 1/2 about
 /// half of the requests, none and `percent: 100` every one.

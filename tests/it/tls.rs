@@ -911,3 +911,80 @@ both_drivers!(
         }
     }
 );
+
+/// The route tables kedge published after the first `skip`, each line whole.
+fn published_since(kedge: &Kedge, skip: usize) -> Vec<String> {
+    let lines: Vec<String> = kedge
+        .logs()
+        .into_iter()
+        .filter(|l| l.contains("route table published"))
+        .collect();
+    lines[skip.min(lines.len())..].to_vec()
+}
+
+/// Secret and Namespace changes build only what reads them: a Secret nothing names (an Opaque
+/// one, a certificate no `tls` section names) and a Namespace (no Gateway selects namespaces by
+/// label) build nothing; a certificate rotation is one update that serves the new certificate
+/// (no build from nothing); its deletion does build from nothing (the host falls back to the
+/// default certificate, with a warning).
+#[test]
+fn secret_changes_build_only_what_reads_them() {
+    use base64::Engine as _;
+    let ca = TestCa::new();
+    let up = Upstream::start("web", Handler::Echo);
+    let api = tls_cluster(up.addr().port(), "foo.bar.com");
+    let first = ca.leaf(&["foo.bar.com"]);
+    api.apply("secrets", first.secret("default", "web-tls"));
+    let dir = TempDir::new("tls-secret-update");
+    let kedge = Kedge::setup(crate::support::Driver::default())
+        .tls()
+        .follow(&api, &dir, "");
+    let served = || Client::connect_tls(kedge.tls_addr(), ca.client(), "foo.bar.com").peer_leaf();
+    assert!(served() == first.der);
+    let start = published_since(&kedge, 0).len();
+
+    // Nothing reads these: each is seen (logged), and builds nothing.
+    api.apply(
+        "secrets",
+        json!({"apiVersion": "v1", "kind": "Secret", "type": "Opaque",
+               "metadata": {"name": "app-config", "namespace": "default"},
+               "data": {"password": base64::engine::general_purpose::STANDARD.encode("hunter2")}}),
+    );
+    api.apply(
+        "secrets",
+        ca.leaf(&["other.example.com"]).secret("default", "unused-tls"),
+    );
+    api.apply(
+        "namespaces",
+        json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "team-a", "labels": {"team": "a"}}}),
+    );
+    api.delete("secrets", Some("default"), "unused-tls");
+    for (object, lines) in [("default/app-config", 1), ("team-a", 1), ("default/unused-tls", 2)] {
+        kedge.wait_logs(&format!("object={object:?}"), lines, Duration::from_secs(10));
+    }
+
+    // The rotation: recorded after the changes above (the watches log before they record, on
+    // the control thread's runtime), so its build is the first that can follow them.
+    let second = ca.leaf(&["foo.bar.com"]);
+    api.apply("secrets", second.secret("default", "web-tls"));
+    wait_until(
+        Duration::from_secs(10),
+        "new handshakes get the new certificate",
+        || served() == second.der,
+    );
+    // (The line follows the table's publication.)
+    kedge.wait_logs("route table published", start + 1, Duration::from_secs(10));
+    let after = published_since(&kedge, start);
+    assert_eq!(after.len(), 1, "one table for all those changes: {after:#?}");
+    assert!(after[0].contains("why=\"update\""), "an update: {}", after[0]);
+    assert!(after[0].contains("tls_hosts=1"), "{}", after[0]);
+    // Plain HTTP still redirects to HTTPS: the host's rules are the same.
+    let resp = Client::connect(kedge.addr()).get("foo.bar.com", "/");
+    assert_eq!(resp.status, 308, "{resp:?}");
+
+    // Deleted: which hosts have a certificate changes, a build from nothing.
+    api.delete("secrets", Some("default"), "web-tls");
+    let full = kedge.wait_log("why=\"watch\"", Duration::from_secs(10));
+    assert!(full.contains("tls_hosts=0"), "{full}");
+    kedge.wait_log("Secret default/web-tls not found", Duration::from_secs(10));
+}

@@ -249,6 +249,23 @@ pub struct Refusal {
 }
 
 impl Attachment<'_> {
+    /// Which listeners of kedge's Gateways are programmed, by Gateway (namespace, name) and
+    /// listener name, in order. Routes attach only to programmed listeners, and an HTTPS
+    /// listener is programmed only with a usable certificate: after a certificate change, the
+    /// routes attach as before when this is unchanged.
+    pub fn programmed(&self) -> Vec<(String, String, String, bool)> {
+        self.gateways
+            .iter()
+            .flat_map(|g| {
+                let (ns, name) = ns_name(&g.gateway.metadata);
+                g.listeners.iter().map(move |l| {
+                    let on = l.conditions.iter().any(|c| c.type_ == "Programmed" && c.status);
+                    (ns.to_owned(), name.to_owned(), l.name.clone(), on)
+                })
+            })
+            .collect()
+    }
+
     /// Turns the `Accepted` condition of every parent entry of a route with refusals (an
     /// accepted one: a parent that refused the route keeps its reason) into `Accepted=False`
     /// with the refusal's reason. The rest of the route is still served; the message says so.
@@ -1244,6 +1261,31 @@ fn accept(
         ));
     }
     Ok(attached)
+}
+
+/// The Secrets (namespace, name) the listeners of `gateways` (of any class) name in their
+/// `certificateRefs`.
+pub fn secrets_read(gateways: &[Arc<Gateway>]) -> impl Iterator<Item = (&str, &str)> + '_ {
+    gateways.iter().flat_map(|g| {
+        let (gw_ns, _) = ns_name(&g.metadata);
+        g.spec
+            .listeners
+            .iter()
+            .flat_map(|l| l.tls.iter().flat_map(|t| t.certificate_refs.iter()))
+            .map(move |r| (r.namespace.as_deref().unwrap_or(gw_ns), r.name.as_str()))
+    })
+}
+
+/// Whether a listener of `gateways` (of any class) selects route namespaces by label: only
+/// then does a Namespace change bear on the table.
+pub fn selects_namespaces(gateways: &[Arc<Gateway>]) -> bool {
+    gateways.iter().flat_map(|g| &g.spec.listeners).any(|l| {
+        l.allowed_routes
+            .as_ref()
+            .and_then(|a| a.namespaces.as_ref())
+            .and_then(|n| n.from.as_deref())
+            == Some("Selector")
+    })
 }
 
 /// Namespace name → its labels.

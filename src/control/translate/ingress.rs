@@ -45,6 +45,8 @@ const CANARY_ANNOTATION: &str = "nginx.ingress.kubernetes.io/canary";
 const BACKEND_PROTOCOL_ANNOTATION: &str = "nginx.ingress.kubernetes.io/backend-protocol";
 /// `"on"`: verify the endpoints' certificates (off by default, as in ingress-nginx).
 const PROXY_SSL_VERIFY_ANNOTATION: &str = "nginx.ingress.kubernetes.io/proxy-ssl-verify";
+/// `namespace/name` (or `name`, in the Ingress's namespace) of the htpasswd Secret.
+const AUTH_SECRET_ANNOTATION: &str = "nginx.ingress.kubernetes.io/auth-secret";
 /// `namespace/name` of a Secret whose `ca.crt` verifies the endpoints.
 const PROXY_SSL_SECRET_ANNOTATION: &str = "nginx.ingress.kubernetes.io/proxy-ssl-secret";
 /// The name the endpoints' certificates must carry (default `service.namespace.svc`).
@@ -335,15 +337,20 @@ impl Incremental {
     }
 
     /// The hosts to build again after the stores became `objs`: every host of the Ingresses
-    /// that are new objects, that are gone, or that use a Service in `services` (whose object
-    /// or endpoints changed). `Err` when only a build from nothing is exact: no previous
-    /// build, an upstream protocol contested, or such an Ingress has a `tls` section or a
-    /// default backend (both decided over every Ingress).
+    /// that are new objects, that are gone, that use a Service in `services` (whose object
+    /// or endpoints changed), or whose `auth-secret` is one of the changed `secrets`; the
+    /// certificates of changed `secrets` that `tls` sections name are swapped in (no host is
+    /// built again for them). `Err` when only a build from nothing is exact: no previous
+    /// build, an upstream protocol contested, such an Ingress (not one that only reads a
+    /// changed Secret) has a `tls` section, one has a default backend (both decided over every
+    /// Ingress), a `proxy-ssl-secret` changed, or a certificate appeared, went or became
+    /// unusable (which hosts get one is decided over every Ingress).
     pub fn plan(
         &mut self,
         spec: &ClusterSpec,
         objs: &Objects<'_>,
         services: &std::collections::BTreeSet<(String, String)>,
+        secrets: &std::collections::BTreeSet<(String, String)>,
     ) -> Result<Plan, NeedFull> {
         if !self.ready {
             return Err(NeedFull("no previous build"));
@@ -351,13 +358,35 @@ impl Incremental {
         if self.contested {
             return Err(NeedFull("an upstream protocol is contested"));
         }
+        let changed: HashSet<(&str, &str)> = secrets.iter().map(|(n, s)| (n.as_str(), s.as_str())).collect();
+        if !changed.is_empty() {
+            self.swap_certificates(objs, &changed)?;
+        }
         self.pass += 1;
         let pass = self.pass;
         let classes = Classes::new(spec, objs.classes);
         let mut hosts: HashSet<Option<String>> = HashSet::default();
         let mut new = Vec::new();
+        // Ingresses of ours translated again as new objects because a Secret they read changed.
+        let mut reread: HashSet<usize> = HashSet::default();
         for ing in objs.ingresses {
             match self.entries.get_mut(&(Arc::as_ptr(ing) as usize)) {
+                Some(e) if e.ours && !changed.is_empty() && reads_annotation_secret(ing, &changed)? => {
+                    // Its warnings that no host decides come from the Secret too: translated
+                    // again whole, as a changed object (its `tls` section, unchanged, decides
+                    // what it did).
+                    if ing.spec.as_ref().is_some_and(|s| s.default_backend.is_some()) {
+                        return Err(NeedFull("an Ingress with a default backend reads a changed Secret"));
+                    }
+                    if annotation(&ing.metadata, BACKEND_PROTOCOL_ANNOTATION)
+                        .is_some_and(|p| !p.eq_ignore_ascii_case("HTTP"))
+                    {
+                        return Err(NeedFull("an Ingress with a backend-protocol reads a changed Secret"));
+                    }
+                    hosts.extend(rule_hosts(ing));
+                    reread.insert(Arc::as_ptr(ing) as usize);
+                    new.push(Arc::clone(ing));
+                }
                 Some(e) => {
                     e.seen = pass;
                     if e.ours && !services.is_empty() && uses_service(ing, services) {
@@ -375,7 +404,11 @@ impl Incremental {
             }
         }
         // Gone from the stores: deleted, or the previous object of a changed one.
-        for e in self.entries.values().filter(|e| e.seen != pass && e.ours) {
+        for e in self
+            .entries
+            .values()
+            .filter(|e| e.seen != pass && e.ours && !reread.contains(&(Arc::as_ptr(&e.ing) as usize)))
+        {
             global_parts(&e.ing)?;
             // The upstream protocol it decided for a backend may have been the only say.
             if annotation(&e.ing.metadata, BACKEND_PROTOCOL_ANNOTATION).is_some_and(|p| !p.eq_ignore_ascii_case("HTTP"))
@@ -390,6 +423,37 @@ impl Incremental {
             keys,
             new,
         })
+    }
+
+    /// The certificates of the `changed` Secrets that our Ingresses' `tls` sections name: each
+    /// one usable before (it has bindings) and still usable is swapped into those bindings,
+    /// which is all a build from nothing would change. `Err` for one that appeared, went or
+    /// became unusable: which hosts get a certificate, and the warnings, change.
+    fn swap_certificates(&mut self, objs: &Objects<'_>, changed: &HashSet<(&str, &str)>) -> Result<(), NeedFull> {
+        let named: HashSet<(&str, &str)> = self
+            .entries
+            .values()
+            .filter(|e| e.ours)
+            .flat_map(|e| tls_secret_refs(&e.ing))
+            .filter(|r| changed.contains(r))
+            .collect();
+        for (ns, name) in named {
+            let now = objs
+                .secrets
+                .iter()
+                .find(|s| ns_name(&s.metadata) == (ns, name))
+                .filter(|s| usable_tls(s));
+            let bound = self.tls.iter().any(|b| ns_name(&b.secret.metadata) == (ns, name));
+            let Some(now) = now.filter(|_| bound) else {
+                return Err(NeedFull("a certificate Secret appeared, went or became unusable"));
+            };
+            for b in &mut self.tls {
+                if ns_name(&b.secret.metadata) == (ns, name) {
+                    b.secret = Arc::clone(now);
+                }
+            }
+        }
+        Ok(())
     }
 
     /// The Services (namespace, name) an update with `plan` resolves: those the Ingresses it
@@ -446,9 +510,26 @@ impl Incremental {
             .filter(|e| e.ours && e.parts.iter().any(|p| plan.keys.contains(&p.host)))
             .map(|e| (Arc::clone(&e.ing), false, Warnings::new()))
             .collect();
+        // The certificates, for the warnings of the `tls` sections of Ingresses translated
+        // again because a Secret they read changed (new Ingresses have none: see `plan`).
+        let usable = std::cell::LazyCell::new(|| {
+            objs.secrets
+                .iter()
+                .filter(|s| usable_tls(s))
+                .map(|s| (ns_name(&s.metadata), s))
+                .collect::<rustc_hash::FxHashMap<(&str, &str), &Arc<Secret>>>()
+        });
         for ing in &plan.new {
             let mut gw = Warnings::new();
             if classes.serves(ing, spec, &mut gw) {
+                if ing
+                    .spec
+                    .as_ref()
+                    .is_some_and(|s| s.tls.as_ref().is_some_and(|t| !t.is_empty()))
+                {
+                    // Its bindings and TLS hosts are the previous build's (its spec is the same).
+                    collect_tls(ing, &usable, &mut HashSet::default(), &mut Vec::new(), &mut gw);
+                }
                 again.push((Arc::clone(ing), true, gw));
             } else if !gw.is_empty() {
                 self.insert(ing, gw, Vec::new(), false, false);
@@ -579,6 +660,47 @@ fn service_refs(ing: &Ingress) -> impl Iterator<Item = &str> + '_ {
 fn uses_service(ing: &Ingress, services: &std::collections::BTreeSet<(String, String)>) -> bool {
     let (ns, _) = ns_name(&ing.metadata);
     service_refs(ing).any(|svc| services.iter().any(|(n, s)| n == ns && s == svc))
+}
+
+/// The Secrets (namespace, name) an Ingress's `tls` sections name (in its namespace).
+fn tls_secret_refs(ing: &Ingress) -> impl Iterator<Item = (&str, &str)> + '_ {
+    let (ns, _) = ns_name(&ing.metadata);
+    ing.spec
+        .iter()
+        .flat_map(|s| s.tls.iter().flatten())
+        .filter_map(move |t| Some((ns, t.secret_name.as_deref().filter(|s| !s.is_empty())?)))
+}
+
+/// The Secrets (namespace, name) an Ingress's annotations name: `auth-secret`,
+/// `proxy-ssl-secret` (`name` alone: in the Ingress's namespace).
+fn annotation_secret_refs(ing: &Ingress) -> impl Iterator<Item = (&str, &str)> + '_ {
+    let (ns, _) = ns_name(&ing.metadata);
+    [AUTH_SECRET_ANNOTATION, PROXY_SSL_SECRET_ANNOTATION]
+        .into_iter()
+        .filter_map(move |key| annotation(&ing.metadata, key))
+        .map(move |r| r.split_once('/').unwrap_or((ns, r)))
+}
+
+/// Whether an Ingress's `auth-secret` is one of the `changed` Secrets; `Err` when its
+/// `proxy-ssl-secret` is (a backend's upstream TLS is decided over every Ingress that uses it).
+fn reads_annotation_secret(ing: &Ingress, changed: &HashSet<(&str, &str)>) -> Result<bool, NeedFull> {
+    let (ns, _) = ns_name(&ing.metadata);
+    let named = |key: &str| {
+        annotation(&ing.metadata, key).is_some_and(|r| changed.contains(&r.split_once('/').unwrap_or((ns, r))))
+    };
+    if named(PROXY_SSL_SECRET_ANNOTATION) {
+        return Err(NeedFull("a proxy-ssl-secret Secret changed"));
+    }
+    Ok(named(AUTH_SECRET_ANNOTATION))
+}
+
+/// The Secrets (namespace, name) Ingresses (of any class) read: in `tls` sections, as
+/// `auth-secret` or as `proxy-ssl-secret`. A change of a Secret no Ingress reads (nor a Gateway
+/// listener) changes nothing kedge serves.
+pub fn secrets_read<'a>(ingresses: &'a [Arc<Ingress>]) -> impl Iterator<Item = (&'a str, &'a str)> + 'a {
+    ingresses
+        .iter()
+        .flat_map(|ing| tls_secret_refs(ing).chain(annotation_secret_refs(ing)))
 }
 
 /// Whether a Secret can serve as a certificate: type `kubernetes.io/tls` with a non-empty

@@ -198,10 +198,15 @@ impl Cluster {
         ingress(i, if self.plain { plain_variant(v) } else { v })
     }
 
-    /// Applies change `(what, a, b)`; records the Services it touched, as the watches would.
-    /// `true`: a change the control loop answers with a build from nothing (Secrets, Nodes,
-    /// IngressClasses).
-    fn change(&mut self, (what, a, b): (u8, usize, usize), services: &mut BTreeSet<(String, String)>) -> bool {
+    /// Applies change `(what, a, b)`; records the Services and Secrets it touched, as the
+    /// watches would. `true`: a change the control loop answers with a build from nothing
+    /// (Nodes, IngressClasses).
+    fn change(
+        &mut self,
+        (what, a, b): (u8, usize, usize),
+        services: &mut BTreeSet<(String, String)>,
+        secrets: &mut BTreeSet<(String, String)>,
+    ) -> bool {
         let key = |j: usize| (ns_of(j).to_owned(), format!("svc-{}", j / NAMESPACES.len()));
         match what {
             0..=2 => self.ingresses[a % INGRESSES] = Some(self.ingress(a % INGRESSES, b)),
@@ -225,8 +230,9 @@ impl Cluster {
             }
             6 => {
                 let k = a % self.secrets.len();
+                let name = if k / NAMESPACES.len() == 0 { "cert" } else { "auth" };
                 self.secrets[k] = secret_variant(k, b);
-                return true;
+                secrets.insert((ns_of(k).to_owned(), name.to_owned()));
             }
             7 => {
                 let n = a % self.nodes.len();
@@ -276,10 +282,11 @@ impl Cluster {
         state: &mut Incremental,
         prev: &RouteTable,
         services: &BTreeSet<(String, String)>,
+        secrets: &BTreeSet<(String, String)>,
     ) -> (RouteTable, Outcome, bool) {
         let spec = self.spec.clone();
         let updated = self.with_objects(|objs| {
-            let plan = state.plan(&spec, objs, services).ok()?;
+            let plan = state.plan(&spec, objs, services, secrets).ok()?;
             // As the control loop: only the Services the update resolves, and their EndpointSlices.
             let wanted = state.services(&plan);
             let slices: Vec<Arc<EndpointSlice>> = objs
@@ -344,6 +351,16 @@ impl Cluster {
         )
     }
 
+    /// The changed `secrets` some Ingress reads, as the cluster keeps them
+    /// (`Cluster::take_changes`): the others change nothing.
+    fn read(&self, secrets: &BTreeSet<(String, String)>) -> BTreeSet<(String, String)> {
+        let ingresses = flat(&self.ingresses);
+        super::secrets_read(&ingresses)
+            .filter(|(ns, name)| secrets.iter().any(|(n, s)| n == ns && s == name))
+            .map(|(n, s)| (n.to_owned(), s.to_owned()))
+            .collect()
+    }
+
     /// A translation from nothing, dumped.
     fn translated_from_nothing(&self) -> String {
         self.with_objects(|objs| {
@@ -380,8 +397,10 @@ fn dump(table: &RouteTable, out: &Outcome) -> String {
         let _ = writeln!(s, "warning {}: {}", w.object, w.message);
     }
     let _ = writeln!(s, "served {:?}", out.served);
+    // The certificate itself: an update that kept a rotated Secret's old object would differ.
     for t in &out.tls {
-        let _ = writeln!(s, "tls {} {} {:?}", t.host, t.owner, t.secret.metadata.name);
+        let crt = t.secret.data.as_ref().and_then(|d| d.get("tls.crt"));
+        let _ = writeln!(s, "tls {} {} {:?} {crt:?}", t.host, t.owner, t.secret.metadata.name);
     }
     s
 }
@@ -409,11 +428,12 @@ proptest! {
         let mut state = Incremental::default();
         let (mut table, mut out) = cluster.full(&mut state);
         for (step, change) in changes.iter().enumerate() {
-            let mut services = BTreeSet::new();
+            let (mut services, mut secrets) = (BTreeSet::new(), BTreeSet::new());
             let nodes_before = NodeUse::of(&cluster.spec, &cluster.nodes);
-            let full = cluster.change(*change, &mut services);
+            let full = cluster.change(*change, &mut services, &mut secrets);
             let nodes_after = NodeUse::of(&cluster.spec, &cluster.nodes);
-            if change.0 == 7 && nodes_before == nodes_after {
+            let secrets = cluster.read(&secrets);
+            if (change.0 == 7 && nodes_before == nodes_after) || (change.0 == 6 && secrets.is_empty()) {
                 // The control loop does nothing: what it serves is still exact.
                 prop_assert_eq!(dump(&table, &out), cluster.translated_from_nothing(), "after change {} {:?}", step, change);
                 continue;
@@ -428,7 +448,7 @@ proptest! {
             let (next, next_out) = if full {
                 cluster.full(&mut state)
             } else {
-                let (t, o, _) = cluster.next(&mut state, &table, &services);
+                let (t, o, _) = cluster.next(&mut state, &table, &services, &secrets);
                 (t, o)
             };
             prop_assert_eq!(dump(&next, &next_out), cluster.translated_from_nothing(), "after change {} {:?}", step, change);
@@ -451,10 +471,76 @@ fn an_ingress_change_rebuilds_its_host_only() {
     let before = dump(&table, &Outcome::default());
     // ing-0 becomes variant 41: host a, Exact /x.
     cluster.ingresses[0] = Some(ingress(0, 41));
-    let (next, out, updated) = cluster.next(&mut state, &table, &BTreeSet::new());
+    let (next, out, updated) = cluster.next(&mut state, &table, &BTreeSet::new(), &BTreeSet::new());
     assert!(updated, "an update, not a build from nothing");
     assert_eq!(dump(&next, &out), cluster.translated_from_nothing());
     assert_ne!(dump(&next, &Outcome::default()), before);
     assert!(!next.shares_host_rules(&table, "a.example.com"), "host a was rebuilt");
     assert!(next.shares_host_rules(&table, "b.example.com"), "host b is shared");
+}
+
+/// A certificate rotation (a Secret a `tls` section names, usable before and after) rebuilds
+/// no host: the update swaps the certificate into the bindings and shares every host's rules.
+/// One that goes away changes which hosts have a certificate: a build from nothing.
+#[test]
+fn a_certificate_rotation_rebuilds_no_host() {
+    let mut cluster = Cluster::new(spec());
+    // ing-0 (web): host a with a tls section naming web/cert; ing-1 (shop): host b.
+    cluster.ingresses = vec![Some(ingress(0, 0)), Some(ingress(1, 11))];
+    let mut state = Incremental::default();
+    let (table, _) = cluster.full(&mut state);
+    let cert = BTreeSet::from([("web".to_owned(), "cert".to_owned())]);
+    assert_eq!(cluster.read(&cert), cert, "the tls section reads it");
+    cluster.secrets[0] = secret_variant(0, 3);
+    let (next, out, updated) = cluster.next(&mut state, &table, &BTreeSet::new(), &cert);
+    assert!(updated, "an update, not a build from nothing");
+    assert_eq!(dump(&next, &out), cluster.translated_from_nothing());
+    let bound: Vec<&[u8]> = out
+        .tls
+        .iter()
+        .filter_map(|t| t.secret.data.as_ref()?.get("tls.crt").map(|c| c.0.as_slice()))
+        .collect();
+    assert_eq!(bound, [b"crt3"], "the new certificate is bound");
+    assert!(next.shares_host_rules(&table, "a.example.com"), "host a is shared");
+    assert!(next.shares_host_rules(&table, "b.example.com"), "host b is shared");
+    // Gone: its host gets the default certificate, and a warning says so.
+    cluster.secrets[0] = secret_variant(0, 2);
+    let (next, out, updated) = cluster.next(&mut state, &next, &BTreeSet::new(), &cert);
+    assert!(!updated, "a build from nothing");
+    assert_eq!(dump(&next, &out), cluster.translated_from_nothing());
+    assert!(out.tls.is_empty());
+}
+
+/// An `auth-secret` change rebuilds the hosts of the Ingresses that read it, and only those;
+/// a Secret no Ingress reads is not even planned for.
+#[test]
+fn an_auth_secret_change_rebuilds_the_hosts_that_read_it() {
+    let mut cluster = Cluster::new(spec());
+    // ing-0 (web): host b, auth-secret web/auth (absent at first); ing-1 (shop): host a.
+    cluster.ingresses = vec![Some(ingress(0, 2)), Some(ingress(1, 41))];
+    assert!(cluster.secrets[2].is_none(), "web/auth is absent");
+    let mut state = Incremental::default();
+    let (table, out) = cluster.full(&mut state);
+    assert!(
+        out.warnings
+            .iter()
+            .any(|w| w.message.contains("Secret web/auth not found")),
+        "{:?}",
+        out.warnings
+    );
+    let auth = BTreeSet::from([("web".to_owned(), "auth".to_owned())]);
+    assert_eq!(cluster.read(&auth), auth);
+    let other = BTreeSet::from([("shop".to_owned(), "auth".to_owned())]);
+    assert!(cluster.read(&other).is_empty(), "no Ingress reads shop/auth");
+    cluster.secrets[2] = secret_variant(2, 0);
+    let (next, out, updated) = cluster.next(&mut state, &table, &BTreeSet::new(), &auth);
+    assert!(updated, "an update, not a build from nothing");
+    assert_eq!(dump(&next, &out), cluster.translated_from_nothing());
+    assert!(
+        !out.warnings.iter().any(|w| w.message.contains("web/auth")),
+        "{:?}",
+        out.warnings
+    );
+    assert!(!next.shares_host_rules(&table, "b.example.com"), "host b was rebuilt");
+    assert!(next.shares_host_rules(&table, "a.example.com"), "host a is shared");
 }
