@@ -57,33 +57,13 @@ both_drivers!(
     }
 );
 
-/// kedge's open client connections: its sockets (by `/proc/PID/fd` inodes) whose local end is
-/// `listen`, the listener itself left out, in `/proc/net/tcp`.
+/// kedge's open client connections: its sockets whose local end is `listen`, the listener
+/// itself (state `0A`, LISTEN) left out.
 fn client_sockets(pid: u32, listen: std::net::SocketAddr) -> usize {
-    let inodes: std::collections::HashSet<String> = std::fs::read_dir(format!("/proc/{pid}/fd"))
-        .map(|d| {
-            d.filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
-                .filter_map(|l| {
-                    let l = l.to_string_lossy().into_owned();
-                    Some(l.strip_prefix("socket:[")?.strip_suffix(']')?.to_owned())
-                })
-                .collect()
-        })
-        .unwrap_or_default();
-    let std::net::IpAddr::V4(ip) = listen.ip() else {
-        panic!("IPv4 only")
-    };
-    // /proc/net/tcp writes an IPv4 address as its 32-bit value in host (little-endian) order;
-    // state 0A is LISTEN.
-    let want = format!("{:08X}:{:04X}", u32::from_le_bytes(ip.octets()), listen.port());
-    std::fs::read_to_string("/proc/net/tcp")
-        .unwrap()
-        .lines()
-        .skip(1)
-        .filter(|l| {
-            let f: Vec<&str> = l.split_whitespace().collect();
-            f.len() > 9 && f[1] == want && f[3] != "0A" && inodes.contains(f[9])
-        })
+    let want = crate::support::proc_net_addr(listen);
+    crate::support::tcp_sockets(pid)
+        .iter()
+        .filter(|s| s.local == want && s.state != "0A")
         .count()
 }
 

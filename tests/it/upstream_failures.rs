@@ -161,31 +161,12 @@ both_drivers!(
     }
 );
 
-/// kedge's sockets (by `/proc/PID/fd` inodes) whose remote end is `remote`, in `/proc/net/tcp`.
+/// kedge's sockets whose remote end is `remote`.
 fn sockets_to(pid: u32, remote: std::net::SocketAddr) -> usize {
-    let inodes: std::collections::HashSet<String> = std::fs::read_dir(format!("/proc/{pid}/fd"))
-        .map(|d| {
-            d.filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
-                .filter_map(|l| {
-                    let l = l.to_string_lossy().into_owned();
-                    Some(l.strip_prefix("socket:[")?.strip_suffix(']')?.to_owned())
-                })
-                .collect()
-        })
-        .unwrap_or_default();
-    let std::net::IpAddr::V4(ip) = remote.ip() else {
-        panic!("IPv4 only")
-    };
-    // /proc/net/tcp writes an IPv4 address as its 32-bit value in host (little-endian) order.
-    let want = format!("{:08X}:{:04X}", u32::from_le_bytes(ip.octets()), remote.port());
-    std::fs::read_to_string("/proc/net/tcp")
-        .unwrap()
-        .lines()
-        .skip(1)
-        .filter(|l| {
-            let f: Vec<&str> = l.split_whitespace().collect();
-            f.len() > 9 && f[2] == want && inodes.contains(f[9])
-        })
+    let want = crate::support::proc_net_addr(remote);
+    crate::support::tcp_sockets(pid)
+        .iter()
+        .filter(|s| s.remote == want)
         .count()
 }
 

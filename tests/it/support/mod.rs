@@ -164,3 +164,47 @@ pub fn blackhole_addr() -> (SocketAddr, Vec<std::net::TcpStream>, socket2::Socke
         .collect();
     (addr, fillers, l)
 }
+
+/// One TCP socket of a process, as `/proc/net/tcp` lists it: local and remote address in its
+/// notation (`proc_net_addr`), and its state (`0A`: LISTEN).
+pub struct TcpSocket {
+    pub local: String,
+    pub remote: String,
+    pub state: String,
+}
+
+/// The IPv4 TCP sockets process `pid` holds (by its `/proc/PID/fd` inodes).
+pub fn tcp_sockets(pid: u32) -> Vec<TcpSocket> {
+    let inodes: std::collections::HashSet<String> = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .map(|d| {
+            d.filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
+                .filter_map(|l| {
+                    let l = l.to_string_lossy().into_owned();
+                    Some(l.strip_prefix("socket:[")?.strip_suffix(']')?.to_owned())
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    std::fs::read_to_string("/proc/net/tcp")
+        .unwrap()
+        .lines()
+        .skip(1)
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            (f.len() > 9 && inodes.contains(f[9])).then(|| TcpSocket {
+                local: f[1].to_owned(),
+                remote: f[2].to_owned(),
+                state: f[3].to_owned(),
+            })
+        })
+        .collect()
+}
+
+/// `addr` as `/proc/net/tcp` writes it: the IPv4 address as its 32-bit value in host
+/// (little-endian) order, then the port, both in hex.
+pub fn proc_net_addr(addr: SocketAddr) -> String {
+    let std::net::IpAddr::V4(ip) = addr.ip() else {
+        panic!("IPv4 only")
+    };
+    format!("{:08X}:{:04X}", u32::from_le_bytes(ip.octets()), addr.port())
+}
