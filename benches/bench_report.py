@@ -90,41 +90,27 @@ def _read_stat(pid):
 
 
 def _task_ns(pid):
-    """Nanoseconds on CPU of every thread of pid (/proc/PID/task/TID/schedstat, field 1: the
-    scheduler's sum_exec_runtime). Exact, unlike utime+stime, which the tick samples (every
-    4 ms at HZ=250: the whole tick goes to whatever runs at that instant) and which, without
-    CONFIG_IRQ_TIME_ACCOUNTING, leaves out a tick that lands in a softirq, although the
-    softirq ran on the proxy's behalf (the loopback delivery of what it sends). This figure
-    counts in-context softirq work as the task's, like `perf stat -e task-clock`."""
-    total = 0
+    """(on-CPU, run-queue wait) nanoseconds of every thread of pid, summed, from one read of each
+    /proc/PID/task/TID/schedstat. Field 1, the scheduler's sum_exec_runtime, is exact, unlike
+    utime+stime, which the tick samples (every 4 ms at HZ=250: the whole tick goes to whatever
+    runs at that instant) and which, without CONFIG_IRQ_TIME_ACCOUNTING, leaves out a tick that
+    lands in a softirq, although the softirq ran on the proxy's behalf (the loopback delivery of
+    what it sends); it counts in-context softirq work as the task's, like `perf stat -e
+    task-clock`. Field 2 is the time spent runnable but waiting for a CPU: a run whose answers
+    came seconds late while it grew by seconds was starved."""
+    run = wait = 0
     try:
         tids = os.listdir(f"/proc/{pid}/task")
     except OSError:
-        return 0
+        return 0, 0
     for tid in tids:
         try:
             with open(f"/proc/{pid}/task/{tid}/schedstat") as f:
-                total += int(f.read().split()[0])
+                fields = f.read().split()
+            run, wait = run + int(fields[0]), wait + int(fields[1])
         except (OSError, ValueError, IndexError):
             pass
-    return total
-
-
-def _task_wait_ns(pid):
-    """Nanoseconds every thread of pid spent runnable but waiting for a CPU (schedstat field
-    2): a run whose answers came seconds late while this grew by seconds was starved."""
-    total = 0
-    try:
-        tids = os.listdir(f"/proc/{pid}/task")
-    except OSError:
-        return 0
-    for tid in tids:
-        try:
-            with open(f"/proc/{pid}/task/{tid}/schedstat") as f:
-                total += int(f.read().split()[1])
-        except (OSError, ValueError, IndexError):
-            pass
-    return total
+    return run, wait
 
 
 def _rss_kb(pid):
@@ -179,8 +165,9 @@ def cmd_snap(args):
             if st is None:
                 continue
             ticks += st[1]
-            ns += _task_ns(p)
-            wait += _task_wait_ns(p)
+            run, waited = _task_ns(p)
+            ns += run
+            wait += waited
             rss += _rss_kb(p)
             n += 1
         snap["procs"][name] = {"ticks": ticks, "ns": ns, "wait_ns": wait, "rss_kb": rss, "n": n}
