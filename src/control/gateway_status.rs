@@ -334,19 +334,7 @@ pub fn view_with(
         unchanged.routes.insert(at, written(held, item));
     }
     debug_assert!(rest.is_empty(), "parent entries out of the routes' order");
-    // The decisions for objects the stores no longer hold (changed or deleted routes) are
-    // let go once there are an eighth as many as routes: a pass over every route now and
-    // then, not one per view.
-    let total = objects.http_routes.len() + objects.grpc_routes.len();
-    if unchanged.routes.len() > total + total / 8 + 64 {
-        let now: rustc_hash::FxHashSet<usize> = objects
-            .http_routes
-            .iter()
-            .map(|r| Arc::as_ptr(r) as usize)
-            .chain(objects.grpc_routes.iter().map(|r| Arc::as_ptr(r) as usize))
-            .collect();
-        unchanged.routes.retain(|at, _| now.contains(at));
-    }
+    super::translate::gateway::forget_gone_routes(&mut unchanged.routes, objects);
     items
 }
 

@@ -594,6 +594,23 @@ fn world_of(objects: &Objects<'_>) -> Vec<usize> {
     w
 }
 
+/// Lets go of what `kept` holds (by route object address) for objects the stores no longer
+/// hold (changed or deleted routes), once there are an eighth as many of them as routes: a pass
+/// over every route now and then, not one per build. The route cache and the status view keep
+/// their per-route decisions this way.
+pub fn forget_gone_routes<V>(kept: &mut rustc_hash::FxHashMap<usize, V>, objects: &Objects<'_>) {
+    let total = objects.http_routes.len() + objects.grpc_routes.len();
+    if kept.len() > total + total / 8 + 64 {
+        let now: rustc_hash::FxHashSet<usize> = objects
+            .http_routes
+            .iter()
+            .map(|r| Arc::as_ptr(r) as usize)
+            .chain(objects.grpc_routes.iter().map(|r| Arc::as_ptr(r) as usize))
+            .collect();
+        kept.retain(|at, _| now.contains(at));
+    }
+}
+
 /// [`attach`], deciding again only what it must: with `changed` (an update: the Services whose
 /// objects or endpoints changed), a route whose decision `cache` holds (see [`RouteCache`]) is
 /// attached as decided without being looked at; without (a build from nothing) every route is
@@ -714,19 +731,7 @@ pub fn attach_with<'a>(
             });
         }
     }
-    // The decisions for objects the stores no longer hold (changed or deleted routes) are let
-    // go once there are an eighth as many as routes: a pass over every route now and then,
-    // not one per update.
-    let total = objects.http_routes.len() + objects.grpc_routes.len();
-    if cache.routes.len() > total + total / 8 + 64 {
-        let now: rustc_hash::FxHashSet<usize> = objects
-            .http_routes
-            .iter()
-            .map(|r| Arc::as_ptr(r) as usize)
-            .chain(objects.grpc_routes.iter().map(|r| Arc::as_ptr(r) as usize))
-            .collect();
-        cache.routes.retain(|at, _| now.contains(at));
-    }
+    forget_gone_routes(&mut cache.routes, objects);
 
     for ((gw, (_, ev)), state) in gateways.iter().zip(evals).zip(&mut out.gateways) {
         let (ns, name) = ns_name(&gw.metadata);
