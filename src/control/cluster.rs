@@ -247,6 +247,13 @@ impl Cluster {
         changes
     }
 
+    /// Whether `changes` are (now) a build from nothing: one was due already, or the cluster does
+    /// not serve live stores (then an update has nothing exact to start from).
+    fn builds_from_nothing(&self, changes: &mut Changes) -> bool {
+        changes.full = changes.full || !self.synced() || self.lkg.serving_persisted();
+        changes.full
+    }
+
     /// Secrets or Namespaces changed. A Namespace's labels matter only to Gateway listeners
     /// that select route namespaces by label (then a build from nothing; else nothing). A
     /// Secret matters only if an Ingress or a Gateway listener names it: one that none does is
@@ -256,11 +263,7 @@ impl Cluster {
     /// change). Found by a pass over the Ingress and Gateway stores, no object copied. A build
     /// from nothing while the cluster does not serve live stores.
     fn secret_changes(&self, changes: &mut Changes) {
-        if changes.full {
-            return;
-        }
-        if !self.synced() || self.lkg.serving_persisted() {
-            changes.full = true;
+        if self.builds_from_nothing(changes) {
             return;
         }
         let gateways = self.stores.all_gateways();
@@ -291,11 +294,7 @@ impl Cluster {
     /// once changes are quiet). A build from nothing while the cluster does not serve live
     /// stores, or when one is due anyway.
     fn node_changes(&self, changes: &mut Changes) {
-        if changes.full {
-            return;
-        }
-        if !self.synced() || self.lkg.serving_persisted() {
-            changes.full = true;
+        if self.builds_from_nothing(changes) {
             return;
         }
         let now = NodeUse::of(&self.spec, &self.stores.nodes());

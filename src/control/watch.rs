@@ -205,22 +205,24 @@ pub fn touches_node(event: &Event<k8s_openapi::api::core::v1::Node>) -> Touch {
 
 /// A Service change touches the hosts of the Ingresses that use it (a relist: everything).
 pub fn touches_service_object(event: &Event<k8s_openapi::api::core::v1::Service>) -> Touch {
-    match event {
-        Event::Apply(s) | Event::Delete(s) => Touch::ServiceObject(
-            s.metadata.namespace.clone().unwrap_or_default(),
-            s.metadata.name.clone().unwrap_or_default(),
-        ),
-        other => touches_all(other),
-    }
+    touches_named(event, Touch::ServiceObject)
 }
 
 /// A Secret change touches what reads it, if anything (a relist: everything).
 pub fn touches_secret(event: &Event<k8s_openapi::api::core::v1::Secret>) -> Touch {
+    touches_named(event, Touch::Secret)
+}
+
+/// A change or a deletion touches this object, by (namespace, name) (a relist: everything).
+fn touches_named<K: Resource>(event: &Event<K>, touch: fn(String, String) -> Touch) -> Touch {
     match event {
-        Event::Apply(s) | Event::Delete(s) => Touch::Secret(
-            s.metadata.namespace.clone().unwrap_or_default(),
-            s.metadata.name.clone().unwrap_or_default(),
-        ),
+        Event::Apply(o) | Event::Delete(o) => {
+            let meta = o.meta();
+            touch(
+                meta.namespace.clone().unwrap_or_default(),
+                meta.name.clone().unwrap_or_default(),
+            )
+        }
         other => touches_all(other),
     }
 }
