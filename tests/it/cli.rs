@@ -111,16 +111,24 @@ fn version_names_itself() {
         stdout.starts_with(&format!("kedge {} (commit ", env!("CARGO_PKG_VERSION"))),
         "{stdout}"
     );
-    // The commit it was built from (this checkout's, when it is a git checkout).
-    let head = std::process::Command::new("git")
-        .args(["rev-parse", "--short=12", "HEAD"])
+    // The commit the build script recorded: the same for this test crate and the binary (one
+    // build), and, in a git checkout, a commit of this repository. Not compared with HEAD, which
+    // may have moved since the build.
+    let commit = env!("KEDGE_COMMIT");
+    assert!(stdout.contains(&format!("(commit {commit}, driver: ")), "{stdout}");
+    let in_checkout = std::process::Command::new("git")
+        .args(["rev-parse", "--git-dir"])
         .current_dir(env!("CARGO_MANIFEST_DIR"))
         .output()
-        .ok()
-        .filter(|o| o.status.success())
-        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned());
-    let want = head.unwrap_or_else(|| "unknown".into());
-    assert!(stdout.contains(&format!("(commit {want}, driver: ")), "{stdout}");
+        .is_ok_and(|o| o.status.success());
+    if in_checkout {
+        let known = std::process::Command::new("git")
+            .args(["cat-file", "-e", &format!("{commit}^{{commit}}")])
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .status()
+            .is_ok_and(|s| s.success());
+        assert!(known, "commit {commit} is not one of this checkout's");
+    }
 }
 
 #[test]
