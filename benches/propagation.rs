@@ -305,7 +305,11 @@ struct Outcome {
     notes: Vec<String>,
 }
 
-fn scenario(name: &'static str, extra: usize, samples: usize, kind: Kind, change: Change) -> Outcome {
+/// `settled` (Gateway scenarios): the samples start once kedge has written the status of every
+/// route and made the full build that follows once its status writes are quiet (steady state);
+/// otherwise they start as soon as the probe route is served, while kedge's 10k status writes
+/// (and their watch events) are still coming.
+fn scenario(name: &'static str, extra: usize, samples: usize, kind: Kind, change: Change, settled: bool) -> Outcome {
     let (pods, port) = Upstream::pods("pod", 2);
     let api = FakeApi::start();
     let tls = matches!(change, Change::Certificate | Change::Unread).then(|| {
@@ -401,6 +405,32 @@ fn scenario(name: &'static str, extra: usize, samples: usize, kind: Kind, change
         });
     }
     let mut notes = Vec::new();
+    if settled {
+        let waited = Instant::now();
+        let names: Vec<(String, String)> = std::iter::once(("default".to_owned(), "probe".to_owned()))
+            .chain((0..extra).map(|i| (format!("ns-{}", i % 100), format!("app-{i}"))))
+            .collect();
+        let mut next = 0;
+        support::wait_until(Duration::from_secs(300), "kedge's status write of every route", || {
+            while next < names.len() && api.status_writes_of("httproutes", Some(&names[next].0), &names[next].1) > 0 {
+                next += 1;
+            }
+            next == names.len()
+        });
+        let written = waited.elapsed();
+        let before = kedge.logs().len();
+        support::wait_until(Duration::from_secs(60), "the full build once status writes are quiet", || {
+            kedge.logs()[before..]
+                .iter()
+                .any(|l| l.contains("route table published") && l.contains("settle"))
+        });
+        notes.push(format!(
+            "statuses of {} routes written {} ms after the probe was served; the settle build {} ms later",
+            names.len(),
+            ms(written),
+            ms(waited.elapsed() - written)
+        ));
+    }
     if extra > 0 {
         let synced = logged(&kedge, "cluster synced", "took_ms");
         let built = logged(&kedge, "route table published", "build_ms");
@@ -504,36 +534,36 @@ fn main() {
     let wanted = |name: &str| filter.is_empty() || filter.iter().any(|f| name.contains(f.as_str()));
     let mut results = Vec::new();
     let scenarios = [
-        ("small: 1 Ingress", 0, 40, Kind::Ingress, Change::Endpoints),
+        ("small: 1 Ingress", 0, 40, Kind::Ingress, Change::Endpoints, false),
         (
             "10k: 10,001 Ingresses, 50k endpoints",
             10_000,
             30,
             Kind::Ingress,
-            Change::Endpoints,
+            Change::Endpoints, false,
         ),
-        ("ingress-change small: 1 Ingress", 0, 40, Kind::Ingress, Change::Ingress),
+        ("ingress-change small: 1 Ingress", 0, 40, Kind::Ingress, Change::Ingress, false),
         (
             "ingress-change big: 10,001 Ingresses, 50k endpoints",
             10_000,
             30,
             Kind::Ingress,
-            Change::Ingress,
+            Change::Ingress, false,
         ),
         (
             "gw-endpoints small: 1 HTTPRoute",
             0,
             40,
             Kind::Gateway,
-            Change::Endpoints,
+            Change::Endpoints, false,
         ),
-        ("gw-route small: 1 HTTPRoute", 0, 40, Kind::Gateway, Change::Route),
+        ("gw-route small: 1 HTTPRoute", 0, 40, Kind::Gateway, Change::Route, false),
         (
             "gw-endpoints 10k: 10,001 HTTPRoutes, 50k endpoints",
             10_000,
             30,
             Kind::Gateway,
-            Change::Endpoints,
+            Change::Endpoints, false,
         ),
         (
             "gw-route 10k: 10,001 HTTPRoutes, 50k endpoints",
@@ -541,33 +571,42 @@ fn main() {
             30,
             Kind::Gateway,
             Change::Route,
+            false,
+        ),
+        (
+            "gw-route-settled 10k: 10,001 HTTPRoutes, 50k endpoints, statuses written",
+            10_000,
+            30,
+            Kind::Gateway,
+            Change::Route,
+            true,
         ),
         (
             "secret-change small: 1 Ingress with TLS",
             0,
             40,
             Kind::Ingress,
-            Change::Certificate,
+            Change::Certificate, false,
         ),
         (
             "secret-change 10k: 10,001 Ingresses, 50k endpoints",
             10_000,
             30,
             Kind::Ingress,
-            Change::Certificate,
+            Change::Certificate, false,
         ),
         (
             "secret-unread 10k: 10,001 Ingresses, 50k endpoints",
             10_000,
             30,
             Kind::Ingress,
-            Change::Unread,
+            Change::Unread, false,
         ),
     ];
-    for (name, extra, samples, kind, change) in scenarios {
+    for (name, extra, samples, kind, change, settled) in scenarios {
         if wanted(name) {
             eprintln!("running: {name}");
-            results.push(scenario(name, extra, samples, kind, change));
+            results.push(scenario(name, extra, samples, kind, change, settled));
         }
     }
 

@@ -100,6 +100,9 @@ impl Cluster {
         let status = status::Writer::spawn(client.clone(), cfg, || {
             election.get_or_init(|| Election::start(client.clone(), cfg)).holding()
         });
+        let lkg = LastKnownGood::new(&cfg.name, state_dir, Arc::clone(&health));
+        let live = stores.clone();
+        lkg.read_live_with(move || live.objects());
         Ok(Cluster {
             spec: ClusterSpec {
                 name: cfg.name.clone(),
@@ -119,7 +122,7 @@ impl Cluster {
             election,
             client,
             listed,
-            lkg: LastKnownGood::new(&cfg.name, state_dir, Arc::clone(&health)),
+            lkg,
             health,
             changes,
             ingresses: Mutex::default(),
@@ -471,10 +474,10 @@ impl Cluster {
         translate::service_endpoints(&self.spec, &objects, &touched)
     }
 
-    /// After an endpoint-only update (which reads no store whole): hands the live objects to
-    /// the state file writer when it waits for some (see [`LastKnownGood::offer_live`]).
+    /// After an update (which reads no store whole): the state file writer copies the live
+    /// objects when it next writes (see [`LastKnownGood::offer_live`]).
     pub fn persist_changes(&self) {
-        self.lkg.offer_live(self.synced(), || self.stores.objects());
+        self.lkg.offer_live(self.synced());
     }
 
     /// Brings the cluster's state (live, disconnected, ...) up to date with its watches, without
@@ -483,9 +486,8 @@ impl Cluster {
     pub fn refresh_state(&self) {
         if self.lkg.live_for_update(self.synced()) {
             // The state file gets what changed (a status write coming back, most often) as
-            // after a build; without a state directory no store is copied (at 10k Gateway
-            // routes kedge's own status writes come back as 10k such wake-ups).
-            self.lkg.offer_changed(|| self.stores.objects());
+            // after an update: copied when the file is written, not here.
+            self.lkg.offer_live(true);
         } else {
             drop(self.objects());
         }

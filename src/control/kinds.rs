@@ -85,7 +85,9 @@ macro_rules! kinds {
         ),* $(,)? }
     ) => {
         /// The reflector stores of one cluster, per kind: one per namespace (namespaced kinds)
-        /// and field selector. A discovered kind's stores are set once they have listed.
+        /// and field selector. A discovered kind's stores are set once they have listed. A
+        /// clone reads the same stores (the state file writer's copy).
+        #[derive(Clone)]
         pub struct Stores {
             $( $(#[$doc])* $field: Vec<Store<$K>>, )*
             $( $(#[$odoc])* $ofield: Arc<OnceLock<Vec<Store<$OK>>>>, )*

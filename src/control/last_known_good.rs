@@ -18,7 +18,7 @@
 
 use std::io;
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
 use std::time::{Duration, Instant};
 
 use tokio::sync::Notify;
@@ -153,7 +153,7 @@ impl LastKnownGood {
             && let Some(writer) = &self.writer
             && self.health.take_dirty()
         {
-            writer.offer(objects.clone());
+            writer.offer(Pending::Objects(objects.clone()));
         }
         objects
     }
@@ -197,33 +197,29 @@ impl LastKnownGood {
         lock(&self.inner).persisted.is_some()
     }
 
-    /// For a cluster that serves its live stores (as [`LastKnownGood::live_for_update`] said):
-    /// hands the state file writer the live objects when they changed since it last got some,
-    /// as [`LastKnownGood::choose`] does; no store is copied otherwise (without a state
-    /// directory, never).
-    pub fn offer_changed(&self, live: impl FnOnce() -> ClusterObjects) {
-        if let Some(writer) = &self.writer
-            && self.health.take_dirty()
-        {
-            writer.offer(live());
+    /// How the file writer copies the live stores when it writes after [`LastKnownGood::offer_live`]
+    /// (set once, by the cluster that owns the stores).
+    pub fn read_live_with(&self, live: impl Fn() -> ClusterObjects + Send + Sync + 'static) {
+        if let Some(writer) = &self.writer {
+            let _ = writer.live.set(Box::new(live));
         }
     }
 
-    /// After an update that read no objects whole (the endpoint fast path): hands the live
-    /// objects (`live()`, a copy of every store) to the file writer if they changed since they
-    /// were last handed over and the writer holds none waiting. A change left out stays
-    /// marked: the next offer (the next update, or the full rebuild once changes are quiet)
-    /// carries it. So a burst of endpoint changes copies the stores about once per write, not
-    /// once per change.
-    pub fn offer_live(&self, synced: bool, live: impl FnOnce() -> ClusterObjects) {
+    /// For a cluster that serves its live stores (`synced`, not its persisted objects), after an
+    /// update or a status write coming back, which read no store whole: if the objects changed
+    /// since the file writer last got some, asks it to copy the live stores when it next writes
+    /// (at most once per [`WRITE_EVERY`]). So a burst of changes copies the stores once per
+    /// write, not once per change (at 10k Gateway routes kedge's own status writes come back as
+    /// 10k changes), and the file still ends with the last one. Without a state directory,
+    /// nothing.
+    pub fn offer_live(&self, synced: bool) {
         if !synced || self.serving_persisted() {
             return;
         }
         if let Some(writer) = &self.writer
-            && lock(&writer.latest).is_none()
             && self.health.take_dirty()
         {
-            writer.offer(live());
+            writer.offer(Pending::Live);
         }
     }
 }
@@ -255,17 +251,29 @@ fn log_change(cluster: &str, from: &ClusterState, to: &ClusterState) {
     }
 }
 
-/// The latest objects waiting to be written (a newer offer replaces an older one), and the
-/// writer task's wake-up.
+/// What waits to be written (a newer offer replaces an older one), the writer task's wake-up,
+/// and how it copies the live stores.
 #[derive(Default)]
 struct Slot {
-    latest: Mutex<Option<ClusterObjects>>,
+    latest: Mutex<Option<Pending>>,
     wake: Notify,
+    live: OnceLock<LiveObjects>,
+}
+
+/// A copy of a cluster's live stores, made when called.
+type LiveObjects = Box<dyn Fn() -> ClusterObjects + Send + Sync>;
+
+/// What the file writer writes next.
+enum Pending {
+    /// These objects (a build's).
+    Objects(ClusterObjects),
+    /// The live stores as they are when it writes.
+    Live,
 }
 
 impl Slot {
-    fn offer(&self, objects: ClusterObjects) {
-        *lock(&self.latest) = Some(objects);
+    fn offer(&self, pending: Pending) {
+        *lock(&self.latest) = Some(pending);
         self.wake.notify_one();
     }
 }
@@ -283,8 +291,14 @@ fn spawn_writer(cluster: String, file: PathBuf) -> Arc<Slot> {
             if let Some(at) = last {
                 tokio::time::sleep_until((at + WRITE_EVERY).into()).await;
             }
-            let Some(objects) = lock(&s.latest).take() else {
-                continue;
+            let pending = lock(&s.latest).take();
+            let objects = match pending {
+                Some(Pending::Objects(objects)) => objects,
+                Some(Pending::Live) => match s.live.get() {
+                    Some(live) => live(),
+                    None => continue,
+                },
+                None => continue,
             };
             let started = Instant::now();
             let (c, f) = (cluster.clone(), file.clone());

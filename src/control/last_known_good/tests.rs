@@ -131,3 +131,55 @@ fn without_persistence_a_timeout_leaves_the_cluster_not_synced() {
     assert_eq!(lkg.state(), ClusterState::NotSynced);
     assert_eq!(hosts(&lkg.choose(false, || sample(&["a"]))), ["a"]);
 }
+
+#[tokio::test]
+async fn changes_after_updates_are_copied_from_the_live_stores_once_per_write() {
+    use std::sync::Mutex;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let dir = TempDir::new("lkg-live");
+    let state_dir = StateDir::open(dir.path()).expect("state dir");
+    let file = state_dir.cluster_file("prod");
+    let changed = Arc::new(Notify::new());
+    let health = Health::new("prod", &changed);
+    let lkg = LastKnownGood::new("prod", Some(&state_dir), Arc::clone(&health));
+    // The live stores, and how often the writer copied them.
+    let live = Arc::new(Mutex::new(String::from("first")));
+    let copies = Arc::new(AtomicUsize::new(0));
+    lkg.read_live_with({
+        let (live, copies) = (Arc::clone(&live), Arc::clone(&copies));
+        move || {
+            copies.fetch_add(1, Ordering::SeqCst);
+            sample(&[live.lock().expect("live").as_str()])
+        }
+    });
+    let on_disk = |want: &str| {
+        state_file::load(&file, "prod")
+            .ok()
+            .flatten()
+            .is_some_and(|(_, s)| hosts(&s) == [want])
+    };
+    // The first live build's objects are written as they are.
+    lkg.choose(true, || sample(&["first"]));
+    eventually("the first build on disk", || on_disk("first")).await;
+    assert_eq!(copies.load(Ordering::SeqCst), 0, "a build's objects need no copy");
+
+    // A burst of updates (the test's runtime runs nothing else meanwhile): no copy per update,
+    // one when the file is written, and the file ends with the last change.
+    for i in 0..20 {
+        *live.lock().expect("live") = format!("burst-{i:02}");
+        health.mark_dirty();
+        lkg.offer_live(true);
+        assert_eq!(copies.load(Ordering::SeqCst), 0, "copied at an update");
+    }
+    eventually("the end of the burst on disk", || on_disk("burst-19")).await;
+    assert_eq!(copies.load(Ordering::SeqCst), 1);
+
+    // Without a change (or before the sync) nothing is copied nor written.
+    *live.lock().expect("live") = String::from("unchanged");
+    lkg.offer_live(true);
+    health.mark_dirty();
+    lkg.offer_live(false);
+    tokio::time::sleep(WRITE_EVERY + Duration::from_millis(200)).await;
+    assert_eq!(copies.load(Ordering::SeqCst), 1);
+    assert!(on_disk("burst-19"));
+}
