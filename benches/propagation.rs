@@ -419,11 +419,15 @@ fn scenario(name: &'static str, extra: usize, samples: usize, kind: Kind, change
         });
         let written = waited.elapsed();
         let before = kedge.logs().len();
-        support::wait_until(Duration::from_secs(60), "the full build once status writes are quiet", || {
-            kedge.logs()[before..]
-                .iter()
-                .any(|l| l.contains("route table published") && l.contains("settle"))
-        });
+        support::wait_until(
+            Duration::from_secs(60),
+            "the full build once status writes are quiet",
+            || {
+                kedge.logs()[before..]
+                    .iter()
+                    .any(|l| l.contains("route table published") && l.contains("settle"))
+            },
+        );
         notes.push(format!(
             "statuses of {} routes written {} ms after the probe was served; the settle build {} ms later",
             names.len(),
@@ -540,30 +544,48 @@ fn main() {
             10_000,
             30,
             Kind::Ingress,
-            Change::Endpoints, false,
+            Change::Endpoints,
+            false,
         ),
-        ("ingress-change small: 1 Ingress", 0, 40, Kind::Ingress, Change::Ingress, false),
+        (
+            "ingress-change small: 1 Ingress",
+            0,
+            40,
+            Kind::Ingress,
+            Change::Ingress,
+            false,
+        ),
         (
             "ingress-change big: 10,001 Ingresses, 50k endpoints",
             10_000,
             30,
             Kind::Ingress,
-            Change::Ingress, false,
+            Change::Ingress,
+            false,
         ),
         (
             "gw-endpoints small: 1 HTTPRoute",
             0,
             40,
             Kind::Gateway,
-            Change::Endpoints, false,
+            Change::Endpoints,
+            false,
         ),
-        ("gw-route small: 1 HTTPRoute", 0, 40, Kind::Gateway, Change::Route, false),
+        (
+            "gw-route small: 1 HTTPRoute",
+            0,
+            40,
+            Kind::Gateway,
+            Change::Route,
+            false,
+        ),
         (
             "gw-endpoints 10k: 10,001 HTTPRoutes, 50k endpoints",
             10_000,
             30,
             Kind::Gateway,
-            Change::Endpoints, false,
+            Change::Endpoints,
+            false,
         ),
         (
             "gw-route 10k: 10,001 HTTPRoutes, 50k endpoints",
@@ -586,21 +608,24 @@ fn main() {
             0,
             40,
             Kind::Ingress,
-            Change::Certificate, false,
+            Change::Certificate,
+            false,
         ),
         (
             "secret-change 10k: 10,001 Ingresses, 50k endpoints",
             10_000,
             30,
             Kind::Ingress,
-            Change::Certificate, false,
+            Change::Certificate,
+            false,
         ),
         (
             "secret-unread 10k: 10,001 Ingresses, 50k endpoints",
             10_000,
             30,
             Kind::Ingress,
-            Change::Unread, false,
+            Change::Unread,
+            false,
         ),
     ];
     for (name, extra, samples, kind, change, settled) in scenarios {

@@ -520,10 +520,13 @@ pub fn attach<'a>(objects: &Objects<'a>, settings: &GatewaySettings, listeners: 
 /// with the settings and kedge's listeners), the Namespaces (labels for `allowedRoutes`), the
 /// ReferenceGrants and the Services its backendRefs name (`ResolvedRefs`), and nothing else.
 /// So a decision is used again while its route is the same object (kept alive here, so that
-/// its address names no other), none of its Services is among the changed ones, and the
-/// GatewayClasses, Gateways, Namespaces, ReferenceGrants (the same objects, in the same order),
-/// settings and listeners are those it was made with; anything else decides every route again.
-/// Whether a listener is programmed (what it serves) is read at every build, not kept.
+/// its address names no other) or a new object of the same route (uid) with the same
+/// `metadata.generation` (only its status or metadata changed: kedge's own status write coming
+/// back, most often; the decision reads neither), none of its Services is among the changed
+/// ones, and the GatewayClasses, Gateways, Namespaces, ReferenceGrants (the same objects, in the
+/// same order), settings and listeners are those it was made with; anything else decides every
+/// route again. Whether a listener is programmed (what it serves) is read at every build, not
+/// kept.
 #[derive(Default)]
 pub struct RouteCache {
     /// The addresses of the GatewayClasses, Gateways, Namespaces and ReferenceGrants the
@@ -531,17 +534,40 @@ pub struct RouteCache {
     world: Option<(Vec<usize>, GatewaySettings, Vec<ListenerSpec>)>,
     /// By the address of the route object.
     routes: FxHashMap<usize, Decided>,
+    /// The address each route (by uid) was last decided at, to find its decision from a new
+    /// object of the same generation.
+    by_uid: FxHashMap<String, usize>,
+    /// How many routes the last [`attach_with`] decided (the rest it took as decided).
+    decided: usize,
 }
 
 /// A route object of the stores, kept by the cache.
 enum Kept {
-    Http(#[allow(dead_code)] Arc<HttpRoute>),
-    Grpc(#[allow(dead_code)] Arc<GrpcRoute>),
+    Http(Arc<HttpRoute>),
+    Grpc(Arc<GrpcRoute>),
+}
+
+impl Kept {
+    fn meta(&self) -> &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta {
+        match self {
+            Kept::Http(r) => &r.metadata,
+            Kept::Grpc(r) => &r.metadata,
+        }
+    }
+}
+
+/// Whether `new` is the object `old` with only its status or metadata changed: the same uid
+/// and the same generation (which the API server bumps at every change of the spec).
+pub fn same_generation(
+    old: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta,
+    new: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta,
+) -> bool {
+    old.uid.is_some() && old.generation.is_some() && old.uid == new.uid && old.generation == new.generation
 }
 
 /// What [`attach_with`] decided for one route object.
 struct Decided {
-    _object: Kept,
+    object: Kept,
     /// The Services its backendRefs name (namespace, name): a change to one decides it again.
     services: Vec<(String, String)>,
     /// One per parentRef naming one of kedge's Gateways, in the route's order.
@@ -567,6 +593,11 @@ impl RouteCache {
     /// Whether no route decision is kept.
     pub fn is_empty(&self) -> bool {
         self.routes.is_empty()
+    }
+
+    /// How many routes the last [`attach_with`] decided (the rest it took as decided).
+    pub fn decided(&self) -> usize {
+        self.decided
     }
 }
 
@@ -657,8 +688,10 @@ pub fn attach_with<'a>(
     let world = (world_of(objects), settings.clone(), listeners.to_vec());
     if changed.is_none() || cache.world.as_ref() != Some(&world) {
         cache.routes.clear();
+        cache.by_uid.clear();
     }
     cache.world = Some(world);
+    cache.decided = 0;
     // Namespace labels by name, for allowedRoutes selectors (built when a route is decided).
     let labels = std::cell::LazyCell::new(|| -> Labels<'a> {
         objects
@@ -688,18 +721,36 @@ pub fn attach_with<'a>(
         .collect();
     for (i, (route, object, grpc)) in routes.enumerate() {
         let at = std::ptr::from_ref(route.meta()) as usize;
-        let kept = cache
-            .routes
-            .get(&object)
-            .is_some_and(|d| !changed.is_some_and(|c| d.services.iter().any(|s| c.contains(s))));
-        if !kept {
+        let fresh = |d: &Decided| !changed.is_some_and(|c| d.services.iter().any(|s| c.contains(s)));
+        if !cache.routes.get(&object).is_some_and(fresh) {
             let kept = match grpc {
                 None => Kept::Http(Arc::clone(&objects.http_routes[i])),
                 Some(r) => Kept::Grpc(Arc::clone(r)),
             };
-            cache
-                .routes
-                .insert(object, decide(route, kept, &gateways, &evals, &labels, &refs));
+            let uid = route.meta().uid.as_deref();
+            // A new object of a route decided before, with the same generation: the same
+            // decision, moved to this object.
+            let renewed = uid
+                .and_then(|uid| cache.by_uid.get(uid))
+                .filter(|at| **at != object)
+                .and_then(|at| cache.routes.remove(at))
+                .filter(|d| same_generation(d.object.meta(), route.meta()) && fresh(d));
+            let decided = match renewed {
+                Some(d) => Decided { object: kept, ..d },
+                None => {
+                    cache.decided += 1;
+                    decide(route, kept, &gateways, &evals, &labels, &refs)
+                }
+            };
+            cache.routes.insert(object, decided);
+            if let Some(uid) = uid {
+                match cache.by_uid.get_mut(uid) {
+                    Some(at) => *at = object,
+                    None => {
+                        cache.by_uid.insert(uid.to_owned(), object);
+                    }
+                }
+            }
         }
         let Some(decided) = cache.routes.get(&object) else {
             continue;
@@ -732,6 +783,10 @@ pub fn attach_with<'a>(
         }
     }
     forget_gone_routes(&mut cache.routes, objects);
+    if cache.by_uid.len() > cache.routes.len() {
+        let routes = &cache.routes;
+        cache.by_uid.retain(|_, at| routes.contains_key(at));
+    }
 
     for ((gw, (_, ev)), state) in gateways.iter().zip(evals).zip(&mut out.gateways) {
         let (ns, name) = ns_name(&gw.metadata);
@@ -1434,7 +1489,7 @@ fn decide<'a>(
     services.sort_unstable();
     services.dedup();
     Decided {
-        _object: object,
+        object,
         services,
         parents,
     }

@@ -84,7 +84,8 @@ fn http_route(i: usize, v: usize, generation: i64) -> Arc<HttpRoute> {
                           "backendRefs": [{"name": format!("svc-{}", (v + 2) % SERVICES), "port": 80}]}),
         );
     }
-    let mut meta = json!({"namespace": ns_of(i), "name": format!("route-{i}"), "generation": generation});
+    let mut meta = json!({"namespace": ns_of(i), "name": format!("route-{i}"), "uid": format!("route-{i}"),
+                          "generation": generation});
     if let Some(t) = TIMES[(i + v) % TIMES.len()] {
         meta["creationTimestamp"] = json!(t);
     }
@@ -99,7 +100,8 @@ fn grpc_route(i: usize, v: usize, generation: i64) -> Arc<GrpcRoute> {
     } else {
         json!(["a.example.com"])
     };
-    let mut meta = json!({"namespace": ns_of(i), "name": format!("grpc-{i}"), "generation": generation});
+    let mut meta = json!({"namespace": ns_of(i), "name": format!("grpc-{i}"), "uid": format!("grpc-{i}"),
+                          "generation": generation});
     if let Some(t) = TIMES[(i + v) % TIMES.len()] {
         meta["creationTimestamp"] = json!(t);
     }
@@ -301,6 +303,23 @@ impl Cluster {
                 self.gateways = gateways(b);
                 return Some(true);
             }
+            11 => {
+                // A status (or metadata) write: a new object of the same generation, which the
+                // control loop answers with no build; the next update finds it.
+                let rv = Some(self.generation.to_string());
+                if b.is_multiple_of(2) || self.plain {
+                    if let Some(r) = &mut self.routes[a % ROUTES] {
+                        let mut n = (**r).clone();
+                        n.metadata.resource_version = rv;
+                        *r = Arc::new(n);
+                    }
+                } else if let Some(r) = &mut self.grpc[a % GRPC] {
+                    let mut n = (**r).clone();
+                    n.metadata.resource_version = rv;
+                    *r = Arc::new(n);
+                }
+                return None;
+            }
             10 => {
                 let n = a % self.namespaces.len();
                 let mut ns = (*self.namespaces[n]).clone();
@@ -471,7 +490,15 @@ fn finish(
 
 fn changes() -> impl Strategy<Value = Vec<(u8, usize, usize)>> {
     // Route changes (what updates are for) more often than the others.
-    vec((prop_oneof![8 => 0u8..9, 2 => 9u8..11], 0usize..64, 0usize..64), 1..24)
+    // Status writes (new objects of the same generation) often: they are most of the events.
+    vec(
+        (
+            prop_oneof![8 => 0u8..9, 2 => 9u8..11, 4 => Just(11u8)],
+            0usize..64,
+            0usize..64,
+        ),
+        1..24,
+    )
 }
 
 proptest! {
@@ -514,6 +541,31 @@ fn a_route_change_is_an_update() {
         dump.contains("gateway 127.0.0.1:80 b.example.com ~ ^(?:/r.*)$"),
         "{dump}"
     );
+}
+
+/// A route whose status kedge wrote comes back as a new object of the same generation: the
+/// next update takes its attachment as decided; a new generation is decided again.
+#[test]
+fn status_writes_coming_back_are_not_decided_again() {
+    let mut cluster = Cluster::new(true);
+    let mut state = State::default();
+    let (table, _, _) = cluster.build(&mut state, None, &BTreeSet::new());
+    assert_eq!(state.attached.decided(), ROUTES);
+    for r in cluster.routes.iter_mut().flatten() {
+        let mut n = (**r).clone();
+        n.metadata.resource_version = Some("2".into());
+        *r = Arc::new(n);
+    }
+    let (table, dump, updated) = cluster.build(&mut state, Some(&table), &BTreeSet::new());
+    assert!(updated, "an update, not a build from nothing");
+    assert_eq!(state.attached.decided(), 0, "status writes decided again");
+    assert_eq!(dump, cluster.translated_from_nothing());
+    // The same spec at a new generation (what the API server does at a spec change).
+    cluster.routes[0] = Some(http_route(0, 0, 2));
+    let (_, dump, updated) = cluster.build(&mut state, Some(&table), &BTreeSet::new());
+    assert!(updated, "an update, not a build from nothing");
+    assert_eq!(state.attached.decided(), 1);
+    assert_eq!(dump, cluster.translated_from_nothing());
 }
 
 /// Ingress updates stay updates next to Gateway routes when the Ingress hosts do not overlap
