@@ -384,16 +384,21 @@ pub struct RefProblem {
 /// ReferenceGrant from the route's kind (`route_kind`: `HTTPRoute`, `GRPCRoute`) there.
 /// Services and ReferenceGrants by namespace (and name), built once per table build: resolving
 /// a backendRef is then a hash lookup, not a scan of every Service and grant (quadratic with
-/// thousands of routes).
+/// thousands of routes). The Services are indexed at the [`SCANS`]th lookup: an update that
+/// decides a route or two again finds its few Services by a scan instead of indexing 10k.
 pub struct RefIndex<'a> {
-    services: FxHashMap<(&'a str, &'a str), &'a Service>,
+    all: &'a [Arc<Service>],
+    services: std::cell::OnceCell<FxHashMap<(&'a str, &'a str), &'a Service>>,
+    scans: std::cell::Cell<usize>,
     /// By the namespace they are in (the one they grant access to).
     grants: FxHashMap<&'a str, Vec<Arc<ReferenceGrant>>>,
 }
 
+/// How many Service lookups a [`RefIndex`] answers by a scan before it indexes them all.
+const SCANS: usize = 8;
+
 impl<'a> RefIndex<'a> {
     pub fn new(objects: &Objects<'a>) -> RefIndex<'a> {
-        let services = objects.services.iter().map(|s| (ns_name(&s.metadata), &**s)).collect();
         let mut grants: FxHashMap<&'a str, Vec<Arc<ReferenceGrant>>> = FxHashMap::default();
         for g in objects.reference_grants {
             grants
@@ -401,7 +406,29 @@ impl<'a> RefIndex<'a> {
                 .or_default()
                 .push(Arc::clone(g));
         }
-        RefIndex { services, grants }
+        RefIndex {
+            all: objects.services,
+            services: std::cell::OnceCell::new(),
+            scans: std::cell::Cell::new(0),
+            grants,
+        }
+    }
+
+    /// Service `ns`/`name`.
+    fn service(&self, ns: &str, name: &str) -> Option<&'a Service> {
+        if self.services.get().is_none() && self.scans.get() < SCANS {
+            self.scans.set(self.scans.get() + 1);
+            return self
+                .all
+                .iter()
+                .find(|s| ns_name(&s.metadata) == (ns, name))
+                .map(|s| &**s);
+        }
+        let all = self.all;
+        let services = self
+            .services
+            .get_or_init(|| all.iter().map(|s| (ns_name(&s.metadata), &**s)).collect());
+        services.get(&(ns, name)).copied()
     }
 
     /// The ReferenceGrants in namespace `ns`.
@@ -445,7 +472,7 @@ pub fn resolve_backend(
             message: format!("backendRef {ns}/{}: no port", r.name),
         });
     };
-    let Some(svc) = refs.services.get(&(ns, r.name.as_str())) else {
+    let Some(svc) = refs.service(ns, &r.name) else {
         return Err(RefProblem {
             reason: "BackendNotFound",
             message: format!("backendRef {ns}/{}: no such Service", r.name),
@@ -481,9 +508,8 @@ struct Eval<'a> {
     bind: Option<Arc<Bind>>,
     /// `Programmed=False` message, `None` when programmed.
     not_programmed: Option<String>,
-    /// Routes attached (by the address of their object: one per kind, namespace and name),
-    /// for `attachedRoutes`.
-    attached: rustc_hash::FxHashSet<usize>,
+    /// How many routes attach, for `attachedRoutes`.
+    attached: usize,
 }
 
 /// Whether a kedge listener bound to `bound` takes connections for local address `ip`.
@@ -578,8 +604,10 @@ struct DecidedParent {
     /// The Gateway's index among kedge's (sorted by namespace/name).
     gateway: usize,
     /// The listeners (index in the Gateway's spec) that accept it, with the hostnames it is
-    /// served for there; empty when refused.
-    listeners: Vec<(usize, Arc<[String]>)>,
+    /// served for there and whether this is the route's first parent entry to attach there
+    /// (two parentRefs may name the same listener: the route attaches once); empty when
+    /// refused.
+    listeners: Vec<(usize, Arc<[String]>, bool)>,
     parent_ref: Arc<ParentRef>,
     conditions: Arc<Vec<Cond>>,
 }
@@ -710,8 +738,6 @@ pub fn attach_with<'a>(
                 .iter()
                 .map(|r| (RouteRef::Grpc(r), Arc::as_ptr(r) as usize, Some(r))),
         );
-    // (route object, gateway index, listener index): attached once.
-    let mut served: rustc_hash::FxHashSet<(usize, usize, usize)> = rustc_hash::FxHashSet::default();
     let gateway_names: Vec<Arc<str>> = gateways
         .iter()
         .map(|g| {
@@ -720,7 +746,6 @@ pub fn attach_with<'a>(
         })
         .collect();
     for (i, (route, object, grpc)) in routes.enumerate() {
-        let at = std::ptr::from_ref(route.meta()) as usize;
         let fresh = |d: &Decided| !changed.is_some_and(|c| d.services.iter().any(|s| c.contains(s)));
         if !cache.routes.get(&object).is_some_and(fresh) {
             let kept = match grpc {
@@ -757,15 +782,16 @@ pub fn attach_with<'a>(
         };
         for p in &decided.parents {
             let gi = p.gateway;
-            for (li, hostnames) in &p.listeners {
+            for (li, hostnames, first) in &p.listeners {
+                if !first {
+                    continue;
+                }
                 let eval = &mut evals[gi].1[*li];
-                eval.attached.insert(at);
+                eval.attached += 1;
                 if eval.not_programmed.is_some() {
                     continue;
                 }
-                if let Some(bind) = &eval.bind
-                    && served.insert((at, gi, *li))
-                {
+                if let Some(bind) = &eval.bind {
                     out.routes.push(Attached {
                         bind: Arc::clone(bind),
                         gateway: Arc::clone(&gateway_names[gi]),
@@ -791,7 +817,7 @@ pub fn attach_with<'a>(
     for ((gw, (_, ev)), state) in gateways.iter().zip(evals).zip(&mut out.gateways) {
         let (ns, name) = ns_name(&gw.metadata);
         for (eval, ls) in ev.into_iter().zip(&mut state.listeners) {
-            ls.attached_routes = i32::try_from(eval.attached.len()).unwrap_or(i32::MAX);
+            ls.attached_routes = i32::try_from(eval.attached).unwrap_or(i32::MAX);
             if let (Some(bind), None) = (&eval.bind, &eval.not_programmed) {
                 let hostname = eval.listener.hostname.as_deref().map(str::to_ascii_lowercase);
                 out.listeners.push(((**bind).clone(), hostname.clone()));
@@ -1088,7 +1114,7 @@ fn listener<'a>(objects: &Objects<'a>, gw: &'a Gateway, l: &'a Listener) -> Eval
         certs: Vec::new(),
         bind: None,
         not_programmed: None,
-        attached: rustc_hash::FxHashSet::default(),
+        attached: 0,
     };
     let Some(tls) = protocol_tls(&l.protocol) else {
         e.refused = Some((
@@ -1466,7 +1492,15 @@ fn decide<'a>(
         let resolved = resolved.get_or_insert_with(|| route_refs(refs, &route)).clone();
         let (listeners, accepted) = match accepted {
             Ok(attached) => (
-                attached.into_iter().map(|(li, h)| (li, Arc::from(h))).collect(),
+                attached
+                    .into_iter()
+                    .map(|(li, h)| {
+                        let first = !parents
+                            .iter()
+                            .any(|p: &DecidedParent| p.gateway == gi && p.listeners.iter().any(|l| l.0 == li));
+                        (li, Arc::from(h), first)
+                    })
+                    .collect(),
                 Cond::yes("Accepted", "Accepted", "accepted by kedge"),
             ),
             Err((reason, message)) => (Vec::new(), Cond::no("Accepted", reason, message)),
