@@ -153,7 +153,7 @@ impl LastKnownGood {
             && let Some(writer) = &self.writer
             && self.health.take_dirty()
         {
-            writer.offer(Pending::Objects(objects.clone()));
+            writer.offer(Pending::Objects(Box::new(objects.clone())));
         }
         objects
     }
@@ -266,7 +266,7 @@ type LiveObjects = Box<dyn Fn() -> ClusterObjects + Send + Sync>;
 /// What the file writer writes next.
 enum Pending {
     /// These objects (a build's).
-    Objects(ClusterObjects),
+    Objects(Box<ClusterObjects>),
     /// The live stores as they are when it writes.
     Live,
 }
@@ -293,7 +293,7 @@ fn spawn_writer(cluster: String, file: PathBuf) -> Arc<Slot> {
             }
             let pending = lock(&s.latest).take();
             let objects = match pending {
-                Some(Pending::Objects(objects)) => objects,
+                Some(Pending::Objects(objects)) => *objects,
                 Some(Pending::Live) => match s.live.get() {
                     Some(live) => live(),
                     None => continue,
