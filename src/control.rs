@@ -500,12 +500,16 @@ fn start_update(
 /// cluster's Ingresses; certificates in the same order. With `update` (the current table and
 /// what changed since it was built, one entry per cluster), only the hosts the changes touch
 /// are built again when that is exact (else from nothing).
+/// Builds a snapshot and hands it to `publish` (`true`: it serves now); then, if it does, the
+/// Gateway API status views go to the status writers (after the swap: at 10k routes a view is
+/// milliseconds that traffic need not wait for).
 fn build(
     cfg: &Config,
     clusters: &[Cluster],
     (tls, local): (&mut TlsState, &Local),
     update: Option<(&crate::routes::RouteTable, &[Changes])>,
-) -> (Snapshot, Built) {
+    publish: &mut dyn FnMut(Snapshot, &Built) -> bool,
+) -> Built {
     let tls_hosts: Vec<String> = cfg.tls.certificates.iter().flat_map(|c| c.hosts.clone()).collect();
     // An update reads what the changes touch; a build from nothing every object.
     let (objects, started) = match update.and_then(|(prev, ch)| start_update(cfg, clusters, prev, ch, &tls_hosts)) {
@@ -524,6 +528,8 @@ fn build(
     let mut served = 0;
     let mut gateway_classes = 0;
     let mut outcomes = Vec::new();
+    // Each cluster's attachment, for its status view once the snapshot is published.
+    let mut attachments = Vec::with_capacity(clusters.len());
     // An update of the Gateway routes met what only a build from nothing decides.
     let mut routes_inexact = false;
     let (mut gateway_clusters, mut routes_rebuilt) = (0, false);
@@ -562,7 +568,6 @@ fn build(
         routes_rebuilt |= translated.rebuilt;
         let route_warnings = translated.warnings;
         attachment.refuse(&translated.refusals);
-        c.offer_gateway_status(&attachment, &objects.view());
         // Every programmed listener, routes or not: a host it selects is its routes' or a 404.
         for (bind, hostname) in &attachment.listeners {
             builder.gateway_listener(&bind.addresses, bind.port, hostname.as_deref());
@@ -581,11 +586,12 @@ fn build(
             outcome
                 .warnings
                 .into_iter()
-                .chain(attachment.warnings)
+                .chain(std::mem::take(&mut attachment.warnings))
                 .chain(route_warnings)
                 .map(|w| format!("cluster {}: {}: {}", c.config.name, w.object, w.message)),
         );
         outcomes.push((c.config.name.as_str(), tls_bindings));
+        attachments.push(attachment);
     }
     // A host both an HTTPRoute and an Ingress (or a static route) claim: on the Gateway's
     // addresses and port the HTTPRoute decides, elsewhere the Ingress.
@@ -644,17 +650,20 @@ fn build(
             handshake_timeout: cfg.tls.handshake_timeout,
         },
     };
-    (
-        snap,
-        Built {
-            warnings,
-            served,
-            tls_hosts,
-            gateway_classes,
-            inexact,
-            updated: updating && !inexact,
-        },
-    )
+    let built = Built {
+        warnings,
+        served,
+        tls_hosts,
+        gateway_classes,
+        inexact,
+        updated: updating && !inexact,
+    };
+    if publish(snap, &built) {
+        for ((c, objects), attachment) in clusters.iter().zip(&objects).zip(&attachments) {
+            c.offer_gateway_status(attachment, &objects.view());
+        }
+    }
+    built
 }
 
 /// Builds and swaps in a new snapshot, logging what it took and the warnings that are new
@@ -684,30 +693,38 @@ fn publish_with(
     let started = Instant::now();
     let current = changes.map(|_| shared.snapshot.load_full());
     let update = current.as_deref().map(|s| &s.table).zip(changes);
-    let mut built = build(cfg, clusters, (&mut *tls, local), update);
-    if built.1.inexact {
+    // (time to traffic, backends, endpoints, hosts) of the snapshot published.
+    let mut published = None;
+    let mut swap = |snap: Snapshot, b: &Built| {
+        if b.inexact {
+            return false;
+        }
+        let backends = snap.table.backends.len();
+        let endpoints: usize = snap.table.backends.iter().map(|b| b.endpoints.len()).sum();
+        let hosts = snap.table.host_count();
+        shared.snapshot.store(Arc::new(snap));
+        crate::stats::table_published();
+        published = Some((started.elapsed(), backends, endpoints, hosts));
+        true
+    };
+    let mut built = build(cfg, clusters, (&mut *tls, local), update, &mut swap);
+    if built.inexact {
         tracing::debug!("a build from nothing: the update met what only one decides");
-        built = build(cfg, clusters, (&mut *tls, local), None);
-    } else if built.1.updated {
+        built = build(cfg, clusters, (&mut *tls, local), None, &mut swap);
+    } else if built.updated {
         why = "update";
     }
     drop(current);
-    let (
-        snap,
-        Built {
-            warnings,
-            served,
-            tls_hosts,
-            gateway_classes,
-            ..
-        },
-    ) = built;
-    let built = started.elapsed();
-    let backends = snap.table.backends.len();
-    let endpoints: usize = snap.table.backends.iter().map(|b| b.endpoints.len()).sum();
-    let hosts = snap.table.host_count();
-    shared.snapshot.store(Arc::new(snap));
-    crate::stats::table_published();
+    let Built {
+        warnings,
+        served,
+        tls_hosts,
+        gateway_classes,
+        ..
+    } = built;
+    let Some((built, backends, endpoints, hosts)) = published else {
+        unreachable!("a build from nothing is always published");
+    };
     if why == "update" {
         // The state file, once the update is served (it read no store whole).
         for c in clusters {
