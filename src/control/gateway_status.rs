@@ -101,9 +101,11 @@ type Key = (Resource, String, String);
 /// One object whose status should change.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Item {
-    pub key: Key,
+    /// Shared, as the rest: a view hands every pending item over again (10k of them while
+    /// kedge's first status writes at 10k routes are under way), and the writer plans each.
+    pub key: Arc<Key>,
     /// The object's resourceVersion in the view: the write's precondition.
-    pub rv: Option<String>,
+    pub rv: Option<Arc<str>>,
     /// The status fields kedge owns, whole (each list replaces the object's in the patch);
     /// shared with the views that decide the same (see [`Unchanged`]).
     pub status: Arc<Value>,
@@ -187,8 +189,8 @@ pub fn view_with(
     let mut push = |key: Key, rv: &Option<String>, current: &Value, status: Value| {
         if !same(current, &status) {
             items.push(Item {
-                key,
-                rv: rv.clone(),
+                key: Arc::new(key),
+                rv: rv.as_deref().map(Arc::from),
                 status: Arc::new(status),
             });
         }
@@ -326,8 +328,8 @@ pub fn view_with(
         target.truncate(32);
         let status = json!({ "parents": target });
         let item = (!same(&current, &status)).then(|| Item {
-            key: (resource, ns, name),
-            rv: m.resource_version.clone(),
+            key: Arc::new((resource, ns, name)),
+            rv: m.resource_version.as_deref().map(Arc::from),
             status: Arc::new(status),
         });
         items.extend(item.clone());
@@ -399,9 +401,12 @@ impl Writer {
     }
 }
 
+/// What the writer wrote, by object: the resourceVersion it wrote against and the status.
+type Sent = HashMap<Arc<Key>, (Option<Arc<str>>, Arc<Value>)>;
+
 /// The items not written yet: `sent` keeps only the writes still waiting for their watch event
 /// (same resourceVersion, same status).
-fn plan(items: &[Item], sent: &mut HashMap<Key, (Option<String>, Arc<Value>)>) -> Vec<Item> {
+fn plan(items: &[Item], sent: &mut Sent) -> Vec<Item> {
     let mut waiting = HashMap::new();
     let mut writes = Vec::new();
     for item in items {
@@ -420,9 +425,9 @@ fn plan(items: &[Item], sent: &mut HashMap<Key, (Option<String>, Arc<Value>)>) -
 
 /// One status patch.
 async fn patch(client: Client, item: &Item, params: &PatchParams) -> Result<(), kube::Error> {
-    let body = json!({"metadata": {"resourceVersion": item.rv}, "status": *item.status});
+    let body = json!({"metadata": {"resourceVersion": item.rv.as_deref()}, "status": *item.status});
     let p = Patch::Merge(&body);
-    let (_, ns, name) = &item.key;
+    let (_, ns, name) = &*item.key;
     match item.key.0 {
         Resource::GatewayClass => Api::<GatewayClass>::all(client)
             .patch_status(name, params, &p)
@@ -446,20 +451,20 @@ async fn patch(client: Client, item: &Item, params: &PatchParams) -> Result<(), 
 /// The Gateway API half of the writer loop: the items of a build, a merge patch naming the
 /// resourceVersion each was planned from.
 struct Items {
-    sent: HashMap<Key, (Option<String>, Arc<Value>)>,
+    sent: Sent,
 }
 
 impl WriterKind for Items {
     type View = Vec<Item>;
     type Write = Item;
-    type Key = Key;
+    type Key = Arc<Key>;
     const CONFLICT_IS_QUIET: bool = true;
 
     fn plan(&mut self, view: &Vec<Item>) -> Vec<Item> {
         plan(view, &mut self.sent)
     }
 
-    fn key(w: &Item) -> &Key {
+    fn key(w: &Item) -> &Arc<Key> {
         &w.key
     }
 
@@ -475,7 +480,7 @@ impl WriterKind for Items {
     }
 
     fn log(cluster: &str, w: &Item, what: Logged<'_>) {
-        let (resource, ns, name) = &w.key;
+        let (resource, ns, name) = &*w.key;
         let object = if ns.is_empty() {
             format!("{} {name}", resource.kind())
         } else {

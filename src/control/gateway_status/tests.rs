@@ -68,7 +68,7 @@ impl World {
             *obj = from(v);
         }
         for item in items {
-            let (r, ns, name) = &item.key;
+            let (r, ns, name) = &*item.key;
             let is = |m: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta| {
                 m.name.as_deref() == Some(name) && m.namespace.as_deref().unwrap_or("") == ns
             };
