@@ -481,7 +481,7 @@ fn an_ingress_change_rebuilds_its_host_only() {
 
 /// A certificate rotation (a Secret a `tls` section names, usable before and after) rebuilds
 /// no host: the update swaps the certificate into the bindings and shares every host's rules.
-/// One that goes away changes which hosts have a certificate: a build from nothing.
+/// One that goes away, or comes back, changes the bindings and warnings only: an update too.
 #[test]
 fn a_certificate_rotation_rebuilds_no_host() {
     let mut cluster = Cluster::new(spec());
@@ -503,12 +503,34 @@ fn a_certificate_rotation_rebuilds_no_host() {
     assert_eq!(bound, [b"crt3"], "the new certificate is bound");
     assert!(next.shares_host_rules(&table, "a.example.com"), "host a is shared");
     assert!(next.shares_host_rules(&table, "b.example.com"), "host b is shared");
-    // Gone: its host gets the default certificate, and a warning says so.
+    // Gone: an update too. Its host keeps TLS without a certificate of its own (the default
+    // one), and a warning says so; no host's rules change.
     cluster.secrets[0] = secret_variant(0, 2);
-    let (next, out, updated) = cluster.next(&mut state, &next, &BTreeSet::new(), &cert);
-    assert!(!updated, "a build from nothing");
-    assert_eq!(dump(&next, &out), cluster.translated_from_nothing());
+    let (gone, out, updated) = cluster.next(&mut state, &next, &BTreeSet::new(), &cert);
+    assert!(updated, "an update, not a build from nothing");
+    assert_eq!(dump(&gone, &out), cluster.translated_from_nothing());
     assert!(out.tls.is_empty());
+    assert!(
+        out.warnings
+            .iter()
+            .any(|w| w.message.contains("Secret web/cert not found")),
+        "{:?}",
+        out.warnings
+    );
+    assert!(gone.shares_host_rules(&next, "a.example.com"), "host a is shared");
+    assert!(gone.shares_host_rules(&next, "b.example.com"), "host b is shared");
+    // Back (the Secret created after the Ingress): bound, the warning gone, an update.
+    cluster.secrets[0] = secret_variant(0, 4);
+    let (back, out, updated) = cluster.next(&mut state, &gone, &BTreeSet::new(), &cert);
+    assert!(updated, "an update, not a build from nothing");
+    assert_eq!(dump(&back, &out), cluster.translated_from_nothing());
+    assert_eq!(out.tls.len(), 1);
+    assert!(
+        !out.warnings.iter().any(|w| w.message.contains("web/cert")),
+        "{:?}",
+        out.warnings
+    );
+    assert!(back.shares_host_rules(&gone, "a.example.com"), "host a is shared");
 }
 
 /// An `auth-secret` change rebuilds the hosts of the Ingresses that read it, and only those;
