@@ -134,6 +134,12 @@ fn secret_variant(k: usize, v: usize) -> Option<Arc<Secret>> {
     let pem = |s: &str| json!(base64_of(s));
     match (k / NAMESPACES.len(), v % 3) {
         (_, 2) => None,
+        // Present but unusable (no key): its hosts have no certificate of their own.
+        (0, _) if v % 6 == 1 => Some(obj(json!({
+            "metadata": {"namespace": ns, "name": "cert"},
+            "type": "kubernetes.io/tls",
+            "data": {"tls.crt": pem(&format!("crt{v}")), "tls.key": ""},
+        }))),
         (0, _) => Some(obj(json!({
             "metadata": {"namespace": ns, "name": "cert"},
             "type": "kubernetes.io/tls",
@@ -406,8 +412,16 @@ fn dump(table: &RouteTable, out: &Outcome) -> String {
 }
 
 fn changes() -> impl Strategy<Value = Vec<(u8, usize, usize)>> {
-    // Ingress and Service changes (what updates are for) more often than the others.
-    vec((prop_oneof![6 => 0u8..6, 1 => 6u8..9], 0usize..64, 0usize..64), 1..24)
+    // Ingress and Service changes (what updates are for) more often than the others, and
+    // Secrets (certificates that rotate, appear, go or break) as often as Services.
+    vec(
+        (
+            prop_oneof![6 => 0u8..6, 1 => 6u8..9, 1 => Just(6u8)],
+            0usize..64,
+            0usize..64,
+        ),
+        1..24,
+    )
 }
 
 proptest! {
@@ -415,7 +429,7 @@ proptest! {
 
     /// After each change, what the control loop publishes equals a translation from nothing.
     #[test]
-    fn updates_equal_a_translation_translated_from_nothing(changes in changes(), nodeports in any::<bool>(), plain in any::<bool>()) {
+    fn updates_equal_a_translation_translated_from_nothing(changes in changes(), nodeports in any::<bool>(), plain in any::<bool>(), tls in any::<bool>()) {
         let mut spec = spec();
         if nodeports {
             spec.upstream = crate::control::translate::UpstreamMode::NodePorts;
@@ -424,6 +438,15 @@ proptest! {
         if plain {
             cluster.plain = true;
             cluster.ingresses = (0..INGRESSES).map(|i| Some(cluster.ingress(i, i * 3))).collect();
+        }
+        if tls {
+            // Every other Ingress with a `tls` section (naming its namespace's `cert`) and no
+            // contested protocol, the others plain: the certificates' changes (rotated, gone,
+            // back, unusable) are updates that the other changes do not keep from happening.
+            cluster.plain = true;
+            cluster.ingresses = (0..INGRESSES)
+                .map(|i| Some(if i % 2 == 0 { ingress(i, [0, 20, 25, 30, 55][i / 2 % 5]) } else { cluster.ingress(i, i * 3) }))
+                .collect();
         }
         let mut state = Incremental::default();
         let (mut table, mut out) = cluster.full(&mut state);
