@@ -300,6 +300,10 @@ fn sample(
             (Some(leaf), Some(tls)) if change == Change::Gone => {
                 try_handshake(kedge.tls_addr(), &tls.client).is_none_or(|l| l != leaf.der.to_vec())
             }
+            // (Until it appears, the host's handshakes may fail.)
+            (Some(leaf), Some(tls)) if change == Change::Appear => {
+                try_handshake(kedge.tls_addr(), &tls.client).is_some_and(|l| l == leaf.der.to_vec())
+            }
             (Some(leaf), Some(tls)) => handshake(kedge.tls_addr(), &tls.client) == leaf.der.to_vec(),
             _ => probe(kedge.addr()) == want,
         };
