@@ -37,7 +37,13 @@
 //! handshakes on fresh connections until 16 in a row get the new certificate (first / all as
 //! above). `secret-unread` scenarios: a sample applies an Opaque Secret nothing reads (a new one
 //! each time) and waits until kedge logs that its watch saw it (first = all = that wait); what
-//! matters there is the control thread's CPU.
+//! matters there is the control thread's CPU. `secret-appear 10k`: before the clock, `probe-tls`
+//! is deleted and kedge waited for until the probe host has no certificate of its own; the
+//! sample creates it with a new certificate (cert-manager's flow) and makes handshakes until 16
+//! in a row get it. `secret-gone 10k`: before the clock a new certificate is applied and waited
+//! for; the sample deletes the Secret, until 16 handshakes in a row no longer get it (the
+//! handshake fails or another certificate is served). In both, a sample's control thread CPU
+//! covers two Secret changes (the one before the clock and the one measured).
 //!
 //! Every scenario also reports the CPU time kedge's control thread (`kedge-control`) used
 //! during the samples, per sample (from `/proc/PID/task/TID/schedstat`), 300 ms after the last.
@@ -175,6 +181,13 @@ enum Change {
     Certificate,
     /// An Opaque Secret nothing reads is applied (a new one per sample).
     Unread,
+    /// The probe host's certificate Secret, deleted before the clock starts (and no longer
+    /// served), is created again with a new certificate (cert-manager's flow: the Ingress
+    /// first, its Secret later).
+    Appear,
+    /// The probe host's certificate Secret, created before the clock starts (and served), is
+    /// deleted: done when handshakes no longer get it.
+    Gone,
 }
 
 /// The TLS side of the `secret-*` scenarios: the CA the probe host's certificates come from.
@@ -186,6 +199,14 @@ struct Tls {
 /// The certificate a TLS handshake for the probe host gets.
 fn handshake(addr: SocketAddr, client: &Arc<rustls::ClientConfig>) -> Vec<u8> {
     Client::connect_tls(addr, Arc::clone(client), HOST).peer_leaf().to_vec()
+}
+
+/// The certificate a TLS handshake for the probe host gets, `None` when the handshake fails
+/// (no certificate of its own: the default one, not trusted by the test client, or none).
+fn try_handshake(addr: SocketAddr, client: &Arc<rustls::ClientConfig>) -> Option<Vec<u8>> {
+    Client::try_connect_tls(addr, Arc::clone(client), HOST)
+        .ok()
+        .map(|c| c.peer_leaf().to_vec())
 }
 
 /// Nanoseconds of CPU the thread named `name` of process `pid` has used (`schedstat`'s first
@@ -227,14 +248,41 @@ fn sample(
     let svc = format!("probe-{want}");
     let want = format!("pod-{want}");
     // Made before the clock starts.
-    let leaf = (change == Change::Certificate).then(|| tls.expect("TLS").ca.leaf(&[HOST]));
+    let leaf = matches!(change, Change::Certificate | Change::Appear | Change::Gone)
+        .then(|| tls.expect("TLS").ca.leaf(&[HOST]));
     let unread = format!("unread-{s}");
+    // The state the change starts from, reached before the clock starts: for `Appear` no
+    // certificate of its own for the probe host, for `Gone` the new one served.
+    if let (Some(leaf), Some(tls)) = (&leaf, tls) {
+        let served = || try_handshake(kedge.tls_addr(), &tls.client);
+        if change == Change::Appear {
+            let before = served();
+            api.delete("secrets", Some("default"), "probe-tls");
+            support::wait_until(Duration::from_secs(30), "the certificate no longer served", || {
+                served() != before
+            });
+            std::thread::sleep(Duration::from_millis(50));
+        } else if change == Change::Gone {
+            api.apply("secrets", leaf.secret("default", "probe-tls"));
+            support::wait_until(Duration::from_secs(30), "the certificate served", || {
+                served().is_some_and(|l| l == leaf.der.to_vec())
+            });
+            // What that set off (its debounce, its build) is done before the clock starts.
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
     let t0 = Instant::now();
     match change {
         Change::Endpoints => api.apply("endpointslices", slice("default", "probe", port, &[ip])),
         Change::Route => api.apply("httproutes", http_route("default", "probe", HOST, &svc)),
         Change::Ingress => api.apply("ingresses", ingress("default", "probe", HOST, &svc)),
-        Change::Certificate => api.apply("secrets", leaf.as_ref().expect("a leaf").secret("default", "probe-tls")),
+        Change::Certificate | Change::Appear => {
+            api.apply("secrets", leaf.as_ref().expect("a leaf").secret("default", "probe-tls"))
+        }
+        Change::Gone => {
+            api.delete("secrets", Some("default"), "probe-tls");
+            Value::Null
+        }
         Change::Unread => api.apply(
             "secrets",
             json!({"apiVersion": "v1", "kind": "Secret", "type": "Opaque",
@@ -249,6 +297,13 @@ fn sample(
     while in_row < RUN {
         let sent = t0.elapsed();
         let now = match (&leaf, tls) {
+            (Some(leaf), Some(tls)) if change == Change::Gone => {
+                try_handshake(kedge.tls_addr(), &tls.client).is_none_or(|l| l != leaf.der.to_vec())
+            }
+            // (Until it appears, the host's handshakes may fail.)
+            (Some(leaf), Some(tls)) if change == Change::Appear => {
+                try_handshake(kedge.tls_addr(), &tls.client).is_some_and(|l| l == leaf.der.to_vec())
+            }
             (Some(leaf), Some(tls)) => handshake(kedge.tls_addr(), &tls.client) == leaf.der.to_vec(),
             _ => probe(kedge.addr()) == want,
         };
@@ -312,7 +367,11 @@ struct Outcome {
 fn scenario(name: &'static str, extra: usize, samples: usize, kind: Kind, change: Change, settled: bool) -> Outcome {
     let (pods, port) = Upstream::pods("pod", 2);
     let api = FakeApi::start();
-    let tls = matches!(change, Change::Certificate | Change::Unread).then(|| {
+    let tls = matches!(
+        change,
+        Change::Certificate | Change::Unread | Change::Appear | Change::Gone
+    )
+    .then(|| {
         let ca = support::tls::TestCa::new();
         let client = ca.client();
         Tls { ca, client }
@@ -626,6 +685,20 @@ fn main() {
             Kind::Ingress,
             Change::Unread,
             false,
+        ),
+        (
+            "secret-appear 10k: 10,001 Ingresses, 50k endpoints",
+            10_000,
+            30,
+            Kind::Ingress,
+            Change::Appear,
+        ),
+        (
+            "secret-gone 10k: 10,001 Ingresses, 50k endpoints",
+            10_000,
+            30,
+            Kind::Ingress,
+            Change::Gone,
         ),
     ];
     for (name, extra, samples, kind, change, settled) in scenarios {

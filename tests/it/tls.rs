@@ -925,8 +925,8 @@ fn published_since(kedge: &Kedge, skip: usize) -> Vec<String> {
 /// Secret and Namespace changes build only what reads them: a Secret nothing names (an Opaque
 /// one, a certificate no `tls` section names) and a Namespace (no Gateway selects namespaces by
 /// label) build nothing; a certificate rotation is one update that serves the new certificate
-/// (no build from nothing); its deletion does build from nothing (the host falls back to the
-/// default certificate, with a warning).
+/// (no build from nothing); its deletion is one too (the host keeps TLS without a certificate
+/// of its own, with a warning, as a build from nothing has it), and so is its coming back.
 #[test]
 fn secret_changes_build_only_what_reads_them() {
     use base64::Engine as _;
@@ -982,9 +982,57 @@ fn secret_changes_build_only_what_reads_them() {
     let resp = Client::connect(kedge.addr()).get("foo.bar.com", "/");
     assert_eq!(resp.status, 308, "{resp:?}");
 
-    // Deleted: which hosts have a certificate changes, a build from nothing.
+    // Deleted: an update too. The host keeps TLS (its plain HTTP still redirects) without a
+    // certificate of its own, as a build from nothing would have it: the same handshake
+    // outcome, host count and warning as a kedge that starts from these objects.
     api.delete("secrets", Some("default"), "web-tls");
-    let full = kedge.wait_log("why=\"watch\"", Duration::from_secs(10));
-    assert!(full.contains("tls_hosts=0"), "{full}");
+    // (The warning is logged before the line.)
+    kedge.wait_logs("route table published", start + 2, Duration::from_secs(10));
     kedge.wait_log("Secret default/web-tls not found", Duration::from_secs(10));
+    let after = published_since(&kedge, start);
+    assert_eq!(after.len(), 2, "{after:#?}");
+    assert!(after[1].contains("why=\"update\""), "an update: {}", after[1]);
+    assert!(after[1].contains("tls_hosts=0"), "{}", after[1]);
+    let resp = Client::connect(kedge.addr()).get("foo.bar.com", "/");
+    assert_eq!(resp.status, 308, "{resp:?}");
+    let handshake = |k: &Kedge| {
+        Client::try_connect_tls(k.tls_addr(), ca.client(), "foo.bar.com")
+            .map(|c| c.peer_leaf())
+            .map_err(|e| e.to_string())
+    };
+    let updated = handshake(&kedge);
+    assert!(
+        updated.as_ref().map_or(true, |l| *l != first.der && *l != second.der),
+        "{updated:?}"
+    );
+    {
+        let fresh_dir = TempDir::new("tls-secret-update-fresh");
+        let fresh = Kedge::setup(crate::support::Driver::default())
+            .tls()
+            .follow(&api, &fresh_dir, "");
+        fresh.wait_log("route table published", Duration::from_secs(10));
+        let built = published_since(&fresh, 0);
+        assert!(built.last().is_some_and(|l| l.contains("tls_hosts=0")), "{built:#?}");
+        fresh.wait_log("Secret default/web-tls not found", Duration::from_secs(10));
+        assert_eq!(handshake(&fresh).map_err(|_| ()), updated.clone().map_err(|_| ()));
+        let resp = Client::connect(fresh.addr()).get("foo.bar.com", "/");
+        assert_eq!(resp.status, 308, "{resp:?}");
+    }
+
+    // It appears again (cert-manager's flow: the Ingress first, its Secret later): an update
+    // that serves it.
+    let third = ca.leaf(&["foo.bar.com"]);
+    api.apply("secrets", third.secret("default", "web-tls"));
+    wait_until(
+        Duration::from_secs(10),
+        "new handshakes get the certificate that appeared",
+        || handshake(&kedge).is_ok_and(|l| l == third.der),
+    );
+    kedge.wait_logs("route table published", start + 3, Duration::from_secs(10));
+    let after = published_since(&kedge, start);
+    assert_eq!(after.len(), 3, "{after:#?}");
+    assert!(after[2].contains("why=\"update\""), "an update: {}", after[2]);
+    assert!(after[2].contains("tls_hosts=1"), "{}", after[2]);
+    let resp = Client::connect(kedge.addr()).get("foo.bar.com", "/");
+    assert_eq!(resp.status, 308, "{resp:?}");
 }

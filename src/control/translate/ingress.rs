@@ -282,6 +282,9 @@ pub struct Incremental {
     /// unserved) hands them on without a pass over every Ingress.
     served: Arc<[(String, String)]>,
     warnings: Vec<Warning>,
+    /// [`Incremental::plan`] changed some Ingress's warnings that no host decides (a
+    /// certificate appeared or went): the next update gathers the warnings again.
+    rewarn: bool,
 }
 
 /// What an update translates again, found by [`Incremental::plan`].
@@ -343,8 +346,8 @@ impl Incremental {
     /// built again for them). `Err` when only a build from nothing is exact: no previous
     /// build, an upstream protocol contested, such an Ingress (not one that only reads a
     /// changed Secret) has a `tls` section, one has a default backend (both decided over every
-    /// Ingress), a `proxy-ssl-secret` changed, or a certificate appeared, went or became
-    /// unusable (which hosts get one is decided over every Ingress).
+    /// Ingress), or a `proxy-ssl-secret` changed. A certificate that appeared, went or became
+    /// unusable changes the bindings only (see `swap_certificates`).
     pub fn plan(
         &mut self,
         spec: &ClusterSpec,
@@ -360,7 +363,7 @@ impl Incremental {
         }
         let changed: HashSet<(&str, &str)> = secrets.iter().map(|(n, s)| (n.as_str(), s.as_str())).collect();
         if !changed.is_empty() {
-            self.swap_certificates(objs, &changed)?;
+            self.swap_certificates(objs, &changed);
         }
         self.pass += 1;
         let pass = self.pass;
@@ -427,9 +430,13 @@ impl Incremental {
 
     /// The certificates of the `changed` Secrets that our Ingresses' `tls` sections name: each
     /// one usable before (it has bindings) and still usable is swapped into those bindings,
-    /// which is all a build from nothing would change. `Err` for one that appeared, went or
-    /// became unusable: which hosts get a certificate, and the warnings, change.
-    fn swap_certificates(&mut self, objs: &Objects<'_>, changed: &HashSet<(&str, &str)>) -> Result<(), NeedFull> {
+    /// which is all a build from nothing would change. One that appeared, went or became
+    /// unusable changes which hosts get it (the others the default certificate) and the `tls`
+    /// warnings of the Ingresses naming it, not which hosts have TLS (any `tls` section gives
+    /// its hosts TLS, certificate or not): the bindings are collected again over our Ingresses,
+    /// in a build from nothing's order, and those Ingresses' `tls` warnings are redone; no
+    /// host's rules change.
+    fn swap_certificates(&mut self, objs: &Objects<'_>, changed: &HashSet<(&str, &str)>) {
         let named: HashSet<(&str, &str)> = self
             .entries
             .values()
@@ -437,6 +444,7 @@ impl Incremental {
             .flat_map(|e| tls_secret_refs(&e.ing))
             .filter(|r| changed.contains(r))
             .collect();
+        let mut rebind = false;
         for (ns, name) in named {
             let now = objs
                 .secrets
@@ -445,7 +453,8 @@ impl Incremental {
                 .filter(|s| usable_tls(s));
             let bound = self.tls.iter().any(|b| ns_name(&b.secret.metadata) == (ns, name));
             let Some(now) = now.filter(|_| bound) else {
-                return Err(NeedFull("a certificate Secret appeared, went or became unusable"));
+                rebind = true;
+                continue;
             };
             for b in &mut self.tls {
                 if ns_name(&b.secret.metadata) == (ns, name) {
@@ -453,7 +462,50 @@ impl Incremental {
                 }
             }
         }
-        Ok(())
+        if rebind {
+            self.rebind(objs, changed);
+        }
+    }
+
+    /// A certificate Secret in `changed` appeared, went or became unusable: the bindings of
+    /// every Ingress of ours again (oldest first, as [`full`]), and the `tls` warnings of those
+    /// naming a changed Secret (the warnings are handed on again by the next update).
+    fn rebind(&mut self, objs: &Objects<'_>, changed: &HashSet<(&str, &str)>) {
+        let usable: rustc_hash::FxHashMap<(&str, &str), &Arc<Secret>> = objs
+            .secrets
+            .iter()
+            .filter(|s| usable_tls(s))
+            .map(|s| (ns_name(&s.metadata), s))
+            .collect();
+        let none = rustc_hash::FxHashMap::default();
+        let mut ours: Vec<&mut Entry> = self
+            .entries
+            .values_mut()
+            .filter(|e| {
+                e.ours
+                    && e.ing
+                        .spec
+                        .as_ref()
+                        .is_some_and(|s| s.tls.as_ref().is_some_and(|t| !t.is_empty()))
+            })
+            .collect();
+        ours.sort_by(|a, b| age(&a.ing.metadata).cmp(&age(&b.ing.metadata)));
+        let mut tls = Vec::new();
+        for e in ours {
+            let ing = Arc::clone(&e.ing);
+            if tls_secret_refs(&ing).any(|r| changed.contains(&r)) {
+                // Every `tls` warning it may have had (each Secret it names missing) goes, then
+                // those of the Secrets as they are now come back.
+                let mut before = Warnings::new();
+                collect_tls(&ing, &none, &mut HashSet::default(), &mut Vec::new(), &mut before);
+                e.global.retain(|w| !before.contains(w));
+                collect_tls(&ing, &usable, &mut HashSet::default(), &mut tls, &mut e.global);
+                self.rewarn = true;
+            } else {
+                collect_tls(&ing, &usable, &mut HashSet::default(), &mut tls, &mut Warnings::new());
+            }
+        }
+        self.tls = tls;
     }
 
     /// The Services (namespace, name) an update with `plan` resolves: those the Ingresses it
@@ -494,7 +546,7 @@ impl Incremental {
         // The Ingresses this update touches, by key: served before, served after; and whether
         // any of them had or has warnings.
         let mut touched: rustc_hash::FxHashMap<(String, String), (bool, bool)> = rustc_hash::FxHashMap::default();
-        let mut warned = false;
+        let mut warned = std::mem::take(&mut self.rewarn);
         self.entries.retain(|_, e| {
             if e.seen == pass {
                 return true;

@@ -134,6 +134,12 @@ fn secret_variant(k: usize, v: usize) -> Option<Arc<Secret>> {
     let pem = |s: &str| json!(base64_of(s));
     match (k / NAMESPACES.len(), v % 3) {
         (_, 2) => None,
+        // Present but unusable (no key): its hosts have no certificate of their own.
+        (0, _) if v % 6 == 1 => Some(obj(json!({
+            "metadata": {"namespace": ns, "name": "cert"},
+            "type": "kubernetes.io/tls",
+            "data": {"tls.crt": pem(&format!("crt{v}")), "tls.key": ""},
+        }))),
         (0, _) => Some(obj(json!({
             "metadata": {"namespace": ns, "name": "cert"},
             "type": "kubernetes.io/tls",
@@ -406,8 +412,16 @@ fn dump(table: &RouteTable, out: &Outcome) -> String {
 }
 
 fn changes() -> impl Strategy<Value = Vec<(u8, usize, usize)>> {
-    // Ingress and Service changes (what updates are for) more often than the others.
-    vec((prop_oneof![6 => 0u8..6, 1 => 6u8..9], 0usize..64, 0usize..64), 1..24)
+    // Ingress and Service changes (what updates are for) more often than the others, and
+    // Secrets (certificates that rotate, appear, go or break) as often as Services.
+    vec(
+        (
+            prop_oneof![6 => 0u8..6, 1 => 6u8..9, 1 => Just(6u8)],
+            0usize..64,
+            0usize..64,
+        ),
+        1..24,
+    )
 }
 
 proptest! {
@@ -415,7 +429,7 @@ proptest! {
 
     /// After each change, what the control loop publishes equals a translation from nothing.
     #[test]
-    fn updates_equal_a_translation_translated_from_nothing(changes in changes(), nodeports in any::<bool>(), plain in any::<bool>()) {
+    fn updates_equal_a_translation_translated_from_nothing(changes in changes(), nodeports in any::<bool>(), plain in any::<bool>(), tls in any::<bool>()) {
         let mut spec = spec();
         if nodeports {
             spec.upstream = crate::control::translate::UpstreamMode::NodePorts;
@@ -424,6 +438,15 @@ proptest! {
         if plain {
             cluster.plain = true;
             cluster.ingresses = (0..INGRESSES).map(|i| Some(cluster.ingress(i, i * 3))).collect();
+        }
+        if tls {
+            // Every other Ingress with a `tls` section (naming its namespace's `cert`) and no
+            // contested protocol, the others plain: the certificates' changes (rotated, gone,
+            // back, unusable) are updates that the other changes do not keep from happening.
+            cluster.plain = true;
+            cluster.ingresses = (0..INGRESSES)
+                .map(|i| Some(if i % 2 == 0 { ingress(i, [0, 20, 25, 30, 55][i / 2 % 5]) } else { cluster.ingress(i, i * 3) }))
+                .collect();
         }
         let mut state = Incremental::default();
         let (mut table, mut out) = cluster.full(&mut state);
@@ -481,7 +504,7 @@ fn an_ingress_change_rebuilds_its_host_only() {
 
 /// A certificate rotation (a Secret a `tls` section names, usable before and after) rebuilds
 /// no host: the update swaps the certificate into the bindings and shares every host's rules.
-/// One that goes away changes which hosts have a certificate: a build from nothing.
+/// One that goes away, or comes back, changes the bindings and warnings only: an update too.
 #[test]
 fn a_certificate_rotation_rebuilds_no_host() {
     let mut cluster = Cluster::new(spec());
@@ -503,12 +526,34 @@ fn a_certificate_rotation_rebuilds_no_host() {
     assert_eq!(bound, [b"crt3"], "the new certificate is bound");
     assert!(next.shares_host_rules(&table, "a.example.com"), "host a is shared");
     assert!(next.shares_host_rules(&table, "b.example.com"), "host b is shared");
-    // Gone: its host gets the default certificate, and a warning says so.
+    // Gone: an update too. Its host keeps TLS without a certificate of its own (the default
+    // one), and a warning says so; no host's rules change.
     cluster.secrets[0] = secret_variant(0, 2);
-    let (next, out, updated) = cluster.next(&mut state, &next, &BTreeSet::new(), &cert);
-    assert!(!updated, "a build from nothing");
-    assert_eq!(dump(&next, &out), cluster.translated_from_nothing());
+    let (gone, out, updated) = cluster.next(&mut state, &next, &BTreeSet::new(), &cert);
+    assert!(updated, "an update, not a build from nothing");
+    assert_eq!(dump(&gone, &out), cluster.translated_from_nothing());
     assert!(out.tls.is_empty());
+    assert!(
+        out.warnings
+            .iter()
+            .any(|w| w.message.contains("Secret web/cert not found")),
+        "{:?}",
+        out.warnings
+    );
+    assert!(gone.shares_host_rules(&next, "a.example.com"), "host a is shared");
+    assert!(gone.shares_host_rules(&next, "b.example.com"), "host b is shared");
+    // Back (the Secret created after the Ingress): bound, the warning gone, an update.
+    cluster.secrets[0] = secret_variant(0, 4);
+    let (back, out, updated) = cluster.next(&mut state, &gone, &BTreeSet::new(), &cert);
+    assert!(updated, "an update, not a build from nothing");
+    assert_eq!(dump(&back, &out), cluster.translated_from_nothing());
+    assert_eq!(out.tls.len(), 1);
+    assert!(
+        !out.warnings.iter().any(|w| w.message.contains("web/cert")),
+        "{:?}",
+        out.warnings
+    );
+    assert!(back.shares_host_rules(&gone, "a.example.com"), "host a is shared");
 }
 
 /// An `auth-secret` change rebuilds the hosts of the Ingresses that read it, and only those;
