@@ -692,6 +692,7 @@ fn main() {
             30,
             Kind::Ingress,
             Change::Appear,
+            false,
         ),
         (
             "secret-gone 10k: 10,001 Ingresses, 50k endpoints",
@@ -699,6 +700,7 @@ fn main() {
             30,
             Kind::Ingress,
             Change::Gone,
+            false,
         ),
     ];
     for (name, extra, samples, kind, change, settled) in scenarios {
