@@ -687,69 +687,62 @@ fn publish_with(
     (tls, local): (&mut TlsState, &Local),
     shared: &Shared,
     logged: &mut BTreeSet<String>,
-    mut why: &'static str,
+    why: &'static str,
     changes: Option<&[Changes]>,
 ) -> &'static str {
     let started = Instant::now();
     let current = changes.map(|_| shared.snapshot.load_full());
     let update = current.as_deref().map(|s| &s.table).zip(changes);
     // (time to traffic, backends, endpoints, hosts) of the snapshot published.
+    // What was published (`"update"` or `why`), said in the log as soon as it serves, before
+    // the status views.
     let mut published = None;
     let mut swap = |snap: Snapshot, b: &Built| {
         if b.inexact {
             return false;
         }
+        let took = started.elapsed();
         let backends = snap.table.backends.len();
         let endpoints: usize = snap.table.backends.iter().map(|b| b.endpoints.len()).sum();
         let hosts = snap.table.host_count();
         shared.snapshot.store(Arc::new(snap));
         crate::stats::table_published();
-        published = Some((started.elapsed(), backends, endpoints, hosts));
+        let why = if b.updated { "update" } else { why };
+        if why == "update" {
+            // The state file, once the update is served (it read no store whole).
+            for c in clusters {
+                c.persist_changes();
+            }
+        }
+        let current: BTreeSet<String> = b.warnings.iter().cloned().collect();
+        for w in current.difference(logged) {
+            tracing::warn!("{w}");
+        }
+        let warnings = current.len();
+        *logged = current;
+        tracing::info!(
+            why,
+            hosts,
+            ingresses = b.served,
+            backends,
+            endpoints,
+            tls_hosts = b.tls_hosts,
+            gateway_classes = b.gateway_classes,
+            warnings,
+            build_ms = format!("{:.3}", took.as_secs_f64() * 1e3),
+            "route table published"
+        );
+        published = Some(why);
         true
     };
-    let mut built = build(cfg, clusters, (&mut *tls, local), update, &mut swap);
+    let built = build(cfg, clusters, (&mut *tls, local), update, &mut swap);
     if built.inexact {
         tracing::debug!("a build from nothing: the update met what only one decides");
-        built = build(cfg, clusters, (&mut *tls, local), None, &mut swap);
-    } else if built.updated {
-        why = "update";
+        build(cfg, clusters, (&mut *tls, local), None, &mut swap);
     }
     drop(current);
-    let Built {
-        warnings,
-        served,
-        tls_hosts,
-        gateway_classes,
-        ..
-    } = built;
-    let Some((built, backends, endpoints, hosts)) = published else {
-        unreachable!("a build from nothing is always published");
-    };
-    if why == "update" {
-        // The state file, once the update is served (it read no store whole).
-        for c in clusters {
-            c.persist_changes();
-        }
-    }
-    let current: BTreeSet<String> = warnings.into_iter().collect();
-    for w in current.difference(logged) {
-        tracing::warn!("{w}");
-    }
-    let warnings = current.len();
-    *logged = current;
-    tracing::info!(
-        why,
-        hosts,
-        ingresses = served,
-        backends,
-        endpoints,
-        tls_hosts,
-        gateway_classes,
-        warnings,
-        build_ms = format!("{:.3}", built.as_secs_f64() * 1e3),
-        "route table published"
-    );
-    why
+    // A build from nothing is always published.
+    published.unwrap_or(why)
 }
 
 /// Re-reads the file. A file that does not validate leaves the current configuration serving
