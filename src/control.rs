@@ -500,16 +500,17 @@ fn start_update(
 /// cluster's Ingresses; certificates in the same order. With `update` (the current table and
 /// what changed since it was built, one entry per cluster), only the hosts the changes touch
 /// are built again when that is exact (else from nothing).
-/// Builds a snapshot and hands it to `publish` (`true`: it serves now); then, if it does, the
-/// Gateway API status views go to the status writers (after the swap: at 10k routes a view is
-/// milliseconds that traffic need not wait for).
+/// Builds a snapshot and hands it to `publish` with what the build found (`true`: it serves
+/// now; an inexact update is refused); then, if it does, the Gateway API status views go to the
+/// status writers (after the swap: at 10k routes a view is milliseconds that traffic need not
+/// wait for). Returns whether it was published.
 fn build(
     cfg: &Config,
     clusters: &[Cluster],
     (tls, local): (&mut TlsState, &Local),
     update: Option<(&crate::routes::RouteTable, &[Changes])>,
-    publish: &mut dyn FnMut(Snapshot, &Built) -> bool,
-) -> Built {
+    publish: &mut dyn FnMut(Snapshot, Built) -> bool,
+) -> bool {
     let tls_hosts: Vec<String> = cfg.tls.certificates.iter().flat_map(|c| c.hosts.clone()).collect();
     // An update reads what the changes touch; a build from nothing every object.
     let (objects, started) = match update.and_then(|(prev, ch)| start_update(cfg, clusters, prev, ch, &tls_hosts)) {
@@ -658,12 +659,13 @@ fn build(
         inexact,
         updated: updating && !inexact,
     };
-    if publish(snap, &built) {
+    let published = publish(snap, built);
+    if published {
         for ((c, objects), attachment) in clusters.iter().zip(&objects).zip(&attachments) {
             c.offer_gateway_status(attachment, &objects.view());
         }
     }
-    built
+    published
 }
 
 /// Builds and swaps in a new snapshot, logging what it took and the warnings that are new
@@ -693,11 +695,10 @@ fn publish_with(
     let started = Instant::now();
     let current = changes.map(|_| shared.snapshot.load_full());
     let update = current.as_deref().map(|s| &s.table).zip(changes);
-    // (time to traffic, backends, endpoints, hosts) of the snapshot published.
     // What was published (`"update"` or `why`), said in the log as soon as it serves, before
     // the status views.
     let mut published = None;
-    let mut swap = |snap: Snapshot, b: &Built| {
+    let mut swap = |snap: Snapshot, b: Built| {
         if b.inexact {
             return false;
         }
@@ -714,7 +715,7 @@ fn publish_with(
                 c.persist_changes();
             }
         }
-        let current: BTreeSet<String> = b.warnings.iter().cloned().collect();
+        let current: BTreeSet<String> = b.warnings.into_iter().collect();
         for w in current.difference(logged) {
             tracing::warn!("{w}");
         }
@@ -735,8 +736,7 @@ fn publish_with(
         published = Some(why);
         true
     };
-    let built = build(cfg, clusters, (&mut *tls, local), update, &mut swap);
-    if built.inexact {
+    if !build(cfg, clusters, (&mut *tls, local), update, &mut swap) {
         tracing::debug!("a build from nothing: the update met what only one decides");
         build(cfg, clusters, (&mut *tls, local), None, &mut swap);
     }
