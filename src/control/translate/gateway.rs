@@ -584,7 +584,7 @@ impl Kept {
 
 /// Whether `new` is the object `old` with only its status or metadata changed: the same uid
 /// and the same generation (which the API server bumps at every change of the spec).
-fn same_generation(
+pub(super) fn same_generation(
     old: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta,
     new: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta,
 ) -> bool {

@@ -269,9 +269,8 @@ where
 
 /// One route as the last build translated it.
 struct Entry {
-    generation: Option<i64>,
-    /// The store's object it was recorded from (or found the same as, by generation), kept
-    /// alive so that its address names no other object while recorded.
+    /// The store's object it was recorded from (or found the same as, by uid and
+    /// generation), kept alive so that its address names no other object while recorded.
     object: Object,
     /// Where its rules are, over every listener it is attached to.
     keys: Vec<Key>,
@@ -295,6 +294,13 @@ impl Object {
         }
     }
 
+    fn meta(&self) -> &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta {
+        match self {
+            Object::Http(r) => &r.metadata,
+            Object::Grpc(r) => &r.metadata,
+        }
+    }
+
     /// The address of its metadata (how `gateway::attach` tells routes apart).
     fn meta_address(&self) -> usize {
         match self {
@@ -309,7 +315,7 @@ impl Object {
 /// the changed routes had or have rules in, every route attached there (precedence across
 /// routes is decided per host: a host rebuilt from all its routes is exact), and shares every
 /// other host's rules with the current table. Like the Ingresses' [`super::Incremental`], it
-/// holds no rules and no backends: per route, its generation, keys, warnings and refusals.
+/// holds no rules and no backends: per route, its object (uid and generation), keys, warnings and refusals.
 /// An unchanged route is found by its object's address (no key built, nothing copied), the
 /// routes under a key through an index: an update's cost follows what it touches, not the
 /// number of routes.
@@ -339,9 +345,9 @@ pub struct Plan {
     again: rustc_hash::FxHashSet<RouteId>,
     /// The addresses of those routes' objects' metadata.
     again_at: rustc_hash::FxHashSet<usize>,
-    /// New and changed routes: their generation and object.
-    changed: Vec<(RouteId, Option<i64>, Object)>,
-    /// Routes found unchanged (same generation) in a new object (a status write).
+    /// New and changed routes: their object.
+    changed: Vec<(RouteId, Object)>,
+    /// Routes found unchanged (same uid and generation) in a new object (a status write).
     renewed: rustc_hash::FxHashMap<RouteId, Object>,
     /// Routes gone from the stores.
     gone: Vec<RouteId>,
@@ -445,7 +451,6 @@ impl Incremental {
             self.entries.insert(
                 id,
                 Entry {
-                    generation: r.meta().generation,
                     object,
                     keys: Vec::new(),
                     warnings: Warnings::new(),
@@ -525,7 +530,7 @@ impl Incremental {
     }
 
     /// What an update after the stores became `objs` (attached as `attached`) translates again:
-    /// the routes that are new objects with a new generation, that are gone, or that use a
+    /// the routes that are new objects with a new uid or generation, that are gone, or that use a
     /// Service in `services` (whose object or endpoints changed), and every route sharing a key
     /// with them. `Err` when only a build from nothing is exact: no previous build, or an
     /// upstream protocol contested. The caller has checked that nothing but routes, Ingresses,
@@ -568,10 +573,11 @@ impl Incremental {
                 continue;
             }
             let id = (route.kind(), route.key());
-            let generation = route.meta().generation;
             match self.entries.get(&id) {
-                // A new object with the generation recorded: its status or metadata changed.
-                Some(e) if generation.is_some() && e.generation == generation => {
+                // A new object with the uid and generation recorded: its status or metadata
+                // changed. (A route deleted and created again within one update has the same
+                // name and generation 1 again, but a new uid.)
+                Some(e) if super::gateway::same_generation(e.object.meta(), route.meta()) => {
                     seen += 1;
                     if !services.is_empty() && uses() {
                         again.insert(id.clone());
@@ -583,7 +589,7 @@ impl Incremental {
                     seen += usize::from(e.is_some());
                     again.insert(id.clone());
                     again_at.insert(at);
-                    changed.push((id, generation, o.owned()));
+                    changed.push((id, o.owned()));
                 }
             }
         }
@@ -673,7 +679,7 @@ impl Incremental {
                 e.refusal = None;
             }
         }
-        for (id, generation, object) in plan.changed {
+        for (id, object) in plan.changed {
             if let Some(e) = self.entries.get(&id) {
                 self.by_object.remove(&e.object.address());
             }
@@ -681,7 +687,6 @@ impl Incremental {
             self.entries.insert(
                 id,
                 Entry {
-                    generation,
                     object,
                     keys: Vec::new(),
                     warnings: Warnings::new(),

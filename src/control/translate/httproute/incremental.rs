@@ -92,6 +92,13 @@ fn http_route(i: usize, v: usize, generation: i64) -> Arc<HttpRoute> {
     obj(json!({"metadata": meta, "spec": {"parentRefs": parents, "hostnames": hostnames, "rules": rules}}))
 }
 
+/// `r` as a new object under its name: its uid is its name and `n`.
+fn created_again(r: Arc<HttpRoute>, n: i64) -> Arc<HttpRoute> {
+    let mut r = (*r).clone();
+    r.metadata.uid = Some(format!("{}-{n}", r.metadata.name.as_deref().unwrap_or_default()));
+    Arc::new(r)
+}
+
 /// GRPCRoute slot `i` in variant `v`: its backends speak HTTP/2, which HTTPRoutes and Ingresses
 /// using the same Service contest.
 fn grpc_route(i: usize, v: usize, generation: i64) -> Arc<GrpcRoute> {
@@ -320,6 +327,12 @@ impl Cluster {
                 }
                 return None;
             }
+            12 => {
+                // Deleted and created again within one update: the same name, generation 1
+                // again (the API server starts a new object there), a new uid.
+                let i = a % ROUTES;
+                self.routes[i] = Some(created_again(http_route(i, b, 1), self.generation));
+            }
             10 => {
                 let n = a % self.namespaces.len();
                 let mut ns = (*self.namespaces[n]).clone();
@@ -493,7 +506,7 @@ fn changes() -> impl Strategy<Value = Vec<(u8, usize, usize)>> {
     // Status writes (new objects of the same generation) often: they are most of the events.
     vec(
         (
-            prop_oneof![8 => 0u8..9, 2 => 9u8..11, 4 => Just(11u8)],
+            prop_oneof![8 => 0u8..9, 2 => 9u8..11, 4 => Just(11u8), 1 => Just(12u8)],
             0usize..64,
             0usize..64,
         ),
@@ -566,6 +579,27 @@ fn status_writes_coming_back_are_not_decided_again() {
     assert!(updated, "an update, not a build from nothing");
     assert_eq!(state.attached.decided(), 1);
     assert_eq!(dump, cluster.translated_from_nothing());
+}
+
+/// A route deleted and created again within one update comes back under its name at
+/// generation 1, like the object it replaces: its new uid says it is new, and its rules are
+/// translated again.
+#[test]
+fn a_route_created_again_under_its_name_is_translated_again() {
+    let mut cluster = Cluster::new(true);
+    cluster.ingresses = vec![Some(ingress(0, 0)), None, None];
+    let mut state = State::default();
+    let (table, dump, _) = cluster.build(&mut state, None, &BTreeSet::new());
+    assert!(!dump.contains("b.example.com"), "{dump}");
+    // route-0 (variant 0, generation 1) → variant 7 (b.example.com), generation 1, a new uid.
+    cluster.routes[0] = Some(created_again(http_route(0, 7, 1), 2));
+    let (_, dump, updated) = cluster.build(&mut state, Some(&table), &BTreeSet::new());
+    assert!(updated, "an update, not a build from nothing");
+    assert_eq!(dump, cluster.translated_from_nothing());
+    assert!(
+        dump.contains("gateway 127.0.0.1:80 b.example.com ~ ^(?:/r.*)$"),
+        "{dump}"
+    );
 }
 
 /// Ingress updates stay updates next to Gateway routes when the Ingress hosts do not overlap
