@@ -13,7 +13,8 @@
 //! 127.0.0.1, `pod-1` on 127.0.0.2, one port), and 2 load threads sending keep-alive GETs without
 //! pause for the whole run.
 //!
-//! One sample: wait 50 ms (so that samples do not share a debounce window), `apply` an
+//! One sample: wait 50 ms (so that samples do not share a debounce window; 0.8 to 1.8 s in the
+//! `sporadic` scenarios, see below), `apply` an
 //! EndpointSlice that lists only the other pod, then send GETs on fresh connections back to back
 //! (SO_REUSEPORT spreads fresh connections over both workers) until 16 in a row are answered by
 //! the new pod. Reported per sample:
@@ -53,7 +54,15 @@
 //! HTTPRoutes attached to it. `gw-endpoints` changes the EndpointSlice behind the probe route, as
 //! above; `gw-route` changes the probe HTTPRoute itself: its backendRef moves between Services
 //! `probe-0` (pod-0) and `probe-1` (pod-1), a change that is not endpoints-only: an update of
-//! the routes it touches.
+//! the routes it touches. `gw-route-settled` starts its samples once kedge has written the
+//! status of every route and made the build that follows once those writes are quiet (steady
+//! state); `gw-route` starts them while the writes are still coming. Gateway scenarios also
+//! report how many HTTPRoute status writes kedge made during the samples.
+//!
+//! `sporadic` scenarios (`gw-route-sporadic 10k`, `ingress-change-sporadic big`): the same
+//! changes as `gw-route` (after the statuses are written) and `ingress-change`, 0.8 to 1.8 s
+//! apart, each alone: the gaps sweep over the second after a change at which kedge used to
+//! make a build from nothing once changes were quiet, which a change arriving then waits for.
 
 #[allow(dead_code, unused_imports, unused_macros)]
 #[path = "../tests/it/support/mod.rs"]
@@ -360,11 +369,31 @@ struct Outcome {
     notes: Vec<String>,
 }
 
-/// `settled` (Gateway scenarios): the samples start once kedge has written the status of every
-/// route and made the full build that follows once its status writes are quiet (steady state);
-/// otherwise they start as soon as the probe route is served, while kedge's 10k status writes
-/// (and their watch events) are still coming.
-fn scenario(name: &'static str, extra: usize, samples: usize, kind: Kind, change: Change, settled: bool) -> Outcome {
+/// When the samples start and how far apart they are.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Pace {
+    /// 50 ms apart, from as soon as the probe is served (Gateway scenarios: while kedge's 10k
+    /// status writes, and their watch events, are still coming).
+    Busy,
+    /// 50 ms apart, once kedge has written the status of every route and made the build that
+    /// follows once its status writes are quiet (steady state).
+    Settled,
+    /// As `Settled`, but 0.8 to 1.8 s apart (sweeping over the time after a change at which
+    /// kedge makes a build once changes are quiet): sporadic changes, each alone.
+    Sporadic,
+}
+
+impl Pace {
+    /// The wait before sample `s`.
+    fn gap(self, s: usize) -> Duration {
+        match self {
+            Pace::Busy | Pace::Settled => Duration::from_millis(50),
+            Pace::Sporadic => Duration::from_millis(800 + (s as u64 * 347) % 1000),
+        }
+    }
+}
+
+fn scenario(name: &'static str, extra: usize, samples: usize, kind: Kind, change: Change, pace: Pace) -> Outcome {
     let (pods, port) = Upstream::pods("pod", 2);
     let api = FakeApi::start();
     let tls = matches!(
@@ -464,7 +493,7 @@ fn scenario(name: &'static str, extra: usize, samples: usize, kind: Kind, change
         });
     }
     let mut notes = Vec::new();
-    if settled {
+    if pace != Pace::Busy && kind == Kind::Gateway {
         let waited = Instant::now();
         let names: Vec<(String, String)> = std::iter::once(("default".to_owned(), "probe".to_owned()))
             .chain((0..extra).map(|i| (format!("ns-{}", i % 100), format!("app-{i}"))))
@@ -480,15 +509,15 @@ fn scenario(name: &'static str, extra: usize, samples: usize, kind: Kind, change
         let before = kedge.logs().len();
         support::wait_until(
             Duration::from_secs(60),
-            "the full build once status writes are quiet",
+            "the build once status writes are quiet",
             || {
-                kedge.logs()[before..]
-                    .iter()
-                    .any(|l| l.contains("route table published") && l.contains("settle"))
+                kedge.logs()[before..].iter().any(|l| {
+                    l.contains("route table published") && (l.contains("settle") || l.contains("why=\"status\""))
+                })
             },
         );
         notes.push(format!(
-            "statuses of {} routes written {} ms after the probe was served; the settle build {} ms later",
+            "statuses of {} routes written {} ms after the probe was served; the build once quiet {} ms later",
             names.len(),
             ms(written),
             ms(waited.elapsed() - written)
@@ -514,13 +543,28 @@ fn scenario(name: &'static str, extra: usize, samples: usize, kind: Kind, change
     }
     assert_eq!(probe(kedge.addr()), "pod-0");
     let builds_before = logged(&kedge, "route table published", "build_ms").len();
+    // kedge's HTTPRoute status writes so far (a write per sample is the probe route's).
+    let route_names: Vec<(String, String)> = if kind == Kind::Gateway {
+        std::iter::once(("default".to_owned(), "probe".to_owned()))
+            .chain((0..extra).map(|i| (format!("ns-{}", i % 100), format!("app-{i}"))))
+            .collect()
+    } else {
+        Vec::new()
+    };
+    let route_writes = || -> usize {
+        route_names
+            .iter()
+            .map(|(ns, name)| api.status_writes_of("httproutes", Some(ns), name))
+            .sum()
+    };
+    let writes_before = route_writes();
 
     let load = Load::start(kedge.addr(), 2);
     let (mut first, mut all) = (Vec::new(), Vec::new());
     let mut cpu_before = 0;
     // One warm-up sample (not counted), then the measured ones, alternating pods.
     for s in 0..=samples {
-        std::thread::sleep(Duration::from_millis(50));
+        std::thread::sleep(pace.gap(s));
         if s == 1 {
             // After the warm-up sample's work (and its debounce) is done.
             cpu_before = thread_cpu_ns(kedge.pid(), "kedge-control");
@@ -553,6 +597,12 @@ fn scenario(name: &'static str, extra: usize, samples: usize, kind: Kind, change
         *why.entry(w.trim_matches('"').to_owned()).or_default() += 1;
     }
     notes.push(format!("builds during the samples, by why: {why:?}"));
+    if kind == Kind::Gateway {
+        notes.push(format!(
+            "HTTPRoute status writes by kedge: {writes_before} before the samples, {} during them",
+            route_writes() - writes_before
+        ));
+    }
     // What came just before each full build during the samples (the log lines of object
     // changes, watch restarts and state changes; the endpoint changes are logged at debug).
     let logs = kedge.logs();
@@ -597,14 +647,14 @@ fn main() {
     let wanted = |name: &str| filter.is_empty() || filter.iter().any(|f| name.contains(f.as_str()));
     let mut results = Vec::new();
     let scenarios = [
-        ("small: 1 Ingress", 0, 40, Kind::Ingress, Change::Endpoints, false),
+        ("small: 1 Ingress", 0, 40, Kind::Ingress, Change::Endpoints, Pace::Busy),
         (
             "10k: 10,001 Ingresses, 50k endpoints",
             10_000,
             30,
             Kind::Ingress,
             Change::Endpoints,
-            false,
+            Pace::Busy,
         ),
         (
             "ingress-change small: 1 Ingress",
@@ -612,7 +662,7 @@ fn main() {
             40,
             Kind::Ingress,
             Change::Ingress,
-            false,
+            Pace::Busy,
         ),
         (
             "ingress-change big: 10,001 Ingresses, 50k endpoints",
@@ -620,7 +670,7 @@ fn main() {
             30,
             Kind::Ingress,
             Change::Ingress,
-            false,
+            Pace::Busy,
         ),
         (
             "gw-endpoints small: 1 HTTPRoute",
@@ -628,7 +678,7 @@ fn main() {
             40,
             Kind::Gateway,
             Change::Endpoints,
-            false,
+            Pace::Busy,
         ),
         (
             "gw-route small: 1 HTTPRoute",
@@ -636,7 +686,7 @@ fn main() {
             40,
             Kind::Gateway,
             Change::Route,
-            false,
+            Pace::Busy,
         ),
         (
             "gw-endpoints 10k: 10,001 HTTPRoutes, 50k endpoints",
@@ -644,7 +694,7 @@ fn main() {
             30,
             Kind::Gateway,
             Change::Endpoints,
-            false,
+            Pace::Busy,
         ),
         (
             "gw-route 10k: 10,001 HTTPRoutes, 50k endpoints",
@@ -652,7 +702,7 @@ fn main() {
             30,
             Kind::Gateway,
             Change::Route,
-            false,
+            Pace::Busy,
         ),
         (
             "gw-route-settled 10k: 10,001 HTTPRoutes, 50k endpoints, statuses written",
@@ -660,7 +710,23 @@ fn main() {
             30,
             Kind::Gateway,
             Change::Route,
-            true,
+            Pace::Settled,
+        ),
+        (
+            "gw-route-sporadic 10k: 10,001 HTTPRoutes, 50k endpoints, statuses written, changes 0.8-1.8 s apart",
+            10_000,
+            30,
+            Kind::Gateway,
+            Change::Route,
+            Pace::Sporadic,
+        ),
+        (
+            "ingress-change-sporadic big: 10,001 Ingresses, 50k endpoints, changes 0.8-1.8 s apart",
+            10_000,
+            30,
+            Kind::Ingress,
+            Change::Ingress,
+            Pace::Sporadic,
         ),
         (
             "secret-change small: 1 Ingress with TLS",
@@ -668,7 +734,7 @@ fn main() {
             40,
             Kind::Ingress,
             Change::Certificate,
-            false,
+            Pace::Busy,
         ),
         (
             "secret-change 10k: 10,001 Ingresses, 50k endpoints",
@@ -676,7 +742,7 @@ fn main() {
             30,
             Kind::Ingress,
             Change::Certificate,
-            false,
+            Pace::Busy,
         ),
         (
             "secret-unread 10k: 10,001 Ingresses, 50k endpoints",
@@ -684,7 +750,7 @@ fn main() {
             30,
             Kind::Ingress,
             Change::Unread,
-            false,
+            Pace::Busy,
         ),
         (
             "secret-appear 10k: 10,001 Ingresses, 50k endpoints",
@@ -692,7 +758,7 @@ fn main() {
             30,
             Kind::Ingress,
             Change::Appear,
-            false,
+            Pace::Busy,
         ),
         (
             "secret-gone 10k: 10,001 Ingresses, 50k endpoints",
@@ -700,13 +766,13 @@ fn main() {
             30,
             Kind::Ingress,
             Change::Gone,
-            false,
+            Pace::Busy,
         ),
     ];
-    for (name, extra, samples, kind, change, settled) in scenarios {
+    for (name, extra, samples, kind, change, pace) in scenarios {
         if wanted(name) {
             eprintln!("running: {name}");
-            results.push(scenario(name, extra, samples, kind, change, settled));
+            results.push(scenario(name, extra, samples, kind, change, pace));
         }
     }
 
