@@ -254,6 +254,10 @@ pub struct ClusterConfig {
     pub sync_timeout: Duration,
     /// The longest wait between two attempts of a failing watch (jittered, from 0.5 s up).
     pub watch_retry_max: Duration,
+    /// How long after the first update (or endpoint change) since the last build from nothing
+    /// kedge makes one anyway: updates are exact, this bounds what a bug in them could leave
+    /// behind. The shortest of the clusters' counts.
+    pub resync: Duration,
 }
 
 /// A Lease's namespace and name (`status_lease = "namespace/name"`).
@@ -834,6 +838,17 @@ impl Cx<'_> {
                 }
                 max
             },
+            resync: {
+                let every = self.duration(&c.resync, &key("resync"), Duration::from_secs(600))?;
+                if !(Duration::from_secs(1)..=Duration::from_secs(86_400)).contains(&every) {
+                    return Err(self.error(
+                        c.resync.as_ref().map(Spanned::span),
+                        Some(&key("resync")),
+                        "must be from 1s to 24h".into(),
+                    ));
+                }
+                every
+            },
         })
     }
 
@@ -1122,6 +1137,7 @@ struct FileCluster {
     status_lease: Option<Spanned<String>>,
     sync_timeout: Option<Spanned<String>>,
     watch_retry_max: Option<Spanned<String>>,
+    resync: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize, Default)]

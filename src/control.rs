@@ -7,19 +7,23 @@
 //! cluster stores ┴▶ TableBuilder ▶ RouteTable ▶ Snapshot ▶ ArcSwap::store ▶ workers load it
 //! ```
 //!
-//! A snapshot is rebuilt whole after any watched change (debounced) and after SIGHUP, except
-//! after changes that touched only EndpointSlices: those get a new table that shares the
-//! current one's rules and has new endpoints for the touched Services (resolved from the
+//! A snapshot is rebuilt whole after SIGHUP, a relist and the watched changes no update
+//! handles (debounced). Changes that touched only EndpointSlices get a new table that shares
+//! the current one's rules and has new endpoints for the touched Services (resolved from the
 //! stores for those Services only: their EndpointSlices are found through the cluster's
-//! Service → EndpointSlices index, no store is copied), and a full rebuild once changes are
-//! quiet. Changes that touched only Ingresses, Gateway routes, Services, EndpointSlices and the
-//! Secrets Ingresses read get an update (a Secret or Namespace nothing reads, nothing at all): the hosts of the Ingresses they touch (and the Gateway hosts of the routes they
-//! touch) are translated again and every other host's rules are shared with the current table
-//! (`TableBuilder::update`, `translate::Incremental`, `httproute::Incremental`), unless only
-//! a build from nothing is exact (then it runs); a full rebuild follows once changes are quiet,
-//! as after a relist, SIGHUP or anything else. Endpoint-only changes and updates are published
-//! at once when the loop was idle; bursts (and every full rebuild) wait out `DEBOUNCE`. A
-//! published snapshot is never modified. Workers only ever *load* what this publishes.
+//! Service → EndpointSlices index, no store is copied). Changes that touched only Ingresses,
+//! Gateway routes, Services, EndpointSlices and the Secrets Ingresses read get an update (a
+//! Secret or Namespace nothing reads, nothing at all): the hosts of the Ingresses they touch
+//! (and the Gateway hosts of the routes they touch) are translated again and every other
+//! host's rules are shared with the current table (`TableBuilder::update`,
+//! `translate::Incremental`, `httproute::Incremental`), unless only a build from nothing is
+//! exact (then it runs). Both are exact: no build from nothing follows them, except once
+//! `resync` (a cluster setting) after the first of them as a bound on a bug's reach, and once changes are quiet
+//! after a change of what the table takes from Nodes (the warnings about them). Status writes
+//! coming back build nothing; once they are quiet an update with no change hands the status
+//! writers a fresh view. Endpoint-only changes and updates are published at once when the
+//! loop was idle; bursts (and every full rebuild) wait out `DEBOUNCE`. A published snapshot is
+//! never modified. Workers only ever *load* what this publishes.
 
 mod certs;
 mod cluster;
@@ -56,9 +60,24 @@ use self::certs::Certs;
 /// the rest of it, so a burst still makes one update per window.
 const DEBOUNCE: Duration = Duration::from_millis(5);
 
-/// Quiet time after endpoint-only updates before the full rebuild that refreshes warnings and
-/// status.
+/// Quiet time after status writes come back (kedge's own most often) before the status
+/// writers get a fresh view (an update that changes no rule), and after a change of what the
+/// table takes from Nodes before the build from nothing that refreshes the warnings about them.
 const SETTLE: Duration = Duration::from_secs(1);
+
+/// How long after the first update (or endpoint change) since the last build from nothing
+/// kedge makes one anyway: the clusters' shortest `resync` (10 min by default). Every update is
+/// exact by construction, and the property tests compare each with a build from nothing; this
+/// bounds what a bug there could leave behind. It is not after every change: at 10k routes a
+/// build from nothing is hundreds of milliseconds that a change arriving meanwhile would wait
+/// for.
+fn resync_after(cfg: &Config) -> Duration {
+    cfg.clusters
+        .iter()
+        .map(|c| c.resync)
+        .min()
+        .unwrap_or(Duration::from_secs(600))
+}
 
 /// How often the control loop looks at the host's addresses (Gateways' `spec.addresses` are
 /// served only while configured on this host, for listeners on an unspecified address).
@@ -201,9 +220,12 @@ fn control_thread(
         publish(&cfg, &clusters, (&mut tls, &local), &shared, &mut logged, "start");
         admin.warnings(logged.iter().cloned().collect());
         let _ = ready.send(());
-        // After endpoint-only updates, a full rebuild once things are quiet refreshes warnings
-        // and Ingress status (which endpoint updates do not touch).
+        // Once changes are quiet: a fresh status view after status writes came back, or (when
+        // `settle_full`) a build from nothing for the warnings about Nodes.
         let mut settle: Option<tokio::time::Instant> = None;
+        let mut settle_full = false;
+        // The build from nothing that bounds how long updates go without one (`resync_after`).
+        let mut resync: Option<tokio::time::Instant> = None;
         let mut heartbeat = tokio::time::interval(crate::notify::BEAT);
         heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let control_heart = Arc::clone(&shared.hearts[0]);
@@ -219,13 +241,16 @@ fn control_thread(
         loop {
             // Back to waiting after a build: the admin server reports the states it decided.
             admin.published(clusters.iter().map(|c| (c.config.name.as_str(), c.state())));
-            let settle_at = settle.unwrap_or_else(|| tokio::time::Instant::now() + Duration::from_secs(3600));
+            let far = || tokio::time::Instant::now() + Duration::from_secs(3600);
+            let settle_at = settle.unwrap_or_else(far);
+            let resync_at = resync.unwrap_or_else(far);
             tokio::select! {
                 cmd = commands.recv() => match cmd {
                     Some(Command::Reload) => {
                         if let Some(next) = reload(&cfg) {
                             cfg = next;
                             publish(&cfg, &clusters, (&mut tls, &local), &shared, &mut logged, "reload");
+                            (settle, settle_full, resync) = (None, false, None);
                             admin.warnings(logged.iter().cloned().collect());
                             // Said only once the new table is live, so that whoever waits for
                             // this line can rely on it.
@@ -255,39 +280,41 @@ fn control_thread(
                     let nothing = changes.iter().all(Changes::is_empty);
                     let endpoints_only = changes.iter().all(Changes::endpoints_only) && !nothing;
                     let updatable = changes.iter().all(|c| !c.full) && !nothing;
+                    let now = tokio::time::Instant::now();
+                    // The warnings about Nodes come only with a build from nothing.
+                    if changes.iter().any(|c| c.node_use) {
+                        settle = Some(now + SETTLE);
+                        settle_full = true;
+                    }
                     if nothing {
                         // A wake-up without an object change: a watch failed or recovered, or
                         // the wake-up of events already handled, or only Gateway API statuses
                         // changed. The table stays; only the clusters' states (live,
                         // disconnected) are brought up to date, and after a status change the
-                        // status writers get a fresh view with the full build once quiet
-                        // (so kedge's own status writes never sit between a change and traffic).
+                        // status writers get a fresh view once quiet (so kedge's own status
+                        // writes never sit between a change and traffic).
                         for c in &clusters {
                             c.refresh_state();
                         }
                         if changes.iter().any(|c| c.status_only) && settle.is_none() {
-                            settle = Some(tokio::time::Instant::now() + SETTLE);
+                            settle = Some(now + SETTLE);
                         }
                     } else if endpoints_only {
                         update_endpoints(&clusters, changes, &shared);
-                        settle = Some(tokio::time::Instant::now() + SETTLE);
+                        resync.get_or_insert(now + resync_after(&cfg));
                     } else if updatable {
-                        // The hosts the change touches; a full build once changes are quiet,
-                        // but not after Secrets alone: what they change (certificates, the
-                        // hosts of the Ingresses that read them) is all a build from nothing
-                        // would, and nothing else (endpoints, status) is behind.
-                        let secrets_only = changes.iter().all(|c| c.secrets_only() || c.is_empty());
-                        let why = publish_with(&cfg, &clusters, (&mut tls, &local), &shared, &mut logged, "watch", Some(&changes));
+                        // The hosts the change touches: all a build from nothing would change.
+                        let why = publish_with(&cfg, &clusters, (&mut tls, &local), &shared, &mut logged, ("watch", "update"), Some(&changes));
                         admin.warnings(logged.iter().cloned().collect());
-                        if why != "update" {
-                            settle = None;
-                        } else if !secrets_only {
-                            settle = Some(tokio::time::Instant::now() + SETTLE);
+                        if why == "update" {
+                            resync.get_or_insert(now + resync_after(&cfg));
+                        } else {
+                            (settle, settle_full, resync) = (None, false, None);
                         }
                     } else {
                         publish(&cfg, &clusters, (&mut tls, &local), &shared, &mut logged, "watch");
                         admin.warnings(logged.iter().cloned().collect());
-                        settle = None;
+                        (settle, settle_full, resync) = (None, false, None);
                     }
                 }
                 _ = heartbeat.tick() => {
@@ -302,18 +329,36 @@ fn control_thread(
                         local.addresses = now;
                         publish(&cfg, &clusters, (&mut tls, &local), &shared, &mut logged, "host addresses");
                         admin.warnings(logged.iter().cloned().collect());
+                        (settle, settle_full, resync) = (None, false, None);
                     }
                 }
                 _ = cert_check.tick(), if tls.listening => {
                     if tls.certs.stale(crate::time::unix_now()) {
                         publish(&cfg, &clusters, (&mut tls, &local), &shared, &mut logged, "certificates");
                         admin.warnings(logged.iter().cloned().collect());
+                        (settle, settle_full, resync) = (None, false, None);
                     }
                 }
                 () = tokio::time::sleep_until(settle_at), if settle.is_some() => {
-                    publish(&cfg, &clusters, (&mut tls, &local), &shared, &mut logged, "settle");
-                    admin.warnings(logged.iter().cloned().collect());
                     settle = None;
+                    let full = if std::mem::take(&mut settle_full) {
+                        publish(&cfg, &clusters, (&mut tls, &local), &shared, &mut logged, "settle");
+                        true
+                    } else {
+                        // An update with no change: the same rules, a view of the statuses as
+                        // they now are (a build from nothing only when no update is exact).
+                        let none: Vec<Changes> = clusters.iter().map(|_| Changes::default()).collect();
+                        publish_with(&cfg, &clusters, (&mut tls, &local), &shared, &mut logged, ("settle", "status"), Some(&none)) != "status"
+                    };
+                    admin.warnings(logged.iter().cloned().collect());
+                    if full {
+                        resync = None;
+                    }
+                }
+                () = tokio::time::sleep_until(resync_at), if resync.is_some() => {
+                    publish(&cfg, &clusters, (&mut tls, &local), &shared, &mut logged, "resync");
+                    admin.warnings(logged.iter().cloned().collect());
+                    (settle, settle_full, resync) = (None, false, None);
                 }
             }
         }
@@ -678,18 +723,18 @@ fn publish(
     logged: &mut BTreeSet<String>,
     why: &'static str,
 ) {
-    publish_with(cfg, clusters, tls, shared, logged, why, None);
+    publish_with(cfg, clusters, tls, shared, logged, (why, why), None);
 }
 
-/// [`publish`], as an update when `changes` (one per cluster) allow one; returns what it did:
-/// `"update"` or `why`.
+/// [`publish`], as an update when `changes` (one per cluster) allow one; `why`: what a build
+/// from nothing and what an update are logged as. Returns which it published.
 fn publish_with(
     cfg: &Config,
     clusters: &[Cluster],
     (tls, local): (&mut TlsState, &Local),
     shared: &Shared,
     logged: &mut BTreeSet<String>,
-    why: &'static str,
+    (why, why_update): (&'static str, &'static str),
     changes: Option<&[Changes]>,
 ) -> &'static str {
     let started = Instant::now();
@@ -708,8 +753,8 @@ fn publish_with(
         let hosts = snap.table.host_count();
         shared.snapshot.store(Arc::new(snap));
         crate::stats::table_published();
-        let why = if b.updated { "update" } else { why };
-        if why == "update" {
+        let why = if b.updated { why_update } else { why };
+        if b.updated {
             // The state file, once the update is served (it read no store whole).
             for c in clusters {
                 c.persist_changes();

@@ -267,12 +267,13 @@ fn clusters() {
     assert_eq!(k.node_address_type, "InternalIP");
     assert_eq!(k.sync_timeout, Duration::from_secs(30));
     assert_eq!(k.watch_retry_max, Duration::from_secs(5));
+    assert_eq!(k.resync, Duration::from_secs(600));
     assert_eq!(k.status_lease.to_string(), "default/kedge-kedge");
 
     let c = parse_ok(&format!(
         "{MINIMAL}[[cluster]]\nname = \"edge-1\"\nupstream = \"nodeports\"\nnode_address_type = \"ExternalIP\"\n\
          namespaces = [\"web\"]\npublish_addresses = [\"203.0.113.10\", \"lb.example.com\"]\n\
-         watch_retry_max = \"2s\"\ningress_class = \"edge\"\ngateway_controller = \"example.com/edge\"\n"
+         watch_retry_max = \"2s\"\nresync = \"1m\"\ningress_class = \"edge\"\ngateway_controller = \"example.com/edge\"\n"
     ));
     assert_eq!(c.clusters[0].gateway_controller, "example.com/edge");
     let k = &c.clusters[0];
@@ -282,6 +283,7 @@ fn clusters() {
         "named after the class"
     );
     assert_eq!(k.watch_retry_max, Duration::from_secs(2));
+    assert_eq!(k.resync, Duration::from_secs(60));
     assert_eq!(k.upstream, UpstreamMode::Nodeports);
     assert_eq!(k.namespaces, ["web"]);
     assert_eq!(k.publish_addresses, ["203.0.113.10", "lb.example.com"]);
@@ -313,6 +315,10 @@ fn clusters() {
         (
             "[[cluster]]\nname = \"a\"\nwatch_retry_max = \"100ms\"\n",
             "kedge.toml:5:19: cluster[0].watch_retry_max: must be from 500ms to 5m",
+        ),
+        (
+            "[[cluster]]\nname = \"a\"\nresync = \"500ms\"\n",
+            "kedge.toml:5:10: cluster[0].resync: must be from 1s to 24h",
         ),
         (
             "[[cluster]]\nname = \"a\"\n[[cluster]]\nname = \"a\"\n",

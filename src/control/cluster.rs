@@ -294,8 +294,8 @@ impl Cluster {
     /// all the table takes from Nodes. When those are unchanged (a heartbeat, a label, another
     /// condition), nothing is to be done; else the endpoints of every Service in NodePort
     /// mode are (what the endpoint fast path refreshes; the warnings come with the full build
-    /// once changes are quiet). A build from nothing while the cluster does not serve live
-    /// stores, or when one is due anyway.
+    /// once changes are quiet, [`Changes::node_use`]). A build from nothing while the cluster
+    /// does not serve live stores, or when one is due anyway.
     fn node_changes(&self, changes: &mut Changes) {
         if self.builds_from_nothing(changes) {
             return;
@@ -307,6 +307,7 @@ impl Cluster {
         }
         *last = Some(now);
         drop(last);
+        changes.node_use = true;
         let services = self.stores.all_services();
         changes
             .services

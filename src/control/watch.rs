@@ -51,9 +51,13 @@ pub struct Changes {
     /// take NodePort traffic and their addresses are the same), the endpoints of the Services
     /// in NodePort mode, or a build from nothing.
     pub nodes: bool,
+    /// What the table takes from Nodes changed ([`Cluster::take_changes`](super::cluster::Cluster::take_changes)
+    /// sets it with the NodePort Services' endpoints to refresh): the warnings about Nodes come
+    /// only with a build from nothing, which follows once changes are quiet.
+    pub node_use: bool,
     /// A Gateway API object changed without a new generation: its status or metadata only
     /// (most often kedge's own status write coming back). The table does not depend on it; the
-    /// status writers' next view does, so a full build follows once changes are quiet.
+    /// status writers' next view does: an update with no change makes one once changes are quiet.
     pub status_only: bool,
     /// Secrets (namespace, name) applied or deleted. [`Cluster::take_changes`](super::cluster::Cluster::take_changes)
     /// keeps only those something reads (an Ingress's `tls`, `auth-secret` or
@@ -78,21 +82,6 @@ impl Changes {
             && !self.namespaces
     }
 
-    /// Only Secrets changed (after [`Cluster::take_changes`](super::cluster::Cluster::take_changes),
-    /// Secrets that Ingresses read): their update builds no host's rules again when only
-    /// certificates changed, and is exact without the full build once changes are quiet.
-    pub fn secrets_only(&self) -> bool {
-        !self.secrets.is_empty()
-            && !self.full
-            && !self.ingresses
-            && !self.nodes
-            && !self.routes
-            && !self.namespaces
-            && self.service_objects.is_empty()
-            && self.services.is_empty()
-            && self.slices.is_empty()
-    }
-
     /// Nothing that bears on the table changed.
     pub fn is_empty(&self) -> bool {
         self.endpoints_only() && self.services.is_empty() && self.slices.is_empty()
@@ -103,6 +92,7 @@ impl Changes {
         self.full |= later.full;
         self.ingresses |= later.ingresses;
         self.nodes |= later.nodes;
+        self.node_use |= later.node_use;
         self.routes |= later.routes;
         self.services.extend(later.services);
         self.service_objects.extend(later.service_objects);

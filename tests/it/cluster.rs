@@ -9,7 +9,7 @@ use std::time::Duration;
 use serde_json::{Value, json};
 
 use crate::support::objects::{endpoint, ingress, ingress_class, service, slice, slice_of};
-use crate::support::{FakeApi, Kedge, TempDir, Upstream, get, wait_until};
+use crate::support::{FakeApi, Kedge, Signal, TempDir, Upstream, get, wait_until};
 
 /// A fixture API server with kedge's IngressClass and three Ready, schedulable nodes `node-0`,
 /// `node-1`, `node-2` on 127.0.0.1..=3 (where `Upstream::pods("node", 3)` listens).
@@ -125,10 +125,17 @@ fn changes_apply_without_restart() {
             == 3
     });
     // An EndpointSlice-only change took the fast path (endpoints swapped into the current
-    // table), and a full rebuild followed once things were quiet.
+    // table), which is exact: no build from nothing follows once things are quiet.
     let fast = kedge.wait_log("why=\"endpoints\"", Duration::from_secs(10));
     assert!(fast.contains("services=1") && fast.contains("endpoints=3"), "{fast}");
-    kedge.wait_log("why=\"settle\"", Duration::from_secs(10));
+    let full = publications(&kedge, "why=\"watch\"");
+    std::thread::sleep(QUIET);
+    assert_eq!(
+        publications(&kedge, "why=\"settle\""),
+        0,
+        "no build from nothing once quiet"
+    );
+    assert_eq!(publications(&kedge, "why=\"watch\""), full);
 
     // Scale in to one: only it answers.
     api.apply("endpointslices", slice("app", port, &["127.0.0.3"]));
@@ -150,6 +157,10 @@ fn changes_apply_without_restart() {
     drop(pods);
 }
 
+/// Longer than kedge waits for changes to be quiet (its `SETTLE`, 1 s) before the builds it
+/// makes then.
+const QUIET: Duration = Duration::from_millis(1500);
+
 /// How many route tables kedge published with `why` in the line.
 fn publications(kedge: &Kedge, why: &str) -> usize {
     kedge
@@ -160,7 +171,8 @@ fn publications(kedge: &Kedge, why: &str) -> usize {
 }
 
 /// An Ingress change is an update: only its hosts are built again (the others are shared with
-/// the current table), and the full build that follows once changes are quiet serves the same.
+/// the current table). It is exact: no build from nothing follows once changes are quiet, and
+/// one (a SIGHUP) serves the same.
 #[test]
 fn an_ingress_change_is_an_update_of_its_hosts() {
     // app-0 on 127.0.0.1 behind Service app, app-1 on 127.0.0.2 behind Service web.
@@ -180,8 +192,8 @@ fn an_ingress_change_is_an_update_of_its_hosts() {
         by("a.example.com").as_deref() == Some("app-0") && by("b.example.com").as_deref() == Some("app-1")
     });
     let updates = publications(&kedge, "why=\"update\"");
-
-    let settled = publications(&kedge, "why=\"settle\"");
+    let full = || publications(&kedge, "why=\"watch\"") + publications(&kedge, "why=\"settle\"");
+    let built = full();
 
     // Ingress a now sends to Service web.
     api.apply("ingresses", ingress("a", "kedge", "a.example.com", "/", "web"));
@@ -193,11 +205,11 @@ fn an_ingress_change_is_an_update_of_its_hosts() {
         "published as an update"
     );
     assert_eq!(by("b.example.com").as_deref(), Some("app-1"), "host b unchanged");
-    kedge.wait_logs("why=\"settle\"", settled + 1, Duration::from_secs(10));
+    std::thread::sleep(QUIET);
+    assert_eq!(full(), built, "no build from nothing after the update");
 
     // Deleted: its host answers 404, the other still routes.
     let updates = publications(&kedge, "why=\"update\"");
-    let settled = publications(&kedge, "why=\"settle\"");
     api.delete("ingresses", Some("default"), "a");
     wait_until(Duration::from_secs(10), "404 after the Ingress is deleted", || {
         get(&kedge, "a.example.com", "/").0 == 404
@@ -208,10 +220,56 @@ fn an_ingress_change_is_an_update_of_its_hosts() {
     );
     assert_eq!(by("b.example.com").as_deref(), Some("app-1"));
 
-    // The build from nothing once quiet serves the same.
-    kedge.wait_logs("why=\"settle\"", settled + 1, Duration::from_secs(10));
+    std::thread::sleep(QUIET);
+    assert_eq!(full(), built, "no build from nothing after the update");
+
+    // A build from nothing serves the same.
+    kedge.signal(Signal::Hup);
+    kedge.wait_log("configuration reloaded", Duration::from_secs(10));
+    assert_eq!(publications(&kedge, "why=\"reload\""), 1);
     assert_eq!(get(&kedge, "a.example.com", "/").0, 404);
     assert_eq!(by("b.example.com").as_deref(), Some("app-1"));
+    drop(pods);
+}
+
+/// `resync`: that long after the first update since the last build from nothing, kedge makes
+/// one anyway (a bound on what a bug in updates could leave behind), once, serving the same;
+/// without updates, none.
+#[test]
+fn a_build_from_nothing_follows_updates_after_resync() {
+    let (pods, port) = Upstream::pods("app", 1);
+    let api = FakeApi::start();
+    api.apply("ingressclasses", ingress_class());
+    api.apply("services", service("app"));
+    api.apply("endpointslices", slice("app", port, &["127.0.0.1"]));
+    api.apply("ingresses", ingress("a", "kedge", "a.example.com", "/", "app"));
+    let dir = TempDir::new("cluster");
+    let kedge = Kedge::follow(&api, &dir, "resync = \"3s\"");
+    wait_until(Duration::from_secs(10), "host a is served", || {
+        get(&kedge, "a.example.com", "/").0 == 200
+    });
+    let resyncs = || publications(&kedge, "why=\"resync\"");
+    let updates = publications(&kedge, "why=\"update\"");
+    api.apply("ingresses", ingress("b", "kedge", "b.example.com", "/", "app"));
+    wait_until(Duration::from_secs(10), "host b is served", || {
+        get(&kedge, "b.example.com", "/").0 == 200
+    });
+    let served = std::time::Instant::now();
+    assert!(
+        publications(&kedge, "why=\"update\"") > updates,
+        "published as an update"
+    );
+    kedge.wait_log("why=\"resync\"", Duration::from_secs(10));
+    assert!(
+        served.elapsed() >= Duration::from_secs(2),
+        "resync came {:?} after the update was served",
+        served.elapsed()
+    );
+    assert_eq!(get(&kedge, "a.example.com", "/").0, 200);
+    assert_eq!(get(&kedge, "b.example.com", "/").0, 200);
+    // No update since: no other.
+    std::thread::sleep(Duration::from_secs(4));
+    assert_eq!(resyncs(), 1);
     drop(pods);
 }
 

@@ -867,8 +867,9 @@ fn published(kedge: &Kedge, why: &str) -> usize {
 }
 
 /// A status write (kedge's own coming back, or another controller's) does not bump an object's
-/// generation and does not rebuild the table: the status writers get a fresh view with the full
-/// build once changes are quiet ("settle"). A spec change is still published at once.
+/// generation and does not rebuild the table: the status writers get a fresh view from an
+/// update with no change once changes are quiet ("status"), not from a build from nothing. A
+/// spec change is still published at once.
 #[test]
 fn status_writes_do_not_rebuild_the_table() {
     let api = api();
@@ -880,8 +881,8 @@ fn status_writes_do_not_rebuild_the_table() {
         http_route("infra", "web", edge.clone(), json!([]), web.clone()),
     );
     wait_parent(&api, "infra", "web", ("True", "Accepted"), ("True", "ResolvedRefs"));
-    // kedge's own status writes came back as status-only changes: a settle build follows them.
-    kedge.wait_logs("why=\"settle\"", 1, WAIT);
+    // kedge's own status writes came back as status-only changes: a fresh view follows them.
+    kedge.wait_logs("why=\"status\"", 1, WAIT);
 
     // Another controller writes its entry into the route's status: same generation.
     let mut r = get(&api, "httproutes", Some("infra"), "web");
@@ -891,14 +892,19 @@ fn status_writes_do_not_rebuild_the_table() {
                      "conditions": []}),
     );
     let watch = published(&kedge, "watch");
-    let settled = published(&kedge, "settle");
+    let settled = published(&kedge, "status");
     api.apply("httproutes", r);
     assert_eq!(
         get(&api, "httproutes", Some("infra"), "web")["metadata"]["generation"],
         generation
     );
-    kedge.wait_logs("why=\"settle\"", settled + 1, WAIT);
+    kedge.wait_logs("why=\"status\"", settled + 1, WAIT);
     assert_eq!(published(&kedge, "watch"), watch, "no rebuild for a status write");
+    assert_eq!(
+        published(&kedge, "settle"),
+        0,
+        "no build from nothing for a status write"
+    );
     assert_eq!(ours(&get(&api, "httproutes", Some("infra"), "web")).len(), 1);
 
     // A spec change is published at once: an update of the route's hosts.
