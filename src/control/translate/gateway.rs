@@ -549,15 +549,16 @@ pub fn attach<'a>(objects: &Objects<'a>, settings: &GatewaySettings, listeners: 
 /// its address names no other) or a new object of the same route (uid) with the same
 /// `metadata.generation` (only its status or metadata changed: kedge's own status write coming
 /// back, most often; the decision reads neither), none of its Services is among the changed
-/// ones, and the GatewayClasses, Gateways, Namespaces, ReferenceGrants (the same objects, in the
-/// same order), settings and listeners are those it was made with; anything else decides every
+/// ones, and the GatewayClasses, Gateways and ReferenceGrants (the same specs: uid and
+/// generation), Namespaces (the same objects), in the same order, settings and listeners are
+/// those it was made with; anything else decides every
 /// route again. Whether a listener is programmed (what it serves) is read at every build, not
 /// kept.
 #[derive(Default)]
 pub struct RouteCache {
-    /// The addresses of the GatewayClasses, Gateways, Namespaces and ReferenceGrants the
-    /// decisions were made with, with the settings and kedge's listeners.
-    world: Option<(Vec<usize>, GatewaySettings, Vec<ListenerSpec>)>,
+    /// The GatewayClasses, Gateways, Namespaces and ReferenceGrants the decisions were made
+    /// with ([`world_of`]), with the settings and kedge's listeners.
+    world: Option<(Vec<Seen>, GatewaySettings, Vec<ListenerSpec>)>,
     /// By the address of the route object.
     routes: FxHashMap<usize, Decided>,
     /// The address each route (by uid) was last decided at, to find its decision from a new
@@ -629,10 +630,16 @@ impl RouteCache {
     }
 }
 
-/// The addresses of what every route's decision depends on besides the route and its Services.
-fn world_of(objects: &Objects<'_>) -> Vec<usize> {
-    fn at<T>(v: &[Arc<T>]) -> impl Iterator<Item = usize> + '_ {
-        v.iter().map(|o| Arc::as_ptr(o) as usize)
+/// What every route's decision depends on besides the route and its Services: each
+/// GatewayClass, Gateway and ReferenceGrant by uid and generation (their specs; a status write,
+/// kedge's own most often, is a new object of the same generation and changes no decision),
+/// each Namespace by address (its labels are metadata, with no generation).
+fn world_of(objects: &Objects<'_>) -> Vec<Seen> {
+    fn spec<T: kube::Resource>(v: &[Arc<T>]) -> impl Iterator<Item = Seen> + '_ {
+        v.iter().map(|o| match (&o.meta().uid, o.meta().generation) {
+            (Some(uid), Some(generation)) => Seen::Spec(uid.clone(), generation),
+            _ => Seen::At(Arc::as_ptr(o) as usize),
+        })
     }
     let mut w = Vec::with_capacity(
         objects.gateway_classes.len()
@@ -642,15 +649,25 @@ fn world_of(objects: &Objects<'_>) -> Vec<usize> {
             + 4,
     );
     // The lengths separate the kinds.
-    w.push(objects.gateway_classes.len());
-    w.extend(at(objects.gateway_classes));
-    w.push(objects.gateways.len());
-    w.extend(at(objects.gateways));
-    w.push(objects.namespaces.len());
-    w.extend(at(objects.namespaces));
-    w.push(objects.reference_grants.len());
-    w.extend(at(objects.reference_grants));
+    w.push(Seen::Count(objects.gateway_classes.len()));
+    w.extend(spec(objects.gateway_classes));
+    w.push(Seen::Count(objects.gateways.len()));
+    w.extend(spec(objects.gateways));
+    w.push(Seen::Count(objects.namespaces.len()));
+    w.extend(objects.namespaces.iter().map(|n| Seen::At(Arc::as_ptr(n) as usize)));
+    w.push(Seen::Count(objects.reference_grants.len()));
+    w.extend(spec(objects.reference_grants));
     w
+}
+
+/// One entry of [`world_of`].
+#[derive(PartialEq, Eq)]
+enum Seen {
+    Count(usize),
+    /// An object by address (the same object).
+    At(usize),
+    /// An object by uid and generation (the same spec).
+    Spec(String, i64),
 }
 
 /// Lets go of what `kept` holds (by route object address) for objects the stores no longer

@@ -184,13 +184,13 @@ fn gateways(v: usize) -> Vec<Arc<Gateway>> {
     };
     vec![
         obj(
-            json!({"metadata": {"namespace": "infra", "name": "edge", "generation": 1},
+            json!({"metadata": {"namespace": "infra", "name": "edge", "uid": "gw-edge", "generation": 1},
                    "spec": {"gatewayClassName": "kedge", "listeners": [
                        {"name": "web", "port": 80, "protocol": "HTTP", "hostname": web_host, "allowedRoutes": all},
                        {"name": "plain", "port": 80, "protocol": "HTTP", "allowedRoutes": all}]}}),
         ),
         obj(
-            json!({"metadata": {"namespace": "infra", "name": "lan", "generation": 1},
+            json!({"metadata": {"namespace": "infra", "name": "lan", "uid": "gw-lan", "generation": 1},
                    "spec": {"gatewayClassName": "kedge", "addresses": [{"type": "IPAddress", "value": "127.0.0.1"}],
                             "listeners": [{"name": "plain", "port": 80, "protocol": "HTTP", "allowedRoutes": lan}]}}),
         ),
@@ -256,8 +256,10 @@ impl Cluster {
                 .map(|j| slice_variant(j, j + 1))
                 .collect(),
             gateways: gateways(0),
-            classes: vec![obj(json!({"metadata": {"name": "kedge", "generation": 1},
-                                     "spec": {"controllerName": CONTROLLER}}))],
+            classes: vec![obj(
+                json!({"metadata": {"name": "kedge", "uid": "class-kedge", "generation": 1},
+                                     "spec": {"controllerName": CONTROLLER}}),
+            )],
             ingress_classes: vec![class("kedge", OURS, false)],
             namespaces: NAMESPACES
                 .iter()
@@ -578,6 +580,41 @@ fn status_writes_coming_back_are_not_decided_again() {
     let (_, dump, updated) = cluster.build(&mut state, Some(&table), &BTreeSet::new());
     assert!(updated, "an update, not a build from nothing");
     assert_eq!(state.attached.decided(), 1);
+    assert_eq!(dump, cluster.translated_from_nothing());
+}
+
+/// A Gateway or GatewayClass status write (kedge's own coming back) is a new object of the same
+/// uid and generation: no route is decided again. A new generation decides every route again.
+#[test]
+fn gateway_status_writes_decide_no_route_again() {
+    let mut cluster = Cluster::new(true);
+    let mut state = State::default();
+    let (table, _, _) = cluster.build(&mut state, None, &BTreeSet::new());
+    let written = |g: &Arc<Gateway>, generation: i64| {
+        let mut n = (**g).clone();
+        n.metadata.resource_version = Some("7".into());
+        n.metadata.generation = Some(generation);
+        Arc::new(n)
+    };
+    cluster.gateways = cluster.gateways.iter().map(|g| written(g, 1)).collect();
+    cluster.classes = cluster
+        .classes
+        .iter()
+        .map(|c| {
+            let mut n = (**c).clone();
+            n.metadata.resource_version = Some("7".into());
+            Arc::new(n)
+        })
+        .collect();
+    let (table, dump, updated) = cluster.build(&mut state, Some(&table), &BTreeSet::new());
+    assert!(updated, "an update, not a build from nothing");
+    assert_eq!(state.attached.decided(), 0, "routes decided again");
+    assert_eq!(dump, cluster.translated_from_nothing());
+    // A new generation (a spec change, which the control loop answers with a build from
+    // nothing): every route is decided again, even in an update.
+    cluster.gateways = cluster.gateways.iter().map(|g| written(g, 2)).collect();
+    let (_, dump, _) = cluster.build(&mut state, Some(&table), &BTreeSet::new());
+    assert_eq!(state.attached.decided(), ROUTES);
     assert_eq!(dump, cluster.translated_from_nothing());
 }
 
