@@ -83,6 +83,39 @@ fn resync_after(cfg: &Config) -> Duration {
 /// served only while configured on this host, for listeners on an unspecified address).
 const HOST_CHECK: Duration = Duration::from_secs(2);
 
+/// The longest a fresh status view (or the build for the warnings about Nodes) waits for
+/// changes to be quiet: changes that never stop (endpoints churning in a big cluster) do not
+/// hold it back for ever.
+const SETTLE_MAX: Duration = Duration::from_secs(10);
+
+/// What waits for changes to be quiet (`SETTLE`, at most `SETTLE_MAX` after it was asked for):
+/// a fresh status view for the status writers (an update with no change), or a build from
+/// nothing.
+#[derive(Default)]
+struct Settle {
+    /// When it is due.
+    at: Option<tokio::time::Instant>,
+    /// When it was first asked for.
+    since: Option<tokio::time::Instant>,
+    /// A build from nothing (else a status view).
+    full: bool,
+}
+
+impl Settle {
+    fn ask(&mut self, now: tokio::time::Instant, full: bool) {
+        self.since.get_or_insert(now);
+        self.full |= full;
+        self.push(now);
+    }
+
+    /// A change came: what waits for quiet waits on (within `SETTLE_MAX`).
+    fn push(&mut self, now: tokio::time::Instant) {
+        if let Some(since) = self.since {
+            self.at = Some((now + SETTLE).min(since + SETTLE_MAX));
+        }
+    }
+}
+
 /// What the main thread asks of the control thread.
 enum Command {
     Reload,
@@ -220,10 +253,9 @@ fn control_thread(
         publish(&cfg, &clusters, (&mut tls, &local), &shared, &mut logged, "start");
         admin.warnings(logged.iter().cloned().collect());
         let _ = ready.send(());
-        // Once changes are quiet: a fresh status view after status writes came back, or (when
-        // `settle_full`) a build from nothing for the warnings about Nodes.
-        let mut settle: Option<tokio::time::Instant> = None;
-        let mut settle_full = false;
+        // Once changes are quiet: a fresh status view after status writes came back, or a build
+        // from nothing for the warnings about Nodes.
+        let mut settle = Settle::default();
         // The build from nothing that bounds how long updates go without one (`resync_after`).
         let mut resync: Option<tokio::time::Instant> = None;
         let mut heartbeat = tokio::time::interval(crate::notify::BEAT);
@@ -241,8 +273,13 @@ fn control_thread(
         loop {
             // Back to waiting after a build: the admin server reports the states it decided.
             admin.published(clusters.iter().map(|c| (c.config.name.as_str(), c.state())));
+            // A status view a build did not make (the writer was busy): once changes are
+            // quiet, an update with no change makes it (or defers it again).
+            if clusters.iter().fold(false, |d, c| c.take_deferred_view() | d) {
+                settle.ask(tokio::time::Instant::now(), false);
+            }
             let far = || tokio::time::Instant::now() + Duration::from_secs(3600);
-            let settle_at = settle.unwrap_or_else(far);
+            let settle_at = settle.at.unwrap_or_else(far);
             let resync_at = resync.unwrap_or_else(far);
             tokio::select! {
                 cmd = commands.recv() => match cmd {
@@ -250,7 +287,7 @@ fn control_thread(
                         if let Some(next) = reload(&cfg) {
                             cfg = next;
                             publish(&cfg, &clusters, (&mut tls, &local), &shared, &mut logged, "reload");
-                            (settle, settle_full, resync) = (None, false, None);
+                            (settle, resync) = (Settle::default(), None);
                             admin.warnings(logged.iter().cloned().collect());
                             // Said only once the new table is live, so that whoever waits for
                             // this line can rely on it.
@@ -281,10 +318,11 @@ fn control_thread(
                     let endpoints_only = changes.iter().all(Changes::endpoints_only) && !nothing;
                     let updatable = changes.iter().all(|c| !c.full) && !nothing;
                     let now = tokio::time::Instant::now();
+                    // Not quiet: what waits for quiet waits on.
+                    settle.push(now);
                     // The warnings about Nodes come only with a build from nothing.
                     if changes.iter().any(|c| c.node_use) {
-                        settle = Some(now + SETTLE);
-                        settle_full = true;
+                        settle.ask(now, true);
                     }
                     if nothing {
                         // A wake-up without an object change: a watch failed or recovered, or
@@ -296,8 +334,8 @@ fn control_thread(
                         for c in &clusters {
                             c.refresh_state();
                         }
-                        if changes.iter().any(|c| c.status_only) && settle.is_none() {
-                            settle = Some(now + SETTLE);
+                        if changes.iter().any(|c| c.status_only) {
+                            settle.ask(now, false);
                         }
                     } else if endpoints_only {
                         update_endpoints(&clusters, changes, &shared);
@@ -309,12 +347,12 @@ fn control_thread(
                         if why == "update" {
                             resync.get_or_insert(now + resync_after(&cfg));
                         } else {
-                            (settle, settle_full, resync) = (None, false, None);
+                            (settle, resync) = (Settle::default(), None);
                         }
                     } else {
                         publish(&cfg, &clusters, (&mut tls, &local), &shared, &mut logged, "watch");
                         admin.warnings(logged.iter().cloned().collect());
-                        (settle, settle_full, resync) = (None, false, None);
+                        (settle, resync) = (Settle::default(), None);
                     }
                 }
                 _ = heartbeat.tick() => {
@@ -329,19 +367,18 @@ fn control_thread(
                         local.addresses = now;
                         publish(&cfg, &clusters, (&mut tls, &local), &shared, &mut logged, "host addresses");
                         admin.warnings(logged.iter().cloned().collect());
-                        (settle, settle_full, resync) = (None, false, None);
+                        (settle, resync) = (Settle::default(), None);
                     }
                 }
                 _ = cert_check.tick(), if tls.listening => {
                     if tls.certs.stale(crate::time::unix_now()) {
                         publish(&cfg, &clusters, (&mut tls, &local), &shared, &mut logged, "certificates");
                         admin.warnings(logged.iter().cloned().collect());
-                        (settle, settle_full, resync) = (None, false, None);
+                        (settle, resync) = (Settle::default(), None);
                     }
                 }
-                () = tokio::time::sleep_until(settle_at), if settle.is_some() => {
-                    settle = None;
-                    let full = if std::mem::take(&mut settle_full) {
+                () = tokio::time::sleep_until(settle_at), if settle.at.is_some() => {
+                    let full = if std::mem::take(&mut settle).full {
                         publish(&cfg, &clusters, (&mut tls, &local), &shared, &mut logged, "settle");
                         true
                     } else {
@@ -358,7 +395,7 @@ fn control_thread(
                 () = tokio::time::sleep_until(resync_at), if resync.is_some() => {
                     publish(&cfg, &clusters, (&mut tls, &local), &shared, &mut logged, "resync");
                     admin.warnings(logged.iter().cloned().collect());
-                    (settle, settle_full, resync) = (None, false, None);
+                    (settle, resync) = (Settle::default(), None);
                 }
             }
         }

@@ -41,6 +41,8 @@ pub struct Cluster {
     gateway_status: OnceLock<gateway_status::Writer>,
     /// The routes the last Gateway API status view found written as kedge wants them.
     gateway_written: Mutex<gateway_status::Unchanged>,
+    /// A build made no status view: the writer was busy.
+    view_deferred: std::sync::atomic::AtomicBool,
     /// The status Lease election both writers follow: started with the Ingress writer, or with
     /// the Gateway API one.
     election: OnceLock<Election>,
@@ -119,6 +121,7 @@ impl Cluster {
             status,
             gateway_status: OnceLock::new(),
             gateway_written: Mutex::default(),
+            view_deferred: std::sync::atomic::AtomicBool::new(false),
             election,
             client,
             listed,
@@ -349,9 +352,16 @@ impl Cluster {
 
     /// Hands a build's Gateway API status view to its writer, once the cluster is synced,
     /// starting the writer (and the Lease election) with the first build that has one of
-    /// kedge's GatewayClasses.
+    /// kedge's GatewayClasses. While the writer is still making the writes of the last view
+    /// (10k of them after a Gateway with 10k routes appears) no view is made: it would be
+    /// milliseconds of the control thread per build, and would stop the writer to plan again;
+    /// [`Cluster::take_deferred_view`] says so, and the control loop asks for one later.
     pub fn offer_gateway_status(&self, attachment: &Attachment<'_>, objects: &Objects<'_>) {
         if !self.synced() || (attachment.classes.is_empty() && self.gateway_status.get().is_none()) {
+            return;
+        }
+        if self.gateway_status.get().is_some_and(gateway_status::Writer::writing) {
+            self.view_deferred.store(true, Ordering::Relaxed);
             return;
         }
         let now = crate::time::format_time(crate::time::unix_now());
@@ -369,6 +379,12 @@ impl Cluster {
             gateway_status::Writer::spawn(self.client.clone(), &self.config.name, election.holding())
         });
         writer.offer(items);
+    }
+
+    /// Whether a build since the last call made no Gateway API status view because the writer
+    /// was busy ([`Cluster::offer_gateway_status`]): the control loop makes one later.
+    pub fn take_deferred_view(&self) -> bool {
+        self.view_deferred.swap(false, Ordering::Relaxed)
     }
 
     /// Stops writing status and releases the status Lease if this kedge holds it (a clean

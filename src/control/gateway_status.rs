@@ -34,6 +34,7 @@ use serde_json::{Value, json};
 use tokio::sync::watch;
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use rustc_hash::FxHashMap;
 
@@ -379,14 +380,23 @@ enum Held {
 pub struct Writer {
     latest: watch::Sender<Option<std::sync::Arc<Vec<Item>>>>,
     task: tokio::task::JoinHandle<()>,
+    /// Set while the task has writes of a view to make.
+    writing: Arc<AtomicBool>,
 }
 
 impl Writer {
     /// Starts the writer task on the current runtime, writing while `holding`.
     pub fn spawn(client: Client, cluster: &str, holding: watch::Receiver<bool>) -> Writer {
         let (latest, views) = watch::channel(None);
-        let task = tokio::spawn(run(client, cluster.to_owned(), views, holding));
-        Writer { latest, task }
+        let writing = Arc::new(AtomicBool::new(false));
+        let task = tokio::spawn(run(client, cluster.to_owned(), views, holding, Arc::clone(&writing)));
+        Writer { latest, task, writing }
+    }
+
+    /// Whether the task is still making the writes of a view it was offered (a view offered
+    /// now would stop it, to plan again from nothing but what came back).
+    pub fn writing(&self) -> bool {
+        self.writing.load(Ordering::Acquire)
     }
 
     /// Hands over the latest build's items, replacing any the task has not looked at yet.
@@ -503,9 +513,10 @@ async fn run(
     cluster: String,
     views: watch::Receiver<Option<std::sync::Arc<Vec<Item>>>>,
     holding: watch::Receiver<bool>,
+    writing: Arc<AtomicBool>,
 ) {
     let kind = Items { sent: HashMap::new() };
-    write_loop(client, cluster, kind, views, holding).await;
+    write_loop(client, cluster, kind, views, holding, &writing).await;
 }
 
 #[cfg(test)]

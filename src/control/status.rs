@@ -31,6 +31,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use futures_util::StreamExt;
@@ -271,7 +272,7 @@ async fn run(
         ours_json,
         sent: HashMap::new(),
     };
-    write_loop(client, cluster, kind, views, holding).await;
+    write_loop(client, cluster, kind, views, holding, &AtomicBool::new(false)).await;
 }
 
 /// A write in flight: it gives the write back with its result.
@@ -316,12 +317,14 @@ pub(super) trait WriterKind: Send + 'static {
 /// dropped; a failure is logged once per streak and retried after [`RETRY`] or at the next
 /// view; when the API server cannot be reached at all, the rest of the round is not attempted,
 /// nor when a newer view arrives or the Lease is lost. Ends when the view's sender is dropped.
+/// `writing` is set while a round has writes to make.
 pub(super) async fn write_loop<K: WriterKind>(
     client: Client,
     cluster: String,
     mut kind: K,
     mut views: watch::Receiver<Option<Arc<K::View>>>,
     mut holding: watch::Receiver<bool>,
+    writing: &AtomicBool,
 ) {
     let params = PatchParams {
         field_manager: Some(FIELD_MANAGER.to_owned()),
@@ -354,6 +357,7 @@ pub(super) async fn write_loop<K: WriterKind>(
         failing.retain(|k| planned.contains(k));
         drop(planned);
 
+        writing.store(!writes.is_empty(), Ordering::Release);
         let mut todo = writes.into_iter();
         let mut in_flight = FuturesUnordered::new();
         // Set when a newer view arrived or the API server is unreachable: finish what is in
@@ -395,6 +399,7 @@ pub(super) async fn write_loop<K: WriterKind>(
             }
             stop |= views.has_changed().unwrap_or(true) || !*holding.borrow();
         }
+        writing.store(false, Ordering::Release);
         // Whatever was not attempted is planned again from the newer view, or at the retry.
     }
 }

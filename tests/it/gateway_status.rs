@@ -914,3 +914,42 @@ fn status_writes_do_not_rebuild_the_table() {
     api.apply("httproutes", r);
     kedge.wait_logs("why=\"update\"", updates + 1, WAIT);
 }
+
+/// A route that changes while kedge is still making the status writes of one view (a Gateway
+/// that appears with many routes): kedge makes no view meanwhile (the writer would stop and
+/// plan again), and the changed route's status follows once those writes are done.
+#[test]
+fn a_route_changed_during_many_status_writes_gets_its_status() {
+    const ROUTES: usize = 1000;
+    let api = api();
+    api.apply("services", service("infra", "web"));
+    let edge = json!([{"name": "edge", "namespace": "infra"}]);
+    let web = json!([{"name": "web", "port": 80}]);
+    let name = |i: usize| format!("r-{i}");
+    for i in 0..ROUTES {
+        api.apply(
+            "httproutes",
+            http_route("infra", &name(i), edge.clone(), json!([]), web.clone()),
+        );
+    }
+    let (_dir, _kedge, _) = follow_with_edge(&api, "gw-status-busy");
+    let written = || {
+        (0..ROUTES)
+            .filter(|&i| api.status_writes_of("httproutes", Some("infra"), &name(i)) > 0)
+            .count()
+    };
+    wait_for(WAIT, "kedge's first route status writes", || {
+        let n = written();
+        if n > 0 { Ok(n) } else { Err(n) }
+    });
+    let last = name(ROUTES - 1);
+    let mut r = get(&api, "httproutes", Some("infra"), &last);
+    r["spec"]["hostnames"] = json!(["web.example.com"]);
+    api.apply("httproutes", r);
+    wait_status(&api, "httproutes", Some("infra"), &last, "observedGeneration 2", |r| {
+        ours(r)
+            .first()
+            .is_some_and(|p| cond(&p["conditions"], "Accepted") == ("True".into(), "Accepted".into(), 2))
+    });
+    assert_eq!(written(), ROUTES, "every route's status written");
+}
