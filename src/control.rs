@@ -342,7 +342,7 @@ fn control_thread(
                         resync.get_or_insert(now + resync_after(&cfg));
                     } else if updatable {
                         // The hosts the change touches: all a build from nothing would change.
-                        let why = publish_with(&cfg, &clusters, (&mut tls, &local), &shared, &mut logged, ("watch", "update"), Some(&changes));
+                        let why = publish_with(&cfg, &clusters, (&mut tls, &local), &shared, &mut logged, ("watch", "update"), (Some(&changes), false));
                         admin.warnings(logged.iter().cloned().collect());
                         if why == "update" {
                             resync.get_or_insert(now + resync_after(&cfg));
@@ -385,7 +385,7 @@ fn control_thread(
                         // An update with no change: the same rules, a view of the statuses as
                         // they now are (a build from nothing only when no update is exact).
                         let none: Vec<Changes> = clusters.iter().map(|_| Changes::default()).collect();
-                        publish_with(&cfg, &clusters, (&mut tls, &local), &shared, &mut logged, ("settle", "status"), Some(&none)) != "status"
+                        publish_with(&cfg, &clusters, (&mut tls, &local), &shared, &mut logged, ("settle", "status"), (Some(&none), true)) != "status"
                     };
                     admin.warnings(logged.iter().cloned().collect());
                     if full {
@@ -585,12 +585,14 @@ fn start_update(
 /// Builds a snapshot and hands it to `publish` with what the build found (`true`: it serves
 /// now; an inexact update is refused); then, if it does, the Gateway API status views go to the
 /// status writers (after the swap: at 10k routes a view is milliseconds that traffic need not
-/// wait for). Returns whether it was published.
+/// wait for). Returns whether it was published. `quiet`: an update made once changes are quiet
+/// (it makes the status views that updates put off, see `Cluster::offer_gateway_status`).
 fn build(
     cfg: &Config,
     clusters: &[Cluster],
     (tls, local): (&mut TlsState, &Local),
     update: Option<(&crate::routes::RouteTable, &[Changes])>,
+    quiet: bool,
     publish: &mut dyn FnMut(Snapshot, Built) -> bool,
 ) -> bool {
     let tls_hosts: Vec<String> = cfg.tls.certificates.iter().flat_map(|c| c.hosts.clone()).collect();
@@ -744,7 +746,7 @@ fn build(
     let published = publish(snap, built);
     if published {
         for ((c, objects), attachment) in clusters.iter().zip(&objects).zip(&attachments) {
-            c.offer_gateway_status(attachment, &objects.view());
+            c.offer_gateway_status(attachment, &objects.view(), quiet);
         }
     }
     published
@@ -760,11 +762,13 @@ fn publish(
     logged: &mut BTreeSet<String>,
     why: &'static str,
 ) {
-    publish_with(cfg, clusters, tls, shared, logged, (why, why), None);
+    publish_with(cfg, clusters, tls, shared, logged, (why, why), (None, true));
 }
 
 /// [`publish`], as an update when `changes` (one per cluster) allow one; `why`: what a build
-/// from nothing and what an update are logged as. Returns which it published.
+/// from nothing and what an update are logged as; `quiet`: made once changes are quiet (an
+/// update of changes is not: it puts off the status views owed, see
+/// `Cluster::offer_gateway_status`). Returns which it published.
 fn publish_with(
     cfg: &Config,
     clusters: &[Cluster],
@@ -772,7 +776,7 @@ fn publish_with(
     shared: &Shared,
     logged: &mut BTreeSet<String>,
     (why, why_update): (&'static str, &'static str),
-    changes: Option<&[Changes]>,
+    (changes, quiet): (Option<&[Changes]>, bool),
 ) -> &'static str {
     let started = Instant::now();
     let current = changes.map(|_| shared.snapshot.load_full());
@@ -818,9 +822,9 @@ fn publish_with(
         published = Some(why);
         true
     };
-    if !build(cfg, clusters, (&mut *tls, local), update, &mut swap) {
+    if !build(cfg, clusters, (&mut *tls, local), update, quiet, &mut swap) {
         tracing::debug!("a build from nothing: the update met what only one decides");
-        build(cfg, clusters, (&mut *tls, local), None, &mut swap);
+        build(cfg, clusters, (&mut *tls, local), None, true, &mut swap);
     }
     drop(current);
     // A build from nothing is always published.

@@ -41,8 +41,11 @@ pub struct Cluster {
     gateway_status: OnceLock<gateway_status::Writer>,
     /// The routes the last Gateway API status view found written as kedge wants them.
     gateway_written: Mutex<gateway_status::Unchanged>,
-    /// A build made no status view: the writer was busy.
+    /// A build made no status view since the control loop last asked (the writer was busy,
+    /// or one is owed).
     view_deferred: std::sync::atomic::AtomicBool,
+    /// No status view since one was put off: only a quiet build makes the next.
+    view_owed: std::sync::atomic::AtomicBool,
     /// The status Lease election both writers follow: started with the Ingress writer, or with
     /// the Gateway API one.
     election: OnceLock<Election>,
@@ -122,6 +125,7 @@ impl Cluster {
             gateway_status: OnceLock::new(),
             gateway_written: Mutex::default(),
             view_deferred: std::sync::atomic::AtomicBool::new(false),
+            view_owed: std::sync::atomic::AtomicBool::new(false),
             election,
             client,
             listed,
@@ -354,16 +358,22 @@ impl Cluster {
     /// starting the writer (and the Lease election) with the first build that has one of
     /// kedge's GatewayClasses. While the writer is still making the writes of the last view
     /// (10k of them after a Gateway with 10k routes appears) no view is made: it would be
-    /// milliseconds of the control thread per build, and would stop the writer to plan again;
-    /// [`Cluster::take_deferred_view`] says so, and the control loop asks for one later.
-    pub fn offer_gateway_status(&self, attachment: &Attachment<'_>, objects: &Objects<'_>) {
+    /// milliseconds of the control thread per build, and would stop the writer to plan again.
+    /// The view is then owed, and only a `quiet` build makes it (one made once changes are
+    /// quiet, or from nothing): at 10k routes changed by the writes coming back it is hundreds
+    /// of milliseconds, which a change must not meet. [`Cluster::take_deferred_view`] tells the
+    /// control loop to make one.
+    pub fn offer_gateway_status(&self, attachment: &Attachment<'_>, objects: &Objects<'_>, quiet: bool) {
         if !self.synced() || (attachment.classes.is_empty() && self.gateway_status.get().is_none()) {
             return;
         }
-        if self.gateway_status.get().is_some_and(gateway_status::Writer::writing) {
+        let busy = self.gateway_status.get().is_some_and(gateway_status::Writer::writing);
+        if busy || (!quiet && self.view_owed.load(Ordering::Relaxed)) {
+            self.view_owed.store(true, Ordering::Relaxed);
             self.view_deferred.store(true, Ordering::Relaxed);
             return;
         }
+        self.view_owed.store(false, Ordering::Relaxed);
         let now = crate::time::format_time(crate::time::unix_now());
         let items = gateway_status::view_with(
             attachment,
