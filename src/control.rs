@@ -17,13 +17,14 @@
 //! (and the Gateway hosts of the routes they touch) are translated again and every other
 //! host's rules are shared with the current table (`TableBuilder::update`,
 //! `translate::Incremental`, `httproute::Incremental`), unless only a build from nothing is
-//! exact (then it runs). Both are exact: no build from nothing follows them, except once
-//! `resync` (a cluster setting) after the first of them as a bound on a bug's reach, and once changes are quiet
-//! after a change of what the table takes from Nodes (the warnings about them). Status writes
-//! coming back build nothing; once they are quiet an update with no change hands the status
-//! writers a fresh view. Endpoint-only changes and updates are published at once when the
-//! loop was idle; bursts (and every full rebuild) wait out `DEBOUNCE`. A published snapshot is
-//! never modified. Workers only ever *load* what this publishes.
+//! exact (then it runs). Both are exact: no build from nothing follows them, except one
+//! `resync` (a cluster setting) after the first of them, as a bound on a bug's reach, and one
+//! once changes are quiet after a change of what the table takes from Nodes (the warnings
+//! about them). Status writes coming back build nothing; once they are quiet an update with no
+//! change hands the status writers a fresh view. Endpoint-only changes and updates are
+//! published at once when the loop was idle; bursts (and every full rebuild) wait out
+//! `DEBOUNCE`. A published snapshot is never modified. Workers only ever *load* what this
+//! publishes.
 
 mod certs;
 mod cluster;

@@ -391,8 +391,9 @@ impl Cluster {
         writer.offer(items);
     }
 
-    /// Whether a build since the last call made no Gateway API status view because the writer
-    /// was busy ([`Cluster::offer_gateway_status`]): the control loop makes one later.
+    /// Whether a build since the last call made no Gateway API status view (the writer was
+    /// busy, or a view is owed: [`Cluster::offer_gateway_status`]): the control loop makes one
+    /// once changes are quiet.
     pub fn take_deferred_view(&self) -> bool {
         self.view_deferred.swap(false, Ordering::Relaxed)
     }
