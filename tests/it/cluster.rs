@@ -414,6 +414,41 @@ fn ten_endpoints_all_get_traffic() {
     assert_eq!(counts.iter().sum::<usize>(), 50, "{counts:?}");
 }
 
+/// What the table takes from Nodes includes the warnings about those it cannot use: a Node
+/// change that brings one is an endpoint update at once, and its warning comes with the build
+/// from nothing made once changes are quiet (updates do not make one any more).
+#[test]
+fn a_node_without_a_usable_address_is_warned_about_once_quiet() {
+    let (_nodes, node_port) = Upstream::pods("node", 3);
+    let api = node_cluster();
+    api.apply("services", nodeport_service("web", node_port, false, json!({})));
+    api.apply(
+        "endpointslices",
+        slice_of(
+            "web",
+            8080,
+            vec![endpoint("10.244.0.10", true, true, false, Some("node-0"))],
+        ),
+    );
+    api.apply("ingresses", ingress("web", "kedge", "web.example.com", "/", "web"));
+    let dir = TempDir::new("cluster");
+    let kedge = Kedge::follow(&api, &dir, "upstream = \"nodeports\"");
+    spread(&kedge, "web.example.com", 3, "three ready nodes");
+    let settled = publications(&kedge, "why=\"settle\"");
+    // node-3: Ready, but with a Hostname address only.
+    api.apply(
+        "nodes",
+        json!({"apiVersion": "v1", "kind": "Node", "metadata": {"name": "node-3"},
+               "status": {"addresses": [{"type": "Hostname", "address": "node-3"}],
+                          "conditions": [{"type": "Ready", "status": "True", "reason": "KubeletReady"}]}}),
+    );
+    let warned = kedge.wait_log("Node node-3", Duration::from_secs(10));
+    assert!(warned.contains("no InternalIP address"), "{warned}");
+    // Logged by the build once quiet.
+    kedge.wait_logs("why=\"settle\"", settled + 1, Duration::from_secs(10));
+    assert_eq!(spread(&kedge, "web.example.com", 3, "still served").len(), 3);
+}
+
 #[test]
 fn nodeports_mode_follows_node_readiness_and_cordons() {
     // Three "nodes" listening on the nodePort (kube-proxy's part); the pod IPs behind them
