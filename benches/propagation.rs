@@ -369,6 +369,12 @@ struct Outcome {
     notes: Vec<String>,
 }
 
+/// The namespace and name of the `i`th object besides the probe (Ingress or HTTPRoute, with
+/// its Service and EndpointSlice).
+fn other(i: usize) -> (String, String) {
+    (format!("ns-{}", i % 100), format!("app-{i}"))
+}
+
 /// When the samples start and how far apart they are.
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Pace {
@@ -444,7 +450,7 @@ fn scenario(name: &'static str, extra: usize, samples: usize, kind: Kind, change
         api.apply("ingresses", probe);
     }
     for i in 0..extra {
-        let (ns, name) = (format!("ns-{}", i % 100), format!("app-{i}"));
+        let (ns, name) = other(i);
         let ips: Vec<String> = (0..5)
             .map(|j| {
                 let k = i * 5 + j + 1;
@@ -493,11 +499,16 @@ fn scenario(name: &'static str, extra: usize, samples: usize, kind: Kind, change
         });
     }
     let mut notes = Vec::new();
+    // The HTTPRoutes (namespace, name): the probe, then the others.
+    let names: Vec<(String, String)> = if kind == Kind::Gateway {
+        std::iter::once(("default".to_owned(), "probe".to_owned()))
+            .chain((0..extra).map(other))
+            .collect()
+    } else {
+        Vec::new()
+    };
     if pace != Pace::Busy && kind == Kind::Gateway {
         let waited = Instant::now();
-        let names: Vec<(String, String)> = std::iter::once(("default".to_owned(), "probe".to_owned()))
-            .chain((0..extra).map(|i| (format!("ns-{}", i % 100), format!("app-{i}"))))
-            .collect();
         let mut next = 0;
         support::wait_until(Duration::from_secs(300), "kedge's status write of every route", || {
             while next < names.len() && api.status_writes_of("httproutes", Some(&names[next].0), &names[next].1) > 0 {
@@ -544,15 +555,8 @@ fn scenario(name: &'static str, extra: usize, samples: usize, kind: Kind, change
     assert_eq!(probe(kedge.addr()), "pod-0");
     let builds_before = logged(&kedge, "route table published", "build_ms").len();
     // kedge's HTTPRoute status writes so far (a write per sample is the probe route's).
-    let route_names: Vec<(String, String)> = if kind == Kind::Gateway {
-        std::iter::once(("default".to_owned(), "probe".to_owned()))
-            .chain((0..extra).map(|i| (format!("ns-{}", i % 100), format!("app-{i}"))))
-            .collect()
-    } else {
-        Vec::new()
-    };
     let route_writes = || -> usize {
-        route_names
+        names
             .iter()
             .map(|(ns, name)| api.status_writes_of("httproutes", Some(ns), name))
             .sum()
