@@ -337,6 +337,22 @@ impl Cx<'_> {
         }
     }
 
+    /// [`Self::duration`] within `range` (said as `what` when it is not).
+    fn bounded_duration(
+        &self,
+        v: &Option<Spanned<String>>,
+        key: &str,
+        default: Duration,
+        (range, what): (std::ops::RangeInclusive<Duration>, &str),
+    ) -> Result<Duration, ConfigError> {
+        let d = self.duration(v, key, default)?;
+        if range.contains(&d) {
+            Ok(d)
+        } else {
+            Err(self.error(v.as_ref().map(Spanned::span), Some(key), format!("must be {what}")))
+        }
+    }
+
     fn size(&self, v: &Option<Spanned<Size>>, key: &str, default: u64) -> Result<u64, ConfigError> {
         match v {
             None => Ok(default),
@@ -827,28 +843,21 @@ impl Cx<'_> {
             publish_addresses,
             status_lease,
             sync_timeout: self.duration(&c.sync_timeout, &key("sync_timeout"), Duration::from_secs(30))?,
-            watch_retry_max: {
-                let max = self.duration(&c.watch_retry_max, &key("watch_retry_max"), Duration::from_secs(5))?;
-                if !(Duration::from_millis(500)..=Duration::from_secs(300)).contains(&max) {
-                    return Err(self.error(
-                        c.watch_retry_max.as_ref().map(Spanned::span),
-                        Some(&key("watch_retry_max")),
-                        "must be from 500ms to 5m".into(),
-                    ));
-                }
-                max
-            },
-            resync: {
-                let every = self.duration(&c.resync, &key("resync"), Duration::from_secs(600))?;
-                if !(Duration::from_secs(1)..=Duration::from_secs(86_400)).contains(&every) {
-                    return Err(self.error(
-                        c.resync.as_ref().map(Spanned::span),
-                        Some(&key("resync")),
-                        "must be from 1s to 24h".into(),
-                    ));
-                }
-                every
-            },
+            watch_retry_max: self.bounded_duration(
+                &c.watch_retry_max,
+                &key("watch_retry_max"),
+                Duration::from_secs(5),
+                (
+                    Duration::from_millis(500)..=Duration::from_secs(300),
+                    "from 500ms to 5m",
+                ),
+            )?,
+            resync: self.bounded_duration(
+                &c.resync,
+                &key("resync"),
+                Duration::from_secs(600),
+                (Duration::from_secs(1)..=Duration::from_secs(86_400), "from 1s to 24h"),
+            )?,
         })
     }
 
