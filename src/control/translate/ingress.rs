@@ -98,12 +98,7 @@ fn full(
     ours.sort_by(|a, b| age(&a.metadata).cmp(&age(&b.metadata)));
 
     let mut resolver = Resolver::new(spec, objs);
-    let secrets: rustc_hash::FxHashMap<(&str, &str), &Arc<Secret>> = objs
-        .secrets
-        .iter()
-        .filter(|s| usable_tls(s))
-        .map(|s| (ns_name(&s.metadata), s))
-        .collect();
+    let secrets = usable_certificates(objs);
     // Hosts with TLS, over all our Ingresses: as in ingress-nginx, a host has TLS (and its
     // plain-HTTP requests are redirected) when any Ingress lists it in a `tls` section.
     let mut tls_hosts = HashSet::default();
@@ -471,12 +466,7 @@ impl Incremental {
     /// every Ingress of ours again (oldest first, as [`full`]), and the `tls` warnings of those
     /// naming a changed Secret (the warnings are handed on again by the next update).
     fn rebind(&mut self, objs: &Objects<'_>, changed: &HashSet<(&str, &str)>) {
-        let usable: rustc_hash::FxHashMap<(&str, &str), &Arc<Secret>> = objs
-            .secrets
-            .iter()
-            .filter(|s| usable_tls(s))
-            .map(|s| (ns_name(&s.metadata), s))
-            .collect();
+        let usable = usable_certificates(objs);
         let none = rustc_hash::FxHashMap::default();
         let mut ours: Vec<&mut Entry> = self
             .entries
@@ -753,6 +743,15 @@ pub fn secrets_read<'a>(ingresses: &'a [Arc<Ingress>]) -> impl Iterator<Item = (
     ingresses
         .iter()
         .flat_map(|ing| tls_secret_refs(ing).chain(annotation_secret_refs(ing)))
+}
+
+/// The Secrets of `objs` that are usable certificates, by (namespace, name).
+fn usable_certificates<'a>(objs: &Objects<'a>) -> rustc_hash::FxHashMap<(&'a str, &'a str), &'a Arc<Secret>> {
+    objs.secrets
+        .iter()
+        .filter(|s| usable_tls(s))
+        .map(|s| (ns_name(&s.metadata), s))
+        .collect()
 }
 
 /// Whether a Secret can serve as a certificate: type `kubernetes.io/tls` with a non-empty
