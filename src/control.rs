@@ -274,9 +274,9 @@ fn control_thread(
         loop {
             // Back to waiting after a build: the admin server reports the states it decided.
             admin.published(clusters.iter().map(|c| (c.config.name.as_str(), c.state())));
-            // A status view a build did not make (the writer was busy): once changes are
-            // quiet, an update with no change makes it (or defers it again).
-            if clusters.iter().fold(false, |d, c| c.take_deferred_view() | d) {
+            // A status view a build put off (the writer was busy): once changes are quiet, an
+            // update with no change makes it (or puts it off again). Changes push it back.
+            if settle.at.is_none() && clusters.iter().any(Cluster::view_owed) {
                 settle.ask(tokio::time::Instant::now(), false);
             }
             let far = || tokio::time::Instant::now() + Duration::from_secs(3600);

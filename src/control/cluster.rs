@@ -41,9 +41,6 @@ pub struct Cluster {
     gateway_status: OnceLock<gateway_status::Writer>,
     /// The routes the last Gateway API status view found written as kedge wants them.
     gateway_written: Mutex<gateway_status::Unchanged>,
-    /// A build made no status view since the control loop last asked (the writer was busy,
-    /// or one is owed).
-    view_deferred: std::sync::atomic::AtomicBool,
     /// No status view since one was put off: only a quiet build makes the next.
     view_owed: std::sync::atomic::AtomicBool,
     /// The status Lease election both writers follow: started with the Ingress writer, or with
@@ -124,7 +121,6 @@ impl Cluster {
             status,
             gateway_status: OnceLock::new(),
             gateway_written: Mutex::default(),
-            view_deferred: std::sync::atomic::AtomicBool::new(false),
             view_owed: std::sync::atomic::AtomicBool::new(false),
             election,
             client,
@@ -361,8 +357,8 @@ impl Cluster {
     /// milliseconds of the control thread per build, and would stop the writer to plan again.
     /// The view is then owed, and only a `quiet` build makes it (one made once changes are
     /// quiet, or from nothing): at 10k routes changed by the writes coming back it is hundreds
-    /// of milliseconds, which a change must not meet. [`Cluster::take_deferred_view`] tells the
-    /// control loop to make one.
+    /// of milliseconds, which a change must not meet. [`Cluster::view_owed`] tells the control
+    /// loop to make one.
     pub fn offer_gateway_status(&self, attachment: &Attachment<'_>, objects: &Objects<'_>, quiet: bool) {
         if !self.synced() || (attachment.classes.is_empty() && self.gateway_status.get().is_none()) {
             return;
@@ -370,7 +366,6 @@ impl Cluster {
         let busy = self.gateway_status.get().is_some_and(gateway_status::Writer::writing);
         if busy || (!quiet && self.view_owed.load(Ordering::Relaxed)) {
             self.view_owed.store(true, Ordering::Relaxed);
-            self.view_deferred.store(true, Ordering::Relaxed);
             return;
         }
         self.view_owed.store(false, Ordering::Relaxed);
@@ -391,11 +386,10 @@ impl Cluster {
         writer.offer(items);
     }
 
-    /// Whether a build since the last call made no Gateway API status view (the writer was
-    /// busy, or a view is owed: [`Cluster::offer_gateway_status`]): the control loop makes one
-    /// once changes are quiet.
-    pub fn take_deferred_view(&self) -> bool {
-        self.view_deferred.swap(false, Ordering::Relaxed)
+    /// Whether a Gateway API status view was put off and none made since
+    /// ([`Cluster::offer_gateway_status`]): the control loop makes one once changes are quiet.
+    pub fn view_owed(&self) -> bool {
+        self.view_owed.load(Ordering::Relaxed)
     }
 
     /// Stops writing status and releases the status Lease if this kedge holds it (a clean
