@@ -92,6 +92,14 @@ fn http_route(i: usize, v: usize, generation: i64) -> Arc<HttpRoute> {
     obj(json!({"metadata": meta, "spec": {"parentRefs": parents, "hostnames": hostnames, "rules": rules}}))
 }
 
+/// `o` as a status (or metadata) write brings it back: a new object, at resourceVersion `rv`,
+/// of the same uid and generation.
+fn written<T: Clone + kube::Resource>(o: &Arc<T>, rv: &str) -> Arc<T> {
+    let mut n = (**o).clone();
+    n.meta_mut().resource_version = Some(rv.to_owned());
+    Arc::new(n)
+}
+
 /// `r` as a new object under its name: its uid is its name and `n`.
 fn created_again(r: Arc<HttpRoute>, n: i64) -> Arc<HttpRoute> {
     let mut r = (*r).clone();
@@ -315,17 +323,13 @@ impl Cluster {
             11 => {
                 // A status (or metadata) write: a new object of the same generation, which the
                 // control loop answers with no build; the next update finds it.
-                let rv = Some(self.generation.to_string());
+                let rv = self.generation.to_string();
                 if b.is_multiple_of(2) || self.plain {
                     if let Some(r) = &mut self.routes[a % ROUTES] {
-                        let mut n = (**r).clone();
-                        n.metadata.resource_version = rv;
-                        *r = Arc::new(n);
+                        *r = written(r, &rv);
                     }
                 } else if let Some(r) = &mut self.grpc[a % GRPC] {
-                    let mut n = (**r).clone();
-                    n.metadata.resource_version = rv;
-                    *r = Arc::new(n);
+                    *r = written(r, &rv);
                 }
                 return None;
             }
@@ -538,20 +542,28 @@ proptest! {
     }
 }
 
+/// A cluster with one Ingress (for a host no route claims: a claimed one needs a build from
+/// nothing) built from nothing, then route-0 replaced by `route` and built again, which must
+/// serve what a translation from nothing does: the dumps of both builds, and whether the
+/// second was an update.
+fn route_0_replaced(route: Arc<HttpRoute>) -> (String, String, bool) {
+    let mut cluster = Cluster::new(true);
+    cluster.ingresses = vec![Some(ingress(0, 0)), None, None];
+    let mut state = State::default();
+    let (table, before, _) = cluster.build(&mut state, None, &BTreeSet::new());
+    cluster.routes[0] = Some(route);
+    let (_, dump, updated) = cluster.build(&mut state, Some(&table), &BTreeSet::new());
+    assert_eq!(dump, cluster.translated_from_nothing());
+    (before, dump, updated)
+}
+
 /// An HTTPRoute change is an update (not a build from nothing) when nothing contests it.
 #[test]
 fn a_route_change_is_an_update() {
-    let mut cluster = Cluster::new(true);
-    // One Ingress, for a host no route claims (a claimed one needs a build from nothing).
-    cluster.ingresses = vec![Some(ingress(0, 0)), None, None];
-    let mut state = State::default();
-    let (table, _, _) = cluster.build(&mut state, None, &BTreeSet::new());
     // route-0 (variant 0: Gateway edge, a.example.com, PathPrefix /) → variant 7 (edge and
     // lan, b.example.com, a regular expression).
-    cluster.routes[0] = Some(http_route(0, 7, 2));
-    let (_, dump, updated) = cluster.build(&mut state, Some(&table), &BTreeSet::new());
+    let (_, dump, updated) = route_0_replaced(http_route(0, 7, 2));
     assert!(updated, "an update, not a build from nothing");
-    assert_eq!(dump, cluster.translated_from_nothing());
     assert!(
         dump.contains("gateway 127.0.0.1:80 b.example.com ~ ^(?:/r.*)$"),
         "{dump}"
@@ -567,9 +579,7 @@ fn status_writes_coming_back_are_not_decided_again() {
     let (table, _, _) = cluster.build(&mut state, None, &BTreeSet::new());
     assert_eq!(state.attached.decided(), ROUTES);
     for r in cluster.routes.iter_mut().flatten() {
-        let mut n = (**r).clone();
-        n.metadata.resource_version = Some("2".into());
-        *r = Arc::new(n);
+        *r = written(r, "2");
     }
     let (table, dump, updated) = cluster.build(&mut state, Some(&table), &BTreeSet::new());
     assert!(updated, "an update, not a build from nothing");
@@ -590,29 +600,23 @@ fn gateway_status_writes_decide_no_route_again() {
     let mut cluster = Cluster::new(true);
     let mut state = State::default();
     let (table, _, _) = cluster.build(&mut state, None, &BTreeSet::new());
-    let written = |g: &Arc<Gateway>, generation: i64| {
-        let mut n = (**g).clone();
-        n.metadata.resource_version = Some("7".into());
-        n.metadata.generation = Some(generation);
-        Arc::new(n)
-    };
-    cluster.gateways = cluster.gateways.iter().map(|g| written(g, 1)).collect();
-    cluster.classes = cluster
-        .classes
-        .iter()
-        .map(|c| {
-            let mut n = (**c).clone();
-            n.metadata.resource_version = Some("7".into());
-            Arc::new(n)
-        })
-        .collect();
+    cluster.gateways = cluster.gateways.iter().map(|g| written(g, "7")).collect();
+    cluster.classes = cluster.classes.iter().map(|c| written(c, "7")).collect();
     let (table, dump, updated) = cluster.build(&mut state, Some(&table), &BTreeSet::new());
     assert!(updated, "an update, not a build from nothing");
     assert_eq!(state.attached.decided(), 0, "routes decided again");
     assert_eq!(dump, cluster.translated_from_nothing());
     // A new generation (a spec change, which the control loop answers with a build from
     // nothing): every route is decided again, even in an update.
-    cluster.gateways = cluster.gateways.iter().map(|g| written(g, 2)).collect();
+    cluster.gateways = cluster
+        .gateways
+        .iter()
+        .map(|g| {
+            let mut n = (**g).clone();
+            n.metadata.generation = Some(2);
+            Arc::new(n)
+        })
+        .collect();
     let (_, dump, _) = cluster.build(&mut state, Some(&table), &BTreeSet::new());
     assert_eq!(state.attached.decided(), ROUTES);
     assert_eq!(dump, cluster.translated_from_nothing());
@@ -623,16 +627,10 @@ fn gateway_status_writes_decide_no_route_again() {
 /// translated again.
 #[test]
 fn a_route_created_again_under_its_name_is_translated_again() {
-    let mut cluster = Cluster::new(true);
-    cluster.ingresses = vec![Some(ingress(0, 0)), None, None];
-    let mut state = State::default();
-    let (table, dump, _) = cluster.build(&mut state, None, &BTreeSet::new());
-    assert!(!dump.contains("b.example.com"), "{dump}");
     // route-0 (variant 0, generation 1) → variant 7 (b.example.com), generation 1, a new uid.
-    cluster.routes[0] = Some(created_again(http_route(0, 7, 1), 2));
-    let (_, dump, updated) = cluster.build(&mut state, Some(&table), &BTreeSet::new());
+    let (before, dump, updated) = route_0_replaced(created_again(http_route(0, 7, 1), 2));
+    assert!(!before.contains("b.example.com"), "{before}");
     assert!(updated, "an update, not a build from nothing");
-    assert_eq!(dump, cluster.translated_from_nothing());
     assert!(
         dump.contains("gateway 127.0.0.1:80 b.example.com ~ ^(?:/r.*)$"),
         "{dump}"
