@@ -42,6 +42,19 @@ fn nodeport_service(name: &str, node_port: u16, local: bool, annotations: Value)
                     "ports": [{"name": "http", "port": 80, "targetPort": 8080, "nodePort": node_port}]}})
 }
 
+/// [`node_cluster`] with NodePort Service `web` on `node_port` (`externalTrafficPolicy: Local`
+/// when `local`), its EndpointSlice of `endpoints`, and Ingress `web.example.com` → `web`;
+/// kedge following it in `nodeports` mode.
+fn nodeports_web(node_port: u16, local: bool, endpoints: Vec<Value>) -> (FakeApi, TempDir, Kedge) {
+    let api = node_cluster();
+    api.apply("services", nodeport_service("web", node_port, local, json!({})));
+    api.apply("endpointslices", slice_of("web", 8080, endpoints));
+    api.apply("ingresses", ingress("web", "kedge", "web.example.com", "/", "web"));
+    let dir = TempDir::new("cluster");
+    let kedge = Kedge::follow(&api, &dir, "upstream = \"nodeports\"");
+    (api, dir, kedge)
+}
+
 /// `n` GETs on fresh connections: how many each upstream answered. Panics on a status other
 /// than 200 (`what` says where).
 fn spread(kedge: &Kedge, host: &str, n: usize, what: &str) -> BTreeMap<String, usize> {
@@ -420,19 +433,11 @@ fn ten_endpoints_all_get_traffic() {
 #[test]
 fn a_node_without_a_usable_address_is_warned_about_once_quiet() {
     let (_nodes, node_port) = Upstream::pods("node", 3);
-    let api = node_cluster();
-    api.apply("services", nodeport_service("web", node_port, false, json!({})));
-    api.apply(
-        "endpointslices",
-        slice_of(
-            "web",
-            8080,
-            vec![endpoint("10.244.0.10", true, true, false, Some("node-0"))],
-        ),
+    let (api, _dir, kedge) = nodeports_web(
+        node_port,
+        false,
+        vec![endpoint("10.244.0.10", true, true, false, Some("node-0"))],
     );
-    api.apply("ingresses", ingress("web", "kedge", "web.example.com", "/", "web"));
-    let dir = TempDir::new("cluster");
-    let kedge = Kedge::follow(&api, &dir, "upstream = \"nodeports\"");
     spread(&kedge, "web.example.com", 3, "three ready nodes");
     let settled = publications(&kedge, "why=\"settle\"");
     // node-3: Ready, but with a Hostname address only.
@@ -454,19 +459,11 @@ fn nodeports_mode_follows_node_readiness_and_cordons() {
     // Three "nodes" listening on the nodePort (kube-proxy's part); the pod IPs behind them
     // are not reachable from here, so any request answered proves it went through a node.
     let (_nodes, node_port) = Upstream::pods("node", 3);
-    let api = node_cluster();
-    api.apply("services", nodeport_service("web", node_port, false, json!({})));
-    api.apply(
-        "endpointslices",
-        slice_of(
-            "web",
-            8080,
-            vec![endpoint("10.244.0.10", true, true, false, Some("node-0"))],
-        ),
+    let (api, _dir, kedge) = nodeports_web(
+        node_port,
+        false,
+        vec![endpoint("10.244.0.10", true, true, false, Some("node-0"))],
     );
-    api.apply("ingresses", ingress("web", "kedge", "web.example.com", "/", "web"));
-    let dir = TempDir::new("cluster");
-    let kedge = Kedge::follow(&api, &dir, "upstream = \"nodeports\"");
 
     // Cluster policy: every Ready node takes traffic, whichever node hosts the pod.
     let seen = spread(&kedge, "web.example.com", 9, "three ready nodes");
@@ -514,23 +511,15 @@ fn nodeports_mode_follows_node_readiness_and_cordons() {
 #[test]
 fn nodeports_local_policy_sends_only_to_nodes_hosting_a_ready_endpoint() {
     let (_nodes, node_port) = Upstream::pods("node", 3);
-    let api = node_cluster();
-    api.apply("services", nodeport_service("web", node_port, true, json!({})));
     // A ready pod on node-1; one on node-2 not ready yet (kube-proxy there would drop).
-    api.apply(
-        "endpointslices",
-        slice_of(
-            "web",
-            8080,
-            vec![
-                endpoint("10.244.1.10", true, true, false, Some("node-1")),
-                endpoint("10.244.2.10", false, false, false, Some("node-2")),
-            ],
-        ),
+    let (api, _dir, kedge) = nodeports_web(
+        node_port,
+        true,
+        vec![
+            endpoint("10.244.1.10", true, true, false, Some("node-1")),
+            endpoint("10.244.2.10", false, false, false, Some("node-2")),
+        ],
     );
-    api.apply("ingresses", ingress("web", "kedge", "web.example.com", "/", "web"));
-    let dir = TempDir::new("cluster");
-    let kedge = Kedge::follow(&api, &dir, "upstream = \"nodeports\"");
 
     let seen = spread(&kedge, "web.example.com", 9, "Local policy, one ready pod");
     assert_eq!(seen.into_keys().collect::<BTreeSet<_>>(), names(&["node-1"]));
