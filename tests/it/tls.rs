@@ -972,29 +972,29 @@ fn secret_changes_build_only_what_reads_them() {
         "new handshakes get the new certificate",
         || served() == second.der,
     );
-    // (The line follows the table's publication.)
-    kedge.wait_logs("route table published", start + 1, Duration::from_secs(10));
-    let after = published_since(&kedge, start);
-    assert_eq!(after.len(), 1, "one table for all those changes: {after:#?}");
-    assert!(after[0].contains("why=\"update\""), "an update: {}", after[0]);
-    assert!(after[0].contains("tls_hosts=1"), "{}", after[0]);
-    // Plain HTTP still redirects to HTTPS: the host's rules are the same.
-    let resp = Client::connect(kedge.addr()).get("foo.bar.com", "/");
-    assert_eq!(resp.status, 308, "{resp:?}");
+    // The `n`th table since `start` (and the last) is an update with `tls_hosts` hosts that
+    // have a certificate, and plain HTTP still redirects to HTTPS: the host's rules are the
+    // same. (The line follows the table's publication.)
+    let nth_is_an_update = |n: usize, tls_hosts: usize| {
+        kedge.wait_logs("route table published", start + n, Duration::from_secs(10));
+        let after = published_since(&kedge, start);
+        assert_eq!(after.len(), n, "one table per change: {after:#?}");
+        let last = &after[n - 1];
+        assert!(last.contains("why=\"update\""), "an update: {last}");
+        assert!(last.contains(&format!("tls_hosts={tls_hosts}")), "{last}");
+        let resp = Client::connect(kedge.addr()).get("foo.bar.com", "/");
+        assert_eq!(resp.status, 308, "{resp:?}");
+    };
+    // One table for all those changes.
+    nth_is_an_update(1, 1);
 
     // Deleted: an update too. The host keeps TLS (its plain HTTP still redirects) without a
     // certificate of its own, as a build from nothing would have it: the same handshake
     // outcome, host count and warning as a kedge that starts from these objects.
     api.delete("secrets", Some("default"), "web-tls");
+    nth_is_an_update(2, 0);
     // (The warning is logged before the line.)
-    kedge.wait_logs("route table published", start + 2, Duration::from_secs(10));
     kedge.wait_log("Secret default/web-tls not found", Duration::from_secs(10));
-    let after = published_since(&kedge, start);
-    assert_eq!(after.len(), 2, "{after:#?}");
-    assert!(after[1].contains("why=\"update\""), "an update: {}", after[1]);
-    assert!(after[1].contains("tls_hosts=0"), "{}", after[1]);
-    let resp = Client::connect(kedge.addr()).get("foo.bar.com", "/");
-    assert_eq!(resp.status, 308, "{resp:?}");
     let handshake = |k: &Kedge| {
         Client::try_connect_tls(k.tls_addr(), ca.client(), "foo.bar.com")
             .map(|c| c.peer_leaf())
@@ -1028,11 +1028,5 @@ fn secret_changes_build_only_what_reads_them() {
         "new handshakes get the certificate that appeared",
         || handshake(&kedge).is_ok_and(|l| l == third.der),
     );
-    kedge.wait_logs("route table published", start + 3, Duration::from_secs(10));
-    let after = published_since(&kedge, start);
-    assert_eq!(after.len(), 3, "{after:#?}");
-    assert!(after[2].contains("why=\"update\""), "an update: {}", after[2]);
-    assert!(after[2].contains("tls_hosts=1"), "{}", after[2]);
-    let resp = Client::connect(kedge.addr()).get("foo.bar.com", "/");
-    assert_eq!(resp.status, 308, "{resp:?}");
+    nth_is_an_update(3, 1);
 }
