@@ -41,7 +41,7 @@ use rustc_hash::FxHashMap;
 use super::gateway_types::{Gateway, GatewayClass, GrpcRoute, HttpRoute, ParentRef};
 use super::status::{Logged, Patching, WriterKind, write_loop};
 use super::translate::Objects;
-use super::translate::gateway::{Attachment, Cond, RouteParent, RouteRef};
+use super::translate::gateway::{Attachment, Cond, RouteObject, RouteParent, RouteRef};
 
 /// The Gateway API features kedge implements, as `status.supportedFeatures` of its
 /// GatewayClasses says: only what the code does and an end-to-end test shows (attachment and
@@ -281,12 +281,12 @@ pub fn view_with(
             continue;
         }
         let held = match grpc {
-            None => Held::Http(Arc::clone(&objects.http_routes[i])),
-            Some(r) => Held::Grpc(Arc::clone(r)),
+            None => RouteObject::Http(Arc::clone(&objects.http_routes[i])),
+            Some(r) => RouteObject::Grpc(Arc::clone(r)),
         };
         let (m, current) = match &held {
-            Held::Http(r) => (&r.metadata, to_json(&r.status)),
-            Held::Grpc(r) => (&r.metadata, to_json(&r.status)),
+            RouteObject::Http(r) => (&r.metadata, to_json(&r.status)),
+            RouteObject::Grpc(r) => (&r.metadata, to_json(&r.status)),
         };
         let (ns, name) = (
             m.namespace.clone().unwrap_or_default(),
@@ -295,7 +295,7 @@ pub fn view_with(
         let parents = list(&current, "parents");
         let parents = parents.as_array().map(Vec::as_slice).unwrap_or(&[]);
         let had = parents.iter().any(|p| p["controllerName"] == controller);
-        let written = |held: Held, item: Option<Item>| Written {
+        let written = |held: RouteObject, item: Option<Item>| Written {
             entries: mine
                 .into_iter()
                 .flatten()
@@ -356,7 +356,7 @@ pub struct Unchanged {
 struct Written {
     entries: Vec<(Arc<ParentRef>, Arc<Vec<Cond>>)>,
     item: Option<Item>,
-    _object: Held,
+    _object: RouteObject,
 }
 
 impl Written {
@@ -367,12 +367,6 @@ impl Written {
                     && (Arc::ptr_eq(c, &p.conditions) || *c == p.conditions)
             })
     }
-}
-
-/// A route object of the stores.
-enum Held {
-    Http(Arc<HttpRoute>),
-    Grpc(Arc<GrpcRoute>),
 }
 
 /// The handle the control thread keeps for one cluster's Gateway API status writer task.

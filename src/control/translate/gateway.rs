@@ -568,18 +568,33 @@ pub struct RouteCache {
     decided: usize,
 }
 
-/// A route object of the stores, kept by the cache.
-enum Kept {
+/// A route object of the stores, held (by the route cache, the route translation's state and
+/// the status view's records) so that its address names no other object while held.
+#[derive(Clone)]
+pub enum RouteObject {
     Http(Arc<HttpRoute>),
     Grpc(Arc<GrpcRoute>),
 }
 
-impl Kept {
-    fn meta(&self) -> &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta {
+impl RouteObject {
+    /// The address of the object (what the stores hand out again while it is unchanged).
+    pub fn address(&self) -> usize {
         match self {
-            Kept::Http(r) => &r.metadata,
-            Kept::Grpc(r) => &r.metadata,
+            RouteObject::Http(r) => Arc::as_ptr(r) as usize,
+            RouteObject::Grpc(r) => Arc::as_ptr(r) as usize,
         }
+    }
+
+    pub fn meta(&self) -> &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta {
+        match self {
+            RouteObject::Http(r) => &r.metadata,
+            RouteObject::Grpc(r) => &r.metadata,
+        }
+    }
+
+    /// The address of its metadata (how [`attach`] tells routes apart).
+    pub fn meta_address(&self) -> usize {
+        std::ptr::from_ref(self.meta()) as usize
     }
 }
 
@@ -594,7 +609,7 @@ pub(super) fn same_generation(
 
 /// What [`attach_with`] decided for one route object.
 struct Decided {
-    object: Kept,
+    object: RouteObject,
     /// The Services its backendRefs name (namespace, name): a change to one decides it again.
     services: Vec<(String, String)>,
     /// One per parentRef naming one of kedge's Gateways, in the route's order.
@@ -766,8 +781,8 @@ pub fn attach_with<'a>(
         let fresh = |d: &Decided| !changed.is_some_and(|c| d.services.iter().any(|s| c.contains(s)));
         if !cache.routes.get(&object).is_some_and(fresh) {
             let kept = match grpc {
-                None => Kept::Http(Arc::clone(&objects.http_routes[i])),
-                Some(r) => Kept::Grpc(Arc::clone(r)),
+                None => RouteObject::Http(Arc::clone(&objects.http_routes[i])),
+                Some(r) => RouteObject::Grpc(Arc::clone(r)),
             };
             let uid = route.meta().uid.as_deref();
             // A new object of a route decided before, with the same generation: the same
@@ -1483,7 +1498,7 @@ pub fn intersect(listener: Option<&str>, route: &[String]) -> Option<Vec<String>
 /// Decides one route: its parent entries of kedge's and the listeners that accept it.
 fn decide<'a>(
     route: RouteRef<'a>,
-    object: Kept,
+    object: RouteObject,
     gateways: &[&'a Gateway],
     evals: &[(bool, Vec<Eval<'a>>)],
     labels: &Labels<'a>,

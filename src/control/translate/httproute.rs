@@ -22,7 +22,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::backends::Resolver;
-use super::gateway::{Attached, RefIndex, Refusal, Refusals, RouteRef, resolve_backend};
+use super::gateway::{Attached, RefIndex, Refusal, Refusals, RouteObject, RouteRef, resolve_backend};
 use super::{ClusterSpec, Objects, Warning, Warnings, age, ns_name, warn};
 use crate::control::gateway_types::{self as gw, BackendRef, HttpRouteRule};
 use crate::policy::Policy;
@@ -271,43 +271,11 @@ where
 struct Entry {
     /// The store's object it was recorded from (or found the same as, by uid and
     /// generation), kept alive so that its address names no other object while recorded.
-    object: Object,
+    object: RouteObject,
     /// Where its rules are, over every listener it is attached to.
     keys: Vec<Key>,
     warnings: Warnings,
     refusal: Option<Refusal>,
-}
-
-/// A route object of the stores.
-#[derive(Clone)]
-enum Object {
-    Http(Arc<gw::HttpRoute>),
-    Grpc(Arc<gw::GrpcRoute>),
-}
-
-impl Object {
-    /// The address of the object (what the stores hand out again while it is unchanged).
-    fn address(&self) -> usize {
-        match self {
-            Object::Http(r) => Arc::as_ptr(r) as usize,
-            Object::Grpc(r) => Arc::as_ptr(r) as usize,
-        }
-    }
-
-    fn meta(&self) -> &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta {
-        match self {
-            Object::Http(r) => &r.metadata,
-            Object::Grpc(r) => &r.metadata,
-        }
-    }
-
-    /// The address of its metadata (how `gateway::attach` tells routes apart).
-    fn meta_address(&self) -> usize {
-        match self {
-            Object::Http(r) => std::ptr::from_ref(&r.metadata) as usize,
-            Object::Grpc(r) => std::ptr::from_ref(&r.metadata) as usize,
-        }
-    }
 }
 
 /// What the last build translated of one cluster's HTTPRoutes and GRPCRoutes, so that an
@@ -346,9 +314,9 @@ pub struct Plan {
     /// The addresses of those routes' objects' metadata.
     again_at: rustc_hash::FxHashSet<usize>,
     /// New and changed routes: their object.
-    changed: Vec<(RouteId, Object)>,
+    changed: Vec<(RouteId, RouteObject)>,
     /// Routes found unchanged (same uid and generation) in a new object (a status write).
-    renewed: rustc_hash::FxHashMap<RouteId, Object>,
+    renewed: rustc_hash::FxHashMap<RouteId, RouteObject>,
     /// Routes gone from the stores.
     gone: Vec<RouteId>,
 }
@@ -390,7 +358,7 @@ fn all_routes<'a>(objs: &Objects<'a>) -> impl Iterator<Item = &'a Arc<gw::HttpRo
     objs.http_routes.iter()
 }
 
-/// Every route of `objs` as an [`Object`] reference: HTTPRoutes, then GRPCRoutes.
+/// Every route of `objs` as an [`RouteObject`] reference: HTTPRoutes, then GRPCRoutes.
 fn objects_of<'a>(objs: &Objects<'a>) -> impl Iterator<Item = ObjectRef<'a>> + use<'a> {
     all_routes(objs)
         .map(ObjectRef::Http)
@@ -419,10 +387,10 @@ impl<'a> ObjectRef<'a> {
         }
     }
 
-    fn owned(self) -> Object {
+    fn owned(self) -> RouteObject {
         match self {
-            ObjectRef::Http(r) => Object::Http(Arc::clone(r)),
-            ObjectRef::Grpc(r) => Object::Grpc(Arc::clone(r)),
+            ObjectRef::Http(r) => RouteObject::Http(Arc::clone(r)),
+            ObjectRef::Grpc(r) => RouteObject::Grpc(Arc::clone(r)),
         }
     }
 }
