@@ -28,7 +28,7 @@
 use std::collections::HashMap;
 
 use kube::Client;
-use kube::api::{Api, Patch, PatchParams};
+use kube::api::{Patch, PatchParams};
 use serde::Serialize;
 use serde_json::{Value, json};
 use tokio::sync::watch;
@@ -427,29 +427,37 @@ fn plan(items: &[Item], sent: &mut Sent) -> Vec<Item> {
     writes
 }
 
+/// The merge patch of one item's status: kedge's fields, and the resourceVersion it was
+/// planned from (a 409 if the object has moved on since).
+#[derive(Serialize)]
+struct Body<'a> {
+    metadata: Precondition<'a>,
+    status: &'a Value,
+}
+
+#[derive(Serialize)]
+struct Precondition<'a> {
+    #[serde(rename = "resourceVersion")]
+    resource_version: Option<&'a str>,
+}
+
 /// One status patch.
 async fn patch(client: Client, item: &Item, params: &PatchParams) -> Result<(), kube::Error> {
-    let body = json!({"metadata": {"resourceVersion": item.rv.as_deref()}, "status": *item.status});
+    let body = Body {
+        metadata: Precondition {
+            resource_version: item.rv.as_deref(),
+        },
+        status: &item.status,
+    };
     let p = Patch::Merge(&body);
     let (_, ns, name) = &*item.key;
-    match item.key.0 {
-        Resource::GatewayClass => Api::<GatewayClass>::all(client)
-            .patch_status(name, params, &p)
-            .await
-            .map(drop),
-        Resource::Gateway => Api::<Gateway>::namespaced(client, ns)
-            .patch_status(name, params, &p)
-            .await
-            .map(drop),
-        Resource::HttpRoute => Api::<HttpRoute>::namespaced(client, ns)
-            .patch_status(name, params, &p)
-            .await
-            .map(drop),
-        Resource::GrpcRoute => Api::<GrpcRoute>::namespaced(client, ns)
-            .patch_status(name, params, &p)
-            .await
-            .map(drop),
-    }
+    let url = match item.key.0 {
+        Resource::GatewayClass => <GatewayClass as kube::Resource>::url_path(&(), None),
+        Resource::Gateway => <Gateway as kube::Resource>::url_path(&(), Some(ns)),
+        Resource::HttpRoute => <HttpRoute as kube::Resource>::url_path(&(), Some(ns)),
+        Resource::GrpcRoute => <GrpcRoute as kube::Resource>::url_path(&(), Some(ns)),
+    };
+    super::status::patch_status(&client, &url, name, params, &p).await
 }
 
 /// The Gateway API half of the writer loop: the items of a build, a merge patch naming the
