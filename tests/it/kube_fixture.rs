@@ -351,6 +351,29 @@ async fn status_writes_are_stored_counted_and_watched() {
         "status writes leave generation alone"
     );
     assert_eq!(lb_addresses(&applied(next(&mut events).await)), ["203.0.113.10"]);
+    // Who wrote what, as the API server records it: the test's apply as kubectl's, the patch
+    // under the client's User-Agent (no fieldManager given), for the status subresource.
+    let managers = |o: &Value| -> Value {
+        let entries = o["metadata"]["managedFields"].as_array().expect("managedFields");
+        entries
+            .iter()
+            .map(|e| json!([e["manager"], e["operation"], e["subresource"]]))
+            .collect()
+    };
+    // kube-rs sends no User-Agent: the manager is empty, as the API server would record it.
+    assert_eq!(
+        managers(&stored),
+        json!([["kubectl-client-side-apply", "Update", null], ["", "Update", "status"]])
+    );
+    assert_eq!(
+        stored["metadata"]["managedFields"][1]["fieldsV1"],
+        json!({"f:status": {".": {}, "f:loadBalancer": {".": {}, "f:ingress": {}}}})
+    );
+    assert_eq!(
+        stored["metadata"]["managedFields"][0]["fieldsV1"]["f:spec"]["f:rules"],
+        json!({}),
+        "a list is a leaf"
+    );
 
     let apply = json!({
         "apiVersion": "networking.k8s.io/v1",
@@ -380,7 +403,19 @@ async fn status_writes_are_stored_counted_and_watched() {
         .await
         .expect("apply");
     assert_eq!(again.metadata.resource_version, patched.metadata.resource_version);
-    assert_eq!(api.status_writes("default", "web"), 3);
+    assert_eq!(
+        again.metadata.managed_fields, patched.metadata.managed_fields,
+        "a write that changes nothing records nothing"
+    );
+    let stored = api.get("ingresses", Some("default"), "web").expect("stored");
+    assert_eq!(
+        managers(&stored),
+        json!([
+            ["kubectl-client-side-apply", "Update", null],
+            ["", "Update", "status"],
+            ["kedge", "Apply", "status"]
+        ])
+    );
 
     // A JSON patch; a status write that tries to change the spec changes only the status.
     let ops: json_patch::Patch = serde_json::from_value(json!([

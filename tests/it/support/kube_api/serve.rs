@@ -11,7 +11,7 @@ use bytes::Bytes;
 use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Full, StreamBody};
 use hyper::body::{Frame, Incoming};
-use hyper::header::{AUTHORIZATION, CONTENT_TYPE, HeaderValue};
+use hyper::header::{AUTHORIZATION, CONTENT_TYPE, HeaderValue, USER_AGENT};
 use hyper::service::service_fn;
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
@@ -21,7 +21,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_rustls::TlsAcceptor;
 
 use super::select::Filter;
-use super::store::{ApiError, Kind, PatchBody};
+use super::store::{ApiError, Kind, Manager, PatchBody};
 use super::{Gauge, Shared};
 
 /// How often a watch that allows bookmarks gets one.
@@ -106,6 +106,19 @@ async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Result<Reply, In
         return Ok(error(&ApiError::new(404, "NotFound", message)));
     };
     let q = query(parts.uri.query().unwrap_or(""));
+    // The API server's default field manager: the User-Agent up to its first `/`.
+    let agent = parts
+        .headers
+        .get(USER_AGENT)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    let manager = arg(&q, "fieldManager")
+        .unwrap_or_else(|| agent.split('/').next().unwrap_or(""))
+        .to_owned();
+    let manager = Manager {
+        name: &manager,
+        apply: false,
+    };
     let content_type = parts
         .headers
         .get(CONTENT_TYPE)
@@ -127,13 +140,13 @@ async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Result<Reply, In
             "create needs a namespace in the path",
         )),
         (&Method::POST, None) => parse_json(&body)
-            .and_then(|obj| shared.write(|s| s.create(t.kind, t.namespace, obj)))
+            .and_then(|obj| shared.write(|s| s.create(t.kind, t.namespace, obj, manager)))
             .map(|obj| ok(201, &obj)),
         (&Method::PUT, Some(name)) => parse_json(&body)
-            .and_then(|obj| shared.write(|s| s.replace(t.kind, t.namespace, name, t.status, obj)))
+            .and_then(|obj| shared.write(|s| s.replace(t.kind, t.namespace, name, t.status, obj, manager)))
             .map(|obj| ok(200, &obj)),
         (&Method::PATCH, Some(name)) => parse_patch(&content_type, &body)
-            .and_then(|patch| shared.write(|s| s.patch(t.kind, t.namespace, name, t.status, &patch)))
+            .and_then(|patch| shared.write(|s| s.patch(t.kind, t.namespace, name, t.status, &patch, manager)))
             .map(|obj| ok(200, &obj)),
         (&Method::DELETE, Some(name)) if !t.status => shared
             .write(|s| s.remove(t.kind, t.namespace, name))

@@ -163,6 +163,22 @@ struct Change {
 /// (plural, namespace or "", name), ordered as etcd orders its keys.
 type Key = (&'static str, String, String);
 
+/// Who makes a write, as the API server records it in `metadata.managedFields`: the field
+/// manager (the request's `fieldManager`, else its User-Agent up to the first `/`) and
+/// whether the write is a server-side apply (operation `Apply`) or not (`Update`).
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Manager<'a> {
+    pub(super) name: &'a str,
+    pub(super) apply: bool,
+}
+
+/// The manager the API server records for the test's own writes (`FakeApi::apply`): what
+/// `kubectl apply` (client-side) records.
+const KUBECTL: Manager<'static> = Manager {
+    name: "kubectl-client-side-apply",
+    apply: false,
+};
+
 #[derive(Debug, Default)]
 pub(super) struct Store {
     rv: u64,
@@ -224,7 +240,7 @@ impl Store {
         } else {
             meta.remove("namespace");
         }
-        self.commit(kind, obj)
+        self.commit(kind, obj, KUBECTL, false)
     }
 
     pub(super) fn delete(&mut self, kind: &'static Kind, namespace: Option<&str>, name: &str) -> Option<Value> {
@@ -260,6 +276,7 @@ impl Store {
         kind: &'static Kind,
         namespace: Option<&str>,
         mut obj: Value,
+        manager: Manager<'_>,
     ) -> Result<Value, ApiError> {
         let meta = metadata(&mut obj);
         let Some(name) = meta.get("name").and_then(Value::as_str).map(str::to_owned) else {
@@ -277,7 +294,7 @@ impl Store {
             return Err(ApiError::new(409, "AlreadyExists", message));
         }
         self.count(kind, namespace, &name, false);
-        Ok(self.write(kind, None, obj, false))
+        Ok(self.write(kind, None, obj, manager, false))
     }
 
     /// PUT of an object or of its status.
@@ -288,6 +305,7 @@ impl Store {
         name: &str,
         status: bool,
         mut obj: Value,
+        manager: Manager<'_>,
     ) -> Result<Value, ApiError> {
         let current = self.get(kind, namespace, name).cloned();
         let current = current.ok_or_else(|| ApiError::not_found(kind, name))?;
@@ -303,7 +321,7 @@ impl Store {
             metadata(&mut obj).insert("namespace".into(), json!(ns));
         }
         self.count(kind, namespace, name, status);
-        Ok(self.write(kind, Some(current), obj, status))
+        Ok(self.write(kind, Some(current), obj, manager, status))
     }
 
     /// PATCH of an object or of its status.
@@ -314,7 +332,12 @@ impl Store {
         name: &str,
         status: bool,
         patch: &PatchBody,
+        manager: Manager<'_>,
     ) -> Result<Value, ApiError> {
+        let manager = Manager {
+            apply: matches!(patch, PatchBody::Apply(_)),
+            ..manager
+        };
         let current = self.get(kind, namespace, name).cloned();
         let mut candidate = match (&current, patch) {
             (Some(c), _) => c.clone(),
@@ -339,7 +362,7 @@ impl Store {
             None => meta.remove("namespace"),
         };
         self.count(kind, namespace, name, status);
-        Ok(self.write(kind, current, candidate, status))
+        Ok(self.write(kind, current, candidate, manager, status))
     }
 
     /// A LIST: one page of `limit` items (all of them when `limit` is unset), the rest kept
@@ -436,7 +459,14 @@ impl Store {
     /// A client's write: to the status subresource only `status` changes; to the object itself
     /// `status` stays as it was (and starts empty) for kinds with a status subresource. What
     /// the server owns (uid, creationTimestamp, generation, resourceVersion) a client cannot set.
-    fn write(&mut self, kind: &'static Kind, current: Option<Value>, candidate: Value, status: bool) -> Value {
+    fn write(
+        &mut self,
+        kind: &'static Kind,
+        current: Option<Value>,
+        candidate: Value,
+        manager: Manager<'_>,
+        status: bool,
+    ) -> Value {
         let mut obj = match (&current, status) {
             (Some(c), true) => c.clone(),
             _ => candidate.clone(),
@@ -453,14 +483,16 @@ impl Store {
         for owned in ["uid", "creationTimestamp", "generation", "resourceVersion"] {
             meta.remove(owned);
         }
-        self.commit(kind, obj)
+        self.commit(kind, obj, manager, status)
     }
 
     /// Stores `obj`, filling what the server owns: apiVersion, kind, uid, creationTimestamp
     /// (unless given), generation (bumped when anything but metadata and status changes) and
-    /// resourceVersion. A write that changes nothing keeps the old resourceVersion and makes no
-    /// event, as with the API server.
-    fn commit(&mut self, kind: &'static Kind, mut obj: Value) -> Value {
+    /// resourceVersion; and `managedFields`, where `manager`'s entry (for the status
+    /// subresource when `status`) becomes the fields this write set. A write that changes
+    /// nothing keeps the old resourceVersion and `managedFields` and makes no event, as with the
+    /// API server.
+    fn commit(&mut self, kind: &'static Kind, mut obj: Value, manager: Manager<'_>, status: bool) -> Value {
         let fields = obj.as_object_mut().expect("objects are JSON objects");
         fields.insert("apiVersion".into(), json!(kind.api_version));
         fields.insert("kind".into(), json!(kind.kind));
@@ -482,6 +514,10 @@ impl Store {
             }
         };
         meta.insert("uid".into(), uid);
+        match prev.as_ref().map(|p| &p["metadata"]["managedFields"]) {
+            Some(m) if !m.is_null() => meta.insert("managedFields".into(), m.clone()),
+            _ => meta.remove("managedFields"),
+        };
         meta.insert("generation".into(), json!(generation));
         meta.insert("resourceVersion".into(), rv);
         if !meta.contains_key("creationTimestamp") {
@@ -493,6 +529,7 @@ impl Store {
         if prev.as_ref() == Some(&obj) {
             return obj;
         }
+        managed_by(&mut obj, kind, manager, status);
         if prev.as_ref().is_some_and(|p| spec_of(p) != spec_of(&obj)) {
             metadata(&mut obj).insert("generation".into(), json!(generation + 1));
         }
@@ -507,6 +544,76 @@ impl Store {
         });
         obj
     }
+}
+
+/// Makes `manager`'s entry of `obj`'s `managedFields` name the fields it wrote (its status,
+/// or everything but the status and what the server owns), written now.
+fn managed_by(obj: &mut Value, kind: &Kind, manager: Manager<'_>, status: bool) {
+    let written = if status {
+        json!({"status": obj.get("status").cloned().unwrap_or(Value::Null)})
+    } else {
+        let mut o = obj.clone();
+        let fields = o.as_object_mut().expect("objects are JSON objects");
+        for server in ["apiVersion", "kind", "status"] {
+            fields.remove(server);
+        }
+        let meta = metadata(&mut o);
+        for owned in [
+            "uid",
+            "creationTimestamp",
+            "generation",
+            "resourceVersion",
+            "managedFields",
+            "name",
+            "namespace",
+        ] {
+            meta.remove(owned);
+        }
+        o
+    };
+    let operation = if manager.apply { "Apply" } else { "Update" };
+    let mut entry = json!({
+        "manager": manager.name,
+        "operation": operation,
+        "apiVersion": kind.api_version,
+        "time": now_rfc3339(),
+        "fieldsType": "FieldsV1",
+        "fieldsV1": field_set(&written, true),
+    });
+    if status {
+        entry["subresource"] = json!("status");
+    }
+    let meta = metadata(obj);
+    let entries = meta.entry("managedFields").or_insert_with(|| json!([]));
+    let Some(entries) = entries.as_array_mut() else {
+        *entries = json!([entry]);
+        return;
+    };
+    let same = |e: &Value| {
+        e["manager"] == entry["manager"]
+            && e["operation"] == entry["operation"]
+            && e["subresource"] == entry["subresource"]
+    };
+    match entries.iter_mut().find(|e| same(e)) {
+        Some(e) => *e = entry,
+        None => entries.push(entry),
+    }
+}
+
+/// The field set (`fieldsV1`) of `v` as the API server writes it: `f:<key>` for each field of
+/// an object, `.` for an object below the top that is itself set, lists and scalars as leaves.
+fn field_set(v: &Value, top: bool) -> Value {
+    let Value::Object(fields) = v else {
+        return json!({});
+    };
+    let mut set = Map::new();
+    if !top {
+        set.insert(".".into(), json!({}));
+    }
+    for (k, v) in fields {
+        set.insert(format!("f:{k}"), field_set(v, false));
+    }
+    Value::Object(set)
 }
 
 /// A write that names a resourceVersion must name the current one.
