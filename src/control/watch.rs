@@ -314,6 +314,22 @@ where
     stores
 }
 
+/// kubectl's annotation on an object it applied (client-side): the whole object as applied.
+const LAST_APPLIED: &str = "kubectl.kubernetes.io/last-applied-configuration";
+
+/// Drops from an object, as it arrives, what kedge never reads, so that neither the stores nor
+/// the state file keep it: `managedFields` (the API server's record of who wrote which field,
+/// on every object and often its largest part) and kubectl's [`LAST_APPLIED`] annotation (a
+/// second copy of the object). kedge writes only status patches, never whole objects, so
+/// nothing it writes back depends on either.
+fn lean<K: Resource>(o: &mut K) {
+    let meta = o.meta_mut();
+    meta.managed_fields = None;
+    if let Some(annotations) = &mut meta.annotations {
+        annotations.remove(LAST_APPLIED);
+    }
+}
+
 /// Starts one reflector for `api` and returns its store. A failure and the recovery are each
 /// logged once (by the cluster's watch health).
 fn watch<K>(
@@ -331,7 +347,9 @@ where
     let me = w.health.watch(what, api.resource_url());
     let stream = reflector::reflector(
         writer,
-        watcher::watcher(api, config).backoff(RetryBackoff::new(w.retry_max)),
+        watcher::watcher(api, config)
+            .backoff(RetryBackoff::new(w.retry_max))
+            .modify(lean),
     );
     let health = Arc::clone(w.health);
     let listed = Arc::clone(w.listed);

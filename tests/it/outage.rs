@@ -334,3 +334,47 @@ fn a_change_after_a_long_outage_is_routed_within_ten_seconds() {
         || get(&kedge, "new.example.com", "/").0 == 200,
     );
 }
+
+/// What kedge keeps of an object leaves out what it never reads: the API server's
+/// `managedFields` (on every object) and kubectl's `last-applied-configuration` copy of an
+/// applied object. The state file, written from the stores, shows what they hold; the
+/// annotations kedge reads stay.
+#[test]
+fn managed_fields_and_the_last_applied_copy_are_not_kept() {
+    let (_pods, port) = Upstream::pods("web", 2);
+    let api = api_with_web(port);
+    let mut ing = ingress("web", "kedge", "web.example.com", "/", "web");
+    let last_applied = serde_json::to_string(&ing).expect("JSON");
+    ing["metadata"]["annotations"] = json!({
+        "kubectl.kubernetes.io/last-applied-configuration": last_applied,
+        "nginx.ingress.kubernetes.io/ssl-redirect": "false",
+    });
+    let stored = api.apply("ingresses", ing);
+    assert!(
+        stored["metadata"]["managedFields"].is_array(),
+        "the fixture records managedFields: {stored}"
+    );
+    let dir = TempDir::new("outage-lean");
+    let state_dir = dir.path().join("state");
+    let kedge = kedge_with_state(&api, &dir, &state_dir, "10s");
+    assert_eq!(get(&kedge, "web.example.com", "/").0, 200);
+    let mut file = Value::Null;
+    wait_until(Duration::from_secs(10), "the state file", || {
+        file = state_file(&state_dir).unwrap_or(Value::Null);
+        persisted_hosts(&file) == ["web.example.com"]
+    });
+    let mut objects = 0;
+    for (kind, list) in file.as_object().expect("a state file is an object") {
+        for o in list.as_array().into_iter().flatten() {
+            objects += 1;
+            assert!(o["metadata"].get("managedFields").is_none(), "{kind}: {o}");
+        }
+    }
+    assert!(objects >= 4, "the Ingress, its class, Service and slice: {file}");
+    let annotations = &file["ingresses"][0]["metadata"]["annotations"];
+    assert_eq!(
+        annotations,
+        &json!({"nginx.ingress.kubernetes.io/ssl-redirect": "false"}),
+        "{file}"
+    );
+}
