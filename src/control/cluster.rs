@@ -370,13 +370,35 @@ impl Cluster {
         }
         self.view_owed.store(false, Ordering::Relaxed);
         let now = crate::time::format_time(crate::time::unix_now());
+        let started = std::time::Instant::now();
+        let mut unchanged = lock(&self.gateway_written);
         let items = gateway_status::view_with(
             attachment,
             objects,
             &self.config.gateway_controller,
             &now,
-            &mut lock(&self.gateway_written),
+            &mut unchanged,
         );
+        let (read, view_ms) = (unchanged.read(), started.elapsed().as_secs_f64() * 1e3);
+        drop(unchanged);
+        // Once per quiet time (after a burst of changes) at info: what the view cost.
+        if quiet {
+            tracing::info!(
+                cluster = self.config.name,
+                routes_read = read,
+                items = items.len(),
+                view_ms = format!("{view_ms:.3}"),
+                "Gateway API status view"
+            );
+        } else {
+            tracing::debug!(
+                cluster = self.config.name,
+                routes_read = read,
+                items = items.len(),
+                view_ms = format!("{view_ms:.3}"),
+                "Gateway API status view"
+            );
+        }
         let writer = self.gateway_status.get_or_init(|| {
             let election = self
                 .election

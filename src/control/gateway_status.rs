@@ -38,10 +38,11 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use rustc_hash::FxHashMap;
 
-use super::gateway_types::{Gateway, GatewayClass, GrpcRoute, HttpRoute, ParentRef};
+use super::gateway_types::{Gateway, GatewayClass, GrpcRoute, HttpRoute, ParentRef, RouteParentStatus, RouteStatus};
 use super::status::{Logged, Patching, WriterKind, write_loop};
 use super::translate::Objects;
 use super::translate::gateway::{Attachment, Cond, RouteObject, RouteParent, RouteRef};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 
 /// The Gateway API features kedge implements, as `status.supportedFeatures` of its
 /// GatewayClasses says: only what the code does and an end-to-end test shows (attachment and
@@ -97,7 +98,7 @@ impl Resource {
 }
 
 /// (kind, namespace or "", name).
-type Key = (Resource, String, String);
+pub type Key = (Resource, String, String);
 
 /// One object whose status should change.
 #[derive(Debug, Clone, PartialEq)]
@@ -257,6 +258,7 @@ pub fn view_with(
         RouteRef::Grpc(r) => std::ptr::from_ref(r) as usize,
     };
     let mut rest: &[RouteParent<'_>] = &attachment.parents;
+    unchanged.read = 0;
     let routes = objects
         .http_routes
         .iter()
@@ -280,14 +282,35 @@ pub fn view_with(
             items.extend(before.item.clone());
             continue;
         }
-        let held = match grpc {
+        let held = || match grpc {
             None => RouteObject::Http(Arc::clone(&objects.http_routes[i])),
             Some(r) => RouteObject::Grpc(Arc::clone(r)),
         };
-        let (m, current) = match &held {
-            RouteObject::Http(r) => (&r.metadata, to_json(&r.status)),
-            RouteObject::Grpc(r) => (&r.metadata, to_json(&r.status)),
+        let (m, status) = match grpc {
+            None => (&objects.http_routes[i].metadata, objects.http_routes[i].status.as_ref()),
+            Some(r) => (&r.metadata, r.status.as_ref()),
         };
+        // A new object of a route, of the same generation and entries, whose status is what
+        // kedge decided to write: the write came back, nothing is left to write.
+        if let Some(was) = m.uid.as_deref().and_then(|uid| unchanged.by_uid.get_mut(uid))
+            && let Some(before) = unchanged.routes.get(was)
+            && before.generation == m.generation
+            && before.same(mine.unwrap_or(&[]))
+            && before.item.as_ref().is_some_and(|w| is_written(status, &w.status))
+        {
+            let before = unchanged.routes.remove(was).expect("looked up");
+            *was = at;
+            let came_back = Written {
+                item: None,
+                _object: held(),
+                ..before
+            };
+            unchanged.routes.insert(at, came_back);
+            continue;
+        }
+        let held = held();
+        unchanged.read += 1;
+        let current = to_json(&status);
         let (ns, name) = (
             m.namespace.clone().unwrap_or_default(),
             m.name.clone().unwrap_or_default(),
@@ -295,7 +318,11 @@ pub fn view_with(
         let parents = list(&current, "parents");
         let parents = parents.as_array().map(Vec::as_slice).unwrap_or(&[]);
         let had = parents.iter().any(|p| p["controllerName"] == controller);
+        if let Some(uid) = &m.uid {
+            unchanged.by_uid.insert(uid.clone(), at);
+        }
         let written = |held: RouteObject, item: Option<Item>| Written {
+            generation: m.generation,
             entries: mine
                 .into_iter()
                 .flatten()
@@ -337,23 +364,43 @@ pub fn view_with(
         unchanged.routes.insert(at, written(held, item));
     }
     debug_assert!(rest.is_empty(), "parent entries out of the routes' order");
-    super::translate::gateway::forget_gone_routes(&mut unchanged.routes, objects);
+    super::translate::gateway::forget_gone_routes(&mut unchanged.routes, objects, |at, _| *at);
+    if unchanged.by_uid.len() > unchanged.routes.len() {
+        let routes = &unchanged.routes;
+        unchanged.by_uid.retain(|_, at| routes.contains_key(at));
+    }
     items
 }
 
 /// What a view decided for each route, by the address of the store's object: while the store
 /// holds that object (kept alive here, so that the address names no other) its status is the
 /// one read, so a later view that decides the same parent entries for it makes the same write
-/// (or none) without reading its status again (at 10k routes, most of a view's work). The
-/// write keeps the `lastTransitionTime` of the view that first decided it: when kedge saw the
-/// condition change.
+/// (or none) without reading its status again (at 10k routes, most of a view's work). A new
+/// object of a route (same uid, generation and entries) whose status is exactly the write
+/// decided for the one before is that write come back: no write, without its status being
+/// read (after kedge's 10k start-up writes, the quiet-time view's work). The write keeps the
+/// `lastTransitionTime` of the view that first decided it: when kedge saw the condition change.
 #[derive(Default)]
 pub struct Unchanged {
     routes: FxHashMap<usize, Written>,
+    /// The address each route (by uid) was last decided at; looked up only for an object
+    /// `routes` does not know.
+    by_uid: FxHashMap<String, usize>,
+    /// How many routes the last view decided by reading their status (the rest it took as
+    /// decided, or as their write come back).
+    read: usize,
+}
+
+impl Unchanged {
+    /// How many routes the last view decided by reading their status.
+    pub fn read(&self) -> usize {
+        self.read
+    }
 }
 
 /// A route object, the parent entries kedge decided for it and the write they make.
 struct Written {
+    generation: Option<i64>,
     entries: Vec<(Arc<ParentRef>, Arc<Vec<Cond>>)>,
     item: Option<Item>,
     _object: RouteObject,
@@ -367,6 +414,73 @@ impl Written {
                     && (Arc::ptr_eq(c, &p.conditions) || *c == p.conditions)
             })
     }
+}
+
+/// Whether a route's status is exactly `written` (`{"parents": [...]}`, a status kedge
+/// decided to write), compared field by field without making JSON of the status (at 10k routes
+/// come back, that was most of the view). A field it does not know makes it say no: the route
+/// is then decided as any other.
+fn is_written(status: Option<&RouteStatus>, written: &Value) -> bool {
+    let parents = status.map_or(&[][..], |s| &s.parents[..]);
+    let Some(w) = written.as_object() else {
+        return false;
+    };
+    let Some(entries) = w.get("parents").and_then(Value::as_array) else {
+        return false;
+    };
+    w.len() == 1 && parents.len() == entries.len() && parents.iter().zip(entries).all(|(p, v)| parent_is(p, v))
+}
+
+fn parent_is(p: &RouteParentStatus, v: &Value) -> bool {
+    let Some(o) = v.as_object() else {
+        return false;
+    };
+    let Some(conditions) = o.get("conditions").and_then(Value::as_array) else {
+        return false;
+    };
+    o.len() == 3
+        && o.get("controllerName").and_then(Value::as_str) == Some(p.controller_name.as_str())
+        && o.get("parentRef").is_some_and(|r| parent_ref_is(&p.parent_ref, r))
+        && p.conditions.len() == conditions.len()
+        && p.conditions.iter().zip(conditions).all(|(c, v)| condition_is(c, v))
+}
+
+fn parent_ref_is(r: &ParentRef, v: &Value) -> bool {
+    let Some(o) = v.as_object() else {
+        return false;
+    };
+    let text = |key: &str, want: Option<&str>| o.get(key).map(|v| v.as_str()) == want.map(Some);
+    let fields = 1
+        + [&r.group, &r.kind, &r.namespace, &r.section_name]
+            .iter()
+            .filter(|f| f.is_some())
+            .count()
+        + usize::from(r.port.is_some());
+    o.len() == fields
+        && text("name", Some(&r.name))
+        && text("group", r.group.as_deref())
+        && text("kind", r.kind.as_deref())
+        && text("namespace", r.namespace.as_deref())
+        && text("sectionName", r.section_name.as_deref())
+        && o.get("port").map(Value::as_i64) == r.port.map(|p| Some(i64::from(p)))
+}
+
+fn condition_is(c: &Condition, v: &Value) -> bool {
+    let Some(o) = v.as_object() else {
+        return false;
+    };
+    let text = |key: &str, want: &str| o.get(key).and_then(Value::as_str) == Some(want);
+    let since = o
+        .get("lastTransitionTime")
+        .and_then(Value::as_str)
+        .and_then(|t| t.parse::<k8s_openapi::jiff::Timestamp>().ok());
+    o.len() == 5 + usize::from(c.observed_generation.is_some())
+        && text("type", &c.type_)
+        && text("status", &c.status)
+        && text("reason", &c.reason)
+        && text("message", &c.message)
+        && o.get("observedGeneration").map(Value::as_i64) == c.observed_generation.map(Some)
+        && since == Some(c.last_transition_time.0)
 }
 
 /// The handle the control thread keeps for one cluster's Gateway API status writer task.

@@ -498,3 +498,70 @@ fn remembered_views_equal_views_from_nothing() {
     assert_eq!(w.view_with(LATER, &mut unchanged), w.view(LATER));
     assert!(w.view_with(LATER, &mut unchanged).is_empty());
 }
+
+/// A route's written status, come back through the typed form (as the watch brings it), is
+/// recognized field by field as the write; a status that differs in any field is not.
+#[test]
+fn a_write_that_came_back_is_recognized_and_nothing_else() {
+    let items = world().view(NOW);
+    let written = &item(&items, Resource::HttpRoute, "web").status;
+    let typed = |v: &Value| serde_json::from_value::<RouteStatus>(v.clone()).expect("a route status");
+    assert!(is_written(Some(&typed(written)), written));
+    assert!(!is_written(None, written));
+    for (at, key, value) in [
+        (
+            "/parents/1/conditions/0",
+            "lastTransitionTime",
+            json!("2026-12-05T22:00:01Z"),
+        ),
+        ("/parents/1/conditions/0", "observedGeneration", json!(6)),
+        ("/parents/1/conditions/0", "message", json!("another")),
+        ("/parents/1/conditions/1", "status", json!("False")),
+        ("/parents/1/parentRef", "port", json!(80)),
+        ("/parents/1/parentRef", "sectionName", json!("http")),
+        ("/parents/0", "controllerName", json!("acme.io/other")),
+        ("/parents/0/parentRef", "kind", json!("Gateway")),
+    ] {
+        let mut changed = (**written).clone();
+        let o = changed.pointer_mut(at).and_then(Value::as_object_mut).expect(at);
+        o.insert(key.into(), value);
+        assert!(!is_written(Some(&typed(&changed)), written), "{at}/{key}");
+    }
+    let mut fewer = (**written).clone();
+    fewer["parents"].as_array_mut().expect("parents").remove(0);
+    assert!(!is_written(Some(&typed(&fewer)), written));
+}
+
+/// A remembered view takes a route object whose status is its write come back (same uid and
+/// generation) as needing nothing, without deciding it again; a new object whose kedge entry
+/// someone else changed is decided again, as a view from nothing does.
+#[test]
+fn a_write_come_back_needs_nothing_and_a_changed_entry_is_written_again() {
+    let mut w = world();
+    let mut v = serde_json::to_value(&*w.http[0]).expect("json");
+    v["metadata"]["uid"] = json!("00000000-0000-4000-8000-000000000001");
+    w.http[0] = from(v);
+    let mut unchanged = Unchanged::default();
+    let first = w.view_with(NOW, &mut unchanged);
+    assert_eq!(unchanged.read(), 1);
+    w.write(&first);
+    assert!(w.view_with(LATER, &mut unchanged).is_empty());
+    assert_eq!(unchanged.read(), 0, "the write come back is not read");
+    let at = Arc::as_ptr(&w.http[0]) as usize;
+    assert_eq!(unchanged.by_uid["00000000-0000-4000-8000-000000000001"], at);
+    assert_eq!(unchanged.routes[&at].item, None, "the record follows the object");
+
+    let mut v = serde_json::to_value(&*w.http[0]).expect("json");
+    v["status"]["parents"][1]["conditions"][0]["message"] = json!("edited");
+    v["metadata"]["resourceVersion"] = json!("edited");
+    w.http[0] = from(v);
+    let again = w.view_with(LATER, &mut unchanged);
+    assert_eq!(unchanged.read(), 1);
+    assert_eq!(again, w.view(LATER));
+    assert_eq!(again.len(), 1, "{again:#?}");
+    let accepted = |items: &[Item]| {
+        let parents = &item(items, Resource::HttpRoute, "web").status["parents"];
+        cond(&parents[1]["conditions"], "Accepted")["message"].clone()
+    };
+    assert_eq!(accepted(&again), accepted(&first), "kedge's own message again");
+}

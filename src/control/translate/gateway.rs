@@ -689,7 +689,12 @@ enum Seen {
 /// hold (changed or deleted routes), once there are an eighth as many of them as routes: a pass
 /// over every route now and then, not one per build. The route cache and the status view keep
 /// their per-route decisions this way.
-pub fn forget_gone_routes<V>(kept: &mut rustc_hash::FxHashMap<usize, V>, objects: &Objects<'_>) {
+/// `at`: the object address an entry is for.
+pub fn forget_gone_routes<K, V>(
+    kept: &mut rustc_hash::FxHashMap<K, V>,
+    objects: &Objects<'_>,
+    at: impl Fn(&K, &V) -> usize,
+) {
     let total = objects.http_routes.len() + objects.grpc_routes.len();
     if kept.len() > total + total / 8 + 64 {
         let now: rustc_hash::FxHashSet<usize> = objects
@@ -698,7 +703,7 @@ pub fn forget_gone_routes<V>(kept: &mut rustc_hash::FxHashMap<usize, V>, objects
             .map(|r| Arc::as_ptr(r) as usize)
             .chain(objects.grpc_routes.iter().map(|r| Arc::as_ptr(r) as usize))
             .collect();
-        kept.retain(|at, _| now.contains(at));
+        kept.retain(|k, v| now.contains(&at(k, v)));
     }
 }
 
@@ -840,7 +845,7 @@ pub fn attach_with<'a>(
             });
         }
     }
-    forget_gone_routes(&mut cache.routes, objects);
+    forget_gone_routes(&mut cache.routes, objects, |at, _| *at);
     if cache.by_uid.len() > cache.routes.len() {
         let routes = &cache.routes;
         cache.by_uid.retain(|_, at| routes.contains_key(at));
