@@ -41,8 +41,9 @@ use k8s_openapi::api::core::v1::{Node, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::api::networking::v1::{Ingress, IngressClass};
 use kedge::config::ListenerSpec;
+use kedge::control::gateway_status::{Resource, Unchanged, view_with};
 use kedge::control::gateway_types::{Gateway, GatewayClass, HttpRoute};
-use kedge::control::translate::gateway::{GatewaySettings, attach};
+use kedge::control::translate::gateway::{Attachment, GatewaySettings, attach};
 use kedge::control::translate::{
     ClusterSpec, Incremental, NodeUse, Objects, SliceIndex, UpstreamMode, httproute, service_endpoints, slice_service,
     translate, uses_node_ports,
@@ -227,7 +228,8 @@ fn generate(n: usize, eps: usize, http_routes: bool) -> Stores {
         let created = format!("2025-01-01T{:02}:{:02}:{:02}Z", i / 3600 % 24, i / 60 % 60, i % 60);
         if http_routes {
             s.http_routes.push(obj(json!({
-                "metadata": {"namespace": ns, "name": name, "creationTimestamp": created},
+                "metadata": {"namespace": ns, "name": name, "creationTimestamp": created,
+                             "uid": format!("00000000-0000-4000-8000-{i:012x}"), "generation": 1},
                 "spec": {"parentRefs": [{"name": "edge", "namespace": ns_of(0)}], "hostnames": [host_of(i)], "rules": [
                     {"matches": [{"path": {"type": "PathPrefix", "value": "/"}}],
                      "backendRefs": [{"name": name, "port": 80}]},
@@ -309,6 +311,8 @@ struct Row {
     node_change: Vec<Duration>,
     /// Bytes the update state (`Incremental`) holds between builds.
     cache_bytes: usize,
+    /// Gateway API scenarios: the status views of `status_views`.
+    status_views: Option<[(Duration, usize); 3]>,
     table_bytes: usize,
     build_peak_bytes: usize,
     vm_hwm: u64,
@@ -384,29 +388,7 @@ fn build_with(spec: &ClusterSpec, stores: &Stores, update: Option<Update<'_>>) -
     };
     drop(outcome);
     if !stores.gateways.is_empty() {
-        let settings = GatewaySettings {
-            controller: GATEWAY_CONTROLLER.into(),
-            publish_addresses: Vec::new(),
-            host_addresses: vec![local().ip()],
-        };
-        let listeners = [ListenerSpec {
-            address: "0.0.0.0:80".parse().expect("an address"),
-            tls: false,
-            proxy_protocol: None,
-        }];
-        let mut attachment = attach(&objects, &settings, &listeners);
-        assert!(
-            attachment.warnings.is_empty(),
-            "unexpected warnings: {:?}",
-            &attachment.warnings[..1]
-        );
-        let translated = httproute::translate(&mut builder, spec, &objects, &attachment.routes);
-        assert!(
-            translated.warnings.is_empty(),
-            "unexpected warnings: {:?}",
-            &translated.warnings[..1]
-        );
-        attachment.refuse(&translated.refusals);
+        let attachment = gateway_attachment(&mut builder, spec, &objects);
         for (bind, hostname) in &attachment.listeners {
             builder.gateway_listener(&bind.addresses, bind.port, hostname.as_deref());
         }
@@ -415,6 +397,93 @@ fn build_with(spec: &ClusterSpec, stores: &Stores, update: Option<Update<'_>>) -
     let t = Instant::now();
     let table = builder.build();
     (table, t.elapsed())
+}
+
+/// The Gateway API part of a build: the routes attached to the Gateway, translated into
+/// `builder`, with the translation's refusals in the attachment (as the status view reads it).
+fn gateway_attachment<'o>(builder: &mut TableBuilder, spec: &ClusterSpec, objects: &Objects<'o>) -> Attachment<'o> {
+    let settings = GatewaySettings {
+        controller: GATEWAY_CONTROLLER.into(),
+        publish_addresses: Vec::new(),
+        host_addresses: vec![local().ip()],
+    };
+    let listeners = [ListenerSpec {
+        address: "0.0.0.0:80".parse().expect("an address"),
+        tls: false,
+        proxy_protocol: None,
+    }];
+    let mut attachment = attach(objects, &settings, &listeners);
+    assert!(
+        attachment.warnings.is_empty(),
+        "unexpected warnings: {:?}",
+        &attachment.warnings[..1]
+    );
+    let translated = httproute::translate(builder, spec, objects, &attachment.routes);
+    assert!(
+        translated.warnings.is_empty(),
+        "unexpected warnings: {:?}",
+        &translated.warnings[..1]
+    );
+    attachment.refuse(&translated.refusals);
+    attachment
+}
+
+/// The Gateway API status view (`gateway_status::view_with`, as the control thread makes it
+/// after a build), timed three times: the first (every route's status decided), once every
+/// route's written status has come back (10k new route objects: each one's status read and
+/// compared again; what the quiet-time view after kedge's start-up writes does), and again
+/// with nothing changed (every decision kept). Each with the number of items it hands the
+/// writer.
+fn status_views(spec: &ClusterSpec, stores: &mut Stores) -> [(Duration, usize); 3] {
+    let mut unchanged = Unchanged::default();
+    let view = |stores: &Stores, unchanged: &mut Unchanged| {
+        let objects = stores.objects();
+        let attachment = gateway_attachment(&mut TableBuilder::default(), spec, &objects);
+        let t = Instant::now();
+        let items = view_with(
+            &attachment,
+            &objects,
+            GATEWAY_CONTROLLER,
+            "2026-01-01T00:00:00Z",
+            unchanged,
+        );
+        (t.elapsed(), items)
+    };
+    let (first, items) = view(stores, &mut unchanged);
+    let written: HashMap<(String, String), Arc<Value>> = items
+        .iter()
+        .filter(|i| i.key.0 == Resource::HttpRoute)
+        .map(|i| ((i.key.1.clone(), i.key.2.clone()), Arc::clone(&i.status)))
+        .collect();
+    assert_eq!(
+        written.len(),
+        stores.http_routes.len(),
+        "every route's status is written"
+    );
+    for r in &mut stores.http_routes {
+        let m = &r.metadata;
+        let key = (
+            m.namespace.clone().unwrap_or_default(),
+            m.name.clone().unwrap_or_default(),
+        );
+        let mut back = (**r).clone();
+        back.status = Some(serde_json::from_value((*written[&key]).clone()).expect("a route status"));
+        back.metadata.resource_version = Some("2".into());
+        *r = Arc::new(back);
+    }
+    let (came_back, items_back) = view(stores, &mut unchanged);
+    assert_eq!(unchanged.read(), 0, "no route's status is read again");
+    assert!(
+        !items_back.iter().any(|i| i.key.0 == Resource::HttpRoute),
+        "no route is written again once its status came back"
+    );
+    let (again, items_again) = view(stores, &mut unchanged);
+    assert_eq!(items_again.len(), items_back.len());
+    [
+        (first, items.len()),
+        (came_back, items_back.len()),
+        (again, items_again.len()),
+    ]
 }
 
 /// p50 / p99 / max in ms (with fewer than 100 samples, p99 is the largest).
@@ -726,9 +795,11 @@ fn run(sc: &Scenario) -> Row {
         drop(table);
         drop(state);
     }
+    let status_views = sc.http_routes.then(|| status_views(&spec, &mut stores));
     let vm_hwm = vm_hwm();
     drop(stores);
     Row {
+        status_views,
         ingress_change,
         service_change,
         node_same,
@@ -870,6 +941,18 @@ fn main() {
                 ms3(median(&r.node_same)),
                 ms3(r.node_same.iter().max().copied().unwrap_or_default()),
                 quantiles(&r.node_change),
+            );
+        }
+    }
+    for r in &rows {
+        if let Some([(first, n), (back, n_back), (again, n_again)]) = r.status_views {
+            println!(
+                "\n{}: Gateway API status view: first {} ms ({n} items); once every route's written status came \
+                 back {} ms ({n_back} items); nothing changed {} ms ({n_again} items)",
+                r.name,
+                ms(first),
+                ms(back),
+                ms(again),
             );
         }
     }

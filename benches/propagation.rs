@@ -527,11 +527,30 @@ fn scenario(name: &'static str, extra: usize, samples: usize, kind: Kind, change
                 })
             },
         );
+        // The status view of that build: how many routes it read, and what it took.
+        support::wait_until(Duration::from_secs(10), "its status view", || {
+            kedge.logs()[before..]
+                .iter()
+                .any(|l| l.contains("Gateway API status view"))
+        });
+        let field = |key: &str| {
+            kedge.logs()[before..]
+                .iter()
+                .find(|l| l.contains("Gateway API status view"))
+                .and_then(|l| {
+                    let v = l.split(&format!("{key}=")).nth(1)?.trim_start_matches('"');
+                    v.split(['"', ' ', ',']).next().map(str::to_owned)
+                })
+                .unwrap_or_else(|| "?".into())
+        };
         notes.push(format!(
-            "statuses of {} routes written {} ms after the probe was served; the build once quiet {} ms later",
+            "statuses of {} routes written {} ms after the probe was served; the build once quiet {} ms later; \
+             its status view read {} routes in {} ms",
             names.len(),
             ms(written),
-            ms(waited.elapsed() - written)
+            ms(waited.elapsed() - written),
+            field("routes_read"),
+            field("view_ms"),
         ));
     }
     if extra > 0 {

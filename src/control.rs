@@ -28,7 +28,7 @@
 
 mod certs;
 mod cluster;
-mod gateway_status;
+pub mod gateway_status;
 pub mod gateway_types;
 mod health;
 mod kinds;
