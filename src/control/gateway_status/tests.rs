@@ -565,3 +565,71 @@ fn a_write_come_back_needs_nothing_and_a_changed_entry_is_written_again() {
     };
     assert_eq!(accepted(&again), accepted(&first), "kedge's own message again");
 }
+
+/// Three copies of the world's route, each with a uid of its own.
+fn world_of_three() -> World {
+    let mut w = world();
+    let base = serde_json::to_value(&*w.http[0]).expect("json");
+    w.http = (0..3)
+        .map(|i| {
+            let mut v = base.clone();
+            v["metadata"]["name"] = json!(format!("web-{i}"));
+            v["metadata"]["uid"] = json!(format!("00000000-0000-4000-8000-00000000000{i}"));
+            from(v)
+        })
+        .collect();
+    w
+}
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig { cases: 128, ..Default::default() })]
+    /// A view that remembers what the earlier ones decided gives what a view from nothing
+    /// gives, whatever comes back between them: every write of the last view, one route's
+    /// write, another writer's edit of kedge's entry (same generation) alone or with kedge's
+    /// write, a spec change (a new generation).
+    #[test]
+    fn remembered_views_equal_views_from_nothing_whatever_comes_back(
+        steps in proptest::collection::vec((0u8..5, 0usize..3), 1..16)
+    ) {
+        let mut w = world_of_three();
+        let mut unchanged = Unchanged::default();
+        let mut last = w.view_with(NOW, &mut unchanged);
+        for (n, (what, i)) in steps.into_iter().enumerate() {
+            let name = format!("web-{i}");
+            match what {
+                0 => {
+                    w.write(&last);
+                }
+                1 => {
+                    let one: Vec<Item> = last.iter().filter(|it| it.key.2 == name).cloned().collect();
+                    w.write(&one);
+                }
+                2 | 3 => {
+                    if what == 3 {
+                        // Its write and another writer's edit in one new object.
+                        let one: Vec<Item> = last.iter().filter(|it| it.key.2 == name).cloned().collect();
+                        w.write(&one);
+                    }
+                    let mut v = serde_json::to_value(&*w.http[i]).expect("json");
+                    for p in v["status"]["parents"].as_array_mut().into_iter().flatten() {
+                        if p["controllerName"] == CONTROLLER {
+                            p["conditions"][0]["message"] = json!(format!("edited {n}"));
+                        }
+                    }
+                    v["metadata"]["resourceVersion"] = json!(format!("edited-{n}"));
+                    w.http[i] = from(v);
+                }
+                _ => {
+                    let mut v = serde_json::to_value(&*w.http[i]).expect("json");
+                    let generation = v["metadata"]["generation"].as_i64().unwrap_or(1);
+                    v["metadata"]["generation"] = json!(generation + 1);
+                    let backend = &mut v["spec"]["rules"][0]["backendRefs"][0]["name"];
+                    *backend = json!(if *backend == "web" { "missing" } else { "web" });
+                    w.http[i] = from(v);
+                }
+            }
+            last = w.view_with(NOW, &mut unchanged);
+            proptest::prop_assert_eq!(&last, &w.view(NOW));
+        }
+    }
+}
