@@ -382,22 +382,21 @@ impl Cluster {
         let (read, view_ms) = (unchanged.read(), started.elapsed().as_secs_f64() * 1e3);
         drop(unchanged);
         // Once per quiet time (after a burst of changes) at info: what the view cost.
+        macro_rules! logged {
+            ($level:ident) => {
+                tracing::$level!(
+                    cluster = self.config.name,
+                    routes_read = read,
+                    items = items.len(),
+                    view_ms = format!("{view_ms:.3}"),
+                    "Gateway API status view"
+                )
+            };
+        }
         if quiet {
-            tracing::info!(
-                cluster = self.config.name,
-                routes_read = read,
-                items = items.len(),
-                view_ms = format!("{view_ms:.3}"),
-                "Gateway API status view"
-            );
+            logged!(info);
         } else {
-            tracing::debug!(
-                cluster = self.config.name,
-                routes_read = read,
-                items = items.len(),
-                view_ms = format!("{view_ms:.3}"),
-                "Gateway API status view"
-            );
+            logged!(debug);
         }
         let writer = self.gateway_status.get_or_init(|| {
             let election = self
