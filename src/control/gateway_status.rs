@@ -36,12 +36,10 @@ use tokio::sync::watch;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use rustc_hash::FxHashMap;
-
 use super::gateway_types::{Gateway, GatewayClass, GrpcRoute, HttpRoute, ParentRef, RouteParentStatus, RouteStatus};
 use super::status::{Logged, Patching, WriterKind, write_loop};
 use super::translate::Objects;
-use super::translate::gateway::{Attachment, Cond, RouteObject, RouteParent, RouteRef};
+use super::translate::gateway::{Attachment, Cond, RouteObject, RouteParent, RouteRecords, RouteRef, same_generation};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 
 /// The Gateway API features kedge implements, as `status.supportedFeatures` of its
@@ -276,7 +274,7 @@ pub fn view_with(
         let mine = (n > 0).then_some(theirs);
         // The same object with the same entries as a view last decided: the same write, or
         // none (the decision stays where it is).
-        if let Some(before) = unchanged.routes.get(&at)
+        if let Some(before) = unchanged.routes.get(at)
             && before.same(mine.unwrap_or(&[]))
         {
             items.extend(before.item.clone());
@@ -292,20 +290,17 @@ pub fn view_with(
         };
         // A new object of a route, of the same generation and entries, whose status is what
         // kedge decided to write: the write came back, nothing is left to write.
-        if let Some(was) = m.uid.as_deref().and_then(|uid| unchanged.by_uid.get_mut(uid))
-            && let Some(before) = unchanged.routes.get(was)
-            && before.generation == m.generation
+        if let Some(before) = unchanged.routes.take_replaced(m.uid.as_deref(), at)
+            && same_generation(before.object.meta(), m)
             && before.same(mine.unwrap_or(&[]))
             && before.item.as_ref().is_some_and(|w| is_written(status, &w.status))
         {
-            let before = unchanged.routes.remove(was).expect("looked up");
-            *was = at;
             let came_back = Written {
                 item: None,
-                _object: held(),
+                object: held(),
                 ..before
             };
-            unchanged.routes.insert(at, came_back);
+            unchanged.routes.insert(m.uid.as_deref(), at, came_back);
             continue;
         }
         let held = held();
@@ -318,21 +313,17 @@ pub fn view_with(
         let parents = list(&current, "parents");
         let parents = parents.as_array().map(Vec::as_slice).unwrap_or(&[]);
         let had = parents.iter().any(|p| p["controllerName"] == controller);
-        if let Some(uid) = &m.uid {
-            unchanged.by_uid.insert(uid.clone(), at);
-        }
         let written = |held: RouteObject, item: Option<Item>| Written {
-            generation: m.generation,
             entries: mine
                 .into_iter()
                 .flatten()
                 .map(|p| (Arc::clone(&p.parent_ref), Arc::clone(&p.conditions)))
                 .collect(),
             item,
-            _object: held,
+            object: held,
         };
         if mine.is_none() && !had {
-            unchanged.routes.insert(at, written(held, None));
+            unchanged.routes.insert(m.uid.as_deref(), at, written(held, None));
             continue;
         }
         let mut target: Vec<Value> = parents
@@ -361,14 +352,10 @@ pub fn view_with(
             status: Arc::new(status),
         });
         items.extend(item.clone());
-        unchanged.routes.insert(at, written(held, item));
+        unchanged.routes.insert(m.uid.as_deref(), at, written(held, item));
     }
     debug_assert!(rest.is_empty(), "parent entries out of the routes' order");
-    super::translate::gateway::forget_gone_routes(&mut unchanged.routes, objects, |at, _| *at);
-    if unchanged.by_uid.len() > unchanged.routes.len() {
-        let routes = &unchanged.routes;
-        unchanged.by_uid.retain(|_, at| routes.contains_key(at));
-    }
+    unchanged.routes.forget_gone(objects);
     items
 }
 
@@ -382,10 +369,8 @@ pub fn view_with(
 /// `lastTransitionTime` of the view that first decided it: when kedge saw the condition change.
 #[derive(Default)]
 pub struct Unchanged {
-    routes: FxHashMap<usize, Written>,
-    /// The address each route (by uid) was last decided at; looked up only for an object
-    /// `routes` does not know.
-    by_uid: FxHashMap<String, usize>,
+    /// By object address; by uid only for an object they do not know.
+    routes: RouteRecords<Written>,
     /// How many routes the last view decided by reading their status (the rest it took as
     /// decided, or as their write come back).
     read: usize,
@@ -400,10 +385,9 @@ impl Unchanged {
 
 /// A route object, the parent entries kedge decided for it and the write they make.
 struct Written {
-    generation: Option<i64>,
     entries: Vec<(Arc<ParentRef>, Arc<Vec<Cond>>)>,
     item: Option<Item>,
-    _object: RouteObject,
+    object: RouteObject,
 }
 
 impl Written {

@@ -548,8 +548,12 @@ fn a_write_come_back_needs_nothing_and_a_changed_entry_is_written_again() {
     assert!(w.view_with(LATER, &mut unchanged).is_empty());
     assert_eq!(unchanged.read(), 0, "the write come back is not read");
     let at = Arc::as_ptr(&w.http[0]) as usize;
-    assert_eq!(unchanged.by_uid["00000000-0000-4000-8000-000000000001"], at);
-    assert_eq!(unchanged.routes[&at].item, None, "the record follows the object");
+    assert_eq!(unchanged.routes.at_of("00000000-0000-4000-8000-000000000001"), Some(at));
+    assert_eq!(
+        unchanged.routes.get(at).expect("recorded").item,
+        None,
+        "the record follows the object"
+    );
 
     let mut v = serde_json::to_value(&*w.http[0]).expect("json");
     v["status"]["parents"][1]["conditions"][0]["message"] = json!("edited");

@@ -559,11 +559,9 @@ pub struct RouteCache {
     /// The GatewayClasses, Gateways, Namespaces and ReferenceGrants the decisions were made
     /// with ([`world_of`]), with the settings and kedge's listeners.
     world: Option<(Vec<Seen>, GatewaySettings, Vec<ListenerSpec>)>,
-    /// By the address of the route object.
-    routes: FxHashMap<usize, Decided>,
-    /// The address each route (by uid) was last decided at, to find its decision from a new
-    /// object of the same generation.
-    by_uid: FxHashMap<String, usize>,
+    /// By the address of the route object, and the uid that finds a new object's predecessor
+    /// (to use its decision again for the same generation).
+    routes: RouteRecords<Decided>,
     /// How many routes the last [`attach_with`] decided (the rest it took as decided).
     decided: usize,
 }
@@ -600,7 +598,7 @@ impl RouteObject {
 
 /// Whether `new` is the object `old` with only its status or metadata changed: the same uid
 /// and the same generation (which the API server bumps at every change of the spec).
-pub(super) fn same_generation(
+pub(crate) fn same_generation(
     old: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta,
     new: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta,
 ) -> bool {
@@ -685,25 +683,92 @@ enum Seen {
     Spec(String, i64),
 }
 
-/// Lets go of what `kept` holds (by route object address) for objects the stores no longer
-/// hold (changed or deleted routes), once there are an eighth as many of them as routes: a pass
-/// over every route now and then, not one per build. The route cache and the status view keep
-/// their per-route decisions this way.
-/// `at`: the object address an entry is for.
-pub fn forget_gone_routes<K, V>(
-    kept: &mut rustc_hash::FxHashMap<K, V>,
-    objects: &Objects<'_>,
-    at: impl Fn(&K, &V) -> usize,
-) {
-    let total = objects.http_routes.len() + objects.grpc_routes.len();
-    if kept.len() > total + total / 8 + 64 {
-        let now: rustc_hash::FxHashSet<usize> = objects
-            .http_routes
-            .iter()
-            .map(|r| Arc::as_ptr(r) as usize)
-            .chain(objects.grpc_routes.iter().map(|r| Arc::as_ptr(r) as usize))
-            .collect();
-        kept.retain(|k, v| now.contains(&at(k, v)));
+/// Per-route records kept between builds (the route cache's decisions, the status view's), by
+/// the address of the store's route object, which each record holds so that the address names
+/// no other object while kept: an unchanged route's record is found without hashing a string.
+/// An index by uid finds the record of the object a new one replaced (a status write coming
+/// back is a new object). Records of objects the stores no longer hold are let go once there
+/// are an eighth as many of them as routes: a pass over every route now and then, not one per
+/// build.
+pub struct RouteRecords<V> {
+    by_address: FxHashMap<usize, V>,
+    /// The address each route (by uid) was last recorded at.
+    by_uid: FxHashMap<String, usize>,
+}
+
+impl<V> Default for RouteRecords<V> {
+    fn default() -> Self {
+        RouteRecords {
+            by_address: FxHashMap::default(),
+            by_uid: FxHashMap::default(),
+        }
+    }
+}
+
+impl<V> RouteRecords<V> {
+    /// The record of the object at `at`.
+    pub fn get(&self, at: usize) -> Option<&V> {
+        self.by_address.get(&at)
+    }
+
+    /// Takes out the record of the object that route `uid`'s object at `at` replaced (the one
+    /// the uid was last recorded at, if another).
+    pub fn take_replaced(&mut self, uid: Option<&str>, at: usize) -> Option<V> {
+        let was = *self.by_uid.get(uid?)?;
+        if was == at {
+            return None;
+        }
+        self.by_address.remove(&was)
+    }
+
+    /// Keeps `record` for the object at `at` of route `uid`.
+    pub fn insert(&mut self, uid: Option<&str>, at: usize, record: V) {
+        self.by_address.insert(at, record);
+        if let Some(uid) = uid {
+            match self.by_uid.get_mut(uid) {
+                Some(was) => *was = at,
+                None => {
+                    self.by_uid.insert(uid.to_owned(), at);
+                }
+            }
+        }
+    }
+
+    /// Where route `uid` was last recorded.
+    pub fn at_of(&self, uid: &str) -> Option<usize> {
+        self.by_uid.get(uid).copied()
+    }
+
+    pub fn len(&self) -> usize {
+        self.by_address.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.by_address.is_empty()
+    }
+
+    pub fn clear(&mut self) {
+        self.by_address.clear();
+        self.by_uid.clear();
+    }
+
+    /// Lets go of the records of objects `objects` no longer holds (changed or deleted
+    /// routes), once there are an eighth as many of them as routes.
+    pub fn forget_gone(&mut self, objects: &Objects<'_>) {
+        let total = objects.http_routes.len() + objects.grpc_routes.len();
+        if self.by_address.len() > total + total / 8 + 64 {
+            let now: rustc_hash::FxHashSet<usize> = objects
+                .http_routes
+                .iter()
+                .map(|r| Arc::as_ptr(r) as usize)
+                .chain(objects.grpc_routes.iter().map(|r| Arc::as_ptr(r) as usize))
+                .collect();
+            self.by_address.retain(|at, _| now.contains(at));
+        }
+        if self.by_uid.len() > self.by_address.len() {
+            let by_address = &self.by_address;
+            self.by_uid.retain(|_, at| by_address.contains_key(at));
+        }
     }
 }
 
@@ -753,7 +818,6 @@ pub fn attach_with<'a>(
     let world = (world_of(objects), settings.clone(), listeners.to_vec());
     if changed.is_none() || cache.world.as_ref() != Some(&world) {
         cache.routes.clear();
-        cache.by_uid.clear();
     }
     cache.world = Some(world);
     cache.decided = 0;
@@ -784,7 +848,7 @@ pub fn attach_with<'a>(
         .collect();
     for (i, (route, object, grpc)) in routes.enumerate() {
         let fresh = |d: &Decided| !changed.is_some_and(|c| d.services.iter().any(|s| c.contains(s)));
-        if !cache.routes.get(&object).is_some_and(fresh) {
+        if !cache.routes.get(object).is_some_and(fresh) {
             let kept = match grpc {
                 None => RouteObject::Http(Arc::clone(&objects.http_routes[i])),
                 Some(r) => RouteObject::Grpc(Arc::clone(r)),
@@ -792,10 +856,8 @@ pub fn attach_with<'a>(
             let uid = route.meta().uid.as_deref();
             // A new object of a route decided before, with the same generation: the same
             // decision, moved to this object.
-            let renewed = uid
-                .and_then(|uid| cache.by_uid.get(uid))
-                .filter(|at| **at != object)
-                .and_then(|at| cache.routes.remove(at))
+            let renewed = (cache.routes)
+                .take_replaced(uid, object)
                 .filter(|d| same_generation(d.object.meta(), route.meta()) && fresh(d));
             let decided = match renewed {
                 Some(d) => Decided { object: kept, ..d },
@@ -804,17 +866,9 @@ pub fn attach_with<'a>(
                     decide(route, kept, &gateways, &evals, &labels, &refs)
                 }
             };
-            cache.routes.insert(object, decided);
-            if let Some(uid) = uid {
-                match cache.by_uid.get_mut(uid) {
-                    Some(at) => *at = object,
-                    None => {
-                        cache.by_uid.insert(uid.to_owned(), object);
-                    }
-                }
-            }
+            cache.routes.insert(uid, object, decided);
         }
-        let Some(decided) = cache.routes.get(&object) else {
+        let Some(decided) = cache.routes.get(object) else {
             continue;
         };
         for p in &decided.parents {
@@ -845,11 +899,7 @@ pub fn attach_with<'a>(
             });
         }
     }
-    forget_gone_routes(&mut cache.routes, objects, |at, _| *at);
-    if cache.by_uid.len() > cache.routes.len() {
-        let routes = &cache.routes;
-        cache.by_uid.retain(|_, at| routes.contains_key(at));
-    }
+    cache.routes.forget_gone(objects);
 
     for ((gw, (_, ev)), state) in gateways.iter().zip(evals).zip(&mut out.gateways) {
         let (ns, name) = ns_name(&gw.metadata);
