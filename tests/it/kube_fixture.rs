@@ -254,6 +254,32 @@ async fn bookmarks_arrive_and_leave_the_watcher_alone() {
     assert_eq!(api.watch_count(), 2, "{:#?}", api.request_log());
 }
 
+/// The API server writes each watch event with its type before its object (Go's field order);
+/// a client that reads the type first decodes the object straight into its type, without
+/// buffering it. The fixture must not cost kedge what no real cluster would.
+#[tokio::test]
+async fn watch_events_come_type_first_one_per_line() {
+    let api = FakeApi::start();
+    let dir = TempDir::new("kube-raw-watch");
+    api.apply("services", service("default", "web", "web"));
+    let client = client(&api, &dir).await;
+
+    let request = http::Request::get("/api/v1/services?watch=true&resourceVersion=0&timeoutSeconds=1")
+        .body(Vec::new())
+        .expect("request");
+    let body = within("a watch that times out", client.request_text(request))
+        .await
+        .expect("watch");
+    let lines: Vec<&str> = body.lines().collect();
+    assert!(!lines.is_empty(), "{body}");
+    for line in &lines {
+        assert!(line.starts_with(r#"{"type":""#), "{line}");
+        let event: Value = serde_json::from_str(line).expect("one event per line");
+        assert!(event["object"].is_object(), "{line}");
+    }
+    assert!(lines[0].starts_with(r#"{"type":"ADDED","object":{"#), "{}", lines[0]);
+}
+
 #[tokio::test]
 async fn an_expired_watch_relists_after_an_outage() {
     let api = FakeApi::start();
