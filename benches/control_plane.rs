@@ -313,6 +313,8 @@ struct Row {
     cache_bytes: usize,
     /// Gateway API scenarios: the status views of `status_views`.
     status_views: Option<[(Duration, usize); 3]>,
+    /// Gateway API scenarios: `watch_decode` (median time, bytes decoded).
+    watch_decode: Option<(Duration, usize)>,
     table_bytes: usize,
     build_peak_bytes: usize,
     vm_hwm: u64,
@@ -484,6 +486,72 @@ fn status_views(spec: &ClusterSpec, stores: &mut Stores) -> [(Duration, usize); 
         (came_back, items_back.len()),
         (again, items_again.len()),
     ]
+}
+
+/// The watch events of every route coming back after its status write, as the API server sends
+/// them (`{"type":"MODIFIED","object":…}`, with `managedFields`: the client's apply of the spec
+/// and kedge's status write, each with its field set, as the fixture API server records them),
+/// decoded as kube's watcher decodes them. Median of 5 passes over all the lines; the lines'
+/// total size.
+fn watch_decode(routes: &[Arc<HttpRoute>]) -> (Duration, usize) {
+    fn field_set(v: &Value, top: bool) -> Value {
+        let Value::Object(fields) = v else {
+            return json!({});
+        };
+        let mut set = serde_json::Map::new();
+        if !top {
+            set.insert(".".into(), json!({}));
+        }
+        for (k, v) in fields {
+            set.insert(format!("f:{k}"), field_set(v, false));
+        }
+        Value::Object(set)
+    }
+    let lines: Vec<Vec<u8>> = routes
+        .iter()
+        .map(|r| {
+            let mut o = serde_json::to_value(&**r).expect("route JSON");
+            o["apiVersion"] = json!("gateway.networking.k8s.io/v1");
+            o["kind"] = json!("HTTPRoute");
+            let entry = |manager: &str, fields: Value, subresource: Option<&str>| {
+                let mut e = json!({
+                    "apiVersion": "gateway.networking.k8s.io/v1",
+                    "fieldsType": "FieldsV1",
+                    "fieldsV1": fields,
+                    "manager": manager,
+                    "operation": "Update",
+                    "time": "2026-01-01T00:00:00Z",
+                });
+                if let Some(s) = subresource {
+                    e["subresource"] = json!(s);
+                }
+                e
+            };
+            let spec = field_set(&json!({"spec": o["spec"]}), true);
+            let status = field_set(&json!({"status": o["status"]}), true);
+            o["metadata"]["managedFields"] = json!([
+                entry("kubectl-client-side-apply", spec, None),
+                entry("kedge", status, Some("status")),
+            ]);
+            let mut line = br#"{"type":"MODIFIED","object":"#.to_vec();
+            serde_json::to_writer(&mut line, &o).expect("event JSON");
+            line.push(b'}');
+            line
+        })
+        .collect();
+    let bytes = lines.iter().map(Vec::len).sum();
+    let mut times: Vec<Duration> = (0..5)
+        .map(|_| {
+            let t = Instant::now();
+            for line in &lines {
+                let event: kube::api::WatchEvent<HttpRoute> = serde_json::from_slice(line).expect("a watch event");
+                std::hint::black_box(event);
+            }
+            t.elapsed()
+        })
+        .collect();
+    times.sort();
+    (times[2], bytes)
 }
 
 /// p50 / p99 / max in ms (with fewer than 100 samples, p99 is the largest).
@@ -796,10 +864,12 @@ fn run(sc: &Scenario) -> Row {
         drop(state);
     }
     let status_views = sc.http_routes.then(|| status_views(&spec, &mut stores));
+    let watch_decode = sc.http_routes.then(|| watch_decode(&stores.http_routes));
     let vm_hwm = vm_hwm();
     drop(stores);
     Row {
         status_views,
+        watch_decode,
         ingress_change,
         service_change,
         node_same,
@@ -953,6 +1023,17 @@ fn main() {
                 ms(first),
                 ms(back),
                 ms(again),
+            );
+        }
+    }
+    for r in &rows {
+        if let Some((took, bytes)) = r.watch_decode {
+            println!(
+                "\n{}: every route's watch event after its status write, as the API server sends it ({} MB with \
+                 managedFields), decoded: {} ms",
+                r.name,
+                mb(bytes as u64),
+                ms(took),
             );
         }
     }

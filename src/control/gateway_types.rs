@@ -10,11 +10,16 @@
 //! `ExtensionRef`) are kept as raw JSON.
 
 use std::borrow::Cow;
+use std::collections::BTreeMap;
+use std::fmt;
 
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, LabelSelector, ObjectMeta};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, LabelSelector, ObjectMeta, OwnerReference, Time};
 use k8s_openapi::{ClusterResourceScope, NamespaceResourceScope};
-use serde::{Deserialize, Serialize};
+use serde::de::{IgnoredAny, MapAccess, Visitor};
+use serde::{Deserialize, Deserializer, Serialize};
 use serde_json::Value;
+
+use super::watch::LAST_APPLIED;
 
 /// The API group of every Gateway API kind.
 pub const GROUP: &str = "gateway.networking.k8s.io";
@@ -70,12 +75,85 @@ resource!(
     NamespaceResourceScope
 );
 
+/// Reads an object's metadata without what kedge drops from every object anyway (see
+/// `watch::lean`): `managedFields` is skipped unread instead of being built as a tree of JSON
+/// values and freed, and kubectl's [`LAST_APPLIED`] annotation (a copy of the whole object) is
+/// skipped instead of being copied into a string. At 10k HTTPRoutes coming back from kedge's own
+/// status writes, building `managedFields` was 4 % of the control thread's CPU.
+fn lean_meta<'de, D: Deserializer<'de>>(d: D) -> Result<ObjectMeta, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(rename_all = "camelCase")]
+    struct Lean {
+        #[serde(default)]
+        annotations: Option<Annotations>,
+        creation_timestamp: Option<Time>,
+        deletion_grace_period_seconds: Option<i64>,
+        deletion_timestamp: Option<Time>,
+        finalizers: Option<Vec<String>>,
+        generate_name: Option<String>,
+        generation: Option<i64>,
+        labels: Option<BTreeMap<String, String>>,
+        name: Option<String>,
+        namespace: Option<String>,
+        owner_references: Option<Vec<OwnerReference>>,
+        resource_version: Option<String>,
+        self_link: Option<String>,
+        uid: Option<String>,
+    }
+    let m = Lean::deserialize(d)?;
+    // Every field named, none defaulted: a field k8s-openapi adds fails to compile here.
+    Ok(ObjectMeta {
+        annotations: m.annotations.map(|a| a.0),
+        creation_timestamp: m.creation_timestamp,
+        deletion_grace_period_seconds: m.deletion_grace_period_seconds,
+        deletion_timestamp: m.deletion_timestamp,
+        finalizers: m.finalizers,
+        generate_name: m.generate_name,
+        generation: m.generation,
+        labels: m.labels,
+        managed_fields: None,
+        name: m.name,
+        namespace: m.namespace,
+        owner_references: m.owner_references,
+        resource_version: m.resource_version,
+        self_link: m.self_link,
+        uid: m.uid,
+    })
+}
+
+/// Annotations without [`LAST_APPLIED`].
+struct Annotations(BTreeMap<String, String>);
+
+impl<'de> Deserialize<'de> for Annotations {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = Annotations;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a map of strings")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Annotations, A::Error> {
+                let mut out = BTreeMap::new();
+                while let Some(key) = map.next_key::<Cow<'de, str>>()? {
+                    if key == LAST_APPLIED {
+                        map.next_value::<IgnoredAny>()?;
+                    } else {
+                        out.insert(key.into_owned(), map.next_value()?);
+                    }
+                }
+                Ok(Annotations(out))
+            }
+        }
+        d.deserialize_map(V)
+    }
+}
+
 // ---- GatewayClass ----
 
 /// A class of Gateways; kedge's are those whose `controllerName` is its own.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct GatewayClass {
-    #[serde(default)]
+    #[serde(default, deserialize_with = "lean_meta")]
     pub metadata: ObjectMeta,
     #[serde(default)]
     pub spec: GatewayClassSpec,
@@ -114,7 +192,7 @@ pub struct SupportedFeature {
 /// Listeners (port, protocol, hostname, TLS) that routes attach to.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct Gateway {
-    #[serde(default)]
+    #[serde(default, deserialize_with = "lean_meta")]
     pub metadata: ObjectMeta,
     #[serde(default)]
     pub spec: GatewaySpec,
@@ -305,7 +383,7 @@ pub struct HeaderValue {
 /// HTTP routing rules attached to Gateways.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct HttpRoute {
-    #[serde(default)]
+    #[serde(default, deserialize_with = "lean_meta")]
     pub metadata: ObjectMeta,
     #[serde(default)]
     pub spec: HttpRouteSpec,
@@ -466,7 +544,7 @@ pub struct RouteParentStatus {
 /// gRPC routing rules attached to Gateways.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct GrpcRoute {
-    #[serde(default)]
+    #[serde(default, deserialize_with = "lean_meta")]
     pub metadata: ObjectMeta,
     #[serde(default)]
     pub spec: GrpcRouteSpec,
@@ -525,7 +603,7 @@ pub struct GrpcMethodMatch {
 /// Lets objects of the `from` kinds in other namespaces refer to the `to` kinds in this one.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct ReferenceGrant {
-    #[serde(default)]
+    #[serde(default, deserialize_with = "lean_meta")]
     pub metadata: ObjectMeta,
     #[serde(default)]
     pub spec: ReferenceGrantSpec,

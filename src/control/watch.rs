@@ -315,7 +315,7 @@ where
 }
 
 /// kubectl's annotation on an object it applied (client-side): the whole object as applied.
-const LAST_APPLIED: &str = "kubectl.kubernetes.io/last-applied-configuration";
+pub(super) const LAST_APPLIED: &str = "kubectl.kubernetes.io/last-applied-configuration";
 
 /// Drops from an object, as it arrives, what kedge never reads, so that neither the stores nor
 /// the state file keep it: `managedFields` (the API server's record of who wrote which field,

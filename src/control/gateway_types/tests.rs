@@ -264,3 +264,69 @@ fn resource_identity() {
         "/apis/gateway.networking.k8s.io/v1/namespaces/web/gateways"
     );
 }
+
+/// Metadata as the API server sends it, every field set, with managedFields and kubectl's copy
+/// of the object.
+fn full_metadata() -> Value {
+    serde_json::json!({
+        "annotations": {
+            "kubectl.kubernetes.io/last-applied-configuration": "{\"kind\":\"HTTPRoute\"}\n",
+            "example.com/team": "web",
+        },
+        "creationTimestamp": "2026-12-06T10:00:00Z",
+        "deletionGracePeriodSeconds": 30,
+        "deletionTimestamp": "2026-12-06T11:00:00Z",
+        "finalizers": ["example.com/keep"],
+        "generateName": "web-",
+        "generation": 3,
+        "labels": {"app": "web"},
+        "managedFields": [{
+            "apiVersion": "gateway.networking.k8s.io/v1",
+            "fieldsType": "FieldsV1",
+            "fieldsV1": {"f:spec": {"f:hostnames": {}, "f:rules": {}}},
+            "manager": "kubectl-client-side-apply",
+            "operation": "Update",
+            "time": "2026-12-06T10:00:00Z",
+        }],
+        "name": "web-x1",
+        "namespace": "shop",
+        "ownerReferences": [{"apiVersion": "v1", "kind": "ConfigMap", "name": "owner", "uid": "u-0"}],
+        "resourceVersion": "42",
+        "selfLink": "/apis/gateway.networking.k8s.io/v1/namespaces/shop/httproutes/web-x1",
+        "uid": "u-1",
+    })
+}
+
+#[test]
+fn metadata_is_read_without_managed_fields_or_the_last_applied_copy() {
+    // From text, as a watch reads it.
+    let text = serde_json::json!({
+        "metadata": full_metadata(),
+        "spec": {"hostnames": ["www.example.com"]},
+    })
+    .to_string();
+    let route: HttpRoute = serde_json::from_str(&text).expect("route");
+    // What k8s-openapi reads, less exactly those two: every other field is kept.
+    let mut expected: ObjectMeta = serde_json::from_value(full_metadata()).expect("metadata");
+    assert!(expected.managed_fields.is_some());
+    expected.managed_fields = None;
+    let annotations = expected.annotations.as_mut().expect("annotations");
+    assert!(annotations.remove(LAST_APPLIED).is_some());
+    assert_eq!(route.metadata, expected);
+    assert_eq!(route.spec.hostnames, ["www.example.com"]);
+
+    // Absent, null and empty metadata parts read as k8s-openapi reads them.
+    for meta in [
+        serde_json::json!({}),
+        serde_json::json!({"annotations": null, "labels": null}),
+        serde_json::json!({"annotations": {}}),
+    ] {
+        let route: HttpRoute = serde_json::from_value(serde_json::json!({"metadata": meta})).expect("route");
+        let expected: ObjectMeta = serde_json::from_value(meta).expect("metadata");
+        assert_eq!(route.metadata, expected);
+    }
+    let route: HttpRoute = serde_json::from_value(serde_json::json!({})).expect("route");
+    assert_eq!(route.metadata, ObjectMeta::default());
+    // A wrong type is an error, as before.
+    assert!(serde_json::from_value::<HttpRoute>(serde_json::json!({"metadata": {"annotations": []}})).is_err());
+}
