@@ -653,6 +653,15 @@ fn scenario(name: &'static str, extra: usize, samples: usize, kind: Kind, change
     drop(pods);
     first.sort();
     all.sort();
+    // Every sample, so that runs can be pooled: with 30 samples a run's p99 is its largest.
+    notes.push(format!(
+        "first, every sample in ms: {}",
+        first
+            .iter()
+            .map(|d| format!("{:.1}", d.as_secs_f64() * 1e3))
+            .collect::<Vec<_>>()
+            .join(" ")
+    ));
     Outcome {
         name,
         samples,
