@@ -14,9 +14,10 @@ use std::time::Duration;
 
 use futures_util::StreamExt;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use k8s_openapi::{ClusterResourceScope, NamespaceResourceScope};
 use kube::runtime::WatchStreamExt;
-use kube::runtime::reflector::{self, Store};
+use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::watcher::{self, Event};
 use kube::{Api, Client, Resource};
 use serde::de::DeserializeOwned;
@@ -345,16 +346,24 @@ where
 {
     let (reader, writer) = reflector::store();
     let me = w.health.watch(what, api.resource_url());
+    let cluster = w.cluster.to_owned();
+    // Each change is logged before the reflector applies it, while the store still holds the
+    // object's previous version.
+    let (known, log_cluster) = (reader.clone(), cluster.clone());
     let stream = reflector::reflector(
         writer,
         watcher::watcher(api, config)
             .backoff(RetryBackoff::new(w.retry_max))
-            .modify(lean),
+            .modify(lean)
+            .inspect(move |event| {
+                if let Ok(event) = event {
+                    log_change(&log_cluster, what, event, &known);
+                }
+            }),
     );
     let health = Arc::clone(w.health);
     let listed = Arc::clone(w.listed);
     let changes = Arc::clone(w.changes);
-    let cluster = w.cluster.to_owned();
     tokio::spawn(async move {
         let mut stream = pin!(stream);
         let mut first_list = true;
@@ -363,7 +372,6 @@ where
         while let Some(event) = stream.next().await {
             match event {
                 Ok(event) => {
-                    log_change(&cluster, what, &event);
                     if let Event::Delete(o) = &event
                         && let Some(uid) = &o.meta().uid
                     {
@@ -437,22 +445,58 @@ where
 }
 
 /// One line per object change, like a controller's sync log: at info for the objects that shape
-/// routes, at debug for EndpointSlices (a rollout changes them many times a second).
-fn log_change<K: Resource>(cluster: &str, what: &'static str, event: &Event<K>) {
+/// routes; at debug for EndpointSlices (a rollout changes them many times a second) and for a
+/// change of status alone ([`status_only`]: kedge's own status writes coming back are such
+/// changes, 10k of them at start-up with 10k routes, which at info would flood the journal).
+fn log_change<K>(cluster: &str, what: &'static str, event: &Event<K>, known: &Store<K>)
+where
+    K: Resource + Clone,
+    K::DynamicType: Default + Eq + Hash + Clone,
+{
     let (verb, o) = match event {
         Event::Apply(o) => ("applied", o),
         Event::Delete(o) => ("deleted", o),
         _ => return,
     };
-    let object = match o.meta().namespace.as_deref() {
-        Some(ns) => format!("{ns}/{}", o.meta().name.as_deref().unwrap_or("")),
-        None => o.meta().name.clone().unwrap_or_default(),
-    };
+    let meta = o.meta();
+    let object = Named(meta);
     if what == "endpointslices" {
-        tracing::debug!(cluster, what, object, "{verb}");
+        tracing::debug!(cluster, what, %object, "{verb}");
+    } else if matches!(event, Event::Apply(_))
+        && known
+            .get(&ObjectRef::from_obj(o))
+            .is_some_and(|old| status_only(old.meta(), meta))
+    {
+        tracing::debug!(cluster, what, %object, "status changed");
     } else {
-        tracing::info!(cluster, what, object, "{verb}");
+        tracing::info!(cluster, what, %object, "{verb}");
     }
+}
+
+/// `namespace/name`, or `name` for a cluster-scoped object, written without a `String`.
+struct Named<'m>(&'m ObjectMeta);
+
+impl std::fmt::Display for Named<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if let Some(ns) = &self.0.namespace {
+            write!(f, "{ns}/")?;
+        }
+        f.write_str(self.0.name.as_deref().unwrap_or(""))
+    }
+}
+
+/// Whether an object's new version differs from its previous one at most in its status: the
+/// same generation (which the API server moves on every change of spec; an object without one
+/// is never taken for a status change) and the same labels, annotations (ingress-nginx's
+/// settings among them), owners, finalizers and deletion.
+fn status_only(old: &ObjectMeta, new: &ObjectMeta) -> bool {
+    new.generation.is_some()
+        && old.generation == new.generation
+        && old.labels == new.labels
+        && old.annotations == new.annotations
+        && old.owner_references == new.owner_references
+        && old.finalizers == new.finalizers
+        && old.deletion_timestamp == new.deletion_timestamp
 }
 
 /// The wait between attempts of a failing watch: from [`RetryBackoff::FIRST`], doubling, at most
@@ -516,7 +560,70 @@ mod tests {
 
     use kube::runtime::utils::Backoff;
 
-    use super::RetryBackoff;
+    use std::collections::BTreeMap;
+
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference, Time};
+
+    use super::{Named, RetryBackoff, status_only};
+
+    /// A status write keeps everything `status_only` compares; each of those changed is more
+    /// than status; without a generation nothing is taken for a status change.
+    #[test]
+    fn a_change_of_status_alone_keeps_generation_and_metadata() {
+        let old = ObjectMeta {
+            name: Some("web".into()),
+            namespace: Some("shop".into()),
+            generation: Some(2),
+            resource_version: Some("10".into()),
+            labels: Some(BTreeMap::from([("app".into(), "web".into())])),
+            annotations: Some(BTreeMap::from([(
+                "nginx.ingress.kubernetes.io/rewrite-target".into(),
+                "/".into(),
+            )])),
+            ..ObjectMeta::default()
+        };
+        assert_eq!(Named(&old).to_string(), "shop/web");
+        assert_eq!(
+            Named(&ObjectMeta {
+                name: Some("edge".into()),
+                ..ObjectMeta::default()
+            })
+            .to_string(),
+            "edge"
+        );
+        let written = ObjectMeta {
+            resource_version: Some("11".into()),
+            ..old.clone()
+        };
+        assert!(status_only(&old, &written));
+        let changes: [fn(&mut ObjectMeta); 6] = [
+            |m| m.generation = Some(3),
+            |m| m.labels = None,
+            |m| {
+                m.annotations
+                    .as_mut()
+                    .expect("annotations")
+                    .insert("nginx.ingress.kubernetes.io/rewrite-target".into(), "/v2".into());
+            },
+            |m| {
+                m.owner_references = Some(vec![OwnerReference {
+                    name: "owner".into(),
+                    ..OwnerReference::default()
+                }]);
+            },
+            |m| m.finalizers = Some(vec!["example.com/keep".into()]),
+            |m| m.deletion_timestamp = Some(Time(Default::default())),
+        ];
+        for (i, change) in changes.iter().enumerate() {
+            let mut new = written.clone();
+            change(&mut new);
+            assert!(!status_only(&old, &new), "change {i} is more than status");
+        }
+        let (mut old, mut new) = (old, written);
+        old.generation = None;
+        new.generation = None;
+        assert!(!status_only(&old, &new));
+    }
 
     /// Waits double from 0.5 s up to the cap and stay there, each in the upper half of its step;
     /// a reset starts again from the first.

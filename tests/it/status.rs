@@ -156,6 +156,37 @@ fn nothing_is_written_when_nothing_changed() {
     );
 }
 
+/// kedge's status write coming back through the watch is a change of status alone: not a line
+/// of the change log at info (at 10k Ingresses that was 10k lines at start-up). A change of
+/// annotations, which shapes routes, is.
+#[test]
+fn a_status_write_coming_back_is_not_logged_as_a_change() {
+    let api = FakeApi::start();
+    let _pods = web_cluster(&api);
+    let dir = TempDir::new("status");
+    let kedge = Kedge::follow(&api, &dir, PUBLISH);
+    wait_until(WAIT, "the served Ingress to get kedge's addresses", || {
+        lb(&api, "web") == ours()
+    });
+    // After the write: its watch event comes before this one's.
+    edit(&api, "web", |i| {
+        i["metadata"]["annotations"] = json!({"example.com/team": "web"});
+    });
+    let changes = || -> Vec<String> {
+        kedge
+            .logs()
+            .into_iter()
+            .filter(|l| l.contains("ingresses") && l.contains("default/web"))
+            .filter(|l| ["applied", "deleted", "status changed"].iter().any(|w| l.contains(w)))
+            .collect()
+    };
+    wait_until(WAIT, "the annotation change in the log", || !changes().is_empty());
+    let lines = changes();
+    assert_eq!(lines.len(), 1, "{lines:#?}");
+    assert!(lines[0].contains("applied"), "{lines:#?}");
+    assert_eq!(api.status_writes("default", "web"), 1);
+}
+
 #[test]
 fn without_publish_addresses_no_status_is_written() {
     let api = FakeApi::start();
