@@ -19,6 +19,10 @@
 # Runs as root on an otherwise idle machine (the scripts install nginx, HAProxy, wrk and h2load
 # when missing). About 45 minutes with the defaults. Output: the report on stdout and in
 # benches/results/<date>-all/report.md, each script's own results next to it.
+#
+# Every binary is built (or, with --skip-build, found) once before the first cell and handed to
+# the scripts by path, so no script runs cargo in between: a cargo run in the middle of the
+# cells would rebuild kedge from whatever the working tree holds by then.
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
@@ -44,15 +48,39 @@ mkdir -p "$OUT"
 REPORT="$OUT/report.md"
 
 if [[ $SKIP_BUILD == 0 ]]; then
-    cargo build --release
-    cargo bench --no-run --bench floor --bench tls_load --bench grpc_upstream --bench body_upstream \
-        --bench propagation
+    cargo build --release >&2
+fi
+# The bench executables' paths (cargo builds what is missing or stale, then never again).
+exe() {   # bench name
+    cargo bench --no-run --bench "$1" --message-format=json 2>/dev/null | python3 -c 'import json,sys
+for l in sys.stdin:
+    try: m = json.loads(l)
+    except ValueError: continue
+    if m.get("reason") == "compiler-artifact" and m.get("target", {}).get("name") == sys.argv[1] and m.get("executable"):
+        print(m["executable"])' "$1"
+}
+KEDGE_BIN=target/release/kedge
+FLOOR_BIN=$(exe floor)
+LOAD_BIN=$(exe tls_load)
+GRPC_BIN=$(exe grpc_upstream)
+UPSTREAM_BIN=$(exe body_upstream)
+PROPAGATION_BIN=$(exe propagation)
+for b in "$KEDGE_BIN" "$FLOOR_BIN" "$LOAD_BIN" "$GRPC_BIN" "$UPSTREAM_BIN" "$PROPAGATION_BIN"; do
+    [[ -x "$b" ]] || { echo "all.sh: binary '$b' missing (run without --skip-build)" >&2; exit 1; }
+done
+# Every package the cells use, installed now, so that apt's output stays out of the report.
+missing=()
+for p in nginx haproxy wrk nghttp2-client; do
+    dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")
+done
+if [[ ${#missing[@]} -gt 0 ]]; then
+    apt-get update >&2 && DEBIAN_FRONTEND=noninteractive apt-get install -y "${missing[@]}" >&2
 fi
 
 {
     echo "# kedge: every performance cell in one run"
     echo
-    echo "kedge $(git describe --always --dirty), $(date -u '+%Y-%m-%d %H:%M UTC'), $(nproc) CPUs:" \
+    echo "kedge $(git describe --always --dirty) ($(sha256sum "$KEDGE_BIN" | cut -c1-12)), $(date -u '+%Y-%m-%d %H:%M UTC'), $(nproc) CPUs:" \
         "$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //'), kernel $(uname -r)"
     echo "Load average before the first cell: $(cut -d' ' -f1-3 /proc/loadavg)"
 } > "$REPORT"
@@ -81,16 +109,19 @@ cell() {
     cat "$OUT/$name.md" >> "$REPORT"
 }
 
-COMMON=(--skip-build --runs "$RUNS" --duration "$DURATION")
-cell keepalive bash benches/proxy.sh "${COMMON[@]}" --targets kedge,nginx,haproxy,direct,floor
-cell keepalive-quota bash benches/proxy.sh "${COMMON[@]}" --targets kedge,nginx,floor --proxy-quota 80
-cell newconn bash benches/proxy.sh "${COMMON[@]}" --new-conn --targets kedge,nginx,haproxy
-cell newconn-quota bash benches/proxy.sh "${COMMON[@]}" --new-conn --targets kedge,nginx --proxy-quota 50
-cell tls bash benches/tls.sh "${COMMON[@]}" --key both --cells keepalive,full,resumed13,fullpq
-cell h2 bash benches/h2.sh "${COMMON[@]}" --modes all
-cell bodies bash benches/bodies.sh "${COMMON[@]}"
-cell scaling bash benches/scaling.sh "${COMMON[@]}"
-cell control env KEDGE_START_TIMEOUT_S=120 cargo bench --bench propagation
+COMMON=(--skip-build --runs "$RUNS" --duration "$DURATION" --kedge-bin "$KEDGE_BIN")
+PROXY=(bash benches/proxy.sh "${COMMON[@]}" --floor-bin "$FLOOR_BIN")
+cell keepalive "${PROXY[@]}" --targets kedge,nginx,haproxy,direct,floor
+cell keepalive-quota "${PROXY[@]}" --targets kedge,nginx,floor --proxy-quota 80
+cell newconn "${PROXY[@]}" --new-conn --targets kedge,nginx,haproxy
+cell newconn-quota "${PROXY[@]}" --new-conn --targets kedge,nginx --proxy-quota 50
+cell tls bash benches/tls.sh "${COMMON[@]}" --load-bin "$LOAD_BIN" --key both \
+    --cells keepalive,full,resumed13,fullpq
+cell h2 bash benches/h2.sh "${COMMON[@]}" --grpc-bin "$GRPC_BIN" --modes all
+cell bodies bash benches/bodies.sh "${COMMON[@]}" --upstream-bin "$UPSTREAM_BIN"
+cell scaling bash benches/scaling.sh "${COMMON[@]}" --floor-bin "$FLOOR_BIN"
+# The propagation bench runs target/release/kedge (its path is built in).
+cell control env KEDGE_START_TIMEOUT_S=120 "$PROPAGATION_BIN" --bench
 
 echo "[all.sh] report: $REPORT" >&2
 cat "$REPORT"
