@@ -459,29 +459,20 @@ where
         _ => return,
     };
     let meta = o.meta();
-    let object = Named(meta);
+    let object = match meta.namespace.as_deref() {
+        Some(ns) => format!("{ns}/{}", meta.name.as_deref().unwrap_or("")),
+        None => meta.name.clone().unwrap_or_default(),
+    };
     if what == "endpointslices" {
-        tracing::debug!(cluster, what, %object, "{verb}");
+        tracing::debug!(cluster, what, object, "{verb}");
     } else if matches!(event, Event::Apply(_))
         && known
             .get(&ObjectRef::from_obj(o))
             .is_some_and(|old| status_only(old.meta(), meta))
     {
-        tracing::debug!(cluster, what, %object, "status changed");
+        tracing::debug!(cluster, what, object, "status changed");
     } else {
-        tracing::info!(cluster, what, %object, "{verb}");
-    }
-}
-
-/// `namespace/name`, or `name` for a cluster-scoped object, written without a `String`.
-struct Named<'m>(&'m ObjectMeta);
-
-impl std::fmt::Display for Named<'_> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        if let Some(ns) = &self.0.namespace {
-            write!(f, "{ns}/")?;
-        }
-        f.write_str(self.0.name.as_deref().unwrap_or(""))
+        tracing::info!(cluster, what, object, "{verb}");
     }
 }
 
@@ -564,7 +555,7 @@ mod tests {
 
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference, Time};
 
-    use super::{Named, RetryBackoff, status_only};
+    use super::{RetryBackoff, status_only};
 
     /// A status write keeps everything `status_only` compares; each of those changed is more
     /// than status; without a generation nothing is taken for a status change.
@@ -582,15 +573,6 @@ mod tests {
             )])),
             ..ObjectMeta::default()
         };
-        assert_eq!(Named(&old).to_string(), "shop/web");
-        assert_eq!(
-            Named(&ObjectMeta {
-                name: Some("edge".into()),
-                ..ObjectMeta::default()
-            })
-            .to_string(),
-            "edge"
-        );
         let written = ObjectMeta {
             resource_version: Some("11".into()),
             ..old.clone()
