@@ -19,7 +19,10 @@ use serde::de::{IgnoredAny, MapAccess, Visitor};
 use serde::{Deserialize, Deserializer, Serialize};
 use serde_json::Value;
 
-use super::watch::LAST_APPLIED;
+/// kubectl's annotation on an object it applied (client-side): the whole object as applied.
+/// Here (a leaf of the module graph) because these types skip it as they read it and
+/// `watch::lean` drops it from every other kind.
+pub(super) const LAST_APPLIED: &str = "kubectl.kubernetes.io/last-applied-configuration";
 
 /// The API group of every Gateway API kind.
 pub const GROUP: &str = "gateway.networking.k8s.io";

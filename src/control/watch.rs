@@ -22,6 +22,7 @@ use kube::runtime::watcher::{self, Event};
 use kube::{Api, Client, Resource};
 use serde::de::DeserializeOwned;
 
+use super::gateway_types::LAST_APPLIED;
 use super::health::Health;
 use super::kube_client;
 use super::translate::slice_service;
@@ -314,9 +315,6 @@ where
     }
     stores
 }
-
-/// kubectl's annotation on an object it applied (client-side): the whole object as applied.
-pub(super) const LAST_APPLIED: &str = "kubectl.kubernetes.io/last-applied-configuration";
 
 /// Drops from an object, as it arrives, what kedge never reads, so that neither the stores nor
 /// the state file keep it: `managedFields` (the API server's record of who wrote which field,
