@@ -87,7 +87,6 @@ fn lean_meta<'de, D: Deserializer<'de>>(d: D) -> Result<ObjectMeta, D::Error> {
     #[derive(Deserialize)]
     #[serde(rename_all = "camelCase")]
     struct Lean {
-        #[serde(default)]
         annotations: Option<Annotations>,
         creation_timestamp: Option<Time>,
         deletion_grace_period_seconds: Option<i64>,
@@ -137,11 +136,11 @@ impl<'de> Deserialize<'de> for Annotations {
             }
             fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Annotations, A::Error> {
                 let mut out = BTreeMap::new();
-                while let Some(key) = map.next_key::<Cow<'de, str>>()? {
+                while let Some(key) = map.next_key::<String>()? {
                     if key == LAST_APPLIED {
                         map.next_value::<IgnoredAny>()?;
                     } else {
-                        out.insert(key.into_owned(), map.next_value()?);
+                        out.insert(key, map.next_value()?);
                     }
                 }
                 Ok(Annotations(out))

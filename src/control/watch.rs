@@ -344,10 +344,9 @@ where
 {
     let (reader, writer) = reflector::store();
     let me = w.health.watch(what, api.resource_url());
-    let cluster = w.cluster.to_owned();
     // Each change is logged before the reflector applies it, while the store still holds the
     // object's previous version.
-    let (known, log_cluster) = (reader.clone(), cluster.clone());
+    let (known, cluster) = (reader.clone(), w.cluster.to_owned());
     let stream = reflector::reflector(
         writer,
         watcher::watcher(api, config)
@@ -355,7 +354,7 @@ where
             .modify(lean)
             .inspect(move |event| {
                 if let Ok(event) = event {
-                    log_change(&log_cluster, what, event, &known);
+                    log_change(&cluster, what, event, &known);
                 }
             }),
     );
@@ -545,13 +544,11 @@ impl kube::runtime::utils::Backoff for RetryBackoff {
 
 #[cfg(test)]
 mod tests {
+    use std::collections::BTreeMap;
     use std::time::Duration;
 
-    use kube::runtime::utils::Backoff;
-
-    use std::collections::BTreeMap;
-
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference, Time};
+    use kube::runtime::utils::Backoff;
 
     use super::{RetryBackoff, status_only};
 
