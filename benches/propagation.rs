@@ -342,9 +342,13 @@ fn ms(d: Duration) -> String {
 
 /// The numbers logged as `key=value` (quoted or not) in the lines containing `what`.
 fn logged(kedge: &Kedge, what: &str, key: &str) -> Vec<f64> {
+    logged_in(&kedge.logs(), what, key)
+}
+
+/// [`logged`] in `lines`.
+fn logged_in(lines: &[String], what: &str, key: &str) -> Vec<f64> {
     let pat = format!("{key}=");
-    kedge
-        .logs()
+    lines
         .iter()
         .filter(|l| l.contains(what))
         .filter_map(|l| {
@@ -534,14 +538,9 @@ fn scenario(name: &'static str, extra: usize, samples: usize, kind: Kind, change
                 .any(|l| l.contains("Gateway API status view"))
         });
         let field = |key: &str| {
-            kedge.logs()[before..]
-                .iter()
-                .find(|l| l.contains("Gateway API status view"))
-                .and_then(|l| {
-                    let v = l.split(&format!("{key}=")).nth(1)?.trim_start_matches('"');
-                    v.split(['"', ' ', ',']).next().map(str::to_owned)
-                })
-                .unwrap_or_else(|| "?".into())
+            logged_in(&kedge.logs()[before..], "Gateway API status view", key)
+                .first()
+                .map_or("?".into(), f64::to_string)
         };
         notes.push(format!(
             "statuses of {} routes written {} ms after the probe was served; the build once quiet {} ms later; \
