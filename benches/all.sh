@@ -31,7 +31,9 @@ DURATION=5
 SKIP_BUILD=0
 ONLY="keepalive,keepalive-quota,newconn,newconn-quota,tls,h2,bodies,scaling,control"
 
-usage() { sed -n '2,21p' "$0" | sed 's/^# \{0,1\}//'; }
+log() { printf '[all.sh %(%H:%M:%S)T] %s\n' -1 "$*" >&2; }
+die() { log "ERROR: $*"; exit 1; }
+usage() { sed -n '2,25p' "$0" | sed 's/^# \{0,1\}//'; }
 while [[ $# -gt 0 ]]; do
     case "$1" in
         --skip-build) SKIP_BUILD=1; shift ;;
@@ -51,14 +53,10 @@ if [[ $SKIP_BUILD == 0 ]]; then
     cargo build --release >&2
 fi
 # The bench executables' paths (cargo builds what is missing or stale, then never again).
-exe() {   # bench name
-    cargo bench --no-run --bench "$1" --message-format=json 2>/dev/null | python3 -c 'import json,sys
-for l in sys.stdin:
-    try: m = json.loads(l)
-    except ValueError: continue
-    if m.get("reason") == "compiler-artifact" and m.get("target", {}).get("name") == sys.argv[1] and m.get("executable"):
-        print(m["executable"])' "$1"
-}
+ROOT="$(pwd)"
+# shellcheck source=benches/lib.sh
+source benches/lib.sh
+exe() { bench_exe "$1" 2>/dev/null; }
 KEDGE_BIN=target/release/kedge
 FLOOR_BIN=$(exe floor)
 LOAD_BIN=$(exe tls_load)
@@ -66,16 +64,19 @@ GRPC_BIN=$(exe grpc_upstream)
 UPSTREAM_BIN=$(exe body_upstream)
 PROPAGATION_BIN=$(exe propagation)
 for b in "$KEDGE_BIN" "$FLOOR_BIN" "$LOAD_BIN" "$GRPC_BIN" "$UPSTREAM_BIN" "$PROPAGATION_BIN"; do
-    [[ -x "$b" ]] || { echo "all.sh: binary '$b' missing (run without --skip-build)" >&2; exit 1; }
+    [[ -x "$b" ]] || die "binary '$b' missing (run without --skip-build)"
 done
-# Every package the cells use, installed now, so that apt's output stays out of the report.
-missing=()
-for p in nginx haproxy wrk nghttp2-client; do
-    dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")
-done
-if [[ ${#missing[@]} -gt 0 ]]; then
-    apt-get update >&2 && DEBIAN_FRONTEND=noninteractive apt-get install -y "${missing[@]}" >&2
-fi
+# Every package the cells use, installed now (lib.sh's ensure_packages, as each script does), so
+# that apt's output stays out of the report.
+missing_pkgs() {
+    local m=()
+    [[ -x /usr/sbin/nginx ]] || m+=(nginx)
+    [[ -x /usr/sbin/haproxy ]] || m+=(haproxy)
+    command -v wrk >/dev/null || m+=(wrk)
+    command -v h2load >/dev/null || m+=(nghttp2-client)
+    echo "${m[*]}"
+}
+ensure_packages >&2
 
 {
     echo "# kedge: every performance cell in one run"
@@ -91,7 +92,7 @@ wanted() { [[ ",$ONLY," == *",$1,"* ]]; }
 cell() {
     local name="$1"; shift
     wanted "$name" || return 0
-    echo "[all.sh] $(date +%T) $name: $*" >&2
+    log "$name: $*"
     {
         echo
         echo "## $name"
@@ -103,7 +104,7 @@ cell() {
     "$@" > "$OUT/$name.md" 2> "$OUT/$name.log" || rc=$?
     if [[ $rc != 0 ]]; then
         echo "**failed** (exit status $rc; see $name.log)" >> "$REPORT"
-        echo "[all.sh] $name failed; see $OUT/$name.log" >&2
+        log "$name failed; see $OUT/$name.log"
         return 0
     fi
     cat "$OUT/$name.md" >> "$REPORT"
@@ -123,5 +124,5 @@ cell scaling bash benches/scaling.sh "${COMMON[@]}" --floor-bin "$FLOOR_BIN"
 # The propagation bench runs target/release/kedge (its path is built in).
 cell control env KEDGE_START_TIMEOUT_S=120 "$PROPAGATION_BIN" --bench
 
-echo "[all.sh] report: $REPORT" >&2
+log "report: $REPORT"
 cat "$REPORT"
