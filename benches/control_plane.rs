@@ -43,6 +43,7 @@ use k8s_openapi::api::networking::v1::{Ingress, IngressClass};
 use kedge::config::ListenerSpec;
 use kedge::control::gateway_status::{Resource, Unchanged, view_with};
 use kedge::control::gateway_types::{Gateway, GatewayClass, HttpRoute};
+use kedge::control::lean::{LAST_APPLIED, Lean};
 use kedge::control::translate::gateway::{Attachment, GatewaySettings, attach};
 use kedge::control::translate::{
     ClusterSpec, Incremental, NodeUse, Objects, SliceIndex, UpstreamMode, httproute, service_endpoints, slice_service,
@@ -313,8 +314,8 @@ struct Row {
     cache_bytes: usize,
     /// Gateway API scenarios: the status views of `status_views`.
     status_views: Option<[(Duration, usize); 3]>,
-    /// Gateway API scenarios: `watch_decode` (median time, bytes decoded).
-    watch_decode: Option<(Duration, usize)>,
+    /// The 10k scenarios in pod mode: `watch_decode`.
+    watch_decode: Vec<Decode>,
     table_bytes: usize,
     build_peak_bytes: usize,
     vm_hwm: u64,
@@ -488,34 +489,44 @@ fn status_views(spec: &ClusterSpec, stores: &mut Stores) -> [(Duration, usize); 
     ]
 }
 
-/// The watch events of every route coming back after its status write, as the API server sends
-/// them (`{"type":"MODIFIED","object":…}`, with `managedFields`: the client's apply of the spec
-/// and kedge's status write, each with its field set, as the fixture API server records them),
-/// decoded as kube's watcher decodes them. Median of 5 passes over all the lines; the lines'
-/// total size.
-fn watch_decode(routes: &[Arc<HttpRoute>]) -> (Duration, usize) {
-    fn field_set(v: &Value, top: bool) -> Value {
-        let Value::Object(fields) = v else {
-            return json!({});
-        };
-        let mut set = serde_json::Map::new();
-        if !top {
-            set.insert(".".into(), json!({}));
-        }
-        for (k, v) in fields {
-            set.insert(format!("f:{k}"), field_set(v, false));
-        }
-        Value::Object(set)
+/// A set of watch events decoded, each object read plainly (its type's own `Deserialize`) and
+/// as kedge's watches read it (`Lean`: managedFields and the last-applied copy skipped unread).
+struct Decode {
+    what: &'static str,
+    bytes: usize,
+    plain: Duration,
+    lean: Duration,
+}
+
+/// A field set (`FieldsV1`) naming every field of `v`, as the API server records one.
+fn field_set(v: &Value, top: bool) -> Value {
+    let Value::Object(fields) = v else {
+        return json!({});
+    };
+    let mut set = serde_json::Map::new();
+    if !top {
+        set.insert(".".into(), json!({}));
     }
-    let lines: Vec<Vec<u8>> = routes
+    for (k, v) in fields {
+        set.insert(format!("f:{k}"), field_set(v, false));
+    }
+    Value::Object(set)
+}
+
+/// One `MODIFIED` watch event per object, as the API server sends it: with `managedFields`
+/// (the writer of everything but metadata and status, `manager`, and kedge's status write when
+/// the object has a status, each with its field set) and, for objects applied with kubectl
+/// (`manager` "kubectl-client-side-apply"), kubectl's last-applied copy of the object.
+fn event_lines<T: serde::Serialize>(objects: &[Arc<T>], api_version: &str, kind: &str, manager: &str) -> Vec<Vec<u8>> {
+    objects
         .iter()
-        .map(|r| {
-            let mut o = serde_json::to_value(&**r).expect("route JSON");
-            o["apiVersion"] = json!("gateway.networking.k8s.io/v1");
-            o["kind"] = json!("HTTPRoute");
+        .map(|obj| {
+            let mut o = serde_json::to_value(&**obj).expect("object JSON");
+            o["apiVersion"] = json!(api_version);
+            o["kind"] = json!(kind);
             let entry = |manager: &str, fields: Value, subresource: Option<&str>| {
                 let mut e = json!({
-                    "apiVersion": "gateway.networking.k8s.io/v1",
+                    "apiVersion": api_version,
                     "fieldsType": "FieldsV1",
                     "fieldsV1": fields,
                     "manager": manager,
@@ -527,31 +538,100 @@ fn watch_decode(routes: &[Arc<HttpRoute>]) -> (Duration, usize) {
                 }
                 e
             };
-            let spec = field_set(&json!({"spec": o["spec"]}), true);
-            let status = field_set(&json!({"status": o["status"]}), true);
-            o["metadata"]["managedFields"] = json!([
-                entry("kubectl-client-side-apply", spec, None),
-                entry("kedge", status, Some("status")),
-            ]);
+            let mut written = o.clone();
+            let fields = written.as_object_mut().expect("an object");
+            for k in ["metadata", "status", "apiVersion", "kind"] {
+                fields.remove(k);
+            }
+            let mut entries = vec![entry(manager, field_set(&written, true), None)];
+            if !o["status"].is_null() {
+                entries.push(entry(
+                    "kedge",
+                    field_set(&json!({"status": o["status"]}), true),
+                    Some("status"),
+                ));
+            }
+            if manager == "kubectl-client-side-apply" {
+                written["apiVersion"] = json!(api_version);
+                written["kind"] = json!(kind);
+                written["metadata"] = json!({"name": o["metadata"]["name"], "namespace": o["metadata"]["namespace"]});
+                o["metadata"]["annotations"][LAST_APPLIED] = json!(format!("{written}\n"));
+            }
+            o["metadata"]["managedFields"] = json!(entries);
             let mut line = br#"{"type":"MODIFIED","object":"#.to_vec();
             serde_json::to_writer(&mut line, &o).expect("event JSON");
             line.push(b'}');
             line
         })
-        .collect();
-    let bytes = lines.iter().map(Vec::len).sum();
-    let mut times: Vec<Duration> = (0..5)
-        .map(|_| {
-            let t = Instant::now();
-            for line in &lines {
-                let event: kube::api::WatchEvent<HttpRoute> = serde_json::from_slice(line).expect("a watch event");
-                std::hint::black_box(event);
-            }
-            t.elapsed()
-        })
-        .collect();
-    times.sort();
-    (times[2], bytes)
+        .collect()
+}
+
+/// `lines` decoded as kube's watcher decodes them, into `K` and into `Lean<K>`: medians of 5
+/// passes over all the lines each, the two kinds of pass alternating.
+fn decode<K>(what: &'static str, lines: &[Vec<u8>]) -> Decode
+where
+    K: DeserializeOwned + kube::Resource,
+{
+    fn pass<T: DeserializeOwned>(lines: &[Vec<u8>]) -> Duration {
+        let t = Instant::now();
+        for line in lines {
+            let event: kube::api::WatchEvent<T> = serde_json::from_slice(line).expect("a watch event");
+            std::hint::black_box(event);
+        }
+        t.elapsed()
+    }
+    let (mut plain, mut lean) = (Vec::new(), Vec::new());
+    for _ in 0..5 {
+        plain.push(pass::<K>(lines));
+        lean.push(pass::<Lean<K>>(lines));
+    }
+    plain.sort();
+    lean.sort();
+    Decode {
+        what,
+        bytes: lines.iter().map(Vec::len).sum(),
+        plain: plain[2],
+        lean: lean[2],
+    }
+}
+
+/// The watch events of a 10k scenario's objects, decoded (see [`decode`]): every route coming
+/// back after its status write; or every Ingress, Service and EndpointSlice, the objects of a
+/// first list.
+fn watch_decode(stores: &Stores, routes: bool) -> Vec<Decode> {
+    if routes {
+        let lines = event_lines(
+            &stores.http_routes,
+            "gateway.networking.k8s.io/v1",
+            "HTTPRoute",
+            "kubectl-client-side-apply",
+        );
+        return vec![decode::<HttpRoute>("HTTPRoutes", &lines)];
+    }
+    vec![
+        decode::<Ingress>(
+            "Ingresses",
+            &event_lines(
+                &stores.ingresses,
+                "networking.k8s.io/v1",
+                "Ingress",
+                "kubectl-client-side-apply",
+            ),
+        ),
+        decode::<Service>(
+            "Services",
+            &event_lines(&stores.services, "v1", "Service", "kubectl-client-side-apply"),
+        ),
+        decode::<EndpointSlice>(
+            "EndpointSlices",
+            &event_lines(
+                &stores.slices,
+                "discovery.k8s.io/v1",
+                "EndpointSlice",
+                "endpointslice-controller",
+            ),
+        ),
+    ]
 }
 
 /// p50 / p99 / max in ms (with fewer than 100 samples, p99 is the largest).
@@ -864,7 +944,10 @@ fn run(sc: &Scenario) -> Row {
         drop(state);
     }
     let status_views = sc.http_routes.then(|| status_views(&spec, &mut stores));
-    let watch_decode = sc.http_routes.then(|| watch_decode(&stores.http_routes));
+    let watch_decode = match (sc.ingresses >= 10_000, &sc.mode) {
+        (true, UpstreamMode::Pods) => watch_decode(&stores, sc.http_routes),
+        _ => Vec::new(),
+    };
     let vm_hwm = vm_hwm();
     drop(stores);
     Row {
@@ -1027,13 +1110,20 @@ fn main() {
         }
     }
     for r in &rows {
-        if let Some((took, bytes)) = r.watch_decode {
+        for d in &r.watch_decode {
             println!(
-                "\n{}: every route's watch event after its status write, as the API server sends it ({} MB with \
-                 managedFields), decoded: {} ms",
+                "\n{}: {}' watch events as the API server sends them ({} MB with managedFields{}), decoded: \
+                 plain {} ms, as kedge's watches read them (Lean) {} ms",
                 r.name,
-                mb(bytes as u64),
-                ms(took),
+                d.what,
+                mb(d.bytes as u64),
+                if d.what == "EndpointSlices" {
+                    ""
+                } else {
+                    " and kubectl's last-applied copy"
+                },
+                ms(d.plain),
+                ms(d.lean),
             );
         }
     }

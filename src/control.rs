@@ -34,6 +34,7 @@ mod health;
 mod kinds;
 mod kube_client;
 mod last_known_good;
+pub mod lean;
 mod lease;
 mod state_file;
 mod status;

@@ -10,19 +10,11 @@
 //! `ExtensionRef`) are kept as raw JSON.
 
 use std::borrow::Cow;
-use std::collections::BTreeMap;
-use std::fmt;
 
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, LabelSelector, ObjectMeta, OwnerReference, Time};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, LabelSelector, ObjectMeta};
 use k8s_openapi::{ClusterResourceScope, NamespaceResourceScope};
-use serde::de::{IgnoredAny, MapAccess, Visitor};
-use serde::{Deserialize, Deserializer, Serialize};
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
-
-/// kubectl's annotation on an object it applied (client-side): the whole object as applied.
-/// Here (a leaf of the module graph) because these types skip it as they read it and
-/// `watch::lean` drops it from every other kind.
-pub(super) const LAST_APPLIED: &str = "kubectl.kubernetes.io/last-applied-configuration";
 
 /// The API group of every Gateway API kind.
 pub const GROUP: &str = "gateway.networking.k8s.io";
@@ -78,84 +70,12 @@ resource!(
     NamespaceResourceScope
 );
 
-/// Reads an object's metadata without what kedge drops from every object anyway (see
-/// `watch::lean`): `managedFields` is skipped unread instead of being built as a tree of JSON
-/// values and freed, and kubectl's [`LAST_APPLIED`] annotation (a copy of the whole object) is
-/// skipped instead of being copied into a string. At 10k HTTPRoutes coming back from kedge's own
-/// status writes, building `managedFields` was 4 % of the control thread's CPU.
-fn lean_meta<'de, D: Deserializer<'de>>(d: D) -> Result<ObjectMeta, D::Error> {
-    #[derive(Deserialize)]
-    #[serde(rename_all = "camelCase")]
-    struct Lean {
-        annotations: Option<Annotations>,
-        creation_timestamp: Option<Time>,
-        deletion_grace_period_seconds: Option<i64>,
-        deletion_timestamp: Option<Time>,
-        finalizers: Option<Vec<String>>,
-        generate_name: Option<String>,
-        generation: Option<i64>,
-        labels: Option<BTreeMap<String, String>>,
-        name: Option<String>,
-        namespace: Option<String>,
-        owner_references: Option<Vec<OwnerReference>>,
-        resource_version: Option<String>,
-        self_link: Option<String>,
-        uid: Option<String>,
-    }
-    let m = Lean::deserialize(d)?;
-    // Every field named, none defaulted: a field k8s-openapi adds fails to compile here.
-    Ok(ObjectMeta {
-        annotations: m.annotations.map(|a| a.0),
-        creation_timestamp: m.creation_timestamp,
-        deletion_grace_period_seconds: m.deletion_grace_period_seconds,
-        deletion_timestamp: m.deletion_timestamp,
-        finalizers: m.finalizers,
-        generate_name: m.generate_name,
-        generation: m.generation,
-        labels: m.labels,
-        managed_fields: None,
-        name: m.name,
-        namespace: m.namespace,
-        owner_references: m.owner_references,
-        resource_version: m.resource_version,
-        self_link: m.self_link,
-        uid: m.uid,
-    })
-}
-
-/// Annotations without [`LAST_APPLIED`].
-struct Annotations(BTreeMap<String, String>);
-
-impl<'de> Deserialize<'de> for Annotations {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct V;
-        impl<'de> Visitor<'de> for V {
-            type Value = Annotations;
-            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-                f.write_str("a map of strings")
-            }
-            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Annotations, A::Error> {
-                let mut out = BTreeMap::new();
-                while let Some(key) = map.next_key::<String>()? {
-                    if key == LAST_APPLIED {
-                        map.next_value::<IgnoredAny>()?;
-                    } else {
-                        out.insert(key, map.next_value()?);
-                    }
-                }
-                Ok(Annotations(out))
-            }
-        }
-        d.deserialize_map(V)
-    }
-}
-
 // ---- GatewayClass ----
 
 /// A class of Gateways; kedge's are those whose `controllerName` is its own.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct GatewayClass {
-    #[serde(default, deserialize_with = "lean_meta")]
+    #[serde(default)]
     pub metadata: ObjectMeta,
     #[serde(default)]
     pub spec: GatewayClassSpec,
@@ -194,7 +114,7 @@ pub struct SupportedFeature {
 /// Listeners (port, protocol, hostname, TLS) that routes attach to.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct Gateway {
-    #[serde(default, deserialize_with = "lean_meta")]
+    #[serde(default)]
     pub metadata: ObjectMeta,
     #[serde(default)]
     pub spec: GatewaySpec,
@@ -385,7 +305,7 @@ pub struct HeaderValue {
 /// HTTP routing rules attached to Gateways.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct HttpRoute {
-    #[serde(default, deserialize_with = "lean_meta")]
+    #[serde(default)]
     pub metadata: ObjectMeta,
     #[serde(default)]
     pub spec: HttpRouteSpec,
@@ -546,7 +466,7 @@ pub struct RouteParentStatus {
 /// gRPC routing rules attached to Gateways.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct GrpcRoute {
-    #[serde(default, deserialize_with = "lean_meta")]
+    #[serde(default)]
     pub metadata: ObjectMeta,
     #[serde(default)]
     pub spec: GrpcRouteSpec,
@@ -605,7 +525,7 @@ pub struct GrpcMethodMatch {
 /// Lets objects of the `from` kinds in other namespaces refer to the `to` kinds in this one.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct ReferenceGrant {
-    #[serde(default, deserialize_with = "lean_meta")]
+    #[serde(default)]
     pub metadata: ObjectMeta,
     #[serde(default)]
     pub spec: ReferenceGrantSpec,

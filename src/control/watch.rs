@@ -22,9 +22,9 @@ use kube::runtime::watcher::{self, Event};
 use kube::{Api, Client, Resource};
 use serde::de::DeserializeOwned;
 
-use super::gateway_types::LAST_APPLIED;
 use super::health::Health;
 use super::kube_client;
+use super::lean::Lean;
 use super::translate::slice_service;
 
 /// What the watches saw change since the last build, so that a change that touched only
@@ -308,7 +308,7 @@ where
         fields.iter().map(|f| kube_client::watcher_config().fields(f)).collect()
     };
     let mut stores = Vec::new();
-    for api in <K::Scope as Scope>::apis::<K>(w.client, w.namespaces) {
+    for api in <K::Scope as Scope>::apis::<Lean<K>>(w.client, w.namespaces) {
         for config in &configs {
             stores.push(watch(api.clone(), what, w, touch, config.clone()));
         }
@@ -316,23 +316,24 @@ where
     stores
 }
 
-/// Drops from an object, as it arrives, what kedge never reads, so that neither the stores nor
-/// the state file keep it: `managedFields` (the API server's record of who wrote which field,
-/// on every object and often its largest part) and kubectl's [`LAST_APPLIED`] annotation (a
-/// second copy of the object). kedge writes only status patches, never whole objects, so
-/// nothing it writes back depends on either.
-fn lean<K: Resource>(o: &mut K) {
-    let meta = o.meta_mut();
-    meta.managed_fields = None;
-    if let Some(annotations) = &mut meta.annotations {
-        annotations.remove(LAST_APPLIED);
+/// An event of the watch of [`Lean<K>`], as the store and everything after it take it: the
+/// plain object. `Lean` decodes objects without what kedge never reads, so that neither the
+/// stores nor the state file keep it (managedFields and kubectl's last-applied copy); kedge
+/// writes only status patches, never whole objects, so nothing it writes back depends on either.
+fn plain<K>(event: Event<Lean<K>>) -> Event<K> {
+    match event {
+        Event::Apply(o) => Event::Apply(o.0),
+        Event::Delete(o) => Event::Delete(o.0),
+        Event::Init => Event::Init,
+        Event::InitApply(o) => Event::InitApply(o.0),
+        Event::InitDone => Event::InitDone,
     }
 }
 
 /// Starts one reflector for `api` and returns its store. A failure and the recovery are each
 /// logged once (by the cluster's watch health).
 fn watch<K>(
-    api: Api<K>,
+    api: Api<Lean<K>>,
     what: &'static str,
     w: &Watches<'_>,
     touch: fn(&Event<K>) -> Touch,
@@ -351,7 +352,7 @@ where
         writer,
         watcher::watcher(api, config)
             .backoff(RetryBackoff::new(w.retry_max))
-            .modify(lean)
+            .map(|event| event.map(plain))
             .inspect(move |event| {
                 if let Ok(event) = event {
                     log_change(&cluster, what, event, &known);
