@@ -6,7 +6,7 @@ use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
 
 use super::*;
-use crate::control::gateway_types::HttpRoute;
+use crate::control::gateway_types::{Gateway, GatewayClass, GrpcRoute, HttpRoute, ReferenceGrant};
 
 /// Metadata as the API server sends it: managedFields, kubectl's copy of the object, an
 /// escaped key (not borrowable from the input) and every other field.
@@ -64,6 +64,18 @@ fn objects() -> Vec<(&'static str, Value)> {
         ),
         ("Namespace", json!({"status": {"phase": "Active"}})),
         ("HTTPRoute", json!({"spec": {"hostnames": ["www.example.com"]}})),
+        ("GRPCRoute", json!({"spec": {"hostnames": ["grpc.example.com"]}})),
+        (
+            "Gateway",
+            json!({"spec": {"gatewayClassName": "kedge",
+            "listeners": [{"name": "http", "port": 80, "protocol": "HTTP"}]}}),
+        ),
+        ("GatewayClass", json!({"spec": {"controllerName": "example.com/kedge"}})),
+        (
+            "ReferenceGrant",
+            json!({"spec": {"from": [{"group": "gateway.networking.k8s.io",
+            "kind": "HTTPRoute", "namespace": "web"}], "to": [{"group": "", "kind": "Service"}]}}),
+        ),
     ]
 }
 
@@ -93,6 +105,10 @@ fn same_as_kind(kind: &str, text: &str) {
         "Node" => same::<Node>(text),
         "Namespace" => same::<Namespace>(text),
         "HTTPRoute" => same::<HttpRoute>(text),
+        "GRPCRoute" => same::<GrpcRoute>(text),
+        "Gateway" => same::<Gateway>(text),
+        "GatewayClass" => same::<GatewayClass>(text),
+        "ReferenceGrant" => same::<ReferenceGrant>(text),
         _ => unreachable!("{kind}"),
     }
 }
