@@ -143,8 +143,22 @@ fn keepalived_conf(priority: u16) -> String {
         .replace("203.0.113.10/24", &format!("{VIP}/24"))
 }
 
+/// Fails at once, naming what is missing, when a command the test runs inside the namespaces is
+/// not installed: started through `ip netns exec`, a missing one would only show as an edge that
+/// never answers.
+fn require_commands() {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    for cmd in ["ip", "keepalived", "curl", "python3"] {
+        assert!(
+            std::env::split_paths(&path).any(|dir| dir.join(cmd).is_file()),
+            "the VRRP test needs `{cmd}` on PATH: run the suite with scripts/test.sh, which installs it"
+        );
+    }
+}
+
 #[test]
 fn the_virtual_ip_moves_when_the_masters_kedge_dies() {
+    require_commands();
     let dir = TempDir::new("vrrp");
     let mut hosts = Hosts::new();
     for (which, priority) in [("a", 150), ("b", 100)] {
