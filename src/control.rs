@@ -547,7 +547,7 @@ fn start_update(
     }
     let mut plans = Vec::new();
     for ((c, o), ch) in clusters.iter().zip(&objects).zip(changes) {
-        let services: BTreeSet<(String, String)> = ch.services.union(&ch.service_objects).cloned().collect();
+        let services = ch.touched_services();
         match c.plan_update(&o.view(), &services, &ch.secrets) {
             Ok(p) => plans.push(p),
             Err(translate::NeedFull(why)) => {
@@ -632,10 +632,10 @@ fn build(
             host_addresses: local.addresses.clone(),
         };
         // In an update, the Services that changed (the routes using one are decided again).
-        let services = update.filter(|_| updating).and_then(|(_, ch)| ch.get(i)).map(|ch| {
-            let s: BTreeSet<(String, String)> = ch.services.union(&ch.service_objects).cloned().collect();
-            s
-        });
+        let services = update
+            .filter(|_| updating)
+            .and_then(|(_, ch)| ch.get(i))
+            .map(Changes::touched_services);
         let mut attachment = c.attach(&objects.view(), &settings, &local.listeners, services.as_ref());
         // Routes attach only to programmed listeners (an HTTPS one needs a usable certificate):
         // an update keeps the other routes' rules, so a change there needs a build from nothing.

@@ -73,6 +73,12 @@ pub struct Changes {
 }
 
 impl Changes {
+    /// The Services whose EndpointSlices or objects changed: those whose users an update
+    /// decides again.
+    pub fn touched_services(&self) -> BTreeSet<(String, String)> {
+        self.services.union(&self.service_objects).cloned().collect()
+    }
+
     /// Nothing but EndpointSlices changed.
     pub fn endpoints_only(&self) -> bool {
         !self.full
