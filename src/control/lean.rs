@@ -62,7 +62,7 @@ impl<'de, K: de::Deserialize<'de>> de::Deserialize<'de> for Lean<K> {
 }
 
 /// What to hide of a map: keys skipped unread, and keys whose values are maps to filter too.
-pub struct Filter {
+struct Filter {
     skip: &'static [&'static str],
     inner: &'static [(&'static str, &'static Filter)],
 }
@@ -83,9 +83,9 @@ static ANNOTATIONS: Filter = Filter {
 
 /// A deserializer that hands the maps it reads on without the keys `filter` skips. Values
 /// that are not maps (and the values of keys it has no inner filter for) pass unchanged.
-pub struct Filtered<'f, D> {
-    pub de: D,
-    pub filter: &'f Filter,
+struct Filtered<D> {
+    de: D,
+    filter: &'static Filter,
 }
 
 /// Every `deserialize_*` of [`Filtered`]: the same call on the wrapped deserializer, with the
@@ -98,7 +98,7 @@ macro_rules! forward {
     )*};
 }
 
-impl<'de, D: Deserializer<'de>> Deserializer<'de> for Filtered<'_, D> {
+impl<'de, D: Deserializer<'de>> Deserializer<'de> for Filtered<D> {
     type Error = D::Error;
 
     forward! {
@@ -120,9 +120,9 @@ impl<'de, D: Deserializer<'de>> Deserializer<'de> for Filtered<'_, D> {
     }
 }
 
-struct FilteredVisitor<'f, V> {
+struct FilteredVisitor<V> {
     inner: V,
-    filter: &'f Filter,
+    filter: &'static Filter,
 }
 
 /// Every `visit_*` of [`FilteredVisitor`] but those that see a map (directly, or inside an
@@ -135,7 +135,7 @@ macro_rules! pass {
     )*};
 }
 
-impl<'de, V: Visitor<'de>> Visitor<'de> for FilteredVisitor<'_, V> {
+impl<'de, V: Visitor<'de>> Visitor<'de> for FilteredVisitor<V> {
     type Value = V::Value;
 
     fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -185,13 +185,13 @@ impl<'de, V: Visitor<'de>> Visitor<'de> for FilteredVisitor<'_, V> {
 
 /// A map without the keys its filter skips; `next`: the inner filter for the value of the key
 /// just handed out.
-struct FilteredMap<'f, A> {
+struct FilteredMap<A> {
     map: A,
-    filter: &'f Filter,
+    filter: &'static Filter,
     next: Option<&'static Filter>,
 }
 
-impl<'de, A: MapAccess<'de>> MapAccess<'de> for FilteredMap<'_, A> {
+impl<'de, A: MapAccess<'de>> MapAccess<'de> for FilteredMap<A> {
     type Error = A::Error;
 
     fn next_key_seed<S: DeserializeSeed<'de>>(&mut self, seed: S) -> Result<Option<S::Value>, A::Error> {
