@@ -494,9 +494,14 @@ fn status_views(spec: &ClusterSpec, stores: &mut Stores) -> [(Duration, usize); 
 struct Decode {
     what: &'static str,
     bytes: usize,
+    /// The objects carry kubectl's last-applied copy (see [`event_lines`]).
+    last_applied: bool,
     plain: Duration,
     lean: Duration,
 }
+
+/// The field manager of an object applied with kubectl (client-side).
+const KUBECTL: &str = "kubectl-client-side-apply";
 
 /// A field set (`FieldsV1`) naming every field of `v`, as the API server records one.
 fn field_set(v: &Value, top: bool) -> Value {
@@ -516,7 +521,7 @@ fn field_set(v: &Value, top: bool) -> Value {
 /// One `MODIFIED` watch event per object, as the API server sends it: with `managedFields`
 /// (the writer of everything but metadata and status, `manager`, and kedge's status write when
 /// the object has a status, each with its field set) and, for objects applied with kubectl
-/// (`manager` "kubectl-client-side-apply"), kubectl's last-applied copy of the object.
+/// (`manager` [`KUBECTL`]), kubectl's last-applied copy of the object.
 fn event_lines<T: serde::Serialize>(objects: &[Arc<T>], api_version: &str, kind: &str, manager: &str) -> Vec<Vec<u8>> {
     objects
         .iter()
@@ -551,7 +556,7 @@ fn event_lines<T: serde::Serialize>(objects: &[Arc<T>], api_version: &str, kind:
                     Some("status"),
                 ));
             }
-            if manager == "kubectl-client-side-apply" {
+            if manager == KUBECTL {
                 written["apiVersion"] = json!(api_version);
                 written["kind"] = json!(kind);
                 written["metadata"] = json!({"name": o["metadata"]["name"], "namespace": o["metadata"]["namespace"]});
@@ -566,11 +571,12 @@ fn event_lines<T: serde::Serialize>(objects: &[Arc<T>], api_version: &str, kind:
         .collect()
 }
 
-/// `lines` decoded as kube's watcher decodes them, into `K` and into `Lean<K>`: medians of 5
-/// passes over all the lines each, the two kinds of pass alternating.
-fn decode<K>(what: &'static str, lines: &[Vec<u8>]) -> Decode
+/// The watch events of `objects` (see [`event_lines`]) decoded as kube's watcher decodes them,
+/// into `K` and into `Lean<K>`: medians of 5 passes over all the lines each, the two kinds of
+/// pass alternating.
+fn decode<K>(what: &'static str, objects: &[Arc<K>], api_version: &str, kind: &str, manager: &str) -> Decode
 where
-    K: DeserializeOwned + kube::Resource,
+    K: serde::Serialize + DeserializeOwned,
 {
     fn pass<T: DeserializeOwned>(lines: &[Vec<u8>]) -> Duration {
         let t = Instant::now();
@@ -580,16 +586,18 @@ where
         }
         t.elapsed()
     }
+    let lines = event_lines(objects, api_version, kind, manager);
     let (mut plain, mut lean) = (Vec::new(), Vec::new());
     for _ in 0..5 {
-        plain.push(pass::<K>(lines));
-        lean.push(pass::<Lean<K>>(lines));
+        plain.push(pass::<K>(&lines));
+        lean.push(pass::<Lean<K>>(&lines));
     }
     plain.sort();
     lean.sort();
     Decode {
         what,
         bytes: lines.iter().map(Vec::len).sum(),
+        last_applied: manager == KUBECTL,
         plain: plain[2],
         lean: lean[2],
     }
@@ -600,36 +608,24 @@ where
 /// first list.
 fn watch_decode(stores: &Stores, routes: bool) -> Vec<Decode> {
     if routes {
-        let lines = event_lines(
-            &stores.http_routes,
-            "gateway.networking.k8s.io/v1",
-            "HTTPRoute",
-            "kubectl-client-side-apply",
-        );
-        return vec![decode::<HttpRoute>("HTTPRoutes", &lines)];
+        let api = "gateway.networking.k8s.io/v1";
+        return vec![decode("HTTPRoutes", &stores.http_routes, api, "HTTPRoute", KUBECTL)];
     }
     vec![
-        decode::<Ingress>(
+        decode(
             "Ingresses",
-            &event_lines(
-                &stores.ingresses,
-                "networking.k8s.io/v1",
-                "Ingress",
-                "kubectl-client-side-apply",
-            ),
+            &stores.ingresses,
+            "networking.k8s.io/v1",
+            "Ingress",
+            KUBECTL,
         ),
-        decode::<Service>(
-            "Services",
-            &event_lines(&stores.services, "v1", "Service", "kubectl-client-side-apply"),
-        ),
-        decode::<EndpointSlice>(
+        decode("Services", &stores.services, "v1", "Service", KUBECTL),
+        decode(
             "EndpointSlices",
-            &event_lines(
-                &stores.slices,
-                "discovery.k8s.io/v1",
-                "EndpointSlice",
-                "endpointslice-controller",
-            ),
+            &stores.slices,
+            "discovery.k8s.io/v1",
+            "EndpointSlice",
+            "endpointslice-controller",
         ),
     ]
 }
@@ -1117,10 +1113,10 @@ fn main() {
                 r.name,
                 d.what,
                 mb(d.bytes as u64),
-                if d.what == "EndpointSlices" {
-                    ""
-                } else {
+                if d.last_applied {
                     " and kubectl's last-applied copy"
+                } else {
+                    ""
                 },
                 ms(d.plain),
                 ms(d.lean),
