@@ -401,8 +401,9 @@ fn control_thread(
                 }
             }
         }
-        // A clean stop hands the status Leases over (bounded; the workers drain meanwhile).
-        futures_util::future::join_all(clusters.iter_mut().map(Cluster::stop_status)).await;
+        // A clean stop hands the status Leases over and writes the state files that owe a write
+        // (bounded; the workers drain meanwhile).
+        futures_util::future::join_all(clusters.iter_mut().map(Cluster::stop)).await;
     });
 }
 

@@ -413,9 +413,10 @@ impl Cluster {
         self.view_owed.load(Ordering::Relaxed)
     }
 
-    /// Stops writing status and releases the status Lease if this kedge holds it (a clean
-    /// stop: another edge takes over at once instead of after the lease duration).
-    pub async fn stop_status(&mut self) {
+    /// A clean stop: stops writing status and releases the status Lease if this kedge holds it
+    /// (another edge takes over at once instead of after the lease duration), then writes the
+    /// state file if it owes a write.
+    pub async fn stop(&mut self) {
         if let Some(writer) = self.status.take() {
             writer.stop().await;
         }
@@ -425,6 +426,8 @@ impl Cluster {
         if let Some(election) = self.election.take() {
             election.stop().await;
         }
+        let synced = self.synced();
+        self.lkg.stop(synced).await;
     }
 
     /// The objects to translate from nothing: those persisted in the state directory while the

@@ -5,7 +5,8 @@
 //!   change, at most once per [`WRITE_EVERY`] (a burst of changes is written once it is over),
 //!   by a task of the control runtime with the encoding and the file I/O on tokio's blocking
 //!   pool. Never before the first live sync: a store that is still empty must not overwrite
-//!   good state.
+//!   good state. A clean stop ([`LastKnownGood::stop`]) writes what is still waiting at once, so
+//!   the file ends with the last change kedge saw, not with the one before its last second.
 //! - **Start during an outage.** A cluster whose watches fail before their first sync (the API
 //!   server cannot be reached) serves the objects persisted last at once
 //!   ([`LastKnownGood::unreachable`]); one that answers but has not synced within its
@@ -30,6 +31,8 @@ use crate::shared::ClusterState;
 
 /// The shortest time between two writes of one cluster's state file.
 const WRITE_EVERY: Duration = Duration::from_secs(1);
+/// The longest a clean stop waits for the last write.
+const STOP_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// One cluster's choice between persisted and live objects, its [`ClusterState`], and its state file.
 /// Owned by the cluster and used on the control thread.
@@ -38,8 +41,14 @@ pub struct LastKnownGood {
     health: Arc<Health>,
     /// `None` when persistence is off.
     file: Option<PathBuf>,
-    writer: Option<Arc<Slot>>,
+    writer: Option<Writer>,
     inner: Mutex<Inner>,
+}
+
+/// The file writer task and the slot it takes its work from.
+struct Writer {
+    slot: Arc<Slot>,
+    task: tokio::task::JoinHandle<()>,
 }
 
 struct Inner {
@@ -153,7 +162,7 @@ impl LastKnownGood {
             && let Some(writer) = &self.writer
             && self.health.take_dirty()
         {
-            writer.offer(Pending::Objects(Box::new(objects.clone())));
+            writer.slot.offer(Pending::Objects(Box::new(objects.clone())));
         }
         objects
     }
@@ -201,7 +210,7 @@ impl LastKnownGood {
     /// (set once, by the cluster that owns the stores).
     pub fn read_live_with(&self, live: impl Fn() -> ClusterObjects + Send + Sync + 'static) {
         if let Some(writer) = &self.writer {
-            let _ = writer.live.set(Box::new(live));
+            let _ = writer.slot.live.set(Box::new(live));
         }
     }
 
@@ -219,7 +228,21 @@ impl LastKnownGood {
         if let Some(writer) = &self.writer
             && self.health.take_dirty()
         {
-            writer.offer(Pending::Live);
+            writer.slot.offer(Pending::Live);
+        }
+    }
+
+    /// A clean stop, once kedge writes no more status (`synced` as for [`LastKnownGood::offer_live`]):
+    /// what changed since the file was last written (kedge's own status writes coming back, most
+    /// often) is written now instead of up to [`WRITE_EVERY`] later, which a stopping process
+    /// would never see; then the writer ends. Waits at most [`STOP_TIMEOUT`].
+    pub async fn stop(&mut self, synced: bool) {
+        self.offer_live(synced);
+        let Some(writer) = self.writer.take() else { return };
+        writer.slot.stop.notify_one();
+        if tokio::time::timeout(STOP_TIMEOUT, writer.task).await.is_err() {
+            let cluster = self.cluster.as_str();
+            tracing::warn!(cluster, timeout = ?STOP_TIMEOUT, "the state file was not written in time at the stop; it keeps the write before");
         }
     }
 }
@@ -257,6 +280,8 @@ fn log_change(cluster: &str, from: &ClusterState, to: &ClusterState) {
 struct Slot {
     latest: Mutex<Option<Pending>>,
     wake: Notify,
+    /// A clean stop: write what waits at once, then end.
+    stop: Notify,
     live: OnceLock<LiveObjects>,
 }
 
@@ -276,29 +301,42 @@ impl Slot {
         *lock(&self.latest) = Some(pending);
         self.wake.notify_one();
     }
+
+    /// What to write now, if anything: the objects offered last, or a copy of the live stores.
+    fn take(&self) -> Option<ClusterObjects> {
+        let pending = lock(&self.latest).take()?;
+        match pending {
+            Pending::Objects(objects) => Some(*objects),
+            Pending::Live => self.live.get().map(|live| live()),
+        }
+    }
 }
 
 /// Starts the task that writes what is offered to `file`, at most once per [`WRITE_EVERY`]:
-/// what arrives meanwhile waits in the slot, and only the latest is written.
-fn spawn_writer(cluster: String, file: PathBuf) -> Arc<Slot> {
+/// what arrives meanwhile waits in the slot, and only the latest is written. At a stop it
+/// writes what waits at once and ends.
+fn spawn_writer(cluster: String, file: PathBuf) -> Writer {
     let slot = Arc::new(Slot::default());
     let s = Arc::clone(&slot);
-    tokio::spawn(async move {
+    let task = tokio::spawn(async move {
         let mut last: Option<Instant> = None;
         let mut failing = false;
         loop {
-            s.wake.notified().await;
-            if let Some(at) = last {
-                tokio::time::sleep_until((at + WRITE_EVERY).into()).await;
+            let mut stopping = tokio::select! {
+                () = s.wake.notified() => false,
+                () = s.stop.notified() => true,
+            };
+            if !stopping && let Some(at) = last {
+                stopping = tokio::select! {
+                    () = tokio::time::sleep_until((at + WRITE_EVERY).into()) => false,
+                    () = s.stop.notified() => true,
+                };
             }
-            let pending = lock(&s.latest).take();
-            let objects = match pending {
-                Some(Pending::Objects(objects)) => *objects,
-                Some(Pending::Live) => match s.live.get() {
-                    Some(live) => live(),
-                    None => continue,
-                },
-                None => continue,
+            let Some(objects) = s.take() else {
+                if stopping {
+                    return;
+                }
+                continue;
             };
             let started = Instant::now();
             let (c, f) = (cluster.clone(), file.clone());
@@ -326,9 +364,12 @@ fn spawn_writer(cluster: String, file: PathBuf) -> Arc<Slot> {
                     }
                 }
             }
+            if stopping {
+                return;
+            }
         }
     });
-    slot
+    Writer { slot, task }
 }
 
 /// Now, as RFC 3339 to the second.

@@ -98,6 +98,22 @@ fn has_gateway_objects(file: &Value) -> bool {
         && file["referencegrants"][0]["spec"]["to"][0]["kind"] == "Service"
 }
 
+/// Whether each Gateway API object in the state file carries a status (kedge's; ReferenceGrants
+/// have none) and the resourceVersion the API server holds now: kedge's own status writes have
+/// come back and are persisted.
+fn settled(api: &FakeApi, file: &Value) -> bool {
+    KINDS.iter().all(|(key, _)| {
+        file[key].as_array().into_iter().flatten().all(|o| {
+            let meta = &o["metadata"];
+            let name = meta["name"].as_str().unwrap_or_default();
+            (*key == "referencegrants" || !o["status"].is_null())
+                && api
+                    .get(key, meta["namespace"].as_str(), name)
+                    .is_some_and(|now| now["metadata"]["resourceVersion"] == meta["resourceVersion"])
+        })
+    })
+}
+
 /// Watch requests on the Gateway API kinds so far, per kind.
 fn gateway_watches(api: &FakeApi) -> Vec<usize> {
     let log = api.request_log();
@@ -223,8 +239,10 @@ fn the_state_file_round_trips_gateway_api_objects() {
     let state_dir = dir.path().join("state");
 
     let mut first = kedge_with_state(&api, &dir, &state_dir, "sync_timeout = \"10s\"");
+    // As they are once kedge's status writes on them have come back: a restarted kedge finds
+    // them so, and writes no status of its own.
     wait_until(Duration::from_secs(10), "the Gateway API objects persisted", || {
-        state_file(&state_dir).is_some_and(|f| has_gateway_objects(&f))
+        state_file(&state_dir).is_some_and(|f| has_gateway_objects(&f) && settled(&api, &f))
     });
     assert!(!first.logs().iter().any(|l| l.contains(ABSENT)), "{:#?}", first.logs());
     first.signal(crate::support::Signal::Term);

@@ -257,6 +257,28 @@ fn a_restart_during_an_outage_serves_the_persisted_state_until_the_live_sync() {
 }
 
 #[test]
+fn a_clean_stop_writes_the_last_change_to_the_state_file() {
+    let (_pods, port) = Upstream::pods("web", 2);
+    let api = api_with_web(port);
+    let dir = TempDir::new("stop-writes");
+    let state_dir = dir.path().join("state");
+    let mut kedge = kedge_with_state(&api, &dir, &state_dir, "10s");
+    wait_until(Duration::from_secs(10), "the state file", || {
+        state_file(&state_dir).is_some_and(|f| persisted_hosts(&f) == ["web.example.com"])
+    });
+    // A change well within a second of that write: the file writer holds it back (one write a
+    // second at most), and SIGTERM comes before the second is over.
+    api.apply("ingresses", ingress("new", "kedge", "new.example.com", "/", "web"));
+    wait_until(Duration::from_secs(10), "the new Ingress served", || {
+        get(&kedge, "new.example.com", "/").0 == 200
+    });
+    kedge.signal(crate::support::Signal::Term);
+    assert!(kedge.wait_exit(Duration::from_secs(10)).success());
+    let file = state_file(&state_dir).expect("state file");
+    assert_eq!(persisted_hosts(&file), ["new.example.com", "web.example.com"]);
+}
+
+#[test]
 fn a_corrupt_or_foreign_state_file_is_reported_and_the_live_sync_awaited() {
     let (_pods, port) = Upstream::pods("web", 1);
     let api = api_with_web(port);

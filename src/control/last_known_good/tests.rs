@@ -183,3 +183,38 @@ async fn changes_after_updates_are_copied_from_the_live_stores_once_per_write() 
     assert_eq!(copies.load(Ordering::SeqCst), 1);
     assert!(on_disk("burst-19"));
 }
+
+#[tokio::test]
+async fn a_stop_writes_what_waits_at_once_and_ends_the_writer() {
+    let dir = TempDir::new("lkg-stop");
+    let state_dir = StateDir::open(dir.path()).expect("state dir");
+    let file = state_dir.cluster_file("prod");
+    let changed = Arc::new(Notify::new());
+    let health = Health::new("prod", &changed);
+    let mut lkg = LastKnownGood::new("prod", Some(&state_dir), Arc::clone(&health));
+    let live = Arc::new(std::sync::Mutex::new(String::from("first")));
+    lkg.read_live_with({
+        let live = Arc::clone(&live);
+        move || sample(&[live.lock().expect("live").as_str()])
+    });
+    let on_disk = || state_file::load(&file, "prod").ok().flatten().map(|(_, s)| hosts(&s));
+    lkg.choose(true, || sample(&["first"]));
+    eventually("the first build on disk", || on_disk().is_some()).await;
+
+    // A change right after that write waits for the next one, a second later; a stop does not
+    // wait for it (the change is on disk when `stop` returns), nor for the change being handed
+    // over first (the store is dirty, no update has offered it yet).
+    *live.lock().expect("live") = String::from("last");
+    health.mark_dirty();
+    let writer = lkg.writer.as_ref().map(|w| w.task.abort_handle()).expect("writer");
+    lkg.stop(true).await;
+    assert_eq!(on_disk(), Some(vec![String::from("last")]));
+    assert!(writer.is_finished(), "the writer ends");
+
+    // Stopped again, or after a stop, nothing more is written.
+    *live.lock().expect("live") = String::from("after");
+    health.mark_dirty();
+    lkg.offer_live(true);
+    lkg.stop(true).await;
+    assert_eq!(on_disk(), Some(vec![String::from("last")]));
+}
