@@ -46,6 +46,10 @@
 //! handshake fails or another certificate is served). In both, a sample's control thread CPU
 //! covers two Secret changes (the one before the clock and the one measured).
 //!
+//! Every scenario also notes what kedge logged during its slowest sample and the 200 ms before
+//! it (builds, state file writes, which kedge logs at debug here, and the like), and how many
+//! state file writes there were during the samples: what a p99 that stands out met.
+//!
 //! Every scenario also reports the CPU time kedge's control thread (`kedge-control`) used
 //! during the samples, per sample (from `/proc/PID/task/TID/schedstat`), 300 ms after the last.
 //!
@@ -72,7 +76,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::thread::JoinHandle;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use serde_json::{Value, json};
 
@@ -252,7 +256,7 @@ fn sample(
     (want, s): (usize, usize),
     change: Change,
     tls: Option<&Tls>,
-) -> (Duration, Duration) {
+) -> (Duration, Duration, SystemTime) {
     let ip = format!("127.0.0.{}", want + 1);
     let svc = format!("probe-{want}");
     let want = format!("pod-{want}");
@@ -280,7 +284,7 @@ fn sample(
             std::thread::sleep(Duration::from_millis(50));
         }
     }
-    let t0 = Instant::now();
+    let (t0, wall) = (Instant::now(), SystemTime::now());
     match change {
         Change::Endpoints => api.apply("endpointslices", slice("default", "probe", port, &[ip])),
         Change::Route => api.apply("httproutes", http_route("default", "probe", HOST, &svc)),
@@ -300,7 +304,7 @@ fn sample(
     };
     if change == Change::Unread {
         kedge.wait_log(&format!("object=\"default/{unread}\""), Duration::from_secs(30));
-        return (t0.elapsed(), t0.elapsed());
+        return (t0.elapsed(), t0.elapsed(), wall);
     }
     let (mut first, mut run_start, mut in_row) = (None, Duration::ZERO, 0);
     while in_row < RUN {
@@ -327,7 +331,48 @@ fn sample(
         }
         assert!(t0.elapsed() < Duration::from_secs(30), "the change never propagated");
     }
-    (first.expect("seen"), run_start)
+    (first.expect("seen"), run_start, wall)
+}
+
+/// When a kedge log line was written: its leading RFC 3339 timestamp (UTC, to the microsecond).
+fn logged_at(line: &str) -> Option<SystemTime> {
+    let at = line.trim_start().split(' ').next()?.strip_suffix('Z')?;
+    let (date, time) = at.split_once('T')?;
+    let num = |s: &str| s.parse::<i64>().ok();
+    let mut d = date.split('-').map(num);
+    let days = kedge::time::days_from_civil(d.next()??, d.next()??, d.next()??);
+    let (hms, frac) = time.split_once('.').unwrap_or((time, "0"));
+    let mut t = hms.split(':').map(num);
+    let secs = days * 86_400 + t.next()?? * 3600 + t.next()?? * 60 + t.next()??;
+    let micros: u64 = format!("{frac:0<6}")[..6].parse().ok()?;
+    Some(UNIX_EPOCH + Duration::from_secs(u64::try_from(secs).ok()?) + Duration::from_micros(micros))
+}
+
+/// kedge's log lines from `from` to `to` (wall clock), each with its offset from `from` in ms.
+fn logged_between(logs: &[String], from: SystemTime, to: SystemTime) -> Vec<String> {
+    logs.iter()
+        .filter_map(|l| {
+            let at = logged_at(l)?;
+            let offset = at.duration_since(from).ok()?;
+            let rest = l.trim_start().split_once(' ')?.1.trim();
+            (at <= to).then(|| format!("+{} ms {rest}", ms(offset)))
+        })
+        .collect()
+}
+
+/// The state file writes kedge logged (at debug), as wall-clock intervals: from its log line
+/// less `took_ms` to the line.
+fn state_writes(logs: &[String]) -> Vec<(SystemTime, SystemTime)> {
+    logs.iter()
+        .filter(|l| l.contains("cluster state persisted"))
+        .filter_map(|l| {
+            let end = logged_at(l)?;
+            let took = logged_in(std::slice::from_ref(l), "cluster state persisted", "took_ms")
+                .first()
+                .copied()?;
+            Some((end - Duration::from_secs_f64(took / 1e3), end))
+        })
+        .collect()
 }
 
 /// Nearest-rank percentile of sorted `v`.
@@ -479,7 +524,7 @@ fn scenario(name: &'static str, extra: usize, samples: usize, kind: Kind, change
         setup = setup.tls();
     }
     let kedge = setup.start(&format!(
-        "[log]\naccess_log = false\n\n[[cluster]]\nname = \"bench\"\nkubeconfig = \"{}\"\nsync_timeout = \"60s\"\n",
+        "[log]\naccess_log = false\nlevel = \"info,kedge::control::last_known_good=debug\"\n\n[[cluster]]\nname = \"bench\"\nkubeconfig = \"{}\"\nsync_timeout = \"60s\"\n",
         kubeconfig.display()
     ));
     let started = spawned.elapsed();
@@ -572,6 +617,7 @@ fn scenario(name: &'static str, extra: usize, samples: usize, kind: Kind, change
     }
     assert_eq!(probe(kedge.addr()), "pod-0");
     let builds_before = logged(&kedge, "route table published", "build_ms").len();
+    let logs_before = kedge.logs().len();
     // kedge's HTTPRoute status writes so far (a write per sample is the probe route's).
     let route_writes = || -> usize {
         names
@@ -582,7 +628,7 @@ fn scenario(name: &'static str, extra: usize, samples: usize, kind: Kind, change
     let writes_before = route_writes();
 
     let load = Load::start(kedge.addr(), 2);
-    let (mut first, mut all) = (Vec::new(), Vec::new());
+    let (mut first, mut all, mut walls) = (Vec::new(), Vec::new(), Vec::new());
     let mut cpu_before = 0;
     // One warm-up sample (not counted), then the measured ones, alternating pods.
     for s in 0..=samples {
@@ -591,10 +637,11 @@ fn scenario(name: &'static str, extra: usize, samples: usize, kind: Kind, change
             // After the warm-up sample's work (and its debounce) is done.
             cpu_before = thread_cpu_ns(kedge.pid(), "kedge-control");
         }
-        let (f, a) = sample(&api, &kedge, port, ((s + 1) % 2, s), change, tls.as_ref());
+        let (f, a, wall) = sample(&api, &kedge, port, ((s + 1) % 2, s), change, tls.as_ref());
         if s > 0 {
             first.push(f);
             all.push(a);
+            walls.push(wall);
         }
     }
     // What the last sample set off (a debounced build, a change that builds nothing) is done.
@@ -642,6 +689,41 @@ fn scenario(name: &'static str, extra: usize, samples: usize, kind: Kind, change
         let before: Vec<&str> = logs[w[0] + 1..w[1]].iter().rev().take(4).map(|l| l.trim()).collect();
         notes.push(format!("a full build during the samples came after: {before:?}"));
     }
+    // What kedge logged during the slowest sample (and the 200 ms before it): a build, a state
+    // file write, a status view that met it. And whether the samples that met a state file
+    // write (its copy, encoding and I/O on a thread of its own) were slower than the others.
+    let writes = state_writes(&logs[logs_before..]);
+    let met_write = |i: usize| {
+        let end = walls[i] + all[i];
+        writes.iter().any(|&(from, to)| from <= end && to >= walls[i])
+    };
+    if let Some((i, slowest)) = all.iter().enumerate().max_by_key(|(_, d)| **d) {
+        let from = walls[i] - Duration::from_millis(200);
+        let lines = logged_between(&logs, from, walls[i] + *slowest);
+        notes.push(format!(
+            "the slowest sample ({} ms; a state file write {}): kedge logged, in ms from 200 ms before it: {lines:#?}",
+            ms(*slowest),
+            if met_write(i) { "met it" } else { "did not meet it" },
+        ));
+    }
+    let (mut met, mut clear): (Vec<Duration>, Vec<Duration>) = (Vec::new(), Vec::new());
+    for (i, d) in all.iter().enumerate() {
+        if met_write(i) { &mut met } else { &mut clear }.push(*d);
+    }
+    met.sort();
+    clear.sort();
+    let median = |v: &[Duration]| if v.is_empty() { "-".to_owned() } else { ms(pct(v, 50.0)) };
+    notes.push(format!(
+        "state file writes during the samples: {} (took_ms max {:.0}); samples that met one: {}, all p50 {} ms / max {} ms; the others: {}, p50 {} ms / max {} ms",
+        writes.len(),
+        writes.iter().map(|(f, t)| t.duration_since(*f).unwrap_or_default().as_secs_f64() * 1e3).fold(0.0, f64::max),
+        met.len(),
+        median(&met),
+        met.last().map_or("-".to_owned(), |d| ms(*d)),
+        clear.len(),
+        median(&clear),
+        clear.last().map_or("-".to_owned(), |d| ms(*d)),
+    ));
     if extra > 0 {
         notes.push(format!(
             "kedge VmHWM after the samples: {:.1} MB",
