@@ -62,7 +62,7 @@ impl LastKnownGood {
     /// on the current tokio runtime.
     pub fn new(name: &str, dir: Option<&StateDir>, health: Arc<Health>) -> LastKnownGood {
         let file = dir.map(|d| d.cluster_file(name));
-        let writer = file.clone().map(|f| spawn_writer(name.to_owned(), f));
+        let writer = file.clone().and_then(|f| spawn_writer(name.to_owned(), f));
         LastKnownGood {
             cluster: name.to_owned(),
             health,
@@ -303,6 +303,8 @@ impl Slot {
     }
 
     /// What to write now, if anything: the objects offered last, or a copy of the live stores.
+    /// The copy is cheap (the stores hold `Arc`s) and is made on the control thread, like every
+    /// other read of the stores: no lock of theirs is ever held by the low-priority thread.
     fn take(&self) -> Option<ClusterObjects> {
         let pending = lock(&self.latest).take()?;
         match pending {
@@ -312,10 +314,54 @@ impl Slot {
     }
 }
 
+/// The nice value of the thread that encodes and writes a state file. That work is
+/// bulky (at 10k Ingresses and 50k endpoints about a quarter of a second of CPU on a slow core,
+/// at most once a second while objects change) and never urgent: at a lower priority it does
+/// not take a core from the workers or the control thread when they want one, and still gets
+/// done, later, when they are busy.
+const WRITER_NICE: libc::c_int = 10;
+
+/// A job for the writer thread.
+type Job = Box<dyn FnOnce() + Send>;
+
+/// Sets the calling thread's nice value (on Linux a nice value belongs to a thread: this one
+/// only). Failing (a seccomp filter, say) leaves it at the default priority, which works too.
+#[allow(unsafe_code)]
+fn lower_priority(nice: libc::c_int) {
+    // SAFETY: plain system calls on the calling thread's own id, no memory passed.
+    unsafe {
+        libc::setpriority(libc::PRIO_PROCESS, libc::gettid() as libc::id_t, nice);
+    }
+}
+
+/// Starts the thread that runs the writer task's jobs at [`WRITER_NICE`]; it ends when the
+/// sender is dropped.
+fn spawn_writer_thread() -> io::Result<std::sync::mpsc::Sender<Job>> {
+    let (tx, rx) = std::sync::mpsc::channel::<Job>();
+    std::thread::Builder::new().name("kedge-state".into()).spawn(move || {
+        lower_priority(WRITER_NICE);
+        for job in rx {
+            job();
+        }
+    })?;
+    Ok(tx)
+}
+
 /// Starts the task that writes what is offered to `file`, at most once per [`WRITE_EVERY`]:
-/// what arrives meanwhile waits in the slot, and only the latest is written. At a stop it
-/// writes what waits at once and ends.
-fn spawn_writer(cluster: String, file: PathBuf) -> Writer {
+/// what arrives meanwhile waits in the slot, and only the latest is written, encoded and written
+/// by a thread of its own at a lower priority ([`WRITER_NICE`]). At a stop it
+/// writes what waits at once and ends. `None` (logged) when the thread cannot be started.
+fn spawn_writer(cluster: String, file: PathBuf) -> Option<Writer> {
+    let jobs = match spawn_writer_thread() {
+        Ok(jobs) => jobs,
+        Err(e) => {
+            tracing::warn!(
+                cluster,
+                "cannot start the state file writer: {e}; running without persistence"
+            );
+            return None;
+        }
+    };
     let slot = Arc::new(Slot::default());
     let s = Arc::clone(&slot);
     let task = tokio::spawn(async move {
@@ -340,12 +386,18 @@ fn spawn_writer(cluster: String, file: PathBuf) -> Writer {
             };
             let started = Instant::now();
             let (c, f) = (cluster.clone(), file.clone());
-            let written = tokio::task::spawn_blocking(move || {
-                let bytes = state_file::encode(&c, &now_rfc3339(), &objects).map_err(io::Error::other)?;
-                state_file::write_atomic(&f, &bytes).map(|()| bytes.len())
-            })
-            .await
-            .unwrap_or_else(|e| Err(io::Error::other(e)));
+            let (done, written) = tokio::sync::oneshot::channel();
+            let job: Job = Box::new(move || {
+                let written = state_file::encode(&c, &now_rfc3339(), &objects)
+                    .map_err(io::Error::other)
+                    .and_then(|bytes| state_file::write_atomic(&f, &bytes).map(|()| bytes.len()));
+                let _ = done.send(written);
+            });
+            let ended = || io::Error::other("the state file writer thread has ended");
+            let written = match jobs.send(job) {
+                Ok(()) => written.await.unwrap_or_else(|_| Err(ended())),
+                Err(_) => Err(ended()),
+            };
             last = Some(Instant::now());
             let (cluster, file) = (cluster.as_str(), file.display());
             match written {
@@ -369,7 +421,7 @@ fn spawn_writer(cluster: String, file: PathBuf) -> Writer {
             }
         }
     });
-    Writer { slot, task }
+    Some(Writer { slot, task })
 }
 
 /// Now, as RFC 3339 to the second.

@@ -218,3 +218,31 @@ async fn a_stop_writes_what_waits_at_once_and_ends_the_writer() {
     lkg.stop(true).await;
     assert_eq!(on_disk(), Some(vec![String::from("last")]));
 }
+
+#[tokio::test]
+async fn the_file_is_written_by_a_thread_at_a_lower_priority() {
+    let dir = TempDir::new("lkg-nice");
+    let state_dir = StateDir::open(dir.path()).expect("state dir");
+    let changed = Arc::new(Notify::new());
+    let health = Health::new("prod", &changed);
+    let lkg = LastKnownGood::new("prod", Some(&state_dir), Arc::clone(&health));
+    // The nice value of every thread of this process named `kedge-state` (field 19 of its stat,
+    // counted after the command name in parentheses).
+    let nice_values = || -> Vec<i64> {
+        std::fs::read_dir("/proc/self/task")
+            .expect("tasks")
+            .filter_map(|t| {
+                let stat = std::fs::read_to_string(t.ok()?.path().join("stat")).ok()?;
+                let (name, rest) = stat.split_once(" (")?.1.rsplit_once(") ")?;
+                (name == "kedge-state").then(|| rest.split(' ').nth(16)?.parse().ok())?
+            })
+            .collect()
+    };
+    // (A thread just started sets its priority first thing: other tests start some too.)
+    eventually("kedge-state threads, every one at WRITER_NICE", || {
+        let v = nice_values();
+        !v.is_empty() && v.iter().all(|&n| n == i64::from(WRITER_NICE))
+    })
+    .await;
+    drop(lkg);
+}
