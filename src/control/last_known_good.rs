@@ -3,8 +3,8 @@
 //! - **Persistence.** Once a cluster has synced live, its objects (every kind's, as
 //!   [`kinds`](super::kinds) says what is kept) are written to its state file after every
 //!   change, at most once per [`WRITE_EVERY`] (a burst of changes is written once it is over),
-//!   by a task of the control runtime with the encoding and the file I/O on tokio's blocking
-//!   pool. Never before the first live sync: a store that is still empty must not overwrite
+//!   by a task of the control runtime, with the encoding and the file I/O on a thread of its
+//!   own at a lower priority ([`WRITER_NICE`]). Never before the first live sync: a store that is still empty must not overwrite
 //!   good state. A clean stop ([`LastKnownGood::stop`]) writes what is still waiting at once, so
 //!   the file ends with the last change kedge saw, not with the one before its last second.
 //! - **Start during an outage.** A cluster whose watches fail before their first sync (the API
@@ -348,9 +348,9 @@ fn spawn_writer_thread() -> io::Result<std::sync::mpsc::Sender<Job>> {
 }
 
 /// Starts the task that writes what is offered to `file`, at most once per [`WRITE_EVERY`]:
-/// what arrives meanwhile waits in the slot, and only the latest is written, encoded and written
-/// by a thread of its own at a lower priority ([`WRITER_NICE`]). At a stop it
-/// writes what waits at once and ends. `None` (logged) when the thread cannot be started.
+/// what arrives meanwhile waits in the slot, and only the latest is written. Its thread (at
+/// [`WRITER_NICE`]) encodes and writes; the task waits for it. At a stop the task writes what
+/// waits at once and ends. `None` (logged) when the thread cannot be started.
 fn spawn_writer(cluster: String, file: PathBuf) -> Option<Writer> {
     let jobs = match spawn_writer_thread() {
         Ok(jobs) => jobs,
