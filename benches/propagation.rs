@@ -47,8 +47,9 @@
 //! covers two Secret changes (the one before the clock and the one measured).
 //!
 //! Every scenario also notes what kedge logged during its slowest sample and the 200 ms before
-//! it (builds, state file writes, which kedge logs at debug here, and the like), and how many
-//! state file writes there were during the samples: what a p99 that stands out met.
+//! it (builds with their wall and CPU time, state file writes, which kedge logs at debug here,
+//! and the like), how many state file writes there were during the samples, and the p50 of the
+//! samples that met one against the others': what a p99 that stands out met.
 //!
 //! Every scenario also reports the CPU time kedge's control thread (`kedge-control`) used
 //! during the samples, per sample (from `/proc/PID/task/TID/schedstat`), 300 ms after the last.
@@ -691,7 +692,7 @@ fn scenario(name: &'static str, extra: usize, samples: usize, kind: Kind, change
     }
     // What kedge logged during the slowest sample (and the 200 ms before it): a build, a state
     // file write, a status view that met it. And whether the samples that met a state file
-    // write (its copy, encoding and I/O on a thread of its own) were slower than the others.
+    // write (its encoding and I/O, on a thread of its own) were slower than the others.
     let writes = state_writes(&logs[logs_before..]);
     let met_write = |i: usize| {
         let end = walls[i] + all[i];
