@@ -20,19 +20,25 @@ async fn eventually(what: &str, mut cond: impl FnMut() -> bool) {
     }
 }
 
-#[tokio::test]
-async fn persisted_objects_serve_until_the_live_sync_then_the_live_ones_are_written() {
-    let dir = TempDir::new("lkg");
+/// Cluster `prod` persisting to a new state directory (`what` names it): the directory, kept
+/// for the test's life, the cluster's state file, its health and its last known good.
+fn persisting(what: &str) -> (TempDir, PathBuf, Arc<Health>, LastKnownGood) {
+    let dir = TempDir::new(what);
     let state_dir = StateDir::open(dir.path()).expect("state dir");
     let file = state_dir.cluster_file("prod");
+    let health = Health::new("prod", &Arc::new(Notify::new()));
+    let lkg = LastKnownGood::new("prod", Some(&state_dir), Arc::clone(&health));
+    (dir, file, health, lkg)
+}
+
+#[tokio::test]
+async fn persisted_objects_serve_until_the_live_sync_then_the_live_ones_are_written() {
+    let (_dir, file, health, lkg) = persisting("lkg");
     state_file::write_atomic(
         &file,
         &state_file::encode("prod", "2025-01-02T03:04:05Z", &sample(&["old"])).expect("encode"),
     )
     .expect("write");
-    let changed = Arc::new(Notify::new());
-    let health = Health::new("prod", &changed);
-    let lkg = LastKnownGood::new("prod", Some(&state_dir), Arc::clone(&health));
     let live = || sample(&["new"]);
 
     assert_eq!(lkg.state(), ClusterState::NotSynced);
@@ -136,12 +142,7 @@ fn without_persistence_a_timeout_leaves_the_cluster_not_synced() {
 async fn changes_after_updates_are_copied_from_the_live_stores_once_per_write() {
     use std::sync::Mutex;
     use std::sync::atomic::{AtomicUsize, Ordering};
-    let dir = TempDir::new("lkg-live");
-    let state_dir = StateDir::open(dir.path()).expect("state dir");
-    let file = state_dir.cluster_file("prod");
-    let changed = Arc::new(Notify::new());
-    let health = Health::new("prod", &changed);
-    let lkg = LastKnownGood::new("prod", Some(&state_dir), Arc::clone(&health));
+    let (_dir, file, health, lkg) = persisting("lkg-live");
     // The live stores, and how often the writer copied them.
     let live = Arc::new(Mutex::new(String::from("first")));
     let copies = Arc::new(AtomicUsize::new(0));
@@ -186,12 +187,7 @@ async fn changes_after_updates_are_copied_from_the_live_stores_once_per_write() 
 
 #[tokio::test]
 async fn a_stop_writes_what_waits_at_once_and_ends_the_writer() {
-    let dir = TempDir::new("lkg-stop");
-    let state_dir = StateDir::open(dir.path()).expect("state dir");
-    let file = state_dir.cluster_file("prod");
-    let changed = Arc::new(Notify::new());
-    let health = Health::new("prod", &changed);
-    let mut lkg = LastKnownGood::new("prod", Some(&state_dir), Arc::clone(&health));
+    let (_dir, file, health, mut lkg) = persisting("lkg-stop");
     let live = Arc::new(std::sync::Mutex::new(String::from("first")));
     lkg.read_live_with({
         let live = Arc::clone(&live);
@@ -221,11 +217,7 @@ async fn a_stop_writes_what_waits_at_once_and_ends_the_writer() {
 
 #[tokio::test]
 async fn the_file_is_written_by_a_thread_at_a_lower_priority() {
-    let dir = TempDir::new("lkg-nice");
-    let state_dir = StateDir::open(dir.path()).expect("state dir");
-    let changed = Arc::new(Notify::new());
-    let health = Health::new("prod", &changed);
-    let lkg = LastKnownGood::new("prod", Some(&state_dir), Arc::clone(&health));
+    let (_dir, _file, _health, lkg) = persisting("lkg-nice");
     // The nice value of every thread of this process named `kedge-state` (field 19 of its stat,
     // counted after the command name in parentheses).
     let nice_values = || -> Vec<i64> {
