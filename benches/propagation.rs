@@ -51,6 +51,10 @@
 //! and the like), how many state file writes there were during the samples, and the p50 of the
 //! samples that met one against the others': what a p99 that stands out met.
 //!
+//! Scenarios whose change kedge logs at info (all but the EndpointSlice ones) also split the
+//! samples into where their time went: the watch (the change written → kedge's watch logged
+//! it), the build (→ "route table published") and the pick-up (→ the first request answered).
+//!
 //! Every scenario also reports the CPU time kedge's control thread (`kedge-control`) used
 //! during the samples, per sample (from `/proc/PID/task/TID/schedstat`), 300 ms after the last.
 //!
@@ -374,6 +378,60 @@ fn state_writes(logs: &[String]) -> Vec<(SystemTime, SystemTime)> {
             Some((end - Duration::from_secs_f64(took / 1e3), end))
         })
         .collect()
+}
+
+/// Where each sample's time went, from kedge's log: **watch**, the change written → kedge's
+/// watch logged it ("applied"/"deleted" of the probe object, at info for every kind but
+/// EndpointSlices); **build**, that line → the next "route table published" (the build, the
+/// swap and the line itself); **pick-up**, that line → the first request answered by the new
+/// state (`first`; negative when a worker answered from the new table before the line was
+/// written). p50 / p90 / max of each over the samples that have both lines; `None` for the
+/// scenarios whose change is not logged at info.
+fn phases(logs: &[String], walls: &[SystemTime], first: &[Duration]) -> Option<String> {
+    let probe = |l: &String| {
+        (l.contains(" applied ") || l.contains(" deleted "))
+            && (l.contains("object=\"default/probe\"") || l.contains("object=\"default/probe-tls\""))
+    };
+    let signed_ms = |from: SystemTime, to: SystemTime| match to.duration_since(from) {
+        Ok(d) => d.as_secs_f64() * 1e3,
+        Err(e) => -e.duration().as_secs_f64() * 1e3,
+    };
+    let (mut watch, mut build, mut pickup) = (Vec::new(), Vec::new(), Vec::new());
+    for (&wall, &first) in walls.iter().zip(first) {
+        let Some((i, seen)) = logs
+            .iter()
+            .enumerate()
+            .filter(|(_, l)| probe(l))
+            .find_map(|(i, l)| logged_at(l).filter(|&at| at >= wall).map(|at| (i, at)))
+        else {
+            continue;
+        };
+        let Some(published) = logs[i..]
+            .iter()
+            .filter(|l| l.contains("route table published"))
+            .find_map(|l| logged_at(l))
+        else {
+            continue;
+        };
+        watch.push(signed_ms(wall, seen));
+        build.push(signed_ms(seen, published));
+        pickup.push(signed_ms(published, wall + first));
+    }
+    if watch.is_empty() {
+        return None;
+    }
+    let summary = |v: &mut Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        let at = |p: f64| v[(((p / 100.0) * v.len() as f64).ceil() as usize).clamp(1, v.len()) - 1];
+        format!("{:.1} / {:.1} / {:.1}", at(50.0), at(90.0), v[v.len() - 1])
+    };
+    Some(format!(
+        "where the time went ({} samples; p50 / p90 / max ms): watch {}; build {}; pick-up {}",
+        watch.len(),
+        summary(&mut watch),
+        summary(&mut build),
+        summary(&mut pickup),
+    ))
 }
 
 /// Nearest-rank percentile of sorted `v`.
@@ -706,6 +764,9 @@ fn scenario(name: &'static str, extra: usize, samples: usize, kind: Kind, change
             ms(*slowest),
             if met_write(i) { "met it" } else { "did not meet it" },
         ));
+    }
+    if let Some(phases) = phases(&logs[logs_before..], &walls, &first) {
+        notes.push(phases);
     }
     let (mut met, mut clear): (Vec<Duration>, Vec<Duration>) = (Vec::new(), Vec::new());
     for (i, d) in all.iter().enumerate() {

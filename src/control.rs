@@ -23,7 +23,8 @@
 //! about them). Status writes coming back build nothing; once they are quiet an update with no
 //! change hands the status writers a fresh view. Endpoint-only changes and updates are
 //! published at once when the loop was idle; bursts (and every full rebuild) wait out
-//! `DEBOUNCE`. A published snapshot is never modified. Workers only ever *load* what this
+//! `DEBOUNCE` (a wake-up that brought no change, such as a status write coming back, is no
+//! burst). A published snapshot is never modified. Workers only ever *load* what this
 //! publishes.
 
 mod certs;
@@ -114,6 +115,30 @@ impl Settle {
     fn push(&mut self, now: tokio::time::Instant) {
         if let Some(since) = self.since {
             self.at = Some((now + SETTLE).min(since + SETTLE_MAX));
+        }
+    }
+}
+
+/// When the control loop last took changes, for [`DEBOUNCE`]: a wake-up within it of that is
+/// part of a burst and waits out the rest of it.
+#[derive(Default)]
+struct Burst {
+    last: Option<tokio::time::Instant>,
+}
+
+impl Burst {
+    /// Until when a wake-up at `now` waits before it takes the changes (`None`: at once).
+    fn wait(&self, now: tokio::time::Instant) -> Option<tokio::time::Instant> {
+        self.last.map(|at| at + DEBOUNCE).filter(|&until| until > now)
+    }
+
+    /// The loop took changes at `now`; `nothing`: the wake-up brought none. Only a change
+    /// starts a burst: kedge's own status writes coming back (a thousand a second while it
+    /// writes 10k routes' statuses), a watch failing or recovering, must not hold the next
+    /// change back.
+    fn took(&mut self, now: tokio::time::Instant, nothing: bool) {
+        if !nothing {
+            self.last = Some(now);
         }
     }
 }
@@ -269,8 +294,7 @@ fn control_thread(
         cert_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut host_check = tokio::time::interval(HOST_CHECK);
         host_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        // When the loop last took changes: a wake-up within DEBOUNCE of it is part of a burst.
-        let mut last_taken: Option<tokio::time::Instant> = None;
+        let mut burst = Burst::default();
 
         loop {
             // Back to waiting after a build: the admin server reports the states it decided.
@@ -301,10 +325,8 @@ fn control_thread(
                     Some(Command::Stop) | None => break,
                 },
                 () = changed.notified() => {
-                    if let Some(at) = last_taken
-                        && at.elapsed() < DEBOUNCE
-                    {
-                        tokio::time::sleep_until(at + DEBOUNCE).await;
+                    if let Some(until) = burst.wait(tokio::time::Instant::now()) {
+                        tokio::time::sleep_until(until).await;
                     }
                     let mut changes: Vec<Changes> = clusters.iter().map(Cluster::take_changes).collect();
                     if changes.iter().any(|c| c.full) {
@@ -315,8 +337,8 @@ fn control_thread(
                             ch.merge(c.take_changes());
                         }
                     }
-                    last_taken = Some(tokio::time::Instant::now());
                     let nothing = changes.iter().all(Changes::is_empty);
+                    burst.took(tokio::time::Instant::now(), nothing);
                     let endpoints_only = changes.iter().all(Changes::endpoints_only) && !nothing;
                     let updatable = changes.iter().all(|c| !c.full) && !nothing;
                     let now = tokio::time::Instant::now();
@@ -892,5 +914,23 @@ mod tests {
         sorted.sort();
         sorted.dedup();
         assert_eq!(addresses, sorted);
+    }
+
+    /// A change within DEBOUNCE of the last change waits out the rest of it; wake-ups that
+    /// brought nothing (status writes coming back) neither start a burst nor prolong one.
+    #[test]
+    fn only_changes_make_a_burst() {
+        use super::{Burst, DEBOUNCE};
+        let t0 = tokio::time::Instant::now();
+        let ms = |n: u64| t0 + std::time::Duration::from_millis(n);
+        let mut burst = Burst::default();
+        assert_eq!(burst.wait(t0), None, "an idle loop takes a change at once");
+        burst.took(t0, true);
+        assert_eq!(burst.wait(ms(1)), None, "a status write coming back is no burst");
+        burst.took(t0, false);
+        assert_eq!(burst.wait(ms(1)), Some(t0 + DEBOUNCE), "a change 1 ms after a change");
+        burst.took(ms(3), true);
+        assert_eq!(burst.wait(ms(4)), Some(t0 + DEBOUNCE), "nothing does not prolong it");
+        assert_eq!(burst.wait(t0 + DEBOUNCE), None, "the window is over");
     }
 }
