@@ -582,8 +582,11 @@ fn scenario(name: &'static str, extra: usize, samples: usize, kind: Kind, change
     if tls.is_some() {
         setup = setup.tls();
     }
+    // KEDGE_BENCH_LOG: another log level for kedge (more of it at debug, to see what the
+    // slowest sample met); the state file writes must stay at debug for the split below.
+    let level = std::env::var("KEDGE_BENCH_LOG").unwrap_or_else(|_| "info".into());
     let kedge = setup.start(&format!(
-        "[log]\naccess_log = false\nlevel = \"info,kedge::control::last_known_good=debug\"\n\n[[cluster]]\nname = \"bench\"\nkubeconfig = \"{}\"\nsync_timeout = \"60s\"\n",
+        "[log]\naccess_log = false\nlevel = \"{level},kedge::control::last_known_good=debug\"\n\n[[cluster]]\nname = \"bench\"\nkubeconfig = \"{}\"\nsync_timeout = \"60s\"\n",
         kubeconfig.display()
     ));
     let started = spawned.elapsed();

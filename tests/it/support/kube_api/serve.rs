@@ -60,6 +60,10 @@ pub(super) async fn accept_loop(
 /// Serves one connection until the client leaves or an outage starts.
 async fn connection(shared: Arc<Shared>, acceptor: TlsAcceptor, tcp: TcpStream, _open: Gauge) {
     let mut paused = shared.paused.subscribe();
+    // As the API server's (Go's net package sets TCP_NODELAY on every connection): a watch
+    // event goes out at once, not behind the previous event's delayed ACK (up to 40 ms on
+    // Linux), which a watch stream of small events now and then would otherwise meet.
+    let _ = tcp.set_nodelay(true);
     let serve = async move {
         let Ok(tls) = acceptor.accept(tcp).await else {
             return;
