@@ -258,6 +258,9 @@ pub struct ClusterConfig {
     /// kedge makes one anyway: updates are exact, this bounds what a bug in them could leave
     /// behind. The shortest of the clusters' counts.
     pub resync: Duration,
+    /// The most status writes (Ingress and Gateway API together) kedge makes per second to the
+    /// cluster's API server, with a burst of as many (`control/status.rs`, `Pace`).
+    pub status_writes_per_second: u32,
 }
 
 /// A Lease's namespace and name (`status_lease = "namespace/name"`).
@@ -858,6 +861,13 @@ impl Cx<'_> {
                 Duration::from_secs(600),
                 (Duration::from_secs(1)..=Duration::from_secs(86_400), "from 1s to 24h"),
             )?,
+            status_writes_per_second: u32::try_from(self.bounded(
+                &c.status_writes_per_second,
+                &key("status_writes_per_second"),
+                200,
+                1..100_001,
+            )?)
+            .expect("bounded"),
         })
     }
 
@@ -1147,6 +1157,7 @@ struct FileCluster {
     sync_timeout: Option<Spanned<String>>,
     watch_retry_max: Option<Spanned<String>>,
     resync: Option<Spanned<String>>,
+    status_writes_per_second: Option<Spanned<u64>>,
 }
 
 #[derive(Deserialize, Default)]

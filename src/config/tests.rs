@@ -268,12 +268,13 @@ fn clusters() {
     assert_eq!(k.sync_timeout, Duration::from_secs(30));
     assert_eq!(k.watch_retry_max, Duration::from_secs(5));
     assert_eq!(k.resync, Duration::from_secs(600));
+    assert_eq!(k.status_writes_per_second, 200);
     assert_eq!(k.status_lease.to_string(), "default/kedge-kedge");
 
     let c = parse_ok(&format!(
         "{MINIMAL}[[cluster]]\nname = \"edge-1\"\nupstream = \"nodeports\"\nnode_address_type = \"ExternalIP\"\n\
          namespaces = [\"web\"]\npublish_addresses = [\"203.0.113.10\", \"lb.example.com\"]\n\
-         watch_retry_max = \"2s\"\nresync = \"1m\"\ningress_class = \"edge\"\ngateway_controller = \"example.com/edge\"\n"
+         watch_retry_max = \"2s\"\nresync = \"1m\"\nstatus_writes_per_second = 50\ningress_class = \"edge\"\ngateway_controller = \"example.com/edge\"\n"
     ));
     assert_eq!(c.clusters[0].gateway_controller, "example.com/edge");
     let k = &c.clusters[0];
@@ -284,6 +285,7 @@ fn clusters() {
     );
     assert_eq!(k.watch_retry_max, Duration::from_secs(2));
     assert_eq!(k.resync, Duration::from_secs(60));
+    assert_eq!(k.status_writes_per_second, 50);
     assert_eq!(k.upstream, UpstreamMode::Nodeports);
     assert_eq!(k.namespaces, ["web"]);
     assert_eq!(k.publish_addresses, ["203.0.113.10", "lb.example.com"]);
@@ -319,6 +321,10 @@ fn clusters() {
         (
             "[[cluster]]\nname = \"a\"\nresync = \"500ms\"\n",
             "kedge.toml:5:10: cluster[0].resync: must be from 1s to 24h",
+        ),
+        (
+            "[[cluster]]\nname = \"a\"\nstatus_writes_per_second = 0\n",
+            "kedge.toml:5:28: cluster[0].status_writes_per_second: must be between 1 and 100000",
         ),
         (
             "[[cluster]]\nname = \"a\"\n[[cluster]]\nname = \"a\"\n",

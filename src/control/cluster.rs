@@ -46,6 +46,8 @@ pub struct Cluster {
     /// The status Lease election both writers follow: started with the Ingress writer, or with
     /// the Gateway API one.
     election: OnceLock<Election>,
+    /// The pace of both writers' status writes (`status_writes_per_second`).
+    pace: Arc<status::Pace>,
     client: kube::Client,
     /// Watches that have completed their first full list.
     listed: Arc<AtomicUsize>,
@@ -99,7 +101,8 @@ impl Cluster {
             retry_max: cfg.watch_retry_max,
         });
         let election = OnceLock::new();
-        let status = status::Writer::spawn(client.clone(), cfg, || {
+        let pace = status::Pace::new(cfg.status_writes_per_second);
+        let status = status::Writer::spawn(client.clone(), cfg, Arc::clone(&pace), || {
             election.get_or_init(|| Election::start(client.clone(), cfg)).holding()
         });
         let lkg = LastKnownGood::new(&cfg.name, state_dir, Arc::clone(&health));
@@ -123,6 +126,7 @@ impl Cluster {
             gateway_written: Mutex::default(),
             view_owed: std::sync::atomic::AtomicBool::new(false),
             election,
+            pace,
             client,
             listed,
             lkg,
@@ -402,7 +406,12 @@ impl Cluster {
             let election = self
                 .election
                 .get_or_init(|| Election::start(self.client.clone(), &self.config));
-            gateway_status::Writer::spawn(self.client.clone(), &self.config.name, election.holding())
+            gateway_status::Writer::spawn(
+                self.client.clone(),
+                &self.config.name,
+                Arc::clone(&self.pace),
+                election.holding(),
+            )
         });
         writer.offer(items);
     }

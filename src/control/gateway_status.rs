@@ -37,7 +37,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use super::gateway_types::{Gateway, GatewayClass, GrpcRoute, HttpRoute, ParentRef, RouteParentStatus, RouteStatus};
-use super::status::{Logged, Patching, WriterKind, write_loop};
+use super::status::{Logged, Pace, Patching, WriterKind, write_loop};
 use super::translate::Objects;
 use super::translate::gateway::{Attachment, Cond, RouteObject, RouteParent, RouteRecords, RouteRef, same_generation};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
@@ -478,10 +478,18 @@ pub struct Writer {
 
 impl Writer {
     /// Starts the writer task on the current runtime, writing while `holding`.
-    pub fn spawn(client: Client, cluster: &str, holding: watch::Receiver<bool>) -> Writer {
+    /// `pace`: the cluster's, shared with its Ingress status writer.
+    pub(super) fn spawn(client: Client, cluster: &str, pace: Arc<Pace>, holding: watch::Receiver<bool>) -> Writer {
         let (latest, views) = watch::channel(None);
         let writing = Arc::new(AtomicBool::new(false));
-        let task = tokio::spawn(run(client, cluster.to_owned(), views, holding, Arc::clone(&writing)));
+        let task = tokio::spawn(run(
+            client,
+            cluster.to_owned(),
+            views,
+            holding,
+            Arc::clone(&writing),
+            pace,
+        ));
         Writer { latest, task, writing }
     }
 
@@ -614,9 +622,10 @@ async fn run(
     views: watch::Receiver<Option<std::sync::Arc<Vec<Item>>>>,
     holding: watch::Receiver<bool>,
     writing: Arc<AtomicBool>,
+    pace: Arc<Pace>,
 ) {
     let kind = Items { sent: HashMap::new() };
-    write_loop(client, cluster, kind, views, holding, &writing).await;
+    write_loop(client, cluster, kind, views, holding, &writing, &pace).await;
 }
 
 #[cfg(test)]

@@ -52,6 +52,43 @@ const CONCURRENCY: usize = 8;
 /// The field manager named in every write.
 const FIELD_MANAGER: &str = "kedge";
 
+/// The pace of one cluster's status writes, Ingress and Gateway API alike (the cluster's
+/// `status_writes_per_second`): a token bucket that fills at that rate and holds one second's
+/// worth. A few writes go at once; thousands (10k routes' first statuses, a Gateway change
+/// every route's status reflects) go at the rate, as client-go's QPS limit paces a
+/// controller, so that neither the API server (its etcd writes, the watch events they send
+/// every watcher) nor kedge's control thread (the writes and their events coming back, before
+/// the next change in line) gets the whole burst at once.
+pub(super) struct Pace {
+    per_second: f64,
+    /// Tokens, and when they were counted.
+    bucket: std::sync::Mutex<(f64, Instant)>,
+}
+
+impl Pace {
+    pub(super) fn new(per_second: u32) -> Arc<Pace> {
+        let per_second = f64::from(per_second.max(1));
+        Arc::new(Pace {
+            per_second,
+            bucket: std::sync::Mutex::new((per_second, Instant::now())),
+        })
+    }
+
+    /// Takes a write's token at `now`; `Err(when)`: none now, the next one is there at `when`.
+    fn take(&self, now: Instant) -> Result<(), Instant> {
+        let mut bucket = self.bucket.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let (tokens, at) = *bucket;
+        let tokens = (tokens + now.saturating_duration_since(at).as_secs_f64() * self.per_second).min(self.per_second);
+        if tokens >= 1.0 {
+            *bucket = (tokens - 1.0, now);
+            Ok(())
+        } else {
+            *bucket = (tokens, now);
+            Err(now + Duration::from_secs_f64((1.0 - tokens) / self.per_second))
+        }
+    }
+}
+
 /// An Ingress's (namespace, name).
 type Key = (String, String);
 
@@ -76,6 +113,7 @@ impl Writer {
     pub fn spawn(
         client: Client,
         cfg: &ClusterConfig,
+        pace: Arc<Pace>,
         holding: impl FnOnce() -> watch::Receiver<bool>,
     ) -> Option<Writer> {
         if cfg.publish_addresses.is_empty() {
@@ -92,6 +130,7 @@ impl Writer {
             addresses(&cfg.publish_addresses),
             views,
             holding(),
+            pace,
         ));
         Some(Writer { latest, task })
     }
@@ -265,6 +304,7 @@ async fn run(
     ours: Vec<IngressLoadBalancerIngress>,
     views: watch::Receiver<Option<Arc<View>>>,
     holding: watch::Receiver<bool>,
+    pace: Arc<Pace>,
 ) {
     let ours_json = serde_json::to_value(&ours).unwrap_or(Value::Null);
     let kind = Ingresses {
@@ -272,7 +312,7 @@ async fn run(
         ours_json,
         sent: HashMap::new(),
     };
-    write_loop(client, cluster, kind, views, holding, &AtomicBool::new(false)).await;
+    write_loop(client, cluster, kind, views, holding, &AtomicBool::new(false), &pace).await;
 }
 
 /// PATCH of the status of object `name` of the collection at `url` (`Resource::url_path`). The
@@ -342,6 +382,7 @@ pub(super) async fn write_loop<K: WriterKind>(
     mut views: watch::Receiver<Option<Arc<K::View>>>,
     mut holding: watch::Receiver<bool>,
     writing: &AtomicBool,
+    pace: &Pace,
 ) {
     let params = PatchParams {
         field_manager: Some(FIELD_MANAGER.to_owned()),
@@ -375,19 +416,36 @@ pub(super) async fn write_loop<K: WriterKind>(
         drop(planned);
 
         writing.store(!writes.is_empty(), Ordering::Release);
-        let mut todo = writes.into_iter();
+        let mut todo = writes.into_iter().peekable();
         let mut in_flight = FuturesUnordered::new();
         // Set when a newer view arrived or the API server is unreachable: finish what is in
         // flight, start nothing more.
         let mut stop = false;
         loop {
-            while !stop
-                && in_flight.len() < CONCURRENCY
-                && let Some(w) = todo.next()
-            {
-                in_flight.push(kind.patch(client.clone(), params.clone(), w));
+            // When the next write's token comes, if it is what holds the next write back.
+            let mut paced = None;
+            while !stop && in_flight.len() < CONCURRENCY && todo.peek().is_some() {
+                match pace.take(Instant::now()) {
+                    Ok(()) => {
+                        let w = todo.next().expect("peeked");
+                        in_flight.push(kind.patch(client.clone(), params.clone(), w));
+                    }
+                    Err(at) => {
+                        paced = Some(at);
+                        break;
+                    }
+                }
             }
-            let Some((w, result)) = in_flight.next().await else {
+            let next = tokio::select! {
+                next = in_flight.next(), if !in_flight.is_empty() => next,
+                () = tokio::time::sleep_until(paced.unwrap_or_else(Instant::now)), if paced.is_some() => {
+                    // A token: start the next write (unless the round is to stop by now).
+                    stop |= views.has_changed().unwrap_or(true) || !*holding.borrow();
+                    continue;
+                }
+                else => None,
+            };
+            let Some((w, result)) = next else {
                 break;
             };
             match result {
@@ -528,5 +586,27 @@ mod tests {
         };
         assert_eq!(plan(&ours(), &moved, &mut sent).len(), 1);
         assert!(sent.is_empty());
+    }
+
+    /// A second's worth of writes goes at once; then one per 1/rate, never two for one token;
+    /// an idle second fills the bucket again, never beyond a second's worth.
+    #[test]
+    fn status_writes_are_paced_by_a_token_bucket() {
+        let pace = Pace::new(4);
+        let t0 = Instant::now();
+        let at = |ms: u64| t0 + Duration::from_millis(ms);
+        for _ in 0..4 {
+            assert_eq!(pace.take(t0), Ok(()));
+        }
+        assert_eq!(pace.take(t0), Err(at(250)), "the fifth waits a quarter of a second");
+        assert_eq!(pace.take(at(100)), Err(at(250)), "asking again brings it no sooner");
+        assert_eq!(pace.take(at(250)), Ok(()));
+        assert_eq!(pace.take(at(250)), Err(at(500)));
+        // Ten idle seconds: four at once again, not forty.
+        let later = at(10_250);
+        for _ in 0..4 {
+            assert_eq!(pace.take(later), Ok(()));
+        }
+        assert!(pace.take(later).is_err());
     }
 }

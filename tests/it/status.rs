@@ -156,6 +156,39 @@ fn nothing_is_written_when_nothing_changed() {
     );
 }
 
+/// Status writes go at the cluster's `status_writes_per_second`, with a burst of as many: 30
+/// Ingresses at 10 a second take at least two seconds from the first write to the last (the
+/// first 10 at once, then one every 100 ms), and every one of them gets its status.
+#[test]
+fn status_writes_are_paced() {
+    let api = FakeApi::start();
+    let (_pods, _port) = web_cluster(&api);
+    let names: Vec<String> = (0..30).map(|i| format!("app-{i}")).collect();
+    for n in &names {
+        api.apply(
+            "ingresses",
+            ingress(n, "kedge", &format!("{n}.example.com"), "/", "web"),
+        );
+    }
+    let dir = TempDir::new("status");
+    let _kedge = Kedge::follow(&api, &dir, &format!("{PUBLISH}\nstatus_writes_per_second = 10"));
+    let written = || names.iter().filter(|n| api.status_writes("default", n) > 0).count();
+    wait_until(WAIT, "the first status write", || written() > 0);
+    let first = std::time::Instant::now();
+    wait_until(Duration::from_secs(30), "every Ingress's status written", || {
+        written() == names.len()
+    });
+    let took = first.elapsed();
+    assert!(
+        took >= Duration::from_millis(1500),
+        "30 writes at 10 a second (a burst of 10) took {took:?} from the first to the last"
+    );
+    for n in &names {
+        assert_eq!(lb(&api, n), ours(), "{n}");
+        assert_eq!(api.status_writes("default", n), 1, "{n}");
+    }
+}
+
 /// kedge's status write coming back through the watch is a change of status alone: not a line
 /// of the change log at info (at 10k Ingresses that was 10k lines at start-up). A change of
 /// annotations, which shapes routes, is.
