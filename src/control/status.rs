@@ -78,7 +78,9 @@ impl Pace {
     fn take(&self, now: Instant) -> Result<(), Instant> {
         let mut bucket = self.bucket.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         let (tokens, at) = *bucket;
-        let tokens = (tokens + now.saturating_duration_since(at).as_secs_f64() * self.per_second).min(self.per_second);
+        // Never counted back: a `now` read before another writer's take adds no time twice.
+        let now = now.max(at);
+        let tokens = (tokens + (now - at).as_secs_f64() * self.per_second).min(self.per_second);
         if tokens >= 1.0 {
             *bucket = (tokens - 1.0, now);
             Ok(())
@@ -602,8 +604,11 @@ mod tests {
         assert_eq!(pace.take(at(100)), Err(at(250)), "asking again brings it no sooner");
         assert_eq!(pace.take(at(250)), Ok(()));
         assert_eq!(pace.take(at(250)), Err(at(500)));
+        // A writer whose clock read came before the last take gets no token from the past.
+        assert_eq!(pace.take(at(200)), Err(at(500)));
+        assert_eq!(pace.take(at(500)), Ok(()));
         // Ten idle seconds: four at once again, not forty.
-        let later = at(10_250);
+        let later = at(10_500);
         for _ in 0..4 {
             assert_eq!(pace.take(later), Ok(()));
         }
