@@ -506,17 +506,8 @@ struct Local {
 /// The CPU time the calling thread has used (zero when the kernel will not say). Next to a
 /// build's wall time (`build_ms`) its `cpu_ms` tells a build that worked long from one that
 /// waited for a core (a host whose cores are busy).
-#[allow(unsafe_code)]
 fn thread_cpu() -> Duration {
-    let mut t = libc::timespec { tv_sec: 0, tv_nsec: 0 };
-    // SAFETY: clock_gettime writes one timespec, which `t` is.
-    if unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &raw mut t) } != 0 {
-        return Duration::ZERO;
-    }
-    Duration::new(
-        u64::try_from(t.tv_sec).unwrap_or(0),
-        u32::try_from(t.tv_nsec).unwrap_or(0),
-    )
+    crate::time::clock(libc::CLOCK_THREAD_CPUTIME_ID)
 }
 
 /// The IP addresses configured on this host's interfaces, sorted (empty when the kernel will

@@ -66,11 +66,7 @@ impl Notifier {
 
 /// `RELOADING=1` with the monotonic time systemd wants with it.
 pub fn reloading() -> String {
-    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
-    // SAFETY: `ts` is a valid timespec for clock_gettime to fill.
-    #[allow(unsafe_code)]
-    let _ = unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
-    let usec = ts.tv_sec as u64 * 1_000_000 + ts.tv_nsec as u64 / 1_000;
+    let usec = crate::time::clock(libc::CLOCK_MONOTONIC).as_micros();
     format!("RELOADING=1\nMONOTONIC_USEC={usec}")
 }
 

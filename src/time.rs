@@ -1,5 +1,21 @@
 //! Wall-clock time as kedge shows and reads it: Unix seconds, RFC 3339 (`YYYY-MM-DDTHH:MM:SSZ`)
-//! and civil dates, without a date library (certificate validity, state files, cookies).
+//! and civil dates, without a date library (certificate validity, state files, cookies); and
+//! the kernel's other clocks ([`clock`]).
+
+/// The kernel's clock `id` (`libc::CLOCK_MONOTONIC`, `CLOCK_THREAD_CPUTIME_ID`, ...) now; zero
+/// when the kernel will not say.
+#[allow(unsafe_code)]
+pub fn clock(id: libc::clockid_t) -> std::time::Duration {
+    let mut t = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: clock_gettime writes one timespec, which `t` is.
+    if unsafe { libc::clock_gettime(id, &raw mut t) } != 0 {
+        return std::time::Duration::ZERO;
+    }
+    std::time::Duration::new(
+        u64::try_from(t.tv_sec).unwrap_or(0),
+        u32::try_from(t.tv_nsec).unwrap_or(0),
+    )
+}
 
 /// Seconds since the Unix epoch now.
 pub fn unix_now() -> i64 {
