@@ -338,10 +338,10 @@ fn control_thread(
                         }
                     }
                     let nothing = changes.iter().all(Changes::is_empty);
-                    burst.took(tokio::time::Instant::now(), nothing);
+                    let now = tokio::time::Instant::now();
+                    burst.took(now, nothing);
                     let endpoints_only = changes.iter().all(Changes::endpoints_only) && !nothing;
                     let updatable = changes.iter().all(|c| !c.full) && !nothing;
-                    let now = tokio::time::Instant::now();
                     // Not quiet: what waits for quiet waits on.
                     settle.push(now);
                     // The warnings about Nodes come only with a build from nothing.
