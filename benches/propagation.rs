@@ -422,8 +422,7 @@ fn phases(logs: &[String], walls: &[SystemTime], first: &[Duration]) -> Option<S
     }
     let summary = |v: &mut Vec<f64>| {
         v.sort_by(f64::total_cmp);
-        let at = |p: f64| v[(((p / 100.0) * v.len() as f64).ceil() as usize).clamp(1, v.len()) - 1];
-        format!("{:.1} / {:.1} / {:.1}", at(50.0), at(90.0), v[v.len() - 1])
+        format!("{:.1} / {:.1} / {:.1}", pct(v, 50.0), pct(v, 90.0), v[v.len() - 1])
     };
     Some(format!(
         "where the time went ({} samples; p50 / p90 / max ms): watch {}; build {}; pick-up {}",
@@ -435,7 +434,7 @@ fn phases(logs: &[String], walls: &[SystemTime], first: &[Duration]) -> Option<S
 }
 
 /// Nearest-rank percentile of sorted `v`.
-fn pct(v: &[Duration], p: f64) -> Duration {
+fn pct<T: Copy>(v: &[T], p: f64) -> T {
     let rank = ((p / 100.0) * v.len() as f64).ceil() as usize;
     v[rank.clamp(1, v.len()) - 1]
 }
