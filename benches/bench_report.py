@@ -46,7 +46,7 @@ COLUMNS = [
     "wrk_cpu_pct", "other_cpu_pct", "cpu_busy_pct", "cpu_steal_pct",
     "proxy_cpu_us_per_req", "syscalls_per_req", "uring_enter_per_req", "sqes_per_req",
     "poll_arm_per_req", "proxy_task_us_per_req", "softirq_us_per_req",
-    "cqes_per_req", "cs_per_req",
+    "cqes_per_req", "cs_per_req", "proxy_user_us_per_req",
 ]
 
 # perf tracepoint -> per-request column (benches/proxy.sh's PERF_EVENTS)
@@ -75,7 +75,7 @@ def parse_perf(text):
 # --------------------------------------------------------------------------
 
 def _read_stat(pid):
-    """Return (ppid, utime+stime ticks) for pid, or None if it is gone."""
+    """Return (ppid, utime+stime ticks, utime ticks) for pid, or None if it is gone."""
     try:
         with open(f"/proc/{pid}/stat", "rb") as f:
             data = f.read().decode("ascii", "replace")
@@ -86,7 +86,7 @@ def _read_stat(pid):
     # rest[0] = state (field 3); ppid = field 4; utime = 14; stime = 15
     ppid = int(rest[1])
     ticks = int(rest[11]) + int(rest[12])
-    return ppid, ticks
+    return ppid, ticks, int(rest[11])
 
 
 def _task_ns(pid):
@@ -159,18 +159,19 @@ def cmd_snap(args):
                 snap["cpus"][parts[0]] = [total - idle, total, steal, irq]
     for spec in args.pid or []:
         name, _, pid = spec.partition("=")
-        ticks = ns = wait = rss = n = 0
+        ticks = uticks = ns = wait = rss = n = 0
         for p in _process_tree(int(pid)):
             st = _read_stat(p)
             if st is None:
                 continue
             ticks += st[1]
+            uticks += st[2]
             run, waited = _task_ns(p)
             ns += run
             wait += waited
             rss += _rss_kb(p)
             n += 1
-        snap["procs"][name] = {"ticks": ticks, "ns": ns, "wait_ns": wait, "rss_kb": rss, "n": n}
+        snap["procs"][name] = {"ticks": ticks, "uticks": uticks, "ns": ns, "wait_ns": wait, "rss_kb": rss, "n": n}
     with open(args.out, "w") as f:
         json.dump(snap, f)
 
@@ -319,6 +320,10 @@ def cmd_record(args):
     if args.proxy and reqs and args.proxy in a["procs"] and args.proxy in b["procs"]:
         d = b["procs"][args.proxy]["ticks"] - a["procs"][args.proxy]["ticks"]
         cpu_us = 1e6 * d / CLK_TCK / reqs
+    user_us = None
+    if (args.proxy and reqs and "uticks" in a["procs"].get(args.proxy, {})
+            and "uticks" in b["procs"].get(args.proxy, {})):
+        user_us = 1e6 * (b["procs"][args.proxy]["uticks"] - a["procs"][args.proxy]["uticks"]) / CLK_TCK / reqs
     task_us = None
     if (args.proxy and reqs and "ns" in a["procs"].get(args.proxy, {})
             and "ns" in b["procs"].get(args.proxy, {})):
@@ -351,6 +356,7 @@ def cmd_record(args):
         **per_req,
         "proxy_task_us_per_req": task_us,
         "softirq_us_per_req": ",".join(irq),
+        "proxy_user_us_per_req": user_us,
     }
     new = not os.path.exists(args.tsv) or os.path.getsize(args.tsv) == 0
     with open(args.tsv, "a") as f:
@@ -434,7 +440,7 @@ def cmd_summary(args):
     med = {}
     for t in order:
         rs = [r for r in rows if r["target"] == t and r["phase"] == "run"]
-        col = lambda c: [_num(r[c]) for r in rs]  # noqa: E731
+        col = lambda c: [_num(r.get(c)) for r in rs]  # noqa: E731
         rps = [v for v in col("rps") if v is not None]
         busy = {}
         for r in rs:
@@ -464,6 +470,7 @@ def cmd_summary(args):
                           for r in rs),
             "busy": {k: _median(v) for k, v in sorted(busy.items(), key=lambda kv: int(kv[0][3:]))},
             "cpu_us": _median(col("proxy_cpu_us_per_req")),
+            "user_us": _median(col("proxy_user_us_per_req")),
             # Exact CPU time per request (schedstat), run by run: {run number: µs}.
             "task_runs": {r["run"]: _num(r.get("proxy_task_us_per_req")) for r in rs
                           if _num(r.get("proxy_task_us_per_req")) is not None},
@@ -495,6 +502,8 @@ def cmd_summary(args):
                    + (f"; each proxy capped at {meta['proxy_quota_pct']} % of one core (CFS quota)"
                       if meta.get("proxy_quota_pct") else ""))
         out.append(f"- versions: {meta.get('versions', '')}")
+        if "floor" in meta.get("targets", []):
+            out.append(f"- floor: `benches/floor.rs --mode {meta.get('floor_mode', 'duplex')}`")
         if meta.get("skipped"):
             out.append(f"- skipped: {meta['skipped']}")
         out.append("")
@@ -541,21 +550,22 @@ def cmd_summary(args):
                    "requests; syscalls, io_uring_enter calls, SQEs, poll arms, CQEs (completions "
                    "reaped) and context switches: counted by `perf stat` during the warm-up run, "
                    "per request):\n")
-        out.append("| target | CPU µs/req | CPU µs/req (ticks) | syscalls/req | io_uring_enter/req | "
-                   "SQEs/req | poll arms/req | CQEs/req | context switches/req | "
+        out.append("| target | CPU µs/req | CPU µs/req (ticks) | of it user space (ticks) | syscalls/req | "
+                   "io_uring_enter/req | SQEs/req | poll arms/req | CQEs/req | context switches/req | "
                    "req/s ÷ floor | req/s ÷ direct | req/s per core ÷ floor |")
-        out.append("|---|---|---|---|---|---|---|---|---|---|---|---|")
+        out.append("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
         for t in proxies:
             m = med[t]
             out.append(
-                f"| {t} | {f(m['task_us'], 2)} | {f(m['cpu_us'], 2)} | {f(m['syscalls_per_req'], 2)} | "
+                f"| {t} | {f(m['task_us'], 2)} | {f(m['cpu_us'], 2)} | {f(m['user_us'], 2)} | "
+                f"{f(m['syscalls_per_req'], 2)} | "
                 f"{f(m['uring_enter_per_req'], 2)} | {f(m['sqes_per_req'], 2)} | "
                 f"{f(m['poll_arm_per_req'], 2)} | {f(m['cqes_per_req'], 2)} | {f(m['cs_per_req'], 2)} | "
                 f"{f(_ratio(m['rps'], fl.get('rps')), 3)} | {f(_ratio(m['rps'], di.get('rps')), 3)} | "
                 f"{f(_ratio(m['eff'], fl.get('eff')), 3)} |")
         out.append("")
 
-    out += _stability(med, proxies, meta.get("workers") or 1)
+    out += _stability(med, proxies, meta.get("workers") or 1, meta.get("proxy_quota_pct") or 0)
 
     out.append("req/s ratio > 1 means the first target served more requests/s; "
                "p99 ratio < 1 means the first target had the lower tail latency; "
@@ -598,7 +608,7 @@ def _spread(vals):
     return 100.0 * (max(vals) - min(vals)) / m if vals and m else None
 
 
-def _stability(med, proxies, meta_workers=1):
+def _stability(med, proxies, meta_workers=1, quota_pct=0):
     """The per-core comparison from exact CPU time per request, and how far it moved run by
     run: per target the CPU µs/request of every measured run, and per pair of proxies the ratio
     of their CPU time per request taken within the same round (the two runs closest in time,
@@ -631,11 +641,13 @@ def _stability(med, proxies, meta_workers=1):
         out.append(f"| {t} | {len(v)} | {f(med[t]['task_us'])} | {f(min(v))}–{f(max(v))} | "
                    f"{f(_spread(v), 1)} % | {' '.join(point(t, k) for k in runs(d))} |")
         cpu = _median([c for _, c in med[t]["point_runs"].values()])
-        if cpu is not None and cpu < 90 * (meta_workers or 1):
+        # Saturated: at 90 % of what the proxy may use (its CFS quota, else its cores).
+        budget = quota_pct or 100 * (meta_workers or 1)
+        if cpu is not None and cpu < 0.9 * budget:
             unsaturated.append(f"{t} ({f(cpu, 0)} %)")
     out.append("")
     if unsaturated:
-        out.append("Not saturated (median proxy CPU below 90 % of its cores): "
+        out.append("Not saturated (median proxy CPU below 90 % of its cores, or of its quota): "
                    f"{', '.join(unsaturated)}. A proxy that waits for the load generator does "
                    "less per wake-up (fewer completions per io_uring_enter or epoll_wait), so its "
                    "CPU per request rises as its req/s falls; two proxies compare per core only at "

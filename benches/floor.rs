@@ -2,16 +2,30 @@
 //!
 //!   cargo bench --bench floor -- --listen 127.0.0.1:PORT --upstream 127.0.0.1:PORT
 //!                                [--driver auto|io_uring|epoll] [--cores 0,1,...]
+//!                                [--mode turns|duplex]
 //!
 //! One monoio thread per listed core (default: one, on core 0), pinned there as kedge pins its
 //! workers, each with its own SO_REUSEPORT listener and the ring set-up kedge's workers use
 //! (`kedge::worker::uring_runtime`: io_uring with DEFER_TASKRUN where the kernel has it, epoll
 //! otherwise or with `--driver epoll`). Each accepted client
 //! gets one upstream connection, opened at accept and kept for the client's life; bytes are
-//! copied both ways with no HTTP parsing, no routing and no headers added: each direction is a
-//! loop of one read into a 16 KiB buffer and one write of all it read. Any HTTP proxy does at
-//! least this much work per keep-alive request, so its req/s and CPU per request bound what
-//! kedge, nginx or HAProxy can reach on the same machine under the same load.
+//! copied with no HTTP parsing, no routing and no headers added, in one of two modes:
+//!
+//! - `turns` (the default): one task per client, one 16 KiB buffer, in turns: read the client,
+//!   write all of it upstream, read the upstream, write all of it to the client, again. These
+//!   are the four operations per keep-alive request an HTTP/1.1 proxy cannot do without, in the
+//!   order it does them, and only one read is pending at a time. It assumes what
+//!   `proxy.sh`'s load gives it: each request arrives in one read and its whole answer in one
+//!   read (small heads and bodies on loopback, one request in flight per connection). A
+//!   response that came in two reads would leave the rest unread until the client's next
+//!   request, which never comes: the run would show it as wrk timeouts.
+//! - `duplex`: each direction is a task looping on one read into a 16 KiB buffer and one write
+//!   of all it read; correct for any traffic, but both reads are always pending, so each
+//!   request costs two poll arms where `turns` often costs fewer, and it is not the cheapest.
+//!
+//! Any HTTP proxy does at least the work of `turns` per keep-alive request, so its req/s and
+//! CPU per request bound what kedge, nginx or HAProxy can reach on the same machine under the
+//! same load.
 //!
 //! Prints `floor ready on ADDR (DRIVER)` once it accepts; runs until killed.
 
@@ -27,10 +41,12 @@ struct Args {
     upstream: SocketAddr,
     driver: String,
     cores: Vec<usize>,
+    turns: bool,
 }
 
 fn args() -> Result<Args, String> {
     let (mut listen, mut upstream, mut driver, mut cores) = (None, None, "auto".to_owned(), vec![0]);
+    let mut turns = true;
     let mut it = std::env::args().skip(1);
     while let Some(a) = it.next() {
         let mut val = || it.next().ok_or_else(|| format!("{a} needs a value"));
@@ -38,6 +54,13 @@ fn args() -> Result<Args, String> {
             "--listen" => listen = Some(val()?.parse().map_err(|e| format!("--listen: {e}"))?),
             "--upstream" => upstream = Some(val()?.parse().map_err(|e| format!("--upstream: {e}"))?),
             "--driver" => driver = val()?,
+            "--mode" => {
+                turns = match val()?.as_str() {
+                    "turns" => true,
+                    "duplex" => false,
+                    m => return Err(format!("--mode {m}: expected turns or duplex")),
+                }
+            }
             "--cores" => {
                 cores = val()?
                     .split(',')
@@ -57,6 +80,7 @@ fn args() -> Result<Args, String> {
         upstream: upstream.ok_or("--upstream ADDR is required")?,
         driver,
         cores,
+        turns,
     })
 }
 
@@ -80,23 +104,42 @@ async fn copy(mut src: impl AsyncReadRent, mut dst: impl AsyncWriteRent) {
     let _ = dst.shutdown().await;
 }
 
-async fn serve(client: TcpStream, upstream: SocketAddr) {
-    let Ok(up) = TcpStream::connect(upstream).await else {
+/// Moves one message from `src` to `dst`: one read, one write of all it read. `false` when
+/// `src` ended or either side failed.
+async fn relay(src: &mut TcpStream, dst: &mut TcpStream, buf: &mut Vec<u8>) -> bool {
+    buf.clear();
+    let (res, b) = src.read(std::mem::take(buf)).await;
+    *buf = b;
+    if !matches!(res, Ok(n) if n > 0) {
+        return false;
+    }
+    let (res, b) = dst.write_all(std::mem::take(buf)).await;
+    *buf = b;
+    res.is_ok()
+}
+
+async fn serve(mut client: TcpStream, upstream: SocketAddr, turns: bool) {
+    let Ok(mut up) = TcpStream::connect(upstream).await else {
         return;
     };
     let _ = client.set_nodelay(true);
     let _ = up.set_nodelay(true);
+    if turns {
+        let mut buf = Vec::with_capacity(BUF);
+        while relay(&mut client, &mut up, &mut buf).await && relay(&mut up, &mut client, &mut buf).await {}
+        return;
+    }
     let (cr, cw) = client.into_split();
     let (ur, uw) = up.into_split();
     monoio::spawn(copy(ur, cw));
     copy(cr, uw).await;
 }
 
-async fn run(listener: TcpListener, upstream: SocketAddr) {
+async fn run(listener: TcpListener, upstream: SocketAddr, turns: bool) {
     loop {
         match listener.accept().await {
             Ok((client, _)) => {
-                monoio::spawn(serve(client, upstream));
+                monoio::spawn(serve(client, upstream, turns));
             }
             Err(e) => eprintln!("floor: accept: {e}"),
         }
@@ -136,7 +179,7 @@ fn thread(a: &Args, core: usize, ready: std::sync::mpsc::Sender<Result<&'static 
             Ok(mut rt) => {
                 return rt.block_on(async {
                     if let Some(l) = listen("io_uring") {
-                        run(l, a.upstream).await;
+                        run(l, a.upstream, a.turns).await;
                     }
                 });
             }
@@ -153,7 +196,7 @@ fn thread(a: &Args, core: usize, ready: std::sync::mpsc::Sender<Result<&'static 
     {
         Ok(mut rt) => rt.block_on(async {
             if let Some(l) = listen("epoll") {
-                run(l, a.upstream).await;
+                run(l, a.upstream, a.turns).await;
             }
         }),
         Err(e) => {
@@ -194,7 +237,12 @@ fn main() {
             }
         }
     }
-    println!("floor ready on {} ({driver}, {} thread(s))", a.listen, threads.len());
+    let mode = if a.turns { "turns" } else { "duplex" };
+    println!(
+        "floor ready on {} ({driver}, {mode}, {} thread(s))",
+        a.listen,
+        threads.len()
+    );
     for t in threads {
         let _ = t.join();
     }

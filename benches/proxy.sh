@@ -5,7 +5,7 @@
 #                         [--workers N] [--skip-build] [--warmup S]
 #                         [--threads T] [--targets LIST] [--kedge-bin PATH]
 #                         [--kedge-driver auto|...] [--results-dir DIR] [--new-conn]
-#                         [--floor-bin PATH] [--no-count]
+#                         [--floor-bin PATH] [--floor-mode turns|duplex] [--no-count]
 #
 # Everything runs on 127.0.0.1 with private instances (own configs, pid files
 # and prefixes under a temp dir, ports 18080-18090). Every process started here
@@ -43,6 +43,7 @@ source "$BENCH_DIR/lib.sh"
 ROOT="$(cd "$BENCH_DIR/.." && pwd)"
 KEDGE_BIN="$ROOT/target/release/kedge"
 FLOOR_BIN=""         # default: built with `cargo bench --no-run --bench floor`
+FLOOR_MODE=turns     # benches/floor.rs --mode
 COUNT=1              # count syscalls / io_uring submissions during each warm-up run (perf)
 RESULTS_BASE="$BENCH_DIR/results"
 ORIG_CMD="bash benches/proxy.sh $*"
@@ -69,6 +70,9 @@ Options (defaults in brackets):
                     connection on kedge's runtime, no HTTP: the bound for any proxy)
   --kedge-bin PATH  kedge binary [target/release/kedge]
   --floor-bin PATH  floor binary [built by 'cargo bench --no-run --bench floor']
+  --floor-mode M    turns: one task per client relaying request then answer, one read
+                    pending at a time (the cheapest; assumes one read per message, true
+                    for this load); duplex: a copy task per direction [$FLOOR_MODE]
   --no-count        do not count syscalls per request (perf stat on tracepoints
                     during each target's warm-up run)
   --kedge-driver D  value of [proxy] driver in kedge's config [$KEDGE_DRIVER]
@@ -100,6 +104,7 @@ while (($#)); do
         --targets) TARGETS="$2"; shift 2 ;;
         --kedge-bin) KEDGE_BIN="$2"; shift 2 ;;
         --floor-bin) FLOOR_BIN="$2"; shift 2 ;;
+        --floor-mode) FLOOR_MODE="$2"; shift 2 ;;
         --no-count) COUNT=0; shift ;;
         --kedge-driver) KEDGE_DRIVER="$2"; shift 2 ;;
         --results-dir) RESULTS_BASE="$2"; shift 2 ;;
@@ -112,6 +117,7 @@ while (($#)); do
 done
 WARMUP="${WARMUP:-$DURATION}"
 
+[[ "$FLOOR_MODE" =~ ^(turns|duplex)$ ]] || { echo "--floor-mode must be turns or duplex" >&2; exit 2; }
 [[ "$QUIET_WAIT" =~ ^[0-9]+$ ]] || { echo "--quiet-wait must be an integer >= 0" >&2; exit 2; }
 [[ "$PROXY_QUOTA" =~ ^[0-9]+$ ]] || { echo "--proxy-quota must be an integer >= 0" >&2; exit 2; }
 [[ "$MAX_OTHER" =~ ^[0-9]+$ ]] || { echo "--max-other must be an integer >= 0" >&2; exit 2; }
@@ -402,7 +408,7 @@ start_kedge() {
 
 # The floor: one thread per worker on kedge's runtime and driver, thread i pinned to the i-th
 # CPU of PROXY_CPUS (where kedge pins worker i), copying bytes to one upstream connection per
-# client. Its driver follows --kedge-driver.
+# client, in --floor-mode. Its driver follows --kedge-driver.
 start_floor() {
     mkdir -p "$TMP/floor"
     local cores
@@ -413,7 +419,7 @@ for part in sys.argv[1].split(","):
     out += range(int(a), int(b or a) + 1)
 print(",".join(map(str, out[:int(sys.argv[2])])))' "$PROXY_CPUS" "$WORKERS")"
     limited floor taskset -c "$PROXY_CPUS" "$FLOOR_BIN" --listen "127.0.0.1:$PORT_FLOOR" \
-        --upstream "127.0.0.1:$PORT_BACKEND" --driver "$KEDGE_DRIVER" --cores "$cores" \
+        --upstream "127.0.0.1:$PORT_BACKEND" --driver "$KEDGE_DRIVER" --cores "$cores" --mode "$FLOOR_MODE" \
         >"$TMP/floor/floor.log" 2>&1 &
     PID_OF[floor]=$!; PIDS+=("$!"); PORT_OF[floor]="$PORT_FLOOR"
     wait_ready floor "${PID_OF[floor]}" "$PORT_FLOOR" "$TMP/floor/floor.log"
@@ -460,6 +466,7 @@ json.dump({
     "proxy_cpus": "$PROXY_CPUS", "backend_cpus": "$BACKEND_CPUS", "wrk_cpus": "$WRK_CPUS",
     "oversubscribed": bool($OVERSUB),
     "proxy_quota_pct": $PROXY_QUOTA,
+    "floor_mode": "$FLOOR_MODE",
     "ports": {"kedge": $PORT_KEDGE, "nginx": $PORT_NGINX, "haproxy": $PORT_HAPROXY, "floor": $PORT_FLOOR, "backend": $PORT_BACKEND},
     "counted": bool($COUNT),
     "targets": "${ACTIVE[*]}".split(),
