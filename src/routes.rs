@@ -542,7 +542,7 @@ impl Rules {
 
 /// Lower-cases `host` into `buf` without its port or a trailing dot. `None` when it is empty,
 /// too long, or not plain ASCII (such a host can match no rule but the any-host ones).
-fn normalize_host<'b>(host: &[u8], buf: &'b mut [u8; MAX_HOST]) -> Option<&'b str> {
+fn normalize_host<'b>(host: &'b [u8], buf: &'b mut [u8; MAX_HOST]) -> Option<&'b str> {
     let host = if let Some(rest) = host.strip_prefix(b"[") {
         // IPv6 literal: keep the brackets' content.
         &rest[..rest.iter().position(|&b| b == b']')?]
@@ -553,17 +553,21 @@ fn normalize_host<'b>(host: &[u8], buf: &'b mut [u8; MAX_HOST]) -> Option<&'b st
         }
     };
     let host = host.strip_suffix(b".").unwrap_or(host);
-    if host.is_empty() || host.len() > MAX_HOST {
+    if host.is_empty() || host.len() > MAX_HOST || !host.iter().all(u8::is_ascii_graphic) {
         return None;
     }
-    let out = &mut buf[..host.len()];
-    for (o, &b) in out.iter_mut().zip(host) {
-        if !b.is_ascii_graphic() {
-            return None;
-        }
-        *o = b.to_ascii_lowercase();
-    }
-    std::str::from_utf8(out).ok()
+    // Clients send lowercase names: those are used as they are, without a copy.
+    let lower: &'b [u8] = if host.iter().any(u8::is_ascii_uppercase) {
+        let out = &mut buf[..host.len()];
+        out.copy_from_slice(host);
+        out.make_ascii_lowercase();
+        out
+    } else {
+        host
+    };
+    // SAFETY: every byte is ASCII (checked above), and ASCII is UTF-8.
+    #[allow(unsafe_code)]
+    Some(unsafe { std::str::from_utf8_unchecked(lower) })
 }
 
 /// Whether Ingress host `ingress` and Gateway host pattern `gateway` (exact names or

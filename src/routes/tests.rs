@@ -170,6 +170,18 @@ fn host_normalisation_rejects_junk() {
     assert_eq!(normalize_host(b"foo bar", &mut buf), None);
     assert_eq!(normalize_host(&[b'a'; 300], &mut buf), None);
     assert_eq!(normalize_host(b"", &mut buf), None);
+    // Lowercase names are used as sent; a trailing dot and a port are dropped either way.
+    assert_eq!(
+        normalize_host(b"foo.example.com.:8080", &mut buf),
+        Some("foo.example.com")
+    );
+    assert_eq!(
+        normalize_host(b"MiXeD.Example.COM.", &mut buf),
+        Some("mixed.example.com")
+    );
+    // Not ASCII (UTF-8 of "é"), nor graphic: no host.
+    assert_eq!(normalize_host("caf\u{e9}.example.com".as_bytes(), &mut buf), None);
+    assert_eq!(normalize_host(b"foo\x7f.com", &mut buf), None);
 }
 
 #[test]

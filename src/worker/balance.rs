@@ -164,7 +164,15 @@ impl Balancer {
     /// Records the outcome of a request on `a` (an endpoint of `backend`). After
     /// `settings.max_failures` consecutive failures it is ejected, unless that would leave more
     /// than the allowed share of the backend's endpoints (at least one) ejected, or none usable.
-    pub fn report(&mut self, a: SocketAddr, ok: bool, backend: &Backend, settings: &UpstreamSettings, now: Instant) {
+    /// `now` is read only for a failure: a success, the common case, costs no clock read.
+    pub fn report(
+        &mut self,
+        a: SocketAddr,
+        ok: bool,
+        backend: &Backend,
+        settings: &UpstreamSettings,
+        now: impl FnOnce() -> Instant,
+    ) {
         if ok {
             if let Some(s) = self.eps.get_mut(&a) {
                 s.failures = 0;
@@ -174,6 +182,7 @@ impl Balancer {
         if settings.max_failures == 0 {
             return;
         }
+        let now = now();
         let failures = {
             let s = self.eps.entry(a).or_default();
             s.failures += 1;

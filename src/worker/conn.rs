@@ -278,8 +278,19 @@ impl<S: ClientStream> Conn<S> {
                     body_timeout: snap.client.body_timeout,
                 };
                 let mut body = mirror::Teed::new(cx, &f, body);
-                let exchange = forward::forward(cx, &f, sending, &mut self.out, &mut body, &mut self.up, rec).await?;
-                self.respond(cx, head, &f, sending.upgrade, exchange, rec).await
+                // Each phase's future is pinned where it is made: awaiting it by value would
+                // first copy all of it into place (a few hundred bytes, every request).
+                let exchange = std::pin::pin!(forward::forward(
+                    cx,
+                    &f,
+                    sending,
+                    &mut self.out,
+                    &mut body,
+                    &mut self.up,
+                    rec
+                ))
+                .await?;
+                std::pin::pin!(self.respond(cx, head, &f, sending.upgrade, exchange, rec)).await
             }
         }
     }

@@ -146,22 +146,26 @@ async fn forward_tries<'w, B: SendBody>(
             }
         };
         let inflight = InFlight::begin(worker, addr);
-        let attempt = async {
-            let sent = match req.has_body {
-                false => send_head(&mut upstream, out, f.timeouts.send).await,
-                true => body.send(&mut upstream, out, f.timeouts.send, f.max_body).await,
-            };
-            match sent {
-                Ok(()) => read_response_head(&mut upstream, up, req.is_head, f.timeouts.read).await,
-                Err(e) => Err(e),
+        let read = {
+            // Pinned where it is made: awaited directly or under a timeout, it is not moved (a
+            // move copies the whole future, the I/O futures of both steps included).
+            let attempt = std::pin::pin!(async {
+                let sent = match req.has_body {
+                    false => send_head(&mut upstream, out, f.timeouts.send).await,
+                    true => body.send(&mut upstream, out, f.timeouts.send, f.max_body).await,
+                };
+                match sent {
+                    Ok(()) => read_response_head(&mut upstream, up, req.is_head, f.timeouts.read).await,
+                    Err(e) => Err(e),
+                }
+            });
+            // A Gateway rule's `timeouts.backendRequest` bounds each try, to its response head.
+            match f.gw.and_then(|g| g.action.backend_timeout) {
+                None => attempt.await,
+                Some(t) => timer::timeout(t, attempt)
+                    .await
+                    .unwrap_or(Err(ErrorKind::UpstreamTimeout.into())),
             }
-        };
-        // A Gateway rule's `timeouts.backendRequest` bounds each try, to its response head.
-        let read = match f.gw.and_then(|g| g.action.backend_timeout) {
-            None => attempt.await,
-            Some(t) => timer::timeout(t, attempt)
-                .await
-                .unwrap_or(Err(ErrorKind::UpstreamTimeout.into())),
         };
         match read {
             // proxy-next-upstream http_5xx: an idempotent request without a body whose
@@ -276,7 +280,7 @@ pub(super) fn report(cx: Ctx<'_>, f: &Forward<'_>, addr: SocketAddr, ok: bool) {
     cx.worker
         .balancer
         .borrow_mut()
-        .report(addr, ok, f.routed.backend, &cx.snap.upstream, Instant::now());
+        .report(addr, ok, f.routed.backend, &cx.snap.upstream, Instant::now);
 }
 
 /// Writes a bodiless request's head; `out` keeps it after the write, for a retry.

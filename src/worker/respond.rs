@@ -419,7 +419,8 @@ impl<S: ClientStream> Conn<S> {
             write_timeout: snap.client.body_timeout,
             max: u64::MAX,
         };
-        let moved = pump::pump(
+        // Pinned where it is made, not copied into place (see `Conn::handle`).
+        let moved = std::pin::pin!(pump::pump(
             &mut upstream,
             &mut self.client,
             &mut self.up.buf,
@@ -427,7 +428,7 @@ impl<S: ClientStream> Conn<S> {
             resp.framing,
             out_framing == Framing::Chunked,
             &limits,
-        )
+        ))
         .await;
         match moved {
             Ok(n) => rec.bytes = n,

@@ -32,14 +32,36 @@ pub struct Elapsed;
 ///
 /// An operation that completes on its first poll costs neither a clock read nor a slot. The
 /// deadline is taken when the operation first has to wait (microseconds after the call).
-pub async fn timeout<F: Future>(after: Duration, fut: F) -> Result<F::Output, Elapsed> {
-    let mut fut = std::pin::pin!(fut);
-    let mut entry = Entry { key: UNSET };
-    poll_fn(|cx| match fut.as_mut().poll(cx) {
-        Poll::Ready(v) => Poll::Ready(Ok(v)),
-        Poll::Pending => entry.poll_elapsed(after, cx).map(Err),
-    })
-    .await
+pub fn timeout<F: Future>(after: Duration, fut: F) -> Timeout<F> {
+    Timeout {
+        fut,
+        after,
+        entry: Entry { key: UNSET },
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// The future of [`timeout`]: the operation is polled where it was placed. (An `async fn`
+    /// would copy it twice, into its state and then into a pinned local, on every read and
+    /// write.)
+    pub struct Timeout<F> {
+        #[pin]
+        fut: F,
+        after: Duration,
+        entry: Entry,
+    }
+}
+
+impl<F: Future> Future for Timeout<F> {
+    type Output = Result<F::Output, Elapsed>;
+
+    fn poll(self: std::pin::Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        match this.fut.poll(cx) {
+            Poll::Ready(v) => Poll::Ready(Ok(v)),
+            Poll::Pending => this.entry.poll_elapsed(*this.after, cx).map(Err),
+        }
+    }
 }
 
 /// No slot taken yet.
