@@ -51,12 +51,12 @@ fn from_forwarded_for(trusted: &[Cidr], headers: &[Header<'_>]) -> Option<IpAddr
 /// The view with its client resolved (`peer`, `client_ip`), and whether the request came from
 /// a trusted proxy (whose X-Forwarded-Proto and -Port are then passed on). `text` holds the
 /// client's address text when it is not the connection's.
-pub(super) fn resolve<'a>(view: RequestView<'a>, trusted: &[Cidr], text: &'a mut Text) -> (RequestView<'a>, bool) {
+pub(super) fn resolve<'a>(view: &mut RequestView<'a>, trusted: &[Cidr], text: &'a mut Text) -> bool {
     if trusted.is_empty() || !is_trusted(trusted, view.peer.ip()) {
-        return (view, false);
+        return false;
     }
     let Some(ip) = from_forwarded_for(trusted, view.headers) else {
-        return (view, true);
+        return true;
     };
     let len = {
         let mut w = &mut text[..];
@@ -64,13 +64,10 @@ pub(super) fn resolve<'a>(view: RequestView<'a>, trusted: &[Cidr], text: &'a mut
         let _ = write!(w, "{ip}");
         48 - w.len()
     };
-    let view = RequestView {
-        // The port the client used is not known.
-        peer: SocketAddr::new(ip, 0),
-        client_ip: &text[..len],
-        ..view
-    };
-    (view, true)
+    // The port the client used is not known.
+    view.peer = SocketAddr::new(ip, 0);
+    view.client_ip = &text[..len];
+    true
 }
 
 #[cfg(test)]
@@ -121,7 +118,8 @@ mod tests {
                 client_ip: peer_text.as_bytes(),
             };
             let mut text = [0; 48];
-            let (got, from_trusted) = resolve(view, &trusted, &mut text);
+            let mut got = view;
+            let from_trusted = resolve(&mut got, &trusted, &mut text);
             assert_eq!(
                 (
                     got.peer.ip().to_canonical().to_string(),
@@ -134,7 +132,7 @@ mod tests {
         }
         let mut text = [0; 48];
         let headers = [(&b"x-forwarded-for"[..], &b"192.0.2.7"[..])];
-        let view = RequestView {
+        let mut got = RequestView {
             method: b"GET",
             scheme: "http",
             authority: b"h",
@@ -151,7 +149,7 @@ mod tests {
             local: "127.0.0.1:80".parse().unwrap(),
             client_ip: b"127.0.0.1",
         };
-        let (got, trusted) = resolve(view, &[], &mut text);
+        let trusted = resolve(&mut got, &[], &mut text);
         assert_eq!(
             (got.client_ip, trusted),
             (&b"127.0.0.1"[..], false),

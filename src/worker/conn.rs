@@ -29,7 +29,7 @@ use super::forward::{self, SendBody, Sending};
 use super::log::{self, Record};
 use super::mirror;
 use super::pump::{self, PumpError, PumpLimits, ReadResult};
-use super::request::{self, HeaderBuf, RequestView};
+use super::request::{self, HeaderBuf};
 use super::respond::{self, Ending};
 use super::session::{ClientStream, Conn, Ctx, Next, PeerText, UpstreamBufs, write_client};
 use super::timer;
@@ -310,7 +310,8 @@ impl<S: ClientStream> Conn<S> {
         let mut rid = [0u8; 32];
         let mut client_text: client::Text = [0; 48];
         let mut planned = || {
-            let view = request::from_h1(
+            // The view is changed in place below, not rebuilt: it is a few hundred bytes.
+            let mut view = request::from_h1(
                 &self.cbuf,
                 head,
                 &pairs,
@@ -320,15 +321,14 @@ impl<S: ClientStream> Conn<S> {
                 &self.peer_text,
             )?;
             // The client's X-Request-ID is kept; without one, kedge makes one up.
-            let request_id = match view.header(b"x-request-id") {
+            view.request_id = match view.header(b"x-request-id") {
                 Some(given) => given,
                 None => {
                     worker.request_id(&mut rid);
                     &rid[..]
                 }
             };
-            let view = RequestView { request_id, ..view };
-            let (view, from_trusted) = client::resolve(view, &snap.client.trusted_proxies, &mut client_text);
+            let from_trusted = client::resolve(&mut view, &snap.client.trusted_proxies, &mut client_text);
             rec.client = Some(view.peer.ip());
             if snap.access_log {
                 rec.describe(&mut self.meta, &view);
@@ -484,7 +484,7 @@ impl<S: ClientStream> Conn<S> {
     async fn tunnel(self, upstream: UpstreamStream) {
         match upstream {
             UpstreamStream::Plain(u) => self.tunnel_to(u).await,
-            UpstreamStream::Tls(u) => self.tunnel_to(u).await,
+            UpstreamStream::Tls(u) => self.tunnel_to(*u).await,
         }
     }
 

@@ -376,7 +376,7 @@ pub(super) async fn connect_new(
             };
             let handshake = TlsStream::connect(stream, Arc::clone(&tls.config), tls.name.clone());
             match timer::timeout(connect_timeout, handshake).await {
-                Ok(Ok(s)) => return Ok(UpstreamStream::Tls(s)),
+                Ok(Ok(s)) => return Ok(UpstreamStream::Tls(Box::new(s))),
                 Ok(Err(e)) => {
                     tracing::debug!(upstream = %addr, error = %e, "TLS handshake with upstream failed");
                     ErrorKind::TlsFailed

@@ -455,7 +455,8 @@ async fn handle(
         client_ip: &info.peer_text,
     };
     let mut client_text: client::Text = [0; 48];
-    let (view, from_trusted) = client::resolve(view, &snap.client.trusted_proxies, &mut client_text);
+    let mut view = view;
+    let from_trusted = client::resolve(&mut view, &snap.client.trusted_proxies, &mut client_text);
     rec.client = Some(view.peer.ip());
     if snap.access_log {
         rec.describe(meta, &view);

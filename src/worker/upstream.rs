@@ -10,9 +10,12 @@ use monoio::net::TcpStream;
 
 use super::tls::TlsStream;
 
+/// The TLS stream is boxed: a connection is moved several times per request (into the
+/// exchange, out of it, into and out of the idle pool), and a plain one, the common case, is
+/// then half as large to move. The box is made once per TLS connection.
 pub enum UpstreamStream {
     Plain(TcpStream),
-    Tls(TlsStream),
+    Tls(Box<TlsStream>),
 }
 
 impl UpstreamStream {
