@@ -553,11 +553,22 @@ fn normalize_host<'b>(host: &'b [u8], buf: &'b mut [u8; MAX_HOST]) -> Option<&'b
         }
     };
     let host = host.strip_suffix(b".").unwrap_or(host);
-    if host.is_empty() || host.len() > MAX_HOST || !host.iter().all(u8::is_ascii_graphic) {
+    if host.is_empty() || host.len() > MAX_HOST {
+        return None;
+    }
+    // One pass, without branches, over bytes that are all there: whether any is not printable
+    // ASCII (`!`..=`~`), and whether any is uppercase.
+    let (junk, upper) = host.iter().fold((0u8, 0u8), |(junk, upper), &b| {
+        (
+            junk | u8::from(b.wrapping_sub(b'!') > b'~' - b'!'),
+            upper | u8::from(b.wrapping_sub(b'A') < 26),
+        )
+    });
+    if junk != 0 {
         return None;
     }
     // Clients send lowercase names: those are used as they are, without a copy.
-    let lower: &'b [u8] = if host.iter().any(u8::is_ascii_uppercase) {
+    let lower: &'b [u8] = if upper != 0 {
         let out = &mut buf[..host.len()];
         out.copy_from_slice(host);
         out.make_ascii_lowercase();
