@@ -8,8 +8,8 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 
-use crate::support::objects::{ingress, ingress_class, service, slice};
-use crate::support::{Driver, FakeApi, Kedge, TempDir, Upstream, get, readyz, wait_until};
+use crate::support::objects::{apply_web, ingress};
+use crate::support::{Driver, FakeApi, Kedge, TempDir, Upstream, get, readyz, state_file, wait_until};
 
 /// Discovery is checked again every `watch_retry_max`: short here, so that installing the
 /// CRDs is noticed quickly (the tests wait for what it leads to, never for a time).
@@ -34,10 +34,7 @@ const KINDS: [(&str, &str); 5] = [
 /// The fixture API server with Service `web` on two pods (`port`) and its Ingress.
 fn api_with_web(port: u16) -> FakeApi {
     let api = FakeApi::start();
-    api.apply("ingressclasses", ingress_class());
-    api.apply("services", service("web"));
-    api.apply("endpointslices", slice("web", port, &["127.0.0.1", "127.0.0.2"]));
-    api.apply("ingresses", ingress("web", "kedge", "web.example.com", "/", "web"));
+    apply_web(&api, port);
     api
 }
 
@@ -80,11 +77,6 @@ fn kedge_with_state(api: &FakeApi, dir: &TempDir, state_dir: &Path, extra: &str)
     Kedge::setup(Driver::default())
         .state_dir(state_dir)
         .follow(api, dir, &format!("{FAST_RECHECK}\n{extra}"))
-}
-
-/// The state file of cluster `test`, if it is there and complete.
-fn state_file(state_dir: &Path) -> Option<Value> {
-    serde_json::from_slice(&std::fs::read(state_dir.join("cluster-test.json")).ok()?).ok()
 }
 
 /// Whether the state file holds the objects of [`apply_gateway_objects`], as applied.

@@ -12,8 +12,8 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 
-use crate::support::objects::{ingress, ingress_class, service, slice};
-use crate::support::{Client, Driver, FakeApi, Kedge, TempDir, Upstream, get, wait_until};
+use crate::support::objects::{apply_web, ingress, slice};
+use crate::support::{Client, Driver, FakeApi, Kedge, TempDir, Upstream, get, state_file, wait_until};
 
 /// Long enough for kube's backoff (0.8 s doubling, with jitter) to come round after an outage
 /// of a few seconds, on a loaded machine.
@@ -31,17 +31,8 @@ fn kedge_with_state(api: &FakeApi, dir: &TempDir, state_dir: &Path, sync_timeout
 /// `web.example.com`.
 fn api_with_web(port: u16) -> FakeApi {
     let api = FakeApi::start();
-    api.apply("ingressclasses", ingress_class());
-    api.apply("services", service("web"));
-    api.apply("endpointslices", slice("web", port, &["127.0.0.1", "127.0.0.2"]));
-    api.apply("ingresses", ingress("web", "kedge", "web.example.com", "/", "web"));
+    apply_web(&api, port);
     api
-}
-
-/// The state file of cluster `test` in `state_dir`, as JSON, if it is there and complete.
-fn state_file(state_dir: &Path) -> Option<Value> {
-    let text = std::fs::read(state_dir.join("cluster-test.json")).ok()?;
-    serde_json::from_slice(&text).ok()
 }
 
 /// The hosts of the Ingresses in a state file.

@@ -1,7 +1,10 @@
 //! What the control-plane tests ask a running kedge: who answers a host, and whether it says it
 //! is ready. (They start it with [`Kedge::follow`] or [`Setup::follow`](super::kedge::Setup::follow).)
 
+use std::path::Path;
 use std::time::Duration;
+
+use serde_json::Value;
 
 use super::{Client, Kedge, wait_for};
 
@@ -10,6 +13,11 @@ use super::{Client, Kedge, wait_for};
 pub fn get(kedge: &Kedge, host: &str, path: &str) -> (u16, Option<String>) {
     let resp = Client::connect(kedge.addr()).get(host, path);
     (resp.status, resp.upstream().map(str::to_owned))
+}
+
+/// The state file of cluster `test` in `state_dir`, as JSON, if it is there and complete.
+pub fn state_file(state_dir: &Path) -> Option<Value> {
+    serde_json::from_slice(&std::fs::read(state_dir.join("cluster-test.json")).ok()?).ok()
 }
 
 /// `GET /readyz` on the admin server: the status and the body.

@@ -22,7 +22,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 pub use client::{Client, Response};
-pub use cluster::{get, readyz, wait_readyz};
+pub use cluster::{get, readyz, state_file, wait_readyz};
 pub use kedge::{Kedge, Setup, Signal};
 pub use kube_api::FakeApi;
 pub use raw_upstream::{RawBehavior, RawUpstream};
