@@ -540,8 +540,9 @@ impl Rules {
     }
 }
 
-/// Lower-cases `host` into `buf` without its port or a trailing dot. `None` when it is empty,
-/// too long, or not plain ASCII (such a host can match no rule but the any-host ones).
+/// `host` without its port or a trailing dot, lower-cased (into `buf` when it has an uppercase
+/// letter; as sent otherwise). `None` when it is empty, too long, or not printable ASCII (such a
+/// host can match no rule but the any-host ones).
 fn normalize_host<'b>(host: &'b [u8], buf: &'b mut [u8; MAX_HOST]) -> Option<&'b str> {
     let host = if let Some(rest) = host.strip_prefix(b"[") {
         // IPv6 literal: keep the brackets' content.

@@ -48,9 +48,9 @@ fn from_forwarded_for(trusted: &[Cidr], headers: &[Header<'_>]) -> Option<IpAddr
     client
 }
 
-/// The view with its client resolved (`peer`, `client_ip`), and whether the request came from
-/// a trusted proxy (whose X-Forwarded-Proto and -Port are then passed on). `text` holds the
-/// client's address text when it is not the connection's.
+/// Resolves the view's client in place (`peer`, `client_ip`); returns whether the request came
+/// from a trusted proxy (whose X-Forwarded-Proto and -Port are then passed on). `text` holds
+/// the client's address text when it is not the connection's.
 pub(super) fn resolve<'a>(view: &mut RequestView<'a>, trusted: &[Cidr], text: &'a mut Text) -> bool {
     if trusted.is_empty() || !is_trusted(trusted, view.peer.ip()) {
         return false;

@@ -11,8 +11,9 @@ use monoio::net::TcpStream;
 use super::tls::TlsStream;
 
 /// The TLS stream is boxed: a connection is moved several times per request (into the
-/// exchange, out of it, into and out of the idle pool), and a plain one, the common case, is
-/// then half as large to move. The box is made once per TLS connection.
+/// exchange, out of it, into and out of the idle pool), and a plain one, the common case, then
+/// moves only its `TcpStream`, not the size of the TLS variant. The box is made once per TLS
+/// connection.
 pub enum UpstreamStream {
     Plain(TcpStream),
     Tls(Box<TlsStream>),
