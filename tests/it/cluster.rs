@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 
-use crate::support::objects::{apply_web, endpoint, ingress, ingress_class, service, slice, slice_of};
+use crate::support::objects::{api_with_web, endpoint, ingress, ingress_class, service, slice, slice_of};
 use crate::support::{FakeApi, Kedge, Signal, TempDir, Upstream, get, wait_until};
 
 /// A fixture API server with kedge's IngressClass and three Ready, schedulable nodes `node-0`,
@@ -89,8 +89,7 @@ fn wait_served_by(kedge: &Kedge, host: &str, want: &[&str], n: usize, what: &str
 #[test]
 fn ingress_routes_to_pod_endpoints_after_the_first_sync() {
     let (pods, port) = Upstream::pods("web", 2);
-    let api = FakeApi::start();
-    apply_web(&api, port);
+    let api = api_with_web(port);
     let dir = TempDir::new("cluster");
     let kedge = Kedge::follow(&api, &dir, "");
     // Served from the first request on: workers start only after the first full sync.

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 
-use crate::support::objects::{apply_web, ingress};
+use crate::support::objects::{api_with_web, ingress};
 use crate::support::{Driver, FakeApi, Kedge, TempDir, Upstream, get, readyz, state_file, wait_until};
 
 /// Discovery is checked again every `watch_retry_max`: short here, so that installing the
@@ -30,13 +30,6 @@ const KINDS: [(&str, &str); 5] = [
         "/apis/gateway.networking.k8s.io/v1beta1/referencegrants",
     ),
 ];
-
-/// The fixture API server with Service `web` on two pods (`port`) and its Ingress.
-fn api_with_web(port: u16) -> FakeApi {
-    let api = FakeApi::start();
-    apply_web(&api, port);
-    api
-}
 
 /// One object of every Gateway API kind.
 fn apply_gateway_objects(api: &FakeApi) {

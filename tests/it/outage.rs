@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 
-use crate::support::objects::{apply_web, ingress, slice};
+use crate::support::objects::{api_with_web, ingress, slice};
 use crate::support::{Client, Driver, FakeApi, Kedge, TempDir, Upstream, get, state_file, wait_until};
 
 /// Long enough for kube's backoff (0.8 s doubling, with jitter) to come round after an outage
@@ -25,14 +25,6 @@ fn kedge_with_state(api: &FakeApi, dir: &TempDir, state_dir: &Path, sync_timeout
     Kedge::setup(Driver::default())
         .state_dir(state_dir)
         .follow(api, dir, &format!("sync_timeout = \"{sync_timeout}\""))
-}
-
-/// The fixture API server holding Service `web` on two pods (`port`) and its Ingress
-/// `web.example.com`.
-fn api_with_web(port: u16) -> FakeApi {
-    let api = FakeApi::start();
-    apply_web(&api, port);
-    api
 }
 
 /// The hosts of the Ingresses in a state file.

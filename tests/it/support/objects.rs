@@ -6,13 +6,16 @@ use serde_json::{Value, json};
 
 use super::FakeApi;
 
-/// Puts into `api` the usual small cluster: IngressClass `kedge`, Service `web` with two ready
-/// pods on `port` (127.0.0.1 and 127.0.0.2), and Ingress `web` for `web.example.com` to it.
-pub fn apply_web(api: &FakeApi, port: u16) {
+/// A fixture API server holding the usual small cluster: IngressClass `kedge`, Service `web`
+/// with two ready pods on `port` (127.0.0.1 and 127.0.0.2), and Ingress `web` for
+/// `web.example.com` to it.
+pub fn api_with_web(port: u16) -> FakeApi {
+    let api = FakeApi::start();
     api.apply("ingressclasses", ingress_class());
     api.apply("services", service("web"));
     api.apply("endpointslices", slice("web", port, &["127.0.0.1", "127.0.0.2"]));
     api.apply("ingresses", ingress("web", "kedge", "web.example.com", "/", "web"));
+    api
 }
 
 /// IngressClass `kedge` with kedge's controller.
