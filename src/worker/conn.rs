@@ -172,13 +172,14 @@ impl<S: ClientStream> Conn<S> {
             snap.client.keepalive_timeout
         };
         // Biased: no random draw per wait (the data first; a stop is seen at the next check).
+        let mut woke = None;
         let r = monoio::select! {
             biased;
-            r = self.wait_idle(worker, wait, first) => r,
+            r = self.wait_idle(worker, wait, first, &mut woke) => r,
             _ = worker.stopping.wait() => return None,
         };
         match r {
-            ReadResult::Data(_) => Some(Instant::now()),
+            ReadResult::Data(_) => Some(woke.unwrap_or_else(Instant::now)),
             ReadResult::Eof | ReadResult::Timeout | ReadResult::Error => None,
         }
     }
@@ -187,7 +188,14 @@ impl<S: ClientStream> Conn<S> {
     /// request buffers wait in the worker's pool (`bufs.rs`): an idle connection holds none of
     /// them, and a TLS connection not even `cbuf` (it waits on its ciphertext buffer). Under
     /// load this is a few pool pushes and pops per request, no allocation and no syscall.
-    async fn wait_idle(&mut self, worker: &Worker, wait: Duration, first: bool) -> ReadResult {
+    /// `woke`: when the data came, where the wait read the clock (the request's start).
+    async fn wait_idle(
+        &mut self,
+        worker: &Worker,
+        wait: Duration,
+        first: bool,
+        woke: &mut Option<Instant>,
+    ) -> ReadResult {
         let pool = &worker.bufs;
         pool.give(Class::Input, std::mem::take(&mut self.up.buf));
         pool.give(Class::Output, std::mem::take(&mut self.out));
@@ -200,7 +208,7 @@ impl<S: ClientStream> Conn<S> {
             // connection pays no extra operation per request.
             let bare = self.waits_long;
             let since = Instant::now();
-            match timer::timeout(wait, self.client.wait_data(bare)).await {
+            match timer::timeout_from(since, wait, self.client.wait_data(bare)).await {
                 Err(_) => return ReadResult::Timeout,
                 Ok(Err(_)) => return ReadResult::Error,
                 Ok(Ok(false)) => return ReadResult::Eof,
@@ -208,8 +216,10 @@ impl<S: ClientStream> Conn<S> {
             }
             // The wait for the first request (right after the handshake) says nothing of the
             // client's pace.
+            let now = Instant::now();
+            *woke = Some(now);
             if !first {
-                self.waits_long = since.elapsed() >= LONG_WAIT;
+                self.waits_long = now.duration_since(since) >= LONG_WAIT;
             }
         }
         // TLS: the bytes are there, or the rest of a record is on its way.

@@ -36,7 +36,40 @@ pub fn timeout<F: Future>(after: Duration, fut: F) -> Timeout<F> {
     Timeout {
         fut,
         after,
+        from: FirstWait,
         entry: Entry { key: UNSET },
+    }
+}
+
+/// `fut`, abandoned with [`Elapsed`] if it has not completed by `from + after`: for a caller that
+/// has just read the clock, so the deadline costs no second read.
+pub fn timeout_from<F: Future>(from: Instant, after: Duration, fut: F) -> Timeout<F, Instant> {
+    Timeout {
+        fut,
+        after,
+        from,
+        entry: Entry { key: UNSET },
+    }
+}
+
+/// Where a deadline counts from.
+pub trait Base: Copy {
+    fn instant(self) -> Instant;
+}
+
+/// The clock when the operation first waits (no room taken in the future).
+#[derive(Debug, Clone, Copy)]
+pub struct FirstWait;
+
+impl Base for FirstWait {
+    fn instant(self) -> Instant {
+        Instant::now()
+    }
+}
+
+impl Base for Instant {
+    fn instant(self) -> Instant {
+        self
     }
 }
 
@@ -44,22 +77,23 @@ pin_project_lite::pin_project! {
     /// The future of [`timeout`]: the operation is polled where it was placed. (An `async fn`
     /// would copy it twice, into its state and then into a pinned local, on every read and
     /// write.)
-    pub struct Timeout<F> {
+    pub struct Timeout<F, B = FirstWait> {
         #[pin]
         fut: F,
         after: Duration,
+        from: B,
         entry: Entry,
     }
 }
 
-impl<F: Future> Future for Timeout<F> {
+impl<F: Future, B: Base> Future for Timeout<F, B> {
     type Output = Result<F::Output, Elapsed>;
 
     fn poll(self: std::pin::Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
         match this.fut.poll(cx) {
             Poll::Ready(v) => Poll::Ready(Ok(v)),
-            Poll::Pending => this.entry.poll_elapsed(*this.after, cx).map(Err),
+            Poll::Pending => this.entry.poll_elapsed(*this.from, *this.after, cx).map(Err),
         }
     }
 }
@@ -79,14 +113,14 @@ struct Entry {
 }
 
 impl Entry {
-    fn poll_elapsed(&mut self, after: Duration, cx: &mut Context<'_>) -> Poll<Elapsed> {
+    fn poll_elapsed(&mut self, from: impl Base, after: Duration, cx: &mut Context<'_>) -> Poll<Elapsed> {
         match self.key {
             NEVER => Poll::Pending,
             UNSET => {
                 if after.is_zero() {
                     return Poll::Ready(Elapsed);
                 }
-                match Instant::now().checked_add(after) {
+                match from.instant().checked_add(after) {
                     Some(at) if after <= FOREVER => self.key = TIMERS.with_borrow_mut(|t| t.insert(at, cx.waker())),
                     _ => self.key = NEVER,
                 }
@@ -403,6 +437,28 @@ mod tests {
             let r = timeout(Duration::from_millis(50), pending::<()>()).await;
             assert_eq!(r, Err(Elapsed));
             assert_eq!(table(), (1, 1, 0));
+        });
+    }
+
+    /// A deadline from a given instant: one already passed elapses at the first wait; the
+    /// instant, not the first wait, is its base.
+    #[test]
+    fn a_deadline_from_an_instant_counts_from_it() {
+        run(async {
+            let long_ago = Instant::now()
+                .checked_sub(Duration::from_secs(10))
+                .unwrap_or_else(Instant::now);
+            let r = timeout_from(long_ago, Duration::from_secs(5), pending::<()>()).await;
+            assert_eq!(r, Err(Elapsed));
+            let t0 = Instant::now();
+            let r = timeout_from(t0, Duration::from_millis(30), pending::<()>()).await;
+            assert_eq!(r, Err(Elapsed));
+            assert!(
+                t0.elapsed() >= Duration::from_millis(30),
+                "fired early: {:?}",
+                t0.elapsed()
+            );
+            assert_eq!(timeout_from(long_ago, Duration::from_secs(1), async { 3 }).await, Ok(3));
         });
     }
 
