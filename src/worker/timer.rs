@@ -13,7 +13,14 @@
 //!
 //! The driver's timer is re-armed lazily: an operation that completes leaves the driver asleep
 //! (its slot just leaves the heap); a wake-up whose earliest deadline is gone sleeps again until
-//! the next one. The driver is woken early only when a new deadline is earlier than the one it
+//! the next one.
+//!
+//! Slots are re-armed lazily too, as a keep-alive connection waits again and again: a slot
+//! whose operation completed stays in the heap, parked, and the next operation to wait takes
+//! it. Its new deadline (later, as deadlines are "now + a timeout") is only written down; the
+//! heap keeps the old, earlier key until the driver meets it and moves it down to the new one.
+//! So a wait and its completion cost no heap operation in steady state; a parked slot nobody
+//! takes is freed when the driver meets it. The driver is woken early only when a new deadline is earlier than the one it
 //! sleeps until — rare, since deadlines are "now + a configured timeout".
 //!
 //! Everything is thread-local: a worker is one thread, so there is no lock and nothing is
@@ -128,7 +135,7 @@ impl Entry {
             }
             key => TIMERS.with_borrow_mut(|t| {
                 let slot = &mut t.slots[key as usize];
-                if slot.fired {
+                if slot.state == State::Fired {
                     return Poll::Ready(Elapsed);
                 }
                 match &slot.waker {
@@ -156,13 +163,29 @@ impl Drop for Entry {
 }
 
 struct Slot {
+    /// When the operation times out.
     deadline: Instant,
+    /// The slot's key in the heap: its deadline, or an earlier one (a parked slot re-armed
+    /// later, not yet moved down).
+    at: Instant,
     waker: Option<Waker>,
     /// Index in the heap, or `OUT`.
     pos: u32,
-    fired: bool,
+    state: State,
     /// Next free slot while this one is free.
     next_free: u32,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum State {
+    /// On the free list, out of the heap.
+    Free,
+    /// An operation waits on it; in the heap.
+    Armed,
+    /// Its deadline passed; out of the heap until its operation drops it.
+    Fired,
+    /// Its operation completed; still in the heap, ready for the next wait to take.
+    Parked,
 }
 
 /// A worker's deadlines: slots (reused through a free list) and a min-heap of the slots
@@ -171,6 +194,8 @@ struct Timers {
     slots: Vec<Slot>,
     free: u32,
     heap: Vec<u32>,
+    /// Slots parked in the heap, most recent last (some may have been freed since: skipped).
+    parked: Vec<u32>,
     /// When the driver's timer fires; `None`: it waits for no deadline.
     armed: Option<Instant>,
     /// The driver task, while it sleeps; `None`: no driver runs on this thread yet.
@@ -187,6 +212,7 @@ thread_local! {
             slots: Vec::new(),
             free: UNSET,
             heap: Vec::new(),
+            parked: Vec::new(),
             armed: None,
             driver: None,
             running: false,
@@ -197,11 +223,53 @@ thread_local! {
 
 impl Timers {
     fn insert(&mut self, deadline: Instant, waker: &Waker) -> u32 {
+        let (key, at) = match self.take_parked() {
+            Some(key) => {
+                let s = &mut self.slots[key as usize];
+                s.state = State::Armed;
+                s.waker = Some(waker.clone());
+                s.deadline = deadline;
+                if deadline < s.at {
+                    // Earlier than the key it had: up the heap now.
+                    s.at = deadline;
+                    let pos = s.pos as usize;
+                    self.sift_up(pos);
+                }
+                (key, self.slots[key as usize].at)
+            }
+            None => (self.insert_new(deadline, waker), deadline),
+        };
+        if !self.running {
+            self.running = true;
+            monoio::spawn(drive());
+        } else if self.armed.is_none_or(|armed| at < armed) {
+            // The driver sleeps past this deadline (or on no deadline at all).
+            self.poked = true;
+            if let Some(d) = self.driver.take() {
+                d.wake();
+            }
+        }
+        key
+    }
+
+    /// The most recently parked slot still parked, if any.
+    fn take_parked(&mut self) -> Option<u32> {
+        while let Some(key) = self.parked.pop() {
+            if self.slots[key as usize].state == State::Parked {
+                return Some(key);
+            }
+        }
+        None
+    }
+
+    /// A slot from the free list (or a new one), armed and put into the heap.
+    fn insert_new(&mut self, deadline: Instant, waker: &Waker) -> u32 {
         let slot = Slot {
             deadline,
+            at: deadline,
             waker: Some(waker.clone()),
             pos: self.heap.len() as u32,
-            fired: false,
+            state: State::Armed,
             next_free: UNSET,
         };
         let key = match self.free {
@@ -218,28 +286,27 @@ impl Timers {
         };
         self.heap.push(key);
         self.sift_up(self.heap.len() - 1);
-        if !self.running {
-            self.running = true;
-            monoio::spawn(drive());
-        } else if self.armed.is_none_or(|at| deadline < at) {
-            // The driver sleeps past this deadline (or on no deadline at all).
-            self.poked = true;
-            if let Some(d) = self.driver.take() {
-                d.wake();
-            }
-        }
         key
     }
 
-    /// Frees the slot; returns its waker, to be dropped by the caller outside the table.
+    /// Gives the slot of a dropped operation back: parked in the heap if it is there (for the
+    /// next wait to take), else freed. Returns its waker, to be dropped by the caller outside
+    /// the table.
     fn remove(&mut self, key: u32) -> Option<Waker> {
-        let pos = self.slots[key as usize].pos;
-        if pos != OUT {
-            self.heap_remove(pos as usize);
+        let s = &mut self.slots[key as usize];
+        if s.pos != OUT {
+            s.state = State::Parked;
+            self.parked.push(key);
+            return s.waker.take();
         }
+        self.free_slot(key)
+    }
+
+    /// Puts a slot out of the heap on the free list; returns its waker.
+    fn free_slot(&mut self, key: u32) -> Option<Waker> {
         let free = self.free;
         let s = &mut self.slots[key as usize];
-        s.pos = OUT;
+        s.state = State::Free;
         s.next_free = free;
         self.free = key;
         s.waker.take()
@@ -247,16 +314,27 @@ impl Timers {
 
     /// Marks the slots whose deadline is not after `now` as fired and wakes their tasks.
     /// Returns the earliest deadline left.
+    /// Frees the parked slots met on the way, and moves re-armed ones to their new deadline.
     fn fire(&mut self, now: Instant) -> Option<Instant> {
         while let Some(&key) = self.heap.first() {
-            let s = &self.slots[key as usize];
-            if s.deadline > now {
-                return Some(s.deadline);
+            let s = &mut self.slots[key as usize];
+            if s.at > now {
+                return Some(s.at);
+            }
+            if s.state == State::Armed && s.deadline > now {
+                s.at = s.deadline;
+                self.sift_down(0);
+                continue;
             }
             self.heap_remove(0);
             let s = &mut self.slots[key as usize];
             s.pos = OUT;
-            s.fired = true;
+            if s.state == State::Parked {
+                // Nobody took it: its stale entry in `parked` is skipped.
+                drop(self.free_slot(key));
+                continue;
+            }
+            s.state = State::Fired;
             if let Some(w) = s.waker.take() {
                 w.wake();
             }
@@ -265,7 +343,7 @@ impl Timers {
     }
 
     fn deadline_at(&self, pos: usize) -> Instant {
-        self.slots[self.heap[pos] as usize].deadline
+        self.slots[self.heap[pos] as usize].at
     }
 
     fn set(&mut self, pos: usize, key: u32) {
@@ -284,7 +362,7 @@ impl Timers {
 
     fn sift_up(&mut self, mut pos: usize) {
         let key = self.heap[pos];
-        let d = self.slots[key as usize].deadline;
+        let d = self.slots[key as usize].at;
         while pos > 0 {
             let parent = (pos - 1) / 2;
             if self.deadline_at(parent) <= d {
@@ -299,7 +377,7 @@ impl Timers {
 
     fn sift_down(&mut self, mut pos: usize) {
         let key = self.heap[pos];
-        let d = self.slots[key as usize].deadline;
+        let d = self.slots[key as usize].at;
         let n = self.heap.len();
         loop {
             let l = 2 * pos + 1;
@@ -399,15 +477,22 @@ mod tests {
         .await;
     }
 
-    fn table() -> (usize, usize, usize) {
+    /// (slots, free, armed in the heap, parked in the heap)
+    fn table() -> (usize, usize, usize, usize) {
         TIMERS.with_borrow(|t| {
             let mut free = 0;
             let mut k = t.free;
             while k != UNSET {
+                assert_eq!(t.slots[k as usize].state, State::Free);
                 free += 1;
                 k = t.slots[k as usize].next_free;
             }
-            (t.slots.len(), free, t.heap.len())
+            let parked = t
+                .heap
+                .iter()
+                .filter(|&&k| t.slots[k as usize].state == State::Parked)
+                .count();
+            (t.slots.len(), free, t.heap.len() - parked, parked)
         })
     }
 
@@ -416,16 +501,16 @@ mod tests {
         run(async {
             assert_eq!(timeout(Duration::from_secs(1), async { 7 }).await, Ok(7));
         });
-        assert_eq!(table(), (0, 0, 0));
+        assert_eq!(table(), (0, 0, 0, 0));
     }
 
     #[test]
-    fn slots_are_reused_and_left_free() {
+    fn slots_are_reused_and_left_parked() {
         run(async {
             for _ in 0..100 {
                 assert_eq!(timeout(Duration::from_secs(5), yield_once()).await, Ok(()));
             }
-            assert_eq!(table(), (1, 1, 0), "one slot, reused, out of the heap");
+            assert_eq!(table(), (1, 0, 0, 1), "one slot, reused, parked in the heap");
         });
     }
 
@@ -436,7 +521,7 @@ mod tests {
         run(async {
             let r = timeout(Duration::from_millis(50), pending::<()>()).await;
             assert_eq!(r, Err(Elapsed));
-            assert_eq!(table(), (1, 1, 0));
+            assert_eq!(table(), (1, 1, 0, 0));
         });
     }
 
@@ -467,7 +552,7 @@ mod tests {
         run(async {
             assert_eq!(timeout(Duration::MAX, yield_once()).await, Ok(()));
         });
-        assert_eq!(table(), (0, 0, 0));
+        assert_eq!(table(), (0, 0, 0, 0));
     }
 
     #[test]
@@ -543,7 +628,7 @@ mod tests {
             let next = TIMERS.with_borrow_mut(|t| t.fire(now));
             let count = keys
                 .iter()
-                .filter(|&&(_, k)| TIMERS.with_borrow(|t| t.slots[k as usize].fired))
+                .filter(|&&(_, k)| TIMERS.with_borrow(|t| t.slots[k as usize].state == State::Fired))
                 .count();
             while fired.len() < count {
                 fired.push(ms);
@@ -553,5 +638,58 @@ mod tests {
             }
         }
         assert_eq!(fired, left, "each deadline fired at its time, none removed fired");
+        let (_, free, armed, parked) = table();
+        assert_eq!(
+            (free, armed, parked),
+            (keys.len() - left.len(), 0, 0),
+            "the parked ones freed"
+        );
+    }
+
+    /// Parked slots taken again, by hand: a later deadline only written down and honoured when
+    /// the driver meets the old key; an earlier one moved up at once; one nobody took freed.
+    #[test]
+    fn parked_slots_are_re_armed_lazily_and_freed_when_met() {
+        TIMERS.with_borrow_mut(|t| t.running = true); // no driver task: fired by hand below
+        let base = Instant::now();
+        let at = |ms| base + Duration::from_millis(ms);
+        let waker = Waker::noop();
+        let state = |k: u32| TIMERS.with_borrow(|t| t.slots[k as usize].state);
+        let fire = |ms| TIMERS.with_borrow_mut(|t| t.fire(at(ms)));
+        let insert = |ms| TIMERS.with_borrow_mut(|t| t.insert(at(ms), waker));
+        let remove = |k| drop(TIMERS.with_borrow_mut(|t| t.remove(k)));
+
+        // Later: the heap keeps 10 until the driver meets it.
+        let a = insert(10);
+        remove(a);
+        assert_eq!(state(a), State::Parked);
+        assert_eq!(insert(50), a, "the parked slot is taken again");
+        assert_eq!(fire(20), Some(at(50)), "moved to its new deadline, not fired");
+        assert_eq!(state(a), State::Armed);
+        assert_eq!(fire(49), Some(at(50)));
+        assert_eq!(fire(50), None);
+        assert_eq!(state(a), State::Fired);
+        remove(a);
+        assert_eq!(table(), (1, 1, 0, 0));
+
+        // Earlier: up the heap at once, ahead of a slot armed before it.
+        let b = insert(30); // from the free list: `a`'s slot
+        let c = insert(40);
+        remove(c);
+        assert_eq!(insert(5), c);
+        assert_eq!(fire(5), Some(at(30)));
+        assert_eq!((state(c), state(b)), (State::Fired, State::Armed));
+        remove(c);
+
+        // Parked and not taken: freed when met; its stale mark is skipped.
+        remove(b);
+        assert_eq!(fire(30), None);
+        assert_eq!(state(b), State::Free);
+        let d = insert(70);
+        assert_eq!(state(d), State::Armed);
+        assert_eq!(table(), (2, 1, 1, 0));
+        remove(d);
+        assert_eq!(fire(70), None);
+        assert_eq!(table(), (2, 2, 0, 0));
     }
 }
