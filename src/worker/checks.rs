@@ -12,10 +12,10 @@ use super::request::RequestView;
 /// request's place among its client's requests in progress until it drops.
 pub(super) fn run<'s, 'r, 'w>(
     worker: &'w Worker,
-    decision: Decision<'s, 'r>,
+    decision: &mut Decision<'s, 'r>,
     view: &RequestView<'_>,
     start: Instant,
-) -> (Decision<'s, 'r>, Option<InProgress<'w>>) {
+) -> Option<InProgress<'w>> {
     let checks = decision.checks();
     let (refused, in_progress) = match admit(worker, checks.limit, start) {
         Ok(held) => (None, held),
@@ -25,7 +25,8 @@ pub(super) fn run<'s, 'r, 'w>(
         && checks
             .auth
             .is_some_and(|auth| authenticated(worker, auth, view.header(b"authorization")));
-    (decision.after_checks(refused, authenticated), in_progress)
+    decision.after_checks(refused, authenticated);
+    in_progress
 }
 
 /// Admits a request under its client's limits (a token per request, then a place among the

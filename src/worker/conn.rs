@@ -103,9 +103,11 @@ impl<S: ClientStream> Conn<S> {
     async fn run(&mut self, worker: &Rc<Worker>) -> Option<UpstreamStream> {
         let conn = self;
         let mut first = true;
+        // When the last request ended: the idle wait's timeout counts from there.
+        let mut idle_since = None;
         loop {
             let snap = worker.snapshot();
-            let start = conn.wait_for_request(worker, &snap, first).await?;
+            let start = conn.wait_for_request(worker, &snap, first, idle_since).await?;
             first = false;
             // Until a head says otherwise (an unparsable one is logged as HTTP/1.1).
             let mut rec = Record {
@@ -148,16 +150,25 @@ impl<S: ClientStream> Conn<S> {
                     }
                 },
             };
-            log::log_request(worker, &snap, conn.peer, &conn.meta, &rec, start);
+            let end = log::log_request(worker, &snap, conn.peer, &conn.meta, &rec, start);
             if !keep {
                 return None;
             }
+            idle_since = Some(end);
         }
     }
 
     /// Waits until the next request's first byte is buffered. `None`: the client closed, the
     /// idle timeout passed, or the process is shutting down. Returns when the request started.
-    async fn wait_for_request(&mut self, worker: &Worker, snap: &Snapshot, first: bool) -> Option<Instant> {
+    /// `idle_since`: when the previous request ended (the wait's timeout counts from there; `None`:
+    /// from the wait's start).
+    async fn wait_for_request(
+        &mut self,
+        worker: &Worker,
+        snap: &Snapshot,
+        first: bool,
+        idle_since: Option<Instant>,
+    ) -> Option<Instant> {
         if !self.cbuf.is_empty() {
             return Some(Instant::now()); // pipelined
         }
@@ -175,7 +186,7 @@ impl<S: ClientStream> Conn<S> {
         let mut woke = None;
         let r = monoio::select! {
             biased;
-            r = self.wait_idle(worker, wait, first, &mut woke) => r,
+            r = self.wait_idle(worker, wait, first, idle_since, &mut woke) => r,
             _ = worker.stopping.wait() => return None,
         };
         match r {
@@ -194,6 +205,7 @@ impl<S: ClientStream> Conn<S> {
         worker: &Worker,
         wait: Duration,
         first: bool,
+        idle_since: Option<Instant>,
         woke: &mut Option<Instant>,
     ) -> ReadResult {
         let pool = &worker.bufs;
@@ -207,7 +219,7 @@ impl<S: ClientStream> Conn<S> {
             // nothing. One whose requests come quickly keeps its read buffer posted, so a busy
             // connection pays no extra operation per request.
             let bare = self.waits_long;
-            let since = Instant::now();
+            let since = idle_since.unwrap_or_else(Instant::now);
             match timer::timeout_from(since, wait, self.client.wait_data(bare)).await {
                 Err(_) => return ReadResult::Timeout,
                 Ok(Err(_)) => return ReadResult::Error,
@@ -222,8 +234,12 @@ impl<S: ClientStream> Conn<S> {
                 self.waits_long = now.duration_since(since) >= LONG_WAIT;
             }
         }
-        // TLS: the bytes are there, or the rest of a record is on its way.
-        let r = pump::read_with_timeout(&mut self.client, &mut self.cbuf, wait).await;
+        // TLS: the bytes are there, or the rest of a record is on its way (a deadline from the
+        // read's first wait). Plain: this is the idle wait itself.
+        let r = match S::WAITS_WITHOUT_BUFFER {
+            true => pump::read_with_timeout(&mut self.client, &mut self.cbuf, wait).await,
+            false => pump::read_with_deadline(&mut self.client, &mut self.cbuf, idle_since, wait).await,
+        };
         self.up.buf = pool.take(Class::Input);
         self.out = pool.take(Class::Output);
         self.up.headers = pool.take_spans();
@@ -349,11 +365,11 @@ impl<S: ClientStream> Conn<S> {
                 upstream: &snap.upstream,
                 redirect_port: snap.https.redirect_port,
             };
-            let decision = decide::decide(&settings, &view, worker.random(), &mut self.rewritten);
+            let mut decision = decide::decide(&settings, &view, worker.random(), &mut self.rewritten);
             rec.metrics = decision
                 .routed()
                 .map(|r| worker.backend_metrics(&r.backend.name, &r.policy.host));
-            let (decision, in_progress) = checks::run(worker, decision, &view, start);
+            let in_progress = checks::run(worker, &mut decision, &view, start);
             self.out.clear();
             let plan = match decision {
                 Decision::Answer(a) => {

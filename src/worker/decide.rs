@@ -199,24 +199,27 @@ impl<'s, 'r> Decision<'s, 'r> {
         }
     }
 
-    /// The decision once the [`Checks`] ran: `refused` is why the limits refused the request
-    /// (then the auth check does not matter), `authenticated` whether the credentials were good
-    /// (ignored without an auth check).
-    pub(crate) fn after_checks(self, refused: Option<&'static str>, authenticated: bool) -> Decision<'s, 'r> {
+    /// The decision once the [`Checks`] ran, changed in place (it is a few hundred bytes, and
+    /// most requests pass): `refused` is why the limits refused the request (then the auth
+    /// check does not matter), `authenticated` whether the credentials were good (ignored
+    /// without an auth check).
+    pub(crate) fn after_checks(&mut self, refused: Option<&'static str>, authenticated: bool) {
         let checks = self.checks();
         let routed = self.routed();
         if let Some(why) = refused {
-            return Decision::Answer(Answer::error(503, why, routed));
+            *self = Decision::Answer(Answer::error(503, why, routed));
+            return;
         }
-        match checks.auth {
-            Some(auth) if !authenticated => Decision::Answer(Answer {
+        if let Some(auth) = checks.auth
+            && !authenticated
+        {
+            *self = Decision::Answer(Answer {
                 status: 401,
                 reason: "authentication required",
                 header: AnswerHeader::Challenge(&auth.realm),
                 routed,
                 checks: Checks::default(),
-            }),
-            _ => self,
+            });
         }
     }
 }

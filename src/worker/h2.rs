@@ -468,12 +468,12 @@ async fn handle(
         redirect_port: snap.https.redirect_port,
     };
     let mut rewritten = String::new();
-    let decision = decide::decide(&settings, &view, worker.random(), &mut rewritten);
+    let mut decision = decide::decide(&settings, &view, worker.random(), &mut rewritten);
     rec.metrics = decision
         .routed()
         .map(|r| worker.backend_metrics(&r.backend.name, &r.policy.host));
     // Per-client limits hold until the stream is done.
-    let (decision, _in_progress) = checks::run(worker, decision, &view, start);
+    let _in_progress = checks::run(worker, &mut decision, &view, start);
     let f = match decision {
         Decision::Answer(a) if is_grpc(&parts.headers) => {
             rec.status = a.status;

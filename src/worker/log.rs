@@ -47,7 +47,8 @@ impl Record {
 }
 
 /// Counts the request and writes its access-log line. `peer`: the connection's client, for a
-/// request that failed before its view was built.
+/// request that failed before its view was built. Returns the instant the request ended (read
+/// for its duration): where a keep-alive connection's idle time starts.
 pub(super) fn log_request(
     worker: &Worker,
     snap: &Snapshot,
@@ -55,16 +56,17 @@ pub(super) fn log_request(
     meta: &str,
     rec: &Record,
     start: Instant,
-) {
+) -> Instant {
     // The metrics count every request, logged or not.
-    let took = start.elapsed();
+    let end = Instant::now();
+    let took = end.saturating_duration_since(start);
     worker.metrics.protocol(rec.protocol);
     match &rec.metrics {
         Some(m) => m.request(rec.status, took),
         None => worker.backend_metrics("(no route)", "-").request(rec.status, took),
     }
     if !snap.access_log {
-        return;
+        return end;
     }
     let field = |r: &Range<usize>| meta.get(r.clone()).filter(|s| !s.is_empty()).unwrap_or("-");
     tracing::info!(
@@ -81,6 +83,7 @@ pub(super) fn log_request(
         total_ms = %Millis(Some(took)),
         request_id = field(&rec.request_id),
     );
+    end
 }
 
 /// A duration shown as milliseconds with microsecond precision, or `-`.

@@ -253,12 +253,22 @@ pub enum ReadResult {
 /// One read onto the end of `buf` (growing it when full), under a timeout. On timeout the
 /// buffer went with the cancelled read and `buf` is left empty: callers close the connection.
 pub async fn read_with_timeout<R: AsyncReadRent>(src: &mut R, buf: &mut Vec<u8>, timeout: Duration) -> ReadResult {
+    read_with_deadline(src, buf, timer::FirstWait, timeout).await
+}
+
+/// [`read_with_timeout`] with the timeout counted from `from` ([`timer::Base`]).
+pub async fn read_with_deadline<R: AsyncReadRent>(
+    src: &mut R,
+    buf: &mut Vec<u8>,
+    from: impl timer::Base,
+    timeout: Duration,
+) -> ReadResult {
     if buf.capacity() - buf.len() < READ_CHUNK / 2 {
         buf.reserve(READ_CHUNK);
     }
     let len = buf.len();
     let b = std::mem::take(buf);
-    match timer::timeout(timeout, src.read(b.slice_mut(len..))).await {
+    match timer::timeout_from(from, timeout, src.read(b.slice_mut(len..))).await {
         Err(_) => ReadResult::Timeout,
         Ok((res, slice)) => {
             *buf = slice.into_inner();

@@ -49,8 +49,8 @@ pub fn timeout<F: Future>(after: Duration, fut: F) -> Timeout<F> {
 }
 
 /// `fut`, abandoned with [`Elapsed`] if it has not completed by `from + after`: for a caller that
-/// has just read the clock, so the deadline costs no second read.
-pub fn timeout_from<F: Future>(from: Instant, after: Duration, fut: F) -> Timeout<F, Instant> {
+/// has read the clock already, so the deadline costs no second read.
+pub fn timeout_from<F: Future, B: Base>(from: B, after: Duration, fut: F) -> Timeout<F, B> {
     Timeout {
         fut,
         after,
@@ -77,6 +77,13 @@ impl Base for FirstWait {
 impl Base for Instant {
     fn instant(self) -> Instant {
         self
+    }
+}
+
+/// An instant when there is one, else the clock at the first wait.
+impl Base for Option<Instant> {
+    fn instant(self) -> Instant {
+        self.unwrap_or_else(Instant::now)
     }
 }
 

@@ -281,7 +281,8 @@ fn decided(table: &RouteTable, r: &Req) -> String {
         client_ip: r.peer.split(':').next().unwrap().as_bytes(),
     };
     let mut rewritten = String::new();
-    let decision = decide(&settings, &view, r.draw, &mut rewritten).after_checks(r.refused, r.authenticated);
+    let mut decision = decide(&settings, &view, r.draw, &mut rewritten);
+    decision.after_checks(r.refused, r.authenticated);
     match decision {
         Decision::Answer(a) => {
             let mut out = Vec::new();
