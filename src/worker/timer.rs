@@ -15,6 +15,14 @@
 //! (its slot just leaves the heap); a wake-up whose earliest deadline is gone sleeps again until
 //! the next one.
 //!
+//! A wait reads no clock. Its slot is listed as fresh, keyed by a lower bound of its deadline
+//! (the driver's last reading plus the timeout), and the driver, which reads the clock every
+//! [`TICK`] while waits keep coming, gives each fresh slot its deadline from that reading: the
+//! timeout counts from a moment no earlier than the wait's start, so it never fires early, and
+//! at most a tick late. Under io_uring every read and write waits at least once, so this saves
+//! four clock reads per proxied keep-alive request for about 250 driver wake-ups a second.
+//! [`timeout_from`] takes a deadline from an instant the caller has.
+//!
 //! Slots are re-armed lazily too, as a keep-alive connection waits again and again: a slot
 //! whose operation completed stays in the heap, parked, and the next operation to wait takes
 //! it. Its new deadline (later, as deadlines are "now + a timeout") is only written down; the
@@ -37,8 +45,9 @@ pub struct Elapsed;
 
 /// `fut`, abandoned with [`Elapsed`] if it has not completed `after` from its first wait.
 ///
-/// An operation that completes on its first poll costs neither a clock read nor a slot. The
-/// deadline is taken when the operation first has to wait (microseconds after the call).
+/// An operation that completes on its first poll costs neither a clock read nor a slot. One
+/// that waits reads no clock either: its deadline is `after` from the driver's next reading,
+/// at most a [`TICK`] later (so it never fires early, and at most a tick late).
 pub fn timeout<F: Future>(after: Duration, fut: F) -> Timeout<F> {
     Timeout {
         fut,
@@ -59,31 +68,31 @@ pub fn timeout_from<F: Future, B: Base>(from: B, after: Duration, fut: F) -> Tim
     }
 }
 
-/// Where a deadline counts from.
+/// Where a deadline counts from: a known instant, or (`None`) the first wait.
 pub trait Base: Copy {
-    fn instant(self) -> Instant;
+    fn known(self) -> Option<Instant>;
 }
 
-/// The clock when the operation first waits (no room taken in the future).
+/// From the first wait, as [`timeout`] (no room taken in the future).
 #[derive(Debug, Clone, Copy)]
 pub struct FirstWait;
 
 impl Base for FirstWait {
-    fn instant(self) -> Instant {
-        Instant::now()
+    fn known(self) -> Option<Instant> {
+        None
     }
 }
 
 impl Base for Instant {
-    fn instant(self) -> Instant {
-        self
+    fn known(self) -> Option<Instant> {
+        Some(self)
     }
 }
 
-/// An instant when there is one, else the clock at the first wait.
+/// An instant when there is one, else the first wait.
 impl Base for Option<Instant> {
-    fn instant(self) -> Instant {
-        self.unwrap_or_else(Instant::now)
+    fn known(self) -> Option<Instant> {
+        self
     }
 }
 
@@ -118,6 +127,9 @@ const UNSET: u32 = u32::MAX;
 const NEVER: u32 = u32::MAX - 1;
 /// Longer timeouts never fire (and stay clear of the monoio timer's millisecond range).
 const FOREVER: Duration = Duration::from_secs(1 << 32);
+/// How often the driver reads the clock while operations wait without a deadline yet: the most
+/// a [`timeout`] fires late by (besides the worker's own latency).
+pub const TICK: Duration = Duration::from_millis(4);
 /// A slot's heap position when it is not in the heap (free, or fired).
 const OUT: u32 = u32::MAX;
 
@@ -134,10 +146,17 @@ impl Entry {
                 if after.is_zero() {
                     return Poll::Ready(Elapsed);
                 }
-                match from.instant().checked_add(after) {
-                    Some(at) if after <= FOREVER => self.key = TIMERS.with_borrow_mut(|t| t.insert(at, cx.waker())),
-                    _ => self.key = NEVER,
+                if after > FOREVER {
+                    self.key = NEVER;
+                    return Poll::Pending;
                 }
+                self.key = match from.known() {
+                    Some(base) => match base.checked_add(after) {
+                        Some(at) => TIMERS.with_borrow_mut(|t| t.insert(at, cx.waker())),
+                        None => NEVER,
+                    },
+                    None => TIMERS.with_borrow_mut(|t| t.insert_unbased(after, cx.waker())),
+                };
                 Poll::Pending
             }
             key => TIMERS.with_borrow_mut(|t| {
@@ -170,8 +189,12 @@ impl Drop for Entry {
 }
 
 struct Slot {
-    /// When the operation times out.
+    /// When the operation times out (a lower bound while `unbased`).
     deadline: Instant,
+    /// The operation's timeout, for a deadline the driver takes from its next clock reading.
+    after: Duration,
+    /// Armed without a clock reading: in `fresh`, waiting for the driver's next one.
+    unbased: bool,
     /// The slot's key in the heap: its deadline, or an earlier one (a parked slot re-armed
     /// later, not yet moved down).
     at: Instant,
@@ -203,6 +226,10 @@ struct Timers {
     heap: Vec<u32>,
     /// Slots parked in the heap, most recent last (some may have been freed since: skipped).
     parked: Vec<u32>,
+    /// Slots armed without a clock reading since the driver's last (stale ones skipped).
+    fresh: Vec<u32>,
+    /// The driver's last clock reading.
+    last: Option<Instant>,
     /// When the driver's timer fires; `None`: it waits for no deadline.
     armed: Option<Instant>,
     /// The driver task, while it sleeps; `None`: no driver runs on this thread yet.
@@ -220,6 +247,8 @@ thread_local! {
             free: UNSET,
             heap: Vec::new(),
             parked: Vec::new(),
+            fresh: Vec::new(),
+            last: None,
             armed: None,
             driver: None,
             running: false,
@@ -236,6 +265,7 @@ impl Timers {
                 s.state = State::Armed;
                 s.waker = Some(waker.clone());
                 s.deadline = deadline;
+                s.unbased = false;
                 if deadline < s.at {
                     // Earlier than the key it had: up the heap now.
                     s.at = deadline;
@@ -259,6 +289,65 @@ impl Timers {
         key
     }
 
+    /// Arms a slot for `after` from the driver's next clock reading, reading no clock: keyed in
+    /// the heap by a lower bound of that deadline (a parked slot keeps its key) and listed in
+    /// `fresh`, and the driver woken if it would not read the clock within a [`TICK`].
+    fn insert_unbased(&mut self, after: Duration, waker: &Waker) -> u32 {
+        // Before the driver's first reading (once per thread), the clock itself.
+        let lower = self.last.unwrap_or_else(Instant::now) + after;
+        let key = match self.take_parked() {
+            Some(key) => {
+                let s = &mut self.slots[key as usize];
+                s.state = State::Armed;
+                s.waker = Some(waker.clone());
+                s.deadline = lower;
+                key
+            }
+            None => self.insert_new(lower, waker),
+        };
+        let s = &mut self.slots[key as usize];
+        s.after = after;
+        s.unbased = true;
+        self.fresh.push(key);
+        if !self.running {
+            self.running = true;
+            monoio::spawn(drive());
+        } else if self
+            .armed
+            .is_none_or(|armed| self.last.is_none_or(|last| armed > last + TICK))
+        {
+            // The driver sleeps longer than a tick.
+            self.poked = true;
+            if let Some(d) = self.driver.take() {
+                d.wake();
+            }
+        }
+        key
+    }
+
+    /// Gives the slots in `fresh` still armed their deadline, `after` from `now`, each moved
+    /// up the heap if that is earlier than its key. Whether there were any.
+    fn base_fresh(&mut self, now: Instant) -> bool {
+        let mut fresh = std::mem::take(&mut self.fresh);
+        let any = !fresh.is_empty();
+        for &key in &fresh {
+            let s = &mut self.slots[key as usize];
+            if s.state != State::Armed || !s.unbased {
+                continue;
+            }
+            s.unbased = false;
+            s.deadline = now + s.after;
+            if s.deadline < s.at {
+                s.at = s.deadline;
+                let pos = s.pos as usize;
+                self.sift_up(pos);
+            }
+        }
+        fresh.clear();
+        self.fresh = fresh;
+        any
+    }
+
     /// The most recently parked slot still parked, if any.
     fn take_parked(&mut self) -> Option<u32> {
         while let Some(key) = self.parked.pop() {
@@ -273,6 +362,8 @@ impl Timers {
     fn insert_new(&mut self, deadline: Instant, waker: &Waker) -> u32 {
         let slot = Slot {
             deadline,
+            after: Duration::ZERO,
+            unbased: false,
             at: deadline,
             waker: Some(waker.clone()),
             pos: self.heap.len() as u32,
@@ -327,6 +418,11 @@ impl Timers {
             let s = &mut self.slots[key as usize];
             if s.at > now {
                 return Some(s.at);
+            }
+            if s.state == State::Armed && s.unbased {
+                // Not met before `base_fresh` in the driver; `now` is after it was armed.
+                s.unbased = false;
+                s.deadline = now + s.after;
             }
             if s.state == State::Armed && s.deadline > now {
                 s.at = s.deadline;
@@ -430,7 +526,14 @@ async fn drive() {
     loop {
         let next = TIMERS.with_borrow_mut(|t| {
             t.poked = false;
-            let next = t.fire(Instant::now());
+            let now = Instant::now();
+            t.last = Some(now);
+            // Operations armed since the last reading: keep reading every tick while they come.
+            let tick = t.base_fresh(now).then_some(now + TICK);
+            let next = match (t.fire(now), tick) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            };
             t.armed = next;
             next
         });
@@ -526,8 +629,15 @@ mod tests {
     #[test]
     fn a_stalled_operation_times_out_and_frees_its_slot() {
         run(async {
+            let t0 = Instant::now();
             let r = timeout(Duration::from_millis(50), pending::<()>()).await;
             assert_eq!(r, Err(Elapsed));
+            // Its deadline came from the driver's reading after the wait began: never early.
+            assert!(
+                t0.elapsed() >= Duration::from_millis(50),
+                "fired early: {:?}",
+                t0.elapsed()
+            );
             assert_eq!(table(), (1, 1, 0, 0));
         });
     }
@@ -651,6 +761,45 @@ mod tests {
             (keys.len() - left.len(), 0, 0),
             "the parked ones freed"
         );
+    }
+
+    /// A wait armed without a clock reading, by hand: keyed at the lower bound (the driver's last
+    /// reading plus its timeout), its deadline from the next reading; a parked slot whose key is
+    /// later than that deadline moved up at the reading.
+    #[test]
+    fn a_wait_gets_its_deadline_from_the_drivers_next_reading() {
+        let base = Instant::now();
+        let at = |ms| base + Duration::from_millis(ms);
+        TIMERS.with_borrow_mut(|t| {
+            t.running = true; // no driver task: read and fired by hand below
+            t.last = Some(base);
+        });
+        let waker = Waker::noop();
+        let slot = |k: u32| TIMERS.with_borrow(|t| (t.slots[k as usize].state, t.slots[k as usize].deadline));
+        let fire = |ms| TIMERS.with_borrow_mut(|t| t.fire(at(ms)));
+        let remove = |k| drop(TIMERS.with_borrow_mut(|t| t.remove(k)));
+        let reading = |ms| TIMERS.with_borrow_mut(|t| t.base_fresh(at(ms)));
+
+        let a = TIMERS.with_borrow_mut(|t| t.insert_unbased(Duration::from_millis(10), waker));
+        assert_eq!(slot(a), (State::Armed, at(10)), "keyed at the lower bound");
+        assert!(reading(3), "a fresh slot");
+        assert_eq!(slot(a), (State::Armed, at(13)), "10 ms from the reading");
+        assert_eq!(fire(12), Some(at(13)), "moved down to its deadline, not fired");
+        assert_eq!(fire(13), None);
+        assert_eq!(slot(a).0, State::Fired);
+        remove(a);
+        assert!(!reading(14), "nothing fresh");
+
+        let b = TIMERS.with_borrow_mut(|t| t.insert(at(100), waker));
+        remove(b);
+        let c = TIMERS.with_borrow_mut(|t| t.insert_unbased(Duration::from_millis(5), waker));
+        assert_eq!(c, b, "the parked slot taken again, keeping its key");
+        assert!(reading(20));
+        assert_eq!(slot(c), (State::Armed, at(25)));
+        assert_eq!(fire(25), None, "moved up to 25 at the reading, fired there");
+        assert_eq!(slot(c).0, State::Fired);
+        remove(c);
+        assert_eq!(table(), (1, 1, 0, 0));
     }
 
     /// Parked slots taken again, by hand: a later deadline only written down and honoured when
