@@ -2,7 +2,7 @@
 # User-space instructions per plain HTTP/1.1 keep-alive request inside kedge's connection task,
 # under callgrind: robust on a shared machine where throughput is not.
 #
-#   bash benches/callgrind_request.sh [--new-conn] [KEDGE_BIN]   # default target/release/kedge
+#   bash benches/callgrind_request.sh [--new-conn | --load] [KEDGE_BIN]   # default target/release/kedge
 #
 # kedge (1 worker, epoll driver: valgrind does not follow io_uring) routes to a one-process
 # nginx backend; a Python client sends 200 warm-up requests, then N on one connection. The
@@ -15,13 +15,20 @@
 # --new-conn: each request on a connection of its own ("Connection: close"), and the figure is
 # the whole process's user-space instructions per request (accept loop, task start, allocator,
 # teardown included: what a new connection costs beyond its request), the same difference.
+#
+# --load: 50 keep-alive connections at once (wrk -c50, as benches/proxy.sh loads), and the figure
+# is the whole process's user-space instructions per request over a 10 s window after a 3 s
+# warm-up (callgrind's counters zeroed and dumped around it): what the sequential client does
+# not show, e.g. the timer's work with as many waits pending as connections.
 set -euo pipefail
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
-NEW_CONN=0 CLIENT_MODE=()
+NEW_CONN=0 LOAD=0 CLIENT_MODE=()
 [[ "${1:-}" == "--new-conn" ]] && { NEW_CONN=1; CLIENT_MODE=(new-conn); shift; }
+[[ "${1:-}" == "--load" ]] && { LOAD=1; shift; }
 BIN="${1:-$ROOT/target/release/kedge}"
 command -v valgrind >/dev/null || apt-get install -y -qq valgrind >/dev/null
 command -v nginx >/dev/null || apt-get install -y -qq nginx >/dev/null
+((LOAD)) && { command -v wrk >/dev/null || apt-get install -y -qq wrk >/dev/null; }
 TMP="$(mktemp -d)"; trap 'kill $(jobs -p) 2>/dev/null; [[ -n "${KEEP:-}" ]] || rm -rf "$TMP"' EXIT
 # Ports: PORT_KEDGE, PORT_BACKEND from the environment (machines shared by several runs).
 PORT="${PORT_KEDGE:-18180}"; BACKEND="${PORT_BACKEND:-18190}"
@@ -81,6 +88,24 @@ cost() {   # n -> inclusive instructions of the connection task
         | grep -E 'kedge::worker::(accept::connection|accept::plain_dispatch|conn::serve|conn::<impl [^ ]*Conn<S>>::run)::\{\{closure\}\}' \
         | awk '{gsub(",", "", $1); if ($1 + 0 > m) m = $1 + 0} END {print m + 0}'
 }
+if ((LOAD)); then
+    valgrind --tool=callgrind --callgrind-out-file="$TMP/cg.load" "$BIN" run --config "$TMP/kedge.toml" 2>"$TMP/vg.load" &
+    v=$!
+    for _ in $(seq 60); do python3 -c "import socket; socket.create_connection(('127.0.0.1',$PORT),timeout=1)" 2>/dev/null && break; sleep 1; done
+    load() { wrk -t1 -c50 -d"$1" -H "Host: bench.example.com" "http://127.0.0.1:$PORT/"; }
+    load 3s >/dev/null
+    callgrind_control -z "$v" >/dev/null
+    load 10s >"$TMP/wrk.out"
+    callgrind_control -d "$v" >/dev/null
+    kill -INT "$v"; wait "$v" || true
+    n=$(awk '/requests in/ {print $1}' "$TMP/wrk.out")
+    total=$(callgrind_annotate --auto=no "$TMP/cg.load.1" 2>/dev/null \
+        | awk '/PROGRAM TOTALS/ && !seen {gsub(",", "", $1); print $1 + 0; seen = 1}')
+    [[ -n "${KEEP:-}" ]] && echo "callgrind files kept in $TMP"
+    echo "kedge: $BIN ($("$BIN" version 2>/dev/null | head -1))"
+    echo "instructions per request in the whole process, 50 connections: $((total / n))  ($n requests, $total)"
+    exit 0
+fi
 a=$(cost 1000); b=$(cost 5000)
 [[ -n "${KEEP:-}" ]] && echo "callgrind files kept in $TMP"
 echo "kedge: $BIN ($("$BIN" version 2>/dev/null | head -1))"
