@@ -212,7 +212,7 @@ fn no_policy() -> Arc<Policy> {
 }
 
 /// Longest host kedge will look up (DNS names are at most 253 bytes).
-const MAX_HOST: usize = 253;
+pub const MAX_HOST: usize = 253;
 
 impl RouteTable {
     /// Finds the backend for a request. `host` is the Host header value as received (any case,
@@ -229,7 +229,13 @@ impl RouteTable {
     /// [`RouteTable::lookup`] with the rule's canary.
     pub fn lookup_route(&self, host: &[u8], path: &str) -> Option<Route<'_>> {
         let mut buf = [0u8; MAX_HOST];
-        let rules = match normalize_host(host, &mut buf) {
+        self.lookup_key(host_key(host, &mut buf), path)
+    }
+
+    /// [`RouteTable::lookup_route`] for a host already made a [`host_key`] (a request that may
+    /// also look up Gateway rules normalises its host once).
+    pub fn lookup_key(&self, host: Option<&str>, path: &str) -> Option<Route<'_>> {
+        let rules = match host {
             Some(h) => self.rules.host_rules(h),
             None => self.rules.any.as_deref(),
         };
@@ -252,7 +258,17 @@ impl RouteTable {
     /// routes costs the request path that one branch and nothing else.
     pub fn gateway_lookup(&self, local: SocketAddr, host: &[u8], req: &gateway::Request<'_>) -> gateway::Lookup<'_> {
         let mut buf = [0u8; MAX_HOST];
-        match normalize_host(host, &mut buf) {
+        self.gateway_lookup_key(local, host_key(host, &mut buf), req)
+    }
+
+    /// [`RouteTable::gateway_lookup`] for a host already made a [`host_key`].
+    pub fn gateway_lookup_key(
+        &self,
+        local: SocketAddr,
+        host: Option<&str>,
+        req: &gateway::Request<'_>,
+    ) -> gateway::Lookup<'_> {
+        match host {
             Some(h) => self.rules.scopes.lookup(local, h, req),
             None => gateway::Lookup::NotGateway,
         }
@@ -538,6 +554,11 @@ impl Rules {
         }
         self.any.as_deref()
     }
+}
+
+/// A Host value as the route table looks it up, made once per request: see [`normalize_host`].
+pub fn host_key<'b>(host: &'b [u8], buf: &'b mut [u8; MAX_HOST]) -> Option<&'b str> {
+    normalize_host(host, buf)
 }
 
 /// `host` without its port or a trailing dot, lower-cased (into `buf` when it has an uppercase

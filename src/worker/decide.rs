@@ -20,7 +20,7 @@ use crate::http;
 use crate::policy::MAX_TRIES;
 use crate::policy::{Balance, HashBy, HashPart, Policy, Rate};
 use crate::routes::gateway::{self, GwRoute, HeaderMod, Lookup, PathChange};
-use crate::routes::{Backend, Canary, RouteTable};
+use crate::routes::{self, Backend, Canary, RouteTable};
 
 /// ACME HTTP-01 challenges are answered over plain HTTP, never redirected (as ingress-nginx).
 const ACME_CHALLENGE: &str = "/.well-known/acme-challenge/";
@@ -254,6 +254,9 @@ pub(crate) fn decide<'s, 'r>(
         Some(Ok(p)) => p,
         Some(Err(_)) => return Decision::Answer(Answer::error(400, "request target is not valid UTF-8", None)),
     };
+    // The host as the table looks it up, made once for both lookups.
+    let mut host_buf = [0u8; routes::MAX_HOST];
+    let host = routes::host_key(req.authority, &mut host_buf);
     // Gateway API rules first, for connections in a Gateway scope. A table without any pays
     // this one branch.
     if s.table.has_scopes() {
@@ -263,13 +266,13 @@ pub(crate) fn decide<'s, 'r>(
             query: req.query,
             headers: req.headers,
         };
-        match s.table.gateway_lookup(req.local, req.authority, &gw_req) {
+        match s.table.gateway_lookup_key(req.local, host, &gw_req) {
             Lookup::NotGateway => {}
             Lookup::NoRule => return Decision::Answer(Answer::error(404, "no route for this host and path", None)),
             Lookup::Routed(r) => return decide_gateway(s, req, path, r, canary_draw, rewritten),
         }
     }
-    let Some(route) = s.table.lookup_route(req.authority, path) else {
+    let Some(route) = s.table.lookup_key(host, path) else {
         return Decision::Answer(Answer::error(404, "no route for this host and path", None));
     };
     let policy = route.policy;
