@@ -229,10 +229,10 @@ impl RouteTable {
     /// [`RouteTable::lookup`] with the rule's canary.
     pub fn lookup_route(&self, host: &[u8], path: &str) -> Option<Route<'_>> {
         let mut buf = [0u8; MAX_HOST];
-        self.lookup_key(host_key(host, &mut buf), path)
+        self.lookup_key(normalize_host(host, &mut buf), path)
     }
 
-    /// [`RouteTable::lookup_route`] for a host already made a [`host_key`] (a request that may
+    /// [`RouteTable::lookup_route`] for a host already normalised ([`normalize_host`]) (a request that may
     /// also look up Gateway rules normalises its host once).
     pub fn lookup_key(&self, host: Option<&str>, path: &str) -> Option<Route<'_>> {
         let rules = match host {
@@ -258,10 +258,10 @@ impl RouteTable {
     /// routes costs the request path that one branch and nothing else.
     pub fn gateway_lookup(&self, local: SocketAddr, host: &[u8], req: &gateway::Request<'_>) -> gateway::Lookup<'_> {
         let mut buf = [0u8; MAX_HOST];
-        self.gateway_lookup_key(local, host_key(host, &mut buf), req)
+        self.gateway_lookup_key(local, normalize_host(host, &mut buf), req)
     }
 
-    /// [`RouteTable::gateway_lookup`] for a host already made a [`host_key`].
+    /// [`RouteTable::gateway_lookup`] for a host already normalised ([`normalize_host`]).
     pub fn gateway_lookup_key(
         &self,
         local: SocketAddr,
@@ -556,15 +556,11 @@ impl Rules {
     }
 }
 
-/// A Host value as the route table looks it up, made once per request: see [`normalize_host`].
-pub fn host_key<'b>(host: &'b [u8], buf: &'b mut [u8; MAX_HOST]) -> Option<&'b str> {
-    normalize_host(host, buf)
-}
-
 /// `host` without its port or a trailing dot, lower-cased (into `buf` when it has an uppercase
 /// letter; as sent otherwise). `None` when it is empty, too long, or not printable ASCII (such a
-/// host can match no rule but the any-host ones).
-fn normalize_host<'b>(host: &'b [u8], buf: &'b mut [u8; MAX_HOST]) -> Option<&'b str> {
+/// host can match no rule but the any-host ones). The key the table looks a host up by: a
+/// request makes it once for the Gateway and the Ingress lookups.
+pub fn normalize_host<'b>(host: &'b [u8], buf: &'b mut [u8; MAX_HOST]) -> Option<&'b str> {
     let host = if let Some(rest) = host.strip_prefix(b"[") {
         // IPv6 literal: keep the brackets' content.
         &rest[..rest.iter().position(|&b| b == b']')?]

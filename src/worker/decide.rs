@@ -256,7 +256,7 @@ pub(crate) fn decide<'s, 'r>(
     };
     // The host as the table looks it up, made once for both lookups.
     let mut host_buf = [0u8; routes::MAX_HOST];
-    let host = routes::host_key(req.authority, &mut host_buf);
+    let host = routes::normalize_host(req.authority, &mut host_buf);
     // Gateway API rules first, for connections in a Gateway scope. A table without any pays
     // this one branch.
     if s.table.has_scopes() {

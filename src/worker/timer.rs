@@ -11,9 +11,10 @@
 //! [`Elapsed`] and its caller drops the I/O future (an in-flight io_uring operation is
 //! cancelled, as before).
 //!
-//! The driver's timer is re-armed lazily: an operation that completes leaves the driver asleep
-//! (its slot just leaves the heap); a wake-up whose earliest deadline is gone sleeps again until
-//! the next one.
+//! The driver's timer is re-armed lazily: an operation that completes leaves the driver asleep;
+//! a wake-up whose earliest deadline is gone sleeps again until the next one. The driver is
+//! woken early only when a new deadline is earlier than the one it sleeps until — rare, since
+//! deadlines are "now + a configured timeout".
 //!
 //! A wait reads no clock. Its slot is listed as fresh, keyed by a lower bound of its deadline
 //! (the driver's last reading plus the timeout), and the driver, which reads the clock every
@@ -28,8 +29,7 @@
 //! it. Its new deadline (later, as deadlines are "now + a timeout") is only written down; the
 //! heap keeps the old, earlier key until the driver meets it and moves it down to the new one.
 //! So a wait and its completion cost no heap operation in steady state; a parked slot nobody
-//! takes is freed when the driver meets it. The driver is woken early only when a new deadline is earlier than the one it
-//! sleeps until — rare, since deadlines are "now + a configured timeout".
+//! takes is freed when the driver meets it.
 //!
 //! Everything is thread-local: a worker is one thread, so there is no lock and nothing is
 //! shared.
@@ -262,39 +262,15 @@ thread_local! {
 
 impl Timers {
     fn insert(&mut self, deadline: Instant, waker: &Waker) -> u32 {
-        let (key, at) = match self.take_parked() {
-            Some(key) => {
-                let s = &mut self.slots[key as usize];
-                s.state = State::Armed;
-                s.waker = Some(waker.clone());
-                s.deadline = deadline;
-                s.unbased = false;
-                if deadline < s.at {
-                    // Earlier than the key it had: up the heap now.
-                    s.at = deadline;
-                    let pos = s.pos as usize;
-                    self.sift_up(pos);
-                }
-                (key, self.slots[key as usize].at)
-            }
-            None => (self.insert_new(deadline, waker), deadline),
-        };
-        if !self.running {
-            self.running = true;
-            monoio::spawn(drive());
-        } else if self.armed.is_none_or(|armed| at < armed) {
-            // The driver sleeps past this deadline (or on no deadline at all).
-            self.poked = true;
-            if let Some(d) = self.driver.take() {
-                d.wake();
-            }
-        }
+        let (key, at) = self.arm(deadline, waker);
+        // Woken when it sleeps past this deadline (or on no deadline at all).
+        self.wake_driver(|t| t.armed.is_none_or(|armed| at < armed));
         key
     }
 
     /// Arms a slot for `after` from the driver's next clock reading, reading no clock: keyed in
-    /// the heap by a lower bound of that deadline (a parked slot keeps its key) and listed in
-    /// `fresh`, and the driver woken if it would not read the clock within a [`TICK`].
+    /// the heap by a lower bound of that deadline and listed in `fresh`, and the driver woken if
+    /// it would not read the clock within a [`TICK`].
     fn insert_unbased(&mut self, after: Duration, waker: &Waker) -> u32 {
         if self.fresh.len() == self.fresh.capacity() {
             if self.fresh.capacity() > 0 {
@@ -305,39 +281,54 @@ impl Timers {
             self.fresh.reserve_exact(FRESH_CAP);
         }
         // Before the driver's first reading (once per thread), the clock itself.
-        let lower = self.last.unwrap_or_else(Instant::now) + after;
-        let key = match self.take_parked() {
-            Some(key) => {
-                let s = &mut self.slots[key as usize];
-                s.state = State::Armed;
-                s.waker = Some(waker.clone());
-                s.deadline = lower;
-                key
-            }
-            None => self.insert_new(lower, waker),
-        };
+        let (key, _) = self.arm(self.last.unwrap_or_else(Instant::now) + after, waker);
         let s = &mut self.slots[key as usize];
         s.after = after;
         s.unbased = true;
         self.fresh.push(key);
+        self.wake_driver(|t| {
+            t.armed
+                .is_none_or(|armed| t.last.is_none_or(|last| armed > last + TICK))
+        });
+        key
+    }
+
+    /// A slot armed for `waker` until `deadline`: the most recently parked one (up the heap if
+    /// `deadline` is earlier than its key) or a free or new one. Returns its key and heap key,
+    /// which is never later than `deadline`.
+    fn arm(&mut self, deadline: Instant, waker: &Waker) -> (u32, Instant) {
+        let Some(key) = self.take_parked() else {
+            return (self.insert_new(deadline, waker), deadline);
+        };
+        let s = &mut self.slots[key as usize];
+        s.state = State::Armed;
+        s.waker = Some(waker.clone());
+        s.deadline = deadline;
+        s.unbased = false;
+        if deadline < s.at {
+            s.at = deadline;
+            let pos = s.pos as usize;
+            self.sift_up(pos);
+        }
+        (key, self.slots[key as usize].at)
+    }
+
+    /// Starts this thread's driver, or wakes it if `early` says it sleeps too long for what was
+    /// just armed.
+    fn wake_driver(&mut self, early: impl FnOnce(&Self) -> bool) {
         if !self.running {
             self.running = true;
             monoio::spawn(drive());
-        } else if self
-            .armed
-            .is_none_or(|armed| self.last.is_none_or(|last| armed > last + TICK))
-        {
-            // The driver sleeps longer than a tick.
+        } else if early(self) {
             self.poked = true;
             if let Some(d) = self.driver.take() {
                 d.wake();
             }
         }
-        key
     }
 
-    /// Gives the slots in `fresh` still armed their deadline, `after` from `now`, each moved
-    /// up the heap if that is earlier than its key. Whether there were any.
+    /// Gives the slots in `fresh` still armed their deadline, `after` from `now` (never earlier
+    /// than their key, a lower bound from an earlier reading). Whether there were any.
     fn base_fresh(&mut self, now: Instant) -> bool {
         let mut fresh = std::mem::take(&mut self.fresh);
         let any = !fresh.is_empty();
@@ -348,11 +339,6 @@ impl Timers {
             }
             s.unbased = false;
             s.deadline = now + s.after;
-            if s.deadline < s.at {
-                s.at = s.deadline;
-                let pos = s.pos as usize;
-                self.sift_up(pos);
-            }
         }
         fresh.clear();
         self.fresh = fresh;
@@ -443,11 +429,6 @@ impl Timers {
             let s = &mut self.slots[key as usize];
             if s.at > now {
                 return Some(s.at);
-            }
-            if s.state == State::Armed && s.unbased {
-                // Not met before `base_fresh` in the driver; `now` is after it was armed.
-                s.unbased = false;
-                s.deadline = now + s.after;
             }
             if s.state == State::Armed && s.deadline > now {
                 s.at = s.deadline;
@@ -790,7 +771,7 @@ mod tests {
 
     /// A wait armed without a clock reading, by hand: keyed at the lower bound (the driver's last
     /// reading plus its timeout), its deadline from the next reading; a parked slot whose key is
-    /// later than that deadline moved up at the reading.
+    /// later than that lower bound moved up to it.
     #[test]
     fn a_wait_gets_its_deadline_from_the_drivers_next_reading() {
         let base = Instant::now();
@@ -818,10 +799,10 @@ mod tests {
         let b = TIMERS.with_borrow_mut(|t| t.insert(at(100), waker));
         remove(b);
         let c = TIMERS.with_borrow_mut(|t| t.insert_unbased(Duration::from_millis(5), waker));
-        assert_eq!(c, b, "the parked slot taken again, keeping its key");
+        assert_eq!(c, b, "the parked slot taken again");
         assert!(reading(20));
         assert_eq!(slot(c), (State::Armed, at(25)));
-        assert_eq!(fire(25), None, "moved up to 25 at the reading, fired there");
+        assert_eq!(fire(25), None, "moved up to its lower bound, fired at 25");
         assert_eq!(slot(c).0, State::Fired);
         remove(c);
         assert_eq!(table(), (1, 1, 0, 0));
