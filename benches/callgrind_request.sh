@@ -72,16 +72,27 @@ for _ in range(int(sys.argv[2])):
     if new_conn:
         c.close()
 EOF2
-cost() {   # n -> inclusive instructions of the connection task
+start_kedge() {   # name -> kedge under callgrind into $TMP/cg.<name>, its pid in $V once it listens
     valgrind --tool=callgrind --callgrind-out-file="$TMP/cg.$1" "$BIN" run --config "$TMP/kedge.toml" 2>"$TMP/vg.$1" &
-    local v=$!
+    V=$!
     for _ in $(seq 60); do python3 -c "import socket; socket.create_connection(('127.0.0.1',$PORT),timeout=1)" 2>/dev/null && break; sleep 1; done
+}
+totals() {   # callgrind file -> the program's instructions
+    callgrind_annotate --auto=no "$1" 2>/dev/null \
+        | awk '/PROGRAM TOTALS/ && !seen {gsub(",", "", $1); print $1 + 0; seen = 1}'
+}
+header() {
+    [[ -n "${KEEP:-}" ]] && echo "callgrind files kept in $TMP"
+    echo "kedge: $BIN ($("$BIN" version 2>/dev/null | head -1))"
+}
+cost() {   # n -> inclusive instructions of the connection task
+    start_kedge "$1"
+    local v=$V
     python3 "$TMP/client.py" "$PORT" 200 "${CLIENT_MODE[@]}"
     python3 "$TMP/client.py" "$PORT" "$1" "${CLIENT_MODE[@]}"
     kill -INT "$v"; wait "$v" || true
     if ((NEW_CONN)); then
-        callgrind_annotate --auto=no "$TMP/cg.$1" 2>/dev/null \
-            | awk '/PROGRAM TOTALS/ && !seen {gsub(",", "", $1); print $1 + 0; seen = 1}'
+        totals "$TMP/cg.$1"
         return
     fi
     callgrind_annotate --auto=no --inclusive=yes --threshold=100 "$TMP/cg.$1" 2>/dev/null \
@@ -89,9 +100,8 @@ cost() {   # n -> inclusive instructions of the connection task
         | awk '{gsub(",", "", $1); if ($1 + 0 > m) m = $1 + 0} END {print m + 0}'
 }
 if ((LOAD)); then
-    valgrind --tool=callgrind --callgrind-out-file="$TMP/cg.load" "$BIN" run --config "$TMP/kedge.toml" 2>"$TMP/vg.load" &
-    v=$!
-    for _ in $(seq 60); do python3 -c "import socket; socket.create_connection(('127.0.0.1',$PORT),timeout=1)" 2>/dev/null && break; sleep 1; done
+    start_kedge load
+    v=$V
     load() { wrk -t1 -c50 -d"$1" -H "Host: bench.example.com" "http://127.0.0.1:$PORT/"; }
     load 3s >/dev/null
     callgrind_control -z "$v" >/dev/null
@@ -99,16 +109,13 @@ if ((LOAD)); then
     callgrind_control -d "$v" >/dev/null
     kill -INT "$v"; wait "$v" || true
     n=$(awk '/requests in/ {print $1}' "$TMP/wrk.out")
-    total=$(callgrind_annotate --auto=no "$TMP/cg.load.1" 2>/dev/null \
-        | awk '/PROGRAM TOTALS/ && !seen {gsub(",", "", $1); print $1 + 0; seen = 1}')
-    [[ -n "${KEEP:-}" ]] && echo "callgrind files kept in $TMP"
-    echo "kedge: $BIN ($("$BIN" version 2>/dev/null | head -1))"
+    total=$(totals "$TMP/cg.load.1")
+    header
     echo "instructions per request in the whole process, 50 connections: $((total / n))  ($n requests, $total)"
     exit 0
 fi
 a=$(cost 1000); b=$(cost 5000)
-[[ -n "${KEEP:-}" ]] && echo "callgrind files kept in $TMP"
-echo "kedge: $BIN ($("$BIN" version 2>/dev/null | head -1))"
+header
 what="in the connection task"
 ((NEW_CONN)) && what="in the whole process, a new connection each"
 echo "instructions per request $what: $(( (b - a) / 4000 ))  (1,000: $a, 5,000: $b)"
