@@ -983,6 +983,9 @@ fn response_rebuild() {
     let not_modified = b"HTTP/1.1 304 Not Modified\r\nContent-Length: 100\r\n\r\n";
     let no_content = b"HTTP/1.1 204 No Content\r\nContent-Length: 100\r\n\r\n";
     let no_reason = b"HTTP/1.1 299\r\nContent-Length: 0\r\n\r\n";
+    // Kept lines go out as written (spacing, case and empty values too); dropped ones split them.
+    let as_written = b"HTTP/1.1 200 OK\r\nserver:nginx \r\nX-A:  two  words\t\r\nContent-Length: 2\r\nX-Empty:\r\n\
+                       Connection: x-hop\r\nX-B: b\r\nx-hop: 1\r\nX-Last: z\r\n\r\n";
     #[rustfmt::skip]
     let cases: &[(&str, String, String)] = &[
         ("keep-alive to 1.1: no Connection header",
@@ -1024,6 +1027,9 @@ fn response_rebuild() {
         ("empty reason keeps the SP",
             rebuilt_response(no_reason, false, Length(0), Http11, true),
             "HTTP/1.1 299 \r\nContent-Length: 0\r\n\r\n".into()),
+        ("kept lines as the upstream wrote them, in order",
+            rebuilt_response(as_written, false, Length(2), Http11, true),
+            "HTTP/1.1 200 OK\r\nserver:nginx \r\nX-A:  two  words\t\r\nX-Empty:\r\nX-B: b\r\nX-Last: z\r\nContent-Length: 2\r\n\r\n".into()),
     ];
     for (label, got, want) in cases {
         assert_eq!(got, want, "{label}");
