@@ -2,7 +2,7 @@
 # User-space instructions per plain HTTP/1.1 keep-alive request inside kedge's connection task,
 # under callgrind: robust on a shared machine where throughput is not.
 #
-#   bash benches/callgrind_request.sh [--new-conn | --load] [KEDGE_BIN]   # default target/release/kedge
+#   bash benches/callgrind_request.sh [--browser] [--new-conn | --load] [KEDGE_BIN]   # default target/release/kedge
 #
 # kedge (1 worker, epoll driver: valgrind does not follow io_uring) routes to a one-process
 # nginx backend; a Python client sends 200 warm-up requests, then N on one connection. The
@@ -16,15 +16,20 @@
 # the whole process's user-space instructions per request (accept loop, task start, allocator,
 # teardown included: what a new connection costs beyond its request), the same difference.
 #
+# --browser: each request carries the fields a browser sends (User-Agent, Accept, Accept-Language,
+# Accept-Encoding, Referer, Cookie, sec-fetch-*: 12 in all, 700 bytes), not Host alone.
+#
 # --load: 50 keep-alive connections at once (wrk -c50, as benches/proxy.sh loads), and the figure
 # is the whole process's user-space instructions per request over a 10 s window after a 3 s
 # warm-up (callgrind's counters zeroed and dumped around it): what the sequential client does
 # not show, e.g. the timer's work with as many waits pending as connections.
 set -euo pipefail
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
-NEW_CONN=0 LOAD=0 CLIENT_MODE=()
+NEW_CONN=0 LOAD=0 CLIENT_MODE=() BROWSER=0
+[[ "${1:-}" == "--browser" ]] && { BROWSER=1; shift; }
 [[ "${1:-}" == "--new-conn" ]] && { NEW_CONN=1; CLIENT_MODE=(new-conn); shift; }
 [[ "${1:-}" == "--load" ]] && { LOAD=1; shift; }
+((BROWSER && LOAD)) && { echo "--browser is for the sequential client, not --load (wrk sends Host only)" >&2; exit 2; }
 BIN="${1:-$ROOT/target/release/kedge}"
 command -v valgrind >/dev/null || apt-get install -y -qq valgrind >/dev/null
 command -v nginx >/dev/null || apt-get install -y -qq nginx >/dev/null
@@ -58,15 +63,30 @@ path = "/"
 upstreams = ["127.0.0.1:$BACKEND"]
 EOF2
 cat >"$TMP/client.py" <<'EOF2'
-import http.client, sys
+import http.client, os, sys
 new_conn = len(sys.argv) > 3
+fields = {"Host": "bench.example.com"}
+if os.environ.get("BROWSER") == "1":
+    fields.update({
+        "User-Agent": "Mozilla/5.0 (X11; Linux x86_64; rv:133.0) Gecko/20100101 Firefox/133.0",
+        "Accept": "text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8",
+        "Accept-Language": "en-US,en;q=0.5",
+        "Accept-Encoding": "gzip, deflate, br, zstd",
+        "Referer": "https://bench.example.com/index.html",
+        "Cookie": "session=0123456789abcdef0123456789abcdef; theme=dark; lang=en",
+        "Upgrade-Insecure-Requests": "1",
+        "Sec-Fetch-Dest": "document",
+        "Sec-Fetch-Mode": "navigate",
+        "Sec-Fetch-Site": "same-origin",
+        "Priority": "u=0, i",
+    })
 c = http.client.HTTPConnection("127.0.0.1", int(sys.argv[1]))
 for _ in range(int(sys.argv[2])):
     if new_conn:
         c = http.client.HTTPConnection("127.0.0.1", int(sys.argv[1]))
-        c.request("GET", "/", headers={"Host": "bench.example.com", "Connection": "close"})
+        c.request("GET", "/", headers=dict(fields, Connection="close"))
     else:
-        c.request("GET", "/", headers={"Host": "bench.example.com"})
+        c.request("GET", "/", headers=fields)
     r = c.getresponse(); r.read()
     assert r.status == 200, r.status
     if new_conn:
@@ -88,8 +108,8 @@ header() {
 cost() {   # n -> inclusive instructions of the connection task
     start_kedge "$1"
     local v=$V
-    python3 "$TMP/client.py" "$PORT" 200 "${CLIENT_MODE[@]}"
-    python3 "$TMP/client.py" "$PORT" "$1" "${CLIENT_MODE[@]}"
+    BROWSER=$BROWSER python3 "$TMP/client.py" "$PORT" 200 "${CLIENT_MODE[@]}"
+    BROWSER=$BROWSER python3 "$TMP/client.py" "$PORT" "$1" "${CLIENT_MODE[@]}"
     kill -INT "$v"; wait "$v" || true
     if ((NEW_CONN)); then
         totals "$TMP/cg.$1"
@@ -118,4 +138,5 @@ a=$(cost 1000); b=$(cost 5000)
 header
 what="in the connection task"
 ((NEW_CONN)) && what="in the whole process, a new connection each"
+((BROWSER)) && what="$what, browser fields"
 echo "instructions per request $what: $(( (b - a) / 4000 ))  (1,000: $a, 5,000: $b)"

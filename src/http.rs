@@ -1182,6 +1182,21 @@ pub struct RequestOut<'a> {
     pub framing: Framing,
     /// The protocol an HTTP/1.1 client asks to switch to.
     pub upgrade: Option<&'a [u8]>,
+    /// Where `headers` came from, when they are an HTTP/1.1 head's fields as parsed (`None`:
+    /// HTTP/2, or fields a Gateway rule changed).
+    pub lines: Option<FieldLines<'a>>,
+}
+
+/// The field lines of a parsed HTTP/1.1 head, one span per field of [`RequestOut::headers`] in
+/// the same order: the upstream head writer copies a run of kept fields as the lines they came
+/// in, at once. Every line ends in CRLF (`parse_request` made sure), so a field's line is the
+/// bytes from its name to the next field's name, and the last one's ends where the empty line
+/// starts (`head_len - 2`).
+#[derive(Debug, Clone, Copy)]
+pub struct FieldLines<'a> {
+    pub buf: &'a [u8],
+    pub spans: &'a [HeaderSpan],
+    pub end: usize,
 }
 
 /// The values of the pairs called `name`, in order.
@@ -1230,16 +1245,28 @@ pub fn write_request_head(out: &mut Vec<u8>, req: &RequestOut<'_>, fwd: &Forward
                 .any(|o| eq_ci(o, name))
         })
     };
-    for &(name, value) in headers {
+    // With the head's lines, a run of kept fields is one copy of their lines as they came.
+    let lines = req.lines.filter(|l| l.spans.len() == headers.len());
+    let mut run = None;
+    for (i, &(name, value)) in headers.iter().enumerate() {
         let is_host = eq_ci(name, b"host");
         if is_one_of(name, &FORWARDING_HEADERS)
             || (is_host && (origin.is_some() || fwd.upstream_host.is_some()))
             || (!is_host && (is_one_of(name, &HOP_BY_HOP) || named_by_connection(name)))
         {
+            if let (Some(l), Some(from)) = (lines, run.take()) {
+                out.extend_from_slice(l.buf.get(from..l.spans[i].name.start).unwrap_or_default());
+            }
             continue;
         }
         has_request_id |= eq_ci(name, b"x-request-id");
-        push_header(out, name, value);
+        match lines {
+            Some(l) => _ = run.get_or_insert(l.spans[i].name.start),
+            None => push_header(out, name, value),
+        }
+    }
+    if let (Some(l), Some(from)) = (lines, run) {
+        out.extend_from_slice(l.buf.get(from..l.end).unwrap_or_default());
     }
     if let Some(host) = fwd.upstream_host {
         push_header(out, b"Host", host);

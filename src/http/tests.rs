@@ -806,6 +806,11 @@ fn rebuilt_request(raw: &[u8], fwd: &Forwarded<'_>) -> String {
         has_host: head.host.is_some(),
         framing: head.framing,
         upgrade: head.upgrade.clone().map(|u| &raw[u]),
+        lines: Some(FieldLines {
+            buf: raw,
+            spans: &headers,
+            end: head.head_len - 2,
+        }),
     };
     let mut out = b"kept|".to_vec();
     write_request_head(&mut out, &req, fwd);
@@ -820,6 +825,15 @@ const FWD_BLOCK: &str =
 fn request_rebuild() {
     let f = fwd(b"h", b"rid-1");
     let cases: &[(&str, &[u8], String)] = &[
+        (
+            "kept lines as the client wrote them, split where fields are dropped",
+            b"GET / HTTP/1.1\r\nHost: h\r\nuser-agent:t \r\nX-Forwarded-For: 198.51.100.1\r\nAccept:  */*\t\r\n\
+              X-Empty:\r\nConnection: keep-alive\r\nCookie: a=1\r\n\r\n",
+            format!(
+                "kept|GET / HTTP/1.1\r\nHost: h\r\nuser-agent:t \r\nAccept:  */*\t\r\nX-Empty:\r\nCookie: a=1\r\n\
+                 X-Forwarded-For: 198.51.100.1, 192.0.2.7\r\n{FWD_BLOCK}X-Request-ID: rid-1\r\n\r\n"
+            ),
+        ),
         (
             "plain GET: appended to out, headers in order",
             b"GET /p?q=1 HTTP/1.1\r\nHost: h\r\nUser-Agent: t\r\nAccept: */*\r\n\r\n",

@@ -393,11 +393,19 @@ impl<S: ClientStream> Conn<S> {
                     }
                     // A Gateway rule's header changes and host rewrite.
                     let mut changed = self.gw_pairs.take();
-                    let (headers, host) = match &f.gw {
-                        None => (view.headers, None),
+                    // The fields as they came (their lines copied as they are), or as changed.
+                    let (headers, host, lines) = match &f.gw {
+                        None => {
+                            let lines = http::FieldLines {
+                                buf: &self.cbuf,
+                                spans: &self.headers,
+                                end: head.head_len - 2,
+                            };
+                            (view.headers, None, Some(lines))
+                        }
                         Some(gw) => {
                             gw.request_headers(view.headers, &mut changed);
-                            (&changed[..], gw.host())
+                            (&changed[..], gw.host(), None)
                         }
                     };
                     let fwd = http::Forwarded {
@@ -418,6 +426,7 @@ impl<S: ClientStream> Conn<S> {
                         has_host: head.host.is_some(),
                         framing: head.framing,
                         upgrade: view.upgrade,
+                        lines,
                     };
                     http::write_request_head(&mut self.out, &req, &fwd);
                     self.gw_pairs.put(changed);

@@ -524,6 +524,7 @@ async fn handle(
         has_host,
         framing,
         upgrade: None,
+        lines: None,
     };
     // The head, answer lines and upstream reads come from the worker's buffer pool and go
     // back when the stream is done, as an HTTP/1.1 connection's do between requests.
