@@ -4,7 +4,7 @@
 //!   [`kinds`](super::kinds) says what is kept) are written to its state file after every
 //!   change, at most once per [`WRITE_EVERY`] (a burst of changes is written once it is over),
 //!   by a task of the control runtime, with the encoding and the file I/O on a thread of its
-//!   own at a lower priority ([`WRITER_NICE`]). Never before the first live sync: a store that is still empty must not overwrite
+//!   own at the lowest priority (`SCHED_IDLE`, [`lower_priority`]). Never before the first live sync: a store that is still empty must not overwrite
 //!   good state. A clean stop ([`LastKnownGood::stop`]) writes what is still waiting at once, so
 //!   the file ends with the last change kedge saw, not with the one before its last second.
 //! - **Start during an outage.** A cluster whose watches fail before their first sync (the API
@@ -314,32 +314,41 @@ impl Slot {
     }
 }
 
-/// The nice value of the thread that encodes and writes a state file. That work is
-/// bulky (at 10k Ingresses and 50k endpoints about a quarter of a second of CPU on a slow core,
-/// at most once a second while objects change) and never urgent: at a lower priority it does
-/// not take a core from the workers or the control thread when they want one, and still gets
-/// done, later, when they are busy.
+/// The nice value of the thread that encodes and writes a state file, where it cannot run
+/// under `SCHED_IDLE` ([`lower_priority`]). That work is bulky (at 10k Ingresses and 50k
+/// endpoints about a quarter of a second of CPU on a slow core, at most once a second while
+/// objects change) and never urgent.
 const WRITER_NICE: libc::c_int = 10;
 
 /// A job for the writer thread.
 type Job = Box<dyn FnOnce() + Send>;
 
-/// Sets the calling thread's nice value (on Linux a nice value belongs to a thread: this one
-/// only). Failing (a seccomp filter, say) leaves it at the default priority, which works too.
+/// Puts the calling thread (on Linux a scheduling policy and a nice value belong to a thread:
+/// this one only) under `SCHED_IDLE`: it runs only on a core nothing else wants, and any other
+/// thread that wakes takes the core from it at once. So a state file write never delays a
+/// worker or the control thread (at nice 10 it still took a share of a busy core and could
+/// hold one when the control thread woke for an update), and still gets done, later, on a busy
+/// host. Lowering one's own priority needs no privilege; where the policy is refused (a seccomp
+/// filter, say) the thread takes nice [`WRITER_NICE`] instead, and failing that stays at the
+/// default priority, which works too.
 #[allow(unsafe_code)]
-fn lower_priority(nice: libc::c_int) {
-    // SAFETY: plain system calls on the calling thread's own id, no memory passed.
+fn lower_priority() {
+    let param = libc::sched_param { sched_priority: 0 };
+    // SAFETY: plain system calls on the calling thread (pid 0: the caller; its own id), with
+    // a pointer to a live `sched_param` that the call only reads.
     unsafe {
-        libc::setpriority(libc::PRIO_PROCESS, libc::gettid() as libc::id_t, nice);
+        if libc::sched_setscheduler(0, libc::SCHED_IDLE, &param) != 0 {
+            libc::setpriority(libc::PRIO_PROCESS, libc::gettid() as libc::id_t, WRITER_NICE);
+        }
     }
 }
 
-/// Starts the thread that runs the writer task's jobs at [`WRITER_NICE`]; it ends when the
-/// sender is dropped.
+/// Starts the thread that runs the writer task's jobs under `SCHED_IDLE` ([`lower_priority`]);
+/// it ends when the sender is dropped.
 fn spawn_writer_thread() -> io::Result<std::sync::mpsc::Sender<Job>> {
     let (tx, rx) = std::sync::mpsc::channel::<Job>();
     std::thread::Builder::new().name("kedge-state".into()).spawn(move || {
-        lower_priority(WRITER_NICE);
+        lower_priority();
         for job in rx {
             job();
         }
@@ -348,8 +357,8 @@ fn spawn_writer_thread() -> io::Result<std::sync::mpsc::Sender<Job>> {
 }
 
 /// Starts the task that writes what is offered to `file`, at most once per [`WRITE_EVERY`]:
-/// what arrives meanwhile waits in the slot, and only the latest is written. Its thread (at
-/// [`WRITER_NICE`]) encodes and writes; the task waits for it. At a stop the task writes what
+/// what arrives meanwhile waits in the slot, and only the latest is written. Its thread (under
+/// `SCHED_IDLE`) encodes and writes; the task waits for it. At a stop the task writes what
 /// waits at once and ends. `None` (logged) when the thread cannot be started.
 fn spawn_writer(cluster: String, file: PathBuf) -> Option<Writer> {
     let jobs = match spawn_writer_thread() {

@@ -216,24 +216,24 @@ async fn a_stop_writes_what_waits_at_once_and_ends_the_writer() {
 }
 
 #[tokio::test]
-async fn the_file_is_written_by_a_thread_at_a_lower_priority() {
-    let (_dir, _file, _health, lkg) = persisting("lkg-nice");
-    // The nice value of every thread of this process named `kedge-state` (field 19 of its stat,
-    // counted after the command name in parentheses).
-    let nice_values = || -> Vec<i64> {
+async fn the_file_is_written_by_a_thread_at_the_lowest_priority() {
+    let (_dir, _file, _health, lkg) = persisting("lkg-idle");
+    // The scheduling policy of every thread of this process named `kedge-state` (field 41 of
+    // its stat, counted after the command name in parentheses, which ends at field 2).
+    let policies = || -> Vec<i64> {
         std::fs::read_dir("/proc/self/task")
             .expect("tasks")
             .filter_map(|t| {
                 let stat = std::fs::read_to_string(t.ok()?.path().join("stat")).ok()?;
                 let (name, rest) = stat.split_once(" (")?.1.rsplit_once(") ")?;
-                (name == "kedge-state").then(|| rest.split(' ').nth(16)?.parse().ok())?
+                (name == "kedge-state").then(|| rest.split(' ').nth(41 - 3)?.parse().ok())?
             })
             .collect()
     };
-    // (A thread just started sets its priority first thing: other tests start some too.)
-    eventually("kedge-state threads, every one at WRITER_NICE", || {
-        let v = nice_values();
-        !v.is_empty() && v.iter().all(|&n| n == i64::from(WRITER_NICE))
+    // (A thread just started sets its policy first thing: other tests start some too.)
+    eventually("kedge-state threads, every one under SCHED_IDLE", || {
+        let v = policies();
+        !v.is_empty() && v.iter().all(|&p| p == i64::from(libc::SCHED_IDLE))
     })
     .await;
     drop(lkg);
