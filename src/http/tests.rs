@@ -822,6 +822,32 @@ const FWD_BLOCK: &str =
     "X-Forwarded-Proto: http\r\nX-Forwarded-Host: h\r\nX-Forwarded-Port: 8080\r\nX-Real-IP: 192.0.2.7\r\n";
 
 #[test]
+fn the_special_request_names_filter_misses_none_of_them() {
+    for name in REQUEST_SPECIAL.iter().flat_map(|l| l.iter()) {
+        let upper = name.to_ascii_uppercase();
+        let mut title = name.to_vec();
+        title[0] = title[0].to_ascii_uppercase();
+        for n in [name.to_vec(), upper, title] {
+            assert!(maybe_request_special(&n), "{}", String::from_utf8_lossy(&n));
+        }
+    }
+    // What it is for: a browser's usual fields need no list comparison.
+    for n in [
+        "Accept",
+        "Accept-Encoding",
+        "Cookie",
+        "User-Agent",
+        "Sec-Fetch-Mode",
+        "Referer",
+        "Priority",
+    ] {
+        assert!(!maybe_request_special(n.as_bytes()), "{n}");
+    }
+    assert!(!maybe_request_special(b""));
+    assert!(!maybe_request_special(&[b'x'; 40]));
+}
+
+#[test]
 fn request_rebuild() {
     let f = fwd(b"h", b"rid-1");
     let cases: &[(&str, &[u8], String)] = &[
