@@ -17,7 +17,7 @@
 # teardown included: what a new connection costs beyond its request), the same difference.
 #
 # --browser: each request carries the fields a browser sends (User-Agent, Accept, Accept-Language,
-# Accept-Encoding, Referer, Cookie, sec-fetch-*: 12 in all, 700 bytes), not Host alone.
+# Accept-Encoding, Referer, Cookie, sec-fetch-*: 12 in all, a 520-byte head), not Host alone.
 #
 # --load: 50 keep-alive connections at once (wrk -c50, as benches/proxy.sh loads), and the figure
 # is the whole process's user-space instructions per request over a 10 s window after a 3 s
