@@ -1221,16 +1221,46 @@ pub struct RequestOut<'a> {
     pub lines: Option<FieldLines<'a>>,
 }
 
-/// The field lines of a parsed HTTP/1.1 head, one span per field of [`RequestOut::headers`] in
-/// the same order: the upstream head writer copies a run of kept fields as the lines they came
-/// in, at once. Every line ends in CRLF (`parse_request` made sure), so a field's line is the
-/// bytes from its name to the next field's name, and the last one's ends where the empty line
-/// starts (`head_len - 2`).
+/// The field lines of a head parsed by [`parse_request`] or [`parse_response`], one span per
+/// field in order (for a request, one per pair of [`RequestOut::headers`]): the head writers copy
+/// a run of kept fields as the lines they came in, at once. Every line ends in CRLF (parsing made
+/// sure), so a field's line is the bytes from its name to the next field's name, and the last
+/// one's ends where the empty line starts.
 #[derive(Debug, Clone, Copy)]
 pub struct FieldLines<'a> {
-    pub buf: &'a [u8],
-    pub spans: &'a [HeaderSpan],
-    pub end: usize,
+    buf: &'a [u8],
+    spans: &'a [HeaderSpan],
+    end: usize,
+}
+
+impl<'a> FieldLines<'a> {
+    /// The lines of the head of `head_len` bytes at the start of `buf`, whose fields parsing
+    /// found at `spans`.
+    pub fn new(buf: &'a [u8], spans: &'a [HeaderSpan], head_len: usize) -> FieldLines<'a> {
+        FieldLines {
+            buf,
+            spans,
+            end: head_len.saturating_sub(2),
+        }
+    }
+
+    /// Appends the lines of the fields `keep` takes (by index), each run of them in one copy.
+    fn copy_kept(&self, out: &mut Vec<u8>, mut keep: impl FnMut(usize) -> bool) {
+        let mut from = None;
+        for (i, h) in self.spans.iter().enumerate() {
+            match (keep(i), from) {
+                (true, None) => from = Some(h.name.start),
+                (false, Some(f)) => {
+                    out.extend_from_slice(self.buf.get(f..h.name.start).unwrap_or_default());
+                    from = None;
+                }
+                _ => {}
+            }
+        }
+        if let Some(f) = from {
+            out.extend_from_slice(self.buf.get(f..self.end).unwrap_or_default());
+        }
+    }
 }
 
 /// The values of the pairs called `name`, in order.
@@ -1279,10 +1309,8 @@ pub fn write_request_head(out: &mut Vec<u8>, req: &RequestOut<'_>, fwd: &Forward
                 .any(|o| eq_ci(o, name))
         })
     };
-    // With the head's lines, a run of kept fields is one copy of their lines as they came.
-    let lines = req.lines.filter(|l| l.spans.len() == headers.len());
-    let mut run = None;
-    for (i, &(name, value)) in headers.iter().enumerate() {
+    // Whether a field goes upstream (noting an X-Request-ID that does).
+    let mut kept = |name: &[u8]| {
         // Most fields are none of the names treated apart: one table lookup says so.
         let special = maybe_request_special(name);
         let is_host = special && eq_ci(name, b"host");
@@ -1290,19 +1318,21 @@ pub fn write_request_head(out: &mut Vec<u8>, req: &RequestOut<'_>, fwd: &Forward
             || (is_host && (origin.is_some() || fwd.upstream_host.is_some()))
             || (!is_host && ((special && is_one_of(name, &HOP_BY_HOP)) || named_by_connection(name)))
         {
-            if let (Some(l), Some(from)) = (lines, run.take()) {
-                out.extend_from_slice(l.buf.get(from..l.spans[i].name.start).unwrap_or_default());
-            }
-            continue;
+            return false;
         }
         has_request_id |= special && eq_ci(name, b"x-request-id");
-        match lines {
-            Some(l) => _ = run.get_or_insert(l.spans[i].name.start),
-            None => push_header(out, name, value),
+        true
+    };
+    // With the head's lines, a run of kept fields is one copy of their lines as they came.
+    match req.lines.filter(|l| l.spans.len() == headers.len()) {
+        Some(lines) => lines.copy_kept(out, |i| kept(headers[i].0)),
+        None => {
+            for &(name, value) in headers {
+                if kept(name) {
+                    push_header(out, name, value);
+                }
+            }
         }
-    }
-    if let (Some(l), Some(from)) = (lines, run) {
-        out.extend_from_slice(l.buf.get(from..l.end).unwrap_or_default());
     }
     if let Some(host) = fwd.upstream_host {
         push_header(out, b"Host", host);
@@ -1407,25 +1437,11 @@ pub fn write_response_head_dropping(
     // `passes`, with the Connection fields read once.
     let passes =
         |name: &[u8]| !is_one_of(name, &HOP_BY_HOP) && !named.names(name, || named_by_connection(buf, headers, name));
-    // A kept field goes out as the upstream wrote its line, and a run of kept lines as one copy:
-    // `parse_response` made sure every line ends in CRLF, so a field's line is the bytes from its
-    // name to the next field's name (the last one's, to the empty line that ends the head).
-    let mut run = None;
-    for h in headers {
-        let name = at(buf, &h.name);
-        let keep = (switching && eq_ci(name, b"upgrade")) || (passes(name) && !drop(name));
-        match (keep, run) {
-            (true, None) => run = Some(h.name.start),
-            (false, Some(from)) => {
-                out.extend_from_slice(buf.get(from..h.name.start).unwrap_or_default());
-                run = None;
-            }
-            _ => {}
-        }
-    }
-    if let Some(from) = run {
-        out.extend_from_slice(buf.get(from..head.head_len.saturating_sub(2)).unwrap_or_default());
-    }
+    // A kept field goes out as the upstream wrote its line, a run of kept lines in one copy.
+    FieldLines::new(buf, headers, head.head_len).copy_kept(out, |i| {
+        let name = at(buf, &headers[i].name);
+        (switching && eq_ci(name, b"upgrade")) || (passes(name) && !drop(name))
+    });
     let coded_body = matches!(head.framing, Framing::Chunked | Framing::CloseDelimited);
     let mut codings = false;
     if coded_body && !matches!(out_framing, Framing::Length(_)) {

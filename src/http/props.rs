@@ -331,7 +331,7 @@ proptest! {
             has_host: head.host.is_some(),
             framing: head.framing,
             upgrade: None,
-            lines: Some(FieldLines { buf: &wire, spans: &spans, end: head.head_len - 2 }),
+            lines: Some(FieldLines::new(&wire, &spans, head.head_len)),
         };
         let fwd = Forwarded {
             client_ip: b"192.0.2.7",

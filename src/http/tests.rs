@@ -806,11 +806,7 @@ fn rebuilt_request(raw: &[u8], fwd: &Forwarded<'_>) -> String {
         has_host: head.host.is_some(),
         framing: head.framing,
         upgrade: head.upgrade.clone().map(|u| &raw[u]),
-        lines: Some(FieldLines {
-            buf: raw,
-            spans: &headers,
-            end: head.head_len - 2,
-        }),
+        lines: Some(FieldLines::new(raw, &headers, head.head_len)),
     };
     let mut out = b"kept|".to_vec();
     write_request_head(&mut out, &req, fwd);

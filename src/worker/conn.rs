@@ -396,11 +396,7 @@ impl<S: ClientStream> Conn<S> {
                     // The fields as they came (their lines copied as they are), or as changed.
                     let (headers, host, lines) = match &f.gw {
                         None => {
-                            let lines = http::FieldLines {
-                                buf: &self.cbuf,
-                                spans: &self.headers,
-                                end: head.head_len - 2,
-                            };
+                            let lines = http::FieldLines::new(&self.cbuf, &self.headers, head.head_len);
                             (view.headers, None, Some(lines))
                         }
                         Some(gw) => {
