@@ -8,6 +8,8 @@
 # Cells (--only takes a comma list of these names):
 #   keepalive        proxy.sh: kedge, nginx, HAProxy, direct, floor; keep-alive, no quota
 #   keepalive-quota  the same at an equal CPU budget (--proxy-quota 80): kedge, nginx, floor
+#   keepalive-browser  keep-alive, each request with the fields a browser sends (--headers
+#                    browser): kedge, nginx, floor; no quota
 #   newconn          proxy.sh --new-conn: kedge, nginx, HAProxy; no quota
 #   newconn-quota    the same at an equal CPU budget (--proxy-quota 50): kedge, nginx
 #   tls              tls.sh: keep-alive, full, resumed TLS 1.3 and post-quantum handshakes, ECDSA and RSA
@@ -29,11 +31,11 @@ cd "$(dirname "$0")/.."
 RUNS=3
 DURATION=5
 SKIP_BUILD=0
-ONLY="keepalive,keepalive-quota,newconn,newconn-quota,tls,h2,bodies,scaling,control"
+ONLY="keepalive,keepalive-quota,keepalive-browser,newconn,newconn-quota,tls,h2,bodies,scaling,control"
 
 log() { printf '[all.sh %(%H:%M:%S)T] %s\n' -1 "$*" >&2; }
 die() { log "ERROR: $*"; exit 1; }
-usage() { sed -n '2,25p' "$0" | sed 's/^# \{0,1\}//'; }
+usage() { sed -n '2,27p' "$0" | sed 's/^# \{0,1\}//'; }
 while [[ $# -gt 0 ]]; do
     case "$1" in
         --skip-build) SKIP_BUILD=1; shift ;;
@@ -114,6 +116,7 @@ COMMON=(--skip-build --runs "$RUNS" --duration "$DURATION" --kedge-bin "$KEDGE_B
 PROXY=(bash benches/proxy.sh "${COMMON[@]}" --floor-bin "$FLOOR_BIN")
 cell keepalive "${PROXY[@]}" --targets kedge,nginx,haproxy,direct,floor
 cell keepalive-quota "${PROXY[@]}" --targets kedge,nginx,floor --proxy-quota 80
+cell keepalive-browser "${PROXY[@]}" --targets kedge,nginx,floor --headers browser
 cell newconn "${PROXY[@]}" --new-conn --targets kedge,nginx,haproxy
 cell newconn-quota "${PROXY[@]}" --new-conn --targets kedge,nginx --proxy-quota 50
 cell tls bash benches/tls.sh "${COMMON[@]}" --load-bin "$LOAD_BIN" --key both \

@@ -6,6 +6,7 @@
 #                         [--threads T] [--targets LIST] [--kedge-bin PATH]
 #                         [--kedge-driver auto|...] [--results-dir DIR] [--new-conn]
 #                         [--floor-bin PATH] [--floor-mode turns|duplex] [--no-count]
+#                         [--headers host|browser]
 #
 # Everything runs on 127.0.0.1 with private instances (own configs, pid files
 # and prefixes under a temp dir, ports 18080-18090). Every process started here
@@ -30,6 +31,7 @@ MAX_OTHER=10         # % of a core used by foreign processes that voids a run
 PROXY_QUOTA=0        # CFS quota per proxy in % of one core; 0 = none
 KEDGE_DRIVER="${KEDGE_DRIVER:-auto}"
 NEW_CONN=0           # 1: a new connection per request (wrk sends Connection: close)
+HEADERS=host         # host: wrk's request (Host alone); browser: the fields a browser sends
 
 PORT_KEDGE="${PORT_KEDGE:-18080}"
 PORT_NGINX="${PORT_NGINX:-18081}"
@@ -64,6 +66,10 @@ Options (defaults in brackets):
   --new-conn        a new TCP connection per request: wrk sends "Connection: close",
                     the proxy closes after each answer and wrk reconnects (accept,
                     connection set-up and teardown dominate; req/s = connections/s)
+  --headers KIND    host: wrk's own request, Host alone; browser: each request also
+                    carries the 11 fields a browser sends (User-Agent, Accept,
+                    Accept-Language, Accept-Encoding, Referer, Cookie, sec-fetch-*,
+                    Priority: a 520-byte head, as callgrind_request.sh --browser) [$HEADERS]
   --skip-build      do not run 'cargo build --release'
   --targets LIST    comma list out of kedge,nginx,haproxy,direct,floor [$TARGETS]
                     (floor: benches/floor.rs, bytes copied to a fixed upstream
@@ -101,6 +107,7 @@ while (($#)); do
         --workers) WORKERS="$2"; shift 2 ;;
         --skip-build) SKIP_BUILD=1; shift ;;
         --new-conn) NEW_CONN=1; shift ;;
+        --headers) HEADERS="$2"; shift 2 ;;
         --targets) TARGETS="$2"; shift 2 ;;
         --kedge-bin) KEDGE_BIN="$2"; shift 2 ;;
         --floor-bin) FLOOR_BIN="$2"; shift 2 ;;
@@ -118,6 +125,7 @@ done
 WARMUP="${WARMUP:-$DURATION}"
 
 [[ "$FLOOR_MODE" =~ ^(turns|duplex)$ ]] || { echo "--floor-mode must be turns or duplex" >&2; exit 2; }
+[[ "$HEADERS" =~ ^(host|browser)$ ]] || { echo "--headers must be host or browser" >&2; exit 2; }
 [[ "$QUIET_WAIT" =~ ^[0-9]+$ ]] || { echo "--quiet-wait must be an integer >= 0" >&2; exit 2; }
 [[ "$PROXY_QUOTA" =~ ^[0-9]+$ ]] || { echo "--proxy-quota must be an integer >= 0" >&2; exit 2; }
 [[ "$MAX_OTHER" =~ ^[0-9]+$ ]] || { echo "--max-other must be an integer >= 0" >&2; exit 2; }
@@ -289,7 +297,7 @@ done
 
 TMP="$(mktemp -d /tmp/kedge-bench.XXXXXX)"
 STAMP="$(date +%Y%m%d-%H%M%S)"
-OUT="$RESULTS_BASE/$STAMP-w$WORKERS$( ((NEW_CONN)) && echo -newconn || true)"
+OUT="$RESULTS_BASE/$STAMP-w$WORKERS$( ((NEW_CONN)) && echo -newconn || true)$([[ $HEADERS == browser ]] && echo -browser || true)"
 mkdir -p "$OUT/wrk" "$OUT/conf"
 
 # Enough file descriptors for the servers (inherited); HAProxy refuses to start
@@ -450,7 +458,18 @@ if [[ " ${ACTIVE[*]} " == *" kedge "* ]]; then
 fi
 WRK_HDR=()
 ((NEW_CONN)) && WRK_HDR=(-H "Connection: close")
-WRK_CMD="wrk -t$THREADS -c$CONNECTIONS -d${DURATION}s --latency$( ((NEW_CONN)) && echo " -H 'Connection: close'" || true)"
+if [[ $HEADERS == browser ]]; then
+    # What a browser sends with a page request (the same fields as callgrind_request.sh
+    # --browser; wrk adds Host).
+    WRK_HDR+=(-H "User-Agent: Mozilla/5.0 (X11; Linux x86_64; rv:133.0) Gecko/20100101 Firefox/133.0"
+        -H "Accept: text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8"
+        -H "Accept-Language: en-US,en;q=0.5" -H "Accept-Encoding: gzip, deflate, br, zstd"
+        -H "Referer: https://bench.example.com/index.html"
+        -H "Cookie: session=0123456789abcdef0123456789abcdef; theme=dark; lang=en"
+        -H "Upgrade-Insecure-Requests: 1" -H "Sec-Fetch-Dest: document" -H "Sec-Fetch-Mode: navigate"
+        -H "Sec-Fetch-Site: same-origin" -H "Priority: u=0, i")
+fi
+WRK_CMD="wrk -t$THREADS -c$CONNECTIONS -d${DURATION}s --latency$( ((${#WRK_HDR[@]})) && printf " %q" "${WRK_HDR[@]}" || true)"
 BENCH_COMMAND="$ORIG_CMD" BENCH_WRK_CMD="$WRK_CMD" BENCH_CPU_MODEL="$CPU_MODEL" \
 BENCH_VERSIONS="$(printf '%s; ' "$V_NGINX" "$V_HAPROXY" "$V_WRK" ${V_KEDGE:+"$V_KEDGE"} | sed 's/; $//')" \
 python3 - "$OUT/meta.json" <<EOF
@@ -467,6 +486,7 @@ json.dump({
     "oversubscribed": bool($OVERSUB),
     "proxy_quota_pct": $PROXY_QUOTA,
     "floor_mode": "$FLOOR_MODE",
+    "headers": "$HEADERS",
     "ports": {"kedge": $PORT_KEDGE, "nginx": $PORT_NGINX, "haproxy": $PORT_HAPROXY, "floor": $PORT_FLOOR, "backend": $PORT_BACKEND},
     "counted": bool($COUNT),
     "targets": "${ACTIVE[*]}".split(),
