@@ -383,6 +383,13 @@ impl<S: ClientStream> Conn<S> {
             worker.stopping.is_set(),
         );
         let keep_upstream = resp.keep_alive && resp.framing != Framing::CloseDelimited;
+        // The last answer to a client that asked to close and sent no body and nothing after
+        // its head: the FIN can go with the answer. Not where bytes may be left unread (a body,
+        // pipelined requests; or kedge closing a connection the client meant to keep, when it
+        // drains): the close would then send a reset, and the held answer would go with it.
+        if !head.keep_alive && matches!(head.framing, Framing::None | Framing::Length(0)) && self.cbuf.is_empty() {
+            self.client.last_answer();
+        }
 
         // (A bodiless HEAD or 304 answer keeps the Content-Length the upstream declared.)
         let mut extra = std::mem::take(&mut self.extra);

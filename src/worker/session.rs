@@ -34,6 +34,29 @@ pub(super) trait ClientStream: AsyncReadRent + AsyncWriteRent + 'static {
     fn halves(self) -> (impl AsyncReadRent, impl AsyncWriteRent);
     /// Ends the connection politely (TLS: close_notify). Best effort, bounded.
     async fn close(&mut self);
+    /// What is written from now on is the connection's last: see [`hold_for_close`].
+    fn last_answer(&mut self);
+}
+
+/// Holds the socket's partial segments until it closes (`TCP_CORK`), so the connection's last
+/// answer leaves with the FIN in one segment instead of two and the client wakes once for both.
+/// Full segments still go at once, and the kernel sends what it holds after 200 ms at most: a
+/// close that came late would delay the answer's end by that much, never more. Best effort: a
+/// refusal changes only how the bytes are cut into segments.
+#[allow(unsafe_code)]
+fn hold_for_close(fd: std::os::fd::RawFd) {
+    let on: libc::c_int = 1;
+    // SAFETY: `fd` is the caller's open socket for this call; the option value is a c_int that
+    // lives through the call, and its size is passed with it.
+    unsafe {
+        libc::setsockopt(
+            fd,
+            libc::IPPROTO_TCP,
+            libc::TCP_CORK,
+            (&raw const on).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        );
+    }
 }
 
 impl ClientStream for TcpStream {
@@ -46,6 +69,9 @@ impl ClientStream for TcpStream {
         self.into_split()
     }
     async fn close(&mut self) {}
+    fn last_answer(&mut self) {
+        hold_for_close(std::os::fd::AsRawFd::as_raw_fd(self));
+    }
 }
 
 impl ClientStream for TlsStream {
@@ -59,6 +85,10 @@ impl ClientStream for TlsStream {
     }
     async fn close(&mut self) {
         TlsStream::close(self).await;
+    }
+    fn last_answer(&mut self) {
+        // The answer, close_notify and the FIN in one segment.
+        hold_for_close(self.fd());
     }
 }
 
