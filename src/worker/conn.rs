@@ -291,6 +291,11 @@ impl<S: ClientStream> Conn<S> {
         match plan {
             Plan::Answer { status, keep } => {
                 rec.status = status;
+                // Not before an error's close: it lingers, reading what the client still sends,
+                // and a held answer would wait that long.
+                if !keep && !respond::is_error(status) {
+                    self.before_last_answer(head);
+                }
                 self.send_answer(snap, status, !keep).await?;
                 Ok(if keep { Next::KeepAlive } else { Next::Close })
             }

@@ -280,6 +280,17 @@ pub(crate) fn append_lines(headers: &mut ::http::HeaderMap, lines: &[u8]) {
 }
 
 impl<S: ClientStream> Conn<S> {
+    /// Before the answer to `head`: when it is the last answer to a client that asked to close
+    /// and sent no body and nothing after its head, the FIN is to go with it
+    /// ([`ClientStream::last_answer`]). Not where bytes may be left unread (a body, pipelined
+    /// requests; or kedge closing a connection the client meant to keep, when it drains): the
+    /// close would then send a reset, and the held answer would go with it.
+    pub(super) fn before_last_answer(&mut self, head: &RequestHead) {
+        if !head.keep_alive && matches!(head.framing, Framing::None | Framing::Length(0)) && self.cbuf.is_empty() {
+            self.client.last_answer();
+        }
+    }
+
     /// Sends the answer in `out`; when `close`, closes after it (lingering for errors).
     pub(super) async fn send_answer(&mut self, snap: &Snapshot, status: u16, close: bool) -> Result<(), RequestError> {
         let timeout = match is_error(status) {
@@ -383,13 +394,7 @@ impl<S: ClientStream> Conn<S> {
             worker.stopping.is_set(),
         );
         let keep_upstream = resp.keep_alive && resp.framing != Framing::CloseDelimited;
-        // The last answer to a client that asked to close and sent no body and nothing after
-        // its head: the FIN can go with the answer. Not where bytes may be left unread (a body,
-        // pipelined requests; or kedge closing a connection the client meant to keep, when it
-        // drains): the close would then send a reset, and the held answer would go with it.
-        if !head.keep_alive && matches!(head.framing, Framing::None | Framing::Length(0)) && self.cbuf.is_empty() {
-            self.client.last_answer();
-        }
+        self.before_last_answer(head);
 
         // (A bodiless HEAD or 304 answer keeps the Content-Length the upstream declared.)
         let mut extra = std::mem::take(&mut self.extra);

@@ -86,7 +86,7 @@ fn segments_in(s: &std::net::TcpStream) -> u32 {
 
 /// Sends `request` on a new connection, reads until kedge closes, and returns what came and
 /// how many segments brought it.
-fn exchange(kedge: std::net::SocketAddr, request: &str) -> (String, u32) {
+pub(crate) fn exchange(kedge: std::net::SocketAddr, request: &str) -> (String, u32) {
     use std::io::{Read, Write};
     let mut s = std::net::TcpStream::connect(kedge).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();

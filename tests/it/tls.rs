@@ -182,6 +182,16 @@ both_drivers!(
         assert_eq!(resp.status, 308);
         assert!(resp.header_has_token("connection", "close"));
         assert!(post.is_closed());
+        // kedge's own last answer to a client that asked to close leaves with the FIN, as a
+        // proxied one does (keepalive::the_last_answer_leaves_with_the_fin): one segment fewer
+        // than the answer to a request with a body.
+        let get = "GET /x HTTP/1.1\r\nHost: www.example.com\r\nConnection: close\r\n\r\n";
+        let (answer, held) = crate::keepalive::exchange(kedge.addr(), get);
+        assert!(answer.starts_with("HTTP/1.1 308"), "{answer}");
+        let post = "POST /x HTTP/1.1\r\nHost: www.example.com\r\nConnection: close\r\nContent-Length: 5\r\n\r\nhello";
+        let (answer, unheld) = crate::keepalive::exchange(kedge.addr(), post);
+        assert!(answer.starts_with("HTTP/1.1 308"), "{answer}");
+        assert_eq!(held, unheld - 1, "segments to the client: {held} for a GET, {unheld} for a POST");
         // Over HTTPS the same host is served, not redirected.
         let mut s = Client::connect_tls(kedge.tls_addr(), ca.client(), "www.example.com");
         assert_eq!(s.get("www.example.com", "/").status, 200);
