@@ -293,7 +293,7 @@ impl<S: ClientStream> Conn<S> {
                 rec.status = status;
                 // Not before an error's close: it lingers, reading what the client still sends,
                 // and a held answer would wait that long.
-                if !keep && !respond::is_error(status) {
+                if !respond::is_error(status) {
                     self.before_last_answer(head);
                 }
                 self.send_answer(snap, status, !keep).await?;

@@ -45,18 +45,9 @@ pub(super) trait ClientStream: AsyncReadRent + AsyncWriteRent + 'static {
 /// refusal changes only how the bytes are cut into segments.
 #[allow(unsafe_code)]
 fn hold_for_close(fd: std::os::fd::RawFd) {
-    let on: libc::c_int = 1;
-    // SAFETY: `fd` is the caller's open socket for this call; the option value is a c_int that
-    // lives through the call, and its size is passed with it.
-    unsafe {
-        libc::setsockopt(
-            fd,
-            libc::IPPROTO_TCP,
-            libc::TCP_CORK,
-            (&raw const on).cast(),
-            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-        );
-    }
+    // SAFETY: `fd` is the caller's open socket, borrowed for this call only.
+    let fd = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
+    let _ = socket2::SockRef::from(&fd).set_tcp_cork(true);
 }
 
 impl ClientStream for TcpStream {
