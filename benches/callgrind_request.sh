@@ -31,6 +31,10 @@ NEW_CONN=0 LOAD=0 CLIENT_MODE=() BROWSER=0
 [[ "${1:-}" == "--load" ]] && { LOAD=1; shift; }
 ((BROWSER && LOAD)) && { echo "--browser is for the sequential client, not --load (wrk sends Host only)" >&2; exit 2; }
 BIN="${1:-$ROOT/target/release/kedge}"
+# shellcheck source=benches/lib.sh
+source "$ROOT/benches/lib.sh"
+FIELDS=""
+((BROWSER)) && FIELDS="$(printf '%s\n' "${BROWSER_FIELDS[@]}")"
 command -v valgrind >/dev/null || apt-get install -y -qq valgrind >/dev/null
 command -v nginx >/dev/null || apt-get install -y -qq nginx >/dev/null
 ((LOAD)) && { command -v wrk >/dev/null || apt-get install -y -qq wrk >/dev/null; }
@@ -66,20 +70,10 @@ cat >"$TMP/client.py" <<'EOF2'
 import http.client, os, sys
 new_conn = len(sys.argv) > 3
 fields = {"Host": "bench.example.com"}
-if os.environ.get("BROWSER") == "1":
-    fields.update({
-        "User-Agent": "Mozilla/5.0 (X11; Linux x86_64; rv:133.0) Gecko/20100101 Firefox/133.0",
-        "Accept": "text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8",
-        "Accept-Language": "en-US,en;q=0.5",
-        "Accept-Encoding": "gzip, deflate, br, zstd",
-        "Referer": "https://bench.example.com/index.html",
-        "Cookie": "session=0123456789abcdef0123456789abcdef; theme=dark; lang=en",
-        "Upgrade-Insecure-Requests": "1",
-        "Sec-Fetch-Dest": "document",
-        "Sec-Fetch-Mode": "navigate",
-        "Sec-Fetch-Site": "same-origin",
-        "Priority": "u=0, i",
-    })
+# --browser: lib.sh's BROWSER_FIELDS, one "Name: value" a line.
+for line in os.environ.get("BROWSER_FIELDS", "").splitlines():
+    name, value = line.split(": ", 1)
+    fields[name] = value
 c = http.client.HTTPConnection("127.0.0.1", int(sys.argv[1]))
 for _ in range(int(sys.argv[2])):
     if new_conn:
@@ -108,8 +102,8 @@ header() {
 cost() {   # n -> inclusive instructions of the connection task
     start_kedge "$1"
     local v=$V
-    BROWSER=$BROWSER python3 "$TMP/client.py" "$PORT" 200 "${CLIENT_MODE[@]}"
-    BROWSER=$BROWSER python3 "$TMP/client.py" "$PORT" "$1" "${CLIENT_MODE[@]}"
+    BROWSER_FIELDS=$FIELDS python3 "$TMP/client.py" "$PORT" 200 "${CLIENT_MODE[@]}"
+    BROWSER_FIELDS=$FIELDS python3 "$TMP/client.py" "$PORT" "$1" "${CLIENT_MODE[@]}"
     kill -INT "$v"; wait "$v" || true
     if ((NEW_CONN)); then
         totals "$TMP/cg.$1"

@@ -1,7 +1,23 @@
 # shellcheck shell=bash
-# Helpers shared by benches/proxy.sh, benches/tls.sh and benches/h2.sh (sourced, not run). They
+# Helpers shared by the bench scripts (sourced, not run). They
 # use the caller's globals: TMP, OUT, NGINX_BIN, PORT_BACKEND, BACKEND_CPUS, PIDS, PROXY_QUOTA,
 # SNI, and its `log`, `die`, `wait_ready` and `missing_pkgs`.
+
+# The fields a browser sends with a page request besides Host, in its order (proxy.sh --headers
+# browser, callgrind_request.sh --browser): with the request line and Host, a 520-byte head.
+BROWSER_FIELDS=(
+    "User-Agent: Mozilla/5.0 (X11; Linux x86_64; rv:133.0) Gecko/20100101 Firefox/133.0"
+    "Accept: text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8"
+    "Accept-Language: en-US,en;q=0.5"
+    "Accept-Encoding: gzip, deflate, br, zstd"
+    "Referer: https://bench.example.com/index.html"
+    "Cookie: session=0123456789abcdef0123456789abcdef; theme=dark; lang=en"
+    "Upgrade-Insecure-Requests: 1"
+    "Sec-Fetch-Dest: document"
+    "Sec-Fetch-Mode: navigate"
+    "Sec-Fetch-Site: same-origin"
+    "Priority: u=0, i"
+)
 
 # The nginx http-block settings every private nginx here uses (backend and proxy).
 nginx_common_http() {   # prefix

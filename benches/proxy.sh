@@ -459,15 +459,7 @@ fi
 WRK_HDR=()
 ((NEW_CONN)) && WRK_HDR=(-H "Connection: close")
 if [[ $HEADERS == browser ]]; then
-    # What a browser sends with a page request (the same fields as callgrind_request.sh
-    # --browser; wrk adds Host).
-    WRK_HDR+=(-H "User-Agent: Mozilla/5.0 (X11; Linux x86_64; rv:133.0) Gecko/20100101 Firefox/133.0"
-        -H "Accept: text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8"
-        -H "Accept-Language: en-US,en;q=0.5" -H "Accept-Encoding: gzip, deflate, br, zstd"
-        -H "Referer: https://bench.example.com/index.html"
-        -H "Cookie: session=0123456789abcdef0123456789abcdef; theme=dark; lang=en"
-        -H "Upgrade-Insecure-Requests: 1" -H "Sec-Fetch-Dest: document" -H "Sec-Fetch-Mode: navigate"
-        -H "Sec-Fetch-Site: same-origin" -H "Priority: u=0, i")
+    for field in "${BROWSER_FIELDS[@]}"; do WRK_HDR+=(-H "$field"); done
 fi
 WRK_CMD="wrk -t$THREADS -c$CONNECTIONS -d${DURATION}s --latency$( ((${#WRK_HDR[@]})) && printf " %q" "${WRK_HDR[@]}" || true)"
 BENCH_COMMAND="$ORIG_CMD" BENCH_WRK_CMD="$WRK_CMD" BENCH_CPU_MODEL="$CPU_MODEL" \
