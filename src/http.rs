@@ -934,12 +934,59 @@ pub fn write_chunk_header(out: &mut Vec<u8>, len: usize) {
     out.extend_from_slice(b"\r\n");
 }
 
-/// Appends the last chunk: `"0\r\n"`, the trailer lines (each already CRLF-terminated, as [`ChunkEvent::End`] gives
-/// them) and the final `"\r\n"`.
+/// Appends the last chunk: `"0\r\n"`, the trailer lines (each CRLF-terminated, as
+/// [`ChunkEvent::End`] gives them) whose field [`trailer_passes`], and the final `"\r\n"`.
 pub fn write_last_chunk(out: &mut Vec<u8>, trailers: &[u8]) {
     out.extend_from_slice(b"0\r\n");
-    out.extend_from_slice(trailers);
+    // The decoder checked the section (no obs-fold, every line `name: value` and CRLF-ended).
+    for line in trailers.split_inclusive(|&b| b == b'\n') {
+        let name = line.split(|&b| b == b':').next().unwrap_or_default();
+        if trailer_passes(name) {
+            out.extend_from_slice(line);
+        }
+    }
     out.extend_from_slice(b"\r\n");
+}
+
+/// Fields a trailer section must not carry (RFC 9110 §6.5.1), besides [`HOP_BY_HOP`] ones:
+/// routing, request modifiers, authentication and cookies, response control data, and how to
+/// process the content.
+const NOT_TRAILERS: [&[u8]; 26] = [
+    b"host",
+    b"authorization",
+    b"proxy-authorization",
+    b"www-authenticate",
+    b"proxy-authenticate",
+    b"cookie",
+    b"set-cookie",
+    b"content-type",
+    b"content-encoding",
+    b"content-range",
+    b"cache-control",
+    b"max-forwards",
+    b"pragma",
+    b"range",
+    b"if-match",
+    b"if-none-match",
+    b"if-modified-since",
+    b"if-unmodified-since",
+    b"if-range",
+    b"age",
+    b"expires",
+    b"date",
+    b"location",
+    b"retry-after",
+    b"vary",
+    b"warning",
+];
+
+/// Whether a trailer field called `name` is passed on, whichever protocol it came in and goes
+/// out on. Not the fields RFC 9110 §6.5.1 keeps out of trailers ([`NOT_TRAILERS`]), nor
+/// hop-by-hop ones, nor those kedge writes in the head itself ([`FORWARDING_HEADERS`]): a
+/// recipient that merged a trailer into the head (against §6.5.1, but some do) would otherwise
+/// read framing, a host or a client address other than the ones kedge forwarded.
+pub fn trailer_passes(name: &[u8]) -> bool {
+    !is_one_of(name, &HOP_BY_HOP) && !is_one_of(name, &NOT_TRAILERS) && !is_one_of(name, &FORWARDING_HEADERS)
 }
 
 /// Request headers the proxy writes itself, so the client's copies never pass through.

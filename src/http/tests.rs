@@ -775,6 +775,35 @@ fn chunk_writers_round_trip() {
     assert_eq!(decode_every_way(&encoded), Ok(Some(want)));
 }
 
+#[test]
+fn the_last_chunk_carries_only_end_to_end_trailer_fields() {
+    let mut out = Vec::new();
+    write_last_chunk(
+        &mut out,
+        b"X-Sum: 42\r\nContent-Length: 9\r\ntransfer-encoding: chunked\r\nHost: evil.example.com\r\n\
+          X-Forwarded-For: 198.51.100.9\r\nSet-Cookie: a=1\r\nTrailer: X-Sum\r\nGrpc-Status: 0\r\n",
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&out),
+        "0\r\nX-Sum: 42\r\nGrpc-Status: 0\r\n\r\n"
+    );
+    for name in ["X-Sum", "grpc-message", "server-timing", "digest"] {
+        assert!(trailer_passes(name.as_bytes()), "{name}");
+    }
+    for name in [
+        "CONTENT-LENGTH",
+        "te",
+        "upgrade",
+        "host",
+        "x-real-ip",
+        "authorization",
+        "cookie",
+        "content-type",
+    ] {
+        assert!(!trailer_passes(name.as_bytes()), "{name}");
+    }
+}
+
 // ---- head rebuilding ----
 
 /// The client 192.0.2.7 on an http listener at port 8080.

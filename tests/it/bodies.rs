@@ -160,6 +160,44 @@ both_drivers!(
     }
 );
 
+/// Trailer fields RFC 9110 §6.5.1 keeps out of trailers (framing, routing, authentication),
+/// hop-by-hop ones and those kedge writes itself: a recipient that merged them into the head
+/// would read another message than kedge forwarded.
+const FORBIDDEN_TRAILERS: &str = "Content-Length: 100\r\nTransfer-Encoding: chunked\r\nHOST: evil.test\r\n\
+    Connection: close\r\nX-Forwarded-For: 198.51.100.9\r\nAuthorization: Basic eDp5\r\nTrailer: X-Sum\r\n";
+
+both_drivers!(
+    fn forbidden_trailer_fields_are_dropped_both_ways(driver) {
+        // To the upstream: only the end-to-end field is left of the client's trailers.
+        let up = Upstream::start("up", Handler::Echo);
+        let kedge = Kedge::start(driver, &unlimited(up.addr()));
+        let mut c = Client::connect(kedge.addr());
+        let request = format!(
+            "POST /t HTTP/1.1\r\nHost: b.test\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\
+             {FORBIDDEN_TRAILERS}X-Checksum: 12345\r\n\r\n"
+        );
+        c.send(request.as_bytes());
+        let resp = c.read_response();
+        assert_eq!(resp.status, 200, "{}", resp.text());
+        let seen = &up.requests()[0];
+        assert_eq!(seen.body_len, 5);
+        assert_eq!(seen.trailers, [("x-checksum".to_owned(), "12345".to_owned())]);
+        assert_eq!(c.get("b.test", "/after").status, 200, "the connection goes on");
+
+        // To the client: the same for an upstream's chunked answer.
+        let reply = format!(
+            "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n{FORBIDDEN_TRAILERS}X-Sum: 7\r\n\r\n"
+        );
+        let raw = RawUpstream::start(RawBehavior::ReplyThenClose(reply.into_bytes()));
+        let kedge = Kedge::start(driver, &route_all(&[raw.addr()]));
+        let mut c = Client::connect(kedge.addr());
+        let resp = c.get("r.test", "/");
+        assert_eq!(resp.status, 200);
+        assert_eq!(resp.body, b"abc");
+        assert_eq!(resp.trailers, [("X-Sum".to_owned(), "7".to_owned())]);
+    }
+);
+
 /// A raw upstream answering with `len` pattern bytes delimited by closing the connection.
 fn close_delimited(len: usize) -> RawUpstream {
     let mut reply = b"HTTP/1.1 200 OK\r\nContent-Type: application/octet-stream\r\n\r\n".to_vec();
