@@ -493,26 +493,17 @@ impl<S: ClientStream> SendBody for H1Body<'_, S> {
     }
 }
 
-/// Checks the chunked framing of the body bytes already buffered, before anything is sent
-/// upstream: a malformed body that arrived with its head (the usual case for small requests)
-/// is refused with not a byte of it forwarded. Framing errors in bytes that arrive later are
-/// caught while streaming; the upstream then sees the connection close before the last chunk,
-/// never a completed request.
-fn check_buffered_chunks(mut body: &[u8], max_body: u64) -> Result<(), RequestError> {
-    let mut decoder = http::ChunkedDecoder::new();
-    let mut total = 0u64;
-    loop {
-        match decoder.step(body)? {
-            (used, http::ChunkEvent::Data(r)) => {
-                total += r.len() as u64;
-                if total > max_body {
-                    return Err(ErrorKind::BodyTooLarge.into());
-                }
-                body = &body[used..];
-            }
-            (_, http::ChunkEvent::NeedMore | http::ChunkEvent::End { .. }) => return Ok(()),
-        }
-    }
+/// A request whose chunked body is malformed in the bytes that came with its head (the usual
+/// case for small requests) is refused with not a byte of it forwarded ([`pump::check_buffered_chunks`]);
+/// framing errors in bytes that arrive later are caught while streaming, and the upstream then
+/// sees the connection close before the last chunk, never a completed request.
+fn check_buffered_chunks(body: &[u8], max_body: u64) -> Result<(), RequestError> {
+    pump::check_buffered_chunks(body, max_body).map_err(|e| match e {
+        PumpError::TooLarge => ErrorKind::BodyTooLarge.into(),
+        PumpError::SourceFraming(e) => e.into(),
+        // Not returned by the check, which reads and writes nothing.
+        PumpError::SourceTimeout | PumpError::SourceIo | PumpError::Sink => ErrorKind::ClientGone.into(),
+    })
 }
 
 impl<S: ClientStream> Conn<S> {

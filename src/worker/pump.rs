@@ -151,6 +151,27 @@ where
     Ok(moved)
 }
 
+/// Checks the chunked framing of the body bytes already read (those that came with the head),
+/// as far as they go, and that they hold no more than `max` body bytes. A message whose
+/// framing is broken there can be refused whole, before anything of it is passed on: the other
+/// side gets a clear answer instead of a message cut short. Reads and writes nothing.
+pub fn check_buffered_chunks(mut body: &[u8], max: u64) -> Result<(), PumpError> {
+    let mut decoder = ChunkedDecoder::new();
+    let mut total = 0u64;
+    loop {
+        match decoder.step(body).map_err(PumpError::SourceFraming)? {
+            (used, ChunkEvent::Data(r)) => {
+                total += r.len() as u64;
+                if total > max {
+                    return Err(PumpError::TooLarge);
+                }
+                body = &body[used..];
+            }
+            (_, ChunkEvent::NeedMore | ChunkEvent::End { .. }) => return Ok(()),
+        }
+    }
+}
+
 /// Moves the `remaining` bytes of a Content-Length body that goes out unchanged: each read is
 /// written from the same buffer (no copy into an output buffer), reads are up to
 /// [`PASS_READ`] bytes, and never go past the body's end, so whatever follows it stays in the

@@ -394,6 +394,12 @@ impl<S: ClientStream> Conn<S> {
             worker.stopping.is_set(),
         );
         let keep_upstream = resp.keep_alive && resp.framing != Framing::CloseDelimited;
+        // An answer whose chunked body is broken in what came with its head gets a 502, not
+        // a head followed by a connection cut.
+        if resp.framing == Framing::Chunked {
+            pump::check_buffered_chunks(&self.up.buf[resp.head_len..], u64::MAX)
+                .map_err(|_| RequestError::from(ErrorKind::BadResponse))?;
+        }
         self.before_last_answer(head);
 
         // (A bodiless HEAD or 304 answer keeps the Content-Length the upstream declared.)

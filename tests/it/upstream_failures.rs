@@ -1,9 +1,11 @@
 //! Upstreams that fail: refused connects (502, or the next endpoint), an upstream that never
 //! answers (504), keep-alive connections the upstream closes (a GET goes through anyway, a POST
-//! is never sent twice), and bodies the upstream cuts short, which must reach the client cut.
+//! is never sent twice), and bodies the upstream cuts short, which must reach the client cut
+//! (or, broken before anything went out, become a 502).
 
 use std::time::Duration;
 
+use crate::support::h2_client::H2;
 use crate::support::{
     Client, Handler, Kedge, RawBehavior, RawUpstream, Upstream, both_drivers, refused_addr, route_all, wait_until,
 };
@@ -121,6 +123,26 @@ both_drivers!(
             b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n".to_vec(),
         ));
         assert_cut_short(driver, &up);
+    }
+);
+
+both_drivers!(
+    fn chunked_body_broken_in_what_came_with_the_head_is_502(driver) {
+        // Nothing of the answer has gone to the client when kedge sees the bad chunk line, so
+        // the client gets a 502 saying so, over HTTP/1.1 and HTTP/2, not a head and a cut.
+        let up = RawUpstream::start(RawBehavior::ReplyThenClose(
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nhello\r\n0\r\n\r\n".to_vec(),
+        ));
+        let kedge = Kedge::start(driver, &route_all(&[up.addr()]));
+        let mut c = Client::connect(kedge.addr());
+        let resp = c.get("bad.test", "/");
+        assert_eq!(resp.status, 502, "{resp:?}");
+        assert_eq!(resp.text(), "upstream sent an invalid response\n");
+        assert_eq!(c.get("bad.test", "/again").status, 502, "the client's connection goes on");
+        let h = H2::connect(kedge.addr());
+        let r = h.get("bad.test", "/");
+        assert_eq!(r.status, 502, "{r:?}");
+        assert!(r.body_error.is_none(), "{r:?}");
     }
 );
 
