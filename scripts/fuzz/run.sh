@@ -1,0 +1,66 @@
+#!/usr/bin/env bash
+# Differential fuzzing of kedge's HTTP/1.1 handling, both directions, against h11 (a strict
+# Python HTTP/1.1 implementation from PyPI):
+#
+#   bash scripts/fuzz/run.sh [--cases N] [--seeds "1 2 3"] [KEDGE_BIN]   # default: cargo build, target/debug/kedge
+#
+# requests.py: mutated requests (smuggling shapes, bad bytes, pipelining, upgrades, bodies
+#   carrying a smuggled request) through kedge to an h11 backend. A finding: a request kedge
+#   forwarded that h11 cannot parse; an answer the backend gave that did not reach the client
+#   whose bytes carried the request (desync); an answer that is not HTTP; a hang.
+# answers.py: mutated upstream answers (framing, 1xx, 204/304 with bodies, bytes after the
+#   body, trailers) to an h11 client, each followed by a second request on the same client
+#   connection. A finding: bytes kedge sent that h11 cannot parse; a second answer that is not
+#   the backend's clean one or a 5xx of kedge's (desync); no answer at all; a timeout.
+#
+# Exploratory, not part of scripts/test.sh: thousands of cases per seed, seconds each, and the
+# findings go into regression tests (tests/it). Exit status 1 when a seed has a finding.
+# Ports: FUZZ_PORT (kedge) and FUZZ_PORT+10 (backend), default 18400.
+set -euo pipefail
+ROOT="$(cd "$(dirname "$0")/../.." && pwd)"
+CASES=3000 SEEDS="1 2 3"
+while [[ $# -gt 0 ]]; do
+    case "$1" in
+        --cases) CASES="$2"; shift 2 ;;
+        --seeds) SEEDS="$2"; shift 2 ;;
+        *) break ;;
+    esac
+done
+BIN="${1:-}"
+if [[ -z "$BIN" ]]; then
+    (cd "$ROOT" && cargo build -q)
+    BIN="$ROOT/target/debug/kedge"
+fi
+python3 -c "import h11" 2>/dev/null || python3 -m pip install -q h11
+PORT="${FUZZ_PORT:-18400}"; BACKEND=$((PORT + 10))
+TMP="$(mktemp -d)"; trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$TMP"' EXIT
+cat >"$TMP/kedge.toml" <<EOF
+[proxy]
+workers = 1
+state_dir = "$TMP/state"
+[log]
+access_log = false
+level = "error"
+[admin]
+enabled = false
+[[listener]]
+address = "127.0.0.1:$PORT"
+[[route]]
+path = "/"
+upstreams = ["127.0.0.1:$BACKEND"]
+EOF
+status=0
+for fuzzer in requests answers; do
+    for seed in $SEEDS; do
+        "$BIN" run --config "$TMP/kedge.toml" >"$TMP/kedge.log" 2>&1 &
+        k=$!
+        for _ in $(seq 50); do (echo >"/dev/tcp/127.0.0.1/$PORT") 2>/dev/null && break; sleep 0.1; done
+        echo "== $fuzzer, seed $seed"
+        python3 "$ROOT/scripts/fuzz/$fuzzer.py" "$PORT" "$BACKEND" "$CASES" "$seed" || status=1
+        if ! kill -0 "$k" 2>/dev/null; then
+            echo "kedge died:"; tail -20 "$TMP/kedge.log"; status=1
+        fi
+        kill "$k" 2>/dev/null; wait "$k" 2>/dev/null || true
+    done
+done
+exit $status
