@@ -4,6 +4,7 @@
 #
 #   bash scripts/fuzz/run.sh [--cases N] [--seeds "1 2 3"] [KEDGE_BIN]   # default: cargo build, target/debug/kedge
 #
+# h11 and h2 (the Python HTTP/2 library, for the client of h2_requests.py) come from PyPI.
 # requests.py: mutated requests (smuggling shapes, bad bytes, pipelining, upgrades, bodies
 #   carrying a smuggled request) through kedge to an h11 backend. A finding: a request kedge
 #   forwarded that h11 cannot parse; an answer the backend gave that did not reach the client
@@ -12,6 +13,11 @@
 #   body, trailers) to an h11 client, each followed by a second request on the same client
 #   connection. A finding: bytes kedge sent that h11 cannot parse; a second answer that is not
 #   the backend's clean one or a 5xx of kedge's (desync); no answer at all; a timeout.
+# h2_requests.py: mutated HTTP/2 requests (h2c; pseudo-headers missing, doubled or odd; field
+#   names and values meant to inject fields or a request into the HTTP/1.1 head kedge writes;
+#   bodies against their content-length) to the h11 backend: the downgrade path. A finding: a
+#   request h11 cannot parse, an injected field or request, an answer lost on a stream that
+#   ended normally, a hang.
 #
 # Exploratory, not part of scripts/test.sh: thousands of cases per seed, seconds each, and the
 # findings go into regression tests (tests/it). Exit status 1 when a seed has a finding.
@@ -31,7 +37,7 @@ if [[ -z "$BIN" ]]; then
     (cd "$ROOT" && cargo build -q)
     BIN="$ROOT/target/debug/kedge"
 fi
-python3 -c "import h11" 2>/dev/null || python3 -m pip install -q h11
+python3 -c "import h11, h2" 2>/dev/null || python3 -m pip install -q h11 h2
 PORT="${FUZZ_PORT:-18400}"; BACKEND=$((PORT + 10))
 TMP="$(mktemp -d)"; trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$TMP"' EXIT
 cat >"$TMP/kedge.toml" <<EOF
@@ -50,7 +56,7 @@ path = "/"
 upstreams = ["127.0.0.1:$BACKEND"]
 EOF
 status=0
-for fuzzer in requests answers; do
+for fuzzer in requests answers h2_requests; do
     for seed in $SEEDS; do
         "$BIN" run --config "$TMP/kedge.toml" >"$TMP/kedge.log" 2>&1 &
         k=$!
