@@ -2,7 +2,8 @@
 # Differential fuzzing of kedge's HTTP/1.1 handling, both directions, against h11 (a strict
 # Python HTTP/1.1 implementation from PyPI):
 #
-#   bash scripts/fuzz/run.sh [--cases N] [--seeds "1 2 3"] [KEDGE_BIN]   # default: cargo build, target/debug/kedge
+#   bash scripts/fuzz/run.sh [--cases N] [--seeds "1 2 3"] [--driver io_uring|epoll] [KEDGE_BIN]
+#                                                   # default: cargo build, target/debug/kedge, kedge's own driver choice
 #
 # h11 and h2 (the Python HTTP/2 library, for the client of h2_requests.py) come from PyPI.
 # requests.py: mutated requests (smuggling shapes, bad bytes, pipelining, upgrades, bodies
@@ -24,11 +25,12 @@
 # Ports: FUZZ_PORT (kedge) and FUZZ_PORT+10 (backend), default 18400.
 set -euo pipefail
 ROOT="$(cd "$(dirname "$0")/../.." && pwd)"
-CASES=3000 SEEDS="1 2 3"
+CASES=3000 SEEDS="1 2 3" DRIVER=""
 while [[ $# -gt 0 ]]; do
     case "$1" in
         --cases) CASES="$2"; shift 2 ;;
         --seeds) SEEDS="$2"; shift 2 ;;
+        --driver) DRIVER="driver = \"$2\""; shift 2 ;;
         *) break ;;
     esac
 done
@@ -44,6 +46,7 @@ cat >"$TMP/kedge.toml" <<EOF
 [proxy]
 workers = 1
 state_dir = "$TMP/state"
+$DRIVER
 [log]
 access_log = false
 level = "error"
