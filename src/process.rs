@@ -103,7 +103,7 @@ pub fn run(cfg: Config) -> Result<(), String> {
         match rx.recv() {
             Ok(Ok(d)) => driver = d,
             Ok(Err(e)) => {
-                let _ = shared.shutdown.send(true);
+                shared.shutdown.send_replace(true);
                 return Err(format!("a worker could not start: {e}"));
             }
             Err(_) => return Err("a worker exited during start-up".into()),
@@ -145,7 +145,10 @@ pub fn run(cfg: Config) -> Result<(), String> {
     notifier.send("STOPPING=1");
     tracing::info!(grace = ?p.shutdown_grace, "shutting down: no new connections, draining");
     control.stop();
-    let _ = shared.shutdown.send(true);
+    // `send_replace`, not `send`: a worker that has not subscribed yet (a SIGTERM in the first
+    // milliseconds) must still find the value; `send` with no receiver stores nothing, and that
+    // worker would have served on, SIGTERM or not.
+    shared.shutdown.send_replace(true);
     for h in handles {
         let _ = h.join();
     }

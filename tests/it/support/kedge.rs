@@ -156,6 +156,16 @@ impl Kedge {
 
     /// Waits for the process to exit; panics after `timeout`.
     pub fn wait_exit(&mut self, timeout: Duration) -> ExitStatus {
+        self.wait_exit_polling(timeout, Duration::from_millis(10))
+    }
+
+    /// [`Kedge::wait_exit`], noticing the exit within 100 µs (as a shell's `wait` or systemd
+    /// would), for what must hold the moment the process has gone.
+    pub fn wait_exit_closely(&mut self, timeout: Duration) -> ExitStatus {
+        self.wait_exit_polling(timeout, Duration::from_micros(100))
+    }
+
+    fn wait_exit_polling(&mut self, timeout: Duration, poll: Duration) -> ExitStatus {
         let deadline = Instant::now() + timeout;
         loop {
             if let Some(status) = self.child.try_wait().expect("try_wait") {
@@ -166,7 +176,7 @@ impl Kedge {
                 "kedge did not exit within {timeout:?}; log:\n{}",
                 self.logs().join("\n")
             );
-            std::thread::sleep(Duration::from_millis(10));
+            std::thread::sleep(poll);
         }
     }
 
