@@ -1,7 +1,12 @@
 #!/usr/bin/env python3
 """Mutated upstream answers through kedge to a strict client (h11). Run by run.sh.
 
-answers.py PROXY_PORT BACKEND_PORT N [SEED] [THREADS]   (exit status 1: a finding)
+answers.py PROXY_PORT BACKEND_PORT N [SEED] [THREADS] [h2]   (exit status 1: a finding)
+
+With `h2` the client speaks HTTP/2 (h2c, the `h2` library validating what it receives): the
+first request on stream 1, the second on stream 3, and a finding is also a frame or field the
+library refuses, a content-length that disagrees with the DATA, or a GOAWAY (one stream's bad
+upstream answer must not end the connection).
 
 Each case: the client sends GET /a (X-Fuzz: zq<id>q) and the backend answers with a mutated
 response; then, on the same client connection if it is still open, GET /check (X-Fuzz: ok<id>),
@@ -12,10 +17,12 @@ mutated answer read as another request's answer).
 """
 import random, re, socket, sys, threading, time, collections
 import h11
+import h2.config, h2.connection, h2.events, h2.exceptions
 
 PROXY, BACKEND, N = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
 SEED = int(sys.argv[4]) if len(sys.argv) > 4 else 1
 THREADS = int(sys.argv[5]) if len(sys.argv) > 5 else 16
+H2 = len(sys.argv) > 6 and sys.argv[6] == "h2"
 
 def templates(cid):
     m = f"zq{cid}q".encode()
@@ -181,9 +188,60 @@ def run_case(cid):
     finally:
         s.close()
 
+def h2_exchange(s, c, stream, fuzz):
+    """One GET on `stream`; returns (status, body, how) with how "ended", "reset" or "goaway"."""
+    c.send_headers(stream, [(":method", "GET"), (":scheme", "http"), (":authority", "r.example.com"),
+                            (":path", "/a" if fuzz.startswith("zq") else "/check"), ("x-fuzz", fuzz)], end_stream=True)
+    s.sendall(c.data_to_send())
+    status, body = None, b""
+    while True:
+        d = s.recv(65536)
+        if not d:
+            return status, body, "closed"
+        for ev in c.receive_data(d):
+            if isinstance(ev, h2.events.ResponseReceived) and ev.stream_id == stream:
+                status = int(dict(ev.headers)[b":status"])
+            elif isinstance(ev, h2.events.DataReceived):
+                body += ev.data
+                c.acknowledge_received_data(ev.flow_controlled_length, ev.stream_id)
+            elif isinstance(ev, h2.events.StreamEnded) and ev.stream_id == stream:
+                return status, body, "ended"
+            elif isinstance(ev, h2.events.StreamReset) and ev.stream_id == stream:
+                return status, body, "reset"
+            elif isinstance(ev, h2.events.ConnectionTerminated):
+                return status, body, "goaway"
+        s.sendall(c.data_to_send())
+
+def run_case_h2(cid):
+    s = socket.create_connection(("127.0.0.1", PROXY))
+    s.settimeout(8)
+    c = h2.connection.H2Connection(config=h2.config.H2Configuration(client_side=True, header_encoding=None))
+    try:
+        c.initiate_connection()
+        status, body, how = h2_exchange(s, c, 1, f"zq{cid}q")
+        statuses[f"{status} {how}"] += 1
+        if how in ("goaway", "closed"):
+            findings[f"connection ended ({how}) over one stream's answer"].append(cid)
+            return
+        st, body, how = h2_exchange(s, c, 3, f"ok{cid}q")
+        if how != "ended":
+            findings[f"second stream {how}"].append(cid)
+        elif st == 200 and body != f"ok{cid}".encode():
+            findings["DESYNC second answer"].append((cid, body[:80]))
+        elif st != 200 and st not in (502, 503, 504):
+            findings[f"second answer {st}"].append((cid, body[:80]))
+    except TimeoutError:
+        findings["timeout"].append(cid)
+    except h2.exceptions.ProtocolError as e:
+        findings[f"MALFORMED h2 from kedge: {type(e).__name__} {e}"].append(cid)
+    except OSError as e:
+        findings[f"client error {e}"].append(cid)
+    finally:
+        s.close()
+
 def worker(start):
     for cid in range(start, N, THREADS):
-        run_case(cid)
+        (run_case_h2 if H2 else run_case)(cid)
 
 threading.Thread(target=backend, daemon=True).start()
 time.sleep(0.3)

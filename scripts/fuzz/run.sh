@@ -14,6 +14,9 @@
 #   body, trailers) to an h11 client, each followed by a second request on the same client
 #   connection. A finding: bytes kedge sent that h11 cannot parse; a second answer that is not
 #   the backend's clean one or a 5xx of kedge's (desync); no answer at all; a timeout.
+#   With the client on HTTP/2 (h2c, `answers.py … h2`): the same answers through kedge's
+#   HTTP/1.1-to-HTTP/2 translation, checked by the `h2` library, and a GOAWAY over one stream's
+#   bad upstream answer is a finding too.
 # h2_requests.py: mutated HTTP/2 requests (h2c; pseudo-headers missing, doubled or odd; field
 #   names and values meant to inject fields or a request into the HTTP/1.1 head kedge writes;
 #   bodies against their content-length) to the h11 backend: the downgrade path. A finding: a
@@ -59,15 +62,23 @@ path = "/"
 upstreams = ["127.0.0.1:$BACKEND"]
 EOF
 status=0
-for fuzzer in requests answers h2_requests; do
+for fuzzer in requests answers answers-h2 h2_requests; do
+    script="${fuzzer%-h2}" mode=""
+    [[ "$fuzzer" == *-h2 ]] && mode="h2"
     for seed in $SEEDS; do
         "$BIN" run --config "$TMP/kedge.toml" >"$TMP/kedge.log" 2>&1 &
         k=$!
-        for _ in $(seq 50); do (echo >"/dev/tcp/127.0.0.1/$PORT") 2>/dev/null && break; sleep 0.1; done
+        ready=0
+        for _ in $(seq 150); do (echo >"/dev/tcp/127.0.0.1/$PORT") 2>/dev/null && { ready=1; break; }; sleep 0.1; done
         echo "== $fuzzer, seed $seed"
-        python3 "$ROOT/scripts/fuzz/$fuzzer.py" "$PORT" "$BACKEND" "$CASES" "$seed" || status=1
+        if ((!ready)); then
+            echo "kedge did not listen on 127.0.0.1:$PORT within 15 s:"; tail -20 "$TMP/kedge.log"; status=1
+            kill "$k" 2>/dev/null; wait "$k" 2>/dev/null || true
+            continue
+        fi
+        python3 "$ROOT/scripts/fuzz/$script.py" "$PORT" "$BACKEND" "$CASES" "$seed" 16 $mode || status=1
         if ! kill -0 "$k" 2>/dev/null; then
-            echo "kedge died:"; tail -20 "$TMP/kedge.log"; status=1
+            echo "kedge died:"; tail -20 "$TMP/kedge.log"; ss -tanp | grep ":$PORT " | grep -v TIME-WAIT | head -8 || true; status=1
         fi
         kill "$k" 2>/dev/null; wait "$k" 2>/dev/null || true
     done
