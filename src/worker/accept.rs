@@ -63,21 +63,19 @@ pub(super) async fn accept_loop(worker: Rc<Worker>, listener: monoio::net::TcpLi
     }
 }
 
-/// One accepted connection through the stages after accept, counted as open until it ends.
 /// Takes the listener out of the LISTEN state at once: `shutdown(2)` on a listening socket
 /// stops it, resets the connections waiting in its queue, and has new ones refused. Dropping
 /// it is not enough under io_uring: the ring holds the socket while an accept is in flight, and
 /// when the process exits the kernel tears the ring down after the process has gone, so the
 /// port went on completing handshakes (reset later) and could not be bound by the next kedge
 /// for up to ~15 ms after exit (`systemctl restart` starts it at once).
-#[allow(unsafe_code)]
 fn stop_listening(listener: &monoio::net::TcpListener) {
-    use std::os::fd::{AsRawFd, BorrowedFd};
-    // SAFETY: the listener's fd, open while `listener` lives, borrowed for this call only.
-    let fd = unsafe { BorrowedFd::borrow_raw(listener.as_raw_fd()) };
-    let _ = socket2::SockRef::from(&fd).shutdown(std::net::Shutdown::Both);
+    super::session::with_socket(std::os::fd::AsRawFd::as_raw_fd(listener), |s| {
+        let _ = s.shutdown(std::net::Shutdown::Both);
+    });
 }
 
+/// One accepted connection through the stages after accept, counted as open until it ends.
 /// `bound`: the listener's address; the one the connection arrived on (`local`: its port is
 /// X-Forwarded-Port; with PROXY protocol too it is kedge's own address, never the one the
 /// header carries: it selects the Gateway scope) is asked of the kernel only when that is a

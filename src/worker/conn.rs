@@ -28,7 +28,7 @@ use super::error::{ErrorKind, RequestError};
 use super::forward::{self, SendBody, Sending};
 use super::log::{self, Record};
 use super::mirror;
-use super::pump::{self, PumpError, PumpLimits, ReadResult};
+use super::pump::{self, BadChunks, PumpError, PumpLimits, ReadResult};
 use super::request::{self, HeaderBuf};
 use super::respond::{self, Ending};
 use super::session::{ClientStream, Conn, Ctx, Next, PeerText, UpstreamBufs, write_client};
@@ -499,10 +499,8 @@ impl<S: ClientStream> SendBody for H1Body<'_, S> {
 /// sees the connection close before the last chunk, never a completed request.
 fn check_buffered_chunks(body: &[u8], max_body: u64) -> Result<(), RequestError> {
     pump::check_buffered_chunks(body, max_body).map_err(|e| match e {
-        PumpError::TooLarge => ErrorKind::BodyTooLarge.into(),
-        PumpError::SourceFraming(e) => e.into(),
-        // Not returned by the check, which reads and writes nothing.
-        PumpError::SourceTimeout | PumpError::SourceIo | PumpError::Sink => ErrorKind::ClientGone.into(),
+        BadChunks::TooLarge => ErrorKind::BodyTooLarge.into(),
+        BadChunks::Framing(e) => e.into(),
     })
 }
 

@@ -601,6 +601,7 @@ async fn handle(
     }
     let mut upstream = exchange.upstream;
     let (addr, resp) = (exchange.addr, exchange.resp);
+    respond::check_answer_start(&up.buf, &resp)?;
     let mut extra = Lease::new(&worker.bufs, Class::Output);
     let hsts = (info.scheme == "https").then_some(&*snap.https.hsts_line);
     respond::response_lines(
@@ -614,12 +615,6 @@ async fn handle(
     let head = response_head(&up.buf, &resp, &up.headers, &extra, sending.is_head, |name| {
         respond::drops_response_field(&f, name)
     });
-    // As on HTTP/1.1: a chunked body broken in what came with the head gets a 502, not a
-    // head and a reset.
-    if resp.framing == Framing::Chunked {
-        pump::check_buffered_chunks(&up.buf[resp.head_len..], u64::MAX)
-            .map_err(|_| RequestError::from(ErrorKind::BadResponse))?;
-    }
     let no_body = resp.framing == Framing::None || resp.framing == Framing::Length(0);
     let mut send = respond
         .send_response(head, no_body)

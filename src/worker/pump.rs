@@ -151,19 +151,26 @@ where
     Ok(moved)
 }
 
+/// What [`check_buffered_chunks`] found wrong.
+#[derive(Debug)]
+pub enum BadChunks {
+    Framing(http::HttpError),
+    TooLarge,
+}
+
 /// Checks the chunked framing of the body bytes already read (those that came with the head),
 /// as far as they go, and that they hold no more than `max` body bytes. A message whose
 /// framing is broken there can be refused whole, before anything of it is passed on: the other
 /// side gets a clear answer instead of a message cut short. Reads and writes nothing.
-pub fn check_buffered_chunks(mut body: &[u8], max: u64) -> Result<(), PumpError> {
+pub fn check_buffered_chunks(mut body: &[u8], max: u64) -> Result<(), BadChunks> {
     let mut decoder = ChunkedDecoder::new();
     let mut total = 0u64;
     loop {
-        match decoder.step(body).map_err(PumpError::SourceFraming)? {
+        match decoder.step(body).map_err(BadChunks::Framing)? {
             (used, ChunkEvent::Data(r)) => {
                 total += r.len() as u64;
                 if total > max {
-                    return Err(PumpError::TooLarge);
+                    return Err(BadChunks::TooLarge);
                 }
                 body = &body[used..];
             }

@@ -279,6 +279,16 @@ pub(crate) fn append_lines(headers: &mut ::http::HeaderMap, lines: &[u8]) {
     }
 }
 
+/// An upstream answer whose chunked body is broken in the bytes read with its head (`buf`:
+/// the head, then those bytes) is refused before anything of it goes to the client, on
+/// HTTP/1.1 and HTTP/2 alike: a 502, not a head followed by a cut.
+pub(super) fn check_answer_start(buf: &[u8], resp: &http::ResponseHead) -> Result<(), RequestError> {
+    if resp.framing != Framing::Chunked {
+        return Ok(());
+    }
+    pump::check_buffered_chunks(&buf[resp.head_len..], u64::MAX).map_err(|_| ErrorKind::BadResponse.into())
+}
+
 impl<S: ClientStream> Conn<S> {
     /// Before the answer to `head`: when it is the last answer to a client that asked to close
     /// and sent no body and nothing after its head, the FIN is to go with it
@@ -394,12 +404,7 @@ impl<S: ClientStream> Conn<S> {
             worker.stopping.is_set(),
         );
         let keep_upstream = resp.keep_alive && resp.framing != Framing::CloseDelimited;
-        // An answer whose chunked body is broken in what came with its head gets a 502, not
-        // a head followed by a connection cut.
-        if resp.framing == Framing::Chunked {
-            pump::check_buffered_chunks(&self.up.buf[resp.head_len..], u64::MAX)
-                .map_err(|_| RequestError::from(ErrorKind::BadResponse))?;
-        }
+        check_answer_start(&self.up.buf, &resp)?;
         self.before_last_answer(head);
 
         // (A bodiless HEAD or 304 answer keeps the Content-Length the upstream declared.)

@@ -43,11 +43,20 @@ pub(super) trait ClientStream: AsyncReadRent + AsyncWriteRent + 'static {
 /// Full segments still go at once, and the kernel sends what it holds after 200 ms at most: a
 /// close that came late would delay the answer's end by that much, never more. Best effort: a
 /// refusal changes only how the bytes are cut into segments.
-#[allow(unsafe_code)]
 fn hold_for_close(fd: std::os::fd::RawFd) {
+    with_socket(fd, |s| {
+        let _ = s.set_tcp_cork(true);
+    });
+}
+
+/// Runs `f` on the open socket `fd` through socket2, for the options and calls monoio's
+/// sockets do not offer (their descriptors are raw, not `AsFd`). The caller keeps `fd` open
+/// for the call.
+#[allow(unsafe_code)]
+pub(super) fn with_socket(fd: std::os::fd::RawFd, f: impl FnOnce(socket2::SockRef<'_>)) {
     // SAFETY: `fd` is the caller's open socket, borrowed for this call only.
     let fd = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
-    let _ = socket2::SockRef::from(&fd).set_tcp_cork(true);
+    f(socket2::SockRef::from(&fd));
 }
 
 impl ClientStream for TcpStream {
