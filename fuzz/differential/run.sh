@@ -2,7 +2,7 @@
 # Differential fuzzing of kedge's HTTP/1.1 handling, both directions, against h11 (a strict
 # Python HTTP/1.1 implementation from PyPI):
 #
-#   bash scripts/fuzz/run.sh [--cases N] [--seeds "1 2 3"] [--driver io_uring|epoll] [KEDGE_BIN]
+#   bash fuzz/differential/run.sh [--cases N] [--seeds "1 2 3"] [--driver io_uring|epoll] [KEDGE_BIN]
 #                                                   # default: cargo build, target/debug/kedge, kedge's own driver choice
 #
 # h11 and h2 (the Python HTTP/2 library, for the client of h2_requests.py) come from PyPI.
@@ -25,6 +25,7 @@
 #
 # Exploratory, not part of scripts/test.sh: thousands of cases per seed, seconds each, and the
 # findings go into regression tests (tests/it). Exit status 1 when a seed has a finding.
+# What the three scripts share (the h11 backend, mutation, command line) is in common.py.
 # Ports: FUZZ_PORT (kedge) and FUZZ_PORT+10 (backend), default 18400.
 set -euo pipefail
 ROOT="$(cd "$(dirname "$0")/../.." && pwd)"
@@ -76,7 +77,7 @@ for fuzzer in requests answers answers-h2 h2_requests; do
             kill "$k" 2>/dev/null; wait "$k" 2>/dev/null || true
             continue
         fi
-        python3 "$ROOT/scripts/fuzz/$script.py" "$PORT" "$BACKEND" "$CASES" "$seed" 16 $mode || status=1
+        python3 "$ROOT/fuzz/differential/$script.py" "$PORT" "$BACKEND" "$CASES" "$seed" 16 $mode || status=1
         if ! kill -0 "$k" 2>/dev/null; then
             echo "kedge died:"; tail -20 "$TMP/kedge.log"; ss -tanp | grep ":$PORT " | grep -v TIME-WAIT | head -8 || true; status=1
         fi

@@ -19,10 +19,10 @@ import random, re, socket, sys, threading, time, collections
 import h11
 import h2.config, h2.connection, h2.events, h2.exceptions
 
-PROXY, BACKEND, N = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
-SEED = int(sys.argv[4]) if len(sys.argv) > 4 else 1
-THREADS = int(sys.argv[5]) if len(sys.argv) > 5 else 16
-H2 = len(sys.argv) > 6 and sys.argv[6] == "h2"
+from common import args, mutate, serve
+
+PROXY, BACKEND, N, SEED, THREADS, more = args(16)
+H2 = more[:1] == ["h2"]
 
 def templates(cid):
     m = f"zq{cid}q".encode()
@@ -51,32 +51,12 @@ PIECES = [b"\r\n", b"\n", b"\r", b"\x00", b" ", b"\t", b":", b";", b",", b"0", b
           b"HTTP/1.1", b"\x7f", b"\xff", b"a" * 300, b"\r\n ", b"x:y\r\n", b"0\r\n\r\n",
           b"Connection: close\r\n", b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nhi", b"1\r\nz\r\n"]
 
-def mutate(rng, data):
-    data = bytearray(data)
-    for _ in range(rng.choice([1, 1, 2, 3])):
-        op = rng.randrange(5)
-        pos = rng.randrange(len(data) + 1)
-        if op == 0 and data:
-            data[min(pos, len(data) - 1)] = rng.randrange(256)
-        elif op == 1:
-            data[pos:pos] = rng.choice(PIECES)
-        elif op == 2 and data:
-            del data[pos:pos + rng.randrange(1, 8)]
-        elif op == 3:
-            lines = bytes(data).split(b"\r\n")
-            i = rng.randrange(len(lines))
-            lines.insert(i, lines[rng.randrange(len(lines))])
-            data = bytearray(b"\r\n".join(lines))
-        else:
-            data = bytearray(bytes(data).replace(b"\r\n", b"\n", 1))
-    return bytes(data)
-
 answers = {}
 
 def answer_for(cid):
     rng = random.Random(SEED * 7919 + cid)
     base = rng.choice(templates(cid))
-    return base if rng.random() < 0.1 else mutate(rng, base)
+    return base if rng.random() < 0.1 else mutate(rng, base, PIECES, [1, 1, 2, 3], False)
 
 def backend_conn(s):
     buf = b""
@@ -111,14 +91,6 @@ def backend_conn(s):
         pass
     finally:
         s.close()
-
-def backend():
-    ls = socket.socket()
-    ls.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    ls.bind(("127.0.0.1", BACKEND)); ls.listen(512)
-    while True:
-        s, _ = ls.accept()
-        threading.Thread(target=backend_conn, args=(s,), daemon=True).start()
 
 findings = collections.defaultdict(list)
 statuses = collections.Counter()
@@ -243,8 +215,7 @@ def worker(start):
     for cid in range(start, N, THREADS):
         (run_case_h2 if H2 else run_case)(cid)
 
-threading.Thread(target=backend, daemon=True).start()
-time.sleep(0.3)
+serve(BACKEND, backend_conn)
 t0 = time.time()
 ts = [threading.Thread(target=worker, args=(i,)) for i in range(THREADS)]
 [t.start() for t in ts]; [t.join() for t in ts]

@@ -8,60 +8,11 @@ reaches the client whose bytes carried it (the backend echoes case id + target);
 the client gets starts with a valid status line; the proxy process stays up (caller checks).
 """
 import random, re, socket, sys, threading, time, collections
-import h11
 
-PROXY, BACKEND, N = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
-SEED = int(sys.argv[4]) if len(sys.argv) > 4 else 1
-THREADS = int(sys.argv[5]) if len(sys.argv) > 5 else 24
+from common import EchoBackend, args, mutate, serve
 
-lock = threading.Lock()
-seen = collections.defaultdict(list)        # case -> [target] the backend answered
-backend_errors = []                          # (case?, error, raw head)
-
-def backend_conn(s):
-    conn = h11.Connection(h11.SERVER)
-    raw = b""
-    s.settimeout(30)
-    try:
-        while True:
-            ev = conn.next_event()
-            if ev is h11.NEED_DATA:
-                d = s.recv(65536)
-                raw += d
-                conn.receive_data(d)
-                if not d:
-                    return
-                continue
-            if isinstance(ev, h11.Request):
-                case = dict((k.lower(), v) for k, v in ev.headers).get(b"x-fuzz", b"?").decode("latin1")
-                target = ev.target.decode("latin1")
-                body = 0
-            elif isinstance(ev, h11.Data):
-                body += len(ev.data)
-            elif isinstance(ev, h11.EndOfMessage):
-                text = f"{case} {target} {body}\n".encode()
-                with lock:
-                    seen[case].append(target)
-                s.sendall(conn.send(h11.Response(status_code=200, headers=[("Content-Length", str(len(text)))])) + conn.send(h11.Data(data=text)) + conn.send(h11.EndOfMessage()))
-                conn.start_next_cycle()
-                raw = b""
-            elif isinstance(ev, h11.ConnectionClosed):
-                return
-    except h11.RemoteProtocolError as e:
-        with lock:
-            backend_errors.append((str(e), raw[:400]))
-    except (OSError, h11.LocalProtocolError):
-        pass
-    finally:
-        s.close()
-
-def backend():
-    ls = socket.socket()
-    ls.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    ls.bind(("127.0.0.1", BACKEND)); ls.listen(512)
-    while True:
-        s, _ = ls.accept()
-        threading.Thread(target=backend_conn, args=(s,), daemon=True).start()
+PROXY, BACKEND, N, SEED, THREADS, _ = args(24)
+backend = EchoBackend()
 
 SMUGGLE = b"GET /smuggled HTTP/1.1\r\nHost: bench.example.com\r\nX-Fuzz: {id}\r\n\r\n"
 
@@ -99,38 +50,13 @@ PIECES = [b"\r\n", b"\n", b"\r", b"\x00", b" ", b"\t", b":", b";", b",", b"0", b
           b" chunked", b"Host: other.example.com\r\n", b"\r\n\r\n", b"HTTP/1.1", b"\x7f", b"\xff", b"a" * 300,
           b"\r\n ", b"GET", b"x:y\r\n", b"0\r\n\r\n", b"Connection: close\r\n", b"Upgrade: h2c\r\n"]
 
-def mutate(rng, data):
-    data = bytearray(data)
-    for _ in range(rng.choice([1, 1, 2, 3, 5])):
-        op = rng.randrange(6)
-        pos = rng.randrange(len(data) + 1)
-        if op == 0 and data:
-            data[min(pos, len(data) - 1)] = rng.randrange(256)
-        elif op == 1:
-            data[pos:pos] = rng.choice(PIECES)
-        elif op == 2 and data:
-            del data[pos:pos + rng.randrange(1, 8)]
-        elif op == 3:
-            lines = bytes(data).split(b"\r\n")
-            i = rng.randrange(len(lines))
-            lines.insert(i, lines[rng.randrange(len(lines))])
-            data = bytearray(b"\r\n".join(lines))
-        elif op == 4:
-            lines = bytes(data).split(b"\r\n")
-            i = rng.randrange(len(lines))
-            lines[i] = lines[i].upper() if rng.random() < .5 else lines[i].lower()
-            data = bytearray(b"\r\n".join(lines))
-        else:
-            data = bytearray(bytes(data).replace(b"\r\n", b"\n", 1))
-    return bytes(data)
-
 STATUS = re.compile(rb"HTTP/1\.[01] [1-5]\d\d [^\r\n]*\r\n")
 got = collections.defaultdict(list)   # case -> [body lines] the client received
 bad_answers, hangs, statuses = [], [], collections.Counter()
 
 def run_case(cid, rng):
     base = rng.choice(templates(cid))
-    data = base if rng.random() < 0.1 else mutate(rng, base)
+    data = base if rng.random() < 0.1 else mutate(rng, base, PIECES, [1, 1, 2, 3, 5], True)
     s = socket.create_connection(("127.0.0.1", PROXY))
     s.settimeout(3)
     out = b""
@@ -172,16 +98,15 @@ def worker(start, step, results):
     for cid in range(start, N, step):
         results[cid] = run_case(cid, rng)
 
-threading.Thread(target=backend, daemon=True).start()
-time.sleep(0.3)
+serve(BACKEND, backend.handle)
 results = {}
 ts = [threading.Thread(target=worker, args=(i, THREADS, results)) for i in range(THREADS)]
 t0 = time.time()
 [t.start() for t in ts]; [t.join() for t in ts]
 time.sleep(1)
 lost, misrouted = [], []
-with lock:
-    for c, targets in seen.items():
+with backend.lock:
+    for c, targets in backend.seen.items():
         m = re.fullmatch(r"zq(\d+)q", c)
         if not m or int(m.group(1)) not in results:
             continue
@@ -196,9 +121,9 @@ with lock:
             if others and all(c.encode() in results[k][0] for k in others):
                 continue
             (misrouted if others else lost).append((c, t, others[:3]))
-print(f"{N} cases in {time.time() - t0:.1f}s; statuses {dict(statuses)}; backend saw {sum(len(v) for v in seen.values())} requests")
-print(f"backend protocol errors: {len(backend_errors)}; lost answers: {len(lost)}; bad answers: {len(bad_answers)}; hangs: {len(hangs)}")
-for e in backend_errors[:8]:
+print(f"{N} cases in {time.time() - t0:.1f}s; statuses {dict(statuses)}; backend saw {sum(len(v) for v in backend.seen.values())} requests")
+print(f"backend protocol errors: {len(backend.errors)}; lost answers: {len(lost)}; bad answers: {len(bad_answers)}; hangs: {len(hangs)}")
+for e in backend.errors[:8]:
     print("BACKEND", e)
 print(f"misrouted answers: {len(misrouted)}")
 for c, t, o in (misrouted + lost)[:10]:
@@ -208,4 +133,4 @@ for b in bad_answers[:5]:
     print("BAD", b)
 for h in hangs[:5]:
     print("HANG", h)
-sys.exit(1 if backend_errors or lost or misrouted or bad_answers or hangs else 0)
+sys.exit(1 if backend.errors or lost or misrouted or bad_answers or hangs else 0)

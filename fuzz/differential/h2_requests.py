@@ -10,65 +10,18 @@ reaches the HTTP/2 stream that carried the request.
 """
 import random, socket, sys, threading, time, collections
 import h2.connection, h2.config, h2.events, h2.exceptions
-import h11
 
-PROXY, BACKEND, N = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
-SEED = int(sys.argv[4]) if len(sys.argv) > 4 else 1
-THREADS = int(sys.argv[5]) if len(sys.argv) > 5 else 16
+from common import EchoBackend, args, serve
 
-lock = threading.Lock()
-seen = collections.defaultdict(list)   # token -> [target]
+PROXY, BACKEND, N, SEED, THREADS, _ = args(16)
 findings = collections.defaultdict(list)
 
-def backend_conn(s):
-    conn = h11.Connection(h11.SERVER)
-    raw = b""
-    s.settimeout(30)
-    try:
-        while True:
-            ev = conn.next_event()
-            if ev is h11.NEED_DATA:
-                d = s.recv(65536)
-                raw += d
-                conn.receive_data(d)
-                if not d:
-                    return
-                continue
-            if isinstance(ev, h11.Request):
-                fields = dict((k.lower(), v) for k, v in ev.headers)
-                token = fields.get(b"x-fuzz", b"?").decode("latin1")
-                target = ev.target.decode("latin1")
-                if b"x-injected" in fields or b"smuggled" in ev.target:
-                    with lock:
-                        findings["INJECTED into the upstream request"].append((token, raw[:300]))
-                body = 0
-            elif isinstance(ev, h11.Data):
-                body += len(ev.data)
-            elif isinstance(ev, h11.EndOfMessage):
-                text = f"{token} {target} {body}\n".encode()
-                with lock:
-                    seen[token].append(target)
-                s.sendall(conn.send(h11.Response(status_code=200, headers=[("Content-Length", str(len(text)))]))
-                          + conn.send(h11.Data(data=text)) + conn.send(h11.EndOfMessage()))
-                conn.start_next_cycle()
-                raw = b""
-            elif isinstance(ev, h11.ConnectionClosed):
-                return
-    except h11.RemoteProtocolError as e:
-        with lock:
-            findings["BACKEND cannot parse: " + str(e)].append(raw[:300])
-    except (OSError, h11.LocalProtocolError):
-        pass
-    finally:
-        s.close()
+def injected(token, fields, request, raw):
+    if b"x-injected" in fields or b"smuggled" in request.target:
+        with backend.lock:
+            findings["INJECTED into the upstream request"].append((token, raw[:300]))
 
-def backend():
-    ls = socket.socket()
-    ls.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    ls.bind(("127.0.0.1", BACKEND)); ls.listen(512)
-    while True:
-        s, _ = ls.accept()
-        threading.Thread(target=backend_conn, args=(s,), daemon=True).start()
+backend = EchoBackend(inspect=injected)
 
 INJECT = [b"a\r\nX-Injected: 1", b"a\nX-Injected: 1", b"a\rX-Injected: 1", b"\x00", b"a\r\n\r\nGET /smuggled HTTP/1.1\r\nHost: x\r\n\r\n",
           b" a ", b"\t", b"", b"a" * 9000, b"\x7f", b"\xff\xfe"]
@@ -175,14 +128,15 @@ def worker(start):
         results[cid] = run_case(cid, rng)
         statuses[(results[cid][1] or b"-").decode() + " " + results[cid][3]] += 1
 
-threading.Thread(target=backend, daemon=True).start()
-time.sleep(0.3)
+serve(BACKEND, backend.handle)
 t0 = time.time()
 ts = [threading.Thread(target=worker, args=(i,)) for i in range(THREADS)]
 [t.start() for t in ts]; [t.join() for t in ts]
 time.sleep(0.5)
-with lock:
-    for token, targets in seen.items():
+with backend.lock:
+    for why, raw in backend.errors:
+        findings["BACKEND cannot parse: " + why].append(raw[:300])
+    for token, targets in backend.seen.items():
         if not (token.startswith("zq") and token.endswith("q") and token[2:-1].isdigit()):
             continue
         cid = int(token[2:-1])
@@ -194,7 +148,7 @@ with lock:
         for t in targets:
             if f"{token} {t} ".encode() not in r[2]:
                 findings["an answer did not reach its stream"].append((token, t, r))
-print(f"{N} cases in {time.time() - t0:.1f}s; backend saw {sum(len(v) for v in seen.values())} requests; answers:")
+print(f"{N} cases in {time.time() - t0:.1f}s; backend saw {sum(len(v) for v in backend.seen.values())} requests; answers:")
 for k, v in statuses.most_common():
     print(f"  {v:6}  {k}")
 for k, v in sorted(findings.items()):
