@@ -69,6 +69,7 @@ pub(super) async fn serve<S: ClientStream>(
         extra: Vec::new(),
         peer_text: PeerText::new(peer.ip()),
         waits_long: true,
+        lingers: false,
     };
     match conn.run(worker).await {
         // Boxed: a tunnel (after a 101) is rare and larger than the request loop it follows.
@@ -121,6 +122,7 @@ impl<S: ClientStream> Conn<S> {
                         rec.status = status;
                         conn.answer_error(status, why, true).await;
                         log::log_request(worker, &snap, conn.peer, &conn.meta, &rec, start);
+                        conn.close_gently().await;
                     }
                     return None;
                 }
@@ -152,6 +154,7 @@ impl<S: ClientStream> Conn<S> {
             };
             let end = log::log_request(worker, &snap, conn.peer, &conn.meta, &rec, start);
             if !keep {
+                conn.close_gently().await;
                 return None;
             }
             idle_since = Some(end);
@@ -296,7 +299,7 @@ impl<S: ClientStream> Conn<S> {
                 if !respond::is_error(status) {
                     self.before_last_answer(head);
                 }
-                self.send_answer(snap, status, !keep).await?;
+                self.send_answer(snap, head, status, !keep).await?;
                 Ok(if keep { Next::KeepAlive } else { Next::Close })
             }
             Plan::Forward(f, sending) => {

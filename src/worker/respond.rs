@@ -46,7 +46,7 @@ pub(crate) fn keep_alive(wish: bool, body: Body, ending: Ending, stopping: bool)
 /// Whether an answer is an error (not a redirect or a challenge to a request that was fine).
 /// Errors are written under a short fixed timeout and, when the connection closes after them,
 /// linger (`Conn::linger`); redirects and challenges are written under the client body
-/// timeout and close at once. (That is how each kind was always sent.)
+/// timeout and linger only where the client may still be sending (`Conn::more_may_come`).
 pub(crate) fn is_error(status: u16) -> bool {
     !matches!(status, 200 | 300..=399 | 401)
 }
@@ -290,33 +290,46 @@ pub(super) fn check_answer_start(buf: &[u8], resp: &http::ResponseHead) -> Resul
 }
 
 impl<S: ClientStream> Conn<S> {
+    /// Whether the client may still be sending when kedge closes after answering `head`: it
+    /// meant to keep the connection (its next request may be on its way, e.g. while kedge
+    /// drains), it sent a body (which kedge may not have read), or bytes past this request are
+    /// already here (pipelined). A close with bytes unread, or arriving after it, is a reset,
+    /// which may destroy the answer before the client reads it (RFC 9112 §9.6): such a close
+    /// lingers (`linger`); any other may hold the answer for the FIN (`before_last_answer`).
+    pub(super) fn more_may_come(&self, head: &RequestHead) -> bool {
+        head.keep_alive || !matches!(head.framing, Framing::None | Framing::Length(0)) || !self.cbuf.is_empty()
+    }
+
     /// Before the answer to `head`: when it is the last answer to a client that asked to close
-    /// and sent no body and nothing after its head, the FIN is to go with it
-    /// ([`ClientStream::last_answer`]). Not where bytes may be left unread (a body, pipelined
-    /// requests; or kedge closing a connection the client meant to keep, when it drains): the
-    /// close would then send a reset, and the held answer would go with it.
+    /// and can send nothing more ([`Conn::more_may_come`]), the FIN is to go with it
+    /// ([`ClientStream::last_answer`]).
     pub(super) fn before_last_answer(&mut self, head: &RequestHead) {
-        if !head.keep_alive && matches!(head.framing, Framing::None | Framing::Length(0)) && self.cbuf.is_empty() {
+        if !self.more_may_come(head) {
             self.client.last_answer();
         }
     }
 
-    /// Sends the answer in `out`; when `close`, closes after it (lingering for errors).
-    pub(super) async fn send_answer(&mut self, snap: &Snapshot, status: u16, close: bool) -> Result<(), RequestError> {
+    /// Sends the answer in `out` to `head`; when `close`, the connection closes after it,
+    /// lingering for errors and where more may come from the client.
+    pub(super) async fn send_answer(
+        &mut self,
+        snap: &Snapshot,
+        head: &RequestHead,
+        status: u16,
+        close: bool,
+    ) -> Result<(), RequestError> {
         let timeout = match is_error(status) {
             true => ERROR_WRITE_TIMEOUT,
             false => snap.client.body_timeout,
         };
         let out = std::mem::take(&mut self.out);
         self.out = write_client(&mut self.client, out, timeout).await?;
-        if close && is_error(status) {
-            self.linger().await;
-        }
+        self.lingers = close && (is_error(status) || self.more_may_come(head));
         Ok(())
     }
 
-    /// Sends a canned error answer (`close`: then closes, lingering). A client that cannot be
-    /// written to is left to close.
+    /// Sends a canned error answer (`close`: then closes, lingering once the request is
+    /// logged). A client that cannot be written to is left to close.
     pub(super) async fn answer_error(&mut self, status: u16, why: &str, close: bool) {
         self.out.clear();
         http::write_canned(&mut self.out, status, why, b"", close);
@@ -325,7 +338,12 @@ impl<S: ClientStream> Conn<S> {
             Ok(b) => self.out = b,
             Err(_) => return,
         }
-        if close {
+        self.lingers = close;
+    }
+
+    /// Before the connection closes: lingers when the last answer asked for it (`lingers`).
+    pub(super) async fn close_gently(&mut self) {
+        if std::mem::take(&mut self.lingers) {
             self.linger().await;
         }
     }
@@ -464,7 +482,11 @@ impl<S: ClientStream> Conn<S> {
             forward::release(worker, snap, f.routed.backend, addr, upstream, start);
         }
         self.up.buf.clear();
-        Ok(if keep_client { Next::KeepAlive } else { Next::Close })
+        if keep_client {
+            return Ok(Next::KeepAlive);
+        }
+        self.lingers = self.more_may_come(head);
+        Ok(Next::Close)
     }
 }
 

@@ -124,6 +124,9 @@ pub(super) struct Conn<S> {
     /// The last wait between two requests was long (or none happened yet): the next one holds
     /// no buffer at all (`conn::Conn::wait_idle`).
     pub(super) waits_long: bool,
+    /// The connection is to close gently (`Conn::linger`) once the request is logged: the
+    /// answer was an error, or the client may still be sending (`Conn::more_may_come`).
+    pub(super) lingers: bool,
 }
 
 /// A client's IP address as text, the way X-Forwarded-For carries it (no brackets, an

@@ -128,6 +128,45 @@ both_drivers!(
     }
 );
 
+/// Sends `first` on a new connection and reads until kedge's FIN; then sends `rest` (bytes a
+/// client still had on their way when kedge closed) and, a moment later, takes the socket's
+/// pending error. Returns the answer and that error: none when kedge closed gently (it read and
+/// dropped `rest`); a reset when the bytes met a closed socket (Linux reports it as `EPIPE` on
+/// a socket that has had the FIN). A reset can destroy an answer the client has not read yet
+/// (RFC 9112 §9.6); Linux keeps it readable, so the error is what the test can see.
+pub(crate) fn answer_then_more(
+    kedge: std::net::SocketAddr,
+    first: &str,
+    rest: &str,
+) -> (String, Option<std::io::Error>) {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(kedge).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    s.write_all(first.as_bytes()).unwrap();
+    let mut got = Vec::new();
+    s.read_to_end(&mut got).unwrap();
+    s.write_all(rest.as_bytes()).unwrap();
+    std::thread::sleep(Duration::from_millis(200));
+    (String::from_utf8(got).unwrap(), s.take_error().unwrap())
+}
+
+both_drivers!(
+    /// A client whose next request is on its way when kedge closes after an answer (here: the
+    /// rest of a request pipelined after `Connection: close`, sent once the answer is in) meets
+    /// a gentle close: kedge shuts its side, reads and drops what still comes, and the client
+    /// sees the end of the connection, not a reset.
+    fn a_close_with_a_request_on_its_way_is_gentle(driver) {
+        let up = Upstream::start("up", Handler::Echo);
+        let kedge = Kedge::start(driver, &route_all(&[up.addr()]));
+        let first = "GET /close HTTP/1.1\r\nHost: linger.test\r\nConnection: close\r\n\r\nGET /next HTTP/1.1\r\nHo";
+        let (answer, reset) = answer_then_more(kedge.addr(), first, "st: linger.test\r\n\r\n");
+        assert!(answer.starts_with("HTTP/1.1 200") && answer.contains("uri=/close\n"), "{answer}");
+        assert!(!answer.contains("uri=/next"), "answered a request after Connection: close: {answer}");
+        assert!(reset.is_none(), "the rest of the request was answered with a reset: {reset:?}");
+        assert_eq!(up.request_count(), 1);
+    }
+);
+
 /// kedge's open client connections: its sockets whose local end is `listen`, the listener
 /// itself (state `0A`, LISTEN) left out.
 fn client_sockets(pid: u32, listen: std::net::SocketAddr) -> usize {
