@@ -7,7 +7,10 @@
 //!   any response byte, and (`proxy-next-upstream`) when the answer is a status the rule retries;
 //! - a reused pooled connection found dead is replaced by a fresh one to the same endpoint,
 //!   without counting as a try;
-//! - a request whose body was sent is never repeated.
+//! - a request whose body was sent is never repeated;
+//! - an upstream that stops taking the body (it closed, or stalled past the send timeout) may
+//!   have answered early, as an upload it refuses often is: that answer, read from its socket,
+//!   goes to the client instead of a 502 (the exchange says the body was cut).
 //!
 //! Each try is counted in flight on its endpoint (least-request balancing) and reported to the
 //! balancer (outlier ejection); retries and connect errors go to the backend's metrics.
@@ -51,8 +54,15 @@ pub(super) struct Exchange<'w> {
     pub upstream: UpstreamStream,
     pub addr: SocketAddr,
     pub resp: ResponseHead,
+    /// The upstream answered before it took the whole request body: its connection is not
+    /// reused, and the client's body is left unread (its connection closes after the answer).
+    pub body_cut: bool,
     pub _inflight: InFlight<'w>,
 }
+
+/// How long an upstream that stopped taking the request body has to show an early answer. An
+/// answer it sent is in its socket already; this only bounds the wait when there is none.
+const EARLY_ANSWER_WAIT: Duration = Duration::from_secs(1);
 
 /// A front end's way of sending a request body to an upstream connection.
 pub(super) trait SendBody {
@@ -155,7 +165,20 @@ async fn forward_tries<'w, B: SendBody>(
                     true => body.send(&mut upstream, out, f.timeouts.send, f.max_body).await,
                 };
                 match sent {
-                    Ok(()) => read_response_head(&mut upstream, up, req.is_head, f.timeouts.read).await,
+                    Ok(()) => read_response_head(&mut upstream, up, req.is_head, f.timeouts.read)
+                        .await
+                        .map(|r| (r, false)),
+                    // An early answer, if the upstream gave one, is what it means; else the
+                    // body's failure is the error.
+                    Err(e) if e.kind == ErrorKind::UpstreamBodyFailed => {
+                        match read_response_head(&mut upstream, up, req.is_head, EARLY_ANSWER_WAIT).await {
+                            Ok(r) => {
+                                tracing::debug!(upstream = %addr, status = r.status, "upstream answered before taking the whole body");
+                                Ok((r, true))
+                            }
+                            Err(_) => Err(e),
+                        }
+                    }
                     Err(e) => Err(e),
                 }
             });
@@ -171,7 +194,7 @@ async fn forward_tries<'w, B: SendBody>(
             // proxy-next-upstream http_5xx: an idempotent request without a body whose
             // answer is one of those statuses goes to another endpoint while tries remain;
             // the answer is dropped with its connection.
-            Ok(resp)
+            Ok((resp, _))
                 if req.retry_ok
                     && policy.retry_on.contains(&resp.status)
                     && tries.count() < f.tries.min(backend.endpoints.len()) =>
@@ -181,11 +204,12 @@ async fn forward_tries<'w, B: SendBody>(
                 tries.last = ErrorKind::AllTriedFailed.into();
                 drop(upstream);
             }
-            Ok(resp) => {
+            Ok((resp, body_cut)) => {
                 break Exchange {
                     upstream,
                     addr,
                     resp,
+                    body_cut,
                     _inflight: inflight,
                 };
             }

@@ -600,7 +600,7 @@ async fn handle(
         return Err(ErrorKind::UnaskedSwitch.into());
     }
     let mut upstream = exchange.upstream;
-    let (addr, resp) = (exchange.addr, exchange.resp);
+    let (addr, resp, body_cut) = (exchange.addr, exchange.resp, exchange.body_cut);
     respond::check_answer_start(&up.buf, &resp)?;
     let mut extra = Lease::new(&worker.bufs, Class::Output);
     let hsts = (info.scheme == "https").then_some(&*snap.https.hsts_line);
@@ -632,7 +632,9 @@ async fn handle(
             }
         }
     }
-    if resp.keep_alive && resp.framing != Framing::CloseDelimited && up.buf.is_empty() {
+    // After an early answer (`body_cut`) the stream's unread body is refused when it is
+    // dropped (h2 sends RST_STREAM NO_ERROR, RFC 9113 §8.1), and the upstream is not reused.
+    if !body_cut && resp.keep_alive && resp.framing != Framing::CloseDelimited && up.buf.is_empty() {
         forward::release(worker, snap, f.routed.backend, addr, upstream, start);
     }
     Ok(())

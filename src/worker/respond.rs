@@ -382,6 +382,7 @@ impl<S: ClientStream> Conn<S> {
             mut upstream,
             addr,
             resp,
+            body_cut,
             ..
         } = exchange;
         if resp.status == 101 {
@@ -415,13 +416,15 @@ impl<S: ClientStream> Conn<S> {
             Framing::Chunked | Framing::CloseDelimited if head.version == Version::Http11 => Framing::Chunked,
             Framing::Chunked | Framing::CloseDelimited => Framing::CloseDelimited,
         };
-        let keep_client = keep_alive(
-            head.keep_alive,
-            body_of(head.framing),
-            Ending::Proxied(out_framing),
-            worker.stopping.is_set(),
-        );
-        let keep_upstream = resp.keep_alive && resp.framing != Framing::CloseDelimited;
+        // An early answer leaves the client's body unread and the upstream's state unknown.
+        let keep_client = !body_cut
+            && keep_alive(
+                head.keep_alive,
+                body_of(head.framing),
+                Ending::Proxied(out_framing),
+                worker.stopping.is_set(),
+            );
+        let keep_upstream = !body_cut && resp.keep_alive && resp.framing != Framing::CloseDelimited;
         check_answer_start(&self.up.buf, &resp)?;
         self.before_last_answer(head);
 

@@ -352,3 +352,45 @@ both_drivers!(
         assert!(echo.requests().iter().all(|s| s.method != "POST" || !s.body_complete), "{:?}", echo.requests());
     }
 );
+
+both_drivers!(
+    /// An upstream that refuses an upload by its head answers before reading the body and
+    /// closes its connection (hyper, as most servers, does not read a refused body). kedge's
+    /// write of the rest fails, and the answer the upstream gave, already in its socket, goes to
+    /// the client, not a 502 (nginx 1.22 answers 502 here). The client's connection then closes
+    /// (its body is left unread), and the upstream connection is not reused.
+    fn an_upload_the_upstream_refuses_early_gets_its_answer(driver) {
+        use std::io::{Read, Write};
+        let up = Upstream::start("up", Handler::Refuse(413));
+        let kedge = Kedge::start(driver, &unlimited(up.addr()));
+        let mut s = std::net::TcpStream::connect(kedge.addr()).unwrap();
+        s.set_read_timeout(Some(std::time::Duration::from_secs(10))).unwrap();
+        let mut w = s.try_clone().unwrap();
+        const LEN: u64 = 8 << 20;
+        // The body is sent while the answer is read; kedge stops reading it once it answers.
+        let sender = std::thread::spawn(move || {
+            let head = format!("POST /upload HTTP/1.1\r\nHost: b.test\r\nContent-Length: {LEN}\r\n\r\n");
+            w.write_all(head.as_bytes())?;
+            let mut at = 0;
+            while at < LEN {
+                let n = (LEN - at).min(1 << 16) as usize;
+                w.write_all(&fill(at, n))?;
+                at += n as u64;
+            }
+            Ok::<_, std::io::Error>(())
+        });
+        let mut got = Vec::new();
+        let _ = s.read_to_end(&mut got);
+        let _ = sender.join();
+        let answer = String::from_utf8_lossy(&got);
+        assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
+        assert!(answer.to_ascii_lowercase().contains("x-upstream: up\r\n"), "not the upstream's answer: {answer}");
+        assert!(answer.ends_with("\r\n\r\nrefused\n"), "{answer}");
+        assert!(answer.to_ascii_lowercase().contains("connection: close\r\n"), "{answer}");
+        assert_eq!(up.requests().len(), 1);
+        assert!(!up.requests()[0].body_complete);
+        // The next request takes a new upstream connection.
+        assert_eq!(Client::connect(kedge.addr()).get("b.test", "/after").status, 413);
+        assert_eq!(up.connections(), 2, "the connection that answered early was reused");
+    }
+);

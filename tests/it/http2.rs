@@ -390,6 +390,30 @@ both_drivers!(
     }
 );
 
+both_drivers!(
+    /// An HTTP/1.1 upstream that refuses an upload by its head (answers, then closes without
+    /// reading the body) gets its answer to the HTTP/2 client, not a 502; the stream's unread
+    /// body is refused (RST_STREAM NO_ERROR), and the connection serves on.
+    fn an_upload_the_upstream_refuses_early_gets_its_answer(driver) {
+        let up = Upstream::start("up", Handler::Refuse(413));
+        let kedge = start(driver, &format!("[client]\nmax_body = 0\n\n{}", route_all(&[up.addr()])));
+        let h = H2::connect(kedge.addr());
+        let len = 8 << 20;
+        let req = h
+            .req("POST", "r.test", "/upload")
+            .header("content-length", len.to_string())
+            .body(())
+            .expect("request");
+        let r = h.request(req, Some(fill(0, len)));
+        assert_eq!(r.status, 413, "{r:?}");
+        assert_eq!(r.upstream(), Some("up"), "not the upstream's answer: {r:?}");
+        assert_eq!(r.text(), "refused\n");
+        assert!(!up.requests()[0].body_complete);
+        assert_eq!(h.get("r.test", "/after").status, 413);
+        assert_eq!(up.connections(), 2, "the connection that answered early was reused");
+    }
+);
+
 /// The request `rec` recorded whose request line starts with `start`.
 fn recorded(rec: &RecordingUpstream, start: &str) -> Recorded {
     let all: Vec<_> = rec.conns().into_iter().flat_map(|c| c.requests).collect();

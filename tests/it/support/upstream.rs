@@ -37,6 +37,10 @@ pub enum Handler {
     Delay(Duration),
     /// This status with no body (204, 304, ...).
     Status(u16),
+    /// This status at once, the request body unread: an application that refuses an upload by
+    /// its head (hyper then closes the connection, not reading the rest). The request is
+    /// recorded with `body_complete` false.
+    Refuse(u16),
     /// A WebSocket-style upgrade: 101 with `Upgrade: websocket`, then echoes bytes on the
     /// upgraded connection. Requests without `Upgrade` get `Echo`.
     WebSocket,
@@ -237,6 +241,20 @@ async fn handle(st: Arc<State>, mut req: Request<Incoming>) -> Result<Reply, Inf
     let wants_upgrade = req.headers().contains_key(UPGRADE);
     let upgrade = (matches!(st.handler, Handler::WebSocket) && wants_upgrade).then(|| hyper::upgrade::on(&mut req));
     let (parts, mut incoming) = req.into_parts();
+    if let Handler::Refuse(code) = st.handler {
+        st.requests.lock().expect("requests lock").push(Seen {
+            method: parts.method.to_string(),
+            uri: parts.uri.to_string(),
+            headers: pairs(&parts.headers),
+            body_len: 0,
+            body_hash: 0,
+            body_complete: false,
+            trailers: Vec::new(),
+        });
+        let mut resp = Response::new(Full::new(Bytes::from_static(b"refused\n")).boxed());
+        *resp.status_mut() = StatusCode::from_u16(code).expect("status code");
+        return Ok(named(&st.name, resp));
+    }
     let mut hash = BodyHash::default();
     let mut len = 0u64;
     let mut trailers = Vec::new();
@@ -293,6 +311,7 @@ async fn handle(st: Arc<State>, mut req: Request<Incoming>) -> Result<Reply, Inf
                 .boxed(),
             ),
         ),
+        Handler::Refuse(_) => unreachable!("answered before the body"),
         Handler::Status(code) => {
             let mut resp = Response::new(Empty::new().boxed());
             *resp.status_mut() = StatusCode::from_u16(*code).expect("status code");
