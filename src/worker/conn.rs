@@ -14,11 +14,12 @@
 //! the view is done with, before any body is read. Every failure is a
 //! [`RequestError`], answered (or not) in one place.
 
+use std::cell::Cell;
 use std::net::SocketAddr;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
-use monoio::io::{AsyncWriteRent, AsyncWriteRentExt};
+use monoio::io::{AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt};
 
 use super::bufs::Class;
 use super::checks::{self, InProgress};
@@ -73,7 +74,7 @@ pub(super) async fn serve<S: ClientStream>(
     };
     match conn.run(worker).await {
         // Boxed: a tunnel (after a 101) is rare and larger than the request loop it follows.
-        Some(upstream) => Box::pin(conn.tunnel(upstream)).await,
+        Some((upstream, idle)) => Box::pin(conn.tunnel(upstream, idle)).await,
         None => {
             conn.client.close().await;
             let pool = &worker.bufs;
@@ -99,9 +100,9 @@ enum Plan<'s> {
 }
 
 impl<S: ClientStream> Conn<S> {
-    /// The request loop. Returns the upstream to tunnel to after a 101, else `None` when the
-    /// connection is done.
-    async fn run(&mut self, worker: &Rc<Worker>) -> Option<UpstreamStream> {
+    /// The request loop. Returns the upstream to tunnel to after a 101 and the tunnel's idle
+    /// timeout, else `None` when the connection is done.
+    async fn run(&mut self, worker: &Rc<Worker>) -> Option<(UpstreamStream, Duration)> {
         let conn = self;
         let mut first = true;
         // When the last request ended: the idle wait's timeout counts from there.
@@ -130,9 +131,9 @@ impl<S: ClientStream> Conn<S> {
             let keep = match conn.handle(worker, &snap, &head, &mut rec, start).await {
                 Ok(Next::KeepAlive) => true,
                 Ok(Next::Close) => false,
-                Ok(Next::Tunnel(upstream)) => {
+                Ok(Next::Tunnel(upstream, idle)) => {
                     log::log_request(worker, &snap, conn.peer, &conn.meta, &rec, start);
-                    return Some(upstream);
+                    return Some((upstream, idle));
                 }
                 Err(e) => match e.answer() {
                     Some((status, why)) => {
@@ -508,15 +509,18 @@ fn check_buffered_chunks(body: &[u8], max_body: u64) -> Result<(), RequestError>
 }
 
 impl<S: ClientStream> Conn<S> {
-    /// Copies bytes both ways between client and upstream after a 101, until both sides close.
-    async fn tunnel(self, upstream: UpstreamStream) {
+    /// Copies bytes both ways between client and upstream after a 101, until both sides close
+    /// or no byte has passed either way for `idle` (as nginx's `proxy_read_timeout` ends an
+    /// upgraded connection): a tunnel whose peers went quiet, vanished without a FIN, or left
+    /// it half-closed does not hold its sockets for ever.
+    async fn tunnel(self, upstream: UpstreamStream, idle: Duration) {
         match upstream {
-            UpstreamStream::Plain(u) => self.tunnel_to(u).await,
-            UpstreamStream::Tls(u) => self.tunnel_to(*u).await,
+            UpstreamStream::Plain(u) => self.tunnel_to(u, idle).await,
+            UpstreamStream::Tls(u) => self.tunnel_to(*u, idle).await,
         }
     }
 
-    async fn tunnel_to<U: ClientStream>(mut self, mut upstream: U) {
+    async fn tunnel_to<U: ClientStream>(mut self, mut upstream: U, idle: Duration) {
         // Bytes that arrived early on either side belong to the new protocol.
         if !self.cbuf.is_empty() {
             let early = std::mem::take(&mut self.cbuf);
@@ -532,14 +536,37 @@ impl<S: ClientStream> Conn<S> {
         }
         let (mut cr, mut cw) = self.client.halves();
         let (mut ur, mut uw) = upstream.halves();
-        let up = async {
-            let _ = monoio::io::copy(&mut cr, &mut uw).await;
-            let _ = uw.shutdown().await;
-        };
-        let down = async {
-            let _ = monoio::io::copy(&mut ur, &mut cw).await;
-            let _ = cw.shutdown().await;
-        };
-        monoio::join!(up, down);
+        let last = std::cell::Cell::new(Instant::now());
+        monoio::join!(
+            relay(&mut cr, &mut uw, idle, &last),
+            relay(&mut ur, &mut cw, idle, &last)
+        );
     }
+}
+
+/// One direction of a tunnel: copies `from` to `to` until `from` ends (then shuts `to`'s
+/// sending side, passing the half-close on), a write fails or stalls for `idle`, or nothing
+/// has passed either way for `idle` (`last`: when a byte last passed, in either direction).
+/// An idle tunnel ends both ways: each direction finds it so when its own wait runs out.
+async fn relay<R: AsyncReadRent, W: AsyncWriteRent>(from: &mut R, to: &mut W, idle: Duration, last: &Cell<Instant>) {
+    let mut buf = Vec::new();
+    loop {
+        let left = idle.saturating_sub(last.get().elapsed());
+        match pump::read_with_timeout(from, &mut buf, left).await {
+            ReadResult::Data(_) => {
+                last.set(Instant::now());
+                if pump::flush(to, &mut buf, idle).await.is_err() {
+                    return;
+                }
+            }
+            // The other direction moved bytes meanwhile: wait for the rest of the time.
+            ReadResult::Timeout if last.get().elapsed() < idle => {}
+            ReadResult::Timeout => {
+                tracing::debug!(idle = ?idle, "tunnel idle: closing it");
+                break;
+            }
+            ReadResult::Eof | ReadResult::Error => break,
+        }
+    }
+    let _ = to.shutdown().await;
 }

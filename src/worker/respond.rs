@@ -405,7 +405,7 @@ impl<S: ClientStream> Conn<S> {
             self.up.buf.drain(..resp.head_len);
             let out = std::mem::take(&mut self.out);
             self.out = write_client(&mut self.client, out, snap.client.body_timeout).await?;
-            return Ok(Next::Tunnel(upstream));
+            return Ok(Next::Tunnel(upstream, f.timeouts.read));
         }
 
         // Client-side framing: lengths pass through; chunked and close-delimited bodies go

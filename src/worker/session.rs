@@ -205,8 +205,9 @@ impl UpstreamBufs {
 pub(super) enum Next {
     KeepAlive,
     Close,
-    /// The upstream switched protocols: tunnel bytes both ways until either side closes.
-    Tunnel(UpstreamStream),
+    /// The upstream switched protocols: tunnel bytes both ways until both sides close, or
+    /// until no byte has passed either way for the route's upstream read timeout (this one).
+    Tunnel(UpstreamStream, Duration),
 }
 
 /// What every phase of one request reads: the worker, the snapshot the request started with,

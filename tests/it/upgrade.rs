@@ -78,3 +78,37 @@ both_drivers!(
         c.assert_connection_as_announced(&resp, "ws.test");
     }
 );
+
+both_drivers!(
+    /// A tunnel ends once no byte has passed either way for the route's upstream read timeout,
+    /// as nginx ends an upgraded connection after `proxy_read_timeout`: bytes one way keep it
+    /// open (this upstream takes what comes and sends nothing), and when they stop kedge closes
+    /// it. A tunnel the client half-closed, whose upstream never closes, ends the same way
+    /// instead of holding both sockets for ever.
+    fn an_idle_tunnel_closes_after_the_read_timeout(driver) {
+        use std::time::{Duration, Instant};
+        let up = RawUpstream::start(RawBehavior::ReplyThenStall(
+            b"HTTP/1.1 101 Switching Protocols\r\nConnection: upgrade\r\nUpgrade: websocket\r\n\r\n".to_vec(),
+        ));
+        let config = format!("[upstream]\nread_timeout = \"400ms\"\n\n{}", route_all(&[up.addr()]));
+        let kedge = Kedge::start(driver, &config);
+        let mut c = Client::connect(kedge.addr());
+        c.send(UPGRADE_REQUEST);
+        assert_eq!(c.read_response().status, 101);
+        // Three timeouts' worth of a byte every 100 ms toward the upstream.
+        for _ in 0..12 {
+            c.send(b"x");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let quiet = Instant::now();
+        assert!(c.closed_within(Duration::from_secs(5)), "the idle tunnel stayed open");
+        let after = quiet.elapsed();
+        assert!(after >= Duration::from_millis(250), "closed {after:?} after the last byte, before the 400 ms timeout");
+
+        let mut c = Client::connect(kedge.addr());
+        c.send(UPGRADE_REQUEST);
+        assert_eq!(c.read_response().status, 101);
+        c.shutdown_write();
+        assert!(c.closed_within(Duration::from_secs(5)), "the half-closed idle tunnel stayed open");
+    }
+);
