@@ -981,8 +981,8 @@ const NOT_TRAILERS: [&[u8]; 26] = [
 ];
 
 /// Whether a trailer field called `name` is passed on, whichever protocol it came in and goes
-/// out on. Not the fields RFC 9110 §6.5.1 keeps out of trailers ([`NOT_TRAILERS`]), nor
-/// hop-by-hop ones, nor those kedge writes in the head itself ([`FORWARDING_HEADERS`]): a
+/// out on. Not the fields RFC 9110 §6.5.1 keeps out of trailers (`NOT_TRAILERS`), nor
+/// hop-by-hop ones, nor those kedge writes in the head itself (`FORWARDING_HEADERS`): a
 /// recipient that merged a trailer into the head (against §6.5.1, but some do) would otherwise
 /// read framing, a host or a client address other than the ones kedge forwarded.
 pub fn trailer_passes(name: &[u8]) -> bool {

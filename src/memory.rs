@@ -3,7 +3,7 @@
 //! stayed at its burst level: measured with 3 bursts of 1,000 keep-alive connections on 2
 //! workers, 8 MB idle → 35 MB for good. [`Trimmer`] asks malloc to return free pages
 //! (`malloc_trim`, which walks every arena) once the open connections have fallen to less than
-//! half of a peak at least [`MIN_DROP`] above them (HTTP/2 streams count as connections): a few
+//! half of a peak at least `MIN_DROP` above them (HTTP/2 streams count as connections): a few
 //! times after a burst, never per request.
 //! With it the same bursts come back to within a few MB of idle (BENCHMARKS.md).
 

@@ -43,7 +43,7 @@ impl BackendMetrics {
     }
 }
 
-/// The protocols requests are counted by, in [`WorkerMetrics::protocols`] order.
+/// The protocols requests are counted by, in `WorkerMetrics::protocols` order.
 pub const PROTOCOLS: [&str; 3] = ["HTTP/1.0", "HTTP/1.1", "HTTP/2.0"];
 
 /// One worker's metrics.

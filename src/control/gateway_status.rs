@@ -17,7 +17,7 @@
 //! object with a JSON merge patch carrying the resourceVersion the view was made from (a list
 //! replaces a list whole, so a concurrent change of another controller's parent entry gives a
 //! 409 Conflict instead of being lost; the change itself brings the next view). As the Ingress
-//! writer ([`super::status`], whose loop it runs: [`write_loop`]), it writes only while this
+//! writer (`super::status`, whose loop it runs: `write_loop`), it writes only while this
 //! kedge holds the cluster's status Lease, never writes again what it wrote until the watch
 //! brings the object back, logs a failing object once per failure streak and retries after a
 //! while.

@@ -5,7 +5,7 @@
 //!
 //! kube's watcher decodes each object with the type's own `Deserialize`, so the watches ask
 //! for [`Lean<K>`]: the same resource, whose `Deserialize` runs `K`'s through a deserializer
-//! ([`Filtered`]) that hides those keys from it. Everything else reaches `K`'s code unchanged,
+//! (`Filtered`) that hides those keys from it. Everything else reaches `K`'s code unchanged,
 //! so what it reads is exactly what it would read of the whole object, less those keys (a
 //! unit test compares the two for every kind kedge watches). The watch unwraps each object
 //! before its store sees it: the stores hold plain `K`.

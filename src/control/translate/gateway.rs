@@ -384,7 +384,7 @@ pub struct RefProblem {
 /// ReferenceGrant from the route's kind (`route_kind`: `HTTPRoute`, `GRPCRoute`) there.
 /// Services and ReferenceGrants by namespace (and name), built once per table build: resolving
 /// a backendRef is then a hash lookup, not a scan of every Service and grant (quadratic with
-/// thousands of routes). The Services are indexed at the [`SCANS`]th lookup: an update that
+/// thousands of routes). The Services are indexed at the `SCANS`th lookup: an update that
 /// decides a route or two again finds its few Services by a scan instead of indexing 10k.
 pub struct RefIndex<'a> {
     all: &'a [Arc<Service>],
