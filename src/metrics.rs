@@ -58,6 +58,9 @@ pub struct WorkerMetrics {
     /// RequestMirror copies given up (the mirror fell behind its budget, failed, or the
     /// request's body failed), see `worker/mirror.rs`.
     pub mirrors_abandoned: AtomicU64,
+    /// Tunnels (after a 101) closed because no byte passed either way for their idle timeout,
+    /// see `worker/conn.rs`.
+    pub tunnels_idle_closed: AtomicU64,
     /// Backends this worker has counted for, by name. Locked when a worker meets a backend for
     /// the first time and when scraped; never per request.
     backends: Mutex<Vec<(Key, Arc<BackendMetrics>)>>,
@@ -202,6 +205,20 @@ impl Collector for Metrics {
             let e = encoder.encode_descriptor(
                 "kedge_mirror_abandoned",
                 "RequestMirror copies abandoned before the whole request reached the mirror (it fell behind, failed, or the request's body failed).",
+                None,
+                MetricType::Counter,
+            )?;
+            ConstCounter::new(n).encode(e)?;
+        }
+        {
+            let n: u64 = self
+                .workers
+                .iter()
+                .map(|w| w.tunnels_idle_closed.load(Ordering::Relaxed))
+                .sum();
+            let e = encoder.encode_descriptor(
+                "kedge_tunnels_idle_closed",
+                "Tunnels (after a 101, e.g. WebSocket) closed because no byte passed either way for the route's upstream read timeout.",
                 None,
                 MetricType::Counter,
             )?;

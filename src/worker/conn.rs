@@ -74,7 +74,14 @@ pub(super) async fn serve<S: ClientStream>(
     };
     match conn.run(worker).await {
         // Boxed: a tunnel (after a 101) is rare and larger than the request loop it follows.
-        Some((upstream, idle)) => Box::pin(conn.tunnel(upstream, idle)).await,
+        Some((upstream, idle)) => {
+            if Box::pin(conn.tunnel(upstream, idle)).await {
+                worker
+                    .metrics
+                    .tunnels_idle_closed
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }
+        }
         None => {
             conn.client.close().await;
             let pool = &worker.bufs;
@@ -512,35 +519,36 @@ impl<S: ClientStream> Conn<S> {
     /// Copies bytes both ways between client and upstream after a 101, until both sides close
     /// or no byte has passed either way for `idle` (as nginx's `proxy_read_timeout` ends an
     /// upgraded connection): a tunnel whose peers went quiet, vanished without a FIN, or left
-    /// it half-closed does not hold its sockets for ever.
-    async fn tunnel(self, upstream: UpstreamStream, idle: Duration) {
+    /// it half-closed does not hold its sockets for ever. `true`: it ended for being idle.
+    async fn tunnel(self, upstream: UpstreamStream, idle: Duration) -> bool {
         match upstream {
             UpstreamStream::Plain(u) => self.tunnel_to(u, idle).await,
             UpstreamStream::Tls(u) => self.tunnel_to(*u, idle).await,
         }
     }
 
-    async fn tunnel_to<U: ClientStream>(mut self, mut upstream: U, idle: Duration) {
+    async fn tunnel_to<U: ClientStream>(mut self, mut upstream: U, idle: Duration) -> bool {
         // Bytes that arrived early on either side belong to the new protocol.
         if !self.cbuf.is_empty() {
             let early = std::mem::take(&mut self.cbuf);
             if upstream.write_all(early).await.0.is_err() {
-                return;
+                return false;
             }
         }
         if !self.up.buf.is_empty() {
             let early = std::mem::take(&mut self.up.buf);
             if self.client.write_all(early).await.0.is_err() {
-                return;
+                return false;
             }
         }
         let (mut cr, mut cw) = self.client.halves();
         let (mut ur, mut uw) = upstream.halves();
-        let last = std::cell::Cell::new(Instant::now());
-        monoio::join!(
+        let last = Cell::new(Instant::now());
+        let (up, down) = monoio::join!(
             relay(&mut cr, &mut uw, idle, &last),
             relay(&mut ur, &mut cw, idle, &last)
         );
+        up || down
     }
 }
 
@@ -548,25 +556,34 @@ impl<S: ClientStream> Conn<S> {
 /// sending side, passing the half-close on), a write fails or stalls for `idle`, or nothing
 /// has passed either way for `idle` (`last`: when a byte last passed, in either direction).
 /// An idle tunnel ends both ways: each direction finds it so when its own wait runs out.
-async fn relay<R: AsyncReadRent, W: AsyncWriteRent>(from: &mut R, to: &mut W, idle: Duration, last: &Cell<Instant>) {
+/// `true`: this direction ended for being idle.
+async fn relay<R: AsyncReadRent, W: AsyncWriteRent>(
+    from: &mut R,
+    to: &mut W,
+    idle: Duration,
+    last: &Cell<Instant>,
+) -> bool {
     let mut buf = Vec::new();
+    let mut idled = false;
     loop {
         let left = idle.saturating_sub(last.get().elapsed());
         match pump::read_with_timeout(from, &mut buf, left).await {
             ReadResult::Data(_) => {
                 last.set(Instant::now());
                 if pump::flush(to, &mut buf, idle).await.is_err() {
-                    return;
+                    return false;
                 }
             }
             // The other direction moved bytes meanwhile: wait for the rest of the time.
             ReadResult::Timeout if last.get().elapsed() < idle => {}
             ReadResult::Timeout => {
                 tracing::debug!(idle = ?idle, "tunnel idle: closing it");
+                idled = true;
                 break;
             }
             ReadResult::Eof | ReadResult::Error => break,
         }
     }
     let _ = to.shutdown().await;
+    idled
 }

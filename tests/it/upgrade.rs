@@ -3,7 +3,7 @@
 //! 101 nobody asked for is refused.
 
 use crate::support::body::fill;
-use crate::support::{Client, Handler, Kedge, RawBehavior, RawUpstream, Upstream, both_drivers, route_all};
+use crate::support::{Client, Handler, Kedge, RawBehavior, RawUpstream, Upstream, both_drivers, route_all, wait_until};
 
 const UPGRADE_REQUEST: &[u8] = b"GET /ws HTTP/1.1\r\nHost: ws.test\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
     Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n";
@@ -83,8 +83,10 @@ both_drivers!(
     /// A tunnel ends once no byte has passed either way for the route's upstream read timeout,
     /// as nginx ends an upgraded connection after `proxy_read_timeout`: bytes one way keep it
     /// open (this upstream takes what comes and sends nothing), and when they stop kedge closes
-    /// it. A tunnel the client half-closed, whose upstream never closes, ends the same way
-    /// instead of holding both sockets for ever.
+    /// it and counts it (`kedge_tunnels_idle_closed_total`). A client's half-close is passed
+    /// on: an upstream that then closes ends the tunnel (not counted as idle); one that keeps
+    /// its side open, silent, leaves a half-closed tunnel that ends when idle, instead of
+    /// holding both sockets for ever.
     fn an_idle_tunnel_closes_after_the_read_timeout(driver) {
         use std::time::{Duration, Instant};
         let up = RawUpstream::start(RawBehavior::ReplyThenStall(
@@ -104,11 +106,36 @@ both_drivers!(
         assert!(c.closed_within(Duration::from_secs(5)), "the idle tunnel stayed open");
         let after = quiet.elapsed();
         assert!(after >= Duration::from_millis(250), "closed {after:?} after the last byte, before the 400 ms timeout");
+        wait_until(Duration::from_secs(5), "the idle close counted", || idle_closed(&kedge) == 1);
 
         let mut c = Client::connect(kedge.addr());
         c.send(UPGRADE_REQUEST);
         assert_eq!(c.read_response().status, 101);
         c.shutdown_write();
+        assert!(c.closed_within(Duration::from_secs(5)), "the half-closed tunnel stayed open");
+        assert_eq!(idle_closed(&kedge), 1, "a tunnel its upstream closed was counted as idle");
+
+        // A half-closed tunnel whose upstream keeps its side open, silent: idle, so it ends.
+        let holder = RawUpstream::start(RawBehavior::ReplyThenHold(
+            b"HTTP/1.1 101 Switching Protocols\r\nConnection: upgrade\r\nUpgrade: websocket\r\n\r\n".to_vec(),
+        ));
+        let config = format!("[upstream]\nread_timeout = \"400ms\"\n\n{}", route_all(&[holder.addr()]));
+        let kedge = Kedge::start(driver, &config);
+        let mut c = Client::connect(kedge.addr());
+        c.send(UPGRADE_REQUEST);
+        assert_eq!(c.read_response().status, 101);
+        c.shutdown_write();
         assert!(c.closed_within(Duration::from_secs(5)), "the half-closed idle tunnel stayed open");
+        wait_until(Duration::from_secs(5), "the idle close counted", || idle_closed(&kedge) == 1);
     }
 );
+
+/// `kedge_tunnels_idle_closed_total` on /metrics.
+fn idle_closed(kedge: &Kedge) -> u64 {
+    let text = Client::connect(kedge.admin_addr()).get("admin", "/metrics").text();
+    let line = text
+        .lines()
+        .find(|l| l.starts_with("kedge_tunnels_idle_closed_total "))
+        .unwrap_or_else(|| panic!("no tunnel counter in /metrics:\n{text}"));
+    line.rsplit(' ').next().and_then(|v| v.parse().ok()).expect("a count")
+}

@@ -24,6 +24,10 @@ pub enum RawBehavior {
     AnswerOnce { close_when_idle: bool },
     /// Reads requests and never answers; keeps the connection until the peer closes it.
     Silent,
+    /// Reads one request head, writes these bytes, reads and drops what comes until the peer
+    /// half-closes, then keeps its own side open (sending nothing) for 30 s: a peer that
+    /// leaves a connection half-closed.
+    ReplyThenHold(Vec<u8>),
 }
 
 /// The first answer of [`RawBehavior::AnswerOnce`].
@@ -96,6 +100,13 @@ async fn serve(mut stream: TcpStream, behavior: RawBehavior, st: Arc<RawState>) 
         RawBehavior::Silent => {
             read_head(&mut stream, &mut buf, &st).await;
             drain(&mut stream).await;
+            return;
+        }
+        RawBehavior::ReplyThenHold(reply) => {
+            if read_head(&mut stream, &mut buf, &st).await && stream.write_all(&reply).await.is_ok() {
+                drain(&mut stream).await;
+                tokio::time::sleep(std::time::Duration::from_secs(30)).await;
+            }
             return;
         }
     }
