@@ -132,6 +132,8 @@ pub(super) async fn serve<S: ClientStream + Unpin>(
         max_streams: settings.max_concurrent_streams as usize,
         over_limit: Cell::new(false),
     });
+    // A second descriptor of the socket, for the lingering close once `h2` has dropped its own.
+    let linger_fd = super::session::dup_socket(client.raw_fd());
     let io = Rewind {
         early,
         pos: 0,
@@ -240,6 +242,37 @@ pub(super) async fn serve<S: ClientStream + Unpin>(
                     draining = true;
                 }
             }
+        }
+    }
+    drop(conn);
+    // Not for a client that flooded: what it still sends is not worth reading.
+    if let Some(fd) = linger_fd
+        && !calmed
+    {
+        linger(fd).await;
+    }
+}
+
+/// The lingering close of an HTTP/2 connection (as nginx's since 1.19.1), on `fd`, the socket's
+/// second descriptor, after `h2` has closed its own: kedge sends its FIN and reads and drops
+/// what the client still sends (a request it sent before it read the GOAWAY, a WINDOW_UPDATE)
+/// for up to 2 s, until the client closes. Those bytes would otherwise meet a closed socket and
+/// come back as a reset, which can destroy the GOAWAY and the last answers before the client
+/// reads them.
+async fn linger(fd: std::os::fd::OwnedFd) {
+    let std = std::net::TcpStream::from(fd);
+    let _ = std.shutdown(std::net::Shutdown::Write);
+    let Ok(mut tcp) = monoio::net::TcpStream::from_std(std) else {
+        return;
+    };
+    let deadline = Instant::now() + Duration::from_secs(2);
+    let mut sink = Vec::new();
+    for _ in 0..64 {
+        sink.clear();
+        let left = deadline.saturating_duration_since(Instant::now());
+        match pump::read_with_timeout(&mut tcp, &mut sink, left).await {
+            ReadResult::Data(_) => {}
+            _ => break,
         }
     }
 }

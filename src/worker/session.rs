@@ -36,6 +36,8 @@ pub(super) trait ClientStream: AsyncReadRent + AsyncWriteRent + 'static {
     async fn close(&mut self);
     /// What is written from now on is the connection's last: see [`hold_for_close`].
     fn last_answer(&mut self);
+    /// The socket.
+    fn raw_fd(&self) -> std::os::fd::RawFd;
 }
 
 /// Holds the socket's partial segments until it closes (`TCP_CORK`), so the connection's last
@@ -47,6 +49,15 @@ fn hold_for_close(fd: std::os::fd::RawFd) {
     with_socket(fd, |s| {
         let _ = s.set_tcp_cork(true);
     });
+}
+
+/// A second descriptor of the open socket `fd` (`dup(2)`), which keeps the socket open after
+/// `fd` is closed; `None` when the process is out of descriptors.
+#[allow(unsafe_code)]
+pub(super) fn dup_socket(fd: std::os::fd::RawFd) -> Option<std::os::fd::OwnedFd> {
+    // SAFETY: `fd` is the caller's open socket, borrowed for this call only.
+    let fd = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
+    fd.try_clone_to_owned().ok()
 }
 
 /// Runs `f` on the open socket `fd` through socket2, for the options and calls monoio's
@@ -72,6 +83,9 @@ impl ClientStream for TcpStream {
     fn last_answer(&mut self) {
         hold_for_close(std::os::fd::AsRawFd::as_raw_fd(self));
     }
+    fn raw_fd(&self) -> std::os::fd::RawFd {
+        std::os::fd::AsRawFd::as_raw_fd(self)
+    }
 }
 
 impl ClientStream for TlsStream {
@@ -89,6 +103,9 @@ impl ClientStream for TlsStream {
     fn last_answer(&mut self) {
         // The answer, close_notify and the FIN in one segment.
         hold_for_close(self.fd());
+    }
+    fn raw_fd(&self) -> std::os::fd::RawFd {
+        self.fd()
     }
 }
 

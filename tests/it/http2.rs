@@ -974,6 +974,31 @@ both_drivers!(
 );
 
 both_drivers!(
+    /// The close after GOAWAY lingers, as nginx's since 1.19.1: a frame the client sends after
+    /// kedge's GOAWAY and FIN (here a PING, once the connection has ended for idleness) is read
+    /// and dropped, not answered with a reset that could destroy the GOAWAY and the last
+    /// answers before the client reads them.
+    fn the_close_after_goaway_lingers(driver) {
+        let up = Upstream::start("up", Handler::Echo);
+        let frag = format!("[client]\nkeepalive_timeout = \"300ms\"\n\n{}", route_all(&[up.addr()]));
+        let kedge = start(driver, &frag);
+        let mut c = RawH2::connect(kedge.addr());
+        c.settled();
+        c.headers(
+            1,
+            &[(":method", "GET"), (":scheme", "http"), (":authority", "l.test"), (":path", "/")],
+            true,
+        );
+        assert!(c.wait_frame(|f| f.kind == GOAWAY).is_some(), "no GOAWAY: {:?}", c.received);
+        assert!(c.wait_frame(|_| false).is_none());
+        c.write(&h2_frames::frame(h2_frames::PING, 0, 0, b"12345678"));
+        std::thread::sleep(Duration::from_millis(200));
+        let reset = c.take_error();
+        assert!(reset.is_none(), "a frame after kedge's close was answered with a reset: {reset:?}");
+    }
+);
+
+both_drivers!(
     /// Rapid Reset (CVE-2023-44487): streams the client resets once kedge has taken them (their
     /// request already on its way upstream) count against the connection. Up to 100 of them, or
     /// half the streams, the connection serves on; past that it ends with GOAWAY

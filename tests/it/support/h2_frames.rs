@@ -156,6 +156,11 @@ impl RawH2 {
         c
     }
 
+    /// The socket's pending error (`SO_ERROR`): a reset kedge's side answered with, say.
+    pub fn take_error(&self) -> Option<std::io::Error> {
+        self.stream.take_error().expect("SO_ERROR")
+    }
+
     /// Writes `bytes` as they are (frames made with [`frame`], or anything else).
     pub fn write(&mut self, bytes: &[u8]) {
         self.stream
