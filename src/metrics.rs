@@ -85,6 +85,9 @@ impl WorkerMetrics {
     }
 }
 
+/// One of a worker's plain counters.
+type WorkerCounter = fn(&WorkerMetrics) -> &AtomicU64;
+
 /// Everything `/metrics` shows.
 #[derive(Debug, Clone)]
 pub struct Metrics {
@@ -196,32 +199,22 @@ impl Collector for Metrics {
                 ConstCounter::new(n).encode(e.encode_family(&[("protocol", *protocol)])?)?;
             }
         }
-        {
-            let n: u64 = self
-                .workers
-                .iter()
-                .map(|w| w.mirrors_abandoned.load(Ordering::Relaxed))
-                .sum();
-            let e = encoder.encode_descriptor(
+        // Counters each worker keeps one of, summed.
+        let summed: [(&str, &str, WorkerCounter); 2] = [
+            (
                 "kedge_mirror_abandoned",
                 "RequestMirror copies abandoned before the whole request reached the mirror (it fell behind, failed, or the request's body failed).",
-                None,
-                MetricType::Counter,
-            )?;
-            ConstCounter::new(n).encode(e)?;
-        }
-        {
-            let n: u64 = self
-                .workers
-                .iter()
-                .map(|w| w.tunnels_idle_closed.load(Ordering::Relaxed))
-                .sum();
-            let e = encoder.encode_descriptor(
+                |w| &w.mirrors_abandoned,
+            ),
+            (
                 "kedge_tunnels_idle_closed",
                 "Tunnels (after a 101, e.g. WebSocket) closed because no byte passed either way for the route's upstream read timeout.",
-                None,
-                MetricType::Counter,
-            )?;
+                |w| &w.tunnels_idle_closed,
+            ),
+        ];
+        for (name, help, counter) in summed {
+            let n: u64 = self.workers.iter().map(|w| counter(w).load(Ordering::Relaxed)).sum();
+            let e = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
             ConstCounter::new(n).encode(e)?;
         }
         {

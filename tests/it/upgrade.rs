@@ -41,9 +41,7 @@ both_drivers!(
 
 both_drivers!(
     fn unrequested_switching_protocols_is_a_502(driver) {
-        let up = RawUpstream::start(RawBehavior::ReplyThenClose(
-            b"HTTP/1.1 101 Switching Protocols\r\nConnection: upgrade\r\nUpgrade: websocket\r\n\r\n".to_vec(),
-        ));
+        let up = RawUpstream::start(RawBehavior::ReplyThenClose(SWITCH.to_vec()));
         let kedge = Kedge::start(driver, &route_all(&[up.addr()]));
         let resp = Client::connect(kedge.addr()).get("ws.test", "/plain");
         assert_eq!(resp.status, 502, "{resp:?}");
@@ -89,14 +87,8 @@ both_drivers!(
     /// holding both sockets for ever.
     fn an_idle_tunnel_closes_after_the_read_timeout(driver) {
         use std::time::{Duration, Instant};
-        let up = RawUpstream::start(RawBehavior::ReplyThenStall(
-            b"HTTP/1.1 101 Switching Protocols\r\nConnection: upgrade\r\nUpgrade: websocket\r\n\r\n".to_vec(),
-        ));
-        let config = format!("[upstream]\nread_timeout = \"400ms\"\n\n{}", route_all(&[up.addr()]));
-        let kedge = Kedge::start(driver, &config);
-        let mut c = Client::connect(kedge.addr());
-        c.send(UPGRADE_REQUEST);
-        assert_eq!(c.read_response().status, 101);
+        let (_up, kedge) = tunnelling_kedge(driver, RawBehavior::ReplyThenStall(SWITCH.to_vec()));
+        let mut c = upgraded(&kedge);
         // Three timeouts' worth of a byte every 100 ms toward the upstream.
         for _ in 0..12 {
             c.send(b"x");
@@ -108,27 +100,39 @@ both_drivers!(
         assert!(after >= Duration::from_millis(250), "closed {after:?} after the last byte, before the 400 ms timeout");
         wait_until(Duration::from_secs(5), "the idle close counted", || idle_closed(&kedge) == 1);
 
-        let mut c = Client::connect(kedge.addr());
-        c.send(UPGRADE_REQUEST);
-        assert_eq!(c.read_response().status, 101);
+        let mut c = upgraded(&kedge);
         c.shutdown_write();
         assert!(c.closed_within(Duration::from_secs(5)), "the half-closed tunnel stayed open");
         assert_eq!(idle_closed(&kedge), 1, "a tunnel its upstream closed was counted as idle");
 
         // A half-closed tunnel whose upstream keeps its side open, silent: idle, so it ends.
-        let holder = RawUpstream::start(RawBehavior::ReplyThenHold(
-            b"HTTP/1.1 101 Switching Protocols\r\nConnection: upgrade\r\nUpgrade: websocket\r\n\r\n".to_vec(),
-        ));
-        let config = format!("[upstream]\nread_timeout = \"400ms\"\n\n{}", route_all(&[holder.addr()]));
-        let kedge = Kedge::start(driver, &config);
-        let mut c = Client::connect(kedge.addr());
-        c.send(UPGRADE_REQUEST);
-        assert_eq!(c.read_response().status, 101);
+        let (_holder, kedge) = tunnelling_kedge(driver, RawBehavior::ReplyThenHold(SWITCH.to_vec()));
+        let mut c = upgraded(&kedge);
         c.shutdown_write();
         assert!(c.closed_within(Duration::from_secs(5)), "the half-closed idle tunnel stayed open");
         wait_until(Duration::from_secs(5), "the idle close counted", || idle_closed(&kedge) == 1);
     }
 );
+
+/// A raw upstream's answer that switches to a WebSocket tunnel.
+const SWITCH: &[u8] = b"HTTP/1.1 101 Switching Protocols\r\nConnection: upgrade\r\nUpgrade: websocket\r\n\r\n";
+
+/// A raw upstream that behaves as `behavior`, and kedge in front of it with a 400 ms upstream
+/// read timeout (the tunnels' idle timeout).
+fn tunnelling_kedge(driver: crate::support::Driver, behavior: RawBehavior) -> (RawUpstream, Kedge) {
+    let up = RawUpstream::start(behavior);
+    let config = format!("[upstream]\nread_timeout = \"400ms\"\n\n{}", route_all(&[up.addr()]));
+    let kedge = Kedge::start(driver, &config);
+    (up, kedge)
+}
+
+/// A client connection to `kedge` upgraded to a tunnel.
+fn upgraded(kedge: &Kedge) -> Client {
+    let mut c = Client::connect(kedge.addr());
+    c.send(UPGRADE_REQUEST);
+    assert_eq!(c.read_response().status, 101);
+    c
+}
 
 /// `kedge_tunnels_idle_closed_total` on /metrics.
 fn idle_closed(kedge: &Kedge) -> u64 {
