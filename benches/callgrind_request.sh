@@ -50,22 +50,7 @@ http { access_log off; keepalive_requests 1000000; client_body_temp_path $TMP/t;
   server { listen 127.0.0.1:$BACKEND; location / { default_type text/plain; return 200 "hello from backend\n"; } } }
 EOF2
 nginx -p "$TMP" -c "$TMP/be.conf" &
-cat >"$TMP/kedge.toml" <<EOF2
-[proxy]
-workers = 1
-driver = "epoll"
-state_dir = "$TMP/state"
-[log]
-access_log = false
-level = "warn"
-[admin]
-enabled = false
-[[listener]]
-address = "127.0.0.1:$PORT"
-[[route]]
-path = "/"
-upstreams = ["127.0.0.1:$BACKEND"]
-EOF2
+KEDGE_STATE_DIR="$TMP/state" kedge_bench_config benches/callgrind_request.sh 1 epoll "$PORT" "$BACKEND" >"$TMP/kedge.toml"
 cat >"$TMP/client.py" <<'EOF2'
 import http.client, os, sys
 new_conn = len(sys.argv) > 3

@@ -29,12 +29,12 @@
 # Ports: FUZZ_PORT (kedge) and FUZZ_PORT+10 (backend), default 18400.
 set -euo pipefail
 ROOT="$(cd "$(dirname "$0")/../.." && pwd)"
-CASES=3000 SEEDS="1 2 3" DRIVER=""
+CASES=3000 SEEDS="1 2 3" DRIVER=auto
 while [[ $# -gt 0 ]]; do
     case "$1" in
         --cases) CASES="$2"; shift 2 ;;
         --seeds) SEEDS="$2"; shift 2 ;;
-        --driver) DRIVER="driver = \"$2\""; shift 2 ;;
+        --driver) DRIVER="$2"; shift 2 ;;
         *) break ;;
     esac
 done
@@ -46,22 +46,9 @@ fi
 python3 -c "import h11, h2" 2>/dev/null || python3 -m pip install -q h11 h2
 PORT="${FUZZ_PORT:-18400}"; BACKEND=$((PORT + 10))
 TMP="$(mktemp -d)"; trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$TMP"' EXIT
-cat >"$TMP/kedge.toml" <<EOF
-[proxy]
-workers = 1
-state_dir = "$TMP/state"
-$DRIVER
-[log]
-access_log = false
-level = "error"
-[admin]
-enabled = false
-[[listener]]
-address = "127.0.0.1:$PORT"
-[[route]]
-path = "/"
-upstreams = ["127.0.0.1:$BACKEND"]
-EOF
+# shellcheck source=benches/lib.sh
+source "$ROOT/benches/lib.sh"
+KEDGE_STATE_DIR="$TMP/state" kedge_bench_config fuzz/differential/run.sh 1 "$DRIVER" "$PORT" "$BACKEND" >"$TMP/kedge.toml"
 status=0
 for fuzzer in requests answers answers-h2 h2_requests; do
     script="${fuzzer%-h2}" mode=""
