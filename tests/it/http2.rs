@@ -962,11 +962,17 @@ both_drivers!(
     }
 );
 
+/// kedge with HTTP/2 on and a 300 ms keep-alive timeout, in front of an echo upstream.
+fn idle_after_300ms(driver: crate::support::Driver) -> (Upstream, Kedge) {
+    let up = Upstream::start("up", Handler::Echo);
+    let frag = format!("[client]\nkeepalive_timeout = \"300ms\"\n\n{}", route_all(&[up.addr()]));
+    let kedge = start(driver, &frag);
+    (up, kedge)
+}
+
 both_drivers!(
     fn idle_connection_is_closed_after_keepalive_timeout(driver) {
-        let up = Upstream::start("up", Handler::Echo);
-        let frag = format!("[client]\nkeepalive_timeout = \"300ms\"\n\n{}", route_all(&[up.addr()]));
-        let kedge = start(driver, &frag);
+        let (_up, kedge) = idle_after_300ms(driver);
         let mut h = H2::connect(kedge.addr());
         assert_eq!(h.get("i.test", "/").status, 200);
         assert!(h.wait_closed(5 * SECOND).is_ok(), "the idle connection did not end cleanly");
@@ -979,9 +985,7 @@ both_drivers!(
     /// and dropped, not answered with a reset that could destroy the GOAWAY and the last
     /// answers before the client reads them.
     fn the_close_after_goaway_lingers(driver) {
-        let up = Upstream::start("up", Handler::Echo);
-        let frag = format!("[client]\nkeepalive_timeout = \"300ms\"\n\n{}", route_all(&[up.addr()]));
-        let kedge = start(driver, &frag);
+        let (_up, kedge) = idle_after_300ms(driver);
         let mut c = RawH2::connect(kedge.addr());
         c.settled();
         c.headers(
