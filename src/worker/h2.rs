@@ -265,16 +265,7 @@ async fn linger(fd: std::os::fd::OwnedFd) {
     let Ok(mut tcp) = monoio::net::TcpStream::from_std(std) else {
         return;
     };
-    let deadline = Instant::now() + Duration::from_secs(2);
-    let mut sink = Vec::new();
-    for _ in 0..64 {
-        sink.clear();
-        let left = deadline.saturating_duration_since(Instant::now());
-        match pump::read_with_timeout(&mut tcp, &mut sink, left).await {
-            ReadResult::Data(_) => {}
-            _ => break,
-        }
-    }
+    pump::drain_lingering(&mut tcp, Vec::new()).await;
 }
 
 /// Counts and logs (at debug) a connection error: those `h2` detected in the client's frames

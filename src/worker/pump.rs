@@ -284,6 +284,27 @@ pub async fn read_with_timeout<R: AsyncReadRent>(src: &mut R, buf: &mut Vec<u8>,
     read_with_deadline(src, buf, timer::FirstWait, timeout).await
 }
 
+/// The reading half of a lingering close: reads and drops what `src` still sends, into `sink`,
+/// until it closes, [`LINGER_READS`] reads, or [`LINGER_TIME`] in all, whichever comes first.
+/// The caller has sent its FIN already.
+pub async fn drain_lingering<R: AsyncReadRent>(src: &mut R, mut sink: Vec<u8>) {
+    let deadline = std::time::Instant::now() + LINGER_TIME;
+    for _ in 0..LINGER_READS {
+        sink.clear();
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        if !matches!(read_with_timeout(src, &mut sink, left).await, ReadResult::Data(_)) {
+            break;
+        }
+    }
+}
+
+/// How long a lingering close reads at most ([`drain_lingering`]).
+pub const LINGER_TIME: Duration = Duration::from_secs(2);
+
+/// How many reads a lingering close makes at most: a bound on what a client that keeps
+/// sending can make kedge read for nothing ([`drain_lingering`]).
+pub const LINGER_READS: usize = 64;
+
 /// [`read_with_timeout`] with the timeout counted from `from` ([`timer::Base`]).
 pub async fn read_with_deadline<R: AsyncReadRent>(
     src: &mut R,

@@ -5,14 +5,14 @@
 //! before the blank line. Also the one place that decides whether the client connection is kept.
 
 use std::io::Write as _;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use super::Snapshot;
 use super::decide::{Answer, AnswerHeader, Forward};
 use super::error::{ErrorKind, RequestError};
 use super::forward::{self, Exchange};
 use super::log::Record;
-use super::pump::{self, PumpLimits, ReadResult};
+use super::pump::{self, PumpLimits};
 use super::request::Body;
 use super::session::{ClientStream, Conn, Ctx, Next, write_client};
 use crate::http::{self, Framing, RequestHead, Version};
@@ -353,16 +353,7 @@ impl<S: ClientStream> Conn<S> {
     /// destroy the answer before the client reads it.
     async fn linger(&mut self) {
         let _ = self.client.shutdown().await;
-        let mut sink = std::mem::take(&mut self.cbuf);
-        let deadline = Instant::now() + Duration::from_secs(2);
-        for _ in 0..64 {
-            sink.clear();
-            let left = deadline.saturating_duration_since(Instant::now());
-            match pump::read_with_timeout(&mut self.client, &mut sink, left).await {
-                ReadResult::Data(_) => {}
-                _ => break,
-            }
-        }
+        pump::drain_lingering(&mut self.client, std::mem::take(&mut self.cbuf)).await;
     }
 
     /// Sends the upstream's response to the client: a 101 hands both connections to the
